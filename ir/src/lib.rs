@@ -1,1 +1,23 @@
+//! fairyc's tensor IR: a typed, complex-aware graph in SSA form.
+//!
+//! - [`types`]: element types (real, complex, packed codes) and shapes with
+//!   named symbolic dimensions;
+//! - [`op`]: the operations; [`infer`]: their type rules;
+//! - [`graph`]: graphs and the builder; [`verify`]: the verifier;
+//! - [`text`]: the one textual form (print and parse); [`dot`]: Graphviz;
+//! - [`weights`]: the store that `weight` nodes refer to by name.
 
+pub mod dot;
+pub mod graph;
+pub mod infer;
+pub mod op;
+pub mod text;
+pub mod types;
+pub mod verify;
+pub mod weights;
+
+pub use graph::{BuildError, Graph, GraphBuilder, Node, ValueId};
+pub use op::{Attr, Op, RopeLayout};
+pub use types::{DType, Dim, Shape, TensorType};
+pub use verify::{verify, verify_weights, VerifyError};
+pub use weights::{WeightError, WeightStore};

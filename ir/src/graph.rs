@@ -1,0 +1,167 @@
+//! Graphs in SSA form: each node defines one value, operands refer to
+//! earlier nodes, so the node order is a topological order.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::infer::infer_type;
+use crate::op::Op;
+use crate::types::TensorType;
+
+/// The value a node defines; its index in `Graph::nodes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub usize);
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// One operation applied to earlier values, with the type of its result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub operands: Vec<ValueId>,
+    pub ty: TensorType,
+}
+
+/// A tensor program: nodes in topological order and the values it returns.
+/// `meta` holds free-form facts about where the graph came from (source
+/// file, architecture), printed with the graph.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    pub name: String,
+    pub meta: BTreeMap<String, String>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<ValueId>,
+}
+
+impl Graph {
+    pub fn node(&self, id: ValueId) -> &Node {
+        &self.nodes[id.0]
+    }
+
+    pub fn ty(&self, id: ValueId) -> &TensorType {
+        &self.nodes[id.0].ty
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ValueId> {
+        (0..self.nodes.len()).map(ValueId)
+    }
+
+    /// Nodes that read graph inputs, in order.
+    pub fn inputs(&self) -> impl Iterator<Item = (ValueId, &str, &TensorType)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::Input { name } => Some((ValueId(i), name.as_str(), &n.ty)),
+                _ => None,
+            })
+    }
+
+    /// Nodes that reference the weight store, in order.
+    pub fn weights(&self) -> impl Iterator<Item = (ValueId, &str, &TensorType)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.op {
+                Op::Weight { name } => Some((ValueId(i), name.as_str(), &n.ty)),
+                _ => None,
+            })
+    }
+
+    /// For each value, the index of the last node that reads it (outputs
+    /// count as read at the end), so executors can free values early.
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            for v in &n.operands {
+                last[v.0] = i;
+            }
+        }
+        for v in &self.outputs {
+            last[v.0] = usize::MAX;
+        }
+        last
+    }
+}
+
+/// An error found while building a graph.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot add `{op}` to graph @{graph}: {message}")]
+pub struct BuildError {
+    pub graph: String,
+    pub op: &'static str,
+    pub message: String,
+}
+
+/// Builds a graph node by node, typing each node by the rules of `infer`.
+pub struct GraphBuilder {
+    graph: Graph,
+}
+
+impl GraphBuilder {
+    pub fn new(name: impl Into<String>) -> GraphBuilder {
+        GraphBuilder {
+            graph: Graph {
+                name: name.into(),
+                ..Graph::default()
+            },
+        }
+    }
+
+    pub fn meta(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.graph.meta.insert(key.into(), value.into());
+    }
+
+    pub fn input(&mut self, name: impl Into<String>, ty: TensorType) -> ValueId {
+        self.leaf(Op::Input { name: name.into() }, ty)
+    }
+
+    pub fn weight(&mut self, name: impl Into<String>, ty: TensorType) -> ValueId {
+        self.leaf(Op::Weight { name: name.into() }, ty)
+    }
+
+    fn leaf(&mut self, op: Op, ty: TensorType) -> ValueId {
+        self.graph.nodes.push(Node {
+            op,
+            operands: Vec::new(),
+            ty,
+        });
+        ValueId(self.graph.nodes.len() - 1)
+    }
+
+    /// Appends `op` applied to `operands`, with its inferred type.
+    pub fn push(&mut self, op: Op, operands: &[ValueId]) -> Result<ValueId, BuildError> {
+        let err = |message: String| BuildError {
+            graph: self.graph.name.clone(),
+            op: op.mnemonic(),
+            message,
+        };
+        let mut types = Vec::with_capacity(operands.len());
+        for v in operands {
+            match self.graph.nodes.get(v.0) {
+                Some(n) => types.push(&n.ty),
+                None => return Err(err(format!("operand {v} is not defined"))),
+            }
+        }
+        let ty = infer_type(&op, &types).map_err(err)?;
+        self.graph.nodes.push(Node {
+            op,
+            operands: operands.to_vec(),
+            ty,
+        });
+        Ok(ValueId(self.graph.nodes.len() - 1))
+    }
+
+    pub fn ty(&self, id: ValueId) -> &TensorType {
+        self.graph.ty(id)
+    }
+
+    pub fn finish(mut self, outputs: &[ValueId]) -> Graph {
+        self.graph.outputs = outputs.to_vec();
+        self.graph
+    }
+}

@@ -1,0 +1,335 @@
+//! Type rules: the result type of every op from its operand types.
+//!
+//! The builder uses these rules to type new nodes and the verifier re-runs
+//! them to check every node after a transformation.
+
+use crate::op::Op;
+use crate::types::{DType, Dim, Shape, TensorType};
+
+/// Infers the result type of a non-leaf op. Leaf ops (`input`, `weight`)
+/// carry a declared type and are not inferred.
+pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
+    if !op.arity().accepts(operands.len()) {
+        return Err(format!(
+            "`{}` takes {} operands, found {}",
+            op.mnemonic(),
+            op.arity(),
+            operands.len()
+        ));
+    }
+    match op {
+        Op::Input { .. } | Op::Weight { .. } => {
+            Err(format!("`{}` has a declared type", op.mnemonic()))
+        }
+        Op::Embed => {
+            let (ids, table) = (operands[0], operands[1]);
+            expect_rank(table, 2, "embedding table")?;
+            expect_numeric(table, "embedding table")?;
+            if ids.dtype != DType::I32 {
+                return Err(format!("token ids must be i32, found {}", ids.dtype));
+            }
+            let mut dims = ids.shape.dims().to_vec();
+            dims.push(table.shape.dims()[1].clone());
+            Ok(TensorType::new(table.dtype, Shape(dims)))
+        }
+        Op::Linear => {
+            let (x, w) = (operands[0], operands[1]);
+            expect_numeric(x, "input")?;
+            expect_rank(w, 2, "weight")?;
+            same_dtype(x, w)?;
+            let k = last(x, "input")?;
+            if *k != w.shape.dims()[1] {
+                return Err(format!(
+                    "input's last dimension {k} does not match the weight's in-features {} (weight {})",
+                    w.shape.dims()[1],
+                    w
+                ));
+            }
+            Ok(TensorType::new(
+                x.dtype,
+                x.shape.with_last(w.shape.dims()[0].clone()),
+            ))
+        }
+        Op::RmsNorm { eps } => {
+            let (x, gain) = (operands[0], operands[1]);
+            expect_float(x, "input")?;
+            if !(eps.is_finite() && *eps >= 0.0) {
+                return Err(format!("eps must be finite and non-negative, found {eps}"));
+            }
+            expect_rank(gain, 1, "gain")?;
+            if gain.shape.dims()[0] != *last(x, "input")? {
+                return Err(format!(
+                    "gain {} does not match the input's last dimension of {}",
+                    gain, x
+                ));
+            }
+            Ok(x.clone())
+        }
+        Op::Rope { head_dim, base, .. } => {
+            let (x, pos) = (operands[0], operands[1]);
+            expect_float(x, "input")?;
+            if *head_dim == 0 || head_dim % 2 != 0 {
+                return Err(format!(
+                    "head_dim must be even and positive, found {head_dim}"
+                ));
+            }
+            if !(base.is_finite() && *base > 0.0) {
+                return Err(format!("base must be positive, found {base}"));
+            }
+            divisible(
+                last(x, "input")?,
+                *head_dim,
+                "the input's last dimension",
+                "head_dim",
+            )?;
+            expect_positions(x, pos)?;
+            Ok(x.clone())
+        }
+        Op::Attention {
+            heads, kv_heads, ..
+        } => {
+            let (q, k, v) = (operands[0], operands[1], operands[2]);
+            expect_float(q, "queries")?;
+            same_dtype(q, k)?;
+            same_dtype(q, v)?;
+            if *heads == 0 || *kv_heads == 0 || heads % kv_heads != 0 {
+                return Err(format!(
+                    "heads ({heads}) must be a positive multiple of kv_heads ({kv_heads})"
+                ));
+            }
+            for (t, what) in [(q, "queries"), (k, "keys"), (v, "values")] {
+                if t.shape.rank() < 2 {
+                    return Err(format!("{what} must be [..., seq, channels], found {t}"));
+                }
+            }
+            let r = q.shape.rank();
+            if k.shape.dims()[..r - 1] != q.shape.dims()[..r - 1]
+                || v.shape.dims()[..r - 1] != q.shape.dims()[..r - 1]
+            {
+                return Err(format!(
+                    "queries {q}, keys {k} and values {v} must agree on all but the last dimension"
+                ));
+            }
+            let qd = head_width(last(q, "queries")?, *heads, "queries")?;
+            let kd = head_width(last(k, "keys")?, *kv_heads, "keys")?;
+            let vd = head_width(last(v, "values")?, *kv_heads, "values")?;
+            if qd != kd {
+                return Err(format!(
+                    "query head width {qd} differs from key head width {kd}"
+                ));
+            }
+            Ok(TensorType::new(
+                q.dtype,
+                q.shape.with_last(Dim::Fixed(heads * vd)),
+            ))
+        }
+        Op::Silu | Op::Softmax => {
+            expect_real(operands[0], "input")?;
+            Ok(operands[0].clone())
+        }
+        Op::Add | Op::Mul => {
+            let (a, b) = (operands[0], operands[1]);
+            expect_numeric(a, "left operand")?;
+            same_dtype(a, b)?;
+            let (ad, bd) = (a.shape.dims(), b.shape.dims());
+            if bd.len() > ad.len() || ad[ad.len() - bd.len()..] != *bd {
+                return Err(format!(
+                    "right operand {b} must have the left operand's shape {} or a suffix of it",
+                    a.shape
+                ));
+            }
+            Ok(a.clone())
+        }
+        Op::Reshape { shape } => {
+            let x = operands[0];
+            let from = x.shape.symbolic_size();
+            let to = shape.symbolic_size();
+            if from.is_none() || to.is_none() || from != to {
+                return Err(format!(
+                    "cannot reshape {} to {shape}: element counts differ",
+                    x.shape
+                ));
+            }
+            Ok(TensorType::new(x.dtype, shape.clone()))
+        }
+        Op::Transpose { perm } => {
+            let x = operands[0];
+            let mut seen = vec![false; x.shape.rank()];
+            if perm.len() != x.shape.rank() {
+                return Err(format!(
+                    "perm {perm:?} does not match rank {} of {x}",
+                    x.shape.rank()
+                ));
+            }
+            for &p in perm {
+                match seen.get_mut(p) {
+                    Some(s) if !*s => *s = true,
+                    _ => return Err(format!("perm {perm:?} is not a permutation")),
+                }
+            }
+            let dims = perm.iter().map(|&p| x.shape.dims()[p].clone()).collect();
+            Ok(TensorType::new(x.dtype, Shape(dims)))
+        }
+        Op::Slice { axis, start, end } => {
+            let x = operands[0];
+            let d = axis_dim(x, *axis)?;
+            match d {
+                Dim::Fixed(n) if start < end && *end <= n => {}
+                _ => {
+                    return Err(format!(
+                        "slice {start}..{end} is empty or outside dimension {axis} ({d}) of {x}"
+                    ))
+                }
+            }
+            let mut dims = x.shape.dims().to_vec();
+            dims[*axis] = Dim::Fixed(end - start);
+            Ok(TensorType::new(x.dtype, Shape(dims)))
+        }
+        Op::Concat { axis } => {
+            let first = operands[0];
+            axis_dim(first, *axis)?;
+            let mut total = 0usize;
+            for t in operands {
+                same_dtype(first, t)?;
+                let mut a = t.shape.dims().to_vec();
+                let mut b = first.shape.dims().to_vec();
+                if a.len() != b.len() {
+                    return Err(format!("concat operands {first} and {t} differ in rank"));
+                }
+                match a[*axis].clone() {
+                    Dim::Fixed(n) => total += n,
+                    Dim::Sym(_) => {
+                        return Err(format!("concat along symbolic dimension {axis} of {t}"))
+                    }
+                }
+                a[*axis] = Dim::Fixed(0);
+                b[*axis] = Dim::Fixed(0);
+                if a != b {
+                    return Err(format!(
+                        "concat operands {first} and {t} differ outside axis {axis}"
+                    ));
+                }
+            }
+            let mut dims = first.shape.dims().to_vec();
+            dims[*axis] = Dim::Fixed(total);
+            Ok(TensorType::new(first.dtype, Shape(dims)))
+        }
+        Op::Pack => {
+            let x = operands[0];
+            expect_real(x, "input")?;
+            let half = match last(x, "input")? {
+                Dim::Fixed(n) if n % 2 == 0 && *n > 0 => n / 2,
+                d => return Err(format!("pack needs an even last dimension, found {d}")),
+            };
+            Ok(TensorType::new(
+                DType::C64,
+                x.shape.with_last(Dim::Fixed(half)),
+            ))
+        }
+        Op::Unpack => {
+            let x = operands[0];
+            expect_complex(x)?;
+            let m = match last(x, "input")? {
+                Dim::Fixed(n) => n * 2,
+                d => return Err(format!("unpack needs a fixed last dimension, found {d}")),
+            };
+            Ok(TensorType::new(
+                DType::F32,
+                x.shape.with_last(Dim::Fixed(m)),
+            ))
+        }
+        Op::Conj => {
+            expect_complex(operands[0])?;
+            Ok(operands[0].clone())
+        }
+    }
+}
+
+fn expect_rank(t: &TensorType, rank: usize, what: &str) -> Result<(), String> {
+    if t.shape.rank() == rank {
+        Ok(())
+    } else {
+        Err(format!("{what} must have rank {rank}, found {t}"))
+    }
+}
+
+fn expect_numeric(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype.is_numeric() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be a real or complex float tensor, found {t}"
+        ))
+    }
+}
+
+/// Real or complex, and at least rank 1.
+fn expect_float(t: &TensorType, what: &str) -> Result<(), String> {
+    expect_numeric(t, what)?;
+    last(t, what).map(|_| ())
+}
+
+fn expect_real(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype.is_real_float() && t.shape.rank() > 0 {
+        Ok(())
+    } else {
+        Err(format!("{what} must be a real float tensor, found {t}"))
+    }
+}
+
+fn expect_complex(t: &TensorType) -> Result<(), String> {
+    if t.dtype == DType::C64 && t.shape.rank() > 0 {
+        Ok(())
+    } else {
+        Err(format!("input must be a c64 tensor, found {t}"))
+    }
+}
+
+fn same_dtype(a: &TensorType, b: &TensorType) -> Result<(), String> {
+    if a.dtype == b.dtype {
+        Ok(())
+    } else {
+        Err(format!("element types differ: {a} and {b}"))
+    }
+}
+
+fn last<'a>(t: &'a TensorType, what: &str) -> Result<&'a Dim, String> {
+    t.shape
+        .last()
+        .ok_or_else(|| format!("{what} must have at least one dimension, found {t}"))
+}
+
+fn axis_dim(t: &TensorType, axis: usize) -> Result<Dim, String> {
+    t.shape
+        .dims()
+        .get(axis)
+        .cloned()
+        .ok_or_else(|| format!("axis {axis} is out of range for {t}"))
+}
+
+fn divisible(d: &Dim, by: usize, what: &str, by_what: &str) -> Result<usize, String> {
+    match d {
+        Dim::Fixed(n) if n % by == 0 => Ok(n / by),
+        _ => Err(format!(
+            "{what} ({d}) must be a multiple of {by_what} ({by})"
+        )),
+    }
+}
+
+fn head_width(d: &Dim, heads: usize, what: &str) -> Result<usize, String> {
+    divisible(d, heads, &format!("{what}' channels"), "their head count")
+}
+
+fn expect_positions(x: &TensorType, pos: &TensorType) -> Result<(), String> {
+    let r = x.shape.rank();
+    if pos.dtype != DType::I32
+        || pos.shape.rank() != 1
+        || r < 2
+        || pos.shape.dims()[0] != x.shape.dims()[r - 2]
+    {
+        return Err(format!(
+            "positions must be i32[seq] matching the input's sequence dimension; found {pos} for input {x}"
+        ));
+    }
+    Ok(())
+}

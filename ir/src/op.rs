@@ -1,0 +1,389 @@
+//! The operations of the IR.
+//!
+//! The set is kept small and regular on purpose: every op needs a type rule
+//! (here and in `infer`), an executor kernel, a gradient rule and a path to
+//! every backend. Ops act on the trailing dimensions of their operands, so
+//! leading batch dimensions pass through unchanged.
+
+use std::fmt;
+
+use crate::types::Shape;
+
+/// How RoPE pairs the channels of one head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RopeLayout {
+    /// Channels (2j, 2j+1) form a pair: the layout of llama weights in GGUF.
+    Interleaved,
+    /// Channels (j, j + d/2) form a pair: the layout of Hugging Face weights.
+    HalfSplit,
+}
+
+impl RopeLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            RopeLayout::Interleaved => "interleaved",
+            RopeLayout::HalfSplit => "half_split",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RopeLayout> {
+        match name {
+            "interleaved" => Some(RopeLayout::Interleaved),
+            "half_split" => Some(RopeLayout::HalfSplit),
+            _ => None,
+        }
+    }
+}
+
+/// One operation. Each node of a graph applies one op to its operands and
+/// defines exactly one value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A graph input, bound by name when the graph runs (token ids, positions).
+    Input {
+        name: String,
+    },
+    /// A named tensor of the weight store; the graph holds only the reference.
+    Weight {
+        name: String,
+    },
+    /// Row gather: `ids: i32[...]`, `table[V, H]` -> `[..., H]`.
+    Embed,
+    /// `x[..., K] · w[N, K]ᵀ` -> `[..., N]`; real or complex (`c64`) alike.
+    Linear,
+    /// `x / rms(x) * gain` over the last dimension.
+    RmsNorm {
+        eps: f32,
+    },
+    /// Rotary position embedding of `x[..., S, heads * head_dim]` at
+    /// positions `i32[S]`.
+    Rope {
+        base: f32,
+        layout: RopeLayout,
+        head_dim: usize,
+    },
+    /// Multi-head attention of `q[..., S, heads * d]` over `k`, `v`
+    /// (`kv_heads` heads, grouped). For complex operands the scores are
+    /// `scale · Re(qᴴk)`. In incremental decoding the executor keeps each
+    /// attention node's keys and values in its KV cache.
+    Attention {
+        heads: usize,
+        kv_heads: usize,
+        scale: f32,
+        causal: bool,
+    },
+    /// `x · sigmoid(x)`.
+    Silu,
+    /// Elementwise sum; the second operand may be a suffix-shaped broadcast.
+    Add,
+    /// Elementwise product; the second operand may be a suffix-shaped broadcast.
+    Mul,
+    /// Softmax over the last dimension.
+    Softmax,
+    Reshape {
+        shape: Shape,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    /// `x[..., start..end, ...]` along `axis`; a split is a set of slices.
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
+    Concat {
+        axis: usize,
+    },
+    /// Real `[..., 2m]` -> complex `[..., m]`: the first half of the last
+    /// dimension is the real part, the second half the imaginary part
+    /// (the pairing of the Fairy2i paper).
+    Pack,
+    /// Complex `[..., m]` -> real `[..., 2m]`, the inverse of `Pack`.
+    Unpack,
+    /// Complex conjugate.
+    Conj,
+}
+
+/// An attribute value as it appears in the textual form.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    Int(usize),
+    Float(f32),
+    Bool(bool),
+    Ident(String),
+    List(Vec<Attr>),
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attr::Int(n) => write!(f, "{n}"),
+            // `{:?}` is the shortest text that parses back to the same f32.
+            Attr::Float(x) => write!(f, "{x:?}"),
+            Attr::Bool(b) => write!(f, "{b}"),
+            Attr::Ident(s) => f.write_str(s),
+            Attr::List(items) => {
+                f.write_str("[")?;
+                for (i, a) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+/// How many operands an op takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    Exactly(usize),
+    AtLeast(usize),
+}
+
+impl Arity {
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Exactly(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        }
+    }
+}
+
+impl fmt::Display for Arity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Arity::Exactly(k) => write!(f, "{k}"),
+            Arity::AtLeast(k) => write!(f, "at least {k}"),
+        }
+    }
+}
+
+impl Op {
+    /// The op's mnemonic in the textual form.
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Weight { .. } => "weight",
+            Op::Embed => "embed",
+            Op::Linear => "linear",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Rope { .. } => "rope",
+            Op::Attention { .. } => "attention",
+            Op::Silu => "silu",
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Softmax => "softmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Pack => "pack",
+            Op::Unpack => "unpack",
+            Op::Conj => "conj",
+        }
+    }
+
+    pub fn arity(&self) -> Arity {
+        match self {
+            Op::Input { .. } | Op::Weight { .. } => Arity::Exactly(0),
+            Op::Silu
+            | Op::Softmax
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Pack
+            | Op::Unpack
+            | Op::Conj => Arity::Exactly(1),
+            Op::Embed | Op::Linear | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Add | Op::Mul => {
+                Arity::Exactly(2)
+            }
+            Op::Attention { .. } => Arity::Exactly(3),
+            Op::Concat { .. } => Arity::AtLeast(1),
+        }
+    }
+
+    /// The name of an `input` or `weight`, which the text form writes as a
+    /// quoted string operand.
+    pub fn symbol(&self) -> Option<&str> {
+        match self {
+            Op::Input { name } | Op::Weight { name } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Attributes in the order the printer writes them.
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        match self {
+            Op::RmsNorm { eps } => vec![("eps", Attr::Float(*eps))],
+            Op::Rope {
+                base,
+                layout,
+                head_dim,
+            } => vec![
+                ("base", Attr::Float(*base)),
+                ("layout", Attr::Ident(layout.name().to_string())),
+                ("head_dim", Attr::Int(*head_dim)),
+            ],
+            Op::Attention {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            } => vec![
+                ("heads", Attr::Int(*heads)),
+                ("kv_heads", Attr::Int(*kv_heads)),
+                ("scale", Attr::Float(*scale)),
+                ("causal", Attr::Bool(*causal)),
+            ],
+            Op::Reshape { shape } => vec![(
+                "shape",
+                Attr::List(
+                    shape
+                        .dims()
+                        .iter()
+                        .map(|d| match d {
+                            crate::Dim::Fixed(n) => Attr::Int(*n),
+                            crate::Dim::Sym(s) => Attr::Ident(s.clone()),
+                        })
+                        .collect(),
+                ),
+            )],
+            Op::Transpose { perm } => vec![(
+                "perm",
+                Attr::List(perm.iter().map(|&p| Attr::Int(p)).collect()),
+            )],
+            Op::Slice { axis, start, end } => vec![
+                ("axis", Attr::Int(*axis)),
+                ("start", Attr::Int(*start)),
+                ("end", Attr::Int(*end)),
+            ],
+            Op::Concat { axis } => vec![("axis", Attr::Int(*axis))],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Attributes as parsed, before they are checked against an op.
+pub type AttrMap = std::collections::BTreeMap<String, Attr>;
+
+impl Op {
+    /// Builds an op from its textual parts; the inverse of `mnemonic`,
+    /// `symbol` and `attrs`. Errors name what is missing or unexpected.
+    pub fn from_parts(
+        mnemonic: &str,
+        symbol: Option<String>,
+        mut attrs: AttrMap,
+    ) -> Result<Op, String> {
+        let needs_symbol = matches!(mnemonic, "input" | "weight");
+        if needs_symbol != symbol.is_some() {
+            return Err(if needs_symbol {
+                format!("`{mnemonic}` needs a quoted name, e.g. {mnemonic} \"tokens\"")
+            } else {
+                format!("`{mnemonic}` takes no quoted name")
+            });
+        }
+        let mut take = |key: &str| {
+            attrs
+                .remove(key)
+                .ok_or_else(|| format!("`{mnemonic}` needs attribute `{key}`"))
+        };
+        let op = match mnemonic {
+            "input" => Op::Input {
+                name: symbol.unwrap_or_default(),
+            },
+            "weight" => Op::Weight {
+                name: symbol.unwrap_or_default(),
+            },
+            "embed" => Op::Embed,
+            "linear" => Op::Linear,
+            "rms_norm" => Op::RmsNorm {
+                eps: float(&take("eps")?, "eps")?,
+            },
+            "rope" => Op::Rope {
+                base: float(&take("base")?, "base")?,
+                layout: match take("layout")? {
+                    Attr::Ident(s) => RopeLayout::from_name(&s).ok_or_else(|| {
+                        format!("unknown rope layout `{s}`: expected interleaved or half_split")
+                    })?,
+                    other => return Err(format!("`layout` must be a name, found {other}")),
+                },
+                head_dim: int(&take("head_dim")?, "head_dim")?,
+            },
+            "attention" => Op::Attention {
+                heads: int(&take("heads")?, "heads")?,
+                kv_heads: int(&take("kv_heads")?, "kv_heads")?,
+                scale: float(&take("scale")?, "scale")?,
+                causal: match take("causal")? {
+                    Attr::Bool(b) => b,
+                    other => return Err(format!("`causal` must be true or false, found {other}")),
+                },
+            },
+            "silu" => Op::Silu,
+            "add" => Op::Add,
+            "mul" => Op::Mul,
+            "softmax" => Op::Softmax,
+            "reshape" => Op::Reshape {
+                shape: match take("shape")? {
+                    Attr::List(items) => Shape(
+                        items
+                            .into_iter()
+                            .map(|a| match a {
+                                Attr::Int(n) => Ok(crate::Dim::Fixed(n)),
+                                Attr::Ident(s) => Ok(crate::Dim::Sym(s)),
+                                other => Err(format!("bad dimension {other} in `shape`")),
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    other => return Err(format!("`shape` must be a list, found {other}")),
+                },
+            },
+            "transpose" => Op::Transpose {
+                perm: match take("perm")? {
+                    Attr::List(items) => items
+                        .iter()
+                        .map(|a| int(a, "perm"))
+                        .collect::<Result<_, _>>()?,
+                    other => return Err(format!("`perm` must be a list, found {other}")),
+                },
+            },
+            "slice" => Op::Slice {
+                axis: int(&take("axis")?, "axis")?,
+                start: int(&take("start")?, "start")?,
+                end: int(&take("end")?, "end")?,
+            },
+            "concat" => Op::Concat {
+                axis: int(&take("axis")?, "axis")?,
+            },
+            "pack" => Op::Pack,
+            "unpack" => Op::Unpack,
+            "conj" => Op::Conj,
+            other => return Err(format!("unknown op `{other}`")),
+        };
+        if let Some(key) = attrs.keys().next() {
+            return Err(format!("`{mnemonic}` has no attribute `{key}`"));
+        }
+        Ok(op)
+    }
+}
+
+fn int(a: &Attr, key: &str) -> Result<usize, String> {
+    match a {
+        Attr::Int(n) => Ok(*n),
+        other => Err(format!(
+            "`{key}` must be a non-negative integer, found {other}"
+        )),
+    }
+}
+
+fn float(a: &Attr, key: &str) -> Result<f32, String> {
+    match a {
+        Attr::Float(x) => Ok(*x),
+        // Integers are exact in f32 only up to 2^24; larger ones are refused.
+        Attr::Int(n) if *n <= 1 << 24 => Ok(*n as f32),
+        other => Err(format!("`{key}` must be a number, found {other}")),
+    }
+}
