@@ -52,7 +52,8 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         }
         Op::RmsNorm { eps } => {
             let (x, gain) = (operands[0], operands[1]);
-            expect_float(x, "input")?;
+            expect_real(x, "input")?;
+            same_dtype(x, gain)?;
             if !(eps.is_finite() && *eps >= 0.0) {
                 return Err(format!("eps must be finite and non-negative, found {eps}"));
             }
@@ -67,7 +68,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         }
         Op::Rope { head_dim, base, .. } => {
             let (x, pos) = (operands[0], operands[1]);
-            expect_float(x, "input")?;
+            expect_real(x, "input")?;
             if *head_dim == 0 || head_dim % 2 != 0 {
                 return Err(format!(
                     "head_dim must be even and positive, found {head_dim}"

@@ -7,6 +7,7 @@
 //! - [`text`]: the one textual form (print and parse); [`dot`]: Graphviz;
 //! - [`weights`]: the store that `weight` nodes refer to by name.
 
+pub mod atomic;
 pub mod dot;
 pub mod graph;
 pub mod infer;

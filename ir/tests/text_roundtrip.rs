@@ -14,8 +14,8 @@ fn every_op_graph() -> fairyc_ir::Graph {
     let seq = Dim::sym("seq");
     let mut b = GraphBuilder::new("every_op");
     b.meta("architecture", "test \"quoted\"\n");
-    let tokens = b.input("tokens", t(DType::I32, &[seq.clone()]));
-    let pos = b.input("positions", t(DType::I32, &[seq.clone()]));
+    let tokens = b.input("tokens", t(DType::I32, std::slice::from_ref(&seq)));
+    let pos = b.input("positions", t(DType::I32, std::slice::from_ref(&seq)));
     let table = b.weight("embed", t(DType::F32, &[32.into(), 8.into()]));
     let gain = b.weight("gain", t(DType::F32, &[8.into()]));
     let wq = b.weight("wq", t(DType::F32, &[8.into(), 8.into()]));

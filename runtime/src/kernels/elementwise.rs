@@ -1,0 +1,74 @@
+//! Elementwise and row-wise kernels.
+
+use num_complex::Complex32;
+use rayon::prelude::*;
+
+use super::Element;
+
+/// Chunk size for parallel elementwise loops: large enough to amortise
+/// rayon's scheduling.
+const CHUNK: usize = 1 << 14;
+
+pub fn silu(x: &[f32]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(CHUNK).for_each(|c| {
+        for v in c {
+            *v /= 1.0 + (-*v).exp();
+        }
+    });
+    y
+}
+
+/// `a ∘ b` where `b`'s shape is a suffix of `a`'s (so `b` repeats).
+pub fn broadcast<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let n = b.len();
+    let mut y = a.to_vec();
+    if n == 0 {
+        return y;
+    }
+    y.par_chunks_mut(n.max(CHUNK / n * n)).for_each(|c| {
+        for (i, v) in c.iter_mut().enumerate() {
+            *v = f(*v, b[i % n]);
+        }
+    });
+    y
+}
+
+/// Softmax over rows of `cols` elements.
+pub fn softmax(x: &[f32], cols: usize) -> Vec<f32> {
+    let mut y = x.to_vec();
+    y.par_chunks_mut(cols).for_each(|row| {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            total += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= total;
+        }
+    });
+    y
+}
+
+/// Rows `[re.. | im..]` of width `2m` to rows of `m` complex numbers.
+pub fn pack(x: &[f32], width: usize) -> Vec<Complex32> {
+    let m = width / 2;
+    x.chunks(width)
+        .flat_map(|row| (0..m).map(move |j| Complex32::new(row[j], row[m + j])))
+        .collect()
+}
+
+/// The inverse of `pack`.
+pub fn unpack(z: &[Complex32], m: usize) -> Vec<f32> {
+    let mut y = Vec::with_capacity(z.len() * 2);
+    for row in z.chunks(m) {
+        y.extend(row.iter().map(|c| c.re));
+        y.extend(row.iter().map(|c| c.im));
+    }
+    y
+}
+
+pub fn conj(z: &[Complex32]) -> Vec<Complex32> {
+    z.iter().map(|c| c.conj()).collect()
+}

@@ -1,0 +1,87 @@
+//! Dense tensors the reference executor computes on.
+
+use num_complex::Complex32;
+
+/// Element storage of a tensor. Half-precision weights are widened to f32
+/// when they are loaded: the reference executor computes in f32.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    C64(Vec<Complex32>),
+    I32(Vec<i32>),
+}
+
+/// A dense row-major tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: Data::F32(data),
+        }
+    }
+
+    pub fn c64(shape: Vec<usize>, data: Vec<Complex32>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: Data::C64(data),
+        }
+    }
+
+    pub fn i32(shape: Vec<usize>, data: Vec<i32>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: Data::I32(data),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last dimension (1 for a scalar).
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_c64(&self) -> Option<&[Complex32]> {
+        match &self.data {
+            Data::C64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn as_i32(&self) -> Option<&[i32]> {
+        match &self.data {
+            Data::I32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn dtype_name(&self) -> &'static str {
+        match self.data {
+            Data::F32(_) => "f32",
+            Data::C64(_) => "c64",
+            Data::I32(_) => "i32",
+        }
+    }
+}
