@@ -4,6 +4,7 @@
 pub mod hf;
 pub mod llama;
 pub mod safetensors_store;
+pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
