@@ -122,6 +122,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("vocab_size", &self.vocab_size())
             .field("bos", &self.bos)
             .field("eos", &self.eos)
+            .field("pad", &self.pad)
             .field("add_bos", &self.add_bos)
             .field("eog", &self.eog)
             .field("has_chat_template", &self.chat_template.is_some())
@@ -143,7 +144,8 @@ impl Tokenizer {
     ///
     /// Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) are
     /// supported; the pre-tokenizer follows llama.cpp's choice for
-    /// `tokenizer.ggml.pre` (see [`SUPPORTED_PRE`]).
+    /// `tokenizer.ggml.pre` (`smollm`, `default`, `gpt-2`, `llama-bpe`,
+    /// `qwen2` and their aliases; an unknown value is an error that lists them).
     pub fn from_gguf_vocab(vocab: GgufVocab) -> Result<Self, TokenizerError> {
         let built = gguf_vocab::build(vocab)?;
         Ok(Self::assemble(built.tokenizer, built.specials))

@@ -26,10 +26,13 @@ impl<'a> DecodeStream<'a> {
         }
     }
 
-    /// Adds one id; returns the text it completes, if any.
+    /// Adds one id; returns the text it completes, if any. An id that fails
+    /// to decode is not kept, so the stream stays usable.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
         self.ids.push(id);
-        let text = self.pending()?;
+        let text = self.pending().inspect_err(|_| {
+            self.ids.pop();
+        })?;
         if text.is_empty() || text.ends_with(char::REPLACEMENT_CHARACTER) {
             return Ok(None);
         }
