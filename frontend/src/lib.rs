@@ -1,6 +1,7 @@
 //! fairyc's frontend: reads model files (GGUF, Hugging Face safetensors +
 //! config.json) and their tokenizers, and builds IR graphs from them.
 
+pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod safetensors_store;
