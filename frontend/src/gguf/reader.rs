@@ -340,8 +340,9 @@ pub(crate) fn parse(path: &Path, data: &[u8]) -> Result<Parsed> {
             return Err(c.error(
                 offset_at,
                 format!(
-                    "tensor `{name}`: {size} bytes of data at offset {} past the data section \
-                     start {data_start} extend past the end of the file ({file_len} bytes)",
+                    "tensor `{name}`: {size} bytes of data at offset {} of the data section \
+                     (which starts at byte {data_start}) extend past the end of the file \
+                     ({file_len} bytes)",
                     info.offset
                 ),
             ));
