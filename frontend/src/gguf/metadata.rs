@@ -73,7 +73,8 @@ impl ValueType {
     }
 }
 
-/// One GGUF metadata value.
+/// One GGUF metadata value; each variant is the GGUF value type of the same
+/// name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
     U8(u8),

@@ -21,6 +21,7 @@ mod types;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -33,7 +34,6 @@ pub use types::GgmlType;
 pub use writer::GgufWriter;
 
 /// An open, validated GGUF file.
-#[derive(Debug)]
 pub struct GgufFile {
     path: PathBuf,
     map: Mmap,
@@ -77,6 +77,19 @@ impl TensorInfo {
     /// Number of bytes of data in the file.
     pub fn byte_size(&self) -> u64 {
         self.data.len() as u64
+    }
+}
+
+impl fmt::Debug for GgufFile {
+    // Summarized: the metadata alone can hold a 49152-entry vocabulary.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("alignment", &self.alignment)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish_non_exhaustive()
     }
 }
 
