@@ -351,6 +351,15 @@ fn bad_alignment() {
     );
 }
 
+#[test]
+fn unreadable_paths_are_errors() {
+    let missing = temp_path("missing");
+    let err = GgufFile::open(&missing).map(drop).unwrap_err().to_string();
+    assert!(err.starts_with(&missing.display().to_string()), "{err}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    assert!(GgufFile::open(dir).is_err());
+}
+
 /// Values that make interesting counts, lengths, dims and offsets.
 const NASTY_U64: [u64; 10] = [
     0,
