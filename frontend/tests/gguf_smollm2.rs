@@ -1,15 +1,20 @@
 //! Reads the real SmolLM2-135M-Instruct Q4_1 model, if it has been fetched.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fairyc_frontend::gguf::{GgmlType, GgufFile};
 
 fn model_path() -> PathBuf {
     match std::env::var_os("FAIRYC_MODEL") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        None => {
+            // The workspace root is the parent of this crate's directory.
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest
+                .parent()
+                .unwrap_or(manifest)
+                .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
     }
 }
 
