@@ -1,1 +1,284 @@
-fn main() {}
+//! The `fairyc` command-line tool.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use fairyc::{import, report, GenerateOptions, Model};
+use fairyc_ir::atomic::write_atomically;
+use indicatif::{ProgressBar, ProgressStyle};
+use npyz::WriterBuilder;
+
+#[derive(Parser)]
+#[command(
+    name = "fairyc",
+    version,
+    about = "Compile LLM checkpoints to Fairy2i complex-valued low-bit models, and run them"
+)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import a model (GGUF file or Hugging Face folder) and write its IR.
+    Import {
+        model: PathBuf,
+        /// Where to write the IR (.fir); it references the weights by path.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print a model's IR.
+    Dump {
+        /// A GGUF file, a Hugging Face folder, or a .fir file.
+        model: PathBuf,
+        #[arg(long, value_enum, default_value_t = DumpFormat::Text)]
+        format: DumpFormat,
+        /// Print a summary (ops, weights by encoding) instead of the graph.
+        #[arg(long)]
+        summary: bool,
+        /// Write to a file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Generate text from a prompt, streaming it to standard output.
+    Run {
+        model: PathBuf,
+        #[arg(short, long)]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(short = 'n', long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Wrap the prompt in the model's chat template as a user turn.
+        #[arg(long)]
+        chat: bool,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Instead of generating, write the logits after every prompt
+        /// position as float32 [tokens, vocab] .npy.
+        #[arg(long)]
+        logits: Option<PathBuf>,
+    },
+    /// Perplexity of a text file.
+    ///
+    /// The text is tokenized without BOS and cut into non-overlapping windows
+    /// of --ctx tokens (a trailing partial window is dropped). Token 0 of each
+    /// window is context only; tokens 1..ctx-1 are scored, each from the
+    /// tokens before it in its window.
+    Ppl {
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Score only the first N windows.
+        #[arg(long)]
+        max_windows: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DumpFormat {
+    Text,
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("error: cannot start {n} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Import { model, output } => {
+            let imported = import(&model)?;
+            let text = fairyc_ir::text::print(&imported.graph);
+            write_atomically(&output, |w| w.write_all(text.as_bytes()))
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!(
+                "imported {} ({} nodes) -> {}",
+                model.display(),
+                imported.graph.nodes.len(),
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Dump {
+            model,
+            format,
+            summary,
+            output,
+        } => {
+            let imported = import(&model)?;
+            let text = if summary {
+                report::summary(&imported.graph, imported.weights.as_ref())
+            } else {
+                match format {
+                    DumpFormat::Text => fairyc_ir::text::print(&imported.graph),
+                    DumpFormat::Dot => fairyc_ir::dot::to_dot(&imported.graph),
+                }
+            };
+            match output {
+                Some(path) => write_atomically(&path, |w| w.write_all(text.as_bytes()))
+                    .with_context(|| format!("cannot write {}", path.display())),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Run {
+            model,
+            prompt,
+            max_tokens,
+            chat,
+            temperature,
+            top_p,
+            seed,
+            logits,
+        } => {
+            if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
+                bail!("--top-p must be in (0, 1], got {top_p}");
+            }
+            if !temperature.is_finite() || temperature < 0.0 {
+                bail!("--temperature must be 0 or positive, got {temperature}");
+            }
+            let model = load_with_progress(&model)?;
+            let ids = model.encode_prompt(&prompt, chat)?;
+            if let Some(path) = logits {
+                let t = model.logits(&ids)?;
+                write_npy(&path, &t)?;
+                eprintln!(
+                    "wrote logits [{}, {}] to {}",
+                    t.shape[0],
+                    t.shape[1],
+                    path.display()
+                );
+                return Ok(());
+            }
+            let options = GenerateOptions {
+                max_new_tokens: max_tokens,
+                temperature,
+                top_p,
+                seed,
+            };
+            let start = Instant::now();
+            let mut stdout = std::io::stdout();
+            let generation = model.generate(&ids, &options, &mut |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            })?;
+            println!();
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "[{} prompt tokens, {} generated in {:.2}s, {:.1} tokens/s, stop: {:?}]",
+                ids.len(),
+                generation.tokens.len(),
+                secs,
+                generation.tokens.len() as f64 / secs,
+                generation.stop
+            );
+            Ok(())
+        }
+        Command::Ppl {
+            model,
+            text,
+            ctx,
+            max_windows,
+        } => {
+            let body = std::fs::read_to_string(&text)
+                .with_context(|| format!("cannot read {}", text.display()))?;
+            let model = load_with_progress(&model)?;
+            let ids = model.tokenizer().encode(&body, false)?;
+            let bar = ProgressBar::new(0).with_style(bar_style("windows"));
+            let start = Instant::now();
+            let ppl = model.perplexity(&ids, ctx, max_windows, &mut |done, total, p| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(format!("ppl {:.3}", p.value()));
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "perplexity {:.4} over {} windows of {} tokens ({} scored of {} in the text) in {:.1}s",
+                ppl.value(),
+                ppl.windows,
+                ctx,
+                ppl.scored_tokens,
+                ids.len(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn bar_style(unit: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} {{msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+fn load_with_progress(path: &Path) -> Result<Model> {
+    let imported = import(path)?;
+    let bar = ProgressBar::new(imported.graph.weights().count() as u64)
+        .with_style(bar_style("weights decoded"));
+    let model = Model::from_imported(imported, &|_| bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+/// Writes an f32 tensor as .npy, atomically.
+fn write_npy(path: &Path, t: &fairyc::Tensor) -> Result<()> {
+    let data = t.as_f32().context("logits must be f32")?;
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    write_atomically(path, |w| {
+        let mut npy = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(w)
+            .begin_nd()?;
+        npy.extend(data.iter().copied())?;
+        npy.finish()
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
+}

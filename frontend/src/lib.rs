@@ -2,7 +2,9 @@
 //! config.json) and their tokenizers, and builds IR graphs from them.
 
 pub mod gguf;
+pub mod gguf_import;
 pub mod hf;
+pub mod import;
 pub mod llama;
 pub mod safetensors_store;
 pub mod tokenizer;
@@ -18,6 +20,8 @@ pub enum FrontendError {
     /// The files are readable but describe a model we cannot build.
     #[error("{0}")]
     Model(String),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
 }
 
 impl FrontendError {

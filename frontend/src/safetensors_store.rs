@@ -89,26 +89,16 @@ impl SafetensorsStore {
     }
 }
 
-fn ir_dtype(d: Dtype) -> Option<DType> {
-    match d {
-        Dtype::F32 => Some(DType::F32),
-        Dtype::F16 => Some(DType::F16),
-        Dtype::BF16 => Some(DType::BF16),
-        _ => None,
-    }
-}
-
 impl WeightStore for SafetensorsStore {
     fn names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
     }
 
+    /// Float tensors of any width read as f32: the decoded form.
     fn tensor_type(&self, name: &str) -> Option<TensorType> {
         let e = self.tensors.get(name)?;
-        Some(TensorType::new(
-            ir_dtype(e.dtype)?,
-            Shape::new(e.shape.iter().copied()),
-        ))
+        matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+            .then(|| TensorType::new(DType::F32, Shape::new(e.shape.iter().copied())))
     }
 
     fn encoding(&self, name: &str) -> Option<String> {

@@ -1,0 +1,242 @@
+//! fairyc: a compiler from real-valued LLM checkpoints to Fairy2i
+//! complex-valued low-bit models.
+//!
+//! This crate is the top of the stack: the Rust API ([`Model`]) and the
+//! command-line tool. The layers below are separate crates: `fairyc-ir`
+//! (the IR), `fairyc-frontend` (model files and tokenizers),
+//! `fairyc-runtime` (execution).
+//!
+//! ```no_run
+//! use fairyc::{GenerateOptions, Model};
+//! let model = Model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref())?;
+//! let prompt = model.encode_prompt("What is the capital of France?", true)?;
+//! model.generate(&prompt, &GenerateOptions::default(), &mut |text| print!("{text}"))?;
+//! # Ok::<(), fairyc::Error>(())
+//! ```
+
+pub mod report;
+
+use std::path::Path;
+
+pub use fairyc_frontend::import::{import, Imported};
+pub use fairyc_frontend::tokenizer::{ChatMessage, Tokenizer};
+use fairyc_ir::Graph;
+pub use fairyc_runtime::{Executor, Sampler, Session, StopReason, Tensor};
+
+/// Anything that can go wrong in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Frontend(#[from] fairyc_frontend::FrontendError),
+    #[error(transparent)]
+    Tokenizer(#[from] fairyc_frontend::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Runtime(#[from] fairyc_runtime::RuntimeError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// How to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// What a generation produced.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop: StopReason,
+}
+
+/// Perplexity over windows of a token stream.
+#[derive(Clone, Debug)]
+pub struct Perplexity {
+    pub windows: usize,
+    pub scored_tokens: usize,
+    /// Mean negative log-likelihood per scored token, in nats.
+    pub nll: f64,
+}
+
+impl Perplexity {
+    pub fn value(&self) -> f64 {
+        self.nll.exp()
+    }
+}
+
+/// A loaded model: a verified graph bound to its decoded weights, and the
+/// tokenizer that goes with it.
+pub struct Model {
+    executor: Executor,
+    tokenizer: Tokenizer,
+}
+
+impl Model {
+    /// Imports `path` (GGUF, Hugging Face folder or .fir) and decodes its
+    /// weights.
+    pub fn load(path: &Path) -> Result<Model, Error> {
+        Model::from_imported(import(path)?, &|_| {})
+    }
+
+    /// Binds an imported model to its weights; `on_weight` sees each weight
+    /// as it is decoded (for progress reporting).
+    pub fn from_imported(
+        imported: Imported,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Model, Error> {
+        let executor = Executor::new(imported.graph, imported.weights.as_ref(), on_weight)?;
+        Ok(Model {
+            executor,
+            tokenizer: imported.tokenizer,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        self.executor.graph()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of a prompt: as a single user turn through the model's chat
+    /// template with `chat`, otherwise the plain text (no BOS is added
+    /// unless the tokenizer asks for it).
+    pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>, Error> {
+        let mut ids = Vec::new();
+        let text = if chat {
+            self.tokenizer
+                .apply_chat_template(&[ChatMessage::new("user", prompt)], true)?
+        } else {
+            if self.tokenizer.add_bos() {
+                ids.extend(self.tokenizer.bos_id());
+            }
+            prompt.to_string()
+        };
+        ids.extend(self.tokenizer.encode(&text, chat)?);
+        if ids.is_empty() {
+            return Err(Error::Usage("the prompt encodes to no tokens".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Logits `[tokens, vocab]` after every position of `ids`.
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor, Error> {
+        Ok(Session::new(&self.executor).feed(ids)?)
+    }
+
+    /// Generates from `prompt` ids, streaming text to `on_text` as it
+    /// becomes valid UTF-8.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, Error> {
+        let mut session = Session::new(&self.executor);
+        let mut sampler = Sampler::new(options.temperature, options.top_p, options.seed);
+        let mut stream = self.tokenizer.decode_stream();
+        let mut text = String::new();
+        let mut stream_error = None;
+        let tokenizer = &self.tokenizer;
+        let (tokens, stop) = session.generate(
+            prompt,
+            options.max_new_tokens,
+            &mut sampler,
+            &|id| tokenizer.is_eog(id),
+            &mut |id| match stream.push(id) {
+                Ok(Some(piece)) => {
+                    on_text(&piece);
+                    text.push_str(&piece);
+                    true
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    stream_error = Some(e);
+                    false
+                }
+            },
+        )?;
+        if let Some(e) = stream_error {
+            return Err(e.into());
+        }
+        let rest = stream.finish()?;
+        on_text(&rest);
+        text.push_str(&rest);
+        Ok(Generation { tokens, text, stop })
+    }
+
+    /// Perplexity of `ids` over non-overlapping windows of `ctx` tokens with
+    /// no BOS: token 0 of each window is context only, tokens 1..ctx-1 are
+    /// scored. A trailing partial window is left out. `on_window` is called
+    /// after each window with (done, total).
+    pub fn perplexity(
+        &self,
+        ids: &[u32],
+        ctx: usize,
+        max_windows: Option<usize>,
+        on_window: &mut dyn FnMut(usize, usize, &Perplexity),
+    ) -> Result<Perplexity, Error> {
+        if ctx < 2 {
+            return Err(Error::Usage(format!("--ctx must be at least 2, got {ctx}")));
+        }
+        let mut windows = ids.len() / ctx;
+        if let Some(m) = max_windows {
+            windows = windows.min(m);
+        }
+        if windows == 0 {
+            return Err(Error::Usage(format!(
+                "the text has {} tokens, fewer than one window of {ctx}",
+                ids.len()
+            )));
+        }
+        let mut total = 0.0f64;
+        let mut result = Perplexity {
+            windows: 0,
+            scored_tokens: 0,
+            nll: 0.0,
+        };
+        for w in 0..windows {
+            let window = &ids[w * ctx..(w + 1) * ctx];
+            let logits = self.logits(window)?;
+            let vocab = logits.cols();
+            let rows = logits.as_f32().expect("language-model logits are f32");
+            for (i, &target) in window.iter().enumerate().skip(1) {
+                if target as usize >= vocab {
+                    return Err(Error::Usage(format!(
+                        "token id {target} is outside the model's vocabulary of {vocab}"
+                    )));
+                }
+                total -= log_softmax_at(&rows[(i - 1) * vocab..i * vocab], target as usize);
+            }
+            result.windows = w + 1;
+            result.scored_tokens += ctx - 1;
+            result.nll = total / result.scored_tokens as f64;
+            on_window(w + 1, windows, &result);
+        }
+        Ok(result)
+    }
+}
+
+/// `log softmax(row)[target]`, in f64.
+fn log_softmax_at(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+    row[target] as f64 - max - sum.ln()
+}
