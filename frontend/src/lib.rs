@@ -7,6 +7,7 @@ pub mod hf;
 pub mod import;
 pub mod llama;
 pub mod safetensors_store;
+pub mod synth;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
