@@ -73,10 +73,29 @@ pub fn import(path: &Path) -> Result<Imported, FrontendError> {
         Format::HuggingFace => import_hf(path)?,
         Format::Fir => import_fir(path)?,
     };
-    verify(&imported.graph).map_err(|e| FrontendError::Model(e.to_string()))?;
+    let invalid = |message: String| FrontendError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    verify(&imported.graph).map_err(|e| invalid(e.to_string()))?;
     verify_weights(&imported.graph, imported.weights.as_ref())
-        .map_err(|e| FrontendError::Model(e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(imported)
+}
+
+/// Builds the decoder graph, naming `path` in errors about the model.
+fn build_graph(
+    path: &Path,
+    config: &llama::LlamaConfig,
+    store: &dyn WeightStore,
+) -> Result<Graph, FrontendError> {
+    llama::build_graph(config, store).map_err(|e| match e {
+        FrontendError::Model(message) => FrontendError::File {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => other,
+    })
 }
 
 fn with_source(mut graph: Graph, path: &Path, format: &str) -> Graph {
@@ -93,7 +112,7 @@ fn import_gguf(path: &Path) -> Result<Imported, FrontendError> {
     let config = gguf_import::read_config(&file)?;
     let tokenizer = gguf_import::read_tokenizer(&file)?;
     let store = GgufStore::new(file);
-    let graph = llama::build_graph(&config, &store)?;
+    let graph = build_graph(path, &config, &store)?;
     Ok(Imported {
         graph: with_source(graph, path, "gguf"),
         weights: Arc::new(store),
@@ -117,7 +136,7 @@ fn import_hf(dir: &Path) -> Result<Imported, FrontendError> {
         path: tokenizer_json.clone(),
         message: e.to_string(),
     })?;
-    let graph = llama::build_graph(&config, &store)?;
+    let graph = build_graph(dir, &config, &store)?;
     Ok(Imported {
         graph: with_source(graph, dir, "huggingface"),
         weights: Arc::new(store),
@@ -139,15 +158,18 @@ fn import_fir(path: &Path) -> Result<Imported, FrontendError> {
         })?;
     // A relative source is relative to the .fir file's folder.
     let source = path.parent().unwrap_or(Path::new(".")).join(source);
-    let origin = match detect(&source)? {
-        Format::Gguf => import_gguf(&source)?,
-        Format::HuggingFace => import_hf(&source)?,
-        Format::Fir => {
-            return Err(FrontendError::File {
-                path: path.to_path_buf(),
-                message: "`meta source` must name a weights file, not another .fir".into(),
-            })
-        }
-    };
+    let origin = match detect(&source) {
+        Ok(Format::Gguf) => import_gguf(&source),
+        Ok(Format::HuggingFace) => import_hf(&source),
+        Ok(Format::Fir) => Err(FrontendError::File {
+            path: source.clone(),
+            message: "an IR file, not weights".into(),
+        }),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| FrontendError::File {
+        path: path.to_path_buf(),
+        message: format!("cannot load the weights its `meta source` names: {e}"),
+    })?;
     Ok(Imported { graph, ..origin })
 }
