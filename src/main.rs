@@ -231,11 +231,13 @@ fn run(command: Command) -> Result<()> {
             let ids = model.tokenizer().encode(&body, false)?;
             let bar = ProgressBar::new(0).with_style(bar_style("windows"));
             let start = Instant::now();
-            let ppl = model.perplexity(&ids, ctx, max_windows, &mut |done, total, p| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                bar.set_message(format!("ppl {:.3}", p.value()));
-            })?;
+            let ppl = model
+                .perplexity(&ids, ctx, max_windows, &mut |done, total, p| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    bar.set_message(format!("ppl {:.3}", p.value()));
+                })
+                .with_context(|| format!("perplexity of {} with --ctx {ctx}", text.display()))?;
             bar.finish_and_clear();
             println!(
                 "perplexity {:.4} over {} windows of {} tokens ({} scored of {} in the text) in {:.1}s",
