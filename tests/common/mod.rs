@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests: temporary folders and GGUF
+//! rewriting for broken or altered models.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fairyc_frontend::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+
+/// A fresh folder under the system temp dir, unique to this process and
+/// call, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fairyc-test-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// `name` inside the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One tensor of a GGUF file, decoded: name, row-major shape, values.
+pub type GgufTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Copies the GGUF file `src` to `dst` with every tensor as F32, after
+/// `edit` has changed its metadata and tensors.
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut Vec<(String, MetaValue)>, &mut Vec<GgufTensor>),
+) {
+    let file = GgufFile::open(src).unwrap();
+    let mut meta: Vec<(String, MetaValue)> = file
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut tensors: Vec<GgufTensor> = file
+        .tensors()
+        .iter()
+        .map(|t| {
+            let data = file.tensor_f32(&t.name).unwrap();
+            (t.name.clone(), t.shape_row_major(), data)
+        })
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let mut w = GgufWriter::new();
+    for (k, v) in meta {
+        w.add_metadata(k, v);
+    }
+    for (name, shape, data) in &tensors {
+        w.add_tensor_f32(name, shape, data, GgmlType::F32).unwrap();
+    }
+    w.write(dst).unwrap();
+}
