@@ -1,0 +1,307 @@
+//! The `fairyc` binary on a synthetic tiny model: every subcommand works,
+//! and broken inputs fail with a message that names the problem, never a
+//! panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{rewrite_gguf, TempDir};
+use fairyc::Model;
+use fairyc_frontend::gguf::{GgmlType, MetaValue};
+use fairyc_frontend::synth::{write_gguf, SynthConfig};
+
+const TEXT: &str = "The cat sat on the mat. The sun is in the west, and the water is warm. \
+Then the other cats went out in the rain, and at seven they sat on the stones again.\n";
+
+fn fairyc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .args(args)
+        .output()
+        .expect("the fairyc binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `args`, which must succeed; returns standard output.
+fn ok(args: &[&str]) -> String {
+    let o = fairyc(args);
+    assert!(
+        o.status.success(),
+        "fairyc {args:?} failed: {}\n{}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    stdout(&o)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// A folder with the tiny llama as `model.gguf` and a text `text.txt`.
+fn setup(tag: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    let model = dir.path("model.gguf");
+    write_gguf(&model, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    std::fs::write(dir.path("text.txt"), TEXT.repeat(4)).unwrap();
+    (dir, model)
+}
+
+#[test]
+fn import_then_run_prints_text() {
+    let (dir, model) = setup("cli-run");
+    let fir = dir.path("x.fir");
+    ok(&["import", s(&model), "-o", s(&fir)]);
+    let ir = std::fs::read_to_string(&fir).unwrap();
+    assert!(ir.starts_with("graph @llama {"), "{ir}");
+    assert!(
+        ir.contains(s(&model.canonicalize().unwrap())),
+        "names its weights"
+    );
+
+    let o = fairyc(&["run", s(&fir), "-p", "the cat", "-n", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(!text.trim().is_empty(), "no text generated: {text:?}");
+    assert!(stderr(&o).contains("generated"), "{}", stderr(&o));
+
+    // The .fir and the GGUF give the same greedy text.
+    assert_eq!(ok(&["run", s(&model), "-p", "the cat", "-n", "5"]), text);
+    // Chat prompts and sampling work too.
+    ok(&[
+        "run",
+        s(&model),
+        "-p",
+        "hi",
+        "--chat",
+        "-n",
+        "3",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
+}
+
+#[test]
+fn dump_prints_text_dot_and_a_summary() {
+    let (dir, model) = setup("cli-dump");
+    let text = ok(&["dump", s(&model)]);
+    assert!(text.starts_with("graph @llama {"));
+    assert!(text.contains("weight \"blk.1.ffn_down.weight\""));
+
+    let dot = ok(&["dump", s(&model), "--format", "dot"]);
+    assert!(dot.trim_start().starts_with("digraph"), "{dot}");
+    assert!(dot.trim_end().ends_with('}'));
+
+    let summary = ok(&["dump", s(&model), "--summary"]);
+    for needle in ["graph @llama", "ops:", "attention 2", "weights:", "F32"] {
+        assert!(summary.contains(needle), "{needle:?} not in\n{summary}");
+    }
+
+    let out = dir.path("dump.txt");
+    assert_eq!(ok(&["dump", s(&model), "-o", s(&out)]), "");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+}
+
+#[test]
+fn run_logits_writes_the_model_logits_as_npy() {
+    let (dir, model) = setup("cli-logits");
+    let out = dir.path("out.npy");
+    let prompt = "the cat sat on the mat";
+    ok(&["run", s(&model), "-p", prompt, "--logits", s(&out)]);
+
+    let bytes = std::fs::read(&out).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(npy.dtype(), npyz::DType::Plain("<f4".parse().unwrap()));
+    let shape = npy.shape().to_vec();
+    let got: Vec<f32> = npy.into_vec().unwrap();
+
+    let m = Model::load(&model).unwrap();
+    let ids = m.encode_prompt(prompt, false).unwrap();
+    let want = m.logits(&ids).unwrap();
+    assert_eq!(shape, [ids.len() as u64, m.tokenizer().vocab_size() as u64]);
+    let want = want.as_f32().unwrap();
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |d, (a, b)| d.max((a - b).abs()));
+    assert!(diff <= 1e-6, "logits differ by {diff}");
+}
+
+#[test]
+fn ppl_prints_the_models_perplexity() {
+    let (dir, model) = setup("cli-ppl");
+    let text = dir.path("text.txt");
+    let out = ok(&["ppl", s(&model), "--text", s(&text), "--ctx", "16"]);
+    let value: f64 = out
+        .strip_prefix("perplexity ")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no perplexity in {out:?}"));
+
+    let m = Model::load(&model).unwrap();
+    let ids = m
+        .tokenizer()
+        .encode(&std::fs::read_to_string(&text).unwrap(), false)
+        .unwrap();
+    let want = m.perplexity(&ids, 16, None, &mut |_, _, _| {}).unwrap();
+    assert!(
+        (value - want.value()).abs() < 1e-3,
+        "{value} vs {}",
+        want.value()
+    );
+    // A random model is far from perfect but better than nothing at all.
+    assert!(value > 1.0 && value.is_finite(), "{value}");
+    assert!(
+        out.contains(&format!("over {} windows of 16 tokens", ids.len() / 16)),
+        "{out}"
+    );
+}
+
+#[test]
+fn broken_inputs_fail_with_a_message_and_no_panic() {
+    let (dir, model) = setup("cli-broken");
+    let p = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let text = p("text.txt");
+
+    std::fs::write(p("empty.gguf"), b"").unwrap();
+    std::fs::write(p("notes.txt"), "just some notes, not a model\n").unwrap();
+    let gguf = std::fs::read(&model).unwrap();
+    std::fs::write(p("truncated.gguf"), &gguf[..gguf.len() / 2]).unwrap();
+    std::fs::write(p("short.txt"), "the cat").unwrap();
+
+    let fir = p("good.fir");
+    ok(&["import", s(&model), "-o", &fir]);
+    let ir = std::fs::read_to_string(&fir).unwrap();
+    std::fs::write(p("syntax.fir"), ir.replacen("= embed", "= embed (", 1)).unwrap();
+    assert!(ir.contains("embed %0, %2 : f32[seq, 32]"));
+    std::fs::write(
+        p("shape.fir"),
+        ir.replacen(
+            "embed %0, %2 : f32[seq, 32]",
+            "embed %0, %2 : f32[seq, 33]",
+            1,
+        ),
+    )
+    .unwrap();
+    let source = s(&model.canonicalize().unwrap()).to_string();
+    std::fs::write(
+        p("nowhere.fir"),
+        ir.replace(&source, "/nonexistent/weights-nowhere.gguf"),
+    )
+    .unwrap();
+    rewrite_gguf(&model, &dir.path("gpt2.gguf"), |meta, _| {
+        for (key, value) in meta.iter_mut() {
+            if key == "general.architecture" {
+                *value = MetaValue::String("gpt2".into());
+            }
+        }
+    });
+    rewrite_gguf(&model, &dir.path("missing-tensor.gguf"), |_, tensors| {
+        tensors.retain(|(name, _, _)| name != "blk.1.ffn_up.weight");
+    });
+
+    let run = |m: &str| vec!["run".to_string(), m.to_string(), "-p".into(), "hi".into()];
+    let model_s = s(&model).to_string();
+    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+        (
+            "missing file",
+            run(&p("missing.gguf")),
+            vec!["missing.gguf"],
+        ),
+        ("empty file", run(&p("empty.gguf")), vec!["empty.gguf"]),
+        (
+            "text file",
+            run(&p("notes.txt")),
+            vec!["notes.txt", "not a model"],
+        ),
+        (
+            "truncated GGUF",
+            run(&p("truncated.gguf")),
+            vec!["truncated.gguf"],
+        ),
+        ("syntax error", run(&p("syntax.fir")), vec!["syntax.fir:"]),
+        (
+            "wrong shape",
+            run(&p("shape.fir")),
+            vec!["shape.fir", "f32[seq, 33]"],
+        ),
+        (
+            "source nowhere",
+            run(&p("nowhere.fir")),
+            vec!["nowhere.fir", "weights-nowhere.gguf"],
+        ),
+        ("gpt2", run(&p("gpt2.gguf")), vec!["gpt2.gguf", "`gpt2`"]),
+        (
+            "missing tensor",
+            run(&p("missing-tensor.gguf")),
+            vec!["missing-tensor.gguf", "blk.1.ffn_up.weight"],
+        ),
+        (
+            "top-p 0",
+            [run(&model_s), vec!["--top-p".into(), "0".into()]].concat(),
+            vec!["--top-p"],
+        ),
+        (
+            "ctx 1",
+            ["ppl", &model_s, "--text", &text, "--ctx", "1"]
+                .map(String::from)
+                .to_vec(),
+            vec!["--ctx"],
+        ),
+        (
+            "short text",
+            ["ppl", &model_s, "--text", &p("short.txt")]
+                .map(String::from)
+                .to_vec(),
+            vec!["short.txt", "--ctx"],
+        ),
+        (
+            "import to a missing folder",
+            ["import", &model_s, "-o", &p("no/such/dir/x.fir")]
+                .map(String::from)
+                .to_vec(),
+            vec!["x.fir"],
+        ),
+        (
+            "unknown subcommand",
+            vec!["frobnicate".into(), model_s.clone()],
+            vec!["frobnicate"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, args, needles) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = fairyc(&args);
+        let err = stderr(&o);
+        let mut problems = Vec::new();
+        if o.status.success() {
+            problems.push("exited successfully".to_string());
+        }
+        if err.contains("panicked") {
+            problems.push("panicked".to_string());
+        }
+        for n in needles {
+            if !err.contains(n) {
+                problems.push(format!("stderr does not mention {n:?}"));
+            }
+        }
+        eprintln!("{what}: {}", err.trim_end());
+        if !problems.is_empty() {
+            failures.push(format!("{what}: {}\n  stderr: {err}", problems.join(", ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
