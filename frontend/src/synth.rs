@@ -354,20 +354,18 @@ fn interleave_rope_rows(data: &[f32], shape: &[usize], heads: usize) -> Vec<f32>
 
 /// llama.cpp's `general.file_type` for a model whose matrices are `ty`.
 fn file_type(ty: GgmlType) -> io::Result<u32> {
-    Ok(match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::BF16 => 32,
-        other => return Err(io::Error::new(
+    match ty {
+        GgmlType::F32 => Ok(0),
+        GgmlType::F16 => Ok(1),
+        GgmlType::Q4_0 => Ok(2),
+        GgmlType::Q4_1 => Ok(3),
+        GgmlType::Q8_0 => Ok(7),
+        GgmlType::BF16 => Ok(32),
+        other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "synthetic GGUF: cannot write {other} weights (F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
-            ),
+            format!("synthetic GGUF: cannot write {other}; use F32, F16, BF16, Q8_0, Q4_0, Q4_1"),
         )),
-    })
+    }
 }
 
 /// Writes the model as a GGUF v3 file, atomically, with llama.cpp's
