@@ -117,7 +117,7 @@ fn both_formats_read_back_with_the_same_config_and_weights() {
         ];
         for (g, h) in pairs {
             let (gw, hw) = (file.tensor_f32(g).unwrap(), st.read_f32(h).unwrap());
-            let cols = cfg.hidden;
+            let cols = *file.tensor(g).unwrap().shape_row_major().last().unwrap();
             let permuted =
                 arch == Architecture::Llama && (g.contains("attn_q") || g.contains("attn_k"));
             for (row, grow) in gw.chunks(cols).enumerate() {
