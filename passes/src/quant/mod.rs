@@ -9,6 +9,10 @@
 //! - [`widely_linear`](mod@widely_linear): the lossless split of a real
 //!   matrix `R` into `U`, `W` with `y = U x + W conj(x)` (eq. 3, 7) and its
 //!   inverse;
+//! - [`code`]: the 2-bit codes `{+1, -1, +i, -i}` and their byte packing;
+//! - [`granularity`]: which entries share a scale ([`Granularity`]);
+//! - [`phase`]: PhaseQuant (eq. 10–12) and recursive residual stages
+//!   (eq. 13);
 //!
 //! # Arithmetic
 //! [`Arithmetic::F32`] is the default path: the split, the codes, the scales
@@ -19,10 +23,19 @@
 //! they differ only where a value lies within bf16 rounding of a sector
 //! boundary.
 
+pub mod code;
+pub mod granularity;
 pub mod pairing;
+pub mod phase;
 pub mod widely_linear;
 
+pub use code::{pack_code_rows, pack_codes, unpack_code_rows, unpack_codes, Code};
+pub use granularity::Granularity;
 pub use pairing::{pack, pack_rows, real_index, unpack, unpack_rows, Pairing};
+pub use phase::{
+    dequantize, dequantize_sum, phase_quant, phase_quant_with, residual_quant, residual_quant_with,
+    PhaseQuantized,
+};
 pub use widely_linear::{
     widely_linear, widely_linear_inverse, widely_linear_inverse_with, widely_linear_with,
     WidelyLinear,
