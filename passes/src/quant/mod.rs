@@ -13,6 +13,8 @@
 //! - [`granularity`]: which entries share a scale ([`Granularity`]);
 //! - [`phase`]: PhaseQuant (eq. 10–12) and recursive residual stages
 //!   (eq. 13);
+//! - [`pipeline`]: real matrix to deployed `A_q` in one call, including the
+//!   bf16 arithmetic that reproduces the authors' codes bit for bit;
 //!
 //! # Arithmetic
 //! [`Arithmetic::F32`] is the default path: the split, the codes, the scales
@@ -27,6 +29,7 @@ pub mod code;
 pub mod granularity;
 pub mod pairing;
 pub mod phase;
+pub mod pipeline;
 pub mod widely_linear;
 
 pub use code::{pack_code_rows, pack_codes, unpack_code_rows, unpack_codes, Code};
@@ -35,6 +38,9 @@ pub use pairing::{pack, pack_rows, real_index, unpack, unpack_rows, Pairing};
 pub use phase::{
     dequantize, dequantize_sum, phase_quant, phase_quant_with, residual_quant, residual_quant_with,
     PhaseQuantized,
+};
+pub use pipeline::{
+    fairy2i_quantize, fairy2i_reference_bf16, Fairy2iConfig, Fairy2iQuantized, Fairy2iReference,
 };
 pub use widely_linear::{
     widely_linear, widely_linear_inverse, widely_linear_inverse_with, widely_linear_with,
