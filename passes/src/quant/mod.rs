@@ -15,6 +15,7 @@
 //!   (eq. 13);
 //! - [`pipeline`]: real matrix to deployed `A_q` in one call, including the
 //!   bf16 arithmetic that reproduces the authors' codes bit for bit;
+//! - [`baseline`]: real binary and ternary (BitNet b1.58) quantizers.
 //!
 //! # Arithmetic
 //! [`Arithmetic::F32`] is the default path: the split, the codes, the scales
@@ -25,6 +26,7 @@
 //! they differ only where a value lies within bf16 rounding of a sector
 //! boundary.
 
+pub mod baseline;
 pub mod code;
 pub mod granularity;
 pub mod pairing;
@@ -32,6 +34,7 @@ pub mod phase;
 pub mod pipeline;
 pub mod widely_linear;
 
+pub use baseline::{binary_quant, ternary_quant, RealQuantized};
 pub use code::{pack_code_rows, pack_codes, unpack_code_rows, unpack_codes, Code};
 pub use granularity::Granularity;
 pub use pairing::{pack, pack_rows, real_index, unpack, unpack_rows, Pairing};
