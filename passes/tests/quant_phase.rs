@@ -32,7 +32,9 @@ fn sector_interiors() {
         c(-1.0, -5.0), // -101.3°: -i
     ];
     let (q, deq) = quant(&w, 1, 8, Granularity::Tensor);
-    let want = [PlusOne, PlusOne, PlusI, PlusI, MinusOne, MinusOne, MinusI, MinusI];
+    let want = [
+        PlusOne, PlusOne, PlusI, PlusI, MinusOne, MinusOne, MinusI, MinusI,
+    ];
     assert_eq!(q.codes, want);
     // s_re = mean(2, 2, 4, 4) = 3, s_im = mean(3, 3, 5, 5) = 4 (eq. 11).
     assert_eq!(q.scales, vec![3.0, 4.0]);
@@ -94,7 +96,13 @@ fn no_weight_on_the_imaginary_axis() {
 #[test]
 fn hand_computed_scales() {
     // Real-coded |re|: 0.5, 1.5, 0.25 -> 0.75; imag-coded |im|: 2, 0.1 -> 1.05.
-    let w = [c(0.5, 0.2), c(-1.5, 1.0), c(0.3, 2.0), c(0.25, 0.0), c(0.05, -0.1)];
+    let w = [
+        c(0.5, 0.2),
+        c(-1.5, 1.0),
+        c(0.3, 2.0),
+        c(0.25, 0.0),
+        c(0.05, -0.1),
+    ];
     let (q, _) = quant(&w, 1, 5, Granularity::Tensor);
     assert_eq!(q.scales, vec![0.75, 1.05]);
 }
@@ -155,7 +163,9 @@ fn per_group_scales_with_a_short_last_group() {
 
 #[test]
 fn group_larger_than_a_row_is_per_channel() {
-    let w: Vec<Complex32> = (0..12).map(|i| c(i as f32 - 5.0, (i * 7 % 5) as f32 - 2.0)).collect();
+    let w: Vec<Complex32> = (0..12)
+        .map(|i| c(i as f32 - 5.0, (i * 7 % 5) as f32 - 2.0))
+        .collect();
     let (a, _) = quant(&w, 3, 4, Granularity::Group(100));
     let (b, _) = quant(&w, 3, 4, Granularity::Channel);
     assert_eq!(a, b);
@@ -181,7 +191,12 @@ fn shape_and_parameter_errors() {
 
 #[test]
 fn non_finite_entries_do_not_poison_scales() {
-    let w = [c(f32::INFINITY, 0.0), c(2.0, 0.0), c(f32::NAN, 1.0), c(0.0, -3.0)];
+    let w = [
+        c(f32::INFINITY, 0.0),
+        c(2.0, 0.0),
+        c(f32::NAN, 1.0),
+        c(0.0, -3.0),
+    ];
     let (q, _) = quant(&w, 1, 4, Granularity::Tensor);
     assert_eq!(q.codes[0], Code::PlusOne);
     assert_eq!(q.codes[2], Code::PlusOne);
@@ -218,7 +233,12 @@ fn granularity() -> impl Strategy<Value = Granularity> {
 
 fn matrix() -> impl Strategy<Value = (usize, usize, Vec<Complex32>, Granularity)> {
     (1usize..5, 1usize..9, granularity()).prop_flat_map(|(n, m, g)| {
-        (Just(n), Just(m), prop::collection::vec(entry(), n * m), Just(g))
+        (
+            Just(n),
+            Just(m),
+            prop::collection::vec(entry(), n * m),
+            Just(g),
+        )
     })
 }
 

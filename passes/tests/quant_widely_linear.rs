@@ -90,8 +90,14 @@ fn halves_match_the_authors_blocks() {
     for a in 0..2 {
         for b in 0..2 {
             let (a11, a12, a21, a22) = (at(a, b), at(a, b + 2), at(a + 2, b), at(a + 2, b + 2));
-            assert_eq!(u[a * 2 + b], Complex32::new(0.5 * (a11 + a22), 0.5 * (a21 - a12)));
-            assert_eq!(w[a * 2 + b], Complex32::new(0.5 * (a11 - a22), 0.5 * (a12 + a21)));
+            assert_eq!(
+                u[a * 2 + b],
+                Complex32::new(0.5 * (a11 + a22), 0.5 * (a21 - a12))
+            );
+            assert_eq!(
+                w[a * 2 + b],
+                Complex32::new(0.5 * (a11 - a22), 0.5 * (a12 + a21))
+            );
         }
     }
 }
