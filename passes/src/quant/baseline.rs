@@ -70,16 +70,21 @@ fn quantize_with(
     let mut codes = vec![0i8; w.len()];
     let mut values = vec![0.0f32; w.len()];
     if cols > 0 {
+        let (runs, len) = granularity.runs(cols);
         codes
             .par_chunks_mut(cols)
             .zip(values.par_chunks_mut(cols))
             .zip(w.par_chunks(cols))
             .enumerate()
             .for_each(|(i, ((codes, values), w))| {
-                for (j, ((c, v), &x)) in codes.iter_mut().zip(values).zip(w).enumerate() {
-                    let scale = scales[granularity.group_of(i, j, cols)];
-                    *c = code(x, scale);
-                    *v = f32::from(*c) * scale;
+                let stretches = codes.chunks_mut(len).zip(values.chunks_mut(len));
+                for (r, (codes, values)) in stretches.enumerate() {
+                    let scale = scales[granularity.run_group(i, r, runs)];
+                    let w = &w[r * len..];
+                    for ((c, v), &x) in codes.iter_mut().zip(values).zip(w) {
+                        *c = code(x, scale);
+                        *v = f32::from(*c) * scale;
+                    }
                 }
             });
     }
@@ -120,10 +125,12 @@ pub fn ternary_quant(
 ) -> Result<RealQuantized, QuantError> {
     let scales = abs_means(w, rows, cols, granularity)?;
     Ok(quantize_with(w, cols, granularity, scales, |x, gamma| {
-        let q = (x / (gamma + 1e-5)).round_ties_even();
-        if q >= 1.0 {
+        // clamp(round_ties_even(t), -1, 1) without the rounding call: ±0.5
+        // rounds to 0 and everything beyond rounds away from 0.
+        let t = x / (gamma + 1e-5);
+        if t > 0.5 {
             1
-        } else if q <= -1.0 {
+        } else if t < -0.5 {
             -1
         } else {
             0

@@ -52,6 +52,25 @@ impl Granularity {
         }
     }
 
+    /// `(runs per row, run length)`: the stretches of a row of length `m`
+    /// that share one group (the last run of a row may be shorter). Call
+    /// after [`Granularity::validate`].
+    pub(crate) fn runs(self, m: usize) -> (usize, usize) {
+        match self {
+            Granularity::Group(g) => (m.div_ceil(g), g),
+            Granularity::Tensor | Granularity::Channel => (1, m),
+        }
+    }
+
+    /// The group of run `r` of row `i`, with `runs` runs per row.
+    pub(crate) fn run_group(self, i: usize, r: usize, runs: usize) -> usize {
+        match self {
+            Granularity::Tensor => 0,
+            Granularity::Channel => i,
+            Granularity::Group(_) => i * runs + r,
+        }
+    }
+
     /// Folds every entry of an `[n, m]` matrix into its group's accumulator:
     /// `visit(acc, flat_index)`; returns one accumulator per group. Rows run
     /// in parallel; each row, and then the rows of `Tensor`, are folded in
@@ -63,10 +82,7 @@ impl Granularity {
         V: Fn(&mut A, usize) + Sync,
         M: Fn(A, A) -> A,
     {
-        let (runs, len) = match self {
-            Granularity::Group(g) => (m.div_ceil(g), g),
-            Granularity::Tensor | Granularity::Channel => (1, m),
-        };
+        let (runs, len) = self.runs(m);
         let visit = &visit;
         let per_run: Vec<A> = (0..n)
             .into_par_iter()

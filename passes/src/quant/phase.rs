@@ -143,7 +143,23 @@ pub fn dequantize(
     m: usize,
     granularity: Granularity,
 ) -> Result<Vec<Complex32>, QuantError> {
+    let mut out = vec![Complex32::new(0.0, 0.0); n * m];
+    combine_dequantized(q, n, m, granularity, &mut out, |o, d| *o = d)?;
+    Ok(out)
+}
+
+/// Applies `f(target, ŵ)` to every entry of `target` with the matching
+/// dequantized entry of `q`, without materializing `Ŵ`.
+fn combine_dequantized(
+    q: &PhaseQuantized,
+    n: usize,
+    m: usize,
+    granularity: Granularity,
+    target: &mut [Complex32],
+    f: impl Fn(&mut Complex32, Complex32) + Sync,
+) -> Result<(), QuantError> {
     check_len("dequantize codes", q.codes.len(), n * m)?;
+    check_len("dequantize target", target.len(), n * m)?;
     let groups = granularity.num_groups(n, m)?;
     if q.scales.len() != 2 * groups {
         return Err(QuantError::Mismatch {
@@ -152,20 +168,24 @@ pub fn dequantize(
             got: q.scales.len(),
         });
     }
-    let mut out = vec![Complex32::new(0.0, 0.0); n * m];
     if m == 0 {
-        return Ok(out);
+        return Ok(());
     }
-    out.par_chunks_mut(m)
+    let (runs, len) = granularity.runs(m);
+    target
+        .par_chunks_mut(m)
         .zip(q.codes.par_chunks(m))
         .enumerate()
-        .for_each(|(i, (out, codes))| {
-            for (j, (o, c)) in out.iter_mut().zip(codes).enumerate() {
-                let (s_re, s_im) = q.scale(granularity.group_of(i, j, m));
-                *o = c.scaled(s_re, s_im);
+        .for_each(|(i, (target, codes))| {
+            // One scale pair per run: no group lookup per entry.
+            for (r, (target, codes)) in target.chunks_mut(len).zip(codes.chunks(len)).enumerate() {
+                let (s_re, s_im) = q.scale(granularity.run_group(i, r, runs));
+                for (t, c) in target.iter_mut().zip(codes) {
+                    f(t, c.scaled(s_re, s_im));
+                }
             }
         });
-    Ok(out)
+    Ok(())
 }
 
 /// Recursive residual quantization in f32 (eq. 13): stage `t` quantizes
@@ -202,11 +222,9 @@ pub fn residual_quant_with(
     for t in 0..stages {
         let q = phase_quant_with(&residual, n, m, granularity, arith)?;
         if t + 1 < stages {
-            let deq = dequantize(&q, n, m, granularity)?;
-            residual
-                .par_iter_mut()
-                .zip(&deq)
-                .for_each(|(r, d)| *r = round_c(arith, *r - d));
+            combine_dequantized(&q, n, m, granularity, &mut residual, |r, d| {
+                *r = round_c(arith, *r - d)
+            })?;
         }
         out.push(q);
     }
@@ -226,13 +244,12 @@ pub fn dequantize_sum(
 ) -> Result<Vec<Complex32>, QuantError> {
     let mut sum = vec![Complex32::new(0.0, 0.0); n * m];
     for (t, q) in stages.iter().enumerate() {
-        let deq = dequantize(q, n, m, granularity)?;
         if t == 0 {
-            sum = deq;
+            combine_dequantized(q, n, m, granularity, &mut sum, |s, d| *s = d)?;
         } else {
-            sum.par_iter_mut()
-                .zip(&deq)
-                .for_each(|(s, d)| *s = round_c(arith, *s + d));
+            combine_dequantized(q, n, m, granularity, &mut sum, |s, d| {
+                *s = round_c(arith, *s + d)
+            })?;
         }
     }
     Ok(sum)
