@@ -5,11 +5,12 @@
 //! `438da49`, `model_module/qat_modules.py`, unchanged) with versions V1–V4
 //! on an H100 (PyTorch 2.11.0+cu130, bf16 weights on CUDA) for the matrices
 //! that [`weights`] generates, and hashing the deployed bf16 weight with
-//! FNV-1a 64 over its little-endian bytes. The matrices sit on a coarse grid
-//! (k / 16384, |k| <= 1535), so diagonal ties, zeros and bf16-rounding block
-//! sums are frequent: on them the authors' code run on the CPU differs from
-//! its CUDA run in 13-27% of the entries (V1 on the 576x576 one: 0.1%),
-//! while this crate's bf16-exact path matches the CUDA run in every entry.
+//! FNV-1a 64 over its little-endian bytes; `tests/golden/authors_bf16.py`
+//! does this. The matrices sit on a coarse grid (k / 16384, |k| <= 1535),
+//! so diagonal ties, zeros and bf16-rounding block sums are frequent: on
+//! them the authors' code run on the CPU differs from its CUDA run in 13-27%
+//! of the entries (V1 on the 576x576 one: 0.1%), while this crate's
+//! bf16-exact path matches the CUDA run in every entry.
 
 use fairyc_passes::quant::fairy2i_reference_bf16;
 use half::bf16;
