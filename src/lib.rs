@@ -14,6 +14,7 @@
 //! # Ok::<(), fairyc::Error>(())
 //! ```
 
+pub mod compile;
 pub mod report;
 
 use std::path::Path;
@@ -32,8 +33,20 @@ pub enum Error {
     Tokenizer(#[from] fairyc_frontend::tokenizer::TokenizerError),
     #[error(transparent)]
     Runtime(#[from] fairyc_runtime::RuntimeError),
+    #[error(transparent)]
+    Pass(#[from] fairyc_passes::pipeline::PassError),
     #[error("{0}")]
     Usage(String),
+}
+
+/// Runs the compilation pipeline on an imported model; the result runs
+/// like the original (its quantized weights are evaluated once, at load).
+pub fn compile(
+    imported: Imported,
+    options: &fairyc_passes::pipeline::CompileOptions,
+) -> Result<(Imported, Vec<fairyc_passes::pipeline::PassRecord>), Error> {
+    let (graph, passes) = fairyc_passes::pipeline::compile(&imported.graph, options)?;
+    Ok((Imported { graph, ..imported }, passes))
 }
 
 /// How to generate.

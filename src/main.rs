@@ -6,9 +6,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use fairyc::{import, report, GenerateOptions, Model};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
+use fairyc_ir::Granularity;
+use fairyc_passes::cost::CostModel;
+use fairyc_passes::egraph::Limits;
+use fairyc_passes::lower::{LowerOptions, Pairing};
+use fairyc_passes::pipeline::CompileOptions;
+use fairyc_passes::quantize::Method;
+use fairyc_passes::simplify::SimplifyOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use npyz::WriterBuilder;
 
@@ -29,8 +36,115 @@ struct Cli {
     command: Command,
 }
 
+/// How to compile a model before using it.
+#[derive(Args, Clone)]
+struct QuantArgs {
+    /// Quantize the linear layers inside the blocks: w1, w2, w3 (Fairy2i
+    /// PhaseQuant with 1-3 residual stages: T bits per real parameter),
+    /// binary or ternary (the real baselines), complex (the exact
+    /// widely-linear form, unquantized), or none.
+    #[arg(long, default_value = "none")]
+    quant: QuantChoice,
+    /// Scale granularity: tensor (the paper's), channel, or group:G.
+    #[arg(long, default_value = "tensor", value_parser = parse_granularity)]
+    scales: Granularity,
+    /// How real channels pair into complex numbers: paper (first/second
+    /// half, as the authors) or rope (q/k/v outputs pair RoPE's pairs, so
+    /// RoPE and attention run in complex form).
+    #[arg(long, value_enum, default_value_t = PairingArg::Paper)]
+    pairing: PairingArg,
+    /// Also quantize lm_head (the output projection).
+    #[arg(long)]
+    lm_head: bool,
+    /// Rows per weight read that the cost model assumes (1: decoding;
+    /// hundreds: prompts and training, where Gauss's product pays).
+    #[arg(long, default_value_t = 1.0)]
+    cost_tokens: f64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantChoice {
+    None,
+    Complex,
+    W1,
+    W2,
+    W3,
+    Binary,
+    Ternary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PairingArg {
+    Paper,
+    Rope,
+}
+
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    match s {
+        "tensor" => Ok(Granularity::Tensor),
+        "channel" => Ok(Granularity::Channel),
+        _ => match s.strip_prefix("group:").map(str::parse::<usize>) {
+            Some(Ok(g)) if g > 0 => Ok(Granularity::Group(g)),
+            _ => Err(format!(
+                "expected tensor, channel or group:G with G > 0, got `{s}`"
+            )),
+        },
+    }
+}
+
+impl QuantArgs {
+    /// The pass options, or `None` when the model is used as imported.
+    fn options(&self) -> Option<CompileOptions> {
+        let method = match self.quant {
+            QuantChoice::None => return None,
+            QuantChoice::Complex => None,
+            QuantChoice::W1 => Some(Method::Fairy2i { stages: 1 }),
+            QuantChoice::W2 => Some(Method::Fairy2i { stages: 2 }),
+            QuantChoice::W3 => Some(Method::Fairy2i { stages: 3 }),
+            QuantChoice::Binary => Some(Method::RealBinary),
+            QuantChoice::Ternary => Some(Method::RealTernary),
+        };
+        let real_baseline = matches!(method, Some(Method::RealBinary | Method::RealTernary));
+        Some(CompileOptions {
+            widely_linear: !real_baseline,
+            method,
+            granularity: self.scales,
+            lower: LowerOptions {
+                pairing: match self.pairing {
+                    PairingArg::Paper => Pairing::Paper,
+                    PairingArg::Rope => Pairing::Rope,
+                },
+                lm_head: self.lm_head,
+            },
+            simplify: SimplifyOptions {
+                gauss: true,
+                cost: CostModel {
+                    tokens: self.cost_tokens,
+                    ..CostModel::default()
+                },
+            },
+            limits: Limits::default(),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Compile a model to a Fairy2i .fairy artifact: widely-linear lowering,
+    /// quantization, simplification; prints the size breakdown.
+    Compile {
+        model: PathBuf,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Print each pass's time and e-graph size.
+        #[arg(long)]
+        timings: bool,
+        /// Write the IR after each pass into this folder.
+        #[arg(long)]
+        dump_passes: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Import a model (GGUF file or Hugging Face folder) and write its IR.
     Import {
         model: PathBuf,
@@ -50,6 +164,8 @@ enum Command {
         /// Write to a file instead of standard output.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        quant: QuantArgs,
     },
     /// Generate text from a prompt, streaming it to standard output.
     Run {
@@ -73,6 +189,8 @@ enum Command {
         /// position as float32 [tokens, vocab] .npy.
         #[arg(long)]
         logits: Option<PathBuf>,
+        #[command(flatten)]
+        quant: QuantArgs,
     },
     /// Perplexity of a text file.
     ///
@@ -89,6 +207,8 @@ enum Command {
         /// Score only the first N windows.
         #[arg(long)]
         max_windows: Option<usize>,
+        #[command(flatten)]
+        quant: QuantArgs,
     },
 }
 
@@ -142,13 +262,21 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Compile {
+            model,
+            quant,
+            timings,
+            dump_passes,
+            output,
+        } => compile_command(&model, &quant, timings, dump_passes.as_deref(), &output),
         Command::Dump {
             model,
             format,
             summary,
             output,
+            quant,
         } => {
-            let imported = import(&model)?;
+            let imported = load_compiled(&model, &quant)?;
             let text = if summary {
                 report::summary(&imported.graph, imported.weights.as_ref())
             } else {
@@ -175,6 +303,7 @@ fn run(command: Command) -> Result<()> {
             top_p,
             seed,
             logits,
+            quant,
         } => {
             if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
                 bail!("--top-p must be in (0, 1], got {top_p}");
@@ -182,7 +311,7 @@ fn run(command: Command) -> Result<()> {
             if !temperature.is_finite() || temperature < 0.0 {
                 bail!("--temperature must be 0 or positive, got {temperature}");
             }
-            let model = load_with_progress(&model)?;
+            let model = load_with_progress(&model, &quant)?;
             let ids = model.encode_prompt(&prompt, chat)?;
             if let Some(path) = logits {
                 let t = model.logits(&ids)?;
@@ -224,10 +353,11 @@ fn run(command: Command) -> Result<()> {
             text,
             ctx,
             max_windows,
+            quant,
         } => {
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("cannot read {}", text.display()))?;
-            let model = load_with_progress(&model)?;
+            let model = load_with_progress(&model, &quant)?;
             let ids = model.tokenizer().encode(&body, false)?;
             let bar = ProgressBar::new(0).with_style(bar_style("windows"));
             let start = Instant::now();
@@ -260,13 +390,78 @@ fn bar_style(unit: &str) -> ProgressStyle {
     .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-fn load_with_progress(path: &Path) -> Result<Model> {
+/// Imports a model and, if asked, compiles it in memory.
+fn load_compiled(path: &Path, quant: &QuantArgs) -> Result<Imported> {
     let imported = import(path)?;
+    match quant.options() {
+        None => Ok(imported),
+        Some(options) => Ok(fairyc::compile(imported, &options)?.0),
+    }
+}
+
+fn load_with_progress(path: &Path, quant: &QuantArgs) -> Result<Model> {
+    let imported = load_compiled(path, quant)?;
     let bar = ProgressBar::new(imported.graph.weights().count() as u64)
         .with_style(bar_style("weights decoded"));
     let model = Model::from_imported(imported, &|_| bar.inc(1))?;
     bar.finish_and_clear();
     Ok(model)
+}
+
+fn compile_command(
+    model: &Path,
+    quant: &QuantArgs,
+    timings: bool,
+    dump_passes: Option<&Path>,
+    output: &Path,
+) -> Result<()> {
+    let options = quant.options().context(
+        "--quant none leaves nothing to compile: choose w1, w2, w3, binary, ternary or complex",
+    )?;
+    let start = Instant::now();
+    let imported = import(model)?;
+    let (compiled, passes) = fairyc::compile(imported, &options)?;
+    if let Some(dir) = dump_passes {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for (i, pass) in passes.iter().enumerate() {
+            let path = dir.join(format!("{:02}-{}.fir", i + 1, pass.name));
+            let text = fairyc_ir::text::print(&pass.graph);
+            write_atomically(&path, |w| w.write_all(text.as_bytes()))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    if timings {
+        for pass in &passes {
+            match &pass.egraph {
+                Some(stats) => eprintln!("{stats}"),
+                None => eprintln!(
+                    "{:<12} {:>8.1} ms  (direct rewrite, {} nodes)",
+                    pass.name,
+                    pass.elapsed.as_secs_f64() * 1e3,
+                    pass.graph.nodes.len()
+                ),
+            }
+        }
+    }
+    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref())?;
+    let sizes = fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph);
+    fairyc_frontend::fairy::write(
+        output,
+        &frozen.graph,
+        &compiled.graph,
+        &compiled.tokenizer,
+        &frozen.tensors,
+    )?;
+    let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    println!("{sizes}");
+    println!(
+        "wrote {} ({} bytes, {} tensors) in {:.1}s",
+        output.display(),
+        bytes,
+        frozen.tensors.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Writes an f32 tensor as .npy, atomically.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use fairyc_ir::{text, verify, verify_weights, Graph, WeightStore};
 
+use crate::fairy;
 use crate::gguf::GgufFile;
 use crate::gguf_import::{self, GgufStore};
 use crate::safetensors_store::{model_files, SafetensorsStore};
@@ -29,6 +30,8 @@ pub enum Format {
     HuggingFace,
     /// fairyc's textual IR, whose `meta source` names the weights.
     Fir,
+    /// A compiled `.fairy` artifact.
+    Fairy,
 }
 
 /// Recognises a model by its content (GGUF magic, IR text) or, for
@@ -52,6 +55,8 @@ pub fn detect(path: &Path) -> Result<Format, FrontendError> {
     };
     if head[..n].starts_with(b"GGUF") {
         Ok(Format::Gguf)
+    } else if n > 8 && head[8] == b'{' && fairy::is_artifact(path) {
+        Ok(Format::Fairy)
     } else if String::from_utf8_lossy(&head[..n])
         .trim_start()
         .starts_with("graph")
@@ -60,7 +65,7 @@ pub fn detect(path: &Path) -> Result<Format, FrontendError> {
     } else {
         Err(FrontendError::File {
             path: path.to_path_buf(),
-            message: "not a model fairyc reads: expected a GGUF file, a fairyc IR (.fir) file, or a Hugging Face folder with config.json".into(),
+            message: "not a model fairyc reads: expected a GGUF file, a fairyc IR (.fir) file, a compiled .fairy artifact, or a Hugging Face folder with config.json".into(),
         })
     }
 }
@@ -72,6 +77,7 @@ pub fn import(path: &Path) -> Result<Imported, FrontendError> {
         Format::Gguf => import_gguf(path)?,
         Format::HuggingFace => import_hf(path)?,
         Format::Fir => import_fir(path)?,
+        Format::Fairy => import_fairy(path)?,
     };
     let invalid = |message: String| FrontendError::File {
         path: path.to_path_buf(),
@@ -161,9 +167,9 @@ fn import_fir(path: &Path) -> Result<Imported, FrontendError> {
     let origin = match detect(&source) {
         Ok(Format::Gguf) => import_gguf(&source),
         Ok(Format::HuggingFace) => import_hf(&source),
-        Ok(Format::Fir) => Err(FrontendError::File {
+        Ok(Format::Fir | Format::Fairy) => Err(FrontendError::File {
             path: source.clone(),
-            message: "an IR file, not weights".into(),
+            message: "an IR file or a compiled artifact, not source weights".into(),
         }),
         Err(e) => Err(e),
     }
@@ -172,4 +178,14 @@ fn import_fir(path: &Path) -> Result<Imported, FrontendError> {
         message: format!("cannot load the weights its `meta source` names: {e}"),
     })?;
     Ok(Imported { graph, ..origin })
+}
+
+fn import_fairy(path: &Path) -> Result<Imported, FrontendError> {
+    let (graph, store, tokenizer) = fairy::read(path)?;
+    Ok(Imported {
+        graph,
+        weights: Arc::new(store),
+        tokenizer,
+        source: path.to_path_buf(),
+    })
 }

@@ -1,6 +1,7 @@
 //! fairyc's frontend: reads model files (GGUF, Hugging Face safetensors +
 //! config.json) and their tokenizers, and builds IR graphs from them.
 
+pub mod fairy;
 pub mod gguf;
 pub mod gguf_import;
 pub mod hf;

@@ -3,7 +3,7 @@
 //! The builder uses these rules to type new nodes and the verifier re-runs
 //! them to check every node after a transformation.
 
-use crate::op::Op;
+use crate::op::{Granularity, Op, Scheme};
 use crate::types::{DType, Dim, Shape, TensorType};
 
 /// Infers the result type of a non-leaf op. Leaf ops (`input`, `weight`)
@@ -68,7 +68,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         }
         Op::Rope { head_dim, base, .. } => {
             let (x, pos) = (operands[0], operands[1]);
-            expect_real(x, "input")?;
+            expect_float(x, "input")?;
             if *head_dim == 0 || head_dim % 2 != 0 {
                 return Err(format!(
                     "head_dim must be even and positive, found {head_dim}"
@@ -77,12 +77,12 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             if !(base.is_finite() && *base > 0.0) {
                 return Err(format!("base must be positive, found {base}"));
             }
-            divisible(
-                last(x, "input")?,
-                *head_dim,
-                "the input's last dimension",
-                "head_dim",
-            )?;
+            // A complex input holds two real channels per element.
+            let channels = match (x.dtype, last(x, "input")?) {
+                (DType::C64, Dim::Fixed(n)) => Dim::Fixed(2 * n),
+                (_, d) => d.clone(),
+            };
+            divisible(&channels, *head_dim, "the input's channels", "head_dim")?;
             expect_positions(x, pos)?;
             Ok(x.clone())
         }
@@ -215,34 +215,119 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             dims[*axis] = Dim::Fixed(total);
             Ok(TensorType::new(first.dtype, Shape(dims)))
         }
-        Op::Pack => {
+        Op::Pack { block } => {
             let x = operands[0];
             expect_real(x, "input")?;
-            let half = match last(x, "input")? {
-                Dim::Fixed(n) if n % 2 == 0 && *n > 0 => n / 2,
-                d => return Err(format!("pack needs an even last dimension, found {d}")),
-            };
+            let n = fixed_last(x)?;
+            check_block(n, *block)?;
             Ok(TensorType::new(
                 DType::C64,
-                x.shape.with_last(Dim::Fixed(half)),
+                x.shape.with_last(Dim::Fixed(n.div_ceil(2))),
             ))
         }
-        Op::Unpack => {
+        Op::Unpack { block } => {
             let x = operands[0];
             expect_complex(x)?;
-            let m = match last(x, "input")? {
-                Dim::Fixed(n) => n * 2,
-                d => return Err(format!("unpack needs a fixed last dimension, found {d}")),
-            };
+            let m = 2 * fixed_last(x)?;
+            check_block(m, *block)?;
             Ok(TensorType::new(
                 DType::F32,
                 x.shape.with_last(Dim::Fixed(m)),
             ))
         }
+        Op::Sub => {
+            let (a, b) = (operands[0], operands[1]);
+            infer_type(&Op::Add, &[a, b])
+        }
+        Op::WidelyLinear {
+            row_block,
+            col_block,
+            ..
+        } => {
+            let r = operands[0];
+            expect_real(r, "weight")?;
+            let (rows, cols) = matrix(r)?;
+            check_block(rows, *row_block)?;
+            check_block(cols, *col_block)?;
+            Ok(TensorType::new(
+                DType::C64,
+                Shape::new([rows.div_ceil(2), cols.div_ceil(2)]),
+            ))
+        }
+        Op::Quantize {
+            scheme,
+            granularity,
+        } => {
+            let w = operands[0];
+            match scheme {
+                Scheme::Phase => expect_complex(w)?,
+                Scheme::Binary | Scheme::Ternary => expect_real(w, "weight")?,
+            }
+            matrix(w)?;
+            check_granularity(*granularity)?;
+            Ok(w.clone())
+        }
+        Op::Dequant { granularity } => {
+            let (codes, scales) = (operands[0], operands[1]);
+            if codes.dtype != DType::Code2 {
+                return Err(format!("codes must be code2, found {codes}"));
+            }
+            let (n, m) = matrix(codes)?;
+            check_granularity(*granularity)?;
+            let want = scale_shape(*granularity, n, m);
+            if scales.dtype != DType::F32 || scales.shape != want {
+                return Err(format!(
+                    "scales must be f32{want} for {codes}, found {scales}"
+                ));
+            }
+            Ok(TensorType::new(DType::C64, codes.shape.clone()))
+        }
         Op::Conj => {
             expect_complex(operands[0])?;
             Ok(operands[0].clone())
         }
+    }
+}
+
+/// The shape of the scales of an `[n, m]` weight: an (re, im) pair per
+/// tensor, per row, or per group of inputs within a row.
+pub fn scale_shape(g: Granularity, n: usize, m: usize) -> Shape {
+    match g {
+        Granularity::Tensor => Shape::new([2]),
+        Granularity::Channel => Shape::new([n, 2]),
+        Granularity::Group(size) => Shape::new([n, m.div_ceil(size.max(1)), 2]),
+    }
+}
+
+fn check_granularity(g: Granularity) -> Result<(), String> {
+    match g {
+        Granularity::Group(0) => Err("group_size must be positive".into()),
+        _ => Ok(()),
+    }
+}
+
+/// Pairing blocks must tile the dimension and hold whole pairs.
+fn check_block(n: usize, block: usize) -> Result<(), String> {
+    if block == 0 || (block.is_multiple_of(2) && n.is_multiple_of(block)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "pairing block {block} must be even and divide the dimension {n} (or be 0 for halves)"
+        ))
+    }
+}
+
+fn fixed_last(t: &TensorType) -> Result<usize, String> {
+    match t.shape.last() {
+        Some(Dim::Fixed(n)) if *n > 0 => Ok(*n),
+        _ => Err(format!("the last dimension of {t} must be a positive size")),
+    }
+}
+
+fn matrix(t: &TensorType) -> Result<(usize, usize), String> {
+    match t.shape.dims() {
+        [Dim::Fixed(r), Dim::Fixed(c)] if *r > 0 && *c > 0 => Ok((*r, *c)),
+        _ => Err(format!("expected a matrix of fixed size, found {t}")),
     }
 }
 

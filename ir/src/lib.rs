@@ -5,6 +5,8 @@
 //! - [`op`]: the operations; [`infer`]: their type rules;
 //! - [`graph`]: graphs and the builder; [`verify`]: the verifier;
 //! - [`text`]: the one textual form (print and parse); [`dot`]: Graphviz;
+//! - [`quant`]: the reference semantics of the Fairy2i ops (widely-linear
+//!   split, PhaseQuant, the code2 encoding) and the real baselines;
 //! - [`weights`]: the store that `weight` nodes refer to by name.
 
 pub mod atomic;
@@ -12,13 +14,14 @@ pub mod dot;
 pub mod graph;
 pub mod infer;
 pub mod op;
+pub mod quant;
 pub mod text;
 pub mod types;
 pub mod verify;
 pub mod weights;
 
 pub use graph::{BuildError, Graph, GraphBuilder, Node, ValueId};
-pub use op::{Attr, Op, RopeLayout};
+pub use op::{Attr, Granularity, Op, RopeLayout, Scheme, WlPart};
 pub use types::{DType, Dim, Shape, TensorType};
 pub use verify::{verify, verify_weights, VerifyError};
 pub use weights::{WeightError, WeightStore};

@@ -95,15 +95,68 @@ pub enum Op {
     Concat {
         axis: usize,
     },
-    /// Real `[..., 2m]` -> complex `[..., m]`: the first half of the last
-    /// dimension is the real part, the second half the imaginary part
-    /// (the pairing of the Fairy2i paper).
-    Pack,
+    /// Real `[..., L]` -> complex `[..., ceil(L/2)]`. The last dimension is
+    /// cut into blocks of `block` channels (`0`: the whole dimension); in
+    /// each block the first half holds real parts, the second half imaginary
+    /// parts. `block = 0` is the Fairy2i paper's pairing, `block = 2` pairs
+    /// adjacent channels, `block = head_dim` pairs RoPE's half-split pairs.
+    /// An odd length is padded with one zero channel first.
+    Pack {
+        block: usize,
+    },
     /// Complex `[..., m]` -> real `[..., 2m]`, the inverse of `Pack`.
-    Unpack,
+    Unpack {
+        block: usize,
+    },
     /// Complex conjugate.
     Conj,
+    /// Elementwise difference; the second operand may be a suffix-shaped broadcast.
+    Sub,
+    /// The Fairy2i widely-linear split (eq. 3) of a real weight `R[r, c]`:
+    /// the complex `U` or `W` `[ceil(r/2), ceil(c/2)]` with
+    /// `pack(R x) = U pack(x) + W conj(pack(x))`, outputs paired by
+    /// `row_block` and inputs by `col_block` as in `Pack`.
+    WidelyLinear {
+        part: WlPart,
+        row_block: usize,
+        col_block: usize,
+    },
+    /// One quantization stage of a weight: PhaseQuant onto
+    /// {±s_re, ±i·s_im} for complex weights (eq. 10-12), or the real
+    /// binary / ternary baselines. The result holds the dequantized values;
+    /// training passes gradients straight through.
+    Quantize {
+        scheme: Scheme,
+        granularity: Granularity,
+    },
+    /// Complex weights from packed {+1, -1, +i, -i} codes `code2[n, m]` and
+    /// their axis scales (`f32[2]`, `[n, 2]` or `[n, ceil(m/G), 2]`).
+    Dequant {
+        granularity: Granularity,
+    },
 }
+
+/// Which half of the widely-linear form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WlPart {
+    /// The linear part `U` (acts on `x`).
+    U,
+    /// The conjugate-linear part `W` (acts on `conj(x)`).
+    W,
+}
+
+/// A weight quantizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Fairy2i / iFairy PhaseQuant on complex weights.
+    Phase,
+    /// sign(w) · mean|w| on real weights.
+    Binary,
+    /// BitNet b1.58 absmean ternary on real weights.
+    Ternary,
+}
+
+pub use crate::quant::Granularity;
 
 /// An attribute value as it appears in the textual form.
 #[derive(Clone, Debug, PartialEq)]
@@ -181,9 +234,13 @@ impl Op {
             Op::Transpose { .. } => "transpose",
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
-            Op::Pack => "pack",
-            Op::Unpack => "unpack",
+            Op::Pack { .. } => "pack",
+            Op::Unpack { .. } => "unpack",
             Op::Conj => "conj",
+            Op::Sub => "sub",
+            Op::WidelyLinear { .. } => "widely_linear",
+            Op::Quantize { .. } => "quantize",
+            Op::Dequant { .. } => "dequant",
         }
     }
 
@@ -195,12 +252,19 @@ impl Op {
             | Op::Reshape { .. }
             | Op::Transpose { .. }
             | Op::Slice { .. }
-            | Op::Pack
-            | Op::Unpack
-            | Op::Conj => Arity::Exactly(1),
-            Op::Embed | Op::Linear | Op::RmsNorm { .. } | Op::Rope { .. } | Op::Add | Op::Mul => {
-                Arity::Exactly(2)
-            }
+            | Op::Pack { .. }
+            | Op::Unpack { .. }
+            | Op::Conj
+            | Op::WidelyLinear { .. }
+            | Op::Quantize { .. } => Arity::Exactly(1),
+            Op::Embed
+            | Op::Linear
+            | Op::RmsNorm { .. }
+            | Op::Rope { .. }
+            | Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Dequant { .. } => Arity::Exactly(2),
             Op::Attention { .. } => Arity::Exactly(3),
             Op::Concat { .. } => Arity::AtLeast(1),
         }
@@ -262,8 +326,57 @@ impl Op {
                 ("end", Attr::Int(*end)),
             ],
             Op::Concat { axis } => vec![("axis", Attr::Int(*axis))],
+            Op::Pack { block } | Op::Unpack { block } => vec![("block", Attr::Int(*block))],
+            Op::WidelyLinear {
+                part,
+                row_block,
+                col_block,
+            } => vec![
+                (
+                    "part",
+                    Attr::Ident(
+                        match part {
+                            WlPart::U => "u",
+                            WlPart::W => "w",
+                        }
+                        .into(),
+                    ),
+                ),
+                ("row_block", Attr::Int(*row_block)),
+                ("col_block", Attr::Int(*col_block)),
+            ],
+            Op::Quantize {
+                scheme,
+                granularity,
+            } => {
+                let mut a = vec![(
+                    "scheme",
+                    Attr::Ident(
+                        match scheme {
+                            Scheme::Phase => "phase",
+                            Scheme::Binary => "binary",
+                            Scheme::Ternary => "ternary",
+                        }
+                        .into(),
+                    ),
+                )];
+                a.extend(granularity_attrs(*granularity));
+                a
+            }
+            Op::Dequant { granularity } => granularity_attrs(*granularity),
             _ => Vec::new(),
         }
+    }
+}
+
+fn granularity_attrs(g: Granularity) -> Vec<(&'static str, Attr)> {
+    match g {
+        Granularity::Tensor => vec![("granularity", Attr::Ident("tensor".into()))],
+        Granularity::Channel => vec![("granularity", Attr::Ident("channel".into()))],
+        Granularity::Group(n) => vec![
+            ("granularity", Attr::Ident("group".into())),
+            ("group_size", Attr::Int(n)),
+        ],
     }
 }
 
@@ -358,9 +471,42 @@ impl Op {
             "concat" => Op::Concat {
                 axis: int(&take("axis")?, "axis")?,
             },
-            "pack" => Op::Pack,
-            "unpack" => Op::Unpack,
+            "pack" => Op::Pack {
+                block: int(&take("block")?, "block")?,
+            },
+            "unpack" => Op::Unpack {
+                block: int(&take("block")?, "block")?,
+            },
             "conj" => Op::Conj,
+            "sub" => Op::Sub,
+            "widely_linear" => Op::WidelyLinear {
+                part: match ident(&take("part")?, "part")?.as_str() {
+                    "u" => WlPart::U,
+                    "w" => WlPart::W,
+                    other => return Err(format!("unknown part `{other}`: expected u or w")),
+                },
+                row_block: int(&take("row_block")?, "row_block")?,
+                col_block: int(&take("col_block")?, "col_block")?,
+            },
+            "quantize" => {
+                let scheme = match ident(&take("scheme")?, "scheme")?.as_str() {
+                    "phase" => Scheme::Phase,
+                    "binary" => Scheme::Binary,
+                    "ternary" => Scheme::Ternary,
+                    other => {
+                        return Err(format!(
+                            "unknown scheme `{other}`: expected phase, binary or ternary"
+                        ))
+                    }
+                };
+                Op::Quantize {
+                    scheme,
+                    granularity: granularity(&mut take)?,
+                }
+            }
+            "dequant" => Op::Dequant {
+                granularity: granularity(&mut take)?,
+            },
             other => return Err(format!("unknown op `{other}`")),
         };
         if let Some(key) = attrs.keys().next() {
@@ -368,6 +514,31 @@ impl Op {
         }
         Ok(op)
     }
+}
+
+fn ident(a: &Attr, key: &str) -> Result<String, String> {
+    match a {
+        Attr::Ident(s) => Ok(s.clone()),
+        other => Err(format!("`{key}` must be a name, found {other}")),
+    }
+}
+
+fn granularity(take: &mut impl FnMut(&str) -> Result<Attr, String>) -> Result<Granularity, String> {
+    Ok(
+        match ident(&take("granularity")?, "granularity")?.as_str() {
+            "tensor" => Granularity::Tensor,
+            "channel" => Granularity::Channel,
+            "group" => match int(&take("group_size")?, "group_size")? {
+                0 => return Err("`group_size` must be positive".into()),
+                g => Granularity::Group(g),
+            },
+            other => {
+                return Err(format!(
+                    "unknown granularity `{other}`: expected tensor, channel or group"
+                ))
+            }
+        },
+    )
 }
 
 fn int(a: &Attr, key: &str) -> Result<usize, String> {

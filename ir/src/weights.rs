@@ -24,4 +24,11 @@ pub trait WeightStore: Send + Sync {
     /// The tensor decoded to f32 in row-major order (complex tensors as
     /// interleaved re, im pairs).
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError>;
+    /// A `code2` tensor's packed codes, as `fairyc_ir::quant` lays them out.
+    fn read_codes(&self, name: &str) -> Result<Vec<u8>, WeightError> {
+        Err(WeightError {
+            name: name.to_string(),
+            message: "this store holds no code tensors".into(),
+        })
+    }
 }

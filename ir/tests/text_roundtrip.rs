@@ -2,7 +2,10 @@
 //! parser and verifier point at the offending place.
 
 use fairyc_ir::text::{parse, print};
-use fairyc_ir::{verify, DType, Dim, GraphBuilder, Op, RopeLayout, Shape, TensorType};
+use fairyc_ir::{
+    verify, DType, Dim, Granularity, GraphBuilder, Op, RopeLayout, Scheme, Shape, TensorType,
+    WlPart,
+};
 use proptest::prelude::*;
 
 fn t(dtype: DType, dims: &[Dim]) -> TensorType {
@@ -102,10 +105,53 @@ fn every_op_graph() -> fairyc_ir::Graph {
         )
         .unwrap();
     let c = b.push(Op::Concat { axis: 1 }, &[r, y]).unwrap();
-    let z = b.push(Op::Pack, &[c]).unwrap();
+    let z = b.push(Op::Pack { block: 0 }, &[c]).unwrap();
     let zc = b.push(Op::Conj, &[z]).unwrap();
-    let out = b.push(Op::Unpack, &[zc]).unwrap();
-    b.finish(&[out, y])
+    // A widely-linear layer with W2 PhaseQuant weights, and a deployed one.
+    let wl = b.weight("wl", t(DType::F32, &[8.into(), 16.into()]));
+    let u = b
+        .push(
+            Op::WidelyLinear {
+                part: WlPart::U,
+                row_block: 2,
+                col_block: 0,
+            },
+            &[wl],
+        )
+        .unwrap();
+    let phase = Op::Quantize {
+        scheme: Scheme::Phase,
+        granularity: Granularity::Group(2),
+    };
+    let q0 = b.push(phase.clone(), &[u]).unwrap();
+    let r1 = b.push(Op::Sub, &[u, q0]).unwrap();
+    let q1 = b.push(phase, &[r1]).unwrap();
+    let uq = b.push(Op::Add, &[q0, q1]).unwrap();
+    let codes = b.weight("codes", t(DType::Code2, &[4.into(), 8.into()]));
+    let scales = b.weight("scales", t(DType::F32, &[4.into(), 2.into()]));
+    let deq = b
+        .push(
+            Op::Dequant {
+                granularity: Granularity::Channel,
+            },
+            &[codes, scales],
+        )
+        .unwrap();
+    let zl = b.push(Op::Linear, &[zc, uq]).unwrap();
+    let zd = b.push(Op::Linear, &[zc, deq]).unwrap();
+    let zs = b.push(Op::Add, &[zl, zd]).unwrap();
+    let out = b.push(Op::Unpack { block: 2 }, &[zs]).unwrap();
+    let wb = b
+        .push(
+            Op::Quantize {
+                scheme: Scheme::Ternary,
+                granularity: Granularity::Tensor,
+            },
+            &[wq],
+        )
+        .unwrap();
+    let yb = b.push(Op::Linear, &[y, wb]).unwrap();
+    b.finish(&[out, yb])
 }
 
 #[test]

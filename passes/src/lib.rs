@@ -1,1 +1,18 @@
-pub mod quant;
+//! fairyc's passes: the Fairy2i method as rewrites of the IR.
+//!
+//! - [`egraph`]: the IR as an `egg` language, the round trip, rule plumbing;
+//! - [`lower`]: widely-linear lowering (section 3.1), on the e-graph;
+//! - [`quantize`]: PhaseQuant with residual stages (3.2-3.3) and the real
+//!   baselines, as a directed rewrite;
+//! - [`simplify`]: identities that keep data complex (pack/unpack, conj,
+//!   complex RoPE and attention) and Gauss's product, on the e-graph;
+//! - [`cost`]: the cost model extraction minimises;
+//! - [`pipeline`]: the passes in order, verified after each.
+
+pub mod cost;
+pub mod egraph;
+pub mod lower;
+pub mod pipeline;
+pub mod quantize;
+pub mod rebuild;
+pub mod simplify;

@@ -4,20 +4,26 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fairyc_ir::{verify, verify_weights, DType, Dim, Graph, Op, WeightStore};
+use fairyc_ir::quant::{self, Pairing};
+use fairyc_ir::{verify, verify_weights, DType, Dim, Graph, Op, Scheme, WeightStore, WlPart};
 use num_complex::Complex32;
 use rayon::prelude::*;
 
 use crate::kernels::attention::{attention, AttentionShape};
-use crate::kernels::{elementwise, layout, linear::linear, norm::rms_norm, rope::rope};
+use crate::kernels::rope::{rope, rope_complex};
+use crate::kernels::{elementwise, layout, linear::linear, norm::rms_norm};
 use crate::tensor::{Data, Tensor};
 use crate::RuntimeError;
 
 /// A graph bound to its weights, ready to run.
 pub struct Executor {
     graph: Graph,
-    /// Decoded weights, indexed by node.
-    weights: HashMap<usize, Arc<Tensor>>,
+    /// Values that depend on weights alone (weights and weight expressions
+    /// such as quantized weights), evaluated once at load, by node. Only
+    /// those that input-dependent nodes read are kept.
+    constants: HashMap<usize, Arc<Tensor>>,
+    /// Which nodes depend on weights alone.
+    constant: Vec<bool>,
     last_uses: Vec<usize>,
 }
 
@@ -51,8 +57,10 @@ impl KvCache {
 }
 
 impl Executor {
-    /// Verifies `graph`, checks it against `store`, and decodes every weight
-    /// it references. `on_weight` is called after each weight (for progress).
+    /// Verifies `graph`, checks it against `store`, decodes every weight it
+    /// references and evaluates the weight expressions (the nodes that
+    /// depend on weights alone) once. `on_weight` is called after each
+    /// weight is decoded (for progress).
     pub fn new(
         graph: Graph,
         store: &dyn WeightStore,
@@ -60,44 +68,14 @@ impl Executor {
     ) -> Result<Executor, RuntimeError> {
         verify(&graph)?;
         verify_weights(&graph, store)?;
-        let refs: Vec<(usize, String, DType, Vec<usize>)> = graph
-            .weights()
-            .map(|(id, name, ty)| {
-                let shape = ty.shape.concrete().ok_or_else(|| {
-                    RuntimeError::new(format!(
-                        "weight \"{name}\" has a symbolic shape {}",
-                        ty.shape
-                    ))
-                })?;
-                Ok((id.0, name.to_string(), ty.dtype, shape))
-            })
-            .collect::<Result<_, RuntimeError>>()?;
-        let weights = refs
-            .into_par_iter()
-            .map(|(id, name, dtype, shape)| {
-                let raw = store.read_f32(&name)?;
-                let tensor = match dtype {
-                    DType::F32 | DType::F16 | DType::BF16 => Tensor::f32(shape, raw),
-                    DType::C64 => Tensor::c64(
-                        shape,
-                        raw.chunks_exact(2)
-                            .map(|p| Complex32::new(p[0], p[1]))
-                            .collect(),
-                    ),
-                    other => {
-                        return Err(RuntimeError::new(format!(
-                            "weight \"{name}\": the reference executor cannot load {other} tensors"
-                        )))
-                    }
-                };
-                on_weight(&name);
-                Ok((id, Arc::new(tensor)))
-            })
-            .collect::<Result<HashMap<_, _>, RuntimeError>>()?;
+        let weights = load_weights(&graph, store, on_weight)?;
         let last_uses = graph.last_uses();
+        let keep = vec![false; graph.nodes.len()];
+        let (constants, constant) = fold_constants(&graph, weights, &last_uses, keep)?;
         Ok(Executor {
             graph,
-            weights,
+            constants,
+            constant,
             last_uses,
         })
     }
@@ -119,7 +97,12 @@ impl Executor {
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let result = match &node.op {
                 Op::Input { name } => Arc::new(inputs[name].clone()),
-                Op::Weight { .. } => self.weights[&i].clone(),
+                // Weights and weight expressions were evaluated at load; those
+                // that only other weight expressions read were dropped there.
+                _ if self.constant[i] => match self.constants.get(&i) {
+                    Some(v) => v.clone(),
+                    None => continue,
+                },
                 op => {
                     let args: Vec<&Tensor> = node
                         .operands
@@ -189,6 +172,125 @@ impl Executor {
     }
 }
 
+/// Evaluates every node that depends on weights alone, in order, freeing
+/// each intermediate after its last use; returns the ones that
+/// input-dependent nodes or the outputs read, and which nodes are constant.
+type Folded = (HashMap<usize, Arc<Tensor>>, Vec<bool>);
+
+fn fold_constants(
+    graph: &Graph,
+    mut values: HashMap<usize, Arc<Tensor>>,
+    last_uses: &[usize],
+    mut kept: Vec<bool>,
+) -> Result<Folded, RuntimeError> {
+    let mut constant = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        constant[i] = match node.op {
+            Op::Weight { .. } => true,
+            Op::Input { .. } => false,
+            _ => node.operands.iter().all(|v| constant[v.0]),
+        };
+        if !constant[i] {
+            for v in &node.operands {
+                kept[v.0] |= constant[v.0];
+            }
+        }
+    }
+    for v in &graph.outputs {
+        kept[v.0] |= constant[v.0];
+    }
+    let mut no_cache = KvCache::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !constant[i] || matches!(node.op, Op::Weight { .. }) {
+            continue;
+        }
+        let args: Vec<&Tensor> = node
+            .operands
+            .iter()
+            .map(|v| values[&v.0].as_ref())
+            .collect();
+        let out = eval(&node.op, &args, i, &HashMap::new(), &mut no_cache)
+            .map_err(|e| RuntimeError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
+        values.insert(i, Arc::new(out));
+        for v in &node.operands {
+            if last_uses[v.0] <= i && !kept[v.0] {
+                values.remove(&v.0);
+            }
+        }
+    }
+    values.retain(|i, _| kept[*i]);
+    Ok((values, constant))
+}
+
+/// Decodes every weight the graph references, in parallel.
+fn load_weights(
+    graph: &Graph,
+    store: &dyn WeightStore,
+    on_weight: &(dyn Fn(&str) + Sync),
+) -> Result<HashMap<usize, Arc<Tensor>>, RuntimeError> {
+    let refs: Vec<(usize, String, DType, Vec<usize>)> = graph
+        .weights()
+        .map(|(id, name, ty)| {
+            let shape = ty.shape.concrete().ok_or_else(|| {
+                RuntimeError::new(format!(
+                    "weight \"{name}\" has a symbolic shape {}",
+                    ty.shape
+                ))
+            })?;
+            Ok((id.0, name.to_string(), ty.dtype, shape))
+        })
+        .collect::<Result<_, RuntimeError>>()?;
+    let weights = refs
+        .into_par_iter()
+        .map(|(id, name, dtype, shape)| {
+            let tensor = match dtype {
+                DType::F32 | DType::F16 | DType::BF16 => Tensor::f32(shape, store.read_f32(&name)?),
+                DType::C64 => Tensor::c64(
+                    shape,
+                    store
+                        .read_f32(&name)?
+                        .chunks_exact(2)
+                        .map(|p| Complex32::new(p[0], p[1]))
+                        .collect(),
+                ),
+                DType::Code2 => Tensor::codes(shape, store.read_codes(&name)?),
+                DType::I32 => {
+                    return Err(RuntimeError::new(format!(
+                        "weight \"{name}\": the reference executor cannot load i32 weights"
+                    )))
+                }
+            };
+            on_weight(&name);
+            Ok((id, Arc::new(tensor)))
+        })
+        .collect::<Result<HashMap<_, _>, RuntimeError>>()?;
+    Ok(weights)
+}
+
+/// Evaluates the weight expressions `wanted` (nodes that depend on
+/// weights alone) of a verified graph, without building an executor: how
+/// a compiler step reads derived weights (e.g. to store their codes).
+pub fn evaluate_constants(
+    graph: &Graph,
+    store: &dyn WeightStore,
+    wanted: &[fairyc_ir::ValueId],
+) -> Result<HashMap<usize, Arc<Tensor>>, RuntimeError> {
+    verify(graph)?;
+    verify_weights(graph, store)?;
+    let mut keep = vec![false; graph.nodes.len()];
+    for v in wanted {
+        keep[v.0] = true;
+    }
+    let weights = load_weights(graph, store, &|_| {})?;
+    let (values, constant) = fold_constants(graph, weights, &graph.last_uses(), keep.clone())?;
+    if let Some(v) = wanted.iter().find(|v| !constant[v.0]) {
+        return Err(RuntimeError::new(format!(
+            "{v} depends on graph inputs, not on weights alone"
+        )));
+    }
+    Ok(values.into_iter().filter(|(i, _)| keep[*i]).collect())
+}
+
 fn f32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32], String> {
     t.as_f32()
         .ok_or_else(|| format!("{what} must be f32, got {}", t.dtype_name()))
@@ -209,6 +311,7 @@ macro_rules! for_each_dtype {
                 Data::F32($d) => Data::F32($body),
                 Data::C64($d) => Data::C64($body),
                 Data::I32($d) => Data::I32($body),
+                Data::Codes(_) => return Err("code tensors cannot be rearranged".into()),
             },
         }
     };
@@ -240,7 +343,9 @@ fn eval(
             match &table.data {
                 Data::F32(t) => Tensor::f32(shape, layout::embed(t, width, ids).map_err(bad)?),
                 Data::C64(t) => Tensor::c64(shape, layout::embed(t, width, ids).map_err(bad)?),
-                Data::I32(_) => return Err("embedding table must be a float tensor".into()),
+                Data::I32(_) | Data::Codes(_) => {
+                    return Err("embedding table must be a float tensor".into())
+                }
             }
         }
         Op::Linear => {
@@ -264,10 +369,17 @@ fn eval(
             head_dim,
         } => {
             let pos = args[1].as_i32().ok_or("positions must be i32")?;
-            Tensor::f32(
-                x.shape.clone(),
-                rope(f32s(x, "input")?, pos, x.cols(), *head_dim, *base, *l),
-            )
+            match &x.data {
+                Data::F32(d) => Tensor::f32(
+                    x.shape.clone(),
+                    rope(d, pos, x.cols(), *head_dim, *base, *l),
+                ),
+                Data::C64(d) => Tensor::c64(
+                    x.shape.clone(),
+                    rope_complex(d, pos, x.cols(), *head_dim, *base),
+                ),
+                Data::I32(_) | Data::Codes(_) => return Err("rope needs a float input".into()),
+            }
         }
         Op::Attention {
             heads,
@@ -358,17 +470,81 @@ fn eval(
                         .collect::<Result<Vec<_>, String>>()?;
                     Tensor::c64(shape, layout::concat(&parts, *axis))
                 }
-                Data::I32(_) => return Err("concat of i32 tensors is not supported".into()),
+                Data::I32(_) | Data::Codes(_) => {
+                    return Err("concat takes f32 or c64 tensors".into())
+                }
             }
         }
-        Op::Pack => Tensor::c64(
-            with_last(&x.shape, x.cols() / 2),
-            elementwise::pack(f32s(x, "input")?, x.cols()),
-        ),
-        Op::Unpack => Tensor::f32(
-            with_last(&x.shape, x.cols() * 2),
-            elementwise::unpack(c64s(x, "input")?, x.cols()),
-        ),
+        Op::Pack { block } => {
+            let (rows, cols) = (x.len() / x.cols().max(1), x.cols());
+            let z = quant::pack_rows(f32s(x, "input")?, rows, cols, Pairing::from_block(*block))
+                .map_err(|e| e.to_string())?;
+            Tensor::c64(with_last(&x.shape, cols.div_ceil(2)), z)
+        }
+        Op::Unpack { block } => {
+            let (rows, m) = (x.len() / x.cols().max(1), x.cols());
+            let y = quant::unpack_rows(c64s(x, "input")?, rows, 2 * m, Pairing::from_block(*block))
+                .map_err(|e| e.to_string())?;
+            Tensor::f32(with_last(&x.shape, 2 * m), y)
+        }
+        Op::WidelyLinear {
+            part,
+            row_block,
+            col_block,
+        } => {
+            let (rows, cols) = (x.shape[0], x.shape[1]);
+            let (u, w, n, m) = quant::widely_linear(
+                f32s(x, "weight")?,
+                rows,
+                cols,
+                Pairing::from_block(*row_block),
+                Pairing::from_block(*col_block),
+            )
+            .map_err(|e| e.to_string())?;
+            Tensor::c64(vec![n, m], if *part == WlPart::U { u } else { w })
+        }
+        Op::Quantize {
+            scheme,
+            granularity,
+        } => {
+            let (n, m) = (x.shape[0], x.shape[1]);
+            let g = *granularity;
+            match scheme {
+                Scheme::Phase => {
+                    let w = c64s(x, "weight")?;
+                    let q = quant::phase_quant(w, n, m, g).map_err(|e| e.to_string())?;
+                    Tensor::c64(
+                        x.shape.clone(),
+                        quant::dequantize(&q, n, m, g).map_err(|e| e.to_string())?,
+                    )
+                }
+                Scheme::Binary | Scheme::Ternary => {
+                    let w = f32s(x, "weight")?;
+                    let q = if *scheme == Scheme::Binary {
+                        quant::binary_quant(w, n, m, g)
+                    } else {
+                        quant::ternary_quant(w, n, m, g)
+                    }
+                    .map_err(|e| e.to_string())?;
+                    Tensor::f32(x.shape.clone(), q.values)
+                }
+            }
+        }
+        Op::Dequant { granularity } => {
+            let (n, m) = (x.shape[0], x.shape[1]);
+            let Data::Codes(packed) = &x.data else {
+                return Err(format!("codes must be code2, got {}", x.dtype_name()));
+            };
+            let q = quant::PhaseQuantized {
+                codes: quant::unpack_code_rows(packed, n, m).map_err(|e| e.to_string())?,
+                scales: f32s(args[1], "scales")?.to_vec(),
+            };
+            Tensor::c64(
+                x.shape.clone(),
+                quant::dequantize(&q, n, m, *granularity).map_err(|e| e.to_string())?,
+            )
+        }
+        Op::Sub => binary(x, args[1], |a, b| a - b, |a, b| a - b)?,
         Op::Conj => Tensor::c64(x.shape.clone(), elementwise::conj(c64s(x, "input")?)),
     })
 }
@@ -420,7 +596,7 @@ fn empty_like(t: &Tensor) -> Tensor {
     match t.data {
         Data::F32(_) => Tensor::f32(shape, Vec::new()),
         Data::C64(_) => Tensor::c64(shape, Vec::new()),
-        Data::I32(_) => Tensor::i32(shape, Vec::new()),
+        Data::I32(_) | Data::Codes(_) => Tensor::i32(shape, Vec::new()),
     }
 }
 

@@ -9,6 +9,9 @@ pub enum Data {
     F32(Vec<f32>),
     C64(Vec<Complex32>),
     I32(Vec<i32>),
+    /// {+1, -1, +i, -i} codes, packed four to a byte, each row padded to a
+    /// whole byte (the layout of `fairyc_ir::quant`).
+    Codes(Vec<u8>),
 }
 
 /// A dense row-major tensor.
@@ -40,6 +43,13 @@ impl Tensor {
         Tensor {
             shape,
             data: Data::I32(data),
+        }
+    }
+
+    pub fn codes(shape: Vec<usize>, packed: Vec<u8>) -> Tensor {
+        Tensor {
+            shape,
+            data: Data::Codes(packed),
         }
     }
 
@@ -82,6 +92,7 @@ impl Tensor {
             Data::F32(_) => "f32",
             Data::C64(_) => "c64",
             Data::I32(_) => "i32",
+            Data::Codes(_) => "code2",
         }
     }
 }

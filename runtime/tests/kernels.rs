@@ -221,10 +221,7 @@ fn layout_kernels() {
         layout::embed(&x, 4, &[2, 0]).unwrap(),
         [8, 9, 10, 11, 0, 1, 2, 3]
     );
-    let r: Vec<f32> = (0..8).map(|v| v as f32).collect();
-    let z = elementwise::pack(&r, 4);
-    assert_eq!(z[1], Complex32::new(1.0, 3.0));
-    assert_eq!(elementwise::unpack(&z, 2), r);
+    let z = [Complex32::new(0.0, 2.0)];
     assert_eq!(elementwise::conj(&z)[0], Complex32::new(0.0, -2.0));
     close(
         &elementwise::softmax(&[0.0, 0.0, 1000.0, 1000.0], 2),

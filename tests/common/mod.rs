@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: temporary folders and GGUF
 //! rewriting for broken or altered models.
 
+// Every test binary compiles this module and uses its own subset of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -161,17 +161,40 @@ impl Tokenizer {
         tokenizer_json: &Path,
         tokenizer_config_json: Option<&Path>,
     ) -> Result<Self, TokenizerError> {
-        let bytes = std::fs::read(tokenizer_json).map_err(|source| TokenizerError::Io {
-            path: tokenizer_json.to_path_buf(),
-            source,
-        })?;
-        let tokenizer =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::InvalidFile {
-                path: tokenizer_json.to_path_buf(),
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TokenizerError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let config = match tokenizer_config_json {
+            Some(path) => Some((read(path)?, path)),
+            None => None,
+        };
+        Self::from_hf_bytes(
+            &read(tokenizer_json)?,
+            tokenizer_json,
+            config
+                .as_ref()
+                .map(|(bytes, path)| (bytes.as_slice(), *path)),
+        )
+    }
+
+    /// Like [`Tokenizer::from_hf_files`], from the files' contents; `origin`
+    /// and the config's path name them in errors.
+    pub fn from_hf_bytes(
+        tokenizer_json: &[u8],
+        origin: &Path,
+        tokenizer_config_json: Option<(&[u8], &Path)>,
+    ) -> Result<Self, TokenizerError> {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| {
+            TokenizerError::InvalidFile {
+                path: origin.to_path_buf(),
                 msg: e.to_string(),
-            })?;
+            }
+        })?;
         let specials = match tokenizer_config_json {
-            Some(path) => read_tokenizer_config(path, &tokenizer)?,
+            Some((bytes, path)) => read_tokenizer_config(bytes, path, &tokenizer)?,
             None => Specials {
                 bos: None,
                 eos: None,
@@ -181,6 +204,28 @@ impl Tokenizer {
             },
         };
         Ok(Self::assemble(tokenizer, specials))
+    }
+
+    /// This tokenizer as the contents of a Hugging Face `tokenizer.json` and
+    /// `tokenizer_config.json`, which [`Tokenizer::from_hf_bytes`] reads
+    /// back to the same tokenizer (how compiled artifacts carry it).
+    pub fn to_hf_json(&self) -> Result<(String, String), TokenizerError> {
+        let json = self
+            .with_special
+            .to_string(false)
+            .map_err(|e| TokenizerError::Backend {
+                op: "serialize",
+                msg: e.to_string(),
+            })?;
+        let text = |id: Option<u32>| id.and_then(|i| self.with_special.id_to_token(i));
+        let config = serde_json::json!({
+            "bos_token": text(self.bos),
+            "eos_token": text(self.eos),
+            "pad_token": text(self.pad),
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+        });
+        Ok((json, config.to_string()))
     }
 
     fn assemble(mut with_special: tokenizers::Tokenizer, specials: Specials) -> Self {
@@ -329,6 +374,7 @@ impl Tokenizer {
 /// Reads `chat_template`, `bos_token`, `eos_token`, `pad_token` and `add_bos_token` from a
 /// `tokenizer_config.json`.
 fn read_tokenizer_config(
+    bytes: &[u8],
     path: &Path,
     tokenizer: &tokenizers::Tokenizer,
 ) -> Result<Specials, TokenizerError> {
@@ -336,12 +382,8 @@ fn read_tokenizer_config(
         path: path.to_path_buf(),
         msg,
     };
-    let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let config: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let config = config
         .as_object()
         .ok_or_else(|| invalid("expected a JSON object at the top level".into()))?;

@@ -51,24 +51,6 @@ pub fn softmax(x: &[f32], cols: usize) -> Vec<f32> {
     y
 }
 
-/// Rows `[re.. | im..]` of width `2m` to rows of `m` complex numbers.
-pub fn pack(x: &[f32], width: usize) -> Vec<Complex32> {
-    let m = width / 2;
-    x.chunks(width)
-        .flat_map(|row| (0..m).map(move |j| Complex32::new(row[j], row[m + j])))
-        .collect()
-}
-
-/// The inverse of `pack`.
-pub fn unpack(z: &[Complex32], m: usize) -> Vec<f32> {
-    let mut y = Vec::with_capacity(z.len() * 2);
-    for row in z.chunks(m) {
-        y.extend(row.iter().map(|c| c.re));
-        y.extend(row.iter().map(|c| c.im));
-    }
-    y
-}
-
 pub fn conj(z: &[Complex32]) -> Vec<Complex32> {
     z.iter().map(|c| c.conj()).collect()
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Rng;
-use fairyc_passes::quant::{
+use fairyc_ir::quant::{
     dequantize_sum, fairy2i_quantize, fairy2i_reference_bf16, relative_error,
     widely_linear_inverse_with, widely_linear_with, Arithmetic, Code, Fairy2iConfig, Granularity,
     Pairing,
@@ -59,16 +59,11 @@ fn a_rounded_block_sum_flips_a_code() {
 fn scales_are_rounded_to_bf16() {
     // U entries 1, 1, 1 + 2^-7 on the real axis: mean 1 + 2^-7/3, rounds to 1.
     let w = [1.0, 1.0, 1.0 + 1.0 / 128.0].map(|x| Complex32::new(x, 0.0));
-    let q = fairyc_passes::quant::phase_quant_with(
-        &w,
-        1,
-        3,
-        Granularity::Tensor,
-        Arithmetic::Bf16Exact,
-    )
-    .unwrap();
+    let q =
+        fairyc_ir::quant::phase_quant_with(&w, 1, 3, Granularity::Tensor, Arithmetic::Bf16Exact)
+            .unwrap();
     assert_eq!(q.scales[0], 1.0);
-    let q = fairyc_passes::quant::phase_quant(&w, 1, 3, Granularity::Tensor).unwrap();
+    let q = fairyc_ir::quant::phase_quant(&w, 1, 3, Granularity::Tensor).unwrap();
     assert_eq!(q.scales[0], 1.0 + 1.0 / 384.0);
 }
 

@@ -1,6 +1,6 @@
 //! The real baselines: binary (sign · mean|w|) and BitNet b1.58 ternary.
 
-use fairyc_passes::quant::{binary_quant, ternary_quant, Granularity, QuantError};
+use fairyc_ir::quant::{binary_quant, ternary_quant, Granularity, QuantError};
 
 #[test]
 fn binary_per_tensor() {

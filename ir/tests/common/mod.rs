@@ -2,7 +2,7 @@
 //! arithmetic in f64.
 #![allow(dead_code)] // each test binary uses a subset
 
-use fairyc_passes::quant::relative_error;
+use fairyc_ir::quant::relative_error;
 use num_complex::Complex32;
 
 /// SplitMix64: small, seeded, good enough for test matrices.

@@ -1,7 +1,7 @@
 //! PhaseQuant (section 3.2) on hand-made cases against eq. 10-12, and
 //! property tests of the projection and the scales.
 
-use fairyc_passes::quant::{
+use fairyc_ir::quant::{
     dequantize, phase_quant, phase_quant_with, Arithmetic, Code, Granularity, PhaseQuantized,
     QuantError,
 };

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{complex_error, Rng};
-use fairyc_passes::quant::{
+use fairyc_ir::quant::{
     dequantize, dequantize_sum, fairy2i_quantize, phase_quant, relative_error, residual_quant,
     Arithmetic, Fairy2iConfig, Granularity, QuantError,
 };

@@ -1,6 +1,6 @@
 //! Packing of 2-bit codes, four per byte (section 3.4, storage).
 
-use fairyc_passes::quant::{
+use fairyc_ir::quant::{
     pack_code_rows, pack_codes, phase_quant, unpack_code_rows, unpack_codes, Code, Granularity,
 };
 use num_complex::Complex32;

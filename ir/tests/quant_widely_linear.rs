@@ -5,7 +5,7 @@
 mod common;
 
 use common::{complex_error, matvec, Rng};
-use fairyc_passes::quant::{
+use fairyc_ir::quant::{
     pack, real_index, relative_error, unpack, widely_linear, widely_linear_inverse, Pairing,
 };
 use num_complex::Complex32;

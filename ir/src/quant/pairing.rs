@@ -26,6 +26,17 @@ pub enum Pairing {
 }
 
 impl Pairing {
+    /// The pairing of an IR `pack`/`unpack`/`widely_linear` block size:
+    /// 0 pairs the halves of the whole dimension, 2 adjacent channels, and
+    /// any other size the halves of each block of that size.
+    pub fn from_block(block: usize) -> Pairing {
+        match block {
+            0 => Pairing::Halves,
+            2 => Pairing::Adjacent,
+            head_dim => Pairing::HeadHalves { head_dim },
+        }
+    }
+
     /// Checks that this pairing can pair a vector of even length `len2k`.
     pub fn validate(self, len2k: usize) -> Result<(), QuantError> {
         match self {

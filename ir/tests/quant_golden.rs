@@ -12,7 +12,7 @@
 //! of the entries (V1 on the 576x576 one: 0.1%), while this crate's
 //! bf16-exact path matches the CUDA run in every entry.
 
-use fairyc_passes::quant::fairy2i_reference_bf16;
+use fairyc_ir::quant::fairy2i_reference_bf16;
 use half::bf16;
 
 /// SplitMix64 output `i` (1-based) cut into three 10-bit fields; their sum

@@ -6,7 +6,7 @@ mod common;
 use std::time::Instant;
 
 use common::Rng;
-use fairyc_passes::quant::{
+use fairyc_ir::quant::{
     binary_quant, dequantize, dequantize_sum, fairy2i_quantize, phase_quant, residual_quant,
     ternary_quant, widely_linear, widely_linear_inverse, Arithmetic, Fairy2iConfig, Granularity,
     Pairing,

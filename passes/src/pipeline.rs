@@ -1,0 +1,110 @@
+//! The Fairy2i compilation pipeline: lower, quantize, simplify, verified
+//! after every pass.
+
+use std::time::{Duration, Instant};
+
+use fairyc_ir::{verify, Granularity, Graph, VerifyError};
+
+use crate::egraph::{Limits, PassStats};
+use crate::lower::{lower, plan, LowerOptions};
+use crate::quantize::{quantize, Method};
+use crate::rebuild::eliminate_dead_code;
+use crate::simplify::{simplify, SimplifyOptions};
+
+/// What to compile a graph into.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Rewrite the selected layers into widely-linear form. Implied by a
+    /// Fairy2i `method`; alone, it gives the exact, unquantized complex model.
+    pub widely_linear: bool,
+    /// How to quantize; `None` keeps full precision.
+    pub method: Option<Method>,
+    pub granularity: Granularity,
+    pub lower: LowerOptions,
+    pub simplify: SimplifyOptions,
+    pub limits: Limits,
+}
+
+impl Default for CompileOptions {
+    fn default() -> CompileOptions {
+        CompileOptions {
+            widely_linear: true,
+            method: Some(Method::Fairy2i { stages: 2 }),
+            granularity: Granularity::Tensor,
+            lower: LowerOptions::default(),
+            simplify: SimplifyOptions::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// One pass as it ran: its name, the graph after it, and its e-graph
+/// statistics when it used one.
+#[derive(Clone, Debug)]
+pub struct PassRecord {
+    pub name: String,
+    pub graph: Graph,
+    pub elapsed: Duration,
+    pub egraph: Option<PassStats>,
+}
+
+/// A pass produced an invalid graph: a compiler bug, reported with the
+/// pass's name.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("after pass `{pass}`: {error}")]
+    Verify { pass: String, error: VerifyError },
+    #[error("pass `{pass}`: {message}")]
+    Build { pass: String, message: String },
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Runs the pipeline on a verified graph; returns the final graph and a
+/// record of every pass.
+pub fn compile(
+    graph: &Graph,
+    options: &CompileOptions,
+) -> Result<(Graph, Vec<PassRecord>), PassError> {
+    if let Some(Method::Fairy2i { stages: 0 }) = options.method {
+        return Err(PassError::Options(
+            "Fairy2i needs at least one stage".into(),
+        ));
+    }
+    let layers = plan(graph, &options.lower);
+    let fairy2i = matches!(options.method, Some(Method::Fairy2i { .. }));
+    let mut records: Vec<PassRecord> = Vec::new();
+    let mut current = graph.clone();
+    let mut record = |name: &str, g: Graph, start: Instant, stats: Option<PassStats>| {
+        verify(&g).map_err(|error| PassError::Verify {
+            pass: name.to_string(),
+            error,
+        })?;
+        records.push(PassRecord {
+            name: name.to_string(),
+            graph: g.clone(),
+            elapsed: start.elapsed(),
+            egraph: stats,
+        });
+        Ok::<Graph, PassError>(g)
+    };
+    if options.widely_linear || fairy2i {
+        let start = Instant::now();
+        let (g, stats) = lower(&current, &layers, options.limits);
+        current = record("lower", g, start, Some(stats))?;
+    }
+    if let Some(method) = options.method {
+        let start = Instant::now();
+        let g = quantize(&current, method, options.granularity, &layers).map_err(|e| {
+            PassError::Build {
+                pass: "quantize".into(),
+                message: e.to_string(),
+            }
+        })?;
+        current = record("quantize", g, start, None)?;
+    }
+    let start = Instant::now();
+    let (g, stats) = simplify(&current, options.simplify, options.limits);
+    current = record("simplify", eliminate_dead_code(&g), start, Some(stats))?;
+    Ok((current, records))
+}

@@ -1,0 +1,73 @@
+//! Weight quantization as a directed rewrite.
+//!
+//! Quantizing changes what a layer computes, so it is not an equality and
+//! does not belong in an e-graph (merging a weight with its quantized form
+//! would let extraction mix them). It rewrites the graph directly: each
+//! widely-linear weight `U` or `W` becomes the sum of `T` PhaseQuant
+//! stages, each quantizing the residual the previous ones left (eq. 13).
+//! The real baselines quantize the selected real weights instead.
+
+use std::collections::HashMap;
+
+use fairyc_ir::{BuildError, Granularity, Graph, Op, Scheme};
+
+use crate::lower::Blocks;
+use crate::rebuild::rebuild;
+
+/// What to quantize the selected layers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Fairy2i: PhaseQuant with `stages` residual stages (W1, W2, W3).
+    Fairy2i { stages: usize },
+    /// sign(w) · mean|w| on the real weights.
+    RealBinary,
+    /// BitNet b1.58 absmean ternary on the real weights.
+    RealTernary,
+}
+
+/// Rewrites every widely-linear weight (Fairy2i) or every selected real
+/// weight (baselines) into its quantized form.
+pub fn quantize(
+    graph: &Graph,
+    method: Method,
+    granularity: Granularity,
+    plan: &HashMap<String, Blocks>,
+) -> Result<Graph, BuildError> {
+    let q = |scheme| Op::Quantize {
+        scheme,
+        granularity,
+    };
+    rebuild(graph, |b, _, node, operands| match (&node.op, method) {
+        (Op::WidelyLinear { .. }, Method::Fairy2i { stages }) => {
+            let w = b.push(node.op.clone(), operands)?;
+            let mut residual = w;
+            let mut sum = None;
+            for t in 0..stages {
+                let stage = b.push(q(Scheme::Phase), &[residual])?;
+                sum = Some(match sum {
+                    None => stage,
+                    Some(s) => b.push(Op::Add, &[s, stage])?,
+                });
+                if t + 1 < stages {
+                    residual = b.push(Op::Sub, &[residual, stage])?;
+                }
+            }
+            Ok(Some(sum.unwrap_or(w)))
+        }
+        (Op::Linear, Method::RealBinary | Method::RealTernary) => {
+            let w = graph.node(node.operands[1]);
+            let selected = matches!(&w.op, Op::Weight { name } if plan.contains_key(name));
+            if !selected {
+                return Ok(None);
+            }
+            let scheme = if method == Method::RealBinary {
+                Scheme::Binary
+            } else {
+                Scheme::Ternary
+            };
+            let wq = b.push(q(scheme), &operands[1..])?;
+            Ok(Some(b.push(Op::Linear, &[operands[0], wq])?))
+        }
+        _ => Ok(None),
+    })
+}

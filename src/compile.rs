@@ -1,0 +1,228 @@
+//! From a compiled graph to a deployable artifact: every quantized weight
+//! expression becomes stored codes and scales.
+
+use std::fmt;
+
+use fairyc_frontend::fairy::ArtifactTensor;
+use fairyc_ir::infer::scale_shape;
+use fairyc_ir::quant::{pack_code_rows, phase_quant};
+use fairyc_ir::{DType, Graph, Op, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart};
+use fairyc_passes::rebuild::{eliminate_dead_code, rebuild};
+use fairyc_runtime::executor::evaluate_constants;
+use fairyc_runtime::Data;
+
+use crate::Error;
+
+/// A deployable model: the graph that reads the artifact's tensors, and
+/// the tensors.
+pub struct Frozen {
+    pub graph: Graph,
+    pub tensors: Vec<(String, ArtifactTensor)>,
+}
+
+/// The stored name of a quantization stage: the source weight, the
+/// widely-linear part and the stage, e.g. `blk.0.attn_q.weight.u1`.
+fn stage_name(graph: &Graph, quantize: ValueId) -> String {
+    let mut r = graph.node(quantize).operands[0];
+    let mut stage = 0;
+    while graph.node(r).op == Op::Sub {
+        r = graph.node(r).operands[0];
+        stage += 1;
+    }
+    let node = graph.node(r);
+    match (&node.op, node.operands.first().map(|w| &graph.node(*w).op)) {
+        (Op::WidelyLinear { part, .. }, Some(Op::Weight { name })) => {
+            let p = if *part == WlPart::U { "u" } else { "w" };
+            format!("{name}.{p}{stage}")
+        }
+        (Op::Weight { name }, _) => format!("{name}.q"),
+        _ => format!("quantized.{}", quantize.0),
+    }
+}
+
+/// Replaces each quantization of a weight expression by the stored codes
+/// and scales it computes (PhaseQuant), or by its stored values (the real
+/// baselines); every other weight the graph still reads is stored as f32.
+pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
+    let quantized: Vec<ValueId> = graph
+        .ids()
+        .filter(|&v| matches!(graph.node(v).op, Op::Quantize { .. }))
+        .collect();
+    let mut wanted: Vec<ValueId> = Vec::new();
+    for &q in &quantized {
+        match graph.node(q).op {
+            Op::Quantize {
+                scheme: Scheme::Phase,
+                ..
+            } => wanted.push(graph.node(q).operands[0]),
+            _ => wanted.push(q),
+        }
+    }
+    let values = evaluate_constants(graph, store, &wanted)?;
+    let mut tensors: Vec<(String, ArtifactTensor)> = Vec::new();
+    let deployed = rebuild(graph, |b, id, node, _| {
+        let Op::Quantize {
+            scheme,
+            granularity,
+        } = node.op
+        else {
+            return Ok(None);
+        };
+        let name = stage_name(graph, id);
+        if scheme != Scheme::Phase {
+            let Data::F32(v) = &values[&id.0].data else {
+                unreachable!("real quantizers give f32")
+            };
+            tensors.push((
+                name.clone(),
+                ArtifactTensor::F32 {
+                    shape: values[&id.0].shape.clone(),
+                    data: v.clone(),
+                },
+            ));
+            return Ok(Some(b.weight(name, node.ty.clone())));
+        }
+        let input = &values[&node.operands[0].0];
+        let (n, m) = (input.shape[0], input.shape[1]);
+        let Data::C64(w) = &input.data else {
+            unreachable!("PhaseQuant reads complex weights")
+        };
+        let q = phase_quant(w, n, m, granularity).map_err(|e| fairyc_ir::BuildError {
+            graph: graph.name.clone(),
+            op: "quantize",
+            message: e.to_string(),
+        })?;
+        let packed = pack_code_rows(&q.codes, n, m).map_err(|e| fairyc_ir::BuildError {
+            graph: graph.name.clone(),
+            op: "quantize",
+            message: e.to_string(),
+        })?;
+        let scales_shape = scale_shape(granularity, n, m);
+        let codes_name = format!("{name}.codes");
+        let scales_name = format!("{name}.scales");
+        let codes = b.weight(
+            codes_name.clone(),
+            TensorType::new(DType::Code2, Shape::new([n, m])),
+        );
+        let scales = b.weight(
+            scales_name.clone(),
+            TensorType::new(DType::F32, scales_shape.clone()),
+        );
+        tensors.push((
+            codes_name,
+            ArtifactTensor::Codes {
+                rows: n,
+                cols: m,
+                packed,
+            },
+        ));
+        tensors.push((
+            scales_name,
+            ArtifactTensor::F32 {
+                shape: scales_shape.concrete().expect("scale shapes are fixed"),
+                data: q.scales,
+            },
+        ));
+        Ok(Some(b.push(Op::Dequant { granularity }, &[codes, scales])?))
+    })
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    // The source weights and derivations behind the stored codes are dead now.
+    let deployed = eliminate_dead_code(&deployed);
+    let stored: std::collections::HashSet<String> =
+        tensors.iter().map(|(n, _)| n.clone()).collect();
+    for (_, name, ty) in deployed.weights() {
+        if stored.contains(name) {
+            continue;
+        }
+        let data = store
+            .read_f32(name)
+            .map_err(fairyc_runtime::RuntimeError::from)?;
+        let shape = ty.shape.concrete().expect("weights have fixed shapes");
+        tensors.push((name.to_string(), ArtifactTensor::F32 { shape, data }));
+    }
+    Ok(Frozen {
+        graph: deployed,
+        tensors,
+    })
+}
+
+/// Where an artifact's bytes go.
+pub struct SizeBreakdown {
+    /// Real parameters of the quantized layers (of the source matrices).
+    pub quantized_params: usize,
+    pub code_bytes: usize,
+    pub scale_bytes: usize,
+    pub full_precision_params: usize,
+    pub full_precision_bytes: usize,
+}
+
+impl SizeBreakdown {
+    /// Sizes of a frozen model; `source` is the graph before freezing, whose
+    /// quantized source weights give the parameter count.
+    pub fn of(frozen: &Frozen, source: &Graph) -> SizeBreakdown {
+        let mut quantized_params = 0;
+        let mut seen = std::collections::HashSet::new();
+        for node in &source.nodes {
+            if let Op::WidelyLinear { .. } | Op::Quantize { .. } = node.op {
+                for v in &node.operands {
+                    if let Op::Weight { name } = &source.node(*v).op {
+                        if seen.insert(name.clone()) {
+                            quantized_params += source
+                                .node(*v)
+                                .ty
+                                .shape
+                                .concrete()
+                                .map_or(0, |d| d.iter().product());
+                        }
+                    }
+                }
+            }
+        }
+        let mut b = SizeBreakdown {
+            quantized_params,
+            code_bytes: 0,
+            scale_bytes: 0,
+            full_precision_params: 0,
+            full_precision_bytes: 0,
+        };
+        for (name, t) in &frozen.tensors {
+            match t {
+                ArtifactTensor::Codes { .. } => b.code_bytes += t.bytes(),
+                ArtifactTensor::F32 { data, .. } if name.ends_with(".scales") => {
+                    b.scale_bytes += data.len() * 4
+                }
+                ArtifactTensor::F32 { data, .. } => {
+                    b.full_precision_params += data.len();
+                    b.full_precision_bytes += data.len() * 4;
+                }
+            }
+        }
+        b
+    }
+}
+
+impl fmt::Display for SizeBreakdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = |bytes: usize, params: usize| {
+            if params == 0 {
+                0.0
+            } else {
+                bytes as f64 * 8.0 / params as f64
+            }
+        };
+        writeln!(
+            f,
+            "quantized layers: {} real parameters in {} bytes of codes ({:.4} bits/parameter) + {} bytes of scales ({:.4} bits/parameter with scales)",
+            self.quantized_params,
+            self.code_bytes,
+            bits(self.code_bytes, self.quantized_params),
+            self.scale_bytes,
+            bits(self.code_bytes + self.scale_bytes, self.quantized_params)
+        )?;
+        write!(
+            f,
+            "full precision:   {} parameters in {} bytes (f32)",
+            self.full_precision_params, self.full_precision_bytes
+        )
+    }
+}

@@ -1,0 +1,300 @@
+//! The Fairy2i passes end to end on real (synthetic and SmolLM2) models:
+//! exactness of the widely-linear form, the IR after every pass, the cost
+//! model's choices, the e-graph bounds, and the .fairy artifact.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::TempDir;
+use fairyc::{compile, import, Imported, Model};
+use fairyc_frontend::gguf::GgmlType;
+use fairyc_frontend::synth::{write_gguf, write_hf, HfDtype, SynthConfig};
+use fairyc_ir::{text, DType, Granularity, Graph, Op};
+use fairyc_passes::cost::CostModel;
+use fairyc_passes::lower::{LowerOptions, Pairing};
+use fairyc_passes::pipeline::CompileOptions;
+use fairyc_passes::quantize::Method;
+use fairyc_passes::simplify::SimplifyOptions;
+
+const PROMPT: &[u32] = &[40, 77, 104, 108, 108, 111, 3, 90, 100, 120];
+
+fn options(method: Option<Method>, pairing: Pairing, tokens: f64) -> CompileOptions {
+    CompileOptions {
+        widely_linear: true,
+        method,
+        lower: LowerOptions {
+            pairing,
+            lm_head: false,
+        },
+        simplify: SimplifyOptions {
+            gauss: true,
+            cost: CostModel {
+                tokens,
+                ..CostModel::default()
+            },
+        },
+        ..CompileOptions::default()
+    }
+}
+
+fn logits(imported: Imported, ids: &[u32]) -> Vec<f32> {
+    let model = Model::from_imported(imported, &|_| {}).unwrap();
+    model.logits(ids).unwrap().as_f32().unwrap().to_vec()
+}
+
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn count(graph: &Graph, pred: impl Fn(&fairyc_ir::Node) -> bool) -> usize {
+    graph.nodes.iter().filter(|n| pred(n)).count()
+}
+
+fn tiny_gguf(dir: &TempDir) -> PathBuf {
+    let path = dir.path("tiny.gguf");
+    write_gguf(&path, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    path
+}
+
+#[test]
+fn widely_linear_form_is_exact_for_every_pairing_and_cost() {
+    let dir = TempDir::new("wl-exact");
+    let gguf = tiny_gguf(&dir);
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::F32).unwrap();
+    for path in [&gguf, &hf] {
+        let want = logits(import(path).unwrap(), PROMPT);
+        for pairing in [Pairing::Paper, Pairing::Rope] {
+            for tokens in [1.0, 4096.0] {
+                let (compiled, _) =
+                    compile(import(path).unwrap(), &options(None, pairing, tokens)).unwrap();
+                let got = logits(compiled, PROMPT);
+                let d = rel_diff(&got, &want);
+                assert!(
+                    d < 1e-5,
+                    "{path:?} {pairing:?} tokens {tokens}: relative difference {d}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_pairing_runs_rope_and_attention_in_complex_form() {
+    let dir = TempDir::new("wl-rope");
+    let gguf = tiny_gguf(&dir);
+    let (paper, _) = compile(import(&gguf).unwrap(), &options(None, Pairing::Paper, 1.0)).unwrap();
+    let (rope, _) = compile(import(&gguf).unwrap(), &options(None, Pairing::Rope, 1.0)).unwrap();
+    let complex = |g: &Graph, mnemonic: &str| {
+        count(g, |n| {
+            n.op.mnemonic() == mnemonic && n.ty.dtype == DType::C64
+        })
+    };
+    let layers = SynthConfig::tiny().layers;
+    assert_eq!(complex(&paper.graph, "attention"), 0);
+    assert_eq!(complex(&rope.graph, "attention"), layers);
+    assert_eq!(complex(&rope.graph, "rope"), 2 * layers);
+    // The attention output flows into o_proj without an unpack/pack pair.
+    let pack_of_unpack = count(&rope.graph, |n| {
+        matches!(n.op, Op::Pack { .. })
+            && matches!(rope.graph.node(n.operands[0]).op, Op::Unpack { .. })
+    });
+    assert_eq!(pack_of_unpack, 0);
+}
+
+#[test]
+fn the_cost_model_picks_gauss_for_batches_only() {
+    let dir = TempDir::new("gauss");
+    let gguf = tiny_gguf(&dir);
+    let complex_products = |g: &Graph| count(g, |n| n.op == Op::Linear && n.ty.dtype == DType::C64);
+    let (decode, _) = compile(import(&gguf).unwrap(), &options(None, Pairing::Paper, 1.0)).unwrap();
+    let (batch, _) = compile(
+        import(&gguf).unwrap(),
+        &options(None, Pairing::Paper, 4096.0),
+    )
+    .unwrap();
+    let layers = SynthConfig::tiny().layers;
+    // Seven layers a block, two complex products (U and W) each.
+    assert_eq!(complex_products(&decode.graph), 14 * layers);
+    assert_eq!(
+        complex_products(&batch.graph),
+        0,
+        "Gauss replaces every complex product"
+    );
+    assert_eq!(
+        count(&batch.graph, |n| n.op == Op::Linear),
+        3 * 14 * layers + 1
+    );
+}
+
+/// The IR after each pass, W2 with each pairing.
+#[test]
+fn ir_after_every_pass_snapshot() {
+    let dir = TempDir::new("snap");
+    let gguf = tiny_gguf(&dir);
+    for (pairing, tag) in [(Pairing::Paper, "paper"), (Pairing::Rope, "rope")] {
+        let imported = import(&gguf).unwrap();
+        let source = imported.graph.meta["source"].clone();
+        let (_, passes) = compile(
+            imported,
+            &options(Some(Method::Fairy2i { stages: 2 }), pairing, 1.0),
+        )
+        .unwrap();
+        let names: Vec<&str> = passes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["lower", "quantize", "simplify"]);
+        for pass in &passes {
+            let printed = text::print(&pass.graph).replace(&source, "<tmp>/tiny.gguf");
+            assert_eq!(
+                text::parse(&printed, "x").unwrap().nodes.len(),
+                pass.graph.nodes.len()
+            );
+            insta::assert_snapshot!(format!("{tag}_{}", pass.name), printed);
+        }
+    }
+}
+
+#[test]
+fn quantization_stages_and_baselines_change_the_model_as_expected() {
+    let dir = TempDir::new("quant");
+    let gguf = tiny_gguf(&dir);
+    let want = logits(import(&gguf).unwrap(), PROMPT);
+    let mut errors = Vec::new();
+    for stages in 1..=3 {
+        let (g, _) = compile(
+            import(&gguf).unwrap(),
+            &options(Some(Method::Fairy2i { stages }), Pairing::Paper, 1.0),
+        )
+        .unwrap();
+        assert_eq!(
+            count(&g.graph, |n| matches!(n.op, Op::Quantize { .. })),
+            stages * 2 * 7 * 2
+        );
+        errors.push(rel_diff(&logits(g, PROMPT), &want));
+    }
+    // More stages, closer to the full-precision model.
+    assert!(errors[0] > errors[1] && errors[1] > errors[2], "{errors:?}");
+    for method in [Method::RealBinary, Method::RealTernary] {
+        let opts = CompileOptions {
+            widely_linear: false,
+            ..options(Some(method), Pairing::Paper, 1.0)
+        };
+        let (g, _) = compile(import(&gguf).unwrap(), &opts).unwrap();
+        assert_eq!(count(&g.graph, |n| n.ty.dtype == DType::C64), 0);
+        assert_eq!(
+            count(&g.graph, |n| matches!(n.op, Op::Quantize { .. })),
+            7 * 2
+        );
+        assert!(rel_diff(&logits(g, PROMPT), &want) > 1e-3);
+    }
+}
+
+fn compile_artifact(
+    model: &Path,
+    out: &Path,
+    method: Method,
+    granularity: Granularity,
+) -> (Imported, fairyc::compile::SizeBreakdown) {
+    let opts = CompileOptions {
+        granularity,
+        ..options(Some(method), Pairing::Paper, 1.0)
+    };
+    let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+    let sizes = fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph);
+    fairyc_frontend::fairy::write(
+        out,
+        &frozen.graph,
+        &compiled.graph,
+        &compiled.tokenizer,
+        &frozen.tensors,
+    )
+    .unwrap();
+    (compiled, sizes)
+}
+
+#[test]
+fn artifact_stores_t_bits_per_parameter_and_runs_like_the_compiled_graph() {
+    let dir = TempDir::new("artifact");
+    let gguf = tiny_gguf(&dir);
+    for (stages, granularity) in [
+        (1, Granularity::Tensor),
+        (2, Granularity::Tensor),
+        (3, Granularity::Tensor),
+        (2, Granularity::Channel),
+        (2, Granularity::Group(8)),
+    ] {
+        let out = dir.path(&format!("w{stages}.fairy"));
+        let (compiled, sizes) =
+            compile_artifact(&gguf, &out, Method::Fairy2i { stages }, granularity);
+        let bits = sizes.code_bytes as f64 * 8.0 / sizes.quantized_params as f64;
+        assert_eq!(bits, stages as f64, "codes take T bits per real parameter");
+        let want = logits(compiled, PROMPT);
+        let artifact = import(&out).unwrap();
+        assert!(artifact
+            .graph
+            .weights()
+            .any(|(_, _, t)| t.dtype == DType::Code2));
+        assert_eq!(
+            count(&artifact.graph, |n| matches!(n.op, Op::Quantize { .. })),
+            0
+        );
+        let got = logits(artifact, PROMPT);
+        assert!(
+            rel_diff(&got, &want) < 1e-6,
+            "stored codes reproduce the compiled model"
+        );
+    }
+}
+
+fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("FAIRYC_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: SmolLM2 not found at {} (run `make model`)",
+            path.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn smollm2_lowered_matches_the_original_and_egraphs_stay_bounded() {
+    let Some(path) = smollm2() else { return };
+    let ids: Vec<u32> = (0..24).map(|i| 100 + 37 * i).collect();
+    let want = logits(import(&path).unwrap(), &ids);
+    for pairing in [Pairing::Paper, Pairing::Rope] {
+        let (compiled, passes) =
+            compile(import(&path).unwrap(), &options(None, pairing, 1.0)).unwrap();
+        for pass in &passes {
+            let stats = pass
+                .egraph
+                .as_ref()
+                .expect("lower and simplify use e-graphs");
+            eprintln!("{stats}");
+            assert!(stats.egraph_nodes < 200_000, "{stats}");
+        }
+        let d = rel_diff(&logits(compiled, &ids), &want);
+        eprintln!("SmolLM2 {pairing:?}: relative logit difference {d:.2e}");
+        assert!(d < 1e-4, "{pairing:?}: {d}");
+    }
+    let (w2, passes) = compile(
+        import(&path).unwrap(),
+        &options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0),
+    )
+    .unwrap();
+    assert!(passes
+        .iter()
+        .filter_map(|p| p.egraph.as_ref())
+        .all(|s| s.egraph_nodes < 200_000));
+    let text = logits(w2, &ids);
+    assert!(text.iter().all(|v| v.is_finite()));
+}
