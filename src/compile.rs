@@ -5,8 +5,10 @@ use std::fmt;
 
 use fairyc_frontend::fairy::ArtifactTensor;
 use fairyc_ir::infer::scale_shape;
-use fairyc_ir::quant::{pack_code_rows, phase_quant};
+use fairyc_ir::quant::{self, pack_code_rows, phase_quant, Pairing};
 use fairyc_ir::{DType, Graph, Op, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart};
+use fairyc_passes::pipeline::CompileOptions;
+use fairyc_passes::quantize::Method;
 use fairyc_passes::rebuild::{eliminate_dead_code, rebuild};
 use fairyc_runtime::executor::evaluate_constants;
 use fairyc_runtime::Data;
@@ -225,4 +227,53 @@ impl fmt::Display for SizeBreakdown {
             self.full_precision_params, self.full_precision_bytes
         )
     }
+}
+
+/// The mean, over the layers `options` quantizes, of the relative
+/// reconstruction error `||R - R̂|| / ||R||` of each real weight `R` (for
+/// Fairy2i, `R̂` is the real matrix of the quantized widely-linear form,
+/// eq. 7). Computed with the same reference functions the IR's ops use.
+pub fn reconstruction_error(
+    graph: &Graph,
+    store: &dyn WeightStore,
+    options: &CompileOptions,
+) -> Result<Option<f64>, Error> {
+    let Some(method) = options.method else {
+        return Ok(None);
+    };
+    let layers = fairyc_passes::lower::plan(graph, &options.lower);
+    let mut total = 0.0;
+    for (name, &(row_block, col_block)) in &layers {
+        let ty = store
+            .tensor_type(name)
+            .ok_or_else(|| Error::Usage(format!("weight \"{name}\" is missing")))?;
+        let (rows, cols) = match ty.shape.concrete().as_deref() {
+            Some(&[r, c]) => (r, c),
+            _ => return Err(Error::Usage(format!("weight \"{name}\" is not a matrix"))),
+        };
+        let r = store
+            .read_f32(name)
+            .map_err(fairyc_runtime::RuntimeError::from)?;
+        let g = options.granularity;
+        let approx = match method {
+            Method::Fairy2i { stages } => quant::fairy2i_quantize(
+                &r,
+                rows,
+                cols,
+                &quant::Fairy2iConfig {
+                    stages,
+                    granularity: g,
+                    row_pairing: Pairing::from_block(row_block),
+                    col_pairing: Pairing::from_block(col_block),
+                    arithmetic: quant::Arithmetic::F32,
+                },
+            )
+            .map(|q| q.a_q),
+            Method::RealBinary => quant::binary_quant(&r, rows, cols, g).map(|q| q.values),
+            Method::RealTernary => quant::ternary_quant(&r, rows, cols, g).map(|q| q.values),
+        }
+        .map_err(|e| Error::Usage(format!("weight \"{name}\": {e}")))?;
+        total += quant::relative_error(&r, &approx);
+    }
+    Ok((!layers.is_empty()).then(|| total / layers.len() as f64))
 }

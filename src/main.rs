@@ -13,7 +13,7 @@ use fairyc_ir::Granularity;
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::lower::{LowerOptions, Pairing};
-use fairyc_passes::pipeline::CompileOptions;
+use fairyc_passes::pipeline::{CompileOptions, PassRecord};
 use fairyc_passes::quantize::Method;
 use fairyc_passes::simplify::SimplifyOptions;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -276,7 +276,7 @@ fn run(command: Command) -> Result<()> {
             output,
             quant,
         } => {
-            let imported = load_compiled(&model, &quant)?;
+            let (imported, _) = load_compiled(&model, &quant)?;
             let text = if summary {
                 report::summary(&imported.graph, imported.weights.as_ref())
             } else {
@@ -390,17 +390,28 @@ fn bar_style(unit: &str) -> ProgressStyle {
     .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-/// Imports a model and, if asked, compiles it in memory.
-fn load_compiled(path: &Path, quant: &QuantArgs) -> Result<Imported> {
+/// Imports a model and, if asked, compiles it in memory (reporting the
+/// quantized layers' reconstruction error); returns the passes that ran.
+fn load_compiled(path: &Path, quant: &QuantArgs) -> Result<(Imported, Vec<PassRecord>)> {
     let imported = import(path)?;
     match quant.options() {
-        None => Ok(imported),
-        Some(options) => Ok(fairyc::compile(imported, &options)?.0),
+        None => Ok((imported, Vec::new())),
+        Some(options) => {
+            let error = fairyc::compile::reconstruction_error(
+                &imported.graph,
+                imported.weights.as_ref(),
+                &options,
+            )?;
+            if let Some(e) = error {
+                eprintln!("mean relative reconstruction error of the quantized layers: {e:.4}");
+            }
+            Ok(fairyc::compile(imported, &options)?)
+        }
     }
 }
 
 fn load_with_progress(path: &Path, quant: &QuantArgs) -> Result<Model> {
-    let imported = load_compiled(path, quant)?;
+    let (imported, _) = load_compiled(path, quant)?;
     let bar = ProgressBar::new(imported.graph.weights().count() as u64)
         .with_style(bar_style("weights decoded"));
     let model = Model::from_imported(imported, &|_| bar.inc(1))?;
@@ -415,12 +426,13 @@ fn compile_command(
     dump_passes: Option<&Path>,
     output: &Path,
 ) -> Result<()> {
-    let options = quant.options().context(
-        "--quant none leaves nothing to compile: choose w1, w2, w3, binary, ternary or complex",
-    )?;
+    if quant.options().is_none() {
+        bail!(
+            "--quant none leaves nothing to compile: choose w1, w2, w3, binary, ternary or complex"
+        );
+    }
     let start = Instant::now();
-    let imported = import(model)?;
-    let (compiled, passes) = fairyc::compile(imported, &options)?;
+    let (compiled, passes) = load_compiled(model, quant)?;
     if let Some(dir) = dump_passes {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (i, pass) in passes.iter().enumerate() {
