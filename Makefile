@@ -23,6 +23,8 @@ demo: setup build
 	$(FAIRYC) import $(MODEL) -o models/smollm2.fir
 	$(FAIRYC) dump models/smollm2.fir --summary
 	$(FAIRYC) run models/smollm2.fir --chat -p "$(PROMPT)" -n 48
+	$(FAIRYC) compile $(MODEL) --quant w2 --timings -o models/smollm2-w2.fairy
+	$(FAIRYC) dump models/smollm2-w2.fairy --summary
 
 test: setup
 	cargo test --release --locked --workspace
