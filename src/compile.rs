@@ -5,7 +5,7 @@ use std::fmt;
 
 use fairyc_frontend::fairy::ArtifactTensor;
 use fairyc_ir::infer::scale_shape;
-use fairyc_ir::quant::{self, pack_code_rows, phase_quant, Pairing};
+use fairyc_ir::quant::{self, pack_code_rows, phase_quant_with, Pairing};
 use fairyc_ir::{DType, Graph, Op, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart};
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
@@ -66,6 +66,7 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
         let Op::Quantize {
             scheme,
             granularity,
+            arithmetic,
         } = node.op
         else {
             return Ok(None);
@@ -89,10 +90,12 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
         let Data::C64(w) = &input.data else {
             unreachable!("PhaseQuant reads complex weights")
         };
-        let q = phase_quant(w, n, m, granularity).map_err(|e| fairyc_ir::BuildError {
-            graph: graph.name.clone(),
-            op: "quantize",
-            message: e.to_string(),
+        let q = phase_quant_with(w, n, m, granularity, arithmetic).map_err(|e| {
+            fairyc_ir::BuildError {
+                graph: graph.name.clone(),
+                op: "quantize",
+                message: e.to_string(),
+            }
         })?;
         let packed = pack_code_rows(&q.codes, n, m).map_err(|e| fairyc_ir::BuildError {
             graph: graph.name.clone(),
@@ -265,7 +268,7 @@ pub fn reconstruction_error(
                     granularity: g,
                     row_pairing: Pairing::from_block(row_block),
                     col_pairing: Pairing::from_block(col_block),
-                    arithmetic: quant::Arithmetic::F32,
+                    arithmetic: options.lower.arithmetic,
                 },
             )
             .map(|q| q.a_q),

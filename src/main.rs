@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
-use fairyc_ir::Granularity;
+use fairyc_ir::{Arithmetic, Granularity};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::lower::{LowerOptions, Pairing};
@@ -56,6 +56,10 @@ struct QuantArgs {
     /// Also quantize lm_head (the output projection).
     #[arg(long)]
     lm_head: bool,
+    /// Rounding of the split and PhaseQuant: f32 (ours), or bf16 to
+    /// reproduce the codes the authors' bf16 code deploys.
+    #[arg(long, value_enum, default_value_t = ArithmeticArg::F32)]
+    arithmetic: ArithmeticArg,
     /// Rows per weight read that the cost model assumes (1: decoding;
     /// hundreds: prompts and training, where Gauss's product pays).
     #[arg(long, default_value_t = 1.0)]
@@ -71,6 +75,12 @@ enum QuantChoice {
     W3,
     Binary,
     Ternary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ArithmeticArg {
+    F32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,6 +123,10 @@ impl QuantArgs {
                 pairing: match self.pairing {
                     PairingArg::Paper => Pairing::Paper,
                     PairingArg::Rope => Pairing::Rope,
+                },
+                arithmetic: match self.arithmetic {
+                    ArithmeticArg::F32 => Arithmetic::F32,
+                    ArithmeticArg::Bf16 => Arithmetic::Bf16Exact,
                 },
                 lm_head: self.lm_head,
             },

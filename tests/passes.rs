@@ -25,7 +25,7 @@ fn options(method: Option<Method>, pairing: Pairing, tokens: f64) -> CompileOpti
         method,
         lower: LowerOptions {
             pairing,
-            lm_head: false,
+            ..LowerOptions::default()
         },
         simplify: SimplifyOptions {
             gauss: true,
@@ -297,4 +297,65 @@ fn smollm2_lowered_matches_the_original_and_egraphs_stay_bounded() {
         .all(|s| s.egraph_nodes < 200_000));
     let text = logits(w2, &ids);
     assert!(text.iter().all(|v| v.is_finite()));
+}
+
+/// With bf16 arithmetic, the stored codes and scales of a bf16 checkpoint
+/// are those of the authors' bf16 code (as `fairy2i_reference_bf16`
+/// reproduces it; ir/tests/quant_golden.rs checks that against their code).
+#[test]
+fn bf16_arithmetic_stores_the_authors_codes() {
+    use fairyc_frontend::fairy::ArtifactTensor;
+    use fairyc_ir::quant::{fairy2i_reference_bf16, pack_code_rows};
+    use fairyc_ir::Arithmetic;
+
+    let dir = TempDir::new("bf16");
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
+    let mut opts = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+    opts.lower.arithmetic = Arithmetic::Bf16Exact;
+    let (compiled, _) = compile(import(&hf).unwrap(), &opts).unwrap();
+    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+    let stored = |name: &str| {
+        frozen
+            .tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .unwrap()
+    };
+    let mut checked = 0;
+    for layer in ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"] {
+        let name = format!("model.layers.1.{layer}.weight");
+        let ty = compiled.weights.tensor_type(&name).unwrap();
+        let [rows, cols] = ty.shape.concrete().unwrap()[..] else {
+            panic!()
+        };
+        let a: Vec<half::bf16> = compiled
+            .weights
+            .read_f32(&name)
+            .unwrap()
+            .into_iter()
+            .map(half::bf16::from_f32)
+            .collect();
+        let (_, u, w) = fairy2i_reference_bf16(&a, rows, cols, 2).unwrap();
+        for (part, stages) in [("u", &u), ("w", &w)] {
+            for (t, q) in stages.iter().enumerate() {
+                let base = format!("{name}.{part}{t}");
+                let ArtifactTensor::Codes { packed, .. } = stored(&format!("{base}.codes")) else {
+                    panic!()
+                };
+                let ArtifactTensor::F32 { data, .. } = stored(&format!("{base}.scales")) else {
+                    panic!()
+                };
+                assert_eq!(
+                    *packed,
+                    pack_code_rows(&q.codes, rows / 2, cols / 2).unwrap(),
+                    "{base} codes"
+                );
+                assert_eq!(*data, q.scales, "{base} scales");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 12);
 }

@@ -257,6 +257,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         Op::Quantize {
             scheme,
             granularity,
+            ..
         } => {
             let w = operands[0];
             match scheme {

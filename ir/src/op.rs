@@ -120,14 +120,17 @@ pub enum Op {
         part: WlPart,
         row_block: usize,
         col_block: usize,
+        arithmetic: Arithmetic,
     },
     /// One quantization stage of a weight: PhaseQuant onto
     /// {±s_re, ±i·s_im} for complex weights (eq. 10-12), or the real
     /// binary / ternary baselines. The result holds the dequantized values;
-    /// training passes gradients straight through.
+    /// training passes gradients straight through. `arithmetic = bf16`
+    /// rounds as the authors' bf16 code does (bit-compatible codes).
     Quantize {
         scheme: Scheme,
         granularity: Granularity,
+        arithmetic: Arithmetic,
     },
     /// Complex weights from packed {+1, -1, +i, -i} codes `code2[n, m]` and
     /// their axis scales (`f32[2]`, `[n, 2]` or `[n, ceil(m/G), 2]`).
@@ -156,7 +159,7 @@ pub enum Scheme {
     Ternary,
 }
 
-pub use crate::quant::Granularity;
+pub use crate::quant::{Arithmetic, Granularity};
 
 /// An attribute value as it appears in the textual form.
 #[derive(Clone, Debug, PartialEq)]
@@ -331,6 +334,7 @@ impl Op {
                 part,
                 row_block,
                 col_block,
+                arithmetic,
             } => vec![
                 (
                     "part",
@@ -344,10 +348,12 @@ impl Op {
                 ),
                 ("row_block", Attr::Int(*row_block)),
                 ("col_block", Attr::Int(*col_block)),
+                arithmetic_attr(*arithmetic),
             ],
             Op::Quantize {
                 scheme,
                 granularity,
+                arithmetic,
             } => {
                 let mut a = vec![(
                     "scheme",
@@ -361,11 +367,30 @@ impl Op {
                     ),
                 )];
                 a.extend(granularity_attrs(*granularity));
+                a.push(arithmetic_attr(*arithmetic));
                 a
             }
             Op::Dequant { granularity } => granularity_attrs(*granularity),
             _ => Vec::new(),
         }
+    }
+}
+
+fn arithmetic_attr(a: Arithmetic) -> (&'static str, Attr) {
+    let name = match a {
+        Arithmetic::F32 => "f32",
+        Arithmetic::Bf16Exact => "bf16",
+    };
+    ("arithmetic", Attr::Ident(name.into()))
+}
+
+fn arithmetic(take: &mut impl FnMut(&str) -> Result<Attr, String>) -> Result<Arithmetic, String> {
+    match ident(&take("arithmetic")?, "arithmetic")?.as_str() {
+        "f32" => Ok(Arithmetic::F32),
+        "bf16" => Ok(Arithmetic::Bf16Exact),
+        other => Err(format!(
+            "unknown arithmetic `{other}`: expected f32 or bf16"
+        )),
     }
 }
 
@@ -487,6 +512,7 @@ impl Op {
                 },
                 row_block: int(&take("row_block")?, "row_block")?,
                 col_block: int(&take("col_block")?, "col_block")?,
+                arithmetic: arithmetic(&mut take)?,
             },
             "quantize" => {
                 let scheme = match ident(&take("scheme")?, "scheme")?.as_str() {
@@ -502,6 +528,7 @@ impl Op {
                 Op::Quantize {
                     scheme,
                     granularity: granularity(&mut take)?,
+                    arithmetic: arithmetic(&mut take)?,
                 }
             }
             "dequant" => Op::Dequant {

@@ -3,8 +3,8 @@
 
 use fairyc_ir::text::{parse, print};
 use fairyc_ir::{
-    verify, DType, Dim, Granularity, GraphBuilder, Op, RopeLayout, Scheme, Shape, TensorType,
-    WlPart,
+    verify, Arithmetic, DType, Dim, Granularity, GraphBuilder, Op, RopeLayout, Scheme, Shape,
+    TensorType, WlPart,
 };
 use proptest::prelude::*;
 
@@ -115,6 +115,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
                 part: WlPart::U,
                 row_block: 2,
                 col_block: 0,
+                arithmetic: Arithmetic::Bf16Exact,
             },
             &[wl],
         )
@@ -122,6 +123,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
     let phase = Op::Quantize {
         scheme: Scheme::Phase,
         granularity: Granularity::Group(2),
+        arithmetic: Arithmetic::F32,
     };
     let q0 = b.push(phase.clone(), &[u]).unwrap();
     let r1 = b.push(Op::Sub, &[u, q0]).unwrap();
@@ -146,6 +148,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
             Op::Quantize {
                 scheme: Scheme::Ternary,
                 granularity: Granularity::Tensor,
+                arithmetic: Arithmetic::F32,
             },
             &[wq],
         )

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use egg::{CostFunction, Id, Rewrite};
-use fairyc_ir::{DType, Graph, Op, RopeLayout, WlPart};
+use fairyc_ir::{Arithmetic, DType, Graph, Op, RopeLayout, WlPart};
 
 use crate::cost::{CostModel, DagCost, RuntimeCost};
 use crate::egraph::{rule, saturate, IrEGraph, Limits, Match, Node, PassStats, Types};
@@ -25,6 +25,8 @@ pub enum Pairing {
 #[derive(Clone, Debug)]
 pub struct LowerOptions {
     pub pairing: Pairing,
+    /// Rounding of the split: `Bf16Exact` repeats the authors' bf16 code.
+    pub arithmetic: Arithmetic,
     /// Also lower the output projection (lm_head).
     pub lm_head: bool,
 }
@@ -33,6 +35,7 @@ impl Default for LowerOptions {
     fn default() -> LowerOptions {
         LowerOptions {
             pairing: Pairing::Paper,
+            arithmetic: Arithmetic::F32,
             lm_head: false,
         }
     }
@@ -96,7 +99,7 @@ pub fn weight_name(egraph: &IrEGraph, id: Id) -> Option<&str> {
     })
 }
 
-fn lowering_rule(plan: HashMap<String, Blocks>) -> Rewrite<Node, Types> {
+fn lowering_rule(plan: HashMap<String, Blocks>, arithmetic: Arithmetic) -> Rewrite<Node, Types> {
     let find_plan = plan.clone();
     rule(
         "widely-linear",
@@ -125,6 +128,7 @@ fn lowering_rule(plan: HashMap<String, Blocks>) -> Rewrite<Node, Types> {
                 part,
                 row_block,
                 col_block,
+                arithmetic,
             };
             let u = eg.add(Node::new(wl(WlPart::U), vec![w]));
             let wc = eg.add(Node::new(wl(WlPart::W), vec![w]));
@@ -178,8 +182,13 @@ impl CostFunction<Node> for ForceLowering<'_> {
 }
 
 /// Lowers the planned layers to widely-linear form.
-pub fn lower(graph: &Graph, plan: &HashMap<String, Blocks>, limits: Limits) -> (Graph, PassStats) {
-    let rules = [lowering_rule(plan.clone())];
+pub fn lower(
+    graph: &Graph,
+    plan: &HashMap<String, Blocks>,
+    arithmetic: Arithmetic,
+    limits: Limits,
+) -> (Graph, PassStats) {
+    let rules = [lowering_rule(plan.clone(), arithmetic)];
     let sat = saturate("lower", graph, &rules, limits);
     let cost = |anchors| ForceLowering {
         runtime: RuntimeCost {

@@ -90,17 +90,19 @@ pub fn compile(
     };
     if options.widely_linear || fairy2i {
         let start = Instant::now();
-        let (g, stats) = lower(&current, &layers, options.limits);
+        let (g, stats) = lower(&current, &layers, options.lower.arithmetic, options.limits);
         current = record("lower", g, start, Some(stats))?;
     }
     if let Some(method) = options.method {
         let start = Instant::now();
-        let g = quantize(&current, method, options.granularity, &layers).map_err(|e| {
-            PassError::Build {
-                pass: "quantize".into(),
-                message: e.to_string(),
-            }
-        })?;
+        let arithmetic = options.lower.arithmetic;
+        let g =
+            quantize(&current, method, options.granularity, arithmetic, &layers).map_err(|e| {
+                PassError::Build {
+                    pass: "quantize".into(),
+                    message: e.to_string(),
+                }
+            })?;
         current = record("quantize", g, start, None)?;
     }
     let start = Instant::now();

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use fairyc_ir::{BuildError, Granularity, Graph, Op, Scheme};
+use fairyc_ir::{Arithmetic, BuildError, Granularity, Graph, Op, Scheme};
 
 use crate::lower::Blocks;
 use crate::rebuild::rebuild;
@@ -31,11 +31,13 @@ pub fn quantize(
     graph: &Graph,
     method: Method,
     granularity: Granularity,
+    arithmetic: Arithmetic,
     plan: &HashMap<String, Blocks>,
 ) -> Result<Graph, BuildError> {
     let q = |scheme| Op::Quantize {
         scheme,
         granularity,
+        arithmetic,
     };
     rebuild(graph, |b, _, node, operands| match (&node.op, method) {
         (Op::WidelyLinear { .. }, Method::Fairy2i { stages }) => {

@@ -491,14 +491,16 @@ fn eval(
             part,
             row_block,
             col_block,
+            arithmetic,
         } => {
             let (rows, cols) = (x.shape[0], x.shape[1]);
-            let (u, w, n, m) = quant::widely_linear(
+            let (u, w, n, m) = quant::widely_linear_with(
                 f32s(x, "weight")?,
                 rows,
                 cols,
                 Pairing::from_block(*row_block),
                 Pairing::from_block(*col_block),
+                *arithmetic,
             )
             .map_err(|e| e.to_string())?;
             Tensor::c64(vec![n, m], if *part == WlPart::U { u } else { w })
@@ -506,13 +508,15 @@ fn eval(
         Op::Quantize {
             scheme,
             granularity,
+            arithmetic,
         } => {
             let (n, m) = (x.shape[0], x.shape[1]);
             let g = *granularity;
             match scheme {
                 Scheme::Phase => {
                     let w = c64s(x, "weight")?;
-                    let q = quant::phase_quant(w, n, m, g).map_err(|e| e.to_string())?;
+                    let q = quant::phase_quant_with(w, n, m, g, *arithmetic)
+                        .map_err(|e| e.to_string())?;
                     Tensor::c64(
                         x.shape.clone(),
                         quant::dequantize(&q, n, m, g).map_err(|e| e.to_string())?,
