@@ -31,13 +31,22 @@ fn stage_name(graph: &Graph, quantize: ValueId) -> String {
         r = graph.node(r).operands[0];
         stage += 1;
     }
-    let node = graph.node(r);
-    match (&node.op, node.operands.first().map(|w| &graph.node(*w).op)) {
-        (Op::WidelyLinear { part, .. }, Some(Op::Weight { name })) => {
-            let p = if *part == WlPart::U { "u" } else { "w" };
-            format!("{name}.{p}{stage}")
-        }
-        (Op::Weight { name }, _) => format!("{name}.q"),
+    let part = match graph.node(r).op {
+        Op::WidelyLinear {
+            part: WlPart::U, ..
+        } => "u",
+        Op::WidelyLinear {
+            part: WlPart::W, ..
+        } => "w",
+        _ => "q",
+    };
+    // The source weight: the first leaf down the first operands (for a
+    // complex weight built from `*_real` and `*_imag` tensors, the real one).
+    while let Some(&first) = graph.node(r).operands.first() {
+        r = first;
+    }
+    match &graph.node(r).op {
+        Op::Weight { name } => format!("{}.{part}{stage}", name.trim_end_matches("_real")),
         _ => format!("quantized.{}", quantize.0),
     }
 }
@@ -54,7 +63,7 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
     for &q in &quantized {
         match graph.node(q).op {
             Op::Quantize {
-                scheme: Scheme::Phase,
+                scheme: Scheme::Phase | Scheme::PhaseIfairy,
                 ..
             } => wanted.push(graph.node(q).operands[0]),
             _ => wanted.push(q),
@@ -72,7 +81,7 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
             return Ok(None);
         };
         let name = stage_name(graph, id);
-        if scheme != Scheme::Phase {
+        if !matches!(scheme, Scheme::Phase | Scheme::PhaseIfairy) {
             let Data::F32(v) = &values[&id.0].data else {
                 unreachable!("real quantizers give f32")
             };
@@ -165,22 +174,30 @@ impl SizeBreakdown {
     /// Sizes of a frozen model; `source` is the graph before freezing, whose
     /// quantized source weights give the parameter count.
     pub fn of(frozen: &Frozen, source: &Graph) -> SizeBreakdown {
+        // The source weights behind every quantizer (through the split, the
+        // residual stages, or the joining of real and imaginary parts).
         let mut quantized_params = 0;
         let mut seen = std::collections::HashSet::new();
-        for node in &source.nodes {
-            if let Op::WidelyLinear { .. } | Op::Quantize { .. } = node.op {
-                for v in &node.operands {
-                    if let Op::Weight { name } = &source.node(*v).op {
-                        if seen.insert(name.clone()) {
-                            quantized_params += source
-                                .node(*v)
-                                .ty
-                                .shape
-                                .concrete()
-                                .map_or(0, |d| d.iter().product());
-                        }
-                    }
+        let mut stack: Vec<ValueId> = source
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Quantize { .. }))
+            .flat_map(|n| n.operands.clone())
+            .collect();
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            let node = source.node(v);
+            match node.op {
+                Op::Weight { .. } => {
+                    quantized_params += node
+                        .ty
+                        .shape
+                        .concrete()
+                        .map_or(0, |d| d.iter().product::<usize>())
                 }
+                _ => stack.extend(node.operands.iter().copied()),
             }
         }
         let mut b = SizeBreakdown {

@@ -42,7 +42,8 @@ struct QuantArgs {
     /// Quantize the linear layers inside the blocks: w1, w2, w3 (Fairy2i
     /// PhaseQuant with 1-3 residual stages: T bits per real parameter),
     /// binary or ternary (the real baselines), complex (the exact
-    /// widely-linear form, unquantized), or none.
+    /// widely-linear form, unquantized), native (only the quantization the
+    /// model itself defines, as iFairy's), or none.
     #[arg(long, default_value = "none")]
     quant: QuantChoice,
     /// Scale granularity: tensor (the paper's), channel, or group:G.
@@ -69,6 +70,7 @@ struct QuantArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum QuantChoice {
     None,
+    Native,
     Complex,
     W1,
     W2,
@@ -107,7 +109,7 @@ impl QuantArgs {
     fn options(&self) -> Option<CompileOptions> {
         let method = match self.quant {
             QuantChoice::None => return None,
-            QuantChoice::Complex => None,
+            QuantChoice::Native | QuantChoice::Complex => None,
             QuantChoice::W1 => Some(Method::Fairy2i { stages: 1 }),
             QuantChoice::W2 => Some(Method::Fairy2i { stages: 2 }),
             QuantChoice::W3 => Some(Method::Fairy2i { stages: 3 }),
@@ -115,8 +117,9 @@ impl QuantArgs {
             QuantChoice::Ternary => Some(Method::RealTernary),
         };
         let real_baseline = matches!(method, Some(Method::RealBinary | Method::RealTernary));
+        let native = matches!(self.quant, QuantChoice::Native);
         Some(CompileOptions {
-            widely_linear: !real_baseline,
+            widely_linear: !real_baseline && !native,
             method,
             granularity: self.scales,
             lower: LowerOptions {

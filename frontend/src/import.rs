@@ -10,7 +10,7 @@ use crate::gguf::GgufFile;
 use crate::gguf_import::{self, GgufStore};
 use crate::safetensors_store::{model_files, SafetensorsStore};
 use crate::tokenizer::Tokenizer;
-use crate::{hf, llama, FrontendError};
+use crate::{hf, ifairy, llama, FrontendError};
 
 /// A model ready to compile or run: its graph, the store its `weight`
 /// nodes name, and its tokenizer.
@@ -95,7 +95,12 @@ fn build_graph(
     config: &llama::LlamaConfig,
     store: &dyn WeightStore,
 ) -> Result<Graph, FrontendError> {
-    llama::build_graph(config, store).map_err(|e| match e {
+    in_file(path, llama::build_graph(config, store))
+}
+
+/// Names `path` in model errors.
+fn in_file(path: &Path, r: Result<Graph, FrontendError>) -> Result<Graph, FrontendError> {
+    r.map_err(|e| match e {
         FrontendError::Model(message) => FrontendError::File {
             path: path.to_path_buf(),
             message,
@@ -128,7 +133,13 @@ fn import_gguf(path: &Path) -> Result<Imported, FrontendError> {
 }
 
 fn import_hf(dir: &Path) -> Result<Imported, FrontendError> {
-    let config = hf::read_config(&dir.join("config.json"))?;
+    let config_path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| FrontendError::io(&config_path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| FrontendError::File {
+        path: config_path.clone(),
+        message: format!("invalid JSON: {e}"),
+    })?;
     let store = SafetensorsStore::open(&model_files(dir)?)?;
     let tokenizer_json = dir.join("tokenizer.json");
     let tokenizer_config = dir.join("tokenizer_config.json");
@@ -142,7 +153,13 @@ fn import_hf(dir: &Path) -> Result<Imported, FrontendError> {
         path: tokenizer_json.clone(),
         message: e.to_string(),
     })?;
-    let graph = build_graph(dir, &config, &store)?;
+    let graph = if ifairy::is_ifairy(&json) {
+        let config = ifairy::read_config(&config_path, json)?;
+        in_file(dir, ifairy::build_graph(&config, &store))?
+    } else {
+        let config = hf::read_config(&config_path)?;
+        build_graph(dir, &config, &store)?
+    };
     Ok(Imported {
         graph: with_source(graph, dir, "huggingface"),
         weights: Arc::new(store),

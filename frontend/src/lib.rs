@@ -5,6 +5,7 @@ pub mod fairy;
 pub mod gguf;
 pub mod gguf_import;
 pub mod hf;
+pub mod ifairy;
 pub mod import;
 pub mod llama;
 pub mod safetensors_store;

@@ -527,6 +527,165 @@ pub fn write_hf(dir: &Path, cfg: &SynthConfig, dtype: HfDtype) -> io::Result<()>
     write_atomically(&dir.join("model.safetensors"), |w| w.write_all(&encoded))
 }
 
+/// A synthetic iFairy (`ComplexNetLM`) model; widths are complex widths.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IfairySynthConfig {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub seed: u64,
+}
+
+impl IfairySynthConfig {
+    /// Two blocks, 16 complex channels in 4 heads of 4, a 24-wide MLP.
+    pub fn tiny() -> IfairySynthConfig {
+        IfairySynthConfig {
+            hidden: 16,
+            intermediate: 24,
+            layers: 2,
+            heads: 4,
+            kv_heads: 4,
+            rope_theta: 10000.0,
+            rms_eps: 1e-5,
+            seed: 7,
+        }
+    }
+
+    /// Number of tokens of the synthetic vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        SPECIAL_TOKENS.len() + 256 + MERGES.len()
+    }
+}
+
+/// Writes an iFairy checkpoint in the authors' Hugging Face layout
+/// (`*.weight_real` / `*.weight_imag` pairs, `lm_head.weight` `[V, 2H]`,
+/// config.json with `model_type: complexnet`), with the synthetic
+/// tokenizer, atomically. Weights are latent full-precision values.
+pub fn write_ifairy_hf(dir: &Path, cfg: &IfairySynthConfig) -> io::Result<()> {
+    if cfg.heads == 0
+        || !cfg.hidden.is_multiple_of(cfg.heads)
+        || cfg.kv_heads == 0
+        || !cfg.heads.is_multiple_of(cfg.kv_heads)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "synthetic iFairy: bad head counts",
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    let (h, f, v) = (cfg.hidden, cfg.intermediate, cfg.vocab_size());
+    let kvw = cfg.kv_heads * (h / cfg.heads);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>, center: f32, spread: f32| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| center + spread * (2.0 * rng.random::<f32>() - 1.0))
+            .collect();
+        tensors.push((name, shape, data));
+    };
+    for part in ["real", "imag"] {
+        add(
+            format!("token_embeddings_{part}.weight"),
+            vec![v, h],
+            0.0,
+            0.5,
+        );
+    }
+    let matrix = |fan_in: usize| (3.0 / fan_in as f32).sqrt();
+    for l in 0..cfg.layers {
+        let p = format!("layer.{l}");
+        let linears = [
+            ("self_attn.q_proj", h, h),
+            ("self_attn.k_proj", kvw, h),
+            ("self_attn.v_proj", kvw, h),
+            ("self_attn.o_proj", h, h),
+            ("mlp.gate_proj", f, h),
+            ("mlp.up_proj", f, h),
+            ("mlp.down_proj", h, f),
+        ];
+        for (name, rows, cols) in linears {
+            for part in ["real", "imag"] {
+                add(
+                    format!("{p}.{name}.weight_{part}"),
+                    vec![rows, cols],
+                    0.0,
+                    matrix(cols),
+                );
+            }
+        }
+        let norms = [
+            ("pre_layernorm", h),
+            ("self_attn.attn_layernorm", h),
+            ("post_layernorm", h),
+            ("mlp.ffn_layernorm", f),
+        ];
+        for (name, n) in norms {
+            for part in ["real", "imag"] {
+                add(format!("{p}.{name}.weight_{part}"), vec![n], 1.0, 0.1);
+            }
+        }
+    }
+    for part in ["real", "imag"] {
+        add(format!("final_norm.weight_{part}"), vec![h], 1.0, 0.1);
+    }
+    add("lm_head.weight".into(), vec![v, 2 * h], 0.0, matrix(2 * h));
+
+    let write_json = |name: &str, value: &Value| {
+        let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        write_atomically(&dir.join(name), |w| w.write_all(text.as_bytes()))
+    };
+    write_json(
+        "config.json",
+        &json!({
+            "architectures": ["ComplexNetLM"],
+            "model_type": "complexnet",
+            "vocab_size": v,
+            "hidden_size": h,
+            "intermediate_size": f,
+            "num_hidden_layers": cfg.layers,
+            "num_attention_heads": cfg.heads,
+            "num_key_value_heads": cfg.kv_heads,
+            "rope_theta": cfg.rope_theta,
+            "rms_norm_eps": cfg.rms_eps,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": false,
+            "bos_token_id": ENDOFTEXT_ID,
+            "eos_token_id": ENDOFTEXT_ID,
+            "torch_dtype": "float32",
+        }),
+    )?;
+    write_json("tokenizer.json", &tokenizer_json())?;
+    write_json(
+        "tokenizer_config.json",
+        &json!({
+            "bos_token": SPECIAL_TOKENS[0],
+            "eos_token": SPECIAL_TOKENS[0],
+            "add_bos_token": false,
+            "chat_template": CHAT_TEMPLATE,
+        }),
+    )?;
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (n.as_str(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    let encoded = safetensors::serialize(views.iter().map(|(n, v)| (*n, v)), None)
+        .map_err(io::Error::other)?;
+    write_atomically(&dir.join("model.safetensors"), |w| w.write_all(&encoded))
+}
+
 /// config.json with the fields transformers writes for the architecture.
 fn hf_config(cfg: &SynthConfig, dtype: HfDtype) -> Value {
     let mut c = json!({

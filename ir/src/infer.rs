@@ -52,16 +52,22 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         }
         Op::RmsNorm { eps } => {
             let (x, gain) = (operands[0], operands[1]);
-            expect_real(x, "input")?;
-            same_dtype(x, gain)?;
+            expect_float(x, "input")?;
+            if gain.dtype != DType::F32 {
+                return Err(format!("gain must be f32, found {gain}"));
+            }
             if !(eps.is_finite() && *eps >= 0.0) {
                 return Err(format!("eps must be finite and non-negative, found {eps}"));
             }
             expect_rank(gain, 1, "gain")?;
-            if gain.shape.dims()[0] != *last(x, "input")? {
+            // A complex norm has two real gains, for the real and imaginary parts.
+            let want = match (x.dtype, last(x, "input")?) {
+                (DType::C64, Dim::Fixed(n)) => Dim::Fixed(2 * n),
+                (_, d) => d.clone(),
+            };
+            if gain.shape.dims()[0] != want {
                 return Err(format!(
-                    "gain {} does not match the input's last dimension of {}",
-                    gain, x
+                    "gain {gain} does not match {x}: expected {want} gains"
                 ));
             }
             Ok(x.clone())
@@ -262,11 +268,30 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             let w = operands[0];
             match scheme {
                 Scheme::Phase => expect_complex(w)?,
+                Scheme::PhaseIfairy => {
+                    expect_complex(w)?;
+                    if *granularity != Granularity::Tensor {
+                        return Err("iFairy PhaseQuant has per-tensor scales only".into());
+                    }
+                }
                 Scheme::Binary | Scheme::Ternary => expect_real(w, "weight")?,
             }
             matrix(w)?;
             check_granularity(*granularity)?;
             Ok(w.clone())
+        }
+        Op::CReluSquared => {
+            expect_complex(operands[0])?;
+            Ok(operands[0].clone())
+        }
+        Op::ActQuant { bits } => {
+            let x = operands[0];
+            expect_numeric(x, "input")?;
+            fixed_last(x)?;
+            if !(2..=16).contains(bits) {
+                return Err(format!("bits must be in 2..=16, found {bits}"));
+            }
+            Ok(x.clone())
         }
         Op::Dequant { granularity } => {
             let (codes, scales) = (operands[0], operands[1]);

@@ -132,6 +132,15 @@ pub enum Op {
         granularity: Granularity,
         arithmetic: Arithmetic,
     },
+    /// iFairy's complex ReLU²: zero where both parts are negative (the third
+    /// quadrant), otherwise the real and imaginary parts squared separately.
+    CReluSquared,
+    /// Symmetric absmax quantization of each row (per token) to `bits` bits,
+    /// returned dequantized; complex rows quantize their real and imaginary
+    /// parts separately. Training passes gradients straight through.
+    ActQuant {
+        bits: usize,
+    },
     /// Complex weights from packed {+1, -1, +i, -i} codes `code2[n, m]` and
     /// their axis scales (`f32[2]`, `[n, 2]` or `[n, ceil(m/G), 2]`).
     Dequant {
@@ -151,8 +160,10 @@ pub enum WlPart {
 /// A weight quantizer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
-    /// Fairy2i / iFairy PhaseQuant on complex weights.
+    /// Fairy2i PhaseQuant on complex weights (the authors' tie rule).
     Phase,
+    /// iFairy's PhaseQuant: per tensor, its own tie rule, scales floored at 1e-5.
+    PhaseIfairy,
     /// sign(w) · mean|w| on real weights.
     Binary,
     /// BitNet b1.58 absmean ternary on real weights.
@@ -244,6 +255,8 @@ impl Op {
             Op::WidelyLinear { .. } => "widely_linear",
             Op::Quantize { .. } => "quantize",
             Op::Dequant { .. } => "dequant",
+            Op::CReluSquared => "crelu2",
+            Op::ActQuant { .. } => "act_quant",
         }
     }
 
@@ -259,7 +272,9 @@ impl Op {
             | Op::Unpack { .. }
             | Op::Conj
             | Op::WidelyLinear { .. }
-            | Op::Quantize { .. } => Arity::Exactly(1),
+            | Op::Quantize { .. }
+            | Op::CReluSquared
+            | Op::ActQuant { .. } => Arity::Exactly(1),
             Op::Embed
             | Op::Linear
             | Op::RmsNorm { .. }
@@ -360,6 +375,7 @@ impl Op {
                     Attr::Ident(
                         match scheme {
                             Scheme::Phase => "phase",
+                            Scheme::PhaseIfairy => "phase_ifairy",
                             Scheme::Binary => "binary",
                             Scheme::Ternary => "ternary",
                         }
@@ -371,6 +387,7 @@ impl Op {
                 a
             }
             Op::Dequant { granularity } => granularity_attrs(*granularity),
+            Op::ActQuant { bits } => vec![("bits", Attr::Int(*bits))],
             _ => Vec::new(),
         }
     }
@@ -517,13 +534,12 @@ impl Op {
             "quantize" => {
                 let scheme = match ident(&take("scheme")?, "scheme")?.as_str() {
                     "phase" => Scheme::Phase,
+                    "phase_ifairy" => Scheme::PhaseIfairy,
                     "binary" => Scheme::Binary,
                     "ternary" => Scheme::Ternary,
-                    other => {
-                        return Err(format!(
-                            "unknown scheme `{other}`: expected phase, binary or ternary"
-                        ))
-                    }
+                    other => return Err(format!(
+                        "unknown scheme `{other}`: expected phase, phase_ifairy, binary or ternary"
+                    )),
                 };
                 Op::Quantize {
                     scheme,
@@ -533,6 +549,10 @@ impl Op {
             }
             "dequant" => Op::Dequant {
                 granularity: granularity(&mut take)?,
+            },
+            "crelu2" => Op::CReluSquared,
+            "act_quant" => Op::ActQuant {
+                bits: int(&take("bits")?, "bits")?,
             },
             other => return Err(format!("unknown op `{other}`")),
         };

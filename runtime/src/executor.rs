@@ -10,8 +10,9 @@ use num_complex::Complex32;
 use rayon::prelude::*;
 
 use crate::kernels::attention::{attention, AttentionShape};
+use crate::kernels::norm::{rms_norm, rms_norm_complex};
 use crate::kernels::rope::{rope, rope_complex};
-use crate::kernels::{elementwise, layout, linear::linear, norm::rms_norm};
+use crate::kernels::{elementwise, layout, linear::linear};
 use crate::tensor::{Data, Tensor};
 use crate::RuntimeError;
 
@@ -359,10 +360,41 @@ fn eval(
                 _ => return Err("input and weight must both be f32 or both c64".into()),
             }
         }
-        Op::RmsNorm { eps } => Tensor::f32(
+        Op::RmsNorm { eps } => {
+            let gain = f32s(args[1], "gain")?;
+            match &x.data {
+                Data::C64(z) => Tensor::c64(x.shape.clone(), rms_norm_complex(z, gain, *eps)),
+                _ => Tensor::f32(x.shape.clone(), rms_norm(f32s(x, "input")?, gain, *eps)),
+            }
+        }
+        Op::CReluSquared => Tensor::c64(
             x.shape.clone(),
-            rms_norm(f32s(x, "input")?, f32s(args[1], "gain")?, *eps),
+            elementwise::crelu_squared(c64s(x, "input")?),
         ),
+        Op::ActQuant { bits } => {
+            let bits = *bits as u32;
+            match &x.data {
+                Data::F32(v) => {
+                    Tensor::f32(x.shape.clone(), quant::ifairy::act_quant(v, x.cols(), bits))
+                }
+                Data::C64(z) => {
+                    let re: Vec<f32> = z.iter().map(|c| c.re).collect();
+                    let im: Vec<f32> = z.iter().map(|c| c.im).collect();
+                    let (re, im) = (
+                        quant::ifairy::act_quant(&re, x.cols(), bits),
+                        quant::ifairy::act_quant(&im, x.cols(), bits),
+                    );
+                    Tensor::c64(
+                        x.shape.clone(),
+                        re.into_iter()
+                            .zip(im)
+                            .map(|(r, i)| Complex32::new(r, i))
+                            .collect(),
+                    )
+                }
+                _ => return Err("act_quant takes f32 or c64".into()),
+            }
+        }
         Op::Rope {
             base,
             layout: l,
@@ -520,6 +552,18 @@ fn eval(
                     Tensor::c64(
                         x.shape.clone(),
                         quant::dequantize(&q, n, m, g).map_err(|e| e.to_string())?,
+                    )
+                }
+                Scheme::PhaseIfairy => {
+                    let w = c64s(x, "weight")?;
+                    let q =
+                        quant::ifairy::phase_quant_ifairy(w, n, m).map_err(|e| e.to_string())?;
+                    if q.empty_sector {
+                        tracing::warn!("iFairy PhaseQuant: no weight of a [{n}, {m}] matrix fell on one axis; its scale is the 1e-5 floor (the authors' code gives NaN)");
+                    }
+                    Tensor::c64(
+                        x.shape.clone(),
+                        quant::dequantize(&q.quantized, n, m, g).map_err(|e| e.to_string())?,
                     )
                 }
                 Scheme::Binary | Scheme::Ternary => {

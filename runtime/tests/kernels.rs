@@ -234,3 +234,55 @@ fn layout_kernels() {
         1e-7,
     );
 }
+
+#[test]
+fn complex_rope_is_interleaved_rope_on_adjacent_pairs() {
+    // The iFairy spec: RoPE on complex slots equals GPT-J (interleaved) RoPE
+    // on [r0, i0, r1, i1, ...].
+    use fairyc_runtime::kernels::rope::rope_complex;
+    let mut rng = StdRng::seed_from_u64(5);
+    let (seq, heads, d) = (4, 3, 6);
+    let z: Vec<Complex32> = rand_vec(&mut rng, 2 * seq * heads * d)
+        .chunks(2)
+        .map(|p| Complex32::new(p[0], p[1]))
+        .collect();
+    let pos = [0, 3, 17, 300];
+    let got = rope_complex(&z, &pos, heads * d, 2 * d, 10000.0);
+    let flat: Vec<f32> = z.iter().flat_map(|c| [c.re, c.im]).collect();
+    let want = rope(
+        &flat,
+        &pos,
+        2 * heads * d,
+        2 * d,
+        10000.0,
+        RopeLayout::Interleaved,
+    );
+    let got_flat: Vec<f32> = got.iter().flat_map(|c| [c.re, c.im]).collect();
+    close(&got_flat, &want, 1e-6);
+}
+
+#[test]
+fn complex_rms_norm_and_crelu_squared_follow_the_spec() {
+    use fairyc_runtime::kernels::norm::rms_norm_complex;
+    let z = [Complex32::new(3.0, 4.0), Complex32::new(0.0, 0.0)];
+    let gain = [2.0, 1.0, 0.5, 1.0];
+    // mean |z|² = 12.5: r = 1/sqrt(12.5 + eps).
+    let y = rms_norm_complex(&z, &gain, 0.0);
+    let r = 1.0 / 12.5f32.sqrt();
+    assert!((y[0] - Complex32::new(3.0 * r * 2.0, 4.0 * r * 0.5)).norm() < 1e-6);
+    let a = elementwise::crelu_squared(&[
+        Complex32::new(-1.0, -2.0),
+        Complex32::new(-1.0, 2.0),
+        Complex32::new(3.0, -0.5),
+        Complex32::new(0.0, -1.0),
+    ]);
+    assert_eq!(
+        a,
+        [
+            Complex32::new(0.0, 0.0),
+            Complex32::new(1.0, 4.0),
+            Complex32::new(9.0, 0.25),
+            Complex32::new(0.0, 1.0)
+        ]
+    );
+}

@@ -29,6 +29,7 @@
 pub mod baseline;
 pub mod code;
 pub mod granularity;
+pub mod ifairy;
 pub mod pairing;
 pub mod phase;
 pub mod pipeline;

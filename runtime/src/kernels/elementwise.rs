@@ -51,6 +51,20 @@ pub fn softmax(x: &[f32], cols: usize) -> Vec<f32> {
     y
 }
 
+/// iFairy's CReLU²: 0 in the third quadrant (both parts negative),
+/// otherwise `re² + i·im²`.
+pub fn crelu_squared(z: &[Complex32]) -> Vec<Complex32> {
+    z.iter()
+        .map(|c| {
+            if c.re < 0.0 && c.im < 0.0 {
+                Complex32::new(0.0, 0.0)
+            } else {
+                Complex32::new(c.re * c.re, c.im * c.im)
+            }
+        })
+        .collect()
+}
+
 pub fn conj(z: &[Complex32]) -> Vec<Complex32> {
     z.iter().map(|c| c.conj()).collect()
 }

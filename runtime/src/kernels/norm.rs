@@ -1,5 +1,6 @@
 //! RMSNorm over the last dimension.
 
+use num_complex::Complex32;
 use rayon::prelude::*;
 
 /// `x / sqrt(mean(x²) + eps) · gain`, row by row; `x` has rows of `gain.len()`.
@@ -14,6 +15,25 @@ pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32) -> Vec<f32> {
             let inv = (1.0 / (ss / n as f64 + eps as f64).sqrt()) as f32;
             for ((o, &v), &g) in out.iter_mut().zip(row).zip(gain) {
                 *o = v * inv * g;
+            }
+        });
+    y
+}
+
+/// Complex RMSNorm (iFairy): `r = (mean_k(re² + im²) + eps)^(-1/2)` over each
+/// row of `gain.len() / 2` complex numbers; real parts are scaled by
+/// `r · gain[..n]`, imaginary parts by `r · gain[n..]`.
+pub fn rms_norm_complex(x: &[Complex32], gain: &[f32], eps: f32) -> Vec<Complex32> {
+    let n = gain.len() / 2;
+    let (g_re, g_im) = gain.split_at(n);
+    let mut y = vec![Complex32::new(0.0, 0.0); x.len()];
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(n))
+        .for_each(|(out, row)| {
+            let ss: f64 = row.iter().map(|v| f64::from(v.norm_sqr())).sum();
+            let inv = (1.0 / (ss / n as f64 + eps as f64).sqrt()) as f32;
+            for (((o, v), gr), gi) in out.iter_mut().zip(row).zip(g_re).zip(g_im) {
+                *o = Complex32::new(v.re * inv * gr, v.im * inv * gi);
             }
         });
     y
