@@ -3,7 +3,7 @@
 
 use fairyc_ir::{DType, RopeLayout, Shape, TensorType, WeightError, WeightStore};
 
-use crate::gguf::{GgmlType, GgufError, GgufFile};
+use crate::gguf::{dequant, GgufError, GgufFile};
 use crate::llama::{LlamaConfig, Naming};
 use crate::tokenizer::{GgufVocab, Tokenizer};
 use crate::FrontendError;
@@ -31,18 +31,8 @@ impl WeightStore for GgufStore {
     /// Every float or quantized tensor reads as f32: the decoded form.
     fn tensor_type(&self, name: &str) -> Option<TensorType> {
         let t = self.file.tensor(name)?;
-        let decodable = matches!(
-            t.ggml_type,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q8_0
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
-                | GgmlType::Q4_K
-                | GgmlType::Q6_K
-        );
-        decodable.then(|| TensorType::new(DType::F32, Shape::new(t.shape_row_major())))
+        dequant::is_supported(t.ggml_type)
+            .then(|| TensorType::new(DType::F32, Shape::new(t.shape_row_major())))
     }
 
     fn encoding(&self, name: &str) -> Option<String> {

@@ -16,6 +16,7 @@ use fairyc_ir::{
 };
 use serde::Deserialize;
 
+use crate::llama::real_weight;
 use crate::FrontendError;
 
 /// The attention scale `c` in `c · Re(q conj(k))` (spec open question 1).
@@ -146,17 +147,7 @@ impl Builder<'_> {
     }
 
     fn real(&mut self, name: &str, shape: &[usize]) -> Result<ValueId, FrontendError> {
-        let ty = self
-            .store
-            .tensor_type(name)
-            .ok_or_else(|| FrontendError::Model(format!("tensor `{name}` is missing")))?;
-        let want = Shape::new(shape.iter().copied());
-        if ty.shape != want || !ty.dtype.is_real_float() {
-            return Err(FrontendError::Model(format!(
-                "tensor `{name}` is {ty}, expected a real tensor of shape {want}"
-            )));
-        }
-        Ok(self.b.weight(name, TensorType::new(DType::F32, want)))
+        real_weight(&mut self.b, self.store, name, shape)
     }
 
     /// The complex `[rows, cols]` weight from `{base}_real` and `{base}_imag`.

@@ -88,19 +88,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// References a stored tensor, checking that it has the expected shape.
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<ValueId, FrontendError> {
-        let ty = self
-            .store
-            .tensor_type(name)
-            .ok_or_else(|| FrontendError::Model(format!("tensor `{name}` is missing")))?;
-        let expected = Shape::new(shape.iter().copied());
-        if ty.shape != expected || !ty.dtype.is_real_float() {
-            return Err(FrontendError::Model(format!(
-                "tensor `{name}` is {ty}, expected a real tensor of shape {expected}"
-            )));
-        }
-        Ok(self.b.weight(name, TensorType::new(DType::F32, expected)))
+        real_weight(&mut self.b, self.store, name, shape)
     }
 
     fn op(&mut self, op: Op, operands: &[ValueId]) -> Result<ValueId, FrontendError> {
@@ -127,6 +116,26 @@ impl Builder<'_> {
         let b = self.weight(&name(naming, part, layer, "bias"), &[out])?;
         self.op(Op::Add, &[y, b])
     }
+}
+
+/// References the stored real tensor `name` (read as f32), checking that it
+/// exists with the expected shape.
+pub(crate) fn real_weight(
+    b: &mut GraphBuilder,
+    store: &dyn WeightStore,
+    name: &str,
+    shape: &[usize],
+) -> Result<ValueId, FrontendError> {
+    let ty = store
+        .tensor_type(name)
+        .ok_or_else(|| FrontendError::Model(format!("tensor `{name}` is missing")))?;
+    let expected = Shape::new(shape.iter().copied());
+    if ty.shape != expected || !ty.dtype.is_real_float() {
+        return Err(FrontendError::Model(format!(
+            "tensor `{name}` is {ty}, expected a real tensor of shape {expected}"
+        )));
+    }
+    Ok(b.weight(name, TensorType::new(DType::F32, expected)))
 }
 
 /// Builds the decoder graph: inputs `tokens` and `positions` (`i32[seq]`),

@@ -537,9 +537,11 @@ impl Op {
                     "phase_ifairy" => Scheme::PhaseIfairy,
                     "binary" => Scheme::Binary,
                     "ternary" => Scheme::Ternary,
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "unknown scheme `{other}`: expected phase, phase_ifairy, binary or ternary"
-                    )),
+                    ))
+                    }
                 };
                 Op::Quantize {
                     scheme,

@@ -85,19 +85,22 @@ pub struct RuntimeCost<'a> {
     pub anchors: HashSet<Id>,
 }
 
-/// Real elements per row of a type (fixed dimensions only: symbolic ones
-/// such as `seq` are the rows), doubled for complex.
-fn elements(t: &TensorType) -> f64 {
-    let fixed: f64 = t
-        .shape
+/// Elements per row of a type: the product of its fixed dimensions
+/// (symbolic ones such as `seq` are the rows).
+fn per_row(t: &TensorType) -> f64 {
+    t.shape
         .dims()
         .iter()
         .map(|d| match d {
             Dim::Fixed(n) => *n as f64,
             Dim::Sym(_) => 1.0,
         })
-        .product();
-    fixed * if t.dtype == DType::C64 { 2.0 } else { 1.0 }
+        .product()
+}
+
+/// Real elements per row, complex ones counting twice.
+fn elements(t: &TensorType) -> f64 {
+    per_row(t) * if t.dtype == DType::C64 { 2.0 } else { 1.0 }
 }
 
 fn bytes(t: &TensorType) -> f64 {
@@ -107,16 +110,7 @@ fn bytes(t: &TensorType) -> f64 {
         DType::C64 => 8.0,
         DType::Code2 => 0.25,
     };
-    let n: f64 = t
-        .shape
-        .dims()
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => *n as f64,
-            Dim::Sym(_) => 1.0,
-        })
-        .product();
-    n * per
+    per_row(t) * per
 }
 
 impl RuntimeCost<'_> {
