@@ -3,7 +3,7 @@
 //! The builder uses these rules to type new nodes and the verifier re-runs
 //! them to check every node after a transformation.
 
-use crate::op::{Granularity, Op, Scheme};
+use crate::op::{AttentionOperand, Granularity, NormOperand, Op, Scheme};
 use crate::types::{DType, Dim, Shape, TensorType};
 
 /// Infers the result type of a non-leaf op. Leaf ops (`input`, `weight`)
@@ -72,7 +72,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             Ok(x.clone())
         }
-        Op::Rope { head_dim, base, .. } => {
+        Op::Rope { head_dim, base, .. } | Op::RopeInverse { head_dim, base, .. } => {
             let (x, pos) = (operands[0], operands[1]);
             expect_float(x, "input")?;
             if *head_dim == 0 || head_dim % 2 != 0 {
@@ -312,6 +312,192 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             expect_complex(operands[0])?;
             Ok(operands[0].clone())
         }
+        Op::CrossEntropy => {
+            let (logits, targets) = (operands[0], operands[1]);
+            expect_targets(logits, targets)?;
+            Ok(TensorType::new(DType::F32, Shape::default()))
+        }
+        Op::CrossEntropyGrad => {
+            let (logits, targets, dloss) = (operands[0], operands[1], operands[2]);
+            expect_targets(logits, targets)?;
+            if dloss.dtype != DType::F32 || dloss.shape.rank() != 0 {
+                return Err(format!("the loss gradient must be f32[], found {dloss}"));
+            }
+            Ok(logits.clone())
+        }
+        Op::Fill { value } => {
+            expect_numeric(operands[0], "template")?;
+            if !value.is_finite() {
+                return Err(format!("fill value must be finite, found {value}"));
+            }
+            Ok(operands[0].clone())
+        }
+        Op::Scale { factor } => {
+            expect_numeric(operands[0], "input")?;
+            if !factor.is_finite() {
+                return Err(format!("scale factor must be finite, found {factor}"));
+            }
+            Ok(operands[0].clone())
+        }
+        Op::ReduceTo { shape } => {
+            let x = operands[0];
+            expect_numeric(x, "input")?;
+            let d = x.shape.dims();
+            if shape.rank() > d.len() || d[d.len() - shape.rank()..] != *shape.dims() {
+                return Err(format!("{shape} is not a suffix of the shape of {x}"));
+            }
+            Ok(TensorType::new(x.dtype, shape.clone()))
+        }
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => {
+            let x = operands[0];
+            expect_numeric(x, "input")?;
+            let Dim::Fixed(n) = axis_dim(x, *axis)? else {
+                return Err(format!("cannot pad symbolic dimension {axis} of {x}"));
+            };
+            let mut dims = x.shape.dims().to_vec();
+            dims[*axis] = Dim::Fixed(before + n + after);
+            Ok(TensorType::new(x.dtype, Shape(dims)))
+        }
+        Op::LinearWeightGrad => {
+            let (dy, x) = (operands[0], operands[1]);
+            expect_float(dy, "output gradient")?;
+            same_dtype(dy, x)?;
+            let (rd, rx) = (dy.shape.dims(), x.shape.dims());
+            if rd.len() != rx.len() || rd[..rd.len() - 1] != rx[..rx.len() - 1] {
+                return Err(format!(
+                    "output gradient {dy} and input {x} must agree on all but the last dimension"
+                ));
+            }
+            Ok(TensorType::new(
+                x.dtype,
+                Shape(vec![
+                    last(dy, "output gradient")?.clone(),
+                    last(x, "input")?.clone(),
+                ]),
+            ))
+        }
+        Op::EmbedGrad { vocab } => {
+            let (ids, dy) = (operands[0], operands[1]);
+            if ids.dtype != DType::I32 {
+                return Err(format!("token ids must be i32, found {}", ids.dtype));
+            }
+            expect_float(dy, "output gradient")?;
+            if dy.shape.dims()[..dy.shape.rank() - 1] != *ids.shape.dims() {
+                return Err(format!(
+                    "output gradient {dy} must be the ids' shape {} plus a width",
+                    ids.shape
+                ));
+            }
+            Ok(TensorType::new(
+                dy.dtype,
+                Shape(vec![
+                    Dim::Fixed(*vocab),
+                    last(dy, "output gradient")?.clone(),
+                ]),
+            ))
+        }
+        Op::Crelu2Grad => {
+            let (z, dy) = (operands[0], operands[1]);
+            expect_complex(z)?;
+            same_type(z, dy)?;
+            Ok(z.clone())
+        }
+        Op::SiluGrad | Op::SoftmaxGrad => {
+            let (x, dy) = (operands[0], operands[1]);
+            expect_real(x, "input")?;
+            same_type(x, dy)?;
+            Ok(x.clone())
+        }
+        Op::RmsNormGrad { eps, which } => {
+            let (x, gain, dy) = (operands[0], operands[1], operands[2]);
+            let y = infer_type(&Op::RmsNorm { eps: *eps }, &[x, gain])?;
+            same_type(&y, dy)?;
+            Ok(match which {
+                NormOperand::Input => x.clone(),
+                NormOperand::Gain => gain.clone(),
+            })
+        }
+        Op::AttentionGrad {
+            which,
+            heads,
+            kv_heads,
+            scale,
+            causal,
+        } => {
+            let attention = Op::Attention {
+                heads: *heads,
+                kv_heads: *kv_heads,
+                scale: *scale,
+                causal: *causal,
+            };
+            let y = infer_type(&attention, &operands[..3])?;
+            same_type(&y, operands[3])?;
+            Ok(match which {
+                AttentionOperand::Q => operands[0].clone(),
+                AttentionOperand::K => operands[1].clone(),
+                AttentionOperand::V => operands[2].clone(),
+            })
+        }
+        Op::WidelyLinearGrad {
+            part,
+            row_block,
+            col_block,
+        } => {
+            let (r, d) = (operands[0], operands[1]);
+            let wl = Op::WidelyLinear {
+                part: *part,
+                row_block: *row_block,
+                col_block: *col_block,
+                arithmetic: crate::op::Arithmetic::F32,
+            };
+            same_type(&infer_type(&wl, &[r])?, d)?;
+            Ok(r.clone())
+        }
+        Op::QuantizeGrad {
+            scheme,
+            granularity,
+            arithmetic,
+        } => {
+            let (w, dq) = (operands[0], operands[1]);
+            if *scheme == Scheme::PhaseIfairy {
+                return Err(
+                    "the scale-aware gradient is derived for phase, binary and ternary only".into(),
+                );
+            }
+            let q = Op::Quantize {
+                scheme: *scheme,
+                granularity: *granularity,
+                arithmetic: *arithmetic,
+            };
+            same_type(&infer_type(&q, &[w])?, dq)?;
+            Ok(w.clone())
+        }
+    }
+}
+
+/// Logits `f32[..., V]` and targets `i32[...]` of the same leading shape.
+fn expect_targets(logits: &TensorType, targets: &TensorType) -> Result<(), String> {
+    if logits.dtype != DType::F32 || logits.shape.rank() == 0 {
+        return Err(format!("logits must be f32[..., vocab], found {logits}"));
+    }
+    let r = logits.shape.rank();
+    if targets.dtype != DType::I32 || targets.shape.dims() != &logits.shape.dims()[..r - 1] {
+        return Err(format!(
+            "targets must be i32 of the logits' leading shape; found {targets} for logits {logits}"
+        ));
+    }
+    Ok(())
+}
+
+fn same_type(want: &TensorType, got: &TensorType) -> Result<(), String> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(format!("expected a gradient of type {want}, found {got}"))
     }
 }
 

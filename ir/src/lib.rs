@@ -21,7 +21,9 @@ pub mod verify;
 pub mod weights;
 
 pub use graph::{BuildError, Graph, GraphBuilder, Node, ValueId};
-pub use op::{Arithmetic, Attr, Granularity, Op, RopeLayout, Scheme, WlPart};
+pub use op::{
+    Arithmetic, AttentionOperand, Attr, Granularity, NormOperand, Op, RopeLayout, Scheme, WlPart,
+};
 pub use types::{DType, Dim, Shape, TensorType};
 pub use verify::{verify, verify_weights, VerifyError};
 pub use weights::{WeightError, WeightStore};

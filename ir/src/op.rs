@@ -146,6 +146,106 @@ pub enum Op {
     Dequant {
         granularity: Granularity,
     },
+    /// Mean negative log-likelihood of `targets: i32[...]` under
+    /// `logits: f32[..., V]`, over the positions whose target is `>= 0`
+    /// (`-1` marks a position to ignore; no scored position gives 0): `f32[]`.
+    CrossEntropy,
+    /// `x` with every element set to `value`; the shape and element type
+    /// of its operand. Seeds and zero gradients.
+    Fill {
+        value: f32,
+    },
+    /// `x · factor` for a real `factor`, real or complex `x`.
+    Scale {
+        factor: f32,
+    },
+    /// Sums `x` over its leading dimensions down to the suffix `shape` of
+    /// its own shape (`[]` sums everything): the adjoint of broadcasting.
+    ReduceTo {
+        shape: Shape,
+    },
+    /// Zeros around `x` along `axis`: `before` in front, `after` behind.
+    /// The adjoint of `slice`.
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
+    /// `rope` turned back: the same rotation by minus the angle, its
+    /// inverse and (being orthogonal) its adjoint.
+    RopeInverse {
+        base: f32,
+        layout: RopeLayout,
+        head_dim: usize,
+    },
+    /// `dy[..., N]`, `x[..., K]` -> `[N, K]`: `Σ_rows dyᵀ · x`, no
+    /// conjugation (the gradient pass conjugates complex `x` itself).
+    LinearWeightGrad,
+    /// `(ids, dy[..., H])` -> `[vocab, H]`: each row of `dy` added to the
+    /// row its id names. The adjoint of `embed`.
+    EmbedGrad {
+        vocab: usize,
+    },
+    /// `(x, dy)` -> `dy · silu'(x)`.
+    SiluGrad,
+    /// `(z, dy)` -> the gradient of `crelu2(z)`: `2 Re z · Re dy +
+    /// i 2 Im z · Im dy` outside the third quadrant, 0 inside.
+    Crelu2Grad,
+    /// `(y, dy)` -> `y ∘ (dy − Σ dy ∘ y)` over the last dimension, with `y`
+    /// the softmax's output.
+    SoftmaxGrad,
+    /// `(x, gain, dy)` -> the gradient of `rms_norm(x, gain)` with respect
+    /// to `x` or to `gain` (summed over rows).
+    RmsNormGrad {
+        eps: f32,
+        which: NormOperand,
+    },
+    /// `(q, k, v, dout)` -> the gradient of `attention(q, k, v)` with
+    /// respect to one of its operands; the other attributes are the
+    /// attention's. Complex operands follow the `Re(qᴴk)` scores. Keys and
+    /// values are the queries' own sequence (a training step, no KV cache).
+    AttentionGrad {
+        which: AttentionOperand,
+        heads: usize,
+        kv_heads: usize,
+        scale: f32,
+        causal: bool,
+    },
+    /// `(r, d)` -> the real `r`-shaped adjoint of `widely_linear` (the
+    /// gradient with respect to `R` of a loss whose gradient with respect
+    /// to `U` or `W` is `d`): half of eq. 7 applied to `d` alone.
+    WidelyLinearGrad {
+        part: WlPart,
+        row_block: usize,
+        col_block: usize,
+    },
+    /// `(w, dq)` -> the scale-aware straight-through gradient of
+    /// `quantize(w)`: `dq` plus the gradient through the scales' dependence
+    /// on `w` (the codes count as constants), with the codes and sets of
+    /// the forward quantizer in its `arithmetic`.
+    QuantizeGrad {
+        scheme: Scheme,
+        granularity: Granularity,
+        arithmetic: Arithmetic,
+    },
+    /// `(logits, targets, dloss: f32[])` -> the gradient of
+    /// `cross_entropy(logits, targets)` scaled by `dloss`.
+    CrossEntropyGrad,
+}
+
+/// Which operand of `rms_norm` a gradient is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormOperand {
+    Input,
+    Gain,
+}
+
+/// Which operand of `attention` a gradient is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttentionOperand {
+    Q,
+    K,
+    V,
 }
 
 /// Which half of the widely-linear form.
@@ -257,6 +357,22 @@ impl Op {
             Op::Dequant { .. } => "dequant",
             Op::CReluSquared => "crelu2",
             Op::ActQuant { .. } => "act_quant",
+            Op::CrossEntropy => "cross_entropy",
+            Op::Fill { .. } => "fill",
+            Op::Scale { .. } => "scale",
+            Op::ReduceTo { .. } => "reduce_to",
+            Op::Pad { .. } => "pad",
+            Op::RopeInverse { .. } => "rope_inverse",
+            Op::LinearWeightGrad => "linear_weight_grad",
+            Op::EmbedGrad { .. } => "embed_grad",
+            Op::SiluGrad => "silu_grad",
+            Op::Crelu2Grad => "crelu2_grad",
+            Op::SoftmaxGrad => "softmax_grad",
+            Op::RmsNormGrad { .. } => "rms_norm_grad",
+            Op::AttentionGrad { .. } => "attention_grad",
+            Op::WidelyLinearGrad { .. } => "widely_linear_grad",
+            Op::QuantizeGrad { .. } => "quantize_grad",
+            Op::CrossEntropyGrad => "cross_entropy_grad",
         }
     }
 
@@ -274,7 +390,11 @@ impl Op {
             | Op::WidelyLinear { .. }
             | Op::Quantize { .. }
             | Op::CReluSquared
-            | Op::ActQuant { .. } => Arity::Exactly(1),
+            | Op::ActQuant { .. }
+            | Op::Fill { .. }
+            | Op::Scale { .. }
+            | Op::ReduceTo { .. }
+            | Op::Pad { .. } => Arity::Exactly(1),
             Op::Embed
             | Op::Linear
             | Op::RmsNorm { .. }
@@ -282,8 +402,20 @@ impl Op {
             | Op::Add
             | Op::Sub
             | Op::Mul
-            | Op::Dequant { .. } => Arity::Exactly(2),
-            Op::Attention { .. } => Arity::Exactly(3),
+            | Op::Dequant { .. }
+            | Op::CrossEntropy
+            | Op::RopeInverse { .. }
+            | Op::LinearWeightGrad
+            | Op::EmbedGrad { .. }
+            | Op::SiluGrad
+            | Op::Crelu2Grad
+            | Op::SoftmaxGrad
+            | Op::WidelyLinearGrad { .. }
+            | Op::QuantizeGrad { .. } => Arity::Exactly(2),
+            Op::Attention { .. } | Op::RmsNormGrad { .. } | Op::CrossEntropyGrad => {
+                Arity::Exactly(3)
+            }
+            Op::AttentionGrad { .. } => Arity::Exactly(4),
             Op::Concat { .. } => Arity::AtLeast(1),
         }
     }
@@ -305,6 +437,11 @@ impl Op {
                 base,
                 layout,
                 head_dim,
+            }
+            | Op::RopeInverse {
+                base,
+                layout,
+                head_dim,
             } => vec![
                 ("base", Attr::Float(*base)),
                 ("layout", Attr::Ident(layout.name().to_string())),
@@ -321,19 +458,55 @@ impl Op {
                 ("scale", Attr::Float(*scale)),
                 ("causal", Attr::Bool(*causal)),
             ],
-            Op::Reshape { shape } => vec![(
-                "shape",
-                Attr::List(
-                    shape
-                        .dims()
-                        .iter()
-                        .map(|d| match d {
-                            crate::Dim::Fixed(n) => Attr::Int(*n),
-                            crate::Dim::Sym(s) => Attr::Ident(s.clone()),
-                        })
-                        .collect(),
+            Op::Reshape { shape } | Op::ReduceTo { shape } => vec![("shape", shape_attr(shape))],
+            Op::Fill { value } => vec![("value", Attr::Float(*value))],
+            Op::Scale { factor } => vec![("factor", Attr::Float(*factor))],
+            Op::Pad {
+                axis,
+                before,
+                after,
+            } => vec![
+                ("axis", Attr::Int(*axis)),
+                ("before", Attr::Int(*before)),
+                ("after", Attr::Int(*after)),
+            ],
+            Op::EmbedGrad { vocab } => vec![("vocab", Attr::Int(*vocab))],
+            Op::RmsNormGrad { eps, which } => vec![
+                ("eps", Attr::Float(*eps)),
+                (
+                    "which",
+                    Attr::Ident(
+                        match which {
+                            NormOperand::Input => "input",
+                            NormOperand::Gain => "gain",
+                        }
+                        .into(),
+                    ),
                 ),
-            )],
+            ],
+            Op::AttentionGrad {
+                which,
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            } => vec![
+                (
+                    "which",
+                    Attr::Ident(
+                        match which {
+                            AttentionOperand::Q => "q",
+                            AttentionOperand::K => "k",
+                            AttentionOperand::V => "v",
+                        }
+                        .into(),
+                    ),
+                ),
+                ("heads", Attr::Int(*heads)),
+                ("kv_heads", Attr::Int(*kv_heads)),
+                ("scale", Attr::Float(*scale)),
+                ("causal", Attr::Bool(*causal)),
+            ],
             Op::Transpose { perm } => vec![(
                 "perm",
                 Attr::List(perm.iter().map(|&p| Attr::Int(p)).collect()),
@@ -351,21 +524,26 @@ impl Op {
                 col_block,
                 arithmetic,
             } => vec![
-                (
-                    "part",
-                    Attr::Ident(
-                        match part {
-                            WlPart::U => "u",
-                            WlPart::W => "w",
-                        }
-                        .into(),
-                    ),
-                ),
+                part_attr(*part),
                 ("row_block", Attr::Int(*row_block)),
                 ("col_block", Attr::Int(*col_block)),
                 arithmetic_attr(*arithmetic),
             ],
+            Op::WidelyLinearGrad {
+                part,
+                row_block,
+                col_block,
+            } => vec![
+                part_attr(*part),
+                ("row_block", Attr::Int(*row_block)),
+                ("col_block", Attr::Int(*col_block)),
+            ],
             Op::Quantize {
+                scheme,
+                granularity,
+                arithmetic,
+            }
+            | Op::QuantizeGrad {
                 scheme,
                 granularity,
                 arithmetic,
@@ -409,6 +587,27 @@ fn arithmetic(take: &mut impl FnMut(&str) -> Result<Attr, String>) -> Result<Ari
             "unknown arithmetic `{other}`: expected f32 or bf16"
         )),
     }
+}
+
+fn shape_attr(shape: &Shape) -> Attr {
+    Attr::List(
+        shape
+            .dims()
+            .iter()
+            .map(|d| match d {
+                crate::Dim::Fixed(n) => Attr::Int(*n),
+                crate::Dim::Sym(s) => Attr::Ident(s.clone()),
+            })
+            .collect(),
+    )
+}
+
+fn part_attr(part: WlPart) -> (&'static str, Attr) {
+    let name = match part {
+        WlPart::U => "u",
+        WlPart::W => "w",
+    };
+    ("part", Attr::Ident(name.into()))
 }
 
 fn granularity_attrs(g: Granularity) -> Vec<(&'static str, Attr)> {
@@ -458,43 +657,55 @@ impl Op {
             "rms_norm" => Op::RmsNorm {
                 eps: float(&take("eps")?, "eps")?,
             },
-            "rope" => Op::Rope {
-                base: float(&take("base")?, "base")?,
-                layout: match take("layout")? {
-                    Attr::Ident(s) => RopeLayout::from_name(&s).ok_or_else(|| {
-                        format!("unknown rope layout `{s}`: expected interleaved or half_split")
-                    })?,
-                    other => return Err(format!("`layout` must be a name, found {other}")),
-                },
-                head_dim: int(&take("head_dim")?, "head_dim")?,
-            },
+            "rope" | "rope_inverse" => {
+                let (base, layout, head_dim) = (
+                    float(&take("base")?, "base")?,
+                    match take("layout")? {
+                        Attr::Ident(s) => RopeLayout::from_name(&s).ok_or_else(|| {
+                            format!("unknown rope layout `{s}`: expected interleaved or half_split")
+                        })?,
+                        other => return Err(format!("`layout` must be a name, found {other}")),
+                    },
+                    int(&take("head_dim")?, "head_dim")?,
+                );
+                if mnemonic == "rope" {
+                    Op::Rope {
+                        base,
+                        layout,
+                        head_dim,
+                    }
+                } else {
+                    Op::RopeInverse {
+                        base,
+                        layout,
+                        head_dim,
+                    }
+                }
+            }
             "attention" => Op::Attention {
                 heads: int(&take("heads")?, "heads")?,
                 kv_heads: int(&take("kv_heads")?, "kv_heads")?,
                 scale: float(&take("scale")?, "scale")?,
-                causal: match take("causal")? {
-                    Attr::Bool(b) => b,
-                    other => return Err(format!("`causal` must be true or false, found {other}")),
+                causal: boolean(&take("causal")?, "causal")?,
+            },
+            "attention_grad" => Op::AttentionGrad {
+                which: match ident(&take("which")?, "which")?.as_str() {
+                    "q" => AttentionOperand::Q,
+                    "k" => AttentionOperand::K,
+                    "v" => AttentionOperand::V,
+                    other => return Err(format!("unknown operand `{other}`: expected q, k or v")),
                 },
+                heads: int(&take("heads")?, "heads")?,
+                kv_heads: int(&take("kv_heads")?, "kv_heads")?,
+                scale: float(&take("scale")?, "scale")?,
+                causal: boolean(&take("causal")?, "causal")?,
             },
             "silu" => Op::Silu,
             "add" => Op::Add,
             "mul" => Op::Mul,
             "softmax" => Op::Softmax,
             "reshape" => Op::Reshape {
-                shape: match take("shape")? {
-                    Attr::List(items) => Shape(
-                        items
-                            .into_iter()
-                            .map(|a| match a {
-                                Attr::Int(n) => Ok(crate::Dim::Fixed(n)),
-                                Attr::Ident(s) => Ok(crate::Dim::Sym(s)),
-                                other => Err(format!("bad dimension {other} in `shape`")),
-                            })
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    other => return Err(format!("`shape` must be a list, found {other}")),
-                },
+                shape: shape(take("shape")?)?,
             },
             "transpose" => Op::Transpose {
                 perm: match take("perm")? {
@@ -521,17 +732,30 @@ impl Op {
             },
             "conj" => Op::Conj,
             "sub" => Op::Sub,
-            "widely_linear" => Op::WidelyLinear {
-                part: match ident(&take("part")?, "part")?.as_str() {
+            "widely_linear" | "widely_linear_grad" => {
+                let part = match ident(&take("part")?, "part")?.as_str() {
                     "u" => WlPart::U,
                     "w" => WlPart::W,
                     other => return Err(format!("unknown part `{other}`: expected u or w")),
-                },
-                row_block: int(&take("row_block")?, "row_block")?,
-                col_block: int(&take("col_block")?, "col_block")?,
-                arithmetic: arithmetic(&mut take)?,
-            },
-            "quantize" => {
+                };
+                let row_block = int(&take("row_block")?, "row_block")?;
+                let col_block = int(&take("col_block")?, "col_block")?;
+                if mnemonic == "widely_linear" {
+                    Op::WidelyLinear {
+                        part,
+                        row_block,
+                        col_block,
+                        arithmetic: arithmetic(&mut take)?,
+                    }
+                } else {
+                    Op::WidelyLinearGrad {
+                        part,
+                        row_block,
+                        col_block,
+                    }
+                }
+            }
+            "quantize" | "quantize_grad" => {
                 let scheme = match ident(&take("scheme")?, "scheme")?.as_str() {
                     "phase" => Scheme::Phase,
                     "phase_ifairy" => Scheme::PhaseIfairy,
@@ -543,10 +767,20 @@ impl Op {
                     ))
                     }
                 };
-                Op::Quantize {
-                    scheme,
-                    granularity: granularity(&mut take)?,
-                    arithmetic: arithmetic(&mut take)?,
+                let granularity = granularity(&mut take)?;
+                let arithmetic = arithmetic(&mut take)?;
+                if mnemonic == "quantize" {
+                    Op::Quantize {
+                        scheme,
+                        granularity,
+                        arithmetic,
+                    }
+                } else {
+                    Op::QuantizeGrad {
+                        scheme,
+                        granularity,
+                        arithmetic,
+                    }
                 }
             }
             "dequant" => Op::Dequant {
@@ -556,12 +790,68 @@ impl Op {
             "act_quant" => Op::ActQuant {
                 bits: int(&take("bits")?, "bits")?,
             },
+            "cross_entropy" => Op::CrossEntropy,
+            "cross_entropy_grad" => Op::CrossEntropyGrad,
+            "fill" => Op::Fill {
+                value: float(&take("value")?, "value")?,
+            },
+            "scale" => Op::Scale {
+                factor: float(&take("factor")?, "factor")?,
+            },
+            "reduce_to" => Op::ReduceTo {
+                shape: shape(take("shape")?)?,
+            },
+            "pad" => Op::Pad {
+                axis: int(&take("axis")?, "axis")?,
+                before: int(&take("before")?, "before")?,
+                after: int(&take("after")?, "after")?,
+            },
+            "linear_weight_grad" => Op::LinearWeightGrad,
+            "embed_grad" => Op::EmbedGrad {
+                vocab: int(&take("vocab")?, "vocab")?,
+            },
+            "silu_grad" => Op::SiluGrad,
+            "crelu2_grad" => Op::Crelu2Grad,
+            "softmax_grad" => Op::SoftmaxGrad,
+            "rms_norm_grad" => Op::RmsNormGrad {
+                eps: float(&take("eps")?, "eps")?,
+                which: match ident(&take("which")?, "which")?.as_str() {
+                    "input" => NormOperand::Input,
+                    "gain" => NormOperand::Gain,
+                    other => {
+                        return Err(format!("unknown operand `{other}`: expected input or gain"))
+                    }
+                },
+            },
             other => return Err(format!("unknown op `{other}`")),
         };
         if let Some(key) = attrs.keys().next() {
             return Err(format!("`{mnemonic}` has no attribute `{key}`"));
         }
         Ok(op)
+    }
+}
+
+fn shape(a: Attr) -> Result<Shape, String> {
+    match a {
+        Attr::List(items) => Ok(Shape(
+            items
+                .into_iter()
+                .map(|a| match a {
+                    Attr::Int(n) => Ok(crate::Dim::Fixed(n)),
+                    Attr::Ident(s) => Ok(crate::Dim::Sym(s)),
+                    other => Err(format!("bad dimension {other} in `shape`")),
+                })
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Err(format!("`shape` must be a list, found {other}")),
+    }
+}
+
+fn boolean(a: &Attr, key: &str) -> Result<bool, String> {
+    match a {
+        Attr::Bool(b) => Ok(*b),
+        other => Err(format!("`{key}` must be true or false, found {other}")),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use fairyc_ir::text::{parse, print};
 use fairyc_ir::{
-    verify, Arithmetic, DType, Dim, Granularity, GraphBuilder, Op, RopeLayout, Scheme, Shape,
-    TensorType, WlPart,
+    verify, Arithmetic, AttentionOperand, DType, Dim, Granularity, GraphBuilder, NormOperand, Op,
+    RopeLayout, Scheme, Shape, TensorType, WlPart,
 };
 use proptest::prelude::*;
 
@@ -154,7 +154,76 @@ fn every_op_graph() -> fairyc_ir::Graph {
         )
         .unwrap();
     let yb = b.push(Op::Linear, &[y, wb]).unwrap();
-    b.finish(&[out, yb])
+    // A loss and the gradient ops.
+    let targets = b.input("targets", t(DType::I32, &[Dim::sym("seq")]));
+    let loss = b.push(Op::CrossEntropy, &[yb, targets]).unwrap();
+    let one = b.push(Op::Fill { value: 1.0 }, &[loss]).unwrap();
+    let dy = b.push(Op::CrossEntropyGrad, &[yb, targets, one]).unwrap();
+    let norm = |which| Op::RmsNormGrad { eps: 1e-5, which };
+    let mut grads = vec![loss];
+    for (op, operands) in [
+        (Op::Scale { factor: -0.5 }, vec![dy]),
+        (
+            Op::ReduceTo {
+                shape: Shape::new([8]),
+            },
+            vec![dy],
+        ),
+        (
+            Op::Pad {
+                axis: 1,
+                before: 1,
+                after: 2,
+            },
+            vec![dy],
+        ),
+        (
+            Op::RopeInverse {
+                base: 10000.0,
+                layout: RopeLayout::HalfSplit,
+                head_dim: 4,
+            },
+            vec![dy, pos],
+        ),
+        (Op::LinearWeightGrad, vec![dy, y]),
+        (Op::EmbedGrad { vocab: 32 }, vec![tokens, dy]),
+        (Op::SiluGrad, vec![a, dy]),
+        (Op::Crelu2Grad, vec![zc, zc]),
+        (Op::SoftmaxGrad, vec![y, dy]),
+        (norm(NormOperand::Input), vec![x, gain, dy]),
+        (norm(NormOperand::Gain), vec![x, gain, dy]),
+        (
+            Op::AttentionGrad {
+                which: AttentionOperand::K,
+                heads: 2,
+                kv_heads: 1,
+                scale: 0.5,
+                causal: true,
+            },
+            vec![q, k, k, dy],
+        ),
+        (
+            Op::WidelyLinearGrad {
+                part: WlPart::U,
+                row_block: 2,
+                col_block: 0,
+            },
+            vec![wl, uq],
+        ),
+        (
+            Op::QuantizeGrad {
+                scheme: Scheme::Phase,
+                granularity: Granularity::Group(2),
+                arithmetic: Arithmetic::F32,
+            },
+            vec![u, uq],
+        ),
+    ] {
+        grads.push(b.push(op, &operands).unwrap());
+    }
+    let mut outputs = vec![out, yb];
+    outputs.extend(grads);
+    b.finish(&outputs)
 }
 
 #[test]

@@ -144,6 +144,15 @@ impl RuntimeCost<'_> {
                 out * k * if ty.dtype == DType::C64 { 4.0 } else { 2.0 }
             }
             Op::Attention { .. } => 4.0 * elements(child(0)) * self.model.context,
+            // Recomputes the attention weights, then one more product.
+            Op::AttentionGrad { .. } => 6.0 * elements(child(0)) * self.model.context,
+            // One multiply-add per weight entry and row.
+            Op::LinearWeightGrad => out * if ty.dtype == DType::C64 { 4.0 } else { 2.0 },
+            Op::CrossEntropy | Op::CrossEntropyGrad => 4.0 * elements(child(0)),
+            Op::RmsNormGrad { .. } | Op::SiluGrad | Op::SoftmaxGrad | Op::Crelu2Grad => {
+                6.0 * elements(child(0))
+            }
+            Op::RopeInverse { .. } => 3.0 * out,
             Op::Mul if ty.dtype == DType::C64 => 3.0 * out,
             Op::RmsNorm { .. } | Op::Silu | Op::Softmax => 4.0 * out,
             Op::Rope { .. } => 3.0 * out,

@@ -1,5 +1,6 @@
 //! fairyc's passes: the Fairy2i method as rewrites of the IR.
 //!
+//! - [`autodiff`]: reverse-mode gradients of a scalar loss, as IR nodes;
 //! - [`egraph`]: the IR as an `egg` language, the round trip, rule plumbing;
 //! - [`lower`]: widely-linear lowering (section 3.1), on the e-graph;
 //! - [`quantize`]: PhaseQuant with residual stages (3.2-3.3) and the real
@@ -9,6 +10,7 @@
 //! - [`cost`]: the cost model extraction minimises;
 //! - [`pipeline`]: the passes in order, verified after each.
 
+pub mod autodiff;
 pub mod cost;
 pub mod egraph;
 pub mod lower;

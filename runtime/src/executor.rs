@@ -5,14 +5,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fairyc_ir::quant::{self, Pairing};
-use fairyc_ir::{verify, verify_weights, DType, Dim, Graph, Op, Scheme, WeightStore, WlPart};
+use fairyc_ir::{
+    verify, verify_weights, AttentionOperand, DType, Dim, Graph, NormOperand, Op, Scheme,
+    WeightStore, WlPart,
+};
 use num_complex::Complex32;
 use rayon::prelude::*;
 
 use crate::kernels::attention::{attention, AttentionShape};
 use crate::kernels::norm::{rms_norm, rms_norm_complex};
 use crate::kernels::rope::{rope, rope_complex};
-use crate::kernels::{elementwise, layout, linear::linear};
+use crate::kernels::{elementwise, grad, layout, linear::linear};
 use crate::tensor::{Data, Tensor};
 use crate::RuntimeError;
 
@@ -594,6 +597,275 @@ fn eval(
         }
         Op::Sub => binary(x, args[1], |a, b| a - b, |a, b| a - b)?,
         Op::Conj => Tensor::c64(x.shape.clone(), elementwise::conj(c64s(x, "input")?)),
+        Op::CrossEntropy => {
+            let targets = args[1].as_i32().ok_or("targets must be i32")?;
+            let loss = grad::cross_entropy(f32s(x, "logits")?, targets, x.cols())?;
+            Tensor::f32(Vec::new(), vec![loss])
+        }
+        Op::CrossEntropyGrad => {
+            let targets = args[1].as_i32().ok_or("targets must be i32")?;
+            let dloss = f32s(args[2], "loss gradient")?[0];
+            Tensor::f32(
+                x.shape.clone(),
+                grad::cross_entropy_grad(f32s(x, "logits")?, targets, x.cols(), dloss)?,
+            )
+        }
+        Op::Fill { value } => match &x.data {
+            Data::F32(d) => Tensor::f32(x.shape.clone(), vec![*value; d.len()]),
+            Data::C64(d) => {
+                Tensor::c64(x.shape.clone(), vec![Complex32::new(*value, 0.0); d.len()])
+            }
+            Data::I32(_) | Data::Codes(_) => return Err("fill takes an f32 or c64 template".into()),
+        },
+        Op::Scale { factor } => match &x.data {
+            Data::F32(d) => Tensor::f32(x.shape.clone(), d.iter().map(|v| v * factor).collect()),
+            Data::C64(d) => Tensor::c64(x.shape.clone(), d.iter().map(|v| v * factor).collect()),
+            Data::I32(_) | Data::Codes(_) => return Err("scale takes f32 or c64".into()),
+        },
+        Op::ReduceTo { shape } => {
+            let shape = x.shape[x.shape.len() - shape.rank()..].to_vec();
+            let n = shape.iter().product();
+            match &x.data {
+                Data::F32(d) => Tensor::f32(shape, grad::reduce_to(d, n)),
+                Data::C64(d) => Tensor::c64(shape, grad::reduce_to(d, n)),
+                Data::I32(_) | Data::Codes(_) => return Err("reduce_to takes f32 or c64".into()),
+            }
+        }
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => {
+            let mut shape = x.shape.clone();
+            shape[*axis] += before + after;
+            match &x.data {
+                Data::F32(d) => Tensor::f32(shape, grad::pad(d, &x.shape, *axis, *before, *after)),
+                Data::C64(d) => Tensor::c64(shape, grad::pad(d, &x.shape, *axis, *before, *after)),
+                Data::I32(_) | Data::Codes(_) => return Err("pad takes f32 or c64".into()),
+            }
+        }
+        Op::RopeInverse {
+            base,
+            layout: l,
+            head_dim,
+        } => {
+            // Rotating by minus the angle is rotating at minus the position.
+            let pos: Vec<i32> = args[1]
+                .as_i32()
+                .ok_or("positions must be i32")?
+                .iter()
+                .map(|p| -p)
+                .collect();
+            match &x.data {
+                Data::F32(d) => Tensor::f32(
+                    x.shape.clone(),
+                    rope(d, &pos, x.cols(), *head_dim, *base, *l),
+                ),
+                Data::C64(d) => Tensor::c64(
+                    x.shape.clone(),
+                    rope_complex(d, &pos, x.cols(), *head_dim, *base),
+                ),
+                Data::I32(_) | Data::Codes(_) => return Err("rope needs a float input".into()),
+            }
+        }
+        Op::LinearWeightGrad => {
+            let dy = x;
+            let xin = args[1];
+            let (n, k) = (dy.cols(), xin.cols());
+            let m = dy.len() / n.max(1);
+            let shape = vec![n, k];
+            // Σ_rows dyᵀ x = dyᵀ[n, m] · (xᵀ[k, m])ᵀ.
+            match (&dy.data, &xin.data) {
+                (Data::F32(a), Data::F32(b)) => Tensor::f32(
+                    shape,
+                    linear(
+                        &layout::transpose(a, &[m, n], &[1, 0]),
+                        &layout::transpose(b, &[m, k], &[1, 0]),
+                        n,
+                        m,
+                        k,
+                    ),
+                ),
+                (Data::C64(a), Data::C64(b)) => Tensor::c64(
+                    shape,
+                    linear(
+                        &layout::transpose(a, &[m, n], &[1, 0]),
+                        &layout::transpose(b, &[m, k], &[1, 0]),
+                        n,
+                        m,
+                        k,
+                    ),
+                ),
+                _ => return Err("gradient and input must both be f32 or both c64".into()),
+            }
+        }
+        Op::EmbedGrad { vocab } => {
+            let ids = x.as_i32().ok_or("token ids must be i32")?;
+            let dy = args[1];
+            let width = dy.cols();
+            let bad = |id| format!("token id {id} is outside the vocabulary of {vocab}");
+            let shape = vec![*vocab, width];
+            match &dy.data {
+                Data::F32(d) => {
+                    Tensor::f32(shape, grad::embed_grad(ids, d, *vocab, width).map_err(bad)?)
+                }
+                Data::C64(d) => {
+                    Tensor::c64(shape, grad::embed_grad(ids, d, *vocab, width).map_err(bad)?)
+                }
+                Data::I32(_) | Data::Codes(_) => {
+                    return Err("embed_grad takes a float gradient".into())
+                }
+            }
+        }
+        Op::SiluGrad => Tensor::f32(
+            x.shape.clone(),
+            grad::silu_grad(f32s(x, "input")?, f32s(args[1], "gradient")?),
+        ),
+        Op::SoftmaxGrad => Tensor::f32(
+            x.shape.clone(),
+            grad::softmax_grad(f32s(x, "output")?, f32s(args[1], "gradient")?, x.cols()),
+        ),
+        Op::RmsNormGrad { eps, which } => {
+            let gain = f32s(args[1], "gain")?;
+            let shape = match which {
+                NormOperand::Input => x.shape.clone(),
+                NormOperand::Gain => args[1].shape.clone(),
+            };
+            match (&x.data, &args[2].data) {
+                (Data::F32(v), Data::F32(g)) => Tensor::f32(
+                    shape,
+                    grad::rms_norm_grad(v, gain, g, *eps, *which, gain.len()),
+                ),
+                (Data::C64(v), Data::C64(g)) => {
+                    // Rows of real parts then imaginary parts, as the gains.
+                    let n = x.cols();
+                    let halves = |z: &[Complex32]| {
+                        quant::unpack_rows(z, z.len() / n, 2 * n, Pairing::Halves)
+                    };
+                    let (v, g) = (
+                        halves(v).map_err(|e| e.to_string())?,
+                        halves(g).map_err(|e| e.to_string())?,
+                    );
+                    let d = grad::rms_norm_grad(&v, gain, &g, *eps, *which, n);
+                    match which {
+                        NormOperand::Gain => Tensor::f32(shape, d),
+                        NormOperand::Input => Tensor::c64(
+                            shape,
+                            quant::pack_rows(&d, d.len() / (2 * n), 2 * n, Pairing::Halves)
+                                .map_err(|e| e.to_string())?,
+                        ),
+                    }
+                }
+                _ => return Err("input and gradient must both be f32 or both c64".into()),
+            }
+        }
+        Op::Crelu2Grad => Tensor::c64(
+            x.shape.clone(),
+            grad::crelu_squared_grad(c64s(x, "input")?, c64s(args[1], "gradient")?),
+        ),
+        Op::AttentionGrad {
+            which,
+            heads,
+            kv_heads,
+            scale,
+            causal,
+        } => {
+            let (q, k, v, dout) = (x, args[1], args[2], args[3]);
+            if q.shape.len() != 2 {
+                return Err(format!(
+                    "the reference executor runs attention on [seq, channels] only, got {:?}",
+                    q.shape
+                ));
+            }
+            let s = AttentionShape {
+                heads: *heads,
+                kv_heads: *kv_heads,
+                head_dim: q.cols() / heads,
+                value_dim: v.cols() / kv_heads,
+                scale: *scale,
+                causal: *causal,
+            };
+            let shape = match which {
+                AttentionOperand::Q => q.shape.clone(),
+                AttentionOperand::K => k.shape.clone(),
+                AttentionOperand::V => v.shape.clone(),
+            };
+            match (&q.data, &k.data, &v.data, &dout.data) {
+                (Data::F32(q), Data::F32(k), Data::F32(v), Data::F32(g)) => {
+                    Tensor::f32(shape, grad::attention_grad(q, k, v, g, s, *which))
+                }
+                (Data::C64(q), Data::C64(k), Data::C64(v), Data::C64(g)) => {
+                    Tensor::c64(shape, grad::attention_grad(q, k, v, g, s, *which))
+                }
+                _ => return Err("attention operands must share one element type".into()),
+            }
+        }
+        Op::WidelyLinearGrad {
+            part,
+            row_block,
+            col_block,
+        } => {
+            let (rows, cols) = (x.shape[0], x.shape[1]);
+            let d = args[1];
+            let (n, m) = (d.shape[0], d.shape[1]);
+            // The split is linear; its adjoint under Re<a, b> is half of
+            // the inverse (eq. 7) applied to the gradient of one part.
+            let half: Vec<Complex32> = c64s(d, "gradient")?.iter().map(|z| z * 0.5).collect();
+            let zero = vec![Complex32::new(0.0, 0.0); n * m];
+            let (u, w) = match part {
+                WlPart::U => (&half, &zero),
+                WlPart::W => (&zero, &half),
+            };
+            let r = quant::widely_linear_inverse(
+                u,
+                w,
+                n,
+                m,
+                rows,
+                cols,
+                Pairing::from_block(*row_block),
+                Pairing::from_block(*col_block),
+            )
+            .map_err(|e| e.to_string())?;
+            Tensor::f32(x.shape.clone(), r)
+        }
+        Op::QuantizeGrad {
+            scheme,
+            granularity,
+            arithmetic,
+        } => {
+            let (n, m) = (x.shape[0], x.shape[1]);
+            let d = args[1];
+            match scheme {
+                Scheme::Phase => Tensor::c64(
+                    x.shape.clone(),
+                    quant::ste::phase_quant_grad(
+                        c64s(x, "weight")?,
+                        c64s(d, "gradient")?,
+                        n,
+                        m,
+                        *granularity,
+                        *arithmetic,
+                    )
+                    .map_err(|e| e.to_string())?,
+                ),
+                Scheme::PhaseIfairy => {
+                    return Err("no scale-aware gradient for phase_ifairy".into())
+                }
+                Scheme::Binary | Scheme::Ternary => Tensor::f32(
+                    x.shape.clone(),
+                    quant::ste::real_quant_grad(
+                        f32s(x, "weight")?,
+                        f32s(d, "gradient")?,
+                        n,
+                        m,
+                        *granularity,
+                        *scheme == Scheme::Ternary,
+                    )
+                    .map_err(|e| e.to_string())?,
+                ),
+            }
+        }
     })
 }
 

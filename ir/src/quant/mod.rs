@@ -33,6 +33,7 @@ pub mod ifairy;
 pub mod pairing;
 pub mod phase;
 pub mod pipeline;
+pub mod ste;
 pub mod widely_linear;
 
 pub use baseline::{binary_quant, ternary_quant, RealQuantized};

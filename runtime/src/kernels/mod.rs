@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod grad;
 pub mod layout;
 pub mod linear;
 pub mod norm;

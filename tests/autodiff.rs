@@ -1,0 +1,1025 @@
+//! Reverse-mode autodiff (`fairyc_passes::autodiff`): every op's gradient
+//! rule against central finite differences, the straight-through
+//! quantizer gradients on hand-made cases, the whole gradient of a tiny
+//! synthetic model (widely-linear and Fairy2i W2) against finite
+//! differences, and a snapshot of its training graph.
+//!
+//! # Tolerances
+//! The executor computes in f32. A central difference with step `h` has a
+//! truncation error `O(h² f''')` and a rounding error about
+//! `ε_f32 · |L| / h`. With O(1) inputs and losses, `h = 1e-2` makes both
+//! about 1e-4 to 1e-5, so a gradient entry must match within
+//! `2e-3 + 1e-2 · |g|`: a wrong rule (a missing conjugate, a transposed
+//! index, a missing term) is off by O(|g|) and fails. Every case also
+//! checks that the gradient is not zero, so a check cannot pass vacuously.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::TempDir;
+use fairyc::{compile, import};
+use fairyc_frontend::gguf::GgmlType;
+use fairyc_frontend::synth::{write_gguf, SynthConfig};
+use fairyc_ir::infer::infer_type;
+use fairyc_ir::{
+    text, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph, GraphBuilder, Node, Op,
+    RopeLayout, Scheme, Shape, TensorType, ValueId, WeightError, WeightStore, WlPart,
+};
+use fairyc_passes::autodiff::{gradients, sgd_step, GradOptions, Ste};
+use fairyc_passes::pipeline::CompileOptions;
+use fairyc_passes::quantize::Method;
+use fairyc_passes::rebuild::rebuild;
+use fairyc_runtime::{executor::evaluate_constants, Data, Executor, KvCache, Tensor};
+
+/// A deterministic uniform(-1, 1) stream.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// An in-memory weight store over another one: tensors set here (f32, or
+/// complex as interleaved pairs) shadow the base's.
+#[derive(Clone, Default)]
+struct MemStore {
+    base: Option<Arc<dyn WeightStore>>,
+    tensors: HashMap<String, (TensorType, Vec<f32>)>,
+}
+
+impl MemStore {
+    fn set(&mut self, name: &str, ty: TensorType, data: Vec<f32>) {
+        self.tensors.insert(name.to_string(), (ty, data));
+    }
+
+    fn get(&self, name: &str) -> Vec<f32> {
+        self.read_f32(name).unwrap()
+    }
+}
+
+impl WeightStore for MemStore {
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
+        if let Some(b) = &self.base {
+            names.extend(b.names());
+        }
+        names
+    }
+
+    fn tensor_type(&self, name: &str) -> Option<TensorType> {
+        match self.tensors.get(name) {
+            Some((t, _)) => Some(t.clone()),
+            None => self.base.as_ref()?.tensor_type(name),
+        }
+    }
+
+    fn encoding(&self, _: &str) -> Option<String> {
+        Some("f32".into())
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
+        match (self.tensors.get(name), &self.base) {
+            (Some((_, d)), _) => Ok(d.clone()),
+            (None, Some(b)) => b.read_f32(name),
+            (None, None) => Err(WeightError {
+                name: name.into(),
+                message: "not stored".into(),
+            }),
+        }
+    }
+}
+
+fn ty(dtype: DType, dims: &[usize]) -> TensorType {
+    TensorType::new(dtype, Shape::new(dims.iter().copied()))
+}
+
+fn elements(t: &TensorType) -> usize {
+    let real: usize = t.shape.concrete().unwrap().iter().product();
+    real * if t.dtype == DType::C64 { 2 } else { 1 }
+}
+
+/// A tensor as interleaved f32 (complex as re, im pairs).
+fn flat(t: &Tensor) -> Vec<f32> {
+    match &t.data {
+        Data::F32(d) => d.clone(),
+        Data::C64(d) => d.iter().flat_map(|z| [z.re, z.im]).collect(),
+        _ => panic!("not a float tensor"),
+    }
+}
+
+fn run(graph: &Graph, store: &MemStore, inputs: &HashMap<String, Tensor>) -> Vec<Tensor> {
+    let exec = Executor::new(graph.clone(), store, &|_| {}).unwrap();
+    exec.run(inputs, &mut KvCache::new()).unwrap()
+}
+
+fn loss_of(graph: &Graph, store: &MemStore, inputs: &HashMap<String, Tensor>) -> f64 {
+    run(graph, store, inputs)[0].as_f32().unwrap()[0] as f64
+}
+
+/// Central difference of the loss along `dir` over weight `name`.
+fn directional(
+    graph: &Graph,
+    store: &MemStore,
+    inputs: &HashMap<String, Tensor>,
+    name: &str,
+    dir: &[f32],
+    h: f32,
+) -> f64 {
+    let base = store.get(name);
+    let t = store.tensor_type(name).unwrap();
+    let at = |s: f32| {
+        let mut st = store.clone();
+        let w = base.iter().zip(dir).map(|(w, d)| w + s * d).collect();
+        st.set(name, t.clone(), w);
+        loss_of(graph, &st, inputs)
+    };
+    (at(h) - at(-h)) / (2.0 * h as f64)
+}
+
+/// Checks the gradient of `loss` (a value of `b`'s graph) with respect to
+/// every weight in `params` against central differences, entry by entry.
+/// Weights are filled with uniform(-1, 1) values.
+fn grad_check(
+    name: &str,
+    b: GraphBuilder,
+    loss: ValueId,
+    params: &[ValueId],
+    inputs: HashMap<String, Tensor>,
+) {
+    grad_check_at(name, b, loss, params, inputs, MemStore::default());
+}
+
+/// [`grad_check`] with the weights `preset` holds set to its values.
+fn grad_check_at(
+    name: &str,
+    b: GraphBuilder,
+    loss: ValueId,
+    params: &[ValueId],
+    inputs: HashMap<String, Tensor>,
+    preset: MemStore,
+) {
+    let graph = b.finish(&[loss]);
+    let mut rng = Lcg(name.bytes().map(u64::from).sum());
+    let mut store = preset;
+    for (_, w, t) in graph.weights() {
+        if store.tensor_type(w).is_none() {
+            store.set(w, t.clone(), rng.vec(elements(t)));
+        }
+    }
+    let grad = gradients(&graph, loss, params, &GradOptions::default()).unwrap();
+    round_trip(&grad);
+    let outs = run(&grad, &store, &inputs);
+    let want_loss = loss_of(&graph, &store, &inputs);
+    assert!((outs[0].as_f32().unwrap()[0] as f64 - want_loss).abs() < 1e-5);
+    for (k, &p) in params.iter().enumerate() {
+        let Op::Weight { name: w } = &graph.node(p).op else {
+            panic!("parameters are weights")
+        };
+        let g = flat(&outs[k + 1]);
+        assert!(
+            g.iter().any(|v| v.abs() > 1e-3),
+            "{name}: the gradient of {w} is zero"
+        );
+        for (j, &gj) in g.iter().enumerate() {
+            let mut e = vec![0.0; g.len()];
+            e[j] = 1.0;
+            let fd = directional(&graph, &store, &inputs, w, &e, 1e-2);
+            assert!(
+                (fd - gj as f64).abs() <= 2e-3 + 1e-2 * (gj as f64).abs(),
+                "{name}: d/d{w}[{j}]: autodiff {gj}, finite difference {fd}"
+            );
+        }
+    }
+}
+
+/// The gradient ops print and parse back to themselves.
+fn round_trip(graph: &Graph) {
+    // The cases' names have spaces; graph names in the text form do not.
+    let graph = Graph {
+        name: "grad".into(),
+        ..graph.clone()
+    };
+    let printed = text::print(&graph);
+    assert_eq!(
+        text::parse(&printed, "grad.fir").unwrap(),
+        graph,
+        "{printed}"
+    );
+}
+
+/// `Σ c ∘ y` for a random weight `c` (real parts of complex `y` and `c`
+/// paired with their imaginary parts through `unpack`): a scalar loss
+/// whose gradient with respect to `y` is `c`, generic enough to exercise
+/// every entry of `y`.
+fn project(b: &mut GraphBuilder, y: ValueId) -> ValueId {
+    let y = if b.ty(y).dtype == DType::C64 {
+        b.push(Op::Unpack { block: 0 }, &[y]).unwrap()
+    } else {
+        y
+    };
+    let c = b.weight("c", b.ty(y).clone());
+    let m = b.push(Op::Mul, &[y, c]).unwrap();
+    b.push(
+        Op::ReduceTo {
+            shape: Shape::default(),
+        },
+        &[m],
+    )
+    .unwrap()
+}
+
+fn positions(n: usize) -> (TensorType, Tensor) {
+    (
+        ty(DType::I32, &[n]),
+        Tensor::i32(vec![n], (0..n as i32).map(|p| 3 * p + 1).collect()),
+    )
+}
+
+/// One op applied to weights of the given types, projected to a scalar.
+fn check_op(name: &str, op: Op, operands: &[TensorType]) {
+    let mut b = GraphBuilder::new(name);
+    let params: Vec<ValueId> = operands
+        .iter()
+        .enumerate()
+        .map(|(i, t)| b.weight(format!("p{i}"), t.clone()))
+        .collect();
+    let y = b.push(op, &params).unwrap();
+    let loss = project(&mut b, y);
+    grad_check(name, b, loss, &params, HashMap::new());
+}
+
+#[test]
+fn linear_real_and_complex() {
+    for dt in [DType::F32, DType::C64] {
+        check_op(
+            &format!("linear {dt}"),
+            Op::Linear,
+            &[ty(dt, &[3, 4]), ty(dt, &[5, 4])],
+        );
+    }
+}
+
+#[test]
+fn elementwise_with_broadcast() {
+    for op in [Op::Add, Op::Sub, Op::Mul] {
+        for dt in [DType::F32, DType::C64] {
+            check_op(
+                &format!("{} {dt}", op.mnemonic()),
+                op.clone(),
+                &[ty(dt, &[3, 4]), ty(dt, &[4])],
+            );
+        }
+    }
+    let t = ty(DType::F32, &[2, 3]);
+    check_op("mul same shape", Op::Mul, &[t.clone(), t]);
+    check_op("silu", Op::Silu, &[ty(DType::F32, &[3, 5])]);
+    check_op("softmax", Op::Softmax, &[ty(DType::F32, &[3, 5])]);
+    check_op(
+        "scale",
+        Op::Scale { factor: -1.5 },
+        &[ty(DType::C64, &[2, 3])],
+    );
+    check_op("conj", Op::Conj, &[ty(DType::C64, &[2, 3])]);
+    check_op(
+        "reduce_to",
+        Op::ReduceTo {
+            shape: Shape::new([3]),
+        },
+        &[ty(DType::F32, &[2, 4, 3])],
+    );
+}
+
+#[test]
+fn rms_norm_both_operands() {
+    check_op(
+        "rms_norm",
+        Op::RmsNorm { eps: 1e-5 },
+        &[ty(DType::F32, &[3, 6]), ty(DType::F32, &[6])],
+    );
+}
+
+#[test]
+fn data_movement() {
+    let t = ty(DType::F32, &[2, 3, 4]);
+    check_op(
+        "reshape",
+        Op::Reshape {
+            shape: Shape::new([6, 4]),
+        },
+        std::slice::from_ref(&t),
+    );
+    check_op(
+        "transpose",
+        Op::Transpose {
+            perm: vec![2, 0, 1],
+        },
+        std::slice::from_ref(&t),
+    );
+    check_op(
+        "slice",
+        Op::Slice {
+            axis: 1,
+            start: 1,
+            end: 2,
+        },
+        std::slice::from_ref(&t),
+    );
+    check_op(
+        "pad",
+        Op::Pad {
+            axis: 2,
+            before: 1,
+            after: 2,
+        },
+        std::slice::from_ref(&t),
+    );
+    check_op(
+        "concat",
+        Op::Concat { axis: 1 },
+        &[t.clone(), ty(DType::F32, &[2, 1, 4]), t],
+    );
+}
+
+#[test]
+fn pack_and_unpack_are_adjoint() {
+    // Odd length: pack pads one zero channel, its adjoint drops it.
+    for block in [0, 2] {
+        let len = if block == 0 { 5 } else { 6 };
+        check_op(
+            &format!("pack {block}"),
+            Op::Pack { block },
+            &[ty(DType::F32, &[3, len])],
+        );
+        check_op(
+            &format!("unpack {block}"),
+            Op::Unpack { block },
+            &[ty(DType::C64, &[3, 4])],
+        );
+    }
+}
+
+#[test]
+fn widely_linear_parts() {
+    for part in [WlPart::U, WlPart::W] {
+        for (rows, cols, row_block, col_block) in [(5, 4, 0, 2), (4, 6, 2, 0)] {
+            check_op(
+                &format!("widely_linear {part:?} {rows}x{cols}"),
+                Op::WidelyLinear {
+                    part,
+                    row_block,
+                    col_block,
+                    arithmetic: Arithmetic::F32,
+                },
+                &[ty(DType::F32, &[rows, cols])],
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_real_and_complex() {
+    for (dt, layout, width) in [
+        (DType::F32, RopeLayout::Interleaved, 8),
+        (DType::F32, RopeLayout::HalfSplit, 8),
+        (DType::C64, RopeLayout::HalfSplit, 4),
+    ] {
+        let name = format!("rope {dt} {layout:?}");
+        let mut b = GraphBuilder::new(&name);
+        let (pt, pos) = positions(3);
+        let p = b.input("positions", pt);
+        let x = b.weight("x", ty(dt, &[3, width]));
+        let op = Op::Rope {
+            base: 10.0,
+            layout,
+            head_dim: 4,
+        };
+        let y = b.push(op, &[x, p]).unwrap();
+        let loss = project(&mut b, y);
+        grad_check(
+            &name,
+            b,
+            loss,
+            &[x],
+            HashMap::from([("positions".to_string(), pos)]),
+        );
+    }
+}
+
+#[test]
+fn attention_real_and_complex_grouped_causal() {
+    for dt in [DType::F32, DType::C64] {
+        for causal in [true, false] {
+            let d = if dt == DType::C64 { 2 } else { 4 };
+            check_op(
+                &format!("attention {dt} causal {causal}"),
+                Op::Attention {
+                    heads: 2,
+                    kv_heads: 1,
+                    scale: 0.7,
+                    causal,
+                },
+                &[ty(dt, &[4, 2 * d]), ty(dt, &[4, d]), ty(dt, &[4, d + 1])],
+            );
+        }
+    }
+}
+
+#[test]
+fn embed_and_cross_entropy() {
+    let mut b = GraphBuilder::new("embed");
+    let ids = b.input("ids", ty(DType::I32, &[4]));
+    let table = b.weight("table", ty(DType::F32, &[6, 3]));
+    let y = b.push(Op::Embed, &[ids, table]).unwrap();
+    let loss = project(&mut b, y);
+    let inputs = HashMap::from([("ids".to_string(), Tensor::i32(vec![4], vec![2, 5, 2, 0]))]);
+    grad_check("embed", b, loss, &[table], inputs);
+
+    let mut b = GraphBuilder::new("cross_entropy");
+    let targets = b.input("targets", ty(DType::I32, &[2, 3]));
+    let logits = b.weight("logits", ty(DType::F32, &[2, 3, 7]));
+    let loss = b.push(Op::CrossEntropy, &[logits, targets]).unwrap();
+    let t = Tensor::i32(vec![2, 3], vec![1, -1, 6, 0, 0, 3]);
+    let inputs = HashMap::from([("targets".to_string(), t)]);
+    grad_check("cross_entropy", b, loss, &[logits], inputs);
+}
+
+#[test]
+fn cross_entropy_value_and_ignored_positions() {
+    let mut b = GraphBuilder::new("ce");
+    let targets = b.input("targets", ty(DType::I32, &[3]));
+    let logits = b.weight("logits", ty(DType::F32, &[3, 2]));
+    let loss = b.push(Op::CrossEntropy, &[logits, targets]).unwrap();
+    let graph = b.finish(&[loss]);
+    let mut store = MemStore::default();
+    store.set(
+        "logits",
+        ty(DType::F32, &[3, 2]),
+        vec![0.0, 0.0, 1.0, 3.0, 5.0, -5.0],
+    );
+    let loss_with = |t: Vec<i32>| {
+        let inputs = HashMap::from([("targets".to_string(), Tensor::i32(vec![3], t))]);
+        loss_of(&graph, &store, &inputs)
+    };
+    // Row 0: ln 2; row 1, target 0: ln(1 + e²); row 2 ignored.
+    let want = (2f64.ln() + (1.0 + 2f64.exp()).ln()) / 2.0;
+    assert!((loss_with(vec![1, 0, -1]) - want).abs() < 1e-6);
+    assert_eq!(loss_with(vec![-1, -1, -1]), 0.0);
+    let exec = Executor::new(graph.clone(), &store, &|_| {}).unwrap();
+    let bad = HashMap::from([("targets".to_string(), Tensor::i32(vec![3], vec![0, 2, 0]))]);
+    let err = exec.run(&bad, &mut KvCache::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("target 2 is outside the vocabulary of 2"),
+        "{err}"
+    );
+}
+
+/// `L = Σ c ∘ quantize(w)`: with the identity STE, `dL/dw = c` exactly.
+/// With the scale-aware STE, each entry also gets
+/// `sign(w_k) · Σ_{j in its set} c_j b_j / |set|` (see `quant::ste`).
+#[test]
+fn straight_through_quantizers() {
+    // Phase, per tensor: w = [2+0.5i, -1+0.1i; 0.2+3i, 0.1-1i].
+    // Codes +1, -1, +i, -i; S_re = {0, 1}, S_im = {2, 3}.
+    let w = [2.0, 0.5, -1.0, 0.1, 0.2, 3.0, 0.1, -1.0];
+    let c = [0.3, -0.7, 1.1, 0.4, -0.2, 0.9, 0.5, -0.6];
+    let t = ty(DType::C64, &[2, 2]);
+    let scheme = Scheme::Phase;
+    let got = ste_grad(scheme, &t, &w, &c, Ste::Identity);
+    assert_eq!(got, c.to_vec());
+    let got = ste_grad(scheme, &t, &w, &c, Ste::ScaleAware);
+    // Re: Σ Re(c_j) b_j over S_re = 0.3·1 + 1.1·(-1) = -0.8, /2 = -0.4,
+    // times sign(Re w) = +1, -1. Im: 0.9·1 + (-0.6)·(-1) = 1.5, /2 = 0.75,
+    // times sign(Im w) = +1, -1.
+    let want = [
+        0.3 - 0.4,
+        -0.7,
+        1.1 + 0.4,
+        0.4,
+        -0.2,
+        0.9 + 0.75,
+        0.5,
+        -0.6 - 0.75,
+    ];
+    close(&got, &want);
+
+    // Real binary and ternary, per channel (rows).
+    let w = [0.9, -0.1, 0.4, -2.0, 0.05, 0.3];
+    let c = [1.0, 2.0, -1.0, 0.5, 0.25, -3.0];
+    let t = ty(DType::F32, &[2, 3]);
+    let channel = |scheme| Op::Quantize {
+        scheme,
+        granularity: Granularity::Channel,
+        arithmetic: Arithmetic::F32,
+    };
+    for scheme in [Scheme::Binary, Scheme::Ternary] {
+        assert_eq!(
+            ste_grad_op(channel(scheme), &t, &w, &c, Ste::Identity),
+            c.to_vec()
+        );
+    }
+    // Binary codes [1, -1, 1 | -1, 1, 1]: Σ c b / 3 = (1 - 2 - 1)/3 and
+    // (-0.5 + 0.25 - 3)/3; each entry adds sign(w) times its row's sum.
+    let (r0, r1) = (-2.0 / 3.0, -3.25 / 3.0);
+    let want = [
+        1.0 + r0,
+        2.0 - r0,
+        -1.0 + r0,
+        0.5 - r1,
+        0.25 + r1,
+        -3.0 + r1,
+    ];
+    close(
+        &ste_grad_op(channel(Scheme::Binary), &t, &w, &c, Ste::ScaleAware),
+        &want,
+    );
+    // Ternary: γ = 1.4/3 and 2.35/3, codes [1, 0, 1 | -1, 0, 0]:
+    // sums (1 - 1)/3 = 0 and (-0.5)/3.
+    let r1 = -0.5 / 3.0;
+    let want = [1.0, 2.0, -1.0, 0.5 - r1, 0.25 + r1, -3.0 + r1];
+    close(
+        &ste_grad_op(channel(Scheme::Ternary), &t, &w, &c, Ste::ScaleAware),
+        &want,
+    );
+}
+
+fn close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-6, "got {got:?}, want {want:?}");
+    }
+}
+
+fn ste_grad(scheme: Scheme, t: &TensorType, w: &[f32], c: &[f32], ste: Ste) -> Vec<f32> {
+    let op = Op::Quantize {
+        scheme,
+        granularity: Granularity::Tensor,
+        arithmetic: Arithmetic::F32,
+    };
+    ste_grad_op(op, t, w, c, ste)
+}
+
+fn ste_grad_op(op: Op, t: &TensorType, w: &[f32], c: &[f32], ste: Ste) -> Vec<f32> {
+    let (graph, loss, wv, store) = ste_problem(op, t, w, c);
+    let grad = gradients(&graph, loss, &[wv], &GradOptions { ste }).unwrap();
+    round_trip(&grad);
+    flat(&run(&grad, &store, &HashMap::new())[1])
+}
+
+/// `L = Σ c ∘ quantize(w)` with `dL/dq = c` (interleaved for complex `q`):
+/// the graph, its loss, `w`, and a store holding `w` and `c`.
+fn ste_problem(
+    op: Op,
+    t: &TensorType,
+    w: &[f32],
+    c: &[f32],
+) -> (Graph, ValueId, ValueId, MemStore) {
+    let mut b = GraphBuilder::new("ste");
+    let wv = b.weight("w", t.clone());
+    let q = b.push(op, &[wv]).unwrap();
+    let loss = project(&mut b, q);
+    let graph = b.finish(&[loss]);
+    let mut store = MemStore::default();
+    store.set("w", t.clone(), w.to_vec());
+    // `project` unpacks a complex `q` with block 0: each row's real parts,
+    // then its imaginary parts. Lay `c` out so that `dL/dq = c`.
+    let c = if t.dtype == DType::C64 {
+        let m = fixed_last(t);
+        c.chunks(2 * m)
+            .flat_map(|row| {
+                let re = row.iter().step_by(2);
+                re.chain(row.iter().skip(1).step_by(2))
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    } else {
+        c.to_vec()
+    };
+    store.set("c", store_type_of(&graph, "c"), c);
+    (graph, loss, wv, store)
+}
+
+fn fixed_last(t: &TensorType) -> usize {
+    t.shape.last().unwrap().clone().fixed().unwrap()
+}
+
+fn store_type_of(graph: &Graph, name: &str) -> TensorType {
+    graph
+        .weights()
+        .find(|(_, n, _)| *n == name)
+        .map(|(_, _, t)| t.clone())
+        .unwrap()
+}
+
+#[test]
+fn gradient_errors() {
+    let mut b = GraphBuilder::new("bad");
+    let w = b.weight("w", ty(DType::F32, &[2, 2]));
+    let y = b.push(Op::Silu, &[w]).unwrap();
+    let g = b.finish(&[y]);
+    let err = gradients(&g, y, &[w], &GradOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("must be a scalar f32[]"), "{err}");
+    let err = gradients(&g, ValueId(7), &[w], &GradOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("%7 is not a value"), "{err}");
+
+    // Token ids have no gradient; a weight the loss ignores gets zeros.
+    let mut b = GraphBuilder::new("ids");
+    let ids = b.input("ids", ty(DType::I32, &[2]));
+    let table = b.weight("table", ty(DType::F32, &[3, 2]));
+    let unused = b.weight("unused", ty(DType::F32, &[2]));
+    let y = b.push(Op::Embed, &[ids, table]).unwrap();
+    let loss = project(&mut b, y);
+    let g = b.finish(&[loss]);
+    let err = gradients(&g, loss, &[ids], &GradOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("only real and complex"), "{err}");
+    let grad = gradients(&g, loss, &[table, unused], &GradOptions::default()).unwrap();
+    let mut store = MemStore::default();
+    store.set("table", ty(DType::F32, &[3, 2]), vec![1.0; 6]);
+    store.set("unused", ty(DType::F32, &[2]), vec![5.0; 2]);
+    store.set("c", ty(DType::F32, &[2, 2]), vec![1.0, 2.0, 3.0, 4.0]);
+    let ids = Tensor::i32(vec![2], vec![2, 2]);
+    let outs = run(&grad, &store, &HashMap::from([("ids".to_string(), ids)]));
+    assert_eq!(flat(&outs[1]), [0.0, 0.0, 0.0, 0.0, 4.0, 6.0]);
+    assert_eq!(flat(&outs[2]), [0.0, 0.0]);
+}
+
+/// A tiny model, its logits scored against the next tokens.
+fn tiny(dir: &TempDir) -> fairyc::Imported {
+    let path = dir.path("tiny.gguf");
+    write_gguf(&path, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    import(&path).unwrap()
+}
+
+/// Appends `targets: i32[seq]` and the cross-entropy of the logits; returns
+/// the loss.
+fn with_loss(graph: &mut Graph) -> ValueId {
+    let logits = graph.outputs[0];
+    let lead = graph.ty(logits).shape.dims()[..1].to_vec();
+    let tt = TensorType::new(DType::I32, Shape(lead));
+    graph.nodes.push(Node {
+        op: Op::Input {
+            name: "targets".into(),
+        },
+        operands: Vec::new(),
+        ty: tt,
+    });
+    let targets = ValueId(graph.nodes.len() - 1);
+    let types = [graph.ty(logits), graph.ty(targets)];
+    let lt = infer_type(&Op::CrossEntropy, &types).unwrap();
+    graph.nodes.push(Node {
+        op: Op::CrossEntropy,
+        operands: vec![logits, targets],
+        ty: lt,
+    });
+    let loss = ValueId(graph.nodes.len() - 1);
+    graph.outputs = vec![loss];
+    loss
+}
+
+fn model_inputs() -> HashMap<String, Tensor> {
+    let ids = [40, 77, 104, 108, 108, 111];
+    let n = ids.len();
+    let mut targets: Vec<i32> = ids[1..].to_vec();
+    targets.push(-1);
+    HashMap::from([
+        ("tokens".to_string(), Tensor::i32(vec![n], ids.to_vec())),
+        (
+            "positions".to_string(),
+            Tensor::i32(vec![n], (0..n as i32).collect()),
+        ),
+        ("targets".to_string(), Tensor::i32(vec![n], targets)),
+    ])
+}
+
+/// The gradient of every weight against a central difference along a
+/// random direction (uniform(-1, 1) entries) over the whole tensor, for a
+/// few weights: a sum over all entries gives a directional derivative well
+/// above f32 noise, so the 2% tolerance tests every entry's contribution at
+/// once. The step is 1e-3: a direction over thousands of entries moves the
+/// weights by `h · ‖dir‖ ≈ h · 50`, and at `h = 1e-2` the quantized model's
+/// third-order term alone is 20% (it converges to the autodiff value as
+/// `h` shrinks: 2%, 0.2% and 0.1% at 3e-3, 1e-3, 3e-4); the f32 rounding
+/// error at 1e-3 is about `1e-7 · |L| / h ≈ 1e-3`.
+fn check_model(graph: &Graph, store: &MemStore, surrogate: &Graph, names: &[&str]) {
+    let loss = graph.outputs[0];
+    let params: Vec<ValueId> = graph.weights().map(|(id, _, _)| id).collect();
+    let grad = gradients(graph, loss, &params, &GradOptions::default()).unwrap();
+    let inputs = model_inputs();
+    let outs = run(&grad, store, &inputs);
+    let l0 = loss_of(surrogate, store, &inputs);
+    assert!((outs[0].as_f32().unwrap()[0] as f64 - l0).abs() < 1e-4);
+    let mut rng = Lcg(7);
+    for name in names {
+        let k = params
+            .iter()
+            .position(|&p| {
+                graph.node(p).op
+                    == Op::Weight {
+                        name: name.to_string(),
+                    }
+            })
+            .unwrap_or_else(|| panic!("no weight {name}"));
+        let g = flat(&outs[k + 1]);
+        let dir = rng.vec(g.len());
+        let want: f64 = g.iter().zip(&dir).map(|(a, b)| (a * b) as f64).sum();
+        let fd = directional(surrogate, store, &inputs, name, &dir, 1e-3);
+        assert!(
+            want.abs() > 2e-2 && (fd - want).abs() <= 2e-2 * want.abs() + 2e-3,
+            "{name}: autodiff {want}, finite difference {fd}"
+        );
+    }
+}
+
+const CHECKED: &[&str] = &[
+    "token_embd.weight",
+    "blk.0.attn_q.weight",
+    "blk.0.attn_v.weight",
+    "blk.1.ffn_down.weight",
+    "blk.1.attn_norm.weight",
+    "output.weight",
+];
+
+fn compile_options(method: Option<Method>) -> CompileOptions {
+    CompileOptions {
+        widely_linear: true,
+        method,
+        ..CompileOptions::default()
+    }
+}
+
+#[test]
+fn tiny_model_gradient_real_and_widely_linear() {
+    let dir = TempDir::new("autodiff-wl");
+    let imported = tiny(&dir);
+    let store = MemStore {
+        base: Some(imported.weights.clone()),
+        ..MemStore::default()
+    };
+    let mut plain = imported.graph.clone();
+    with_loss(&mut plain);
+    check_model(&plain, &store, &plain, CHECKED);
+    let (compiled, _) = compile(imported, &compile_options(None)).unwrap();
+    let mut g = compiled.graph;
+    with_loss(&mut g);
+    check_model(&g, &store, &g, CHECKED);
+}
+
+/// Fairy2i W2 with the identity STE: the quantized loss's STE gradient is
+/// the exact gradient of the surrogate in which every `quantize(x)` is
+/// `x + (quantize(x₀) − x₀)` with the offset frozen at the current weights
+/// (same value, identity derivative), which finite differences can check.
+/// The scale-aware STE changes only the quantized layers' weight gradients.
+#[test]
+fn tiny_model_gradient_fairy2i_w2() {
+    let dir = TempDir::new("autodiff-w2");
+    let imported = tiny(&dir);
+    let mut store = MemStore {
+        base: Some(imported.weights.clone()),
+        ..MemStore::default()
+    };
+    let (compiled, _) = compile(
+        imported,
+        &compile_options(Some(Method::Fairy2i { stages: 2 })),
+    )
+    .unwrap();
+    let mut g = compiled.graph;
+    with_loss(&mut g);
+    let quantized: Vec<ValueId> = g
+        .ids()
+        .filter(|&v| matches!(g.node(v).op, Op::Quantize { .. }))
+        .collect();
+    assert!(!quantized.is_empty());
+    let mut wanted = quantized.clone();
+    wanted.extend(quantized.iter().map(|&q| g.node(q).operands[0]));
+    let values = evaluate_constants(&g, &store, &wanted).unwrap();
+    let surrogate = rebuild(&g, |b, id, node, operands| {
+        if !matches!(node.op, Op::Quantize { .. }) {
+            return Ok(None);
+        }
+        let q = flat(&values[&id.0]);
+        let x = flat(&values[&node.operands[0].0]);
+        let name = format!("ste.offset.{}", id.0);
+        let delta = q.iter().zip(&x).map(|(q, x)| q - x).collect();
+        store.set(&name, node.ty.clone(), delta);
+        let off = b.weight(name, node.ty.clone());
+        Ok(Some(b.push(Op::Add, &[operands[0], off])?))
+    })
+    .unwrap();
+    check_model(&g, &store, &surrogate, CHECKED);
+
+    // The scale-aware STE runs through the same model: finite, and apart
+    // from the identity's only by the scale terms of the quantized layers.
+    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+    let inputs = model_inputs();
+    let grads = |ste| {
+        let grad = gradients(&g, g.outputs[0], &params, &GradOptions { ste }).unwrap();
+        run(&grad, &store, &inputs)
+    };
+    let (identity, scale_aware) = (grads(Ste::Identity), grads(Ste::ScaleAware));
+    let mut differs = 0;
+    for (k, &p) in params.iter().enumerate() {
+        let (a, b) = (flat(&identity[k + 1]), flat(&scale_aware[k + 1]));
+        assert!(b.iter().all(|v| v.is_finite()));
+        if a != b {
+            differs += 1;
+            let consumers: Vec<&Op> = g
+                .nodes
+                .iter()
+                .filter(|n| n.operands.contains(&p))
+                .map(|n| &n.op)
+                .collect();
+            assert!(
+                consumers
+                    .iter()
+                    .any(|op| matches!(op, Op::WidelyLinear { .. })),
+                "{p}: only quantized layers' weights get scale terms"
+            );
+        }
+    }
+    assert!(differs > 0);
+}
+
+#[test]
+fn tiny_model_training_graph_snapshot() {
+    let dir = TempDir::new("autodiff-snap");
+    let imported = tiny(&dir);
+    let (compiled, _) = compile(
+        imported,
+        &compile_options(Some(Method::Fairy2i { stages: 2 })),
+    )
+    .unwrap();
+    let mut g = compiled.graph;
+    // The source is a temporary path.
+    g.meta.insert("source".into(), "<tmp>/tiny.gguf".into());
+    let loss = with_loss(&mut g);
+    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+    let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
+    let printed = text::print(&training);
+    assert_eq!(text::parse(&printed, "training.fir").unwrap(), training);
+    assert!(training.nodes.iter().any(|n| matches!(
+        n.op,
+        Op::AttentionGrad {
+            which: AttentionOperand::K,
+            ..
+        }
+    )));
+    assert_eq!(
+        training.ty(training.outputs[0]).shape,
+        Shape(Vec::<Dim>::new())
+    );
+    insta::assert_snapshot!("tiny_w2_training_graph", printed);
+}
+
+/// Plain SGD as IR on one short sequence: the loss of the tiny model falls
+/// over 100 steps, full precision and Fairy2i W2 (identity STE, master
+/// weights in f32) alike.
+#[test]
+fn sgd_lowers_the_loss_of_a_tiny_model() {
+    let dir = TempDir::new("autodiff-sgd");
+    for method in [None, Some(Method::Fairy2i { stages: 2 })] {
+        let imported = tiny(&dir);
+        let mut store = MemStore {
+            base: Some(imported.weights.clone()),
+            ..MemStore::default()
+        };
+        let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
+        let mut g = compiled.graph;
+        let loss = with_loss(&mut g);
+        let params: Vec<(ValueId, String, TensorType)> = g
+            .weights()
+            .map(|(id, name, t)| (id, name.to_string(), t.clone()))
+            .collect();
+        let ids: Vec<ValueId> = params.iter().map(|p| p.0).collect();
+        let step = sgd_step(&g, loss, &ids, 0.5, &GradOptions::default()).unwrap();
+        let inputs = model_inputs();
+        let mut losses = Vec::new();
+        for _ in 0..100 {
+            let outs = run(&step, &store, &inputs);
+            losses.push(outs[0].as_f32().unwrap()[0]);
+            for ((_, name, t), new) in params.iter().zip(&outs[1..]) {
+                store.set(name, t.clone(), flat(new));
+            }
+        }
+        let (first, last) = (losses[0], losses[99]);
+        eprintln!("{method:?}: loss {first} -> {} -> {last}", losses[49]);
+        assert!(
+            losses.iter().all(|l| l.is_finite()) && last < 0.1 * first,
+            "{method:?}: losses {losses:?}"
+        );
+    }
+}
+
+/// The scale-aware STE adds exactly the quantizer's true derivative: away
+/// from sector and threshold boundaries the codes are locally constant, so
+/// a finite difference of `Σ c ∘ quantize(w)` sees only the scales'
+/// dependence on `w`, which must equal the scale-aware gradient minus the
+/// identity's. Random O(1) entries lie far from every boundary compared
+/// with the step 1e-3 (the f32 rounding error is about 1e-7 / 1e-3).
+#[test]
+fn scale_aware_ste_is_the_scales_derivative() {
+    let cases = [
+        (Scheme::Phase, DType::C64, Granularity::Tensor),
+        (Scheme::Phase, DType::C64, Granularity::Channel),
+        (Scheme::Phase, DType::C64, Granularity::Group(2)),
+        (Scheme::Binary, DType::F32, Granularity::Tensor),
+        (Scheme::Binary, DType::F32, Granularity::Group(2)),
+        (Scheme::Ternary, DType::F32, Granularity::Channel),
+    ];
+    for (i, (scheme, dt, granularity)) in cases.into_iter().enumerate() {
+        let t = ty(dt, &[3, 5]);
+        let op = Op::Quantize {
+            scheme,
+            granularity,
+            arithmetic: Arithmetic::F32,
+        };
+        let mut rng = Lcg(100 + i as u64);
+        let w = rng.vec(elements(&t));
+        let c = rng.vec(elements(&t));
+        let scale_aware = ste_grad_op(op.clone(), &t, &w, &c, Ste::ScaleAware);
+        let identity = ste_grad_op(op.clone(), &t, &w, &c, Ste::Identity);
+        // The same loss, by finite differences.
+        let (graph, _, _, store) = ste_problem(op, &t, &w, &c);
+        let mut nonzero = false;
+        for j in 0..w.len() {
+            let mut e = vec![0.0; w.len()];
+            e[j] = 1.0;
+            let fd = directional(&graph, &store, &HashMap::new(), "w", &e, 1e-3);
+            let want = (scale_aware[j] - identity[j]) as f64;
+            nonzero |= want.abs() > 1e-2;
+            assert!(
+                (fd - want).abs() < 2e-3,
+                "{scheme:?} {granularity:?} [{j}]: scale term {want}, finite difference {fd}"
+            );
+        }
+        assert!(nonzero, "{scheme:?} {granularity:?}: no scale term");
+    }
+}
+
+/// Activation quantization passes gradients straight through; the scale-
+/// aware STE of iFairy's PhaseQuant is refused by name (not derived).
+#[test]
+fn activation_quantization_and_missing_rules() {
+    let t = ty(DType::F32, &[2, 3]);
+    let mut b = GraphBuilder::new("act");
+    let x = b.weight("x", t.clone());
+    let y = b.push(Op::ActQuant { bits: 4 }, &[x]).unwrap();
+    let loss = project(&mut b, y);
+    let g = b.finish(&[loss]);
+    let grad = gradients(&g, loss, &[x], &GradOptions::default()).unwrap();
+    let mut store = MemStore::default();
+    store.set("x", t.clone(), vec![0.3, -1.0, 2.0, 0.1, 0.5, -0.7]);
+    let c = vec![1.0, -2.0, 0.5, 3.0, 0.25, -1.5];
+    store.set("c", t, c.clone());
+    assert_eq!(flat(&run(&grad, &store, &HashMap::new())[1]), c);
+
+    let mut b = GraphBuilder::new("ifairy");
+    let z = b.weight("z", ty(DType::C64, &[2, 3]));
+    let op = Op::Quantize {
+        scheme: Scheme::PhaseIfairy,
+        granularity: Granularity::Tensor,
+        arithmetic: Arithmetic::F32,
+    };
+    let y = b.push(op, &[z]).unwrap();
+    let loss = project(&mut b, y);
+    let g = b.finish(&[loss]);
+    gradients(&g, loss, &[z], &GradOptions::default()).unwrap();
+    let scale_aware = GradOptions {
+        ste: Ste::ScaleAware,
+    };
+    let err = gradients(&g, loss, &[z], &scale_aware).unwrap_err();
+    assert!(err.to_string().contains("quantize lies between"), "{err}");
+}
+
+/// iFairy's ops: CReLU² (away from the third quadrant's edges, where it
+/// jumps) and the complex RMSNorm (two real gains).
+#[test]
+fn ifairy_crelu2_and_complex_rms_norm() {
+    let t = ty(DType::C64, &[2, 4]);
+    let mut b = GraphBuilder::new("crelu2");
+    let z = b.weight("z", t.clone());
+    let y = b.push(Op::CReluSquared, &[z]).unwrap();
+    let loss = project(&mut b, y);
+    let mut preset = MemStore::default();
+    // One entry per quadrant and sign pattern, each part at least 0.2 from 0.
+    let values = [
+        0.5, 0.7, -0.6, 0.3, -0.4, -0.9, 0.8, -0.2, 1.1, -0.5, -0.3, 0.6, -0.7, -0.4, 0.9, 0.25,
+    ];
+    preset.set("z", t, values.to_vec());
+    grad_check_at("crelu2", b, loss, &[z], HashMap::new(), preset);
+    check_op(
+        "rms_norm c64",
+        Op::RmsNorm { eps: 1e-5 },
+        &[ty(DType::C64, &[3, 4]), ty(DType::F32, &[8])],
+    );
+}
