@@ -3,7 +3,7 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FAIRYC := target/release/fairyc
 PROMPT ?= What is the capital of France?
 
-.PHONY: demo test setup model build check clean
+.PHONY: demo test setup model build check clean fuzz-smoke
 
 setup: model
 
@@ -29,6 +29,20 @@ demo: setup build
 test: setup
 	cargo test --release --locked --workspace
 	$(MAKE) check
+
+# A few seconds of each fuzzer on its seed corpus (fuzz/corpus/<target>/seed-*).
+# Not part of `test`: the sanitizer build alone takes minutes on two cores.
+# cargo fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on stable.
+FUZZ_TARGETS := gguf import hf_json ir_text
+FUZZ_SECONDS ?= 5
+
+fuzz-smoke:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	RUSTC_BOOTSTRAP=1 cargo fuzz build
+	set -e; for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run $$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048; \
+	done
 
 clean:
 	cargo clean

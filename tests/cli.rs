@@ -7,10 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{rewrite_gguf, TempDir};
+use common::{rewrite_artifact, rewrite_gguf, TempDir};
 use fairyc::Model;
 use fairyc_frontend::gguf::{GgmlType, MetaValue};
-use fairyc_frontend::synth::{write_gguf, SynthConfig};
+use fairyc_frontend::synth::{write_gguf, write_hf, HfDtype, SynthConfig};
 
 const TEXT: &str = "The cat sat on the mat. The sun is in the west, and the water is warm. \
 Then the other cats went out in the rain, and at seven they sat on the stones again.\n";
@@ -213,6 +213,38 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
         tensors.retain(|(name, _, _)| name != "blk.1.ffn_up.weight");
     });
 
+    // A compiled artifact, and broken copies of it.
+    let fairy = p("good.fairy");
+    ok(&["compile", s(&model), "--quant", "w1", "-o", &fairy]);
+    let bytes = std::fs::read(&fairy).unwrap();
+    std::fs::write(p("truncated.fairy"), &bytes[..bytes.len() / 2]).unwrap();
+    rewrite_artifact(fairy.as_ref(), &dir.path("missing.fairy"), |_, tensors| {
+        tensors.retain(|(name, _, _, _)| name != "output_norm.weight");
+    });
+    rewrite_artifact(fairy.as_ref(), &dir.path("codes.fairy"), |meta, _| {
+        let mut codes: std::collections::BTreeMap<String, [usize; 2]> =
+            serde_json::from_str(&meta["fairyc.codes"]).unwrap();
+        let first = codes.values_mut().next().expect("w1 stores code tensors");
+        first[1] += 4;
+        meta.insert(
+            "fairyc.codes".into(),
+            serde_json::to_string(&codes).unwrap(),
+        );
+    });
+    // Hugging Face folders with a corrupted config.json or tokenizer.json.
+    for (name, file, content) in [
+        ("hf-config", "config.json", "{\"hidden_size\": 32,"),
+        (
+            "hf-tokenizer",
+            "tokenizer.json",
+            "{\"decoder\": {\"type\": \"ByteLevel\", {",
+        ),
+    ] {
+        let folder = dir.path(name);
+        write_hf(&folder, &SynthConfig::tiny(), HfDtype::F32).unwrap();
+        std::fs::write(folder.join(file), content).unwrap();
+    }
+
     let run = |m: &str| vec!["run".to_string(), m.to_string(), "-p".into(), "hi".into()];
     let model_s = s(&model).to_string();
     let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
@@ -248,6 +280,31 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             "missing tensor",
             run(&p("missing-tensor.gguf")),
             vec!["missing-tensor.gguf", "blk.1.ffn_up.weight"],
+        ),
+        (
+            "truncated artifact",
+            run(&p("truncated.fairy")),
+            vec!["truncated.fairy"],
+        ),
+        (
+            "artifact missing a tensor",
+            run(&p("missing.fairy")),
+            vec!["missing.fairy", "output_norm.weight"],
+        ),
+        (
+            "artifact codes of the wrong size",
+            run(&p("codes.fairy")),
+            vec!["codes.fairy", "expected U8["],
+        ),
+        (
+            "corrupted config.json",
+            run(&p("hf-config")),
+            vec!["config.json", "line 1"],
+        ),
+        (
+            "corrupted tokenizer.json",
+            run(&p("hf-tokenizer")),
+            vec!["tokenizer.json"],
         ),
         (
             "top-p 0",

@@ -156,12 +156,12 @@ impl WeightStore for FairyStore {
     }
 }
 
-/// Whether a file is a fairyc artifact (a safetensors file with fairyc's
-/// metadata).
-pub fn is_artifact(path: &Path) -> bool {
-    SafetensorsStore::open(&[path.to_path_buf()])
-        .map(|s| s.metadata().contains_key("fairyc.format"))
-        .unwrap_or(false)
+/// Whether a safetensors file is a fairyc artifact (has fairyc's
+/// metadata); an error if it is not a valid safetensors file.
+pub fn is_artifact(path: &Path) -> Result<bool, FrontendError> {
+    Ok(SafetensorsStore::open(&[path.to_path_buf()])?
+        .metadata()
+        .contains_key("fairyc.format"))
 }
 
 /// Reads an artifact: its deployed graph, weights and tokenizer.
@@ -184,6 +184,21 @@ pub fn read(path: &Path) -> Result<(Graph, FairyStore, Tokenizer), FrontendError
         .map_err(|e| FrontendError::Model(e.to_string()))?;
     let codes: BTreeMap<String, [usize; 2]> = serde_json::from_str(get("fairyc.codes")?)
         .map_err(|e| bad(format!("metadata `fairyc.codes`: {e}")))?;
+    // Every code tensor must be stored, packed to the bytes its logical
+    // shape needs: the metadata cannot make a reader expect more.
+    for (name, &[rows, cols]) in &codes {
+        let (dtype, shape, _) = inner.raw(name).ok_or_else(|| {
+            bad(format!(
+                "metadata `fairyc.codes` names tensor `{name}`, which the file does not hold"
+            ))
+        })?;
+        if dtype != Dtype::U8 || shape != [rows, cols.div_ceil(4)] {
+            return Err(bad(format!(
+                "code tensor `{name}` is stored as {dtype:?}{shape:?}, expected U8[{rows}, {}] for code2[{rows}, {cols}]",
+                cols.div_ceil(4)
+            )));
+        }
+    }
     let tokenizer = Tokenizer::from_hf_bytes(
         get("fairyc.tokenizer")?.as_bytes(),
         path,

@@ -111,6 +111,14 @@ pub fn read_config(path: &Path, json: serde_json::Value) -> Result<IfairyConfig,
         c.num_attention_heads,
         kv_heads,
     ];
+    // The graph doubles the hidden size and the head dimension (real and
+    // imaginary parts), and multiplies the head dimension by the KV heads.
+    if c.hidden_size.checked_mul(2).is_none() {
+        return Err(bad(format!(
+            "hidden_size {} overflows a size when doubled",
+            c.hidden_size
+        )));
+    }
     if positive.contains(&0)
         || !c.hidden_size.is_multiple_of(c.num_attention_heads)
         || !c.num_attention_heads.is_multiple_of(kv_heads)

@@ -55,13 +55,21 @@ pub fn detect(path: &Path) -> Result<Format, FrontendError> {
     };
     if head[..n].starts_with(b"GGUF") {
         Ok(Format::Gguf)
-    } else if n > 8 && head[8] == b'{' && fairy::is_artifact(path) {
-        Ok(Format::Fairy)
     } else if String::from_utf8_lossy(&head[..n])
         .trim_start()
         .starts_with("graph")
     {
         Ok(Format::Fir)
+    } else if n > 8 && head[8] == b'{' {
+        // A safetensors header: a compiled artifact, or a bare weights file.
+        if fairy::is_artifact(path)? {
+            Ok(Format::Fairy)
+        } else {
+            Err(FrontendError::File {
+                path: path.to_path_buf(),
+                message: "a safetensors file without fairyc's metadata: pass the Hugging Face folder that holds it, or a compiled .fairy artifact".into(),
+            })
+        }
     } else {
         Err(FrontendError::File {
             path: path.to_path_buf(),

@@ -217,6 +217,12 @@ fn check_config(cfg: &LlamaConfig) -> Result<(), FrontendError> {
     if cfg.head_dim == 0 || !cfg.head_dim.is_multiple_of(2) {
         return bad(format!("head dimension {} must be even", cfg.head_dim));
     }
+    if cfg.heads.checked_mul(cfg.head_dim).is_none() {
+        return bad(format!(
+            "{} heads of dimension {} overflow a size",
+            cfg.heads, cfg.head_dim
+        ));
+    }
     if cfg.layers == 0 || cfg.hidden_size == 0 || cfg.vocab_size == 0 || cfg.intermediate_size == 0
     {
         return bad(

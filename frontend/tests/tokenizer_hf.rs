@@ -286,6 +286,39 @@ fn template_errors_are_reported() {
     assert!(matches!(err, TokenizerError::ChatTemplate(_)), "{err}");
 }
 
+#[test]
+fn a_template_that_never_ends_runs_out_of_fuel() {
+    // 10^10 iterations: hours without a bound on the work a template does.
+    let user = [ChatMessage::new("user", "x")];
+    let start = std::time::Instant::now();
+    let err = render(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
+        &user,
+    )
+    .unwrap_err();
+    assert!(matches!(err, TokenizerError::ChatTemplate(_)), "{err}");
+    assert!(err.to_string().contains("fuel"), "{err}");
+    assert!(start.elapsed().as_secs() < 60);
+}
+
+/// Found by the `hf_json` fuzzer: tokenizers 0.23 panics
+/// (`expect("Helper")`) on a `decoder` object with a syntax error.
+#[test]
+fn a_broken_decoder_is_an_error_not_a_panic() {
+    let bytes = br#"{"decoder": {"type": "ByteLevel", {"#;
+    let err = match Tokenizer::from_hf_bytes(bytes, Path::new("tokenizer.json"), None) {
+        Ok(_) => panic!("a broken decoder parsed"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, TokenizerError::InvalidFile { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("tokenizer.json"), "{message}");
+    assert!(
+        message.contains("tokenizers library rejected it"),
+        "{message}"
+    );
+}
+
 fn file_err(
     dir: &TempDir,
     tokenizer: Option<&str>,

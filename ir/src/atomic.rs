@@ -8,6 +8,11 @@ use std::path::Path;
 /// Writes `path` through a temporary file in the same folder that is
 /// flushed, synced and renamed over `path`: readers see the old file or
 /// the new one, never a mix. On error the temporary file is removed.
+///
+/// The temporary file is `.NAME.tmpPID`: hidden, and never a name fairyc
+/// reads as a model. A process killed outright (SIGKILL, power loss) leaves
+/// its temporary file behind; the next successful write of the same `path`
+/// removes those of processes that no longer run.
 pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
@@ -34,12 +39,40 @@ pub fn write_atomically(
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
+        remove_stale_temps(dir, &file_name.to_string_lossy());
         Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes `.NAME.tmpPID` files in `dir` left by writers of `NAME` that
+/// were killed: those whose process no longer exists. Best effort; only
+/// where `/proc` tells which processes run.
+fn remove_stale_temps(dir: &Path, file_name: &str) {
+    let proc = Path::new("/proc/self");
+    if !proc.exists() {
+        return;
+    }
+    let prefix = format!(".{file_name}.tmp");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +93,25 @@ mod tests {
         assert!(err.is_err());
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_write_removes_temps_of_dead_writers_only() {
+        let dir = std::env::temp_dir().join(format!("fairyc-atomic-stale-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.txt");
+        // PIDs above the kernel's maximum (2^22) never run.
+        let dead = dir.join(".out.txt.tmp4999999");
+        let other = dir.join(".other.txt.tmp4999999");
+        for p in [&dead, &other] {
+            fs::write(p, b"partial").unwrap();
+        }
+        write_atomically(&path, |w| w.write_all(b"new")).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert!(!dead.exists(), "the dead writer's temp file is removed");
+        assert!(other.exists(), "another file's temp file is left alone");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -62,7 +62,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             expect_rank(gain, 1, "gain")?;
             // A complex norm has two real gains, for the real and imaginary parts.
             let want = match (x.dtype, last(x, "input")?) {
-                (DType::C64, Dim::Fixed(n)) => Dim::Fixed(2 * n),
+                (DType::C64, Dim::Fixed(n)) => Dim::Fixed(
+                    n.checked_mul(2)
+                        .ok_or_else(|| format!("the input {x} has too many channels"))?,
+                ),
                 (_, d) => d.clone(),
             };
             if gain.shape.dims()[0] != want {
@@ -85,7 +88,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             // A complex input holds two real channels per element.
             let channels = match (x.dtype, last(x, "input")?) {
-                (DType::C64, Dim::Fixed(n)) => Dim::Fixed(2 * n),
+                (DType::C64, Dim::Fixed(n)) => Dim::Fixed(
+                    n.checked_mul(2)
+                        .ok_or_else(|| format!("the input {x} has too many channels"))?,
+                ),
                 (_, d) => d.clone(),
             };
             divisible(&channels, *head_dim, "the input's channels", "head_dim")?;
@@ -125,9 +131,12 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                     "query head width {qd} differs from key head width {kd}"
                 ));
             }
+            let width = heads
+                .checked_mul(vd)
+                .ok_or_else(|| format!("{heads} heads of width {vd} overflow a size"))?;
             Ok(TensorType::new(
                 q.dtype,
-                q.shape.with_last(Dim::Fixed(heads * vd)),
+                q.shape.with_last(Dim::Fixed(width)),
             ))
         }
         Op::Silu | Op::Softmax => {
@@ -234,7 +243,9 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         Op::Unpack { block } => {
             let x = operands[0];
             expect_complex(x)?;
-            let m = 2 * fixed_last(x)?;
+            let m = fixed_last(x)?
+                .checked_mul(2)
+                .ok_or_else(|| format!("the input {x} has too many channels"))?;
             check_block(m, *block)?;
             Ok(TensorType::new(
                 DType::F32,

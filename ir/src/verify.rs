@@ -68,6 +68,13 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             report(format!("operand {bad} is not defined before its use"));
             continue;
         }
+        if node.ty.shape.symbolic_size().is_none() {
+            report(format!(
+                "the sizes of {} multiply to more than a size can hold",
+                node.ty
+            ));
+            continue;
+        }
         match &node.op {
             Op::Input { name } => {
                 if !inputs.insert(name.as_str()) {

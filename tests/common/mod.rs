@@ -72,3 +72,34 @@ pub fn rewrite_gguf(
     }
     w.write(dst).unwrap();
 }
+
+/// One tensor of a safetensors file: name, dtype, shape, bytes.
+pub type StTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Copies the safetensors file (a `.fairy` artifact) `src` to `dst` after
+/// `edit` has changed its metadata and tensors.
+pub fn rewrite_artifact(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, String>, &mut Vec<StTensor>),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap_or_default();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<StTensor> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| (name, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let out = safetensors::serialize(views, Some(meta)).unwrap();
+    std::fs::write(dst, out).unwrap();
+}

@@ -1,9 +1,10 @@
 //! A GGUF v3 writer, for tests and benchmarks that need real model files.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+
+use fairyc_ir::atomic::write_atomically;
 
 use super::metadata::{MetaArray, MetaValue};
 use super::quant;
@@ -149,28 +150,11 @@ impl GgufWriter {
         Ok(dims)
     }
 
-    /// Writes the file to `path` atomically: into a temporary file in the
-    /// same directory, synced, then renamed over `path`.
+    /// Writes the file to `path` atomically, through
+    /// [`write_atomically`].
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let alignment = self.alignment()?;
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| invalid(format!("{}: not a file path", path.display())))?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = temp_path(dir, file_name);
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let result = self.write_to(file, alignment).and_then(|()| {
-            fs::rename(&tmp, path)?;
-            sync_dir(dir)
-        });
-        if result.is_err() {
-            // Best effort: the temp file may already have been renamed.
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        write_atomically(path, |w| self.write_to(w, alignment))
     }
 
     /// The data alignment: `general.alignment` if set, else 32.
@@ -189,7 +173,7 @@ impl GgufWriter {
         }
     }
 
-    fn write_to(&self, file: File, alignment: u64) -> io::Result<()> {
+    fn write_to(&self, w: &mut BufWriter<File>, alignment: u64) -> io::Result<()> {
         let mut header = Vec::new();
         header.extend_from_slice(b"GGUF");
         header.extend_from_slice(&3u32.to_le_bytes());
@@ -213,7 +197,6 @@ impl GgufWriter {
         }
 
         // The data section and each tensor in it start aligned.
-        let mut w = BufWriter::new(file);
         let mut pos = header.len() as u64;
         w.write_all(&header)?;
         let pad = |w: &mut BufWriter<File>, pos: u64| -> io::Result<u64> {
@@ -221,37 +204,17 @@ impl GgufWriter {
             io::copy(&mut io::repeat(0).take(aligned - pos), w)?;
             Ok(aligned)
         };
-        pos = pad(&mut w, pos)?;
+        pos = pad(w, pos)?;
         for t in &self.tensors {
             w.write_all(&t.data)?;
-            pos = pad(&mut w, pos + t.data.len() as u64)?;
+            pos = pad(w, pos + t.data.len() as u64)?;
         }
-        let file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()
+        Ok(())
     }
 }
 
 fn elements(dims: &[u64]) -> Option<u64> {
     dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
-}
-
-/// A fresh name for a temporary file next to the target.
-fn temp_path(dir: &Path, file_name: &std::ffi::OsStr) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut name = std::ffi::OsString::from(".");
-    name.push(file_name);
-    name.push(format!(".tmp.{}.{n}", std::process::id()));
-    dir.join(name)
-}
-
-/// Makes the rename durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 fn encode_str(out: &mut Vec<u8>, s: &str) {

@@ -12,6 +12,10 @@ pub const DEFAULT_CHAT_TEMPLATE: &str = "{% for message in messages %}\
 {% endfor %}\
 {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// The most minijinja instructions one rendering may run: ample for real
+/// templates on long conversations.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -42,6 +46,9 @@ pub(super) fn render(
 ) -> Result<String, TokenizerError> {
     let err = |e: Error| TokenizerError::ChatTemplate(e.to_string());
     let mut env = Environment::new();
+    // A template comes from the model file: bound the work it may do, so a
+    // hostile one (`range` loops in loops) ends with an error, not a hang.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     // Hugging Face renders with trim_blocks and lstrip_blocks.
     env.set_syntax(
         SyntaxConfig::builder()

@@ -11,8 +11,11 @@ mod chat;
 mod gguf_vocab;
 mod stream;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 pub use chat::{ChatMessage, DEFAULT_CHAT_TEMPLATE};
 pub use gguf_vocab::GgufVocab;
@@ -187,12 +190,21 @@ impl Tokenizer {
         origin: &Path,
         tokenizer_config_json: Option<(&[u8], &Path)>,
     ) -> Result<Self, TokenizerError> {
-        let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(|e| {
-            TokenizerError::InvalidFile {
-                path: origin.to_path_buf(),
-                msg: e.to_string(),
-            }
-        })?;
+        let invalid = |msg: String| TokenizerError::InvalidFile {
+            path: origin.to_path_buf(),
+            msg,
+        };
+        // tokenizers 0.23 panics (`expect("Helper")` and the like) on some
+        // malformed sections, e.g. a `decoder` object with a syntax error,
+        // instead of returning an error.
+        let tokenizer = quietly(|| tokenizers::Tokenizer::from_bytes(tokenizer_json))
+            .ok_or_else(|| {
+                invalid(
+                    "malformed JSON or an invalid component (the tokenizers library rejected it)"
+                        .into(),
+                )
+            })?
+            .map_err(|e| invalid(e.to_string()))?;
         let specials = match tokenizer_config_json {
             Some((bytes, path)) => read_tokenizer_config(bytes, path, &tokenizer)?,
             None => Specials {
@@ -452,4 +464,26 @@ fn read_tokenizer_config(
         add_bos,
         chat_template,
     })
+}
+
+/// Runs `f`, returning `None` if it panics, without printing the panic:
+/// for libraries that panic on malformed input they were asked to parse.
+/// Panics elsewhere, on any thread, still reach the previous panic hook.
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.ok()
 }
