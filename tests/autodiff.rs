@@ -894,23 +894,7 @@ fn sgd_lowers_the_loss_of_a_tiny_model() {
             ..MemStore::default()
         };
         let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
-        let mut g = compiled.graph;
-        let loss = with_loss(&mut g);
-        let params: Vec<(ValueId, String, TensorType)> = g
-            .weights()
-            .map(|(id, name, t)| (id, name.to_string(), t.clone()))
-            .collect();
-        let ids: Vec<ValueId> = params.iter().map(|p| p.0).collect();
-        let step = sgd_step(&g, loss, &ids, 0.5, &GradOptions::default()).unwrap();
-        let inputs = model_inputs();
-        let mut losses = Vec::new();
-        for _ in 0..100 {
-            let outs = run(&step, &store, &inputs);
-            losses.push(outs[0].as_f32().unwrap()[0]);
-            for ((_, name, t), new) in params.iter().zip(&outs[1..]) {
-                store.set(name, t.clone(), flat(new));
-            }
-        }
+        let losses = train_sgd(compiled.graph, &mut store, 0.5, 100);
         let (first, last) = (losses[0], losses[99]);
         eprintln!("{method:?}: loss {first} -> {} -> {last}", losses[49]);
         assert!(
@@ -1039,27 +1023,33 @@ fn sgd_lowers_the_loss_of_a_tiny_ifairy_model() {
         base: Some(imported.weights.clone()),
         ..MemStore::default()
     };
-    let mut g = imported.graph;
-    let loss = with_loss(&mut g);
-    let params: Vec<(ValueId, String, TensorType)> = g
-        .weights()
-        .map(|(id, name, t)| (id, name.to_string(), t.clone()))
-        .collect();
-    let ids: Vec<ValueId> = params.iter().map(|p| p.0).collect();
-    let step = sgd_step(&g, loss, &ids, 0.2, &GradOptions::default()).unwrap();
-    let inputs = model_inputs();
-    let mut losses = Vec::new();
-    for _ in 0..150 {
-        let outs = run(&step, &store, &inputs);
-        losses.push(outs[0].as_f32().unwrap()[0]);
-        for ((_, name, t), new) in params.iter().zip(&outs[1..]) {
-            store.set(name, t.clone(), flat(new));
-        }
-    }
+    let losses = train_sgd(imported.graph, &mut store, 0.2, 150);
     let (first, last) = (losses[0], *losses.last().unwrap());
     eprintln!("iFairy: loss {first} -> {} -> {last}", losses[75]);
     assert!(
         losses.iter().all(|l| l.is_finite()) && last < 0.5 * first,
         "losses {losses:?}"
     );
+}
+
+/// Trains every weight of a language-model graph on `model_inputs` with
+/// plain SGD as IR for `steps` steps; returns the loss before each step.
+fn train_sgd(mut g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> {
+    let loss = with_loss(&mut g);
+    let params: Vec<(ValueId, String, TensorType)> = g
+        .weights()
+        .map(|(id, name, t)| (id, name.to_string(), t.clone()))
+        .collect();
+    let ids: Vec<ValueId> = params.iter().map(|p| p.0).collect();
+    let step = sgd_step(&g, loss, &ids, lr, &GradOptions::default()).unwrap();
+    let inputs = model_inputs();
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let outs = run(&step, store, &inputs);
+        losses.push(outs[0].as_f32().unwrap()[0]);
+        for ((_, name, t), new) in params.iter().zip(&outs[1..]) {
+            store.set(name, t.clone(), flat(new));
+        }
+    }
+    losses
 }

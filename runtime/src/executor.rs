@@ -423,20 +423,7 @@ fn eval(
             causal,
         } => {
             let (q, k, v) = (x, args[1], args[2]);
-            if q.shape.len() != 2 {
-                return Err(format!(
-                    "the reference executor runs attention on [seq, channels] only, got {:?}",
-                    q.shape
-                ));
-            }
-            let shape = AttentionShape {
-                heads: *heads,
-                kv_heads: *kv_heads,
-                head_dim: q.cols() / heads,
-                value_dim: v.cols() / kv_heads,
-                scale: *scale,
-                causal: *causal,
-            };
+            let shape = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
             let (k, v) = append_cache(cache, node, k, v)?;
             let out_shape = vec![q.shape[0], heads * shape.value_dim];
             match (&q.data, &k.data, &v.data) {
@@ -771,20 +758,7 @@ fn eval(
             causal,
         } => {
             let (q, k, v, dout) = (x, args[1], args[2], args[3]);
-            if q.shape.len() != 2 {
-                return Err(format!(
-                    "the reference executor runs attention on [seq, channels] only, got {:?}",
-                    q.shape
-                ));
-            }
-            let s = AttentionShape {
-                heads: *heads,
-                kv_heads: *kv_heads,
-                head_dim: q.cols() / heads,
-                value_dim: v.cols() / kv_heads,
-                scale: *scale,
-                causal: *causal,
-            };
+            let s = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
             let shape = match which {
                 AttentionOperand::Q => q.shape.clone(),
                 AttentionOperand::K => k.shape.clone(),
@@ -866,6 +840,32 @@ fn eval(
                 ),
             }
         }
+    })
+}
+
+/// The shapes of an attention (or attention gradient) call on
+/// `[seq, channels]` operands.
+fn attention_shape(
+    q: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    scale: f32,
+    causal: bool,
+) -> Result<AttentionShape, String> {
+    if q.shape.len() != 2 {
+        return Err(format!(
+            "the reference executor runs attention on [seq, channels] only, got {:?}",
+            q.shape
+        ));
+    }
+    Ok(AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: q.cols() / heads,
+        value_dim: v.cols() / kv_heads,
+        scale,
+        causal,
     })
 }
 
