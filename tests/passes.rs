@@ -359,3 +359,32 @@ fn bf16_arithmetic_stores_the_authors_codes() {
     }
     assert_eq!(checked, 12);
 }
+
+/// Odd dimensions: the feed-forward width 63 pads one zero channel in the
+/// split (the paper's remark) and drops it again; the form stays exact.
+#[test]
+fn odd_dimensions_are_padded_exactly() {
+    let dir = TempDir::new("odd");
+    let path = dir.path("odd.gguf");
+    let cfg = SynthConfig {
+        intermediate: 63,
+        ..SynthConfig::tiny()
+    };
+    write_gguf(&path, &cfg, GgmlType::F32).unwrap();
+    let want = logits(import(&path).unwrap(), PROMPT);
+    let (compiled, _) =
+        compile(import(&path).unwrap(), &options(None, Pairing::Paper, 1.0)).unwrap();
+    assert!(compiled
+        .graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Slice { end: 63, .. })));
+    let d = rel_diff(&logits(compiled, PROMPT), &want);
+    assert!(d < 1e-5, "relative difference {d}");
+    let (w2, _) = compile(
+        import(&path).unwrap(),
+        &options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0),
+    )
+    .unwrap();
+    assert!(logits(w2, PROMPT).iter().all(|v| v.is_finite()));
+}
