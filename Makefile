@@ -29,10 +29,12 @@ demo: setup build
 test: setup
 	cargo test --release --locked --workspace
 	$(MAKE) check
+	$(MAKE) fuzz-smoke
 
-# A few seconds of each fuzzer on its seed corpus (fuzz/corpus/<target>/seed-*).
-# Not part of `test`: the sanitizer build alone takes minutes on two cores.
-# cargo fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on stable.
+# A few seconds of each fuzzer on its seed corpus (fuzz/corpus/<target>/seed-*),
+# the last step of `test` (installing cargo-fuzz and the sanitizer build take a
+# few minutes on two cores). cargo fuzz needs nightly features; RUSTC_BOOTSTRAP=1
+# enables them on stable.
 FUZZ_TARGETS := gguf import hf_json ir_text
 FUZZ_SECONDS ?= 5
 
