@@ -350,6 +350,34 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             Ok(operands[0].clone())
         }
+        Op::AdamUpdate { eps, weight_decay } => {
+            let p = operands[0];
+            expect_real(p, "parameter")?;
+            for (t, what) in [
+                (operands[1], "first moment"),
+                (operands[2], "second moment"),
+            ] {
+                if t != p {
+                    return Err(format!("{what} {t} must have the parameter's type {p}"));
+                }
+            }
+            for (t, what) in [
+                (operands[3], "lr"),
+                (operands[4], "c1"),
+                (operands[5], "c2"),
+            ] {
+                if t.dtype != DType::F32 || t.shape.rank() != 0 {
+                    return Err(format!("{what} must be an f32[] scalar, found {t}"));
+                }
+            }
+            if !(eps.is_finite() && *eps > 0.0 && weight_decay.is_finite() && *weight_decay >= 0.0)
+            {
+                return Err(format!(
+                    "eps ({eps}) must be positive and weight_decay ({weight_decay}) non-negative"
+                ));
+            }
+            Ok(p.clone())
+        }
         Op::ReduceTo { shape } => {
             let x = operands[0];
             expect_numeric(x, "input")?;

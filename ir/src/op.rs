@@ -159,6 +159,14 @@ pub enum Op {
     Scale {
         factor: f32,
     },
+    /// AdamW's parameter update (decoupled weight decay):
+    /// `p - lr · (m·c1 / (sqrt(v·c2) + eps) + weight_decay · p)` for the
+    /// parameter `p`, its updated moments `m`, `v` (same shape), and the
+    /// scalars `lr`, `c1 = 1/(1-β1^t)`, `c2 = 1/(1-β2^t)` (`f32[]`).
+    AdamUpdate {
+        eps: f32,
+        weight_decay: f32,
+    },
     /// Sums `x` over its leading dimensions down to the suffix `shape` of
     /// its own shape (`[]` sums everything): the adjoint of broadcasting.
     ReduceTo {
@@ -360,6 +368,7 @@ impl Op {
             Op::CrossEntropy => "cross_entropy",
             Op::Fill { .. } => "fill",
             Op::Scale { .. } => "scale",
+            Op::AdamUpdate { .. } => "adam_update",
             Op::ReduceTo { .. } => "reduce_to",
             Op::Pad { .. } => "pad",
             Op::RopeInverse { .. } => "rope_inverse",
@@ -416,6 +425,7 @@ impl Op {
                 Arity::Exactly(3)
             }
             Op::AttentionGrad { .. } => Arity::Exactly(4),
+            Op::AdamUpdate { .. } => Arity::Exactly(6),
             Op::Concat { .. } => Arity::AtLeast(1),
         }
     }
@@ -461,6 +471,10 @@ impl Op {
             Op::Reshape { shape } | Op::ReduceTo { shape } => vec![("shape", shape_attr(shape))],
             Op::Fill { value } => vec![("value", Attr::Float(*value))],
             Op::Scale { factor } => vec![("factor", Attr::Float(*factor))],
+            Op::AdamUpdate { eps, weight_decay } => vec![
+                ("eps", Attr::Float(*eps)),
+                ("weight_decay", Attr::Float(*weight_decay)),
+            ],
             Op::Pad {
                 axis,
                 before,
@@ -797,6 +811,10 @@ impl Op {
             },
             "scale" => Op::Scale {
                 factor: float(&take("factor")?, "factor")?,
+            },
+            "adam_update" => Op::AdamUpdate {
+                eps: float(&take("eps")?, "eps")?,
+                weight_decay: float(&take("weight_decay")?, "weight_decay")?,
             },
             "reduce_to" => Op::ReduceTo {
                 shape: shape(take("shape")?)?,

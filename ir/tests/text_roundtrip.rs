@@ -221,6 +221,14 @@ fn every_op_graph() -> fairyc_ir::Graph {
     ] {
         grads.push(b.push(op, &operands).unwrap());
     }
+    // An optimizer update of a weight, with scalars for lr and the corrections.
+    let m = b.weight("m", t(DType::F32, &[8.into(), 8.into()]));
+    let v = b.weight("v", t(DType::F32, &[8.into(), 8.into()]));
+    let adam = Op::AdamUpdate {
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    grads.push(b.push(adam, &[wq, m, v, loss, loss, loss]).unwrap());
     let mut outputs = vec![out, yb];
     outputs.extend(grads);
     b.finish(&outputs)

@@ -92,6 +92,8 @@ pub enum GradError {
     Loss(ValueId, TensorType),
     #[error("{0} is {1}: only real and complex float values have gradients")]
     NotDifferentiable(ValueId, TensorType),
+    #[error("{0} is not a weight: optimizers update weights")]
+    NotAWeight(ValueId),
     #[error("{value} = {op} lies between the loss and the parameters but has no gradient rule")]
     NoRule { op: &'static str, value: ValueId },
     #[error(transparent)]
@@ -144,6 +146,80 @@ pub fn sgd_step(
             None => p,
         });
     }
+    finish(b, &outputs)
+}
+
+/// AdamW's hyper-parameters (the learning rate is an input per step).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// The Fairy2i authors' recipe: betas (0.9, 0.95), no weight decay.
+    fn default() -> AdamW {
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// One AdamW step as IR. Each parameter `p` (a weight) gets the moment
+/// weights `adam.m.<name>` and `adam.v.<name>`; the inputs `lr`, `c1`
+/// `= 1/(1-β1^t)` and `c2 = 1/(1-β2^t)` are `f32[]` scalars fed each step.
+/// Outputs: `[loss, p_0', ..., m_0', ..., v_0', ...]`, the loss before the step.
+pub fn adamw_step(
+    graph: &Graph,
+    loss: ValueId,
+    params: &[ValueId],
+    adam: &AdamW,
+    options: &GradOptions,
+) -> Result<Graph, GradError> {
+    let (mut b, grads) = backward(graph, loss, params, options)?;
+    let scalar = TensorType::new(fairyc_ir::DType::F32, fairyc_ir::Shape(vec![]));
+    let lr = b.input("lr", scalar.clone());
+    let c1 = b.input("c1", scalar.clone());
+    let c2 = b.input("c2", scalar);
+    let (mut new_p, mut new_m, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
+    for (&p, g) in params.iter().zip(grads) {
+        let (name, ty) = match &graph.node(p).op {
+            Op::Weight { name } => (name.clone(), graph.ty(p).clone()),
+            _ => return Err(GradError::NotAWeight(p)),
+        };
+        let m = b.weight(format!("adam.m.{name}"), ty.clone());
+        let v = b.weight(format!("adam.v.{name}"), ty);
+        let Some(g) = g else {
+            new_p.push(p);
+            new_m.push(m);
+            new_v.push(v);
+            continue;
+        };
+        let decay = |b: &mut GraphBuilder, x, beta: f32, y| -> Result<ValueId, GradError> {
+            let kept = b.push(Op::Scale { factor: beta }, &[x])?;
+            let added = b.push(Op::Scale { factor: 1.0 - beta }, &[y])?;
+            Ok(b.push(Op::Add, &[kept, added])?)
+        };
+        let m2 = decay(&mut b, m, adam.beta1, g)?;
+        let g2 = b.push(Op::Mul, &[g, g])?;
+        let v2 = decay(&mut b, v, adam.beta2, g2)?;
+        let update = Op::AdamUpdate {
+            eps: adam.eps,
+            weight_decay: adam.weight_decay,
+        };
+        new_p.push(b.push(update, &[p, m2, v2, lr, c1, c2])?);
+        new_m.push(m2);
+        new_v.push(v2);
+    }
+    let mut outputs = vec![loss];
+    outputs.extend(new_p);
+    outputs.extend(new_m);
+    outputs.extend(new_v);
     finish(b, &outputs)
 }
 
@@ -487,6 +563,7 @@ fn rule(
         | Op::AttentionGrad { .. }
         | Op::WidelyLinearGrad { .. }
         | Op::QuantizeGrad { .. }
+        | Op::AdamUpdate { .. }
         | Op::CrossEntropyGrad => {
             return Err(GradError::NoRule {
                 op: node.op.mnemonic(),

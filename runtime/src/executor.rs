@@ -604,6 +604,32 @@ fn eval(
             }
             Data::I32(_) | Data::Codes(_) => return Err("fill takes an f32 or c64 template".into()),
         },
+        Op::AdamUpdate { eps, weight_decay } => {
+            let scalar = |t: &Tensor, what| -> Result<f32, String> {
+                f32s(t, what)?
+                    .first()
+                    .copied()
+                    .ok_or_else(|| format!("{what} is empty"))
+            };
+            let (lr, c1, c2) = (
+                scalar(args[3], "lr")?,
+                scalar(args[4], "c1")?,
+                scalar(args[5], "c2")?,
+            );
+            let (p, m, v) = (
+                f32s(x, "parameter")?,
+                f32s(args[1], "m")?,
+                f32s(args[2], "v")?,
+            );
+            let out = p
+                .par_iter()
+                .zip(m.par_iter().zip(v.par_iter()))
+                .map(|(&p, (&m, &v))| {
+                    p - lr * (m * c1 / ((v * c2).sqrt() + eps) + weight_decay * p)
+                })
+                .collect();
+            Tensor::f32(x.shape.clone(), out)
+        }
         Op::Scale { factor } => match &x.data {
             Data::F32(d) => Tensor::f32(x.shape.clone(), d.iter().map(|v| v * factor).collect()),
             Data::C64(d) => Tensor::c64(x.shape.clone(), d.iter().map(|v| v * factor).collect()),
