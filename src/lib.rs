@@ -16,6 +16,7 @@
 
 pub mod compile;
 pub mod report;
+pub mod train;
 
 use std::path::Path;
 

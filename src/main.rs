@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fairyc::train::{Schedule, Trainer};
 use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
+use fairyc_passes::autodiff::{AdamW, GradOptions, Ste};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::lower::{LowerOptions, Pairing};
@@ -80,6 +82,12 @@ enum QuantChoice {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SteArg {
+    Identity,
+    ScaleAware,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ArithmeticArg {
     F32,
     Bf16,
@@ -147,6 +155,61 @@ impl QuantArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Quantization-aware training on the CPU: AdamW on the full-precision
+    /// master weights, the forward pass through the quantized weights
+    /// (straight-through gradients); writes a .fairy artifact at the end.
+    Train {
+        model: PathBuf,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Text files to train on (tokenized without BOS, concatenated and cut
+        /// into windows of --seq tokens; the last --holdout of them is held out).
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        steps: usize,
+        /// Tokens per training sequence.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Peak learning rate (the authors' recipe: 3e-5).
+        #[arg(long, default_value_t = 3e-5)]
+        lr: f32,
+        /// Linear warm-up steps.
+        #[arg(long, default_value_t = 0)]
+        warmup: usize,
+        /// Step at which a cosine decay to --min-lr-ratio·lr starts (WSD); none by default.
+        #[arg(long)]
+        decay_start: Option<usize>,
+        #[arg(long, default_value_t = 100)]
+        decay_steps: usize,
+        #[arg(long, default_value_t = 0.1)]
+        min_lr_ratio: f32,
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+        /// Fraction of the windows held out for evaluation.
+        #[arg(long, default_value_t = 0.1)]
+        holdout: f64,
+        /// Held-out windows evaluated before and after training.
+        #[arg(long, default_value_t = 8)]
+        eval_windows: usize,
+        /// Straight-through estimator: identity (scales detached, the
+        /// authors' code) or scale-aware (gradients through the scales too).
+        #[arg(long, value_enum, default_value_t = SteArg::Identity)]
+        ste: SteArg,
+        /// Checkpoint file (written atomically every --checkpoint-every steps
+        /// and at the end; an existing one is resumed with --resume).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long, default_value_t = 50)]
+        checkpoint_every: usize,
+        #[arg(long)]
+        resume: bool,
+        /// Write the loss of every step as CSV (step,loss,lr).
+        #[arg(long)]
+        loss_csv: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Compile a model to a Fairy2i .fairy artifact: widely-linear lowering,
     /// quantization, simplification; prints the size breakdown.
     Compile {
@@ -286,6 +349,53 @@ fn run(command: Command) -> Result<()> {
             dump_passes,
             output,
         } => compile_command(&model, &quant, timings, dump_passes.as_deref(), &output),
+        Command::Train {
+            model,
+            quant,
+            data,
+            steps,
+            seq,
+            lr,
+            warmup,
+            decay_start,
+            decay_steps,
+            min_lr_ratio,
+            weight_decay,
+            holdout,
+            eval_windows,
+            ste,
+            checkpoint,
+            checkpoint_every,
+            resume,
+            loss_csv,
+            output,
+        } => {
+            let schedule = Schedule {
+                peak: lr,
+                warmup,
+                decay_start,
+                decay_steps,
+                min_ratio: min_lr_ratio,
+            };
+            let run = TrainRun {
+                data,
+                steps,
+                seq,
+                schedule,
+                weight_decay,
+                holdout,
+                eval_windows,
+                ste: match ste {
+                    SteArg::Identity => Ste::Identity,
+                    SteArg::ScaleAware => Ste::ScaleAware,
+                },
+                checkpoint,
+                checkpoint_every,
+                resume,
+                loss_csv,
+            };
+            train_command(&model, &quant, &run, &output)
+        }
         Command::Dump {
             model,
             format,
@@ -434,6 +544,125 @@ fn load_with_progress(path: &Path, quant: &QuantArgs) -> Result<Model> {
     let model = Model::from_imported(imported, &|_| bar.inc(1))?;
     bar.finish_and_clear();
     Ok(model)
+}
+
+/// The options of `fairyc train` beyond the model and quantization.
+struct TrainRun {
+    data: Vec<PathBuf>,
+    steps: usize,
+    seq: usize,
+    schedule: Schedule,
+    weight_decay: f32,
+    holdout: f64,
+    eval_windows: usize,
+    ste: Ste,
+    checkpoint: Option<PathBuf>,
+    checkpoint_every: usize,
+    resume: bool,
+    loss_csv: Option<PathBuf>,
+}
+
+fn train_command(model: &Path, quant: &QuantArgs, run: &TrainRun, output: &Path) -> Result<()> {
+    if run.seq < 2 || run.steps == 0 {
+        bail!("--seq must be at least 2 and --steps positive");
+    }
+    if !(0.0..1.0).contains(&run.holdout) {
+        bail!("--holdout must be in [0, 1), got {}", run.holdout);
+    }
+    let (compiled, _) = load_compiled(model, quant)?;
+    let mut tokens = Vec::new();
+    for path in &run.data {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        tokens.extend(compiled.tokenizer.encode(&text, false)?);
+    }
+    let windows: Vec<&[u32]> = tokens.windows(run.seq + 1).step_by(run.seq).collect();
+    let held = ((windows.len() as f64) * run.holdout).ceil() as usize;
+    if windows.len() < held + 1 {
+        bail!(
+            "the data has {} tokens: too few for windows of --seq {} with a held-out split",
+            tokens.len(),
+            run.seq
+        );
+    }
+    let (train, heldout) = windows.split_at(windows.len() - held);
+    let heldout = &heldout[..heldout.len().min(run.eval_windows)];
+    let adam = AdamW {
+        weight_decay: run.weight_decay,
+        ..AdamW::default()
+    };
+    let mut trainer = Trainer::new(
+        &compiled.graph,
+        compiled.weights.clone(),
+        adam,
+        &GradOptions { ste: run.ste },
+    )?;
+    if let Some(ckpt) = &run.checkpoint {
+        if run.resume && ckpt.is_file() {
+            trainer.load(ckpt)?;
+            eprintln!("resumed {} at step {}", ckpt.display(), trainer.step);
+        }
+    }
+    let before = (!heldout.is_empty())
+        .then(|| trainer.eval_loss(heldout))
+        .transpose()?;
+    if let Some(l) = before {
+        eprintln!(
+            "held-out loss before: {l:.4} (perplexity {:.2}) over {} windows",
+            l.exp(),
+            heldout.len()
+        );
+    }
+    let mut csv = String::from("step,loss,lr\n");
+    let bar = ProgressBar::new(run.steps as u64).with_style(bar_style("steps"));
+    bar.set_position(trainer.step.min(run.steps) as u64);
+    let start = Instant::now();
+    let first = trainer.step;
+    while trainer.step < run.steps {
+        let window = train[trainer.step % train.len()];
+        let lr = run.schedule.at(trainer.step + 1);
+        let loss = trainer.train_step(window, lr)?;
+        csv.push_str(&format!("{},{loss},{lr}\n", trainer.step));
+        let done = (trainer.step - first) * run.seq;
+        bar.set_position(trainer.step as u64);
+        bar.set_message(format!(
+            "loss {loss:.4}, {:.0} tokens/s",
+            done as f64 / start.elapsed().as_secs_f64()
+        ));
+        tracing::info!(step = trainer.step, loss, lr, "train");
+        if let Some(ckpt) = &run.checkpoint {
+            if trainer.step % run.checkpoint_every.max(1) == 0 || trainer.step == run.steps {
+                trainer.save(ckpt)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &run.loss_csv {
+        write_atomically(path, |w| w.write_all(csv.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let after = (!heldout.is_empty())
+        .then(|| trainer.eval_loss(heldout))
+        .transpose()?;
+    if let Some(l) = after {
+        eprintln!("held-out loss after:  {l:.4} (perplexity {:.2})", l.exp());
+    }
+    let frozen = fairyc::compile::freeze(&compiled.graph, &trainer.store)?;
+    fairyc_frontend::fairy::write(
+        output,
+        &frozen.graph,
+        &compiled.graph,
+        &compiled.tokenizer,
+        &frozen.tensors,
+    )?;
+    println!(
+        "trained {} steps ({} tokens) in {:.1}s; wrote {}",
+        trainer.step - first,
+        (trainer.step - first) * run.seq,
+        start.elapsed().as_secs_f64(),
+        output.display()
+    );
+    Ok(())
 }
 
 fn compile_command(
