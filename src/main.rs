@@ -403,7 +403,7 @@ fn run(command: Command) -> Result<()> {
             output,
             quant,
         } => {
-            let (imported, _) = load_compiled(&model, &quant)?;
+            let (imported, _) = load_compiled(&model, &quant, false)?;
             let text = if summary {
                 report::summary(&imported.graph, imported.weights.as_ref())
             } else {
@@ -438,7 +438,7 @@ fn run(command: Command) -> Result<()> {
             if !temperature.is_finite() || temperature < 0.0 {
                 bail!("--temperature must be 0 or positive, got {temperature}");
             }
-            let model = load_with_progress(&model, &quant)?;
+            let model = load_with_progress(&model, &quant, false)?;
             let ids = model.encode_prompt(&prompt, chat)?;
             if let Some(path) = logits {
                 let t = model.logits(&ids)?;
@@ -484,7 +484,7 @@ fn run(command: Command) -> Result<()> {
         } => {
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("cannot read {}", text.display()))?;
-            let model = load_with_progress(&model, &quant)?;
+            let model = load_with_progress(&model, &quant, true)?;
             let ids = model.tokenizer().encode(&body, false)?;
             let bar = ProgressBar::new(0).with_style(bar_style("windows"));
             let start = Instant::now();
@@ -517,28 +517,33 @@ fn bar_style(unit: &str) -> ProgressStyle {
     .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-/// Imports a model and, if asked, compiles it in memory (reporting the
-/// quantized layers' reconstruction error); returns the passes that ran.
-fn load_compiled(path: &Path, quant: &QuantArgs) -> Result<(Imported, Vec<PassRecord>)> {
+/// Imports a model and, if asked, compiles it in memory; returns the
+/// passes that ran. With `report`, prints the quantized layers'
+/// reconstruction error (which quantizes every layer once more).
+fn load_compiled(
+    path: &Path,
+    quant: &QuantArgs,
+    report: bool,
+) -> Result<(Imported, Vec<PassRecord>)> {
     let imported = import(path)?;
-    match quant.options() {
-        None => Ok((imported, Vec::new())),
-        Some(options) => {
-            let error = fairyc::compile::reconstruction_error(
-                &imported.graph,
-                imported.weights.as_ref(),
-                &options,
-            )?;
-            if let Some(e) = error {
-                eprintln!("mean relative reconstruction error of the quantized layers: {e:.4}");
-            }
-            Ok(fairyc::compile(imported, &options)?)
+    let Some(options) = quant.options() else {
+        return Ok((imported, Vec::new()));
+    };
+    if report {
+        let error = fairyc::compile::reconstruction_error(
+            &imported.graph,
+            imported.weights.as_ref(),
+            &options,
+        )?;
+        if let Some(e) = error {
+            eprintln!("mean relative reconstruction error of the quantized layers: {e:.4}");
         }
     }
+    Ok(fairyc::compile(imported, &options)?)
 }
 
-fn load_with_progress(path: &Path, quant: &QuantArgs) -> Result<Model> {
-    let (imported, _) = load_compiled(path, quant)?;
+fn load_with_progress(path: &Path, quant: &QuantArgs, report: bool) -> Result<Model> {
+    let (imported, _) = load_compiled(path, quant, report)?;
     let bar = ProgressBar::new(imported.graph.weights().count() as u64)
         .with_style(bar_style("weights decoded"));
     let model = Model::from_imported(imported, &|_| bar.inc(1))?;
@@ -569,7 +574,7 @@ fn train_command(model: &Path, quant: &QuantArgs, run: &TrainRun, output: &Path)
     if !(0.0..1.0).contains(&run.holdout) {
         bail!("--holdout must be in [0, 1), got {}", run.holdout);
     }
-    let (compiled, _) = load_compiled(model, quant)?;
+    let (compiled, _) = load_compiled(model, quant, true)?;
     let mut tokens = Vec::new();
     for path in &run.data {
         let text = std::fs::read_to_string(path)
@@ -678,7 +683,7 @@ fn compile_command(
         );
     }
     let start = Instant::now();
-    let (compiled, passes) = load_compiled(model, quant)?;
+    let (compiled, passes) = load_compiled(model, quant, true)?;
     if let Some(dir) = dump_passes {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (i, pass) in passes.iter().enumerate() {

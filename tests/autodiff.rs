@@ -1034,13 +1034,8 @@ fn sgd_lowers_the_loss_of_a_tiny_ifairy_model() {
 
 /// Trains every weight of a language-model graph on `model_inputs` with
 /// plain SGD as IR for `steps` steps; returns the loss before each step.
-fn train_sgd(mut g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> {
-    let loss = with_loss(&mut g);
-    let params: Vec<(ValueId, String, TensorType)> = g
-        .weights()
-        .map(|(id, name, t)| (id, name.to_string(), t.clone()))
-        .collect();
-    let ids: Vec<ValueId> = params.iter().map(|p| p.0).collect();
+fn train_sgd(g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> {
+    let (g, loss, params, ids) = trainable(g);
     let step = sgd_step(&g, loss, &ids, lr, &GradOptions::default()).unwrap();
     let inputs = model_inputs();
     let mut losses = Vec::new();
@@ -1068,13 +1063,7 @@ fn adamw_step_follows_the_update_rule_and_trains() {
             ..MemStore::default()
         };
         let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
-        let mut g = compiled.graph;
-        let loss = with_loss(&mut g);
-        let params: Vec<(ValueId, String, TensorType)> = g
-            .weights()
-            .map(|(id, name, t)| (id, name.to_string(), t.clone()))
-            .collect();
-        let ids: Vec<ValueId> = params.iter().map(|p| p.0).collect();
+        let (g, loss, params, ids) = trainable(compiled.graph);
         for (_, name, t) in &params {
             let n: usize = t.shape.concrete().unwrap().iter().product();
             store.set(&format!("adam.m.{name}"), t.clone(), vec![0.0; n]);
@@ -1128,4 +1117,18 @@ fn adamw_step_follows_the_update_rule_and_trains() {
             "{losses:?}"
         );
     }
+}
+
+/// A weight of a graph being trained: id, name, type.
+type Param = (ValueId, String, TensorType);
+
+/// `g` with its loss, the loss, and its weights (as params and as ids).
+fn trainable(mut g: Graph) -> (Graph, ValueId, Vec<Param>, Vec<ValueId>) {
+    let loss = with_loss(&mut g);
+    let params: Vec<Param> = g
+        .weights()
+        .map(|(id, name, t)| (id, name.to_string(), t.clone()))
+        .collect();
+    let ids = params.iter().map(|p| p.0).collect();
+    (g, loss, params, ids)
 }

@@ -10,13 +10,10 @@
 
 use std::path::Path;
 
-use fairyc_ir::{
-    Arithmetic, DType, Dim, Granularity, Graph, GraphBuilder, Op, Scheme, Shape, TensorType,
-    ValueId, WeightStore,
-};
+use fairyc_ir::{Arithmetic, Granularity, Graph, GraphBuilder, Op, Scheme, ValueId, WeightStore};
 use serde::Deserialize;
 
-use crate::llama::real_weight;
+use crate::llama::{language_model_inputs, real_weight};
 use crate::FrontendError;
 
 /// The attention scale `c` in `c · Re(q conj(k))` (spec open question 1).
@@ -206,15 +203,7 @@ pub fn build_graph(cfg: &IfairyConfig, store: &dyn WeightStore) -> Result<Graph,
         b: GraphBuilder::new("ifairy"),
         store,
     };
-    g.b.meta("architecture", "ifairy");
-    g.b.meta("context_length", cfg.context_length.to_string());
-    let seq = Dim::sym("seq");
-    let tokens = g.b.input(
-        "tokens",
-        TensorType::new(DType::I32, Shape(vec![seq.clone()])),
-    );
-    let positions =
-        g.b.input("positions", TensorType::new(DType::I32, Shape(vec![seq])));
+    let (tokens, positions) = language_model_inputs(&mut g.b, "ifairy", cfg.context_length);
     // The embedding tables are `token_embeddings_{real,imag}.weight`.
     let re = g.real("token_embeddings_real.weight", &[v, h])?;
     let im = g.real("token_embeddings_imag.weight", &[v, h])?;

@@ -118,6 +118,20 @@ impl Builder<'_> {
     }
 }
 
+/// Starts a language-model graph: records the architecture and context
+/// length, and adds the inputs every such graph takes, `tokens` and
+/// `positions` (`i32[seq]`), which the runtime's generation feeds.
+pub(crate) fn language_model_inputs(
+    b: &mut GraphBuilder,
+    architecture: &str,
+    context_length: usize,
+) -> (ValueId, ValueId) {
+    b.meta("architecture", architecture);
+    b.meta("context_length", context_length.to_string());
+    let ids = || TensorType::new(DType::I32, Shape(vec![Dim::sym("seq")]));
+    (b.input("tokens", ids()), b.input("positions", ids()))
+}
+
 /// References the stored real tensor `name` (read as f32), checking that it
 /// exists with the expected shape.
 pub(crate) fn real_weight(
@@ -149,15 +163,8 @@ pub fn build_graph(cfg: &LlamaConfig, store: &dyn WeightStore) -> Result<Graph, 
         store,
         cfg,
     };
-    g.b.meta("architecture", cfg.architecture.clone());
-    g.b.meta("context_length", cfg.context_length.to_string());
-    let seq = Dim::sym("seq");
-    let tokens = g.b.input(
-        "tokens",
-        TensorType::new(DType::I32, Shape(vec![seq.clone()])),
-    );
-    let positions =
-        g.b.input("positions", TensorType::new(DType::I32, Shape(vec![seq])));
+    let (tokens, positions) =
+        language_model_inputs(&mut g.b, &cfg.architecture, cfg.context_length);
     let embed_name = name(cfg.naming, Part::Embed, 0, "");
     let table = g.weight(&embed_name, &[cfg.vocab_size, h])?;
     let mut x = g.op(Op::Embed, &[tokens, table])?;
