@@ -3,9 +3,12 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FAIRYC := target/release/fairyc
 PROMPT ?= What is the capital of France?
 
-.PHONY: demo test setup model build check clean fuzz-smoke
+.PHONY: demo test setup packages model build check clean fuzz-smoke
 
-setup: model
+setup: packages model
+
+packages:
+	bash scripts/install-packages.sh
 
 model: $(MODEL)
 

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod compile;
+pub mod plot;
 pub mod report;
 pub mod train;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fairyc::train::{Schedule, Trainer};
+use fairyc::train::{Objective, Schedule, TrainOptions, Trainer};
 use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
@@ -142,6 +142,7 @@ impl QuantArgs {
                 lm_head: self.lm_head,
             },
             simplify: SimplifyOptions {
+                identities: true,
                 gauss: true,
                 cost: CostModel {
                     tokens: self.cost_tokens,
@@ -155,58 +156,25 @@ impl QuantArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Quantization-aware training on the CPU: AdamW on the full-precision
-    /// master weights, the forward pass through the quantized weights
-    /// (straight-through gradients); writes a .fairy artifact at the end.
-    Train {
-        model: PathBuf,
-        #[command(flatten)]
-        quant: QuantArgs,
-        /// Text files to train on (tokenized without BOS, concatenated and cut
-        /// into windows of --seq tokens; the last --holdout of them is held out).
-        #[arg(long, num_args = 1.., required = true)]
-        data: Vec<PathBuf>,
-        #[arg(long)]
-        steps: usize,
-        /// Tokens per training sequence.
-        #[arg(long, default_value_t = 128)]
-        seq: usize,
-        /// Peak learning rate (the authors' recipe: 3e-5).
-        #[arg(long, default_value_t = 3e-5)]
-        lr: f32,
-        /// Linear warm-up steps.
-        #[arg(long, default_value_t = 0)]
-        warmup: usize,
-        /// Step at which a cosine decay to --min-lr-ratio·lr starts (WSD); none by default.
-        #[arg(long)]
-        decay_start: Option<usize>,
-        #[arg(long, default_value_t = 100)]
-        decay_steps: usize,
-        #[arg(long, default_value_t = 0.1)]
-        min_lr_ratio: f32,
-        #[arg(long, default_value_t = 0.0)]
-        weight_decay: f32,
-        /// Fraction of the windows held out for evaluation.
-        #[arg(long, default_value_t = 0.1)]
-        holdout: f64,
-        /// Held-out windows evaluated before and after training.
-        #[arg(long, default_value_t = 8)]
-        eval_windows: usize,
-        /// Straight-through estimator: identity (scales detached, the
-        /// authors' code) or scale-aware (gradients through the scales too).
-        #[arg(long, value_enum, default_value_t = SteArg::Identity)]
-        ste: SteArg,
-        /// Checkpoint file (written atomically every --checkpoint-every steps
-        /// and at the end; an existing one is resumed with --resume).
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        #[arg(long, default_value_t = 50)]
-        checkpoint_every: usize,
-        #[arg(long)]
-        resume: bool,
-        /// Write the loss of every step as CSV (step,loss,lr).
-        #[arg(long)]
-        loss_csv: Option<PathBuf>,
+    /// Train on the CPU: quantization-aware training of a model (AdamW on
+    /// full-precision master weights, the forward pass through the
+    /// quantized weights, straight-through gradients), optionally distilled
+    /// from its unquantized self, or a model from scratch (--init random);
+    /// writes a .fairy artifact at the end.
+    Train(Box<TrainArgs>),
+    /// Plot loss curves from `fairyc train --loss-csv` files into one PNG.
+    Plot {
+        /// CSV files; each becomes a curve named after the file.
+        #[arg(required = true)]
+        csv: Vec<PathBuf>,
+        /// The column to plot: loss (training, per step) or heldout.
+        #[arg(long, value_enum, default_value_t = PlotColumn::Loss)]
+        column: PlotColumn,
+        /// Average the training loss over this many steps.
+        #[arg(long, default_value_t = 1)]
+        smooth: usize,
+        #[arg(long, default_value = "loss")]
+        title: String,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -349,53 +317,14 @@ fn run(command: Command) -> Result<()> {
             dump_passes,
             output,
         } => compile_command(&model, &quant, timings, dump_passes.as_deref(), &output),
-        Command::Train {
-            model,
-            quant,
-            data,
-            steps,
-            seq,
-            lr,
-            warmup,
-            decay_start,
-            decay_steps,
-            min_lr_ratio,
-            weight_decay,
-            holdout,
-            eval_windows,
-            ste,
-            checkpoint,
-            checkpoint_every,
-            resume,
-            loss_csv,
+        Command::Train(args) => train_command(&args),
+        Command::Plot {
+            csv,
+            column,
+            smooth,
+            title,
             output,
-        } => {
-            let schedule = Schedule {
-                peak: lr,
-                warmup,
-                decay_start,
-                decay_steps,
-                min_ratio: min_lr_ratio,
-            };
-            let run = TrainRun {
-                data,
-                steps,
-                seq,
-                schedule,
-                weight_decay,
-                holdout,
-                eval_windows,
-                ste: match ste {
-                    SteArg::Identity => Ste::Identity,
-                    SteArg::ScaleAware => Ste::ScaleAware,
-                },
-                checkpoint,
-                checkpoint_every,
-                resume,
-                loss_csv,
-            };
-            train_command(&model, &quant, &run, &output)
-        }
+        } => plot_command(&csv, column, smooth, &title, &output),
         Command::Dump {
             model,
             format,
@@ -551,110 +480,347 @@ fn load_with_progress(path: &Path, quant: &QuantArgs, report: bool) -> Result<Mo
     Ok(model)
 }
 
-/// The options of `fairyc train` beyond the model and quantization.
-struct TrainRun {
+/// `fairyc train`'s options.
+#[derive(Args)]
+struct TrainArgs {
+    /// The model to train (GGUF, Hugging Face folder, .fir or .fairy);
+    /// omitted with --init random.
+    model: Option<PathBuf>,
+    /// Start from the model's weights (pretrained) or from random weights
+    /// for the architecture in --config (random).
+    #[arg(long, value_enum, default_value_t = InitArg::Pretrained)]
+    init: InitArg,
+    /// With --init random: a Hugging Face config.json (LLaMA family or
+    /// iFairy) giving the architecture and sizes.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// With --init random: a model whose tokenizer to use (GGUF file or
+    /// Hugging Face folder).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// With --init random: the seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Learn the logits of the unquantized model (KL divergence to the
+    /// same model before quantization, its weights frozen) instead of the
+    /// next token.
+    #[arg(long)]
+    distill: bool,
+    /// Text files to train on (tokenized without BOS, concatenated and cut
+    /// into windows of --seq tokens; the last --holdout of them is held out).
+    #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
+    #[arg(long)]
     steps: usize,
+    /// Tokens per training window.
+    #[arg(long, default_value_t = 128)]
     seq: usize,
-    schedule: Schedule,
+    /// Windows per step: their gradients are summed (gradient
+    /// accumulation) and the mean drives one update.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Peak learning rate (the Fairy2i recipe: 3e-5).
+    #[arg(long, default_value_t = 3e-5)]
+    lr: f32,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// wsd: warm-up, stable, optional cosine decay (Fairy2i); two-phase:
+    /// iFairy's recipe (a drop to a third at half-way, linear decay to 0,
+    /// weight decay only in the first half).
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Wsd)]
+    schedule: ScheduleArg,
+    /// wsd: step at which a cosine decay to --min-lr-ratio·lr starts.
+    #[arg(long)]
+    decay_start: Option<usize>,
+    #[arg(long, default_value_t = 100)]
+    decay_steps: usize,
+    #[arg(long, default_value_t = 0.1)]
+    min_lr_ratio: f32,
+    /// Decoupled weight decay (AdamW).
+    #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
+    /// Clip the gradient to this global L2 norm (0: no clipping; the
+    /// Fairy2i recipe clips at 2.0, iFairy's at 1.0).
+    #[arg(long, default_value_t = 2.0)]
+    clip: f32,
+    /// Fraction of the windows held out for evaluation.
+    #[arg(long, default_value_t = 0.1)]
     holdout: f64,
+    /// Held-out windows evaluated before and after training (and every
+    /// --eval-every steps).
+    #[arg(long, default_value_t = 8)]
     eval_windows: usize,
-    ste: Ste,
+    /// Evaluate the held-out loss every this many steps (0: only before
+    /// and after).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Straight-through estimator: identity (scales detached, the
+    /// authors' code) or scale-aware (gradients through the scales too).
+    #[arg(long, value_enum, default_value_t = SteArg::Identity)]
+    ste: SteArg,
+    /// Checkpoint file (written atomically every --checkpoint-every steps
+    /// and at the end; an existing one is resumed with --resume).
+    #[arg(long)]
     checkpoint: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
+    #[arg(long)]
     resume: bool,
+    /// Write every step's record as CSV (step,loss,lr,grad_norm,heldout).
+    #[arg(long)]
     loss_csv: Option<PathBuf>,
+    /// Draw the loss curve (training and held-out) as a PNG.
+    #[arg(long)]
+    loss_png: Option<PathBuf>,
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
-fn train_command(model: &Path, quant: &QuantArgs, run: &TrainRun, output: &Path) -> Result<()> {
-    if run.seq < 2 || run.steps == 0 {
-        bail!("--seq must be at least 2 and --steps positive");
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InitArg {
+    Pretrained,
+    Random,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Wsd,
+    TwoPhase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlotColumn {
+    Loss,
+    Heldout,
+}
+
+/// One row of the training log.
+struct StepRecord {
+    step: usize,
+    loss: f32,
+    lr: f32,
+    grad_norm: f32,
+    heldout: Option<f64>,
+}
+
+const CSV_HEADER: &str = "step,loss,lr,grad_norm,heldout";
+
+impl StepRecord {
+    fn csv(&self) -> String {
+        let heldout = self.heldout.map(|h| h.to_string()).unwrap_or_default();
+        format!(
+            "{},{},{},{},{heldout}",
+            self.step, self.loss, self.lr, self.grad_norm
+        )
     }
-    if !(0.0..1.0).contains(&run.holdout) {
-        bail!("--holdout must be in [0, 1), got {}", run.holdout);
+
+    fn parse(line: &str) -> Option<StepRecord> {
+        let f: Vec<&str> = line.split(',').collect();
+        Some(StepRecord {
+            step: f.first()?.parse().ok()?,
+            loss: f.get(1)?.parse().ok()?,
+            lr: f.get(2)?.parse().ok()?,
+            grad_norm: f.get(3)?.parse().ok()?,
+            heldout: f.get(4).and_then(|h| h.parse().ok()),
+        })
     }
-    let (compiled, _) = load_compiled(model, quant, true)?;
+}
+
+/// Reads a `--loss-csv` file written by `fairyc train`.
+fn read_records(path: &Path) -> Result<Vec<StepRecord>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(CSV_HEADER) {
+        bail!(
+            "{}: not a fairyc training log (expected the header `{CSV_HEADER}`)",
+            path.display()
+        );
+    }
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            StepRecord::parse(line)
+                .with_context(|| format!("{}:{}: malformed record `{line}`", path.display(), i + 2))
+        })
+        .collect()
+}
+
+/// The model to train: imported (and compiled) or freshly initialised,
+/// and the teacher graph when distilling.
+fn training_model(args: &TrainArgs) -> Result<(Imported, Option<fairyc_ir::Graph>)> {
+    let imported = match (args.init, &args.model, &args.config, &args.tokenizer) {
+        (InitArg::Pretrained, Some(model), None, None) => import(model)?,
+        (InitArg::Pretrained, ..) => {
+            bail!("train needs a MODEL (or --init random with --config and --tokenizer)")
+        }
+        (InitArg::Random, None, Some(config), Some(tokenizer)) => {
+            let tokenizer = import(tokenizer)?.tokenizer;
+            fairyc_frontend::init::random_model(config, tokenizer, args.seed)?
+        }
+        (InitArg::Random, ..) => {
+            bail!("--init random takes --config and --tokenizer, and no MODEL")
+        }
+    };
+    let teacher = args.distill.then(|| imported.graph.clone());
+    if teacher.is_some() && args.quant.options().is_none() {
+        bail!("--distill learns from the unquantized model: choose a --quant to train");
+    }
+    let compiled = match args.quant.options() {
+        Some(options) => fairyc::compile(imported, &options)?.0,
+        None => imported,
+    };
+    Ok((compiled, teacher))
+}
+
+fn train_command(args: &TrainArgs) -> Result<()> {
+    if args.seq < 2 || args.steps == 0 || args.grad_accum == 0 {
+        bail!("--seq must be at least 2, and --steps and --grad-accum positive");
+    }
+    if !(0.0..1.0).contains(&args.holdout) {
+        bail!("--holdout must be in [0, 1), got {}", args.holdout);
+    }
+    if !(args.clip >= 0.0 && args.clip.is_finite()) {
+        bail!("--clip must be a non-negative number, got {}", args.clip);
+    }
+    let (compiled, teacher) = training_model(args)?;
     let mut tokens = Vec::new();
-    for path in &run.data {
+    for path in &args.data {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         tokens.extend(compiled.tokenizer.encode(&text, false)?);
     }
-    let windows: Vec<&[u32]> = tokens.windows(run.seq + 1).step_by(run.seq).collect();
-    let held = ((windows.len() as f64) * run.holdout).ceil() as usize;
+    let windows: Vec<&[u32]> = tokens.windows(args.seq + 1).step_by(args.seq).collect();
+    let held = ((windows.len() as f64) * args.holdout).ceil() as usize;
     if windows.len() < held + 1 {
         bail!(
             "the data has {} tokens: too few for windows of --seq {} with a held-out split",
             tokens.len(),
-            run.seq
+            args.seq
         );
     }
     let (train, heldout) = windows.split_at(windows.len() - held);
-    let heldout = &heldout[..heldout.len().min(run.eval_windows)];
+    let heldout = &heldout[..heldout.len().min(args.eval_windows)];
+    let schedule = match args.schedule {
+        ScheduleArg::Wsd => Schedule::Wsd {
+            peak: args.lr,
+            warmup: args.warmup,
+            decay_start: args.decay_start,
+            decay_steps: args.decay_steps,
+            min_ratio: args.min_lr_ratio,
+        },
+        ScheduleArg::TwoPhase => Schedule::TwoPhase {
+            peak: args.lr,
+            warmup: args.warmup,
+            total: args.steps,
+        },
+    };
     let adam = AdamW {
-        weight_decay: run.weight_decay,
+        clip: (args.clip > 0.0).then_some(args.clip),
         ..AdamW::default()
     };
-    let mut trainer = Trainer::new(
-        &compiled.graph,
-        compiled.weights.clone(),
+    let objective = match teacher {
+        Some(graph) => Objective::Distill(graph),
+        None => Objective::NextToken,
+    };
+    let ste = match args.ste {
+        SteArg::Identity => Ste::Identity,
+        SteArg::ScaleAware => Ste::ScaleAware,
+    };
+    let options = TrainOptions {
         adam,
-        &GradOptions { ste: run.ste },
-    )?;
-    if let Some(ckpt) = &run.checkpoint {
-        if run.resume && ckpt.is_file() {
+        grad: GradOptions { ste },
+        objective,
+        rows: args.seq,
+    };
+    let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;
+    eprintln!(
+        "training {} parameters on {} windows of {} tokens ({} held out)",
+        trainer.parameter_count(),
+        train.len(),
+        args.seq,
+        held
+    );
+    let mut records: Vec<StepRecord> = Vec::new();
+    if let Some(ckpt) = &args.checkpoint {
+        if args.resume && ckpt.is_file() {
             trainer.load(ckpt)?;
             eprintln!("resumed {} at step {}", ckpt.display(), trainer.step);
+            if let Some(csv) = args.loss_csv.as_ref().filter(|p| p.is_file()) {
+                records = read_records(csv)?;
+                records.retain(|r| r.step <= trainer.step);
+            }
         }
     }
-    let before = (!heldout.is_empty())
-        .then(|| trainer.eval_loss(heldout))
-        .transpose()?;
-    if let Some(l) = before {
+    let evaluate = |trainer: &Trainer| -> Result<Option<f64>> {
+        Ok((!heldout.is_empty())
+            .then(|| trainer.eval_loss(heldout))
+            .transpose()?)
+    };
+    if let Some(l) = evaluate(&trainer)? {
         eprintln!(
             "held-out loss before: {l:.4} (perplexity {:.2}) over {} windows",
             l.exp(),
             heldout.len()
         );
     }
-    let mut csv = String::from("step,loss,lr\n");
-    let bar = ProgressBar::new(run.steps as u64).with_style(bar_style("steps"));
-    bar.set_position(trainer.step.min(run.steps) as u64);
+    let bar = ProgressBar::new(args.steps as u64).with_style(bar_style("steps"));
+    bar.set_position(trainer.step.min(args.steps) as u64);
     let start = Instant::now();
     let first = trainer.step;
-    while trainer.step < run.steps {
-        let window = train[trainer.step % train.len()];
-        let lr = run.schedule.at(trainer.step + 1);
-        let loss = trainer.train_step(window, lr)?;
-        csv.push_str(&format!("{},{loss},{lr}\n", trainer.step));
-        let done = (trainer.step - first) * run.seq;
-        bar.set_position(trainer.step as u64);
+    let tokens_per_step = args.grad_accum * args.seq;
+    while trainer.step < args.steps {
+        let t = trainer.step + 1;
+        let batch: Vec<&[u32]> = (0..args.grad_accum)
+            .map(|k| train[(trainer.step * args.grad_accum + k) % train.len()])
+            .collect();
+        let lr = schedule.lr(t);
+        let stats = trainer.train_step(&batch, lr, schedule.weight_decay(t, args.weight_decay))?;
+        let heldout_loss = if args.eval_every > 0 && t % args.eval_every == 0 {
+            evaluate(&trainer)?
+        } else {
+            None
+        };
+        records.push(StepRecord {
+            step: t,
+            loss: stats.loss,
+            lr,
+            grad_norm: stats.grad_norm,
+            heldout: heldout_loss,
+        });
+        bar.set_position(t as u64);
         bar.set_message(format!(
-            "loss {loss:.4}, {:.0} tokens/s",
-            done as f64 / start.elapsed().as_secs_f64()
+            "loss {:.4}, |g| {:.3}, {:.0} tokens/s",
+            stats.loss,
+            stats.grad_norm,
+            ((t - first) * tokens_per_step) as f64 / start.elapsed().as_secs_f64()
         ));
-        tracing::info!(step = trainer.step, loss, lr, "train");
-        if let Some(ckpt) = &run.checkpoint {
-            if trainer.step % run.checkpoint_every.max(1) == 0 || trainer.step == run.steps {
+        tracing::info!(
+            step = t,
+            loss = stats.loss,
+            grad_norm = stats.grad_norm,
+            lr,
+            "train"
+        );
+        if let Some(ckpt) = &args.checkpoint {
+            if t % args.checkpoint_every.max(1) == 0 || t == args.steps {
                 trainer.save(ckpt)?;
+                write_records(args, &records)?;
             }
         }
     }
     bar.finish_and_clear();
-    if let Some(path) = &run.loss_csv {
-        write_atomically(path, |w| w.write_all(csv.as_bytes()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let after = (!heldout.is_empty())
-        .then(|| trainer.eval_loss(heldout))
-        .transpose()?;
+    write_records(args, &records)?;
+    let after = evaluate(&trainer)?;
     if let Some(l) = after {
         eprintln!("held-out loss after:  {l:.4} (perplexity {:.2})", l.exp());
     }
     let frozen = fairyc::compile::freeze(&compiled.graph, &trainer.store)?;
     fairyc_frontend::fairy::write(
-        output,
+        &args.output,
         &frozen.graph,
         &compiled.graph,
         &compiled.tokenizer,
@@ -663,10 +829,86 @@ fn train_command(model: &Path, quant: &QuantArgs, run: &TrainRun, output: &Path)
     println!(
         "trained {} steps ({} tokens) in {:.1}s; wrote {}",
         trainer.step - first,
-        (trainer.step - first) * run.seq,
+        (trainer.step - first) * tokens_per_step,
         start.elapsed().as_secs_f64(),
-        output.display()
+        args.output.display()
     );
+    Ok(())
+}
+
+/// Writes the log as CSV and its plot as PNG, where asked.
+fn write_records(args: &TrainArgs, records: &[StepRecord]) -> Result<()> {
+    if let Some(path) = &args.loss_csv {
+        let mut csv = format!("{CSV_HEADER}\n");
+        for r in records {
+            csv.push_str(&r.csv());
+            csv.push('\n');
+        }
+        write_atomically(path, |w| w.write_all(csv.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.loss_png {
+        let train = fairyc::plot::Series {
+            name: "training loss".into(),
+            points: records
+                .iter()
+                .map(|r| (r.step as f64, f64::from(r.loss)))
+                .collect(),
+        };
+        let heldout = fairyc::plot::Series {
+            name: "held-out loss".into(),
+            points: records
+                .iter()
+                .filter_map(|r| Some((r.step as f64, r.heldout?)))
+                .collect(),
+        };
+        let title = format!("fairyc train: {}", args.output.display());
+        fairyc::plot::line_chart(path, &title, "step", "loss (nats)", &[train, heldout])?;
+    }
+    Ok(())
+}
+
+fn plot_command(
+    csvs: &[PathBuf],
+    column: PlotColumn,
+    smooth: usize,
+    title: &str,
+    output: &Path,
+) -> Result<()> {
+    let mut series = Vec::new();
+    for path in csvs {
+        let records = read_records(path)?;
+        let raw: Vec<(f64, f64)> = records
+            .iter()
+            .filter_map(|r| match column {
+                PlotColumn::Loss => Some((r.step as f64, f64::from(r.loss))),
+                PlotColumn::Heldout => Some((r.step as f64, r.heldout?)),
+            })
+            .collect();
+        let k = smooth.max(1);
+        let points = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &(x, _))| {
+                let window = &raw[i.saturating_sub(k - 1)..=i];
+                (
+                    x,
+                    window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64,
+                )
+            })
+            .collect();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        series.push(fairyc::plot::Series { name, points });
+    }
+    let y = match column {
+        PlotColumn::Loss => "training loss (nats)",
+        PlotColumn::Heldout => "held-out loss (nats)",
+    };
+    fairyc::plot::line_chart(output, title, "step", y, &series)?;
+    println!("wrote {}", output.display());
     Ok(())
 }
 

@@ -1,21 +1,33 @@
-//! Quantization-aware training on the reference executor: the compiled
-//! graph, its cross-entropy, the backward pass and AdamW, all one IR graph
-//! (`fairyc_passes::autodiff::adamw_step`) that each step runs once.
+//! Training on the reference executor: quantization-aware training of a
+//! compiled model, distillation to its full-precision self, and training
+//! from scratch. Each step runs two IR graphs: the gradient graph
+//! (`fairyc_passes::autodiff::gradients`: the forward pass, the loss and
+//! the backward pass) once per micro-batch, then the AdamW update
+//! (`fairyc_passes::autodiff::adamw_update`: mean of the micro-batches'
+//! gradients, clipping by the global norm, decoupled weight decay).
 //!
 //! The master weights stay in f32 in a [`TrainStore`]; the quantized
 //! weights exist only inside a step, where the executor derives them from
-//! the masters (the same weight expressions `fairyc compile` freezes).
+//! the masters once (the same weight expressions `fairyc compile` freezes).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use fairyc_ir::{DType, Graph, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore};
-use fairyc_passes::autodiff::{adamw_step, AdamW, GradOptions};
+use fairyc_passes::autodiff::{adamw_update, gradients, AdamW, GradOptions};
+use fairyc_passes::cost::CostModel;
+use fairyc_passes::egraph::Limits;
+use fairyc_passes::rebuild::eliminate_dead_code;
+use fairyc_passes::simplify::{simplify, SimplifyOptions};
 use fairyc_runtime::{Data, Executor, KvCache, Tensor};
 use safetensors::tensor::TensorView;
 
 use crate::Error;
+
+/// The prefix of a distillation teacher's weights: `teacher.<name>` reads
+/// the source's `<name>`, which training never changes.
+const TEACHER: &str = "teacher.";
 
 /// Weights of a model being trained: tensors set here shadow the source.
 #[derive(Clone)]
@@ -35,6 +47,11 @@ impl TrainStore {
     pub fn set(&mut self, name: &str, ty: TensorType, data: Vec<f32>) {
         self.tensors.insert(name.to_string(), (ty, Arc::new(data)));
     }
+
+    /// The source's name for `name`: a teacher weight reads the original.
+    fn source_name(name: &str) -> &str {
+        name.strip_prefix(TEACHER).unwrap_or(name)
+    }
 }
 
 impl WeightStore for TrainStore {
@@ -52,68 +69,150 @@ impl WeightStore for TrainStore {
     fn tensor_type(&self, name: &str) -> Option<TensorType> {
         match self.tensors.get(name) {
             Some((t, _)) => Some(t.clone()),
-            None => self.base.tensor_type(name),
+            None => self.base.tensor_type(TrainStore::source_name(name)),
         }
     }
 
     fn encoding(&self, name: &str) -> Option<String> {
         match self.tensors.get(name) {
             Some(_) => Some("f32".into()),
-            None => self.base.encoding(name),
+            None => self.base.encoding(TrainStore::source_name(name)),
         }
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
         match self.tensors.get(name) {
             Some((_, d)) => Ok(d.as_ref().clone()),
-            None => self.base.read_f32(name),
+            None => self.base.read_f32(TrainStore::source_name(name)),
         }
     }
 
     fn read_codes(&self, name: &str) -> Result<Vec<u8>, WeightError> {
-        self.base.read_codes(name)
+        self.base.read_codes(TrainStore::source_name(name))
     }
 }
 
-/// The learning-rate schedule: linear warm-up, a stable phase, and an
-/// optional cosine decay (WSD, Fairy2i section 4.3).
+/// The learning-rate (and weight-decay) schedule.
 #[derive(Clone, Copy, Debug)]
-pub struct Schedule {
-    pub peak: f32,
-    pub warmup: usize,
-    /// Start of the cosine decay; `None` keeps the peak.
-    pub decay_start: Option<usize>,
-    /// Length of the decay and the fraction of the peak it ends at.
-    pub decay_steps: usize,
-    pub min_ratio: f32,
+pub enum Schedule {
+    /// Linear warm-up, a stable phase, and an optional cosine decay to
+    /// `min_ratio · peak` over `decay_steps` from `decay_start` (WSD,
+    /// Fairy2i section 4.3). Weight decay stays constant.
+    Wsd {
+        peak: f32,
+        warmup: usize,
+        decay_start: Option<usize>,
+        decay_steps: usize,
+        min_ratio: f32,
+    },
+    /// iFairy's recipe over `total` steps: `t/warmup` during the warm-up,
+    /// then `1 − (t − warmup)/total` until `total/2`, then
+    /// `0.6666 · (1 − t/total)` (a drop to a third of the peak, then a
+    /// linear decay to 0); weight decay only in the first half.
+    TwoPhase {
+        peak: f32,
+        warmup: usize,
+        total: usize,
+    },
 }
 
 impl Schedule {
-    /// The rate of step `t` (1-based).
-    pub fn at(&self, t: usize) -> f32 {
-        if t <= self.warmup {
-            return self.peak * t as f32 / self.warmup.max(1) as f32;
-        }
-        match self.decay_start {
-            Some(s) if t > s => {
-                let p = ((t - s) as f32 / self.decay_steps.max(1) as f32).min(1.0);
-                let cos = 0.5 * (1.0 + (std::f32::consts::PI * p).cos());
-                self.peak * (self.min_ratio + (1.0 - self.min_ratio) * cos)
+    /// The learning rate of step `t` (1-based).
+    pub fn lr(&self, t: usize) -> f32 {
+        match *self {
+            Schedule::Wsd {
+                peak,
+                warmup,
+                decay_start,
+                decay_steps,
+                min_ratio,
+            } => {
+                if t <= warmup {
+                    return peak * t as f32 / warmup.max(1) as f32;
+                }
+                match decay_start {
+                    Some(s) if t > s => {
+                        let p = ((t - s) as f32 / decay_steps.max(1) as f32).min(1.0);
+                        let cos = 0.5 * (1.0 + (std::f32::consts::PI * p).cos());
+                        peak * (min_ratio + (1.0 - min_ratio) * cos)
+                    }
+                    _ => peak,
+                }
             }
-            _ => self.peak,
+            Schedule::TwoPhase {
+                peak,
+                warmup,
+                total,
+            } => {
+                let (t, total) = (t as f32, total.max(1) as f32);
+                let factor = if t >= total / 2.0 {
+                    0.6666 * (1.0 - t / total)
+                } else if t < warmup as f32 {
+                    t / warmup as f32
+                } else {
+                    1.0 - (t - warmup as f32) / total
+                };
+                peak * factor.max(0.0)
+            }
+        }
+    }
+
+    /// The weight decay of step `t` for the configured decay `base`.
+    pub fn weight_decay(&self, t: usize, base: f32) -> f32 {
+        match *self {
+            Schedule::TwoPhase { total, .. } if 2 * t >= total => 0.0,
+            _ => base,
         }
     }
 }
 
-/// A training run's state: the step graph, the master weights and moments.
+/// What the model learns to match.
+#[derive(Clone, Debug)]
+pub enum Objective {
+    /// The next token (cross-entropy).
+    NextToken,
+    /// The logits of this graph, the model before quantization, with its
+    /// source weights frozen (KL divergence from the teacher).
+    Distill(Graph),
+}
+
+/// How to train: the optimizer, the straight-through estimator, the
+/// objective, and the rows a window has (which the cost model weighs when
+/// it chooses Gauss's product for the training graph's complex products).
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub adam: AdamW,
+    pub grad: GradOptions,
+    pub objective: Objective,
+    pub rows: usize,
+}
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    /// The mean training loss over the step's micro-batches, before it.
+    pub loss: f32,
+    /// The global L2 norm of the mean gradient, before clipping.
+    pub grad_norm: f32,
+}
+
+/// A training run's state: the graphs, the master weights and moments.
 pub struct Trainer {
-    step_graph: Graph,
-    /// The forward graph with its loss, for held-out evaluation.
+    /// `[loss, d(param)...]` for one window.
+    grad_graph: Graph,
+    /// AdamW on summed gradients (see [`adamw_update`]).
+    update_graph: Graph,
+    /// The forward graph with its cross-entropy, for held-out evaluation.
     eval_graph: Graph,
     params: Vec<(String, TensorType)>,
     pub store: TrainStore,
     pub adam: AdamW,
     pub step: usize,
+}
+
+fn push(g: &mut Graph, op: Op, operands: Vec<ValueId>, ty: TensorType) -> ValueId {
+    g.nodes.push(Node { op, operands, ty });
+    ValueId(g.nodes.len() - 1)
 }
 
 /// Adds `targets: i32[seq]` and the mean cross-entropy of the logits (the
@@ -122,42 +221,116 @@ fn with_loss(graph: &Graph) -> Result<(Graph, ValueId), Error> {
     let mut g = graph.clone();
     let logits = g.outputs[0];
     let rows = g.ty(logits).shape.dims()[..1].to_vec();
-    g.nodes.push(Node {
-        op: Op::Input {
+    let targets = push(
+        &mut g,
+        Op::Input {
             name: "targets".into(),
         },
-        operands: vec![],
-        ty: TensorType::new(DType::I32, Shape(rows)),
-    });
-    let targets = ValueId(g.nodes.len() - 1);
-    g.nodes.push(Node {
-        op: Op::CrossEntropy,
-        operands: vec![logits, targets],
-        ty: TensorType::new(DType::F32, Shape(vec![])),
-    });
-    let loss = ValueId(g.nodes.len() - 1);
+        vec![],
+        TensorType::new(DType::I32, Shape(rows)),
+    );
+    let scalar = TensorType::new(DType::F32, Shape(vec![]));
+    let loss = push(&mut g, Op::CrossEntropy, vec![logits, targets], scalar);
     g.outputs = vec![loss];
     fairyc_ir::verify(&g).map_err(|e| Error::Usage(e.to_string()))?;
     Ok((g, loss))
 }
 
+/// The student `graph` and the `teacher` graph side by side over the same
+/// inputs (teacher weights renamed `teacher.<name>`), with the KL
+/// divergence from the teacher's logits to the student's as the output.
+fn with_distillation(graph: &Graph, teacher: &Graph) -> Result<(Graph, ValueId), Error> {
+    let mut g = graph.clone();
+    let inputs: HashMap<&str, ValueId> = graph.inputs().map(|(id, n, _)| (n, id)).collect();
+    let mut map = Vec::with_capacity(teacher.nodes.len());
+    for node in &teacher.nodes {
+        let id = match &node.op {
+            Op::Input { name } => *inputs.get(name.as_str()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "the teacher reads input \"{name}\", which the student lacks"
+                ))
+            })?,
+            Op::Weight { name } => push(
+                &mut g,
+                Op::Weight {
+                    name: format!("{TEACHER}{name}"),
+                },
+                vec![],
+                node.ty.clone(),
+            ),
+            op => {
+                let operands = node.operands.iter().map(|v| map[v.0]).collect();
+                push(&mut g, op.clone(), operands, node.ty.clone())
+            }
+        };
+        map.push(id);
+    }
+    let scalar = TensorType::new(DType::F32, Shape(vec![]));
+    let kl = push(
+        &mut g,
+        Op::KlDiv,
+        vec![graph.outputs[0], map[teacher.outputs[0].0]],
+        scalar,
+    );
+    g.outputs = vec![kl];
+    fairyc_ir::verify(&g).map_err(|e| Error::Usage(format!("distillation graph: {e}")))?;
+    Ok((g, kl))
+}
+
+/// The training graph after `simplify` with a cost model for `rows` rows
+/// per window, verified.
+fn optimize(graph: &Graph, rows: usize) -> Result<Graph, Error> {
+    let options = SimplifyOptions {
+        identities: false,
+        gauss: true,
+        cost: CostModel {
+            tokens: rows.max(1) as f64,
+            ..CostModel::default()
+        },
+    };
+    let (simplified, stats) = simplify(graph, options, Limits::default());
+    tracing::info!(%stats, "training graph simplified");
+    let simplified = eliminate_dead_code(&simplified);
+    fairyc_ir::verify(&simplified)
+        .map_err(|e| Error::Usage(format!("simplified training graph: {e}")))?;
+    Ok(simplified)
+}
+
+fn f32_data(t: &Tensor) -> Result<&[f32], Error> {
+    match &t.data {
+        Data::F32(d) => Ok(d),
+        _ => Err(Error::Usage(
+            "master weights, gradients and moments must be f32".into(),
+        )),
+    }
+}
+
 impl Trainer {
     /// Prepares to train every weight of `graph` (a language-model graph,
-    /// quantized or not) with AdamW, moments starting at zero.
+    /// quantized or not) with AdamW towards the objective, moments at zero.
+    /// The gradient graph goes through `simplify` (Gauss's product where
+    /// the cost model says it pays, for windows of `options.rows` rows).
     pub fn new(
         graph: &Graph,
         weights: Arc<dyn WeightStore>,
-        adam: AdamW,
-        options: &GradOptions,
+        options: &TrainOptions,
     ) -> Result<Trainer, Error> {
-        let (eval_graph, loss) = with_loss(graph)?;
-        let ids: Vec<ValueId> = eval_graph.weights().map(|(id, _, _)| id).collect();
-        let params: Vec<(String, TensorType)> = eval_graph
+        let (eval_graph, ce) = with_loss(graph)?;
+        let params: Vec<(String, TensorType)> = graph
             .weights()
             .map(|(_, n, t)| (n.to_string(), t.clone()))
             .collect();
-        let step_graph = adamw_step(&eval_graph, loss, &ids, &adam, options)
+        let (training, loss) = match &options.objective {
+            Objective::NextToken => (eval_graph.clone(), ce),
+            Objective::Distill(teacher) => with_distillation(graph, teacher)?,
+        };
+        let ids: HashMap<&str, ValueId> = training.weights().map(|(id, n, _)| (n, id)).collect();
+        let wrt: Vec<ValueId> = params.iter().map(|(n, _)| ids[n.as_str()]).collect();
+        let grad_graph = gradients(&training, loss, &wrt, &options.grad)
             .map_err(|e| Error::Usage(e.to_string()))?;
+        let grad_graph = optimize(&grad_graph, options.rows)?;
+        let update_graph =
+            adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
         let mut store = TrainStore::new(weights);
         for (name, ty) in &params {
             let n: usize = ty.shape.concrete().map_or(0, |d| d.iter().product());
@@ -165,13 +338,26 @@ impl Trainer {
             store.set(&format!("adam.v.{name}"), ty.clone(), vec![0.0; n]);
         }
         Ok(Trainer {
-            step_graph,
+            grad_graph,
+            update_graph,
             eval_graph,
             params,
             store,
-            adam,
+            adam: options.adam,
             step: 0,
         })
+    }
+
+    /// The number of trained real parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.params
+            .iter()
+            .map(|(_, t)| {
+                t.shape
+                    .concrete()
+                    .map_or(0, |d| d.iter().product::<usize>())
+            })
+            .sum()
     }
 
     fn inputs(window: &[u32]) -> HashMap<String, Tensor> {
@@ -188,40 +374,75 @@ impl Trainer {
         ])
     }
 
-    /// One AdamW step on `window` (inputs are all but its last token,
-    /// targets all but its first); returns the loss before the step.
-    pub fn train_step(&mut self, window: &[u32], lr: f32) -> Result<f32, Error> {
+    /// One AdamW step on the mean gradient of the micro-batches `batch`
+    /// (each a window: inputs are all but its last token, targets all but
+    /// its first) with learning rate `lr` and decoupled `weight_decay`.
+    pub fn train_step(
+        &mut self,
+        batch: &[&[u32]],
+        lr: f32,
+        weight_decay: f32,
+    ) -> Result<StepStats, Error> {
+        if batch.is_empty() {
+            return Err(Error::Usage("a step needs at least one window".into()));
+        }
+        // The quantized weights are derived from the masters once per step.
+        let exec = Executor::new(self.grad_graph.clone(), &self.store, &|_| {})?;
+        let mut loss = 0.0f64;
+        let mut sums: Vec<Vec<f32>> = Vec::new();
+        for window in batch {
+            let outs = exec.run(&Trainer::inputs(window), &mut KvCache::new())?;
+            loss += f64::from(f32_data(&outs[0])?.first().copied().unwrap_or(f32::NAN));
+            if sums.is_empty() {
+                for g in &outs[1..] {
+                    sums.push(f32_data(g)?.to_vec());
+                }
+            } else {
+                for (sum, g) in sums.iter_mut().zip(&outs[1..]) {
+                    for (s, v) in sum.iter_mut().zip(f32_data(g)?) {
+                        *s += v;
+                    }
+                }
+            }
+        }
+        drop(exec);
         self.step += 1;
         let t = self.step as i32;
-        let mut inputs = Trainer::inputs(window);
         let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
-        inputs.insert("lr".into(), scalar(lr));
-        inputs.insert("c1".into(), scalar(1.0 / (1.0 - self.adam.beta1.powi(t))));
-        inputs.insert("c2".into(), scalar(1.0 / (1.0 - self.adam.beta2.powi(t))));
-        let exec = Executor::new(self.step_graph.clone(), &self.store, &|_| {})?;
-        let outs = exec.run(&inputs, &mut KvCache::new())?;
-        let k = self.params.len();
-        for (i, (name, ty)) in self.params.iter().enumerate() {
-            let take = |t: &Tensor| match &t.data {
-                Data::F32(d) => d.clone(),
-                _ => unreachable!("master weights and moments are f32"),
-            };
-            self.store.set(name, ty.clone(), take(&outs[1 + i]));
-            self.store.set(
-                &format!("adam.m.{name}"),
-                ty.clone(),
-                take(&outs[1 + k + i]),
-            );
-            self.store.set(
-                &format!("adam.v.{name}"),
-                ty.clone(),
-                take(&outs[1 + 2 * k + i]),
-            );
+        let mut inputs = HashMap::from([
+            ("grad_scale".to_string(), scalar(1.0 / batch.len() as f32)),
+            ("lr".to_string(), scalar(lr)),
+            (
+                "c1".to_string(),
+                scalar(1.0 / (1.0 - self.adam.beta1.powi(t))),
+            ),
+            (
+                "c2".to_string(),
+                scalar(1.0 / (1.0 - self.adam.beta2.powi(t))),
+            ),
+            ("weight_decay".to_string(), scalar(weight_decay)),
+        ]);
+        for ((name, ty), sum) in self.params.iter().zip(sums) {
+            let shape = ty.shape.concrete().unwrap_or_default();
+            inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
         }
-        Ok(outs[0]
-            .as_f32()
-            .and_then(|l| l.first().copied())
-            .unwrap_or(f32::NAN))
+        let exec = Executor::new(self.update_graph.clone(), &self.store, &|_| {})?;
+        let outs = exec.run(&inputs, &mut KvCache::new())?;
+        drop(exec);
+        let k = self.params.len();
+        let squares = f32_data(&outs[0])?.first().copied().unwrap_or(f32::NAN);
+        for (i, (name, ty)) in self.params.iter().enumerate() {
+            self.store
+                .set(name, ty.clone(), f32_data(&outs[1 + i])?.to_vec());
+            let m = f32_data(&outs[1 + k + i])?.to_vec();
+            self.store.set(&format!("adam.m.{name}"), ty.clone(), m);
+            let v = f32_data(&outs[1 + 2 * k + i])?.to_vec();
+            self.store.set(&format!("adam.v.{name}"), ty.clone(), v);
+        }
+        Ok(StepStats {
+            loss: (loss / batch.len() as f64) as f32,
+            grad_norm: squares.max(0.0).sqrt(),
+        })
     }
 
     /// Mean loss over `windows` with the current weights.

@@ -27,7 +27,7 @@ use fairyc_ir::{
     text, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph, GraphBuilder, Node, Op,
     RopeLayout, Scheme, Shape, TensorType, ValueId, WeightError, WeightStore, WlPart,
 };
-use fairyc_passes::autodiff::{gradients, sgd_step, GradOptions, Ste};
+use fairyc_passes::autodiff::{adamw_update, gradients, sgd_step, AdamW, GradOptions, Ste};
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
 use fairyc_passes::rebuild::rebuild;
@@ -454,6 +454,33 @@ fn embed_and_cross_entropy() {
     grad_check("cross_entropy", b, loss, &[logits], inputs);
 }
 
+/// Distillation's KL divergence (for the student; the teacher logits are
+/// a target) and the squared norm that clipping reads.
+#[test]
+fn kl_divergence_and_sum_of_squares() {
+    let mut b = GraphBuilder::new("kl_div");
+    let student = b.weight("student", ty(DType::F32, &[2, 3, 5]));
+    let teacher = b.weight("teacher", ty(DType::F32, &[2, 3, 5]));
+    let loss = b.push(Op::KlDiv, &[student, teacher]).unwrap();
+    grad_check("kl_div", b, loss, &[student], HashMap::new());
+    check_op("sum_squares", Op::SumSquares, &[ty(DType::F32, &[3, 4])]);
+
+    // KL(p ‖ p) = 0; for rows [0, 0] against teacher [ln 3, 0]:
+    // p = (3/4, 1/4), q = (1/2, 1/2): KL = 3/4 ln(3/2) + 1/4 ln(1/2).
+    let mut b = GraphBuilder::new("kl_value");
+    let s = b.weight("s", ty(DType::F32, &[1, 2]));
+    let t = b.weight("t", ty(DType::F32, &[1, 2]));
+    let kl = b.push(Op::KlDiv, &[s, t]).unwrap();
+    let graph = b.finish(&[kl]);
+    let mut store = MemStore::default();
+    store.set("s", ty(DType::F32, &[1, 2]), vec![0.0, 0.0]);
+    store.set("t", ty(DType::F32, &[1, 2]), vec![3f32.ln(), 0.0]);
+    let want = 0.75 * 1.5f64.ln() + 0.25 * 0.5f64.ln();
+    assert!((loss_of(&graph, &store, &HashMap::new()) - want).abs() < 1e-6);
+    store.set("s", ty(DType::F32, &[1, 2]), vec![3f32.ln() + 7.0, 7.0]);
+    assert!(loss_of(&graph, &store, &HashMap::new()).abs() < 1e-6);
+}
+
 #[test]
 fn cross_entropy_value_and_ignored_positions() {
     let mut b = GraphBuilder::new("ce");
@@ -850,6 +877,73 @@ fn tiny_model_gradient_fairy2i_w2() {
     assert!(differs > 0);
 }
 
+/// Gauss's product in the training graph: `simplify` with a cost model
+/// for long windows replaces the complex products of the forward and the
+/// backward pass (`linear` by a weight expression, and the weight
+/// gradients `linear_weight_grad`) by three real ones each; for single
+/// rows the complex products stay. Either way the gradients are the same.
+#[test]
+fn gauss_product_in_the_training_graph() {
+    use fairyc_passes::cost::CostModel;
+    use fairyc_passes::egraph::Limits;
+    use fairyc_passes::simplify::{simplify, SimplifyOptions};
+    let dir = TempDir::new("autodiff-gauss");
+    let imported = tiny(&dir);
+    let store = MemStore {
+        base: Some(imported.weights.clone()),
+        ..MemStore::default()
+    };
+    let (compiled, _) = compile(
+        imported,
+        &compile_options(Some(Method::Fairy2i { stages: 2 })),
+    )
+    .unwrap();
+    let (g, loss, _, ids) = trainable(compiled.graph);
+    let grad = gradients(&g, loss, &ids, &GradOptions::default()).unwrap();
+    let complex_products = |g: &Graph| {
+        let count = |op: fn(&Op) -> bool, dtype| {
+            g.nodes
+                .iter()
+                .filter(|n| op(&n.op) && g.ty(n.operands[0]).dtype == dtype)
+                .count()
+        };
+        let lwg = |op: &Op| matches!(op, Op::LinearWeightGrad);
+        (count(lwg, DType::C64), count(lwg, DType::F32))
+    };
+    let (complex_before, real_before) = complex_products(&grad);
+    assert!(complex_before > 0);
+    let want = run(&grad, &store, &model_inputs());
+    for (tokens, gauss) in [(4096.0, true), (1.0, false)] {
+        let options = SimplifyOptions {
+            identities: false,
+            gauss: true,
+            cost: CostModel {
+                tokens,
+                ..CostModel::default()
+            },
+        };
+        let (simplified, _) = simplify(&grad, options, Limits::default());
+        let (complex, real) = complex_products(&simplified);
+        if gauss {
+            assert_eq!(
+                complex, 0,
+                "Gauss's product for every complex weight gradient"
+            );
+            assert_eq!(real, real_before + 3 * complex_before);
+        } else {
+            assert_eq!((complex, real), (complex_before, real_before));
+        }
+        let got = run(&simplified, &store, &model_inputs());
+        for (a, b) in got.iter().zip(&want) {
+            let (a, b) = (flat(a), flat(b));
+            let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-4 * scale, "tokens {tokens}: {x} vs {y}");
+            }
+        }
+    }
+}
+
 #[test]
 fn tiny_model_training_graph_snapshot() {
     let dir = TempDir::new("autodiff-snap");
@@ -1049,12 +1143,23 @@ fn train_sgd(g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> 
     losses
 }
 
+/// The scalar inputs of an AdamW update at step `t` (1-based).
+fn adam_inputs(adam: &AdamW, t: i32, lr: f32, grad_scale: f32) -> HashMap<String, Tensor> {
+    let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
+    HashMap::from([
+        ("grad_scale".to_string(), scalar(grad_scale)),
+        ("lr".to_string(), scalar(lr)),
+        ("c1".to_string(), scalar(1.0 / (1.0 - adam.beta1.powi(t)))),
+        ("c2".to_string(), scalar(1.0 / (1.0 - adam.beta2.powi(t)))),
+        ("weight_decay".to_string(), scalar(0.0)),
+    ])
+}
+
 /// AdamW as IR: the first step moves every weight by `lr · sign(g)` (with
 /// zero moments, `m̂ = g` and `v̂ = g²`), and over 60 steps the tiny
 /// model's loss falls, in full precision and at Fairy2i W2.
 #[test]
-fn adamw_step_follows_the_update_rule_and_trains() {
-    use fairyc_passes::autodiff::{adamw_step, AdamW};
+fn adamw_update_follows_the_rule_and_trains() {
     let dir = TempDir::new("autodiff-adamw");
     for method in [None, Some(Method::Fairy2i { stages: 2 })] {
         let imported = tiny(&dir);
@@ -1064,44 +1169,47 @@ fn adamw_step_follows_the_update_rule_and_trains() {
         };
         let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
         let (g, loss, params, ids) = trainable(compiled.graph);
-        for (_, name, t) in &params {
+        let named: Vec<(String, TensorType)> = params
+            .iter()
+            .map(|(_, n, t)| (n.clone(), t.clone()))
+            .collect();
+        for (name, t) in &named {
             let n: usize = t.shape.concrete().unwrap().iter().product();
             store.set(&format!("adam.m.{name}"), t.clone(), vec![0.0; n]);
             store.set(&format!("adam.v.{name}"), t.clone(), vec![0.0; n]);
         }
-        let adam = AdamW::default();
-        let step = adamw_step(&g, loss, &ids, &adam, &GradOptions::default()).unwrap();
+        let adam = AdamW {
+            clip: None,
+            ..AdamW::default()
+        };
+        let update = adamw_update(&named, &adam).unwrap();
+        round_trip(&update);
         let grads = gradients(&g, loss, &ids, &GradOptions::default()).unwrap();
         let lr = 1e-2f32;
         let mut losses = Vec::new();
         for t in 1..=60 {
-            let mut inputs = model_inputs();
-            let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
-            inputs.insert("lr".into(), scalar(lr));
-            inputs.insert("c1".into(), scalar(1.0 / (1.0 - adam.beta1.powi(t))));
-            inputs.insert("c2".into(), scalar(1.0 / (1.0 - adam.beta2.powi(t))));
-            let g_first = (t == 1).then(|| run(&grads, &store, &model_inputs()));
-            let before: Vec<Vec<f32>> = params.iter().map(|(_, n, _)| store.get(n)).collect();
-            let outs = run(&step, &store, &inputs);
+            let outs = run(&grads, &store, &model_inputs());
             losses.push(outs[0].as_f32().unwrap()[0]);
-            let k = params.len();
-            for (i, (_, name, ty)) in params.iter().enumerate() {
-                store.set(name, ty.clone(), flat(&outs[1 + i]));
-                store.set(
-                    &format!("adam.m.{name}"),
-                    ty.clone(),
-                    flat(&outs[1 + k + i]),
-                );
+            let mut inputs = adam_inputs(&adam, t, lr, 1.0);
+            for ((name, _), d) in named.iter().zip(&outs[1..]) {
+                inputs.insert(format!("grad.{name}"), d.clone());
+            }
+            let before: Vec<Vec<f32>> = named.iter().map(|(n, _)| store.get(n)).collect();
+            let new = run(&update, &store, &inputs);
+            let k = named.len();
+            for (i, (name, ty)) in named.iter().enumerate() {
+                store.set(name, ty.clone(), flat(&new[1 + i]));
+                store.set(&format!("adam.m.{name}"), ty.clone(), flat(&new[1 + k + i]));
                 store.set(
                     &format!("adam.v.{name}"),
                     ty.clone(),
-                    flat(&outs[1 + 2 * k + i]),
+                    flat(&new[1 + 2 * k + i]),
                 );
             }
-            if let Some(gs) = g_first {
-                for (i, (_, name, _)) in params.iter().enumerate() {
+            if t == 1 {
+                for (i, (name, _)) in named.iter().enumerate() {
                     let after = store.get(name);
-                    for ((a, b), d) in after.iter().zip(&before[i]).zip(flat(&gs[1 + i])) {
+                    for ((a, b), d) in after.iter().zip(&before[i]).zip(flat(&outs[1 + i])) {
                         if d.abs() > 1e-4 {
                             let want = b - lr * d.signum();
                             assert!((a - want).abs() < 1e-4, "{name}: {a} vs {want}");
@@ -1117,6 +1225,63 @@ fn adamw_step_follows_the_update_rule_and_trains() {
             "{losses:?}"
         );
     }
+}
+
+/// The update averages the summed gradients of the micro-batches
+/// (`grad_scale`), reports the squared global norm, and clips the mean
+/// gradient to `clip` before it enters the moments; a gradient inside the
+/// norm passes unchanged. Weight decay is decoupled: `p · lr · wd` more.
+#[test]
+fn adamw_update_accumulates_clips_and_decays() {
+    let t2 = ty(DType::F32, &[2]);
+    let t3 = ty(DType::F32, &[3]);
+    let params = vec![("a".to_string(), t2.clone()), ("b".to_string(), t3.clone())];
+    let adam = AdamW {
+        clip: Some(1.0),
+        ..AdamW::default()
+    };
+    let update = adamw_update(&params, &adam).unwrap();
+    let mut store = MemStore::default();
+    store.set("a", t2.clone(), vec![1.0, -2.0]);
+    store.set("b", t3.clone(), vec![0.5, 0.0, 3.0]);
+    for (n, t) in [("a", &t2), ("b", &t3)] {
+        let len = t.shape.concrete().unwrap()[0];
+        store.set(&format!("adam.m.{n}"), t.clone(), vec![0.0; len]);
+        store.set(&format!("adam.v.{n}"), t.clone(), vec![0.0; len]);
+    }
+    // Summed over 4 micro-batches: the mean is (3, 0) and (0, 4, 0), norm 5.
+    let summed = |scale: f32| {
+        let mut inputs = adam_inputs(&adam, 1, 0.1, 0.25);
+        inputs.insert(
+            "grad.a".into(),
+            Tensor::f32(vec![2], vec![12.0 * scale, 0.0]),
+        );
+        inputs.insert(
+            "grad.b".into(),
+            Tensor::f32(vec![3], vec![0.0, 16.0 * scale, 0.0]),
+        );
+        inputs
+    };
+    let outs = run(&update, &store, &summed(1.0));
+    assert!((outs[0].as_f32().unwrap()[0] - 25.0).abs() < 1e-4);
+    // m' = (1 - β1) · g · (1/5): the clipped mean.
+    close(&flat(&outs[3]), &[0.1 * 3.0 / 5.0, 0.0]);
+    close(&flat(&outs[4]), &[0.0, 0.1 * 4.0 / 5.0, 0.0]);
+    // Inside the norm (0.1 of it): no clipping.
+    let outs = run(&update, &store, &summed(0.1));
+    close(&flat(&outs[3]), &[0.1 * 0.3, 0.0]);
+    // Decoupled weight decay on a parameter without gradient.
+    let mut inputs = summed(0.1);
+    inputs.insert("weight_decay".into(), Tensor::f32(vec![], vec![0.5]));
+    let outs = run(&update, &store, &inputs);
+    close(
+        &flat(&outs[1]),
+        &[1.0 - 0.1 * (1.0 + 0.5), -2.0 * (1.0 - 0.05)],
+    );
+    close(
+        &flat(&outs[2]),
+        &[0.5 - 0.1 * 0.5 * 0.5, -0.1 * 1.0, 3.0 * (1.0 - 0.05)],
+    );
 }
 
 /// A weight of a graph being trained: id, name, type.

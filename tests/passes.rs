@@ -28,6 +28,7 @@ fn options(method: Option<Method>, pairing: Pairing, tokens: f64) -> CompileOpti
             ..LowerOptions::default()
         },
         simplify: SimplifyOptions {
+            identities: true,
             gauss: true,
             cost: CostModel {
                 tokens,

@@ -1,6 +1,7 @@
 //! `fairyc train`: quantization-aware training of a tiny model through the
 //! CLI lowers the held-out loss, resumes exactly from a checkpoint, and
-//! ends in an artifact that runs.
+//! ends in an artifact that runs; distillation, training from scratch
+//! (LLaMA and iFairy configs), loss plots.
 
 mod common;
 
@@ -93,6 +94,10 @@ fn resuming_a_checkpoint_repeats_the_same_losses() {
             "16",
             "--lr",
             "5e-3",
+            "--grad-accum",
+            "2",
+            "--clip",
+            "0.5",
             "--checkpoint",
             ckpt,
             "--checkpoint-every",
@@ -139,4 +144,262 @@ fn resuming_a_checkpoint_repeats_the_same_losses() {
     let (a, b) = (tail(&straight), tail(&resumed));
     assert_eq!(a.len(), 10);
     assert_eq!(a, b, "losses after a resume differ from a straight run");
+}
+
+/// The `loss` column of a `--loss-csv` file.
+fn losses(csv: &Path) -> Vec<f64> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Width, height and the number of distinct colours of an RGB PNG.
+fn png_summary(path: &Path) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(3).collect();
+    (info.width, info.height, colours.len())
+}
+
+#[test]
+fn distillation_lowers_the_kl_to_the_teacher_and_plots_it() {
+    let dir = TempDir::new("distill");
+    let (model, data) = setup(&dir);
+    let csv = dir.path("distill.csv");
+    let png = dir.path("distill.png");
+    let (_, stderr) = fairyc(&[
+        "train",
+        &model,
+        "--quant",
+        "w1",
+        "--distill",
+        "--data",
+        &data,
+        "--steps",
+        "40",
+        "--seq",
+        "32",
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "20",
+        "--loss-csv",
+        &csv.display().to_string(),
+        "--loss-png",
+        &png.display().to_string(),
+        "-o",
+        &dir.path("d.fairy").display().to_string(),
+    ]);
+    let kl = losses(&csv);
+    assert_eq!(kl.len(), 40);
+    let (first, last) = (kl[0], kl[35..].iter().sum::<f64>() / 5.0);
+    assert!(
+        kl.iter().all(|l| *l >= -1e-6),
+        "a KL divergence is >= 0: {kl:?}"
+    );
+    assert!(last < 0.7 * first, "KL to the teacher {first} -> {last}");
+    // The held-out cross-entropy is reported too, and was evaluated twice.
+    held_out(&stderr, "after:");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| !l.ends_with(',')).count(),
+        3,
+        "{text}"
+    );
+    let (w, h, colours) = png_summary(&png);
+    assert_eq!((w, h), (960, 600));
+    assert!(colours > 3, "the plot is blank ({colours} colours)");
+
+    // Several runs in one picture.
+    let other = dir.path("other.csv");
+    std::fs::copy(&csv, &other).unwrap();
+    let cmp = dir.path("cmp.png");
+    fairyc(&[
+        "plot",
+        &csv.display().to_string(),
+        &other.display().to_string(),
+        "--smooth",
+        "5",
+        "-o",
+        &cmp.display().to_string(),
+    ]);
+    assert_eq!(png_summary(&cmp).0, 960);
+    // Without a font the curves are still drawn, unlabelled.
+    let out = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .env("FAIRYC_FONT", dir.path("no-such-font.ttf"))
+        .args([
+            "plot",
+            &csv.display().to_string(),
+            "-o",
+            &cmp.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(png_summary(&cmp).2 > 2, "no curve without a font");
+    let bad = dir.path("bad.csv");
+    std::fs::write(&bad, "step,loss\n1,2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .args([
+            "plot",
+            &bad.display().to_string(),
+            "-o",
+            &cmp.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a fairyc training log"),
+        "{err}"
+    );
+}
+
+#[test]
+fn training_from_scratch_llama_and_ifairy_configs() {
+    let dir = TempDir::new("scratch");
+    let (model, data) = setup(&dir);
+    let vocab = SynthConfig::tiny().vocab_size();
+    let configs = [
+        (
+            "llama",
+            serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "vocab_size": vocab, "hidden_size": 32, "intermediate_size": 48,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "tie_word_embeddings": false,
+            }),
+            "none",
+        ),
+        (
+            "ifairy",
+            serde_json::json!({
+                "architectures": ["ComplexNetLM"], "model_type": "complexnet",
+                "vocab_size": vocab, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 4,
+            }),
+            "native",
+        ),
+    ];
+    for (name, config, quant) in configs {
+        let path = dir.path(&format!("{name}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let csv = dir.path(&format!("{name}.csv"));
+        let out = dir.path(&format!("{name}.fairy")).display().to_string();
+        let (_, stderr) = fairyc(&[
+            "train",
+            "--init",
+            "random",
+            "--config",
+            &path.display().to_string(),
+            "--tokenizer",
+            &model,
+            "--quant",
+            quant,
+            "--data",
+            &data,
+            "--steps",
+            "60",
+            "--seq",
+            "32",
+            "--lr",
+            "1e-2",
+            "--warmup",
+            "5",
+            "--schedule",
+            "two-phase",
+            "--weight-decay",
+            "0.1",
+            "--clip",
+            "1.0",
+            "--loss-csv",
+            &csv.display().to_string(),
+            "-o",
+            &out,
+        ]);
+        // Random logits start near ln(vocab).
+        let (before, after) = (held_out(&stderr, "before"), held_out(&stderr, "after:"));
+        assert!(
+            (before - (vocab as f64).ln()).abs() < 0.2,
+            "{name}: initial loss {before}"
+        );
+        assert!(
+            after < before - 1.0,
+            "{name}: held-out loss {before} -> {after}"
+        );
+        let lr: Vec<f64> = std::fs::read_to_string(&csv)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+            .collect();
+        // Step 29: 1 - (29 - 5)/60 of the peak; step 30 (half-way): 0.6666 / 2.
+        assert!((lr[28] - 0.6e-2).abs() < 1e-6 && (lr[29] - 0.3333e-2).abs() < 1e-6);
+        let (_, stderr) = fairyc(&["run", &out, "-p", "The ", "-n", "5"]);
+        assert!(stderr.contains("generated"), "{name}: {stderr}");
+    }
+    // What random initialisation needs, and what it refuses.
+    let config = dir.path("llama.json").display().to_string();
+    for (args, want) in [
+        (
+            vec!["--init", "random", "--config", &config],
+            "--init random takes",
+        ),
+        (vec!["--config", &config, &model], "train needs a MODEL"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+            .arg("train")
+            .args(&args)
+            .args(["--data", &data, "--steps", "1", "-o", "x.fairy"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    let tied = dir.path("tied.json");
+    std::fs::write(
+        &tied,
+        serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
+            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "tie_word_embeddings": true})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .args([
+            "train",
+            "--init",
+            "random",
+            "--config",
+            &tied.display().to_string(),
+        ])
+        .args([
+            "--tokenizer",
+            &model,
+            "--data",
+            &data,
+            "--steps",
+            "1",
+            "-o",
+            "x.fairy",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tie_word_embeddings") && err.contains("tied.json"),
+        "{err}"
+    );
 }

@@ -141,7 +141,7 @@ pub fn read_config(path: &Path, json: serde_json::Value) -> Result<IfairyConfig,
 
 struct Builder<'a> {
     b: GraphBuilder,
-    store: &'a dyn WeightStore,
+    store: Option<&'a dyn WeightStore>,
 }
 
 impl Builder<'_> {
@@ -196,6 +196,16 @@ impl Builder<'_> {
 /// Builds the iFairy decoder: inputs `tokens` and `positions`, output the
 /// real logits `f32[seq, vocab]` from `[x_re; x_im]`.
 pub fn build_graph(cfg: &IfairyConfig, store: &dyn WeightStore) -> Result<Graph, FrontendError> {
+    build(cfg, Some(store))
+}
+
+/// The iFairy graph of a model whose weights do not exist yet (random
+/// initialisation).
+pub fn graph_for_config(cfg: &IfairyConfig) -> Result<Graph, FrontendError> {
+    build(cfg, None)
+}
+
+fn build(cfg: &IfairyConfig, store: Option<&dyn WeightStore>) -> Result<Graph, FrontendError> {
     let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let d = h / cfg.heads;
     let kvw = cfg.kv_heads * d;

@@ -7,6 +7,7 @@ pub mod gguf_import;
 pub mod hf;
 pub mod ifairy;
 pub mod import;
+pub mod init;
 pub mod llama;
 pub mod safetensors_store;
 pub mod synth;

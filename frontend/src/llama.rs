@@ -83,7 +83,7 @@ fn pick(naming: Naming, gguf: &str, hf: &str) -> String {
 
 struct Builder<'a> {
     b: GraphBuilder,
-    store: &'a dyn WeightStore,
+    store: Option<&'a dyn WeightStore>,
     cfg: &'a LlamaConfig,
 }
 
@@ -132,18 +132,21 @@ pub(crate) fn language_model_inputs(
     (b.input("tokens", ids()), b.input("positions", ids()))
 }
 
-/// References the stored real tensor `name` (read as f32), checking that it
-/// exists with the expected shape.
+/// References the real tensor `name` (read as f32), checking that `store`
+/// holds it with the expected shape (when there is a store to check).
 pub(crate) fn real_weight(
     b: &mut GraphBuilder,
-    store: &dyn WeightStore,
+    store: Option<&dyn WeightStore>,
     name: &str,
     shape: &[usize],
 ) -> Result<ValueId, FrontendError> {
+    let expected = Shape::new(shape.iter().copied());
+    let Some(store) = store else {
+        return Ok(b.weight(name, TensorType::new(DType::F32, expected)));
+    };
     let ty = store
         .tensor_type(name)
         .ok_or_else(|| FrontendError::Model(format!("tensor `{name}` is missing")))?;
-    let expected = Shape::new(shape.iter().copied());
     if ty.shape != expected || !ty.dtype.is_real_float() {
         return Err(FrontendError::Model(format!(
             "tensor `{name}` is {ty}, expected a real tensor of shape {expected}"
@@ -153,8 +156,19 @@ pub(crate) fn real_weight(
 }
 
 /// Builds the decoder graph: inputs `tokens` and `positions` (`i32[seq]`),
-/// output the logits `f32[seq, vocab]`.
+/// output the logits `f32[seq, vocab]`. Every weight is checked against
+/// `store`; the output matrix is the embedding when the store has none.
 pub fn build_graph(cfg: &LlamaConfig, store: &dyn WeightStore) -> Result<Graph, FrontendError> {
+    build(cfg, Some(store))
+}
+
+/// The decoder graph of a model whose weights do not exist yet (random
+/// initialisation), with its own output matrix.
+pub fn graph_for_config(cfg: &LlamaConfig) -> Result<Graph, FrontendError> {
+    build(cfg, None)
+}
+
+fn build(cfg: &LlamaConfig, store: Option<&dyn WeightStore>) -> Result<Graph, FrontendError> {
     check_config(cfg)?;
     let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
     let (qw, kw) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
@@ -204,7 +218,7 @@ pub fn build_graph(cfg: &LlamaConfig, store: &dyn WeightStore) -> Result<Graph, 
     let x = g.op(norm, &[x, gain])?;
     let output_name = name(cfg.naming, Part::Output, 0, "");
     // Tied embeddings: without an output matrix the embedding table is reused.
-    let head = if store.tensor_type(&output_name).is_some() {
+    let head = if store.is_none_or(|s| s.tensor_type(&output_name).is_some()) {
         g.weight(&output_name, &[cfg.vocab_size, h])?
     } else {
         table

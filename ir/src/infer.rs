@@ -336,6 +336,21 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             Ok(logits.clone())
         }
+        Op::KlDiv | Op::KlDivGrad => {
+            let (student, teacher) = (operands[0], operands[1]);
+            expect_real(student, "student logits")?;
+            if teacher != student {
+                return Err(format!(
+                    "teacher logits {teacher} must have the student's type {student}"
+                ));
+            }
+            if let Op::KlDivGrad = op {
+                expect_f32_scalar(operands[2], "the loss gradient")?;
+                Ok(student.clone())
+            } else {
+                Ok(TensorType::new(DType::F32, Shape::default()))
+            }
+        }
         Op::Fill { value } => {
             expect_numeric(operands[0], "template")?;
             if !value.is_finite() {
@@ -350,7 +365,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             Ok(operands[0].clone())
         }
-        Op::AdamUpdate { eps, weight_decay } => {
+        Op::AdamUpdate { eps } => {
             let p = operands[0];
             expect_real(p, "parameter")?;
             for (t, what) in [
@@ -365,18 +380,25 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 (operands[3], "lr"),
                 (operands[4], "c1"),
                 (operands[5], "c2"),
+                (operands[6], "weight_decay"),
             ] {
-                if t.dtype != DType::F32 || t.shape.rank() != 0 {
-                    return Err(format!("{what} must be an f32[] scalar, found {t}"));
-                }
+                expect_f32_scalar(t, what)?;
             }
-            if !(eps.is_finite() && *eps > 0.0 && weight_decay.is_finite() && *weight_decay >= 0.0)
-            {
-                return Err(format!(
-                    "eps ({eps}) must be positive and weight_decay ({weight_decay}) non-negative"
-                ));
+            if !(eps.is_finite() && *eps > 0.0) {
+                return Err(format!("eps ({eps}) must be positive"));
             }
             Ok(p.clone())
+        }
+        Op::SumSquares => {
+            expect_real(operands[0], "input")?;
+            Ok(TensorType::new(DType::F32, Shape(vec![])))
+        }
+        Op::ClipFactor { max_norm } => {
+            expect_f32_scalar(operands[0], "squared norm")?;
+            if !(max_norm.is_finite() && *max_norm > 0.0) {
+                return Err(format!("max_norm ({max_norm}) must be positive"));
+            }
+            Ok(operands[0].clone())
         }
         Op::ReduceTo { shape } => {
             let x = operands[0];
@@ -667,6 +689,13 @@ fn expect_positions(x: &TensorType, pos: &TensorType) -> Result<(), String> {
         return Err(format!(
             "positions must be i32[seq] matching the input's sequence dimension; found {pos} for input {x}"
         ));
+    }
+    Ok(())
+}
+
+fn expect_f32_scalar(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype != DType::F32 || t.shape.rank() != 0 {
+        return Err(format!("{what} must be an f32[] scalar, found {t}"));
     }
     Ok(())
 }

@@ -26,4 +26,4 @@ pub use op::{
 };
 pub use types::{DType, Dim, Shape, TensorType};
 pub use verify::{verify, verify_weights, VerifyError};
-pub use weights::{WeightError, WeightStore};
+pub use weights::{MemoryStore, WeightError, WeightStore};

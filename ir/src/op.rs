@@ -150,6 +150,14 @@ pub enum Op {
     /// `logits: f32[..., V]`, over the positions whose target is `>= 0`
     /// (`-1` marks a position to ignore; no scored position gives 0): `f32[]`.
     CrossEntropy,
+    /// The mean over rows of `KL(softmax(teacher) ‖ softmax(student))` of
+    /// `student, teacher: f32[..., V]`: `f32[]`. Distillation's loss; the
+    /// teacher is a target, so no gradient flows into it.
+    KlDiv,
+    /// The gradient of `kl_div` for the student logits, from
+    /// `student, teacher` and the loss gradient `f32[]`:
+    /// `dloss · (softmax(student) − softmax(teacher)) / rows`.
+    KlDivGrad,
     /// `x` with every element set to `value`; the shape and element type
     /// of its operand. Seeds and zero gradients.
     Fill {
@@ -162,10 +170,18 @@ pub enum Op {
     /// AdamW's parameter update (decoupled weight decay):
     /// `p - lr · (m·c1 / (sqrt(v·c2) + eps) + weight_decay · p)` for the
     /// parameter `p`, its updated moments `m`, `v` (same shape), and the
-    /// scalars `lr`, `c1 = 1/(1-β1^t)`, `c2 = 1/(1-β2^t)` (`f32[]`).
+    /// scalars `lr`, `c1 = 1/(1-β1^t)`, `c2 = 1/(1-β2^t)` and
+    /// `weight_decay` (`f32[]`, inputs so that schedules can move them).
     AdamUpdate {
         eps: f32,
-        weight_decay: f32,
+    },
+    /// `Σ x²` over every element of a real `x`: `f32[]`. Squared norms for
+    /// gradient clipping and L2 terms.
+    SumSquares,
+    /// `min(1, max_norm / sqrt(s))` of a squared norm `s: f32[]` (`1` for
+    /// `s = 0`): the factor that clips a gradient to `max_norm`.
+    ClipFactor {
+        max_norm: f32,
     },
     /// Sums `x` over its leading dimensions down to the suffix `shape` of
     /// its own shape (`[]` sums everything): the adjoint of broadcasting.
@@ -369,6 +385,8 @@ impl Op {
             Op::Fill { .. } => "fill",
             Op::Scale { .. } => "scale",
             Op::AdamUpdate { .. } => "adam_update",
+            Op::SumSquares => "sum_squares",
+            Op::ClipFactor { .. } => "clip_factor",
             Op::ReduceTo { .. } => "reduce_to",
             Op::Pad { .. } => "pad",
             Op::RopeInverse { .. } => "rope_inverse",
@@ -382,6 +400,8 @@ impl Op {
             Op::WidelyLinearGrad { .. } => "widely_linear_grad",
             Op::QuantizeGrad { .. } => "quantize_grad",
             Op::CrossEntropyGrad => "cross_entropy_grad",
+            Op::KlDiv => "kl_div",
+            Op::KlDivGrad => "kl_div_grad",
         }
     }
 
@@ -402,6 +422,8 @@ impl Op {
             | Op::ActQuant { .. }
             | Op::Fill { .. }
             | Op::Scale { .. }
+            | Op::SumSquares
+            | Op::ClipFactor { .. }
             | Op::ReduceTo { .. }
             | Op::Pad { .. } => Arity::Exactly(1),
             Op::Embed
@@ -413,6 +435,7 @@ impl Op {
             | Op::Mul
             | Op::Dequant { .. }
             | Op::CrossEntropy
+            | Op::KlDiv
             | Op::RopeInverse { .. }
             | Op::LinearWeightGrad
             | Op::EmbedGrad { .. }
@@ -421,11 +444,12 @@ impl Op {
             | Op::SoftmaxGrad
             | Op::WidelyLinearGrad { .. }
             | Op::QuantizeGrad { .. } => Arity::Exactly(2),
-            Op::Attention { .. } | Op::RmsNormGrad { .. } | Op::CrossEntropyGrad => {
-                Arity::Exactly(3)
-            }
+            Op::Attention { .. }
+            | Op::RmsNormGrad { .. }
+            | Op::CrossEntropyGrad
+            | Op::KlDivGrad => Arity::Exactly(3),
             Op::AttentionGrad { .. } => Arity::Exactly(4),
-            Op::AdamUpdate { .. } => Arity::Exactly(6),
+            Op::AdamUpdate { .. } => Arity::Exactly(7),
             Op::Concat { .. } => Arity::AtLeast(1),
         }
     }
@@ -471,10 +495,8 @@ impl Op {
             Op::Reshape { shape } | Op::ReduceTo { shape } => vec![("shape", shape_attr(shape))],
             Op::Fill { value } => vec![("value", Attr::Float(*value))],
             Op::Scale { factor } => vec![("factor", Attr::Float(*factor))],
-            Op::AdamUpdate { eps, weight_decay } => vec![
-                ("eps", Attr::Float(*eps)),
-                ("weight_decay", Attr::Float(*weight_decay)),
-            ],
+            Op::AdamUpdate { eps } => vec![("eps", Attr::Float(*eps))],
+            Op::ClipFactor { max_norm } => vec![("max_norm", Attr::Float(*max_norm))],
             Op::Pad {
                 axis,
                 before,
@@ -806,6 +828,8 @@ impl Op {
             },
             "cross_entropy" => Op::CrossEntropy,
             "cross_entropy_grad" => Op::CrossEntropyGrad,
+            "kl_div" => Op::KlDiv,
+            "kl_div_grad" => Op::KlDivGrad,
             "fill" => Op::Fill {
                 value: float(&take("value")?, "value")?,
             },
@@ -814,7 +838,10 @@ impl Op {
             },
             "adam_update" => Op::AdamUpdate {
                 eps: float(&take("eps")?, "eps")?,
-                weight_decay: float(&take("weight_decay")?, "weight_decay")?,
+            },
+            "sum_squares" => Op::SumSquares,
+            "clip_factor" => Op::ClipFactor {
+                max_norm: float(&take("max_norm")?, "max_norm")?,
             },
             "reduce_to" => Op::ReduceTo {
                 shape: shape(take("shape")?)?,

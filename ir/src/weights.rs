@@ -32,3 +32,51 @@ pub trait WeightStore: Send + Sync {
         })
     }
 }
+
+/// Tensors held in memory, as f32: freshly initialised models, training
+/// state, tests.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    tensors: std::collections::BTreeMap<String, (TensorType, std::sync::Arc<Vec<f32>>)>,
+}
+
+impl MemoryStore {
+    /// Stores `data` (row-major, `ty`'s element count) as `name`.
+    pub fn insert(&mut self, name: impl Into<String>, ty: TensorType, data: Vec<f32>) {
+        self.tensors
+            .insert(name.into(), (ty, std::sync::Arc::new(data)));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&(TensorType, std::sync::Arc<Vec<f32>>)> {
+        self.tensors.get(name)
+    }
+
+    /// Every tensor, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &(TensorType, std::sync::Arc<Vec<f32>>))> {
+        self.tensors.iter()
+    }
+}
+
+impl WeightStore for MemoryStore {
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    fn tensor_type(&self, name: &str) -> Option<TensorType> {
+        self.tensors.get(name).map(|(t, _)| t.clone())
+    }
+
+    fn encoding(&self, name: &str) -> Option<String> {
+        self.tensors.get(name).map(|_| "f32".to_string())
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
+        self.tensors
+            .get(name)
+            .map(|(_, d)| d.as_ref().clone())
+            .ok_or_else(|| WeightError {
+                name: name.to_string(),
+                message: "not in the store".into(),
+            })
+    }
+}

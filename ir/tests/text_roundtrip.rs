@@ -224,11 +224,16 @@ fn every_op_graph() -> fairyc_ir::Graph {
     // An optimizer update of a weight, with scalars for lr and the corrections.
     let m = b.weight("m", t(DType::F32, &[8.into(), 8.into()]));
     let v = b.weight("v", t(DType::F32, &[8.into(), 8.into()]));
-    let adam = Op::AdamUpdate {
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
-    grads.push(b.push(adam, &[wq, m, v, loss, loss, loss]).unwrap());
+    let adam = Op::AdamUpdate { eps: 1e-8 };
+    grads.push(b.push(adam, &[wq, m, v, loss, loss, loss, loss]).unwrap());
+    // Clipping by the global norm.
+    let squares = b.push(Op::SumSquares, &[dy]).unwrap();
+    let clip = Op::ClipFactor { max_norm: 2.0 };
+    grads.push(b.push(clip, &[squares]).unwrap());
+    // Distillation to a teacher's logits.
+    let kl = b.push(Op::KlDiv, &[yb, yb]).unwrap();
+    grads.push(kl);
+    grads.push(b.push(Op::KlDivGrad, &[yb, yb, kl]).unwrap());
     let mut outputs = vec![out, yb];
     outputs.extend(grads);
     b.finish(&outputs)

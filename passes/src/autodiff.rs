@@ -92,8 +92,6 @@ pub enum GradError {
     Loss(ValueId, TensorType),
     #[error("{0} is {1}: only real and complex float values have gradients")]
     NotDifferentiable(ValueId, TensorType),
-    #[error("{0} is not a weight: optimizers update weights")]
-    NotAWeight(ValueId),
     #[error("{value} = {op} lies between the loss and the parameters but has no gradient rule")]
     NoRule { op: &'static str, value: ValueId },
     #[error(transparent)]
@@ -149,57 +147,68 @@ pub fn sgd_step(
     finish(b, &outputs)
 }
 
-/// AdamW's hyper-parameters (the learning rate is an input per step).
+/// AdamW's hyper-parameters (the learning rate and the weight decay are
+/// inputs per step, so that schedules can move them).
 #[derive(Clone, Copy, Debug)]
 pub struct AdamW {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
-    pub weight_decay: f32,
+    /// Clip the (mean) gradient to this global L2 norm; `None` never clips.
+    pub clip: Option<f32>,
 }
 
 impl Default for AdamW {
-    /// The Fairy2i authors' recipe: betas (0.9, 0.95), no weight decay.
+    /// The Fairy2i authors' recipe: betas (0.9, 0.95), clipping at 2.0.
     fn default() -> AdamW {
         AdamW {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,
-            weight_decay: 0.0,
+            clip: Some(2.0),
         }
     }
 }
 
-/// One AdamW step as IR. Each parameter `p` (a weight) gets the moment
-/// weights `adam.m.<name>` and `adam.v.<name>`; the inputs `lr`, `c1`
-/// `= 1/(1-β1^t)` and `c2 = 1/(1-β2^t)` are `f32[]` scalars fed each step.
-/// Outputs: `[loss, p_0', ..., m_0', ..., v_0', ...]`, the loss before the step.
-pub fn adamw_step(
-    graph: &Graph,
-    loss: ValueId,
-    params: &[ValueId],
-    adam: &AdamW,
-    options: &GradOptions,
-) -> Result<Graph, GradError> {
-    let (mut b, grads) = backward(graph, loss, params, options)?;
-    let scalar = TensorType::new(fairyc_ir::DType::F32, fairyc_ir::Shape(vec![]));
-    let lr = b.input("lr", scalar.clone());
-    let c1 = b.input("c1", scalar.clone());
-    let c2 = b.input("c2", scalar);
+/// One AdamW update as IR, for the parameters `params` (weights by name
+/// and type). Each parameter `p` reads the gradient input `grad.<name>`
+/// (a sum over micro-batches) and the moment weights `adam.m.<name>` and
+/// `adam.v.<name>`; the `f32[]` inputs are `grad_scale` (`1/micro-batches`),
+/// `lr`, `c1 = 1/(1-β1^t)`, `c2 = 1/(1-β2^t)` and `weight_decay`.
+/// The mean gradient is clipped to `adam.clip` by its global norm.
+/// Outputs: `[‖mean gradient‖², p_0', ..., m_0', ..., v_0', ...]`.
+pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Graph, GradError> {
+    let mut b = GraphBuilder::new("adamw_update");
+    let scalar = TensorType::new(DType::F32, fairyc_ir::Shape(vec![]));
+    let [grad_scale, lr, c1, c2, weight_decay] =
+        ["grad_scale", "lr", "c1", "c2", "weight_decay"].map(|n| b.input(n, scalar.clone()));
+    let mut grads = Vec::new();
+    for (name, ty) in params {
+        let summed = b.input(format!("grad.{name}"), ty.clone());
+        grads.push(b.push(Op::Mul, &[summed, grad_scale])?);
+    }
+    let mut squares = None;
+    for &g in &grads {
+        let s = b.push(Op::SumSquares, &[g])?;
+        squares = Some(match squares {
+            None => s,
+            Some(acc) => b.push(Op::Add, &[acc, s])?,
+        });
+    }
+    let Some(squares) = squares else {
+        return finish(b, &[]);
+    };
+    if let Some(max_norm) = adam.clip {
+        let factor = b.push(Op::ClipFactor { max_norm }, &[squares])?;
+        for g in &mut grads {
+            *g = b.push(Op::Mul, &[*g, factor])?;
+        }
+    }
     let (mut new_p, mut new_m, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
-    for (&p, g) in params.iter().zip(grads) {
-        let (name, ty) = match &graph.node(p).op {
-            Op::Weight { name } => (name.clone(), graph.ty(p).clone()),
-            _ => return Err(GradError::NotAWeight(p)),
-        };
+    for ((name, ty), g) in params.iter().zip(grads) {
+        let p = b.weight(name.clone(), ty.clone());
         let m = b.weight(format!("adam.m.{name}"), ty.clone());
-        let v = b.weight(format!("adam.v.{name}"), ty);
-        let Some(g) = g else {
-            new_p.push(p);
-            new_m.push(m);
-            new_v.push(v);
-            continue;
-        };
+        let v = b.weight(format!("adam.v.{name}"), ty.clone());
         let decay = |b: &mut GraphBuilder, x, beta: f32, y| -> Result<ValueId, GradError> {
             let kept = b.push(Op::Scale { factor: beta }, &[x])?;
             let added = b.push(Op::Scale { factor: 1.0 - beta }, &[y])?;
@@ -208,15 +217,12 @@ pub fn adamw_step(
         let m2 = decay(&mut b, m, adam.beta1, g)?;
         let g2 = b.push(Op::Mul, &[g, g])?;
         let v2 = decay(&mut b, v, adam.beta2, g2)?;
-        let update = Op::AdamUpdate {
-            eps: adam.eps,
-            weight_decay: adam.weight_decay,
-        };
-        new_p.push(b.push(update, &[p, m2, v2, lr, c1, c2])?);
+        let update = Op::AdamUpdate { eps: adam.eps };
+        new_p.push(b.push(update, &[p, m2, v2, lr, c1, c2, weight_decay])?);
         new_m.push(m2);
         new_v.push(v2);
     }
-    let mut outputs = vec![loss];
+    let mut outputs = vec![squares];
     outputs.extend(new_p);
     outputs.extend(new_m);
     outputs.extend(new_v);
@@ -525,6 +531,10 @@ fn rule(
             },
         )),
         Op::CrossEntropy => out.push((0, b.push(Op::CrossEntropyGrad, &[x[0], x[1], g])?)),
+        // The teacher is a target: its logits get no gradient (operand 1 is
+        // never active in a distillation graph, whose teacher weights are
+        // not parameters).
+        Op::KlDiv if !need[1] => out.push((0, b.push(Op::KlDivGrad, &[x[0], x[1], g])?)),
         // Activation quantization passes gradients straight through.
         Op::ActQuant { .. } => out.push((0, g)),
         // The result does not depend on the template's values.
@@ -538,6 +548,10 @@ fn rule(
                 b.push(Op::Add, &[zeros, g])?
             };
             out.push((0, d));
+        }
+        Op::SumSquares => {
+            let gx = b.push(Op::Mul, &[x[0], g])?;
+            out.push((0, b.push(Op::Scale { factor: 2.0 }, &[gx])?));
         }
         Op::Pad { axis, before, .. } => {
             let n = fixed(&ty(0).shape.dims()[*axis]);
@@ -564,6 +578,9 @@ fn rule(
         | Op::WidelyLinearGrad { .. }
         | Op::QuantizeGrad { .. }
         | Op::AdamUpdate { .. }
+        | Op::ClipFactor { .. }
+        | Op::KlDiv
+        | Op::KlDivGrad
         | Op::CrossEntropyGrad => {
             return Err(GradError::NoRule {
                 op: node.op.mnemonic(),

@@ -129,8 +129,26 @@ impl RuntimeCost<'_> {
         (ty, constant)
     }
 
-    /// Work per token of one node, not counting its operands.
+    /// Work per token of one node, not counting its operands. A node
+    /// none of whose values has rows (a symbolic dimension), such as the
+    /// sum of two weight gradients, runs once for all `tokens`.
     pub fn own_cost(&self, node: &Node, ty: &TensorType) -> f64 {
+        let has_rows = |t: &TensorType| t.shape.dims().iter().any(|d| matches!(d, Dim::Sym(_)));
+        let per_step = !has_rows(ty)
+            && node
+                .children
+                .iter()
+                .all(|c| !has_rows(&self.egraph[*c].data.ty));
+        let work = self.work(node, ty);
+        if per_step {
+            work / self.model.tokens
+        } else {
+            work
+        }
+    }
+
+    /// Work of one node per row of its values.
+    fn work(&self, node: &Node, ty: &TensorType) -> f64 {
         let child = |i: usize| &self.egraph[node.children[i]].data.ty;
         let out = elements(ty);
         match &node.op {
@@ -149,6 +167,7 @@ impl RuntimeCost<'_> {
             // One multiply-add per weight entry and row.
             Op::LinearWeightGrad => out * if ty.dtype == DType::C64 { 4.0 } else { 2.0 },
             Op::CrossEntropy | Op::CrossEntropyGrad => 4.0 * elements(child(0)),
+            Op::KlDiv | Op::KlDivGrad => 8.0 * elements(child(0)),
             Op::RmsNormGrad { .. } | Op::SiluGrad | Op::SoftmaxGrad | Op::Crelu2Grad => {
                 6.0 * elements(child(0))
             }

@@ -407,8 +407,10 @@ pub struct Saturated {
     /// The classes of the graph's outputs.
     pub roots: Vec<Id>,
     /// Classes every extracted program computes: the input program's
-    /// leaves, embeddings, norms and real sums (the residual stream), which
-    /// no rule rewrites. Costs stop there (see `cost`).
+    /// leaves, embeddings, norms and real sums (the residual stream), and
+    /// in training graphs the adjoints' results, which no rule rewrites
+    /// away. Costs stop there (see `cost`), which keeps the sets a cost
+    /// carries small.
     pub anchors: HashSet<Id>,
     pub stats: PassStats,
 }
@@ -448,7 +450,22 @@ pub fn saturate(
         .iter()
         .zip(&ids)
         .filter(|(n, _)| match n.op {
-            Op::Input { .. } | Op::Weight { .. } | Op::Embed | Op::RmsNorm { .. } => true,
+            Op::Input { .. }
+            | Op::Weight { .. }
+            | Op::Embed
+            | Op::RmsNorm { .. }
+            | Op::CrossEntropyGrad
+            | Op::KlDivGrad
+            | Op::RmsNormGrad { .. }
+            | Op::AttentionGrad { .. }
+            | Op::SoftmaxGrad
+            | Op::SiluGrad
+            | Op::Crelu2Grad
+            | Op::RopeInverse { .. }
+            | Op::EmbedGrad { .. }
+            | Op::LinearWeightGrad
+            | Op::WidelyLinearGrad { .. }
+            | Op::QuantizeGrad { .. } => true,
             Op::Add => n.ty.dtype != fairyc_ir::DType::C64,
             _ => false,
         })

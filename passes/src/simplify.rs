@@ -162,8 +162,9 @@ fn complex_attention() -> Vec<Rewrite<Node, Types>> {
 
 /// Gauss's product: for `x = a + ib`, `w = c + id`,
 /// `Re = ac - bd`, `Im = (a + b)(c + d) - ac - bd`: three real products
-/// instead of four. The real parts of the weight are weight expressions,
-/// derived once.
+/// instead of four. It applies to `linear` with a weight expression (whose
+/// parts are derived once) and to `linear_weight_grad` (the weight
+/// gradient `Σ dyᵀ x`, bilinear too) in training graphs.
 fn gauss() -> Rewrite<Node, Types> {
     rule(
         "gauss",
@@ -172,18 +173,24 @@ fn gauss() -> Rewrite<Node, Types> {
             let [x, w] = node.children[..] else {
                 return vec![];
             };
-            let applies = node.op == Op::Linear
-                && eg[x].data.ty.dtype == DType::C64
-                && eg[w].data.constant
-                && !eg[x].data.constant;
+            let complex = |c: Id| eg[c].data.ty.dtype == DType::C64;
+            let applies = match node.op {
+                Op::Linear => complex(x) && eg[w].data.constant && !eg[x].data.constant,
+                Op::LinearWeightGrad => complex(x) && complex(w),
+                _ => false,
+            };
             if applies {
-                vec![Match::ids(vec![x, w])]
+                vec![Match {
+                    ids: vec![x, w],
+                    ops: vec![node.op.clone()],
+                }]
             } else {
                 vec![]
             }
         },
         |eg, m| {
             let (x, w) = (m.ids[0], m.ids[1]);
+            let product = m.ops[0].clone();
             let parts = |eg: &mut IrEGraph, z: Id| {
                 let m = match eg[z].data.ty.shape.last() {
                     Some(Dim::Fixed(m)) => *m,
@@ -207,18 +214,19 @@ fn gauss() -> Rewrite<Node, Types> {
                     },
                     vec![flat],
                 ));
-                (re, im, axis)
+                (re, im)
             };
-            let (a, b, axis) = parts(eg, x);
-            let (c, d, _) = parts(eg, w);
+            let (a, b) = parts(eg, x);
+            let (c, d) = parts(eg, w);
             let ab = eg.add(Node::new(Op::Add, vec![a, b]));
             let cd = eg.add(Node::new(Op::Add, vec![c, d]));
-            let ac = eg.add(Node::new(Op::Linear, vec![a, c]));
-            let bd = eg.add(Node::new(Op::Linear, vec![b, d]));
-            let abcd = eg.add(Node::new(Op::Linear, vec![ab, cd]));
+            let ac = eg.add(Node::new(product.clone(), vec![a, c]));
+            let bd = eg.add(Node::new(product.clone(), vec![b, d]));
+            let abcd = eg.add(Node::new(product, vec![ab, cd]));
             let re = eg.add(Node::new(Op::Sub, vec![ac, bd]));
             let t = eg.add(Node::new(Op::Sub, vec![abcd, ac]));
             let im = eg.add(Node::new(Op::Sub, vec![t, bd]));
+            let axis = eg[re].data.ty.shape.rank() - 1;
             let cat = eg.add(Node::new(Op::Concat { axis }, vec![re, im]));
             eg.add(Node::new(Op::Pack { block: 0 }, vec![cat]))
         },
@@ -228,6 +236,11 @@ fn gauss() -> Rewrite<Node, Types> {
 /// Which rewrites `simplify` may use.
 #[derive(Clone, Copy, Debug)]
 pub struct SimplifyOptions {
+    /// The identities (inverse pairs, complex RoPE and attention). Training
+    /// graphs are built from simplified forward graphs and leave them out:
+    /// on backward passes the inverse pairs close cycles that make
+    /// extraction fall back to whole-subtree costs, which is slow.
+    pub identities: bool,
     /// Offer Gauss's product; the cost model decides where it pays.
     pub gauss: bool,
     pub cost: CostModel,
@@ -236,6 +249,7 @@ pub struct SimplifyOptions {
 impl Default for SimplifyOptions {
     fn default() -> SimplifyOptions {
         SimplifyOptions {
+            identities: true,
             gauss: true,
             cost: CostModel::default(),
         }
@@ -245,8 +259,11 @@ impl Default for SimplifyOptions {
 /// Saturates with the identities (and Gauss's product) and extracts the
 /// cheapest program.
 pub fn simplify(graph: &Graph, options: SimplifyOptions, limits: Limits) -> (Graph, PassStats) {
-    let mut rules = inverses();
-    rules.extend(complex_attention());
+    let mut rules = Vec::new();
+    if options.identities {
+        rules.extend(inverses());
+        rules.extend(complex_attention());
+    }
     if options.gauss {
         rules.push(gauss());
     }

@@ -597,6 +597,22 @@ fn eval(
                 grad::cross_entropy_grad(f32s(x, "logits")?, targets, x.cols(), dloss)?,
             )
         }
+        Op::KlDiv => {
+            let kl = grad::kl_div(f32s(x, "student")?, f32s(args[1], "teacher")?, x.cols());
+            Tensor::f32(Vec::new(), vec![kl])
+        }
+        Op::KlDivGrad => {
+            let dloss = f32s(args[2], "loss gradient")?[0];
+            Tensor::f32(
+                x.shape.clone(),
+                grad::kl_div_grad(
+                    f32s(x, "student")?,
+                    f32s(args[1], "teacher")?,
+                    x.cols(),
+                    dloss,
+                ),
+            )
+        }
         Op::Fill { value } => match &x.data {
             Data::F32(d) => Tensor::f32(x.shape.clone(), vec![*value; d.len()]),
             Data::C64(d) => {
@@ -604,17 +620,18 @@ fn eval(
             }
             Data::I32(_) | Data::Codes(_) => return Err("fill takes an f32 or c64 template".into()),
         },
-        Op::AdamUpdate { eps, weight_decay } => {
+        Op::AdamUpdate { eps } => {
             let scalar = |t: &Tensor, what| -> Result<f32, String> {
                 f32s(t, what)?
                     .first()
                     .copied()
                     .ok_or_else(|| format!("{what} is empty"))
             };
-            let (lr, c1, c2) = (
+            let (lr, c1, c2, weight_decay) = (
                 scalar(args[3], "lr")?,
                 scalar(args[4], "c1")?,
                 scalar(args[5], "c2")?,
+                scalar(args[6], "weight_decay")?,
             );
             let (p, m, v) = (
                 f32s(x, "parameter")?,
@@ -629,6 +646,24 @@ fn eval(
                 })
                 .collect();
             Tensor::f32(x.shape.clone(), out)
+        }
+        Op::SumSquares => {
+            // f64 partial sums: a 100M-element gradient loses digits in f32.
+            let sum: f64 = f32s(x, "input")?
+                .par_iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum();
+            Tensor::f32(vec![], vec![sum as f32])
+        }
+        Op::ClipFactor { max_norm } => {
+            let s = f32s(x, "squared norm")?.first().copied().unwrap_or(0.0);
+            let norm = s.max(0.0).sqrt();
+            let factor = if norm > *max_norm {
+                max_norm / norm
+            } else {
+                1.0
+            };
+            Tensor::f32(vec![], vec![factor])
         }
         Op::Scale { factor } => match &x.data {
             Data::F32(d) => Tensor::f32(x.shape.clone(), d.iter().map(|v| v * factor).collect()),

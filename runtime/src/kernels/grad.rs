@@ -73,6 +73,46 @@ pub fn cross_entropy_grad(
     Ok(d)
 }
 
+/// `log softmax(row)`, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let lse = log_sum_exp(row);
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// Mean over rows of `KL(softmax(teacher) ‖ softmax(student))`.
+pub fn kl_div(student: &[f32], teacher: &[f32], vocab: usize) -> f32 {
+    let rows = student.len() / vocab.max(1);
+    let total: f64 = student
+        .chunks(vocab)
+        .zip(teacher.chunks(vocab))
+        .map(|(s, t)| {
+            let (ls, lt) = (log_softmax(s), log_softmax(t));
+            lt.iter()
+                .zip(&ls)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>()
+        })
+        .sum();
+    (total / rows.max(1) as f64) as f32
+}
+
+/// `dloss · (softmax(student) − softmax(teacher)) / rows`.
+pub fn kl_div_grad(student: &[f32], teacher: &[f32], vocab: usize, dloss: f32) -> Vec<f32> {
+    let rows = student.len() / vocab.max(1);
+    let scale = dloss as f64 / rows.max(1) as f64;
+    student
+        .chunks(vocab)
+        .zip(teacher.chunks(vocab))
+        .flat_map(|(s, t)| {
+            let (ls, lt) = (log_softmax(s), log_softmax(t));
+            ls.into_iter()
+                .zip(lt)
+                .map(move |(a, b)| ((a.exp() - b.exp()) * scale) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Sums `x` into `n` elements: `out[i mod n] += x[i]` (its suffix shape).
 pub fn reduce_to<T: Element>(x: &[T], n: usize) -> Vec<T> {
     let mut out = vec![T::zero(); n];
