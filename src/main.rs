@@ -45,7 +45,8 @@ struct QuantArgs {
     /// PhaseQuant with 1-3 residual stages: T bits per real parameter),
     /// binary or ternary (the real baselines), complex (the exact
     /// widely-linear form, unquantized), native (only the quantization the
-    /// model itself defines, as iFairy's), or none.
+    /// model itself defines, as iFairy's), float (without the model's own
+    /// quantizers: iFairy in full precision), or none.
     #[arg(long, default_value = "none")]
     quant: QuantChoice,
     /// Scale granularity: tensor (the paper's), channel, or group:G.
@@ -73,6 +74,7 @@ struct QuantArgs {
 enum QuantChoice {
     None,
     Native,
+    Float,
     Complex,
     W1,
     W2,
@@ -117,7 +119,7 @@ impl QuantArgs {
     fn options(&self) -> Option<CompileOptions> {
         let method = match self.quant {
             QuantChoice::None => return None,
-            QuantChoice::Native | QuantChoice::Complex => None,
+            QuantChoice::Native | QuantChoice::Float | QuantChoice::Complex => None,
             QuantChoice::W1 => Some(Method::Fairy2i { stages: 1 }),
             QuantChoice::W2 => Some(Method::Fairy2i { stages: 2 }),
             QuantChoice::W3 => Some(Method::Fairy2i { stages: 3 }),
@@ -125,8 +127,9 @@ impl QuantArgs {
             QuantChoice::Ternary => Some(Method::RealTernary),
         };
         let real_baseline = matches!(method, Some(Method::RealBinary | Method::RealTernary));
-        let native = matches!(self.quant, QuantChoice::Native);
+        let native = matches!(self.quant, QuantChoice::Native | QuantChoice::Float);
         Some(CompileOptions {
+            strip_quantizers: matches!(self.quant, QuantChoice::Float),
             widely_linear: !real_baseline && !native,
             method,
             granularity: self.scales,
@@ -561,6 +564,11 @@ struct TrainArgs {
     /// authors' code) or scale-aware (gradients through the scales too).
     #[arg(long, value_enum, default_value_t = SteArg::Identity)]
     ste: SteArg,
+    /// Offer Gauss's 3-multiplication product for the complex products of
+    /// the forward and backward pass (the cost model decides where). Off by
+    /// default: on the reference executor it is slower (docs/RESULTS.md).
+    #[arg(long)]
+    gauss: bool,
     /// Checkpoint file (written atomically every --checkpoint-every steps
     /// and at the end; an existing one is resumed with --resume).
     #[arg(long)]
@@ -734,6 +742,7 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         adam,
         grad: GradOptions { ste },
         objective,
+        gauss: args.gauss,
         rows: args.seq,
     };
     let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;

@@ -93,9 +93,12 @@ pub fn line_chart(
                 .y_label_area_size(64);
         }
         let mut chart = builder.build_cartesian_2d(xs, ys)?;
+        let whole = |x: &f64| format!("{x:.0}");
         let mut mesh = chart.configure_mesh();
         if labels {
-            mesh.x_desc(x_label).y_desc(y_label);
+            mesh.x_desc(x_label)
+                .y_desc(y_label)
+                .x_label_formatter(&whole);
         } else {
             mesh.disable_x_axis().disable_y_axis();
         }

@@ -48,6 +48,15 @@ impl TrainStore {
         self.tensors.insert(name.to_string(), (ty, Arc::new(data)));
     }
 
+    /// Removes `name` and returns its data: moved when nothing else holds
+    /// it, read from the source when it was never set.
+    fn take(&mut self, name: &str) -> Result<Vec<f32>, WeightError> {
+        match self.tensors.remove(name) {
+            Some((_, data)) => Ok(Arc::try_unwrap(data).unwrap_or_else(|d| d.as_ref().clone())),
+            None => self.base.read_f32(TrainStore::source_name(name)),
+        }
+    }
+
     /// The source's name for `name`: a teacher weight reads the original.
     fn source_name(name: &str) -> &str {
         name.strip_prefix(TEACHER).unwrap_or(name)
@@ -177,13 +186,15 @@ pub enum Objective {
 }
 
 /// How to train: the optimizer, the straight-through estimator, the
-/// objective, and the rows a window has (which the cost model weighs when
-/// it chooses Gauss's product for the training graph's complex products).
+/// objective, whether to offer Gauss's product for the training graph's
+/// complex products, and the rows a window has (which the cost model
+/// weighs when it chooses).
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub adam: AdamW,
     pub grad: GradOptions,
     pub objective: Objective,
+    pub gauss: bool,
     pub rows: usize,
 }
 
@@ -200,8 +211,9 @@ pub struct StepStats {
 pub struct Trainer {
     /// `[loss, d(param)...]` for one window.
     grad_graph: Graph,
-    /// AdamW on summed gradients (see [`adamw_update`]).
-    update_graph: Graph,
+    /// AdamW on summed gradients (see [`adamw_update`]); it reads no
+    /// weights, so it is built once.
+    update: Executor,
     /// The forward graph with its cross-entropy, for held-out evaluation.
     eval_graph: Graph,
     params: Vec<(String, TensorType)>,
@@ -277,9 +289,9 @@ fn with_distillation(graph: &Graph, teacher: &Graph) -> Result<(Graph, ValueId),
     Ok((g, kl))
 }
 
-/// The training graph after `simplify` with a cost model for `rows` rows
-/// per window, verified.
-fn optimize(graph: &Graph, rows: usize) -> Result<Graph, Error> {
+/// The training graph after `simplify` with Gauss's product and a cost
+/// model for `rows` rows per window, verified.
+fn with_gauss(graph: &Graph, rows: usize) -> Result<Graph, Error> {
     let options = SimplifyOptions {
         identities: false,
         gauss: true,
@@ -296,6 +308,15 @@ fn optimize(graph: &Graph, rows: usize) -> Result<Graph, Error> {
     Ok(simplified)
 }
 
+fn into_f32(t: Tensor) -> Result<Vec<f32>, Error> {
+    match t.data {
+        Data::F32(d) => Ok(d),
+        _ => Err(Error::Usage(
+            "master weights, gradients and moments must be f32".into(),
+        )),
+    }
+}
+
 fn f32_data(t: &Tensor) -> Result<&[f32], Error> {
     match &t.data {
         Data::F32(d) => Ok(d),
@@ -308,8 +329,9 @@ fn f32_data(t: &Tensor) -> Result<&[f32], Error> {
 impl Trainer {
     /// Prepares to train every weight of `graph` (a language-model graph,
     /// quantized or not) with AdamW towards the objective, moments at zero.
-    /// The gradient graph goes through `simplify` (Gauss's product where
-    /// the cost model says it pays, for windows of `options.rows` rows).
+    /// With `options.gauss` the gradient graph goes through `simplify`,
+    /// which uses Gauss's product where the cost model says it pays for
+    /// windows of `options.rows` rows.
     pub fn new(
         graph: &Graph,
         weights: Arc<dyn WeightStore>,
@@ -328,9 +350,14 @@ impl Trainer {
         let wrt: Vec<ValueId> = params.iter().map(|(n, _)| ids[n.as_str()]).collect();
         let grad_graph = gradients(&training, loss, &wrt, &options.grad)
             .map_err(|e| Error::Usage(e.to_string()))?;
-        let grad_graph = optimize(&grad_graph, options.rows)?;
+        let grad_graph = if options.gauss {
+            with_gauss(&grad_graph, options.rows)?
+        } else {
+            grad_graph
+        };
         let update_graph =
             adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
+        let update = Executor::new(update_graph, &fairyc_ir::MemoryStore::default(), &|_| {})?;
         let mut store = TrainStore::new(weights);
         for (name, ty) in &params {
             let n: usize = ty.shape.concrete().map_or(0, |d| d.iter().product());
@@ -339,7 +366,7 @@ impl Trainer {
         }
         Ok(Trainer {
             grad_graph,
-            update_graph,
+            update,
             eval_graph,
             params,
             store,
@@ -391,15 +418,16 @@ impl Trainer {
         let mut loss = 0.0f64;
         let mut sums: Vec<Vec<f32>> = Vec::new();
         for window in batch {
-            let outs = exec.run(&Trainer::inputs(window), &mut KvCache::new())?;
-            loss += f64::from(f32_data(&outs[0])?.first().copied().unwrap_or(f32::NAN));
+            let mut outs = exec
+                .run_owned(Trainer::inputs(window), &mut KvCache::new())?
+                .into_iter();
+            let first = outs.next().expect("the loss is the first output");
+            loss += f64::from(f32_data(&first)?.first().copied().unwrap_or(f32::NAN));
             if sums.is_empty() {
-                for g in &outs[1..] {
-                    sums.push(f32_data(g)?.to_vec());
-                }
+                sums = outs.map(into_f32).collect::<Result<_, _>>()?;
             } else {
-                for (sum, g) in sums.iter_mut().zip(&outs[1..]) {
-                    for (s, v) in sum.iter_mut().zip(f32_data(g)?) {
+                for (sum, g) in sums.iter_mut().zip(outs) {
+                    for (s, v) in sum.iter_mut().zip(f32_data(&g)?) {
                         *s += v;
                     }
                 }
@@ -424,19 +452,34 @@ impl Trainer {
         ]);
         for ((name, ty), sum) in self.params.iter().zip(sums) {
             let shape = ty.shape.concrete().unwrap_or_default();
-            inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
+            inputs.insert(format!("grad.{name}"), Tensor::f32(shape.clone(), sum));
+            for (input, stored) in [
+                (format!("param.{name}"), name.clone()),
+                (format!("adam.m.{name}"), format!("adam.m.{name}")),
+                (format!("adam.v.{name}"), format!("adam.v.{name}")),
+            ] {
+                let data = self
+                    .store
+                    .take(&stored)
+                    .map_err(fairyc_runtime::RuntimeError::from)?;
+                inputs.insert(input, Tensor::f32(shape.clone(), data));
+            }
         }
-        let exec = Executor::new(self.update_graph.clone(), &self.store, &|_| {})?;
-        let outs = exec.run(&inputs, &mut KvCache::new())?;
-        drop(exec);
+        let outs = self.update.run_owned(inputs, &mut KvCache::new())?;
         let k = self.params.len();
         let squares = f32_data(&outs[0])?.first().copied().unwrap_or(f32::NAN);
-        for (i, (name, ty)) in self.params.iter().enumerate() {
-            self.store
-                .set(name, ty.clone(), f32_data(&outs[1 + i])?.to_vec());
-            let m = f32_data(&outs[1 + k + i])?.to_vec();
+        let mut outs = outs.into_iter().skip(1).map(into_f32);
+        let (mut new_p, mut new_m) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        for _ in 0..k {
+            new_p.push(outs.next().expect("one output per parameter")?);
+        }
+        for _ in 0..k {
+            new_m.push(outs.next().expect("one moment per parameter")?);
+        }
+        for (((name, ty), p), m) in self.params.iter().zip(new_p).zip(new_m) {
+            let v = outs.next().expect("one moment per parameter")?;
+            self.store.set(name, ty.clone(), p);
             self.store.set(&format!("adam.m.{name}"), ty.clone(), m);
-            let v = f32_data(&outs[1 + 2 * k + i])?.to_vec();
             self.store.set(&format!("adam.v.{name}"), ty.clone(), v);
         }
         Ok(StepStats {

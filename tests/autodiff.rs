@@ -1143,6 +1143,26 @@ fn train_sgd(g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> 
     losses
 }
 
+/// The state inputs of an AdamW update (each parameter and its moments),
+/// from `store`.
+fn state_inputs(
+    store: &MemStore,
+    params: &[(String, TensorType)],
+    inputs: &mut HashMap<String, Tensor>,
+) {
+    for (name, ty) in params {
+        let shape = ty.shape.concrete().unwrap();
+        inputs.insert(
+            format!("param.{name}"),
+            Tensor::f32(shape.clone(), store.get(name)),
+        );
+        for moment in ["m", "v"] {
+            let key = format!("adam.{moment}.{name}");
+            inputs.insert(key.clone(), Tensor::f32(shape.clone(), store.get(&key)));
+        }
+    }
+}
+
 /// The scalar inputs of an AdamW update at step `t` (1-based).
 fn adam_inputs(adam: &AdamW, t: i32, lr: f32, grad_scale: f32) -> HashMap<String, Tensor> {
     let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
@@ -1195,6 +1215,7 @@ fn adamw_update_follows_the_rule_and_trains() {
                 inputs.insert(format!("grad.{name}"), d.clone());
             }
             let before: Vec<Vec<f32>> = named.iter().map(|(n, _)| store.get(n)).collect();
+            state_inputs(&store, &named, &mut inputs);
             let new = run(&update, &store, &inputs);
             let k = named.len();
             for (i, (name, ty)) in named.iter().enumerate() {
@@ -1260,6 +1281,7 @@ fn adamw_update_accumulates_clips_and_decays() {
             "grad.b".into(),
             Tensor::f32(vec![3], vec![0.0, 16.0 * scale, 0.0]),
         );
+        state_inputs(&store, &params, &mut inputs);
         inputs
     };
     let outs = run(&update, &store, &summed(1.0));

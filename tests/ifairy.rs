@@ -226,3 +226,40 @@ fn compiles_to_one_bit_codes_and_generates_from_the_artifact() {
     );
     assert!(String::from_utf8_lossy(&gen.stderr).contains("6 generated"));
 }
+
+/// Without its own quantizers (`--quant float`) the model is iFairy in
+/// full precision: no quantize or act_quant op is left, the complex
+/// products stay, and the logits move away from the quantized model's.
+#[test]
+fn stripping_the_quantizers_gives_the_full_precision_model() {
+    let dir = TempDir::new("ifairy-float");
+    let path = dir.path("m");
+    let cfg = IfairySynthConfig::tiny();
+    write_ifairy_hf(&path, &cfg).unwrap();
+    let float = CompileOptions {
+        strip_quantizers: true,
+        ..native()
+    };
+    let (stripped, passes) = compile(import(&path).unwrap(), &float).unwrap();
+    assert_eq!(passes[0].name, "strip");
+    let g = &stripped.graph;
+    assert!(!g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Quantize { .. } | Op::ActQuant { .. })));
+    assert_eq!(
+        g.nodes
+            .iter()
+            .filter(|n| n.op == Op::Linear && n.ty.dtype == DType::C64)
+            .count(),
+        7 * cfg.layers
+    );
+    let full = logits(stripped, PROMPT);
+    let quantized = logits(import(&path).unwrap(), PROMPT);
+    assert!(full.iter().all(|v| v.is_finite()));
+    let diff = full
+        .iter()
+        .zip(&quantized)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff > 1e-3, "the quantizers change the logits ({diff})");
+}

@@ -67,6 +67,7 @@ fn w2_training_lowers_the_held_out_loss_and_the_artifact_runs() {
         "40",
         "--decay-steps",
         "20",
+        "--gauss",
         "-o",
         &out,
     ]);

@@ -170,12 +170,14 @@ impl Default for AdamW {
     }
 }
 
-/// One AdamW update as IR, for the parameters `params` (weights by name
-/// and type). Each parameter `p` reads the gradient input `grad.<name>`
-/// (a sum over micro-batches) and the moment weights `adam.m.<name>` and
-/// `adam.v.<name>`; the `f32[]` inputs are `grad_scale` (`1/micro-batches`),
-/// `lr`, `c1 = 1/(1-β1^t)`, `c2 = 1/(1-β2^t)` and `weight_decay`.
-/// The mean gradient is clipped to `adam.clip` by its global norm.
+/// One AdamW update as IR, for the parameters `params` (by name and
+/// type). All of its state comes in as inputs, so that a trainer moves its
+/// tensors in and out without copies: for each parameter `p`, its value
+/// `param.<name>`, its gradient `grad.<name>` (a sum over micro-batches)
+/// and its moments `adam.m.<name>` and `adam.v.<name>`; and the `f32[]`
+/// scalars `grad_scale` (`1/micro-batches`), `lr`, `c1 = 1/(1-β1^t)`,
+/// `c2 = 1/(1-β2^t)` and `weight_decay`. The mean gradient is clipped to
+/// `adam.clip` by its global norm.
 /// Outputs: `[‖mean gradient‖², p_0', ..., m_0', ..., v_0', ...]`.
 pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Graph, GradError> {
     let mut b = GraphBuilder::new("adamw_update");
@@ -206,9 +208,9 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
     }
     let (mut new_p, mut new_m, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
     for ((name, ty), g) in params.iter().zip(grads) {
-        let p = b.weight(name.clone(), ty.clone());
-        let m = b.weight(format!("adam.m.{name}"), ty.clone());
-        let v = b.weight(format!("adam.v.{name}"), ty.clone());
+        let p = b.input(format!("param.{name}"), ty.clone());
+        let m = b.input(format!("adam.m.{name}"), ty.clone());
+        let v = b.input(format!("adam.v.{name}"), ty.clone());
         let decay = |b: &mut GraphBuilder, x, beta: f32, y| -> Result<ValueId, GradError> {
             let kept = b.push(Op::Scale { factor: beta }, &[x])?;
             let added = b.push(Op::Scale { factor: 1.0 - beta }, &[y])?;

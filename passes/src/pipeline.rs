@@ -7,13 +7,16 @@ use fairyc_ir::{verify, Granularity, Graph, VerifyError};
 
 use crate::egraph::{Limits, PassStats};
 use crate::lower::{lower, plan, LowerOptions};
-use crate::quantize::{quantize, Method};
+use crate::quantize::{quantize, strip_quantizers, Method};
 use crate::rebuild::eliminate_dead_code;
 use crate::simplify::{simplify, SimplifyOptions};
 
 /// What to compile a graph into.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
+    /// First remove the quantizers the model defines itself (see
+    /// [`strip_quantizers`]).
+    pub strip_quantizers: bool,
     /// Rewrite the selected layers into widely-linear form. Implied by a
     /// Fairy2i `method`; alone, it gives the exact, unquantized complex model.
     pub widely_linear: bool,
@@ -28,6 +31,7 @@ pub struct CompileOptions {
 impl Default for CompileOptions {
     fn default() -> CompileOptions {
         CompileOptions {
+            strip_quantizers: false,
             widely_linear: true,
             method: Some(Method::Fairy2i { stages: 2 }),
             granularity: Granularity::Tensor,
@@ -88,6 +92,14 @@ pub fn compile(
         });
         Ok::<Graph, PassError>(g)
     };
+    if options.strip_quantizers {
+        let start = Instant::now();
+        let g = strip_quantizers(&current).map_err(|e| PassError::Build {
+            pass: "strip".into(),
+            message: e.to_string(),
+        })?;
+        current = record("strip", g, start, None)?;
+    }
     if options.widely_linear || fairy2i {
         let start = Instant::now();
         let (g, stats) = lower(&current, &layers, options.lower.arithmetic, options.limits);

@@ -25,6 +25,20 @@ pub enum Method {
     RealTernary,
 }
 
+/// Removes the quantizers a model defines itself (iFairy's PhaseQuant on
+/// the weights and int8 on the activations): the full-precision model the
+/// quantized one approximates (iFairy's "FP complex" baseline).
+pub fn strip_quantizers(graph: &Graph) -> Result<Graph, BuildError> {
+    rebuild(graph, |_, _, node, operands| {
+        Ok(match node.op {
+            Op::Quantize { .. } | Op::ActQuant { .. } if node.ty.dtype.is_numeric() => {
+                Some(operands[0])
+            }
+            _ => None,
+        })
+    })
+}
+
 /// Rewrites every widely-linear weight (Fairy2i) or every selected real
 /// weight (baselines) into its quantized form.
 pub fn quantize(

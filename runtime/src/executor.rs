@@ -96,11 +96,23 @@ impl Executor {
         inputs: &HashMap<String, Tensor>,
         cache: &mut KvCache,
     ) -> Result<Vec<Tensor>, RuntimeError> {
-        let bindings = self.bind(inputs)?;
+        self.run_owned(inputs.clone(), cache)
+    }
+
+    /// [`Executor::run`] on inputs it may consume: large inputs (a
+    /// trainer's parameters and gradients) are moved in, not copied, and
+    /// outputs no other value shares are moved out.
+    pub fn run_owned(
+        &self,
+        mut inputs: HashMap<String, Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let bindings = self.bind(&inputs)?;
         let mut values: Vec<Option<Arc<Tensor>>> = vec![None; self.graph.nodes.len()];
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let result = match &node.op {
-                Op::Input { name } => Arc::new(inputs[name].clone()),
+                // The verifier allows one `input` node per name.
+                Op::Input { name } => Arc::new(inputs.remove(name).expect("bound inputs")),
                 // Weights and weight expressions were evaluated at load; those
                 // that only other weight expressions read were dropped there.
                 _ if self.constant[i] => match self.constants.get(&i) {
@@ -126,13 +138,19 @@ impl Executor {
                 }
             }
         }
-        Ok(self
-            .graph
-            .outputs
+        let outputs = &self.graph.outputs;
+        Ok(outputs
             .iter()
-            .map(|v| {
-                let t = values[v.0].as_ref().expect("outputs are kept");
-                Arc::try_unwrap(t.clone()).unwrap_or_else(|t| (*t).clone())
+            .enumerate()
+            .map(|(k, v)| {
+                // The last mention of a value takes it; earlier ones copy.
+                let t = if outputs[k + 1..].contains(v) {
+                    values[v.0].clone()
+                } else {
+                    values[v.0].take()
+                };
+                let t = t.expect("outputs are kept");
+                Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())
             })
             .collect())
     }
