@@ -785,6 +785,17 @@ fn compile_options(method: Option<Method>) -> CompileOptions {
     }
 }
 
+/// The tiny model compiled with `method`, and a store over its weights.
+fn tiny_compiled(dir: &TempDir, method: Option<Method>) -> (Graph, MemStore) {
+    let imported = tiny(dir);
+    let store = MemStore {
+        base: Some(imported.weights.clone()),
+        ..MemStore::default()
+    };
+    let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
+    (compiled.graph, store)
+}
+
 #[test]
 fn tiny_model_gradient_real_and_widely_linear() {
     let dir = TempDir::new("autodiff-wl");
@@ -810,17 +821,7 @@ fn tiny_model_gradient_real_and_widely_linear() {
 #[test]
 fn tiny_model_gradient_fairy2i_w2() {
     let dir = TempDir::new("autodiff-w2");
-    let imported = tiny(&dir);
-    let mut store = MemStore {
-        base: Some(imported.weights.clone()),
-        ..MemStore::default()
-    };
-    let (compiled, _) = compile(
-        imported,
-        &compile_options(Some(Method::Fairy2i { stages: 2 })),
-    )
-    .unwrap();
-    let mut g = compiled.graph;
+    let (mut g, mut store) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
     with_loss(&mut g);
     let quantized: Vec<ValueId> = g
         .ids()
@@ -888,17 +889,8 @@ fn gauss_product_in_the_training_graph() {
     use fairyc_passes::egraph::Limits;
     use fairyc_passes::simplify::{simplify, SimplifyOptions};
     let dir = TempDir::new("autodiff-gauss");
-    let imported = tiny(&dir);
-    let store = MemStore {
-        base: Some(imported.weights.clone()),
-        ..MemStore::default()
-    };
-    let (compiled, _) = compile(
-        imported,
-        &compile_options(Some(Method::Fairy2i { stages: 2 })),
-    )
-    .unwrap();
-    let (g, loss, _, ids) = trainable(compiled.graph);
+    let (graph, store) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
+    let (g, loss, _, ids) = trainable(graph);
     let grad = gradients(&g, loss, &ids, &GradOptions::default()).unwrap();
     let complex_products = |g: &Graph| {
         let count = |op: fn(&Op) -> bool, dtype| {
@@ -982,13 +974,8 @@ fn tiny_model_training_graph_snapshot() {
 fn sgd_lowers_the_loss_of_a_tiny_model() {
     let dir = TempDir::new("autodiff-sgd");
     for method in [None, Some(Method::Fairy2i { stages: 2 })] {
-        let imported = tiny(&dir);
-        let mut store = MemStore {
-            base: Some(imported.weights.clone()),
-            ..MemStore::default()
-        };
-        let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
-        let losses = train_sgd(compiled.graph, &mut store, 0.5, 100);
+        let (graph, mut store) = tiny_compiled(&dir, method);
+        let losses = train_sgd(graph, &mut store, 0.5, 100);
         let (first, last) = (losses[0], losses[99]);
         eprintln!("{method:?}: loss {first} -> {} -> {last}", losses[49]);
         assert!(
@@ -1182,13 +1169,8 @@ fn adam_inputs(adam: &AdamW, t: i32, lr: f32, grad_scale: f32) -> HashMap<String
 fn adamw_update_follows_the_rule_and_trains() {
     let dir = TempDir::new("autodiff-adamw");
     for method in [None, Some(Method::Fairy2i { stages: 2 })] {
-        let imported = tiny(&dir);
-        let mut store = MemStore {
-            base: Some(imported.weights.clone()),
-            ..MemStore::default()
-        };
-        let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
-        let (g, loss, params, ids) = trainable(compiled.graph);
+        let (graph, mut store) = tiny_compiled(&dir, method);
+        let (g, loss, params, ids) = trainable(graph);
         let named: Vec<(String, TensorType)> = params
             .iter()
             .map(|(_, n, t)| (n.clone(), t.clone()))
