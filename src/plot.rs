@@ -132,6 +132,8 @@ pub fn line_chart(
         let mut encoder = png::Encoder::new(w, WIDTH, HEIGHT);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_compression(png::Compression::Best);
+        encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
         let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
         writer
             .write_image_data(&pixels)

@@ -52,7 +52,9 @@ impl Default for CostModel {
 #[derive(Clone, Debug)]
 pub struct DagCost {
     pub total: f64,
-    parts: BTreeMap<Node, f64>,
+    /// Each node paid for, by its hash (cheap to copy where nodes are
+    /// not: a weight's node holds its name), with its own cost.
+    parts: BTreeMap<u64, f64>,
 }
 
 impl DagCost {
@@ -180,6 +182,13 @@ impl RuntimeCost<'_> {
     }
 }
 
+fn node_hash(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.hash(&mut h);
+    h.finish()
+}
+
 impl CostFunction<Node> for RuntimeCost<'_> {
     type Cost = DagCost;
 
@@ -199,7 +208,7 @@ impl CostFunction<Node> for RuntimeCost<'_> {
                 }
             }
         }
-        parts.insert(enode.clone(), own);
+        parts.insert(node_hash(enode), own);
         DagCost {
             total: parts.values().sum(),
             parts,
