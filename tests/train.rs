@@ -402,3 +402,60 @@ fn training_from_scratch_llama_and_ifairy_configs() {
         "{err}"
     );
 }
+
+/// The two models of the from-scratch comparison in docs/RESULTS.md have
+/// the same number of real parameters, to 0.1%, and start from iFairy's
+/// initialisation: N(0, 0.02²) matrices, complex parts N(0, 0.02²/2),
+/// unit gains (listed with a standard deviation of 0: all ones).
+#[test]
+fn comparison_configs_have_equal_sizes() {
+    let dir = TempDir::new("configs");
+    let (model, _) = setup(&dir);
+    let count = |config: &str, stds: &[(&str, f64)]| -> usize {
+        let tokenizer = fairyc::import(Path::new(&model)).unwrap().tokenizer;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
+        let m = fairyc_frontend::init::random_model(&path, tokenizer, 0).unwrap();
+        for &(name, want) in stds {
+            let w = m.weights.read_f32(name).unwrap();
+            let mean = w.iter().map(|&x| f64::from(x)).sum::<f64>() / w.len() as f64;
+            let var = w
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>()
+                / w.len() as f64;
+            let std = var.sqrt();
+            let ok = if want == 0.0 {
+                w.iter().all(|&x| x == 1.0)
+            } else {
+                (std / want - 1.0).abs() < 0.05 && mean.abs() < 0.1 * want
+            };
+            assert!(ok, "{name}: mean {mean}, std {std}, want std {want}");
+        }
+        m.graph
+            .weights()
+            .map(|(_, _, t)| t.shape.concrete().unwrap().iter().product::<usize>())
+            .sum()
+    };
+    let ifairy = count(
+        "examples/configs/ifairy-6m.json",
+        &[
+            ("layer.0.self_attn.q_proj.weight_real", 0.02 / 2f64.sqrt()),
+            ("layer.3.mlp.down_proj.weight_imag", 0.02 / 2f64.sqrt()),
+            ("token_embeddings_imag.weight", 0.02),
+            ("lm_head.weight", 0.02),
+            ("layer.1.pre_layernorm.weight_imag", 0.0),
+        ],
+    );
+    let llama = count(
+        "examples/configs/llama-6m.json",
+        &[
+            ("model.layers.0.self_attn.q_proj.weight", 0.02),
+            ("model.embed_tokens.weight", 0.02),
+            ("model.norm.weight", 0.0),
+        ],
+    );
+    assert!(
+        (ifairy as f64 / llama as f64 - 1.0).abs() < 1e-3,
+        "{ifairy} vs {llama}"
+    );
+}
