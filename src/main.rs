@@ -515,6 +515,7 @@ struct TrainArgs {
     /// into windows of --seq tokens; the last --holdout of them is held out).
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
+    /// Optimizer steps to train to (a resumed run continues up to it).
     #[arg(long)]
     steps: usize,
     /// Tokens per training window.
@@ -538,8 +539,10 @@ struct TrainArgs {
     /// wsd: step at which a cosine decay to --min-lr-ratio·lr starts.
     #[arg(long)]
     decay_start: Option<usize>,
+    /// wsd: length of the cosine decay.
     #[arg(long, default_value_t = 100)]
     decay_steps: usize,
+    /// wsd: the learning rate at the end of the decay, as a fraction of --lr.
     #[arg(long, default_value_t = 0.1)]
     min_lr_ratio: f32,
     /// Decoupled weight decay (AdamW).
@@ -575,6 +578,7 @@ struct TrainArgs {
     checkpoint: Option<PathBuf>,
     #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
+    /// Continue from --checkpoint if it exists.
     #[arg(long)]
     resume: bool,
     /// Write every step's record as CSV (step,loss,lr,grad_norm,heldout).
