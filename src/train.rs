@@ -14,13 +14,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use fairyc_ir::{DType, Graph, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore};
+use fairyc_ir::{
+    DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
+};
 use fairyc_passes::autodiff::{adamw_update, gradients, AdamW, GradOptions};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::rebuild::eliminate_dead_code;
 use fairyc_passes::simplify::{simplify, SimplifyOptions};
-use fairyc_runtime::{Data, Executor, KvCache, Tensor};
+use fairyc_runtime::{Executor, KvCache, Tensor};
 use safetensors::tensor::TensorView;
 
 use crate::Error;
@@ -29,23 +31,24 @@ use crate::Error;
 /// the source's `<name>`, which training never changes.
 const TEACHER: &str = "teacher.";
 
-/// Weights of a model being trained: tensors set here shadow the source.
+/// Weights of a model being trained: tensors set here (held in a
+/// [`MemoryStore`]) shadow the source.
 #[derive(Clone)]
 pub struct TrainStore {
     base: Arc<dyn WeightStore>,
-    tensors: HashMap<String, (TensorType, Arc<Vec<f32>>)>,
+    tensors: MemoryStore,
 }
 
 impl TrainStore {
     pub fn new(base: Arc<dyn WeightStore>) -> TrainStore {
         TrainStore {
             base,
-            tensors: HashMap::new(),
+            tensors: MemoryStore::default(),
         }
     }
 
     pub fn set(&mut self, name: &str, ty: TensorType, data: Vec<f32>) {
-        self.tensors.insert(name.to_string(), (ty, Arc::new(data)));
+        self.tensors.insert(name, ty, data);
     }
 
     /// Removes `name` and returns its data: moved when nothing else holds
@@ -68,25 +71,23 @@ impl WeightStore for TrainStore {
         let mut names = self.base.names();
         names.extend(
             self.tensors
-                .keys()
-                .filter(|k| self.base.tensor_type(k).is_none())
-                .cloned(),
+                .names()
+                .into_iter()
+                .filter(|k| self.base.tensor_type(k).is_none()),
         );
         names
     }
 
     fn tensor_type(&self, name: &str) -> Option<TensorType> {
-        match self.tensors.get(name) {
-            Some((t, _)) => Some(t.clone()),
-            None => self.base.tensor_type(TrainStore::source_name(name)),
-        }
+        self.tensors
+            .tensor_type(name)
+            .or_else(|| self.base.tensor_type(TrainStore::source_name(name)))
     }
 
     fn encoding(&self, name: &str) -> Option<String> {
-        match self.tensors.get(name) {
-            Some(_) => Some("f32".into()),
-            None => self.base.encoding(TrainStore::source_name(name)),
-        }
+        self.tensors
+            .encoding(name)
+            .or_else(|| self.base.encoding(TrainStore::source_name(name)))
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
@@ -308,22 +309,9 @@ fn with_gauss(graph: &Graph, rows: usize) -> Result<Graph, Error> {
     Ok(simplified)
 }
 
-fn into_f32(t: Tensor) -> Result<Vec<f32>, Error> {
-    match t.data {
-        Data::F32(d) => Ok(d),
-        _ => Err(Error::Usage(
-            "master weights, gradients and moments must be f32".into(),
-        )),
-    }
-}
-
-fn f32_data(t: &Tensor) -> Result<&[f32], Error> {
-    match &t.data {
-        Data::F32(d) => Ok(d),
-        _ => Err(Error::Usage(
-            "master weights, gradients and moments must be f32".into(),
-        )),
-    }
+/// The error for a parameter, gradient or moment that is not f32.
+fn not_f32() -> Error {
+    Error::Usage("master weights, gradients and moments must be f32".into())
 }
 
 impl Trainer {
@@ -357,7 +345,7 @@ impl Trainer {
         };
         let update_graph =
             adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
-        let update = Executor::new(update_graph, &fairyc_ir::MemoryStore::default(), &|_| {})?;
+        let update = Executor::new(update_graph, &MemoryStore::default(), &|_| {})?;
         let mut store = TrainStore::new(weights);
         for (name, ty) in &params {
             let n: usize = ty.shape.concrete().map_or(0, |d| d.iter().product());
@@ -422,12 +410,21 @@ impl Trainer {
                 .run_owned(Trainer::inputs(window), &mut KvCache::new())?
                 .into_iter();
             let first = outs.next().expect("the loss is the first output");
-            loss += f64::from(f32_data(&first)?.first().copied().unwrap_or(f32::NAN));
+            loss += f64::from(
+                first
+                    .as_f32()
+                    .ok_or_else(not_f32)?
+                    .first()
+                    .copied()
+                    .unwrap_or(f32::NAN),
+            );
             if sums.is_empty() {
-                sums = outs.map(into_f32).collect::<Result<_, _>>()?;
+                sums = outs
+                    .map(|g| g.into_f32().ok_or_else(not_f32))
+                    .collect::<Result<_, _>>()?;
             } else {
                 for (sum, g) in sums.iter_mut().zip(outs) {
-                    for (s, v) in sum.iter_mut().zip(f32_data(&g)?) {
+                    for (s, v) in sum.iter_mut().zip(g.as_f32().ok_or_else(not_f32)?) {
                         *s += v;
                     }
                 }
@@ -452,32 +449,35 @@ impl Trainer {
         ]);
         for ((name, ty), sum) in self.params.iter().zip(sums) {
             let shape = ty.shape.concrete().unwrap_or_default();
-            inputs.insert(format!("grad.{name}"), Tensor::f32(shape.clone(), sum));
-            for (input, stored) in [
-                (format!("param.{name}"), name.clone()),
-                (format!("adam.m.{name}"), format!("adam.m.{name}")),
-                (format!("adam.v.{name}"), format!("adam.v.{name}")),
-            ] {
+            let mut take = |stored: &str| -> Result<Tensor, Error> {
                 let data = self
                     .store
-                    .take(&stored)
+                    .take(stored)
                     .map_err(fairyc_runtime::RuntimeError::from)?;
-                inputs.insert(input, Tensor::f32(shape.clone(), data));
+                Ok(Tensor::f32(shape.clone(), data))
+            };
+            inputs.insert(format!("param.{name}"), take(name)?);
+            // The moments' inputs are named as they are stored.
+            for moment in [format!("adam.m.{name}"), format!("adam.v.{name}")] {
+                let t = take(&moment)?;
+                inputs.insert(moment, t);
             }
+            inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
         }
-        let outs = self.update.run_owned(inputs, &mut KvCache::new())?;
+        let mut outs = self
+            .update
+            .run_owned(inputs, &mut KvCache::new())?
+            .into_iter();
+        let squares = outs.next().expect("the squared norm is the first output");
+        let squares = squares.as_f32().ok_or_else(not_f32)?[0];
+        let mut p: Vec<Vec<f32>> = outs
+            .map(|t| t.into_f32().ok_or_else(not_f32))
+            .collect::<Result<_, _>>()?;
+        // Outputs: parameters, first moments, second moments.
         let k = self.params.len();
-        let squares = f32_data(&outs[0])?.first().copied().unwrap_or(f32::NAN);
-        let mut outs = outs.into_iter().skip(1).map(into_f32);
-        let (mut new_p, mut new_m) = (Vec::with_capacity(k), Vec::with_capacity(k));
-        for _ in 0..k {
-            new_p.push(outs.next().expect("one output per parameter")?);
-        }
-        for _ in 0..k {
-            new_m.push(outs.next().expect("one moment per parameter")?);
-        }
-        for (((name, ty), p), m) in self.params.iter().zip(new_p).zip(new_m) {
-            let v = outs.next().expect("one moment per parameter")?;
+        let v = p.split_off(2 * k);
+        let m = p.split_off(k);
+        for (((name, ty), p), (m, v)) in self.params.iter().zip(p).zip(m.into_iter().zip(v)) {
             self.store.set(name, ty.clone(), p);
             self.store.set(&format!("adam.m.{name}"), ty.clone(), m);
             self.store.set(&format!("adam.v.{name}"), ty.clone(), v);
@@ -506,15 +506,16 @@ impl Trainer {
 
     /// Writes the master weights, the moments and the step, atomically.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let mut entries: Vec<(String, Vec<usize>, Arc<Vec<f32>>)> = Vec::new();
-        for (name, (ty, data)) in &self.store.tensors {
-            entries.push((
-                name.clone(),
-                ty.shape.concrete().unwrap_or_default(),
-                data.clone(),
-            ));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        // A MemoryStore iterates in name order.
+        let entries: Vec<(String, Vec<usize>, Arc<Vec<f32>>)> = self
+            .store
+            .tensors
+            .iter()
+            .map(|(name, (ty, data))| {
+                let shape = ty.shape.concrete().unwrap_or_default();
+                (name.clone(), shape, data.clone())
+            })
+            .collect();
         let bytes: Vec<Vec<u8>> = entries
             .iter()
             .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())

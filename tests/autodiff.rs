@@ -19,13 +19,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::TempDir;
+use fairyc::train::TrainStore;
 use fairyc::{compile, import};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, SynthConfig};
 use fairyc_ir::infer::infer_type;
 use fairyc_ir::{
-    text, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph, GraphBuilder, Node, Op,
-    RopeLayout, Scheme, Shape, TensorType, ValueId, WeightError, WeightStore, WlPart,
+    text, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph, GraphBuilder, MemoryStore,
+    Node, Op, RopeLayout, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart,
 };
 use fairyc_passes::autodiff::{adamw_update, gradients, sgd_step, AdamW, GradOptions, Ste};
 use fairyc_passes::pipeline::CompileOptions;
@@ -50,53 +51,20 @@ impl Lcg {
     }
 }
 
-/// An in-memory weight store over another one: tensors set here (f32, or
-/// complex as interleaved pairs) shadow the base's.
-#[derive(Clone, Default)]
-struct MemStore {
-    base: Option<Arc<dyn WeightStore>>,
-    tensors: HashMap<String, (TensorType, Vec<f32>)>,
+/// An empty in-memory store (the trainer's: tensors set there shadow its
+/// source).
+fn empty_store() -> TrainStore {
+    TrainStore::new(Arc::new(MemoryStore::default()))
 }
 
-impl MemStore {
-    fn set(&mut self, name: &str, ty: TensorType, data: Vec<f32>) {
-        self.tensors.insert(name.to_string(), (ty, data));
-    }
+/// A stored tensor, which the test knows is there.
+trait Get {
+    fn get(&self, name: &str) -> Vec<f32>;
+}
 
+impl Get for TrainStore {
     fn get(&self, name: &str) -> Vec<f32> {
         self.read_f32(name).unwrap()
-    }
-}
-
-impl WeightStore for MemStore {
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.tensors.keys().cloned().collect();
-        if let Some(b) = &self.base {
-            names.extend(b.names());
-        }
-        names
-    }
-
-    fn tensor_type(&self, name: &str) -> Option<TensorType> {
-        match self.tensors.get(name) {
-            Some((t, _)) => Some(t.clone()),
-            None => self.base.as_ref()?.tensor_type(name),
-        }
-    }
-
-    fn encoding(&self, _: &str) -> Option<String> {
-        Some("f32".into())
-    }
-
-    fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
-        match (self.tensors.get(name), &self.base) {
-            (Some((_, d)), _) => Ok(d.clone()),
-            (None, Some(b)) => b.read_f32(name),
-            (None, None) => Err(WeightError {
-                name: name.into(),
-                message: "not stored".into(),
-            }),
-        }
     }
 }
 
@@ -118,19 +86,19 @@ fn flat(t: &Tensor) -> Vec<f32> {
     }
 }
 
-fn run(graph: &Graph, store: &MemStore, inputs: &HashMap<String, Tensor>) -> Vec<Tensor> {
+fn run(graph: &Graph, store: &TrainStore, inputs: &HashMap<String, Tensor>) -> Vec<Tensor> {
     let exec = Executor::new(graph.clone(), store, &|_| {}).unwrap();
     exec.run(inputs, &mut KvCache::new()).unwrap()
 }
 
-fn loss_of(graph: &Graph, store: &MemStore, inputs: &HashMap<String, Tensor>) -> f64 {
+fn loss_of(graph: &Graph, store: &TrainStore, inputs: &HashMap<String, Tensor>) -> f64 {
     run(graph, store, inputs)[0].as_f32().unwrap()[0] as f64
 }
 
 /// Central difference of the loss along `dir` over weight `name`.
 fn directional(
     graph: &Graph,
-    store: &MemStore,
+    store: &TrainStore,
     inputs: &HashMap<String, Tensor>,
     name: &str,
     dir: &[f32],
@@ -157,7 +125,7 @@ fn grad_check(
     params: &[ValueId],
     inputs: HashMap<String, Tensor>,
 ) {
-    grad_check_at(name, b, loss, params, inputs, MemStore::default());
+    grad_check_at(name, b, loss, params, inputs, empty_store());
 }
 
 /// [`grad_check`] with the weights `preset` holds set to its values.
@@ -167,7 +135,7 @@ fn grad_check_at(
     loss: ValueId,
     params: &[ValueId],
     inputs: HashMap<String, Tensor>,
-    preset: MemStore,
+    preset: TrainStore,
 ) {
     let graph = b.finish(&[loss]);
     let mut rng = Lcg(name.bytes().map(u64::from).sum());
@@ -472,7 +440,7 @@ fn kl_divergence_and_sum_of_squares() {
     let t = b.weight("t", ty(DType::F32, &[1, 2]));
     let kl = b.push(Op::KlDiv, &[s, t]).unwrap();
     let graph = b.finish(&[kl]);
-    let mut store = MemStore::default();
+    let mut store = empty_store();
     store.set("s", ty(DType::F32, &[1, 2]), vec![0.0, 0.0]);
     store.set("t", ty(DType::F32, &[1, 2]), vec![3f32.ln(), 0.0]);
     let want = 0.75 * 1.5f64.ln() + 0.25 * 0.5f64.ln();
@@ -488,7 +456,7 @@ fn cross_entropy_value_and_ignored_positions() {
     let logits = b.weight("logits", ty(DType::F32, &[3, 2]));
     let loss = b.push(Op::CrossEntropy, &[logits, targets]).unwrap();
     let graph = b.finish(&[loss]);
-    let mut store = MemStore::default();
+    let mut store = empty_store();
     store.set(
         "logits",
         ty(DType::F32, &[3, 2]),
@@ -610,13 +578,13 @@ fn ste_problem(
     t: &TensorType,
     w: &[f32],
     c: &[f32],
-) -> (Graph, ValueId, ValueId, MemStore) {
+) -> (Graph, ValueId, ValueId, TrainStore) {
     let mut b = GraphBuilder::new("ste");
     let wv = b.weight("w", t.clone());
     let q = b.push(op, &[wv]).unwrap();
     let loss = project(&mut b, q);
     let graph = b.finish(&[loss]);
-    let mut store = MemStore::default();
+    let mut store = empty_store();
     store.set("w", t.clone(), w.to_vec());
     // `project` unpacks a complex `q` with block 0: each row's real parts,
     // then its imaginary parts. Lay `c` out so that `dL/dq = c`.
@@ -671,7 +639,7 @@ fn gradient_errors() {
     let err = gradients(&g, loss, &[ids], &GradOptions::default()).unwrap_err();
     assert!(err.to_string().contains("only real and complex"), "{err}");
     let grad = gradients(&g, loss, &[table, unused], &GradOptions::default()).unwrap();
-    let mut store = MemStore::default();
+    let mut store = empty_store();
     store.set("table", ty(DType::F32, &[3, 2]), vec![1.0; 6]);
     store.set("unused", ty(DType::F32, &[2]), vec![5.0; 2]);
     store.set("c", ty(DType::F32, &[2, 2]), vec![1.0, 2.0, 3.0, 4.0]);
@@ -738,7 +706,7 @@ fn model_inputs() -> HashMap<String, Tensor> {
 /// third-order term alone is 20% (it converges to the autodiff value as
 /// `h` shrinks: 2%, 0.2% and 0.1% at 3e-3, 1e-3, 3e-4); the f32 rounding
 /// error at 1e-3 is about `1e-7 · |L| / h ≈ 1e-3`.
-fn check_model(graph: &Graph, store: &MemStore, surrogate: &Graph, names: &[&str]) {
+fn check_model(graph: &Graph, store: &TrainStore, surrogate: &Graph, names: &[&str]) {
     let loss = graph.outputs[0];
     let params: Vec<ValueId> = graph.weights().map(|(id, _, _)| id).collect();
     let grad = gradients(graph, loss, &params, &GradOptions::default()).unwrap();
@@ -786,12 +754,9 @@ fn compile_options(method: Option<Method>) -> CompileOptions {
 }
 
 /// The tiny model compiled with `method`, and a store over its weights.
-fn tiny_compiled(dir: &TempDir, method: Option<Method>) -> (Graph, MemStore) {
+fn tiny_compiled(dir: &TempDir, method: Option<Method>) -> (Graph, TrainStore) {
     let imported = tiny(dir);
-    let store = MemStore {
-        base: Some(imported.weights.clone()),
-        ..MemStore::default()
-    };
+    let store = TrainStore::new(imported.weights.clone());
     let (compiled, _) = compile(imported, &compile_options(method)).unwrap();
     (compiled.graph, store)
 }
@@ -800,10 +765,7 @@ fn tiny_compiled(dir: &TempDir, method: Option<Method>) -> (Graph, MemStore) {
 fn tiny_model_gradient_real_and_widely_linear() {
     let dir = TempDir::new("autodiff-wl");
     let imported = tiny(&dir);
-    let store = MemStore {
-        base: Some(imported.weights.clone()),
-        ..MemStore::default()
-    };
+    let store = TrainStore::new(imported.weights.clone());
     let mut plain = imported.graph.clone();
     with_loss(&mut plain);
     check_model(&plain, &store, &plain, CHECKED);
@@ -1042,7 +1004,7 @@ fn activation_quantization_and_missing_rules() {
     let loss = project(&mut b, y);
     let g = b.finish(&[loss]);
     let grad = gradients(&g, loss, &[x], &GradOptions::default()).unwrap();
-    let mut store = MemStore::default();
+    let mut store = empty_store();
     store.set("x", t.clone(), vec![0.3, -1.0, 2.0, 0.1, 0.5, -0.7]);
     let c = vec![1.0, -2.0, 0.5, 3.0, 0.25, -1.5];
     store.set("c", t, c.clone());
@@ -1075,7 +1037,7 @@ fn ifairy_crelu2_and_complex_rms_norm() {
     let z = b.weight("z", t.clone());
     let y = b.push(Op::CReluSquared, &[z]).unwrap();
     let loss = project(&mut b, y);
-    let mut preset = MemStore::default();
+    let mut preset = empty_store();
     // One entry per quadrant and sign pattern, each part at least 0.2 from 0.
     let values = [
         0.5, 0.7, -0.6, 0.3, -0.4, -0.9, 0.8, -0.2, 1.1, -0.5, -0.3, 0.6, -0.7, -0.4, 0.9, 0.25,
@@ -1100,10 +1062,7 @@ fn sgd_lowers_the_loss_of_a_tiny_ifairy_model() {
     let path = dir.path("ifairy");
     write_ifairy_hf(&path, &IfairySynthConfig::tiny()).unwrap();
     let imported = fairyc::import(&path).unwrap();
-    let mut store = MemStore {
-        base: Some(imported.weights.clone()),
-        ..MemStore::default()
-    };
+    let mut store = TrainStore::new(imported.weights.clone());
     let losses = train_sgd(imported.graph, &mut store, 0.2, 150);
     let (first, last) = (losses[0], *losses.last().unwrap());
     eprintln!("iFairy: loss {first} -> {} -> {last}", losses[75]);
@@ -1115,7 +1074,7 @@ fn sgd_lowers_the_loss_of_a_tiny_ifairy_model() {
 
 /// Trains every weight of a language-model graph on `model_inputs` with
 /// plain SGD as IR for `steps` steps; returns the loss before each step.
-fn train_sgd(g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> {
+fn train_sgd(g: Graph, store: &mut TrainStore, lr: f32, steps: usize) -> Vec<f32> {
     let (g, loss, params, ids) = trainable(g);
     let step = sgd_step(&g, loss, &ids, lr, &GradOptions::default()).unwrap();
     let inputs = model_inputs();
@@ -1133,7 +1092,7 @@ fn train_sgd(g: Graph, store: &mut MemStore, lr: f32, steps: usize) -> Vec<f32> 
 /// The state inputs of an AdamW update (each parameter and its moments),
 /// from `store`.
 fn state_inputs(
-    store: &MemStore,
+    store: &TrainStore,
     params: &[(String, TensorType)],
     inputs: &mut HashMap<String, Tensor>,
 ) {
@@ -1244,7 +1203,7 @@ fn adamw_update_accumulates_clips_and_decays() {
         ..AdamW::default()
     };
     let update = adamw_update(&params, &adam).unwrap();
-    let mut store = MemStore::default();
+    let mut store = empty_store();
     store.set("a", t2.clone(), vec![1.0, -2.0]);
     store.set("b", t3.clone(), vec![0.5, 0.0, 3.0]);
     for (n, t) in [("a", &t2), ("b", &t3)] {

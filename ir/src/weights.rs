@@ -51,6 +51,10 @@ impl MemoryStore {
         self.tensors.get(name)
     }
 
+    pub fn remove(&mut self, name: &str) -> Option<(TensorType, std::sync::Arc<Vec<f32>>)> {
+        self.tensors.remove(name)
+    }
+
     /// Every tensor, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &(TensorType, std::sync::Arc<Vec<f32>>))> {
         self.tensors.iter()

@@ -73,6 +73,14 @@ impl Tensor {
         }
     }
 
+    /// The elements of an f32 tensor, moved out.
+    pub fn into_f32(self) -> Option<Vec<f32>> {
+        match self.data {
+            Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
     pub fn as_c64(&self) -> Option<&[Complex32]> {
         match &self.data {
             Data::C64(v) => Some(v),
