@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use fairyc_backends::reference::evaluate_constants;
+use fairyc_backends::Data;
 use fairyc_frontend::fairy::ArtifactTensor;
 use fairyc_ir::infer::scale_shape;
 use fairyc_ir::quant::{self, pack_code_rows, phase_quant_with, Pairing};
@@ -10,8 +12,6 @@ use fairyc_ir::{DType, Graph, Op, Scheme, Shape, TensorType, ValueId, WeightStor
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
 use fairyc_passes::rebuild::{eliminate_dead_code, rebuild};
-use fairyc_runtime::executor::evaluate_constants;
-use fairyc_runtime::Data;
 
 use crate::Error;
 
@@ -140,8 +140,11 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
         Ok(Some(b.push(Op::Dequant { granularity }, &[codes, scales])?))
     })
     .map_err(|e| Error::Usage(e.to_string()))?;
-    // The source weights and derivations behind the stored codes are dead now.
+    // The source weights and derivations behind the stored codes are dead
+    // now; each quantized layer runs from its packed codes.
     let deployed = eliminate_dead_code(&deployed);
+    let deployed = fairyc_passes::legalize::pack_quantized_linears(&deployed)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let stored: std::collections::HashSet<String> =
         tensors.iter().map(|(n, _)| n.clone()).collect();
     for (_, name, ty) in deployed.weights() {
@@ -150,7 +153,7 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
         }
         let data = store
             .read_f32(name)
-            .map_err(fairyc_runtime::RuntimeError::from)?;
+            .map_err(fairyc_backends::BackendError::from)?;
         let shape = ty.shape.concrete().expect("weights have fixed shapes");
         tensors.push((name.to_string(), ArtifactTensor::F32 { shape, data }));
     }
@@ -273,7 +276,7 @@ pub fn reconstruction_error(
         };
         let r = store
             .read_f32(name)
-            .map_err(fairyc_runtime::RuntimeError::from)?;
+            .map_err(fairyc_backends::BackendError::from)?;
         let g = options.granularity;
         let approx = match method {
             Method::Fairy2i { stages } => quant::fairy2i_quantize(

@@ -4,7 +4,8 @@
 //! This crate is the top of the stack: the Rust API ([`Model`]) and the
 //! command-line tool. The layers below are separate crates: `fairyc-ir`
 //! (the IR), `fairyc-frontend` (model files and tokenizers),
-//! `fairyc-runtime` (execution).
+//! `fairyc-passes` (the compiler's passes), `fairyc-backends` (the backend
+//! interface and the backends), `fairyc-runtime` (sessions and sampling).
 //!
 //! ```no_run
 //! use fairyc::{GenerateOptions, Model};
@@ -21,10 +22,11 @@ pub mod train;
 
 use std::path::Path;
 
+pub use fairyc_backends::{Backend, BackendError, Program, Reference, Tensor};
 pub use fairyc_frontend::import::{import, Imported};
 pub use fairyc_frontend::tokenizer::{ChatMessage, Tokenizer};
 use fairyc_ir::Graph;
-pub use fairyc_runtime::{Executor, Sampler, Session, StopReason, Tensor};
+pub use fairyc_runtime::{Sampler, Session, StopReason};
 
 /// Anything that can go wrong in the API.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +36,7 @@ pub enum Error {
     #[error(transparent)]
     Tokenizer(#[from] fairyc_frontend::tokenizer::TokenizerError),
     #[error(transparent)]
-    Runtime(#[from] fairyc_runtime::RuntimeError),
+    Backend(#[from] fairyc_backends::BackendError),
     #[error(transparent)]
     Pass(#[from] fairyc_passes::pipeline::PassError),
     #[error("{0}")]
@@ -95,10 +97,10 @@ impl Perplexity {
     }
 }
 
-/// A loaded model: a verified graph bound to its decoded weights, and the
-/// tokenizer that goes with it.
+/// A loaded model: its graph compiled for a backend with its weights (2-bit
+/// codes stay packed), and the tokenizer that goes with it.
 pub struct Model {
-    executor: Executor,
+    program: Box<dyn Program>,
     tokenizer: Tokenizer,
 }
 
@@ -109,21 +111,39 @@ impl Model {
         Model::from_imported(import(path)?, &|_| {})
     }
 
-    /// Binds an imported model to its weights; `on_weight` sees each weight
-    /// as it is decoded (for progress reporting).
+    /// Binds an imported model to its weights on the reference backend;
+    /// `on_weight` sees each weight as it is decoded (for progress).
     pub fn from_imported(
         imported: Imported,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Model, Error> {
-        let executor = Executor::new(imported.graph, imported.weights.as_ref(), on_weight)?;
+        Model::from_imported_on(imported, &Reference::default(), on_weight)
+    }
+
+    /// Binds an imported model to its weights on `backend`. Quantized
+    /// layers of a deployed graph run as `quant_linear` on packed codes.
+    pub fn from_imported_on(
+        imported: Imported,
+        backend: &dyn Backend,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Model, Error> {
+        let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
+            .map_err(BackendError::from)?;
+        let program =
+            fairyc_backends::compile(backend, &graph, imported.weights.as_ref(), on_weight)?;
         Ok(Model {
-            executor,
+            program,
             tokenizer: imported.tokenizer,
         })
     }
 
     pub fn graph(&self) -> &Graph {
-        self.executor.graph()
+        self.program.graph()
+    }
+
+    /// The compiled program (its memory plan, its resident weight bytes).
+    pub fn program(&self) -> &dyn Program {
+        self.program.as_ref()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -153,7 +173,7 @@ impl Model {
 
     /// Logits `[tokens, vocab]` after every position of `ids`.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor, Error> {
-        Ok(Session::new(&self.executor).feed(ids)?)
+        Ok(Session::new(self.program.as_ref()).feed(ids)?)
     }
 
     /// Generates from `prompt` ids, streaming text to `on_text` as it
@@ -164,7 +184,7 @@ impl Model {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, Error> {
-        let mut session = Session::new(&self.executor);
+        let mut session = Session::new(self.program.as_ref());
         let mut sampler = Sampler::new(options.temperature, options.top_p, options.seed);
         let mut stream = self.tokenizer.decode_stream();
         let mut text = String::new();

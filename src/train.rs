@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use fairyc_backends::reference::Executor;
+use fairyc_backends::{KvCache, Tensor};
 use fairyc_ir::{
     DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
 };
@@ -22,7 +24,6 @@ use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::rebuild::eliminate_dead_code;
 use fairyc_passes::simplify::{simplify, SimplifyOptions};
-use fairyc_runtime::{Executor, KvCache, Tensor};
 use safetensors::tensor::TensorView;
 
 use crate::Error;
@@ -453,7 +454,7 @@ impl Trainer {
                 let data = self
                     .store
                     .take(stored)
-                    .map_err(fairyc_runtime::RuntimeError::from)?;
+                    .map_err(fairyc_backends::BackendError::from)?;
                 Ok(Tensor::f32(shape.clone(), data))
             };
             inputs.insert(format!("param.{name}"), take(name)?);
@@ -553,7 +554,7 @@ impl Trainer {
             let ty = ckpt.tensor_type(&name).expect("listed");
             let data = ckpt
                 .read_f32(&name)
-                .map_err(fairyc_runtime::RuntimeError::from)?;
+                .map_err(fairyc_backends::BackendError::from)?;
             self.store.set(&name, ty, data);
         }
         self.step = step;

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use common::TempDir;
 use fairyc::train::TrainStore;
 use fairyc::{compile, import};
+use fairyc_backends::reference::{evaluate_constants, Executor};
+use fairyc_backends::{Data, KvCache, Tensor};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, SynthConfig};
 use fairyc_ir::infer::infer_type;
@@ -32,7 +34,6 @@ use fairyc_passes::autodiff::{adamw_update, gradients, sgd_step, AdamW, GradOpti
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
 use fairyc_passes::rebuild::rebuild;
-use fairyc_runtime::{executor::evaluate_constants, Data, Executor, KvCache, Tensor};
 
 /// A deterministic uniform(-1, 1) stream.
 struct Lcg(u64);

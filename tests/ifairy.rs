@@ -143,7 +143,7 @@ fn incremental_decoding_equals_the_full_forward() {
     let vocab = full.cols();
     let full = full.as_f32().unwrap();
     // The executor behind the model is reached through a session.
-    let executor = fairyc::Executor::new(
+    let executor = fairyc_backends::reference::Executor::new(
         import(&path).unwrap().graph,
         import(&path).unwrap().weights.as_ref(),
         &|_| {},

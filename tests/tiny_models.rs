@@ -9,10 +9,11 @@ use std::path::Path;
 
 use common::{rewrite_gguf, TempDir};
 use fairyc::{import, GenerateOptions, Model, StopReason, Tensor};
+use fairyc_backends::reference::Executor;
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, write_hf, Architecture, HfDtype, SynthConfig};
 use fairyc_ir::{text, verify, Op, RopeLayout};
-use fairyc_runtime::{Executor, Session};
+use fairyc_runtime::Session;
 
 const PROMPTS: &[&str] = &[
     "the cat sat on the mat",

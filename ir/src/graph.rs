@@ -112,6 +112,10 @@ impl GraphBuilder {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.graph.name
+    }
+
     pub fn meta(&mut self, key: impl Into<String>, value: impl Into<String>) {
         self.graph.meta.insert(key.into(), value.into());
     }

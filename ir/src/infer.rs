@@ -3,7 +3,7 @@
 //! The builder uses these rules to type new nodes and the verifier re-runs
 //! them to check every node after a transformation.
 
-use crate::op::{AttentionOperand, Granularity, NormOperand, Op, Scheme};
+use crate::op::{AttentionOperand, Granularity, NormOperand, Op, Scheme, UnaryFn};
 use crate::types::{DType, Dim, Shape, TensorType};
 
 /// Infers the result type of a non-leaf op. Leaf ops (`input`, `weight`)
@@ -75,7 +75,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             Ok(x.clone())
         }
-        Op::Rope { head_dim, base, .. } | Op::RopeInverse { head_dim, base, .. } => {
+        Op::Rope { head_dim, base, .. } => {
             let (x, pos) = (operands[0], operands[1]);
             expect_float(x, "input")?;
             if *head_dim == 0 || head_dim % 2 != 0 {
@@ -142,6 +142,20 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         Op::Silu | Op::Softmax => {
             expect_real(operands[0], "input")?;
             Ok(operands[0].clone())
+        }
+        Op::Unary { func } => {
+            let x = operands[0];
+            match func {
+                // Negated positions turn RoPE back.
+                UnaryFn::Neg if x.dtype == DType::I32 => {}
+                UnaryFn::Neg => expect_numeric(x, "input")?,
+                _ => expect_real(x, "input")?,
+            }
+            Ok(x.clone())
+        }
+        Op::Div => {
+            expect_real(operands[0], "left operand")?;
+            infer_type(&Op::Add, operands)
         }
         Op::Add | Op::Mul => {
             let (a, b) = (operands[0], operands[1]);
@@ -318,6 +332,54 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 ));
             }
             Ok(TensorType::new(DType::C64, codes.shape.clone()))
+        }
+        Op::QuantLinear {
+            u_stages,
+            w_stages,
+            granularity,
+        } => {
+            let x = operands[0];
+            expect_complex(x)?;
+            let weights = &operands[1..];
+            let stages = u_stages
+                .checked_add(*w_stages)
+                .filter(|&t| t > 0 && t <= 64)
+                .ok_or_else(|| {
+                    format!("`quant_linear` needs 1 to 64 stages, found {u_stages} + {w_stages}")
+                })?;
+            if weights.len() != 2 * stages {
+                return Err(format!(
+                    "`quant_linear` with {stages} stages takes x and {} codes and scales (U's stages, then W's), found {}",
+                    2 * stages,
+                    weights.len()
+                ));
+            }
+            let want = TensorType::new(DType::Code2, weights[0].shape.clone());
+            let (n, m) = matrix(weights[0])?;
+            check_granularity(*granularity)?;
+            for pair in weights.chunks_exact(2) {
+                if *pair[0] != want {
+                    return Err(format!(
+                        "every stage's codes must be {want} as the first, found {}",
+                        pair[0]
+                    ));
+                }
+                infer_type(
+                    &Op::Dequant {
+                        granularity: *granularity,
+                    },
+                    &[pair[0], pair[1]],
+                )?;
+            }
+            if *last(x, "input")? != Dim::Fixed(m) {
+                return Err(format!(
+                    "input {x} does not match the codes' in-features {m}"
+                ));
+            }
+            Ok(TensorType::new(
+                DType::C64,
+                x.shape.with_last(Dim::Fixed(n)),
+            ))
         }
         Op::Conj => {
             expect_complex(operands[0])?;

@@ -2,7 +2,8 @@
 //!
 //! - [`types`]: element types (real, complex, packed codes) and shapes with
 //!   named symbolic dimensions;
-//! - [`op`]: the operations; [`infer`]: their type rules;
+//! - [`op`]: the operations, declared once in one table; [`infer`]: their
+//!   type rules; [`decompose`]: composites as graphs of primitives;
 //! - [`graph`]: graphs and the builder; [`verify`]: the verifier;
 //! - [`text`]: the one textual form (print and parse); [`dot`]: Graphviz;
 //! - [`quant`]: the reference semantics of the Fairy2i ops (widely-linear
@@ -10,6 +11,7 @@
 //! - [`weights`]: the store that `weight` nodes refer to by name.
 
 pub mod atomic;
+pub mod decompose;
 pub mod dot;
 pub mod graph;
 pub mod infer;
@@ -22,7 +24,8 @@ pub mod weights;
 
 pub use graph::{BuildError, Graph, GraphBuilder, Node, ValueId};
 pub use op::{
-    Arithmetic, AttentionOperand, Attr, Granularity, NormOperand, Op, RopeLayout, Scheme, WlPart,
+    Arithmetic, AttentionOperand, Attr, Granularity, NormOperand, Op, OpKind, RopeLayout, Scheme,
+    UnaryFn, WlPart,
 };
 pub use types::{DType, Dim, Shape, TensorType};
 pub use verify::{verify, verify_weights, VerifyError};

@@ -4,7 +4,7 @@
 use fairyc_ir::text::{parse, print};
 use fairyc_ir::{
     verify, Arithmetic, AttentionOperand, DType, Dim, Granularity, GraphBuilder, NormOperand, Op,
-    RopeLayout, Scheme, Shape, TensorType, WlPart,
+    RopeLayout, Scheme, Shape, TensorType, UnaryFn, WlPart,
 };
 use proptest::prelude::*;
 
@@ -177,13 +177,23 @@ fn every_op_graph() -> fairyc_ir::Graph {
             },
             vec![dy],
         ),
+        (Op::Unary { func: UnaryFn::Neg }, vec![pos]),
         (
-            Op::RopeInverse {
-                base: 10000.0,
-                layout: RopeLayout::HalfSplit,
-                head_dim: 4,
+            Op::Unary {
+                func: UnaryFn::Sigmoid,
             },
-            vec![dy, pos],
+            vec![dy],
+        ),
+        (Op::Div, vec![dy, dy]),
+        (Op::CReluSquared, vec![zc]),
+        (Op::ActQuant { bits: 8 }, vec![zc]),
+        (
+            Op::QuantLinear {
+                u_stages: 1,
+                w_stages: 1,
+                granularity: Granularity::Channel,
+            },
+            vec![zc, codes, scales, codes, scales],
         ),
         (Op::LinearWeightGrad, vec![dy, y]),
         (Op::EmbedGrad { vocab: 32 }, vec![tokens, dy]),
@@ -248,6 +258,13 @@ fn every_op_round_trips_and_verifies() {
     assert_eq!(back, g);
     assert_eq!(print(&back), text);
     insta::assert_snapshot!(text);
+    // The graph covers the whole op table.
+    let missing: Vec<&str> = Op::MNEMONICS
+        .iter()
+        .copied()
+        .filter(|m| !g.nodes.iter().any(|n| n.op.mnemonic() == *m))
+        .collect();
+    assert!(missing.is_empty(), "the every-op graph lacks {missing:?}");
 }
 
 #[test]

@@ -41,7 +41,7 @@
 //! - `widely_linear` is real-linear in `R` (eq. 3); its adjoint is half of
 //!   eq. 7 applied to `dU` (or `dW`) alone: `widely_linear_grad`.
 //! - `rope` multiplies by `e^{iθ}` (complex) or rotates pairs by `θ` (real):
-//!   the adjoint is the rotation by `-θ`, `rope_inverse`.
+//!   the adjoint is the rotation by `-θ`: `rope` at negated positions.
 //! - `attention`'s scores are `scale · Re(q conj(k))`, real, so the scores'
 //!   gradient flows back to `q` as `scale · dS · k` (see
 //!   `attention_grad`); `add`, `sub`, `scale` (by a real) and the data
@@ -61,7 +61,7 @@
 
 use fairyc_ir::{
     verify, AttentionOperand, BuildError, DType, Dim, Graph, GraphBuilder, NormOperand, Op, Scheme,
-    TensorType, ValueId, VerifyError,
+    TensorType, UnaryFn, ValueId, VerifyError,
 };
 
 use crate::rebuild::eliminate_dead_code;
@@ -381,24 +381,14 @@ fn rule(
             layout,
             head_dim,
         } => {
-            let op = Op::RopeInverse {
-                base: *base,
-                layout: *layout,
-                head_dim: *head_dim,
-            };
-            out.push((0, b.push(op, &[g, x[1]])?));
-        }
-        Op::RopeInverse {
-            base,
-            layout,
-            head_dim,
-        } => {
+            // The adjoint of a rotation is the rotation at minus the position.
+            let back = b.push(Op::Unary { func: UnaryFn::Neg }, &[x[1]])?;
             let op = Op::Rope {
                 base: *base,
                 layout: *layout,
                 head_dim: *head_dim,
             };
-            out.push((0, b.push(op, &[g, x[1]])?));
+            out.push((0, b.push(op, &[g, back])?));
         }
         Op::Attention {
             heads,
@@ -564,9 +554,14 @@ fn rule(
             };
             out.push((0, b.push(op, &[g])?));
         }
+        Op::Unary { func: UnaryFn::Neg } => out.push((0, b.push(node.op.clone(), &[g])?)),
         // Leaves, codes, second derivatives, and what is not derived yet:
-        // the scale-aware STE of iFairy's PhaseQuant.
+        // the scale-aware STE of iFairy's PhaseQuant, the elementwise
+        // functions that decompositions bring (they run after autodiff).
         Op::Quantize { .. }
+        | Op::Unary { .. }
+        | Op::Div
+        | Op::QuantLinear { .. }
         | Op::Input { .. }
         | Op::Weight { .. }
         | Op::Dequant { .. }

@@ -163,6 +163,13 @@ impl RuntimeCost<'_> {
                 // `out` already counts both parts of a complex result.
                 out * k * if ty.dtype == DType::C64 { 4.0 } else { 2.0 }
             }
+            // Per output: an add or subtract per code and stage, no multiply.
+            Op::QuantLinear {
+                u_stages, w_stages, ..
+            } => {
+                let m = elements(child(0));
+                out * m * (u_stages + w_stages) as f64
+            }
             Op::Attention { .. } => 4.0 * elements(child(0)) * self.model.context,
             // Recomputes the attention weights, then one more product.
             Op::AttentionGrad { .. } => 6.0 * elements(child(0)) * self.model.context,
@@ -173,7 +180,6 @@ impl RuntimeCost<'_> {
             Op::RmsNormGrad { .. } | Op::SiluGrad | Op::SoftmaxGrad | Op::Crelu2Grad => {
                 6.0 * elements(child(0))
             }
-            Op::RopeInverse { .. } => 3.0 * out,
             Op::Mul if ty.dtype == DType::C64 => 3.0 * out,
             Op::RmsNorm { .. } | Op::Silu | Op::Softmax => 4.0 * out,
             Op::Rope { .. } => 3.0 * out,

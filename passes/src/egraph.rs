@@ -461,7 +461,6 @@ pub fn saturate(
             | Op::SoftmaxGrad
             | Op::SiluGrad
             | Op::Crelu2Grad
-            | Op::RopeInverse { .. }
             | Op::EmbedGrad { .. }
             | Op::LinearWeightGrad
             | Op::WidelyLinearGrad { .. }

@@ -7,12 +7,15 @@
 //!   baselines, as a directed rewrite;
 //! - [`simplify`]: identities that keep data complex (pack/unpack, conj,
 //!   complex RoPE and attention) and Gauss's product, on the e-graph;
+//! - [`legalize`]: quantized layers of a deployed graph as `quant_linear`
+//!   on packed codes;
 //! - [`cost`]: the cost model extraction minimises;
 //! - [`pipeline`]: the passes in order, verified after each.
 
 pub mod autodiff;
 pub mod cost;
 pub mod egraph;
+pub mod legalize;
 pub mod lower;
 pub mod pipeline;
 pub mod quantize;

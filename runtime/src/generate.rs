@@ -5,10 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::executor::{Executor, KvCache};
+use fairyc_backends::{BackendError, KvCache, Program, Tensor};
+
 use crate::sampling::Sampler;
-use crate::tensor::Tensor;
-use crate::RuntimeError;
 
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,17 +20,23 @@ pub enum StopReason {
     Caller,
 }
 
-/// One sequence being decoded: the executor and that sequence's KV cache.
+/// One sequence being decoded: the program and that sequence's KV cache,
+/// bounded by the model's context length (the graph's `context_length`).
 pub struct Session<'a> {
-    executor: &'a Executor,
+    program: &'a dyn Program,
     cache: KvCache,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(executor: &'a Executor) -> Session<'a> {
+    pub fn new(program: &'a dyn Program) -> Session<'a> {
+        let context = program
+            .graph()
+            .meta
+            .get("context_length")
+            .and_then(|c| c.parse().ok());
         Session {
-            executor,
-            cache: KvCache::new(),
+            program,
+            cache: context.map(KvCache::with_capacity).unwrap_or_default(),
         }
     }
 
@@ -45,16 +50,19 @@ impl<'a> Session<'a> {
     }
 
     /// Appends `tokens` to the sequence; returns their logits `[n, vocab]`.
-    pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor, RuntimeError> {
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
         if tokens.is_empty() {
-            return Err(RuntimeError::new("no tokens to feed"));
+            return Err(BackendError::new("no tokens to feed"));
         }
+        self.cache
+            .check_room(tokens.len())
+            .map_err(BackendError::new)?;
         let start = self.cache.len();
         let ids = tokens
             .iter()
             .map(|&t| {
                 i32::try_from(t)
-                    .map_err(|_| RuntimeError::new(format!("token id {t} is too large")))
+                    .map_err(|_| BackendError::new(format!("token id {t} is too large")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let positions = (start..start + tokens.len()).map(|p| p as i32).collect();
@@ -65,9 +73,9 @@ impl<'a> Session<'a> {
                 Tensor::i32(vec![tokens.len()], positions),
             ),
         ]);
-        let mut outputs = self.executor.run(&inputs, &mut self.cache)?;
+        let mut outputs = self.program.run(inputs, &mut self.cache)?;
         if outputs.is_empty() || outputs[0].as_f32().is_none() || outputs[0].shape.len() != 2 {
-            return Err(RuntimeError::new(
+            return Err(BackendError::new(
                 "a language-model graph must return f32 logits [seq, vocab] first",
             ));
         }
@@ -83,7 +91,7 @@ impl<'a> Session<'a> {
         sampler: &mut Sampler,
         is_end: &dyn Fn(u32) -> bool,
         on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<(Vec<u32>, StopReason), RuntimeError> {
+    ) -> Result<(Vec<u32>, StopReason), BackendError> {
         let mut out = Vec::new();
         let mut logits = self.feed(prompt)?;
         loop {

@@ -1,4 +1,4 @@
-//! The reference executor's kernels: plain, multi-threaded Rust on f32 and
+//! The reference backend's kernels: plain, multi-threaded Rust on f32 and
 //! complex f32. They define what every faster backend must reproduce.
 
 pub mod attention;
@@ -7,6 +7,7 @@ pub mod grad;
 pub mod layout;
 pub mod linear;
 pub mod norm;
+pub mod quant_linear;
 pub mod rope;
 
 use num_complex::Complex32;

@@ -9,6 +9,22 @@ use super::Element;
 /// rayon's scheduling.
 const CHUNK: usize = 1 << 14;
 
+/// `unary`'s functions on real elements.
+pub fn unary(x: &[f32], func: fairyc_ir::UnaryFn) -> Vec<f32> {
+    use fairyc_ir::UnaryFn;
+    let f: fn(f32) -> f32 = match func {
+        UnaryFn::Neg => |v| -v,
+        UnaryFn::Exp => f32::exp,
+        UnaryFn::Sqrt => f32::sqrt,
+        UnaryFn::Recip => f32::recip,
+        UnaryFn::Sigmoid => |v| 1.0 / (1.0 + (-v).exp()),
+    };
+    let mut y = x.to_vec();
+    y.par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    y
+}
+
 pub fn silu(x: &[f32]) -> Vec<f32> {
     let mut y = x.to_vec();
     y.par_chunks_mut(CHUNK).for_each(|c| {

@@ -95,6 +95,16 @@ impl Tensor {
         }
     }
 
+    /// Bytes the data takes (packed codes as packed).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(d) => d.len() * 4,
+            Data::C64(d) => d.len() * 8,
+            Data::I32(d) => d.len() * 4,
+            Data::Codes(d) => d.len(),
+        }
+    }
+
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             Data::F32(_) => "f32",

@@ -1,8 +1,10 @@
 //! Reference kernels against direct formulas on small random inputs.
 
+use fairyc_backends::reference::kernels::attention::{attention, AttentionShape};
+use fairyc_backends::reference::kernels::{
+    elementwise, layout, linear::linear, norm::rms_norm, rope::rope,
+};
 use fairyc_ir::RopeLayout;
-use fairyc_runtime::kernels::attention::{attention, AttentionShape};
-use fairyc_runtime::kernels::{elementwise, layout, linear::linear, norm::rms_norm, rope::rope};
 use num_complex::Complex32;
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
@@ -239,7 +241,7 @@ fn layout_kernels() {
 fn complex_rope_is_interleaved_rope_on_adjacent_pairs() {
     // The iFairy spec: RoPE on complex slots equals GPT-J (interleaved) RoPE
     // on [r0, i0, r1, i1, ...].
-    use fairyc_runtime::kernels::rope::rope_complex;
+    use fairyc_backends::reference::kernels::rope::rope_complex;
     let mut rng = StdRng::seed_from_u64(5);
     let (seq, heads, d) = (4, 3, 6);
     let z: Vec<Complex32> = rand_vec(&mut rng, 2 * seq * heads * d)
@@ -263,7 +265,7 @@ fn complex_rope_is_interleaved_rope_on_adjacent_pairs() {
 
 #[test]
 fn complex_rms_norm_and_crelu_squared_follow_the_spec() {
-    use fairyc_runtime::kernels::norm::rms_norm_complex;
+    use fairyc_backends::reference::kernels::norm::rms_norm_complex;
     let z = [Complex32::new(3.0, 4.0), Complex32::new(0.0, 0.0)];
     let gain = [2.0, 1.0, 0.5, 1.0];
     // mean |z|² = 12.5: r = 1/sqrt(12.5 + eps).

@@ -6,18 +6,21 @@ use std::sync::Arc;
 
 use fairyc_ir::quant::{self, Pairing};
 use fairyc_ir::{
-    verify, verify_weights, AttentionOperand, DType, Dim, Graph, NormOperand, Op, Scheme,
+    verify, verify_weights, AttentionOperand, DType, Dim, Graph, NormOperand, Op, Scheme, UnaryFn,
     WeightStore, WlPart,
 };
 use num_complex::Complex32;
 use rayon::prelude::*;
 
-use crate::kernels::attention::{attention, AttentionShape};
-use crate::kernels::norm::{rms_norm, rms_norm_complex};
-use crate::kernels::rope::{rope, rope_complex};
-use crate::kernels::{elementwise, grad, layout, linear::linear};
+use super::kernels::attention::{attention, AttentionShape};
+use super::kernels::norm::{rms_norm, rms_norm_complex};
+use super::kernels::quant_linear::{quant_linear, StageCodes};
+use super::kernels::rope::{rope, rope_complex};
+use super::kernels::{elementwise, grad, layout, linear::linear};
+use crate::cache::KvCache;
+use crate::plan::MemoryPlan;
 use crate::tensor::{Data, Tensor};
-use crate::RuntimeError;
+use crate::{BackendError, Program};
 
 /// A graph bound to its weights, ready to run.
 pub struct Executor {
@@ -26,38 +29,9 @@ pub struct Executor {
     /// such as quantized weights), evaluated once at load, by node. Only
     /// those that input-dependent nodes read are kept.
     constants: HashMap<usize, Arc<Tensor>>,
-    /// Which nodes depend on weights alone.
-    constant: Vec<bool>,
-    last_uses: Vec<usize>,
-}
-
-/// Per-sequence state: the keys and values each attention node has seen.
-#[derive(Default)]
-pub struct KvCache {
-    entries: HashMap<usize, (Tensor, Tensor)>,
-}
-
-impl KvCache {
-    pub fn new() -> KvCache {
-        KvCache::default()
-    }
-
-    /// How many positions are cached (0 for a fresh sequence).
-    pub fn len(&self) -> usize {
-        self.entries
-            .values()
-            .next()
-            .map(|(k, _)| k.shape[0])
-            .unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
+    /// Which nodes depend on weights alone (`plan.resident`) and when each
+    /// value dies (`plan.last_use`): values are freed after their last reader.
+    plan: MemoryPlan,
 }
 
 impl Executor {
@@ -69,23 +43,27 @@ impl Executor {
         graph: Graph,
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
-    ) -> Result<Executor, RuntimeError> {
+    ) -> Result<Executor, BackendError> {
         verify(&graph)?;
         verify_weights(&graph, store)?;
         let weights = load_weights(&graph, store, on_weight)?;
-        let last_uses = graph.last_uses();
+        let plan = MemoryPlan::new(&graph, 1);
         let keep = vec![false; graph.nodes.len()];
-        let (constants, constant) = fold_constants(&graph, weights, &last_uses, keep)?;
+        let (constants, _) = fold_constants(&graph, weights, &plan.last_use, keep)?;
         Ok(Executor {
             graph,
             constants,
-            constant,
-            last_uses,
+            plan,
         })
     }
 
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// Bytes held for weights and weight expressions.
+    pub fn resident_weight_bytes(&self) -> usize {
+        self.constants.values().map(|t| t.bytes()).sum()
     }
 
     /// Runs the graph on named inputs; returns the graph's outputs.
@@ -95,7 +73,7 @@ impl Executor {
         &self,
         inputs: &HashMap<String, Tensor>,
         cache: &mut KvCache,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    ) -> Result<Vec<Tensor>, BackendError> {
         self.run_owned(inputs.clone(), cache)
     }
 
@@ -104,9 +82,22 @@ impl Executor {
     /// outputs no other value shares are moved out.
     pub fn run_owned(
         &self,
+        inputs: HashMap<String, Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Vec<Tensor>, BackendError> {
+        let cached = cache.len();
+        let result = self.run_steps(inputs, cache);
+        if result.is_err() {
+            cache.truncate(cached);
+        }
+        result
+    }
+
+    fn run_steps(
+        &self,
         mut inputs: HashMap<String, Tensor>,
         cache: &mut KvCache,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    ) -> Result<Vec<Tensor>, BackendError> {
         let bindings = self.bind(&inputs)?;
         let mut values: Vec<Option<Arc<Tensor>>> = vec![None; self.graph.nodes.len()];
         for (i, node) in self.graph.nodes.iter().enumerate() {
@@ -115,7 +106,7 @@ impl Executor {
                 Op::Input { name } => Arc::new(inputs.remove(name).expect("bound inputs")),
                 // Weights and weight expressions were evaluated at load; those
                 // that only other weight expressions read were dropped there.
-                _ if self.constant[i] => match self.constants.get(&i) {
+                _ if self.plan.resident[i] => match self.constants.get(&i) {
                     Some(v) => v.clone(),
                     None => continue,
                 },
@@ -126,14 +117,14 @@ impl Executor {
                         .map(|v| values[v.0].as_deref().expect("operands are computed first"))
                         .collect();
                     let out = eval(op, &args, i, &bindings, cache)
-                        .map_err(|e| RuntimeError::new(format!("%{i} = {}: {e}", op.mnemonic())))?;
+                        .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic())))?;
                     Arc::new(out)
                 }
             };
             values[i] = Some(result);
             // Free operands whose last reader this node was.
             for v in &node.operands {
-                if self.last_uses[v.0] == i {
+                if self.plan.last_use[v.0] == i {
                     values[v.0] = None;
                 }
             }
@@ -160,18 +151,18 @@ impl Executor {
     fn bind(
         &self,
         inputs: &HashMap<String, Tensor>,
-    ) -> Result<HashMap<String, usize>, RuntimeError> {
+    ) -> Result<HashMap<String, usize>, BackendError> {
         let mut bindings = HashMap::new();
         for (_, name, ty) in self.graph.inputs() {
             let t = inputs
                 .get(name)
-                .ok_or_else(|| RuntimeError::new(format!("input \"{name}\" ({ty}) is missing")))?;
+                .ok_or_else(|| BackendError::new(format!("input \"{name}\" ({ty}) is missing")))?;
             let dtype_ok = matches!(
                 (ty.dtype, &t.data),
                 (DType::I32, Data::I32(_)) | (DType::C64, Data::C64(_))
             ) || (ty.dtype.is_real_float() && matches!(t.data, Data::F32(_)));
             if !dtype_ok || t.shape.len() != ty.shape.rank() {
-                return Err(RuntimeError::new(format!(
+                return Err(BackendError::new(format!(
                     "input \"{name}\" must be {ty}, got {} with shape {:?}",
                     t.dtype_name(),
                     t.shape
@@ -183,7 +174,7 @@ impl Executor {
                     Dim::Sym(s) => *bindings.entry(s.clone()).or_insert(n) == n,
                 };
                 if !ok {
-                    return Err(RuntimeError::new(format!(
+                    return Err(BackendError::new(format!(
                         "input \"{name}\" must be {ty}, got shape {:?}",
                         t.shape
                     )));
@@ -191,6 +182,28 @@ impl Executor {
             }
         }
         Ok(bindings)
+    }
+}
+
+impl Program for Executor {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    fn run(
+        &self,
+        inputs: HashMap<String, Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Vec<Tensor>, BackendError> {
+        self.run_owned(inputs, cache)
+    }
+
+    fn resident_weight_bytes(&self) -> usize {
+        Executor::resident_weight_bytes(self)
     }
 }
 
@@ -204,7 +217,7 @@ fn fold_constants(
     mut values: HashMap<usize, Arc<Tensor>>,
     last_uses: &[usize],
     mut kept: Vec<bool>,
-) -> Result<Folded, RuntimeError> {
+) -> Result<Folded, BackendError> {
     let mut constant = vec![false; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         constant[i] = match node.op {
@@ -232,7 +245,7 @@ fn fold_constants(
             .map(|v| values[&v.0].as_ref())
             .collect();
         let out = eval(&node.op, &args, i, &HashMap::new(), &mut no_cache)
-            .map_err(|e| RuntimeError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
+            .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
         values.insert(i, Arc::new(out));
         for v in &node.operands {
             if last_uses[v.0] <= i && !kept[v.0] {
@@ -249,19 +262,19 @@ fn load_weights(
     graph: &Graph,
     store: &dyn WeightStore,
     on_weight: &(dyn Fn(&str) + Sync),
-) -> Result<HashMap<usize, Arc<Tensor>>, RuntimeError> {
+) -> Result<HashMap<usize, Arc<Tensor>>, BackendError> {
     let refs: Vec<(usize, String, DType, Vec<usize>)> = graph
         .weights()
         .map(|(id, name, ty)| {
             let shape = ty.shape.concrete().ok_or_else(|| {
-                RuntimeError::new(format!(
+                BackendError::new(format!(
                     "weight \"{name}\" has a symbolic shape {}",
                     ty.shape
                 ))
             })?;
             Ok((id.0, name.to_string(), ty.dtype, shape))
         })
-        .collect::<Result<_, RuntimeError>>()?;
+        .collect::<Result<_, BackendError>>()?;
     let weights = refs
         .into_par_iter()
         .map(|(id, name, dtype, shape)| {
@@ -277,7 +290,7 @@ fn load_weights(
                 ),
                 DType::Code2 => Tensor::codes(shape, store.read_codes(&name)?),
                 DType::I32 => {
-                    return Err(RuntimeError::new(format!(
+                    return Err(BackendError::new(format!(
                         "weight \"{name}\": the reference executor cannot load i32 weights"
                     )))
                 }
@@ -285,7 +298,7 @@ fn load_weights(
             on_weight(&name);
             Ok((id, Arc::new(tensor)))
         })
-        .collect::<Result<HashMap<_, _>, RuntimeError>>()?;
+        .collect::<Result<HashMap<_, _>, BackendError>>()?;
     Ok(weights)
 }
 
@@ -296,7 +309,7 @@ pub fn evaluate_constants(
     graph: &Graph,
     store: &dyn WeightStore,
     wanted: &[fairyc_ir::ValueId],
-) -> Result<HashMap<usize, Arc<Tensor>>, RuntimeError> {
+) -> Result<HashMap<usize, Arc<Tensor>>, BackendError> {
     verify(graph)?;
     verify_weights(graph, store)?;
     let mut keep = vec![false; graph.nodes.len()];
@@ -306,7 +319,7 @@ pub fn evaluate_constants(
     let weights = load_weights(graph, store, &|_| {})?;
     let (values, constant) = fold_constants(graph, weights, &graph.last_uses(), keep.clone())?;
     if let Some(v) = wanted.iter().find(|v| !constant[v.0]) {
-        return Err(RuntimeError::new(format!(
+        return Err(BackendError::new(format!(
             "{v} depends on graph inputs, not on weights alone"
         )));
     }
@@ -442,7 +455,7 @@ fn eval(
         } => {
             let (q, k, v) = (x, args[1], args[2]);
             let shape = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
-            let (k, v) = append_cache(cache, node, k, v)?;
+            let (k, v) = cache.append(node, k, v)?;
             let out_shape = vec![q.shape[0], heads * shape.value_dim];
             match (&q.data, &k.data, &v.data) {
                 (Data::F32(q), Data::F32(k), Data::F32(v)) => {
@@ -455,6 +468,43 @@ fn eval(
             }
         }
         Op::Silu => Tensor::f32(x.shape.clone(), elementwise::silu(f32s(x, "input")?)),
+        Op::Unary { func } => match (&x.data, func) {
+            (Data::I32(d), UnaryFn::Neg) => Tensor::i32(
+                x.shape.clone(),
+                d.iter().map(|v| v.wrapping_neg()).collect(),
+            ),
+            (Data::C64(d), UnaryFn::Neg) => {
+                Tensor::c64(x.shape.clone(), d.iter().map(|v| -v).collect())
+            }
+            (Data::F32(d), f) => Tensor::f32(x.shape.clone(), elementwise::unary(d, *f)),
+            _ => return Err(format!("`{}` takes a real input", x.dtype_name())),
+        },
+        Op::Div => binary(x, args[1], |a, b| a / b, |a, b| a / b)?,
+        Op::QuantLinear {
+            u_stages,
+            granularity,
+            ..
+        } => {
+            let xs = c64s(x, "input")?;
+            let codes = args[1..]
+                .chunks_exact(2)
+                .map(|pair| {
+                    let Data::Codes(packed) = &pair[0].data else {
+                        return Err(format!("codes must be code2, got {}", pair[0].dtype_name()));
+                    };
+                    Ok(StageCodes {
+                        packed,
+                        scales: f32s(pair[1], "scales")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let (n, m) = (args[1].shape[0], args[1].shape[1]);
+            let (u, w) = codes.split_at(*u_stages);
+            Tensor::c64(
+                with_last(&x.shape, n),
+                quant_linear(xs, m, n, u, w, *granularity)?,
+            )
+        }
         Op::Add => binary(x, args[1], |a, b| a + b, |a, b| a + b)?,
         Op::Mul => binary(x, args[1], |a, b| a * b, |a, b| a * b)?,
         Op::Softmax => Tensor::f32(
@@ -710,30 +760,6 @@ fn eval(
                 Data::I32(_) | Data::Codes(_) => return Err("pad takes f32 or c64".into()),
             }
         }
-        Op::RopeInverse {
-            base,
-            layout: l,
-            head_dim,
-        } => {
-            // Rotating by minus the angle is rotating at minus the position.
-            let pos: Vec<i32> = args[1]
-                .as_i32()
-                .ok_or("positions must be i32")?
-                .iter()
-                .map(|p| -p)
-                .collect();
-            match &x.data {
-                Data::F32(d) => Tensor::f32(
-                    x.shape.clone(),
-                    rope(d, &pos, x.cols(), *head_dim, *base, *l),
-                ),
-                Data::C64(d) => Tensor::c64(
-                    x.shape.clone(),
-                    rope_complex(d, &pos, x.cols(), *head_dim, *base),
-                ),
-                Data::I32(_) | Data::Codes(_) => return Err("rope needs a float input".into()),
-            }
-        }
         Op::LinearWeightGrad => {
             let dy = x;
             let xin = args[1];
@@ -971,43 +997,4 @@ fn binary(
         }
         _ => return Err("operands must both be f32 or both c64".into()),
     })
-}
-
-/// Appends this step's keys and values to the node's cache entry and
-/// returns everything cached so far.
-fn append_cache<'a>(
-    cache: &'a mut KvCache,
-    node: usize,
-    k: &Tensor,
-    v: &Tensor,
-) -> Result<(&'a Tensor, &'a Tensor), String> {
-    let entry = cache
-        .entries
-        .entry(node)
-        .or_insert_with(|| (empty_like(k), empty_like(v)));
-    extend_rows(&mut entry.0, k)?;
-    extend_rows(&mut entry.1, v)?;
-    Ok((&entry.0, &entry.1))
-}
-
-fn empty_like(t: &Tensor) -> Tensor {
-    let shape = vec![0, t.cols()];
-    match t.data {
-        Data::F32(_) => Tensor::f32(shape, Vec::new()),
-        Data::C64(_) => Tensor::c64(shape, Vec::new()),
-        Data::I32(_) | Data::Codes(_) => Tensor::i32(shape, Vec::new()),
-    }
-}
-
-fn extend_rows(dst: &mut Tensor, src: &Tensor) -> Result<(), String> {
-    if dst.cols() != src.cols() {
-        return Err("cached rows have another width".into());
-    }
-    match (&mut dst.data, &src.data) {
-        (Data::F32(d), Data::F32(s)) => d.extend_from_slice(s),
-        (Data::C64(d), Data::C64(s)) => d.extend_from_slice(s),
-        _ => return Err("cached rows have another element type".into()),
-    }
-    dst.shape[0] += src.shape[0];
-    Ok(())
 }

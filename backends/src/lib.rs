@@ -1,0 +1,130 @@
+//! fairyc's backends: the interface every backend implements, the
+//! backend-neutral memory plan, and the reference backend.
+//!
+//! A backend says which ops it runs natively ([`Backend::supports`]).
+//! [`prepare`] verifies a graph, replaces every composite op the backend
+//! does not run by its decomposition (`fairyc_ir::decompose`), and fails,
+//! naming the op and the value, if a primitive is left that the backend
+//! cannot run: before any weight is loaded or anything runs.
+//! [`Backend::compile`] then binds the prepared graph to its weights (codes
+//! stay packed) and a [`MemoryPlan`] into a [`Program`].
+
+pub mod cache;
+pub mod plan;
+pub mod reference;
+pub mod tensor;
+
+use std::collections::HashMap;
+
+use fairyc_ir::decompose::lower_composites;
+use fairyc_ir::{verify, Graph, Op, OpKind, WeightStore};
+
+pub use plan::MemoryPlan;
+pub use reference::{KvCache, Reference};
+pub use tensor::{Data, Tensor};
+
+/// An error while preparing, loading or running a graph.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Verify(#[from] fairyc_ir::VerifyError),
+    #[error(transparent)]
+    Weight(#[from] fairyc_ir::WeightError),
+    #[error(transparent)]
+    Build(#[from] fairyc_ir::BuildError),
+    #[error("the {backend} backend cannot run `{op}` ({value}); it has no decomposition into ops it runs")]
+    Unsupported {
+        backend: &'static str,
+        op: &'static str,
+        value: String,
+    },
+    #[error("{0}")]
+    Run(String),
+}
+
+impl BackendError {
+    pub fn new(message: impl Into<String>) -> BackendError {
+        BackendError::Run(message.into())
+    }
+}
+
+/// A target that runs graphs.
+pub trait Backend: Sync {
+    /// The name users choose it by (`--backend NAME`).
+    fn name(&self) -> &'static str;
+
+    /// Whether the backend runs `op` natively. Composites it does not run
+    /// are decomposed; primitives it does not run make [`prepare`] fail.
+    fn supports(&self, op: &Op) -> bool;
+
+    /// Binds a prepared graph to the weights of `store` (codes stay packed)
+    /// with its memory plan; `on_weight` is called after each weight is read.
+    fn compile(
+        &self,
+        graph: Graph,
+        store: &dyn WeightStore,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Box<dyn Program>, BackendError>;
+}
+
+/// A graph compiled for one backend, ready to run.
+pub trait Program: Send + Sync {
+    /// The graph the program runs (after [`prepare`]).
+    fn graph(&self) -> &Graph;
+
+    /// The memory plan the program runs by.
+    fn plan(&self) -> &MemoryPlan;
+
+    /// Runs the graph on named inputs (moved in, so large ones are not
+    /// copied); returns its outputs. Attention nodes append their keys and
+    /// values to `cache` and attend over everything cached; on an error the
+    /// cache is left as it was before the call.
+    fn run(
+        &self,
+        inputs: HashMap<String, Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Bytes the program holds for weights and weight expressions while it
+    /// lives (packed codes count as their packed bytes).
+    fn resident_weight_bytes(&self) -> usize;
+}
+
+/// Verifies `graph` and rewrites it for `backend`: composites it does not
+/// run natively become their decompositions, and any op left that it
+/// cannot run is an error naming the op and its value.
+pub fn prepare(backend: &dyn Backend, graph: &Graph) -> Result<Graph, BackendError> {
+    verify(graph)?;
+    let lowered = if graph
+        .nodes
+        .iter()
+        .any(|n| n.op.kind() == OpKind::Composite && !backend.supports(&n.op))
+    {
+        let g = lower_composites(graph, |op| backend.supports(op))?;
+        verify(&g)?;
+        g
+    } else {
+        graph.clone()
+    };
+    for (i, node) in lowered.nodes.iter().enumerate() {
+        if node.op.kind() != OpKind::Leaf && !backend.supports(&node.op) {
+            return Err(BackendError::Unsupported {
+                backend: backend.name(),
+                op: node.op.mnemonic(),
+                value: format!("%{i} in @{}", lowered.name),
+            });
+        }
+    }
+    Ok(lowered)
+}
+
+/// [`prepare`], then [`Backend::compile`].
+pub fn compile(
+    backend: &dyn Backend,
+    graph: &Graph,
+    store: &dyn WeightStore,
+    on_weight: &(dyn Fn(&str) + Sync),
+) -> Result<Box<dyn Program>, BackendError> {
+    let prepared = prepare(backend, graph)?;
+    backend.compile(prepared, store, on_weight)
+}
