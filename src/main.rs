@@ -487,7 +487,9 @@ fn load_with_progress(path: &Path, quant: &QuantArgs, report: bool) -> Result<Mo
 #[derive(Args)]
 struct TrainArgs {
     /// The model to train (GGUF, Hugging Face folder, .fir or .fairy);
-    /// omitted with --init random.
+    /// omitted with --init random. A .fairy with quantized layers trains
+    /// from the masters of the source checkpoint it was compiled from (it
+    /// must be there), without --quant.
     model: Option<PathBuf>,
     /// Start from the model's weights (pretrained) or from random weights
     /// for the architecture in --config (random).

@@ -30,6 +30,7 @@ use safetensors::tensor::TensorView;
 
 use crate::Error;
 
+mod artifact;
 mod run;
 
 pub use run::{

@@ -285,7 +285,13 @@ fn training_model(
     config: &TrainConfig,
 ) -> Result<(Imported, Option<Graph>), Error> {
     let imported = match source {
-        ModelSource::Path(model) => import(&model)?,
+        ModelSource::Path(model) => {
+            let imported = import(&model)?;
+            if let Some(found) = super::artifact::masters(&model, &imported, config)? {
+                return Ok(found);
+            }
+            imported
+        }
         ModelSource::Random {
             config,
             tokenizer,
@@ -294,7 +300,13 @@ fn training_model(
             let tokenizer = import(&tokenizer)?.tokenizer;
             fairyc_frontend::init::random_model(&config, tokenizer, seed)?
         }
-        ModelSource::Imported(imported) => *imported,
+        ModelSource::Imported(imported) => {
+            let path = imported.source.clone();
+            if let Some(found) = super::artifact::masters(&path, &imported, config)? {
+                return Ok(found);
+            }
+            *imported
+        }
     };
     let teacher = config.distill.then(|| imported.graph.clone());
     if teacher.is_some() && config.quant.is_none() {
