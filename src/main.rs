@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fairyc::train::{Objective, Schedule, TrainOptions, Trainer};
+use fairyc::train::{read_records, train, Event, ModelSource, ScheduleKind, TrainConfig};
 use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
-use fairyc_passes::autodiff::{AdamW, GradOptions, Ste};
+use fairyc_passes::autodiff::Ste;
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::lower::{LowerOptions, Pairing};
@@ -487,7 +487,9 @@ fn load_with_progress(path: &Path, quant: &QuantArgs, report: bool) -> Result<Mo
 #[derive(Args)]
 struct TrainArgs {
     /// The model to train (GGUF, Hugging Face folder, .fir or .fairy);
-    /// omitted with --init random.
+    /// omitted with --init random. A .fairy with quantized layers trains
+    /// from the masters of the source checkpoint it was compiled from (it
+    /// must be there), without --quant.
     model: Option<PathBuf>,
     /// Start from the model's weights (pretrained) or from random weights
     /// for the architecture in --config (random).
@@ -609,275 +611,112 @@ enum PlotColumn {
     Heldout,
 }
 
-/// One row of the training log.
-struct StepRecord {
-    step: usize,
-    loss: f32,
-    lr: f32,
-    grad_norm: f32,
-    heldout: Option<f64>,
+/// The model `fairyc train` names: a file, or random weights.
+fn model_source(args: &TrainArgs) -> Result<ModelSource> {
+    Ok(
+        match (args.init, &args.model, &args.config, &args.tokenizer) {
+            (InitArg::Pretrained, Some(model), None, None) => ModelSource::Path(model.clone()),
+            (InitArg::Pretrained, ..) => {
+                bail!("train needs a MODEL (or --init random with --config and --tokenizer)")
+            }
+            (InitArg::Random, None, Some(config), Some(tokenizer)) => ModelSource::Random {
+                config: config.clone(),
+                tokenizer: tokenizer.clone(),
+                seed: args.seed,
+            },
+            (InitArg::Random, ..) => {
+                bail!("--init random takes --config and --tokenizer, and no MODEL")
+            }
+        },
+    )
 }
 
-const CSV_HEADER: &str = "step,loss,lr,grad_norm,heldout";
-
-impl StepRecord {
-    fn csv(&self) -> String {
-        let heldout = self.heldout.map(|h| h.to_string()).unwrap_or_default();
-        format!(
-            "{},{},{},{},{heldout}",
-            self.step, self.loss, self.lr, self.grad_norm
-        )
+/// `fairyc train`'s flags as the library's configuration.
+fn train_config(args: &TrainArgs) -> TrainConfig {
+    TrainConfig {
+        quant: args.quant.options(),
+        distill: args.distill,
+        data: args.data.clone(),
+        steps: args.steps,
+        seq: args.seq,
+        grad_accum: args.grad_accum,
+        lr: args.lr,
+        warmup: args.warmup,
+        schedule: match args.schedule {
+            ScheduleArg::Wsd => ScheduleKind::Wsd,
+            ScheduleArg::TwoPhase => ScheduleKind::TwoPhase,
+        },
+        decay_start: args.decay_start,
+        decay_steps: args.decay_steps,
+        min_lr_ratio: args.min_lr_ratio,
+        weight_decay: args.weight_decay,
+        clip: args.clip,
+        holdout: args.holdout,
+        eval_windows: args.eval_windows,
+        eval_every: args.eval_every,
+        ste: match args.ste {
+            SteArg::Identity => Ste::Identity,
+            SteArg::ScaleAware => Ste::ScaleAware,
+        },
+        gauss: args.gauss,
+        checkpoint: args.checkpoint.clone(),
+        checkpoint_every: args.checkpoint_every,
+        resume: args.resume,
+        loss_csv: args.loss_csv.clone(),
+        loss_png: args.loss_png.clone(),
+        output: Some(args.output.clone()),
     }
-
-    fn parse(line: &str) -> Option<StepRecord> {
-        let f: Vec<&str> = line.split(',').collect();
-        Some(StepRecord {
-            step: f.first()?.parse().ok()?,
-            loss: f.get(1)?.parse().ok()?,
-            lr: f.get(2)?.parse().ok()?,
-            grad_norm: f.get(3)?.parse().ok()?,
-            heldout: f.get(4).and_then(|h| h.parse().ok()),
-        })
-    }
-}
-
-/// Reads a `--loss-csv` file written by `fairyc train`.
-fn read_records(path: &Path) -> Result<Vec<StepRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut lines = text.lines();
-    if lines.next() != Some(CSV_HEADER) {
-        bail!(
-            "{}: not a fairyc training log (expected the header `{CSV_HEADER}`)",
-            path.display()
-        );
-    }
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            StepRecord::parse(line)
-                .with_context(|| format!("{}:{}: malformed record `{line}`", path.display(), i + 2))
-        })
-        .collect()
-}
-
-/// The model to train: imported (and compiled) or freshly initialised,
-/// and the teacher graph when distilling.
-fn training_model(args: &TrainArgs) -> Result<(Imported, Option<fairyc_ir::Graph>)> {
-    let imported = match (args.init, &args.model, &args.config, &args.tokenizer) {
-        (InitArg::Pretrained, Some(model), None, None) => import(model)?,
-        (InitArg::Pretrained, ..) => {
-            bail!("train needs a MODEL (or --init random with --config and --tokenizer)")
-        }
-        (InitArg::Random, None, Some(config), Some(tokenizer)) => {
-            let tokenizer = import(tokenizer)?.tokenizer;
-            fairyc_frontend::init::random_model(config, tokenizer, args.seed)?
-        }
-        (InitArg::Random, ..) => {
-            bail!("--init random takes --config and --tokenizer, and no MODEL")
-        }
-    };
-    let teacher = args.distill.then(|| imported.graph.clone());
-    if teacher.is_some() && args.quant.options().is_none() {
-        bail!("--distill learns from the unquantized model: choose a --quant to train");
-    }
-    let compiled = match args.quant.options() {
-        Some(options) => fairyc::compile(imported, &options)?.0,
-        None => imported,
-    };
-    Ok((compiled, teacher))
 }
 
 fn train_command(args: &TrainArgs) -> Result<()> {
-    if args.seq < 2 || args.steps == 0 || args.grad_accum == 0 {
-        bail!("--seq must be at least 2, and --steps and --grad-accum positive");
-    }
-    if !(0.0..1.0).contains(&args.holdout) {
-        bail!("--holdout must be in [0, 1), got {}", args.holdout);
-    }
-    if !(args.clip >= 0.0 && args.clip.is_finite()) {
-        bail!("--clip must be a non-negative number, got {}", args.clip);
-    }
-    let (compiled, teacher) = training_model(args)?;
-    let mut tokens = Vec::new();
-    for path in &args.data {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        tokens.extend(compiled.tokenizer.encode(&text, false)?);
-    }
-    let windows: Vec<&[u32]> = tokens.windows(args.seq + 1).step_by(args.seq).collect();
-    let held = ((windows.len() as f64) * args.holdout).ceil() as usize;
-    if windows.len() < held + 1 {
-        bail!(
-            "the data has {} tokens: too few for windows of --seq {} with a held-out split",
-            tokens.len(),
-            args.seq
-        );
-    }
-    let (train, heldout) = windows.split_at(windows.len() - held);
-    let heldout = &heldout[..heldout.len().min(args.eval_windows)];
-    let schedule = match args.schedule {
-        ScheduleArg::Wsd => Schedule::Wsd {
-            peak: args.lr,
-            warmup: args.warmup,
-            decay_start: args.decay_start,
-            decay_steps: args.decay_steps,
-            min_ratio: args.min_lr_ratio,
-        },
-        ScheduleArg::TwoPhase => Schedule::TwoPhase {
-            peak: args.lr,
-            warmup: args.warmup,
-            total: args.steps,
-        },
-    };
-    let adam = AdamW {
-        clip: (args.clip > 0.0).then_some(args.clip),
-        ..AdamW::default()
-    };
-    let objective = match teacher {
-        Some(graph) => Objective::Distill(graph),
-        None => Objective::NextToken,
-    };
-    let ste = match args.ste {
-        SteArg::Identity => Ste::Identity,
-        SteArg::ScaleAware => Ste::ScaleAware,
-    };
-    let options = TrainOptions {
-        adam,
-        grad: GradOptions { ste },
-        objective,
-        gauss: args.gauss,
-        rows: args.seq,
-    };
-    let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;
-    eprintln!(
-        "training {} parameters on {} windows of {} tokens ({} held out)",
-        trainer.parameter_count(),
-        train.len(),
-        args.seq,
-        held
-    );
-    let mut records: Vec<StepRecord> = Vec::new();
-    if let Some(ckpt) = &args.checkpoint {
-        if args.resume && ckpt.is_file() {
-            trainer.load(ckpt)?;
-            eprintln!("resumed {} at step {}", ckpt.display(), trainer.step);
-            if let Some(csv) = args.loss_csv.as_ref().filter(|p| p.is_file()) {
-                records = read_records(csv)?;
-                records.retain(|r| r.step <= trainer.step);
-            }
+    let source = model_source(args)?;
+    let config = train_config(args);
+    let mut bar = ProgressBar::hidden();
+    let report = train(source, &config, &mut |event| {
+        match event {
+        Event::Prepared {
+            parameters,
+            train_windows,
+            held_out,
+            seq,
+        } => eprintln!(
+            "training {parameters} parameters on {train_windows} windows of {seq} tokens ({held_out} held out)"
+        ),
+        Event::Resumed { checkpoint, step } => {
+            eprintln!("resumed {} at step {step}", checkpoint.display())
         }
-    }
-    let evaluate = |trainer: &Trainer| -> Result<Option<f64>> {
-        Ok((!heldout.is_empty())
-            .then(|| trainer.eval_loss(heldout))
-            .transpose()?)
-    };
-    if let Some(l) = evaluate(&trainer)? {
-        eprintln!(
-            "held-out loss before: {l:.4} (perplexity {:.2}) over {} windows",
-            l.exp(),
-            heldout.len()
-        );
-    }
-    let bar = ProgressBar::new(args.steps as u64).with_style(bar_style("steps"));
-    bar.set_position(trainer.step.min(args.steps) as u64);
-    let start = Instant::now();
-    let first = trainer.step;
-    let tokens_per_step = args.grad_accum * args.seq;
-    while trainer.step < args.steps {
-        let t = trainer.step + 1;
-        let batch: Vec<&[u32]> = (0..args.grad_accum)
-            .map(|k| train[(trainer.step * args.grad_accum + k) % train.len()])
-            .collect();
-        let lr = schedule.lr(t);
-        let stats = trainer.train_step(&batch, lr, schedule.weight_decay(t, args.weight_decay))?;
-        let heldout_loss = if args.eval_every > 0 && t % args.eval_every == 0 {
-            evaluate(&trainer)?
-        } else {
-            None
-        };
-        records.push(StepRecord {
-            step: t,
-            loss: stats.loss,
-            lr,
-            grad_norm: stats.grad_norm,
-            heldout: heldout_loss,
-        });
-        bar.set_position(t as u64);
-        bar.set_message(format!(
-            "loss {:.4}, |g| {:.3}, {:.0} tokens/s",
-            stats.loss,
-            stats.grad_norm,
-            ((t - first) * tokens_per_step) as f64 / start.elapsed().as_secs_f64()
-        ));
-        tracing::info!(
-            step = t,
-            loss = stats.loss,
-            grad_norm = stats.grad_norm,
-            lr,
-            "train"
-        );
-        if let Some(ckpt) = &args.checkpoint {
-            if t % args.checkpoint_every.max(1) == 0 || t == args.steps {
-                trainer.save(ckpt)?;
-                write_records(args, &records)?;
-            }
+        Event::HeldOutBefore { loss, windows } => eprintln!(
+            "held-out loss before: {loss:.4} (perplexity {:.2}) over {windows} windows",
+            loss.exp()
+        ),
+        Event::Started { step, steps } => {
+            bar = ProgressBar::new(steps as u64).with_style(bar_style("steps"));
+            bar.set_position(step.min(steps) as u64);
         }
+        Event::Step {
+            record,
+            tokens_per_second,
+        } => {
+            bar.set_position(record.step as u64);
+            bar.set_message(format!(
+                "loss {:.4}, |g| {:.3}, {tokens_per_second:.0} tokens/s",
+                record.loss, record.grad_norm
+            ));
+        }
+        Event::Finished { .. } => bar.finish_and_clear(),
+        Event::HeldOutAfter { loss } => {
+            eprintln!("held-out loss after:  {loss:.4} (perplexity {:.2})", loss.exp())
+        }
+        _ => {}
     }
-    bar.finish_and_clear();
-    write_records(args, &records)?;
-    let after = evaluate(&trainer)?;
-    if let Some(l) = after {
-        eprintln!("held-out loss after:  {l:.4} (perplexity {:.2})", l.exp());
-    }
-    let frozen = fairyc::compile::freeze(&compiled.graph, &trainer.store)?;
-    fairyc_frontend::fairy::write(
-        &args.output,
-        &frozen.graph,
-        &compiled.graph,
-        &compiled.tokenizer,
-        &frozen.tensors,
-    )?;
+    })?;
     println!(
         "trained {} steps ({} tokens) in {:.1}s; wrote {}",
-        trainer.step - first,
-        (trainer.step - first) * tokens_per_step,
-        start.elapsed().as_secs_f64(),
+        report.step - report.first_step,
+        report.tokens,
+        report.elapsed.as_secs_f64(),
         args.output.display()
     );
-    Ok(())
-}
-
-/// Writes the log as CSV and its plot as PNG, where asked.
-fn write_records(args: &TrainArgs, records: &[StepRecord]) -> Result<()> {
-    if let Some(path) = &args.loss_csv {
-        let mut csv = format!("{CSV_HEADER}\n");
-        for r in records {
-            csv.push_str(&r.csv());
-            csv.push('\n');
-        }
-        write_atomically(path, |w| w.write_all(csv.as_bytes()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(path) = &args.loss_png {
-        let train = fairyc::plot::Series {
-            name: "training loss".into(),
-            points: records
-                .iter()
-                .map(|r| (r.step as f64, f64::from(r.loss)))
-                .collect(),
-        };
-        let heldout = fairyc::plot::Series {
-            name: "held-out loss".into(),
-            points: records
-                .iter()
-                .filter_map(|r| Some((r.step as f64, r.heldout?)))
-                .collect(),
-        };
-        let title = format!("fairyc train: {}", args.output.display());
-        fairyc::plot::line_chart(path, &title, "step", "loss (nats)", &[train, heldout])?;
-    }
     Ok(())
 }
 

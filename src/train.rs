@@ -9,6 +9,9 @@
 //! The master weights stay in f32 in a [`TrainStore`]; the quantized
 //! weights exist only inside a step, where the executor derives them from
 //! the masters once (the same weight expressions `fairyc compile` freezes).
+//!
+//! [`train`] runs a whole training run from a [`TrainConfig`] (what
+//! `fairyc train` does); [`Trainer`] is its step-by-step engine.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +30,14 @@ use fairyc_passes::simplify::{simplify, SimplifyOptions};
 use safetensors::tensor::TensorView;
 
 use crate::Error;
+
+mod artifact;
+mod run;
+
+pub use run::{
+    read_records, train, Event, ModelSource, ScheduleKind, StepRecord, TrainConfig, TrainReport,
+    CSV_HEADER,
+};
 
 /// The prefix of a distillation teacher's weights: `teacher.<name>` reads
 /// the source's `<name>`, which training never changes.

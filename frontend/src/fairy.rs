@@ -164,6 +164,22 @@ pub fn is_artifact(path: &Path) -> Result<bool, FrontendError> {
         .contains_key("fairyc.format"))
 }
 
+/// The graph an artifact was frozen from (`fairyc.source_ir`): every stored
+/// tensor as an expression of the source weights, which its `meta source`
+/// names.
+pub fn read_source_graph(path: &Path) -> Result<Graph, FrontendError> {
+    let inner = SafetensorsStore::open(&[path.to_path_buf()])?;
+    let text = inner
+        .metadata()
+        .get("fairyc.source_ir")
+        .ok_or_else(|| FrontendError::File {
+            path: path.to_path_buf(),
+            message: "metadata `fairyc.source_ir` is missing".into(),
+        })?;
+    text::parse(text, &format!("{}#fairyc.source_ir", path.display()))
+        .map_err(|e| FrontendError::Model(e.to_string()))
+}
+
 /// Reads an artifact: its deployed graph, weights and tokenizer.
 pub fn read(path: &Path) -> Result<(Graph, FairyStore, Tokenizer), FrontendError> {
     let inner = SafetensorsStore::open(&[path.to_path_buf()])?;

@@ -1,0 +1,211 @@
+//! Training through the Rust API (`fairyc::train`), without the CLI, and
+//! training a `.fairy` artifact: from the masters its source checkpoint
+//! re-derives, or refused with the reason.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TempDir;
+use fairyc::train::{train, Event, ModelSource, TrainConfig};
+use fairyc::Model;
+use fairyc_frontend::gguf::GgmlType;
+use fairyc_frontend::synth::{write_gguf, SynthConfig};
+use fairyc_passes::pipeline::CompileOptions;
+
+/// A tiny model and text to train it on.
+fn setup(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
+    let model = dir.path(name);
+    write_gguf(&model, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let data = dir.path("data.txt");
+    std::fs::write(&data, text.repeat(2)).unwrap();
+    (model, data)
+}
+
+#[test]
+fn a_program_trains_a_model_without_the_cli() {
+    let dir = TempDir::new("train-api");
+    let (model, data) = setup(&dir, "tiny.gguf");
+    let output = dir.path("trained.fairy");
+    let config = TrainConfig {
+        quant: Some(CompileOptions::default()),
+        data: vec![data],
+        steps: 40,
+        seq: 32,
+        lr: 1e-2,
+        warmup: 5,
+        output: Some(output.clone()),
+        ..TrainConfig::default()
+    };
+    let mut events: Vec<String> = Vec::new();
+    let report = train(ModelSource::Path(model), &config, &mut |event| {
+        events.push(match event {
+            Event::Prepared { .. } => "prepared".into(),
+            Event::HeldOutBefore { .. } => "before".into(),
+            Event::Started { step, steps } => format!("started {step}/{steps}"),
+            Event::Step { record, .. } => format!("step {}", record.step),
+            Event::Finished { step } => format!("finished {step}"),
+            Event::HeldOutAfter { .. } => "after".into(),
+            other => format!("{other:?}"),
+        })
+    })
+    .unwrap();
+    let steps: Vec<String> = (1..=40).map(|t| format!("step {t}")).collect();
+    let mut want: Vec<String> = ["prepared", "before", "started 0/40"]
+        .map(String::from)
+        .to_vec();
+    want.extend(steps);
+    want.extend(["finished 40".to_string(), "after".to_string()]);
+    assert_eq!(events, want);
+    assert_eq!((report.first_step, report.step), (0, 40));
+    assert_eq!(report.tokens, 40 * 32);
+    assert_eq!(report.records.len(), 40);
+    let (before, after) = (
+        report.held_out_before.unwrap(),
+        report.held_out_after.unwrap(),
+    );
+    assert!(after < before - 0.5, "held-out loss {before} -> {after}");
+    // The artifact runs.
+    let trained = Model::load(&output).unwrap();
+    let logits = trained.logits(&[1, 2, 3]).unwrap();
+    assert_eq!(logits.shape[0], 3);
+}
+
+/// Compiles `model` to a W2 artifact at `path`, as `fairyc compile` does.
+fn compile_w2(model: &Path, path: &Path) {
+    let imported = fairyc::import(model).unwrap();
+    let (compiled, _) = fairyc::compile(imported, &CompileOptions::default()).unwrap();
+    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+    fairyc_frontend::fairy::write(
+        path,
+        &frozen.graph,
+        &compiled.graph,
+        &compiled.tokenizer,
+        &frozen.tensors,
+    )
+    .unwrap();
+}
+
+fn error(source: ModelSource, config: &TrainConfig) -> String {
+    match train(source, config, &mut |_| {}) {
+        Ok(_) => panic!("training succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_artifact_trains_from_its_source_masters_or_is_refused() {
+    let dir = TempDir::new("train-artifact");
+    let (model, data) = setup(&dir, "source.gguf");
+    let artifact = dir.path("w2.fairy");
+    compile_w2(&model, &artifact);
+    let config = TrainConfig {
+        data: vec![data.clone()],
+        steps: 8,
+        seq: 16,
+        lr: 5e-3,
+        ..TrainConfig::default()
+    };
+    // From the checkpoint, compiled in memory, and from the artifact: the
+    // same masters, the same losses.
+    let trained = dir.path("trained.fairy");
+    let from_source = train(
+        ModelSource::Path(model.clone()),
+        &TrainConfig {
+            quant: Some(CompileOptions::default()),
+            output: Some(trained.clone()),
+            ..config.clone()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let from_artifact = train(ModelSource::Path(artifact.clone()), &config, &mut |_| {}).unwrap();
+    assert_eq!(from_source.records, from_artifact.records);
+    assert_eq!(from_source.held_out_after, from_artifact.held_out_after);
+
+    // Its quantization is fixed.
+    let err = error(
+        ModelSource::Path(artifact.clone()),
+        &TrainConfig {
+            quant: Some(CompileOptions::default()),
+            ..config.clone()
+        },
+    );
+    assert!(err.contains("train it without --quant"), "{err}");
+
+    // A trained artifact's codes do not come from its source checkpoint.
+    let err = error(ModelSource::Path(trained), &config);
+    assert!(
+        err.contains("2-bit codes")
+            && err.contains("not the quantization")
+            && err.contains("source.gguf"),
+        "{err}"
+    );
+
+    // A model trained from scratch has its masters only in its checkpoint.
+    let scratch = dir.path("scratch.fairy");
+    let llama = dir.path("llama.json");
+    let vocab = SynthConfig::tiny().vocab_size();
+    std::fs::write(
+        &llama,
+        format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "vocab_size": {vocab}, "hidden_size": 32,
+                "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 4,
+                "tie_word_embeddings": false}}"#
+        ),
+    )
+    .unwrap();
+    let random = || ModelSource::Random {
+        config: llama.clone(),
+        tokenizer: model.clone(),
+        seed: 3,
+    };
+    train(
+        random(),
+        &TrainConfig {
+            quant: Some(CompileOptions::default()),
+            steps: 1,
+            output: Some(scratch.clone()),
+            ..config.clone()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let err = error(ModelSource::Path(scratch), &config);
+    assert!(
+        err.contains("random init, seed 3") && err.contains("--resume"),
+        "{err}"
+    );
+
+    // Without its source checkpoint there is nothing to re-derive from;
+    // the CLI says so too (it used to fail with "%N is code2").
+    std::fs::remove_file(&model).unwrap();
+    let err = error(ModelSource::Path(artifact.clone()), &config);
+    assert!(
+        err.contains("only the quantized weights")
+            && err.contains("2-bit codes")
+            && err.contains("source.gguf")
+            && err.contains("train from the source checkpoint"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .arg("train")
+        .arg(&artifact)
+        .arg("--data")
+        .arg(&data)
+        .args(["--steps", "1", "-o"])
+        .arg(dir.path("x.fairy"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("source.gguf")
+            && stderr.contains("2-bit codes")
+            && !stderr.contains("is code2"),
+        "{stderr}"
+    );
+}
