@@ -6,7 +6,7 @@
 //! cargo run --release --example train [MODEL DATA]
 //! ```
 //!
-//! Without arguments it trains a synthetic tiny model on README.md.
+//! Without arguments it trains a synthetic tiny model on ../shared/corpus/public.txt.
 
 use std::path::PathBuf;
 
@@ -27,7 +27,7 @@ fn main() -> Result<(), fairyc::Error> {
                 .map_err(|e| fairyc::Error::Usage(e.to_string()))?;
             (
                 model,
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public.txt"),
             )
         }
     };

@@ -36,8 +36,7 @@ fn held_out(stderr: &str, when: &str) -> f64 {
 fn setup(dir: &TempDir) -> (String, String) {
     let model = dir.path("tiny.gguf");
     write_gguf(&model, &SynthConfig::tiny(), GgmlType::F32).unwrap();
-    let text: String =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let text: String = common::training_text(13_500);
     let data = dir.path("data.txt");
     std::fs::write(&data, text.repeat(2)).unwrap();
     (model.display().to_string(), data.display().to_string())

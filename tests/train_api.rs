@@ -18,8 +18,7 @@ use fairyc_passes::pipeline::CompileOptions;
 fn setup(dir: &TempDir, name: &str) -> (PathBuf, PathBuf) {
     let model = dir.path(name);
     write_gguf(&model, &SynthConfig::tiny(), GgmlType::F32).unwrap();
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let text = common::training_text(13_500);
     let data = dir.path("data.txt");
     std::fs::write(&data, text.repeat(2)).unwrap();
     (model, data)

@@ -103,3 +103,15 @@ pub fn rewrite_artifact(
     let out = safetensors::serialize(views, Some(meta)).unwrap();
     std::fs::write(dst, out).unwrap();
 }
+
+/// Training text for the tests: the first `bytes` bytes (cut at a line) of
+/// the shared public corpus, never documentation.
+pub fn training_text(bytes: usize) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the training text {} is needed: {e}", path.display()));
+    let cut = text[..bytes.min(text.len())]
+        .rfind('\n')
+        .map_or(bytes.min(text.len()), |i| i + 1);
+    text[..cut].to_string()
+}
