@@ -131,6 +131,53 @@ fn the_cost_model_picks_gauss_for_batches_only() {
     );
 }
 
+/// A target whose complex products cost what a real one does (a table
+/// look-up kernel reads both parts at once): Gauss's extra additions never
+/// pay there, even for batches where the flop-counting target picks it.
+#[derive(Debug)]
+struct LookupTarget;
+
+impl fairyc_ir::cost::TargetCost for LookupTarget {
+    fn op_work(
+        &self,
+        op: &Op,
+        ty: &fairyc_ir::TensorType,
+        operands: &[&fairyc_ir::TensorType],
+        context: f64,
+    ) -> f64 {
+        let flops = fairyc_ir::cost::FlopCost::default();
+        match op {
+            Op::Linear if ty.dtype == DType::C64 => {
+                let real = fairyc_ir::TensorType::new(DType::F32, ty.shape.clone());
+                flops.op_work(op, &real, operands, context)
+            }
+            _ => flops.op_work(op, ty, operands, context),
+        }
+    }
+
+    fn weight_byte_cost(&self, _dtype: DType) -> f64 {
+        8.0
+    }
+}
+
+#[test]
+fn extraction_chooses_per_target() {
+    let dir = TempDir::new("gauss-target");
+    let gguf = tiny_gguf(&dir);
+    let complex_products = |g: &Graph| count(g, |n| n.op == Op::Linear && n.ty.dtype == DType::C64);
+    let mut lookup = options(None, Pairing::Paper, 4096.0);
+    lookup.simplify.cost.target = std::sync::Arc::new(LookupTarget);
+    let (on_lookup, _) = compile(import(&gguf).unwrap(), &lookup).unwrap();
+    let (on_flops, _) = compile(
+        import(&gguf).unwrap(),
+        &options(None, Pairing::Paper, 4096.0),
+    )
+    .unwrap();
+    let layers = SynthConfig::tiny().layers;
+    assert_eq!(complex_products(&on_flops.graph), 0);
+    assert_eq!(complex_products(&on_lookup.graph), 14 * layers);
+}
+
 /// The IR after each pass, W2 with each pairing.
 #[test]
 fn ir_after_every_pass_snapshot() {

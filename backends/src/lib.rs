@@ -15,7 +15,9 @@ pub mod reference;
 pub mod tensor;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use fairyc_ir::cost::TargetCost;
 use fairyc_ir::decompose::lower_composites;
 use fairyc_ir::{verify, Graph, Op, OpKind, WeightStore};
 
@@ -52,6 +54,9 @@ impl BackendError {
 pub trait Backend: Sync {
     /// The name users choose it by (`--backend NAME`).
     fn name(&self) -> &'static str;
+
+    /// The prices extraction uses when compiling for this backend.
+    fn target_cost(&self) -> Arc<dyn TargetCost>;
 
     /// Whether the backend runs `op` natively. Composites it does not run
     /// are decomposed; primitives it does not run make [`prepare`] fail.

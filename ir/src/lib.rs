@@ -8,9 +8,11 @@
 //! - [`text`]: the one textual form (print and parse); [`dot`]: Graphviz;
 //! - [`quant`]: the reference semantics of the Fairy2i ops (widely-linear
 //!   split, PhaseQuant, the code2 encoding) and the real baselines;
+//! - [`cost`]: the prices a target puts on ops, for extraction;
 //! - [`weights`]: the store that `weight` nodes refer to by name.
 
 pub mod atomic;
+pub mod cost;
 pub mod decompose;
 pub mod dot;
 pub mod graph;

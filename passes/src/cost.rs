@@ -1,9 +1,10 @@
 //! The cost model that extraction minimises.
 //!
-//! Cost is the run-time work per token, in floating-point operations:
-//! a multiply-add counts 2 (a complex one 8: four real products and four
-//! sums), elementwise ops count per element, data movement one per real
-//! element moved. Weight expressions cost nothing to derive (they are
+//! Cost is the run-time work per token at a target's prices
+//! ([`TargetCost`], which a backend implements; [`FlopCost`], the
+//! reference's, counts floating-point operations: a multiply-add 2, a
+//! complex one 8, elementwise ops per element, data movement one per real
+//! element moved). Weight expressions cost nothing to derive (they are
 //! evaluated once, at load); reading one costs its bytes times
 //! `flops_per_byte / tokens`: a batch of `tokens` rows shares each read.
 //! With `tokens = 1` (decoding) bytes dominate and compact weights win;
@@ -19,30 +20,33 @@
 //! up to the nearest anchors, which keeps those sets small.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use egg::{CostFunction, Id};
+use fairyc_ir::cost::bytes_per_row;
+pub use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::infer::infer_type;
-use fairyc_ir::{DType, Dim, Op, TensorType};
+use fairyc_ir::{Dim, Op, TensorType};
 
 use crate::egraph::{IrEGraph, Node};
 
-/// The machine and workload the cost model assumes.
-#[derive(Clone, Copy, Debug)]
+/// The workload the cost model assumes, and the target's prices.
+#[derive(Clone, Debug)]
 pub struct CostModel {
     /// Rows that share one read of the weights.
     pub tokens: f64,
-    /// Arithmetic the machine does in the time it reads one byte.
-    pub flops_per_byte: f64,
     /// Context length attention is charged for.
     pub context: f64,
+    /// The target's prices (a backend's; the reference's by default).
+    pub target: Arc<dyn TargetCost>,
 }
 
 impl Default for CostModel {
     fn default() -> CostModel {
         CostModel {
             tokens: 1.0,
-            flops_per_byte: 8.0,
             context: 512.0,
+            target: Arc::new(FlopCost::default()),
         }
     }
 }
@@ -87,34 +91,6 @@ pub struct RuntimeCost<'a> {
     pub anchors: HashSet<Id>,
 }
 
-/// Elements per row of a type: the product of its fixed dimensions
-/// (symbolic ones such as `seq` are the rows).
-fn per_row(t: &TensorType) -> f64 {
-    t.shape
-        .dims()
-        .iter()
-        .map(|d| match d {
-            Dim::Fixed(n) => *n as f64,
-            Dim::Sym(_) => 1.0,
-        })
-        .product()
-}
-
-/// Real elements per row, complex ones counting twice.
-fn elements(t: &TensorType) -> f64 {
-    per_row(t) * if t.dtype == DType::C64 { 2.0 } else { 1.0 }
-}
-
-fn bytes(t: &TensorType) -> f64 {
-    let per = match t.dtype {
-        DType::F32 | DType::I32 => 4.0,
-        DType::F16 | DType::BF16 => 2.0,
-        DType::C64 => 8.0,
-        DType::Code2 => 0.25,
-    };
-    per_row(t) * per
-}
-
 impl RuntimeCost<'_> {
     /// The node's result type and whether it is a weight expression.
     fn info(&self, node: &Node) -> (TensorType, bool) {
@@ -149,42 +125,16 @@ impl RuntimeCost<'_> {
         }
     }
 
-    /// Work of one node per row of its values.
+    /// Work of one node per row of its values, at the target's prices.
     fn work(&self, node: &Node, ty: &TensorType) -> f64 {
-        let child = |i: usize| &self.egraph[node.children[i]].data.ty;
-        let out = elements(ty);
-        match &node.op {
-            Op::Input { .. } | Op::Weight { .. } => 0.0,
-            Op::Linear => {
-                let k = match child(1).shape.dims()[1] {
-                    Dim::Fixed(k) => k as f64,
-                    Dim::Sym(_) => 1.0,
-                };
-                // `out` already counts both parts of a complex result.
-                out * k * if ty.dtype == DType::C64 { 4.0 } else { 2.0 }
-            }
-            // Per output: an add or subtract per code and stage, no multiply.
-            Op::QuantLinear {
-                u_stages, w_stages, ..
-            } => {
-                let m = elements(child(0));
-                out * m * (u_stages + w_stages) as f64
-            }
-            Op::Attention { .. } => 4.0 * elements(child(0)) * self.model.context,
-            // Recomputes the attention weights, then one more product.
-            Op::AttentionGrad { .. } => 6.0 * elements(child(0)) * self.model.context,
-            // One multiply-add per weight entry and row.
-            Op::LinearWeightGrad => out * if ty.dtype == DType::C64 { 4.0 } else { 2.0 },
-            Op::CrossEntropy | Op::CrossEntropyGrad => 4.0 * elements(child(0)),
-            Op::KlDiv | Op::KlDivGrad => 8.0 * elements(child(0)),
-            Op::RmsNormGrad { .. } | Op::SiluGrad | Op::SoftmaxGrad | Op::Crelu2Grad => {
-                6.0 * elements(child(0))
-            }
-            Op::Mul if ty.dtype == DType::C64 => 3.0 * out,
-            Op::RmsNorm { .. } | Op::Silu | Op::Softmax => 4.0 * out,
-            Op::Rope { .. } => 3.0 * out,
-            _ => out,
-        }
+        let operands: Vec<&TensorType> = node
+            .children
+            .iter()
+            .map(|c| &self.egraph[*c].data.ty)
+            .collect();
+        self.model
+            .target
+            .op_work(&node.op, ty, &operands, self.model.context)
     }
 }
 
@@ -201,7 +151,7 @@ impl CostFunction<Node> for RuntimeCost<'_> {
     fn cost<C: FnMut(Id) -> DagCost>(&mut self, enode: &Node, mut costs: C) -> DagCost {
         let (ty, constant) = self.info(enode);
         let own = if constant {
-            bytes(&ty) * self.model.flops_per_byte / self.model.tokens
+            bytes_per_row(&ty) * self.model.target.weight_byte_cost(ty.dtype) / self.model.tokens
         } else {
             self.own_cost(enode, &ty)
         };

@@ -118,7 +118,7 @@ pub fn compile(
         current = record("quantize", g, start, None)?;
     }
     let start = Instant::now();
-    let (g, stats) = simplify(&current, options.simplify, options.limits);
+    let (g, stats) = simplify(&current, options.simplify.clone(), options.limits);
     current = record("simplify", eliminate_dead_code(&g), start, Some(stats))?;
     Ok((current, records))
 }

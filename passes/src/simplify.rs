@@ -234,7 +234,7 @@ fn gauss() -> Rewrite<Node, Types> {
 }
 
 /// Which rewrites `simplify` may use.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SimplifyOptions {
     /// The identities (inverse pairs, complex RoPE and attention). Training
     /// graphs are built from simplified forward graphs and leave them out:
@@ -270,7 +270,7 @@ pub fn simplify(graph: &Graph, options: SimplifyOptions, limits: Limits) -> (Gra
     let sat = saturate("simplify", graph, &rules, limits);
     let cost = |anchors| RuntimeCost {
         egraph: &sat.egraph,
-        model: options.cost,
+        model: options.cost.clone(),
         anchors,
     };
     (sat.extract(cost, graph), sat.stats.clone())

@@ -5,6 +5,9 @@
 pub mod executor;
 pub mod kernels;
 
+use std::sync::Arc;
+
+use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::{Graph, Op, OpKind, WeightStore};
 
 pub use crate::cache::KvCache;
@@ -32,6 +35,10 @@ impl Reference {
 impl Backend for Reference {
     fn name(&self) -> &'static str {
         "reference"
+    }
+
+    fn target_cost(&self) -> Arc<dyn TargetCost> {
+        Arc::new(FlopCost::default())
     }
 
     fn supports(&self, op: &Op) -> bool {

@@ -4,10 +4,10 @@
 //! `y_i = Σ_t Σ_j u_t[i, j] · x_j + Σ_t Σ_j w_t[i, j] · conj(x_j)` where each
 //! entry is a code `b ∈ {+1, -1, +i, -i}` times its group's axis scale
 //! (`s_re` for `±1`, `s_im` for `±i`). Within a group a code only adds or
-//! subtracts `x_j` into one of two accumulators (by its axis); the scales
-//! multiply the two accumulators once per group: `s_re·A_re + i·s_im·A_im`.
+//! subtracts `x_j` into the sum its code selects (the code's two bits index
+//! four sums, so the loop has no branch); the scales multiply the sums once
+//! per group: `s_re·(Σ₊₁ − Σ₋₁) + i·s_im·(Σ₊ᵢ − Σ₋ᵢ)`.
 
-use fairyc_ir::quant::{unpack_code_rows, Code};
 use fairyc_ir::Granularity;
 use num_complex::Complex32;
 use rayon::prelude::*;
@@ -61,8 +61,7 @@ pub fn quant_linear(
             let mut column = vec![Complex32::new(0.0, 0.0); rows];
             for (stages, input) in [(u, x), (w, &conj[..])] {
                 for stage in stages {
-                    let codes = unpack_code_rows(&stage.packed[i * stride..][..stride], 1, m)
-                        .expect("the row's length was checked");
+                    let codes = &stage.packed[i * stride..][..stride];
                     let scales = match granularity {
                         Granularity::Tensor => stage.scales,
                         _ => &stage.scales[2 * i * groups_per_row..][..2 * groups_per_row],
@@ -70,14 +69,16 @@ pub fn quant_linear(
                     for (r, out) in column.iter_mut().enumerate() {
                         let xr = &input[r * m..][..m];
                         let mut acc = Complex32::new(0.0, 0.0);
-                        for (g, (codes, xs)) in codes
-                            .chunks(group_len)
-                            .zip(xr.chunks(group_len))
-                            .enumerate()
-                        {
-                            let (re, im) = accumulate(codes, xs);
+                        for g in 0..groups_per_row {
+                            let start = g * group_len;
+                            let end = (start + group_len).min(m);
+                            let sums = accumulate(codes, xr, start, end);
                             let (s_re, s_im) = (scales[2 * g], scales[2 * g + 1]);
-                            // s_re·A_re + i·s_im·A_im
+                            // Codes +1, +i, -1, -i: A_re = Σ(+1) − Σ(−1),
+                            // A_im = Σ(+i) − Σ(−i); the group adds
+                            // s_re·A_re + i·s_im·A_im.
+                            let re = sums[0] - sums[2];
+                            let im = sums[1] - sums[3];
                             acc += Complex32::new(
                                 s_re * re.re - s_im * im.im,
                                 s_re * re.im + s_im * im.re,
@@ -99,19 +100,36 @@ pub fn quant_linear(
     Ok(y)
 }
 
-/// Sums of `±x_j` over one group: those with real-axis codes (`±1`) and
-/// those with imaginary-axis codes (`±i`, before the factor `i`).
+/// Sums of the inputs `xs[start..end]` by their code (indexed by the code's
+/// two bits: `+1`, `+i`, `-1`, `-i`), reading the codes packed four to a
+/// byte. Branch-free: each input is added to the sum its code selects; the
+/// four codes of a byte go to four separate sets of sums, so consecutive
+/// additions do not wait on each other.
 #[inline]
-fn accumulate(codes: &[Code], xs: &[Complex32]) -> (Complex32, Complex32) {
-    let mut re = Complex32::new(0.0, 0.0);
-    let mut im = Complex32::new(0.0, 0.0);
-    for (c, v) in codes.iter().zip(xs) {
-        match c {
-            Code::PlusOne => re += v,
-            Code::MinusOne => re -= v,
-            Code::PlusI => im += v,
-            Code::MinusI => im -= v,
+fn accumulate(packed: &[u8], xs: &[Complex32], start: usize, end: usize) -> [Complex32; 4] {
+    let zero = Complex32::new(0.0, 0.0);
+    let mut sums = [[zero; 4]; 4];
+    let mut j = start;
+    while j < end && j % 4 != 0 {
+        sums[0][((packed[j / 4] >> (2 * (j % 4))) & 0b11) as usize] += xs[j];
+        j += 1;
+    }
+    while j + 4 <= end {
+        let byte = packed[j / 4];
+        for (lane, set) in sums.iter_mut().enumerate() {
+            set[((byte >> (2 * lane)) & 0b11) as usize] += xs[j + lane];
+        }
+        j += 4;
+    }
+    while j < end {
+        sums[0][((packed[j / 4] >> (2 * (j % 4))) & 0b11) as usize] += xs[j];
+        j += 1;
+    }
+    let mut total = [zero; 4];
+    for set in sums {
+        for (t, v) in total.iter_mut().zip(set) {
+            *t += v;
         }
     }
-    (re, im)
+    total
 }
