@@ -110,7 +110,7 @@ fn accumulate(packed: &[u8], xs: &[Complex32], start: usize, end: usize) -> [Com
     let zero = Complex32::new(0.0, 0.0);
     let mut sums = [[zero; 4]; 4];
     let mut j = start;
-    while j < end && j % 4 != 0 {
+    while j < end && !j.is_multiple_of(4) {
         sums[0][((packed[j / 4] >> (2 * (j % 4))) & 0b11) as usize] += xs[j];
         j += 1;
     }
