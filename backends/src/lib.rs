@@ -10,6 +10,7 @@
 //! stay packed) and a [`MemoryPlan`] into a [`Program`].
 
 pub mod cache;
+pub mod conformance;
 pub mod plan;
 pub mod reference;
 pub mod tensor;

@@ -288,3 +288,71 @@ fn complex_rms_norm_and_crelu_squared_follow_the_spec() {
         ]
     );
 }
+
+/// `quant_linear` from packed codes equals its definition on dense weights:
+/// `Σ_t dequant(u_t)·x + Σ_t dequant(w_t)·conj(x)`, for every granularity,
+/// widths that are not multiples of four or of the group, and empty batches.
+#[test]
+fn quant_linear_equals_the_dense_widely_linear_product() {
+    use fairyc_backends::reference::kernels::quant_linear::{quant_linear, StageCodes};
+    use fairyc_ir::quant::{dequantize, pack_code_rows, Code, PhaseQuantized};
+    use fairyc_ir::Granularity;
+    use num_complex::Complex32;
+    let mut rng = StdRng::seed_from_u64(7);
+    for granularity in [
+        Granularity::Tensor,
+        Granularity::Channel,
+        Granularity::Group(3),
+        Granularity::Group(8),
+    ] {
+        for (rows, n, m, u_stages, w_stages) in [
+            (0, 3, 5, 1, 1),
+            (1, 4, 9, 2, 2),
+            (3, 5, 13, 3, 3),
+            (2, 6, 16, 0, 1),
+        ] {
+            let groups = granularity.num_groups(n, m).unwrap();
+            let stages: Vec<(PhaseQuantized, Vec<u8>)> = (0..u_stages + w_stages)
+                .map(|_| {
+                    let codes: Vec<Code> = (0..n * m)
+                        .map(|_| Code::from_bits((rng.random::<f32>() * 4.0) as u8))
+                        .collect();
+                    let packed = pack_code_rows(&codes, n, m).unwrap();
+                    let scales = rand_vec(&mut rng, 2 * groups);
+                    (PhaseQuantized { codes, scales }, packed)
+                })
+                .collect();
+            let x: Vec<Complex32> = (0..rows * m)
+                .map(|_| Complex32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5))
+                .collect();
+            let packed: Vec<StageCodes> = stages
+                .iter()
+                .map(|(q, p)| StageCodes {
+                    packed: p,
+                    scales: &q.scales,
+                })
+                .collect();
+            let (u, w) = packed.split_at(u_stages);
+            let got = quant_linear(&x, m, n, u, w, granularity).unwrap();
+            let mut want = vec![Complex32::new(0.0, 0.0); rows * n];
+            for (t, (q, _)) in stages.iter().enumerate() {
+                let dense = dequantize(q, n, m, granularity).unwrap();
+                for r in 0..rows {
+                    for i in 0..n {
+                        for j in 0..m {
+                            let xj = x[r * m + j];
+                            let xj = if t < u_stages { xj } else { xj.conj() };
+                            want[r * n + i] += dense[i * m + j] * xj;
+                        }
+                    }
+                }
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).norm() <= 1e-4 * w.norm().max(1.0),
+                    "{granularity:?} rows {rows} [{n}, {m}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+}

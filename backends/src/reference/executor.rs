@@ -386,7 +386,7 @@ fn eval(
         Op::Linear => {
             let w = args[1];
             let (k, n) = (w.shape[1], w.shape[0]);
-            let m = x.len() / k;
+            let m = x.shape[..x.shape.len() - 1].iter().product();
             let shape = with_last(&x.shape, n);
             match (&x.data, &w.data) {
                 (Data::F32(a), Data::F32(b)) => Tensor::f32(shape, linear(a, b, m, k, n)),

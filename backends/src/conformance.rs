@@ -1,0 +1,662 @@
+//! The conformance suite every backend instantiates: each op of the table
+//! on several shapes (odd sizes and empty dimensions included), run on the
+//! backend under test and on the reference backend, compared elementwise.
+//!
+//! A backend's test file instantiates it with one line:
+//!
+//! ```ignore
+//! fairyc_backends::conformance_suite!(MyBackend::new());
+//! ```
+//!
+//! Whole models (tiny llama, qwen2, iFairy, W1/W2/W3 artifacts) are checked
+//! end to end by the top crate's `tests/conformance_models.rs`, which needs
+//! the frontend and the passes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use fairyc_ir::{
+    Arithmetic, AttentionOperand, DType, Granularity, Graph, GraphBuilder, NormOperand, Op,
+    RopeLayout, Scheme, Shape, TensorType, UnaryFn, ValueId, WeightError, WeightStore, WlPart,
+};
+use num_complex::Complex32;
+
+use crate::{compile, Backend, Data, KvCache, Reference, Tensor};
+
+/// One graph with its inputs and stored weights.
+pub struct Case {
+    pub name: String,
+    pub graph: Graph,
+    pub inputs: HashMap<String, Tensor>,
+    pub store: CaseStore,
+}
+
+/// Stored weights of a case: packed codes (which graph inputs cannot carry).
+#[derive(Default)]
+pub struct CaseStore {
+    codes: BTreeMap<String, (TensorType, Vec<u8>)>,
+}
+
+impl WeightStore for CaseStore {
+    fn names(&self) -> Vec<String> {
+        self.codes.keys().cloned().collect()
+    }
+    fn tensor_type(&self, name: &str) -> Option<TensorType> {
+        self.codes.get(name).map(|(t, _)| t.clone())
+    }
+    fn encoding(&self, name: &str) -> Option<String> {
+        self.codes.get(name).map(|_| "code2".into())
+    }
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
+        Err(WeightError {
+            name: name.into(),
+            message: "the case stores codes only".into(),
+        })
+    }
+    fn read_codes(&self, name: &str) -> Result<Vec<u8>, WeightError> {
+        self.codes
+            .get(name)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| WeightError {
+                name: name.into(),
+                message: "not in the case".into(),
+            })
+    }
+}
+
+/// Builds one case: inputs with random values, named as they are added.
+struct CaseBuilder {
+    b: GraphBuilder,
+    inputs: HashMap<String, Tensor>,
+    store: CaseStore,
+    rng: u64,
+}
+
+impl CaseBuilder {
+    fn new(name: &str, seed: u64) -> CaseBuilder {
+        CaseBuilder {
+            b: GraphBuilder::new(name),
+            inputs: HashMap::new(),
+            store: CaseStore::default(),
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    /// Uniform in [-1, 1).
+    fn next(&mut self) -> f32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        ((self.rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn input(&mut self, ty: TensorType, t: Tensor) -> ValueId {
+        let name = format!("in{}", self.inputs.len());
+        self.inputs.insert(name.clone(), t);
+        self.b.input(name, ty)
+    }
+
+    fn real(&mut self, shape: &[usize]) -> ValueId {
+        let data = (0..shape.iter().product()).map(|_| self.next()).collect();
+        self.input(ty(DType::F32, shape), Tensor::f32(shape.to_vec(), data))
+    }
+
+    /// Real values in [0.5, 1.5): for square roots, reciprocals and norms.
+    fn positive(&mut self, shape: &[usize]) -> ValueId {
+        let data = (0..shape.iter().product())
+            .map(|_| 1.0 + 0.5 * self.next())
+            .collect();
+        self.input(ty(DType::F32, shape), Tensor::f32(shape.to_vec(), data))
+    }
+
+    fn complex(&mut self, shape: &[usize]) -> ValueId {
+        let data = (0..shape.iter().product())
+            .map(|_| Complex32::new(self.next(), self.next()))
+            .collect();
+        self.input(ty(DType::C64, shape), Tensor::c64(shape.to_vec(), data))
+    }
+
+    /// i32 values in `lo..hi`.
+    fn ints(&mut self, shape: &[usize], lo: i32, hi: i32) -> ValueId {
+        let span = (hi - lo) as f32;
+        let data = (0..shape.iter().product())
+            .map(|_| lo + (((self.next() + 1.0) / 2.0 * span) as i32).min(hi - lo - 1))
+            .collect();
+        self.input(ty(DType::I32, shape), Tensor::i32(shape.to_vec(), data))
+    }
+
+    /// Random packed codes `code2[n, m]` as a stored weight.
+    fn codes(&mut self, n: usize, m: usize) -> ValueId {
+        let name = format!("codes{}", self.store.codes.len());
+        let bytes = (0..n * m.div_ceil(4))
+            .map(|_| ((self.next() + 1.0) * 128.0) as u8)
+            .collect::<Vec<u8>>();
+        // Padding codes past the row's end are `+1` (zero bits).
+        let stride = m.div_ceil(4);
+        let mut bytes = bytes;
+        if !m.is_multiple_of(4) {
+            let keep = (1u8 << (2 * (m % 4))) - 1;
+            for row in 0..n {
+                bytes[row * stride + stride - 1] &= keep;
+            }
+        }
+        let t = ty(DType::Code2, &[n, m]);
+        self.store.codes.insert(name.clone(), (t.clone(), bytes));
+        self.b.weight(name, t)
+    }
+
+    fn push(&mut self, op: Op, operands: &[ValueId]) -> ValueId {
+        self.b
+            .push(op, operands)
+            .unwrap_or_else(|e| panic!("a conformance case is ill-typed: {e}"))
+    }
+
+    fn finish(self, outputs: &[ValueId]) -> Case {
+        let graph = self.b.finish(outputs);
+        Case {
+            name: graph.name.clone(),
+            graph,
+            inputs: self.inputs,
+            store: self.store,
+        }
+    }
+}
+
+fn ty(dtype: DType, shape: &[usize]) -> TensorType {
+    TensorType::new(dtype, Shape::new(shape.iter().copied()))
+}
+
+/// Adds a case per shape: `build` makes the graph's outputs for one shape.
+fn cases_over<S: std::fmt::Debug + Copy>(
+    out: &mut Vec<Case>,
+    name: &str,
+    shapes: &[S],
+    build: impl Fn(&mut CaseBuilder, S) -> Vec<ValueId>,
+) {
+    for (k, &shape) in shapes.iter().enumerate() {
+        let mut c = CaseBuilder::new(&format!("{name} {shape:?}"), (out.len() * 31 + k) as u64);
+        let outputs = build(&mut c, shape);
+        out.push(c.finish(&outputs));
+    }
+}
+
+/// Every case of the suite.
+pub fn op_cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    let rows = [0usize, 1, 5];
+    cases_over(&mut out, "embed", &rows, |c, s| {
+        let ids = c.ints(&[s], 0, 7);
+        let table = c.real(&[7, 5]);
+        let ctable = c.complex(&[7, 3]);
+        vec![
+            c.push(Op::Embed, &[ids, table]),
+            c.push(Op::Embed, &[ids, ctable]),
+        ]
+    });
+    for (s, k, n) in [(0, 5, 3), (3, 5, 3), (2, 1, 7), (4, 9, 1), (3, 0, 2)] {
+        cases_over(&mut out, "linear", &[(s, k, n)], |c, (s, k, n)| {
+            let (x, w) = (c.real(&[s, k]), c.real(&[n, k]));
+            let (zx, zw) = (c.complex(&[s, k]), c.complex(&[n, k]));
+            vec![c.push(Op::Linear, &[x, w]), c.push(Op::Linear, &[zx, zw])]
+        });
+    }
+    cases_over(&mut out, "rms_norm", &rows, |c, s| {
+        let (x, g) = (c.real(&[s, 6]), c.real(&[6]));
+        let (z, g2) = (c.complex(&[s, 3]), c.real(&[6]));
+        let op = Op::RmsNorm { eps: 1e-5 };
+        vec![c.push(op.clone(), &[x, g]), c.push(op, &[z, g2])]
+    });
+    for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
+        cases_over(&mut out, "rope", &rows, |c, s| {
+            let (x, pos) = (c.real(&[s, 8]), c.ints(&[s], -3, 40));
+            let z = c.complex(&[s, 4]);
+            let op = Op::Rope {
+                base: 10000.0,
+                layout,
+                head_dim: 4,
+            };
+            vec![c.push(op.clone(), &[x, pos]), c.push(op, &[z, pos])]
+        });
+    }
+    for causal in [true, false] {
+        cases_over(&mut out, "attention", &[1usize, 5], |c, s| {
+            let (q, k, v) = (c.real(&[s, 8]), c.real(&[s, 4]), c.real(&[s, 6]));
+            let (zq, zk, zv) = (c.complex(&[s, 8]), c.complex(&[s, 4]), c.complex(&[s, 6]));
+            let op = Op::Attention {
+                heads: 2,
+                kv_heads: 1,
+                scale: 0.5,
+                causal,
+            };
+            vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
+        });
+    }
+    cases_over(&mut out, "elementwise", &rows, |c, s| {
+        let (x, p, y, row) = (
+            c.real(&[s, 7]),
+            c.positive(&[s, 7]),
+            c.real(&[s, 7]),
+            c.positive(&[7]),
+        );
+        let (z, w, zrow) = (c.complex(&[s, 7]), c.complex(&[s, 7]), c.complex(&[7]));
+        let pos = c.ints(&[s], -5, 5);
+        let mut outs = vec![c.push(Op::Silu, &[x]), c.push(Op::Softmax, &[x])];
+        for func in [UnaryFn::Neg, UnaryFn::Exp, UnaryFn::Sigmoid] {
+            outs.push(c.push(Op::Unary { func }, &[x]));
+        }
+        for func in [UnaryFn::Sqrt, UnaryFn::Recip] {
+            outs.push(c.push(Op::Unary { func }, &[p]));
+        }
+        outs.push(c.push(Op::Unary { func: UnaryFn::Neg }, &[z]));
+        outs.push(c.push(Op::Unary { func: UnaryFn::Neg }, &[pos]));
+        for op in [Op::Add, Op::Sub, Op::Mul] {
+            outs.push(c.push(op.clone(), &[x, y]));
+            outs.push(c.push(op.clone(), &[x, row]));
+            outs.push(c.push(op.clone(), &[z, w]));
+            outs.push(c.push(op, &[z, zrow]));
+        }
+        outs.push(c.push(Op::Div, &[x, p]));
+        outs.push(c.push(Op::Div, &[x, row]));
+        outs.push(c.push(Op::Conj, &[z]));
+        outs.push(c.push(Op::CReluSquared, &[z]));
+        outs.push(c.push(Op::ActQuant { bits: 8 }, &[x]));
+        outs.push(c.push(Op::ActQuant { bits: 4 }, &[z]));
+        outs.push(c.push(Op::Fill { value: 0.25 }, &[z]));
+        outs.push(c.push(Op::Scale { factor: -1.5 }, &[x]));
+        outs.push(c.push(Op::Scale { factor: 2.0 }, &[z]));
+        outs
+    });
+    cases_over(
+        &mut out,
+        "layout",
+        &[(3usize, 5usize), (0, 4), (1, 1)],
+        |c, (a, b)| {
+            let x = c.real(&[a, b]);
+            let y = c.real(&[a, 2]);
+            let x3 = c.complex(&[2, a, b]);
+            vec![
+                c.push(
+                    Op::Reshape {
+                        shape: Shape::new([b, a]),
+                    },
+                    &[x],
+                ),
+                c.push(Op::Transpose { perm: vec![1, 0] }, &[x]),
+                c.push(
+                    Op::Transpose {
+                        perm: vec![2, 0, 1],
+                    },
+                    &[x3],
+                ),
+                c.push(
+                    Op::Slice {
+                        axis: 1,
+                        start: usize::from(b > 1),
+                        end: b,
+                    },
+                    &[x],
+                ),
+                c.push(Op::Concat { axis: 1 }, &[x, y, x]),
+                c.push(Op::Concat { axis: 0 }, &[x, x]),
+                c.push(
+                    Op::Pad {
+                        axis: 1,
+                        before: 1,
+                        after: 2,
+                    },
+                    &[x],
+                ),
+            ]
+        },
+    );
+    cases_over(&mut out, "pack", &rows, |c, s| {
+        let (odd, even) = (c.real(&[s, 7]), c.real(&[s, 8]));
+        let z = c.complex(&[s, 4]);
+        vec![
+            c.push(Op::Pack { block: 0 }, &[odd]),
+            c.push(Op::Pack { block: 2 }, &[even]),
+            c.push(Op::Pack { block: 4 }, &[even]),
+            c.push(Op::Unpack { block: 0 }, &[z]),
+            c.push(Op::Unpack { block: 2 }, &[z]),
+        ]
+    });
+    for arithmetic in [Arithmetic::F32, Arithmetic::Bf16Exact] {
+        cases_over(
+            &mut out,
+            "widely_linear",
+            &[(6usize, 10usize), (5, 7)],
+            |c, (r, k)| {
+                let w = c.real(&[r, k]);
+                let mut outs = Vec::new();
+                for part in [WlPart::U, WlPart::W] {
+                    for (row_block, col_block) in [(0, 0), (2, 2)] {
+                        if row_block > 0 && (r % 2 == 1 || k % 2 == 1) {
+                            continue;
+                        }
+                        let op = Op::WidelyLinear {
+                            part,
+                            row_block,
+                            col_block,
+                            arithmetic,
+                        };
+                        let u = c.push(op, &[w]);
+                        let d = c.complex(&[r.div_ceil(2), k.div_ceil(2)]);
+                        let grad = Op::WidelyLinearGrad {
+                            part,
+                            row_block,
+                            col_block,
+                        };
+                        outs.push(u);
+                        outs.push(c.push(grad, &[w, d]));
+                    }
+                }
+                outs
+            },
+        );
+    }
+    for granularity in [
+        Granularity::Tensor,
+        Granularity::Channel,
+        Granularity::Group(4),
+    ] {
+        cases_over(
+            &mut out,
+            "quantize",
+            &[(5usize, 9usize), (1, 1)],
+            |c, (n, m)| {
+                let z = c.complex(&[n, m]);
+                let x = c.real(&[n, m]);
+                let dz = c.complex(&[n, m]);
+                let mut outs = Vec::new();
+                for arithmetic in [Arithmetic::F32, Arithmetic::Bf16Exact] {
+                    let phase = Op::Quantize {
+                        scheme: Scheme::Phase,
+                        granularity,
+                        arithmetic,
+                    };
+                    outs.push(c.push(phase, &[z]));
+                    let grad = Op::QuantizeGrad {
+                        scheme: Scheme::Phase,
+                        granularity,
+                        arithmetic,
+                    };
+                    outs.push(c.push(grad, &[z, dz]));
+                }
+                for scheme in [Scheme::Binary, Scheme::Ternary] {
+                    let op = Op::Quantize {
+                        scheme,
+                        granularity,
+                        arithmetic: Arithmetic::F32,
+                    };
+                    outs.push(c.push(op, &[x]));
+                }
+                if granularity == Granularity::Tensor {
+                    let op = Op::Quantize {
+                        scheme: Scheme::PhaseIfairy,
+                        granularity,
+                        arithmetic: Arithmetic::F32,
+                    };
+                    outs.push(c.push(op, &[z]));
+                }
+                outs
+            },
+        );
+        for (u_stages, w_stages) in [(1usize, 1usize), (2, 2), (0, 1), (3, 0)] {
+            cases_over(
+                &mut out,
+                "quant_linear",
+                &[(0usize, 5usize, 9usize), (3, 5, 9), (1, 2, 4)],
+                |c, (s, n, m)| {
+                    let x = c.complex(&[s, m]);
+                    let groups = match granularity {
+                        Granularity::Tensor => vec![2],
+                        Granularity::Channel => vec![n, 2],
+                        Granularity::Group(g) => vec![n, m.div_ceil(g), 2],
+                    };
+                    let mut operands = vec![x];
+                    let mut dense = Vec::new();
+                    for _ in 0..u_stages + w_stages {
+                        let codes = c.codes(n, m);
+                        let scales = c.positive(&groups);
+                        operands.extend([codes, scales]);
+                        dense.push(c.push(Op::Dequant { granularity }, &[codes, scales]));
+                    }
+                    let op = Op::QuantLinear {
+                        u_stages,
+                        w_stages,
+                        granularity,
+                    };
+                    let mut outs = vec![c.push(op, &operands)];
+                    outs.extend(dense);
+                    outs
+                },
+            );
+        }
+    }
+    cases_over(&mut out, "losses", &[1usize, 6], |c, s| {
+        let (logits, teacher) = (c.real(&[s, 7]), c.real(&[s, 7]));
+        let targets = c.ints(&[s], -1, 7);
+        let dloss = c.positive(&[]);
+        vec![
+            c.push(Op::CrossEntropy, &[logits, targets]),
+            c.push(Op::CrossEntropyGrad, &[logits, targets, dloss]),
+            c.push(Op::KlDiv, &[logits, teacher]),
+            c.push(Op::KlDivGrad, &[logits, teacher, dloss]),
+        ]
+    });
+    cases_over(
+        &mut out,
+        "optimizer",
+        &[(4usize, 5usize), (1, 1)],
+        |c, (a, b)| {
+            let (p, m) = (c.real(&[a, b]), c.real(&[a, b]));
+            let v = c.positive(&[a, b]);
+            let scalars: Vec<ValueId> = (0..4).map(|_| c.positive(&[])).collect();
+            let adam = Op::AdamUpdate { eps: 1e-8 };
+            let squares = c.push(Op::SumSquares, &[p]);
+            vec![
+                c.push(
+                    adam,
+                    &[p, m, v, scalars[0], scalars[1], scalars[2], scalars[3]],
+                ),
+                squares,
+                c.push(Op::ClipFactor { max_norm: 0.5 }, &[squares]),
+                c.push(Op::ClipFactor { max_norm: 1e6 }, &[squares]),
+            ]
+        },
+    );
+    cases_over(&mut out, "reductions", &rows, |c, s| {
+        let x = c.real(&[2, s, 5]);
+        let z = c.complex(&[s, 3]);
+        vec![
+            c.push(
+                Op::ReduceTo {
+                    shape: Shape::new([5]),
+                },
+                &[x],
+            ),
+            c.push(
+                Op::ReduceTo {
+                    shape: Shape::default(),
+                },
+                &[x],
+            ),
+            c.push(
+                Op::ReduceTo {
+                    shape: Shape::new([3]),
+                },
+                &[z],
+            ),
+        ]
+    });
+    cases_over(&mut out, "gradients", &rows, |c, s| {
+        let (x, dy, dy3) = (c.real(&[s, 6]), c.real(&[s, 6]), c.real(&[s, 3]));
+        let (z, dz, dz3) = (c.complex(&[s, 3]), c.complex(&[s, 3]), c.complex(&[s, 2]));
+        let gain = c.positive(&[6]);
+        let ids = c.ints(&[s], 0, 7);
+        let y = c.push(Op::Softmax, &[x]);
+        let mut outs = vec![
+            c.push(Op::LinearWeightGrad, &[dy3, x]),
+            c.push(Op::LinearWeightGrad, &[dz3, z]),
+            c.push(Op::EmbedGrad { vocab: 7 }, &[ids, dy]),
+            c.push(Op::SiluGrad, &[x, dy]),
+            c.push(Op::Crelu2Grad, &[z, dz]),
+            c.push(Op::SoftmaxGrad, &[y, dy]),
+        ];
+        for which in [NormOperand::Input, NormOperand::Gain] {
+            let op = Op::RmsNormGrad { eps: 1e-5, which };
+            outs.push(c.push(op.clone(), &[x, gain, dy]));
+            outs.push(c.push(op, &[z, gain, dz]));
+        }
+        outs
+    });
+    for causal in [true, false] {
+        cases_over(&mut out, "attention_grad", &[1usize, 4], |c, s| {
+            let (q, k, v) = (c.real(&[s, 8]), c.real(&[s, 4]), c.real(&[s, 6]));
+            let dout = c.real(&[s, 12]);
+            let (zq, zk, zv) = (c.complex(&[s, 8]), c.complex(&[s, 4]), c.complex(&[s, 6]));
+            let zdout = c.complex(&[s, 12]);
+            let mut outs = Vec::new();
+            for which in [
+                AttentionOperand::Q,
+                AttentionOperand::K,
+                AttentionOperand::V,
+            ] {
+                let op = Op::AttentionGrad {
+                    which,
+                    heads: 2,
+                    kv_heads: 1,
+                    scale: 0.5,
+                    causal,
+                };
+                outs.push(c.push(op.clone(), &[q, k, v, dout]));
+                outs.push(c.push(op, &[zq, zk, zv, zdout]));
+            }
+            outs
+        });
+    }
+    out
+}
+
+/// What one backend did on the suite.
+pub struct Report {
+    /// Cases run.
+    pub cases: usize,
+    /// Ops the cases exercised (mnemonics).
+    pub ops: Vec<&'static str>,
+    /// One line per mismatch or error, naming the case and output.
+    pub failures: Vec<String>,
+}
+
+/// Largest allowed difference: relative to the reference value's size.
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-4 * b.abs().max(1.0) || (a.is_nan() && b.is_nan())
+}
+
+fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.shape != want.shape {
+        return Err(format!("shape {:?}, want {:?}", got.shape, want.shape));
+    }
+    let worst = match (&got.data, &want.data) {
+        (Data::F32(a), Data::F32(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find(|(_, (a, b))| !close(**a, **b))
+            .map(|(i, (a, b))| format!("element {i}: {a} vs {b}")),
+        (Data::C64(a), Data::C64(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find(|(_, (a, b))| !(close(a.re, b.re) && close(a.im, b.im)))
+            .map(|(i, (a, b))| format!("element {i}: {a} vs {b}")),
+        (Data::I32(a), Data::I32(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| format!("element {i}: {a} vs {b}")),
+        _ => Some(format!(
+            "element type {}, want {}",
+            got.dtype_name(),
+            want.dtype_name()
+        )),
+    };
+    worst.map_or(Ok(()), Err)
+}
+
+/// Runs the suite on `backend` against the reference backend.
+pub fn run(backend: &dyn Backend) -> Report {
+    let cases = op_cases();
+    let mut ops: Vec<&'static str> = cases
+        .iter()
+        .flat_map(|c| c.graph.nodes.iter().map(|n| n.op.mnemonic()))
+        .collect();
+    ops.sort_unstable();
+    ops.dedup();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let outputs = |b: &dyn Backend| -> Result<Vec<Tensor>, String> {
+            let program =
+                compile(b, &case.graph, &case.store, &|_| {}).map_err(|e| e.to_string())?;
+            program
+                .run(case.inputs.clone(), &mut KvCache::new())
+                .map_err(|e| e.to_string())
+        };
+        let want = match outputs(&Reference::default()) {
+            Ok(w) => w,
+            Err(e) => {
+                failures.push(format!("{}: the reference fails: {e}", case.name));
+                continue;
+            }
+        };
+        match outputs(backend) {
+            Ok(got) => {
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    if let Err(e) = compare(g, w) {
+                        let op = case.graph.node(case.graph.outputs[k]).op.mnemonic();
+                        failures.push(format!("{}: output {k} ({op}): {e}", case.name));
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", case.name)),
+        }
+    }
+    Report {
+        cases: cases.len(),
+        ops,
+        failures,
+    }
+}
+
+/// Ops of the table the suite has no case for (leaves aside).
+pub fn uncovered(report: &Report) -> Vec<&'static str> {
+    Op::MNEMONICS
+        .iter()
+        .copied()
+        .filter(|m| !report.ops.contains(m))
+        .filter(|m| !matches!(*m, "input" | "weight"))
+        .collect()
+}
+
+/// Instantiates the suite for a backend: a test that runs every case on it
+/// against the reference backend and fails with every mismatch listed.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:expr) => {
+        #[test]
+        fn conformance_suite_against_the_reference() {
+            let backend = $backend;
+            let report = $crate::conformance::run(&backend);
+            eprintln!(
+                "{} cases over {} ops on the {} backend; {} mismatches",
+                report.cases,
+                report.ops.len(),
+                $crate::Backend::name(&backend),
+                report.failures.len()
+            );
+            assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+            let missing = $crate::conformance::uncovered(&report);
+            assert!(missing.is_empty(), "ops without a case: {missing:?}");
+        }
+    };
+}
