@@ -51,6 +51,19 @@ fn stage_name(graph: &Graph, quantize: ValueId) -> String {
     }
 }
 
+/// Freezes `graph` with the weights of `store` and writes the artifact to
+/// `output` (atomically), keeping `graph` as its source IR.
+pub fn write_artifact(
+    output: &std::path::Path,
+    graph: &Graph,
+    store: &dyn WeightStore,
+    tokenizer: &fairyc_frontend::tokenizer::Tokenizer,
+) -> Result<Frozen, Error> {
+    let frozen = freeze(graph, store)?;
+    fairyc_frontend::fairy::write(output, &frozen.graph, graph, tokenizer, &frozen.tensors)?;
+    Ok(frozen)
+}
+
 /// Replaces each quantization of a weight expression by the stored codes
 /// and scales it computes (PhaseQuant), or by its stored values (the real
 /// baselines); every other weight the graph still reads is stored as f32.

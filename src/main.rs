@@ -800,15 +800,13 @@ fn compile_command(
             }
         }
     }
-    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref())?;
-    let sizes = fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph);
-    fairyc_frontend::fairy::write(
+    let frozen = fairyc::compile::write_artifact(
         output,
-        &frozen.graph,
         &compiled.graph,
+        compiled.weights.as_ref(),
         &compiled.tokenizer,
-        &frozen.tensors,
     )?;
+    let sizes = fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph);
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     println!("{sizes}");
     println!(

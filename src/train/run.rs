@@ -465,13 +465,11 @@ pub fn train(
         on_event(Event::HeldOutAfter { loss });
     }
     if let Some(output) = &config.output {
-        let frozen = crate::compile::freeze(&compiled.graph, &trainer.store)?;
-        fairyc_frontend::fairy::write(
+        crate::compile::write_artifact(
             output,
-            &frozen.graph,
             &compiled.graph,
+            &trainer.store,
             &compiled.tokenizer,
-            &frozen.tensors,
         )?;
     }
     Ok(TrainReport {
