@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fairyc_backends::reference::Executor;
-use fairyc_backends::{KvCache, Tensor};
+use fairyc_backends::Tensor;
 use fairyc_ir::{
     DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
 };
@@ -418,9 +418,7 @@ impl Trainer {
         let mut loss = 0.0f64;
         let mut sums: Vec<Vec<f32>> = Vec::new();
         for window in batch {
-            let mut outs = exec
-                .run_owned(Trainer::inputs(window), &mut KvCache::new())?
-                .into_iter();
+            let mut outs = exec.run_owned(Trainer::inputs(window))?.into_iter();
             let first = outs.next().expect("the loss is the first output");
             loss += f64::from(
                 first
@@ -476,10 +474,7 @@ impl Trainer {
             }
             inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
         }
-        let mut outs = self
-            .update
-            .run_owned(inputs, &mut KvCache::new())?
-            .into_iter();
+        let mut outs = self.update.run_owned(inputs)?.into_iter();
         let squares = outs.next().expect("the squared norm is the first output");
         let squares = squares.as_f32().ok_or_else(not_f32)?[0];
         let mut p: Vec<Vec<f32>> = outs
@@ -505,7 +500,7 @@ impl Trainer {
         let exec = Executor::new(self.eval_graph.clone(), &self.store, &|_| {})?;
         let mut total = 0.0;
         for w in windows {
-            let out = exec.run(&Trainer::inputs(w), &mut KvCache::new())?;
+            let out = exec.run(&Trainer::inputs(w))?;
             total += f64::from(
                 out[0]
                     .as_f32()

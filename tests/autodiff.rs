@@ -22,7 +22,7 @@ use common::TempDir;
 use fairyc::train::TrainStore;
 use fairyc::{compile, import};
 use fairyc_backends::reference::{evaluate_constants, Executor};
-use fairyc_backends::{Data, KvCache, Tensor};
+use fairyc_backends::{Data, Tensor};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, SynthConfig};
 use fairyc_ir::infer::infer_type;
@@ -89,7 +89,7 @@ fn flat(t: &Tensor) -> Vec<f32> {
 
 fn run(graph: &Graph, store: &TrainStore, inputs: &HashMap<String, Tensor>) -> Vec<Tensor> {
     let exec = Executor::new(graph.clone(), store, &|_| {}).unwrap();
-    exec.run(inputs, &mut KvCache::new()).unwrap()
+    exec.run(inputs).unwrap()
 }
 
 fn loss_of(graph: &Graph, store: &TrainStore, inputs: &HashMap<String, Tensor>) -> f64 {
@@ -473,7 +473,7 @@ fn cross_entropy_value_and_ignored_positions() {
     assert_eq!(loss_with(vec![-1, -1, -1]), 0.0);
     let exec = Executor::new(graph.clone(), &store, &|_| {}).unwrap();
     let bad = HashMap::from([("targets".to_string(), Tensor::i32(vec![3], vec![0, 2, 0]))]);
-    let err = exec.run(&bad, &mut KvCache::new()).unwrap_err().to_string();
+    let err = exec.run(&bad).unwrap_err().to_string();
     assert!(
         err.contains("target 2 is outside the vocabulary of 2"),
         "{err}"

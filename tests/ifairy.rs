@@ -144,7 +144,7 @@ fn incremental_decoding_equals_the_full_forward() {
     let full = full.as_f32().unwrap();
     // The executor behind the model is reached through a session.
     let executor = fairyc_backends::reference::Executor::new(
-        import(&path).unwrap().graph,
+        fairyc_backends::state::expose_kv_cache(&import(&path).unwrap().graph).unwrap(),
         import(&path).unwrap().weights.as_ref(),
         &|_| {},
     )

@@ -183,7 +183,8 @@ fn incremental_decoding_equals_the_full_forward() {
         let imported = import(&gguf).unwrap();
         let ids = imported.tokenizer.encode(PROMPTS[1], false).unwrap();
         assert!(ids.len() > 8);
-        let executor = Executor::new(imported.graph, imported.weights.as_ref(), &|_| {}).unwrap();
+        let graph = fairyc_backends::state::expose_kv_cache(&imported.graph).unwrap();
+        let executor = Executor::new(graph, imported.weights.as_ref(), &|_| {}).unwrap();
 
         let full = Session::new(&executor).feed(&ids).unwrap();
         let vocab = full.cols();
@@ -326,4 +327,41 @@ fn tiny_llama_ir_snapshot_and_round_trip() {
     let parsed = text::parse(&printed, "tiny.fir").unwrap();
     assert_eq!(parsed, graph);
     verify(&parsed).unwrap();
+}
+
+/// The KV cache is state the graph takes and returns: the exposed graph
+/// prints and parses back, a failed step resets the session instead of
+/// leaving layers with different cache lengths, and a sequence cannot grow
+/// past the model's context length.
+#[test]
+fn kv_cache_state_is_explicit_bounded_and_reset_on_error() {
+    let dir = TempDir::new("kv-state");
+    let path = dir.path("tiny.gguf");
+    let cfg = SynthConfig::tiny();
+    write_gguf(&path, &cfg, GgmlType::F32).unwrap();
+    let model = load(&path);
+    let graph = model.graph();
+    let names = fairyc_backends::state::state_names(graph);
+    assert_eq!(names.len(), 2 * cfg.layers);
+    let back = text::parse(&text::print(graph), "state.fir").unwrap();
+    verify(&back).unwrap();
+    assert_eq!(&back, graph);
+
+    let program = model.program();
+    let mut session = Session::new(program);
+    let first = session.feed(&[40, 77, 104]).unwrap();
+    assert_eq!(session.position(), 3);
+    // A token outside the vocabulary fails inside the run: the session
+    // starts over, and then decodes as a fresh one does.
+    let err = session.feed(&[1_000_000]).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+    assert_eq!(session.position(), 0);
+    let again = session.feed(&[40, 77, 104]).unwrap();
+    assert_eq!(values(&again), values(&first));
+    // The context length bounds the sequence, before anything runs.
+    let long: Vec<u32> = vec![40; cfg.context_length - 3];
+    session.feed(&long).unwrap();
+    let err = session.feed(&[40]).unwrap_err().to_string();
+    assert!(err.contains("past the model's context length"), "{err}");
+    assert_eq!(session.position(), cfg.context_length);
 }

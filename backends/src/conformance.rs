@@ -20,7 +20,7 @@ use fairyc_ir::{
 };
 use num_complex::Complex32;
 
-use crate::{compile, Backend, Data, KvCache, Reference, Tensor};
+use crate::{compile, Backend, Data, Reference, Tensor};
 
 /// One graph with its inputs and stored weights.
 pub struct Case {
@@ -598,9 +598,7 @@ pub fn run(backend: &dyn Backend) -> Report {
         let outputs = |b: &dyn Backend| -> Result<Vec<Tensor>, String> {
             let program =
                 compile(b, &case.graph, &case.store, &|_| {}).map_err(|e| e.to_string())?;
-            program
-                .run(case.inputs.clone(), &mut KvCache::new())
-                .map_err(|e| e.to_string())
+            program.run(case.inputs.clone()).map_err(|e| e.to_string())
         };
         let want = match outputs(&Reference::default()) {
             Ok(w) => w,

@@ -9,10 +9,10 @@
 //! [`Backend::compile`] then binds the prepared graph to its weights (codes
 //! stay packed) and a [`MemoryPlan`] into a [`Program`].
 
-pub mod cache;
 pub mod conformance;
 pub mod plan;
 pub mod reference;
+pub mod state;
 pub mod tensor;
 
 use std::collections::HashMap;
@@ -23,7 +23,7 @@ use fairyc_ir::decompose::lower_composites;
 use fairyc_ir::{verify, Graph, Op, OpKind, WeightStore};
 
 pub use plan::MemoryPlan;
-pub use reference::{KvCache, Reference};
+pub use reference::Reference;
 pub use tensor::{Data, Tensor};
 
 /// An error while preparing, loading or running a graph.
@@ -81,15 +81,11 @@ pub trait Program: Send + Sync {
     /// The memory plan the program runs by.
     fn plan(&self) -> &MemoryPlan;
 
-    /// Runs the graph on named inputs (moved in, so large ones are not
-    /// copied); returns its outputs. Attention nodes append their keys and
-    /// values to `cache` and attend over everything cached; on an error the
-    /// cache is left as it was before the call.
-    fn run(
-        &self,
-        inputs: HashMap<String, Tensor>,
-        cache: &mut KvCache,
-    ) -> Result<Vec<Tensor>, BackendError>;
+    /// Runs the graph on named inputs (moved in, so large ones such as a
+    /// KV cache are not copied); returns its outputs. State, such as a
+    /// language model's KV cache, is explicit: inputs and outputs named in
+    /// the graph's `state` meta ([`state`]).
+    fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError>;
 
     /// Bytes the program holds for weights and weight expressions while it
     /// lives (packed codes count as their packed bytes).

@@ -115,12 +115,16 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                     return Err(format!("{what} must be [..., seq, channels], found {t}"));
                 }
             }
+            // Keys and values may be longer than the queries (a KV cache
+            // before them); batch dimensions agree everywhere.
             let r = q.shape.rank();
-            if k.shape.dims()[..r - 1] != q.shape.dims()[..r - 1]
-                || v.shape.dims()[..r - 1] != q.shape.dims()[..r - 1]
+            if k.shape.rank() != r
+                || v.shape.rank() != r
+                || k.shape.dims()[..r - 1] != v.shape.dims()[..r - 1]
+                || k.shape.dims()[..r - 2] != q.shape.dims()[..r - 2]
             {
                 return Err(format!(
-                    "queries {q}, keys {k} and values {v} must agree on all but the last dimension"
+                    "queries {q}, keys {k} and values {v} must agree on their batch dimensions, keys and values on all but the last"
                 ));
             }
             let qd = head_width(last(q, "queries")?, *heads, "queries")?;
@@ -219,6 +223,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             let first = operands[0];
             axis_dim(first, *axis)?;
             let mut total = 0usize;
+            let mut symbolic: Vec<String> = Vec::new();
             for t in operands {
                 same_dtype(first, t)?;
                 let mut a = t.shape.dims().to_vec();
@@ -227,10 +232,12 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                     return Err(format!("concat operands {first} and {t} differ in rank"));
                 }
                 match a[*axis].clone() {
-                    Dim::Fixed(n) => total += n,
-                    Dim::Sym(_) => {
-                        return Err(format!("concat along symbolic dimension {axis} of {t}"))
+                    Dim::Fixed(n) => {
+                        total = total
+                            .checked_add(n)
+                            .ok_or_else(|| format!("concat along axis {axis} overflows a size"))?
                     }
+                    Dim::Sym(s) => symbolic.push(s),
                 }
                 a[*axis] = Dim::Fixed(0);
                 b[*axis] = Dim::Fixed(0);
@@ -240,8 +247,17 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                     ));
                 }
             }
+            // Along symbolic sizes the result's size is their sum, named
+            // as such (`past_plus_seq`): bound when the graph runs.
             let mut dims = first.shape.dims().to_vec();
-            dims[*axis] = Dim::Fixed(total);
+            dims[*axis] = if symbolic.is_empty() {
+                Dim::Fixed(total)
+            } else {
+                if total > 0 {
+                    symbolic.push(total.to_string());
+                }
+                Dim::Sym(symbolic.join("_plus_"))
+            };
             Ok(TensorType::new(first.dtype, Shape(dims)))
         }
         Op::Pack { block } => {

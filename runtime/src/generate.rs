@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use fairyc_backends::{BackendError, KvCache, Program, Tensor};
+use fairyc_backends::state::state_names;
+use fairyc_backends::{BackendError, Program, Tensor};
+use fairyc_ir::DType;
 
 use crate::sampling::Sampler;
 
@@ -20,44 +22,88 @@ pub enum StopReason {
     Caller,
 }
 
-/// One sequence being decoded: the program and that sequence's KV cache,
-/// bounded by the model's context length (the graph's `context_length`).
+/// One sequence being decoded: the program, that sequence's state (the KV
+/// cache, which the graph takes and returns as named tensors: see
+/// `fairyc_backends::state`) and its position, bounded by the model's
+/// context length (the graph's `context_length`).
 pub struct Session<'a> {
     program: &'a dyn Program,
-    cache: KvCache,
+    /// The state inputs by name, in the order of the state outputs, and
+    /// their current values.
+    state: Vec<(String, Tensor)>,
+    position: usize,
+    context: Option<usize>,
 }
 
 impl<'a> Session<'a> {
+    /// A session on `program`; its graph must keep its KV cache as state
+    /// (`fairyc_backends::state::expose_kv_cache`) if it has attention.
     pub fn new(program: &'a dyn Program) -> Session<'a> {
-        let context = program
-            .graph()
+        let graph = program.graph();
+        let context = graph
             .meta
             .get("context_length")
             .and_then(|c| c.parse().ok());
-        Session {
+        let mut session = Session {
             program,
-            cache: context.map(KvCache::with_capacity).unwrap_or_default(),
-        }
+            state: Vec::new(),
+            position: 0,
+            context,
+        };
+        session.reset();
+        session
     }
 
     /// Tokens seen so far.
     pub fn position(&self) -> usize {
-        self.cache.len()
+        self.position
     }
 
+    /// Forgets the sequence: empty state, position 0.
     pub fn reset(&mut self) {
-        self.cache.clear();
+        let graph = self.program.graph();
+        self.state = state_names(graph)
+            .into_iter()
+            .filter_map(|name| {
+                let (_, _, ty) = graph.inputs().find(|(_, n, _)| *n == name)?;
+                let width = ty.shape.dims().last()?.clone().fixed()?;
+                let empty = match ty.dtype {
+                    DType::C64 => Tensor::c64(vec![0, width], Vec::new()),
+                    _ => Tensor::f32(vec![0, width], Vec::new()),
+                };
+                Some((name, empty))
+            })
+            .collect();
+        self.position = 0;
     }
 
     /// Appends `tokens` to the sequence; returns their logits `[n, vocab]`.
+    /// On an error the session is reset (the state went into the run).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
         if tokens.is_empty() {
             return Err(BackendError::new("no tokens to feed"));
         }
-        self.cache
-            .check_room(tokens.len())
-            .map_err(BackendError::new)?;
-        let start = self.cache.len();
+        let graph = self.program.graph();
+        if self.state.is_empty()
+            && graph
+                .nodes
+                .iter()
+                .any(|n| matches!(n.op, fairyc_ir::Op::Attention { .. }))
+        {
+            return Err(BackendError::new(format!(
+                "graph @{} has attention but keeps no KV cache state (see fairyc_backends::state)",
+                graph.name
+            )));
+        }
+        let start = self.position;
+        if let Some(context) = self.context {
+            if start + tokens.len() > context {
+                return Err(BackendError::new(format!(
+                    "the sequence would hold {} tokens, past the model's context length {context}",
+                    start + tokens.len()
+                )));
+            }
+        }
         let ids = tokens
             .iter()
             .map(|&t| {
@@ -66,19 +112,31 @@ impl<'a> Session<'a> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let positions = (start..start + tokens.len()).map(|p| p as i32).collect();
-        let inputs = HashMap::from([
+        let mut inputs = HashMap::from([
             ("tokens".to_string(), Tensor::i32(vec![tokens.len()], ids)),
             (
                 "positions".to_string(),
                 Tensor::i32(vec![tokens.len()], positions),
             ),
         ]);
-        let mut outputs = self.program.run(inputs, &mut self.cache)?;
-        if outputs.is_empty() || outputs[0].as_f32().is_none() || outputs[0].shape.len() != 2 {
+        let names: Vec<String> = self.state.iter().map(|(n, _)| n.clone()).collect();
+        inputs.extend(std::mem::take(&mut self.state));
+        let mut outputs = match self.program.run(inputs) {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                self.reset();
+                return Err(e);
+            }
+        };
+        let own = outputs.len().saturating_sub(names.len());
+        if own == 0 || outputs[0].as_f32().is_none() || outputs[0].shape.len() != 2 {
+            self.reset();
             return Err(BackendError::new(
                 "a language-model graph must return f32 logits [seq, vocab] first",
             ));
         }
+        self.state = names.into_iter().zip(outputs.drain(own..)).collect();
+        self.position += tokens.len();
         Ok(outputs.swap_remove(0))
     }
 

@@ -5,6 +5,6 @@
 pub mod generate;
 pub mod sampling;
 
-pub use fairyc_backends::{BackendError, Data, KvCache, Program, Tensor};
+pub use fairyc_backends::{BackendError, Data, Program, Tensor};
 pub use generate::{Session, StopReason};
 pub use sampling::Sampler;

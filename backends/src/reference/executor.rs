@@ -1,5 +1,5 @@
 //! The reference executor: runs any verified graph on the CPU in f32 and
-//! complex f32, node by node, with a KV cache for incremental decoding.
+//! complex f32, node by node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use super::kernels::norm::{rms_norm, rms_norm_complex};
 use super::kernels::quant_linear::{quant_linear, StageCodes};
 use super::kernels::rope::{rope, rope_complex};
 use super::kernels::{elementwise, grad, layout, linear::linear};
-use crate::cache::KvCache;
 use crate::plan::MemoryPlan;
 use crate::tensor::{Data, Tensor};
 use crate::{BackendError, Program};
@@ -67,36 +66,17 @@ impl Executor {
     }
 
     /// Runs the graph on named inputs; returns the graph's outputs.
-    /// Attention nodes append their keys and values to `cache` and attend
-    /// over everything cached, so a sequence can be fed in pieces.
-    pub fn run(
-        &self,
-        inputs: &HashMap<String, Tensor>,
-        cache: &mut KvCache,
-    ) -> Result<Vec<Tensor>, BackendError> {
-        self.run_owned(inputs.clone(), cache)
+    pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        self.run_owned(inputs.clone())
     }
 
     /// [`Executor::run`] on inputs it may consume: large inputs (a
-    /// trainer's parameters and gradients) are moved in, not copied, and
-    /// outputs no other value shares are moved out.
+    /// trainer's parameters and gradients, a KV cache) are moved in, not
+    /// copied; a cache is extended in place by the concatenation that reads
+    /// it last; outputs no other value shares are moved out.
     pub fn run_owned(
         &self,
-        inputs: HashMap<String, Tensor>,
-        cache: &mut KvCache,
-    ) -> Result<Vec<Tensor>, BackendError> {
-        let cached = cache.len();
-        let result = self.run_steps(inputs, cache);
-        if result.is_err() {
-            cache.truncate(cached);
-        }
-        result
-    }
-
-    fn run_steps(
-        &self,
         mut inputs: HashMap<String, Tensor>,
-        cache: &mut KvCache,
     ) -> Result<Vec<Tensor>, BackendError> {
         let bindings = self.bind(&inputs)?;
         let mut values: Vec<Option<Arc<Tensor>>> = vec![None; self.graph.nodes.len()];
@@ -111,14 +91,22 @@ impl Executor {
                     None => continue,
                 },
                 op => {
-                    let args: Vec<&Tensor> = node
-                        .operands
-                        .iter()
-                        .map(|v| values[v.0].as_deref().expect("operands are computed first"))
-                        .collect();
-                    let out = eval(op, &args, i, &bindings, cache)
-                        .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic())))?;
-                    Arc::new(out)
+                    let error =
+                        |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
+                    if let Some(mut grown) = self.take_for_append(node, i, &mut values) {
+                        for v in &node.operands[1..] {
+                            let rows = values[v.0].as_deref().expect("operands are computed first");
+                            extend_rows(&mut grown, rows).map_err(error)?;
+                        }
+                        Arc::new(grown)
+                    } else {
+                        let args: Vec<&Tensor> = node
+                            .operands
+                            .iter()
+                            .map(|v| values[v.0].as_deref().expect("operands are computed first"))
+                            .collect();
+                        Arc::new(eval(op, &args, &bindings).map_err(error)?)
+                    }
                 }
             };
             values[i] = Some(result);
@@ -144,6 +132,36 @@ impl Executor {
                 Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())
             })
             .collect())
+    }
+
+    /// The first operand of a `concat` along axis 0 that this node reads
+    /// last and nobody else holds (a KV cache moved in): taken, so that the
+    /// concatenation appends to it in place instead of copying it.
+    fn take_for_append(
+        &self,
+        node: &fairyc_ir::Node,
+        i: usize,
+        values: &mut [Option<Arc<Tensor>>],
+    ) -> Option<Tensor> {
+        if node.op != (Op::Concat { axis: 0 }) {
+            return None;
+        }
+        let first = node.operands[0].0;
+        if self.plan.last_use[first] != i || node.operands[1..].iter().any(|v| v.0 == first) {
+            return None;
+        }
+        let taken = values[first].take()?;
+        match Arc::try_unwrap(taken) {
+            Ok(t) if t.shape.len() == 2 && !matches!(t.data, Data::Codes(_)) => Some(t),
+            Ok(t) => {
+                values[first] = Some(Arc::new(t));
+                None
+            }
+            Err(shared) => {
+                values[first] = Some(shared);
+                None
+            }
+        }
     }
 
     /// Binds symbolic dimensions (such as `seq`) from the inputs, checking
@@ -194,12 +212,8 @@ impl Program for Executor {
         &self.plan
     }
 
-    fn run(
-        &self,
-        inputs: HashMap<String, Tensor>,
-        cache: &mut KvCache,
-    ) -> Result<Vec<Tensor>, BackendError> {
-        self.run_owned(inputs, cache)
+    fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        self.run_owned(inputs)
     }
 
     fn resident_weight_bytes(&self) -> usize {
@@ -234,7 +248,6 @@ fn fold_constants(
     for v in &graph.outputs {
         kept[v.0] |= constant[v.0];
     }
-    let mut no_cache = KvCache::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         if !constant[i] || matches!(node.op, Op::Weight { .. }) {
             continue;
@@ -244,7 +257,7 @@ fn fold_constants(
             .iter()
             .map(|v| values[&v.0].as_ref())
             .collect();
-        let out = eval(&node.op, &args, i, &HashMap::new(), &mut no_cache)
+        let out = eval(&node.op, &args, &HashMap::new())
             .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
         values.insert(i, Arc::new(out));
         for v in &node.operands {
@@ -353,13 +366,7 @@ macro_rules! for_each_dtype {
 }
 
 /// Runs one op on concrete tensors.
-fn eval(
-    op: &Op,
-    args: &[&Tensor],
-    node: usize,
-    bindings: &HashMap<String, usize>,
-    cache: &mut KvCache,
-) -> Result<Tensor, String> {
+fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<Tensor, String> {
     let x = args[0];
     Ok(match op {
         Op::Input { .. } | Op::Weight { .. } => unreachable!("leaves are bound, not evaluated"),
@@ -455,7 +462,6 @@ fn eval(
         } => {
             let (q, k, v) = (x, args[1], args[2]);
             let shape = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
-            let (k, v) = cache.append(node, k, v)?;
             let out_shape = vec![q.shape[0], heads * shape.value_dim];
             match (&q.data, &k.data, &v.data) {
                 (Data::F32(q), Data::F32(k), Data::F32(v)) => {
@@ -997,4 +1003,22 @@ fn binary(
         }
         _ => return Err("operands must both be f32 or both c64".into()),
     })
+}
+
+/// Appends the rows of `src` to `dst` (both `[rows, width]`).
+fn extend_rows(dst: &mut Tensor, src: &Tensor) -> Result<(), String> {
+    if dst.shape.len() != 2 || src.shape.len() != 2 || dst.cols() != src.cols() {
+        return Err(format!(
+            "cannot append rows {:?} to {:?}",
+            src.shape, dst.shape
+        ));
+    }
+    match (&mut dst.data, &src.data) {
+        (Data::F32(d), Data::F32(s)) => d.extend_from_slice(s),
+        (Data::C64(d), Data::C64(s)) => d.extend_from_slice(s),
+        (Data::I32(d), Data::I32(s)) => d.extend_from_slice(s),
+        _ => return Err("appended rows have another element type".into()),
+    }
+    dst.shape[0] += src.shape[0];
+    Ok(())
 }

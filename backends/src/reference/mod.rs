@@ -10,7 +10,6 @@ use std::sync::Arc;
 use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::{Graph, Op, OpKind, WeightStore};
 
-pub use crate::cache::KvCache;
 pub use executor::{evaluate_constants, Executor};
 
 use crate::{Backend, BackendError, Program};

@@ -1,0 +1,90 @@
+//! Explicit decoding state: a language-model graph's KV cache as graph
+//! inputs and outputs.
+//!
+//! Each attention node `attention(q, k, v)` becomes
+//! `attention(q, concat(past_k, k), concat(past_v, v))`, where `past_k` and
+//! `past_v` are new inputs `kv.N.k` and `kv.N.v` of `past` positions, and the
+//! two concatenations become extra outputs after the graph's own: the next
+//! call's `kv.N.k` and `kv.N.v`. The graph's `state` meta lists those input
+//! names in the order of the extra outputs, so a caller (a session) knows
+//! which output feeds which input; a backend may append in place, since each
+//! state input is read once, by the concatenation that extends it.
+
+use fairyc_ir::{BuildError, Dim, Graph, GraphBuilder, Op, Shape, TensorType, ValueId};
+
+/// The meta key that names the state inputs, comma-separated, in the order
+/// of the state outputs (which follow the graph's own outputs).
+pub const STATE_META: &str = "state";
+
+/// The symbolic size of the cached positions.
+pub const PAST: &str = "past";
+
+/// Exposes every attention node's keys and values as state; a graph with
+/// no attention, or with attention over other than `[seq, channels]`
+/// operands, comes back unchanged.
+pub fn expose_kv_cache(graph: &Graph) -> Result<Graph, BuildError> {
+    let attends = |n: &fairyc_ir::Node| matches!(n.op, Op::Attention { .. });
+    if !graph.nodes.iter().any(attends)
+        || graph
+            .nodes
+            .iter()
+            .filter(|n| attends(n))
+            .any(|n| n.ty.shape.rank() != 2)
+    {
+        return Ok(graph.clone());
+    }
+    let mut b = GraphBuilder::new(graph.name.clone());
+    for (k, v) in &graph.meta {
+        b.meta(k.clone(), v.clone());
+    }
+    let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
+    let mut names: Vec<String> = Vec::new();
+    let mut states: Vec<ValueId> = Vec::new();
+    for node in &graph.nodes {
+        let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
+        let id = match &node.op {
+            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
+            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            op @ Op::Attention { .. } => {
+                let layer = names.len() / 2;
+                let mut extended = Vec::new();
+                for (part, &new) in ["k", "v"].iter().zip(&operands[1..]) {
+                    let t = b.ty(new).clone();
+                    let width = t.shape.dims()[1].clone();
+                    let name = format!("kv.{layer}.{part}");
+                    let past = b.input(
+                        name.clone(),
+                        TensorType::new(t.dtype, Shape(vec![Dim::sym(PAST), width])),
+                    );
+                    let all = b.push(Op::Concat { axis: 0 }, &[past, new])?;
+                    names.push(name);
+                    states.push(all);
+                    extended.push(all);
+                }
+                b.push(op.clone(), &[operands[0], extended[0], extended[1]])?
+            }
+            op => b.push(op.clone(), &operands)?,
+        };
+        map.push(id);
+    }
+    b.meta(STATE_META, names.join(","));
+    let mut outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
+    outputs.extend(states);
+    Ok(b.finish(&outputs))
+}
+
+/// The state inputs a graph names in its `state` meta, in the order of its
+/// state outputs (none for a graph without state).
+pub fn state_names(graph: &Graph) -> Vec<String> {
+    graph
+        .meta
+        .get(STATE_META)
+        .map(|names| {
+            names
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
