@@ -42,6 +42,21 @@ pub fn summary(graph: &Graph, weights: &dyn WeightStore) -> String {
             group_digits(*params)
         );
     }
+    let plan = fairyc_backends::MemoryPlan::new(graph, 1);
+    let values = plan.slot.iter().filter(|s| s.is_some()).count();
+    let _ = writeln!(
+        out,
+        "  memory plan: {values} transient values in {} buffers",
+        plan.slots
+    );
+    for seq in [1, 128, 512] {
+        let _ = writeln!(
+            out,
+            "    {seq:>4} tokens: {:>14} bytes shared ({} bytes one buffer per value)",
+            group_digits(plan.transient_bytes(graph, seq)),
+            group_digits(plan.unshared_bytes(graph, seq))
+        );
+    }
     out
 }
 
