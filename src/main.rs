@@ -581,6 +581,10 @@ struct TrainArgs {
     /// Continue from --checkpoint if it exists.
     #[arg(long)]
     resume: bool,
+    /// Skip a step whose loss or gradient norm is not finite (NaN or
+    /// infinite) instead of stopping; skipped steps are counted in the log.
+    #[arg(long)]
+    skip_nonfinite: bool,
     /// Write every step's record as CSV (step,loss,lr,grad_norm,heldout).
     #[arg(long)]
     loss_csv: Option<PathBuf>,
@@ -785,13 +789,18 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     let start = Instant::now();
     let first = trainer.step;
     let tokens_per_step = args.grad_accum * args.seq;
+    let mut skipped = 0usize;
     while trainer.step < args.steps {
         let t = trainer.step + 1;
         let batch: Vec<&[u32]> = (0..args.grad_accum)
             .map(|k| train[(trainer.step * args.grad_accum + k) % train.len()])
             .collect();
         let lr = schedule.lr(t);
-        let stats = trainer.train_step(&batch, lr, schedule.weight_decay(t, args.weight_decay))?;
+        let stats = trainer.train_step(&batch, lr, schedule.weight_decay(t, args.weight_decay));
+        let Some(stats) = skip_nonfinite(args, &mut trainer, stats, &mut skipped)? else {
+            bar.set_position(t as u64);
+            continue;
+        };
         let heldout_loss = if args.eval_every > 0 && t % args.eval_every == 0 {
             evaluate(&trainer)?
         } else {
@@ -826,6 +835,9 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    if skipped > 0 {
+        eprintln!("skipped {skipped} steps with a non-finite loss or gradient norm");
+    }
     write_records(args, &records)?;
     let after = evaluate(&trainer)?;
     if let Some(l) = after {
@@ -847,6 +859,27 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+/// A step's statistics, or `None` for a non-finite step that
+/// `--skip-nonfinite` skips (counted in `skipped` and logged); without the
+/// flag such a step ends the run with its error.
+fn skip_nonfinite(
+    args: &TrainArgs,
+    trainer: &mut Trainer,
+    stats: std::result::Result<fairyc::train::StepStats, fairyc::Error>,
+    skipped: &mut usize,
+) -> Result<Option<fairyc::train::StepStats>> {
+    match stats {
+        Err(e @ fairyc::Error::NonFinite { .. }) if args.skip_nonfinite => {
+            *skipped += 1;
+            trainer.skip_step();
+            eprintln!("skipped: {e} ({skipped} skipped so far)");
+            tracing::warn!(step = trainer.step, skipped = *skipped, "{e}");
+            Ok(None)
+        }
+        other => Ok(Some(other?)),
+    }
 }
 
 /// Writes the log as CSV and its plot as PNG, where asked.
