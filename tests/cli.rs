@@ -247,6 +247,21 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
 
     let run = |m: &str| vec!["run".to_string(), m.to_string(), "-p".into(), "hi".into()];
     let model_s = s(&model).to_string();
+    // The seeds name no weights; these copies name the tiny model's.
+    let hostile = |name: &str| {
+        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/ir_text")
+            .join(name);
+        let text = std::fs::read_to_string(seed).unwrap();
+        let (head, body) = text.split_once('\n').unwrap();
+        let path = p(name);
+        std::fs::write(
+            &path,
+            format!("{head}\n  meta source = {:?}\n{body}", source),
+        )
+        .unwrap();
+        vec!["dump".to_string(), path]
+    };
     let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
         (
             "missing file",
@@ -331,6 +346,28 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
                 .map(String::from)
                 .to_vec(),
             vec!["x.fir"],
+        ),
+        // Hostile IR files (the fuzzer's seeds): type rules check ranks and
+        // sizes before they index or add.
+        (
+            "attention keys of a lower rank",
+            hostile("seed-hostile-attention-rank.fir"),
+            vec!["same rank"],
+        ),
+        (
+            "attention_grad keys of a lower rank",
+            hostile("seed-hostile-attention-grad-rank.fir"),
+            vec!["same rank"],
+        ),
+        (
+            "pad past the largest size",
+            hostile("seed-hostile-pad-overflow.fir"),
+            vec!["overflows"],
+        ),
+        (
+            "concat past the largest size",
+            hostile("seed-hostile-concat-overflow.fir"),
+            vec!["overflows"],
         ),
         (
             "unknown subcommand",

@@ -116,6 +116,11 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 }
             }
             let r = q.shape.rank();
+            if k.shape.rank() != r || v.shape.rank() != r {
+                return Err(format!(
+                    "queries {q}, keys {k} and values {v} must have the same rank"
+                ));
+            }
             if k.shape.dims()[..r - 1] != q.shape.dims()[..r - 1]
                 || v.shape.dims()[..r - 1] != q.shape.dims()[..r - 1]
             {
@@ -213,7 +218,11 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                     return Err(format!("concat operands {first} and {t} differ in rank"));
                 }
                 match a[*axis].clone() {
-                    Dim::Fixed(n) => total += n,
+                    Dim::Fixed(n) => {
+                        total = total
+                            .checked_add(n)
+                            .ok_or_else(|| format!("concat along axis {axis} overflows a size"))?
+                    }
                     Dim::Sym(_) => {
                         return Err(format!("concat along symbolic dimension {axis} of {t}"))
                     }
@@ -420,7 +429,11 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 return Err(format!("cannot pad symbolic dimension {axis} of {x}"));
             };
             let mut dims = x.shape.dims().to_vec();
-            dims[*axis] = Dim::Fixed(before + n + after);
+            let padded = before
+                .checked_add(n)
+                .and_then(|m| m.checked_add(*after))
+                .ok_or_else(|| format!("padding {before} + {n} + {after} overflows a size"))?;
+            dims[*axis] = Dim::Fixed(padded);
             Ok(TensorType::new(x.dtype, Shape(dims)))
         }
         Op::LinearWeightGrad => {
