@@ -389,3 +389,75 @@ fn odd_dimensions_are_padded_exactly() {
     .unwrap();
     assert!(logits(w2, PROMPT).iter().all(|v| v.is_finite()));
 }
+
+/// The GGUF name of a Hugging Face weight name of the tiny llama.
+fn gguf_name(hf: &str) -> String {
+    let mut s = hf.to_string();
+    for (h, g) in [
+        ("model.layers.", "blk."),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("model.embed_tokens", "token_embd"),
+        ("model.norm", "output_norm"),
+        ("lm_head", "output"),
+    ] {
+        s = s.replace(h, g);
+    }
+    s
+}
+
+/// llama.cpp's converter permutes llama's q/k rows; the GGUF file of a
+/// checkpoint must still compile to the Fairy2i model of its Hugging Face
+/// folder: the authors pair real and imaginary halves in Hugging Face row
+/// order.
+#[test]
+fn gguf_and_hugging_face_files_compile_to_the_same_codes_and_scales() {
+    use fairyc_frontend::fairy::ArtifactTensor;
+    let dir = TempDir::new("gguf-hf-codes");
+    let gguf = tiny_gguf(&dir);
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::F32).unwrap();
+    for (stages, granularity) in [(2, Granularity::Tensor), (1, Granularity::Channel)] {
+        let frozen = |model: &Path| {
+            let opts = CompileOptions {
+                granularity,
+                ..options(Some(Method::Fairy2i { stages }), Pairing::Paper, 1.0)
+            };
+            let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+            fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap()
+        };
+        let (g, h) = (frozen(&gguf), frozen(&hf));
+        let from_gguf: std::collections::HashMap<&str, &ArtifactTensor> =
+            g.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut compared = 0;
+        for (name, t) in &h.tensors {
+            let other = gguf_name(name);
+            let Some(&u) = from_gguf.get(other.as_str()) else {
+                panic!("{other} is not in the GGUF compile")
+            };
+            match (t, u) {
+                (
+                    ArtifactTensor::Codes { packed: a, .. },
+                    ArtifactTensor::Codes { packed: b, .. },
+                ) => {
+                    assert!(a == b, "{name}: codes differ from {other}'s");
+                    compared += 1;
+                }
+                (ArtifactTensor::F32 { data: a, .. }, ArtifactTensor::F32 { data: b, .. }) => {
+                    assert!(a == b, "{name}: values differ from {other}'s");
+                }
+                _ => panic!("{name} and {other} are stored differently"),
+            }
+        }
+        assert_eq!(g.tensors.len(), h.tensors.len());
+        // q, k, v, o, gate, up, down in 2 blocks, U and W, every stage.
+        assert_eq!(compared, 7 * 2 * 2 * stages);
+    }
+}

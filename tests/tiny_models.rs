@@ -101,13 +101,15 @@ fn llama_gguf_and_hf_agree() {
         "GGUF and HF logits differ by {diff} (relative)"
     );
 
-    // The comparison is sensitive to the RoPE layout: running the permuted
-    // GGUF weights with Hugging Face's half-split RoPE changes the logits.
+    // The comparison is sensitive to the RoPE layout: the GGUF import reads
+    // q/k in Hugging Face's row order, and running those rows with
+    // interleaved RoPE (llama.cpp's, for its permuted rows) changes the
+    // logits.
     let mut wrong = import(&gguf).unwrap();
     for node in &mut wrong.graph.nodes {
         if let Op::Rope { layout, .. } = &mut node.op {
-            assert_eq!(*layout, RopeLayout::Interleaved);
-            *layout = RopeLayout::HalfSplit;
+            assert_eq!(*layout, RopeLayout::HalfSplit);
+            *layout = RopeLayout::Interleaved;
         }
     }
     let wrong = Model::from_imported(wrong, &|_| {}).unwrap();
