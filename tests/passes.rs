@@ -250,26 +250,11 @@ fn artifact_stores_t_bits_per_parameter_and_runs_like_the_compiled_graph() {
     }
 }
 
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("FAIRYC_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: SmolLM2 not found at {} (run `make model`)",
-            path.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn smollm2_lowered_matches_the_original_and_egraphs_stay_bounded() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = common::smollm2_or_skip("smollm2_lowered_matches_the_original") else {
+        return;
+    };
     let ids: Vec<u32> = (0..24).map(|i| 100 + 37 * i).collect();
     let want = logits(import(&path).unwrap(), &ids);
     for pairing in [Pairing::Paper, Pairing::Rope] {
