@@ -27,9 +27,13 @@ pub struct Frozen {
 fn stage_name(graph: &Graph, quantize: ValueId) -> String {
     let mut r = graph.node(quantize).operands[0];
     let mut stage = 0;
-    while graph.node(r).op == Op::Sub {
+    loop {
+        match graph.node(r).op {
+            Op::Sub => stage += 1,
+            Op::RoundBf16 => {}
+            _ => break,
+        }
         r = graph.node(r).operands[0];
-        stage += 1;
     }
     let part = match graph.node(r).op {
         Op::WidelyLinear {

@@ -285,65 +285,136 @@ fn smollm2_lowered_matches_the_original_and_egraphs_stay_bounded() {
     assert!(text.iter().all(|v| v.is_finite()));
 }
 
-/// With bf16 arithmetic, the stored codes and scales of a bf16 checkpoint
-/// are those of the authors' bf16 code (as `fairy2i_reference_bf16`
-/// reproduces it; ir/tests/quant_golden.rs checks that against their code).
-#[test]
-fn bf16_arithmetic_stores_the_authors_codes() {
+/// Checks the stored codes and scales of `layers` of a model compiled
+/// with bf16 arithmetic and `stages` stages against the authors' bf16 code
+/// (as `fairy2i_reference_bf16` reproduces it; ir/tests/quant_golden.rs
+/// checks that against their code), and the deployed weights (the sums of
+/// the stages) against their bf16 partial sums. Returns the number of
+/// code tensors compared.
+fn check_bf16_against_the_authors(model: &Path, stages: usize, layers: &[&str]) -> usize {
     use fairyc_frontend::fairy::ArtifactTensor;
-    use fairyc_ir::quant::{fairy2i_reference_bf16, pack_code_rows};
-    use fairyc_ir::Arithmetic;
+    use fairyc_ir::quant::{dequantize_sum, fairy2i_reference_bf16, pack_code_rows};
+    use fairyc_ir::{Arithmetic, WlPart};
 
-    let dir = TempDir::new("bf16");
-    let hf = dir.path("hf");
-    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
-    let mut opts = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+    let mut opts = options(Some(Method::Fairy2i { stages }), Pairing::Paper, 1.0);
     opts.lower.arithmetic = Arithmetic::Bf16Exact;
-    let (compiled, _) = compile(import(&hf).unwrap(), &opts).unwrap();
-    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+    let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+    let graph = &compiled.graph;
+    let frozen = fairyc::compile::freeze(graph, compiled.weights.as_ref()).unwrap();
     let stored = |name: &str| {
         frozen
             .tensors
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, t)| t)
-            .unwrap()
+            .unwrap_or_else(|| panic!("{name} is not stored"))
     };
+    // The deployed U and W of every layer: the weight operand of each
+    // complex linear, traced back to its split and source weight.
+    let mut deployed = std::collections::HashMap::new();
+    for node in &graph.nodes {
+        if node.op != Op::Linear || graph.node(node.operands[1]).ty.dtype != DType::C64 {
+            continue;
+        }
+        let sum = node.operands[1];
+        let mut r = sum;
+        while !matches!(graph.node(r).op, Op::WidelyLinear { .. }) {
+            r = graph.node(r).operands[0];
+        }
+        let Op::WidelyLinear { part, .. } = graph.node(r).op else {
+            unreachable!()
+        };
+        let Op::Weight { name } = &graph.node(graph.node(r).operands[0]).op else {
+            panic!("the split reads a weight")
+        };
+        if layers.iter().any(|l| name.contains(l)) {
+            deployed.insert((name.clone(), part == WlPart::U), sum);
+        }
+    }
+    let ids: Vec<_> = deployed.values().copied().collect();
+    let values =
+        fairyc_runtime::executor::evaluate_constants(graph, compiled.weights.as_ref(), &ids)
+            .unwrap();
     let mut checked = 0;
-    for layer in ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"] {
-        let name = format!("model.layers.1.{layer}.weight");
-        let ty = compiled.weights.tensor_type(&name).unwrap();
+    for (&(ref name, is_u), &sum) in &deployed {
+        let ty = compiled.weights.tensor_type(name).unwrap();
         let [rows, cols] = ty.shape.concrete().unwrap()[..] else {
             panic!()
         };
         let a: Vec<half::bf16> = compiled
             .weights
-            .read_f32(&name)
+            .read_f32(name)
             .unwrap()
             .into_iter()
             .map(half::bf16::from_f32)
             .collect();
-        let (_, u, w) = fairy2i_reference_bf16(&a, rows, cols, 2).unwrap();
-        for (part, stages) in [("u", &u), ("w", &w)] {
-            for (t, q) in stages.iter().enumerate() {
-                let base = format!("{name}.{part}{t}");
-                let ArtifactTensor::Codes { packed, .. } = stored(&format!("{base}.codes")) else {
-                    panic!()
-                };
-                let ArtifactTensor::F32 { data, .. } = stored(&format!("{base}.scales")) else {
-                    panic!()
-                };
-                assert_eq!(
-                    *packed,
-                    pack_code_rows(&q.codes, rows / 2, cols / 2).unwrap(),
-                    "{base} codes"
-                );
-                assert_eq!(*data, q.scales, "{base} scales");
-                checked += 1;
-            }
+        let (_, u, w) = fairy2i_reference_bf16(&a, rows, cols, stages).unwrap();
+        let (part, ref_stages) = if is_u { ("u", &u) } else { ("w", &w) };
+        let (n, m) = (rows / 2, cols / 2);
+        for (t, q) in ref_stages.iter().enumerate() {
+            let base = format!("{name}.{part}{t}");
+            let ArtifactTensor::Codes { packed, .. } = stored(&format!("{base}.codes")) else {
+                panic!()
+            };
+            let ArtifactTensor::F32 { data, .. } = stored(&format!("{base}.scales")) else {
+                panic!()
+            };
+            let want = pack_code_rows(&q.codes, n, m).unwrap();
+            let differ = packed.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert!(
+                differ == 0,
+                "T = {stages}, {base}: {differ} of {} code bytes differ from the authors'",
+                want.len()
+            );
+            assert_eq!(*data, q.scales, "T = {stages}, {base} scales");
+            checked += 1;
         }
+        let want =
+            dequantize_sum(ref_stages, n, m, Granularity::Tensor, Arithmetic::Bf16Exact).unwrap();
+        let fairyc_runtime::Data::C64(got) = &values[&sum.0].data else {
+            panic!("complex weights")
+        };
+        assert!(
+            *got == want,
+            "T = {stages}, {name}.{part}: the deployed sum is not the authors' bf16 sum"
+        );
     }
-    assert_eq!(checked, 12);
+    checked
+}
+
+/// With bf16 arithmetic, the compiled codes, scales and deployed weights of
+/// a bf16 checkpoint are those of the authors' bf16 code, for T = 1..4.
+#[test]
+fn bf16_arithmetic_stores_the_authors_codes() {
+    let dir = TempDir::new("bf16");
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
+    let layers = ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"];
+    for stages in 1..=4 {
+        // 3 layers in 2 blocks, U and W, every stage.
+        assert_eq!(
+            check_bf16_against_the_authors(&hf, stages, &layers),
+            3 * 2 * 2 * stages
+        );
+    }
+}
+
+/// The same on SmolLM2's real layers (q, k, v, o, gate, up and down of
+/// blocks 0, 5 and 29) through the whole pipeline, T = 1..4: every residual
+/// and partial sum is rounded to bf16 as the authors round them, so the
+/// third and fourth stages match too.
+#[test]
+fn bf16_arithmetic_matches_the_authors_on_smollm2_for_every_stage_count() {
+    let Some(path) = common::smollm2_or_skip("bf16_arithmetic_matches_the_authors_on_smollm2")
+    else {
+        return;
+    };
+    let layers = ["blk.0.", "blk.5.", "blk.29."];
+    for stages in 1..=4 {
+        let checked = check_bf16_against_the_authors(&path, stages, &layers);
+        assert_eq!(checked, 3 * 7 * 2 * stages);
+        eprintln!("T = {stages}: {checked} code tensors and their scales equal the authors'");
+    }
 }
 
 /// Odd dimensions: the feed-forward width 63 pads one zero channel in the

@@ -261,6 +261,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 x.shape.with_last(Dim::Fixed(m)),
             ))
         }
+        Op::RoundBf16 => {
+            expect_numeric(operands[0], "input")?;
+            Ok(operands[0].clone())
+        }
         Op::Sub => {
             let (a, b) = (operands[0], operands[1]);
             infer_type(&Op::Add, &[a, b])

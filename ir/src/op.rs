@@ -112,6 +112,11 @@ pub enum Op {
     Conj,
     /// Elementwise difference; the second operand may be a suffix-shaped broadcast.
     Sub,
+    /// Rounds every real (or real and imaginary part) to the nearest bf16
+    /// value, ties to even; the element type stays f32 or c64. Carries the
+    /// authors' bf16 arithmetic through the residual stages and their sum.
+    /// Training passes gradients straight through.
+    RoundBf16,
     /// The Fairy2i widely-linear split (eq. 3) of a real weight `R[r, c]`:
     /// the complex `U` or `W` `[ceil(r/2), ceil(c/2)]` with
     /// `pack(R x) = U pack(x) + W conj(pack(x))`, outputs paired by
@@ -376,6 +381,7 @@ impl Op {
             Op::Unpack { .. } => "unpack",
             Op::Conj => "conj",
             Op::Sub => "sub",
+            Op::RoundBf16 => "round_bf16",
             Op::WidelyLinear { .. } => "widely_linear",
             Op::Quantize { .. } => "quantize",
             Op::Dequant { .. } => "dequant",
@@ -416,6 +422,7 @@ impl Op {
             | Op::Pack { .. }
             | Op::Unpack { .. }
             | Op::Conj
+            | Op::RoundBf16
             | Op::WidelyLinear { .. }
             | Op::Quantize { .. }
             | Op::CReluSquared
@@ -768,6 +775,7 @@ impl Op {
             },
             "conj" => Op::Conj,
             "sub" => Op::Sub,
+            "round_bf16" => Op::RoundBf16,
             "widely_linear" | "widely_linear_grad" => {
                 let part = match ident(&take("part")?, "part")?.as_str() {
                     "u" => WlPart::U,

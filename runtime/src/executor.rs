@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use fairyc_ir::quant::{self, Pairing};
 use fairyc_ir::{
-    verify, verify_weights, AttentionOperand, DType, Dim, Graph, NormOperand, Op, Scheme,
-    WeightStore, WlPart,
+    verify, verify_weights, Arithmetic, AttentionOperand, DType, Dim, Graph, NormOperand, Op,
+    Scheme, WeightStore, WlPart,
 };
 use num_complex::Complex32;
 use rayon::prelude::*;
@@ -602,6 +602,17 @@ fn eval(
         }
         Op::Sub => binary(x, args[1], |a, b| a - b, |a, b| a - b)?,
         Op::Conj => Tensor::c64(x.shape.clone(), elementwise::conj(c64s(x, "input")?)),
+        Op::RoundBf16 => {
+            let r = |v: f32| Arithmetic::Bf16Exact.round(v);
+            match &x.data {
+                Data::F32(v) => Tensor::f32(x.shape.clone(), v.iter().map(|&a| r(a)).collect()),
+                Data::C64(v) => Tensor::c64(
+                    x.shape.clone(),
+                    v.iter().map(|a| Complex32::new(r(a.re), r(a.im))).collect(),
+                ),
+                _ => return Err("round_bf16 takes real or complex floats".into()),
+            }
+        }
         Op::CrossEntropy => {
             let targets = args[1].as_i32().ok_or("targets must be i32")?;
             let loss = grad::cross_entropy(f32s(x, "logits")?, targets, x.cols())?;
