@@ -115,6 +115,29 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
 }
 
 impl QuantArgs {
+    /// `--quant native` keeps the quantizers a model defines itself and
+    /// `--quant float` removes them: on a model that defines none, either
+    /// would silently leave it unquantized, so it is an error.
+    fn check_own_quantizers(&self, graph: &fairyc_ir::Graph) -> Result<()> {
+        let flag = match self.quant {
+            QuantChoice::Native => "native",
+            QuantChoice::Float => "float",
+            _ => return Ok(()),
+        };
+        let own = graph.nodes.iter().any(|n| {
+            matches!(
+                n.op,
+                fairyc_ir::Op::Quantize { .. }
+                    | fairyc_ir::Op::ActQuant { .. }
+                    | fairyc_ir::Op::Dequant { .. }
+            )
+        });
+        if !own {
+            bail!("--quant {flag}: the model defines no quantizers of its own (native ones are iFairy's); choose w1, w2, w3, binary or ternary to quantize it");
+        }
+        Ok(())
+    }
+
     /// The pass options, or `None` when the model is used as imported.
     fn options(&self) -> Option<CompileOptions> {
         let method = match self.quant {
@@ -458,6 +481,7 @@ fn load_compiled(
     report: bool,
 ) -> Result<(Imported, Vec<PassRecord>)> {
     let imported = import(path)?;
+    quant.check_own_quantizers(&imported.graph)?;
     let Some(options) = quant.options() else {
         return Ok((imported, Vec::new()));
     };
@@ -685,6 +709,7 @@ fn training_model(args: &TrainArgs) -> Result<(Imported, Option<fairyc_ir::Graph
     if teacher.is_some() && args.quant.options().is_none() {
         bail!("--distill learns from the unquantized model: choose a --quant to train");
     }
+    args.quant.check_own_quantizers(&imported.graph)?;
     let compiled = match args.quant.options() {
         Some(options) => fairyc::compile(imported, &options)?.0,
         None => imported,

@@ -370,6 +370,20 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["overflows"],
         ),
         (
+            "native quantization of a model without its own quantizers",
+            [
+                "compile",
+                &model_s,
+                "--quant",
+                "native",
+                "-o",
+                &p("native.fairy"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--quant native", "no quantizers of its own"],
+        ),
+        (
             "unknown subcommand",
             vec!["frobnicate".into(), model_s.clone()],
             vec!["frobnicate"],

@@ -517,3 +517,71 @@ fn gguf_and_hugging_face_files_compile_to_the_same_codes_and_scales() {
         assert_eq!(compared, 7 * 2 * 2 * stages);
     }
 }
+
+/// Layers are selected by the role the frontend gave their weight, not by
+/// the weight's name: renamed weights still compile to every layer
+/// quantized. Without roles, or with a planned layer left real, the
+/// compile fails and names what it could not quantize.
+#[test]
+fn layers_are_selected_by_role_and_every_planned_layer_is_quantized() {
+    use fairyc_ir::roles::{roles, Role, ROLES_META};
+    use fairyc_ir::MemoryStore;
+    use fairyc_passes::pipeline::{incomplete_layers, PassError};
+    use std::sync::Arc;
+
+    let dir = TempDir::new("roles");
+    let gguf = tiny_gguf(&dir);
+    let original = import(&gguf).unwrap();
+    let tagged = roles(&original.graph).unwrap();
+    // q, k, v, o, gate, up, down in 2 blocks, and the output matrix.
+    assert_eq!(tagged.len(), 7 * 2 + 1);
+    assert_eq!(tagged["blk.1.ffn_down.weight"], Role::Down);
+    assert_eq!(tagged["output.weight"], Role::LmHead);
+    let w2 = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+    let quantized_params = |imported: Imported| {
+        let (compiled, _) = compile(imported, &w2).unwrap();
+        let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+        fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph).quantized_params
+    };
+    let want = quantized_params(import(&gguf).unwrap());
+    assert_eq!(want, 2 * (32 * 32 * 2 + 16 * 32 * 2 + 64 * 32 * 3));
+
+    // The same model with its weights named in nobody's convention.
+    let rename = |n: &str| n.replace("blk.", "decoder_").replace(".weight", ".w");
+    let mut graph = original.graph.clone();
+    let mut store = MemoryStore::default();
+    for node in &mut graph.nodes {
+        if let Op::Weight { name } = &mut node.op {
+            let data = original.weights.read_f32(name).unwrap();
+            *name = rename(name);
+            store.insert(name.clone(), node.ty.clone(), data);
+        }
+    }
+    let renamed = graph.meta[ROLES_META]
+        .split(',')
+        .map(rename)
+        .collect::<Vec<_>>()
+        .join(",");
+    graph.meta.insert(ROLES_META.into(), renamed);
+    let renamed = Imported {
+        graph: graph.clone(),
+        weights: Arc::new(store),
+        ..import(&gguf).unwrap()
+    };
+    assert_eq!(quantized_params(renamed), want);
+
+    // No roles: nothing is planned, and that is an error, not 0 bits.
+    let mut bare = import(&gguf).unwrap();
+    bare.graph.meta.remove(ROLES_META);
+    let err = compile(bare, &w2)
+        .err()
+        .expect("a graph without roles compiled");
+    assert!(matches!(err, fairyc::Error::Pass(PassError::Incomplete(_))));
+    assert!(err.to_string().contains("nothing to quantize"), "{err}");
+
+    // A planned layer that was not lowered and quantized is named.
+    let plan = fairyc_passes::lower::plan(&original.graph, &w2.lower);
+    let missing = incomplete_layers(&original.graph, &plan, true, true);
+    assert_eq!(missing.len(), 14);
+    assert!(missing.contains(&"blk.0.attn_q.weight".to_string()));
+}
