@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fairyc::compile::Precision;
 use fairyc::train::{Objective, Schedule, TrainOptions, Trainer};
 use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
@@ -57,8 +58,9 @@ struct QuantArgs {
     /// RoPE and attention run in complex form).
     #[arg(long, value_enum, default_value_t = PairingArg::Paper)]
     pairing: PairingArg,
-    /// Also quantize lm_head (the output projection).
-    #[arg(long)]
+    /// Quantize lm_head (the output projection) too, as the authors do:
+    /// the default; `--lm-head false` keeps it unquantized.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     lm_head: bool,
     /// Rounding of the split and PhaseQuant: f32 (ours), or bf16 to
     /// reproduce the codes the authors' bf16 code deploys.
@@ -81,6 +83,15 @@ enum QuantChoice {
     W3,
     Binary,
     Ternary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmbeddingsArg {
+    Source,
+    F32,
+    F16,
+    Bf16,
+    Q8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,6 +227,13 @@ enum Command {
         /// Write the IR after each pass into this folder.
         #[arg(long)]
         dump_passes: Option<PathBuf>,
+        /// How to store the matrices left unquantized (the embeddings, an
+        /// unquantized output matrix): source (the source's precision:
+        /// f32, f16 or bf16 as they are, a GGUF Q8_0 matrix as q8, other
+        /// GGUF block types as f16), f32, f16, bf16, or q8 (8 bits with a
+        /// scale per 32 values, GGUF's Q8_0 layout).
+        #[arg(long, value_enum, default_value_t = EmbeddingsArg::Source)]
+        embeddings: EmbeddingsArg,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -341,8 +359,16 @@ fn run(command: Command) -> Result<()> {
             quant,
             timings,
             dump_passes,
+            embeddings,
             output,
-        } => compile_command(&model, &quant, timings, dump_passes.as_deref(), &output),
+        } => compile_command(
+            &model,
+            &quant,
+            timings,
+            dump_passes.as_deref(),
+            embeddings,
+            &output,
+        ),
         Command::Train(args) => train_command(&args),
         Command::Plot {
             csv,
@@ -988,6 +1014,7 @@ fn compile_command(
     quant: &QuantArgs,
     timings: bool,
     dump_passes: Option<&Path>,
+    embeddings: EmbeddingsArg,
     output: &Path,
 ) -> Result<()> {
     if quant.options().is_none() {
@@ -1019,7 +1046,16 @@ fn compile_command(
             }
         }
     }
-    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref())?;
+    use fairyc_frontend::fairy::Storage;
+    let precision = match embeddings {
+        EmbeddingsArg::Source => Precision::Source,
+        EmbeddingsArg::F32 => Precision::Matrices(Storage::F32),
+        EmbeddingsArg::F16 => Precision::Matrices(Storage::F16),
+        EmbeddingsArg::Bf16 => Precision::Matrices(Storage::Bf16),
+        EmbeddingsArg::Q8 => Precision::Matrices(Storage::Q8),
+    };
+    let frozen =
+        fairyc::compile::freeze_with(&compiled.graph, compiled.weights.as_ref(), precision)?;
     let sizes = fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph);
     fairyc_frontend::fairy::write(
         output,

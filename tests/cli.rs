@@ -413,3 +413,53 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `compile` quantizes lm_head by default, as the authors do, and keeps it
+/// unquantized with `--lm-head false`; `--embeddings q8` stores the
+/// unquantized matrices in 8 bits.
+#[test]
+fn compile_quantizes_lm_head_by_default_and_stores_embeddings_as_asked() {
+    let (dir, model) = setup("cli-lm-head");
+    let out = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let params = |stdout: &str| -> usize {
+        stdout
+            .split("quantized layers: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no parameter count in {stdout}"))
+    };
+    // q, k, v, o, gate, up, down of the two blocks; the output matrix.
+    let blocks = 2 * (32 * 32 * 2 + 16 * 32 * 2 + 64 * 32 * 3);
+    let default = ok(&["compile", s(&model), "--quant", "w2", "-o", &out("a.fairy")]);
+    assert_eq!(params(&default), blocks + 275 * 32, "{default}");
+    let no_head = ok(&[
+        "compile",
+        s(&model),
+        "--quant",
+        "w2",
+        "--lm-head",
+        "false",
+        "-o",
+        &out("b.fairy"),
+    ]);
+    assert_eq!(params(&no_head), blocks, "{no_head}");
+    assert!(no_head.contains("as f32"), "{no_head}");
+    let q8 = ok(&[
+        "compile",
+        s(&model),
+        "--quant",
+        "w2",
+        "--lm-head",
+        "false",
+        "--embeddings",
+        "q8",
+        "-o",
+        &out("c.fairy"),
+    ]);
+    assert!(q8.contains("as q8"), "{q8}");
+    let size = |name: &str| std::fs::metadata(out(name)).unwrap().len();
+    assert!(size("c.fairy") < size("b.fairy"), "q8 is smaller than f32");
+    let ran = ok(&["run", &out("c.fairy"), "-p", "The ", "-n", "3"]);
+    assert!(!ran.is_empty());
+}

@@ -585,3 +585,68 @@ fn layers_are_selected_by_role_and_every_planned_layer_is_quantized() {
     assert_eq!(missing.len(), 14);
     assert!(missing.contains(&"blk.0.attn_q.weight".to_string()));
 }
+
+/// Unquantized tensors are stored in the source's precision: a GGUF Q8_0
+/// matrix as q8 (exactly: the artifact computes what the compiled graph
+/// does), bf16 tensors as bf16, f32 as f32; or as asked.
+#[test]
+fn artifacts_store_unquantized_tensors_in_the_source_precision() {
+    use fairyc::compile::{freeze_with, Precision};
+    use fairyc_frontend::fairy::Storage;
+
+    let dir = TempDir::new("precision");
+    let storage_of = |model: &Path, precision: Precision| {
+        let opts = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+        let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+        let frozen = freeze_with(&compiled.graph, compiled.weights.as_ref(), precision).unwrap();
+        let of = |name: &str| {
+            frozen
+                .tensors
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .and_then(|(_, t)| t.storage())
+        };
+        let storage = (
+            of("token_embd.weight").or(of("model.embed_tokens.weight")),
+            of("output_norm.weight").or(of("model.norm.weight")),
+        );
+        let bytes: usize = frozen.tensors.iter().map(|(_, t)| t.bytes()).sum();
+        let out = dir.path("m.fairy");
+        fairyc_frontend::fairy::write(
+            &out,
+            &frozen.graph,
+            &compiled.graph,
+            &compiled.tokenizer,
+            &frozen.tensors,
+        )
+        .unwrap();
+        let d = rel_diff(
+            &logits(import(&out).unwrap(), PROMPT),
+            &logits(compiled, PROMPT),
+        );
+        (storage, bytes, d)
+    };
+    let q8_gguf = dir.path("q8.gguf");
+    write_gguf(&q8_gguf, &SynthConfig::tiny(), GgmlType::Q8_0).unwrap();
+    let (storage, _, d) = storage_of(&q8_gguf, Precision::Source);
+    assert_eq!(storage, (Some(Storage::Q8), Some(Storage::F32)));
+    assert!(d < 1e-6, "q8 of a Q8_0 source is exact: {d}");
+
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
+    let (storage, _, d) = storage_of(&hf, Precision::Source);
+    assert_eq!(storage.0, Some(Storage::Bf16));
+    assert!(d < 1e-6, "bf16 of a bf16 source is exact: {d}");
+
+    let f32_gguf = tiny_gguf(&dir);
+    let (storage, f32_bytes, d) = storage_of(&f32_gguf, Precision::Source);
+    assert_eq!(storage, (Some(Storage::F32), Some(Storage::F32)));
+    assert!(d < 1e-6);
+    let (storage, q8_bytes, d) = storage_of(&f32_gguf, Precision::Matrices(Storage::Q8));
+    assert_eq!(storage, (Some(Storage::Q8), Some(Storage::F32)));
+    assert!(q8_bytes * 2 < f32_bytes, "{q8_bytes} against {f32_bytes}");
+    assert!(
+        d > 0.0 && d < 1e-2,
+        "8-bit embeddings change the logits a little: {d}"
+    );
+}
