@@ -328,3 +328,26 @@ fn tiny_llama_ir_snapshot_and_round_trip() {
     assert_eq!(parsed, graph);
     verify(&parsed).unwrap();
 }
+
+/// IR files written before the GGUF importer un-permuted llama's q/k rows
+/// (interleaved RoPE) still run as they did: their weights are read as the
+/// file stores them.
+#[test]
+fn ir_files_with_interleaved_rope_read_the_rows_as_stored() {
+    let dir = TempDir::new("old-fir");
+    let (gguf, _) = write_both(&dir, &config(Architecture::Llama));
+    let fir = dir.path("new.fir");
+    let graph = import(&gguf).unwrap().graph;
+    std::fs::write(&fir, text::print(&graph)).unwrap();
+    let old = dir.path("old.fir");
+    let text = std::fs::read_to_string(&fir).unwrap();
+    assert!(text.contains("layout = half_split"));
+    std::fs::write(
+        &old,
+        text.replace("layout = half_split", "layout = interleaved"),
+    )
+    .unwrap();
+    let diff = compare(&load(&old), &load(&gguf));
+    assert!(diff < 1e-4, "an interleaved .fir differs by {diff}");
+    assert!(compare(&load(&fir), &load(&gguf)) < 1e-6);
+}
