@@ -29,8 +29,10 @@ demo: setup build
 	$(FAIRYC) compile $(MODEL) --quant w2 --timings -o models/smollm2-w2.fairy
 	$(FAIRYC) dump models/smollm2-w2.fairy --summary
 
+# Tests that need the model or ../shared fail here when those are missing
+# (FAIRYC_REQUIRE_ASSETS=1); a bare `cargo test` skips them and prints SKIPPED.
 test: setup
-	cargo test --release --locked --workspace
+	FAIRYC_REQUIRE_ASSETS=1 cargo test --release --locked --workspace
 	$(MAKE) check
 	$(MAKE) fuzz-smoke
 

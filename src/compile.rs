@@ -5,10 +5,12 @@ use std::fmt;
 
 use fairyc_backends::reference::evaluate_constants;
 use fairyc_backends::Data;
-use fairyc_frontend::fairy::ArtifactTensor;
+use fairyc_frontend::fairy::{ArtifactTensor, Storage};
 use fairyc_ir::infer::scale_shape;
 use fairyc_ir::quant::{self, pack_code_rows, phase_quant_with, Pairing};
-use fairyc_ir::{DType, Graph, Op, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart};
+use fairyc_ir::{
+    DType, Graph, Op, Scheme, Shape, TensorType, UnaryFn, ValueId, WeightStore, WlPart,
+};
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
 use fairyc_passes::rebuild::{eliminate_dead_code, rebuild};
@@ -27,9 +29,15 @@ pub struct Frozen {
 fn stage_name(graph: &Graph, quantize: ValueId) -> String {
     let mut r = graph.node(quantize).operands[0];
     let mut stage = 0;
-    while graph.node(r).op == Op::Sub {
+    loop {
+        match graph.node(r).op {
+            Op::Sub => stage += 1,
+            Op::Unary {
+                func: UnaryFn::RoundBf16,
+            } => {}
+            _ => break,
+        }
         r = graph.node(r).operands[0];
-        stage += 1;
     }
     let part = match graph.node(r).op {
         Op::WidelyLinear {
@@ -51,23 +59,64 @@ fn stage_name(graph: &Graph, quantize: ValueId) -> String {
     }
 }
 
-/// Freezes `graph` with the weights of `store` and writes the artifact to
-/// `output` (atomically), keeping `graph` as its source IR.
+/// Freezes `graph` with the weights of `store` (unquantized tensors in
+/// `precision`) and writes the artifact to `output` (atomically), keeping
+/// `graph` as its source IR.
 pub fn write_artifact(
     output: &std::path::Path,
     graph: &Graph,
     store: &dyn WeightStore,
+    precision: Precision,
     tokenizer: &fairyc_frontend::tokenizer::Tokenizer,
 ) -> Result<Frozen, Error> {
-    let frozen = freeze(graph, store)?;
+    let frozen = freeze_with(graph, store, precision)?;
     fairyc_frontend::fairy::write(output, &frozen.graph, graph, tokenizer, &frozen.tensors)?;
     Ok(frozen)
 }
 
+/// How [`freeze`] stores the tensors it does not quantize.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// The precision of the source: f32, f16 and bf16 tensors as they are,
+    /// a GGUF Q8_0 matrix as q8 (the same blocks, exactly), other quantized
+    /// GGUF matrices (Q4_0, Q4_1, Q4_K, Q6_K) as f16.
+    #[default]
+    Source,
+    /// Every matrix (embeddings, an unquantized output matrix) as this;
+    /// vectors (norms, biases) keep the source's precision.
+    Matrices(Storage),
+}
+
+impl Precision {
+    /// The storage of a tensor of `rank` whose source is `encoding`.
+    pub fn storage(self, encoding: Option<&str>, rank: usize) -> Storage {
+        match (self, encoding.map(str::to_ascii_lowercase).as_deref()) {
+            (Precision::Matrices(s), _) if rank >= 2 => s,
+            (_, Some("f16")) => Storage::F16,
+            (_, Some("bf16")) => Storage::Bf16,
+            (_, Some("q8_0" | "q8")) if rank == 2 => Storage::Q8,
+            (_, Some("f32") | None) => Storage::F32,
+            // Other GGUF block encodings decode to values f16 holds closely.
+            (_, Some(_)) if rank >= 2 => Storage::F16,
+            _ => Storage::F32,
+        }
+    }
+}
+
+/// [`freeze_with`] in the source's precision.
+pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
+    freeze_with(graph, store, Precision::Source)
+}
+
 /// Replaces each quantization of a weight expression by the stored codes
 /// and scales it computes (PhaseQuant), or by its stored values (the real
-/// baselines); every other weight the graph still reads is stored as f32.
-pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
+/// baselines); every other weight the graph still reads is stored as
+/// `precision` says.
+pub fn freeze_with(
+    graph: &Graph,
+    store: &dyn WeightStore,
+    precision: Precision,
+) -> Result<Frozen, Error> {
     let quantized: Vec<ValueId> = graph
         .ids()
         .filter(|&v| matches!(graph.node(v).op, Op::Quantize { .. }))
@@ -168,7 +217,11 @@ pub fn freeze(graph: &Graph, store: &dyn WeightStore) -> Result<Frozen, Error> {
             .read_f32(name)
             .map_err(fairyc_backends::BackendError::from)?;
         let shape = ty.shape.concrete().expect("weights have fixed shapes");
-        tensors.push((name.to_string(), ArtifactTensor::F32 { shape, data }));
+        let storage = precision.storage(store.encoding(name).as_deref(), shape.len());
+        tensors.push((
+            name.to_string(),
+            ArtifactTensor::encode(shape, data, storage),
+        ));
     }
     Ok(Frozen {
         graph: deployed,
@@ -184,6 +237,8 @@ pub struct SizeBreakdown {
     pub scale_bytes: usize,
     pub full_precision_params: usize,
     pub full_precision_bytes: usize,
+    /// Of those, parameters stored as f32, f16/bf16 and q8.
+    pub by_storage: [(Storage, usize); 4],
 }
 
 impl SizeBreakdown {
@@ -222,16 +277,25 @@ impl SizeBreakdown {
             scale_bytes: 0,
             full_precision_params: 0,
             full_precision_bytes: 0,
+            by_storage: [
+                (Storage::F32, 0),
+                (Storage::F16, 0),
+                (Storage::Bf16, 0),
+                (Storage::Q8, 0),
+            ],
         };
         for (name, t) in &frozen.tensors {
-            match t {
-                ArtifactTensor::Codes { .. } => b.code_bytes += t.bytes(),
-                ArtifactTensor::F32 { data, .. } if name.ends_with(".scales") => {
-                    b.scale_bytes += data.len() * 4
-                }
-                ArtifactTensor::F32 { data, .. } => {
-                    b.full_precision_params += data.len();
-                    b.full_precision_bytes += data.len() * 4;
+            match t.storage() {
+                None => b.code_bytes += t.bytes(),
+                Some(Storage::F32) if name.ends_with(".scales") => b.scale_bytes += t.bytes(),
+                Some(s) => {
+                    b.full_precision_params += t.len();
+                    b.full_precision_bytes += t.bytes();
+                    for (k, n) in &mut b.by_storage {
+                        if *k == s {
+                            *n += t.len();
+                        }
+                    }
                 }
             }
         }
@@ -257,11 +321,29 @@ impl fmt::Display for SizeBreakdown {
             self.scale_bytes,
             bits(self.code_bytes + self.scale_bytes, self.quantized_params)
         )?;
+        let parts: Vec<String> = self
+            .by_storage
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{n} as {}", storage_name(*s)))
+            .collect();
         write!(
             f,
-            "full precision:   {} parameters in {} bytes (f32)",
-            self.full_precision_params, self.full_precision_bytes
+            "unquantized:      {} parameters in {} bytes ({})",
+            self.full_precision_params,
+            self.full_precision_bytes,
+            parts.join(", ")
         )
+    }
+}
+
+/// The name `--embeddings` gives a storage.
+pub fn storage_name(s: Storage) -> &'static str {
+    match s {
+        Storage::F32 => "f32",
+        Storage::F16 => "f16",
+        Storage::Bf16 => "bf16",
+        Storage::Q8 => "q8",
     }
 }
 

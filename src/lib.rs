@@ -41,6 +41,14 @@ pub enum Error {
     Pass(#[from] fairyc_passes::pipeline::PassError),
     #[error("{0}")]
     Usage(String),
+    /// A training step met a non-finite loss or gradient; the step was not
+    /// applied.
+    #[error("step {step}: the {what} is {value} (not finite); the step was not applied")]
+    NonFinite {
+        step: usize,
+        what: &'static str,
+        value: f64,
+    },
 }
 
 /// Runs the compilation pipeline on an imported model; the result runs

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use fairyc::compile::Precision;
 use fairyc::train::{read_records, train, Event, ModelSource, ScheduleKind, TrainConfig};
 use fairyc::{import, report, GenerateOptions, Imported, Model};
 use fairyc_ir::atomic::write_atomically;
@@ -57,8 +58,9 @@ struct QuantArgs {
     /// RoPE and attention run in complex form).
     #[arg(long, value_enum, default_value_t = PairingArg::Paper)]
     pairing: PairingArg,
-    /// Also quantize lm_head (the output projection).
-    #[arg(long)]
+    /// Quantize lm_head (the output projection) too, as the authors do:
+    /// the default; `--lm-head false` keeps it unquantized.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     lm_head: bool,
     /// Rounding of the split and PhaseQuant: f32 (ours), or bf16 to
     /// reproduce the codes the authors' bf16 code deploys.
@@ -81,6 +83,28 @@ enum QuantChoice {
     W3,
     Binary,
     Ternary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmbeddingsArg {
+    Source,
+    F32,
+    F16,
+    Bf16,
+    Q8,
+}
+
+impl EmbeddingsArg {
+    fn precision(self) -> Precision {
+        use fairyc_frontend::fairy::Storage;
+        match self {
+            EmbeddingsArg::Source => Precision::Source,
+            EmbeddingsArg::F32 => Precision::Matrices(Storage::F32),
+            EmbeddingsArg::F16 => Precision::Matrices(Storage::F16),
+            EmbeddingsArg::Bf16 => Precision::Matrices(Storage::Bf16),
+            EmbeddingsArg::Q8 => Precision::Matrices(Storage::Q8),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,6 +139,30 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
 }
 
 impl QuantArgs {
+    /// `--quant native` keeps the quantizers a model defines itself and
+    /// `--quant float` removes them: on a model that defines none, either
+    /// would silently leave it unquantized, so it is an error.
+    fn check_own_quantizers(&self, graph: &fairyc_ir::Graph) -> Result<()> {
+        let flag = match self.quant {
+            QuantChoice::Native => "native",
+            QuantChoice::Float => "float",
+            _ => return Ok(()),
+        };
+        let own = graph.nodes.iter().any(|n| {
+            matches!(
+                n.op,
+                fairyc_ir::Op::Quantize { .. }
+                    | fairyc_ir::Op::ActQuant { .. }
+                    | fairyc_ir::Op::Dequant { .. }
+                    | fairyc_ir::Op::QuantLinear { .. }
+            )
+        });
+        if !own {
+            bail!("--quant {flag}: the model defines no quantizers of its own (native ones are iFairy's); choose w1, w2, w3, binary or ternary to quantize it");
+        }
+        Ok(())
+    }
+
     /// The pass options, or `None` when the model is used as imported.
     fn options(&self) -> Option<CompileOptions> {
         let method = match self.quant {
@@ -193,6 +241,13 @@ enum Command {
         /// Write the IR after each pass into this folder.
         #[arg(long)]
         dump_passes: Option<PathBuf>,
+        /// How to store the matrices left unquantized (the embeddings, an
+        /// unquantized output matrix): source (the source's precision:
+        /// f32, f16 or bf16 as they are, a GGUF Q8_0 matrix as q8, other
+        /// GGUF block types as f16), f32, f16, bf16, or q8 (8 bits with a
+        /// scale per 32 values, GGUF's Q8_0 layout).
+        #[arg(long, value_enum, default_value_t = EmbeddingsArg::Source)]
+        embeddings: EmbeddingsArg,
         #[arg(short, long)]
         output: PathBuf,
     },
@@ -318,8 +373,16 @@ fn run(command: Command) -> Result<()> {
             quant,
             timings,
             dump_passes,
+            embeddings,
             output,
-        } => compile_command(&model, &quant, timings, dump_passes.as_deref(), &output),
+        } => compile_command(
+            &model,
+            &quant,
+            timings,
+            dump_passes.as_deref(),
+            embeddings.precision(),
+            &output,
+        ),
         Command::Train(args) => train_command(&args),
         Command::Plot {
             csv,
@@ -458,6 +521,7 @@ fn load_compiled(
     report: bool,
 ) -> Result<(Imported, Vec<PassRecord>)> {
     let imported = import(path)?;
+    quant.check_own_quantizers(&imported.graph)?;
     let Some(options) = quant.options() else {
         return Ok((imported, Vec::new()));
     };
@@ -583,6 +647,10 @@ struct TrainArgs {
     /// Continue from --checkpoint if it exists.
     #[arg(long)]
     resume: bool,
+    /// Skip a step whose loss or gradient norm is not finite (NaN or
+    /// infinite) instead of stopping; skipped steps are counted in the log.
+    #[arg(long)]
+    skip_nonfinite: bool,
     /// Write every step's record as CSV (step,loss,lr,grad_norm,heldout).
     #[arg(long)]
     loss_csv: Option<PathBuf>,
@@ -662,6 +730,7 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         checkpoint: args.checkpoint.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
+        skip_nonfinite: args.skip_nonfinite,
         loss_csv: args.loss_csv.clone(),
         loss_png: args.loss_png.clone(),
         output: Some(args.output.clone()),
@@ -669,6 +738,9 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
 }
 
 fn train_command(args: &TrainArgs) -> Result<()> {
+    if let (InitArg::Pretrained, Some(model)) = (args.init, &args.model) {
+        args.quant.check_own_quantizers(&import(model)?.graph)?;
+    }
     let source = model_source(args)?;
     let config = train_config(args);
     let mut bar = ProgressBar::hidden();
@@ -703,6 +775,9 @@ fn train_command(args: &TrainArgs) -> Result<()> {
                 record.loss, record.grad_norm
             ));
         }
+        Event::Skipped { error, skipped, .. } => {
+            bar.suspend(|| eprintln!("skipped: {error} ({skipped} skipped so far)"))
+        }
         Event::Finished { .. } => bar.finish_and_clear(),
         Event::HeldOutAfter { loss } => {
             eprintln!("held-out loss after:  {loss:.4} (perplexity {:.2})", loss.exp())
@@ -717,6 +792,12 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         report.elapsed.as_secs_f64(),
         args.output.display()
     );
+    if report.skipped > 0 {
+        eprintln!(
+            "skipped {} steps with a non-finite loss or gradient norm",
+            report.skipped
+        );
+    }
     Ok(())
 }
 
@@ -769,6 +850,7 @@ fn compile_command(
     quant: &QuantArgs,
     timings: bool,
     dump_passes: Option<&Path>,
+    precision: Precision,
     output: &Path,
 ) -> Result<()> {
     if quant.options().is_none() {
@@ -804,6 +886,7 @@ fn compile_command(
         output,
         &compiled.graph,
         compiled.weights.as_ref(),
+        precision,
         &compiled.tokenizer,
     )?;
     let sizes = fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph);

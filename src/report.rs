@@ -11,6 +11,16 @@ pub fn summary(graph: &Graph, weights: &dyn WeightStore) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "graph @{}: {} nodes", graph.name, graph.nodes.len());
     for (key, value) in &graph.meta {
+        if key == fairyc_ir::roles::ROLES_META {
+            // One entry per weight: counted by role instead.
+            let mut by_role: BTreeMap<String, usize> = BTreeMap::new();
+            for role in fairyc_ir::roles::roles(graph).unwrap_or_default().values() {
+                *by_role.entry(role.to_string()).or_default() += 1;
+            }
+            let counts: Vec<String> = by_role.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let _ = writeln!(out, "  {key}: {}", counts.join(", "));
+            continue;
+        }
         let _ = writeln!(out, "  {key}: {value}");
     }
     for (_, name, ty) in graph.inputs() {

@@ -441,6 +441,7 @@ impl Trainer {
             }
         }
         drop(exec);
+        check_finite(self.step + 1, loss / batch.len() as f64, &sums)?;
         self.step += 1;
         let t = self.step as i32;
         let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
@@ -493,6 +494,12 @@ impl Trainer {
             loss: (loss / batch.len() as f64) as f32,
             grad_norm: squares.max(0.0).sqrt(),
         })
+    }
+
+    /// Moves on past a step that [`Trainer::train_step`] refused as
+    /// non-finite, without changing the weights.
+    pub fn skip_step(&mut self) {
+        self.step += 1;
     }
 
     /// Mean loss over `windows` with the current weights.
@@ -566,4 +573,23 @@ impl Trainer {
         self.step = step;
         Ok(())
     }
+}
+
+/// Refuses step `step` when its mean loss or the norm of its summed
+/// gradients is not finite, before anything is updated: NaN must neither
+/// reach the weights nor be logged as a number (`max(0.0)` of NaN is 0).
+fn check_finite(step: usize, loss: f64, grads: &[Vec<f32>]) -> Result<(), Error> {
+    let non_finite = |what, value: f64| Error::NonFinite { step, what, value };
+    if !loss.is_finite() {
+        return Err(non_finite("loss", loss));
+    }
+    let squares: f64 = grads
+        .iter()
+        .flatten()
+        .map(|&g| f64::from(g) * f64::from(g))
+        .sum();
+    if !squares.is_finite() {
+        return Err(non_finite("gradient norm", squares.sqrt()));
+    }
+    Ok(())
 }

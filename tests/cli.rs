@@ -247,6 +247,21 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
 
     let run = |m: &str| vec!["run".to_string(), m.to_string(), "-p".into(), "hi".into()];
     let model_s = s(&model).to_string();
+    // The seeds name no weights; these copies name the tiny model's.
+    let hostile = |name: &str| {
+        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/ir_text")
+            .join(name);
+        let text = std::fs::read_to_string(seed).unwrap();
+        let (head, body) = text.split_once('\n').unwrap();
+        let path = p(name);
+        std::fs::write(
+            &path,
+            format!("{head}\n  meta source = {:?}\n{body}", source),
+        )
+        .unwrap();
+        vec!["dump".to_string(), path]
+    };
     let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
         (
             "missing file",
@@ -332,6 +347,42 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
                 .to_vec(),
             vec!["x.fir"],
         ),
+        // Hostile IR files (the fuzzer's seeds): type rules check ranks and
+        // sizes before they index or add.
+        (
+            "attention keys of a lower rank",
+            hostile("seed-hostile-attention-rank.fir"),
+            vec!["same rank"],
+        ),
+        (
+            "attention_grad keys of a lower rank",
+            hostile("seed-hostile-attention-grad-rank.fir"),
+            vec!["same rank"],
+        ),
+        (
+            "pad past the largest size",
+            hostile("seed-hostile-pad-overflow.fir"),
+            vec!["overflows"],
+        ),
+        (
+            "concat past the largest size",
+            hostile("seed-hostile-concat-overflow.fir"),
+            vec!["overflows"],
+        ),
+        (
+            "native quantization of a model without its own quantizers",
+            [
+                "compile",
+                &model_s,
+                "--quant",
+                "native",
+                "-o",
+                &p("native.fairy"),
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--quant native", "no quantizers of its own"],
+        ),
         (
             "unknown subcommand",
             vec!["frobnicate".into(), model_s.clone()],
@@ -361,4 +412,54 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `compile` quantizes lm_head by default, as the authors do, and keeps it
+/// unquantized with `--lm-head false`; `--embeddings q8` stores the
+/// unquantized matrices in 8 bits.
+#[test]
+fn compile_quantizes_lm_head_by_default_and_stores_embeddings_as_asked() {
+    let (dir, model) = setup("cli-lm-head");
+    let out = |name: &str| dir.path(name).to_str().unwrap().to_string();
+    let params = |stdout: &str| -> usize {
+        stdout
+            .split("quantized layers: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no parameter count in {stdout}"))
+    };
+    // q, k, v, o, gate, up, down of the two blocks; the output matrix.
+    let blocks = 2 * (32 * 32 * 2 + 16 * 32 * 2 + 64 * 32 * 3);
+    let default = ok(&["compile", s(&model), "--quant", "w2", "-o", &out("a.fairy")]);
+    assert_eq!(params(&default), blocks + 275 * 32, "{default}");
+    let no_head = ok(&[
+        "compile",
+        s(&model),
+        "--quant",
+        "w2",
+        "--lm-head",
+        "false",
+        "-o",
+        &out("b.fairy"),
+    ]);
+    assert_eq!(params(&no_head), blocks, "{no_head}");
+    assert!(no_head.contains("as f32"), "{no_head}");
+    let q8 = ok(&[
+        "compile",
+        s(&model),
+        "--quant",
+        "w2",
+        "--lm-head",
+        "false",
+        "--embeddings",
+        "q8",
+        "-o",
+        &out("c.fairy"),
+    ]);
+    assert!(q8.contains("as q8"), "{q8}");
+    let size = |name: &str| std::fs::metadata(out(name)).unwrap().len();
+    assert!(size("c.fairy") < size("b.fairy"), "q8 is smaller than f32");
+    let ran = ok(&["run", &out("c.fairy"), "-p", "The ", "-n", "3"]);
+    assert!(!ran.is_empty());
 }

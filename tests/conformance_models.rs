@@ -108,7 +108,8 @@ fn artifacts_run_from_packed_codes() {
                 ..
             }
         )),
-        7 * layers
+        // Seven projections a block, and lm_head (quantized by default).
+        7 * layers + 1
     );
     assert_eq!(count(&|op| matches!(op, Op::Dequant { .. })), 0);
     // Resident weights: the codes as packed plus the full-precision tensors,

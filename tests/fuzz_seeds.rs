@@ -95,6 +95,22 @@ fn seeds_exist_and_load() {
     let f = seed("ir_text", "seed-tiny.fir", &fir);
     let graph = fairyc_ir::text::parse(&std::fs::read_to_string(&f).unwrap(), "seed").unwrap();
     fairyc_ir::verify(&graph).unwrap();
+    // The hostile seeds (committed by hand) parse, and the verifier rejects
+    // them with a message instead of panicking, as the fuzz target runs them.
+    let mut hostile = 0;
+    for entry in std::fs::read_dir(corpus("ir_text")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.starts_with("seed-hostile-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let graph = fairyc_ir::text::parse(&text, &name).unwrap();
+        let err = fairyc_ir::verify(&graph).expect_err(&name);
+        assert!(!err.to_string().is_empty());
+        hostile += 1;
+    }
+    assert!(hostile >= 4, "{hostile} hostile IR seeds");
 
     let total: u64 = ["gguf", "import", "hf_json", "ir_text"]
         .iter()

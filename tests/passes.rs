@@ -297,26 +297,11 @@ fn artifact_stores_t_bits_per_parameter_and_runs_like_the_compiled_graph() {
     }
 }
 
-fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("FAIRYC_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: SmolLM2 not found at {} (run `make model`)",
-            path.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn smollm2_lowered_matches_the_original_and_egraphs_stay_bounded() {
-    let Some(path) = smollm2() else { return };
+    let Some(path) = common::smollm2_or_skip("smollm2_lowered_matches_the_original") else {
+        return;
+    };
     let ids: Vec<u32> = (0..24).map(|i| 100 + 37 * i).collect();
     let want = logits(import(&path).unwrap(), &ids);
     for pairing in [Pairing::Paper, Pairing::Rope] {
@@ -347,65 +332,143 @@ fn smollm2_lowered_matches_the_original_and_egraphs_stay_bounded() {
     assert!(text.iter().all(|v| v.is_finite()));
 }
 
-/// With bf16 arithmetic, the stored codes and scales of a bf16 checkpoint
-/// are those of the authors' bf16 code (as `fairy2i_reference_bf16`
-/// reproduces it; ir/tests/quant_golden.rs checks that against their code).
-#[test]
-fn bf16_arithmetic_stores_the_authors_codes() {
+/// Checks the stored codes and scales of `layers` of a model compiled
+/// with bf16 arithmetic and `stages` stages against the authors' bf16 code
+/// (as `fairy2i_reference_bf16` reproduces it; ir/tests/quant_golden.rs
+/// checks that against their code), and the deployed weights (the sums of
+/// the stages) against their bf16 partial sums. Returns the number of
+/// code tensors compared.
+fn check_bf16_against_the_authors(model: &Path, stages: usize, layers: &[&str]) -> usize {
     use fairyc_frontend::fairy::ArtifactTensor;
-    use fairyc_ir::quant::{fairy2i_reference_bf16, pack_code_rows};
-    use fairyc_ir::Arithmetic;
+    use fairyc_ir::quant::{dequantize_sum, fairy2i_reference_bf16, pack_code_rows};
+    use fairyc_ir::{Arithmetic, WlPart};
 
-    let dir = TempDir::new("bf16");
-    let hf = dir.path("hf");
-    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
-    let mut opts = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+    let mut opts = options(Some(Method::Fairy2i { stages }), Pairing::Paper, 1.0);
     opts.lower.arithmetic = Arithmetic::Bf16Exact;
-    let (compiled, _) = compile(import(&hf).unwrap(), &opts).unwrap();
-    let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+    let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+    let graph = &compiled.graph;
+    let frozen = fairyc::compile::freeze(graph, compiled.weights.as_ref()).unwrap();
     let stored = |name: &str| {
         frozen
             .tensors
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, t)| t)
-            .unwrap()
+            .unwrap_or_else(|| panic!("{name} is not stored"))
     };
+    // The deployed U and W of every layer: the weight operand of each
+    // complex linear, traced back to its split and source weight.
+    let mut deployed = std::collections::HashMap::new();
+    for node in &graph.nodes {
+        if node.op != Op::Linear || graph.node(node.operands[1]).ty.dtype != DType::C64 {
+            continue;
+        }
+        let sum = node.operands[1];
+        let mut r = sum;
+        while !matches!(graph.node(r).op, Op::WidelyLinear { .. }) {
+            r = graph.node(r).operands[0];
+        }
+        let Op::WidelyLinear { part, .. } = graph.node(r).op else {
+            unreachable!()
+        };
+        let Op::Weight { name } = &graph.node(graph.node(r).operands[0]).op else {
+            panic!("the split reads a weight")
+        };
+        if layers.iter().any(|l| name.contains(l)) {
+            deployed.insert((name.clone(), part == WlPart::U), sum);
+        }
+    }
+    let ids: Vec<_> = deployed.values().copied().collect();
+    let values =
+        fairyc_backends::reference::evaluate_constants(graph, compiled.weights.as_ref(), &ids)
+            .unwrap();
     let mut checked = 0;
-    for layer in ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"] {
-        let name = format!("model.layers.1.{layer}.weight");
-        let ty = compiled.weights.tensor_type(&name).unwrap();
+    for (&(ref name, is_u), &sum) in &deployed {
+        let ty = compiled.weights.tensor_type(name).unwrap();
         let [rows, cols] = ty.shape.concrete().unwrap()[..] else {
             panic!()
         };
         let a: Vec<half::bf16> = compiled
             .weights
-            .read_f32(&name)
+            .read_f32(name)
             .unwrap()
             .into_iter()
             .map(half::bf16::from_f32)
             .collect();
-        let (_, u, w) = fairy2i_reference_bf16(&a, rows, cols, 2).unwrap();
-        for (part, stages) in [("u", &u), ("w", &w)] {
-            for (t, q) in stages.iter().enumerate() {
-                let base = format!("{name}.{part}{t}");
-                let ArtifactTensor::Codes { packed, .. } = stored(&format!("{base}.codes")) else {
-                    panic!()
-                };
-                let ArtifactTensor::F32 { data, .. } = stored(&format!("{base}.scales")) else {
-                    panic!()
-                };
-                assert_eq!(
-                    *packed,
-                    pack_code_rows(&q.codes, rows / 2, cols / 2).unwrap(),
-                    "{base} codes"
-                );
-                assert_eq!(*data, q.scales, "{base} scales");
-                checked += 1;
-            }
+        let (_, u, w) = fairy2i_reference_bf16(&a, rows, cols, stages).unwrap();
+        let (part, ref_stages) = if is_u { ("u", &u) } else { ("w", &w) };
+        let (n, m) = (rows / 2, cols / 2);
+        for (t, q) in ref_stages.iter().enumerate() {
+            let base = format!("{name}.{part}{t}");
+            let ArtifactTensor::Codes { packed, .. } = stored(&format!("{base}.codes")) else {
+                panic!()
+            };
+            let ArtifactTensor::F32 { data, .. } = stored(&format!("{base}.scales")) else {
+                panic!()
+            };
+            let want = pack_code_rows(&q.codes, n, m).unwrap();
+            let differ = packed.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert!(
+                differ == 0,
+                "T = {stages}, {base}: {differ} of {} code bytes differ from the authors'",
+                want.len()
+            );
+            assert_eq!(*data, q.scales, "T = {stages}, {base} scales");
+            checked += 1;
         }
+        let want =
+            dequantize_sum(ref_stages, n, m, Granularity::Tensor, Arithmetic::Bf16Exact).unwrap();
+        let fairyc_runtime::Data::C64(got) = &values[&sum.0].data else {
+            panic!("complex weights")
+        };
+        assert!(
+            *got == want,
+            "T = {stages}, {name}.{part}: the deployed sum is not the authors' bf16 sum"
+        );
     }
-    assert_eq!(checked, 12);
+    checked
+}
+
+/// With bf16 arithmetic, the compiled codes, scales and deployed weights of
+/// a bf16 checkpoint are those of the authors' bf16 code, for T = 1..4.
+#[test]
+fn bf16_arithmetic_stores_the_authors_codes() {
+    let dir = TempDir::new("bf16");
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
+    let layers = ["self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj"];
+    for stages in 1..=4 {
+        // 3 layers in 2 blocks, U and W, every stage.
+        assert_eq!(
+            check_bf16_against_the_authors(&hf, stages, &layers),
+            3 * 2 * 2 * stages
+        );
+    }
+}
+
+/// The same on SmolLM2's real layers (q, k, v, o, gate, up and down of
+/// blocks 0, 5 and 29, or of all 30 blocks) through the whole pipeline, T = 1..4: every residual
+/// and partial sum is rounded to bf16 as the authors round them, so the
+/// third and fourth stages match too.
+#[test]
+fn bf16_arithmetic_matches_the_authors_on_smollm2_for_every_stage_count() {
+    let Some(path) = common::smollm2_or_skip("bf16_arithmetic_matches_the_authors_on_smollm2")
+    else {
+        return;
+    };
+    // FAIRYC_BF16_ALL_LAYERS=1 checks all 30 blocks (about 4 minutes here).
+    let all = std::env::var_os("FAIRYC_BF16_ALL_LAYERS").is_some();
+    let layers: &[&str] = if all {
+        &["blk."]
+    } else {
+        &["blk.0.", "blk.5.", "blk.29."]
+    };
+    let blocks = if all { 30 } else { 3 };
+    for stages in 1..=4 {
+        let checked = check_bf16_against_the_authors(&path, stages, layers);
+        assert_eq!(checked, blocks * 7 * 2 * stages);
+        eprintln!("T = {stages}: {checked} code tensors and their scales equal the authors'");
+    }
 }
 
 /// Odd dimensions: the feed-forward width 63 pads one zero channel in the
@@ -435,4 +498,209 @@ fn odd_dimensions_are_padded_exactly() {
     )
     .unwrap();
     assert!(logits(w2, PROMPT).iter().all(|v| v.is_finite()));
+}
+
+/// The GGUF name of a Hugging Face weight name of the tiny llama.
+fn gguf_name(hf: &str) -> String {
+    let mut s = hf.to_string();
+    for (h, g) in [
+        ("model.layers.", "blk."),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+        ("model.embed_tokens", "token_embd"),
+        ("model.norm", "output_norm"),
+        ("lm_head", "output"),
+    ] {
+        s = s.replace(h, g);
+    }
+    s
+}
+
+/// llama.cpp's converter permutes llama's q/k rows; the GGUF file of a
+/// checkpoint must still compile to the Fairy2i model of its Hugging Face
+/// folder: the authors pair real and imaginary halves in Hugging Face row
+/// order.
+#[test]
+fn gguf_and_hugging_face_files_compile_to_the_same_codes_and_scales() {
+    use fairyc_frontend::fairy::ArtifactTensor;
+    let dir = TempDir::new("gguf-hf-codes");
+    let gguf = tiny_gguf(&dir);
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::F32).unwrap();
+    for (stages, granularity) in [(2, Granularity::Tensor), (1, Granularity::Channel)] {
+        let frozen = |model: &Path| {
+            let opts = CompileOptions {
+                granularity,
+                ..options(Some(Method::Fairy2i { stages }), Pairing::Paper, 1.0)
+            };
+            let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+            fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap()
+        };
+        let (g, h) = (frozen(&gguf), frozen(&hf));
+        let from_gguf: std::collections::HashMap<&str, &ArtifactTensor> =
+            g.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut compared = 0;
+        for (name, t) in &h.tensors {
+            let other = gguf_name(name);
+            let Some(&u) = from_gguf.get(other.as_str()) else {
+                panic!("{other} is not in the GGUF compile")
+            };
+            match (t, u) {
+                (
+                    ArtifactTensor::Codes { packed: a, .. },
+                    ArtifactTensor::Codes { packed: b, .. },
+                ) => {
+                    assert!(a == b, "{name}: codes differ from {other}'s");
+                    compared += 1;
+                }
+                (ArtifactTensor::F32 { data: a, .. }, ArtifactTensor::F32 { data: b, .. }) => {
+                    assert!(a == b, "{name}: values differ from {other}'s");
+                }
+                _ => panic!("{name} and {other} are stored differently"),
+            }
+        }
+        assert_eq!(g.tensors.len(), h.tensors.len());
+        // q, k, v, o, gate, up, down in 2 blocks, U and W, every stage.
+        assert_eq!(compared, 7 * 2 * 2 * stages);
+    }
+}
+
+/// Layers are selected by the role the frontend gave their weight, not by
+/// the weight's name: renamed weights still compile to every layer
+/// quantized. Without roles, or with a planned layer left real, the
+/// compile fails and names what it could not quantize.
+#[test]
+fn layers_are_selected_by_role_and_every_planned_layer_is_quantized() {
+    use fairyc_ir::roles::{roles, Role, ROLES_META};
+    use fairyc_ir::MemoryStore;
+    use fairyc_passes::pipeline::{incomplete_layers, PassError};
+    use std::sync::Arc;
+
+    let dir = TempDir::new("roles");
+    let gguf = tiny_gguf(&dir);
+    let original = import(&gguf).unwrap();
+    let tagged = roles(&original.graph).unwrap();
+    // q, k, v, o, gate, up, down in 2 blocks, and the output matrix.
+    assert_eq!(tagged.len(), 7 * 2 + 1);
+    assert_eq!(tagged["blk.1.ffn_down.weight"], Role::Down);
+    assert_eq!(tagged["output.weight"], Role::LmHead);
+    let w2 = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+    let quantized_params = |imported: Imported| {
+        let (compiled, _) = compile(imported, &w2).unwrap();
+        let frozen = fairyc::compile::freeze(&compiled.graph, compiled.weights.as_ref()).unwrap();
+        fairyc::compile::SizeBreakdown::of(&frozen, &compiled.graph).quantized_params
+    };
+    let want = quantized_params(import(&gguf).unwrap());
+    assert_eq!(want, 2 * (32 * 32 * 2 + 16 * 32 * 2 + 64 * 32 * 3));
+
+    // The same model with its weights named in nobody's convention.
+    let rename = |n: &str| n.replace("blk.", "decoder_").replace(".weight", ".w");
+    let mut graph = original.graph.clone();
+    let mut store = MemoryStore::default();
+    for node in &mut graph.nodes {
+        if let Op::Weight { name } = &mut node.op {
+            let data = original.weights.read_f32(name).unwrap();
+            *name = rename(name);
+            store.insert(name.clone(), node.ty.clone(), data);
+        }
+    }
+    let renamed = graph.meta[ROLES_META]
+        .split(',')
+        .map(rename)
+        .collect::<Vec<_>>()
+        .join(",");
+    graph.meta.insert(ROLES_META.into(), renamed);
+    let renamed = Imported {
+        graph: graph.clone(),
+        weights: Arc::new(store),
+        ..import(&gguf).unwrap()
+    };
+    assert_eq!(quantized_params(renamed), want);
+
+    // No roles: nothing is planned, and that is an error, not 0 bits.
+    let mut bare = import(&gguf).unwrap();
+    bare.graph.meta.remove(ROLES_META);
+    let err = compile(bare, &w2)
+        .err()
+        .expect("a graph without roles compiled");
+    assert!(matches!(err, fairyc::Error::Pass(PassError::Incomplete(_))));
+    assert!(err.to_string().contains("nothing to quantize"), "{err}");
+
+    // A planned layer that was not lowered and quantized is named.
+    let plan = fairyc_passes::lower::plan(&original.graph, &w2.lower);
+    let missing = incomplete_layers(&original.graph, &plan, true, true);
+    assert_eq!(missing.len(), 14);
+    assert!(missing.contains(&"blk.0.attn_q.weight".to_string()));
+}
+
+/// Unquantized tensors are stored in the source's precision: a GGUF Q8_0
+/// matrix as q8 (exactly: the artifact computes what the compiled graph
+/// does), bf16 tensors as bf16, f32 as f32; or as asked.
+#[test]
+fn artifacts_store_unquantized_tensors_in_the_source_precision() {
+    use fairyc::compile::{freeze_with, Precision};
+    use fairyc_frontend::fairy::Storage;
+
+    let dir = TempDir::new("precision");
+    let storage_of = |model: &Path, precision: Precision| {
+        let opts = options(Some(Method::Fairy2i { stages: 2 }), Pairing::Paper, 1.0);
+        let (compiled, _) = compile(import(model).unwrap(), &opts).unwrap();
+        let frozen = freeze_with(&compiled.graph, compiled.weights.as_ref(), precision).unwrap();
+        let of = |name: &str| {
+            frozen
+                .tensors
+                .iter()
+                .find(|(n, _)| n.as_str() == name)
+                .and_then(|(_, t)| t.storage())
+        };
+        let storage = (
+            of("token_embd.weight").or(of("model.embed_tokens.weight")),
+            of("output_norm.weight").or(of("model.norm.weight")),
+        );
+        let bytes: usize = frozen.tensors.iter().map(|(_, t)| t.bytes()).sum();
+        let out = dir.path("m.fairy");
+        fairyc_frontend::fairy::write(
+            &out,
+            &frozen.graph,
+            &compiled.graph,
+            &compiled.tokenizer,
+            &frozen.tensors,
+        )
+        .unwrap();
+        let d = rel_diff(
+            &logits(import(&out).unwrap(), PROMPT),
+            &logits(compiled, PROMPT),
+        );
+        (storage, bytes, d)
+    };
+    let q8_gguf = dir.path("q8.gguf");
+    write_gguf(&q8_gguf, &SynthConfig::tiny(), GgmlType::Q8_0).unwrap();
+    let (storage, _, d) = storage_of(&q8_gguf, Precision::Source);
+    assert_eq!(storage, (Some(Storage::Q8), Some(Storage::F32)));
+    assert!(d < 1e-6, "q8 of a Q8_0 source is exact: {d}");
+
+    let hf = dir.path("hf");
+    write_hf(&hf, &SynthConfig::tiny(), HfDtype::Bf16).unwrap();
+    let (storage, _, d) = storage_of(&hf, Precision::Source);
+    assert_eq!(storage.0, Some(Storage::Bf16));
+    assert!(d < 1e-6, "bf16 of a bf16 source is exact: {d}");
+
+    let f32_gguf = tiny_gguf(&dir);
+    let (storage, f32_bytes, d) = storage_of(&f32_gguf, Precision::Source);
+    assert_eq!(storage, (Some(Storage::F32), Some(Storage::F32)));
+    assert!(d < 1e-6);
+    let (storage, q8_bytes, d) = storage_of(&f32_gguf, Precision::Matrices(Storage::Q8));
+    assert_eq!(storage, (Some(Storage::Q8), Some(Storage::F32)));
+    assert!(q8_bytes * 2 < f32_bytes, "{q8_bytes} against {f32_bytes}");
+    assert!(
+        d > 0.0 && d < 1e-2,
+        "8-bit embeddings change the logits a little: {d}"
+    );
 }

@@ -1,28 +1,14 @@
 //! fairyc against another engine on the real model: llama.cpp's token ids
 //! and f32 logits for fixed prompts on SmolLM2-135M-Instruct, from
-//! ../shared/reference (see its README). Skips, saying why, when the model
-//! or the shared folder is absent; `make test` fetches the model first.
+//! ../shared/reference (see its README). Skips, saying so, when the model
+//! or the shared folder is absent; under `make test` that is a failure
+//! (tests/common/assets.rs).
+
+mod common;
 
 use std::path::PathBuf;
 
 use fairyc::Model;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("FAIRYC_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-}
-
-fn reference_dir() -> PathBuf {
-    std::env::var_os("FAIRYC_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared"))
-        .join("reference")
-}
 
 fn read_npy<T: npyz::Deserialize>(path: &PathBuf) -> (Vec<u64>, Vec<T>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -33,15 +19,13 @@ fn read_npy<T: npyz::Deserialize>(path: &PathBuf) -> (Vec<u64>, Vec<T>) {
 
 #[test]
 fn tokens_and_logits_match_llama_cpp() {
-    let (model, refs) = (model_path(), reference_dir());
-    if !model.is_file() || !refs.is_dir() {
-        eprintln!(
-            "skipping: needs the model at {} (run `make model`) and the reference at {}",
-            model.display(),
-            refs.display()
-        );
+    let test = "tokens_and_logits_match_llama_cpp";
+    let (Some(model), Some(refs)) = (
+        common::smollm2_or_skip(test),
+        common::shared_or_skip(test, "reference"),
+    ) else {
         return;
-    }
+    };
     let model = Model::load(&model).unwrap();
     for name in ["capital", "news64", "chat"] {
         let prompt = std::fs::read_to_string(refs.join(format!("{name}.prompt.txt"))).unwrap();

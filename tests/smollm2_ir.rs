@@ -1,30 +1,17 @@
 //! The IR of SmolLM2-135M-Instruct up to and including its first block, as
-//! a snapshot. Skips, saying why, when the model is absent (`make model`
+//! a snapshot. Skips, saying so, when the model is absent (a failure under `make test`) (`make model`
 //! fetches it; `FAIRYC_MODEL` overrides the path).
 
-use std::path::PathBuf;
+mod common;
 
 use fairyc::import;
 use fairyc_ir::Op;
 
-fn model_path() -> PathBuf {
-    std::env::var_os("FAIRYC_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
-
 #[test]
 fn smollm2_first_block_ir() {
-    let path = model_path();
-    if !path.is_file() {
-        eprintln!(
-            "skipping: needs the model at {} (run `make model`)",
-            path.display()
-        );
+    let Some(path) = common::smollm2_or_skip("smollm2_first_block_ir") else {
         return;
-    }
+    };
     let graph = import(&path).unwrap().graph;
     let printed = fairyc_ir::text::print(&graph);
     let lines: Vec<&str> = printed.lines().collect();

@@ -102,13 +102,15 @@ fn llama_gguf_and_hf_agree() {
         "GGUF and HF logits differ by {diff} (relative)"
     );
 
-    // The comparison is sensitive to the RoPE layout: running the permuted
-    // GGUF weights with Hugging Face's half-split RoPE changes the logits.
+    // The comparison is sensitive to the RoPE layout: the GGUF import reads
+    // q/k in Hugging Face's row order, and running those rows with
+    // interleaved RoPE (llama.cpp's, for its permuted rows) changes the
+    // logits.
     let mut wrong = import(&gguf).unwrap();
     for node in &mut wrong.graph.nodes {
         if let Op::Rope { layout, .. } = &mut node.op {
-            assert_eq!(*layout, RopeLayout::Interleaved);
-            *layout = RopeLayout::HalfSplit;
+            assert_eq!(*layout, RopeLayout::HalfSplit);
+            *layout = RopeLayout::Interleaved;
         }
     }
     let wrong = Model::from_imported(wrong, &|_| {}).unwrap();
@@ -364,4 +366,27 @@ fn kv_cache_state_is_explicit_bounded_and_reset_on_error() {
     let err = session.feed(&[40]).unwrap_err().to_string();
     assert!(err.contains("past the model's context length"), "{err}");
     assert_eq!(session.position(), cfg.context_length);
+}
+
+/// IR files written before the GGUF importer un-permuted llama's q/k rows
+/// (interleaved RoPE) still run as they did: their weights are read as the
+/// file stores them.
+#[test]
+fn ir_files_with_interleaved_rope_read_the_rows_as_stored() {
+    let dir = TempDir::new("old-fir");
+    let (gguf, _) = write_both(&dir, &config(Architecture::Llama));
+    let fir = dir.path("new.fir");
+    let graph = import(&gguf).unwrap().graph;
+    std::fs::write(&fir, text::print(&graph)).unwrap();
+    let old = dir.path("old.fir");
+    let text = std::fs::read_to_string(&fir).unwrap();
+    assert!(text.contains("layout = half_split"));
+    std::fs::write(
+        &old,
+        text.replace("layout = half_split", "layout = interleaved"),
+    )
+    .unwrap();
+    let diff = compare(&load(&old), &load(&gguf));
+    assert!(diff < 1e-4, "an interleaved .fir differs by {diff}");
+    assert!(compare(&load(&fir), &load(&gguf)) < 1e-6);
 }

@@ -175,6 +175,9 @@ fn distillation_lowers_the_kl_to_the_teacher_and_plots_it() {
         &model,
         "--quant",
         "w1",
+        // A 1-bit output matrix of 275 x 32 learns too slowly for 40 steps.
+        "--lm-head",
+        "false",
         "--distill",
         "--data",
         &data,
@@ -457,4 +460,66 @@ fn comparison_configs_have_equal_sizes() {
         (ifairy as f64 / llama as f64 - 1.0).abs() < 1e-3,
         "{ifairy} vs {llama}"
     );
+}
+
+#[test]
+fn a_non_finite_step_stops_training_or_is_skipped_when_asked() {
+    let dir = TempDir::new("train-nan");
+    let (model, data) = setup(&dir);
+    let out = dir.path("nan.fairy").display().to_string();
+    let ckpt = dir.path("ckpt").display().to_string();
+    let csv = dir.path("loss.csv").display().to_string();
+    // A learning rate this large sends the weights to infinity after the
+    // first step, and the second step's loss is not finite.
+    let args = [
+        "train",
+        &model,
+        "--quant",
+        "w2",
+        "--data",
+        &data,
+        "--steps",
+        "4",
+        "--seq",
+        "16",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "0",
+        "--checkpoint",
+        &ckpt,
+        "--checkpoint-every",
+        "1",
+        "--loss-csv",
+        &csv,
+        "-o",
+        &out,
+    ];
+    let run = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "a NaN step passed: {stderr}");
+    assert!(
+        stderr.contains("step 2: the loss is NaN") || stderr.contains("step 2: the loss is inf"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&out).exists(), "an artifact was written");
+    // The checkpoint holds step 1, never the non-finite step 2.
+    let records = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(records.lines().count(), 2, "{records}");
+    assert!(
+        !records.contains(",0,") && !records.to_lowercase().contains("nan"),
+        "{records}"
+    );
+
+    std::fs::remove_file(&csv).unwrap();
+    let (_, stderr) = fairyc(&[&args[..], &["--skip-nonfinite"]].concat());
+    assert!(
+        stderr.contains("skipped 3 steps with a non-finite loss or gradient norm"),
+        "{stderr}"
+    );
+    let records = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(records.lines().count(), 2, "{records}");
 }

@@ -1,6 +1,8 @@
 //! GGUF models: the weight store over a GGUF file, the model config from
 //! its metadata, and its tokenizer.
 
+use std::collections::HashMap;
+
 use fairyc_ir::{DType, RopeLayout, Shape, TensorType, WeightError, WeightStore};
 
 use crate::gguf::{dequant, GgufError, GgufFile};
@@ -9,13 +11,42 @@ use crate::tokenizer::{GgufVocab, Tokenizer};
 use crate::FrontendError;
 
 /// The tensors of a GGUF file, decoded to f32 on demand from the memory map.
+///
+/// llama.cpp's converter permutes the rows of llama's `attn_q` and `attn_k`
+/// so that RoPE's pairs are adjacent (interleaved RoPE). A store made with
+/// [`GgufStore::hf_order`] undoes that permutation as it reads, so that
+/// every tensor has its Hugging Face row order (half-split RoPE): the same
+/// checkpoint then gives the same graph, weights and Fairy2i pairing
+/// whichever format it comes in.
 pub struct GgufStore {
     file: GgufFile,
+    /// Tensors read with their q/k rows un-permuted: name -> head count.
+    unpermute: HashMap<String, usize>,
 }
 
 impl GgufStore {
+    /// The tensors as the file stores them.
     pub fn new(file: GgufFile) -> GgufStore {
-        GgufStore { file }
+        GgufStore {
+            file,
+            unpermute: HashMap::new(),
+        }
+    }
+
+    /// The tensors in Hugging Face row order: for the llama architecture,
+    /// the q and k weights (and biases) of every block are un-permuted.
+    pub fn hf_order(file: GgufFile, config: &LlamaConfig) -> GgufStore {
+        let mut unpermute = HashMap::new();
+        if config.architecture == "llama" {
+            for l in 0..config.layers {
+                for (part, heads) in [("attn_q", config.heads), ("attn_k", config.kv_heads)] {
+                    for suffix in ["weight", "bias"] {
+                        unpermute.insert(format!("blk.{l}.{part}.{suffix}"), heads);
+                    }
+                }
+            }
+        }
+        GgufStore { file, unpermute }
     }
 
     pub fn file(&self) -> &GgufFile {
@@ -40,11 +71,47 @@ impl WeightStore for GgufStore {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
-        self.file.tensor_f32(name).map_err(|e| WeightError {
+        let err = |message: String| WeightError {
             name: name.to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let data = self.file.tensor_f32(name).map_err(|e| err(e.to_string()))?;
+        match self.unpermute.get(name) {
+            Some(&heads) => {
+                let rows = self
+                    .file
+                    .tensor(name)
+                    .and_then(|t| t.shape_row_major().first().copied())
+                    .unwrap_or(0);
+                unpermute_rope_rows(&data, rows, heads).map_err(err)
+            }
+            None => Ok(data),
+        }
     }
+}
+
+/// Undoes llama.cpp's `LlamaModel.permute` of q/k rows: within each head
+/// of `D` rows, GGUF row `2 * j + half` goes back to Hugging Face row
+/// `half * D/2 + j`.
+pub fn unpermute_rope_rows(data: &[f32], rows: usize, heads: usize) -> Result<Vec<f32>, String> {
+    if rows == 0 || heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return Err(format!(
+            "{rows} rows do not split into {heads} heads of an even width"
+        ));
+    }
+    let cols = data.len() / rows;
+    let (d, half) = (rows / heads, rows / heads / 2);
+    let mut out = vec![0.0; data.len()];
+    for head in 0..heads {
+        for part in 0..2 {
+            for j in 0..half {
+                let hf = head * d + part * half + j;
+                let gguf = head * d + 2 * j + part;
+                out[hf * cols..][..cols].copy_from_slice(&data[gguf * cols..][..cols]);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn required<T>(
@@ -68,9 +135,10 @@ pub fn read_config(file: &GgufFile) -> Result<LlamaConfig, FrontendError> {
     )?
     .to_string();
     let rope_layout = match arch.as_str() {
-        // llama.cpp permutes llama's q/k rows so that RoPE pairs are adjacent.
-        "llama" => RopeLayout::Interleaved,
-        "qwen2" => RopeLayout::HalfSplit,
+        // llama.cpp permutes llama's q/k rows so that RoPE pairs are
+        // adjacent; the store made by `GgufStore::hf_order` undoes it, so
+        // RoPE is half-split as in the Hugging Face checkpoint.
+        "llama" | "qwen2" => RopeLayout::HalfSplit,
         other => {
             return Err(FrontendError::File {
                 path: file.path().to_path_buf(),

@@ -82,7 +82,7 @@ pub fn detect(path: &Path) -> Result<Format, FrontendError> {
 /// file. The graph is verified against the weights before it is returned.
 pub fn import(path: &Path) -> Result<Imported, FrontendError> {
     let imported = match detect(path)? {
-        Format::Gguf => import_gguf(path)?,
+        Format::Gguf => import_gguf(path, true)?,
         Format::HuggingFace => import_hf(path)?,
         Format::Fir => import_fir(path)?,
         Format::Fairy => import_fairy(path)?,
@@ -126,11 +126,18 @@ fn with_source(mut graph: Graph, path: &Path, format: &str) -> Graph {
     graph
 }
 
-fn import_gguf(path: &Path) -> Result<Imported, FrontendError> {
+/// `hf_order`: read llama's q/k rows in Hugging Face order (see
+/// [`GgufStore::hf_order`]), as the graph built here expects; IR files
+/// written before that, with interleaved RoPE, read the rows as stored.
+fn import_gguf(path: &Path, hf_order: bool) -> Result<Imported, FrontendError> {
     let file = GgufFile::open(path)?;
     let config = gguf_import::read_config(&file)?;
     let tokenizer = gguf_import::read_tokenizer(&file)?;
-    let store = GgufStore::new(file);
+    let store = if hf_order {
+        GgufStore::hf_order(file, &config)
+    } else {
+        GgufStore::new(file)
+    };
     let graph = build_graph(path, &config, &store)?;
     Ok(Imported {
         graph: with_source(graph, path, "gguf"),
@@ -190,7 +197,18 @@ fn import_fir(path: &Path) -> Result<Imported, FrontendError> {
     // A relative source is relative to the .fir file's folder.
     let source = path.parent().unwrap_or(Path::new(".")).join(source);
     let origin = match detect(&source) {
-        Ok(Format::Gguf) => import_gguf(&source),
+        Ok(Format::Gguf) => {
+            let interleaved = graph.nodes.iter().any(|n| {
+                matches!(
+                    n.op,
+                    fairyc_ir::Op::Rope {
+                        layout: fairyc_ir::RopeLayout::Interleaved,
+                        ..
+                    }
+                )
+            });
+            import_gguf(&source, !interleaved)
+        }
         Ok(Format::HuggingFace) => import_hf(&source),
         Ok(Format::Fir | Format::Fairy) => Err(FrontendError::File {
             path: source.clone(),

@@ -5,6 +5,10 @@ use fairyc_ir::{
     DType, Dim, Graph, GraphBuilder, Op, RopeLayout, Shape, TensorType, ValueId, WeightStore,
 };
 
+use std::collections::BTreeMap;
+
+use fairyc_ir::roles::Role;
+
 use crate::FrontendError;
 
 /// Where the weights' names come from.
@@ -85,6 +89,8 @@ struct Builder<'a> {
     b: GraphBuilder,
     store: Option<&'a dyn WeightStore>,
     cfg: &'a LlamaConfig,
+    /// The role of every projection weight (written to `meta roles`).
+    roles: BTreeMap<String, Role>,
 }
 
 impl Builder<'_> {
@@ -108,7 +114,20 @@ impl Builder<'_> {
         bias: bool,
     ) -> Result<ValueId, FrontendError> {
         let naming = self.cfg.naming;
-        let w = self.weight(&name(naming, part, layer, "weight"), &[out, inp])?;
+        let weight_name = name(naming, part, layer, "weight");
+        let role = match part {
+            Part::Q => Role::Q,
+            Part::K => Role::K,
+            Part::V => Role::V,
+            Part::O => Role::O,
+            Part::Gate => Role::Gate,
+            Part::Up => Role::Up,
+            Part::Down => Role::Down,
+            Part::Output => Role::LmHead,
+            _ => unreachable!("not a projection"),
+        };
+        self.roles.insert(weight_name.clone(), role);
+        let w = self.weight(&weight_name, &[out, inp])?;
         let y = self.op(Op::Linear, &[x, w])?;
         if !bias {
             return Ok(y);
@@ -176,6 +195,7 @@ fn build(cfg: &LlamaConfig, store: Option<&dyn WeightStore>) -> Result<Graph, Fr
         b: GraphBuilder::new(cfg.architecture.clone()),
         store,
         cfg,
+        roles: BTreeMap::new(),
     };
     let (tokens, positions) =
         language_model_inputs(&mut g.b, &cfg.architecture, cfg.context_length);
@@ -224,6 +244,14 @@ fn build(cfg: &LlamaConfig, store: Option<&dyn WeightStore>) -> Result<Graph, Fr
         table
     };
     let logits = g.op(Op::Linear, &[x, head])?;
+    let head_name = if head == table {
+        embed_name
+    } else {
+        output_name
+    };
+    g.roles.insert(head_name, Role::LmHead);
+    let roles = fairyc_ir::roles::encode(&g.roles);
+    g.b.meta(fairyc_ir::roles::ROLES_META, roles);
     Ok(g.b.finish(&[logits]))
 }
 

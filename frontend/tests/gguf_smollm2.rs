@@ -1,33 +1,16 @@
 //! Reads the real SmolLM2-135M-Instruct Q4_1 model, if it has been fetched.
 
-use std::path::{Path, PathBuf};
-
 use fairyc_frontend::gguf::{GgmlType, GgufFile};
 
-fn model_path() -> PathBuf {
-    match std::env::var_os("FAIRYC_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            // The workspace root is the parent of this crate's directory.
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-            manifest
-                .parent()
-                .unwrap_or(manifest)
-                .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    }
-}
+#[path = "../../tests/common/assets.rs"]
+#[allow(dead_code)]
+mod assets;
 
 #[test]
 fn smollm2_reads_and_dequantizes() -> Result<(), Box<dyn std::error::Error>> {
-    let path = model_path();
-    if !path.exists() {
-        eprintln!(
-            "skipping: model not found at {}, run `make model`",
-            path.display()
-        );
+    let Some(path) = assets::smollm2_or_skip("smollm2_reads_and_dequantizes") else {
         return Ok(());
-    }
+    };
     let f = GgufFile::open(&path)?;
     assert_eq!(f.version(), 3);
     assert_eq!(f.alignment(), 32);

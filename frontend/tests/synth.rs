@@ -79,11 +79,8 @@ fn both_formats_read_back_with_the_same_config_and_weights() {
         assert_eq!(from_gguf.qkv_bias, arch == Architecture::Qwen2);
         assert_eq!(from_gguf.context_length, cfg.context_length);
         // The same decoder but for names and the RoPE layout.
-        let expected_layout = match arch {
-            Architecture::Llama => RopeLayout::Interleaved,
-            Architecture::Qwen2 => RopeLayout::HalfSplit,
-        };
-        assert_eq!(from_gguf.rope_layout, expected_layout);
+        // The GGUF store un-permutes llama's q/k rows: RoPE is half-split.
+        assert_eq!(from_gguf.rope_layout, RopeLayout::HalfSplit);
         assert_eq!(
             fairyc_frontend::llama::LlamaConfig {
                 naming: from_gguf.naming,
@@ -131,6 +128,14 @@ fn both_formats_read_back_with_the_same_config_and_weights() {
             if permuted {
                 assert_ne!(gw, hw, "{g} should be permuted");
             }
+        }
+        // The store the importer reads through gives Hugging Face's rows.
+        let store = fairyc_frontend::gguf_import::GgufStore::hf_order(
+            GgufFile::open(&gguf_path).unwrap(),
+            &from_gguf,
+        );
+        for (g, h) in pairs {
+            assert_eq!(store.read_f32(g).unwrap(), st.read_f32(h).unwrap(), "{g}");
         }
         if arch == Architecture::Qwen2 {
             assert_eq!(

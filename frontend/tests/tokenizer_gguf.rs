@@ -344,3 +344,30 @@ fn malformed_vocabularies_name_the_key() {
         assert!(err.contains(key), "expected {key} in: {err}");
     }
 }
+
+#[test]
+fn decode_stream_does_not_stall_on_stray_bytes() {
+    const MAX_HELD: usize = fairyc_frontend::tokenizer::DecodeStream::MAX_HELD;
+    let tok = build(vocab("gpt-2", HELLO_MERGES, &[]));
+    let mut stream = tok.decode_stream();
+    // Lead bytes that no continuation byte follows: every prefix ends in
+    // U+FFFD, so waiting for whole characters would wait forever.
+    let out: Vec<Option<String>> = (0..20).map(|_| stream.push(0xE6).unwrap()).collect();
+    let emitted: Vec<usize> = (0..out.len()).filter(|&i| out[i].is_some()).collect();
+    // Held back for at most MAX_HELD ids at a time.
+    assert_eq!(emitted.first(), Some(&(MAX_HELD - 1)), "{out:?}");
+    for w in emitted.windows(2) {
+        assert_eq!(w[1] - w[0], MAX_HELD, "{out:?}");
+    }
+    let text: String = out.into_iter().flatten().collect::<String>() + &stream.finish().unwrap();
+    assert_eq!(text, "\u{FFFD}".repeat(20));
+    // The stream goes on normally afterwards.
+    let mut stream = tok.decode_stream();
+    for _ in 0..MAX_HELD {
+        stream.push(0xE6).unwrap();
+    }
+    assert_eq!(
+        stream.push(id(&tok, "Ġworld")).unwrap().as_deref(),
+        Some(" world")
+    );
+}

@@ -118,9 +118,12 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             // Keys and values may be longer than the queries (a KV cache
             // before them); batch dimensions agree everywhere.
             let r = q.shape.rank();
-            if k.shape.rank() != r
-                || v.shape.rank() != r
-                || k.shape.dims()[..r - 1] != v.shape.dims()[..r - 1]
+            if k.shape.rank() != r || v.shape.rank() != r {
+                return Err(format!(
+                    "queries {q}, keys {k} and values {v} must have the same rank"
+                ));
+            }
+            if k.shape.dims()[..r - 1] != v.shape.dims()[..r - 1]
                 || k.shape.dims()[..r - 2] != q.shape.dims()[..r - 2]
             {
                 return Err(format!(
@@ -152,7 +155,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             match func {
                 // Negated positions turn RoPE back.
                 UnaryFn::Neg if x.dtype == DType::I32 => {}
-                UnaryFn::Neg => expect_numeric(x, "input")?,
+                UnaryFn::Neg | UnaryFn::RoundBf16 => expect_numeric(x, "input")?,
                 _ => expect_real(x, "input")?,
             }
             Ok(x.clone())
@@ -498,7 +501,11 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 return Err(format!("cannot pad symbolic dimension {axis} of {x}"));
             };
             let mut dims = x.shape.dims().to_vec();
-            dims[*axis] = Dim::Fixed(before + n + after);
+            let padded = before
+                .checked_add(n)
+                .and_then(|m| m.checked_add(*after))
+                .ok_or_else(|| format!("padding {before} + {n} + {after} overflows a size"))?;
+            dims[*axis] = Dim::Fixed(padded);
             Ok(TensorType::new(x.dtype, Shape(dims)))
         }
         Op::LinearWeightGrad => {
@@ -574,6 +581,13 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 causal: *causal,
             };
             let y = infer_type(&attention, &operands[..3])?;
+            // A training step: keys and values are the queries' own sequence.
+            let (q, k) = (operands[0], operands[1]);
+            if k.shape.dims()[..k.shape.rank() - 1] != q.shape.dims()[..q.shape.rank() - 1] {
+                return Err(format!(
+                    "keys {k} must cover the queries' positions {q} (no KV cache in a gradient)"
+                ));
+            }
             same_type(&y, operands[3])?;
             Ok(match which {
                 AttentionOperand::Q => operands[0].clone(),

@@ -9,6 +9,7 @@
 //! - [`quant`]: the reference semantics of the Fairy2i ops (widely-linear
 //!   split, PhaseQuant, the code2 encoding) and the real baselines;
 //! - [`cost`]: the prices a target puts on ops, for extraction;
+//! - [`roles`]: what each projection weight is for (q, k, ..., lm_head);
 //! - [`weights`]: the store that `weight` nodes refer to by name.
 
 pub mod atomic;
@@ -19,6 +20,7 @@ pub mod graph;
 pub mod infer;
 pub mod op;
 pub mod quant;
+pub mod roles;
 pub mod text;
 pub mod types;
 pub mod verify;

@@ -417,6 +417,10 @@ fn rule(
         Op::Silu => out.push((0, b.push(Op::SiluGrad, &[x[0], g])?)),
         Op::CReluSquared => out.push((0, b.push(Op::Crelu2Grad, &[x[0], g])?)),
         Op::Softmax => out.push((0, b.push(Op::SoftmaxGrad, &[id, g])?)),
+        // Rounding is passed straight through, as the quantizers are.
+        Op::Unary {
+            func: UnaryFn::RoundBf16,
+        } => out.push((0, g)),
         Op::Add | Op::Sub => {
             if need[0] {
                 out.push((0, g));

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use egg::{CostFunction, Id, Rewrite};
+use fairyc_ir::roles::Role;
 use fairyc_ir::{Arithmetic, DType, Graph, Op, RopeLayout, WlPart};
 
 use crate::cost::{CostModel, DagCost, RuntimeCost};
@@ -45,9 +46,12 @@ impl Default for LowerOptions {
 /// `Op::Pack`.
 pub type Blocks = (usize, usize);
 
-/// The layers to lower, by weight name: every linear layer inside the
-/// blocks, and lm_head if asked. Embeddings and norms stay real.
+/// The layers to lower, by weight name: every real linear layer whose
+/// weight the frontend tagged with a projection role (`meta roles`), and
+/// lm_head if asked. Embeddings and norms stay real; a graph without roles
+/// plans nothing (and the pipeline refuses to quantize it).
 pub fn plan(graph: &Graph, options: &LowerOptions) -> HashMap<String, Blocks> {
+    let roles = fairyc_ir::roles::roles(graph).unwrap_or_default();
     let rope_block = graph.nodes.iter().find_map(|n| match n.op {
         Op::Rope {
             layout: RopeLayout::Interleaved,
@@ -69,21 +73,17 @@ pub fn plan(graph: &Graph, options: &LowerOptions) -> HashMap<String, Blocks> {
         let (Op::Weight { name }, DType::F32) = (&w.op, w.ty.dtype) else {
             continue;
         };
-        let in_block = name.starts_with("blk.") || name.starts_with("model.layers.");
-        let is_head = graph.outputs.iter().any(|o| o.0 == i);
-        if !(in_block || (options.lm_head && is_head)) {
+        let Some(&role) = roles.get(name) else {
+            continue;
+        };
+        // lm_head by its role, and only where it is the graph's output.
+        let is_head = role == Role::LmHead && graph.outputs.iter().any(|o| o.0 == i);
+        if !(role.in_block() || (options.lm_head && is_head)) {
             continue;
         }
-        let role = |keys: &[&str]| keys.iter().any(|k| name.contains(k));
-        let blocks = match (options.pairing, rope_block) {
-            (Pairing::Rope, Some(b))
-                if role(&[
-                    "attn_q.", "attn_k.", "attn_v.", "q_proj", "k_proj", "v_proj",
-                ]) =>
-            {
-                (b, 0)
-            }
-            (Pairing::Rope, Some(b)) if role(&["attn_output.", "o_proj"]) => (0, b),
+        let blocks = match (options.pairing, rope_block, role) {
+            (Pairing::Rope, Some(b), Role::Q | Role::K | Role::V) => (b, 0),
+            (Pairing::Rope, Some(b), Role::O) => (0, b),
             _ => (0, 0),
         };
         plan.insert(name.clone(), blocks);

@@ -3,10 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use fairyc_ir::{verify, Granularity, Graph, VerifyError};
+use std::collections::{HashMap, HashSet};
+
+use fairyc_ir::{verify, Granularity, Graph, Op, ValueId, VerifyError};
 
 use crate::egraph::{Limits, PassStats};
-use crate::lower::{lower, plan, LowerOptions};
+use crate::lower::{lower, plan, Blocks, LowerOptions};
 use crate::quantize::{quantize, strip_quantizers, Method};
 use crate::rebuild::eliminate_dead_code;
 use crate::simplify::{simplify, SimplifyOptions};
@@ -62,6 +64,65 @@ pub enum PassError {
     Build { pass: String, message: String },
     #[error("{0}")]
     Options(String),
+    /// The compile would quantize (or lower) less than asked.
+    #[error("{0}")]
+    Incomplete(String),
+}
+
+/// The planned layers that `graph` does not compute in the asked form: a
+/// real linear layer still reads the weight, or (`lowered`) no widely-linear
+/// split reads it, or (`quantized`) no quantizer reads it.
+pub fn incomplete_layers(
+    graph: &Graph,
+    plan: &HashMap<String, Blocks>,
+    lowered: bool,
+    quantized: bool,
+) -> Vec<String> {
+    let weight = |v: ValueId| match &graph.node(v).op {
+        Op::Weight { name } => Some(name.as_str()),
+        _ => None,
+    };
+    let (mut real, mut split, mut quant) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut seen = HashSet::new();
+    for node in &graph.nodes {
+        match node.op {
+            Op::Linear => {
+                if let Some(name) = weight(node.operands[1]) {
+                    real.insert(name);
+                }
+            }
+            Op::WidelyLinear { .. } => {
+                split.extend(weight(node.operands[0]));
+            }
+            Op::Quantize { .. } => {
+                // Every source weight below the quantizer.
+                let mut stack = node.operands.clone();
+                while let Some(v) = stack.pop() {
+                    if !seen.insert(v) {
+                        continue;
+                    }
+                    match weight(v) {
+                        Some(name) => {
+                            quant.insert(name);
+                        }
+                        None => stack.extend(graph.node(v).operands.iter().copied()),
+                    }
+                }
+                seen.clear();
+            }
+            _ => {}
+        }
+    }
+    let mut missing: Vec<String> = plan
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            real.contains(n) || (lowered && !split.contains(n)) || (quantized && !quant.contains(n))
+        })
+        .cloned()
+        .collect();
+    missing.sort();
+    missing
 }
 
 /// Runs the pipeline on a verified graph; returns the final graph and a
@@ -77,6 +138,13 @@ pub fn compile(
     }
     let layers = plan(graph, &options.lower);
     let fairy2i = matches!(options.method, Some(Method::Fairy2i { .. }));
+    let (lowered, quantized) = (options.widely_linear || fairy2i, options.method.is_some());
+    let verb = if quantized { "quantize" } else { "lower" };
+    if (lowered || quantized) && layers.is_empty() {
+        return Err(PassError::Incomplete(format!(
+            "nothing to {verb}: no linear layer's weight has a projection role (the frontend tags q, k, v, o, gate, up, down and lm_head in `meta roles`; re-import the model)"
+        )));
+    }
     let mut records: Vec<PassRecord> = Vec::new();
     let mut current = graph.clone();
     let mut record = |name: &str, g: Graph, start: Instant, stats: Option<PassStats>| {
@@ -120,5 +188,16 @@ pub fn compile(
     let start = Instant::now();
     let (g, stats) = simplify(&current, options.simplify.clone(), options.limits);
     current = record("simplify", eliminate_dead_code(&g), start, Some(stats))?;
+    if lowered || quantized {
+        let missing = incomplete_layers(&current, &layers, lowered, quantized);
+        if !missing.is_empty() {
+            return Err(PassError::Incomplete(format!(
+                "{} of {} planned layers were not {verb}d: {}",
+                missing.len(),
+                layers.len(),
+                missing.join(", ")
+            )));
+        }
+    }
     Ok((current, records))
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use fairyc_ir::{Arithmetic, BuildError, Granularity, Graph, Op, Scheme};
+use fairyc_ir::{Arithmetic, BuildError, Granularity, Graph, Op, Scheme, UnaryFn};
 
 use crate::lower::Blocks;
 use crate::rebuild::rebuild;
@@ -56,16 +56,36 @@ pub fn quantize(
     rebuild(graph, |b, _, node, operands| match (&node.op, method) {
         (Op::WidelyLinear { .. }, Method::Fairy2i { stages }) => {
             let w = b.push(node.op.clone(), operands)?;
+            // In bf16 arithmetic every residual and every partial sum is
+            // rounded, as the authors' bf16 code computes them:
+            // `e2 = bf16(bf16(w − q1) − q2)`, `A_q = bf16(bf16(q1 + q2) + q3)`.
+            let bf16 = arithmetic == Arithmetic::Bf16Exact;
+            let round = |b: &mut fairyc_ir::GraphBuilder, v| {
+                if bf16 {
+                    b.push(
+                        Op::Unary {
+                            func: UnaryFn::RoundBf16,
+                        },
+                        &[v],
+                    )
+                } else {
+                    Ok(v)
+                }
+            };
             let mut residual = w;
             let mut sum = None;
             for t in 0..stages {
                 let stage = b.push(q(Scheme::Phase), &[residual])?;
                 sum = Some(match sum {
                     None => stage,
-                    Some(s) => b.push(Op::Add, &[s, stage])?,
+                    Some(s) => {
+                        let s = b.push(Op::Add, &[s, stage])?;
+                        round(b, s)?
+                    }
                 });
                 if t + 1 < stages {
-                    residual = b.push(Op::Sub, &[residual, stage])?;
+                    let r = b.push(Op::Sub, &[residual, stage])?;
+                    residual = round(b, r)?;
                 }
             }
             Ok(Some(sum.unwrap_or(w)))

@@ -112,15 +112,32 @@ pub(super) fn masters(
 }
 
 /// Whether the artifact stores `name` as `tensor`: codes byte for byte,
-/// f32 values to rounding.
+/// other values to rounding in whichever precision the artifact stores them
+/// (`fairyc compile --embeddings` may have chosen another than the source's).
 fn stored_equal(store: &dyn WeightStore, name: &str, tensor: &ArtifactTensor) -> bool {
-    match tensor {
-        ArtifactTensor::Codes { packed, .. } => store.read_codes(name).is_ok_and(|c| &c == packed),
-        ArtifactTensor::F32 { data, .. } => store.read_f32(name).is_ok_and(|d| {
-            d.len() == data.len()
+    use fairyc_frontend::fairy::Storage;
+    let Some(values) = tensor.values() else {
+        let ArtifactTensor::Codes { packed, .. } = tensor else {
+            return false;
+        };
+        return store.read_codes(name).is_ok_and(|c| &c == packed);
+    };
+    let Ok(stored) = store.read_f32(name) else {
+        return false;
+    };
+    let shape = store
+        .tensor_type(name)
+        .and_then(|t| t.shape.concrete())
+        .unwrap_or_default();
+    [Storage::F32, Storage::F16, Storage::Bf16, Storage::Q8]
+        .into_iter()
+        .filter_map(|storage| {
+            ArtifactTensor::encode(shape.clone(), values.clone(), storage).values()
+        })
+        .any(|d| {
+            d.len() == stored.len()
                 && d.iter()
-                    .zip(data)
+                    .zip(&stored)
                     .all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-30))
-        }),
-    }
+        })
 }

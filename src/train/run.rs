@@ -110,6 +110,10 @@ pub struct TrainConfig {
     /// Continue from `checkpoint` if it exists (and from `loss_csv`'s
     /// records up to its step).
     pub resume: bool,
+    /// Skip a step whose loss or gradient norm is not finite instead of
+    /// stopping with [`Error::NonFinite`]; skipped steps are reported
+    /// ([`Event::Skipped`]) and counted.
+    pub skip_nonfinite: bool,
     /// Write every step's record as CSV ([`CSV_HEADER`]).
     pub loss_csv: Option<PathBuf>,
     /// Draw the loss curves (training and held-out) as a PNG.
@@ -143,6 +147,7 @@ impl Default for TrainConfig {
             checkpoint: None,
             checkpoint_every: 50,
             resume: false,
+            skip_nonfinite: false,
             loss_csv: None,
             loss_png: None,
             output: None,
@@ -184,11 +189,20 @@ pub enum Event<'a> {
         seq: usize,
     },
     /// Training continues from a checkpoint.
-    Resumed { checkpoint: &'a Path, step: usize },
+    Resumed {
+        checkpoint: &'a Path,
+        step: usize,
+    },
     /// The held-out loss before training, over `windows` windows.
-    HeldOutBefore { loss: f64, windows: usize },
+    HeldOutBefore {
+        loss: f64,
+        windows: usize,
+    },
     /// The loop starts at `step` and runs to `steps`.
-    Started { step: usize, steps: usize },
+    Started {
+        step: usize,
+        steps: usize,
+    },
     /// A step ended.
     Step {
         record: &'a StepRecord,
@@ -196,9 +210,20 @@ pub enum Event<'a> {
         tokens_per_second: f64,
     },
     /// The loop ended.
-    Finished { step: usize },
+    /// A step was skipped: its loss or gradient norm was not finite
+    /// (`skip_nonfinite`); `skipped` counts the run's skipped steps so far.
+    Skipped {
+        step: usize,
+        error: &'a Error,
+        skipped: usize,
+    },
+    Finished {
+        step: usize,
+    },
     /// The held-out loss after training.
-    HeldOutAfter { loss: f64 },
+    HeldOutAfter {
+        loss: f64,
+    },
 }
 
 /// What a run did.
@@ -218,6 +243,8 @@ pub struct TrainReport {
     pub held_out_after: Option<f64>,
     /// Every step's record (a resumed run's log included).
     pub records: Vec<StepRecord>,
+    /// Steps skipped for a non-finite loss or gradient norm.
+    pub skipped: usize,
 }
 
 /// One row of the training log.
@@ -419,6 +446,7 @@ pub fn train(
     let start = Instant::now();
     let first = trainer.step;
     let tokens_per_step = config.grad_accum * config.seq;
+    let mut skipped = 0usize;
     while trainer.step < config.steps {
         let t = trainer.step + 1;
         let batch: Vec<&[u32]> = (0..config.grad_accum)
@@ -426,7 +454,20 @@ pub fn train(
             .collect();
         let lr = schedule.lr(t);
         let stats =
-            trainer.train_step(&batch, lr, schedule.weight_decay(t, config.weight_decay))?;
+            match trainer.train_step(&batch, lr, schedule.weight_decay(t, config.weight_decay)) {
+                Err(error @ Error::NonFinite { .. }) if config.skip_nonfinite => {
+                    skipped += 1;
+                    trainer.skip_step();
+                    tracing::warn!(step = t, skipped, "{error}");
+                    on_event(Event::Skipped {
+                        step: t,
+                        error: &error,
+                        skipped,
+                    });
+                    continue;
+                }
+                other => other?,
+            };
         let heldout_loss = if config.eval_every > 0 && t % config.eval_every == 0 {
             evaluate(&trainer)?
         } else {
@@ -469,6 +510,7 @@ pub fn train(
             output,
             &compiled.graph,
             &trainer.store,
+            crate::compile::Precision::Source,
             &compiled.tokenizer,
         )?;
     }
@@ -481,6 +523,7 @@ pub fn train(
         held_out_before: before,
         held_out_after: after,
         records,
+        skipped,
     })
 }
 

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fairyc_frontend::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
 
+pub mod assets;
+#[allow(unused_imports)]
+pub use assets::{shared_or_skip, smollm2_or_skip};
+
 /// A fresh folder under the system temp dir, unique to this process and
 /// call, removed on drop.
 pub struct TempDir(PathBuf);

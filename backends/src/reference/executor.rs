@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use fairyc_ir::quant::{self, Pairing};
 use fairyc_ir::{
-    verify, verify_weights, AttentionOperand, DType, Dim, Graph, NormOperand, Op, Scheme, UnaryFn,
-    WeightStore, WlPart,
+    verify, verify_weights, Arithmetic, AttentionOperand, DType, Dim, Graph, NormOperand, Op,
+    Scheme, UnaryFn, WeightStore, WlPart,
 };
 use num_complex::Complex32;
 use rayon::prelude::*;
@@ -474,6 +474,19 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             }
         }
         Op::Silu => Tensor::f32(x.shape.clone(), elementwise::silu(f32s(x, "input")?)),
+        Op::Unary {
+            func: UnaryFn::RoundBf16,
+        } => {
+            let r = |v: f32| Arithmetic::Bf16Exact.round(v);
+            match &x.data {
+                Data::F32(v) => Tensor::f32(x.shape.clone(), v.iter().map(|&a| r(a)).collect()),
+                Data::C64(v) => Tensor::c64(
+                    x.shape.clone(),
+                    v.iter().map(|a| Complex32::new(r(a.re), r(a.im))).collect(),
+                ),
+                _ => return Err("round_bf16 takes real or complex floats".into()),
+            }
+        }
         Op::Unary { func } => match (&x.data, func) {
             (Data::I32(d), UnaryFn::Neg) => Tensor::i32(
                 x.shape.clone(),

@@ -9,6 +9,12 @@ use super::{Tokenizer, TokenizerError};
 /// Each step decodes the pending ids together with the ids of the last
 /// emitted chunk (as context, since some decoders treat a first token
 /// specially) and emits the new text once it does not end in U+FFFD.
+///
+/// The work per id is bounded: a UTF-8 character spans at most four byte
+/// tokens, so after [`DecodeStream::MAX_HELD`] ids that still end inside a character (a
+/// stray byte the model will never complete) the text is emitted as it is,
+/// U+FFFD included, and the stream starts afresh without context. Each
+/// step therefore decodes at most `2 * MAX_HELD` ids.
 #[derive(Debug, Clone)]
 pub struct DecodeStream<'a> {
     tokenizer: &'a Tokenizer,
@@ -18,6 +24,9 @@ pub struct DecodeStream<'a> {
 }
 
 impl<'a> DecodeStream<'a> {
+    /// The most ids held back waiting for the rest of a character.
+    pub const MAX_HELD: usize = 4;
+
     pub(super) fn new(tokenizer: &'a Tokenizer) -> Self {
         Self {
             tokenizer,
@@ -33,8 +42,16 @@ impl<'a> DecodeStream<'a> {
         let text = self.pending().inspect_err(|_| {
             self.ids.pop();
         })?;
+        let held = self.ids.len() - self.read;
         if text.is_empty() || text.ends_with(char::REPLACEMENT_CHARACTER) {
-            return Ok(None);
+            if held < Self::MAX_HELD {
+                return Ok(None);
+            }
+            // Give up waiting: emit what there is and drop the context,
+            // which no later id can extend consistently.
+            self.ids.clear();
+            self.read = 0;
+            return Ok((!text.is_empty()).then_some(text));
         }
         self.ids.drain(..self.read);
         self.read = self.ids.len();

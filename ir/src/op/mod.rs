@@ -171,7 +171,11 @@ define_ops! {
     /// `x · sigmoid(x)`.
     Silu => "silu" (x), Composite;
     /// An elementwise function of one operand: `neg` (any numeric type),
-    /// `exp`, `sqrt`, `recip`, `sigmoid` (real).
+    /// `round_bf16` (to the nearest bf16 value, ties to even, of each real
+    /// or real and imaginary part; the element type stays: it carries the
+    /// authors' bf16 arithmetic through the residual stages and their sum;
+    /// training passes gradients straight through), `exp`, `sqrt`, `recip`,
+    /// `sigmoid` (real).
     Unary { func: UnaryFn } => "unary" (x), Primitive;
     /// Elementwise sum; the second operand may be a suffix-shaped broadcast.
     Add => "add" (a, b), Primitive;
@@ -325,6 +329,7 @@ named_attr!(RopeLayout, "rope layout", {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryFn {
     Neg,
+    RoundBf16,
     Exp,
     Sqrt,
     Recip,
@@ -333,6 +338,7 @@ pub enum UnaryFn {
 
 named_attr!(UnaryFn, "function", {
     UnaryFn::Neg => "neg",
+    UnaryFn::RoundBf16 => "round_bf16",
     UnaryFn::Exp => "exp",
     UnaryFn::Sqrt => "sqrt",
     UnaryFn::Recip => "recip",

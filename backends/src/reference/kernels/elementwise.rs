@@ -14,6 +14,7 @@ pub fn unary(x: &[f32], func: fairyc_ir::UnaryFn) -> Vec<f32> {
     use fairyc_ir::UnaryFn;
     let f: fn(f32) -> f32 = match func {
         UnaryFn::Neg => |v| -v,
+        UnaryFn::RoundBf16 => |v| fairyc_ir::Arithmetic::Bf16Exact.round(v),
         UnaryFn::Exp => f32::exp,
         UnaryFn::Sqrt => f32::sqrt,
         UnaryFn::Recip => f32::recip,
