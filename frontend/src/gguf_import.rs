@@ -94,6 +94,23 @@ impl WeightStore for GgufStore {
 /// of `D` rows, GGUF row `2 * j + half` goes back to Hugging Face row
 /// `half * D/2 + j`.
 pub fn unpermute_rope_rows(data: &[f32], rows: usize, heads: usize) -> Result<Vec<f32>, String> {
+    move_rope_rows(data, rows, heads, |hf, gguf| (gguf, hf))
+}
+
+/// llama.cpp's permutation itself (what its converter writes): Hugging
+/// Face row `half * D/2 + j` becomes GGUF row `2 * j + half`.
+pub fn permute_rope_rows(data: &[f32], rows: usize, heads: usize) -> Result<Vec<f32>, String> {
+    move_rope_rows(data, rows, heads, |hf, gguf| (hf, gguf))
+}
+
+/// Copies the rows of `data` between the two orders: `pick(hf, gguf)`
+/// gives (source row, destination row) for each pair of corresponding rows.
+fn move_rope_rows(
+    data: &[f32],
+    rows: usize,
+    heads: usize,
+    pick: impl Fn(usize, usize) -> (usize, usize),
+) -> Result<Vec<f32>, String> {
     if rows == 0 || heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(format!(
             "{rows} rows do not split into {heads} heads of an even width"
@@ -105,9 +122,8 @@ pub fn unpermute_rope_rows(data: &[f32], rows: usize, heads: usize) -> Result<Ve
     for head in 0..heads {
         for part in 0..2 {
             for j in 0..half {
-                let hf = head * d + part * half + j;
-                let gguf = head * d + 2 * j + part;
-                out[hf * cols..][..cols].copy_from_slice(&data[gguf * cols..][..cols]);
+                let (src, dst) = pick(head * d + part * half + j, head * d + 2 * j + part);
+                out[dst * cols..][..cols].copy_from_slice(&data[src * cols..][..cols]);
             }
         }
     }

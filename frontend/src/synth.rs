@@ -336,20 +336,8 @@ fn weights(cfg: &SynthConfig) -> Vec<SynthTensor> {
 /// each head of `D` rows, Hugging Face row `half * D/2 + j` becomes row
 /// `2 * j + half`, so that the pairs RoPE rotates are adjacent.
 fn interleave_rope_rows(data: &[f32], shape: &[usize], heads: usize) -> Vec<f32> {
-    let rows = shape[0];
-    let cols = data.len() / rows;
-    let (d, half) = (rows / heads, rows / heads / 2);
-    let mut out = vec![0.0; data.len()];
-    for head in 0..heads {
-        for part in 0..2 {
-            for j in 0..half {
-                let src = head * d + part * half + j;
-                let dst = head * d + 2 * j + part;
-                out[dst * cols..][..cols].copy_from_slice(&data[src * cols..][..cols]);
-            }
-        }
-    }
-    out
+    crate::gguf_import::permute_rope_rows(data, shape[0], heads)
+        .expect("synthetic heads have an even width")
 }
 
 /// llama.cpp's `general.file_type` for a model whose matrices are `ty`.
