@@ -704,3 +704,80 @@ fn artifacts_store_unquantized_tensors_in_the_source_precision() {
         "8-bit embeddings change the logits a little: {d}"
     );
 }
+
+#[path = "../ir/tests/golden/authors.rs"]
+mod authors;
+
+/// The golden test compiled through the pipeline: each of the matrices the
+/// authors' own code quantized (ir/tests/quant_golden.rs) becomes the weight
+/// of a one-layer graph, compiled with bf16 arithmetic and T = 1..4 stages
+/// (lower, quantize, simplify); the deployed weights the compiled graph
+/// computes, merged back into a real matrix, hash to the authors' V1-V4.
+#[test]
+fn pipeline_in_bf16_deploys_the_authors_weights_v1_to_v4() {
+    use fairyc_ir::quant::{widely_linear_inverse_with, Pairing as QPairing};
+    use fairyc_ir::roles::ROLES_META;
+    use fairyc_ir::{Arithmetic, Dim, GraphBuilder, MemoryStore, Shape, TensorType, WlPart};
+
+    for &(seed, rows, cols, a_hash, a_q_hashes) in authors::GOLDEN {
+        let a = authors::weights(seed, rows, cols);
+        assert_eq!(authors::fnv(&a), a_hash, "generator drifted (seed {seed})");
+        let mut b = GraphBuilder::new("golden");
+        let x = b.input(
+            "x",
+            TensorType::new(DType::F32, Shape(vec![Dim::sym("seq"), Dim::Fixed(cols)])),
+        );
+        let ty = TensorType::new(DType::F32, Shape::new([rows, cols]));
+        let w = b.weight("w", ty.clone());
+        let y = b.push(Op::Linear, &[x, w]).unwrap();
+        b.meta(ROLES_META, "w=q");
+        let graph = b.finish(&[y]);
+        let mut store = MemoryStore::default();
+        store.insert("w", ty, a.iter().map(|v| v.to_f32()).collect());
+        for (stages, &want) in (1..=4).zip(&a_q_hashes) {
+            let mut opts = options(Some(Method::Fairy2i { stages }), Pairing::Paper, 1.0);
+            opts.lower.arithmetic = Arithmetic::Bf16Exact;
+            let (compiled, _) = fairyc_passes::pipeline::compile(&graph, &opts).unwrap();
+            // The deployed U and W: the weights of the complex products.
+            let mut parts = [None, None];
+            for node in &compiled.nodes {
+                if node.op != Op::Linear || compiled.node(node.operands[1]).ty.dtype != DType::C64 {
+                    continue;
+                }
+                let mut r = node.operands[1];
+                while !matches!(compiled.node(r).op, Op::WidelyLinear { .. }) {
+                    r = compiled.node(r).operands[0];
+                }
+                let Op::WidelyLinear { part, .. } = compiled.node(r).op else {
+                    unreachable!()
+                };
+                parts[usize::from(part == WlPart::W)] = Some(node.operands[1]);
+            }
+            let [Some(u), Some(w)] = parts else {
+                panic!("V{stages}: the compiled layer has no U and W products")
+            };
+            let values =
+                fairyc_runtime::executor::evaluate_constants(&compiled, &store, &[u, w]).unwrap();
+            let complex = |id: fairyc_ir::ValueId| match &values[&id.0].data {
+                fairyc_runtime::Data::C64(v) => v.clone(),
+                _ => panic!("complex weights"),
+            };
+            let (u, w) = (complex(u), complex(w));
+            let (n, m) = (rows.div_ceil(2), cols.div_ceil(2));
+            let a_q = widely_linear_inverse_with(
+                &u,
+                &w,
+                n,
+                m,
+                rows,
+                cols,
+                QPairing::Halves,
+                QPairing::Halves,
+                Arithmetic::Bf16Exact,
+            )
+            .unwrap();
+            let a_q: Vec<half::bf16> = a_q.into_iter().map(half::bf16::from_f32).collect();
+            assert_eq!(authors::fnv(&a_q), want, "{rows}x{cols} V{stages}");
+        }
+    }
+}
