@@ -757,7 +757,7 @@ fn pipeline_in_bf16_deploys_the_authors_weights_v1_to_v4() {
                 panic!("V{stages}: the compiled layer has no U and W products")
             };
             let values =
-                fairyc_runtime::executor::evaluate_constants(&compiled, &store, &[u, w]).unwrap();
+                fairyc_backends::reference::evaluate_constants(&compiled, &store, &[u, w]).unwrap();
             let complex = |id: fairyc_ir::ValueId| match &values[&id.0].data {
                 fairyc_runtime::Data::C64(v) => v.clone(),
                 _ => panic!("complex weights"),

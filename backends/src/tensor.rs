@@ -1,5 +1,6 @@
 //! Dense tensors the reference executor computes on.
 
+use fairyc_ir::SharedBytes;
 use num_complex::Complex32;
 
 /// Element storage of a tensor. Half-precision weights are widened to f32
@@ -10,8 +11,9 @@ pub enum Data {
     C64(Vec<Complex32>),
     I32(Vec<i32>),
     /// {+1, -1, +i, -i} codes, packed four to a byte, each row padded to a
-    /// whole byte (the layout of `fairyc_ir::quant`).
-    Codes(Vec<u8>),
+    /// whole byte (the layout of `fairyc_ir::quant`), shared with the store
+    /// they were read from (borrowed from its memory map where it has one).
+    Codes(SharedBytes),
 }
 
 /// A dense row-major tensor.
@@ -46,7 +48,7 @@ impl Tensor {
         }
     }
 
-    pub fn codes(shape: Vec<usize>, packed: Vec<u8>) -> Tensor {
+    pub fn codes(shape: Vec<usize>, packed: SharedBytes) -> Tensor {
         Tensor {
             shape,
             data: Data::Codes(packed),

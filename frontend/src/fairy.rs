@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::Path;
 
 use fairyc_ir::atomic::write_atomically;
-use fairyc_ir::{text, DType, Graph, Shape, TensorType, WeightError, WeightStore};
+use fairyc_ir::{text, DType, Graph, Shape, SharedBytes, TensorType, WeightError, WeightStore};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -366,6 +366,11 @@ impl WeightStore for FairyStore {
     }
 
     fn read_codes(&self, name: &str) -> Result<Vec<u8>, WeightError> {
+        Ok(self.lend_codes(name)?.to_vec())
+    }
+
+    /// Codes are lent from the artifact's memory map, not copied.
+    fn lend_codes(&self, name: &str) -> Result<SharedBytes, WeightError> {
         let err = |message: String| WeightError {
             name: name.to_string(),
             message,
@@ -374,14 +379,14 @@ impl WeightStore for FairyStore {
             .codes
             .get(name)
             .ok_or_else(|| err("not a code tensor".into()))?;
-        let (dtype, shape, bytes) = self.inner.raw(name).ok_or_else(|| err("missing".into()))?;
+        let (dtype, shape, _) = self.inner.raw(name).ok_or_else(|| err("missing".into()))?;
         if dtype != Dtype::U8 || shape != [rows, cols.div_ceil(4)] {
             return Err(err(format!(
                 "stored as {dtype:?}{shape:?}, expected U8[{rows}, {}] for code2[{rows}, {cols}]",
                 cols.div_ceil(4)
             )));
         }
-        Ok(bytes.to_vec())
+        self.inner.lend(name).ok_or_else(|| err("missing".into()))
     }
 }
 

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use fairyc_ir::{DType, Shape, TensorType, WeightError, WeightStore};
+use fairyc_ir::{DType, Shape, SharedBytes, TensorType, WeightError, WeightStore};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -22,7 +23,7 @@ struct Entry {
 /// Tensors of safetensors files, read in place through memory maps.
 pub struct SafetensorsStore {
     paths: Vec<PathBuf>,
-    maps: Vec<Mmap>,
+    maps: Vec<Arc<Mmap>>,
     tensors: BTreeMap<String, Entry>,
     /// The `__metadata__` string map of each file, merged.
     metadata: BTreeMap<String, String>,
@@ -69,7 +70,7 @@ impl SafetensorsStore {
                     });
                 }
             }
-            store.maps.push(map);
+            store.maps.push(Arc::new(map));
         }
         Ok(store)
     }
@@ -82,6 +83,17 @@ impl SafetensorsStore {
     pub fn raw(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
         let e = self.tensors.get(name)?;
         Some((e.dtype, &e.shape, &self.maps[e.file][e.start..e.end]))
+    }
+
+    /// A tensor's bytes lent from the memory map (which stays mapped while
+    /// they are held).
+    pub fn lend(&self, name: &str) -> Option<SharedBytes> {
+        let e = self.tensors.get(name)?;
+        Some(SharedBytes::new(MappedWindow {
+            map: self.maps[e.file].clone(),
+            start: e.start,
+            end: e.end,
+        }))
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -173,4 +185,17 @@ pub fn model_files(dir: &Path) -> Result<Vec<PathBuf>, FrontendError> {
     }
     shards.sort();
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
+}
+
+/// A window of a memory map, kept mapped by its owner.
+struct MappedWindow {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MappedWindow {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
 }

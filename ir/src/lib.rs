@@ -33,4 +33,4 @@ pub use op::{
 };
 pub use types::{DType, Dim, Shape, TensorType};
 pub use verify::{verify, verify_weights, VerifyError};
-pub use weights::{MemoryStore, WeightError, WeightStore};
+pub use weights::{MemoryStore, SharedBytes, WeightError, WeightStore};

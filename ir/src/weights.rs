@@ -31,6 +31,41 @@ pub trait WeightStore: Send + Sync {
             message: "this store holds no code tensors".into(),
         })
     }
+    /// The packed codes lent, not copied, where the store can (a window of
+    /// a memory-mapped file); by default a copy.
+    fn lend_codes(&self, name: &str) -> Result<SharedBytes, WeightError> {
+        Ok(SharedBytes::new(self.read_codes(name)?))
+    }
+}
+
+/// Bytes shared between a store and the programs that read them: a copy,
+/// or a window of a memory map that stays mapped while anyone holds it.
+#[derive(Clone)]
+pub struct SharedBytes(std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl SharedBytes {
+    pub fn new(owner: impl AsRef<[u8]> + Send + Sync + 'static) -> SharedBytes {
+        SharedBytes(std::sync::Arc::new(owner))
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({} bytes)", self.len())
+    }
+}
+
+impl PartialEq for SharedBytes {
+    fn eq(&self, other: &SharedBytes) -> bool {
+        **self == **other
+    }
 }
 
 /// Tensors held in memory, as f32: freshly initialised models, training

@@ -301,7 +301,7 @@ fn load_weights(
                         .map(|p| Complex32::new(p[0], p[1]))
                         .collect(),
                 ),
-                DType::Code2 => Tensor::codes(shape, store.read_codes(&name)?),
+                DType::Code2 => Tensor::codes(shape, store.lend_codes(&name)?),
                 DType::I32 => {
                     return Err(BackendError::new(format!(
                         "weight \"{name}\": the reference executor cannot load i32 weights"
