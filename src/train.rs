@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use fairyc_backends::reference::Executor;
 use fairyc_backends::Tensor;
+use fairyc_backends::{Program, Reference};
 use fairyc_ir::{
     DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
 };
@@ -226,7 +226,7 @@ pub struct Trainer {
     grad_graph: Graph,
     /// AdamW on summed gradients (see [`adamw_update`]); it reads no
     /// weights, so it is built once.
-    update: Executor,
+    update: Box<dyn Program>,
     /// The forward graph with its cross-entropy, for held-out evaluation.
     eval_graph: Graph,
     params: Vec<(String, TensorType)>,
@@ -357,7 +357,12 @@ impl Trainer {
         };
         let update_graph =
             adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
-        let update = Executor::new(update_graph, &MemoryStore::default(), &|_| {})?;
+        let update = fairyc_backends::compile(
+            &Reference::default(),
+            &update_graph,
+            &MemoryStore::default(),
+            &|_| {},
+        )?;
         let mut store = TrainStore::new(weights);
         for (name, ty) in &params {
             let n: usize = ty.shape.concrete().map_or(0, |d| d.iter().product());
@@ -414,11 +419,16 @@ impl Trainer {
             return Err(Error::Usage("a step needs at least one window".into()));
         }
         // The quantized weights are derived from the masters once per step.
-        let exec = Executor::new(self.grad_graph.clone(), &self.store, &|_| {})?;
+        let exec = fairyc_backends::compile(
+            &Reference::default(),
+            &self.grad_graph,
+            &self.store,
+            &|_| {},
+        )?;
         let mut loss = 0.0f64;
         let mut sums: Vec<Vec<f32>> = Vec::new();
         for window in batch {
-            let mut outs = exec.run_owned(Trainer::inputs(window))?.into_iter();
+            let mut outs = exec.run(Trainer::inputs(window))?.into_iter();
             let first = outs.next().expect("the loss is the first output");
             loss += f64::from(
                 first
@@ -475,7 +485,7 @@ impl Trainer {
             }
             inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
         }
-        let mut outs = self.update.run_owned(inputs)?.into_iter();
+        let mut outs = self.update.run(inputs)?.into_iter();
         let squares = outs.next().expect("the squared norm is the first output");
         let squares = squares.as_f32().ok_or_else(not_f32)?[0];
         let mut p: Vec<Vec<f32>> = outs
@@ -504,10 +514,15 @@ impl Trainer {
 
     /// Mean loss over `windows` with the current weights.
     pub fn eval_loss(&self, windows: &[&[u32]]) -> Result<f64, Error> {
-        let exec = Executor::new(self.eval_graph.clone(), &self.store, &|_| {})?;
+        let exec = fairyc_backends::compile(
+            &Reference::default(),
+            &self.eval_graph,
+            &self.store,
+            &|_| {},
+        )?;
         let mut total = 0.0;
         for w in windows {
-            let out = exec.run(&Trainer::inputs(w))?;
+            let out = exec.run(Trainer::inputs(w))?;
             total += f64::from(
                 out[0]
                     .as_f32()
