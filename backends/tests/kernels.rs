@@ -305,11 +305,15 @@ fn quant_linear_equals_the_dense_widely_linear_product() {
         Granularity::Group(3),
         Granularity::Group(8),
     ] {
+        // Below 8 rows the code walk, from 8 on tiles through gemm (more
+        // than one tile of 64 output rows in the second to last).
         for (rows, n, m, u_stages, w_stages) in [
             (0, 3, 5, 1, 1),
             (1, 4, 9, 2, 2),
             (3, 5, 13, 3, 3),
             (2, 6, 16, 0, 1),
+            (9, 70, 13, 2, 1),
+            (12, 3, 16, 0, 2),
         ] {
             let groups = granularity.num_groups(n, m).unwrap();
             let stages: Vec<(PhaseQuantized, Vec<u8>)> = (0..u_stages + w_stages)

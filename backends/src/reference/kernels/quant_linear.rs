@@ -6,11 +6,15 @@
 //! (`s_re` for `±1`, `s_im` for `±i`). Within a group a code only adds or
 //! subtracts `x_j` into the sum its code selects (the code's two bits index
 //! four sums, so the loop has no branch); the scales multiply the sums once
-//! per group: `s_re·(Σ₊₁ − Σ₋₁) + i·s_im·(Σ₊ᵢ − Σ₋ᵢ)`.
+//! per group: `s_re·(Σ₊₁ − Σ₋₁) + i·s_im·(Σ₊ᵢ − Σ₋ᵢ)`. Batches of many rows
+//! (prompts, perplexity) decode a tile of output rows at a time and
+//! multiply through `gemm`.
 
 use fairyc_ir::Granularity;
 use num_complex::Complex32;
 use rayon::prelude::*;
+
+use super::linear::linear;
 
 /// One stage's packed codes (`code2[n, m]`, rows padded to whole bytes) and
 /// its scales (as `dequant` reads them).
@@ -53,6 +57,15 @@ pub fn quant_linear(
         }
     }
     let conj: Vec<Complex32> = x.iter().map(|v| v.conj()).collect();
+    let layout = Layout {
+        m,
+        groups_per_row,
+        group_len,
+        granularity,
+    };
+    if rows >= TILED_ROWS {
+        return Ok(tiled(x, &conj, n, u, w, &layout));
+    }
     let stride = m.div_ceil(4);
     // Output row i of the weight for every input row: one column of y.
     let columns: Vec<Vec<Complex32>> = (0..n)
@@ -98,6 +111,86 @@ pub fn quant_linear(
         }
     }
     Ok(y)
+}
+
+/// From this many input rows on (prompts, batches) the products go through
+/// `gemm` on tiles of decoded rows: decoding a row once pays for many rows
+/// of input, and `gemm` uses the vector units the code walk above cannot.
+const TILED_ROWS: usize = 8;
+
+/// Output rows decoded at a time: the tile is `TILE x m` complex values, a
+/// transient a few hundred kilobytes large, never the whole matrix.
+const TILE: usize = 64;
+
+/// Where a layer's scales sit along a row.
+struct Layout {
+    m: usize,
+    groups_per_row: usize,
+    group_len: usize,
+    granularity: Granularity,
+}
+
+/// `Σ_t dequant(u_t)·x + Σ_t dequant(w_t)·conj(x)` one tile of output rows
+/// at a time.
+fn tiled(
+    x: &[Complex32],
+    conj: &[Complex32],
+    n: usize,
+    u: &[StageCodes],
+    w: &[StageCodes],
+    layout: &Layout,
+) -> Vec<Complex32> {
+    let m = layout.m;
+    let rows = x.len() / m;
+    let mut y = vec![Complex32::new(0.0, 0.0); rows * n];
+    for i0 in (0..n).step_by(TILE) {
+        let i1 = (i0 + TILE).min(n);
+        let width = i1 - i0;
+        for (stages, input) in [(u, x), (w, conj)] {
+            if stages.is_empty() {
+                continue;
+            }
+            let tile = decode_rows(stages, i0, i1, layout);
+            let part = linear(input, &tile, rows, m, width);
+            for (out, part) in y.chunks_exact_mut(n).zip(part.chunks_exact(width)) {
+                for (o, p) in out[i0..i1].iter_mut().zip(part) {
+                    *o += p;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Rows `i0..i1` of `Σ_t dequant(stage_t)`, `[i1 - i0, m]`.
+fn decode_rows(stages: &[StageCodes], i0: usize, i1: usize, layout: &Layout) -> Vec<Complex32> {
+    let (m, stride) = (layout.m, layout.m.div_ceil(4));
+    let mut tile = vec![Complex32::new(0.0, 0.0); (i1 - i0) * m];
+    tile.par_chunks_mut(m.max(1))
+        .enumerate()
+        .for_each(|(k, row)| {
+            let i = i0 + k;
+            for stage in stages {
+                let codes = &stage.packed[i * stride..][..stride];
+                let scales = match layout.granularity {
+                    Granularity::Tensor => stage.scales,
+                    _ => {
+                        &stage.scales[2 * i * layout.groups_per_row..][..2 * layout.groups_per_row]
+                    }
+                };
+                for (j, v) in row.iter_mut().enumerate() {
+                    let g = j / layout.group_len;
+                    let (s_re, s_im) = (scales[2 * g], scales[2 * g + 1]);
+                    *v += match (codes[j / 4] >> (2 * (j % 4))) & 0b11 {
+                        0 => Complex32::new(s_re, 0.0),
+                        1 => Complex32::new(0.0, s_im),
+                        2 => Complex32::new(-s_re, 0.0),
+                        _ => Complex32::new(0.0, -s_im),
+                    };
+                }
+            }
+        });
+    tile
 }
 
 /// Sums of the inputs `xs[start..end]` by their code (indexed by the code's
