@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fairyc::compile::Precision;
 use fairyc::train::{read_records, train, Event, ModelSource, ScheduleKind, TrainConfig};
-use fairyc::{import, report, GenerateOptions, Imported, Model};
+use fairyc::{import, report, Backend, Cranelift, GenerateOptions, Imported, Model, Reference};
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
 use fairyc_passes::autodiff::Ste;
@@ -297,6 +297,8 @@ enum Command {
         logits: Option<PathBuf>,
         #[command(flatten)]
         quant: QuantArgs,
+        #[arg(long, value_enum, default_value_t = BackendArg::Reference)]
+        backend: BackendArg,
     },
     /// Perplexity of a text file.
     ///
@@ -315,7 +317,27 @@ enum Command {
         max_windows: Option<usize>,
         #[command(flatten)]
         quant: QuantArgs,
+        #[arg(long, value_enum, default_value_t = BackendArg::Reference)]
+        backend: BackendArg,
     },
+}
+
+/// What runs the model: the reference backend (f32 kernels, exact) or the
+/// CPU backend whose quantized layers run Cranelift-generated look-up-table
+/// kernels on int activations.
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Reference,
+    Cranelift,
+}
+
+impl BackendArg {
+    fn backend(self) -> Box<dyn Backend> {
+        match self {
+            BackendArg::Reference => Box::new(Reference::default()),
+            BackendArg::Cranelift => Box::new(Cranelift),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -426,6 +448,7 @@ fn run(command: Command) -> Result<()> {
             seed,
             logits,
             quant,
+            backend,
         } => {
             if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
                 bail!("--top-p must be in (0, 1], got {top_p}");
@@ -433,7 +456,7 @@ fn run(command: Command) -> Result<()> {
             if !temperature.is_finite() || temperature < 0.0 {
                 bail!("--temperature must be 0 or positive, got {temperature}");
             }
-            let model = load_with_progress(&model, &quant, false)?;
+            let model = load_with_progress(&model, &quant, false, backend)?;
             let ids = model.encode_prompt(&prompt, chat)?;
             if let Some(path) = logits {
                 let t = model.logits(&ids)?;
@@ -476,10 +499,11 @@ fn run(command: Command) -> Result<()> {
             ctx,
             max_windows,
             quant,
+            backend,
         } => {
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("cannot read {}", text.display()))?;
-            let model = load_with_progress(&model, &quant, true)?;
+            let model = load_with_progress(&model, &quant, true, backend)?;
             let ids = model.tokenizer().encode(&body, false)?;
             let bar = ProgressBar::new(0).with_style(bar_style("windows"));
             let start = Instant::now();
@@ -538,11 +562,16 @@ fn load_compiled(
     Ok(fairyc::compile(imported, &options)?)
 }
 
-fn load_with_progress(path: &Path, quant: &QuantArgs, report: bool) -> Result<Model> {
+fn load_with_progress(
+    path: &Path,
+    quant: &QuantArgs,
+    report: bool,
+    backend: BackendArg,
+) -> Result<Model> {
     let (imported, _) = load_compiled(path, quant, report)?;
     let bar = ProgressBar::new(imported.graph.weights().count() as u64)
         .with_style(bar_style("weights decoded"));
-    let model = Model::from_imported(imported, &|_| bar.inc(1))?;
+    let model = Model::from_imported_on(imported, backend.backend().as_ref(), &|_| bar.inc(1))?;
     bar.finish_and_clear();
     Ok(model)
 }

@@ -14,13 +14,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use fairyc_ir::quant::{dequantize, unpack_code_rows, PhaseQuantized};
 use fairyc_ir::{
     Arithmetic, AttentionOperand, DType, Granularity, Graph, GraphBuilder, NormOperand, Op,
     RopeLayout, Scheme, Shape, TensorType, UnaryFn, ValueId, WeightError, WeightStore, WlPart,
 };
 use num_complex::Complex32;
 
-use crate::{compile, Backend, Data, Reference, Tensor};
+use crate::{compile, Backend, Data, Reference, Tensor, Tolerance};
 
 /// One graph with its inputs and stored weights.
 pub struct Case {
@@ -547,28 +548,33 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
-/// Largest allowed difference: relative to the reference value's size.
-fn close(a: f32, b: f32) -> bool {
-    (a - b).abs() <= 1e-4 * b.abs().max(1.0) || (a.is_nan() && b.is_nan())
+/// Within `rel` of the reference value's size, plus `bound` (absolute).
+fn close(a: f32, b: f32, rel: f32, bound: f32) -> bool {
+    (a - b).abs() <= rel * b.abs().max(1.0) + bound || (a.is_nan() && b.is_nan())
 }
 
-fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
+/// Compares elementwise; `bounds` are extra absolute bounds per element
+/// (for a complex element, per part).
+fn compare(got: &Tensor, want: &Tensor, rel: f32, bounds: Option<&[f32]>) -> Result<(), String> {
     if got.shape != want.shape {
         return Err(format!("shape {:?}, want {:?}", got.shape, want.shape));
     }
+    let bound = |i: usize| bounds.and_then(|b| b.get(i)).copied().unwrap_or(0.0);
     let worst = match (&got.data, &want.data) {
         (Data::F32(a), Data::F32(b)) => a
             .iter()
             .zip(b)
             .enumerate()
-            .find(|(_, (a, b))| !close(**a, **b))
+            .find(|(i, (a, b))| !close(**a, **b, rel, bound(*i)))
             .map(|(i, (a, b))| format!("element {i}: {a} vs {b}")),
         (Data::C64(a), Data::C64(b)) => a
             .iter()
             .zip(b)
             .enumerate()
-            .find(|(_, (a, b))| !(close(a.re, b.re) && close(a.im, b.im)))
-            .map(|(i, (a, b))| format!("element {i}: {a} vs {b}")),
+            .find(|(i, (a, b))| {
+                !(close(a.re, b.re, rel, bound(*i)) && close(a.im, b.im, rel, bound(*i)))
+            })
+            .map(|(i, (a, b))| format!("element {i}: {a} vs {b} (bound {})", bound(i))),
         (Data::I32(a), Data::I32(b)) => a
             .iter()
             .zip(b)
@@ -582,6 +588,57 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
         )),
     };
     worst.map_or(Ok(()), Err)
+}
+
+/// The error bound of a `quant_linear` output of `case` on quantized
+/// activations (see [`Tolerance::QuantizedActivations`]): per output,
+/// `Σ_t Σ_j |ŵ_t[i, j]| · step_j / 2`. Its operands are the case's inputs
+/// and stored codes.
+fn quant_linear_bounds(
+    case: &Case,
+    output: ValueId,
+    step: fn(usize, Granularity, &[Complex32]) -> Vec<f32>,
+) -> Result<Vec<f32>, String> {
+    let node = case.graph.node(output);
+    let Op::QuantLinear { granularity, .. } = node.op else {
+        return Err("not a quant_linear".into());
+    };
+    let input = |v: ValueId| match &case.graph.node(v).op {
+        Op::Input { name } => case.inputs.get(name).ok_or(format!("no input {name}")),
+        op => Err(format!("operand {v} is a {}, not an input", op.mnemonic())),
+    };
+    let x = input(node.operands[0])?.as_c64().ok_or("x must be c64")?;
+    let mut magnitude: Vec<f32> = Vec::new();
+    let mut m = 0;
+    for pair in node.operands[1..].chunks_exact(2) {
+        let Op::Weight { name } = &case.graph.node(pair[0]).op else {
+            return Err("codes must be stored".into());
+        };
+        let (ty, bytes) = &case.store.codes[name];
+        let dims = ty.shape.concrete().ok_or("symbolic codes")?;
+        let n = dims[0];
+        m = dims[1];
+        let q = PhaseQuantized {
+            codes: unpack_code_rows(bytes, n, m).map_err(|e| e.to_string())?,
+            scales: input(pair[1])?
+                .as_f32()
+                .ok_or("scales must be f32")?
+                .to_vec(),
+        };
+        let w = dequantize(&q, n, m, granularity).map_err(|e| e.to_string())?;
+        magnitude.resize(n * m, 0.0);
+        for (a, w) in magnitude.iter_mut().zip(&w) {
+            *a += w.norm();
+        }
+    }
+    let mut bounds = Vec::new();
+    for row in x.chunks(m.max(1)).filter(|_| m > 0) {
+        let steps = step(m, granularity, row);
+        for weights in magnitude.chunks(m) {
+            bounds.push(weights.iter().zip(&steps).map(|(w, s)| w * s / 2.0).sum());
+        }
+    }
+    Ok(bounds)
 }
 
 /// Runs the suite on `backend` against the reference backend.
@@ -610,8 +667,17 @@ pub fn run(backend: &dyn Backend) -> Report {
         match outputs(backend) {
             Ok(got) => {
                 for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                    if let Err(e) = compare(g, w) {
-                        let op = case.graph.node(case.graph.outputs[k]).op.mnemonic();
+                    let output = case.graph.outputs[k];
+                    let op = &case.graph.node(output).op;
+                    let checked = match backend.tolerance(op) {
+                        Tolerance::Relative(rel) => compare(g, w, rel, None),
+                        Tolerance::QuantizedActivations { rel, step } => {
+                            quant_linear_bounds(case, output, step)
+                                .and_then(|b| compare(g, w, rel, Some(&b)))
+                        }
+                    };
+                    if let Err(e) = checked {
+                        let op = op.mnemonic();
                         failures.push(format!("{}: output {k} ({op}): {e}", case.name));
                     }
                 }

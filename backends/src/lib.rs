@@ -10,6 +10,7 @@
 //! stay packed) and a [`MemoryPlan`] into a [`Program`].
 
 pub mod conformance;
+pub mod cpu;
 pub mod plan;
 pub mod reference;
 pub mod state;
@@ -20,8 +21,10 @@ use std::sync::Arc;
 
 use fairyc_ir::cost::TargetCost;
 use fairyc_ir::decompose::lower_composites;
-use fairyc_ir::{verify, Graph, Op, OpKind, WeightStore};
+use fairyc_ir::{verify, Granularity, Graph, Op, OpKind, WeightStore};
+use num_complex::Complex32;
 
+pub use cpu::Cranelift;
 pub use plan::MemoryPlan;
 pub use reference::Reference;
 pub use tensor::{Data, Tensor};
@@ -71,6 +74,35 @@ pub trait Backend: Sync {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Box<dyn Program>, BackendError>;
+
+    /// How far its outputs of `op` may be from the reference backend's
+    /// (what the conformance suite allows).
+    fn tolerance(&self, _op: &Op) -> Tolerance {
+        Tolerance::default()
+    }
+}
+
+/// How far a backend's outputs may be from the reference backend's.
+#[derive(Clone, Copy, Debug)]
+pub enum Tolerance {
+    /// `|got − want| ≤ rel · max(|want|, 1)` per real number.
+    Relative(f32),
+    /// `quant_linear` on activations quantized to integers: `step(m,
+    /// granularity, row)` is the step of each input of a row (its real and
+    /// imaginary parts share it). Rounding moves each part of an input by
+    /// at most half a step and each code picks one part, so each part of
+    /// output `i` may be off by `Σ_t Σ_j |ŵ_t[i, j]| · step_j / 2` (the
+    /// stages' dequantized weights) beyond `Relative(rel)`.
+    QuantizedActivations {
+        rel: f32,
+        step: fn(usize, Granularity, &[Complex32]) -> Vec<f32>,
+    },
+}
+
+impl Default for Tolerance {
+    fn default() -> Tolerance {
+        Tolerance::Relative(1e-4)
+    }
 }
 
 /// A graph compiled for one backend, ready to run.

@@ -31,6 +31,29 @@ pub struct Executor {
     /// Which nodes depend on weights alone (`plan.resident`) and when each
     /// value dies (`plan.last_use`): values are freed after their last reader.
     plan: MemoryPlan,
+    /// A backend's own kernels for some nodes ([`Kernels`]), by node.
+    kernels: HashMap<usize, Box<dyn NodeKernel>>,
+}
+
+/// Kernels a backend runs instead of the reference's for some ops: how a
+/// faster backend reuses this executor for every other op.
+pub trait Kernels: Sync {
+    /// A kernel for a node of `op`, prepared at load from the operands
+    /// known then (weights and weight expressions; `None` for the others),
+    /// or `None` to run the reference kernel.
+    fn prepare(
+        &self,
+        op: &Op,
+        constants: &[Option<&Tensor>],
+    ) -> Result<Option<Box<dyn NodeKernel>>, String>;
+}
+
+/// One node's kernel: its operands in, its value out.
+pub trait NodeKernel: Send + Sync {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String>;
+
+    /// Bytes it holds (weights re-laid for it).
+    fn bytes(&self) -> usize;
 }
 
 impl Executor {
@@ -43,16 +66,47 @@ impl Executor {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Executor, BackendError> {
+        Executor::with_kernels(graph, store, on_weight, None)
+    }
+
+    /// [`Executor::new`], running the nodes `kernels` prepares a kernel
+    /// for with that kernel.
+    pub fn with_kernels(
+        graph: Graph,
+        store: &dyn WeightStore,
+        on_weight: &(dyn Fn(&str) + Sync),
+        kernels: Option<&dyn Kernels>,
+    ) -> Result<Executor, BackendError> {
         verify(&graph)?;
         verify_weights(&graph, store)?;
         let weights = load_weights(&graph, store, on_weight)?;
         let plan = MemoryPlan::new(&graph, 1);
         let keep = vec![false; graph.nodes.len()];
         let (constants, _) = fold_constants(&graph, weights, &plan.last_use, keep)?;
+        let mut prepared = HashMap::new();
+        if let Some(kernels) = kernels {
+            for (i, node) in graph.nodes.iter().enumerate() {
+                if plan.resident[i] || matches!(node.op, Op::Input { .. }) {
+                    continue;
+                }
+                let known: Vec<Option<&Tensor>> = node
+                    .operands
+                    .iter()
+                    .map(|v| constants.get(&v.0).map(|t| t.as_ref()))
+                    .collect();
+                let kernel = kernels.prepare(&node.op, &known).map_err(|e| {
+                    BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic()))
+                })?;
+                if let Some(k) = kernel {
+                    prepared.insert(i, k);
+                }
+            }
+        }
         Ok(Executor {
             graph,
             constants,
             plan,
+            kernels: prepared,
         })
     }
 
@@ -62,7 +116,8 @@ impl Executor {
 
     /// Bytes held for weights and weight expressions.
     pub fn resident_weight_bytes(&self) -> usize {
-        self.constants.values().map(|t| t.bytes()).sum()
+        let kernels: usize = self.kernels.values().map(|k| k.bytes()).sum();
+        kernels + self.constants.values().map(|t| t.bytes()).sum::<usize>()
     }
 
     /// Runs the graph on named inputs; returns the graph's outputs.
@@ -105,7 +160,13 @@ impl Executor {
                             .iter()
                             .map(|v| values[v.0].as_deref().expect("operands are computed first"))
                             .collect();
-                        Arc::new(eval(op, &args, &bindings).map_err(error)?)
+                        Arc::new(
+                            match self.kernels.get(&i) {
+                                Some(k) => k.run(&args),
+                                None => eval(op, &args, &bindings),
+                            }
+                            .map_err(error)?,
+                        )
                     }
                 }
             };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::{Graph, Op, OpKind, WeightStore};
 
-pub use executor::{evaluate_constants, Executor};
+pub use executor::{evaluate_constants, Executor, Kernels, NodeKernel};
 
 use crate::{Backend, BackendError, Program};
 

@@ -1,0 +1,147 @@
+//! The CPU backend: `quant_linear` runs a table-look-up kernel generated
+//! through Cranelift for the host ([`kernel`] describes it, [`cranelift`]
+//! emits it, [`lut`] lays out its data); every other op runs the reference
+//! executor's kernels.
+//!
+//! Its activations are quantized to integers per block, so its
+//! `quant_linear` is not exact: [`Backend::tolerance`] gives the bound.
+
+pub mod cranelift;
+pub mod kernel;
+pub mod lut;
+
+use std::sync::Arc;
+
+use fairyc_ir::cost::{FlopCost, TargetCost};
+use fairyc_ir::{Granularity, Graph, Op, WeightStore};
+use num_complex::Complex32;
+
+use crate::reference::{Executor, Kernels, NodeKernel};
+use crate::tensor::{Data, Tensor};
+use crate::{Backend, BackendError, Program, Tolerance};
+use lut::{Blocks, LutLayer};
+
+/// The CPU backend with Cranelift-generated kernels (`--backend cranelift`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cranelift;
+
+impl Backend for Cranelift {
+    fn name(&self) -> &'static str {
+        "cranelift"
+    }
+
+    fn target_cost(&self) -> Arc<dyn TargetCost> {
+        Arc::new(FlopCost::default())
+    }
+
+    fn supports(&self, _op: &Op) -> bool {
+        true
+    }
+
+    fn compile(
+        &self,
+        graph: Graph,
+        store: &dyn WeightStore,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Box<dyn Program>, BackendError> {
+        Ok(Box::new(Executor::with_kernels(
+            graph,
+            store,
+            on_weight,
+            Some(&LutKernels),
+        )?))
+    }
+
+    fn tolerance(&self, op: &Op) -> Tolerance {
+        match op {
+            Op::QuantLinear { .. } => Tolerance::QuantizedActivations {
+                rel: 1e-4,
+                step: activation_steps,
+            },
+            _ => Tolerance::default(),
+        }
+    }
+}
+
+/// The step of each input's integers in one row of `quant_linear`'s input.
+fn activation_steps(m: usize, granularity: Granularity, row: &[Complex32]) -> Vec<f32> {
+    Blocks::new(m, granularity).steps(row)
+}
+
+/// Prepares the look-up-table kernel for `quant_linear` nodes whose codes
+/// are weights (known at load).
+struct LutKernels;
+
+impl Kernels for LutKernels {
+    fn prepare(
+        &self,
+        op: &Op,
+        constants: &[Option<&Tensor>],
+    ) -> Result<Option<Box<dyn NodeKernel>>, String> {
+        let Op::QuantLinear {
+            u_stages,
+            granularity,
+            ..
+        } = op
+        else {
+            return Ok(None);
+        };
+        let mut stages = Vec::new();
+        let mut shape = None;
+        for t in constants[1..].iter().step_by(2) {
+            match t {
+                Some(Tensor {
+                    shape: s,
+                    data: Data::Codes(packed),
+                }) => {
+                    shape = Some((s[0], s[1]));
+                    stages.push(&packed[..]);
+                }
+                _ => return Ok(None),
+            }
+        }
+        let Some((n, m)) = shape else {
+            return Ok(None);
+        };
+        let layer = LutLayer::new(n, m, *u_stages, &stages, *granularity)?;
+        Ok(Some(Box::new(LutNode { layer, n, m })))
+    }
+}
+
+struct LutNode {
+    layer: LutLayer,
+    n: usize,
+    m: usize,
+}
+
+impl NodeKernel for LutNode {
+    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
+        let x = args[0]
+            .as_c64()
+            .ok_or_else(|| format!("input must be c64, got {}", args[0].dtype_name()))?;
+        let scales = args[2..]
+            .iter()
+            .step_by(2)
+            .map(|t| {
+                t.as_f32()
+                    .ok_or_else(|| format!("scales must be f32, got {}", t.dtype_name()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let lead = &args[0].shape[..args[0].shape.len() - 1];
+        let rows = lead.iter().product();
+        let mut shape = lead.to_vec();
+        shape.push(self.n);
+        if x.len() != rows * self.m {
+            return Err(format!(
+                "input has {} elements, want {rows} rows of {}",
+                x.len(),
+                self.m
+            ));
+        }
+        Ok(Tensor::c64(shape, self.layer.run(x, rows, &scales)?))
+    }
+
+    fn bytes(&self) -> usize {
+        self.layer.bytes()
+    }
+}
