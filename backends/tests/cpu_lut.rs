@@ -73,7 +73,7 @@ fn lut_quant_linear_is_within_the_activation_bound() {
                 let packed: Vec<&[u8]> = codes.iter().map(|c| c.as_slice()).collect();
                 let layer = LutLayer::new(n, m, u_stages, &packed, granularity).unwrap();
                 let scale_refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
-                let got = layer.run(&x, rows, &scale_refs).unwrap();
+                let got = layer.run(&x, rows, &layer.factors(&scale_refs).unwrap());
                 // Σ_t |ŵ_t[i, j]|, then the bound per output.
                 let mut magnitude = vec![0.0f32; n * m];
                 for (c, s) in codes.iter().zip(&scales) {

@@ -100,11 +100,16 @@ pub struct LutLayer {
     u_stages: usize,
     granularity: Granularity,
     blocks: Blocks,
+    /// Every block's input columns.
+    columns: Vec<Option<usize>>,
     desc: LutKernel,
     kernel: KernelFn,
     /// `[tiles][blocks][stages][block_pairs/2][16]`.
     codes: Vec<u8>,
 }
+
+/// The stages' scales as the kernel reads them (see [`LutLayer::factors`]).
+pub struct Factors(Vec<f32>);
 
 impl LutLayer {
     /// Re-lays the packed codes `code2[n, m]` of every stage (U first).
@@ -154,6 +159,7 @@ impl LutLayer {
             u_stages,
             granularity,
             blocks,
+            columns,
             desc,
             kernel,
             codes,
@@ -164,50 +170,54 @@ impl LutLayer {
         self.codes.len()
     }
 
-    /// `x[rows, m]` through the layer with the stages' `scales` (as
-    /// `dequant` reads them): `[rows, n]`.
-    pub fn run(
-        &self,
-        x: &[Complex32],
-        rows: usize,
-        scales: &[&[f32]],
-    ) -> Result<Vec<Complex32>, String> {
+    /// `x[rows, m]` through the layer with the stages' scales (`factors`):
+    /// `[rows, n]`.
+    pub fn run(&self, x: &[Complex32], rows: usize, factors: &Factors) -> Vec<Complex32> {
         let (n, m) = (self.n, self.m);
         let mut y = vec![Complex32::new(0.0, 0.0); rows * n];
         if rows == 0 || n == 0 || m == 0 {
-            return Ok(y);
+            return y;
         }
-        let factors = self.factors(scales)?;
-        let tables: Vec<(Vec<u8>, Vec<f32>)> = x
-            .par_chunks(m)
-            .map(|row| tables(&self.blocks, row))
-            .collect();
+        let factors = &factors.0;
+        // With one thread, the calling thread does the work: handing it to
+        // the pool costs a wake-up per call, as much as a small layer.
+        let parallel = rayon::current_num_threads() > 1;
+        let tables: Vec<(Vec<u8>, Vec<f32>)> = if parallel && rows > 1 {
+            x.par_chunks(m).map(|row| self.tables(row)).collect()
+        } else {
+            x.chunks(m).map(|row| self.tables(row)).collect()
+        };
         let per_tile = self.blocks.count() * self.desc.codes_per_block();
         let factors_per_tile = self.blocks.groups * self.desc.scales_per_group();
-        let tiles: Vec<Vec<f32>> = (0..n.div_ceil(ROWS))
-            .into_par_iter()
-            .map(|tile| {
-                let mut out = vec![0.0f32; rows * 2 * ROWS];
-                let codes = &self.codes[tile * per_tile..][..per_tile];
-                let factors = &factors[tile * factors_per_tile..][..factors_per_tile];
-                for ((t, steps), out) in tables.iter().zip(out.chunks_mut(2 * ROWS)) {
-                    // SAFETY: every buffer has the size and layout the
-                    // kernel's calling convention names for `self.desc`.
-                    unsafe {
-                        (self.kernel)(
-                            t.as_ptr(),
-                            steps.as_ptr(),
-                            codes.as_ptr(),
-                            factors.as_ptr(),
-                            out.as_mut_ptr(),
-                            self.blocks.groups as u64,
-                            self.blocks.blocks_per_group as u64,
-                        )
-                    };
-                }
-                out
-            })
-            .collect();
+        let run_tile = |tile: usize| {
+            let mut out = vec![0.0f32; rows * 2 * ROWS];
+            let codes = &self.codes[tile * per_tile..][..per_tile];
+            let factors = &factors[tile * factors_per_tile..][..factors_per_tile];
+            for ((t, steps), out) in tables.iter().zip(out.chunks_mut(2 * ROWS)) {
+                // SAFETY: every buffer has the size and layout the
+                // kernel's calling convention names for `self.desc`.
+                unsafe {
+                    (self.kernel)(
+                        t.as_ptr(),
+                        steps.as_ptr(),
+                        codes.as_ptr(),
+                        factors.as_ptr(),
+                        out.as_mut_ptr(),
+                        self.blocks.groups as u64,
+                        self.blocks.blocks_per_group as u64,
+                    )
+                };
+            }
+            out
+        };
+        let tiles: Vec<Vec<f32>> = if parallel {
+            (0..n.div_ceil(ROWS))
+                .into_par_iter()
+                .map(run_tile)
+                .collect()
+        } else {
+            (0..n.div_ceil(ROWS)).map(run_tile).collect()
+        };
         for (tile, out) in tiles.iter().enumerate() {
             for (r, lanes) in out.chunks(2 * ROWS).enumerate() {
                 for q in 0..ROWS {
@@ -218,12 +228,13 @@ impl LutLayer {
                 }
             }
         }
-        Ok(y)
+        y
     }
 
     /// The kernel's per-tile factors `[tiles][groups][stages][A, B, C, D][16]`:
     /// U stages `(s_re, −s_im, s_re, s_im)`, conj-W stages `(s_re, s_im, −s_re, s_im)`.
-    fn factors(&self, scales: &[&[f32]]) -> Result<Vec<f32>, String> {
+    /// `scales` are the stages' scales as `dequant` reads them.
+    pub fn factors(&self, scales: &[&[f32]]) -> Result<Factors, String> {
         let (n, groups) = (self.n, self.blocks.groups);
         let want = match self.granularity {
             Granularity::Tensor => 2,
@@ -273,7 +284,50 @@ impl LutLayer {
                 }
             }
         }
-        Ok(out)
+        Ok(Factors(out))
+    }
+
+    /// The quantized activations of one row as the kernel reads them:
+    /// every block's tables (`[block_pairs][A, B, C, D][16]`, entries
+    /// `+128`) and step.
+    fn tables(&self, row: &[Complex32]) -> (Vec<u8>, Vec<f32>) {
+        let block_len = self.blocks.block_len;
+        let mut tables = vec![0u8; self.columns.len() / 2 * PAIR_TABLE_BYTES];
+        let mut steps = Vec::with_capacity(self.blocks.count());
+        for (block, out) in self
+            .columns
+            .chunks(block_len)
+            .zip(tables.chunks_mut(block_len / 2 * PAIR_TABLE_BYTES))
+        {
+            let step = block_step(block, row);
+            let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+            steps.push(step);
+            let level = |f: f32| (f * inv).round().clamp(-LEVELS, LEVELS) as i32;
+            for (pair, out) in block.chunks(2).zip(out.chunks_mut(PAIR_TABLE_BYTES)) {
+                let [(r0, i0), (r1, i1)] = [pair[0], pair[1]]
+                    .map(|c| c.map_or((0, 0), |c| (level(row[c].re), level(row[c].im))));
+                // What each code (+1, +i, -1, -i) of either input adds to A, B, C, D.
+                let first = [
+                    [r0, 0, -r0, 0],
+                    [0, i0, 0, -i0],
+                    [i0, 0, -i0, 0],
+                    [0, r0, 0, -r0],
+                ];
+                let second = [
+                    [r1, 0, -r1, 0],
+                    [0, i1, 0, -i1],
+                    [i1, 0, -i1, 0],
+                    [0, r1, 0, -r1],
+                ];
+                for sum in 0..4 {
+                    for nib in 0..16 {
+                        out[sum * 16 + nib] =
+                            (first[sum][nib & 3] + second[sum][nib >> 2] + ENTRY_OFFSET) as u8;
+                    }
+                }
+            }
+        }
+        (tables, steps)
     }
 }
 
@@ -286,38 +340,4 @@ fn code_byte(row: &[u8], columns: &[Option<usize>]) -> u8 {
             Some(c) => byte | (((row[c / 4] >> (2 * (c % 4))) & 0b11) << (2 * e)),
             None => byte,
         })
-}
-
-/// The quantized activations of one row as the kernel reads them: every
-/// block's tables (`[block_pairs][A, B, C, D][16]`, entries `+128`) and
-/// step.
-fn tables(blocks: &Blocks, row: &[Complex32]) -> (Vec<u8>, Vec<f32>) {
-    let columns = blocks.columns();
-    let mut tables = vec![0u8; columns.len() / 2 * PAIR_TABLE_BYTES];
-    let mut steps = Vec::with_capacity(blocks.count());
-    for (block, out) in columns
-        .chunks(blocks.block_len)
-        .zip(tables.chunks_mut(blocks.block_len / 2 * PAIR_TABLE_BYTES))
-    {
-        let step = block_step(block, row);
-        let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
-        steps.push(step);
-        for (pair, out) in block.chunks(2).zip(out.chunks_mut(PAIR_TABLE_BYTES)) {
-            // What each code of each input adds to A, B, C, D.
-            let add = |c: Option<usize>| {
-                let v = c.map_or(Complex32::new(0.0, 0.0), |c| row[c] * inv);
-                let level = |f: f32| (f.round() as i32).clamp(-(LEVELS as i32), LEVELS as i32);
-                let (r, i) = (level(v.re), level(v.im));
-                [[r, 0, i, 0], [0, i, 0, r], [-r, 0, -i, 0], [0, -i, 0, -r]]
-            };
-            let (first, second) = (add(pair[0]), add(pair[1]));
-            for nib in 0..16 {
-                let (a, b) = (&first[nib & 3], &second[nib >> 2]);
-                for sum in 0..4 {
-                    out[sum * 16 + nib] = (a[sum] + b[sum] + ENTRY_OFFSET) as u8;
-                }
-            }
-        }
-    }
-    (tables, steps)
 }

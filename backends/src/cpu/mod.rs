@@ -19,7 +19,7 @@ use num_complex::Complex32;
 use crate::reference::{Executor, Kernels, NodeKernel};
 use crate::tensor::{Data, Tensor};
 use crate::{Backend, BackendError, Program, Tolerance};
-use lut::{Blocks, LutLayer};
+use lut::{Blocks, Factors, LutLayer};
 
 /// The CPU backend with Cranelift-generated kernels (`--backend cranelift`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,12 +104,25 @@ impl Kernels for LutKernels {
             return Ok(None);
         };
         let layer = LutLayer::new(n, m, *u_stages, &stages, *granularity)?;
-        Ok(Some(Box::new(LutNode { layer, n, m })))
+        // Scales that are weights too are laid out once, here.
+        let scales: Option<Vec<&[f32]>> = constants[2..]
+            .iter()
+            .step_by(2)
+            .map(|t| t.and_then(|t| t.as_f32()))
+            .collect();
+        let factors = scales.map(|s| layer.factors(&s)).transpose()?;
+        Ok(Some(Box::new(LutNode {
+            layer,
+            factors,
+            n,
+            m,
+        })))
     }
 }
 
 struct LutNode {
     layer: LutLayer,
+    factors: Option<Factors>,
     n: usize,
     m: usize,
 }
@@ -119,14 +132,6 @@ impl NodeKernel for LutNode {
         let x = args[0]
             .as_c64()
             .ok_or_else(|| format!("input must be c64, got {}", args[0].dtype_name()))?;
-        let scales = args[2..]
-            .iter()
-            .step_by(2)
-            .map(|t| {
-                t.as_f32()
-                    .ok_or_else(|| format!("scales must be f32, got {}", t.dtype_name()))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
         let lead = &args[0].shape[..args[0].shape.len() - 1];
         let rows = lead.iter().product();
         let mut shape = lead.to_vec();
@@ -138,7 +143,23 @@ impl NodeKernel for LutNode {
                 self.m
             ));
         }
-        Ok(Tensor::c64(shape, self.layer.run(x, rows, &scales)?))
+        let computed;
+        let factors = match &self.factors {
+            Some(f) => f,
+            None => {
+                let scales = args[2..]
+                    .iter()
+                    .step_by(2)
+                    .map(|t| {
+                        t.as_f32()
+                            .ok_or_else(|| format!("scales must be f32, got {}", t.dtype_name()))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                computed = self.layer.factors(&scales)?;
+                &computed
+            }
+        };
+        Ok(Tensor::c64(shape, self.layer.run(x, rows, factors)))
     }
 
     fn bytes(&self) -> usize {
