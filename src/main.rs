@@ -297,7 +297,8 @@ enum Command {
         logits: Option<PathBuf>,
         #[command(flatten)]
         quant: QuantArgs,
-        #[arg(long, value_enum, default_value_t = BackendArg::Reference)]
+        /// Default: cranelift where the host runs it (it decodes faster).
+        #[arg(long, value_enum, default_value_t = BackendArg::fastest())]
         backend: BackendArg,
     },
     /// Perplexity of a text file.
@@ -317,7 +318,8 @@ enum Command {
         max_windows: Option<usize>,
         #[command(flatten)]
         quant: QuantArgs,
-        #[arg(long, value_enum, default_value_t = BackendArg::Reference)]
+        /// Default: cranelift where the host runs it (it decodes faster).
+        #[arg(long, value_enum, default_value_t = BackendArg::fastest())]
         backend: BackendArg,
     },
 }
@@ -332,6 +334,14 @@ enum BackendArg {
 }
 
 impl BackendArg {
+    fn fastest() -> BackendArg {
+        if fairyc_backends::cpu::cranelift::host_supported() {
+            BackendArg::Cranelift
+        } else {
+            BackendArg::Reference
+        }
+    }
+
     fn backend(self) -> Box<dyn Backend> {
         match self {
             BackendArg::Reference => Box::new(Reference::default()),

@@ -54,8 +54,16 @@ pub fn kernel(desc: LutKernel) -> Result<KernelFn, String> {
     Ok(f)
 }
 
+/// Whether the host runs the generated kernels (x86-64 with SSSE3).
+pub fn host_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("ssse3");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 fn compile(desc: LutKernel) -> Result<KernelFn, String> {
-    if !std::arch::is_x86_feature_detected!("ssse3") {
+    if !host_supported() {
         return Err("the Cranelift kernels need an x86-64 host with SSSE3".into());
     }
     let mut flags = settings::builder();
