@@ -52,7 +52,7 @@ impl Blocks {
     }
 
     /// The input column at `offset` of block `block`, or `None` for padding.
-    pub fn column(&self, block: usize, offset: usize) -> Option<usize> {
+    fn column(&self, block: usize, offset: usize) -> Option<usize> {
         let (group, within) = (block / self.blocks_per_group, block % self.blocks_per_group);
         let o = within * self.block_len + offset;
         let start = group * self.group_len;
