@@ -128,11 +128,12 @@ struct LutNode {
 }
 
 impl NodeKernel for LutNode {
-    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String> {
-        let x = args[0]
+    fn run(&self, args: &[Option<&Tensor>]) -> Result<Tensor, String> {
+        let input = args[0].ok_or("the input is missing")?;
+        let x = input
             .as_c64()
-            .ok_or_else(|| format!("input must be c64, got {}", args[0].dtype_name()))?;
-        let lead = &args[0].shape[..args[0].shape.len() - 1];
+            .ok_or_else(|| format!("input must be c64, got {}", input.dtype_name()))?;
+        let lead = &input.shape[..input.shape.len() - 1];
         let rows = lead.iter().product();
         let mut shape = lead.to_vec();
         shape.push(self.n);
@@ -151,6 +152,7 @@ impl NodeKernel for LutNode {
                     .iter()
                     .step_by(2)
                     .map(|t| {
+                        let t = t.ok_or("scales are missing")?;
                         t.as_f32()
                             .ok_or_else(|| format!("scales must be f32, got {}", t.dtype_name()))
                     })

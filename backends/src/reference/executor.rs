@@ -48,9 +48,10 @@ pub trait Kernels: Sync {
     ) -> Result<Option<Box<dyn NodeKernel>>, String>;
 }
 
-/// One node's kernel: its operands in, its value out.
+/// One node's kernel: its operands in, its value out. Operands known at
+/// load that only such kernels read are not kept: they come as `None`.
 pub trait NodeKernel: Send + Sync {
-    fn run(&self, args: &[&Tensor]) -> Result<Tensor, String>;
+    fn run(&self, args: &[Option<&Tensor>]) -> Result<Tensor, String>;
 
     /// Bytes it holds (weights re-laid for it).
     fn bytes(&self) -> usize;
@@ -102,6 +103,21 @@ impl Executor {
                 }
             }
         }
+        // What only substituted kernels read they took at load (codes
+        // re-laid for them): not kept twice.
+        let mut read = vec![false; graph.nodes.len()];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if !plan.resident[i] && !prepared.contains_key(&i) {
+                for v in &node.operands {
+                    read[v.0] = true;
+                }
+            }
+        }
+        for v in &graph.outputs {
+            read[v.0] = true;
+        }
+        let mut constants = constants;
+        constants.retain(|i, _| read[*i]);
         Ok(Executor {
             graph,
             constants,
@@ -154,19 +170,20 @@ impl Executor {
                             extend_rows(&mut grown, rows).map_err(error)?;
                         }
                         Arc::new(grown)
+                    } else if let Some(k) = self.kernels.get(&i) {
+                        let args: Vec<Option<&Tensor>> = node
+                            .operands
+                            .iter()
+                            .map(|v| values[v.0].as_deref())
+                            .collect();
+                        Arc::new(k.run(&args).map_err(error)?)
                     } else {
                         let args: Vec<&Tensor> = node
                             .operands
                             .iter()
                             .map(|v| values[v.0].as_deref().expect("operands are computed first"))
                             .collect();
-                        Arc::new(
-                            match self.kernels.get(&i) {
-                                Some(k) => k.run(&args),
-                                None => eval(op, &args, &bindings),
-                            }
-                            .map_err(error)?,
-                        )
+                        Arc::new(eval(op, &args, &bindings).map_err(error)?)
                     }
                 }
             };
