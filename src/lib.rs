@@ -18,6 +18,7 @@
 pub mod compile;
 pub mod plot;
 pub mod report;
+pub mod serve;
 pub mod train;
 
 use std::path::Path;
@@ -163,21 +164,22 @@ impl Model {
     /// template with `chat`, otherwise the plain text (no BOS is added
     /// unless the tokenizer asks for it).
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>, Error> {
-        let mut ids = Vec::new();
-        let text = if chat {
-            self.tokenizer
-                .apply_chat_template(&[ChatMessage::new("user", prompt)], true)?
-        } else {
-            if self.tokenizer.add_bos() {
-                ids.extend(self.tokenizer.bos_id());
-            }
-            prompt.to_string()
-        };
-        ids.extend(self.tokenizer.encode(&text, chat)?);
-        if ids.is_empty() {
-            return Err(Error::Usage("the prompt encodes to no tokens".into()));
+        if chat {
+            return self.encode_chat(&[ChatMessage::new("user", prompt)]);
         }
-        Ok(ids)
+        let mut ids = Vec::new();
+        if self.tokenizer.add_bos() {
+            ids.extend(self.tokenizer.bos_id());
+        }
+        ids.extend(self.tokenizer.encode(prompt, false)?);
+        nonempty(ids)
+    }
+
+    /// Token ids of a conversation through the model's chat template, ready
+    /// for the assistant's turn (special tokens in the rendered text count).
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, Error> {
+        let text = self.tokenizer.apply_chat_template(messages, true)?;
+        nonempty(self.tokenizer.encode(&text, true)?)
     }
 
     /// Logits `[tokens, vocab]` after every position of `ids`.
@@ -276,6 +278,13 @@ impl Model {
         }
         Ok(result)
     }
+}
+
+fn nonempty(ids: Vec<u32>) -> Result<Vec<u32>, Error> {
+    if ids.is_empty() {
+        return Err(Error::Usage("the prompt encodes to no tokens".into()));
+    }
+    Ok(ids)
 }
 
 /// `log softmax(row)[target]`, in f64.

@@ -301,6 +301,32 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendArg::fastest())]
         backend: BackendArg,
     },
+    /// Serve the model over HTTP with OpenAI's API (/v1/chat/completions,
+    /// /v1/completions, /v1/models, /health).
+    Serve {
+        model: PathBuf,
+        /// The address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The port; 0 picks a free one (the address is printed).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Requests generating at once, each with its own KV cache.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// Requests that may wait for a slot; past that, 503.
+        #[arg(long, default_value_t = 16)]
+        queue: usize,
+        /// Tokens per request, prompt and completion (default: the
+        /// model's context length).
+        #[arg(long)]
+        ctx: Option<usize>,
+        #[command(flatten)]
+        quant: QuantArgs,
+        /// Default: cranelift where the host runs it (it decodes faster).
+        #[arg(long, value_enum, default_value_t = BackendArg::fastest())]
+        backend: BackendArg,
+    },
     /// Perplexity of a text file.
     ///
     /// The text is tokenized without BOS and cut into non-overlapping windows
@@ -502,6 +528,30 @@ fn run(command: Command) -> Result<()> {
                 generation.stop
             );
             Ok(())
+        }
+        Command::Serve {
+            model,
+            host,
+            port,
+            parallel,
+            queue,
+            ctx,
+            quant,
+            backend,
+        } => {
+            let name = model
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+            let loaded = load_with_progress(&model, &quant, false, backend)?;
+            let options = fairyc::serve::ServeOptions {
+                host,
+                port,
+                parallel,
+                queue,
+                ctx,
+                name,
+            };
+            Ok(fairyc::serve::serve(loaded, &options)?)
         }
         Command::Ppl {
             model,

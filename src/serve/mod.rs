@@ -1,0 +1,125 @@
+//! `fairyc serve`: an OpenAI-compatible HTTP server for a loaded model
+//! (axum on tokio). The HTTP side only parses, checks and streams; the
+//! model runs on one generation thread ([`scheduler`]) that interleaves
+//! up to `parallel` requests step by step.
+
+mod error;
+mod request;
+mod response;
+mod routes;
+mod scheduler;
+mod stop;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use fairyc_backends::state::state_names;
+use fairyc_ir::{DType, Graph};
+
+use crate::{Error, Model};
+use routes::App;
+use scheduler::Scheduler;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The address to listen on; loopback unless asked otherwise.
+    pub host: String,
+    /// 0 picks a free port (the address is printed).
+    pub port: u16,
+    /// Requests generating at once, each with its own KV cache.
+    pub parallel: usize,
+    /// Requests waiting for a slot; past that a request gets 503.
+    pub queue: usize,
+    /// Tokens per request (prompt and completion); the model's context
+    /// length by default, and at most that.
+    pub ctx: Option<usize>,
+    /// The model's name in the API.
+    pub name: String,
+}
+
+/// Serves `model` until interrupted (Ctrl-C).
+pub fn serve(model: Model, options: &ServeOptions) -> Result<(), Error> {
+    let ctx = context(model.graph(), options.ctx)?;
+    if options.parallel == 0 {
+        return Err(Error::Usage("--parallel must be at least 1".into()));
+    }
+    // The executor only moves bytes; the model's compute has its own thread
+    // and rayon's pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(run(model, options, ctx))
+}
+
+async fn run(model: Model, options: &ServeOptions, ctx: usize) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind((options.host.as_str(), options.port))
+        .await
+        .map_err(|e| {
+            Error::Usage(format!(
+                "cannot listen on {}:{}: {e}",
+                options.host, options.port
+            ))
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let kv = kv_bytes(model.graph(), ctx) as f64 / (1 << 20) as f64;
+    let model = Arc::new(model);
+    let app = Arc::new(App {
+        scheduler: Scheduler::start(model.clone(), options.parallel, options.queue),
+        model,
+        name: options.name.clone(),
+        ctx,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        requests: AtomicU64::new(0),
+    });
+    eprintln!(
+        "serving {} on http://{address} ({} slots of {ctx} tokens, KV cache up to {kv:.1} MiB each; {} may wait)",
+        options.name, options.parallel, options.queue
+    );
+    axum::serve(listener, routes::router(app))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("the server failed: {e}")))
+}
+
+/// Tokens per request: `--ctx`, bounded by the model's context length.
+fn context(graph: &Graph, asked: Option<usize>) -> Result<usize, Error> {
+    let model = graph
+        .meta
+        .get("context_length")
+        .and_then(|c| c.parse::<usize>().ok());
+    match (asked, model) {
+        (Some(0), _) => Err(Error::Usage("--ctx must be at least 1".into())),
+        (Some(c), Some(m)) if c > m => Err(Error::Usage(format!(
+            "--ctx {c} is past the model's context length {m}"
+        ))),
+        (Some(c), _) => Ok(c),
+        (None, Some(m)) => Ok(m),
+        (None, None) => Err(Error::Usage(
+            "the model states no context length: pass --ctx".into(),
+        )),
+    }
+}
+
+/// The KV cache of one request at `ctx` tokens: every state input's row
+/// width times `ctx`.
+fn kv_bytes(graph: &Graph, ctx: usize) -> usize {
+    let names = state_names(graph);
+    graph
+        .inputs()
+        .filter(|(_, name, _)| names.iter().any(|n| n == name))
+        .filter_map(|(_, _, ty)| {
+            let width = ty.shape.dims().last()?.clone().fixed()?;
+            let element = if ty.dtype == DType::C64 { 8 } else { 4 };
+            Some(width * element * ctx)
+        })
+        .sum()
+}
