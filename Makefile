@@ -3,12 +3,15 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FAIRYC := target/release/fairyc
 PROMPT ?= What is the capital of France?
 
-.PHONY: demo test setup packages model build check clean fuzz-smoke
+.PHONY: demo test setup packages python model build check clean fuzz-smoke
 
-setup: packages model
+setup: packages python model
 
 packages:
 	bash scripts/install-packages.sh
+
+python:
+	bash scripts/install-python.sh
 
 model: $(MODEL)
 
@@ -29,7 +32,7 @@ demo: setup build
 	$(FAIRYC) compile $(MODEL) --quant w2 --timings -o models/smollm2-w2.fairy
 	$(FAIRYC) dump models/smollm2-w2.fairy --summary
 
-# Tests that need the model or ../shared fail here when those are missing
+# Tests that need the model, ../shared or the openai package fail here when those are missing
 # (FAIRYC_REQUIRE_ASSETS=1); a bare `cargo test` skips them and prints SKIPPED.
 test: setup
 	FAIRYC_REQUIRE_ASSETS=1 cargo test --release --locked --workspace

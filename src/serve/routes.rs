@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::sse::{self, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,7 +50,28 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(refuse_large_bodies))
         .with_state(app)
+}
+
+/// Refuses a body whose declared length is past the limit before reading
+/// any of it (a body without a length is cut at the limit as it is read).
+async fn refuse_large_bodies(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT as u64 => too_large().into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {BODY_LIMIT} bytes"),
+    )
 }
 
 async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -102,10 +124,7 @@ async fn generate(
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            e.status(),
-            format!("the request body is larger than {BODY_LIMIT} bytes"),
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
         status => ApiError::new(status, format!("cannot read the body: {}", e.body_text())),
     })?;
     let request = request::parse(&body, endpoint)?;
