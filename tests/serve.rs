@@ -394,6 +394,14 @@ fn bad_requests_get_json_errors_and_the_server_stays_up() {
         assert!(message.contains(says), "{what}: {error}");
         println!("{what}: {got} {message}");
     }
+    let long = json!({"prompt": "the cat sat ".repeat(40)}).to_string();
+    let (status, error) = server.post("/v1/completions", &long);
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("prompt")),
+        "{error}"
+    );
+    assert_eq!(error["error"]["code"], "context_length_exceeded", "{error}");
     let (status, error) = server.post("/v1/completions", "{\"prompt\": 5}");
     assert_eq!(
         (status, error["error"]["param"].as_str()),
@@ -530,6 +538,23 @@ fn a_full_server_answers_503_and_a_client_that_leaves_frees_its_slot() {
         "slot freed {:.0} ms after the client left",
         left.elapsed().as_secs_f64() * 1e3
     );
+
+    // So does a client that gives up waiting for a whole completion.
+    let impatient: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_millis(500)))
+        .build()
+        .into();
+    let body = completion_body("a", 4000).to_string();
+    let gave_up = impatient.post(server.url("/v1/completions")).send(body);
+    assert!(gave_up.is_err(), "4000 tokens came back within 500 ms");
+    let left = Instant::now();
+    while server.health()["active"] != 0 {
+        assert!(
+            left.elapsed() < Duration::from_secs(3),
+            "the slot was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (status, done) = server.post("/v1/completions", &completion_body("the", 4).to_string());
     assert_eq!(status, 200, "{done}");
 }

@@ -14,6 +14,16 @@ pub enum Endpoint {
     Completion,
 }
 
+impl Endpoint {
+    /// The request field that holds the prompt.
+    pub fn prompt_field(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "messages",
+            Endpoint::Completion => "prompt",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
     Chat(Vec<ChatMessage>),

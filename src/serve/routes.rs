@@ -129,7 +129,7 @@ async fn generate(
     })?;
     let request = request::parse(&body, endpoint)?;
     let prompt = tokenize(&app, request.prompt).await?;
-    let max_tokens = budget(app.ctx, prompt.len(), request.max_tokens)?;
+    let max_tokens = budget(app.ctx, prompt.len(), request.max_tokens, endpoint)?;
     let n = app.requests.fetch_add(1, Ordering::Relaxed);
     let (events, receiver) = unbounded_channel();
     app.scheduler.submit(Job {
@@ -162,20 +162,25 @@ async fn generate(
 async fn tokenize(app: &App, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
     let model = app.model.clone();
     let (param, result) = tokio::task::spawn_blocking(move || match prompt {
-        Prompt::Chat(messages) => ("messages", model.encode_chat(&messages)),
-        Prompt::Text(text) => ("prompt", model.encode_prompt(&text, false)),
+        Prompt::Chat(messages) => (Endpoint::Chat, model.encode_chat(&messages)),
+        Prompt::Text(text) => (Endpoint::Completion, model.encode_prompt(&text, false)),
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    result.map_err(|e| ApiError::invalid(param, e.to_string()))
+    result.map_err(|e| ApiError::invalid(param.prompt_field(), e.to_string()))
 }
 
 /// How many tokens a request may generate: `max_tokens`, or the rest of
 /// the context; the prompt and the completion must fit in the context.
-fn budget(ctx: usize, prompt: usize, max_tokens: Option<usize>) -> Result<usize, ApiError> {
+fn budget(
+    ctx: usize,
+    prompt: usize,
+    max_tokens: Option<usize>,
+    endpoint: Endpoint,
+) -> Result<usize, ApiError> {
     if prompt >= ctx {
         return Err(ApiError::invalid(
-            "messages",
+            endpoint.prompt_field(),
             format!(
                 "the prompt has {prompt} tokens; the context holds {ctx}, leaving none to generate"
             ),
