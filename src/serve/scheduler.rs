@@ -2,13 +2,13 @@
 //! and CPU-bound, so it never runs on the async executor). Up to
 //! `parallel` requests are active at once, each with its own `Session` (its
 //! own KV cache); every round advances each active request by one decode
-//! step, and requests join and leave between rounds (continuous batching,
+//! step, and requests join (one a round) and leave between rounds (continuous batching,
 //! one sequence per program run). Text goes back to the HTTP handlers
 //! through channels; a closed channel means the client left, and its slot
 //! is freed at the next step.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -119,23 +119,26 @@ impl Scheduler {
 fn work(model: &Model, jobs: &Receiver<Job>, load: &Load) {
     let mut active: Vec<Active<'_>> = Vec::new();
     loop {
-        // Join between rounds; block only when there is nothing to step.
-        while active.len() < load.parallel {
+        // Join between rounds, one request a round: its prefill (the whole
+        // prompt at once) stalls the others' next token, so a burst of
+        // arrivals costs them one prefill per token, not all at once, and
+        // the first to arrive gets its first token soonest. Block only when
+        // there is nothing to step.
+        if active.len() < load.parallel {
             let job = if active.is_empty() {
                 match jobs.recv() {
-                    Ok(job) => job,
+                    Ok(job) => Some(job),
                     Err(_) => return,
                 }
             } else {
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+                jobs.try_recv().ok()
             };
-            match Active::start(model, job) {
-                Some(a) => active.push(a),
-                None => {
-                    load.admitted.fetch_sub(1, Ordering::AcqRel);
+            if let Some(job) = job {
+                match Active::start(model, job) {
+                    Some(a) => active.push(a),
+                    None => {
+                        load.admitted.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             }
         }
