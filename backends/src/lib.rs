@@ -19,7 +19,7 @@ pub mod tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fairyc_ir::cost::TargetCost;
+use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::decompose::lower_composites;
 use fairyc_ir::{verify, Granularity, Graph, Op, OpKind, WeightStore};
 use num_complex::Complex32;
@@ -59,8 +59,11 @@ pub trait Backend: Sync {
     /// The name users choose it by (`--backend NAME`).
     fn name(&self) -> &'static str;
 
-    /// The prices extraction uses when compiling for this backend.
-    fn target_cost(&self) -> Arc<dyn TargetCost>;
+    /// The prices extraction uses when compiling for this backend; by
+    /// default the reference's flop counts.
+    fn target_cost(&self) -> Arc<dyn TargetCost> {
+        Arc::new(FlopCost::default())
+    }
 
     /// Whether the backend runs `op` natively. Composites it does not run
     /// are decomposed; primitives it does not run make [`prepare`] fail.

@@ -10,9 +10,6 @@ pub mod cranelift;
 pub mod kernel;
 pub mod lut;
 
-use std::sync::Arc;
-
-use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::{Granularity, Graph, Op, WeightStore};
 use num_complex::Complex32;
 
@@ -28,10 +25,6 @@ pub struct Cranelift;
 impl Backend for Cranelift {
     fn name(&self) -> &'static str {
         "cranelift"
-    }
-
-    fn target_cost(&self) -> Arc<dyn TargetCost> {
-        Arc::new(FlopCost::default())
     }
 
     fn supports(&self, _op: &Op) -> bool {

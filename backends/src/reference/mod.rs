@@ -5,9 +5,6 @@
 pub mod executor;
 pub mod kernels;
 
-use std::sync::Arc;
-
-use fairyc_ir::cost::{FlopCost, TargetCost};
 use fairyc_ir::{Graph, Op, OpKind, WeightStore};
 
 pub use executor::{evaluate_constants, Executor, Kernels, NodeKernel};
@@ -34,10 +31,6 @@ impl Reference {
 impl Backend for Reference {
     fn name(&self) -> &'static str {
         "reference"
-    }
-
-    fn target_cost(&self) -> Arc<dyn TargetCost> {
-        Arc::new(FlopCost::default())
     }
 
     fn supports(&self, op: &Op) -> bool {
