@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fairyc::compile::Precision;
 use fairyc::train::{read_records, train, Event, ModelSource, ScheduleKind, TrainConfig};
-use fairyc::{import, report, Backend, Cranelift, GenerateOptions, Imported, Model, Reference};
+use fairyc::{
+    import, report, Backend, Cranelift, Cuda, GenerateOptions, Imported, Model, Reference,
+};
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
 use fairyc_passes::autodiff::Ste;
@@ -350,13 +352,15 @@ enum Command {
     },
 }
 
-/// What runs the model: the reference backend (f32 kernels, exact) or the
+/// What runs the model: the reference backend (f32 kernels, exact), the
 /// CPU backend whose quantized layers run Cranelift-generated look-up-table
-/// kernels on int activations.
+/// kernels on int activations, or the GPU backend (PTX generated through
+/// LLVM and cuBLAS, on the first CUDA device).
 #[derive(Clone, Copy, ValueEnum)]
 enum BackendArg {
     Reference,
     Cranelift,
+    Cuda,
 }
 
 impl BackendArg {
@@ -372,6 +376,7 @@ impl BackendArg {
         match self {
             BackendArg::Reference => Box::new(Reference::default()),
             BackendArg::Cranelift => Box::new(Cranelift),
+            BackendArg::Cuda => Box::new(Cuda),
         }
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::TempDir;
-use fairyc::{Backend, Cranelift, Model, Reference};
+use fairyc::{Backend, Cranelift, Cuda, Model, Reference};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::import::import;
 use fairyc_frontend::synth::{
@@ -157,4 +157,34 @@ fn artifacts_run_from_packed_codes() {
         model.program().resident_weight_bytes(),
         code_bytes + other_bytes
     );
+}
+
+/// The float models on the GPU backend (skipped where no GPU is, unless
+/// FAIRYC_REQUIRE_GPU=1): logits within the reference's tolerance. The
+/// quantized artifacts need `quant_linear`, which has no GPU kernel yet.
+#[test]
+fn float_models_match_the_reference_on_the_gpu() {
+    if !Cuda::available() {
+        assert!(
+            std::env::var_os("FAIRYC_REQUIRE_GPU").is_none(),
+            "FAIRYC_REQUIRE_GPU is set but no CUDA device is usable"
+        );
+        eprintln!("SKIPPED: no CUDA driver or device on this machine");
+        return;
+    }
+    let dir = TempDir::new("gpu-models");
+    let llama = dir.path("llama.gguf");
+    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    let qwen = dir.path("qwen");
+    let qwen_cfg = SynthConfig {
+        architecture: Architecture::Qwen2,
+        ..SynthConfig::tiny()
+    };
+    write_hf(&qwen, &qwen_cfg, HfDtype::F32).unwrap();
+    for (name, path) in [("llama", llama), ("qwen2", qwen)] {
+        let want = logits_on(&path, &Reference::default());
+        let got = logits_on(&path, &Cuda);
+        assert_close(&format!("{name} on cuda"), &got, &want);
+        eprintln!("{name}: {} logits match on cuda", got.len());
+    }
 }

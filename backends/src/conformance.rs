@@ -21,7 +21,7 @@ use fairyc_ir::{
 };
 use num_complex::Complex32;
 
-use crate::{compile, Backend, Data, Reference, Tensor, Tolerance};
+use crate::{compile, prepare, Backend, BackendError, Data, Reference, Tensor, Tolerance};
 
 /// One graph with its inputs and stored weights.
 pub struct Case {
@@ -546,6 +546,9 @@ pub struct Report {
     pub ops: Vec<&'static str>,
     /// One line per mismatch or error, naming the case and output.
     pub failures: Vec<String>,
+    /// Cases not run because the backend does not run one of their ops
+    /// (and has no decomposition for it): case name and the error.
+    pub unsupported: Vec<String>,
 }
 
 /// Within `rel` of the reference value's size, plus `bound` (absolute).
@@ -651,7 +654,12 @@ pub fn run(backend: &dyn Backend) -> Report {
     ops.sort_unstable();
     ops.dedup();
     let mut failures = Vec::new();
+    let mut unsupported = Vec::new();
     for case in &cases {
+        if let Err(e @ BackendError::Unsupported { .. }) = prepare(backend, &case.graph) {
+            unsupported.push(format!("{}: {e}", case.name));
+            continue;
+        }
         let outputs = |b: &dyn Backend| -> Result<Vec<Tensor>, String> {
             let program =
                 compile(b, &case.graph, &case.store, &|_| {}).map_err(|e| e.to_string())?;
@@ -689,6 +697,7 @@ pub fn run(backend: &dyn Backend) -> Report {
         cases: cases.len(),
         ops,
         failures,
+        unsupported,
     }
 }
 
@@ -719,6 +728,11 @@ macro_rules! conformance_suite {
                 report.failures.len()
             );
             assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+            assert!(
+                report.unsupported.is_empty(),
+                "{}",
+                report.unsupported.join("\n")
+            );
             let missing = $crate::conformance::uncovered(&report);
             assert!(missing.is_empty(), "ops without a case: {missing:?}");
         }

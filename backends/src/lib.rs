@@ -11,6 +11,7 @@
 
 pub mod conformance;
 pub mod cpu;
+pub mod cuda;
 pub mod plan;
 pub mod reference;
 pub mod state;
@@ -25,6 +26,7 @@ use fairyc_ir::{verify, Granularity, Graph, Op, OpKind, WeightStore};
 use num_complex::Complex32;
 
 pub use cpu::Cranelift;
+pub use cuda::Cuda;
 pub use plan::MemoryPlan;
 pub use reference::Reference;
 pub use tensor::{Data, Tensor};

@@ -78,12 +78,8 @@ impl Executor {
         on_weight: &(dyn Fn(&str) + Sync),
         kernels: Option<&dyn Kernels>,
     ) -> Result<Executor, BackendError> {
-        verify(&graph)?;
-        verify_weights(&graph, store)?;
-        let weights = load_weights(&graph, store, on_weight)?;
         let plan = MemoryPlan::new(&graph, 1);
-        let keep = vec![false; graph.nodes.len()];
-        let (constants, _) = fold_constants(&graph, weights, &plan.last_use, keep)?;
+        let constants = load_resident(&graph, store, on_weight, &plan)?;
         let mut prepared = HashMap::new();
         if let Some(kernels) = kernels {
             for (i, node) in graph.nodes.iter().enumerate() {
@@ -242,42 +238,11 @@ impl Executor {
         }
     }
 
-    /// Binds symbolic dimensions (such as `seq`) from the inputs, checking
-    /// that every input is present with its declared type.
     fn bind(
         &self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<HashMap<String, usize>, BackendError> {
-        let mut bindings = HashMap::new();
-        for (_, name, ty) in self.graph.inputs() {
-            let t = inputs
-                .get(name)
-                .ok_or_else(|| BackendError::new(format!("input \"{name}\" ({ty}) is missing")))?;
-            let dtype_ok = matches!(
-                (ty.dtype, &t.data),
-                (DType::I32, Data::I32(_)) | (DType::C64, Data::C64(_))
-            ) || (ty.dtype.is_real_float() && matches!(t.data, Data::F32(_)));
-            if !dtype_ok || t.shape.len() != ty.shape.rank() {
-                return Err(BackendError::new(format!(
-                    "input \"{name}\" must be {ty}, got {} with shape {:?}",
-                    t.dtype_name(),
-                    t.shape
-                )));
-            }
-            for (d, &n) in ty.shape.dims().iter().zip(&t.shape) {
-                let ok = match d {
-                    Dim::Fixed(k) => *k == n,
-                    Dim::Sym(s) => *bindings.entry(s.clone()).or_insert(n) == n,
-                };
-                if !ok {
-                    return Err(BackendError::new(format!(
-                        "input \"{name}\" must be {ty}, got shape {:?}",
-                        t.shape
-                    )));
-                }
-            }
-        }
-        Ok(bindings)
+        bind_inputs(&self.graph, inputs)
     }
 }
 
@@ -297,6 +262,61 @@ impl Program for Executor {
     fn resident_weight_bytes(&self) -> usize {
         Executor::resident_weight_bytes(self)
     }
+}
+
+/// Binds a graph's symbolic dimensions (such as `seq`) from the inputs, checking
+/// that every input is present with its declared type.
+pub fn bind_inputs(
+    graph: &Graph,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, usize>, BackendError> {
+    let mut bindings = HashMap::new();
+    for (_, name, ty) in graph.inputs() {
+        let t = inputs
+            .get(name)
+            .ok_or_else(|| BackendError::new(format!("input \"{name}\" ({ty}) is missing")))?;
+        let dtype_ok = matches!(
+            (ty.dtype, &t.data),
+            (DType::I32, Data::I32(_)) | (DType::C64, Data::C64(_))
+        ) || (ty.dtype.is_real_float() && matches!(t.data, Data::F32(_)));
+        if !dtype_ok || t.shape.len() != ty.shape.rank() {
+            return Err(BackendError::new(format!(
+                "input \"{name}\" must be {ty}, got {} with shape {:?}",
+                t.dtype_name(),
+                t.shape
+            )));
+        }
+        for (d, &n) in ty.shape.dims().iter().zip(&t.shape) {
+            let ok = match d {
+                Dim::Fixed(k) => *k == n,
+                Dim::Sym(s) => *bindings.entry(s.clone()).or_insert(n) == n,
+            };
+            if !ok {
+                return Err(BackendError::new(format!(
+                    "input \"{name}\" must be {ty}, got shape {:?}",
+                    t.shape
+                )));
+            }
+        }
+    }
+    Ok(bindings)
+}
+
+/// Verifies `graph` against `store`, decodes every weight it references
+/// and evaluates the weight expressions once; returns those that
+/// input-dependent nodes or the outputs read (what any backend holds
+/// resident).
+pub fn load_resident(
+    graph: &Graph,
+    store: &dyn WeightStore,
+    on_weight: &(dyn Fn(&str) + Sync),
+    plan: &MemoryPlan,
+) -> Result<HashMap<usize, Arc<Tensor>>, BackendError> {
+    verify(graph)?;
+    verify_weights(graph, store)?;
+    let weights = load_weights(graph, store, on_weight)?;
+    let keep = vec![false; graph.nodes.len()];
+    Ok(fold_constants(graph, weights, &plan.last_use, keep)?.0)
 }
 
 /// Evaluates every node that depends on weights alone, in order, freeing

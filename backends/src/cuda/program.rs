@@ -1,0 +1,696 @@
+//! A graph compiled for the GPU: its kernels generated and loaded once, its
+//! weights (and weight expressions, folded on the host) resident on the
+//! device; each run uploads the inputs, launches a kernel (or a cuBLAS
+//! product) per node on one stream and downloads the outputs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use fairyc_ir::infer::infer_type;
+use fairyc_ir::{DType, Dim, Graph, Op, Shape, TensorType, WeightStore};
+use num_complex::Complex32;
+
+use super::codegen::{
+    self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS, ROW_THREADS,
+};
+use crate::plan::MemoryPlan;
+use crate::reference::{bind_inputs, load_resident};
+use crate::tensor::{Data, Tensor};
+use crate::{BackendError, Program};
+
+/// A tensor on the device: 32-bit words (f32, i32, or complex as two f32).
+#[derive(Clone)]
+struct DeviceTensor {
+    shape: Vec<usize>,
+    elem: Elem,
+    words: Arc<CudaSlice<u32>>,
+}
+
+impl DeviceTensor {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    fn word_count(&self) -> usize {
+        self.len() * words_per(self.elem)
+    }
+    fn dtype(&self) -> DType {
+        match self.elem {
+            Elem::Real => DType::F32,
+            Elem::Complex => DType::C64,
+            Elem::Int => DType::I32,
+        }
+    }
+}
+
+fn words_per(elem: Elem) -> usize {
+    if elem == Elem::Complex {
+        2
+    } else {
+        1
+    }
+}
+
+fn elem_of(dtype: DType) -> Result<Elem, String> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(Elem::Real),
+        DType::C64 => Ok(Elem::Complex),
+        DType::I32 => Ok(Elem::Int),
+        DType::Code2 => Err("2-bit codes are not yet run on the GPU".into()),
+    }
+}
+
+/// What runs for one node.
+enum Step {
+    /// A generated kernel (index into the program's functions).
+    Kernel(usize),
+    /// A dense product through cuBLAS.
+    Gemm,
+    /// A new shape over the same words.
+    Alias,
+}
+
+pub struct CudaProgram {
+    graph: Graph,
+    plan: MemoryPlan,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: Vec<CudaFunction>,
+    steps: Vec<Option<Step>>,
+    constants: HashMap<usize, DeviceTensor>,
+    /// Per `rope` node: `base^(-2j/head_dim)` for each pair `j`, in f64.
+    rope_freqs: HashMap<usize, CudaSlice<f64>>,
+    resident_bytes: usize,
+}
+
+fn driver(e: impl std::fmt::Display) -> BackendError {
+    BackendError::new(format!("CUDA: {e}"))
+}
+
+/// The kernel that runs `op`, if a generated one does.
+fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
+    let x = || Expr::Operand(0);
+    let map = |op: MapOp, arity: usize| Kernel::Map {
+        expr: Expr::Apply(op, (0..arity).map(Expr::Operand).collect()),
+        operands: operands.to_vec(),
+        out,
+    };
+    Some(match op {
+        Op::Add => map(MapOp::Add, 2),
+        Op::Sub => map(MapOp::Sub, 2),
+        Op::Mul => map(MapOp::Mul, 2),
+        Op::Div => map(MapOp::Div, 2),
+        Op::Unary { func } => map(MapOp::Unary(*func), 1),
+        Op::Silu => map(MapOp::Silu, 1),
+        Op::Scale { factor } => map(MapOp::Scale(*factor), 1),
+        Op::Fill { value } => Kernel::Map {
+            expr: Expr::Apply(MapOp::Fill(*value), vec![x()]),
+            operands: operands.to_vec(),
+            out,
+        },
+        Op::Conj => map(MapOp::Conj, 1),
+        Op::CReluSquared => map(MapOp::CReluSquared, 1),
+        Op::RmsNorm { .. } => Kernel::RmsNorm {
+            complex: out == Elem::Complex,
+        },
+        Op::Softmax => Kernel::Softmax,
+        Op::Embed => Kernel::Embed,
+        Op::Rope { layout, .. } => Kernel::Rope {
+            layout: *layout,
+            complex: out == Elem::Complex,
+        },
+        Op::Attention { .. } => Kernel::Attention,
+        Op::Slice { .. } | Op::Concat { .. } => Kernel::Copy2d,
+        Op::Transpose { .. } => Kernel::Permute,
+        _ => return None,
+    })
+}
+
+/// Whether the CUDA backend runs `op` (the table's ops it has kernels for).
+pub fn runs(op: &Op) -> bool {
+    matches!(op, Op::Linear | Op::Reshape { .. })
+        || kernel_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
+}
+
+impl CudaProgram {
+    pub fn new(
+        graph: Graph,
+        store: &dyn WeightStore,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<CudaProgram, BackendError> {
+        let plan = MemoryPlan::new(&graph, 1);
+        let host_constants = load_resident(&graph, store, on_weight, &plan)?;
+        let context = CudaContext::new(0).map_err(driver)?;
+        let stream = context.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
+
+        // One kernel per distinct specialisation.
+        let mut kernels: Vec<Kernel> = Vec::new();
+        let mut steps = Vec::with_capacity(graph.nodes.len());
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if plan.resident[i] || matches!(node.op, Op::Input { .. }) {
+                steps.push(None);
+                continue;
+            }
+            let elems = node
+                .operands
+                .iter()
+                .map(|v| elem_of(graph.node(*v).ty.dtype))
+                .chain([elem_of(node.ty.dtype)])
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
+            let (out, operands) = elems.split_last().expect("the output's element");
+            let step = match &node.op {
+                Op::Linear => Step::Gemm,
+                Op::Reshape { .. } => Step::Alias,
+                op => {
+                    let kernel = kernel_for(op, operands, *out).ok_or_else(|| {
+                        BackendError::Unsupported {
+                            backend: "cuda",
+                            op: op.mnemonic(),
+                            value: format!("%{i} in @{}", graph.name),
+                        }
+                    })?;
+                    let k = match kernels.iter().position(|k| *k == kernel) {
+                        Some(k) => k,
+                        None => {
+                            kernels.push(kernel);
+                            kernels.len() - 1
+                        }
+                    };
+                    Step::Kernel(k)
+                }
+            };
+            steps.push(Some(step));
+        }
+        let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
+        let module = context.load_module(Ptx::from_src(ptx)).map_err(driver)?;
+        let functions = kernels
+            .iter()
+            .enumerate()
+            .map(|(k, kernel)| module.load_function(&kernel.symbol(k)).map_err(driver))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut constants = HashMap::new();
+        let mut resident_bytes = 0;
+        for (i, t) in &host_constants {
+            let d = upload(&stream, t).map_err(|e| BackendError::new(format!("%{i}: {e}")))?;
+            resident_bytes += d.word_count() * 4;
+            constants.insert(*i, d);
+        }
+        let mut rope_freqs = HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let (Some(Some(_)), Op::Rope { base, head_dim, .. }) = (steps.get(i), &node.op) {
+                let freqs: Vec<f64> = (0..(head_dim / 2).max(1))
+                    .map(|j| (*base as f64).powf(-2.0 * j as f64 / *head_dim as f64))
+                    .collect();
+                rope_freqs.insert(i, stream.clone_htod(&freqs).map_err(driver)?);
+            }
+        }
+        Ok(CudaProgram {
+            graph,
+            plan,
+            stream,
+            blas,
+            functions,
+            steps,
+            constants,
+            rope_freqs,
+            resident_bytes,
+        })
+    }
+
+    fn alloc(&self, words: usize) -> Result<CudaSlice<u32>, BackendError> {
+        // SAFETY: every word is written by the node's kernel before it is read.
+        unsafe { self.stream.alloc::<u32>(words.max(1)) }.map_err(driver)
+    }
+
+    fn launch<'a>(
+        &'a self,
+        k: usize,
+        grid: u32,
+        block: u32,
+        args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+    ) -> Result<(), BackendError> {
+        if grid == 0 {
+            return Ok(());
+        }
+        let mut builder = self.stream.launch_builder(&self.functions[k]);
+        args(&mut builder);
+        let config = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match the kernel's generated signature
+        // (codegen documents each), and the sizes passed bound every access.
+        unsafe { builder.launch(config) }.map_err(driver)?;
+        Ok(())
+    }
+
+    /// Grid size of a grid-stride kernel over `n` items.
+    fn grid(n: usize) -> u32 {
+        n.div_ceil(MAP_THREADS as usize).min(132 * 64) as u32
+    }
+
+    fn eval(
+        &self,
+        i: usize,
+        step: &Step,
+        args: &[&DeviceTensor],
+        out_ty: &TensorType,
+    ) -> Result<DeviceTensor, BackendError> {
+        let node = &self.graph.nodes[i];
+        let shape = out_ty.shape.concrete().expect("bound shapes");
+        let elem = elem_of(out_ty.dtype).map_err(BackendError::new)?;
+        if let Step::Alias = step {
+            return Ok(DeviceTensor {
+                shape,
+                elem,
+                words: args[0].words.clone(),
+            });
+        }
+        let len: usize = shape.iter().product();
+        let mut out = self.alloc(len * words_per(elem))?;
+        let x = args[0];
+        match (step, &node.op) {
+            (Step::Gemm, Op::Linear) => self.linear(x, args[1], &mut out)?,
+            (Step::Kernel(k), Op::RmsNorm { eps }) => {
+                let cols = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(cols).unwrap_or(0);
+                let cols = cols as i64;
+                self.launch(*k, rows as u32, ROW_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&*args[1].words);
+                    b.arg(&cols).arg(eps);
+                })?;
+            }
+            (Step::Kernel(k), Op::Softmax) => {
+                let cols = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(cols).unwrap_or(0);
+                let cols = cols as i64;
+                self.launch(*k, rows as u32, ROW_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&cols);
+                })?;
+            }
+            (Step::Kernel(k), Op::Embed) => {
+                let table = args[1];
+                let width = table.shape[1] * words_per(table.elem);
+                let n = x.len() * width;
+                let sizes = [n as i64, width as i64];
+                self.launch(*k, Self::grid(n), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&*table.words);
+                    b.arg(&sizes[0]).arg(&sizes[1]);
+                })?;
+            }
+            (Step::Kernel(k), Op::Rope { head_dim, .. }) => {
+                let positions = args[1];
+                let width = x.shape.last().copied().unwrap_or(1);
+                let pairs = if elem == Elem::Complex {
+                    x.len()
+                } else {
+                    x.len() / 2
+                };
+                let freqs = &self.rope_freqs[&i];
+                let sizes = [pairs, width, positions.len().max(1), *head_dim].map(|v| v as i64);
+                self.launch(*k, Self::grid(pairs), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&*positions.words).arg(freqs);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (
+                Step::Kernel(k),
+                Op::Attention {
+                    heads,
+                    kv_heads,
+                    scale,
+                    causal,
+                },
+            ) => {
+                let (q, keys, values) = (x, args[1], args[2]);
+                let w = words_per(q.elem);
+                let seq = q.shape[0];
+                let kv_len = keys.shape[0];
+                let d = q.shape[1] / heads * w;
+                let dv = values.shape[1] / kv_heads * w;
+                let scores = self.alloc(seq * heads * kv_len)?;
+                let blocks = seq * heads;
+                let sizes =
+                    [seq, kv_len, *heads, *kv_heads, d, dv, usize::from(*causal)].map(|v| v as i64);
+                self.launch(*k, blocks as u32, ATTENTION_THREADS, |b| {
+                    b.arg(&out)
+                        .arg(&*q.words)
+                        .arg(&*keys.words)
+                        .arg(&*values.words);
+                    b.arg(&scores);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                    b.arg(scale);
+                })?;
+            }
+            (Step::Kernel(k), Op::Slice { axis, start, end }) => {
+                let inner = x.shape[axis + 1..].iter().product::<usize>() * words_per(elem);
+                let outer: usize = x.shape[..*axis].iter().product();
+                let cols = (end - start) * inner;
+                self.copy2d(
+                    *k,
+                    &mut out,
+                    x,
+                    outer,
+                    cols,
+                    (cols, 0),
+                    (x.shape[*axis] * inner, start * inner),
+                )?;
+            }
+            (Step::Kernel(k), Op::Concat { axis }) => {
+                let inner = shape[axis + 1..].iter().product::<usize>() * words_per(elem);
+                let outer: usize = shape[..*axis].iter().product();
+                let total = shape[*axis] * inner;
+                let mut offset = 0;
+                for part in args {
+                    let cols = part.shape[*axis] * inner;
+                    self.copy2d(*k, &mut out, part, outer, cols, (total, offset), (cols, 0))?;
+                    offset += cols;
+                }
+            }
+            (Step::Kernel(k), Op::Transpose { perm }) => {
+                let mut dims: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+                let mut source_strides = vec![0usize; x.shape.len()];
+                let mut stride = words_per(elem);
+                for a in (0..x.shape.len()).rev() {
+                    source_strides[a] = stride;
+                    stride *= x.shape[a];
+                }
+                let mut strides: Vec<usize> = perm.iter().map(|&p| source_strides[p]).collect();
+                if elem == Elem::Complex {
+                    dims.push(2);
+                    strides.push(1);
+                }
+                if dims.len() > GATHER_RANK {
+                    return Err(BackendError::new(format!(
+                        "%{i} = transpose: rank {} is past the {GATHER_RANK} the GPU kernel handles",
+                        dims.len()
+                    )));
+                }
+                let pad = GATHER_RANK - dims.len();
+                let dims: Vec<i64> = std::iter::repeat_n(1, pad)
+                    .chain(dims)
+                    .map(|v| v as i64)
+                    .collect();
+                let strides: Vec<i64> = std::iter::repeat_n(0, pad)
+                    .chain(strides)
+                    .map(|v| v as i64)
+                    .collect();
+                let n = len * words_per(elem);
+                let count = n as i64;
+                self.launch(*k, Self::grid(n), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&count);
+                    for v in dims.iter().chain(&strides) {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (Step::Kernel(k), _) => {
+                // Elementwise: operands repeat to the output's length.
+                let lens: Vec<i64> = args.iter().map(|a| a.len() as i64).collect();
+                let n = len as i64;
+                self.launch(*k, Self::grid(len), MAP_THREADS, |b| {
+                    b.arg(&out);
+                    for a in args {
+                        b.arg(&*a.words);
+                    }
+                    b.arg(&n);
+                    for l in &lens {
+                        b.arg(l);
+                    }
+                })?;
+            }
+            (_, op) => {
+                return Err(BackendError::new(format!(
+                    "%{i} = {}: no GPU step",
+                    op.mnemonic()
+                )))
+            }
+        }
+        Ok(DeviceTensor {
+            shape,
+            elem,
+            words: Arc::new(out),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy2d(
+        &self,
+        k: usize,
+        out: &mut CudaSlice<u32>,
+        src: &DeviceTensor,
+        rows: usize,
+        cols: usize,
+        (dst_stride, dst_off): (usize, usize),
+        (src_stride, src_off): (usize, usize),
+    ) -> Result<(), BackendError> {
+        let values = [rows, cols, dst_stride, dst_off, src_stride, src_off].map(|v| v as i64);
+        self.launch(k, Self::grid(rows * cols), MAP_THREADS, |b| {
+            b.arg(&*out).arg(&*src.words);
+            for v in &values {
+                b.arg(v);
+            }
+        })
+    }
+
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major) as the column-major
+    /// product `yᵀ = w · xᵀ` with `w` transposed: cuBLAS's sgemm, or cgemm
+    /// for complex operands.
+    fn linear(
+        &self,
+        x: &DeviceTensor,
+        w: &DeviceTensor,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let m: usize = x.shape[..x.shape.len() - 1].iter().product();
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            self.stream.memset_zeros(out).map_err(driver)?;
+            return Ok(());
+        }
+        let (a, _ra) = w.words.device_ptr(&self.stream);
+        let (b, _rb) = x.words.device_ptr(&self.stream);
+        let (c, _rc) = out.device_ptr_mut(&self.stream);
+        let (m, n, k) = (m as i32, n as i32, k as i32);
+        let status = if x.elem == Elem::Complex {
+            let one = blas_sys::cuComplex { x: 1.0, y: 0.0 };
+            let zero = blas_sys::cuComplex { x: 0.0, y: 0.0 };
+            // SAFETY: the pointers hold n×k, m×k and m×n complex values.
+            unsafe {
+                blas_sys::cublasCgemm_v2(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    n,
+                    m,
+                    k,
+                    &one,
+                    a as *const blas_sys::cuComplex,
+                    k,
+                    b as *const blas_sys::cuComplex,
+                    k,
+                    &zero,
+                    c as *mut blas_sys::cuComplex,
+                    n,
+                )
+            }
+        } else {
+            let (one, zero) = (1.0f32, 0.0f32);
+            // SAFETY: the pointers hold n×k, m×k and m×n floats.
+            unsafe {
+                blas_sys::cublasSgemm_v2(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    n,
+                    m,
+                    k,
+                    &one,
+                    a as *const f32,
+                    k,
+                    b as *const f32,
+                    k,
+                    &zero,
+                    c as *mut f32,
+                    n,
+                )
+            }
+        };
+        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(BackendError::new(format!("cuBLAS: {status:?}")));
+        }
+        Ok(())
+    }
+
+    /// Checks token ids bound to inputs against the tables they index (a
+    /// kernel cannot report an id past the vocabulary).
+    fn check_ids(&self, inputs: &HashMap<String, Tensor>) -> Result<(), BackendError> {
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            if node.op != Op::Embed {
+                continue;
+            }
+            let Op::Input { name } = &self.graph.node(node.operands[0]).op else {
+                continue;
+            };
+            let vocab = self.graph.node(node.operands[1]).ty.shape.dims()[0].clone();
+            let (Some(ids), Dim::Fixed(vocab)) = (inputs.get(name).and_then(|t| t.as_i32()), vocab)
+            else {
+                continue;
+            };
+            if let Some(id) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+                return Err(BackendError::new(format!(
+                    "%{i} = embed: token id {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies a host tensor to the device as words.
+fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> {
+    let (elem, words): (Elem, Vec<u32>) = match &t.data {
+        Data::F32(v) => (Elem::Real, v.iter().map(|x| x.to_bits()).collect()),
+        Data::C64(v) => (
+            Elem::Complex,
+            v.iter()
+                .flat_map(|z| [z.re.to_bits(), z.im.to_bits()])
+                .collect(),
+        ),
+        Data::I32(v) => (Elem::Int, v.iter().map(|&x| x as u32).collect()),
+        Data::Codes(_) => return Err("2-bit codes are not yet run on the GPU".into()),
+    };
+    let words = if words.is_empty() { vec![0] } else { words };
+    Ok(DeviceTensor {
+        shape: t.shape.clone(),
+        elem,
+        words: Arc::new(stream.clone_htod(&words).map_err(|e| e.to_string())?),
+    })
+}
+
+fn download(stream: &Arc<CudaStream>, t: &DeviceTensor) -> Result<Tensor, BackendError> {
+    let words = stream.clone_dtoh(&*t.words).map_err(driver)?;
+    let words = &words[..t.word_count()];
+    let shape = t.shape.clone();
+    Ok(match t.elem {
+        Elem::Real => Tensor::f32(shape, words.iter().map(|&w| f32::from_bits(w)).collect()),
+        Elem::Complex => Tensor::c64(
+            shape,
+            words
+                .chunks_exact(2)
+                .map(|p| Complex32::new(f32::from_bits(p[0]), f32::from_bits(p[1])))
+                .collect(),
+        ),
+        Elem::Int => Tensor::i32(shape, words.iter().map(|&w| w as i32).collect()),
+    })
+}
+
+/// The concrete type of node `i` from its operands' concrete types.
+fn concrete_type(
+    op: &Op,
+    operands: &[&DeviceTensor],
+    bindings: &HashMap<String, usize>,
+) -> Result<TensorType, String> {
+    let bind = |shape: &Shape| -> Result<Shape, String> {
+        shape
+            .dims()
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => Ok(*n),
+                Dim::Sym(s) => bindings
+                    .get(s)
+                    .copied()
+                    .ok_or_else(|| format!("dimension `{s}` is not bound by any input")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Shape::new)
+    };
+    let op = match op {
+        Op::Reshape { shape } => Op::Reshape {
+            shape: bind(shape)?,
+        },
+        op => op.clone(),
+    };
+    let types: Vec<TensorType> = operands
+        .iter()
+        .map(|t| TensorType::new(t.dtype(), Shape::new(t.shape.clone())))
+        .collect();
+    let refs: Vec<&TensorType> = types.iter().collect();
+    infer_type(&op, &refs)
+}
+
+impl Program for CudaProgram {
+    fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        let bindings = bind_inputs(&self.graph, &inputs)?;
+        self.check_ids(&inputs)?;
+        let mut values: Vec<Option<DeviceTensor>> = vec![None; self.graph.nodes.len()];
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            let value = match (&node.op, &self.steps[i]) {
+                (Op::Input { name }, _) => upload(&self.stream, &inputs[name])
+                    .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?,
+                (_, None) => match self.constants.get(&i) {
+                    Some(t) => t.clone(),
+                    None => continue,
+                },
+                (op, Some(step)) => {
+                    let args: Vec<&DeviceTensor> = node
+                        .operands
+                        .iter()
+                        .map(|v| values[v.0].as_ref().expect("operands are computed first"))
+                        .collect();
+                    let error =
+                        |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
+                    let ty = concrete_type(op, &args, &bindings).map_err(error)?;
+                    self.eval(i, step, &args, &ty)?
+                }
+            };
+            values[i] = Some(value);
+            for v in &node.operands {
+                if self.plan.last_use[v.0] == i {
+                    values[v.0] = None;
+                }
+            }
+        }
+        let outputs = self
+            .graph
+            .outputs
+            .iter()
+            .map(|v| {
+                download(
+                    &self.stream,
+                    values[v.0].as_ref().expect("outputs are kept"),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.stream.synchronize().map_err(driver)?;
+        Ok(outputs)
+    }
+
+    fn resident_weight_bytes(&self) -> usize {
+        self.resident_bytes
+    }
+}

@@ -1,0 +1,38 @@
+//! The CUDA backend on a GPU: the conformance suite against the reference
+//! backend. Where no GPU is (CI), it says SKIPPED and passes, unless
+//! `FAIRYC_REQUIRE_GPU=1` (set on the GPU machine) makes a missing GPU a
+//! failure.
+
+use fairyc_backends::conformance;
+use fairyc_backends::cuda::Cuda;
+
+fn gpu_or_skip() -> bool {
+    if Cuda::available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("FAIRYC_REQUIRE_GPU").is_none(),
+        "FAIRYC_REQUIRE_GPU is set but no CUDA device is usable"
+    );
+    eprintln!("SKIPPED: no CUDA driver or device on this machine");
+    false
+}
+
+#[test]
+fn conformance_suite_on_the_gpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let report = conformance::run(&Cuda);
+    let run = report.cases - report.unsupported.len();
+    eprintln!(
+        "{run} of {} cases run on the cuda backend; {} mismatches; not run (ops without a GPU kernel yet):",
+        report.cases,
+        report.failures.len()
+    );
+    for line in &report.unsupported {
+        eprintln!("  {line}");
+    }
+    assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+    assert!(run > 0, "no case ran");
+}

@@ -1,0 +1,97 @@
+//! The CUDA backend's kernels as PTX: generated on any machine (no GPU
+//! or CUDA toolkit needed), each an `.entry`, with no call left to an
+//! undefined function.
+
+use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, Kernel, MapOp};
+use fairyc_ir::{RopeLayout, UnaryFn};
+
+fn every_kernel() -> Vec<Kernel> {
+    let x = || Expr::Operand(0);
+    let mut kernels = vec![
+        Kernel::RmsNorm { complex: false },
+        Kernel::RmsNorm { complex: true },
+        Kernel::Softmax,
+        Kernel::Embed,
+        Kernel::Rope {
+            layout: RopeLayout::Interleaved,
+            complex: false,
+        },
+        Kernel::Rope {
+            layout: RopeLayout::HalfSplit,
+            complex: false,
+        },
+        Kernel::Rope {
+            layout: RopeLayout::HalfSplit,
+            complex: true,
+        },
+        Kernel::Attention,
+        Kernel::Copy2d,
+        Kernel::Permute,
+    ];
+    for func in [
+        UnaryFn::Neg,
+        UnaryFn::RoundBf16,
+        UnaryFn::Exp,
+        UnaryFn::Sqrt,
+        UnaryFn::Recip,
+        UnaryFn::Sigmoid,
+    ] {
+        kernels.push(Kernel::Map {
+            expr: Expr::Apply(MapOp::Unary(func), vec![x()]),
+            operands: vec![Elem::Real],
+            out: Elem::Real,
+        });
+    }
+    for op in [MapOp::Add, MapOp::Sub, MapOp::Mul] {
+        for elem in [Elem::Real, Elem::Complex] {
+            kernels.push(Kernel::Map {
+                expr: Expr::Apply(op.clone(), vec![x(), Expr::Operand(1)]),
+                operands: vec![elem, elem],
+                out: elem,
+            });
+        }
+    }
+    for (op, elem) in [
+        (MapOp::Conj, Elem::Complex),
+        (MapOp::CReluSquared, Elem::Complex),
+        (MapOp::Silu, Elem::Real),
+        (MapOp::Scale(0.5), Elem::Complex),
+        (MapOp::Fill(2.0), Elem::Complex),
+    ] {
+        kernels.push(Kernel::Map {
+            expr: Expr::Apply(op, vec![x()]),
+            operands: vec![elem],
+            out: elem,
+        });
+    }
+    kernels
+}
+
+#[test]
+fn every_kernel_compiles_to_ptx_for_sm_90() {
+    let kernels = every_kernel();
+    let text = ptx(&kernels).expect("PTX");
+    assert!(text.contains(".target sm_90"), "{text}");
+    for (i, k) in kernels.iter().enumerate() {
+        let entry = format!(".entry {}(", k.symbol(i));
+        assert!(text.contains(&entry), "no {entry} in the PTX");
+    }
+    // An intrinsic LLVM 19 does not know would be an undefined function.
+    assert!(!text.contains(".extern .func"), "{text}");
+}
+
+#[test]
+#[ignore]
+fn print_ptx() {
+    println!(
+        "{}",
+        ptx(&[
+            Kernel::Softmax,
+            Kernel::Rope {
+                layout: RopeLayout::HalfSplit,
+                complex: false
+            }
+        ])
+        .unwrap()
+    );
+}
