@@ -159,11 +159,11 @@ fn artifacts_run_from_packed_codes() {
     );
 }
 
-/// The float models on the GPU backend (skipped where no GPU is, unless
-/// FAIRYC_REQUIRE_GPU=1): logits within the reference's tolerance. The
-/// quantized artifacts need `quant_linear`, which has no GPU kernel yet.
+/// The models and artifacts on the GPU backend (skipped where no GPU is,
+/// unless FAIRYC_REQUIRE_GPU=1): logits within the reference's tolerance
+/// (its `quant_linear` computes in f32 from the codes, as the reference).
 #[test]
-fn float_models_match_the_reference_on_the_gpu() {
+fn models_match_the_reference_on_the_gpu() {
     if !Cuda::available() {
         assert!(
             std::env::var_os("FAIRYC_REQUIRE_GPU").is_none(),
@@ -181,10 +181,46 @@ fn float_models_match_the_reference_on_the_gpu() {
         ..SynthConfig::tiny()
     };
     write_hf(&qwen, &qwen_cfg, HfDtype::F32).unwrap();
-    for (name, path) in [("llama", llama), ("qwen2", qwen)] {
-        let want = logits_on(&path, &Reference::default());
-        let got = logits_on(&path, &Cuda);
-        assert_close(&format!("{name} on cuda"), &got, &want);
-        eprintln!("{name}: {} logits match on cuda", got.len());
+    let mut models = vec![("llama", llama.clone()), ("qwen2", qwen)];
+    for quant in ["w1", "w2", "w3"] {
+        let out = dir.path(&format!("llama-{quant}.fairy"));
+        compile_artifact(&llama, quant, &out);
+        models.push((quant, out));
     }
+    let ifairy = dir.path("ifairy");
+    write_ifairy_hf(&ifairy, &IfairySynthConfig::tiny()).unwrap();
+    let native = dir.path("ifairy.fairy");
+    compile_artifact(&ifairy, "native", &native);
+    models.push(("ifairy", ifairy));
+    models.push(("ifairy native", native));
+    // Every model runs, then every failure is reported together.
+    let mut failed = Vec::new();
+    for (name, path) in models {
+        let checked = std::panic::catch_unwind(|| {
+            let want = logits_on(&path, &Reference::default());
+            let got = logits_on(&path, &Cuda);
+            assert_close(&format!("{name} on cuda"), &got, &want);
+            got.len()
+        });
+        match checked {
+            Ok(n) => eprintln!("{name}: {n} logits match on cuda"),
+            Err(_) => failed.push(name),
+        }
+    }
+    assert!(failed.is_empty(), "failed on cuda: {failed:?}");
+}
+
+/// The PTX the cuda backend generates for a tiny W2 model (no GPU needed):
+/// a change to a kernel shows in review as a change to this snapshot.
+#[test]
+fn tiny_w2_model_ptx() {
+    let dir = TempDir::new("ptx");
+    let llama = dir.path("llama.gguf");
+    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    let out = dir.path("w2.fairy");
+    compile_artifact(&llama, "w2", &out);
+    let model = Model::load(&out).unwrap();
+    let graph = fairyc_backends::prepare(&Cuda, model.graph()).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph).unwrap();
+    insta::assert_snapshot!("tiny_w2_model_ptx", ptx);
 }

@@ -27,6 +27,14 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::Attention,
         Kernel::Copy2d,
         Kernel::Permute,
+        Kernel::QuantLinear {
+            u_stages: 2,
+            w_stages: 2,
+        },
+        Kernel::QuantLinear {
+            u_stages: 0,
+            w_stages: 1,
+        },
     ];
     for func in [
         UnaryFn::Neg,
@@ -78,20 +86,4 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
     }
     // An intrinsic LLVM 19 does not know would be an undefined function.
     assert!(!text.contains(".extern .func"), "{text}");
-}
-
-#[test]
-#[ignore]
-fn print_ptx() {
-    println!(
-        "{}",
-        ptx(&[
-            Kernel::Softmax,
-            Kernel::Rope {
-                layout: RopeLayout::HalfSplit,
-                complex: false
-            }
-        ])
-        .unwrap()
-    );
 }

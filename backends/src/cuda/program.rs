@@ -13,11 +13,13 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use fairyc_ir::infer::infer_type;
-use fairyc_ir::{DType, Dim, Graph, Op, Shape, TensorType, WeightStore};
+use fairyc_ir::quant::Pairing;
+use fairyc_ir::{DType, Dim, Granularity, Graph, Op, Shape, TensorType, WeightStore};
 use num_complex::Complex32;
 
 use super::codegen::{
-    self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS, ROW_THREADS,
+    self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
+    QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
 use crate::plan::MemoryPlan;
 use crate::reference::{bind_inputs, load_resident};
@@ -37,14 +39,26 @@ impl DeviceTensor {
         self.shape.iter().product()
     }
     fn word_count(&self) -> usize {
-        self.len() * words_per(self.elem)
+        match self.elem {
+            Elem::Code2 => code_bytes(&self.shape).div_ceil(4),
+            elem => self.len() * words_per(elem),
+        }
     }
     fn dtype(&self) -> DType {
         match self.elem {
             Elem::Real => DType::F32,
             Elem::Complex => DType::C64,
             Elem::Int => DType::I32,
+            Elem::Code2 => DType::Code2,
         }
+    }
+}
+
+/// Bytes of packed codes `[n, m]` (rows padded to whole bytes).
+fn code_bytes(shape: &[usize]) -> usize {
+    match shape {
+        [rows @ .., m] => rows.iter().product::<usize>() * m.div_ceil(4),
+        [] => 0,
     }
 }
 
@@ -61,7 +75,7 @@ fn elem_of(dtype: DType) -> Result<Elem, String> {
         DType::F32 | DType::F16 | DType::BF16 => Ok(Elem::Real),
         DType::C64 => Ok(Elem::Complex),
         DType::I32 => Ok(Elem::Int),
-        DType::Code2 => Err("2-bit codes are not yet run on the GPU".into()),
+        DType::Code2 => Ok(Elem::Code2),
     }
 }
 
@@ -85,6 +99,9 @@ pub struct CudaProgram {
     constants: HashMap<usize, DeviceTensor>,
     /// Per `rope` node: `base^(-2j/head_dim)` for each pair `j`, in f64.
     rope_freqs: HashMap<usize, CudaSlice<f64>>,
+    /// Per `pack` / `unpack` node: the source word of each output word of
+    /// a row (−1: zero), and the words of a source row.
+    gathers: HashMap<usize, (CudaSlice<i32>, usize)>,
     resident_bytes: usize,
 }
 
@@ -127,6 +144,13 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
         Op::Attention { .. } => Kernel::Attention,
         Op::Slice { .. } | Op::Concat { .. } => Kernel::Copy2d,
         Op::Transpose { .. } => Kernel::Permute,
+        Op::Pack { .. } | Op::Unpack { .. } => Kernel::GatherColumns,
+        Op::QuantLinear {
+            u_stages, w_stages, ..
+        } => Kernel::QuantLinear {
+            u_stages: *u_stages,
+            w_stages: *w_stages,
+        },
         _ => return None,
     })
 }
@@ -135,6 +159,61 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
 pub fn runs(op: &Op) -> bool {
     matches!(op, Op::Linear | Op::Reshape { .. })
         || kernel_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
+}
+
+/// The kernel (one per distinct specialisation) or other step of each node
+/// the program computes (`None` for inputs and resident values).
+fn select_kernels(
+    graph: &Graph,
+    plan: &MemoryPlan,
+) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
+    // One kernel per distinct specialisation.
+    let mut kernels: Vec<Kernel> = Vec::new();
+    let mut steps = Vec::with_capacity(graph.nodes.len());
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if plan.resident[i] || matches!(node.op, Op::Input { .. }) {
+            steps.push(None);
+            continue;
+        }
+        let elems = node
+            .operands
+            .iter()
+            .map(|v| elem_of(graph.node(*v).ty.dtype))
+            .chain([elem_of(node.ty.dtype)])
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
+        let (out, operands) = elems.split_last().expect("the output's element");
+        let step = match &node.op {
+            Op::Linear => Step::Gemm,
+            Op::Reshape { .. } => Step::Alias,
+            op => {
+                let kernel =
+                    kernel_for(op, operands, *out).ok_or_else(|| BackendError::Unsupported {
+                        backend: "cuda",
+                        op: op.mnemonic(),
+                        value: format!("%{i} in @{}", graph.name),
+                    })?;
+                let k = match kernels.iter().position(|k| *k == kernel) {
+                    Some(k) => k,
+                    None => {
+                        kernels.push(kernel);
+                        kernels.len() - 1
+                    }
+                };
+                Step::Kernel(k)
+            }
+        };
+        steps.push(Some(step));
+    }
+    Ok((kernels, steps))
+}
+
+/// The PTX module the CUDA backend generates for a prepared graph (what
+/// [`CudaProgram::new`] loads); needs no GPU.
+pub fn graph_ptx(graph: &Graph) -> Result<String, BackendError> {
+    let plan = MemoryPlan::new(graph, 1);
+    let (kernels, _) = select_kernels(graph, &plan)?;
+    codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
 impl CudaProgram {
@@ -149,45 +228,7 @@ impl CudaProgram {
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
-        // One kernel per distinct specialisation.
-        let mut kernels: Vec<Kernel> = Vec::new();
-        let mut steps = Vec::with_capacity(graph.nodes.len());
-        for (i, node) in graph.nodes.iter().enumerate() {
-            if plan.resident[i] || matches!(node.op, Op::Input { .. }) {
-                steps.push(None);
-                continue;
-            }
-            let elems = node
-                .operands
-                .iter()
-                .map(|v| elem_of(graph.node(*v).ty.dtype))
-                .chain([elem_of(node.ty.dtype)])
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
-            let (out, operands) = elems.split_last().expect("the output's element");
-            let step = match &node.op {
-                Op::Linear => Step::Gemm,
-                Op::Reshape { .. } => Step::Alias,
-                op => {
-                    let kernel = kernel_for(op, operands, *out).ok_or_else(|| {
-                        BackendError::Unsupported {
-                            backend: "cuda",
-                            op: op.mnemonic(),
-                            value: format!("%{i} in @{}", graph.name),
-                        }
-                    })?;
-                    let k = match kernels.iter().position(|k| *k == kernel) {
-                        Some(k) => k,
-                        None => {
-                            kernels.push(kernel);
-                            kernels.len() - 1
-                        }
-                    };
-                    Step::Kernel(k)
-                }
-            };
-            steps.push(Some(step));
-        }
+        let (kernels, steps) = select_kernels(&graph, &plan)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = context.load_module(Ptx::from_src(ptx)).map_err(driver)?;
         let functions = kernels
@@ -212,6 +253,28 @@ impl CudaProgram {
                 rope_freqs.insert(i, stream.clone_htod(&freqs).map_err(driver)?);
             }
         }
+        let mut gathers = HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if !matches!(steps[i], Some(Step::Kernel(_))) {
+                continue;
+            }
+            let (index, in_words) = match &node.op {
+                Op::Pack { block } | Op::Unpack { block } => {
+                    let x = &graph.node(node.operands[0]).ty;
+                    let Some(Dim::Fixed(cols)) = x.shape.last().cloned() else {
+                        return Err(BackendError::new(format!(
+                            "%{i} = {}: the GPU needs a fixed last dimension, not {}",
+                            node.op.mnemonic(),
+                            x.shape
+                        )));
+                    };
+                    pairing_index(&node.op, Pairing::from_block(*block), cols)
+                        .map_err(|e| BackendError::new(format!("%{i}: {e}")))?
+                }
+                _ => continue,
+            };
+            gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
+        }
         Ok(CudaProgram {
             graph,
             plan,
@@ -221,6 +284,7 @@ impl CudaProgram {
             steps,
             constants,
             rope_freqs,
+            gathers,
             resident_bytes,
         })
     }
@@ -417,6 +481,53 @@ impl CudaProgram {
                     }
                 })?;
             }
+            (Step::Kernel(k), Op::Pack { .. } | Op::Unpack { .. }) => {
+                let (index, in_words) = &self.gathers[&i];
+                let rows = (x.word_count()).checked_div(*in_words).unwrap_or(0);
+                let out_words = index.len();
+                let sizes = [rows, out_words, *in_words].map(|v| v as i64);
+                self.launch(*k, Self::grid(rows * out_words), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(index);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (Step::Kernel(k), Op::QuantLinear { granularity, .. }) => {
+                let codes = args[1];
+                let (n, m) = (codes.shape[0], codes.shape[1]);
+                let rows = x.len().checked_div(m).unwrap_or(0);
+                let (groups_per_row, group_len) = match granularity {
+                    Granularity::Group(g) => (m.div_ceil((*g).max(1)), (*g).max(1)),
+                    Granularity::Tensor | Granularity::Channel => (1, m.max(1)),
+                };
+                let sizes = [
+                    rows,
+                    n,
+                    m,
+                    groups_per_row,
+                    group_len,
+                    usize::from(*granularity == Granularity::Tensor),
+                ]
+                .map(|v| v as i64);
+                if rows == 0 || n == 0 {
+                    return Ok(DeviceTensor {
+                        shape,
+                        elem,
+                        words: Arc::new(out),
+                    });
+                }
+                let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
+                self.launch(*k, grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
+                    b.arg(&out).arg(&*x.words);
+                    for a in &args[1..] {
+                        b.arg(&*a.words);
+                    }
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
             (Step::Kernel(k), _) => {
                 // Elementwise: operands repeat to the output's length.
                 let lens: Vec<i64> = args.iter().map(|a| a.len() as i64).collect();
@@ -563,6 +674,39 @@ impl CudaProgram {
     }
 }
 
+/// For `pack` of real rows of `cols` channels: the channel of each word of
+/// the complex output row (re, im per slot; −1 for the padding channel of
+/// an odd width). For `unpack` of complex rows to `cols` channels: the word
+/// (2·slot + imaginary) of each channel. Returns the index and the words of
+/// an input row.
+fn pairing_index(op: &Op, pairing: Pairing, cols: usize) -> Result<(Vec<i32>, usize), String> {
+    match op {
+        Op::Pack { .. } => {
+            let k = cols.div_ceil(2);
+            let table = pairing.table(2 * k).map_err(|e| e.to_string())?;
+            let channel = |c: usize| if c < cols { c as i32 } else { -1 };
+            Ok((
+                table
+                    .iter()
+                    .flat_map(|&(re, im)| [channel(re), channel(im)])
+                    .collect(),
+                cols,
+            ))
+        }
+        _ => {
+            // `unpack` of `[.., k]` complex gives `[.., 2k]` channels.
+            let inverse = pairing.inverse_table(2 * cols).map_err(|e| e.to_string())?;
+            Ok((
+                inverse
+                    .iter()
+                    .map(|&(slot, imag)| (2 * slot + usize::from(imag)) as i32)
+                    .collect(),
+                2 * cols,
+            ))
+        }
+    }
+}
+
 /// Copies a host tensor to the device as words.
 fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> {
     let (elem, words): (Elem, Vec<u32>) = match &t.data {
@@ -574,7 +718,17 @@ fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> 
                 .collect(),
         ),
         Data::I32(v) => (Elem::Int, v.iter().map(|&x| x as u32).collect()),
-        Data::Codes(_) => return Err("2-bit codes are not yet run on the GPU".into()),
+        Data::Codes(packed) => (
+            Elem::Code2,
+            packed
+                .chunks(4)
+                .map(|b| {
+                    let mut word = [0u8; 4];
+                    word[..b.len()].copy_from_slice(b);
+                    u32::from_le_bytes(word)
+                })
+                .collect(),
+        ),
     };
     let words = if words.is_empty() { vec![0] } else { words };
     Ok(DeviceTensor {
@@ -598,6 +752,13 @@ fn download(stream: &Arc<CudaStream>, t: &DeviceTensor) -> Result<Tensor, Backen
                 .collect(),
         ),
         Elem::Int => Tensor::i32(shape, words.iter().map(|&w| w as i32).collect()),
+        Elem::Code2 => {
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            Tensor::codes(
+                shape,
+                fairyc_ir::SharedBytes::new(bytes[..code_bytes(&t.shape)].to_vec()),
+            )
+        }
     })
 }
 

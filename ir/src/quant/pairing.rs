@@ -56,14 +56,14 @@ impl Pairing {
 
     /// For every complex slot of a vector of even length `len2k`, its real
     /// channels. Validated once, so callers can index freely.
-    pub(crate) fn table(self, len2k: usize) -> Result<Vec<(usize, usize)>, QuantError> {
+    pub fn table(self, len2k: usize) -> Result<Vec<(usize, usize)>, QuantError> {
         self.validate(len2k)?;
         Ok((0..len2k / 2).map(|j| real_index(self, len2k, j)).collect())
     }
 
     /// The inverse of [`Pairing::table`]: for every real channel, its complex
     /// slot and whether it is the imaginary part.
-    pub(crate) fn inverse_table(self, len2k: usize) -> Result<Vec<(usize, bool)>, QuantError> {
+    pub fn inverse_table(self, len2k: usize) -> Result<Vec<(usize, bool)>, QuantError> {
         let mut inv = vec![(0, false); len2k];
         for (j, (re, im)) in self.table(len2k)?.into_iter().enumerate() {
             inv[re] = (j, false);

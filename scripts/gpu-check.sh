@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs fairyc's GPU checks on a machine with a CUDA GPU and no Rust
+# toolchain, from binaries built elsewhere (scripts/gpu-pack.sh packs them
+# into .dev/): the cuda backend's conformance suite and whole tiny models
+# against the reference backend, then, where .dev holds the W2 SmolLM2
+# artifact, greedy text and timings on the GPU and on the CPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+for f in .dev/*.zst; do [ -e "$f" ] && zstd -q -d -f --rm "$f"; done
+chmod +x .dev/fairyc .dev/*-test 2>/dev/null
+export FAIRYC_REQUIRE_GPU=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# The model test compiles artifacts with the fairyc binary at the path it
+# was built at.
+built_at=$(grep -a -o -m1 '/[[:alnum:]/_.-]*/target/release/fairyc' .dev/models-test | head -1)
+if [ -n "$built_at" ] && [ ! -e "$built_at" ]; then
+  mkdir -p "$(dirname "$built_at")" && ln -sf "$PWD/.dev/fairyc" "$built_at"
+fi
+echo "== conformance suite on cuda"
+.dev/cuda-test --nocapture 2>&1 | grep -v "^$"
+echo "== tiny models and artifacts on cuda"
+.dev/models-test models_match_the_reference_on_the_gpu --nocapture 2>&1 | grep -v "^$"
