@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for f in .dev/*.zst; do [ -e "$f" ] && zstd -q -d -f --rm "$f"; done
-chmod +x .dev/fairyc .dev/*-test 2>/dev/null
+chmod +x .dev/fairyc .dev/*-test 2>/dev/null || true
 export FAIRYC_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # The model test compiles artifacts with the fairyc binary at the path it
@@ -20,3 +20,5 @@ echo "== conformance suite on cuda"
 .dev/cuda-test --nocapture 2>&1 | grep -v "^$"
 echo "== tiny models and artifacts on cuda"
 .dev/models-test models_match_the_reference_on_the_gpu --nocapture 2>&1 | grep -v "^$"
+echo "== one training step (loss and every gradient) on cuda"
+.dev/autodiff-test training_step_on_the_gpu --nocapture 2>&1 | grep -v "^$"

@@ -1261,3 +1261,70 @@ fn trainable(mut g: Graph) -> (Graph, ValueId, Vec<Param>, Vec<ValueId>) {
     let ids = params.iter().map(|p| p.0).collect();
     (g, loss, params, ids)
 }
+
+/// One training step's loss and gradients of the tiny model, full
+/// precision and Fairy2i W2, on the GPU backend against the reference
+/// (skipped where no GPU is, unless FAIRYC_REQUIRE_GPU=1). Both compute in
+/// f32, so the tolerance is f32 summation-order noise: 1e-4 of each
+/// gradient's largest entry.
+#[test]
+fn training_step_on_the_gpu_matches_the_cpu() {
+    use fairyc_backends::{compile as compile_on, Backend, Cuda, Reference};
+    if !Cuda::available() {
+        assert!(
+            std::env::var_os("FAIRYC_REQUIRE_GPU").is_none(),
+            "FAIRYC_REQUIRE_GPU is set but no CUDA device is usable"
+        );
+        eprintln!("SKIPPED: no CUDA driver or device on this machine");
+        return;
+    }
+    let dir = TempDir::new("autodiff-gpu");
+    for method in [None, Some(Method::Fairy2i { stages: 2 })] {
+        let (mut g, store) = tiny_compiled(&dir, method);
+        let loss = with_loss(&mut g);
+        let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+        let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
+        let outputs = |backend: &dyn Backend| {
+            let program = compile_on(backend, &training, &store, &|_| {}).unwrap();
+            program.run(model_inputs()).unwrap()
+        };
+        let want = outputs(&Reference::default());
+        let got = outputs(&Cuda);
+        assert_eq!(got.len(), want.len());
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            let (a, b) = (flat(a), flat(b));
+            let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 1e-4 * scale,
+                "{method:?} output {k}: worst difference {worst} of scale {scale}"
+            );
+        }
+        eprintln!(
+            "{method:?}: loss {} on cuda, {} on the reference; {} gradients match",
+            flat(&got[0])[0],
+            flat(&want[0])[0],
+            got.len() - 1
+        );
+    }
+}
+
+/// The PTX the GPU backend generates for the tiny model's W2 training step
+/// (needs no GPU): every op of the step has a kernel, and a change to one
+/// shows in review as a change to this snapshot.
+#[test]
+fn tiny_w2_training_step_ptx() {
+    let dir = TempDir::new("autodiff-ptx");
+    let (mut g, _) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
+    g.meta.insert("source".into(), "<tmp>/tiny.gguf".into());
+    let loss = with_loss(&mut g);
+    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+    let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
+    let prepared = fairyc_backends::prepare(&fairyc_backends::Cuda, &training).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared).unwrap();
+    insta::assert_snapshot!("tiny_w2_training_step_ptx", ptx);
+}

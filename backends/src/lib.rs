@@ -131,7 +131,8 @@ pub trait Program: Send + Sync {
 
 /// Verifies `graph` and rewrites it for `backend`: composites it does not
 /// run natively become their decompositions, and any op left that it
-/// cannot run is an error naming the op and its value.
+/// cannot run is an error naming the op and its value (weight expressions
+/// aside: every backend evaluates those on the host at load).
 pub fn prepare(backend: &dyn Backend, graph: &Graph) -> Result<Graph, BackendError> {
     verify(graph)?;
     let lowered = if graph
@@ -145,8 +146,16 @@ pub fn prepare(backend: &dyn Backend, graph: &Graph) -> Result<Graph, BackendErr
     } else {
         graph.clone()
     };
+    // Weight expressions (nodes of weights alone) are evaluated once at
+    // load on the host, by the reference kernels, whatever the backend.
+    let mut constant = vec![false; lowered.nodes.len()];
     for (i, node) in lowered.nodes.iter().enumerate() {
-        if node.op.kind() != OpKind::Leaf && !backend.supports(&node.op) {
+        constant[i] = match node.op {
+            Op::Weight { .. } => true,
+            Op::Input { .. } => false,
+            _ => node.operands.iter().all(|v| constant[v.0]),
+        };
+        if !constant[i] && node.op.kind() != OpKind::Leaf && !backend.supports(&node.op) {
             return Err(BackendError::Unsupported {
                 backend: backend.name(),
                 op: node.op.mnemonic(),

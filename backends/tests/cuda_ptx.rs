@@ -3,7 +3,7 @@
 //! undefined function.
 
 use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, Kernel, MapOp};
-use fairyc_ir::{RopeLayout, UnaryFn};
+use fairyc_ir::{AttentionOperand, RopeLayout, UnaryFn, WlPart};
 
 fn every_kernel() -> Vec<Kernel> {
     let x = || Expr::Operand(0);
@@ -35,7 +35,27 @@ fn every_kernel() -> Vec<Kernel> {
             u_stages: 0,
             w_stages: 1,
         },
+        Kernel::GatherColumns,
+        Kernel::ColumnSum,
+        Kernel::CrossEntropyRows,
+        Kernel::ScoredMean,
+        Kernel::CrossEntropyGrad,
+        Kernel::EmbedGrad,
+        Kernel::WidelyLinearGrad { part: WlPart::U },
+        Kernel::WidelyLinearGrad { part: WlPart::W },
     ];
+    for complex in [false, true] {
+        for gain in [false, true] {
+            kernels.push(Kernel::RmsNormGrad { complex, gain });
+        }
+    }
+    for which in [
+        AttentionOperand::Q,
+        AttentionOperand::K,
+        AttentionOperand::V,
+    ] {
+        kernels.push(Kernel::AttentionGrad { which });
+    }
     for func in [
         UnaryFn::Neg,
         UnaryFn::RoundBf16,
@@ -65,6 +85,8 @@ fn every_kernel() -> Vec<Kernel> {
         (MapOp::Silu, Elem::Real),
         (MapOp::Scale(0.5), Elem::Complex),
         (MapOp::Fill(2.0), Elem::Complex),
+        (MapOp::ClipFactor(1.0), Elem::Real),
+        (MapOp::Unary(UnaryFn::Neg), Elem::Int),
     ] {
         kernels.push(Kernel::Map {
             expr: Expr::Apply(op, vec![x()]),

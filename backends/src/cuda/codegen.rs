@@ -53,6 +53,8 @@ pub enum MapOp {
     Fill(f32),
     Conj,
     CReluSquared,
+    /// `max_norm / sqrt(s)` where that is below 1, else 1 (`s` a squared norm).
+    ClipFactor(f32),
 }
 
 /// An elementwise expression over the kernel's operands.
@@ -103,6 +105,31 @@ pub enum Kernel {
     /// `out[r, c] = x[r, index[c]]` on 32-bit words, 0 where `index[c] < 0`:
     /// `pack` and `unpack` (pairings of real channels into complex slots).
     GatherColumns,
+    /// `out[c] = Σ_r x[r·cols + c]` on f32 words, one block per column:
+    /// `reduce_to` and the sums of the losses.
+    ColumnSum,
+    /// Per row of logits: `(logsumexp − logit[target], 1)` where the
+    /// target is `>= 0`, else `(0, 0)`; one block a row.
+    CrossEntropyRows,
+    /// `out = sums[0] / sums[1]` (0 when nothing was scored).
+    ScoredMean,
+    /// `dloss · (softmax(row) − onehot(target)) / scored`; one block a row.
+    CrossEntropyGrad,
+    /// The gradient of RMSNorm with respect to its input (`gain: false`;
+    /// one block a row) or the per-row terms `dy·x·r` of the gain's
+    /// gradient (`gain: true`, summed by [`Kernel::ColumnSum`]).
+    RmsNormGrad { complex: bool, gain: bool },
+    /// `out[ids[t], :] += dy[t, :]` by atomic adds into a zeroed table.
+    EmbedGrad,
+    /// The gradient of attention with respect to one operand; one block
+    /// per (query, head) as the forward pass; K and V accumulate by atomic
+    /// adds into a zeroed output.
+    AttentionGrad { which: fairyc_ir::AttentionOperand },
+    /// The gradient of the real matrix from the gradient `d` of its `U` or
+    /// `W` part (the adjoint of the split, eq. 7): each output element is
+    /// ±½ of the real or imaginary part of one element of `d`, found
+    /// through per-row and per-column pairing tables.
+    WidelyLinearGrad { part: fairyc_ir::WlPart },
     /// Fairy2i's linear layer on packed 2-bit codes: `u_stages` stages
     /// applied to `x` and `w_stages` to `conj(x)`, one warp per output
     /// row, the codes decoded in registers.
@@ -138,6 +165,15 @@ impl Kernel {
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
             Kernel::GatherColumns => "gather_columns",
+            Kernel::ColumnSum => "column_sum",
+            Kernel::CrossEntropyRows => "cross_entropy_rows",
+            Kernel::ScoredMean => "scored_mean",
+            Kernel::CrossEntropyGrad => "cross_entropy_grad",
+            Kernel::RmsNormGrad { gain: false, .. } => "rms_norm_grad_input",
+            Kernel::RmsNormGrad { gain: true, .. } => "rms_norm_grad_gain",
+            Kernel::EmbedGrad => "embed_grad",
+            Kernel::AttentionGrad { .. } => "attention_grad",
+            Kernel::WidelyLinearGrad { .. } => "widely_linear_grad",
         };
         format!("{base}_{index}")
     }
@@ -188,11 +224,12 @@ struct Gen<'ctx> {
     builder: Builder<'ctx>,
 }
 
-/// A value of an expression: real, or complex as (re, im).
+/// A value of an expression: real, complex as (re, im), or i32.
 #[derive(Clone, Copy)]
 enum Val<'ctx> {
     Real(FloatValue<'ctx>),
     Complex(FloatValue<'ctx>, FloatValue<'ctx>),
+    Int(IntValue<'ctx>),
 }
 
 type Built<T> = Result<T, String>;
@@ -519,6 +556,14 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Copy2d => self.copy2d(name),
             Kernel::Permute => self.permute(name),
             Kernel::GatherColumns => self.gather_columns(name),
+            Kernel::ColumnSum => self.column_sum(name),
+            Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
+            Kernel::ScoredMean => self.scored_mean(name),
+            Kernel::CrossEntropyGrad => self.cross_entropy_grad(name),
+            Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),
+            Kernel::EmbedGrad => self.embed_grad(name),
+            Kernel::AttentionGrad { which } => self.attention_grad(name, *which),
+            Kernel::WidelyLinearGrad { part } => self.widely_linear_grad(name, *part),
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)
             }
@@ -554,7 +599,8 @@ impl<'ctx> Gen<'ctx> {
                         let at2i = self.add(at2, self.int(1))?;
                         Val::Complex(self.load_f32(ptr, at2)?, self.load_f32(ptr, at2i)?)
                     }
-                    Elem::Int | Elem::Code2 => return Err("elementwise kernels take floats".into()),
+                    Elem::Int => Val::Int(self.load_i32(ptr, at)?),
+                    Elem::Code2 => return Err("elementwise kernels take no codes".into()),
                 });
             }
             let result = self.eval(expr, &values, out)?;
@@ -566,6 +612,7 @@ impl<'ctx> Gen<'ctx> {
                     self.store_f32(dst, at2, re)?;
                     self.store_f32(dst, self.add(at2, self.int(1))?, im)
                 }
+                Val::Int(v) => self.store_i32(dst, i, v),
             }
         })?;
         self.ret()
@@ -586,11 +633,12 @@ impl<'ctx> Gen<'ctx> {
             Ok(match v {
                 Val::Real(x) => Val::Real(f(x)?),
                 Val::Complex(re, im) => Val::Complex(f(re)?, f(im)?),
+                Val::Int(_) => return Err(format!("{op:?} takes floats")),
             })
         };
         let real = |v: Val<'ctx>| match v {
             Val::Real(x) => Ok(x),
-            Val::Complex(..) => Err(format!("{op:?} takes real operands")),
+            _ => Err(format!("{op:?} takes real operands")),
         };
         Ok(match (op, args.as_slice()) {
             (MapOp::Add | MapOp::Sub, [a, b]) => {
@@ -618,6 +666,9 @@ impl<'ctx> Gen<'ctx> {
                 _ => return Err("operands of one element type".into()),
             },
             (MapOp::Div, [a, b]) => Val::Real(self.fdiv(real(*a)?, real(*b)?)?),
+            (MapOp::Unary(UnaryFn::Neg), [Val::Int(v)]) => {
+                Val::Int(self.builder.build_int_neg(*v, "").map_err(err)?)
+            }
             (MapOp::Unary(func), [a]) => match func {
                 UnaryFn::Neg => both(&|x| self.fneg(x), *a)?,
                 UnaryFn::RoundBf16 => both(&|x| self.round_bf16(x), *a)?,
@@ -640,6 +691,20 @@ impl<'ctx> Gen<'ctx> {
                 _ => Val::Real(self.float(*v)),
             },
             (MapOp::Conj, [Val::Complex(re, im)]) => Val::Complex(*re, self.fneg(*im)?),
+            (MapOp::ClipFactor(max_norm), [a]) => {
+                let norm = self.sqrt(self.fmax(real(*a)?, self.float(0.0))?)?;
+                let over = self
+                    .builder
+                    .build_float_compare(FloatPredicate::OGT, norm, self.float(*max_norm), "")
+                    .map_err(err)?;
+                let factor = self.fdiv(self.float(*max_norm), norm)?;
+                Val::Real(
+                    self.builder
+                        .build_select(over, factor, self.float(1.0), "")
+                        .map_err(err)?
+                        .into_float_value(),
+                )
+            }
             (MapOp::CReluSquared, [Val::Complex(re, im)]) => {
                 let zero = self.float(0.0);
                 let neg_re = self
@@ -885,31 +950,71 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// `embed(out, ids, table, n, width)`: `n` output words, rows of `width`.
+    /// `embed(out, ids, table, n, width, vocab)`: `n` output words, rows
+    /// of `width`; an id outside `0..vocab` gives a zero row (the host
+    /// checks the ids it is given, so this only guards memory).
     fn embed(&self, name: &str) -> Built<()> {
         let f = self.declare(
             name,
-            &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64, Param::I64],
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
         );
-        let (out, ids, table, n, width) = (
+        let (out, ids, table) = (
             self.param_ptr(f, 0),
             self.param_ptr(f, 1),
             self.param_ptr(f, 2),
+        );
+        let (n, width, vocab) = (
             self.param_int(f, 3),
             self.param_int(f, 4),
+            self.param_int(f, 5),
         );
         self.grid_loop(f, n, |i| {
             let t = self.udiv(i, width)?;
             let c = self.urem(i, width)?;
-            let id = self.load_i32(ids, t)?;
-            let id = self
+            let (id, known) = self.token(ids, t, vocab)?;
+            let at = self.add(self.mul(id, width)?, c)?;
+            let v = self.load_i32(table, at)?;
+            let v = self
                 .builder
-                .build_int_s_extend(id, self.i64(), "")
-                .map_err(err)?;
-            let v = self.load_i32(table, self.add(self.mul(id, width)?, c)?)?;
+                .build_select(known, v, self.i32().const_zero(), "")
+                .map_err(err)?
+                .into_int_value();
             self.store_i32(out, i, v)
         })?;
         self.ret()
+    }
+
+    /// Token `t` of `ids` as a row index, 0 where it is outside
+    /// `0..vocab`, and whether it was inside.
+    fn token(
+        &self,
+        ids: PointerValue<'ctx>,
+        t: IntValue<'ctx>,
+        vocab: IntValue<'ctx>,
+    ) -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let id = self.load_i32(ids, t)?;
+        let id = self
+            .builder
+            .build_int_s_extend(id, self.i64(), "")
+            .map_err(err)?;
+        // Unsigned: a negative id compares as huge.
+        let known = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, id, vocab, "")
+            .map_err(err)?;
+        let safe = self
+            .builder
+            .build_select(known, id, self.int(0), "")
+            .map_err(err)?
+            .into_int_value();
+        Ok((safe, known))
     }
 
     /// `rope(out, x, positions, freqs, pairs, width, seq, head_dim)`:
@@ -1159,6 +1264,546 @@ impl<'ctx> Gen<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
+    /// `*ptr += v` for f32 in global memory, as one `red.global.add.f32`
+    /// (inkwell's atomicrmw builder takes integers only).
+    fn atomic_add(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+        v: FloatValue<'ctx>,
+    ) -> Built<()> {
+        let p = self.gep(self.f32(), ptr, index)?;
+        let fn_type = self
+            .context
+            .void_type()
+            .fn_type(&[self.global_ptr().into(), self.f32().into()], false);
+        let asm = self.context.create_inline_asm(
+            fn_type,
+            "red.global.add.f32 [$0], $1;".into(),
+            "l,f,~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        self.builder
+            .build_indirect_call(fn_type, asm, &[p.into(), v.into()], "")
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn i64_to_f32(&self, v: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder
+            .build_unsigned_int_to_float(v, self.f32(), "")
+            .map_err(err)
+    }
+
+    /// A branch: `body` runs where `condition` holds.
+    fn when(
+        &self,
+        f: FunctionValue<'ctx>,
+        condition: IntValue<'ctx>,
+        body: impl FnOnce() -> Built<()>,
+    ) -> Built<()> {
+        let then = self.context.append_basic_block(f, "then");
+        let after = self.context.append_basic_block(f, "after");
+        self.builder
+            .build_conditional_branch(condition, then, after)
+            .map_err(err)?;
+        self.builder.position_at_end(then);
+        body()?;
+        self.builder
+            .build_unconditional_branch(after)
+            .map_err(err)?;
+        self.builder.position_at_end(after);
+        Ok(())
+    }
+
+    /// `column_sum(out, x, rows, cols)`.
+    fn column_sum(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, x, rows, cols) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_int(f, 2),
+            self.param_int(f, 3),
+        );
+        let c = self.sreg("ctaid.x")?;
+        let total = self.row_sum(f, scratch, rows, false, |r| {
+            self.load_f32(x, self.add(self.mul(r, cols)?, c)?)
+        })?;
+        let first = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
+            .map_err(err)?;
+        self.when(f, first, || self.store_f32(out, c, total))?;
+        self.ret()
+    }
+
+    /// `cross_entropy_rows(out, logits, targets, vocab)`: `out[2r..2r+2]`.
+    fn cross_entropy_rows(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, logits, targets, vocab) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_int(f, 3),
+        );
+        let r = self.sreg("ctaid.x")?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let max = self.row_sum(f, scratch, vocab, true, |i| self.load_f32(logits, at(i)?))?;
+        let total = self.row_sum(f, scratch, vocab, false, |i| {
+            self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
+        })?;
+        let t = self.load_i32(targets, r)?;
+        let scored = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+            .map_err(err)?;
+        let t = self
+            .builder
+            .build_int_s_extend(t, self.i64(), "")
+            .map_err(err)?;
+        let safe = self
+            .builder
+            .build_select(scored, t, self.int(0), "")
+            .map_err(err)?
+            .into_int_value();
+        let log2 = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
+        let lg = self.call(log2, &[total.into()])?.into_float_value();
+        let lse = self.fadd(max, self.fmul(lg, self.float(std::f32::consts::LN_2))?)?;
+        let loss = self.fsub(lse, self.load_f32(logits, at(safe)?)?)?;
+        let zero = self.float(0.0);
+        let loss = self
+            .builder
+            .build_select(scored, loss, zero, "")
+            .map_err(err)?
+            .into_float_value();
+        let flag = self
+            .builder
+            .build_select(scored, self.float(1.0), zero, "")
+            .map_err(err)?
+            .into_float_value();
+        let first = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
+            .map_err(err)?;
+        self.when(f, first, || {
+            let at = self.mul(r, self.int(2))?;
+            self.store_f32(out, at, loss)?;
+            self.store_f32(out, self.add(at, self.int(1))?, flag)
+        })?;
+        self.ret()
+    }
+
+    /// `scored_mean(out, sums)`: one thread.
+    fn scored_mean(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr]);
+        let (out, sums) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let total = self.load_f32(sums, self.int(0))?;
+        let count = self.load_f32(sums, self.int(1))?;
+        let any = self
+            .builder
+            .build_float_compare(FloatPredicate::OGT, count, self.float(0.0), "")
+            .map_err(err)?;
+        let mean = self.fdiv(total, count)?;
+        let mean = self
+            .builder
+            .build_select(any, mean, self.float(0.0), "")
+            .map_err(err)?
+            .into_float_value();
+        self.store_f32(out, self.int(0), mean)?;
+        self.ret()
+    }
+
+    /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`.
+    fn cross_entropy_grad(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let (out, logits, targets, dloss) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_ptr(f, 3),
+        );
+        let (rows, vocab) = (self.param_int(f, 4), self.param_int(f, 5));
+        let r = self.sreg("ctaid.x")?;
+        // Every block counts the scored rows (the targets are few).
+        let count = self.row_sum(f, scratch, rows, false, |k| {
+            let t = self.load_i32(targets, k)?;
+            let scored = self
+                .builder
+                .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+                .map_err(err)?;
+            Ok(self
+                .builder
+                .build_select(scored, self.float(1.0), self.float(0.0), "")
+                .map_err(err)?
+                .into_float_value())
+        })?;
+        let scale = self.fdiv(
+            self.load_f32(dloss, self.int(0))?,
+            self.fmax(count, self.float(1.0))?,
+        )?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let max = self.row_sum(f, scratch, vocab, true, |i| self.load_f32(logits, at(i)?))?;
+        let total = self.row_sum(f, scratch, vocab, false, |i| {
+            self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
+        })?;
+        let t = self.load_i32(targets, r)?;
+        let scored = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+            .map_err(err)?;
+        let t = self
+            .builder
+            .build_int_s_extend(t, self.i64(), "")
+            .map_err(err)?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {
+            let p = self.fdiv(
+                self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)?,
+                total,
+            )?;
+            let hit = self
+                .builder
+                .build_int_compare(IntPredicate::EQ, i, t, "")
+                .map_err(err)?;
+            let p = self
+                .builder
+                .build_select(hit, self.fsub(p, self.float(1.0))?, p, "")
+                .map_err(err)?
+                .into_float_value();
+            let d = self.fmul(p, scale)?;
+            let d = self
+                .builder
+                .build_select(scored, d, self.float(0.0), "")
+                .map_err(err)?
+                .into_float_value();
+            self.store_f32(out, at(i)?, d)
+        })?;
+        self.ret()
+    }
+
+    /// `rms_norm_grad(out, x, gain, dy, cols, eps)`: rows of `cols`
+    /// elements (complex: complex elements, the gain's first half for real
+    /// parts). Input: `dx = r g dy − x r³ Σ(g dy x) / cols`; gain: the
+    /// terms `dy x r` at the gain's index, `[rows, gain.len()]`.
+    fn rms_norm_grad(&self, name: &str, complex: bool, gain_part: bool) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::F32,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let (out, x, gain, dy) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_ptr(f, 3),
+        );
+        let (cols, eps) = (self.param_int(f, 4), self.param_float(f, 5));
+        let row = self.sreg("ctaid.x")?;
+        let words = if complex {
+            self.mul(cols, self.int(2))?
+        } else {
+            cols
+        };
+        let base = self.mul(row, words)?;
+        let gain_at = |i: IntValue<'ctx>| -> Built<IntValue<'ctx>> {
+            if complex {
+                let j = self.udiv(i, self.int(2))?;
+                let odd = self.urem(i, self.int(2))?;
+                self.add(j, self.mul(odd, cols)?)
+            } else {
+                Ok(i)
+            }
+        };
+        let ss = self.row_sum(f, scratch, words, false, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            self.fmul(v, v)
+        })?;
+        let n = self.i64_to_f32(cols)?;
+        let r = self.fdiv(
+            self.float(1.0),
+            self.sqrt(self.fadd(self.fdiv(ss, n)?, eps)?)?,
+        )?;
+        let tid = self.sreg("tid.x")?;
+        let threads = self.sreg("ntid.x")?;
+        if gain_part {
+            self.strided_loop(f, tid, words, threads, |i| {
+                let v = self.load_f32(x, self.add(base, i)?)?;
+                let g = self.load_f32(dy, self.add(base, i)?)?;
+                self.store_f32(
+                    out,
+                    self.add(base, gain_at(i)?)?,
+                    self.fmul(self.fmul(g, v)?, r)?,
+                )
+            })?;
+            return self.ret();
+        }
+        let dot = self.row_sum(f, scratch, words, false, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let g = self.load_f32(dy, self.add(base, i)?)?;
+            self.fmul(self.fmul(g, v)?, self.load_f32(gain, gain_at(i)?)?)
+        })?;
+        let r3 = self.fmul(self.fmul(r, r)?, r)?;
+        let coefficient = self.fdiv(self.fmul(r3, dot)?, n)?;
+        self.strided_loop(f, tid, words, threads, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let g = self.load_f32(dy, self.add(base, i)?)?;
+            let w = self.load_f32(gain, gain_at(i)?)?;
+            let d = self.fsub(self.fmul(self.fmul(r, w)?, g)?, self.fmul(v, coefficient)?)?;
+            self.store_f32(out, self.add(base, i)?, d)
+        })?;
+        self.ret()
+    }
+
+    /// `embed_grad(out, ids, dy, n, width, vocab)`: `n` words of `dy`,
+    /// rows of `width` words; ids outside `0..vocab` add nothing.
+    fn embed_grad(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let (out, ids, dy) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let (n, width, vocab) = (
+            self.param_int(f, 3),
+            self.param_int(f, 4),
+            self.param_int(f, 5),
+        );
+        self.grid_loop(f, n, |i| {
+            let t = self.udiv(i, width)?;
+            let c = self.urem(i, width)?;
+            let (id, known) = self.token(ids, t, vocab)?;
+            self.when(
+                self.builder
+                    .get_insert_block()
+                    .and_then(|b| b.get_parent())
+                    .expect("in a function"),
+                known,
+                || {
+                    self.atomic_add(
+                        out,
+                        self.add(self.mul(id, width)?, c)?,
+                        self.load_f32(dy, i)?,
+                    )
+                },
+            )
+        })?;
+        self.ret()
+    }
+
+    /// `attention_grad(out, q, k, v, dout, scratch, seq, heads, kv_heads, d,
+    /// dv, scale, causal)`: as the reference (no past keys: `kv_len =
+    /// seq`); `scratch` holds `2·seq` floats per block; `d`, `dv` in words.
+    fn attention_grad(&self, name: &str, which: fairyc_ir::AttentionOperand) -> Built<()> {
+        use fairyc_ir::AttentionOperand;
+        let mut params = vec![Param::Ptr; 6];
+        params.extend([Param::I64; 5]);
+        params.extend([Param::F32, Param::I64]);
+        let f = self.declare(name, &params);
+        let scratch = self.shared_scratch(name);
+        let [out, q, k, v, dout, work] = [0, 1, 2, 3, 4, 5].map(|i| self.param_ptr(f, i));
+        let [seq, heads, kv_heads, d, dv] = [6, 7, 8, 9, 10].map(|i| self.param_int(f, i));
+        let (scale, causal) = (self.param_float(f, 11), self.param_int(f, 12));
+        let block = self.sreg("ctaid.x")?;
+        let (i, h) = (self.udiv(block, heads)?, self.urem(block, heads)?);
+        let kh = self.udiv(h, self.udiv(heads, kv_heads)?)?;
+        let is_causal = self
+            .builder
+            .build_int_compare(IntPredicate::NE, causal, self.int(0), "")
+            .map_err(err)?;
+        let visible = self
+            .builder
+            .build_select(is_causal, self.add(i, self.int(1))?, seq, "")
+            .map_err(err)?
+            .into_int_value();
+        let q_base = self.add(self.mul(i, self.mul(heads, d)?)?, self.mul(h, d)?)?;
+        let o_base = self.add(self.mul(i, self.mul(heads, dv)?)?, self.mul(h, dv)?)?;
+        let (kw, vw) = (self.mul(kv_heads, d)?, self.mul(kv_heads, dv)?);
+        let k_at = |j| self.add(self.mul(j, kw)?, self.mul(kh, d)?);
+        let v_at = |j| self.add(self.mul(j, vw)?, self.mul(kh, dv)?);
+        let p_base = self.mul(block, self.mul(seq, self.int(2))?)?;
+        let dp_base = self.add(p_base, seq)?;
+        let tid = self.sreg("tid.x")?;
+        let step = self.sreg("ntid.x")?;
+        let dot = self.local(self.float(0.0))?;
+        let row_dot = |a: PointerValue<'ctx>,
+                       a_base: IntValue<'ctx>,
+                       b: PointerValue<'ctx>,
+                       b_base: IntValue<'ctx>,
+                       len: IntValue<'ctx>|
+         -> Built<FloatValue<'ctx>> {
+            self.set(dot, self.float(0.0))?;
+            self.strided_loop(f, self.int(0), len, self.int(1), |c| {
+                let x = self.load_f32(a, self.add(a_base, c)?)?;
+                let y = self.load_f32(b, self.add(b_base, c)?)?;
+                self.set(dot, self.fadd(self.get(dot)?, self.fmul(x, y)?)?)
+            })?;
+            self.get(dot)
+        };
+        // Scores and their maximum.
+        let max = self.row_sum(f, scratch, visible, true, |j| {
+            let s = self.fmul(row_dot(q, q_base, k, k_at(j)?, d)?, scale)?;
+            self.store_f32(work, self.add(p_base, j)?, s)?;
+            Ok(s)
+        })?;
+        let total = self.row_sum(f, scratch, visible, false, |j| {
+            let at = self.add(p_base, j)?;
+            let e = self.exp(self.fsub(self.load_f32(work, at)?, max)?)?;
+            self.store_f32(work, at, e)?;
+            Ok(e)
+        })?;
+        // p_j, and for Q and K the terms dp_j = dout_i · v_j.
+        let mean = self.row_sum(f, scratch, visible, false, |j| {
+            let at = self.add(p_base, j)?;
+            let p = self.fdiv(self.load_f32(work, at)?, total)?;
+            self.store_f32(work, at, p)?;
+            if which == AttentionOperand::V {
+                return Ok(self.float(0.0));
+            }
+            let dp = row_dot(dout, o_base, v, v_at(j)?, dv)?;
+            self.store_f32(work, self.add(dp_base, j)?, dp)?;
+            self.fmul(p, dp)
+        })?;
+        // The row sums' barriers made p and dp visible to the block.
+        match which {
+            AttentionOperand::V => {
+                self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
+                    let p = self.load_f32(work, self.add(p_base, j)?)?;
+                    self.strided_loop(f, tid, dv, step, |c| {
+                        let g = self.load_f32(dout, self.add(o_base, c)?)?;
+                        self.atomic_add(out, self.add(v_at(j)?, c)?, self.fmul(p, g)?)
+                    })
+                })?;
+            }
+            AttentionOperand::Q => {
+                let acc = self.local(self.float(0.0))?;
+                self.strided_loop(f, tid, d, step, |c| {
+                    self.set(acc, self.float(0.0))?;
+                    self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
+                        let p = self.load_f32(work, self.add(p_base, j)?)?;
+                        let dp = self.load_f32(work, self.add(dp_base, j)?)?;
+                        let ds = self.fmul(scale, self.fmul(p, self.fsub(dp, mean)?)?)?;
+                        let kv = self.load_f32(k, self.add(k_at(j)?, c)?)?;
+                        self.set(acc, self.fadd(self.get(acc)?, self.fmul(ds, kv)?)?)
+                    })?;
+                    self.store_f32(out, self.add(q_base, c)?, self.get(acc)?)
+                })?;
+            }
+            AttentionOperand::K => {
+                self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
+                    let p = self.load_f32(work, self.add(p_base, j)?)?;
+                    let dp = self.load_f32(work, self.add(dp_base, j)?)?;
+                    let ds = self.fmul(scale, self.fmul(p, self.fsub(dp, mean)?)?)?;
+                    self.strided_loop(f, tid, d, step, |c| {
+                        let qv = self.load_f32(q, self.add(q_base, c)?)?;
+                        self.atomic_add(out, self.add(k_at(j)?, c)?, self.fmul(ds, qv)?)
+                    })
+                })?;
+            }
+        }
+        self.ret()
+    }
+
+    /// `widely_linear_grad(out, d, row_index, col_index, rows, cols, m)`:
+    /// `row_index[r] = 2a + (r is an imaginary channel of slot a)`, likewise
+    /// for columns; `d` is `[n, m]` complex.
+    fn widely_linear_grad(&self, name: &str, part: fairyc_ir::WlPart) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let [out, d, row_index, col_index] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
+        let [rows, cols, m] = [4, 5, 6].map(|k| self.param_int(f, k));
+        self.grid_loop(f, self.mul(rows, cols)?, |i| {
+            let (r, c) = (self.udiv(i, cols)?, self.urem(i, cols)?);
+            let widen = |v: IntValue<'ctx>| {
+                self.builder
+                    .build_int_s_extend(v, self.i64(), "")
+                    .map_err(err)
+            };
+            let ra = widen(self.load_i32(row_index, r)?)?;
+            let cb = widen(self.load_i32(col_index, c)?)?;
+            let (a, row_im) = (self.udiv(ra, self.int(2))?, self.urem(ra, self.int(2))?);
+            let (b, col_im) = (self.udiv(cb, self.int(2))?, self.urem(cb, self.int(2))?);
+            let mixed = self
+                .builder
+                .build_int_compare(IntPredicate::NE, row_im, col_im, "")
+                .map_err(err)?;
+            let imag_word = self
+                .builder
+                .build_int_z_extend(mixed, self.i64(), "")
+                .map_err(err)?;
+            let word = self.add(
+                self.mul(self.add(self.mul(a, m)?, b)?, self.int(2))?,
+                imag_word,
+            )?;
+            let v = self.fmul(self.load_f32(d, word)?, self.float(0.5))?;
+            // U: R12 = −Im; W: R22 = −Re.
+            let (neg_row, neg_col) = match part {
+                fairyc_ir::WlPart::U => (0, 1),
+                fairyc_ir::WlPart::W => (1, 1),
+            };
+            let is = |x: IntValue<'ctx>, want: u64| {
+                self.builder
+                    .build_int_compare(IntPredicate::EQ, x, self.int(want), "")
+                    .map_err(err)
+            };
+            let negative = self
+                .builder
+                .build_and(is(row_im, neg_row)?, is(col_im, neg_col)?, "")
+                .map_err(err)?;
+            let v = self
+                .builder
+                .build_select(negative, self.fneg(v)?, v, "")
+                .map_err(err)?
+                .into_float_value();
+            self.store_f32(out, i, v)
+        })?;
+        self.ret()
+    }
+
     /// `gather_columns(out, x, index, rows, out_cols, in_cols)`.
     fn gather_columns(&self, name: &str) -> Built<()> {
         let f = self.declare(

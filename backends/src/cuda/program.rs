@@ -14,7 +14,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use fairyc_ir::infer::infer_type;
 use fairyc_ir::quant::Pairing;
-use fairyc_ir::{DType, Dim, Granularity, Graph, Op, Shape, TensorType, WeightStore};
+use fairyc_ir::{DType, Dim, Granularity, Graph, NormOperand, Op, Shape, TensorType, WeightStore};
 use num_complex::Complex32;
 
 use super::codegen::{
@@ -81,8 +81,11 @@ fn elem_of(dtype: DType) -> Result<Elem, String> {
 
 /// What runs for one node.
 enum Step {
-    /// A generated kernel (index into the program's functions).
-    Kernel(usize),
+    /// Generated kernels, launched in order (indices into the program's
+    /// functions).
+    Kernel(Vec<usize>),
+    /// `Σ_rows dyᵀ · x` through cuBLAS.
+    WeightGrad,
     /// A dense product through cuBLAS.
     Gemm,
     /// A new shape over the same words.
@@ -102,6 +105,9 @@ pub struct CudaProgram {
     /// Per `pack` / `unpack` node: the source word of each output word of
     /// a row (−1: zero), and the words of a source row.
     gathers: HashMap<usize, (CudaSlice<i32>, usize)>,
+    /// Per `widely_linear_grad` node: the pairing of each row and column of
+    /// the real matrix (2·slot + imaginary).
+    pairings: HashMap<usize, (CudaSlice<i32>, CudaSlice<i32>)>,
     resident_bytes: usize,
 }
 
@@ -109,7 +115,34 @@ fn driver(e: impl std::fmt::Display) -> BackendError {
     BackendError::new(format!("CUDA: {e}"))
 }
 
-/// The kernel that runs `op`, if a generated one does.
+/// The kernels that run `op`, in order, if generated ones do.
+fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
+    let complex = out == Elem::Complex || operands.first() == Some(&Elem::Complex);
+    Some(match op {
+        Op::ReduceTo { .. } => vec![Kernel::ColumnSum],
+        Op::CrossEntropy => vec![
+            Kernel::CrossEntropyRows,
+            Kernel::ColumnSum,
+            Kernel::ScoredMean,
+        ],
+        Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad],
+        Op::RmsNormGrad { which, .. } => {
+            let gain = *which == NormOperand::Gain;
+            let grad = Kernel::RmsNormGrad { complex, gain };
+            if gain {
+                vec![grad, Kernel::ColumnSum]
+            } else {
+                vec![grad]
+            }
+        }
+        Op::EmbedGrad { .. } => vec![Kernel::EmbedGrad],
+        Op::AttentionGrad { which, .. } => vec![Kernel::AttentionGrad { which: *which }],
+        Op::WidelyLinearGrad { part, .. } => vec![Kernel::WidelyLinearGrad { part: *part }],
+        op => vec![kernel_for(op, operands, out)?],
+    })
+}
+
+/// The one kernel that runs `op`, if a generated one does.
 fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
     let x = || Expr::Operand(0);
     let map = |op: MapOp, arity: usize| Kernel::Map {
@@ -131,6 +164,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             out,
         },
         Op::Conj => map(MapOp::Conj, 1),
+        Op::ClipFactor { max_norm } => map(MapOp::ClipFactor(*max_norm), 1),
         Op::CReluSquared => map(MapOp::CReluSquared, 1),
         Op::RmsNorm { .. } => Kernel::RmsNorm {
             complex: out == Elem::Complex,
@@ -157,8 +191,8 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
 
 /// Whether the CUDA backend runs `op` (the table's ops it has kernels for).
 pub fn runs(op: &Op) -> bool {
-    matches!(op, Op::Linear | Op::Reshape { .. })
-        || kernel_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
+    matches!(op, Op::Linear | Op::Reshape { .. } | Op::LinearWeightGrad)
+        || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
 }
 
 /// The kernel (one per distinct specialisation) or other step of each node
@@ -185,22 +219,26 @@ fn select_kernels(
         let (out, operands) = elems.split_last().expect("the output's element");
         let step = match &node.op {
             Op::Linear => Step::Gemm,
+            Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
             op => {
-                let kernel =
-                    kernel_for(op, operands, *out).ok_or_else(|| BackendError::Unsupported {
+                let wanted =
+                    kernels_for(op, operands, *out).ok_or_else(|| BackendError::Unsupported {
                         backend: "cuda",
                         op: op.mnemonic(),
                         value: format!("%{i} in @{}", graph.name),
                     })?;
-                let k = match kernels.iter().position(|k| *k == kernel) {
-                    Some(k) => k,
-                    None => {
-                        kernels.push(kernel);
-                        kernels.len() - 1
-                    }
-                };
-                Step::Kernel(k)
+                let indices = wanted
+                    .into_iter()
+                    .map(|kernel| match kernels.iter().position(|k| *k == kernel) {
+                        Some(k) => k,
+                        None => {
+                            kernels.push(kernel);
+                            kernels.len() - 1
+                        }
+                    })
+                    .collect();
+                Step::Kernel(indices)
             }
         };
         steps.push(Some(step));
@@ -254,8 +292,41 @@ impl CudaProgram {
             }
         }
         let mut gathers = HashMap::new();
+        let mut pairings = HashMap::new();
         for (i, node) in graph.nodes.iter().enumerate() {
             if !matches!(steps[i], Some(Step::Kernel(_))) {
+                continue;
+            }
+            if let Op::WidelyLinearGrad {
+                row_block,
+                col_block,
+                ..
+            } = &node.op
+            {
+                let dims = |v: usize| graph.node(node.operands[v]).ty.shape.concrete();
+                let (Some(r), Some(d)) = (dims(0), dims(1)) else {
+                    return Err(BackendError::new(format!(
+                        "%{i} = widely_linear_grad: the GPU needs fixed shapes"
+                    )));
+                };
+                let table =
+                    |block: usize, len: usize, keep: usize| -> Result<Vec<i32>, BackendError> {
+                        Ok(Pairing::from_block(block)
+                            .inverse_table(2 * len)
+                            .map_err(|e| BackendError::new(format!("%{i}: {e}")))?[..keep]
+                            .iter()
+                            .map(|&(slot, imag)| (2 * slot + usize::from(imag)) as i32)
+                            .collect())
+                    };
+                let rows = table(*row_block, d[0], r[0])?;
+                let cols = table(*col_block, d[1], r[1])?;
+                pairings.insert(
+                    i,
+                    (
+                        stream.clone_htod(&rows).map_err(driver)?,
+                        stream.clone_htod(&cols).map_err(driver)?,
+                    ),
+                );
                 continue;
             }
             let (index, in_words) = match &node.op {
@@ -285,6 +356,7 @@ impl CudaProgram {
             constants,
             rope_freqs,
             gathers,
+            pairings,
             resident_bytes,
         })
     }
@@ -348,7 +420,7 @@ impl CudaProgram {
                 let cols = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(cols).unwrap_or(0);
                 let cols = cols as i64;
-                self.launch(*k, rows as u32, ROW_THREADS, |b| {
+                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&*args[1].words);
                     b.arg(&cols).arg(eps);
                 })?;
@@ -357,7 +429,7 @@ impl CudaProgram {
                 let cols = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(cols).unwrap_or(0);
                 let cols = cols as i64;
-                self.launch(*k, rows as u32, ROW_THREADS, |b| {
+                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&cols);
                 })?;
             }
@@ -365,10 +437,10 @@ impl CudaProgram {
                 let table = args[1];
                 let width = table.shape[1] * words_per(table.elem);
                 let n = x.len() * width;
-                let sizes = [n as i64, width as i64];
-                self.launch(*k, Self::grid(n), MAP_THREADS, |b| {
+                let sizes = [n as i64, width as i64, table.shape[0] as i64];
+                self.launch(k[0], Self::grid(n), MAP_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&*table.words);
-                    b.arg(&sizes[0]).arg(&sizes[1]);
+                    b.arg(&sizes[0]).arg(&sizes[1]).arg(&sizes[2]);
                 })?;
             }
             (Step::Kernel(k), Op::Rope { head_dim, .. }) => {
@@ -381,7 +453,7 @@ impl CudaProgram {
                 };
                 let freqs = &self.rope_freqs[&i];
                 let sizes = [pairs, width, positions.len().max(1), *head_dim].map(|v| v as i64);
-                self.launch(*k, Self::grid(pairs), MAP_THREADS, |b| {
+                self.launch(k[0], Self::grid(pairs), MAP_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&*positions.words).arg(freqs);
                     for v in &sizes {
                         b.arg(v);
@@ -407,7 +479,7 @@ impl CudaProgram {
                 let blocks = seq * heads;
                 let sizes =
                     [seq, kv_len, *heads, *kv_heads, d, dv, usize::from(*causal)].map(|v| v as i64);
-                self.launch(*k, blocks as u32, ATTENTION_THREADS, |b| {
+                self.launch(k[0], blocks as u32, ATTENTION_THREADS, |b| {
                     b.arg(&out)
                         .arg(&*q.words)
                         .arg(&*keys.words)
@@ -424,7 +496,7 @@ impl CudaProgram {
                 let outer: usize = x.shape[..*axis].iter().product();
                 let cols = (end - start) * inner;
                 self.copy2d(
-                    *k,
+                    k[0],
                     &mut out,
                     x,
                     outer,
@@ -440,7 +512,15 @@ impl CudaProgram {
                 let mut offset = 0;
                 for part in args {
                     let cols = part.shape[*axis] * inner;
-                    self.copy2d(*k, &mut out, part, outer, cols, (total, offset), (cols, 0))?;
+                    self.copy2d(
+                        k[0],
+                        &mut out,
+                        part,
+                        outer,
+                        cols,
+                        (total, offset),
+                        (cols, 0),
+                    )?;
                     offset += cols;
                 }
             }
@@ -474,9 +554,120 @@ impl CudaProgram {
                     .collect();
                 let n = len * words_per(elem);
                 let count = n as i64;
-                self.launch(*k, Self::grid(n), MAP_THREADS, |b| {
+                self.launch(k[0], Self::grid(n), MAP_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&count);
                     for v in dims.iter().chain(&strides) {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (Step::WeightGrad, Op::LinearWeightGrad) => self.weight_grad(x, args[1], &mut out)?,
+            (Step::Kernel(k), Op::ReduceTo { .. }) => {
+                let cols = len * words_per(elem);
+                let rows = x.word_count().checked_div(cols).unwrap_or(0);
+                self.column_sum(k[0], &mut out, &x.words, rows, cols)?;
+            }
+            (Step::Kernel(k), Op::CrossEntropy) => {
+                let vocab = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(vocab).unwrap_or(0);
+                let partial = self.alloc(2 * rows)?;
+                let vocab = vocab as i64;
+                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
+                    b.arg(&partial)
+                        .arg(&*x.words)
+                        .arg(&*args[1].words)
+                        .arg(&vocab);
+                })?;
+                let mut sums = self.alloc(2)?;
+                self.column_sum(k[1], &mut sums, &partial, rows, 2)?;
+                self.launch(k[2], 1, 1, |b| {
+                    b.arg(&out).arg(&sums);
+                })?;
+            }
+            (Step::Kernel(k), Op::CrossEntropyGrad) => {
+                let vocab = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(vocab).unwrap_or(0);
+                let sizes = [rows as i64, vocab as i64];
+                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
+                    b.arg(&out)
+                        .arg(&*x.words)
+                        .arg(&*args[1].words)
+                        .arg(&*args[2].words);
+                    b.arg(&sizes[0]).arg(&sizes[1]);
+                })?;
+            }
+            (Step::Kernel(k), Op::RmsNormGrad { eps, which }) => {
+                let (gain, dy) = (args[1], args[2]);
+                let cols = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(cols).unwrap_or(0);
+                let cols_arg = cols as i64;
+                let run = |target: &CudaSlice<u32>| {
+                    self.launch(k[0], rows as u32, ROW_THREADS, |b| {
+                        b.arg(target)
+                            .arg(&*x.words)
+                            .arg(&*gain.words)
+                            .arg(&*dy.words);
+                        b.arg(&cols_arg).arg(eps);
+                    })
+                };
+                if *which == NormOperand::Gain {
+                    let terms = self.alloc(rows * gain.len())?;
+                    run(&terms)?;
+                    self.column_sum(k[1], &mut out, &terms, rows, gain.len())?;
+                } else {
+                    run(&out)?;
+                }
+            }
+            (Step::Kernel(k), Op::EmbedGrad { .. }) => {
+                let dy = args[1];
+                let width = shape.last().copied().unwrap_or(1) * words_per(elem);
+                let n = dy.word_count();
+                self.stream.memset_zeros(&mut out).map_err(driver)?;
+                let sizes = [n as i64, width as i64, shape[0] as i64];
+                self.launch(k[0], Self::grid(n), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&*dy.words);
+                    b.arg(&sizes[0]).arg(&sizes[1]).arg(&sizes[2]);
+                })?;
+            }
+            (
+                Step::Kernel(k),
+                Op::AttentionGrad {
+                    heads,
+                    kv_heads,
+                    scale,
+                    causal,
+                    ..
+                },
+            ) => {
+                let (q, keys, values, dout) = (x, args[1], args[2], args[3]);
+                let w = words_per(q.elem);
+                let seq = q.shape[0];
+                let d = q.shape[1] / heads * w;
+                let dv = values.shape[1] / kv_heads * w;
+                let scratch = self.alloc(seq * heads * 2 * seq)?;
+                self.stream.memset_zeros(&mut out).map_err(driver)?;
+                let sizes = [seq, *heads, *kv_heads, d, dv].map(|v| v as i64);
+                let causal = i64::from(*causal);
+                self.launch(k[0], (seq * heads) as u32, ATTENTION_THREADS, |b| {
+                    b.arg(&out)
+                        .arg(&*q.words)
+                        .arg(&*keys.words)
+                        .arg(&*values.words);
+                    b.arg(&*dout.words).arg(&scratch);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                    b.arg(scale).arg(&causal);
+                })?;
+            }
+            (Step::Kernel(k), Op::WidelyLinearGrad { .. }) => {
+                let d = args[1];
+                let (rows, cols) = (shape[0], shape[1]);
+                let (row_index, col_index) = &self.pairings[&i];
+                let sizes = [rows, cols, d.shape[1]].map(|v| v as i64);
+                self.launch(k[0], Self::grid(rows * cols), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*d.words).arg(row_index).arg(col_index);
+                    for v in &sizes {
                         b.arg(v);
                     }
                 })?;
@@ -486,7 +677,7 @@ impl CudaProgram {
                 let rows = (x.word_count()).checked_div(*in_words).unwrap_or(0);
                 let out_words = index.len();
                 let sizes = [rows, out_words, *in_words].map(|v| v as i64);
-                self.launch(*k, Self::grid(rows * out_words), MAP_THREADS, |b| {
+                self.launch(k[0], Self::grid(rows * out_words), MAP_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(index);
                     for v in &sizes {
                         b.arg(v);
@@ -518,7 +709,7 @@ impl CudaProgram {
                     });
                 }
                 let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
-                self.launch(*k, grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
+                self.launch(k[0], grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
                     b.arg(&out).arg(&*x.words);
                     for a in &args[1..] {
                         b.arg(&*a.words);
@@ -532,7 +723,7 @@ impl CudaProgram {
                 // Elementwise: operands repeat to the output's length.
                 let lens: Vec<i64> = args.iter().map(|a| a.len() as i64).collect();
                 let n = len as i64;
-                self.launch(*k, Self::grid(len), MAP_THREADS, |b| {
+                self.launch(k[0], Self::grid(len), MAP_THREADS, |b| {
                     b.arg(&out);
                     for a in args {
                         b.arg(&*a.words);
@@ -554,6 +745,21 @@ impl CudaProgram {
             shape,
             elem,
             words: Arc::new(out),
+        })
+    }
+
+    /// `out[c] = Σ_r src[r·cols + c]`, one block per column.
+    fn column_sum(
+        &self,
+        k: usize,
+        out: &mut CudaSlice<u32>,
+        src: &CudaSlice<u32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), BackendError> {
+        let sizes = [rows as i64, cols as i64];
+        self.launch(k, cols as u32, ROW_THREADS, |b| {
+            b.arg(&*out).arg(src).arg(&sizes[0]).arg(&sizes[1]);
         })
     }
 
@@ -649,24 +855,104 @@ impl CudaProgram {
         Ok(())
     }
 
+    /// `dw[n, k] = Σ_rows dy[.., n]ᵀ · x[.., k]`: the column-major product
+    /// `dwᵀ(k×n) = xᵀ · dy` (x as the k×m matrix it is column-major, dy
+    /// transposed from its n×m column-major form); cgemm for complex, with
+    /// no conjugation.
+    fn weight_grad(
+        &self,
+        dy: &DeviceTensor,
+        x: &DeviceTensor,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let n = dy.shape.last().copied().unwrap_or(1);
+        let k = x.shape.last().copied().unwrap_or(1);
+        let m = dy.len().checked_div(n).unwrap_or(0);
+        if n == 0 || k == 0 {
+            return Ok(());
+        }
+        if m == 0 {
+            self.stream.memset_zeros(out).map_err(driver)?;
+            return Ok(());
+        }
+        let (a, _ra) = x.words.device_ptr(&self.stream);
+        let (b, _rb) = dy.words.device_ptr(&self.stream);
+        let (c, _rc) = out.device_ptr_mut(&self.stream);
+        let (m, n, k) = (m as i32, n as i32, k as i32);
+        let (no, t) = (
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+        );
+        let status = if x.elem == Elem::Complex {
+            let one = blas_sys::cuComplex { x: 1.0, y: 0.0 };
+            let zero = blas_sys::cuComplex { x: 0.0, y: 0.0 };
+            // SAFETY: the pointers hold m×k, m×n and n×k complex values.
+            unsafe {
+                blas_sys::cublasCgemm_v2(
+                    *self.blas.handle(),
+                    no,
+                    t,
+                    k,
+                    n,
+                    m,
+                    &one,
+                    a as *const blas_sys::cuComplex,
+                    k,
+                    b as *const blas_sys::cuComplex,
+                    n,
+                    &zero,
+                    c as *mut blas_sys::cuComplex,
+                    k,
+                )
+            }
+        } else {
+            let (one, zero) = (1.0f32, 0.0f32);
+            // SAFETY: the pointers hold m×k, m×n and n×k floats.
+            unsafe {
+                blas_sys::cublasSgemm_v2(
+                    *self.blas.handle(),
+                    no,
+                    t,
+                    k,
+                    n,
+                    m,
+                    &one,
+                    a as *const f32,
+                    k,
+                    b as *const f32,
+                    n,
+                    &zero,
+                    c as *mut f32,
+                    k,
+                )
+            }
+        };
+        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(BackendError::new(format!("cuBLAS: {status:?}")));
+        }
+        Ok(())
+    }
+
     /// Checks token ids bound to inputs against the tables they index (a
     /// kernel cannot report an id past the vocabulary).
     fn check_ids(&self, inputs: &HashMap<String, Tensor>) -> Result<(), BackendError> {
         for (i, node) in self.graph.nodes.iter().enumerate() {
-            if node.op != Op::Embed {
-                continue;
-            }
+            let vocab = match &node.op {
+                Op::Embed => self.graph.node(node.operands[1]).ty.shape.dims()[0].clone(),
+                Op::EmbedGrad { vocab } => Dim::Fixed(*vocab),
+                _ => continue,
+            };
             let Op::Input { name } = &self.graph.node(node.operands[0]).op else {
                 continue;
             };
-            let vocab = self.graph.node(node.operands[1]).ty.shape.dims()[0].clone();
             let (Some(ids), Dim::Fixed(vocab)) = (inputs.get(name).and_then(|t| t.as_i32()), vocab)
             else {
                 continue;
             };
             if let Some(id) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
                 return Err(BackendError::new(format!(
-                    "%{i} = embed: token id {id} is outside the vocabulary of {vocab}"
+                    "%{i} = {}: token id {id} is outside the vocabulary of {vocab}",
+                    node.op.mnemonic()
                 )));
             }
         }
