@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs fairyc's GPU checks on a machine with a CUDA GPU and no Rust
-# toolchain, from binaries built elsewhere (scripts/gpu-pack.sh packs them
-# into .dev/): the cuda backend's conformance suite and whole tiny models
-# against the reference backend, then, where .dev holds the W2 SmolLM2
-# artifact, greedy text and timings on the GPU and on the CPU.
+# toolchain, from binaries built elsewhere and packed into .dev/ by
+# scripts/gpu-pack.sh.
+# It runs the cuda backend's conformance suite, whole tiny models and
+# W1/W2/W3 artifacts, and one training step, all against the reference.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 for f in .dev/*.zst; do [ -e "$f" ] && zstd -q -d -f --rm "$f"; done

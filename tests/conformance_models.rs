@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::TempDir;
-use fairyc::{Backend, Cranelift, Cuda, Model, Reference};
+use fairyc::{Backend, Cranelift, Cuda, Llvm, Model, Reference};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::import::import;
 use fairyc_frontend::synth::{
@@ -38,13 +38,13 @@ fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     assert!(worst <= 1e-4, "{name}: worst relative difference {worst}");
 }
 
-/// The CPU backend runs every op but `quant_linear` on the reference's
-/// kernels, so models without it match exactly. Its `quant_linear` is
+/// The CPU backends run every op but `quant_linear` on the reference's
+/// kernels, so models without it match exactly. Their `quant_linear` is
 /// within a derived bound per op (the conformance suite); through a whole
 /// model those errors compound, so here the logits are only held to a few
 /// percent (they measure about 2-4% RMS on these tiny models).
-fn check_cranelift(name: &str, path: &std::path::Path, want: &[f32]) {
-    let model = Model::from_imported_on(import(path).unwrap(), &Cranelift, &|_| {}).unwrap();
+fn check_cpu(name: &str, path: &std::path::Path, want: &[f32], backend: &dyn Backend) {
+    let model = Model::from_imported_on(import(path).unwrap(), backend, &|_| {}).unwrap();
     let got = model.logits(PROMPT).unwrap().as_f32().unwrap().to_vec();
     let quantized = model
         .graph()
@@ -52,14 +52,15 @@ fn check_cranelift(name: &str, path: &std::path::Path, want: &[f32]) {
         .iter()
         .any(|n| matches!(n.op, Op::QuantLinear { .. }));
     if !quantized {
-        return assert_close(&format!("{name} on cranelift"), &got, want);
+        return assert_close(&format!("{name} on {}", backend.name()), &got, want);
     }
     let diff: f32 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
     let size: f32 = want.iter().map(|b| b * b).sum();
     let rms = (diff / size).sqrt();
     assert!(
         rms <= 0.1,
-        "{name} on cranelift: relative RMS difference {rms}"
+        "{name} on {}: relative RMS difference {rms}",
+        backend.name()
     );
 }
 
@@ -108,7 +109,8 @@ fn tiny_models_and_artifacts_match_the_reference_backend() {
             let got = logits_on(path, backend.as_ref());
             assert_close(&format!("{name} on {}", backend.name()), &got, &want);
         }
-        check_cranelift(name, path, &want);
+        check_cpu(name, path, &want, &Cranelift);
+        check_cpu(name, path, &want, &Llvm);
     }
 }
 

@@ -1,37 +1,41 @@
 //! GEMV timings of `quant_linear` (W2: 2 U + 2 conj-W stages, per-tensor
-//! scales) at SmolLM2-135M's layer shapes and LLaMA-7B's 4096x4096: the
-//! reference kernel against the Cranelift look-up-table kernel, one row of
-//! activations. Threads: RAYON_NUM_THREADS.
+//! scales) at SmolLM2-135M's layer shapes and LLaMA-7B's: the reference
+//! kernel against the look-up-table kernels of both generators (Cranelift,
+//! 16-row tiles; LLVM, the host's widest shuffle), one row of activations.
+//! Threads: RAYON_NUM_THREADS.
 //!
 //! `cargo run --release -p fairyc-backends --example lut_gemv`
 
 use std::time::{Duration, Instant};
 
 use fairyc_backends::cpu::lut::LutLayer;
+use fairyc_backends::cpu::CodeGen;
 use fairyc_backends::reference::kernels::quant_linear::{quant_linear, StageCodes};
 use fairyc_ir::Granularity;
 use num_complex::Complex32;
 
-/// Median seconds per call of `a` and of `b` over about a second of calls
-/// taken in turn (so that both see the same drift of a shared machine).
-fn time_both(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
-    a();
-    b();
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(1) || ta.len() < 5 {
-        let t = Instant::now();
-        a();
-        ta.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        b();
-        tb.push(t.elapsed().as_secs_f64());
+/// Median seconds per call of each of `runs` over about a second of calls
+/// taken in turn (so that all see the same drift of a shared machine).
+fn time_all(runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    for r in runs.iter_mut() {
+        r();
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    (median(ta), median(tb))
+    let mut times = vec![Vec::new(); runs.len()];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) || times[0].len() < 5 {
+        for (r, t) in runs.iter_mut().zip(&mut times) {
+            let clock = Instant::now();
+            r();
+            t.push(clock.elapsed().as_secs_f64());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect()
 }
 
 fn main() {
@@ -42,13 +46,23 @@ fn main() {
         seed ^= seed << 17;
         seed
     };
+    let llvm = CodeGen::llvm_for_host();
     println!(
-        "threads {}; W2 (2 U + 2 W stages), per-tensor scales, 1 row",
-        rayon::current_num_threads()
+        "threads {}; W2 (2 U + 2 W stages), per-tensor scales, 1 row; LLVM tiles of {} rows",
+        rayon::current_num_threads(),
+        llvm.rows()
     );
-    println!("| real in->out | complex n x m | code MiB | reference us | GB/s | cranelift us | GB/s | speed-up |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (real_in, real_out) in [(576, 576), (576, 1536), (1536, 576), (4096, 4096)] {
+    println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let shapes = [
+        (576, 576),
+        (576, 1536),
+        (1536, 576),
+        (4096, 4096),
+        (4096, 11008),
+        (11008, 4096),
+    ];
+    for (real_in, real_out) in shapes {
         let (n, m): (usize, usize) = (real_out / 2, real_in / 2);
         let stages: Vec<Vec<u8>> = (0..4)
             .map(|_| (0..n * m.div_ceil(4)).map(|_| next() as u8).collect())
@@ -70,26 +84,35 @@ fn main() {
             .collect();
         let (u, w) = codes.split_at(2);
         let packed: Vec<&[u8]> = stages.iter().map(|c| c.as_slice()).collect();
-        let layer = LutLayer::new(n, m, 2, &packed, Granularity::Tensor).unwrap();
         let scale_refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
-        let factors = layer.factors(&scale_refs).unwrap();
-        let (reference, lut) = time_both(
-            || {
+        let layer = |generator| {
+            let layer = LutLayer::new(n, m, 2, &packed, Granularity::Tensor, generator).unwrap();
+            let factors = layer.factors(&scale_refs).unwrap();
+            (layer, factors)
+        };
+        let (cranelift, cranelift_factors) = layer(CodeGen::Cranelift);
+        let (generated, generated_factors) = layer(llvm);
+        let times = time_all(&mut [
+            &mut || {
                 std::hint::black_box(quant_linear(&x, m, n, u, w, Granularity::Tensor).unwrap());
             },
-            || {
-                std::hint::black_box(layer.run(&x, 1, &factors));
+            &mut || {
+                std::hint::black_box(cranelift.run(&x, 1, &cranelift_factors));
             },
-        );
+            &mut || {
+                std::hint::black_box(generated.run(&x, 1, &generated_factors));
+            },
+        ]);
         let bytes = (4 * n * m.div_ceil(4)) as f64;
         println!(
-            "| {real_in}->{real_out} | {n}x{m} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.1}x |",
+            "| {real_in}->{real_out} | {n}x{m} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2}x |",
             bytes / (1 << 20) as f64,
-            reference * 1e6,
-            bytes / reference / 1e9,
-            lut * 1e6,
-            bytes / lut / 1e9,
-            reference / lut
+            times[0] * 1e6,
+            times[1] * 1e6,
+            bytes / times[1] / 1e9,
+            times[2] * 1e6,
+            bytes / times[2] / 1e9,
+            times[1] / times[2]
         );
     }
 }

@@ -1,9 +1,13 @@
-//! The CPU backend's look-up-table `quant_linear` against the reference
+//! The CPU backends' look-up-table `quant_linear` against the reference
 //! kernel on random shapes (sizes that are not multiples of the group, the
-//! block or the 16-row tile included), within the bound its quantized
-//! activations imply.
+//! block or the tile included), within the bound its quantized activations
+//! imply; the kernels of both generators, at every tile width the host
+//! runs, compute the same integer sums in the same order, so their outputs
+//! are identical.
 
+use fairyc_backends::cpu::llvm::host_rows;
 use fairyc_backends::cpu::lut::{Blocks, LutLayer};
+use fairyc_backends::cpu::CodeGen;
 use fairyc_backends::reference::kernels::quant_linear::{quant_linear, StageCodes};
 use fairyc_ir::quant::{dequantize, unpack_code_rows, PhaseQuantized};
 use fairyc_ir::Granularity;
@@ -71,9 +75,20 @@ fn lut_quant_linear_is_within_the_activation_bound() {
                 let (u, w) = stage_codes.split_at(u_stages);
                 let want = quant_linear(&x, m, n, u, w, granularity).unwrap();
                 let packed: Vec<&[u8]> = codes.iter().map(|c| c.as_slice()).collect();
-                let layer = LutLayer::new(n, m, u_stages, &packed, granularity).unwrap();
                 let scale_refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
-                let got = layer.run(&x, rows, &layer.factors(&scale_refs).unwrap());
+                let run = |generator| {
+                    let layer =
+                        LutLayer::new(n, m, u_stages, &packed, granularity, generator).unwrap();
+                    layer.run(&x, rows, &layer.factors(&scale_refs).unwrap())
+                };
+                let got = run(CodeGen::Cranelift);
+                for rows in [16, 32, 64].into_iter().filter(|&r| r <= host_rows()) {
+                    assert_eq!(
+                        run(CodeGen::Llvm { rows }),
+                        got,
+                        "LLVM with {rows}-row tiles against Cranelift"
+                    );
+                }
                 // Σ_t |ŵ_t[i, j]|, then the bound per output.
                 let mut magnitude = vec![0.0f32; n * m];
                 for (c, s) in codes.iter().zip(&scales) {

@@ -23,18 +23,11 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
-use super::kernel::{LutKernel, ENTRY_OFFSET, PAIR_TABLE_BYTES, ROWS};
+use super::kernel::{LutKernel, ENTRY_OFFSET, PAIR_TABLE_BYTES};
+use super::KernelFn;
 
-/// The JIT-compiled function (see the calling convention in [`super::kernel`]).
-pub type KernelFn = unsafe extern "C" fn(
-    tables: *const u8,
-    act_scales: *const f32,
-    codes: *const u8,
-    scales: *const f32,
-    out: *mut f32,
-    groups: u64,
-    blocks_per_group: u64,
-);
+/// Rows per tile: Cranelift's x86-64 vectors are 128 bits, 16 bytes.
+pub const ROWS: usize = 16;
 
 /// Compiled kernels by description. Their code lives as long as the
 /// process: a model needs a handful (one per stage count and block size).
@@ -63,6 +56,12 @@ pub fn host_supported() -> bool {
 }
 
 fn compile(desc: LutKernel) -> Result<KernelFn, String> {
+    if desc.rows != ROWS {
+        return Err(format!(
+            "Cranelift emits tiles of {ROWS} rows, not {}",
+            desc.rows
+        ));
+    }
     if !host_supported() {
         return Err("the Cranelift kernels need an x86-64 host with SSSE3".into());
     }

@@ -1,9 +1,10 @@
-//! The description of a table-look-up `quant_linear` tile kernel that the
-//! code generators read (Cranelift now; an LLVM generator can emit the same
-//! loop nest from it), and the layouts its arguments are in.
+//! The description of a table-look-up `quant_linear` tile kernel that both
+//! code generators read ([`super::cranelift`] and [`super::llvm`] emit the
+//! same loop nest from it), and the layouts its arguments are in.
 //!
-//! One call computes 16 output rows (a tile) of one activation row for
-//! every stage of a layer. Per pair of complex inputs `(j, j+1)` the
+//! One call computes `rows` output rows (a tile: 16 with 128-bit vectors,
+//! 32 with 256-bit, 64 with 512-bit) of one activation row for every stage
+//! of a layer. Per pair of complex inputs `(j, j+1)` the
 //! activations are quantized to integers `q` (|q| ≤ 63, per block) and four
 //! 16-entry tables are built, one entry per nibble `c₁ | c₂ << 2` of two
 //! codes (bit 0: axis, bit 1: sign σ):
@@ -19,7 +20,9 @@
 //! stages share one set of tables (built once per activation row).
 //!
 //! Entries are sums of two values of at most 63 in size: they fit a byte
-//! (stored `+128`, as `u8`), so one `pshufb` looks a nibble up for 16 rows.
+//! (stored `+128`, as `u8`), so one byte shuffle (`pshufb`, on wider
+//! vectors with the 16-byte table repeated in every 128-bit lane) looks a
+//! nibble up for 16, 32 or 64 rows.
 //!
 //! # Calling convention (System V, every argument a 64-bit integer)
 //!
@@ -28,20 +31,18 @@
 //! - `tables: *const u8`: `[blocks][block_pairs][A, B, C, D][16]`, entries
 //!   `+128`; `blocks = groups · blocks_per_group`.
 //! - `act_scales: *const f32`: `[blocks]`, the step of each block's integers.
-//! - `codes: *const u8`: the tile's codes, `[blocks][stages][block_pairs/2][16]`:
-//!   byte `r` of a 16-byte row is the original packed code byte of tile row
-//!   `r` for the four inputs `4p..4p+3` of the block (low nibble: pair
-//!   `2p`, high nibble: pair `2p+1`).
-//! - `scales: *const f32`: the tile's `[groups][stages][A, B, C, D][16]`
+//! - `codes: *const u8`: the tile's codes, `[blocks][stages][block_pairs/2][rows]`:
+//!   byte `r` of a row of `rows` bytes is the original packed code byte of
+//!   tile row `r` for the four inputs `4p..4p+3` of the block (low nibble:
+//!   pair `2p`, high nibble: pair `2p+1`).
+//! - `scales: *const f32`: the tile's `[groups][stages][A, B, C, D][rows]`
 //!   factors (axis scales with the stage's signs), in lane order.
-//! - `out: *mut f32`: `[re, im][16]` in lane order; the kernel adds to it.
+//! - `out: *mut f32`: `[re, im][rows]` in lane order; the kernel adds to it.
 //!
 //! Lane order: the kernel widens the looked-up bytes as 16-bit lanes, even
 //! rows from the low bytes and odd rows from the high ones, so lane `q`
-//! holds row [`lane_row`]`(q)`: 0, 2, 4, 6, 8, …, 14, 1, 3, …, 15.
-
-/// Rows per tile: one byte shuffle looks up 16 rows.
-pub const ROWS: usize = 16;
+//! holds row [`LutKernel::lane_row`]`(q)`: 0, 2, 4, …, rows − 2, 1, 3, …,
+//! rows − 1.
 
 /// Bytes of the four tables of one pair of inputs.
 pub const PAIR_TABLE_BYTES: usize = 4 * 16;
@@ -60,34 +61,41 @@ pub struct LutKernel {
     /// Pairs of complex inputs per activation block: even (a code byte is
     /// two pairs), at most 128 (a block's 16-bit sums cannot overflow).
     pub block_pairs: usize,
+    /// Output rows per tile: the vector width in bytes (16, 32 or 64).
+    pub rows: usize,
 }
 
 impl LutKernel {
-    pub fn new(stages: usize, block_pairs: usize) -> LutKernel {
+    pub fn new(stages: usize, block_pairs: usize, rows: usize) -> LutKernel {
         assert!(
             block_pairs > 0 && block_pairs.is_multiple_of(2) && block_pairs <= 128,
             "a block has an even number of pairs, at most 128"
         );
+        assert!(matches!(rows, 16 | 32 | 64), "a tile is 16, 32 or 64 rows");
         LutKernel {
             stages,
             block_pairs,
+            rows,
         }
     }
 
     /// Bytes of one tile's codes per block.
     pub fn codes_per_block(&self) -> usize {
-        self.stages * self.block_pairs / 2 * ROWS
+        self.stages * self.block_pairs / 2 * self.rows
     }
 
     /// Floats of one tile's scales per group.
     pub fn scales_per_group(&self) -> usize {
-        self.stages * 4 * ROWS
+        self.stages * 4 * self.rows
     }
-}
 
-/// The row of a tile that lane `q` holds.
-pub const fn lane_row(q: usize) -> usize {
-    let half = q / 8;
-    let k = q % 8;
-    2 * k + half
+    /// The row of a tile that lane `q` holds.
+    pub const fn lane_row(&self, q: usize) -> usize {
+        let half = self.rows / 2;
+        if q < half {
+            2 * q
+        } else {
+            2 * (q - half) + 1
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `quant_linear` through a generated table-look-up kernel: the layer's
 //! codes re-laid at load for the kernel ([`super::kernel`] has the
 //! layouts), the activations quantized and their tables built once per
-//! row, tiles of 16 output rows run in parallel.
+//! row, tiles of 16, 32 or 64 output rows (the vector width) run in
+//! parallel.
 //!
 //! Columns are grouped as the scales are (one group per row for tensor and
 //! channel scales); each group is split into blocks of at most 64 inputs,
@@ -12,8 +13,8 @@ use fairyc_ir::Granularity;
 use num_complex::Complex32;
 use rayon::prelude::*;
 
-use super::cranelift::{kernel, KernelFn};
-use super::kernel::{lane_row, LutKernel, ENTRY_OFFSET, LEVELS, PAIR_TABLE_BYTES, ROWS};
+use super::kernel::{LutKernel, ENTRY_OFFSET, LEVELS, PAIR_TABLE_BYTES};
+use super::{CodeGen, KernelFn};
 
 /// The most inputs an activation block holds (its integers share a step).
 pub const MAX_BLOCK: usize = 64;
@@ -112,13 +113,15 @@ pub struct LutLayer {
 pub struct Factors(Vec<f32>);
 
 impl LutLayer {
-    /// Re-lays the packed codes `code2[n, m]` of every stage (U first).
+    /// Re-lays the packed codes `code2[n, m]` of every stage (U first) for
+    /// the kernel `generator` emits for this host.
     pub fn new(
         n: usize,
         m: usize,
         u_stages: usize,
         stages: &[&[u8]],
         granularity: Granularity,
+        generator: CodeGen,
     ) -> Result<LutLayer, String> {
         let stride = m.div_ceil(4);
         if let Some(s) = stages.iter().find(|s| s.len() != n * stride) {
@@ -129,11 +132,12 @@ impl LutLayer {
             ));
         }
         let blocks = Blocks::new(m, granularity);
-        let desc = LutKernel::new(stages.len(), blocks.block_len / 2);
-        let kernel = kernel(desc)?;
+        let rows = generator.rows();
+        let desc = LutKernel::new(stages.len(), blocks.block_len / 2, rows);
+        let kernel = generator.kernel(desc)?;
         let columns = blocks.columns();
         let per_tile = blocks.count() * desc.codes_per_block();
-        let mut codes = vec![0u8; n.div_ceil(ROWS) * per_tile];
+        let mut codes = vec![0u8; n.div_ceil(rows) * per_tile];
         codes
             .par_chunks_mut(per_tile.max(1))
             .enumerate()
@@ -142,13 +146,13 @@ impl LutLayer {
                 for block in columns.chunks(blocks.block_len) {
                     for stage in stages {
                         for four in block.chunks(4) {
-                            for r in 0..ROWS {
-                                let row = tile * ROWS + r;
+                            for r in 0..rows {
+                                let row = tile * rows + r;
                                 if row < n {
                                     out[at + r] = code_byte(&stage[row * stride..][..stride], four);
                                 }
                             }
-                            at += ROWS;
+                            at += rows;
                         }
                     }
                 }
@@ -179,6 +183,7 @@ impl LutLayer {
             return y;
         }
         let factors = &factors.0;
+        let tile_rows = self.desc.rows;
         // With one thread, the calling thread does the work: handing it to
         // the pool costs a wake-up per call, as much as a small layer.
         let parallel = rayon::current_num_threads() > 1;
@@ -190,10 +195,10 @@ impl LutLayer {
         let per_tile = self.blocks.count() * self.desc.codes_per_block();
         let factors_per_tile = self.blocks.groups * self.desc.scales_per_group();
         let run_tile = |tile: usize| {
-            let mut out = vec![0.0f32; rows * 2 * ROWS];
+            let mut out = vec![0.0f32; rows * 2 * tile_rows];
             let codes = &self.codes[tile * per_tile..][..per_tile];
             let factors = &factors[tile * factors_per_tile..][..factors_per_tile];
-            for ((t, steps), out) in tables.iter().zip(out.chunks_mut(2 * ROWS)) {
+            for ((t, steps), out) in tables.iter().zip(out.chunks_mut(2 * tile_rows)) {
                 // SAFETY: every buffer has the size and layout the
                 // kernel's calling convention names for `self.desc`.
                 unsafe {
@@ -211,19 +216,19 @@ impl LutLayer {
             out
         };
         let tiles: Vec<Vec<f32>> = if parallel {
-            (0..n.div_ceil(ROWS))
+            (0..n.div_ceil(tile_rows))
                 .into_par_iter()
                 .map(run_tile)
                 .collect()
         } else {
-            (0..n.div_ceil(ROWS)).map(run_tile).collect()
+            (0..n.div_ceil(tile_rows)).map(run_tile).collect()
         };
         for (tile, out) in tiles.iter().enumerate() {
-            for (r, lanes) in out.chunks(2 * ROWS).enumerate() {
-                for q in 0..ROWS {
-                    let i = tile * ROWS + lane_row(q);
+            for (r, lanes) in out.chunks(2 * tile_rows).enumerate() {
+                for q in 0..tile_rows {
+                    let i = tile * tile_rows + self.desc.lane_row(q);
                     if i < n {
-                        y[r * n + i] = Complex32::new(lanes[q], lanes[ROWS + q]);
+                        y[r * n + i] = Complex32::new(lanes[q], lanes[tile_rows + q]);
                     }
                 }
             }
@@ -255,15 +260,16 @@ impl LutLayer {
             ));
         }
         let per_tile = groups * self.desc.scales_per_group();
-        let mut out = vec![0.0f32; n.div_ceil(ROWS) * per_tile];
+        let tile_rows = self.desc.rows;
+        let mut out = vec![0.0f32; n.div_ceil(tile_rows) * per_tile];
         for (tile, f) in out.chunks_mut(per_tile).enumerate() {
             let mut at = 0;
             for g in 0..groups {
                 for (stage, s) in scales.iter().enumerate() {
                     let sign = if stage < self.u_stages { 1.0 } else { -1.0 };
                     for sum in 0..4 {
-                        for q in 0..ROWS {
-                            let row = tile * ROWS + lane_row(q);
+                        for q in 0..tile_rows {
+                            let row = tile * tile_rows + self.desc.lane_row(q);
                             if row >= n {
                                 continue;
                             }
@@ -272,7 +278,7 @@ impl LutLayer {
                                 _ => row * groups + g,
                             };
                             let (s_re, s_im) = (s[2 * k], s[2 * k + 1]);
-                            f[at + sum * ROWS + q] = match sum {
+                            f[at + sum * tile_rows + q] = match sum {
                                 0 => s_re,
                                 1 => -sign * s_im,
                                 2 => sign * s_re,
@@ -280,7 +286,7 @@ impl LutLayer {
                             };
                         }
                     }
-                    at += 4 * ROWS;
+                    at += 4 * tile_rows;
                 }
             }
         }

@@ -1,14 +1,62 @@
-//! The CPU backend: `quant_linear` runs a table-look-up kernel generated
-//! through Cranelift for the host ([`kernel`] describes it, [`cranelift`]
-//! emits it, [`lut`] lays out its data); every other op runs the reference
-//! executor's kernels.
+//! The CPU backends: `quant_linear` runs a table-look-up kernel generated
+//! for the host ([`kernel`] describes it; [`cranelift`] emits it with
+//! 128-bit vectors, [`llvm`] with the widest the host has: 256-bit AVX2,
+//! 512-bit AVX-512; [`lut`] lays out its data); every other op runs the
+//! reference executor's kernels.
 //!
-//! Its activations are quantized to integers per block, so its
+//! Their activations are quantized to integers per block, so their
 //! `quant_linear` is not exact: [`Backend::tolerance`] gives the bound.
 
 pub mod cranelift;
 pub mod kernel;
+pub mod llvm;
 pub mod lut;
+
+/// A JIT-compiled kernel (see the calling convention in [`kernel`]).
+pub type KernelFn = unsafe extern "C" fn(
+    tables: *const u8,
+    act_scales: *const f32,
+    codes: *const u8,
+    scales: *const f32,
+    out: *mut f32,
+    groups: u64,
+    blocks_per_group: u64,
+);
+
+/// Which code generator emits the look-up-table kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeGen {
+    /// Cranelift: fast to compile, 128-bit vectors.
+    Cranelift,
+    /// LLVM, with tiles of `rows` (16, 32 or 64: the byte width of the
+    /// shuffle it uses).
+    Llvm { rows: usize },
+}
+
+impl CodeGen {
+    /// LLVM with the host's widest byte shuffle (AVX-512BW, AVX2 or SSSE3).
+    pub fn llvm_for_host() -> CodeGen {
+        CodeGen::Llvm {
+            rows: llvm::host_rows(),
+        }
+    }
+
+    /// Rows per tile of this generator's kernels.
+    pub fn rows(self) -> usize {
+        match self {
+            CodeGen::Cranelift => cranelift::ROWS,
+            CodeGen::Llvm { rows } => rows,
+        }
+    }
+
+    /// The compiled kernel of `desc`, compiled on first use.
+    pub fn kernel(self, desc: kernel::LutKernel) -> Result<KernelFn, String> {
+        match self {
+            CodeGen::Cranelift => cranelift::kernel(desc),
+            CodeGen::Llvm { .. } => llvm::kernel(desc),
+        }
+    }
+}
 
 use fairyc_ir::{Granularity, Graph, Op, WeightStore};
 use num_complex::Complex32;
@@ -21,6 +69,38 @@ use lut::{Blocks, Factors, LutLayer};
 /// The CPU backend with Cranelift-generated kernels (`--backend cranelift`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cranelift;
+
+/// The CPU backend with LLVM-generated kernels (`--backend llvm`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Llvm;
+
+impl Backend for Llvm {
+    fn name(&self) -> &'static str {
+        "llvm"
+    }
+
+    fn supports(&self, _op: &Op) -> bool {
+        true
+    }
+
+    fn compile(
+        &self,
+        graph: Graph,
+        store: &dyn WeightStore,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Box<dyn Program>, BackendError> {
+        Ok(Box::new(Executor::with_kernels(
+            graph,
+            store,
+            on_weight,
+            Some(&LutKernels(CodeGen::llvm_for_host())),
+        )?))
+    }
+
+    fn tolerance(&self, op: &Op) -> Tolerance {
+        Cranelift.tolerance(op)
+    }
+}
 
 impl Backend for Cranelift {
     fn name(&self) -> &'static str {
@@ -41,7 +121,7 @@ impl Backend for Cranelift {
             graph,
             store,
             on_weight,
-            Some(&LutKernels),
+            Some(&LutKernels(CodeGen::Cranelift)),
         )?))
     }
 
@@ -62,8 +142,8 @@ fn activation_steps(m: usize, granularity: Granularity, row: &[Complex32]) -> Ve
 }
 
 /// Prepares the look-up-table kernel for `quant_linear` nodes whose codes
-/// are weights (known at load).
-struct LutKernels;
+/// are weights (known at load), from the given generator.
+struct LutKernels(CodeGen);
 
 impl Kernels for LutKernels {
     fn prepare(
@@ -96,7 +176,7 @@ impl Kernels for LutKernels {
         let Some((n, m)) = shape else {
             return Ok(None);
         };
-        let layer = LutLayer::new(n, m, *u_stages, &stages, *granularity)?;
+        let layer = LutLayer::new(n, m, *u_stages, &stages, *granularity, self.0)?;
         // Scales that are weights too are laid out once, here.
         let scales: Option<Vec<&[f32]>> = constants[2..]
             .iter()
