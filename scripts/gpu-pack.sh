@@ -13,5 +13,5 @@ cp "$(pick cuda)" .dev/cuda-test
 cp "$(pick conformance_models)" .dev/models-test
 cp "$(pick autodiff)" .dev/autodiff-test
 strip .dev/*
-zstd -q -T0 -15 --rm .dev/*
+zstd -q -T0 -19 --rm .dev/*
 du -ch .dev/* | tail -1

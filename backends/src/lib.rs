@@ -29,7 +29,7 @@ pub use cpu::{Cranelift, Llvm};
 pub use cuda::Cuda;
 pub use plan::MemoryPlan;
 pub use reference::Reference;
-pub use tensor::{Data, Tensor};
+pub use tensor::{Data, DeviceData, Tensor};
 
 /// An error while preparing, loading or running a graph.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,19 @@ pub trait Program: Send + Sync {
     /// Bytes the program holds for weights and weight expressions while it
     /// lives (packed codes count as their packed bytes).
     fn resident_weight_bytes(&self) -> usize;
+
+    /// `t` in host memory: a tensor this program returned in its device's
+    /// memory ([`Data::Device`]) is copied back; any other is returned as
+    /// it is.
+    fn fetch(&self, t: Tensor) -> Result<Tensor, BackendError> {
+        match t.data {
+            Data::Device(_) => Err(BackendError::new(format!(
+                "the {} program holds no device tensors",
+                self.graph().name
+            ))),
+            _ => Ok(t),
+        }
+    }
 }
 
 /// Verifies `graph` and rewrites it for `backend`: composites it does not

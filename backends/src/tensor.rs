@@ -1,5 +1,8 @@
 //! Dense tensors the reference executor computes on.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use fairyc_ir::SharedBytes;
 use num_complex::Complex32;
 
@@ -14,6 +17,27 @@ pub enum Data {
     /// whole byte (the layout of `fairyc_ir::quant`), shared with the store
     /// they were read from (borrowed from its memory map where it has one).
     Codes(SharedBytes),
+    /// Data in a device's memory (a GPU's), opaque to all but the backend
+    /// that made it: a program returns its state outputs (a KV cache) this
+    /// way so that its next run takes them back without a copy;
+    /// [`crate::Program::fetch`] copies one to the host.
+    Device(DeviceData),
+}
+
+/// A backend's handle to data in its device's memory.
+#[derive(Clone)]
+pub struct DeviceData(pub Arc<dyn Any + Send + Sync>);
+
+impl std::fmt::Debug for DeviceData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceData(..)")
+    }
+}
+
+impl PartialEq for DeviceData {
+    fn eq(&self, other: &DeviceData) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// A dense row-major tensor.
@@ -97,13 +121,15 @@ impl Tensor {
         }
     }
 
-    /// Bytes the data takes (packed codes as packed).
+    /// Bytes the data takes in host memory (packed codes as packed;
+    /// device data none).
     pub fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(d) => d.len() * 4,
             Data::C64(d) => d.len() * 8,
             Data::I32(d) => d.len() * 4,
             Data::Codes(d) => d.len(),
+            Data::Device(_) => 0,
         }
     }
 
@@ -113,6 +139,7 @@ impl Tensor {
             Data::C64(_) => "c64",
             Data::I32(_) => "i32",
             Data::Codes(_) => "code2",
+            Data::Device(_) => "device",
         }
     }
 }

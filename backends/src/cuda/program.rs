@@ -23,7 +23,7 @@ use super::codegen::{
 };
 use crate::plan::MemoryPlan;
 use crate::reference::{bind_inputs, load_resident};
-use crate::tensor::{Data, Tensor};
+use crate::tensor::{Data, DeviceData, Tensor};
 use crate::{BackendError, Program};
 
 /// A tensor on the device: 32-bit words (f32, i32, or complex as two f32).
@@ -105,6 +105,8 @@ pub struct CudaProgram {
     /// Per `pack` / `unpack` node: the source word of each output word of
     /// a row (−1: zero), and the words of a source row.
     gathers: HashMap<usize, (CudaSlice<i32>, usize)>,
+    /// How many of the last outputs are state (returned on the device).
+    state_outputs: usize,
     /// Per `widely_linear_grad` node: the pairing of each row and column of
     /// the real matrix (2·slot + imaginary).
     pairings: HashMap<usize, (CudaSlice<i32>, CudaSlice<i32>)>,
@@ -346,6 +348,7 @@ impl CudaProgram {
             };
             gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
         }
+        let state_outputs = crate::state::state_names(&graph).len();
         Ok(CudaProgram {
             graph,
             plan,
@@ -356,6 +359,7 @@ impl CudaProgram {
             constants,
             rope_freqs,
             gathers,
+            state_outputs,
             pairings,
             resident_bytes,
         })
@@ -993,9 +997,17 @@ fn pairing_index(op: &Op, pairing: Pairing, cols: usize) -> Result<(Vec<i32>, us
     }
 }
 
-/// Copies a host tensor to the device as words.
+/// Copies a host tensor to the device as words; a tensor already there
+/// (one this backend returned) is taken as it is.
 fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> {
     let (elem, words): (Elem, Vec<u32>) = match &t.data {
+        Data::Device(d) => {
+            return d
+                .0
+                .downcast_ref::<DeviceTensor>()
+                .cloned()
+                .ok_or_else(|| "a device tensor of another backend".to_string())
+        }
         Data::F32(v) => (Elem::Real, v.iter().map(|x| x.to_bits()).collect()),
         Data::C64(v) => (
             Elem::Complex,
@@ -1122,15 +1134,23 @@ impl Program for CudaProgram {
                 }
             }
         }
-        let outputs = self
-            .graph
-            .outputs
+        // State outputs (the last ones, a KV cache) stay on the device for
+        // the next run; the others come to the host.
+        let outputs = &self.graph.outputs;
+        let kept_from = outputs.len().saturating_sub(self.state_outputs);
+        let outputs = outputs
             .iter()
-            .map(|v| {
-                download(
-                    &self.stream,
-                    values[v.0].as_ref().expect("outputs are kept"),
-                )
+            .enumerate()
+            .map(|(k, v)| {
+                let t = values[v.0].as_ref().expect("outputs are kept");
+                if k >= kept_from {
+                    Ok(Tensor {
+                        shape: t.shape.clone(),
+                        data: Data::Device(DeviceData(Arc::new(t.clone()))),
+                    })
+                } else {
+                    download(&self.stream, t)
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.stream.synchronize().map_err(driver)?;
@@ -1139,5 +1159,17 @@ impl Program for CudaProgram {
 
     fn resident_weight_bytes(&self) -> usize {
         self.resident_bytes
+    }
+
+    fn fetch(&self, t: Tensor) -> Result<Tensor, BackendError> {
+        match &t.data {
+            Data::Device(d) => {
+                let on_device =
+                    d.0.downcast_ref::<DeviceTensor>()
+                        .ok_or_else(|| BackendError::new("a device tensor of another backend"))?;
+                download(&self.stream, on_device)
+            }
+            _ => Ok(t),
+        }
     }
 }

@@ -278,7 +278,9 @@ pub fn bind_inputs(
         let dtype_ok = matches!(
             (ty.dtype, &t.data),
             (DType::I32, Data::I32(_)) | (DType::C64, Data::C64(_))
-        ) || (ty.dtype.is_real_float() && matches!(t.data, Data::F32(_)));
+        ) || (ty.dtype.is_real_float() && matches!(t.data, Data::F32(_)))
+        // Device data is checked by the backend that owns it.
+        || matches!(t.data, Data::Device(_));
         if !dtype_ok || t.shape.len() != ty.shape.rank() {
             return Err(BackendError::new(format!(
                 "input \"{name}\" must be {ty}, got {} with shape {:?}",
@@ -457,7 +459,9 @@ macro_rules! for_each_dtype {
                 Data::F32($d) => Data::F32($body),
                 Data::C64($d) => Data::C64($body),
                 Data::I32($d) => Data::I32($body),
-                Data::Codes(_) => return Err("code tensors cannot be rearranged".into()),
+                Data::Codes(_) | Data::Device(_) => {
+                    return Err("code and device tensors cannot be rearranged here".into())
+                }
             },
         }
     };
@@ -483,7 +487,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             match &table.data {
                 Data::F32(t) => Tensor::f32(shape, layout::embed(t, width, ids).map_err(bad)?),
                 Data::C64(t) => Tensor::c64(shape, layout::embed(t, width, ids).map_err(bad)?),
-                Data::I32(_) | Data::Codes(_) => {
+                Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
                     return Err("embedding table must be a float tensor".into())
                 }
             }
@@ -549,7 +553,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                     x.shape.clone(),
                     rope_complex(d, pos, x.cols(), *head_dim, *base),
                 ),
-                Data::I32(_) | Data::Codes(_) => return Err("rope needs a float input".into()),
+                Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
+                    return Err("rope needs a float input".into())
+                }
             }
         }
         Op::Attention {
@@ -677,7 +683,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                         .collect::<Result<Vec<_>, String>>()?;
                     Tensor::c64(shape, layout::concat(&parts, *axis))
                 }
-                Data::I32(_) | Data::Codes(_) => {
+                Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
                     return Err("concat takes f32 or c64 tensors".into())
                 }
             }
@@ -803,7 +809,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             Data::C64(d) => {
                 Tensor::c64(x.shape.clone(), vec![Complex32::new(*value, 0.0); d.len()])
             }
-            Data::I32(_) | Data::Codes(_) => return Err("fill takes an f32 or c64 template".into()),
+            Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
+                return Err("fill takes an f32 or c64 template".into())
+            }
         },
         Op::AdamUpdate { eps } => {
             let scalar = |t: &Tensor, what| -> Result<f32, String> {
@@ -853,7 +861,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
         Op::Scale { factor } => match &x.data {
             Data::F32(d) => Tensor::f32(x.shape.clone(), d.iter().map(|v| v * factor).collect()),
             Data::C64(d) => Tensor::c64(x.shape.clone(), d.iter().map(|v| v * factor).collect()),
-            Data::I32(_) | Data::Codes(_) => return Err("scale takes f32 or c64".into()),
+            Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
+                return Err("scale takes f32 or c64".into())
+            }
         },
         Op::ReduceTo { shape } => {
             let shape = x.shape[x.shape.len() - shape.rank()..].to_vec();
@@ -861,7 +871,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             match &x.data {
                 Data::F32(d) => Tensor::f32(shape, grad::reduce_to(d, n)),
                 Data::C64(d) => Tensor::c64(shape, grad::reduce_to(d, n)),
-                Data::I32(_) | Data::Codes(_) => return Err("reduce_to takes f32 or c64".into()),
+                Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
+                    return Err("reduce_to takes f32 or c64".into())
+                }
             }
         }
         Op::Pad {
@@ -874,7 +886,9 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             match &x.data {
                 Data::F32(d) => Tensor::f32(shape, grad::pad(d, &x.shape, *axis, *before, *after)),
                 Data::C64(d) => Tensor::c64(shape, grad::pad(d, &x.shape, *axis, *before, *after)),
-                Data::I32(_) | Data::Codes(_) => return Err("pad takes f32 or c64".into()),
+                Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
+                    return Err("pad takes f32 or c64".into())
+                }
             }
         }
         Op::LinearWeightGrad => {
@@ -921,7 +935,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                 Data::C64(d) => {
                     Tensor::c64(shape, grad::embed_grad(ids, d, *vocab, width).map_err(bad)?)
                 }
-                Data::I32(_) | Data::Codes(_) => {
+                Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
                     return Err("embed_grad takes a float gradient".into())
                 }
             }
