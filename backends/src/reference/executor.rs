@@ -141,7 +141,17 @@ impl Executor {
     /// trainer's parameters and gradients, a KV cache) are moved in, not
     /// copied; a cache is extended in place by the concatenation that reads
     /// it last; outputs no other value shares are moved out.
-    pub fn run_owned(
+    pub fn run_owned(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        // The whole run on one of rayon's workers: the kernels' parallel
+        // loops then start from inside the pool, where handing work out
+        // costs no thread wake-up per node (hundreds per token otherwise).
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.run_in_pool(inputs));
+        }
+        self.run_in_pool(inputs)
+    }
+
+    fn run_in_pool(
         &self,
         mut inputs: HashMap<String, Tensor>,
     ) -> Result<Vec<Tensor>, BackendError> {
