@@ -81,7 +81,12 @@ fn compile(desc: LutKernel) -> Result<KernelFn, String> {
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     let mut fctx = FunctionBuilderContext::new();
     let target = module.target_config();
-    emit(desc, FunctionBuilder::new(&mut ctx.func, &mut fctx), target);
+    emit(
+        desc,
+        FunctionBuilder::new(&mut ctx.func, &mut fctx),
+        target,
+        Shuffle::Pshufb,
+    );
     module
         .define_function(id, &mut ctx)
         .map_err(|e| format!("{e:?}"))?;
@@ -130,7 +135,54 @@ fn advance(b: &mut FunctionBuilder, v: Variable, bytes: usize) {
     b.def_var(v, next);
 }
 
-fn emit(desc: LutKernel, mut b: FunctionBuilder, target: TargetFrontendConfig) {
+/// The byte shuffle a target looks tables up with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shuffle {
+    /// x86's `pshufb`.
+    Pshufb,
+    /// Cranelift's portable `swizzle` (aarch64's `tbl`; indices are
+    /// nibbles, below 16, so its zeroing of larger ones never applies).
+    Swizzle,
+}
+
+/// The kernel of `desc` as aarch64 machine code (NEON `tbl` look-ups, the
+/// AAPCS64 calling convention), position-independent and without
+/// relocations: for linking into a harness run under emulation.
+pub fn aarch64_code(desc: LutKernel) -> Result<Vec<u8>, String> {
+    if desc.rows != ROWS {
+        return Err(format!(
+            "Cranelift emits tiles of {ROWS} rows, not {}",
+            desc.rows
+        ));
+    }
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+    let isa = cranelift_codegen::isa::lookup_by_name("aarch64")
+        .map_err(|e| e.to_string())?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| e.to_string())?;
+    let mut ctx = cranelift_codegen::Context::new();
+    ctx.func.signature.call_conv = isa.default_call_conv();
+    for _ in 0..7 {
+        ctx.func.signature.params.push(AbiParam::new(types::I64));
+    }
+    let mut fctx = FunctionBuilderContext::new();
+    emit(
+        desc,
+        FunctionBuilder::new(&mut ctx.func, &mut fctx),
+        isa.frontend_config(),
+        Shuffle::Swizzle,
+    );
+    let code = ctx
+        .compile(&*isa, &mut Default::default())
+        .map_err(|e| format!("{:?}", e.inner))?;
+    if !code.buffer.relocs().is_empty() {
+        return Err("the aarch64 kernel has relocations".into());
+    }
+    Ok(code.code_buffer().to_vec())
+}
+
+fn emit(desc: LutKernel, mut b: FunctionBuilder, target: TargetFrontendConfig, shuffle: Shuffle) {
     let mem = MemFlagsData::new().with_notrap();
     let lanes = MemFlagsData::new().with_endianness(Endianness::Little);
     let entry = b.create_block();
@@ -179,7 +231,10 @@ fn emit(desc: LutKernel, mut b: FunctionBuilder, target: TargetFrontendConfig) {
                         for sum in 0..4 {
                             let at = (pair * PAIR_TABLE_BYTES + sum * 16) as i32;
                             let table = b.ins().load(types::I8X16, mem, tp, at);
-                            let looked = b.ins().x86_pshufb(table, idx);
+                            let looked = match shuffle {
+                                Shuffle::Pshufb => b.ins().x86_pshufb(table, idx),
+                                Shuffle::Swizzle => b.ins().swizzle(table, idx),
+                            };
                             let l = b.ins().bitcast(types::I16X8, lanes, looked);
                             let high = b.ins().ushr_imm_u(l, 8);
                             let (s, h) = (b.use_var(sums[2 * sum]), b.use_var(sums[2 * sum + 1]));

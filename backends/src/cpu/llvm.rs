@@ -18,7 +18,10 @@ use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Module;
-use inkwell::targets::{InitializationConfig, Target, TargetMachine};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+};
 use inkwell::types::{FloatType, IntType, VectorType};
 use inkwell::values::{BasicValue, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::{AddressSpace, IntPredicate, OptimizationLevel};
@@ -66,14 +69,61 @@ pub fn kernel(desc: LutKernel) -> Result<KernelFn, String> {
     Ok(f)
 }
 
-/// The shuffle intrinsic of a vector of `rows` bytes.
-fn shuffle_name(rows: usize) -> Result<&'static str, String> {
-    Ok(match rows {
-        16 => "llvm.x86.ssse3.pshuf.b.128",
-        32 => "llvm.x86.avx2.pshuf.b",
-        64 => "llvm.x86.avx512.pshuf.b.512",
+/// Where the kernel runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// This x86-64 host (JIT), its CPU's features.
+    Host,
+    /// aarch64 with NEON (an object file for a harness).
+    Aarch64,
+}
+
+/// The byte-shuffle intrinsic of a vector of `rows` bytes on `isa`.
+fn shuffle_name(isa: Isa, rows: usize) -> Result<&'static str, String> {
+    Ok(match (isa, rows) {
+        (Isa::Host, 16) => "llvm.x86.ssse3.pshuf.b.128",
+        (Isa::Host, 32) => "llvm.x86.avx2.pshuf.b",
+        (Isa::Host, 64) => "llvm.x86.avx512.pshuf.b.512",
+        (Isa::Aarch64, 16) => "llvm.aarch64.neon.tbl1",
         _ => return Err(format!("no byte shuffle of {rows} bytes")),
     })
+}
+
+/// The kernel of `desc` (16-row tiles: NEON `tbl` look-ups) as an aarch64
+/// ELF object defining the C function `symbol`, for linking into a
+/// harness run under emulation.
+pub fn aarch64_object(desc: LutKernel, symbol: &str) -> Result<Vec<u8>, String> {
+    Target::initialize_aarch64(&InitializationConfig::default());
+    let triple = TargetTriple::create("aarch64-unknown-linux-gnu");
+    let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
+    let machine = target
+        .create_target_machine(
+            &triple,
+            "generic",
+            "+neon",
+            OptimizationLevel::Aggressive,
+            RelocMode::PIC,
+            CodeModel::Default,
+        )
+        .ok_or("LLVM could not create an aarch64 target machine")?;
+    let context: &'static Context = Box::leak(Box::new(Context::create()));
+    let module = context.create_module("fairyc_lut");
+    module.set_triple(&triple);
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    let gen = Gen {
+        context,
+        builder: context.create_builder(),
+        module: &module,
+    };
+    gen.emit(desc, symbol, Isa::Aarch64)?;
+    module.verify().map_err(|e| e.to_string())?;
+    module
+        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .map_err(|e| e.to_string())?;
+    let object = machine
+        .write_to_memory_buffer(&module, FileType::Object)
+        .map_err(|e| e.to_string())?;
+    Ok(object.as_slice().to_vec())
 }
 
 const NAME: &str = "quant_linear_lut";
@@ -98,7 +148,7 @@ fn compile(desc: LutKernel) -> Result<KernelFn, String> {
         builder: context.create_builder(),
         module: &module,
     };
-    gen.emit(desc)?;
+    gen.emit(desc, NAME, Isa::Host)?;
     module.verify().map_err(|e| e.to_string())?;
     let engine: ExecutionEngine<'static> = module
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
@@ -222,7 +272,7 @@ impl Gen<'_> {
         Ok(())
     }
 
-    fn emit(&self, desc: LutKernel) -> Built<()> {
+    fn emit(&self, desc: LutKernel, name: &str, isa: Isa) -> Built<()> {
         let rows = desc.rows as u32;
         let half = rows / 2;
         let ptr = self.context.ptr_type(AddressSpace::default());
@@ -239,18 +289,20 @@ impl Gen<'_> {
             ],
             false,
         );
-        let f = self.module.add_function(NAME, fn_type, None);
-        // Code for this CPU: the JIT otherwise targets a generic x86-64.
-        let cpu = TargetMachine::get_host_cpu_name().to_string();
-        let features = TargetMachine::get_host_cpu_features().to_string();
-        for (key, value) in [
-            ("target-cpu", cpu.as_str()),
-            ("target-features", features.as_str()),
-        ] {
-            f.add_attribute(
-                AttributeLoc::Function,
-                self.context.create_string_attribute(key, value),
-            );
+        let f = self.module.add_function(name, fn_type, None);
+        if isa == Isa::Host {
+            // Code for this CPU: the JIT otherwise targets a generic x86-64.
+            let cpu = TargetMachine::get_host_cpu_name().to_string();
+            let features = TargetMachine::get_host_cpu_features().to_string();
+            for (key, value) in [
+                ("target-cpu", cpu.as_str()),
+                ("target-features", features.as_str()),
+            ] {
+                f.add_attribute(
+                    AttributeLoc::Function,
+                    self.context.create_string_attribute(key, value),
+                );
+            }
         }
         let entry = self.context.append_basic_block(f, "entry");
         self.builder.position_at_end(entry);
@@ -267,8 +319,13 @@ impl Gen<'_> {
         let table_type = self.i8().vec_type(16);
         let words = self.i16().vec_type(half);
         let floats = self.f32().vec_type(half);
-        let shuffle = Intrinsic::find(shuffle_name(desc.rows)?)
-            .and_then(|i| i.get_declaration(self.module, &[]))
+        // aarch64's tbl is overloaded on its vector type; x86's are not.
+        let overloads = match isa {
+            Isa::Host => vec![],
+            Isa::Aarch64 => vec![bytes.into()],
+        };
+        let shuffle = Intrinsic::find(shuffle_name(isa, desc.rows)?)
+            .and_then(|i| i.get_declaration(self.module, &overloads))
             .ok_or("LLVM 19 lacks the byte shuffle intrinsic")?;
         // Repeats a 16-byte table into every 128-bit lane.
         let repeat = VectorType::const_vector(
