@@ -2,9 +2,10 @@
 //! scales) at SmolLM2-135M's layer shapes and LLaMA-7B's: the reference
 //! kernel against the look-up-table kernels of both generators (Cranelift,
 //! 16-row tiles; LLVM, the host's widest shuffle), one row of activations.
-//! Threads: RAYON_NUM_THREADS.
+//! Threads: RAYON_NUM_THREADS; rows of activations: the first argument
+//! (default 1: GEMV; a prompt's many rows make it a GEMM).
 //!
-//! `cargo run --release -p fairyc-backends --example lut_gemv`
+//! `cargo run --release -p fairyc-backends --example lut_gemv [ROWS]`
 
 use std::time::{Duration, Instant};
 
@@ -47,13 +48,16 @@ fn main() {
         seed
     };
     let llvm = CodeGen::llvm_for_host();
+    let rows: usize = std::env::args()
+        .nth(1)
+        .map_or(1, |r| r.parse().expect("rows: a number"));
     println!(
-        "threads {}; W2 (2 U + 2 W stages), per-tensor scales, 1 row; LLVM tiles of {} rows",
+        "threads {}; W2 (2 U + 2 W stages), per-tensor scales, {rows} rows; LLVM tiles of {} rows",
         rayon::current_num_threads(),
         llvm.rows()
     );
-    println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift | llvm / reference |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let shapes = [
         (576, 576),
         (576, 1536),
@@ -68,7 +72,7 @@ fn main() {
             .map(|_| (0..n * m.div_ceil(4)).map(|_| next() as u8).collect())
             .collect();
         let scales = vec![vec![0.02f32, 0.03]; 4];
-        let x: Vec<Complex32> = (0..m)
+        let x: Vec<Complex32> = (0..rows * m)
             .map(|_| {
                 let u = |v: u64| (v >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 Complex32::new(u(next()), u(next()))
@@ -97,22 +101,23 @@ fn main() {
                 std::hint::black_box(quant_linear(&x, m, n, u, w, Granularity::Tensor).unwrap());
             },
             &mut || {
-                std::hint::black_box(cranelift.run(&x, 1, &cranelift_factors));
+                std::hint::black_box(cranelift.run(&x, rows, &cranelift_factors));
             },
             &mut || {
-                std::hint::black_box(generated.run(&x, 1, &generated_factors));
+                std::hint::black_box(generated.run(&x, rows, &generated_factors));
             },
         ]);
         let bytes = (4 * n * m.div_ceil(4)) as f64;
         println!(
-            "| {real_in}->{real_out} | {n}x{m} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2}x |",
+            "| {real_in}->{real_out} | {n}x{m} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2}x | {:.2}x |",
             bytes / (1 << 20) as f64,
             times[0] * 1e6,
             times[1] * 1e6,
             bytes / times[1] / 1e9,
             times[2] * 1e6,
             bytes / times[2] / 1e9,
-            times[1] / times[2]
+            times[1] / times[2],
+            times[0] / times[2]
         );
     }
 }
