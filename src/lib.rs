@@ -91,6 +91,11 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub text: String,
     pub stop: StopReason,
+    /// Wall time of the prompt's processing (until its logits, which give
+    /// the first token).
+    pub prompt_time: std::time::Duration,
+    /// Wall time of the decode steps after it (one per further token).
+    pub decode_time: std::time::Duration,
 }
 
 /// Perplexity over windows of a token stream.
@@ -203,12 +208,17 @@ impl Model {
         let mut text = String::new();
         let mut stream_error = None;
         let tokenizer = &self.tokenizer;
+        let start = std::time::Instant::now();
+        let mut first_token = None;
         let (tokens, stop) = session.generate(
             prompt,
             options.max_new_tokens,
             &mut sampler,
             &|id| tokenizer.is_eog(id),
-            &mut |id| match stream.push(id) {
+            &mut |id| match {
+                first_token.get_or_insert_with(std::time::Instant::now);
+                stream.push(id)
+            } {
                 Ok(Some(piece)) => {
                     on_text(&piece);
                     text.push_str(&piece);
@@ -227,7 +237,15 @@ impl Model {
         let rest = stream.finish()?;
         on_text(&rest);
         text.push_str(&rest);
-        Ok(Generation { tokens, text, stop })
+        let end = std::time::Instant::now();
+        let prompt_end = first_token.unwrap_or(end);
+        Ok(Generation {
+            tokens,
+            text,
+            stop,
+            prompt_time: prompt_end - start,
+            decode_time: end - prompt_end,
+        })
     }
 
     /// Perplexity of `ids` over non-overlapping windows of `ctx` tokens with

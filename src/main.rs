@@ -519,20 +519,25 @@ fn run(command: Command) -> Result<()> {
                 top_p,
                 seed,
             };
-            let start = Instant::now();
             let mut stdout = std::io::stdout();
             let generation = model.generate(&ids, &options, &mut |piece| {
                 let _ = stdout.write_all(piece.as_bytes());
                 let _ = stdout.flush();
             })?;
             println!();
-            let secs = start.elapsed().as_secs_f64();
+            // The first token comes from the prompt's logits; each later
+            // one is a decode step.
+            let (prompt_s, decode_s) = (
+                generation.prompt_time.as_secs_f64(),
+                generation.decode_time.as_secs_f64(),
+            );
+            let steps = generation.tokens.len().saturating_sub(1);
             eprintln!(
-                "[{} prompt tokens, {} generated in {:.2}s, {:.1} tokens/s, stop: {:?}]",
+                "[{} prompt tokens in {prompt_s:.2}s ({:.1} tokens/s), {} generated, {steps} decode steps in {decode_s:.2}s ({:.1} tokens/s), stop: {:?}]",
                 ids.len(),
+                ids.len() as f64 / prompt_s.max(1e-9),
                 generation.tokens.len(),
-                secs,
-                generation.tokens.len() as f64 / secs,
+                steps as f64 / decode_s.max(1e-9),
                 generation.stop
             );
             Ok(())
