@@ -215,19 +215,19 @@ impl Model {
             options.max_new_tokens,
             &mut sampler,
             &|id| tokenizer.is_eog(id),
-            &mut |id| match {
+            &mut |id| {
                 first_token.get_or_insert_with(std::time::Instant::now);
-                stream.push(id)
-            } {
-                Ok(Some(piece)) => {
-                    on_text(&piece);
-                    text.push_str(&piece);
-                    true
-                }
-                Ok(None) => true,
-                Err(e) => {
-                    stream_error = Some(e);
-                    false
+                match stream.push(id) {
+                    Ok(Some(piece)) => {
+                        on_text(&piece);
+                        text.push_str(&piece);
+                        true
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        stream_error = Some(e);
+                        false
+                    }
                 }
             },
         )?;

@@ -166,12 +166,7 @@ fn artifacts_run_from_packed_codes() {
 /// (its `quant_linear` computes in f32 from the codes, as the reference).
 #[test]
 fn models_match_the_reference_on_the_gpu() {
-    if !Cuda::available() {
-        assert!(
-            std::env::var_os("FAIRYC_REQUIRE_GPU").is_none(),
-            "FAIRYC_REQUIRE_GPU is set but no CUDA device is usable"
-        );
-        eprintln!("SKIPPED: no CUDA driver or device on this machine");
+    if !common::gpu_or_skip() {
         return;
     }
     let dir = TempDir::new("gpu-models");

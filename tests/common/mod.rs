@@ -119,3 +119,18 @@ pub fn training_text(bytes: usize) -> String {
         .map_or(bytes.min(text.len()), |i| i + 1);
     text[..cut].to_string()
 }
+
+/// Whether a CUDA GPU is usable here; where none is (CI), the caller skips
+/// and this prints SKIPPED, unless FAIRYC_REQUIRE_GPU=1 (set on the GPU
+/// machine) makes a missing GPU a failure.
+pub fn gpu_or_skip() -> bool {
+    if fairyc::Cuda::available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("FAIRYC_REQUIRE_GPU").is_none(),
+        "FAIRYC_REQUIRE_GPU is set but no CUDA device is usable"
+    );
+    eprintln!("SKIPPED: no CUDA driver or device on this machine");
+    false
+}

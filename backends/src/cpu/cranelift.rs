@@ -11,9 +11,6 @@
 //! block the sums lose their offsets, become f32 and are scaled by the
 //! block's activation step and the stage's factors into `out`.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use cranelift_codegen::ir::{
     types, AbiParam, Endianness, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
@@ -29,24 +26,6 @@ use super::KernelFn;
 /// Rows per tile: Cranelift's x86-64 vectors are 128 bits, 16 bytes.
 pub const ROWS: usize = 16;
 
-/// Compiled kernels by description. Their code lives as long as the
-/// process: a model needs a handful (one per stage count and block size).
-static KERNELS: OnceLock<Mutex<HashMap<LutKernel, KernelFn>>> = OnceLock::new();
-
-/// The compiled kernel of `desc`, compiling it on first use.
-pub fn kernel(desc: LutKernel) -> Result<KernelFn, String> {
-    let mut cache = KERNELS
-        .get_or_init(Default::default)
-        .lock()
-        .map_err(|_| "the kernel cache is poisoned".to_string())?;
-    if let Some(f) = cache.get(&desc) {
-        return Ok(*f);
-    }
-    let f = compile(desc)?;
-    cache.insert(desc, f);
-    Ok(f)
-}
-
 /// Whether the host runs the generated kernels (x86-64 with SSSE3).
 pub fn host_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -55,7 +34,8 @@ pub fn host_supported() -> bool {
     return false;
 }
 
-fn compile(desc: LutKernel) -> Result<KernelFn, String> {
+/// Compiles the kernel of `desc` ([`super::CodeGen::kernel`] keeps them).
+pub(super) fn compile(desc: LutKernel) -> Result<KernelFn, String> {
     if desc.rows != ROWS {
         return Err(format!(
             "Cranelift emits tiles of {ROWS} rows, not {}",

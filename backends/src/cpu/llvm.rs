@@ -9,9 +9,6 @@
 //! vector `l` seen as 16-bit lanes, `S += l` and `H += l >> 8`; at the end
 //! of a block `H` sums the odd rows and `S − (H << 8)` the even ones.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use inkwell::attributes::AttributeLoc;
 use inkwell::builder::Builder;
 use inkwell::context::Context;
@@ -49,24 +46,6 @@ pub fn host_supported() -> bool {
     return std::arch::is_x86_feature_detected!("ssse3");
     #[cfg(not(target_arch = "x86_64"))]
     return false;
-}
-
-/// Compiled kernels by description; their code lives as long as the
-/// process (a model needs a handful).
-static KERNELS: OnceLock<Mutex<HashMap<LutKernel, KernelFn>>> = OnceLock::new();
-
-/// The compiled kernel of `desc`, compiling it on first use.
-pub fn kernel(desc: LutKernel) -> Result<KernelFn, String> {
-    let mut cache = KERNELS
-        .get_or_init(Default::default)
-        .lock()
-        .map_err(|_| "the kernel cache is poisoned".to_string())?;
-    if let Some(f) = cache.get(&desc) {
-        return Ok(*f);
-    }
-    let f = compile(desc)?;
-    cache.insert(desc, f);
-    Ok(f)
 }
 
 /// Where the kernel runs.
@@ -128,7 +107,8 @@ pub fn aarch64_object(desc: LutKernel, symbol: &str) -> Result<Vec<u8>, String> 
 
 const NAME: &str = "quant_linear_lut";
 
-fn compile(desc: LutKernel) -> Result<KernelFn, String> {
+/// Compiles the kernel of `desc` ([`super::CodeGen::kernel`] keeps them).
+pub(super) fn compile(desc: LutKernel) -> Result<KernelFn, String> {
     if !host_supported() {
         return Err("the LLVM kernels need an x86-64 host with SSSE3".into());
     }

@@ -24,7 +24,7 @@ pub type KernelFn = unsafe extern "C" fn(
 );
 
 /// Which code generator emits the look-up-table kernels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CodeGen {
     /// Cranelift: fast to compile, 128-bit vectors.
     Cranelift,
@@ -49,14 +49,30 @@ impl CodeGen {
         }
     }
 
-    /// The compiled kernel of `desc`, compiled on first use.
+    /// The compiled kernel of `desc`, compiled on first use. Kernels live
+    /// as long as the process: a model needs a handful (one per stage count
+    /// and block size).
     pub fn kernel(self, desc: kernel::LutKernel) -> Result<KernelFn, String> {
-        match self {
-            CodeGen::Cranelift => cranelift::kernel(desc),
-            CodeGen::Llvm { .. } => llvm::kernel(desc),
+        static KERNELS: OnceLock<Mutex<HashMap<(CodeGen, kernel::LutKernel), KernelFn>>> =
+            OnceLock::new();
+        let mut cache = KERNELS
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| "the kernel cache is poisoned".to_string())?;
+        if let Some(f) = cache.get(&(self, desc)) {
+            return Ok(*f);
         }
+        let f = match self {
+            CodeGen::Cranelift => cranelift::compile(desc)?,
+            CodeGen::Llvm { .. } => llvm::compile(desc)?,
+        };
+        cache.insert((self, desc), f);
+        Ok(f)
     }
 }
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use fairyc_ir::{Granularity, Graph, Op, WeightStore};
 use num_complex::Complex32;
@@ -89,16 +105,11 @@ impl Backend for Llvm {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Box<dyn Program>, BackendError> {
-        Ok(Box::new(Executor::with_kernels(
-            graph,
-            store,
-            on_weight,
-            Some(&LutKernels(CodeGen::llvm_for_host())),
-        )?))
+        compile_with(CodeGen::llvm_for_host(), graph, store, on_weight)
     }
 
     fn tolerance(&self, op: &Op) -> Tolerance {
-        Cranelift.tolerance(op)
+        lut_tolerance(op)
     }
 }
 
@@ -117,22 +128,39 @@ impl Backend for Cranelift {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Box<dyn Program>, BackendError> {
-        Ok(Box::new(Executor::with_kernels(
-            graph,
-            store,
-            on_weight,
-            Some(&LutKernels(CodeGen::Cranelift)),
-        )?))
+        compile_with(CodeGen::Cranelift, graph, store, on_weight)
     }
 
     fn tolerance(&self, op: &Op) -> Tolerance {
-        match op {
-            Op::QuantLinear { .. } => Tolerance::QuantizedActivations {
-                rel: 1e-4,
-                step: activation_steps,
-            },
-            _ => Tolerance::default(),
-        }
+        lut_tolerance(op)
+    }
+}
+
+/// The reference executor with `generator`'s look-up-table kernels for
+/// `quant_linear`.
+fn compile_with(
+    generator: CodeGen,
+    graph: Graph,
+    store: &dyn WeightStore,
+    on_weight: &(dyn Fn(&str) + Sync),
+) -> Result<Box<dyn Program>, BackendError> {
+    Ok(Box::new(Executor::with_kernels(
+        graph,
+        store,
+        on_weight,
+        Some(&LutKernels(generator)),
+    )?))
+}
+
+/// `quant_linear` on int activations is within their bound; every other
+/// op is the reference's.
+fn lut_tolerance(op: &Op) -> Tolerance {
+    match op {
+        Op::QuantLinear { .. } => Tolerance::QuantizedActivations {
+            rel: 1e-4,
+            step: activation_steps,
+        },
+        _ => Tolerance::default(),
     }
 }
 

@@ -788,8 +788,7 @@ impl CudaProgram {
     }
 
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major) as the column-major
-    /// product `yᵀ = w · xᵀ` with `w` transposed: cuBLAS's sgemm, or cgemm
-    /// for complex operands.
+    /// product `yᵀ = w · xᵀ` with `w` transposed.
     fn linear(
         &self,
         x: &DeviceTensor,
@@ -798,71 +797,14 @@ impl CudaProgram {
     ) -> Result<(), BackendError> {
         let (n, k) = (w.shape[0], w.shape[1]);
         let m: usize = x.shape[..x.shape.len() - 1].iter().product();
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        if k == 0 {
-            self.stream.memset_zeros(out).map_err(driver)?;
-            return Ok(());
-        }
-        let (a, _ra) = w.words.device_ptr(&self.stream);
-        let (b, _rb) = x.words.device_ptr(&self.stream);
-        let (c, _rc) = out.device_ptr_mut(&self.stream);
-        let (m, n, k) = (m as i32, n as i32, k as i32);
-        let status = if x.elem == Elem::Complex {
-            let one = blas_sys::cuComplex { x: 1.0, y: 0.0 };
-            let zero = blas_sys::cuComplex { x: 0.0, y: 0.0 };
-            // SAFETY: the pointers hold n×k, m×k and m×n complex values.
-            unsafe {
-                blas_sys::cublasCgemm_v2(
-                    *self.blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    n,
-                    m,
-                    k,
-                    &one,
-                    a as *const blas_sys::cuComplex,
-                    k,
-                    b as *const blas_sys::cuComplex,
-                    k,
-                    &zero,
-                    c as *mut blas_sys::cuComplex,
-                    n,
-                )
-            }
-        } else {
-            let (one, zero) = (1.0f32, 0.0f32);
-            // SAFETY: the pointers hold n×k, m×k and m×n floats.
-            unsafe {
-                blas_sys::cublasSgemm_v2(
-                    *self.blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    n,
-                    m,
-                    k,
-                    &one,
-                    a as *const f32,
-                    k,
-                    b as *const f32,
-                    k,
-                    &zero,
-                    c as *mut f32,
-                    n,
-                )
-            }
-        };
-        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(BackendError::new(format!("cuBLAS: {status:?}")));
-        }
-        Ok(())
+        let t = blas_sys::cublasOperation_t::CUBLAS_OP_T;
+        let no = blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        self.gemm(x.elem, (t, no), (n, m, k), (w, k), (x, k), (out, n))
     }
 
     /// `dw[n, k] = Σ_rows dy[.., n]ᵀ · x[.., k]`: the column-major product
     /// `dwᵀ(k×n) = xᵀ · dy` (x as the k×m matrix it is column-major, dy
-    /// transposed from its n×m column-major form); cgemm for complex, with
-    /// no conjugation.
+    /// transposed from its n×m column-major form), with no conjugation.
     fn weight_grad(
         &self,
         dy: &DeviceTensor,
@@ -872,62 +814,75 @@ impl CudaProgram {
         let n = dy.shape.last().copied().unwrap_or(1);
         let k = x.shape.last().copied().unwrap_or(1);
         let m = dy.len().checked_div(n).unwrap_or(0);
-        if n == 0 || k == 0 {
+        let t = blas_sys::cublasOperation_t::CUBLAS_OP_T;
+        let no = blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        self.gemm(x.elem, (no, t), (k, n, m), (x, k), (dy, n), (out, k))
+    }
+
+    /// cuBLAS's column-major `c(m×n) = op(a) · op(b)` over `k`, with the
+    /// leading dimensions given beside each matrix: sgemm, or cgemm for
+    /// complex elements. An empty product over `k` leaves zeros.
+    #[allow(clippy::type_complexity)]
+    fn gemm(
+        &self,
+        elem: Elem,
+        (transa, transb): (blas_sys::cublasOperation_t, blas_sys::cublasOperation_t),
+        (m, n, k): (usize, usize, usize),
+        (a, lda): (&DeviceTensor, usize),
+        (b, ldb): (&DeviceTensor, usize),
+        (c, ldc): (&mut CudaSlice<u32>, usize),
+    ) -> Result<(), BackendError> {
+        if m == 0 || n == 0 {
             return Ok(());
         }
-        if m == 0 {
-            self.stream.memset_zeros(out).map_err(driver)?;
+        if k == 0 {
+            self.stream.memset_zeros(c).map_err(driver)?;
             return Ok(());
         }
-        let (a, _ra) = x.words.device_ptr(&self.stream);
-        let (b, _rb) = dy.words.device_ptr(&self.stream);
-        let (c, _rc) = out.device_ptr_mut(&self.stream);
-        let (m, n, k) = (m as i32, n as i32, k as i32);
-        let (no, t) = (
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            blas_sys::cublasOperation_t::CUBLAS_OP_T,
-        );
-        let status = if x.elem == Elem::Complex {
-            let one = blas_sys::cuComplex { x: 1.0, y: 0.0 };
-            let zero = blas_sys::cuComplex { x: 0.0, y: 0.0 };
-            // SAFETY: the pointers hold m×k, m×n and n×k complex values.
-            unsafe {
+        let (pa, _ra) = a.words.device_ptr(&self.stream);
+        let (pb, _rb) = b.words.device_ptr(&self.stream);
+        let (pc, _rc) = c.device_ptr_mut(&self.stream);
+        let [m, n, k, lda, ldb, ldc] = [m, n, k, lda, ldb, ldc].map(|v| v as i32);
+        let handle = *self.blas.handle();
+        // SAFETY: the callers pass the matrices' true sizes and leading
+        // dimensions; the buffers hold them.
+        let status = unsafe {
+            if elem == Elem::Complex {
+                let one = blas_sys::cuComplex { x: 1.0, y: 0.0 };
+                let zero = blas_sys::cuComplex { x: 0.0, y: 0.0 };
                 blas_sys::cublasCgemm_v2(
-                    *self.blas.handle(),
-                    no,
-                    t,
-                    k,
-                    n,
+                    handle,
+                    transa,
+                    transb,
                     m,
-                    &one,
-                    a as *const blas_sys::cuComplex,
-                    k,
-                    b as *const blas_sys::cuComplex,
                     n,
-                    &zero,
-                    c as *mut blas_sys::cuComplex,
                     k,
+                    &one,
+                    pa as *const blas_sys::cuComplex,
+                    lda,
+                    pb as *const blas_sys::cuComplex,
+                    ldb,
+                    &zero,
+                    pc as *mut blas_sys::cuComplex,
+                    ldc,
                 )
-            }
-        } else {
-            let (one, zero) = (1.0f32, 0.0f32);
-            // SAFETY: the pointers hold m×k, m×n and n×k floats.
-            unsafe {
+            } else {
+                let (one, zero) = (1.0f32, 0.0f32);
                 blas_sys::cublasSgemm_v2(
-                    *self.blas.handle(),
-                    no,
-                    t,
-                    k,
-                    n,
+                    handle,
+                    transa,
+                    transb,
                     m,
-                    &one,
-                    a as *const f32,
-                    k,
-                    b as *const f32,
                     n,
-                    &zero,
-                    c as *mut f32,
                     k,
+                    &one,
+                    pa as *const f32,
+                    lda,
+                    pb as *const f32,
+                    ldb,
+                    &zero,
+                    pc as *mut f32,
+                    ldc,
                 )
             }
         };
