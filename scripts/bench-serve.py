@@ -41,6 +41,7 @@ def stream_one(base, prompt, tokens, out):
     assert response.status == 200, (response.status, response.read())
     first = last = None
     usage = None
+    pieces = 0
     for raw in response:
         line = raw.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":
@@ -51,8 +52,11 @@ def stream_one(base, prompt, tokens, out):
         if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
             last = time.perf_counter()
             first = first or last
+            pieces += 1
     conn.close()
-    n = usage["completion_tokens"]
+    # Servers that send no usage when streaming (llama-cpp-python's): one
+    # streamed piece per token.
+    n = usage["completion_tokens"] if usage else pieces
     out.append({"ttft": first - start, "per_token": (last - first) / max(n - 1, 1), "tokens": n})
 
 
