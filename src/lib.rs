@@ -118,6 +118,10 @@ impl Perplexity {
 pub struct Model {
     program: Box<dyn Program>,
     tokenizer: Tokenizer,
+    /// The deployable graph and its weights, kept to re-bind the model on
+    /// another backend ([`Model::backend`]).
+    graph: Graph,
+    weights: std::sync::Arc<dyn fairyc_ir::WeightStore>,
 }
 
 impl Model {
@@ -151,7 +155,19 @@ impl Model {
         Ok(Model {
             program,
             tokenizer: imported.tokenizer,
+            graph,
+            weights: imported.weights,
         })
+    }
+
+    /// The model bound to `backend` instead (JIT-compiling its kernels
+    /// there), e.g. `Model::load(path)?.backend(&fairyc::Llvm)?`. The
+    /// weights are read again from their store (memory-mapped codes are
+    /// lent, not copied).
+    pub fn backend(self, backend: &dyn Backend) -> Result<Model, Error> {
+        let program =
+            fairyc_backends::compile(backend, &self.graph, self.weights.as_ref(), &|_| {})?;
+        Ok(Model { program, ..self })
     }
 
     pub fn graph(&self) -> &Graph {
