@@ -221,3 +221,32 @@ fn tiny_w2_model_ptx() {
     let ptx = fairyc_backends::cuda::program::graph_ptx(&graph).unwrap();
     insta::assert_snapshot!("tiny_w2_model_ptx", ptx);
 }
+
+/// `Model::load(path)?.backend(..)` binds the loaded model to another
+/// backend: the same logits as binding it there from the start.
+#[test]
+fn a_loaded_model_rebinds_to_another_backend() {
+    let dir = TempDir::new("rebind");
+    let llama = dir.path("llama.gguf");
+    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    let out = dir.path("w2.fairy");
+    compile_artifact(&llama, "w2", &out);
+    let on_reference = Model::load(&out).unwrap();
+    let want = on_reference.logits(PROMPT).unwrap();
+    let rebound = on_reference.backend(&Llvm).unwrap();
+    assert_eq!(
+        rebound.program().graph().name,
+        Model::load(&out).unwrap().graph().name
+    );
+    let got = rebound.logits(PROMPT).unwrap();
+    assert_eq!(got, logits_tensor(&out, &Llvm));
+    assert_ne!(
+        got, want,
+        "the LLVM backend's int activations change the logits"
+    );
+}
+
+fn logits_tensor(path: &std::path::Path, backend: &dyn Backend) -> fairyc::Tensor {
+    let model = Model::from_imported_on(import(path).unwrap(), backend, &|_| {}).unwrap();
+    model.logits(PROMPT).unwrap()
+}
