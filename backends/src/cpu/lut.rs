@@ -19,6 +19,11 @@ use super::{CodeGen, KernelFn};
 /// The most inputs an activation block holds (its integers share a step).
 pub const MAX_BLOCK: usize = 64;
 
+/// Complex multiply-adds (rows × n × m) from which a call splits its tiles
+/// over threads: below it, handing tiles to another thread costs more than
+/// it saves (measured on SmolLM2's layers, docs/BENCHMARKS.md).
+const PARALLEL_WORK: usize = 1 << 20;
+
 /// How a layer's columns split into groups and blocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocks {
@@ -186,7 +191,7 @@ impl LutLayer {
         let tile_rows = self.desc.rows;
         // With one thread, the calling thread does the work: handing it to
         // the pool costs a wake-up per call, as much as a small layer.
-        let parallel = rayon::current_num_threads() > 1;
+        let parallel = rayon::current_num_threads() > 1 && rows * n * m >= PARALLEL_WORK;
         let tables: Vec<(Vec<u8>, Vec<f32>)> = if parallel && rows > 1 {
             x.par_chunks(m).map(|row| self.tables(row)).collect()
         } else {
