@@ -1,0 +1,366 @@
+//! Gathers and copies: embeddings, RoPE, slices and concatenations,
+//! permutations, pairings, the widely-linear gradient.
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `embed(out, ids, table, n, width, vocab)`: `n` output words, rows
+    /// of `width`; an id outside `0..vocab` gives a zero row (the host
+    /// checks the ids it is given, so this only guards memory).
+    pub(super) fn embed(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let (out, ids, table) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let (n, width, vocab) = (
+            self.param_int(f, 3),
+            self.param_int(f, 4),
+            self.param_int(f, 5),
+        );
+        self.grid_loop(f, n, |i| {
+            let t = self.udiv(i, width)?;
+            let c = self.urem(i, width)?;
+            let (id, known) = self.token(ids, t, vocab)?;
+            let at = self.add(self.mul(id, width)?, c)?;
+            let v = self.load_i32(table, at)?;
+            let v = self
+                .builder
+                .build_select(known, v, self.i32().const_zero(), "")
+                .map_err(err)?
+                .into_int_value();
+            self.store_i32(out, i, v)
+        })?;
+        self.ret()
+    }
+
+    /// `embed_grad(out, ids, dy, n, width, vocab)`: `n` words of `dy`,
+    /// rows of `width` words; ids outside `0..vocab` add nothing.
+    pub(super) fn embed_grad(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let (out, ids, dy) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let (n, width, vocab) = (
+            self.param_int(f, 3),
+            self.param_int(f, 4),
+            self.param_int(f, 5),
+        );
+        self.grid_loop(f, n, |i| {
+            let t = self.udiv(i, width)?;
+            let c = self.urem(i, width)?;
+            let (id, known) = self.token(ids, t, vocab)?;
+            self.when(
+                self.builder
+                    .get_insert_block()
+                    .and_then(|b| b.get_parent())
+                    .expect("in a function"),
+                known,
+                || {
+                    self.atomic_add(
+                        out,
+                        self.add(self.mul(id, width)?, c)?,
+                        self.load_f32(dy, i)?,
+                    )
+                },
+            )
+        })?;
+        self.ret()
+    }
+
+    /// `rope(out, x, positions, freqs, pairs, width, seq, head_dim)`:
+    /// `pairs` rotations; `width` and `head_dim` in elements (complex:
+    /// complex elements, each its own pair).
+    pub(super) fn rope(&self, name: &str, layout: RopeLayout, complex: bool) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let (out, x, positions, freqs) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_ptr(f, 3),
+        );
+        let (pairs, width, seq, head_dim) = (
+            self.param_int(f, 4),
+            self.param_int(f, 5),
+            self.param_int(f, 6),
+            self.param_int(f, 7),
+        );
+        let sin = self.intrinsic("llvm.nvvm.sin.approx.f", &[])?;
+        let cos = self.intrinsic("llvm.nvvm.cos.approx.f", &[])?;
+        let round = self.intrinsic("llvm.rint", &[self.f64().into()])?;
+        self.grid_loop(f, pairs, |p| {
+            let half = self.udiv(head_dim, self.int(2))?;
+            // Pairs per row: width/2 for real rows, width for complex ones.
+            let per_row = if complex {
+                width
+            } else {
+                self.udiv(width, self.int(2))?
+            };
+            let row = self.udiv(p, per_row)?;
+            let q = self.urem(p, per_row)?;
+            let head = self.udiv(q, half)?;
+            let j = self.urem(q, half)?;
+            let pos = self.load_i32(positions, self.urem(row, seq)?)?;
+            let pos = self
+                .builder
+                .build_signed_int_to_float(pos, self.f64(), "")
+                .map_err(err)?;
+            let fp = self.gep(self.f64(), freqs, j)?;
+            let freq = self
+                .builder
+                .build_load(self.f64(), fp, "")
+                .map_err(err)?
+                .into_float_value();
+            // The angle in f64, reduced to [-π, π] before the f32 sin/cos.
+            let theta = self.builder.build_float_mul(pos, freq, "").map_err(err)?;
+            let two_pi = self.f64().const_float(std::f64::consts::TAU);
+            let turns = self
+                .builder
+                .build_float_div(theta, two_pi, "")
+                .map_err(err)?;
+            let turns = self.call(round, &[turns.into()])?.into_float_value();
+            let reduced = self
+                .builder
+                .build_float_sub(
+                    theta,
+                    self.builder
+                        .build_float_mul(turns, two_pi, "")
+                        .map_err(err)?,
+                    "",
+                )
+                .map_err(err)?;
+            let r = self
+                .builder
+                .build_float_trunc(reduced, self.f32(), "")
+                .map_err(err)?;
+            let c = self.call(cos, &[r.into()])?.into_float_value();
+            let s = self.call(sin, &[r.into()])?.into_float_value();
+            let row_base = self.mul(
+                row,
+                if complex {
+                    self.mul(width, self.int(2))?
+                } else {
+                    width
+                },
+            )?;
+            let (a, b) = if complex {
+                let at = self.add(row_base, self.mul(q, self.int(2))?)?;
+                (at, self.add(at, self.int(1))?)
+            } else {
+                let head_base = self.add(row_base, self.mul(head, head_dim)?)?;
+                match layout {
+                    RopeLayout::Interleaved => {
+                        let a = self.add(head_base, self.mul(j, self.int(2))?)?;
+                        (a, self.add(a, self.int(1))?)
+                    }
+                    RopeLayout::HalfSplit => {
+                        let a = self.add(head_base, j)?;
+                        (a, self.add(a, half)?)
+                    }
+                }
+            };
+            let (x0, x1) = (self.load_f32(x, a)?, self.load_f32(x, b)?);
+            self.store_f32(out, a, self.fsub(self.fmul(x0, c)?, self.fmul(x1, s)?)?)?;
+            self.store_f32(out, b, self.fadd(self.fmul(x0, s)?, self.fmul(x1, c)?)?)
+        })?;
+        self.ret()
+    }
+
+    /// `copy2d(dst, src, rows, cols, dst_stride, dst_off, src_stride, src_off)`.
+    pub(super) fn copy2d(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr; 2];
+        params.extend([Param::I64; 6]);
+        let f = self.declare(name, &params);
+        let (dst, src) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [rows, cols, dst_stride, dst_off, src_stride, src_off] =
+            [2, 3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let n = self.mul(rows, cols)?;
+        self.grid_loop(f, n, |i| {
+            let (r, c) = (self.udiv(i, cols)?, self.urem(i, cols)?);
+            let from = self.add(self.add(self.mul(r, src_stride)?, src_off)?, c)?;
+            let to = self.add(self.add(self.mul(r, dst_stride)?, dst_off)?, c)?;
+            let v = self.load_i32(src, from)?;
+            self.store_i32(dst, to, v)
+        })?;
+        self.ret()
+    }
+
+    /// `permute(dst, src, n, dims[8], strides[8])`: output element `i`,
+    /// written as digits of the output's dims (outermost first, unused
+    /// leading dims 1), reads the source at the digits' strides.
+    pub(super) fn permute(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr; 2];
+        params.extend(std::iter::repeat_n(Param::I64, 1 + 2 * GATHER_RANK));
+        let f = self.declare(name, &params);
+        let (dst, src, n) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_int(f, 2),
+        );
+        self.grid_loop(f, n, |i| {
+            let mut rest = i;
+            let mut from = self.int(0);
+            for axis in (0..GATHER_RANK as u32).rev() {
+                let dim = self.param_int(f, 3 + axis);
+                let stride = self.param_int(f, 3 + GATHER_RANK as u32 + axis);
+                let digit = self.urem(rest, dim)?;
+                rest = self.udiv(rest, dim)?;
+                from = self.add(from, self.mul(digit, stride)?)?;
+            }
+            let v = self.load_i32(src, from)?;
+            self.store_i32(dst, i, v)
+        })?;
+        self.ret()
+    }
+
+    /// `gather_columns(out, x, index, rows, out_cols, in_cols)`.
+    pub(super) fn gather_columns(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let (out, x, index) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let (rows, out_cols, in_cols) = (
+            self.param_int(f, 3),
+            self.param_int(f, 4),
+            self.param_int(f, 5),
+        );
+        self.grid_loop(f, self.mul(rows, out_cols)?, |i| {
+            let (r, c) = (self.udiv(i, out_cols)?, self.urem(i, out_cols)?);
+            let from = self.load_i32(index, c)?;
+            let missing = self
+                .builder
+                .build_int_compare(IntPredicate::SLT, from, self.i32().const_zero(), "")
+                .map_err(err)?;
+            let from = self
+                .builder
+                .build_int_s_extend(from, self.i64(), "")
+                .map_err(err)?;
+            let safe = self
+                .builder
+                .build_select(missing, self.int(0), from, "")
+                .map_err(err)?
+                .into_int_value();
+            let v = self.load_i32(x, self.add(self.mul(r, in_cols)?, safe)?)?;
+            let v = self
+                .builder
+                .build_select(missing, self.i32().const_zero(), v, "")
+                .map_err(err)?
+                .into_int_value();
+            self.store_i32(out, i, v)
+        })?;
+        self.ret()
+    }
+
+    /// `widely_linear_grad(out, d, row_index, col_index, rows, cols, m)`:
+    /// `row_index[r] = 2a + (r is an imaginary channel of slot a)`, likewise
+    /// for columns; `d` is `[n, m]` complex.
+    pub(super) fn widely_linear_grad(&self, name: &str, part: fairyc_ir::WlPart) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let [out, d, row_index, col_index] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
+        let [rows, cols, m] = [4, 5, 6].map(|k| self.param_int(f, k));
+        self.grid_loop(f, self.mul(rows, cols)?, |i| {
+            let (r, c) = (self.udiv(i, cols)?, self.urem(i, cols)?);
+            let widen = |v: IntValue<'ctx>| {
+                self.builder
+                    .build_int_s_extend(v, self.i64(), "")
+                    .map_err(err)
+            };
+            let ra = widen(self.load_i32(row_index, r)?)?;
+            let cb = widen(self.load_i32(col_index, c)?)?;
+            let (a, row_im) = (self.udiv(ra, self.int(2))?, self.urem(ra, self.int(2))?);
+            let (b, col_im) = (self.udiv(cb, self.int(2))?, self.urem(cb, self.int(2))?);
+            let mixed = self
+                .builder
+                .build_int_compare(IntPredicate::NE, row_im, col_im, "")
+                .map_err(err)?;
+            let imag_word = self
+                .builder
+                .build_int_z_extend(mixed, self.i64(), "")
+                .map_err(err)?;
+            let word = self.add(
+                self.mul(self.add(self.mul(a, m)?, b)?, self.int(2))?,
+                imag_word,
+            )?;
+            let v = self.fmul(self.load_f32(d, word)?, self.float(0.5))?;
+            // U: R12 = −Im; W: R22 = −Re.
+            let (neg_row, neg_col) = match part {
+                fairyc_ir::WlPart::U => (0, 1),
+                fairyc_ir::WlPart::W => (1, 1),
+            };
+            let is = |x: IntValue<'ctx>, want: u64| {
+                self.builder
+                    .build_int_compare(IntPredicate::EQ, x, self.int(want), "")
+                    .map_err(err)
+            };
+            let negative = self
+                .builder
+                .build_and(is(row_im, neg_row)?, is(col_im, neg_col)?, "")
+                .map_err(err)?;
+            let v = self
+                .builder
+                .build_select(negative, self.fneg(v)?, v, "")
+                .map_err(err)?
+                .into_float_value();
+            self.store_f32(out, i, v)
+        })?;
+        self.ret()
+    }
+}

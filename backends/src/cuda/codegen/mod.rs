@@ -1,0 +1,816 @@
+//! PTX for the CUDA backend, generated through LLVM's NVPTX target.
+//!
+//! Each [`Kernel`] is one specialised kernel: an elementwise expression
+//! over broadcast operands, a row reduction, a gather, attention. They are
+//! emitted as LLVM IR with inkwell, optimised at `O3` and printed as PTX
+//! for `sm_90`; the driver compiles that PTX when the module loads, so the
+//! machine that generates it needs no CUDA toolkit.
+//!
+//! LLVM 19 turns an intrinsic name it does not know into a call to an
+//! undefined external function without complaint, so every `llvm.nvvm.*`
+//! name goes through [`Gen::intrinsic`], which fails on an unknown one.
+//! Transcendentals use the PTX approximations (`ex2.approx`,
+//! `sin.approx`, `cos.approx`): LLVM 19 cannot lower `llvm.exp.f32` or
+//! `llvm.sin.f32` for NVPTX without libdevice.
+
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+};
+use inkwell::types::{BasicMetadataTypeEnum, BasicType};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
+    ValueKind,
+};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
+
+use fairyc_ir::{RopeLayout, UnaryFn};
+
+/// The GPU the PTX targets (the H100 and H200).
+pub const SM: &str = "sm_90";
+/// Threads per block of the row kernels (a whole number of warps).
+pub const ROW_THREADS: u32 = 256;
+/// Threads per block of the elementwise kernels.
+pub const MAP_THREADS: u32 = 256;
+/// Threads per block of the attention kernel.
+pub const ATTENTION_THREADS: u32 = 128;
+
+/// One elementwise operation of an [`Expr`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum MapOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Unary(UnaryFn),
+    Silu,
+    Scale(f32),
+    /// Ignores its operand's value (its shape is the output's).
+    Fill(f32),
+    Conj,
+    CReluSquared,
+    /// `max_norm / sqrt(s)` where that is below 1, else 1 (`s` a squared norm).
+    ClipFactor(f32),
+}
+
+/// An elementwise expression over the kernel's operands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Operand(usize),
+    Apply(MapOp, Vec<Expr>),
+}
+
+/// Element types of the data kernels read and write: f32, complex (an
+/// interleaved pair of f32), i32, and 2-bit codes packed four to a byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    Real,
+    Complex,
+    Int,
+    Code2,
+}
+
+/// One kernel to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// `out[i] = expr(operands[k][i mod len_k])`; operand `k` has element
+    /// type `operands[k]` (a shorter operand repeats: suffix broadcasting).
+    Map {
+        expr: Expr,
+        operands: Vec<Elem>,
+        out: Elem,
+    },
+    /// RMSNorm of each row (one block a row); complex rows scale real parts
+    /// by the first half of the gain and imaginary parts by the second.
+    RmsNorm { complex: bool },
+    /// Softmax of each row (one block a row).
+    Softmax,
+    /// `out[t, :] = table[ids[t], :]` (rows of `width` words).
+    Embed,
+    /// Rotary embedding; angles from a per-pair frequency table in f64.
+    Rope { layout: RopeLayout, complex: bool },
+    /// Scaled dot-product attention, one block per (query, head); complex
+    /// operands are real ones of twice the width (`Re(q·conj k)` is the
+    /// real dot product of the interleaved parts).
+    Attention,
+    /// `dst[r·dst_stride + dst_off + c] = src[r·src_stride + src_off + c]`
+    /// on 32-bit words: slices and concatenations.
+    Copy2d,
+    /// A permutation of axes (up to [`GATHER_RANK`]) on 32-bit words.
+    Permute,
+    /// `out[r, c] = x[r, index[c]]` on 32-bit words, 0 where `index[c] < 0`:
+    /// `pack` and `unpack` (pairings of real channels into complex slots).
+    GatherColumns,
+    /// `out[c] = Σ_r x[r·cols + c]` on f32 words, one block per column:
+    /// `reduce_to` and the sums of the losses.
+    ColumnSum,
+    /// Per row of logits: `(logsumexp − logit[target], 1)` where the
+    /// target is `>= 0`, else `(0, 0)`; one block a row.
+    CrossEntropyRows,
+    /// `out = sums[0] / sums[1]` (0 when nothing was scored).
+    ScoredMean,
+    /// `dloss · (softmax(row) − onehot(target)) / scored`; one block a row.
+    CrossEntropyGrad,
+    /// The gradient of RMSNorm with respect to its input (`gain: false`;
+    /// one block a row) or the per-row terms `dy·x·r` of the gain's
+    /// gradient (`gain: true`, summed by [`Kernel::ColumnSum`]).
+    RmsNormGrad { complex: bool, gain: bool },
+    /// `out[ids[t], :] += dy[t, :]` by atomic adds into a zeroed table.
+    EmbedGrad,
+    /// The gradient of attention with respect to one operand; one block
+    /// per (query, head) as the forward pass; K and V accumulate by atomic
+    /// adds into a zeroed output.
+    AttentionGrad { which: fairyc_ir::AttentionOperand },
+    /// The gradient of the real matrix from the gradient `d` of its `U` or
+    /// `W` part (the adjoint of the split, eq. 7): each output element is
+    /// ±½ of the real or imaginary part of one element of `d`, found
+    /// through per-row and per-column pairing tables.
+    WidelyLinearGrad { part: fairyc_ir::WlPart },
+    /// Fairy2i's linear layer on packed 2-bit codes: `u_stages` stages
+    /// applied to `x` and `w_stages` to `conj(x)`, one warp per output
+    /// row, the codes decoded in registers.
+    QuantLinear { u_stages: usize, w_stages: usize },
+}
+
+/// Output rows of [`Kernel::QuantLinear`] per block (one warp each).
+pub const QUANT_ROWS_PER_BLOCK: u32 = 8;
+
+/// Ranks [`Kernel::Permute`] handles (a complex tensor adds one).
+pub const GATHER_RANK: usize = 8;
+
+impl Kernel {
+    /// The kernel's symbol: distinct kernels have distinct names.
+    pub fn symbol(&self, index: usize) -> String {
+        let base = match self {
+            Kernel::Map { .. } => "map",
+            Kernel::RmsNorm { complex: false } => "rms_norm",
+            Kernel::RmsNorm { complex: true } => "rms_norm_complex",
+            Kernel::Softmax => "softmax",
+            Kernel::Embed => "embed",
+            Kernel::Rope { complex: true, .. } => "rope_complex",
+            Kernel::Rope {
+                layout: RopeLayout::Interleaved,
+                ..
+            } => "rope_interleaved",
+            Kernel::Rope {
+                layout: RopeLayout::HalfSplit,
+                ..
+            } => "rope_half_split",
+            Kernel::Attention => "attention",
+            Kernel::Copy2d => "copy2d",
+            Kernel::Permute => "permute",
+            Kernel::QuantLinear { .. } => "quant_linear",
+            Kernel::GatherColumns => "gather_columns",
+            Kernel::ColumnSum => "column_sum",
+            Kernel::CrossEntropyRows => "cross_entropy_rows",
+            Kernel::ScoredMean => "scored_mean",
+            Kernel::CrossEntropyGrad => "cross_entropy_grad",
+            Kernel::RmsNormGrad { gain: false, .. } => "rms_norm_grad_input",
+            Kernel::RmsNormGrad { gain: true, .. } => "rms_norm_grad_gain",
+            Kernel::EmbedGrad => "embed_grad",
+            Kernel::AttentionGrad { .. } => "attention_grad",
+            Kernel::WidelyLinearGrad { .. } => "widely_linear_grad",
+        };
+        format!("{base}_{index}")
+    }
+}
+
+/// PTX text of a module holding `kernels`, named by [`Kernel::symbol`] with
+/// their position.
+pub fn ptx(kernels: &[Kernel]) -> Result<String, String> {
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let context = Context::create();
+    let module = context.create_module("fairyc");
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
+    let machine = target
+        .create_target_machine(
+            &triple,
+            SM,
+            "",
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or("LLVM could not create an NVPTX target machine")?;
+    module.set_triple(&triple);
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    let gen = Gen {
+        context: &context,
+        module,
+        builder: context.create_builder(),
+    };
+    for (i, kernel) in kernels.iter().enumerate() {
+        gen.kernel(kernel, &kernel.symbol(i))?;
+    }
+    gen.module.verify().map_err(|e| e.to_string())?;
+    gen.finish(&machine)
+}
+
+/// A pointer to global memory (address space 1).
+const GLOBAL: u16 = 1;
+/// Shared memory (address space 3).
+const SHARED: u16 = 3;
+/// LLVM's PTX-kernel calling convention.
+const PTX_KERNEL: u32 = 71;
+
+struct Gen<'ctx> {
+    context: &'ctx Context,
+    module: Module<'ctx>,
+    builder: Builder<'ctx>,
+}
+
+/// A value of an expression: real, complex as (re, im), or i32.
+#[derive(Clone, Copy)]
+enum Val<'ctx> {
+    Real(FloatValue<'ctx>),
+    Complex(FloatValue<'ctx>, FloatValue<'ctx>),
+    Int(IntValue<'ctx>),
+}
+
+type Built<T> = Result<T, String>;
+
+mod attention;
+mod elementwise;
+mod layout;
+mod quant;
+mod rows;
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("LLVM: {e}")
+}
+
+impl<'ctx> Gen<'ctx> {
+    fn finish(self, machine: &TargetMachine) -> Result<String, String> {
+        self.module
+            .run_passes("default<O3>", machine, PassBuilderOptions::create())
+            .map_err(|e| e.to_string())?;
+        let buffer = machine
+            .write_to_memory_buffer(&self.module, FileType::Assembly)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(buffer.as_slice().to_vec()).map_err(|e| e.to_string())
+    }
+
+    fn f32(&self) -> inkwell::types::FloatType<'ctx> {
+        self.context.f32_type()
+    }
+    fn f64(&self) -> inkwell::types::FloatType<'ctx> {
+        self.context.f64_type()
+    }
+    fn i32(&self) -> inkwell::types::IntType<'ctx> {
+        self.context.i32_type()
+    }
+    fn i64(&self) -> inkwell::types::IntType<'ctx> {
+        self.context.i64_type()
+    }
+    fn global_ptr(&self) -> inkwell::types::PointerType<'ctx> {
+        self.context.ptr_type(AddressSpace::from(GLOBAL))
+    }
+
+    /// Declares a kernel with parameters of the given kinds and positions
+    /// the builder at its entry.
+    fn declare(&self, name: &str, params: &[Param]) -> FunctionValue<'ctx> {
+        let types: Vec<BasicMetadataTypeEnum> = params
+            .iter()
+            .map(|p| match p {
+                Param::Ptr => self.global_ptr().into(),
+                Param::I64 => self.i64().into(),
+                Param::F32 => self.f32().into(),
+            })
+            .collect();
+        let f =
+            self.module
+                .add_function(name, self.context.void_type().fn_type(&types, false), None);
+        f.set_call_conventions(PTX_KERNEL);
+        let entry = self.context.append_basic_block(f, "entry");
+        self.builder.position_at_end(entry);
+        f
+    }
+
+    /// The declaration of an intrinsic that must exist in this LLVM.
+    fn intrinsic(
+        &self,
+        name: &str,
+        types: &[inkwell::types::BasicTypeEnum<'ctx>],
+    ) -> Built<FunctionValue<'ctx>> {
+        Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(&self.module, types))
+            .ok_or_else(|| format!("LLVM 19 has no intrinsic `{name}`"))
+    }
+
+    fn call(
+        &self,
+        f: FunctionValue<'ctx>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Built<BasicValueEnum<'ctx>> {
+        match self
+            .builder
+            .build_call(f, args, "")
+            .map_err(err)?
+            .try_as_basic_value()
+        {
+            ValueKind::Basic(v) => Ok(v),
+            ValueKind::Instruction(_) => Err("a void intrinsic used as a value".into()),
+        }
+    }
+
+    fn call_void(
+        &self,
+        f: FunctionValue<'ctx>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Built<()> {
+        self.builder.build_call(f, args, "").map_err(err)?;
+        Ok(())
+    }
+
+    /// A special register (`tid.x`, `ctaid.x`, ...) as i64.
+    fn sreg(&self, name: &str) -> Built<IntValue<'ctx>> {
+        let f = self.intrinsic(&format!("llvm.nvvm.read.ptx.sreg.{name}"), &[])?;
+        let v = self.call(f, &[])?.into_int_value();
+        self.builder
+            .build_int_z_extend(v, self.i64(), name)
+            .map_err(err)
+    }
+
+    fn param_ptr(&self, f: FunctionValue<'ctx>, k: u32) -> PointerValue<'ctx> {
+        f.get_nth_param(k).expect("declared").into_pointer_value()
+    }
+    fn param_int(&self, f: FunctionValue<'ctx>, k: u32) -> IntValue<'ctx> {
+        f.get_nth_param(k).expect("declared").into_int_value()
+    }
+    fn param_float(&self, f: FunctionValue<'ctx>, k: u32) -> FloatValue<'ctx> {
+        f.get_nth_param(k).expect("declared").into_float_value()
+    }
+
+    fn gep(
+        &self,
+        ty: impl BasicType<'ctx>,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> Built<PointerValue<'ctx>> {
+        // SAFETY (of the IR): callers index within the buffers the host
+        // allocated for the launch's sizes.
+        unsafe { self.builder.build_in_bounds_gep(ty, ptr, &[index], "") }.map_err(err)
+    }
+
+    fn load_f32(&self, ptr: PointerValue<'ctx>, index: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let p = self.gep(self.f32(), ptr, index)?;
+        Ok(self
+            .builder
+            .build_load(self.f32(), p, "")
+            .map_err(err)?
+            .into_float_value())
+    }
+    fn store_f32(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+        v: FloatValue<'ctx>,
+    ) -> Built<()> {
+        let p = self.gep(self.f32(), ptr, index)?;
+        self.builder.build_store(p, v).map_err(err)?;
+        Ok(())
+    }
+    fn load_i32(&self, ptr: PointerValue<'ctx>, index: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let p = self.gep(self.i32(), ptr, index)?;
+        Ok(self
+            .builder
+            .build_load(self.i32(), p, "")
+            .map_err(err)?
+            .into_int_value())
+    }
+    fn store_i32(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+        v: IntValue<'ctx>,
+    ) -> Built<()> {
+        let p = self.gep(self.i32(), ptr, index)?;
+        self.builder.build_store(p, v).map_err(err)?;
+        Ok(())
+    }
+
+    fn int(&self, v: u64) -> IntValue<'ctx> {
+        self.i64().const_int(v, false)
+    }
+    fn float(&self, v: f32) -> FloatValue<'ctx> {
+        self.f32().const_float(v as f64)
+    }
+    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder.build_int_add(a, b, "").map_err(err)
+    }
+    fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder.build_int_mul(a, b, "").map_err(err)
+    }
+    fn udiv(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder.build_int_unsigned_div(a, b, "").map_err(err)
+    }
+    fn urem(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder.build_int_unsigned_rem(a, b, "").map_err(err)
+    }
+    fn fadd(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder.build_float_add(a, b, "").map_err(err)
+    }
+    fn fsub(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder.build_float_sub(a, b, "").map_err(err)
+    }
+    fn fmul(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder.build_float_mul(a, b, "").map_err(err)
+    }
+    fn fdiv(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder.build_float_div(a, b, "").map_err(err)
+    }
+    fn fneg(&self, a: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder.build_float_neg(a, "").map_err(err)
+    }
+
+    /// `e^x` as `2^(x·log2 e)` through `ex2.approx`.
+    fn exp(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let ex2 = self.intrinsic("llvm.nvvm.ex2.approx.f", &[])?;
+        let scaled = self.fmul(x, self.float(std::f32::consts::LOG2_E))?;
+        Ok(self.call(ex2, &[scaled.into()])?.into_float_value())
+    }
+
+    fn sqrt(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.sqrt", &[self.f32().into()])?;
+        Ok(self.call(f, &[x.into()])?.into_float_value())
+    }
+
+    fn fmax(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.maxnum", &[self.f32().into()])?;
+        Ok(self.call(f, &[a.into(), b.into()])?.into_float_value())
+    }
+
+    /// Rounds to the nearest bf16 (ties to even) and back.
+    fn round_bf16(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let half = self
+            .builder
+            .build_float_trunc(x, self.context.bf16_type(), "")
+            .map_err(err)?;
+        self.builder
+            .build_float_ext(half, self.f32(), "")
+            .map_err(err)
+    }
+
+    /// A loop over `i` in `start, start + step, ... < end`; `body` builds the
+    /// loop's body at the builder's position.
+    fn strided_loop(
+        &self,
+        f: FunctionValue<'ctx>,
+        start: IntValue<'ctx>,
+        end: IntValue<'ctx>,
+        step: IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>) -> Built<()>,
+    ) -> Built<()> {
+        let head = self.context.append_basic_block(f, "loop");
+        let inside = self.context.append_basic_block(f, "body");
+        let exit = self.context.append_basic_block(f, "exit");
+        let before = self.builder.get_insert_block().expect("positioned");
+        self.builder.build_unconditional_branch(head).map_err(err)?;
+        self.builder.position_at_end(head);
+        let i = self.builder.build_phi(self.i64(), "i").map_err(err)?;
+        i.add_incoming(&[(&start, before)]);
+        let iv = i.as_basic_value().into_int_value();
+        let more = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, iv, end, "")
+            .map_err(err)?;
+        self.builder
+            .build_conditional_branch(more, inside, exit)
+            .map_err(err)?;
+        self.builder.position_at_end(inside);
+        body(iv)?;
+        let next = self.add(iv, step)?;
+        let latch = self.builder.get_insert_block().expect("positioned");
+        i.add_incoming(&[(&next, latch)]);
+        self.builder.build_unconditional_branch(head).map_err(err)?;
+        self.builder.position_at_end(exit);
+        Ok(())
+    }
+
+    /// A grid-stride loop over `0..n`.
+    fn grid_loop(
+        &self,
+        f: FunctionValue<'ctx>,
+        n: IntValue<'ctx>,
+        body: impl FnOnce(IntValue<'ctx>) -> Built<()>,
+    ) -> Built<()> {
+        let (tid, ntid, ctaid, nctaid) = (
+            self.sreg("tid.x")?,
+            self.sreg("ntid.x")?,
+            self.sreg("ctaid.x")?,
+            self.sreg("nctaid.x")?,
+        );
+        let start = self.add(self.mul(ctaid, ntid)?, tid)?;
+        let step = self.mul(nctaid, ntid)?;
+        self.strided_loop(f, start, n, step, body)
+    }
+
+    /// A float local, allocated in the entry block (where LLVM promotes it
+    /// to a register; an alloca inside a loop would grow the stack).
+    fn local(&self, init: FloatValue<'ctx>) -> Built<PointerValue<'ctx>> {
+        let f = self
+            .builder
+            .get_insert_block()
+            .and_then(|b| b.get_parent())
+            .expect("in a function");
+        let entry = f.get_first_basic_block().expect("has an entry");
+        let at_entry = self.context.create_builder();
+        match entry.get_first_instruction() {
+            Some(first) => at_entry.position_before(&first),
+            None => at_entry.position_at_end(entry),
+        }
+        let slot = at_entry.build_alloca(self.f32(), "local").map_err(err)?;
+        self.builder.build_store(slot, init).map_err(err)?;
+        Ok(slot)
+    }
+
+    fn get(&self, slot: PointerValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_load(self.f32(), slot, "")
+            .map_err(err)?
+            .into_float_value())
+    }
+
+    fn set(&self, slot: PointerValue<'ctx>, v: FloatValue<'ctx>) -> Built<()> {
+        self.builder.build_store(slot, v).map_err(err)?;
+        Ok(())
+    }
+
+    fn ret(&self) -> Built<()> {
+        self.builder.build_return(None).map_err(err)?;
+        Ok(())
+    }
+
+    fn kernel(&self, kernel: &Kernel, name: &str) -> Built<()> {
+        match kernel {
+            Kernel::Map {
+                expr,
+                operands,
+                out,
+            } => self.map(name, expr, operands, *out),
+            Kernel::RmsNorm { complex } => self.rms_norm(name, *complex),
+            Kernel::Softmax => self.softmax(name),
+            Kernel::Embed => self.embed(name),
+            Kernel::Rope { layout, complex } => self.rope(name, *layout, *complex),
+            Kernel::Attention => self.attention(name),
+            Kernel::Copy2d => self.copy2d(name),
+            Kernel::Permute => self.permute(name),
+            Kernel::GatherColumns => self.gather_columns(name),
+            Kernel::ColumnSum => self.column_sum(name),
+            Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
+            Kernel::ScoredMean => self.scored_mean(name),
+            Kernel::CrossEntropyGrad => self.cross_entropy_grad(name),
+            Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),
+            Kernel::EmbedGrad => self.embed_grad(name),
+            Kernel::AttentionGrad { which } => self.attention_grad(name, *which),
+            Kernel::WidelyLinearGrad { part } => self.widely_linear_grad(name, *part),
+            Kernel::QuantLinear { u_stages, w_stages } => {
+                self.quant_linear(name, *u_stages, *w_stages)
+            }
+        }
+    }
+
+    /// Block-wide reductions: shared scratch of one float per warp (blocks
+    /// of at most [`ROW_THREADS`] threads).
+    fn shared_scratch(&self, name: &str) -> PointerValue<'ctx> {
+        let ty = self.f32().array_type(ROW_THREADS / 32);
+        let g = self.module.add_global(
+            ty,
+            Some(AddressSpace::from(SHARED)),
+            &format!("{name}_scratch"),
+        );
+        g.set_linkage(Linkage::Internal);
+        g.set_initializer(&ty.get_undef());
+        g.as_pointer_value()
+    }
+
+    /// Reduces `v` over the block (sum or max); every thread gets the result.
+    fn block_reduce(
+        &self,
+        scratch: PointerValue<'ctx>,
+        v: FloatValue<'ctx>,
+        max: bool,
+    ) -> Built<FloatValue<'ctx>> {
+        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        let combine = |a, b| {
+            if max {
+                self.fmax(a, b)
+            } else {
+                self.fadd(a, b)
+            }
+        };
+        let warp = |mut v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
+            for delta in [16u64, 8, 4, 2, 1] {
+                let other = self
+                    .call(
+                        shfl,
+                        &[
+                            self.i32().const_all_ones().into(),
+                            v.into(),
+                            self.i32().const_int(delta, false).into(),
+                            self.i32().const_int(31, false).into(),
+                        ],
+                    )?
+                    .into_float_value();
+                v = combine(v, other)?;
+            }
+            Ok(v)
+        };
+        let v = warp(v)?;
+        let tid = self.sreg("tid.x")?;
+        let lane = self.urem(tid, self.int(32))?;
+        let warp_id = self.udiv(tid, self.int(32))?;
+        let f = self
+            .builder
+            .get_insert_block()
+            .and_then(|b| b.get_parent())
+            .expect("in a function");
+        let write = self.context.append_basic_block(f, "write");
+        let after = self.context.append_basic_block(f, "written");
+        let first = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
+            .map_err(err)?;
+        self.builder
+            .build_conditional_branch(first, write, after)
+            .map_err(err)?;
+        self.builder.position_at_end(write);
+        let slot = unsafe {
+            self.builder
+                .build_in_bounds_gep(self.f32(), scratch, &[warp_id], "")
+        }
+        .map_err(err)?;
+        self.builder.build_store(slot, v).map_err(err)?;
+        self.builder
+            .build_unconditional_branch(after)
+            .map_err(err)?;
+        self.builder.position_at_end(after);
+        self.call_void(barrier, &[])?;
+        // Every warp reads the per-warp partials (lanes past the warp count
+        // take the identity) and reduces them the same way.
+        let warps = self.udiv(self.sreg("ntid.x")?, self.int(32))?;
+        let in_range = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, lane, warps, "")
+            .map_err(err)?;
+        let safe_lane = self
+            .builder
+            .build_select(in_range, lane, self.int(0), "")
+            .map_err(err)?
+            .into_int_value();
+        let slot = unsafe {
+            self.builder
+                .build_in_bounds_gep(self.f32(), scratch, &[safe_lane], "")
+        }
+        .map_err(err)?;
+        let partial = self
+            .builder
+            .build_load(self.f32(), slot, "")
+            .map_err(err)?
+            .into_float_value();
+        let identity = if max {
+            self.float(f32::NEG_INFINITY)
+        } else {
+            self.float(0.0)
+        };
+        let partial = self
+            .builder
+            .build_select(in_range, partial, identity, "")
+            .map_err(err)?
+            .into_float_value();
+        let total = warp(partial)?;
+        // The scratch is reused by the next reduction.
+        self.call_void(barrier, &[])?;
+        Ok(total)
+    }
+
+    /// Sums `term(i)` over `i` in `0..n` by this thread's share, then over
+    /// the block.
+    fn row_sum(
+        &self,
+        f: FunctionValue<'ctx>,
+        scratch: PointerValue<'ctx>,
+        n: IntValue<'ctx>,
+        max: bool,
+        term: impl Fn(IntValue<'ctx>) -> Built<FloatValue<'ctx>>,
+    ) -> Built<FloatValue<'ctx>> {
+        let identity = if max {
+            self.float(f32::NEG_INFINITY)
+        } else {
+            self.float(0.0)
+        };
+        let acc = self.local(identity)?;
+        let tid = self.sreg("tid.x")?;
+        let threads = self.sreg("ntid.x")?;
+        self.strided_loop(f, tid, n, threads, |i| {
+            let old = self.get(acc)?;
+            let t = term(i)?;
+            self.set(
+                acc,
+                if max {
+                    self.fmax(old, t)?
+                } else {
+                    self.fadd(old, t)?
+                },
+            )
+        })?;
+        self.block_reduce(scratch, self.get(acc)?, max)
+    }
+
+    /// Token `t` of `ids` as a row index, 0 where it is outside
+    /// `0..vocab`, and whether it was inside.
+    fn token(
+        &self,
+        ids: PointerValue<'ctx>,
+        t: IntValue<'ctx>,
+        vocab: IntValue<'ctx>,
+    ) -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let id = self.load_i32(ids, t)?;
+        let id = self
+            .builder
+            .build_int_s_extend(id, self.i64(), "")
+            .map_err(err)?;
+        // Unsigned: a negative id compares as huge.
+        let known = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, id, vocab, "")
+            .map_err(err)?;
+        let safe = self
+            .builder
+            .build_select(known, id, self.int(0), "")
+            .map_err(err)?
+            .into_int_value();
+        Ok((safe, known))
+    }
+}
+
+impl<'ctx> Gen<'ctx> {
+    /// `*ptr += v` for f32 in global memory, as one `red.global.add.f32`
+    /// (inkwell's atomicrmw builder takes integers only).
+    fn atomic_add(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+        v: FloatValue<'ctx>,
+    ) -> Built<()> {
+        let p = self.gep(self.f32(), ptr, index)?;
+        let fn_type = self
+            .context
+            .void_type()
+            .fn_type(&[self.global_ptr().into(), self.f32().into()], false);
+        let asm = self.context.create_inline_asm(
+            fn_type,
+            "red.global.add.f32 [$0], $1;".into(),
+            "l,f,~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        self.builder
+            .build_indirect_call(fn_type, asm, &[p.into(), v.into()], "")
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn i64_to_f32(&self, v: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder
+            .build_unsigned_int_to_float(v, self.f32(), "")
+            .map_err(err)
+    }
+
+    /// A branch: `body` runs where `condition` holds.
+    fn when(
+        &self,
+        f: FunctionValue<'ctx>,
+        condition: IntValue<'ctx>,
+        body: impl FnOnce() -> Built<()>,
+    ) -> Built<()> {
+        let then = self.context.append_basic_block(f, "then");
+        let after = self.context.append_basic_block(f, "after");
+        self.builder
+            .build_conditional_branch(condition, then, after)
+            .map_err(err)?;
+        self.builder.position_at_end(then);
+        body()?;
+        self.builder
+            .build_unconditional_branch(after)
+            .map_err(err)?;
+        self.builder.position_at_end(after);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Param {
+    Ptr,
+    I64,
+    F32,
+}

@@ -1,0 +1,178 @@
+//! Fairy2i's `quant_linear` on packed 2-bit codes.
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `quant_linear(out, x, (codes, scales) per stage..., rows, n, m,
+    /// groups_per_row, group_len, per_tensor)`: `x[rows, m]` complex,
+    /// `out[rows, n]` complex; codes `[n, ceil(m/4)]` bytes, code `b` of a
+    /// byte in bits `2b..2b+2` (0: +1, 1: +i, 2: −1, 3: −i); each group's
+    /// scales `(s_re, s_im)` at `2·(i·groups_per_row + g)`, or at 0 for a
+    /// per-tensor scale.
+    pub(super) fn quant_linear(&self, name: &str, u_stages: usize, w_stages: usize) -> Built<()> {
+        let stages = u_stages + w_stages;
+        let mut params = vec![Param::Ptr; 2 + 2 * stages];
+        params.extend([Param::I64; 6]);
+        let f = self.declare(name, &params);
+        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let base = 2 + 2 * stages as u32;
+        let [rows, n, m, groups_per_row, group_len, per_tensor] =
+            [0, 1, 2, 3, 4, 5].map(|k| self.param_int(f, base + k));
+        let tid = self.sreg("tid.x")?;
+        let lane = self.urem(tid, self.int(32))?;
+        let warp = self.udiv(tid, self.int(32))?;
+        let row = self.add(
+            self.mul(self.sreg("ctaid.x")?, self.int(QUANT_ROWS_PER_BLOCK as u64))?,
+            warp,
+        )?;
+        // Whole warps leave together: no barrier follows.
+        let work = self.context.append_basic_block(f, "work");
+        let done = self.context.append_basic_block(f, "done");
+        let inside = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, row, n, "")
+            .map_err(err)?;
+        self.builder
+            .build_conditional_branch(inside, work, done)
+            .map_err(err)?;
+        self.builder.position_at_end(work);
+        let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
+        let tensor = self
+            .builder
+            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
+            .map_err(err)?;
+        let (acc_re, acc_im) = (self.local(self.float(0.0))?, self.local(self.float(0.0))?);
+        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
+        self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
+            self.set(acc_re, self.float(0.0))?;
+            self.set(acc_im, self.float(0.0))?;
+            let x_base = self.mul(self.mul(r, m)?, self.int(2))?;
+            self.strided_loop(f, lane, m, self.int(32), |j| {
+                let xr = self.load_f32(x, self.add(x_base, self.mul(j, self.int(2))?)?)?;
+                let xi = self.load_f32(
+                    x,
+                    self.add(x_base, self.add(self.mul(j, self.int(2))?, self.int(1))?)?,
+                )?;
+                let g = self.udiv(j, group_len)?;
+                let group_at =
+                    self.mul(self.add(self.mul(row, groups_per_row)?, g)?, self.int(2))?;
+                let scale_at = self
+                    .builder
+                    .build_select(tensor, self.int(0), group_at, "")
+                    .map_err(err)?
+                    .into_int_value();
+                let byte_at = self.add(self.mul(row, stride)?, self.udiv(j, self.int(4))?)?;
+                let shift = self.mul(self.urem(j, self.int(4))?, self.int(2))?;
+                let shift = self
+                    .builder
+                    .build_int_truncate(shift, self.context.i8_type(), "")
+                    .map_err(err)?;
+                for s in 0..stages {
+                    let codes = self.param_ptr(f, 2 + 2 * s as u32);
+                    let scales = self.param_ptr(f, 3 + 2 * s as u32);
+                    let p = self.gep(self.context.i8_type(), codes, byte_at)?;
+                    let byte = self
+                        .builder
+                        .build_load(self.context.i8_type(), p, "")
+                        .map_err(err)?
+                        .into_int_value();
+                    let code = self
+                        .builder
+                        .build_right_shift(byte, shift, false, "")
+                        .map_err(err)?;
+                    let code = self
+                        .builder
+                        .build_and(code, self.context.i8_type().const_int(3, false), "")
+                        .map_err(err)?;
+                    let s_re = self.load_f32(scales, scale_at)?;
+                    let s_im = self.load_f32(scales, self.add(scale_at, self.int(1))?)?;
+                    // conj(x) for the W stages.
+                    let xi = if s >= u_stages { self.fneg(xi)? } else { xi };
+                    // Codes 0..3 are +1, +i, −1, −i: the product with x is
+                    // ±s_re·(xr, xi) or ±s_im·(−xi, xr).
+                    let imaginary = self
+                        .builder
+                        .build_and(code, self.context.i8_type().const_int(1, false), "")
+                        .map_err(err)?;
+                    let imaginary = self
+                        .builder
+                        .build_int_compare(
+                            IntPredicate::NE,
+                            imaginary,
+                            self.context.i8_type().const_int(0, false),
+                            "",
+                        )
+                        .map_err(err)?;
+                    let negative = self
+                        .builder
+                        .build_int_compare(
+                            IntPredicate::UGE,
+                            code,
+                            self.context.i8_type().const_int(2, false),
+                            "",
+                        )
+                        .map_err(err)?;
+                    let scale = self
+                        .builder
+                        .build_select(imaginary, s_im, s_re, "")
+                        .map_err(err)?
+                        .into_float_value();
+                    let scale = self
+                        .builder
+                        .build_select(negative, self.fneg(scale)?, scale, "")
+                        .map_err(err)?
+                        .into_float_value();
+                    let a = self
+                        .builder
+                        .build_select(imaginary, self.fneg(xi)?, xr, "")
+                        .map_err(err)?
+                        .into_float_value();
+                    let b = self
+                        .builder
+                        .build_select(imaginary, xr, xi, "")
+                        .map_err(err)?
+                        .into_float_value();
+                    self.set(acc_re, self.fadd(self.get(acc_re)?, self.fmul(scale, a)?)?)?;
+                    self.set(acc_im, self.fadd(self.get(acc_im)?, self.fmul(scale, b)?)?)?;
+                }
+                Ok(())
+            })?;
+            let mut re = self.get(acc_re)?;
+            let mut im = self.get(acc_im)?;
+            for delta in [16u64, 8, 4, 2, 1] {
+                let mask = self.i32().const_all_ones().into();
+                let d = self.i32().const_int(delta, false).into();
+                let c = self.i32().const_int(31, false).into();
+                re = self.fadd(
+                    re,
+                    self.call(shfl, &[mask, re.into(), d, c])?
+                        .into_float_value(),
+                )?;
+                im = self.fadd(
+                    im,
+                    self.call(shfl, &[mask, im.into(), d, c])?
+                        .into_float_value(),
+                )?;
+            }
+            let first = self.context.append_basic_block(f, "first_lane");
+            let next = self.context.append_basic_block(f, "next_row");
+            let is_first = self
+                .builder
+                .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
+                .map_err(err)?;
+            self.builder
+                .build_conditional_branch(is_first, first, next)
+                .map_err(err)?;
+            self.builder.position_at_end(first);
+            let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
+            self.store_f32(out, at, re)?;
+            self.store_f32(out, self.add(at, self.int(1))?, im)?;
+            self.builder.build_unconditional_branch(next).map_err(err)?;
+            self.builder.position_at_end(next);
+            Ok(())
+        })?;
+        self.builder.build_unconditional_branch(done).map_err(err)?;
+        self.builder.position_at_end(done);
+        self.ret()
+    }
+}

@@ -1,0 +1,338 @@
+//! Row and column reductions: norms, softmax, the losses and their
+//! gradients (one block a row, warp-shuffle and shared-memory sums).
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `rms_norm(out, x, gain, cols, eps)`: one block per row of `cols`
+    /// elements (complex elements for the complex form).
+    pub(super) fn rms_norm(&self, name: &str, complex: bool) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64, Param::F32],
+        );
+        let scratch = self.shared_scratch(name);
+        let (out, x, gain, cols, eps) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_int(f, 3),
+            self.param_float(f, 4),
+        );
+        let row = self.sreg("ctaid.x")?;
+        let words = if complex {
+            self.mul(cols, self.int(2))?
+        } else {
+            cols
+        };
+        let base = self.mul(row, words)?;
+        let ss = self.row_sum(f, scratch, words, false, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            self.fmul(v, v)
+        })?;
+        let cols_f = self
+            .builder
+            .build_unsigned_int_to_float(cols, self.f32(), "")
+            .map_err(err)?;
+        let mean = self.fadd(self.fdiv(ss, cols_f)?, eps)?;
+        let inv = self.fdiv(self.float(1.0), self.sqrt(mean)?)?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |i| {
+            // Complex rows: word 2j is re_j (gain j), 2j+1 is im_j (gain cols + j).
+            let g = if complex {
+                let j = self.udiv(i, self.int(2))?;
+                let odd = self.urem(i, self.int(2))?;
+                self.add(j, self.mul(odd, cols)?)?
+            } else {
+                i
+            };
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let y = self.fmul(self.fmul(v, inv)?, self.load_f32(gain, g)?)?;
+            self.store_f32(out, self.add(base, i)?, y)
+        })?;
+        self.ret()
+    }
+
+    /// `softmax(out, x, cols)`: one block per row.
+    pub(super) fn softmax(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, x, cols) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_int(f, 2),
+        );
+        let base = self.mul(self.sreg("ctaid.x")?, cols)?;
+        let at = |i| self.add(base, i);
+        let max = self.row_sum(f, scratch, cols, true, |i| self.load_f32(x, at(i)?))?;
+        let total = self.row_sum(f, scratch, cols, false, |i| {
+            self.exp(self.fsub(self.load_f32(x, at(i)?)?, max)?)
+        })?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, cols, self.sreg("ntid.x")?, |i| {
+            let e = self.exp(self.fsub(self.load_f32(x, at(i)?)?, max)?)?;
+            self.store_f32(out, at(i)?, self.fdiv(e, total)?)
+        })?;
+        self.ret()
+    }
+
+    /// `column_sum(out, x, rows, cols)`.
+    pub(super) fn column_sum(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, x, rows, cols) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_int(f, 2),
+            self.param_int(f, 3),
+        );
+        let c = self.sreg("ctaid.x")?;
+        let total = self.row_sum(f, scratch, rows, false, |r| {
+            self.load_f32(x, self.add(self.mul(r, cols)?, c)?)
+        })?;
+        let first = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
+            .map_err(err)?;
+        self.when(f, first, || self.store_f32(out, c, total))?;
+        self.ret()
+    }
+
+    /// `cross_entropy_rows(out, logits, targets, vocab)`: `out[2r..2r+2]`.
+    pub(super) fn cross_entropy_rows(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, logits, targets, vocab) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_int(f, 3),
+        );
+        let r = self.sreg("ctaid.x")?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let max = self.row_sum(f, scratch, vocab, true, |i| self.load_f32(logits, at(i)?))?;
+        let total = self.row_sum(f, scratch, vocab, false, |i| {
+            self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
+        })?;
+        let t = self.load_i32(targets, r)?;
+        let scored = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+            .map_err(err)?;
+        let t = self
+            .builder
+            .build_int_s_extend(t, self.i64(), "")
+            .map_err(err)?;
+        let safe = self
+            .builder
+            .build_select(scored, t, self.int(0), "")
+            .map_err(err)?
+            .into_int_value();
+        let log2 = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
+        let lg = self.call(log2, &[total.into()])?.into_float_value();
+        let lse = self.fadd(max, self.fmul(lg, self.float(std::f32::consts::LN_2))?)?;
+        let loss = self.fsub(lse, self.load_f32(logits, at(safe)?)?)?;
+        let zero = self.float(0.0);
+        let loss = self
+            .builder
+            .build_select(scored, loss, zero, "")
+            .map_err(err)?
+            .into_float_value();
+        let flag = self
+            .builder
+            .build_select(scored, self.float(1.0), zero, "")
+            .map_err(err)?
+            .into_float_value();
+        let first = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
+            .map_err(err)?;
+        self.when(f, first, || {
+            let at = self.mul(r, self.int(2))?;
+            self.store_f32(out, at, loss)?;
+            self.store_f32(out, self.add(at, self.int(1))?, flag)
+        })?;
+        self.ret()
+    }
+
+    /// `scored_mean(out, sums)`: one thread.
+    pub(super) fn scored_mean(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr]);
+        let (out, sums) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let total = self.load_f32(sums, self.int(0))?;
+        let count = self.load_f32(sums, self.int(1))?;
+        let any = self
+            .builder
+            .build_float_compare(FloatPredicate::OGT, count, self.float(0.0), "")
+            .map_err(err)?;
+        let mean = self.fdiv(total, count)?;
+        let mean = self
+            .builder
+            .build_select(any, mean, self.float(0.0), "")
+            .map_err(err)?
+            .into_float_value();
+        self.store_f32(out, self.int(0), mean)?;
+        self.ret()
+    }
+
+    /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`.
+    pub(super) fn cross_entropy_grad(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let (out, logits, targets, dloss) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_ptr(f, 3),
+        );
+        let (rows, vocab) = (self.param_int(f, 4), self.param_int(f, 5));
+        let r = self.sreg("ctaid.x")?;
+        // Every block counts the scored rows (the targets are few).
+        let count = self.row_sum(f, scratch, rows, false, |k| {
+            let t = self.load_i32(targets, k)?;
+            let scored = self
+                .builder
+                .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+                .map_err(err)?;
+            Ok(self
+                .builder
+                .build_select(scored, self.float(1.0), self.float(0.0), "")
+                .map_err(err)?
+                .into_float_value())
+        })?;
+        let scale = self.fdiv(
+            self.load_f32(dloss, self.int(0))?,
+            self.fmax(count, self.float(1.0))?,
+        )?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let max = self.row_sum(f, scratch, vocab, true, |i| self.load_f32(logits, at(i)?))?;
+        let total = self.row_sum(f, scratch, vocab, false, |i| {
+            self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
+        })?;
+        let t = self.load_i32(targets, r)?;
+        let scored = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+            .map_err(err)?;
+        let t = self
+            .builder
+            .build_int_s_extend(t, self.i64(), "")
+            .map_err(err)?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {
+            let p = self.fdiv(
+                self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)?,
+                total,
+            )?;
+            let hit = self
+                .builder
+                .build_int_compare(IntPredicate::EQ, i, t, "")
+                .map_err(err)?;
+            let p = self
+                .builder
+                .build_select(hit, self.fsub(p, self.float(1.0))?, p, "")
+                .map_err(err)?
+                .into_float_value();
+            let d = self.fmul(p, scale)?;
+            let d = self
+                .builder
+                .build_select(scored, d, self.float(0.0), "")
+                .map_err(err)?
+                .into_float_value();
+            self.store_f32(out, at(i)?, d)
+        })?;
+        self.ret()
+    }
+
+    /// `rms_norm_grad(out, x, gain, dy, cols, eps)`: rows of `cols`
+    /// elements (complex: complex elements, the gain's first half for real
+    /// parts). Input: `dx = r g dy − x r³ Σ(g dy x) / cols`; gain: the
+    /// terms `dy x r` at the gain's index, `[rows, gain.len()]`.
+    pub(super) fn rms_norm_grad(&self, name: &str, complex: bool, gain_part: bool) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::F32,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let (out, x, gain, dy) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_ptr(f, 3),
+        );
+        let (cols, eps) = (self.param_int(f, 4), self.param_float(f, 5));
+        let row = self.sreg("ctaid.x")?;
+        let words = if complex {
+            self.mul(cols, self.int(2))?
+        } else {
+            cols
+        };
+        let base = self.mul(row, words)?;
+        let gain_at = |i: IntValue<'ctx>| -> Built<IntValue<'ctx>> {
+            if complex {
+                let j = self.udiv(i, self.int(2))?;
+                let odd = self.urem(i, self.int(2))?;
+                self.add(j, self.mul(odd, cols)?)
+            } else {
+                Ok(i)
+            }
+        };
+        let ss = self.row_sum(f, scratch, words, false, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            self.fmul(v, v)
+        })?;
+        let n = self.i64_to_f32(cols)?;
+        let r = self.fdiv(
+            self.float(1.0),
+            self.sqrt(self.fadd(self.fdiv(ss, n)?, eps)?)?,
+        )?;
+        let tid = self.sreg("tid.x")?;
+        let threads = self.sreg("ntid.x")?;
+        if gain_part {
+            self.strided_loop(f, tid, words, threads, |i| {
+                let v = self.load_f32(x, self.add(base, i)?)?;
+                let g = self.load_f32(dy, self.add(base, i)?)?;
+                self.store_f32(
+                    out,
+                    self.add(base, gain_at(i)?)?,
+                    self.fmul(self.fmul(g, v)?, r)?,
+                )
+            })?;
+            return self.ret();
+        }
+        let dot = self.row_sum(f, scratch, words, false, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let g = self.load_f32(dy, self.add(base, i)?)?;
+            self.fmul(self.fmul(g, v)?, self.load_f32(gain, gain_at(i)?)?)
+        })?;
+        let r3 = self.fmul(self.fmul(r, r)?, r)?;
+        let coefficient = self.fdiv(self.fmul(r3, dot)?, n)?;
+        self.strided_loop(f, tid, words, threads, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let g = self.load_f32(dy, self.add(base, i)?)?;
+            let w = self.load_f32(gain, gain_at(i)?)?;
+            let d = self.fsub(self.fmul(self.fmul(r, w)?, g)?, self.fmul(v, coefficient)?)?;
+            self.store_f32(out, self.add(base, i)?, d)
+        })?;
+        self.ret()
+    }
+}
