@@ -77,9 +77,10 @@ fn compile_artifact(source: &std::path::Path, quant: &str, out: &std::path::Path
     );
 }
 
-#[test]
-fn tiny_models_and_artifacts_match_the_reference_backend() {
-    let dir = TempDir::new("conformance-models");
+/// Every tiny model the backends are checked on, written into `dir`: llama
+/// (GGUF), qwen2 and iFairy (Hugging Face), W1/W2/W3 artifacts of the
+/// llama and the iFairy's native artifact.
+fn tiny_models(dir: &TempDir) -> Vec<(&'static str, std::path::PathBuf)> {
     let llama = dir.path("llama.gguf");
     write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
     let qwen = dir.path("qwen");
@@ -103,6 +104,13 @@ fn tiny_models_and_artifacts_match_the_reference_backend() {
     let native = dir.path("ifairy.fairy");
     compile_artifact(&ifairy, "native", &native);
     models.push(("ifairy native", native));
+    models
+}
+
+#[test]
+fn tiny_models_and_artifacts_match_the_reference_backend() {
+    let dir = TempDir::new("conformance-models");
+    let models = tiny_models(&dir);
     for (name, path) in &models {
         let want = logits_on(path, &Reference::default());
         for backend in backends() {
@@ -170,26 +178,7 @@ fn models_match_the_reference_on_the_gpu() {
         return;
     }
     let dir = TempDir::new("gpu-models");
-    let llama = dir.path("llama.gguf");
-    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
-    let qwen = dir.path("qwen");
-    let qwen_cfg = SynthConfig {
-        architecture: Architecture::Qwen2,
-        ..SynthConfig::tiny()
-    };
-    write_hf(&qwen, &qwen_cfg, HfDtype::F32).unwrap();
-    let mut models = vec![("llama", llama.clone()), ("qwen2", qwen)];
-    for quant in ["w1", "w2", "w3"] {
-        let out = dir.path(&format!("llama-{quant}.fairy"));
-        compile_artifact(&llama, quant, &out);
-        models.push((quant, out));
-    }
-    let ifairy = dir.path("ifairy");
-    write_ifairy_hf(&ifairy, &IfairySynthConfig::tiny()).unwrap();
-    let native = dir.path("ifairy.fairy");
-    compile_artifact(&ifairy, "native", &native);
-    models.push(("ifairy", ifairy));
-    models.push(("ifairy native", native));
+    let models = tiny_models(&dir);
     // Every model runs, then every failure is reported together.
     let mut failed = Vec::new();
     for (name, path) in models {

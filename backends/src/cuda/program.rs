@@ -22,7 +22,7 @@ use super::codegen::{
     QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
 use crate::plan::MemoryPlan;
-use crate::reference::{bind_inputs, load_resident};
+use crate::reference::{bind_inputs, bind_shape, load_resident};
 use crate::tensor::{Data, DeviceData, Tensor};
 use crate::{BackendError, Program};
 
@@ -1021,23 +1021,9 @@ fn concrete_type(
     operands: &[&DeviceTensor],
     bindings: &HashMap<String, usize>,
 ) -> Result<TensorType, String> {
-    let bind = |shape: &Shape| -> Result<Shape, String> {
-        shape
-            .dims()
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => Ok(*n),
-                Dim::Sym(s) => bindings
-                    .get(s)
-                    .copied()
-                    .ok_or_else(|| format!("dimension `{s}` is not bound by any input")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Shape::new)
-    };
     let op = match op {
         Op::Reshape { shape } => Op::Reshape {
-            shape: bind(shape)?,
+            shape: Shape::new(bind_shape(shape, bindings)?),
         },
         op => op.clone(),
     };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use fairyc_ir::quant::{self, Pairing};
 use fairyc_ir::{
     verify, verify_weights, Arithmetic, AttentionOperand, DType, Dim, Graph, NormOperand, Op,
-    Scheme, UnaryFn, WeightStore, WlPart,
+    Scheme, Shape, UnaryFn, WeightStore, WlPart,
 };
 use num_complex::Complex32;
 use rayon::prelude::*;
@@ -312,6 +312,21 @@ pub fn bind_inputs(
         }
     }
     Ok(bindings)
+}
+
+/// The sizes of `shape` with its symbols bound by the inputs.
+pub fn bind_shape(shape: &Shape, bindings: &HashMap<String, usize>) -> Result<Vec<usize>, String> {
+    shape
+        .dims()
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => Ok(*n),
+            Dim::Sym(s) => bindings
+                .get(s)
+                .copied()
+                .ok_or_else(|| format!("dimension `{s}` is not bound by any input")),
+        })
+        .collect()
 }
 
 /// Verifies `graph` against `store`, decodes every weight it references
@@ -645,17 +660,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             elementwise::softmax(f32s(x, "input")?, x.cols()),
         ),
         Op::Reshape { shape } => {
-            let dims = shape
-                .dims()
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => Ok(*n),
-                    Dim::Sym(s) => bindings
-                        .get(s)
-                        .copied()
-                        .ok_or_else(|| format!("dimension `{s}` is not bound by any input")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let dims = bind_shape(shape, bindings)?;
             if dims.iter().product::<usize>() != x.len() {
                 return Err(format!("cannot reshape {:?} to {dims:?}", x.shape));
             }

@@ -7,7 +7,9 @@ pub mod kernels;
 
 use fairyc_ir::{Graph, Op, OpKind, WeightStore};
 
-pub use executor::{bind_inputs, evaluate_constants, load_resident, Executor, Kernels, NodeKernel};
+pub use executor::{
+    bind_inputs, bind_shape, evaluate_constants, load_resident, Executor, Kernels, NodeKernel,
+};
 
 use crate::{Backend, BackendError, Program};
 
