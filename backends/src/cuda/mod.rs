@@ -18,9 +18,14 @@ impl Cuda {
     /// Whether a CUDA device can be used here (driver loaded, a device
     /// present).
     pub fn available() -> bool {
-        std::panic::catch_unwind(cudarc::driver::CudaContext::device_count)
-            .map(|n| matches!(n, Ok(n) if n > 0))
-            .unwrap_or(false)
+        // cudarc panics on its first call when the driver library is
+        // missing: look for the library first.
+        // SAFETY: loading libcuda runs only its initialisers, and the
+        // handle is dropped at once.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return false;
+        }
+        matches!(cudarc::driver::CudaContext::device_count(), Ok(n) if n > 0)
     }
 }
 
