@@ -540,6 +540,7 @@ fn run(command: Command) -> Result<()> {
                 steps as f64 / decode_s.max(1e-9),
                 generation.stop
             );
+            print_profile(&model);
             Ok(())
         }
         Command::Serve {
@@ -597,6 +598,7 @@ fn run(command: Command) -> Result<()> {
                 ids.len(),
                 start.elapsed().as_secs_f64()
             );
+            print_profile(&model);
             Ok(())
         }
     }
@@ -945,6 +947,13 @@ fn plot_command(
     fairyc::plot::line_chart(output, title, "step", y, &series)?;
     println!("wrote {}", output.display());
     Ok(())
+}
+
+/// The time per op, when `FAIRYC_PROFILE` asked for it.
+fn print_profile(model: &Model) {
+    if let Some(profile) = model.program().profile() {
+        eprint!("{}", profile.report());
+    }
 }
 
 fn compile_command(

@@ -120,7 +120,9 @@ fn run_logits_writes_the_model_logits_as_npy() {
     let (dir, model) = setup("cli-logits");
     let out = dir.path("out.npy");
     let prompt = "the cat sat on the mat";
-    ok(&["run", s(&model), "-p", prompt, "--logits", s(&out)]);
+    // The reference backend, as `Model::load`'s below.
+    let args = ["run", s(&model), "-p", prompt, "--logits", s(&out)];
+    ok(&[&args[..], &["--backend", "reference"]].concat());
 
     let bytes = std::fs::read(&out).unwrap();
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap();

@@ -230,6 +230,23 @@ pub fn op_cases() -> Vec<Case> {
             };
             vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
         });
+        // Heads wider than a vector with a tail, and a cache of past keys
+        // longer than the queries (a decode step).
+        cases_over(&mut out, "attention_past", &[1usize, 3], |c, s| {
+            let (q, k, v) = (c.real(&[s, 60]), c.real(&[s + 3, 20]), c.real(&[s + 3, 24]));
+            let (zq, zk, zv) = (
+                c.complex(&[s, 60]),
+                c.complex(&[s + 3, 20]),
+                c.complex(&[s + 3, 24]),
+            );
+            let op = Op::Attention {
+                heads: 3,
+                kv_heads: 1,
+                scale: 0.2,
+                causal,
+            };
+            vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
+        });
     }
     cases_over(&mut out, "elementwise", &rows, |c, s| {
         let (x, p, y, row) = (

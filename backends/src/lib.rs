@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod cpu;
 pub mod cuda;
 pub mod plan;
+pub mod profile;
 pub mod reference;
 pub mod state;
 pub mod tensor;
@@ -127,6 +128,12 @@ pub trait Program: Send + Sync {
     /// Bytes the program holds for weights and weight expressions while it
     /// lives (packed codes count as their packed bytes).
     fn resident_weight_bytes(&self) -> usize;
+
+    /// Time per op so far, when the program was compiled with
+    /// `FAIRYC_PROFILE` set ([`profile`]).
+    fn profile(&self) -> Option<&profile::OpProfile> {
+        None
+    }
 
     /// `t` in host memory: a tensor this program returned in its device's
     /// memory ([`Data::Device`]) is copied back; any other is returned as

@@ -37,19 +37,23 @@ pub struct Blocks {
 }
 
 impl Blocks {
+    /// Groups split into as few blocks as fit [`MAX_BLOCK`], of equal
+    /// length as near as a multiple of 4 allows: a group of 288 inputs is
+    /// 5 blocks of 60 (12 padding inputs), not 4 of 64 and one of 32.
     pub fn new(m: usize, granularity: Granularity) -> Blocks {
         let group_len = match granularity {
             Granularity::Group(g) => g.clamp(1, m.max(1)),
             _ => m.max(1),
         };
         let groups = m.div_ceil(group_len);
-        let block_len = group_len.next_multiple_of(4).min(MAX_BLOCK);
+        let blocks_per_group = group_len.div_ceil(MAX_BLOCK);
+        let block_len = group_len.div_ceil(blocks_per_group).next_multiple_of(4);
         Blocks {
             m,
             group_len,
             groups,
             block_len,
-            blocks_per_group: group_len.div_ceil(block_len),
+            blocks_per_group,
         }
     }
 
@@ -57,32 +61,30 @@ impl Blocks {
         self.groups * self.blocks_per_group
     }
 
-    /// The input column at `offset` of block `block`, or `None` for padding.
-    fn column(&self, block: usize, offset: usize) -> Option<usize> {
+    /// The input columns of block `block` (at most `block_len`; the rest
+    /// of the block is padding).
+    fn range(&self, block: usize) -> std::ops::Range<usize> {
         let (group, within) = (block / self.blocks_per_group, block % self.blocks_per_group);
-        let o = within * self.block_len + offset;
-        let start = group * self.group_len;
-        (o < self.group_len && start + o < self.m).then_some(start + o)
+        let group_start = group * self.group_len;
+        let group_end = (group_start + self.group_len).min(self.m);
+        let start = (group_start + within * self.block_len).min(group_end);
+        start..(start + self.block_len).min(group_end)
     }
 
-    /// Every block's columns, `block_len` each.
-    fn columns(&self) -> Vec<Option<usize>> {
-        (0..self.count())
-            .flat_map(|b| (0..self.block_len).map(move |o| (b, o)))
-            .map(|(b, o)| self.column(b, o))
-            .collect()
+    /// The input column at `offset` of block `block`, or `None` for padding.
+    fn column(&self, block: usize, offset: usize) -> Option<usize> {
+        let range = self.range(block);
+        (offset < range.len()).then_some(range.start + offset)
     }
 
     /// The step of each input's integers for one row of activations: what
     /// the activation quantization may be off by, twice over.
     pub fn steps(&self, row: &[Complex32]) -> Vec<f32> {
         let mut steps = vec![0.0; self.m];
-        let columns = self.columns();
-        for block in columns.chunks(self.block_len) {
-            let step = block_step(block, row);
-            for c in block.iter().flatten() {
-                steps[*c] = step;
-            }
+        for block in 0..self.count() {
+            let range = self.range(block);
+            let step = block_step(&row[range.clone()]);
+            steps[range].fill(step);
         }
         steps
     }
@@ -90,13 +92,23 @@ impl Blocks {
 
 /// Activations are quantized per block to integers of at most [`LEVELS`]
 /// over the largest real or imaginary part: the block's step.
-fn block_step(columns: &[Option<usize>], row: &[Complex32]) -> f32 {
-    let largest = columns
+fn block_step(block: &[Complex32]) -> f32 {
+    // The largest magnitude as integer bits: non-negative floats order as
+    // their bits do, and an integer maximum vectorises.
+    let largest = bytemuck::cast_slice::<Complex32, f32>(block)
         .iter()
-        .flatten()
-        .map(|&c| row[c].re.abs().max(row[c].im.abs()))
-        .fold(0.0f32, f32::max);
-    largest / LEVELS
+        .map(|v| v.to_bits() & 0x7fff_ffff)
+        .max()
+        .unwrap_or(0);
+    f32::from_bits(largest) / LEVELS
+}
+
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: the
+/// float addition rounds at this magnitude, and it vectorises where a call
+/// to `round` does not.
+fn round_near(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    (v + MAGIC) - MAGIC
 }
 
 /// One quant_linear layer ready for the kernel.
@@ -106,8 +118,6 @@ pub struct LutLayer {
     u_stages: usize,
     granularity: Granularity,
     blocks: Blocks,
-    /// Every block's input columns.
-    columns: Vec<Option<usize>>,
     desc: LutKernel,
     kernel: KernelFn,
     /// `[tiles][blocks][stages][block_pairs/2][16]`.
@@ -115,7 +125,12 @@ pub struct LutLayer {
 }
 
 /// The stages' scales as the kernel reads them (see [`LutLayer::factors`]).
-pub struct Factors(Vec<f32>);
+pub struct Factors {
+    values: Vec<f32>,
+    /// One tile's factors serve every tile (per-tensor scales): they stay
+    /// in the L1 cache instead of streaming beside the codes.
+    shared: bool,
+}
 
 impl LutLayer {
     /// Re-lays the packed codes `code2[n, m]` of every stage (U first) for
@@ -140,7 +155,6 @@ impl LutLayer {
         let rows = generator.rows();
         let desc = LutKernel::new(stages.len(), blocks.block_len / 2, rows);
         let kernel = generator.kernel(desc)?;
-        let columns = blocks.columns();
         let per_tile = blocks.count() * desc.codes_per_block();
         let mut codes = vec![0u8; n.div_ceil(rows) * per_tile];
         codes
@@ -148,9 +162,12 @@ impl LutLayer {
             .enumerate()
             .for_each(|(tile, out)| {
                 let mut at = 0;
-                for block in columns.chunks(blocks.block_len) {
+                for block in 0..blocks.count() {
+                    let columns: Vec<Option<usize>> = (0..blocks.block_len)
+                        .map(|offset| blocks.column(block, offset))
+                        .collect();
                     for stage in stages {
-                        for four in block.chunks(4) {
+                        for four in columns.chunks(4) {
                             for r in 0..rows {
                                 let row = tile * rows + r;
                                 if row < n {
@@ -168,7 +185,6 @@ impl LutLayer {
             u_stages,
             granularity,
             blocks,
-            columns,
             desc,
             kernel,
             codes,
@@ -187,28 +203,47 @@ impl LutLayer {
         if rows == 0 || n == 0 || m == 0 {
             return y;
         }
-        let factors = &factors.0;
         let tile_rows = self.desc.rows;
+        let tiles = n.div_ceil(tile_rows);
         // With one thread, the calling thread does the work: handing it to
         // the pool costs a wake-up per call, as much as a small layer.
         let parallel = rayon::current_num_threads() > 1 && rows * n * m >= PARALLEL_WORK;
-        let tables: Vec<(Vec<u8>, Vec<f32>)> = if parallel && rows > 1 {
-            x.par_chunks(m).map(|row| self.tables(row)).collect()
-        } else {
-            x.chunks(m).map(|row| self.tables(row)).collect()
+        let blocks = self.blocks.count();
+        let table_len = blocks * self.blocks.block_len / 2 * PAIR_TABLE_BYTES;
+        let mut tables = vec![0u8; rows * table_len];
+        let mut steps = vec![0.0f32; rows * blocks];
+        let fill = |((row, tables), steps): ((&[Complex32], &mut [u8]), &mut [f32])| {
+            self.tables(row, tables, steps)
         };
-        let per_tile = self.blocks.count() * self.desc.codes_per_block();
+        let work = x
+            .chunks(m)
+            .zip(tables.chunks_mut(table_len))
+            .zip(steps.chunks_mut(blocks));
+        if parallel && rows > 1 {
+            work.par_bridge().for_each(fill);
+        } else {
+            work.for_each(fill);
+        }
+        let per_tile = blocks * self.desc.codes_per_block();
         let factors_per_tile = self.blocks.groups * self.desc.scales_per_group();
-        let run_tile = |tile: usize| {
-            let mut out = vec![0.0f32; rows * 2 * tile_rows];
+        // Each tile's sums, `[rows][re, im][tile_rows]` in lane order.
+        let tile_len = rows * 2 * tile_rows;
+        let mut out = vec![0.0f32; tiles * tile_len];
+        let run_tile = |(tile, out): (usize, &mut [f32])| {
             let codes = &self.codes[tile * per_tile..][..per_tile];
-            let factors = &factors[tile * factors_per_tile..][..factors_per_tile];
-            for ((t, steps), out) in tables.iter().zip(out.chunks_mut(2 * tile_rows)) {
+            let first = if factors.shared {
+                0
+            } else {
+                tile * factors_per_tile
+            };
+            let factors = &factors.values[first..][..factors_per_tile];
+            let rows = tables.chunks(table_len).zip(steps.chunks(blocks));
+            for ((tables, steps), out) in rows.zip(out.chunks_mut(2 * tile_rows)) {
                 // SAFETY: every buffer has the size and layout the
                 // kernel's calling convention names for `self.desc`.
                 unsafe {
                     (self.kernel)(
-                        t.as_ptr(),
+                        tables.as_ptr(),
                         steps.as_ptr(),
                         codes.as_ptr(),
                         factors.as_ptr(),
@@ -218,22 +253,20 @@ impl LutLayer {
                     )
                 };
             }
-            out
         };
-        let tiles: Vec<Vec<f32>> = if parallel {
-            (0..n.div_ceil(tile_rows))
-                .into_par_iter()
-                .map(run_tile)
-                .collect()
+        if parallel {
+            out.par_chunks_mut(tile_len).enumerate().for_each(run_tile);
         } else {
-            (0..n.div_ceil(tile_rows)).map(run_tile).collect()
-        };
-        for (tile, out) in tiles.iter().enumerate() {
-            for (r, lanes) in out.chunks(2 * tile_rows).enumerate() {
-                for q in 0..tile_rows {
-                    let i = tile * tile_rows + self.desc.lane_row(q);
-                    if i < n {
-                        y[r * n + i] = Complex32::new(lanes[q], lanes[tile_rows + q]);
+            out.chunks_mut(tile_len).enumerate().for_each(run_tile);
+        }
+        let lanes: Vec<usize> = (0..tile_rows).map(|q| self.desc.lane_row(q)).collect();
+        for (tile, out) in out.chunks(tile_len).enumerate() {
+            for (r, sums) in out.chunks(2 * tile_rows).enumerate() {
+                let y = &mut y[r * n..][..n];
+                let (re, im) = sums.split_at(tile_rows);
+                for ((&row, &re), &im) in lanes.iter().zip(re).zip(im) {
+                    if let Some(y) = y.get_mut(tile * tile_rows + row) {
+                        *y = Complex32::new(re, im);
                     }
                 }
             }
@@ -241,7 +274,8 @@ impl LutLayer {
         y
     }
 
-    /// The kernel's per-tile factors `[tiles][groups][stages][A, B, C, D][16]`:
+    /// The kernel's per-tile factors `[tiles][groups][stages][A, B, C, D][rows]`
+    /// (one tile for all with per-tensor scales):
     /// U stages `(s_re, −s_im, s_re, s_im)`, conj-W stages `(s_re, s_im, −s_re, s_im)`.
     /// `scales` are the stages' scales as `dequant` reads them.
     pub fn factors(&self, scales: &[&[f32]]) -> Result<Factors, String> {
@@ -266,7 +300,9 @@ impl LutLayer {
         }
         let per_tile = groups * self.desc.scales_per_group();
         let tile_rows = self.desc.rows;
-        let mut out = vec![0.0f32; n.div_ceil(tile_rows) * per_tile];
+        let shared = self.granularity == Granularity::Tensor;
+        let tiles = if shared { 1 } else { n.div_ceil(tile_rows) };
+        let mut out = vec![0.0f32; tiles * per_tile];
         for (tile, f) in out.chunks_mut(per_tile).enumerate() {
             let mut at = 0;
             for g in 0..groups {
@@ -275,11 +311,9 @@ impl LutLayer {
                     for sum in 0..4 {
                         for q in 0..tile_rows {
                             let row = tile * tile_rows + self.desc.lane_row(q);
-                            if row >= n {
-                                continue;
-                            }
                             let k = match self.granularity {
                                 Granularity::Tensor => 0,
+                                _ if row >= n => continue,
                                 _ => row * groups + g,
                             };
                             let (s_re, s_im) = (s[2 * k], s[2 * k + 1]);
@@ -295,50 +329,115 @@ impl LutLayer {
                 }
             }
         }
-        Ok(Factors(out))
+        Ok(Factors {
+            values: out,
+            shared,
+        })
     }
 
     /// The quantized activations of one row as the kernel reads them:
     /// every block's tables (`[block_pairs][A, B, C, D][16]`, entries
-    /// `+128`) and step.
-    fn tables(&self, row: &[Complex32]) -> (Vec<u8>, Vec<f32>) {
+    /// `+128`) into `tables`, and its step into `steps`.
+    fn tables(&self, row: &[Complex32], tables: &mut [u8], steps: &mut [f32]) {
         let block_len = self.blocks.block_len;
-        let mut tables = vec![0u8; self.columns.len() / 2 * PAIR_TABLE_BYTES];
-        let mut steps = Vec::with_capacity(self.blocks.count());
-        for (block, out) in self
-            .columns
-            .chunks(block_len)
-            .zip(tables.chunks_mut(block_len / 2 * PAIR_TABLE_BYTES))
+        // The block's integers, `[re, im]` per input, padding zero.
+        let mut levels = [0i8; 2 * MAX_BLOCK];
+        for (block, (tables, step)) in tables
+            .chunks_mut(block_len / 2 * PAIR_TABLE_BYTES)
+            .zip(steps.iter_mut())
+            .enumerate()
         {
-            let step = block_step(block, row);
-            let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
-            steps.push(step);
-            let level = |f: f32| (f * inv).round().clamp(-LEVELS, LEVELS) as i32;
-            for (pair, out) in block.chunks(2).zip(out.chunks_mut(PAIR_TABLE_BYTES)) {
-                let [(r0, i0), (r1, i1)] = [pair[0], pair[1]]
-                    .map(|c| c.map_or((0, 0), |c| (level(row[c].re), level(row[c].im))));
-                // What each code (+1, +i, -1, -i) of either input adds to A, B, C, D.
-                let first = [
-                    [r0, 0, -r0, 0],
-                    [0, i0, 0, -i0],
-                    [i0, 0, -i0, 0],
-                    [0, r0, 0, -r0],
-                ];
-                let second = [
-                    [r1, 0, -r1, 0],
-                    [0, i1, 0, -i1],
-                    [i1, 0, -i1, 0],
-                    [0, r1, 0, -r1],
-                ];
-                for sum in 0..4 {
-                    for nib in 0..16 {
-                        out[sum * 16 + nib] =
-                            (first[sum][nib & 3] + second[sum][nib >> 2] + ENTRY_OFFSET) as u8;
-                    }
-                }
+            let inputs = &row[self.blocks.range(block)];
+            *step = block_step(inputs);
+            let inv = if *step > 0.0 { 1.0 / *step } else { 0.0 };
+            let parts = bytemuck::cast_slice::<Complex32, f32>(inputs);
+            for (level, &v) in levels.iter_mut().zip(parts) {
+                *level = round_near(v * inv).clamp(-LEVELS, LEVELS) as i8;
+            }
+            levels[parts.len()..2 * block_len].fill(0);
+            for (pair, tables) in levels[..2 * block_len]
+                .chunks_exact(4)
+                .zip(tables.chunks_exact_mut(PAIR_TABLE_BYTES))
+            {
+                pair_tables(pair.try_into().expect("four levels"), tables);
             }
         }
-        (tables, steps)
+    }
+}
+
+/// The four tables of one pair of inputs `[r0, i0, r1, i1]`. Entry `e` of
+/// a table is the value selected by the first input's code `e & 3` (+1, +i,
+/// −1, −i) plus the second's `e >> 2`, from the signed levels
+/// `[r0, i0, r1, i1, −r0, −i0, −r1, −i1, 0]`, stored `+128`.
+fn pair_tables(pair: [i8; 4], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        // SAFETY: the host has SSSE3 (checked above); `out` holds 64 bytes.
+        unsafe { pair_tables_ssse3(pair, out) };
+        return;
+    }
+    let mut signed = [0i8; 16];
+    for (k, &v) in pair.iter().enumerate() {
+        signed[k] = v;
+        signed[4 + k] = v.wrapping_neg();
+    }
+    for (sum, out) in out.chunks_exact_mut(16).enumerate() {
+        for (e, out) in out.iter_mut().enumerate() {
+            let v = signed[PICK[sum][0][e] as usize].wrapping_add(signed[PICK[sum][1][e] as usize]);
+            *out = (v as u8).wrapping_add(ENTRY_OFFSET as u8);
+        }
+    }
+}
+
+/// For each sum (A, B, C, D) and each of the pair's inputs, the signed
+/// level each table entry takes (an index into `pair_tables`' levels):
+/// A = Σ [re axis] σ·r, B = Σ [im axis] σ·i, C = Σ [re axis] σ·i,
+/// D = Σ [im axis] σ·r, codes `c = axis | sign << 1`.
+const PICK: [[[u8; 16]; 2]; 4] = {
+    // Per sum, per input: the level of codes +1, +i, −1, −i.
+    const BY_CODE: [[[u8; 4]; 2]; 4] = [
+        [[0, 8, 4, 8], [2, 8, 6, 8]],
+        [[8, 1, 8, 5], [8, 3, 8, 7]],
+        [[1, 8, 5, 8], [3, 8, 7, 8]],
+        [[8, 0, 8, 4], [8, 2, 8, 6]],
+    ];
+    let mut pick = [[[0u8; 16]; 2]; 4];
+    let mut sum = 0;
+    while sum < 4 {
+        let mut e = 0;
+        while e < 16 {
+            pick[sum][0][e] = BY_CODE[sum][0][e & 3];
+            pick[sum][1][e] = BY_CODE[sum][1][e >> 2];
+            e += 1;
+        }
+        sum += 1;
+    }
+    pick
+};
+
+/// [`pair_tables`] with byte shuffles: each table is two look-ups into the
+/// levels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+unsafe fn pair_tables_ssse3(pair: [i8; 4], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    assert!(out.len() >= PAIR_TABLE_BYTES);
+    let levels = _mm_cvtsi32_si128(i32::from_le_bytes(pair.map(|v| v as u8)));
+    let negated = _mm_sub_epi8(_mm_setzero_si128(), levels);
+    // [r0, i0, r1, i1, −r0, −i0, −r1, −i1, 0, …]
+    let signed = _mm_unpacklo_epi32(levels, negated);
+    let offset = _mm_set1_epi8(ENTRY_OFFSET as u8 as i8);
+    for (sum, picks) in PICK.iter().enumerate() {
+        let first = _mm_loadu_si128(picks[0].as_ptr().cast());
+        let second = _mm_loadu_si128(picks[1].as_ptr().cast());
+        let v = _mm_add_epi8(
+            _mm_shuffle_epi8(signed, first),
+            _mm_shuffle_epi8(signed, second),
+        );
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(16 * sum).cast(),
+            _mm_add_epi8(v, offset),
+        );
     }
 }
 

@@ -2,11 +2,12 @@
 //! for the host ([`kernel`] describes it; [`cranelift`] emits it with
 //! 128-bit vectors, [`llvm`] with the widest the host has: 256-bit AVX2,
 //! 512-bit AVX-512; [`lut`] lays out its data); every other op runs the
-//! reference executor's kernels.
+//! reference executor's kernels, except attention ([`attention`]).
 //!
 //! Their activations are quantized to integers per block, so their
 //! `quant_linear` is not exact: [`Backend::tolerance`] gives the bound.
 
+pub mod attention;
 pub mod cranelift;
 pub mod kernel;
 pub mod llvm;
@@ -179,13 +180,26 @@ impl Kernels for LutKernels {
         op: &Op,
         constants: &[Option<&Tensor>],
     ) -> Result<Option<Box<dyn NodeKernel>>, String> {
-        let Op::QuantLinear {
-            u_stages,
-            granularity,
-            ..
-        } = op
-        else {
-            return Ok(None);
+        let (u_stages, granularity) = match *op {
+            Op::QuantLinear {
+                u_stages,
+                granularity,
+                ..
+            } => (u_stages, granularity),
+            Op::Attention {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+            } => {
+                return Ok(Some(Box::new(attention::AttentionNode {
+                    heads,
+                    kv_heads,
+                    scale,
+                    causal,
+                })))
+            }
+            _ => return Ok(None),
         };
         let mut stages = Vec::new();
         let mut shape = None;
@@ -204,7 +218,7 @@ impl Kernels for LutKernels {
         let Some((n, m)) = shape else {
             return Ok(None);
         };
-        let layer = LutLayer::new(n, m, *u_stages, &stages, *granularity, self.0)?;
+        let layer = LutLayer::new(n, m, u_stages, &stages, granularity, self.0)?;
         // Scales that are weights too are laid out once, here.
         let scales: Option<Vec<&[f32]>> = constants[2..]
             .iter()

@@ -18,6 +18,7 @@ use super::kernels::quant_linear::{quant_linear, StageCodes};
 use super::kernels::rope::{rope, rope_complex};
 use super::kernels::{elementwise, grad, layout, linear::linear};
 use crate::plan::MemoryPlan;
+use crate::profile::OpProfile;
 use crate::tensor::{Data, Tensor};
 use crate::{BackendError, Program};
 
@@ -33,6 +34,7 @@ pub struct Executor {
     plan: MemoryPlan,
     /// A backend's own kernels for some nodes ([`Kernels`]), by node.
     kernels: HashMap<usize, Box<dyn NodeKernel>>,
+    profile: Option<OpProfile>,
 }
 
 /// Kernels a backend runs instead of the reference's for some ops: how a
@@ -119,6 +121,7 @@ impl Executor {
             constants,
             plan,
             kernels: prepared,
+            profile: OpProfile::from_env(),
         })
     }
 
@@ -158,6 +161,7 @@ impl Executor {
         let bindings = self.bind(&inputs)?;
         let mut values: Vec<Option<Arc<Tensor>>> = vec![None; self.graph.nodes.len()];
         for (i, node) in self.graph.nodes.iter().enumerate() {
+            let started = self.profile.as_ref().map(|_| std::time::Instant::now());
             let result = match &node.op {
                 // The verifier allows one `input` node per name.
                 Op::Input { name } => Arc::new(inputs.remove(name).expect("bound inputs")),
@@ -193,6 +197,9 @@ impl Executor {
                     }
                 }
             };
+            if let (Some(profile), Some(started)) = (&self.profile, started) {
+                profile.record(profile_label(&node.op, &result), started.elapsed());
+            }
             values[i] = Some(result);
             // Free operands whose last reader this node was.
             for v in &node.operands {
@@ -271,6 +278,21 @@ impl Program for Executor {
 
     fn resident_weight_bytes(&self) -> usize {
         Executor::resident_weight_bytes(self)
+    }
+
+    fn profile(&self) -> Option<&OpProfile> {
+        self.profile.as_ref()
+    }
+}
+
+/// A node's line in the profile: the products by output shape (their cost
+/// depends on it most), every other op by name.
+fn profile_label(op: &Op, value: &Tensor) -> String {
+    match op {
+        Op::QuantLinear { .. } | Op::Linear | Op::Attention { .. } => {
+            format!("{} {:?}", op.mnemonic(), value.shape)
+        }
+        _ => op.mnemonic().to_string(),
     }
 }
 

@@ -120,16 +120,20 @@ pub fn pack_rows(
 ) -> Result<Vec<Complex32>, QuantError> {
     check_len("pack_rows input", x.len(), rows * cols)?;
     let k = cols.div_ceil(2);
-    let table = p.table(2 * k)?;
-    // The padded channel (index `cols` for odd `cols`) reads as zero.
-    let at = |row: &[f32], c: usize| row.get(c).copied().unwrap_or(0.0);
-    let mut out = Vec::with_capacity(rows * k);
-    for row in x.chunks(cols.max(1)).take(rows) {
-        out.extend(
-            table
-                .iter()
-                .map(|&(re, im)| Complex32::new(at(row, re), at(row, im))),
-        );
+    let runs = p.runs(2 * k)?;
+    let mut out = vec![Complex32::new(0.0, 0.0); rows * k];
+    // An odd row is copied into a buffer with its zero padding channel.
+    let mut padded = vec![0.0f32; if cols % 2 == 1 { 2 * k } else { 0 }];
+    for (row, z) in x.chunks(cols.max(1)).zip(out.chunks_mut(k.max(1))) {
+        let row = if padded.is_empty() {
+            row
+        } else {
+            padded[..cols].copy_from_slice(row);
+            &padded[..]
+        };
+        for run in &runs {
+            run.pack(row, z);
+        }
     }
     Ok(out)
 }
@@ -144,16 +148,92 @@ pub fn unpack_rows(
 ) -> Result<Vec<f32>, QuantError> {
     let k = cols.div_ceil(2);
     check_len("unpack_rows input", c.len(), rows * k)?;
-    let inv = p.inverse_table(2 * k)?;
-    let mut out = Vec::with_capacity(rows * cols);
-    for row in c.chunks(k.max(1)).take(rows) {
-        out.extend(
-            inv[..cols]
-                .iter()
-                .map(|&(j, imag)| if imag { row[j].im } else { row[j].re }),
-        );
+    let runs = p.runs(2 * k)?;
+    let mut out = vec![0.0f32; rows * cols];
+    let mut padded = vec![0.0f32; if cols % 2 == 1 { 2 * k } else { 0 }];
+    for (z, row) in c.chunks(k.max(1)).zip(out.chunks_mut(cols.max(1))) {
+        if padded.is_empty() {
+            for run in &runs {
+                run.unpack(z, row);
+            }
+        } else {
+            for run in &runs {
+                run.unpack(z, &mut padded);
+            }
+            row.copy_from_slice(&padded[..cols]);
+        }
     }
     Ok(out)
+}
+
+/// Consecutive complex slots whose real channels are consecutive and whose
+/// imaginary channels are too (`stride` 1), or interleaved (`stride` 2:
+/// adjacent pairs): how [`pack_rows`] moves whole slices, not channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    slot: usize,
+    re: usize,
+    im: usize,
+    len: usize,
+    stride: usize,
+}
+
+impl Run {
+    fn pack(&self, row: &[f32], z: &mut [Complex32]) {
+        let z = &mut z[self.slot..][..self.len];
+        if self.stride == 2 {
+            for (z, pair) in z.iter_mut().zip(row[self.re..].chunks_exact(2)) {
+                *z = Complex32::new(pair[0], pair[1]);
+            }
+        } else {
+            let (re, im) = (&row[self.re..][..self.len], &row[self.im..][..self.len]);
+            for ((z, &re), &im) in z.iter_mut().zip(re).zip(im) {
+                *z = Complex32::new(re, im);
+            }
+        }
+    }
+
+    fn unpack(&self, z: &[Complex32], row: &mut [f32]) {
+        let z = &z[self.slot..][..self.len];
+        if self.stride == 2 {
+            for (pair, z) in row[self.re..].chunks_exact_mut(2).zip(z) {
+                pair[0] = z.re;
+                pair[1] = z.im;
+            }
+        } else {
+            for (out, z) in row[self.re..][..self.len].iter_mut().zip(z) {
+                *out = z.re;
+            }
+            for (out, z) in row[self.im..][..self.len].iter_mut().zip(z) {
+                *out = z.im;
+            }
+        }
+    }
+}
+
+impl Pairing {
+    /// The pairing of a vector of even length `len2k` as [`Run`]s.
+    fn runs(self, len2k: usize) -> Result<Vec<Run>, QuantError> {
+        self.validate(len2k)?;
+        let k = len2k / 2;
+        let run = |slot, re, im, len, stride| Run {
+            slot,
+            re,
+            im,
+            len,
+            stride,
+        };
+        Ok(match self {
+            Pairing::Halves => vec![run(0, 0, k, k, 1)],
+            Pairing::Adjacent => vec![run(0, 0, 1, k, 2)],
+            Pairing::HeadHalves { head_dim } => {
+                let half = head_dim / 2;
+                (0..len2k / head_dim)
+                    .map(|h| run(h * half, h * head_dim, h * head_dim + half, half, 1))
+                    .collect()
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +284,29 @@ mod tests {
             assert_eq!(c.len(), 12);
             assert_eq!(unpack_rows(&c, 3, 8, p).unwrap(), x);
             assert_eq!(unpack(&pack(&x[..8], p).unwrap(), p).unwrap(), &x[..8]);
+        }
+    }
+
+    #[test]
+    fn rows_follow_real_index() {
+        for (p, cols) in [
+            (Pairing::Halves, 10usize),
+            (Pairing::Halves, 9),
+            (Pairing::Adjacent, 10),
+            (Pairing::Adjacent, 7),
+            (Pairing::HeadHalves { head_dim: 4 }, 12),
+        ] {
+            let x: Vec<f32> = (0..2 * cols).map(|i| i as f32 + 1.0).collect();
+            let k = cols.div_ceil(2);
+            let c = pack_rows(&x, 2, cols, p).unwrap();
+            for (row, z) in x.chunks(cols).zip(c.chunks(k)) {
+                for (j, z) in z.iter().enumerate() {
+                    let (re, im) = real_index(p, 2 * k, j);
+                    let at = |c: usize| row.get(c).copied().unwrap_or(0.0);
+                    assert_eq!(*z, Complex32::new(at(re), at(im)), "{p:?} slot {j}");
+                }
+            }
+            assert_eq!(unpack_rows(&c, 2, cols, p).unwrap(), x, "{p:?}");
         }
     }
 }

@@ -1,0 +1,153 @@
+//! Attention over the KV cache for the CPU backends: the reference's
+//! definition (`reference::kernels::attention`) with its dot products and
+//! weighted sums in independent lanes that vectorise, one buffer of scores
+//! per task, and threads only where a call has the work to pay for them.
+//!
+//! Complex attention is real attention over twice the channels: the score
+//! `Re(q · conj k)` is the real dot product of the interleaved parts, and a
+//! real weight scales both parts of a value alike.
+
+use num_complex::Complex32;
+use rayon::prelude::*;
+
+use crate::reference::kernels::attention::AttentionShape;
+use crate::reference::NodeKernel;
+use crate::tensor::{Data, Tensor};
+
+/// Multiply-adds from which a call spreads its (query, head) tasks over
+/// threads: decode steps of small models stay on the calling thread.
+const PARALLEL_WORK: usize = 1 << 18;
+
+/// Lanes of the accumulators: 16 floats fill a 512-bit register and are
+/// two 256-bit ones.
+const LANES: usize = 16;
+
+/// An `attention` node: its attributes; the shapes come with the operands.
+pub struct AttentionNode {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub scale: f32,
+    pub causal: bool,
+}
+
+impl NodeKernel for AttentionNode {
+    fn run(&self, args: &[Option<&Tensor>]) -> Result<Tensor, String> {
+        let operand = |k: usize| args[k].ok_or("an operand is missing");
+        let (q, k, v) = (operand(0)?, operand(1)?, operand(2)?);
+        if q.shape.len() != 2 {
+            return Err(format!(
+                "attention runs on [seq, channels] only, got {:?}",
+                q.shape
+            ));
+        }
+        let out_shape = |value_dim: usize| vec![q.shape[0], self.heads * value_dim];
+        match (&q.data, &k.data, &v.data) {
+            (Data::F32(qd), Data::F32(kd), Data::F32(vd)) => {
+                let s = self.shape(q.cols(), v.cols(), 1);
+                Ok(Tensor::f32(
+                    out_shape(s.value_dim),
+                    attention(qd, kd, vd, s),
+                ))
+            }
+            (Data::C64(qd), Data::C64(kd), Data::C64(vd)) => {
+                fn real(d: &[Complex32]) -> &[f32] {
+                    bytemuck::cast_slice(d)
+                }
+                let s = self.shape(q.cols(), v.cols(), 2);
+                let out = attention(real(qd), real(kd), real(vd), s);
+                let out = bytemuck::cast_slice::<f32, Complex32>(&out).to_vec();
+                Ok(Tensor::c64(out_shape(s.value_dim / 2), out))
+            }
+            _ => Err("queries, keys and values must share one element type".into()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        0
+    }
+}
+
+impl AttentionNode {
+    /// The shape in real channels: `parts` per element.
+    fn shape(&self, q_cols: usize, v_cols: usize, parts: usize) -> AttentionShape {
+        AttentionShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: parts * q_cols / self.heads,
+            value_dim: parts * v_cols / self.kv_heads,
+            scale: self.scale,
+            causal: self.causal,
+        }
+    }
+}
+
+/// `q[seq, heads·d]` over `k[kv_len, kv_heads·d]`, `v[kv_len,
+/// kv_heads·dv]`, as [`crate::reference::kernels::attention::attention`].
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> Vec<f32> {
+    let (qw, kw, vw) = (
+        s.heads * s.head_dim,
+        s.kv_heads * s.head_dim,
+        s.kv_heads * s.value_dim,
+    );
+    let seq = q.len() / qw.max(1);
+    let kv_len = k.len() / kw.max(1);
+    let past = kv_len - seq;
+    let group = s.heads / s.kv_heads;
+    let mut out = vec![0.0f32; seq * s.heads * s.value_dim];
+    let task = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+        let (i, h) = (idx / s.heads, idx % s.heads);
+        let kh = h / group;
+        let qrow = &q[i * qw + h * s.head_dim..][..s.head_dim];
+        let visible = if s.causal { past + i + 1 } else { kv_len };
+        scores.clear();
+        scores.extend((0..visible).map(|j| {
+            let krow = &k[j * kw + kh * s.head_dim..][..s.head_dim];
+            dot(qrow, krow) * s.scale
+        }));
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            total += *sc;
+        }
+        let inv = 1.0 / total;
+        for (j, &p) in scores.iter().enumerate() {
+            let vrow = &v[j * vw + kh * s.value_dim..][..s.value_dim];
+            let p = p * inv;
+            for (acc, &x) in o.iter_mut().zip(vrow) {
+                *acc += p * x;
+            }
+        }
+    };
+    let work = seq * s.heads * kv_len * (s.head_dim + s.value_dim);
+    if work >= PARALLEL_WORK && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(s.value_dim.max(1))
+            .enumerate()
+            .for_each_init(|| Vec::with_capacity(kv_len), task);
+    } else {
+        let mut scores = Vec::with_capacity(kv_len);
+        out.chunks_mut(s.value_dim.max(1))
+            .enumerate()
+            .for_each(|t| task(&mut scores, t));
+    }
+    out
+}
+
+/// `Σ a·b` in [`LANES`] independent sums (which vectorise; one running sum
+/// would not, floating-point addition being ordered).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (a_blocks, b_blocks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_blocks
+        .remainder()
+        .iter()
+        .zip(b_blocks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_blocks.zip(b_blocks) {
+        for l in 0..LANES {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
