@@ -83,58 +83,85 @@ impl AttentionNode {
 
 /// `q[seq, heads·d]` over `k[kv_len, kv_heads·d]`, `v[kv_len,
 /// kv_heads·dv]`, as [`crate::reference::kernels::attention::attention`].
+/// A task is one query row and one KV head with the query heads that share
+/// it, so each key and value row is read once for all of them.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> Vec<f32> {
-    let (qw, kw, vw) = (
-        s.heads * s.head_dim,
-        s.kv_heads * s.head_dim,
-        s.kv_heads * s.value_dim,
-    );
+    let qw = s.heads * s.head_dim;
     let seq = q.len() / qw.max(1);
-    let kv_len = k.len() / kw.max(1);
-    let past = kv_len - seq;
+    let kv_len = k.len() / (s.kv_heads * s.head_dim).max(1);
     let group = s.heads / s.kv_heads;
     let mut out = vec![0.0f32; seq * s.heads * s.value_dim];
-    let task = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
-        let (i, h) = (idx / s.heads, idx % s.heads);
-        let kh = h / group;
-        let qrow = &q[i * qw + h * s.head_dim..][..s.head_dim];
-        let visible = if s.causal { past + i + 1 } else { kv_len };
-        scores.clear();
-        scores.extend((0..visible).map(|j| {
-            let krow = &k[j * kw + kh * s.head_dim..][..s.head_dim];
-            dot(qrow, krow) * s.scale
-        }));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0f32;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            total += *sc;
-        }
-        let inv = 1.0 / total;
-        for (j, &p) in scores.iter().enumerate() {
-            let vrow = &v[j * vw + kh * s.value_dim..][..s.value_dim];
-            let p = p * inv;
-            for (acc, &x) in o.iter_mut().zip(vrow) {
-                *acc += p * x;
-            }
-        }
+    let task_len = (group * s.value_dim).max(1);
+    let task = |scores: &mut Vec<f32>, (t, o): (usize, &mut [f32])| {
+        let (i, kh) = (t / s.kv_heads, t % s.kv_heads);
+        let queries = &q[i * qw + kh * group * s.head_dim..][..group * s.head_dim];
+        head_group(queries, k, v, kh, kv_len - seq + i, s, scores, o);
     };
     let work = seq * s.heads * kv_len * (s.head_dim + s.value_dim);
     if work >= PARALLEL_WORK && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(s.value_dim.max(1))
+        out.par_chunks_mut(task_len)
             .enumerate()
-            .for_each_init(|| Vec::with_capacity(kv_len), task);
+            .for_each_init(Vec::new, task);
     } else {
-        let mut scores = Vec::with_capacity(kv_len);
-        out.chunks_mut(s.value_dim.max(1))
+        let mut scores = Vec::new();
+        out.chunks_mut(task_len)
             .enumerate()
             .for_each(|t| task(&mut scores, t));
     }
     out
 }
 
+/// The query heads `queries` (`group` of `head_dim`) that share KV head
+/// `kh`, the query at absolute position `position`, into `o` (`group` of
+/// `value_dim`). Compiled for AVX-512 and AVX2 too, chosen at run time.
+#[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+fma", "x86_64+avx2+fma"))]
+fn head_group(
+    queries: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kh: usize,
+    position: usize,
+    s: AttentionShape,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    let (kw, vw) = (s.kv_heads * s.head_dim, s.kv_heads * s.value_dim);
+    let kv_len = k.len() / kw.max(1);
+    let group = s.heads / s.kv_heads;
+    let visible = if s.causal { position + 1 } else { kv_len };
+    scores.clear();
+    scores.resize(group * visible, 0.0);
+    for j in 0..visible {
+        let krow = &k[j * kw + kh * s.head_dim..][..s.head_dim];
+        for (g, query) in queries.chunks_exact(s.head_dim).enumerate() {
+            scores[g * visible + j] = dot(query, krow) * s.scale;
+        }
+    }
+    for row in scores.chunks_exact_mut(visible.max(1)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        for sc in row.iter_mut() {
+            *sc = (*sc - max).exp();
+            total += *sc;
+        }
+        let inv = 1.0 / total;
+        row.iter_mut().for_each(|p| *p *= inv);
+    }
+    for j in 0..visible {
+        let vrow = &v[j * vw + kh * s.value_dim..][..s.value_dim];
+        for (g, o) in o.chunks_exact_mut(s.value_dim.max(1)).enumerate() {
+            let p = scores[g * visible + j];
+            for (acc, &x) in o.iter_mut().zip(vrow) {
+                *acc += p * x;
+            }
+        }
+    }
+}
+
 /// `Σ a·b` in [`LANES`] independent sums (which vectorise; one running sum
 /// would not, floating-point addition being ordered).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let (a_blocks, b_blocks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
