@@ -29,7 +29,11 @@ fn main() -> Result<(), fairyc::Error> {
         max_new_tokens: 32,
         ..GenerateOptions::default()
     };
-    let backends: [&dyn Backend; 3] = [&Reference::default(), &Cranelift, &Llvm];
+    let backends: [&dyn Backend; 3] = [
+        &Reference::default(),
+        &Cranelift::default(),
+        &Llvm::default(),
+    ];
     for backend in backends {
         let start = Instant::now();
         model = model.backend(backend)?;

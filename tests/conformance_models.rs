@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::TempDir;
-use fairyc::{Backend, Cranelift, Cuda, Llvm, Model, Reference};
+use fairyc::{Activations, Backend, Cranelift, Cuda, Llvm, Model, Reference};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::import::import;
 use fairyc_frontend::synth::{
@@ -43,7 +43,16 @@ fn assert_close(name: &str, got: &[f32], want: &[f32]) {
 /// within a derived bound per op (the conformance suite); through a whole
 /// model those errors compound, so here the logits are only held to a few
 /// percent (they measure about 2-4% RMS on these tiny models).
-fn check_cpu(name: &str, path: &std::path::Path, want: &[f32], backend: &dyn Backend) {
+/// The logits of a CPU backend against the reference's: equal within f32
+/// rounding where no layer is quantized; else within `rms_bound` relative
+/// RMS (int activations move every quantized layer a little).
+fn check_cpu(
+    name: &str,
+    path: &std::path::Path,
+    want: &[f32],
+    backend: &dyn Backend,
+    rms_bound: f32,
+) {
     let model = Model::from_imported_on(import(path).unwrap(), backend, &|_| {}).unwrap();
     let got = model.logits(PROMPT).unwrap().as_f32().unwrap().to_vec();
     let quantized = model
@@ -57,8 +66,12 @@ fn check_cpu(name: &str, path: &std::path::Path, want: &[f32], backend: &dyn Bac
     let diff: f32 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
     let size: f32 = want.iter().map(|b| b * b).sum();
     let rms = (diff / size).sqrt();
+    eprintln!(
+        "{name} on {}: relative RMS difference {rms}",
+        backend.name()
+    );
     assert!(
-        rms <= 0.1,
+        rms <= rms_bound,
         "{name} on {}: relative RMS difference {rms}",
         backend.name()
     );
@@ -117,8 +130,21 @@ fn tiny_models_and_artifacts_match_the_reference_backend() {
             let got = logits_on(path, backend.as_ref());
             assert_close(&format!("{name} on {}", backend.name()), &got, &want);
         }
-        check_cpu(name, path, &want, &Cranelift);
-        check_cpu(name, path, &want, &Llvm);
+        check_cpu(name, path, &want, &Cranelift::default(), 0.1);
+        check_cpu(name, path, &want, &Llvm::default(), 0.1);
+        // A 126th of the first pass's rounding error; but where the model
+        // quantizes its own activations (iFairy's act_quant), a value that
+        // f32 rounding moves across one of its rounding points moves by a
+        // whole step of that quantizer.
+        let precise = Llvm {
+            activations: Activations::Bits14,
+        };
+        let bound = if name.starts_with("ifairy") {
+            0.01
+        } else {
+            0.1 / 126.0
+        };
+        check_cpu(name, path, &want, &precise, bound);
     }
 }
 
@@ -222,13 +248,13 @@ fn a_loaded_model_rebinds_to_another_backend() {
     compile_artifact(&llama, "w2", &out);
     let on_reference = Model::load(&out).unwrap();
     let want = on_reference.logits(PROMPT).unwrap();
-    let rebound = on_reference.backend(&Llvm).unwrap();
+    let rebound = on_reference.backend(&Llvm::default()).unwrap();
     assert_eq!(
         rebound.program().graph().name,
         Model::load(&out).unwrap().graph().name
     );
     let got = rebound.logits(PROMPT).unwrap();
-    assert_eq!(got, logits_tensor(&out, &Llvm));
+    assert_eq!(got, logits_tensor(&out, &Llvm::default()));
     assert_ne!(
         got, want,
         "the LLVM backend's int activations change the logits"

@@ -59,6 +59,7 @@ fn main() {
     println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift | llvm / reference |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let shapes = [
+        (576, 192),
         (576, 576),
         (576, 1536),
         (1536, 576),

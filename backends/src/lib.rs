@@ -26,7 +26,7 @@ use fairyc_ir::decompose::lower_composites;
 use fairyc_ir::{verify, Granularity, Graph, Op, OpKind, WeightStore};
 use num_complex::Complex32;
 
-pub use cpu::{Cranelift, Llvm};
+pub use cpu::{Activations, Cranelift, Llvm};
 pub use cuda::Cuda;
 pub use plan::MemoryPlan;
 pub use reference::Reference;

@@ -19,6 +19,39 @@ use super::{CodeGen, KernelFn};
 /// The most inputs an activation block holds (its integers share a step).
 pub const MAX_BLOCK: usize = 64;
 
+/// How the kernels quantize activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activations {
+    /// Integers of at most [`LEVELS`] in size per block (7 bits): one pass
+    /// of the kernel. The fastest.
+    #[default]
+    Bits7,
+    /// Then each block's rounding error the same way, on a step `2 ·
+    /// LEVELS` times finer, in a second pass (about 14 bits): twice the
+    /// look-ups for a 126th of the error.
+    Bits14,
+}
+
+impl Activations {
+    /// Passes of the kernel over the codes.
+    pub fn passes(self) -> usize {
+        match self {
+            Activations::Bits7 => 1,
+            Activations::Bits14 => 2,
+        }
+    }
+
+    /// The step of each input's integers for one row: what the activation
+    /// quantization may be off by, twice over (the last pass's step).
+    pub fn steps(self, blocks: &Blocks, row: &[Complex32]) -> Vec<f32> {
+        let refine = match self {
+            Activations::Bits7 => 1.0,
+            Activations::Bits14 => 2.0 * LEVELS,
+        };
+        blocks.steps(row).into_iter().map(|s| s / refine).collect()
+    }
+}
+
 /// Complex multiply-adds (rows × n × m) from which a call splits its tiles
 /// over threads: below it, handing tiles to another thread costs more than
 /// it saves (measured on SmolLM2's layers, docs/BENCHMARKS.md).
@@ -122,6 +155,7 @@ pub struct LutLayer {
     kernel: KernelFn,
     /// `[tiles][blocks][stages][block_pairs/2][16]`.
     codes: Vec<u8>,
+    activations: Activations,
 }
 
 /// The stages' scales as the kernel reads them (see [`LutLayer::factors`]).
@@ -188,7 +222,16 @@ impl LutLayer {
             desc,
             kernel,
             codes,
+            activations: Activations::default(),
         })
+    }
+
+    /// The layer quantizing its activations as `activations` says.
+    pub fn with_activations(self, activations: Activations) -> LutLayer {
+        LutLayer {
+            activations,
+            ..self
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -208,17 +251,19 @@ impl LutLayer {
         // With one thread, the calling thread does the work: handing it to
         // the pool costs a wake-up per call, as much as a small layer.
         let parallel = rayon::current_num_threads() > 1 && rows * n * m >= PARALLEL_WORK;
+        // Per row and pass: every block's tables and steps.
+        let passes = self.activations.passes();
         let blocks = self.blocks.count();
         let table_len = blocks * self.blocks.block_len / 2 * PAIR_TABLE_BYTES;
-        let mut tables = vec![0u8; rows * table_len];
-        let mut steps = vec![0.0f32; rows * blocks];
+        let mut tables = vec![0u8; rows * passes * table_len];
+        let mut steps = vec![0.0f32; rows * passes * blocks];
         let fill = |((row, tables), steps): ((&[Complex32], &mut [u8]), &mut [f32])| {
             self.tables(row, tables, steps)
         };
         let work = x
             .chunks(m)
-            .zip(tables.chunks_mut(table_len))
-            .zip(steps.chunks_mut(blocks));
+            .zip(tables.chunks_mut(passes * table_len))
+            .zip(steps.chunks_mut(passes * blocks));
         if parallel && rows > 1 {
             work.par_bridge().for_each(fill);
         } else {
@@ -237,21 +282,25 @@ impl LutLayer {
                 tile * factors_per_tile
             };
             let factors = &factors.values[first..][..factors_per_tile];
-            let rows = tables.chunks(table_len).zip(steps.chunks(blocks));
-            for ((tables, steps), out) in rows.zip(out.chunks_mut(2 * tile_rows)) {
-                // SAFETY: every buffer has the size and layout the
-                // kernel's calling convention names for `self.desc`.
-                unsafe {
-                    (self.kernel)(
-                        tables.as_ptr(),
-                        steps.as_ptr(),
-                        codes.as_ptr(),
-                        factors.as_ptr(),
-                        out.as_mut_ptr(),
-                        self.blocks.groups as u64,
-                        self.blocks.blocks_per_group as u64,
-                    )
-                };
+            for (r, out) in out.chunks_mut(2 * tile_rows).enumerate() {
+                // Each pass adds to the row's sums.
+                for pass in r * passes..(r + 1) * passes {
+                    let tables = &tables[pass * table_len..][..table_len];
+                    let steps = &steps[pass * blocks..][..blocks];
+                    // SAFETY: every buffer has the size and layout the
+                    // kernel's calling convention names for `self.desc`.
+                    unsafe {
+                        (self.kernel)(
+                            tables.as_ptr(),
+                            steps.as_ptr(),
+                            codes.as_ptr(),
+                            factors.as_ptr(),
+                            out.as_mut_ptr(),
+                            self.blocks.groups as u64,
+                            self.blocks.blocks_per_group as u64,
+                        )
+                    };
+                }
             }
         };
         if parallel {
@@ -335,31 +384,41 @@ impl LutLayer {
         })
     }
 
-    /// The quantized activations of one row as the kernel reads them:
-    /// every block's tables (`[block_pairs][A, B, C, D][16]`, entries
-    /// `+128`) into `tables`, and its step into `steps`.
+    /// The quantized activations of one row as the kernel reads them,
+    /// per pass: every block's tables (`[block_pairs][A, B, C, D][16]`,
+    /// entries `+128`) into `tables`, and its step into `steps`.
     fn tables(&self, row: &[Complex32], tables: &mut [u8], steps: &mut [f32]) {
         let block_len = self.blocks.block_len;
-        // The block's integers, `[re, im]` per input, padding zero.
+        let blocks = self.blocks.count();
+        let block_tables = block_len / 2 * PAIR_TABLE_BYTES;
+        let passes = self.activations.passes();
+        // What is left to quantize of the block, `[re, im]` per input
+        // (padding zero), and its integers.
+        let mut left = [0.0f32; 2 * MAX_BLOCK];
         let mut levels = [0i8; 2 * MAX_BLOCK];
-        for (block, (tables, step)) in tables
-            .chunks_mut(block_len / 2 * PAIR_TABLE_BYTES)
-            .zip(steps.iter_mut())
-            .enumerate()
-        {
-            let inputs = &row[self.blocks.range(block)];
-            *step = block_step(inputs);
-            let inv = if *step > 0.0 { 1.0 / *step } else { 0.0 };
-            let parts = bytemuck::cast_slice::<Complex32, f32>(inputs);
-            for (level, &v) in levels.iter_mut().zip(parts) {
-                *level = round_near(v * inv).clamp(-LEVELS, LEVELS) as i8;
-            }
-            levels[parts.len()..2 * block_len].fill(0);
-            for (pair, tables) in levels[..2 * block_len]
-                .chunks_exact(4)
-                .zip(tables.chunks_exact_mut(PAIR_TABLE_BYTES))
-            {
-                pair_tables(pair.try_into().expect("four levels"), tables);
+        for block in 0..blocks {
+            let parts = bytemuck::cast_slice::<Complex32, f32>(&row[self.blocks.range(block)]);
+            left[..parts.len()].copy_from_slice(parts);
+            left[parts.len()..2 * block_len].fill(0.0);
+            let mut step = block_step(&row[self.blocks.range(block)]);
+            for pass in 0..passes {
+                let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+                for (level, v) in levels.iter_mut().zip(&mut left[..2 * block_len]) {
+                    let q = round_near(*v * inv).clamp(-LEVELS, LEVELS);
+                    *level = q as i8;
+                    *v -= q * step;
+                }
+                steps[pass * blocks + block] = step;
+                let tables = &mut tables[pass * blocks * block_tables + block * block_tables..]
+                    [..block_tables];
+                for (pair, tables) in levels[..2 * block_len]
+                    .chunks_exact(4)
+                    .zip(tables.chunks_exact_mut(PAIR_TABLE_BYTES))
+                {
+                    pair_tables(pair.try_into().expect("four levels"), tables);
+                }
+                // The rounding error is at most half a step.
+                step /= 2.0 * LEVELS;
             }
         }
     }

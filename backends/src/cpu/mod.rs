@@ -81,15 +81,20 @@ use num_complex::Complex32;
 use crate::reference::{Executor, Kernels, NodeKernel};
 use crate::tensor::{Data, Tensor};
 use crate::{Backend, BackendError, Program, Tolerance};
+pub use lut::Activations;
 use lut::{Blocks, Factors, LutLayer};
 
 /// The CPU backend with Cranelift-generated kernels (`--backend cranelift`).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Cranelift;
+pub struct Cranelift {
+    pub activations: Activations,
+}
 
 /// The CPU backend with LLVM-generated kernels (`--backend llvm`).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Llvm;
+pub struct Llvm {
+    pub activations: Activations,
+}
 
 impl Backend for Llvm {
     fn name(&self) -> &'static str {
@@ -106,11 +111,12 @@ impl Backend for Llvm {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Box<dyn Program>, BackendError> {
-        compile_with(CodeGen::llvm_for_host(), graph, store, on_weight)
+        let kernels = LutKernels(CodeGen::llvm_for_host(), self.activations);
+        compile_with(kernels, graph, store, on_weight)
     }
 
     fn tolerance(&self, op: &Op) -> Tolerance {
-        lut_tolerance(op)
+        lut_tolerance(op, self.activations)
     }
 }
 
@@ -129,18 +135,19 @@ impl Backend for Cranelift {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Box<dyn Program>, BackendError> {
-        compile_with(CodeGen::Cranelift, graph, store, on_weight)
+        let kernels = LutKernels(CodeGen::Cranelift, self.activations);
+        compile_with(kernels, graph, store, on_weight)
     }
 
     fn tolerance(&self, op: &Op) -> Tolerance {
-        lut_tolerance(op)
+        lut_tolerance(op, self.activations)
     }
 }
 
-/// The reference executor with `generator`'s look-up-table kernels for
-/// `quant_linear`.
+/// The reference executor with look-up-table kernels for `quant_linear`
+/// (and the CPU's own attention).
 fn compile_with(
-    generator: CodeGen,
+    kernels: LutKernels,
     graph: Graph,
     store: &dyn WeightStore,
     on_weight: &(dyn Fn(&str) + Sync),
@@ -149,30 +156,36 @@ fn compile_with(
         graph,
         store,
         on_weight,
-        Some(&LutKernels(generator)),
+        Some(&kernels),
     )?))
 }
 
 /// `quant_linear` on int activations is within their bound; every other
 /// op is the reference's.
-fn lut_tolerance(op: &Op) -> Tolerance {
+fn lut_tolerance(op: &Op, activations: Activations) -> Tolerance {
+    let step = match activations {
+        Activations::Bits7 => steps_7,
+        Activations::Bits14 => steps_14,
+    };
     match op {
-        Op::QuantLinear { .. } => Tolerance::QuantizedActivations {
-            rel: 1e-4,
-            step: activation_steps,
-        },
+        Op::QuantLinear { .. } => Tolerance::QuantizedActivations { rel: 1e-4, step },
         _ => Tolerance::default(),
     }
 }
 
 /// The step of each input's integers in one row of `quant_linear`'s input.
-fn activation_steps(m: usize, granularity: Granularity, row: &[Complex32]) -> Vec<f32> {
-    Blocks::new(m, granularity).steps(row)
+fn steps_7(m: usize, granularity: Granularity, row: &[Complex32]) -> Vec<f32> {
+    Activations::Bits7.steps(&Blocks::new(m, granularity), row)
+}
+
+fn steps_14(m: usize, granularity: Granularity, row: &[Complex32]) -> Vec<f32> {
+    Activations::Bits14.steps(&Blocks::new(m, granularity), row)
 }
 
 /// Prepares the look-up-table kernel for `quant_linear` nodes whose codes
-/// are weights (known at load), from the given generator.
-struct LutKernels(CodeGen);
+/// are weights (known at load), from the given generator, quantizing
+/// activations as the second says.
+struct LutKernels(CodeGen, Activations);
 
 impl Kernels for LutKernels {
     fn prepare(
@@ -218,7 +231,8 @@ impl Kernels for LutKernels {
         let Some((n, m)) = shape else {
             return Ok(None);
         };
-        let layer = LutLayer::new(n, m, u_stages, &stages, granularity, self.0)?;
+        let layer =
+            LutLayer::new(n, m, u_stages, &stages, granularity, self.0)?.with_activations(self.1);
         // Scales that are weights too are laid out once, here.
         let scales: Option<Vec<&[f32]>> = constants[2..]
             .iter()
