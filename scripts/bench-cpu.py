@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Whole-model CPU speed, side by side in one run: llama.cpp (through the
 llama-cpp-python package, built natively on this machine at install) on
-SmolLM2 requantized to Q4_0 and Q8_0, against fairyc on the W2 artifact (its
-CPU backends and the reference backend). llama.cpp's 2-bit K-quants need rows
-of 256: SmolLM2's 576-wide rows fall back to other types, so no 2-bit
-llama.cpp row is possible on this model.
+SmolLM2 requantized to Q4_0, Q8_0 and its 2-bit type Q2_0 (blocks of 32:
+the only llama.cpp type under 4 bits that covers SmolLM2's 576-wide rows;
+the K-quants and TQ types need rows of 256, Q1_0 rows of 128), against
+fairyc on the W2 (and optionally W1) artifact: its CPU backends with 7- and 14-bit activations
+and the reference backend.
 
 For each engine and thread count: prompt processing of the same prompt (about
 128 tokens of ../shared/corpus) and 64 greedy decode steps, tokens/s, the
-median of --runs runs. Prints a Markdown table.
+median of --runs runs; then the roofline: the weight bytes each engine
+streams per decoded token, and the tokens/s that one core's memory
+bandwidth (a 1 GiB copy, measured in the same run) allows. Prints Markdown.
 
   python3 scripts/bench-cpu.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf \\
       --fairy models/smollm2-w2.fairy --fairyc target/release/fairyc
@@ -75,18 +78,51 @@ LINE = re.compile(
 )
 
 
-def fairyc_rates(fairyc, model, backend, prompt, threads):
+def fairyc_rates(fairyc, model, args, prompt, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     run = subprocess.run(
-        [fairyc, "run", model, "-p", prompt, "-n", str(DECODE + 1), "--backend", backend],
+        [fairyc, "run", model, "-p", prompt, "-n", str(DECODE + 1), *args],
         capture_output=True,
         text=True,
         env=env,
     )
     m = LINE.search(run.stderr)
     if run.returncode != 0 or not m:
-        sys.exit(f"fairyc run --backend {backend} failed:\n{run.stderr}")
+        sys.exit(f"fairyc run {' '.join(args)} failed:\n{run.stderr}")
     return int(m.group(1)), float(m.group(2)), float(m.group(4))
+
+
+def copy_bandwidth():
+    """Bytes per second one core moves (read plus write) in a 1 GiB copy."""
+    a = np.ones(1 << 30, dtype=np.uint8)
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        np.copyto(b, a)
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - start))
+    return best
+
+
+def gguf_streamed(path):
+    """Weight bytes a decode step reads: SmolLM2's output layer is its token
+    embeddings (tied), so every tensor; the file less its metadata (the
+    vocabulary, about a megabyte) is close enough."""
+    return os.path.getsize(path)
+
+
+SUMMARY = re.compile(r"^\s+(\w+):\s+\d+ tensors,\s+([\d,]+) parameters", re.M)
+# What one parameter of each stored type occupies; `q8` is absent on purpose:
+# an artifact stores only its token embeddings so, and a decode step reads one
+# row of them.
+BYTES_PER_PARAMETER = {"code2": 0.25, "f32": 4.0, "f16": 2.0, "bf16": 2.0}
+
+
+def fairy_streamed(fairyc, model):
+    """Weight bytes a decode step reads: the codes and the float weights
+    (`fairyc dump --summary`)."""
+    out = subprocess.run([fairyc, "dump", model, "--summary"], capture_output=True, text=True, check=True).stdout
+    return sum(BYTES_PER_PARAMETER.get(k, 0) * int(n.replace(",", "")) for k, n in SUMMARY.findall(out))
 
 
 def main():
@@ -97,6 +133,7 @@ def main():
     ap.add_argument("--corpus", default="../shared/corpus/public.txt")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--fairy-w1", help="a W1 artifact to time too")
     ap.add_argument("--backends", nargs="+", default=["llvm", "cranelift", "reference"])
     args = ap.parse_args()
     prompt = prompt_text(args.corpus)
@@ -105,33 +142,51 @@ def main():
     for name, ftype in [
         ("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
         ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+        ("Q2_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_0),
     ]:
         out = os.path.join(tmp, f"smollm2-{name}.gguf")
         requantize(args.gguf, ftype, out)
-        ggufs.append((f"llama.cpp {name}", out, os.path.getsize(out)))
-    engines = [(label, lambda t, p=path: llama_rates(p, prompt, t), size) for label, path, size in ggufs]
-    for backend in args.backends:
-        engines.append(
-            (
-                f"fairyc W2 {backend}",
-                lambda t, b=backend: fairyc_rates(args.fairyc, args.fairy, b, prompt, t),
-                os.path.getsize(args.fairy),
+        ggufs.append((f"llama.cpp {name}", out, os.path.getsize(out), gguf_streamed(out)))
+    engines = [
+        (label, lambda t, p=path: llama_rates(p, prompt, t), size, streamed)
+        for label, path, size, streamed in ggufs
+    ]
+    artifacts = [("W2", args.fairy)] + ([("W1", args.fairy_w1)] if args.fairy_w1 else [])
+    for quant, model in artifacts:
+        variants = [(b, ["--backend", b]) for b in args.backends]
+        if "llvm" in args.backends:
+            variants.insert(1, ("llvm 14-bit", ["--backend", "llvm", "--activation-bits", "14"]))
+        if quant != "W2":
+            variants = variants[:1]
+        for name, flags in variants:
+            engines.append(
+                (
+                    f"fairyc {quant} {name}",
+                    lambda t, m=model, f=flags: fairyc_rates(args.fairyc, m, f, prompt, t),
+                    os.path.getsize(model),
+                    fairy_streamed(args.fairyc, model),
+                )
             )
-        )
+    bandwidth = copy_bandwidth()
     print(f"llama-cpp-python {llama_cpp.__version__}; {DECODE} decode steps; median of {args.runs} runs, engines in turn")
-    print("| engine | file MB | threads | prompt tokens | prompt tokens/s | decode tokens/s |")
-    print("|---|---|---|---|---|---|")
+    print(f"one core copies {bandwidth / 1e9:.1f} GB/s (read + write, 1 GiB)")
+    print("| engine | file MB | streamed MB/token | bound tokens/s | threads | prompt tokens | prompt tokens/s | decode tokens/s | of bound |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
-        results = {label: [] for label, _, _ in engines}
+        results = {label: [] for label, _, _, _ in engines}
         for _ in range(args.runs):
-            for label, rates, _ in engines:
+            for label, rates, _, _ in engines:
                 results[label].append(rates(threads))
-        for label, _, size in engines:
+        for label, _, size, streamed in engines:
             runs = results[label]
             n = runs[0][0]
             p = statistics.median(r[1] for r in runs)
             d = statistics.median(r[2] for r in runs)
-            print(f"| {label} | {size / 1e6:.1f} | {threads} | {n} | {p:.1f} | {d:.1f} |", flush=True)
+            bound = bandwidth / streamed
+            print(
+                f"| {label} | {size / 1e6:.1f} | {streamed / 1e6:.1f} | {bound:.0f} | {threads} | {n} | {p:.1f} | {d:.1f} | {d / bound:.0%} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

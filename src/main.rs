@@ -416,6 +416,14 @@ enum DumpFormat {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`fairyc dump m.fairy | head`) ends the process quietly,
+    // as it does other Unix tools, instead of a panic in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of a signal before any thread
+    // starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,

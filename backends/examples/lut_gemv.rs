@@ -1,7 +1,9 @@
 //! GEMV timings of `quant_linear` (W2: 2 U + 2 conj-W stages, per-tensor
 //! scales) at SmolLM2-135M's layer shapes and LLaMA-7B's: the reference
 //! kernel against the look-up-table kernels of both generators (Cranelift,
-//! 16-row tiles; LLVM, the host's widest shuffle), one row of activations.
+//! 16-row tiles; LLVM, the host's widest shuffle), one row of activations;
+//! beside them an f32 and an int8 GEMV of the same real shape (vectorised
+//! Rust for the host's widest vectors), and the bandwidth of a 1 GiB copy.
 //! Threads: RAYON_NUM_THREADS; rows of activations: the first argument
 //! (default 1: GEMV; a prompt's many rows make it a GEMM).
 //!
@@ -39,6 +41,49 @@ fn time_all(runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
         .collect()
 }
 
+/// `y = W x` for a row-major f32 `W`: the dense baseline.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+fma", "x86_64+avx2+fma"))]
+fn gemv_f32(w: &[f32], x: &[f32], y: &mut [f32]) {
+    for (y, row) in y.iter_mut().zip(w.chunks_exact(x.len())) {
+        let mut lanes = [0.0f32; 16];
+        for (a, b) in row.chunks_exact(16).zip(x.chunks_exact(16)) {
+            for l in 0..16 {
+                lanes[l] += a[l] * b[l];
+            }
+        }
+        *y = lanes.iter().sum();
+    }
+}
+
+/// `y = W x` on int8 weights and activations, i32 sums: what an int8
+/// kernel streams.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vnni", "x86_64+avx2+fma"))]
+fn gemv_i8(w: &[i8], x: &[i8], y: &mut [i32]) {
+    for (y, row) in y.iter_mut().zip(w.chunks_exact(x.len())) {
+        let mut lanes = [0i32; 64];
+        for (a, b) in row.chunks_exact(64).zip(x.chunks_exact(64)) {
+            for l in 0..64 {
+                lanes[l] += i32::from(a[l]) * i32::from(b[l]);
+            }
+        }
+        *y = lanes.iter().sum();
+    }
+}
+
+/// Bytes per second one thread copies (read and write counted), 1 GiB.
+fn copy_bandwidth() -> f64 {
+    let src = vec![1u8; 1 << 30];
+    let mut dst = vec![0u8; 1 << 30];
+    (0..3)
+        .map(|_| {
+            let clock = Instant::now();
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&dst);
+            2.0 * src.len() as f64 / clock.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
 fn main() {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -56,8 +101,17 @@ fn main() {
         rayon::current_num_threads(),
         llvm.rows()
     );
-    println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift | llvm / reference |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    if rows == 1 {
+        println!(
+            "one thread copies {:.1} GB/s (read + write, 1 GiB)",
+            copy_bandwidth() / 1e9
+        );
+        println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | f32 us | GB/s | int8 us | GB/s | llvm / cranelift | llvm / reference | llvm / f32 | llvm / int8 |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift | llvm / reference |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+    }
     let shapes = [
         (576, 192),
         (576, 576),
@@ -97,18 +151,51 @@ fn main() {
         };
         let (cranelift, cranelift_factors) = layer(CodeGen::Cranelift);
         let (generated, generated_factors) = layer(llvm);
-        let times = time_all(&mut [
-            &mut || {
-                std::hint::black_box(quant_linear(&x, m, n, u, w, Granularity::Tensor).unwrap());
-            },
-            &mut || {
-                std::hint::black_box(cranelift.run(&x, rows, &cranelift_factors));
-            },
-            &mut || {
-                std::hint::black_box(generated.run(&x, rows, &generated_factors));
-            },
-        ]);
+        // The dense baselines at the same real shape (GEMV only).
+        let dense = if rows == 1 { real_in * real_out } else { 0 };
+        let w32: Vec<f32> = (0..dense).map(|_| next() as u16 as f32 / 65536.0 - 0.5).collect();
+        let w8: Vec<i8> = (0..dense).map(|_| next() as i8).collect();
+        let (x32, x8) = (vec![0.25f32; real_in], vec![3i8; real_in]);
+        let (mut y32, mut y8) = (vec![0.0f32; real_out], vec![0i32; real_out]);
+        let mut reference_run = || {
+            std::hint::black_box(quant_linear(&x, m, n, u, w, Granularity::Tensor).unwrap());
+        };
+        let mut cranelift_run = || {
+            std::hint::black_box(cranelift.run(&x, rows, &cranelift_factors));
+        };
+        let mut llvm_run = || {
+            std::hint::black_box(generated.run(&x, rows, &generated_factors));
+        };
+        let mut f32_run = || gemv_f32(&w32, &x32, std::hint::black_box(&mut y32));
+        let mut i8_run = || gemv_i8(&w8, &x8, std::hint::black_box(&mut y8));
+        let mut runs: Vec<&mut dyn FnMut()> =
+            vec![&mut reference_run, &mut cranelift_run, &mut llvm_run];
+        if rows == 1 {
+            runs.push(&mut f32_run);
+            runs.push(&mut i8_run);
+        }
+        let times = time_all(&mut runs);
         let bytes = (4 * n * m.div_ceil(4)) as f64;
+        if rows == 1 {
+            println!(
+                "| {real_in}->{real_out} | {n}x{m} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+                bytes / (1 << 20) as f64,
+                times[0] * 1e6,
+                times[1] * 1e6,
+                bytes / times[1] / 1e9,
+                times[2] * 1e6,
+                bytes / times[2] / 1e9,
+                times[3] * 1e6,
+                (4 * dense) as f64 / times[3] / 1e9,
+                times[4] * 1e6,
+                dense as f64 / times[4] / 1e9,
+                times[1] / times[2],
+                times[0] / times[2],
+                times[3] / times[2],
+                times[4] / times[2],
+            );
+            continue;
+        }
         println!(
             "| {real_in}->{real_out} | {n}x{m} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2}x | {:.2}x |",
             bytes / (1 << 20) as f64,
