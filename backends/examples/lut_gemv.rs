@@ -153,7 +153,9 @@ fn main() {
         let (generated, generated_factors) = layer(llvm);
         // The dense baselines at the same real shape (GEMV only).
         let dense = if rows == 1 { real_in * real_out } else { 0 };
-        let w32: Vec<f32> = (0..dense).map(|_| next() as u16 as f32 / 65536.0 - 0.5).collect();
+        let w32: Vec<f32> = (0..dense)
+            .map(|_| next() as u16 as f32 / 65536.0 - 0.5)
+            .collect();
         let w8: Vec<i8> = (0..dense).map(|_| next() as i8).collect();
         let (x32, x8) = (vec![0.25f32; real_in], vec![3i8; real_in]);
         let (mut y32, mut y8) = (vec![0.0f32; real_out], vec![0i32; real_out]);
