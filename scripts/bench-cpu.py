@@ -15,6 +15,15 @@ bandwidth (a 1 GiB copy, measured in the same run) allows. Prints Markdown.
 
   python3 scripts/bench-cpu.py --gguf models/SmolLM2-135M-Instruct.Q4_1.gguf \\
       --fairy models/smollm2-w2.fairy --fairyc target/release/fairyc
+
+A LLaMA-7B-shaped stack (table c: a few blocks of the real widths, random
+weights; llama.cpp's TQ2_0 and TQ1_0 apply to its rows of 4096 and 11008):
+
+  cargo run --release -p fairyc-frontend --example synth_gguf -- \\
+      /tmp/llama7b.gguf 4096 11008 2 32 128
+  fairyc compile /tmp/llama7b.gguf --quant w2 -o /tmp/llama7b-w2.fairy
+  python3 scripts/bench-cpu.py --gguf /tmp/llama7b.gguf --prompt-words 24 \\
+      --fairy /tmp/llama7b-w2.fairy --types Q4_0 TQ2_0 TQ1_0 --backends llvm
 """
 import argparse
 import os
@@ -31,11 +40,11 @@ import llama_cpp
 DECODE = 64
 
 
-def prompt_text(corpus, tokens=128):
-    text = open(corpus, encoding="utf-8").read()
-    words = text.split()
-    # About 128 tokens of SmolLM2's tokenizer; the engines report the exact count.
-    return " ".join(words[200 : 200 + int(tokens * 0.72)])
+def prompt_text(corpus, words):
+    # 92 words are about 128 tokens of SmolLM2's tokenizer; the engines
+    # report the exact count.
+    text = open(corpus, encoding="utf-8").read().split()
+    return " ".join(text[200 : 200 + words])
 
 
 def requantize(src, ftype, out):
@@ -50,8 +59,8 @@ def requantize(src, ftype, out):
 def llama_rates(path, prompt, threads):
     llm = llama_cpp.Llama(
         model_path=path,
-        n_ctx=512,
-        n_batch=512,
+        n_ctx=2048,
+        n_batch=2048,
         n_threads=threads,
         n_threads_batch=threads,
         logits_all=False,
@@ -132,19 +141,23 @@ def main():
     ap.add_argument("--fairyc", default="target/release/fairyc")
     ap.add_argument("--corpus", default="../shared/corpus/public.txt")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--prompt-words", type=int, default=92)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--fairy-w1", help="a W1 artifact to time too")
+    ap.add_argument(
+        "--types",
+        nargs="+",
+        default=["Q4_0", "Q8_0", "Q2_0"],
+        help="llama.cpp types to requantize the GGUF to (LLAMA_FTYPE_MOSTLY_<TYPE>)",
+    )
     ap.add_argument("--backends", nargs="+", default=["llvm", "cranelift", "reference"])
     args = ap.parse_args()
-    prompt = prompt_text(args.corpus)
+    prompt = prompt_text(args.corpus, args.prompt_words)
     tmp = tempfile.mkdtemp(prefix="fairyc-bench-")
     ggufs = []
-    for name, ftype in [
-        ("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
-        ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
-        ("Q2_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_0),
-    ]:
-        out = os.path.join(tmp, f"smollm2-{name}.gguf")
+    for name in args.types:
+        ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+        out = os.path.join(tmp, f"model-{name}.gguf")
         requantize(args.gguf, ftype, out)
         ggufs.append((f"llama.cpp {name}", out, os.path.getsize(out), gguf_streamed(out)))
     engines = [

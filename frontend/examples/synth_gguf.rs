@@ -1,0 +1,62 @@
+//! Writes a synthetic llama as a GGUF with seeded random weights, in the
+//! shape given: how benchmarks get models of real sizes (LLaMA-7B's widths,
+//! a few blocks) that every engine can load.
+//!
+//! `cargo run --release -p fairyc-frontend --example synth_gguf -- OUT.gguf
+//! HIDDEN INTERMEDIATE LAYERS HEADS HEAD_DIM [f32|f16]`
+//!
+//! LLaMA-7B's widths: `4096 11008 LAYERS 32 128`.
+
+use std::process::ExitCode;
+
+use fairyc_frontend::gguf::GgmlType;
+use fairyc_frontend::synth::{write_gguf, SynthConfig};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: synth_gguf OUT.gguf HIDDEN INTERMEDIATE LAYERS HEADS HEAD_DIM [f32|f16]";
+    if !(6..=7).contains(&args.len()) {
+        eprintln!("{usage}");
+        return ExitCode::FAILURE;
+    }
+    let number = |i: usize| -> Result<usize, String> {
+        args[i]
+            .parse()
+            .map_err(|_| format!("argument {i} must be a number, got {:?}\n{usage}", args[i]))
+    };
+    let config = (|| -> Result<(SynthConfig, GgmlType), String> {
+        let weight_type = match args.get(6).map(String::as_str) {
+            None | Some("f16") => GgmlType::F16,
+            Some("f32") => GgmlType::F32,
+            Some(other) => return Err(format!("weight type must be f32 or f16, got {other:?}")),
+        };
+        let heads = number(4)?;
+        Ok((
+            SynthConfig {
+                hidden: number(1)?,
+                intermediate: number(2)?,
+                layers: number(3)?,
+                heads,
+                kv_heads: heads,
+                head_dim: number(5)?,
+                context_length: 4096,
+                ..SynthConfig::tiny()
+            },
+            weight_type,
+        ))
+    })();
+    let (config, weight_type) = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match write_gguf(args[0].as_ref(), &config, weight_type) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: {e}", args[0]);
+            ExitCode::FAILURE
+        }
+    }
+}
