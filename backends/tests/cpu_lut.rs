@@ -25,6 +25,8 @@ fn lut_quant_linear_is_within_the_activation_bound() {
         (1, 40, 7),
         (4, 5, 301),
         (1, 288, 288),
+        // Runs of 16 rows, a partial tile, enough work to split over threads.
+        (37, 130, 300),
     ];
     let mut worst = 0.0f32;
     for &(rows, n, m) in &shapes {

@@ -52,6 +52,24 @@ impl Activations {
     }
 }
 
+/// Rows of activations one parallel task runs through a tile.
+const ROWS_PER_TASK: usize = 16;
+
+/// `y`'s elements, which the tasks of [`LutLayer::run`] write in disjoint
+/// parts from several threads.
+struct Disjoint(*mut Complex32);
+
+// SAFETY: the tasks that share it write disjoint elements (see `run`).
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    /// # Safety
+    /// `k` is inside the vector, and no other thread touches element `k`.
+    unsafe fn write(&self, k: usize, v: Complex32) {
+        *self.0.add(k) = v;
+    }
+}
+
 /// Complex multiply-adds (rows × n × m) from which a call splits its tiles
 /// over threads: below it, handing tiles to another thread costs more than
 /// it saves (measured on SmolLM2's layers, docs/BENCHMARKS.md).
@@ -271,10 +289,15 @@ impl LutLayer {
         }
         let per_tile = blocks * self.desc.codes_per_block();
         let factors_per_tile = self.blocks.groups * self.desc.scales_per_group();
-        // Each tile's sums, `[rows][re, im][tile_rows]` in lane order.
-        let tile_len = rows * 2 * tile_rows;
-        let mut out = vec![0.0f32; tiles * tile_len];
-        let run_tile = |(tile, out): (usize, &mut [f32])| {
+        // A task is one tile for a run of up to ROWS_PER_TASK rows: a few
+        // tiles of many rows (a prompt through a narrow layer) still split
+        // over every thread. Each task writes its own rows and columns of
+        // `y`, straight from the kernel's sums.
+        let row_runs = rows.div_ceil(ROWS_PER_TASK);
+        let lanes: Vec<usize> = (0..tile_rows).map(|q| self.desc.lane_row(q)).collect();
+        let output = Disjoint(y.as_mut_ptr());
+        let run_task = |task: usize| {
+            let (tile, first_row) = (task / row_runs, task % row_runs * ROWS_PER_TASK);
             let codes = &self.codes[tile * per_tile..][..per_tile];
             let first = if factors.shared {
                 0
@@ -282,7 +305,11 @@ impl LutLayer {
                 tile * factors_per_tile
             };
             let factors = &factors.values[first..][..factors_per_tile];
-            for (r, out) in out.chunks_mut(2 * tile_rows).enumerate() {
+            // One row's sums, `[re, im][tile_rows]` in lane order.
+            let mut sums = [0.0f32; 2 * 64];
+            let sums = &mut sums[..2 * tile_rows];
+            for r in first_row..(first_row + ROWS_PER_TASK).min(rows) {
+                sums.fill(0.0);
                 // Each pass adds to the row's sums.
                 for pass in r * passes..(r + 1) * passes {
                     let tables = &tables[pass * table_len..][..table_len];
@@ -295,30 +322,28 @@ impl LutLayer {
                             steps.as_ptr(),
                             codes.as_ptr(),
                             factors.as_ptr(),
-                            out.as_mut_ptr(),
+                            sums.as_mut_ptr(),
                             self.blocks.groups as u64,
                             self.blocks.blocks_per_group as u64,
                         )
                     };
                 }
-            }
-        };
-        if parallel {
-            out.par_chunks_mut(tile_len).enumerate().for_each(run_tile);
-        } else {
-            out.chunks_mut(tile_len).enumerate().for_each(run_tile);
-        }
-        let lanes: Vec<usize> = (0..tile_rows).map(|q| self.desc.lane_row(q)).collect();
-        for (tile, out) in out.chunks(tile_len).enumerate() {
-            for (r, sums) in out.chunks(2 * tile_rows).enumerate() {
-                let y = &mut y[r * n..][..n];
                 let (re, im) = sums.split_at(tile_rows);
-                for ((&row, &re), &im) in lanes.iter().zip(re).zip(im) {
-                    if let Some(y) = y.get_mut(tile * tile_rows + row) {
-                        *y = Complex32::new(re, im);
+                for ((&lane_row, &re), &im) in lanes.iter().zip(re).zip(im) {
+                    let i = tile * tile_rows + lane_row;
+                    if i < n {
+                        // SAFETY: `(r, i)` is inside `y` (`r < rows`,
+                        // `i < n`), and only this task writes it: its tile
+                        // owns the columns, its run the rows.
+                        unsafe { output.write(r * n + i, Complex32::new(re, im)) };
                     }
                 }
             }
+        };
+        if parallel {
+            (0..tiles * row_runs).into_par_iter().for_each(run_task);
+        } else {
+            (0..tiles * row_runs).for_each(run_task);
         }
         y
     }
