@@ -6,7 +6,7 @@
 # W1/W2/W3 artifacts, and one training step, all against the reference.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-for f in .dev/*.zst; do [ -e "$f" ] && zstd -q -d -f --rm "$f"; done
+for f in .dev/*.xz; do [ -e "$f" ] && xz -d -f "$f"; done
 chmod +x .dev/fairyc .dev/*-test 2>/dev/null || true
 export FAIRYC_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
