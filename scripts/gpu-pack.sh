@@ -1,32 +1,34 @@
 #!/usr/bin/env bash
 # Packs what the GPU scripts run on a GPU machine (no Rust toolchain there)
-# into folders git ignores, xz-compressed (the GPU machine has xz, not
-# zstd), each under the 64 MiB a call may carry:
-#   .dev/   the test executables with GPU tests and fairyc, for
-#           scripts/gpu-check.sh;
-#   .devr/  fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
-#           corpus, for scripts/gpu-models.sh (`--models`; needs
-#           models/smollm2-w1.fairy: `fairyc compile ... --quant w1`).
+# into folders git ignores, stripped and xz-compressed (the GPU machine has
+# xz, not zstd), each under the 64 MiB one device call may carry, so each
+# is one call:
+#   .dev-a/  fairyc and the cuda and model test executables,
+#   .dev-b/  the autodiff and training-API test executables
+#            (both for scripts/gpu-check.sh, which runs what it finds);
+#   .devr/   fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
+#            corpus, for scripts/gpu-models.sh and scripts/gpu-train.sh
+#            (needs models/smollm2-w1.fairy: `fairyc compile ... --quant w1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
 cargo build --release --locked -p fairyc-frontend --example synth_gguf
 executables=$(cargo test --release --locked --workspace --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
-rm -rf .dev && mkdir -p .dev
-cp target/release/fairyc .dev/fairyc
 pick() { echo "$executables" | grep "/$1-[0-9a-f]*$" | head -1; }
-cp "$(pick cuda)" .dev/cuda-test
-cp "$(pick conformance_models)" .dev/models-test
-cp "$(pick autodiff)" .dev/autodiff-test
-strip .dev/*
-xz -6 -T0 .dev/*
-du -ch .dev/* | tail -1
-if [ "${1:-}" = "--models" ]; then
-  rm -rf .devr && mkdir -p .devr
-  cp .dev/fairyc.xz .devr/
-  strip -o .devr/synth_gguf target/release/examples/synth_gguf
-  xz -6 .devr/synth_gguf
-  xz -6 -T0 -c models/smollm2-w1.fairy > .devr/w1.fairy.xz
-  cp ../shared/corpus/public.txt .devr/corpus.txt
-  du -ch .devr/* | tail -1
-fi
+pack() {
+  local folder=$1 name=$2 path=$3
+  strip -o "$folder/$name" "$path"
+  xz -6 -T0 "$folder/$name"
+}
+rm -rf .dev-a .dev-b .devr && mkdir -p .dev-a .dev-b .devr
+pack .dev-a fairyc target/release/fairyc
+pack .dev-a cuda-test "$(pick cuda)"
+pack .dev-a models-test "$(pick conformance_models)"
+pack .dev-b autodiff-test "$(pick autodiff)"
+pack .dev-b train-test "$(pick train_api)"
+cp ../shared/corpus/public.txt .dev-b/corpus.txt
+cp .dev-a/fairyc.xz .devr/
+pack .devr synth_gguf target/release/examples/synth_gguf
+xz -6 -T0 -c models/smollm2-w1.fairy > .devr/w1.fairy.xz
+cp ../shared/corpus/public.txt .devr/corpus.txt
+du -sh .dev-a .dev-b .devr

@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fairyc::compile::Precision;
-use fairyc::train::{read_records, train, Event, ModelSource, ScheduleKind, TrainConfig};
+use fairyc::train::{
+    read_records, train, Event, ModelSource, ScheduleKind, TrainConfig, TrainDevice,
+};
 use fairyc::{
     import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, Imported, Llvm, Model,
     Reference,
@@ -410,6 +412,12 @@ impl BackendArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum DumpFormat {
     Text,
     Dot,
@@ -775,6 +783,11 @@ struct TrainArgs {
     /// default: on the reference executor it is slower (docs/RESULTS.md).
     #[arg(long)]
     gauss: bool,
+    /// Where the forward and backward passes run: cpu (the reference
+    /// backend) or cuda (the first CUDA device; the masters, moments and
+    /// update stay on the host). Same graphs, flags and checkpoints.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
     /// Checkpoint file (written atomically every --checkpoint-every steps
     /// and at the end; an existing one is resumed with --resume).
     #[arg(long)]
@@ -864,6 +877,10 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
             SteArg::ScaleAware => Ste::ScaleAware,
         },
         gauss: args.gauss,
+        device: match args.device {
+            DeviceArg::Cpu => TrainDevice::Cpu,
+            DeviceArg::Cuda => TrainDevice::Cuda,
+        },
         checkpoint: args.checkpoint.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,

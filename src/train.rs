@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fairyc_backends::Tensor;
-use fairyc_backends::{Program, Reference};
+use fairyc_backends::{Backend, Cuda, Program, Reference};
 use fairyc_ir::{
     DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
 };
@@ -200,8 +200,8 @@ pub enum Objective {
 
 /// How to train: the optimizer, the straight-through estimator, the
 /// objective, whether to offer Gauss's product for the training graph's
-/// complex products, and the rows a window has (which the cost model
-/// weighs when it chooses).
+/// complex products, the rows a window has (which the cost model weighs
+/// when it chooses), and where the forward and backward passes run.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub adam: AdamW,
@@ -209,6 +209,29 @@ pub struct TrainOptions {
     pub objective: Objective,
     pub gauss: bool,
     pub rows: usize,
+    pub device: TrainDevice,
+}
+
+/// Where the training graph (forward, loss and gradients) runs. The master
+/// weights, the moments and the AdamW update stay on the host; on the GPU
+/// each step uploads the weights it derives from them (the quantized ones
+/// among them) once and runs every micro-batch there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrainDevice {
+    /// The reference backend, on the CPU's cores.
+    #[default]
+    Cpu,
+    /// The cuda backend, on the first CUDA device.
+    Cuda,
+}
+
+impl TrainDevice {
+    fn backend(self) -> Box<dyn Backend> {
+        match self {
+            TrainDevice::Cpu => Box::new(Reference::default()),
+            TrainDevice::Cuda => Box::new(Cuda),
+        }
+    }
 }
 
 /// What one step measured.
@@ -233,6 +256,7 @@ pub struct Trainer {
     pub store: TrainStore,
     pub adam: AdamW,
     pub step: usize,
+    device: TrainDevice,
 }
 
 fn push(g: &mut Graph, op: Op, operands: Vec<ValueId>, ty: TensorType) -> ValueId {
@@ -377,6 +401,7 @@ impl Trainer {
             store,
             adam: options.adam,
             step: 0,
+            device: options.device,
         })
     }
 
@@ -420,7 +445,7 @@ impl Trainer {
         }
         // The quantized weights are derived from the masters once per step.
         let exec = fairyc_backends::compile(
-            &Reference::default(),
+            self.device.backend().as_ref(),
             &self.grad_graph,
             &self.store,
             &|_| {},
@@ -515,7 +540,7 @@ impl Trainer {
     /// Mean loss over `windows` with the current weights.
     pub fn eval_loss(&self, windows: &[&[u32]]) -> Result<f64, Error> {
         let exec = fairyc_backends::compile(
-            &Reference::default(),
+            self.device.backend().as_ref(),
             &self.eval_graph,
             &self.store,
             &|_| {},

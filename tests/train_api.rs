@@ -208,3 +208,45 @@ fn an_artifact_trains_from_its_source_masters_or_is_refused() {
         "{stderr}"
     );
 }
+
+/// The same W2 training run with its forward and backward passes on the GPU
+/// and on the CPU: the same losses step by step, within f32 summation-order
+/// noise grown over the steps (skipped where no GPU is, unless
+/// FAIRYC_REQUIRE_GPU=1).
+#[test]
+fn training_on_the_gpu_follows_the_cpu() {
+    use fairyc::train::TrainDevice;
+    if !common::gpu_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("train-gpu");
+    let (model, data) = setup(&dir, "tiny.gguf");
+    let run = |device| {
+        let config = TrainConfig {
+            quant: Some(CompileOptions::default()),
+            data: vec![data.clone()],
+            steps: 10,
+            seq: 32,
+            lr: 1e-2,
+            warmup: 2,
+            device,
+            ..TrainConfig::default()
+        };
+        train(ModelSource::Path(model.clone()), &config, &mut |_| {}).unwrap()
+    };
+    let (cpu, gpu) = (run(TrainDevice::Cpu), run(TrainDevice::Cuda));
+    for (c, g) in cpu.records.iter().zip(&gpu.records) {
+        eprintln!(
+            "step {}: loss {} on the cpu, {} on cuda",
+            c.step, c.loss, g.loss
+        );
+        assert!(
+            (c.loss - g.loss).abs() <= 1e-3 * c.loss.abs().max(1.0),
+            "step {}: loss {} on the cpu, {} on cuda",
+            c.step,
+            c.loss,
+            g.loss
+        );
+    }
+    assert_eq!(gpu.records.len(), 10);
+}

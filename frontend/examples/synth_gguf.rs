@@ -3,9 +3,11 @@
 //! a few blocks) that every engine can load.
 //!
 //! `cargo run --release -p fairyc-frontend --example synth_gguf -- OUT.gguf
-//! HIDDEN INTERMEDIATE LAYERS HEADS HEAD_DIM [f32|f16]`
+//! HIDDEN INTERMEDIATE LAYERS HEADS HEAD_DIM [KV_HEADS] [f32|f16]`
+//! (KV_HEADS defaults to HEADS, the type to f16).
 //!
-//! LLaMA-7B's widths: `4096 11008 LAYERS 32 128`.
+//! LLaMA-7B's widths: `4096 11008 LAYERS 32 128`; SmolLM2-135M's:
+//! `576 1536 30 9 64 3`.
 
 use std::process::ExitCode;
 
@@ -14,8 +16,9 @@ use fairyc_frontend::synth::{write_gguf, SynthConfig};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: synth_gguf OUT.gguf HIDDEN INTERMEDIATE LAYERS HEADS HEAD_DIM [f32|f16]";
-    if !(6..=7).contains(&args.len()) {
+    let usage =
+        "usage: synth_gguf OUT.gguf HIDDEN INTERMEDIATE LAYERS HEADS HEAD_DIM [KV_HEADS] [f32|f16]";
+    if !(6..=8).contains(&args.len()) {
         eprintln!("{usage}");
         return ExitCode::FAILURE;
     }
@@ -25,19 +28,23 @@ fn main() -> ExitCode {
             .map_err(|_| format!("argument {i} must be a number, got {:?}\n{usage}", args[i]))
     };
     let config = (|| -> Result<(SynthConfig, GgmlType), String> {
-        let weight_type = match args.get(6).map(String::as_str) {
-            None | Some("f16") => GgmlType::F16,
-            Some("f32") => GgmlType::F32,
-            Some(other) => return Err(format!("weight type must be f32 or f16, got {other:?}")),
-        };
         let heads = number(4)?;
+        let mut kv_heads = heads;
+        let mut weight_type = GgmlType::F16;
+        for (i, arg) in args.iter().enumerate().skip(6) {
+            match arg.as_str() {
+                "f16" => weight_type = GgmlType::F16,
+                "f32" => weight_type = GgmlType::F32,
+                _ => kv_heads = number(i)?,
+            }
+        }
         Ok((
             SynthConfig {
                 hidden: number(1)?,
                 intermediate: number(2)?,
                 layers: number(3)?,
                 heads,
-                kv_heads: heads,
+                kv_heads,
                 head_dim: number(5)?,
                 context_length: 4096,
                 ..SynthConfig::tiny()

@@ -14,7 +14,7 @@ use fairyc_ir::Graph;
 use fairyc_passes::autodiff::{AdamW, GradOptions, Ste};
 use fairyc_passes::pipeline::CompileOptions;
 
-use super::{Objective, Schedule, TrainOptions, Trainer};
+use super::{Objective, Schedule, TrainDevice, TrainOptions, Trainer};
 use crate::{import, Error, Imported};
 
 /// The model to train.
@@ -103,6 +103,8 @@ pub struct TrainConfig {
     /// Offer Gauss's 3-multiplication product for the training graph's
     /// complex products (the cost model decides where).
     pub gauss: bool,
+    /// Where the forward and backward passes run.
+    pub device: TrainDevice,
     /// Checkpoint file: masters, moments and step, written atomically every
     /// `checkpoint_every` steps and at the end.
     pub checkpoint: Option<PathBuf>,
@@ -144,6 +146,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             ste: Ste::Identity,
             gauss: false,
+            device: TrainDevice::Cpu,
             checkpoint: None,
             checkpoint_every: 50,
             resume: false,
@@ -405,6 +408,7 @@ pub fn train(
         objective,
         gauss: config.gauss,
         rows: config.seq,
+        device: config.device,
     };
     let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;
     on_event(Event::Prepared {

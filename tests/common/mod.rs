@@ -109,9 +109,10 @@ pub fn rewrite_artifact(
 }
 
 /// Training text for the tests: the first `bytes` bytes (cut at a line) of
-/// the shared public corpus, never documentation.
+/// the shared public corpus (`FAIRYC_SHARED` overrides where the shared
+/// folder is), never documentation.
 pub fn training_text(bytes: usize) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public.txt");
+    let path = assets::shared_path().join("corpus/public.txt");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the training text {} is needed: {e}", path.display()));
     let cut = text[..bytes.min(text.len())]

@@ -178,7 +178,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             complex: out == Elem::Complex,
         },
         Op::Attention { .. } => Kernel::Attention,
-        Op::Slice { .. } | Op::Concat { .. } => Kernel::Copy2d,
+        Op::Slice { .. } | Op::Concat { .. } | Op::Pad { .. } => Kernel::Copy2d,
         Op::Transpose { .. } => Kernel::Permute,
         Op::Pack { .. } | Op::Unpack { .. } => Kernel::GatherColumns,
         Op::QuantLinear {
@@ -507,6 +507,22 @@ impl CudaProgram {
                     cols,
                     (cols, 0),
                     (x.shape[*axis] * inner, start * inner),
+                )?;
+            }
+            (Step::Kernel(k), Op::Pad { axis, before, .. }) => {
+                // Zeros, with the input copied in between.
+                let inner = x.shape[axis + 1..].iter().product::<usize>() * words_per(elem);
+                let outer: usize = x.shape[..*axis].iter().product();
+                let cols = x.shape[*axis] * inner;
+                self.stream.memset_zeros(&mut out).map_err(driver)?;
+                self.copy2d(
+                    k[0],
+                    &mut out,
+                    x,
+                    outer,
+                    cols,
+                    (shape[*axis] * inner, before * inner),
+                    (cols, 0),
                 )?;
             }
             (Step::Kernel(k), Op::Concat { axis }) => {
