@@ -237,6 +237,23 @@ fn tiny_w2_model_ptx() {
     insta::assert_snapshot!("tiny_w2_model_ptx", ptx);
 }
 
+/// The PTX of the tiny iFairy model in its native form (complex
+/// activations, its int8 activation quantizer before each quantized layer),
+/// snapshot-tested like the W2 llama's.
+#[test]
+fn tiny_ifairy_native_model_ptx() {
+    let dir = TempDir::new("ptx-ifairy");
+    let ifairy = dir.path("ifairy");
+    write_ifairy_hf(&ifairy, &IfairySynthConfig::tiny()).unwrap();
+    let out = dir.path("ifairy.fairy");
+    compile_artifact(&ifairy, "native", &out);
+    let model = Model::load(&out).unwrap();
+    let graph = fairyc_backends::prepare(&Cuda, model.graph()).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph).unwrap();
+    assert!(ptx.contains(".entry act_quant_complex"), "{ptx}");
+    insta::assert_snapshot!("tiny_ifairy_native_model_ptx", ptx);
+}
+
 /// `Model::load(path)?.backend(..)` binds the loaded model to another
 /// backend: the same logits as binding it there from the start.
 #[test]

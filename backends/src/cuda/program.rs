@@ -172,6 +172,9 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             complex: out == Elem::Complex,
         },
         Op::Softmax => Kernel::Softmax,
+        Op::ActQuant { .. } => Kernel::ActQuant {
+            complex: out == Elem::Complex,
+        },
         Op::Embed => Kernel::Embed,
         Op::Rope { layout, .. } => Kernel::Rope {
             layout: *layout,
@@ -427,6 +430,15 @@ impl CudaProgram {
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&*args[1].words);
                     b.arg(&cols).arg(eps);
+                })?;
+            }
+            (Step::Kernel(k), Op::ActQuant { bits }) => {
+                let cols = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(cols).unwrap_or(0);
+                let cols = cols as i64;
+                let q = ((1u32 << (*bits as u32 - 1)) - 1) as f32;
+                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&cols).arg(&q);
                 })?;
             }
             (Step::Kernel(k), Op::Softmax) => {

@@ -89,6 +89,9 @@ pub enum Kernel {
     RmsNorm { complex: bool },
     /// Softmax of each row (one block a row).
     Softmax,
+    /// iFairy's activation quantizer on each row (one block a row); the
+    /// real and imaginary parts of complex rows apart.
+    ActQuant { complex: bool },
     /// `out[t, :] = table[ids[t], :]` (rows of `width` words).
     Embed,
     /// Rotary embedding; angles from a per-pair frequency table in f64.
@@ -150,6 +153,8 @@ impl Kernel {
             Kernel::RmsNorm { complex: false } => "rms_norm",
             Kernel::RmsNorm { complex: true } => "rms_norm_complex",
             Kernel::Softmax => "softmax",
+            Kernel::ActQuant { complex: false } => "act_quant",
+            Kernel::ActQuant { complex: true } => "act_quant_complex",
             Kernel::Embed => "embed",
             Kernel::Rope { complex: true, .. } => "rope_complex",
             Kernel::Rope {
@@ -445,6 +450,22 @@ impl<'ctx> Gen<'ctx> {
         Ok(self.call(f, &[a.into(), b.into()])?.into_float_value())
     }
 
+    fn fmin(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.minnum", &[self.f32().into()])?;
+        Ok(self.call(f, &[a.into(), b.into()])?.into_float_value())
+    }
+
+    fn fabs(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.fabs", &[self.f32().into()])?;
+        Ok(self.call(f, &[x.into()])?.into_float_value())
+    }
+
+    /// Rounds to the nearest integer, ties to even (`cvt.rni`).
+    fn round_even(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.rint", &[self.f32().into()])?;
+        Ok(self.call(f, &[x.into()])?.into_float_value())
+    }
+
     /// Rounds to the nearest bf16 (ties to even) and back.
     fn round_bf16(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
         let half = self
@@ -556,6 +577,7 @@ impl<'ctx> Gen<'ctx> {
             } => self.map(name, expr, operands, *out),
             Kernel::RmsNorm { complex } => self.rms_norm(name, *complex),
             Kernel::Softmax => self.softmax(name),
+            Kernel::ActQuant { complex } => self.act_quant(name, *complex),
             Kernel::Embed => self.embed(name),
             Kernel::Rope { layout, complex } => self.rope(name, *layout, *complex),
             Kernel::Attention => self.attention(name),

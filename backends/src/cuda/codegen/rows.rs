@@ -53,6 +53,60 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `act_quant(out, x, cols, q)`: iFairy's activation quantizer
+    /// (`fairyc_ir::quant::ifairy::act_quant`), one block per row of `cols`
+    /// elements: each part (real; or real and imaginary apart) scaled so
+    /// that its largest magnitude is `q`, rounded to an integer (ties to
+    /// even), clamped to `[-q-1, q]` and scaled back.
+    pub(super) fn act_quant(&self, name: &str, complex: bool) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::F32]);
+        let scratch = self.shared_scratch(name);
+        let (out, x, cols, q) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_int(f, 2),
+            self.param_float(f, 3),
+        );
+        let parts = if complex { 2 } else { 1 };
+        let words = self.mul(cols, self.int(parts))?;
+        let base = self.mul(self.sreg("ctaid.x")?, words)?;
+        let mut alphas = Vec::new();
+        for part in 0..parts {
+            let largest = self.row_sum(f, scratch, cols, true, |i| {
+                let word = self.add(self.mul(i, self.int(parts))?, self.int(part))?;
+                self.fabs(self.load_f32(x, self.add(base, word)?)?)
+            })?;
+            let floor = self.float(fairyc_ir::quant::ifairy::FLOOR);
+            alphas.push(self.fdiv(q, self.fmax(largest, floor)?)?);
+        }
+        let low = self.fsub(self.fneg(q)?, self.float(1.0))?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |i| {
+            let alpha = if complex {
+                let odd = self
+                    .builder
+                    .build_int_compare(
+                        IntPredicate::EQ,
+                        self.urem(i, self.int(2))?,
+                        self.int(1),
+                        "",
+                    )
+                    .map_err(err)?;
+                self.builder
+                    .build_select(odd, alphas[1], alphas[0], "")
+                    .map_err(err)?
+                    .into_float_value()
+            } else {
+                alphas[0]
+            };
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let level = self.round_even(self.fmul(v, alpha)?)?;
+            let level = self.fmin(self.fmax(level, low)?, q)?;
+            self.store_f32(out, self.add(base, i)?, self.fdiv(level, alpha)?)
+        })?;
+        self.ret()
+    }
+
     /// `softmax(out, x, cols)`: one block per row.
     pub(super) fn softmax(&self, name: &str) -> Built<()> {
         let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64]);
