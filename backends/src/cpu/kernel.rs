@@ -50,6 +50,9 @@ pub const PAIR_TABLE_BYTES: usize = 4 * 16;
 /// The largest size of a quantized activation: two of them sum into a byte.
 pub const LEVELS: f32 = 63.0;
 
+/// The widest tile: 64 rows, one byte each in a 512-bit vector.
+pub const MAX_ROWS: usize = 64;
+
 /// Offset of the stored table entries (`u8` = entry + 128).
 pub const ENTRY_OFFSET: i32 = 128;
 
@@ -71,7 +74,10 @@ impl LutKernel {
             block_pairs > 0 && block_pairs.is_multiple_of(2) && block_pairs <= 128,
             "a block has an even number of pairs, at most 128"
         );
-        assert!(matches!(rows, 16 | 32 | 64), "a tile is 16, 32 or 64 rows");
+        assert!(
+            matches!(rows, 16 | 32 | MAX_ROWS),
+            "a tile is 16, 32 or 64 rows"
+        );
         LutKernel {
             stages,
             block_pairs,

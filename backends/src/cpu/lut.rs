@@ -13,7 +13,7 @@ use fairyc_ir::Granularity;
 use num_complex::Complex32;
 use rayon::prelude::*;
 
-use super::kernel::{LutKernel, ENTRY_OFFSET, LEVELS, PAIR_TABLE_BYTES};
+use super::kernel::{LutKernel, ENTRY_OFFSET, LEVELS, MAX_ROWS, PAIR_TABLE_BYTES};
 use super::{CodeGen, KernelFn};
 
 /// The most inputs an activation block holds (its integers share a step).
@@ -278,14 +278,16 @@ impl LutLayer {
         let fill = |((row, tables), steps): ((&[Complex32], &mut [u8]), &mut [f32])| {
             self.tables(row, tables, steps)
         };
-        let work = x
-            .chunks(m)
-            .zip(tables.chunks_mut(passes * table_len))
-            .zip(steps.chunks_mut(passes * blocks));
         if parallel && rows > 1 {
-            work.par_bridge().for_each(fill);
+            x.par_chunks(m)
+                .zip(tables.par_chunks_mut(passes * table_len))
+                .zip(steps.par_chunks_mut(passes * blocks))
+                .for_each(fill);
         } else {
-            work.for_each(fill);
+            x.chunks(m)
+                .zip(tables.chunks_mut(passes * table_len))
+                .zip(steps.chunks_mut(passes * blocks))
+                .for_each(fill);
         }
         let per_tile = blocks * self.desc.codes_per_block();
         let factors_per_tile = self.blocks.groups * self.desc.scales_per_group();
@@ -306,7 +308,7 @@ impl LutLayer {
             };
             let factors = &factors.values[first..][..factors_per_tile];
             // One row's sums, `[re, im][tile_rows]` in lane order.
-            let mut sums = [0.0f32; 2 * 64];
+            let mut sums = [0.0f32; 2 * MAX_ROWS];
             let sums = &mut sums[..2 * tile_rows];
             for r in first_row..(first_row + ROWS_PER_TASK).min(rows) {
                 sums.fill(0.0);
