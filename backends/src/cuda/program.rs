@@ -4,12 +4,12 @@
 //! product) per node on one stream and downloads the outputs.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use fairyc_ir::infer::infer_type;
@@ -259,6 +259,38 @@ pub fn graph_ptx(graph: &Graph) -> Result<String, BackendError> {
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
+/// The first device's context, set up once: the process keeps it, so that
+/// programs built one after another (a trainer builds one a step) do not
+/// set it up again.
+fn device_context() -> Result<Arc<CudaContext>, BackendError> {
+    static CONTEXT: OnceLock<Arc<CudaContext>> = OnceLock::new();
+    if let Some(context) = CONTEXT.get() {
+        return Ok(context.clone());
+    }
+    let context = CudaContext::new(0).map_err(driver)?;
+    Ok(CONTEXT.get_or_init(|| context).clone())
+}
+
+/// The module of `ptx`, loaded once per distinct PTX: a program built
+/// again from the same graph (each training step) takes its kernels without
+/// the driver compiling them again. A process holds one module per graph it
+/// has run (a trainer: two).
+fn load_module(context: &Arc<CudaContext>, ptx: String) -> Result<Arc<CudaModule>, BackendError> {
+    static MODULES: OnceLock<Mutex<HashMap<String, Arc<CudaModule>>>> = OnceLock::new();
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(module) = modules.get(&ptx) {
+        return Ok(module.clone());
+    }
+    let module = context
+        .load_module(Ptx::from_src(ptx.clone()))
+        .map_err(driver)?;
+    modules.insert(ptx, module.clone());
+    Ok(module)
+}
+
 impl CudaProgram {
     pub fn new(
         graph: Graph,
@@ -267,13 +299,13 @@ impl CudaProgram {
     ) -> Result<CudaProgram, BackendError> {
         let plan = MemoryPlan::new(&graph, 1);
         let host_constants = load_resident(&graph, store, on_weight, &plan)?;
-        let context = CudaContext::new(0).map_err(driver)?;
+        let context = device_context()?;
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
         let (kernels, steps) = select_kernels(&graph, &plan)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
-        let module = context.load_module(Ptx::from_src(ptx)).map_err(driver)?;
+        let module = load_module(&context, ptx)?;
         let functions = kernels
             .iter()
             .enumerate()
