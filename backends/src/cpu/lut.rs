@@ -174,6 +174,7 @@ pub struct LutLayer {
     /// `[tiles][blocks][stages][block_pairs/2][16]`.
     codes: Vec<u8>,
     activations: Activations,
+    pair_tables: PairTablesFn,
 }
 
 /// The stages' scales as the kernel reads them (see [`LutLayer::factors`]).
@@ -241,6 +242,7 @@ impl LutLayer {
             kernel,
             codes,
             activations: Activations::default(),
+            pair_tables: pair_tables_for_host(),
         })
     }
 
@@ -442,7 +444,7 @@ impl LutLayer {
                     .chunks_exact(4)
                     .zip(tables.chunks_exact_mut(PAIR_TABLE_BYTES))
                 {
-                    pair_tables(pair.try_into().expect("four levels"), tables);
+                    (self.pair_tables)(pair.try_into().expect("four levels"), tables);
                 }
                 // The rounding error is at most half a step.
                 step /= 2.0 * LEVELS;
@@ -451,17 +453,28 @@ impl LutLayer {
     }
 }
 
+/// Builds the four tables of one pair of inputs into 64 bytes.
+type PairTablesFn = fn([i8; 4], &mut [u8]);
+
+/// The table builder for this host, chosen once per layer: byte shuffles
+/// where the host has SSSE3, else a portable loop (the same bytes).
+fn pair_tables_for_host() -> PairTablesFn {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        return |pair, out| {
+            // SAFETY: chosen only where the host has SSSE3; the function
+            // checks that `out` holds 64 bytes.
+            unsafe { pair_tables_ssse3(pair, out) }
+        };
+    }
+    pair_tables
+}
+
 /// The four tables of one pair of inputs `[r0, i0, r1, i1]`. Entry `e` of
 /// a table is the value selected by the first input's code `e & 3` (+1, +i,
 /// −1, −i) plus the second's `e >> 2`, from the signed levels
 /// `[r0, i0, r1, i1, −r0, −i0, −r1, −i1, 0]`, stored `+128`.
 fn pair_tables(pair: [i8; 4], out: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("ssse3") {
-        // SAFETY: the host has SSSE3 (checked above); `out` holds 64 bytes.
-        unsafe { pair_tables_ssse3(pair, out) };
-        return;
-    }
     let mut signed = [0i8; 16];
     for (k, &v) in pair.iter().enumerate() {
         signed[k] = v;

@@ -278,10 +278,7 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::SLT, from, self.i32().const_zero(), "")
                 .map_err(err)?;
-            let from = self
-                .builder
-                .build_int_s_extend(from, self.i64(), "")
-                .map_err(err)?;
+            let from = self.widen(from)?;
             let safe = self
                 .builder
                 .build_select(missing, self.int(0), from, "")
@@ -318,13 +315,8 @@ impl<'ctx> Gen<'ctx> {
         let [rows, cols, m] = [4, 5, 6].map(|k| self.param_int(f, k));
         self.grid_loop(f, self.mul(rows, cols)?, |i| {
             let (r, c) = (self.udiv(i, cols)?, self.urem(i, cols)?);
-            let widen = |v: IntValue<'ctx>| {
-                self.builder
-                    .build_int_s_extend(v, self.i64(), "")
-                    .map_err(err)
-            };
-            let ra = widen(self.load_i32(row_index, r)?)?;
-            let cb = widen(self.load_i32(col_index, c)?)?;
+            let ra = self.widen(self.load_i32(row_index, r)?)?;
+            let cb = self.widen(self.load_i32(col_index, c)?)?;
             let (a, row_im) = (self.udiv(ra, self.int(2))?, self.urem(ra, self.int(2))?);
             let (b, col_im) = (self.udiv(cb, self.int(2))?, self.urem(cb, self.int(2))?);
             let mixed = self

@@ -746,6 +746,28 @@ impl<'ctx> Gen<'ctx> {
         self.block_reduce(scratch, self.get(acc)?, max)
     }
 
+    /// An i32 as an i64 index (sign-extended).
+    fn widen(&self, v: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_int_s_extend(v, self.i64(), "")
+            .map_err(err)
+    }
+
+    /// Row `r`'s target in `targets` as an index, and whether it is scored
+    /// (non-negative: negative targets are ignored).
+    fn target(
+        &self,
+        targets: PointerValue<'ctx>,
+        r: IntValue<'ctx>,
+    ) -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let t = self.load_i32(targets, r)?;
+        let scored = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+            .map_err(err)?;
+        Ok((self.widen(t)?, scored))
+    }
+
     /// Token `t` of `ids` as a row index, 0 where it is outside
     /// `0..vocab`, and whether it was inside.
     fn token(
@@ -754,11 +776,7 @@ impl<'ctx> Gen<'ctx> {
         t: IntValue<'ctx>,
         vocab: IntValue<'ctx>,
     ) -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
-        let id = self.load_i32(ids, t)?;
-        let id = self
-            .builder
-            .build_int_s_extend(id, self.i64(), "")
-            .map_err(err)?;
+        let id = self.widen(self.load_i32(ids, t)?)?;
         // Unsigned: a negative id compares as huge.
         let known = self
             .builder

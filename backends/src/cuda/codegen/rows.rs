@@ -169,15 +169,7 @@ impl<'ctx> Gen<'ctx> {
         let total = self.row_sum(f, scratch, vocab, false, |i| {
             self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
         })?;
-        let t = self.load_i32(targets, r)?;
-        let scored = self
-            .builder
-            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
-            .map_err(err)?;
-        let t = self
-            .builder
-            .build_int_s_extend(t, self.i64(), "")
-            .map_err(err)?;
+        let (t, scored) = self.target(targets, r)?;
         let safe = self
             .builder
             .build_select(scored, t, self.int(0), "")
@@ -275,15 +267,7 @@ impl<'ctx> Gen<'ctx> {
         let total = self.row_sum(f, scratch, vocab, false, |i| {
             self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
         })?;
-        let t = self.load_i32(targets, r)?;
-        let scored = self
-            .builder
-            .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
-            .map_err(err)?;
-        let t = self
-            .builder
-            .build_int_s_extend(t, self.i64(), "")
-            .map_err(err)?;
+        let (t, scored) = self.target(targets, r)?;
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {
             let p = self.fdiv(
