@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use fairyc_backends::cpu::lut::LutLayer;
+use fairyc_backends::cpu::mad;
 use fairyc_backends::cpu::CodeGen;
 use fairyc_backends::reference::kernels::quant_linear::{quant_linear, StageCodes};
 use fairyc_ir::Granularity;
@@ -109,8 +110,8 @@ fn main() {
         println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | f32 us | GB/s | int8 us | GB/s | llvm / cranelift | llvm / reference | llvm / f32 | llvm / int8 |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     } else {
-        println!("| real in->out | complex n x m | code MiB | reference us | cranelift us | GB/s | llvm us | GB/s | llvm / cranelift | llvm / reference |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| real in->out | complex n x m | reference us | cranelift us | llvm look-ups us | multiply-add us | GMAC/s | look-ups / multiply-add | reference / multiply-add |");
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
     let shapes = [
         (576, 49152),
@@ -167,7 +168,11 @@ fn main() {
             std::hint::black_box(cranelift.run(&x, rows, &cranelift_factors));
         };
         let mut llvm_run = || {
-            std::hint::black_box(generated.run(&x, rows, &generated_factors));
+            std::hint::black_box(generated.run_lut(&x, rows, &generated_factors));
+        };
+        let mut mad_run = || {
+            let y = generated.run_mad(&x, rows, &generated_factors);
+            std::hint::black_box(y.expect("the multiply kernel runs on this host"));
         };
         let mut f32_run = || gemv_f32(&w32, &x32, std::hint::black_box(&mut y32));
         let mut i8_run = || gemv_i8(&w8, &x8, std::hint::black_box(&mut y8));
@@ -176,8 +181,29 @@ fn main() {
         if rows == 1 {
             runs.push(&mut f32_run);
             runs.push(&mut i8_run);
+        } else if mad::host_supports() {
+            runs.push(&mut mad_run);
+        } else {
+            println!("(no AVX-512 VNNI: no multiply-add kernel)");
+            return;
         }
         let times = time_all(&mut runs);
+        if rows > 1 {
+            let macs = (rows * real_in * real_out) as f64;
+            let cells = [
+                format!("{real_in}->{real_out}"),
+                format!("{n}x{m}"),
+                format!("{:.1}", times[0] * 1e6),
+                format!("{:.1}", times[1] * 1e6),
+                format!("{:.1}", times[2] * 1e6),
+                format!("{:.1}", times[3] * 1e6),
+                format!("{:.1}", macs / times[3] / 1e9),
+                format!("{:.2}x", times[2] / times[3]),
+                format!("{:.2}x", times[0] / times[3]),
+            ];
+            println!("| {} |", cells.join(" | "));
+            continue;
+        }
         let bytes = (4 * n * m.div_ceil(4)) as f64;
         let mut cells = vec![
             format!("{real_in}->{real_out}"),

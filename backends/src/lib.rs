@@ -98,10 +98,15 @@ pub enum Tolerance {
     /// imaginary parts share it). Rounding moves each part of an input by
     /// at most half a step and each code picks one part, so each part of
     /// output `i` may be off by `Σ_t Σ_j |ŵ_t[i, j]| · step_j / 2` (the
-    /// stages' dequantized weights) beyond `Relative(rel)`.
+    /// stages' dequantized weights) beyond `Relative(rel)`. Where the
+    /// backend also rounds the weights of the layer's real 2 × 2 blocks,
+    /// `weight_error(rows, u_stages, granularity, scales)` is how far one
+    /// may be off, which adds `weight_error · Σ_j (|x_j.re| + |x_j.im| +
+    /// step_j)` (zero: exact weights).
     QuantizedActivations {
         rel: f32,
         step: fn(usize, Granularity, &[Complex32]) -> Vec<f32>,
+        weight_error: fn(usize, usize, Granularity, &[&[f32]]) -> f32,
     },
 }
 

@@ -14,6 +14,7 @@ use num_complex::Complex32;
 use rayon::prelude::*;
 
 use super::kernel::{LutKernel, ENTRY_OFFSET, LEVELS, MAX_ROWS, PAIR_TABLE_BYTES};
+use super::mad::{self, MadWeights};
 use super::{CodeGen, KernelFn};
 
 /// The most inputs an activation block holds (its integers share a step).
@@ -55,6 +56,10 @@ impl Activations {
 /// Rows of activations one parallel task runs through a tile.
 const ROWS_PER_TASK: usize = 16;
 
+/// Rows of activations one task of the multiply kernel runs through a
+/// tile (each task decodes the tile's weights anew).
+const MAD_ROWS_PER_TASK: usize = 64;
+
 /// `y`'s elements, which the tasks of [`LutLayer::run`] write in disjoint
 /// parts from several threads.
 struct Disjoint(*mut Complex32);
@@ -63,6 +68,10 @@ struct Disjoint(*mut Complex32);
 unsafe impl Sync for Disjoint {}
 
 impl Disjoint {
+    fn ptr(&self) -> *mut Complex32 {
+        self.0
+    }
+
     /// # Safety
     /// `k` is inside the vector, and no other thread touches element `k`.
     unsafe fn write(&self, k: usize, v: Complex32) {
@@ -114,7 +123,7 @@ impl Blocks {
 
     /// The input columns of block `block` (at most `block_len`; the rest
     /// of the block is padding).
-    fn range(&self, block: usize) -> std::ops::Range<usize> {
+    pub fn range(&self, block: usize) -> std::ops::Range<usize> {
         let (group, within) = (block / self.blocks_per_group, block % self.blocks_per_group);
         let group_start = group * self.group_len;
         let group_end = (group_start + self.group_len).min(self.m);
@@ -157,7 +166,7 @@ fn block_step(block: &[Complex32]) -> f32 {
 /// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: the
 /// float addition rounds at this magnitude, and it vectorises where a call
 /// to `round` does not.
-fn round_near(v: f32) -> f32 {
+pub(super) fn round_near(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     (v + MAGIC) - MAGIC
 }
@@ -183,6 +192,8 @@ pub struct Factors {
     /// One tile's factors serve every tile (per-tensor scales): they stay
     /// in the L1 cache instead of streaming beside the codes.
     shared: bool,
+    /// The multiply kernel's weight tables (per-tensor scales).
+    mad: Option<MadWeights>,
 }
 
 impl LutLayer {
@@ -259,8 +270,79 @@ impl LutLayer {
     }
 
     /// `x[rows, m]` through the layer with the stages' scales (`factors`):
-    /// `[rows, n]`.
+    /// `[rows, n]`, by look-ups or, from [`mad::MIN_ROWS`] rows where the
+    /// host and the layer allow, by multiply-adds.
     pub fn run(&self, x: &[Complex32], rows: usize, factors: &Factors) -> Vec<Complex32> {
+        if rows >= mad::MIN_ROWS {
+            if let Some(y) = self.run_mad(x, rows, factors) {
+                return y;
+            }
+        }
+        self.run_lut(x, rows, factors)
+    }
+
+    /// [`LutLayer::run`] by the multiply kernel ([`mad`]), or `None` where
+    /// it does not apply: a host without AVX-512 VNNI, tiles narrower than
+    /// 64, scales not per tensor, 14-bit activations.
+    pub fn run_mad(
+        &self,
+        x: &[Complex32],
+        rows: usize,
+        factors: &Factors,
+    ) -> Option<Vec<Complex32>> {
+        let weights = factors.mad.as_ref()?;
+        if self.activations != Activations::Bits7
+            || self.desc.rows != mad::TILE
+            || !mad::host_supports()
+        {
+            return None;
+        }
+        let (n, m) = (self.n, self.m);
+        let mut y = vec![Complex32::new(0.0, 0.0); rows * n];
+        if rows == 0 || n == 0 || m == 0 {
+            return Some(y);
+        }
+        let x = mad::Activations8::new(&self.blocks, x, m, rows);
+        let per_tile = self.blocks.count() * self.desc.codes_per_block();
+        let tiles = n.div_ceil(mad::TILE);
+        let parallel = rayon::current_num_threads() > 1 && rows * n * m >= PARALLEL_WORK;
+        // One thread decodes each tile once; threads split rows too, so
+        // that a layer of few tiles still keeps every thread busy.
+        let run_len = if parallel { MAD_ROWS_PER_TASK } else { rows };
+        let row_runs = rows.div_ceil(run_len);
+        let output = Disjoint(y.as_mut_ptr());
+        let run_task = |task: usize| {
+            let (tile, run) = (task / row_runs, task % row_runs);
+            let first = run * run_len;
+            let codes = &self.codes[tile * per_tile..][..per_tile];
+            // SAFETY: the host runs the kernel (checked above), the codes
+            // are the LLVM tile's layout for these blocks and stages, and
+            // this task alone writes its tile's columns of its rows.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                mad::run_tile(
+                    tile,
+                    codes,
+                    &self.blocks,
+                    self.desc.stages,
+                    weights,
+                    &x,
+                    first..(first + run_len).min(rows),
+                    n,
+                    output.ptr(),
+                )
+            };
+        };
+        if parallel {
+            (0..tiles * row_runs).into_par_iter().for_each(run_task);
+        } else {
+            (0..tiles * row_runs).for_each(run_task);
+        }
+        Some(y)
+    }
+
+    /// [`LutLayer::run`] by the look-up kernel at every shape.
+    pub fn run_lut(&self, x: &[Complex32], rows: usize, factors: &Factors) -> Vec<Complex32> {
         let (n, m) = (self.n, self.m);
         let mut y = vec![Complex32::new(0.0, 0.0); rows * n];
         if rows == 0 || n == 0 || m == 0 {
@@ -407,9 +489,14 @@ impl LutLayer {
                 }
             }
         }
+        let mad = match self.granularity {
+            Granularity::Tensor => MadWeights::new(self.u_stages, scales),
+            _ => None,
+        };
         Ok(Factors {
             values: out,
             shared,
+            mad,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod cranelift;
 pub mod kernel;
 pub mod llvm;
 pub mod lut;
+pub mod mad;
 
 /// A JIT-compiled kernel (see the calling convention in [`kernel`]).
 pub type KernelFn = unsafe extern "C" fn(
@@ -116,7 +117,7 @@ impl Backend for Llvm {
     }
 
     fn tolerance(&self, op: &Op) -> Tolerance {
-        lut_tolerance(op, self.activations)
+        lut_tolerance(op, CodeGen::llvm_for_host(), self.activations)
     }
 }
 
@@ -140,7 +141,7 @@ impl Backend for Cranelift {
     }
 
     fn tolerance(&self, op: &Op) -> Tolerance {
-        lut_tolerance(op, self.activations)
+        lut_tolerance(op, CodeGen::Cranelift, self.activations)
     }
 }
 
@@ -160,16 +161,46 @@ fn compile_with(
     )?))
 }
 
-/// `quant_linear` on int activations is within their bound; every other
-/// op is the reference's.
-fn lut_tolerance(op: &Op, activations: Activations) -> Tolerance {
-    let step = match activations {
-        Activations::Bits7 => steps_7,
-        Activations::Bits14 => steps_14,
+/// `quant_linear` on int activations is within their bound (and, where
+/// the multiply kernel may run, its weights' rounding); every other op is
+/// the reference's.
+fn lut_tolerance(op: &Op, generator: CodeGen, activations: Activations) -> Tolerance {
+    type Steps = fn(usize, Granularity, &[Complex32]) -> Vec<f32>;
+    type WeightError = fn(usize, usize, Granularity, &[&[f32]]) -> f32;
+    let (step, weight_error): (Steps, WeightError) = match (activations, generator) {
+        (Activations::Bits14, _) => (steps_14, exact_weights),
+        (Activations::Bits7, CodeGen::Llvm { rows: mad::TILE }) => (steps_7, mad_weight_error),
+        (Activations::Bits7, _) => (steps_7, exact_weights),
     };
     match op {
-        Op::QuantLinear { .. } => Tolerance::QuantizedActivations { rel: 1e-4, step },
+        Op::QuantLinear { .. } => Tolerance::QuantizedActivations {
+            rel: 1e-4,
+            step,
+            weight_error,
+        },
         _ => Tolerance::default(),
+    }
+}
+
+fn exact_weights(_: usize, _: usize, _: Granularity, _: &[&[f32]]) -> f32 {
+    0.0
+}
+
+/// The weights' rounding where [`LutLayer::run`] multiplies.
+fn mad_weight_error(
+    rows: usize,
+    u_stages: usize,
+    granularity: Granularity,
+    scales: &[&[f32]],
+) -> f32 {
+    let multiplies =
+        rows >= mad::MIN_ROWS && granularity == Granularity::Tensor && mad::host_supports();
+    match multiplies
+        .then(|| mad::MadWeights::new(u_stages, scales))
+        .flatten()
+    {
+        Some(weights) => weights.error(),
+        None => 0.0,
     }
 }
 
