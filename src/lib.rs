@@ -150,6 +150,8 @@ impl Model {
         let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
             .map_err(BackendError::from)?;
         let graph = fairyc_backends::state::expose_kv_cache(&graph).map_err(BackendError::from)?;
+        let graph =
+            fairyc_backends::state::select_logit_rows(&graph).map_err(BackendError::from)?;
         let program =
             fairyc_backends::compile(backend, &graph, imported.weights.as_ref(), on_weight)?;
         Ok(Model {

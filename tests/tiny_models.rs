@@ -214,6 +214,31 @@ fn incremental_decoding_equals_the_full_forward() {
             .zip(values(&full))
             .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(diff < 1e-5, "{arch:?}: chunked feeding differs by {diff}");
+
+        // A graph that selects its logit rows gives every row when fed
+        // plainly, and the last alone, computed alone, through feed_last.
+        let selecting = fairyc_backends::state::select_logit_rows(executor.graph()).unwrap();
+        let gathers = |g: &fairyc_ir::Graph| g.nodes.iter().filter(|n| n.op == Op::Embed).count();
+        assert_eq!(gathers(&selecting), gathers(executor.graph()) + 1);
+        let selecting = Executor::new(selecting, imported.weights.as_ref(), &|_| {}).unwrap();
+        let every = Session::new(&selecting).feed(&ids).unwrap();
+        assert_eq!(values(&every), values(&full), "{arch:?}: all rows");
+        let mut session = Session::new(&selecting);
+        let (head, tail) = ids.split_at(5);
+        let last = session.feed_last(head).unwrap();
+        assert_eq!(last.shape, [1, vocab]);
+        // One row through the output layer instead of many: the same sums
+        // in another order.
+        let differ = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+        };
+        let diff = differ(values(&last), &values(&full)[4 * vocab..][..vocab]);
+        assert!(diff < 1e-5, "{arch:?}: row 4 differs by {diff}");
+        let last = session.feed_last(tail).unwrap();
+        let diff = differ(values(&last), &values(&full)[(ids.len() - 1) * vocab..]);
+        assert!(diff < 1e-5, "{arch:?}: the last row differs by {diff}");
     }
 }
 

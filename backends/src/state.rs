@@ -1,5 +1,6 @@
 //! Explicit decoding state: a language-model graph's KV cache as graph
-//! inputs and outputs.
+//! inputs and outputs; and the rows of logits a caller wants, as an input
+//! ([`select_logit_rows`]).
 //!
 //! Each attention node `attention(q, k, v)` becomes
 //! `attention(q, concat(past_k, k), concat(past_v, v))`, where `past_k` and
@@ -10,7 +11,7 @@
 //! which output feeds which input; a backend may append in place, since each
 //! state input is read once, by the concatenation that extends it.
 
-use fairyc_ir::{BuildError, Dim, Graph, GraphBuilder, Op, Shape, TensorType, ValueId};
+use fairyc_ir::{BuildError, DType, Dim, Graph, GraphBuilder, Op, Shape, TensorType, ValueId};
 
 /// The meta key that names the state inputs, comma-separated, in the order
 /// of the state outputs (which follow the graph's own outputs).
@@ -72,6 +73,67 @@ pub fn expose_kv_cache(graph: &Graph) -> Result<Graph, BuildError> {
     outputs.extend(states);
     Ok(b.finish(&outputs))
 }
+
+/// The input naming the positions whose logits a caller wants
+/// (`i32[rows]`), added by [`select_logit_rows`].
+pub const LOGIT_ROWS: &str = "logit_rows";
+
+/// Lets the caller choose which positions' logits the graph computes: the
+/// final norm reads the hidden states of the positions in a new input
+/// [`LOGIT_ROWS`] (a row gather, `embed`), so a prompt that only needs its
+/// last token's logits does not run the output layer, the largest, on
+/// every position. Only what follows the final norm is cut: a graph whose
+/// first output is not reached from an `rms_norm` through layers that act
+/// on each row alone (linear, quant_linear, pack, unpack) comes back
+/// unchanged.
+pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
+    let Some(&logits) = graph.outputs.first() else {
+        return Ok(graph.clone());
+    };
+    let mut at = logits;
+    let norm = loop {
+        let node = graph.node(at);
+        match node.op {
+            Op::RmsNorm { .. } => break at,
+            Op::Linear | Op::QuantLinear { .. } | Op::Pack { .. } | Op::Unpack { .. } => {
+                at = node.operands[0]
+            }
+            _ => return Ok(graph.clone()),
+        }
+    };
+    let hidden = graph.node(norm).operands[0];
+    if graph.ty(hidden).shape.rank() != 2 || graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS) {
+        return Ok(graph.clone());
+    }
+    let mut b = GraphBuilder::new(graph.name.clone());
+    for (k, v) in &graph.meta {
+        b.meta(k.clone(), v.clone());
+    }
+    let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let mut operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
+        let id = match &node.op {
+            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
+            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            op => {
+                if i == norm.0 {
+                    let rows = b.input(
+                        LOGIT_ROWS,
+                        TensorType::new(DType::I32, Shape(vec![Dim::sym(ROWS)])),
+                    );
+                    operands[0] = b.push(Op::Embed, &[rows, operands[0]])?;
+                }
+                b.push(op.clone(), &operands)?
+            }
+        };
+        map.push(id);
+    }
+    let outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
+    Ok(b.finish(&outputs))
+}
+
+/// The symbolic count of selected logit rows.
+const ROWS: &str = "rows";
 
 /// The state inputs a graph names in its `state` meta, in the order of its
 /// state outputs (none for a graph without state).

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use fairyc_backends::state::state_names;
+use fairyc_backends::state::{state_names, LOGIT_ROWS};
 use fairyc_backends::{BackendError, Program, Tensor};
 use fairyc_ir::DType;
 
@@ -80,6 +80,26 @@ impl<'a> Session<'a> {
     /// Appends `tokens` to the sequence; returns their logits `[n, vocab]`.
     /// On an error the session is reset (the state went into the run).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
+        self.feed_rows(tokens, false)
+    }
+
+    /// [`Session::feed`], returning only the last token's logits `[1,
+    /// vocab]`: what generation needs. A graph that selects its logit rows
+    /// (`fairyc_backends::state::select_logit_rows`) computes no others.
+    pub fn feed_last(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
+        let logits = self.feed_rows(tokens, true)?;
+        let (rows, vocab) = (logits.shape[0], logits.cols());
+        if rows == 1 {
+            return Ok(logits);
+        }
+        let all = logits.as_f32().expect("checked by feed_rows");
+        Ok(Tensor::f32(
+            vec![1, vocab],
+            all[(rows - 1) * vocab..].to_vec(),
+        ))
+    }
+
+    fn feed_rows(&mut self, tokens: &[u32], last_only: bool) -> Result<Tensor, BackendError> {
         if tokens.is_empty() {
             return Err(BackendError::new("no tokens to feed"));
         }
@@ -119,6 +139,14 @@ impl<'a> Session<'a> {
                 Tensor::i32(vec![tokens.len()], positions),
             ),
         ]);
+        if graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS) {
+            let rows = if last_only {
+                vec![tokens.len() as i32 - 1]
+            } else {
+                (0..tokens.len() as i32).collect()
+            };
+            inputs.insert(LOGIT_ROWS.to_string(), Tensor::i32(vec![rows.len()], rows));
+        }
         let names: Vec<String> = self.state.iter().map(|(n, _)| n.clone()).collect();
         inputs.extend(std::mem::take(&mut self.state));
         let mut outputs = match self.program.run(inputs) {
@@ -151,7 +179,7 @@ impl<'a> Session<'a> {
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, StopReason), BackendError> {
         let mut out = Vec::new();
-        let mut logits = self.feed(prompt)?;
+        let mut logits = self.feed_last(prompt)?;
         loop {
             if out.len() == max_new {
                 return Ok((out, StopReason::Length));
@@ -166,7 +194,7 @@ impl<'a> Session<'a> {
             if !on_token(next) {
                 return Ok((out, StopReason::Caller));
             }
-            logits = self.feed(&[next])?;
+            logits = self.feed_last(&[next])?;
         }
     }
 }

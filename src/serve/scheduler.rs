@@ -177,7 +177,7 @@ impl<'m> Active<'m> {
             return None;
         }
         let mut session = Session::new(model.program());
-        let logits = match session.feed(&job.prompt) {
+        let logits = match session.feed_last(&job.prompt) {
             Ok(logits) => last_row(&logits),
             Err(e) => {
                 let _ = job.events.send(Event::Failed(e.to_string()));
@@ -223,7 +223,7 @@ impl<'m> Active<'m> {
         if self.generated == self.max_tokens {
             return self.finish("length");
         }
-        match self.session.feed(&[next]) {
+        match self.session.feed_last(&[next]) {
             Ok(logits) => {
                 self.logits = last_row(&logits);
                 true
