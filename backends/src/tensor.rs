@@ -143,3 +143,80 @@ impl Tensor {
         }
     }
 }
+
+impl Tensor {
+    /// The tensor, moved out; what is left is a placeholder with no shape
+    /// and no data (allocating nothing), to be overwritten, never read.
+    pub fn take(&mut self) -> Tensor {
+        std::mem::replace(
+            self,
+            Tensor {
+                shape: Vec::new(),
+                data: Data::F32(Vec::new()),
+            },
+        )
+    }
+}
+
+/// The tensor of a value that died, handed to the kernel of a node that
+/// takes its buffer slot of the memory plan ([`crate::plan`]) so that the
+/// kernel builds its output in the dead value's buffers: once they are
+/// large enough, a run allocates nothing for its values.
+#[derive(Debug, Default)]
+pub struct Recycled(Option<Tensor>);
+
+impl Recycled {
+    pub fn new(dead: Option<Tensor>) -> Recycled {
+        Recycled(dead)
+    }
+
+    /// An empty f32 buffer, with the dead value's capacity where it was f32.
+    pub fn f32s(&mut self) -> Vec<f32> {
+        match self.0.as_mut().map(|t| &mut t.data) {
+            Some(Data::F32(v)) => {
+                let mut v = std::mem::take(v);
+                v.clear();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// An empty c64 buffer, with the dead value's capacity where it was c64.
+    pub fn c64s(&mut self) -> Vec<Complex32> {
+        match self.0.as_mut().map(|t| &mut t.data) {
+            Some(Data::C64(v)) => {
+                let mut v = std::mem::take(v);
+                v.clear();
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `dims` in the dead value's shape vector.
+    pub fn shape(&mut self, dims: &[usize]) -> Vec<usize> {
+        let mut shape = self
+            .0
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.shape))
+            .unwrap_or_default();
+        shape.clear();
+        shape.extend_from_slice(dims);
+        shape
+    }
+
+    /// An f32 tensor of `dims` whose elements `fill` writes (every one).
+    pub fn f32_tensor(&mut self, dims: &[usize], fill: impl FnOnce(&mut Vec<f32>)) -> Tensor {
+        let mut data = self.f32s();
+        fill(&mut data);
+        Tensor::f32(self.shape(dims), data)
+    }
+
+    /// A c64 tensor of `dims` whose elements `fill` writes (every one).
+    pub fn c64_tensor(&mut self, dims: &[usize], fill: impl FnOnce(&mut Vec<Complex32>)) -> Tensor {
+        let mut data = self.c64s();
+        fill(&mut data);
+        Tensor::c64(self.shape(dims), data)
+    }
+}

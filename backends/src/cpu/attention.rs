@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::reference::kernels::attention::AttentionShape;
 use crate::reference::NodeKernel;
-use crate::tensor::{Data, Tensor};
+use crate::tensor::{Data, Recycled, Tensor};
 
 /// Multiply-adds from which a call spreads its (query, head) tasks over
 /// threads: decode steps of small models stay on the calling thread.
@@ -31,7 +31,7 @@ pub struct AttentionNode {
 }
 
 impl NodeKernel for AttentionNode {
-    fn run(&self, args: &[Option<&Tensor>]) -> Result<Tensor, String> {
+    fn run(&self, args: &[Option<&Tensor>], out: &mut Recycled) -> Result<Tensor, String> {
         let operand = |k: usize| args[k].ok_or("an operand is missing");
         let (q, k, v) = (operand(0)?, operand(1)?, operand(2)?);
         if q.shape.len() != 2 {
@@ -40,23 +40,26 @@ impl NodeKernel for AttentionNode {
                 q.shape
             ));
         }
-        let out_shape = |value_dim: usize| vec![q.shape[0], self.heads * value_dim];
+        let seq = q.shape[0];
         match (&q.data, &k.data, &v.data) {
             (Data::F32(qd), Data::F32(kd), Data::F32(vd)) => {
                 let s = self.shape(q.cols(), v.cols(), 1);
-                Ok(Tensor::f32(
-                    out_shape(s.value_dim),
-                    attention(qd, kd, vd, s),
-                ))
+                let width = self.heads * s.value_dim;
+                Ok(out.f32_tensor(&[seq, width], |o| {
+                    o.resize(seq * width, 0.0);
+                    attention_into(qd, kd, vd, s, o);
+                }))
             }
             (Data::C64(qd), Data::C64(kd), Data::C64(vd)) => {
                 fn real(d: &[Complex32]) -> &[f32] {
                     bytemuck::cast_slice(d)
                 }
                 let s = self.shape(q.cols(), v.cols(), 2);
-                let out = attention(real(qd), real(kd), real(vd), s);
-                let out = bytemuck::cast_slice::<f32, Complex32>(&out).to_vec();
-                Ok(Tensor::c64(out_shape(s.value_dim / 2), out))
+                let width = self.heads * s.value_dim / 2;
+                Ok(out.c64_tensor(&[seq, width], |o| {
+                    o.resize(seq * width, Complex32::new(0.0, 0.0));
+                    attention_into(real(qd), real(kd), real(vd), s, bytemuck::cast_slice_mut(o));
+                }))
             }
             _ => Err("queries, keys and values must share one element type".into()),
         }
@@ -85,12 +88,13 @@ impl AttentionNode {
 /// kv_heads·dv]`, as [`crate::reference::kernels::attention::attention`].
 /// A task is one query row and one KV head with the query heads that share
 /// it, so each key and value row is read once for all of them.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> Vec<f32> {
+/// `out` (`[seq, heads·dv]`) starts as zeros; one thread's scores live in
+/// a buffer of that thread's.
+pub fn attention_into(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &mut [f32]) {
     let qw = s.heads * s.head_dim;
     let seq = q.len() / qw.max(1);
     let kv_len = k.len() / (s.kv_heads * s.head_dim).max(1);
     let group = s.heads / s.kv_heads;
-    let mut out = vec![0.0f32; seq * s.heads * s.value_dim];
     let task_len = (group * s.value_dim).max(1);
     let task = |scores: &mut Vec<f32>, (t, o): (usize, &mut [f32])| {
         let (i, kh) = (t / s.kv_heads, t % s.kv_heads);
@@ -103,12 +107,17 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape) -> Vec<f32>
             .enumerate()
             .for_each_init(Vec::new, task);
     } else {
-        let mut scores = Vec::new();
-        out.chunks_mut(task_len)
-            .enumerate()
-            .for_each(|t| task(&mut scores, t));
+        SCORES.with_borrow_mut(|scores| {
+            out.chunks_mut(task_len)
+                .enumerate()
+                .for_each(|t| task(scores, t))
+        });
     }
-    out
+}
+
+thread_local! {
+    /// The scores of the calling thread's tasks, kept between calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The query heads `queries` (`group` of `head_dim`) that share KV head

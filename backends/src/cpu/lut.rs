@@ -56,6 +56,12 @@ impl Activations {
 /// Rows of activations one parallel task runs through a tile.
 const ROWS_PER_TASK: usize = 16;
 
+thread_local! {
+    /// The look-up kernel's activation tables and steps, kept by each
+    /// thread that calls it, so that a call allocates none.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// Rows of activations one task of the multiply kernel runs through a
 /// tile (each task decodes the tile's weights anew).
 const MAD_ROWS_PER_TASK: usize = 64;
@@ -273,12 +279,26 @@ impl LutLayer {
     /// `[rows, n]`, by look-ups or, from [`mad::MIN_ROWS`] rows where the
     /// host and the layer allow, by multiply-adds.
     pub fn run(&self, x: &[Complex32], rows: usize, factors: &Factors) -> Vec<Complex32> {
-        if rows >= mad::MIN_ROWS {
-            if let Some(y) = self.run_mad(x, rows, factors) {
-                return y;
-            }
+        let mut y = Vec::new();
+        self.run_into(x, rows, factors, &mut y);
+        y
+    }
+
+    /// [`LutLayer::run`] into `y` (its buffer reused; the look-ups' tables
+    /// live in a buffer of the thread's: a decode step allocates nothing).
+    pub fn run_into(
+        &self,
+        x: &[Complex32],
+        rows: usize,
+        factors: &Factors,
+        y: &mut Vec<Complex32>,
+    ) {
+        y.clear();
+        y.resize(rows * self.n, Complex32::new(0.0, 0.0));
+        if rows >= mad::MIN_ROWS && self.mad_into(x, rows, factors, y) {
+            return;
         }
-        self.run_lut(x, rows, factors)
+        self.lut_into(x, rows, factors, y);
     }
 
     /// [`LutLayer::run`] by the multiply kernel ([`mad`]), or `None` where
@@ -290,17 +310,31 @@ impl LutLayer {
         rows: usize,
         factors: &Factors,
     ) -> Option<Vec<Complex32>> {
-        let weights = factors.mad.as_ref()?;
+        let mut y = vec![Complex32::new(0.0, 0.0); rows * self.n];
+        self.mad_into(x, rows, factors, &mut y).then_some(y)
+    }
+
+    /// [`LutLayer::run_mad`] into `y` (`[rows, n]`); false where it does
+    /// not apply.
+    fn mad_into(
+        &self,
+        x: &[Complex32],
+        rows: usize,
+        factors: &Factors,
+        y: &mut [Complex32],
+    ) -> bool {
+        let Some(weights) = factors.mad.as_ref() else {
+            return false;
+        };
         if self.activations != Activations::Bits7
             || self.desc.rows != mad::TILE
             || !mad::host_supports()
         {
-            return None;
+            return false;
         }
         let (n, m) = (self.n, self.m);
-        let mut y = vec![Complex32::new(0.0, 0.0); rows * n];
         if rows == 0 || n == 0 || m == 0 {
-            return Some(y);
+            return true;
         }
         let x = mad::Activations8::new(&self.blocks, x, m, rows);
         let per_tile = self.blocks.count() * self.desc.codes_per_block();
@@ -338,16 +372,36 @@ impl LutLayer {
         } else {
             (0..tiles * row_runs).for_each(run_task);
         }
-        Some(y)
+        true
     }
 
     /// [`LutLayer::run`] by the look-up kernel at every shape.
     pub fn run_lut(&self, x: &[Complex32], rows: usize, factors: &Factors) -> Vec<Complex32> {
+        let mut y = vec![Complex32::new(0.0, 0.0); rows * self.n];
+        self.lut_into(x, rows, factors, &mut y);
+        y
+    }
+
+    /// [`LutLayer::run_lut`] into `y` (`[rows, n]`).
+    fn lut_into(&self, x: &[Complex32], rows: usize, factors: &Factors, y: &mut [Complex32]) {
         let (n, m) = (self.n, self.m);
-        let mut y = vec![Complex32::new(0.0, 0.0); rows * n];
         if rows == 0 || n == 0 || m == 0 {
-            return y;
+            return;
         }
+        SCRATCH
+            .with_borrow_mut(|(tables, steps)| self.lut_with(x, rows, factors, y, tables, steps));
+    }
+
+    fn lut_with(
+        &self,
+        x: &[Complex32],
+        rows: usize,
+        factors: &Factors,
+        y: &mut [Complex32],
+        tables: &mut Vec<u8>,
+        steps: &mut Vec<f32>,
+    ) {
+        let (n, m) = (self.n, self.m);
         let tile_rows = self.desc.rows;
         let tiles = n.div_ceil(tile_rows);
         // With one thread, the calling thread does the work: handing it to
@@ -357,8 +411,11 @@ impl LutLayer {
         let passes = self.activations.passes();
         let blocks = self.blocks.count();
         let table_len = blocks * self.blocks.block_len / 2 * PAIR_TABLE_BYTES;
-        let mut tables = vec![0u8; rows * passes * table_len];
-        let mut steps = vec![0.0f32; rows * passes * blocks];
+        tables.clear();
+        tables.resize(rows * passes * table_len, 0);
+        steps.clear();
+        steps.resize(rows * passes * blocks, 0.0);
+        let (tables, steps) = (&mut tables[..], &mut steps[..]);
         let fill = |((row, tables), steps): ((&[Complex32], &mut [u8]), &mut [f32])| {
             self.tables(row, tables, steps)
         };
@@ -380,7 +437,6 @@ impl LutLayer {
         // over every thread. Each task writes its own rows and columns of
         // `y`, straight from the kernel's sums.
         let row_runs = rows.div_ceil(ROWS_PER_TASK);
-        let lanes: Vec<usize> = (0..tile_rows).map(|q| self.desc.lane_row(q)).collect();
         let output = Disjoint(y.as_mut_ptr());
         let run_task = |task: usize| {
             let (tile, first_row) = (task / row_runs, task % row_runs * ROWS_PER_TASK);
@@ -415,8 +471,8 @@ impl LutLayer {
                     };
                 }
                 let (re, im) = sums.split_at(tile_rows);
-                for ((&lane_row, &re), &im) in lanes.iter().zip(re).zip(im) {
-                    let i = tile * tile_rows + lane_row;
+                for (q, (&re, &im)) in re.iter().zip(im).enumerate() {
+                    let i = tile * tile_rows + self.desc.lane_row(q);
                     if i < n {
                         // SAFETY: `(r, i)` is inside `y` (`r < rows`,
                         // `i < n`), and only this task writes it: its tile
@@ -431,7 +487,6 @@ impl LutLayer {
         } else {
             (0..tiles * row_runs).for_each(run_task);
         }
-        y
     }
 
     /// The kernel's per-tile factors `[tiles][groups][stages][A, B, C, D][rows]`

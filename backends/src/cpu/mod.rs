@@ -80,7 +80,7 @@ use fairyc_ir::{Granularity, Graph, Op, WeightStore};
 use num_complex::Complex32;
 
 use crate::reference::{Executor, Kernels, NodeKernel};
-use crate::tensor::{Data, Tensor};
+use crate::tensor::{Data, Recycled, Tensor};
 use crate::{Backend, BackendError, Program, Tolerance};
 pub use lut::Activations;
 use lut::{Blocks, Factors, LutLayer};
@@ -288,15 +288,13 @@ struct LutNode {
 }
 
 impl NodeKernel for LutNode {
-    fn run(&self, args: &[Option<&Tensor>]) -> Result<Tensor, String> {
+    fn run(&self, args: &[Option<&Tensor>], out: &mut Recycled) -> Result<Tensor, String> {
         let input = args[0].ok_or("the input is missing")?;
         let x = input
             .as_c64()
             .ok_or_else(|| format!("input must be c64, got {}", input.dtype_name()))?;
         let lead = &input.shape[..input.shape.len() - 1];
         let rows = lead.iter().product();
-        let mut shape = lead.to_vec();
-        shape.push(self.n);
         if x.len() != rows * self.m {
             return Err(format!(
                 "input has {} elements, want {rows} rows of {}",
@@ -321,7 +319,11 @@ impl NodeKernel for LutNode {
                 &computed
             }
         };
-        Ok(Tensor::c64(shape, self.layer.run(x, rows, factors)))
+        let mut y = out.c64s();
+        self.layer.run_into(x, rows, factors, &mut y);
+        let mut shape = out.shape(&input.shape);
+        *shape.last_mut().expect("an input of rank 1 at least") = self.n;
+        Ok(Tensor::c64(shape, y))
     }
 
     fn bytes(&self) -> usize {

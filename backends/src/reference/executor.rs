@@ -2,7 +2,9 @@
 //! complex f32, node by node.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use smallvec::SmallVec;
 
 use fairyc_ir::quant::{self, Pairing};
 use fairyc_ir::{
@@ -13,13 +15,13 @@ use num_complex::Complex32;
 use rayon::prelude::*;
 
 use super::kernels::attention::{attention, AttentionShape};
-use super::kernels::norm::{rms_norm, rms_norm_complex};
+use super::kernels::norm::{rms_norm_complex_into, rms_norm_into};
 use super::kernels::quant_linear::{quant_linear, StageCodes};
-use super::kernels::rope::{rope, rope_complex};
+use super::kernels::rope::{rope_complex_into, rope_into};
 use super::kernels::{elementwise, grad, layout, linear::linear};
 use crate::plan::MemoryPlan;
 use crate::profile::OpProfile;
-use crate::tensor::{Data, Tensor};
+use crate::tensor::{Data, Recycled, Tensor};
 use crate::{BackendError, Program};
 
 /// A graph bound to its weights, ready to run.
@@ -35,6 +37,99 @@ pub struct Executor {
     /// A backend's own kernels for some nodes ([`Kernels`]), by node.
     kernels: HashMap<usize, Box<dyn NodeKernel>>,
     profile: Option<OpProfile>,
+    /// Tensors of dead values by plan slot, kept between runs so that a
+    /// run allocates no values once warm: one arena per run in flight.
+    arenas: Mutex<Vec<Arena>>,
+}
+
+/// Operands a node has on the stack (a quant_linear of four stages has 9).
+const OPERANDS: usize = 12;
+
+/// Dead values' tensors by the memory plan's slot ([`MemoryPlan::slot`]),
+/// at most one per element type: the slot's next value is built in them.
+/// Emptied tensors (whose data left as an output, or inputs') keep their
+/// allocation for values that bring their own data (inputs, caches
+/// appended in place); the value list is kept too.
+#[derive(Default)]
+struct Arena {
+    slots: Vec<Vec<Arc<Tensor>>>,
+    emptied: Vec<Arc<Tensor>>,
+    values: Vec<Option<Arc<Tensor>>>,
+}
+
+impl Arena {
+    /// A tensor of slot `slot` for a value of `dtype`: the one of that type
+    /// if it has a buffer, else an emptied one (its buffers grow).
+    fn take(&mut self, slot: usize, dtype: DType) -> Option<Arc<Tensor>> {
+        let fits = |t: &Arc<Tensor>| {
+            matches!(
+                (&t.data, dtype),
+                (Data::F32(_), DType::F32)
+                    | (Data::C64(_), DType::C64)
+                    | (Data::I32(_), DType::I32)
+            )
+        };
+        let list = self.slots.get_mut(slot);
+        match list.and_then(|l| l.iter().position(fits).map(|k| l.swap_remove(k))) {
+            Some(t) => Some(t),
+            None => self.emptied.pop(),
+        }
+    }
+
+    /// `t` in an emptied tensor's allocation.
+    fn wrap(&mut self, t: Tensor) -> Arc<Tensor> {
+        match self.emptied.pop() {
+            Some(mut a) => {
+                *Arc::get_mut(&mut a).expect("emptied tensors are unshared") = t;
+                a
+            }
+            None => Arc::new(t),
+        }
+    }
+
+    /// Keeps a dead value's tensor (if nobody else holds it): for its slot,
+    /// one per element type, the one with the larger buffer; the rest
+    /// emptied.
+    fn give(&mut self, slot: Option<usize>, mut t: Arc<Tensor>) {
+        let Some(owned) = Arc::get_mut(&mut t) else {
+            return;
+        };
+        let Some(slot) = slot.filter(|_| capacity(owned) > 0) else {
+            drop(owned.take());
+            self.emptied.push(t);
+            return;
+        };
+        if self.slots.len() <= slot {
+            self.slots.resize_with(slot + 1, Vec::new);
+        }
+        let list = &mut self.slots[slot];
+        let kind = std::mem::discriminant(&t.data);
+        let mut spare = match list
+            .iter()
+            .position(|u| std::mem::discriminant(&u.data) == kind)
+        {
+            Some(k) if capacity(&list[k]) < capacity(&t) => std::mem::replace(&mut list[k], t),
+            Some(_) => t,
+            None => {
+                list.push(t);
+                return;
+            }
+        };
+        if let Some(owned) = Arc::get_mut(&mut spare) {
+            drop(owned.take());
+            self.emptied.push(spare);
+        }
+    }
+}
+
+/// Bytes a tensor's buffer holds (its capacity, not its length).
+fn capacity(t: &Tensor) -> usize {
+    match &t.data {
+        Data::F32(v) => 4 * v.capacity(),
+        Data::C64(v) => 8 * v.capacity(),
+        Data::I32(v) => 4 * v.capacity(),
+        Data::Codes(_) | Data::Device(_) => 0,
+    }
 }
 
 /// Kernels a backend runs instead of the reference's for some ops: how a
@@ -53,7 +148,8 @@ pub trait Kernels: Sync {
 /// One node's kernel: its operands in, its value out. Operands known at
 /// load that only such kernels read are not kept: they come as `None`.
 pub trait NodeKernel: Send + Sync {
-    fn run(&self, args: &[Option<&Tensor>]) -> Result<Tensor, String>;
+    /// The node's value, built in `out`'s buffers where it can.
+    fn run(&self, args: &[Option<&Tensor>], out: &mut Recycled) -> Result<Tensor, String>;
 
     /// Bytes it holds (weights re-laid for it).
     fn bytes(&self) -> usize;
@@ -122,6 +218,7 @@ impl Executor {
             plan,
             kernels: prepared,
             profile: OpProfile::from_env(),
+            arenas: Mutex::new(Vec::new()),
         })
     }
 
@@ -159,12 +256,20 @@ impl Executor {
         mut inputs: HashMap<String, Tensor>,
     ) -> Result<Vec<Tensor>, BackendError> {
         let bindings = self.bind(&inputs)?;
-        let mut values: Vec<Option<Arc<Tensor>>> = vec![None; self.graph.nodes.len()];
+        let mut arena = self
+            .arenas
+            .lock()
+            .ok()
+            .and_then(|mut a| a.pop())
+            .unwrap_or_default();
+        let mut values = std::mem::take(&mut arena.values);
+        values.clear();
+        values.resize(self.graph.nodes.len(), None);
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let started = self.profile.as_ref().map(|_| std::time::Instant::now());
             let result = match &node.op {
                 // The verifier allows one `input` node per name.
-                Op::Input { name } => Arc::new(inputs.remove(name).expect("bound inputs")),
+                Op::Input { name } => arena.wrap(inputs.remove(name).expect("bound inputs")),
                 // Weights and weight expressions were evaluated at load; those
                 // that only other weight expressions read were dropped there.
                 _ if self.plan.resident[i] => match self.constants.get(&i) {
@@ -174,26 +279,46 @@ impl Executor {
                 op => {
                     let error =
                         |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
-                    if let Some(mut grown) = self.take_for_append(node, i, &mut values) {
+                    let grown = self.take_for_append(node, i, &mut values, &mut arena);
+                    // The node's value goes into the tensor (and its
+                    // buffers) of the value that last held its plan slot;
+                    // a cache appended in place needs the tensor alone.
+                    // An output's buffer leaves with it: it takes none of
+                    // the slot's, which the slot's next value would lack.
+                    let leaves = self.plan.last_use[i] == usize::MAX;
+                    let mut reused = match (&grown, self.plan.slot[i]) {
+                        (None, Some(s)) if !leaves => arena.take(s, node.ty.dtype),
+                        _ => arena.emptied.pop(),
+                    };
+                    let mut out =
+                        Recycled::new(reused.as_mut().and_then(Arc::get_mut).map(Tensor::take));
+                    let value = if let Some(mut grown) = grown {
                         for v in &node.operands[1..] {
                             let rows = values[v.0].as_deref().expect("operands are computed first");
                             extend_rows(&mut grown, rows).map_err(error)?;
                         }
-                        Arc::new(grown)
+                        grown
                     } else if let Some(k) = self.kernels.get(&i) {
-                        let args: Vec<Option<&Tensor>> = node
+                        let args: SmallVec<[Option<&Tensor>; OPERANDS]> = node
                             .operands
                             .iter()
                             .map(|v| values[v.0].as_deref())
                             .collect();
-                        Arc::new(k.run(&args).map_err(error)?)
+                        k.run(&args, &mut out).map_err(error)?
                     } else {
-                        let args: Vec<&Tensor> = node
+                        let args: SmallVec<[&Tensor; OPERANDS]> = node
                             .operands
                             .iter()
                             .map(|v| values[v.0].as_deref().expect("operands are computed first"))
                             .collect();
-                        Arc::new(eval(op, &args, &bindings).map_err(error)?)
+                        eval(op, &args, &bindings, &mut out).map_err(error)?
+                    };
+                    match reused.as_mut().and_then(Arc::get_mut) {
+                        Some(slot) => {
+                            *slot = value;
+                            reused.expect("taken above")
+                        }
+                        None => Arc::new(value),
                     }
                 }
             };
@@ -201,28 +326,43 @@ impl Executor {
                 profile.record(profile_label(&node.op, &result), started.elapsed());
             }
             values[i] = Some(result);
-            // Free operands whose last reader this node was.
+            // Operands whose last reader this node was leave their tensors
+            // to the next value of their slot.
             for v in &node.operands {
                 if self.plan.last_use[v.0] == i {
-                    values[v.0] = None;
+                    if let Some(t) = values[v.0].take() {
+                        arena.give(self.plan.slot[v.0], t);
+                    }
                 }
             }
         }
         let outputs = &self.graph.outputs;
-        Ok(outputs
+        let outputs = outputs
             .iter()
             .enumerate()
             .map(|(k, v)| {
                 // The last mention of a value takes it; earlier ones copy.
-                let t = if outputs[k + 1..].contains(v) {
-                    values[v.0].clone()
-                } else {
-                    values[v.0].take()
-                };
-                let t = t.expect("outputs are kept");
-                Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())
+                if outputs[k + 1..].contains(v) {
+                    let t = values[v.0].clone().expect("outputs are kept");
+                    return (*t).clone();
+                }
+                let mut t = values[v.0].take().expect("outputs are kept");
+                match Arc::get_mut(&mut t) {
+                    Some(owned) => {
+                        let value = owned.take();
+                        arena.give(None, t);
+                        value
+                    }
+                    None => (*t).clone(),
+                }
             })
-            .collect())
+            .collect();
+        values.clear();
+        arena.values = values;
+        if let Ok(mut arenas) = self.arenas.lock() {
+            arenas.push(arena);
+        }
+        Ok(outputs)
     }
 
     /// The first operand of a `concat` along axis 0 that this node reads
@@ -233,6 +373,7 @@ impl Executor {
         node: &fairyc_ir::Node,
         i: usize,
         values: &mut [Option<Arc<Tensor>>],
+        arena: &mut Arena,
     ) -> Option<Tensor> {
         if node.op != (Op::Concat { axis: 0 }) {
             return None;
@@ -241,18 +382,16 @@ impl Executor {
         if self.plan.last_use[first] != i || node.operands[1..].iter().any(|v| v.0 == first) {
             return None;
         }
-        let taken = values[first].take()?;
-        match Arc::try_unwrap(taken) {
-            Ok(t) if t.shape.len() == 2 && !matches!(t.data, Data::Codes(_)) => Some(t),
-            Ok(t) => {
-                values[first] = Some(Arc::new(t));
-                None
-            }
-            Err(shared) => {
-                values[first] = Some(shared);
-                None
-            }
+        let slot = values[first].as_mut()?;
+        let owned = Arc::get_mut(slot)?;
+        if owned.shape.len() != 2 || matches!(owned.data, Data::Codes(_) | Data::Device(_)) {
+            return None;
         }
+        let taken = owned.take();
+        arena
+            .emptied
+            .push(values[first].take().expect("checked above"));
+        Some(taken)
     }
 
     fn bind(
@@ -323,7 +462,14 @@ pub fn bind_inputs(
         for (d, &n) in ty.shape.dims().iter().zip(&t.shape) {
             let ok = match d {
                 Dim::Fixed(k) => *k == n,
-                Dim::Sym(s) => *bindings.entry(s.clone()).or_insert(n) == n,
+                // Looked up first: a symbol's name is copied once a run.
+                Dim::Sym(s) => match bindings.get(s) {
+                    Some(&bound) => bound == n,
+                    None => {
+                        bindings.insert(s.clone(), n);
+                        true
+                    }
+                },
             };
             if !ok {
                 return Err(BackendError::new(format!(
@@ -404,7 +550,7 @@ fn fold_constants(
             .iter()
             .map(|v| values[&v.0].as_ref())
             .collect();
-        let out = eval(&node.op, &args, &HashMap::new())
+        let out = eval(&node.op, &args, &HashMap::new(), &mut Recycled::default())
             .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
         values.insert(i, Arc::new(out));
         for v in &node.operands {
@@ -515,7 +661,12 @@ macro_rules! for_each_dtype {
 }
 
 /// Runs one op on concrete tensors.
-fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<Tensor, String> {
+fn eval(
+    op: &Op,
+    args: &[&Tensor],
+    bindings: &HashMap<String, usize>,
+    out: &mut Recycled,
+) -> Result<Tensor, String> {
     let x = args[0];
     Ok(match op {
         Op::Input { .. } | Op::Weight { .. } => unreachable!("leaves are bound, not evaluated"),
@@ -532,8 +683,16 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                 )
             };
             match &table.data {
-                Data::F32(t) => Tensor::f32(shape, layout::embed(t, width, ids).map_err(bad)?),
-                Data::C64(t) => Tensor::c64(shape, layout::embed(t, width, ids).map_err(bad)?),
+                Data::F32(t) => {
+                    let mut y = out.f32s();
+                    layout::embed_into(t, width, ids, &mut y).map_err(bad)?;
+                    Tensor::f32(out.shape(&shape), y)
+                }
+                Data::C64(t) => {
+                    let mut y = out.c64s();
+                    layout::embed_into(t, width, ids, &mut y).map_err(bad)?;
+                    Tensor::c64(out.shape(&shape), y)
+                }
                 Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
                     return Err("embedding table must be a float tensor".into())
                 }
@@ -553,8 +712,13 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
         Op::RmsNorm { eps } => {
             let gain = f32s(args[1], "gain")?;
             match &x.data {
-                Data::C64(z) => Tensor::c64(x.shape.clone(), rms_norm_complex(z, gain, *eps)),
-                _ => Tensor::f32(x.shape.clone(), rms_norm(f32s(x, "input")?, gain, *eps)),
+                Data::C64(z) => {
+                    out.c64_tensor(&x.shape, |y| rms_norm_complex_into(z, gain, *eps, y))
+                }
+                _ => {
+                    let v = f32s(x, "input")?;
+                    out.f32_tensor(&x.shape, |y| rms_norm_into(v, gain, *eps, y))
+                }
             }
         }
         Op::CReluSquared => Tensor::c64(
@@ -591,15 +755,14 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             head_dim,
         } => {
             let pos = args[1].as_i32().ok_or("positions must be i32")?;
+            let width = x.cols();
             match &x.data {
-                Data::F32(d) => Tensor::f32(
-                    x.shape.clone(),
-                    rope(d, pos, x.cols(), *head_dim, *base, *l),
-                ),
-                Data::C64(d) => Tensor::c64(
-                    x.shape.clone(),
-                    rope_complex(d, pos, x.cols(), *head_dim, *base),
-                ),
+                Data::F32(d) => out.f32_tensor(&x.shape, |y| {
+                    rope_into(d, pos, width, *head_dim, *base, *l, y)
+                }),
+                Data::C64(d) => out.c64_tensor(&x.shape, |y| {
+                    rope_complex_into(d, pos, width, *head_dim, *base, y)
+                }),
                 Data::I32(_) | Data::Codes(_) | Data::Device(_) => {
                     return Err("rope needs a float input".into())
                 }
@@ -624,7 +787,10 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                 _ => return Err("queries, keys and values must share one element type".into()),
             }
         }
-        Op::Silu => Tensor::f32(x.shape.clone(), elementwise::silu(f32s(x, "input")?)),
+        Op::Silu => {
+            let v = f32s(x, "input")?;
+            out.f32_tensor(&x.shape, |y| elementwise::silu_into(v, y))
+        }
         Op::Unary {
             func: UnaryFn::RoundBf16,
         } => {
@@ -649,7 +815,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
             (Data::F32(d), f) => Tensor::f32(x.shape.clone(), elementwise::unary(d, *f)),
             _ => return Err(format!("`{}` takes a real input", x.dtype_name())),
         },
-        Op::Div => binary(x, args[1], |a, b| a / b, |a, b| a / b)?,
+        Op::Div => binary(x, args[1], |a, b| a / b, |a, b| a / b, out)?,
         Op::QuantLinear {
             u_stages,
             granularity,
@@ -675,8 +841,8 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                 quant_linear(xs, m, n, u, w, *granularity)?,
             )
         }
-        Op::Add => binary(x, args[1], |a, b| a + b, |a, b| a + b)?,
-        Op::Mul => binary(x, args[1], |a, b| a * b, |a, b| a * b)?,
+        Op::Add => binary(x, args[1], |a, b| a + b, |a, b| a + b, out)?,
+        Op::Mul => binary(x, args[1], |a, b| a * b, |a, b| a * b, out)?,
         Op::Softmax => Tensor::f32(
             x.shape.clone(),
             elementwise::softmax(f32s(x, "input")?, x.cols()),
@@ -727,15 +893,31 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
         }
         Op::Pack { block } => {
             let (rows, cols) = (x.len() / x.cols().max(1), x.cols());
-            let z = quant::pack_rows(f32s(x, "input")?, rows, cols, Pairing::from_block(*block))
-                .map_err(|e| e.to_string())?;
-            Tensor::c64(with_last(&x.shape, cols.div_ceil(2)), z)
+            let mut z = out.c64s();
+            quant::pack_rows_into(
+                f32s(x, "input")?,
+                rows,
+                cols,
+                Pairing::from_block(*block),
+                &mut z,
+            )
+            .map_err(|e| e.to_string())?;
+            let shape = out.shape(&x.shape);
+            Tensor::c64(set_last(shape, cols.div_ceil(2)), z)
         }
         Op::Unpack { block } => {
             let (rows, m) = (x.len() / x.cols().max(1), x.cols());
-            let y = quant::unpack_rows(c64s(x, "input")?, rows, 2 * m, Pairing::from_block(*block))
-                .map_err(|e| e.to_string())?;
-            Tensor::f32(with_last(&x.shape, 2 * m), y)
+            let mut y = out.f32s();
+            quant::unpack_rows_into(
+                c64s(x, "input")?,
+                rows,
+                2 * m,
+                Pairing::from_block(*block),
+                &mut y,
+            )
+            .map_err(|e| e.to_string())?;
+            let shape = out.shape(&x.shape);
+            Tensor::f32(set_last(shape, 2 * m), y)
         }
         Op::WidelyLinear {
             part,
@@ -810,7 +992,7 @@ fn eval(op: &Op, args: &[&Tensor], bindings: &HashMap<String, usize>) -> Result<
                 quant::dequantize(&q, n, m, *granularity).map_err(|e| e.to_string())?,
             )
         }
-        Op::Sub => binary(x, args[1], |a, b| a - b, |a, b| a - b)?,
+        Op::Sub => binary(x, args[1], |a, b| a - b, |a, b| a - b, out)?,
         Op::Conj => Tensor::c64(x.shape.clone(), elementwise::conj(c64s(x, "input")?)),
         Op::CrossEntropy => {
             let targets = args[1].as_i32().ok_or("targets must be i32")?;
@@ -1155,16 +1337,38 @@ fn binary(
     b: &Tensor,
     f: impl Fn(f32, f32) -> f32 + Sync,
     g: impl Fn(Complex32, Complex32) -> Complex32 + Sync,
+    out: &mut Recycled,
 ) -> Result<Tensor, String> {
     Ok(match (&a.data, &b.data) {
         (Data::F32(x), Data::F32(y)) => {
-            Tensor::f32(a.shape.clone(), elementwise::broadcast(x, y, f))
+            out.f32_tensor(&a.shape, |z| elementwise::broadcast_into(x, y, f, z))
         }
         (Data::C64(x), Data::C64(y)) => {
-            Tensor::c64(a.shape.clone(), elementwise::broadcast(x, y, g))
+            out.c64_tensor(&a.shape, |z| elementwise::broadcast_into(x, y, g, z))
         }
         _ => return Err("operands must both be f32 or both c64".into()),
     })
+}
+
+/// `shape` with its last dimension set to `n`.
+fn set_last(mut shape: Vec<usize>, n: usize) -> Vec<usize> {
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    shape
+}
+
+/// Rows by which a cache appended in place grows: one reallocation per
+/// this many decoded tokens, not a doubling's copy at unforeseen steps.
+const CACHE_ROWS: usize = 256;
+
+fn append_rows<T: Copy>(dst: &mut Vec<T>, src: &[T], width: usize) {
+    let len = dst.len() + src.len();
+    if len > dst.capacity() {
+        let rows = len.div_ceil(width.max(1)).next_multiple_of(CACHE_ROWS);
+        dst.reserve_exact(rows * width.max(1) - dst.len());
+    }
+    dst.extend_from_slice(src);
 }
 
 /// Appends the rows of `src` to `dst` (both `[rows, width]`).
@@ -1175,10 +1379,11 @@ fn extend_rows(dst: &mut Tensor, src: &Tensor) -> Result<(), String> {
             src.shape, dst.shape
         ));
     }
+    let width = dst.cols();
     match (&mut dst.data, &src.data) {
-        (Data::F32(d), Data::F32(s)) => d.extend_from_slice(s),
-        (Data::C64(d), Data::C64(s)) => d.extend_from_slice(s),
-        (Data::I32(d), Data::I32(s)) => d.extend_from_slice(s),
+        (Data::F32(d), Data::F32(s)) => append_rows(d, s, width),
+        (Data::C64(d), Data::C64(s)) => append_rows(d, s, width),
+        (Data::I32(d), Data::I32(s)) => append_rows(d, s, width),
         _ => return Err("appended rows have another element type".into()),
     }
     dst.shape[0] += src.shape[0];

@@ -39,7 +39,9 @@ pub mod widely_linear;
 pub use baseline::{binary_quant, ternary_quant, RealQuantized};
 pub use code::{pack_code_rows, pack_codes, unpack_code_rows, unpack_codes, Code};
 pub use granularity::Granularity;
-pub use pairing::{pack, pack_rows, real_index, unpack, unpack_rows, Pairing};
+pub use pairing::{
+    pack, pack_rows, pack_rows_into, real_index, unpack, unpack_rows, unpack_rows_into, Pairing,
+};
 pub use phase::{
     dequantize, dequantize_sum, phase_quant, phase_quant_with, residual_quant, residual_quant_with,
     PhaseQuantized,

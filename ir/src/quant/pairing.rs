@@ -118,10 +118,24 @@ pub fn pack_rows(
     cols: usize,
     p: Pairing,
 ) -> Result<Vec<Complex32>, QuantError> {
+    let mut out = Vec::new();
+    pack_rows_into(x, rows, cols, p, &mut out)?;
+    Ok(out)
+}
+
+/// [`pack_rows`] into `out` (its buffer reused).
+pub fn pack_rows_into(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    p: Pairing,
+    out: &mut Vec<Complex32>,
+) -> Result<(), QuantError> {
     check_len("pack_rows input", x.len(), rows * cols)?;
     let k = cols.div_ceil(2);
     let runs = p.runs(2 * k)?;
-    let mut out = vec![Complex32::new(0.0, 0.0); rows * k];
+    out.clear();
+    out.resize(rows * k, Complex32::new(0.0, 0.0));
     // An odd row is copied into a buffer with its zero padding channel.
     let mut padded = vec![0.0f32; if cols % 2 == 1 { 2 * k } else { 0 }];
     for (row, z) in x.chunks(cols.max(1)).zip(out.chunks_mut(k.max(1))) {
@@ -131,11 +145,11 @@ pub fn pack_rows(
             padded[..cols].copy_from_slice(row);
             &padded[..]
         };
-        for run in &runs {
+        for run in runs.iter() {
             run.pack(row, z);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The inverse of [`pack_rows`]: `[rows, ceil(cols / 2)]` complex to
@@ -146,24 +160,38 @@ pub fn unpack_rows(
     cols: usize,
     p: Pairing,
 ) -> Result<Vec<f32>, QuantError> {
+    let mut out = Vec::new();
+    unpack_rows_into(c, rows, cols, p, &mut out)?;
+    Ok(out)
+}
+
+/// [`unpack_rows`] into `out` (its buffer reused).
+pub fn unpack_rows_into(
+    c: &[Complex32],
+    rows: usize,
+    cols: usize,
+    p: Pairing,
+    out: &mut Vec<f32>,
+) -> Result<(), QuantError> {
     let k = cols.div_ceil(2);
     check_len("unpack_rows input", c.len(), rows * k)?;
     let runs = p.runs(2 * k)?;
-    let mut out = vec![0.0f32; rows * cols];
+    out.clear();
+    out.resize(rows * cols, 0.0);
     let mut padded = vec![0.0f32; if cols % 2 == 1 { 2 * k } else { 0 }];
     for (z, row) in c.chunks(k.max(1)).zip(out.chunks_mut(cols.max(1))) {
         if padded.is_empty() {
-            for run in &runs {
+            for run in runs.iter() {
                 run.unpack(z, row);
             }
         } else {
-            for run in &runs {
+            for run in runs.iter() {
                 run.unpack(z, &mut padded);
             }
             row.copy_from_slice(&padded[..cols]);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Consecutive complex slots whose real channels are consecutive and whose
@@ -213,9 +241,31 @@ impl Run {
 
 impl Pairing {
     /// The pairing of a vector of even length `len2k` as [`Run`]s.
-    fn runs(self, len2k: usize) -> Result<Vec<Run>, QuantError> {
+    fn runs(self, len2k: usize) -> Result<Runs, QuantError> {
         self.validate(len2k)?;
-        let k = len2k / 2;
+        let count = match self {
+            Pairing::Halves | Pairing::Adjacent => 1,
+            Pairing::HeadHalves { head_dim } => len2k / head_dim,
+        };
+        Ok(Runs {
+            pairing: self,
+            k: len2k / 2,
+            count,
+        })
+    }
+}
+
+/// A pairing's runs, made as they are walked (a call of `pack_rows` or
+/// `unpack_rows` allocates none).
+#[derive(Clone, Copy)]
+struct Runs {
+    pairing: Pairing,
+    k: usize,
+    count: usize,
+}
+
+impl Runs {
+    fn iter(self) -> impl Iterator<Item = Run> {
         let run = |slot, re, im, len, stride| Run {
             slot,
             re,
@@ -223,14 +273,12 @@ impl Pairing {
             len,
             stride,
         };
-        Ok(match self {
-            Pairing::Halves => vec![run(0, 0, k, k, 1)],
-            Pairing::Adjacent => vec![run(0, 0, 1, k, 2)],
+        (0..self.count).map(move |h| match self.pairing {
+            Pairing::Halves => run(0, 0, self.k, self.k, 1),
+            Pairing::Adjacent => run(0, 0, 1, self.k, 2),
             Pairing::HeadHalves { head_dim } => {
                 let half = head_dim / 2;
-                (0..len2k / head_dim)
-                    .map(|h| run(h * half, h * head_dim, h * head_dim + half, half, 1))
-                    .collect()
+                run(h * half, h * head_dim, h * head_dim + half, half, 1)
             }
         })
     }

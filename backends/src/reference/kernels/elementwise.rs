@@ -27,28 +27,42 @@ pub fn unary(x: &[f32], func: fairyc_ir::UnaryFn) -> Vec<f32> {
 }
 
 pub fn silu(x: &[f32]) -> Vec<f32> {
-    let mut y = x.to_vec();
+    let mut y = Vec::new();
+    silu_into(x, &mut y);
+    y
+}
+
+/// [`silu`] into `y` (its buffer reused).
+pub fn silu_into(x: &[f32], y: &mut Vec<f32>) {
+    y.clear();
+    y.extend_from_slice(x);
     y.par_chunks_mut(CHUNK).for_each(|c| {
         for v in c {
             *v /= 1.0 + (-*v).exp();
         }
     });
-    y
 }
 
 /// `a ∘ b` where `b`'s shape is a suffix of `a`'s (so `b` repeats).
 pub fn broadcast<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut y = Vec::new();
+    broadcast_into(a, b, f, &mut y);
+    y
+}
+
+/// [`broadcast`] into `y` (its buffer reused).
+pub fn broadcast_into<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync, y: &mut Vec<T>) {
     let n = b.len();
-    let mut y = a.to_vec();
+    y.clear();
+    y.extend_from_slice(a);
     if n == 0 {
-        return y;
+        return;
     }
     y.par_chunks_mut(n.max(CHUNK / n * n)).for_each(|c| {
         for (i, v) in c.iter_mut().enumerate() {
             *v = f(*v, b[i % n]);
         }
     });
-    y
 }
 
 /// Softmax over rows of `cols` elements.

@@ -3,15 +3,27 @@
 /// Rows of `table[.., width]` picked by `ids`; `None` names the first id
 /// out of range.
 pub fn embed<T: Copy>(table: &[T], width: usize, ids: &[i32]) -> Result<Vec<T>, i32> {
-    let rows = table.len() / width;
     let mut y = Vec::with_capacity(ids.len() * width);
+    embed_into(table, width, ids, &mut y)?;
+    Ok(y)
+}
+
+/// [`embed`] into `y` (its buffer reused).
+pub fn embed_into<T: Copy>(
+    table: &[T],
+    width: usize,
+    ids: &[i32],
+    y: &mut Vec<T>,
+) -> Result<(), i32> {
+    let rows = table.len() / width.max(1);
+    y.clear();
     for &id in ids {
         match usize::try_from(id) {
             Ok(r) if r < rows => y.extend_from_slice(&table[r * width..][..width]),
             _ => return Err(id),
         }
     }
-    Ok(y)
+    Ok(())
 }
 
 /// Permutes the axes of a row-major tensor.

@@ -14,12 +14,28 @@ pub fn rope(
     base: f32,
     layout: RopeLayout,
 ) -> Vec<f32> {
+    let mut y = Vec::new();
+    rope_into(x, positions, width, head_dim, base, layout, &mut y);
+    y
+}
+
+/// [`rope`] into `y` (its buffer reused).
+pub fn rope_into(
+    x: &[f32],
+    positions: &[i32],
+    width: usize,
+    head_dim: usize,
+    base: f32,
+    layout: RopeLayout,
+    y: &mut Vec<f32>,
+) {
     let seq = positions.len();
     let half = head_dim / 2;
-    let table = angles(positions, head_dim, base);
-    let mut y = x.to_vec();
+    y.clear();
+    y.extend_from_slice(x);
     y.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-        let angles = &table[(r % seq) * half..][..half];
+        let mut table = Angles::new(positions[r % seq], head_dim, base);
+        let angles = table.get();
         for head in row.chunks_mut(head_dim) {
             for (j, &(c, s)) in angles.iter().enumerate() {
                 let (a, b) = match layout {
@@ -32,21 +48,50 @@ pub fn rope(
             }
         }
     });
-    y
 }
 
-/// cos/sin per (position, pair), computed in f64 once per call.
-fn angles(positions: &[i32], head_dim: usize, base: f32) -> Vec<(f32, f32)> {
-    positions
-        .iter()
-        .flat_map(|&p| {
-            (0..head_dim / 2).map(move |j| {
-                let freq = (base as f64).powf(-2.0 * j as f64 / head_dim as f64);
-                let theta = p as f64 * freq;
-                (theta.cos() as f32, theta.sin() as f32)
-            })
-        })
-        .collect()
+/// The most pairs of a head whose angles stay on the stack.
+const STACK_PAIRS: usize = 256;
+
+/// cos/sin of one position's pairs, computed in f64 (on the stack for heads
+/// up to 512 wide: a call allocates nothing).
+struct Angles {
+    stack: [(f32, f32); STACK_PAIRS],
+    heap: Vec<(f32, f32)>,
+    half: usize,
+}
+
+impl Angles {
+    fn new(position: i32, head_dim: usize, base: f32) -> Angles {
+        let half = head_dim / 2;
+        let mut angles = Angles {
+            stack: [(0.0, 0.0); STACK_PAIRS],
+            heap: Vec::new(),
+            half,
+        };
+        if half > STACK_PAIRS {
+            angles.heap.resize(half, (0.0, 0.0));
+        }
+        let out = if half > STACK_PAIRS {
+            &mut angles.heap[..]
+        } else {
+            &mut angles.stack[..half]
+        };
+        for (j, a) in out.iter_mut().enumerate() {
+            let freq = (base as f64).powf(-2.0 * j as f64 / head_dim as f64);
+            let theta = position as f64 * freq;
+            *a = (theta.cos() as f32, theta.sin() as f32);
+        }
+        angles
+    }
+
+    fn get(&mut self) -> &[(f32, f32)] {
+        if self.half > STACK_PAIRS {
+            &self.heap
+        } else {
+            &self.stack[..self.half]
+        }
+    }
 }
 
 /// RoPE on complex slots: slot j of each head (of `head_dim / 2` slots)
@@ -59,17 +104,31 @@ pub fn rope_complex(
     head_dim: usize,
     base: f32,
 ) -> Vec<Complex32> {
+    let mut y = Vec::new();
+    rope_complex_into(z, positions, width, head_dim, base, &mut y);
+    y
+}
+
+/// [`rope_complex`] into `y` (its buffer reused).
+pub fn rope_complex_into(
+    z: &[Complex32],
+    positions: &[i32],
+    width: usize,
+    head_dim: usize,
+    base: f32,
+    y: &mut Vec<Complex32>,
+) {
     let seq = positions.len();
     let half = head_dim / 2;
-    let table = angles(positions, head_dim, base);
-    let mut y = z.to_vec();
+    y.clear();
+    y.extend_from_slice(z);
     y.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-        let angles = &table[(r % seq) * half..][..half];
+        let mut table = Angles::new(positions[r % seq], head_dim, base);
+        let angles = table.get();
         for head in row.chunks_mut(half) {
             for (v, &(c, s)) in head.iter_mut().zip(angles) {
                 *v *= Complex32::new(c, s);
             }
         }
     });
-    y
 }
