@@ -20,7 +20,8 @@ pub struct MemoryPlan {
     pub resident: Vec<bool>,
     /// The node after which a value is dead (`usize::MAX` for outputs).
     pub last_use: Vec<usize>,
-    /// The buffer slot of each transient value (`None` for residents and leaves).
+    /// The buffer slot of each transient value (`None` for residents,
+    /// inputs and outputs).
     pub slot: Vec<Option<usize>>,
     /// How many slots the plan uses.
     pub slots: usize,
@@ -41,24 +42,30 @@ impl MemoryPlan {
         }
         let last_use = graph.last_uses();
         let bindings = HashMap::new();
-        // Free slots by size; a value takes the smallest free slot that fits
-        // (growing the largest one when none fits).
+        // Free slots in the order they were freed; a value takes the one
+        // freed last that fits (its buffer is likeliest still in the
+        // cache), growing the largest when none fits.
         let mut slot = vec![None; n];
         let mut slot_bytes: Vec<usize> = Vec::new();
         let mut free: Vec<usize> = Vec::new();
         let mut dies_at: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, node) in graph.nodes.iter().enumerate() {
-            if !resident[i] && !matches!(node.op, Op::Input { .. }) {
+            // Outputs leave the run with their buffers (a KV cache is the
+            // next run's input): they hold no slot.
+            let leaves = last_use[i] == usize::MAX;
+            if !resident[i] && !leaves && !matches!(node.op, Op::Input { .. }) {
                 let bytes = value_bytes(&node.ty, seq, &bindings);
                 let pick = free
                     .iter()
-                    .enumerate()
-                    .filter(|(_, &s)| slot_bytes[s] >= bytes)
-                    .min_by_key(|(_, &s)| slot_bytes[s])
-                    .or_else(|| free.iter().enumerate().max_by_key(|(_, &s)| slot_bytes[s]))
-                    .map(|(k, _)| k);
+                    .rposition(|&s| slot_bytes[s] >= bytes)
+                    .or_else(|| {
+                        free.iter()
+                            .enumerate()
+                            .max_by_key(|(_, &s)| slot_bytes[s])
+                            .map(|(k, _)| k)
+                    });
                 let s = match pick {
-                    Some(k) => free.swap_remove(k),
+                    Some(k) => free.remove(k),
                     None => {
                         slot_bytes.push(0);
                         slot_bytes.len() - 1
@@ -66,10 +73,8 @@ impl MemoryPlan {
                 };
                 slot_bytes[s] = slot_bytes[s].max(bytes);
                 slot[i] = Some(s);
-                if last_use[i] != usize::MAX {
-                    // A value nobody reads dies at once.
-                    dies_at[last_use[i].max(i)].push(i);
-                }
+                // A value nobody reads dies at once.
+                dies_at[last_use[i].max(i)].push(i);
             }
             for &dead in &dies_at[i] {
                 if let Some(s) = slot[dead] {

@@ -170,27 +170,21 @@ impl Recycled {
         Recycled(dead)
     }
 
-    /// An empty f32 buffer, with the dead value's capacity where it was f32.
-    pub fn f32s(&mut self) -> Vec<f32> {
+    /// `n` f32 elements of unspecified value (the dead value's buffer where
+    /// it was f32 and large enough, else new zeros, which the allocator
+    /// hands out as untouched pages for large buffers).
+    pub fn f32s(&mut self, n: usize) -> Vec<f32> {
         match self.0.as_mut().map(|t| &mut t.data) {
-            Some(Data::F32(v)) => {
-                let mut v = std::mem::take(v);
-                v.clear();
-                v
-            }
-            _ => Vec::new(),
+            Some(Data::F32(v)) if v.capacity() >= n => sized(std::mem::take(v), n),
+            _ => vec![0.0; n],
         }
     }
 
-    /// An empty c64 buffer, with the dead value's capacity where it was c64.
-    pub fn c64s(&mut self) -> Vec<Complex32> {
+    /// `n` c64 elements of unspecified value (see [`Recycled::f32s`]).
+    pub fn c64s(&mut self, n: usize) -> Vec<Complex32> {
         match self.0.as_mut().map(|t| &mut t.data) {
-            Some(Data::C64(v)) => {
-                let mut v = std::mem::take(v);
-                v.clear();
-                v
-            }
-            _ => Vec::new(),
+            Some(Data::C64(v)) if v.capacity() >= n => sized(std::mem::take(v), n),
+            _ => vec![Complex32::new(0.0, 0.0); n],
         }
     }
 
@@ -206,17 +200,25 @@ impl Recycled {
         shape
     }
 
-    /// An f32 tensor of `dims` whose elements `fill` writes (every one).
-    pub fn f32_tensor(&mut self, dims: &[usize], fill: impl FnOnce(&mut Vec<f32>)) -> Tensor {
-        let mut data = self.f32s();
+    /// An f32 tensor of `dims` whose every element `fill` writes.
+    pub fn f32_tensor(&mut self, dims: &[usize], fill: impl FnOnce(&mut [f32])) -> Tensor {
+        let mut data = self.f32s(dims.iter().product());
         fill(&mut data);
         Tensor::f32(self.shape(dims), data)
     }
 
-    /// A c64 tensor of `dims` whose elements `fill` writes (every one).
-    pub fn c64_tensor(&mut self, dims: &[usize], fill: impl FnOnce(&mut Vec<Complex32>)) -> Tensor {
-        let mut data = self.c64s();
+    /// A c64 tensor of `dims` whose every element `fill` writes.
+    pub fn c64_tensor(&mut self, dims: &[usize], fill: impl FnOnce(&mut [Complex32])) -> Tensor {
+        let mut data = self.c64s(dims.iter().product());
         fill(&mut data);
         Tensor::c64(self.shape(dims), data)
     }
+}
+
+/// `v` at length `n` (within its capacity: no allocation), its elements
+/// left as they were where it had them.
+fn sized<T: Copy + Default>(mut v: Vec<T>, n: usize) -> Vec<T> {
+    v.truncate(n);
+    v.resize(n, T::default());
+    v
 }

@@ -46,7 +46,7 @@ impl NodeKernel for AttentionNode {
                 let s = self.shape(q.cols(), v.cols(), 1);
                 let width = self.heads * s.value_dim;
                 Ok(out.f32_tensor(&[seq, width], |o| {
-                    o.resize(seq * width, 0.0);
+                    o.fill(0.0);
                     attention_into(qd, kd, vd, s, o);
                 }))
             }
@@ -57,7 +57,7 @@ impl NodeKernel for AttentionNode {
                 let s = self.shape(q.cols(), v.cols(), 2);
                 let width = self.heads * s.value_dim / 2;
                 Ok(out.c64_tensor(&[seq, width], |o| {
-                    o.resize(seq * width, Complex32::new(0.0, 0.0));
+                    o.fill(Complex32::new(0.0, 0.0));
                     attention_into(real(qd), real(kd), real(vd), s, bytemuck::cast_slice_mut(o));
                 }))
             }

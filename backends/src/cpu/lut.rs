@@ -57,6 +57,9 @@ impl Activations {
 const ROWS_PER_TASK: usize = 16;
 
 thread_local! {
+    /// The multiply kernel's quantized activations, kept by each thread
+    /// that calls it.
+    static MAD_ACTIVATIONS: std::cell::RefCell<mad::Activations8> = std::cell::RefCell::new(mad::Activations8::default());
     /// The look-up kernel's activation tables and steps, kept by each
     /// thread that calls it, so that a call allocates none.
     static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -279,22 +282,20 @@ impl LutLayer {
     /// `[rows, n]`, by look-ups or, from [`mad::MIN_ROWS`] rows where the
     /// host and the layer allow, by multiply-adds.
     pub fn run(&self, x: &[Complex32], rows: usize, factors: &Factors) -> Vec<Complex32> {
-        let mut y = Vec::new();
+        let mut y = vec![Complex32::new(0.0, 0.0); rows * self.n];
         self.run_into(x, rows, factors, &mut y);
         y
     }
 
-    /// [`LutLayer::run`] into `y` (its buffer reused; the look-ups' tables
-    /// live in a buffer of the thread's: a decode step allocates nothing).
-    pub fn run_into(
-        &self,
-        x: &[Complex32],
-        rows: usize,
-        factors: &Factors,
-        y: &mut Vec<Complex32>,
-    ) {
-        y.clear();
-        y.resize(rows * self.n, Complex32::new(0.0, 0.0));
+    /// [`LutLayer::run`] into `y` (`[rows, n]`, every element written; the
+    /// look-ups' tables live in a buffer of the thread's: a decode step
+    /// allocates nothing).
+    pub fn run_into(&self, x: &[Complex32], rows: usize, factors: &Factors, y: &mut [Complex32]) {
+        if self.m == 0 {
+            // No inputs: every output is an empty sum.
+            y.fill(Complex32::new(0.0, 0.0));
+            return;
+        }
         if rows >= mad::MIN_ROWS && self.mad_into(x, rows, factors, y) {
             return;
         }
@@ -336,7 +337,21 @@ impl LutLayer {
         if rows == 0 || n == 0 || m == 0 {
             return true;
         }
-        let x = mad::Activations8::new(&self.blocks, x, m, rows);
+        MAD_ACTIVATIONS.with_borrow_mut(|quantized| {
+            quantized.fill(&self.blocks, x, m, rows);
+            self.mad_with(quantized, weights, rows, y)
+        });
+        true
+    }
+
+    fn mad_with(
+        &self,
+        x: &mad::Activations8,
+        weights: &MadWeights,
+        rows: usize,
+        y: &mut [Complex32],
+    ) {
+        let (n, m) = (self.n, self.m);
         let per_tile = self.blocks.count() * self.desc.codes_per_block();
         let tiles = n.div_ceil(mad::TILE);
         let parallel = rayon::current_num_threads() > 1 && rows * n * m >= PARALLEL_WORK;
@@ -360,7 +375,7 @@ impl LutLayer {
                     &self.blocks,
                     self.desc.stages,
                     weights,
-                    &x,
+                    x,
                     first..(first + run_len).min(rows),
                     n,
                     output.ptr(),
@@ -372,7 +387,6 @@ impl LutLayer {
         } else {
             (0..tiles * row_runs).for_each(run_task);
         }
-        true
     }
 
     /// [`LutLayer::run`] by the look-up kernel at every shape.

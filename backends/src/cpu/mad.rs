@@ -134,6 +134,7 @@ pub fn host_supports() -> bool {
 /// Activation rows as the kernel reads them: per row and block, the
 /// parts `[re, im]` of each input (padding zero) as int8, the block's step
 /// and the sum of its integers times 128 (what the weights' `+128` adds).
+#[derive(Default)]
 pub struct Activations8 {
     values: Vec<i8>,
     steps: Vec<f32>,
@@ -145,32 +146,40 @@ pub struct Activations8 {
 
 impl Activations8 {
     pub fn new(blocks: &Blocks, x: &[Complex32], m: usize, rows: usize) -> Activations8 {
+        let mut a = Activations8::default();
+        a.fill(blocks, x, m, rows);
+        a
+    }
+
+    /// Quantizes `x[rows, m]` into these buffers (grown as needed, never
+    /// shrunk: a thread reuses one across calls).
+    pub fn fill(&mut self, blocks: &Blocks, x: &[Complex32], m: usize, rows: usize) {
         let count = blocks.count();
         let stride = count * blocks.block_len * 2;
-        let mut a = Activations8 {
-            values: vec![0; rows * stride],
-            steps: vec![0.0; rows * count],
-            offsets: vec![0; rows * count],
-            stride,
-            blocks: count,
-        };
+        self.stride = stride;
+        self.blocks = count;
+        // Padding inputs stay zero.
+        self.values.clear();
+        self.values.resize(rows * stride, 0);
+        self.steps.resize(rows * count, 0.0);
+        self.offsets.resize(rows * count, 0);
         for (r, row) in x.chunks(m).take(rows).enumerate() {
             for block in 0..count {
                 let parts = bytemuck::cast_slice::<Complex32, f32>(&row[blocks.range(block)]);
                 let largest = parts.iter().fold(0.0f32, |a, v| a.max(v.abs()));
                 let step = largest / ACT_LEVELS;
                 let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
-                let out = &mut a.values[r * stride + block * blocks.block_len * 2..][..parts.len()];
+                let out =
+                    &mut self.values[r * stride + block * blocks.block_len * 2..][..parts.len()];
                 let mut sum = 0i32;
                 for (q, v) in out.iter_mut().zip(parts) {
                     *q = round_near(v * inv).clamp(-ACT_LEVELS, ACT_LEVELS) as i8;
                     sum += *q as i32;
                 }
-                a.steps[r * count + block] = step;
-                a.offsets[r * count + block] = 128 * sum;
+                self.steps[r * count + block] = step;
+                self.offsets[r * count + block] = 128 * sum;
             }
         }
-        a
     }
 
     /// The step of each input's integers in row `r` (per column).
@@ -225,20 +234,49 @@ pub unsafe fn run_tile(
     y: *mut Complex32,
 ) {
     let pairs_per_block = blocks.block_len / 2;
-    let mut panel = vec![0u8; blocks.count() * pairs_per_block * PANEL_ROW];
-    decode(codes, blocks, stages, weights, &mut panel);
+    let len = blocks.count() * pairs_per_block * PANEL_ROW;
+    PANEL.with_borrow_mut(|panel| {
+        if panel.len() < len {
+            panel.resize(len, 0);
+        }
+        let panel = &mut panel[..len];
+        // Every byte of the panel is written.
+        decode(codes, blocks, stages, weights, panel);
+        multiply_panel(tile, panel, weights, x, row_range, pairs_per_block, n, y);
+    });
+}
+
+thread_local! {
+    /// The tile's decoded weights, kept by each thread that multiplies.
+    static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Every activation row of `row_range` against the tile's `panel`, into
+/// `y`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_panel(
+    tile: usize,
+    panel: &[u8],
+    weights: &MadWeights,
+    x: &Activations8,
+    row_range: std::ops::Range<usize>,
+    pairs_per_block: usize,
+    n: usize,
+    y: *mut Complex32,
+) {
     let mut sums = [[0.0f32; 32]; MR];
     for chunk in 0..4 {
         let mut r = row_range.start;
         while r < row_range.end {
             let take = (row_range.end - r).min(MR);
             match take {
-                6 => multiply::<6>(&panel, chunk, x, r, pairs_per_block, &mut sums),
-                5 => multiply::<5>(&panel, chunk, x, r, pairs_per_block, &mut sums),
-                4 => multiply::<4>(&panel, chunk, x, r, pairs_per_block, &mut sums),
-                3 => multiply::<3>(&panel, chunk, x, r, pairs_per_block, &mut sums),
-                2 => multiply::<2>(&panel, chunk, x, r, pairs_per_block, &mut sums),
-                _ => multiply::<1>(&panel, chunk, x, r, pairs_per_block, &mut sums),
+                6 => multiply::<6>(panel, chunk, x, r, pairs_per_block, &mut sums),
+                5 => multiply::<5>(panel, chunk, x, r, pairs_per_block, &mut sums),
+                4 => multiply::<4>(panel, chunk, x, r, pairs_per_block, &mut sums),
+                3 => multiply::<3>(panel, chunk, x, r, pairs_per_block, &mut sums),
+                2 => multiply::<2>(panel, chunk, x, r, pairs_per_block, &mut sums),
+                _ => multiply::<1>(panel, chunk, x, r, pairs_per_block, &mut sums),
             }
             for (k, sums) in sums[..take].iter().enumerate() {
                 for (q, &v) in sums.iter().enumerate() {

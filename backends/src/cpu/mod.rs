@@ -319,7 +319,7 @@ impl NodeKernel for LutNode {
                 &computed
             }
         };
-        let mut y = out.c64s();
+        let mut y = out.c64s(rows * self.n);
         self.layer.run_into(x, rows, factors, &mut y);
         let mut shape = out.shape(&input.shape);
         *shape.last_mut().expect("an input of rank 1 at least") = self.n;

@@ -283,11 +283,10 @@ impl Executor {
                     // The node's value goes into the tensor (and its
                     // buffers) of the value that last held its plan slot;
                     // a cache appended in place needs the tensor alone.
-                    // An output's buffer leaves with it: it takes none of
-                    // the slot's, which the slot's next value would lack.
-                    let leaves = self.plan.last_use[i] == usize::MAX;
+                    // (Outputs, which leave with their buffers, have no
+                    // slot: the plan keeps them out.)
                     let mut reused = match (&grown, self.plan.slot[i]) {
-                        (None, Some(s)) if !leaves => arena.take(s, node.ty.dtype),
+                        (None, Some(s)) => arena.take(s, node.ty.dtype),
                         _ => arena.emptied.pop(),
                     };
                     let mut out =
@@ -684,12 +683,12 @@ fn eval(
             };
             match &table.data {
                 Data::F32(t) => {
-                    let mut y = out.f32s();
+                    let mut y = out.f32s(ids.len() * width);
                     layout::embed_into(t, width, ids, &mut y).map_err(bad)?;
                     Tensor::f32(out.shape(&shape), y)
                 }
                 Data::C64(t) => {
-                    let mut y = out.c64s();
+                    let mut y = out.c64s(ids.len() * width);
                     layout::embed_into(t, width, ids, &mut y).map_err(bad)?;
                     Tensor::c64(out.shape(&shape), y)
                 }
@@ -893,7 +892,7 @@ fn eval(
         }
         Op::Pack { block } => {
             let (rows, cols) = (x.len() / x.cols().max(1), x.cols());
-            let mut z = out.c64s();
+            let mut z = out.c64s(rows * cols.div_ceil(2));
             quant::pack_rows_into(
                 f32s(x, "input")?,
                 rows,
@@ -907,7 +906,7 @@ fn eval(
         }
         Op::Unpack { block } => {
             let (rows, m) = (x.len() / x.cols().max(1), x.cols());
-            let mut y = out.f32s();
+            let mut y = out.f32s(rows * 2 * m);
             quant::unpack_rows_into(
                 c64s(x, "input")?,
                 rows,

@@ -118,24 +118,24 @@ pub fn pack_rows(
     cols: usize,
     p: Pairing,
 ) -> Result<Vec<Complex32>, QuantError> {
-    let mut out = Vec::new();
+    let mut out = vec![Complex32::new(0.0, 0.0); rows * cols.div_ceil(2)];
     pack_rows_into(x, rows, cols, p, &mut out)?;
     Ok(out)
 }
 
-/// [`pack_rows`] into `out` (its buffer reused).
+/// [`pack_rows`] into `out` (`rows · ceil(cols / 2)` elements, every one
+/// written).
 pub fn pack_rows_into(
     x: &[f32],
     rows: usize,
     cols: usize,
     p: Pairing,
-    out: &mut Vec<Complex32>,
+    out: &mut [Complex32],
 ) -> Result<(), QuantError> {
     check_len("pack_rows input", x.len(), rows * cols)?;
     let k = cols.div_ceil(2);
+    check_len("pack_rows output", out.len(), rows * k)?;
     let runs = p.runs(2 * k)?;
-    out.clear();
-    out.resize(rows * k, Complex32::new(0.0, 0.0));
     // An odd row is copied into a buffer with its zero padding channel.
     let mut padded = vec![0.0f32; if cols % 2 == 1 { 2 * k } else { 0 }];
     for (row, z) in x.chunks(cols.max(1)).zip(out.chunks_mut(k.max(1))) {
@@ -160,24 +160,23 @@ pub fn unpack_rows(
     cols: usize,
     p: Pairing,
 ) -> Result<Vec<f32>, QuantError> {
-    let mut out = Vec::new();
+    let mut out = vec![0.0; rows * cols];
     unpack_rows_into(c, rows, cols, p, &mut out)?;
     Ok(out)
 }
 
-/// [`unpack_rows`] into `out` (its buffer reused).
+/// [`unpack_rows`] into `out` (`rows · cols` elements, every one written).
 pub fn unpack_rows_into(
     c: &[Complex32],
     rows: usize,
     cols: usize,
     p: Pairing,
-    out: &mut Vec<f32>,
+    out: &mut [f32],
 ) -> Result<(), QuantError> {
     let k = cols.div_ceil(2);
     check_len("unpack_rows input", c.len(), rows * k)?;
+    check_len("unpack_rows output", out.len(), rows * cols)?;
     let runs = p.runs(2 * k)?;
-    out.clear();
-    out.resize(rows * cols, 0.0);
     let mut padded = vec![0.0f32; if cols % 2 == 1 { 2 * k } else { 0 }];
     for (z, row) in c.chunks(k.max(1)).zip(out.chunks_mut(cols.max(1))) {
         if padded.is_empty() {

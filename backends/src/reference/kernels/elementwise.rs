@@ -27,15 +27,14 @@ pub fn unary(x: &[f32], func: fairyc_ir::UnaryFn) -> Vec<f32> {
 }
 
 pub fn silu(x: &[f32]) -> Vec<f32> {
-    let mut y = Vec::new();
+    let mut y = vec![0.0; x.len()];
     silu_into(x, &mut y);
     y
 }
 
-/// [`silu`] into `y` (its buffer reused).
-pub fn silu_into(x: &[f32], y: &mut Vec<f32>) {
-    y.clear();
-    y.extend_from_slice(x);
+/// [`silu`] into `y` (of `x`'s length).
+pub fn silu_into(x: &[f32], y: &mut [f32]) {
+    y.copy_from_slice(x);
     y.par_chunks_mut(CHUNK).for_each(|c| {
         for v in c {
             *v /= 1.0 + (-*v).exp();
@@ -45,16 +44,15 @@ pub fn silu_into(x: &[f32], y: &mut Vec<f32>) {
 
 /// `a ∘ b` where `b`'s shape is a suffix of `a`'s (so `b` repeats).
 pub fn broadcast<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut y = Vec::new();
+    let mut y = a.to_vec();
     broadcast_into(a, b, f, &mut y);
     y
 }
 
-/// [`broadcast`] into `y` (its buffer reused).
-pub fn broadcast_into<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync, y: &mut Vec<T>) {
+/// [`broadcast`] into `y` (of `a`'s length).
+pub fn broadcast_into<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync, y: &mut [T]) {
     let n = b.len();
-    y.clear();
-    y.extend_from_slice(a);
+    y.copy_from_slice(a);
     if n == 0 {
         return;
     }

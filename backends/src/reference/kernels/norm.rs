@@ -5,16 +5,14 @@ use rayon::prelude::*;
 
 /// `x / sqrt(mean(x²) + eps) · gain`, row by row; `x` has rows of `gain.len()`.
 pub fn rms_norm(x: &[f32], gain: &[f32], eps: f32) -> Vec<f32> {
-    let mut y = Vec::new();
+    let mut y = vec![0.0; x.len()];
     rms_norm_into(x, gain, eps, &mut y);
     y
 }
 
-/// [`rms_norm`] into `y` (its buffer reused).
-pub fn rms_norm_into(x: &[f32], gain: &[f32], eps: f32, y: &mut Vec<f32>) {
+/// [`rms_norm`] into `y` (of `x`'s length).
+pub fn rms_norm_into(x: &[f32], gain: &[f32], eps: f32, y: &mut [f32]) {
     let n = gain.len();
-    y.clear();
-    y.resize(x.len(), 0.0);
     y.par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .for_each(|(out, row)| {
@@ -31,17 +29,15 @@ pub fn rms_norm_into(x: &[f32], gain: &[f32], eps: f32, y: &mut Vec<f32>) {
 /// row of `gain.len() / 2` complex numbers; real parts are scaled by
 /// `r · gain[..n]`, imaginary parts by `r · gain[n..]`.
 pub fn rms_norm_complex(x: &[Complex32], gain: &[f32], eps: f32) -> Vec<Complex32> {
-    let mut y = Vec::new();
+    let mut y = vec![Complex32::new(0.0, 0.0); x.len()];
     rms_norm_complex_into(x, gain, eps, &mut y);
     y
 }
 
-/// [`rms_norm_complex`] into `y` (its buffer reused).
-pub fn rms_norm_complex_into(x: &[Complex32], gain: &[f32], eps: f32, y: &mut Vec<Complex32>) {
+/// [`rms_norm_complex`] into `y` (of `x`'s length).
+pub fn rms_norm_complex_into(x: &[Complex32], gain: &[f32], eps: f32, y: &mut [Complex32]) {
     let n = gain.len() / 2;
     let (g_re, g_im) = gain.split_at(n);
-    y.clear();
-    y.resize(x.len(), Complex32::new(0.0, 0.0));
     y.par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .for_each(|(out, row)| {

@@ -14,12 +14,12 @@ pub fn rope(
     base: f32,
     layout: RopeLayout,
 ) -> Vec<f32> {
-    let mut y = Vec::new();
+    let mut y = vec![0.0; x.len()];
     rope_into(x, positions, width, head_dim, base, layout, &mut y);
     y
 }
 
-/// [`rope`] into `y` (its buffer reused).
+/// [`rope`] into `y` (of `x`'s length).
 pub fn rope_into(
     x: &[f32],
     positions: &[i32],
@@ -27,12 +27,11 @@ pub fn rope_into(
     head_dim: usize,
     base: f32,
     layout: RopeLayout,
-    y: &mut Vec<f32>,
+    y: &mut [f32],
 ) {
     let seq = positions.len();
     let half = head_dim / 2;
-    y.clear();
-    y.extend_from_slice(x);
+    y.copy_from_slice(x);
     y.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
         let mut table = Angles::new(positions[r % seq], head_dim, base);
         let angles = table.get();
@@ -104,24 +103,23 @@ pub fn rope_complex(
     head_dim: usize,
     base: f32,
 ) -> Vec<Complex32> {
-    let mut y = Vec::new();
+    let mut y = vec![Complex32::new(0.0, 0.0); z.len()];
     rope_complex_into(z, positions, width, head_dim, base, &mut y);
     y
 }
 
-/// [`rope_complex`] into `y` (its buffer reused).
+/// [`rope_complex`] into `y` (of `z`'s length).
 pub fn rope_complex_into(
     z: &[Complex32],
     positions: &[i32],
     width: usize,
     head_dim: usize,
     base: f32,
-    y: &mut Vec<Complex32>,
+    y: &mut [Complex32],
 ) {
     let seq = positions.len();
     let half = head_dim / 2;
-    y.clear();
-    y.extend_from_slice(z);
+    y.copy_from_slice(z);
     y.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
         let mut table = Angles::new(positions[r % seq], head_dim, base);
         let angles = table.get();
