@@ -221,7 +221,7 @@ fn training_on_the_gpu_follows_the_cpu() {
     }
     let dir = TempDir::new("train-gpu");
     let (model, data) = setup(&dir, "tiny.gguf");
-    let run = |device| {
+    let run = |device, distill| {
         let config = TrainConfig {
             quant: Some(CompileOptions::default()),
             data: vec![data.clone()],
@@ -230,23 +230,31 @@ fn training_on_the_gpu_follows_the_cpu() {
             lr: 1e-2,
             warmup: 2,
             device,
+            distill,
             ..TrainConfig::default()
         };
         train(ModelSource::Path(model.clone()), &config, &mut |_| {}).unwrap()
     };
-    let (cpu, gpu) = (run(TrainDevice::Cpu), run(TrainDevice::Cuda));
-    for (c, g) in cpu.records.iter().zip(&gpu.records) {
-        eprintln!(
-            "step {}: loss {} on the cpu, {} on cuda",
-            c.step, c.loss, g.loss
+    // Next-token cross-entropy, then distillation (KL divergence from the
+    // unquantized model's logits).
+    for distill in [false, true] {
+        let (cpu, gpu) = (
+            run(TrainDevice::Cpu, distill),
+            run(TrainDevice::Cuda, distill),
         );
-        assert!(
-            (c.loss - g.loss).abs() <= 1e-3 * c.loss.abs().max(1.0),
-            "step {}: loss {} on the cpu, {} on cuda",
-            c.step,
-            c.loss,
-            g.loss
-        );
+        for (c, g) in cpu.records.iter().zip(&gpu.records) {
+            eprintln!(
+                "distill {distill}, step {}: loss {} on the cpu, {} on cuda",
+                c.step, c.loss, g.loss
+            );
+            assert!(
+                (c.loss - g.loss).abs() <= 1e-3 * c.loss.abs().max(1.0),
+                "distill {distill}, step {}: loss {} on the cpu, {} on cuda",
+                c.step,
+                c.loss,
+                g.loss
+            );
+        }
+        assert_eq!(gpu.records.len(), 10);
     }
-    assert_eq!(gpu.records.len(), 10);
 }

@@ -40,6 +40,8 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::CrossEntropyRows,
         Kernel::ScoredMean,
         Kernel::CrossEntropyGrad,
+        Kernel::KlDivRows,
+        Kernel::KlDivGrad,
         Kernel::EmbedGrad,
         Kernel::WidelyLinearGrad { part: WlPart::U },
         Kernel::WidelyLinearGrad { part: WlPart::W },
@@ -70,6 +72,11 @@ fn every_kernel() -> Vec<Kernel> {
             out: Elem::Real,
         });
     }
+    kernels.push(Kernel::Map {
+        expr: Expr::Apply(MapOp::CReluSquaredGrad, vec![x(), Expr::Operand(1)]),
+        operands: vec![Elem::Complex, Elem::Complex],
+        out: Elem::Complex,
+    });
     for op in [MapOp::Add, MapOp::Sub, MapOp::Mul] {
         for elem in [Elem::Real, Elem::Complex] {
             kernels.push(Kernel::Map {

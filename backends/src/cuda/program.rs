@@ -128,6 +128,8 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
             Kernel::ScoredMean,
         ],
         Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad],
+        Op::KlDiv => vec![Kernel::KlDivRows, Kernel::ColumnSum, Kernel::ScoredMean],
+        Op::KlDivGrad => vec![Kernel::KlDivGrad],
         Op::RmsNormGrad { which, .. } => {
             let gain = *which == NormOperand::Gain;
             let grad = Kernel::RmsNormGrad { complex, gain };
@@ -168,6 +170,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
         Op::Conj => map(MapOp::Conj, 1),
         Op::ClipFactor { max_norm } => map(MapOp::ClipFactor(*max_norm), 1),
         Op::CReluSquared => map(MapOp::CReluSquared, 1),
+        Op::Crelu2Grad => map(MapOp::CReluSquaredGrad, 2),
         Op::RmsNorm { .. } => Kernel::RmsNorm {
             complex: out == Elem::Complex,
         },
@@ -631,7 +634,9 @@ impl CudaProgram {
                 let rows = x.word_count().checked_div(cols).unwrap_or(0);
                 self.column_sum(k[0], &mut out, &x.words, rows, cols)?;
             }
-            (Step::Kernel(k), Op::CrossEntropy) => {
+            // Per-row losses (the second operand: targets or the teacher's
+            // logits), summed and averaged over the scored rows.
+            (Step::Kernel(k), Op::CrossEntropy | Op::KlDiv) => {
                 let vocab = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(vocab).unwrap_or(0);
                 let partial = self.alloc(2 * rows)?;
@@ -648,7 +653,7 @@ impl CudaProgram {
                     b.arg(&out).arg(&sums);
                 })?;
             }
-            (Step::Kernel(k), Op::CrossEntropyGrad) => {
+            (Step::Kernel(k), Op::CrossEntropyGrad | Op::KlDivGrad) => {
                 let vocab = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(vocab).unwrap_or(0);
                 let sizes = [rows as i64, vocab as i64];

@@ -159,6 +159,27 @@ impl<'ctx> Gen<'ctx> {
                 };
                 Val::Complex(pick(*re)?, pick(*im)?)
             }
+            (MapOp::CReluSquaredGrad, [Val::Complex(re, im), Val::Complex(dre, dim)]) => {
+                let zero = self.float(0.0);
+                let neg_re = self
+                    .builder
+                    .build_float_compare(FloatPredicate::OLT, *re, zero, "")
+                    .map_err(err)?;
+                let neg_im = self
+                    .builder
+                    .build_float_compare(FloatPredicate::OLT, *im, zero, "")
+                    .map_err(err)?;
+                let third = self.builder.build_and(neg_re, neg_im, "").map_err(err)?;
+                let pick = |v: FloatValue<'ctx>, d: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
+                    let g = self.fmul(self.fmul(self.float(2.0), v)?, d)?;
+                    Ok(self
+                        .builder
+                        .build_select(third, zero, g, "")
+                        .map_err(err)?
+                        .into_float_value())
+                };
+                Val::Complex(pick(*re, *dre)?, pick(*im, *dim)?)
+            }
             (op, args) => return Err(format!("{op:?} with {} operands", args.len())),
         })
     }

@@ -53,6 +53,9 @@ pub enum MapOp {
     Fill(f32),
     Conj,
     CReluSquared,
+    /// The gradient of `CReluSquared` at `z` for `dy`: `(2 re · Re dy, 2 im ·
+    /// Im dy)`, 0 in the third quadrant.
+    CReluSquaredGrad,
     /// `max_norm / sqrt(s)` where that is below 1, else 1 (`s` a squared norm).
     ClipFactor(f32),
 }
@@ -118,6 +121,11 @@ pub enum Kernel {
     ScoredMean,
     /// `dloss · (softmax(row) − onehot(target)) / scored`; one block a row.
     CrossEntropyGrad,
+    /// Per row of student and teacher logits: `(KL(teacher ‖ student), 1)`
+    /// (summed and averaged as [`Kernel::CrossEntropyRows`]'); one block a row.
+    KlDivRows,
+    /// `dloss · (softmax(student) − softmax(teacher)) / rows`; one block a row.
+    KlDivGrad,
     /// The gradient of RMSNorm with respect to its input (`gain: false`;
     /// one block a row) or the per-row terms `dy·x·r` of the gain's
     /// gradient (`gain: true`, summed by [`Kernel::ColumnSum`]).
@@ -174,6 +182,8 @@ impl Kernel {
             Kernel::CrossEntropyRows => "cross_entropy_rows",
             Kernel::ScoredMean => "scored_mean",
             Kernel::CrossEntropyGrad => "cross_entropy_grad",
+            Kernel::KlDivRows => "kl_div_rows",
+            Kernel::KlDivGrad => "kl_div_grad",
             Kernel::RmsNormGrad { gain: false, .. } => "rms_norm_grad_input",
             Kernel::RmsNormGrad { gain: true, .. } => "rms_norm_grad_gain",
             Kernel::EmbedGrad => "embed_grad",
@@ -588,6 +598,8 @@ impl<'ctx> Gen<'ctx> {
             Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
             Kernel::ScoredMean => self.scored_mean(name),
             Kernel::CrossEntropyGrad => self.cross_entropy_grad(name),
+            Kernel::KlDivRows => self.kl_div_rows(name),
+            Kernel::KlDivGrad => self.kl_div_grad(name),
             Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),
             Kernel::EmbedGrad => self.embed_grad(name),
             Kernel::AttentionGrad { which } => self.attention_grad(name, *which),

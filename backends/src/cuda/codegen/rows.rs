@@ -222,6 +222,102 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// The log-sum-exp of row `base..base + cols` of `x`: `max + ln Σ
+    /// exp(x − max)`.
+    fn log_sum_exp(
+        &self,
+        f: FunctionValue<'ctx>,
+        scratch: PointerValue<'ctx>,
+        x: PointerValue<'ctx>,
+        base: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        let at = |i| self.add(base, i);
+        let max = self.row_sum(f, scratch, cols, true, |i| self.load_f32(x, at(i)?))?;
+        let total = self.row_sum(f, scratch, cols, false, |i| {
+            self.exp(self.fsub(self.load_f32(x, at(i)?)?, max)?)
+        })?;
+        let log2 = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
+        let lg = self.call(log2, &[total.into()])?.into_float_value();
+        self.fadd(max, self.fmul(lg, self.float(std::f32::consts::LN_2))?)
+    }
+
+    /// `kl_div_rows(out, student, teacher, vocab)`: `out[2r..2r+2] = (Σ_j
+    /// p_t (log p_t − log p_s), 1)`.
+    pub(super) fn kl_div_rows(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, student, teacher, vocab) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_int(f, 3),
+        );
+        let r = self.sreg("ctaid.x")?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let lse_s = self.log_sum_exp(f, scratch, student, base, vocab)?;
+        let lse_t = self.log_sum_exp(f, scratch, teacher, base, vocab)?;
+        let kl = self.row_sum(f, scratch, vocab, false, |i| {
+            let log_t = self.fsub(self.load_f32(teacher, at(i)?)?, lse_t)?;
+            let log_s = self.fsub(self.load_f32(student, at(i)?)?, lse_s)?;
+            self.fmul(self.exp(log_t)?, self.fsub(log_t, log_s)?)
+        })?;
+        let first = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
+            .map_err(err)?;
+        self.when(f, first, || {
+            let at = self.mul(r, self.int(2))?;
+            self.store_f32(out, at, kl)?;
+            self.store_f32(out, self.add(at, self.int(1))?, self.float(1.0))
+        })?;
+        self.ret()
+    }
+
+    /// `kl_div_grad(out, student, teacher, dloss, rows, vocab)`.
+    pub(super) fn kl_div_grad(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let (out, student, teacher, dloss) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_ptr(f, 3),
+        );
+        let (rows, vocab) = (self.param_int(f, 4), self.param_int(f, 5));
+        let r = self.sreg("ctaid.x")?;
+        let rows_f = self
+            .builder
+            .build_signed_int_to_float(rows, self.f32(), "")
+            .map_err(err)?;
+        let scale = self.fdiv(
+            self.load_f32(dloss, self.int(0))?,
+            self.fmax(rows_f, self.float(1.0))?,
+        )?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let lse_s = self.log_sum_exp(f, scratch, student, base, vocab)?;
+        let lse_t = self.log_sum_exp(f, scratch, teacher, base, vocab)?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {
+            let p_s = self.exp(self.fsub(self.load_f32(student, at(i)?)?, lse_s)?)?;
+            let p_t = self.exp(self.fsub(self.load_f32(teacher, at(i)?)?, lse_t)?)?;
+            self.store_f32(out, at(i)?, self.fmul(self.fsub(p_s, p_t)?, scale)?)
+        })?;
+        self.ret()
+    }
+
     /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`.
     pub(super) fn cross_entropy_grad(&self, name: &str) -> Built<()> {
         let f = self.declare(
