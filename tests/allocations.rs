@@ -11,10 +11,9 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::TempDir;
+use common::{compile_artifact, TempDir};
 use fairyc::Model;
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, SynthConfig};
@@ -62,16 +61,7 @@ fn per_step(dir: &TempDir, layers: usize, widen: usize) -> Step {
     let gguf = dir.path(&format!("llama-{layers}-{widen}.gguf"));
     write_gguf(&gguf, &config, GgmlType::F32).unwrap();
     let artifact = dir.path(&format!("llama-{layers}-{widen}.fairy"));
-    let run = Command::new(env!("CARGO_BIN_EXE_fairyc"))
-        .args(["compile", gguf.to_str().unwrap(), "--quant", "w2", "-o"])
-        .arg(&artifact)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    compile_artifact(&gguf, "w2", &artifact);
     let model = Model::load(&artifact)
         .unwrap()
         .backend(&fairyc::Llvm::default())

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::TempDir;
+use common::{compile_artifact, TempDir};
 use fairyc::{Activations, Backend, Cranelift, Cuda, Llvm, Model, Reference};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::import::import;
@@ -74,19 +72,6 @@ fn check_cpu(
         rms <= rms_bound,
         "{name} on {}: relative RMS difference {rms}",
         backend.name()
-    );
-}
-
-fn compile_artifact(source: &std::path::Path, quant: &str, out: &std::path::Path) {
-    let run = Command::new(env!("CARGO_BIN_EXE_fairyc"))
-        .args(["compile", source.to_str().unwrap(), "--quant", quant, "-o"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
     );
 }
 

@@ -1,9 +1,9 @@
-//! The CPU backends' look-up-table `quant_linear` against the reference
-//! kernel on random shapes (sizes that are not multiples of the group, the
-//! block or the tile included), within the bound its quantized activations
-//! imply; the kernels of both generators, at every tile width the host
-//! runs, compute the same integer sums in the same order, so their outputs
-//! are identical.
+//! The CPU backends' `quant_linear` kernels against the reference kernel on
+//! random shapes (sizes that are not multiples of the group, the block or
+//! the tile included), within the bound their quantized activations (and,
+//! for the multiply kernel, rounded weights) imply. The look-up kernels of
+//! both generators, at every tile width the host runs, compute the same
+//! integer sums in the same order, so their outputs are identical.
 
 use fairyc_backends::cpu::llvm::host_rows;
 use fairyc_backends::cpu::lut::{Blocks, LutLayer};
@@ -14,6 +14,142 @@ use fairyc_ir::quant::{dequantize, unpack_code_rows, PhaseQuantized};
 use fairyc_ir::Granularity;
 use num_complex::Complex32;
 use rand::{rngs::StdRng, RngExt, SeedableRng};
+
+/// A random layer: packed codes and scales per stage, U stages first.
+struct Layer {
+    n: usize,
+    m: usize,
+    u_stages: usize,
+    granularity: Granularity,
+    codes: Vec<Vec<u8>>,
+    scales: Vec<Vec<f32>>,
+}
+
+impl Layer {
+    /// Scales from `scale(stage)` for each of the granularity's groups.
+    fn random(
+        rng: &mut StdRng,
+        (n, m): (usize, usize),
+        (u_stages, w_stages): (usize, usize),
+        granularity: Granularity,
+        scale: impl Fn(&mut StdRng, usize) -> f32,
+    ) -> Layer {
+        let groups = match granularity {
+            Granularity::Tensor => 1,
+            Granularity::Channel => n,
+            Granularity::Group(g) => n * m.div_ceil(g),
+        };
+        let stages = u_stages + w_stages;
+        let codes = (0..stages)
+            .map(|_| {
+                let codes: Vec<_> = (0..n * m)
+                    .map(|_| fairyc_ir::quant::Code::from_bits(rng.random::<u8>() & 3))
+                    .collect();
+                fairyc_ir::quant::pack_code_rows(&codes, n, m).unwrap()
+            })
+            .collect();
+        let scales = (0..stages)
+            .map(|t| (0..2 * groups).map(|_| scale(rng, t)).collect())
+            .collect();
+        Layer {
+            n,
+            m,
+            u_stages,
+            granularity,
+            codes,
+            scales,
+        }
+    }
+
+    fn packed(&self) -> Vec<&[u8]> {
+        self.codes.iter().map(|c| c.as_slice()).collect()
+    }
+
+    fn scale_refs(&self) -> Vec<&[f32]> {
+        self.scales.iter().map(|s| s.as_slice()).collect()
+    }
+
+    /// The reference kernel's outputs for `x`.
+    fn reference(&self, x: &[Complex32]) -> Vec<Complex32> {
+        let stages: Vec<StageCodes> = self
+            .codes
+            .iter()
+            .zip(&self.scales)
+            .map(|(c, s)| StageCodes {
+                packed: c,
+                scales: s,
+            })
+            .collect();
+        let (u, w) = stages.split_at(self.u_stages);
+        quant_linear(x, self.m, self.n, u, w, self.granularity).unwrap()
+    }
+
+    /// `Σ_t |ŵ_t[i, j]|` per weight.
+    fn magnitudes(&self) -> Vec<f32> {
+        let (n, m) = (self.n, self.m);
+        let mut magnitude = vec![0.0f32; n * m];
+        for (c, s) in self.codes.iter().zip(&self.scales) {
+            let q = PhaseQuantized {
+                codes: unpack_code_rows(c, n, m).unwrap(),
+                scales: s.clone(),
+            };
+            for (a, w) in magnitude
+                .iter_mut()
+                .zip(dequantize(&q, n, m, self.granularity).unwrap())
+            {
+                *a += w.norm();
+            }
+        }
+        magnitude
+    }
+
+    /// Checks `got` against `want` output by output: each part within
+    /// `Σ_j magnitude[i, j] · step_j / 2 + extra(row)` (beyond a relative
+    /// 1e-4); returns the largest error over its bound.
+    fn check(
+        &self,
+        x: &[Complex32],
+        (got, want): (&[Complex32], &[Complex32]),
+        steps: impl Fn(usize) -> Vec<f32>,
+        extra: impl Fn(&[Complex32], &[f32]) -> f32,
+        what: &str,
+    ) -> f32 {
+        let (n, m) = (self.n, self.m);
+        let magnitude = self.magnitudes();
+        let mut worst = 0.0f32;
+        for r in 0..x.len() / m.max(1) {
+            let steps = steps(r);
+            let extra = extra(&x[r * m..][..m], &steps);
+            for i in 0..n {
+                let bound: f32 = magnitude[i * m..][..m]
+                    .iter()
+                    .zip(&steps)
+                    .map(|(w, s)| w * s / 2.0)
+                    .sum::<f32>()
+                    + extra;
+                let (g, e) = (got[r * n + i], want[r * n + i]);
+                let slack = 1e-4 * e.norm().max(1.0);
+                let err = (g.re - e.re).abs().max((g.im - e.im).abs());
+                assert!(
+                    err <= bound + slack,
+                    "{what}: output {r},{i}: {g} vs {e}, bound {bound}"
+                );
+                worst = worst.max(err / bound.max(f32::MIN_POSITIVE));
+            }
+        }
+        worst
+    }
+}
+
+/// Activations of uneven sizes, some blocks much larger.
+fn activations(rng: &mut StdRng, rows: usize, m: usize) -> Vec<Complex32> {
+    (0..rows * m)
+        .map(|j| {
+            let big = if j % 37 < 3 { 20.0 } else { 1.0 };
+            Complex32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5) * big
+        })
+        .collect()
+}
 
 #[test]
 fn lut_quant_linear_is_within_the_activation_bound() {
@@ -38,51 +174,17 @@ fn lut_quant_linear_is_within_the_activation_bound() {
             Granularity::Group(64),
             Granularity::Group(100),
         ] {
-            for (u_stages, w_stages) in [(1, 0), (0, 1), (2, 2), (3, 1)] {
-                let stages = u_stages + w_stages;
-                let groups = match granularity {
-                    Granularity::Tensor => 0,
-                    Granularity::Channel => n,
-                    Granularity::Group(g) => n * m.div_ceil(g),
-                };
-                let codes: Vec<Vec<u8>> = (0..stages)
-                    .map(|_| {
-                        let codes: Vec<_> = (0..n * m)
-                            .map(|_| fairyc_ir::quant::Code::from_bits(rng.random::<u8>() & 3))
-                            .collect();
-                        fairyc_ir::quant::pack_code_rows(&codes, n, m).unwrap()
-                    })
-                    .collect();
-                let scales: Vec<Vec<f32>> = (0..stages)
-                    .map(|_| {
-                        (0..2 * groups.max(1))
-                            .map(|_| 0.1 + rng.random::<f32>())
-                            .collect()
-                    })
-                    .collect();
-                // Activations of uneven sizes, some blocks much larger.
-                let x: Vec<Complex32> = (0..rows * m)
-                    .map(|j| {
-                        let big = if j % 37 < 3 { 20.0 } else { 1.0 };
-                        Complex32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5) * big
-                    })
-                    .collect();
-                let stage_codes: Vec<StageCodes> = codes
-                    .iter()
-                    .zip(&scales)
-                    .map(|(c, s)| StageCodes {
-                        packed: c,
-                        scales: s,
-                    })
-                    .collect();
-                let (u, w) = stage_codes.split_at(u_stages);
-                let want = quant_linear(&x, m, n, u, w, granularity).unwrap();
-                let packed: Vec<&[u8]> = codes.iter().map(|c| c.as_slice()).collect();
-                let scale_refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
+            for stages in [(1, 0), (0, 1), (2, 2), (3, 1)] {
+                let layer = Layer::random(&mut rng, (n, m), stages, granularity, |rng, _| {
+                    0.1 + rng.random::<f32>()
+                });
+                let x = activations(&mut rng, rows, m);
+                let want = layer.reference(&x);
+                let (packed, scales) = (layer.packed(), layer.scale_refs());
                 let run = |generator| {
-                    let layer =
-                        LutLayer::new(n, m, u_stages, &packed, granularity, generator).unwrap();
-                    layer.run_lut(&x, rows, &layer.factors(&scale_refs).unwrap())
+                    let lut = LutLayer::new(n, m, layer.u_stages, &packed, granularity, generator)
+                        .unwrap();
+                    lut.run_lut(&x, rows, &lut.factors(&scales).unwrap())
                 };
                 let got = run(CodeGen::Cranelift);
                 for rows in [16, 32, 64].into_iter().filter(|&r| r <= host_rows()) {
@@ -92,40 +194,14 @@ fn lut_quant_linear_is_within_the_activation_bound() {
                         "LLVM with {rows}-row tiles against Cranelift"
                     );
                 }
-                // Σ_t |ŵ_t[i, j]|, then the bound per output.
-                let mut magnitude = vec![0.0f32; n * m];
-                for (c, s) in codes.iter().zip(&scales) {
-                    let q = PhaseQuantized {
-                        codes: unpack_code_rows(c, n, m).unwrap(),
-                        scales: s.clone(),
-                    };
-                    for (a, w) in magnitude
-                        .iter_mut()
-                        .zip(dequantize(&q, n, m, granularity).unwrap())
-                    {
-                        *a += w.norm();
-                    }
-                }
                 let blocks = Blocks::new(m, granularity);
-                for r in 0..rows {
-                    let steps = blocks.steps(&x[r * m..][..m]);
-                    for i in 0..n {
-                        let bound: f32 = magnitude[i * m..][..m]
-                            .iter()
-                            .zip(&steps)
-                            .map(|(w, s)| w * s / 2.0)
-                            .sum();
-                        let (g, e) = (got[r * n + i], want[r * n + i]);
-                        let slack = 1e-4 * e.norm().max(1.0);
-                        let err = (g.re - e.re).abs().max((g.im - e.im).abs());
-                        assert!(
-                            err <= bound + slack,
-                            "{rows}x[{n}, {m}] {granularity:?} U{u_stages} W{w_stages}: \
-                             output {r},{i}: {g} vs {e}, bound {bound}"
-                        );
-                        worst = worst.max(err / bound.max(f32::MIN_POSITIVE));
-                    }
-                }
+                worst = worst.max(layer.check(
+                    &x,
+                    (&got, &want),
+                    |r| blocks.steps(&x[r * m..][..m]),
+                    |_, _| 0.0,
+                    &format!("{rows}x[{n}, {m}] {granularity:?} {stages:?}"),
+                ));
             }
         }
     }
@@ -153,89 +229,42 @@ fn mad_quant_linear_is_within_its_bound() {
     ];
     let mut worst = 0.0f32;
     for &(rows, n, m) in &shapes {
-        for (u_stages, w_stages) in [(1, 0), (0, 1), (1, 1), (2, 2), (3, 1), (3, 3)] {
-            let stages = u_stages + w_stages;
-            let codes: Vec<Vec<u8>> = (0..stages)
-                .map(|_| {
-                    let codes: Vec<_> = (0..n * m)
-                        .map(|_| fairyc_ir::quant::Code::from_bits(rng.random::<u8>() & 3))
-                        .collect();
-                    fairyc_ir::quant::pack_code_rows(&codes, n, m).unwrap()
-                })
-                .collect();
+        for stages in [(1, 0), (0, 1), (1, 1), (2, 2), (3, 1), (3, 3)] {
             // Later stages smaller, as residual stages are.
-            let scales: Vec<Vec<f32>> = (0..stages)
-                .map(|t| {
-                    (0..2)
-                        .map(|_| (0.1 + rng.random::<f32>()) / (1 + t % 3) as f32)
-                        .collect()
-                })
-                .collect();
-            let x: Vec<Complex32> = (0..rows * m)
-                .map(|j| {
-                    let big = if j % 37 < 3 { 20.0 } else { 1.0 };
-                    Complex32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5) * big
-                })
-                .collect();
-            let stage_codes: Vec<StageCodes> = codes
-                .iter()
-                .zip(&scales)
-                .map(|(c, s)| StageCodes {
-                    packed: c,
-                    scales: s,
-                })
-                .collect();
-            let (u, w) = stage_codes.split_at(u_stages);
-            let want = quant_linear(&x, m, n, u, w, Granularity::Tensor).unwrap();
-            let packed: Vec<&[u8]> = codes.iter().map(|c| c.as_slice()).collect();
-            let scale_refs: Vec<&[f32]> = scales.iter().map(|s| s.as_slice()).collect();
+            let layer = Layer::random(&mut rng, (n, m), stages, Granularity::Tensor, |rng, t| {
+                (0.1 + rng.random::<f32>()) / (1 + t % 3) as f32
+            });
+            let x = activations(&mut rng, rows, m);
+            let want = layer.reference(&x);
+            let (packed, scales) = (layer.packed(), layer.scale_refs());
             let generator = CodeGen::Llvm { rows: mad::TILE };
-            let layer =
-                LutLayer::new(n, m, u_stages, &packed, Granularity::Tensor, generator).unwrap();
-            let got = layer
-                .run_mad(&x, rows, &layer.factors(&scale_refs).unwrap())
+            let lut = LutLayer::new(
+                n,
+                m,
+                layer.u_stages,
+                &packed,
+                Granularity::Tensor,
+                generator,
+            )
+            .unwrap();
+            let got = lut
+                .run_mad(&x, rows, &lut.factors(&scales).unwrap())
                 .unwrap();
-            let error = MadWeights::new(u_stages, &scale_refs).unwrap().error();
-            let mut magnitude = vec![0.0f32; n * m];
-            for (c, s) in codes.iter().zip(&scales) {
-                let q = PhaseQuantized {
-                    codes: unpack_code_rows(c, n, m).unwrap(),
-                    scales: s.clone(),
-                };
-                for (a, w) in magnitude
-                    .iter_mut()
-                    .zip(dequantize(&q, n, m, Granularity::Tensor).unwrap())
-                {
-                    *a += w.norm();
-                }
-            }
+            let error = MadWeights::new(layer.u_stages, &scales).unwrap().error();
             let blocks = Blocks::new(m, Granularity::Tensor);
             let quantized = mad::Activations8::new(&blocks, &x, m, rows);
-            for r in 0..rows {
-                let row = &x[r * m..][..m];
-                let steps = quantized.steps(&blocks, m, r);
-                let weight_part: f32 = row
-                    .iter()
-                    .zip(&steps)
-                    .map(|(v, s)| error * (v.re.abs() + v.im.abs() + s))
-                    .sum();
-                for i in 0..n {
-                    let bound: f32 = magnitude[i * m..][..m]
-                        .iter()
-                        .zip(&steps)
-                        .map(|(w, s)| w * s / 2.0)
-                        .sum::<f32>()
-                        + weight_part;
-                    let (g, e) = (got[r * n + i], want[r * n + i]);
-                    let slack = 1e-4 * e.norm().max(1.0);
-                    let err = (g.re - e.re).abs().max((g.im - e.im).abs());
-                    assert!(
-                        err <= bound + slack,
-                        "{rows}x[{n}, {m}] U{u_stages} W{w_stages}: output {r},{i}: {g} vs {e}, bound {bound}"
-                    );
-                    worst = worst.max(err / bound.max(f32::MIN_POSITIVE));
-                }
-            }
+            worst = worst.max(layer.check(
+                &x,
+                (&got, &want),
+                |r| quantized.steps(&blocks, m, r),
+                |row, steps| {
+                    row.iter()
+                        .zip(steps)
+                        .map(|(v, s)| error * (v.re.abs() + v.im.abs() + s))
+                        .sum()
+                },
+                &format!("{rows}x[{n}, {m}] {stages:?}"),
+            ));
         }
     }
     eprintln!("largest error / bound: {worst}");

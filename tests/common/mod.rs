@@ -135,3 +135,17 @@ pub fn gpu_or_skip() -> bool {
     eprintln!("SKIPPED: no CUDA driver or device on this machine");
     false
 }
+
+/// `fairyc compile SOURCE --quant QUANT -o OUT`, which must succeed.
+pub fn compile_artifact(source: &Path, quant: &str, out: &Path) {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .args(["compile", source.to_str().unwrap(), "--quant", quant, "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}

@@ -139,48 +139,38 @@ impl<'ctx> Gen<'ctx> {
                 )
             }
             (MapOp::CReluSquared, [Val::Complex(re, im)]) => {
-                let zero = self.float(0.0);
-                let neg_re = self
-                    .builder
-                    .build_float_compare(FloatPredicate::OLT, *re, zero, "")
-                    .map_err(err)?;
-                let neg_im = self
-                    .builder
-                    .build_float_compare(FloatPredicate::OLT, *im, zero, "")
-                    .map_err(err)?;
-                let third = self.builder.build_and(neg_re, neg_im, "").map_err(err)?;
-                let pick = |v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                    let sq = self.fmul(v, v)?;
-                    Ok(self
-                        .builder
-                        .build_select(third, zero, sq, "")
-                        .map_err(err)?
-                        .into_float_value())
-                };
+                let third = self.third_quadrant(*re, *im)?;
+                let pick = |v: FloatValue<'ctx>| self.zero_where(third, self.fmul(v, v)?);
                 Val::Complex(pick(*re)?, pick(*im)?)
             }
             (MapOp::CReluSquaredGrad, [Val::Complex(re, im), Val::Complex(dre, dim)]) => {
-                let zero = self.float(0.0);
-                let neg_re = self
-                    .builder
-                    .build_float_compare(FloatPredicate::OLT, *re, zero, "")
-                    .map_err(err)?;
-                let neg_im = self
-                    .builder
-                    .build_float_compare(FloatPredicate::OLT, *im, zero, "")
-                    .map_err(err)?;
-                let third = self.builder.build_and(neg_re, neg_im, "").map_err(err)?;
-                let pick = |v: FloatValue<'ctx>, d: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                    let g = self.fmul(self.fmul(self.float(2.0), v)?, d)?;
-                    Ok(self
-                        .builder
-                        .build_select(third, zero, g, "")
-                        .map_err(err)?
-                        .into_float_value())
+                let third = self.third_quadrant(*re, *im)?;
+                let pick = |v: FloatValue<'ctx>, d: FloatValue<'ctx>| {
+                    self.zero_where(third, self.fmul(self.fmul(self.float(2.0), v)?, d)?)
                 };
                 Val::Complex(pick(*re, *dre)?, pick(*im, *dim)?)
             }
             (op, args) => return Err(format!("{op:?} with {} operands", args.len())),
         })
+    }
+
+    /// Whether `re + i·im` lies in the open third quadrant (CReLU²'s zero).
+    fn third_quadrant(&self, re: FloatValue<'ctx>, im: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let zero = self.float(0.0);
+        let neg = |v| {
+            self.builder
+                .build_float_compare(FloatPredicate::OLT, v, zero, "")
+                .map_err(err)
+        };
+        self.builder.build_and(neg(re)?, neg(im)?, "").map_err(err)
+    }
+
+    /// 0 where `cond`, else `v`.
+    fn zero_where(&self, cond: IntValue<'ctx>, v: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_select(cond, self.float(0.0), v, "")
+            .map_err(err)?
+            .into_float_value())
     }
 }

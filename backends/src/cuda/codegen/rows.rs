@@ -144,11 +144,7 @@ impl<'ctx> Gen<'ctx> {
         let total = self.row_sum(f, scratch, rows, false, |r| {
             self.load_f32(x, self.add(self.mul(r, cols)?, c)?)
         })?;
-        let first = self
-            .builder
-            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
-            .map_err(err)?;
-        self.when(f, first, || self.store_f32(out, c, total))?;
+        self.when(f, self.first_thread()?, || self.store_f32(out, c, total))?;
         self.ret()
     }
 
@@ -190,16 +186,57 @@ impl<'ctx> Gen<'ctx> {
             .build_select(scored, self.float(1.0), zero, "")
             .map_err(err)?
             .into_float_value();
-        let first = self
-            .builder
+        self.store_row_loss(f, out, r, loss, flag)?;
+        self.ret()
+    }
+
+    /// Whether this is the block's first thread.
+    fn first_thread(&self) -> Built<IntValue<'ctx>> {
+        self.builder
             .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
-            .map_err(err)?;
-        self.when(f, first, || {
+            .map_err(err)
+    }
+
+    /// `out[2r..2r+2] = (loss, flag)`, by the block's first thread.
+    fn store_row_loss(
+        &self,
+        f: FunctionValue<'ctx>,
+        out: PointerValue<'ctx>,
+        r: IntValue<'ctx>,
+        loss: FloatValue<'ctx>,
+        flag: FloatValue<'ctx>,
+    ) -> Built<()> {
+        self.when(f, self.first_thread()?, || {
             let at = self.mul(r, self.int(2))?;
             self.store_f32(out, at, loss)?;
             self.store_f32(out, self.add(at, self.int(1))?, flag)
-        })?;
-        self.ret()
+        })
+    }
+
+    /// The parameters of a loss gradient kernel `name(out, logits, other,
+    /// dloss, rows, vocab)` and its shared scratch.
+    fn loss_grad_kernel(&self, name: &str) -> LossGrad<'ctx> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        LossGrad {
+            f,
+            scratch: self.shared_scratch(name),
+            out: self.param_ptr(f, 0),
+            logits: self.param_ptr(f, 1),
+            other: self.param_ptr(f, 2),
+            dloss: self.param_ptr(f, 3),
+            rows: self.param_int(f, 4),
+            vocab: self.param_int(f, 5),
+        }
     }
 
     /// `scored_mean(out, sums)`: one thread.
@@ -263,39 +300,22 @@ impl<'ctx> Gen<'ctx> {
             let log_s = self.fsub(self.load_f32(student, at(i)?)?, lse_s)?;
             self.fmul(self.exp(log_t)?, self.fsub(log_t, log_s)?)
         })?;
-        let first = self
-            .builder
-            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
-            .map_err(err)?;
-        self.when(f, first, || {
-            let at = self.mul(r, self.int(2))?;
-            self.store_f32(out, at, kl)?;
-            self.store_f32(out, self.add(at, self.int(1))?, self.float(1.0))
-        })?;
+        self.store_row_loss(f, out, r, kl, self.float(1.0))?;
         self.ret()
     }
 
     /// `kl_div_grad(out, student, teacher, dloss, rows, vocab)`.
     pub(super) fn kl_div_grad(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let scratch = self.shared_scratch(name);
-        let (out, student, teacher, dloss) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_ptr(f, 3),
-        );
-        let (rows, vocab) = (self.param_int(f, 4), self.param_int(f, 5));
+        let LossGrad {
+            f,
+            scratch,
+            out,
+            logits: student,
+            other: teacher,
+            dloss,
+            rows,
+            vocab,
+        } = self.loss_grad_kernel(name);
         let r = self.sreg("ctaid.x")?;
         let rows_f = self
             .builder
@@ -320,25 +340,16 @@ impl<'ctx> Gen<'ctx> {
 
     /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`.
     pub(super) fn cross_entropy_grad(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let scratch = self.shared_scratch(name);
-        let (out, logits, targets, dloss) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_ptr(f, 3),
-        );
-        let (rows, vocab) = (self.param_int(f, 4), self.param_int(f, 5));
+        let LossGrad {
+            f,
+            scratch,
+            out,
+            logits,
+            other: targets,
+            dloss,
+            rows,
+            vocab,
+        } = self.loss_grad_kernel(name);
         let r = self.sreg("ctaid.x")?;
         // Every block counts the scored rows (the targets are few).
         let count = self.row_sum(f, scratch, rows, false, |k| {
@@ -469,4 +480,17 @@ impl<'ctx> Gen<'ctx> {
         })?;
         self.ret()
     }
+}
+
+/// A loss gradient kernel's function, scratch and parameters.
+struct LossGrad<'ctx> {
+    f: FunctionValue<'ctx>,
+    scratch: PointerValue<'ctx>,
+    out: PointerValue<'ctx>,
+    logits: PointerValue<'ctx>,
+    /// The targets (cross-entropy) or the teacher's logits (KL).
+    other: PointerValue<'ctx>,
+    dloss: PointerValue<'ctx>,
+    rows: IntValue<'ctx>,
+    vocab: IntValue<'ctx>,
 }
