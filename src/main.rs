@@ -321,6 +321,11 @@ enum Command {
         /// Requests that may wait for a slot; past that, 503.
         #[arg(long, default_value_t = 16)]
         queue: usize,
+        /// Prompt tokens a request feeds per round: a long prompt arriving
+        /// delays the other requests' next token by one chunk, not by its
+        /// whole prefill.
+        #[arg(long, default_value_t = 256)]
+        prefill_chunk: usize,
         /// Tokens per request, prompt and completion (default: the
         /// model's context length).
         #[arg(long)]
@@ -590,6 +595,7 @@ fn run(command: Command) -> Result<()> {
             port,
             parallel,
             queue,
+            prefill_chunk,
             ctx,
             quant,
             backend,
@@ -603,6 +609,7 @@ fn run(command: Command) -> Result<()> {
                 port,
                 parallel,
                 queue,
+                prefill_chunk,
                 ctx,
                 name,
             };

@@ -454,7 +454,12 @@ fn bad_requests_get_json_errors_and_the_server_stays_up() {
 fn concurrent_streams_all_complete_with_the_greedy_text() {
     let dir = TempDir::new("serve-load");
     let model = tiny_model(&dir);
-    let server = Server::start(&model, &["--parallel", "4", "--queue", "8"]);
+    // Prompts fed two tokens a round (chunked prefill), interleaved with the
+    // other requests' decode steps: the text must not change.
+    let server = Server::start(
+        &model,
+        &["--parallel", "4", "--queue", "8", "--prefill-chunk", "2"],
+    );
     let prompts = ["the cat", "the sun is", "water", "at seven they"];
     let expected: Vec<String> = prompts
         .iter()

@@ -239,6 +239,17 @@ fn incremental_decoding_equals_the_full_forward() {
         let last = session.feed_last(tail).unwrap();
         let diff = differ(values(&last), &values(&full)[(ids.len() - 1) * vocab..]);
         assert!(diff < 1e-5, "{arch:?}: the last row differs by {diff}");
+        // A prompt's head fed without logits (no rows selected), its tail
+        // with the last row's.
+        let mut session = Session::new(&selecting);
+        session.prefill(head).unwrap();
+        assert_eq!(session.position(), head.len());
+        let last = session.feed_last(tail).unwrap();
+        let diff = differ(values(&last), &values(&full)[(ids.len() - 1) * vocab..]);
+        assert!(
+            diff < 1e-5,
+            "{arch:?}: after a prefill, the last row differs by {diff}"
+        );
     }
 }
 

@@ -22,6 +22,14 @@ pub enum StopReason {
     Caller,
 }
 
+/// Which positions' logits a step computes (where the graph selects them).
+#[derive(Clone, Copy)]
+enum LogitRows {
+    All,
+    Last,
+    None,
+}
+
 /// One sequence being decoded: the program, that sequence's state (the KV
 /// cache, which the graph takes and returns as named tensors: see
 /// `fairyc_backends::state`) and its position, bounded by the model's
@@ -80,14 +88,14 @@ impl<'a> Session<'a> {
     /// Appends `tokens` to the sequence; returns their logits `[n, vocab]`.
     /// On an error the session is reset (the state went into the run).
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
-        self.feed_rows(tokens, false)
+        self.feed_rows(tokens, LogitRows::All)
     }
 
     /// [`Session::feed`], returning only the last token's logits `[1,
     /// vocab]`: what generation needs. A graph that selects its logit rows
     /// (`fairyc_backends::state::select_logit_rows`) computes no others.
     pub fn feed_last(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
-        let logits = self.feed_rows(tokens, true)?;
+        let logits = self.feed_rows(tokens, LogitRows::Last)?;
         let (rows, vocab) = (logits.shape[0], logits.cols());
         if rows == 1 {
             return Ok(logits);
@@ -99,7 +107,13 @@ impl<'a> Session<'a> {
         ))
     }
 
-    fn feed_rows(&mut self, tokens: &[u32], last_only: bool) -> Result<Tensor, BackendError> {
+    /// Appends `tokens` without their logits: a chunk of a prompt that is
+    /// not its last (a graph that selects its logit rows computes none).
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<(), BackendError> {
+        self.feed_rows(tokens, LogitRows::None).map(drop)
+    }
+
+    fn feed_rows(&mut self, tokens: &[u32], wanted: LogitRows) -> Result<Tensor, BackendError> {
         if tokens.is_empty() {
             return Err(BackendError::new("no tokens to feed"));
         }
@@ -140,10 +154,10 @@ impl<'a> Session<'a> {
             ),
         ]);
         if graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS) {
-            let rows = if last_only {
-                vec![tokens.len() as i32 - 1]
-            } else {
-                (0..tokens.len() as i32).collect()
+            let rows = match wanted {
+                LogitRows::All => (0..tokens.len() as i32).collect(),
+                LogitRows::Last => vec![tokens.len() as i32 - 1],
+                LogitRows::None => Vec::new(),
             };
             inputs.insert(LOGIT_ROWS.to_string(), Tensor::i32(vec![rows.len()], rows));
         }

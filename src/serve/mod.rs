@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub parallel: usize,
     /// Requests waiting for a slot; past that a request gets 503.
     pub queue: usize,
+    /// Prompt tokens a request feeds per round (chunked prefill).
+    pub prefill_chunk: usize,
     /// Tokens per request (prompt and completion); the model's context
     /// length by default, and at most that.
     pub ctx: Option<usize>,
@@ -43,6 +45,9 @@ pub fn serve(model: Model, options: &ServeOptions) -> Result<(), Error> {
     let ctx = context(model.graph(), options.ctx)?;
     if options.parallel == 0 {
         return Err(Error::Usage("--parallel must be at least 1".into()));
+    }
+    if options.prefill_chunk == 0 {
+        return Err(Error::Usage("--prefill-chunk must be at least 1".into()));
     }
     // The executor only moves bytes; the model's compute has its own thread
     // and rayon's pool.
@@ -69,7 +74,12 @@ async fn run(model: Model, options: &ServeOptions, ctx: usize) -> Result<(), Err
     let kv = kv_bytes(model.graph(), ctx) as f64 / (1 << 20) as f64;
     let model = Arc::new(model);
     let app = Arc::new(App {
-        scheduler: Scheduler::start(model.clone(), options.parallel, options.queue),
+        scheduler: Scheduler::start(
+            model.clone(),
+            options.parallel,
+            options.queue,
+            options.prefill_chunk,
+        ),
         model,
         name: options.name.clone(),
         ctx,

@@ -1,9 +1,11 @@
 //! The generation worker: one thread owns the model's compute (synchronous
 //! and CPU-bound, so it never runs on the async executor). Up to
 //! `parallel` requests are active at once, each with its own `Session` (its
-//! own KV cache); every round advances each active request by one decode
-//! step, and requests join (one a round) and leave between rounds (continuous batching,
-//! one sequence per program run). Text goes back to the HTTP handlers
+//! own KV cache); every round advances each active request by one step (a
+//! decode step, or a chunk of its prompt: a long prompt does not stall the
+//! others' tokens for its whole prefill), and requests join (one a round)
+//! and leave between rounds (continuous batching, one sequence per program
+//! run). Text goes back to the HTTP handlers
 //! through channels; a closed channel means the client left, and its slot
 //! is freed at the next step.
 
@@ -70,7 +72,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the worker thread; it ends when the scheduler is dropped and
     /// the last request is done.
-    pub fn start(model: Arc<Model>, parallel: usize, queue: usize) -> Scheduler {
+    pub fn start(model: Arc<Model>, parallel: usize, queue: usize, chunk: usize) -> Scheduler {
         let load = Arc::new(Load {
             parallel,
             queue,
@@ -81,7 +83,7 @@ impl Scheduler {
         let worker_load = load.clone();
         std::thread::Builder::new()
             .name("fairyc-generate".into())
-            .spawn(move || work(&model, &receiver, &worker_load))
+            .spawn(move || work(&model, &receiver, &worker_load, chunk.max(1)))
             .expect("the generation thread starts");
         Scheduler { jobs, load }
     }
@@ -116,13 +118,13 @@ impl Scheduler {
     }
 }
 
-fn work(model: &Model, jobs: &Receiver<Job>, load: &Load) {
+fn work(model: &Model, jobs: &Receiver<Job>, load: &Load, chunk: usize) {
     let mut active: Vec<Active<'_>> = Vec::new();
     loop {
-        // Join between rounds, one request a round: its prefill (the whole
-        // prompt at once) stalls the others' next token, so a burst of
-        // arrivals costs them one prefill per token, not all at once, and
-        // the first to arrive gets its first token soonest. Block only when
+        // Join between rounds, one request a round: its prefill, a chunk
+        // a round, stalls the others' next token, so a burst of arrivals
+        // costs them a chunk per token, not whole prompts at once, and the
+        // first to arrive gets its first token soonest. Block only when
         // there is nothing to step.
         if active.len() < load.parallel {
             let job = if active.is_empty() {
@@ -134,7 +136,7 @@ fn work(model: &Model, jobs: &Receiver<Job>, load: &Load) {
                 jobs.try_recv().ok()
             };
             if let Some(job) = job {
-                match Active::start(model, job) {
+                match Active::start(model, job, chunk) {
                     Some(a) => active.push(a),
                     None => {
                         load.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -158,6 +160,9 @@ fn work(model: &Model, jobs: &Receiver<Job>, load: &Load) {
 struct Active<'m> {
     model: &'m Model,
     session: Session<'m>,
+    /// The prompt's tokens not fed yet, and how many a round feeds.
+    pending: Vec<u32>,
+    chunk: usize,
     sampler: Sampler,
     decode: DecodeStream<'m>,
     stop: StopText,
@@ -170,37 +175,57 @@ struct Active<'m> {
 }
 
 impl<'m> Active<'m> {
-    /// Feeds the prompt (the prefill); `None` if the request is already
-    /// over (its client left while it waited, or the prompt failed).
-    fn start(model: &'m Model, job: Job) -> Option<Active<'m>> {
+    /// The request, its prompt to be fed `chunk` tokens a round; `None` if
+    /// it is already over (its client left while it waited).
+    fn start(model: &'m Model, job: Job, chunk: usize) -> Option<Active<'m>> {
         if job.events.is_closed() {
             return None;
         }
-        let mut session = Session::new(model.program());
-        let logits = match session.feed_last(&job.prompt) {
-            Ok(logits) => last_row(&logits),
-            Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
-                return None;
-            }
-        };
         Some(Active {
             model,
-            session,
+            session: Session::new(model.program()),
+            prompt_tokens: job.prompt.len(),
+            pending: job.prompt,
+            chunk,
             sampler: Sampler::new(job.temperature, job.top_p, job.seed),
             decode: model.tokenizer().decode_stream(),
             stop: StopText::new(job.stop),
-            logits,
-            prompt_tokens: job.prompt.len(),
+            logits: Vec::new(),
             generated: 0,
             max_tokens: job.max_tokens,
             events: job.events,
         })
     }
 
+    /// The request's step of a round: the next chunk of its prompt, or a
+    /// decode step. Returns whether the request goes on.
+    fn step(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return self.decode_step();
+        }
+        if self.events.is_closed() {
+            return false;
+        }
+        let take = self.chunk.min(self.pending.len());
+        let chunk: Vec<u32> = self.pending.drain(..take).collect();
+        if !self.pending.is_empty() {
+            return match self.session.prefill(&chunk) {
+                Ok(()) => true,
+                Err(e) => self.fail(e.to_string()),
+            };
+        }
+        match self.session.feed_last(&chunk) {
+            Ok(logits) => {
+                self.logits = last_row(&logits);
+                true
+            }
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
     /// One decode step: sample a token, send its text, feed it. Returns
     /// whether the request goes on.
-    fn step(&mut self) -> bool {
+    fn decode_step(&mut self) -> bool {
         if self.events.is_closed() {
             return false;
         }
