@@ -326,6 +326,10 @@ enum Command {
         /// whole prefill.
         #[arg(long, default_value_t = 256)]
         prefill_chunk: usize,
+        /// MiB the server may plan for: weights, values and every slot's
+        /// KV cache at --ctx (default: the memory the system has available).
+        #[arg(long)]
+        memory: Option<usize>,
         /// Tokens per request, prompt and completion (default: the
         /// model's context length).
         #[arg(long)]
@@ -596,6 +600,7 @@ fn run(command: Command) -> Result<()> {
             parallel,
             queue,
             prefill_chunk,
+            memory,
             ctx,
             quant,
             backend,
@@ -610,6 +615,7 @@ fn run(command: Command) -> Result<()> {
                 parallel,
                 queue,
                 prefill_chunk,
+                memory: memory.map(|m| m << 20),
                 ctx,
                 name,
             };

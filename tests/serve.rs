@@ -600,3 +600,22 @@ fn the_openai_package_chats_with_the_server() {
     assert_eq!(report["streamed"], expected.as_str(), "{report}");
     println!("openai package: {report}");
 }
+
+#[test]
+fn a_server_that_would_not_fit_its_memory_refuses_to_start() {
+    let dir = TempDir::new("serve-memory");
+    let model = tiny_model(&dir);
+    let run = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .arg("serve")
+        .arg(&model)
+        .args(["--port", "0", "--parallel", "64", "--memory", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--parallel 64 needs")
+            && stderr.contains("more than the 1.0 MiB available"),
+        "{stderr}"
+    );
+}

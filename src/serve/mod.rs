@@ -33,6 +33,9 @@ pub struct ServeOptions {
     pub queue: usize,
     /// Prompt tokens a request feeds per round (chunked prefill).
     pub prefill_chunk: usize,
+    /// Bytes the server may plan for (weights, values, every slot's KV
+    /// cache at `ctx`); the memory the system reports available by default.
+    pub memory: Option<usize>,
     /// Tokens per request (prompt and completion); the model's context
     /// length by default, and at most that.
     pub ctx: Option<usize>,
@@ -49,6 +52,10 @@ pub fn serve(model: Model, options: &ServeOptions) -> Result<(), Error> {
     if options.prefill_chunk == 0 {
         return Err(Error::Usage("--prefill-chunk must be at least 1".into()));
     }
+    let plan = MemoryNeed::of(&model, options, ctx);
+    if let Some(budget) = options.memory.or_else(available_memory) {
+        plan.check(budget, options.parallel)?;
+    }
     // The executor only moves bytes; the model's compute has its own thread
     // and rayon's pool.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -56,10 +63,15 @@ pub fn serve(model: Model, options: &ServeOptions) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(run(model, options, ctx))
+    runtime.block_on(run(model, options, ctx, plan.total(options.parallel)))
 }
 
-async fn run(model: Model, options: &ServeOptions, ctx: usize) -> Result<(), Error> {
+async fn run(
+    model: Model,
+    options: &ServeOptions,
+    ctx: usize,
+    planned: usize,
+) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind((options.host.as_str(), options.port))
         .await
         .map_err(|e| {
@@ -89,8 +101,11 @@ async fn run(model: Model, options: &ServeOptions, ctx: usize) -> Result<(), Err
         requests: AtomicU64::new(0),
     });
     eprintln!(
-        "serving {} on http://{address} ({} slots of {ctx} tokens, KV cache up to {kv:.1} MiB each; {} may wait)",
-        options.name, options.parallel, options.queue
+        "serving {} on http://{address} ({} slots of {ctx} tokens, KV cache up to {kv:.1} MiB each, {:.1} MiB planned in all; {} may wait)",
+        options.name,
+        options.parallel,
+        planned as f64 / (1 << 20) as f64,
+        options.queue
     );
     axum::serve(listener, routes::router(app))
         .with_graceful_shutdown(async {
@@ -117,6 +132,59 @@ fn context(graph: &Graph, asked: Option<usize>) -> Result<usize, Error> {
             "the model states no context length: pass --ctx".into(),
         )),
     }
+}
+
+/// What serving plans to hold in memory: the model's resident weights,
+/// the values of one run (the runs of all slots take turns, so they share
+/// them) at the largest chunk a run feeds, and each slot's KV cache at
+/// `ctx` tokens.
+struct MemoryNeed {
+    weights: usize,
+    values: usize,
+    kv_per_slot: usize,
+}
+
+impl MemoryNeed {
+    fn of(model: &Model, options: &ServeOptions, ctx: usize) -> MemoryNeed {
+        let program = model.program();
+        MemoryNeed {
+            weights: program.resident_weight_bytes(),
+            values: program
+                .plan()
+                .transient_bytes(program.graph(), options.prefill_chunk.min(ctx)),
+            kv_per_slot: kv_bytes(program.graph(), ctx),
+        }
+    }
+
+    fn total(&self, slots: usize) -> usize {
+        self.weights + self.values + slots * self.kv_per_slot
+    }
+
+    /// An error naming the numbers when `slots` do not fit `budget`.
+    fn check(&self, budget: usize, slots: usize) -> Result<(), Error> {
+        if self.total(slots) <= budget {
+            return Ok(());
+        }
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let fits = (budget.saturating_sub(self.weights + self.values)) / self.kv_per_slot.max(1);
+        Err(Error::Usage(format!(
+            "--parallel {slots} needs {:.1} MiB (weights {:.1}, values {:.1}, KV caches {slots} x {:.1}), \
+             more than the {:.1} MiB available (--memory); {fits} slots fit: lower --parallel or --ctx",
+            mib(self.total(slots)),
+            mib(self.weights),
+            mib(self.values),
+            mib(self.kv_per_slot),
+            mib(budget),
+        )))
+    }
+}
+
+/// The memory the system reports available (Linux's `MemAvailable`).
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The KV cache of one request at `ctx` tokens: every state input's row
