@@ -107,17 +107,17 @@ pub fn attention_into(q: &[f32], k: &[f32], v: &[f32], s: AttentionShape, out: &
             .enumerate()
             .for_each_init(Vec::new, task);
     } else {
-        SCORES.with_borrow_mut(|scores| {
-            out.chunks_mut(task_len)
-                .enumerate()
-                .for_each(|t| task(scores, t))
-        });
+        let mut scores = SCORES.take();
+        out.chunks_mut(task_len)
+            .enumerate()
+            .for_each(|t| task(&mut scores, t));
+        SCORES.set(scores);
     }
 }
 
 thread_local! {
     /// The scores of the calling thread's tasks, kept between calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The query heads `queries` (`group` of `head_dim`) that share KV head

@@ -59,10 +59,10 @@ const ROWS_PER_TASK: usize = 16;
 thread_local! {
     /// The multiply kernel's quantized activations, kept by each thread
     /// that calls it.
-    static MAD_ACTIVATIONS: std::cell::RefCell<mad::Activations8> = std::cell::RefCell::new(mad::Activations8::default());
+    static MAD_ACTIVATIONS: std::cell::Cell<mad::Activations8> = std::cell::Cell::new(mad::Activations8::default());
     /// The look-up kernel's activation tables and steps, kept by each
     /// thread that calls it, so that a call allocates none.
-    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::Cell<(Vec<u8>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// Rows of activations one task of the multiply kernel runs through a
@@ -337,10 +337,13 @@ impl LutLayer {
         if rows == 0 || n == 0 || m == 0 {
             return true;
         }
-        MAD_ACTIVATIONS.with_borrow_mut(|quantized| {
-            quantized.fill(&self.blocks, x, m, rows);
-            self.mad_with(quantized, weights, rows, y)
-        });
+        // Taken out of the thread's keeping for the call: while it waits on
+        // its parallel tasks the thread may run another call (rayon steals
+        // work), which then finds none and makes its own.
+        let mut quantized = MAD_ACTIVATIONS.take();
+        quantized.fill(&self.blocks, x, m, rows);
+        self.mad_with(&quantized, weights, rows, y);
+        MAD_ACTIVATIONS.set(quantized);
         true
     }
 
@@ -402,8 +405,10 @@ impl LutLayer {
         if rows == 0 || n == 0 || m == 0 {
             return;
         }
-        SCRATCH
-            .with_borrow_mut(|(tables, steps)| self.lut_with(x, rows, factors, y, tables, steps));
+        // Out of the thread's keeping for the call (see `mad_into`).
+        let (mut tables, mut steps) = SCRATCH.take();
+        self.lut_with(x, rows, factors, y, &mut tables, &mut steps);
+        SCRATCH.set((tables, steps));
     }
 
     fn lut_with(

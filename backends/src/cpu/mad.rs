@@ -235,20 +235,29 @@ pub unsafe fn run_tile(
 ) {
     let pairs_per_block = blocks.block_len / 2;
     let len = blocks.count() * pairs_per_block * PANEL_ROW;
-    PANEL.with_borrow_mut(|panel| {
-        if panel.len() < len {
-            panel.resize(len, 0);
-        }
-        let panel = &mut panel[..len];
-        // Every byte of the panel is written.
-        decode(codes, blocks, stages, weights, panel);
-        multiply_panel(tile, panel, weights, x, row_range, pairs_per_block, n, y);
-    });
+    let mut panel = PANEL.take();
+    if panel.len() < len {
+        panel.resize(len, 0);
+    }
+    // Every byte of the panel is written.
+    decode(codes, blocks, stages, weights, &mut panel[..len]);
+    multiply_panel(
+        tile,
+        &panel[..len],
+        weights,
+        x,
+        row_range,
+        pairs_per_block,
+        n,
+        y,
+    );
+    PANEL.set(panel);
 }
 
 thread_local! {
-    /// The tile's decoded weights, kept by each thread that multiplies.
-    static PANEL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The tile's decoded weights, kept by each thread that multiplies
+    /// (taken out for a call, so that a nested one makes its own).
+    static PANEL: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Every activation row of `row_range` against the tile's `panel`, into
