@@ -608,6 +608,7 @@ fn run(command: Command) -> Result<()> {
             let name = model
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+            let host_memory = !matches!(backend.backend, BackendArg::Cuda);
             let loaded = load_with_progress(&model, &quant, false, backend)?;
             let options = fairyc::serve::ServeOptions {
                 host,
@@ -616,6 +617,7 @@ fn run(command: Command) -> Result<()> {
                 queue,
                 prefill_chunk,
                 memory: memory.map(|m| m << 20),
+                host_memory,
                 ctx,
                 name,
             };

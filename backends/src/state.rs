@@ -84,15 +84,29 @@ pub const LOGIT_ROWS: &str = "logit_rows";
 /// last token's logits does not run the output layer, the largest, on
 /// every position. Only what follows the final norm is cut: a graph whose
 /// first output is not reached from an `rms_norm` through layers that act
-/// on each row alone (linear, quant_linear, pack, unpack) comes back
-/// unchanged.
+/// on each row alone (linear, quant_linear, pack, unpack), each read by the
+/// next alone, comes back unchanged.
 pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
     let Some(&logits) = graph.outputs.first() else {
         return Ok(graph.clone());
     };
+    // Each value on the way is read by the next alone (and the logits by
+    // nobody but the caller): cutting rows changes no other reader's input.
+    let mut readers = vec![0usize; graph.nodes.len()];
+    for node in &graph.nodes {
+        for v in &node.operands {
+            readers[v.0] += 1;
+        }
+    }
+    for v in &graph.outputs {
+        readers[v.0] += 1;
+    }
     let mut at = logits;
     let norm = loop {
         let node = graph.node(at);
+        if readers[at.0] != 1 {
+            return Ok(graph.clone());
+        }
         match node.op {
             Op::RmsNorm { .. } => break at,
             Op::Linear | Op::QuantLinear { .. } | Op::Pack { .. } | Op::Unpack { .. } => {
@@ -132,8 +146,9 @@ pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
     Ok(b.finish(&outputs))
 }
 
-/// The symbolic count of selected logit rows.
-const ROWS: &str = "rows";
+/// The symbolic count of selected logit rows (named after the input: no
+/// imported graph's own symbol).
+const ROWS: &str = LOGIT_ROWS;
 
 /// The state inputs a graph names in its `state` meta, in the order of its
 /// state outputs (none for a graph without state).

@@ -34,8 +34,11 @@ pub struct ServeOptions {
     /// Prompt tokens a request feeds per round (chunked prefill).
     pub prefill_chunk: usize,
     /// Bytes the server may plan for (weights, values, every slot's KV
-    /// cache at `ctx`); the memory the system reports available by default.
+    /// cache at `ctx`).
     pub memory: Option<usize>,
+    /// Whether values and KV caches live in host memory (the CPU backends):
+    /// without `memory`, what the system reports available bounds them.
+    pub host_memory: bool,
     /// Tokens per request (prompt and completion); the model's context
     /// length by default, and at most that.
     pub ctx: Option<usize>,
@@ -53,8 +56,15 @@ pub fn serve(model: Model, options: &ServeOptions) -> Result<(), Error> {
         return Err(Error::Usage("--prefill-chunk must be at least 1".into()));
     }
     let plan = MemoryNeed::of(&model, options, ctx);
-    if let Some(budget) = options.memory.or_else(available_memory) {
-        plan.check(budget, options.parallel)?;
+    match options.memory {
+        Some(budget) => plan.check(budget, options.parallel, true)?,
+        // The weights are loaded already: what is left must hold the rest.
+        None if options.host_memory => {
+            if let Some(available) = available_memory() {
+                plan.check(available, options.parallel, false)?;
+            }
+        }
+        None => {}
     }
     // The executor only moves bytes; the model's compute has its own thread
     // and rayon's pool.
@@ -136,8 +146,9 @@ fn context(graph: &Graph, asked: Option<usize>) -> Result<usize, Error> {
 
 /// What serving plans to hold in memory: the model's resident weights,
 /// the values of one run (the runs of all slots take turns, so they share
-/// them) at the largest chunk a run feeds, and each slot's KV cache at
-/// `ctx` tokens.
+/// them; twice the plan's bytes, since a slot keeps a buffer per element
+/// type) at the largest chunk a run feeds, and each slot's KV cache at
+/// `ctx` tokens (grown 256 rows at a time).
 struct MemoryNeed {
     weights: usize,
     values: usize,
@@ -149,10 +160,10 @@ impl MemoryNeed {
         let program = model.program();
         MemoryNeed {
             weights: program.resident_weight_bytes(),
-            values: program
+            values: 2 * program
                 .plan()
                 .transient_bytes(program.graph(), options.prefill_chunk.min(ctx)),
-            kv_per_slot: kv_bytes(program.graph(), ctx),
+            kv_per_slot: kv_bytes(program.graph(), ctx.next_multiple_of(256)),
         }
     }
 
@@ -160,18 +171,28 @@ impl MemoryNeed {
         self.weights + self.values + slots * self.kv_per_slot
     }
 
-    /// An error naming the numbers when `slots` do not fit `budget`.
-    fn check(&self, budget: usize, slots: usize) -> Result<(), Error> {
-        if self.total(slots) <= budget {
+    /// An error naming the numbers when `slots` do not fit `budget` (with
+    /// the weights in it, or loaded beside it).
+    fn check(&self, budget: usize, slots: usize, with_weights: bool) -> Result<(), Error> {
+        let weights = if with_weights { self.weights } else { 0 };
+        let need = weights + self.values + slots * self.kv_per_slot;
+        if need <= budget {
             return Ok(());
         }
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
-        let fits = (budget.saturating_sub(self.weights + self.values)) / self.kv_per_slot.max(1);
+        let fits = budget.saturating_sub(weights + self.values) / self.kv_per_slot.max(1);
+        let (what, weights) = if with_weights {
+            ("--memory", format!("weights {:.1}, ", mib(self.weights)))
+        } else {
+            (
+                "the system's available memory, the weights loaded",
+                String::new(),
+            )
+        };
         Err(Error::Usage(format!(
-            "--parallel {slots} needs {:.1} MiB (weights {:.1}, values {:.1}, KV caches {slots} x {:.1}), \
-             more than the {:.1} MiB available (--memory); {fits} slots fit: lower --parallel or --ctx",
-            mib(self.total(slots)),
-            mib(self.weights),
+            "--parallel {slots} needs {:.1} MiB ({weights}values {:.1}, KV caches {slots} x {:.1}), \
+             more than the {:.1} MiB available ({what}); {fits} slots fit: lower --parallel or --ctx",
+            mib(need),
             mib(self.values),
             mib(self.kv_per_slot),
             mib(budget),

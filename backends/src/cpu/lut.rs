@@ -291,6 +291,9 @@ impl LutLayer {
     /// look-ups' tables live in a buffer of the thread's: a decode step
     /// allocates nothing).
     pub fn run_into(&self, x: &[Complex32], rows: usize, factors: &Factors, y: &mut [Complex32]) {
+        // The kernels write `y` through pointers: its size is checked here.
+        assert_eq!(x.len(), rows * self.m, "quant_linear input of {rows} rows");
+        assert_eq!(y.len(), rows * self.n, "quant_linear output of {rows} rows");
         if self.m == 0 {
             // No inputs: every output is an empty sum.
             y.fill(Complex32::new(0.0, 0.0));
