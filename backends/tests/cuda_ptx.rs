@@ -40,6 +40,7 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::CrossEntropyRows,
         Kernel::ScoredMean,
         Kernel::CrossEntropyGrad,
+        Kernel::Dequant,
         Kernel::KlDivRows,
         Kernel::KlDivGrad,
         Kernel::EmbedGrad,

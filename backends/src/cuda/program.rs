@@ -193,6 +193,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             u_stages: *u_stages,
             w_stages: *w_stages,
         },
+        Op::Dequant { .. } => Kernel::Dequant,
         _ => return None,
     })
 }
@@ -757,19 +758,15 @@ impl CudaProgram {
                 let codes = args[1];
                 let (n, m) = (codes.shape[0], codes.shape[1]);
                 let rows = x.len().checked_div(m).unwrap_or(0);
-                let (groups_per_row, group_len) = match granularity {
-                    Granularity::Group(g) => (m.div_ceil((*g).max(1)), (*g).max(1)),
-                    Granularity::Tensor | Granularity::Channel => (1, m.max(1)),
-                };
+                let [groups_per_row, group_len, per_tensor] = scale_groups(*granularity, m);
                 let sizes = [
-                    rows,
-                    n,
-                    m,
+                    rows as i64,
+                    n as i64,
+                    m as i64,
                     groups_per_row,
                     group_len,
-                    usize::from(*granularity == Granularity::Tensor),
-                ]
-                .map(|v| v as i64);
+                    per_tensor,
+                ];
                 if rows == 0 || n == 0 {
                     return Ok(DeviceTensor {
                         shape,
@@ -783,6 +780,17 @@ impl CudaProgram {
                     for a in &args[1..] {
                         b.arg(&*a.words);
                     }
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (Step::Kernel(k), Op::Dequant { granularity }) => {
+                let (n, m) = (x.shape[0], x.shape[1]);
+                let [groups_per_row, group_len, per_tensor] = scale_groups(*granularity, m);
+                let sizes = [n as i64, m as i64, groups_per_row, group_len, per_tensor];
+                self.launch(k[0], Self::grid(n * m), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&*args[1].words);
                     for v in &sizes {
                         b.arg(v);
                     }
@@ -1178,4 +1186,18 @@ impl Program for CudaProgram {
             _ => Ok(t),
         }
     }
+}
+
+/// How the kernels on codes find a scale: groups per row, columns per
+/// group, and whether one pair serves the tensor.
+fn scale_groups(granularity: Granularity, m: usize) -> [i64; 3] {
+    let (groups_per_row, group_len) = match granularity {
+        Granularity::Group(g) => (m.div_ceil(g.max(1)), g.max(1)),
+        Granularity::Tensor | Granularity::Channel => (1, m.max(1)),
+    };
+    [
+        groups_per_row as i64,
+        group_len as i64,
+        i64::from(granularity == Granularity::Tensor),
+    ]
 }

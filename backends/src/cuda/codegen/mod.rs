@@ -145,6 +145,8 @@ pub enum Kernel {
     /// applied to `x` and `w_stages` to `conj(x)`, one warp per output
     /// row, the codes decoded in registers.
     QuantLinear { u_stages: usize, w_stages: usize },
+    /// `dequant`: each code times its group's scale, one thread an element.
+    Dequant,
 }
 
 /// Output rows of [`Kernel::QuantLinear`] per block (one warp each).
@@ -177,6 +179,7 @@ impl Kernel {
             Kernel::Copy2d => "copy2d",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
+            Kernel::Dequant => "dequant",
             Kernel::GatherColumns => "gather_columns",
             Kernel::ColumnSum => "column_sum",
             Kernel::CrossEntropyRows => "cross_entropy_rows",
@@ -607,6 +610,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)
             }
+            Kernel::Dequant => self.dequant(name),
         }
     }
 

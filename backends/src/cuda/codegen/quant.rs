@@ -53,75 +53,16 @@ impl<'ctx> Gen<'ctx> {
                     x,
                     self.add(x_base, self.add(self.mul(j, self.int(2))?, self.int(1))?)?,
                 )?;
-                let g = self.udiv(j, group_len)?;
-                let group_at =
-                    self.mul(self.add(self.mul(row, groups_per_row)?, g)?, self.int(2))?;
-                let scale_at = self
-                    .builder
-                    .build_select(tensor, self.int(0), group_at, "")
-                    .map_err(err)?
-                    .into_int_value();
-                let byte_at = self.add(self.mul(row, stride)?, self.udiv(j, self.int(4))?)?;
-                let shift = self.mul(self.urem(j, self.int(4))?, self.int(2))?;
-                let shift = self
-                    .builder
-                    .build_int_truncate(shift, self.context.i8_type(), "")
-                    .map_err(err)?;
+                let (byte_at, shift, scale_at) =
+                    self.code_position(row, j, stride, (groups_per_row, group_len), tensor)?;
                 for s in 0..stages {
                     let codes = self.param_ptr(f, 2 + 2 * s as u32);
                     let scales = self.param_ptr(f, 3 + 2 * s as u32);
-                    let p = self.gep(self.context.i8_type(), codes, byte_at)?;
-                    let byte = self
-                        .builder
-                        .build_load(self.context.i8_type(), p, "")
-                        .map_err(err)?
-                        .into_int_value();
-                    let code = self
-                        .builder
-                        .build_right_shift(byte, shift, false, "")
-                        .map_err(err)?;
-                    let code = self
-                        .builder
-                        .build_and(code, self.context.i8_type().const_int(3, false), "")
-                        .map_err(err)?;
-                    let s_re = self.load_f32(scales, scale_at)?;
-                    let s_im = self.load_f32(scales, self.add(scale_at, self.int(1))?)?;
+                    let (scale, imaginary) =
+                        self.code_scale(codes, byte_at, shift, scales, scale_at)?;
                     // conj(x) for the W stages.
                     let xi = if s >= u_stages { self.fneg(xi)? } else { xi };
-                    // Codes 0..3 are +1, +i, −1, −i: the product with x is
-                    // ±s_re·(xr, xi) or ±s_im·(−xi, xr).
-                    let imaginary = self
-                        .builder
-                        .build_and(code, self.context.i8_type().const_int(1, false), "")
-                        .map_err(err)?;
-                    let imaginary = self
-                        .builder
-                        .build_int_compare(
-                            IntPredicate::NE,
-                            imaginary,
-                            self.context.i8_type().const_int(0, false),
-                            "",
-                        )
-                        .map_err(err)?;
-                    let negative = self
-                        .builder
-                        .build_int_compare(
-                            IntPredicate::UGE,
-                            code,
-                            self.context.i8_type().const_int(2, false),
-                            "",
-                        )
-                        .map_err(err)?;
-                    let scale = self
-                        .builder
-                        .build_select(imaginary, s_im, s_re, "")
-                        .map_err(err)?
-                        .into_float_value();
-                    let scale = self
-                        .builder
-                        .build_select(negative, self.fneg(scale)?, scale, "")
-                        .map_err(err)?
-                        .into_float_value();
+                    // The product with x is ±s_re·(xr, xi) or ±s_im·(−xi, xr).
                     let a = self
                         .builder
                         .build_select(imaginary, self.fneg(xi)?, xr, "")
@@ -173,6 +114,130 @@ impl<'ctx> Gen<'ctx> {
         })?;
         self.builder.build_unconditional_branch(done).map_err(err)?;
         self.builder.position_at_end(done);
+        self.ret()
+    }
+
+    /// Where the code of `(row, j)` lies (its byte in rows of `stride`
+    /// bytes, its bit) and its group's scales: `2·(row·groups_per_row +
+    /// j / group_len)`, or 0 for a per-tensor scale.
+    fn code_position(
+        &self,
+        row: IntValue<'ctx>,
+        j: IntValue<'ctx>,
+        stride: IntValue<'ctx>,
+        (groups_per_row, group_len): (IntValue<'ctx>, IntValue<'ctx>),
+        tensor: IntValue<'ctx>,
+    ) -> Built<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
+        let group = self.add(self.mul(row, groups_per_row)?, self.udiv(j, group_len)?)?;
+        let scale_at = self
+            .builder
+            .build_select(tensor, self.int(0), self.mul(group, self.int(2))?, "")
+            .map_err(err)?
+            .into_int_value();
+        let byte_at = self.add(self.mul(row, stride)?, self.udiv(j, self.int(4))?)?;
+        let shift = self.mul(self.urem(j, self.int(4))?, self.int(2))?;
+        let shift = self
+            .builder
+            .build_int_truncate(shift, self.context.i8_type(), "")
+            .map_err(err)?;
+        Ok((byte_at, shift, scale_at))
+    }
+
+    /// The signed scale of the code at bit `shift` of byte `byte_at` of
+    /// `codes` and whether it is imaginary: codes 0..3 are +1, +i, −1, −i,
+    /// with the group's scales `(s_re, s_im)` at `scale_at` of `scales`.
+    fn code_scale(
+        &self,
+        codes: PointerValue<'ctx>,
+        byte_at: IntValue<'ctx>,
+        shift: IntValue<'ctx>,
+        scales: PointerValue<'ctx>,
+        scale_at: IntValue<'ctx>,
+    ) -> Built<(FloatValue<'ctx>, IntValue<'ctx>)> {
+        let byte_ty = self.context.i8_type();
+        let p = self.gep(byte_ty, codes, byte_at)?;
+        let byte = self
+            .builder
+            .build_load(byte_ty, p, "")
+            .map_err(err)?
+            .into_int_value();
+        let code = self
+            .builder
+            .build_right_shift(byte, shift, false, "")
+            .map_err(err)?;
+        let code = self
+            .builder
+            .build_and(code, byte_ty.const_int(3, false), "")
+            .map_err(err)?;
+        let s_re = self.load_f32(scales, scale_at)?;
+        let s_im = self.load_f32(scales, self.add(scale_at, self.int(1))?)?;
+        let imaginary = self
+            .builder
+            .build_and(code, byte_ty.const_int(1, false), "")
+            .map_err(err)?;
+        let imaginary = self
+            .builder
+            .build_int_compare(IntPredicate::NE, imaginary, byte_ty.const_int(0, false), "")
+            .map_err(err)?;
+        let negative = self
+            .builder
+            .build_int_compare(IntPredicate::UGE, code, byte_ty.const_int(2, false), "")
+            .map_err(err)?;
+        let scale = self
+            .builder
+            .build_select(imaginary, s_im, s_re, "")
+            .map_err(err)?
+            .into_float_value();
+        let scale = self
+            .builder
+            .build_select(negative, self.fneg(scale)?, scale, "")
+            .map_err(err)?
+            .into_float_value();
+        Ok((scale, imaginary))
+    }
+
+    /// `dequant(out, codes, scales, n, m, groups_per_row, group_len,
+    /// per_tensor)`: `out[n, m]` complex, each code times its group's
+    /// scale (the layouts of [`Gen::quant_linear`]); one thread an element.
+    pub(super) fn dequant(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr; 3];
+        params.extend([Param::I64; 5]);
+        let f = self.declare(name, &params);
+        let (out, codes, scales) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let [n, m, groups_per_row, group_len, per_tensor] =
+            [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
+        let tensor = self
+            .builder
+            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
+            .map_err(err)?;
+        let first = self.add(
+            self.mul(self.sreg("ctaid.x")?, self.sreg("ntid.x")?)?,
+            self.sreg("tid.x")?,
+        )?;
+        let step = self.mul(self.sreg("nctaid.x")?, self.sreg("ntid.x")?)?;
+        self.strided_loop(f, first, self.mul(n, m)?, step, |k| {
+            let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
+            let (byte_at, shift, scale_at) =
+                self.code_position(row, j, stride, (groups_per_row, group_len), tensor)?;
+            let (scale, imaginary) = self.code_scale(codes, byte_at, shift, scales, scale_at)?;
+            let zero = self.float(0.0);
+            let pick = |on: bool| -> Built<FloatValue<'ctx>> {
+                let (a, b) = if on { (scale, zero) } else { (zero, scale) };
+                Ok(self
+                    .builder
+                    .build_select(imaginary, a, b, "")
+                    .map_err(err)?
+                    .into_float_value())
+            };
+            let at = self.mul(k, self.int(2))?;
+            self.store_f32(out, at, pick(false)?)?;
+            self.store_f32(out, self.add(at, self.int(1))?, pick(true)?)
+        })?;
         self.ret()
     }
 }
