@@ -41,9 +41,12 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::ScoredMean,
         Kernel::CrossEntropyGrad,
         Kernel::Dequant,
+        Kernel::SoftmaxGrad,
         Kernel::KlDivRows,
         Kernel::KlDivGrad,
         Kernel::EmbedGrad,
+        Kernel::WidelyLinear { part: WlPart::U },
+        Kernel::WidelyLinear { part: WlPart::W },
         Kernel::WidelyLinearGrad { part: WlPart::U },
         Kernel::WidelyLinearGrad { part: WlPart::W },
     ];

@@ -14,7 +14,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use fairyc_ir::infer::infer_type;
 use fairyc_ir::quant::Pairing;
-use fairyc_ir::{DType, Dim, Granularity, Graph, NormOperand, Op, Shape, TensorType, WeightStore};
+use fairyc_ir::{
+    Arithmetic, DType, Dim, Granularity, Graph, NormOperand, Op, Shape, TensorType, WeightStore,
+};
 use num_complex::Complex32;
 
 use super::codegen::{
@@ -175,6 +177,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             complex: out == Elem::Complex,
         },
         Op::Softmax => Kernel::Softmax,
+        Op::SoftmaxGrad => Kernel::SoftmaxGrad,
         Op::ActQuant { .. } => Kernel::ActQuant {
             complex: out == Elem::Complex,
         },
@@ -194,6 +197,11 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             w_stages: *w_stages,
         },
         Op::Dequant { .. } => Kernel::Dequant,
+        Op::WidelyLinear {
+            part,
+            arithmetic: Arithmetic::F32,
+            ..
+        } => Kernel::WidelyLinear { part: *part },
         _ => return None,
     })
 }
@@ -370,6 +378,37 @@ impl CudaProgram {
                 );
                 continue;
             }
+            if let Op::WidelyLinear {
+                row_block,
+                col_block,
+                ..
+            } = &node.op
+            {
+                let Some(r) = graph.node(node.operands[0]).ty.shape.concrete() else {
+                    return Err(BackendError::new(format!(
+                        "%{i} = widely_linear: the GPU needs fixed shapes"
+                    )));
+                };
+                // Each slot's real and imaginary row (column) of the matrix.
+                let table = |block: usize, len: usize| -> Result<Vec<i32>, BackendError> {
+                    Ok(Pairing::from_block(block)
+                        .table(2 * len.div_ceil(2))
+                        .map_err(|e| BackendError::new(format!("%{i}: {e}")))?
+                        .into_iter()
+                        .flat_map(|(re, im)| [re as i32, im as i32])
+                        .collect())
+                };
+                let rows = table(*row_block, r[0])?;
+                let cols = table(*col_block, r[1])?;
+                pairings.insert(
+                    i,
+                    (
+                        stream.clone_htod(&rows).map_err(driver)?,
+                        stream.clone_htod(&cols).map_err(driver)?,
+                    ),
+                );
+                continue;
+            }
             let (index, in_words) = match &node.op {
                 Op::Pack { block } | Op::Unpack { block } => {
                     let x = &graph.node(node.operands[0]).ty;
@@ -477,12 +516,16 @@ impl CudaProgram {
                     b.arg(&out).arg(&*x.words).arg(&cols).arg(&q);
                 })?;
             }
-            (Step::Kernel(k), Op::Softmax) => {
+            (Step::Kernel(k), Op::Softmax | Op::SoftmaxGrad) => {
                 let cols = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(cols).unwrap_or(0);
                 let cols = cols as i64;
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
-                    b.arg(&out).arg(&*x.words).arg(&cols);
+                    b.arg(&out);
+                    for a in args {
+                        b.arg(&*a.words);
+                    }
+                    b.arg(&cols);
                 })?;
             }
             (Step::Kernel(k), Op::Embed) => {
@@ -737,6 +780,16 @@ impl CudaProgram {
                 let sizes = [rows, cols, d.shape[1]].map(|v| v as i64);
                 self.launch(k[0], Self::grid(rows * cols), MAP_THREADS, |b| {
                     b.arg(&out).arg(&*d.words).arg(row_index).arg(col_index);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (Step::Kernel(k), Op::WidelyLinear { .. }) => {
+                let (row_slots, col_slots) = &self.pairings[&i];
+                let sizes = [x.shape[0], x.shape[1], shape[0], shape[1]].map(|v| v as i64);
+                self.launch(k[0], Self::grid(shape[0] * shape[1]), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(row_slots).arg(col_slots);
                     for v in &sizes {
                         b.arg(v);
                     }

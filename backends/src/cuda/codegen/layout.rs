@@ -355,4 +355,74 @@ impl<'ctx> Gen<'ctx> {
         })?;
         self.ret()
     }
+
+    /// `widely_linear(out, r, row_slots, col_slots, rows, cols, n, m)`: the
+    /// `U` or `W` part `[n, m]` of the real `r[rows, cols]` (eq. 3), the
+    /// real row and column of each slot's real and imaginary part in
+    /// `row_slots` and `col_slots` (`[2n]`, `[2m]`; past the matrix:
+    /// padding, zero); f32 arithmetic, halving first.
+    pub(super) fn widely_linear(&self, name: &str, part: fairyc_ir::WlPart) -> Built<()> {
+        let mut params = vec![Param::Ptr; 4];
+        params.extend([Param::I64; 4]);
+        let f = self.declare(name, &params);
+        let [out, r, row_slots, col_slots] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
+        let [rows, cols, n, m] = [4, 5, 6, 7].map(|k| self.param_int(f, k));
+        self.grid_loop(f, self.mul(n, m)?, |k| {
+            let (p, q) = (self.udiv(k, m)?, self.urem(k, m)?);
+            let slot = |table, s: IntValue<'ctx>, part: u64| {
+                self.widen(
+                    self.load_i32(table, self.add(self.mul(s, self.int(2))?, self.int(part))?)?,
+                )
+            };
+            let (ra, ia) = (slot(row_slots, p, 0)?, slot(row_slots, p, 1)?);
+            let (rb, ib) = (slot(col_slots, q, 0)?, slot(col_slots, q, 1)?);
+            // r[i, j], zero for a padded row or column.
+            let at = |i: IntValue<'ctx>, j: IntValue<'ctx>| -> Built<FloatValue<'ctx>> {
+                let inside = self
+                    .builder
+                    .build_and(
+                        self.builder
+                            .build_int_compare(IntPredicate::ULT, i, rows, "")
+                            .map_err(err)?,
+                        self.builder
+                            .build_int_compare(IntPredicate::ULT, j, cols, "")
+                            .map_err(err)?,
+                        "",
+                    )
+                    .map_err(err)?;
+                let safe = |v, bound| -> Built<IntValue<'ctx>> {
+                    Ok(self
+                        .builder
+                        .build_select(inside, v, bound, "")
+                        .map_err(err)?
+                        .into_int_value())
+                };
+                let word = self.add(
+                    self.mul(safe(i, self.int(0))?, cols)?,
+                    safe(j, self.int(0))?,
+                )?;
+                Ok(self
+                    .builder
+                    .build_select(inside, self.load_f32(r, word)?, self.float(0.0), "")
+                    .map_err(err)?
+                    .into_float_value())
+            };
+            let (r11, r12, r21, r22) = (at(ra, rb)?, at(ra, ib)?, at(ia, rb)?, at(ia, ib)?);
+            let half = |a: FloatValue<'ctx>, b: FloatValue<'ctx>| {
+                self.fadd(
+                    self.fmul(self.float(0.5), a)?,
+                    self.fmul(self.float(0.5), b)?,
+                )
+            };
+            // U = ½(r11 + r22) + ½(r21 − r12)i; W = ½(r11 − r22) + ½(r12 + r21)i.
+            let (re, im) = match part {
+                fairyc_ir::WlPart::U => (half(r11, r22)?, half(r21, self.fneg(r12)?)?),
+                fairyc_ir::WlPart::W => (half(r11, self.fneg(r22)?)?, half(r12, r21)?),
+            };
+            let at = self.mul(k, self.int(2))?;
+            self.store_f32(out, at, re)?;
+            self.store_f32(out, self.add(at, self.int(1))?, im)
+        })?;
+        self.ret()
+    }
 }

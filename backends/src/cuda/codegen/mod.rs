@@ -147,6 +147,11 @@ pub enum Kernel {
     QuantLinear { u_stages: usize, w_stages: usize },
     /// `dequant`: each code times its group's scale, one thread an element.
     Dequant,
+    /// `y · (dy − Σ y·dy)` per row; one block a row.
+    SoftmaxGrad,
+    /// The `U` or `W` part of a real matrix (eq. 3), f32 arithmetic; one
+    /// thread an element, through per-slot row and column tables.
+    WidelyLinear { part: fairyc_ir::WlPart },
 }
 
 /// Output rows of [`Kernel::QuantLinear`] per block (one warp each).
@@ -180,6 +185,8 @@ impl Kernel {
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
             Kernel::Dequant => "dequant",
+            Kernel::SoftmaxGrad => "softmax_grad",
+            Kernel::WidelyLinear { .. } => "widely_linear",
             Kernel::GatherColumns => "gather_columns",
             Kernel::ColumnSum => "column_sum",
             Kernel::CrossEntropyRows => "cross_entropy_rows",
@@ -611,6 +618,8 @@ impl<'ctx> Gen<'ctx> {
                 self.quant_linear(name, *u_stages, *w_stages)
             }
             Kernel::Dequant => self.dequant(name),
+            Kernel::SoftmaxGrad => self.softmax_grad(name),
+            Kernel::WidelyLinear { part } => self.widely_linear(name, *part),
         }
     }
 

@@ -215,12 +215,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
             .map_err(err)?;
-        let first = self.add(
-            self.mul(self.sreg("ctaid.x")?, self.sreg("ntid.x")?)?,
-            self.sreg("tid.x")?,
-        )?;
-        let step = self.mul(self.sreg("nctaid.x")?, self.sreg("ntid.x")?)?;
-        self.strided_loop(f, first, self.mul(n, m)?, step, |k| {
+        self.grid_loop(f, self.mul(n, m)?, |k| {
             let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
             let (byte_at, shift, scale_at) =
                 self.code_position(row, j, stride, (groups_per_row, group_len), tensor)?;

@@ -130,6 +130,29 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `softmax_grad(out, y, dy, cols)`: `y · (dy − Σ y·dy)` per row.
+    pub(super) fn softmax_grad(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, y, dy, cols) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_int(f, 3),
+        );
+        let base = self.mul(self.sreg("ctaid.x")?, cols)?;
+        let at = |i| self.add(base, i);
+        let dot = self.row_sum(f, scratch, cols, false, |i| {
+            self.fmul(self.load_f32(y, at(i)?)?, self.load_f32(dy, at(i)?)?)
+        })?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, cols, self.sreg("ntid.x")?, |i| {
+            let v = self.fsub(self.load_f32(dy, at(i)?)?, dot)?;
+            self.store_f32(out, at(i)?, self.fmul(self.load_f32(y, at(i)?)?, v)?)
+        })?;
+        self.ret()
+    }
+
     /// `column_sum(out, x, rows, cols)`.
     pub(super) fn column_sum(&self, name: &str) -> Built<()> {
         let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
