@@ -269,3 +269,47 @@ fn mad_quant_linear_is_within_its_bound() {
     }
     eprintln!("largest error / bound: {worst}");
 }
+
+/// Several programs' layers at once, each run on a pool thread (as the
+/// executor runs a program): a thread waiting on its parallel tasks runs
+/// other calls meanwhile, which must neither find the kernels' per-thread
+/// scratch taken nor change the results.
+#[test]
+fn calls_nested_by_work_stealing_keep_their_results() {
+    let mut rng = StdRng::seed_from_u64(18);
+    // Enough work that every call splits over threads, both kernels.
+    let (n, m) = (512, 512);
+    let layer = Layer::random(&mut rng, (n, m), (2, 2), Granularity::Tensor, |rng, _| {
+        0.1 + rng.random::<f32>()
+    });
+    let (packed, scales) = (layer.packed(), layer.scale_refs());
+    let lut = LutLayer::new(
+        n,
+        m,
+        2,
+        &packed,
+        Granularity::Tensor,
+        CodeGen::llvm_for_host(),
+    )
+    .unwrap();
+    let factors = lut.factors(&scales).unwrap();
+    let inputs: Vec<(usize, Vec<Complex32>)> = [4usize, 24, 4, 24]
+        .into_iter()
+        .map(|rows| (rows, activations(&mut rng, rows, m)))
+        .collect();
+    let want: Vec<Vec<Complex32>> = inputs
+        .iter()
+        .map(|(rows, x)| lut.run(x, *rows, &factors))
+        .collect();
+    std::thread::scope(|scope| {
+        for ((rows, x), want) in inputs.iter().zip(&want) {
+            let (lut, factors) = (&lut, &factors);
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    let got = rayon::scope(|_| lut.run(x, *rows, factors));
+                    assert_eq!(&got, want, "{rows} rows");
+                }
+            });
+        }
+    });
+}
