@@ -41,6 +41,9 @@ pub struct Session<'a> {
     state: Vec<(String, Tensor)>,
     position: usize,
     context: Option<usize>,
+    /// Whether the graph takes the positions whose logits it computes
+    /// (looked up once, not on every step).
+    selects_rows: bool,
 }
 
 impl<'a> Session<'a> {
@@ -57,6 +60,7 @@ impl<'a> Session<'a> {
             state: Vec::new(),
             position: 0,
             context,
+            selects_rows: graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS),
         };
         session.reset();
         session
@@ -153,7 +157,7 @@ impl<'a> Session<'a> {
                 Tensor::i32(vec![tokens.len()], positions),
             ),
         ]);
-        if graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS) {
+        if self.selects_rows {
             let rows = match wanted {
                 LogitRows::All => (0..tokens.len() as i32).collect(),
                 LogitRows::Last => vec![tokens.len() as i32 - 1],

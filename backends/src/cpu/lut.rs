@@ -330,10 +330,7 @@ impl LutLayer {
         let Some(weights) = factors.mad.as_ref() else {
             return false;
         };
-        if self.activations != Activations::Bits7
-            || self.desc.rows != mad::TILE
-            || !mad::host_supports()
-        {
+        if !mad::applies(self.desc.rows, self.granularity, self.activations) {
             return false;
         }
         let (n, m) = (self.n, self.m);

@@ -20,7 +20,10 @@
 
 use num_complex::Complex32;
 
-use super::lut::{round_near, Blocks};
+use fairyc_ir::quant::Code;
+use fairyc_ir::Granularity;
+
+use super::lut::{round_near, Activations, Blocks};
 
 /// Activation rows from which a call multiplies instead of looking up
 /// (measured: `cargo run --release -p fairyc-backends --example lut_gemv`,
@@ -73,7 +76,8 @@ impl MadWeights {
                 for (nibble, v) in v.iter_mut().enumerate() {
                     for (k, stage) in stages.iter().enumerate() {
                         if let Some(s) = *stage {
-                            *v += code_value((nibble >> (2 * k)) as u8 & 3, scales[s]);
+                            *v += Code::from_bits((nibble >> (2 * k)) as u8)
+                                .scaled(scales[s][0], scales[s][1]);
                         }
                     }
                 }
@@ -109,14 +113,14 @@ impl MadWeights {
     }
 }
 
-/// The value code `c` (`i^c`) stands for with axis scales `[s_re, s_im]`.
-fn code_value(c: u8, scales: &[f32]) -> Complex32 {
-    match c {
-        0 => Complex32::new(scales[0], 0.0),
-        1 => Complex32::new(0.0, scales[1]),
-        2 => Complex32::new(-scales[0], 0.0),
-        _ => Complex32::new(0.0, -scales[1]),
-    }
+/// Whether [`super::lut::LutLayer::run`] multiplies a layer of tiles of
+/// `tile_rows`, scales of `granularity` and activations of `activations`
+/// (from [`MIN_ROWS`] rows): the one place that choice is made.
+pub fn applies(tile_rows: usize, granularity: Granularity, activations: Activations) -> bool {
+    tile_rows == TILE
+        && granularity == Granularity::Tensor
+        && activations == Activations::Bits7
+        && host_supports()
 }
 
 /// Whether this host runs the kernel.

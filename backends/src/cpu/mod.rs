@@ -167,10 +167,15 @@ fn compile_with(
 fn lut_tolerance(op: &Op, generator: CodeGen, activations: Activations) -> Tolerance {
     type Steps = fn(usize, Granularity, &[Complex32]) -> Vec<f32>;
     type WeightError = fn(usize, usize, Granularity, &[&[f32]]) -> f32;
-    let (step, weight_error): (Steps, WeightError) = match (activations, generator) {
-        (Activations::Bits14, _) => (steps_14, exact_weights),
-        (Activations::Bits7, CodeGen::Llvm { rows: mad::TILE }) => (steps_7, mad_weight_error),
-        (Activations::Bits7, _) => (steps_7, exact_weights),
+    let step: Steps = match activations {
+        Activations::Bits7 => steps_7,
+        Activations::Bits14 => steps_14,
+    };
+    // Per generator and activations: the weights' rounding where the
+    // multiply kernel may run (`mad::applies` decides per layer).
+    let weight_error: WeightError = match (generator.rows(), activations) {
+        (mad::TILE, Activations::Bits7) => mad_weight_error,
+        _ => exact_weights,
     };
     match op {
         Op::QuantLinear { .. } => Tolerance::QuantizedActivations {
@@ -194,7 +199,7 @@ fn mad_weight_error(
     scales: &[&[f32]],
 ) -> f32 {
     let multiplies =
-        rows >= mad::MIN_ROWS && granularity == Granularity::Tensor && mad::host_supports();
+        rows >= mad::MIN_ROWS && mad::applies(mad::TILE, granularity, Activations::Bits7);
     match multiplies
         .then(|| mad::MadWeights::new(u_stages, scales))
         .flatten()

@@ -184,19 +184,13 @@ impl<'ctx> Gen<'ctx> {
         let r = self.sreg("ctaid.x")?;
         let base = self.mul(r, vocab)?;
         let at = |i| self.add(base, i);
-        let max = self.row_sum(f, scratch, vocab, true, |i| self.load_f32(logits, at(i)?))?;
-        let total = self.row_sum(f, scratch, vocab, false, |i| {
-            self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
-        })?;
+        let lse = self.log_sum_exp(f, scratch, logits, base, vocab)?;
         let (t, scored) = self.target(targets, r)?;
         let safe = self
             .builder
             .build_select(scored, t, self.int(0), "")
             .map_err(err)?
             .into_int_value();
-        let log2 = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
-        let lg = self.call(log2, &[total.into()])?.into_float_value();
-        let lse = self.fadd(max, self.fmul(lg, self.float(std::f32::consts::LN_2))?)?;
         let loss = self.fsub(lse, self.load_f32(logits, at(safe)?)?)?;
         let zero = self.float(0.0);
         let loss = self
