@@ -118,10 +118,29 @@ impl Perplexity {
 pub struct Model {
     program: Box<dyn Program>,
     tokenizer: Tokenizer,
-    /// The deployable graph and its weights, kept to re-bind the model on
-    /// another backend ([`Model::backend`]).
+    /// The deployable graph (before its decoding state is exposed), how
+    /// many sequences it decodes at once, and its weights, kept to re-bind
+    /// the model on another backend ([`Model::backend`]).
     graph: Graph,
+    slots: usize,
     weights: std::sync::Arc<dyn fairyc_ir::WeightStore>,
+}
+
+/// `graph` compiled for decoding `slots` sequences at once: their KV caches
+/// as state, and the logits of only the rows asked for.
+fn compile_decoding(
+    backend: &dyn Backend,
+    graph: &Graph,
+    slots: usize,
+    weights: &dyn fairyc_ir::WeightStore,
+    on_weight: &(dyn Fn(&str) + Sync),
+) -> Result<Box<dyn Program>, Error> {
+    let graph =
+        fairyc_backends::state::expose_kv_cache_slots(graph, slots).map_err(BackendError::from)?;
+    let graph = fairyc_backends::state::select_logit_rows(&graph).map_err(BackendError::from)?;
+    Ok(fairyc_backends::compile(
+        backend, &graph, weights, on_weight,
+    )?)
 }
 
 impl Model {
@@ -147,17 +166,27 @@ impl Model {
         backend: &dyn Backend,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Model, Error> {
+        Model::from_imported_slots(imported, backend, 1, on_weight)
+    }
+
+    /// [`Model::from_imported_on`] with `slots` sequences decoded together
+    /// ([`fairyc_runtime::Batch`]: what a server batches its requests'
+    /// steps through); a [`Session`] uses the first.
+    pub fn from_imported_slots(
+        imported: Imported,
+        backend: &dyn Backend,
+        slots: usize,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Model, Error> {
         let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
             .map_err(BackendError::from)?;
-        let graph = fairyc_backends::state::expose_kv_cache(&graph).map_err(BackendError::from)?;
-        let graph =
-            fairyc_backends::state::select_logit_rows(&graph).map_err(BackendError::from)?;
         let program =
-            fairyc_backends::compile(backend, &graph, imported.weights.as_ref(), on_weight)?;
+            compile_decoding(backend, &graph, slots, imported.weights.as_ref(), on_weight)?;
         Ok(Model {
             program,
             tokenizer: imported.tokenizer,
             graph,
+            slots,
             weights: imported.weights,
         })
     }
@@ -167,8 +196,13 @@ impl Model {
     /// weights are read again from their store (memory-mapped codes are
     /// lent, not copied).
     pub fn backend(self, backend: &dyn Backend) -> Result<Model, Error> {
-        let program =
-            fairyc_backends::compile(backend, &self.graph, self.weights.as_ref(), &|_| {})?;
+        let program = compile_decoding(
+            backend,
+            &self.graph,
+            self.slots,
+            self.weights.as_ref(),
+            &|_| {},
+        )?;
         Ok(Model { program, ..self })
     }
 

@@ -321,9 +321,10 @@ enum Command {
         /// Requests that may wait for a slot; past that, 503.
         #[arg(long, default_value_t = 16)]
         queue: usize,
-        /// Prompt tokens a request feeds per round: a long prompt arriving
-        /// delays the other requests' next token by one chunk, not by its
-        /// whole prefill.
+        /// Prompt tokens a round feeds at most, shared by the requests
+        /// reading their prompts (each round also steps every generating
+        /// request by a token): a long prompt arriving delays the others'
+        /// next token by one chunk, not by its whole prefill.
         #[arg(long, default_value_t = 256)]
         prefill_chunk: usize,
         /// MiB the server may plan for: weights, values and every slot's
@@ -550,7 +551,7 @@ fn run(command: Command) -> Result<()> {
             if !temperature.is_finite() || temperature < 0.0 {
                 bail!("--temperature must be 0 or positive, got {temperature}");
             }
-            let model = load_with_progress(&model, &quant, false, backend)?;
+            let model = load_with_progress(&model, &quant, false, backend, 1)?;
             let ids = model.encode_prompt(&prompt, chat)?;
             if let Some(path) = logits {
                 let t = model.logits(&ids)?;
@@ -609,7 +610,7 @@ fn run(command: Command) -> Result<()> {
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
             let host_memory = !matches!(backend.backend, BackendArg::Cuda);
-            let loaded = load_with_progress(&model, &quant, false, backend)?;
+            let loaded = load_with_progress(&model, &quant, false, backend, parallel.max(1))?;
             let options = fairyc::serve::ServeOptions {
                 host,
                 port,
@@ -633,7 +634,7 @@ fn run(command: Command) -> Result<()> {
         } => {
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("cannot read {}", text.display()))?;
-            let model = load_with_progress(&model, &quant, true, backend)?;
+            let model = load_with_progress(&model, &quant, true, backend, 1)?;
             let ids = model.tokenizer().encode(&body, false)?;
             let bar = ProgressBar::new(0).with_style(bar_style("windows"));
             let start = Instant::now();
@@ -698,11 +699,13 @@ fn load_with_progress(
     quant: &QuantArgs,
     report: bool,
     backend: BackendArgs,
+    slots: usize,
 ) -> Result<Model> {
     let (imported, _) = load_compiled(path, quant, report)?;
     let bar = ProgressBar::new(imported.graph.weights().count() as u64)
         .with_style(bar_style("weights decoded"));
-    let model = Model::from_imported_on(imported, backend.backend().as_ref(), &|_| bar.inc(1))?;
+    let model =
+        Model::from_imported_slots(imported, backend.backend().as_ref(), slots, &|_| bar.inc(1))?;
     bar.finish_and_clear();
     Ok(model)
 }

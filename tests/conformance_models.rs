@@ -5,13 +5,11 @@
 
 mod common;
 
-use common::{compile_artifact, TempDir};
+use common::{compile_artifact, tiny_models, TempDir};
 use fairyc::{Activations, Backend, Cranelift, Cuda, Llvm, Model, Reference};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::import::import;
-use fairyc_frontend::synth::{
-    write_gguf, write_hf, write_ifairy_hf, Architecture, HfDtype, IfairySynthConfig, SynthConfig,
-};
+use fairyc_frontend::synth::{write_gguf, write_ifairy_hf, IfairySynthConfig, SynthConfig};
 use fairyc_ir::Op;
 
 const PROMPT: &[u32] = &[40, 77, 104, 108, 108, 111, 3, 90, 100, 120];
@@ -73,36 +71,6 @@ fn check_cpu(
         "{name} on {}: relative RMS difference {rms}",
         backend.name()
     );
-}
-
-/// Every tiny model the backends are checked on, written into `dir`: llama
-/// (GGUF), qwen2 and iFairy (Hugging Face), W1/W2/W3 artifacts of the
-/// llama and the iFairy's native artifact.
-fn tiny_models(dir: &TempDir) -> Vec<(&'static str, std::path::PathBuf)> {
-    let llama = dir.path("llama.gguf");
-    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
-    let qwen = dir.path("qwen");
-    let qwen_cfg = SynthConfig {
-        architecture: Architecture::Qwen2,
-        ..SynthConfig::tiny()
-    };
-    write_hf(&qwen, &qwen_cfg, HfDtype::F32).unwrap();
-    let ifairy = dir.path("ifairy");
-    write_ifairy_hf(&ifairy, &IfairySynthConfig::tiny()).unwrap();
-    let mut models = vec![
-        ("llama", llama.clone()),
-        ("qwen2", qwen),
-        ("ifairy", ifairy.clone()),
-    ];
-    for quant in ["w1", "w2", "w3"] {
-        let out = dir.path(&format!("llama-{quant}.fairy"));
-        compile_artifact(&llama, quant, &out);
-        models.push((quant, out));
-    }
-    let native = dir.path("ifairy.fairy");
-    compile_artifact(&ifairy, "native", &native);
-    models.push(("ifairy native", native));
-    models
 }
 
 #[test]

@@ -454,8 +454,9 @@ fn bad_requests_get_json_errors_and_the_server_stays_up() {
 fn concurrent_streams_all_complete_with_the_greedy_text() {
     let dir = TempDir::new("serve-load");
     let model = tiny_model(&dir);
-    // Prompts fed two tokens a round (chunked prefill), interleaved with the
-    // other requests' decode steps: the text must not change.
+    // Every round is one program run over the active requests: their
+    // decode steps, and prompt chunks of two tokens a round (chunked
+    // prefill) beside them. The text must not change.
     let server = Server::start(
         &model,
         &["--parallel", "4", "--queue", "8", "--prefill-chunk", "2"],
@@ -463,7 +464,7 @@ fn concurrent_streams_all_complete_with_the_greedy_text() {
     let prompts = ["the cat", "the sun is", "water", "at seven they"];
     let expected: Vec<String> = prompts
         .iter()
-        .map(|p| run_greedy(&model, p, 16, true))
+        .map(|p| run_greedy(&model, p, 48, true))
         .collect();
     let start = Instant::now();
     std::thread::scope(|scope| {
@@ -472,7 +473,7 @@ fn concurrent_streams_all_complete_with_the_greedy_text() {
                 let server = &server;
                 let prompt = prompts[i % prompts.len()];
                 scope.spawn(move || {
-                    let mut body = chat_body(prompt, 16);
+                    let mut body = chat_body(prompt, 48);
                     body["stream"] = json!(true);
                     streamed_text(&server.stream("/v1/chat/completions", &body)).0
                 })
@@ -493,6 +494,10 @@ fn concurrent_streams_all_complete_with_the_greedy_text() {
         (Some(0), Some(0)),
         "{health}"
     );
+    // The requests' steps ran together (one program run for several).
+    let batch = health["largest_batch"].as_u64().unwrap();
+    assert!((2..=4).contains(&batch), "{health}");
+    println!("the most requests stepped in one run: {batch}");
 }
 
 #[test]

@@ -10,6 +10,10 @@
 //! names in the order of the extra outputs, so a caller (a session) knows
 //! which output feeds which input; a backend may append in place, since each
 //! state input is read once, by the concatenation that extends it.
+//!
+//! [`expose_kv_cache_slots`] does the same for several sequences stepped
+//! together (a server's requests): each slot has its own cache, and
+//! attention runs per slot on the rows that slot feeds.
 
 use fairyc_ir::{BuildError, DType, Dim, Graph, GraphBuilder, Op, Shape, TensorType, ValueId};
 
@@ -24,6 +28,43 @@ pub const PAST: &str = "past";
 /// no attention, or with attention over other than `[seq, channels]`
 /// operands, comes back unchanged.
 pub fn expose_kv_cache(graph: &Graph) -> Result<Graph, BuildError> {
+    expose(graph, 1)
+}
+
+/// The meta key giving how many sequences a graph steps at once
+/// ([`expose_kv_cache_slots`]).
+pub const SLOTS_META: &str = "slots";
+
+/// The input (`i32[seq]`) that puts the step's rows back in order after
+/// attention ran slot by slot: row `r`'s output is row `ROW_ORDER[r]` of
+/// the slots' outputs stacked in slot order.
+pub const ROW_ORDER: &str = "row_order";
+
+/// The input (`i32[rowsS]`) listing which of the step's rows belong to
+/// slot `s` (none: the slot sits the step out).
+pub fn slot_rows(slot: usize) -> String {
+    format!("slot{slot}.rows")
+}
+
+/// The prefix of slot `s`'s state inputs.
+pub fn slot_prefix(slot: usize) -> String {
+    format!("slot{slot}.")
+}
+
+/// [`expose_kv_cache`] for `slots` sequences stepped together (continuous
+/// batching): the step's rows (`tokens`, `positions`) may come from any
+/// of the slots, in any number, each with its own KV cache (state inputs
+/// named with [`slot_prefix`]). Every layer but attention acts on each row
+/// alone and runs on all rows at once; attention gathers each slot's rows
+/// ([`slot_rows`]), attends over that slot's cache, and the outputs are
+/// gathered back into row order ([`ROW_ORDER`]). A slot with no rows costs
+/// a few empty nodes. The graph's `slots` meta says how many.
+/// One slot is [`expose_kv_cache`]'s graph.
+pub fn expose_kv_cache_slots(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
+    expose(graph, slots.max(1))
+}
+
+fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
     let attends = |n: &fairyc_ir::Node| matches!(n.op, Op::Attention { .. });
     if !graph.nodes.iter().any(attends)
         || graph
@@ -39,39 +80,99 @@ pub fn expose_kv_cache(graph: &Graph) -> Result<Graph, BuildError> {
         b.meta(k.clone(), v.clone());
     }
     let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
-    let mut names: Vec<String> = Vec::new();
-    let mut states: Vec<ValueId> = Vec::new();
+    let mut caches = Caches::default();
+    // Each slot's rows and the order back, made at the first attention.
+    let mut routing: Option<(Vec<ValueId>, ValueId)> = None;
+    let mut layer = 0;
     for node in &graph.nodes {
         let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
         let id = match &node.op {
             Op::Input { name } => b.input(name.clone(), node.ty.clone()),
             Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            op @ Op::Attention { .. } if slots == 1 => {
+                let [q, k, v] = [operands[0], operands[1], operands[2]];
+                let (k, v) = caches.extend(&mut b, &format!("kv.{layer}"), PAST, k, v)?;
+                layer += 1;
+                b.push(op.clone(), &[q, k, v])?
+            }
             op @ Op::Attention { .. } => {
-                let layer = names.len() / 2;
-                let mut extended = Vec::new();
-                for (part, &new) in ["k", "v"].iter().zip(&operands[1..]) {
-                    let t = b.ty(new).clone();
-                    let width = t.shape.dims()[1].clone();
-                    let name = format!("kv.{layer}.{part}");
-                    let past = b.input(
-                        name.clone(),
-                        TensorType::new(t.dtype, Shape(vec![Dim::sym(PAST), width])),
-                    );
-                    let all = b.push(Op::Concat { axis: 0 }, &[past, new])?;
-                    names.push(name);
-                    states.push(all);
-                    extended.push(all);
+                let (rows, order) = match &routing {
+                    Some(r) => r.clone(),
+                    None => {
+                        let index = |b: &mut GraphBuilder, name: String, dim: &str| {
+                            b.input(
+                                name,
+                                TensorType::new(DType::I32, Shape(vec![Dim::sym(dim)])),
+                            )
+                        };
+                        let rows: Vec<ValueId> = (0..slots)
+                            .map(|s| index(&mut b, slot_rows(s), &format!("rows{s}")))
+                            .collect();
+                        let seq = b.ty(operands[0]).shape.dims()[0].clone();
+                        let order =
+                            b.input(ROW_ORDER, TensorType::new(DType::I32, Shape(vec![seq])));
+                        routing.insert((rows, order)).clone()
+                    }
+                };
+                let mut outputs = Vec::with_capacity(slots);
+                for (s, &rows) in rows.iter().enumerate() {
+                    let [q, k, v] = [operands[0], operands[1], operands[2]]
+                        .map(|x| b.push(Op::Embed, &[rows, x]));
+                    let name = format!("{}kv.{layer}", slot_prefix(s));
+                    let (k, v) = caches.extend(&mut b, &name, &format!("{PAST}{s}"), k?, v?)?;
+                    outputs.push(b.push(op.clone(), &[q?, k, v])?);
                 }
-                b.push(op.clone(), &[operands[0], extended[0], extended[1]])?
+                layer += 1;
+                let stacked = b.push(Op::Concat { axis: 0 }, &outputs)?;
+                b.push(Op::Embed, &[order, stacked])?
             }
             op => b.push(op.clone(), &operands)?,
         };
         map.push(id);
     }
-    b.meta(STATE_META, names.join(","));
+    b.meta(STATE_META, caches.names.join(","));
+    if slots > 1 {
+        b.meta(SLOTS_META, slots.to_string());
+    }
     let mut outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
-    outputs.extend(states);
+    outputs.extend(caches.states);
     Ok(b.finish(&outputs))
+}
+
+/// The state inputs made so far, and the values that are their next
+/// contents (the state outputs), in the same order.
+#[derive(Default)]
+struct Caches {
+    names: Vec<String>,
+    states: Vec<ValueId>,
+}
+
+impl Caches {
+    /// `concat(past, new)` for a layer's keys and values, `past` a new state
+    /// input `{name}.k` (`.v`) of `past` rows.
+    fn extend(
+        &mut self,
+        b: &mut GraphBuilder,
+        name: &str,
+        past: &str,
+        k: ValueId,
+        v: ValueId,
+    ) -> Result<(ValueId, ValueId), BuildError> {
+        let mut extended = [k, v];
+        for (part, new) in ["k", "v"].iter().zip(extended.iter_mut()) {
+            let t = b.ty(*new).clone();
+            let width = t.shape.dims()[1].clone();
+            let input = format!("{name}.{part}");
+            let cached = b.input(
+                input.clone(),
+                TensorType::new(t.dtype, Shape(vec![Dim::sym(past), width])),
+            );
+            *new = b.push(Op::Concat { axis: 0 }, &[cached, *new])?;
+            self.names.push(input);
+            self.states.push(*new);
+        }
+        Ok((extended[0], extended[1]))
+    }
 }
 
 /// The input naming the positions whose logits a caller wants

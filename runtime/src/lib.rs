@@ -1,10 +1,12 @@
-//! fairyc's runtime: sessions (one sequence with its KV cache), sampling
-//! and token generation, on a program that a backend compiled
-//! (`fairyc_backends`).
+//! fairyc's runtime: sessions (one sequence with its KV cache), batches
+//! (several sequences stepped together), sampling and token generation,
+//! on a program that a backend compiled (`fairyc_backends`).
 
+pub mod batch;
 pub mod generate;
 pub mod sampling;
 
+pub use batch::{Batch, Feed, Rows};
 pub use fairyc_backends::{BackendError, Data, Program, Tensor};
 pub use generate::{Session, StopReason};
 pub use sampling::Sampler;

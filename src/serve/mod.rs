@@ -13,7 +13,7 @@ mod stop;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use fairyc_backends::state::state_names;
+use fairyc_backends::state::{state_names, SLOTS_META};
 use fairyc_ir::{DType, Graph};
 
 use crate::{Error, Model};
@@ -31,7 +31,7 @@ pub struct ServeOptions {
     pub parallel: usize,
     /// Requests waiting for a slot; past that a request gets 503.
     pub queue: usize,
-    /// Prompt tokens a request feeds per round (chunked prefill).
+    /// Prompt tokens a round feeds at most (chunked prefill).
     pub prefill_chunk: usize,
     /// Bytes the server may plan for (weights, values, every slot's KV
     /// cache at `ctx`).
@@ -145,9 +145,10 @@ fn context(graph: &Graph, asked: Option<usize>) -> Result<usize, Error> {
 }
 
 /// What serving plans to hold in memory: the model's resident weights,
-/// the values of one run (the runs of all slots take turns, so they share
-/// them; twice the plan's bytes, since a slot keeps a buffer per element
-/// type) at the largest chunk a run feeds, and each slot's KV cache at
+/// the values of one run (all slots step in one run; twice the plan's
+/// bytes, since a slot keeps a buffer per element type) at the most rows a
+/// run feeds (a prompt chunk, and a token for each other slot), and each
+/// slot's KV cache at
 /// `ctx` tokens (grown 256 rows at a time).
 struct MemoryNeed {
     weights: usize,
@@ -160,9 +161,10 @@ impl MemoryNeed {
         let program = model.program();
         MemoryNeed {
             weights: program.resident_weight_bytes(),
-            values: 2 * program
-                .plan()
-                .transient_bytes(program.graph(), options.prefill_chunk.min(ctx)),
+            values: 2 * program.plan().transient_bytes(
+                program.graph(),
+                options.prefill_chunk.min(ctx) + options.parallel,
+            ),
             kv_per_slot: kv_bytes(program.graph(), ctx.next_multiple_of(256)),
         }
     }
@@ -209,10 +211,15 @@ fn available_memory() -> Option<usize> {
 }
 
 /// The KV cache of one request at `ctx` tokens: every state input's row
-/// width times `ctx`.
+/// width times `ctx`, over the graph's slots.
 fn kv_bytes(graph: &Graph, ctx: usize) -> usize {
     let names = state_names(graph);
-    graph
+    let slots: usize = graph
+        .meta
+        .get(SLOTS_META)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let all: usize = graph
         .inputs()
         .filter(|(_, name, _)| names.iter().any(|n| n == name))
         .filter_map(|(_, _, ty)| {
@@ -220,5 +227,6 @@ fn kv_bytes(graph: &Graph, ctx: usize) -> usize {
             let element = if ty.dtype == DType::C64 { 8 } else { 4 };
             Some(width * element * ctx)
         })
-        .sum()
+        .sum();
+    all / slots.max(1)
 }

@@ -100,6 +100,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "slots": load.parallel,
         "active": active,
         "waiting": admitted.saturating_sub(active),
+        "largest_batch": load.largest_batch.load(Ordering::Acquire),
     }))
     .into_response()
 }

@@ -1,13 +1,13 @@
 //! The generation worker: one thread owns the model's compute (synchronous
 //! and CPU-bound, so it never runs on the async executor). Up to
-//! `parallel` requests are active at once, each with its own `Session` (its
-//! own KV cache); every round advances each active request by one step (a
-//! decode step, or a chunk of its prompt: a long prompt does not stall the
-//! others' tokens for its whole prefill), and requests join (one a round)
-//! and leave between rounds (continuous batching, one sequence per program
-//! run). Text goes back to the HTTP handlers
-//! through channels; a closed channel means the client left, and its slot
-//! is freed at the next step.
+//! `parallel` requests are active at once, each in its own slot of the
+//! model's [`Batch`] (its own KV cache). A round is one program run that
+//! advances every active request: a decode token each, and prompt chunks
+//! within the round's budget of prompt tokens (chunked prefill: a long
+//! prompt does not stall the others' tokens for its whole prefill).
+//! Requests join and leave between rounds (continuous batching). Text goes
+//! back to the HTTP handlers through channels; a closed channel means the
+//! client left, and its slot is freed at the next round.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use fairyc_frontend::tokenizer::DecodeStream;
-use fairyc_runtime::{Sampler, Session};
+use fairyc_runtime::{Batch, Feed, Rows, Sampler, Tensor};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::error::ApiError;
@@ -61,6 +61,8 @@ pub struct Load {
     /// Requests admitted and not finished: active or waiting.
     pub admitted: AtomicUsize,
     pub active: AtomicUsize,
+    /// The most requests one program run has stepped so far.
+    pub largest_batch: AtomicUsize,
 }
 
 /// The handlers' side of the worker.
@@ -78,6 +80,7 @@ impl Scheduler {
             queue,
             admitted: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            largest_batch: AtomicUsize::new(0),
         });
         let (jobs, receiver) = mpsc::channel();
         let worker_load = load.clone();
@@ -119,50 +122,98 @@ impl Scheduler {
 }
 
 fn work(model: &Model, jobs: &Receiver<Job>, load: &Load, chunk: usize) {
+    let mut batch = Batch::new(model.program());
+    let mut free: Vec<usize> = (0..batch.slots().min(load.parallel)).rev().collect();
     let mut active: Vec<Active<'_>> = Vec::new();
     loop {
-        // Join between rounds, one request a round: its prefill, a chunk
-        // a round, stalls the others' next token, so a burst of arrivals
-        // costs them a chunk per token, not whole prompts at once, and the
-        // first to arrive gets its first token soonest. Block only when
-        // there is nothing to step.
-        if active.len() < load.parallel {
+        // Join between rounds, as many as there are free slots; block only
+        // when there is nothing to step.
+        while let Some(&slot) = free.last() {
             let job = if active.is_empty() {
                 match jobs.recv() {
-                    Ok(job) => Some(job),
+                    Ok(job) => job,
                     Err(_) => return,
                 }
             } else {
-                jobs.try_recv().ok()
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
             };
-            if let Some(job) = job {
-                match Active::start(model, job, chunk) {
-                    Some(a) => active.push(a),
-                    None => {
-                        load.admitted.fetch_sub(1, Ordering::AcqRel);
-                    }
+            match Active::start(model, job, slot) {
+                Some(a) => {
+                    free.pop();
+                    active.push(a);
+                }
+                None => {
+                    load.admitted.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }
         load.active.store(active.len(), Ordering::Release);
-        active.retain_mut(|a| {
-            let going = a.step();
-            if !going {
-                load.admitted.fetch_sub(1, Ordering::AcqRel);
+        let stepped = round(&mut batch, &mut active, chunk);
+        load.largest_batch.fetch_max(stepped, Ordering::AcqRel);
+        active.retain(|a| {
+            if !a.over {
+                return true;
             }
-            going
+            batch.reset(a.slot);
+            free.push(a.slot);
+            load.admitted.fetch_sub(1, Ordering::AcqRel);
+            false
         });
         load.active.store(active.len(), Ordering::Release);
     }
 }
 
+/// One round: every request's next feed in one run. Decode steps go
+/// first; prompt chunks share what is left of `chunk` tokens (at least
+/// one, so a prompt always moves), in order of arrival. Returns how many
+/// requests the run stepped.
+fn round(batch: &mut Batch, active: &mut [Active], chunk: usize) -> usize {
+    let decoding = active.iter().filter(|a| a.pending.is_empty()).count();
+    let mut budget = chunk.saturating_sub(decoding).max(1);
+    let mut feeds: Vec<(usize, Vec<u32>, Rows)> = Vec::new();
+    for (i, a) in active.iter_mut().enumerate() {
+        if let Some((tokens, rows)) = a.next(&mut budget) {
+            feeds.push((i, tokens, rows));
+        }
+    }
+    if feeds.is_empty() {
+        return 0;
+    }
+    let step: Vec<Feed> = feeds
+        .iter()
+        .map(|(i, tokens, logits)| Feed {
+            slot: active[*i].slot,
+            tokens,
+            logits: *logits,
+        })
+        .collect();
+    match batch.step(&step) {
+        Ok(logits) => {
+            let wanted = feeds.iter().filter(|(_, _, rows)| *rows == Rows::Last);
+            for (row, (i, _, _)) in wanted.enumerate() {
+                active[*i].logits = logits_row(&logits, row);
+            }
+        }
+        // The run took every slot's state with it.
+        Err(e) => {
+            for a in active.iter_mut().filter(|a| !a.over) {
+                a.fail(e.to_string());
+            }
+        }
+    }
+    feeds.len()
+}
+
 /// One request being generated.
 struct Active<'m> {
     model: &'m Model,
-    session: Session<'m>,
-    /// The prompt's tokens not fed yet, and how many a round feeds.
+    /// Its slot of the batch (its KV cache).
+    slot: usize,
+    /// The prompt's tokens not fed yet.
     pending: Vec<u32>,
-    chunk: usize,
     sampler: Sampler,
     decode: DecodeStream<'m>,
     stop: StopText,
@@ -172,21 +223,22 @@ struct Active<'m> {
     generated: usize,
     max_tokens: usize,
     events: UnboundedSender<Event>,
+    /// Finished, failed or left: its slot is freed after the round.
+    over: bool,
 }
 
 impl<'m> Active<'m> {
-    /// The request, its prompt to be fed `chunk` tokens a round; `None` if
-    /// it is already over (its client left while it waited).
-    fn start(model: &'m Model, job: Job, chunk: usize) -> Option<Active<'m>> {
+    /// The request in `slot`; `None` if it is already over (its client
+    /// left while it waited).
+    fn start(model: &'m Model, job: Job, slot: usize) -> Option<Active<'m>> {
         if job.events.is_closed() {
             return None;
         }
         Some(Active {
             model,
-            session: Session::new(model.program()),
+            slot,
             prompt_tokens: job.prompt.len(),
             pending: job.prompt,
-            chunk,
             sampler: Sampler::new(job.temperature, job.top_p, job.seed),
             decode: model.tokenizer().decode_stream(),
             stop: StopText::new(job.stop),
@@ -194,72 +246,71 @@ impl<'m> Active<'m> {
             generated: 0,
             max_tokens: job.max_tokens,
             events: job.events,
+            over: false,
         })
     }
 
-    /// The request's step of a round: the next chunk of its prompt, or a
-    /// decode step. Returns whether the request goes on.
-    fn step(&mut self) -> bool {
-        if self.pending.is_empty() {
-            return self.decode_step();
-        }
+    /// What the request feeds this round, with the logits it needs: the
+    /// next chunk of its prompt (taken from `budget`), or the token it
+    /// samples now. `None` when it feeds nothing (the budget is spent, or
+    /// it is over).
+    fn next(&mut self, budget: &mut usize) -> Option<(Vec<u32>, Rows)> {
         if self.events.is_closed() {
-            return false;
+            self.over = true;
+            return None;
         }
-        let take = self.chunk.min(self.pending.len());
+        if self.pending.is_empty() {
+            return self.decode_step().map(|next| (vec![next], Rows::Last));
+        }
+        let take = (*budget).min(self.pending.len());
+        if take == 0 {
+            return None;
+        }
+        *budget -= take;
         let chunk: Vec<u32> = self.pending.drain(..take).collect();
-        if !self.pending.is_empty() {
-            return match self.session.prefill(&chunk) {
-                Ok(()) => true,
-                Err(e) => self.fail(e.to_string()),
-            };
-        }
-        match self.session.feed_last(&chunk) {
-            Ok(logits) => {
-                self.logits = last_row(&logits);
-                true
-            }
-            Err(e) => self.fail(e.to_string()),
-        }
+        let rows = if self.pending.is_empty() {
+            Rows::Last
+        } else {
+            Rows::None
+        };
+        Some((chunk, rows))
     }
 
-    /// One decode step: sample a token, send its text, feed it. Returns
-    /// whether the request goes on.
-    fn decode_step(&mut self) -> bool {
-        if self.events.is_closed() {
-            return false;
-        }
+    /// Samples a token and sends its text; returns it if it is to be fed
+    /// (the request goes on).
+    fn decode_step(&mut self) -> Option<u32> {
         let next = self.sampler.sample(&self.logits);
         if self.model.tokenizer().is_eog(next) {
-            return self.finish("stop");
+            self.finish("stop");
+            return None;
         }
         self.generated += 1;
         let piece = match self.decode.push(next) {
             Ok(piece) => piece.unwrap_or_default(),
-            Err(e) => return self.fail(e.to_string()),
+            Err(e) => {
+                self.fail(e.to_string());
+                return None;
+            }
         };
         let (text, stopped) = self.stop.push(&piece);
         if !self.send(text) {
-            return false;
+            self.over = true;
+            return None;
         }
         if stopped {
-            return self.done("stop");
+            self.done("stop");
+            return None;
         }
         if self.generated == self.max_tokens {
-            return self.finish("length");
+            self.finish("length");
+            return None;
         }
-        match self.session.feed_last(&[next]) {
-            Ok(logits) => {
-                self.logits = last_row(&logits);
-                true
-            }
-            Err(e) => self.fail(e.to_string()),
-        }
+        Some(next)
     }
 
     /// Ends with the text still held back by the decoder and the stop
     /// sequences.
-    fn finish(&mut self, reason: &'static str) -> bool {
+    fn finish(&mut self, reason: &'static str) {
         let decode = std::mem::replace(&mut self.decode, self.model.tokenizer().decode_stream());
         let rest = match decode.finish() {
             Ok(rest) => rest,
@@ -274,18 +325,18 @@ impl<'m> Active<'m> {
         self.done(if stopped { "stop" } else { reason })
     }
 
-    fn done(&mut self, reason: &'static str) -> bool {
+    fn done(&mut self, reason: &'static str) {
         let _ = self.events.send(Event::Done(Finish {
             reason,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.generated,
         }));
-        false
+        self.over = true;
     }
 
-    fn fail(&mut self, message: String) -> bool {
+    fn fail(&mut self, message: String) {
         let _ = self.events.send(Event::Failed(message));
-        false
+        self.over = true;
     }
 
     /// Sends text if there is any; `false` if the client has left.
@@ -294,8 +345,9 @@ impl<'m> Active<'m> {
     }
 }
 
-fn last_row(logits: &fairyc_runtime::Tensor) -> Vec<f32> {
+/// Row `row` of a step's logits.
+fn logits_row(logits: &Tensor, row: usize) -> Vec<f32> {
     let vocab = logits.cols();
-    let rows = logits.as_f32().expect("Session::feed returns f32 logits");
-    rows[rows.len() - vocab..].to_vec()
+    let rows = logits.as_f32().expect("a batch step returns f32 logits");
+    rows[row * vocab..][..vocab].to_vec()
 }

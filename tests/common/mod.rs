@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fairyc_frontend::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue};
+use fairyc_frontend::synth::{
+    write_gguf, write_hf, write_ifairy_hf, Architecture, HfDtype, IfairySynthConfig, SynthConfig,
+};
 
 pub mod assets;
 #[allow(unused_imports)]
@@ -148,4 +151,34 @@ pub fn compile_artifact(source: &Path, quant: &str, out: &Path) {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// Every tiny model the backends are checked on, written into `dir`: llama
+/// (GGUF), qwen2 and iFairy (Hugging Face), W1/W2/W3 artifacts of the
+/// llama and the iFairy's native artifact.
+pub fn tiny_models(dir: &TempDir) -> Vec<(&'static str, std::path::PathBuf)> {
+    let llama = dir.path("llama.gguf");
+    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    let qwen = dir.path("qwen");
+    let qwen_cfg = SynthConfig {
+        architecture: Architecture::Qwen2,
+        ..SynthConfig::tiny()
+    };
+    write_hf(&qwen, &qwen_cfg, HfDtype::F32).unwrap();
+    let ifairy = dir.path("ifairy");
+    write_ifairy_hf(&ifairy, &IfairySynthConfig::tiny()).unwrap();
+    let mut models = vec![
+        ("llama", llama.clone()),
+        ("qwen2", qwen),
+        ("ifairy", ifairy.clone()),
+    ];
+    for quant in ["w1", "w2", "w3"] {
+        let out = dir.path(&format!("llama-{quant}.fairy"));
+        compile_artifact(&llama, quant, &out);
+        models.push((quant, out));
+    }
+    let native = dir.path("ifairy.fairy");
+    compile_artifact(&ifairy, "native", &native);
+    models.push(("ifairy native", native));
+    models
 }
