@@ -4,11 +4,16 @@
 # and .dev-b/ (one device call each): the cuda backend's conformance suite,
 # whole tiny models and W1/W2/W3 artifacts, one training step, and a short
 # training run, all against the reference on the CPU. It runs the tests of
-# whichever folder came.
+# the folders named (`bash scripts/gpu-check.sh .dev-b`), by default of
+# whichever came.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev
-for f in .dev-*/*.xz; do [ -e "$f" ] && xz -d -c "$f" > ".dev/$(basename "$f" .xz)"; done
+folders=("$@")
+[ ${#folders[@]} -gt 0 ] || folders=(.dev-*)
+for folder in "${folders[@]}"; do
+  for f in "$folder"/*.xz; do [ -e "$f" ] && xz -d -c "$f" > ".dev/$(basename "$f" .xz)"; done
+done
 chmod +x .dev/* 2>/dev/null || true
 export FAIRYC_REQUIRE_GPU=1
 # The training test reads ../shared/corpus/public.txt; a carried copy
@@ -26,12 +31,21 @@ if [ -e .dev/models-test ]; then
     mkdir -p "$(dirname "$built_at")" && ln -sf "$PWD/.dev/fairyc" "$built_at"
   fi
 fi
+carried() {
+  for folder in "${folders[@]}"; do [ -e "$folder/$1.xz" ] && return 0; done
+  return 1
+}
 run() {
-  [ -e ".dev/$1" ] || return 0
+  carried "$1" || return 0
   echo "== $2"
   ".dev/$1" "${@:3}" --nocapture 2>&1 | grep -v "^$"
 }
 run cuda-test "conformance suite on cuda"
 run models-test "tiny models and artifacts on cuda" models_match_the_reference_on_the_gpu
+run batch-test "batched sequences on cuda against each alone" batched_sequences_match_each_alone_on_every_backend
 run autodiff-test "one training step (loss and every gradient) on cuda" training_step_on_the_gpu
 run train-test "a training run on cuda against the cpu" training_on_the_gpu
+if carried cuda_gemv; then
+  echo "== quantized GEMV kernels against cuBLAS bf16 and a copy (table a)"
+  .dev/cuda_gemv 200
+fi

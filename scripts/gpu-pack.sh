@@ -3,8 +3,9 @@
 # into folders git ignores, stripped and xz-compressed (the GPU machine has
 # xz, not zstd), each under the 64 MiB one device call may carry, so each
 # is one call:
-#   .dev-a/  fairyc and the cuda and model test executables,
-#   .dev-b/  the autodiff and training-API test executables
+#   .dev-a/  fairyc, the cuda, model and batch test executables,
+#   .dev-b/  the autodiff and training-API test executables and the
+#            cuda_gemv example (kernel timings)
 #            (both for scripts/gpu-check.sh, which runs what it finds);
 #   .devr/   fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
 #            corpus, for scripts/gpu-models.sh and scripts/gpu-train.sh
@@ -13,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
 cargo build --release --locked -p fairyc-frontend --example synth_gguf
+cargo build --release --locked -p fairyc-backends --example cuda_gemv
 executables=$(cargo test --release --locked --workspace --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
 pick() { echo "$executables" | grep "/$1-[0-9a-f]*$" | head -1; }
 pack() {
@@ -24,8 +26,11 @@ rm -rf .dev-a .dev-b .devr && mkdir -p .dev-a .dev-b .devr
 pack .dev-a fairyc target/release/fairyc
 pack .dev-a cuda-test "$(pick cuda)"
 pack .dev-a models-test "$(pick conformance_models)"
+pack .dev-a batch-test "$(pick batch)"
+
 pack .dev-b autodiff-test "$(pick autodiff)"
 pack .dev-b train-test "$(pick train_api)"
+pack .dev-b cuda_gemv target/release/examples/cuda_gemv
 cp ../shared/corpus/public.txt .dev-b/corpus.txt
 cp .dev-a/fairyc.xz .devr/
 pack .devr synth_gguf target/release/examples/synth_gguf

@@ -12,8 +12,8 @@ use fairyc::train::{
     read_records, train, Event, ModelSource, ScheduleKind, TrainConfig, TrainDevice,
 };
 use fairyc::{
-    import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, Imported, Llvm, Model,
-    Reference,
+    import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, GpuActivations,
+    Imported, Llvm, Model, Reference,
 };
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
@@ -378,6 +378,16 @@ struct BackendArgs {
     /// a 126th of the error).
     #[arg(long, value_enum, default_value_t = ActivationBits::Seven)]
     activation_bits: ActivationBits,
+    /// What the cuda backend's quantized layers take: int8 (each row with
+    /// one step, products by dp4a: fastest) or f32 (exact).
+    #[arg(long, value_enum, default_value_t = GpuActivationsArg::Int8)]
+    gpu_activations: GpuActivationsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GpuActivationsArg {
+    Int8,
+    F32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -398,7 +408,12 @@ impl BackendArgs {
             BackendArg::Reference => Box::new(Reference::default()),
             BackendArg::Cranelift => Box::new(Cranelift { activations }),
             BackendArg::Llvm => Box::new(Llvm { activations }),
-            BackendArg::Cuda => Box::new(Cuda),
+            BackendArg::Cuda => Box::new(Cuda {
+                activations: match self.gpu_activations {
+                    GpuActivationsArg::Int8 => GpuActivations::Int8,
+                    GpuActivationsArg::F32 => GpuActivations::F32,
+                },
+            }),
         }
     }
 }

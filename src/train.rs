@@ -229,7 +229,7 @@ impl TrainDevice {
     fn backend(self) -> Box<dyn Backend> {
         match self {
             TrainDevice::Cpu => Box::new(Reference::default()),
-            TrainDevice::Cuda => Box::new(Cuda),
+            TrainDevice::Cuda => Box::new(Cuda::default()),
         }
     }
 }

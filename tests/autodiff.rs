@@ -1284,7 +1284,7 @@ fn training_step_on_the_gpu_matches_the_cpu() {
             program.run(model_inputs()).unwrap()
         };
         let want = outputs(&Reference::default());
-        let got = outputs(&Cuda);
+        let got = outputs(&Cuda::default());
         assert_eq!(got.len(), want.len());
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
             let (a, b) = (flat(a), flat(b));
@@ -1319,7 +1319,11 @@ fn tiny_w2_training_step_ptx() {
     let loss = with_loss(&mut g);
     let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
     let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
-    let prepared = fairyc_backends::prepare(&fairyc_backends::Cuda, &training).unwrap();
-    let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared).unwrap();
+    let prepared = fairyc_backends::prepare(&fairyc_backends::Cuda::default(), &training).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(
+        &prepared,
+        fairyc_backends::cuda::GpuActivations::Int8,
+    )
+    .unwrap();
     insta::assert_snapshot!("tiny_w2_training_step_ptx", ptx);
 }

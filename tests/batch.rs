@@ -88,7 +88,7 @@ fn batched_sequences_match_each_alone_on_every_backend() {
         check(name, &path, &Reference::default());
         check(name, &path, &Llvm::default());
         if gpu {
-            check(name, &path, &Cuda);
+            check(name, &path, &Cuda::default());
         }
     }
 }

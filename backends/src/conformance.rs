@@ -422,8 +422,17 @@ pub fn op_cases() -> Vec<Case> {
             cases_over(
                 &mut out,
                 "quant_linear",
-                // 13 rows: enough for the CPU's multiply kernel.
-                &[(0usize, 5usize, 9usize), (3, 5, 9), (1, 2, 4), (13, 70, 45)],
+                // 13 rows: enough for the CPU's multiply kernel; inputs a
+                // multiple of 16 for the GPU's int8 kernel (640: more runs
+                // of 16 than a warp has lanes).
+                &[
+                    (0usize, 5usize, 9usize),
+                    (3, 5, 9),
+                    (1, 2, 4),
+                    (13, 70, 45),
+                    (1, 37, 32),
+                    (2, 3, 640),
+                ],
                 |c, (s, n, m)| {
                     let x = c.complex(&[s, m]);
                     let groups = match granularity {

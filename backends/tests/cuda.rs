@@ -23,7 +23,7 @@ fn conformance_suite_on_the_gpu() {
     if !gpu_or_skip() {
         return;
     }
-    let report = conformance::run(&Cuda);
+    let report = conformance::run(&Cuda::default());
     let run = report.cases - report.unsupported.len();
     eprintln!(
         "{run} of {} cases run on the cuda backend; {} mismatches; not run (ops without a GPU kernel yet):",

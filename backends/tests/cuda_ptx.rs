@@ -35,6 +35,11 @@ fn every_kernel() -> Vec<Kernel> {
             u_stages: 0,
             w_stages: 1,
         },
+        Kernel::QuantizeRowsI8,
+        Kernel::QuantLinearI8 {
+            u_stages: 2,
+            w_stages: 2,
+        },
         Kernel::GatherColumns,
         Kernel::ColumnSum,
         Kernel::CrossEntropyRows,
@@ -119,4 +124,14 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
     }
     // An intrinsic LLVM 19 does not know would be an undefined function.
     assert!(!text.contains(".extern .func"), "{text}");
+    // The int8 kernel's products are integer dot products on permuted
+    // bytes, with no float work per weight.
+    let int8 = text
+        .split(".entry ")
+        .find(|k| k.starts_with("quant_linear_i8"))
+        .expect("the int8 kernel");
+    assert!(
+        int8.contains("dp4a.s32.s32") && int8.contains("prmt.b32"),
+        "{int8}"
+    );
 }

@@ -4,15 +4,38 @@
 pub mod codegen;
 pub mod program;
 
-use fairyc_ir::{Graph, Op, WeightStore};
+use fairyc_ir::{Granularity, Graph, Op, WeightStore};
+use num_complex::Complex32;
 
-use crate::{Backend, BackendError, Program};
+use crate::{Backend, BackendError, Program, Tolerance};
 
 /// The CUDA backend (`--backend cuda`): one GPU, through the driver API;
 /// the CUDA libraries are loaded when it first compiles a graph, so a
 /// binary built without the CUDA toolkit runs it where a GPU is.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Cuda;
+pub struct Cuda {
+    pub activations: GpuActivations,
+}
+
+/// What the quantized layers (`quant_linear`) take as activations on the
+/// GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuActivations {
+    /// Each input row as int8 with one step for the row (its largest real
+    /// or imaginary part over 127), multiplied by `dp4a`
+    /// ([`codegen::quant_i8`]) where [`int8_applies`]; f32 elsewhere.
+    #[default]
+    Int8,
+    /// f32 as they are, each code's product in f32: exact, slower.
+    F32,
+}
+
+/// Whether the int8 kernel runs a layer of `m` complex inputs with these
+/// scales: whole code words a row, and one scale pair per tensor or row.
+pub fn int8_applies(granularity: Granularity, m: usize) -> bool {
+    m.is_multiple_of(codegen::quant_i8::RUN)
+        && matches!(granularity, Granularity::Tensor | Granularity::Channel)
+}
 
 impl Cuda {
     /// Whether a CUDA device can be used here (driver loaded, a device
@@ -51,7 +74,35 @@ impl Backend for Cuda {
             ));
         }
         Ok(Box::new(program::CudaProgram::new(
-            graph, store, on_weight,
+            graph,
+            store,
+            on_weight,
+            self.activations,
         )?))
     }
+
+    /// `quant_linear` on int8 activations is within their rounding (half a
+    /// step of the row's, where the int8 kernel runs); the rest is the
+    /// reference's arithmetic in another order.
+    fn tolerance(&self, op: &Op) -> Tolerance {
+        match (op, self.activations) {
+            (Op::QuantLinear { .. }, GpuActivations::Int8) => Tolerance::QuantizedActivations {
+                rel: 1e-4,
+                step: int8_steps,
+                weight_error: |_, _, _, _| 0.0,
+            },
+            _ => Tolerance::default(),
+        }
+    }
+}
+
+/// The int8 step of each input of one row of `quant_linear`'s input.
+fn int8_steps(m: usize, granularity: Granularity, row: &[Complex32]) -> Vec<f32> {
+    if !int8_applies(granularity, m) {
+        return vec![0.0; m];
+    }
+    let largest = row
+        .iter()
+        .fold(0.0f32, |a, z| a.max(z.re.abs()).max(z.im.abs()));
+    vec![largest / 127.0; m]
 }

@@ -23,6 +23,7 @@ use super::codegen::{
     self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
     QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
+use super::{int8_applies, GpuActivations};
 use crate::plan::MemoryPlan;
 use crate::reference::{bind_inputs, bind_shape, load_resident};
 use crate::tensor::{Data, DeviceData, Tensor};
@@ -217,6 +218,7 @@ pub fn runs(op: &Op) -> bool {
 fn select_kernels(
     graph: &Graph,
     plan: &MemoryPlan,
+    activations: GpuActivations,
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
@@ -239,8 +241,29 @@ fn select_kernels(
             Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
             op => {
-                let wanted =
-                    kernels_for(op, operands, *out).ok_or_else(|| BackendError::Unsupported {
+                let int8 = match op {
+                    Op::QuantLinear {
+                        u_stages,
+                        w_stages,
+                        granularity,
+                    } if activations == GpuActivations::Int8 => {
+                        let codes = &graph.node(node.operands[1]).ty.shape;
+                        let m = codes.dims().get(1).and_then(|d| d.clone().fixed());
+                        m.filter(|&m| int8_applies(*granularity, m)).map(|_| {
+                            vec![
+                                Kernel::QuantizeRowsI8,
+                                Kernel::QuantLinearI8 {
+                                    u_stages: *u_stages,
+                                    w_stages: *w_stages,
+                                },
+                            ]
+                        })
+                    }
+                    _ => None,
+                };
+                let wanted = int8
+                    .or_else(|| kernels_for(op, operands, *out))
+                    .ok_or_else(|| BackendError::Unsupported {
                         backend: "cuda",
                         op: op.mnemonic(),
                         value: format!("%{i} in @{}", graph.name),
@@ -265,9 +288,9 @@ fn select_kernels(
 
 /// The PTX module the CUDA backend generates for a prepared graph (what
 /// [`CudaProgram::new`] loads); needs no GPU.
-pub fn graph_ptx(graph: &Graph) -> Result<String, BackendError> {
+pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
     let plan = MemoryPlan::new(graph, 1);
-    let (kernels, _) = select_kernels(graph, &plan)?;
+    let (kernels, _) = select_kernels(graph, &plan, activations)?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
@@ -308,6 +331,7 @@ impl CudaProgram {
         graph: Graph,
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
+        activations: GpuActivations,
     ) -> Result<CudaProgram, BackendError> {
         let plan = MemoryPlan::new(&graph, 1);
         let host_constants = load_resident(&graph, store, on_weight, &plan)?;
@@ -315,7 +339,7 @@ impl CudaProgram {
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
-        let (kernels, steps) = select_kernels(&graph, &plan)?;
+        let (kernels, steps) = select_kernels(&graph, &plan, activations)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ptx)?;
         let functions = kernels
@@ -828,6 +852,30 @@ impl CudaProgram {
                     });
                 }
                 let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
+                if let [quantize, product] = k[..] {
+                    // int8 rows first, then the products on them.
+                    let xq = self.alloc(rows * m / 2)?;
+                    let steps = self.alloc(rows)?;
+                    let m = m as i64;
+                    self.launch(quantize, rows as u32, ROW_THREADS, |b| {
+                        b.arg(&xq).arg(&steps).arg(&*x.words).arg(&m);
+                    })?;
+                    self.launch(product, grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
+                        b.arg(&out).arg(&xq).arg(&steps);
+                        for a in &args[1..] {
+                            b.arg(&*a.words);
+                        }
+                        b.arg(&sizes[0])
+                            .arg(&sizes[1])
+                            .arg(&sizes[2])
+                            .arg(&sizes[5]);
+                    })?;
+                    return Ok(DeviceTensor {
+                        shape,
+                        elem,
+                        words: Arc::new(out),
+                    });
+                }
                 self.launch(k[0], grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
                     b.arg(&out).arg(&*x.words);
                     for a in &args[1..] {

@@ -145,6 +145,14 @@ pub enum Kernel {
     /// applied to `x` and `w_stages` to `conj(x)`, one warp per output
     /// row, the codes decoded in registers.
     QuantLinear { u_stages: usize, w_stages: usize },
+    /// Each complex row of `quant_linear`'s input as int8 with one step
+    /// for the row, laid out for [`Kernel::QuantLinearI8`]; one block a row.
+    QuantizeRowsI8,
+    /// [`Kernel::QuantLinear`] on int8 activations: codes turned into
+    /// signed bytes by byte permutes and multiplied by `dp4a`, one warp per
+    /// output row (per-tensor or per-channel scales; inputs a multiple of
+    /// [`quant_i8::RUN`]).
+    QuantLinearI8 { u_stages: usize, w_stages: usize },
     /// `dequant`: each code times its group's scale, one thread an element.
     Dequant,
     /// `y · (dy − Σ y·dy)` per row; one block a row.
@@ -184,6 +192,8 @@ impl Kernel {
             Kernel::Copy2d => "copy2d",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
+            Kernel::QuantizeRowsI8 => "quantize_rows_i8",
+            Kernel::QuantLinearI8 { .. } => "quant_linear_i8",
             Kernel::Dequant => "dequant",
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::WidelyLinear { .. } => "widely_linear",
@@ -263,6 +273,7 @@ mod attention;
 mod elementwise;
 mod layout;
 mod quant;
+pub mod quant_i8;
 mod rows;
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -554,6 +565,22 @@ impl<'ctx> Gen<'ctx> {
     /// A float local, allocated in the entry block (where LLVM promotes it
     /// to a register; an alloca inside a loop would grow the stack).
     fn local(&self, init: FloatValue<'ctx>) -> Built<PointerValue<'ctx>> {
+        let slot = self.entry_slot(self.f32().into())?;
+        self.builder.build_store(slot, init).map_err(err)?;
+        Ok(slot)
+    }
+
+    /// An i32 variable starting at 0 (as [`Gen::local`]).
+    fn local_int(&self) -> Built<PointerValue<'ctx>> {
+        let slot = self.entry_slot(self.i32().into())?;
+        self.builder
+            .build_store(slot, self.i32().const_zero())
+            .map_err(err)?;
+        Ok(slot)
+    }
+
+    /// Stack space for a `ty`, allocated in the function's entry block.
+    fn entry_slot(&self, ty: inkwell::types::BasicTypeEnum<'ctx>) -> Built<PointerValue<'ctx>> {
         let f = self
             .builder
             .get_insert_block()
@@ -565,9 +592,7 @@ impl<'ctx> Gen<'ctx> {
             Some(first) => at_entry.position_before(&first),
             None => at_entry.position_at_end(entry),
         }
-        let slot = at_entry.build_alloca(self.f32(), "local").map_err(err)?;
-        self.builder.build_store(slot, init).map_err(err)?;
-        Ok(slot)
+        at_entry.build_alloca(ty, "local").map_err(err)
     }
 
     fn get(&self, slot: PointerValue<'ctx>) -> Built<FloatValue<'ctx>> {
@@ -617,6 +642,10 @@ impl<'ctx> Gen<'ctx> {
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)
             }
+            Kernel::QuantizeRowsI8 => self.quantize_rows_i8(name),
+            Kernel::QuantLinearI8 { u_stages, w_stages } => {
+                self.quant_linear_i8(name, *u_stages, *w_stages)
+            }
             Kernel::Dequant => self.dequant(name),
             Kernel::SoftmaxGrad => self.softmax_grad(name),
             Kernel::WidelyLinear { part } => self.widely_linear(name, *part),
@@ -635,6 +664,24 @@ impl<'ctx> Gen<'ctx> {
         g.set_linkage(Linkage::Internal);
         g.set_initializer(&ty.get_undef());
         g.as_pointer_value()
+    }
+
+    /// Sums `v` over the warp (a butterfly: every lane gets the sum).
+    fn warp_sum(&self, mut v: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
+        for delta in [16u64, 8, 4, 2, 1] {
+            let other = self.call(
+                shfl,
+                &[
+                    self.i32().const_all_ones().into(),
+                    v.into(),
+                    self.i32().const_int(delta, false).into(),
+                    self.i32().const_int(31, false).into(),
+                ],
+            )?;
+            v = self.fadd(v, other.into_float_value())?;
+        }
+        Ok(v)
     }
 
     /// Reduces `v` over the block (sum or max); every thread gets the result.

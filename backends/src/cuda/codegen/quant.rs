@@ -42,7 +42,6 @@ impl<'ctx> Gen<'ctx> {
             .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
             .map_err(err)?;
         let (acc_re, acc_im) = (self.local(self.float(0.0))?, self.local(self.float(0.0))?);
-        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
         self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
             self.set(acc_re, self.float(0.0))?;
             self.set(acc_im, self.float(0.0))?;
@@ -78,23 +77,8 @@ impl<'ctx> Gen<'ctx> {
                 }
                 Ok(())
             })?;
-            let mut re = self.get(acc_re)?;
-            let mut im = self.get(acc_im)?;
-            for delta in [16u64, 8, 4, 2, 1] {
-                let mask = self.i32().const_all_ones().into();
-                let d = self.i32().const_int(delta, false).into();
-                let c = self.i32().const_int(31, false).into();
-                re = self.fadd(
-                    re,
-                    self.call(shfl, &[mask, re.into(), d, c])?
-                        .into_float_value(),
-                )?;
-                im = self.fadd(
-                    im,
-                    self.call(shfl, &[mask, im.into(), d, c])?
-                        .into_float_value(),
-                )?;
-            }
+            let re = self.warp_sum(self.get(acc_re)?)?;
+            let im = self.warp_sum(self.get(acc_im)?)?;
             let first = self.context.append_basic_block(f, "first_lane");
             let next = self.context.append_basic_block(f, "next_row");
             let is_first = self

@@ -208,7 +208,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Whether this is the block's first thread.
-    fn first_thread(&self) -> Built<IntValue<'ctx>> {
+    pub(super) fn first_thread(&self) -> Built<IntValue<'ctx>> {
         self.builder
             .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
             .map_err(err)

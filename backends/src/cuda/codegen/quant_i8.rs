@@ -1,0 +1,298 @@
+//! Fairy2i's `quant_linear` on int8 activations with integer dot products
+//! (design (a) of ../shared/research/gpu-anchors.md): a byte of codes is
+//! four codes, and a `prmt` byte permute turns four of them into the
+//! signed bytes of their real parts (+1, 0, −1, 0 for +1, +i, −1, −i) or
+//! of their imaginary parts; `dp4a` multiplies those with four int8
+//! activations and adds. No floating-point work per weight: each stage's
+//! four integer sums are scaled once per output.
+//!
+//! Codes `j` of a 32-bit word sit at bits `2j..2j+2`. Masking the word with
+//! `0x33333333` leaves the even codes one to a nibble (`prmt`'s selectors),
+//! the word shifted right by two the odd ones; so the activations of each
+//! run of 16 inputs are stored in that order ([`Gen::quantize_rows_i8`]):
+//! inputs 0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15, real parts in four
+//! words, then the imaginary parts in four more.
+
+use super::*;
+
+/// Complex inputs per run of one code word (16 codes of 2 bits).
+pub const RUN: usize = 16;
+
+/// The signed bytes `prmt` picks for codes 0..3 (+1, +i, −1, −i): real
+/// parts (1, 0, −1, 0), imaginary parts (0, 1, 0, −1).
+const REAL_BYTES: u64 = 0x00FF_0001;
+const IMAGINARY_BYTES: u64 = 0xFF00_0100;
+
+impl<'ctx> Gen<'ctx> {
+    /// `quantize_rows_i8(out, scales, x, m)`: one block per row of complex
+    /// `x[rows, m]` (`m` a multiple of 16): `scales[row] = max |part| / 127`
+    /// over the row's real and imaginary parts, and the parts rounded to
+    /// that step (ties to even) as int8, in the order of the module docs:
+    /// `m / 2` words a row.
+    pub(super) fn quantize_rows_i8(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, scales, x, m) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+            self.param_int(f, 3),
+        );
+        let row = self.sreg("ctaid.x")?;
+        let parts = self.mul(m, self.int(2))?;
+        let base = self.mul(row, parts)?;
+        let largest = self.row_sum(f, scratch, parts, true, |i| {
+            self.fabs(self.load_f32(x, self.add(base, i)?)?)
+        })?;
+        self.when(f, self.first_thread()?, || {
+            self.store_f32(scales, row, self.fdiv(largest, self.float(127.0))?)
+        })?;
+        // An all-zero row quantizes to zeros.
+        let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
+        let words = self.udiv(m, self.int(2))?;
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |w| {
+            let run = self.udiv(w, self.int(8))?;
+            let k = self.urem(w, self.int(8))?;
+            let part = self.udiv(k, self.int(4))?;
+            let sub = self.urem(k, self.int(4))?;
+            // The word's first input in its run: 0, 8, 1, 9 for words 0..3
+            // of each part (8·(sub mod 2) + sub / 2), the next three of the
+            // same parity after it.
+            let first = self.add(
+                self.mul(self.urem(sub, self.int(2))?, self.int(8))?,
+                self.udiv(sub, self.int(2))?,
+            )?;
+            let first = self.add(self.mul(run, self.int(RUN as u64))?, first)?;
+            let mut word = self.i32().const_zero();
+            for b in 0..4u64 {
+                let j = self.add(first, self.int(2 * b))?;
+                let at = self.add(base, self.add(self.mul(j, self.int(2))?, part)?)?;
+                let level = self.round_even(self.fmul(self.load_f32(x, at)?, inverse)?)?;
+                let level = self.fmin(self.fmax(level, self.float(-127.0))?, self.float(127.0))?;
+                let level = self
+                    .builder
+                    .build_float_to_signed_int(level, self.i32(), "")
+                    .map_err(err)?;
+                let byte = self
+                    .builder
+                    .build_and(level, self.i32().const_int(0xFF, false), "")
+                    .map_err(err)?;
+                let byte = self
+                    .builder
+                    .build_left_shift(byte, self.i32().const_int(8 * b, false), "")
+                    .map_err(err)?;
+                word = self.builder.build_or(word, byte, "").map_err(err)?;
+            }
+            self.store_i32(out, self.add(self.mul(row, words)?, w)?, word)
+        })?;
+        self.ret()
+    }
+
+    /// `quant_linear_i8(out, xq, xscales, (codes, scales) per stage..., rows,
+    /// n, m, per_tensor)`: [`Gen::quant_linear`] on activations from
+    /// [`Gen::quantize_rows_i8`], `m` a multiple of 16, per-tensor or
+    /// per-channel scales (`(s_re, s_im)` at 0, or at `2·row`). One warp
+    /// per output row; each lane takes runs of 16 inputs, one code word per
+    /// stage.
+    pub(super) fn quant_linear_i8(
+        &self,
+        name: &str,
+        u_stages: usize,
+        w_stages: usize,
+    ) -> Built<()> {
+        let stages = u_stages + w_stages;
+        let mut params = vec![Param::Ptr; 3 + 2 * stages];
+        params.extend([Param::I64; 4]);
+        let f = self.declare(name, &params);
+        let (out, xq, xscales) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let base = 3 + 2 * stages as u32;
+        let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, base + k));
+        let tid = self.sreg("tid.x")?;
+        let lane = self.urem(tid, self.int(32))?;
+        let row = self.add(
+            self.mul(self.sreg("ctaid.x")?, self.int(QUANT_ROWS_PER_BLOCK as u64))?,
+            self.udiv(tid, self.int(32))?,
+        )?;
+        let inside = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, row, n, "")
+            .map_err(err)?;
+        // Whole warps leave together: no barrier follows.
+        self.when(f, inside, || {
+            let runs = self.udiv(m, self.int(RUN as u64))?;
+            let tensor = self
+                .builder
+                .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
+                .map_err(err)?;
+            let scale_at = self
+                .builder
+                .build_select(tensor, self.int(0), self.mul(row, self.int(2))?, "")
+                .map_err(err)?
+                .into_int_value();
+            let stage_scales = (0..stages)
+                .map(|s| {
+                    let scales = self.param_ptr(f, 4 + 2 * s as u32);
+                    Ok((
+                        self.load_f32(scales, scale_at)?,
+                        self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
+                    ))
+                })
+                .collect::<Built<Vec<_>>>()?;
+            // Per stage: Σ re(c)·xr, Σ im(c)·xi, Σ im(c)·xr, Σ re(c)·xi.
+            let sums: Vec<[PointerValue<'ctx>; 4]> = (0..stages)
+                .map(|_| {
+                    Ok([
+                        self.local_int()?,
+                        self.local_int()?,
+                        self.local_int()?,
+                        self.local_int()?,
+                    ])
+                })
+                .collect::<Built<_>>()?;
+            let prmt = self.intrinsic("llvm.nvvm.prmt", &[])?;
+            let words = self.udiv(m, self.int(2))?;
+            self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
+                for sum in sums.iter().flatten() {
+                    self.builder
+                        .build_store(*sum, self.i32().const_zero())
+                        .map_err(err)?;
+                }
+                self.strided_loop(f, lane, runs, self.int(32), |run| {
+                    let at = self.add(self.mul(r, words)?, self.mul(run, self.int(8))?)?;
+                    let x: Vec<IntValue<'ctx>> = (0..8)
+                        .map(|k| self.load_i32(xq, self.add(at, self.int(k))?))
+                        .collect::<Built<_>>()?;
+                    for (s, sum) in sums.iter().enumerate() {
+                        let codes = self.param_ptr(f, 3 + 2 * s as u32);
+                        let word = self.load_i32(codes, self.add(self.mul(row, runs)?, run)?)?;
+                        let selectors = self.code_selectors(word)?;
+                        for (k, selector) in selectors.into_iter().enumerate() {
+                            let pick = |table: u64| -> Built<IntValue<'ctx>> {
+                                Ok(self
+                                    .call(
+                                        prmt,
+                                        &[
+                                            self.i32().const_int(table, false).into(),
+                                            self.i32().const_zero().into(),
+                                            selector.into(),
+                                        ],
+                                    )?
+                                    .into_int_value())
+                            };
+                            let (re, im) = (pick(REAL_BYTES)?, pick(IMAGINARY_BYTES)?);
+                            let (xr, xi) = (x[k], x[4 + k]);
+                            for (slot, (c, v)) in
+                                sum.iter().zip([(re, xr), (im, xi), (im, xr), (re, xi)])
+                            {
+                                let old = self.get_int(*slot)?;
+                                self.builder
+                                    .build_store(*slot, self.dp4a(c, v, old)?)
+                                    .map_err(err)?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+                // re += s_re·Σre·xr ∓ s_im·Σim·xi, im += ±s_re·Σre·xi + s_im·Σim·xr
+                // (upper signs for the U stages on x, lower for W on conj x).
+                let mut re = self.float(0.0);
+                let mut im = self.float(0.0);
+                for (s, (sum, &(s_re, s_im))) in sums.iter().zip(&stage_scales).enumerate() {
+                    let [re_xr, im_xi, im_xr, re_xi] = sum.map(|slot| self.int_to_float(slot));
+                    let (re_xr, im_xi, im_xr, re_xi) = (re_xr?, im_xi?, im_xr?, re_xi?);
+                    let conj = s >= u_stages;
+                    let cross = self.fmul(s_im, im_xi)?;
+                    let along = self.fmul(s_re, re_xi)?;
+                    re = self.fadd(re, self.fmul(s_re, re_xr)?)?;
+                    im = self.fadd(im, self.fmul(s_im, im_xr)?)?;
+                    if conj {
+                        re = self.fadd(re, cross)?;
+                        im = self.fsub(im, along)?;
+                    } else {
+                        re = self.fsub(re, cross)?;
+                        im = self.fadd(im, along)?;
+                    }
+                }
+                let step = self.load_f32(xscales, r)?;
+                let re = self.warp_sum(self.fmul(re, step)?)?;
+                let im = self.warp_sum(self.fmul(im, step)?)?;
+                let first = self
+                    .builder
+                    .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
+                    .map_err(err)?;
+                self.when(f, first, || {
+                    let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
+                    self.store_f32(out, at, re)?;
+                    self.store_f32(out, self.add(at, self.int(1))?, im)
+                })
+            })
+        })?;
+        self.ret()
+    }
+
+    /// The four `prmt` selectors of a word of 16 codes: codes 0 2 4 6, 8 10
+    /// 12 14, 1 3 5 7, 9 11 13 15, one to a nibble of the low 16 bits.
+    fn code_selectors(&self, word: IntValue<'ctx>) -> Built<[IntValue<'ctx>; 4]> {
+        let mask = self.i32().const_int(0x3333_3333, false);
+        let even = self.builder.build_and(word, mask, "").map_err(err)?;
+        let odd = self
+            .builder
+            .build_right_shift(word, self.i32().const_int(2, false), false, "")
+            .map_err(err)?;
+        let odd = self.builder.build_and(odd, mask, "").map_err(err)?;
+        let high = |v| {
+            self.builder
+                .build_right_shift(v, self.i32().const_int(16, false), false, "")
+                .map_err(err)
+        };
+        Ok([even, high(even)?, odd, high(odd)?])
+    }
+
+    /// `dp4a.s32.s32`: `acc` plus the dot product of the four signed bytes
+    /// of `a` and of `b` (LLVM 19 has no intrinsic for it: inline PTX).
+    fn dp4a(
+        &self,
+        a: IntValue<'ctx>,
+        b: IntValue<'ctx>,
+        acc: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let i32 = self.i32();
+        let ty = i32.fn_type(&[i32.into(), i32.into(), i32.into()], false);
+        let asm = self.context.create_inline_asm(
+            ty,
+            "dp4a.s32.s32 $0, $1, $2, $3;".into(),
+            "=r,r,r,r".into(),
+            false,
+            false,
+            None,
+            false,
+        );
+        let call = self
+            .builder
+            .build_indirect_call(ty, asm, &[a.into(), b.into(), acc.into()], "")
+            .map_err(err)?;
+        match call.try_as_basic_value() {
+            ValueKind::Basic(v) => Ok(v.into_int_value()),
+            ValueKind::Instruction(_) => Err("dp4a returned no value".into()),
+        }
+    }
+
+    fn get_int(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_load(self.i32(), slot, "")
+            .map_err(err)?
+            .into_int_value())
+    }
+
+    fn int_to_float(&self, slot: PointerValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.builder
+            .build_signed_int_to_float(self.get_int(slot)?, self.f32(), "")
+            .map_err(err)
+    }
+}
