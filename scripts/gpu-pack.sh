@@ -3,9 +3,9 @@
 # into folders git ignores, stripped and xz-compressed (the GPU machine has
 # xz, not zstd), each under the 64 MiB one device call may carry, so each
 # is one call:
-#   .dev-a/  fairyc, the cuda, model and batch test executables,
-#   .dev-b/  the autodiff and training-API test executables and the
-#            cuda_gemv example (kernel timings)
+#   .dev-a/  fairyc, the cuda and model test executables and the
+#            cuda_gemv example (kernel timings),
+#   .dev-b/  fairyc, the autodiff, training-API and batch test executables
 #            (both for scripts/gpu-check.sh, which runs what it finds);
 #   .devr/   fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
 #            corpus, for scripts/gpu-models.sh and scripts/gpu-train.sh
@@ -26,11 +26,12 @@ rm -rf .dev-a .dev-b .devr && mkdir -p .dev-a .dev-b .devr
 pack .dev-a fairyc target/release/fairyc
 pack .dev-a cuda-test "$(pick cuda)"
 pack .dev-a models-test "$(pick conformance_models)"
-pack .dev-a batch-test "$(pick batch)"
+pack .dev-a cuda_gemv target/release/examples/cuda_gemv
 
 pack .dev-b autodiff-test "$(pick autodiff)"
 pack .dev-b train-test "$(pick train_api)"
-pack .dev-b cuda_gemv target/release/examples/cuda_gemv
+pack .dev-b batch-test "$(pick batch)"
+cp .dev-a/fairyc.xz .dev-b/
 cp ../shared/corpus/public.txt .dev-b/corpus.txt
 cp .dev-a/fairyc.xz .devr/
 pack .devr synth_gguf target/release/examples/synth_gguf

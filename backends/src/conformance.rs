@@ -376,48 +376,79 @@ pub fn op_cases() -> Vec<Case> {
         Granularity::Channel,
         Granularity::Group(4),
     ] {
-        cases_over(
-            &mut out,
-            "quantize",
-            &[(5usize, 9usize), (1, 1)],
-            |c, (n, m)| {
-                let z = c.complex(&[n, m]);
-                let x = c.real(&[n, m]);
-                let dz = c.complex(&[n, m]);
-                let mut outs = Vec::new();
-                for arithmetic in [Arithmetic::F32, Arithmetic::Bf16Exact] {
+        // Each arithmetic and scheme a case of its own: a backend that runs
+        // one of them is checked on it.
+        for arithmetic in [Arithmetic::F32, Arithmetic::Bf16Exact] {
+            let name = match arithmetic {
+                Arithmetic::F32 => "quantize phase f32",
+                Arithmetic::Bf16Exact => "quantize phase bf16",
+            };
+            cases_over(
+                &mut out,
+                name,
+                // 300 x 40: more entries than a block's threads, and
+                // sums over several blocks.
+                &[(5usize, 9usize), (1, 1), (300, 40)],
+                |c, (n, m)| {
+                    let z = c.complex(&[n, m]);
                     let phase = Op::Quantize {
                         scheme: Scheme::Phase,
                         granularity,
                         arithmetic,
                     };
-                    outs.push(c.push(phase, &[z]));
+                    vec![c.push(phase, &[z])]
+                },
+            );
+            cases_over(
+                &mut out,
+                "quantize_grad",
+                &[(5usize, 9usize), (1, 1)],
+                |c, (n, m)| {
+                    let (z, dz) = (c.complex(&[n, m]), c.complex(&[n, m]));
                     let grad = Op::QuantizeGrad {
                         scheme: Scheme::Phase,
                         granularity,
                         arithmetic,
                     };
-                    outs.push(c.push(grad, &[z, dz]));
-                }
-                for scheme in [Scheme::Binary, Scheme::Ternary] {
-                    let op = Op::Quantize {
-                        scheme,
-                        granularity,
-                        arithmetic: Arithmetic::F32,
-                    };
-                    outs.push(c.push(op, &[x]));
-                }
-                if granularity == Granularity::Tensor {
+                    vec![c.push(grad, &[z, dz])]
+                },
+            );
+        }
+        cases_over(
+            &mut out,
+            "quantize baselines",
+            &[(5usize, 9usize), (1, 1)],
+            |c, (n, m)| {
+                let x = c.real(&[n, m]);
+                [Scheme::Binary, Scheme::Ternary]
+                    .into_iter()
+                    .map(|scheme| {
+                        let op = Op::Quantize {
+                            scheme,
+                            granularity,
+                            arithmetic: Arithmetic::F32,
+                        };
+                        c.push(op, &[x])
+                    })
+                    .collect()
+            },
+        );
+        if granularity == Granularity::Tensor {
+            cases_over(
+                &mut out,
+                "quantize ifairy",
+                &[(5usize, 9usize), (1, 1), (300, 40)],
+                |c, (n, m)| {
+                    let z = c.complex(&[n, m]);
                     let op = Op::Quantize {
                         scheme: Scheme::PhaseIfairy,
                         granularity,
                         arithmetic: Arithmetic::F32,
                     };
-                    outs.push(c.push(op, &[z]));
-                }
-                outs
-            },
-        );
+                    vec![c.push(op, &[z])]
+                },
+            );
+        }
         for (u_stages, w_stages) in [(1usize, 1usize), (2, 2), (0, 1), (3, 0)] {
             cases_over(
                 &mut out,
