@@ -757,8 +757,23 @@ struct TrainArgs {
     distill: bool,
     /// Text files to train on (tokenized without BOS, concatenated and cut
     /// into windows of --seq tokens; the last --holdout of them is held out).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "teacher_sequences")]
     data: Vec<PathBuf>,
+    /// With --distill: train on this many sequences of --seq tokens that
+    /// the teacher (the model before quantization) generates itself, each
+    /// from a random first token at temperature 1 (data-free distillation,
+    /// as LLM-QAT), beside --data's windows or alone (then the held-out
+    /// split comes from them). Generated once into --teacher-cache.
+    #[arg(long, requires = "teacher_cache")]
+    teacher_sequences: Option<usize>,
+    /// The token file the teacher's sequences are cached in: read when it
+    /// exists (it must hold as many, as long, from the same seed), else
+    /// written.
+    #[arg(long)]
+    teacher_cache: Option<PathBuf>,
+    /// The seed of the teacher's sampling.
+    #[arg(long, default_value_t = 0)]
+    teacher_seed: u64,
     /// Optimizer steps to train to (a resumed run continues up to it).
     #[arg(long)]
     steps: usize,
@@ -888,6 +903,13 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         quant: args.quant.options(),
         distill: args.distill,
         data: args.data.clone(),
+        teacher_data: args.teacher_sequences.zip(args.teacher_cache.clone()).map(
+            |(sequences, cache)| fairyc::train::TeacherData {
+                sequences,
+                cache,
+                seed: args.teacher_seed,
+            },
+        ),
         steps: args.steps,
         seq: args.seq,
         grad_accum: args.grad_accum,
@@ -933,6 +955,16 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     let mut bar = ProgressBar::hidden();
     let report = train(source, &config, &mut |event| {
         match event {
+        Event::Generated { done, total } => {
+            if done == 1 {
+                bar = ProgressBar::new(total as u64).with_style(bar_style("teacher sequences"));
+            }
+            bar.set_position(done as u64);
+            if done == total {
+                bar.finish_and_clear();
+                eprintln!("the teacher generated {total} sequences");
+            }
+        }
         Event::Prepared {
             parameters,
             train_windows,

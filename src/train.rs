@@ -33,11 +33,13 @@ use crate::Error;
 
 mod artifact;
 mod run;
+mod teacher_data;
 
 pub use run::{
     read_records, train, Event, ModelSource, ScheduleKind, StepRecord, TrainConfig, TrainReport,
     CSV_HEADER,
 };
+pub use teacher_data::TeacherData;
 
 /// The prefix of a distillation teacher's weights: `teacher.<name>` reads
 /// the source's `<name>`, which training never changes.
@@ -226,7 +228,7 @@ pub enum TrainDevice {
 }
 
 impl TrainDevice {
-    fn backend(self) -> Box<dyn Backend> {
+    pub(crate) fn backend(self) -> Box<dyn Backend> {
         match self {
             TrainDevice::Cpu => Box::new(Reference::default()),
             TrainDevice::Cuda => Box::new(Cuda::default()),

@@ -265,6 +265,104 @@ fn distillation_lowers_the_kl_to_the_teacher_and_plots_it() {
     );
 }
 
+/// Data-free distillation: the teacher generates its own sequences once
+/// into a token file (valid ids, the asked count and length), training on
+/// them lowers the KL to it, a second run reads the file back instead of
+/// generating, and a file made for other settings is refused by name.
+#[test]
+fn data_free_distillation_generates_caches_and_trains_on_the_teachers_text() {
+    let dir = TempDir::new("data-free");
+    let (model, data) = setup(&dir);
+    let cache = dir.path("teacher.tokens");
+    let csv = dir.path("kl.csv");
+    let out = dir.path("d.fairy");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            &model,
+            "--quant",
+            "w1",
+            "--lm-head",
+            "false",
+            "--distill",
+            "--teacher-sequences",
+            "24",
+            "--teacher-cache",
+            cache.to_str().unwrap(),
+            "--steps",
+            "40",
+            "--seq",
+            "32",
+            "--lr",
+            "1e-2",
+            "--loss-csv",
+            csv.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fairyc(&args).1
+    };
+    let stderr = run(&[]);
+    assert!(
+        stderr.contains("the teacher generated 24 sequences"),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&cache).unwrap();
+    assert_eq!(&bytes[..8], b"FAIRYTOK");
+    let tokens: Vec<u32> = bytes[28..]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(tokens.len(), 24 * 33);
+    let vocab = SynthConfig::tiny().vocab_size() as u32;
+    assert!(tokens.iter().all(|&t| t < vocab));
+    // Sampled, not one token repeated.
+    let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+    assert!(distinct.len() > 20, "{} distinct tokens", distinct.len());
+    let kl = losses(&csv);
+    let (first, last) = (kl[0], kl[35..].iter().sum::<f64>() / 5.0);
+    assert!(last < 0.7 * first, "KL to the teacher {first} -> {last}");
+
+    // Read back, beside text files: the same file, no generation.
+    let before = std::fs::metadata(&cache).unwrap().modified().unwrap();
+    let stderr = run(&["--data", &data]);
+    assert!(!stderr.contains("the teacher generated"), "{stderr}");
+    assert_eq!(std::fs::read(&cache).unwrap(), bytes);
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+        before
+    );
+
+    // A cache made for other settings is refused, naming the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_fairyc"))
+        .args([
+            "train",
+            &model,
+            "--quant",
+            "w1",
+            "--distill",
+            "--teacher-sequences",
+            "24",
+            "--teacher-cache",
+            cache.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--seq",
+            "16",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("teacher.tokens") && stderr.contains("holds 24 sequences of 33 tokens"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn training_from_scratch_llama_and_ifairy_configs() {
     let dir = TempDir::new("scratch");

@@ -14,6 +14,7 @@ use fairyc_ir::Graph;
 use fairyc_passes::autodiff::{AdamW, GradOptions, Ste};
 use fairyc_passes::pipeline::CompileOptions;
 
+use super::teacher_data::{teacher_tokens, TeacherData};
 use super::{Objective, Schedule, TrainDevice, TrainOptions, Trainer};
 use crate::{import, Error, Imported};
 
@@ -67,6 +68,10 @@ pub struct TrainConfig {
     /// into windows of `seq` tokens; the last `holdout` of them is held
     /// out (`--data`).
     pub data: Vec<PathBuf>,
+    /// Sequences the teacher generates itself (data-free distillation;
+    /// with `distill`), trained on beside `data`'s windows, or alone (then
+    /// the held-out split comes from them).
+    pub teacher_data: Option<TeacherData>,
     /// Optimizer steps to train to; a resumed run continues up to it.
     pub steps: usize,
     /// Tokens per training window (`--seq`).
@@ -130,6 +135,7 @@ impl Default for TrainConfig {
             quant: None,
             distill: false,
             data: Vec::new(),
+            teacher_data: None,
             steps: 100,
             seq: 128,
             grad_accum: 1,
@@ -183,6 +189,11 @@ impl TrainConfig {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
+    /// The teacher has generated `done` of its `total` sequences.
+    Generated {
+        done: usize,
+        total: usize,
+    },
     /// The model and the data are ready.
     Prepared {
         parameters: usize,
@@ -339,6 +350,11 @@ fn training_model(
         }
     };
     let teacher = config.distill.then(|| imported.graph.clone());
+    if config.teacher_data.is_some() && !config.distill {
+        return Err(Error::Usage(
+            "--teacher-sequences are the teacher's text for distillation: add --distill".into(),
+        ));
+    }
     if teacher.is_some() && config.quant.is_none() {
         return Err(Error::Usage(
             "--distill learns from the unquantized model: choose a --quant to train".into(),
@@ -382,12 +398,42 @@ pub fn train(
             .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
         tokens.extend(compiled.tokenizer.encode(&text, false)?);
     }
-    let windows: Vec<&[u32]> = tokens.windows(config.seq + 1).step_by(config.seq).collect();
-    let held = ((windows.len() as f64) * config.holdout).ceil() as usize;
+    let generated = match (&config.teacher_data, &teacher) {
+        (Some(data), Some(graph)) => {
+            let teacher = Imported {
+                graph: graph.clone(),
+                weights: compiled.weights.clone(),
+                tokenizer: compiled.tokenizer.clone(),
+                source: compiled.source.clone(),
+            };
+            let backend = config.device.backend();
+            teacher_tokens(
+                teacher,
+                backend.as_ref(),
+                data,
+                config.seq + 1,
+                &mut |done, total| on_event(Event::Generated { done, total }),
+            )?
+        }
+        _ => Vec::new(),
+    };
+    let mut windows: Vec<&[u32]> = tokens.windows(config.seq + 1).step_by(config.seq).collect();
+    let teacher_windows = generated.chunks_exact(config.seq + 1);
+    // Held-out windows come from the text files where there are any (the
+    // teacher's own text never measures the student).
+    let held = if windows.is_empty() {
+        windows.extend(teacher_windows);
+        ((windows.len() as f64) * config.holdout).ceil() as usize
+    } else {
+        let held = ((windows.len() as f64) * config.holdout).ceil() as usize;
+        let at = windows.len() - held.min(windows.len());
+        windows.splice(at..at, teacher_windows);
+        held
+    };
     if windows.len() < held + 1 {
         return Err(Error::Usage(format!(
             "the data has {} tokens: too few for windows of --seq {} with a held-out split",
-            tokens.len(),
+            tokens.len() + generated.len(),
             config.seq
         )));
     }
