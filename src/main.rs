@@ -321,10 +321,10 @@ enum Command {
         /// Requests that may wait for a slot; past that, 503.
         #[arg(long, default_value_t = 16)]
         queue: usize,
-        /// Prompt tokens a round feeds at most, shared by the requests
-        /// reading their prompts (each round also steps every generating
-        /// request by a token): a long prompt arriving delays the others'
-        /// next token by one chunk, not by its whole prefill.
+        /// Rows a round feeds at most: a token for each generating request,
+        /// and prompt chunks in what is left, at least one prompt token a
+        /// round (chunked prefill): a long prompt arriving delays the
+        /// others' next token by one chunk, not by its whole prefill.
         #[arg(long, default_value_t = 256)]
         prefill_chunk: usize,
         /// MiB the server may plan for: weights, values and every slot's
@@ -759,7 +759,7 @@ struct TrainArgs {
     /// into windows of --seq tokens; the last --holdout of them is held out).
     #[arg(long, num_args = 1.., required_unless_present = "teacher_sequences")]
     data: Vec<PathBuf>,
-    /// With --distill: train on this many sequences of --seq tokens that
+    /// With --distill: train on this many sequences of --seq + 1 tokens that
     /// the teacher (the model before quantization) generates itself, each
     /// from a random first token at temperature 1 (data-free distillation,
     /// as LLM-QAT), beside --data's windows or alone (then the held-out

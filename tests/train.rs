@@ -310,7 +310,9 @@ fn data_free_distillation_generates_caches_and_trains_on_the_teachers_text() {
     );
     let bytes = std::fs::read(&cache).unwrap();
     assert_eq!(&bytes[..8], b"FAIRYTOK");
-    let tokens: Vec<u32> = bytes[28..]
+    // After the header: magic, five u32 (version, length, count, vocabulary,
+    // fingerprint) and the u64 seed.
+    let tokens: Vec<u32> = bytes[36..]
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
         .collect();

@@ -379,13 +379,13 @@ pub fn op_cases() -> Vec<Case> {
         // Each arithmetic and scheme a case of its own: a backend that runs
         // one of them is checked on it.
         for arithmetic in [Arithmetic::F32, Arithmetic::Bf16Exact] {
-            let name = match arithmetic {
-                Arithmetic::F32 => "quantize phase f32",
-                Arithmetic::Bf16Exact => "quantize phase bf16",
+            let arithmetic_name = match arithmetic {
+                Arithmetic::F32 => "f32",
+                Arithmetic::Bf16Exact => "bf16",
             };
             cases_over(
                 &mut out,
-                name,
+                &format!("quantize phase {arithmetic_name} {granularity:?}"),
                 // 300 x 40: more entries than a block's threads, and
                 // sums over several blocks.
                 &[(5usize, 9usize), (1, 1), (300, 40)],
@@ -401,7 +401,7 @@ pub fn op_cases() -> Vec<Case> {
             );
             cases_over(
                 &mut out,
-                "quantize_grad",
+                &format!("quantize_grad {arithmetic_name} {granularity:?}"),
                 &[(5usize, 9usize), (1, 1)],
                 |c, (n, m)| {
                     let (z, dz) = (c.complex(&[n, m]), c.complex(&[n, m]));
@@ -416,7 +416,7 @@ pub fn op_cases() -> Vec<Case> {
         }
         cases_over(
             &mut out,
-            "quantize baselines",
+            &format!("quantize baselines {granularity:?}"),
             &[(5usize, 9usize), (1, 1)],
             |c, (n, m)| {
                 let x = c.real(&[n, m]);

@@ -251,6 +251,15 @@ pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
 /// imported graph's own symbol).
 const ROWS: &str = LOGIT_ROWS;
 
+/// How many sequences a graph steps at once: its `slots` meta, or 1.
+pub fn slots(graph: &Graph) -> usize {
+    graph
+        .meta
+        .get(SLOTS_META)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
 /// The state inputs a graph names in its `state` meta, in the order of its
 /// state outputs (none for a graph without state).
 pub fn state_names(graph: &Graph) -> Vec<String> {

@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use fairyc_backends::state::{
-    slot_prefix, slot_rows, state_names, LOGIT_ROWS, ROW_ORDER, SLOTS_META,
-};
+use fairyc_backends::state::{slot_prefix, slot_rows, slots, state_names, LOGIT_ROWS, ROW_ORDER};
 use fairyc_backends::{BackendError, Program, Tensor};
 use fairyc_ir::{DType, Op};
 
@@ -68,11 +66,7 @@ impl<'a> Batch<'a> {
     /// more), all empty.
     pub fn new(program: &'a dyn Program) -> Batch<'a> {
         let graph = program.graph();
-        let count: usize = graph
-            .meta
-            .get(SLOTS_META)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1);
+        let count = slots(graph);
         let routes = count > 1;
         let states = state_names(graph)
             .into_iter()

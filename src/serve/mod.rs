@@ -13,7 +13,7 @@ mod stop;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use fairyc_backends::state::{state_names, SLOTS_META};
+use fairyc_backends::state::{slots, state_names};
 use fairyc_ir::{DType, Graph};
 
 use crate::{Error, Model};
@@ -31,7 +31,8 @@ pub struct ServeOptions {
     pub parallel: usize,
     /// Requests waiting for a slot; past that a request gets 503.
     pub queue: usize,
-    /// Prompt tokens a round feeds at most (chunked prefill).
+    /// Rows a round feeds at most: each generating request's token, and
+    /// prompt chunks in what is left (at least one prompt token a round).
     pub prefill_chunk: usize,
     /// Bytes the server may plan for (weights, values, every slot's KV
     /// cache at `ctx`).
@@ -145,10 +146,9 @@ fn context(graph: &Graph, asked: Option<usize>) -> Result<usize, Error> {
 }
 
 /// What serving plans to hold in memory: the model's resident weights,
-/// the values of one run (all slots step in one run; twice the plan's
-/// bytes, since a slot keeps a buffer per element type) at the most rows a
-/// run feeds (a prompt chunk, and a token for each other slot), and each
-/// slot's KV cache at
+/// the values of one run (all requests step in one run; twice the memory
+/// plan's bytes, since each of its buffers is kept per element type) at the
+/// most rows a run feeds, and each request slot's KV cache at
 /// `ctx` tokens (grown 256 rows at a time).
 struct MemoryNeed {
     weights: usize,
@@ -214,11 +214,6 @@ fn available_memory() -> Option<usize> {
 /// width times `ctx`, over the graph's slots.
 fn kv_bytes(graph: &Graph, ctx: usize) -> usize {
     let names = state_names(graph);
-    let slots: usize = graph
-        .meta
-        .get(SLOTS_META)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
     let all: usize = graph
         .inputs()
         .filter(|(_, name, _)| names.iter().any(|n| n == name))
@@ -228,5 +223,5 @@ fn kv_bytes(graph: &Graph, ctx: usize) -> usize {
             Some(width * element * ctx)
         })
         .sum();
-    all / slots.max(1)
+    all / slots(graph)
 }

@@ -3,7 +3,7 @@
 //! `parallel` requests are active at once, each in its own slot of the
 //! model's [`Batch`] (its own KV cache). A round is one program run that
 //! advances every active request: a decode token each, and prompt chunks
-//! within the round's budget of prompt tokens (chunked prefill: a long
+//! within the rest of the round's budget of rows (chunked prefill: a long
 //! prompt does not stall the others' tokens for its whole prefill).
 //! Requests join and leave between rounds (continuous batching). Text goes
 //! back to the HTTP handlers through channels; a closed channel means the
@@ -167,8 +167,8 @@ fn work(model: &Model, jobs: &Receiver<Job>, load: &Load, chunk: usize) {
 }
 
 /// One round: every request's next feed in one run. Decode steps go
-/// first; prompt chunks share what is left of `chunk` tokens (at least
-/// one, so a prompt always moves), in order of arrival. Returns how many
+/// first; prompt chunks share what is left of `chunk` rows (at least one,
+/// so a prompt always moves), in order of arrival. Returns how many
 /// requests the run stepped.
 fn round(batch: &mut Batch, active: &mut [Active], chunk: usize) -> usize {
     let decoding = active.iter().filter(|a| a.pending.is_empty()).count();
@@ -197,7 +197,9 @@ fn round(batch: &mut Batch, active: &mut [Active], chunk: usize) -> usize {
                 active[*i].logits = logits_row(&logits, row);
             }
         }
-        // The run took every slot's state with it.
+        // A failed run took every slot's state with it (the batch reset
+        // them all); feeds it refused before running cannot happen here:
+        // admission bounds every request by the context, one feed a slot.
         Err(e) => {
             for a in active.iter_mut().filter(|a| !a.over) {
                 a.fail(e.to_string());

@@ -367,6 +367,24 @@ fn training_model(
     Ok((compiled, teacher))
 }
 
+/// `a` and `b` merged in proportion, each in its own order: the element at
+/// `i` of a list of `n` goes at the fraction `(i + ½) / n`.
+fn interleave<'t>(a: &[&'t [u32]], b: &[&'t [u32]]) -> Vec<&'t [u32]> {
+    let at = |i: usize, n: usize| (2 * i + 1) as f64 / (2 * n) as f64;
+    let mut merged = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if j == b.len() || (i < a.len() && at(i, a.len()) <= at(j, b.len())) {
+            merged.push(a[i]);
+            i += 1;
+        } else {
+            merged.push(b[j]);
+            j += 1;
+        }
+    }
+    merged
+}
+
 /// Trains the model `source` as `config` says, reporting through
 /// `on_event`, and writes the artifact to `config.output` if set.
 pub fn train(
@@ -417,18 +435,21 @@ pub fn train(
         }
         _ => Vec::new(),
     };
-    let mut windows: Vec<&[u32]> = tokens.windows(config.seq + 1).step_by(config.seq).collect();
-    let teacher_windows = generated.chunks_exact(config.seq + 1);
+    let text: Vec<&[u32]> = tokens.windows(config.seq + 1).step_by(config.seq).collect();
+    let teacher_windows: Vec<&[u32]> = generated.chunks_exact(config.seq + 1).collect();
     // Held-out windows come from the text files where there are any (the
-    // teacher's own text never measures the student).
-    let held = if windows.is_empty() {
-        windows.extend(teacher_windows);
-        ((windows.len() as f64) * config.holdout).ceil() as usize
+    // teacher's own text never measures the student); the teacher's
+    // windows are spread evenly among the text's training windows, so that
+    // every run of steps sees both.
+    let (windows, held) = if text.is_empty() {
+        let held = ((teacher_windows.len() as f64) * config.holdout).ceil() as usize;
+        (teacher_windows, held)
     } else {
-        let held = ((windows.len() as f64) * config.holdout).ceil() as usize;
-        let at = windows.len() - held.min(windows.len());
-        windows.splice(at..at, teacher_windows);
-        held
+        let held = ((text.len() as f64) * config.holdout).ceil() as usize;
+        let (train, heldout) = text.split_at(text.len() - held.min(text.len()));
+        let mut windows = interleave(train, &teacher_windows);
+        windows.extend_from_slice(heldout);
+        (windows, held)
     };
     if windows.len() < held + 1 {
         return Err(Error::Usage(format!(
@@ -610,4 +631,26 @@ fn write_records(config: &TrainConfig, records: &[StepRecord]) -> Result<(), Err
         crate::plot::line_chart(path, &title, "step", "loss (nats)", &[train, heldout])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave;
+
+    fn refs(v: &[Vec<u32>]) -> Vec<&[u32]> {
+        v.iter().map(|w| w.as_slice()).collect()
+    }
+
+    #[test]
+    fn interleave_spreads_the_shorter_list_in_proportion() {
+        let a: Vec<Vec<u32>> = (0..6).map(|i| vec![i]).collect();
+        let b: Vec<Vec<u32>> = (100..102).map(|i| vec![i]).collect();
+        let merged: Vec<u32> = interleave(&refs(&a), &refs(&b))
+            .iter()
+            .map(|w| w[0])
+            .collect();
+        assert_eq!(merged, [0, 1, 100, 2, 3, 4, 101, 5]);
+        assert_eq!(interleave(&refs(&a), &[]).len(), 6);
+        assert_eq!(interleave(&[], &refs(&b)).len(), 2);
+    }
 }

@@ -5,8 +5,10 @@
 //! a token file, which later runs read back instead of generating again.
 //!
 //! The file: the magic `FAIRYTOK`, then little-endian u32 version (1),
-//! tokens per sequence, sequence count, u64 seed, and the sequences'
-//! tokens as u32.
+//! tokens per sequence, sequence count, the teacher's vocabulary size and
+//! fingerprint (the CRC-32 of its graph's text form), u64 seed, and the
+//! sequences' tokens as u32. A file made by another teacher, or for other
+//! settings, is refused.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use crate::{Backend, Error, Model};
 
 const MAGIC: &[u8; 8] = b"FAIRYTOK";
 const VERSION: u32 = 1;
-const HEADER: usize = 8 + 4 + 4 + 4 + 8;
+const HEADER: usize = 8 + 4 * 5 + 8;
 /// Sequences generated at once (the batch's slots).
 const SLOTS: usize = 16;
 
@@ -37,6 +39,8 @@ pub struct TeacherData {
 struct Header {
     length: usize,
     count: usize,
+    vocab: usize,
+    fingerprint: u32,
     seed: u64,
 }
 
@@ -50,9 +54,18 @@ pub fn teacher_tokens(
     length: usize,
     on_sequence: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<u32>, Error> {
+    let graph = &teacher.graph;
+    let vocab = graph
+        .outputs
+        .first()
+        .and_then(|v| graph.ty(*v).shape.dims().last().cloned())
+        .and_then(|d| d.fixed())
+        .ok_or_else(|| Error::Usage("the teacher's logits have no fixed vocabulary size".into()))?;
     let wanted = Header {
         length,
         count: data.sequences,
+        vocab,
+        fingerprint: crc32fast::hash(fairyc_ir::text::print(graph).as_bytes()),
         seed: data.seed,
     };
     if data.cache.exists() {
@@ -69,16 +82,13 @@ fn generate(
     header: Header,
     on_sequence: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<u32>, Error> {
-    let slots = header.count.clamp(1, SLOTS);
-    let model = Model::from_imported_slots(teacher, backend, slots, &|_| {})?;
-    let graph = model.graph();
-    let vocab = graph
-        .outputs
-        .first()
-        .and_then(|v| graph.ty(*v).shape.dims().last().cloned())
-        .and_then(|d| d.fixed())
-        .ok_or_else(|| Error::Usage("the teacher's logits have no fixed vocabulary size".into()))?;
+    let model =
+        Model::from_imported_slots(teacher, backend, header.count.clamp(1, SLOTS), &|_| {})?;
+    let vocab = header.vocab;
     let mut batch = Batch::new(model.program());
+    // As many as the compiled graph holds (one where it keeps no state per
+    // slot).
+    let slots = batch.slots();
     let mut sequences: Vec<Vec<u32>> = vec![Vec::new(); header.count];
     // Each slot's sequence: its index and sampler.
     let mut running: Vec<Option<(usize, Sampler)>> = (0..slots).map(|_| None).collect();
@@ -141,8 +151,17 @@ fn read(path: &Path, wanted: Header) -> Result<Vec<u32>, Error> {
     let found = Header {
         length: word(12) as usize,
         count: word(16) as usize,
-        seed: u64::from_le_bytes(bytes[20..28].try_into().expect("8 bytes")),
+        vocab: word(20) as usize,
+        fingerprint: word(24),
+        seed: u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes")),
     };
+    if (found.vocab, found.fingerprint) != (wanted.vocab, wanted.fingerprint) {
+        return Err(bad(format!(
+            "was made by another teacher (vocabulary {}, fingerprint {:08x}; this one: {}, {:08x}): \
+             delete it or name another --teacher-cache",
+            found.vocab, found.fingerprint, wanted.vocab, wanted.fingerprint
+        )));
+    }
     if found != wanted {
         return Err(bad(format!(
             "holds {} sequences of {} tokens (seed {}), not the {} of {} (seed {}) asked for: \
@@ -158,16 +177,29 @@ fn read(path: &Path, wanted: Header) -> Result<Vec<u32>, Error> {
             body.len()
         )));
     }
-    Ok(body
+    let tokens: Vec<u32> = body
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
+        .collect();
+    if let Some(at) = tokens.iter().position(|&t| t as usize >= wanted.vocab) {
+        return Err(bad(format!(
+            "token {} (at {at}) is outside the vocabulary of {}",
+            tokens[at], wanted.vocab
+        )));
+    }
+    Ok(tokens)
 }
 
 fn write(path: &Path, header: Header, tokens: &[u32]) -> Result<(), Error> {
     fairyc_ir::atomic::write_atomically(path, |w| {
         w.write_all(MAGIC)?;
-        for v in [VERSION, header.length as u32, header.count as u32] {
+        for v in [
+            VERSION,
+            header.length as u32,
+            header.count as u32,
+            header.vocab as u32,
+            header.fingerprint,
+        ] {
             w.write_all(&v.to_le_bytes())?;
         }
         w.write_all(&header.seed.to_le_bytes())?;
