@@ -372,6 +372,10 @@ struct BackendArgs {
     /// Default: llvm where the host runs it (it decodes fastest).
     #[arg(long, value_enum, default_value_t = BackendArg::fastest())]
     backend: BackendArg,
+    /// Where the model runs: `cuda` is `--backend cuda`; `cpu` the
+    /// fastest CPU backend (as `fairyc train --device`).
+    #[arg(long, value_enum, conflicts_with = "backend")]
+    device: Option<DeviceArg>,
     /// Bits of the activations the CPU backends' look-up tables take: 7
     /// (integers up to 63 per block of inputs, one pass: fastest) or 14
     /// (the rounding error again, a second pass: twice the look-ups, about
@@ -399,12 +403,21 @@ enum ActivationBits {
 }
 
 impl BackendArgs {
+    /// The backend chosen, by `--device` where given.
+    fn chosen(self) -> BackendArg {
+        match self.device {
+            Some(DeviceArg::Cuda) => BackendArg::Cuda,
+            Some(DeviceArg::Cpu) => BackendArg::fastest(),
+            None => self.backend,
+        }
+    }
+
     fn backend(self) -> Box<dyn Backend> {
         let activations = match self.activation_bits {
             ActivationBits::Seven => Activations::Bits7,
             ActivationBits::Fourteen => Activations::Bits14,
         };
-        match self.backend {
+        match self.chosen() {
             BackendArg::Reference => Box::new(Reference::default()),
             BackendArg::Cranelift => Box::new(Cranelift { activations }),
             BackendArg::Llvm => Box::new(Llvm { activations }),
@@ -624,7 +637,7 @@ fn run(command: Command) -> Result<()> {
             let name = model
                 .file_stem()
                 .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-            let host_memory = !matches!(backend.backend, BackendArg::Cuda);
+            let host_memory = !matches!(backend.chosen(), BackendArg::Cuda);
             let loaded = load_with_progress(&model, &quant, false, backend, parallel.max(1))?;
             let options = fairyc::serve::ServeOptions {
                 host,

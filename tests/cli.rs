@@ -264,7 +264,7 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
         .unwrap();
         vec!["dump".to_string(), path]
     };
-    let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+    let mut cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
         (
             "missing file",
             run(&p("missing.gguf")),
@@ -390,7 +390,33 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["frobnicate".into(), model_s.clone()],
             vec!["frobnicate"],
         ),
+        (
+            "--device beside --backend",
+            [
+                "run",
+                &model_s,
+                "-p",
+                "x",
+                "--device",
+                "cuda",
+                "--backend",
+                "llvm",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--device", "cannot be used with", "--backend"],
+        ),
     ];
+    // Where no GPU is, asking for one is a clear error.
+    if !fairyc::Cuda::available() {
+        cases.push((
+            "--device cuda without a GPU",
+            ["run", &model_s, "-p", "x", "--device", "cuda"]
+                .map(String::from)
+                .to_vec(),
+            vec!["no CUDA driver", "or no GPU"],
+        ));
+    }
     let mut failures = Vec::new();
     for (what, args, needles) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
