@@ -426,6 +426,7 @@ impl BackendArgs {
                     GpuActivationsArg::Int8 => GpuActivations::Int8,
                     GpuActivationsArg::F32 => GpuActivations::F32,
                 },
+                ..Cuda::default()
             }),
         }
     }
@@ -849,6 +850,11 @@ struct TrainArgs {
     /// update stay on the host). Same graphs, flags and checkpoints.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// With --device cuda: data-parallel GPUs (each step's windows dealt
+    /// out to GPUs 0..N, their gradients added on the host); default: all
+    /// this machine has.
+    #[arg(long)]
+    gpus: Option<usize>,
     /// Checkpoint file (written atomically every --checkpoint-every steps
     /// and at the end; an existing one is resumed with --resume).
     #[arg(long)]
@@ -949,6 +955,12 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
             DeviceArg::Cpu => TrainDevice::Cpu,
             DeviceArg::Cuda => TrainDevice::Cuda,
         },
+        ranks: match args.device {
+            DeviceArg::Cpu => 1,
+            DeviceArg::Cuda => args
+                .gpus
+                .unwrap_or_else(|| fairyc::Cuda::device_count().max(1)),
+        },
         checkpoint: args.checkpoint.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
@@ -962,6 +974,12 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
 fn train_command(args: &TrainArgs) -> Result<()> {
     if let (InitArg::Pretrained, Some(model)) = (args.init, &args.model) {
         args.quant.check_own_quantizers(&import(model)?.graph)?;
+    }
+    if args.gpus.is_some() && matches!(args.device, DeviceArg::Cpu) {
+        bail!("--gpus needs --device cuda");
+    }
+    if args.gpus == Some(0) {
+        bail!("--gpus must be at least 1");
     }
     let source = model_source(args)?;
     let config = train_config(args);

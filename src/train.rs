@@ -212,26 +212,41 @@ pub struct TrainOptions {
     pub gauss: bool,
     pub rows: usize,
     pub device: TrainDevice,
+    /// Data-parallel replicas: each step's windows are dealt out to them
+    /// (window `k` to replica `k mod ranks`), each computes the summed
+    /// gradient of its windows (on the cuda device, on GPU `r`), and the
+    /// host adds the replicas' sums in rank order. On the CPU the replicas
+    /// share its cores (what tests the path without GPUs).
+    pub ranks: usize,
 }
 
 /// Where the training graph (forward, loss and gradients) runs. The master
-/// weights, the moments and the AdamW update stay on the host; on the GPU
+/// weights, the moments and the AdamW update stay on the host; on a GPU
 /// each step uploads the weights it derives from them (the quantized ones
-/// among them) once and runs every micro-batch there.
+/// among them) once and runs its micro-batches there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TrainDevice {
     /// The reference backend, on the CPU's cores.
     #[default]
     Cpu,
-    /// The cuda backend, on the first CUDA device.
+    /// The cuda backend, on the first CUDA device (and the next ones for
+    /// data-parallel ranks).
     Cuda,
 }
 
 impl TrainDevice {
     pub(crate) fn backend(self) -> Box<dyn Backend> {
+        self.rank_backend(0)
+    }
+
+    /// The backend of data-parallel rank `rank`: GPU `rank` on cuda.
+    fn rank_backend(self, rank: usize) -> Box<dyn Backend> {
         match self {
             TrainDevice::Cpu => Box::new(Reference::default()),
-            TrainDevice::Cuda => Box::new(Cuda::default()),
+            TrainDevice::Cuda => Box::new(Cuda {
+                device: rank,
+                ..Cuda::default()
+            }),
         }
     }
 }
@@ -259,6 +274,7 @@ pub struct Trainer {
     pub adam: AdamW,
     pub step: usize,
     device: TrainDevice,
+    ranks: usize,
 }
 
 fn push(g: &mut Graph, op: Op, operands: Vec<ValueId>, ty: TensorType) -> ValueId {
@@ -404,6 +420,7 @@ impl Trainer {
             adam: options.adam,
             step: 0,
             device: options.device,
+            ranks: options.ranks.max(1),
         })
     }
 
@@ -445,39 +462,46 @@ impl Trainer {
         if batch.is_empty() {
             return Err(Error::Usage("a step needs at least one window".into()));
         }
-        // The quantized weights are derived from the masters once per step.
-        let exec = fairyc_backends::compile(
-            self.device.backend().as_ref(),
-            &self.grad_graph,
-            &self.store,
-            &|_| {},
-        )?;
+        // Each rank's windows, its gradients summed; then the ranks' sums
+        // in rank order (one rank: the windows in order, as before).
+        let ranks = self.ranks.min(batch.len());
+        let trainer: &Trainer = self;
+        let partial: Vec<(f64, Vec<Vec<f32>>)> = if ranks == 1 {
+            vec![trainer.rank_gradients(0, batch)?]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..ranks)
+                    .map(|rank| {
+                        let windows: Vec<&[u32]> =
+                            batch.iter().skip(rank).step_by(ranks).copied().collect();
+                        scope.spawn(move || trainer.rank_gradients(rank, &windows))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .enumerate()
+                    .map(|(rank, h)| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+            })?
+        };
         let mut loss = 0.0f64;
         let mut sums: Vec<Vec<f32>> = Vec::new();
-        for window in batch {
-            let mut outs = exec.run(Trainer::inputs(window))?.into_iter();
-            let first = outs.next().expect("the loss is the first output");
-            loss += f64::from(
-                first
-                    .as_f32()
-                    .ok_or_else(not_f32)?
-                    .first()
-                    .copied()
-                    .unwrap_or(f32::NAN),
-            );
+        for (rank_loss, rank_sums) in partial {
+            loss += rank_loss;
             if sums.is_empty() {
-                sums = outs
-                    .map(|g| g.into_f32().ok_or_else(not_f32))
-                    .collect::<Result<_, _>>()?;
-            } else {
-                for (sum, g) in sums.iter_mut().zip(outs) {
-                    for (s, v) in sum.iter_mut().zip(g.as_f32().ok_or_else(not_f32)?) {
-                        *s += v;
-                    }
+                sums = rank_sums;
+                continue;
+            }
+            for (sum, g) in sums.iter_mut().zip(rank_sums) {
+                for (s, v) in sum.iter_mut().zip(g) {
+                    *s += v;
                 }
             }
         }
-        drop(exec);
         check_finite(self.step + 1, loss / batch.len() as f64, &sums)?;
         self.step += 1;
         let t = self.step as i32;
@@ -531,6 +555,62 @@ impl Trainer {
             loss: (loss / batch.len() as f64) as f32,
             grad_norm: squares.max(0.0).sqrt(),
         })
+    }
+
+    /// The summed loss and gradients of `windows` on data-parallel rank
+    /// `rank`, whose program derives the quantized weights from the masters
+    /// once for all of them.
+    fn rank_gradients(
+        &self,
+        rank: usize,
+        windows: &[&[u32]],
+    ) -> Result<(f64, Vec<Vec<f32>>), Error> {
+        let on_rank = |e: Error| {
+            if self.ranks == 1 {
+                e
+            } else {
+                Error::Usage(format!(
+                    "data-parallel rank {rank} of {}: {e}; the step was not applied",
+                    self.ranks
+                ))
+            }
+        };
+        let exec = fairyc_backends::compile(
+            self.device.rank_backend(rank).as_ref(),
+            &self.grad_graph,
+            &self.store,
+            &|_| {},
+        )
+        .map_err(|e| on_rank(e.into()))?;
+        let mut loss = 0.0f64;
+        let mut sums: Vec<Vec<f32>> = Vec::new();
+        for window in windows {
+            let mut outs = exec
+                .run(Trainer::inputs(window))
+                .map_err(|e| on_rank(e.into()))?
+                .into_iter();
+            let first = outs.next().expect("the loss is the first output");
+            loss += f64::from(
+                first
+                    .as_f32()
+                    .ok_or_else(not_f32)?
+                    .first()
+                    .copied()
+                    .unwrap_or(f32::NAN),
+            );
+            if sums.is_empty() {
+                sums = outs
+                    .map(|g| g.into_f32().ok_or_else(not_f32))
+                    .collect::<Result<_, _>>()?;
+            } else {
+                for (sum, g) in sums.iter_mut().zip(outs) {
+                    for (s, v) in sum.iter_mut().zip(g.as_f32().ok_or_else(not_f32)?) {
+                        *s += v;
+                    }
+                }
+            }
+        }
+        Ok((loss, sums))
     }
 
     /// Moves on past a step that [`Trainer::train_step`] refused as

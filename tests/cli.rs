@@ -391,6 +391,15 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["frobnicate"],
         ),
         (
+            "--gpus on the cpu",
+            [
+                "train", &model_s, "--data", &text, "--steps", "1", "--gpus", "2", "-o", "x.fairy",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--gpus needs --device cuda"],
+        ),
+        (
             "--device beside --backend",
             [
                 "run",

@@ -167,6 +167,7 @@ fn models_match_the_reference_on_the_gpu() {
             let want = logits_on(&path, &Reference::default());
             let exact = Cuda {
                 activations: GpuActivations::F32,
+                ..Cuda::default()
             };
             let got = logits_on(&path, &exact);
             assert_close(&format!("{name} on cuda, f32 activations"), &got, &want);

@@ -209,6 +209,64 @@ fn an_artifact_trains_from_its_source_masters_or_is_refused() {
     );
 }
 
+/// Data-parallel ranks: the same W2 run with each step's 4 windows dealt
+/// out to 1, 2 and 3 ranks (here on the CPU's cores; on cuda one GPU each)
+/// gives the same losses step by step, within f32 summation-order noise,
+/// and a run checkpointed on 2 ranks resumes on 1 with the straight run's
+/// losses.
+#[test]
+fn data_parallel_ranks_give_the_losses_of_one() {
+    let dir = TempDir::new("ranks");
+    let (model, data) = setup(&dir, "tiny.gguf");
+    let config = |ranks, steps| TrainConfig {
+        quant: Some(CompileOptions::default()),
+        data: vec![data.clone()],
+        steps,
+        seq: 32,
+        grad_accum: 4,
+        lr: 1e-2,
+        warmup: 2,
+        ranks,
+        ..TrainConfig::default()
+    };
+    let run = |config: &TrainConfig| {
+        train(ModelSource::Path(model.clone()), config, &mut |_| {}).unwrap()
+    };
+    let one = run(&config(1, 8));
+    for ranks in [2, 3] {
+        let many = run(&config(ranks, 8));
+        assert_eq!(many.records.len(), one.records.len());
+        for (a, b) in one.records.iter().zip(&many.records) {
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
+                "step {}: loss {} on 1 rank, {} on {ranks}",
+                a.step,
+                a.loss,
+                b.loss
+            );
+        }
+    }
+    // Checkpointed on 2 ranks at step 4, resumed on 1 up to step 8.
+    let checkpoint = dir.path("ranks.ckpt");
+    let with_checkpoint = |ranks, steps, resume| TrainConfig {
+        checkpoint: Some(checkpoint.clone()),
+        checkpoint_every: 4,
+        resume,
+        ..config(ranks, steps)
+    };
+    run(&with_checkpoint(2, 4, false));
+    let resumed = run(&with_checkpoint(1, 8, true));
+    let last = resumed.records.last().unwrap();
+    let straight = one.records.last().unwrap();
+    assert_eq!(last.step, 8);
+    assert!(
+        (last.loss - straight.loss).abs() <= 1e-4 * straight.loss.abs().max(1.0),
+        "resumed on 1 rank: step 8 loss {}, straight {}",
+        last.loss,
+        straight.loss
+    );
+}
+
 /// The same W2 training run with its forward and backward passes on the GPU
 /// and on the CPU: the same losses step by step, within f32 summation-order
 /// noise grown over the steps (skipped where no GPU is, unless

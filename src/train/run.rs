@@ -110,6 +110,10 @@ pub struct TrainConfig {
     pub gauss: bool,
     /// Where the forward and backward passes run.
     pub device: TrainDevice,
+    /// Data-parallel ranks (`--gpus`): each step's windows dealt out to
+    /// them, one GPU each with cuda; the same masters, moments and
+    /// checkpoints (kept once, on the host), so a run resumes on any count.
+    pub ranks: usize,
     /// Checkpoint file: masters, moments and step, written atomically every
     /// `checkpoint_every` steps and at the end.
     pub checkpoint: Option<PathBuf>,
@@ -153,6 +157,7 @@ impl Default for TrainConfig {
             ste: Ste::Identity,
             gauss: false,
             device: TrainDevice::Cpu,
+            ranks: 1,
             checkpoint: None,
             checkpoint_every: 50,
             resume: false,
@@ -476,6 +481,7 @@ pub fn train(
         gauss: config.gauss,
         rows: config.seq,
         device: config.device,
+        ranks: config.ranks,
     };
     let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;
     on_event(Event::Prepared {

@@ -9,12 +9,15 @@ use num_complex::Complex32;
 
 use crate::{Backend, BackendError, Program, Tolerance};
 
-/// The CUDA backend (`--backend cuda`): one GPU, through the driver API;
-/// the CUDA libraries are loaded when it first compiles a graph, so a
-/// binary built without the CUDA toolkit runs it where a GPU is.
+/// The CUDA backend (`--backend cuda`): one GPU (`device`, the first by
+/// default), through the driver API; the CUDA libraries are loaded when it
+/// first compiles a graph, so a binary built without the CUDA toolkit runs
+/// it where a GPU is.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cuda {
     pub activations: GpuActivations,
+    /// The CUDA device's ordinal.
+    pub device: usize,
 }
 
 /// What the quantized layers (`quant_linear`) take as activations on the
@@ -41,14 +44,19 @@ impl Cuda {
     /// Whether a CUDA device can be used here (driver loaded, a device
     /// present).
     pub fn available() -> bool {
+        Cuda::device_count() > 0
+    }
+
+    /// How many CUDA devices this machine has (0 without a driver).
+    pub fn device_count() -> usize {
         // cudarc panics on its first call when the driver library is
         // missing: look for the library first.
         // SAFETY: loading libcuda runs only its initialisers, and the
         // handle is dropped at once.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return false;
+            return 0;
         }
-        matches!(cudarc::driver::CudaContext::device_count(), Ok(n) if n > 0)
+        cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
     }
 }
 
@@ -73,11 +81,19 @@ impl Backend for Cuda {
                 "the cuda backend found no CUDA driver (libcuda) or no GPU on this machine",
             ));
         }
+        if self.device >= Cuda::device_count() {
+            return Err(BackendError::new(format!(
+                "the cuda backend has no device {} (this machine has {})",
+                self.device,
+                Cuda::device_count()
+            )));
+        }
         Ok(Box::new(program::CudaProgram::new(
             graph,
             store,
             on_weight,
             self.activations,
+            self.device,
         )?))
     }
 

@@ -294,35 +294,47 @@ pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, B
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
-/// The first device's context, set up once: the process keeps it, so that
+/// Device `ordinal`'s context, set up once: the process keeps it, so that
 /// programs built one after another (a trainer builds one a step) do not
 /// set it up again.
-fn device_context() -> Result<Arc<CudaContext>, BackendError> {
-    static CONTEXT: OnceLock<Arc<CudaContext>> = OnceLock::new();
-    if let Some(context) = CONTEXT.get() {
+fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, BackendError> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<CudaContext>>>> = OnceLock::new();
+    let mut contexts = CONTEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(context) = contexts.get(&ordinal) {
         return Ok(context.clone());
     }
-    let context = CudaContext::new(0).map_err(driver)?;
-    Ok(CONTEXT.get_or_init(|| context).clone())
+    let context = CudaContext::new(ordinal).map_err(driver)?;
+    contexts.insert(ordinal, context.clone());
+    Ok(context)
 }
 
-/// The module of `ptx`, loaded once per distinct PTX: a program built
-/// again from the same graph (each training step) takes its kernels without
-/// the driver compiling them again. A process holds one module per graph it
-/// has run (a trainer: two).
-fn load_module(context: &Arc<CudaContext>, ptx: String) -> Result<Arc<CudaModule>, BackendError> {
-    static MODULES: OnceLock<Mutex<HashMap<String, Arc<CudaModule>>>> = OnceLock::new();
+/// The module of `ptx` on device `ordinal`, loaded once per distinct PTX
+/// and device: a program built again from the same graph (each training
+/// step) takes its kernels without the driver compiling them again. A
+/// process holds one module per graph it has run (a trainer: two) and
+/// device.
+fn load_module(
+    context: &Arc<CudaContext>,
+    ordinal: usize,
+    ptx: String,
+) -> Result<Arc<CudaModule>, BackendError> {
+    type Modules = HashMap<(usize, String), Arc<CudaModule>>;
+    static MODULES: OnceLock<Mutex<Modules>> = OnceLock::new();
     let mut modules = MODULES
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(module) = modules.get(&ptx) {
+    let key = (ordinal, ptx);
+    if let Some(module) = modules.get(&key) {
         return Ok(module.clone());
     }
     let module = context
-        .load_module(Ptx::from_src(ptx.clone()))
+        .load_module(Ptx::from_src(key.1.clone()))
         .map_err(driver)?;
-    modules.insert(ptx, module.clone());
+    modules.insert(key, module.clone());
     Ok(module)
 }
 
@@ -332,16 +344,17 @@ impl CudaProgram {
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
         activations: GpuActivations,
+        ordinal: usize,
     ) -> Result<CudaProgram, BackendError> {
         let plan = MemoryPlan::new(&graph, 1);
         let host_constants = load_resident(&graph, store, on_weight, &plan)?;
-        let context = device_context()?;
+        let context = device_context(ordinal)?;
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
         let (kernels, steps) = select_kernels(&graph, &plan, activations)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
-        let module = load_module(&context, ptx)?;
+        let module = load_module(&context, ordinal, ptx)?;
         let functions = kernels
             .iter()
             .enumerate()
