@@ -624,3 +624,30 @@ fn a_server_that_would_not_fit_its_memory_refuses_to_start() {
         "{stderr}"
     );
 }
+
+/// Through the Rust API, a model compiled for fewer sequences than
+/// `parallel` is refused with the way to load it, before anything listens.
+#[test]
+fn a_model_with_fewer_slots_than_parallel_is_refused() {
+    let dir = TempDir::new("serve-slots");
+    let model = fairyc::Model::load(&tiny_model(&dir)).unwrap();
+    let options = fairyc::serve::ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        parallel: 4,
+        queue: 0,
+        prefill_chunk: 8,
+        memory: None,
+        host_memory: true,
+        ctx: Some(64),
+        name: "tiny".into(),
+    };
+    let err = fairyc::serve::serve(model, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("compiled for 1 sequence(s) at once, fewer than --parallel 4")
+            && err.contains("from_imported_slots"),
+        "{err}"
+    );
+}

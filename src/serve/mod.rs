@@ -56,6 +56,14 @@ pub fn serve(model: Model, options: &ServeOptions) -> Result<(), Error> {
     if options.prefill_chunk == 0 {
         return Err(Error::Usage("--prefill-chunk must be at least 1".into()));
     }
+    let held = slots(model.graph());
+    if held < options.parallel {
+        return Err(Error::Usage(format!(
+            "the model was compiled for {held} sequence(s) at once, fewer than --parallel {}: \
+             load it with Model::from_imported_slots(.., {}, ..)",
+            options.parallel, options.parallel
+        )));
+    }
     let plan = MemoryNeed::of(&model, options, ctx);
     match options.memory {
         Some(budget) => plan.check(budget, options.parallel, true)?,

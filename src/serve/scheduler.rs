@@ -123,7 +123,8 @@ impl Scheduler {
 
 fn work(model: &Model, jobs: &Receiver<Job>, load: &Load, chunk: usize) {
     let mut batch = Batch::new(model.program());
-    let mut free: Vec<usize> = (0..batch.slots().min(load.parallel)).rev().collect();
+    // `serve` checked that the model holds `parallel` slots.
+    let mut free: Vec<usize> = (0..load.parallel).rev().collect();
     let mut active: Vec<Active<'_>> = Vec::new();
     loop {
         // Join between rounds, as many as there are free slots; block only
