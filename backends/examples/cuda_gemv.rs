@@ -1,6 +1,6 @@
 //! Kernel-level timings of the GPU's quantized GEMV (issue 18, table a), in
-//! one run: the int8 kernel (activations quantized per row, codes turned
-//! into bytes by `prmt`, products by `dp4a`) and the f32 kernel on W2 codes
+//! one run: the int8 kernel (each block quantizes the input row into shared
+//! memory, codes turned into bytes by `prmt`, products by `dp4a`) and the f32 kernel on W2 codes
 //! (two stages on x, two on conj x, per-tensor scales) at SmolLM2's and
 //! LLaMA-7B's layer shapes, beside cuBLAS's bf16 GEMV of the same real
 //! layer and a device-to-device copy, each timed by CUDA events over many
@@ -16,7 +16,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use fairyc_backends::cuda::codegen::{ptx, Kernel, QUANT_ROWS_PER_BLOCK, ROW_THREADS};
+use fairyc_backends::cuda::codegen::{ptx, Kernel, QUANT_ROWS_PER_BLOCK};
 use rand::RngExt;
 
 /// Real layer shapes (in, out): SmolLM2-135M's, then LLaMA-7B's.
@@ -37,7 +37,6 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Result<()> {
     let kernels = [
-        Kernel::QuantizeRowsI8,
         Kernel::QuantLinearI8 {
             u_stages: 2,
             w_stages: 2,
@@ -92,22 +91,17 @@ fn main() -> Result<()> {
         let x = stream.clone_htod(&x)?;
         let mut out_i8 = stream.alloc_zeros::<f32>(2 * n)?;
         let mut out_f32 = stream.alloc_zeros::<f32>(2 * n)?;
-        let mut xq = stream.alloc_zeros::<u32>(m / 2)?;
-        let mut steps = stream.alloc_zeros::<f32>(1)?;
         let sizes = [1i64, n as i64, m as i64];
         let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
-        let config = |grid: u32, block: u32| LaunchConfig {
+        let config = |grid: u32, block: u32, shared: usize| LaunchConfig {
             grid_dim: (grid, 1, 1),
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: shared as u32,
         };
+        let block = 32 * QUANT_ROWS_PER_BLOCK;
         let int8 = time(&stream, iterations, || {
             let mut b = stream.launch_builder(&functions[0]);
-            b.arg(&mut xq).arg(&mut steps).arg(&x).arg(&sizes[2]);
-            // SAFETY: the arguments match `quantize_rows_i8(out, scales, x, m)`.
-            unsafe { b.launch(config(1, ROW_THREADS)) }?;
-            let mut b = stream.launch_builder(&functions[1]);
-            b.arg(&mut out_i8).arg(&xq).arg(&steps);
+            b.arg(&mut out_i8).arg(&x);
             for s in 0..STAGES {
                 b.arg(&codes[s]).arg(&scales[s]);
             }
@@ -116,12 +110,13 @@ fn main() -> Result<()> {
                 .arg(&sizes[1])
                 .arg(&sizes[2])
                 .arg(&per_tensor);
-            // SAFETY: as `quant_linear_i8`'s signature, sizes bound every access.
-            unsafe { b.launch(config(grid, 32 * QUANT_ROWS_PER_BLOCK)) }?;
+            // SAFETY: as `quant_linear_i8`'s signature, sizes bound every
+            // access; the row's int8 words fill the shared memory.
+            unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
             Ok(())
         })?;
         let f32_kernel = time(&stream, iterations, || {
-            let mut b = stream.launch_builder(&functions[2]);
+            let mut b = stream.launch_builder(&functions[1]);
             b.arg(&mut out_f32).arg(&x);
             for s in 0..STAGES {
                 b.arg(&codes[s]).arg(&scales[s]);
@@ -130,7 +125,7 @@ fn main() -> Result<()> {
             b.arg(&sizes[0]).arg(&sizes[1]).arg(&sizes[2]);
             b.arg(&rest[0]).arg(&rest[1]).arg(&rest[2]);
             // SAFETY: as `quant_linear`'s signature, sizes bound every access.
-            unsafe { b.launch(config(grid, 32 * QUANT_ROWS_PER_BLOCK)) }?;
+            unsafe { b.launch(config(grid, block, 0)) }?;
             Ok(())
         })?;
         let bf16 = bf16_gemv(&stream, &blas, real_in, real_out, iterations)?;

@@ -35,7 +35,6 @@ fn every_kernel() -> Vec<Kernel> {
             u_stages: 0,
             w_stages: 1,
         },
-        Kernel::QuantizeRowsI8,
         Kernel::QuantLinearI8 {
             u_stages: 2,
             w_stages: 2,
@@ -46,6 +45,10 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::ScoredMean,
         Kernel::CrossEntropyGrad,
         Kernel::Dequant,
+        Kernel::PhaseSums { ifairy: false },
+        Kernel::PhaseDequant { ifairy: false },
+        Kernel::PhaseSums { ifairy: true },
+        Kernel::PhaseDequant { ifairy: true },
         Kernel::SoftmaxGrad,
         Kernel::KlDivRows,
         Kernel::KlDivGrad,

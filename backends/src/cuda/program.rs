@@ -15,7 +15,8 @@ use cudarc::nvrtc::Ptx;
 use fairyc_ir::infer::infer_type;
 use fairyc_ir::quant::Pairing;
 use fairyc_ir::{
-    Arithmetic, DType, Dim, Granularity, Graph, NormOperand, Op, Shape, TensorType, WeightStore,
+    Arithmetic, DType, Dim, Granularity, Graph, NormOperand, Op, Scheme, Shape, TensorType,
+    WeightStore,
 };
 use num_complex::Complex32;
 
@@ -25,7 +26,7 @@ use super::codegen::{
 };
 use super::{int8_applies, GpuActivations};
 use crate::plan::MemoryPlan;
-use crate::reference::{bind_inputs, bind_shape, load_resident};
+use crate::reference::{bind_inputs, bind_shape, load_resident, load_weights};
 use crate::tensor::{Data, DeviceData, Tensor};
 use crate::{BackendError, Program};
 
@@ -100,6 +101,8 @@ pub struct CudaProgram {
     plan: MemoryPlan,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// The generated kernels, and their loaded functions by the same index.
+    kernels: Vec<Kernel>,
     functions: Vec<CudaFunction>,
     steps: Vec<Option<Step>>,
     constants: HashMap<usize, DeviceTensor>,
@@ -133,6 +136,21 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
         Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad],
         Op::KlDiv => vec![Kernel::KlDivRows, Kernel::ColumnSum, Kernel::ScoredMean],
         Op::KlDivGrad => vec![Kernel::KlDivGrad],
+        Op::Quantize {
+            scheme: Scheme::Phase,
+            arithmetic: Arithmetic::F32,
+            ..
+        } => vec![
+            Kernel::PhaseSums { ifairy: false },
+            Kernel::PhaseDequant { ifairy: false },
+        ],
+        Op::Quantize {
+            scheme: Scheme::PhaseIfairy,
+            ..
+        } => vec![
+            Kernel::PhaseSums { ifairy: true },
+            Kernel::PhaseDequant { ifairy: true },
+        ],
         Op::RmsNormGrad { which, .. } => {
             let gain = *which == NormOperand::Gain;
             let grad = Kernel::RmsNormGrad { complex, gain };
@@ -219,12 +237,14 @@ fn select_kernels(
     graph: &Graph,
     plan: &MemoryPlan,
     activations: GpuActivations,
+    fold: Fold,
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut steps = Vec::with_capacity(graph.nodes.len());
     for (i, node) in graph.nodes.iter().enumerate() {
-        if plan.resident[i] || matches!(node.op, Op::Input { .. }) {
+        let folded_on_host = plan.resident[i] && fold == Fold::Host;
+        if folded_on_host || matches!(node.op, Op::Input { .. } | Op::Weight { .. }) {
             steps.push(None);
             continue;
         }
@@ -250,13 +270,10 @@ fn select_kernels(
                         let codes = &graph.node(node.operands[1]).ty.shape;
                         let m = codes.dims().get(1).and_then(|d| d.clone().fixed());
                         m.filter(|&m| int8_applies(*granularity, m)).map(|_| {
-                            vec![
-                                Kernel::QuantizeRowsI8,
-                                Kernel::QuantLinearI8 {
-                                    u_stages: *u_stages,
-                                    w_stages: *w_stages,
-                                },
-                            ]
+                            vec![Kernel::QuantLinearI8 {
+                                u_stages: *u_stages,
+                                w_stages: *w_stages,
+                            }]
                         })
                     }
                     _ => None,
@@ -286,11 +303,37 @@ fn select_kernels(
     Ok((kernels, steps))
 }
 
+/// Where a program evaluates its weight expressions (the nodes that depend
+/// on weights alone: a quantized model's derived weights, a trainer's
+/// quantized masters) once at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fold {
+    /// On the GPU, by the same kernels as the rest: the weights go up as
+    /// they are.
+    Device,
+    /// On the host by the reference kernels (where one of them has no GPU
+    /// kernel), the results go up.
+    Host,
+}
+
+impl Fold {
+    fn of(graph: &Graph, plan: &MemoryPlan) -> Fold {
+        let all_run = graph.nodes.iter().enumerate().all(|(i, node)| {
+            !plan.resident[i] || matches!(node.op, Op::Weight { .. }) || runs(&node.op)
+        });
+        if all_run {
+            Fold::Device
+        } else {
+            Fold::Host
+        }
+    }
+}
+
 /// The PTX module the CUDA backend generates for a prepared graph (what
 /// [`CudaProgram::new`] loads); needs no GPU.
 pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
     let plan = MemoryPlan::new(graph, 1);
-    let (kernels, _) = select_kernels(graph, &plan, activations)?;
+    let (kernels, _) = select_kernels(graph, &plan, activations, Fold::of(graph, &plan))?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
@@ -347,12 +390,19 @@ impl CudaProgram {
         ordinal: usize,
     ) -> Result<CudaProgram, BackendError> {
         let plan = MemoryPlan::new(&graph, 1);
-        let host_constants = load_resident(&graph, store, on_weight, &plan)?;
+        let fold = Fold::of(&graph, &plan);
+        let host_constants = match fold {
+            Fold::Device => {
+                fairyc_ir::verify_weights(&graph, store)?;
+                load_weights(&graph, store, on_weight)?
+            }
+            Fold::Host => load_resident(&graph, store, on_weight, &plan)?,
+        };
         let context = device_context(ordinal)?;
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
-        let (kernels, steps) = select_kernels(&graph, &plan, activations)?;
+        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ordinal, ptx)?;
         let functions = kernels
@@ -362,12 +412,11 @@ impl CudaProgram {
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut constants = HashMap::new();
-        let mut resident_bytes = 0;
         for (i, t) in &host_constants {
             let d = upload(&stream, t).map_err(|e| BackendError::new(format!("%{i}: {e}")))?;
-            resident_bytes += d.word_count() * 4;
             constants.insert(*i, d);
         }
+        drop(host_constants);
         let mut rope_freqs = HashMap::new();
         for (i, node) in graph.nodes.iter().enumerate() {
             if let (Some(Some(_)), Op::Rope { base, head_dim, .. }) = (steps.get(i), &node.op) {
@@ -464,11 +513,12 @@ impl CudaProgram {
             gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
         }
         let state_outputs = crate::state::state_names(&graph).len();
-        Ok(CudaProgram {
+        let mut program = CudaProgram {
             graph,
             plan,
             stream,
             blas,
+            kernels,
             functions,
             steps,
             constants,
@@ -476,8 +526,62 @@ impl CudaProgram {
             gathers,
             state_outputs,
             pairings,
-            resident_bytes,
-        })
+            resident_bytes: 0,
+        };
+        if fold == Fold::Device {
+            program.fold_constants()?;
+        }
+        program.resident_bytes = program.constants.values().map(|d| d.word_count() * 4).sum();
+        Ok(program)
+    }
+
+    /// Evaluates the weight expressions on the device in graph order, each
+    /// value freed after its last reader among them; keeps those the
+    /// input-dependent nodes or the outputs read.
+    fn fold_constants(&mut self) -> Result<(), BackendError> {
+        let graph = &self.graph;
+        let resident = &self.plan.resident;
+        let mut kept = vec![false; graph.nodes.len()];
+        let mut last_constant_use = vec![None; graph.nodes.len()];
+        for (i, node) in graph.nodes.iter().enumerate() {
+            for v in &node.operands {
+                if resident[i] {
+                    last_constant_use[v.0] = Some(i);
+                } else {
+                    kept[v.0] = true;
+                }
+            }
+        }
+        for v in &graph.outputs {
+            kept[v.0] = true;
+        }
+        let no_bindings = HashMap::new();
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let Some(step) = self.steps[i].as_ref().filter(|_| resident[i]) else {
+                continue;
+            };
+            let args: Vec<&DeviceTensor> = node
+                .operands
+                .iter()
+                .map(|v| {
+                    self.constants
+                        .get(&v.0)
+                        .expect("weights and folds come first")
+                })
+                .collect();
+            let error =
+                |e: String| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic()));
+            let ty = concrete_type(&node.op, &args, &no_bindings).map_err(error)?;
+            let value = self.eval(i, step, &args, &ty)?;
+            self.constants.insert(i, value);
+            for v in &node.operands {
+                if last_constant_use[v.0] == Some(i) && !kept[v.0] {
+                    self.constants.remove(&v.0);
+                }
+            }
+        }
+        self.constants.retain(|i, _| kept[*i]);
+        Ok(())
     }
 
     fn alloc(&self, words: usize) -> Result<CudaSlice<u32>, BackendError> {
@@ -492,6 +596,18 @@ impl CudaProgram {
         block: u32,
         args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
     ) -> Result<(), BackendError> {
+        self.launch_with_shared(k, grid, block, 0, args)
+    }
+
+    /// [`CudaProgram::launch`] with `shared` bytes of dynamic shared memory.
+    fn launch_with_shared<'a>(
+        &'a self,
+        k: usize,
+        grid: u32,
+        block: u32,
+        shared: u32,
+        args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+    ) -> Result<(), BackendError> {
         if grid == 0 {
             return Ok(());
         }
@@ -500,7 +616,7 @@ impl CudaProgram {
         let config = LaunchConfig {
             grid_dim: (grid, 1, 1),
             block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: shared,
         };
         // SAFETY: the arguments match the kernel's generated signature
         // (codegen documents each), and the sizes passed bound every access.
@@ -865,16 +981,11 @@ impl CudaProgram {
                     });
                 }
                 let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
-                if let [quantize, product] = k[..] {
-                    // int8 rows first, then the products on them.
-                    let xq = self.alloc(rows * m / 2)?;
-                    let steps = self.alloc(rows)?;
-                    let m = m as i64;
-                    self.launch(quantize, rows as u32, ROW_THREADS, |b| {
-                        b.arg(&xq).arg(&steps).arg(&*x.words).arg(&m);
-                    })?;
-                    self.launch(product, grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
-                        b.arg(&out).arg(&xq).arg(&steps);
+                if matches!(self.kernels[k[0]], Kernel::QuantLinearI8 { .. }) {
+                    // The input row's int8 words live in shared memory.
+                    let shared = (m / 2 * 4) as u32;
+                    self.launch_with_shared(k[0], grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
+                        b.arg(&out).arg(&*x.words);
                         for a in &args[1..] {
                             b.arg(&*a.words);
                         }
@@ -894,6 +1005,32 @@ impl CudaProgram {
                     for a in &args[1..] {
                         b.arg(&*a.words);
                     }
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
+            (Step::Kernel(k), Op::Quantize { granularity, .. }) => {
+                let (n, m) = (x.shape[0], x.shape[1]);
+                let [groups_per_row, group_len, per_tensor] = scale_groups(*granularity, m);
+                let groups = if per_tensor != 0 {
+                    1
+                } else {
+                    n * groups_per_row as usize
+                };
+                // f64 totals: two words each, four a group.
+                let mut sums = self.alloc(8 * groups)?;
+                self.stream.memset_zeros(&mut sums).map_err(driver)?;
+                let sizes = [n as i64, m as i64, groups_per_row, group_len, per_tensor];
+                let blocks = (n * groups_per_row as usize) as u32;
+                self.launch(k[0], blocks, ROW_THREADS, |b| {
+                    b.arg(&sums).arg(&*x.words);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+                self.launch(k[1], Self::grid(n * m), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&sums);
                     for v in &sizes {
                         b.arg(v);
                     }
@@ -1239,10 +1376,12 @@ impl Program for CudaProgram {
             let value = match (&node.op, &self.steps[i]) {
                 (Op::Input { name }, _) => upload(&self.stream, &inputs[name])
                     .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?,
-                (_, None) => match self.constants.get(&i) {
+                // Weights and their expressions were evaluated at load.
+                _ if self.plan.resident[i] => match self.constants.get(&i) {
                     Some(t) => t.clone(),
                     None => continue,
                 },
+                (_, None) => continue,
                 (op, Some(step)) => {
                     let args: Vec<&DeviceTensor> = node
                         .operands

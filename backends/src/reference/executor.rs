@@ -563,7 +563,7 @@ fn fold_constants(
 }
 
 /// Decodes every weight the graph references, in parallel.
-fn load_weights(
+pub fn load_weights(
     graph: &Graph,
     store: &dyn WeightStore,
     on_weight: &(dyn Fn(&str) + Sync),

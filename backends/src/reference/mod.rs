@@ -8,7 +8,8 @@ pub mod kernels;
 use fairyc_ir::{Graph, Op, OpKind, WeightStore};
 
 pub use executor::{
-    bind_inputs, bind_shape, evaluate_constants, load_resident, Executor, Kernels, NodeKernel,
+    bind_inputs, bind_shape, evaluate_constants, load_resident, load_weights, Executor, Kernels,
+    NodeKernel,
 };
 
 use crate::{Backend, BackendError, Program};

@@ -145,14 +145,18 @@ pub enum Kernel {
     /// applied to `x` and `w_stages` to `conj(x)`, one warp per output
     /// row, the codes decoded in registers.
     QuantLinear { u_stages: usize, w_stages: usize },
-    /// Each complex row of `quant_linear`'s input as int8 with one step
-    /// for the row, laid out for [`Kernel::QuantLinearI8`]; one block a row.
-    QuantizeRowsI8,
-    /// [`Kernel::QuantLinear`] on int8 activations: codes turned into
+    /// [`Kernel::QuantLinear`] on int8 activations: each input row
+    /// quantized with one step into shared memory, codes turned into
     /// signed bytes by byte permutes and multiplied by `dp4a`, one warp per
     /// output row (per-tensor or per-channel scales; inputs a multiple of
-    /// [`quant_i8::RUN`]).
+    /// [`quant_i8::RUN`], at most [`quant_i8::MAX_INPUTS`]).
     QuantLinearI8 { u_stages: usize, w_stages: usize },
+    /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
+    /// each group's axis sums and counts, added into f64 totals (one block
+    /// per row and group of the row).
+    PhaseSums { ifairy: bool },
+    /// PhaseQuant's second pass: each entry's code times its group's scale.
+    PhaseDequant { ifairy: bool },
     /// `dequant`: each code times its group's scale, one thread an element.
     Dequant,
     /// `y · (dy − Σ y·dy)` per row; one block a row.
@@ -192,9 +196,12 @@ impl Kernel {
             Kernel::Copy2d => "copy2d",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
-            Kernel::QuantizeRowsI8 => "quantize_rows_i8",
             Kernel::QuantLinearI8 { .. } => "quant_linear_i8",
             Kernel::Dequant => "dequant",
+            Kernel::PhaseSums { ifairy: false } => "phase_sums",
+            Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
+            Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
+            Kernel::PhaseDequant { ifairy: true } => "phase_dequant_ifairy",
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::WidelyLinear { .. } => "widely_linear",
             Kernel::GatherColumns => "gather_columns",
@@ -272,6 +279,7 @@ type Built<T> = Result<T, String>;
 mod attention;
 mod elementwise;
 mod layout;
+mod phase;
 mod quant;
 pub mod quant_i8;
 mod rows;
@@ -642,11 +650,12 @@ impl<'ctx> Gen<'ctx> {
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)
             }
-            Kernel::QuantizeRowsI8 => self.quantize_rows_i8(name),
             Kernel::QuantLinearI8 { u_stages, w_stages } => {
                 self.quant_linear_i8(name, *u_stages, *w_stages)
             }
             Kernel::Dequant => self.dequant(name),
+            Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
+            Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
             Kernel::SoftmaxGrad => self.softmax_grad(name),
             Kernel::WidelyLinear { part } => self.widely_linear(name, *part),
         }
@@ -864,23 +873,29 @@ impl<'ctx> Gen<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// `*ptr += v` for f32 in global memory, as one `red.global.add.f32`
-    /// (inkwell's atomicrmw builder takes integers only).
+    /// `ptr[index] += v` for f32 or f64 in global memory, as one
+    /// `red.global.add` (inkwell's atomicrmw builder takes integers only).
     fn atomic_add(
         &self,
         ptr: PointerValue<'ctx>,
         index: IntValue<'ctx>,
         v: FloatValue<'ctx>,
     ) -> Built<()> {
-        let p = self.gep(self.f32(), ptr, index)?;
+        let ty = v.get_type();
+        let (suffix, constraint) = if ty == self.f64() {
+            ("f64", "d")
+        } else {
+            ("f32", "f")
+        };
+        let p = self.gep(ty, ptr, index)?;
         let fn_type = self
             .context
             .void_type()
-            .fn_type(&[self.global_ptr().into(), self.f32().into()], false);
+            .fn_type(&[self.global_ptr().into(), ty.into()], false);
         let asm = self.context.create_inline_asm(
             fn_type,
-            "red.global.add.f32 [$0], $1;".into(),
-            "l,f,~{memory}".into(),
+            format!("red.global.add.{suffix} [$0], $1;"),
+            format!("l,{constraint},~{{memory}}"),
             true,
             false,
             None,

@@ -9,7 +9,8 @@
 //! Codes `j` of a 32-bit word sit at bits `2j..2j+2`. Masking the word with
 //! `0x33333333` leaves the even codes one to a nibble (`prmt`'s selectors),
 //! the word shifted right by two the odd ones; so the activations of each
-//! run of 16 inputs are stored in that order ([`Gen::quantize_rows_i8`]):
+//! run of 16 inputs are stored in that order (in shared memory, quantized
+//! by the block before the products: [`Gen::quant_linear_i8`]):
 //! inputs 0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15, real parts in four
 //! words, then the imaginary parts in four more.
 
@@ -18,36 +19,144 @@ use super::*;
 /// Complex inputs per run of one code word (16 codes of 2 bits).
 pub const RUN: usize = 16;
 
+/// The most complex inputs a row may have: its int8 words fill at most the
+/// 48 KiB of shared memory a launch gets without opting in.
+pub const MAX_INPUTS: usize = 24 * 1024;
+
 /// The signed bytes `prmt` picks for codes 0..3 (+1, +i, −1, −i): real
 /// parts (1, 0, −1, 0), imaginary parts (0, 1, 0, −1).
 const REAL_BYTES: u64 = 0x00FF_0001;
 const IMAGINARY_BYTES: u64 = 0xFF00_0100;
 
 impl<'ctx> Gen<'ctx> {
-    /// `quantize_rows_i8(out, scales, x, m)`: one block per row of complex
-    /// `x[rows, m]` (`m` a multiple of 16): `scales[row] = max |part| / 127`
-    /// over the row's real and imaginary parts, and the parts rounded to
-    /// that step (ties to even) as int8, in the order of the module docs:
-    /// `m / 2` words a row.
-    pub(super) fn quantize_rows_i8(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+    /// `quant_linear_i8(out, x, (codes, scales) per stage..., rows, n, m,
+    /// per_tensor)`: [`Gen::quant_linear`] with each row of `x` quantized
+    /// to int8 first, `m` a multiple of 16 (at most [`MAX_INPUTS`]),
+    /// per-tensor or per-channel scales (`(s_re, s_im)` at 0, or at
+    /// `2·row`). A block of [`QUANT_ROWS_PER_BLOCK`] warps, one per output
+    /// row, first quantizes the input row into shared memory (`m / 2`
+    /// words, dynamic: the launch gives their bytes), then each lane takes
+    /// runs of 16 inputs, one code word per stage.
+    pub(super) fn quant_linear_i8(
+        &self,
+        name: &str,
+        u_stages: usize,
+        w_stages: usize,
+    ) -> Built<()> {
+        let stages = u_stages + w_stages;
+        let mut params = vec![Param::Ptr; 2 + 2 * stages];
+        params.extend([Param::I64; 4]);
+        let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
-        let (out, scales, x, m) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_int(f, 3),
-        );
-        let row = self.sreg("ctaid.x")?;
+        let xq = self.dynamic_shared_words();
+        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let base = 2 + 2 * stages as u32;
+        let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, base + k));
+        let tid = self.sreg("tid.x")?;
+        let lane = self.urem(tid, self.int(32))?;
+        let row = self.add(
+            self.mul(self.sreg("ctaid.x")?, self.int(QUANT_ROWS_PER_BLOCK as u64))?,
+            self.udiv(tid, self.int(32))?,
+        )?;
+        let inside = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, row, n, "")
+            .map_err(err)?;
+        // Rows past `n` read no codes or scales (their warps still help
+        // quantize and meet the barriers).
+        let own_row = self
+            .builder
+            .build_select(inside, row, self.int(0), "")
+            .map_err(err)?
+            .into_int_value();
+        let runs = self.udiv(m, self.int(RUN as u64))?;
+        let tensor = self
+            .builder
+            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
+            .map_err(err)?;
+        let scale_at = self
+            .builder
+            .build_select(tensor, self.int(0), self.mul(own_row, self.int(2))?, "")
+            .map_err(err)?
+            .into_int_value();
+        let stage_scales = (0..stages)
+            .map(|s| {
+                let scales = self.param_ptr(f, 3 + 2 * s as u32);
+                Ok((
+                    self.load_f32(scales, scale_at)?,
+                    self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
+                ))
+            })
+            .collect::<Built<Vec<_>>>()?;
+        // Per stage: Σ re(c)·xr, Σ im(c)·xi, Σ im(c)·xr, Σ re(c)·xi.
+        let sums: Vec<[PointerValue<'ctx>; 4]> = (0..stages)
+            .map(|_| {
+                Ok([
+                    self.local_int()?,
+                    self.local_int()?,
+                    self.local_int()?,
+                    self.local_int()?,
+                ])
+            })
+            .collect::<Built<_>>()?;
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
+            let step = self.quantize_row(f, scratch, xq, x, r, m)?;
+            self.call_void(barrier, &[])?;
+            self.when(f, inside, || {
+                for sum in sums.iter().flatten() {
+                    self.builder
+                        .build_store(*sum, self.i32().const_zero())
+                        .map_err(err)?;
+                }
+                self.strided_loop(f, lane, runs, self.int(32), |run| {
+                    let at = self.mul(run, self.int(8))?;
+                    let words: Vec<IntValue<'ctx>> = (0..8)
+                        .map(|k| self.load_i32(xq, self.add(at, self.int(k))?))
+                        .collect::<Built<_>>()?;
+                    for (s, sum) in sums.iter().enumerate() {
+                        let codes = self.param_ptr(f, 2 + 2 * s as u32);
+                        let word = self.load_i32(codes, self.add(self.mul(row, runs)?, run)?)?;
+                        self.accumulate_run(word, &words, sum)?;
+                    }
+                    Ok(())
+                })?;
+                let (re, im) = self.combine_stages(&sums, &stage_scales, u_stages)?;
+                let re = self.warp_sum(self.fmul(re, step)?)?;
+                let im = self.warp_sum(self.fmul(im, step)?)?;
+                let first = self
+                    .builder
+                    .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
+                    .map_err(err)?;
+                self.when(f, first, || {
+                    let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
+                    self.store_f32(out, at, re)?;
+                    self.store_f32(out, self.add(at, self.int(1))?, im)
+                })
+            })?;
+            // The next row's quantization overwrites the shared words.
+            self.call_void(barrier, &[])
+        })?;
+        self.ret()
+    }
+
+    /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared) in
+    /// the order of the module docs, the block together; returns the
+    /// row's step, `max |part| / 127` (an all-zero row: zeros).
+    fn quantize_row(
+        &self,
+        f: FunctionValue<'ctx>,
+        scratch: PointerValue<'ctx>,
+        xq: PointerValue<'ctx>,
+        x: PointerValue<'ctx>,
+        r: IntValue<'ctx>,
+        m: IntValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
         let parts = self.mul(m, self.int(2))?;
-        let base = self.mul(row, parts)?;
+        let base = self.mul(r, parts)?;
         let largest = self.row_sum(f, scratch, parts, true, |i| {
             self.fabs(self.load_f32(x, self.add(base, i)?)?)
         })?;
-        self.when(f, self.first_thread()?, || {
-            self.store_f32(scales, row, self.fdiv(largest, self.float(127.0))?)
-        })?;
-        // An all-zero row quantizes to zeros.
         let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
         let words = self.udiv(m, self.int(2))?;
         let tid = self.sreg("tid.x")?;
@@ -84,155 +193,91 @@ impl<'ctx> Gen<'ctx> {
                     .map_err(err)?;
                 word = self.builder.build_or(word, byte, "").map_err(err)?;
             }
-            self.store_i32(out, self.add(self.mul(row, words)?, w)?, word)
+            self.store_i32(xq, w, word)
         })?;
-        self.ret()
+        self.fdiv(largest, self.float(127.0))
     }
 
-    /// `quant_linear_i8(out, xq, xscales, (codes, scales) per stage..., rows,
-    /// n, m, per_tensor)`: [`Gen::quant_linear`] on activations from
-    /// [`Gen::quantize_rows_i8`], `m` a multiple of 16, per-tensor or
-    /// per-channel scales (`(s_re, s_im)` at 0, or at `2·row`). One warp
-    /// per output row; each lane takes runs of 16 inputs, one code word per
-    /// stage.
-    pub(super) fn quant_linear_i8(
+    /// Adds one code word's 16 products per stage into `sum`: its four
+    /// selectors, the signed bytes `prmt` picks for each, and `dp4a` with
+    /// the run's activation words (real parts in `x[0..4]`, imaginary in
+    /// `x[4..8]`).
+    fn accumulate_run(
         &self,
-        name: &str,
-        u_stages: usize,
-        w_stages: usize,
+        word: IntValue<'ctx>,
+        x: &[IntValue<'ctx>],
+        sum: &[PointerValue<'ctx>; 4],
     ) -> Built<()> {
-        let stages = u_stages + w_stages;
-        let mut params = vec![Param::Ptr; 3 + 2 * stages];
-        params.extend([Param::I64; 4]);
-        let f = self.declare(name, &params);
-        let (out, xq, xscales) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let base = 3 + 2 * stages as u32;
-        let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, base + k));
-        let tid = self.sreg("tid.x")?;
-        let lane = self.urem(tid, self.int(32))?;
-        let row = self.add(
-            self.mul(self.sreg("ctaid.x")?, self.int(QUANT_ROWS_PER_BLOCK as u64))?,
-            self.udiv(tid, self.int(32))?,
-        )?;
-        let inside = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, row, n, "")
-            .map_err(err)?;
-        // Whole warps leave together: no barrier follows.
-        self.when(f, inside, || {
-            let runs = self.udiv(m, self.int(RUN as u64))?;
-            let tensor = self
-                .builder
-                .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
-                .map_err(err)?;
-            let scale_at = self
-                .builder
-                .build_select(tensor, self.int(0), self.mul(row, self.int(2))?, "")
-                .map_err(err)?
-                .into_int_value();
-            let stage_scales = (0..stages)
-                .map(|s| {
-                    let scales = self.param_ptr(f, 4 + 2 * s as u32);
-                    Ok((
-                        self.load_f32(scales, scale_at)?,
-                        self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
-                    ))
-                })
-                .collect::<Built<Vec<_>>>()?;
-            // Per stage: Σ re(c)·xr, Σ im(c)·xi, Σ im(c)·xr, Σ re(c)·xi.
-            let sums: Vec<[PointerValue<'ctx>; 4]> = (0..stages)
-                .map(|_| {
-                    Ok([
-                        self.local_int()?,
-                        self.local_int()?,
-                        self.local_int()?,
-                        self.local_int()?,
-                    ])
-                })
-                .collect::<Built<_>>()?;
-            let prmt = self.intrinsic("llvm.nvvm.prmt", &[])?;
-            let words = self.udiv(m, self.int(2))?;
-            self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
-                for sum in sums.iter().flatten() {
-                    self.builder
-                        .build_store(*sum, self.i32().const_zero())
-                        .map_err(err)?;
-                }
-                self.strided_loop(f, lane, runs, self.int(32), |run| {
-                    let at = self.add(self.mul(r, words)?, self.mul(run, self.int(8))?)?;
-                    let x: Vec<IntValue<'ctx>> = (0..8)
-                        .map(|k| self.load_i32(xq, self.add(at, self.int(k))?))
-                        .collect::<Built<_>>()?;
-                    for (s, sum) in sums.iter().enumerate() {
-                        let codes = self.param_ptr(f, 3 + 2 * s as u32);
-                        let word = self.load_i32(codes, self.add(self.mul(row, runs)?, run)?)?;
-                        let selectors = self.code_selectors(word)?;
-                        for (k, selector) in selectors.into_iter().enumerate() {
-                            let pick = |table: u64| -> Built<IntValue<'ctx>> {
-                                Ok(self
-                                    .call(
-                                        prmt,
-                                        &[
-                                            self.i32().const_int(table, false).into(),
-                                            self.i32().const_zero().into(),
-                                            selector.into(),
-                                        ],
-                                    )?
-                                    .into_int_value())
-                            };
-                            let (re, im) = (pick(REAL_BYTES)?, pick(IMAGINARY_BYTES)?);
-                            let (xr, xi) = (x[k], x[4 + k]);
-                            for (slot, (c, v)) in
-                                sum.iter().zip([(re, xr), (im, xi), (im, xr), (re, xi)])
-                            {
-                                let old = self.get_int(*slot)?;
-                                self.builder
-                                    .build_store(*slot, self.dp4a(c, v, old)?)
-                                    .map_err(err)?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })?;
-                // re += s_re·Σre·xr ∓ s_im·Σim·xi, im += ±s_re·Σre·xi + s_im·Σim·xr
-                // (upper signs for the U stages on x, lower for W on conj x).
-                let mut re = self.float(0.0);
-                let mut im = self.float(0.0);
-                for (s, (sum, &(s_re, s_im))) in sums.iter().zip(&stage_scales).enumerate() {
-                    let [re_xr, im_xi, im_xr, re_xi] = sum.map(|slot| self.int_to_float(slot));
-                    let (re_xr, im_xi, im_xr, re_xi) = (re_xr?, im_xi?, im_xr?, re_xi?);
-                    let conj = s >= u_stages;
-                    let cross = self.fmul(s_im, im_xi)?;
-                    let along = self.fmul(s_re, re_xi)?;
-                    re = self.fadd(re, self.fmul(s_re, re_xr)?)?;
-                    im = self.fadd(im, self.fmul(s_im, im_xr)?)?;
-                    if conj {
-                        re = self.fadd(re, cross)?;
-                        im = self.fsub(im, along)?;
-                    } else {
-                        re = self.fsub(re, cross)?;
-                        im = self.fadd(im, along)?;
-                    }
-                }
-                let step = self.load_f32(xscales, r)?;
-                let re = self.warp_sum(self.fmul(re, step)?)?;
-                let im = self.warp_sum(self.fmul(im, step)?)?;
-                let first = self
-                    .builder
-                    .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
+        let prmt = self.intrinsic("llvm.nvvm.prmt", &[])?;
+        for (k, selector) in self.code_selectors(word)?.into_iter().enumerate() {
+            let pick = |table: u64| -> Built<IntValue<'ctx>> {
+                Ok(self
+                    .call(
+                        prmt,
+                        &[
+                            self.i32().const_int(table, false).into(),
+                            self.i32().const_zero().into(),
+                            selector.into(),
+                        ],
+                    )?
+                    .into_int_value())
+            };
+            let (re, im) = (pick(REAL_BYTES)?, pick(IMAGINARY_BYTES)?);
+            let (xr, xi) = (x[k], x[4 + k]);
+            for (slot, (c, v)) in sum.iter().zip([(re, xr), (im, xi), (im, xr), (re, xi)]) {
+                let old = self.get_int(*slot)?;
+                self.builder
+                    .build_store(*slot, self.dp4a(c, v, old)?)
                     .map_err(err)?;
-                self.when(f, first, || {
-                    let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
-                    self.store_f32(out, at, re)?;
-                    self.store_f32(out, self.add(at, self.int(1))?, im)
-                })
-            })
-        })?;
-        self.ret()
+            }
+        }
+        Ok(())
+    }
+
+    /// The lane's output from its integer sums: `re += s_re·Σre·xr ∓
+    /// s_im·Σim·xi`, `im += ±s_re·Σre·xi + s_im·Σim·xr` (upper signs for the
+    /// U stages on x, lower for the W stages on conj x).
+    fn combine_stages(
+        &self,
+        sums: &[[PointerValue<'ctx>; 4]],
+        scales: &[(FloatValue<'ctx>, FloatValue<'ctx>)],
+        u_stages: usize,
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let mut re = self.float(0.0);
+        let mut im = self.float(0.0);
+        for (s, (sum, &(s_re, s_im))) in sums.iter().zip(scales).enumerate() {
+            let [re_xr, im_xi, im_xr, re_xi] = sum.map(|slot| self.int_to_float(slot));
+            let (re_xr, im_xi, im_xr, re_xi) = (re_xr?, im_xi?, im_xr?, re_xi?);
+            let cross = self.fmul(s_im, im_xi)?;
+            let along = self.fmul(s_re, re_xi)?;
+            re = self.fadd(re, self.fmul(s_re, re_xr)?)?;
+            im = self.fadd(im, self.fmul(s_im, im_xr)?)?;
+            if s >= u_stages {
+                re = self.fadd(re, cross)?;
+                im = self.fsub(im, along)?;
+            } else {
+                re = self.fsub(re, cross)?;
+                im = self.fadd(im, along)?;
+            }
+        }
+        Ok((re, im))
+    }
+
+    /// The kernel's dynamic shared memory as 32-bit words (`extern
+    /// .shared`; its size is the launch's).
+    fn dynamic_shared_words(&self) -> PointerValue<'ctx> {
+        const NAME: &str = "fairyc_dynamic_shared";
+        let global = self.module.get_global(NAME).unwrap_or_else(|| {
+            let g = self.module.add_global(
+                self.i32().array_type(0),
+                Some(AddressSpace::from(SHARED)),
+                NAME,
+            );
+            g.set_linkage(Linkage::External);
+            g.set_alignment(16);
+            g
+        });
+        global.as_pointer_value()
     }
 
     /// The four `prmt` selectors of a word of 16 codes: codes 0 2 4 6, 8 10

@@ -1,0 +1,317 @@
+//! PhaseQuant on the GPU (`quantize` with scheme `phase` in f32: eq.
+//! 10-12, or iFairy's `phase_ifairy`), in two passes over the weights:
+//! each group's axis sums (the block's partial sums added into f64 totals
+//! by atomics), then every entry's code times its group's scale. The codes
+//! follow `fairyc_ir::quant::Code::nearest` (or `quant::ifairy::
+//! nearest_ifairy`) exactly, ties and NaN included, and the scales their
+//! floors.
+
+use fairyc_ir::Arithmetic;
+use inkwell::values::BasicValue;
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `phase_sums(sums, w, n, m, groups_per_row, group_len, per_tensor)`:
+    /// one block per (row, group of the row) of complex `w[n, m]`; adds
+    /// `(Σ|re| over entries coded ±1, their count, Σ|im| over entries coded
+    /// ±i, their count)` into `sums[4·group..]` (f64, zeroed before); finite
+    /// parts only, but every part for iFairy (as its reference).
+    pub(super) fn phase_sums(&self, name: &str, ifairy: bool) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
+        let block = self.sreg("ctaid.x")?;
+        let row = self.udiv(block, groups_per_row)?;
+        let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
+        let end = self.umin(self.add(start, group_len)?, m)?;
+        let zero = self.float(0.0);
+        let partial = [
+            self.local(zero)?,
+            self.local(zero)?,
+            self.local(zero)?,
+            self.local(zero)?,
+        ];
+        let tid = self.sreg("tid.x")?;
+        let from = self.add(start, tid)?;
+        self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
+            let at = self.mul(self.add(self.mul(row, m)?, j)?, self.int(2))?;
+            let re = self.load_f32(w, at)?;
+            let im = self.load_f32(w, self.add(at, self.int(1))?)?;
+            let (imaginary, _) = self.nearest_code(re, im, ifairy)?;
+            let one = self.float(1.0);
+            for (axis, part) in [(false, re), (true, im)] {
+                let on_axis = if axis {
+                    imaginary
+                } else {
+                    self.builder.build_not(imaginary, "").map_err(err)?
+                };
+                let counted = if ifairy {
+                    on_axis
+                } else {
+                    self.builder
+                        .build_and(on_axis, self.is_finite(part)?, "")
+                        .map_err(err)?
+                };
+                let select = |a: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
+                    Ok(self
+                        .builder
+                        .build_select(counted, a, zero, "")
+                        .map_err(err)?
+                        .into_float_value())
+                };
+                let k = 2 * usize::from(axis);
+                self.set(
+                    partial[k],
+                    self.fadd(self.get(partial[k])?, select(self.fabs(part)?)?)?,
+                )?;
+                self.set(
+                    partial[k + 1],
+                    self.fadd(self.get(partial[k + 1])?, select(one)?)?,
+                )?;
+            }
+            Ok(())
+        })?;
+        let totals = partial
+            .iter()
+            .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
+            .collect::<Built<Vec<_>>>()?;
+        let tensor = self
+            .builder
+            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
+            .map_err(err)?;
+        let group = self
+            .builder
+            .build_select(tensor, self.int(0), block, "")
+            .map_err(err)?
+            .into_int_value();
+        self.when(f, self.first_thread()?, || {
+            for (k, total) in totals.iter().enumerate() {
+                let at = self.add(self.mul(group, self.int(4))?, self.int(k as u64))?;
+                let v = self
+                    .builder
+                    .build_float_ext(*total, self.f64(), "")
+                    .map_err(err)?;
+                self.atomic_add(sums, at, v)?;
+            }
+            Ok(())
+        })?;
+        self.ret()
+    }
+
+    /// `phase_dequant(out, w, sums, n, m, groups_per_row, group_len,
+    /// per_tensor)`: each entry of `w[n, m]` as its code times its group's
+    /// scale from [`Gen::phase_sums`]'s totals (`mean` in f64, as f32,
+    /// at least the scheme's floor): `±s_re` or `±i·s_im`; one thread an
+    /// entry.
+    pub(super) fn phase_dequant(&self, name: &str, ifairy: bool) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let (out, w, sums) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let [n, m, groups_per_row, group_len, per_tensor] =
+            [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let tensor = self
+            .builder
+            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
+            .map_err(err)?;
+        self.grid_loop(f, self.mul(n, m)?, |k| {
+            let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
+            let group = self.add(self.mul(row, groups_per_row)?, self.udiv(j, group_len)?)?;
+            let group = self
+                .builder
+                .build_select(tensor, self.int(0), group, "")
+                .map_err(err)?
+                .into_int_value();
+            let at = self.mul(k, self.int(2))?;
+            let re = self.load_f32(w, at)?;
+            let im = self.load_f32(w, self.add(at, self.int(1))?)?;
+            let (imaginary, negative) = self.nearest_code(re, im, ifairy)?;
+            let axis = self
+                .builder
+                .build_int_z_extend(imaginary, self.i64(), "")
+                .map_err(err)?;
+            let first = self.add(self.mul(group, self.int(4))?, self.mul(axis, self.int(2))?)?;
+            let scale = self.mean_scale(sums, first, ifairy)?;
+            let signed = self
+                .builder
+                .build_select(negative, self.fneg(scale)?, scale, "")
+                .map_err(err)?
+                .into_float_value();
+            let zero = self.float(0.0);
+            let part = |on_imaginary: bool| -> Built<FloatValue<'ctx>> {
+                let (a, b) = if on_imaginary {
+                    (signed, zero)
+                } else {
+                    (zero, signed)
+                };
+                Ok(self
+                    .builder
+                    .build_select(imaginary, a, b, "")
+                    .map_err(err)?
+                    .into_float_value())
+            };
+            self.store_f32(out, at, part(false)?)?;
+            self.store_f32(out, self.add(at, self.int(1))?, part(true)?)
+        })?;
+        self.ret()
+    }
+
+    /// `Code::nearest(re, im)` (or iFairy's `nearest_ifairy`) as
+    /// (imaginary axis, negative).
+    fn nearest_code(
+        &self,
+        re: FloatValue<'ctx>,
+        im: FloatValue<'ctx>,
+        ifairy: bool,
+    ) -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+        let b = &self.builder;
+        let cmp = |p, a, c| b.build_float_compare(p, a, c, "").map_err(err);
+        let and = |a, c| b.build_and(a, c, "").map_err(err);
+        let or = |a, c| b.build_or(a, c, "").map_err(err);
+        let not = |a| b.build_not(a, "").map_err(err);
+        let (ar, ai) = (self.fabs(re)?, self.fabs(im)?);
+        let zero = self.float(0.0);
+        let real_wins = cmp(FloatPredicate::OGT, ar, ai)?;
+        let imag_wins = cmp(FloatPredicate::OGT, ai, ar)?;
+        let re_positive = cmp(FloatPredicate::OGT, re, zero)?;
+        let im_positive = cmp(FloatPredicate::OGT, im, zero)?;
+        if ifairy {
+            // The larger magnitude wins; otherwise +1 for re > 0 or a zero
+            // row, else a tie with re < 0 (or NaN): −1 above the real
+            // axis, −i below.
+            let real = or(
+                or(real_wins, re_positive)?,
+                cmp(FloatPredicate::OEQ, ar, zero)?,
+            )?;
+            let tie = and(not(imag_wins)?, not(real)?)?;
+            let imaginary = or(imag_wins, and(tie, not(im_positive)?)?)?;
+            let negative = or(
+                or(
+                    and(imag_wins, not(im_positive)?)?,
+                    and(
+                        and(not(imag_wins)?, real)?,
+                        cmp(FloatPredicate::OLT, re, zero)?,
+                    )?,
+                )?,
+                tie,
+            )?;
+            return Ok((imaginary, negative));
+        }
+        // The larger magnitude wins; where neither is larger (NaN
+        // included) and |re| > 0, the imaginary axis if the signs agree,
+        // else the real one; zero and NaN give +1.
+        let neither = not(or(real_wins, imag_wins)?)?;
+        let tie = and(neither, cmp(FloatPredicate::OGT, ar, zero)?)?;
+        let same_sign = b
+            .build_int_compare(IntPredicate::EQ, re_positive, im_positive, "")
+            .map_err(err)?;
+        let imaginary = or(imag_wins, and(tie, same_sign)?)?;
+        let real_signed = or(real_wins, and(tie, not(same_sign)?)?)?;
+        let negative = or(
+            and(real_signed, not(re_positive)?)?,
+            and(imaginary, not(im_positive)?)?,
+        )?;
+        Ok((imaginary, negative))
+    }
+
+    /// The scale `sums[first] / sums[first + 1]` in f64, as f32, at least
+    /// the scheme's floor (which a count of 0 gives too); an infinite mean
+    /// is the largest bf16 for Fairy2i's PhaseQuant (as its reference) and
+    /// the floor for iFairy's.
+    fn mean_scale(
+        &self,
+        sums: PointerValue<'ctx>,
+        first: IntValue<'ctx>,
+        ifairy: bool,
+    ) -> Built<FloatValue<'ctx>> {
+        let load = |at: IntValue<'ctx>| -> Built<FloatValue<'ctx>> {
+            let p = self.gep(self.f64(), sums, at)?;
+            let v = self.builder.build_load(self.f64(), p, "").map_err(err)?;
+            Ok(v.into_float_value())
+        };
+        let total = load(first)?;
+        let count = load(self.add(first, self.int(1))?)?;
+        let mean = self
+            .builder
+            .build_float_div(total, count, "")
+            .map_err(err)?;
+        let mean = self
+            .builder
+            .build_float_trunc(mean, self.f32(), "")
+            .map_err(err)?;
+        let (floor, infinite) = if ifairy {
+            (
+                fairyc_ir::quant::ifairy::FLOOR,
+                fairyc_ir::quant::ifairy::FLOOR,
+            )
+        } else {
+            (Arithmetic::F32.min_scale(), half::bf16::MAX.to_f32())
+        };
+        let select = |c, a, b| -> Built<FloatValue<'ctx>> {
+            Ok(self
+                .builder
+                .build_select(c, a, b, "")
+                .map_err(err)?
+                .as_basic_value_enum()
+                .into_float_value())
+        };
+        // NaN (0 / 0) and anything below the floor become the floor.
+        let above = self
+            .builder
+            .build_float_compare(FloatPredicate::OGE, mean, self.float(floor), "")
+            .map_err(err)?;
+        let mean = select(above, mean, self.float(floor))?;
+        select(self.is_finite(mean)?, mean, self.float(infinite))
+    }
+
+    /// Whether `x` is finite (neither infinite nor NaN).
+    fn is_finite(&self, x: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_float_compare(
+                FloatPredicate::OLT,
+                self.fabs(x)?,
+                self.float(f32::INFINITY),
+                "",
+            )
+            .map_err(err)
+    }
+
+    fn umin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let less = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, a, b, "")
+            .map_err(err)?;
+        Ok(self
+            .builder
+            .build_select(less, a, b, "")
+            .map_err(err)?
+            .into_int_value())
+    }
+}
