@@ -914,6 +914,13 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// A branch: `body` runs where `condition` holds.
+    /// Whether an i64 flag parameter (such as `per_tensor`) is non-zero.
+    fn is_set(&self, flag: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_int_compare(IntPredicate::NE, flag, self.int(0), "")
+            .map_err(err)
+    }
+
     fn when(
         &self,
         f: FunctionValue<'ctx>,

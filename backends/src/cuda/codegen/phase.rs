@@ -88,10 +88,7 @@ impl<'ctx> Gen<'ctx> {
             .iter()
             .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
             .collect::<Built<Vec<_>>>()?;
-        let tensor = self
-            .builder
-            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
-            .map_err(err)?;
+        let tensor = self.is_set(per_tensor)?;
         let group = self
             .builder
             .build_select(tensor, self.int(0), block, "")
@@ -137,18 +134,10 @@ impl<'ctx> Gen<'ctx> {
         );
         let [n, m, groups_per_row, group_len, per_tensor] =
             [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
-        let tensor = self
-            .builder
-            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
-            .map_err(err)?;
+        let tensor = self.is_set(per_tensor)?;
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
-            let group = self.add(self.mul(row, groups_per_row)?, self.udiv(j, group_len)?)?;
-            let group = self
-                .builder
-                .build_select(tensor, self.int(0), group, "")
-                .map_err(err)?
-                .into_int_value();
+            let group = self.scale_group(row, j, (groups_per_row, group_len), tensor)?;
             let at = self.mul(k, self.int(2))?;
             let re = self.load_f32(w, at)?;
             let im = self.load_f32(w, self.add(at, self.int(1))?)?;

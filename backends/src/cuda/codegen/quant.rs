@@ -37,10 +37,7 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)?;
         self.builder.position_at_end(work);
         let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
-        let tensor = self
-            .builder
-            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
-            .map_err(err)?;
+        let tensor = self.is_set(per_tensor)?;
         let (acc_re, acc_im) = (self.local(self.float(0.0))?, self.local(self.float(0.0))?);
         self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
             self.set(acc_re, self.float(0.0))?;
@@ -112,12 +109,8 @@ impl<'ctx> Gen<'ctx> {
         (groups_per_row, group_len): (IntValue<'ctx>, IntValue<'ctx>),
         tensor: IntValue<'ctx>,
     ) -> Built<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>)> {
-        let group = self.add(self.mul(row, groups_per_row)?, self.udiv(j, group_len)?)?;
-        let scale_at = self
-            .builder
-            .build_select(tensor, self.int(0), self.mul(group, self.int(2))?, "")
-            .map_err(err)?
-            .into_int_value();
+        let group = self.scale_group(row, j, (groups_per_row, group_len), tensor)?;
+        let scale_at = self.mul(group, self.int(2))?;
         let byte_at = self.add(self.mul(row, stride)?, self.udiv(j, self.int(4))?)?;
         let shift = self.mul(self.urem(j, self.int(4))?, self.int(2))?;
         let shift = self
@@ -125,6 +118,23 @@ impl<'ctx> Gen<'ctx> {
             .build_int_truncate(shift, self.context.i8_type(), "")
             .map_err(err)?;
         Ok((byte_at, shift, scale_at))
+    }
+
+    /// The scale group of entry `(row, j)`: `row·groups_per_row + j /
+    /// group_len`, or 0 where `tensor` (one scale pair for the tensor).
+    pub(super) fn scale_group(
+        &self,
+        row: IntValue<'ctx>,
+        j: IntValue<'ctx>,
+        (groups_per_row, group_len): (IntValue<'ctx>, IntValue<'ctx>),
+        tensor: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let group = self.add(self.mul(row, groups_per_row)?, self.udiv(j, group_len)?)?;
+        Ok(self
+            .builder
+            .build_select(tensor, self.int(0), group, "")
+            .map_err(err)?
+            .into_int_value())
     }
 
     /// The signed scale of the code at bit `shift` of byte `byte_at` of
@@ -195,10 +205,7 @@ impl<'ctx> Gen<'ctx> {
         let [n, m, groups_per_row, group_len, per_tensor] =
             [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
         let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
-        let tensor = self
-            .builder
-            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
-            .map_err(err)?;
+        let tensor = self.is_set(per_tensor)?;
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
             let (byte_at, shift, scale_at) =

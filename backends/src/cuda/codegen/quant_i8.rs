@@ -70,10 +70,7 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)?
             .into_int_value();
         let runs = self.udiv(m, self.int(RUN as u64))?;
-        let tensor = self
-            .builder
-            .build_int_compare(IntPredicate::NE, per_tensor, self.int(0), "")
-            .map_err(err)?;
+        let tensor = self.is_set(per_tensor)?;
         let scale_at = self
             .builder
             .build_select(tensor, self.int(0), self.mul(own_row, self.int(2))?, "")
