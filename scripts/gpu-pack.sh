@@ -9,7 +9,10 @@
 #            (both for scripts/gpu-check.sh, which runs what it finds);
 #   .devr/   fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
 #            corpus, for scripts/gpu-models.sh and scripts/gpu-train.sh
-#            (needs models/smollm2-w1.fairy: `fairyc compile ... --quant w1`).
+#            (needs models/smollm2-w1.fairy: `fairyc compile ... --quant w1`);
+#   .devt/   fairyc, synth_gguf, the corpus and, where AUTHORS_REPO names a
+#            clone of github.com/PKULab1806/Fairy2i-W2, the authors' QAT
+#            modules, for scripts/gpu-train-bench.sh (never committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
@@ -22,7 +25,7 @@ pack() {
   strip -o "$folder/$name" "$path"
   xz -6 -T0 "$folder/$name"
 }
-rm -rf .dev-a .dev-b .devr && mkdir -p .dev-a .dev-b .devr
+rm -rf .dev-a .dev-b .devr .devt && mkdir -p .dev-a .dev-b .devr .devt
 pack .dev-a fairyc target/release/fairyc
 pack .dev-a cuda-test "$(pick cuda)"
 pack .dev-a models-test "$(pick conformance_models)"
@@ -37,4 +40,12 @@ cp .dev-a/fairyc.xz .devr/
 pack .devr synth_gguf target/release/examples/synth_gguf
 xz -6 -T0 -c models/smollm2-w1.fairy > .devr/w1.fairy.xz
 cp ../shared/corpus/public.txt .devr/corpus.txt
-du -sh .dev-a .dev-b .devr
+cp .dev-a/fairyc.xz .devr/synth_gguf.xz ../shared/corpus/public.txt .devt/
+mv .devt/public.txt .devt/corpus.txt
+if [ -n "${AUTHORS_REPO:-}" ]; then
+  mkdir -p .devt/authors
+  for f in qat_modules.py quantization.py; do
+    git -C "$AUTHORS_REPO" show "HEAD:model_module/$f" > ".devt/authors/$f"
+  done
+fi
+du -sh .dev-a .dev-b .devr .devt

@@ -13,7 +13,7 @@ use fairyc::train::{
 };
 use fairyc::{
     import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, GpuActivations,
-    Imported, Llvm, Model, Reference,
+    GpuMatmul, Imported, Llvm, Model, Reference,
 };
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
@@ -389,6 +389,13 @@ struct BackendArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum GpuMatmulArg {
+    Bf16,
+    Tf32,
+    F32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum GpuActivationsArg {
     Int8,
     F32,
@@ -480,6 +487,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
@@ -845,11 +854,16 @@ struct TrainArgs {
     /// default: on the reference executor it is slower (docs/RESULTS.md).
     #[arg(long)]
     gauss: bool,
-    /// Where the forward and backward passes run: cpu (the reference
-    /// backend) or cuda (the first CUDA device; the masters, moments and
-    /// update stay on the host). Same graphs, flags and checkpoints.
+    /// Where the training step runs: cpu (the reference backend) or cuda
+    /// (the first CUDA device, where the masters, moments and AdamW stay
+    /// between steps). Same graphs, flags and checkpoints.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// With --device cuda: the arithmetic of the dense products (cuBLAS;
+    /// operands rounded to bf16 or TF32 for the tensor cores, sums in f32;
+    /// or f32 throughout).
+    #[arg(long, value_enum, default_value_t = GpuMatmulArg::Bf16)]
+    gpu_matmul: GpuMatmulArg,
     /// With --device cuda: data-parallel GPUs (each step's windows dealt
     /// out to GPUs 0..N, their gradients added on the host); default: all
     /// this machine has.
@@ -953,7 +967,11 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         gauss: args.gauss,
         device: match args.device {
             DeviceArg::Cpu => TrainDevice::Cpu,
-            DeviceArg::Cuda => TrainDevice::Cuda,
+            DeviceArg::Cuda => TrainDevice::Cuda(match args.gpu_matmul {
+                GpuMatmulArg::Bf16 => GpuMatmul::Bf16,
+                GpuMatmulArg::Tf32 => GpuMatmul::Tf32,
+                GpuMatmulArg::F32 => GpuMatmul::F32,
+            }),
         },
         ranks: match args.device {
             DeviceArg::Cpu => 1,
@@ -1047,6 +1065,9 @@ fn train_command(args: &TrainArgs) -> Result<()> {
             "skipped {} steps with a non-finite loss or gradient norm",
             report.skipped
         );
+    }
+    if let Some(profile) = &report.profile {
+        eprintln!("time per op of the training step (FAIRYC_PROFILE):\n{profile}");
     }
     Ok(())
 }

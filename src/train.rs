@@ -17,12 +17,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use fairyc_backends::state::STATE_META;
 use fairyc_backends::Tensor;
-use fairyc_backends::{Backend, Cuda, Program, Reference};
+use fairyc_backends::{Backend, Cuda, GpuMatmul, Program, Reference};
 use fairyc_ir::{
     DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
 };
-use fairyc_passes::autodiff::{adamw_update, gradients, AdamW, GradOptions};
+use fairyc_passes::autodiff::{
+    adamw_step, adamw_update, gradients, step_state, AdamW, GradOptions,
+};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::rebuild::eliminate_dead_code;
@@ -220,18 +223,18 @@ pub struct TrainOptions {
     pub ranks: usize,
 }
 
-/// Where the training graph (forward, loss and gradients) runs. The master
-/// weights, the moments and the AdamW update stay on the host; on a GPU
-/// each step uploads the weights it derives from them (the quantized ones
-/// among them) once and runs its micro-batches there.
+/// Where the training step runs. With one rank the masters, the moments
+/// and AdamW stay on the device, as the step graph's state; data-parallel
+/// ranks run the forward and backward passes on theirs, and the host adds
+/// their gradients and updates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TrainDevice {
     /// The reference backend, on the CPU's cores.
     #[default]
     Cpu,
     /// The cuda backend, on the first CUDA device (and the next ones for
-    /// data-parallel ranks).
-    Cuda,
+    /// data-parallel ranks), its dense products in this arithmetic.
+    Cuda(GpuMatmul),
 }
 
 impl TrainDevice {
@@ -243,8 +246,9 @@ impl TrainDevice {
     fn rank_backend(self, rank: usize) -> Box<dyn Backend> {
         match self {
             TrainDevice::Cpu => Box::new(Reference::default()),
-            TrainDevice::Cuda => Box::new(Cuda {
+            TrainDevice::Cuda(matmul) => Box::new(Cuda {
                 device: rank,
+                matmul,
                 ..Cuda::default()
             }),
         }
@@ -262,19 +266,45 @@ pub struct StepStats {
 
 /// A training run's state: the graphs, the master weights and moments.
 pub struct Trainer {
-    /// `[loss, d(param)...]` for one window.
+    /// `[loss, d(param)...]` for a batch of windows (`rows` tokens each,
+    /// attention segmented by window), for data-parallel ranks.
     grad_graph: Graph,
-    /// AdamW on summed gradients (see [`adamw_update`]); it reads no
-    /// weights, so it is built once.
+    /// AdamW on the ranks' summed gradients (see [`adamw_update`]); it
+    /// reads no weights, so it is built once.
     update: Box<dyn Program>,
+    /// One rank's whole step ([`adamw_step`]): the masters and moments are
+    /// its state, which stays on the device between steps.
+    step_graph: Graph,
+    /// `step_graph` compiled (at the first step), and its state in
+    /// [`step_state`] order (`None` until the first step or after a load:
+    /// then it comes from `store`).
+    resident: Option<Box<dyn Program>>,
+    state: Option<Vec<Tensor>>,
+    /// Whether `state` is ahead of `store` (steps ran since the last
+    /// [`Trainer::sync`]).
+    stale: bool,
     /// The forward graph with its cross-entropy, for held-out evaluation.
     eval_graph: Graph,
     params: Vec<(String, TensorType)>,
-    pub store: TrainStore,
+    store: TrainStore,
     pub adam: AdamW,
     pub step: usize,
     device: TrainDevice,
     ranks: usize,
+    /// The tokens a window feeds (one fewer than it holds).
+    rows: usize,
+}
+
+/// Every attention of `graph` made to see only its own window's `rows`
+/// rows, so that one run takes a batch of windows stacked.
+fn segmented(graph: &Graph, rows: usize) -> Graph {
+    let mut g = graph.clone();
+    for node in &mut g.nodes {
+        if let Op::Attention { segment, .. } = &mut node.op {
+            *segment = Some(rows.max(1));
+        }
+    }
+    g
 }
 
 fn push(g: &mut Graph, op: Op, operands: Vec<ValueId>, ty: TensorType) -> ValueId {
@@ -379,24 +409,33 @@ impl Trainer {
         weights: Arc<dyn WeightStore>,
         options: &TrainOptions,
     ) -> Result<Trainer, Error> {
-        let (eval_graph, ce) = with_loss(graph)?;
+        let (eval_graph, _) = with_loss(graph)?;
         let params: Vec<(String, TensorType)> = graph
             .weights()
             .map(|(_, n, t)| (n.to_string(), t.clone()))
             .collect();
+        let rows = options.rows.max(1);
         let (training, loss) = match &options.objective {
-            Objective::NextToken => (eval_graph.clone(), ce),
-            Objective::Distill(teacher) => with_distillation(graph, teacher)?,
+            Objective::NextToken => with_loss(&segmented(graph, rows))?,
+            Objective::Distill(teacher) => {
+                with_distillation(&segmented(graph, rows), &segmented(teacher, rows))?
+            }
         };
         let ids: HashMap<&str, ValueId> = training.weights().map(|(id, n, _)| (n, id)).collect();
         let wrt: Vec<ValueId> = params.iter().map(|(n, _)| ids[n.as_str()]).collect();
         let grad_graph = gradients(&training, loss, &wrt, &options.grad)
             .map_err(|e| Error::Usage(e.to_string()))?;
         let grad_graph = if options.gauss {
-            with_gauss(&grad_graph, options.rows)?
+            with_gauss(&grad_graph, rows)?
         } else {
             grad_graph
         };
+        let step_graph = adamw_step(&grad_graph, &params, &options.adam)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let mut step_graph = step_graph;
+        step_graph
+            .meta
+            .insert(STATE_META.to_string(), step_state(&params).join(","));
         let update_graph =
             adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
         let update = fairyc_backends::compile(
@@ -414,6 +453,10 @@ impl Trainer {
         Ok(Trainer {
             grad_graph,
             update,
+            step_graph,
+            resident: None,
+            state: None,
+            stale: false,
             eval_graph,
             params,
             store,
@@ -421,7 +464,14 @@ impl Trainer {
             step: 0,
             device: options.device,
             ranks: options.ranks.max(1),
+            rows,
         })
+    }
+
+    /// The step program's time per op, when it was built with
+    /// `FAIRYC_PROFILE` set.
+    pub fn profile(&self) -> Option<String> {
+        Some(self.resident.as_ref()?.profile()?.report())
     }
 
     /// The number of trained real parameters.
@@ -450,9 +500,70 @@ impl Trainer {
         ])
     }
 
-    /// One AdamW step on the mean gradient of the micro-batches `batch`
-    /// (each a window: inputs are all but its last token, targets all but
-    /// its first) with learning rate `lr` and decoupled `weight_decay`.
+    /// The inputs of a batch of windows stacked, each of this trainer's
+    /// `rows + 1` tokens (its attention is segmented by `rows`).
+    fn batch_inputs(&self, windows: &[&[u32]]) -> Result<HashMap<String, Tensor>, Error> {
+        if let Some(w) = windows.iter().find(|w| w.len() != self.rows + 1) {
+            return Err(Error::Usage(format!(
+                "a training window of {} tokens; this trainer's windows hold {} (--seq {} and the next token)",
+                w.len(),
+                self.rows + 1,
+                self.rows
+            )));
+        }
+        let n = windows.len() * self.rows;
+        let column = |f: &dyn Fn(&[u32]) -> Vec<i32>| -> Vec<i32> {
+            windows.iter().flat_map(|w| f(w)).collect()
+        };
+        let rows = self.rows as i32;
+        Ok(HashMap::from([
+            (
+                "tokens".to_string(),
+                Tensor::i32(
+                    vec![n],
+                    column(&|w| w[..w.len() - 1].iter().map(|&t| t as i32).collect()),
+                ),
+            ),
+            (
+                "positions".to_string(),
+                Tensor::i32(vec![n], column(&|_| (0..rows).collect())),
+            ),
+            (
+                "targets".to_string(),
+                Tensor::i32(
+                    vec![n],
+                    column(&|w| w[1..].iter().map(|&t| t as i32).collect()),
+                ),
+            ),
+        ]))
+    }
+
+    /// AdamW's scalars for step `t`.
+    fn scalars(
+        &self,
+        t: usize,
+        lr: f32,
+        weight_decay: f32,
+        grad_scale: f32,
+    ) -> [(String, Tensor); 5] {
+        let t = t as i32;
+        let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
+        [
+            ("grad_scale", grad_scale),
+            ("lr", lr),
+            ("c1", 1.0 / (1.0 - self.adam.beta1.powi(t))),
+            ("c2", 1.0 / (1.0 - self.adam.beta2.powi(t))),
+            ("weight_decay", weight_decay),
+        ]
+        .map(|(name, x)| (name.to_string(), scalar(x)))
+    }
+
+    /// One AdamW step on the mean gradient of the windows `batch` (each of
+    /// `rows + 1` tokens: inputs are all but its last token, targets all
+    /// but its first) with learning rate `lr` and decoupled `weight_decay`.
+    /// With one rank the whole step is one run of the step graph, its
+    /// masters and moments staying on the device; with more, each rank
+    /// runs its windows and the host adds their gradients and updates.
     pub fn train_step(
         &mut self,
         batch: &[&[u32]],
@@ -462,32 +573,143 @@ impl Trainer {
         if batch.is_empty() {
             return Err(Error::Usage("a step needs at least one window".into()));
         }
-        // Each rank's windows, its gradients summed; then the ranks' sums
-        // in rank order (one rank: the windows in order, as before).
+        if self.ranks.min(batch.len()) == 1 {
+            self.resident_step(batch, lr, weight_decay)
+        } else {
+            self.data_parallel_step(batch, lr, weight_decay)
+        }
+    }
+
+    /// The step graph run once on the whole batch; the new masters and
+    /// moments replace the old only if the loss and the gradient are
+    /// finite.
+    fn resident_step(
+        &mut self,
+        batch: &[&[u32]],
+        lr: f32,
+        weight_decay: f32,
+    ) -> Result<StepStats, Error> {
+        let mut inputs = self.batch_inputs(batch)?;
+        let t = self.step + 1;
+        inputs.extend(self.scalars(t, lr, weight_decay, 1.0));
+        if self.resident.is_none() {
+            self.resident = Some(fairyc_backends::compile(
+                self.device.backend().as_ref(),
+                &self.step_graph,
+                &self.store,
+                &|_| {},
+            )?);
+        }
+        let names = step_state(&self.params);
+        let state = match self.state.take() {
+            Some(state) => state,
+            None => self.host_state(&names)?,
+        };
+        inputs.extend(names.iter().cloned().zip(state.iter().cloned()));
+        let program = self.resident.as_ref().expect("compiled above");
+        let outputs = program.run(inputs);
+        let scalar = |t: &Tensor| t.as_f32().and_then(|v| v.first().copied());
+        let (loss, squares) = match &outputs {
+            Ok(outs) => (scalar(&outs[0]), scalar(&outs[1])),
+            Err(_) => (None, None),
+        };
+        // The old state stays for the next try whatever happens here.
+        self.state = Some(state);
+        let mut outputs = outputs?;
+        let (loss, squares) = loss.zip(squares).ok_or_else(not_f32)?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                step: t,
+                what: "loss",
+                value: f64::from(loss),
+            });
+        }
+        if !squares.is_finite() {
+            return Err(Error::NonFinite {
+                step: t,
+                what: "gradient norm",
+                value: f64::from(squares).sqrt(),
+            });
+        }
+        self.state = Some(outputs.split_off(2));
+        self.stale = true;
+        self.step = t;
+        Ok(StepStats {
+            loss,
+            grad_norm: squares.max(0.0).sqrt(),
+        })
+    }
+
+    /// The masters and moments named `names` from the store, as tensors.
+    fn host_state(&self, names: &[String]) -> Result<Vec<Tensor>, Error> {
+        let types = self.params.iter().map(|(_, t)| t).cycle();
+        names
+            .iter()
+            .zip(types)
+            .map(|(name, ty)| {
+                let data = self
+                    .store
+                    .read_f32(name)
+                    .map_err(fairyc_backends::BackendError::from)?;
+                Ok(Tensor::f32(ty.shape.concrete().unwrap_or_default(), data))
+            })
+            .collect()
+    }
+
+    /// Brings the masters and moments the step graph holds (on the device)
+    /// back into the store, where saving, evaluation and the artifact read
+    /// them.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        let (Some(program), Some(state)) = (&self.resident, &self.state) else {
+            return Ok(());
+        };
+        if !self.stale {
+            return Ok(());
+        }
+        let types = self.params.iter().map(|(_, t)| t).cycle();
+        for ((name, ty), t) in step_state(&self.params).iter().zip(types).zip(state) {
+            let data = program.fetch(t.clone())?.into_f32().ok_or_else(not_f32)?;
+            self.store.set(name, ty.clone(), data);
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    /// The trained weights (masters and moments), brought up to date.
+    pub fn store(&mut self) -> Result<&TrainStore, Error> {
+        self.sync()?;
+        Ok(&self.store)
+    }
+
+    /// Each rank's windows, its gradients summed; then the ranks' sums in
+    /// rank order, and AdamW on the host.
+    fn data_parallel_step(
+        &mut self,
+        batch: &[&[u32]],
+        lr: f32,
+        weight_decay: f32,
+    ) -> Result<StepStats, Error> {
+        self.sync()?;
         let ranks = self.ranks.min(batch.len());
         let trainer: &Trainer = self;
-        let partial: Vec<(f64, Vec<Vec<f32>>)> = if ranks == 1 {
-            vec![trainer.rank_gradients(0, batch)?]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..ranks)
-                    .map(|rank| {
-                        let windows: Vec<&[u32]> =
-                            batch.iter().skip(rank).step_by(ranks).copied().collect();
-                        scope.spawn(move || trainer.rank_gradients(rank, &windows))
+        let partial: Vec<(f64, Vec<Vec<f32>>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..ranks)
+                .map(|rank| {
+                    let windows: Vec<&[u32]> =
+                        batch.iter().skip(rank).step_by(ranks).copied().collect();
+                    scope.spawn(move || trainer.rank_gradients(rank, &windows))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .enumerate()
-                    .map(|(rank, h)| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
-                        })
-                    })
-                    .collect::<Result<_, _>>()
-            })?
-        };
+                })
+                .collect::<Result<_, _>>()
+        })?;
         let mut loss = 0.0f64;
         let mut sums: Vec<Vec<f32>> = Vec::new();
         for (rank_loss, rank_sums) in partial {
@@ -504,21 +726,10 @@ impl Trainer {
         }
         check_finite(self.step + 1, loss / batch.len() as f64, &sums)?;
         self.step += 1;
-        let t = self.step as i32;
-        let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
-        let mut inputs = HashMap::from([
-            ("grad_scale".to_string(), scalar(1.0 / batch.len() as f32)),
-            ("lr".to_string(), scalar(lr)),
-            (
-                "c1".to_string(),
-                scalar(1.0 / (1.0 - self.adam.beta1.powi(t))),
-            ),
-            (
-                "c2".to_string(),
-                scalar(1.0 / (1.0 - self.adam.beta2.powi(t))),
-            ),
-            ("weight_decay".to_string(), scalar(weight_decay)),
-        ]);
+        let mut inputs: HashMap<String, Tensor> = self
+            .scalars(self.step, lr, weight_decay, 1.0 / batch.len() as f32)
+            .into_iter()
+            .collect();
         for ((name, ty), sum) in self.params.iter().zip(sums) {
             let shape = ty.shape.concrete().unwrap_or_default();
             let mut take = |stored: &str| -> Result<Tensor, Error> {
@@ -551,6 +762,8 @@ impl Trainer {
             self.store.set(&format!("adam.m.{name}"), ty.clone(), m);
             self.store.set(&format!("adam.v.{name}"), ty.clone(), v);
         }
+        // The resident state, if any, is behind the store now.
+        self.state = None;
         Ok(StepStats {
             loss: (loss / batch.len() as f64) as f32,
             grad_norm: squares.max(0.0).sqrt(),
@@ -558,22 +771,18 @@ impl Trainer {
     }
 
     /// The summed loss and gradients of `windows` on data-parallel rank
-    /// `rank`, whose program derives the quantized weights from the masters
-    /// once for all of them.
+    /// `rank`: one run of the gradient graph on them stacked, whose
+    /// program derives the quantized weights from the masters once.
     fn rank_gradients(
         &self,
         rank: usize,
         windows: &[&[u32]],
     ) -> Result<(f64, Vec<Vec<f32>>), Error> {
         let on_rank = |e: Error| {
-            if self.ranks == 1 {
-                e
-            } else {
-                Error::Usage(format!(
-                    "data-parallel rank {rank} of {}: {e}; the step was not applied",
-                    self.ranks
-                ))
-            }
+            Error::Usage(format!(
+                "data-parallel rank {rank} of {}: {e}; the step was not applied",
+                self.ranks
+            ))
         };
         let exec = fairyc_backends::compile(
             self.device.rank_backend(rank).as_ref(),
@@ -582,35 +791,23 @@ impl Trainer {
             &|_| {},
         )
         .map_err(|e| on_rank(e.into()))?;
-        let mut loss = 0.0f64;
-        let mut sums: Vec<Vec<f32>> = Vec::new();
-        for window in windows {
-            let mut outs = exec
-                .run(Trainer::inputs(window))
-                .map_err(|e| on_rank(e.into()))?
-                .into_iter();
-            let first = outs.next().expect("the loss is the first output");
-            loss += f64::from(
-                first
-                    .as_f32()
-                    .ok_or_else(not_f32)?
-                    .first()
-                    .copied()
-                    .unwrap_or(f32::NAN),
-            );
-            if sums.is_empty() {
-                sums = outs
-                    .map(|g| g.into_f32().ok_or_else(not_f32))
-                    .collect::<Result<_, _>>()?;
-            } else {
-                for (sum, g) in sums.iter_mut().zip(outs) {
-                    for (s, v) in sum.iter_mut().zip(g.as_f32().ok_or_else(not_f32)?) {
-                        *s += v;
-                    }
-                }
-            }
-        }
-        Ok((loss, sums))
+        let inputs = self.batch_inputs(windows).map_err(on_rank)?;
+        let mut outs = exec.run(inputs).map_err(|e| on_rank(e.into()))?.into_iter();
+        // The graph's loss and gradients are of the windows' mean.
+        let n = windows.len() as f32;
+        let first = outs.next().expect("the loss is the first output");
+        let loss = first
+            .as_f32()
+            .and_then(|l| l.first().copied())
+            .unwrap_or(f32::NAN);
+        let sums = outs
+            .map(|g| {
+                let mut g = g.into_f32().ok_or_else(not_f32)?;
+                g.iter_mut().for_each(|x| *x *= n);
+                Ok(g)
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok((f64::from(loss) * f64::from(n), sums))
     }
 
     /// Moves on past a step that [`Trainer::train_step`] refused as
@@ -620,7 +817,8 @@ impl Trainer {
     }
 
     /// Mean loss over `windows` with the current weights.
-    pub fn eval_loss(&self, windows: &[&[u32]]) -> Result<f64, Error> {
+    pub fn eval_loss(&mut self, windows: &[&[u32]]) -> Result<f64, Error> {
+        self.sync()?;
         let exec = fairyc_backends::compile(
             self.device.backend().as_ref(),
             &self.eval_graph,
@@ -641,7 +839,8 @@ impl Trainer {
     }
 
     /// Writes the master weights, the moments and the step, atomically.
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
+    pub fn save(&mut self, path: &Path) -> Result<(), Error> {
+        self.sync()?;
         // A MemoryStore iterates in name order.
         let entries: Vec<(String, Vec<usize>, Arc<Vec<f32>>)> = self
             .store
@@ -692,6 +891,9 @@ impl Trainer {
                 .map_err(fairyc_backends::BackendError::from)?;
             self.store.set(&name, ty, data);
         }
+        // The next step starts from the store.
+        self.state = None;
+        self.stale = false;
         self.step = step;
         Ok(())
     }

@@ -30,7 +30,9 @@ use fairyc_ir::{
     text, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph, GraphBuilder, MemoryStore,
     Node, Op, RopeLayout, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart,
 };
-use fairyc_passes::autodiff::{adamw_update, gradients, sgd_step, AdamW, GradOptions, Ste};
+use fairyc_passes::autodiff::{
+    adamw_step, adamw_update, gradients, sgd_step, AdamW, GradOptions, Ste,
+};
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
 use fairyc_passes::rebuild::rebuild;
@@ -388,15 +390,20 @@ fn rope_real_and_complex() {
 #[test]
 fn attention_real_and_complex_grouped_causal() {
     for dt in [DType::F32, DType::C64] {
-        for causal in [true, false] {
+        // One sequence of 4 rows, and two sequences of 2 (segments).
+        for (causal, segment) in [true, false]
+            .into_iter()
+            .flat_map(|c| [(c, None), (c, Some(2))])
+        {
             let d = if dt == DType::C64 { 2 } else { 4 };
             check_op(
-                &format!("attention {dt} causal {causal}"),
+                &format!("attention {dt} causal {causal} segment {segment:?}"),
                 Op::Attention {
                     heads: 2,
                     kv_heads: 1,
                     scale: 0.7,
                     causal,
+                    segment,
                 },
                 &[ty(dt, &[4, 2 * d]), ty(dt, &[4, d]), ty(dt, &[4, d + 1])],
             );
@@ -1308,9 +1315,11 @@ fn training_step_on_the_gpu_matches_the_cpu() {
     }
 }
 
-/// The PTX the GPU backend generates for the tiny model's W2 training step
-/// (needs no GPU): every op of the step has a kernel, and a change to one
-/// shows in review as a change to this snapshot.
+/// The PTX the GPU backend generates for the tiny model's whole W2
+/// training step (needs no GPU): the forward and backward passes, the
+/// quantizer on the masters (inputs, as the trainer keeps them on the
+/// device) and AdamW. Every op of the step has a kernel, and a change to
+/// one shows in review as a change to this snapshot.
 #[test]
 fn tiny_w2_training_step_ptx() {
     let dir = TempDir::new("autodiff-ptx");
@@ -1318,8 +1327,17 @@ fn tiny_w2_training_step_ptx() {
     g.meta.insert("source".into(), "<tmp>/tiny.gguf".into());
     let loss = with_loss(&mut g);
     let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+    let typed: Vec<(String, TensorType)> = g
+        .weights()
+        .map(|(_, n, t)| (n.to_string(), t.clone()))
+        .collect();
     let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
-    let prepared = fairyc_backends::prepare(&fairyc_backends::Cuda::default(), &training).unwrap();
+    let step = adamw_step(&training, &typed, &AdamW::default()).unwrap();
+    assert!(
+        step.weights().next().is_none(),
+        "every weight is a master the step reads as an input"
+    );
+    let prepared = fairyc_backends::prepare(&fairyc_backends::Cuda::default(), &step).unwrap();
     let ptx = fairyc_backends::cuda::program::graph_ptx(
         &prepared,
         fairyc_backends::cuda::GpuActivations::Int8,

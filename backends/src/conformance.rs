@@ -219,17 +219,24 @@ pub fn op_cases() -> Vec<Case> {
         });
     }
     for causal in [true, false] {
-        cases_over(&mut out, "attention", &[1usize, 5], |c, s| {
-            let (q, k, v) = (c.real(&[s, 8]), c.real(&[s, 4]), c.real(&[s, 6]));
-            let (zq, zk, zv) = (c.complex(&[s, 8]), c.complex(&[s, 4]), c.complex(&[s, 6]));
-            let op = Op::Attention {
-                heads: 2,
-                kv_heads: 1,
-                scale: 0.5,
-                causal,
-            };
-            vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
-        });
+        // One sequence, and a batch of sequences of 3 rows (segments).
+        for (name, segment, rows) in [
+            ("attention", None, [1usize, 5]),
+            ("attention_segments", Some(3), [3, 6]),
+        ] {
+            cases_over(&mut out, name, &rows, |c, s| {
+                let (q, k, v) = (c.real(&[s, 8]), c.real(&[s, 4]), c.real(&[s, 6]));
+                let (zq, zk, zv) = (c.complex(&[s, 8]), c.complex(&[s, 4]), c.complex(&[s, 6]));
+                let op = Op::Attention {
+                    heads: 2,
+                    kv_heads: 1,
+                    scale: 0.5,
+                    causal,
+                    segment,
+                };
+                vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
+            });
+        }
         // Heads wider than a vector with a tail, and a cache of past keys
         // longer than the queries (a decode step).
         cases_over(&mut out, "attention_past", &[1usize, 3], |c, s| {
@@ -244,6 +251,7 @@ pub fn op_cases() -> Vec<Case> {
                 kv_heads: 1,
                 scale: 0.2,
                 causal,
+                segment: None,
             };
             vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
         });
@@ -568,8 +576,14 @@ pub fn op_cases() -> Vec<Case> {
         }
         outs
     });
-    for causal in [true, false] {
-        cases_over(&mut out, "attention_grad", &[1usize, 4], |c, s| {
+    for (causal, (name, segment, rows)) in [true, false].into_iter().flat_map(|causal| {
+        [
+            ("attention_grad", None, [1usize, 4]),
+            ("attention_grad_segments", Some(2), [2, 6]),
+        ]
+        .map(|case| (causal, case))
+    }) {
+        cases_over(&mut out, name, &rows, |c, s| {
             let (q, k, v) = (c.real(&[s, 8]), c.real(&[s, 4]), c.real(&[s, 6]));
             let dout = c.real(&[s, 12]);
             let (zq, zk, zv) = (c.complex(&[s, 8]), c.complex(&[s, 4]), c.complex(&[s, 6]));
@@ -586,6 +600,7 @@ pub fn op_cases() -> Vec<Case> {
                     kv_heads: 1,
                     scale: 0.5,
                     causal,
+                    segment,
                 };
                 outs.push(c.push(op.clone(), &[q, k, v, dout]));
                 outs.push(c.push(op, &[zq, zk, zv, zdout]));

@@ -1,8 +1,9 @@
 //! Time spent per op while a program runs: where a model's time goes.
 //!
 //! A program records when the environment variable `FAIRYC_PROFILE` is set
-//! when it is compiled (timing every node costs two clock reads, so it is
-//! off by default); `fairyc run` and `fairyc ppl` print the table.
+//! when it is compiled (timing every node costs two clock reads, and on a
+//! GPU a wait for the node's kernels, so it is off by default); `fairyc
+//! run`, `fairyc ppl` and `fairyc train` print the table.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -51,6 +52,20 @@ impl OpProfile {
         }
         let _ = writeln!(out, "{:width$}  {:>10.2}", "all", total.as_secs_f64() * 1e3);
         out
+    }
+}
+
+/// A node's line in the profile: the products and attention by output
+/// shape (their cost depends on it most), every other op by name.
+pub(crate) fn label(op: &fairyc_ir::Op, shape: &[usize]) -> String {
+    use fairyc_ir::Op;
+    match op {
+        Op::QuantLinear { .. }
+        | Op::Linear
+        | Op::LinearWeightGrad
+        | Op::Attention { .. }
+        | Op::AttentionGrad { .. } => format!("{} {shape:?}", op.mnemonic()),
+        _ => op.mnemonic().to_string(),
     }
 }
 

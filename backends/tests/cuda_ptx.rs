@@ -3,7 +3,7 @@
 //! undefined function.
 
 use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, Kernel, MapOp};
-use fairyc_ir::{AttentionOperand, RopeLayout, UnaryFn, WlPart};
+use fairyc_ir::{RopeLayout, UnaryFn, WlPart};
 
 fn every_kernel() -> Vec<Kernel> {
     let x = || Expr::Operand(0);
@@ -63,13 +63,7 @@ fn every_kernel() -> Vec<Kernel> {
             kernels.push(Kernel::RmsNormGrad { complex, gain });
         }
     }
-    for which in [
-        AttentionOperand::Q,
-        AttentionOperand::K,
-        AttentionOperand::V,
-    ] {
-        kernels.push(Kernel::AttentionGrad { which });
-    }
+    kernels.push(Kernel::MaskedSoftmax);
     for func in [
         UnaryFn::Neg,
         UnaryFn::RoundBf16,

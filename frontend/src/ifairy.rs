@@ -237,6 +237,7 @@ fn build(cfg: &IfairyConfig, store: Option<&dyn WeightStore>) -> Result<Graph, F
         kv_heads: cfg.kv_heads,
         scale,
         causal: true,
+        segment: None,
     };
     for l in 0..cfg.layers {
         let p = format!("layer.{l}");

@@ -212,6 +212,7 @@ fn build(cfg: &LlamaConfig, store: Option<&dyn WeightStore>) -> Result<Graph, Fr
         kv_heads: cfg.kv_heads,
         scale: 1.0 / (cfg.head_dim as f32).sqrt(),
         causal: true,
+        segment: None,
     };
     let norm = Op::RmsNorm { eps: cfg.rms_eps };
     for l in 0..cfg.layers {

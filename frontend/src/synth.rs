@@ -95,6 +95,10 @@ pub struct SynthConfig {
     pub tied_embeddings: bool,
     /// Seed of the weights: the same seed gives the same weights.
     pub seed: u64,
+    /// Control tokens appended to the vocabulary (`<|unused_N|>`, never
+    /// produced from text), so that a benchmark model can have a real
+    /// model's vocabulary size and so its output layer (SmolLM2's 49152).
+    pub unused_tokens: usize,
 }
 
 impl SynthConfig {
@@ -115,12 +119,13 @@ impl SynthConfig {
             context_length: 256,
             tied_embeddings: false,
             seed: 42,
+            unused_tokens: 0,
         }
     }
 
     /// Number of tokens of the synthetic vocabulary.
     pub fn vocab_size(&self) -> usize {
-        SPECIAL_TOKENS.len() + 256 + MERGES.len()
+        SPECIAL_TOKENS.len() + 256 + MERGES.len() + self.unused_tokens
     }
 
     fn check(&self) -> io::Result<()> {
@@ -189,11 +194,12 @@ fn byte_symbol(b: u8) -> char {
 }
 
 /// Every token text, in id order.
-fn tokens() -> Vec<String> {
+fn tokens(unused: usize) -> Vec<String> {
     let specials = SPECIAL_TOKENS.iter().map(|t| t.to_string());
     let bytes = (0..=255u8).map(|b| byte_symbol(b).to_string());
     let merged = MERGES.iter().map(|m| m.replacen(' ', "", 1));
-    specials.chain(bytes).chain(merged).collect()
+    let unused = (0..unused).map(|n| format!("<|unused_{n}|>"));
+    specials.chain(bytes).chain(merged).chain(unused).collect()
 }
 
 /// One weight, in Hugging Face layout.
@@ -405,10 +411,11 @@ pub fn write_gguf(path: &Path, cfg: &SynthConfig, weight_type: GgmlType) -> io::
         MetaValue::F32(cfg.rms_eps),
     );
 
-    let tokens = tokens();
+    let tokens = tokens(cfg.unused_tokens);
+    let learned = tokens.len() - cfg.unused_tokens;
     let types = (0..tokens.len())
         .map(|i| {
-            if i < SPECIAL_TOKENS.len() {
+            if i < SPECIAL_TOKENS.len() || i >= learned {
                 TYPE_CONTROL
             } else {
                 TYPE_NORMAL
@@ -465,7 +472,7 @@ pub fn write_hf(dir: &Path, cfg: &SynthConfig, dtype: HfDtype) -> io::Result<()>
         write_atomically(&dir.join(name), |w| w.write_all(text.as_bytes()))
     };
     write_json("config.json", &hf_config(cfg, dtype))?;
-    write_json("tokenizer.json", &tokenizer_json())?;
+    write_json("tokenizer.json", &tokenizer_json(cfg.unused_tokens))?;
     write_json(
         "tokenizer_config.json",
         &json!({
@@ -647,7 +654,7 @@ pub fn write_ifairy_hf(dir: &Path, cfg: &IfairySynthConfig) -> io::Result<()> {
             "torch_dtype": "float32",
         }),
     )?;
-    write_json("tokenizer.json", &tokenizer_json())?;
+    write_json("tokenizer.json", &tokenizer_json(0))?;
     write_json(
         "tokenizer_config.json",
         &json!({
@@ -712,15 +719,18 @@ fn hf_config(cfg: &SynthConfig, dtype: HfDtype) -> Value {
 }
 
 /// tokenizer.json: byte-level BPE with SmolLM2's pre-tokenizer.
-fn tokenizer_json() -> Value {
-    let vocab: serde_json::Map<String, Value> = tokens()
-        .into_iter()
-        .enumerate()
-        .map(|(id, t)| (t, json!(id)))
-        .collect();
-    let added: Vec<Value> = SPECIAL_TOKENS
+fn tokenizer_json(unused: usize) -> Value {
+    let tokens = tokens(unused);
+    let vocab: serde_json::Map<String, Value> = tokens
         .iter()
         .enumerate()
+        .map(|(id, t)| (t.clone(), json!(id)))
+        .collect();
+    let learned = tokens.len() - unused;
+    let added: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(id, _)| id < SPECIAL_TOKENS.len() || id >= learned)
         .map(|(id, t)| {
             json!({"id": id, "content": t, "single_word": false, "lstrip": false,
                    "rstrip": false, "normalized": false, "special": true})
@@ -766,8 +776,15 @@ mod tests {
 
     #[test]
     fn vocabulary_is_unique_and_sized() {
-        let tokens = tokens();
+        let tokens = tokens(0);
         assert_eq!(tokens.len(), SynthConfig::tiny().vocab_size());
+        let padded = SynthConfig {
+            unused_tokens: 5,
+            ..SynthConfig::tiny()
+        };
+        let with_unused = super::tokens(5);
+        assert_eq!(with_unused.len(), padded.vocab_size());
+        assert_eq!(with_unused[padded.vocab_size() - 1], "<|unused_4|>");
         assert_eq!(tokens.iter().collect::<HashSet<_>>().len(), tokens.len());
         assert_eq!(tokens[3 + usize::from(b' ')], "Ġ");
         assert_eq!(tokens[3 + usize::from(b'a')], "a");

@@ -99,7 +99,10 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             Ok(x.clone())
         }
         Op::Attention {
-            heads, kv_heads, ..
+            heads,
+            kv_heads,
+            segment,
+            ..
         } => {
             let (q, k, v) = (operands[0], operands[1], operands[2]);
             expect_float(q, "queries")?;
@@ -122,6 +125,18 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 return Err(format!(
                     "queries {q}, keys {k} and values {v} must have the same rank"
                 ));
+            }
+            // Segments are sequences of the queries' own rows: no cache.
+            if let Some(n) = segment {
+                let rows = &q.shape.dims()[r - 2];
+                if k.shape.dims()[r - 2] != *rows {
+                    return Err(format!(
+                        "with segment = {n}, keys {k} must be the queries' own rows {q}"
+                    ));
+                }
+                if let Dim::Fixed(_) = rows {
+                    divisible(rows, *n, "the rows", "segment")?;
+                }
             }
             if k.shape.dims()[..r - 1] != v.shape.dims()[..r - 1]
                 || k.shape.dims()[..r - 2] != q.shape.dims()[..r - 2]
@@ -573,12 +588,14 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             kv_heads,
             scale,
             causal,
+            segment,
         } => {
             let attention = Op::Attention {
                 heads: *heads,
                 kv_heads: *kv_heads,
                 scale: *scale,
                 causal: *causal,
+                segment: *segment,
             };
             let y = infer_type(&attention, &operands[..3])?;
             // A training step: keys and values are the queries' own sequence.

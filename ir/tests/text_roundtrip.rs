@@ -42,6 +42,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
                 kv_heads: 1,
                 scale: 0.5,
                 causal: true,
+                segment: None,
             },
             &[q, h, h],
         )
@@ -64,6 +65,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
                 kv_heads: 1,
                 scale: 0.5,
                 causal: true,
+                segment: None,
             },
             &[q, k, k],
         )
@@ -209,6 +211,8 @@ fn every_op_graph() -> fairyc_ir::Graph {
                 kv_heads: 1,
                 scale: 0.5,
                 causal: true,
+                // A batch of training windows of 2 rows each.
+                segment: Some(2),
             },
             vec![q, k, k, dy],
         ),

@@ -59,6 +59,8 @@
 //! residual stages (eq. 13), `q₁ + Q(w − q₁)`, the identity gives `dw = dq`
 //! through the whole stack, as in the authors' code.
 
+use std::collections::{HashMap, HashSet};
+
 use fairyc_ir::{
     verify, AttentionOperand, BuildError, DType, Dim, Graph, GraphBuilder, NormOperand, Op, Scheme,
     TensorType, UnaryFn, ValueId, VerifyError,
@@ -231,6 +233,89 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
     finish(b, &outputs)
 }
 
+/// A whole optimizer step as one graph, for a trainer whose master
+/// weights and moments stay where the graph runs (on a GPU, in its
+/// memory): `grads` (from [`gradients`]: outputs `[loss, d(p_0), ...]` for
+/// the weights `params`, in that order) with each of those weights read
+/// from an input of the same name instead, the master; then
+/// [`adamw_update`] on its gradients. So the weights the masters derive
+/// (the quantized ones) are computed once a step, in the step.
+///
+/// Inputs: `grads`'s own, the masters `<name>`, the moments `adam.m.<name>`
+/// and `adam.v.<name>`, and [`adamw_update`]'s scalars. Outputs: `[loss,
+/// ‖mean gradient‖², p_0', ..., m_0', ..., v_0', ...]`: the last ones are the
+/// next step's masters and moments, in the order [`step_state`] names them.
+pub fn adamw_step(
+    grads: &Graph,
+    params: &[(String, TensorType)],
+    adam: &AdamW,
+) -> Result<Graph, GradError> {
+    let update = adamw_update(params, adam)?;
+    let mut b = GraphBuilder::new(format!("{}_step", grads.name));
+    for (k, v) in &grads.meta {
+        b.meta(k.clone(), v.clone());
+    }
+    let trained: HashSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    let mut map = Vec::with_capacity(grads.nodes.len());
+    for node in &grads.nodes {
+        map.push(match &node.op {
+            Op::Weight { name } if trained.contains(name.as_str()) => {
+                b.input(name.clone(), node.ty.clone())
+            }
+            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
+            op => {
+                let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
+                b.push(op.clone(), &operands)?
+            }
+        });
+    }
+    let masters: HashMap<&str, ValueId> = grads
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match &n.op {
+            Op::Weight { name } if trained.contains(name.as_str()) => Some((name.as_str(), map[i])),
+            _ => None,
+        })
+        .collect();
+    let gradient: HashMap<String, ValueId> = params
+        .iter()
+        .zip(&grads.outputs[1..])
+        .map(|((name, _), d)| (format!("grad.{name}"), map[d.0]))
+        .collect();
+    let mut inlined = Vec::with_capacity(update.nodes.len());
+    for node in &update.nodes {
+        inlined.push(match &node.op {
+            Op::Input { name } => match (gradient.get(name), name.strip_prefix("param.")) {
+                (Some(&d), _) => d,
+                (None, Some(p)) => match masters.get(p) {
+                    Some(&m) => m,
+                    // A parameter the graph does not read is still trained.
+                    None => b.input(p, node.ty.clone()),
+                },
+                (None, None) => b.input(name.clone(), node.ty.clone()),
+            },
+            op => {
+                let operands: Vec<ValueId> = node.operands.iter().map(|v| inlined[v.0]).collect();
+                b.push(op.clone(), &operands)?
+            }
+        });
+    }
+    let mut outputs = vec![map[grads.outputs[0].0]];
+    outputs.extend(update.outputs.iter().map(|v| inlined[v.0]));
+    finish(b, &outputs)
+}
+
+/// The names of [`adamw_step`]'s state inputs, in the order of its last
+/// outputs: the masters, then the first moments, then the second.
+pub fn step_state(params: &[(String, TensorType)]) -> Vec<String> {
+    ["", "adam.m.", "adam.v."]
+        .iter()
+        .flat_map(|prefix| params.iter().map(move |(n, _)| format!("{prefix}{n}")))
+        .collect()
+}
+
 /// Drops the nodes no output needs and verifies the result.
 fn finish(b: GraphBuilder, outputs: &[ValueId]) -> Result<Graph, GradError> {
     let result = eliminate_dead_code(&b.finish(outputs));
@@ -395,6 +480,7 @@ fn rule(
             kv_heads,
             scale,
             causal,
+            segment,
         } => {
             let which = [
                 AttentionOperand::Q,
@@ -409,6 +495,7 @@ fn rule(
                         kv_heads: *kv_heads,
                         scale: *scale,
                         causal: *causal,
+                        segment: *segment,
                     };
                     out.push((k, b.push(op, &[x[0], x[1], x[2], g])?));
                 }

@@ -264,6 +264,8 @@ pub struct TrainReport {
     pub records: Vec<StepRecord>,
     /// Steps skipped for a non-finite loss or gradient norm.
     pub skipped: usize,
+    /// Where the step's time went, op by op, when `FAIRYC_PROFILE` is set.
+    pub profile: Option<String>,
 }
 
 /// One row of the training log.
@@ -504,12 +506,12 @@ pub fn train(
             }
         }
     }
-    let evaluate = |trainer: &Trainer| -> Result<Option<f64>, Error> {
+    let evaluate = |trainer: &mut Trainer| -> Result<Option<f64>, Error> {
         (!heldout.is_empty())
             .then(|| trainer.eval_loss(heldout))
             .transpose()
     };
-    let before = evaluate(&trainer)?;
+    let before = evaluate(&mut trainer)?;
     if let Some(loss) = before {
         on_event(Event::HeldOutBefore {
             loss,
@@ -546,7 +548,7 @@ pub fn train(
                 other => other?,
             };
         let heldout_loss = if config.eval_every > 0 && t % config.eval_every == 0 {
-            evaluate(&trainer)?
+            evaluate(&mut trainer)?
         } else {
             None
         };
@@ -578,7 +580,7 @@ pub fn train(
     }
     on_event(Event::Finished { step: trainer.step });
     write_records(config, &records)?;
-    let after = evaluate(&trainer)?;
+    let after = evaluate(&mut trainer)?;
     if let Some(loss) = after {
         on_event(Event::HeldOutAfter { loss });
     }
@@ -586,7 +588,7 @@ pub fn train(
         crate::compile::write_artifact(
             output,
             &compiled.graph,
-            &trainer.store,
+            trainer.store()?,
             crate::compile::Precision::Source,
             &compiled.tokenizer,
         )?;
@@ -601,6 +603,7 @@ pub fn train(
         held_out_after: after,
         records,
         skipped,
+        profile: trainer.profile(),
     })
 }
 

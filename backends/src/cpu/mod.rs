@@ -235,11 +235,13 @@ impl Kernels for LutKernels {
                 granularity,
                 ..
             } => (u_stages, granularity),
+            // Segmented attention (training batches) runs on the reference's.
             Op::Attention {
                 heads,
                 kv_heads,
                 scale,
                 causal,
+                segment: None,
             } => {
                 return Ok(Some(Box::new(attention::AttentionNode {
                     heads,

@@ -16,6 +16,7 @@ use crate::{Backend, BackendError, Program, Tolerance};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cuda {
     pub activations: GpuActivations,
+    pub matmul: GpuMatmul,
     /// The CUDA device's ordinal.
     pub device: usize,
 }
@@ -31,6 +32,21 @@ pub enum GpuActivations {
     Int8,
     /// f32 as they are, each code's product in f32: exact, slower.
     F32,
+}
+
+/// The arithmetic of dense products (`linear` and its weight gradient,
+/// through cuBLAS), whose operands and results stay f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuMatmul {
+    /// f32 products: the reference's results to rounding.
+    #[default]
+    F32,
+    /// Tensor cores on operands rounded to TF32 (10-bit mantissas), f32
+    /// sums.
+    Tf32,
+    /// Tensor cores on operands rounded to bf16 (8-bit mantissas), f32
+    /// sums: training's usual arithmetic, the fastest.
+    Bf16,
 }
 
 /// Whether the int8 kernel runs a layer of `m` complex inputs with these
@@ -89,11 +105,7 @@ impl Backend for Cuda {
             )));
         }
         Ok(Box::new(program::CudaProgram::new(
-            graph,
-            store,
-            on_weight,
-            self.activations,
-            self.device,
+            graph, store, on_weight, *self,
         )?))
     }
 

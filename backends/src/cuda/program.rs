@@ -24,11 +24,16 @@ use super::codegen::{
     self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
     QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
-use super::{int8_applies, GpuActivations};
+use super::{int8_applies, Cuda, GpuActivations, GpuMatmul};
 use crate::plan::MemoryPlan;
+use crate::profile::{self, OpProfile};
+
+mod attention;
+
 use crate::reference::{bind_inputs, bind_shape, load_resident, load_weights};
 use crate::tensor::{Data, DeviceData, Tensor};
 use crate::{BackendError, Program};
+use attention::Segments;
 
 /// A tensor on the device: 32-bit words (f32, i32, or complex as two f32).
 #[derive(Clone)]
@@ -117,6 +122,9 @@ pub struct CudaProgram {
     /// the real matrix (2·slot + imaginary).
     pairings: HashMap<usize, (CudaSlice<i32>, CudaSlice<i32>)>,
     resident_bytes: usize,
+    /// cuBLAS's compute type for dense products.
+    compute: blas_sys::cublasComputeType_t,
+    profile: Option<OpProfile>,
 }
 
 fn driver(e: impl std::fmt::Display) -> BackendError {
@@ -161,7 +169,11 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
             }
         }
         Op::EmbedGrad { .. } => vec![Kernel::EmbedGrad],
-        Op::AttentionGrad { which, .. } => vec![Kernel::AttentionGrad { which: *which }],
+        // Batched: cuBLAS products around these (`program::attention`).
+        Op::Attention {
+            segment: Some(_), ..
+        } => vec![Kernel::MaskedSoftmax],
+        Op::AttentionGrad { .. } => vec![Kernel::MaskedSoftmax, Kernel::SoftmaxGrad],
         Op::WidelyLinearGrad { part, .. } => vec![Kernel::WidelyLinearGrad { part: *part }],
         op => vec![kernel_for(op, operands, out)?],
     })
@@ -386,9 +398,9 @@ impl CudaProgram {
         graph: Graph,
         store: &dyn WeightStore,
         on_weight: &(dyn Fn(&str) + Sync),
-        activations: GpuActivations,
-        ordinal: usize,
+        options: Cuda,
     ) -> Result<CudaProgram, BackendError> {
+        let (activations, ordinal) = (options.activations, options.device);
         let plan = MemoryPlan::new(&graph, 1);
         let fold = Fold::of(&graph, &plan);
         let host_constants = match fold {
@@ -527,6 +539,12 @@ impl CudaProgram {
             state_outputs,
             pairings,
             resident_bytes: 0,
+            profile: OpProfile::from_env(),
+            compute: match options.matmul {
+                GpuMatmul::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                GpuMatmul::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+                GpuMatmul::Bf16 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+            },
         };
         if fold == Fold::Device {
             program.fold_constants()?;
@@ -715,6 +733,28 @@ impl CudaProgram {
                     kv_heads,
                     scale,
                     causal,
+                    segment: Some(segment),
+                },
+            ) => {
+                let s = Segments::new(
+                    x,
+                    args[2],
+                    (*heads, *kv_heads),
+                    Some(*segment),
+                    *scale,
+                    *causal,
+                )
+                .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
+                self.batched_attention(k[0], (x, args[1], args[2]), s, &mut out)?;
+            }
+            (
+                Step::Kernel(k),
+                Op::Attention {
+                    heads,
+                    kv_heads,
+                    scale,
+                    causal,
+                    segment: None,
                 },
             ) => {
                 let (q, keys, values) = (x, args[1], args[2]);
@@ -898,33 +938,18 @@ impl CudaProgram {
             (
                 Step::Kernel(k),
                 Op::AttentionGrad {
+                    which,
                     heads,
                     kv_heads,
                     scale,
                     causal,
-                    ..
+                    segment,
                 },
             ) => {
-                let (q, keys, values, dout) = (x, args[1], args[2], args[3]);
-                let w = words_per(q.elem);
-                let seq = q.shape[0];
-                let d = q.shape[1] / heads * w;
-                let dv = values.shape[1] / kv_heads * w;
-                let scratch = self.alloc(seq * heads * 2 * seq)?;
-                self.stream.memset_zeros(&mut out).map_err(driver)?;
-                let sizes = [seq, *heads, *kv_heads, d, dv].map(|v| v as i64);
-                let causal = i64::from(*causal);
-                self.launch(k[0], (seq * heads) as u32, ATTENTION_THREADS, |b| {
-                    b.arg(&out)
-                        .arg(&*q.words)
-                        .arg(&*keys.words)
-                        .arg(&*values.words);
-                    b.arg(&*dout.words).arg(&scratch);
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                    b.arg(scale).arg(&causal);
-                })?;
+                let s = Segments::new(x, args[2], (*heads, *kv_heads), *segment, *scale, *causal)
+                    .map_err(|e| BackendError::new(format!("%{i} = attention_grad: {e}")))?;
+                let operands = (x, args[1], args[2], args[3]);
+                self.batched_attention_grad(k, *which, operands, s, &mut out)?;
             }
             (Step::Kernel(k), Op::WidelyLinearGrad { .. }) => {
                 let d = args[1];
@@ -1168,47 +1193,37 @@ impl CudaProgram {
         let (pc, _rc) = c.device_ptr_mut(&self.stream);
         let [m, n, k, lda, ldb, ldc] = [m, n, k, lda, ldb, ldc].map(|v| v as i32);
         let handle = *self.blas.handle();
+        let data = match elem {
+            Elem::Complex => blas_sys::cudaDataType_t::CUDA_C_32F,
+            _ => blas_sys::cudaDataType_t::CUDA_R_32F,
+        };
+        // alpha = 1 and beta = 0, as complex numbers where the data are.
+        let (one, zero) = ([1.0f32, 0.0], [0.0f32, 0.0]);
         // SAFETY: the callers pass the matrices' true sizes and leading
-        // dimensions; the buffers hold them.
+        // dimensions; the buffers hold them; the scalars are of the
+        // compute type's scale type (f32, or complex f32 for complex data).
         let status = unsafe {
-            if elem == Elem::Complex {
-                let one = blas_sys::cuComplex { x: 1.0, y: 0.0 };
-                let zero = blas_sys::cuComplex { x: 0.0, y: 0.0 };
-                blas_sys::cublasCgemm_v2(
-                    handle,
-                    transa,
-                    transb,
-                    m,
-                    n,
-                    k,
-                    &one,
-                    pa as *const blas_sys::cuComplex,
-                    lda,
-                    pb as *const blas_sys::cuComplex,
-                    ldb,
-                    &zero,
-                    pc as *mut blas_sys::cuComplex,
-                    ldc,
-                )
-            } else {
-                let (one, zero) = (1.0f32, 0.0f32);
-                blas_sys::cublasSgemm_v2(
-                    handle,
-                    transa,
-                    transb,
-                    m,
-                    n,
-                    k,
-                    &one,
-                    pa as *const f32,
-                    lda,
-                    pb as *const f32,
-                    ldb,
-                    &zero,
-                    pc as *mut f32,
-                    ldc,
-                )
-            }
+            blas_sys::cublasGemmEx(
+                handle,
+                transa,
+                transb,
+                m,
+                n,
+                k,
+                one.as_ptr().cast(),
+                pa as *const std::ffi::c_void,
+                data,
+                lda,
+                pb as *const std::ffi::c_void,
+                data,
+                ldb,
+                zero.as_ptr().cast(),
+                pc as *mut std::ffi::c_void,
+                data,
+                ldc,
+                self.compute,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
         };
         if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
             return Err(BackendError::new(format!("cuBLAS: {status:?}")));
@@ -1391,7 +1406,14 @@ impl Program for CudaProgram {
                     let error =
                         |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
                     let ty = concrete_type(op, &args, &bindings).map_err(error)?;
-                    self.eval(i, step, &args, &ty)?
+                    let started = self.profile.as_ref().map(|_| std::time::Instant::now());
+                    let value = self.eval(i, step, &args, &ty)?;
+                    if let (Some(profile), Some(started)) = (&self.profile, started) {
+                        // A node's time is its kernels' to the end.
+                        self.stream.synchronize().map_err(driver)?;
+                        profile.record(profile::label(op, &value.shape), started.elapsed());
+                    }
+                    value
                 }
             };
             values[i] = Some(value);
@@ -1426,6 +1448,10 @@ impl Program for CudaProgram {
 
     fn resident_weight_bytes(&self) -> usize {
         self.resident_bytes
+    }
+
+    fn profile(&self) -> Option<&OpProfile> {
+        self.profile.as_ref()
     }
 
     fn fetch(&self, t: Tensor) -> Result<Tensor, BackendError> {

@@ -20,7 +20,7 @@ use super::kernels::quant_linear::{quant_linear, StageCodes};
 use super::kernels::rope::{rope_complex_into, rope_into};
 use super::kernels::{elementwise, grad, layout, linear::linear};
 use crate::plan::MemoryPlan;
-use crate::profile::OpProfile;
+use crate::profile::{self, OpProfile};
 use crate::tensor::{Data, Recycled, Tensor};
 use crate::{BackendError, Program};
 
@@ -322,7 +322,7 @@ impl Executor {
                 }
             };
             if let (Some(profile), Some(started)) = (&self.profile, started) {
-                profile.record(profile_label(&node.op, &result), started.elapsed());
+                profile.record(profile::label(&node.op, &result.shape), started.elapsed());
             }
             values[i] = Some(result);
             // Operands whose last reader this node was leave their tensors
@@ -420,17 +420,6 @@ impl Program for Executor {
 
     fn profile(&self) -> Option<&OpProfile> {
         self.profile.as_ref()
-    }
-}
-
-/// A node's line in the profile: the products by output shape (their cost
-/// depends on it most), every other op by name.
-fn profile_label(op: &Op, value: &Tensor) -> String {
-    match op {
-        Op::QuantLinear { .. } | Op::Linear | Op::Attention { .. } => {
-            format!("{} {:?}", op.mnemonic(), value.shape)
-        }
-        _ => op.mnemonic().to_string(),
     }
 }
 
@@ -772,16 +761,20 @@ fn eval(
             kv_heads,
             scale,
             causal,
+            segment,
         } => {
             let (q, k, v) = (x, args[1], args[2]);
             let shape = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
             let out_shape = vec![q.shape[0], heads * shape.value_dim];
+            let rows = q.shape[0];
+            let run = |[q, k, v]: [&[_]; 3]| attention(q, k, v, shape);
             match (&q.data, &k.data, &v.data) {
                 (Data::F32(q), Data::F32(k), Data::F32(v)) => {
-                    Tensor::f32(out_shape, attention(q, k, v, shape))
+                    Tensor::f32(out_shape, by_segment(*segment, rows, [q, k, v], run)?)
                 }
                 (Data::C64(q), Data::C64(k), Data::C64(v)) => {
-                    Tensor::c64(out_shape, attention(q, k, v, shape))
+                    let run = |[q, k, v]: [&[_]; 3]| attention(q, k, v, shape);
+                    Tensor::c64(out_shape, by_segment(*segment, rows, [q, k, v], run)?)
                 }
                 _ => return Err("queries, keys and values must share one element type".into()),
             }
@@ -1210,6 +1203,7 @@ fn eval(
             kv_heads,
             scale,
             causal,
+            segment,
         } => {
             let (q, k, v, dout) = (x, args[1], args[2], args[3]);
             let s = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
@@ -1218,12 +1212,15 @@ fn eval(
                 AttentionOperand::K => k.shape.clone(),
                 AttentionOperand::V => v.shape.clone(),
             };
+            let rows = q.shape[0];
             match (&q.data, &k.data, &v.data, &dout.data) {
                 (Data::F32(q), Data::F32(k), Data::F32(v), Data::F32(g)) => {
-                    Tensor::f32(shape, grad::attention_grad(q, k, v, g, s, *which))
+                    let run = |[q, k, v, g]: [&[_]; 4]| grad::attention_grad(q, k, v, g, s, *which);
+                    Tensor::f32(shape, by_segment(*segment, rows, [q, k, v, g], run)?)
                 }
                 (Data::C64(q), Data::C64(k), Data::C64(v), Data::C64(g)) => {
-                    Tensor::c64(shape, grad::attention_grad(q, k, v, g, s, *which))
+                    let run = |[q, k, v, g]: [&[_]; 4]| grad::attention_grad(q, k, v, g, s, *which);
+                    Tensor::c64(shape, by_segment(*segment, rows, [q, k, v, g], run)?)
                 }
                 _ => return Err("attention operands must share one element type".into()),
             }
@@ -1295,6 +1292,30 @@ fn eval(
             }
         }
     })
+}
+
+/// `f` on each segment's rows of `operands` (all `rows` rows long), the
+/// results stacked in segment order; without a segment, `f` on the whole.
+fn by_segment<T: Copy, const N: usize>(
+    segment: Option<usize>,
+    rows: usize,
+    operands: [&[T]; N],
+    f: impl Fn([&[T]; N]) -> Vec<T>,
+) -> Result<Vec<T>, String> {
+    let Some(n) = segment else {
+        return Ok(f(operands));
+    };
+    if !rows.is_multiple_of(n) {
+        return Err(format!("{rows} rows are not whole segments of {n}"));
+    }
+    let mut out = Vec::new();
+    for k in 0..rows / n {
+        out.extend(f(operands.map(|a| {
+            let width = a.len() / rows;
+            &a[k * n * width..(k + 1) * n * width]
+        })));
+    }
+    Ok(out)
 }
 
 /// The shapes of an attention (or attention gradient) call on

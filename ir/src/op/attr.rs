@@ -116,6 +116,25 @@ impl AttrField for usize {
     }
 }
 
+/// An optional count, written only when present (so that texts written
+/// before the attribute existed still read).
+impl AttrField for Option<usize> {
+    fn write_attr(&self, key: &'static str, out: &mut Vec<(&'static str, Attr)>) {
+        if let Some(n) = self {
+            out.push((key, Attr::Int(*n)));
+        }
+    }
+    fn read_attr(key: &'static str, reader: &mut AttrReader) -> Result<Option<usize>, String> {
+        reader
+            .take_optional(key)
+            .map(|a| match int(&a, key)? {
+                0 => Err(format!("`{key}` must be positive")),
+                n => Ok(n),
+            })
+            .transpose()
+    }
+}
+
 impl AttrField for f32 {
     fn write_attr(&self, key: &'static str, out: &mut Vec<(&'static str, Attr)>) {
         out.push((key, Attr::Float(*self)));

@@ -165,8 +165,11 @@ define_ops! {
     /// Multi-head attention of `q[..., S, heads * d]` over `k`, `v`
     /// (`kv_heads` heads, grouped). For complex operands the scores are
     /// `scale · Re(qᴴk)`. In incremental decoding the executor keeps each
-    /// attention node's keys and values in its KV cache.
-    Attention { heads: usize, kv_heads: usize, scale: f32, causal: bool }
+    /// attention node's keys and values in its KV cache. With `segment =
+    /// n` (and no cached keys) the rows are independent sequences of `n`
+    /// rows each, a batch of training windows, each attending only within
+    /// itself; without it (the text form omits it) they are one sequence.
+    Attention { heads: usize, kv_heads: usize, scale: f32, causal: bool, segment: Option<usize> }
         => "attention" (q, k, v), Primitive;
     /// `x · sigmoid(x)`.
     Silu => "silu" (x), Composite;
@@ -296,7 +299,7 @@ define_ops! {
     /// respect to one of its operands; the other attributes are the
     /// attention's. Complex operands follow the `Re(qᴴk)` scores. Keys and
     /// values are the queries' own sequence (a training step, no KV cache).
-    AttentionGrad { which: AttentionOperand, heads: usize, kv_heads: usize, scale: f32, causal: bool }
+    AttentionGrad { which: AttentionOperand, heads: usize, kv_heads: usize, scale: f32, causal: bool, segment: Option<usize> }
         => "attention_grad" (q, k, v, dout), Primitive;
     /// `(r, d)` -> the real `r`-shaped adjoint of `widely_linear` (the
     /// gradient with respect to `R` of a loss whose gradient with respect

@@ -1,4 +1,6 @@
-//! Attention and its gradients: one block per (query, head).
+//! Attention one block per (query, head), for decoding over a KV cache;
+//! training's batched attention and its gradients are cuBLAS products
+//! around [`Gen::masked_softmax`] (`program::attention`).
 
 use super::*;
 
@@ -91,120 +93,49 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// `attention_grad(out, q, k, v, dout, scratch, seq, heads, kv_heads, d,
-    /// dv, scale, causal)`: as the reference (no past keys: `kv_len =
-    /// seq`); `scratch` holds `2·seq` floats per block; `d`, `dv` in words.
-    pub(super) fn attention_grad(
-        &self,
-        name: &str,
-        which: fairyc_ir::AttentionOperand,
-    ) -> Built<()> {
-        use fairyc_ir::AttentionOperand;
-        let mut params = vec![Param::Ptr; 6];
-        params.extend([Param::I64; 5]);
-        params.extend([Param::F32, Param::I64]);
-        let f = self.declare(name, &params);
+    /// `masked_softmax(out, x, cols, seq, causal)`: each row's softmax over
+    /// the columns its query sees, zeros after (in place where `out = x`).
+    /// Row `r` is query `r mod seq` of its segment, which sees columns up to
+    /// its own with `causal`, all of them without.
+    pub(super) fn masked_softmax(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[Param::Ptr, Param::Ptr, Param::I64, Param::I64, Param::I64],
+        );
         let scratch = self.shared_scratch(name);
-        let [out, q, k, v, dout, work] = [0, 1, 2, 3, 4, 5].map(|i| self.param_ptr(f, i));
-        let [seq, heads, kv_heads, d, dv] = [6, 7, 8, 9, 10].map(|i| self.param_int(f, i));
-        let (scale, causal) = (self.param_float(f, 11), self.param_int(f, 12));
-        let block = self.sreg("ctaid.x")?;
-        let (i, h) = (self.udiv(block, heads)?, self.urem(block, heads)?);
-        let kh = self.udiv(h, self.udiv(heads, kv_heads)?)?;
+        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [cols, seq, causal] = [2, 3, 4].map(|i| self.param_int(f, i));
+        let row = self.sreg("ctaid.x")?;
+        let base = self.mul(row, cols)?;
+        let at = |i| self.add(base, i);
+        let query = self.urem(row, seq)?;
         let is_causal = self
             .builder
             .build_int_compare(IntPredicate::NE, causal, self.int(0), "")
             .map_err(err)?;
         let visible = self
             .builder
-            .build_select(is_causal, self.add(i, self.int(1))?, seq, "")
+            .build_select(is_causal, self.add(query, self.int(1))?, cols, "")
             .map_err(err)?
             .into_int_value();
-        let q_base = self.add(self.mul(i, self.mul(heads, d)?)?, self.mul(h, d)?)?;
-        let o_base = self.add(self.mul(i, self.mul(heads, dv)?)?, self.mul(h, dv)?)?;
-        let (kw, vw) = (self.mul(kv_heads, d)?, self.mul(kv_heads, dv)?);
-        let k_at = |j| self.add(self.mul(j, kw)?, self.mul(kh, d)?);
-        let v_at = |j| self.add(self.mul(j, vw)?, self.mul(kh, dv)?);
-        let p_base = self.mul(block, self.mul(seq, self.int(2))?)?;
-        let dp_base = self.add(p_base, seq)?;
-        let tid = self.sreg("tid.x")?;
-        let step = self.sreg("ntid.x")?;
-        let dot = self.local(self.float(0.0))?;
-        let row_dot = |a: PointerValue<'ctx>,
-                       a_base: IntValue<'ctx>,
-                       b: PointerValue<'ctx>,
-                       b_base: IntValue<'ctx>,
-                       len: IntValue<'ctx>|
-         -> Built<FloatValue<'ctx>> {
-            self.set(dot, self.float(0.0))?;
-            self.strided_loop(f, self.int(0), len, self.int(1), |c| {
-                let x = self.load_f32(a, self.add(a_base, c)?)?;
-                let y = self.load_f32(b, self.add(b_base, c)?)?;
-                self.set(dot, self.fadd(self.get(dot)?, self.fmul(x, y)?)?)
-            })?;
-            self.get(dot)
-        };
-        // Scores and their maximum.
-        let max = self.row_sum(f, scratch, visible, true, |j| {
-            let s = self.fmul(row_dot(q, q_base, k, k_at(j)?, d)?, scale)?;
-            self.store_f32(work, self.add(p_base, j)?, s)?;
-            Ok(s)
-        })?;
+        let max = self.row_sum(f, scratch, visible, true, |j| self.load_f32(x, at(j)?))?;
         let total = self.row_sum(f, scratch, visible, false, |j| {
-            let at = self.add(p_base, j)?;
-            let e = self.exp(self.fsub(self.load_f32(work, at)?, max)?)?;
-            self.store_f32(work, at, e)?;
-            Ok(e)
+            self.exp(self.fsub(self.load_f32(x, at(j)?)?, max)?)
         })?;
-        // p_j, and for Q and K the terms dp_j = dout_i · v_j.
-        let mean = self.row_sum(f, scratch, visible, false, |j| {
-            let at = self.add(p_base, j)?;
-            let p = self.fdiv(self.load_f32(work, at)?, total)?;
-            self.store_f32(work, at, p)?;
-            if which == AttentionOperand::V {
-                return Ok(self.float(0.0));
-            }
-            let dp = row_dot(dout, o_base, v, v_at(j)?, dv)?;
-            self.store_f32(work, self.add(dp_base, j)?, dp)?;
-            self.fmul(p, dp)
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, cols, self.sreg("ntid.x")?, |j| {
+            let p = self.fdiv(self.exp(self.fsub(self.load_f32(x, at(j)?)?, max)?)?, total)?;
+            let seen = self
+                .builder
+                .build_int_compare(IntPredicate::ULT, j, visible, "")
+                .map_err(err)?;
+            let p = self
+                .builder
+                .build_select(seen, p, self.float(0.0), "")
+                .map_err(err)?
+                .into_float_value();
+            self.store_f32(out, at(j)?, p)
         })?;
-        // The row sums' barriers made p and dp visible to the block.
-        match which {
-            AttentionOperand::V => {
-                self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
-                    let p = self.load_f32(work, self.add(p_base, j)?)?;
-                    self.strided_loop(f, tid, dv, step, |c| {
-                        let g = self.load_f32(dout, self.add(o_base, c)?)?;
-                        self.atomic_add(out, self.add(v_at(j)?, c)?, self.fmul(p, g)?)
-                    })
-                })?;
-            }
-            AttentionOperand::Q => {
-                let acc = self.local(self.float(0.0))?;
-                self.strided_loop(f, tid, d, step, |c| {
-                    self.set(acc, self.float(0.0))?;
-                    self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
-                        let p = self.load_f32(work, self.add(p_base, j)?)?;
-                        let dp = self.load_f32(work, self.add(dp_base, j)?)?;
-                        let ds = self.fmul(scale, self.fmul(p, self.fsub(dp, mean)?)?)?;
-                        let kv = self.load_f32(k, self.add(k_at(j)?, c)?)?;
-                        self.set(acc, self.fadd(self.get(acc)?, self.fmul(ds, kv)?)?)
-                    })?;
-                    self.store_f32(out, self.add(q_base, c)?, self.get(acc)?)
-                })?;
-            }
-            AttentionOperand::K => {
-                self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
-                    let p = self.load_f32(work, self.add(p_base, j)?)?;
-                    let dp = self.load_f32(work, self.add(dp_base, j)?)?;
-                    let ds = self.fmul(scale, self.fmul(p, self.fsub(dp, mean)?)?)?;
-                    self.strided_loop(f, tid, d, step, |c| {
-                        let qv = self.load_f32(q, self.add(q_base, c)?)?;
-                        self.atomic_add(out, self.add(k_at(j)?, c)?, self.fmul(ds, qv)?)
-                    })
-                })?;
-            }
-        }
         self.ret()
     }
 }

@@ -132,10 +132,10 @@ pub enum Kernel {
     RmsNormGrad { complex: bool, gain: bool },
     /// `out[ids[t], :] += dy[t, :]` by atomic adds into a zeroed table.
     EmbedGrad,
-    /// The gradient of attention with respect to one operand; one block
-    /// per (query, head) as the forward pass; K and V accumulate by atomic
-    /// adds into a zeroed output.
-    AttentionGrad { which: fairyc_ir::AttentionOperand },
+    /// Softmax over each row's visible columns (a causal mask by the row's
+    /// query within its segment), zeros after; one block a row: batched
+    /// attention's weights between its cuBLAS products.
+    MaskedSoftmax,
     /// The gradient of the real matrix from the gradient `d` of its `U` or
     /// `W` part (the adjoint of the split, eq. 7): each output element is
     /// ±½ of the real or imaginary part of one element of `d`, found
@@ -214,7 +214,7 @@ impl Kernel {
             Kernel::RmsNormGrad { gain: false, .. } => "rms_norm_grad_input",
             Kernel::RmsNormGrad { gain: true, .. } => "rms_norm_grad_gain",
             Kernel::EmbedGrad => "embed_grad",
-            Kernel::AttentionGrad { .. } => "attention_grad",
+            Kernel::MaskedSoftmax => "masked_softmax",
             Kernel::WidelyLinearGrad { .. } => "widely_linear_grad",
         };
         format!("{base}_{index}")
@@ -645,7 +645,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::KlDivGrad => self.kl_div_grad(name),
             Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),
             Kernel::EmbedGrad => self.embed_grad(name),
-            Kernel::AttentionGrad { which } => self.attention_grad(name, *which),
+            Kernel::MaskedSoftmax => self.masked_softmax(name),
             Kernel::WidelyLinearGrad { part } => self.widely_linear_grad(name, *part),
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)

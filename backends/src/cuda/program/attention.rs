@@ -1,0 +1,354 @@
+//! Training's attention as cuBLAS products around generated softmax
+//! kernels: for each segment (a training window) and head, the scores
+//! `S = scale · Q Kᵀ`, the weights `P` by [`Kernel::MaskedSoftmax`], and
+//! `P V`; the gradients from `P` recomputed the same way and `dP = dO Vᵀ`,
+//! `dS = P ⊙ (dP − Σ P dP)` by [`Kernel::SoftmaxGrad`], `dQ = scale · dS K`,
+//! `dK = scale · dSᵀ Q`, `dV = Pᵀ dO` (a key head's gradients summed over
+//! the query heads that share it). Complex operands are real ones of twice
+//! the width: `Re(q·conj k)` is the real dot product of the interleaved
+//! parts, and the weights are real.
+//!
+//! [`Kernel::MaskedSoftmax`]: super::codegen::Kernel::MaskedSoftmax
+//! [`Kernel::SoftmaxGrad`]: super::codegen::Kernel::SoftmaxGrad
+
+use cudarc::cublas::sys as blas_sys;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use fairyc_ir::AttentionOperand;
+
+use super::{words_per, CudaProgram, DeviceTensor, ROW_THREADS};
+use crate::BackendError;
+
+/// One batched attention: `segments` sequences of `seq` rows, each
+/// attending over its own rows; widths in 32-bit words.
+#[derive(Clone, Copy)]
+pub(super) struct Segments {
+    pub segments: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Words of one query or key head, and of one value head.
+    pub d: usize,
+    pub dv: usize,
+    pub scale: f32,
+    pub causal: bool,
+}
+
+impl Segments {
+    /// The shape of `attention(q, k, v)` (or its gradient) on `rows` rows
+    /// in segments of `segment` (the whole when `None`).
+    pub fn new(
+        q: &DeviceTensor,
+        values: &DeviceTensor,
+        (heads, kv_heads): (usize, usize),
+        segment: Option<usize>,
+        scale: f32,
+        causal: bool,
+    ) -> Result<Segments, BackendError> {
+        let rows = q.shape[0];
+        let seq = segment.unwrap_or(rows).max(1);
+        if !rows.is_multiple_of(seq) {
+            return Err(BackendError::new(format!(
+                "{rows} rows are not whole segments of {seq}"
+            )));
+        }
+        let w = words_per(q.elem);
+        Ok(Segments {
+            segments: rows / seq,
+            seq,
+            heads,
+            kv_heads,
+            d: q.shape[1] / heads * w,
+            dv: values.shape[1] / kv_heads * w,
+            scale,
+            causal,
+        })
+    }
+
+    /// Words of one segment's weights for one head (`seq × seq`).
+    fn square(&self) -> usize {
+        self.seq * self.seq
+    }
+}
+
+/// A column-major operand of a batched product: its device address, its
+/// leading dimension and the distance from one segment's matrix to the
+/// next, in words.
+#[derive(Clone, Copy)]
+struct Strided {
+    at: u64,
+    ld: usize,
+    stride: usize,
+}
+
+impl Strided {
+    /// The same matrices `words` further on.
+    fn offset(self, words: usize) -> Strided {
+        Strided {
+            at: self.at + 4 * words as u64,
+            ..self
+        }
+    }
+}
+
+impl CudaProgram {
+    /// `attention(q, k, v)` over segments into `out` (`[rows, heads·dv]`);
+    /// `softmax` is the masked softmax kernel.
+    pub(super) fn batched_attention(
+        &self,
+        softmax: usize,
+        (q, keys, values): (&DeviceTensor, &DeviceTensor, &DeviceTensor),
+        s: Segments,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let weights = self.attention_weights(softmax, q, keys, s)?;
+        let (v, _v) = values.words.device_ptr(&self.stream);
+        let (p, _p) = weights.device_ptr(&self.stream);
+        let (o, _o) = out.device_ptr_mut(&self.stream);
+        let group = s.heads / s.kv_heads;
+        for h in 0..s.heads {
+            // Oₕᵀ = Vᵀ Pₕᵀ, column-major: (dv × seq) = (dv × seq)(seq × seq).
+            self.gemm_segments(
+                (false, false),
+                (s.dv, s.seq, s.seq),
+                1.0,
+                self.rows(v, s.kv_heads * s.dv, s.seq)
+                    .offset(h / group * s.dv),
+                self.weights_of(p, s, h),
+                0.0,
+                self.rows(o, s.heads * s.dv, s.seq).offset(h * s.dv),
+                s.segments,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The gradient of `attention(q, k, v)` over segments with respect to
+    /// `which`, from the output's gradient `dout`, into `out` (shaped as
+    /// that operand); `kernels` are the masked softmax and its gradient.
+    pub(super) fn batched_attention_grad(
+        &self,
+        kernels: &[usize],
+        which: AttentionOperand,
+        (q, keys, values, dout): (&DeviceTensor, &DeviceTensor, &DeviceTensor, &DeviceTensor),
+        s: Segments,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let weights = self.attention_weights(kernels[0], q, keys, s)?;
+        let (go, _go) = dout.words.device_ptr(&self.stream);
+        let group = s.heads / s.kv_heads;
+        let dout_rows = self.rows(go, s.heads * s.dv, s.seq);
+        if which == AttentionOperand::V {
+            let (p, _p) = weights.device_ptr(&self.stream);
+            let (o, _o) = out.device_ptr_mut(&self.stream);
+            for h in 0..s.heads {
+                // dVᵀ = dOₕᵀ Pₕ, summed over the group's heads.
+                self.gemm_segments(
+                    (false, true),
+                    (s.dv, s.seq, s.seq),
+                    1.0,
+                    dout_rows.offset(h * s.dv),
+                    self.weights_of(p, s, h),
+                    if h % group == 0 { 0.0 } else { 1.0 },
+                    self.rows(o, s.kv_heads * s.dv, s.seq)
+                        .offset(h / group * s.dv),
+                    s.segments,
+                )?;
+            }
+            return Ok(());
+        }
+        // dP = dO Vᵀ, then dS = P ⊙ (dP − Σ P dP) in place.
+        let mut scores = self.alloc(s.segments * s.heads * s.square())?;
+        {
+            let (v, _v) = values.words.device_ptr(&self.stream);
+            let (dp, _dp) = scores.device_ptr_mut(&self.stream);
+            for h in 0..s.heads {
+                // dPₕᵀ = V dOₕᵀ: (seq × seq) = (seq × dv)(dv × seq).
+                self.gemm_segments(
+                    (true, false),
+                    (s.seq, s.seq, s.dv),
+                    1.0,
+                    self.rows(v, s.kv_heads * s.dv, s.seq)
+                        .offset(h / group * s.dv),
+                    dout_rows.offset(h * s.dv),
+                    0.0,
+                    self.weights_of(dp, s, h),
+                    s.segments,
+                )?;
+            }
+        }
+        {
+            // In place: the kernel reads a row's dP before writing its dS.
+            let (p, _p) = weights.device_ptr(&self.stream);
+            let (dp, _dp) = scores.device_ptr_mut(&self.stream);
+            let rows = s.segments * s.heads * s.seq;
+            let cols = s.seq as i64;
+            self.launch(kernels[1], rows as u32, ROW_THREADS, |b| {
+                b.arg(&dp).arg(&p).arg(&dp).arg(&cols);
+            })?;
+        }
+        drop(weights);
+        let (ds, _ds) = scores.device_ptr(&self.stream);
+        let (o, _o) = out.device_ptr_mut(&self.stream);
+        let (qp, _q) = q.words.device_ptr(&self.stream);
+        let (kp, _k) = keys.words.device_ptr(&self.stream);
+        for h in 0..s.heads {
+            let kh = h / group;
+            let ds = self.weights_of(ds, s, h);
+            if which == AttentionOperand::Q {
+                // dQₕᵀ = scale · Kᵀ dSₕᵀ: (d × seq) = (d × seq)(seq × seq).
+                self.gemm_segments(
+                    (false, false),
+                    (s.d, s.seq, s.seq),
+                    s.scale,
+                    self.rows(kp, s.kv_heads * s.d, s.seq).offset(kh * s.d),
+                    ds,
+                    0.0,
+                    self.rows(o, s.heads * s.d, s.seq).offset(h * s.d),
+                    s.segments,
+                )?;
+            } else {
+                // dKᵀ = scale · Qₕᵀ dSₕ, summed over the group's heads.
+                self.gemm_segments(
+                    (false, true),
+                    (s.d, s.seq, s.seq),
+                    s.scale,
+                    self.rows(qp, s.heads * s.d, s.seq).offset(h * s.d),
+                    ds,
+                    if h % group == 0 { 0.0 } else { 1.0 },
+                    self.rows(o, s.kv_heads * s.d, s.seq).offset(kh * s.d),
+                    s.segments,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `P = softmax(scale · Q Kᵀ)` for every segment and head, masked:
+    /// `[segments, heads, seq, seq]` words.
+    fn attention_weights(
+        &self,
+        softmax: usize,
+        q: &DeviceTensor,
+        keys: &DeviceTensor,
+        s: Segments,
+    ) -> Result<CudaSlice<u32>, BackendError> {
+        let mut weights = self.alloc(s.segments * s.heads * s.square())?;
+        {
+            let (qp, _q) = q.words.device_ptr(&self.stream);
+            let (kp, _k) = keys.words.device_ptr(&self.stream);
+            let (p, _p) = weights.device_ptr_mut(&self.stream);
+            let group = s.heads / s.kv_heads;
+            for h in 0..s.heads {
+                // Sₕᵀ = scale · K Qₕᵀ: (seq × seq) = (seq × d)(d × seq).
+                self.gemm_segments(
+                    (true, false),
+                    (s.seq, s.seq, s.d),
+                    s.scale,
+                    self.rows(kp, s.kv_heads * s.d, s.seq)
+                        .offset(h / group * s.d),
+                    self.rows(qp, s.heads * s.d, s.seq).offset(h * s.d),
+                    0.0,
+                    self.weights_of(p, s, h),
+                    s.segments,
+                )?;
+            }
+        }
+        {
+            // In place: the kernel reads a row's scores before writing it.
+            let (p, _p) = weights.device_ptr_mut(&self.stream);
+            let rows = s.segments * s.heads * s.seq;
+            let sizes = [s.seq as i64, s.seq as i64, i64::from(s.causal)];
+            self.launch(softmax, rows as u32, ROW_THREADS, |b| {
+                b.arg(&p).arg(&p);
+                for v in &sizes {
+                    b.arg(v);
+                }
+            })?;
+        }
+        Ok(weights)
+    }
+
+    /// Row-major `[rows, width]` activations at `at`, one segment of `seq`
+    /// rows after another, as column-major matrices (`width` apart).
+    fn rows(&self, at: u64, width: usize, seq: usize) -> Strided {
+        Strided {
+            at,
+            ld: width,
+            stride: seq * width,
+        }
+    }
+
+    /// Head `h`'s `seq × seq` weights in `[segments, heads, seq, seq]`.
+    fn weights_of(&self, at: u64, s: Segments, h: usize) -> Strided {
+        Strided {
+            at,
+            ld: s.seq,
+            stride: s.heads * s.square(),
+        }
+        .offset(h * s.square())
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` for each of `batch` segments
+    /// (column-major, `m × n` from `k`; `trans` transposes A and B), in
+    /// the program's arithmetic.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_segments(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        a: Strided,
+        b: Strided,
+        beta: f32,
+        c: Strided,
+        batch: usize,
+    ) -> Result<(), BackendError> {
+        if m == 0 || n == 0 || batch == 0 {
+            return Ok(());
+        }
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let real = blas_sys::cudaDataType_t::CUDA_R_32F;
+        let [m, n, k, lda, ldb, ldc, count] = [m, n, k, a.ld, b.ld, c.ld, batch].map(|v| v as i32);
+        let [sa, sb, sc] = [a.stride, b.stride, c.stride].map(|v| v as i64);
+        // SAFETY: the callers derive every address, leading dimension and
+        // stride from tensors the program allocated for these shapes; the
+        // scalars are f32, the compute type's scale type.
+        let status = unsafe {
+            blas_sys::cublasGemmStridedBatchedEx(
+                *self.blas.handle(),
+                op(ta),
+                op(tb),
+                m,
+                n,
+                k,
+                (&alpha as *const f32).cast(),
+                a.at as *const std::ffi::c_void,
+                real,
+                lda,
+                sa,
+                b.at as *const std::ffi::c_void,
+                real,
+                ldb,
+                sb,
+                (&beta as *const f32).cast(),
+                c.at as *mut std::ffi::c_void,
+                real,
+                ldc,
+                sc,
+                count,
+                self.compute,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(BackendError::new(format!("cuBLAS: {status:?}")));
+        }
+        Ok(())
+    }
+}
