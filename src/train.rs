@@ -28,6 +28,7 @@ use fairyc_passes::autodiff::{
 };
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
+use fairyc_passes::real_products::real_products;
 use fairyc_passes::rebuild::eliminate_dead_code;
 use fairyc_passes::simplify::{simplify, SimplifyOptions};
 use safetensors::tensor::TensorView;
@@ -409,6 +410,8 @@ impl Trainer {
         weights: Arc<dyn WeightStore>,
         options: &TrainOptions,
     ) -> Result<Trainer, Error> {
+        // Quantized layers as one real product each (the same function).
+        let graph = &real_products(graph).map_err(|e| Error::Usage(e.to_string()))?;
         let (eval_graph, _) = with_loss(graph)?;
         let params: Vec<(String, TensorType)> = graph
             .weights()

@@ -35,6 +35,7 @@ use fairyc_passes::autodiff::{
 };
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
+use fairyc_passes::real_products::real_products;
 use fairyc_passes::rebuild::rebuild;
 
 /// A deterministic uniform(-1, 1) stream.
@@ -848,6 +849,78 @@ fn tiny_model_gradient_fairy2i_w2() {
     assert!(differs > 0);
 }
 
+/// Training's real products (`real_products`): the tiny W2 model's loss and
+/// every gradient are the complex form's, to f32 rounding, with no packing
+/// or conjugate left on the activations; and the split inverts.
+#[test]
+fn real_products_keep_the_w2_loss_and_gradients() {
+    let dir = TempDir::new("autodiff-real");
+    let (mut g, store) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
+    with_loss(&mut g);
+    let real = real_products(&g).unwrap();
+    fairyc_ir::verify(&real).unwrap();
+    let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
+    assert!(count(&g, |op| matches!(op, Op::Pack { .. })) > 0);
+    for (what, f) in [
+        (
+            "pack",
+            (|op| matches!(op, Op::Pack { .. })) as fn(&Op) -> bool,
+        ),
+        ("conj", |op| matches!(op, Op::Conj)),
+        ("unpack", |op| matches!(op, Op::Unpack { .. })),
+    ] {
+        assert_eq!(count(&real, f), 0, "{what} left in the real-product graph");
+    }
+    let inputs = model_inputs();
+    let grads = |g: &Graph| {
+        let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+        let names: Vec<String> = g.weights().map(|(_, n, _)| n.to_string()).collect();
+        let grad = gradients(g, g.outputs[0], &params, &GradOptions::default()).unwrap();
+        let out = run(&grad, &store, &inputs);
+        let mut by_name: Vec<(String, Vec<f32>)> =
+            names.into_iter().zip(out[1..].iter().map(flat)).collect();
+        by_name.sort_by(|a, b| a.0.cmp(&b.0));
+        (flat(&out[0])[0], by_name)
+    };
+    let ((loss, complex), (real_loss, real_grads)) = (grads(&g), grads(&real));
+    assert!(
+        (loss - real_loss).abs() <= 1e-5 * loss.abs(),
+        "loss {loss} against {real_loss}"
+    );
+    assert_eq!(complex.len(), real_grads.len());
+    for ((name, a), (_, b)) in complex.iter().zip(&real_grads) {
+        let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-4 * scale,
+            "{name}: worst difference {worst}, largest {scale}"
+        );
+    }
+}
+
+/// `widely_linear_grad` is linear in its gradient operand, and its
+/// derivative is the split (its first operand only gives the shape).
+#[test]
+fn widely_linear_grad_derivative() {
+    for part in [WlPart::U, WlPart::W] {
+        let name = format!("widely_linear_grad {part:?}");
+        let mut b = GraphBuilder::new(&name);
+        let r = b.weight("r", ty(DType::F32, &[4, 6]));
+        let d = b.weight("d", ty(DType::C64, &[2, 3]));
+        let op = Op::WidelyLinearGrad {
+            part,
+            row_block: 0,
+            col_block: 2,
+        };
+        let y = b.push(op, &[r, d]).unwrap();
+        let loss = project(&mut b, y);
+        grad_check(&name, b, loss, &[d], HashMap::new());
+    }
+}
+
 /// Gauss's product in the training graph: `simplify` with a cost model
 /// for long windows replaces the complex products of the forward and the
 /// backward pass (`linear` by a weight expression, and the weight
@@ -1316,7 +1389,8 @@ fn training_step_on_the_gpu_matches_the_cpu() {
 }
 
 /// The PTX the GPU backend generates for the tiny model's whole W2
-/// training step (needs no GPU): the forward and backward passes, the
+/// training step as the trainer builds it (needs no GPU): the forward and
+/// backward passes (quantized layers as real products), the
 /// quantizer on the masters (inputs, as the trainer keeps them on the
 /// device) and AdamW. Every op of the step has a kernel, and a change to
 /// one shows in review as a change to this snapshot.
@@ -1325,7 +1399,10 @@ fn tiny_w2_training_step_ptx() {
     let dir = TempDir::new("autodiff-ptx");
     let (mut g, _) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
     g.meta.insert("source".into(), "<tmp>/tiny.gguf".into());
-    let loss = with_loss(&mut g);
+    with_loss(&mut g);
+    // As the trainer runs it: each quantized layer one real product.
+    let g = real_products(&g).unwrap();
+    let loss = g.outputs[0];
     let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
     let typed: Vec<(String, TensorType)> = g
         .weights()

@@ -62,8 +62,8 @@
 use std::collections::{HashMap, HashSet};
 
 use fairyc_ir::{
-    verify, AttentionOperand, BuildError, DType, Dim, Graph, GraphBuilder, NormOperand, Op, Scheme,
-    TensorType, UnaryFn, ValueId, VerifyError,
+    verify, Arithmetic, AttentionOperand, BuildError, DType, Dim, Graph, GraphBuilder, NormOperand,
+    Op, Scheme, TensorType, UnaryFn, ValueId, VerifyError,
 };
 
 use crate::rebuild::eliminate_dead_code;
@@ -595,6 +595,23 @@ fn rule(
             };
             out.push((0, b.push(op, &[x[0], g])?));
         }
+        // The adjoint of the split is linear in `d`, and its own adjoint is
+        // the split; `r` only gives the shape.
+        Op::WidelyLinearGrad {
+            part,
+            row_block,
+            col_block,
+        } => {
+            if need[1] {
+                let op = Op::WidelyLinear {
+                    part: *part,
+                    row_block: *row_block,
+                    col_block: *col_block,
+                    arithmetic: Arithmetic::F32,
+                };
+                out.push((1, b.push(op, &[g])?));
+            }
+        }
         Op::Quantize {
             scheme,
             granularity,
@@ -663,7 +680,6 @@ fn rule(
         | Op::SoftmaxGrad
         | Op::RmsNormGrad { .. }
         | Op::AttentionGrad { .. }
-        | Op::WidelyLinearGrad { .. }
         | Op::QuantizeGrad { .. }
         | Op::AdamUpdate { .. }
         | Op::ClipFactor { .. }

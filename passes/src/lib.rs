@@ -19,5 +19,6 @@ pub mod legalize;
 pub mod lower;
 pub mod pipeline;
 pub mod quantize;
+pub mod real_products;
 pub mod rebuild;
 pub mod simplify;
