@@ -513,7 +513,8 @@ pub fn op_cases() -> Vec<Case> {
     cases_over(
         &mut out,
         "optimizer",
-        &[(4usize, 5usize), (1, 1)],
+        // The last: a squared norm of more words than one block sums.
+        &[(4usize, 5usize), (1, 1), (300, 41)],
         |c, (a, b)| {
             let (p, m) = (c.real(&[a, b]), c.real(&[a, b]));
             let v = c.positive(&[a, b]);

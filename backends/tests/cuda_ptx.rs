@@ -64,6 +64,7 @@ fn every_kernel() -> Vec<Kernel> {
         }
     }
     kernels.push(Kernel::MaskedSoftmax);
+    kernels.push(Kernel::RunSums);
     for func in [
         UnaryFn::Neg,
         UnaryFn::RoundBf16,

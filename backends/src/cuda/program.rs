@@ -127,6 +127,10 @@ pub struct CudaProgram {
     profile: Option<OpProfile>,
 }
 
+/// How many runs a sum to one scalar is split into: enough blocks to keep
+/// every multiprocessor reading.
+const SUM_RUNS: usize = 1024;
+
 fn driver(e: impl std::fmt::Display) -> BackendError {
     BackendError::new(format!("CUDA: {e}"))
 }
@@ -135,7 +139,7 @@ fn driver(e: impl std::fmt::Display) -> BackendError {
 fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
     let complex = out == Elem::Complex || operands.first() == Some(&Elem::Complex);
     Some(match op {
-        Op::ReduceTo { .. } => vec![Kernel::ColumnSum],
+        Op::ReduceTo { .. } => vec![Kernel::ColumnSum, Kernel::RunSums],
         Op::CrossEntropy => vec![
             Kernel::CrossEntropyRows,
             Kernel::ColumnSum,
@@ -869,7 +873,21 @@ impl CudaProgram {
             (Step::Kernel(k), Op::ReduceTo { .. }) => {
                 let cols = len * words_per(elem);
                 let rows = x.word_count().checked_div(cols).unwrap_or(0);
-                self.column_sum(k[0], &mut out, &x.words, rows, cols)?;
+                if cols == 1 && rows > SUM_RUNS {
+                    // A real scalar from many words (a gradient's squared
+                    // norm): runs summed by many blocks first, then those.
+                    let run = rows.div_ceil(SUM_RUNS);
+                    let runs = rows.div_ceil(run);
+                    let mut partial = self.alloc(runs)?;
+                    let sizes = [rows as i64, run as i64];
+                    self.launch(k[1], runs as u32, ROW_THREADS, |b| {
+                        b.arg(&mut partial).arg(&*x.words);
+                        b.arg(&sizes[0]).arg(&sizes[1]);
+                    })?;
+                    self.column_sum(k[0], &mut out, &partial, runs, 1)?;
+                } else {
+                    self.column_sum(k[0], &mut out, &x.words, rows, cols)?;
+                }
             }
             // Per-row losses (the second operand: targets or the teacher's
             // logits), summed and averaged over the scored rows.

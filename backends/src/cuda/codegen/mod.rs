@@ -114,6 +114,9 @@ pub enum Kernel {
     /// `out[c] = Σ_r x[r·cols + c]` on f32 words, one block per column:
     /// `reduce_to` and the sums of the losses.
     ColumnSum,
+    /// Sums of runs of consecutive f32 words, one block a run: the first
+    /// pass of `reduce_to` a scalar of many words.
+    RunSums,
     /// Per row of logits: `(logsumexp − logit[target], 1)` where the
     /// target is `>= 0`, else `(0, 0)`; one block a row.
     CrossEntropyRows,
@@ -206,6 +209,7 @@ impl Kernel {
             Kernel::WidelyLinear { .. } => "widely_linear",
             Kernel::GatherColumns => "gather_columns",
             Kernel::ColumnSum => "column_sum",
+            Kernel::RunSums => "run_sums",
             Kernel::CrossEntropyRows => "cross_entropy_rows",
             Kernel::ScoredMean => "scored_mean",
             Kernel::CrossEntropyGrad => "cross_entropy_grad",
@@ -638,6 +642,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Permute => self.permute(name),
             Kernel::GatherColumns => self.gather_columns(name),
             Kernel::ColumnSum => self.column_sum(name),
+            Kernel::RunSums => self.run_sums(name),
             Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
             Kernel::ScoredMean => self.scored_mean(name),
             Kernel::CrossEntropyGrad => self.cross_entropy_grad(name),

@@ -153,6 +153,33 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `run_sums(out, x, n, run)`: `out[b]` is the sum of the `b`-th run of
+    /// `run` consecutive words of the `n` in `x` (the last run may be
+    /// shorter); one block a run, its loads coalesced.
+    pub(super) fn run_sums(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        let scratch = self.shared_scratch(name);
+        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let (n, run) = (self.param_int(f, 2), self.param_int(f, 3));
+        let b = self.sreg("ctaid.x")?;
+        let start = self.mul(b, run)?;
+        let left = self.builder.build_int_sub(n, start, "").map_err(err)?;
+        let whole = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, run, left, "")
+            .map_err(err)?;
+        let count = self
+            .builder
+            .build_select(whole, run, left, "")
+            .map_err(err)?
+            .into_int_value();
+        let total = self.row_sum(f, scratch, count, false, |j| {
+            self.load_f32(x, self.add(start, j)?)
+        })?;
+        self.when(f, self.first_thread()?, || self.store_f32(out, b, total))?;
+        self.ret()
+    }
+
     /// `column_sum(out, x, rows, cols)`.
     pub(super) fn column_sum(&self, name: &str) -> Built<()> {
         let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
