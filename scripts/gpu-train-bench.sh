@@ -8,12 +8,14 @@
 # .devt/authors, fetched from github.com/PKULab1806/Fairy2i-W2 and never
 # committed). fairyc's rate is over the steps after its second (the first
 # builds the program); its peak memory is the GPU's used memory at its
-# highest (nvidia-smi, every 100 ms) less the idle baseline.
+# highest (nvidia-smi, every 100 ms) less the idle baseline, which counts
+# the CUDA context and cached memory that PyTorch's max_memory_allocated
+# (the peers' figure) leaves out. One GPU (--gpus 1): the resident step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev
-# fairyc may come in .devt or beside the tests in .dev-b.
-for f in .devt/*.xz .dev-b/fairyc.xz; do [ -e "$f" ] && xz -d -c "$f" > ".dev/$(basename "$f" .xz)"; done
+# fairyc may come beside the tests in .dev-b or in .devt (which wins).
+for f in .dev-b/fairyc.xz .devt/*.xz; do [ -e "$f" ] && xz -d -c "$f" > ".dev/$(basename "$f" .xz)"; done
 chmod +x .dev/fairyc .dev/synth_gguf
 BATCH=${BATCH:-16} SEQ=${SEQ:-1024} STEPS=${STEPS:-8}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -24,7 +26,7 @@ for matmul in ${MATMULS:-bf16}; do
   watcher=$!
   echo "== fairyc train --device cuda --gpu-matmul $matmul, $STEPS steps of $BATCH x $SEQ tokens"
   .dev/fairyc -v train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps "$STEPS" \
-    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpu-matmul "$matmul" \
+    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 --gpu-matmul "$matmul" \
     -o .dev/trained.fairy > .dev/train.log 2>&1
   echo "exit $?"
   kill "$watcher"
@@ -36,7 +38,7 @@ batch, seq, idle = map(int, sys.argv[1:])
 steps = []
 for line in open(".dev/train.log"):
     line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-    m = re.match(r"\S*?(\d{4}-\d\d-\d\dT[\d:.]+)Z.* step=(\d+) loss=([\d.]+)", line)
+    m = re.match(r"\S*?(\d{4}-\d\d-\d\dT[\d:.]+)Z.* step=(\d+) loss=(\S+)", line)
     if m:
         steps.append((int(m[2]), datetime.fromisoformat(m[1]), float(m[3])))
 if len(steps) >= 3:
@@ -44,13 +46,14 @@ if len(steps) >= 3:
     rate = (s1 - s0) * batch * seq / (t1 - t0).total_seconds()
     print(f"steps {s0 + 1}-{s1}: {rate:,.0f} tokens/s; loss {steps[0][2]} at step 1, {l1} at step {s1}")
 used = [int(x) for x in open(".dev/mem.txt") if x.strip().isdigit()]
-print(f"peak GPU memory {(max(used) - idle) / 1024:.1f} GiB above idle")
+if used:
+    print(f"peak GPU memory {(max(used) - idle) / 1024:.1f} GiB above idle")
 PY
 done
 if [ -n "${PROFILE:-}" ]; then
   echo "== fairyc's step, op by op (FAIRYC_PROFILE: each node waited for), 2 steps"
   FAIRYC_PROFILE=1 .dev/fairyc train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps 2 \
-    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda -o .dev/profiled.fairy 2>&1 \
+    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 -o .dev/profiled.fairy 2>&1 \
     | sed -n '/time per op/,$p' | head -32
 fi
 for mode in ${PEERS:-plain compiled authors}; do

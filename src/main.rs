@@ -803,8 +803,9 @@ struct TrainArgs {
     /// Tokens per training window.
     #[arg(long, default_value_t = 128)]
     seq: usize,
-    /// Windows per step: their gradients are summed (gradient
-    /// accumulation) and the mean drives one update.
+    /// Windows per step: one batch, run at once (its memory grows with
+    /// it: activations, and attention's seq × seq weights per window and
+    /// head), whose mean gradient drives one update.
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
     /// Peak learning rate (the Fairy2i recipe: 3e-5).
@@ -850,13 +851,14 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = SteArg::Identity)]
     ste: SteArg,
     /// Offer Gauss's 3-multiplication product for the complex products of
-    /// the forward and backward pass (the cost model decides where). Off by
+    /// the forward and backward pass (the cost model decides where; Fairy2i
+    /// layers train as real products, so it concerns iFairy models). Off by
     /// default: on the reference executor it is slower (docs/RESULTS.md).
     #[arg(long)]
     gauss: bool,
     /// Where the training step runs: cpu (the reference backend) or cuda
-    /// (the first CUDA device, where the masters, moments and AdamW stay
-    /// between steps). Same graphs, flags and checkpoints.
+    /// (on one GPU the masters, moments and AdamW stay on it between
+    /// steps; see --gpus for more). Same graphs, flags and checkpoints.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// With --device cuda: the arithmetic of the dense products (cuBLAS;
@@ -865,8 +867,9 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = GpuMatmulArg::Bf16)]
     gpu_matmul: GpuMatmulArg,
     /// With --device cuda: data-parallel GPUs (each step's windows dealt
-    /// out to GPUs 0..N, their gradients added on the host); default: all
-    /// this machine has.
+    /// out to GPUs 0..N, their gradients added on the host, which keeps the
+    /// masters and moments and updates them: until NCCL, slower per GPU
+    /// than one GPU's resident step); default: all this machine has.
     #[arg(long)]
     gpus: Option<usize>,
     /// Checkpoint file (written atomically every --checkpoint-every steps

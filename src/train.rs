@@ -1,14 +1,18 @@
-//! Training on the reference executor: quantization-aware training of a
-//! compiled model, distillation to its full-precision self, and training
-//! from scratch. Each step runs two IR graphs: the gradient graph
-//! (`fairyc_passes::autodiff::gradients`: the forward pass, the loss and
-//! the backward pass) once per micro-batch, then the AdamW update
-//! (`fairyc_passes::autodiff::adamw_update`: mean of the micro-batches'
-//! gradients, clipping by the global norm, decoupled weight decay).
+//! Training: quantization-aware training of a compiled model,
+//! distillation to its full-precision self, and training from scratch, on
+//! any backend that runs the training ops (the reference on the CPU, cuda
+//! on a GPU). A step is one graph
+//! (`fairyc_passes::autodiff::adamw_step`): the forward pass over the
+//! step's windows stacked (attention segmented by window), the loss, the
+//! backward pass and AdamW (clipping by the global norm, decoupled weight
+//! decay), with the master weights and the moments as the graph's state,
+//! which stays where the program runs between steps.
 //!
-//! The master weights stay in f32 in a [`TrainStore`]; the quantized
-//! weights exist only inside a step, where the executor derives them from
-//! the masters once (the same weight expressions `fairyc compile` freezes).
+//! The masters are f32; the quantized weights exist only inside a step,
+//! derived from the masters once (the same weight expressions `fairyc
+//! compile` freezes), each quantized layer trained as one real product
+//! (`fairyc_passes::real_products`). A [`TrainStore`] holds what the host
+//! sees: synced for checkpoints, evaluation and the artifact.
 //!
 //! [`train`] runs a whole training run from a [`TrainConfig`] (what
 //! `fairyc train` does); [`Trainer`] is its step-by-step engine.
@@ -67,15 +71,6 @@ impl TrainStore {
 
     pub fn set(&mut self, name: &str, ty: TensorType, data: Vec<f32>) {
         self.tensors.insert(name, ty, data);
-    }
-
-    /// Removes `name` and returns its data: moved when nothing else holds
-    /// it, read from the source when it was never set.
-    fn take(&mut self, name: &str) -> Result<Vec<f32>, WeightError> {
-        match self.tensors.remove(name) {
-            Some((_, data)) => Ok(Arc::try_unwrap(data).unwrap_or_else(|d| d.as_ref().clone())),
-            None => self.base.read_f32(TrainStore::source_name(name)),
-        }
     }
 
     /// The source's name for `name`: a teacher weight reads the original.
@@ -206,8 +201,9 @@ pub enum Objective {
 
 /// How to train: the optimizer, the straight-through estimator, the
 /// objective, whether to offer Gauss's product for the training graph's
-/// complex products, the rows a window has (which the cost model weighs
-/// when it chooses), and where the forward and backward passes run.
+/// complex products, the tokens a window feeds (`rows`: every training
+/// window has `rows + 1` tokens, attention is segmented by `rows`, and the
+/// cost model weighs them), and where the step runs.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub adam: AdamW,
@@ -276,10 +272,12 @@ pub struct Trainer {
     /// One rank's whole step ([`adamw_step`]): the masters and moments are
     /// its state, which stays on the device between steps.
     step_graph: Graph,
-    /// `step_graph` compiled (at the first step), and its state in
-    /// [`step_state`] order (`None` until the first step or after a load:
-    /// then it comes from `store`).
+    /// `step_graph` compiled (at the first step).
     resident: Option<Box<dyn Program>>,
+    /// Its state in [`step_state`] order, where the program keeps it;
+    /// `None` before the first step, after a load and after a
+    /// data-parallel step (then the store is current and the next
+    /// resident step starts from it).
     state: Option<Vec<Tensor>>,
     /// Whether `state` is ahead of `store` (steps ran since the last
     /// [`Trainer::sync`]).
@@ -728,24 +726,25 @@ impl Trainer {
             }
         }
         check_finite(self.step + 1, loss / batch.len() as f64, &sums)?;
-        self.step += 1;
+        let t = self.step + 1;
         let mut inputs: HashMap<String, Tensor> = self
-            .scalars(self.step, lr, weight_decay, 1.0 / batch.len() as f32)
+            .scalars(t, lr, weight_decay, 1.0 / batch.len() as f32)
             .into_iter()
             .collect();
+        // Copies: the store keeps the old state until the update succeeded.
         for ((name, ty), sum) in self.params.iter().zip(sums) {
             let shape = ty.shape.concrete().unwrap_or_default();
-            let mut take = |stored: &str| -> Result<Tensor, Error> {
+            let read = |stored: &str| -> Result<Tensor, Error> {
                 let data = self
                     .store
-                    .take(stored)
+                    .read_f32(stored)
                     .map_err(fairyc_backends::BackendError::from)?;
                 Ok(Tensor::f32(shape.clone(), data))
             };
-            inputs.insert(format!("param.{name}"), take(name)?);
+            inputs.insert(format!("param.{name}"), read(name)?);
             // The moments' inputs are named as they are stored.
             for moment in [format!("adam.m.{name}"), format!("adam.v.{name}")] {
-                let t = take(&moment)?;
+                let t = read(&moment)?;
                 inputs.insert(moment, t);
             }
             inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
@@ -765,6 +764,7 @@ impl Trainer {
             self.store.set(&format!("adam.m.{name}"), ty.clone(), m);
             self.store.set(&format!("adam.v.{name}"), ty.clone(), v);
         }
+        self.step = t;
         // The resident state, if any, is behind the store now.
         self.state = None;
         Ok(StepStats {

@@ -7,9 +7,13 @@
 //! `past_v` are new inputs `kv.N.k` and `kv.N.v` of `past` positions, and the
 //! two concatenations become extra outputs after the graph's own: the next
 //! call's `kv.N.k` and `kv.N.v`. The graph's `state` meta lists those input
-//! names in the order of the extra outputs, so a caller (a session) knows
-//! which output feeds which input; a backend may append in place, since each
-//! state input is read once, by the concatenation that extends it.
+//! names in the order of the extra outputs, so a caller (a session, or a
+//! trainer's step graph, whose state is the masters and moments) knows
+//! which output feeds which input. Inputs are moved in, so a backend may
+//! grow a state input it owns in place (the reference appends to a host
+//! cache); a device tensor is shared and never written. A caller that
+//! keeps a state tensor (a trainer, until it has seen the step's loss)
+//! passes a clone.
 //!
 //! [`expose_kv_cache_slots`] does the same for several sequences stepped
 //! together (a server's requests): each slot has its own cache, and

@@ -128,6 +128,11 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             }
             // Segments are sequences of the queries' own rows: no cache.
             if let Some(n) = segment {
+                if r != 2 {
+                    return Err(format!(
+                        "segment = {n} needs [rows, channels] operands, found queries {q}"
+                    ));
+                }
                 let rows = &q.shape.dims()[r - 2];
                 if k.shape.dims()[r - 2] != *rows {
                     return Err(format!(

@@ -100,6 +100,8 @@ pub enum GradError {
     Build(#[from] BuildError),
     #[error("the gradient graph does not verify: {0}")]
     Verify(#[from] VerifyError),
+    #[error("an optimizer step: {0}")]
+    Step(String),
 }
 
 /// The forward graph with the backward nodes appended. Its outputs are
@@ -250,6 +252,13 @@ pub fn adamw_step(
     params: &[(String, TensorType)],
     adam: &AdamW,
 ) -> Result<Graph, GradError> {
+    if grads.outputs.len() != params.len() + 1 {
+        return Err(GradError::Step(format!(
+            "the gradient graph has {} outputs for {} parameters (expected the loss and one gradient each)",
+            grads.outputs.len(),
+            params.len()
+        )));
+    }
     let update = adamw_update(params, adam)?;
     let mut b = GraphBuilder::new(format!("{}_step", grads.name));
     for (k, v) in &grads.meta {

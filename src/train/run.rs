@@ -76,8 +76,8 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Tokens per training window (`--seq`).
     pub seq: usize,
-    /// Windows per step: their gradients are summed and the mean drives
-    /// one update (`--grad-accum`).
+    /// Windows per step, run as one batch, whose mean gradient drives one
+    /// update (`--grad-accum`; memory grows with it).
     pub grad_accum: usize,
     /// Peak learning rate (`--lr`; the Fairy2i recipe: 3e-5).
     pub lr: f32,
@@ -108,11 +108,13 @@ pub struct TrainConfig {
     /// Offer Gauss's 3-multiplication product for the training graph's
     /// complex products (the cost model decides where).
     pub gauss: bool,
-    /// Where the forward and backward passes run.
+    /// Where the training step runs.
     pub device: TrainDevice,
     /// Data-parallel ranks (`--gpus`): each step's windows dealt out to
-    /// them, one GPU each with cuda; the same masters, moments and
-    /// checkpoints (kept once, on the host), so a run resumes on any count.
+    /// them, one GPU each with cuda, their gradients added on the host,
+    /// which keeps the masters and moments and updates them (one rank keeps
+    /// them on its device instead); checkpoints are written once, so a run
+    /// resumes on any count.
     pub ranks: usize,
     /// Checkpoint file: masters, moments and step, written atomically every
     /// `checkpoint_every` steps and at the end.

@@ -34,8 +34,10 @@ pub enum GpuActivations {
     F32,
 }
 
-/// The arithmetic of dense products (`linear` and its weight gradient,
-/// through cuBLAS), whose operands and results stay f32.
+/// The arithmetic of the products cuBLAS runs (`linear`, its weight
+/// gradient, and training's batched attention), whose operands and results
+/// stay f32. The backend's default is f32 (what the conformance suite
+/// holds to the reference); `fairyc train` defaults to bf16.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuMatmul {
     /// f32 products: the reference's results to rounding.

@@ -767,9 +767,9 @@ fn eval(
             let shape = attention_shape(q, v, *heads, *kv_heads, *scale, *causal)?;
             let out_shape = vec![q.shape[0], heads * shape.value_dim];
             let rows = q.shape[0];
-            let run = |[q, k, v]: [&[_]; 3]| attention(q, k, v, shape);
             match (&q.data, &k.data, &v.data) {
                 (Data::F32(q), Data::F32(k), Data::F32(v)) => {
+                    let run = |[q, k, v]: [&[_]; 3]| attention(q, k, v, shape);
                     Tensor::f32(out_shape, by_segment(*segment, rows, [q, k, v], run)?)
                 }
                 (Data::C64(q), Data::C64(k), Data::C64(v)) => {
