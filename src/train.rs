@@ -239,6 +239,16 @@ impl TrainDevice {
         self.rank_backend(0)
     }
 
+    /// The backend that measures (held-out evaluation) and generates the
+    /// teacher's text: f32 products on cuda, so that neither depends on
+    /// the training arithmetic.
+    pub(crate) fn exact_backend(self) -> Box<dyn Backend> {
+        match self {
+            TrainDevice::Cuda(_) => TrainDevice::Cuda(GpuMatmul::F32).backend(),
+            TrainDevice::Cpu => self.backend(),
+        }
+    }
+
     /// The backend of data-parallel rank `rank`: GPU `rank` on cuda.
     fn rank_backend(self, rank: usize) -> Box<dyn Backend> {
         match self {
@@ -823,7 +833,7 @@ impl Trainer {
     pub fn eval_loss(&mut self, windows: &[&[u32]]) -> Result<f64, Error> {
         self.sync()?;
         let exec = fairyc_backends::compile(
-            self.device.backend().as_ref(),
+            self.device.exact_backend().as_ref(),
             &self.eval_graph,
             &self.store,
             &|_| {},

@@ -433,7 +433,7 @@ pub fn train(
                 tokenizer: compiled.tokenizer.clone(),
                 source: compiled.source.clone(),
             };
-            let backend = config.device.backend();
+            let backend = config.device.exact_backend();
             teacher_tokens(
                 teacher,
                 backend.as_ref(),
