@@ -25,7 +25,8 @@ use fairyc_backends::state::STATE_META;
 use fairyc_backends::Tensor;
 use fairyc_backends::{Backend, Cuda, GpuMatmul, Program, Reference};
 use fairyc_ir::{
-    DType, Graph, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError, WeightStore,
+    DType, Graph, GraphBuilder, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError,
+    WeightStore,
 };
 use fairyc_passes::autodiff::{
     adamw_step, adamw_update, gradients, step_state, AdamW, GradOptions,
@@ -346,39 +347,39 @@ fn with_loss(graph: &Graph) -> Result<(Graph, ValueId), Error> {
 /// inputs (teacher weights renamed `teacher.<name>`), with the KL
 /// divergence from the teacher's logits to the student's as the output.
 fn with_distillation(graph: &Graph, teacher: &Graph) -> Result<(Graph, ValueId), Error> {
-    let mut g = graph.clone();
     let inputs: HashMap<&str, ValueId> = graph.inputs().map(|(id, n, _)| (n, id)).collect();
-    let mut map = Vec::with_capacity(teacher.nodes.len());
-    for node in &teacher.nodes {
-        let id = match &node.op {
-            Op::Input { name } => *inputs.get(name.as_str()).ok_or_else(|| {
-                Error::Usage(format!(
-                    "the teacher reads input \"{name}\", which the student lacks"
-                ))
-            })?,
-            Op::Weight { name } => push(
-                &mut g,
-                Op::Weight {
-                    name: format!("{TEACHER}{name}"),
-                },
-                vec![],
-                node.ty.clone(),
-            ),
-            op => {
-                let operands = node.operands.iter().map(|v| map[v.0]).collect();
-                push(&mut g, op.clone(), operands, node.ty.clone())
-            }
-        };
-        map.push(id);
+    if let Some((_, name, _)) = teacher.inputs().find(|(_, n, _)| !inputs.contains_key(n)) {
+        return Err(Error::Usage(format!(
+            "the teacher reads input \"{name}\", which the student lacks"
+        )));
     }
-    let scalar = TensorType::new(DType::F32, Shape(vec![]));
-    let kl = push(
-        &mut g,
-        Op::KlDiv,
-        vec![graph.outputs[0], map[teacher.outputs[0].0]],
-        scalar,
-    );
-    g.outputs = vec![kl];
+    let built = |e: fairyc_ir::BuildError| Error::Usage(format!("distillation graph: {e}"));
+    let mut b = GraphBuilder::new(graph.name.clone());
+    for (k, v) in &graph.meta {
+        b.meta(k.clone(), v.clone());
+    }
+    let student = b
+        .inline(graph, |_, _, _, _| Ok::<_, fairyc_ir::BuildError>(None))
+        .map_err(built)?;
+    let teacher_values = b
+        .inline(teacher, |b, _, node, _| {
+            Ok::<_, fairyc_ir::BuildError>(match &node.op {
+                Op::Input { name } => Some(student[inputs[name.as_str()].0]),
+                Op::Weight { name } => Some(b.weight(format!("{TEACHER}{name}"), node.ty.clone())),
+                _ => None,
+            })
+        })
+        .map_err(built)?;
+    let kl = b
+        .push(
+            Op::KlDiv,
+            &[
+                student[graph.outputs[0].0],
+                teacher_values[teacher.outputs[0].0],
+            ],
+        )
+        .map_err(built)?;
+    let g = b.finish(&[kl]);
     fairyc_ir::verify(&g).map_err(|e| Error::Usage(format!("distillation graph: {e}")))?;
     Ok((g, kl))
 }

@@ -164,6 +164,42 @@ impl GraphBuilder {
         self.graph.ty(id)
     }
 
+    /// Copies `graph`'s nodes into this graph in order and returns each
+    /// one's new value. `substitute` sees each node (its id in `graph`, the
+    /// node, and the new values of the nodes before it) and may stand a
+    /// value of its own for it; otherwise a leaf is copied by name and any
+    /// other node applied to its operands' new values. Composing graphs (a
+    /// student and its teacher, a gradient graph and its optimizer) and
+    /// rewriting one node by node are both this.
+    pub fn inline<E: From<BuildError>>(
+        &mut self,
+        graph: &Graph,
+        mut substitute: impl FnMut(
+            &mut GraphBuilder,
+            ValueId,
+            &Node,
+            &[ValueId],
+        ) -> Result<Option<ValueId>, E>,
+    ) -> Result<Vec<ValueId>, E> {
+        let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let value = match substitute(self, ValueId(i), node, &map)? {
+                Some(v) => v,
+                None => match &node.op {
+                    Op::Input { name } => self.input(name.clone(), node.ty.clone()),
+                    Op::Weight { name } => self.weight(name.clone(), node.ty.clone()),
+                    op => {
+                        let operands: Vec<ValueId> =
+                            node.operands.iter().map(|v| map[v.0]).collect();
+                        self.push(op.clone(), &operands)?
+                    }
+                },
+            };
+            map.push(value);
+        }
+        Ok(map)
+    }
+
     pub fn finish(mut self, outputs: &[ValueId]) -> Graph {
         self.graph.outputs = outputs.to_vec();
         self.graph

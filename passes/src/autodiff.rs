@@ -265,52 +265,38 @@ pub fn adamw_step(
         b.meta(k.clone(), v.clone());
     }
     let trained: HashSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    let mut map = Vec::with_capacity(grads.nodes.len());
-    for node in &grads.nodes {
-        map.push(match &node.op {
+    let map = b.inline(grads, |b, _, node, _| {
+        Ok::<_, GradError>(match &node.op {
             Op::Weight { name } if trained.contains(name.as_str()) => {
-                b.input(name.clone(), node.ty.clone())
+                Some(b.input(name.clone(), node.ty.clone()))
             }
-            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-            op => {
-                let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
-                b.push(op.clone(), &operands)?
-            }
-        });
-    }
-    let masters: HashMap<&str, ValueId> = grads
-        .nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| match &n.op {
-            Op::Weight { name } if trained.contains(name.as_str()) => Some((name.as_str(), map[i])),
             _ => None,
         })
+    })?;
+    let masters: HashMap<&str, ValueId> = grads
+        .weights()
+        .filter(|(_, name, _)| trained.contains(name))
+        .map(|(id, name, _)| (name, map[id.0]))
         .collect();
     let gradient: HashMap<String, ValueId> = params
         .iter()
         .zip(&grads.outputs[1..])
         .map(|((name, _), d)| (format!("grad.{name}"), map[d.0]))
         .collect();
-    let mut inlined = Vec::with_capacity(update.nodes.len());
-    for node in &update.nodes {
-        inlined.push(match &node.op {
-            Op::Input { name } => match (gradient.get(name), name.strip_prefix("param.")) {
-                (Some(&d), _) => d,
-                (None, Some(p)) => match masters.get(p) {
-                    Some(&m) => m,
-                    // A parameter the graph does not read is still trained.
-                    None => b.input(p, node.ty.clone()),
-                },
-                (None, None) => b.input(name.clone(), node.ty.clone()),
-            },
-            op => {
-                let operands: Vec<ValueId> = node.operands.iter().map(|v| inlined[v.0]).collect();
-                b.push(op.clone(), &operands)?
-            }
-        });
-    }
+    let inlined = b.inline(&update, |b, _, node, _| {
+        let Op::Input { name } = &node.op else {
+            return Ok::<_, GradError>(None);
+        };
+        Ok(match (gradient.get(name), name.strip_prefix("param.")) {
+            (Some(&d), _) => Some(d),
+            (None, Some(p)) => Some(match masters.get(p) {
+                Some(&m) => m,
+                // A parameter the graph does not read is still trained.
+                None => b.input(p, node.ty.clone()),
+            }),
+            (None, None) => None,
+        })
+    })?;
     let mut outputs = vec![map[grads.outputs[0].0]];
     outputs.extend(update.outputs.iter().map(|v| inlined[v.0]));
     finish(b, &outputs)

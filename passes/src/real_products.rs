@@ -22,33 +22,24 @@ pub fn real_products(graph: &Graph) -> Result<Graph, BuildError> {
     for (k, v) in &graph.meta {
         b.meta(k.clone(), v.clone());
     }
-    let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
-    for (i, node) in graph.nodes.iter().enumerate() {
-        let value = match (&node.op, product(graph, ValueId(i))) {
-            (_, Some(p)) => {
-                let part = |b: &mut GraphBuilder, part, factor: ValueId| {
-                    let op = Op::WidelyLinearGrad {
-                        part,
-                        row_block: p.row_block,
-                        col_block: p.col_block,
-                    };
-                    b.push(op, &[map[p.shape.0], map[factor.0]])
-                };
-                let u = part(&mut b, WlPart::U, p.u)?;
-                let w = part(&mut b, WlPart::W, p.w)?;
-                let half = b.push(Op::Add, &[u, w])?;
-                let r = b.push(Op::Scale { factor: 2.0 }, &[half])?;
-                b.push(Op::Linear, &[map[p.x.0], r])?
-            }
-            (Op::Input { name }, None) => b.input(name.clone(), node.ty.clone()),
-            (Op::Weight { name }, None) => b.weight(name.clone(), node.ty.clone()),
-            (op, None) => {
-                let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
-                b.push(op.clone(), &operands)?
-            }
+    let map = b.inline(graph, |b, id, _, map| {
+        let Some(p) = product(graph, id) else {
+            return Ok::<_, BuildError>(None);
         };
-        map.push(value);
-    }
+        let part = |b: &mut GraphBuilder, part, factor: ValueId| {
+            let op = Op::WidelyLinearGrad {
+                part,
+                row_block: p.row_block,
+                col_block: p.col_block,
+            };
+            b.push(op, &[map[p.shape.0], map[factor.0]])
+        };
+        let u = part(b, WlPart::U, p.u)?;
+        let w = part(b, WlPart::W, p.w)?;
+        let half = b.push(Op::Add, &[u, w])?;
+        let r = b.push(Op::Scale { factor: 2.0 }, &[half])?;
+        Ok(Some(b.push(Op::Linear, &[map[p.x.0], r])?))
+    })?;
     let outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
     Ok(eliminate_dead_code(&b.finish(&outputs)))
 }
