@@ -303,6 +303,8 @@ pub struct Trainer {
     ranks: usize,
     /// The tokens a window feeds (one fewer than it holds).
     rows: usize,
+    /// The step graph's state inputs ([`step_state`] order) and types.
+    state_names: Vec<(String, TensorType)>,
 }
 
 /// Every attention of `graph` made to see only its own window's `rows`
@@ -442,12 +444,14 @@ impl Trainer {
         } else {
             grad_graph
         };
-        let step_graph = adamw_step(&grad_graph, &params, &options.adam)
+        let mut step_graph = adamw_step(&grad_graph, &params, &options.adam)
             .map_err(|e| Error::Usage(e.to_string()))?;
-        let mut step_graph = step_graph;
+        let names = step_state(&params);
         step_graph
             .meta
-            .insert(STATE_META.to_string(), step_state(&params).join(","));
+            .insert(STATE_META.to_string(), names.join(","));
+        let types = params.iter().map(|(_, t)| t.clone()).cycle();
+        let state_names: Vec<(String, TensorType)> = names.into_iter().zip(types).collect();
         let update_graph =
             adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
         let update = fairyc_backends::compile(
@@ -477,6 +481,7 @@ impl Trainer {
             device: options.device,
             ranks: options.ranks.max(1),
             rows,
+            state_names,
         })
     }
 
@@ -498,20 +503,6 @@ impl Trainer {
             .sum()
     }
 
-    fn inputs(window: &[u32]) -> HashMap<String, Tensor> {
-        let n = window.len() - 1;
-        let ids: Vec<i32> = window[..n].iter().map(|&t| t as i32).collect();
-        let targets: Vec<i32> = window[1..].iter().map(|&t| t as i32).collect();
-        HashMap::from([
-            ("tokens".to_string(), Tensor::i32(vec![n], ids)),
-            (
-                "positions".to_string(),
-                Tensor::i32(vec![n], (0..n as i32).collect()),
-            ),
-            ("targets".to_string(), Tensor::i32(vec![n], targets)),
-        ])
-    }
-
     /// The inputs of a batch of windows stacked, each of this trainer's
     /// `rows + 1` tokens (its attention is segmented by `rows`).
     fn batch_inputs(&self, windows: &[&[u32]]) -> Result<HashMap<String, Tensor>, Error> {
@@ -523,31 +514,7 @@ impl Trainer {
                 self.rows
             )));
         }
-        let n = windows.len() * self.rows;
-        let column = |f: &dyn Fn(&[u32]) -> Vec<i32>| -> Vec<i32> {
-            windows.iter().flat_map(|w| f(w)).collect()
-        };
-        let rows = self.rows as i32;
-        Ok(HashMap::from([
-            (
-                "tokens".to_string(),
-                Tensor::i32(
-                    vec![n],
-                    column(&|w| w[..w.len() - 1].iter().map(|&t| t as i32).collect()),
-                ),
-            ),
-            (
-                "positions".to_string(),
-                Tensor::i32(vec![n], column(&|_| (0..rows).collect())),
-            ),
-            (
-                "targets".to_string(),
-                Tensor::i32(
-                    vec![n],
-                    column(&|w| w[1..].iter().map(|&t| t as i32).collect()),
-                ),
-            ),
-        ]))
+        Ok(stacked_inputs(windows, self.rows))
     }
 
     /// AdamW's scalars for step `t`.
@@ -612,12 +579,12 @@ impl Trainer {
                 &|_| {},
             )?);
         }
-        let names = step_state(&self.params);
         let state = match self.state.take() {
             Some(state) => state,
-            None => self.host_state(&names)?,
+            None => self.host_state()?,
         };
-        inputs.extend(names.iter().cloned().zip(state.iter().cloned()));
+        let names = self.state_names.iter().map(|(n, _)| n.clone());
+        inputs.extend(names.zip(state.iter().cloned()));
         let program = self.resident.as_ref().expect("compiled above");
         let outputs = program.run(inputs);
         let scalar = |t: &Tensor| t.as_f32().and_then(|v| v.first().copied());
@@ -652,12 +619,10 @@ impl Trainer {
         })
     }
 
-    /// The masters and moments named `names` from the store, as tensors.
-    fn host_state(&self, names: &[String]) -> Result<Vec<Tensor>, Error> {
-        let types = self.params.iter().map(|(_, t)| t).cycle();
-        names
+    /// The masters and moments from the store, as the step's state.
+    fn host_state(&self) -> Result<Vec<Tensor>, Error> {
+        self.state_names
             .iter()
-            .zip(types)
             .map(|(name, ty)| {
                 let data = self
                     .store
@@ -678,8 +643,7 @@ impl Trainer {
         if !self.stale {
             return Ok(());
         }
-        let types = self.params.iter().map(|(_, t)| t).cycle();
-        for ((name, ty), t) in step_state(&self.params).iter().zip(types).zip(state) {
+        for ((name, ty), t) in self.state_names.iter().zip(state) {
             let data = program.fetch(t.clone())?.into_f32().ok_or_else(not_f32)?;
             self.store.set(name, ty.clone(), data);
         }
@@ -841,7 +805,7 @@ impl Trainer {
         )?;
         let mut total = 0.0;
         for w in windows {
-            let out = exec.run(Trainer::inputs(w))?;
+            let out = exec.run(stacked_inputs(&[w], w.len() - 1))?;
             total += f64::from(
                 out[0]
                     .as_f32()
@@ -911,6 +875,25 @@ impl Trainer {
         self.step = step;
         Ok(())
     }
+}
+
+/// The graph inputs of windows of `rows + 1` tokens each, stacked: the
+/// tokens (all but a window's last), their positions within the window, and
+/// the targets (all but its first).
+fn stacked_inputs(windows: &[&[u32]], rows: usize) -> HashMap<String, Tensor> {
+    let n = windows.len() * rows;
+    let column = |f: &dyn Fn(&[u32]) -> Vec<i32>| -> Tensor {
+        Tensor::i32(vec![n], windows.iter().flat_map(|w| f(w)).collect())
+    };
+    let ids = |part: &[u32]| part.iter().map(|&t| t as i32).collect();
+    HashMap::from([
+        ("tokens".to_string(), column(&|w| ids(&w[..rows]))),
+        (
+            "positions".to_string(),
+            column(&|_| (0..rows as i32).collect()),
+        ),
+        ("targets".to_string(), column(&|w| ids(&w[1..=rows]))),
+    ])
 }
 
 /// Refuses step `step` when its mean loss or the norm of its summed

@@ -131,6 +131,14 @@ pub struct CudaProgram {
 /// every multiprocessor reading.
 const SUM_RUNS: usize = 1024;
 
+/// A cuBLAS call's status as a result.
+fn blas_result(status: blas_sys::cublasStatus_t) -> Result<(), BackendError> {
+    match status {
+        blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(()),
+        status => Err(BackendError::new(format!("cuBLAS: {status:?}"))),
+    }
+}
+
 fn driver(e: impl std::fmt::Display) -> BackendError {
     BackendError::new(format!("CUDA: {e}"))
 }
@@ -1243,10 +1251,7 @@ impl CudaProgram {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         };
-        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(BackendError::new(format!("cuBLAS: {status:?}")));
-        }
-        Ok(())
+        blas_result(status)
     }
 
     /// Checks token ids bound to inputs against the tables they index (a

@@ -15,7 +15,7 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use fairyc_ir::AttentionOperand;
 
-use super::{words_per, CudaProgram, DeviceTensor, ROW_THREADS};
+use super::{blas_result, words_per, CudaProgram, DeviceTensor, ROW_THREADS};
 use crate::BackendError;
 
 /// One batched attention: `segments` sequences of `seq` rows, each
@@ -346,9 +346,6 @@ impl CudaProgram {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         };
-        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(BackendError::new(format!("cuBLAS: {status:?}")));
-        }
-        Ok(())
+        blas_result(status)
     }
 }
