@@ -851,14 +851,21 @@ fn tiny_model_gradient_fairy2i_w2() {
 
 /// Training's real products (`real_products`): the tiny W2 model's loss and
 /// every gradient are the complex form's, to f32 rounding, with no packing
-/// or conjugate left on the activations; and the split inverts.
+/// or conjugate left on the activations; the rewritten graph is
+/// snapshot-tested in the text form.
 #[test]
 fn real_products_keep_the_w2_loss_and_gradients() {
     let dir = TempDir::new("autodiff-real");
     let (mut g, store) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
+    // The source is a temporary path.
+    g.meta.insert("source".into(), "<tmp>/tiny.gguf".into());
     with_loss(&mut g);
     let real = real_products(&g).unwrap();
     fairyc_ir::verify(&real).unwrap();
+    // The pass's output in the text form, as every pass's is.
+    let printed = text::print(&real);
+    assert_eq!(text::parse(&printed, "real.fir").unwrap(), real);
+    insta::assert_snapshot!("tiny_w2_real_products", printed);
     let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
     assert!(count(&g, |op| matches!(op, Op::Pack { .. })) > 0);
     for (what, f) in [
