@@ -143,6 +143,22 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
     }
 }
 
+/// A count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got `{s}`")),
+    }
+}
+
+/// A positive, finite number of seconds.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("expected a positive number of seconds, got `{s}`")),
+    }
+}
+
 impl QuantArgs {
     /// `--quant native` keeps the quantizers a model defines itself and
     /// `--quant float` removes them: on a model that defines none, either
@@ -779,9 +795,14 @@ struct TrainArgs {
     #[arg(long)]
     distill: bool,
     /// Text files to train on (tokenized without BOS, concatenated and cut
-    /// into windows of --seq tokens; the last --holdout of them is held out).
+    /// into windows of --seq tokens; the last --holdout of them is held out,
+    /// unless --eval-data is given).
     #[arg(long, num_args = 1.., required_unless_present = "teacher_sequences")]
     data: Vec<PathBuf>,
+    /// Text files only evaluated, never trained on: the held-out windows
+    /// are theirs (cut as --data's), and all of --data trains.
+    #[arg(long, num_args = 1..)]
+    eval_data: Vec<PathBuf>,
     /// With --distill: train on this many sequences of --seq + 1 tokens that
     /// the teacher (the model before quantization) generates itself, each
     /// from a random first token at temperature 1 (data-free distillation,
@@ -797,9 +818,19 @@ struct TrainArgs {
     /// The seed of the teacher's sampling.
     #[arg(long, default_value_t = 0)]
     teacher_seed: u64,
-    /// Optimizer steps to train to (a resumed run continues up to it).
+    /// Sequences the teacher generates at once (each slot of the decoding
+    /// batch holds its own KV cache).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    teacher_batch: usize,
+    /// Optimizer steps to train to (a resumed run continues up to it; 0
+    /// only evaluates the held-out loss and writes the artifact).
     #[arg(long)]
     steps: usize,
+    /// Stop stepping after this many seconds of training in this process
+    /// (a time budget, or a lent machine's limit), then checkpoint,
+    /// evaluate and write the artifact as at the last step; --resume goes on.
+    #[arg(long, value_parser = seconds)]
+    time_limit: Option<f64>,
     /// Tokens per training window.
     #[arg(long, default_value_t = 128)]
     seq: usize,
@@ -939,14 +970,17 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         quant: args.quant.options(),
         distill: args.distill,
         data: args.data.clone(),
+        eval_data: args.eval_data.clone(),
         teacher_data: args.teacher_sequences.zip(args.teacher_cache.clone()).map(
             |(sequences, cache)| fairyc::train::TeacherData {
                 sequences,
                 cache,
                 seed: args.teacher_seed,
+                slots: args.teacher_batch,
             },
         ),
         steps: args.steps,
+        time_limit: args.time_limit.map(std::time::Duration::from_secs_f64),
         seq: args.seq,
         grad_accum: args.grad_accum,
         lr: args.lr,

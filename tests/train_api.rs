@@ -209,6 +209,95 @@ fn an_artifact_trains_from_its_source_masters_or_is_refused() {
     );
 }
 
+/// `eval_data` is held out whole (every window of `data` trains), and
+/// `steps: 0` only evaluates: no step, the same loss before and after.
+#[test]
+fn evaluation_text_is_held_out_whole_and_zero_steps_only_evaluate() {
+    let dir = TempDir::new("train-eval-data");
+    let (model, data) = setup(&dir, "tiny.gguf");
+    let eval = dir.path("eval.txt");
+    std::fs::write(&eval, common::training_text(2_000)).unwrap();
+    let run = |eval_data: Vec<PathBuf>| {
+        let config = TrainConfig {
+            quant: Some(CompileOptions::default()),
+            data: vec![data.clone()],
+            eval_data,
+            steps: 0,
+            seq: 16,
+            eval_windows: 10_000,
+            ..TrainConfig::default()
+        };
+        let mut windows = (0, 0);
+        let report = train(ModelSource::Path(model.clone()), &config, &mut |event| {
+            if let Event::Prepared {
+                train_windows,
+                held_out,
+                ..
+            } = event
+            {
+                windows = (train_windows, held_out);
+            }
+        })
+        .unwrap();
+        (windows, report)
+    };
+    let ((train_split, held_split), split) = run(Vec::new());
+    let ((train_whole, held_eval), whole) = run(vec![eval.clone()]);
+    assert!(held_split > 0 && held_eval > 0);
+    assert_eq!(train_whole, train_split + held_split);
+    for report in [&split, &whole] {
+        assert!(report.records.is_empty() && report.step == 0);
+        assert!(report.held_out_before.is_some());
+        assert_eq!(report.held_out_before, report.held_out_after);
+    }
+    assert_ne!(split.held_out_before, whole.held_out_before);
+}
+
+/// A time limit stops a run after the step that passes it (every process
+/// steps at least once), checkpointed and with its artifact written; a
+/// resumed run goes on to `steps` with the straight run's losses.
+#[test]
+fn a_time_limit_stops_a_run_that_resumes_where_it_stopped() {
+    let dir = TempDir::new("train-time-limit");
+    let (model, data) = setup(&dir, "tiny.gguf");
+    let checkpoint = dir.path("run.ckpt");
+    let output = dir.path("out.fairy");
+    let config = TrainConfig {
+        quant: Some(CompileOptions::default()),
+        data: vec![data],
+        steps: 4,
+        seq: 16,
+        lr: 5e-3,
+        checkpoint: Some(checkpoint.clone()),
+        checkpoint_every: 100,
+        ..TrainConfig::default()
+    };
+    let run = |config: &TrainConfig| {
+        train(ModelSource::Path(model.clone()), config, &mut |_| {}).unwrap()
+    };
+    let stopped = run(&TrainConfig {
+        time_limit: Some(std::time::Duration::from_nanos(1)),
+        output: Some(output.clone()),
+        ..config.clone()
+    });
+    assert_eq!(stopped.step, 1);
+    assert!(checkpoint.is_file() && output.is_file());
+    let resumed = run(&TrainConfig {
+        resume: true,
+        ..config.clone()
+    });
+    assert_eq!((resumed.first_step, resumed.step), (1, 4));
+    std::fs::remove_file(&checkpoint).unwrap();
+    let straight = run(&config);
+    let last = |r: &fairyc::train::TrainReport| r.records.last().unwrap().loss;
+    assert!(
+        (last(&resumed) - last(&straight)).abs() <= 1e-4 * last(&straight).abs().max(1.0),
+        "step 4: resumed {}, straight {}",
+        last(&resumed),
+        last(&straight)
+    );
+}
+
 /// Data-parallel ranks: the same W2 run with each step's 4 windows dealt
 /// out to 1, 2 and 3 ranks (here on the CPU's cores; on cuda one GPU each)
 /// gives the same losses step by step, within f32 summation-order noise,

@@ -66,14 +66,23 @@ pub struct TrainConfig {
     pub distill: bool,
     /// Text files to train on, tokenized without BOS, concatenated and cut
     /// into windows of `seq` tokens; the last `holdout` of them is held
-    /// out (`--data`).
+    /// out (`--data`), unless `eval_data` is given.
     pub data: Vec<PathBuf>,
+    /// Text files only evaluated, never trained on (`--eval-data`): when
+    /// given, the held-out windows are theirs and all of `data` trains.
+    pub eval_data: Vec<PathBuf>,
     /// Sequences the teacher generates itself (data-free distillation;
     /// with `distill`), trained on beside `data`'s windows, or alone (then
-    /// the held-out split comes from them).
+    /// the held-out split comes from `eval_data`, or from them).
     pub teacher_data: Option<TeacherData>,
-    /// Optimizer steps to train to; a resumed run continues up to it.
+    /// Optimizer steps to train to; a resumed run continues up to it. 0
+    /// only evaluates the held-out loss (and writes the artifact).
     pub steps: usize,
+    /// Stop stepping once this process has trained this long (a training
+    /// budget, or a machine lent for a limited time), then checkpoint,
+    /// evaluate and write the artifact as at the last step; `--resume`
+    /// continues from there (`--time-limit`).
+    pub time_limit: Option<Duration>,
     /// Tokens per training window (`--seq`).
     pub seq: usize,
     /// Windows per step, run as one batch, whose mean gradient drives one
@@ -141,8 +150,10 @@ impl Default for TrainConfig {
             quant: None,
             distill: false,
             data: Vec::new(),
+            eval_data: Vec::new(),
             teacher_data: None,
             steps: 100,
+            time_limit: None,
             seq: 128,
             grad_accum: 1,
             lr: 3e-5,
@@ -394,6 +405,12 @@ fn interleave<'t>(a: &[&'t [u32]], b: &[&'t [u32]]) -> Vec<&'t [u32]> {
     merged
 }
 
+/// Windows of `seq + 1` tokens, one every `seq` (each window's last token
+/// is the next one's first).
+fn windows_of(tokens: &[u32], seq: usize) -> Vec<&[u32]> {
+    tokens.windows(seq + 1).step_by(seq).collect()
+}
+
 /// Trains the model `source` as `config` says, reporting through
 /// `on_event`, and writes the artifact to `config.output` if set.
 pub fn train(
@@ -401,9 +418,9 @@ pub fn train(
     config: &TrainConfig,
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<TrainReport, Error> {
-    if config.seq < 2 || config.steps == 0 || config.grad_accum == 0 {
+    if config.seq < 2 || config.grad_accum == 0 {
         return Err(Error::Usage(
-            "--seq must be at least 2, and --steps and --grad-accum positive".into(),
+            "--seq must be at least 2, and --grad-accum positive".into(),
         ));
     }
     if !(0.0..1.0).contains(&config.holdout) {
@@ -419,12 +436,17 @@ pub fn train(
         )));
     }
     let (compiled, teacher) = training_model(source, config)?;
-    let mut tokens = Vec::new();
-    for path in &config.data {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
-        tokens.extend(compiled.tokenizer.encode(&text, false)?);
-    }
+    let read_tokens = |paths: &[PathBuf]| -> Result<Vec<u32>, Error> {
+        let mut tokens = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
+            tokens.extend(compiled.tokenizer.encode(&text, false)?);
+        }
+        Ok(tokens)
+    };
+    let tokens = read_tokens(&config.data)?;
+    let eval_tokens = read_tokens(&config.eval_data)?;
     let generated = match (&config.teacher_data, &teacher) {
         (Some(data), Some(graph)) => {
             let teacher = Imported {
@@ -444,13 +466,27 @@ pub fn train(
         }
         _ => Vec::new(),
     };
-    let text: Vec<&[u32]> = tokens.windows(config.seq + 1).step_by(config.seq).collect();
+    let (text, eval_text) = (
+        windows_of(&tokens, config.seq),
+        windows_of(&eval_tokens, config.seq),
+    );
     let teacher_windows: Vec<&[u32]> = generated.chunks_exact(config.seq + 1).collect();
-    // Held-out windows come from the text files where there are any (the
-    // teacher's own text never measures the student); the teacher's
-    // windows are spread evenly among the text's training windows, so that
-    // every run of steps sees both.
-    let (windows, held) = if text.is_empty() {
+    // Held-out windows come from the evaluation files, else from the text
+    // files where there are any (the teacher's own text never measures the
+    // student); the teacher's windows are spread evenly among the text's
+    // training windows, so that every run of steps sees both.
+    let (windows, held) = if !config.eval_data.is_empty() {
+        if eval_text.is_empty() {
+            return Err(Error::Usage(format!(
+                "--eval-data has {} tokens: too few for one window of --seq {}",
+                eval_tokens.len(),
+                config.seq
+            )));
+        }
+        let mut windows = interleave(&text, &teacher_windows);
+        windows.extend_from_slice(&eval_text);
+        (windows, eval_text.len())
+    } else if text.is_empty() {
         let held = ((teacher_windows.len() as f64) * config.holdout).ceil() as usize;
         (teacher_windows, held)
     } else {
@@ -528,7 +564,13 @@ pub fn train(
     let first = trainer.step;
     let tokens_per_step = config.grad_accum * config.seq;
     let mut skipped = 0usize;
-    while trainer.step < config.steps {
+    let out_of_time = || {
+        config
+            .time_limit
+            .is_some_and(|limit| start.elapsed() >= limit)
+    };
+    // Each process steps at least once, so that a resumed run moves on.
+    while trainer.step < config.steps && !(trainer.step > first && out_of_time()) {
         let t = trainer.step + 1;
         let batch: Vec<&[u32]> = (0..config.grad_accum)
             .map(|k| train[(trainer.step * config.grad_accum + k) % train.len()])
@@ -574,7 +616,7 @@ pub fn train(
             "train"
         );
         if let Some(ckpt) = &config.checkpoint {
-            if t % config.checkpoint_every.max(1) == 0 || t == config.steps {
+            if t % config.checkpoint_every.max(1) == 0 || t == config.steps || out_of_time() {
                 trainer.save(ckpt)?;
                 write_records(config, &records)?;
             }
@@ -582,7 +624,12 @@ pub fn train(
     }
     on_event(Event::Finished { step: trainer.step });
     write_records(config, &records)?;
-    let after = evaluate(&mut trainer)?;
+    // Nothing trained (--steps 0, or a finished run resumed): the same loss.
+    let after = if trainer.step == first {
+        before
+    } else {
+        evaluate(&mut trainer)?
+    };
     if let Some(loss) = after {
         on_event(Event::HeldOutAfter { loss });
     }

@@ -21,9 +21,6 @@ use crate::{Backend, Error, Model};
 const MAGIC: &[u8; 8] = b"FAIRYTOK";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 * 5 + 8;
-/// Sequences generated at once (the batch's slots).
-const SLOTS: usize = 16;
-
 /// Sequences for data-free distillation (`--teacher-sequences`,
 /// `--teacher-cache`, `--teacher-seed`).
 #[derive(Clone, Debug)]
@@ -32,6 +29,9 @@ pub struct TeacherData {
     /// Where they are cached: read if it exists, else written.
     pub cache: PathBuf,
     pub seed: u64,
+    /// Sequences generated at once (the decoding batch's slots; each holds
+    /// its own KV cache).
+    pub slots: usize,
 }
 
 /// What a token file holds.
@@ -71,7 +71,7 @@ pub fn teacher_tokens(
     if data.cache.exists() {
         return read(&data.cache, wanted);
     }
-    let tokens = generate(teacher, backend, wanted, on_sequence)?;
+    let tokens = generate(teacher, backend, wanted, data.slots, on_sequence)?;
     write(&data.cache, wanted, &tokens)?;
     Ok(tokens)
 }
@@ -80,10 +80,11 @@ fn generate(
     teacher: Imported,
     backend: &dyn Backend,
     header: Header,
+    slots: usize,
     on_sequence: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<u32>, Error> {
     let model =
-        Model::from_imported_slots(teacher, backend, header.count.clamp(1, SLOTS), &|_| {})?;
+        Model::from_imported_slots(teacher, backend, header.count.min(slots).max(1), &|_| {})?;
     let vocab = header.vocab;
     let mut batch = Batch::new(model.program());
     // As many as the compiled graph holds (one where it keeps no state per
