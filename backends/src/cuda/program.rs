@@ -125,6 +125,9 @@ pub struct CudaProgram {
     /// cuBLAS's compute type for dense products.
     compute: blas_sys::cublasComputeType_t,
     profile: Option<OpProfile>,
+    /// Within a run: what the last attention gradient computed, for its
+    /// siblings (`attention::Shared`).
+    attention_cache: Mutex<Option<attention::Shared>>,
 }
 
 /// How many runs a sum to one scalar is split into: enough blocks to keep
@@ -552,6 +555,7 @@ impl CudaProgram {
             pairings,
             resident_bytes: 0,
             profile: OpProfile::from_env(),
+            attention_cache: Mutex::new(None),
             compute: match options.matmul {
                 GpuMatmul::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 GpuMatmul::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -1127,6 +1131,14 @@ impl CudaProgram {
         })
     }
 
+    /// Frees what the last attention gradient kept for its siblings.
+    fn forget_attention(&self) {
+        *self
+            .attention_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// `out[c] = Σ_r src[r·cols + c]`, one block per column.
     fn column_sum(
         &self,
@@ -1407,6 +1419,8 @@ impl Program for CudaProgram {
     }
 
     fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        // Nothing an earlier run (one that failed midway) left is reused.
+        self.forget_attention();
         let bindings = bind_inputs(&self.graph, &inputs)?;
         self.check_ids(&inputs)?;
         let mut values: Vec<Option<DeviceTensor>> = vec![None; self.graph.nodes.len()];
@@ -1446,6 +1460,7 @@ impl Program for CudaProgram {
                 }
             }
         }
+        self.forget_attention();
         // State outputs (the last ones, a KV cache) stay on the device for
         // the next run; the others come to the host.
         let outputs = &self.graph.outputs;

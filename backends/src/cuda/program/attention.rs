@@ -70,6 +70,14 @@ impl Segments {
     }
 }
 
+/// What the gradients of one attention share: its operands' addresses,
+/// the weights `P` and, once a gradient of Q or K needed them, `dS`.
+pub(super) struct Shared {
+    key: [u64; 4],
+    weights: CudaSlice<u32>,
+    scores: Option<CudaSlice<u32>>,
+}
+
 /// A column-major operand of a batched product: its device address, its
 /// leading dimension and the distance from one segment's matrix to the
 /// next, in words.
@@ -133,12 +141,27 @@ impl CudaProgram {
         s: Segments,
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
-        let weights = self.attention_weights(kernels[0], q, keys, s)?;
-        let (go, _go) = dout.words.device_ptr(&self.stream);
+        // The three gradients of one attention share `P` and `dS`: the
+        // first computes them, the others find them here.
+        let key = [q, keys, values, dout].map(|t| t.words.device_ptr(&self.stream).0);
+        let mut shared = self
+            .attention_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if shared.as_ref().map(|c| c.key) != Some(key) {
+            *shared = None;
+            *shared = Some(Shared {
+                key,
+                weights: self.attention_weights(kernels[0], q, keys, s)?,
+                scores: None,
+            });
+        }
+        let shared = shared.as_mut().expect("set above");
         let group = s.heads / s.kv_heads;
+        let (go, _go) = dout.words.device_ptr(&self.stream);
         let dout_rows = self.rows(go, s.heads * s.dv, s.seq);
         if which == AttentionOperand::V {
-            let (p, _p) = weights.device_ptr(&self.stream);
+            let (p, _p) = shared.weights.device_ptr(&self.stream);
             let (o, _o) = out.device_ptr_mut(&self.stream);
             for h in 0..s.heads {
                 // dVᵀ = dOₕᵀ Pₕ, summed over the group's heads.
@@ -156,37 +179,11 @@ impl CudaProgram {
             }
             return Ok(());
         }
-        // dP = dO Vᵀ, then dS = P ⊙ (dP − Σ P dP) in place.
-        let mut scores = self.alloc(s.segments * s.heads * s.square())?;
-        {
-            let (v, _v) = values.words.device_ptr(&self.stream);
-            let (dp, _dp) = scores.device_ptr_mut(&self.stream);
-            for h in 0..s.heads {
-                // dPₕᵀ = V dOₕᵀ: (seq × seq) = (seq × dv)(dv × seq).
-                self.gemm_segments(
-                    (true, false),
-                    (s.seq, s.seq, s.dv),
-                    1.0,
-                    self.rows(v, s.kv_heads * s.dv, s.seq)
-                        .offset(h / group * s.dv),
-                    dout_rows.offset(h * s.dv),
-                    0.0,
-                    self.weights_of(dp, s, h),
-                    s.segments,
-                )?;
-            }
+        if shared.scores.is_none() {
+            shared.scores =
+                Some(self.score_grads(kernels[1], values, dout_rows, &shared.weights, s)?);
         }
-        {
-            // In place: the kernel reads a row's dP before writing its dS.
-            let (p, _p) = weights.device_ptr(&self.stream);
-            let (dp, _dp) = scores.device_ptr_mut(&self.stream);
-            let rows = s.segments * s.heads * s.seq;
-            let cols = s.seq as i64;
-            self.launch(kernels[1], rows as u32, ROW_THREADS, |b| {
-                b.arg(&dp).arg(&p).arg(&dp).arg(&cols);
-            })?;
-        }
-        drop(weights);
+        let scores = shared.scores.as_ref().expect("set above");
         let (ds, _ds) = scores.device_ptr(&self.stream);
         let (o, _o) = out.device_ptr_mut(&self.stream);
         let (qp, _q) = q.words.device_ptr(&self.stream);
@@ -221,6 +218,45 @@ impl CudaProgram {
             }
         }
         Ok(())
+    }
+
+    /// `dS = P ⊙ (dP − Σ P dP)` with `dP = dO Vᵀ`, for every segment and
+    /// head (`softmax_grad` is its kernel).
+    fn score_grads(
+        &self,
+        softmax_grad: usize,
+        values: &DeviceTensor,
+        dout_rows: Strided,
+        weights: &CudaSlice<u32>,
+        s: Segments,
+    ) -> Result<CudaSlice<u32>, BackendError> {
+        let mut scores = self.alloc(s.segments * s.heads * s.square())?;
+        let group = s.heads / s.kv_heads;
+        let (v, _v) = values.words.device_ptr(&self.stream);
+        let (p, _p) = weights.device_ptr(&self.stream);
+        let (dp, _dp) = scores.device_ptr_mut(&self.stream);
+        for h in 0..s.heads {
+            // dPₕᵀ = V dOₕᵀ: (seq × seq) = (seq × dv)(dv × seq).
+            self.gemm_segments(
+                (true, false),
+                (s.seq, s.seq, s.dv),
+                1.0,
+                self.rows(v, s.kv_heads * s.dv, s.seq)
+                    .offset(h / group * s.dv),
+                dout_rows.offset(h * s.dv),
+                0.0,
+                self.weights_of(dp, s, h),
+                s.segments,
+            )?;
+        }
+        // In place: the kernel reads a row's dP before writing its dS.
+        let rows = s.segments * s.heads * s.seq;
+        let cols = s.seq as i64;
+        self.launch(softmax_grad, rows as u32, ROW_THREADS, |b| {
+            b.arg(&dp).arg(&p).arg(&dp).arg(&cols);
+        })?;
+        drop(_dp);
+        Ok(scores)
     }
 
     /// `P = softmax(scale · Q Kᵀ)` for every segment and head, masked:
