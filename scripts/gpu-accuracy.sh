@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# QAT accuracy of SmolLM2-135M on a GPU machine (docs/RESULTS.md, issue 17),
+# from the folders .devq*/ that scripts/gpu-pack-accuracy.sh fills: the
+# model in parts, each carried by its own call while the machine stays warm
+# (one call carries 64 MiB), fairyc and the corpus. Whatever they hold is
+# kept in WORK (.dev/acc), where the parts are joined once all have come.
+# ../shared/corpus/public.txt is cut by lines: the last HELDOUT_LINES
+# articles are only evaluated (--eval-data), never trained on; the rest is
+# the training text.
+#
+#   bash scripts/gpu-accuracy.sh RUN...
+#
+# Each RUN trains for LIMIT seconds (--time-limit) or up to step STOP
+# (default STEPS), whichever comes first, on the schedule of a STEPS-step run
+# (warm-up, then a cosine decay over the last 30%), so that a run stopped
+# at step STOP has had the same learning rates as a longer one up to there;
+# it resumes where an earlier call stopped. Its log, loss CSV and curve go to
+# $OUT/runs.tar.xz. RUN is
+#   fp                      the unquantized model, evaluated only;
+#   Q-ce, Q-text            Q (w1, w2, w3, ternary, binary) trained on the text
+#                           with the next-token loss, or distilled (KL to the
+#                           unquantized model) on it;
+#   Q-free, Q-mix           distilled on TEACHER sequences the teacher
+#                           generates (data-free), alone or beside the text.
+# With PPL=1 each artifact is then scored by `fairyc ppl` on the held-out text.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+W=${WORK:-.dev/acc}
+mkdir -p "$W" "${OUT:-/tmp}/runs"
+for f in ${PACK:-.devq*}/*; do
+  name=$(basename "$f" .xz)
+  [ -e "$W/$name" ] && continue
+  case $f in *.xz) xz -d -c "$f" > "$W/$name" ;; *) cp "$f" "$W/$name" ;; esac
+done
+[ -e "$W/fairyc" ] && chmod +x "$W/fairyc"
+if [ ! -e "$W/smol.gguf" ]; then
+  cat "$W"/smol.gguf.xz.part* | xz -d > "$W/smol.gguf.joining" 2>/dev/null
+  if [ "$(sha256sum < "$W/smol.gguf.joining" | cut -d' ' -f1)" = "$(cat "$W/smol.gguf.sha256")" ]; then
+    mv "$W/smol.gguf.joining" "$W/smol.gguf"
+  else
+    echo "the model's parts are not all here yet: $(ls "$W"/smol.gguf.xz.part* | wc -l) of them"
+    exit 3
+  fi
+fi
+HELDOUT_LINES=${HELDOUT_LINES:-30}
+total=$(wc -l < "$W/corpus.txt")
+head -n $((total - HELDOUT_LINES)) "$W/corpus.txt" > "$W/train.txt"
+tail -n "$HELDOUT_LINES" "$W/corpus.txt" > "$W/heldout.txt"
+SEQ=${SEQ:-512} BATCH=${BATCH:-16} STEPS=${STEPS:-1000} LIMIT=${LIMIT:-120} LR=${LR:-1e-4}
+TEACHER=${TEACHER:-512} TEACHER_BATCH=${TEACHER_BATCH:-64} DEVICE=${DEVICE:-cuda}
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+for run in "$@"; do
+  quant=${run%%-*} objective=${run#*-}
+  flags=(--device "$DEVICE" --seq "$SEQ" --grad-accum "$BATCH" --eval-data "$W/heldout.txt"
+    --eval-windows 1000 -o "$W/$run.fairy")
+  teacher=(--distill --teacher-sequences "$TEACHER" --teacher-batch "$TEACHER_BATCH"
+    --teacher-cache "$W/teacher-$SEQ-$TEACHER.tok")
+  case $run in
+    fp) flags+=(--quant none --steps 0 --data "$W/train.txt") ;;
+    *)
+      flags+=(--quant "$quant" --steps "${STOP:-$STEPS}" --time-limit "$LIMIT" --lr "$LR" --warmup 20
+        --decay-start $((STEPS * 7 / 10)) --decay-steps $((STEPS * 3 / 10)) --eval-every 100
+        --checkpoint "$W/$run.ckpt" --checkpoint-every 100 --resume
+        --loss-csv "$W/$run.csv" --loss-png "$W/$run.png")
+      case $objective in
+        ce) flags+=(--data "$W/train.txt") ;;
+        text) flags+=(--distill --data "$W/train.txt") ;;
+        free) flags+=("${teacher[@]}") ;;
+        mix) flags+=("${teacher[@]}" --data "$W/train.txt") ;;
+        *) echo "unknown run $run"; exit 2 ;;
+      esac ;;
+  esac
+  echo "== $run: fairyc train smol.gguf ${flags[*]}"
+  start=$(date +%s)
+  "$W/fairyc" train "$W/smol.gguf" "${flags[@]}" > "$W/$run.log" 2>&1
+  echo "exit $? after $(($(date +%s) - start)) s"
+  grep -v "^\s*$" "$W/$run.log" | grep -iv "step=" | tail -6
+  [ -n "${PPL:-}" ] && [ -e "$W/$run.fairy" ] &&
+    "$W/fairyc" ppl "$W/$run.fairy" --text "$W/heldout.txt" --ctx "$SEQ" --device "$DEVICE" 2>&1 | tail -2
+  cp "$W/$run".{log,csv,png} "$OUT/runs/" 2>/dev/null
+done
+tar -C "$OUT" -cJf "$OUT/runs.tar.xz" runs && rm -rf "$OUT/runs"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Packs what scripts/gpu-accuracy.sh needs on a GPU machine into two
+# folders git ignores, one device call each (64 MiB a call, so SmolLM2's
+# GGUF travels xz-compressed in two parts; the machine keeps the first while
+# it stays warm between the calls):
+#   .devq1/  fairyc, synth_gguf (for scripts/gpu-train-bench.sh), the
+#            corpus, the model's checksum and its first part;
+#   .devq2/  the model's second part and the cuda conformance tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+FIRST=${FIRST:-44000000}
+cargo build --release --locked
+cargo build --release --locked -p fairyc-frontend --example synth_gguf
+cuda=$(cargo test --release --locked -p fairyc-backends --test cuda --no-run 2>&1 |
+  sed -n 's/.*Executable .*(\(.*\))$/\1/p' | head -1)
+rm -rf .devq1 .devq2 && mkdir -p .devq1 .devq2
+pack() { strip -o "$1/$2" "$3" && xz -6 -T0 "$1/$2"; }
+pack .devq1 fairyc target/release/fairyc
+pack .devq1 synth_gguf target/release/examples/synth_gguf
+pack .devq2 cuda-test "$cuda"
+cp ../shared/corpus/public.txt .devq1/corpus.txt
+sha256sum < "$MODEL" | cut -d' ' -f1 > .devq1/smol.gguf.sha256
+xz -9 -T0 -c "$MODEL" > .devq1/smol.gguf.xz.whole
+head -c "$FIRST" .devq1/smol.gguf.xz.whole > .devq1/smol.gguf.xz.part0
+tail -c +$((FIRST + 1)) .devq1/smol.gguf.xz.whole > .devq2/smol.gguf.xz.part1
+rm .devq1/smol.gguf.xz.whole
+du -cb .devq1 .devq2
