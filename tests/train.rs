@@ -322,8 +322,12 @@ fn data_free_distillation_generates_caches_and_trains_on_the_teachers_text() {
     // Sampled, not one token repeated.
     let distinct: std::collections::HashSet<_> = tokens.iter().collect();
     assert!(distinct.len() > 20, "{} distinct tokens", distinct.len());
+    // The first and last five steps' means: one step's KL depends on which
+    // sampled windows it sees (0.52 to 1.03 at step 1 over teacher seeds
+    // 0-5, where five steps' mean is 0.72 to 0.79).
     let kl = losses(&csv);
-    let (first, last) = (kl[0], kl[35..].iter().sum::<f64>() / 5.0);
+    let mean = |steps: &[f64]| steps.iter().sum::<f64>() / steps.len() as f64;
+    let (first, last) = (mean(&kl[..5]), mean(&kl[35..]));
     assert!(last < 0.7 * first, "KL to the teacher {first} -> {last}");
 
     // Read back, beside text files: the same file, no generation.

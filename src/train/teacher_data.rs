@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use fairyc_frontend::import::Imported;
 use fairyc_runtime::{Batch, Feed, Rows, Sampler};
+use rayon::prelude::*;
 
 use crate::{Backend, Error, Model};
 
@@ -121,9 +122,21 @@ fn generate(
             .collect();
         let logits = batch.step(&feeds)?;
         let rows = logits.as_f32().expect("a batch step returns f32 logits");
-        for (k, &(slot, i)) in fed.iter().enumerate() {
-            let (_, sampler) = running[slot].as_mut().expect("fed");
-            sequences[i].push(sampler.sample(&rows[k * vocab..][..vocab]));
+        // Each fed slot's logits row, then its draws on the CPU's cores.
+        let mut row_of = vec![None; slots];
+        for (k, &(slot, _)) in fed.iter().enumerate() {
+            row_of[slot] = Some(k);
+        }
+        let drawn: Vec<Option<u32>> = running
+            .par_iter_mut()
+            .zip(row_of)
+            .map(|(running, row)| {
+                let (_, sampler) = running.as_mut()?;
+                Some(sampler.sample(&rows[row? * vocab..][..vocab]))
+            })
+            .collect();
+        for &(slot, i) in &fed {
+            sequences[i].push(drawn[slot].expect("a fed slot draws"));
             if sequences[i].len() == header.length {
                 running[slot] = None;
                 batch.reset(slot);
