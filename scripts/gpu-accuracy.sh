@@ -4,9 +4,9 @@
 # model in parts, each carried by its own call while the machine stays warm
 # (one call carries 64 MiB), fairyc and the corpus. Whatever they hold is
 # kept in WORK (.dev/acc), where the parts are joined once all have come.
-# ../shared/corpus/public.txt is cut by lines: the last HELDOUT_LINES
-# articles are only evaluated (--eval-data), never trained on; the rest is
-# the training text.
+# The corpus (../shared/corpus/public.txt, packed as corpus.txt) is cut by
+# lines: the last HELDOUT_LINES articles are only evaluated (--eval-data),
+# never trained on; the rest is the training text.
 #
 #   bash scripts/gpu-accuracy.sh RUN...
 #
@@ -24,15 +24,27 @@
 #                           generates (data-free), alone or beside the text.
 # With PPL=1 each artifact is then scored by `fairyc ppl` on the held-out text.
 set -uo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")/.."
-W=${WORK:-.dev/acc}
-mkdir -p "$W" "${OUT:-/tmp}/runs"
+W=${WORK:-.dev/acc} OUT=${OUT:-/tmp}
+for run in "$@"; do
+  case $run in
+    fp | w[123]-ce | w[123]-text | w[123]-free | w[123]-mix) ;;
+    binary-ce | binary-text | binary-free | binary-mix) ;;
+    ternary-ce | ternary-text | ternary-free | ternary-mix) ;;
+    *) echo "unknown run $run (fp, or Q-ce, Q-text, Q-free, Q-mix)"; exit 2 ;;
+  esac
+done
+mkdir -p "$W" "$OUT/runs"
+# Each file unpacked once; a copy cut short (a call killed midway) is never
+# taken for a whole one.
 for f in ${PACK:-.devq*}/*; do
   name=$(basename "$f" .xz)
   [ -e "$W/$name" ] && continue
-  case $f in *.xz) xz -d -c "$f" > "$W/$name" ;; *) cp "$f" "$W/$name" ;; esac
+  case $f in *.xz) xz -d -c "$f" > "$W/$name.tmp" ;; *) cp "$f" "$W/$name.tmp" ;; esac &&
+    mv "$W/$name.tmp" "$W/$name"
 done
-[ -e "$W/fairyc" ] && chmod +x "$W/fairyc"
+for exe in fairyc cuda-test synth_gguf; do [ -e "$W/$exe" ] && chmod +x "$W/$exe"; done
 if [ ! -e "$W/smol.gguf" ]; then
   cat "$W"/smol.gguf.xz.part* | xz -d > "$W/smol.gguf.joining" 2>/dev/null
   if [ "$(sha256sum < "$W/smol.gguf.joining" | cut -d' ' -f1)" = "$(cat "$W/smol.gguf.sha256")" ]; then
@@ -43,7 +55,8 @@ if [ ! -e "$W/smol.gguf" ]; then
   fi
 fi
 HELDOUT_LINES=${HELDOUT_LINES:-30}
-total=$(wc -l < "$W/corpus.txt")
+# Lines, the last one counted without its newline.
+total=$(awk 'END { print NR }' "$W/corpus.txt")
 head -n $((total - HELDOUT_LINES)) "$W/corpus.txt" > "$W/train.txt"
 tail -n "$HELDOUT_LINES" "$W/corpus.txt" > "$W/heldout.txt"
 SEQ=${SEQ:-512} BATCH=${BATCH:-16} STEPS=${STEPS:-1000} LIMIT=${LIMIT:-120} LR=${LR:-1e-4}
@@ -51,8 +64,10 @@ TEACHER=${TEACHER:-512} TEACHER_BATCH=${TEACHER_BATCH:-64} DEVICE=${DEVICE:-cuda
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for run in "$@"; do
   quant=${run%%-*} objective=${run#*-}
+  # A run resumes only a checkpoint of its own settings.
+  tag=$run-seq$SEQ-batch$BATCH-steps$STEPS-lr$LR
   flags=(--device "$DEVICE" --seq "$SEQ" --grad-accum "$BATCH" --eval-data "$W/heldout.txt"
-    --eval-windows 1000 -o "$W/$run.fairy")
+    --eval-windows 1000 -o "$W/$tag.fairy")
   teacher=(--distill --teacher-sequences "$TEACHER" --teacher-batch "$TEACHER_BATCH"
     --teacher-cache "$W/teacher-$SEQ-$TEACHER.tok")
   case $run in
@@ -60,23 +75,22 @@ for run in "$@"; do
     *)
       flags+=(--quant "$quant" --steps "${STOP:-$STEPS}" --time-limit "$LIMIT" --lr "$LR" --warmup 20
         --decay-start $((STEPS * 7 / 10)) --decay-steps $((STEPS * 3 / 10)) --eval-every 100
-        --checkpoint "$W/$run.ckpt" --checkpoint-every 100 --resume
-        --loss-csv "$W/$run.csv" --loss-png "$W/$run.png")
+        --checkpoint "$W/$tag.ckpt" --checkpoint-every 100 --resume
+        --loss-csv "$W/$tag.csv" --loss-png "$W/$tag.png")
       case $objective in
         ce) flags+=(--data "$W/train.txt") ;;
         text) flags+=(--distill --data "$W/train.txt") ;;
         free) flags+=("${teacher[@]}") ;;
         mix) flags+=("${teacher[@]}" --data "$W/train.txt") ;;
-        *) echo "unknown run $run"; exit 2 ;;
       esac ;;
   esac
   echo "== $run: fairyc train smol.gguf ${flags[*]}"
   start=$(date +%s)
-  "$W/fairyc" train "$W/smol.gguf" "${flags[@]}" > "$W/$run.log" 2>&1
+  "$W/fairyc" train "$W/smol.gguf" "${flags[@]}" > "$W/$tag.log" 2>&1
   echo "exit $? after $(($(date +%s) - start)) s"
-  grep -v "^\s*$" "$W/$run.log" | grep -iv "step=" | tail -6
-  [ -n "${PPL:-}" ] && [ -e "$W/$run.fairy" ] &&
-    "$W/fairyc" ppl "$W/$run.fairy" --text "$W/heldout.txt" --ctx "$SEQ" --device "$DEVICE" 2>&1 | tail -2
-  cp "$W/$run".{log,csv,png} "$OUT/runs/" 2>/dev/null
+  grep -v "^\s*$" "$W/$tag.log" | grep -iv "step=" | tail -6
+  [ -n "${PPL:-}" ] && [ -e "$W/$tag.fairy" ] &&
+    "$W/fairyc" ppl "$W/$tag.fairy" --text "$W/heldout.txt" --ctx "$SEQ" --device "$DEVICE" 2>&1 | tail -2
+  cp "$W/$tag".{log,csv,png} "$OUT/runs/" 2>/dev/null
 done
 tar -C "$OUT" -cJf "$OUT/runs.tar.xz" runs && rm -rf "$OUT/runs"

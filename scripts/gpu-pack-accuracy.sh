@@ -3,8 +3,8 @@
 # folders git ignores, one device call each (64 MiB a call, so SmolLM2's
 # GGUF travels xz-compressed in two parts; the machine keeps the first while
 # it stays warm between the calls):
-#   .devq1/  fairyc, synth_gguf (for scripts/gpu-train-bench.sh), the
-#            corpus, the model's checksum and its first part;
+#   .devq1/  fairyc, synth_gguf (synthetic models for probes beside the
+#            runs), the corpus, the model's checksum and its first part;
 #   .devq2/  the model's second part and the cuda conformance tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -151,10 +151,10 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A positive, finite number of seconds.
-fn seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+/// A positive number of seconds that a `Duration` holds.
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>().map(std::time::Duration::try_from_secs_f64) {
+        Ok(Ok(d)) if !d.is_zero() => Ok(d),
         _ => Err(format!("expected a positive number of seconds, got `{s}`")),
     }
 }
@@ -826,11 +826,12 @@ struct TrainArgs {
     /// only evaluates the held-out loss and writes the artifact).
     #[arg(long)]
     steps: usize,
-    /// Stop stepping after this many seconds of training in this process
-    /// (a time budget, or a lent machine's limit), then checkpoint,
-    /// evaluate and write the artifact as at the last step; --resume goes on.
+    /// Stop stepping after this many seconds of training steps in this
+    /// process (a training budget; loading, teacher generation and the
+    /// evaluations are not counted), then checkpoint, evaluate and write
+    /// the artifact as at the last step; --resume goes on.
     #[arg(long, value_parser = seconds)]
-    time_limit: Option<f64>,
+    time_limit: Option<std::time::Duration>,
     /// Tokens per training window.
     #[arg(long, default_value_t = 128)]
     seq: usize,
@@ -980,7 +981,7 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
             },
         ),
         steps: args.steps,
-        time_limit: args.time_limit.map(std::time::Duration::from_secs_f64),
+        time_limit: args.time_limit,
         seq: args.seq,
         grad_accum: args.grad_accum,
         lr: args.lr,

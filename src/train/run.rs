@@ -78,8 +78,9 @@ pub struct TrainConfig {
     /// Optimizer steps to train to; a resumed run continues up to it. 0
     /// only evaluates the held-out loss (and writes the artifact).
     pub steps: usize,
-    /// Stop stepping once this process has trained this long (a training
-    /// budget, or a machine lent for a limited time), then checkpoint,
+    /// Stop stepping once this process has spent this long in training
+    /// steps (a training budget: loading, teacher generation and the
+    /// evaluations are not counted), then checkpoint,
     /// evaluate and write the artifact as at the last step; `--resume`
     /// continues from there (`--time-limit`).
     pub time_limit: Option<Duration>,
@@ -497,8 +498,13 @@ pub fn train(
         (windows, held)
     };
     if windows.len() < held + 1 {
+        let split = if config.eval_data.is_empty() {
+            " with a held-out split"
+        } else {
+            ""
+        };
         return Err(Error::Usage(format!(
-            "the data has {} tokens: too few for windows of --seq {} with a held-out split",
+            "the data has {} tokens: too few for windows of --seq {}{split}",
             tokens.len() + generated.len(),
             config.seq
         )));
@@ -564,6 +570,8 @@ pub fn train(
     let first = trainer.step;
     let tokens_per_step = config.grad_accum * config.seq;
     let mut skipped = 0usize;
+    // The step of the last checkpoint written (or resumed).
+    let mut saved = first;
     let out_of_time = || {
         config
             .time_limit
@@ -616,15 +624,21 @@ pub fn train(
             "train"
         );
         if let Some(ckpt) = &config.checkpoint {
-            if t % config.checkpoint_every.max(1) == 0 || t == config.steps || out_of_time() {
+            if t % config.checkpoint_every.max(1) == 0 {
                 trainer.save(ckpt)?;
                 write_records(config, &records)?;
+                saved = t;
             }
         }
     }
+    // The last step, wherever the loop stopped (the end, the time limit,
+    // a skipped step), is checkpointed.
+    if let Some(ckpt) = config.checkpoint.as_ref().filter(|_| saved != trainer.step) {
+        trainer.save(ckpt)?;
+    }
     on_event(Event::Finished { step: trainer.step });
     write_records(config, &records)?;
-    // Nothing trained (--steps 0, or a finished run resumed): the same loss.
+    // No step taken (--steps 0, or a finished run resumed): the same loss.
     let after = if trainer.step == first {
         before
     } else {
