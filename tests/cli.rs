@@ -391,6 +391,24 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["frobnicate"],
         ),
         (
+            "a time limit no duration holds",
+            [
+                "train",
+                &model_s,
+                "--data",
+                &text,
+                "--steps",
+                "1",
+                "--time-limit",
+                "1e20",
+                "-o",
+                "x.fairy",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--time-limit", "positive number of seconds"],
+        ),
+        (
             "--gpus on the cpu",
             [
                 "train", &model_s, "--data", &text, "--steps", "1", "--gpus", "2", "-o", "x.fairy",
