@@ -21,7 +21,9 @@
 #                           with the next-token loss, or distilled (KL to the
 #                           unquantized model) on it;
 #   Q-free, Q-mix           distilled on TEACHER sequences the teacher
-#                           generates (data-free), alone or beside the text.
+#                           generates (data-free), alone or beside the text;
+#                           with TEACHER_LIMIT, generation stops after that
+#                           many seconds and the next call goes on with it.
 # With PPL=1 each artifact is then scored by `fairyc ppl` on the held-out text.
 set -uo pipefail
 shopt -s nullglob
@@ -70,6 +72,8 @@ for run in "$@"; do
     --eval-windows 1000 -o "$W/$tag.fairy")
   teacher=(--distill --teacher-sequences "$TEACHER" --teacher-batch "$TEACHER_BATCH"
     --teacher-cache "$W/teacher-$SEQ-$TEACHER.tok")
+  # Generation over several calls: each stops after TEACHER_LIMIT seconds.
+  [ -n "${TEACHER_LIMIT:-}" ] && teacher+=(--teacher-time-limit "$TEACHER_LIMIT")
   case $run in
     fp) flags+=(--quant none --steps 0 --data "$W/train.txt") ;;
     *)

@@ -822,6 +822,11 @@ struct TrainArgs {
     /// batch holds its own KV cache).
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     teacher_batch: usize,
+    /// Stop the teacher's generation after this many seconds (once a
+    /// sequence is whole): the cache keeps the whole sequences, nothing
+    /// trains, and the same command run again goes on generating.
+    #[arg(long, value_parser = seconds)]
+    teacher_time_limit: Option<std::time::Duration>,
     /// Optimizer steps to train to (a resumed run continues up to it; 0
     /// only evaluates the held-out loss and writes the artifact).
     #[arg(long)]
@@ -978,6 +983,7 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
                 cache,
                 seed: args.teacher_seed,
                 slots: args.teacher_batch,
+                time_limit: args.teacher_time_limit,
             },
         ),
         steps: args.steps,
@@ -1091,6 +1097,18 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         _ => {}
     }
     })?;
+    if let Some((done, wanted)) = report.teacher_pending {
+        bar.finish_and_clear();
+        println!(
+            "the teacher generated {done} of {wanted} sequences into {} before --teacher-time-limit; \
+             run the same command again to go on (nothing was trained)",
+            args.teacher_cache
+                .as_deref()
+                .unwrap_or(Path::new("--teacher-cache"))
+                .display()
+        );
+        return Ok(());
+    }
     println!(
         "trained {} steps ({} tokens) in {:.1}s; wrote {}",
         report.step - report.first_step,

@@ -253,6 +253,48 @@ fn evaluation_text_is_held_out_whole_and_zero_steps_only_evaluate() {
     assert_ne!(split.held_out_before, whole.held_out_before);
 }
 
+/// The teacher's generation stopped by its time limit keeps the whole
+/// sequences in the cache and trains nothing; runs again go on from there,
+/// and the cache ends as one uninterrupted generation's, byte for byte.
+#[test]
+fn a_time_limited_teacher_generation_goes_on_where_it_stopped() {
+    use fairyc::train::TeacherData;
+    let dir = TempDir::new("teacher-time-limit");
+    let (model, _) = setup(&dir, "tiny.gguf");
+    let config = |cache: PathBuf, time_limit| TrainConfig {
+        quant: Some(CompileOptions::default()),
+        distill: true,
+        teacher_data: Some(TeacherData {
+            sequences: 12,
+            cache,
+            seed: 5,
+            slots: 4,
+            time_limit,
+        }),
+        steps: 2,
+        seq: 16,
+        ..TrainConfig::default()
+    };
+    let run = |config: &TrainConfig| {
+        train(ModelSource::Path(model.clone()), config, &mut |_| {}).unwrap()
+    };
+    let (stopped, whole) = (dir.path("stopped.tok"), dir.path("whole.tok"));
+    let limited = config(stopped.clone(), Some(std::time::Duration::from_nanos(1)));
+    // One round of 4 slots a run: 4 sequences, then 8, then all 12.
+    for done in [4, 8] {
+        let report = run(&limited);
+        assert_eq!(report.teacher_pending, Some((done, 12)));
+        assert_eq!((report.step, report.records.len()), (0, 0));
+    }
+    let finished = run(&limited);
+    assert_eq!((finished.teacher_pending, finished.step), (None, 2));
+    run(&config(whole.clone(), None));
+    assert_eq!(
+        std::fs::read(&stopped).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+}
+
 /// A time limit stops a run after the step that passes it (every process
 /// steps at least once), checkpointed and with its artifact written; a
 /// resumed run goes on to `steps` with the straight run's losses.

@@ -260,7 +260,7 @@ pub enum Event<'a> {
 }
 
 /// What a run did.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TrainReport {
     /// Trained real parameters.
     pub parameters: usize,
@@ -280,6 +280,10 @@ pub struct TrainReport {
     pub skipped: usize,
     /// Where the step's time went, op by op, when `FAIRYC_PROFILE` is set.
     pub profile: Option<String>,
+    /// The teacher's sequences generated and asked for, where generation
+    /// stopped at its time limit: then nothing was trained or written, and
+    /// the next run goes on generating.
+    pub teacher_pending: Option<(usize, usize)>,
 }
 
 /// One row of the training log.
@@ -457,13 +461,21 @@ pub fn train(
                 source: compiled.source.clone(),
             };
             let backend = config.device.exact_backend();
-            teacher_tokens(
+            let generated = teacher_tokens(
                 teacher,
                 backend.as_ref(),
                 data,
                 config.seq + 1,
                 &mut |done, total| on_event(Event::Generated { done, total }),
-            )?
+            )?;
+            if generated.done < generated.wanted {
+                // Stopped by its time limit: nothing trains on part of it.
+                return Ok(TrainReport {
+                    teacher_pending: Some((generated.done, generated.wanted)),
+                    ..TrainReport::default()
+                });
+            }
+            generated.tokens
         }
         _ => Vec::new(),
     };
@@ -667,6 +679,7 @@ pub fn train(
         records,
         skipped,
         profile: trainer.profile(),
+        teacher_pending: None,
     })
 }
 
