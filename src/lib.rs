@@ -144,6 +144,26 @@ fn compile_decoding(
     )?)
 }
 
+/// `imported` compiled on `backend` to decode `rows` sequences in lockstep
+/// (`fairyc_runtime::Lockstep`: one token of each a step, all at one
+/// position; `fairyc_backends::state::expose_kv_cache_lockstep`).
+pub fn compile_lockstep(
+    backend: &dyn Backend,
+    imported: &Imported,
+    rows: usize,
+) -> Result<Box<dyn Program>, Error> {
+    let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
+        .map_err(BackendError::from)?;
+    let graph = fairyc_backends::state::expose_kv_cache_lockstep(&graph, rows)
+        .map_err(BackendError::from)?;
+    Ok(fairyc_backends::compile(
+        backend,
+        &graph,
+        imported.weights.as_ref(),
+        &|_| {},
+    )?)
+}
+
 impl Model {
     /// Imports `path` (GGUF, Hugging Face folder or .fir) and decodes its
     /// weights.

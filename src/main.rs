@@ -818,13 +818,13 @@ struct TrainArgs {
     /// The seed of the teacher's sampling.
     #[arg(long, default_value_t = 0)]
     teacher_seed: u64,
-    /// Sequences the teacher generates at once (each slot of the decoding
-    /// batch holds its own KV cache).
+    /// Sequences the teacher generates at once, in lockstep (the rows of
+    /// one decoding step; more rows, fewer steps).
     #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     teacher_batch: usize,
-    /// Stop the teacher's generation after this many seconds (once a
-    /// sequence is whole): the cache keeps the whole sequences, nothing
-    /// trains, and the same command run again goes on generating.
+    /// Stop the teacher's generation after this many seconds (once a wave
+    /// of --teacher-batch sequences is whole): the cache keeps the whole
+    /// waves, nothing trains, and the same command run again goes on.
     #[arg(long, value_parser = seconds)]
     teacher_time_limit: Option<std::time::Duration>,
     /// Optimizer steps to train to (a resumed run continues up to it; 0

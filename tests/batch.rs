@@ -9,7 +9,7 @@ mod common;
 use common::{gpu_or_skip, tiny_models, TempDir};
 use fairyc::{Backend, Cuda, Llvm, Model, Reference};
 use fairyc_frontend::import::import;
-use fairyc_runtime::{Batch, Feed, Rows, Session, Tensor};
+use fairyc_runtime::{Batch, Feed, Lockstep, Rows, Session, Tensor};
 
 /// Three sequences of different lengths.
 const PROMPTS: [&[u32]; 3] = [
@@ -76,6 +76,48 @@ fn check(name: &str, path: &std::path::Path, backend: &dyn Backend) {
                 feed.slot
             );
             assert_eq!(batch.position(feed.slot), alone[feed.slot].position());
+        }
+    }
+}
+
+/// Three sequences decoded in lockstep (one attention a layer, the rows as
+/// more heads) against each alone, token by token, on `backend`.
+fn check_lockstep(name: &str, path: &std::path::Path, backend: &dyn Backend) {
+    let label = format!("{name} in lockstep on {}", backend.name());
+    let program = fairyc::compile_lockstep(backend, &import(path).unwrap(), 3).unwrap();
+    let single = Model::from_imported_on(import(path).unwrap(), backend, &|_| {}).unwrap();
+    let mut alone: Vec<Session> = (0..3).map(|_| Session::new(single.program())).collect();
+    let mut lockstep = Lockstep::new(program.as_ref()).unwrap();
+    assert_eq!(lockstep.rows(), 3, "{label}");
+    for t in 0..3 {
+        let tokens: Vec<u32> = PROMPTS.iter().map(|p| p[t]).collect();
+        let got = lockstep.step(&tokens).unwrap();
+        let vocab = got.cols();
+        assert_eq!(got.shape, [3, vocab], "{label}");
+        for (r, session) in alone.iter_mut().enumerate() {
+            let want = session.feed_last(&tokens[r..r + 1]).unwrap();
+            let worst = worst(&rows(&got)[r * vocab..][..vocab], rows(&want));
+            assert!(
+                worst <= 1e-4,
+                "{label}: step {t}, row {r}: worst relative difference {worst}"
+            );
+        }
+    }
+    assert!(
+        lockstep.step(&[1, 2]).is_err(),
+        "{label}: two tokens for three rows"
+    );
+}
+
+#[test]
+fn lockstep_sequences_match_each_alone_on_every_backend() {
+    let dir = TempDir::new("lockstep");
+    let gpu = gpu_or_skip();
+    for (name, path) in tiny_models(&dir) {
+        check_lockstep(name, &path, &Reference::default());
+        check_lockstep(name, &path, &Llvm::default());
+        if gpu {
+            check_lockstep(name, &path, &Cuda::default());
         }
     }
 }

@@ -143,6 +143,95 @@ fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
     Ok(b.finish(&outputs))
 }
 
+/// Decoding `rows` sequences in lockstep: every run feeds one token of each
+/// (row `r` is sequence `r`), all at the same position. The rows are fixed,
+/// and each attention runs once with the rows as more heads: the queries'
+/// `[rows, heads·d]` read as one row of `rows·heads` heads, over one KV
+/// cache a layer whose columns are the sequences' caches side by side
+/// (`[past, rows·kv_heads·d]`; head `r·heads + h` reads KV head
+/// `r·kv_heads + h / group`, its own sequence's). So the graph holds no
+/// node per sequence, where [`expose_kv_cache_slots`] routes each slot
+/// through its own attention. Inputs whose first dimension is symbolic
+/// (tokens, positions) get `rows` rows; a graph whose attention is not on
+/// `[seq, channels]` (or whose shapes do not allow fixed rows) is refused.
+pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, BuildError> {
+    let mut b = GraphBuilder::new(graph.name.clone());
+    for (k, v) in &graph.meta {
+        b.meta(k.clone(), v.clone());
+    }
+    let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
+    let mut caches = Caches::default();
+    let mut layer = 0;
+    let flat = |b: &mut GraphBuilder, x: ValueId, shape: [usize; 2]| {
+        b.push(
+            Op::Reshape {
+                shape: Shape(shape.map(Dim::Fixed).to_vec()),
+            },
+            &[x],
+        )
+    };
+    for node in &graph.nodes {
+        let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
+        let id = match &node.op {
+            Op::Input { name } => {
+                let mut dims = node.ty.shape.dims().to_vec();
+                if let Some(first @ Dim::Sym(_)) = dims.first_mut() {
+                    *first = Dim::Fixed(rows);
+                }
+                b.input(name.clone(), TensorType::new(node.ty.dtype, Shape(dims)))
+            }
+            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            Op::Attention {
+                heads,
+                kv_heads,
+                scale,
+                causal,
+                segment: None,
+            } => {
+                let width = |b: &GraphBuilder, x: ValueId| match b.ty(x).shape.dims() {
+                    [Dim::Fixed(r), Dim::Fixed(w)] if *r == rows => Ok(*w),
+                    _ => Err(BuildError {
+                        graph: graph.name.clone(),
+                        op: "attention",
+                        message: format!(
+                            "lockstep decoding needs attention on [{rows}, channels], found {}",
+                            b.ty(x)
+                        ),
+                    }),
+                };
+                let mut one_row = Vec::with_capacity(3);
+                for &x in &operands[..3] {
+                    let w = width(&b, x)?;
+                    one_row.push(flat(&mut b, x, [1, rows * w])?);
+                }
+                let name = format!("kv.{layer}");
+                let (k, v) = caches.extend(&mut b, &name, PAST, one_row[1], one_row[2])?;
+                layer += 1;
+                let attention = Op::Attention {
+                    heads: heads * rows,
+                    kv_heads: kv_heads * rows,
+                    scale: *scale,
+                    causal: *causal,
+                    segment: None,
+                };
+                let out = b.push(attention, &[one_row[0], k, v])?;
+                let w = width(&b, operands[0])?;
+                let out_width = match b.ty(out).shape.dims() {
+                    [_, Dim::Fixed(w)] => w / rows,
+                    _ => w,
+                };
+                flat(&mut b, out, [rows, out_width])?
+            }
+            op => b.push(op.clone(), &operands)?,
+        };
+        map.push(id);
+    }
+    b.meta(STATE_META, caches.names.join(","));
+    let mut outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
+    outputs.extend(caches.states);
+    Ok(b.finish(&outputs))
+}
+
 /// The state inputs made so far, and the values that are their next
 /// contents (the state outputs), in the same order.
 #[derive(Default)]

@@ -1,11 +1,13 @@
 //! Data-free distillation's text (LLM-QAT): sequences the teacher (the
 //! model before quantization) generates itself, each from a first token
 //! drawn uniformly from the vocabulary and then sampled at temperature 1,
-//! many at once through a batch of slots. They are made once and cached as
-//! a token file, which later runs read back instead of generating again.
-//! The file grows as sequences complete (in order), so a generation stopped
-//! by its time limit, or killed, goes on from the last whole sequence:
-//! each sequence's draws depend only on its index and the seed.
+//! many at once in lockstep (`fairyc_runtime::Lockstep`: one attention a
+//! layer for all of them). They are made once and cached as a token file,
+//! which later runs read back instead of generating again. The file grows
+//! wave by wave (`--teacher-batch` sequences in order), so a generation
+//! stopped by its time limit, or killed, goes on after the last whole wave:
+//! each sequence's sampler is seeded by its index, and its wave is the
+//! same.
 //!
 //! The file: the magic `FAIRYTOK`, then little-endian u32 version (1),
 //! tokens per sequence, sequence count, the teacher's vocabulary size and
@@ -18,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fairyc_frontend::import::Imported;
-use fairyc_runtime::{Batch, Feed, Rows, Sampler};
+use fairyc_runtime::{Lockstep, Sampler};
 use rayon::prelude::*;
 
-use crate::{Backend, Error, Model};
+use crate::{Backend, Error};
 
 const MAGIC: &[u8; 8] = b"FAIRYTOK";
 const VERSION: u32 = 1;
@@ -34,8 +36,8 @@ pub struct TeacherData {
     /// Where they are cached: read if it exists, else written.
     pub cache: PathBuf,
     pub seed: u64,
-    /// Sequences generated at once (the decoding batch's slots; each holds
-    /// its own KV cache).
+    /// Sequences generated at once, in lockstep (the rows of one decoding
+    /// step).
     pub slots: usize,
     /// Stop generating after this long (once a sequence is complete), the
     /// cache holding what is done; a later run goes on from there.
@@ -110,7 +112,7 @@ pub fn teacher_tokens(
 }
 
 /// What to generate: the sequences after those `tokens` holds, up to
-/// `header.count`, written to `cache` as they complete.
+/// `header.count`, written to `cache` wave by wave.
 struct Generation<'a> {
     header: Header,
     slots: usize,
@@ -119,9 +121,9 @@ struct Generation<'a> {
 }
 
 impl Generation<'_> {
-    /// Generates into `tokens` (whole sequences in order), writing the cache
-    /// each time the sequences in order grow, until all are there or the
-    /// deadline passes after at least one more.
+    /// Generates into `tokens` (whole sequences in order), `slots` at a
+    /// time in lockstep, writing the cache after each such wave, until all
+    /// are there or the deadline passes after at least one wave.
     fn run(
         &self,
         teacher: Imported,
@@ -132,76 +134,44 @@ impl Generation<'_> {
         let header = self.header;
         let first = tokens.len() / header.length;
         let left = header.count - first;
-        let model =
-            Model::from_imported_slots(teacher, backend, left.min(self.slots).max(1), &|_| {})?;
+        let rows = left.min(self.slots).max(1);
+        let program = crate::compile_lockstep(backend, &teacher, rows)?;
         let vocab = header.vocab;
-        let mut batch = Batch::new(model.program());
-        // As many as the compiled graph holds (one where it keeps no state
-        // per slot).
-        let slots = batch.slots();
-        // The sequences from `first` on.
-        let mut sequences: Vec<Vec<u32>> = vec![Vec::new(); left];
-        // Each slot's sequence: its index (from `first`) and sampler.
-        let mut running: Vec<Option<(usize, Sampler)>> = (0..slots).map(|_| None).collect();
-        let (mut next, mut stored) = (0, 0);
         let uniform = vec![0.0f32; vocab];
         let out_of_time = || self.deadline.is_some_and(|d| Instant::now() >= d);
+        let mut stored = 0;
         while stored < left && !(stored > 0 && out_of_time()) {
-            for slot in running.iter_mut().filter(|s| s.is_none()) {
-                if next == left {
-                    break;
-                }
-                let index = (first + next) as u64;
-                let mut sampler = Sampler::new(1.0, 1.0, header.seed.wrapping_add(index));
-                sequences[next].push(sampler.sample(&uniform));
-                *slot = Some((next, sampler));
-                next += 1;
-            }
-            let fed: Vec<(usize, usize)> = running
-                .iter()
-                .enumerate()
-                .filter_map(|(slot, s)| s.as_ref().map(|(i, _)| (slot, *i)))
+            // Sequences `first + stored ..`, one a row; the last wave's
+            // rows past the count are generated and dropped.
+            let start = (first + stored) as u64;
+            let mut samplers: Vec<Sampler> = (0..rows as u64)
+                .map(|r| Sampler::new(1.0, 1.0, header.seed.wrapping_add(start + r)))
                 .collect();
-            let feeds: Vec<Feed> = fed
-                .iter()
-                .map(|&(slot, i)| Feed {
-                    slot,
-                    tokens: std::slice::from_ref(sequences[i].last().expect("a first token")),
-                    logits: Rows::Last,
-                })
+            let mut sequences: Vec<Vec<u32>> = samplers
+                .iter_mut()
+                .map(|s| vec![s.sample(&uniform)])
                 .collect();
-            let logits = batch.step(&feeds)?;
-            let rows = logits.as_f32().expect("a batch step returns f32 logits");
-            // Each fed slot's logits row, then its draws on the CPU's cores.
-            let mut row_of = vec![None; slots];
-            for (k, &(slot, _)) in fed.iter().enumerate() {
-                row_of[slot] = Some(k);
-            }
-            let drawn: Vec<Option<u32>> = running
-                .par_iter_mut()
-                .zip(row_of)
-                .map(|(running, row)| {
-                    let (_, sampler) = running.as_mut()?;
-                    Some(sampler.sample(&rows[row? * vocab..][..vocab]))
-                })
-                .collect();
-            for &(slot, i) in &fed {
-                sequences[i].push(drawn[slot].expect("a fed slot draws"));
-                if sequences[i].len() == header.length {
-                    running[slot] = None;
-                    batch.reset(slot);
+            let mut lockstep = Lockstep::new(program.as_ref())?;
+            for _ in 1..header.length {
+                let last: Vec<u32> = sequences.iter().map(|s| s[s.len() - 1]).collect();
+                let logits = lockstep.step(&last)?;
+                let all = logits.as_f32().expect("a lockstep step returns f32 logits");
+                // Each row's draw on the CPU's cores.
+                let drawn: Vec<u32> = samplers
+                    .par_iter_mut()
+                    .enumerate()
+                    .map(|(r, s)| s.sample(&all[r * vocab..][..vocab]))
+                    .collect();
+                for (sequence, t) in sequences.iter_mut().zip(drawn) {
+                    sequence.push(t);
                 }
             }
-            // The whole sequences in order go to the cache.
-            let before = stored;
-            while stored < left && sequences[stored].len() == header.length {
-                tokens.append(&mut sequences[stored]);
+            for sequence in sequences.into_iter().take(left - stored) {
+                tokens.extend(sequence);
                 stored += 1;
                 on_sequence(first + stored, header.count);
             }
-            if stored > before {
-                write(self.cache, header, tokens)?;
-            }
+            write(self.cache, header, tokens)?;
         }
         Ok(())
     }

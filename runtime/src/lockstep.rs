@@ -1,0 +1,115 @@
+//! Sequences decoded in lockstep: on a graph from
+//! `fairyc_backends::state::expose_kv_cache_lockstep`, every step feeds
+//! one token of each of its fixed rows (row `r` is sequence `r`), all at
+//! the same position, and returns each row's logits. Many sequences of
+//! one length (a teacher's generated text) run this way with no node per
+//! sequence in the graph, where [`crate::Batch`] routes each slot through
+//! its own attention.
+
+use std::collections::HashMap;
+
+use fairyc_backends::state::state_names;
+use fairyc_backends::{BackendError, Program, Tensor};
+use fairyc_ir::{DType, Dim};
+
+pub struct Lockstep<'a> {
+    program: &'a dyn Program,
+    rows: usize,
+    /// The KV caches, by state input name, in the order of the state outputs.
+    state: Vec<(String, Tensor)>,
+    position: usize,
+    context: Option<usize>,
+}
+
+impl<'a> Lockstep<'a> {
+    /// Empty sequences on `program`, whose graph's `tokens` input has fixed
+    /// rows.
+    pub fn new(program: &'a dyn Program) -> Result<Lockstep<'a>, BackendError> {
+        let graph = program.graph();
+        let rows = graph
+            .inputs()
+            .find(|(_, n, _)| *n == "tokens")
+            .and_then(|(_, _, ty)| match ty.shape.dims() {
+                [Dim::Fixed(rows)] => Some(*rows),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                BackendError::new(format!(
+                    "graph @{} is not a lockstep graph: its tokens have no fixed rows",
+                    graph.name
+                ))
+            })?;
+        let mut state = Vec::new();
+        for name in state_names(graph) {
+            let width = graph
+                .inputs()
+                .find(|(_, n, _)| *n == name)
+                .and_then(|(_, _, ty)| Some((ty.dtype, ty.shape.dims().last()?.clone().fixed()?)))
+                .ok_or_else(|| {
+                    BackendError::new(format!("state input {name} has no fixed width"))
+                })?;
+            let empty = match width.0 {
+                DType::C64 => Tensor::c64(vec![0, width.1], Vec::new()),
+                _ => Tensor::f32(vec![0, width.1], Vec::new()),
+            };
+            state.push((name, empty));
+        }
+        Ok(Lockstep {
+            program,
+            rows,
+            state,
+            position: 0,
+            context: graph
+                .meta
+                .get("context_length")
+                .and_then(|c| c.parse().ok()),
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Feeds `tokens[r]` to row `r`; returns the logits `[rows, vocab]`. On
+    /// an error the sequences are lost (their caches went into the run).
+    pub fn step(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
+        if tokens.len() != self.rows {
+            return Err(BackendError::new(format!(
+                "a lockstep step feeds one token to each of {} rows, got {}",
+                self.rows,
+                tokens.len()
+            )));
+        }
+        if let Some(context) = self.context.filter(|&c| self.position >= c) {
+            return Err(BackendError::new(format!(
+                "the sequences would hold {} tokens, past the model's context length {context}",
+                self.position + 1
+            )));
+        }
+        let ids = tokens
+            .iter()
+            .map(|&t| i32::try_from(t))
+            .collect::<Result<Vec<i32>, _>>()
+            .map_err(|_| BackendError::new("a token id is too large"))?;
+        let position = self.position as i32;
+        let mut inputs = HashMap::from([
+            ("tokens".to_string(), Tensor::i32(vec![self.rows], ids)),
+            (
+                "positions".to_string(),
+                Tensor::i32(vec![self.rows], vec![position; self.rows]),
+            ),
+        ]);
+        let names: Vec<String> = self.state.iter().map(|(n, _)| n.clone()).collect();
+        inputs.extend(std::mem::take(&mut self.state));
+        let mut outputs = self.program.run(inputs)?;
+        let own = outputs.len().saturating_sub(names.len());
+        if own == 0 {
+            return Err(BackendError::new(
+                "a lockstep graph returns the logits first",
+            ));
+        }
+        self.state = names.into_iter().zip(outputs.drain(own..)).collect();
+        self.position += 1;
+        Ok(outputs.swap_remove(0))
+    }
+}
