@@ -71,7 +71,7 @@ for run in "$@"; do
   flags=(--device "$DEVICE" --seq "$SEQ" --grad-accum "$BATCH" --eval-data "$W/heldout.txt"
     --eval-windows 1000 -o "$W/$tag.fairy")
   teacher=(--distill --teacher-sequences "$TEACHER" --teacher-batch "$TEACHER_BATCH"
-    --teacher-cache "$W/teacher-$SEQ-$TEACHER.tok")
+    --teacher-cache "$W/teacher-seq$SEQ-n$TEACHER-batch$TEACHER_BATCH.tok")
   # Generation over several calls: each stops after TEACHER_LIMIT seconds.
   [ -n "${TEACHER_LIMIT:-}" ] && teacher+=(--teacher-time-limit "$TEACHER_LIMIT")
   case $run in

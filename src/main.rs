@@ -825,7 +825,7 @@ struct TrainArgs {
     /// Stop the teacher's generation after this many seconds (once a wave
     /// of --teacher-batch sequences is whole): the cache keeps the whole
     /// waves, nothing trains, and the same command run again goes on.
-    #[arg(long, value_parser = seconds)]
+    #[arg(long, value_parser = seconds, requires = "teacher_sequences")]
     teacher_time_limit: Option<std::time::Duration>,
     /// Optimizer steps to train to (a resumed run continues up to it; 0
     /// only evaluates the held-out loss and writes the artifact).
@@ -1049,7 +1049,8 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     let report = train(source, &config, &mut |event| {
         match event {
         Event::Generated { done, total } => {
-            if done == 1 {
+            // The first wave of this process (a resumed one starts past 1).
+            if bar.is_hidden() {
                 bar = ProgressBar::new(total as u64).with_style(bar_style("teacher sequences"));
             }
             bar.set_position(done as u64);

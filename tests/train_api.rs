@@ -254,7 +254,7 @@ fn evaluation_text_is_held_out_whole_and_zero_steps_only_evaluate() {
 }
 
 /// The teacher's generation stopped by its time limit keeps the whole
-/// sequences in the cache and trains nothing; runs again go on from there,
+/// waves in the cache and trains nothing; runs again go on from there,
 /// and the cache ends as one uninterrupted generation's, byte for byte.
 #[test]
 fn a_time_limited_teacher_generation_goes_on_where_it_stopped() {
@@ -265,7 +265,7 @@ fn a_time_limited_teacher_generation_goes_on_where_it_stopped() {
         quant: Some(CompileOptions::default()),
         distill: true,
         teacher_data: Some(TeacherData {
-            sequences: 12,
+            sequences: 13,
             cache,
             seed: 5,
             slots: 4,
@@ -280,10 +280,11 @@ fn a_time_limited_teacher_generation_goes_on_where_it_stopped() {
     };
     let (stopped, whole) = (dir.path("stopped.tok"), dir.path("whole.tok"));
     let limited = config(stopped.clone(), Some(std::time::Duration::from_nanos(1)));
-    // One round of 4 slots a run: 4 sequences, then 8, then all 12.
-    for done in [4, 8] {
+    // One wave of 4 a run: 4 sequences, then 8, 12, and all 13 (the last
+    // wave's 3 spare rows dropped, as an uninterrupted run drops them).
+    for done in [4, 8, 12] {
         let report = run(&limited);
-        assert_eq!(report.teacher_pending, Some((done, 12)));
+        assert_eq!(report.teacher_pending, Some((done, 13)));
         assert_eq!((report.step, report.records.len()), (0, 0));
     }
     let finished = run(&limited);

@@ -151,9 +151,9 @@ fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
 /// (`[past, rows·kv_heads·d]`; head `r·heads + h` reads KV head
 /// `r·kv_heads + h / group`, its own sequence's). So the graph holds no
 /// node per sequence, where [`expose_kv_cache_slots`] routes each slot
-/// through its own attention. Inputs whose first dimension is symbolic
+/// through its own attention. Inputs whose first dimension is the tokens'
 /// (tokens, positions) get `rows` rows; a graph whose attention is not on
-/// `[seq, channels]` (or whose shapes do not allow fixed rows) is refused.
+/// `[seq, channels]`, or runs over segments, is refused.
 pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, BuildError> {
     let mut b = GraphBuilder::new(graph.name.clone());
     for (k, v) in &graph.meta {
@@ -162,6 +162,16 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
     let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
     let mut caches = Caches::default();
     let mut layer = 0;
+    let refuse = |message: String| BuildError {
+        graph: graph.name.clone(),
+        op: "attention",
+        message,
+    };
+    // The rows' symbol: the tokens' first dimension.
+    let seq = graph
+        .inputs()
+        .find(|(_, n, _)| *n == "tokens")
+        .and_then(|(_, _, ty)| ty.shape.dims().first().cloned());
     let flat = |b: &mut GraphBuilder, x: ValueId, shape: [usize; 2]| {
         b.push(
             Op::Reshape {
@@ -175,7 +185,7 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
         let id = match &node.op {
             Op::Input { name } => {
                 let mut dims = node.ty.shape.dims().to_vec();
-                if let Some(first @ Dim::Sym(_)) = dims.first_mut() {
+                if let Some(first) = dims.first_mut().filter(|d| seq.as_ref() == Some(*d)) {
                     *first = Dim::Fixed(rows);
                 }
                 b.input(name.clone(), TensorType::new(node.ty.dtype, Shape(dims)))
@@ -190,14 +200,10 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
             } => {
                 let width = |b: &GraphBuilder, x: ValueId| match b.ty(x).shape.dims() {
                     [Dim::Fixed(r), Dim::Fixed(w)] if *r == rows => Ok(*w),
-                    _ => Err(BuildError {
-                        graph: graph.name.clone(),
-                        op: "attention",
-                        message: format!(
-                            "lockstep decoding needs attention on [{rows}, channels], found {}",
-                            b.ty(x)
-                        ),
-                    }),
+                    _ => Err(refuse(format!(
+                        "lockstep decoding needs attention on [{rows}, channels], found {}",
+                        b.ty(x)
+                    ))),
                 };
                 let mut one_row = Vec::with_capacity(3);
                 for &x in &operands[..3] {
@@ -221,6 +227,13 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
                     _ => w,
                 };
                 flat(&mut b, out, [rows, out_width])?
+            }
+            Op::Attention {
+                segment: Some(_), ..
+            } => {
+                return Err(refuse(
+                    "lockstep decoding keeps a KV cache: attention over segments has none".into(),
+                ))
             }
             op => b.push(op.clone(), &operands)?,
         };

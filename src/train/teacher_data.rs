@@ -7,7 +7,7 @@
 //! wave by wave (`--teacher-batch` sequences in order), so a generation
 //! stopped by its time limit, or killed, goes on after the last whole wave:
 //! each sequence's sampler is seeded by its index, and its wave is the
-//! same.
+//! same (with the same `--teacher-batch`).
 //!
 //! The file: the magic `FAIRYTOK`, then little-endian u32 version (1),
 //! tokens per sequence, sequence count, the teacher's vocabulary size and
@@ -39,8 +39,8 @@ pub struct TeacherData {
     /// Sequences generated at once, in lockstep (the rows of one decoding
     /// step).
     pub slots: usize,
-    /// Stop generating after this long (once a sequence is complete), the
-    /// cache holding what is done; a later run goes on from there.
+    /// Stop generating after this long (once a wave is complete), the
+    /// cache holding the whole waves; a later run goes on from there.
     pub time_limit: Option<Duration>,
 }
 
@@ -134,7 +134,9 @@ impl Generation<'_> {
         let header = self.header;
         let first = tokens.len() / header.length;
         let left = header.count - first;
-        let rows = left.min(self.slots).max(1);
+        // The same rows in every process (not fewer for a last wave), so
+        // that a resumed generation computes as an uninterrupted one.
+        let rows = header.count.min(self.slots).max(1);
         let program = crate::compile_lockstep(backend, &teacher, rows)?;
         let vocab = header.vocab;
         let uniform = vec![0.0f32; vocab];
