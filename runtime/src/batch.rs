@@ -8,7 +8,18 @@ use std::collections::HashMap;
 
 use fairyc_backends::state::{slot_prefix, slot_rows, slots, state_names, LOGIT_ROWS, ROW_ORDER};
 use fairyc_backends::{BackendError, Program, Tensor};
-use fairyc_ir::{DType, Op};
+use fairyc_ir::{DType, Graph, Op};
+
+/// The empty value of state input `name` (a KV cache of no rows:
+/// `[0, width]`), if the graph has it with a fixed width.
+pub(crate) fn empty_state(graph: &Graph, name: &str) -> Option<Tensor> {
+    let (_, _, ty) = graph.inputs().find(|(_, n, _)| *n == name)?;
+    let width = ty.shape.dims().last()?.clone().fixed()?;
+    Some(match ty.dtype {
+        DType::C64 => Tensor::c64(vec![0, width], Vec::new()),
+        _ => Tensor::f32(vec![0, width], Vec::new()),
+    })
+}
 
 /// Which of a feed's positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,15 +125,7 @@ impl<'a> Batch<'a> {
             .states
             .iter()
             .filter(|(_, s)| *s == slot)
-            .filter_map(|(name, _)| {
-                let (_, _, ty) = graph.inputs().find(|(_, n, _)| n == name)?;
-                let width = ty.shape.dims().last()?.clone().fixed()?;
-                let empty = match ty.dtype {
-                    DType::C64 => Tensor::c64(vec![0, width], Vec::new()),
-                    _ => Tensor::f32(vec![0, width], Vec::new()),
-                };
-                Some((name.clone(), empty))
-            })
+            .filter_map(|(name, _)| Some((name.clone(), empty_state(graph, name)?)))
             .collect();
         self.slots[slot] = Slot { state, position: 0 };
     }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use fairyc_backends::state::state_names;
 use fairyc_backends::{BackendError, Program, Tensor};
-use fairyc_ir::{DType, Dim};
+use fairyc_ir::Dim;
+
+use crate::batch::empty_state;
 
 pub struct Lockstep<'a> {
     program: &'a dyn Program,
@@ -39,21 +41,15 @@ impl<'a> Lockstep<'a> {
                     graph.name
                 ))
             })?;
-        let mut state = Vec::new();
-        for name in state_names(graph) {
-            let width = graph
-                .inputs()
-                .find(|(_, n, _)| *n == name)
-                .and_then(|(_, _, ty)| Some((ty.dtype, ty.shape.dims().last()?.clone().fixed()?)))
-                .ok_or_else(|| {
-                    BackendError::new(format!("state input {name} has no fixed width"))
-                })?;
-            let empty = match width.0 {
-                DType::C64 => Tensor::c64(vec![0, width.1], Vec::new()),
-                _ => Tensor::f32(vec![0, width.1], Vec::new()),
-            };
-            state.push((name, empty));
-        }
+        let state = state_names(graph)
+            .into_iter()
+            .map(|name| match empty_state(graph, &name) {
+                Some(empty) => Ok((name, empty)),
+                None => Err(BackendError::new(format!(
+                    "state input {name} has no fixed width"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Lockstep {
             program,
             rows,
