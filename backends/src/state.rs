@@ -159,7 +159,6 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
     for (k, v) in &graph.meta {
         b.meta(k.clone(), v.clone());
     }
-    let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
     let mut caches = Caches::default();
     let mut layer = 0;
     let refuse = |message: String| BuildError {
@@ -172,7 +171,8 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
         .inputs()
         .find(|(_, n, _)| *n == "tokens")
         .and_then(|(_, _, ty)| ty.shape.dims().first().cloned());
-    let flat = |b: &mut GraphBuilder, x: ValueId, shape: [usize; 2]| {
+    // `x` of [rows, w] (fixed) as [1, rows·w], or the reverse.
+    let reshape = |b: &mut GraphBuilder, x: ValueId, shape: [usize; 2]| {
         b.push(
             Op::Reshape {
                 shape: Shape(shape.map(Dim::Fixed).to_vec()),
@@ -180,65 +180,59 @@ pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, Bui
             &[x],
         )
     };
-    for node in &graph.nodes {
-        let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
-        let id = match &node.op {
+    let map = b.inline(graph, |b, _, node, map| {
+        let attributes = match &node.op {
             Op::Input { name } => {
                 let mut dims = node.ty.shape.dims().to_vec();
                 if let Some(first) = dims.first_mut().filter(|d| seq.as_ref() == Some(*d)) {
                     *first = Dim::Fixed(rows);
                 }
-                b.input(name.clone(), TensorType::new(node.ty.dtype, Shape(dims)))
+                let ty = TensorType::new(node.ty.dtype, Shape(dims));
+                return Ok(Some(b.input(name.clone(), ty)));
             }
-            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
             Op::Attention {
                 heads,
                 kv_heads,
                 scale,
                 causal,
                 segment: None,
-            } => {
-                let width = |b: &GraphBuilder, x: ValueId| match b.ty(x).shape.dims() {
-                    [Dim::Fixed(r), Dim::Fixed(w)] if *r == rows => Ok(*w),
-                    _ => Err(refuse(format!(
-                        "lockstep decoding needs attention on [{rows}, channels], found {}",
-                        b.ty(x)
-                    ))),
-                };
-                let mut one_row = Vec::with_capacity(3);
-                for &x in &operands[..3] {
-                    let w = width(&b, x)?;
-                    one_row.push(flat(&mut b, x, [1, rows * w])?);
-                }
-                let name = format!("kv.{layer}");
-                let (k, v) = caches.extend(&mut b, &name, PAST, one_row[1], one_row[2])?;
-                layer += 1;
-                let attention = Op::Attention {
-                    heads: heads * rows,
-                    kv_heads: kv_heads * rows,
-                    scale: *scale,
-                    causal: *causal,
-                    segment: None,
-                };
-                let out = b.push(attention, &[one_row[0], k, v])?;
-                let w = width(&b, operands[0])?;
-                let out_width = match b.ty(out).shape.dims() {
-                    [_, Dim::Fixed(w)] => w / rows,
-                    _ => w,
-                };
-                flat(&mut b, out, [rows, out_width])?
-            }
-            Op::Attention {
-                segment: Some(_), ..
-            } => {
+            } => (*heads, *kv_heads, *scale, *causal),
+            Op::Attention { .. } => {
                 return Err(refuse(
                     "lockstep decoding keeps a KV cache: attention over segments has none".into(),
                 ))
             }
-            op => b.push(op.clone(), &operands)?,
+            _ => return Ok(None),
         };
-        map.push(id);
-    }
+        let (heads, kv_heads, scale, causal) = attributes;
+        let mut one_row = Vec::with_capacity(3);
+        for v in &node.operands {
+            let x = map[v.0];
+            let w = match b.ty(x).shape.dims() {
+                [Dim::Fixed(r), Dim::Fixed(w)] if *r == rows => *w,
+                _ => {
+                    return Err(refuse(format!(
+                        "lockstep decoding needs attention on [{rows}, channels], found {}",
+                        b.ty(x)
+                    )))
+                }
+            };
+            one_row.push(reshape(b, x, [1, rows * w])?);
+        }
+        let name = format!("kv.{layer}");
+        let (k, v) = caches.extend(b, &name, PAST, one_row[1], one_row[2])?;
+        layer += 1;
+        let attention = Op::Attention {
+            heads: heads * rows,
+            kv_heads: kv_heads * rows,
+            scale,
+            causal,
+            segment: None,
+        };
+        let out = b.push(attention, &[one_row[0], k, v])?;
+        let width = b.ty(out).shape.dims()[1].clone().fixed().unwrap_or(0) / rows;
+        Ok(Some(reshape(b, out, [rows, width])?))
+    })?;
     b.meta(STATE_META, caches.names.join(","));
     let mut outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
     outputs.extend(caches.states);

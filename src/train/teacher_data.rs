@@ -3,9 +3,10 @@
 //! drawn uniformly from the vocabulary and then sampled at temperature 1,
 //! many at once in lockstep (`fairyc_runtime::Lockstep`: one attention a
 //! layer for all of them). They are made once and cached as a token file,
-//! which later runs read back instead of generating again. The file grows
-//! wave by wave (`--teacher-batch` sequences in order), so a generation
-//! stopped by its time limit, or killed, goes on after the last whole wave:
+//! which later runs read back instead of generating again. The file holds
+//! whole waves (`--teacher-batch` sequences in order; rewritten every 30 s
+//! and when generation stops), so a generation stopped by its time limit,
+//! or killed, goes on after the last wave written:
 //! each sequence's sampler is seeded by its index, and its wave is the
 //! same (with the same `--teacher-batch`).
 //!
@@ -28,6 +29,9 @@ use crate::{Backend, Error};
 const MAGIC: &[u8; 8] = b"FAIRYTOK";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 * 5 + 8;
+/// How often a generation rewrites its token file between waves (what a
+/// killed process loses at most).
+const WRITE_EVERY: Duration = Duration::from_secs(30);
 /// Sequences for data-free distillation (`--teacher-sequences`,
 /// `--teacher-cache`, `--teacher-seed`).
 #[derive(Clone, Debug)]
@@ -112,7 +116,7 @@ pub fn teacher_tokens(
 }
 
 /// What to generate: the sequences after those `tokens` holds, up to
-/// `header.count`, written to `cache` wave by wave.
+/// `header.count`, written to `cache` as whole waves.
 struct Generation<'a> {
     header: Header,
     slots: usize,
@@ -122,7 +126,7 @@ struct Generation<'a> {
 
 impl Generation<'_> {
     /// Generates into `tokens` (whole sequences in order), `slots` at a
-    /// time in lockstep, writing the cache after each such wave, until all
+    /// time in lockstep, writing the cache every [`WRITE_EVERY`], until all
     /// are there or the deadline passes after at least one wave.
     fn run(
         &self,
@@ -141,7 +145,7 @@ impl Generation<'_> {
         let vocab = header.vocab;
         let uniform = vec![0.0f32; vocab];
         let out_of_time = || self.deadline.is_some_and(|d| Instant::now() >= d);
-        let mut stored = 0;
+        let (mut stored, mut written) = (0, Instant::now());
         while stored < left && !(stored > 0 && out_of_time()) {
             // Sequences `first + stored ..`, one a row; the last wave's
             // rows past the count are generated and dropped.
@@ -173,7 +177,12 @@ impl Generation<'_> {
                 stored += 1;
                 on_sequence(first + stored, header.count);
             }
-            write(self.cache, header, tokens)?;
+            // The whole file is rewritten (atomically): at the end, at the
+            // deadline, and every so often between, not after every wave.
+            if stored == left || out_of_time() || written.elapsed() >= WRITE_EVERY {
+                write(self.cache, header, tokens)?;
+                written = Instant::now();
+            }
         }
         Ok(())
     }
