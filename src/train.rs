@@ -293,7 +293,8 @@ pub struct Trainer {
     /// Whether `state` is ahead of `store` (steps ran since the last
     /// [`Trainer::sync`]).
     stale: bool,
-    /// The forward graph with its cross-entropy, for held-out evaluation.
+    /// The forward graph with its cross-entropy, windows as segments, for
+    /// held-out evaluation.
     eval_graph: Graph,
     params: Vec<(String, TensorType)>,
     store: TrainStore,
@@ -405,6 +406,9 @@ fn with_gauss(graph: &Graph, rows: usize) -> Result<Graph, Error> {
     Ok(simplified)
 }
 
+/// Held-out windows evaluated in one run (segments of it).
+const EVAL_WINDOWS: usize = 16;
+
 /// The error for a parameter, gradient or moment that is not f32.
 fn not_f32() -> Error {
     Error::Usage("master weights, gradients and moments must be f32".into())
@@ -423,12 +427,13 @@ impl Trainer {
     ) -> Result<Trainer, Error> {
         // Quantized layers as one real product each (the same function).
         let graph = &real_products(graph).map_err(|e| Error::Usage(e.to_string()))?;
-        let (eval_graph, _) = with_loss(graph)?;
+
         let params: Vec<(String, TensorType)> = graph
             .weights()
             .map(|(_, n, t)| (n.to_string(), t.clone()))
             .collect();
         let rows = options.rows.max(1);
+        let (eval_graph, _) = with_loss(&segmented(graph, rows))?;
         let (training, loss) = match &options.objective {
             Objective::NextToken => with_loss(&segmented(graph, rows))?,
             Objective::Distill(teacher) => {
@@ -446,12 +451,11 @@ impl Trainer {
         };
         let mut step_graph = adamw_step(&grad_graph, &params, &options.adam)
             .map_err(|e| Error::Usage(e.to_string()))?;
-        let names = step_state(&params);
+        let state_names = step_state(&params);
+        let names: Vec<&str> = state_names.iter().map(|(n, _)| n.as_str()).collect();
         step_graph
             .meta
             .insert(STATE_META.to_string(), names.join(","));
-        let types = params.iter().map(|(_, t)| t.clone()).cycle();
-        let state_names: Vec<(String, TensorType)> = names.into_iter().zip(types).collect();
         let update_graph =
             adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
         let update = fairyc_backends::compile(
@@ -794,8 +798,16 @@ impl Trainer {
         self.step += 1;
     }
 
-    /// Mean loss over `windows` with the current weights.
+    /// Mean loss over `windows` (each `rows + 1` tokens) with the current
+    /// weights.
     pub fn eval_loss(&mut self, windows: &[&[u32]]) -> Result<f64, Error> {
+        if let Some(w) = windows.iter().find(|w| w.len() != self.rows + 1) {
+            return Err(Error::Usage(format!(
+                "a held-out window of {} tokens, where the trainer's windows have {}",
+                w.len(),
+                self.rows + 1
+            )));
+        }
         self.sync()?;
         let exec = fairyc_backends::compile(
             self.device.exact_backend().as_ref(),
@@ -803,15 +815,16 @@ impl Trainer {
             &self.store,
             &|_| {},
         )?;
+        // Windows run EVAL_WINDOWS at a time, as segments of one run; each
+        // run's loss is the mean over its windows (all of one length).
         let mut total = 0.0;
-        for w in windows {
-            let out = exec.run(stacked_inputs(&[w], w.len() - 1))?;
-            total += f64::from(
-                out[0]
-                    .as_f32()
-                    .and_then(|l| l.first().copied())
-                    .unwrap_or(f32::NAN),
-            );
+        for chunk in windows.chunks(EVAL_WINDOWS) {
+            let out = exec.run(stacked_inputs(chunk, self.rows))?;
+            let mean = out[0]
+                .as_f32()
+                .and_then(|l| l.first().copied())
+                .unwrap_or(f32::NAN);
+            total += f64::from(mean) * chunk.len() as f64;
         }
         Ok(total / windows.len().max(1) as f64)
     }

@@ -302,12 +302,16 @@ pub fn adamw_step(
     finish(b, &outputs)
 }
 
-/// The names of [`adamw_step`]'s state inputs, in the order of its last
+/// [`adamw_step`]'s state inputs (name and type), in the order of its last
 /// outputs: the masters, then the first moments, then the second.
-pub fn step_state(params: &[(String, TensorType)]) -> Vec<String> {
+pub fn step_state(params: &[(String, TensorType)]) -> Vec<(String, TensorType)> {
     ["", "adam.m.", "adam.v."]
         .iter()
-        .flat_map(|prefix| params.iter().map(move |(n, _)| format!("{prefix}{n}")))
+        .flat_map(|prefix| {
+            params
+                .iter()
+                .map(move |(n, ty)| (format!("{prefix}{n}"), ty.clone()))
+        })
         .collect()
 }
 
