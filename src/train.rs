@@ -357,10 +357,7 @@ fn with_distillation(graph: &Graph, teacher: &Graph) -> Result<(Graph, ValueId),
         )));
     }
     let built = |e: fairyc_ir::BuildError| Error::Usage(format!("distillation graph: {e}"));
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let student = b
         .inline(graph, |_, _, _, _| Ok::<_, fairyc_ir::BuildError>(None))
         .map_err(built)?;

@@ -79,10 +79,7 @@ fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
     {
         return Ok(graph.clone());
     }
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
     let mut caches = Caches::default();
     // Each slot's rows and the order back, made at the first attention.
@@ -155,10 +152,7 @@ fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
 /// (tokens, positions) get `rows` rows; a graph whose attention is not on
 /// `[seq, channels]`, or runs over segments, is refused.
 pub fn expose_kv_cache_lockstep(graph: &Graph, rows: usize) -> Result<Graph, BuildError> {
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let mut caches = Caches::default();
     let mut layer = 0;
     let refuse = |message: String| BuildError {
@@ -320,10 +314,7 @@ pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
     if graph.ty(hidden).shape.rank() != 2 || graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS) {
         return Ok(graph.clone());
     }
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
     for (i, node) in graph.nodes.iter().enumerate() {
         let mut operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();

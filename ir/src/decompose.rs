@@ -126,10 +126,7 @@ pub fn decompose(
 /// Rewrites `graph` so that every composite op `native` does not accept is
 /// replaced by its decomposition; the result computes the same outputs.
 pub fn lower_composites(graph: &Graph, native: impl Fn(&Op) -> bool) -> Result<Graph, BuildError> {
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let mut map: Vec<ValueId> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
         let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();

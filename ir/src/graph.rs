@@ -164,6 +164,16 @@ impl GraphBuilder {
         self.graph.ty(id)
     }
 
+    /// An empty graph of `graph`'s name and meta, for a pass that rebuilds
+    /// it node by node.
+    pub fn like(graph: &Graph) -> GraphBuilder {
+        let mut b = GraphBuilder::new(graph.name.clone());
+        for (k, v) in &graph.meta {
+            b.meta(k.clone(), v.clone());
+        }
+        b
+    }
+
     /// Copies `graph`'s nodes into this graph in order and returns each
     /// one's new value. `substitute` sees each node (its id in `graph`, the
     /// node, and the new values of the nodes before it) and may stand a

@@ -343,10 +343,7 @@ fn backward(
         return Err(GradError::NotDifferentiable(v, graph.ty(v).clone()));
     }
     // The forward graph, node for node (same ids).
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     for node in &graph.nodes {
         match &node.op {
             Op::Input { name } => b.input(name.clone(), node.ty.clone()),

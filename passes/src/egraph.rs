@@ -183,10 +183,7 @@ where
 {
     let mut ranking = cost.clone();
     let extractor = Extractor::new(egraph, cost);
-    let mut b = GraphBuilder::new(like.name.clone());
-    for (k, v) in &like.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(like);
     let mut built: HashMap<Id, ValueId> = HashMap::new();
     let mut chosen: HashMap<Id, &Node> = HashMap::new();
     let mut on_path: HashSet<Id> = HashSet::new();

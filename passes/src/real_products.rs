@@ -18,10 +18,7 @@ use crate::rebuild::eliminate_dead_code;
 /// `graph` with every widely-linear product it can match as one real
 /// product; the rest unchanged.
 pub fn real_products(graph: &Graph) -> Result<Graph, BuildError> {
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let map = b.inline(graph, |b, id, _, map| {
         let Some(p) = product(graph, id) else {
             return Ok::<_, BuildError>(None);

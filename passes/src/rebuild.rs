@@ -18,10 +18,7 @@ pub fn rebuild(
     ) -> Result<Option<ValueId>, BuildError>,
 ) -> Result<Graph, BuildError> {
     let live = live_nodes(graph);
-    let mut b = GraphBuilder::new(graph.name.clone());
-    for (k, v) in &graph.meta {
-        b.meta(k.clone(), v.clone());
-    }
+    let mut b = GraphBuilder::like(graph);
     let mut map: Vec<Option<ValueId>> = vec![None; graph.nodes.len()];
     for (i, node) in graph.nodes.iter().enumerate() {
         if !live[i] {

@@ -21,6 +21,11 @@ pub(crate) fn empty_state(graph: &Graph, name: &str) -> Option<Tensor> {
     })
 }
 
+/// The model's context length (its `context_length` meta), if it says.
+pub fn context_length(graph: &Graph) -> Option<usize> {
+    graph.meta.get("context_length")?.parse().ok()
+}
+
 /// Which of a feed's positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rows {
@@ -92,10 +97,7 @@ impl<'a> Batch<'a> {
             program,
             slots: (0..count).map(|_| Slot::default()).collect(),
             states,
-            context: graph
-                .meta
-                .get("context_length")
-                .and_then(|c| c.parse().ok()),
+            context: context_length(graph),
             selects_rows: graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS),
             routes,
             has_attention: graph

@@ -12,7 +12,7 @@ use fairyc_backends::state::state_names;
 use fairyc_backends::{BackendError, Program, Tensor};
 use fairyc_ir::Dim;
 
-use crate::batch::empty_state;
+use crate::batch::{context_length, empty_state};
 
 pub struct Lockstep<'a> {
     program: &'a dyn Program,
@@ -55,10 +55,7 @@ impl<'a> Lockstep<'a> {
             rows,
             state,
             position: 0,
-            context: graph
-                .meta
-                .get("context_length")
-                .and_then(|c| c.parse().ok()),
+            context: context_length(graph),
         })
     }
 
