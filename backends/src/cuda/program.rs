@@ -16,7 +16,7 @@ use fairyc_ir::infer::infer_type;
 use fairyc_ir::quant::Pairing;
 use fairyc_ir::{
     Arithmetic, DType, Dim, Granularity, Graph, NormOperand, Op, Scheme, Shape, TensorType,
-    WeightStore,
+    ValueId, WeightStore,
 };
 use num_complex::Complex32;
 
@@ -29,6 +29,7 @@ use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
 
 mod attention;
+mod fusion;
 
 use crate::reference::{bind_inputs, bind_shape, load_resident, load_weights};
 use crate::tensor::{Data, DeviceData, Tensor};
@@ -93,6 +94,12 @@ enum Step {
     /// Generated kernels, launched in order (indices into the program's
     /// functions).
     Kernel(Vec<usize>),
+    /// An elementwise kernel with the elementwise nodes before it fused in
+    /// (`fusion`), reading `operands` instead of the node's own.
+    Fused {
+        kernel: usize,
+        operands: Vec<ValueId>,
+    },
     /// `Σ_rows dyᵀ · x` through cuBLAS.
     WeightGrad,
     /// A dense product through cuBLAS.
@@ -110,6 +117,8 @@ pub struct CudaProgram {
     kernels: Vec<Kernel>,
     functions: Vec<CudaFunction>,
     steps: Vec<Option<Step>>,
+    /// The node after which each value is dead, over what the steps read.
+    last_use: Vec<usize>,
     constants: HashMap<usize, DeviceTensor>,
     /// Per `rope` node: `base^(-2j/head_dim)` for each pair `j`, in f64.
     rope_freqs: HashMap<usize, CudaSlice<f64>>,
@@ -327,6 +336,9 @@ fn select_kernels(
         };
         steps.push(Some(step));
     }
+    if std::env::var_os("FAIRYC_NO_FUSION").is_none() {
+        fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
+    }
     Ok((kernels, steps))
 }
 
@@ -540,6 +552,7 @@ impl CudaProgram {
             gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
         }
         let state_outputs = crate::state::state_names(&graph).len();
+        let last_use = fusion::last_uses(&graph, &plan, &steps);
         let mut program = CudaProgram {
             graph,
             plan,
@@ -548,6 +561,7 @@ impl CudaProgram {
             kernels,
             functions,
             steps,
+            last_use,
             constants,
             rope_freqs,
             gathers,
@@ -656,6 +670,29 @@ impl CudaProgram {
         // (codegen documents each), and the sizes passed bound every access.
         unsafe { builder.launch(config) }.map_err(driver)?;
         Ok(())
+    }
+
+    /// Elementwise kernel `k` into `out` (`len` elements): operands repeat
+    /// to the output's length.
+    fn elementwise(
+        &self,
+        k: usize,
+        args: &[&DeviceTensor],
+        out: &CudaSlice<u32>,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        let lens: Vec<i64> = args.iter().map(|a| a.len() as i64).collect();
+        let n = len as i64;
+        self.launch(k, Self::grid(len), MAP_THREADS, |b| {
+            b.arg(out);
+            for a in args {
+                b.arg(&*a.words);
+            }
+            b.arg(&n);
+            for l in &lens {
+                b.arg(l);
+            }
+        })
     }
 
     /// Grid size of a grid-stride kernel over `n` items.
@@ -1102,21 +1139,8 @@ impl CudaProgram {
                     }
                 })?;
             }
-            (Step::Kernel(k), _) => {
-                // Elementwise: operands repeat to the output's length.
-                let lens: Vec<i64> = args.iter().map(|a| a.len() as i64).collect();
-                let n = len as i64;
-                self.launch(k[0], Self::grid(len), MAP_THREADS, |b| {
-                    b.arg(&out);
-                    for a in args {
-                        b.arg(&*a.words);
-                    }
-                    b.arg(&n);
-                    for l in &lens {
-                        b.arg(l);
-                    }
-                })?;
-            }
+            (Step::Kernel(k), _) => self.elementwise(k[0], args, &out, len)?,
+            (Step::Fused { kernel, .. }, _) => self.elementwise(*kernel, args, &out, len)?,
             (_, op) => {
                 return Err(BackendError::new(format!(
                     "%{i} = {}: no GPU step",
@@ -1129,6 +1153,14 @@ impl CudaProgram {
             elem,
             words: Arc::new(out),
         })
+    }
+
+    /// The values node `i`'s step reads.
+    fn reads(&self, i: usize) -> &[ValueId] {
+        match &self.steps[i] {
+            Some(Step::Fused { operands, .. }) => operands,
+            _ => &self.graph.nodes[i].operands,
+        }
     }
 
     /// Frees what the last attention gradient kept for its siblings.
@@ -1435,14 +1467,20 @@ impl Program for CudaProgram {
                 },
                 (_, None) => continue,
                 (op, Some(step)) => {
-                    let args: Vec<&DeviceTensor> = node
-                        .operands
+                    let args: Vec<&DeviceTensor> = self
+                        .reads(i)
                         .iter()
                         .map(|v| values[v.0].as_ref().expect("operands are computed first"))
                         .collect();
                     let error =
                         |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
-                    let ty = concrete_type(op, &args, &bindings).map_err(error)?;
+                    let ty = match step {
+                        // Its own operands were fused away: its type, bound.
+                        Step::Fused { .. } => bind_shape(&node.ty.shape, &bindings)
+                            .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
+                        _ => concrete_type(op, &args, &bindings),
+                    }
+                    .map_err(error)?;
                     let started = self.profile.as_ref().map(|_| std::time::Instant::now());
                     let value = self.eval(i, step, &args, &ty)?;
                     if let (Some(profile), Some(started)) = (&self.profile, started) {
@@ -1454,8 +1492,8 @@ impl Program for CudaProgram {
                 }
             };
             values[i] = Some(value);
-            for v in &node.operands {
-                if self.plan.last_use[v.0] == i {
+            for v in self.reads(i) {
+                if self.last_use[v.0] == i {
                     values[v.0] = None;
                 }
             }

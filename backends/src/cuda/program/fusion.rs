@@ -1,0 +1,332 @@
+//! Elementwise fusion: a chain of elementwise nodes runs as one kernel.
+//!
+//! A node whose one kernel is a `Map` (an expression over suffix-broadcast
+//! operands) is inlined into its readers when every reader is such a node
+//! of the same shape and element type: the same flat index then addresses
+//! the same elements of its operands, so substituting its expression is
+//! exact. It is then never materialised, and its readers read its operands
+//! instead. Decomposed composites (AdamW's update is about twenty
+//! elementwise nodes per weight) go from one pass over memory per node to
+//! one per chain. Values other kernels read (a product, a reduction), the
+//! graph's outputs and weight expressions stay materialised.
+
+use fairyc_ir::{Graph, ValueId};
+
+use super::{Kernel, Step};
+use crate::cuda::codegen::{Elem, Expr};
+use crate::plan::MemoryPlan;
+
+/// Operands a fused kernel may read (each is a pointer and a length).
+const MAX_OPERANDS: usize = 12;
+/// Nodes a fused expression may hold (its code is straight-line).
+const MAX_EXPR: usize = 256;
+
+/// An elementwise node's expression over the values it reads (`leaves`).
+#[derive(Clone)]
+struct Built {
+    expr: Expr,
+    leaves: Vec<ValueId>,
+    elems: Vec<Elem>,
+}
+
+fn size(expr: &Expr) -> usize {
+    match expr {
+        Expr::Operand(_) => 1,
+        Expr::Apply(_, args) => 1 + args.iter().map(size).sum::<usize>(),
+    }
+}
+
+/// `expr` with operand `k` read as `leaves[map[k]]`.
+fn renumber(expr: &Expr, map: &[usize]) -> Expr {
+    match expr {
+        Expr::Operand(k) => Expr::Operand(map[*k]),
+        Expr::Apply(op, args) => {
+            Expr::Apply(op.clone(), args.iter().map(|a| renumber(a, map)).collect())
+        }
+    }
+}
+
+/// `expr` with each operand `k` replaced by `with[k]`.
+fn substitute(expr: &Expr, with: &[Expr]) -> Expr {
+    match expr {
+        Expr::Operand(k) => with[*k].clone(),
+        Expr::Apply(op, args) => Expr::Apply(
+            op.clone(),
+            args.iter().map(|a| substitute(a, with)).collect(),
+        ),
+    }
+}
+
+impl Built {
+    /// Operand `v` (of element type `elem`), read as it is.
+    fn leaf(&mut self, v: ValueId, elem: Elem) -> Expr {
+        let k = match self.leaves.iter().position(|l| *l == v) {
+            Some(k) => k,
+            None => {
+                self.leaves.push(v);
+                self.elems.push(elem);
+                self.leaves.len() - 1
+            }
+        };
+        Expr::Operand(k)
+    }
+
+    /// `other`'s expression over this one's leaves, if they stay within
+    /// [`MAX_OPERANDS`].
+    fn adopt(&mut self, other: &Built) -> Option<Expr> {
+        let new = other.leaves.iter().filter(|v| !self.leaves.contains(v));
+        if self.leaves.len() + new.count() > MAX_OPERANDS {
+            return None;
+        }
+        let map: Vec<usize> = other
+            .leaves
+            .iter()
+            .zip(&other.elems)
+            .map(|(v, e)| match self.leaf(*v, *e) {
+                Expr::Operand(k) => k,
+                Expr::Apply(..) => unreachable!("a leaf is an operand"),
+            })
+            .collect();
+        Some(renumber(&other.expr, &map))
+    }
+}
+
+/// Fuses chains of elementwise nodes: each reader of inlined nodes gets a
+/// [`Step::Fused`] kernel over the values it now reads, inlined nodes get
+/// no step, and `kernels` keeps only those some step launches.
+pub(super) fn fuse_elementwise(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let n = graph.nodes.len();
+    // Each elementwise node's expression, operand types and output type.
+    let maps: Vec<Option<(Expr, Vec<Elem>, Elem)>> = (0..n)
+        .map(|i| match &steps[i] {
+            Some(Step::Kernel(ks)) if ks.len() == 1 && !plan.resident[i] => match &kernels[ks[0]] {
+                Kernel::Map {
+                    expr,
+                    operands,
+                    out,
+                } => Some((expr.clone(), operands.clone(), *out)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if steps[i].is_some() && !plan.resident[i] {
+            for v in &node.operands {
+                readers[v.0].push(i);
+            }
+        }
+    }
+    let mut output = vec![false; n];
+    for v in &graph.outputs {
+        output[v.0] = true;
+    }
+    let inlinable: Vec<bool> = (0..n)
+        .map(|v| {
+            let Some((_, _, out)) = &maps[v] else {
+                return false;
+            };
+            let ty = &graph.nodes[v].ty;
+            !output[v]
+                && !readers[v].is_empty()
+                && readers[v].iter().all(|&r| {
+                    maps[r].as_ref().is_some_and(|(_, _, o)| o == out)
+                        && graph.nodes[r].ty.shape == ty.shape
+                })
+        })
+        .collect();
+    let mut built: Vec<Option<Built>> = vec![None; n];
+    let mut needed = vec![false; n];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Some((expr, elems, _)) = &maps[i] else {
+            continue;
+        };
+        let mut fused = Built {
+            expr: Expr::Operand(0),
+            leaves: Vec::new(),
+            elems: Vec::new(),
+        };
+        let mut with = Vec::with_capacity(node.operands.len());
+        for (v, elem) in node.operands.iter().zip(elems) {
+            let inlined = match &built[v.0] {
+                Some(b) if inlinable[v.0] => fused.adopt(b),
+                _ => None,
+            };
+            with.push(inlined.unwrap_or_else(|| {
+                needed[v.0] = true;
+                fused.leaf(*v, *elem)
+            }));
+        }
+        fused.expr = substitute(expr, &with);
+        if size(&fused.expr) > MAX_EXPR {
+            // Too long: this node reads its operands as they are.
+            for v in &node.operands {
+                needed[v.0] = true;
+            }
+            fused = Built {
+                expr: expr.clone(),
+                leaves: node.operands.clone(),
+                elems: elems.to_vec(),
+            };
+        }
+        built[i] = Some(fused);
+    }
+    for i in 0..n {
+        let Some(b) = &built[i] else {
+            continue;
+        };
+        if inlinable[i] && !needed[i] {
+            steps[i] = None;
+        } else if b.leaves != graph.nodes[i].operands {
+            let out = maps[i].as_ref().expect("built only for maps").2;
+            let kernel = Kernel::Map {
+                expr: b.expr.clone(),
+                operands: b.elems.clone(),
+                out,
+            };
+            let k = kernels
+                .iter()
+                .position(|k| *k == kernel)
+                .unwrap_or_else(|| {
+                    kernels.push(kernel);
+                    kernels.len() - 1
+                });
+            steps[i] = Some(Step::Fused {
+                kernel: k,
+                operands: b.leaves.clone(),
+            });
+        }
+    }
+    keep_launched(kernels, steps);
+}
+
+/// Drops the kernels no step launches, renumbering the steps'.
+fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
+    let mut used = vec![false; kernels.len()];
+    for step in steps.iter().flatten() {
+        match step {
+            Step::Kernel(ks) => ks.iter().for_each(|&k| used[k] = true),
+            Step::Fused { kernel, .. } => used[*kernel] = true,
+            _ => {}
+        }
+    }
+    let mut index = vec![usize::MAX; kernels.len()];
+    let mut kept = 0;
+    for (k, &u) in used.iter().enumerate() {
+        if u {
+            index[k] = kept;
+            kept += 1;
+        }
+    }
+    let mut k = 0;
+    kernels.retain(|_| {
+        k += 1;
+        used[k - 1]
+    });
+    for step in steps.iter_mut().flatten() {
+        match step {
+            Step::Kernel(ks) => ks.iter_mut().for_each(|k| *k = index[*k]),
+            Step::Fused { kernel, .. } => *kernel = index[*kernel],
+            _ => {}
+        }
+    }
+}
+
+/// The node after which each value is dead, over the operands each step
+/// reads (fused steps read other values than their nodes' operands);
+/// `usize::MAX` for outputs, the value's own node for a value no step reads.
+pub(super) fn last_uses(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<usize> {
+    let mut last: Vec<usize> = (0..graph.nodes.len()).collect();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if plan.resident[i] {
+            continue;
+        }
+        let reads: &[ValueId] = match &steps[i] {
+            Some(Step::Fused { operands, .. }) => operands,
+            Some(_) => &node.operands,
+            None => &[],
+        };
+        for v in reads {
+            last[v.0] = i;
+        }
+    }
+    for v in &graph.outputs {
+        last[v.0] = usize::MAX;
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use fairyc_ir::{DType, GraphBuilder, Op, Shape, TensorType};
+
+    use super::super::{select_kernels, Fold, Step};
+    use crate::cuda::GpuActivations;
+    use crate::plan::MemoryPlan;
+
+    fn ty(dims: &[usize]) -> TensorType {
+        TensorType::new(DType::F32, Shape::new(dims.iter().copied()))
+    }
+
+    fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
+        let plan = MemoryPlan::new(graph, 1);
+        let fold = Fold::of(graph, &plan);
+        select_kernels(graph, &plan, GpuActivations::F32, fold)
+            .unwrap()
+            .1
+    }
+
+    /// `c = 0.5·(x·s + y)`: one kernel reading x, s and y; with a product
+    /// reading `x·s + y` too, that sum stays materialised (fused with
+    /// `x·s`) and `c` reads it.
+    #[test]
+    fn a_chain_of_elementwise_nodes_runs_as_one_kernel() {
+        let chain = |with_product: bool| {
+            let mut b = GraphBuilder::new("chain");
+            let x = b.input("x", ty(&[4, 8]));
+            let y = b.input("y", ty(&[4, 8]));
+            let s = b.input("s", ty(&[]));
+            let a = b.push(Op::Mul, &[x, s]).unwrap();
+            let sum = b.push(Op::Add, &[a, y]).unwrap();
+            let c = b.push(Op::Scale { factor: 0.5 }, &[sum]).unwrap();
+            let mut outputs = vec![c];
+            if with_product {
+                let w = b.input("w", ty(&[8, 8]));
+                outputs.push(b.push(Op::Linear, &[sum, w]).unwrap());
+            }
+            (steps(&b.finish(&outputs)), [x, y, s, a, sum, c])
+        };
+        let (fused, [x, y, s, a, sum, c]) = chain(false);
+        assert!(fused[a.0].is_none() && fused[sum.0].is_none());
+        assert!(
+            matches!(&fused[c.0], Some(Step::Fused { operands, .. }) if *operands == [x, s, y])
+        );
+
+        let (kept, _) = chain(true);
+        assert!(kept[a.0].is_none());
+        assert!(
+            matches!(&kept[sum.0], Some(Step::Fused { operands, .. }) if *operands == [x, s, y])
+        );
+        assert!(matches!(&kept[c.0], Some(Step::Kernel(_))));
+    }
+
+    /// A value of another shape than its reader (a scalar broadcast over a
+    /// matrix) is computed once, not once per element.
+    #[test]
+    fn a_broadcast_operand_is_not_inlined() {
+        let mut b = GraphBuilder::new("broadcast");
+        let x = b.input("x", ty(&[4, 8]));
+        let s = b.input("s", ty(&[]));
+        let half = b.push(Op::Scale { factor: 0.5 }, &[s]).unwrap();
+        let out = b.push(Op::Mul, &[x, half]).unwrap();
+        let steps = steps(&b.finish(&[out]));
+        assert!(matches!(&steps[half.0], Some(Step::Kernel(_))));
+        assert!(matches!(&steps[out.0], Some(Step::Kernel(_))));
+    }
+}
