@@ -49,6 +49,9 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::PhaseDequant { ifairy: false },
         Kernel::PhaseSums { ifairy: true },
         Kernel::PhaseDequant { ifairy: true },
+        Kernel::RealSums,
+        Kernel::RealDequant { ternary: false },
+        Kernel::RealDequant { ternary: true },
         Kernel::SoftmaxGrad,
         Kernel::KlDivRows,
         Kernel::KlDivGrad,
@@ -79,6 +82,21 @@ fn every_kernel() -> Vec<Kernel> {
             out: Elem::Real,
         });
     }
+    // A fused chain: 0.5·(x·s + y) over three operands.
+    kernels.push(Kernel::Map {
+        expr: Expr::Apply(
+            MapOp::Scale(0.5),
+            vec![Expr::Apply(
+                MapOp::Add,
+                vec![
+                    Expr::Apply(MapOp::Mul, vec![x(), Expr::Operand(1)]),
+                    Expr::Operand(2),
+                ],
+            )],
+        ),
+        operands: vec![Elem::Real; 3],
+        out: Elem::Real,
+    });
     kernels.push(Kernel::Map {
         expr: Expr::Apply(MapOp::CReluSquaredGrad, vec![x(), Expr::Operand(1)]),
         operands: vec![Elem::Complex, Elem::Complex],

@@ -183,6 +183,15 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
             Kernel::PhaseSums { ifairy: true },
             Kernel::PhaseDequant { ifairy: true },
         ],
+        Op::Quantize {
+            scheme: scheme @ (Scheme::Binary | Scheme::Ternary),
+            ..
+        } => vec![
+            Kernel::RealSums,
+            Kernel::RealDequant {
+                ternary: *scheme == Scheme::Ternary,
+            },
+        ],
         Op::RmsNormGrad { which, .. } => {
             let gain = *which == NormOperand::Gain;
             let grad = Kernel::RmsNormGrad { complex, gain };

@@ -160,6 +160,13 @@ pub enum Kernel {
     PhaseSums { ifairy: bool },
     /// PhaseQuant's second pass: each entry's code times its group's scale.
     PhaseDequant { ifairy: bool },
+    /// The real baselines' first pass: each group's sum of |w| and count
+    /// over finite entries, added into f64 totals (one block per row and
+    /// group of the row).
+    RealSums,
+    /// The real baselines' second pass: each entry's binary or ternary code
+    /// times its group's mean.
+    RealDequant { ternary: bool },
     /// `dequant`: each code times its group's scale, one thread an element.
     Dequant,
     /// `y · (dy − Σ y·dy)` per row; one block a row.
@@ -205,6 +212,9 @@ impl Kernel {
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
             Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
             Kernel::PhaseDequant { ifairy: true } => "phase_dequant_ifairy",
+            Kernel::RealSums => "real_sums",
+            Kernel::RealDequant { ternary: false } => "binary_dequant",
+            Kernel::RealDequant { ternary: true } => "ternary_dequant",
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::WidelyLinear { .. } => "widely_linear",
             Kernel::GatherColumns => "gather_columns",
@@ -281,6 +291,7 @@ enum Val<'ctx> {
 type Built<T> = Result<T, String>;
 
 mod attention;
+mod baseline;
 mod elementwise;
 mod layout;
 mod phase;
@@ -661,6 +672,8 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
+            Kernel::RealSums => self.real_sums(name),
+            Kernel::RealDequant { ternary } => self.real_dequant(name, *ternary),
             Kernel::SoftmaxGrad => self.softmax_grad(name),
             Kernel::WidelyLinear { part } => self.widely_linear(name, *part),
         }

@@ -281,7 +281,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Whether `x` is finite (neither infinite nor NaN).
-    fn is_finite(&self, x: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+    pub(super) fn is_finite(&self, x: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
         self.builder
             .build_float_compare(
                 FloatPredicate::OLT,
@@ -292,7 +292,7 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)
     }
 
-    fn umin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+    pub(super) fn umin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         let less = self
             .builder
             .build_int_compare(IntPredicate::ULT, a, b, "")

@@ -1,0 +1,123 @@
+//! The real baselines' quantizers on the GPU (`quantize` with scheme
+//! `binary` or `ternary`, `fairyc_ir::quant::baseline`), in two passes as
+//! PhaseQuant's: each group's sum of |w| and count over its finite entries
+//! (the block's partial sums added into f64 totals by atomics), then every
+//! entry's code times its group's mean. Codes follow the reference exactly:
+//! binary `w < 0 ? −1 : +1` (−0 and NaN give +1), ternary `clamp(round(w /
+//! (γ + 1e-5)), −1, 1)` with ties to 0 (NaN gives 0); a group without
+//! finite entries has the scale 0.
+
+use super::*;
+
+impl<'ctx> Gen<'ctx> {
+    /// `real_sums(sums, w, n, m, groups_per_row, group_len, per_tensor)`:
+    /// one block per (row, group of the row) of real `w[n, m]`; adds
+    /// `(Σ|w|, count)` over the group's finite entries into
+    /// `sums[2·group..]` (f64, zeroed before).
+    pub(super) fn real_sums(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 5]);
+        let f = self.declare(name, &params);
+        let scratch = self.shared_scratch(name);
+        let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
+        let block = self.sreg("ctaid.x")?;
+        let row = self.udiv(block, groups_per_row)?;
+        let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
+        let end = self.umin(self.add(start, group_len)?, m)?;
+        let zero = self.float(0.0);
+        let (total, count) = (self.local(zero)?, self.local(zero)?);
+        let from = self.add(start, self.sreg("tid.x")?)?;
+        self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
+            let x = self.load_f32(w, self.add(self.mul(row, m)?, j)?)?;
+            let finite = self.is_finite(x)?;
+            let counted = |v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
+                Ok(self
+                    .builder
+                    .build_select(finite, v, zero, "")
+                    .map_err(err)?
+                    .into_float_value())
+            };
+            self.set(total, self.fadd(self.get(total)?, counted(self.fabs(x)?)?)?)?;
+            self.set(
+                count,
+                self.fadd(self.get(count)?, counted(self.float(1.0))?)?,
+            )
+        })?;
+        let totals = [total, count]
+            .iter()
+            .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
+            .collect::<Built<Vec<_>>>()?;
+        let tensor = self.is_set(per_tensor)?;
+        let group = self
+            .builder
+            .build_select(tensor, self.int(0), block, "")
+            .map_err(err)?
+            .into_int_value();
+        self.when(f, self.first_thread()?, || {
+            for (k, total) in totals.iter().enumerate() {
+                let at = self.add(self.mul(group, self.int(2))?, self.int(k as u64))?;
+                let v = self
+                    .builder
+                    .build_float_ext(*total, self.f64(), "")
+                    .map_err(err)?;
+                self.atomic_add(sums, at, v)?;
+            }
+            Ok(())
+        })?;
+        self.ret()
+    }
+
+    /// `real_dequant(out, w, sums, n, m, groups_per_row, group_len,
+    /// per_tensor)`: each entry of real `w[n, m]` as its binary or ternary
+    /// code times its group's mean |w| from [`Gen::real_sums`]'s totals (in
+    /// f64, as f32; 0 without finite entries); one thread an entry.
+    pub(super) fn real_dequant(&self, name: &str, ternary: bool) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 5]);
+        let f = self.declare(name, &params);
+        let (out, w, sums) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let [n, m, groups_per_row, group_len, per_tensor] =
+            [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let tensor = self.is_set(per_tensor)?;
+        let b = &self.builder;
+        let select = |c, x: FloatValue<'ctx>, y: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
+            Ok(b.build_select(c, x, y, "").map_err(err)?.into_float_value())
+        };
+        let cmp = |p, x, y| b.build_float_compare(p, x, y, "").map_err(err);
+        self.grid_loop(f, self.mul(n, m)?, |k| {
+            let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
+            let group = self.scale_group(row, j, (groups_per_row, group_len), tensor)?;
+            let load = |at: IntValue<'ctx>| -> Built<FloatValue<'ctx>> {
+                let p = self.gep(self.f64(), sums, at)?;
+                Ok(b.build_load(self.f64(), p, "")
+                    .map_err(err)?
+                    .into_float_value())
+            };
+            let first = self.mul(group, self.int(2))?;
+            let total = load(first)?;
+            let count = load(self.add(first, self.int(1))?)?;
+            let mean = b.build_float_div(total, count, "").map_err(err)?;
+            let mean = b.build_float_trunc(mean, self.f32(), "").map_err(err)?;
+            // 0 / 0 (no finite entry) is NaN: the scale 0.
+            let scale = select(self.is_finite(mean)?, mean, self.float(0.0))?;
+            let x = self.load_f32(w, k)?;
+            let value = if ternary {
+                let t = self.fdiv(x, self.fadd(scale, self.float(1e-5))?)?;
+                let up = cmp(FloatPredicate::OGT, t, self.float(0.5))?;
+                let down = cmp(FloatPredicate::OLT, t, self.float(-0.5))?;
+                let zero_or_down = select(down, self.fneg(scale)?, self.float(0.0))?;
+                select(up, scale, zero_or_down)?
+            } else {
+                let negative = cmp(FloatPredicate::OLT, x, self.float(0.0))?;
+                select(negative, self.fneg(scale)?, scale)?
+            };
+            self.store_f32(out, k, value)
+        })?;
+        self.ret()
+    }
+}
