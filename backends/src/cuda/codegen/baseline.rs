@@ -44,27 +44,7 @@ impl<'ctx> Gen<'ctx> {
                 self.fadd(self.get(count)?, counted(self.float(1.0))?)?,
             )
         })?;
-        let totals = [total, count]
-            .iter()
-            .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
-            .collect::<Built<Vec<_>>>()?;
-        let tensor = self.is_set(per_tensor)?;
-        let group = self
-            .builder
-            .build_select(tensor, self.int(0), block, "")
-            .map_err(err)?
-            .into_int_value();
-        self.when(f, self.first_thread()?, || {
-            for (k, total) in totals.iter().enumerate() {
-                let at = self.add(self.mul(group, self.int(2))?, self.int(k as u64))?;
-                let v = self
-                    .builder
-                    .build_float_ext(*total, self.f64(), "")
-                    .map_err(err)?;
-                self.atomic_add(sums, at, v)?;
-            }
-            Ok(())
-        })?;
+        self.add_group_totals(f, scratch, &[total, count], sums, block, per_tensor)?;
         self.ret()
     }
 

@@ -84,7 +84,24 @@ impl<'ctx> Gen<'ctx> {
             }
             Ok(())
         })?;
-        let totals = partial
+        self.add_group_totals(f, scratch, &partial, sums, block, per_tensor)?;
+        self.ret()
+    }
+
+    /// The block's sums of each of `partials` (per-thread f32 locals),
+    /// added by its first thread into the f64 totals of its group:
+    /// `sums[k·group + i]` for the `i`-th of `k` partials, where the group is
+    /// the block (one per row and group of the row), or 0 per tensor.
+    pub(super) fn add_group_totals(
+        &self,
+        f: FunctionValue<'ctx>,
+        scratch: PointerValue<'ctx>,
+        partials: &[PointerValue<'ctx>],
+        sums: PointerValue<'ctx>,
+        block: IntValue<'ctx>,
+        per_tensor: IntValue<'ctx>,
+    ) -> Built<()> {
+        let totals = partials
             .iter()
             .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
             .collect::<Built<Vec<_>>>()?;
@@ -94,9 +111,10 @@ impl<'ctx> Gen<'ctx> {
             .build_select(tensor, self.int(0), block, "")
             .map_err(err)?
             .into_int_value();
+        let width = self.int(partials.len() as u64);
         self.when(f, self.first_thread()?, || {
             for (k, total) in totals.iter().enumerate() {
-                let at = self.add(self.mul(group, self.int(4))?, self.int(k as u64))?;
+                let at = self.add(self.mul(group, width)?, self.int(k as u64))?;
                 let v = self
                     .builder
                     .build_float_ext(*total, self.f64(), "")
@@ -104,8 +122,7 @@ impl<'ctx> Gen<'ctx> {
                 self.atomic_add(sums, at, v)?;
             }
             Ok(())
-        })?;
-        self.ret()
+        })
     }
 
     /// `phase_dequant(out, w, sums, n, m, groups_per_row, group_len,
