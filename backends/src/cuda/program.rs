@@ -137,6 +137,9 @@ pub struct CudaProgram {
     /// Within a run: what the last attention gradient computed, for its
     /// siblings (`attention::Shared`).
     attention_cache: Mutex<Option<attention::Shared>>,
+    /// Per `attention_grad` node: its group of siblings and their count
+    /// (`attention::attention_groups`).
+    attention_groups: HashMap<usize, (usize, usize)>,
 }
 
 /// How many runs a sum to one scalar is split into: enough blocks to keep
@@ -562,6 +565,7 @@ impl CudaProgram {
         }
         let state_outputs = crate::state::state_names(&graph).len();
         let last_use = fusion::last_uses(&graph, &plan, &steps);
+        let attention_groups = attention::attention_groups(&graph);
         let mut program = CudaProgram {
             graph,
             plan,
@@ -579,6 +583,7 @@ impl CudaProgram {
             resident_bytes: 0,
             profile: OpProfile::from_env(),
             attention_cache: Mutex::new(None),
+            attention_groups,
             compute: match options.matmul {
                 GpuMatmul::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 GpuMatmul::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -1025,7 +1030,7 @@ impl CudaProgram {
                 let s = Segments::new(x, args[2], (*heads, *kv_heads), *segment, *scale, *causal)
                     .map_err(|e| BackendError::new(format!("%{i} = attention_grad: {e}")))?;
                 let operands = (x, args[1], args[2], args[3]);
-                self.batched_attention_grad(k, *which, operands, s, &mut out)?;
+                self.batched_attention_grad(i, k, *which, operands, s, &mut out)?;
             }
             (Step::Kernel(k), Op::WidelyLinearGrad { .. }) => {
                 let d = args[1];

@@ -11,9 +11,11 @@
 //! [`Kernel::MaskedSoftmax`]: super::codegen::Kernel::MaskedSoftmax
 //! [`Kernel::SoftmaxGrad`]: super::codegen::Kernel::SoftmaxGrad
 
+use std::collections::HashMap;
+
 use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
-use fairyc_ir::AttentionOperand;
+use fairyc_ir::{AttentionOperand, Graph, Op, ValueId};
 
 use super::{blas_result, words_per, CudaProgram, DeviceTensor, ROW_THREADS};
 use crate::BackendError;
@@ -70,12 +72,51 @@ impl Segments {
     }
 }
 
-/// What the gradients of one attention share: its operands' addresses,
-/// the weights `P` and, once a gradient of Q or K needed them, `dS`.
+/// What the gradients of one attention share: the weights `P` and, once a
+/// gradient of Q or K needed them, `dS`; kept for the group's other
+/// gradients, freed after the last.
 pub(super) struct Shared {
-    key: [u64; 4],
+    /// The group: its first gradient node.
+    group: usize,
+    /// Gradients of the group still to run.
+    remaining: usize,
     weights: CudaSlice<u32>,
     scores: Option<CudaSlice<u32>>,
+}
+
+/// The gradients of each attention, grouped: for each `attention_grad`
+/// node, its group (the first node with the same operands and attributes
+/// but `which`) and how many nodes the group has.
+pub(super) fn attention_groups(graph: &Graph) -> HashMap<usize, (usize, usize)> {
+    // (first node, its operands, its attributes with `which` = Q), count.
+    let mut seen: Vec<(usize, &[ValueId], Op, usize)> = Vec::new();
+    let mut group_of = HashMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Op::AttentionGrad { .. } = node.op else {
+            continue;
+        };
+        let mut attributes = node.op.clone();
+        if let Op::AttentionGrad { which, .. } = &mut attributes {
+            *which = AttentionOperand::Q;
+        }
+        let operands = node.operands.as_slice();
+        let k = match seen
+            .iter()
+            .position(|(_, o, a, _)| *o == operands && *a == attributes)
+        {
+            Some(k) => k,
+            None => {
+                seen.push((i, operands, attributes, 0));
+                seen.len() - 1
+            }
+        };
+        seen[k].3 += 1;
+        group_of.insert(i, k);
+    }
+    group_of
+        .into_iter()
+        .map(|(i, k)| (i, (seen[k].0, seen[k].3)))
+        .collect()
 }
 
 /// A column-major operand of a batched product: its device address, its
@@ -135,28 +176,51 @@ impl CudaProgram {
     /// that operand); `kernels` are the masked softmax and its gradient.
     pub(super) fn batched_attention_grad(
         &self,
+        node: usize,
         kernels: &[usize],
+        which: AttentionOperand,
+        operands: (&DeviceTensor, &DeviceTensor, &DeviceTensor, &DeviceTensor),
+        s: Segments,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let (q, keys, _, _) = operands;
+        // The gradients of one attention share `P` and `dS`: the first
+        // computes them, the others find them here, the last frees them.
+        let (group, siblings) = self.attention_groups[&node];
+        let mut cache = self
+            .attention_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.as_ref().map(|c| c.group) != Some(group) {
+            *cache = None;
+            *cache = Some(Shared {
+                group,
+                remaining: siblings,
+                weights: self.attention_weights(kernels[0], q, keys, s)?,
+                scores: None,
+            });
+        }
+        let shared = cache.as_mut().expect("set above");
+        shared.remaining -= 1;
+        let last = shared.remaining == 0;
+        let done = self.attention_grad_from(shared, kernels[1], which, operands, s, out);
+        if last || done.is_err() {
+            *cache = None;
+        }
+        done
+    }
+
+    /// [`CudaProgram::batched_attention_grad`] with its group's `P` (and
+    /// `dS`, computed here by `softmax_grad` if not yet) in `shared`.
+    fn attention_grad_from(
+        &self,
+        shared: &mut Shared,
+        softmax_grad: usize,
         which: AttentionOperand,
         (q, keys, values, dout): (&DeviceTensor, &DeviceTensor, &DeviceTensor, &DeviceTensor),
         s: Segments,
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
-        // The three gradients of one attention share `P` and `dS`: the
-        // first computes them, the others find them here.
-        let key = [q, keys, values, dout].map(|t| t.words.device_ptr(&self.stream).0);
-        let mut shared = self
-            .attention_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if shared.as_ref().map(|c| c.key) != Some(key) {
-            *shared = None;
-            *shared = Some(Shared {
-                key,
-                weights: self.attention_weights(kernels[0], q, keys, s)?,
-                scores: None,
-            });
-        }
-        let shared = shared.as_mut().expect("set above");
         let group = s.heads / s.kv_heads;
         let (go, _go) = dout.words.device_ptr(&self.stream);
         let dout_rows = self.rows(go, s.heads * s.dv, s.seq);
@@ -181,7 +245,7 @@ impl CudaProgram {
         }
         if shared.scores.is_none() {
             shared.scores =
-                Some(self.score_grads(kernels[1], values, dout_rows, &shared.weights, s)?);
+                Some(self.score_grads(softmax_grad, values, dout_rows, &shared.weights, s)?);
         }
         let scores = shared.scores.as_ref().expect("set above");
         let (ds, _ds) = scores.device_ptr(&self.stream);
