@@ -425,7 +425,8 @@ pub fn op_cases() -> Vec<Case> {
         cases_over(
             &mut out,
             &format!("quantize baselines {granularity:?}"),
-            &[(5usize, 9usize), (1, 1)],
+            // 300 × 40: groups that span many threads of a block.
+            &[(5usize, 9usize), (1, 1), (300, 40)],
             |c, (n, m)| {
                 let x = c.real(&[n, m]);
                 [Scheme::Binary, Scheme::Ternary]

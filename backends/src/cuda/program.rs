@@ -286,6 +286,7 @@ fn select_kernels(
     plan: &MemoryPlan,
     activations: GpuActivations,
     fold: Fold,
+    fuse: bool,
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
@@ -348,7 +349,7 @@ fn select_kernels(
         };
         steps.push(Some(step));
     }
-    if std::env::var_os("FAIRYC_NO_FUSION").is_none() {
+    if fuse {
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
     }
     Ok((kernels, steps))
@@ -384,7 +385,8 @@ impl Fold {
 /// [`CudaProgram::new`] loads); needs no GPU.
 pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
     let plan = MemoryPlan::new(graph, 1);
-    let (kernels, _) = select_kernels(graph, &plan, activations, Fold::of(graph, &plan))?;
+    let fold = Fold::of(graph, &plan);
+    let (kernels, _) = select_kernels(graph, &plan, activations, fold, true)?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
@@ -453,7 +455,9 @@ impl CudaProgram {
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
-        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold)?;
+        // FAIRYC_NO_FUSION: one kernel per elementwise node, to measure fusion.
+        let fuse = std::env::var_os("FAIRYC_NO_FUSION").is_none();
+        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, fuse)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ordinal, ptx)?;
         let functions = kernels
@@ -1489,8 +1493,15 @@ impl Program for CudaProgram {
                     let error =
                         |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
                     let ty = match step {
-                        // Its own operands were fused away: its type, bound.
-                        Step::Fused { .. } => bind_shape(&node.ty.shape, &bindings)
+                        // Its own operands were fused away: the shape of a
+                        // value it reads of its static shape, else its
+                        // static shape bound.
+                        Step::Fused { operands, .. } => operands
+                            .iter()
+                            .zip(&args)
+                            .find(|(v, _)| self.graph.node(**v).ty.shape == node.ty.shape)
+                            .map(|(_, a)| Ok(a.shape.clone()))
+                            .unwrap_or_else(|| bind_shape(&node.ty.shape, &bindings))
                             .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
                         _ => concrete_type(op, &args, &bindings),
                     }

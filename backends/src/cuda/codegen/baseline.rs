@@ -1,11 +1,14 @@
 //! The real baselines' quantizers on the GPU (`quantize` with scheme
 //! `binary` or `ternary`, `fairyc_ir::quant::baseline`), in two passes as
 //! PhaseQuant's: each group's sum of |w| and count over its finite entries
-//! (the block's partial sums added into f64 totals by atomics), then every
-//! entry's code times its group's mean. Codes follow the reference exactly:
-//! binary `w < 0 ? −1 : +1` (−0 and NaN give +1), ternary `clamp(round(w /
-//! (γ + 1e-5)), −1, 1)` with ties to 0 (NaN gives 0); a group without
-//! finite entries has the scale 0.
+//! (the block's f32 partial sums added into f64 totals by atomics), then
+//! every entry's code times its group's mean. The codes follow the
+//! reference's rules: binary `w < 0 ? −1 : +1` (−0 and NaN give +1),
+//! ternary `clamp(round(w / (γ + 1e-5)), −1, 1)` with ties to 0 (NaN gives
+//! 0); a group without finite entries has the scale 0. The mean is summed
+//! in another order than the reference's f64 sum, so it can differ in its
+//! last bits, and with it a ternary code whose `w / (γ + 1e-5)` lies that
+//! close to ±0.5.
 
 use super::*;
 
@@ -83,8 +86,11 @@ impl<'ctx> Gen<'ctx> {
             let count = load(self.add(first, self.int(1))?)?;
             let mean = b.build_float_div(total, count, "").map_err(err)?;
             let mean = b.build_float_trunc(mean, self.f32(), "").map_err(err)?;
-            // 0 / 0 (no finite entry) is NaN: the scale 0.
-            let scale = select(self.is_finite(mean)?, mean, self.float(0.0))?;
+            let none = b
+                .build_float_compare(FloatPredicate::OEQ, count, self.f64().const_zero(), "")
+                .map_err(err)?;
+            // No finite entry: the scale 0 (not 0 / 0).
+            let scale = select(none, self.float(0.0), mean)?;
             let x = self.load_f32(w, k)?;
             let value = if ternary {
                 let t = self.fdiv(x, self.fadd(scale, self.float(1e-5))?)?;

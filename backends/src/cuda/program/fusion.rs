@@ -277,7 +277,7 @@ mod tests {
     fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
         let plan = MemoryPlan::new(graph, 1);
         let fold = Fold::of(graph, &plan);
-        select_kernels(graph, &plan, GpuActivations::F32, fold)
+        select_kernels(graph, &plan, GpuActivations::F32, fold, true)
             .unwrap()
             .1
     }
