@@ -164,8 +164,9 @@ pub(super) fn fuse_elementwise(
             }));
         }
         fused.expr = substitute(expr, &with);
-        if size(&fused.expr) > MAX_EXPR {
-            // Too long: this node reads its operands as they are.
+        if size(&fused.expr) > MAX_EXPR || fused.leaves.len() > MAX_OPERANDS {
+            // Too long, or its own operands on top of an adopted chain read
+            // too many values: this node reads its operands as they are.
             for v in &node.operands {
                 needed[v.0] = true;
             }
@@ -267,6 +268,7 @@ mod tests {
     use fairyc_ir::{DType, GraphBuilder, Op, Shape, TensorType};
 
     use super::super::{select_kernels, Fold, Step};
+    use super::MAX_OPERANDS;
     use crate::cuda::GpuActivations;
     use crate::plan::MemoryPlan;
 
@@ -314,6 +316,62 @@ mod tests {
             matches!(&kept[sum.0], Some(Step::Fused { operands, .. }) if *operands == [x, s, y])
         );
         assert!(matches!(&kept[c.0], Some(Step::Kernel(_))));
+    }
+
+    /// A value every reader of which is elementwise is recomputed in each
+    /// (never materialised); a graph output is materialised and read.
+    #[test]
+    fn shared_producers_are_recomputed_and_outputs_kept() {
+        let mut b = GraphBuilder::new("shared");
+        let x = b.input("x", ty(&[4, 8]));
+        let y = b.input("y", ty(&[4, 8]));
+        let s = b.input("s", ty(&[]));
+        let a = b.push(Op::Mul, &[x, s]).unwrap();
+        let sum = b.push(Op::Add, &[a, y]).unwrap();
+        let difference = b.push(Op::Sub, &[a, y]).unwrap();
+        let graph = b.finish(&[sum, difference]);
+        let shared = steps(&graph);
+        assert!(shared[a.0].is_none());
+        for v in [sum, difference] {
+            assert!(
+                matches!(&shared[v.0], Some(Step::Fused { operands, .. }) if *operands == [x, s, y])
+            );
+        }
+        let mut b = GraphBuilder::new("output");
+        let x = b.input("x", ty(&[4, 8]));
+        let y = b.input("y", ty(&[4, 8]));
+        let a = b.push(Op::Scale { factor: 2.0 }, &[x]).unwrap();
+        let sum = b.push(Op::Add, &[a, y]).unwrap();
+        let kept = steps(&b.finish(&[a, sum]));
+        assert!(matches!(&kept[a.0], Some(Step::Kernel(_))));
+        assert!(matches!(&kept[sum.0], Some(Step::Kernel(_))));
+    }
+
+    /// A chain over more values than a kernel may read is cut: no step
+    /// reads more than [`MAX_OPERANDS`], and what a reader could not adopt
+    /// is materialised.
+    #[test]
+    fn a_chain_over_many_values_is_cut_at_the_operand_limit() {
+        let mut b = GraphBuilder::new("wide");
+        let inputs: Vec<_> = (0..2 * MAX_OPERANDS)
+            .map(|k| b.input(format!("x{k}"), ty(&[4, 8])))
+            .collect();
+        let mut sums = vec![inputs[0]];
+        for &x in &inputs[1..] {
+            let last = *sums.last().unwrap();
+            sums.push(b.push(Op::Add, &[last, x]).unwrap());
+        }
+        let total = *sums.last().unwrap();
+        let steps = steps(&b.finish(&[total]));
+        let reads = |i: usize| match &steps[i] {
+            Some(Step::Fused { operands, .. }) => operands.len(),
+            Some(_) => 2,
+            None => 0,
+        };
+        assert!((0..steps.len()).all(|i| reads(i) <= MAX_OPERANDS));
+        assert!(steps[total.0].is_some());
+        let materialised = sums[1..].iter().filter(|v| steps[v.0].is_some()).count();
+        assert!(materialised >= 2, "{materialised} sums materialised");
     }
 
     /// A value of another shape than its reader (a scalar broadcast over a
