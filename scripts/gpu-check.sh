@@ -18,19 +18,20 @@ chmod +x .dev/* 2>/dev/null || true
 export FAIRYC_REQUIRE_GPU=1
 # The training test reads ../shared/corpus/public.txt; a carried copy
 # stands in for ../shared.
-if [ -e .dev-b/corpus.txt ]; then
-  mkdir -p .dev/shared/corpus && cp .dev-b/corpus.txt .dev/shared/corpus/public.txt
+corpus=$(ls "${folders[@]/%//corpus.txt}" 2>/dev/null | head -1)
+if [ -n "$corpus" ]; then
+  mkdir -p .dev/shared/corpus && cp "$corpus" .dev/shared/corpus/public.txt
   export FAIRYC_SHARED="$PWD/.dev/shared"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-# The model test compiles artifacts with the fairyc binary at the path it
+# The tests that compile artifacts run the fairyc binary at the path it
 # was built at.
-if [ -e .dev/models-test ]; then
-  built_at=$(grep -a -o -m1 '/[[:alnum:]/_.-]*/target/release/fairyc' .dev/models-test | head -1)
+for test in .dev/*-test; do
+  built_at=$(grep -a -o -m1 '/[[:alnum:]/_.-]*/target/release/fairyc' "$test" | head -1)
   if [ -n "$built_at" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -sf "$PWD/.dev/fairyc" "$built_at"
   fi
-fi
+done
 carried() {
   for folder in "${folders[@]}"; do [ -e "$folder/$1.xz" ] && return 0; done
   return 1
@@ -42,7 +43,7 @@ run() {
 }
 run cuda-test "conformance suite on cuda"
 run models-test "tiny models and artifacts on cuda" models_match_the_reference_on_the_gpu
-run batch-test "batched sequences on cuda against each alone" batched_sequences_match_each_alone_on_every_backend
+run batch-test "batched and lockstep sequences on cuda against each alone" match_each_alone_on_every_backend
 run autodiff-test "one training step (loss and every gradient) on cuda" training_step_on_the_gpu
 run train-test "a training run on cuda against the cpu" training_on_the_gpu
 if carried cuda_gemv; then

@@ -56,7 +56,7 @@ if [ -n "${PROFILE:-}" ]; then
     --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 -o .dev/profiled.fairy 2>&1 \
     | sed -n '/time per op/,$p' | head -32
 fi
-for mode in ${PEERS:-plain compiled authors}; do
+for mode in ${PEERS-plain compiled authors}; do
   echo "== PyTorch: $mode"
   python3 scripts/gpu-train-peers.py "$mode" --batch "$BATCH" --seq "$SEQ" --authors .devt/authors 2>&1 \
     | grep -v "Replacing layer" | tail -3
