@@ -70,6 +70,9 @@ struct CaseBuilder {
     inputs: HashMap<String, Tensor>,
     store: CaseStore,
     rng: u64,
+    /// Whether values are rounded to bf16 (for backends whose products
+    /// round their operands so: then only their own roundings differ).
+    bf16: bool,
 }
 
 impl CaseBuilder {
@@ -79,6 +82,7 @@ impl CaseBuilder {
             inputs: HashMap::new(),
             store: CaseStore::default(),
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            bf16: false,
         }
     }
 
@@ -87,7 +91,12 @@ impl CaseBuilder {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        ((self.rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        let x = ((self.rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+        if self.bf16 {
+            Arithmetic::Bf16Exact.round(x)
+        } else {
+            x
+        }
     }
 
     fn input(&mut self, ty: TensorType, t: Tensor) -> ValueId {
@@ -613,6 +622,60 @@ pub fn op_cases() -> Vec<Case> {
     out
 }
 
+/// Attention and its gradients with heads of 64 words (real, and complex
+/// of 32), in segments and whole, on bf16 values: the cases of backends
+/// whose attention takes its products in bf16 (the cuda backend's flash
+/// kernels), where the suite's narrow heads would not reach that path.
+pub fn bf16_attention_cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for causal in [true, false] {
+        for (name, segment, rows) in [
+            ("bf16 attention_segments", Some(100), 200usize),
+            ("bf16 attention", None, 37),
+        ] {
+            cases_over(&mut out, name, &[rows], |c, s| {
+                c.bf16 = true;
+                let (heads, kv_heads) = (3, 1);
+                let real = [c.real(&[s, 192]), c.real(&[s, 64]), c.real(&[s, 64])];
+                let complex = [
+                    c.complex(&[s, 96]),
+                    c.complex(&[s, 32]),
+                    c.complex(&[s, 32]),
+                ];
+                let (dout, zdout) = (c.real(&[s, 192]), c.complex(&[s, 96]));
+                let mut outs = Vec::new();
+                for ([q, k, v], g) in [(real, dout), (complex, zdout)] {
+                    let op = Op::Attention {
+                        heads,
+                        kv_heads,
+                        scale: 0.125,
+                        causal,
+                        segment,
+                    };
+                    outs.push(c.push(op, &[q, k, v]));
+                    for which in [
+                        AttentionOperand::Q,
+                        AttentionOperand::K,
+                        AttentionOperand::V,
+                    ] {
+                        let op = Op::AttentionGrad {
+                            which,
+                            heads,
+                            kv_heads,
+                            scale: 0.125,
+                            causal,
+                            segment,
+                        };
+                        outs.push(c.push(op, &[q, k, v, g]));
+                    }
+                }
+                outs
+            });
+        }
+    }
+    out
+}
+
 /// What one backend did on the suite.
 pub struct Report {
     /// Cases run.
@@ -735,7 +798,11 @@ fn quant_linear_bounds(
 
 /// Runs the suite on `backend` against the reference backend.
 pub fn run(backend: &dyn Backend) -> Report {
-    let cases = op_cases();
+    run_cases(backend, op_cases())
+}
+
+/// [`run`] on `cases`.
+pub fn run_cases(backend: &dyn Backend, cases: Vec<Case>) -> Report {
     let mut ops: Vec<&'static str> = cases
         .iter()
         .flat_map(|c| c.graph.nodes.iter().map(|n| n.op.mnemonic()))

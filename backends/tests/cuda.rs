@@ -4,7 +4,7 @@
 //! failure.
 
 use fairyc_backends::conformance;
-use fairyc_backends::cuda::Cuda;
+use fairyc_backends::cuda::{Cuda, GpuMatmul};
 
 fn gpu_or_skip() -> bool {
     if Cuda::available() {
@@ -35,4 +35,25 @@ fn conformance_suite_on_the_gpu() {
     }
     assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
     assert!(run > 0, "no case ran");
+}
+
+/// Attention with heads of 64 words and bf16 products: the flash kernels
+/// (with `FAIRYC_NO_FLASH`, cuBLAS's bf16 products around the softmax).
+#[test]
+fn bf16_attention_on_the_gpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let cuda = Cuda {
+        matmul: GpuMatmul::Bf16,
+        ..Cuda::default()
+    };
+    let report = conformance::run_cases(&cuda, conformance::bf16_attention_cases());
+    eprintln!(
+        "{} bf16 attention cases on the cuda backend; {} mismatches",
+        report.cases,
+        report.failures.len()
+    );
+    assert!(report.unsupported.is_empty(), "{:?}", report.unsupported);
+    assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
 }

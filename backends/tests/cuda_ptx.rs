@@ -2,7 +2,7 @@
 //! or CUDA toolkit needed), each an `.entry`, with no call left to an
 //! undefined function.
 
-use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, Kernel, MapOp};
+use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, FlashPass, Kernel, MapOp};
 use fairyc_ir::{RopeLayout, UnaryFn, WlPart};
 
 fn every_kernel() -> Vec<Kernel> {
@@ -68,6 +68,18 @@ fn every_kernel() -> Vec<Kernel> {
     }
     kernels.push(Kernel::MaskedSoftmax);
     kernels.push(Kernel::RunSums);
+    for pass in [
+        FlashPass::Forward,
+        FlashPass::Stats,
+        FlashPass::GradQ,
+        FlashPass::GradKv,
+    ] {
+        kernels.push(Kernel::Flash {
+            pass,
+            d: 64,
+            dv: 64,
+        });
+    }
     for func in [
         UnaryFn::Neg,
         UnaryFn::RoundBf16,
@@ -150,4 +162,13 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
         int8.contains("dp4a.s32.s32") && int8.contains("prmt.b32"),
         "{int8}"
     );
+    // The flash kernels' products are bf16 tensor-core products, and their
+    // fragments stay in registers (no local memory).
+    for flash in text.split(".entry ").filter(|k| k.starts_with("flash_")) {
+        assert!(
+            flash.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+            "{flash}"
+        );
+        assert!(!flash.contains(".local"), "{flash}");
+    }
 }

@@ -286,7 +286,7 @@ fn select_kernels(
     plan: &MemoryPlan,
     activations: GpuActivations,
     fold: Fold,
-    fuse: bool,
+    (fuse, flash): (bool, bool),
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
@@ -328,6 +328,11 @@ fn select_kernels(
                     _ => None,
                 };
                 let wanted = int8
+                    .or_else(|| {
+                        flash
+                            .then(|| attention::flash_kernels(graph, node))
+                            .flatten()
+                    })
                     .or_else(|| kernels_for(op, operands, *out))
                     .ok_or_else(|| BackendError::Unsupported {
                         backend: "cuda",
@@ -386,7 +391,7 @@ impl Fold {
 pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
     let plan = MemoryPlan::new(graph, 1);
     let fold = Fold::of(graph, &plan);
-    let (kernels, _) = select_kernels(graph, &plan, activations, fold, true)?;
+    let (kernels, _) = select_kernels(graph, &plan, activations, fold, (true, true))?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
@@ -455,9 +460,14 @@ impl CudaProgram {
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
-        // FAIRYC_NO_FUSION: one kernel per elementwise node, to measure fusion.
+        // FAIRYC_NO_FUSION: one kernel per elementwise node, to measure
+        // fusion; FAIRYC_NO_FLASH: attention by cuBLAS products around a
+        // softmax, to measure the flash kernels. Those run with bf16
+        // products only (their products are bf16).
         let fuse = std::env::var_os("FAIRYC_NO_FUSION").is_none();
-        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, fuse)?;
+        let flash =
+            options.matmul == GpuMatmul::Bf16 && std::env::var_os("FAIRYC_NO_FLASH").is_none();
+        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, (fuse, flash))?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ordinal, ptx)?;
         let functions = kernels
@@ -816,7 +826,11 @@ impl CudaProgram {
                     *causal,
                 )
                 .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
-                self.batched_attention(k[0], (x, args[1], args[2]), s, &mut out)?;
+                if matches!(self.kernels[k[0]], Kernel::Flash { .. }) {
+                    self.flash_attention(k[0], (x, args[1], args[2]), s, &mut out)?;
+                } else {
+                    self.batched_attention(k[0], (x, args[1], args[2]), s, &mut out)?;
+                }
             }
             (
                 Step::Kernel(k),

@@ -30,6 +30,8 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
 
 use fairyc_ir::{RopeLayout, UnaryFn};
 
+pub use flash::{flash_applies, FlashPass};
+
 /// The GPU the PTX targets (the H100 and H200).
 pub const SM: &str = "sm_90";
 /// Threads per block of the row kernels (a whole number of warps).
@@ -135,6 +137,14 @@ pub enum Kernel {
     RmsNormGrad { complex: bool, gain: bool },
     /// `out[ids[t], :] += dy[t, :]` by atomic adds into a zeroed table.
     EmbedGrad,
+    /// Training's attention and its gradients without the scores in
+    /// memory, on bf16 tensor-core products ([`flash`]); heads of `d` and
+    /// `dv` words.
+    Flash {
+        pass: FlashPass,
+        d: usize,
+        dv: usize,
+    },
     /// Softmax over each row's visible columns (a causal mask by the row's
     /// query within its segment), zeros after; one block a row: batched
     /// attention's weights between its cuBLAS products.
@@ -229,6 +239,22 @@ impl Kernel {
             Kernel::RmsNormGrad { gain: true, .. } => "rms_norm_grad_gain",
             Kernel::EmbedGrad => "embed_grad",
             Kernel::MaskedSoftmax => "masked_softmax",
+            Kernel::Flash {
+                pass: FlashPass::Forward,
+                ..
+            } => "flash_forward",
+            Kernel::Flash {
+                pass: FlashPass::Stats,
+                ..
+            } => "flash_stats",
+            Kernel::Flash {
+                pass: FlashPass::GradQ,
+                ..
+            } => "flash_grad_q",
+            Kernel::Flash {
+                pass: FlashPass::GradKv,
+                ..
+            } => "flash_grad_kv",
             Kernel::WidelyLinearGrad { .. } => "widely_linear_grad",
         };
         format!("{base}_{index}")
@@ -293,6 +319,7 @@ type Built<T> = Result<T, String>;
 mod attention;
 mod baseline;
 mod elementwise;
+pub mod flash;
 mod layout;
 mod phase;
 mod quant;
@@ -662,6 +689,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),
             Kernel::EmbedGrad => self.embed_grad(name),
             Kernel::MaskedSoftmax => self.masked_softmax(name),
+            Kernel::Flash { pass, d, dv } => self.flash(name, *pass, *d, *dv),
             Kernel::WidelyLinearGrad { part } => self.widely_linear_grad(name, *part),
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)

@@ -1,5 +1,8 @@
-//! Training's attention as cuBLAS products around generated softmax
-//! kernels: for each segment (a training window) and head, the scores
+//! Training's attention: with bf16 products and heads the flash kernels
+//! take, by those (`codegen::flash`): the forward pass in one kernel; the
+//! gradients from per-row statistics (log-sum-exp and `D = Σ dO ⊙ O`),
+//! one kernel for dQ and one for dK and dV together. Otherwise as cuBLAS
+//! products around generated softmax kernels: for each segment (a training window) and head, the scores
 //! `S = scale · Q Kᵀ`, the weights `P` by [`Kernel::MaskedSoftmax`], and
 //! `P V`; the gradients from `P` recomputed the same way and `dP = dO Vᵀ`,
 //! `dS = P ⊙ (dP − Σ P dP)` by [`Kernel::SoftmaxGrad`], `dQ = scale · dS K`,
@@ -15,9 +18,10 @@ use std::collections::HashMap;
 
 use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
-use fairyc_ir::{AttentionOperand, Graph, Op, ValueId};
+use fairyc_ir::{AttentionOperand, DType, Graph, Node, Op, ValueId};
 
-use super::{blas_result, words_per, CudaProgram, DeviceTensor, ROW_THREADS};
+use super::codegen::flash::{flash_applies, FlashPass, FLASH_TILE, FLASH_WARPS};
+use super::{blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, ROW_THREADS};
 use crate::BackendError;
 
 /// One batched attention: `segments` sequences of `seq` rows, each
@@ -72,16 +76,68 @@ impl Segments {
     }
 }
 
-/// What the gradients of one attention share: the weights `P` and, once a
-/// gradient of Q or K needed them, `dS`; kept for the group's other
-/// gradients, freed after the last.
+/// What the gradients of one attention share, kept for the group's other
+/// gradients and freed after the last.
 pub(super) struct Shared {
     /// The group: its first gradient node.
     group: usize,
     /// Gradients of the group still to run.
     remaining: usize,
-    weights: CudaSlice<u32>,
-    scores: Option<CudaSlice<u32>>,
+    kept: Kept,
+}
+
+enum Kept {
+    /// The products' weights `P` and, once a gradient of Q or K needed
+    /// them, `dS`.
+    Products {
+        weights: CudaSlice<u32>,
+        scores: Option<CudaSlice<u32>>,
+    },
+    /// The flash kernels' per-row statistics, and the gradient of K or V
+    /// that the kernel computing the other gave.
+    Flash {
+        stats: CudaSlice<u32>,
+        pending: Option<(AttentionOperand, CudaSlice<u32>)>,
+    },
+}
+
+/// The flash kernels for an `attention` over segments or an
+/// `attention_grad` node, where its heads suit them: the forward kernel, or
+/// the statistics', dQ's and dK/dV's.
+pub(super) fn flash_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
+    let (heads, kv_heads, grad) = match node.op {
+        Op::Attention {
+            heads,
+            kv_heads,
+            segment: Some(_),
+            ..
+        } => (heads, kv_heads, false),
+        Op::AttentionGrad {
+            heads, kv_heads, ..
+        } => (heads, kv_heads, true),
+        _ => return None,
+    };
+    // An operand's words per head.
+    let head_words = |operand: usize, heads: usize| {
+        let ty = &graph.node(*node.operands.get(operand)?).ty;
+        let cols = ty.shape.dims().get(1)?.clone().fixed()?;
+        let words = cols * if ty.dtype == DType::C64 { 2 } else { 1 };
+        (heads > 0 && words % heads == 0).then_some(words / heads)
+    };
+    let (d, dv) = (head_words(0, heads)?, head_words(2, kv_heads)?);
+    if !heads.is_multiple_of(kv_heads) || !flash_applies(d, dv) {
+        return None;
+    }
+    let kernel = |pass| Kernel::Flash { pass, d, dv };
+    Some(if grad {
+        vec![
+            kernel(FlashPass::Stats),
+            kernel(FlashPass::GradQ),
+            kernel(FlashPass::GradKv),
+        ]
+    } else {
+        vec![kernel(FlashPass::Forward)]
+    })
 }
 
 /// The gradients of each attention, grouped: for each `attention_grad`
@@ -184,8 +240,9 @@ impl CudaProgram {
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
         let (q, keys, _, _) = operands;
-        // The gradients of one attention share `P` and `dS`: the first
-        // computes them, the others find them here, the last frees them.
+        let flash = matches!(self.kernels[kernels[0]], Kernel::Flash { .. });
+        // The gradients of one attention share what the first computes:
+        // the others find it here, the last frees it.
         let (group, siblings) = self.attention_groups[&node];
         let mut cache = self
             .attention_cache
@@ -193,28 +250,147 @@ impl CudaProgram {
             .unwrap_or_else(|e| e.into_inner());
         if cache.as_ref().map(|c| c.group) != Some(group) {
             *cache = None;
+            let kept = if flash {
+                let stats = self.alloc(2 * s.segments * s.heads * s.seq)?;
+                let (q, k, v, g) = (
+                    &*q.words,
+                    &*keys.words,
+                    &*operands.2.words,
+                    &*operands.3.words,
+                );
+                self.launch_flash(kernels[0], s.heads, [q, q, q, k, v, g, &stats], s)?;
+                Kept::Flash {
+                    stats,
+                    pending: None,
+                }
+            } else {
+                Kept::Products {
+                    weights: self.attention_weights(kernels[0], q, keys, s)?,
+                    scores: None,
+                }
+            };
             *cache = Some(Shared {
                 group,
                 remaining: siblings,
-                weights: self.attention_weights(kernels[0], q, keys, s)?,
-                scores: None,
+                kept,
             });
         }
         let shared = cache.as_mut().expect("set above");
         shared.remaining -= 1;
         let last = shared.remaining == 0;
-        let done = self.attention_grad_from(shared, kernels[1], which, operands, s, out);
+        let done = match &mut shared.kept {
+            Kept::Products { weights, scores } => {
+                self.attention_grad_from(weights, scores, kernels[1], which, operands, s, out)
+            }
+            Kept::Flash { stats, pending } => {
+                self.flash_grad(kernels, which, operands, s, (stats, pending), out)
+            }
+        };
         if last || done.is_err() {
             *cache = None;
         }
         done
     }
 
-    /// [`CudaProgram::batched_attention_grad`] with its group's `P` (and
-    /// `dS`, computed here by `softmax_grad` if not yet) in `shared`.
+    /// `attention(q, k, v)` over segments into `out` by the flash forward
+    /// kernel.
+    pub(super) fn flash_attention(
+        &self,
+        kernel: usize,
+        (q, keys, values): (&DeviceTensor, &DeviceTensor, &DeviceTensor),
+        s: Segments,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let (q, k, v) = (&*q.words, &*keys.words, &*values.words);
+        self.launch_flash(kernel, s.heads, [out, q, q, k, v, q, q], s)
+    }
+
+    /// The gradient of `which` by the flash kernels (`kernels`: the
+    /// statistics', dQ's, dK/dV's) from the group's `stats`; dK and dV come
+    /// from one kernel, and the one asked for second is kept in `pending`.
+    fn flash_grad(
+        &self,
+        kernels: &[usize],
+        which: AttentionOperand,
+        (q, keys, values, dout): (&DeviceTensor, &DeviceTensor, &DeviceTensor, &DeviceTensor),
+        s: Segments,
+        (stats, pending): (
+            &CudaSlice<u32>,
+            &mut Option<(AttentionOperand, CudaSlice<u32>)>,
+        ),
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let (q, k, v, g) = (&*q.words, &*keys.words, &*values.words, &*dout.words);
+        if which == AttentionOperand::Q {
+            return self.launch_flash(kernels[1], s.heads, [out, q, q, k, v, g, stats], s);
+        }
+        if let Some((kept, words)) = pending.take() {
+            if kept == which {
+                return self.stream.memcpy_dtod(&words, out).map_err(driver);
+            }
+        }
+        let (size, other_which) = match which {
+            AttentionOperand::K => (v.len(), AttentionOperand::V),
+            _ => (k.len(), AttentionOperand::K),
+        };
+        let other = self.alloc(size)?;
+        let (dk, dv) = if which == AttentionOperand::K {
+            (&*out, &other)
+        } else {
+            (&other, &*out)
+        };
+        self.launch_flash(kernels[2], s.kv_heads, [dk, dv, q, k, v, g, stats], s)?;
+        *pending = Some((other_which, other));
+        Ok(())
+    }
+
+    /// Launches flash kernel `kernel` on the tiles of 16 rows of `heads`
+    /// heads (query heads; key heads for dK/dV) of every segment; `ptrs`:
+    /// its two outputs, Q, K, V, dO and the statistics.
+    fn launch_flash(
+        &self,
+        kernel: usize,
+        heads: usize,
+        ptrs: [&CudaSlice<u32>; 7],
+        s: Segments,
+    ) -> Result<(), BackendError> {
+        if let Kernel::Flash { d, dv, .. } = self.kernels[kernel] {
+            if (d, dv) != (s.d, s.dv) {
+                return Err(BackendError::new(format!(
+                    "attention heads of {} and {} words, the flash kernel was built for {d} and {dv}",
+                    s.d, s.dv
+                )));
+            }
+        }
+        let tiles = s.segments * heads * s.seq.div_ceil(FLASH_TILE);
+        let blocks = tiles.div_ceil(FLASH_WARPS as usize) as u32;
+        let sizes = [
+            s.segments,
+            s.seq,
+            s.heads,
+            s.kv_heads,
+            usize::from(s.causal),
+        ]
+        .map(|v| v as i64);
+        self.launch(kernel, blocks, 32 * FLASH_WARPS, |b| {
+            for p in ptrs {
+                b.arg(p);
+            }
+            for v in &sizes {
+                b.arg(v);
+            }
+            b.arg(&s.scale);
+        })
+    }
+
+    /// [`CudaProgram::batched_attention_grad`] by cuBLAS products from its
+    /// group's `weights` (and `scores`, computed here by `softmax_grad` if
+    /// not yet).
+    #[allow(clippy::too_many_arguments)]
     fn attention_grad_from(
         &self,
-        shared: &mut Shared,
+        weights: &CudaSlice<u32>,
+        scores: &mut Option<CudaSlice<u32>>,
         softmax_grad: usize,
         which: AttentionOperand,
         (q, keys, values, dout): (&DeviceTensor, &DeviceTensor, &DeviceTensor, &DeviceTensor),
@@ -225,7 +401,7 @@ impl CudaProgram {
         let (go, _go) = dout.words.device_ptr(&self.stream);
         let dout_rows = self.rows(go, s.heads * s.dv, s.seq);
         if which == AttentionOperand::V {
-            let (p, _p) = shared.weights.device_ptr(&self.stream);
+            let (p, _p) = weights.device_ptr(&self.stream);
             let (o, _o) = out.device_ptr_mut(&self.stream);
             for h in 0..s.heads {
                 // dVᵀ = dOₕᵀ Pₕ, summed over the group's heads.
@@ -243,11 +419,10 @@ impl CudaProgram {
             }
             return Ok(());
         }
-        if shared.scores.is_none() {
-            shared.scores =
-                Some(self.score_grads(softmax_grad, values, dout_rows, &shared.weights, s)?);
+        if scores.is_none() {
+            *scores = Some(self.score_grads(softmax_grad, values, dout_rows, weights, s)?);
         }
-        let scores = shared.scores.as_ref().expect("set above");
+        let scores = scores.as_ref().expect("set above");
         let (ds, _ds) = scores.device_ptr(&self.stream);
         let (o, _o) = out.device_ptr_mut(&self.stream);
         let (qp, _q) = q.words.device_ptr(&self.stream);

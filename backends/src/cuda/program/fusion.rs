@@ -279,7 +279,7 @@ mod tests {
     fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
         let plan = MemoryPlan::new(graph, 1);
         let fold = Fold::of(graph, &plan);
-        select_kernels(graph, &plan, GpuActivations::F32, fold, true)
+        select_kernels(graph, &plan, GpuActivations::F32, fold, (true, true))
             .unwrap()
             .1
     }

@@ -1,0 +1,889 @@
+//! Training's attention in the manner of FlashAttention-2: the scores of a
+//! warp's 16 rows against 64 keys at a time live in registers as
+//! `mma.sync.m16n8k16` bf16 fragments (f32 sums), never in memory. Each
+//! warp reads its operands' fragments straight from global memory (f32,
+//! rounded to bf16 as they are packed); the block's warps read the same
+//! keys, which the L1 cache serves. Four kernels ([`FlashPass`]):
+//!
+//! - `Forward`: `O = softmax(scale · Q Kᵀ) V` with the online softmax;
+//! - `Stats`: the same pass, keeping per row the log-sum-exp (base 2) of
+//!   the scaled scores and `D = Σ dO ⊙ O`, which the gradients need;
+//! - `GradQ`: per warp of 16 queries, `P` again from the scores and the
+//!   log-sum-exp, `dS = P ⊙ (dO Vᵀ − D)` and `dQ = scale · dS K`;
+//! - `GradKv`: per warp of 16 keys of a key head, over the query heads
+//!   that share it, `dV = Σ Pᵀ dO` and `dK = scale · Σ dSᵀ Q`.
+//!
+//! The fragment layouts (PTX ISA, `mma.m16n8k16`, lane = 4·g + t): A
+//! (16×16, row) holds rows g and g+8 at columns 2t, 2t+1 and 2t+8, 2t+9;
+//! B (16×8, col) column g at rows 2t, 2t+1 and 2t+8, 2t+9; C (16×8, f32)
+//! rows g and g+8 at columns 2t, 2t+1. So the C fragments of two
+//! neighbouring 8-column tiles are, as they stand, the A fragment of the
+//! next product (the probabilities never leave the registers).
+
+use super::*;
+
+/// Which of the flash attention's kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FlashPass {
+    Forward,
+    Stats,
+    GradQ,
+    GradKv,
+}
+
+/// Rows of one warp's tile.
+pub const FLASH_TILE: usize = 16;
+/// Warps (tiles) per block.
+pub const FLASH_WARPS: u32 = 4;
+/// Keys (or queries) each step of a warp's loop takes.
+const STEP: u64 = 64;
+
+/// Whether the flash kernels take heads of `d` (queries, keys) and `dv`
+/// (values) words: whole 16-word steps of the products, at most 128
+/// (registers hold a tile's rows of each).
+pub fn flash_applies(d: usize, dv: usize) -> bool {
+    let fits = |w: usize| w > 0 && w.is_multiple_of(16) && w <= 128;
+    fits(d) && fits(dv)
+}
+
+type AFrag<'ctx> = [IntValue<'ctx>; 4];
+type BFrag<'ctx> = [IntValue<'ctx>; 2];
+type CFrag<'ctx> = [FloatValue<'ctx>; 4];
+/// A row's first word (0 for a row out of range) and whether it is in range.
+type Row<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
+
+/// One head of a row-major `[segments·seq, heads·width]` operand, within
+/// one segment: row `r`'s words start at `base + r·stride`.
+#[derive(Clone, Copy)]
+struct Head<'ctx> {
+    ptr: PointerValue<'ctx>,
+    base: IntValue<'ctx>,
+    stride: IntValue<'ctx>,
+}
+
+/// What every flash kernel knows of its launch.
+struct Launch<'ctx> {
+    f: FunctionValue<'ctx>,
+    seq: IntValue<'ctx>,
+    /// The lane's group (`g`, 0..8) and its place in it (`t`, 0..4).
+    g: IntValue<'ctx>,
+    t: IntValue<'ctx>,
+    not_causal: IntValue<'ctx>,
+    /// `scale · log2 e`: scores in base 2.
+    scale2: FloatValue<'ctx>,
+}
+
+impl<'ctx> Gen<'ctx> {
+    /// `flash(out0, out1, q, k, v, dout, stats, segments, seq, heads,
+    /// kv_heads, causal, scale)`; `d`, `dv` are the head widths in words.
+    /// Forward writes `O` to `out0`; Stats writes `[lse₂ | D]` (each
+    /// `[segments, heads, seq]`) to `stats`; GradQ writes `dQ` to `out0`;
+    /// GradKv writes `dK` to `out0` and `dV` to `out1`. Warp `w` of block
+    /// `b` takes tile `4b + w`: 16 rows of one segment and (query or key)
+    /// head.
+    pub(super) fn flash(&self, name: &str, pass: FlashPass, d: usize, dv: usize) -> Built<()> {
+        let mut params = vec![Param::Ptr; 7];
+        params.extend([Param::I64; 5]);
+        params.push(Param::F32);
+        let f = self.declare(name, &params);
+        let [out0, out1, q, k, v, dout, stats] =
+            [0, 1, 2, 3, 4, 5, 6].map(|i| self.param_ptr(f, i));
+        let [segments, seq, heads, kv_heads, causal] =
+            [7, 8, 9, 10, 11].map(|i| self.param_int(f, i));
+        let scale = self.param_float(f, 12);
+        let tid = self.sreg("tid.x")?;
+        let lane = self.urem(tid, self.int(32))?;
+        let tile = self.add(
+            self.mul(self.sreg("ctaid.x")?, self.int(FLASH_WARPS as u64))?,
+            self.udiv(tid, self.int(32))?,
+        )?;
+        let not_causal = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, causal, self.int(0), "")
+            .map_err(err)?;
+        let at = Launch {
+            f,
+            seq,
+            g: self.udiv(lane, self.int(4))?,
+            t: self.urem(lane, self.int(4))?,
+            not_causal,
+            scale2: self.fmul(scale, self.float(std::f32::consts::LOG2_E))?,
+        };
+        let tiles_per = self.udiv(self.add(seq, self.int(15))?, self.int(16))?;
+        let tile_heads = if pass == FlashPass::GradKv {
+            kv_heads
+        } else {
+            heads
+        };
+        let tiles = self.mul(self.mul(segments, tile_heads)?, tiles_per)?;
+        let inside = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, tile, tiles, "")
+            .map_err(err)?;
+        self.when(f, inside, || {
+            let segment = self.udiv(tile, self.mul(tile_heads, tiles_per)?)?;
+            let head = self.urem(self.udiv(tile, tiles_per)?, tile_heads)?;
+            let r0 = self.mul(self.urem(tile, tiles_per)?, self.int(16))?;
+            let group = self.udiv(heads, kv_heads)?;
+            let first = self.mul(segment, seq)?;
+            // One head of an operand of `heads` heads of `width` words.
+            let head_of = |ptr, heads: IntValue<'ctx>, head, width: usize| -> Built<Head<'ctx>> {
+                let stride = self.mul(heads, self.int(width as u64))?;
+                Ok(Head {
+                    ptr,
+                    base: self.add(
+                        self.mul(first, stride)?,
+                        self.mul(head, self.int(width as u64))?,
+                    )?,
+                    stride,
+                })
+            };
+            let stat_row = self.mul(self.add(self.mul(segment, heads)?, head)?, seq)?;
+            let deltas = self.mul(self.mul(segments, heads)?, seq)?;
+            match pass {
+                FlashPass::Forward | FlashPass::Stats => {
+                    let kh = self.udiv(head, group)?;
+                    let o = head_of(out0, heads, head, dv)?;
+                    let stats_at = (stats, stat_row, deltas);
+                    self.flash_forward(
+                        &at,
+                        [
+                            head_of(q, heads, head, d)?,
+                            head_of(k, kv_heads, kh, d)?,
+                            head_of(v, kv_heads, kh, dv)?,
+                        ],
+                        (d, dv),
+                        r0,
+                        match pass {
+                            FlashPass::Forward => Err(o),
+                            _ => Ok((head_of(dout, heads, head, dv)?, stats_at)),
+                        },
+                    )
+                }
+                FlashPass::GradQ => {
+                    let kh = self.udiv(head, group)?;
+                    self.flash_grad_q(
+                        &at,
+                        [
+                            head_of(q, heads, head, d)?,
+                            head_of(k, kv_heads, kh, d)?,
+                            head_of(v, kv_heads, kh, dv)?,
+                            head_of(dout, heads, head, dv)?,
+                            head_of(out0, heads, head, d)?,
+                        ],
+                        (d, dv),
+                        r0,
+                        (stats, stat_row, deltas),
+                        scale,
+                    )
+                }
+                FlashPass::GradKv => {
+                    // Query head `h` of the group and its statistics.
+                    let per_head = |h: IntValue<'ctx>| -> Built<([Head<'ctx>; 2], IntValue<'ctx>)> {
+                        Ok((
+                            [head_of(q, heads, h, d)?, head_of(dout, heads, h, dv)?],
+                            self.mul(self.add(self.mul(segment, heads)?, h)?, seq)?,
+                        ))
+                    };
+                    self.flash_grad_kv(
+                        &at,
+                        [
+                            head_of(k, kv_heads, head, d)?,
+                            head_of(v, kv_heads, head, dv)?,
+                            head_of(out0, kv_heads, head, d)?,
+                            head_of(out1, kv_heads, head, dv)?,
+                        ],
+                        (d, dv),
+                        r0,
+                        (self.mul(head, group)?, group),
+                        &per_head,
+                        (stats, deltas),
+                        scale,
+                    )
+                }
+            }
+        })?;
+        self.ret()
+    }
+
+    /// Forward (`out = Err(O)`) or Stats (`out = Ok((dO, (stats, row,
+    /// deltas)))`) for the warp's rows `r0..r0+16`.
+    fn flash_forward(
+        &self,
+        at: &Launch<'ctx>,
+        [q, k, v]: [Head<'ctx>; 3],
+        (d, dv): (usize, usize),
+        r0: IntValue<'ctx>,
+        out: Result<
+            (
+                Head<'ctx>,
+                (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+            ),
+            Head<'ctx>,
+        >,
+    ) -> Built<()> {
+        let rows = self.tile_rows(at, r0)?;
+        let qf = self.a_frags(at, q, rows, d)?;
+        let m = [
+            self.local(self.float(f32::NEG_INFINITY))?,
+            self.local(self.float(f32::NEG_INFINITY))?,
+        ];
+        let l = [self.local(self.float(0.0))?, self.local(self.float(0.0))?];
+        let o = self.c_slots(dv / 8)?;
+        let end = self.keys_seen(at, r0)?;
+        self.strided_loop(at.f, self.int(0), end, self.int(STEP), |j0| {
+            let s = self.scores(at, &qf, k, j0)?;
+            let x = self.masked(
+                at,
+                &s,
+                rows,
+                j0,
+                |_, x| self.fmul(x, at.scale2),
+                f32::NEG_INFINITY,
+            )?;
+            let mut p = Vec::new();
+            let mut alpha = [self.float(0.0); 2];
+            let mut base = [self.float(0.0); 2];
+            for half in 0..2 {
+                let mut top = self.float(f32::NEG_INFINITY);
+                for c in &x {
+                    top = self.fmax(top, self.fmax(c[2 * half], c[2 * half + 1])?)?;
+                }
+                let top = self.quad(top, true)?;
+                let old = self.get(m[half])?;
+                let new = self.fmax(old, top)?;
+                self.set(m[half], new)?;
+                // A row that has seen only masked keys keeps -inf; 0 stands
+                // in so that its terms are exp2(-inf) = 0, not NaN.
+                base[half] = self.finite_or_zero(new)?;
+                alpha[half] = self.ex2(self.fsub(old, base[half])?)?;
+            }
+            for c in &x {
+                let mut e = [self.float(0.0); 4];
+                for i in 0..4 {
+                    e[i] = self.ex2(self.fsub(c[i], base[i / 2])?)?;
+                }
+                p.push(e);
+            }
+            for half in 0..2 {
+                let mut sum = self.fmul(self.get(l[half])?, alpha[half])?;
+                for e in &p {
+                    sum = self.fadd(sum, self.fadd(e[2 * half], e[2 * half + 1])?)?;
+                }
+                self.set(l[half], sum)?;
+            }
+            let mut acc = self.load_c(&o)?;
+            for c in &mut acc {
+                for i in 0..4 {
+                    c[i] = self.fmul(c[i], alpha[i / 2])?;
+                }
+            }
+            self.accumulate(at, &mut acc, &p, v, j0)?;
+            self.store_c(&o, &acc)
+        })?;
+        let acc = self.load_c(&o)?;
+        let mut inv = [self.float(0.0); 2];
+        for half in 0..2 {
+            let total = self.quad(self.get(l[half])?, false)?;
+            self.set(l[half], total)?;
+            inv[half] = self.fdiv(self.float(1.0), total)?;
+        }
+        match out {
+            Err(o) => self.store_tile(at, o, rows, &acc, |i| Ok(inv[i / 2])),
+            Ok((dout, (stats, row, deltas))) => {
+                for half in 0..2 {
+                    let mut sum = self.float(0.0);
+                    for (nt, c) in acc.iter().enumerate() {
+                        let col =
+                            self.add(self.int(8 * nt as u64), self.mul(at.t, self.int(2))?)?;
+                        let g = self.pair_f32(dout, rows[half], col)?;
+                        for j in 0..2 {
+                            let y = self.fmul(c[2 * half + j], inv[half])?;
+                            sum = self.fadd(sum, self.fmul(y, g[j])?)?;
+                        }
+                    }
+                    let delta = self.quad(sum, false)?;
+                    let lse = self.fadd(
+                        self.finite_or_zero(self.get(m[half])?)?,
+                        self.lg2(self.get(l[half])?)?,
+                    )?;
+                    let (r, ok) = self.row_index(at, r0, half)?;
+                    let first_lane = self
+                        .builder
+                        .build_int_compare(IntPredicate::EQ, at.t, self.int(0), "")
+                        .map_err(err)?;
+                    let write = self.builder.build_and(ok, first_lane, "").map_err(err)?;
+                    self.when(at.f, write, || {
+                        let i = self.add(row, r)?;
+                        self.store_f32(stats, i, lse)?;
+                        self.store_f32(stats, self.add(deltas, i)?, delta)
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `dQ = scale · dS K` for the warp's queries `r0..r0+16` into `heads[4]`
+    /// (heads: Q, K, V, dO, dQ).
+    #[allow(clippy::too_many_arguments)]
+    fn flash_grad_q(
+        &self,
+        at: &Launch<'ctx>,
+        [q, k, v, dout, dq]: [Head<'ctx>; 5],
+        (d, dv): (usize, usize),
+        r0: IntValue<'ctx>,
+        (stats, row, deltas): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        scale: FloatValue<'ctx>,
+    ) -> Built<()> {
+        let rows = self.tile_rows(at, r0)?;
+        let qf = self.a_frags(at, q, rows, d)?;
+        let gf = self.a_frags(at, dout, rows, dv)?;
+        let mut lse = [self.float(0.0); 2];
+        let mut delta = [self.float(0.0); 2];
+        for half in 0..2 {
+            let (r, ok) = self.row_index(at, r0, half)?;
+            let i = self.select_int(ok, self.add(row, r)?, self.int(0))?;
+            lse[half] = self.load_f32(stats, i)?;
+            delta[half] = self.load_f32(stats, self.add(deltas, i)?)?;
+        }
+        let acc_slots = self.c_slots(d / 8)?;
+        let end = self.keys_seen(at, r0)?;
+        self.strided_loop(at.f, self.int(0), end, self.int(STEP), |j0| {
+            let s = self.scores(at, &qf, k, j0)?;
+            let p = self.masked(
+                at,
+                &s,
+                rows,
+                j0,
+                |i, x| self.ex2(self.fsub(self.fmul(x, at.scale2)?, lse[i / 2])?),
+                0.0,
+            )?;
+            let dp = self.scores(at, &gf, v, j0)?;
+            let ds = self.score_grads(&p, &dp, |i| delta[i / 2])?;
+            let mut acc = self.load_c(&acc_slots)?;
+            self.accumulate(at, &mut acc, &ds, k, j0)?;
+            self.store_c(&acc_slots, &acc)
+        })?;
+        let acc = self.load_c(&acc_slots)?;
+        self.store_tile(at, dq, rows, &acc, |_| Ok(scale))
+    }
+
+    /// `dK = scale · Σ dSᵀ Q` and `dV = Σ Pᵀ dO` for the warp's keys
+    /// `r0..r0+16` of one key head, over the query heads `first..first +
+    /// count` (`per_head` gives a query head's Q, dO and first statistic).
+    #[allow(clippy::too_many_arguments)]
+    fn flash_grad_kv(
+        &self,
+        at: &Launch<'ctx>,
+        [k, v, dk, dvh]: [Head<'ctx>; 4],
+        (d, dv): (usize, usize),
+        r0: IntValue<'ctx>,
+        (first, count): (IntValue<'ctx>, IntValue<'ctx>),
+        per_head: &dyn Fn(IntValue<'ctx>) -> Built<([Head<'ctx>; 2], IntValue<'ctx>)>,
+        (stats, deltas): (PointerValue<'ctx>, IntValue<'ctx>),
+        scale: FloatValue<'ctx>,
+    ) -> Built<()> {
+        let keys = self.tile_rows(at, r0)?;
+        let kf = self.a_frags(at, k, keys, d)?;
+        let vf = self.a_frags(at, v, keys, dv)?;
+        let dk_slots = self.c_slots(d / 8)?;
+        let dv_slots = self.c_slots(dv / 8)?;
+        // Causal: only queries from the tile's first key on see its keys.
+        let start = self.select_int(at.not_causal, self.int(0), r0)?;
+        self.strided_loop(at.f, self.int(0), count, self.int(1), |hh| {
+            let ([q, dout], row) = per_head(self.add(first, hh)?)?;
+            self.strided_loop(at.f, start, at.seq, self.int(STEP), |i0| {
+                // Sᵀ: the tile's keys against 64 queries.
+                let s = self.scores(at, &kf, q, i0)?;
+                let mut p = Vec::new();
+                let mut delta = Vec::new();
+                for (nt, c) in s.iter().enumerate() {
+                    let mut e = [self.float(0.0); 4];
+                    let mut dl = [self.float(0.0); 4];
+                    for j in 0..2 {
+                        let query = self.column(at, i0, nt, j as u64)?;
+                        let seen = self
+                            .builder
+                            .build_int_compare(IntPredicate::ULT, query, at.seq, "")
+                            .map_err(err)?;
+                        let i = self.select_int(seen, self.add(row, query)?, self.int(0))?;
+                        let lse = self.load_f32(stats, i)?;
+                        let dj = self.load_f32(stats, self.add(deltas, i)?)?;
+                        for half in 0..2 {
+                            let key = keys[half].0;
+                            let visible = self.visible(at, key, query)?;
+                            let ok = self.builder.build_and(visible, seen, "").map_err(err)?;
+                            let ok = self.builder.build_and(ok, keys[half].1, "").map_err(err)?;
+                            let x = self.fsub(self.fmul(c[2 * half + j], at.scale2)?, lse)?;
+                            e[2 * half + j] =
+                                self.select_float(ok, self.ex2(x)?, self.float(0.0))?;
+                            dl[2 * half + j] = dj;
+                        }
+                    }
+                    p.push(e);
+                    delta.push(dl);
+                }
+                let mut acc = self.load_c(&dv_slots)?;
+                self.accumulate(at, &mut acc, &p, dout, i0)?;
+                self.store_c(&dv_slots, &acc)?;
+                let dp = self.scores(at, &vf, dout, i0)?;
+                let mut ds = Vec::new();
+                for ((p, dp), dl) in p.iter().zip(&dp).zip(&delta) {
+                    let mut e = [self.float(0.0); 4];
+                    for i in 0..4 {
+                        e[i] = self.fmul(p[i], self.fsub(dp[i], dl[i])?)?;
+                    }
+                    ds.push(e);
+                }
+                let mut acc = self.load_c(&dk_slots)?;
+                self.accumulate(at, &mut acc, &ds, q, i0)?;
+                self.store_c(&dk_slots, &acc)
+            })
+        })?;
+        self.store_tile(at, dk, keys, &self.load_c(&dk_slots)?, |_| Ok(scale))?;
+        self.store_tile(at, dvh, keys, &self.load_c(&dv_slots)?, |_| {
+            Ok(self.float(1.0))
+        })
+    }
+
+    /// The lane's two rows of the tile at `r0` (g and g+8), each as its
+    /// index and whether it is inside the segment.
+    fn tile_rows(&self, at: &Launch<'ctx>, r0: IntValue<'ctx>) -> Built<[Row<'ctx>; 2]> {
+        Ok([self.row_index(at, r0, 0)?, self.row_index(at, r0, 1)?])
+    }
+
+    /// Row `r0 + g + 8·half` and whether it is below `seq`.
+    fn row_index(&self, at: &Launch<'ctx>, r0: IntValue<'ctx>, half: usize) -> Built<Row<'ctx>> {
+        let r = self.add(self.add(r0, at.g)?, self.int(8 * half as u64))?;
+        let ok = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, r, at.seq, "")
+            .map_err(err)?;
+        Ok((r, ok))
+    }
+
+    /// How many keys the tile's queries see: to the tile's last row with a
+    /// causal mask, all of the segment without.
+    fn keys_seen(&self, at: &Launch<'ctx>, r0: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let last = self.add(r0, self.int(16))?;
+        let causal_end = self.select_int(
+            self.builder
+                .build_int_compare(IntPredicate::ULT, last, at.seq, "")
+                .map_err(err)?,
+            last,
+            at.seq,
+        )?;
+        self.select_int(at.not_causal, at.seq, causal_end)
+    }
+
+    /// Column `n0 + 8·nt + 2t + j` of a C fragment.
+    fn column(
+        &self,
+        at: &Launch<'ctx>,
+        n0: IntValue<'ctx>,
+        nt: usize,
+        j: u64,
+    ) -> Built<IntValue<'ctx>> {
+        let col = self.add(self.mul(at.t, self.int(2))?, self.int(8 * nt as u64 + j))?;
+        self.add(n0, col)
+    }
+
+    /// Whether query `query` sees key `key`.
+    fn visible(
+        &self,
+        at: &Launch<'ctx>,
+        key: IntValue<'ctx>,
+        query: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let before = self
+            .builder
+            .build_int_compare(IntPredicate::ULE, key, query, "")
+            .map_err(err)?;
+        self.builder
+            .build_or(before, at.not_causal, "")
+            .map_err(err)
+    }
+
+    /// The scores' fragments (rows: the tile's; columns: keys `j0..j0+64`)
+    /// through `f` (given each element's place in its fragment) where the
+    /// key is in the segment and visible to the row, `outside` elsewhere.
+    fn masked(
+        &self,
+        at: &Launch<'ctx>,
+        s: &[CFrag<'ctx>],
+        rows: [Row<'ctx>; 2],
+        j0: IntValue<'ctx>,
+        f: impl Fn(usize, FloatValue<'ctx>) -> Built<FloatValue<'ctx>>,
+        outside: f32,
+    ) -> Built<Vec<CFrag<'ctx>>> {
+        let mut out = Vec::new();
+        for (nt, c) in s.iter().enumerate() {
+            let mut e = [self.float(0.0); 4];
+            for i in 0..4 {
+                let key = self.column(at, j0, nt, i as u64 % 2)?;
+                let inside = self
+                    .builder
+                    .build_int_compare(IntPredicate::ULT, key, at.seq, "")
+                    .map_err(err)?;
+                let ok = self
+                    .builder
+                    .build_and(inside, self.visible(at, key, rows[i / 2].0)?, "")
+                    .map_err(err)?;
+                e[i] = self.select_float(ok, f(i, c[i])?, self.float(outside))?;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// `dS = P ⊙ (dP − D)` elementwise (`delta(i)`: element `i`'s row's D).
+    fn score_grads(
+        &self,
+        p: &[CFrag<'ctx>],
+        dp: &[CFrag<'ctx>],
+        delta: impl Fn(usize) -> FloatValue<'ctx>,
+    ) -> Built<Vec<CFrag<'ctx>>> {
+        p.iter()
+            .zip(dp)
+            .map(|(p, dp)| {
+                let mut e = [self.float(0.0); 4];
+                for i in 0..4 {
+                    e[i] = self.fmul(p[i], self.fsub(dp[i], delta(i))?)?;
+                }
+                Ok(e)
+            })
+            .collect()
+    }
+
+    /// The tile's rows of `m` as A fragments, one per 16 of its `width`
+    /// words.
+    fn a_frags(
+        &self,
+        at: &Launch<'ctx>,
+        m: Head<'ctx>,
+        rows: [Row<'ctx>; 2],
+        width: usize,
+    ) -> Built<Vec<AFrag<'ctx>>> {
+        let rows = [self.row_of(m, rows[0])?, self.row_of(m, rows[1])?];
+        (0..width / 16)
+            .map(|kk| {
+                let col = |plus: u64| -> Built<IntValue<'ctx>> {
+                    self.add(
+                        self.mul(at.t, self.int(2))?,
+                        self.int(16 * kk as u64 + plus),
+                    )
+                };
+                Ok([
+                    self.pair(m, rows[0], col(0)?)?,
+                    self.pair(m, rows[1], col(0)?)?,
+                    self.pair(m, rows[0], col(8)?)?,
+                    self.pair(m, rows[1], col(8)?)?,
+                ])
+            })
+            .collect()
+    }
+
+    /// `A · Mᵀ` for rows `n0..n0+64` of `m`: eight C fragments, the A
+    /// fragments spanning `m`'s width.
+    fn scores(
+        &self,
+        at: &Launch<'ctx>,
+        a: &[AFrag<'ctx>],
+        m: Head<'ctx>,
+        n0: IntValue<'ctx>,
+    ) -> Built<Vec<CFrag<'ctx>>> {
+        let mut out = Vec::new();
+        for nt in 0..(STEP / 8) {
+            let n = self.add(self.add(n0, self.int(8 * nt))?, at.g)?;
+            let ok = self
+                .builder
+                .build_int_compare(IntPredicate::ULT, n, at.seq, "")
+                .map_err(err)?;
+            let row = self.row_of(m, (n, ok))?;
+            let mut c = [self.float(0.0); 4];
+            for (kk, a) in a.iter().enumerate() {
+                let col = |plus: u64| -> Built<IntValue<'ctx>> {
+                    self.add(
+                        self.mul(at.t, self.int(2))?,
+                        self.int(16 * kk as u64 + plus),
+                    )
+                };
+                let b = [self.pair(m, row, col(0)?)?, self.pair(m, row, col(8)?)?];
+                c = self.mma(*a, b, c)?;
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// `acc += P · M[k0..k0+64]` (P: eight C fragments of 64 columns, taken
+    /// as A fragments; `acc`: one C fragment per 8 of `m`'s columns).
+    fn accumulate(
+        &self,
+        at: &Launch<'ctx>,
+        acc: &mut [CFrag<'ctx>],
+        p: &[CFrag<'ctx>],
+        m: Head<'ctx>,
+        k0: IntValue<'ctx>,
+    ) -> Built<()> {
+        for ks in 0..(STEP as usize / 16) {
+            let a = [
+                self.pack(p[2 * ks][0], p[2 * ks][1])?,
+                self.pack(p[2 * ks][2], p[2 * ks][3])?,
+                self.pack(p[2 * ks + 1][0], p[2 * ks + 1][1])?,
+                self.pack(p[2 * ks + 1][2], p[2 * ks + 1][3])?,
+            ];
+            let mut rows = Vec::new();
+            for plus in [0, 1, 8, 9] {
+                let r = self.add(
+                    self.add(k0, self.mul(at.t, self.int(2))?)?,
+                    self.int(16 * ks as u64 + plus),
+                )?;
+                let ok = self
+                    .builder
+                    .build_int_compare(IntPredicate::ULT, r, at.seq, "")
+                    .map_err(err)?;
+                rows.push(self.row_of(m, (r, ok))?);
+            }
+            for (nt, c) in acc.iter_mut().enumerate() {
+                let col = self.add(at.g, self.int(8 * nt as u64))?;
+                let b = [
+                    self.pack(self.single(m, rows[0], col)?, self.single(m, rows[1], col)?)?,
+                    self.pack(self.single(m, rows[2], col)?, self.single(m, rows[3], col)?)?,
+                ];
+                *c = self.mma(a, b, *c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes C fragments (one per 8 columns) to the tile's rows of `m`,
+    /// each element times `factor(i)` (`i`: its place in the fragment).
+    fn store_tile(
+        &self,
+        at: &Launch<'ctx>,
+        m: Head<'ctx>,
+        rows: [Row<'ctx>; 2],
+        acc: &[CFrag<'ctx>],
+        factor: impl Fn(usize) -> Built<FloatValue<'ctx>>,
+    ) -> Built<()> {
+        for half in 0..2 {
+            let (start, ok) = self.row_of(m, rows[half])?;
+            self.when(at.f, ok, || {
+                for (nt, c) in acc.iter().enumerate() {
+                    let col = self.add(self.mul(at.t, self.int(2))?, self.int(8 * nt as u64))?;
+                    let i = self.add(start, col)?;
+                    for j in 0..2 {
+                        let y = self.fmul(c[2 * half + j], factor(2 * half + j)?)?;
+                        self.store_f32(m.ptr, self.add(i, self.int(j as u64))?, y)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Row `r`'s first word in `m` (0 where out of range).
+    fn row_of(&self, m: Head<'ctx>, (r, ok): Row<'ctx>) -> Built<Row<'ctx>> {
+        let start = self.add(m.base, self.mul(r, m.stride)?)?;
+        Ok((self.select_int(ok, start, self.int(0))?, ok))
+    }
+
+    /// Two neighbouring words of a row as f32 (0 out of range).
+    fn pair_f32(
+        &self,
+        m: Head<'ctx>,
+        (start, ok): Row<'ctx>,
+        col: IntValue<'ctx>,
+    ) -> Built<[FloatValue<'ctx>; 2]> {
+        let ty = self.f32().vec_type(2);
+        let p = self.gep(self.f32(), m.ptr, self.add(start, col)?)?;
+        let load = self.builder.build_load(ty, p, "").map_err(err)?;
+        // Heads and columns are even: the pair is 8-byte aligned.
+        inkwell::values::BasicValue::as_instruction_value(&load)
+            .expect("a load")
+            .set_alignment(8)
+            .map_err(err)?;
+        let pair = load.into_vector_value();
+        let mut out = [self.float(0.0); 2];
+        for (j, o) in out.iter_mut().enumerate() {
+            let x = self
+                .builder
+                .build_extract_element(pair, self.i32().const_int(j as u64, false), "")
+                .map_err(err)?
+                .into_float_value();
+            *o = self.select_float(ok, x, self.float(0.0))?;
+        }
+        Ok(out)
+    }
+
+    /// Two neighbouring words of a row packed as bf16 (0 out of range).
+    fn pair(&self, m: Head<'ctx>, row: Row<'ctx>, col: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let [lo, hi] = self.pair_f32(m, row, col)?;
+        self.pack(lo, hi)
+    }
+
+    /// One word of a row (0 out of range).
+    fn single(
+        &self,
+        m: Head<'ctx>,
+        (start, ok): Row<'ctx>,
+        col: IntValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        let x = self.load_f32(m.ptr, self.add(start, col)?)?;
+        self.select_float(ok, x, self.float(0.0))
+    }
+
+    /// Two f32 rounded to bf16 in one word, `lo` in the low half.
+    fn pack(&self, lo: FloatValue<'ctx>, hi: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let ty = self.f32().vec_type(2);
+        let mut v = ty.get_undef();
+        for (j, x) in [lo, hi].into_iter().enumerate() {
+            v = self
+                .builder
+                .build_insert_element(v, x, self.i32().const_int(j as u64, false), "")
+                .map_err(err)?;
+        }
+        let half = self
+            .builder
+            .build_float_trunc(v, self.context.bf16_type().vec_type(2), "")
+            .map_err(err)?;
+        Ok(self
+            .builder
+            .build_bit_cast(half, self.i32(), "")
+            .map_err(err)?
+            .into_int_value())
+    }
+
+    /// `c + a · b` by `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`.
+    fn mma(&self, a: AFrag<'ctx>, b: BFrag<'ctx>, c: CFrag<'ctx>) -> Built<CFrag<'ctx>> {
+        let f = self.intrinsic("llvm.nvvm.mma.m16n8k16.row.col.bf16", &[])?;
+        let args: Vec<BasicMetadataValueEnum> = a
+            .iter()
+            .chain(&b)
+            .map(|&v| v.into())
+            .chain(c.iter().map(|&v| v.into()))
+            .collect();
+        let out = self.call(f, &args)?.into_struct_value();
+        let mut d = [self.float(0.0); 4];
+        for (i, x) in d.iter_mut().enumerate() {
+            *x = self
+                .builder
+                .build_extract_value(out, i as u32, "")
+                .map_err(err)?
+                .into_float_value();
+        }
+        Ok(d)
+    }
+
+    /// Reduces over the lane's group of four (the lanes holding one row of
+    /// a C fragment): max or sum.
+    fn quad(&self, mut v: FloatValue<'ctx>, max: bool) -> Built<FloatValue<'ctx>> {
+        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
+        for delta in [1u64, 2] {
+            let other = self
+                .call(
+                    shfl,
+                    &[
+                        self.i32().const_all_ones().into(),
+                        v.into(),
+                        self.i32().const_int(delta, false).into(),
+                        self.i32().const_int(31, false).into(),
+                    ],
+                )?
+                .into_float_value();
+            v = if max {
+                self.fmax(v, other)?
+            } else {
+                self.fadd(v, other)?
+            };
+        }
+        Ok(v)
+    }
+
+    /// Accumulator slots (C fragments) starting at 0.
+    fn c_slots(&self, n: usize) -> Built<Vec<[PointerValue<'ctx>; 4]>> {
+        (0..n)
+            .map(|_| {
+                Ok([
+                    self.local(self.float(0.0))?,
+                    self.local(self.float(0.0))?,
+                    self.local(self.float(0.0))?,
+                    self.local(self.float(0.0))?,
+                ])
+            })
+            .collect()
+    }
+
+    fn load_c(&self, slots: &[[PointerValue<'ctx>; 4]]) -> Built<Vec<CFrag<'ctx>>> {
+        slots
+            .iter()
+            .map(|s| {
+                Ok([
+                    self.get(s[0])?,
+                    self.get(s[1])?,
+                    self.get(s[2])?,
+                    self.get(s[3])?,
+                ])
+            })
+            .collect()
+    }
+
+    fn store_c(&self, slots: &[[PointerValue<'ctx>; 4]], c: &[CFrag<'ctx>]) -> Built<()> {
+        for (s, c) in slots.iter().zip(c) {
+            for i in 0..4 {
+                self.set(s[i], c[i])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `2^x` (`ex2.approx`).
+    fn ex2(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.nvvm.ex2.approx.f", &[])?;
+        Ok(self.call(f, &[x.into()])?.into_float_value())
+    }
+
+    /// `log2 x` (`lg2.approx`).
+    fn lg2(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let f = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
+        Ok(self.call(f, &[x.into()])?.into_float_value())
+    }
+
+    /// `x`, or 0 where `x` is `-inf`.
+    fn finite_or_zero(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let none = self
+            .builder
+            .build_float_compare(FloatPredicate::OEQ, x, self.float(f32::NEG_INFINITY), "")
+            .map_err(err)?;
+        self.select_float(none, self.float(0.0), x)
+    }
+
+    fn select_float(
+        &self,
+        c: IntValue<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_select(c, a, b, "")
+            .map_err(err)?
+            .into_float_value())
+    }
+
+    fn select_int(
+        &self,
+        c: IntValue<'ctx>,
+        a: IntValue<'ctx>,
+        b: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_select(c, a, b, "")
+            .map_err(err)?
+            .into_int_value())
+    }
+}
