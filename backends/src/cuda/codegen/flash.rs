@@ -296,7 +296,7 @@ impl<'ctx> Gen<'ctx> {
                     for (nt, c) in acc.iter().enumerate() {
                         let col =
                             self.add(self.int(8 * nt as u64), self.mul(at.t, self.int(2))?)?;
-                        let g = self.pair_f32(dout, rows[half], col)?;
+                        let g = self.pair_f32(dout, self.row_of(dout, rows[half])?, col)?;
                         for j in 0..2 {
                             let y = self.fmul(c[2 * half + j], inv[half])?;
                             sum = self.fadd(sum, self.fmul(y, g[j])?)?;
