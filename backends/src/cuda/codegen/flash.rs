@@ -780,27 +780,8 @@ impl<'ctx> Gen<'ctx> {
 
     /// Reduces over the lane's group of four (the lanes holding one row of
     /// a C fragment): max or sum.
-    fn quad(&self, mut v: FloatValue<'ctx>, max: bool) -> Built<FloatValue<'ctx>> {
-        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
-        for delta in [1u64, 2] {
-            let other = self
-                .call(
-                    shfl,
-                    &[
-                        self.i32().const_all_ones().into(),
-                        v.into(),
-                        self.i32().const_int(delta, false).into(),
-                        self.i32().const_int(31, false).into(),
-                    ],
-                )?
-                .into_float_value();
-            v = if max {
-                self.fmax(v, other)?
-            } else {
-                self.fadd(v, other)?
-            };
-        }
-        Ok(v)
+    fn quad(&self, v: FloatValue<'ctx>, max: bool) -> Built<FloatValue<'ctx>> {
+        self.butterfly(v, &[1, 2], max)
     }
 
     /// Accumulator slots (C fragments) starting at 0.
@@ -859,31 +840,5 @@ impl<'ctx> Gen<'ctx> {
             .build_float_compare(FloatPredicate::OEQ, x, self.float(f32::NEG_INFINITY), "")
             .map_err(err)?;
         self.select_float(none, self.float(0.0), x)
-    }
-
-    fn select_float(
-        &self,
-        c: IntValue<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Built<FloatValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_select(c, a, b, "")
-            .map_err(err)?
-            .into_float_value())
-    }
-
-    fn select_int(
-        &self,
-        c: IntValue<'ctx>,
-        a: IntValue<'ctx>,
-        b: IntValue<'ctx>,
-    ) -> Built<IntValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_select(c, a, b, "")
-            .map_err(err)?
-            .into_int_value())
     }
 }

@@ -722,19 +722,36 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Sums `v` over the warp (a butterfly: every lane gets the sum).
-    fn warp_sum(&self, mut v: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+    fn warp_sum(&self, v: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        self.butterfly(v, &[16, 8, 4, 2, 1], false)
+    }
+
+    /// Combines `v` (max or sum) with the lanes `deltas` apart, one after
+    /// another: every lane of each group of `2·Σ deltas` gets the result.
+    fn butterfly(
+        &self,
+        mut v: FloatValue<'ctx>,
+        deltas: &[u64],
+        max: bool,
+    ) -> Built<FloatValue<'ctx>> {
         let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
-        for delta in [16u64, 8, 4, 2, 1] {
-            let other = self.call(
-                shfl,
-                &[
-                    self.i32().const_all_ones().into(),
-                    v.into(),
-                    self.i32().const_int(delta, false).into(),
-                    self.i32().const_int(31, false).into(),
-                ],
-            )?;
-            v = self.fadd(v, other.into_float_value())?;
+        for &delta in deltas {
+            let other = self
+                .call(
+                    shfl,
+                    &[
+                        self.i32().const_all_ones().into(),
+                        v.into(),
+                        self.i32().const_int(delta, false).into(),
+                        self.i32().const_int(31, false).into(),
+                    ],
+                )?
+                .into_float_value();
+            v = if max {
+                self.fmax(v, other)?
+            } else {
+                self.fadd(v, other)?
+            };
         }
         Ok(v)
     }
@@ -746,32 +763,8 @@ impl<'ctx> Gen<'ctx> {
         v: FloatValue<'ctx>,
         max: bool,
     ) -> Built<FloatValue<'ctx>> {
-        let shfl = self.intrinsic("llvm.nvvm.shfl.sync.bfly.f32", &[])?;
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
-        let combine = |a, b| {
-            if max {
-                self.fmax(a, b)
-            } else {
-                self.fadd(a, b)
-            }
-        };
-        let warp = |mut v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-            for delta in [16u64, 8, 4, 2, 1] {
-                let other = self
-                    .call(
-                        shfl,
-                        &[
-                            self.i32().const_all_ones().into(),
-                            v.into(),
-                            self.i32().const_int(delta, false).into(),
-                            self.i32().const_int(31, false).into(),
-                        ],
-                    )?
-                    .into_float_value();
-                v = combine(v, other)?;
-            }
-            Ok(v)
-        };
+        let warp = |v| self.butterfly(v, &[16, 8, 4, 2, 1], max);
         let v = warp(v)?;
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
@@ -951,6 +944,32 @@ impl<'ctx> Gen<'ctx> {
             .build_indirect_call(fn_type, asm, &[p.into(), v.into()], "")
             .map_err(err)?;
         Ok(())
+    }
+
+    fn select_float(
+        &self,
+        c: IntValue<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_select(c, a, b, "")
+            .map_err(err)?
+            .into_float_value())
+    }
+
+    fn select_int(
+        &self,
+        c: IntValue<'ctx>,
+        a: IntValue<'ctx>,
+        b: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_select(c, a, b, "")
+            .map_err(err)?
+            .into_int_value())
     }
 
     fn i64_to_f32(&self, v: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {
