@@ -11,6 +11,7 @@
 # highest (nvidia-smi, every 100 ms) less the idle baseline, which counts
 # the CUDA context and cached memory that PyTorch's max_memory_allocated
 # (the peers' figure) leaves out. One GPU (--gpus 1): the resident step.
+# ATTENTION=flash runs attention by the flash kernels (--gpu-attention).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev
@@ -27,6 +28,7 @@ for matmul in ${MATMULS:-bf16}; do
   echo "== fairyc train --device cuda --gpu-matmul $matmul, $STEPS steps of $BATCH x $SEQ tokens"
   .dev/fairyc -v train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps "$STEPS" \
     --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 --gpu-matmul "$matmul" \
+    --gpu-attention "${ATTENTION:-products}" \
     -o .dev/trained.fairy > .dev/train.log 2>&1
   echo "exit $?"
   kill "$watcher"

@@ -24,8 +24,8 @@ pub mod train;
 use std::path::Path;
 
 pub use fairyc_backends::{
-    Activations, Backend, BackendError, Cranelift, Cuda, GpuActivations, GpuMatmul, Llvm, Program,
-    Reference, Tensor,
+    Activations, Backend, BackendError, Cranelift, Cuda, GpuActivations, GpuAttention, GpuMatmul,
+    Llvm, Program, Reference, Tensor,
 };
 pub use fairyc_frontend::import::{import, Imported};
 pub use fairyc_frontend::tokenizer::{ChatMessage, Tokenizer};

@@ -13,7 +13,7 @@ use fairyc::train::{
 };
 use fairyc::{
     import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, GpuActivations,
-    GpuMatmul, Imported, Llvm, Model, Reference,
+    GpuAttention, GpuMatmul, Imported, Llvm, Model, Reference,
 };
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
@@ -402,6 +402,12 @@ struct BackendArgs {
     /// one step, products by dp4a: fastest) or f32 (exact).
     #[arg(long, value_enum, default_value_t = GpuActivationsArg::Int8)]
     gpu_activations: GpuActivationsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GpuAttentionArg {
+    Products,
+    Flash,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -903,6 +909,11 @@ struct TrainArgs {
     /// or f32 throughout).
     #[arg(long, value_enum, default_value_t = GpuMatmulArg::Bf16)]
     gpu_matmul: GpuMatmulArg,
+    /// With --device cuda: attention by cuBLAS products around a softmax
+    /// (the weights in memory), or by the flash kernels (bf16 tensor-core
+    /// products, the weights in registers; new, not yet checked on a GPU).
+    #[arg(long, value_enum, default_value_t = GpuAttentionArg::Products)]
+    gpu_attention: GpuAttentionArg,
     /// With --device cuda: data-parallel GPUs (each step's windows dealt
     /// out to GPUs 0..N, their gradients added on the host, which keeps the
     /// masters and moments and updates them: until NCCL, slower per GPU
@@ -1011,11 +1022,17 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         gauss: args.gauss,
         device: match args.device {
             DeviceArg::Cpu => TrainDevice::Cpu,
-            DeviceArg::Cuda => TrainDevice::Cuda(match args.gpu_matmul {
-                GpuMatmulArg::Bf16 => GpuMatmul::Bf16,
-                GpuMatmulArg::Tf32 => GpuMatmul::Tf32,
-                GpuMatmulArg::F32 => GpuMatmul::F32,
-            }),
+            DeviceArg::Cuda => TrainDevice::Cuda(
+                match args.gpu_matmul {
+                    GpuMatmulArg::Bf16 => GpuMatmul::Bf16,
+                    GpuMatmulArg::Tf32 => GpuMatmul::Tf32,
+                    GpuMatmulArg::F32 => GpuMatmul::F32,
+                },
+                match args.gpu_attention {
+                    GpuAttentionArg::Products => GpuAttention::Products,
+                    GpuAttentionArg::Flash => GpuAttention::Flash,
+                },
+            ),
         },
         ranks: match args.device {
             DeviceArg::Cpu => 1,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use fairyc_backends::state::STATE_META;
 use fairyc_backends::Tensor;
-use fairyc_backends::{Backend, Cuda, GpuMatmul, Program, Reference};
+use fairyc_backends::{Backend, Cuda, GpuAttention, GpuMatmul, Program, Reference};
 use fairyc_ir::{
     DType, Graph, GraphBuilder, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError,
     WeightStore,
@@ -231,8 +231,9 @@ pub enum TrainDevice {
     #[default]
     Cpu,
     /// The cuda backend, on the first CUDA device (and the next ones for
-    /// data-parallel ranks), its dense products in this arithmetic.
-    Cuda(GpuMatmul),
+    /// data-parallel ranks), its dense products in this arithmetic, its
+    /// attention so.
+    Cuda(GpuMatmul, GpuAttention),
 }
 
 impl TrainDevice {
@@ -245,7 +246,9 @@ impl TrainDevice {
     /// the training arithmetic.
     pub(crate) fn exact_backend(self) -> Box<dyn Backend> {
         match self {
-            TrainDevice::Cuda(_) => TrainDevice::Cuda(GpuMatmul::F32).backend(),
+            TrainDevice::Cuda(..) => {
+                TrainDevice::Cuda(GpuMatmul::F32, GpuAttention::Products).backend()
+            }
             TrainDevice::Cpu => self.backend(),
         }
     }
@@ -254,9 +257,10 @@ impl TrainDevice {
     fn rank_backend(self, rank: usize) -> Box<dyn Backend> {
         match self {
             TrainDevice::Cpu => Box::new(Reference::default()),
-            TrainDevice::Cuda(matmul) => Box::new(Cuda {
+            TrainDevice::Cuda(matmul, attention) => Box::new(Cuda {
                 device: rank,
                 matmul,
+                attention,
                 ..Cuda::default()
             }),
         }

@@ -410,7 +410,7 @@ fn data_parallel_ranks_give_the_losses_of_one() {
 #[test]
 fn training_on_the_gpu_follows_the_cpu() {
     use fairyc::train::TrainDevice;
-    use fairyc::GpuMatmul;
+    use fairyc::{GpuAttention, GpuMatmul};
     if !common::gpu_or_skip() {
         return;
     }
@@ -437,7 +437,7 @@ fn training_on_the_gpu_follows_the_cpu() {
         for distill in [false, true] {
             let (cpu, gpu) = (
                 run(TrainDevice::Cpu, distill),
-                run(TrainDevice::Cuda(matmul), distill),
+                run(TrainDevice::Cuda(matmul, GpuAttention::Products), distill),
             );
             for (c, g) in cpu.records.iter().zip(&gpu.records) {
                 eprintln!(

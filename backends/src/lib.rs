@@ -27,7 +27,7 @@ use fairyc_ir::{verify, Granularity, Graph, Op, OpKind, WeightStore};
 use num_complex::Complex32;
 
 pub use cpu::{Activations, Cranelift, Llvm};
-pub use cuda::{Cuda, GpuActivations, GpuMatmul};
+pub use cuda::{Cuda, GpuActivations, GpuAttention, GpuMatmul};
 pub use plan::MemoryPlan;
 pub use reference::Reference;
 pub use tensor::{Data, DeviceData, Tensor};

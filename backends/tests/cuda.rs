@@ -4,7 +4,7 @@
 //! failure.
 
 use fairyc_backends::conformance;
-use fairyc_backends::cuda::{Cuda, GpuMatmul};
+use fairyc_backends::cuda::{Cuda, GpuAttention, GpuMatmul};
 
 fn gpu_or_skip() -> bool {
     if Cuda::available() {
@@ -37,23 +37,26 @@ fn conformance_suite_on_the_gpu() {
     assert!(run > 0, "no case ran");
 }
 
-/// Attention with heads of 64 words and bf16 products: the flash kernels
-/// (with `FAIRYC_NO_FLASH`, cuBLAS's bf16 products around the softmax).
+/// Attention with heads of 64 words on bf16 products: cuBLAS's around the
+/// softmax, and the flash kernels.
 #[test]
 fn bf16_attention_on_the_gpu() {
     if !gpu_or_skip() {
         return;
     }
-    let cuda = Cuda {
-        matmul: GpuMatmul::Bf16,
-        ..Cuda::default()
-    };
-    let report = conformance::run_cases(&cuda, conformance::bf16_attention_cases());
-    eprintln!(
-        "{} bf16 attention cases on the cuda backend; {} mismatches",
-        report.cases,
-        report.failures.len()
-    );
-    assert!(report.unsupported.is_empty(), "{:?}", report.unsupported);
-    assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+    for attention in [GpuAttention::Products, GpuAttention::Flash] {
+        let cuda = Cuda {
+            matmul: GpuMatmul::Bf16,
+            attention,
+            ..Cuda::default()
+        };
+        let report = conformance::run_cases(&cuda, conformance::bf16_attention_cases());
+        eprintln!(
+            "{attention:?}: {} bf16 attention cases on the cuda backend; {} mismatches",
+            report.cases,
+            report.failures.len()
+        );
+        assert!(report.unsupported.is_empty(), "{:?}", report.unsupported);
+        assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+    }
 }

@@ -24,7 +24,7 @@ use super::codegen::{
     self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
     QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
-use super::{int8_applies, Cuda, GpuActivations, GpuMatmul};
+use super::{int8_applies, Cuda, GpuActivations, GpuAttention, GpuMatmul};
 use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
 
@@ -461,12 +461,9 @@ impl CudaProgram {
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
         // FAIRYC_NO_FUSION: one kernel per elementwise node, to measure
-        // fusion; FAIRYC_NO_FLASH: attention by cuBLAS products around a
-        // softmax, to measure the flash kernels. Those run with bf16
-        // products only (their products are bf16).
+        // fusion.
         let fuse = std::env::var_os("FAIRYC_NO_FUSION").is_none();
-        let flash =
-            options.matmul == GpuMatmul::Bf16 && std::env::var_os("FAIRYC_NO_FLASH").is_none();
+        let flash = options.attention == GpuAttention::Flash;
         let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, (fuse, flash))?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ordinal, ptx)?;

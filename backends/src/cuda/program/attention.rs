@@ -1,5 +1,5 @@
-//! Training's attention: with bf16 products and heads the flash kernels
-//! take, by those (`codegen::flash`): the forward pass in one kernel; the
+//! Training's attention: with [`GpuAttention::Flash`] and heads the flash
+//! kernels take, by those (`codegen::flash`): the forward pass in one kernel; the
 //! gradients from per-row statistics (log-sum-exp and `D = Σ dO ⊙ O`),
 //! one kernel for dQ and one for dK and dV together. Otherwise as cuBLAS
 //! products around generated softmax kernels: for each segment (a training window) and head, the scores
@@ -11,6 +11,7 @@
 //! the width: `Re(q·conj k)` is the real dot product of the interleaved
 //! parts, and the weights are real.
 //!
+//! [`GpuAttention::Flash`]: crate::cuda::GpuAttention::Flash
 //! [`Kernel::MaskedSoftmax`]: super::codegen::Kernel::MaskedSoftmax
 //! [`Kernel::SoftmaxGrad`]: super::codegen::Kernel::SoftmaxGrad
 
