@@ -18,7 +18,10 @@ chmod +x .dev/* 2>/dev/null || true
 export FAIRYC_REQUIRE_GPU=1
 # The training test reads ../shared/corpus/public.txt; a carried copy
 # stands in for ../shared.
-corpus=$(ls "${folders[@]/%//corpus.txt}" 2>/dev/null | head -1)
+corpus=
+for folder in "${folders[@]}"; do
+  [ -z "$corpus" ] && [ -e "$folder/corpus.txt" ] && corpus=$folder/corpus.txt
+done
 if [ -n "$corpus" ]; then
   mkdir -p .dev/shared/corpus && cp "$corpus" .dev/shared/corpus/public.txt
   export FAIRYC_SHARED="$PWD/.dev/shared"
@@ -27,6 +30,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # The tests that compile artifacts run the fairyc binary at the path it
 # was built at.
 for test in .dev/*-test; do
+  [ -e "$test" ] || continue
   built_at=$(grep -a -o -m1 '/[[:alnum:]/_.-]*/target/release/fairyc' "$test" | head -1)
   if [ -n "$built_at" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -sf "$PWD/.dev/fairyc" "$built_at"

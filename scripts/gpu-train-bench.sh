@@ -11,7 +11,10 @@
 # highest (nvidia-smi, every 100 ms) less the idle baseline, which counts
 # the CUDA context and cached memory that PyTorch's max_memory_allocated
 # (the peers' figure) leaves out. One GPU (--gpus 1): the resident step.
-# ATTENTION=flash runs attention by the flash kernels (--gpu-attention).
+# Settings: BATCH, SEQ, STEPS (16, 1024, 8); MATMULS, the --gpu-matmul modes
+# to run (bf16); ATTENTION=flash, attention by the flash kernels
+# (--gpu-attention); PEERS, the PyTorch modes (plain compiled authors; empty:
+# fairyc alone); PROFILE=1 adds fairyc's profile, op by op.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev
@@ -55,7 +58,8 @@ done
 if [ -n "${PROFILE:-}" ]; then
   echo "== fairyc's step, op by op (FAIRYC_PROFILE: each node waited for), 2 steps"
   FAIRYC_PROFILE=1 .dev/fairyc train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps 2 \
-    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 -o .dev/profiled.fairy 2>&1 \
+    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 \
+    --gpu-attention "${ATTENTION:-products}" -o .dev/profiled.fairy 2>&1 \
     | sed -n '/time per op/,$p' | head -32
 fi
 for mode in ${PEERS-plain compiled authors}; do

@@ -911,7 +911,8 @@ struct TrainArgs {
     gpu_matmul: GpuMatmulArg,
     /// With --device cuda: attention by cuBLAS products around a softmax
     /// (the weights in memory), or by the flash kernels (bf16 tensor-core
-    /// products, the weights in registers; new, not yet checked on a GPU).
+    /// products whatever --gpu-matmul, so only with bf16; the weights in
+    /// registers; new, not yet checked on a GPU).
     #[arg(long, value_enum, default_value_t = GpuAttentionArg::Products)]
     gpu_attention: GpuAttentionArg,
     /// With --device cuda: data-parallel GPUs (each step's windows dealt
@@ -1059,6 +1060,11 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     }
     if args.gpus == Some(0) {
         bail!("--gpus must be at least 1");
+    }
+    if matches!(args.gpu_attention, GpuAttentionArg::Flash)
+        && !matches!(args.gpu_matmul, GpuMatmulArg::Bf16)
+    {
+        bail!("--gpu-attention flash computes in bf16: it takes --gpu-matmul bf16 (the default)");
     }
     let source = model_source(args)?;
     let config = train_config(args);

@@ -418,6 +418,28 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["--gpus needs --device cuda"],
         ),
         (
+            "flash attention beside f32 products",
+            [
+                "train",
+                &model_s,
+                "--data",
+                &text,
+                "--steps",
+                "1",
+                "--device",
+                "cuda",
+                "--gpu-matmul",
+                "f32",
+                "--gpu-attention",
+                "flash",
+                "-o",
+                "x.fairy",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--gpu-attention flash", "--gpu-matmul bf16"],
+        ),
+        (
             "--device beside --backend",
             [
                 "run",

@@ -44,6 +44,9 @@ fn bf16_attention_on_the_gpu() {
     if !gpu_or_skip() {
         return;
     }
+    // Both reports print before either is asserted: one GPU run tells
+    // about both.
+    let mut failures = Vec::new();
     for attention in [GpuAttention::Products, GpuAttention::Flash] {
         let cuda = Cuda {
             matmul: GpuMatmul::Bf16,
@@ -56,7 +59,11 @@ fn bf16_attention_on_the_gpu() {
             report.cases,
             report.failures.len()
         );
-        assert!(report.unsupported.is_empty(), "{:?}", report.unsupported);
-        assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
+        for line in report.unsupported.iter().chain(&report.failures) {
+            eprintln!("  {line}");
+        }
+        failures.extend(report.unsupported);
+        failures.extend(report.failures);
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

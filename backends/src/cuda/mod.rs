@@ -43,9 +43,10 @@ pub enum GpuAttention {
     #[default]
     Products,
     /// The flash kernels ([`codegen::flash`]): bf16 tensor-core products
-    /// with f32 sums, the weights never in memory; where the heads do not
-    /// suit them (16 to 128 words, whole 16s), products as above. New: not
-    /// yet the default, until a GPU run has checked them.
+    /// with f32 sums whatever [`GpuMatmul`] says, the weights never in
+    /// memory; where the heads do not suit them (16 to 128 words, whole
+    /// 16s), products as above. New: not yet the default, until a GPU run
+    /// has checked them.
     Flash,
 }
 

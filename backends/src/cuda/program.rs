@@ -286,8 +286,9 @@ fn select_kernels(
     plan: &MemoryPlan,
     activations: GpuActivations,
     fold: Fold,
-    (fuse, flash): (bool, bool),
+    choices: Choices,
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
+    let Choices { fuse, flash } = choices;
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut steps = Vec::with_capacity(graph.nodes.len());
@@ -360,6 +361,15 @@ fn select_kernels(
     Ok((kernels, steps))
 }
 
+/// What a program's kernels are chosen with, beside the graph.
+#[derive(Clone, Copy)]
+struct Choices {
+    /// Chains of elementwise nodes as one kernel each (`fusion`).
+    fuse: bool,
+    /// Training's attention by the flash kernels where they apply.
+    flash: bool,
+}
+
 /// Where a program evaluates its weight expressions (the nodes that depend
 /// on weights alone: a quantized model's derived weights, a trainer's
 /// quantized masters) once at load.
@@ -391,7 +401,11 @@ impl Fold {
 pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
     let plan = MemoryPlan::new(graph, 1);
     let fold = Fold::of(graph, &plan);
-    let (kernels, _) = select_kernels(graph, &plan, activations, fold, (true, true))?;
+    let choices = Choices {
+        fuse: true,
+        flash: false,
+    };
+    let (kernels, _) = select_kernels(graph, &plan, activations, fold, choices)?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
@@ -463,8 +477,11 @@ impl CudaProgram {
         // FAIRYC_NO_FUSION: one kernel per elementwise node, to measure
         // fusion.
         let fuse = std::env::var_os("FAIRYC_NO_FUSION").is_none();
-        let flash = options.attention == GpuAttention::Flash;
-        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, (fuse, flash))?;
+        let choices = Choices {
+            fuse,
+            flash: options.attention == GpuAttention::Flash,
+        };
+        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ordinal, ptx)?;
         let functions = kernels
@@ -1139,7 +1156,8 @@ impl CudaProgram {
                 } else {
                     n * groups_per_row as usize
                 };
-                // f64 totals: two words each, four a group.
+                // f64 totals: two words each, up to four a group (PhaseQuant's
+                // axis sums and counts; the real baselines use two).
                 let mut sums = self.alloc(8 * groups)?;
                 self.stream.memset_zeros(&mut sums).map_err(driver)?;
                 let sizes = [n as i64, m as i64, groups_per_row, group_len, per_tensor];

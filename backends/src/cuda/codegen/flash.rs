@@ -61,6 +61,18 @@ struct Head<'ctx> {
     stride: IntValue<'ctx>,
 }
 
+/// What the forward pass does with its rows at the end: writes them (the
+/// Forward kernel), or keeps their statistics (the Stats kernel: with dO,
+/// the statistics buffer, the head's first statistic and where the Ds
+/// start).
+enum Ending<'ctx> {
+    Output(Head<'ctx>),
+    Stats(
+        Head<'ctx>,
+        (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    ),
+}
+
 /// What every flash kernel knows of its launch.
 struct Launch<'ctx> {
     f: FunctionValue<'ctx>,
@@ -155,8 +167,8 @@ impl<'ctx> Gen<'ctx> {
                         (d, dv),
                         r0,
                         match pass {
-                            FlashPass::Forward => Err(o),
-                            _ => Ok((head_of(dout, heads, head, dv)?, stats_at)),
+                            FlashPass::Forward => Ending::Output(o),
+                            _ => Ending::Stats(head_of(dout, heads, head, dv)?, stats_at),
                         },
                     )
                 }
@@ -206,21 +218,14 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// Forward (`out = Err(O)`) or Stats (`out = Ok((dO, (stats, row,
-    /// deltas)))`) for the warp's rows `r0..r0+16`.
+    /// Forward or Stats (as `ending` says) for the warp's rows `r0..r0+16`.
     fn flash_forward(
         &self,
         at: &Launch<'ctx>,
         [q, k, v]: [Head<'ctx>; 3],
         (d, dv): (usize, usize),
         r0: IntValue<'ctx>,
-        out: Result<
-            (
-                Head<'ctx>,
-                (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-            ),
-            Head<'ctx>,
-        >,
+        ending: Ending<'ctx>,
     ) -> Built<()> {
         let rows = self.tile_rows(at, r0)?;
         let qf = self.a_frags(at, q, rows, d)?;
@@ -288,9 +293,9 @@ impl<'ctx> Gen<'ctx> {
             self.set(l[half], total)?;
             inv[half] = self.fdiv(self.float(1.0), total)?;
         }
-        match out {
-            Err(o) => self.store_tile(at, o, rows, &acc, |i| Ok(inv[i / 2])),
-            Ok((dout, (stats, row, deltas))) => {
+        match ending {
+            Ending::Output(o) => self.store_tile(at, o, rows, &acc, |i| Ok(inv[i / 2])),
+            Ending::Stats(dout, (stats, row, deltas)) => {
                 for half in 0..2 {
                     let mut sum = self.float(0.0);
                     for (nt, c) in acc.iter().enumerate() {

@@ -727,7 +727,8 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Combines `v` (max or sum) with the lanes `deltas` apart, one after
-    /// another: every lane of each group of `2·Σ deltas` gets the result.
+    /// another: every lane of each group of `Σ deltas + 1` lanes gets the
+    /// result.
     fn butterfly(
         &self,
         mut v: FloatValue<'ctx>,

@@ -259,6 +259,7 @@ impl CudaProgram {
                     &*operands.2.words,
                     &*operands.3.words,
                 );
+                // The statistics kernel writes no output: Q stands in.
                 self.launch_flash(kernels[0], s.heads, [q, q, q, k, v, g, &stats], s)?;
                 Kept::Flash {
                     stats,
@@ -303,6 +304,8 @@ impl CudaProgram {
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
         let (q, k, v) = (&*q.words, &*keys.words, &*values.words);
+        // The forward kernel reads neither its second output nor dO nor
+        // the statistics: Q stands in for them.
         self.launch_flash(kernel, s.heads, [out, q, q, k, v, q, q], s)
     }
 

@@ -267,7 +267,7 @@ pub(super) fn last_uses(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]
 mod tests {
     use fairyc_ir::{DType, GraphBuilder, Op, Shape, TensorType};
 
-    use super::super::{select_kernels, Fold, Step};
+    use super::super::{select_kernels, Choices, Fold, Step};
     use super::MAX_OPERANDS;
     use crate::cuda::GpuActivations;
     use crate::plan::MemoryPlan;
@@ -279,7 +279,11 @@ mod tests {
     fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
         let plan = MemoryPlan::new(graph, 1);
         let fold = Fold::of(graph, &plan);
-        select_kernels(graph, &plan, GpuActivations::F32, fold, (true, true))
+        let choices = Choices {
+            fuse: true,
+            flash: false,
+        };
+        select_kernels(graph, &plan, GpuActivations::F32, fold, choices)
             .unwrap()
             .1
     }
