@@ -3,9 +3,9 @@ MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FAIRYC := target/release/fairyc
 PROMPT ?= What is the capital of France?
 
-.PHONY: demo test setup packages python model build check clean fuzz-smoke
+.PHONY: demo test setup packages python model ptxas build check clean fuzz-smoke
 
-setup: packages python model
+setup: packages python model ptxas
 
 packages:
 	bash scripts/install-packages.sh
@@ -17,6 +17,10 @@ model: $(MODEL)
 
 $(MODEL):
 	bash scripts/fetch-model.sh
+
+# NVIDIA's PTX assembler (no GPU needed): the tests assemble the generated PTX with it.
+ptxas:
+	bash scripts/fetch-ptxas.sh
 
 build:
 	cargo build --release --locked

@@ -1399,8 +1399,9 @@ fn training_step_on_the_gpu_matches_the_cpu() {
 /// training step as the trainer builds it (needs no GPU): the forward and
 /// backward passes (quantized layers as real products), the
 /// quantizer on the masters (inputs, as the trainer keeps them on the
-/// device) and AdamW. Every op of the step has a kernel, and a change to
-/// one shows in review as a change to this snapshot.
+/// device) and AdamW. Every op of the step has a kernel, ptxas assembles
+/// them for sm_90, and a change to one shows in review as a change to this
+/// snapshot.
 #[test]
 fn tiny_w2_training_step_ptx() {
     let dir = TempDir::new("autodiff-ptx");
@@ -1427,5 +1428,6 @@ fn tiny_w2_training_step_ptx() {
         fairyc_backends::cuda::GpuActivations::Int8,
     )
     .unwrap();
+    common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_training_step");
     insta::assert_snapshot!("tiny_w2_training_step_ptx", ptx);
 }

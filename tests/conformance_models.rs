@@ -182,8 +182,9 @@ fn models_match_the_reference_on_the_gpu() {
     assert!(failed.is_empty(), "failed on cuda: {failed:?}");
 }
 
-/// The PTX the cuda backend generates for a tiny W2 model (no GPU needed):
-/// a change to a kernel shows in review as a change to this snapshot.
+/// The PTX the cuda backend generates for a tiny W2 model (no GPU needed),
+/// assembled by ptxas for sm_90: a change to a kernel shows in review as a
+/// change to this snapshot.
 #[test]
 fn tiny_w2_model_ptx() {
     let dir = TempDir::new("ptx");
@@ -194,6 +195,7 @@ fn tiny_w2_model_ptx() {
     let model = Model::load(&out).unwrap();
     let graph = fairyc_backends::prepare(&Cuda::default(), model.graph()).unwrap();
     let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, GpuActivations::Int8).unwrap();
+    common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_model");
     insta::assert_snapshot!("tiny_w2_model_ptx", ptx);
 }
 
@@ -211,6 +213,7 @@ fn tiny_ifairy_native_model_ptx() {
     let graph = fairyc_backends::prepare(&Cuda::default(), model.graph()).unwrap();
     let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, GpuActivations::Int8).unwrap();
     assert!(ptx.contains(".entry act_quant_complex"), "{ptx}");
+    common::ptxas::assemble_for_sm_90(&ptx, "tiny_ifairy_native_model");
     insta::assert_snapshot!("tiny_ifairy_native_model_ptx", ptx);
 }
 

@@ -1,6 +1,9 @@
 //! The CUDA backend's kernels as PTX: generated on any machine (no GPU
 //! or CUDA toolkit needed), each an `.entry`, with no call left to an
-//! undefined function.
+//! undefined function, and assembled for sm_90 by NVIDIA's ptxas.
+
+#[path = "common/ptxas.rs"]
+mod ptxas;
 
 use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, FlashPass, Kernel, MapOp};
 use fairyc_ir::{RopeLayout, UnaryFn, WlPart};
@@ -68,17 +71,16 @@ fn every_kernel() -> Vec<Kernel> {
     }
     kernels.push(Kernel::MaskedSoftmax);
     kernels.push(Kernel::RunSums);
-    for pass in [
-        FlashPass::Forward,
-        FlashPass::Stats,
-        FlashPass::GradQ,
-        FlashPass::GradKv,
-    ] {
-        kernels.push(Kernel::Flash {
-            pass,
-            d: 64,
-            dv: 64,
-        });
+    // SmolLM2's heads (64) and LLaMA's (128), the widest flash_applies takes.
+    for (d, dv) in [(64, 64), (128, 128)] {
+        for pass in [
+            FlashPass::Forward,
+            FlashPass::Stats,
+            FlashPass::GradQ,
+            FlashPass::GradKv,
+        ] {
+            kernels.push(Kernel::Flash { pass, d, dv });
+        }
     }
     for func in [
         UnaryFn::Neg,
@@ -171,4 +173,57 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
         );
         assert!(!flash.contains(".local"), "{flash}");
     }
+}
+
+/// Bytes of registers a kernel may spill to local memory (ptxas's spill
+/// stores): none, but for the flash gradients, whose tiles' fragments do not
+/// all fit (`flash_step`); their ceilings are what they spill now, so a
+/// change that spills more fails here.
+fn spill_allowance(kernel: &Kernel) -> u32 {
+    match kernel {
+        Kernel::Flash {
+            pass: FlashPass::GradKv,
+            d: 64,
+            ..
+        } => 96,
+        Kernel::Flash {
+            pass: FlashPass::GradKv,
+            d: 128,
+            ..
+        } => 32,
+        Kernel::Flash {
+            pass: FlashPass::GradQ,
+            d: 128,
+            ..
+        } => 36,
+        _ => 0,
+    }
+}
+
+/// What the driver will do with the PTX on the GPU, done here: ptxas
+/// assembles every kernel for sm_90, within its spill allowance.
+#[test]
+fn every_kernel_assembles_for_sm_90_within_its_spills() {
+    let kernels = every_kernel();
+    let text = ptx(&kernels).expect("PTX");
+    let Some(report) = ptxas::assemble_for_sm_90(&text, "every_kernel") else {
+        return;
+    };
+    assert_eq!(report.len(), kernels.len(), "a report per kernel");
+    let mut over = Vec::new();
+    for (i, kernel) in kernels.iter().enumerate() {
+        let symbol = kernel.symbol(i);
+        let r = report
+            .iter()
+            .find(|r| r.name == symbol)
+            .unwrap_or_else(|| panic!("no report for {symbol}"));
+        eprintln!(
+            "{symbol:<24} {:>3} registers, {:>3} bytes spilled, {:>3} of stack",
+            r.registers, r.spill_bytes, r.stack_bytes
+        );
+        if r.spill_bytes > spill_allowance(kernel) {
+            over.push(format!("{symbol}: {} bytes", r.spill_bytes));
+        }
+    }
+    assert!(over.is_empty(), "spills beyond the allowance: {over:?}");
 }

@@ -13,6 +13,8 @@ use fairyc_frontend::synth::{
 };
 
 pub mod assets;
+#[path = "../../backends/tests/common/ptxas.rs"]
+pub mod ptxas;
 #[allow(unused_imports)]
 pub use assets::{shared_or_skip, smollm2_or_skip};
 

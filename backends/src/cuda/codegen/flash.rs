@@ -1,6 +1,7 @@
 //! Training's attention in the manner of FlashAttention-2: the scores of a
 //! warp's 16 rows against 64 keys at a time live in registers as
-//! `mma.sync.m16n8k16` bf16 fragments (f32 sums), never in memory. Each
+//! `mma.sync.m16n8k16` bf16 fragments (f32 sums), never in memory (fewer
+//! keys a step where the registers would not hold 64: [`flash_step`]). Each
 //! warp reads its operands' fragments straight from global memory (f32,
 //! rounded to bf16 as they are packed); the block's warps read the same
 //! keys, which the L1 cache serves. Four kernels ([`FlashPass`]):
@@ -35,8 +36,21 @@ pub enum FlashPass {
 pub const FLASH_TILE: usize = 16;
 /// Warps (tiles) per block.
 pub const FLASH_WARPS: u32 = 4;
-/// Keys (or queries) each step of a warp's loop takes.
-const STEP: u64 = 64;
+/// Keys (or queries) each step of a pass's loop takes: 64, or fewer where
+/// the tile's fragments of that many would not fit the 255 registers a
+/// thread has. GradKv keeps the most (K, V and the dK, dV sums); with 64
+/// ptxas gave it a stack frame of spills of 216 bytes at heads of 64 and
+/// 928 at 128, with these 72 and 24 (`backends/tests/cuda_ptx.rs` holds the
+/// kernels to what they spill now).
+fn flash_step(pass: FlashPass, d: usize, dv: usize) -> u64 {
+    let wide = d.max(dv) > 64;
+    match (pass, wide) {
+        (FlashPass::GradKv, false) => 32,
+        (FlashPass::GradKv, true) => 16,
+        (_, false) => 64,
+        (_, true) => 32,
+    }
+}
 
 /// Whether the flash kernels take heads of `d` (queries, keys) and `dv`
 /// (values) words: whole 16-word steps of the products, at most 128
@@ -83,6 +97,8 @@ struct Launch<'ctx> {
     not_causal: IntValue<'ctx>,
     /// `scale · log2 e`: scores in base 2.
     scale2: FloatValue<'ctx>,
+    /// Keys (or queries) a step of the loop takes ([`flash_step`]).
+    step: u64,
 }
 
 impl<'ctx> Gen<'ctx> {
@@ -120,6 +136,7 @@ impl<'ctx> Gen<'ctx> {
             t: self.urem(lane, self.int(4))?,
             not_causal,
             scale2: self.fmul(scale, self.float(std::f32::consts::LOG2_E))?,
+            step: flash_step(pass, d, dv),
         };
         let tiles_per = self.udiv(self.add(seq, self.int(15))?, self.int(16))?;
         let tile_heads = if pass == FlashPass::GradKv {
@@ -236,7 +253,7 @@ impl<'ctx> Gen<'ctx> {
         let l = [self.local(self.float(0.0))?, self.local(self.float(0.0))?];
         let o = self.c_slots(dv / 8)?;
         let end = self.keys_seen(at, r0)?;
-        self.strided_loop(at.f, self.int(0), end, self.int(STEP), |j0| {
+        self.strided_loop(at.f, self.int(0), end, self.int(at.step), |j0| {
             let s = self.scores(at, &qf, k, j0)?;
             let x = self.masked(
                 at,
@@ -354,7 +371,7 @@ impl<'ctx> Gen<'ctx> {
         }
         let acc_slots = self.c_slots(d / 8)?;
         let end = self.keys_seen(at, r0)?;
-        self.strided_loop(at.f, self.int(0), end, self.int(STEP), |j0| {
+        self.strided_loop(at.f, self.int(0), end, self.int(at.step), |j0| {
             let s = self.scores(at, &qf, k, j0)?;
             let p = self.masked(
                 at,
@@ -398,8 +415,8 @@ impl<'ctx> Gen<'ctx> {
         let start = self.select_int(at.not_causal, self.int(0), r0)?;
         self.strided_loop(at.f, self.int(0), count, self.int(1), |hh| {
             let ([q, dout], row) = per_head(self.add(first, hh)?)?;
-            self.strided_loop(at.f, start, at.seq, self.int(STEP), |i0| {
-                // Sᵀ: the tile's keys against 64 queries.
+            self.strided_loop(at.f, start, at.seq, self.int(at.step), |i0| {
+                // Sᵀ: the tile's keys against a step's queries.
                 let s = self.scores(at, &kf, q, i0)?;
                 let mut p = Vec::new();
                 let mut delta = Vec::new();
@@ -510,7 +527,7 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)
     }
 
-    /// The scores' fragments (rows: the tile's; columns: keys `j0..j0+64`)
+    /// The scores' fragments (rows: the tile's; columns: a step's keys from `j0`)
     /// through `f` (given each element's place in its fragment) where the
     /// key is in the segment and visible to the row, `outside` elsewhere.
     fn masked(
@@ -589,7 +606,7 @@ impl<'ctx> Gen<'ctx> {
             .collect()
     }
 
-    /// `A · Mᵀ` for rows `n0..n0+64` of `m`: eight C fragments, the A
+    /// `A · Mᵀ` for a step's rows of `m` from `n0`: a C fragment per 8, the A
     /// fragments spanning `m`'s width.
     fn scores(
         &self,
@@ -599,7 +616,7 @@ impl<'ctx> Gen<'ctx> {
         n0: IntValue<'ctx>,
     ) -> Built<Vec<CFrag<'ctx>>> {
         let mut out = Vec::new();
-        for nt in 0..(STEP / 8) {
+        for nt in 0..(at.step / 8) {
             let n = self.add(self.add(n0, self.int(8 * nt))?, at.g)?;
             let ok = self
                 .builder
@@ -622,7 +639,7 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// `acc += P · M[k0..k0+64]` (P: eight C fragments of 64 columns, taken
+    /// `acc += P · M[k0..k0+step]` (P: a C fragment per 8 columns, taken
     /// as A fragments; `acc`: one C fragment per 8 of `m`'s columns).
     fn accumulate(
         &self,
@@ -632,7 +649,7 @@ impl<'ctx> Gen<'ctx> {
         m: Head<'ctx>,
         k0: IntValue<'ctx>,
     ) -> Built<()> {
-        for ks in 0..(STEP as usize / 16) {
+        for ks in 0..(at.step as usize / 16) {
             let a = [
                 self.pack(p[2 * ks][0], p[2 * ks][1])?,
                 self.pack(p[2 * ks][2], p[2 * ks][3])?,
