@@ -16,6 +16,8 @@ for folder in "${folders[@]}"; do
 done
 chmod +x .dev/* 2>/dev/null || true
 export FAIRYC_REQUIRE_GPU=1
+# NCCL (the all-reduce test) with NVLink multicast off, as these machines require.
+export NCCL_NVLS_ENABLE=0
 # The training test reads ../shared/corpus/public.txt; a carried copy
 # stands in for ../shared.
 corpus=

@@ -500,6 +500,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Data-parallel GPUs add through NCCL with NVLink multicast off unless
+    // asked otherwise: the GPU machines this was built on require it, and
+    // one host's all-reduce does not need it. Set before any thread starts.
+    if std::env::var_os("NCCL_NVLS_ENABLE").is_none() {
+        std::env::set_var("NCCL_NVLS_ENABLE", "0");
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,
@@ -916,9 +922,10 @@ struct TrainArgs {
     #[arg(long, value_enum, default_value_t = GpuAttentionArg::Products)]
     gpu_attention: GpuAttentionArg,
     /// With --device cuda: data-parallel GPUs (each step's windows dealt
-    /// out to GPUs 0..N, their gradients added on the host, which keeps the
-    /// masters and moments and updates them: until NCCL, slower per GPU
-    /// than one GPU's resident step); default: all this machine has.
+    /// out to GPUs 0..N, each holding the masters and moments, their loss
+    /// and gradients summed over the GPUs through NCCL before the same
+    /// update on each; new, not yet run on more than one GPU); default:
+    /// all this machine has.
     #[arg(long)]
     gpus: Option<usize>,
     /// Checkpoint file (written atomically every --checkpoint-every steps

@@ -21,16 +21,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use fairyc_backends::cuda::Communicator;
 use fairyc_backends::state::STATE_META;
 use fairyc_backends::Tensor;
-use fairyc_backends::{Backend, Cuda, GpuAttention, GpuMatmul, Program, Reference};
+use fairyc_backends::{Backend, Cuda, GpuAttention, GpuMatmul, Program, Rank, Reference};
 use fairyc_ir::{
     DType, Graph, GraphBuilder, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError,
     WeightStore,
 };
-use fairyc_passes::autodiff::{
-    adamw_step, adamw_update, gradients, step_state, AdamW, GradOptions,
-};
+use fairyc_passes::autodiff::{adamw_step, gradients, step_state, AdamW, GradOptions, Replicas};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::real_products::real_products;
@@ -214,17 +213,18 @@ pub struct TrainOptions {
     pub rows: usize,
     pub device: TrainDevice,
     /// Data-parallel replicas: each step's windows are dealt out to them
-    /// (window `k` to replica `k mod ranks`), each computes the summed
-    /// gradient of its windows (on the cuda device, on GPU `r`), and the
-    /// host adds the replicas' sums in rank order. On the CPU the replicas
-    /// share its cores (what tests the path without GPUs).
+    /// (window `k` to replica `k mod ranks`), each runs the step on its
+    /// windows (on the cuda device, on GPU `r`) with its own copy of the
+    /// masters and moments, their loss and gradients summed over the ranks
+    /// (`all_reduce`: NCCL on GPUs) before the identical update. On the
+    /// CPU the replicas are threads sharing its cores (what tests the path
+    /// without GPUs).
     pub ranks: usize,
 }
 
-/// Where the training step runs. With one rank the masters, the moments
-/// and AdamW stay on the device, as the step graph's state; data-parallel
-/// ranks run the forward and backward passes on theirs, and the host adds
-/// their gradients and updates.
+/// Where the training step runs: the masters, the moments and AdamW stay
+/// on the device (on each data-parallel rank's), as the step graph's
+/// state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TrainDevice {
     /// The reference backend, on the CPU's cores.
@@ -236,9 +236,26 @@ pub enum TrainDevice {
     Cuda(GpuMatmul, GpuAttention),
 }
 
+/// How a data-parallel rank that failed releases the group's other ranks
+/// from waiting on it in `all_reduce`.
+type Abort = Box<dyn Fn(&str) + Send + Sync>;
+
+/// One data-parallel rank's backend, and its [`Abort`].
+struct Replica {
+    backend: Box<dyn Backend>,
+    abort: Abort,
+}
+
 impl TrainDevice {
     pub(crate) fn backend(self) -> Box<dyn Backend> {
-        self.rank_backend(0)
+        match self {
+            TrainDevice::Cpu => Box::new(Reference::default()),
+            TrainDevice::Cuda(matmul, attention) => Box::new(Cuda {
+                matmul,
+                attention,
+                ..Cuda::default()
+            }),
+        }
     }
 
     /// The backend that measures (held-out evaluation) and generates the
@@ -253,17 +270,43 @@ impl TrainDevice {
         }
     }
 
-    /// The backend of data-parallel rank `rank`: GPU `rank` on cuda.
-    fn rank_backend(self, rank: usize) -> Box<dyn Backend> {
-        match self {
-            TrainDevice::Cpu => Box::new(Reference::default()),
-            TrainDevice::Cuda(matmul, attention) => Box::new(Cuda {
-                device: rank,
-                matmul,
-                attention,
-                ..Cuda::default()
-            }),
+    /// The backends of `ranks` data-parallel ranks (GPU `r` for rank `r`
+    /// on cuda), grouped so that their `all_reduce` adds over them.
+    fn replicas(self, ranks: usize) -> Result<Vec<Replica>, Error> {
+        if ranks == 1 {
+            let abort = Box::new(|_: &str| {});
+            return Ok(vec![Replica {
+                backend: self.backend(),
+                abort,
+            }]);
         }
+        Ok(match self {
+            TrainDevice::Cpu => Rank::group(ranks)
+                .into_iter()
+                .map(|rank| Replica {
+                    backend: Box::new(Reference::rank(rank.clone())),
+                    abort: Box::new(move |why| rank.abort(why)),
+                })
+                .collect(),
+            TrainDevice::Cuda(matmul, attention) => {
+                let group = Arc::new(Communicator::group(ranks)?);
+                (0..ranks)
+                    .map(|rank| {
+                        let group = group.clone();
+                        Replica {
+                            backend: Box::new(Cuda {
+                                device: rank,
+                                matmul,
+                                attention,
+                                communicator: Some(group[rank].clone()),
+                                ..Cuda::default()
+                            }),
+                            abort: Box::new(move |_| group.iter().for_each(|c| c.abort())),
+                        }
+                    })
+                    .collect()
+            }
+        })
     }
 }
 
@@ -278,22 +321,16 @@ pub struct StepStats {
 
 /// A training run's state: the graphs, the master weights and moments.
 pub struct Trainer {
-    /// `[loss, d(param)...]` for a batch of windows (`rows` tokens each,
-    /// attention segmented by window), for data-parallel ranks.
-    grad_graph: Graph,
-    /// AdamW on the ranks' summed gradients (see [`adamw_update`]); it
-    /// reads no weights, so it is built once.
-    update: Box<dyn Program>,
     /// One rank's whole step ([`adamw_step`]): the masters and moments are
     /// its state, which stays on the device between steps.
     step_graph: Graph,
-    /// `step_graph` compiled (at the first step).
-    resident: Option<Box<dyn Program>>,
-    /// Its state in [`step_state`] order, where the program keeps it;
-    /// `None` before the first step, after a load and after a
-    /// data-parallel step (then the store is current and the next
-    /// resident step starts from it).
-    state: Option<Vec<Tensor>>,
+    /// `step_graph` compiled for each rank (at the first step), and how to
+    /// abort the group when one fails.
+    resident: Vec<(Box<dyn Program>, Abort)>,
+    /// Each rank's state in [`step_state`] order, where its program keeps
+    /// it (the ranks' are equal); `None` before the first step and after a
+    /// load (then the store is current and the next step starts from it).
+    state: Option<Vec<Vec<Tensor>>>,
     /// Whether `state` is ahead of `store` (steps ran since the last
     /// [`Trainer::sync`]).
     stale: bool,
@@ -450,21 +487,19 @@ impl Trainer {
         } else {
             grad_graph
         };
-        let mut step_graph = adamw_step(&grad_graph, &params, &options.adam)
+        let ranks = options.ranks.max(1);
+        let replicas = if ranks == 1 {
+            Replicas::One
+        } else {
+            Replicas::DataParallel
+        };
+        let mut step_graph = adamw_step(&grad_graph, &params, &options.adam, replicas)
             .map_err(|e| Error::Usage(e.to_string()))?;
         let state_names = step_state(&params);
         let names: Vec<&str> = state_names.iter().map(|(n, _)| n.as_str()).collect();
         step_graph
             .meta
             .insert(STATE_META.to_string(), names.join(","));
-        let update_graph =
-            adamw_update(&params, &options.adam).map_err(|e| Error::Usage(e.to_string()))?;
-        let update = fairyc_backends::compile(
-            &Reference::default(),
-            &update_graph,
-            &MemoryStore::default(),
-            &|_| {},
-        )?;
         let mut store = TrainStore::new(weights);
         for (name, ty) in &params {
             let n: usize = ty.shape.concrete().map_or(0, |d| d.iter().product());
@@ -472,10 +507,8 @@ impl Trainer {
             store.set(&format!("adam.v.{name}"), ty.clone(), vec![0.0; n]);
         }
         Ok(Trainer {
-            grad_graph,
-            update,
             step_graph,
-            resident: None,
+            resident: Vec::new(),
             state: None,
             stale: false,
             eval_graph,
@@ -484,7 +517,7 @@ impl Trainer {
             adam: options.adam,
             step: 0,
             device: options.device,
-            ranks: options.ranks.max(1),
+            ranks,
             rows,
             state_names,
         })
@@ -493,7 +526,7 @@ impl Trainer {
     /// The step program's time per op, when it was built with
     /// `FAIRYC_PROFILE` set.
     pub fn profile(&self) -> Option<String> {
-        Some(self.resident.as_ref()?.profile()?.report())
+        Some(self.resident.first()?.0.profile()?.report())
     }
 
     /// The number of trained real parameters.
@@ -544,10 +577,10 @@ impl Trainer {
 
     /// One AdamW step on the mean gradient of the windows `batch` (each of
     /// `rows + 1` tokens: inputs are all but its last token, targets all
-    /// but its first) with learning rate `lr` and decoupled `weight_decay`.
-    /// With one rank the whole step is one run of the step graph, its
-    /// masters and moments staying on the device; with more, each rank
-    /// runs its windows and the host adds their gradients and updates.
+    /// but its first) with learning rate `lr` and decoupled `weight_decay`:
+    /// one run of the step graph on each rank, its masters and moments
+    /// staying on its device. The new masters and moments replace the old
+    /// only if the loss and the gradient are finite.
     pub fn train_step(
         &mut self,
         batch: &[&[u32]],
@@ -557,50 +590,52 @@ impl Trainer {
         if batch.is_empty() {
             return Err(Error::Usage("a step needs at least one window".into()));
         }
-        if self.ranks.min(batch.len()) == 1 {
-            self.resident_step(batch, lr, weight_decay)
-        } else {
-            self.data_parallel_step(batch, lr, weight_decay)
-        }
-    }
-
-    /// The step graph run once on the whole batch; the new masters and
-    /// moments replace the old only if the loss and the gradient are
-    /// finite.
-    fn resident_step(
-        &mut self,
-        batch: &[&[u32]],
-        lr: f32,
-        weight_decay: f32,
-    ) -> Result<StepStats, Error> {
-        let mut inputs = self.batch_inputs(batch)?;
         let t = self.step + 1;
-        inputs.extend(self.scalars(t, lr, weight_decay, 1.0));
-        if self.resident.is_none() {
-            self.resident = Some(fairyc_backends::compile(
-                self.device.backend().as_ref(),
-                &self.step_graph,
-                &self.store,
-                &|_| {},
-            )?);
+        if self.resident.is_empty() {
+            for replica in self.device.replicas(self.ranks)? {
+                let program = fairyc_backends::compile(
+                    replica.backend.as_ref(),
+                    &self.step_graph,
+                    &self.store,
+                    &|_| {},
+                )?;
+                self.resident.push((program, replica.abort));
+            }
         }
         let state = match self.state.take() {
             Some(state) => state,
-            None => self.host_state()?,
+            None => vec![self.host_state()?; self.ranks],
         };
-        let names = self.state_names.iter().map(|(n, _)| n.clone());
-        inputs.extend(names.zip(state.iter().cloned()));
-        let program = self.resident.as_ref().expect("compiled above");
-        let outputs = program.run(inputs);
-        let scalar = |t: &Tensor| t.as_f32().and_then(|v| v.first().copied());
-        let (loss, squares) = match &outputs {
-            Ok(outs) => (scalar(&outs[0]), scalar(&outs[1])),
-            Err(_) => (None, None),
-        };
+        // Window k goes to rank k mod ranks; a rank left without one runs
+        // the first window with no share of the step.
+        let ranks = self.ranks;
+        let mut inputs = Vec::with_capacity(ranks);
+        for (rank, rank_state) in state.iter().enumerate() {
+            let windows: Vec<&[u32]> = batch.iter().skip(rank).step_by(ranks).copied().collect();
+            let share = windows.len() as f32 / batch.len() as f32;
+            let windows = if windows.is_empty() {
+                vec![batch[0]]
+            } else {
+                windows
+            };
+            let mut named = self.batch_inputs(&windows)?;
+            named.extend(self.scalars(t, lr, weight_decay, 1.0));
+            if ranks > 1 {
+                named.insert("rank_share".into(), Tensor::f32(vec![], vec![share]));
+            }
+            let names = self.state_names.iter().map(|(n, _)| n.clone());
+            named.extend(names.zip(rank_state.iter().cloned()));
+            inputs.push(named);
+        }
+        let outputs = self.run_ranks(inputs);
         // The old state stays for the next try whatever happens here.
         self.state = Some(state);
         let mut outputs = outputs?;
-        let (loss, squares) = loss.zip(squares).ok_or_else(not_f32)?;
+        let scalar = |t: &Tensor| t.as_f32().and_then(|v| v.first().copied());
+        // Every rank has the same (summed) loss and norm: rank 0's.
+        let (loss, squares) = scalar(&outputs[0][0])
+            .zip(scalar(&outputs[0][1]))
+            .ok_or_else(not_f32)?;
         if !loss.is_finite() {
             return Err(Error::NonFinite {
                 step: t,
@@ -615,12 +650,54 @@ impl Trainer {
                 value: f64::from(squares).sqrt(),
             });
         }
-        self.state = Some(outputs.split_off(2));
+        self.state = Some(outputs.iter_mut().map(|o| o.split_off(2)).collect());
         self.stale = true;
         self.step = t;
         Ok(StepStats {
             loss,
             grad_norm: squares.max(0.0).sqrt(),
+        })
+    }
+
+    /// Each rank's program on its inputs, the ranks side by side (threads);
+    /// a rank that fails aborts the group, so that the others stop waiting
+    /// for it in `all_reduce`.
+    fn run_ranks(&self, inputs: Vec<HashMap<String, Tensor>>) -> Result<Vec<Vec<Tensor>>, Error> {
+        if let [(program, _)] = self.resident.as_slice() {
+            let inputs = inputs.into_iter().next().expect("one rank's inputs");
+            return Ok(vec![program.run(inputs)?]);
+        }
+        let ranks = self.ranks;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .resident
+                .iter()
+                .zip(inputs)
+                .enumerate()
+                .map(|(rank, ((program, abort), inputs))| {
+                    scope.spawn(move || {
+                        program.run(inputs).map_err(|e| {
+                            abort(&e.to_string());
+                            Error::Usage(format!(
+                                "data-parallel rank {rank} of {ranks}: {e}; the step was not applied"
+                            ))
+                        })
+                    })
+                })
+                .collect();
+            // The first error in rank order: a rank released by another's
+            // abort names the one that failed and why.
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect()
         })
     }
 
@@ -642,13 +719,14 @@ impl Trainer {
     /// back into the store, where saving, evaluation and the artifact read
     /// them.
     pub fn sync(&mut self) -> Result<(), Error> {
-        let (Some(program), Some(state)) = (&self.resident, &self.state) else {
+        // The ranks' states are equal: rank 0's.
+        let (Some((program, _)), Some(state)) = (self.resident.first(), &self.state) else {
             return Ok(());
         };
         if !self.stale {
             return Ok(());
         }
-        for ((name, ty), t) in self.state_names.iter().zip(state) {
+        for ((name, ty), t) in self.state_names.iter().zip(&state[0]) {
             let data = program.fetch(t.clone())?.into_f32().ok_or_else(not_f32)?;
             self.store.set(name, ty.clone(), data);
         }
@@ -660,137 +738,6 @@ impl Trainer {
     pub fn store(&mut self) -> Result<&TrainStore, Error> {
         self.sync()?;
         Ok(&self.store)
-    }
-
-    /// Each rank's windows, its gradients summed; then the ranks' sums in
-    /// rank order, and AdamW on the host.
-    fn data_parallel_step(
-        &mut self,
-        batch: &[&[u32]],
-        lr: f32,
-        weight_decay: f32,
-    ) -> Result<StepStats, Error> {
-        self.sync()?;
-        let ranks = self.ranks.min(batch.len());
-        let trainer: &Trainer = self;
-        let partial: Vec<(f64, Vec<Vec<f32>>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..ranks)
-                .map(|rank| {
-                    let windows: Vec<&[u32]> =
-                        batch.iter().skip(rank).step_by(ranks).copied().collect();
-                    scope.spawn(move || trainer.rank_gradients(rank, &windows))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .enumerate()
-                .map(|(rank, h)| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
-                    })
-                })
-                .collect::<Result<_, _>>()
-        })?;
-        let mut loss = 0.0f64;
-        let mut sums: Vec<Vec<f32>> = Vec::new();
-        for (rank_loss, rank_sums) in partial {
-            loss += rank_loss;
-            if sums.is_empty() {
-                sums = rank_sums;
-                continue;
-            }
-            for (sum, g) in sums.iter_mut().zip(rank_sums) {
-                for (s, v) in sum.iter_mut().zip(g) {
-                    *s += v;
-                }
-            }
-        }
-        check_finite(self.step + 1, loss / batch.len() as f64, &sums)?;
-        let t = self.step + 1;
-        let mut inputs: HashMap<String, Tensor> = self
-            .scalars(t, lr, weight_decay, 1.0 / batch.len() as f32)
-            .into_iter()
-            .collect();
-        // Copies: the store keeps the old state until the update succeeded.
-        for ((name, ty), sum) in self.params.iter().zip(sums) {
-            let shape = ty.shape.concrete().unwrap_or_default();
-            let read = |stored: &str| -> Result<Tensor, Error> {
-                let data = self
-                    .store
-                    .read_f32(stored)
-                    .map_err(fairyc_backends::BackendError::from)?;
-                Ok(Tensor::f32(shape.clone(), data))
-            };
-            inputs.insert(format!("param.{name}"), read(name)?);
-            // The moments' inputs are named as they are stored.
-            for moment in [format!("adam.m.{name}"), format!("adam.v.{name}")] {
-                let t = read(&moment)?;
-                inputs.insert(moment, t);
-            }
-            inputs.insert(format!("grad.{name}"), Tensor::f32(shape, sum));
-        }
-        let mut outs = self.update.run(inputs)?.into_iter();
-        let squares = outs.next().expect("the squared norm is the first output");
-        let squares = squares.as_f32().ok_or_else(not_f32)?[0];
-        let mut p: Vec<Vec<f32>> = outs
-            .map(|t| t.into_f32().ok_or_else(not_f32))
-            .collect::<Result<_, _>>()?;
-        // Outputs: parameters, first moments, second moments.
-        let k = self.params.len();
-        let v = p.split_off(2 * k);
-        let m = p.split_off(k);
-        for (((name, ty), p), (m, v)) in self.params.iter().zip(p).zip(m.into_iter().zip(v)) {
-            self.store.set(name, ty.clone(), p);
-            self.store.set(&format!("adam.m.{name}"), ty.clone(), m);
-            self.store.set(&format!("adam.v.{name}"), ty.clone(), v);
-        }
-        self.step = t;
-        // The resident state, if any, is behind the store now.
-        self.state = None;
-        Ok(StepStats {
-            loss: (loss / batch.len() as f64) as f32,
-            grad_norm: squares.max(0.0).sqrt(),
-        })
-    }
-
-    /// The summed loss and gradients of `windows` on data-parallel rank
-    /// `rank`: one run of the gradient graph on them stacked, whose
-    /// program derives the quantized weights from the masters once.
-    fn rank_gradients(
-        &self,
-        rank: usize,
-        windows: &[&[u32]],
-    ) -> Result<(f64, Vec<Vec<f32>>), Error> {
-        let on_rank = |e: Error| {
-            Error::Usage(format!(
-                "data-parallel rank {rank} of {}: {e}; the step was not applied",
-                self.ranks
-            ))
-        };
-        let exec = fairyc_backends::compile(
-            self.device.rank_backend(rank).as_ref(),
-            &self.grad_graph,
-            &self.store,
-            &|_| {},
-        )
-        .map_err(|e| on_rank(e.into()))?;
-        let inputs = self.batch_inputs(windows).map_err(on_rank)?;
-        let mut outs = exec.run(inputs).map_err(|e| on_rank(e.into()))?.into_iter();
-        // The graph's loss and gradients are of the windows' mean.
-        let n = windows.len() as f32;
-        let first = outs.next().expect("the loss is the first output");
-        let loss = first
-            .as_f32()
-            .and_then(|l| l.first().copied())
-            .unwrap_or(f32::NAN);
-        let sums = outs
-            .map(|g| {
-                let mut g = g.into_f32().ok_or_else(not_f32)?;
-                g.iter_mut().for_each(|x| *x *= n);
-                Ok(g)
-            })
-            .collect::<Result<_, Error>>()?;
-        Ok((f64::from(loss) * f64::from(n), sums))
     }
 
     /// Moves on past a step that [`Trainer::train_step`] refused as
@@ -908,23 +855,4 @@ fn stacked_inputs(windows: &[&[u32]], rows: usize) -> HashMap<String, Tensor> {
         ),
         ("targets".to_string(), column(&|w| ids(&w[1..=rows]))),
     ])
-}
-
-/// Refuses step `step` when its mean loss or the norm of its summed
-/// gradients is not finite, before anything is updated: NaN must neither
-/// reach the weights nor be logged as a number (`max(0.0)` of NaN is 0).
-fn check_finite(step: usize, loss: f64, grads: &[Vec<f32>]) -> Result<(), Error> {
-    let non_finite = |what, value: f64| Error::NonFinite { step, what, value };
-    if !loss.is_finite() {
-        return Err(non_finite("loss", loss));
-    }
-    let squares: f64 = grads
-        .iter()
-        .flatten()
-        .map(|&g| f64::from(g) * f64::from(g))
-        .sum();
-    if !squares.is_finite() {
-        return Err(non_finite("gradient norm", squares.sqrt()));
-    }
-    Ok(())
 }

@@ -31,7 +31,7 @@ use fairyc_ir::{
     Node, Op, RopeLayout, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart,
 };
 use fairyc_passes::autodiff::{
-    adamw_step, adamw_update, gradients, sgd_step, AdamW, GradOptions, Ste,
+    adamw_step, adamw_update, gradients, sgd_step, AdamW, GradOptions, Replicas, Ste,
 };
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
@@ -1417,7 +1417,7 @@ fn tiny_w2_training_step_ptx() {
         .map(|(_, n, t)| (n.to_string(), t.clone()))
         .collect();
     let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
-    let step = adamw_step(&training, &typed, &AdamW::default()).unwrap();
+    let step = adamw_step(&training, &typed, &AdamW::default(), Replicas::One).unwrap();
     assert!(
         step.weights().next().is_none(),
         "every weight is a master the step reads as an input"

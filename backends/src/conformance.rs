@@ -539,6 +539,8 @@ pub fn op_cases() -> Vec<Case> {
                 squares,
                 c.push(Op::ClipFactor { max_norm: 0.5 }, &[squares]),
                 c.push(Op::ClipFactor { max_norm: 1e6 }, &[squares]),
+                // A rank alone: its own sum.
+                c.push(Op::AllReduce, &[m]),
             ]
         },
     );

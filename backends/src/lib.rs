@@ -9,6 +9,7 @@
 //! [`Backend::compile`] then binds the prepared graph to its weights (codes
 //! stay packed) and a [`MemoryPlan`] into a [`Program`].
 
+pub mod collective;
 pub mod conformance;
 pub mod cpu;
 pub mod cuda;
@@ -26,6 +27,7 @@ use fairyc_ir::decompose::lower_composites;
 use fairyc_ir::{verify, Granularity, Graph, Op, OpKind, WeightStore};
 use num_complex::Complex32;
 
+pub use collective::Rank;
 pub use cpu::{Activations, Cranelift, Llvm};
 pub use cuda::{Cuda, GpuActivations, GpuAttention, GpuMatmul};
 pub use plan::MemoryPlan;

@@ -3,8 +3,12 @@
 //! `FAIRYC_REQUIRE_GPU=1` (set on the GPU machine) makes a missing GPU a
 //! failure.
 
+use std::collections::HashMap;
+
 use fairyc_backends::conformance;
-use fairyc_backends::cuda::{Cuda, GpuAttention, GpuMatmul};
+use fairyc_backends::cuda::{Communicator, Cuda, GpuAttention, GpuMatmul};
+use fairyc_backends::Tensor;
+use fairyc_ir::{DType, GraphBuilder, MemoryStore, Op, Shape, TensorType};
 
 fn gpu_or_skip() -> bool {
     if Cuda::available() {
@@ -66,4 +70,54 @@ fn bf16_attention_on_the_gpu() {
         failures.extend(report.failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `all_reduce` through NCCL over every GPU the machine has, one program
+/// per GPU run side by side: each gets the sum of all their tensors. With
+/// one GPU (a group of one) it checks the plumbing the data-parallel
+/// trainer uses: NCCL loaded at run time, the f32 view of the buffers, the
+/// program's stream.
+#[test]
+fn all_reduce_through_nccl() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let ranks = Cuda::device_count();
+    let group = Communicator::group(ranks).expect("NCCL communicators");
+    let mut b = GraphBuilder::new("sum_over_ranks");
+    let ty = TensorType::new(DType::F32, Shape::new([5, 7]));
+    let x = b.input("x", ty);
+    let sum = b.push(Op::AllReduce, &[x]).unwrap();
+    let graph = b.finish(&[sum]);
+    let value = |rank: usize, i: usize| (i * (rank + 1)) as f32 - 3.0;
+    let outputs: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = group
+            .iter()
+            .enumerate()
+            .map(|(rank, communicator)| {
+                let graph = &graph;
+                scope.spawn(move || {
+                    let cuda = Cuda {
+                        device: rank,
+                        communicator: Some(communicator.clone()),
+                        ..Cuda::default()
+                    };
+                    let program =
+                        fairyc_backends::compile(&cuda, graph, &MemoryStore::default(), &|_| {})
+                            .unwrap();
+                    let x = Tensor::f32(vec![5, 7], (0..35).map(|i| value(rank, i)).collect());
+                    let out = program.run(HashMap::from([("x".to_string(), x)])).unwrap();
+                    out[0].as_f32().unwrap().to_vec()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let want: Vec<f32> = (0..35)
+        .map(|i| (0..ranks).map(|rank| value(rank, i)).sum())
+        .collect();
+    for (rank, got) in outputs.iter().enumerate() {
+        assert_eq!(got, &want, "rank {rank} of {ranks}");
+    }
+    eprintln!("all_reduce through NCCL over {ranks} GPU(s): every rank has the sum");
 }

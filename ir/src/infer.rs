@@ -494,6 +494,13 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             expect_real(operands[0], "input")?;
             Ok(TensorType::new(DType::F32, Shape(vec![])))
         }
+        Op::AllReduce => {
+            let x = operands[0];
+            if !x.dtype.is_real_float() {
+                return Err(format!("input must be a real float tensor, found {x}"));
+            }
+            Ok(x.clone())
+        }
         Op::ClipFactor { max_norm } => {
             expect_f32_scalar(operands[0], "squared norm")?;
             if !(max_norm.is_finite() && *max_norm > 0.0) {

@@ -244,6 +244,8 @@ fn every_op_graph() -> fairyc_ir::Graph {
     let squares = b.push(Op::SumSquares, &[dy]).unwrap();
     let clip = Op::ClipFactor { max_norm: 2.0 };
     grads.push(b.push(clip, &[squares]).unwrap());
+    // Data-parallel ranks adding a gradient.
+    grads.push(b.push(Op::AllReduce, &[dy]).unwrap());
     // Distillation to a teacher's logits.
     let kl = b.push(Op::KlDiv, &[yb, yb]).unwrap();
     grads.push(kl);

@@ -247,10 +247,17 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
 /// and `adam.v.<name>`, and [`adamw_update`]'s scalars. Outputs: `[loss,
 /// ‖mean gradient‖², p_0', ..., m_0', ..., v_0', ...]`: the last ones are the
 /// next step's masters and moments, in the order [`step_state`] names them.
+///
+/// `Replicas::DataParallel` makes it the step of one of several ranks, each
+/// running it on its own windows with identical masters and moments: the
+/// loss and each gradient are weighted by the input `rank_share: f32[]`
+/// (the rank's fraction of the step's windows) and summed over the ranks
+/// (`all_reduce`) before the update, so every rank updates alike.
 pub fn adamw_step(
     grads: &Graph,
     params: &[(String, TensorType)],
     adam: &AdamW,
+    replicas: Replicas,
 ) -> Result<Graph, GradError> {
     if grads.outputs.len() != params.len() + 1 {
         return Err(GradError::Step(format!(
@@ -278,11 +285,30 @@ pub fn adamw_step(
         .filter(|(_, name, _)| trained.contains(name))
         .map(|(id, name, _)| (name, map[id.0]))
         .collect();
-    let gradient: HashMap<String, ValueId> = params
+    let mut loss = map[grads.outputs[0].0];
+    let mut gradient: HashMap<String, ValueId> = params
         .iter()
         .zip(&grads.outputs[1..])
         .map(|((name, _), d)| (format!("grad.{name}"), map[d.0]))
         .collect();
+    if replicas == Replicas::DataParallel {
+        let share = b.input(
+            "rank_share",
+            TensorType::new(DType::F32, fairyc_ir::Shape(vec![])),
+        );
+        let summed = |b: &mut GraphBuilder, v: ValueId| -> Result<ValueId, GradError> {
+            let weighted = b.push(Op::Mul, &[v, share])?;
+            Ok(b.push(Op::AllReduce, &[weighted])?)
+        };
+        loss = summed(&mut b, loss)?;
+        // In parameter order, so that the graph is the same every time.
+        for (name, _) in params {
+            let d = gradient
+                .get_mut(&format!("grad.{name}"))
+                .expect("one per parameter");
+            *d = summed(&mut b, *d)?;
+        }
+    }
     let inlined = b.inline(&update, |b, _, node, _| {
         let Op::Input { name } = &node.op else {
             return Ok::<_, GradError>(None);
@@ -297,9 +323,17 @@ pub fn adamw_step(
             (None, None) => None,
         })
     })?;
-    let mut outputs = vec![map[grads.outputs[0].0]];
+    let mut outputs = vec![loss];
     outputs.extend(update.outputs.iter().map(|v| inlined[v.0]));
     finish(b, &outputs)
+}
+
+/// Who runs an [`adamw_step`]: one rank on all of the step's windows, or
+/// each of several data-parallel ranks on its share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    One,
+    DataParallel,
 }
 
 /// [`adamw_step`]'s state inputs (name and type), in the order of its last
@@ -679,6 +713,7 @@ fn rule(
         | Op::QuantizeGrad { .. }
         | Op::AdamUpdate { .. }
         | Op::ClipFactor { .. }
+        | Op::AllReduce
         | Op::KlDiv
         | Op::KlDivGrad
         | Op::CrossEntropyGrad => {

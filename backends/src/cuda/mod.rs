@@ -2,10 +2,15 @@
 //! run through the CUDA driver API ([`program`]).
 
 pub mod codegen;
+pub mod collective;
 pub mod program;
+
+use std::sync::Arc;
 
 use fairyc_ir::{Granularity, Graph, Op, WeightStore};
 use num_complex::Complex32;
+
+pub use collective::Communicator;
 
 use crate::{Backend, BackendError, Program, Tolerance};
 
@@ -13,13 +18,17 @@ use crate::{Backend, BackendError, Program, Tolerance};
 /// default), through the driver API; the CUDA libraries are loaded when it
 /// first compiles a graph, so a binary built without the CUDA toolkit runs
 /// it where a GPU is.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Cuda {
     pub activations: GpuActivations,
     pub matmul: GpuMatmul,
     pub attention: GpuAttention,
     /// The CUDA device's ordinal.
     pub device: usize,
+    /// Where the GPU is one data-parallel rank of several: its NCCL
+    /// communicator ([`Communicator::group`]), through which `all_reduce`
+    /// adds over the group. Without it a GPU is a rank alone.
+    pub communicator: Option<Arc<Communicator>>,
 }
 
 /// What the quantized layers (`quant_linear`) take as activations on the
@@ -123,7 +132,10 @@ impl Backend for Cuda {
             )));
         }
         Ok(Box::new(program::CudaProgram::new(
-            graph, store, on_weight, *self,
+            graph,
+            store,
+            on_weight,
+            self.clone(),
         )?))
     }
 

@@ -24,7 +24,7 @@ use super::codegen::{
     self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
     QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
-use super::{int8_applies, Cuda, GpuActivations, GpuAttention, GpuMatmul};
+use super::{int8_applies, Communicator, Cuda, GpuActivations, GpuAttention, GpuMatmul};
 use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
 
@@ -106,6 +106,8 @@ enum Step {
     Gemm,
     /// A new shape over the same words.
     Alias,
+    /// The sum over the data-parallel group's GPUs, through NCCL.
+    AllReduce,
 }
 
 pub struct CudaProgram {
@@ -140,6 +142,8 @@ pub struct CudaProgram {
     /// Per `attention_grad` node: its group of siblings and their count
     /// (`attention::attention_groups`).
     attention_groups: HashMap<usize, (usize, usize)>,
+    /// The data-parallel group's NCCL communicator on this GPU, if any.
+    communicator: Option<Arc<Communicator>>,
 }
 
 /// How many runs a sum to one scalar is split into: enough blocks to keep
@@ -275,8 +279,10 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
 
 /// Whether the CUDA backend runs `op` (the table's ops it has kernels for).
 pub fn runs(op: &Op) -> bool {
-    matches!(op, Op::Linear | Op::Reshape { .. } | Op::LinearWeightGrad)
-        || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
+    matches!(
+        op,
+        Op::Linear | Op::Reshape { .. } | Op::LinearWeightGrad | Op::AllReduce
+    ) || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
 }
 
 /// The kernel (one per distinct specialisation) or other step of each node
@@ -288,7 +294,11 @@ fn select_kernels(
     fold: Fold,
     choices: Choices,
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
-    let Choices { fuse, flash } = choices;
+    let Choices {
+        fuse,
+        flash,
+        collective,
+    } = choices;
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut steps = Vec::with_capacity(graph.nodes.len());
@@ -310,6 +320,8 @@ fn select_kernels(
             Op::Linear => Step::Gemm,
             Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
+            Op::AllReduce if collective => Step::AllReduce,
+            Op::AllReduce => Step::Alias,
             op => {
                 let int8 = match op {
                     Op::QuantLinear {
@@ -368,6 +380,9 @@ struct Choices {
     fuse: bool,
     /// Training's attention by the flash kernels where they apply.
     flash: bool,
+    /// Whether `all_reduce` adds over a group of GPUs (else the GPU is a
+    /// rank alone, and its operand the sum).
+    collective: bool,
 }
 
 /// Where a program evaluates its weight expressions (the nodes that depend
@@ -404,6 +419,7 @@ pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, B
     let choices = Choices {
         fuse: true,
         flash: false,
+        collective: false,
     };
     let (kernels, _) = select_kernels(graph, &plan, activations, fold, choices)?;
     codegen::ptx(&kernels).map_err(BackendError::new)
@@ -412,7 +428,7 @@ pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, B
 /// Device `ordinal`'s context, set up once: the process keeps it, so that
 /// programs built one after another (a trainer builds one a step) do not
 /// set it up again.
-fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, BackendError> {
+pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, BackendError> {
     static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<CudaContext>>>> = OnceLock::new();
     let mut contexts = CONTEXTS
         .get_or_init(Default::default)
@@ -480,6 +496,7 @@ impl CudaProgram {
         let choices = Choices {
             fuse,
             flash: options.attention == GpuAttention::Flash,
+            collective: options.communicator.is_some(),
         };
         let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
@@ -612,6 +629,7 @@ impl CudaProgram {
             profile: OpProfile::from_env(),
             attention_cache: Mutex::new(None),
             attention_groups,
+            communicator: options.communicator.clone(),
             compute: match options.matmul {
                 GpuMatmul::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 GpuMatmul::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -764,6 +782,11 @@ impl CudaProgram {
         let x = args[0];
         match (step, &node.op) {
             (Step::Gemm, Op::Linear) => self.linear(x, args[1], &mut out)?,
+            (Step::AllReduce, _) => self
+                .communicator
+                .as_ref()
+                .expect("collective steps are chosen with a communicator")
+                .all_reduce(&x.words, &mut out, len)?,
             (Step::Kernel(k), Op::RmsNorm { eps }) => {
                 let cols = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(cols).unwrap_or(0);

@@ -40,6 +40,10 @@ pub struct Executor {
     /// Tensors of dead values by plan slot, kept between runs so that a
     /// run allocates no values once warm: one arena per run in flight.
     arenas: Mutex<Vec<Arena>>,
+    /// Its own threads, where it waits on other programs mid-run (a
+    /// data-parallel rank's `all_reduce`): waiting on a worker of the
+    /// shared pool could leave no worker for the rank it waits for.
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// Operands a node has on the stack (a quant_linear of four stages has 9).
@@ -219,7 +223,18 @@ impl Executor {
             kernels: prepared,
             profile: OpProfile::from_env(),
             arenas: Mutex::new(Vec::new()),
+            pool: None,
         })
+    }
+
+    /// Runs on a pool of `threads` threads of its own (see `pool`).
+    pub fn in_own_pool(mut self, threads: usize) -> Result<Executor, BackendError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| BackendError::new(format!("a thread pool: {e}")))?;
+        self.pool = Some(pool);
+        Ok(self)
     }
 
     pub fn graph(&self) -> &Graph {
@@ -242,6 +257,9 @@ impl Executor {
     /// copied; a cache is extended in place by the concatenation that reads
     /// it last; outputs no other value shares are moved out.
     pub fn run_owned(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
+        if let Some(pool) = &self.pool {
+            return pool.install(|| self.run_in_pool(inputs));
+        }
         // The whole run on one of rayon's workers: the kernels' parallel
         // loops then start from inside the pool, where handing work out
         // costs no thread wake-up per node (hundreds per token otherwise).
@@ -1058,6 +1076,13 @@ fn eval(
                 .map(|&v| f64::from(v) * f64::from(v))
                 .sum();
             Tensor::f32(vec![], vec![sum as f32])
+        }
+        // A rank alone (ranks in a group run `Reference::rank`'s kernel).
+        Op::AllReduce => {
+            let data = f32s(x, "input")?;
+            let mut sum = out.f32s(data.len());
+            sum.copy_from_slice(data);
+            Tensor::f32(out.shape(&x.shape), sum)
         }
         Op::ClipFactor { max_norm } => {
             let s = f32s(x, "squared norm")?.first().copied().unwrap_or(0.0);

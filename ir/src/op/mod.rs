@@ -270,6 +270,11 @@ define_ops! {
     /// `min(1, max_norm / sqrt(s))` of a squared norm `s: f32[]` (`1` for
     /// `s = 0`): the factor that clips a gradient to `max_norm`.
     ClipFactor { max_norm: f32 } => "clip_factor" (s), Primitive;
+    /// The sum of a real `x` over the data-parallel ranks that run this
+    /// graph together (each on its own windows), the same on every rank,
+    /// added in rank order: how a replicated training step adds the ranks'
+    /// gradients before the update. With one rank it is `x`.
+    AllReduce => "all_reduce" (x), Primitive;
     /// Sums `x` over its leading dimensions down to the suffix `shape` of
     /// its own shape (`[]` sums everything): the general reduction, and the
     /// adjoint of broadcasting.

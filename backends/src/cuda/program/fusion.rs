@@ -282,6 +282,7 @@ mod tests {
         let choices = Choices {
             fuse: true,
             flash: false,
+            collective: false,
         };
         select_kernels(graph, &plan, GpuActivations::F32, fold, choices)
             .unwrap()

@@ -1,0 +1,209 @@
+//! Data-parallel ranks in one process adding their tensors: what the
+//! `all_reduce` op runs on the CPU, where the reference backend's ranks
+//! are threads. (The cuda backend's ranks add theirs through NCCL.)
+//!
+//! Every rank deposits its tensor; the last to arrive adds them in rank
+//! order, so every rank gets the same sum, bit for bit, whatever the order
+//! of arrival. A rank that fails aborts the group: the others, waiting or
+//! arriving later, get an error naming it instead of waiting forever.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// One rank's handle on its group.
+#[derive(Clone, Debug)]
+pub struct Rank {
+    group: Arc<Group>,
+    index: usize,
+}
+
+#[derive(Debug)]
+struct Group {
+    ranks: usize,
+    exchange: Mutex<Exchange>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Exchange {
+    deposits: Vec<Option<Vec<f32>>>,
+    arrived: usize,
+    /// Completed all-reduces; a waiting rank waits for this to move on.
+    round: u64,
+    sum: Arc<Vec<f32>>,
+    failed: Option<String>,
+}
+
+impl Rank {
+    /// The handles of a new group of `ranks` ranks, in rank order.
+    pub fn group(ranks: usize) -> Vec<Rank> {
+        let group = Arc::new(Group {
+            ranks,
+            exchange: Mutex::new(Exchange {
+                deposits: vec![None; ranks],
+                ..Exchange::default()
+            }),
+            done: Condvar::new(),
+        });
+        (0..ranks)
+            .map(|index| Rank {
+                group: group.clone(),
+                index,
+            })
+            .collect()
+    }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.group.ranks
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Exchange> {
+        // A rank that panicked holding the lock left the exchange whole
+        // (it only pushes and sums): carry on with it.
+        self.group
+            .exchange
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces `data` with its sum over the group's ranks, once every rank
+    /// has called this with a tensor of the same length.
+    pub fn all_reduce(&self, data: &mut [f32]) -> Result<(), String> {
+        let mut exchange = self.lock();
+        if let Some(why) = &exchange.failed {
+            return Err(why.clone());
+        }
+        let round = exchange.round;
+        exchange.deposits[self.index] = Some(data.to_vec());
+        exchange.arrived += 1;
+        if exchange.arrived == self.group.ranks {
+            let deposits: Vec<Vec<f32>> = exchange
+                .deposits
+                .iter_mut()
+                .flat_map(Option::take)
+                .collect();
+            if let Some((rank, d)) = deposits
+                .iter()
+                .enumerate()
+                .find(|(_, d)| d.len() != data.len())
+            {
+                let why = format!(
+                    "all_reduce: rank {rank} gave {} numbers, rank {} {}",
+                    d.len(),
+                    self.index,
+                    data.len()
+                );
+                exchange.failed = Some(why.clone());
+                self.group.done.notify_all();
+                return Err(why);
+            }
+            let mut sum = vec![0.0f32; data.len()];
+            for d in &deposits {
+                sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
+            }
+            exchange.sum = Arc::new(sum);
+            exchange.arrived = 0;
+            exchange.round += 1;
+            self.group.done.notify_all();
+        }
+        while exchange.round == round && exchange.failed.is_none() {
+            exchange = self
+                .group
+                .done
+                .wait(exchange)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if exchange.round == round {
+            return Err(exchange.failed.clone().unwrap_or_default());
+        }
+        // The next round cannot end before this rank deposits again, so the
+        // sum is still this round's.
+        data.copy_from_slice(&exchange.sum);
+        Ok(())
+    }
+
+    /// Fails the group: every rank's all-reduce from now on, and those
+    /// waiting, return an error with `why`.
+    pub fn abort(&self, why: &str) {
+        let mut exchange = self.lock();
+        if exchange.failed.is_none() {
+            exchange.failed = Some(format!("data-parallel rank {} failed: {why}", self.index));
+        }
+        self.group.done.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rank_gets_the_sum_in_rank_order() {
+        let ranks = Rank::group(3);
+        let sums: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks
+                .iter()
+                .map(|rank| {
+                    scope.spawn(move || {
+                        let mut rounds = Vec::new();
+                        for round in 0..50 {
+                            let mut x = vec![rank.index() as f32 + 1.0, round as f32];
+                            rank.all_reduce(&mut x).unwrap();
+                            rounds.extend(x);
+                        }
+                        rounds
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let want: Vec<f32> = (0..50).flat_map(|r| [6.0, 3.0 * r as f32]).collect();
+        for got in sums {
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_failed_rank_releases_the_others() {
+        let ranks = Rank::group(3);
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks
+                .iter()
+                .map(|rank| {
+                    scope.spawn(move || {
+                        if rank.index() == 1 {
+                            rank.abort("out of memory");
+                            return Err("aborted".to_string());
+                        }
+                        rank.all_reduce(&mut [1.0])
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, result) in results.iter().enumerate() {
+            let err = result.clone().unwrap_err();
+            if rank != 1 {
+                assert_eq!(err, "data-parallel rank 1 failed: out of memory");
+            }
+        }
+    }
+
+    #[test]
+    fn ranks_that_disagree_on_the_length_fail() {
+        let ranks = Rank::group(2);
+        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks
+                .iter()
+                .map(|rank| scope.spawn(move || rank.all_reduce(&mut vec![0.0; rank.index() + 1])))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().contains("all_reduce: rank")));
+    }
+}
