@@ -29,8 +29,13 @@ with open(tmp, "wb") as f:
     f.flush()
     os.fsync(f.fileno())
 os.chmod(tmp, 0o755)
-os.replace(tmp, "models/tools/ptxas")
 PY
-echo "$sha  $dest" | sha256sum -c --quiet -
+# Checked before it takes its place.
+if ! echo "$sha  $dest.tmp" | sha256sum -c --quiet -; then
+  rm -f "$dest.tmp"
+  echo "error: ptxas from nvidia-cuda-nvcc-cu12 12.9.86 did not match its SHA-256" >&2
+  exit 1
+fi
+mv "$dest.tmp" "$dest"
 rm -rf models/tools/.download
 echo "fetched $dest"

@@ -15,7 +15,9 @@ mkdir -p .dev
 for f in .devt/*.xz; do [ -e "$f" ] && xz -d -c "$f" > ".dev/$(basename "$f" .xz)"; done
 chmod +x .dev/fairyc .dev/synth_gguf
 # NVLink multicast off, as these machines require (fairyc sets it too).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export NCCL_NVLS_ENABLE=0
+# What an earlier call left is not this call's.
+rm -f .dev/train-*.log .dev/loss-*.csv
 BATCH=${BATCH:-16} SEQ=${SEQ:-1024} STEPS=${STEPS:-8}
 have=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader

@@ -503,8 +503,12 @@ fn main() -> ExitCode {
     // Data-parallel GPUs add through NCCL with NVLink multicast off unless
     // asked otherwise: the GPU machines this was built on require it, and
     // one host's all-reduce does not need it. Set before any thread starts.
-    if std::env::var_os("NCCL_NVLS_ENABLE").is_none() {
-        std::env::set_var("NCCL_NVLS_ENABLE", "0");
+    // Connections are made when the communicators are (NCCL's lazy
+    // connection would make the first all-reduce wait on its peers).
+    for (var, value) in [("NCCL_NVLS_ENABLE", "0"), ("NCCL_RUNTIME_CONNECT", "0")] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
     }
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -906,8 +910,8 @@ struct TrainArgs {
     #[arg(long)]
     gauss: bool,
     /// Where the training step runs: cpu (the reference backend) or cuda
-    /// (on one GPU the masters, moments and AdamW stay on it between
-    /// steps; see --gpus for more). Same graphs, flags and checkpoints.
+    /// (the masters, moments and AdamW stay on the GPU between steps, on
+    /// each GPU with --gpus). Same graphs, flags and checkpoints.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
     /// With --device cuda: the arithmetic of the dense products (cuBLAS;
@@ -924,10 +928,15 @@ struct TrainArgs {
     /// With --device cuda: data-parallel GPUs (each step's windows dealt
     /// out to GPUs 0..N, each holding the masters and moments, their loss
     /// and gradients summed over the GPUs through NCCL before the same
-    /// update on each; new, not yet run on more than one GPU); default:
-    /// all this machine has.
+    /// update on each; new, not yet run on more than one GPU); at most
+    /// --grad-accum; default: all this machine has, up to --grad-accum.
     #[arg(long)]
     gpus: Option<usize>,
+    /// With --gpus N > 1: each parameter's AdamW moments on one GPU alone
+    /// (ZeRO stage 1 by tensors, balanced by size), which updates the
+    /// parameter and broadcasts it: the moments' memory divided by N.
+    #[arg(long)]
+    shard_optimizer: bool,
     /// Checkpoint file (written atomically every --checkpoint-every steps
     /// and at the end; an existing one is resumed with --resume).
     #[arg(long)]
@@ -1044,10 +1053,12 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         },
         ranks: match args.device {
             DeviceArg::Cpu => 1,
+            // By default every GPU that gets a window of each step.
             DeviceArg::Cuda => args
                 .gpus
-                .unwrap_or_else(|| fairyc::Cuda::device_count().max(1)),
+                .unwrap_or_else(|| fairyc::Cuda::device_count().min(args.grad_accum).max(1)),
         },
+        shard_optimizer: args.shard_optimizer,
         checkpoint: args.checkpoint.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
@@ -1067,6 +1078,15 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     }
     if args.gpus == Some(0) {
         bail!("--gpus must be at least 1");
+    }
+    if let Some(gpus) = args.gpus.filter(|&g| g > args.grad_accum) {
+        bail!(
+            "--gpus {gpus} with --grad-accum {}: each GPU takes whole windows of a step, so some would have none (raise --grad-accum to at least {gpus})",
+            args.grad_accum
+        );
+    }
+    if args.shard_optimizer && matches!(args.device, DeviceArg::Cpu) {
+        bail!("--shard-optimizer needs --device cuda (and --gpus of more than one)");
     }
     if matches!(args.gpu_attention, GpuAttentionArg::Flash)
         && !matches!(args.gpu_matmul, GpuMatmulArg::Bf16)

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fairyc_backends::cuda::Communicator;
 use fairyc_backends::state::STATE_META;
@@ -29,7 +29,9 @@ use fairyc_ir::{
     DType, Graph, GraphBuilder, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError,
     WeightStore,
 };
-use fairyc_passes::autodiff::{adamw_step, gradients, step_state, AdamW, GradOptions, Replicas};
+use fairyc_passes::autodiff::{
+    adamw_step, gradients, optimizer_owners, step_state, AdamW, GradOptions, Replicas, RANK_SHARE,
+};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
 use fairyc_passes::real_products::real_products;
@@ -220,6 +222,11 @@ pub struct TrainOptions {
     /// CPU the replicas are threads sharing its cores (what tests the path
     /// without GPUs).
     pub ranks: usize,
+    /// With several ranks: ZeRO stage 1 by tensors. Each parameter's AdamW
+    /// moments live on one rank ([`optimizer_owners`]), which alone
+    /// updates it and broadcasts the new value: the moments' memory is
+    /// divided among the ranks.
+    pub shard_optimizer: bool,
 }
 
 /// Where the training step runs: the masters, the moments and AdamW stay
@@ -319,17 +326,25 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
+/// One rank's whole step ([`adamw_step`]): the masters and moments are
+/// its state, which stays on the device between steps.
+struct RankStep {
+    graph: Graph,
+    /// The graph's state inputs ([`step_state`] order) and types.
+    state: Vec<(String, TensorType)>,
+}
+
 /// A training run's state: the graphs, the master weights and moments.
 pub struct Trainer {
-    /// One rank's whole step ([`adamw_step`]): the masters and moments are
-    /// its state, which stays on the device between steps.
-    step_graph: Graph,
-    /// `step_graph` compiled for each rank (at the first step), and how to
-    /// abort the group when one fails.
+    /// Each rank's step: one for all ranks, or one each where the
+    /// optimizer is sharded ([`Trainer::rank_step`]).
+    steps: Vec<RankStep>,
+    /// Each rank's step compiled (at the first step), and how to abort the
+    /// group when one fails.
     resident: Vec<(Box<dyn Program>, Abort)>,
-    /// Each rank's state in [`step_state`] order, where its program keeps
-    /// it (the ranks' are equal); `None` before the first step and after a
-    /// load (then the store is current and the next step starts from it).
+    /// Each rank's state, where its program keeps it (their masters are
+    /// equal); `None` before the first step and after a load (then the
+    /// store is current and the next step starts from it).
     state: Option<Vec<Vec<Tensor>>>,
     /// Whether `state` is ahead of `store` (steps ran since the last
     /// [`Trainer::sync`]).
@@ -345,8 +360,6 @@ pub struct Trainer {
     ranks: usize,
     /// The tokens a window feeds (one fewer than it holds).
     rows: usize,
-    /// The step graph's state inputs ([`step_state`] order) and types.
-    state_names: Vec<(String, TensorType)>,
 }
 
 /// Every attention of `graph` made to see only its own window's `rows`
@@ -488,18 +501,30 @@ impl Trainer {
             grad_graph
         };
         let ranks = options.ranks.max(1);
-        let replicas = if ranks == 1 {
-            Replicas::One
-        } else {
-            Replicas::DataParallel
+        let replicas: Vec<Replicas> = match (ranks, options.shard_optimizer) {
+            (1, _) => vec![Replicas::One],
+            (_, false) => vec![Replicas::DataParallel],
+            (_, true) => {
+                let owners = optimizer_owners(&params, ranks);
+                (0..ranks)
+                    .map(|rank| Replicas::ShardedOptimizer {
+                        rank,
+                        owners: owners.clone(),
+                    })
+                    .collect()
+            }
         };
-        let mut step_graph = adamw_step(&grad_graph, &params, &options.adam, replicas)
-            .map_err(|e| Error::Usage(e.to_string()))?;
-        let state_names = step_state(&params);
-        let names: Vec<&str> = state_names.iter().map(|(n, _)| n.as_str()).collect();
-        step_graph
-            .meta
-            .insert(STATE_META.to_string(), names.join(","));
+        let steps = replicas
+            .iter()
+            .map(|replicas| {
+                let mut graph = adamw_step(&grad_graph, &params, &options.adam, replicas)
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                let state = step_state(&params, replicas);
+                let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+                graph.meta.insert(STATE_META.to_string(), names.join(","));
+                Ok(RankStep { graph, state })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let mut store = TrainStore::new(weights);
         for (name, ty) in &params {
             let n: usize = ty.shape.concrete().map_or(0, |d| d.iter().product());
@@ -507,7 +532,7 @@ impl Trainer {
             store.set(&format!("adam.v.{name}"), ty.clone(), vec![0.0; n]);
         }
         Ok(Trainer {
-            step_graph,
+            steps,
             resident: Vec::new(),
             state: None,
             stale: false,
@@ -519,7 +544,6 @@ impl Trainer {
             device: options.device,
             ranks,
             rows,
-            state_names,
         })
     }
 
@@ -555,18 +579,13 @@ impl Trainer {
         Ok(stacked_inputs(windows, self.rows))
     }
 
-    /// AdamW's scalars for step `t`.
-    fn scalars(
-        &self,
-        t: usize,
-        lr: f32,
-        weight_decay: f32,
-        grad_scale: f32,
-    ) -> [(String, Tensor); 5] {
+    /// AdamW's scalars for step `t` (the step graph's gradient is already
+    /// the batch's mean: its scale is 1).
+    fn scalars(&self, t: usize, lr: f32, weight_decay: f32) -> [(String, Tensor); 5] {
         let t = t as i32;
         let scalar = |x: f32| Tensor::f32(vec![], vec![x]);
         [
-            ("grad_scale", grad_scale),
+            ("grad_scale", 1.0),
             ("lr", lr),
             ("c1", 1.0 / (1.0 - self.adam.beta1.powi(t))),
             ("c2", 1.0 / (1.0 - self.adam.beta2.powi(t))),
@@ -591,46 +610,60 @@ impl Trainer {
             return Err(Error::Usage("a step needs at least one window".into()));
         }
         let t = self.step + 1;
-        if self.resident.is_empty() {
-            for replica in self.device.replicas(self.ranks)? {
-                let program = fairyc_backends::compile(
-                    replica.backend.as_ref(),
-                    &self.step_graph,
-                    &self.store,
-                    &|_| {},
-                )?;
-                self.resident.push((program, replica.abort));
-            }
-        }
-        let state = match self.state.take() {
-            Some(state) => state,
-            None => vec![self.host_state()?; self.ranks],
-        };
         // Window k goes to rank k mod ranks; a rank left without one runs
         // the first window with no share of the step.
         let ranks = self.ranks;
-        let mut inputs = Vec::with_capacity(ranks);
-        for (rank, rank_state) in state.iter().enumerate() {
-            let windows: Vec<&[u32]> = batch.iter().skip(rank).step_by(ranks).copied().collect();
-            let share = windows.len() as f32 / batch.len() as f32;
-            let windows = if windows.is_empty() {
-                vec![batch[0]]
-            } else {
-                windows
-            };
-            let mut named = self.batch_inputs(&windows)?;
-            named.extend(self.scalars(t, lr, weight_decay, 1.0));
-            if ranks > 1 {
-                named.insert("rank_share".into(), Tensor::f32(vec![], vec![share]));
+        let mut inputs = (0..ranks)
+            .map(|rank| {
+                let windows: Vec<&[u32]> =
+                    batch.iter().skip(rank).step_by(ranks).copied().collect();
+                let share = windows.len() as f32 / batch.len() as f32;
+                let mut named = self.batch_inputs(if windows.is_empty() {
+                    &batch[..1]
+                } else {
+                    &windows
+                })?;
+                named.extend(self.scalars(t, lr, weight_decay));
+                if ranks > 1 {
+                    named.insert(RANK_SHARE.into(), Tensor::f32(vec![], vec![share]));
+                }
+                Ok(named)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if self.resident.is_empty() {
+            // All or none: a group missing a rank would wait for it forever.
+            let mut resident = Vec::with_capacity(ranks);
+            for (rank, replica) in self.device.replicas(ranks)?.into_iter().enumerate() {
+                let program = fairyc_backends::compile(
+                    replica.backend.as_ref(),
+                    &self.rank_step(rank).graph,
+                    &self.store,
+                    &|_| {},
+                )?;
+                resident.push((program, replica.abort));
             }
-            let names = self.state_names.iter().map(|(n, _)| n.clone());
+            self.resident = resident;
+        }
+        let state = match self.state.take() {
+            Some(state) => state,
+            None => (0..ranks)
+                .map(|rank| self.host_state(rank))
+                .collect::<Result<_, _>>()?,
+        };
+        for (rank, (named, rank_state)) in inputs.iter_mut().zip(&state).enumerate() {
+            let names = self.rank_step(rank).state.iter().map(|(n, _)| n.clone());
             named.extend(names.zip(rank_state.iter().cloned()));
-            inputs.push(named);
         }
         let outputs = self.run_ranks(inputs);
         // The old state stays for the next try whatever happens here.
         self.state = Some(state);
-        let mut outputs = outputs?;
+        let mut outputs = match outputs {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                self.release_group();
+                return Err(e);
+            }
+        };
         let scalar = |t: &Tensor| t.as_f32().and_then(|v| v.first().copied());
         // Every rank has the same (summed) loss and norm: rank 0's.
         let (loss, squares) = scalar(&outputs[0][0])
@@ -659,51 +692,86 @@ impl Trainer {
         })
     }
 
-    /// Each rank's program on its inputs, the ranks side by side (threads);
-    /// a rank that fails aborts the group, so that the others stop waiting
-    /// for it in `all_reduce`.
+    /// After a failed data-parallel step: the group is aborted, so the
+    /// state (still the step's start) comes back to the store and the next
+    /// step builds a new group. Where even that fails the programs stay,
+    /// and the next step fails as this one did.
+    fn release_group(&mut self) {
+        if self.ranks > 1 && self.sync().is_ok() {
+            self.resident.clear();
+            self.state = None;
+        }
+    }
+
+    /// Each rank's program on its inputs, the ranks side by side (threads).
+    /// A rank that fails (an error or a panic) aborts the group, so that
+    /// the others stop waiting for it in their collectives; the error is
+    /// that first rank's.
     fn run_ranks(&self, inputs: Vec<HashMap<String, Tensor>>) -> Result<Vec<Vec<Tensor>>, Error> {
+        assert_eq!(self.resident.len(), inputs.len(), "a program per rank");
         if let [(program, _)] = self.resident.as_slice() {
             let inputs = inputs.into_iter().next().expect("one rank's inputs");
             return Ok(vec![program.run(inputs)?]);
         }
         let ranks = self.ranks;
-        std::thread::scope(|scope| {
+        // The first failure, recorded before its abort releases the others.
+        let first: Mutex<Option<Error>> = Mutex::new(None);
+        let outputs: Vec<Option<Vec<Tensor>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .resident
                 .iter()
                 .zip(inputs)
                 .enumerate()
                 .map(|(rank, ((program, abort), inputs))| {
+                    let first = &first;
                     scope.spawn(move || {
-                        program.run(inputs).map_err(|e| {
-                            abort(&e.to_string());
+                        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            program.run(inputs)
+                        }));
+                        let why = match run {
+                            Ok(Ok(outputs)) => return Some(outputs),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(panic) => panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .map_or("it panicked".into(), |m| format!("it panicked: {m}")),
+                        };
+                        let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert_with(|| {
                             Error::Usage(format!(
-                                "data-parallel rank {rank} of {ranks}: {e}; the step was not applied"
+                                "data-parallel rank {rank} of {ranks}: {why}; the step was not applied"
                             ))
-                        })
+                        });
+                        drop(first);
+                        abort(&why);
+                        None
                     })
                 })
                 .collect();
-            // The first error in rank order: a rank released by another's
-            // abort names the one that failed and why.
             handles
                 .into_iter()
-                .enumerate()
-                .map(|(rank, h)| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(Error::Usage(format!("data-parallel rank {rank} panicked")))
-                    })
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
+                .map(|h| h.join().ok().flatten())
                 .collect()
-        })
+        });
+        match first.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(outputs
+                .into_iter()
+                .map(|o| o.expect("every rank ran"))
+                .collect()),
+        }
     }
 
-    /// The masters and moments from the store, as the step's state.
-    fn host_state(&self) -> Result<Vec<Tensor>, Error> {
-        self.state_names
+    /// Rank `rank`'s step.
+    fn rank_step(&self, rank: usize) -> &RankStep {
+        &self.steps[rank.min(self.steps.len() - 1)]
+    }
+
+    /// The masters and moments from the store, as rank `rank`'s state.
+    fn host_state(&self, rank: usize) -> Result<Vec<Tensor>, Error> {
+        self.rank_step(rank)
+            .state
             .iter()
             .map(|(name, ty)| {
                 let data = self
@@ -719,16 +787,26 @@ impl Trainer {
     /// back into the store, where saving, evaluation and the artifact read
     /// them.
     pub fn sync(&mut self) -> Result<(), Error> {
-        // The ranks' states are equal: rank 0's.
-        let (Some((program, _)), Some(state)) = (self.resident.first(), &self.state) else {
+        let Some(states) = &self.state else {
             return Ok(());
         };
         if !self.stale {
             return Ok(());
         }
-        for ((name, ty), t) in self.state_names.iter().zip(&state[0]) {
-            let data = program.fetch(t.clone())?.into_f32().ok_or_else(not_f32)?;
-            self.store.set(name, ty.clone(), data);
+        // Each tensor from the first rank that holds it: the masters and
+        // unsharded moments from rank 0, sharded moments from their owners.
+        let mut fetched = std::collections::HashSet::new();
+        for (rank, ((program, _), state)) in self.resident.iter().zip(states).enumerate() {
+            for ((name, ty), t) in self.steps[rank.min(self.steps.len() - 1)]
+                .state
+                .iter()
+                .zip(state)
+            {
+                if fetched.insert(name.clone()) {
+                    let data = program.fetch(t.clone())?.into_f32().ok_or_else(not_f32)?;
+                    self.store.set(name, ty.clone(), data);
+                }
+            }
         }
         self.stale = false;
         Ok(())

@@ -31,7 +31,8 @@ use fairyc_ir::{
     Node, Op, RopeLayout, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart,
 };
 use fairyc_passes::autodiff::{
-    adamw_step, adamw_update, gradients, sgd_step, AdamW, GradOptions, Replicas, Ste,
+    adamw_step, adamw_update, gradients, optimizer_owners, sgd_step, step_state, AdamW,
+    GradOptions, Replicas, Ste,
 };
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
@@ -1277,6 +1278,46 @@ fn adamw_update_follows_the_rule_and_trains() {
     }
 }
 
+/// A sharded optimizer (ZeRO stage 1 by tensors) puts each parameter's
+/// moments on one rank, the ranks' shares near equal, and every rank keeps
+/// every master.
+#[test]
+fn sharded_optimizer_state_is_divided_among_the_ranks() {
+    let ty = |n: usize| TensorType::new(DType::F32, Shape::new([n]));
+    let params: Vec<(String, TensorType)> = [900, 500, 400, 300, 200, 100]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("w{i}"), ty(n)))
+        .collect();
+    let owners = optimizer_owners(&params, 3);
+    // Largest first, each to the least loaded rank (the lowest on a tie):
+    // 900 | 500 + 200 + 100 | 400 + 300.
+    assert_eq!(owners, [0, 1, 2, 2, 1, 1]);
+    let mut moments = Vec::new();
+    for rank in 0..3 {
+        let state = step_state(
+            &params,
+            &Replicas::ShardedOptimizer {
+                rank,
+                owners: owners.clone(),
+            },
+        );
+        let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names[..6],
+            ["w0", "w1", "w2", "w3", "w4", "w5"],
+            "every master"
+        );
+        moments.extend(names[6..].iter().map(|n| n.to_string()));
+    }
+    moments.sort();
+    let mut want: Vec<String> = (0..6)
+        .flat_map(|i| [format!("adam.m.w{i}"), format!("adam.v.w{i}")])
+        .collect();
+    want.sort();
+    assert_eq!(moments, want, "each moment on exactly one rank");
+}
+
 /// The update averages the summed gradients of the micro-batches
 /// (`grad_scale`), reports the squared global norm, and clips the mean
 /// gradient to `clip` before it enters the moments; a gradient inside the
@@ -1417,7 +1458,7 @@ fn tiny_w2_training_step_ptx() {
         .map(|(_, n, t)| (n.to_string(), t.clone()))
         .collect();
     let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
-    let step = adamw_step(&training, &typed, &AdamW::default(), Replicas::One).unwrap();
+    let step = adamw_step(&training, &typed, &AdamW::default(), &Replicas::One).unwrap();
     assert!(
         step.weights().next().is_none(),
         "every weight is a master the step reads as an input"

@@ -440,6 +440,45 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["--gpu-attention flash", "--gpu-matmul bf16"],
         ),
         (
+            "more GPUs than windows a step",
+            [
+                "train",
+                &model_s,
+                "--data",
+                &text,
+                "--steps",
+                "1",
+                "--device",
+                "cuda",
+                "--gpus",
+                "3",
+                "--grad-accum",
+                "2",
+                "-o",
+                "x.fairy",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--gpus 3 with --grad-accum 2", "at least 3"],
+        ),
+        (
+            "a sharded optimizer on the CPU",
+            [
+                "train",
+                &model_s,
+                "--data",
+                &text,
+                "--steps",
+                "1",
+                "--shard-optimizer",
+                "-o",
+                "x.fairy",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec!["--shard-optimizer needs --device cuda"],
+        ),
+        (
             "--device beside --backend",
             [
                 "run",

@@ -342,15 +342,16 @@ fn a_time_limit_stops_a_run_that_resumes_where_it_stopped() {
 }
 
 /// Data-parallel ranks: the same W2 run with each step's 4 windows dealt
-/// out to 1, 2 and 3 ranks (here on the CPU's cores; on cuda one GPU each)
-/// gives the same losses step by step, within f32 summation-order noise,
-/// and a run checkpointed on 2 ranks resumes on 1 with the straight run's
-/// losses.
+/// out to 1, 2 and 3 ranks (here on the CPU's cores; on cuda one GPU each),
+/// with every rank holding the optimizer's state or each parameter's on one
+/// rank (`shard_optimizer`), gives the same losses step by step, within f32
+/// summation-order noise, and a run checkpointed on 2 ranks with a sharded
+/// optimizer resumes on 1 with the straight run's losses.
 #[test]
 fn data_parallel_ranks_give_the_losses_of_one() {
     let dir = TempDir::new("ranks");
     let (model, data) = setup(&dir, "tiny.gguf");
-    let config = |ranks, steps| TrainConfig {
+    let config = |ranks, steps, shard_optimizer| TrainConfig {
         quant: Some(CompileOptions::default()),
         data: vec![data.clone()],
         steps,
@@ -359,19 +360,20 @@ fn data_parallel_ranks_give_the_losses_of_one() {
         lr: 1e-2,
         warmup: 2,
         ranks,
+        shard_optimizer,
         ..TrainConfig::default()
     };
     let run = |config: &TrainConfig| {
         train(ModelSource::Path(model.clone()), config, &mut |_| {}).unwrap()
     };
-    let one = run(&config(1, 8));
-    for ranks in [2, 3] {
-        let many = run(&config(ranks, 8));
+    let one = run(&config(1, 8, false));
+    for (ranks, shard) in [(2, false), (3, false), (2, true), (3, true)] {
+        let many = run(&config(ranks, 8, shard));
         assert_eq!(many.records.len(), one.records.len());
         for (a, b) in one.records.iter().zip(&many.records) {
             assert!(
                 (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
-                "step {}: loss {} on 1 rank, {} on {ranks}",
+                "step {}: loss {} on 1 rank, {} on {ranks} (optimizer sharded: {shard})",
                 a.step,
                 a.loss,
                 b.loss
@@ -384,7 +386,7 @@ fn data_parallel_ranks_give_the_losses_of_one() {
         checkpoint: Some(checkpoint.clone()),
         checkpoint_every: 4,
         resume,
-        ..config(ranks, steps)
+        ..config(ranks, steps, ranks > 1)
     };
     run(&with_checkpoint(2, 4, false));
     let resumed = run(&with_checkpoint(1, 8, true));

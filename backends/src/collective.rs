@@ -1,13 +1,17 @@
-//! Data-parallel ranks in one process adding their tensors: what the
-//! `all_reduce` op runs on the CPU, where the reference backend's ranks
-//! are threads. (The cuda backend's ranks add theirs through NCCL.)
+//! Data-parallel ranks in one process exchanging tensors: what the
+//! `all_reduce` and `broadcast` ops run on the CPU, where the reference
+//! backend's ranks are threads. (The cuda backend's ranks use NCCL.)
 //!
-//! Every rank deposits its tensor; the last to arrive adds them in rank
-//! order, so every rank gets the same sum, bit for bit, whatever the order
-//! of arrival. A rank that fails aborts the group: the others, waiting or
+//! Every rank deposits its tensor; the last to arrive combines them (adds
+//! them in rank order, or takes the root's), so every rank gets the same
+//! result, bit for bit, whatever the order of arrival. A rank that fails aborts the group: the others, waiting or
 //! arriving later, get an error naming it instead of waiting forever.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// How the last rank to arrive makes the result from the ranks' deposits
+/// (in rank order).
+type Combine<'a> = dyn Fn(&mut [Vec<f32>]) -> Result<Vec<f32>, String> + 'a;
 
 /// One rank's handle on its group.
 #[derive(Clone, Debug)]
@@ -27,9 +31,9 @@ struct Group {
 struct Exchange {
     deposits: Vec<Option<Vec<f32>>>,
     arrived: usize,
-    /// Completed all-reduces; a waiting rank waits for this to move on.
+    /// Completed collectives; a waiting rank waits for this to move on.
     round: u64,
-    sum: Arc<Vec<f32>>,
+    result: Arc<Vec<f32>>,
     failed: Option<String>,
 }
 
@@ -72,41 +76,77 @@ impl Rank {
     /// Replaces `data` with its sum over the group's ranks, once every rank
     /// has called this with a tensor of the same length.
     pub fn all_reduce(&self, data: &mut [f32]) -> Result<(), String> {
+        let n = data.len();
+        let sum = self.exchange(data.to_vec(), &|deposits| {
+            let mut sum = vec![0.0f32; n];
+            for (rank, d) in deposits.iter().enumerate() {
+                if d.len() != n {
+                    return Err(format!(
+                        "all_reduce: rank {rank} gave {} numbers, not {n}",
+                        d.len()
+                    ));
+                }
+                sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
+            }
+            Ok(sum)
+        })?;
+        data.copy_from_slice(&sum);
+        Ok(())
+    }
+
+    /// Replaces `data` with rank `root`'s, once every rank has called this
+    /// with a tensor of the same length.
+    pub fn broadcast(&self, root: usize, data: &mut [f32]) -> Result<(), String> {
+        if root >= self.group.ranks {
+            return Err(format!(
+                "a broadcast from rank {root} in a group of {}",
+                self.group.ranks
+            ));
+        }
+        let n = data.len();
+        let deposit = if self.index == root {
+            data.to_vec()
+        } else {
+            Vec::new()
+        };
+        let sent = self.exchange(deposit, &|deposits| {
+            let sent = std::mem::take(&mut deposits[root]);
+            if sent.len() != n {
+                return Err(format!(
+                    "broadcast: rank {root} sent {} numbers, not {n}",
+                    sent.len()
+                ));
+            }
+            Ok(sent)
+        })?;
+        data.copy_from_slice(&sent);
+        Ok(())
+    }
+
+    /// One collective: each rank deposits, the last to arrive combines the
+    /// deposits (in rank order) into what every rank gets back.
+    fn exchange(&self, deposit: Vec<f32>, combine: &Combine<'_>) -> Result<Arc<Vec<f32>>, String> {
         let mut exchange = self.lock();
         if let Some(why) = &exchange.failed {
             return Err(why.clone());
         }
         let round = exchange.round;
-        exchange.deposits[self.index] = Some(data.to_vec());
+        exchange.deposits[self.index] = Some(deposit);
         exchange.arrived += 1;
         if exchange.arrived == self.group.ranks {
-            let deposits: Vec<Vec<f32>> = exchange
+            let mut deposits: Vec<Vec<f32>> = exchange
                 .deposits
                 .iter_mut()
                 .flat_map(Option::take)
                 .collect();
-            if let Some((rank, d)) = deposits
-                .iter()
-                .enumerate()
-                .find(|(_, d)| d.len() != data.len())
-            {
-                let why = format!(
-                    "all_reduce: rank {rank} gave {} numbers, rank {} {}",
-                    d.len(),
-                    self.index,
-                    data.len()
-                );
-                exchange.failed = Some(why.clone());
-                self.group.done.notify_all();
-                return Err(why);
+            match combine(&mut deposits) {
+                Ok(result) => {
+                    exchange.result = Arc::new(result);
+                    exchange.arrived = 0;
+                    exchange.round += 1;
+                }
+                Err(why) => exchange.failed = Some(why),
             }
-            let mut sum = vec![0.0f32; data.len()];
-            for d in &deposits {
-                sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
-            }
-            exchange.sum = Arc::new(sum);
-            exchange.arrived = 0;
-            exchange.round += 1;
             self.group.done.notify_all();
         }
         while exchange.round == round && exchange.failed.is_none() {
@@ -120,12 +160,11 @@ impl Rank {
             return Err(exchange.failed.clone().unwrap_or_default());
         }
         // The next round cannot end before this rank deposits again, so the
-        // sum is still this round's.
-        data.copy_from_slice(&exchange.sum);
-        Ok(())
+        // result is still this round's.
+        Ok(exchange.result.clone())
     }
 
-    /// Fails the group: every rank's all-reduce from now on, and those
+    /// Fails the group: every rank's collective from now on, and those
     /// waiting, return an error with `why`.
     pub fn abort(&self, why: &str) {
         let mut exchange = self.lock();
@@ -189,6 +228,31 @@ mod tests {
             if rank != 1 {
                 assert_eq!(err, "data-parallel rank 1 failed: out of memory");
             }
+        }
+    }
+
+    #[test]
+    fn every_rank_gets_the_roots_tensor() {
+        let ranks = Rank::group(3);
+        let got: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks
+                .iter()
+                .map(|rank| {
+                    scope.spawn(move || {
+                        let mut rounds = Vec::new();
+                        for root in [2, 0, 1] {
+                            let mut x = vec![rank.index() as f32; 2];
+                            rank.broadcast(root, &mut x).unwrap();
+                            rounds.extend(x);
+                        }
+                        rounds
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for rounds in got {
+            assert_eq!(rounds, [2.0, 2.0, 0.0, 0.0, 1.0, 1.0]);
         }
     }
 

@@ -539,8 +539,9 @@ pub fn op_cases() -> Vec<Case> {
                 squares,
                 c.push(Op::ClipFactor { max_norm: 0.5 }, &[squares]),
                 c.push(Op::ClipFactor { max_norm: 1e6 }, &[squares]),
-                // A rank alone: its own sum.
+                // A rank alone: its own sum, and its own root.
                 c.push(Op::AllReduce, &[m]),
+                c.push(Op::Broadcast { root: 0 }, &[m]),
             ]
         },
     );

@@ -72,13 +72,14 @@ fn bf16_attention_on_the_gpu() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `all_reduce` through NCCL over every GPU the machine has, one program
-/// per GPU run side by side: each gets the sum of all their tensors. With
+/// `all_reduce` and `broadcast` through NCCL over every GPU the machine
+/// has, one program per GPU run side by side: each gets the sum of all
+/// their tensors, and the last rank's. With
 /// one GPU (a group of one) it checks the plumbing the data-parallel
 /// trainer uses: NCCL loaded at run time, the f32 view of the buffers, the
 /// program's stream.
 #[test]
-fn all_reduce_through_nccl() {
+fn collectives_through_nccl() {
     if !gpu_or_skip() {
         return;
     }
@@ -88,36 +89,46 @@ fn all_reduce_through_nccl() {
     let ty = TensorType::new(DType::F32, Shape::new([5, 7]));
     let x = b.input("x", ty);
     let sum = b.push(Op::AllReduce, &[x]).unwrap();
-    let graph = b.finish(&[sum]);
+    let root = ranks - 1;
+    let sent = b.push(Op::Broadcast { root }, &[x]).unwrap();
+    let graph = b.finish(&[sum, sent]);
     let value = |rank: usize, i: usize| (i * (rank + 1)) as f32 - 3.0;
-    let outputs: Vec<Vec<f32>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = group
+    // Every program built before any runs: a rank that failed to build
+    // would leave the others waiting in NCCL.
+    let programs: Vec<_> = group
+        .iter()
+        .enumerate()
+        .map(|(rank, communicator)| {
+            let cuda = Cuda {
+                device: rank,
+                communicator: Some(communicator.clone()),
+                ..Cuda::default()
+            };
+            fairyc_backends::compile(&cuda, &graph, &MemoryStore::default(), &|_| {}).unwrap()
+        })
+        .collect();
+    let outputs: Vec<[Vec<f32>; 2]> = std::thread::scope(|scope| {
+        let handles: Vec<_> = programs
             .iter()
             .enumerate()
-            .map(|(rank, communicator)| {
-                let graph = &graph;
+            .map(|(rank, program)| {
                 scope.spawn(move || {
-                    let cuda = Cuda {
-                        device: rank,
-                        communicator: Some(communicator.clone()),
-                        ..Cuda::default()
-                    };
-                    let program =
-                        fairyc_backends::compile(&cuda, graph, &MemoryStore::default(), &|_| {})
-                            .unwrap();
                     let x = Tensor::f32(vec![5, 7], (0..35).map(|i| value(rank, i)).collect());
                     let out = program.run(HashMap::from([("x".to_string(), x)])).unwrap();
-                    out[0].as_f32().unwrap().to_vec()
+                    let out: [Tensor; 2] = out.try_into().expect("two outputs");
+                    out.map(|t| t.as_f32().unwrap().to_vec())
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let want: Vec<f32> = (0..35)
+    let sum: Vec<f32> = (0..35)
         .map(|i| (0..ranks).map(|rank| value(rank, i)).sum())
         .collect();
-    for (rank, got) in outputs.iter().enumerate() {
-        assert_eq!(got, &want, "rank {rank} of {ranks}");
+    let sent: Vec<f32> = (0..35).map(|i| value(root, i)).collect();
+    for (rank, [got_sum, got_sent]) in outputs.iter().enumerate() {
+        assert_eq!(got_sum, &sum, "all_reduce on rank {rank} of {ranks}");
+        assert_eq!(got_sent, &sent, "broadcast on rank {rank} of {ranks}");
     }
-    eprintln!("all_reduce through NCCL over {ranks} GPU(s): every rank has the sum");
+    eprintln!("all_reduce and broadcast through NCCL over {ranks} GPU(s): every rank has the sum and the root's");
 }

@@ -175,27 +175,27 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
     }
 }
 
-/// Bytes of registers a kernel may spill to local memory (ptxas's spill
-/// stores): none, but for the flash gradients, whose tiles' fragments do not
-/// all fit (`flash_step`); their ceilings are what they spill now, so a
-/// change that spills more fails here.
+/// Bytes of local memory a kernel may take for spilled registers (ptxas's
+/// stack frame): none, but for the flash gradients, whose tiles' fragments
+/// do not all fit (`flash_step`); their ceilings are what they take now,
+/// so a change that spills more fails here.
 fn spill_allowance(kernel: &Kernel) -> u32 {
     match kernel {
         Kernel::Flash {
             pass: FlashPass::GradKv,
             d: 64,
             ..
-        } => 96,
+        } => 72,
         Kernel::Flash {
             pass: FlashPass::GradKv,
             d: 128,
             ..
-        } => 32,
+        } => 24,
         Kernel::Flash {
             pass: FlashPass::GradQ,
             d: 128,
             ..
-        } => 36,
+        } => 40,
         _ => 0,
     }
 }
@@ -221,8 +221,8 @@ fn every_kernel_assembles_for_sm_90_within_its_spills() {
             "{symbol:<24} {:>3} registers, {:>3} bytes spilled, {:>3} of stack",
             r.registers, r.spill_bytes, r.stack_bytes
         );
-        if r.spill_bytes > spill_allowance(kernel) {
-            over.push(format!("{symbol}: {} bytes", r.spill_bytes));
+        if r.stack_bytes > spill_allowance(kernel) {
+            over.push(format!("{symbol}: {} bytes", r.stack_bytes));
         }
     }
     assert!(over.is_empty(), "spills beyond the allowance: {over:?}");

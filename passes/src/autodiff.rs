@@ -184,6 +184,18 @@ impl Default for AdamW {
 /// `adam.clip` by its global norm.
 /// Outputs: `[‖mean gradient‖², p_0', ..., m_0', ..., v_0', ...]`.
 pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Graph, GradError> {
+    adamw_update_on(params, adam, &Replicas::One)
+}
+
+/// [`adamw_update`] as `replicas` runs it: with a sharded optimizer, only
+/// the parameters this rank owns have moments here and are updated; every
+/// new parameter is its owner's, broadcast (the outputs' moments are the
+/// owned parameters', in order).
+fn adamw_update_on(
+    params: &[(String, TensorType)],
+    adam: &AdamW,
+    replicas: &Replicas,
+) -> Result<Graph, GradError> {
     let mut b = GraphBuilder::new("adamw_update");
     let scalar = TensorType::new(DType::F32, fairyc_ir::Shape(vec![]));
     let [grad_scale, lr, c1, c2, weight_decay] =
@@ -211,8 +223,14 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
         }
     }
     let (mut new_p, mut new_m, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
-    for ((name, ty), g) in params.iter().zip(grads) {
+    for (i, ((name, ty), g)) in params.iter().zip(grads).enumerate() {
         let p = b.input(format!("param.{name}"), ty.clone());
+        let owner = replicas.owner(i);
+        if let Some(root) = owner.filter(|&o| !replicas.owns(o)) {
+            // Another rank's: its new value comes from there.
+            new_p.push(b.push(Op::Broadcast { root }, &[p])?);
+            continue;
+        }
         let m = b.input(format!("adam.m.{name}"), ty.clone());
         let v = b.input(format!("adam.v.{name}"), ty.clone());
         let decay = |b: &mut GraphBuilder, x, beta: f32, y| -> Result<ValueId, GradError> {
@@ -224,7 +242,11 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
         let g2 = b.push(Op::Mul, &[g, g])?;
         let v2 = decay(&mut b, v, adam.beta2, g2)?;
         let update = Op::AdamUpdate { eps: adam.eps };
-        new_p.push(b.push(update, &[p, m2, v2, lr, c1, c2, weight_decay])?);
+        let updated = b.push(update, &[p, m2, v2, lr, c1, c2, weight_decay])?;
+        new_p.push(match owner {
+            Some(root) => b.push(Op::Broadcast { root }, &[updated])?,
+            None => updated,
+        });
         new_m.push(m2);
         new_v.push(v2);
     }
@@ -250,14 +272,17 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
 ///
 /// `Replicas::DataParallel` makes it the step of one of several ranks, each
 /// running it on its own windows with identical masters and moments: the
-/// loss and each gradient are weighted by the input `rank_share: f32[]`
+/// loss and each gradient are weighted by the input [`RANK_SHARE`]
 /// (the rank's fraction of the step's windows) and summed over the ranks
 /// (`all_reduce`) before the update, so every rank updates alike.
+/// `Replicas::ShardedOptimizer` does the same, but each parameter is
+/// updated by its owner alone, which broadcasts it, and the graph's
+/// moments (inputs and outputs) are the owned parameters' alone.
 pub fn adamw_step(
     grads: &Graph,
     params: &[(String, TensorType)],
     adam: &AdamW,
-    replicas: Replicas,
+    replicas: &Replicas,
 ) -> Result<Graph, GradError> {
     if grads.outputs.len() != params.len() + 1 {
         return Err(GradError::Step(format!(
@@ -266,7 +291,7 @@ pub fn adamw_step(
             params.len()
         )));
     }
-    let update = adamw_update(params, adam)?;
+    let update = adamw_update_on(params, adam, replicas)?;
     let mut b = GraphBuilder::new(format!("{}_step", grads.name));
     for (k, v) in &grads.meta {
         b.meta(k.clone(), v.clone());
@@ -291,9 +316,9 @@ pub fn adamw_step(
         .zip(&grads.outputs[1..])
         .map(|((name, _), d)| (format!("grad.{name}"), map[d.0]))
         .collect();
-    if replicas == Replicas::DataParallel {
+    if *replicas != Replicas::One {
         let share = b.input(
-            "rank_share",
+            RANK_SHARE,
             TensorType::new(DType::F32, fairyc_ir::Shape(vec![])),
         );
         let summed = |b: &mut GraphBuilder, v: ValueId| -> Result<ValueId, GradError> {
@@ -328,25 +353,86 @@ pub fn adamw_step(
     finish(b, &outputs)
 }
 
+/// The data-parallel step's input of a rank's share of the step's
+/// windows (`f32[]`), by which it weights its loss and gradients.
+pub const RANK_SHARE: &str = "rank_share";
+
 /// Who runs an [`adamw_step`]: one rank on all of the step's windows, or
 /// each of several data-parallel ranks on its share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Replicas {
     One,
+    /// Every rank holds all of the optimizer's state and updates every
+    /// parameter alike.
     DataParallel,
+    /// ZeRO stage 1 by tensors: parameter `i`'s moments live on rank
+    /// `owners[i]` alone, which updates it and broadcasts the new value to
+    /// the others; this graph is rank `rank`'s.
+    ShardedOptimizer {
+        rank: usize,
+        owners: Vec<usize>,
+    },
+}
+
+impl Replicas {
+    /// The rank that updates parameter `i`, where the optimizer is sharded.
+    fn owner(&self, i: usize) -> Option<usize> {
+        match self {
+            Replicas::ShardedOptimizer { owners, .. } => Some(owners[i]),
+            _ => None,
+        }
+    }
+
+    /// Whether this graph's rank is `rank`.
+    fn owns(&self, rank: usize) -> bool {
+        matches!(self, Replicas::ShardedOptimizer { rank: mine, .. } if *mine == rank)
+    }
+}
+
+/// Each parameter's owner among `ranks` ranks, for
+/// [`Replicas::ShardedOptimizer`]: the largest first, each to the rank
+/// that owns the fewest elements so far (the lowest on a tie), so that
+/// the ranks' shares of the moments are near equal.
+pub fn optimizer_owners(params: &[(String, TensorType)], ranks: usize) -> Vec<usize> {
+    let size = |ty: &TensorType| {
+        ty.shape
+            .concrete()
+            .map_or(0, |d| d.iter().product::<usize>())
+    };
+    let mut order: Vec<usize> = (0..params.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(&params[i].1)));
+    let mut load = vec![0usize; ranks.max(1)];
+    let mut owners = vec![0; params.len()];
+    for i in order {
+        let rank = (0..load.len())
+            .min_by_key(|&r| (load[r], r))
+            .expect("a rank");
+        load[rank] += size(&params[i].1);
+        owners[i] = rank;
+    }
+    owners
 }
 
 /// [`adamw_step`]'s state inputs (name and type), in the order of its last
-/// outputs: the masters, then the first moments, then the second.
-pub fn step_state(params: &[(String, TensorType)]) -> Vec<(String, TensorType)> {
-    ["", "adam.m.", "adam.v."]
+/// outputs: the masters, then the first moments, then the second (with a
+/// sharded optimizer, of the parameters this rank owns).
+pub fn step_state(
+    params: &[(String, TensorType)],
+    replicas: &Replicas,
+) -> Vec<(String, TensorType)> {
+    let masters = params.iter().map(|(n, ty)| (n.clone(), ty.clone()));
+    let owned: Vec<&(String, TensorType)> = params
         .iter()
-        .flat_map(|prefix| {
-            params
-                .iter()
-                .map(move |(n, ty)| (format!("{prefix}{n}"), ty.clone()))
-        })
-        .collect()
+        .enumerate()
+        .filter(|(i, _)| replicas.owner(*i).is_none_or(|o| replicas.owns(o)))
+        .map(|(_, p)| p)
+        .collect();
+    let moments = ["adam.m.", "adam.v."].into_iter().flat_map(|prefix| {
+        owned
+            .iter()
+            .map(move |(n, ty)| (format!("{prefix}{n}"), ty.clone()))
+    });
+    masters.chain(moments).collect()
 }
 
 /// Drops the nodes no output needs and verifies the result.
@@ -714,6 +800,7 @@ fn rule(
         | Op::AdamUpdate { .. }
         | Op::ClipFactor { .. }
         | Op::AllReduce
+        | Op::Broadcast { .. }
         | Op::KlDiv
         | Op::KlDivGrad
         | Op::CrossEntropyGrad => {

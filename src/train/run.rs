@@ -121,11 +121,15 @@ pub struct TrainConfig {
     /// Where the training step runs.
     pub device: TrainDevice,
     /// Data-parallel ranks (`--gpus`): each step's windows dealt out to
-    /// them, one GPU each with cuda, their gradients added on the host,
-    /// which keeps the masters and moments and updates them (one rank keeps
-    /// them on its device instead); checkpoints are written once, so a run
-    /// resumes on any count.
+    /// them, one GPU each with cuda, each keeping the masters and moments
+    /// on its device, their gradients summed over the ranks before the same
+    /// update on each; checkpoints are written once, so a run resumes on
+    /// any count.
     pub ranks: usize,
+    /// With several ranks, each parameter's moments on one rank alone,
+    /// which updates it and broadcasts it (`--shard-optimizer`: ZeRO stage
+    /// 1 by tensors).
+    pub shard_optimizer: bool,
     /// Checkpoint file: masters, moments and step, written atomically every
     /// `checkpoint_every` steps and at the end.
     pub checkpoint: Option<PathBuf>,
@@ -172,6 +176,7 @@ impl Default for TrainConfig {
             gauss: false,
             device: TrainDevice::Cpu,
             ranks: 1,
+            shard_optimizer: false,
             checkpoint: None,
             checkpoint_every: 50,
             resume: false,
@@ -540,6 +545,7 @@ pub fn train(
         rows: config.seq,
         device: config.device,
         ranks: config.ranks,
+        shard_optimizer: config.shard_optimizer,
     };
     let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;
     on_event(Event::Prepared {

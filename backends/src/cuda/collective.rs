@@ -1,10 +1,11 @@
-//! Data-parallel GPUs of one process adding their tensors through NCCL
-//! (loaded at run time, as the other CUDA libraries): what `all_reduce`
-//! runs on the cuda backend when it is one rank of several.
+//! Data-parallel GPUs of one process exchanging tensors through NCCL
+//! (loaded at run time, as the other CUDA libraries): what `all_reduce` and
+//! `broadcast` run on the cuda backend when it is one rank of several.
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use cudarc::nccl::result::{NcclError, NcclStatus};
 use cudarc::nccl::{Comm, ReduceOp};
 
 use super::program::device_context;
@@ -15,15 +16,19 @@ use crate::BackendError;
 /// program's kernels run on, so it starts after the kernels that write its
 /// operand and ends before those that read its result.
 pub struct Communicator {
-    comm: Mutex<Option<Comm>>,
+    /// `None` once aborted. A call holds the lock while NCCL enqueues its
+    /// collective, so an abort waits for that (not for the collective to
+    /// finish on the device).
+    comm: Mutex<Option<SendComm>>,
     rank: usize,
 }
 
+struct SendComm(Comm);
+
 // SAFETY: an NCCL communicator may be used from any thread, one call at a
-// time, which the mutex ensures (`Comm` is not marked Send only because it
-// holds a raw pointer).
-unsafe impl Send for Communicator {}
-unsafe impl Sync for Communicator {}
+// time, which the mutex around it ensures (`Comm` is not Send only because
+// it holds a raw pointer).
+unsafe impl Send for SendComm {}
 
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,7 +61,7 @@ impl Communicator {
             .enumerate()
             .map(|(rank, comm)| {
                 Arc::new(Communicator {
-                    comm: Mutex::new(Some(comm)),
+                    comm: Mutex::new(Some(SendComm(comm))),
                     rank,
                 })
             })
@@ -70,6 +75,38 @@ impl Communicator {
         out: &mut CudaSlice<u32>,
         len: usize,
     ) -> Result<(), BackendError> {
+        self.with_f32(x, out, len, |comm, x, out| {
+            comm.all_reduce(x, out, &ReduceOp::Sum)
+        })
+    }
+
+    /// `out` (f32 words) becomes rank `root`'s `x`.
+    pub(crate) fn broadcast(
+        &self,
+        root: usize,
+        x: &CudaSlice<u32>,
+        out: &mut CudaSlice<u32>,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        let root = i32::try_from(root).map_err(nccl)?;
+        self.with_f32(x, out, len, |comm, x, out| {
+            comm.broadcast(Some(x), out, root)
+        })
+    }
+
+    /// `call` with the communicator (unless the group was aborted) and
+    /// `x`, `out` seen as `len` f32 values.
+    fn with_f32(
+        &self,
+        x: &CudaSlice<u32>,
+        out: &mut CudaSlice<u32>,
+        len: usize,
+        call: impl FnOnce(
+            &Comm,
+            &CudaView<'_, f32>,
+            &mut CudaViewMut<'_, f32>,
+        ) -> Result<NcclStatus, NcclError>,
+    ) -> Result<(), BackendError> {
         let comm = self.comm.lock().unwrap_or_else(|e| e.into_inner());
         let comm = comm.as_ref().ok_or_else(|| {
             BackendError::new(format!(
@@ -81,10 +118,10 @@ impl Communicator {
         let (x, mut out) = unsafe { (x.transmute::<f32>(len), out.transmute_mut::<f32>(len)) };
         let (Some(x), Some(out)) = (x.as_ref(), out.as_mut()) else {
             return Err(BackendError::new(
-                "all_reduce: a buffer shorter than its value",
+                "a collective's buffer is shorter than its value",
             ));
         };
-        comm.all_reduce(x, out, &ReduceOp::Sum).map_err(nccl)?;
+        call(&comm.0, x, out).map_err(nccl)?;
         Ok(())
     }
 

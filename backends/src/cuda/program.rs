@@ -106,8 +106,9 @@ enum Step {
     Gemm,
     /// A new shape over the same words.
     Alias,
-    /// The sum over the data-parallel group's GPUs, through NCCL.
-    AllReduce,
+    /// `all_reduce` or `broadcast` over the data-parallel group's GPUs,
+    /// through NCCL.
+    Collective,
 }
 
 pub struct CudaProgram {
@@ -281,7 +282,11 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
 pub fn runs(op: &Op) -> bool {
     matches!(
         op,
-        Op::Linear | Op::Reshape { .. } | Op::LinearWeightGrad | Op::AllReduce
+        Op::Linear
+            | Op::Reshape { .. }
+            | Op::LinearWeightGrad
+            | Op::AllReduce
+            | Op::Broadcast { .. }
     ) || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
 }
 
@@ -320,8 +325,14 @@ fn select_kernels(
             Op::Linear => Step::Gemm,
             Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
-            Op::AllReduce if collective => Step::AllReduce,
-            Op::AllReduce => Step::Alias,
+            Op::AllReduce | Op::Broadcast { .. } if collective => Step::Collective,
+            Op::Broadcast { root } if *root != 0 => {
+                return Err(BackendError::new(format!(
+                    "%{i}: a broadcast from rank {root} on a GPU that is a rank alone"
+                )))
+            }
+            // A rank alone: its own sum and root.
+            Op::AllReduce | Op::Broadcast { .. } => Step::Alias,
             op => {
                 let int8 = match op {
                     Op::QuantLinear {
@@ -782,11 +793,18 @@ impl CudaProgram {
         let x = args[0];
         match (step, &node.op) {
             (Step::Gemm, Op::Linear) => self.linear(x, args[1], &mut out)?,
-            (Step::AllReduce, _) => self
-                .communicator
-                .as_ref()
-                .expect("collective steps are chosen with a communicator")
-                .all_reduce(&x.words, &mut out, len)?,
+            (Step::Collective, op) => {
+                let communicator = self
+                    .communicator
+                    .as_ref()
+                    .expect("collective steps are chosen with a communicator");
+                match op {
+                    Op::Broadcast { root } => {
+                        communicator.broadcast(*root, &x.words, &mut out, len)?
+                    }
+                    _ => communicator.all_reduce(&x.words, &mut out, len)?,
+                }
+            }
             (Step::Kernel(k), Op::RmsNorm { eps }) => {
                 let cols = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(cols).unwrap_or(0);

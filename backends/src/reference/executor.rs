@@ -232,7 +232,7 @@ impl Executor {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .build()
-            .map_err(|e| BackendError::new(format!("a thread pool: {e}")))?;
+            .map_err(|e| BackendError::new(format!("building the rank's thread pool: {e}")))?;
         self.pool = Some(pool);
         Ok(self)
     }
@@ -1077,8 +1077,13 @@ fn eval(
                 .sum();
             Tensor::f32(vec![], vec![sum as f32])
         }
+        Op::Broadcast { root } if *root != 0 => {
+            return Err(format!(
+                "a broadcast from rank {root} where this is the only rank"
+            ))
+        }
         // A rank alone (ranks in a group run `Reference::rank`'s kernel).
-        Op::AllReduce => {
+        Op::AllReduce | Op::Broadcast { .. } => {
             let data = f32s(x, "input")?;
             let mut sum = out.f32s(data.len());
             sum.copy_from_slice(data);

@@ -45,11 +45,16 @@ impl Reference {
     }
 }
 
-/// `all_reduce` over a group's ranks (without a group, the reference's own
-/// kernel: a rank alone is its own sum).
+/// The kernels of a rank in a group: `all_reduce` and `broadcast` over the
+/// group's ranks. (A program without a group runs the reference's own: a
+/// rank alone is its own sum and root.)
 struct RankKernels<'a>(&'a Rank);
 
-struct AllReduce(Rank);
+struct Collective {
+    rank: Rank,
+    /// `None`: all_reduce; else broadcast from this root.
+    root: Option<usize>,
+}
 
 impl Kernels for RankKernels<'_> {
     fn prepare(
@@ -57,18 +62,29 @@ impl Kernels for RankKernels<'_> {
         op: &Op,
         _constants: &[Option<&Tensor>],
     ) -> Result<Option<Box<dyn NodeKernel>>, String> {
-        Ok(matches!(op, Op::AllReduce).then(|| Box::new(AllReduce(self.0.clone())) as _))
+        let root = match op {
+            Op::AllReduce => None,
+            Op::Broadcast { root } => Some(*root),
+            _ => return Ok(None),
+        };
+        Ok(Some(Box::new(Collective {
+            rank: self.0.clone(),
+            root,
+        })))
     }
 }
 
-impl NodeKernel for AllReduce {
+impl NodeKernel for Collective {
     fn run(&self, args: &[Option<&Tensor>], out: &mut Recycled) -> Result<Tensor, String> {
-        let x = args[0].ok_or("all_reduce reads a value known only when it runs")?;
-        let data = x.as_f32().ok_or("all_reduce adds f32 tensors")?;
-        let mut sum = out.f32s(data.len());
-        sum.copy_from_slice(data);
-        self.0.all_reduce(&mut sum)?;
-        Ok(Tensor::f32(out.shape(&x.shape), sum))
+        let x = args[0].ok_or("a collective reads a value known only when it runs")?;
+        let data = x.as_f32().ok_or("collectives exchange f32 tensors")?;
+        let mut result = out.f32s(data.len());
+        result.copy_from_slice(data);
+        match self.root {
+            None => self.rank.all_reduce(&mut result)?,
+            Some(root) => self.rank.broadcast(root, &mut result)?,
+        }
+        Ok(Tensor::f32(out.shape(&x.shape), result))
     }
 
     fn bytes(&self) -> usize {

@@ -13,7 +13,9 @@ use std::process::Command;
 pub struct KernelReport {
     pub name: String,
     pub registers: u32,
+    /// Local memory per thread, where spilled registers go.
     pub stack_bytes: u32,
+    /// Bytes of spill stores (spill loads are not kept).
     pub spill_bytes: u32,
 }
 
@@ -57,10 +59,14 @@ pub fn assemble_for_sm_90(ptx: &str, label: &str) -> Option<Vec<KernelReport>> {
         .arg(&source)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e}", ptxas.display()));
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let log =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     std::fs::remove_dir_all(&dir).ok();
     assert!(out.status.success(), "ptxas rejected {label}:\n{log}");
+    // Each entry's figures follow "Function properties for NAME"; a
+    // function it calls would have its own.
     let mut kernels: Vec<KernelReport> = Vec::new();
+    let mut current: Option<usize> = None;
     for line in log.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or_default().to_string();
@@ -68,7 +74,9 @@ pub fn assemble_for_sm_90(ptx: &str, label: &str) -> Option<Vec<KernelReport>> {
                 name,
                 ..KernelReport::default()
             });
-        } else if let Some(kernel) = kernels.last_mut() {
+        } else if let Some(name) = line.split("Function properties for ").nth(1) {
+            current = kernels.iter().position(|k| k.name == name.trim());
+        } else if let Some(kernel) = current.map(|i| &mut kernels[i]) {
             if line.contains("bytes stack frame") {
                 kernel.stack_bytes = count_before(line, "bytes").unwrap_or(0);
                 let stores = line.split("stack frame,").nth(1).unwrap_or_default();

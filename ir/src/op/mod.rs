@@ -271,10 +271,16 @@ define_ops! {
     /// `s = 0`): the factor that clips a gradient to `max_norm`.
     ClipFactor { max_norm: f32 } => "clip_factor" (s), Primitive;
     /// The sum of a real `x` over the data-parallel ranks that run this
-    /// graph together (each on its own windows), the same on every rank,
-    /// added in rank order: how a replicated training step adds the ranks'
-    /// gradients before the update. With one rank it is `x`.
+    /// graph together (each on its own windows), the same on every rank
+    /// (the reference backend adds in rank order, NCCL in its own): how a
+    /// replicated training step adds the ranks' gradients before the
+    /// update. With one rank it is `x`.
     AllReduce => "all_reduce" (x), Primitive;
+    /// Rank `root`'s `x` on every data-parallel rank (each passes a tensor
+    /// of the same type; only the root's values matter): how the rank that
+    /// owns a parameter's optimizer state hands its new value to the others
+    /// (ZeRO stage 1). With one rank (root 0) it is `x`.
+    Broadcast { root: usize } => "broadcast" (x), Primitive;
     /// Sums `x` over its leading dimensions down to the suffix `shape` of
     /// its own shape (`[]` sums everything): the general reduction, and the
     /// adjoint of broadcasting.

@@ -40,8 +40,8 @@ pub const FLASH_WARPS: u32 = 4;
 /// the tile's fragments of that many would not fit the 255 registers a
 /// thread has. GradKv keeps the most (K, V and the dK, dV sums); with 64
 /// ptxas gave it a stack frame of spills of 216 bytes at heads of 64 and
-/// 928 at 128, with these 72 and 24 (`backends/tests/cuda_ptx.rs` holds the
-/// kernels to what they spill now).
+/// 928 at 128, with these 72 and 24, and GradQ at 128 40 (72 with 64 keys);
+/// `backends/tests/cuda_ptx.rs` holds the kernels to what they spill now.
 fn flash_step(pass: FlashPass, d: usize, dv: usize) -> u64 {
     let wide = d.max(dv) > 64;
     match (pass, wide) {
