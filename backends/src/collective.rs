@@ -179,25 +179,28 @@ impl Rank {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_rank_gets_the_sum_in_rank_order() {
-        let ranks = Rank::group(3);
-        let sums: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks
+    /// `work` on each rank of a new group of `ranks`, side by side.
+    fn on_every_rank<T: Send>(ranks: usize, work: impl Fn(&Rank) -> T + Sync) -> Vec<T> {
+        let group = Rank::group(ranks);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = group
                 .iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let mut rounds = Vec::new();
-                        for round in 0..50 {
-                            let mut x = vec![rank.index() as f32 + 1.0, round as f32];
-                            rank.all_reduce(&mut x).unwrap();
-                            rounds.extend(x);
-                        }
-                        rounds
-                    })
-                })
+                .map(|rank| scope.spawn(|| work(rank)))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn every_rank_gets_the_sum_in_rank_order() {
+        let sums = on_every_rank(3, |rank| {
+            let mut rounds = Vec::new();
+            for round in 0..50 {
+                let mut x = vec![rank.index() as f32 + 1.0, round as f32];
+                rank.all_reduce(&mut x).unwrap();
+                rounds.extend(x);
+            }
+            rounds
         });
         let want: Vec<f32> = (0..50).flat_map(|r| [6.0, 3.0 * r as f32]).collect();
         for got in sums {
@@ -206,22 +209,29 @@ mod tests {
     }
 
     #[test]
+    fn every_rank_gets_the_roots_tensor() {
+        let got = on_every_rank(3, |rank| {
+            let mut rounds = Vec::new();
+            for root in [2, 0, 1] {
+                let mut x = vec![rank.index() as f32; 2];
+                rank.broadcast(root, &mut x).unwrap();
+                rounds.extend(x);
+            }
+            rounds
+        });
+        for rounds in got {
+            assert_eq!(rounds, [2.0, 2.0, 0.0, 0.0, 1.0, 1.0]);
+        }
+    }
+
+    #[test]
     fn a_failed_rank_releases_the_others() {
-        let ranks = Rank::group(3);
-        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks
-                .iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        if rank.index() == 1 {
-                            rank.abort("out of memory");
-                            return Err("aborted".to_string());
-                        }
-                        rank.all_reduce(&mut [1.0])
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let results = on_every_rank(3, |rank| {
+            if rank.index() == 1 {
+                rank.abort("out of memory");
+                return Err("aborted".to_string());
+            }
+            rank.all_reduce(&mut [1.0])
         });
         for (rank, result) in results.iter().enumerate() {
             let err = result.clone().unwrap_err();
@@ -232,40 +242,8 @@ mod tests {
     }
 
     #[test]
-    fn every_rank_gets_the_roots_tensor() {
-        let ranks = Rank::group(3);
-        let got: Vec<Vec<f32>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks
-                .iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let mut rounds = Vec::new();
-                        for root in [2, 0, 1] {
-                            let mut x = vec![rank.index() as f32; 2];
-                            rank.broadcast(root, &mut x).unwrap();
-                            rounds.extend(x);
-                        }
-                        rounds
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for rounds in got {
-            assert_eq!(rounds, [2.0, 2.0, 0.0, 0.0, 1.0, 1.0]);
-        }
-    }
-
-    #[test]
     fn ranks_that_disagree_on_the_length_fail() {
-        let ranks = Rank::group(2);
-        let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ranks
-                .iter()
-                .map(|rank| scope.spawn(move || rank.all_reduce(&mut vec![0.0; rank.index() + 1])))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let results = on_every_rank(2, |rank| rank.all_reduce(&mut vec![0.0; rank.index() + 1]));
         assert!(results
             .iter()
             .all(|r| r.as_ref().unwrap_err().contains("all_reduce: rank")));
