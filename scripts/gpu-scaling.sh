@@ -3,11 +3,12 @@
 # docs/SCALING.md), from .devt/ (scripts/gpu-pack.sh): the W2 step of a
 # synthetic model of SmolLM2-135M's shape with its 49152-token vocabulary,
 # batches of BATCH windows of SEQ tokens, on 1 GPU and on 2, 4, 8 (as many
-# as the machine has), the same global batch each time. Prints each run's
-# tokens/s over the steps after its second (the first builds the programs)
-# and its scaling efficiency against one GPU, and the largest relative
-# difference of each run's step losses from one GPU's (the same data, so
-# the same losses within summation order).
+# as the machine has), the same global batch each time, on more than one
+# GPU with the optimizer replicated and sharded (--shard-optimizer). Prints
+# each run's tokens/s over the steps after its second (the first builds
+# the programs) and its scaling efficiency against one GPU, and the
+# largest relative difference of each run's step losses from one GPU's
+# (the same data, so the same losses within summation order).
 # Settings: BATCH, SEQ, STEPS (16, 1024, 8); GPUS, the counts to run (1 2 4 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,19 +23,25 @@ BATCH=${BATCH:-16} SEQ=${SEQ:-1024} STEPS=${STEPS:-8}
 have=$(nvidia-smi --query-gpu=name --format=csv,noheader | wc -l)
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 .dev/synth_gguf .dev/smol49k.gguf 576 1536 30 9 64 3 f32 vocab=49152 || exit 1
+runs=()
 for gpus in ${GPUS:-1 2 4 8}; do
   [ "$gpus" -le "$have" ] || continue
-  echo "== fairyc train --device cuda --gpus $gpus, $STEPS steps of $BATCH x $SEQ tokens"
-  .dev/fairyc -v train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps "$STEPS" \
-    --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus "$gpus" \
-    --loss-csv ".dev/loss-$gpus.csv" -o ".dev/trained-$gpus.fairy" > ".dev/train-$gpus.log" 2>&1
-  echo "exit $?"
-  grep -v "step=" ".dev/train-$gpus.log" | tail -3
+  for shard in "" --shard-optimizer; do
+    [ -n "$shard" ] && [ "$gpus" -eq 1 ] && continue
+    run=$gpus${shard:+s}
+    runs+=("$run")
+    echo "== fairyc train --device cuda --gpus $gpus $shard, $STEPS steps of $BATCH x $SEQ tokens"
+    .dev/fairyc -v train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps "$STEPS" \
+      --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus "$gpus" $shard \
+      --loss-csv ".dev/loss-$run.csv" -o ".dev/trained-$run.fairy" > ".dev/train-$run.log" 2>&1
+    echo "exit $?"
+    grep -v "step=" ".dev/train-$run.log" | tail -3
+  done
 done
-python3 - "$BATCH" "$SEQ" ${GPUS:-1 2 4 8} <<'PY'
+python3 - "$BATCH" "$SEQ" "${runs[@]}" <<'PY'
 import csv, os, re, sys
 from datetime import datetime
-batch, seq, counts = int(sys.argv[1]), int(sys.argv[2]), [int(x) for x in sys.argv[3:]]
+batch, seq, runs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 
 def rate(gpus):
     steps = []
@@ -54,14 +61,15 @@ def losses(gpus):
         return []
     return [float(r["loss"]) for r in csv.DictReader(open(path))]
 
-ran = [g for g in counts if os.path.exists(f".dev/train-{g}.log")]
-base, one = rate(1) if 1 in ran else None, losses(1)
-print("| GPUs | tokens/s | efficiency | largest step-loss difference from 1 GPU |")
-print("|---|---|---|---|")
-for g in ran:
-    r, l = rate(g), losses(g)
-    eff = f"{r / (g * base):.2f}" if r and base else "-"
+base, one = (rate("1"), losses("1")) if "1" in runs else (None, [])
+print("| GPUs | optimizer | tokens/s | efficiency | largest step-loss difference from 1 GPU |")
+print("|---|---|---|---|---|")
+for run in runs:
+    gpus, sharded = int(run.rstrip("s")), run.endswith("s")
+    r, l = rate(run), losses(run)
+    eff = f"{r / (gpus * base):.2f}" if r and base else "-"
     diff = max((abs(a - b) / max(abs(a), 1.0) for a, b in zip(one, l)), default=None)
-    diff = f"{diff:.1e} over {min(len(one), len(l))} steps" if diff is not None and g != 1 else "-"
-    print(f"| {g} | {r:,.0f} | {eff} | {diff} |" if r else f"| {g} | (no rate) | - | {diff} |")
+    diff = f"{diff:.1e} over {min(len(one), len(l))} steps" if diff is not None and run != "1" else "-"
+    rate_text = f"{r:,.0f}" if r else "(no rate)"
+    print(f"| {gpus} | {'sharded' if sharded else 'replicated'} | {rate_text} | {eff} | {diff} |")
 PY

@@ -503,8 +503,9 @@ fn main() -> ExitCode {
     // Data-parallel GPUs add through NCCL with NVLink multicast off unless
     // asked otherwise: the GPU machines this was built on require it, and
     // one host's all-reduce does not need it. Set before any thread starts.
-    // Connections are made when the communicators are (NCCL's lazy
-    // connection would make the first all-reduce wait on its peers).
+    // NCCL connects the ranks when the communicators are made, not lazily
+    // inside the first collective's call (where a rank waiting on a failed
+    // peer could not be aborted).
     for (var, value) in [("NCCL_NVLS_ENABLE", "0"), ("NCCL_RUNTIME_CONNECT", "0")] {
         if std::env::var_os(var).is_none() {
             std::env::set_var(var, value);
@@ -934,7 +935,8 @@ struct TrainArgs {
     gpus: Option<usize>,
     /// With --gpus N > 1: each parameter's AdamW moments on one GPU alone
     /// (ZeRO stage 1 by tensors, balanced by size), which updates the
-    /// parameter and broadcasts it: the moments' memory divided by N.
+    /// parameter and broadcasts it: the moments' memory divided by about N,
+    /// for about 1.5 times the traffic.
     #[arg(long)]
     shard_optimizer: bool,
     /// Checkpoint file (written atomically every --checkpoint-every steps

@@ -244,7 +244,7 @@ pub enum TrainDevice {
 }
 
 /// How a data-parallel rank that failed releases the group's other ranks
-/// from waiting on it in `all_reduce`.
+/// from waiting on it in their collectives.
 type Abort = Box<dyn Fn(&str) + Send + Sync>;
 
 /// One data-parallel rank's backend, and its [`Abort`].
@@ -278,7 +278,7 @@ impl TrainDevice {
     }
 
     /// The backends of `ranks` data-parallel ranks (GPU `r` for rank `r`
-    /// on cuda), grouped so that their `all_reduce` adds over them.
+    /// on cuda), grouped so that their collectives run over them.
     fn replicas(self, ranks: usize) -> Result<Vec<Replica>, Error> {
         if ranks == 1 {
             let abort = Box::new(|_: &str| {});
@@ -343,8 +343,9 @@ pub struct Trainer {
     /// group when one fails.
     resident: Vec<(Box<dyn Program>, Abort)>,
     /// Each rank's state, where its program keeps it (their masters are
-    /// equal); `None` before the first step and after a load (then the
-    /// store is current and the next step starts from it).
+    /// equal); `None` before the first step, after a load and after a
+    /// failed data-parallel step (then the store is current and the next
+    /// step starts from it).
     state: Option<Vec<Vec<Tensor>>>,
     /// Whether `state` is ahead of `store` (steps ran since the last
     /// [`Trainer::sync`]).
@@ -501,6 +502,11 @@ impl Trainer {
             grad_graph
         };
         let ranks = options.ranks.max(1);
+        if options.shard_optimizer && ranks == 1 {
+            return Err(Error::Usage(
+                "a sharded optimizer needs more than one data-parallel rank".into(),
+            ));
+        }
         let replicas: Vec<Replicas> = match (ranks, options.shard_optimizer) {
             (1, _) => vec![Replicas::One],
             (_, false) => vec![Replicas::DataParallel],
@@ -697,9 +703,17 @@ impl Trainer {
     /// step builds a new group. Where even that fails the programs stay,
     /// and the next step fails as this one did.
     fn release_group(&mut self) {
-        if self.ranks > 1 && self.sync().is_ok() {
-            self.resident.clear();
-            self.state = None;
+        if self.ranks == 1 {
+            return;
+        }
+        match self.sync() {
+            Ok(()) => {
+                self.resident.clear();
+                self.state = None;
+            }
+            Err(e) => {
+                tracing::warn!("the failed step's state could not come back to the host: {e}")
+            }
         }
     }
 
@@ -711,7 +725,13 @@ impl Trainer {
         assert_eq!(self.resident.len(), inputs.len(), "a program per rank");
         if let [(program, _)] = self.resident.as_slice() {
             let inputs = inputs.into_iter().next().expect("one rank's inputs");
-            return Ok(vec![program.run(inputs)?]);
+            // A panic is an error here too, so that the state stays.
+            return match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                program.run(inputs)
+            })) {
+                Ok(run) => Ok(vec![run?]),
+                Err(panic) => Err(Error::Usage(format!("the step {}", panicked(&*panic)))),
+            };
         }
         let ranks = self.ranks;
         // The first failure, recorded before its abort releases the others.
@@ -731,11 +751,7 @@ impl Trainer {
                         let why = match run {
                             Ok(Ok(outputs)) => return Some(outputs),
                             Ok(Err(e)) => e.to_string(),
-                            Err(panic) => panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .map_or("it panicked".into(), |m| format!("it panicked: {m}")),
+                            Err(panic) => format!("it {}", panicked(&*panic)),
                         };
                         let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
                         first.get_or_insert_with(|| {
@@ -765,7 +781,7 @@ impl Trainer {
 
     /// Rank `rank`'s step.
     fn rank_step(&self, rank: usize) -> &RankStep {
-        &self.steps[rank.min(self.steps.len() - 1)]
+        rank_step(&self.steps, rank)
     }
 
     /// The masters and moments from the store, as rank `rank`'s state.
@@ -797,11 +813,7 @@ impl Trainer {
         // unsharded moments from rank 0, sharded moments from their owners.
         let mut fetched = std::collections::HashSet::new();
         for (rank, ((program, _), state)) in self.resident.iter().zip(states).enumerate() {
-            for ((name, ty), t) in self.steps[rank.min(self.steps.len() - 1)]
-                .state
-                .iter()
-                .zip(state)
-            {
+            for ((name, ty), t) in rank_step(&self.steps, rank).state.iter().zip(state) {
                 if fetched.insert(name.clone()) {
                     let data = program.fetch(t.clone())?.into_f32().ok_or_else(not_f32)?;
                     self.store.set(name, ty.clone(), data);
@@ -933,4 +945,18 @@ fn stacked_inputs(windows: &[&[u32]], rows: usize) -> HashMap<String, Tensor> {
         ),
         ("targets".to_string(), column(&|w| ids(&w[1..=rows]))),
     ])
+}
+
+/// Rank `rank`'s step of `steps`: the one step all ranks share, or its own.
+fn rank_step(steps: &[RankStep], rank: usize) -> &RankStep {
+    &steps[rank.min(steps.len() - 1)]
+}
+
+/// "panicked" and the panic's message, where it has one.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .map_or("panicked".into(), |m| format!("panicked: {m}"))
 }

@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TempDir;
-use fairyc::train::{train, Event, ModelSource, TrainConfig};
+use fairyc::train::{
+    train, Event, ModelSource, Objective, TrainConfig, TrainDevice, TrainOptions, Trainer,
+};
 use fairyc::Model;
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, SynthConfig};
+use fairyc_passes::autodiff::{AdamW, GradOptions};
 use fairyc_passes::pipeline::CompileOptions;
 
 /// A tiny model and text to train it on.
@@ -457,4 +460,50 @@ fn training_on_the_gpu_follows_the_cpu() {
             assert_eq!(gpu.records.len(), 10);
         }
     }
+}
+
+fn windows(w: &[Vec<u32>]) -> Vec<&[u32]> {
+    w.iter().map(Vec::as_slice).collect()
+}
+
+/// A data-parallel step that fails on one rank (here a token outside the
+/// vocabulary in rank 1's window) fails as that rank's, releases the rank
+/// waiting for it, and changes nothing: the next step builds a new group
+/// and gives what a fresh trainer's first step gives.
+#[test]
+fn a_failed_data_parallel_step_names_its_rank_and_the_next_one_runs() {
+    let dir = TempDir::new("ranks-fail");
+    let (model, _) = setup(&dir, "tiny.gguf");
+    let imported = fairyc::import(&model).unwrap();
+    let options = TrainOptions {
+        adam: AdamW::default(),
+        grad: GradOptions::default(),
+        objective: Objective::NextToken,
+        gauss: false,
+        rows: 8,
+        device: TrainDevice::Cpu,
+        ranks: 2,
+        shard_optimizer: true,
+    };
+    let trainer = || Trainer::new(&imported.graph, imported.weights.clone(), &options).unwrap();
+    let good: Vec<Vec<u32>> = vec![(1..10).collect(), (5..14).collect()];
+    let mut bad = good.clone();
+    bad[1][3] = 1_000_000;
+
+    let mut failing = trainer();
+    let err = failing
+        .train_step(&windows(&bad), 1e-3, 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data-parallel rank 1 of 2"), "{err}");
+    assert!(err.contains("outside the vocabulary"), "{err}");
+    assert_eq!(failing.step, 0);
+    let after = failing.train_step(&windows(&good), 1e-3, 0.0).unwrap();
+    let fresh = trainer().train_step(&windows(&good), 1e-3, 0.0).unwrap();
+    assert!(
+        (after.loss - fresh.loss).abs() <= 1e-5 * fresh.loss.abs(),
+        "after the failed step {}, fresh {}",
+        after.loss,
+        fresh.loss
+    );
 }

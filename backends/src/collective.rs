@@ -1,17 +1,17 @@
 //! Data-parallel ranks in one process exchanging tensors: what the
-//! `all_reduce` and `broadcast` ops run on the CPU, where the reference
-//! backend's ranks are threads. (The cuda backend's ranks use NCCL.)
+//! `all_reduce` and `broadcast_from` ops run on the CPU, where the
+//! reference backend's ranks are threads. (The cuda backend's ranks use
+//! NCCL.)
 //!
-//! Every rank deposits its tensor; the last to arrive combines them (adds
+//! Every rank deposits its tensor, named by what it asks for (the
+//! collective, its root, the tensor's length); the last to arrive checks
+//! that every rank asked for the same, then combines the deposits (adds
 //! them in rank order, or takes the root's), so every rank gets the same
-//! result, bit for bit, whatever the order of arrival. A rank that fails aborts the group: the others, waiting or
-//! arriving later, get an error naming it instead of waiting forever.
+//! result, bit for bit, whatever the order of arrival. A rank that fails
+//! aborts the group: the others, waiting or arriving later, get an error
+//! naming it instead of waiting forever.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
-/// How the last rank to arrive makes the result from the ranks' deposits
-/// (in rank order).
-type Combine<'a> = dyn Fn(&mut [Vec<f32>]) -> Result<Vec<f32>, String> + 'a;
 
 /// One rank's handle on its group.
 #[derive(Clone, Debug)]
@@ -27,9 +27,16 @@ struct Group {
     done: Condvar,
 }
 
+/// What a rank asks of a collective; every rank's must be the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ask {
+    AllReduce { len: usize },
+    BroadcastFrom { root: usize, len: usize },
+}
+
 #[derive(Debug, Default)]
 struct Exchange {
-    deposits: Vec<Option<Vec<f32>>>,
+    deposits: Vec<Option<(Ask, Vec<f32>)>>,
     arrived: usize,
     /// Completed collectives; a waiting rank waits for this to move on.
     round: u64,
@@ -65,8 +72,8 @@ impl Rank {
     }
 
     fn lock(&self) -> MutexGuard<'_, Exchange> {
-        // A rank that panicked holding the lock left the exchange whole
-        // (it only pushes and sums): carry on with it.
+        // Nothing that can panic runs while the lock is held (deposits,
+        // comparisons, sums): a poisoned lock still holds a whole exchange.
         self.group
             .exchange
             .lock()
@@ -76,70 +83,46 @@ impl Rank {
     /// Replaces `data` with its sum over the group's ranks, once every rank
     /// has called this with a tensor of the same length.
     pub fn all_reduce(&self, data: &mut [f32]) -> Result<(), String> {
-        let n = data.len();
-        let sum = self.exchange(data.to_vec(), &|deposits| {
-            let mut sum = vec![0.0f32; n];
-            for (rank, d) in deposits.iter().enumerate() {
-                if d.len() != n {
-                    return Err(format!(
-                        "all_reduce: rank {rank} gave {} numbers, not {n}",
-                        d.len()
-                    ));
-                }
-                sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
-            }
-            Ok(sum)
-        })?;
+        let ask = Ask::AllReduce { len: data.len() };
+        let sum = self.exchange(ask, data.to_vec())?;
         data.copy_from_slice(&sum);
         Ok(())
     }
 
     /// Replaces `data` with rank `root`'s, once every rank has called this
-    /// with a tensor of the same length.
-    pub fn broadcast(&self, root: usize, data: &mut [f32]) -> Result<(), String> {
-        if root >= self.group.ranks {
-            return Err(format!(
-                "a broadcast from rank {root} in a group of {}",
-                self.group.ranks
-            ));
-        }
-        let n = data.len();
+    /// with the same root and a tensor of the same length.
+    pub fn broadcast_from(&self, root: usize, data: &mut [f32]) -> Result<(), String> {
+        let ask = Ask::BroadcastFrom {
+            root,
+            len: data.len(),
+        };
         let deposit = if self.index == root {
             data.to_vec()
         } else {
             Vec::new()
         };
-        let sent = self.exchange(deposit, &|deposits| {
-            let sent = std::mem::take(&mut deposits[root]);
-            if sent.len() != n {
-                return Err(format!(
-                    "broadcast: rank {root} sent {} numbers, not {n}",
-                    sent.len()
-                ));
-            }
-            Ok(sent)
-        })?;
+        let sent = self.exchange(ask, deposit)?;
         data.copy_from_slice(&sent);
         Ok(())
     }
 
-    /// One collective: each rank deposits, the last to arrive combines the
-    /// deposits (in rank order) into what every rank gets back.
-    fn exchange(&self, deposit: Vec<f32>, combine: &Combine<'_>) -> Result<Arc<Vec<f32>>, String> {
+    /// One collective: each rank deposits, the last to arrive checks that
+    /// all asked for the same and makes what every rank gets back.
+    fn exchange(&self, ask: Ask, deposit: Vec<f32>) -> Result<Arc<Vec<f32>>, String> {
         let mut exchange = self.lock();
         if let Some(why) = &exchange.failed {
             return Err(why.clone());
         }
         let round = exchange.round;
-        exchange.deposits[self.index] = Some(deposit);
+        exchange.deposits[self.index] = Some((ask, deposit));
         exchange.arrived += 1;
         if exchange.arrived == self.group.ranks {
-            let mut deposits: Vec<Vec<f32>> = exchange
+            let deposits: Vec<(Ask, Vec<f32>)> = exchange
                 .deposits
                 .iter_mut()
                 .flat_map(Option::take)
                 .collect();
-            match combine(&mut deposits) {
+            match self.combine(deposits) {
                 Ok(result) => {
                     exchange.result = Arc::new(result);
                     exchange.arrived = 0;
@@ -162,6 +145,35 @@ impl Rank {
         // The next round cannot end before this rank deposits again, so the
         // result is still this round's.
         Ok(exchange.result.clone())
+    }
+
+    /// The result of the ranks' deposits (in rank order), if they all asked
+    /// for the same.
+    fn combine(&self, mut deposits: Vec<(Ask, Vec<f32>)>) -> Result<Vec<f32>, String> {
+        let ask = deposits[0].0;
+        if let Some((rank, (other, _))) = deposits.iter().enumerate().find(|(_, d)| d.0 != ask) {
+            return Err(format!(
+                "the data-parallel ranks disagree: rank 0 asked for {ask:?}, rank {rank} for {other:?}"
+            ));
+        }
+        Ok(match ask {
+            Ask::AllReduce { len } => {
+                let mut sum = vec![0.0f32; len];
+                for (_, d) in &deposits {
+                    sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
+                }
+                sum
+            }
+            Ask::BroadcastFrom { root, .. } => match deposits.get_mut(root) {
+                Some((_, sent)) => std::mem::take(sent),
+                None => {
+                    return Err(format!(
+                        "a broadcast from rank {root} in a group of {}",
+                        self.group.ranks
+                    ))
+                }
+            },
+        })
     }
 
     /// Fails the group: every rank's collective from now on, and those
@@ -214,7 +226,7 @@ mod tests {
             let mut rounds = Vec::new();
             for root in [2, 0, 1] {
                 let mut x = vec![rank.index() as f32; 2];
-                rank.broadcast(root, &mut x).unwrap();
+                rank.broadcast_from(root, &mut x).unwrap();
                 rounds.extend(x);
             }
             rounds
@@ -242,10 +254,20 @@ mod tests {
     }
 
     #[test]
-    fn ranks_that_disagree_on_the_length_fail() {
-        let results = on_every_rank(2, |rank| rank.all_reduce(&mut vec![0.0; rank.index() + 1]));
-        assert!(results
-            .iter()
-            .all(|r| r.as_ref().unwrap_err().contains("all_reduce: rank")));
+    fn ranks_that_disagree_fail_alike() {
+        let lengths = on_every_rank(2, |rank| rank.all_reduce(&mut vec![0.0; rank.index() + 1]));
+        let roots = on_every_rank(3, |rank| rank.broadcast_from(rank.index() / 2, &mut [0.0]));
+        let kinds = on_every_rank(2, |rank| match rank.index() {
+            0 => rank.all_reduce(&mut [0.0]),
+            _ => rank.broadcast_from(0, &mut [0.0]),
+        });
+        for results in [lengths, roots, kinds] {
+            let first = results[0].clone().unwrap_err();
+            assert!(
+                first.starts_with("the data-parallel ranks disagree: rank 0 asked for"),
+                "{first}"
+            );
+            assert!(results.iter().all(|r| r.as_ref().unwrap_err() == &first));
+        }
     }
 }

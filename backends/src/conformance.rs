@@ -541,7 +541,7 @@ pub fn op_cases() -> Vec<Case> {
                 c.push(Op::ClipFactor { max_norm: 1e6 }, &[squares]),
                 // A rank alone: its own sum, and its own root.
                 c.push(Op::AllReduce, &[m]),
-                c.push(Op::Broadcast { root: 0 }, &[m]),
+                c.push(Op::BroadcastFrom { root: 0 }, &[m]),
             ]
         },
     );

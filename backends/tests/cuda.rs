@@ -90,7 +90,7 @@ fn collectives_through_nccl() {
     let x = b.input("x", ty);
     let sum = b.push(Op::AllReduce, &[x]).unwrap();
     let root = ranks - 1;
-    let sent = b.push(Op::Broadcast { root }, &[x]).unwrap();
+    let sent = b.push(Op::BroadcastFrom { root }, &[x]).unwrap();
     let graph = b.finish(&[sum, sent]);
     let value = |rank: usize, i: usize| (i * (rank + 1)) as f32 - 3.0;
     // Every program built before any runs: a rank that failed to build

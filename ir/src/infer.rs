@@ -494,7 +494,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             expect_real(operands[0], "input")?;
             Ok(TensorType::new(DType::F32, Shape(vec![])))
         }
-        Op::AllReduce | Op::Broadcast { .. } => {
+        Op::AllReduce | Op::BroadcastFrom { .. } => {
             let x = operands[0];
             if !x.dtype.is_real_float() {
                 return Err(format!("input must be a real float tensor, found {x}"));

@@ -246,7 +246,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
     grads.push(b.push(clip, &[squares]).unwrap());
     // Data-parallel ranks adding a gradient.
     grads.push(b.push(Op::AllReduce, &[dy]).unwrap());
-    grads.push(b.push(Op::Broadcast { root: 1 }, &[dy]).unwrap());
+    grads.push(b.push(Op::BroadcastFrom { root: 1 }, &[dy]).unwrap());
     // Distillation to a teacher's logits.
     let kl = b.push(Op::KlDiv, &[yb, yb]).unwrap();
     grads.push(kl);

@@ -226,9 +226,10 @@ fn adamw_update_on(
     for (i, ((name, ty), g)) in params.iter().zip(grads).enumerate() {
         let p = b.input(format!("param.{name}"), ty.clone());
         let owner = replicas.owner(i);
-        if let Some(root) = owner.filter(|&o| !replicas.owns(o)) {
+        if !replicas.updates(i) {
             // Another rank's: its new value comes from there.
-            new_p.push(b.push(Op::Broadcast { root }, &[p])?);
+            let root = owner.expect("only a sharded optimizer leaves parameters to others");
+            new_p.push(b.push(Op::BroadcastFrom { root }, &[p])?);
             continue;
         }
         let m = b.input(format!("adam.m.{name}"), ty.clone());
@@ -244,7 +245,7 @@ fn adamw_update_on(
         let update = Op::AdamUpdate { eps: adam.eps };
         let updated = b.push(update, &[p, m2, v2, lr, c1, c2, weight_decay])?;
         new_p.push(match owner {
-            Some(root) => b.push(Op::Broadcast { root }, &[updated])?,
+            Some(root) => b.push(Op::BroadcastFrom { root }, &[updated])?,
             None => updated,
         });
         new_m.push(m2);
@@ -291,6 +292,7 @@ pub fn adamw_step(
             params.len()
         )));
     }
+    replicas.check(params.len())?;
     let update = adamw_update_on(params, adam, replicas)?;
     let mut b = GraphBuilder::new(format!("{}_step", grads.name));
     for (k, v) in &grads.meta {
@@ -383,9 +385,27 @@ impl Replicas {
         }
     }
 
-    /// Whether this graph's rank is `rank`.
-    fn owns(&self, rank: usize) -> bool {
-        matches!(self, Replicas::ShardedOptimizer { rank: mine, .. } if *mine == rank)
+    /// Whether this graph's rank updates parameter `i` (and keeps its
+    /// moments).
+    fn updates(&self, i: usize) -> bool {
+        match self {
+            Replicas::ShardedOptimizer { rank, owners } => owners[i] == *rank,
+            _ => true,
+        }
+    }
+
+    /// An error unless a sharded optimizer names an owner for each of
+    /// `params` parameters.
+    fn check(&self, params: usize) -> Result<(), GradError> {
+        match self {
+            Replicas::ShardedOptimizer { owners, .. } if owners.len() != params => {
+                Err(GradError::Step(format!(
+                    "a sharded optimizer names the owners of {} parameters, not {params}",
+                    owners.len()
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -424,7 +444,7 @@ pub fn step_state(
     let owned: Vec<&(String, TensorType)> = params
         .iter()
         .enumerate()
-        .filter(|(i, _)| replicas.owner(*i).is_none_or(|o| replicas.owns(o)))
+        .filter(|(i, _)| replicas.updates(*i))
         .map(|(_, p)| p)
         .collect();
     let moments = ["adam.m.", "adam.v."].into_iter().flat_map(|prefix| {
@@ -800,7 +820,7 @@ fn rule(
         | Op::AdamUpdate { .. }
         | Op::ClipFactor { .. }
         | Op::AllReduce
-        | Op::Broadcast { .. }
+        | Op::BroadcastFrom { .. }
         | Op::KlDiv
         | Op::KlDivGrad
         | Op::CrossEntropyGrad => {

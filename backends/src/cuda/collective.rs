@@ -1,6 +1,6 @@
 //! Data-parallel GPUs of one process exchanging tensors through NCCL
 //! (loaded at run time, as the other CUDA libraries): what `all_reduce` and
-//! `broadcast` run on the cuda backend when it is one rank of several.
+//! `broadcast_from` run on the cuda backend when it is one rank of several.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,9 +12,9 @@ use super::program::device_context;
 use crate::BackendError;
 
 /// One GPU's NCCL communicator in a group over GPUs `0..ranks`. NCCL runs
-/// its all-reduce on the device's default stream, the stream the
-/// program's kernels run on, so it starts after the kernels that write its
-/// operand and ends before those that read its result.
+/// its collectives on the device's default stream, the stream the
+/// program's kernels run on, so each starts after the kernels that write
+/// its operand and ends before those that read its result.
 pub struct Communicator {
     /// `None` once aborted. A call holds the lock while NCCL enqueues its
     /// collective, so an abort waits for that (not for the collective to
@@ -126,7 +126,9 @@ impl Communicator {
     }
 
     /// Aborts the communicator (`ncclCommAbort`): its pending and later
-    /// all-reduces fail instead of waiting for a rank that will not come.
+    /// collectives fail instead of waiting for a rank that will not come.
+    /// (Whether this frees a call blocked inside NCCL, which holds the
+    /// lock, is to be checked on a machine of several GPUs.)
     pub fn abort(&self) {
         let comm = self.comm.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(comm);

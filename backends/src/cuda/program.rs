@@ -286,7 +286,7 @@ pub fn runs(op: &Op) -> bool {
             | Op::Reshape { .. }
             | Op::LinearWeightGrad
             | Op::AllReduce
-            | Op::Broadcast { .. }
+            | Op::BroadcastFrom { .. }
     ) || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
 }
 
@@ -325,14 +325,14 @@ fn select_kernels(
             Op::Linear => Step::Gemm,
             Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
-            Op::AllReduce | Op::Broadcast { .. } if collective => Step::Collective,
-            Op::Broadcast { root } if *root != 0 => {
+            Op::AllReduce | Op::BroadcastFrom { .. } if collective => Step::Collective,
+            Op::BroadcastFrom { root } if *root != 0 => {
                 return Err(BackendError::new(format!(
                     "%{i}: a broadcast from rank {root} on a GPU that is a rank alone"
                 )))
             }
             // A rank alone: its own sum and root.
-            Op::AllReduce | Op::Broadcast { .. } => Step::Alias,
+            Op::AllReduce | Op::BroadcastFrom { .. } => Step::Alias,
             op => {
                 let int8 = match op {
                     Op::QuantLinear {
@@ -799,7 +799,7 @@ impl CudaProgram {
                     .as_ref()
                     .expect("collective steps are chosen with a communicator");
                 match op {
-                    Op::Broadcast { root } => {
+                    Op::BroadcastFrom { root } => {
                         communicator.broadcast(*root, &x.words, &mut out, len)?
                     }
                     _ => communicator.all_reduce(&x.words, &mut out, len)?,

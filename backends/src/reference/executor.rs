@@ -1077,13 +1077,13 @@ fn eval(
                 .sum();
             Tensor::f32(vec![], vec![sum as f32])
         }
-        Op::Broadcast { root } if *root != 0 => {
+        Op::BroadcastFrom { root } if *root != 0 => {
             return Err(format!(
                 "a broadcast from rank {root} where this is the only rank"
             ))
         }
         // A rank alone (ranks in a group run `Reference::rank`'s kernel).
-        Op::AllReduce | Op::Broadcast { .. } => {
+        Op::AllReduce | Op::BroadcastFrom { .. } => {
             let data = f32s(x, "input")?;
             let mut sum = out.f32s(data.len());
             sum.copy_from_slice(data);

@@ -20,7 +20,8 @@ use crate::{Backend, BackendError, Program};
 /// their own kernels; [`Reference::primitives_only`] makes it take every
 /// composite's decomposition instead (how the conformance suite checks the
 /// decompositions). [`Reference::rank`] makes it one of a group of
-/// data-parallel ranks (threads) whose `all_reduce` adds their tensors.
+/// data-parallel ranks (threads) whose collectives (`all_reduce`,
+/// `broadcast_from`) exchange their tensors.
 #[derive(Clone, Debug, Default)]
 pub struct Reference {
     decompose_composites: bool,
@@ -35,8 +36,8 @@ impl Reference {
         }
     }
 
-    /// Rank `rank` of its group: its programs' `all_reduce` waits for the
-    /// group's other ranks and returns their sum.
+    /// Rank `rank` of its group: its programs' collectives wait for the
+    /// group's other ranks.
     pub fn rank(rank: Rank) -> Reference {
         Reference {
             decompose_composites: false,
@@ -45,14 +46,14 @@ impl Reference {
     }
 }
 
-/// The kernels of a rank in a group: `all_reduce` and `broadcast` over the
+/// The kernels of a rank in a group: `all_reduce` and `broadcast_from` over the
 /// group's ranks. (A program without a group runs the reference's own: a
 /// rank alone is its own sum and root.)
 struct RankKernels<'a>(&'a Rank);
 
 struct Collective {
     rank: Rank,
-    /// `None`: all_reduce; else broadcast from this root.
+    /// `None`: all_reduce; else broadcast_from this root.
     root: Option<usize>,
 }
 
@@ -64,7 +65,7 @@ impl Kernels for RankKernels<'_> {
     ) -> Result<Option<Box<dyn NodeKernel>>, String> {
         let root = match op {
             Op::AllReduce => None,
-            Op::Broadcast { root } => Some(*root),
+            Op::BroadcastFrom { root } => Some(*root),
             _ => return Ok(None),
         };
         Ok(Some(Box::new(Collective {
@@ -82,7 +83,7 @@ impl NodeKernel for Collective {
         result.copy_from_slice(data);
         match self.root {
             None => self.rank.all_reduce(&mut result)?,
-            Some(root) => self.rank.broadcast(root, &mut result)?,
+            Some(root) => self.rank.broadcast_from(root, &mut result)?,
         }
         Ok(Tensor::f32(out.shape(&x.shape), result))
     }

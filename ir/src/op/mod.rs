@@ -280,7 +280,7 @@ define_ops! {
     /// of the same type; only the root's values matter): how the rank that
     /// owns a parameter's optimizer state hands its new value to the others
     /// (ZeRO stage 1). With one rank (root 0) it is `x`.
-    Broadcast { root: usize } => "broadcast" (x), Primitive;
+    BroadcastFrom { root: usize } => "broadcast_from" (x), Primitive;
     /// Sums `x` over its leading dimensions down to the suffix `shape` of
     /// its own shape (`[]` sums everything): the general reduction, and the
     /// adjoint of broadcasting.
