@@ -72,12 +72,11 @@ fn bf16_attention_on_the_gpu() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `all_reduce` and `broadcast` through NCCL over every GPU the machine
-/// has, one program per GPU run side by side: each gets the sum of all
-/// their tensors, and the last rank's. With
-/// one GPU (a group of one) it checks the plumbing the data-parallel
-/// trainer uses: NCCL loaded at run time, the f32 view of the buffers, the
-/// program's stream.
+/// `all_reduce` and `broadcast_from` through NCCL over every GPU the
+/// machine has, one program per GPU run side by side: each gets the sum of
+/// all their tensors, and the last rank's. With one GPU (a group of one) it
+/// checks the plumbing the data-parallel trainer uses: NCCL loaded at run
+/// time, the f32 view of the buffers, the program's stream.
 #[test]
 fn collectives_through_nccl() {
     if !gpu_or_skip() {

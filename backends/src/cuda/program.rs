@@ -106,7 +106,7 @@ enum Step {
     Gemm,
     /// A new shape over the same words.
     Alias,
-    /// `all_reduce` or `broadcast` over the data-parallel group's GPUs,
+    /// `all_reduce` or `broadcast_from` over the data-parallel group's GPUs,
     /// through NCCL.
     Collective,
 }
