@@ -422,9 +422,12 @@ impl Fold {
     }
 }
 
-/// The PTX module the CUDA backend generates for a prepared graph (what
-/// [`CudaProgram::new`] loads); needs no GPU.
-pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
+/// The kernels and steps a program of a prepared graph takes by default
+/// (fused, attention by products, a GPU alone).
+fn default_selection(
+    graph: &Graph,
+    activations: GpuActivations,
+) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
     let plan = MemoryPlan::new(graph, 1);
     let fold = Fold::of(graph, &plan);
     let choices = Choices {
@@ -432,7 +435,13 @@ pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, B
         flash: false,
         collective: false,
     };
-    let (kernels, _) = select_kernels(graph, &plan, activations, fold, choices)?;
+    select_kernels(graph, &plan, activations, fold, choices)
+}
+
+/// The PTX module the CUDA backend generates for a prepared graph (what
+/// [`CudaProgram::new`] loads); needs no GPU.
+pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
+    let (kernels, _) = default_selection(graph, activations)?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 

@@ -41,11 +41,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::NE, causal, self.int(0), "")
             .map_err(err)?;
-        let visible = self
-            .builder
-            .build_select(is_causal, causal_visible, kv_len, "")
-            .map_err(err)?
-            .into_int_value();
+        let visible = self.select_int(is_causal, causal_visible, kv_len)?;
         let q_base = self.add(self.mul(i, self.mul(heads, d)?)?, self.mul(h, d)?)?;
         let kw = self.mul(kv_heads, d)?;
         let vw = self.mul(kv_heads, dv)?;
@@ -113,11 +109,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::NE, causal, self.int(0), "")
             .map_err(err)?;
-        let visible = self
-            .builder
-            .build_select(is_causal, self.add(query, self.int(1))?, cols, "")
-            .map_err(err)?
-            .into_int_value();
+        let visible = self.select_int(is_causal, self.add(query, self.int(1))?, cols)?;
         let max = self.row_sum(f, scratch, visible, true, |j| self.load_f32(x, at(j)?))?;
         let total = self.row_sum(f, scratch, visible, false, |j| {
             self.exp(self.fsub(self.load_f32(x, at(j)?)?, max)?)
@@ -129,11 +121,7 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::ULT, j, visible, "")
                 .map_err(err)?;
-            let p = self
-                .builder
-                .build_select(seen, p, self.float(0.0), "")
-                .map_err(err)?
-                .into_float_value();
+            let p = self.select_float(seen, p, self.float(0.0))?;
             self.store_f32(out, at(j)?, p)
         })?;
         self.ret()

@@ -10,6 +10,7 @@
 //! last bits, and with it a ternary code whose `w / (γ + 1e-5)` lies that
 //! close to ±0.5.
 
+use super::phase::GroupSums;
 use super::*;
 
 impl<'ctx> Gen<'ctx> {
@@ -18,16 +19,18 @@ impl<'ctx> Gen<'ctx> {
     /// `(Σ|w|, count)` over the group's finite entries into
     /// `sums[2·group..]` (f64, zeroed before).
     pub(super) fn real_sums(&self, name: &str) -> Built<()> {
-        let mut params = vec![Param::Ptr, Param::Ptr];
-        params.extend([Param::I64; 5]);
-        let f = self.declare(name, &params);
-        let scratch = self.shared_scratch(name);
-        let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
-        let block = self.sreg("ctaid.x")?;
-        let row = self.udiv(block, groups_per_row)?;
-        let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
-        let end = self.umin(self.add(start, group_len)?, m)?;
+        let GroupSums {
+            f,
+            scratch,
+            sums,
+            w,
+            m,
+            per_tensor,
+            block,
+            row,
+            start,
+            end,
+        } = self.group_sums(name)?;
         let zero = self.float(0.0);
         let (total, count) = (self.local(zero)?, self.local(zero)?);
         let from = self.add(start, self.sreg("tid.x")?)?;
@@ -35,11 +38,7 @@ impl<'ctx> Gen<'ctx> {
             let x = self.load_f32(w, self.add(self.mul(row, m)?, j)?)?;
             let finite = self.is_finite(x)?;
             let counted = |v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                Ok(self
-                    .builder
-                    .build_select(finite, v, zero, "")
-                    .map_err(err)?
-                    .into_float_value())
+                self.select_float(finite, v, zero)
             };
             self.set(total, self.fadd(self.get(total)?, counted(self.fabs(x)?)?)?)?;
             self.set(

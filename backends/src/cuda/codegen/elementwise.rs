@@ -19,11 +19,7 @@ impl<'ctx> Gen<'ctx> {
                     .build_int_compare(IntPredicate::EQ, len, n, "")
                     .map_err(err)?;
                 let wrapped = self.urem(i, len)?;
-                let at = self
-                    .builder
-                    .build_select(same, i, wrapped, "")
-                    .map_err(err)?
-                    .into_int_value();
+                let at = self.select_int(same, i, wrapped)?;
                 let ptr = self.param_ptr(f, 1 + j as u32);
                 values.push(match elem {
                     Elem::Real => Val::Real(self.load_f32(ptr, at)?),
@@ -131,12 +127,7 @@ impl<'ctx> Gen<'ctx> {
                     .build_float_compare(FloatPredicate::OGT, norm, self.float(*max_norm), "")
                     .map_err(err)?;
                 let factor = self.fdiv(self.float(*max_norm), norm)?;
-                Val::Real(
-                    self.builder
-                        .build_select(over, factor, self.float(1.0), "")
-                        .map_err(err)?
-                        .into_float_value(),
-                )
+                Val::Real(self.select_float(over, factor, self.float(1.0))?)
             }
             (MapOp::CReluSquared, [Val::Complex(re, im)]) => {
                 let third = self.third_quadrant(*re, *im)?;
@@ -167,10 +158,6 @@ impl<'ctx> Gen<'ctx> {
 
     /// 0 where `cond`, else `v`.
     fn zero_where(&self, cond: IntValue<'ctx>, v: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_select(cond, self.float(0.0), v, "")
-            .map_err(err)?
-            .into_float_value())
+        self.select_float(cond, self.float(0.0), v)
     }
 }

@@ -803,11 +803,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, lane, warps, "")
             .map_err(err)?;
-        let safe_lane = self
-            .builder
-            .build_select(in_range, lane, self.int(0), "")
-            .map_err(err)?
-            .into_int_value();
+        let safe_lane = self.select_int(in_range, lane, self.int(0))?;
         let slot = unsafe {
             self.builder
                 .build_in_bounds_gep(self.f32(), scratch, &[safe_lane], "")
@@ -823,11 +819,7 @@ impl<'ctx> Gen<'ctx> {
         } else {
             self.float(0.0)
         };
-        let partial = self
-            .builder
-            .build_select(in_range, partial, identity, "")
-            .map_err(err)?
-            .into_float_value();
+        let partial = self.select_float(in_range, partial, identity)?;
         let total = warp(partial)?;
         // The scratch is reused by the next reduction.
         self.call_void(barrier, &[])?;
@@ -903,11 +895,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, id, vocab, "")
             .map_err(err)?;
-        let safe = self
-            .builder
-            .build_select(known, id, self.int(0), "")
-            .map_err(err)?
-            .into_int_value();
+        let safe = self.select_int(known, id, self.int(0))?;
         Ok((safe, known))
     }
 }

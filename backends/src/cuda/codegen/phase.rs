@@ -11,6 +11,22 @@ use inkwell::values::BasicValue;
 
 use super::*;
 
+/// What a group-sums kernel ([`Gen::group_sums`]) knows of its launch.
+pub(super) struct GroupSums<'ctx> {
+    pub f: FunctionValue<'ctx>,
+    /// Shared memory for the block's reductions.
+    pub scratch: PointerValue<'ctx>,
+    pub sums: PointerValue<'ctx>,
+    pub w: PointerValue<'ctx>,
+    /// Entries a row.
+    pub m: IntValue<'ctx>,
+    pub per_tensor: IntValue<'ctx>,
+    pub block: IntValue<'ctx>,
+    pub row: IntValue<'ctx>,
+    pub start: IntValue<'ctx>,
+    pub end: IntValue<'ctx>,
+}
+
 impl<'ctx> Gen<'ctx> {
     /// `phase_sums(sums, w, n, m, groups_per_row, group_len, per_tensor)`:
     /// one block per (row, group of the row) of complex `w[n, m]`; adds
@@ -18,25 +34,18 @@ impl<'ctx> Gen<'ctx> {
     /// ±i, their count)` into `sums[4·group..]` (f64, zeroed before); finite
     /// parts only, but every part for iFairy (as its reference).
     pub(super) fn phase_sums(&self, name: &str, ifairy: bool) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let scratch = self.shared_scratch(name);
-        let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
-        let block = self.sreg("ctaid.x")?;
-        let row = self.udiv(block, groups_per_row)?;
-        let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
-        let end = self.umin(self.add(start, group_len)?, m)?;
+        let GroupSums {
+            f,
+            scratch,
+            sums,
+            w,
+            m,
+            per_tensor,
+            block,
+            row,
+            start,
+            end,
+        } = self.group_sums(name)?;
         let zero = self.float(0.0);
         let partial = [
             self.local(zero)?,
@@ -66,11 +75,7 @@ impl<'ctx> Gen<'ctx> {
                         .map_err(err)?
                 };
                 let select = |a: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                    Ok(self
-                        .builder
-                        .build_select(counted, a, zero, "")
-                        .map_err(err)?
-                        .into_float_value())
+                    self.select_float(counted, a, zero)
                 };
                 let k = 2 * usize::from(axis);
                 self.set(
@@ -86,6 +91,34 @@ impl<'ctx> Gen<'ctx> {
         })?;
         self.add_group_totals(f, scratch, &partial, sums, block, per_tensor)?;
         self.ret()
+    }
+
+    /// A group-sums kernel `name(sums, w, n, m, groups_per_row, group_len,
+    /// per_tensor)` declared, one block per (row, group of the row): its
+    /// parameters and the block's group, columns `start..end` of `row`.
+    pub(super) fn group_sums(&self, name: &str) -> Built<GroupSums<'ctx>> {
+        let mut params = vec![Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 5]);
+        let f = self.declare(name, &params);
+        let scratch = self.shared_scratch(name);
+        let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
+        let block = self.sreg("ctaid.x")?;
+        let row = self.udiv(block, groups_per_row)?;
+        let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
+        let end = self.umin(self.add(start, group_len)?, m)?;
+        Ok(GroupSums {
+            f,
+            scratch,
+            sums,
+            w,
+            m,
+            per_tensor,
+            block,
+            row,
+            start,
+            end,
+        })
     }
 
     /// The block's sums of each of `partials` (per-thread f32 locals),
@@ -106,11 +139,7 @@ impl<'ctx> Gen<'ctx> {
             .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
             .collect::<Built<Vec<_>>>()?;
         let tensor = self.is_set(per_tensor)?;
-        let group = self
-            .builder
-            .build_select(tensor, self.int(0), block, "")
-            .map_err(err)?
-            .into_int_value();
+        let group = self.select_int(tensor, self.int(0), block)?;
         let width = self.int(partials.len() as u64);
         self.when(f, self.first_thread()?, || {
             for (k, total) in totals.iter().enumerate() {
@@ -165,11 +194,7 @@ impl<'ctx> Gen<'ctx> {
                 .map_err(err)?;
             let first = self.add(self.mul(group, self.int(4))?, self.mul(axis, self.int(2))?)?;
             let scale = self.mean_scale(sums, first, ifairy)?;
-            let signed = self
-                .builder
-                .build_select(negative, self.fneg(scale)?, scale, "")
-                .map_err(err)?
-                .into_float_value();
+            let signed = self.select_float(negative, self.fneg(scale)?, scale)?;
             let zero = self.float(0.0);
             let part = |on_imaginary: bool| -> Built<FloatValue<'ctx>> {
                 let (a, b) = if on_imaginary {
@@ -177,11 +202,7 @@ impl<'ctx> Gen<'ctx> {
                 } else {
                     (zero, signed)
                 };
-                Ok(self
-                    .builder
-                    .build_select(imaginary, a, b, "")
-                    .map_err(err)?
-                    .into_float_value())
+                self.select_float(imaginary, a, b)
             };
             self.store_f32(out, at, part(false)?)?;
             self.store_f32(out, self.add(at, self.int(1))?, part(true)?)
@@ -314,10 +335,6 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, a, b, "")
             .map_err(err)?;
-        Ok(self
-            .builder
-            .build_select(less, a, b, "")
-            .map_err(err)?
-            .into_int_value())
+        self.select_int(less, a, b)
     }
 }

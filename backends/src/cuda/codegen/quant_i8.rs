@@ -64,18 +64,10 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)?;
         // Rows past `n` read no codes or scales (their warps still help
         // quantize and meet the barriers).
-        let own_row = self
-            .builder
-            .build_select(inside, row, self.int(0), "")
-            .map_err(err)?
-            .into_int_value();
+        let own_row = self.select_int(inside, row, self.int(0))?;
         let runs = self.udiv(m, self.int(RUN as u64))?;
         let tensor = self.is_set(per_tensor)?;
-        let scale_at = self
-            .builder
-            .build_select(tensor, self.int(0), self.mul(own_row, self.int(2))?, "")
-            .map_err(err)?
-            .into_int_value();
+        let scale_at = self.select_int(tensor, self.int(0), self.mul(own_row, self.int(2))?)?;
         let stage_scales = (0..stages)
             .map(|s| {
                 let scales = self.param_ptr(f, 3 + 2 * s as u32);

@@ -92,10 +92,7 @@ impl<'ctx> Gen<'ctx> {
                         "",
                     )
                     .map_err(err)?;
-                self.builder
-                    .build_select(odd, alphas[1], alphas[0], "")
-                    .map_err(err)?
-                    .into_float_value()
+                self.select_float(odd, alphas[1], alphas[0])?
             } else {
                 alphas[0]
             };
@@ -168,11 +165,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, run, left, "")
             .map_err(err)?;
-        let count = self
-            .builder
-            .build_select(whole, run, left, "")
-            .map_err(err)?
-            .into_int_value();
+        let count = self.select_int(whole, run, left)?;
         let total = self.row_sum(f, scratch, count, false, |j| {
             self.load_f32(x, self.add(start, j)?)
         })?;
@@ -213,23 +206,11 @@ impl<'ctx> Gen<'ctx> {
         let at = |i| self.add(base, i);
         let lse = self.log_sum_exp(f, scratch, logits, base, vocab)?;
         let (t, scored) = self.target(targets, r)?;
-        let safe = self
-            .builder
-            .build_select(scored, t, self.int(0), "")
-            .map_err(err)?
-            .into_int_value();
+        let safe = self.select_int(scored, t, self.int(0))?;
         let loss = self.fsub(lse, self.load_f32(logits, at(safe)?)?)?;
         let zero = self.float(0.0);
-        let loss = self
-            .builder
-            .build_select(scored, loss, zero, "")
-            .map_err(err)?
-            .into_float_value();
-        let flag = self
-            .builder
-            .build_select(scored, self.float(1.0), zero, "")
-            .map_err(err)?
-            .into_float_value();
+        let loss = self.select_float(scored, loss, zero)?;
+        let flag = self.select_float(scored, self.float(1.0), zero)?;
         self.store_row_loss(f, out, r, loss, flag)?;
         self.ret()
     }
@@ -294,11 +275,7 @@ impl<'ctx> Gen<'ctx> {
             .build_float_compare(FloatPredicate::OGT, count, self.float(0.0), "")
             .map_err(err)?;
         let mean = self.fdiv(total, count)?;
-        let mean = self
-            .builder
-            .build_select(any, mean, self.float(0.0), "")
-            .map_err(err)?
-            .into_float_value();
+        let mean = self.select_float(any, mean, self.float(0.0))?;
         self.store_f32(out, self.int(0), mean)?;
         self.ret()
     }
@@ -402,11 +379,7 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
                 .map_err(err)?;
-            Ok(self
-                .builder
-                .build_select(scored, self.float(1.0), self.float(0.0), "")
-                .map_err(err)?
-                .into_float_value())
+            self.select_float(scored, self.float(1.0), self.float(0.0))
         })?;
         let scale = self.fdiv(
             self.load_f32(dloss, self.int(0))?,
@@ -429,17 +402,9 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::EQ, i, t, "")
                 .map_err(err)?;
-            let p = self
-                .builder
-                .build_select(hit, self.fsub(p, self.float(1.0))?, p, "")
-                .map_err(err)?
-                .into_float_value();
+            let p = self.select_float(hit, self.fsub(p, self.float(1.0))?, p)?;
             let d = self.fmul(p, scale)?;
-            let d = self
-                .builder
-                .build_select(scored, d, self.float(0.0), "")
-                .map_err(err)?
-                .into_float_value();
+            let d = self.select_float(scored, d, self.float(0.0))?;
             self.store_f32(out, at(i)?, d)
         })?;
         self.ret()

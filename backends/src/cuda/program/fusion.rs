@@ -267,26 +267,16 @@ pub(super) fn last_uses(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]
 mod tests {
     use fairyc_ir::{DType, GraphBuilder, Op, Shape, TensorType};
 
-    use super::super::{select_kernels, Choices, Fold, Step};
+    use super::super::{default_selection, Step};
     use super::MAX_OPERANDS;
     use crate::cuda::GpuActivations;
-    use crate::plan::MemoryPlan;
 
     fn ty(dims: &[usize]) -> TensorType {
         TensorType::new(DType::F32, Shape::new(dims.iter().copied()))
     }
 
     fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
-        let plan = MemoryPlan::new(graph, 1);
-        let fold = Fold::of(graph, &plan);
-        let choices = Choices {
-            fuse: true,
-            flash: false,
-            collective: false,
-        };
-        select_kernels(graph, &plan, GpuActivations::F32, fold, choices)
-            .unwrap()
-            .1
+        default_selection(graph, GpuActivations::F32).unwrap().1
     }
 
     /// `c = 0.5·(x·s + y)`: one kernel reading x, s and y; with a product
