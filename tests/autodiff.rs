@@ -1472,3 +1472,66 @@ fn tiny_w2_training_step_ptx() {
     common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_training_step");
     insta::assert_snapshot!("tiny_w2_training_step_ptx", ptx);
 }
+
+/// A data-parallel step sums its gradients over the ranks in buckets (up
+/// to `BUCKET_ELEMENTS` each, from the last parameter, whose gradient the
+/// backward pass computes first), and each bucket's `all_reduce` comes as
+/// soon as its gradients are computed: before the backward pass reaches
+/// the first layer.
+#[test]
+fn data_parallel_gradients_are_summed_in_buckets_as_the_backward_pass_goes() {
+    let f32s = |dims: &[usize]| TensorType::new(DType::F32, Shape::new(dims.to_vec()));
+    let mut b = GraphBuilder::new("chain");
+    let x = b.input("x", f32s(&[4, 1024]));
+    // 2M, 2M, 1M and 1M elements: from the last, 1M + 1M + 2M fill a
+    // bucket (4M), and the first layer's 2M starts another.
+    let shapes = [[2048, 1024], [1024, 2048], [1024, 1024], [1024, 1024]];
+    let mut h = x;
+    for (i, shape) in shapes.iter().enumerate() {
+        let w = b.weight(format!("w{i}"), f32s(shape));
+        h = b.push(Op::Linear, &[h, w]).unwrap();
+    }
+    let loss = b.push(Op::SumSquares, &[h]).unwrap();
+    let g = b.finish(&[loss]);
+    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+    let typed: Vec<(String, TensorType)> = g
+        .weights()
+        .map(|(_, n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
+    let step = adamw_step(
+        &training,
+        &typed,
+        &AdamW::default(),
+        &Replicas::DataParallel,
+    )
+    .unwrap();
+    let position = |want: &dyn Fn(&Op, &TensorType) -> bool| -> Vec<usize> {
+        step.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| want(&n.op, &n.ty))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let sums = position(&|op, _| matches!(op, Op::AllReduce));
+    let sizes: Vec<Vec<usize>> = sums
+        .iter()
+        .map(|&i| step.nodes[i].ty.shape.concrete().unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        [vec![], vec![4 << 20], vec![2 << 20]],
+        "the loss, then two buckets"
+    );
+    let first_layer_grad = position(&|op, ty| {
+        matches!(op, Op::LinearWeightGrad) && ty.shape.concrete().unwrap() == [2048, 1024]
+    });
+    assert_eq!(first_layer_grad.len(), 1);
+    assert!(
+        sums[1] < first_layer_grad[0],
+        "the last layers' bucket (node {}) goes out before the first layer's gradient (node {})",
+        sums[1],
+        first_layer_grad[0]
+    );
+}

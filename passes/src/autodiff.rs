@@ -323,17 +323,15 @@ pub fn adamw_step(
             RANK_SHARE,
             TensorType::new(DType::F32, fairyc_ir::Shape(vec![])),
         );
-        let summed = |b: &mut GraphBuilder, v: ValueId| -> Result<ValueId, GradError> {
-            let weighted = b.push(Op::Mul, &[v, share])?;
-            Ok(b.push(Op::AllReduce, &[weighted])?)
-        };
-        loss = summed(&mut b, loss)?;
-        // In parameter order, so that the graph is the same every time.
-        for (name, _) in params {
-            let d = gradient
-                .get_mut(&format!("grad.{name}"))
-                .expect("one per parameter");
-            *d = summed(&mut b, *d)?;
+        let weighted = b.push(Op::Mul, &[loss, share])?;
+        loss = b.push(Op::AllReduce, &[weighted])?;
+        let grads: Vec<ValueId> = params
+            .iter()
+            .map(|(name, _)| gradient[&format!("grad.{name}")])
+            .collect();
+        let summed = all_reduce_in_buckets(&mut b, &grads, share)?;
+        for ((name, _), d) in params.iter().zip(summed) {
+            gradient.insert(format!("grad.{name}"), d);
         }
     }
     let inlined = b.inline(&update, |b, _, node, _| {
@@ -352,7 +350,161 @@ pub fn adamw_step(
     })?;
     let mut outputs = vec![loss];
     outputs.extend(update.outputs.iter().map(|v| inlined[v.0]));
-    finish(b, &outputs)
+    let step = finish(b, &outputs)?;
+    Ok(match replicas {
+        Replicas::One => step,
+        _ => {
+            let hoisted = hoist_collectives(&step);
+            verify(&hoisted)?;
+            hoisted
+        }
+    })
+}
+
+/// The most gradient elements one `all_reduce` carries (16 MiB of f32, as
+/// PyTorch's DDP buckets): a step makes a few large collectives, not one
+/// per parameter, and each can start before the whole backward is done.
+pub const BUCKET_ELEMENTS: usize = 1 << 22;
+
+/// `grads` weighted by `share` and summed over the ranks, in buckets: the
+/// gradients laid end to end, at most [`BUCKET_ELEMENTS`] a bucket (a
+/// larger one alone), each bucket one `all_reduce`, then cut apart again.
+/// The buckets take the parameters from the last, whose gradients the
+/// backward pass computes first, so that the first bucket fills first;
+/// [`hoist_collectives`] then moves each to where its gradients are done.
+fn all_reduce_in_buckets(
+    b: &mut GraphBuilder,
+    grads: &[ValueId],
+    share: ValueId,
+) -> Result<Vec<ValueId>, GradError> {
+    let size = |b: &GraphBuilder, v: ValueId| {
+        b.ty(v)
+            .shape
+            .concrete()
+            .map_or(0, |d| d.iter().product::<usize>())
+    };
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut filled = BUCKET_ELEMENTS;
+    for i in (0..grads.len()).rev() {
+        let n = size(b, grads[i]);
+        if filled + n > BUCKET_ELEMENTS {
+            buckets.push(Vec::new());
+            filled = 0;
+        }
+        buckets.last_mut().expect("a bucket").push(i);
+        filled += n;
+    }
+    let mut summed = vec![None; grads.len()];
+    for bucket in buckets {
+        let flat = bucket
+            .iter()
+            .map(|&i| {
+                let shape = fairyc_ir::Shape::new([size(b, grads[i])]);
+                b.push(Op::Reshape { shape }, &[grads[i]])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let joined = match flat[..] {
+            [one] => one,
+            _ => b.push(Op::Concat { axis: 0 }, &flat)?,
+        };
+        let weighted = b.push(Op::Mul, &[joined, share])?;
+        let reduced = b.push(Op::AllReduce, &[weighted])?;
+        let mut start = 0;
+        for &i in &bucket {
+            let end = start + size(b, grads[i]);
+            let part = match bucket.len() {
+                1 => reduced,
+                _ => b.push(
+                    Op::Slice {
+                        axis: 0,
+                        start,
+                        end,
+                    },
+                    &[reduced],
+                )?,
+            };
+            let shape = b.ty(grads[i]).shape.clone();
+            summed[i] = Some(b.push(Op::Reshape { shape }, &[part])?);
+            start = end;
+        }
+    }
+    Ok(summed
+        .into_iter()
+        .map(|d| d.expect("every gradient is in a bucket"))
+        .collect())
+}
+
+/// `graph` with its `all_reduce`s (and the nodes that only prepare their
+/// operands: the buckets' reshapes, joins and weights) moved as early as
+/// their operands allow, the other nodes in their order: an `all_reduce`
+/// of the last layers' gradients goes out while the backward pass goes on
+/// through the first layers, which a backend that runs collectives on a
+/// stream of their own overlaps.
+pub fn hoist_collectives(graph: &Graph) -> Graph {
+    let n = graph.nodes.len();
+    let mut users = vec![Vec::new(); n];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for v in &node.operands {
+            users[v.0].push(i);
+        }
+    }
+    // The sums, and what feeds only them through reshapes, joins and
+    // products. Every rank must make its collectives in the same order:
+    // the sums depend on the forward and backward passes alone, which are
+    // the same graph on every rank, so they land alike; a sharded
+    // optimizer's broadcasts (whose operands differ between the owner and
+    // the others) stay where they are.
+    let mut early = vec![false; n];
+    for i in (0..n).rev() {
+        let node = &graph.nodes[i];
+        early[i] = matches!(node.op, Op::AllReduce)
+            || (matches!(node.op, Op::Reshape { .. } | Op::Concat { .. } | Op::Mul)
+                && !users[i].is_empty()
+                && users[i].iter().all(|&u| early[u]));
+    }
+    // The leaves (inputs such as the ranks' shares) first: they are free.
+    let mut order: Vec<usize> = (0..n)
+        .filter(|&i| graph.nodes[i].operands.is_empty())
+        .collect();
+    let mut placed = vec![false; n];
+    for &i in &order {
+        placed[i] = true;
+    }
+    let ready = |placed: &[bool], i: usize| graph.nodes[i].operands.iter().all(|v| placed[v.0]);
+    let mut waiting: Vec<usize> = (0..n).filter(|&i| early[i] && !placed[i]).collect();
+    for i in 0..n {
+        if placed[i] || early[i] {
+            continue;
+        }
+        order.push(i);
+        placed[i] = true;
+        // Each early node as soon as it can go, in their own order.
+        while let Some(k) = waiting.iter().position(|&w| ready(&placed, w)) {
+            let w = waiting.remove(k);
+            order.push(w);
+            placed[w] = true;
+        }
+    }
+    debug_assert!(waiting.is_empty(), "every early node's operands come");
+    let mut new_id = vec![0; n];
+    for (k, &i) in order.iter().enumerate() {
+        new_id[i] = k;
+    }
+    let remap = |v: &ValueId| ValueId(new_id[v.0]);
+    let mut g = graph.clone();
+    g.nodes = order
+        .iter()
+        .map(|&i| {
+            let node = &graph.nodes[i];
+            fairyc_ir::Node {
+                op: node.op.clone(),
+                operands: node.operands.iter().map(remap).collect(),
+                ty: node.ty.clone(),
+            }
+        })
+        .collect();
+    g.outputs = graph.outputs.iter().map(remap).collect();
+    g
 }
 
 /// The data-parallel step's input of a rank's share of the step's

@@ -4,22 +4,26 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView, CudaViewMut};
 use cudarc::nccl::result::{NcclError, NcclStatus};
 use cudarc::nccl::{Comm, ReduceOp};
 
-use super::program::device_context;
+use super::program::{device_context, driver};
 use crate::BackendError;
 
 /// One GPU's NCCL communicator in a group over GPUs `0..ranks`. NCCL runs
-/// its collectives on the device's default stream, the stream the
-/// program's kernels run on, so each starts after the kernels that write
-/// its operand and ends before those that read its result.
+/// its collectives on a stream of their own, so that a gradient's
+/// all-reduce overlaps the backward pass's kernels: each collective waits
+/// for the kernels the program's stream ran before it (which wrote its
+/// operand), and hands back an event that the program's stream waits for
+/// before the first kernel that reads its result.
 pub struct Communicator {
     /// `None` once aborted. A call holds the lock while NCCL enqueues its
     /// collective, so an abort waits for that (not for the collective to
     /// finish on the device).
     comm: Mutex<Option<SendComm>>,
+    /// The stream NCCL runs on.
+    stream: Arc<CudaStream>,
     rank: usize,
 }
 
@@ -53,51 +57,60 @@ impl Communicator {
             ));
         }
         let streams = (0..ranks)
-            .map(|ordinal| Ok(device_context(ordinal)?.default_stream()))
+            .map(|ordinal| device_context(ordinal)?.new_stream().map_err(driver))
             .collect::<Result<Vec<_>, BackendError>>()?;
-        let comms = Comm::from_devices(streams).map_err(nccl)?;
+        let comms = Comm::from_devices(streams.clone()).map_err(nccl)?;
         Ok(comms
             .into_iter()
+            .zip(streams)
             .enumerate()
-            .map(|(rank, comm)| {
+            .map(|(rank, (comm, stream))| {
                 Arc::new(Communicator {
                     comm: Mutex::new(Some(SendComm(comm))),
+                    stream,
                     rank,
                 })
             })
             .collect())
     }
 
-    /// `out` (f32 words) becomes the sum over the group's ranks of `x`.
+    /// `out` (f32 words) becomes the sum over the group's ranks of `x`,
+    /// after the work `after` (the program's stream) enqueued so far; the
+    /// event marks its end.
     pub(crate) fn all_reduce(
         &self,
+        after: &CudaStream,
         x: &CudaSlice<u32>,
         out: &mut CudaSlice<u32>,
         len: usize,
-    ) -> Result<(), BackendError> {
-        self.with_f32(x, out, len, |comm, x, out| {
+    ) -> Result<CudaEvent, BackendError> {
+        self.with_f32(after, x, out, len, |comm, x, out| {
             comm.all_reduce(x, out, &ReduceOp::Sum)
         })
     }
 
-    /// `out` (f32 words) becomes rank `root`'s `x`.
+    /// `out` (f32 words) becomes rank `root`'s `x`, as
+    /// [`Communicator::all_reduce`] orders it.
     pub(crate) fn broadcast(
         &self,
+        after: &CudaStream,
         root: usize,
         x: &CudaSlice<u32>,
         out: &mut CudaSlice<u32>,
         len: usize,
-    ) -> Result<(), BackendError> {
+    ) -> Result<CudaEvent, BackendError> {
         let root = i32::try_from(root).map_err(nccl)?;
-        self.with_f32(x, out, len, |comm, x, out| {
+        self.with_f32(after, x, out, len, |comm, x, out| {
             comm.broadcast(Some(x), out, root)
         })
     }
 
     /// `call` with the communicator (unless the group was aborted) and
-    /// `x`, `out` seen as `len` f32 values.
+    /// `x`, `out` seen as `len` f32 values, on NCCL's stream after what
+    /// `after` holds; the event recorded on NCCL's stream after it.
     fn with_f32(
         &self,
+        after: &CudaStream,
         x: &CudaSlice<u32>,
         out: &mut CudaSlice<u32>,
         len: usize,
@@ -106,7 +119,7 @@ impl Communicator {
             &CudaView<'_, f32>,
             &mut CudaViewMut<'_, f32>,
         ) -> Result<NcclStatus, NcclError>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<CudaEvent, BackendError> {
         let comm = self.comm.lock().unwrap_or_else(|e| e.into_inner());
         let comm = comm.as_ref().ok_or_else(|| {
             BackendError::new(format!(
@@ -121,8 +134,11 @@ impl Communicator {
                 "a collective's buffer is shorter than its value",
             ));
         };
+        self.stream
+            .wait(&after.record_event(None).map_err(driver)?)
+            .map_err(driver)?;
         call(&comm.0, x, out).map_err(nccl)?;
-        Ok(())
+        self.stream.record_event(None).map_err(driver)
     }
 
     /// Aborts the communicator (`ncclCommAbort`): its pending and later

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use fairyc_ir::infer::infer_type;
@@ -111,6 +111,16 @@ enum Step {
     Collective,
 }
 
+/// A collective enqueued on NCCL's stream: the event that marks its end,
+/// and its operand, kept until the program's stream has waited for that
+/// (freed earlier, on the program's stream, its memory could go to a
+/// kernel while NCCL still reads it).
+struct InFlight {
+    value: usize,
+    done: CudaEvent,
+    _operand: Arc<CudaSlice<u32>>,
+}
+
 pub struct CudaProgram {
     graph: Graph,
     plan: MemoryPlan,
@@ -137,6 +147,9 @@ pub struct CudaProgram {
     /// cuBLAS's compute type for dense products.
     compute: blas_sys::cublasComputeType_t,
     profile: Option<OpProfile>,
+    /// Within a run: the collectives NCCL's stream has not been joined
+    /// after yet.
+    in_flight: Mutex<Vec<InFlight>>,
     /// Within a run: what the last attention gradient computed, for its
     /// siblings (`attention::Shared`).
     attention_cache: Mutex<Option<attention::Shared>>,
@@ -159,7 +172,7 @@ fn blas_result(status: blas_sys::cublasStatus_t) -> Result<(), BackendError> {
     }
 }
 
-fn driver(e: impl std::fmt::Display) -> BackendError {
+pub(super) fn driver(e: impl std::fmt::Display) -> BackendError {
     BackendError::new(format!("CUDA: {e}"))
 }
 
@@ -458,6 +471,13 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
         return Ok(context.clone());
     }
     let context = CudaContext::new(ordinal).map_err(driver)?;
+    // A program orders its work itself (one stream; NCCL's stream joined by
+    // events it records), so cudarc need not create two events for every
+    // allocation. FAIRYC_EVENT_TRACKING=1 keeps them, to measure the cost.
+    if std::env::var_os("FAIRYC_EVENT_TRACKING").is_none() {
+        // SAFETY: no slice of this context exists yet.
+        unsafe { context.disable_event_tracking() };
+    }
     contexts.insert(ordinal, context.clone());
     Ok(context)
 }
@@ -648,6 +668,7 @@ impl CudaProgram {
             resident_bytes: 0,
             profile: OpProfile::from_env(),
             attention_cache: Mutex::new(None),
+            in_flight: Mutex::new(Vec::new()),
             attention_groups,
             communicator: options.communicator.clone(),
             compute: match options.matmul {
@@ -807,12 +828,20 @@ impl CudaProgram {
                     .communicator
                     .as_ref()
                     .expect("collective steps are chosen with a communicator");
-                match op {
+                let done = match op {
                     Op::BroadcastFrom { root } => {
-                        communicator.broadcast(*root, &x.words, &mut out, len)?
+                        communicator.broadcast(&self.stream, *root, &x.words, &mut out, len)?
                     }
-                    _ => communicator.all_reduce(&x.words, &mut out, len)?,
-                }
+                    _ => communicator.all_reduce(&self.stream, &x.words, &mut out, len)?,
+                };
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(InFlight {
+                        value: i,
+                        done,
+                        _operand: x.words.clone(),
+                    });
             }
             (Step::Kernel(k), Op::RmsNorm { eps }) => {
                 let cols = x.shape.last().copied().unwrap_or(1);
@@ -1260,6 +1289,25 @@ impl CudaProgram {
         }
     }
 
+    /// Makes the program's stream wait for the collectives in flight whose
+    /// result (node index) `joined` names; their operands are freed after.
+    fn join_collectives(&self, joined: impl Fn(usize) -> bool) -> Result<(), BackendError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight.is_empty() {
+            return Ok(());
+        }
+        let mut kept = Vec::with_capacity(in_flight.len());
+        for collective in in_flight.drain(..) {
+            if joined(collective.value) {
+                self.stream.wait(&collective.done).map_err(driver)?;
+            } else {
+                kept.push(collective);
+            }
+        }
+        *in_flight = kept;
+        Ok(())
+    }
+
     /// Frees what the last attention gradient kept for its siblings.
     fn forget_attention(&self) {
         *self
@@ -1550,6 +1598,7 @@ impl Program for CudaProgram {
     fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
         // Nothing an earlier run (one that failed midway) left is reused.
         self.forget_attention();
+        self.join_collectives(|_| true)?;
         let bindings = bind_inputs(&self.graph, &inputs)?;
         self.check_ids(&inputs)?;
         let mut values: Vec<Option<DeviceTensor>> = vec![None; self.graph.nodes.len()];
@@ -1564,6 +1613,7 @@ impl Program for CudaProgram {
                 },
                 (_, None) => continue,
                 (op, Some(step)) => {
+                    self.join_collectives(|v| self.reads(i).iter().any(|r| r.0 == v))?;
                     let args: Vec<&DeviceTensor> = self
                         .reads(i)
                         .iter()
@@ -1603,6 +1653,7 @@ impl Program for CudaProgram {
             }
         }
         self.forget_attention();
+        self.join_collectives(|_| true)?;
         // State outputs (the last ones, a KV cache) stay on the device for
         // the next run; the others come to the host.
         let outputs = &self.graph.outputs;
