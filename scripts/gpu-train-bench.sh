@@ -12,8 +12,8 @@
 # the CUDA context and cached memory that PyTorch's max_memory_allocated
 # (the peers' figure) leaves out. One GPU (--gpus 1): the resident step.
 # Settings: BATCH, SEQ, STEPS (16, 1024, 8); MATMULS, the --gpu-matmul modes
-# to run (bf16); ATTENTION=flash, attention by the flash kernels
-# (--gpu-attention); PEERS, the PyTorch modes (plain compiled authors; empty:
+# to run (bf16); ATTENTION, --gpu-attention (flash or products; by default
+# fairyc's: flash with bf16); PEERS, the PyTorch modes (plain compiled authors; empty:
 # fairyc alone); PROFILE=1 adds fairyc's profile, op by op.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,7 @@ for matmul in ${MATMULS:-bf16}; do
   echo "== fairyc train --device cuda --gpu-matmul $matmul, $STEPS steps of $BATCH x $SEQ tokens"
   .dev/fairyc -v train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps "$STEPS" \
     --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 --gpu-matmul "$matmul" \
-    --gpu-attention "${ATTENTION:-products}" \
-    -o .dev/trained.fairy > .dev/train.log 2>&1
+    ${ATTENTION:+--gpu-attention "$ATTENTION"} -o .dev/trained.fairy > .dev/train.log 2>&1
   echo "exit $?"
   kill "$watcher"
   grep -v "step=" .dev/train.log | tail -4
@@ -59,7 +58,7 @@ if [ -n "${PROFILE:-}" ]; then
   echo "== fairyc's step, op by op (FAIRYC_PROFILE: each node waited for), 2 steps"
   FAIRYC_PROFILE=1 .dev/fairyc train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps 2 \
     --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 \
-    --gpu-attention "${ATTENTION:-products}" -o .dev/profiled.fairy 2>&1 \
+    ${ATTENTION:+--gpu-attention "$ATTENTION"} -o .dev/profiled.fairy 2>&1 \
     | sed -n '/time per op/,$p' | head -32
 fi
 for mode in ${PEERS-plain compiled authors}; do

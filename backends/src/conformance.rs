@@ -679,6 +679,32 @@ pub fn bf16_attention_cases() -> Vec<Case> {
     out
 }
 
+/// Dense products on bf16 values: `linear`, `linear` by a transposed
+/// weight (the backward pass's form) and `linear_weight_grad`, at odd and
+/// even sizes: the cases of backends that round products' operands to
+/// bf16 (the cuda backend's bf16 products), exact there on bf16 values.
+pub fn bf16_product_cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for shape in [(37, 64, 48), (5, 33, 7), (1, 9, 3)] {
+        cases_over(&mut out, "bf16 products", &[shape], |c, (s, k, n)| {
+            c.bf16 = true;
+            let (x, w, wt, dy) = (
+                c.real(&[s, k]),
+                c.real(&[n, k]),
+                c.real(&[k, n]),
+                c.real(&[s, n]),
+            );
+            let transposed = c.push(Op::Transpose { perm: vec![1, 0] }, &[wt]);
+            vec![
+                c.push(Op::Linear, &[x, w]),
+                c.push(Op::Linear, &[x, transposed]),
+                c.push(Op::LinearWeightGrad, &[dy, x]),
+            ]
+        });
+    }
+    out
+}
+
 /// What one backend did on the suite.
 pub struct Report {
     /// Cases run.

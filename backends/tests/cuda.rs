@@ -72,6 +72,27 @@ fn bf16_attention_on_the_gpu() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Dense products in bf16, on bf16 values: each operand rounded to bf16
+/// (by the backend's kernel, for cuBLAS's bf16 inputs), f32 sums.
+#[test]
+fn bf16_products_on_the_gpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let cuda = Cuda {
+        matmul: GpuMatmul::Bf16,
+        ..Cuda::default()
+    };
+    let report = conformance::run_cases(&cuda, conformance::bf16_product_cases());
+    eprintln!(
+        "{} bf16 product cases on the cuda backend; {} mismatches",
+        report.cases,
+        report.failures.len()
+    );
+    let problems: Vec<&String> = report.unsupported.iter().chain(&report.failures).collect();
+    assert!(report.cases > 0 && problems.is_empty(), "{problems:?}");
+}
+
 /// `all_reduce` and `broadcast_from` through NCCL over every GPU the
 /// machine has, one program per GPU run side by side: each gets the sum of
 /// all their tensors, and the last rank's. With one GPU (a group of one) it

@@ -71,6 +71,7 @@ fn every_kernel() -> Vec<Kernel> {
     }
     kernels.push(Kernel::MaskedSoftmax);
     kernels.push(Kernel::RunSums);
+    kernels.push(Kernel::ToBf16);
     // SmolLM2's heads (64) and LLaMA's (128), the widest flash_applies takes.
     for (d, dv) in [(64, 64), (128, 128)] {
         for pass in [

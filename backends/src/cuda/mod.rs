@@ -54,8 +54,9 @@ pub enum GpuAttention {
     /// The flash kernels ([`codegen::flash`]): bf16 tensor-core products
     /// with f32 sums whatever [`GpuMatmul`] says, the weights never in
     /// memory; where the heads do not suit them (16 to 128 words, whole
-    /// 16s), products as above. New: not yet the default, until a GPU run
-    /// has checked them.
+    /// 16s), products as above. `fairyc train`'s default with bf16
+    /// products; the backend's default stays products, which f32 products
+    /// hold to the reference.
     Flash,
 }
 

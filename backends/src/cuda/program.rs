@@ -30,6 +30,7 @@ use crate::profile::{self, OpProfile};
 
 mod attention;
 mod fusion;
+mod products;
 
 use crate::reference::{bind_inputs, bind_shape, load_resident, load_weights};
 use crate::tensor::{Data, DeviceData, Tensor};
@@ -104,6 +105,10 @@ enum Step {
     WeightGrad,
     /// A dense product through cuBLAS.
     Gemm,
+    /// `linear` of `operands[0]` by the transpose of the 2-D `operands[1]`
+    /// (its weight operand's operand): cuBLAS transposes it in the product
+    /// ([`fusion::fold_transposed_weights`]).
+    GemmTransposedWeight { operands: Vec<ValueId> },
     /// A new shape over the same words.
     Alias,
     /// `all_reduce` or `broadcast_from` over the data-parallel group's GPUs,
@@ -146,6 +151,13 @@ pub struct CudaProgram {
     resident_bytes: usize,
     /// cuBLAS's compute type for dense products.
     compute: blas_sys::cublasComputeType_t,
+    /// The [`Kernel::ToBf16`] that rounds real products' operands for
+    /// cuBLAS's bf16 inputs (with bf16 products).
+    to_bf16: Option<usize>,
+    /// Real products through cuBLASLt (complex ones through
+    /// `cublasGemmEx`), and the fast compute type of their f32 operands.
+    lt: products::Products,
+    fast: Option<cudarc::cublaslt::sys::cublasComputeType_t>,
     profile: Option<OpProfile>,
     /// Within a run: the collectives NCCL's stream has not been joined
     /// after yet.
@@ -394,6 +406,7 @@ fn select_kernels(
     if fuse {
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
     }
+    fusion::fold_transposed_weights(graph, plan, &mut steps);
     Ok((kernels, steps))
 }
 
@@ -473,13 +486,43 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
     let context = CudaContext::new(ordinal).map_err(driver)?;
     // A program orders its work itself (one stream; NCCL's stream joined by
     // events it records), so cudarc need not create two events for every
-    // allocation. FAIRYC_EVENT_TRACKING=1 keeps them, to measure the cost.
-    if std::env::var_os("FAIRYC_EVENT_TRACKING").is_none() {
-        // SAFETY: no slice of this context exists yet.
-        unsafe { context.disable_event_tracking() };
-    }
+    // allocation and wait on them (no difference measured on the QAT step).
+    // SAFETY: no slice of this context exists yet.
+    unsafe { context.disable_event_tracking() };
+    keep_freed_memory(&context)?;
     contexts.insert(ordinal, context.clone());
     Ok(context)
+}
+
+/// Makes the device's memory pool (which stream-ordered allocations draw
+/// on) keep what is freed instead of handing it back to the driver at each
+/// synchronisation, its default: a program frees and allocates thousands
+/// of buffers a run, and a buffer the pool must map anew costs far more
+/// than one it reuses. FAIRYC_RELEASE_MEMORY=1 keeps the default, to
+/// measure it.
+fn keep_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
+    use cudarc::driver::sys;
+    if std::env::var_os("FAIRYC_RELEASE_MEMORY").is_some() {
+        return Ok(());
+    }
+    context.bind_to_thread().map_err(driver)?;
+    let mut pool = std::mem::MaybeUninit::uninit();
+    let mut threshold = u64::MAX;
+    // SAFETY: the device is the context's; the attribute takes a u64
+    // passed by pointer.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), context.cu_device())
+            .result()
+            .and_then(|()| {
+                sys::cuMemPoolSetAttribute(
+                    pool.assume_init(),
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                )
+                .result()
+            })
+    }
+    .map_err(driver)
 }
 
 /// The module of `ptx` on device `ordinal`, loaded once per distinct PTX
@@ -538,7 +581,16 @@ impl CudaProgram {
             flash: options.attention == GpuAttention::Flash,
             collective: options.communicator.is_some(),
         };
-        let (kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
+        let (mut kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
+        // bf16 products take their operands rounded to bf16 by a kernel of
+        // ours, so that cuBLAS runs its bf16 kernels; FAIRYC_BF16_IN_CUBLAS
+        // has cuBLAS round the f32 operands itself, to measure the two.
+        let to_bf16 = (options.matmul == GpuMatmul::Bf16
+            && std::env::var_os("FAIRYC_BF16_IN_CUBLAS").is_none())
+        .then(|| {
+            kernels.push(Kernel::ToBf16);
+            kernels.len() - 1
+        });
         let ptx = codegen::ptx(&kernels).map_err(BackendError::new)?;
         let module = load_module(&context, ordinal, ptx)?;
         let functions = kernels
@@ -547,6 +599,7 @@ impl CudaProgram {
             .map(|(k, kernel)| module.load_function(&kernel.symbol(k)).map_err(driver))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let lt = products::Products::new(&stream)?;
         let mut constants = HashMap::new();
         for (i, t) in &host_constants {
             let d = upload(&stream, t).map_err(|e| BackendError::new(format!("%{i}: {e}")))?;
@@ -671,6 +724,9 @@ impl CudaProgram {
             in_flight: Mutex::new(Vec::new()),
             attention_groups,
             communicator: options.communicator.clone(),
+            to_bf16,
+            lt,
+            fast: products::fast_compute(options.matmul),
             compute: match options.matmul {
                 GpuMatmul::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 GpuMatmul::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -823,6 +879,9 @@ impl CudaProgram {
         let x = args[0];
         match (step, &node.op) {
             (Step::Gemm, Op::Linear) => self.linear(x, args[1], &mut out)?,
+            (Step::GemmTransposedWeight { .. }, Op::Linear) => {
+                self.linear_by_transpose(x, args[1], &mut out)?
+            }
             (Step::Collective, op) => {
                 let communicator = self
                     .communicator
@@ -1284,7 +1343,9 @@ impl CudaProgram {
     /// The values node `i`'s step reads.
     fn reads(&self, i: usize) -> &[ValueId] {
         match &self.steps[i] {
-            Some(Step::Fused { operands, .. }) => operands,
+            Some(Step::Fused { operands, .. } | Step::GemmTransposedWeight { operands }) => {
+                operands
+            }
             _ => &self.graph.nodes[i].operands,
         }
     }
@@ -1366,6 +1427,20 @@ impl CudaProgram {
         self.gemm(x.elem, (t, no), (n, m, k), (w, k), (x, k), (out, n))
     }
 
+    /// `out[.., n] = x[.., k] · w[k, n]`, the `linear` of `x` by `wᵀ`:
+    /// `w` is, column-major, the `n×k` matrix the product takes as it is.
+    fn linear_by_transpose(
+        &self,
+        x: &DeviceTensor,
+        w: &DeviceTensor,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let (k, n) = (w.shape[0], w.shape[1]);
+        let m: usize = x.shape[..x.shape.len() - 1].iter().product();
+        let no = blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        self.gemm(x.elem, (no, no), (n, m, k), (w, n), (x, k), (out, n))
+    }
+
     /// `dw[n, k] = Σ_rows dy[.., n]ᵀ · x[.., k]`: the column-major product
     /// `dwᵀ(k×n) = xᵀ · dy` (x as the k×m matrix it is column-major, dy
     /// transposed from its n×m column-major form), with no conjugation.
@@ -1403,14 +1478,46 @@ impl CudaProgram {
             self.stream.memset_zeros(c).map_err(driver)?;
             return Ok(());
         }
-        let (pa, _ra) = a.words.device_ptr(&self.stream);
-        let (pb, _rb) = b.words.device_ptr(&self.stream);
+        use blas_sys::cudaDataType_t::{CUDA_C_32F, CUDA_R_16BF, CUDA_R_32F};
+        let rounded = match (self.to_bf16, elem) {
+            (Some(kernel), Elem::Real) => Some((self.bf16(kernel, a)?, self.bf16(kernel, b)?)),
+            _ => None,
+        };
+        let (a, b) = match &rounded {
+            Some((a, b)) => (a, b),
+            None => (&*a.words, &*b.words),
+        };
+        if elem == Elem::Real {
+            let t = blas_sys::cublasOperation_t::CUBLAS_OP_T;
+            let product = products::Product {
+                transa: transa == t,
+                transb: transb == t,
+                m,
+                n,
+                k,
+                lda,
+                ldb,
+                ldc,
+                bf16: rounded.is_some(),
+                fast: self.fast,
+            };
+            return self.lt.run(&self.stream, product, a, b, c);
+        }
+        let (pa, _ra) = a.device_ptr(&self.stream);
+        let (pb, _rb) = b.device_ptr(&self.stream);
         let (pc, _rc) = c.device_ptr_mut(&self.stream);
         let [m, n, k, lda, ldb, ldc] = [m, n, k, lda, ldb, ldc].map(|v| v as i32);
         let handle = *self.blas.handle();
         let data = match elem {
-            Elem::Complex => blas_sys::cudaDataType_t::CUDA_C_32F,
-            _ => blas_sys::cudaDataType_t::CUDA_R_32F,
+            Elem::Complex => CUDA_C_32F,
+            _ => CUDA_R_32F,
+        };
+        let (operands, compute) = match rounded {
+            Some(_) => (
+                CUDA_R_16BF,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
+            None => (data, self.compute),
         };
         // alpha = 1 and beta = 0, as complex numbers where the data are.
         let (one, zero) = ([1.0f32, 0.0], [0.0f32, 0.0]);
@@ -1427,20 +1534,32 @@ impl CudaProgram {
                 k,
                 one.as_ptr().cast(),
                 pa as *const std::ffi::c_void,
-                data,
+                operands,
                 lda,
                 pb as *const std::ffi::c_void,
-                data,
+                operands,
                 ldb,
                 zero.as_ptr().cast(),
                 pc as *mut std::ffi::c_void,
                 data,
                 ldc,
-                self.compute,
+                compute,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         };
         blas_result(status)
+    }
+
+    /// `x`'s f32 words rounded to bf16, two a word ([`Kernel::ToBf16`]).
+    fn bf16(&self, kernel: usize, x: &DeviceTensor) -> Result<CudaSlice<u32>, BackendError> {
+        let n = x.len();
+        let pairs = n.div_ceil(2);
+        let out = self.alloc(pairs)?;
+        let (pairs, n) = (pairs as i64, n as i64);
+        self.launch(kernel, Self::grid(pairs as usize), MAP_THREADS, |b| {
+            b.arg(&out).arg(&*x.words).arg(&pairs).arg(&n);
+        })?;
+        Ok(out)
     }
 
     /// Checks token ids bound to inputs against the tables they index (a
@@ -1632,6 +1751,12 @@ impl Program for CudaProgram {
                             .map(|(_, a)| Ok(a.shape.clone()))
                             .unwrap_or_else(|| bind_shape(&node.ty.shape, &bindings))
                             .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
+                        // `x[.., k]` by `w[k, n]`: `[.., n]`.
+                        Step::GemmTransposedWeight { .. } => {
+                            let (x, w) = (&args[0].shape, &args[1].shape);
+                            let dims = x[..x.len() - 1].iter().chain(&w[1..]).copied();
+                            Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
+                        }
                         _ => concrete_type(op, &args, &bindings),
                     }
                     .map_err(error)?;

@@ -47,6 +47,27 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `to_bf16(out, x, pairs, n)`: [`Kernel::ToBf16`] over the `n` words
+    /// of `x`.
+    pub(super) fn to_bf16(&self, name: &str) -> Built<()> {
+        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let (pairs, n) = (self.param_int(f, 2), self.param_int(f, 3));
+        self.grid_loop(f, pairs, |p| {
+            let lo_at = self.mul(p, self.int(2))?;
+            let hi_at = self.add(lo_at, self.int(1))?;
+            let inside = self
+                .builder
+                .build_int_compare(IntPredicate::SLT, hi_at, n, "")
+                .map_err(err)?;
+            let lo = self.load_f32(x, lo_at)?;
+            let hi = self.load_f32(x, self.select_int(inside, hi_at, lo_at)?)?;
+            let hi = self.select_float(inside, hi, self.float(0.0))?;
+            self.store_i32(out, p, self.pack(lo, hi)?)
+        })?;
+        self.ret()
+    }
+
     pub(super) fn eval(&self, expr: &Expr, operands: &[Val<'ctx>], out: Elem) -> Built<Val<'ctx>> {
         let (op, args) = match expr {
             Expr::Operand(k) => return Ok(operands[*k]),

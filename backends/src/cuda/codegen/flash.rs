@@ -759,7 +759,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Two f32 rounded to bf16 in one word, `lo` in the low half.
-    fn pack(&self, lo: FloatValue<'ctx>, hi: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+    pub(super) fn pack(&self, lo: FloatValue<'ctx>, hi: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
         let ty = self.f32().vec_type(2);
         let mut v = ty.get_undef();
         for (j, x) in [lo, hi].into_iter().enumerate() {

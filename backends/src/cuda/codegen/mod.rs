@@ -113,6 +113,10 @@ pub enum Kernel {
     /// `out[r, c] = x[r, index[c]]` on 32-bit words, 0 where `index[c] < 0`:
     /// `pack` and `unpack` (pairings of real channels into complex slots).
     GatherColumns,
+    /// `out[p]` = f32 words `2p` and `2p + 1` rounded to bf16 (to nearest,
+    /// ties to even; 0 past the end), the first in the low half: a dense
+    /// product's operand for cuBLAS's bf16 inputs.
+    ToBf16,
     /// `out[c] = Σ_r x[r·cols + c]` on f32 words, one block per column:
     /// `reduce_to` and the sums of the losses.
     ColumnSum,
@@ -228,6 +232,7 @@ impl Kernel {
             Kernel::SoftmaxGrad => "softmax_grad",
             Kernel::WidelyLinear { .. } => "widely_linear",
             Kernel::GatherColumns => "gather_columns",
+            Kernel::ToBf16 => "to_bf16",
             Kernel::ColumnSum => "column_sum",
             Kernel::RunSums => "run_sums",
             Kernel::CrossEntropyRows => "cross_entropy_rows",
@@ -683,6 +688,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::RunSums => self.run_sums(name),
             Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
             Kernel::ScoredMean => self.scored_mean(name),
+            Kernel::ToBf16 => self.to_bf16(name),
             Kernel::CrossEntropyGrad => self.cross_entropy_grad(name),
             Kernel::KlDivRows => self.kl_div_rows(name),
             Kernel::KlDivGrad => self.kl_div_grad(name),

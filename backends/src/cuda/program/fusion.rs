@@ -9,8 +9,12 @@
 //! elementwise nodes per weight) go from one pass over memory per node to
 //! one per chain. Values other kernels read (a product, a reduction), the
 //! graph's outputs and weight expressions stay materialised.
+//!
+//! Likewise a `linear` whose weight is a 2-D `transpose` (the backward
+//! pass's `dx = dy · w` reads `transpose(w)`) reads `w` and has cuBLAS
+//! transpose it in the product; the transpose is then not computed.
 
-use fairyc_ir::{Graph, ValueId};
+use fairyc_ir::{Graph, Op, ValueId};
 
 use super::{Kernel, Step};
 use crate::cuda::codegen::{Elem, Expr};
@@ -242,18 +246,68 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
 /// The node after which each value is dead, over the operands each step
 /// reads (fused steps read other values than their nodes' operands);
 /// `usize::MAX` for outputs, the value's own node for a value no step reads.
+/// Folds each 2-D `transpose` a `linear` reads as its weight into that
+/// product ([`Step::GemmTransposedWeight`]); a transpose no other step
+/// reads is dropped.
+pub(super) fn fold_transposed_weights(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    steps: &mut [Option<Step>],
+) {
+    let n = graph.nodes.len();
+    let mut unfolded_readers = vec![0usize; n];
+    for i in 0..n {
+        if steps[i].is_some() && !plan.resident[i] {
+            for v in reads(graph, steps, i) {
+                unfolded_readers[v.0] += 1;
+            }
+        }
+    }
+    let mut folded = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if plan.resident[i] || !matches!(steps[i], Some(Step::Gemm)) {
+            continue;
+        }
+        let (x, w) = (node.operands[0], node.operands[1]);
+        let transpose = graph.node(w);
+        let two_d = transpose.ty.shape.dims().len() == 2;
+        if two_d
+            && matches!(&transpose.op, Op::Transpose { perm } if perm[..] == [1, 0])
+            && matches!(steps[w.0], Some(Step::Kernel(_)))
+            && !plan.resident[w.0]
+        {
+            steps[i] = Some(Step::GemmTransposedWeight {
+                operands: vec![x, transpose.operands[0]],
+            });
+            unfolded_readers[w.0] -= 1;
+            folded.push(w);
+        }
+    }
+    for w in folded {
+        if unfolded_readers[w.0] == 0 && !graph.outputs.contains(&w) {
+            steps[w.0] = None;
+        }
+    }
+}
+
+/// The values node `i`'s step reads.
+fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -> &'a [ValueId] {
+    match &steps[i] {
+        Some(Step::Fused { operands, .. } | Step::GemmTransposedWeight { operands }) => operands,
+        _ => &graph.nodes[i].operands,
+    }
+}
+
 pub(super) fn last_uses(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<usize> {
     let mut last: Vec<usize> = (0..graph.nodes.len()).collect();
-    for (i, node) in graph.nodes.iter().enumerate() {
+    for i in 0..graph.nodes.len() {
         if plan.resident[i] {
             continue;
         }
-        let reads: &[ValueId] = match &steps[i] {
-            Some(Step::Fused { operands, .. }) => operands,
-            Some(_) => &node.operands,
-            None => &[],
-        };
-        for v in reads {
+        if steps[i].is_none() {
+            continue;
+        }
+        for v in reads(graph, steps, i) {
             last[v.0] = i;
         }
     }
@@ -311,6 +365,35 @@ mod tests {
             matches!(&kept[sum.0], Some(Step::Fused { operands, .. }) if *operands == [x, s, y])
         );
         assert!(matches!(&kept[c.0], Some(Step::Kernel(_))));
+    }
+
+    /// `dy · transpose(w)` reads `w` and has cuBLAS transpose it; the
+    /// transpose is computed only while another step reads it.
+    #[test]
+    fn a_transposed_weight_is_folded_into_its_product() {
+        let graph = |also_read: bool| {
+            let mut b = GraphBuilder::new("dx");
+            let dy = b.input("dy", ty(&[4, 8]));
+            let w = b.input("w", ty(&[8, 6]));
+            let t = b.push(Op::Transpose { perm: vec![1, 0] }, &[w]).unwrap();
+            let dx = b.push(Op::Linear, &[dy, t]).unwrap();
+            let mut outputs = vec![dx];
+            if also_read {
+                outputs.push(b.push(Op::Scale { factor: 2.0 }, &[t]).unwrap());
+            }
+            (steps(&b.finish(&outputs)), [dy, w, t, dx])
+        };
+        let (folded, [dy, w, t, dx]) = graph(false);
+        assert!(
+            matches!(&folded[dx.0], Some(Step::GemmTransposedWeight { operands }) if *operands == [dy, w])
+        );
+        assert!(folded[t.0].is_none(), "the transpose is not computed");
+        let (kept, [_, _, t, dx]) = graph(true);
+        assert!(matches!(
+            &kept[dx.0],
+            Some(Step::GemmTransposedWeight { .. })
+        ));
+        assert!(matches!(&kept[t.0], Some(Step::Kernel(_))));
     }
 
     /// A value every reader of which is elementwise is recomputed in each

@@ -1,0 +1,246 @@
+//! Real dense products through cuBLASLt: each distinct product (its
+//! transposes, sizes, leading dimensions and element types) is planned once
+//! (descriptors, and the algorithm cuBLASLt's heuristic puts first for it
+//! with a 32 MiB workspace) and the plan kept for the program's life, as
+//! PyTorch does; the legacy `cublasGemmEx` leaves that choice to cuBLAS on
+//! every call. (On the QAT step of docs/BENCHMARKS.md the two measured
+//! alike: 62,725 and 62,797 tokens/s on an H100.)
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+
+use super::driver;
+use crate::cuda::GpuMatmul;
+use crate::BackendError;
+
+/// The workspace cuBLASLt's Hopper kernels are given.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// `c(m×n) = op(a)(m×k) · op(b)(k×n)`, column-major, as cuBLAS takes it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) struct Product {
+    pub transa: bool,
+    pub transb: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    /// bf16 operands (else f32); the result is f32 either way.
+    pub bf16: bool,
+    /// f32 operands on tensor cores rounded to TF32 or bf16 (cuBLAS's fast
+    /// f32 compute types); f32 throughout otherwise.
+    pub fast: Option<sys::cublasComputeType_t>,
+}
+
+/// The fast compute type of f32 operands that `matmul` asks for.
+pub(super) fn fast_compute(matmul: GpuMatmul) -> Option<sys::cublasComputeType_t> {
+    match matmul {
+        GpuMatmul::F32 => None,
+        GpuMatmul::Tf32 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+        GpuMatmul::Bf16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
+    }
+}
+
+/// One planned product: its descriptors and algorithm.
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    c: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each was created once, by `Plan::new`, and is destroyed
+        // once, here; a failure to destroy leaks it, nothing more.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a);
+            let _ = lt::destroy_matrix_layout(self.b);
+            let _ = lt::destroy_matrix_layout(self.c);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+fn blas(e: lt::CublasError) -> BackendError {
+    BackendError::new(format!("cuBLASLt: {e:?}"))
+}
+
+impl Plan {
+    fn new(handle: sys::cublasLtHandle_t, p: &Product) -> Result<Plan, BackendError> {
+        use sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
+        let operands = if p.bf16 { CUDA_R_16BF } else { CUDA_R_32F };
+        let compute = match (p.bf16, p.fast) {
+            (false, Some(fast)) => fast,
+            _ => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        };
+        let layout = |ty, rows: usize, cols: usize, ld: usize| {
+            lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(blas)
+        };
+        let (a_rows, a_cols) = if p.transa { (p.k, p.m) } else { (p.m, p.k) };
+        let (b_rows, b_cols) = if p.transb { (p.n, p.k) } else { (p.k, p.n) };
+        let desc = lt::create_matmul_desc(compute, CUDA_R_32F).map_err(blas)?;
+        // Each piece is owned by the plan as soon as it exists, so that an
+        // error part way frees what was made.
+        let mut plan = Plan {
+            desc,
+            a: layout(operands, a_rows, a_cols, p.lda)?,
+            b: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+        };
+        plan.b = layout(operands, b_rows, b_cols, p.ldb)?;
+        plan.c = layout(CUDA_R_32F, p.m, p.n, p.ldc)?;
+        // cuBLAS's cublasOperation_t, as the int32 the attribute holds.
+        let op = |t: bool| {
+            use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+            (if t { CUBLAS_OP_T } else { CUBLAS_OP_N }) as i32
+        };
+        for (attribute, t) in [
+            (
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                op(p.transa),
+            ),
+            (
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                op(p.transb),
+            ),
+        ] {
+            // SAFETY: the attribute takes an int32, passed by pointer with
+            // its size.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    attribute,
+                    (&t as *const i32).cast(),
+                    std::mem::size_of::<i32>(),
+                )
+            }
+            .map_err(blas)?;
+        }
+        let preference = lt::create_matmul_pref().map_err(blas)?;
+        let workspace = WORKSPACE_BYTES as u64;
+        // SAFETY: the attribute takes a u64, passed by pointer with its
+        // size; the preference is destroyed once, after its last use.
+        let heuristic = unsafe {
+            let chosen = lt::set_matmul_pref_attribute(
+                preference,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+            .and_then(|()| {
+                lt::get_matmul_algo_heuristic(
+                    handle, plan.desc, plan.a, plan.b, plan.c, plan.c, preference,
+                )
+            });
+            let _ = lt::destroy_matmul_pref(preference);
+            chosen
+        }
+        .map_err(|e| BackendError::new(format!("cuBLASLt has no algorithm for {p:?}: {e:?}")))?;
+        plan.algo = heuristic.algo;
+        Ok(plan)
+    }
+}
+
+/// A program's cuBLASLt handle, workspace and plans.
+pub(super) struct Products {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    /// Held through each product, so that one product at a time uses the
+    /// handle and the workspace.
+    plans: Mutex<HashMap<Product, Plan>>,
+}
+
+// SAFETY: the handle and the plans' descriptors are used only under the
+// `plans` lock (one product at a time); raw pointers are what keep them
+// from being Send and Sync on their own.
+unsafe impl Send for Products {}
+unsafe impl Sync for Products {}
+
+impl Drop for Products {
+    fn drop(&mut self) {
+        self.plans
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        // SAFETY: the handle was created once, by `Products::new`.
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+impl Products {
+    pub(super) fn new(stream: &Arc<CudaStream>) -> Result<Products, BackendError> {
+        let handle = lt::create_handle().map_err(blas)?;
+        // SAFETY: cuBLASLt writes the workspace before it reads it.
+        let workspace = match unsafe { stream.alloc::<u8>(WORKSPACE_BYTES) } {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: created just above, used by nothing yet.
+                let _ = unsafe { lt::destroy_handle(handle) };
+                return Err(driver(e));
+            }
+        };
+        Ok(Products {
+            handle,
+            workspace,
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `c = op(a) · op(b)` (`p` says how) on `stream`.
+    pub(super) fn run(
+        &self,
+        stream: &Arc<CudaStream>,
+        p: Product,
+        a: &CudaSlice<u32>,
+        b: &CudaSlice<u32>,
+        c: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let plan = match plans.entry(p) {
+            std::collections::hash_map::Entry::Occupied(planned) => planned.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(Plan::new(self.handle, &p)?)
+            }
+        };
+        let (one, zero) = (1.0f32, 0.0f32);
+        let (pa, _ra) = a.device_ptr(stream);
+        let (pb, _rb) = b.device_ptr(stream);
+        let (pc, _rc) = c.device_ptr_mut(stream);
+        let (pw, _rw) = self.workspace.device_ptr(stream);
+        // SAFETY: the callers pass the matrices' true sizes and leading
+        // dimensions, which the plan's layouts hold; the buffers hold them;
+        // the scalars are f32, the plan's scale type; the workspace is the
+        // size the algorithm was chosen for.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                (&one as *const f32).cast(),
+                (&zero as *const f32).cast(),
+                pa as *const c_void,
+                plan.a,
+                pb as *const c_void,
+                plan.b,
+                pc as *const c_void,
+                plan.c,
+                pc as *mut c_void,
+                plan.c,
+                &plan.algo,
+                pw as *mut c_void,
+                WORKSPACE_BYTES,
+                stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(blas)
+    }
+}
