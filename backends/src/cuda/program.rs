@@ -126,6 +126,9 @@ struct InFlight {
     _operand: Arc<CudaSlice<u32>>,
 }
 
+/// A value's words, and the same rounded to bf16 (two a word).
+type Rounded = (Arc<CudaSlice<u32>>, Arc<CudaSlice<u32>>);
+
 pub struct CudaProgram {
     graph: Graph,
     plan: MemoryPlan,
@@ -162,6 +165,15 @@ pub struct CudaProgram {
     /// Within a run: the collectives NCCL's stream has not been joined
     /// after yet.
     in_flight: Mutex<Vec<InFlight>>,
+    /// Within a run: values rounded to bf16 for products, by the words they
+    /// were rounded from, so that a value several products read (a normed
+    /// input of three projections, an output gradient of a product and of
+    /// its weight gradient) is rounded once; each is dropped once nothing
+    /// but this holds its source.
+    rounded: Mutex<Vec<Rounded>>,
+    /// Within a profiled node: the time its operands' rounding took, which
+    /// the profile reports apart.
+    rounding_time: Mutex<std::time::Duration>,
     /// Within a run: what the last attention gradient computed, for its
     /// siblings (`attention::Shared`).
     attention_cache: Mutex<Option<attention::Shared>>,
@@ -722,6 +734,8 @@ impl CudaProgram {
             profile: OpProfile::from_env(),
             attention_cache: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
+            rounded: Mutex::new(Vec::new()),
+            rounding_time: Mutex::new(std::time::Duration::ZERO),
             attention_groups,
             communicator: options.communicator.clone(),
             to_bf16,
@@ -1369,6 +1383,14 @@ impl CudaProgram {
         Ok(())
     }
 
+    /// Frees the values rounded for products.
+    fn forget_rounded(&self) {
+        self.rounded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// Frees what the last attention gradient kept for its siblings.
     fn forget_attention(&self) {
         *self
@@ -1484,7 +1506,7 @@ impl CudaProgram {
             _ => None,
         };
         let (a, b) = match &rounded {
-            Some((a, b)) => (a, b),
+            Some((a, b)) => (&**a, &**b),
             None => (&*a.words, &*b.words),
         };
         if elem == Elem::Real {
@@ -1550,8 +1572,21 @@ impl CudaProgram {
         blas_result(status)
     }
 
-    /// `x`'s f32 words rounded to bf16, two a word ([`Kernel::ToBf16`]).
-    fn bf16(&self, kernel: usize, x: &DeviceTensor) -> Result<CudaSlice<u32>, BackendError> {
+    /// `x`'s f32 words rounded to bf16, two a word ([`Kernel::ToBf16`]),
+    /// once a run for each value.
+    fn bf16(&self, kernel: usize, x: &DeviceTensor) -> Result<Arc<CudaSlice<u32>>, BackendError> {
+        let mut rounded = self.rounded.lock().unwrap_or_else(|e| e.into_inner());
+        rounded.retain(|(source, _)| Arc::strong_count(source) > 1);
+        if let Some((_, done)) = rounded.iter().find(|(s, _)| Arc::ptr_eq(s, &x.words)) {
+            return Ok(done.clone());
+        }
+        let started = match &self.profile {
+            Some(_) => {
+                self.stream.synchronize().map_err(driver)?;
+                Some(std::time::Instant::now())
+            }
+            None => None,
+        };
         let n = x.len();
         let pairs = n.div_ceil(2);
         let out = self.alloc(pairs)?;
@@ -1559,6 +1594,14 @@ impl CudaProgram {
         self.launch(kernel, Self::grid(pairs as usize), MAP_THREADS, |b| {
             b.arg(&out).arg(&*x.words).arg(&pairs).arg(&n);
         })?;
+        if let (Some(profile), Some(started)) = (&self.profile, started) {
+            self.stream.synchronize().map_err(driver)?;
+            let took = started.elapsed();
+            profile.record("to_bf16 (products' operands)".into(), took);
+            *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()) += took;
+        }
+        let out = Arc::new(out);
+        rounded.push((x.words.clone(), out.clone()));
         Ok(out)
     }
 
@@ -1717,6 +1760,7 @@ impl Program for CudaProgram {
     fn run(&self, inputs: HashMap<String, Tensor>) -> Result<Vec<Tensor>, BackendError> {
         // Nothing an earlier run (one that failed midway) left is reused.
         self.forget_attention();
+        self.forget_rounded();
         self.join_collectives(|_| true)?;
         let bindings = bind_inputs(&self.graph, &inputs)?;
         self.check_ids(&inputs)?;
@@ -1763,9 +1807,14 @@ impl Program for CudaProgram {
                     let started = self.profile.as_ref().map(|_| std::time::Instant::now());
                     let value = self.eval(i, step, &args, &ty)?;
                     if let (Some(profile), Some(started)) = (&self.profile, started) {
-                        // A node's time is its kernels' to the end.
+                        // A node's time is its kernels' to the end, less
+                        // its operands' rounding (a line of its own).
                         self.stream.synchronize().map_err(driver)?;
-                        profile.record(profile::label(op, &value.shape), started.elapsed());
+                        let rounding = std::mem::take(
+                            &mut *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()),
+                        );
+                        let took = started.elapsed().saturating_sub(rounding);
+                        profile.record(profile::label(op, &value.shape), took);
                     }
                     value
                 }
@@ -1778,6 +1827,7 @@ impl Program for CudaProgram {
             }
         }
         self.forget_attention();
+        self.forget_rounded();
         self.join_collectives(|_| true)?;
         // State outputs (the last ones, a KV cache) stay on the device for
         // the next run; the others come to the host.
