@@ -4,7 +4,11 @@
 //! with a 32 MiB workspace) and the plan kept for the program's life, as
 //! PyTorch does; the legacy `cublasGemmEx` leaves that choice to cuBLAS on
 //! every call. (On the QAT step of docs/BENCHMARKS.md the two measured
-//! alike: 62,725 and 62,797 tokens/s on an H100.)
+//! alike, 62,725 and 62,797 tokens/s on an H100, and each product 4-10x
+//! PyTorch's of the same shape: the heuristic's first choice is not the
+//! fastest. `FAIRYC_GEMM_TUNE=1` times its first eight on a plan's first
+//! product and keeps the fastest; written after the last GPU run of its
+//! session, it has not run on a GPU yet.)
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -20,6 +24,9 @@ use crate::BackendError;
 
 /// The workspace cuBLASLt's Hopper kernels are given.
 const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// How many of cuBLASLt's heuristic choices a product considers.
+const CANDIDATES: usize = 8;
 
 /// `c(m×n) = op(a)(m×k) · op(b)(k×n)`, column-major, as cuBLAS takes it.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -48,12 +55,14 @@ pub(super) fn fast_compute(matmul: GpuMatmul) -> Option<sys::cublasComputeType_t
     }
 }
 
-/// One planned product: its descriptors and algorithm.
+/// One planned product: its descriptors, the algorithms cuBLASLt's
+/// heuristic offers for it (its first choice first) and the one it runs.
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     a: sys::cublasLtMatrixLayout_t,
     b: sys::cublasLtMatrixLayout_t,
     c: sys::cublasLtMatrixLayout_t,
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
     algo: sys::cublasLtMatmulAlgo_t,
 }
 
@@ -95,6 +104,7 @@ impl Plan {
             a: layout(operands, a_rows, a_cols, p.lda)?,
             b: std::ptr::null_mut(),
             c: std::ptr::null_mut(),
+            candidates: Vec::new(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
         };
         plan.b = layout(operands, b_rows, b_cols, p.ldb)?;
@@ -128,25 +138,48 @@ impl Plan {
         }
         let preference = lt::create_matmul_pref().map_err(blas)?;
         let workspace = WORKSPACE_BYTES as u64;
+        // SAFETY: all zeros is a valid heuristic result (plain data).
+        let mut offered: [sys::cublasLtMatmulHeuristicResult_t; CANDIDATES] =
+            unsafe { std::mem::zeroed() };
+        let mut count = 0;
         // SAFETY: the attribute takes a u64, passed by pointer with its
-        // size; the preference is destroyed once, after its last use.
-        let heuristic = unsafe {
-            let chosen = lt::set_matmul_pref_attribute(
+        // size; the heuristic fills at most CANDIDATES results and says how
+        // many; the preference is destroyed once, after its last use.
+        unsafe {
+            let asked = lt::set_matmul_pref_attribute(
                 preference,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 (&workspace as *const u64).cast(),
                 std::mem::size_of::<u64>(),
             )
             .and_then(|()| {
-                lt::get_matmul_algo_heuristic(
-                    handle, plan.desc, plan.a, plan.b, plan.c, plan.c, preference,
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    handle,
+                    plan.desc,
+                    plan.a,
+                    plan.b,
+                    plan.c,
+                    plan.c,
+                    preference,
+                    CANDIDATES as i32,
+                    offered.as_mut_ptr(),
+                    &mut count,
                 )
+                .result()
             });
             let _ = lt::destroy_matmul_pref(preference);
-            chosen
+            asked
         }
-        .map_err(|e| BackendError::new(format!("cuBLASLt has no algorithm for {p:?}: {e:?}")))?;
-        plan.algo = heuristic.algo;
+        .map_err(blas)?;
+        plan.candidates = offered[..count.max(0) as usize]
+            .iter()
+            .filter(|h| h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .map(|h| h.algo)
+            .collect();
+        plan.algo = *plan
+            .candidates
+            .first()
+            .ok_or_else(|| BackendError::new(format!("cuBLASLt has no algorithm for {p:?}")))?;
         Ok(plan)
     }
 }
@@ -158,6 +191,10 @@ pub(super) struct Products {
     /// Held through each product, so that one product at a time uses the
     /// handle and the workspace.
     plans: Mutex<HashMap<Product, Plan>>,
+    /// Whether a new plan times the heuristic's candidates on its first
+    /// product and keeps the fastest (`FAIRYC_GEMM_TUNE=1`; not yet run on
+    /// a GPU, so not the default), or takes the heuristic's first.
+    tune: bool,
 }
 
 // SAFETY: the handle and the plans' descriptors are used only under the
@@ -193,6 +230,7 @@ impl Products {
             handle,
             workspace,
             plans: Mutex::new(HashMap::new()),
+            tune: std::env::var_os("FAIRYC_GEMM_TUNE").is_some(),
         })
     }
 
@@ -206,16 +244,66 @@ impl Products {
         c: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        let plan = match plans.entry(p) {
-            std::collections::hash_map::Entry::Occupied(planned) => planned.into_mut(),
-            std::collections::hash_map::Entry::Vacant(new) => {
-                new.insert(Plan::new(self.handle, &p)?)
-            }
-        };
-        let (one, zero) = (1.0f32, 0.0f32);
         let (pa, _ra) = a.device_ptr(stream);
         let (pb, _rb) = b.device_ptr(stream);
         let (pc, _rc) = c.device_ptr_mut(stream);
+        let buffers = Buffers {
+            a: pa,
+            b: pb,
+            c: pc,
+        };
+        let plan = match plans.entry(p) {
+            std::collections::hash_map::Entry::Occupied(planned) => planned.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
+                let mut plan = Plan::new(self.handle, &p)?;
+                if self.tune && plan.candidates.len() > 1 {
+                    plan.algo = self.fastest(stream, &plan, buffers)?;
+                }
+                new.insert(plan)
+            }
+        };
+        self.enqueue(stream, plan, &plan.algo, buffers)
+    }
+
+    /// The plan's candidate that runs its product fastest on `buffers`,
+    /// each timed by events over a few runs after one to warm it.
+    fn fastest(
+        &self,
+        stream: &Arc<CudaStream>,
+        plan: &Plan,
+        buffers: Buffers,
+    ) -> Result<sys::cublasLtMatmulAlgo_t, BackendError> {
+        const RUNS: usize = 3;
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut best = (f32::INFINITY, plan.candidates[0]);
+        for algo in &plan.candidates {
+            // A candidate the library refuses at run time is passed over.
+            if self.enqueue(stream, plan, algo, buffers).is_err() {
+                continue;
+            }
+            let start = stream.record_event(timing).map_err(driver)?;
+            for _ in 0..RUNS {
+                self.enqueue(stream, plan, algo, buffers)?;
+            }
+            let end = stream.record_event(timing).map_err(driver)?;
+            end.synchronize().map_err(driver)?;
+            let ms = start.elapsed_ms(&end).map_err(driver)?;
+            if ms < best.0 {
+                best = (ms, *algo);
+            }
+        }
+        Ok(best.1)
+    }
+
+    /// Enqueues `c = op(a) · op(b)` by `algo` on `stream`.
+    fn enqueue(
+        &self,
+        stream: &Arc<CudaStream>,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        buffers: Buffers,
+    ) -> Result<(), BackendError> {
+        let (one, zero) = (1.0f32, 0.0f32);
         let (pw, _rw) = self.workspace.device_ptr(stream);
         // SAFETY: the callers pass the matrices' true sizes and leading
         // dimensions, which the plan's layouts hold; the buffers hold them;
@@ -227,15 +315,15 @@ impl Products {
                 plan.desc,
                 (&one as *const f32).cast(),
                 (&zero as *const f32).cast(),
-                pa as *const c_void,
+                buffers.a as *const c_void,
                 plan.a,
-                pb as *const c_void,
+                buffers.b as *const c_void,
                 plan.b,
-                pc as *const c_void,
+                buffers.c as *const c_void,
                 plan.c,
-                pc as *mut c_void,
+                buffers.c as *mut c_void,
                 plan.c,
-                &plan.algo,
+                algo,
                 pw as *mut c_void,
                 WORKSPACE_BYTES,
                 stream.cu_stream() as sys::cudaStream_t,
@@ -243,4 +331,12 @@ impl Products {
         }
         .map_err(blas)
     }
+}
+
+/// A product's operands and result on the device.
+#[derive(Clone, Copy)]
+struct Buffers {
+    a: cudarc::driver::sys::CUdeviceptr,
+    b: cudarc::driver::sys::CUdeviceptr,
+    c: cudarc::driver::sys::CUdeviceptr,
 }
