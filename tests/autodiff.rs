@@ -1451,14 +1451,7 @@ fn tiny_w2_training_step_ptx() {
     with_loss(&mut g);
     // As the trainer runs it: each quantized layer one real product.
     let g = real_products(&g).unwrap();
-    let loss = g.outputs[0];
-    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
-    let typed: Vec<(String, TensorType)> = g
-        .weights()
-        .map(|(_, n, t)| (n.to_string(), t.clone()))
-        .collect();
-    let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
-    let step = adamw_step(&training, &typed, &AdamW::default(), &Replicas::One).unwrap();
+    let step = training_step(&g, g.outputs[0], &Replicas::One);
     assert!(
         step.weights().next().is_none(),
         "every weight is a master the step reads as an input"
@@ -1493,19 +1486,7 @@ fn data_parallel_gradients_are_summed_in_buckets_as_the_backward_pass_goes() {
     }
     let loss = b.push(Op::SumSquares, &[h]).unwrap();
     let g = b.finish(&[loss]);
-    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
-    let typed: Vec<(String, TensorType)> = g
-        .weights()
-        .map(|(_, n, t)| (n.to_string(), t.clone()))
-        .collect();
-    let training = gradients(&g, loss, &params, &GradOptions::default()).unwrap();
-    let step = adamw_step(
-        &training,
-        &typed,
-        &AdamW::default(),
-        &Replicas::DataParallel,
-    )
-    .unwrap();
+    let step = training_step(&g, loss, &Replicas::DataParallel);
     let position = |want: &dyn Fn(&Op, &TensorType) -> bool| -> Vec<usize> {
         step.nodes
             .iter()
@@ -1534,4 +1515,16 @@ fn data_parallel_gradients_are_summed_in_buckets_as_the_backward_pass_goes() {
         sums[1],
         first_layer_grad[0]
     );
+}
+
+/// The AdamW step graph of `g` (every weight trained) on the gradient of
+/// `loss`, as `replicas` run it.
+fn training_step(g: &Graph, loss: ValueId, replicas: &Replicas) -> Graph {
+    let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
+    let typed: Vec<(String, TensorType)> = g
+        .weights()
+        .map(|(_, n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let training = gradients(g, loss, &params, &GradOptions::default()).unwrap();
+    adamw_step(&training, &typed, &AdamW::default(), replicas).unwrap()
 }
