@@ -1528,3 +1528,50 @@ fn training_step(g: &Graph, loss: ValueId, replicas: &Replicas) -> Graph {
     let training = gradients(g, loss, &params, &GradOptions::default()).unwrap();
     adamw_step(&training, &typed, &AdamW::default(), replicas).unwrap()
 }
+
+/// Every rank of a data-parallel step makes the same collectives in the
+/// same order (NCCL pairs them by order: ranks that disagree wait for
+/// each other forever): with the optimizer replicated or sharded, the
+/// sequence of (op, root, length) of each rank's graph is rank 0's.
+#[test]
+fn every_rank_makes_the_same_collectives_in_the_same_order() {
+    let f32s = |dims: &[usize]| TensorType::new(DType::F32, Shape::new(dims.to_vec()));
+    let mut b = GraphBuilder::new("chain");
+    let x = b.input("x", f32s(&[4, 1024]));
+    let shapes = [[2048, 1024], [1024, 2048], [1024, 1024], [8, 1024]];
+    let mut h = x;
+    for (i, shape) in shapes.iter().enumerate() {
+        let w = b.weight(format!("w{i}"), f32s(shape));
+        h = b.push(Op::Linear, &[h, w]).unwrap();
+    }
+    let loss = b.push(Op::SumSquares, &[h]).unwrap();
+    let g = b.finish(&[loss]);
+    let typed: Vec<(String, TensorType)> = g
+        .weights()
+        .map(|(_, n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let collectives = |step: &Graph| -> Vec<String> {
+        step.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::AllReduce | Op::BroadcastFrom { .. }))
+            .map(|n| format!("{:?} {}", n.op, n.ty))
+            .collect()
+    };
+    let ranks = 3;
+    let owners = optimizer_owners(&typed, ranks);
+    let sharded: Vec<Vec<String>> = (0..ranks)
+        .map(|rank| {
+            let replicas = Replicas::ShardedOptimizer {
+                rank,
+                owners: owners.clone(),
+            };
+            collectives(&training_step(&g, loss, &replicas))
+        })
+        .collect();
+    assert!(sharded[0].iter().any(|c| c.starts_with("BroadcastFrom")));
+    for (rank, sequence) in sharded.iter().enumerate() {
+        assert_eq!(sequence, &sharded[0], "rank {rank} against rank 0");
+    }
+    let replicated = collectives(&training_step(&g, loss, &Replicas::DataParallel));
+    assert!(replicated.iter().all(|c| c.starts_with("AllReduce")));
+}

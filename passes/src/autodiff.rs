@@ -354,7 +354,7 @@ pub fn adamw_step(
     Ok(match replicas {
         Replicas::One => step,
         _ => {
-            let hoisted = hoist_collectives(&step);
+            let hoisted = hoist_collectives(&step)?;
             verify(&hoisted)?;
             hoisted
         }
@@ -377,29 +377,34 @@ fn all_reduce_in_buckets(
     grads: &[ValueId],
     share: ValueId,
 ) -> Result<Vec<ValueId>, GradError> {
-    let size = |b: &GraphBuilder, v: ValueId| {
-        b.ty(v)
-            .shape
-            .concrete()
-            .map_or(0, |d| d.iter().product::<usize>())
-    };
+    let sizes = grads
+        .iter()
+        .map(|&v| {
+            let ty = b.ty(v);
+            let dims = ty.shape.concrete().ok_or_else(|| {
+                GradError::Step(format!(
+                    "a data-parallel step needs gradients of fixed shapes, not {ty}"
+                ))
+            })?;
+            Ok(dims.iter().product::<usize>())
+        })
+        .collect::<Result<Vec<usize>, GradError>>()?;
     let mut buckets: Vec<Vec<usize>> = Vec::new();
-    let mut filled = BUCKET_ELEMENTS;
+    let mut filled = 0;
     for i in (0..grads.len()).rev() {
-        let n = size(b, grads[i]);
-        if filled + n > BUCKET_ELEMENTS {
+        if buckets.is_empty() || filled + sizes[i] > BUCKET_ELEMENTS {
             buckets.push(Vec::new());
             filled = 0;
         }
-        buckets.last_mut().expect("a bucket").push(i);
-        filled += n;
+        buckets.last_mut().expect("a bucket was opened").push(i);
+        filled += sizes[i];
     }
     let mut summed = vec![None; grads.len()];
     for bucket in buckets {
         let flat = bucket
             .iter()
             .map(|&i| {
-                let shape = fairyc_ir::Shape::new([size(b, grads[i])]);
+                let shape = fairyc_ir::Shape::new([sizes[i]]);
                 b.push(Op::Reshape { shape }, &[grads[i]])
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -411,7 +416,7 @@ fn all_reduce_in_buckets(
         let reduced = b.push(Op::AllReduce, &[weighted])?;
         let mut start = 0;
         for &i in &bucket {
-            let end = start + size(b, grads[i]);
+            let end = start + sizes[i];
             let part = match bucket.len() {
                 1 => reduced,
                 _ => b.push(
@@ -440,7 +445,7 @@ fn all_reduce_in_buckets(
 /// of the last layers' gradients goes out while the backward pass goes on
 /// through the first layers, which a backend that runs collectives on a
 /// stream of their own overlaps.
-pub fn hoist_collectives(graph: &Graph) -> Graph {
+pub fn hoist_collectives(graph: &Graph) -> Result<Graph, GradError> {
     let n = graph.nodes.len();
     let mut users = vec![Vec::new(); n];
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -470,22 +475,31 @@ pub fn hoist_collectives(graph: &Graph) -> Graph {
     for &i in &order {
         placed[i] = true;
     }
-    let ready = |placed: &[bool], i: usize| graph.nodes[i].operands.iter().all(|v| placed[v.0]);
     let mut waiting: Vec<usize> = (0..n).filter(|&i| early[i] && !placed[i]).collect();
+    // Each early node as soon as it can go, in their own order.
+    let place_ready = |order: &mut Vec<usize>, placed: &mut Vec<bool>, waiting: &mut Vec<usize>| {
+        let ready = |placed: &[bool], i: usize| graph.nodes[i].operands.iter().all(|v| placed[v.0]);
+        while let Some(k) = waiting.iter().position(|&w| ready(placed, w)) {
+            let w = waiting.remove(k);
+            order.push(w);
+            placed[w] = true;
+        }
+    };
+    place_ready(&mut order, &mut placed, &mut waiting);
     for i in 0..n {
         if placed[i] || early[i] {
             continue;
         }
         order.push(i);
         placed[i] = true;
-        // Each early node as soon as it can go, in their own order.
-        while let Some(k) = waiting.iter().position(|&w| ready(&placed, w)) {
-            let w = waiting.remove(k);
-            order.push(w);
-            placed[w] = true;
-        }
+        place_ready(&mut order, &mut placed, &mut waiting);
     }
-    debug_assert!(waiting.is_empty(), "every early node's operands come");
+    if let Some(&w) = waiting.first() {
+        return Err(GradError::Step(format!(
+            "%{w} = {}: an operand comes after it",
+            graph.nodes[w].op.mnemonic()
+        )));
+    }
     let mut new_id = vec![0; n];
     for (k, &i) in order.iter().enumerate() {
         new_id[i] = k;
@@ -504,7 +518,7 @@ pub fn hoist_collectives(graph: &Graph) -> Graph {
         })
         .collect();
     g.outputs = graph.outputs.iter().map(remap).collect();
-    g
+    Ok(g)
 }
 
 /// The data-parallel step's input of a rank's share of the step's

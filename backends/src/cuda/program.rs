@@ -129,6 +129,24 @@ struct InFlight {
 /// A value's words, and the same rounded to bf16 (two a word).
 type Rounded = (Arc<CudaSlice<u32>>, Arc<CudaSlice<u32>>);
 
+/// Makes the program's stream wait for every collective in flight when
+/// dropped: what a run holds is freed only after that.
+struct JoinOnDrop<'a>(&'a CudaProgram);
+
+impl Drop for JoinOnDrop<'_> {
+    fn drop(&mut self) {
+        // A failure to wait is the device's own (the run reports it); the
+        // group is aborted after a failed step anyway.
+        let _ = self.0.join_collectives(|_| true);
+    }
+}
+
+impl Drop for CudaProgram {
+    fn drop(&mut self) {
+        let _ = self.join_collectives(|_| true);
+    }
+}
+
 pub struct CudaProgram {
     graph: Graph,
     plan: MemoryPlan,
@@ -168,8 +186,9 @@ pub struct CudaProgram {
     /// Within a run: values rounded to bf16 for products, by the words they
     /// were rounded from, so that a value several products read (a normed
     /// input of three projections, an output gradient of a product and of
-    /// its weight gradient) is rounded once; each is dropped once nothing
-    /// but this holds its source.
+    /// its weight gradient) is rounded once. An entry keeps its source
+    /// alive; at the next rounding after nothing else holds the source,
+    /// both are dropped (and all at the run's end).
     rounded: Mutex<Vec<Rounded>>,
     /// Within a profiled node: the time its operands' rounding took, which
     /// the profile reports apart.
@@ -418,7 +437,7 @@ fn select_kernels(
     if fuse {
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
     }
-    fusion::fold_transposed_weights(graph, plan, &mut steps);
+    fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
     Ok((kernels, steps))
 }
 
@@ -496,10 +515,16 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
         return Ok(context.clone());
     }
     let context = CudaContext::new(ordinal).map_err(driver)?;
-    // A program orders its work itself (one stream; NCCL's stream joined by
-    // events it records), so cudarc need not create two events for every
-    // allocation and wait on them (no difference measured on the QAT step).
-    // SAFETY: no slice of this context exists yet.
+    // A program orders its work itself, so cudarc need not create two
+    // events for every allocation and wait on them (no difference measured
+    // on the QAT step).
+    // SAFETY: without cudarc's events, work on two streams must be ordered
+    // by hand. A program's kernels, copies and frees are on its one
+    // stream; NCCL's stream waits for an event of the program's before
+    // each collective (`Communicator::with_f32`), and the program's stream
+    // waits for the collective's event before the first reader of its
+    // result, keeping its operand until then (`InFlight`,
+    // `join_collectives`), also when a run fails (`JoinOnDrop`).
     unsafe { context.disable_event_tracking() };
     keep_freed_memory(&context)?;
     contexts.insert(ordinal, context.clone());
@@ -510,8 +535,8 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
 /// on) keep what is freed instead of handing it back to the driver at each
 /// synchronisation, its default: a program frees and allocates thousands
 /// of buffers a run, and a buffer the pool must map anew costs far more
-/// than one it reuses. FAIRYC_RELEASE_MEMORY=1 keeps the default, to
-/// measure it.
+/// than one it reuses. With FAIRYC_RELEASE_MEMORY set (to anything) the
+/// pool keeps its default, to measure that.
 fn keep_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
     use cudarc::driver::sys;
     if std::env::var_os("FAIRYC_RELEASE_MEMORY").is_some() {
@@ -595,8 +620,9 @@ impl CudaProgram {
         };
         let (mut kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
         // bf16 products take their operands rounded to bf16 by a kernel of
-        // ours, so that cuBLAS runs its bf16 kernels; FAIRYC_BF16_IN_CUBLAS
-        // has cuBLAS round the f32 operands itself, to measure the two.
+        // ours, so that cuBLAS runs its bf16 kernels; with
+        // FAIRYC_BF16_IN_CUBLAS set, cuBLAS rounds the f32 operands itself,
+        // to measure the two.
         let to_bf16 = (options.matmul == GpuMatmul::Bf16
             && std::env::var_os("FAIRYC_BF16_IN_CUBLAS").is_none())
         .then(|| {
@@ -1356,12 +1382,7 @@ impl CudaProgram {
 
     /// The values node `i`'s step reads.
     fn reads(&self, i: usize) -> &[ValueId] {
-        match &self.steps[i] {
-            Some(Step::Fused { operands, .. } | Step::GemmTransposedWeight { operands }) => {
-                operands
-            }
-            _ => &self.graph.nodes[i].operands,
-        }
+        fusion::reads(&self.graph, &self.steps, i)
     }
 
     /// Makes the program's stream wait for the collectives in flight whose
@@ -1372,15 +1393,21 @@ impl CudaProgram {
             return Ok(());
         }
         let mut kept = Vec::with_capacity(in_flight.len());
+        let mut failed = Ok(());
         for collective in in_flight.drain(..) {
             if joined(collective.value) {
-                self.stream.wait(&collective.done).map_err(driver)?;
-            } else {
+                if let Err(e) = self.stream.wait(&collective.done) {
+                    failed = Err(driver(e));
+                }
+            } else if !collective.done.is_complete() {
+                // Still running: its operand stays. (One that is done needs
+                // no wait and frees its operand now, so that the buckets'
+                // operands do not all live to the end of the backward pass.)
                 kept.push(collective);
             }
         }
         *in_flight = kept;
-        Ok(())
+        failed
     }
 
     /// Frees the values rounded for products.
@@ -1481,8 +1508,9 @@ impl CudaProgram {
     }
 
     /// cuBLAS's column-major `c(m×n) = op(a) · op(b)` over `k`, with the
-    /// leading dimensions given beside each matrix: sgemm, or cgemm for
-    /// complex elements. An empty product over `k` leaves zeros.
+    /// leading dimensions given beside each matrix: cuBLASLt for real
+    /// elements (on operands rounded to bf16 with bf16 products), cgemm for
+    /// complex ones. An empty product over `k` leaves zeros.
     #[allow(clippy::type_complexity)]
     fn gemm(
         &self,
@@ -1500,7 +1528,6 @@ impl CudaProgram {
             self.stream.memset_zeros(c).map_err(driver)?;
             return Ok(());
         }
-        use blas_sys::cudaDataType_t::{CUDA_C_32F, CUDA_R_16BF, CUDA_R_32F};
         let rounded = match (self.to_bf16, elem) {
             (Some(kernel), Elem::Real) => Some((self.bf16(kernel, a)?, self.bf16(kernel, b)?)),
             _ => None,
@@ -1523,29 +1550,23 @@ impl CudaProgram {
                 bf16: rounded.is_some(),
                 fast: self.fast,
             };
-            return self.lt.run(&self.stream, product, a, b, c);
+            // SAFETY: the callers pass the matrices' true sizes and
+            // leading dimensions, and the buffers hold them (rounded, half
+            // the words).
+            return unsafe { self.lt.run(&self.stream, product, a, b, c) };
         }
+        // Complex elements: cgemm.
         let (pa, _ra) = a.device_ptr(&self.stream);
         let (pb, _rb) = b.device_ptr(&self.stream);
         let (pc, _rc) = c.device_ptr_mut(&self.stream);
         let [m, n, k, lda, ldb, ldc] = [m, n, k, lda, ldb, ldc].map(|v| v as i32);
         let handle = *self.blas.handle();
-        let data = match elem {
-            Elem::Complex => CUDA_C_32F,
-            _ => CUDA_R_32F,
-        };
-        let (operands, compute) = match rounded {
-            Some(_) => (
-                CUDA_R_16BF,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            ),
-            None => (data, self.compute),
-        };
-        // alpha = 1 and beta = 0, as complex numbers where the data are.
+        let data = blas_sys::cudaDataType_t::CUDA_C_32F;
+        // alpha = 1 and beta = 0, as complex numbers.
         let (one, zero) = ([1.0f32, 0.0], [0.0f32, 0.0]);
         // SAFETY: the callers pass the matrices' true sizes and leading
         // dimensions; the buffers hold them; the scalars are of the
-        // compute type's scale type (f32, or complex f32 for complex data).
+        // compute type's scale type (complex f32).
         let status = unsafe {
             blas_sys::cublasGemmEx(
                 handle,
@@ -1556,16 +1577,16 @@ impl CudaProgram {
                 k,
                 one.as_ptr().cast(),
                 pa as *const std::ffi::c_void,
-                operands,
+                data,
                 lda,
                 pb as *const std::ffi::c_void,
-                operands,
+                data,
                 ldb,
                 zero.as_ptr().cast(),
                 pc as *mut std::ffi::c_void,
                 data,
                 ldc,
-                compute,
+                self.compute,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         };
@@ -1765,6 +1786,9 @@ impl Program for CudaProgram {
         let bindings = bind_inputs(&self.graph, &inputs)?;
         self.check_ids(&inputs)?;
         let mut values: Vec<Option<DeviceTensor>> = vec![None; self.graph.nodes.len()];
+        // Dropped before `values` (on an error too): no value is freed
+        // while a collective may still write or read it.
+        let _joined = JoinOnDrop(self);
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let value = match (&node.op, &self.steps[i]) {
                 (Op::Input { name }, _) => upload(&self.stream, &inputs[name])

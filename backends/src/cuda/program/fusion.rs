@@ -243,15 +243,13 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
     }
 }
 
-/// The node after which each value is dead, over the operands each step
-/// reads (fused steps read other values than their nodes' operands);
-/// `usize::MAX` for outputs, the value's own node for a value no step reads.
 /// Folds each 2-D `transpose` a `linear` reads as its weight into that
 /// product ([`Step::GemmTransposedWeight`]); a transpose no other step
-/// reads is dropped.
+/// reads is dropped, and its kernel if no step launches it.
 pub(super) fn fold_transposed_weights(
     graph: &Graph,
     plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
     steps: &mut [Option<Step>],
 ) {
     let n = graph.nodes.len();
@@ -288,16 +286,20 @@ pub(super) fn fold_transposed_weights(
             steps[w.0] = None;
         }
     }
+    keep_launched(kernels, steps);
 }
 
 /// The values node `i`'s step reads.
-fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -> &'a [ValueId] {
+pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -> &'a [ValueId] {
     match &steps[i] {
         Some(Step::Fused { operands, .. } | Step::GemmTransposedWeight { operands }) => operands,
         _ => &graph.nodes[i].operands,
     }
 }
 
+/// The node after which each value is dead, over the operands each step
+/// reads (fused steps read other values than their nodes' operands);
+/// `usize::MAX` for outputs, the value's own node for a value no step reads.
 pub(super) fn last_uses(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<usize> {
     let mut last: Vec<usize> = (0..graph.nodes.len()).collect();
     for i in 0..graph.nodes.len() {

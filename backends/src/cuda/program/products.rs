@@ -1,14 +1,13 @@
 //! Real dense products through cuBLASLt: each distinct product (its
 //! transposes, sizes, leading dimensions and element types) is planned once
 //! (descriptors, and the algorithm cuBLASLt's heuristic puts first for it
-//! with a 32 MiB workspace) and the plan kept for the program's life, as
-//! PyTorch does; the legacy `cublasGemmEx` leaves that choice to cuBLAS on
+//! with a 32 MiB workspace) and the plan kept for the program's life; the legacy `cublasGemmEx` leaves that choice to cuBLAS on
 //! every call. (On the QAT step of docs/BENCHMARKS.md the two measured
 //! alike, 62,725 and 62,797 tokens/s on an H100, and each product 4-10x
-//! PyTorch's of the same shape: the heuristic's first choice is not the
-//! fastest. `FAIRYC_GEMM_TUNE=1` times its first eight on a plan's first
-//! product and keeps the fastest; written after the last GPU run of its
-//! session, it has not run on a GPU yet.)
+//! PyTorch's of the same shape: perhaps the heuristic's first choice is not
+//! the fastest here. With `FAIRYC_GEMM_TUNE` set, a plan times the first
+//! eight on its first product and keeps the fastest; written after the
+//! last GPU run of its session, that has not run on a GPU yet.)
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -68,12 +67,15 @@ struct Plan {
 
 impl Drop for Plan {
     fn drop(&mut self) {
-        // SAFETY: each was created once, by `Plan::new`, and is destroyed
-        // once, here; a failure to destroy leaks it, nothing more.
+        // SAFETY: each was created once, by `Plan::new` (a null one was
+        // never made), and is destroyed once, here; a failure to destroy
+        // leaks it, nothing more.
         unsafe {
-            let _ = lt::destroy_matrix_layout(self.a);
-            let _ = lt::destroy_matrix_layout(self.b);
-            let _ = lt::destroy_matrix_layout(self.c);
+            for layout in [self.a, self.b, self.c] {
+                if !layout.is_null() {
+                    let _ = lt::destroy_matrix_layout(layout);
+                }
+            }
             let _ = lt::destroy_matmul_desc(self.desc);
         }
     }
@@ -101,12 +103,13 @@ impl Plan {
         // error part way frees what was made.
         let mut plan = Plan {
             desc,
-            a: layout(operands, a_rows, a_cols, p.lda)?,
+            a: std::ptr::null_mut(),
             b: std::ptr::null_mut(),
             c: std::ptr::null_mut(),
             candidates: Vec::new(),
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
         };
+        plan.a = layout(operands, a_rows, a_cols, p.lda)?;
         plan.b = layout(operands, b_rows, b_cols, p.ldb)?;
         plan.c = layout(CUDA_R_32F, p.m, p.n, p.ldc)?;
         // cuBLAS's cublasOperation_t, as the int32 the attribute holds.
@@ -192,8 +195,8 @@ pub(super) struct Products {
     /// handle and the workspace.
     plans: Mutex<HashMap<Product, Plan>>,
     /// Whether a new plan times the heuristic's candidates on its first
-    /// product and keeps the fastest (`FAIRYC_GEMM_TUNE=1`; not yet run on
-    /// a GPU, so not the default), or takes the heuristic's first.
+    /// product and keeps the fastest (`FAIRYC_GEMM_TUNE` set; not yet run
+    /// on a GPU, so not the default), or takes the heuristic's first.
     tune: bool,
 }
 
@@ -235,7 +238,11 @@ impl Products {
     }
 
     /// `c = op(a) · op(b)` (`p` says how) on `stream`.
-    pub(super) fn run(
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` hold the matrices `p` describes: for each, at least
+    /// `ld · (columns − 1) + rows` elements (bf16 ones two a word).
+    pub(super) unsafe fn run(
         &self,
         stream: &Arc<CudaStream>,
         p: Product,
