@@ -10,7 +10,8 @@
 #   .devr/   fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
 #            corpus, for scripts/gpu-models.sh and scripts/gpu-train.sh
 #            (needs models/smollm2-w1.fairy: `fairyc compile ... --quant w1`);
-#   .devt/   fairyc, synth_gguf, the corpus and, where AUTHORS_REPO names a
+#   .devt/   fairyc, synth_gguf, the cuda_products example, the corpus and,
+#            where AUTHORS_REPO names a
 #            clone of github.com/PKULab1806/Fairy2i-W2, the authors' QAT
 #            modules, for scripts/gpu-train-bench.sh (never committed).
 set -euo pipefail
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked
 cargo build --release --locked -p fairyc-frontend --example synth_gguf
 cargo build --release --locked -p fairyc-backends --example cuda_gemv
+cargo build --release --locked -p fairyc-backends --example cuda_products
 executables=$(cargo test --release --locked --workspace --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
 pick() { echo "$executables" | grep "/$1-[0-9a-f]*$" | head -1; }
 pack() {
@@ -42,6 +44,7 @@ xz -6 -T0 -c models/smollm2-w1.fairy > .devr/w1.fairy.xz
 cp ../shared/corpus/public.txt .devr/corpus.txt
 cp .dev-a/fairyc.xz .devr/synth_gguf.xz ../shared/corpus/public.txt .devt/
 mv .devt/public.txt .devt/corpus.txt
+pack .devt cuda_products target/release/examples/cuda_products
 if [ -n "${AUTHORS_REPO:-}" ]; then
   mkdir -p .devt/authors
   for f in qat_modules.py quantization.py; do

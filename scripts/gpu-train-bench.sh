@@ -14,13 +14,16 @@
 # Settings: BATCH, SEQ, STEPS (16, 1024, 8); MATMULS, the --gpu-matmul modes
 # to run (bf16); ATTENTION, --gpu-attention (flash or products; by default
 # fairyc's: flash with bf16); PEERS, the PyTorch modes (plain compiled authors; empty:
-# fairyc alone); PROFILE=1 adds fairyc's profile, op by op.
+# fairyc alone); PROFILE=1 adds fairyc's profile, op by op; PRODUCTS=1 adds
+# the step's dense products alone (the cuda_products example, with and
+# without FAIRYC_GEMM_TUNE) beside PyTorch's (scripts/gpu-products.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev
 # fairyc may come beside the tests in .dev-b or in .devt (which wins).
 for f in .dev-b/fairyc.xz .devt/*.xz; do [ -e "$f" ] && xz -d -c "$f" > ".dev/$(basename "$f" .xz)"; done
 chmod +x .dev/fairyc .dev/synth_gguf
+[ -e .dev/cuda_products ] && chmod +x .dev/cuda_products
 BATCH=${BATCH:-16} SEQ=${SEQ:-1024} STEPS=${STEPS:-8}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 .dev/synth_gguf .dev/smol49k.gguf 576 1536 30 9 64 3 f32 vocab=49152 || exit 1
@@ -60,6 +63,13 @@ if [ -n "${PROFILE:-}" ]; then
     --seq "$SEQ" --grad-accum "$BATCH" --eval-windows 1 --device cuda --gpus 1 \
     ${ATTENTION:+--gpu-attention "$ATTENTION"} -o .dev/profiled.fairy 2>&1 \
     | sed -n '/time per op/,$p' | head -32
+fi
+if [ -n "${PRODUCTS:-}" ]; then
+  for tune in "" 1; do
+    echo "== the step's products alone${tune:+, FAIRYC_GEMM_TUNE}"
+    env FAIRYC_PROFILE=1 ${tune:+FAIRYC_GEMM_TUNE=1} .dev/cuda_products 100 2>&1 | tail -7
+  done
+  python3 scripts/gpu-products.py
 fi
 for mode in ${PEERS-plain compiled authors}; do
   echo "== PyTorch: $mode"

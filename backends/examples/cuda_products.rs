@@ -1,8 +1,10 @@
 //! The dense products of the QAT step (docs/BENCHMARKS.md) alone, each a
 //! one-node program on the cuda backend with bf16 products, timed by the
-//! program's profile (`FAIRYC_PROFILE=1`: each node waited for), beside
-//! the time their arithmetic takes at a given rate: whether a product
-//! inside the step is slow in itself or from what surrounds it.
+//! program's profile (`FAIRYC_PROFILE=1`: each node waited for) after a
+//! first run that plans it: whether a product inside the step is slow in
+//! itself or from what surrounds it (`scripts/gpu-products.py` times
+//! PyTorch's at the same shapes). With `FAIRYC_GEMM_TUNE` set, the plans
+//! time cuBLASLt's candidates.
 //!
 //! `FAIRYC_PROFILE=1 cargo run --release -p fairyc-backends --example
 //! cuda_products [RUNS]` on a machine with a GPU.
@@ -58,6 +60,12 @@ fn main() -> Result<()> {
             ("x".to_string(), value([ROWS, k])),
             ("w".to_string(), value([n, k])),
         ]);
+        // The first run plans the product (and with FAIRYC_GEMM_TUNE times
+        // its candidates): not counted.
+        program.run(inputs.clone())?;
+        if let Some(profile) = program.profile() {
+            profile.clear();
+        }
         for _ in 0..runs {
             program.run(inputs.clone())?;
         }

@@ -30,6 +30,14 @@ impl OpProfile {
         entry.1 += 1;
     }
 
+    /// Forgets what was recorded (a warm-up's one-time work, say).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The table, longest total first: label, total, share, calls, per call.
     pub fn report(&self) -> String {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
