@@ -1473,19 +1473,9 @@ fn tiny_w2_training_step_ptx() {
 /// the first layer.
 #[test]
 fn data_parallel_gradients_are_summed_in_buckets_as_the_backward_pass_goes() {
-    let f32s = |dims: &[usize]| TensorType::new(DType::F32, Shape::new(dims.to_vec()));
-    let mut b = GraphBuilder::new("chain");
-    let x = b.input("x", f32s(&[4, 1024]));
     // 2M, 2M, 1M and 1M elements: from the last, 1M + 1M + 2M fill a
     // bucket (4M), and the first layer's 2M starts another.
-    let shapes = [[2048, 1024], [1024, 2048], [1024, 1024], [1024, 1024]];
-    let mut h = x;
-    for (i, shape) in shapes.iter().enumerate() {
-        let w = b.weight(format!("w{i}"), f32s(shape));
-        h = b.push(Op::Linear, &[h, w]).unwrap();
-    }
-    let loss = b.push(Op::SumSquares, &[h]).unwrap();
-    let g = b.finish(&[loss]);
+    let (g, loss) = linear_chain(&[[2048, 1024], [1024, 2048], [1024, 1024], [1024, 1024]]);
     let step = training_step(&g, loss, &Replicas::DataParallel);
     let position = |want: &dyn Fn(&Op, &TensorType) -> bool| -> Vec<usize> {
         step.nodes
@@ -1517,6 +1507,20 @@ fn data_parallel_gradients_are_summed_in_buckets_as_the_backward_pass_goes() {
     );
 }
 
+/// `Σ h²` of `h = x · w0ᵀ · w1ᵀ ...` for `x: f32[4, 1024]` and weights
+/// `w<i>` of `shapes` (each `[out, in]`): the graph and its loss.
+fn linear_chain(shapes: &[[usize; 2]]) -> (Graph, ValueId) {
+    let f32s = |dims: &[usize]| TensorType::new(DType::F32, Shape::new(dims.to_vec()));
+    let mut b = GraphBuilder::new("chain");
+    let mut h = b.input("x", f32s(&[4, 1024]));
+    for (i, shape) in shapes.iter().enumerate() {
+        let w = b.weight(format!("w{i}"), f32s(shape));
+        h = b.push(Op::Linear, &[h, w]).unwrap();
+    }
+    let loss = b.push(Op::SumSquares, &[h]).unwrap();
+    (b.finish(&[loss]), loss)
+}
+
 /// The AdamW step graph of `g` (every weight trained) on the gradient of
 /// `loss`, as `replicas` run it.
 fn training_step(g: &Graph, loss: ValueId, replicas: &Replicas) -> Graph {
@@ -1535,17 +1539,7 @@ fn training_step(g: &Graph, loss: ValueId, replicas: &Replicas) -> Graph {
 /// sequence of (op, root, length) of each rank's graph is rank 0's.
 #[test]
 fn every_rank_makes_the_same_collectives_in_the_same_order() {
-    let f32s = |dims: &[usize]| TensorType::new(DType::F32, Shape::new(dims.to_vec()));
-    let mut b = GraphBuilder::new("chain");
-    let x = b.input("x", f32s(&[4, 1024]));
-    let shapes = [[2048, 1024], [1024, 2048], [1024, 1024], [8, 1024]];
-    let mut h = x;
-    for (i, shape) in shapes.iter().enumerate() {
-        let w = b.weight(format!("w{i}"), f32s(shape));
-        h = b.push(Op::Linear, &[h, w]).unwrap();
-    }
-    let loss = b.push(Op::SumSquares, &[h]).unwrap();
-    let g = b.finish(&[loss]);
+    let (g, loss) = linear_chain(&[[2048, 1024], [1024, 2048], [1024, 1024], [8, 1024]]);
     let typed: Vec<(String, TensorType)> = g
         .weights()
         .map(|(_, n, t)| (n.to_string(), t.clone()))

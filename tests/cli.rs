@@ -264,6 +264,16 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
         .unwrap();
         vec!["dump".to_string(), path]
     };
+    // One training step of the model on the text, with `extra` flags.
+    let train_with = |extra: &[&str]| -> Vec<String> {
+        let head = ["train", &model_s, "--data", &text, "--steps", "1"];
+        let tail = ["-o", "x.fairy"];
+        head.iter()
+            .chain(extra)
+            .chain(&tail)
+            .map(|a| a.to_string())
+            .collect()
+    };
     let mut cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
         (
             "missing file",
@@ -392,90 +402,34 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
         ),
         (
             "a time limit no duration holds",
-            [
-                "train",
-                &model_s,
-                "--data",
-                &text,
-                "--steps",
-                "1",
-                "--time-limit",
-                "1e20",
-                "-o",
-                "x.fairy",
-            ]
-            .map(String::from)
-            .to_vec(),
+            train_with(&["--time-limit", "1e20"]),
             vec!["--time-limit", "positive number of seconds"],
         ),
         (
             "--gpus on the cpu",
-            [
-                "train", &model_s, "--data", &text, "--steps", "1", "--gpus", "2", "-o", "x.fairy",
-            ]
-            .map(String::from)
-            .to_vec(),
+            train_with(&["--gpus", "2"]),
             vec!["--gpus needs --device cuda"],
         ),
         (
             "flash attention beside f32 products",
-            [
-                "train",
-                &model_s,
-                "--data",
-                &text,
-                "--steps",
-                "1",
+            train_with(&[
                 "--device",
                 "cuda",
                 "--gpu-matmul",
                 "f32",
                 "--gpu-attention",
                 "flash",
-                "-o",
-                "x.fairy",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ]),
             vec!["--gpu-attention flash", "--gpu-matmul bf16"],
         ),
         (
             "more GPUs than windows a step",
-            [
-                "train",
-                &model_s,
-                "--data",
-                &text,
-                "--steps",
-                "1",
-                "--device",
-                "cuda",
-                "--gpus",
-                "3",
-                "--grad-accum",
-                "2",
-                "-o",
-                "x.fairy",
-            ]
-            .map(String::from)
-            .to_vec(),
+            train_with(&["--device", "cuda", "--gpus", "3", "--grad-accum", "2"]),
             vec!["--gpus 3 with --grad-accum 2", "at least 3"],
         ),
         (
             "a sharded optimizer on the CPU",
-            [
-                "train",
-                &model_s,
-                "--data",
-                &text,
-                "--steps",
-                "1",
-                "--shard-optimizer",
-                "-o",
-                "x.fairy",
-            ]
-            .map(String::from)
-            .to_vec(),
+            train_with(&["--shard-optimizer"]),
             vec!["--shard-optimizer needs --device cuda"],
         ),
         (

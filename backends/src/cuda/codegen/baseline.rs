@@ -10,7 +10,6 @@
 //! last bits, and with it a ternary code whose `w / (γ + 1e-5)` lies that
 //! close to ±0.5.
 
-use super::phase::GroupSums;
 use super::*;
 
 impl<'ctx> Gen<'ctx> {
@@ -19,35 +18,20 @@ impl<'ctx> Gen<'ctx> {
     /// `(Σ|w|, count)` over the group's finite entries into
     /// `sums[2·group..]` (f64, zeroed before).
     pub(super) fn real_sums(&self, name: &str) -> Built<()> {
-        let GroupSums {
-            f,
-            scratch,
-            sums,
-            w,
-            m,
-            per_tensor,
-            block,
-            row,
-            start,
-            end,
-        } = self.group_sums(name)?;
-        let zero = self.float(0.0);
-        let (total, count) = (self.local(zero)?, self.local(zero)?);
-        let from = self.add(start, self.sreg("tid.x")?)?;
-        self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
-            let x = self.load_f32(w, self.add(self.mul(row, m)?, j)?)?;
+        self.group_sums(name, 2, |w, entry, partial| {
+            let x = self.load_f32(w, entry)?;
             let finite = self.is_finite(x)?;
+            let zero = self.float(0.0);
             let counted = |v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
                 self.select_float(finite, v, zero)
             };
+            let [total, count] = [partial[0], partial[1]];
             self.set(total, self.fadd(self.get(total)?, counted(self.fabs(x)?)?)?)?;
             self.set(
                 count,
                 self.fadd(self.get(count)?, counted(self.float(1.0))?)?,
             )
-        })?;
-        self.add_group_totals(f, scratch, &[total, count], sums, block, per_tensor)?;
-        self.ret()
+        })
     }
 
     /// `real_dequant(out, w, sums, n, m, groups_per_row, group_len,

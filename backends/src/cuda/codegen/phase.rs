@@ -11,22 +11,6 @@ use inkwell::values::BasicValue;
 
 use super::*;
 
-/// What a group-sums kernel ([`Gen::group_sums`]) knows of its launch.
-pub(super) struct GroupSums<'ctx> {
-    pub f: FunctionValue<'ctx>,
-    /// Shared memory for the block's reductions.
-    pub scratch: PointerValue<'ctx>,
-    pub sums: PointerValue<'ctx>,
-    pub w: PointerValue<'ctx>,
-    /// Entries a row.
-    pub m: IntValue<'ctx>,
-    pub per_tensor: IntValue<'ctx>,
-    pub block: IntValue<'ctx>,
-    pub row: IntValue<'ctx>,
-    pub start: IntValue<'ctx>,
-    pub end: IntValue<'ctx>,
-}
-
 impl<'ctx> Gen<'ctx> {
     /// `phase_sums(sums, w, n, m, groups_per_row, group_len, per_tensor)`:
     /// one block per (row, group of the row) of complex `w[n, m]`; adds
@@ -34,33 +18,12 @@ impl<'ctx> Gen<'ctx> {
     /// ±i, their count)` into `sums[4·group..]` (f64, zeroed before); finite
     /// parts only, but every part for iFairy (as its reference).
     pub(super) fn phase_sums(&self, name: &str, ifairy: bool) -> Built<()> {
-        let GroupSums {
-            f,
-            scratch,
-            sums,
-            w,
-            m,
-            per_tensor,
-            block,
-            row,
-            start,
-            end,
-        } = self.group_sums(name)?;
-        let zero = self.float(0.0);
-        let partial = [
-            self.local(zero)?,
-            self.local(zero)?,
-            self.local(zero)?,
-            self.local(zero)?,
-        ];
-        let tid = self.sreg("tid.x")?;
-        let from = self.add(start, tid)?;
-        self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
-            let at = self.mul(self.add(self.mul(row, m)?, j)?, self.int(2))?;
+        self.group_sums(name, 4, |w, entry, partial| {
+            let at = self.mul(entry, self.int(2))?;
             let re = self.load_f32(w, at)?;
             let im = self.load_f32(w, self.add(at, self.int(1))?)?;
             let (imaginary, _) = self.nearest_code(re, im, ifairy)?;
-            let one = self.float(1.0);
+            let (zero, one) = (self.float(0.0), self.float(1.0));
             for (axis, part) in [(false, re), (true, im)] {
                 let on_axis = if axis {
                     imaginary
@@ -88,15 +51,22 @@ impl<'ctx> Gen<'ctx> {
                 )?;
             }
             Ok(())
-        })?;
-        self.add_group_totals(f, scratch, &partial, sums, block, per_tensor)?;
-        self.ret()
+        })
     }
 
     /// A group-sums kernel `name(sums, w, n, m, groups_per_row, group_len,
-    /// per_tensor)` declared, one block per (row, group of the row): its
-    /// parameters and the block's group, columns `start..end` of `row`.
-    pub(super) fn group_sums(&self, name: &str) -> Built<GroupSums<'ctx>> {
+    /// per_tensor)`, one block per (row, group of the row) of `w[n, m]`:
+    /// each thread adds its entries of the group into `count` f32 partial
+    /// sums (`each(w, entry, partials)`, `entry` the row-major index), and
+    /// the block's sums go into the f64 totals of its group,
+    /// `sums[count·group + i]` for the `i`-th, where the group is the
+    /// block, or 0 per tensor.
+    pub(super) fn group_sums(
+        &self,
+        name: &str,
+        count: usize,
+        each: impl Fn(PointerValue<'ctx>, IntValue<'ctx>, &[PointerValue<'ctx>]) -> Built<()>,
+    ) -> Built<()> {
         let mut params = vec![Param::Ptr, Param::Ptr];
         params.extend([Param::I64; 5]);
         let f = self.declare(name, &params);
@@ -107,40 +77,20 @@ impl<'ctx> Gen<'ctx> {
         let row = self.udiv(block, groups_per_row)?;
         let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
         let end = self.umin(self.add(start, group_len)?, m)?;
-        Ok(GroupSums {
-            f,
-            scratch,
-            sums,
-            w,
-            m,
-            per_tensor,
-            block,
-            row,
-            start,
-            end,
-        })
-    }
-
-    /// The block's sums of each of `partials` (per-thread f32 locals),
-    /// added by its first thread into the f64 totals of its group:
-    /// `sums[k·group + i]` for the `i`-th of `k` partials, where the group is
-    /// the block (one per row and group of the row), or 0 per tensor.
-    pub(super) fn add_group_totals(
-        &self,
-        f: FunctionValue<'ctx>,
-        scratch: PointerValue<'ctx>,
-        partials: &[PointerValue<'ctx>],
-        sums: PointerValue<'ctx>,
-        block: IntValue<'ctx>,
-        per_tensor: IntValue<'ctx>,
-    ) -> Built<()> {
+        let partials = (0..count)
+            .map(|_| self.local(self.float(0.0)))
+            .collect::<Built<Vec<_>>>()?;
+        let from = self.add(start, self.sreg("tid.x")?)?;
+        self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
+            each(w, self.add(self.mul(row, m)?, j)?, &partials)
+        })?;
         let totals = partials
             .iter()
             .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
             .collect::<Built<Vec<_>>>()?;
         let tensor = self.is_set(per_tensor)?;
         let group = self.select_int(tensor, self.int(0), block)?;
-        let width = self.int(partials.len() as u64);
+        let width = self.int(count as u64);
         self.when(f, self.first_thread()?, || {
             for (k, total) in totals.iter().enumerate() {
                 let at = self.add(self.mul(group, width)?, self.int(k as u64))?;
@@ -151,7 +101,8 @@ impl<'ctx> Gen<'ctx> {
                 self.atomic_add(sums, at, v)?;
             }
             Ok(())
-        })
+        })?;
+        self.ret()
     }
 
     /// `phase_dequant(out, w, sums, n, m, groups_per_row, group_len,
