@@ -766,6 +766,7 @@ fn compare(got: &Tensor, want: &Tensor, rel: f32, bounds: Option<&[f32]>) -> Res
 /// and stored codes.
 fn quant_linear_bounds(
     case: &Case,
+    inputs: &HashMap<String, Tensor>,
     output: ValueId,
     step: fn(usize, Granularity, &[Complex32]) -> Vec<f32>,
     weight_error: fn(usize, usize, Granularity, &[&[f32]]) -> f32,
@@ -780,7 +781,7 @@ fn quant_linear_bounds(
         return Err("not a quant_linear".into());
     };
     let input = |v: ValueId| match &case.graph.node(v).op {
-        Op::Input { name } => case.inputs.get(name).ok_or(format!("no input {name}")),
+        Op::Input { name } => inputs.get(name).ok_or(format!("no input {name}")),
         op => Err(format!("operand {v} is a {}, not an input", op.mnemonic())),
     };
     let x = input(node.operands[0])?.as_c64().ok_or("x must be c64")?;
@@ -832,6 +833,15 @@ pub fn run(backend: &dyn Backend) -> Report {
 
 /// [`run`] on `cases`.
 pub fn run_cases(backend: &dyn Backend, cases: Vec<Case>) -> Report {
+    run_cases_repeated(backend, cases, 1)
+}
+
+/// [`run_cases`] with each case's program run `runs` times, run `k` (from
+/// 0) on the case's f32 inputs scaled by a power of two (1, 1/2, 2, 1/4,
+/// 4, ...: values exact in bf16 stay so) and checked against the reference
+/// on the same: a backend that keeps something between runs (a captured
+/// CUDA graph, from the second run on) must still compute each.
+pub fn run_cases_repeated(backend: &dyn Backend, cases: Vec<Case>, runs: usize) -> Report {
     let mut ops: Vec<&'static str> = cases
         .iter()
         .flat_map(|c| c.graph.nodes.iter().map(|n| n.op.mnemonic()))
@@ -845,39 +855,59 @@ pub fn run_cases(backend: &dyn Backend, cases: Vec<Case>) -> Report {
             unsupported.push(format!("{}: {e}", case.name));
             continue;
         }
-        let outputs = |b: &dyn Backend| -> Result<Vec<Tensor>, String> {
-            let program =
-                compile(b, &case.graph, &case.store, &|_| {}).map_err(|e| e.to_string())?;
-            program.run(case.inputs.clone()).map_err(|e| e.to_string())
+        let program = |b: &dyn Backend| {
+            compile(b, &case.graph, &case.store, &|_| {}).map_err(|e| e.to_string())
         };
-        let want = match outputs(&Reference::default()) {
-            Ok(w) => w,
-            Err(e) => {
+        let (reference, tested) = match (program(&Reference::default()), program(backend)) {
+            (Ok(r), Ok(t)) => (r, t),
+            (Err(e), _) => {
                 failures.push(format!("{}: the reference fails: {e}", case.name));
                 continue;
             }
+            (_, Err(e)) => {
+                failures.push(format!("{}: {e}", case.name));
+                continue;
+            }
         };
-        match outputs(backend) {
-            Ok(got) => {
-                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let output = case.graph.outputs[k];
-                    let op = &case.graph.node(output).op;
-                    let checked = match backend.tolerance(op) {
-                        Tolerance::Relative(rel) => compare(g, w, rel, None),
-                        Tolerance::QuantizedActivations {
-                            rel,
-                            step,
-                            weight_error,
-                        } => quant_linear_bounds(case, output, step, weight_error)
-                            .and_then(|b| compare(g, w, rel, Some(&b))),
-                    };
-                    if let Err(e) = checked {
-                        let op = op.mnemonic();
-                        failures.push(format!("{}: output {k} ({op}): {e}", case.name));
-                    }
+        for run in 0..runs {
+            let power = run.div_ceil(2) as i32 * if run % 2 == 1 { -1 } else { 1 };
+            let inputs = scaled(&case.inputs, 2f32.powi(power));
+            let which = if runs > 1 {
+                format!("{} (run {})", case.name, run + 1)
+            } else {
+                case.name.clone()
+            };
+            let want = match reference.run(inputs.clone()) {
+                Ok(w) => w,
+                Err(e) => {
+                    failures.push(format!("{which}: the reference fails: {e}"));
+                    break;
+                }
+            };
+            let got = match tested.run(inputs.clone()) {
+                Ok(got) => got,
+                Err(e) => {
+                    failures.push(format!("{which}: {e}"));
+                    break;
+                }
+            };
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                let output = case.graph.outputs[k];
+                let op = &case.graph.node(output).op;
+                let checked = match backend.tolerance(op) {
+                    Tolerance::Relative(rel) => compare(g, w, rel, None),
+                    Tolerance::QuantizedActivations {
+                        rel,
+                        step,
+                        weight_error,
+                    } => quant_linear_bounds(case, &inputs, output, step, weight_error)
+                        .and_then(|b| compare(g, w, rel, Some(&b))),
+                };
+                if let Err(e) = checked {
+                    let op = op.mnemonic();
+                    failures.push(format!("{which}: output {k} ({op}): {e}"));
                 }
             }
-            Err(e) => failures.push(format!("{}: {e}", case.name)),
         }
     }
     Report {
@@ -886,6 +916,23 @@ pub fn run_cases(backend: &dyn Backend, cases: Vec<Case>) -> Report {
         failures,
         unsupported,
     }
+}
+
+/// `inputs` with every f32 element multiplied by `factor`.
+fn scaled(inputs: &HashMap<String, Tensor>, factor: f32) -> HashMap<String, Tensor> {
+    if factor == 1.0 {
+        return inputs.clone();
+    }
+    inputs
+        .iter()
+        .map(|(name, t)| {
+            let t = match t.as_f32() {
+                Some(v) => Tensor::f32(t.shape.clone(), v.iter().map(|x| x * factor).collect()),
+                None => t.clone(),
+            };
+            (name.clone(), t)
+        })
+        .collect()
 }
 
 /// Ops of the table the suite has no case for (leaves aside).

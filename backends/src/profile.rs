@@ -3,7 +3,9 @@
 //! A program records when the environment variable `FAIRYC_PROFILE` is set
 //! when it is compiled (timing every node costs two clock reads, and on a
 //! GPU a wait for the node's kernels, so it is off by default); `fairyc
-//! run`, `fairyc ppl` and `fairyc train` print the table.
+//! run`, `fairyc ppl` and `fairyc train` print the table. On a GPU,
+//! `FAIRYC_PROFILE=host` times only the host's part of each node (its
+//! launches, no wait): where a launch-bound step spends its time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -15,12 +17,22 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct OpProfile {
     entries: Mutex<BTreeMap<String, (Duration, u64)>>,
+    host_only: bool,
 }
 
 impl OpProfile {
     /// A profile when `FAIRYC_PROFILE` is set, else `None`.
     pub fn from_env() -> Option<OpProfile> {
-        std::env::var_os("FAIRYC_PROFILE").map(|_| OpProfile::default())
+        std::env::var_os("FAIRYC_PROFILE").map(|v| OpProfile {
+            host_only: v == "host",
+            ..OpProfile::default()
+        })
+    }
+
+    /// Whether a device's nodes are timed without waiting for their work
+    /// (`FAIRYC_PROFILE=host`).
+    pub fn host_only(&self) -> bool {
+        self.host_only
     }
 
     pub fn record(&self, label: String, time: Duration) {

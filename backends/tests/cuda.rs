@@ -22,27 +22,36 @@ fn gpu_or_skip() -> bool {
     false
 }
 
+/// Each case's program runs three times, on inputs scaled differently: the
+/// first plainly, the second captured as a CUDA graph and launched, the
+/// third a replay of that graph.
 #[test]
 fn conformance_suite_on_the_gpu() {
     if !gpu_or_skip() {
         return;
     }
-    let report = conformance::run(&Cuda::default());
+    let report = conformance::run_cases_repeated(&Cuda::default(), conformance::op_cases(), 3);
     let run = report.cases - report.unsupported.len();
+    let captures = fairyc_backends::cuda::captures();
     eprintln!(
-        "{run} of {} cases run on the cuda backend; {} mismatches; not run (ops without a GPU kernel yet):",
+        "{run} of {} cases run on the cuda backend, three times each; {} mismatches; {} captured as CUDA graphs, {} captures refused{}; not run (ops without a GPU kernel yet):",
         report.cases,
-        report.failures.len()
+        report.failures.len(),
+        captures.captured,
+        captures.refused,
+        captures.first_refusal.map(|e| format!(" (the first: {e})")).unwrap_or_default()
     );
     for line in &report.unsupported {
         eprintln!("  {line}");
     }
     assert!(report.failures.is_empty(), "{}", report.failures.join("\n"));
     assert!(run > 0, "no case ran");
+    assert!(captures.captured > 0, "no run was captured as a CUDA graph");
 }
 
 /// Attention with heads of 64 words on bf16 products: cuBLAS's around the
-/// softmax, and the flash kernels.
+/// softmax, and the flash kernels (the gradients from the statistics the
+/// forward pass kept: each case has both). Three runs each, as the suite's.
 #[test]
 fn bf16_attention_on_the_gpu() {
     if !gpu_or_skip() {
@@ -57,9 +66,9 @@ fn bf16_attention_on_the_gpu() {
             attention,
             ..Cuda::default()
         };
-        let report = conformance::run_cases(&cuda, conformance::bf16_attention_cases());
+        let report = conformance::run_cases_repeated(&cuda, conformance::bf16_attention_cases(), 3);
         eprintln!(
-            "{attention:?}: {} bf16 attention cases on the cuda backend; {} mismatches",
+            "{attention:?}: {} bf16 attention cases on the cuda backend, three runs each; {} mismatches",
             report.cases,
             report.failures.len()
         );

@@ -72,6 +72,7 @@ fn every_kernel() -> Vec<Kernel> {
     kernels.push(Kernel::MaskedSoftmax);
     kernels.push(Kernel::RunSums);
     kernels.push(Kernel::ToBf16);
+    kernels.push(Kernel::FlashDelta);
     // SmolLM2's heads (64) and LLaMA's (128), the widest flash_applies takes.
     for (d, dv) in [(64, 64), (128, 128)] {
         for pass in [
@@ -166,8 +167,10 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
         "{int8}"
     );
     // The flash kernels' products are bf16 tensor-core products, and their
-    // fragments stay in registers (no local memory).
-    for flash in text.split(".entry ").filter(|k| k.starts_with("flash_")) {
+    // fragments stay in registers (no local memory); `flash_delta` is a
+    // row sum and takes none.
+    let products = |k: &&str| k.starts_with("flash_") && !k.starts_with("flash_delta");
+    for flash in text.split(".entry ").filter(products) {
         assert!(
             flash.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
             "{flash}"

@@ -11,6 +11,7 @@ use fairyc_ir::{Granularity, Graph, Op, WeightStore};
 use num_complex::Complex32;
 
 pub use collective::Communicator;
+pub use program::replay::{captures, Captures};
 
 use crate::{Backend, BackendError, Program, Tolerance};
 

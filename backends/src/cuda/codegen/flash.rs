@@ -6,9 +6,12 @@
 //! rounded to bf16 as they are packed); the block's warps read the same
 //! keys, which the L1 cache serves. Four kernels ([`FlashPass`]):
 //!
-//! - `Forward`: `O = softmax(scale · Q Kᵀ) V` with the online softmax;
-//! - `Stats`: the same pass, keeping per row the log-sum-exp (base 2) of
-//!   the scaled scores and `D = Σ dO ⊙ O`, which the gradients need;
+//! - `Forward`: `O = softmax(scale · Q Kᵀ) V` with the online softmax,
+//!   and per row the log-sum-exp (base 2) of the scaled scores where the
+//!   caller keeps it for the gradients;
+//! - `Stats`: the same pass, keeping per row the log-sum-exp and
+//!   `D = Σ dO ⊙ O`, which the gradients need, where the forward pass's
+//!   were not kept (else `flash_delta` computes `D` from the kept `O`);
 //! - `GradQ`: per warp of 16 queries, `P` again from the scores and the
 //!   log-sum-exp, `dS = P ⊙ (dO Vᵀ − D)` and `dQ = scale · dS K`;
 //! - `GradKv`: per warp of 16 keys of a key head, over the query heads
@@ -80,7 +83,9 @@ struct Head<'ctx> {
 /// the statistics buffer, the head's first statistic and where the Ds
 /// start).
 enum Ending<'ctx> {
-    Output(Head<'ctx>),
+    /// The output, and the statistics buffer (null: none) with the head's
+    /// first statistic.
+    Output(Head<'ctx>, (PointerValue<'ctx>, IntValue<'ctx>)),
     Stats(
         Head<'ctx>,
         (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
@@ -104,7 +109,8 @@ struct Launch<'ctx> {
 impl<'ctx> Gen<'ctx> {
     /// `flash(out0, out1, q, k, v, dout, stats, segments, seq, heads,
     /// kv_heads, causal, scale)`; `d`, `dv` are the head widths in words.
-    /// Forward writes `O` to `out0`; Stats writes `[lse₂ | D]` (each
+    /// Forward writes `O` to `out0` and, unless `stats` is null, `lse₂` to
+    /// the first half of `stats`; Stats writes `[lse₂ | D]` (each
     /// `[segments, heads, seq]`) to `stats`; GradQ writes `dQ` to `out0`;
     /// GradKv writes `dK` to `out0` and `dV` to `out1`. Warp `w` of block
     /// `b` takes tile `4b + w`: 16 rows of one segment and (query or key)
@@ -184,7 +190,7 @@ impl<'ctx> Gen<'ctx> {
                         (d, dv),
                         r0,
                         match pass {
-                            FlashPass::Forward => Ending::Output(o),
+                            FlashPass::Forward => Ending::Output(o, (stats, stat_row)),
                             _ => Ending::Stats(head_of(dout, heads, head, dv)?, stats_at),
                         },
                     )
@@ -231,6 +237,38 @@ impl<'ctx> Gen<'ctx> {
                     )
                 }
             }
+        })?;
+        self.ret()
+    }
+
+    /// `flash_delta(stats, o, dout, n, heads, seq, dv, deltas)`: the
+    /// gradients' `D = Σ dO ⊙ O` from the forward pass's kept `O`, for
+    /// each of the `n` (row, head) pairs `i = row·heads + head` of the
+    /// row-major `O` and `dO` (`heads·dv` words a row, so the pair's words
+    /// start at `i·dv`), into `stats[deltas + (segment·heads + head)·seq +
+    /// r]` where `row = segment·seq + r` ([`FlashPass::Stats`]' layout).
+    pub(super) fn flash_delta(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr; 3];
+        params.extend([Param::I64; 5]);
+        let f = self.declare(name, &params);
+        let [stats, o, dout] = [0, 1, 2].map(|i| self.param_ptr(f, i));
+        let [n, heads, seq, dv, deltas] = [3, 4, 5, 6, 7].map(|i| self.param_int(f, i));
+        self.grid_loop(f, n, |i| {
+            let sum = self.local(self.float(0.0))?;
+            let first = self.mul(i, dv)?;
+            self.strided_loop(f, self.int(0), dv, self.int(1), |c| {
+                let at = self.add(first, c)?;
+                let term = self.fmul(self.load_f32(o, at)?, self.load_f32(dout, at)?)?;
+                self.set(sum, self.fadd(self.get(sum)?, term)?)
+            })?;
+            let row = self.udiv(i, heads)?;
+            let head = self.urem(i, heads)?;
+            let (segment, r) = (self.udiv(row, seq)?, self.urem(row, seq)?);
+            let stat = self.add(
+                self.mul(self.add(self.mul(segment, heads)?, head)?, seq)?,
+                r,
+            )?;
+            self.store_f32(stats, self.add(deltas, stat)?, self.get(sum)?)
         })?;
         self.ret()
     }
@@ -310,8 +348,37 @@ impl<'ctx> Gen<'ctx> {
             self.set(l[half], total)?;
             inv[half] = self.fdiv(self.float(1.0), total)?;
         }
+        // The log-sum-exp of a half's row (base 2), and whether this lane
+        // writes the row's statistics (the first of its quad, in range).
+        let lse = |half: usize| {
+            self.fadd(
+                self.finite_or_zero(self.get(m[half])?)?,
+                self.lg2(self.get(l[half])?)?,
+            )
+        };
+        let writes = |half: usize| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+            let (r, ok) = self.row_index(at, r0, half)?;
+            let first_lane = self
+                .builder
+                .build_int_compare(IntPredicate::EQ, at.t, self.int(0), "")
+                .map_err(err)?;
+            Ok((r, self.builder.build_and(ok, first_lane, "").map_err(err)?))
+        };
         match ending {
-            Ending::Output(o) => self.store_tile(at, o, rows, &acc, |i| Ok(inv[i / 2])),
+            Ending::Output(o, (stats, row)) => {
+                self.store_tile(at, o, rows, &acc, |i| Ok(inv[i / 2]))?;
+                let kept = self.builder.build_is_not_null(stats, "").map_err(err)?;
+                self.when(at.f, kept, || {
+                    for half in 0..2 {
+                        let lse = lse(half)?;
+                        let (r, write) = writes(half)?;
+                        self.when(at.f, write, || {
+                            self.store_f32(stats, self.add(row, r)?, lse)
+                        })?;
+                    }
+                    Ok(())
+                })
+            }
             Ending::Stats(dout, (stats, row, deltas)) => {
                 for half in 0..2 {
                     let mut sum = self.float(0.0);
@@ -325,16 +392,8 @@ impl<'ctx> Gen<'ctx> {
                         }
                     }
                     let delta = self.quad(sum, false)?;
-                    let lse = self.fadd(
-                        self.finite_or_zero(self.get(m[half])?)?,
-                        self.lg2(self.get(l[half])?)?,
-                    )?;
-                    let (r, ok) = self.row_index(at, r0, half)?;
-                    let first_lane = self
-                        .builder
-                        .build_int_compare(IntPredicate::EQ, at.t, self.int(0), "")
-                        .map_err(err)?;
-                    let write = self.builder.build_and(ok, first_lane, "").map_err(err)?;
+                    let lse = lse(half)?;
+                    let (r, write) = writes(half)?;
                     self.when(at.f, write, || {
                         let i = self.add(row, r)?;
                         self.store_f32(stats, i, lse)?;

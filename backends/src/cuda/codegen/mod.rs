@@ -149,6 +149,9 @@ pub enum Kernel {
         d: usize,
         dv: usize,
     },
+    /// The flash gradients' `D = Σ dO ⊙ O` per row and head from the
+    /// forward pass's output ([`flash`]'s `flash_delta`).
+    FlashDelta,
     /// Softmax over each row's visible columns (a causal mask by the row's
     /// query within its segment), zeros after; one block a row: batched
     /// attention's weights between its cuBLAS products.
@@ -260,6 +263,7 @@ impl Kernel {
                 pass: FlashPass::GradKv,
                 ..
             } => "flash_grad_kv",
+            Kernel::FlashDelta => "flash_delta",
             Kernel::WidelyLinearGrad { .. } => "widely_linear_grad",
         };
         format!("{base}_{index}")
@@ -696,6 +700,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::EmbedGrad => self.embed_grad(name),
             Kernel::MaskedSoftmax => self.masked_softmax(name),
             Kernel::Flash { pass, d, dv } => self.flash(name, *pass, *d, *dv),
+            Kernel::FlashDelta => self.flash_delta(name),
             Kernel::WidelyLinearGrad { part } => self.widely_linear_grad(name, *part),
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)

@@ -22,7 +22,10 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use fairyc_ir::{AttentionOperand, DType, Graph, Node, Op, ValueId};
 
 use super::codegen::flash::{flash_applies, FlashPass, FLASH_TILE, FLASH_WARPS};
-use super::{blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, ROW_THREADS};
+use super::{
+    blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, Step, MAP_THREADS,
+    ROW_THREADS,
+};
 use crate::BackendError;
 
 /// One batched attention: `segments` sequences of `seq` rows, each
@@ -87,6 +90,53 @@ pub(super) struct Shared {
     kept: Kept,
 }
 
+/// What a flash forward pass keeps for its gradients: its output (for
+/// `D = Σ dO ⊙ O`) and its statistics, the log-sum-exps filled (the `D`
+/// half is the gradients' to fill), so that they need not run the forward
+/// pass again (the Stats kernel).
+pub(super) struct KeptForward {
+    output: DeviceTensor,
+    statistics: CudaSlice<u32>,
+}
+
+/// The flash `attention` nodes whose gradients run on the flash kernels
+/// too, each with the group of those gradients: the gradients of the same
+/// operands and attributes.
+pub(super) fn kept_statistics(
+    graph: &Graph,
+    steps: &[Option<Step>],
+    kernels: &[Kernel],
+    groups: &HashMap<usize, (usize, usize)>,
+) -> HashMap<usize, usize> {
+    let flash = |i: usize| matches!(&steps[i], Some(Step::Kernel(k)) if matches!(kernels[k[0]], Kernel::Flash { .. }));
+    let mut kept = HashMap::new();
+    for (f, forward) in graph.nodes.iter().enumerate() {
+        let Op::Attention {
+            heads,
+            kv_heads,
+            scale,
+            causal,
+            segment: segment @ Some(_),
+        } = forward.op
+        else {
+            continue;
+        };
+        if !flash(f) {
+            continue;
+        }
+        let group = groups.iter().find_map(|(&g, &(group, _))| {
+            let grad = graph.nodes.get(g)?;
+            let same = matches!(grad.op, Op::AttentionGrad { heads: h, kv_heads: kv, scale: sc, causal: c, segment: sg, .. }
+                if (h, kv, sc, c, sg) == (heads, kv_heads, scale, causal, segment));
+            (same && grad.operands.get(..3) == Some(&forward.operands[..]) && flash(g)).then_some(group)
+        });
+        if let Some(group) = group {
+            kept.insert(f, group);
+        }
+    }
+    kept
+}
+
 enum Kept {
     /// The products' weights `P` and, once a gradient of Q or K needed
     /// them, `dS`.
@@ -135,6 +185,7 @@ pub(super) fn flash_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
             kernel(FlashPass::Stats),
             kernel(FlashPass::GradQ),
             kernel(FlashPass::GradKv),
+            Kernel::FlashDelta,
         ]
     } else {
         vec![kernel(FlashPass::Forward)]
@@ -252,15 +303,37 @@ impl CudaProgram {
         if cache.as_ref().map(|c| c.group) != Some(group) {
             *cache = None;
             let kept = if flash {
-                let stats = self.alloc(2 * s.segments * s.heads * s.seq)?;
-                let (q, k, v, g) = (
-                    &*q.words,
-                    &*keys.words,
-                    &*operands.2.words,
-                    &*operands.3.words,
-                );
-                // The statistics kernel writes no output: Q stands in.
-                self.launch_flash(kernels[0], s.heads, [q, q, q, k, v, g, &stats], s)?;
+                let forward = self
+                    .kept_forward
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&group);
+                let stats = match forward {
+                    // The forward pass kept the log-sum-exps: D from its
+                    // output.
+                    Some(KeptForward { output, statistics }) => {
+                        self.flash_delta(kernels[3], &output, operands.3, &statistics, s)?;
+                        statistics
+                    }
+                    None => {
+                        let stats = self.alloc(2 * s.segments * s.heads * s.seq)?;
+                        let (q, k, v, g) = (
+                            &*q.words,
+                            &*keys.words,
+                            &*operands.2.words,
+                            &*operands.3.words,
+                        );
+                        // The statistics kernel writes no output: Q stands in.
+                        self.launch_flash(
+                            kernels[0],
+                            s.heads,
+                            [q, q, q, k, v, g],
+                            Some(&stats),
+                            s,
+                        )?;
+                        stats
+                    }
+                };
                 Kept::Flash {
                     stats,
                     pending: None,
@@ -295,18 +368,41 @@ impl CudaProgram {
     }
 
     /// `attention(q, k, v)` over segments into `out` by the flash forward
-    /// kernel.
+    /// kernel, and the log-sum-exps into `statistics` where given.
     pub(super) fn flash_attention(
         &self,
         kernel: usize,
         (q, keys, values): (&DeviceTensor, &DeviceTensor, &DeviceTensor),
         s: Segments,
         out: &mut CudaSlice<u32>,
+        statistics: Option<&CudaSlice<u32>>,
     ) -> Result<(), BackendError> {
         let (q, k, v) = (&*q.words, &*keys.words, &*values.words);
-        // The forward kernel reads neither its second output nor dO nor
-        // the statistics: Q stands in for them.
-        self.launch_flash(kernel, s.heads, [out, q, q, k, v, q, q], s)
+        // The forward kernel reads neither its second output nor dO: Q
+        // stands in for them.
+        self.launch_flash(kernel, s.heads, [out, q, q, k, v, q], statistics, s)
+    }
+
+    /// Files the statistics the flash forward pass just computed (if it
+    /// kept any) with its output `o`, for its gradients.
+    pub(super) fn keep_forward(&self, o: &DeviceTensor) {
+        let fresh = self
+            .fresh_statistics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((group, statistics)) = fresh {
+            self.kept_forward
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    group,
+                    KeptForward {
+                        output: o.clone(),
+                        statistics,
+                    },
+                );
+        }
     }
 
     /// The gradient of `which` by the flash kernels (`kernels`: the
@@ -326,7 +422,7 @@ impl CudaProgram {
     ) -> Result<(), BackendError> {
         let (q, k, v, g) = (&*q.words, &*keys.words, &*values.words, &*dout.words);
         if which == AttentionOperand::Q {
-            return self.launch_flash(kernels[1], s.heads, [out, q, q, k, v, g, stats], s);
+            return self.launch_flash(kernels[1], s.heads, [out, q, q, k, v, g], Some(stats), s);
         }
         if let Some((kept, words)) = pending.take() {
             if kept == which {
@@ -343,21 +439,24 @@ impl CudaProgram {
         } else {
             (&other, &*out)
         };
-        self.launch_flash(kernels[2], s.kv_heads, [dk, dv, q, k, v, g, stats], s)?;
+        self.launch_flash(kernels[2], s.kv_heads, [dk, dv, q, k, v, g], Some(stats), s)?;
         *pending = Some((other_which, other));
         Ok(())
     }
 
     /// Launches flash kernel `kernel` on the tiles of 16 rows of `heads`
     /// heads (query heads; key heads for dK/dV) of every segment; `ptrs`:
-    /// its two outputs, Q, K, V, dO and the statistics.
+    /// its two outputs, Q, K, V and dO; the statistics (none: a null
+    /// pointer, which only the forward kernel takes).
     fn launch_flash(
         &self,
         kernel: usize,
         heads: usize,
-        ptrs: [&CudaSlice<u32>; 7],
+        ptrs: [&CudaSlice<u32>; 6],
+        statistics: Option<&CudaSlice<u32>>,
         s: Segments,
     ) -> Result<(), BackendError> {
+        let null = 0u64;
         if let Kernel::Flash { d, dv, .. } = self.kernels[kernel] {
             if (d, dv) != (s.d, s.dv) {
                 return Err(BackendError::new(format!(
@@ -380,10 +479,34 @@ impl CudaProgram {
             for p in ptrs {
                 b.arg(p);
             }
+            match statistics {
+                Some(p) => b.arg(p),
+                None => b.arg(&null),
+            };
             for v in &sizes {
                 b.arg(v);
             }
             b.arg(&s.scale);
+        })
+    }
+
+    /// `D = Σ dO ⊙ O` per row and query head into the second half of
+    /// `statistics` ([`Kernel::FlashDelta`]).
+    fn flash_delta(
+        &self,
+        kernel: usize,
+        output: &DeviceTensor,
+        dout: &DeviceTensor,
+        statistics: &CudaSlice<u32>,
+        s: Segments,
+    ) -> Result<(), BackendError> {
+        let pairs = s.segments * s.seq * s.heads;
+        let sizes = [pairs, s.heads, s.seq, s.dv, pairs].map(|v| v as i64);
+        self.launch(kernel, Self::grid(pairs), MAP_THREADS, |b| {
+            b.arg(statistics).arg(&*output.words).arg(&*dout.words);
+            for v in &sizes {
+                b.arg(v);
+            }
         })
     }
 

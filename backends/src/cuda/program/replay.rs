@@ -1,0 +1,293 @@
+//! A run captured as a CUDA graph and replayed: a training step launches
+//! about 8,700 kernels, and enqueuing them one by one kept the host busy
+//! for the whole step while the GPU waited (docs/BENCHMARKS.md). The first
+//! run of a program runs plainly (it plans the products and loads what the
+//! libraries load once); a second run whose inputs have the same shapes is
+//! captured into a graph, and each later run with those shapes is one
+//! graph launch.
+//!
+//! The graph reads its inputs from buffers of its own and writes its
+//! outputs to buffers of its own, made before the capture: a run copies
+//! the caller's inputs into the first, and the outputs out of the second
+//! (to the host, or to new device buffers for state outputs, which the
+//! caller keeps while the next run overwrites the graph's). Everything
+//! else the run allocates is allocated and freed inside the graph.
+//!
+//! Off where a run must do more than enqueue work: with a profile (which
+//! waits for each node), with a communicator (NCCL's stream), and with
+//! `FAIRYC_NO_GRAPH` set (to measure it). A capture that fails leaves the
+//! program running plainly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result, sys, CudaGraph, DevicePtr};
+
+use super::{driver, upload, word_count, CudaProgram, DeviceTensor, Elem};
+use crate::tensor::{Data, Tensor};
+use crate::BackendError;
+
+/// Runs captured as graphs, and captures that failed, in this process: a
+/// test's evidence that the graphs it compared were made.
+static CAPTURED: AtomicUsize = AtomicUsize::new(0);
+static REFUSED: AtomicUsize = AtomicUsize::new(0);
+static FIRST_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
+
+/// What this process captured as CUDA graphs.
+#[derive(Debug)]
+pub struct Captures {
+    /// Programs whose runs are replayed as graphs.
+    pub captured: usize,
+    /// Captures that failed (those programs run plainly), and the first
+    /// one's error.
+    pub refused: usize,
+    pub first_refusal: Option<String>,
+}
+
+pub fn captures() -> Captures {
+    Captures {
+        captured: CAPTURED.load(Ordering::Relaxed),
+        refused: REFUSED.load(Ordering::Relaxed),
+        first_refusal: FIRST_REFUSAL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    }
+}
+
+/// The inputs' names and shapes, in name order: what a graph was captured
+/// for.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(super) struct Signature(Vec<(String, Vec<usize>)>);
+
+impl Signature {
+    pub(super) fn of(inputs: &HashMap<String, Tensor>) -> Signature {
+        let mut named: Vec<_> = inputs
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shape.clone()))
+            .collect();
+        named.sort();
+        Signature(named)
+    }
+}
+
+/// An output's shape and element.
+type Layout = (Vec<usize>, Elem);
+
+/// Where a program stands.
+pub(super) enum Replay {
+    /// Running plainly; the last run's signature and its outputs' layouts,
+    /// so that a second run alike is captured.
+    Plain(Option<(Signature, Vec<Layout>)>),
+    Captured(Captured),
+    /// A capture failed: plain runs from then on.
+    Refused,
+}
+
+pub(super) struct Captured {
+    signature: Signature,
+    inputs: HashMap<String, DeviceTensor>,
+    outputs: Vec<DeviceTensor>,
+    graph: CudaGraph,
+}
+
+// SAFETY: the graph's handles are used only under the program's `replay`
+// lock, by one thread at a time; raw pointers are what keep `CudaGraph`
+// from being Send and Sync on its own.
+unsafe impl Send for Captured {}
+unsafe impl Sync for Captured {}
+
+impl Replay {
+    /// Whether runs are captured: not with a profile or a communicator, nor
+    /// with `FAIRYC_NO_GRAPH` set.
+    pub(super) fn new(profiled: bool, collective: bool) -> Option<Replay> {
+        let off = profiled || collective || std::env::var_os("FAIRYC_NO_GRAPH").is_some();
+        (!off).then_some(Replay::Plain(None))
+    }
+}
+
+impl CudaProgram {
+    /// The run's outputs from its graph (captured now where the last run
+    /// had these shapes), or `None` where the run goes plainly.
+    pub(super) fn replayed(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        bindings: &HashMap<String, usize>,
+        signature: &Signature,
+    ) -> Result<Option<Vec<Tensor>>, BackendError> {
+        let Some(replay) = &self.replay else {
+            return Ok(None);
+        };
+        let mut replay = replay.lock().unwrap_or_else(|e| e.into_inner());
+        match &*replay {
+            Replay::Captured(c) if c.signature == *signature => {}
+            Replay::Plain(Some((seen, layouts))) if seen == signature => {
+                match self.capture(inputs, bindings, signature, layouts) {
+                    Ok(captured) => {
+                        CAPTURED.fetch_add(1, Ordering::Relaxed);
+                        *replay = Replay::Captured(captured)
+                    }
+                    Err(e) => {
+                        REFUSED.fetch_add(1, Ordering::Relaxed);
+                        FIRST_REFUSAL
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert_with(|| e.to_string());
+                        tracing::warn!("the run could not be captured as a CUDA graph ({e}); it runs plainly from now on");
+                        *replay = Replay::Refused;
+                        return Ok(None);
+                    }
+                }
+            }
+            _ => return Ok(None),
+        }
+        let Replay::Captured(captured) = &*replay else {
+            unreachable!("captured just above")
+        };
+        for (name, t) in inputs {
+            let fixed = &captured.inputs[name];
+            self.fill(fixed, t)
+                .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?;
+        }
+        captured.graph.launch().map_err(driver)?;
+        self.launches.fetch_add(1, Ordering::Relaxed);
+        self.outputs(captured.outputs.clone(), |t| self.copy_of(t))
+            .map(Some)
+    }
+
+    /// After a plain run: what a second run alike needs to be captured.
+    pub(super) fn ran_plainly(&self, signature: Signature, outputs: &[DeviceTensor]) {
+        let Some(replay) = &self.replay else {
+            return;
+        };
+        let mut replay = replay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Replay::Plain(seen) = &mut *replay {
+            let layouts = outputs.iter().map(|t| (t.shape.clone(), t.elem)).collect();
+            *seen = Some((signature, layouts));
+        }
+    }
+
+    /// Captures the nodes on buffers of the graph's own, filled with
+    /// `inputs` (so the first launch computes this run).
+    fn capture(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        bindings: &HashMap<String, usize>,
+        signature: &Signature,
+        layouts: &[Layout],
+    ) -> Result<Captured, BackendError> {
+        let mut fixed_inputs = HashMap::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            let on_device = upload(&self.stream, t)
+                .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?;
+            // A host tensor was just copied into a buffer of ours; a device
+            // one is the caller's, so the graph gets a copy.
+            let fixed = match t.data {
+                Data::Device(_) => self.copy_of(&on_device)?,
+                _ => on_device,
+            };
+            fixed_inputs.insert(name.clone(), fixed);
+        }
+        let mut fixed_outputs = Vec::with_capacity(layouts.len());
+        for (shape, elem) in layouts {
+            fixed_outputs.push(DeviceTensor {
+                shape: shape.clone(),
+                elem: *elem,
+                words: Arc::new(self.alloc(word_count(shape, *elem))?),
+            });
+        }
+        self.stream.synchronize().map_err(driver)?;
+        // The graph allocates from a pool of its own: what the plain runs
+        // left cached in the device's pool goes back to the driver.
+        super::trim_freed_memory(self.stream.context())?;
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver)?;
+        let ran = self.nodes(&fixed_inputs, bindings).and_then(|outputs| {
+            for (value, fixed) in outputs.iter().zip(&fixed_outputs) {
+                if value.shape != fixed.shape || value.elem != fixed.elem {
+                    return Err(BackendError::new(
+                        "an output's shape differs from the last run's on the same input shapes",
+                    ));
+                }
+                self.copy_into(value, fixed)?;
+            }
+            Ok(())
+        });
+        // What an error left behind is freed inside the capture too.
+        self.forget_attention();
+        self.forget_rounded();
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        // A capture that failed part way recorded the frees it refused.
+        let _ = self.stream.context().check_err();
+        ran?;
+        let graph = graph
+            .map_err(driver)?
+            .ok_or_else(|| BackendError::new("the capture made no graph"))?;
+        tracing::debug!("the run is captured as a CUDA graph");
+        Ok(Captured {
+            signature: signature.clone(),
+            inputs: fixed_inputs,
+            outputs: fixed_outputs,
+            graph,
+        })
+    }
+
+    /// A new buffer holding `t`'s words.
+    fn copy_of(&self, t: &DeviceTensor) -> Result<DeviceTensor, BackendError> {
+        let copy = DeviceTensor {
+            shape: t.shape.clone(),
+            elem: t.elem,
+            words: Arc::new(self.alloc(t.word_count())?),
+        };
+        self.copy_into(t, &copy)?;
+        Ok(copy)
+    }
+
+    /// Copies `from`'s words over `into`'s (the same layout).
+    fn copy_into(&self, from: &DeviceTensor, into: &DeviceTensor) -> Result<(), BackendError> {
+        let bytes = 4 * from.word_count();
+        assert!(
+            bytes <= 4 * into.words.len(),
+            "copied into a smaller buffer"
+        );
+        let (src, _read) = from.words.device_ptr(&self.stream);
+        let (dst, _written) = into.words.device_ptr(&self.stream);
+        // SAFETY: both buffers hold at least `bytes` (checked above); the
+        // copy is ordered on the program's stream with whatever reads or
+        // writes them.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(driver)
+    }
+
+    /// Copies the caller's input `t` into the graph's buffer for it.
+    fn fill(&self, into: &DeviceTensor, t: &Tensor) -> Result<(), String> {
+        if t.shape != into.shape {
+            return Err(format!(
+                "shape {:?}, where the graph was captured for {:?}",
+                t.shape, into.shape
+            ));
+        }
+        match &t.data {
+            Data::Device(_) => {
+                let d = upload(&self.stream, t)?;
+                if d.elem != into.elem {
+                    return Err("a different element type than the graph's".into());
+                }
+                self.copy_into(&d, into).map_err(|e| e.to_string())
+            }
+            _ => {
+                let (elem, words) = super::host_words(t);
+                if elem != into.elem || words.len() > into.words.len() {
+                    return Err("a different element type than the graph's".into());
+                }
+                let (dst, _written) = into.words.device_ptr(&self.stream);
+                // SAFETY: the buffer holds `words` (checked above); the copy
+                // is staged from host memory before this returns.
+                unsafe { result::memcpy_htod_async(dst, &words, self.stream.cu_stream()) }
+                    .map_err(|e| format!("{e:?}"))
+            }
+        }
+    }
+}
