@@ -185,16 +185,18 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
 /// so a change that spills more fails here.
 fn spill_allowance(kernel: &Kernel) -> u32 {
     match kernel {
+        // With bf16 operands (one load a pair), 56 and 32 (72 and 24 when
+        // the kernels rounded f32 operands themselves).
         Kernel::Flash {
             pass: FlashPass::GradKv,
             d: 64,
             ..
-        } => 72,
+        } => 56,
         Kernel::Flash {
             pass: FlashPass::GradKv,
             d: 128,
             ..
-        } => 24,
+        } => 32,
         Kernel::Flash {
             pass: FlashPass::GradQ,
             d: 128,

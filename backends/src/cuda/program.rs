@@ -189,9 +189,11 @@ pub struct CudaProgram {
     resident_bytes: usize,
     /// cuBLAS's compute type for dense products.
     compute: blas_sys::cublasComputeType_t,
-    /// The [`Kernel::ToBf16`] that rounds real products' operands for
-    /// cuBLAS's bf16 inputs (with bf16 products).
+    /// The [`Kernel::ToBf16`] that rounds the flash kernels' operands and,
+    /// where `round_products`, real products' operands for cuBLAS's bf16
+    /// inputs (with bf16 products).
     to_bf16: Option<usize>,
+    round_products: bool,
     /// Real products through cuBLASLt (complex ones through
     /// `cublasGemmEx`), and the fast compute type of their f32 operands.
     lt: products::Products,
@@ -650,6 +652,7 @@ impl CudaProgram {
             }
             Fold::Host => load_resident(&graph, store, on_weight, &plan)?,
         };
+        let _shared = replay::device_work();
         let context = device_context(ordinal)?;
         // A stream of the program's own: runs are captured as CUDA graphs
         // (`replay`), which the legacy default stream does not allow.
@@ -669,9 +672,10 @@ impl CudaProgram {
         // ours, so that cuBLAS runs its bf16 kernels; with
         // FAIRYC_BF16_IN_CUBLAS set, cuBLAS rounds the f32 operands itself,
         // to measure the two.
-        let to_bf16 = (options.matmul == GpuMatmul::Bf16
-            && std::env::var_os("FAIRYC_BF16_IN_CUBLAS").is_none())
-        .then(|| {
+        let round_products = options.matmul == GpuMatmul::Bf16
+            && std::env::var_os("FAIRYC_BF16_IN_CUBLAS").is_none();
+        let flash = kernels.iter().any(|k| matches!(k, Kernel::Flash { .. }));
+        let to_bf16 = (round_products || flash).then(|| {
             kernels.push(Kernel::ToBf16);
             kernels.len() - 1
         });
@@ -820,6 +824,7 @@ impl CudaProgram {
             communicator: options.communicator.clone(),
             replay: replay.map(Mutex::new),
             to_bf16,
+            round_products,
             lt,
             fast: products::fast_compute(options.matmul),
             compute: match options.matmul {
@@ -1731,7 +1736,7 @@ impl CudaProgram {
             self.stream.memset_zeros(c).map_err(driver)?;
             return Ok(());
         }
-        let rounded = match (self.to_bf16, elem) {
+        let rounded = match (self.to_bf16.filter(|_| self.round_products), elem) {
             (Some(kernel), Elem::Real) => Some((self.bf16(kernel, a)?, self.bf16(kernel, b)?)),
             _ => None,
         };
@@ -1798,7 +1803,8 @@ impl CudaProgram {
     }
 
     /// `x`'s f32 words rounded to bf16, two a word ([`Kernel::ToBf16`]),
-    /// once a run for each value.
+    /// once a run for each value (kept while the value lives: attention's
+    /// operands from its forward pass to its gradients).
     fn bf16(&self, kernel: usize, x: &DeviceTensor) -> Result<Arc<CudaSlice<u32>>, BackendError> {
         let mut rounded = self.rounded.lock().unwrap_or_else(|e| e.into_inner());
         rounded.retain(|(source, _)| Arc::strong_count(source) > 1);
@@ -1813,7 +1819,7 @@ impl CudaProgram {
             Some(_) => Some(std::time::Instant::now()),
             None => None,
         };
-        let n = x.len();
+        let n = x.word_count();
         let pairs = n.div_ceil(2);
         let out = self.alloc(pairs)?;
         let (pairs, n) = (pairs as i64, n as i64);
@@ -1825,7 +1831,7 @@ impl CudaProgram {
                 self.stream.synchronize().map_err(driver)?;
             }
             let took = started.elapsed();
-            profile.record("to_bf16 (products' operands)".into(), took);
+            profile.record("to_bf16 (operands of products and attention)".into(), took);
             *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()) += took;
         }
         let out = Arc::new(out);
@@ -2010,6 +2016,7 @@ impl Program for CudaProgram {
         let outputs = match self.replayed(&inputs, &bindings, &signature)? {
             Some(outputs) => outputs,
             None => {
+                let _shared = replay::device_work();
                 for (name, t) in &inputs {
                     let d = upload(&self.stream, t)
                         .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?;
@@ -2041,6 +2048,7 @@ impl Program for CudaProgram {
     fn fetch(&self, t: Tensor) -> Result<Tensor, BackendError> {
         match &t.data {
             Data::Device(d) => {
+                let _shared = replay::device_work();
                 let on_device =
                     d.0.downcast_ref::<DeviceTensor>()
                         .ok_or_else(|| BackendError::new("a device tensor of another backend"))?;

@@ -43,8 +43,12 @@ pub const FLASH_WARPS: u32 = 4;
 /// the tile's fragments of that many would not fit the 255 registers a
 /// thread has. GradKv keeps the most (K, V and the dK, dV sums); with 64
 /// ptxas gave it a stack frame of spills of 216 bytes at heads of 64 and
-/// 928 at 128, with these 72 and 24, and GradQ at 128 40 (72 with 64 keys);
+/// 928 at 128, with these 72 and 24 (56 and 32 since the operands come in
+/// bf16), and GradQ at 128 40 (72 with 64 keys);
 /// `backends/tests/cuda_ptx.rs` holds the kernels to what they spill now.
+/// (Eight warps a block instead of four, for more reuse of a block's keys
+/// in L1, ran the forward kernel at 1,298 us against 891 on the QAT step
+/// of docs/BENCHMARKS.md: fewer blocks fit a multiprocessor.)
 fn flash_step(pass: FlashPass, d: usize, dv: usize) -> u64 {
     let wide = d.max(dv) > 64;
     match (pass, wide) {
@@ -70,12 +74,17 @@ type CFrag<'ctx> = [FloatValue<'ctx>; 4];
 type Row<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
 
 /// One head of a row-major `[segments·seq, heads·width]` operand, within
-/// one segment: row `r`'s words start at `base + r·stride`.
+/// one segment: row `r`'s elements start at `base + r·stride`. The
+/// elements are f32 words, or, for the operands of the products (`bf16`),
+/// the same values rounded to bf16, two a word (by the program's `to_bf16`,
+/// as `pack` would round them: the products are the same), so that a pair
+/// of neighbours is one 32-bit load that is already a fragment's word.
 #[derive(Clone, Copy)]
 struct Head<'ctx> {
     ptr: PointerValue<'ctx>,
     base: IntValue<'ctx>,
     stride: IntValue<'ctx>,
+    bf16: bool,
 }
 
 /// What the forward pass does with its rows at the end: writes them (the
@@ -161,10 +170,16 @@ impl<'ctx> Gen<'ctx> {
             let r0 = self.mul(self.urem(tile, tiles_per)?, self.int(16))?;
             let group = self.udiv(heads, kv_heads)?;
             let first = self.mul(segment, seq)?;
-            // One head of an operand of `heads` heads of `width` words.
+            // One head of an operand of `heads` heads of `width` words; Q,
+            // K, V and (but for the statistics kernel, which sums it with O
+            // in f32) dO come in bf16.
+            let bf16 = |ptr: PointerValue<'ctx>| {
+                [q, k, v].contains(&ptr) || (ptr == dout && pass != FlashPass::Stats)
+            };
             let head_of = |ptr, heads: IntValue<'ctx>, head, width: usize| -> Built<Head<'ctx>> {
                 let stride = self.mul(heads, self.int(width as u64))?;
                 Ok(Head {
+                    bf16: bf16(ptr),
                     ptr,
                     base: self.add(
                         self.mul(first, stride)?,
@@ -730,8 +745,8 @@ impl<'ctx> Gen<'ctx> {
             for (nt, c) in acc.iter_mut().enumerate() {
                 let col = self.add(at.g, self.int(8 * nt as u64))?;
                 let b = [
-                    self.pack(self.single(m, rows[0], col)?, self.single(m, rows[1], col)?)?,
-                    self.pack(self.single(m, rows[2], col)?, self.single(m, rows[3], col)?)?,
+                    self.column_pair(m, [rows[0], rows[1]], col)?,
+                    self.column_pair(m, [rows[2], rows[3]], col)?,
                 ];
                 *c = self.mma(a, b, *c)?;
             }
@@ -800,21 +815,60 @@ impl<'ctx> Gen<'ctx> {
         Ok(out)
     }
 
-    /// Two neighbouring words of a row packed as bf16 (0 out of range).
-    fn pair(&self, m: Head<'ctx>, row: Row<'ctx>, col: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        let [lo, hi] = self.pair_f32(m, row, col)?;
-        self.pack(lo, hi)
-    }
-
-    /// One word of a row (0 out of range).
-    fn single(
+    /// Two neighbouring elements of a row packed as bf16 (0 out of range).
+    fn pair(
         &self,
         m: Head<'ctx>,
         (start, ok): Row<'ctx>,
         col: IntValue<'ctx>,
-    ) -> Built<FloatValue<'ctx>> {
-        let x = self.load_f32(m.ptr, self.add(start, col)?)?;
-        self.select_float(ok, x, self.float(0.0))
+    ) -> Built<IntValue<'ctx>> {
+        if !m.bf16 {
+            let [lo, hi] = self.pair_f32(m, (start, ok), col)?;
+            return self.pack(lo, hi);
+        }
+        // Heads and columns are even: the pair is 4-byte aligned.
+        let p = self.gep(self.context.i16_type(), m.ptr, self.add(start, col)?)?;
+        let word = self.builder.build_load(self.i32(), p, "").map_err(err)?;
+        inkwell::values::BasicValue::as_instruction_value(&word)
+            .expect("a load")
+            .set_alignment(4)
+            .map_err(err)?;
+        self.select_int(ok, word.into_int_value(), self.i32().const_zero())
+    }
+
+    /// Column `col` of two rows packed as bf16, the first row's in the low
+    /// half (0 for a row out of range).
+    fn column_pair(
+        &self,
+        m: Head<'ctx>,
+        rows: [Row<'ctx>; 2],
+        col: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        if !m.bf16 {
+            let [lo, hi] = rows.map(|(start, ok)| {
+                let x = self.load_f32(m.ptr, self.add(start, col)?)?;
+                self.select_float(ok, x, self.float(0.0))
+            });
+            return self.pack(lo?, hi?);
+        }
+        let [lo, hi] = rows.map(|(start, ok)| -> Built<IntValue<'ctx>> {
+            let p = self.gep(self.context.i16_type(), m.ptr, self.add(start, col)?)?;
+            let half = self
+                .builder
+                .build_load(self.context.i16_type(), p, "")
+                .map_err(err)?
+                .into_int_value();
+            let half = self
+                .builder
+                .build_int_z_extend(half, self.i32(), "")
+                .map_err(err)?;
+            self.select_int(ok, half, self.i32().const_zero())
+        });
+        let hi = self
+            .builder
+            .build_left_shift(hi?, self.i32().const_int(16, false), "")
+            .map_err(err)?;
+        self.builder.build_or(lo?, hi, "").map_err(err)
     }
 
     /// Two f32 rounded to bf16 in one word, `lo` in the low half.

@@ -16,6 +16,7 @@
 //! [`Kernel::SoftmaxGrad`]: super::codegen::Kernel::SoftmaxGrad
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
@@ -317,12 +318,9 @@ impl CudaProgram {
                     }
                     None => {
                         let stats = self.alloc(2 * s.segments * s.heads * s.seq)?;
-                        let (q, k, v, g) = (
-                            &*q.words,
-                            &*keys.words,
-                            &*operands.2.words,
-                            &*operands.3.words,
-                        );
+                        let [q, k, v] = [q, keys, operands.2].map(|x| self.flash_operand(x));
+                        // dO in f32: the kernel sums it with O.
+                        let (q, k, v, g) = (&*q?, &*k?, &*v?, &*operands.3.words);
                         // The statistics kernel writes no output: Q stands in.
                         self.launch_flash(
                             kernels[0],
@@ -377,10 +375,20 @@ impl CudaProgram {
         out: &mut CudaSlice<u32>,
         statistics: Option<&CudaSlice<u32>>,
     ) -> Result<(), BackendError> {
-        let (q, k, v) = (&*q.words, &*keys.words, &*values.words);
+        let [q, k, v] = [q, keys, values].map(|x| self.flash_operand(x));
+        let (q, k, v) = (&*q?, &*k?, &*v?);
         // The forward kernel reads neither its second output nor dO: Q
         // stands in for them.
         self.launch_flash(kernel, s.heads, [out, q, q, k, v, q], statistics, s)
+    }
+
+    /// An operand of the flash kernels' products, rounded to bf16 (once a
+    /// run: attention's gradients find its forward pass's).
+    fn flash_operand(&self, x: &DeviceTensor) -> Result<Arc<CudaSlice<u32>>, BackendError> {
+        let kernel = self
+            .to_bf16
+            .expect("a program with flash kernels has the rounding kernel");
+        self.bf16(kernel, x)
     }
 
     /// Files the statistics the flash forward pass just computed (if it
@@ -420,7 +428,8 @@ impl CudaProgram {
         ),
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
-        let (q, k, v, g) = (&*q.words, &*keys.words, &*values.words, &*dout.words);
+        let [q, k, v, g] = [q, keys, values, dout].map(|x| self.flash_operand(x));
+        let (q, k, v, g) = (&*q?, &*k?, &*v?, &*g?);
         if which == AttentionOperand::Q {
             return self.launch_flash(kernels[1], s.heads, [out, q, q, k, v, g], Some(stats), s);
         }
@@ -429,9 +438,11 @@ impl CudaProgram {
                 return self.stream.memcpy_dtod(&words, out).map_err(driver);
             }
         }
+        // The other gradient is shaped as its (f32) operand, not as the
+        // operand's bf16 copy.
         let (size, other_which) = match which {
-            AttentionOperand::K => (v.len(), AttentionOperand::V),
-            _ => (k.len(), AttentionOperand::K),
+            AttentionOperand::K => (values.words.len(), AttentionOperand::V),
+            _ => (keys.words.len(), AttentionOperand::K),
         };
         let other = self.alloc(size)?;
         let (dk, dv) = if which == AttentionOperand::K {

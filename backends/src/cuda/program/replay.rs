@@ -13,6 +13,11 @@
 //! caller keeps while the next run overwrites the graph's). Everything
 //! else the run allocates is allocated and freed inside the graph.
 //!
+//! A capture has the process's GPU work to itself: a call on another
+//! thread that synchronizes the device (loading a module, say) would
+//! invalidate it, so programs are built and run under [`device_work`]'s
+//! shared lock, and a capture takes it exclusively.
+//!
 //! Off where a run must do more than enqueue work: with a profile (which
 //! waits for each node), with a communicator (NCCL's stream), and with
 //! `FAIRYC_NO_GRAPH` set (to measure it). A capture that fails leaves the
@@ -20,13 +25,23 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use cudarc::driver::{result, sys, CudaGraph, DevicePtr};
 
 use super::{driver, upload, word_count, CudaProgram, DeviceTensor, Elem};
 use crate::tensor::{Data, Tensor};
 use crate::BackendError;
+
+/// Held shared by every program's build and run, and exclusively by a
+/// capture.
+static DEVICE_WORK: RwLock<()> = RwLock::new(());
+
+/// The shared hold on the process's GPU work that a program's build or
+/// run takes (a capture waits for none to be held).
+pub(super) fn device_work() -> RwLockReadGuard<'static, ()> {
+    DEVICE_WORK.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Runs captured as graphs, and captures that failed, in this process: a
 /// test's evidence that the graphs it compared were made.
@@ -133,7 +148,7 @@ impl CudaProgram {
                         FIRST_REFUSAL
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert_with(|| e.to_string());
+                            .get_or_insert_with(|| format!("graph \"{}\": {e}", self.graph.name));
                         tracing::warn!("the run could not be captured as a CUDA graph ({e}); it runs plainly from now on");
                         *replay = Replay::Refused;
                         return Ok(None);
@@ -145,6 +160,7 @@ impl CudaProgram {
         let Replay::Captured(captured) = &*replay else {
             unreachable!("captured just above")
         };
+        let _shared = device_work();
         for (name, t) in inputs {
             let fixed = &captured.inputs[name];
             self.fill(fixed, t)
@@ -197,6 +213,7 @@ impl CudaProgram {
                 words: Arc::new(self.alloc(word_count(shape, *elem))?),
             });
         }
+        let _alone = DEVICE_WORK.write().unwrap_or_else(|e| e.into_inner());
         self.stream.synchronize().map_err(driver)?;
         // The graph allocates from a pool of its own: what the plain runs
         // left cached in the device's pool goes back to the driver.
