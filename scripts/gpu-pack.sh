@@ -13,7 +13,8 @@
 #   .devt/   fairyc, synth_gguf, the cuda_products example, the corpus and,
 #            where AUTHORS_REPO names a
 #            clone of github.com/PKULab1806/Fairy2i-W2, the authors' QAT
-#            modules, for scripts/gpu-train-bench.sh (never committed).
+#            modules, for scripts/gpu-train-bench.sh and
+#            scripts/gpu-step-kernels.sh (the authors' code is never committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked

@@ -1,10 +1,11 @@
 //! The dense products of the QAT step (docs/BENCHMARKS.md) alone, each a
 //! one-node program on the cuda backend with bf16 products, timed by the
-//! program's profile (`FAIRYC_PROFILE=1`: each node waited for) after a
-//! first run that plans it: whether a product inside the step is slow in
-//! itself or from what surrounds it (`scripts/gpu-products.py` times
-//! PyTorch's at the same shapes). With `FAIRYC_GEMM_TUNE` set, the plans
-//! time cuBLASLt's candidates.
+//! program's profile (`FAIRYC_PROFILE=1`: each node waited for, so the
+//! host's part and the wait count too) after a first run that plans it
+//! (`scripts/gpu-products.py` times PyTorch's at the same shapes). For the
+//! kernels' own time, run it under Nsight Compute (`ncu --metrics
+//! gpu__time_duration.sum`), as docs/BENCHMARKS.md did. With
+//! `FAIRYC_GEMM_TUNE` set, the plans time cuBLASLt's candidates.
 //!
 //! `FAIRYC_PROFILE=1 cargo run --release -p fairyc-backends --example
 //! cuda_products [RUNS]` on a machine with a GPU.

@@ -1,13 +1,14 @@
 //! Real dense products through cuBLASLt: each distinct product (its
 //! transposes, sizes, leading dimensions and element types) is planned once
 //! (descriptors, and the algorithm cuBLASLt's heuristic puts first for it
-//! with a 32 MiB workspace) and the plan kept for the program's life; the legacy `cublasGemmEx` leaves that choice to cuBLAS on
-//! every call. (On the QAT step of docs/BENCHMARKS.md the two measured
-//! alike, 62,725 and 62,797 tokens/s on an H100, and each product 4-10x
-//! PyTorch's of the same shape: perhaps the heuristic's first choice is not
-//! the fastest here. With `FAIRYC_GEMM_TUNE` set, a plan times the first
-//! eight on its first product and keeps the fastest; written after the
-//! last GPU run of its session, that has not run on a GPU yet.)
+//! with a 32 MiB workspace) and the plan kept for the program's life; the
+//! legacy `cublasGemmEx` leaves that choice to cuBLAS on every call. (On
+//! the QAT step of docs/BENCHMARKS.md the two measured alike, and by Nsight
+//! Compute the heuristic's kernels run within 7-21% of PyTorch's at the
+//! step's shapes, the difference being the f32 result.) With
+//! `FAIRYC_GEMM_TUNE` set, a plan times the first eight on its first
+//! product and keeps the fastest: it gained nothing measurable there, so
+//! it is not the default.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -195,8 +196,8 @@ pub(super) struct Products {
     /// handle and the workspace.
     plans: Mutex<HashMap<Product, Plan>>,
     /// Whether a new plan times the heuristic's candidates on its first
-    /// product and keeps the fastest (`FAIRYC_GEMM_TUNE` set; not yet run
-    /// on a GPU, so not the default), or takes the heuristic's first.
+    /// product and keeps the fastest (`FAIRYC_GEMM_TUNE` set), or takes the
+    /// heuristic's first.
     tune: bool,
 }
 
