@@ -676,6 +676,36 @@ pub fn bf16_attention_cases() -> Vec<Case> {
             });
         }
     }
+    // The gradients alone, without the forward pass whose statistics a
+    // backend may keep for them (the cuda backend's flash kernels then run
+    // the forward pass again for them).
+    cases_over(&mut out, "bf16 attention_grad alone", &[200], |c, s| {
+        c.bf16 = true;
+        let [q, k, v, g] = [
+            c.real(&[s, 192]),
+            c.real(&[s, 64]),
+            c.real(&[s, 64]),
+            c.real(&[s, 192]),
+        ];
+        [
+            AttentionOperand::Q,
+            AttentionOperand::K,
+            AttentionOperand::V,
+        ]
+        .into_iter()
+        .map(|which| {
+            let op = Op::AttentionGrad {
+                which,
+                heads: 3,
+                kv_heads: 1,
+                scale: 0.125,
+                causal: true,
+                segment: Some(100),
+            };
+            c.push(op, &[q, k, v, g])
+        })
+        .collect()
+    });
     out
 }
 

@@ -51,7 +51,8 @@ fn conformance_suite_on_the_gpu() {
 
 /// Attention with heads of 64 words on bf16 products: cuBLAS's around the
 /// softmax, and the flash kernels (the gradients from the statistics the
-/// forward pass kept: each case has both). Three runs each, as the suite's.
+/// forward pass kept where the case has both, else from the statistics
+/// kernel). Three runs each, as the suite's.
 #[test]
 fn bf16_attention_on_the_gpu() {
     if !gpu_or_skip() {

@@ -1,7 +1,9 @@
 //! A graph compiled for the GPU: its kernels generated and loaded once, its
 //! weights (and weight expressions, folded on the host) resident on the
 //! device; each run uploads the inputs, launches a kernel (or a cuBLAS
-//! product) per node on one stream and downloads the outputs.
+//! product) per node on the program's own stream and downloads the outputs.
+//! From the second run with the same input shapes, the run is one launch of
+//! a CUDA graph captured from it ([`replay`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,9 +139,9 @@ struct InFlight {
 type Rounded = (Arc<CudaSlice<u32>>, Arc<CudaSlice<u32>>);
 
 /// Waits for the program's stream when dropped.
-struct Finished<'a>(&'a Arc<CudaStream>);
+struct WaitForStream<'a>(&'a Arc<CudaStream>);
 
-impl Drop for Finished<'_> {
+impl Drop for WaitForStream<'_> {
     fn drop(&mut self) {
         // A failure here is the device's own, which the run reports.
         let _ = self.0.synchronize();
@@ -160,6 +162,9 @@ impl Drop for JoinOnDrop<'_> {
 
 impl Drop for CudaProgram {
     fn drop(&mut self) {
+        // Destroying cuBLAS's handle synchronizes the device: not during
+        // another program's capture.
+        let _shared = replay::device_work();
         let _ = self.join_collectives(|_| true);
     }
 }
@@ -219,12 +224,14 @@ pub struct CudaProgram {
     /// siblings (`attention::Shared`).
     attention_cache: Mutex<Option<attention::Shared>>,
     /// For each flash `attention` node whose gradients the graph takes: the
-    /// group of those gradients (`attention::kept_statistics`).
-    keeps_statistics: HashMap<usize, usize>,
+    /// group of those gradients (`attention::flash_forward_groups`).
+    flash_forward_groups: HashMap<usize, usize>,
     /// Within a run: what each such forward pass kept for its gradients'
-    /// group (`attention::KeptForward`), and the one just computed, which
-    /// `nodes` files with its output.
+    /// group (`attention::KeptForward`).
     kept_forward: Mutex<HashMap<usize, attention::KeptForward>>,
+    /// Within a node: the statistics a flash forward pass just wrote, and
+    /// its gradients' group, which `nodes` files with the node's output
+    /// once `eval` has made it a value.
     fresh_statistics: Mutex<Option<(usize, CudaSlice<u32>)>>,
     /// Per `attention_grad` node: its group of siblings and their count
     /// (`attention::attention_groups`).
@@ -552,8 +559,11 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
     // events for every allocation and wait on them (no difference measured
     // on the QAT step).
     // SAFETY: without cudarc's events, work on two streams must be ordered
-    // by hand. A program's kernels, copies and frees are on its one
-    // stream; NCCL's stream waits for an event of the program's before
+    // by hand. A program's kernels, copies and frees are on its own
+    // stream; a buffer one program made and another reads (a state output,
+    // an input) is complete when the maker's run returns, and freed (on the
+    // maker's stream) only after the reader's stream is done with it
+    // (`WaitForStream` at the end of each run); NCCL's stream waits for an event of the program's before
     // each collective (`Communicator::with_f32`), and the program's stream
     // waits for the collective's event before the first reader of its
     // result, keeping its operand until then (`InFlight`,
@@ -564,12 +574,6 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
     Ok(context)
 }
 
-/// Makes the device's memory pool (which stream-ordered allocations draw
-/// on) keep what is freed instead of handing it back to the driver at each
-/// synchronisation, its default: a program frees and allocates thousands
-/// of buffers a run, and a buffer the pool must map anew costs far more
-/// than one it reuses. With FAIRYC_RELEASE_MEMORY set (to anything) the
-/// pool keeps its default, to measure that.
 /// Gives the memory the device's pool keeps cached back to the driver.
 fn trim_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
     use cudarc::driver::sys;
@@ -583,6 +587,12 @@ fn trim_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
     .map_err(driver)
 }
 
+/// Makes the device's memory pool (which stream-ordered allocations draw
+/// on) keep what is freed instead of handing it back to the driver at each
+/// synchronisation, its default: a program frees and allocates thousands
+/// of buffers a run, and a buffer the pool must map anew costs far more
+/// than one it reuses. With FAIRYC_RELEASE_MEMORY set (to anything) the
+/// pool keeps its default, to measure that.
 fn keep_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
     use cudarc::driver::sys;
     if std::env::var_os("FAIRYC_RELEASE_MEMORY").is_some() {
@@ -792,8 +802,8 @@ impl CudaProgram {
         let state_outputs = crate::state::state_names(&graph).len();
         let last_use = fusion::last_uses(&graph, &plan, &steps);
         let attention_groups = attention::attention_groups(&graph);
-        let keeps_statistics =
-            attention::kept_statistics(&graph, &steps, &kernels, &attention_groups);
+        let flash_forward_groups =
+            attention::flash_forward_groups(&graph, &steps, &kernels, &attention_groups);
         let profile = OpProfile::from_env();
         let replay = replay::Replay::new(profile.is_some(), options.communicator.is_some());
         let mut program = CudaProgram {
@@ -813,7 +823,7 @@ impl CudaProgram {
             resident_bytes: 0,
             profile,
             attention_cache: Mutex::new(None),
-            keeps_statistics,
+            flash_forward_groups,
             kept_forward: Mutex::new(HashMap::new()),
             fresh_statistics: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
@@ -1080,7 +1090,7 @@ impl CudaProgram {
                 )
                 .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
                 if matches!(self.kernels[k[0]], Kernel::Flash { .. }) {
-                    let group = self.keeps_statistics.get(&i);
+                    let group = self.flash_forward_groups.get(&i);
                     let statistics = match group {
                         Some(_) => Some(self.alloc(2 * s.segments * s.heads * s.seq)?),
                         None => None,
@@ -2012,20 +2022,28 @@ impl Program for CudaProgram {
         // whose last holder was this run is freed (on the stream of the
         // program that made it) only once this program's stream is done
         // with it.
-        let _finished = Finished(&self.stream);
+        let _finished = WaitForStream(&self.stream);
         let outputs = match self.replayed(&inputs, &bindings, &signature)? {
             Some(outputs) => outputs,
             None => {
-                let _shared = replay::device_work();
-                for (name, t) in &inputs {
-                    let d = upload(&self.stream, t)
-                        .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?;
-                    on_device.insert(name.clone(), d);
-                }
-                drop(inputs);
-                let outputs = self.nodes(&on_device, &bindings)?;
-                self.ran_plainly(signature, &outputs);
-                self.outputs(outputs, |t| Ok(t.clone()))?
+                let (outputs, layouts) = {
+                    let _shared = replay::device_work();
+                    for (name, t) in &inputs {
+                        let d = upload(&self.stream, t)
+                            .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?;
+                        on_device.insert(name.clone(), d);
+                    }
+                    // The host tensors' memory goes now; the device buffers
+                    // stay in `on_device`.
+                    drop(inputs);
+                    let outputs = self.nodes(&on_device, &bindings)?;
+                    let layouts = outputs.iter().map(|t| (t.shape.clone(), t.elem)).collect();
+                    (self.outputs(outputs, |t| Ok(t.clone()))?, layouts)
+                };
+                // After the shared hold is let go: `replayed` takes the
+                // program's replay lock before the device's.
+                self.ran_plainly(signature, layouts);
+                outputs
             }
         };
         self.stream.synchronize().map_err(driver)?;

@@ -2,9 +2,10 @@
 //! warp's 16 rows against 64 keys at a time live in registers as
 //! `mma.sync.m16n8k16` bf16 fragments (f32 sums), never in memory (fewer
 //! keys a step where the registers would not hold 64: [`flash_step`]). Each
-//! warp reads its operands' fragments straight from global memory (f32,
-//! rounded to bf16 as they are packed); the block's warps read the same
-//! keys, which the L1 cache serves. Four kernels ([`FlashPass`]):
+//! warp reads its operands' fragments straight from global memory (bf16
+//! copies the program rounded once a run, two a word; the statistics
+//! kernel's dO in f32); the block's warps read the same keys, which the L1
+//! cache serves. Four kernels ([`FlashPass`]):
 //!
 //! - `Forward`: `O = softmax(scale · Q Kᵀ) V` with the online softmax,
 //!   and per row the log-sum-exp (base 2) of the scaled scores where the
@@ -70,7 +71,8 @@ pub fn flash_applies(d: usize, dv: usize) -> bool {
 type AFrag<'ctx> = [IntValue<'ctx>; 4];
 type BFrag<'ctx> = [IntValue<'ctx>; 2];
 type CFrag<'ctx> = [FloatValue<'ctx>; 4];
-/// A row's first word (0 for a row out of range) and whether it is in range.
+/// A row's first element (0 for a row out of range) and whether it is in
+/// range.
 type Row<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
 
 /// One head of a row-major `[segments·seq, heads·width]` operand, within

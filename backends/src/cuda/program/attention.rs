@@ -103,7 +103,7 @@ pub(super) struct KeptForward {
 /// The flash `attention` nodes whose gradients run on the flash kernels
 /// too, each with the group of those gradients: the gradients of the same
 /// operands and attributes.
-pub(super) fn kept_statistics(
+pub(super) fn flash_forward_groups(
     graph: &Graph,
     steps: &[Option<Step>],
     kernels: &[Kernel],

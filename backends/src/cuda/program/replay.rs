@@ -1,6 +1,7 @@
 //! A run captured as a CUDA graph and replayed: a training step launches
-//! about 8,700 kernels, and enqueuing them one by one kept the host busy
-//! for the whole step while the GPU waited (docs/BENCHMARKS.md). The first
+//! about 8,700 kernels, and enqueuing them one by one takes the host about
+//! as long as the GPU takes to run them (docs/BENCHMARKS.md), so faster
+//! kernels would leave the GPU waiting for the host. The first
 //! run of a program runs plainly (it plans the products and loads what the
 //! libraries load once); a second run whose inputs have the same shapes is
 //! captured into a graph, and each later run with those shapes is one
@@ -19,10 +20,11 @@
 //! shared lock, and a capture takes it exclusively.
 //!
 //! Off where a run must do more than enqueue work: with a profile (which
-//! waits for each node), with a communicator (NCCL's stream), and with
+//! times each node), with a communicator (NCCL's stream), and with
 //! `FAIRYC_NO_GRAPH` set (to measure it). A capture that fails leaves the
 //! program running plainly.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -33,14 +35,38 @@ use super::{driver, upload, word_count, CudaProgram, DeviceTensor, Elem};
 use crate::tensor::{Data, Tensor};
 use crate::BackendError;
 
-/// Held shared by every program's build and run, and exclusively by a
-/// capture.
+/// Held shared by every program's build, run and drop, and exclusively by
+/// a capture.
 static DEVICE_WORK: RwLock<()> = RwLock::new(());
 
-/// The shared hold on the process's GPU work that a program's build or
-/// run takes (a capture waits for none to be held).
-pub(super) fn device_work() -> RwLockReadGuard<'static, ()> {
-    DEVICE_WORK.read().unwrap_or_else(|e| e.into_inner())
+thread_local! {
+    /// This thread's shared holds: a nested one (a program dropped while
+    /// another is built, say) takes the lock no second time, which could
+    /// wait forever behind a capture waiting for the first.
+    static HOLDS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A shared hold on the process's GPU work (a capture waits for none to be
+/// held): the lock's guard, or none where this thread holds it already.
+pub(super) struct DeviceWork {
+    _guard: Option<RwLockReadGuard<'static, ()>>,
+}
+
+impl Drop for DeviceWork {
+    fn drop(&mut self) {
+        HOLDS.with(|h| h.set(h.get() - 1));
+    }
+}
+
+/// The shared hold a program's build, run or drop takes.
+pub(super) fn device_work() -> DeviceWork {
+    let first = HOLDS.with(|h| {
+        h.set(h.get() + 1);
+        h.get() == 1
+    });
+    DeviceWork {
+        _guard: first.then(|| DEVICE_WORK.read().unwrap_or_else(|e| e.into_inner())),
+    }
 }
 
 /// Runs captured as graphs, and captures that failed, in this process: a
@@ -134,6 +160,9 @@ impl CudaProgram {
         let Some(replay) = &self.replay else {
             return Ok(None);
         };
+        // The copies below call the driver directly: the context must be
+        // this thread's.
+        self.stream.context().bind_to_thread().map_err(driver)?;
         let mut replay = replay.lock().unwrap_or_else(|e| e.into_inner());
         match &*replay {
             Replay::Captured(c) if c.signature == *signature => {}
@@ -167,19 +196,20 @@ impl CudaProgram {
                 .map_err(|e| BackendError::new(format!("input \"{name}\": {e}")))?;
         }
         captured.graph.launch().map_err(driver)?;
-        self.launches.fetch_add(1, Ordering::Relaxed);
+        // One launch ran the run (a capture's kernels were only recorded).
+        self.launches.store(1, Ordering::Relaxed);
         self.outputs(captured.outputs.clone(), |t| self.copy_of(t))
             .map(Some)
     }
 
-    /// After a plain run: what a second run alike needs to be captured.
-    pub(super) fn ran_plainly(&self, signature: Signature, outputs: &[DeviceTensor]) {
+    /// After a plain run: what a second run alike needs to be captured
+    /// (its inputs' signature and its outputs' layouts).
+    pub(super) fn ran_plainly(&self, signature: Signature, layouts: Vec<Layout>) {
         let Some(replay) = &self.replay else {
             return;
         };
         let mut replay = replay.lock().unwrap_or_else(|e| e.into_inner());
         if let Replay::Plain(seen) = &mut *replay {
-            let layouts = outputs.iter().map(|t| (t.shape.clone(), t.elem)).collect();
             *seen = Some((signature, layouts));
         }
     }
@@ -193,6 +223,13 @@ impl CudaProgram {
         signature: &Signature,
         layouts: &[Layout],
     ) -> Result<Captured, BackendError> {
+        if HOLDS.with(Cell::get) > 0 {
+            // Waiting for the exclusive hold would wait for this thread.
+            return Err(BackendError::new(
+                "a run inside another program's build or run is not captured",
+            ));
+        }
+        let _alone = DEVICE_WORK.write().unwrap_or_else(|e| e.into_inner());
         let mut fixed_inputs = HashMap::with_capacity(inputs.len());
         for (name, t) in inputs {
             let on_device = upload(&self.stream, t)
@@ -213,14 +250,11 @@ impl CudaProgram {
                 words: Arc::new(self.alloc(word_count(shape, *elem))?),
             });
         }
-        let _alone = DEVICE_WORK.write().unwrap_or_else(|e| e.into_inner());
         self.stream.synchronize().map_err(driver)?;
         // The graph allocates from a pool of its own: what the plain runs
         // left cached in the device's pool goes back to the driver.
         super::trim_freed_memory(self.stream.context())?;
-        self.stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(driver)?;
+        let capturing = Capturing::begin(self)?;
         let ran = self.nodes(&fixed_inputs, bindings).and_then(|outputs| {
             for (value, fixed) in outputs.iter().zip(&fixed_outputs) {
                 if value.shape != fixed.shape || value.elem != fixed.elem {
@@ -232,16 +266,18 @@ impl CudaProgram {
             }
             Ok(())
         });
-        // What an error left behind is freed inside the capture too.
-        self.forget_attention();
-        self.forget_rounded();
-        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        // A capture that failed part way recorded the frees it refused.
-        let _ = self.stream.context().check_err();
-        ran?;
-        let graph = graph
-            .map_err(driver)?
-            .ok_or_else(|| BackendError::new("the capture made no graph"))?;
+        let graph = capturing.end();
+        let graph = match (ran, graph) {
+            (Ok(()), Ok(Some(graph))) => graph,
+            (ran, graph) => {
+                // The frees a failed capture refused were recorded as the
+                // context's error: not a later call's.
+                let _ = self.stream.context().check_err();
+                ran?;
+                graph.map_err(driver)?;
+                return Err(BackendError::new("the capture made no graph"));
+            }
+        };
         tracing::debug!("the run is captured as a CUDA graph");
         Ok(Captured {
             signature: signature.clone(),
@@ -296,8 +332,15 @@ impl CudaProgram {
             }
             _ => {
                 let (elem, words) = super::host_words(t);
-                if elem != into.elem || words.len() > into.words.len() {
+                if elem != into.elem {
                     return Err("a different element type than the graph's".into());
+                }
+                if words.len() > into.words.len() {
+                    return Err(format!(
+                        "{} words, where the graph's buffer holds {}",
+                        words.len(),
+                        into.words.len()
+                    ));
                 }
                 let (dst, _written) = into.words.device_ptr(&self.stream);
                 // SAFETY: the buffer holds `words` (checked above); the copy
@@ -305,6 +348,52 @@ impl CudaProgram {
                 unsafe { result::memcpy_htod_async(dst, &words, self.stream.cu_stream()) }
                     .map_err(|e| format!("{e:?}"))
             }
+        }
+    }
+}
+
+/// A capture in progress on a program's stream, ended when dropped (a
+/// panic part way through the nodes included, which would otherwise leave
+/// the stream capturing): what the run's caches hold is freed inside it
+/// first, since it was allocated inside it.
+struct Capturing<'a> {
+    program: &'a CudaProgram,
+    ended: bool,
+}
+
+impl<'a> Capturing<'a> {
+    fn begin(program: &'a CudaProgram) -> Result<Capturing<'a>, BackendError> {
+        program
+            .stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver)?;
+        Ok(Capturing {
+            program,
+            ended: false,
+        })
+    }
+
+    /// Ends the capture: its graph, instantiated.
+    fn end(mut self) -> Result<Option<CudaGraph>, cudarc::driver::DriverError> {
+        self.ended = true;
+        self.program.forget_attention();
+        self.program.forget_rounded();
+        self.program
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+    }
+}
+
+impl Drop for Capturing<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.program.forget_attention();
+            self.program.forget_rounded();
+            let _ = self
+                .program
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0));
+            let _ = self.program.stream.context().check_err();
         }
     }
 }
