@@ -301,10 +301,16 @@ impl CudaProgram {
     /// Copies `from`'s words over `into`'s (the same layout).
     fn copy_into(&self, from: &DeviceTensor, into: &DeviceTensor) -> Result<(), BackendError> {
         let bytes = 4 * from.word_count();
-        assert!(
-            bytes <= 4 * into.words.len(),
-            "copied into a smaller buffer"
-        );
+        if bytes > 4 * into.words.len() {
+            return Err(BackendError::new(format!(
+                "{bytes} bytes copied into a buffer of {}",
+                4 * into.words.len()
+            )));
+        }
+        if bytes == 0 {
+            // An empty value: no copy (nor a copy node of no bytes).
+            return Ok(());
+        }
         let (src, _read) = from.words.device_ptr(&self.stream);
         let (dst, _written) = into.words.device_ptr(&self.stream);
         // SAFETY: both buffers hold at least `bytes` (checked above); the
