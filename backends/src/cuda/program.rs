@@ -229,10 +229,6 @@ pub struct CudaProgram {
     /// Within a run: what each such forward pass kept for its gradients'
     /// group (`attention::KeptForward`).
     kept_forward: Mutex<HashMap<usize, attention::KeptForward>>,
-    /// Within a node: the statistics a flash forward pass just wrote, and
-    /// its gradients' group, which `nodes` files with the node's output
-    /// once `eval` has made it a value.
-    fresh_statistics: Mutex<Option<(usize, CudaSlice<u32>)>>,
     /// Per `attention_grad` node: its group of siblings and their count
     /// (`attention::attention_groups`).
     attention_groups: HashMap<usize, (usize, usize)>,
@@ -574,17 +570,28 @@ pub(super) fn device_context(ordinal: usize) -> Result<Arc<CudaContext>, Backend
     Ok(context)
 }
 
-/// Gives the memory the device's pool keeps cached back to the driver.
-fn trim_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
-    use cudarc::driver::sys;
+/// The device's memory pool, which stream-ordered allocations draw on.
+fn default_pool(
+    context: &Arc<CudaContext>,
+) -> Result<cudarc::driver::sys::CUmemoryPool, BackendError> {
     let mut pool = std::mem::MaybeUninit::uninit();
-    // SAFETY: the device is the context's; a pool may be trimmed any time.
+    // SAFETY: the device is the context's; the call writes the pool's
+    // handle, read only once it succeeded.
     unsafe {
-        sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), context.cu_device())
+        cudarc::driver::sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), context.cu_device())
             .result()
-            .and_then(|()| sys::cuMemPoolTrimTo(pool.assume_init(), 0).result())
+            .map(|()| pool.assume_init())
     }
     .map_err(driver)
+}
+
+/// Gives the memory the device's pool keeps cached back to the driver.
+fn trim_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
+    let pool = default_pool(context)?;
+    // SAFETY: a pool may be trimmed any time.
+    unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) }
+        .result()
+        .map_err(driver)
 }
 
 /// Makes the device's memory pool (which stream-ordered allocations draw
@@ -599,22 +606,17 @@ fn keep_freed_memory(context: &Arc<CudaContext>) -> Result<(), BackendError> {
         return Ok(());
     }
     context.bind_to_thread().map_err(driver)?;
-    let mut pool = std::mem::MaybeUninit::uninit();
+    let pool = default_pool(context)?;
     let mut threshold = u64::MAX;
-    // SAFETY: the device is the context's; the attribute takes a u64
-    // passed by pointer.
+    // SAFETY: the attribute takes a u64 passed by pointer.
     unsafe {
-        sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), context.cu_device())
-            .result()
-            .and_then(|()| {
-                sys::cuMemPoolSetAttribute(
-                    pool.assume_init(),
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                    (&mut threshold as *mut u64).cast(),
-                )
-                .result()
-            })
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
     }
+    .result()
     .map_err(driver)
 }
 
@@ -825,7 +827,6 @@ impl CudaProgram {
             attention_cache: Mutex::new(None),
             flash_forward_groups,
             kept_forward: Mutex::new(HashMap::new()),
-            fresh_statistics: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
             rounded: Mutex::new(Vec::new()),
             rounding_time: Mutex::new(std::time::Duration::ZERO),
@@ -988,6 +989,9 @@ impl CudaProgram {
         let len: usize = shape.iter().product();
         let mut out = self.alloc(len * words_per(elem))?;
         let x = args[0];
+        // A flash forward pass's statistics for its gradients' group, filed
+        // with the output below.
+        let mut kept_statistics = None;
         match (step, &node.op) {
             (Step::Gemm, Op::Linear) => self.linear(x, args[1], &mut out)?,
             (Step::GemmTransposedWeight { .. }, Op::Linear) => {
@@ -1102,12 +1106,7 @@ impl CudaProgram {
                         &mut out,
                         statistics.as_ref(),
                     )?;
-                    if let (Some(&group), Some(statistics)) = (group, statistics) {
-                        *self
-                            .fresh_statistics
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()) = Some((group, statistics));
-                    }
+                    kept_statistics = group.copied().zip(statistics);
                 } else {
                     self.batched_attention(k[0], (x, args[1], args[2]), s, &mut out)?;
                 }
@@ -1461,11 +1460,15 @@ impl CudaProgram {
                 )))
             }
         }
-        Ok(DeviceTensor {
+        let value = DeviceTensor {
             shape,
             elem,
             words: Arc::new(out),
-        })
+        };
+        if let Some((group, statistics)) = kept_statistics {
+            self.keep_forward(group, &value, statistics);
+        }
+        Ok(value)
     }
 
     /// Runs the nodes on `inputs` (on the device already) and gives the
@@ -1520,7 +1523,6 @@ impl CudaProgram {
                     .map_err(error)?;
                     let started = self.profile.as_ref().map(|_| std::time::Instant::now());
                     let value = self.eval(i, step, &args, &ty)?;
-                    self.keep_forward(&value);
                     if let (Some(profile), Some(started)) = (&self.profile, started) {
                         // A node's time is its kernels' to the end, less
                         // its operands' rounding (a line of its own).
@@ -1638,10 +1640,6 @@ impl CudaProgram {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        *self
-            .fresh_statistics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// `out[c] = Σ_r src[r·cols + c]`, one block per column.

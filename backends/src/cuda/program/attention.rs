@@ -391,26 +391,19 @@ impl CudaProgram {
         self.bf16(kernel, x)
     }
 
-    /// Files the statistics the flash forward pass just computed (if it
-    /// kept any) with its output `o`, for its gradients.
-    pub(super) fn keep_forward(&self, o: &DeviceTensor) {
-        let fresh = self
-            .fresh_statistics
+    /// Keeps a flash forward pass's `statistics` and output `o` for its
+    /// gradients' `group`.
+    pub(super) fn keep_forward(&self, group: usize, o: &DeviceTensor, statistics: CudaSlice<u32>) {
+        self.kept_forward
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some((group, statistics)) = fresh {
-            self.kept_forward
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    group,
-                    KeptForward {
-                        output: o.clone(),
-                        statistics,
-                    },
-                );
-        }
+            .insert(
+                group,
+                KeptForward {
+                    output: o.clone(),
+                    statistics,
+                },
+            );
     }
 
     /// The gradient of `which` by the flash kernels (`kernels`: the

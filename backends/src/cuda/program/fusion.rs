@@ -119,14 +119,7 @@ pub(super) fn fuse_elementwise(
             _ => None,
         })
         .collect();
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        if steps[i].is_some() && !plan.resident[i] {
-            for v in &node.operands {
-                readers[v.0].push(i);
-            }
-        }
-    }
+    let readers = readers(graph, plan, steps);
     let mut output = vec![false; n];
     for v in &graph.outputs {
         output[v.0] = true;
@@ -252,15 +245,8 @@ pub(super) fn fold_transposed_weights(
     kernels: &mut Vec<Kernel>,
     steps: &mut [Option<Step>],
 ) {
-    let n = graph.nodes.len();
-    let mut unfolded_readers = vec![0usize; n];
-    for i in 0..n {
-        if steps[i].is_some() && !plan.resident[i] {
-            for v in reads(graph, steps, i) {
-                unfolded_readers[v.0] += 1;
-            }
-        }
-    }
+    let mut unfolded_readers: Vec<usize> =
+        readers(graph, plan, steps).iter().map(Vec::len).collect();
     let mut folded = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         if plan.resident[i] || !matches!(steps[i], Some(Step::Gemm)) {
@@ -287,6 +273,20 @@ pub(super) fn fold_transposed_weights(
         }
     }
     keep_launched(kernels, steps);
+}
+
+/// The steps that read each value, in order (steps of resident values, run
+/// at load, aside).
+fn readers(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<Vec<usize>> {
+    let mut readers = vec![Vec::new(); graph.nodes.len()];
+    for i in 0..graph.nodes.len() {
+        if steps[i].is_some() && !plan.resident[i] {
+            for v in reads(graph, steps, i) {
+                readers[v.0].push(i);
+            }
+        }
+    }
+    readers
 }
 
 /// The values node `i`'s step reads.
