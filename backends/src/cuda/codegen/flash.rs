@@ -1,11 +1,13 @@
 //! Training's attention in the manner of FlashAttention-2: the scores of a
 //! warp's 16 rows against 64 keys at a time live in registers as
 //! `mma.sync.m16n8k16` bf16 fragments (f32 sums), never in memory (fewer
-//! keys a step where the registers would not hold 64: [`flash_step`]). Each
-//! warp reads its operands' fragments straight from global memory (bf16
-//! copies the program rounded once a run, two a word; the statistics
-//! kernel's dO in f32); the block's warps read the same keys, which the L1
-//! cache serves. Four kernels ([`FlashPass`]):
+//! keys a step where the registers would not hold 64: [`flash_step`]). A
+//! block's four warps take 64 consecutive rows of one head; each step of
+//! the loop, the block copies the step's rows of the operands it walks
+//! (bf16 copies the program rounded once a run) into shared memory with
+//! 16-byte loads, and each warp takes its fragments from there with
+//! `ldmatrix` (`.trans` where a product reads the rows as columns), not
+//! with a load a word from global memory. Four kernels ([`FlashPass`]):
 //!
 //! - `Forward`: `O = softmax(scale · Q Kᵀ) V` with the online softmax,
 //!   and per row the log-sum-exp (base 2) of the scaled scores where the
@@ -89,6 +91,33 @@ struct Head<'ctx> {
     bf16: bool,
 }
 
+/// A step's rows of a bf16 operand in shared memory: `rows` rows of
+/// `width` elements, each row padded by 8 (16 bytes) so that the eight
+/// rows an `ldmatrix` phase reads start in different banks.
+#[derive(Clone, Copy)]
+struct Tile<'ctx> {
+    ptr: PointerValue<'ctx>,
+    rows: u64,
+    width: u64,
+}
+
+impl Tile<'_> {
+    fn stride(&self) -> u64 {
+        self.width + 8
+    }
+}
+
+/// What a gradient's step of queries reads beside its tiles: each query's
+/// log-sum-exp and D (`stats[row + i]`, `stats[deltas + row + i]`), which
+/// the block copies with the step into `shared` (the step's log-sum-exps,
+/// then its Ds).
+struct StepStatistics<'ctx> {
+    shared: PointerValue<'ctx>,
+    stats: PointerValue<'ctx>,
+    row: IntValue<'ctx>,
+    deltas: IntValue<'ctx>,
+}
+
 /// What the forward pass does with its rows at the end: writes them (the
 /// Forward kernel), or keeps their statistics (the Stats kernel: with dO,
 /// the statistics buffer, the head's first statistic and where the Ds
@@ -106,7 +135,18 @@ enum Ending<'ctx> {
 /// What every flash kernel knows of its launch.
 struct Launch<'ctx> {
     f: FunctionValue<'ctx>,
+    /// The kernel's name (its shared tiles' names start with it).
+    name: String,
     seq: IntValue<'ctx>,
+    /// The thread's index in the block (0..128).
+    tid: IntValue<'ctx>,
+    /// The lane's `ldmatrix` row (0..8) and matrix (0..4).
+    matrix_row: IntValue<'ctx>,
+    matrix: IntValue<'ctx>,
+    /// The block's first row (its warps take 16 each from there), and
+    /// whether this warp's first row is inside the segment.
+    first_row: IntValue<'ctx>,
+    active: IntValue<'ctx>,
     /// The lane's group (`g`, 0..8) and its place in it (`t`, 0..4).
     g: IntValue<'ctx>,
     t: IntValue<'ctx>,
@@ -123,9 +163,8 @@ impl<'ctx> Gen<'ctx> {
     /// Forward writes `O` to `out0` and, unless `stats` is null, `lse₂` to
     /// the first half of `stats`; Stats writes `[lse₂ | D]` (each
     /// `[segments, heads, seq]`) to `stats`; GradQ writes `dQ` to `out0`;
-    /// GradKv writes `dK` to `out0` and `dV` to `out1`. Warp `w` of block
-    /// `b` takes tile `4b + w`: 16 rows of one segment and (query or key)
-    /// head.
+    /// GradKv writes `dK` to `out0` and `dV` to `out1`. A block takes 64
+    /// rows of one segment and (query or key) head, warp `w` its rows `16w..16w+16`.
     pub(super) fn flash(&self, name: &str, pass: FlashPass, d: usize, dv: usize) -> Built<()> {
         let mut params = vec![Param::Ptr; 7];
         params.extend([Param::I64; 5]);
@@ -138,123 +177,131 @@ impl<'ctx> Gen<'ctx> {
         let scale = self.param_float(f, 12);
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
-        let tile = self.add(
-            self.mul(self.sreg("ctaid.x")?, self.int(FLASH_WARPS as u64))?,
-            self.udiv(tid, self.int(32))?,
-        )?;
+        let warp = self.udiv(tid, self.int(32))?;
         let not_causal = self
             .builder
             .build_int_compare(IntPredicate::EQ, causal, self.int(0), "")
             .map_err(err)?;
+        let tile_heads = if pass == FlashPass::GradKv {
+            kv_heads
+        } else {
+            heads
+        };
+        // Block b: 64 rows of segment and (query or key) head.
+        let block_rows = FLASH_TILE as u64 * FLASH_WARPS as u64;
+        let blocks_per = self.udiv(
+            self.add(seq, self.int(block_rows - 1))?,
+            self.int(block_rows),
+        )?;
+        let block = self.sreg("ctaid.x")?;
+        let first_row = self.mul(self.urem(block, blocks_per)?, self.int(block_rows))?;
+        let r0 = self.add(first_row, self.mul(warp, self.int(FLASH_TILE as u64))?)?;
         let at = Launch {
             f,
+            name: name.to_string(),
             seq,
+            tid,
+            matrix_row: self.urem(lane, self.int(8))?,
+            matrix: self.udiv(lane, self.int(8))?,
+            first_row,
+            active: self
+                .builder
+                .build_int_compare(IntPredicate::ULT, r0, seq, "")
+                .map_err(err)?,
             g: self.udiv(lane, self.int(4))?,
             t: self.urem(lane, self.int(4))?,
             not_causal,
             scale2: self.fmul(scale, self.float(std::f32::consts::LOG2_E))?,
             step: flash_step(pass, d, dv),
         };
-        let tiles_per = self.udiv(self.add(seq, self.int(15))?, self.int(16))?;
-        let tile_heads = if pass == FlashPass::GradKv {
-            kv_heads
-        } else {
-            heads
+        // Every thread of the block meets the tiles' barriers: no warp
+        // leaves early (one past the segment's end computes nothing).
+        let segment = self.udiv(block, self.mul(tile_heads, blocks_per)?)?;
+        let head = self.urem(self.udiv(block, blocks_per)?, tile_heads)?;
+        let group = self.udiv(heads, kv_heads)?;
+        let first = self.mul(segment, seq)?;
+        // One head of an operand of `heads` heads of `width` words; Q,
+        // K, V and (but for the statistics kernel, which sums it with O
+        // in f32) dO come in bf16.
+        let bf16 = |ptr: PointerValue<'ctx>| {
+            [q, k, v].contains(&ptr) || (ptr == dout && pass != FlashPass::Stats)
         };
-        let tiles = self.mul(self.mul(segments, tile_heads)?, tiles_per)?;
-        let inside = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, tile, tiles, "")
-            .map_err(err)?;
-        self.when(f, inside, || {
-            let segment = self.udiv(tile, self.mul(tile_heads, tiles_per)?)?;
-            let head = self.urem(self.udiv(tile, tiles_per)?, tile_heads)?;
-            let r0 = self.mul(self.urem(tile, tiles_per)?, self.int(16))?;
-            let group = self.udiv(heads, kv_heads)?;
-            let first = self.mul(segment, seq)?;
-            // One head of an operand of `heads` heads of `width` words; Q,
-            // K, V and (but for the statistics kernel, which sums it with O
-            // in f32) dO come in bf16.
-            let bf16 = |ptr: PointerValue<'ctx>| {
-                [q, k, v].contains(&ptr) || (ptr == dout && pass != FlashPass::Stats)
-            };
-            let head_of = |ptr, heads: IntValue<'ctx>, head, width: usize| -> Built<Head<'ctx>> {
-                let stride = self.mul(heads, self.int(width as u64))?;
-                Ok(Head {
-                    bf16: bf16(ptr),
-                    ptr,
-                    base: self.add(
-                        self.mul(first, stride)?,
-                        self.mul(head, self.int(width as u64))?,
-                    )?,
-                    stride,
-                })
-            };
-            let stat_row = self.mul(self.add(self.mul(segment, heads)?, head)?, seq)?;
-            let deltas = self.mul(self.mul(segments, heads)?, seq)?;
-            match pass {
-                FlashPass::Forward | FlashPass::Stats => {
-                    let kh = self.udiv(head, group)?;
-                    let o = head_of(out0, heads, head, dv)?;
-                    let stats_at = (stats, stat_row, deltas);
-                    self.flash_forward(
-                        &at,
-                        [
-                            head_of(q, heads, head, d)?,
-                            head_of(k, kv_heads, kh, d)?,
-                            head_of(v, kv_heads, kh, dv)?,
-                        ],
-                        (d, dv),
-                        r0,
-                        match pass {
-                            FlashPass::Forward => Ending::Output(o, (stats, stat_row)),
-                            _ => Ending::Stats(head_of(dout, heads, head, dv)?, stats_at),
-                        },
-                    )
-                }
-                FlashPass::GradQ => {
-                    let kh = self.udiv(head, group)?;
-                    self.flash_grad_q(
-                        &at,
-                        [
-                            head_of(q, heads, head, d)?,
-                            head_of(k, kv_heads, kh, d)?,
-                            head_of(v, kv_heads, kh, dv)?,
-                            head_of(dout, heads, head, dv)?,
-                            head_of(out0, heads, head, d)?,
-                        ],
-                        (d, dv),
-                        r0,
-                        (stats, stat_row, deltas),
-                        scale,
-                    )
-                }
-                FlashPass::GradKv => {
-                    // Query head `h` of the group and its statistics.
-                    let per_head = |h: IntValue<'ctx>| -> Built<([Head<'ctx>; 2], IntValue<'ctx>)> {
-                        Ok((
-                            [head_of(q, heads, h, d)?, head_of(dout, heads, h, dv)?],
-                            self.mul(self.add(self.mul(segment, heads)?, h)?, seq)?,
-                        ))
-                    };
-                    self.flash_grad_kv(
-                        &at,
-                        [
-                            head_of(k, kv_heads, head, d)?,
-                            head_of(v, kv_heads, head, dv)?,
-                            head_of(out0, kv_heads, head, d)?,
-                            head_of(out1, kv_heads, head, dv)?,
-                        ],
-                        (d, dv),
-                        r0,
-                        (self.mul(head, group)?, group),
-                        &per_head,
-                        (stats, deltas),
-                        scale,
-                    )
-                }
+        let head_of = |ptr, heads: IntValue<'ctx>, head, width: usize| -> Built<Head<'ctx>> {
+            let stride = self.mul(heads, self.int(width as u64))?;
+            Ok(Head {
+                bf16: bf16(ptr),
+                ptr,
+                base: self.add(
+                    self.mul(first, stride)?,
+                    self.mul(head, self.int(width as u64))?,
+                )?,
+                stride,
+            })
+        };
+        let stat_row = self.mul(self.add(self.mul(segment, heads)?, head)?, seq)?;
+        let deltas = self.mul(self.mul(segments, heads)?, seq)?;
+        match pass {
+            FlashPass::Forward | FlashPass::Stats => {
+                let kh = self.udiv(head, group)?;
+                let o = head_of(out0, heads, head, dv)?;
+                let stats_at = (stats, stat_row, deltas);
+                self.flash_forward(
+                    &at,
+                    [
+                        head_of(q, heads, head, d)?,
+                        head_of(k, kv_heads, kh, d)?,
+                        head_of(v, kv_heads, kh, dv)?,
+                    ],
+                    (d, dv),
+                    r0,
+                    match pass {
+                        FlashPass::Forward => Ending::Output(o, (stats, stat_row)),
+                        _ => Ending::Stats(head_of(dout, heads, head, dv)?, stats_at),
+                    },
+                )
             }
-        })?;
+            FlashPass::GradQ => {
+                let kh = self.udiv(head, group)?;
+                self.flash_grad_q(
+                    &at,
+                    [
+                        head_of(q, heads, head, d)?,
+                        head_of(k, kv_heads, kh, d)?,
+                        head_of(v, kv_heads, kh, dv)?,
+                        head_of(dout, heads, head, dv)?,
+                        head_of(out0, heads, head, d)?,
+                    ],
+                    (d, dv),
+                    r0,
+                    (stats, stat_row, deltas),
+                    scale,
+                )
+            }
+            FlashPass::GradKv => {
+                // Query head `h` of the group and its statistics.
+                let per_head = |h: IntValue<'ctx>| -> Built<([Head<'ctx>; 2], IntValue<'ctx>)> {
+                    Ok((
+                        [head_of(q, heads, h, d)?, head_of(dout, heads, h, dv)?],
+                        self.mul(self.add(self.mul(segment, heads)?, h)?, seq)?,
+                    ))
+                };
+                self.flash_grad_kv(
+                    &at,
+                    [
+                        head_of(k, kv_heads, head, d)?,
+                        head_of(v, kv_heads, head, dv)?,
+                        head_of(out0, kv_heads, head, d)?,
+                        head_of(out1, kv_heads, head, dv)?,
+                    ],
+                    (d, dv),
+                    r0,
+                    (self.mul(head, group)?, group),
+                    &per_head,
+                    (stats, deltas),
+                    scale,
+                )
+            }
+        }?;
         self.ret()
     }
 
@@ -307,9 +354,15 @@ impl<'ctx> Gen<'ctx> {
         ];
         let l = [self.local(self.float(0.0))?, self.local(self.float(0.0))?];
         let o = self.c_slots(dv / 8)?;
-        let end = self.keys_seen(at, r0)?;
-        self.strided_loop(at.f, self.int(0), end, self.int(at.step), |j0| {
-            let s = self.scores(at, &qf, k, j0)?;
+        let (kt, vt) = (
+            self.shared_tile(at, "k", d)?,
+            self.shared_tile(at, "v", dv)?,
+        );
+        let own_end = self.keys_seen(at, r0)?;
+        let keys = (self.int(0), self.block_keys_seen(at)?);
+        let below_own_end = |j0| self.ult(j0, own_end);
+        self.walk(at, &[(kt, k), (vt, v)], None, keys, below_own_end, |j0| {
+            let s = self.scores(at, &qf, kt)?;
             let x = self.masked(
                 at,
                 &s,
@@ -355,7 +408,7 @@ impl<'ctx> Gen<'ctx> {
                     c[i] = self.fmul(c[i], alpha[i / 2])?;
                 }
             }
-            self.accumulate(at, &mut acc, &p, v, j0)?;
+            self.accumulate(at, &mut acc, &p, vt)?;
             self.store_c(&o, &acc)
         })?;
         let acc = self.load_c(&o)?;
@@ -446,9 +499,15 @@ impl<'ctx> Gen<'ctx> {
             delta[half] = self.load_f32(stats, self.add(deltas, i)?)?;
         }
         let acc_slots = self.c_slots(d / 8)?;
-        let end = self.keys_seen(at, r0)?;
-        self.strided_loop(at.f, self.int(0), end, self.int(at.step), |j0| {
-            let s = self.scores(at, &qf, k, j0)?;
+        let (kt, vt) = (
+            self.shared_tile(at, "k", d)?,
+            self.shared_tile(at, "v", dv)?,
+        );
+        let own_end = self.keys_seen(at, r0)?;
+        let keys = (self.int(0), self.block_keys_seen(at)?);
+        let below_own_end = |j0| self.ult(j0, own_end);
+        self.walk(at, &[(kt, k), (vt, v)], None, keys, below_own_end, |j0| {
+            let s = self.scores(at, &qf, kt)?;
             let p = self.masked(
                 at,
                 &s,
@@ -457,10 +516,10 @@ impl<'ctx> Gen<'ctx> {
                 |i, x| self.ex2(self.fsub(self.fmul(x, at.scale2)?, lse[i / 2])?),
                 0.0,
             )?;
-            let dp = self.scores(at, &gf, v, j0)?;
+            let dp = self.scores(at, &gf, vt)?;
             let ds = self.score_grads(&p, &dp, |i| delta[i / 2])?;
             let mut acc = self.load_c(&acc_slots)?;
-            self.accumulate(at, &mut acc, &ds, k, j0)?;
+            self.accumulate(at, &mut acc, &ds, kt)?;
             self.store_c(&acc_slots, &acc)
         })?;
         let acc = self.load_c(&acc_slots)?;
@@ -487,13 +546,33 @@ impl<'ctx> Gen<'ctx> {
         let vf = self.a_frags(at, v, keys, dv)?;
         let dk_slots = self.c_slots(d / 8)?;
         let dv_slots = self.c_slots(dv / 8)?;
-        // Causal: only queries from the tile's first key on see its keys.
-        let start = self.select_int(at.not_causal, self.int(0), r0)?;
+        let (qt, gt) = (
+            self.shared_tile(at, "q", d)?,
+            self.shared_tile(at, "g", dv)?,
+        );
+        let statistics = self.shared_statistics(at)?;
+        // Causal: only queries from the block's first key on see its keys,
+        // and from the warp's first key on its own.
+        let start = self.select_int(at.not_causal, self.int(0), at.first_row)?;
+        let reach_own = |i0| {
+            let reaches = self.ult(r0, self.add(i0, self.int(at.step))?)?;
+            self.builder
+                .build_or(at.not_causal, reaches, "")
+                .map_err(err)
+        };
         self.strided_loop(at.f, self.int(0), count, self.int(1), |hh| {
             let ([q, dout], row) = per_head(self.add(first, hh)?)?;
-            self.strided_loop(at.f, start, at.seq, self.int(at.step), |i0| {
+            let tiles = [(qt, q), (gt, dout)];
+            let rows = (start, at.seq);
+            let step_statistics = StepStatistics {
+                shared: statistics,
+                stats,
+                row,
+                deltas,
+            };
+            self.walk(at, &tiles, Some(step_statistics), rows, reach_own, |i0| {
                 // Sᵀ: the tile's keys against a step's queries.
-                let s = self.scores(at, &kf, q, i0)?;
+                let s = self.scores(at, &kf, qt)?;
                 let mut p = Vec::new();
                 let mut delta = Vec::new();
                 for (nt, c) in s.iter().enumerate() {
@@ -505,9 +584,9 @@ impl<'ctx> Gen<'ctx> {
                             .builder
                             .build_int_compare(IntPredicate::ULT, query, at.seq, "")
                             .map_err(err)?;
-                        let i = self.select_int(seen, self.add(row, query)?, self.int(0))?;
-                        let lse = self.load_f32(stats, i)?;
-                        let dj = self.load_f32(stats, self.add(deltas, i)?)?;
+                        let local = self.column(at, self.int(0), nt, j as u64)?;
+                        let lse = self.load_f32(statistics, local)?;
+                        let dj = self.load_f32(statistics, self.add(local, self.int(at.step))?)?;
                         for half in 0..2 {
                             let key = keys[half].0;
                             let visible = self.visible(at, key, query)?;
@@ -523,9 +602,9 @@ impl<'ctx> Gen<'ctx> {
                     delta.push(dl);
                 }
                 let mut acc = self.load_c(&dv_slots)?;
-                self.accumulate(at, &mut acc, &p, dout, i0)?;
+                self.accumulate(at, &mut acc, &p, gt)?;
                 self.store_c(&dv_slots, &acc)?;
-                let dp = self.scores(at, &vf, dout, i0)?;
+                let dp = self.scores(at, &vf, gt)?;
                 let mut ds = Vec::new();
                 for ((p, dp), dl) in p.iter().zip(&dp).zip(&delta) {
                     let mut e = [self.float(0.0); 4];
@@ -535,7 +614,7 @@ impl<'ctx> Gen<'ctx> {
                     ds.push(e);
                 }
                 let mut acc = self.load_c(&dk_slots)?;
-                self.accumulate(at, &mut acc, &ds, q, i0)?;
+                self.accumulate(at, &mut acc, &ds, qt)?;
                 self.store_c(&dk_slots, &acc)
             })
         })?;
@@ -573,6 +652,12 @@ impl<'ctx> Gen<'ctx> {
             at.seq,
         )?;
         self.select_int(at.not_causal, at.seq, causal_end)
+    }
+
+    /// How many keys the block's queries see (its last warp's).
+    fn block_keys_seen(&self, at: &Launch<'ctx>) -> Built<IntValue<'ctx>> {
+        let last_warp = FLASH_TILE as u64 * (FLASH_WARPS as u64 - 1);
+        self.keys_seen(at, self.add(at.first_row, self.int(last_warp))?)
     }
 
     /// Column `n0 + 8·nt + 2t + j` of a C fragment.
@@ -682,78 +767,245 @@ impl<'ctx> Gen<'ctx> {
             .collect()
     }
 
-    /// `A · Mᵀ` for a step's rows of `m` from `n0`: a C fragment per 8, the A
-    /// fragments spanning `m`'s width.
+    /// `A · Tᵀ` for a step's rows in tile `t`: a C fragment per 8 rows, the
+    /// A fragments spanning the tile's width.
     fn scores(
         &self,
         at: &Launch<'ctx>,
         a: &[AFrag<'ctx>],
-        m: Head<'ctx>,
-        n0: IntValue<'ctx>,
+        t: Tile<'ctx>,
     ) -> Built<Vec<CFrag<'ctx>>> {
         let mut out = Vec::new();
-        for nt in 0..(at.step / 8) {
-            let n = self.add(self.add(n0, self.int(8 * nt))?, at.g)?;
-            let ok = self
-                .builder
-                .build_int_compare(IntPredicate::ULT, n, at.seq, "")
-                .map_err(err)?;
-            let row = self.row_of(m, (n, ok))?;
-            let mut c = [self.float(0.0); 4];
+        for pair in 0..t.rows / 16 {
+            let mut c = [[self.float(0.0); 4]; 2];
             for (kk, a) in a.iter().enumerate() {
-                let col = |plus: u64| -> Built<IntValue<'ctx>> {
-                    self.add(
-                        self.mul(at.t, self.int(2))?,
-                        self.int(16 * kk as u64 + plus),
-                    )
-                };
-                let b = [self.pair(m, row, col(0)?)?, self.pair(m, row, col(8)?)?];
-                c = self.mma(*a, b, c)?;
+                let b = self.ldmatrix(at, t, 16 * pair, 16 * kk as u64, false)?;
+                c[0] = self.mma(*a, [b[0], b[1]], c[0])?;
+                c[1] = self.mma(*a, [b[2], b[3]], c[1])?;
             }
-            out.push(c);
+            out.extend(c);
         }
         Ok(out)
     }
 
-    /// `acc += P · M[k0..k0+step]` (P: a C fragment per 8 columns, taken
-    /// as A fragments; `acc`: one C fragment per 8 of `m`'s columns).
+    /// `acc += P · T` (P: a C fragment per 8 of the step's rows, taken as A
+    /// fragments; `acc`: one C fragment per 8 of the tile's columns).
     fn accumulate(
         &self,
         at: &Launch<'ctx>,
         acc: &mut [CFrag<'ctx>],
         p: &[CFrag<'ctx>],
-        m: Head<'ctx>,
-        k0: IntValue<'ctx>,
+        t: Tile<'ctx>,
     ) -> Built<()> {
-        for ks in 0..(at.step as usize / 16) {
+        for ks in 0..t.rows as usize / 16 {
             let a = [
                 self.pack(p[2 * ks][0], p[2 * ks][1])?,
                 self.pack(p[2 * ks][2], p[2 * ks][3])?,
                 self.pack(p[2 * ks + 1][0], p[2 * ks + 1][1])?,
                 self.pack(p[2 * ks + 1][2], p[2 * ks + 1][3])?,
             ];
-            let mut rows = Vec::new();
-            for plus in [0, 1, 8, 9] {
-                let r = self.add(
-                    self.add(k0, self.mul(at.t, self.int(2))?)?,
-                    self.int(16 * ks as u64 + plus),
-                )?;
-                let ok = self
-                    .builder
-                    .build_int_compare(IntPredicate::ULT, r, at.seq, "")
-                    .map_err(err)?;
-                rows.push(self.row_of(m, (r, ok))?);
-            }
-            for (nt, c) in acc.iter_mut().enumerate() {
-                let col = self.add(at.g, self.int(8 * nt as u64))?;
-                let b = [
-                    self.column_pair(m, [rows[0], rows[1]], col)?,
-                    self.column_pair(m, [rows[2], rows[3]], col)?,
-                ];
-                *c = self.mma(a, b, *c)?;
+            for (pair, c) in acc.chunks_mut(2).enumerate() {
+                let b = self.ldmatrix(at, t, 16 * ks as u64, 16 * pair as u64, true)?;
+                c[0] = self.mma(a, [b[0], b[1]], c[0])?;
+                c[1] = self.mma(a, [b[2], b[3]], c[1])?;
             }
         }
         Ok(())
+    }
+
+    /// Four 8×8 matrices of tile `t` by `ldmatrix`, as the B fragments of
+    /// two neighbouring 8-column tiles of a product. Without `trans` (the
+    /// tile's rows are the product's columns: `A · Tᵀ`) the rows
+    /// `row..row+16` at columns `col..col+16`, fragments of rows `row..+8`
+    /// and `row+8..+16`; with `trans` (`P · T`) the rows `row..row+16` at
+    /// columns `col..col+16`, fragments of columns `col..+8` and `col+8..+16`.
+    fn ldmatrix(
+        &self,
+        at: &Launch<'ctx>,
+        t: Tile<'ctx>,
+        row: u64,
+        col: u64,
+        trans: bool,
+    ) -> Built<[IntValue<'ctx>; 4]> {
+        // Lane 8m + r gives the address of row r of matrix m: matrices 0, 1
+        // are the first fragment's two halves (along the 16 of the sum),
+        // 2, 3 the second's.
+        let along = self.mul(self.urem(at.matrix, self.int(2))?, self.int(8))?;
+        let across = self.mul(self.udiv(at.matrix, self.int(2))?, self.int(8))?;
+        let (lane_row, lane_col) = if trans {
+            (self.add(along, at.matrix_row)?, across)
+        } else {
+            (self.add(across, at.matrix_row)?, along)
+        };
+        let r = self.add(lane_row, self.int(row))?;
+        let at_element = self.add(
+            self.mul(r, self.int(t.stride()))?,
+            self.add(lane_col, self.int(col))?,
+        )?;
+        let p = self.gep(self.context.i16_type(), t.ptr, at_element)?;
+        let name = if trans {
+            "llvm.nvvm.ldmatrix.sync.aligned.m8n8.x4.trans.b16"
+        } else {
+            "llvm.nvvm.ldmatrix.sync.aligned.m8n8.x4.b16"
+        };
+        let f = self.intrinsic(name, &[t.ptr.get_type().into()])?;
+        let out = self.call(f, &[p.into()])?.into_struct_value();
+        let mut words = [self.i32().const_zero(); 4];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = self
+                .builder
+                .build_extract_value(out, i as u32, "")
+                .map_err(err)?
+                .into_int_value();
+        }
+        Ok(words)
+    }
+
+    /// A step's tile of `width` columns of a bf16 operand in shared memory.
+    fn shared_tile(&self, at: &Launch<'ctx>, which: &str, width: usize) -> Built<Tile<'ctx>> {
+        let (rows, width) = (at.step, width as u64);
+        let ty = self
+            .context
+            .i16_type()
+            .array_type((rows * (width + 8)) as u32);
+        let g = self.module.add_global(
+            ty,
+            Some(AddressSpace::from(SHARED)),
+            &format!("{}_{which}", at.name),
+        );
+        g.set_linkage(Linkage::Internal);
+        g.set_alignment(16);
+        g.set_initializer(&ty.get_undef());
+        Ok(Tile {
+            ptr: g.as_pointer_value(),
+            rows,
+            width,
+        })
+    }
+
+    /// A step's log-sum-exps and Ds in shared memory.
+    fn shared_statistics(&self, at: &Launch<'ctx>) -> Built<PointerValue<'ctx>> {
+        let ty = self.f32().array_type(2 * at.step as u32);
+        let g = self.module.add_global(
+            ty,
+            Some(AddressSpace::from(SHARED)),
+            &format!("{}_statistics", at.name),
+        );
+        g.set_linkage(Linkage::Internal);
+        g.set_alignment(16);
+        g.set_initializer(&ty.get_undef());
+        Ok(g.as_pointer_value())
+    }
+
+    /// The block's loop over rows `start..end` of the operands the `tiles`
+    /// hold, a step at a time: the block copies the step's rows into the
+    /// tiles (and its statistics, where given), then `body(n0)` runs on the
+    /// warps inside the segment where `computes(n0)` holds. Every thread
+    /// meets the copy's barriers.
+    fn walk(
+        &self,
+        at: &Launch<'ctx>,
+        tiles: &[(Tile<'ctx>, Head<'ctx>)],
+        statistics: Option<StepStatistics<'ctx>>,
+        (start, end): (IntValue<'ctx>, IntValue<'ctx>),
+        computes: impl Fn(IntValue<'ctx>) -> Built<IntValue<'ctx>>,
+        body: impl FnOnce(IntValue<'ctx>) -> Built<()>,
+    ) -> Built<()> {
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        self.strided_loop(at.f, start, end, self.int(at.step), |n0| {
+            // The warps are done with the last step's tiles.
+            self.call_void(barrier, &[])?;
+            for &(t, m) in tiles {
+                self.fill_tile(at, t, m, n0)?;
+            }
+            if let Some(s) = &statistics {
+                let inside = self.ult(at.tid, self.int(at.step))?;
+                self.when(at.f, inside, || {
+                    let i = self.add(n0, at.tid)?;
+                    let seen = self.ult(i, at.seq)?;
+                    let at_stat = self.select_int(seen, self.add(s.row, i)?, self.int(0))?;
+                    let zero = self.float(0.0);
+                    let lse = self.select_float(seen, self.load_f32(s.stats, at_stat)?, zero)?;
+                    let d = self.load_f32(s.stats, self.add(s.deltas, at_stat)?)?;
+                    let d = self.select_float(seen, d, zero)?;
+                    self.store_f32(s.shared, at.tid, lse)?;
+                    self.store_f32(s.shared, self.add(at.tid, self.int(at.step))?, d)
+                })?;
+            }
+            self.call_void(barrier, &[])?;
+            let computes = self
+                .builder
+                .build_and(at.active, computes(n0)?, "")
+                .map_err(err)?;
+            self.when(at.f, computes, || body(n0))
+        })
+    }
+
+    /// Copies rows `n0..n0 + t.rows` of `m` into tile `t` (zeros for rows
+    /// past the segment), 16 bytes a thread at a time.
+    fn fill_tile(
+        &self,
+        at: &Launch<'ctx>,
+        t: Tile<'ctx>,
+        m: Head<'ctx>,
+        n0: IntValue<'ctx>,
+    ) -> Built<()> {
+        if !m.bf16 {
+            return Err("the flash kernels' tiles take bf16 operands".into());
+        }
+        let threads = 32 * FLASH_WARPS as u64;
+        let per_row = t.width / 8;
+        let chunks = t.rows * per_row;
+        let chunk_ty = self.i32().vec_type(4);
+        for i in 0..chunks.div_ceil(threads) {
+            let c = self.add(at.tid, self.int(i * threads))?;
+            let copy = || -> Built<()> {
+                let (row, part) = (
+                    self.udiv(c, self.int(per_row))?,
+                    self.urem(c, self.int(per_row))?,
+                );
+                let r = self.add(n0, row)?;
+                let (start, ok) = self.row_of(m, (r, self.ult(r, at.seq)?))?;
+                let from = self.gep(
+                    self.context.i16_type(),
+                    m.ptr,
+                    self.add(start, self.mul(part, self.int(8))?)?,
+                )?;
+                let words = self.builder.build_load(chunk_ty, from, "").map_err(err)?;
+                // Rows start at multiples of 8 elements (even heads of
+                // multiples of 16), and the buffer is aligned.
+                inkwell::values::BasicValue::as_instruction_value(&words)
+                    .expect("a load")
+                    .set_alignment(16)
+                    .map_err(err)?;
+                let words = self
+                    .builder
+                    .build_select(ok, words.into_vector_value(), chunk_ty.const_zero(), "")
+                    .map_err(err)?;
+                let to_element = self.add(
+                    self.mul(row, self.int(t.stride()))?,
+                    self.mul(part, self.int(8))?,
+                )?;
+                let to = self.gep(self.context.i16_type(), t.ptr, to_element)?;
+                let store = self.builder.build_store(to, words).map_err(err)?;
+                store.set_alignment(16).map_err(err)?;
+                Ok(())
+            };
+            if (i + 1) * threads <= chunks {
+                copy()?;
+            } else {
+                let inside = self.ult(c, self.int(chunks))?;
+                self.when(at.f, inside, copy)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `a < b` (unsigned).
+    fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_int_compare(IntPredicate::ULT, a, b, "")
+            .map_err(err)
     }
 
     /// Writes C fragments (one per 8 columns) to the tile's rows of `m`,
@@ -825,8 +1077,7 @@ impl<'ctx> Gen<'ctx> {
         col: IntValue<'ctx>,
     ) -> Built<IntValue<'ctx>> {
         if !m.bf16 {
-            let [lo, hi] = self.pair_f32(m, (start, ok), col)?;
-            return self.pack(lo, hi);
+            return Err("the flash kernels' products take bf16 operands".into());
         }
         // Heads and columns are even: the pair is 4-byte aligned.
         let p = self.gep(self.context.i16_type(), m.ptr, self.add(start, col)?)?;
@@ -836,41 +1087,6 @@ impl<'ctx> Gen<'ctx> {
             .set_alignment(4)
             .map_err(err)?;
         self.select_int(ok, word.into_int_value(), self.i32().const_zero())
-    }
-
-    /// Column `col` of two rows packed as bf16, the first row's in the low
-    /// half (0 for a row out of range).
-    fn column_pair(
-        &self,
-        m: Head<'ctx>,
-        rows: [Row<'ctx>; 2],
-        col: IntValue<'ctx>,
-    ) -> Built<IntValue<'ctx>> {
-        if !m.bf16 {
-            let [lo, hi] = rows.map(|(start, ok)| {
-                let x = self.load_f32(m.ptr, self.add(start, col)?)?;
-                self.select_float(ok, x, self.float(0.0))
-            });
-            return self.pack(lo?, hi?);
-        }
-        let [lo, hi] = rows.map(|(start, ok)| -> Built<IntValue<'ctx>> {
-            let p = self.gep(self.context.i16_type(), m.ptr, self.add(start, col)?)?;
-            let half = self
-                .builder
-                .build_load(self.context.i16_type(), p, "")
-                .map_err(err)?
-                .into_int_value();
-            let half = self
-                .builder
-                .build_int_z_extend(half, self.i32(), "")
-                .map_err(err)?;
-            self.select_int(ok, half, self.i32().const_zero())
-        });
-        let hi = self
-            .builder
-            .build_left_shift(hi?, self.i32().const_int(16, false), "")
-            .map_err(err)?;
-        self.builder.build_or(lo?, hi, "").map_err(err)
     }
 
     /// Two f32 rounded to bf16 in one word, `lo` in the low half.

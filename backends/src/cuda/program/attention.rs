@@ -469,8 +469,9 @@ impl CudaProgram {
                 )));
             }
         }
-        let tiles = s.segments * heads * s.seq.div_ceil(FLASH_TILE);
-        let blocks = tiles.div_ceil(FLASH_WARPS as usize) as u32;
+        // A block takes 64 rows (16 a warp) of one segment and head.
+        let rows = FLASH_TILE * FLASH_WARPS as usize;
+        let blocks = (s.segments * heads * s.seq.div_ceil(rows)) as u32;
         let sizes = [
             s.segments,
             s.seq,
