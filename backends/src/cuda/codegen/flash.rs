@@ -44,14 +44,13 @@ pub const FLASH_TILE: usize = 16;
 pub const FLASH_WARPS: u32 = 4;
 /// Keys (or queries) each step of a pass's loop takes: 64, or fewer where
 /// the tile's fragments of that many would not fit the 255 registers a
-/// thread has. GradKv keeps the most (K, V and the dK, dV sums); with 64
-/// ptxas gave it a stack frame of spills of 216 bytes at heads of 64 and
-/// 928 at 128, with these 72 and 24 (56 and 32 since the operands come in
-/// bf16), and GradQ at 128 40 (72 with 64 keys);
-/// `backends/tests/cuda_ptx.rs` holds the kernels to what they spill now.
-/// (Eight warps a block instead of four, for more reuse of a block's keys
-/// in L1, ran the forward kernel at 1,298 us against 891 on the QAT step
-/// of docs/BENCHMARKS.md: fewer blocks fit a multiprocessor.)
+/// thread has. GradKv keeps the most (K, V and the dK, dV sums); when its
+/// operands came from global memory a word at a time, 64 spilled 216 bytes
+/// at heads of 64. With the steps' rows in shared tiles no kernel spills at
+/// these steps (`backends/tests/cuda_ptx.rs` holds them to none). (Eight
+/// warps a block instead of four, before the tiles, ran the forward kernel
+/// at 1,298 us against 891 on the QAT step of docs/BENCHMARKS.md: fewer
+/// blocks fit a multiprocessor.)
 fn flash_step(pass: FlashPass, d: usize, dv: usize) -> u64 {
     let wide = d.max(dv) > 64;
     match (pass, wide) {
