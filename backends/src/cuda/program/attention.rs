@@ -448,8 +448,8 @@ impl CudaProgram {
         Ok(())
     }
 
-    /// Launches flash kernel `kernel` on the tiles of 16 rows of `heads`
-    /// heads (query heads; key heads for dK/dV) of every segment; `ptrs`:
+    /// Launches flash kernel `kernel` on blocks of 64 rows of `heads` heads
+    /// (query heads; key heads for dK/dV) of every segment; `ptrs`:
     /// its two outputs, Q, K, V and dO; the statistics (none: a null
     /// pointer, which only the forward kernel takes).
     fn launch_flash(
