@@ -676,6 +676,53 @@ pub fn bf16_attention_cases() -> Vec<Case> {
             });
         }
     }
+    // Other head widths (keys and values apart), groups of two query heads
+    // a key head, and rows not a multiple of the flash kernels' 64-row
+    // blocks, causal and not.
+    for causal in [true, false] {
+        let shapes = [
+            (70usize, 4usize, 2usize, 48usize, 32usize),
+            (37, 2, 1, 128, 128),
+        ];
+        cases_over(
+            &mut out,
+            "bf16 attention widths",
+            &shapes,
+            |c, (s, heads, kv_heads, d, dv)| {
+                c.bf16 = true;
+                let [q, k, v, g] = [
+                    c.real(&[s, heads * d]),
+                    c.real(&[s, kv_heads * d]),
+                    c.real(&[s, kv_heads * dv]),
+                    c.real(&[s, heads * dv]),
+                ];
+                let attention = Op::Attention {
+                    heads,
+                    kv_heads,
+                    scale: 0.125,
+                    causal,
+                    segment: None,
+                };
+                let mut outs = vec![c.push(attention, &[q, k, v])];
+                for which in [
+                    AttentionOperand::Q,
+                    AttentionOperand::K,
+                    AttentionOperand::V,
+                ] {
+                    let op = Op::AttentionGrad {
+                        which,
+                        heads,
+                        kv_heads,
+                        scale: 0.125,
+                        causal,
+                        segment: None,
+                    };
+                    outs.push(c.push(op, &[q, k, v, g]));
+                }
+                outs
+            },
+        );
+    }
     // The gradients alone, without the forward pass whose statistics a
     // backend may keep for them (the cuda backend's flash kernels then run
     // the forward pass again for them).
