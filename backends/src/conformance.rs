@@ -625,6 +625,44 @@ pub fn op_cases() -> Vec<Case> {
     out
 }
 
+/// `attention(q, k, v)` (unless `gradients_only`) and the gradients of Q, K
+/// and V for `g` (the output's gradient), with bf16 attention's scale 1/8.
+fn attention_and_gradients(
+    c: &mut CaseBuilder,
+    [q, k, v, g]: [ValueId; 4],
+    (heads, kv_heads): (usize, usize),
+    (causal, segment): (bool, Option<usize>),
+    gradients_only: bool,
+) -> Vec<ValueId> {
+    let mut outs = Vec::new();
+    if !gradients_only {
+        let op = Op::Attention {
+            heads,
+            kv_heads,
+            scale: 0.125,
+            causal,
+            segment,
+        };
+        outs.push(c.push(op, &[q, k, v]));
+    }
+    for which in [
+        AttentionOperand::Q,
+        AttentionOperand::K,
+        AttentionOperand::V,
+    ] {
+        let op = Op::AttentionGrad {
+            which,
+            heads,
+            kv_heads,
+            scale: 0.125,
+            causal,
+            segment,
+        };
+        outs.push(c.push(op, &[q, k, v, g]));
+    }
+    outs
+}
+
 /// Attention and its gradients with heads of 64 words (real, and complex
 /// of 32), in segments and whole, on bf16 values: the cases of backends
 /// whose attention takes its products in bf16 (the cuda backend's flash
@@ -648,29 +686,9 @@ pub fn bf16_attention_cases() -> Vec<Case> {
                 let (dout, zdout) = (c.real(&[s, 192]), c.complex(&[s, 96]));
                 let mut outs = Vec::new();
                 for ([q, k, v], g) in [(real, dout), (complex, zdout)] {
-                    let op = Op::Attention {
-                        heads,
-                        kv_heads,
-                        scale: 0.125,
-                        causal,
-                        segment,
-                    };
-                    outs.push(c.push(op, &[q, k, v]));
-                    for which in [
-                        AttentionOperand::Q,
-                        AttentionOperand::K,
-                        AttentionOperand::V,
-                    ] {
-                        let op = Op::AttentionGrad {
-                            which,
-                            heads,
-                            kv_heads,
-                            scale: 0.125,
-                            causal,
-                            segment,
-                        };
-                        outs.push(c.push(op, &[q, k, v, g]));
-                    }
+                    let mask = (causal, segment);
+                    let heads = (heads, kv_heads);
+                    outs.extend(attention_and_gradients(c, [q, k, v, g], heads, mask, false));
                 }
                 outs
             });
@@ -690,36 +708,13 @@ pub fn bf16_attention_cases() -> Vec<Case> {
             &shapes,
             |c, (s, heads, kv_heads, d, dv)| {
                 c.bf16 = true;
-                let [q, k, v, g] = [
+                let operands = [
                     c.real(&[s, heads * d]),
                     c.real(&[s, kv_heads * d]),
                     c.real(&[s, kv_heads * dv]),
                     c.real(&[s, heads * dv]),
                 ];
-                let attention = Op::Attention {
-                    heads,
-                    kv_heads,
-                    scale: 0.125,
-                    causal,
-                    segment: None,
-                };
-                let mut outs = vec![c.push(attention, &[q, k, v])];
-                for which in [
-                    AttentionOperand::Q,
-                    AttentionOperand::K,
-                    AttentionOperand::V,
-                ] {
-                    let op = Op::AttentionGrad {
-                        which,
-                        heads,
-                        kv_heads,
-                        scale: 0.125,
-                        causal,
-                        segment: None,
-                    };
-                    outs.push(c.push(op, &[q, k, v, g]));
-                }
-                outs
+                attention_and_gradients(c, operands, (heads, kv_heads), (causal, None), false)
             },
         );
     }
@@ -728,30 +723,13 @@ pub fn bf16_attention_cases() -> Vec<Case> {
     // the forward pass again for them).
     cases_over(&mut out, "bf16 attention_grad alone", &[200], |c, s| {
         c.bf16 = true;
-        let [q, k, v, g] = [
+        let operands = [
             c.real(&[s, 192]),
             c.real(&[s, 64]),
             c.real(&[s, 64]),
             c.real(&[s, 192]),
         ];
-        [
-            AttentionOperand::Q,
-            AttentionOperand::K,
-            AttentionOperand::V,
-        ]
-        .into_iter()
-        .map(|which| {
-            let op = Op::AttentionGrad {
-                which,
-                heads: 3,
-                kv_heads: 1,
-                scale: 0.125,
-                causal: true,
-                segment: Some(100),
-            };
-            c.push(op, &[q, k, v, g])
-        })
-        .collect()
+        attention_and_gradients(c, operands, (3, 1), (true, Some(100)), true)
     });
     out
 }

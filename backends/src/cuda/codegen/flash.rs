@@ -867,14 +867,8 @@ impl<'ctx> Gen<'ctx> {
             .context
             .i16_type()
             .array_type((rows * (width + 8)) as u32);
-        let g = self.module.add_global(
-            ty,
-            Some(AddressSpace::from(SHARED)),
-            &format!("{}_{which}", at.name),
-        );
-        g.set_linkage(Linkage::Internal);
+        let g = self.shared_array(ty, &format!("{}_{which}", at.name));
         g.set_alignment(16);
-        g.set_initializer(&ty.get_undef());
         Ok(Tile {
             ptr: g.as_pointer_value(),
             rows,
@@ -885,14 +879,8 @@ impl<'ctx> Gen<'ctx> {
     /// A step's log-sum-exps and Ds in shared memory.
     fn shared_statistics(&self, at: &Launch<'ctx>) -> Built<PointerValue<'ctx>> {
         let ty = self.f32().array_type(2 * at.step as u32);
-        let g = self.module.add_global(
-            ty,
-            Some(AddressSpace::from(SHARED)),
-            &format!("{}_statistics", at.name),
-        );
-        g.set_linkage(Linkage::Internal);
+        let g = self.shared_array(ty, &format!("{}_statistics", at.name));
         g.set_alignment(16);
-        g.set_initializer(&ty.get_undef());
         Ok(g.as_pointer_value())
     }
 

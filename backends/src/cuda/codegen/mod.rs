@@ -722,14 +722,22 @@ impl<'ctx> Gen<'ctx> {
     /// of at most [`ROW_THREADS`] threads).
     fn shared_scratch(&self, name: &str) -> PointerValue<'ctx> {
         let ty = self.f32().array_type(ROW_THREADS / 32);
-        let g = self.module.add_global(
-            ty,
-            Some(AddressSpace::from(SHARED)),
-            &format!("{name}_scratch"),
-        );
+        self.shared_array(ty, &format!("{name}_scratch"))
+            .as_pointer_value()
+    }
+
+    /// A block's array in shared memory, private to the module.
+    fn shared_array(
+        &self,
+        ty: inkwell::types::ArrayType<'ctx>,
+        name: &str,
+    ) -> inkwell::values::GlobalValue<'ctx> {
+        let g = self
+            .module
+            .add_global(ty, Some(AddressSpace::from(SHARED)), name);
         g.set_linkage(Linkage::Internal);
         g.set_initializer(&ty.get_undef());
-        g.as_pointer_value()
+        g
     }
 
     /// Sums `v` over the warp (a butterfly: every lane gets the sum).
