@@ -1526,9 +1526,7 @@ impl CudaProgram {
                     if let (Some(profile), Some(started)) = (&self.profile, started) {
                         // A node's time is its kernels' to the end, less
                         // its operands' rounding (a line of its own).
-                        if !profile.host_only() {
-                            self.stream.synchronize().map_err(driver)?;
-                        }
+                        self.wait_for_profile(profile)?;
                         let rounding = std::mem::take(
                             &mut *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()),
                         );
@@ -1810,6 +1808,15 @@ impl CudaProgram {
         blas_result(status)
     }
 
+    /// Waits for the stream's work where the profile times it (not with
+    /// `FAIRYC_PROFILE=host`, which times the host's part alone).
+    fn wait_for_profile(&self, profile: &OpProfile) -> Result<(), BackendError> {
+        if profile.host_only() {
+            return Ok(());
+        }
+        self.stream.synchronize().map_err(driver)
+    }
+
     /// `x`'s f32 words rounded to bf16, two a word ([`Kernel::ToBf16`]),
     /// once a run for each value (kept while the value lives: attention's
     /// operands from its forward pass to its gradients).
@@ -1820,11 +1827,10 @@ impl CudaProgram {
             return Ok(done.clone());
         }
         let started = match &self.profile {
-            Some(p) if !p.host_only() => {
-                self.stream.synchronize().map_err(driver)?;
+            Some(profile) => {
+                self.wait_for_profile(profile)?;
                 Some(std::time::Instant::now())
             }
-            Some(_) => Some(std::time::Instant::now()),
             None => None,
         };
         let n = x.word_count();
@@ -1835,9 +1841,7 @@ impl CudaProgram {
             b.arg(&out).arg(&*x.words).arg(&pairs).arg(&n);
         })?;
         if let (Some(profile), Some(started)) = (&self.profile, started) {
-            if !profile.host_only() {
-                self.stream.synchronize().map_err(driver)?;
-            }
+            self.wait_for_profile(profile)?;
             let took = started.elapsed();
             profile.record("to_bf16 (operands of products and attention)".into(), took);
             *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()) += took;
@@ -1910,14 +1914,9 @@ fn pairing_index(op: &Op, pairing: Pairing, cols: usize) -> Result<(Vec<i32>, us
 /// Copies a host tensor to the device as words; a tensor already there
 /// (one this backend returned) is taken as it is.
 fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> {
-    if let Data::Device(d) = &t.data {
-        return d
-            .0
-            .downcast_ref::<DeviceTensor>()
-            .cloned()
-            .ok_or_else(|| "a device tensor of another backend".to_string());
-    }
-    let (elem, words) = host_words(t);
+    let Some((elem, words)) = host_words(t) else {
+        return on_device(t);
+    };
     Ok(DeviceTensor {
         shape: t.shape.clone(),
         elem,
@@ -1925,10 +1924,23 @@ fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> 
     })
 }
 
-/// A host tensor's words as the device holds them (at least one word).
-fn host_words(t: &Tensor) -> (Elem, Vec<u32>) {
+/// A tensor this backend left on the device.
+fn on_device(t: &Tensor) -> Result<DeviceTensor, String> {
+    match &t.data {
+        Data::Device(d) => {
+            d.0.downcast_ref::<DeviceTensor>()
+                .cloned()
+                .ok_or_else(|| "a device tensor of another backend".to_string())
+        }
+        _ => Err("a host tensor, where a device tensor was expected".to_string()),
+    }
+}
+
+/// A host tensor's words as the device holds them (at least one word);
+/// `None` for a tensor on a device.
+fn host_words(t: &Tensor) -> Option<(Elem, Vec<u32>)> {
     let (elem, words): (Elem, Vec<u32>) = match &t.data {
-        Data::Device(_) => unreachable!("a host tensor"),
+        Data::Device(_) => return None,
         Data::F32(v) => (Elem::Real, v.iter().map(|x| x.to_bits()).collect()),
         Data::C64(v) => (
             Elem::Complex,
@@ -1949,7 +1961,7 @@ fn host_words(t: &Tensor) -> (Elem, Vec<u32>) {
                 .collect(),
         ),
     };
-    (elem, if words.is_empty() { vec![0] } else { words })
+    Some((elem, if words.is_empty() { vec![0] } else { words }))
 }
 
 fn download(stream: &Arc<CudaStream>, t: &DeviceTensor) -> Result<Tensor, BackendError> {

@@ -213,8 +213,6 @@ impl<'ctx> Gen<'ctx> {
             scale2: self.fmul(scale, self.float(std::f32::consts::LOG2_E))?,
             step: flash_step(pass, d, dv),
         };
-        // Every thread of the block meets the tiles' barriers: no warp
-        // leaves early (one past the segment's end computes nothing).
         let segment = self.udiv(block, self.mul(tile_heads, blocks_per)?)?;
         let head = self.urem(self.udiv(block, blocks_per)?, tile_heads)?;
         let group = self.udiv(heads, kv_heads)?;
@@ -237,20 +235,26 @@ impl<'ctx> Gen<'ctx> {
                 stride,
             })
         };
-        let stat_row = self.mul(self.add(self.mul(segment, heads)?, head)?, seq)?;
+        // Query head `h`'s first statistic.
+        let stat_row_of = |h| self.mul(self.add(self.mul(segment, heads)?, h)?, seq);
+        let stat_row = stat_row_of(head)?;
         let deltas = self.mul(self.mul(segments, heads)?, seq)?;
+        // The query head's Q, and K and V of its key head.
+        let qkv = || -> Built<[Head<'ctx>; 3]> {
+            let kh = self.udiv(head, group)?;
+            Ok([
+                head_of(q, heads, head, d)?,
+                head_of(k, kv_heads, kh, d)?,
+                head_of(v, kv_heads, kh, dv)?,
+            ])
+        };
         match pass {
             FlashPass::Forward | FlashPass::Stats => {
-                let kh = self.udiv(head, group)?;
                 let o = head_of(out0, heads, head, dv)?;
                 let stats_at = (stats, stat_row, deltas);
                 self.flash_forward(
                     &at,
-                    [
-                        head_of(q, heads, head, d)?,
-                        head_of(k, kv_heads, kh, d)?,
-                        head_of(v, kv_heads, kh, dv)?,
-                    ],
+                    qkv()?,
                     (d, dv),
                     r0,
                     match pass {
@@ -260,13 +264,13 @@ impl<'ctx> Gen<'ctx> {
                 )
             }
             FlashPass::GradQ => {
-                let kh = self.udiv(head, group)?;
+                let [qh, kh, vh] = qkv()?;
                 self.flash_grad_q(
                     &at,
                     [
-                        head_of(q, heads, head, d)?,
-                        head_of(k, kv_heads, kh, d)?,
-                        head_of(v, kv_heads, kh, dv)?,
+                        qh,
+                        kh,
+                        vh,
                         head_of(dout, heads, head, dv)?,
                         head_of(out0, heads, head, d)?,
                     ],
@@ -281,7 +285,7 @@ impl<'ctx> Gen<'ctx> {
                 let per_head = |h: IntValue<'ctx>| -> Built<([Head<'ctx>; 2], IntValue<'ctx>)> {
                     Ok((
                         [head_of(q, heads, h, d)?, head_of(dout, heads, h, dv)?],
-                        self.mul(self.add(self.mul(segment, heads)?, h)?, seq)?,
+                        stat_row_of(h)?,
                     ))
                 };
                 self.flash_grad_kv(

@@ -385,9 +385,9 @@ impl CudaProgram {
     /// An operand of the flash kernels' products, rounded to bf16 (once a
     /// run: attention's gradients find its forward pass's).
     fn flash_operand(&self, x: &DeviceTensor) -> Result<Arc<CudaSlice<u32>>, BackendError> {
-        let kernel = self
-            .to_bf16
-            .expect("a program with flash kernels has the rounding kernel");
+        let kernel = self.to_bf16.ok_or_else(|| {
+            BackendError::new("the flash kernels' operands need the bf16 rounding kernel")
+        })?;
         self.bf16(kernel, x)
     }
 

@@ -328,33 +328,28 @@ impl CudaProgram {
                 t.shape, into.shape
             ));
         }
-        match &t.data {
-            Data::Device(_) => {
-                let d = upload(&self.stream, t)?;
-                if d.elem != into.elem {
-                    return Err("a different element type than the graph's".into());
-                }
-                self.copy_into(&d, into).map_err(|e| e.to_string())
+        let Some((elem, words)) = super::host_words(t) else {
+            let d = super::on_device(t)?;
+            if d.elem != into.elem {
+                return Err("a different element type than the graph's".into());
             }
-            _ => {
-                let (elem, words) = super::host_words(t);
-                if elem != into.elem {
-                    return Err("a different element type than the graph's".into());
-                }
-                if words.len() > into.words.len() {
-                    return Err(format!(
-                        "{} words, where the graph's buffer holds {}",
-                        words.len(),
-                        into.words.len()
-                    ));
-                }
-                let (dst, _written) = into.words.device_ptr(&self.stream);
-                // SAFETY: the buffer holds `words` (checked above); the copy
-                // is staged from host memory before this returns.
-                unsafe { result::memcpy_htod_async(dst, &words, self.stream.cu_stream()) }
-                    .map_err(|e| format!("{e:?}"))
-            }
+            return self.copy_into(&d, into).map_err(|e| e.to_string());
+        };
+        if elem != into.elem {
+            return Err("a different element type than the graph's".into());
         }
+        if words.len() > into.words.len() {
+            return Err(format!(
+                "{} words, where the graph's buffer holds {}",
+                words.len(),
+                into.words.len()
+            ));
+        }
+        let (dst, _written) = into.words.device_ptr(&self.stream);
+        // SAFETY: the buffer holds `words` (checked above); the copy is
+        // staged from host memory before this returns.
+        unsafe { result::memcpy_htod_async(dst, &words, self.stream.cu_stream()) }
+            .map_err(|e| format!("{e:?}"))
     }
 }
 
@@ -382,6 +377,10 @@ impl<'a> Capturing<'a> {
     /// Ends the capture: its graph, instantiated.
     fn end(mut self) -> Result<Option<CudaGraph>, cudarc::driver::DriverError> {
         self.ended = true;
+        self.finish()
+    }
+
+    fn finish(&self) -> Result<Option<CudaGraph>, cudarc::driver::DriverError> {
         self.program.forget_attention();
         self.program.forget_rounded();
         self.program
@@ -393,12 +392,7 @@ impl<'a> Capturing<'a> {
 impl Drop for Capturing<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.program.forget_attention();
-            self.program.forget_rounded();
-            let _ = self
-                .program
-                .stream
-                .end_capture(sys::CUgraphInstantiate_flags(0));
+            let _ = self.finish();
             let _ = self.program.stream.context().check_err();
         }
     }
