@@ -240,8 +240,8 @@ impl<'ctx> Gen<'ctx> {
         let stat_row = stat_row_of(head)?;
         let deltas = self.mul(self.mul(segments, heads)?, seq)?;
         // The query head's Q, and K and V of its key head.
-        let qkv = || -> Built<[Head<'ctx>; 3]> {
-            let kh = self.udiv(head, group)?;
+        let kh = || self.udiv(head, group);
+        let qkv = |kh| -> Built<[Head<'ctx>; 3]> {
             Ok([
                 head_of(q, heads, head, d)?,
                 head_of(k, kv_heads, kh, d)?,
@@ -250,11 +250,12 @@ impl<'ctx> Gen<'ctx> {
         };
         match pass {
             FlashPass::Forward | FlashPass::Stats => {
+                let kh = kh()?;
                 let o = head_of(out0, heads, head, dv)?;
                 let stats_at = (stats, stat_row, deltas);
                 self.flash_forward(
                     &at,
-                    qkv()?,
+                    qkv(kh)?,
                     (d, dv),
                     r0,
                     match pass {
@@ -264,7 +265,7 @@ impl<'ctx> Gen<'ctx> {
                 )
             }
             FlashPass::GradQ => {
-                let [qh, kh, vh] = qkv()?;
+                let [qh, kh, vh] = qkv(kh()?)?;
                 self.flash_grad_q(
                     &at,
                     [
@@ -357,14 +358,7 @@ impl<'ctx> Gen<'ctx> {
         ];
         let l = [self.local(self.float(0.0))?, self.local(self.float(0.0))?];
         let o = self.c_slots(dv / 8)?;
-        let (kt, vt) = (
-            self.shared_tile(at, "k", d)?,
-            self.shared_tile(at, "v", dv)?,
-        );
-        let own_end = self.keys_seen(at, r0)?;
-        let keys = (self.int(0), self.block_keys_seen(at)?);
-        let below_own_end = |j0| self.ult(j0, own_end);
-        self.walk(at, &[(kt, k), (vt, v)], None, keys, below_own_end, |j0| {
+        self.walk_keys(at, r0, [k, v], (d, dv), |j0, kt, vt| {
             let s = self.scores(at, &qf, kt)?;
             let x = self.masked(
                 at,
@@ -502,14 +496,7 @@ impl<'ctx> Gen<'ctx> {
             delta[half] = self.load_f32(stats, self.add(deltas, i)?)?;
         }
         let acc_slots = self.c_slots(d / 8)?;
-        let (kt, vt) = (
-            self.shared_tile(at, "k", d)?,
-            self.shared_tile(at, "v", dv)?,
-        );
-        let own_end = self.keys_seen(at, r0)?;
-        let keys = (self.int(0), self.block_keys_seen(at)?);
-        let below_own_end = |j0| self.ult(j0, own_end);
-        self.walk(at, &[(kt, k), (vt, v)], None, keys, below_own_end, |j0| {
+        self.walk_keys(at, r0, [k, v], (d, dv), |j0, kt, vt| {
             let s = self.scores(at, &qf, kt)?;
             let p = self.masked(
                 at,
@@ -886,6 +873,29 @@ impl<'ctx> Gen<'ctx> {
         let g = self.shared_array(ty, &format!("{}_statistics", at.name));
         g.set_alignment(16);
         Ok(g.as_pointer_value())
+    }
+
+    /// The block's walk over the keys its queries see, K and V (of `d` and
+    /// `dv` columns) in shared tiles: `body(j0, K's tile, V's tile)` runs on
+    /// each warp while its own rows (from `r0`) see keys from `j0`.
+    fn walk_keys(
+        &self,
+        at: &Launch<'ctx>,
+        r0: IntValue<'ctx>,
+        [k, v]: [Head<'ctx>; 2],
+        (d, dv): (usize, usize),
+        body: impl FnOnce(IntValue<'ctx>, Tile<'ctx>, Tile<'ctx>) -> Built<()>,
+    ) -> Built<()> {
+        let (kt, vt) = (
+            self.shared_tile(at, "k", d)?,
+            self.shared_tile(at, "v", dv)?,
+        );
+        let own_end = self.keys_seen(at, r0)?;
+        let keys = (self.int(0), self.block_keys_seen(at)?);
+        let below_own_end = |j0| self.ult(j0, own_end);
+        self.walk(at, &[(kt, k), (vt, v)], None, keys, below_own_end, |j0| {
+            body(j0, kt, vt)
+        })
     }
 
     /// The block's loop over rows `start..end` of the operands the `tiles`
