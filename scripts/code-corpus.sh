@@ -13,8 +13,9 @@ train=$((${TRAIN_MB:-24} * 1000000)) heldout=$((${HELDOUT_MB:-1} * 1000000))
 cargo fetch --locked 2>/dev/null
 registry=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/ | head -1)
 mkdir -p "$out"
-: > "$out/train.txt" && : > "$out/heldout.txt"
-target=$out/train.txt limit=$train
+# Written beside the outputs, which replace the old only when whole.
+: > "$out/train.txt.tmp" && : > "$out/heldout.txt.tmp"
+target=$out/train.txt.tmp limit=$train
 # The registry packages of Cargo.lock, as their archives' names.
 crates=$(awk '/^name = / { name = $3 } /^version = / { version = $3 }
   /^source = "registry/ { gsub(/"/, "", name); gsub(/"/, "", version); print name "-" version ".crate" }' \
@@ -22,12 +23,13 @@ crates=$(awk '/^name = / { name = $3 } /^version = / { version = $3 }
 for crate in $crates; do
   size=$(stat -c %s "$target")
   if [ "$size" -ge "$limit" ]; then
-    [ "$target" = "$out/heldout.txt" ] && break
-    target=$out/heldout.txt limit=$heldout
+    [ "$target" = "$out/heldout.txt.tmp" ] && break
+    target=$out/heldout.txt.tmp limit=$heldout
   fi
   tar -tzvf "$registry/$crate" | awk '$3 < 200000 && $NF ~ /\.rs$/ { print $NF }' \
     | xargs -r tar -xzOf "$registry/$crate" >> "$target"
 done
-truncate -s "$train" "$out/train.txt"
-truncate -s "$heldout" "$out/heldout.txt"
+truncate -s "$train" "$out/train.txt.tmp"
+truncate -s "$heldout" "$out/heldout.txt.tmp"
+mv "$out/train.txt.tmp" "$out/train.txt" && mv "$out/heldout.txt.tmp" "$out/heldout.txt"
 ls -l "$out"
