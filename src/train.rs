@@ -34,7 +34,7 @@ use fairyc_passes::autodiff::{
 };
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
-use fairyc_passes::real_products::real_products;
+use fairyc_passes::real_products::{fold_split_gradients, real_products};
 use fairyc_passes::rebuild::eliminate_dead_code;
 use fairyc_passes::simplify::{simplify, SimplifyOptions};
 use safetensors::tensor::TensorView;
@@ -495,6 +495,7 @@ impl Trainer {
         let ids: HashMap<&str, ValueId> = training.weights().map(|(id, n, _)| (n, id)).collect();
         let wrt: Vec<ValueId> = params.iter().map(|(n, _)| ids[n.as_str()]).collect();
         let grad_graph = gradients(&training, loss, &wrt, &options.grad)
+            .and_then(|g| Ok(fold_split_gradients(&g)?))
             .map_err(|e| Error::Usage(e.to_string()))?;
         let grad_graph = if options.gauss {
             with_gauss(&grad_graph, rows)?

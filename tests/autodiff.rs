@@ -36,7 +36,7 @@ use fairyc_passes::autodiff::{
 };
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;
-use fairyc_passes::real_products::real_products;
+use fairyc_passes::real_products::{fold_split_gradients, real_products};
 use fairyc_passes::rebuild::rebuild;
 
 /// A deterministic uniform(-1, 1) stream.
@@ -880,31 +880,72 @@ fn real_products_keep_the_w2_loss_and_gradients() {
         assert_eq!(count(&real, f), 0, "{what} left in the real-product graph");
     }
     let inputs = model_inputs();
-    let grads = |g: &Graph| {
+    let grads = |g: &Graph, fold: bool| {
         let params: Vec<ValueId> = g.weights().map(|(id, _, _)| id).collect();
         let names: Vec<String> = g.weights().map(|(_, n, _)| n.to_string()).collect();
-        let grad = gradients(g, g.outputs[0], &params, &GradOptions::default()).unwrap();
+        let mut grad = gradients(g, g.outputs[0], &params, &GradOptions::default()).unwrap();
+        if fold {
+            grad = fold_split_gradients(&grad).unwrap();
+            fairyc_ir::verify(&grad).unwrap();
+        }
         let out = run(&grad, &store, &inputs);
         let mut by_name: Vec<(String, Vec<f32>)> =
             names.into_iter().zip(out[1..].iter().map(flat)).collect();
         by_name.sort_by(|a, b| a.0.cmp(&b.0));
         (flat(&out[0])[0], by_name)
     };
-    let ((loss, complex), (real_loss, real_grads)) = (grads(&g), grads(&real));
-    assert!(
-        (loss - real_loss).abs() <= 1e-5 * loss.abs(),
-        "loss {loss} against {real_loss}"
-    );
-    assert_eq!(complex.len(), real_grads.len());
-    for ((name, a), (_, b)) in complex.iter().zip(&real_grads) {
-        let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let worst = a
-            .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    let ((loss, complex), (real_loss, real_grads)) = (grads(&g, false), grads(&real, false));
+    let (folded_loss, folded_grads) = grads(&real, true);
+    assert_eq!(real_loss, folded_loss);
+    for (want, got) in [(loss, real_loss), (loss, folded_loss)] {
         assert!(
-            worst <= 1e-4 * scale,
-            "{name}: worst difference {worst}, largest {scale}"
+            (want - got).abs() <= 1e-5 * want.abs(),
+            "loss {want} against {got}"
+        );
+    }
+    assert_eq!(complex.len(), real_grads.len());
+    assert_eq!(complex.len(), folded_grads.len());
+    for ((name, a), ((_, b), (_, c))) in complex.iter().zip(real_grads.iter().zip(&folded_grads)) {
+        let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (what, other) in [("real products", b), ("folded", c)] {
+            let worst = a
+                .iter()
+                .zip(other)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name} ({what}): worst difference {worst}, largest {scale}"
+            );
+        }
+    }
+}
+
+/// With the identity straight-through estimator, the backward pass of a
+/// W2 real product needs neither the split nor its adjoint: the folded
+/// gradient graph keeps only the forward pass's two of each a layer,
+/// while the scale-aware estimator (whose terms do not cancel) keeps them.
+#[test]
+fn identity_ste_folds_the_split_out_of_the_backward_pass() {
+    let dir = TempDir::new("autodiff-fold");
+    let (mut g, _) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
+    with_loss(&mut g);
+    let real = real_products(&g).unwrap();
+    let params: Vec<ValueId> = real.weights().map(|(id, _, _)| id).collect();
+    let count = |g: &Graph, f: fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
+    let split = |op: &Op| matches!(op, Op::WidelyLinear { .. });
+    let adjoint = |op: &Op| matches!(op, Op::WidelyLinearGrad { .. });
+    let layers = count(&real, adjoint) / 2;
+    assert_eq!(layers, 14, "the tiny model's quantized layers");
+    for (ste, kept) in [(Ste::Identity, 2 * layers), (Ste::ScaleAware, 4 * layers)] {
+        let grad = gradients(&real, real.outputs[0], &params, &GradOptions { ste }).unwrap();
+        assert_eq!(count(&grad, split), 4 * layers, "{ste:?} before folding");
+        let folded = fold_split_gradients(&grad).unwrap();
+        fairyc_ir::verify(&folded).unwrap();
+        assert_eq!(count(&folded, split), kept, "{ste:?}: splits after folding");
+        assert_eq!(
+            count(&folded, adjoint),
+            kept,
+            "{ste:?}: adjoints after folding"
         );
     }
 }
@@ -1529,7 +1570,10 @@ fn training_step(g: &Graph, loss: ValueId, replicas: &Replicas) -> Graph {
         .weights()
         .map(|(_, n, t)| (n.to_string(), t.clone()))
         .collect();
+    // As the trainer builds it: the quantized layers' splits folded out of
+    // the backward pass.
     let training = gradients(g, loss, &params, &GradOptions::default()).unwrap();
+    let training = fold_split_gradients(&training).unwrap();
     adamw_step(&training, &typed, &AdamW::default(), replicas).unwrap()
 }
 

@@ -11,7 +11,7 @@
 //! the packing, the conjugate, the complex products and their gradients on
 //! every row. The gradients reach `U` and `W` through the split itself.
 
-use fairyc_ir::{BuildError, DType, Dim, Graph, GraphBuilder, Op, ValueId, WlPart};
+use fairyc_ir::{Arithmetic, BuildError, DType, Dim, Graph, GraphBuilder, Op, ValueId, WlPart};
 
 use crate::rebuild::eliminate_dead_code;
 
@@ -120,4 +120,117 @@ fn split_source(graph: &Graph, v: ValueId, rows: usize, cols: usize) -> Option<V
         stack.extend(&node.operands);
     }
     None
+}
+
+/// A gradient graph with each master weight's gradient through its split
+/// folded away. The gradient reaches `R` as
+/// `widely_linear_grad_u(R, dU) + widely_linear_grad_w(R, dW)`, and with
+/// the identity straight-through estimator the quantizer stack's gradient
+/// is its input's (eq. 13's residual sums and differences cancel), so
+/// `dU = k·widely_linear_u(y)` and `dW = k·widely_linear_w(y)` for the
+/// gradient `y` of the rebuilt real weight. By eq. 7 the sum is then
+/// `(k/2)·y`: no split, no quantizer and no adjoint in the backward pass,
+/// the same gradient up to f32 rounding. Anything else (the scale-aware
+/// estimator, whose `quantize_grad` terms do not cancel) is left as it is.
+pub fn fold_split_gradients(graph: &Graph) -> Result<Graph, BuildError> {
+    let mut b = GraphBuilder::like(graph);
+    let map = b.inline(graph, |b, id, _, map| {
+        let Some((y, k)) = folded_split(graph, id) else {
+            return Ok::<_, BuildError>(None);
+        };
+        // `scale(y, 2)` (the rebuilt weight's `2·(...)`) times ½ is `y`.
+        let (y, k) = match graph.node(y).op {
+            Op::Scale { factor } if factor * k == 2.0 => (graph.node(y).operands[0], 1.0),
+            _ => (y, k / 2.0),
+        };
+        Ok(Some(if k == 1.0 {
+            map[y.0]
+        } else {
+            b.push(Op::Scale { factor: k }, &[map[y.0]])?
+        }))
+    })?;
+    let outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
+    Ok(eliminate_dead_code(&b.finish(&outputs)))
+}
+
+/// `(y, k)` where `id = widely_linear_grad_u(R, k·widely_linear_u(y)) +
+/// widely_linear_grad_w(R, k·widely_linear_w(y))` (in either order, with
+/// the same pairing throughout and `y` of `R`'s type).
+fn folded_split(graph: &Graph, id: ValueId) -> Option<(ValueId, f32)> {
+    let node = graph.node(id);
+    let (Op::Add, [a, c]) = (&node.op, node.operands.as_slice()) else {
+        return None;
+    };
+    let adjoint = |v: ValueId| match (&graph.node(v).op, graph.node(v).operands.as_slice()) {
+        (
+            Op::WidelyLinearGrad {
+                part,
+                row_block,
+                col_block,
+            },
+            [r, d],
+        ) => Some((*part, (*row_block, *col_block), *r, *d)),
+        _ => None,
+    };
+    let (first, second) = (adjoint(*a)?, adjoint(*c)?);
+    if first.0 == second.0 || first.1 != second.1 || first.2 != second.2 {
+        return None;
+    }
+    let r = first.2;
+    // Each adjoint's operand as `k·widely_linear(y)` of its own part.
+    let split_of = |(part, blocks, _, d): (WlPart, (usize, usize), ValueId, ValueId)| {
+        let terms = linear_combination(graph, d, LINEAR_DEPTH)?;
+        let [(v, k)] = terms[..] else {
+            return None;
+        };
+        match (&graph.node(v).op, graph.node(v).operands.as_slice()) {
+            (
+                Op::WidelyLinear {
+                    part: p,
+                    row_block,
+                    col_block,
+                    arithmetic: Arithmetic::F32,
+                },
+                [y],
+            ) if *p == part && (*row_block, *col_block) == blocks => Some((*y, k)),
+            _ => None,
+        }
+    };
+    let (y, k) = split_of(first)?;
+    let (y2, k2) = split_of(second)?;
+    (y == y2 && k == k2 && graph.ty(y) == graph.ty(r) && k != 0.0).then_some((y, k))
+}
+
+/// How deep [`linear_combination`] looks through sums: the residual stages'
+/// gradients are a few `add`s and `scale`s deep.
+const LINEAR_DEPTH: usize = 12;
+
+/// `v` as `Σ kᵢ·vᵢ` through `add`, `sub` and `scale`, with the terms of
+/// zero weight dropped (in order of first appearance); `None` if it is
+/// deeper than `depth` or an operand is broadcast.
+fn linear_combination(graph: &Graph, v: ValueId, depth: usize) -> Option<Vec<(ValueId, f32)>> {
+    let node = graph.node(v);
+    let same_type = |o: &ValueId| graph.ty(*o) == graph.ty(v);
+    let mut terms: Vec<(ValueId, f32)> = Vec::new();
+    let mut add = |terms_of: Vec<(ValueId, f32)>, factor: f32| {
+        for (t, k) in terms_of {
+            match terms.iter_mut().find(|(u, _)| *u == t) {
+                Some((_, sum)) => *sum += factor * k,
+                None => terms.push((t, factor * k)),
+            }
+        }
+    };
+    match (&node.op, node.operands.as_slice()) {
+        (Op::Add | Op::Sub, [a, c]) if depth > 0 && same_type(a) && same_type(c) => {
+            add(linear_combination(graph, *a, depth - 1)?, 1.0);
+            let sign = if node.op == Op::Sub { -1.0 } else { 1.0 };
+            add(linear_combination(graph, *c, depth - 1)?, sign);
+        }
+        (Op::Scale { factor }, [a]) if depth > 0 => {
+            add(linear_combination(graph, *a, depth - 1)?, *factor);
+        }
+        _ => add(vec![(v, 1.0)], 1.0),
+    }
+    terms.retain(|(_, k)| *k != 0.0);
+    Some(terms)
 }
