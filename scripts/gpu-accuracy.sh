@@ -14,7 +14,9 @@
 # (default STEPS), whichever comes first, on the schedule of a STEPS-step run
 # (warm-up, then a cosine decay over the last 30%), so that a run stopped
 # at step STOP has had the same learning rates as a longer one up to there;
-# it resumes where an earlier call stopped. Its log, loss CSV and curve go to
+# it resumes where an earlier call stopped. It evaluates the held-out text
+# every EVAL_EVERY steps and checkpoints every CKPT_EVERY (100 each: fewer
+# pay on long runs, where the checkpoints of masters and moments add up). Its log, loss CSV and curve go to
 # $OUT/runs.tar.xz. RUN is
 #   fp                      the unquantized model, evaluated only;
 #   Q-ce, Q-text            Q (w1, w2, w3, ternary, binary) trained on the text
@@ -63,6 +65,7 @@ head -n $((total - HELDOUT_LINES)) "$W/corpus.txt" > "$W/train.txt"
 tail -n "$HELDOUT_LINES" "$W/corpus.txt" > "$W/heldout.txt"
 SEQ=${SEQ:-512} BATCH=${BATCH:-16} STEPS=${STEPS:-1000} LIMIT=${LIMIT:-120} LR=${LR:-1e-4}
 TEACHER=${TEACHER:-512} TEACHER_BATCH=${TEACHER_BATCH:-64} DEVICE=${DEVICE:-cuda}
+EVAL_EVERY=${EVAL_EVERY:-100} CKPT_EVERY=${CKPT_EVERY:-100}
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for run in "$@"; do
   quant=${run%%-*} objective=${run#*-}
@@ -78,8 +81,8 @@ for run in "$@"; do
     fp) flags+=(--quant none --steps 0 --data "$W/train.txt") ;;
     *)
       flags+=(--quant "$quant" --steps "${STOP:-$STEPS}" --time-limit "$LIMIT" --lr "$LR" --warmup 20
-        --decay-start $((STEPS * 7 / 10)) --decay-steps $((STEPS * 3 / 10)) --eval-every 100
-        --checkpoint "$W/$tag.ckpt" --checkpoint-every 100 --resume
+        --decay-start $((STEPS * 7 / 10)) --decay-steps $((STEPS * 3 / 10)) --eval-every "$EVAL_EVERY"
+        --checkpoint "$W/$tag.ckpt" --checkpoint-every "$CKPT_EVERY" --resume
         --loss-csv "$W/$tag.csv" --loss-png "$W/$tag.png")
       case $objective in
         ce) flags+=(--data "$W/train.txt") ;;
