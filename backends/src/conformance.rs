@@ -433,6 +433,38 @@ pub fn op_cases() -> Vec<Case> {
         }
         cases_over(
             &mut out,
+            &format!("quantize phase stages {granularity:?}"),
+            &[
+                (5usize, 9usize, 2usize),
+                (1, 1, 2),
+                (300, 40, 2),
+                (300, 40, 3),
+            ],
+            |c, (n, m, stages)| {
+                // Fairy2i's residual stages as the quantize pass writes them
+                // (eq. 13), which a backend may run as one fused step.
+                let z = c.complex(&[n, m]);
+                let phase = Op::Quantize {
+                    scheme: Scheme::Phase,
+                    granularity,
+                    arithmetic: Arithmetic::F32,
+                };
+                let (mut residual, mut sum) = (z, None);
+                for t in 0..stages {
+                    let q = c.push(phase.clone(), &[residual]);
+                    sum = Some(match sum {
+                        None => q,
+                        Some(s) => c.push(Op::Add, &[s, q]),
+                    });
+                    if t + 1 < stages {
+                        residual = c.push(Op::Sub, &[residual, q]);
+                    }
+                }
+                vec![sum.expect("at least one stage")]
+            },
+        );
+        cases_over(
+            &mut out,
             &format!("quantize baselines {granularity:?}"),
             // 300 × 40: groups that span many threads of a block.
             &[(5usize, 9usize), (1, 1), (300, 40)],

@@ -120,6 +120,14 @@ enum Step {
     GemmTransposedWeight { operands: Vec<ValueId> },
     /// A new shape over the same words.
     Alias,
+    /// Fairy2i's PhaseQuant with residual stages as one step
+    /// ([`fusion::fuse_phase_stages`]): each stage's sums pass over the
+    /// residual, then the codes' sum, all from `operands[0]`, the weight
+    /// before quantization.
+    PhaseStages {
+        kernels: Vec<usize>,
+        operands: Vec<ValueId>,
+    },
     /// `all_reduce` or `broadcast_from` over the data-parallel group's GPUs,
     /// through NCCL.
     Collective,
@@ -470,6 +478,7 @@ fn select_kernels(
         };
         steps.push(Some(step));
     }
+    fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
     if fuse {
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
     }
@@ -964,6 +973,16 @@ impl CudaProgram {
         })
     }
 
+    /// How many scale groups a quantizer's `n` rows have: one per tensor,
+    /// else `groups_per_row` a row.
+    fn scale_group_count(n: usize, groups_per_row: i64, per_tensor: i64) -> usize {
+        if per_tensor != 0 {
+            1
+        } else {
+            n * groups_per_row as usize
+        }
+    }
+
     /// Grid size of a grid-stride kernel over `n` items.
     fn grid(n: usize) -> u32 {
         n.div_ceil(MAP_THREADS as usize).min(132 * 64) as u32
@@ -1413,14 +1432,45 @@ impl CudaProgram {
                     }
                 })?;
             }
+            (Step::PhaseStages { kernels: k, .. }, _) => {
+                let granularity = fusion::stages_granularity(&self.graph, i)
+                    .ok_or_else(|| BackendError::new(format!("%{i}: not PhaseQuant's stages")))?;
+                let (n, m) = (x.shape[0], x.shape[1]);
+                let [groups_per_row, group_len, per_tensor] = scale_groups(granularity, m);
+                let groups = Self::scale_group_count(n, groups_per_row, per_tensor);
+                // Each stage's f64 totals (four a group), one stage after another.
+                let stride = 4 * groups as i64;
+                let (sums_passes, last) = k.split_at(k.len() - 1);
+                let mut sums = self.alloc(8 * groups * sums_passes.len())?;
+                self.stream.memset_zeros(&mut sums).map_err(driver)?;
+                let sizes = [
+                    n as i64,
+                    m as i64,
+                    groups_per_row,
+                    group_len,
+                    per_tensor,
+                    stride,
+                ];
+                let blocks = (n * groups_per_row as usize) as u32;
+                for &pass in sums_passes {
+                    self.launch(pass, blocks, ROW_THREADS, |b| {
+                        b.arg(&sums).arg(&*x.words);
+                        for v in &sizes {
+                            b.arg(v);
+                        }
+                    })?;
+                }
+                self.launch(last[0], Self::grid(n * m), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&sums);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
+            }
             (Step::Kernel(k), Op::Quantize { granularity, .. }) => {
                 let (n, m) = (x.shape[0], x.shape[1]);
                 let [groups_per_row, group_len, per_tensor] = scale_groups(*granularity, m);
-                let groups = if per_tensor != 0 {
-                    1
-                } else {
-                    n * groups_per_row as usize
-                };
+                let groups = Self::scale_group_count(n, groups_per_row, per_tensor);
                 // f64 totals: two words each, up to four a group (PhaseQuant's
                 // axis sums and counts; the real baselines use two).
                 let mut sums = self.alloc(8 * groups)?;
@@ -1512,6 +1562,11 @@ impl CudaProgram {
                             .map(|(_, a)| Ok(a.shape.clone()))
                             .unwrap_or_else(|| bind_shape(&node.ty.shape, bindings))
                             .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
+                        // The quantized weight has its source's shape.
+                        Step::PhaseStages { .. } => Ok(TensorType::new(
+                            node.ty.dtype,
+                            Shape::new(args[0].shape.clone()),
+                        )),
                         // `x[.., k]` by `w[k, n]`: `[.., n]`.
                         Step::GemmTransposedWeight { .. } => {
                             let (x, w) = (&args[0].shape, &args[1].shape);

@@ -177,6 +177,13 @@ pub enum Kernel {
     PhaseSums { ifairy: bool },
     /// PhaseQuant's second pass: each entry's code times its group's scale.
     PhaseDequant { ifairy: bool },
+    /// Fairy2i's PhaseQuant with residual stages fused: stage `stage`'s
+    /// sums over the residual the earlier stages leave, each entry's
+    /// residual rebuilt from their totals (one block per row and group).
+    PhaseStageSums { stage: usize },
+    /// The last pass of the fused stages: each entry's `stages` codes times
+    /// their scales, summed.
+    PhaseStages { stages: usize },
     /// The real baselines' first pass: each group's sum of |w| and count
     /// over finite entries, added into f64 totals (one block per row and
     /// group of the row).
@@ -229,6 +236,8 @@ impl Kernel {
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
             Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
             Kernel::PhaseDequant { ifairy: true } => "phase_dequant_ifairy",
+            Kernel::PhaseStageSums { .. } => "phase_stage_sums",
+            Kernel::PhaseStages { .. } => "phase_stages",
             Kernel::RealSums => "real_sums",
             Kernel::RealDequant { ternary: false } => "binary_dequant",
             Kernel::RealDequant { ternary: true } => "ternary_dequant",
@@ -711,6 +720,8 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
+            Kernel::PhaseStageSums { stage } => self.phase_stage_sums(name, *stage),
+            Kernel::PhaseStages { stages } => self.phase_stages(name, *stages),
             Kernel::RealSums => self.real_sums(name),
             Kernel::RealDequant { ternary } => self.real_dequant(name, *ternary),
             Kernel::SoftmaxGrad => self.softmax_grad(name),

@@ -22,36 +22,159 @@ impl<'ctx> Gen<'ctx> {
             let at = self.mul(entry, self.int(2))?;
             let re = self.load_f32(w, at)?;
             let im = self.load_f32(w, self.add(at, self.int(1))?)?;
-            let (imaginary, _) = self.nearest_code(re, im, ifairy)?;
-            let (zero, one) = (self.float(0.0), self.float(1.0));
-            for (axis, part) in [(false, re), (true, im)] {
-                let on_axis = if axis {
-                    imaginary
-                } else {
-                    self.builder.build_not(imaginary, "").map_err(err)?
-                };
-                let counted = if ifairy {
-                    on_axis
-                } else {
-                    self.builder
-                        .build_and(on_axis, self.is_finite(part)?, "")
-                        .map_err(err)?
-                };
-                let select = |a: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                    self.select_float(counted, a, zero)
-                };
-                let k = 2 * usize::from(axis);
-                self.set(
-                    partial[k],
-                    self.fadd(self.get(partial[k])?, select(self.fabs(part)?)?)?,
-                )?;
-                self.set(
-                    partial[k + 1],
-                    self.fadd(self.get(partial[k + 1])?, select(one)?)?,
-                )?;
-            }
-            Ok(())
+            self.add_phase_sums(re, im, ifairy, partial)
         })
+    }
+
+    /// Adds the complex entry `(re, im)` into PhaseQuant's four partial
+    /// sums (see [`Gen::phase_sums`]).
+    fn add_phase_sums(
+        &self,
+        re: FloatValue<'ctx>,
+        im: FloatValue<'ctx>,
+        ifairy: bool,
+        partial: &[PointerValue<'ctx>],
+    ) -> Built<()> {
+        let (imaginary, _) = self.nearest_code(re, im, ifairy)?;
+        let (zero, one) = (self.float(0.0), self.float(1.0));
+        for (axis, part) in [(false, re), (true, im)] {
+            let on_axis = if axis {
+                imaginary
+            } else {
+                self.builder.build_not(imaginary, "").map_err(err)?
+            };
+            let counted = if ifairy {
+                on_axis
+            } else {
+                self.builder
+                    .build_and(on_axis, self.is_finite(part)?, "")
+                    .map_err(err)?
+            };
+            let select = |a: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
+                self.select_float(counted, a, zero)
+            };
+            let k = 2 * usize::from(axis);
+            self.set(
+                partial[k],
+                self.fadd(self.get(partial[k])?, select(self.fabs(part)?)?)?,
+            )?;
+            self.set(
+                partial[k + 1],
+                self.fadd(self.get(partial[k + 1])?, select(one)?)?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `phase_stage_sums(sums, w, n, m, groups_per_row, group_len,
+    /// per_tensor, stride)`: [`Gen::phase_sums`] of the residual that
+    /// stages `0..stage` of Fairy2i's PhaseQuant leave of complex `w[n, m]`
+    /// (each entry's residual rebuilt from the earlier stages' totals),
+    /// into stage `stage`'s totals. Stage `s`'s totals are at
+    /// `sums[s·stride..]` (f64, `stride = 4·groups`, zeroed before).
+    pub(super) fn phase_stage_sums(&self, name: &str, stage: usize) -> Built<()> {
+        self.staged_group_sums(name, 4, Some(stage), |at, partial| {
+            let entry = self.mul(at.entry, self.int(2))?;
+            let re = self.load_f32(at.w, entry)?;
+            let im = self.load_f32(at.w, self.add(entry, self.int(1))?)?;
+            let stride = at.stride.expect("a staged kernel has a stride");
+            let group = at.group.expect("a staged kernel knows its group");
+            let mut residual = (re, im);
+            for s in 0..stage {
+                let q = self.stage_value(at.sums, stride, s, group, residual)?;
+                residual = (self.fsub(residual.0, q.0)?, self.fsub(residual.1, q.1)?);
+            }
+            self.add_phase_sums(residual.0, residual.1, false, partial)
+        })
+    }
+
+    /// `phase_stages(out, w, sums, n, m, groups_per_row, group_len,
+    /// per_tensor, stride)`: Fairy2i's PhaseQuant of complex `w[n, m]` with
+    /// `stages` residual stages (eq. 13) from their totals
+    /// ([`Gen::phase_stage_sums`]): each entry's codes times their scales,
+    /// summed stage by stage (`(q₁ + q₂) + q₃`), the residuals and sums in
+    /// f32 as the unfused `sub` and `add` compute them; one thread an entry.
+    pub(super) fn phase_stages(&self, name: &str, stages: usize) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 6]);
+        let f = self.declare(name, &params);
+        let (out, w, sums) = (
+            self.param_ptr(f, 0),
+            self.param_ptr(f, 1),
+            self.param_ptr(f, 2),
+        );
+        let [n, m, groups_per_row, group_len, per_tensor, stride] =
+            [3, 4, 5, 6, 7, 8].map(|k| self.param_int(f, k));
+        let tensor = self.is_set(per_tensor)?;
+        self.grid_loop(f, self.mul(n, m)?, |k| {
+            let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
+            let group = self.scale_group(row, j, (groups_per_row, group_len), tensor)?;
+            let at = self.mul(k, self.int(2))?;
+            let mut residual = (
+                self.load_f32(w, at)?,
+                self.load_f32(w, self.add(at, self.int(1))?)?,
+            );
+            let mut sum: Option<(FloatValue<'ctx>, FloatValue<'ctx>)> = None;
+            for s in 0..stages {
+                let q = self.stage_value(sums, stride, s, group, residual)?;
+                sum = Some(match sum {
+                    None => q,
+                    Some(a) => (self.fadd(a.0, q.0)?, self.fadd(a.1, q.1)?),
+                });
+                if s + 1 < stages {
+                    residual = (self.fsub(residual.0, q.0)?, self.fsub(residual.1, q.1)?);
+                }
+            }
+            let (re, im) = sum.expect("at least one stage");
+            self.store_f32(out, at, re)?;
+            self.store_f32(out, self.add(at, self.int(1))?, im)
+        })?;
+        self.ret()
+    }
+
+    /// Stage `stage`'s PhaseQuant of `(re, im)` in group `group`: its code
+    /// times the stage's scale, `(q_re, q_im)`, with the totals at
+    /// `sums[stage·stride + 4·group..]`.
+    fn stage_value(
+        &self,
+        sums: PointerValue<'ctx>,
+        stride: IntValue<'ctx>,
+        stage: usize,
+        group: IntValue<'ctx>,
+        (re, im): (FloatValue<'ctx>, FloatValue<'ctx>),
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let base = self.mul(self.int(stage as u64), stride)?;
+        self.coded(sums, Some(base), group, (re, im), false)
+    }
+
+    /// The code of `(re, im)` times the scale of group `group`'s totals
+    /// (see [`Gen::phase_dequant`]), at `sums[base + 4·group..]`:
+    /// `(±s_re, 0)` or `(0, ±s_im)`.
+    fn coded(
+        &self,
+        sums: PointerValue<'ctx>,
+        base: Option<IntValue<'ctx>>,
+        group: IntValue<'ctx>,
+        (re, im): (FloatValue<'ctx>, FloatValue<'ctx>),
+        ifairy: bool,
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let (imaginary, negative) = self.nearest_code(re, im, ifairy)?;
+        let axis = self
+            .builder
+            .build_int_z_extend(imaginary, self.i64(), "")
+            .map_err(err)?;
+        let first = self.add(self.mul(group, self.int(4))?, self.mul(axis, self.int(2))?)?;
+        let first = match base {
+            Some(base) => self.add(base, first)?,
+            None => first,
+        };
+        let scale = self.mean_scale(sums, first, ifairy)?;
+        let signed = self.select_float(negative, self.fneg(scale)?, scale)?;
+        let zero = self.float(0.0);
+        Ok((
+            self.select_float(imaginary, zero, signed)?,
+            self.select_float(imaginary, signed, zero)?,
+        ))
     }
 
     /// A group-sums kernel `name(sums, w, n, m, groups_per_row, group_len,
@@ -67,33 +190,77 @@ impl<'ctx> Gen<'ctx> {
         count: usize,
         each: impl Fn(PointerValue<'ctx>, IntValue<'ctx>, &[PointerValue<'ctx>]) -> Built<()>,
     ) -> Built<()> {
+        self.staged_group_sums(name, count, None, |at, partials| {
+            each(at.w, at.entry, partials)
+        })
+    }
+
+    /// [`Gen::group_sums`], or with `stage`, of one stage of several: the
+    /// kernel takes a last parameter `stride` and adds into
+    /// `sums[stage·stride + count·group + i]`, and each entry's step sees
+    /// its group, the totals and the stride.
+    fn staged_group_sums(
+        &self,
+        name: &str,
+        count: usize,
+        stage: Option<usize>,
+        each: impl Fn(&GroupEntry<'ctx>, &[PointerValue<'ctx>]) -> Built<()>,
+    ) -> Built<()> {
         let mut params = vec![Param::Ptr, Param::Ptr];
         params.extend([Param::I64; 5]);
+        if stage.is_some() {
+            params.push(Param::I64);
+        }
         let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
         let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
+        let stride = stage.map(|_| self.param_int(f, 7));
         let block = self.sreg("ctaid.x")?;
         let row = self.udiv(block, groups_per_row)?;
         let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
         let end = self.umin(self.add(start, group_len)?, m)?;
+        let group_of_block = || -> Built<IntValue<'ctx>> {
+            let tensor = self.is_set(per_tensor)?;
+            self.select_int(tensor, self.int(0), block)
+        };
+        // A staged kernel's entries need their group inside the loop.
+        let early_group = stage.map(|_| group_of_block()).transpose()?;
         let partials = (0..count)
             .map(|_| self.local(self.float(0.0)))
             .collect::<Built<Vec<_>>>()?;
         let from = self.add(start, self.sreg("tid.x")?)?;
         self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
-            each(w, self.add(self.mul(row, m)?, j)?, &partials)
+            let at = GroupEntry {
+                w,
+                entry: self.add(self.mul(row, m)?, j)?,
+                group: early_group,
+                sums,
+                stride,
+            };
+            each(&at, &partials)
         })?;
         let totals = partials
             .iter()
             .map(|p| self.block_reduce(scratch, self.get(*p)?, false))
             .collect::<Built<Vec<_>>>()?;
-        let tensor = self.is_set(per_tensor)?;
-        let group = self.select_int(tensor, self.int(0), block)?;
+        let group = match early_group {
+            Some(group) => group,
+            None => group_of_block()?,
+        };
         let width = self.int(count as u64);
+        let base = match (stage, stride) {
+            (Some(stage), Some(stride)) => self.mul(self.int(stage as u64), stride)?,
+            _ => self.int(0),
+        };
         self.when(f, self.first_thread()?, || {
             for (k, total) in totals.iter().enumerate() {
                 let at = self.add(self.mul(group, width)?, self.int(k as u64))?;
+                let at = if stage.is_some() {
+                    self.add(base, at)?
+                } else {
+                    at
+                };
                 let v = self
                     .builder
                     .build_float_ext(*total, self.f64(), "")
@@ -138,25 +305,9 @@ impl<'ctx> Gen<'ctx> {
             let at = self.mul(k, self.int(2))?;
             let re = self.load_f32(w, at)?;
             let im = self.load_f32(w, self.add(at, self.int(1))?)?;
-            let (imaginary, negative) = self.nearest_code(re, im, ifairy)?;
-            let axis = self
-                .builder
-                .build_int_z_extend(imaginary, self.i64(), "")
-                .map_err(err)?;
-            let first = self.add(self.mul(group, self.int(4))?, self.mul(axis, self.int(2))?)?;
-            let scale = self.mean_scale(sums, first, ifairy)?;
-            let signed = self.select_float(negative, self.fneg(scale)?, scale)?;
-            let zero = self.float(0.0);
-            let part = |on_imaginary: bool| -> Built<FloatValue<'ctx>> {
-                let (a, b) = if on_imaginary {
-                    (signed, zero)
-                } else {
-                    (zero, signed)
-                };
-                self.select_float(imaginary, a, b)
-            };
-            self.store_f32(out, at, part(false)?)?;
-            self.store_f32(out, self.add(at, self.int(1))?, part(true)?)
+            let (q_re, q_im) = self.coded(sums, None, group, (re, im), ifairy)?;
+            self.store_f32(out, at, q_re)?;
+            self.store_f32(out, self.add(at, self.int(1))?, q_im)
         })?;
         self.ret()
     }
@@ -288,4 +439,16 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)?;
         self.select_int(less, a, b)
     }
+}
+
+/// What a group-sums kernel's step for one entry sees.
+struct GroupEntry<'ctx> {
+    w: PointerValue<'ctx>,
+    /// The entry's row-major index.
+    entry: IntValue<'ctx>,
+    /// The entry's group, in a staged kernel.
+    group: Option<IntValue<'ctx>>,
+    sums: PointerValue<'ctx>,
+    /// The words between stages' totals, in a staged kernel.
+    stride: Option<IntValue<'ctx>>,
 }

@@ -13,8 +13,15 @@
 //! Likewise a `linear` whose weight is a 2-D `transpose` (the backward
 //! pass's `dx = dy · w` reads `transpose(w)`) reads `w` and has cuBLAS
 //! transpose it in the product; the transpose is then not computed.
+//!
+//! And Fairy2i's PhaseQuant with residual stages (eq. 13: `q₁ = Q(w)`,
+//! `q₂ = Q(w − q₁)`, ..., summed), which the quantize pass writes as
+//! `quantize`, `sub` and `add` nodes, runs as one step of `T + 1` passes
+//! over `w` ([`fuse_phase_stages`]): one per stage for its sums, each
+//! entry's residual rebuilt from the earlier stages' totals, then one for
+//! the codes' sum. The residuals and partial sums are never materialised.
 
-use fairyc_ir::{Graph, Op, ValueId};
+use fairyc_ir::{Arithmetic, Granularity, Graph, Op, Scheme, ValueId};
 
 use super::{Kernel, Step};
 use crate::cuda::codegen::{Elem, Expr};
@@ -204,12 +211,146 @@ pub(super) fn fuse_elementwise(
     keep_launched(kernels, steps);
 }
 
+/// Fuses each chain of PhaseQuant's residual stages whose intermediate
+/// values nothing else reads into a [`Step::PhaseStages`] on its sum;
+/// the chain's other nodes get no step.
+pub(super) fn fuse_phase_stages(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let readers = readers(graph, plan, steps);
+    let outputs: Vec<ValueId> = graph.outputs.clone();
+    let mut fused_any = false;
+    for i in 0..graph.nodes.len() {
+        let Some(chain) = residual_stages(graph, ValueId(i)) else {
+            continue;
+        };
+        let inner = |v: &ValueId| chain.inner.contains(v) || *v == ValueId(i);
+        let private = chain.inner.iter().all(|v| {
+            !plan.resident[v.0]
+                && !outputs.contains(v)
+                && readers[v.0].iter().all(|&r| inner(&ValueId(r)))
+        });
+        if plan.resident[i] || !private {
+            continue;
+        }
+        let wanted = (0..chain.stages)
+            .map(|stage| Kernel::PhaseStageSums { stage })
+            .chain([Kernel::PhaseStages {
+                stages: chain.stages,
+            }]);
+        let indices = wanted
+            .map(|kernel| match kernels.iter().position(|k| *k == kernel) {
+                Some(k) => k,
+                None => {
+                    kernels.push(kernel);
+                    kernels.len() - 1
+                }
+            })
+            .collect();
+        for v in &chain.inner {
+            steps[v.0] = None;
+        }
+        steps[i] = Some(Step::PhaseStages {
+            kernels: indices,
+            operands: vec![chain.source],
+        });
+        fused_any = true;
+    }
+    if fused_any {
+        keep_launched(kernels, steps);
+    }
+}
+
+/// A chain of PhaseQuant's residual stages ending at a sum.
+struct ResidualStages {
+    /// The weight the first stage quantizes.
+    source: ValueId,
+    stages: usize,
+    /// The chain's nodes other than its sum: each stage's `quantize`, the
+    /// residuals, the partial sums.
+    inner: Vec<ValueId>,
+}
+
+/// The chain whose sum is `sum`: `sum = add(add(q₁, q₂), q₃)...` with
+/// `q₁ = quantize(w)` and `q_{t+1} = quantize(sub(r_t, q_t))` (`r₁ = w`),
+/// every `quantize` Fairy2i's PhaseQuant in f32 with one granularity, on a
+/// 2-D complex `w`: what the quantize pass writes for two stages or more.
+fn residual_stages(graph: &Graph, sum: ValueId) -> Option<ResidualStages> {
+    let node = |v: ValueId| graph.node(v);
+    // The partial sums, from the outermost down the left operands.
+    let mut sums = Vec::new();
+    let mut v = sum;
+    while let (Op::Add, [left, _]) = (&node(v).op, node(v).operands.as_slice()) {
+        sums.push(v);
+        v = *left;
+    }
+    let first = v;
+    let stage_op = match &node(first).op {
+        op @ Op::Quantize {
+            scheme: Scheme::Phase,
+            arithmetic: Arithmetic::F32,
+            ..
+        } => op.clone(),
+        _ => return None,
+    };
+    let source = node(first).operands[0];
+    let ty = &node(source).ty;
+    if sums.is_empty() || ty.dtype != fairyc_ir::DType::C64 || ty.shape.dims().len() != 2 {
+        return None;
+    }
+    sums.reverse();
+    let mut inner = vec![first];
+    let (mut residual, mut stage, mut partial) = (source, first, first);
+    for (k, &s) in sums.iter().enumerate() {
+        let [left, next] = node(s).operands[..] else {
+            return None;
+        };
+        let quantized = node(next);
+        let r = *quantized.operands.first()?;
+        let is_residual = matches!(
+            (&node(r).op, node(r).operands.as_slice()),
+            (Op::Sub, [a, b]) if *a == residual && *b == stage
+        );
+        if left != partial || quantized.op != stage_op || !is_residual {
+            return None;
+        }
+        inner.extend([r, next]);
+        if k + 1 < sums.len() {
+            inner.push(s);
+        }
+        (residual, stage, partial) = (r, next, s);
+    }
+    Some(ResidualStages {
+        source,
+        stages: sums.len() + 1,
+        inner,
+    })
+}
+
+/// The granularity of the stages a [`Step::PhaseStages`] on node `i`
+/// computes.
+pub(super) fn stages_granularity(graph: &Graph, i: usize) -> Option<Granularity> {
+    let mut v = ValueId(i);
+    while let Op::Add = graph.node(v).op {
+        v = graph.node(v).operands[0];
+    }
+    match graph.node(v).op {
+        Op::Quantize { granularity, .. } => Some(granularity),
+        _ => None,
+    }
+}
+
 /// Drops the kernels no step launches, renumbering the steps'.
 fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
     let mut used = vec![false; kernels.len()];
     for step in steps.iter().flatten() {
         match step {
-            Step::Kernel(ks) => ks.iter().for_each(|&k| used[k] = true),
+            Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
+                ks.iter().for_each(|&k| used[k] = true)
+            }
             Step::Fused { kernel, .. } => used[*kernel] = true,
             _ => {}
         }
@@ -229,7 +370,9 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
     });
     for step in steps.iter_mut().flatten() {
         match step {
-            Step::Kernel(ks) => ks.iter_mut().for_each(|k| *k = index[*k]),
+            Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
+                ks.iter_mut().for_each(|k| *k = index[*k])
+            }
             Step::Fused { kernel, .. } => *kernel = index[*kernel],
             _ => {}
         }
@@ -292,7 +435,11 @@ fn readers(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<Vec<
 /// The values node `i`'s step reads.
 pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -> &'a [ValueId] {
     match &steps[i] {
-        Some(Step::Fused { operands, .. } | Step::GemmTransposedWeight { operands }) => operands,
+        Some(
+            Step::Fused { operands, .. }
+            | Step::GemmTransposedWeight { operands }
+            | Step::PhaseStages { operands, .. },
+        ) => operands,
         _ => &graph.nodes[i].operands,
     }
 }
@@ -367,6 +514,93 @@ mod tests {
             matches!(&kept[sum.0], Some(Step::Fused { operands, .. }) if *operands == [x, s, y])
         );
         assert!(matches!(&kept[c.0], Some(Step::Kernel(_))));
+    }
+
+    /// PhaseQuant's residual stages as the quantize pass writes them, with
+    /// a product reading their sum: two and three stages run as one step
+    /// of three and four passes over the weight; a stage another node
+    /// reads keeps the chain unfused.
+    #[test]
+    fn residual_phase_quant_stages_run_as_one_step() {
+        use fairyc_ir::{Arithmetic, Granularity, Scheme};
+
+        use super::super::Kernel;
+
+        let quantize = Op::Quantize {
+            scheme: Scheme::Phase,
+            granularity: Granularity::Channel,
+            arithmetic: Arithmetic::F32,
+        };
+        let graph = |stages: usize, read_first_stage: bool| {
+            let mut b = GraphBuilder::new("stages");
+            let complex = TensorType::new(DType::C64, Shape::new([6, 4]));
+            let w = b.input("w", complex.clone());
+            let x = b.input("x", TensorType::new(DType::C64, Shape::new([3, 4])));
+            let (mut residual, mut sum, mut inner) = (w, None, Vec::new());
+            let mut first = None;
+            for t in 0..stages {
+                let q = b.push(quantize.clone(), &[residual]).unwrap();
+                first.get_or_insert(q);
+                inner.push(q);
+                sum = Some(match sum {
+                    None => q,
+                    Some(s) => {
+                        inner.push(s);
+                        b.push(Op::Add, &[s, q]).unwrap()
+                    }
+                });
+                if t + 1 < stages {
+                    residual = b.push(Op::Sub, &[residual, q]).unwrap();
+                    inner.push(residual);
+                }
+            }
+            let sum = sum.unwrap();
+            inner.retain(|v| *v != sum);
+            let mut outputs = vec![b.push(Op::Linear, &[x, sum]).unwrap()];
+            if read_first_stage {
+                outputs.push(
+                    b.push(Op::Scale { factor: 2.0 }, &[first.unwrap()])
+                        .unwrap(),
+                );
+            }
+            let graph = b.finish(&outputs);
+            let (kernels, steps) = default_selection(&graph, GpuActivations::F32).unwrap();
+            (kernels, steps, w, sum, inner)
+        };
+        for stages in [2, 3] {
+            let (kernels, steps, w, sum, inner) = graph(stages, false);
+            let Some(Step::PhaseStages {
+                kernels: ks,
+                operands,
+            }) = &steps[sum.0]
+            else {
+                panic!("{stages} stages: not fused");
+            };
+            assert_eq!(*operands, [w]);
+            let launched: Vec<&Kernel> = ks.iter().map(|&k| &kernels[k]).collect();
+            let want: Vec<Kernel> = (0..stages)
+                .map(|stage| Kernel::PhaseStageSums { stage })
+                .chain([Kernel::PhaseStages { stages }])
+                .collect();
+            assert_eq!(launched, want.iter().collect::<Vec<_>>());
+            assert_eq!(inner.len(), 3 * stages - 2);
+            assert!(
+                inner.iter().all(|v| steps[v.0].is_none()),
+                "{stages} stages"
+            );
+            assert!(
+                !kernels
+                    .iter()
+                    .any(|k| matches!(k, Kernel::PhaseSums { .. })),
+                "no unfused stage is left"
+            );
+        }
+        let (_, steps, _, sum, inner) = graph(2, true);
+        assert!(matches!(
+            &steps[sum.0],
+            Some(Step::Fused { .. } | Step::Kernel(_))
+        ));
+        assert!(inner.iter().all(|v| steps[v.0].is_some()));
     }
 
     /// `dy · transpose(w)` reads `w` and has cuBLAS transpose it; the
