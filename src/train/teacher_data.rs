@@ -158,19 +158,39 @@ impl Generation<'_> {
                 .map(|s| vec![s.sample(&uniform)])
                 .collect();
             let mut lockstep = Lockstep::new(program.as_ref())?;
+            // Where a batch's time goes: the program's runs (the logits
+            // brought to the host included) against the draws.
+            let (mut running, mut drawing) = (Duration::ZERO, Duration::ZERO);
             for _ in 1..header.length {
                 let last: Vec<u32> = sequences.iter().map(|s| s[s.len() - 1]).collect();
+                let started = Instant::now();
                 let logits = lockstep.step(&last)?;
                 let all = logits.as_f32().expect("a lockstep step returns f32 logits");
+                let ran = Instant::now();
                 // Each row's draw on the CPU's cores.
                 let drawn: Vec<u32> = samplers
                     .par_iter_mut()
                     .enumerate()
                     .map(|(r, s)| s.sample(&all[r * vocab..][..vocab]))
                     .collect();
+                running += ran - started;
+                drawing += ran.elapsed();
                 for (sequence, t) in sequences.iter_mut().zip(drawn) {
                     sequence.push(t);
                 }
+            }
+            let steps = header.length.saturating_sub(1).max(1) as f64;
+            tracing::info!(
+                rows,
+                run_ms = 1e3 * running.as_secs_f64() / steps,
+                draw_ms = 1e3 * drawing.as_secs_f64() / steps,
+                "the teacher's decoding step, mean over a batch of sequences"
+            );
+            if let Some(profile) = program.profile() {
+                tracing::info!(
+                    "time per op of the teacher's decoding step:\n{}",
+                    profile.report()
+                );
             }
             for sequence in sequences.into_iter().take(left - stored) {
                 tokens.extend(sequence);
