@@ -15,9 +15,9 @@
 # (warm-up, then a cosine decay over the last 30%), so that a run stopped
 # at step STOP has had the same learning rates as a longer one up to there;
 # it resumes where an earlier call stopped. It evaluates the held-out text
-# every EVAL_EVERY steps and checkpoints every CKPT_EVERY (100 each: fewer
-# pay on long runs, where the checkpoints of masters and moments add up). Its log, loss CSV and curve go to
-# $OUT/runs.tar.xz. RUN is
+# every EVAL_EVERY steps and checkpoints every CKPT_EVERY (100 each; a long
+# run saves time with fewer, as each checkpoint writes the masters and
+# moments). Its log, loss CSV and curve go to $OUT/runs.tar.xz. RUN is
 #   fp                      the unquantized model, evaluated only;
 #   Q-ce, Q-text            Q (w1, w2, w3, ternary, binary) trained on the text
 #                           with the next-token loss, or distilled (KL to the

@@ -228,11 +228,11 @@ impl QuantArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train on the CPU: quantization-aware training of a model (AdamW on
-    /// full-precision master weights, the forward pass through the
-    /// quantized weights, straight-through gradients), optionally distilled
-    /// from its unquantized self, or a model from scratch (--init random);
-    /// writes a .fairy artifact at the end.
+    /// Train on the CPU or on GPUs (--device): quantization-aware training
+    /// of a model (AdamW on full-precision master weights, the forward pass
+    /// through the quantized weights, straight-through gradients),
+    /// optionally distilled from its unquantized self, or a model from
+    /// scratch (--init random); writes a .fairy artifact at the end.
     Train(Box<TrainArgs>),
     /// Plot loss curves from `fairyc train --loss-csv` files into one PNG.
     Plot {

@@ -495,7 +495,7 @@ impl Trainer {
         let ids: HashMap<&str, ValueId> = training.weights().map(|(id, n, _)| (n, id)).collect();
         let wrt: Vec<ValueId> = params.iter().map(|(n, _)| ids[n.as_str()]).collect();
         let grad_graph = gradients(&training, loss, &wrt, &options.grad)
-            .and_then(|g| Ok(fold_split_gradients(&g)?))
+            .and_then(|g| fold_split_gradients(&g).map_err(Into::into))
             .map_err(|e| Error::Usage(e.to_string()))?;
         let grad_graph = if options.gauss {
             with_gauss(&grad_graph, rows)?

@@ -54,7 +54,7 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::PhaseDequant { ifairy: true },
         Kernel::PhaseStageSums { stage: 0 },
         Kernel::PhaseStageSums { stage: 2 },
-        Kernel::PhaseStages { stages: 3 },
+        Kernel::PhaseStagesDequant { stages: 3 },
         Kernel::RealSums,
         Kernel::RealDequant { ternary: false },
         Kernel::RealDequant { ternary: true },

@@ -9,7 +9,10 @@
 //! weights one matrix, so rebuilding `R` from the quantized `U` and `W` and
 //! running one real product (as the Fairy2i authors' trainer does) saves
 //! the packing, the conjugate, the complex products and their gradients on
-//! every row. The gradients reach `U` and `W` through the split itself.
+//! every row. Reverse mode takes the gradients to `U` and `W` through the
+//! rebuilding's adjoint, and on to `R` through the split's; with the
+//! identity straight-through estimator those cancel, and
+//! [`fold_split_gradients`] hands `R` the product's weight gradient itself.
 
 use fairyc_ir::{Arithmetic, BuildError, DType, Dim, Graph, GraphBuilder, Op, ValueId, WlPart};
 
@@ -179,7 +182,7 @@ fn folded_split(graph: &Graph, id: ValueId) -> Option<(ValueId, f32)> {
     let r = first.2;
     // Each adjoint's operand as `k·widely_linear(y)` of its own part.
     let split_of = |(part, blocks, _, d): (WlPart, (usize, usize), ValueId, ValueId)| {
-        let terms = linear_combination(graph, d, LINEAR_DEPTH)?;
+        let terms = linear_combination(graph, d, LINEAR_DEPTH);
         let [(v, k)] = terms[..] else {
             return None;
         };
@@ -201,14 +204,15 @@ fn folded_split(graph: &Graph, id: ValueId) -> Option<(ValueId, f32)> {
     (y == y2 && k == k2 && graph.ty(y) == graph.ty(r) && k != 0.0).then_some((y, k))
 }
 
-/// How deep [`linear_combination`] looks through sums: the residual stages'
-/// gradients are a few `add`s and `scale`s deep.
+/// How deep [`linear_combination`] looks through sums: `T` residual
+/// stages' gradients are about `3T − 3` `add`s and `scale`s deep, so up to
+/// five stages fold (W1-W3 are what the quantize pass writes).
 const LINEAR_DEPTH: usize = 12;
 
 /// `v` as `Σ kᵢ·vᵢ` through `add`, `sub` and `scale`, with the terms of
-/// zero weight dropped (in order of first appearance); `None` if it is
-/// deeper than `depth` or an operand is broadcast.
-fn linear_combination(graph: &Graph, v: ValueId, depth: usize) -> Option<Vec<(ValueId, f32)>> {
+/// zero weight dropped (in order of first appearance). A value deeper than
+/// `depth`, or a sum with a broadcast operand, is a term of its own.
+fn linear_combination(graph: &Graph, v: ValueId, depth: usize) -> Vec<(ValueId, f32)> {
     let node = graph.node(v);
     let same_type = |o: &ValueId| graph.ty(*o) == graph.ty(v);
     let mut terms: Vec<(ValueId, f32)> = Vec::new();
@@ -222,15 +226,15 @@ fn linear_combination(graph: &Graph, v: ValueId, depth: usize) -> Option<Vec<(Va
     };
     match (&node.op, node.operands.as_slice()) {
         (Op::Add | Op::Sub, [a, c]) if depth > 0 && same_type(a) && same_type(c) => {
-            add(linear_combination(graph, *a, depth - 1)?, 1.0);
+            add(linear_combination(graph, *a, depth - 1), 1.0);
             let sign = if node.op == Op::Sub { -1.0 } else { 1.0 };
-            add(linear_combination(graph, *c, depth - 1)?, sign);
+            add(linear_combination(graph, *c, depth - 1), sign);
         }
         (Op::Scale { factor }, [a]) if depth > 0 => {
-            add(linear_combination(graph, *a, depth - 1)?, *factor);
+            add(linear_combination(graph, *a, depth - 1), *factor);
         }
         _ => add(vec![(v, 1.0)], 1.0),
     }
     terms.retain(|(_, k)| *k != 0.0);
-    Some(terms)
+    terms
 }

@@ -127,10 +127,19 @@ enum Step {
     PhaseStages {
         kernels: Vec<usize>,
         operands: Vec<ValueId>,
+        granularity: Granularity,
     },
     /// `all_reduce` or `broadcast_from` over the data-parallel group's GPUs,
     /// through NCCL.
     Collective,
+}
+
+/// A quantizer's sums passes: one, or one per residual stage, each into
+/// totals of its own (a [`Step::PhaseStages`]).
+#[derive(Clone, Copy)]
+enum QuantizerPasses<'a> {
+    One(&'a usize),
+    Staged(&'a [usize]),
 }
 
 /// A collective enqueued on NCCL's stream: the event that marks its end,
@@ -465,25 +474,31 @@ fn select_kernels(
                     })?;
                 let indices = wanted
                     .into_iter()
-                    .map(|kernel| match kernels.iter().position(|k| *k == kernel) {
-                        Some(k) => k,
-                        None => {
-                            kernels.push(kernel);
-                            kernels.len() - 1
-                        }
-                    })
+                    .map(|kernel| kernel_index(&mut kernels, kernel))
                     .collect();
                 Step::Kernel(indices)
             }
         };
         steps.push(Some(step));
     }
-    fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
     if fuse {
+        fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
     }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
     Ok((kernels, steps))
+}
+
+/// `kernel`'s index in `kernels`, added if it is not there yet: one kernel
+/// per distinct specialisation.
+fn kernel_index(kernels: &mut Vec<Kernel>, kernel: Kernel) -> usize {
+    match kernels.iter().position(|k| *k == kernel) {
+        Some(k) => k,
+        None => {
+            kernels.push(kernel);
+            kernels.len() - 1
+        }
+    }
 }
 
 /// What a program's kernels are chosen with, beside the graph.
@@ -973,14 +988,52 @@ impl CudaProgram {
         })
     }
 
-    /// How many scale groups a quantizer's `n` rows have: one per tensor,
-    /// else `groups_per_row` a row.
-    fn scale_group_count(n: usize, groups_per_row: i64, per_tensor: i64) -> usize {
-        if per_tensor != 0 {
+    /// A quantizer's passes over `x[n, m]`: its sums passes add group sums
+    /// into f64 totals (one block per row and group), then `last` writes
+    /// `out` from them (one thread an entry).
+    fn quantizer_passes(
+        &self,
+        passes: QuantizerPasses,
+        last: usize,
+        x: &DeviceTensor,
+        granularity: Granularity,
+        out: &CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let sums_passes = match passes {
+            QuantizerPasses::One(k) => std::slice::from_ref(k),
+            QuantizerPasses::Staged(ks) => ks,
+        };
+        let (n, m) = (x.shape[0], x.shape[1]);
+        let [groups_per_row, group_len, per_tensor] = scale_groups(granularity, m);
+        let groups = if per_tensor != 0 {
             1
         } else {
             n * groups_per_row as usize
+        };
+        // f64 totals: two words each, up to four a group and pass (PhaseQuant's
+        // axis sums and counts; the real baselines use two).
+        let mut sums = self.alloc(8 * groups * sums_passes.len())?;
+        self.stream.memset_zeros(&mut sums).map_err(driver)?;
+        let mut sizes = vec![n as i64, m as i64, groups_per_row, group_len, per_tensor];
+        if let QuantizerPasses::Staged(_) = passes {
+            // The f64 totals between one stage's and the next's.
+            sizes.push(4 * groups as i64);
         }
+        let blocks = (n * groups_per_row as usize) as u32;
+        for &pass in sums_passes {
+            self.launch(pass, blocks, ROW_THREADS, |b| {
+                b.arg(&sums).arg(&*x.words);
+                for v in &sizes {
+                    b.arg(v);
+                }
+            })?;
+        }
+        self.launch(last, Self::grid(n * m), MAP_THREADS, |b| {
+            b.arg(out).arg(&*x.words).arg(&sums);
+            for v in &sizes {
+                b.arg(v);
+            }
+        })
     }
 
     /// Grid size of a grid-stride kernel over `n` items.
@@ -1432,63 +1485,21 @@ impl CudaProgram {
                     }
                 })?;
             }
-            (Step::PhaseStages { kernels: k, .. }, _) => {
-                let granularity = fusion::stages_granularity(&self.graph, i)
-                    .ok_or_else(|| BackendError::new(format!("%{i}: not PhaseQuant's stages")))?;
-                let (n, m) = (x.shape[0], x.shape[1]);
-                let [groups_per_row, group_len, per_tensor] = scale_groups(granularity, m);
-                let groups = Self::scale_group_count(n, groups_per_row, per_tensor);
-                // Each stage's f64 totals (four a group), one stage after another.
-                let stride = 4 * groups as i64;
+            (
+                Step::PhaseStages {
+                    kernels: k,
+                    granularity,
+                    ..
+                },
+                _,
+            ) => {
                 let (sums_passes, last) = k.split_at(k.len() - 1);
-                let mut sums = self.alloc(8 * groups * sums_passes.len())?;
-                self.stream.memset_zeros(&mut sums).map_err(driver)?;
-                let sizes = [
-                    n as i64,
-                    m as i64,
-                    groups_per_row,
-                    group_len,
-                    per_tensor,
-                    stride,
-                ];
-                let blocks = (n * groups_per_row as usize) as u32;
-                for &pass in sums_passes {
-                    self.launch(pass, blocks, ROW_THREADS, |b| {
-                        b.arg(&sums).arg(&*x.words);
-                        for v in &sizes {
-                            b.arg(v);
-                        }
-                    })?;
-                }
-                self.launch(last[0], Self::grid(n * m), MAP_THREADS, |b| {
-                    b.arg(&out).arg(&*x.words).arg(&sums);
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                })?;
+                let passes = QuantizerPasses::Staged(sums_passes);
+                self.quantizer_passes(passes, last[0], x, *granularity, &out)?;
             }
             (Step::Kernel(k), Op::Quantize { granularity, .. }) => {
-                let (n, m) = (x.shape[0], x.shape[1]);
-                let [groups_per_row, group_len, per_tensor] = scale_groups(*granularity, m);
-                let groups = Self::scale_group_count(n, groups_per_row, per_tensor);
-                // f64 totals: two words each, up to four a group (PhaseQuant's
-                // axis sums and counts; the real baselines use two).
-                let mut sums = self.alloc(8 * groups)?;
-                self.stream.memset_zeros(&mut sums).map_err(driver)?;
-                let sizes = [n as i64, m as i64, groups_per_row, group_len, per_tensor];
-                let blocks = (n * groups_per_row as usize) as u32;
-                self.launch(k[0], blocks, ROW_THREADS, |b| {
-                    b.arg(&sums).arg(&*x.words);
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                })?;
-                self.launch(k[1], Self::grid(n * m), MAP_THREADS, |b| {
-                    b.arg(&out).arg(&*x.words).arg(&sums);
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                })?;
+                let passes = QuantizerPasses::One(&k[0]);
+                self.quantizer_passes(passes, k[1], x, *granularity, &out)?;
             }
             (Step::Kernel(k), Op::Dequant { granularity }) => {
                 let (n, m) = (x.shape[0], x.shape[1]);

@@ -183,7 +183,7 @@ pub enum Kernel {
     PhaseStageSums { stage: usize },
     /// The last pass of the fused stages: each entry's `stages` codes times
     /// their scales, summed.
-    PhaseStages { stages: usize },
+    PhaseStagesDequant { stages: usize },
     /// The real baselines' first pass: each group's sum of |w| and count
     /// over finite entries, added into f64 totals (one block per row and
     /// group of the row).
@@ -237,7 +237,7 @@ impl Kernel {
             Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
             Kernel::PhaseDequant { ifairy: true } => "phase_dequant_ifairy",
             Kernel::PhaseStageSums { .. } => "phase_stage_sums",
-            Kernel::PhaseStages { .. } => "phase_stages",
+            Kernel::PhaseStagesDequant { .. } => "phase_stages_dequant",
             Kernel::RealSums => "real_sums",
             Kernel::RealDequant { ternary: false } => "binary_dequant",
             Kernel::RealDequant { ternary: true } => "ternary_dequant",
@@ -721,7 +721,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
             Kernel::PhaseStageSums { stage } => self.phase_stage_sums(name, *stage),
-            Kernel::PhaseStages { stages } => self.phase_stages(name, *stages),
+            Kernel::PhaseStagesDequant { stages } => self.phase_stages_dequant(name, *stages),
             Kernel::RealSums => self.real_sums(name),
             Kernel::RealDequant { ternary } => self.real_dequant(name, *ternary),
             Kernel::SoftmaxGrad => self.softmax_grad(name),

@@ -88,13 +88,13 @@ impl<'ctx> Gen<'ctx> {
         })
     }
 
-    /// `phase_stages(out, w, sums, n, m, groups_per_row, group_len,
+    /// `phase_stages_dequant(out, w, sums, n, m, groups_per_row, group_len,
     /// per_tensor, stride)`: Fairy2i's PhaseQuant of complex `w[n, m]` with
     /// `stages` residual stages (eq. 13) from their totals
     /// ([`Gen::phase_stage_sums`]): each entry's codes times their scales,
     /// summed stage by stage (`(q₁ + q₂) + q₃`), the residuals and sums in
     /// f32 as the unfused `sub` and `add` compute them; one thread an entry.
-    pub(super) fn phase_stages(&self, name: &str, stages: usize) -> Built<()> {
+    pub(super) fn phase_stages_dequant(&self, name: &str, stages: usize) -> Built<()> {
         let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
         params.extend([Param::I64; 6]);
         let f = self.declare(name, &params);
@@ -449,6 +449,7 @@ struct GroupEntry<'ctx> {
     /// The entry's group, in a staged kernel.
     group: Option<IntValue<'ctx>>,
     sums: PointerValue<'ctx>,
-    /// The words between stages' totals, in a staged kernel.
+    /// How many f64 totals lie between one stage's and the next's, in a
+    /// staged kernel.
     stride: Option<IntValue<'ctx>>,
 }

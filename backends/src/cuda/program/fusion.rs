@@ -23,7 +23,7 @@
 
 use fairyc_ir::{Arithmetic, Granularity, Graph, Op, Scheme, ValueId};
 
-use super::{Kernel, Step};
+use super::{kernel_index, Kernel, Step};
 use crate::cuda::codegen::{Elem, Expr};
 use crate::plan::MemoryPlan;
 
@@ -195,13 +195,7 @@ pub(super) fn fuse_elementwise(
                 operands: b.elems.clone(),
                 out,
             };
-            let k = kernels
-                .iter()
-                .position(|k| *k == kernel)
-                .unwrap_or_else(|| {
-                    kernels.push(kernel);
-                    kernels.len() - 1
-                });
+            let k = kernel_index(kernels, kernel);
             steps[i] = Some(Step::Fused {
                 kernel: k,
                 operands: b.leaves.clone(),
@@ -221,7 +215,6 @@ pub(super) fn fuse_phase_stages(
     steps: &mut [Option<Step>],
 ) {
     let readers = readers(graph, plan, steps);
-    let outputs: Vec<ValueId> = graph.outputs.clone();
     let mut fused_any = false;
     for i in 0..graph.nodes.len() {
         let Some(chain) = residual_stages(graph, ValueId(i)) else {
@@ -230,7 +223,7 @@ pub(super) fn fuse_phase_stages(
         let inner = |v: &ValueId| chain.inner.contains(v) || *v == ValueId(i);
         let private = chain.inner.iter().all(|v| {
             !plan.resident[v.0]
-                && !outputs.contains(v)
+                && !graph.outputs.contains(v)
                 && readers[v.0].iter().all(|&r| inner(&ValueId(r)))
         });
         if plan.resident[i] || !private {
@@ -238,24 +231,17 @@ pub(super) fn fuse_phase_stages(
         }
         let wanted = (0..chain.stages)
             .map(|stage| Kernel::PhaseStageSums { stage })
-            .chain([Kernel::PhaseStages {
+            .chain([Kernel::PhaseStagesDequant {
                 stages: chain.stages,
             }]);
-        let indices = wanted
-            .map(|kernel| match kernels.iter().position(|k| *k == kernel) {
-                Some(k) => k,
-                None => {
-                    kernels.push(kernel);
-                    kernels.len() - 1
-                }
-            })
-            .collect();
+        let indices = wanted.map(|kernel| kernel_index(kernels, kernel)).collect();
         for v in &chain.inner {
             steps[v.0] = None;
         }
         steps[i] = Some(Step::PhaseStages {
             kernels: indices,
             operands: vec![chain.source],
+            granularity: chain.granularity,
         });
         fused_any = true;
     }
@@ -269,6 +255,7 @@ struct ResidualStages {
     /// The weight the first stage quantizes.
     source: ValueId,
     stages: usize,
+    granularity: Granularity,
     /// The chain's nodes other than its sum: each stage's `quantize`, the
     /// residuals, the partial sums.
     inner: Vec<ValueId>,
@@ -288,12 +275,12 @@ fn residual_stages(graph: &Graph, sum: ValueId) -> Option<ResidualStages> {
         v = *left;
     }
     let first = v;
-    let stage_op = match &node(first).op {
+    let (stage_op, granularity) = match &node(first).op {
         op @ Op::Quantize {
             scheme: Scheme::Phase,
             arithmetic: Arithmetic::F32,
-            ..
-        } => op.clone(),
+            granularity,
+        } => (op.clone(), *granularity),
         _ => return None,
     };
     let source = node(first).operands[0];
@@ -326,21 +313,9 @@ fn residual_stages(graph: &Graph, sum: ValueId) -> Option<ResidualStages> {
     Some(ResidualStages {
         source,
         stages: sums.len() + 1,
+        granularity,
         inner,
     })
-}
-
-/// The granularity of the stages a [`Step::PhaseStages`] on node `i`
-/// computes.
-pub(super) fn stages_granularity(graph: &Graph, i: usize) -> Option<Granularity> {
-    let mut v = ValueId(i);
-    while let Op::Add = graph.node(v).op {
-        v = graph.node(v).operands[0];
-    }
-    match graph.node(v).op {
-        Op::Quantize { granularity, .. } => Some(granularity),
-        _ => None,
-    }
 }
 
 /// Drops the kernels no step launches, renumbering the steps'.
@@ -545,7 +520,9 @@ mod tests {
                 sum = Some(match sum {
                     None => q,
                     Some(s) => {
-                        inner.push(s);
+                        if !inner.contains(&s) {
+                            inner.push(s);
+                        }
                         b.push(Op::Add, &[s, q]).unwrap()
                     }
                 });
@@ -572,18 +549,21 @@ mod tests {
             let Some(Step::PhaseStages {
                 kernels: ks,
                 operands,
+                granularity,
             }) = &steps[sum.0]
             else {
                 panic!("{stages} stages: not fused");
             };
             assert_eq!(*operands, [w]);
+            assert_eq!(*granularity, Granularity::Channel);
             let launched: Vec<&Kernel> = ks.iter().map(|&k| &kernels[k]).collect();
             let want: Vec<Kernel> = (0..stages)
                 .map(|stage| Kernel::PhaseStageSums { stage })
-                .chain([Kernel::PhaseStages { stages }])
+                .chain([Kernel::PhaseStagesDequant { stages }])
                 .collect();
             assert_eq!(launched, want.iter().collect::<Vec<_>>());
-            assert_eq!(inner.len(), 3 * stages - 2);
+            // Each stage's quantize and residual, and the partial sums.
+            assert_eq!(inner.len(), 3 * stages - 3);
             assert!(
                 inner.iter().all(|v| steps[v.0].is_none()),
                 "{stages} stages"
