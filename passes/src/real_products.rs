@@ -238,3 +238,69 @@ fn linear_combination(graph: &Graph, v: ValueId, depth: usize) -> Vec<(ValueId, 
     terms.retain(|(_, k)| *k != 0.0);
     terms
 }
+
+#[cfg(test)]
+mod tests {
+    use fairyc_ir::{Arithmetic, DType, GraphBuilder, Op, Shape, TensorType, WlPart};
+
+    use super::fold_split_gradients;
+
+    fn split(part: WlPart) -> Op {
+        Op::WidelyLinear {
+            part,
+            row_block: 0,
+            col_block: 0,
+            arithmetic: Arithmetic::F32,
+        }
+    }
+
+    fn adjoint(part: WlPart, row_block: usize) -> Op {
+        Op::WidelyLinearGrad {
+            part,
+            row_block,
+            col_block: 0,
+        }
+    }
+
+    /// `wlg_u(r, 3·wl_u(y) − (wl_u(y) + wl_u(y))·½) + wlg_w(r, 2·wl_w(y))`
+    /// is `y` (both parts' weights 2, through `sub` and `scale`); with
+    /// unequal weights, or adjoints of another pairing, nothing folds.
+    #[test]
+    fn a_split_and_its_adjoints_fold_to_a_scaled_gradient() {
+        let build = |w_weight: f32, w_row_block: usize| {
+            let mut b = GraphBuilder::new("fold");
+            let ty = TensorType::new(DType::F32, Shape::new([4, 6]));
+            let (r, y) = (b.input("r", ty.clone()), b.input("y", ty));
+            let u = b.push(split(WlPart::U), &[y]).unwrap();
+            let w = b.push(split(WlPart::W), &[y]).unwrap();
+            let three_u = b.push(Op::Scale { factor: 3.0 }, &[u]).unwrap();
+            let two_u = b.push(Op::Add, &[u, u]).unwrap();
+            let one_u = b.push(Op::Scale { factor: 0.5 }, &[two_u]).unwrap();
+            let du = b.push(Op::Sub, &[three_u, one_u]).unwrap();
+            let dw = b.push(Op::Scale { factor: w_weight }, &[w]).unwrap();
+            let gu = b.push(adjoint(WlPart::U, 0), &[r, du]).unwrap();
+            let gw = b.push(adjoint(WlPart::W, w_row_block), &[r, dw]).unwrap();
+            let sum = b.push(Op::Add, &[gu, gw]).unwrap();
+            fold_split_gradients(&b.finish(&[sum])).unwrap()
+        };
+        let folded = build(2.0, 0);
+        let out = folded.node(folded.outputs[0]);
+        assert!(
+            matches!(&out.op, Op::Input { name } if name == "y"),
+            "folded to {}",
+            fairyc_ir::text::print(&folded)
+        );
+        for (w_weight, w_row_block) in [(1.0, 0), (2.0, 2)] {
+            let kept = build(w_weight, w_row_block);
+            let splits = kept
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::WidelyLinear { .. }))
+                .count();
+            assert_eq!(
+                splits, 2,
+                "weights 2 and {w_weight}, row blocks 0 and {w_row_block}"
+            );
+        }
+    }
+}
