@@ -41,7 +41,8 @@ for run in "$@"; do
 done
 mkdir -p "$W" "$OUT/runs"
 # Each file unpacked once; a copy cut short (a call killed midway) is never
-# taken for a whole one.
+# taken for a whole one. A teacher's cache (teacher-*.tok, from an earlier
+# machine's runs.tar.xz) is read as generated here.
 for f in ${PACK:-.devq*}/*; do
   name=$(basename "$f" .xz)
   [ -e "$W/$name" ] && continue
@@ -99,5 +100,11 @@ for run in "$@"; do
   [ -n "${PPL:-}" ] && [ -e "$W/$tag.fairy" ] &&
     "$W/fairyc" ppl "$W/$tag.fairy" --text "$W/heldout.txt" --ctx "$SEQ" --device "$DEVICE" 2>&1 | tail -2
   cp "$W/$tag".{log,csv,png} "$OUT/runs/" 2>/dev/null
+done
+# The teacher's sequences come back too (about 4 MB for 2,048 of 513 tokens,
+# against minutes of GPU time to generate): carried back in a .devq folder,
+# a later machine reads them instead of generating them again.
+for cache in "$W"/teacher-*.tok; do
+  cp "$cache" "$OUT/runs/"
 done
 tar -C "$OUT" -cJf "$OUT/runs.tar.xz" runs && rm -rf "$OUT/runs"
