@@ -635,19 +635,7 @@ pub fn op_cases() -> Vec<Case> {
             let (zq, zk, zv) = (c.complex(&[s, 8]), c.complex(&[s, 4]), c.complex(&[s, 6]));
             let zdout = c.complex(&[s, 12]);
             let mut outs = Vec::new();
-            for which in [
-                AttentionOperand::Q,
-                AttentionOperand::K,
-                AttentionOperand::V,
-            ] {
-                let op = Op::AttentionGrad {
-                    which,
-                    heads: 2,
-                    kv_heads: 1,
-                    scale: 0.5,
-                    causal,
-                    segment,
-                };
+            for op in attention_grads((2, 1), 0.5, (causal, segment)) {
                 outs.push(c.push(op.clone(), &[q, k, v, dout]));
                 outs.push(c.push(op, &[zq, zk, zv, zdout]));
             }
@@ -677,22 +665,31 @@ fn attention_and_gradients(
         };
         outs.push(c.push(op, &[q, k, v]));
     }
-    for which in [
-        AttentionOperand::Q,
-        AttentionOperand::K,
-        AttentionOperand::V,
-    ] {
-        let op = Op::AttentionGrad {
-            which,
-            heads,
-            kv_heads,
-            scale: 0.125,
-            causal,
-            segment,
-        };
+    for op in attention_grads((heads, kv_heads), 0.125, (causal, segment)) {
         outs.push(c.push(op, &[q, k, v, g]));
     }
     outs
+}
+
+/// The gradients of an attention with respect to Q, K and V, in that order.
+fn attention_grads(
+    (heads, kv_heads): (usize, usize),
+    scale: f32,
+    (causal, segment): (bool, Option<usize>),
+) -> [Op; 3] {
+    [
+        AttentionOperand::Q,
+        AttentionOperand::K,
+        AttentionOperand::V,
+    ]
+    .map(|which| Op::AttentionGrad {
+        which,
+        heads,
+        kv_heads,
+        scale,
+        causal,
+        segment,
+    })
 }
 
 /// Attention and its gradients with heads of 64 words (real, and complex

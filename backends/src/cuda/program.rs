@@ -138,7 +138,7 @@ enum Step {
 /// totals of its own (a [`Step::PhaseStages`]).
 #[derive(Clone, Copy)]
 enum QuantizerPasses<'a> {
-    One(&'a usize),
+    One(usize),
     Staged(&'a [usize]),
 }
 
@@ -999,8 +999,12 @@ impl CudaProgram {
         granularity: Granularity,
         out: &CudaSlice<u32>,
     ) -> Result<(), BackendError> {
+        let one;
         let sums_passes = match passes {
-            QuantizerPasses::One(k) => std::slice::from_ref(k),
+            QuantizerPasses::One(k) => {
+                one = [k];
+                &one[..]
+            }
             QuantizerPasses::Staged(ks) => ks,
         };
         let (n, m) = (x.shape[0], x.shape[1]);
@@ -1498,7 +1502,7 @@ impl CudaProgram {
                 self.quantizer_passes(passes, last[0], x, *granularity, &out)?;
             }
             (Step::Kernel(k), Op::Quantize { granularity, .. }) => {
-                let passes = QuantizerPasses::One(&k[0]);
+                let passes = QuantizerPasses::One(k[0]);
                 self.quantizer_passes(passes, k[1], x, *granularity, &out)?;
             }
             (Step::Kernel(k), Op::Dequant { granularity }) => {

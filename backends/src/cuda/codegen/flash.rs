@@ -840,15 +840,7 @@ impl<'ctx> Gen<'ctx> {
         };
         let f = self.intrinsic(name, &[t.ptr.get_type().into()])?;
         let out = self.call(f, &[p.into()])?.into_struct_value();
-        let mut words = [self.i32().const_zero(); 4];
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = self
-                .builder
-                .build_extract_value(out, i as u32, "")
-                .map_err(err)?
-                .into_int_value();
-        }
-        Ok(words)
+        Ok(self.fields::<4>(out)?.map(|w| w.into_int_value()))
     }
 
     /// A step's tile of `width` columns of a bf16 operand in shared memory.
@@ -1121,15 +1113,23 @@ impl<'ctx> Gen<'ctx> {
             .chain(c.iter().map(|&v| v.into()))
             .collect();
         let out = self.call(f, &args)?.into_struct_value();
-        let mut d = [self.float(0.0); 4];
-        for (i, x) in d.iter_mut().enumerate() {
-            *x = self
-                .builder
-                .build_extract_value(out, i as u32, "")
-                .map_err(err)?
-                .into_float_value();
+        Ok(self.fields::<4>(out)?.map(|x| x.into_float_value()))
+    }
+
+    /// The `N` fields of an intrinsic's struct result, in order.
+    fn fields<const N: usize>(
+        &self,
+        s: inkwell::values::StructValue<'ctx>,
+    ) -> Built<[inkwell::values::BasicValueEnum<'ctx>; N]> {
+        let mut out = Vec::with_capacity(N);
+        for i in 0..N {
+            out.push(
+                self.builder
+                    .build_extract_value(s, i as u32, "")
+                    .map_err(err)?,
+            );
         }
-        Ok(d)
+        Ok(out.try_into().expect("N fields"))
     }
 
     /// Reduces over the lane's group of four (the lanes holding one row of
