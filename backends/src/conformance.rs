@@ -264,6 +264,25 @@ pub fn op_cases() -> Vec<Case> {
             };
             vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
         });
+        // A long cache for one or two queries: the GPU splits its keys
+        // over blocks and merges their softmaxes.
+        cases_over(&mut out, "attention_long_cache", &[1usize, 2], |c, s| {
+            let kv = 300 + s;
+            let (q, k, v) = (c.real(&[s, 128]), c.real(&[kv, 64]), c.real(&[kv, 64]));
+            let (zq, zk, zv) = (
+                c.complex(&[s, 64]),
+                c.complex(&[kv, 32]),
+                c.complex(&[kv, 32]),
+            );
+            let op = Op::Attention {
+                heads: 4,
+                kv_heads: 2,
+                scale: 0.125,
+                causal,
+                segment: None,
+            };
+            vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
+        });
     }
     cases_over(&mut out, "elementwise", &rows, |c, s| {
         let (x, p, y, row) = (

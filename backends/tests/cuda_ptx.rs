@@ -27,7 +27,25 @@ fn every_kernel() -> Vec<Kernel> {
             layout: RopeLayout::HalfSplit,
             complex: true,
         },
-        Kernel::Attention,
+        // SmolLM2's heads (64 words, 3 query heads a key head), LLaMA-7B's
+        // (128, 1) and iFairy's complex ones of odd width (a partial span
+        // of lanes).
+        Kernel::Attention {
+            d: 64,
+            dv: 64,
+            group: 3,
+        },
+        Kernel::Attention {
+            d: 128,
+            dv: 128,
+            group: 1,
+        },
+        Kernel::Attention {
+            d: 40,
+            dv: 40,
+            group: 2,
+        },
+        Kernel::AttentionCombine,
         Kernel::Copy2d,
         Kernel::Permute,
         Kernel::QuantLinear {

@@ -3,6 +3,7 @@
 
 use fairyc_ir::{
     DType, Dim, Graph, GraphBuilder, Op, RopeLayout, Shape, TensorType, ValueId, WeightStore,
+    CONTEXT_LENGTH_META,
 };
 
 use std::collections::BTreeMap;
@@ -146,7 +147,7 @@ pub(crate) fn language_model_inputs(
     context_length: usize,
 ) -> (ValueId, ValueId) {
     b.meta("architecture", architecture);
-    b.meta("context_length", context_length.to_string());
+    b.meta(CONTEXT_LENGTH_META, context_length.to_string());
     let ids = || TensorType::new(DType::I32, Shape(vec![Dim::sym("seq")]));
     (b.input("tokens", ids()), b.input("positions", ids()))
 }

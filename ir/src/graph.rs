@@ -37,7 +37,16 @@ pub struct Graph {
     pub outputs: Vec<ValueId>,
 }
 
+/// The meta key of the model's context length in tokens, where its source
+/// says.
+pub const CONTEXT_LENGTH_META: &str = "context_length";
+
 impl Graph {
+    /// The model's context length ([`CONTEXT_LENGTH_META`]), if it says.
+    pub fn context_length(&self) -> Option<usize> {
+        self.meta.get(CONTEXT_LENGTH_META)?.parse().ok()
+    }
+
     pub fn node(&self, id: ValueId) -> &Node {
         &self.nodes[id.0]
     }

@@ -26,7 +26,7 @@ pub mod types;
 pub mod verify;
 pub mod weights;
 
-pub use graph::{BuildError, Graph, GraphBuilder, Node, ValueId};
+pub use graph::{BuildError, Graph, GraphBuilder, Node, ValueId, CONTEXT_LENGTH_META};
 pub use op::{
     Arithmetic, AttentionOperand, Attr, Granularity, NormOperand, Op, OpKind, RopeLayout, Scheme,
     UnaryFn, WlPart,

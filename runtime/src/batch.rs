@@ -21,11 +21,6 @@ pub(crate) fn empty_state(graph: &Graph, name: &str) -> Option<Tensor> {
     })
 }
 
-/// The model's context length (its `context_length` meta), if it says.
-pub fn context_length(graph: &Graph) -> Option<usize> {
-    graph.meta.get("context_length")?.parse().ok()
-}
-
 /// Which of a feed's positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rows {
@@ -97,7 +92,7 @@ impl<'a> Batch<'a> {
             program,
             slots: (0..count).map(|_| Slot::default()).collect(),
             states,
-            context: context_length(graph),
+            context: graph.context_length(),
             selects_rows: graph.inputs().any(|(_, n, _)| n == LOGIT_ROWS),
             routes,
             has_attention: graph

@@ -8,7 +8,7 @@ pub mod generate;
 pub mod lockstep;
 pub mod sampling;
 
-pub use batch::{context_length, Batch, Feed, Rows};
+pub use batch::{Batch, Feed, Rows};
 pub use fairyc_backends::{BackendError, Data, Program, Tensor};
 pub use generate::{Session, StopReason};
 pub use lockstep::Lockstep;

@@ -12,7 +12,7 @@ use fairyc_backends::state::state_names;
 use fairyc_backends::{BackendError, Program, Tensor};
 use fairyc_ir::Dim;
 
-use crate::batch::{context_length, empty_state};
+use crate::batch::empty_state;
 
 pub struct Lockstep<'a> {
     program: &'a dyn Program,
@@ -55,7 +55,7 @@ impl<'a> Lockstep<'a> {
             rows,
             state,
             position: 0,
-            context: context_length(graph),
+            context: graph.context_length(),
         })
     }
 

@@ -136,7 +136,7 @@ async fn run(
 
 /// Tokens per request: `--ctx`, bounded by the model's context length.
 fn context(graph: &Graph, asked: Option<usize>) -> Result<usize, Error> {
-    let model = fairyc_runtime::context_length(graph);
+    let model = graph.context_length();
     match (asked, model) {
         (Some(0), _) => Err(Error::Usage("--ctx must be at least 1".into())),
         (Some(c), Some(m)) if c > m => Err(Error::Usage(format!(

@@ -5,7 +5,7 @@
 //! From the second run with the same input shapes, the run is one launch of
 //! a CUDA graph captured from it ([`replay`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -32,6 +32,7 @@ use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
 
 mod attention;
+mod caches;
 mod fusion;
 mod products;
 pub mod replay;
@@ -55,6 +56,10 @@ struct DeviceTensor {
     shape: Vec<usize>,
     elem: Elem,
     words: Arc<CudaSlice<u32>>,
+    /// For a buffer with room to grow along the first axis (a KV cache,
+    /// `caches`): the words of it in use, shared by the tensors that view
+    /// it; `None` for any other.
+    room: Option<Arc<AtomicUsize>>,
 }
 
 impl DeviceTensor {
@@ -205,6 +210,11 @@ pub struct CudaProgram {
     gathers: HashMap<usize, (CudaSlice<i32>, usize)>,
     /// How many of the last outputs are state (returned on the device).
     state_outputs: usize,
+    /// The KV caches' concatenations, grown in place (`caches`).
+    growing_caches: HashSet<usize>,
+    /// The model's context length, where its graph says: the most rows a
+    /// growing cache makes room for.
+    context_length: Option<usize>,
     /// Per `widely_linear_grad` node: the pairing of each row and column of
     /// the real matrix (2·slot + imaginary).
     pairings: HashMap<usize, (CudaSlice<i32>, CudaSlice<i32>)>,
@@ -367,7 +377,6 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
             layout: *layout,
             complex: out == Elem::Complex,
         },
-        Op::Attention { .. } => Kernel::Attention,
         Op::Slice { .. } | Op::Concat { .. } | Op::Pad { .. } => Kernel::Copy2d,
         Op::Transpose { .. } => Kernel::Permute,
         Op::Pack { .. } | Op::Unpack { .. } => Kernel::GatherColumns,
@@ -396,6 +405,8 @@ pub fn runs(op: &Op) -> bool {
             | Op::LinearWeightGrad
             | Op::AllReduce
             | Op::BroadcastFrom { .. }
+            // Over a KV cache: kernels built for its heads' widths.
+            | Op::Attention { segment: None, .. }
     ) || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
 }
 
@@ -466,6 +477,7 @@ fn select_kernels(
                             .then(|| attention::flash_kernels(graph, node))
                             .flatten()
                     })
+                    .or_else(|| attention::cache_kernels(graph, node))
                     .or_else(|| kernels_for(op, operands, *out))
                     .ok_or_else(|| BackendError::Unsupported {
                         backend: "cuda",
@@ -826,6 +838,8 @@ impl CudaProgram {
             gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
         }
         let state_outputs = crate::state::state_names(&graph).len();
+        let growing_caches = caches::growing_caches(&graph, state_outputs);
+        let context_length = graph.context_length();
         let last_use = fusion::last_uses(&graph, &plan, &steps);
         let attention_groups = attention::attention_groups(&graph);
         let flash_forward_groups =
@@ -845,6 +859,8 @@ impl CudaProgram {
             rope_freqs,
             gathers,
             state_outputs,
+            growing_caches,
+            context_length,
             pairings,
             resident_bytes: 0,
             profile,
@@ -1060,7 +1076,11 @@ impl CudaProgram {
                 shape,
                 elem,
                 words: args[0].words.clone(),
+                room: None,
             });
+        }
+        if self.growing_caches.contains(&i) {
+            return self.append_rows(args, shape, elem);
         }
         let len: usize = shape.iter().product();
         let mut out = self.alloc(len * words_per(elem))?;
@@ -1197,27 +1217,9 @@ impl CudaProgram {
                     segment: None,
                 },
             ) => {
-                let (q, keys, values) = (x, args[1], args[2]);
-                let w = words_per(q.elem);
-                let seq = q.shape[0];
-                let kv_len = keys.shape[0];
-                let d = q.shape[1] / heads * w;
-                let dv = values.shape[1] / kv_heads * w;
-                let scores = self.alloc(seq * heads * kv_len)?;
-                let blocks = seq * heads;
-                let sizes =
-                    [seq, kv_len, *heads, *kv_heads, d, dv, usize::from(*causal)].map(|v| v as i64);
-                self.launch(k[0], blocks as u32, ATTENTION_THREADS, |b| {
-                    b.arg(&out)
-                        .arg(&*q.words)
-                        .arg(&*keys.words)
-                        .arg(&*values.words);
-                    b.arg(&scores);
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                    b.arg(scale);
-                })?;
+                let s = Segments::new(x, args[2], (*heads, *kv_heads), None, *scale, *causal)
+                    .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
+                self.cache_attention(k, (x, args[1], args[2]), s, &mut out)?;
             }
             (Step::Kernel(k), Op::Slice { axis, start, end }) => {
                 let inner = x.shape[axis + 1..].iter().product::<usize>() * words_per(elem);
@@ -1457,6 +1459,7 @@ impl CudaProgram {
                         shape,
                         elem,
                         words: Arc::new(out),
+                        room: None,
                     });
                 }
                 let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
@@ -1477,6 +1480,7 @@ impl CudaProgram {
                         shape,
                         elem,
                         words: Arc::new(out),
+                        room: None,
                     });
                 }
                 self.launch(k[0], grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
@@ -1529,6 +1533,7 @@ impl CudaProgram {
             shape,
             elem,
             words: Arc::new(out),
+            room: None,
         };
         if let Some((group, statistics)) = kept_statistics {
             self.keep_forward(group, &value, statistics);
@@ -1991,6 +1996,7 @@ fn upload(stream: &Arc<CudaStream>, t: &Tensor) -> Result<DeviceTensor, String> 
         shape: t.shape.clone(),
         elem,
         words: Arc::new(stream.clone_htod(&words).map_err(|e| e.to_string())?),
+        room: None,
     })
 }
 
@@ -2035,19 +2041,26 @@ fn host_words(t: &Tensor) -> Option<(Elem, Vec<u32>)> {
 }
 
 fn download(stream: &Arc<CudaStream>, t: &DeviceTensor) -> Result<Tensor, BackendError> {
-    let words = stream.clone_dtoh(&*t.words).map_err(driver)?;
-    let words = &words[..t.word_count()];
+    // Only the words in use (a growing cache has room after them), into a
+    // vector the tensor then takes as it is: a decoding step's logits are
+    // tens of megabytes at hundreds of rows.
+    let words = match t.word_count() {
+        0 => Vec::new(),
+        n => stream.clone_dtoh(&t.words.slice(..n)).map_err(driver)?,
+    };
     let shape = t.shape.clone();
     Ok(match t.elem {
-        Elem::Real => Tensor::f32(shape, words.iter().map(|&w| f32::from_bits(w)).collect()),
+        Elem::Real => Tensor::f32(shape, bytemuck::allocation::cast_vec(words)),
         Elem::Complex => Tensor::c64(
             shape,
-            words
-                .chunks_exact(2)
-                .map(|p| Complex32::new(f32::from_bits(p[0]), f32::from_bits(p[1])))
-                .collect(),
+            bytemuck::allocation::try_cast_vec(words).unwrap_or_else(|(_, words)| {
+                words
+                    .chunks_exact(2)
+                    .map(|p| Complex32::new(f32::from_bits(p[0]), f32::from_bits(p[1])))
+                    .collect()
+            }),
         ),
-        Elem::Int => Tensor::i32(shape, words.iter().map(|&w| w as i32).collect()),
+        Elem::Int => Tensor::i32(shape, bytemuck::allocation::cast_vec(words)),
         Elem::Code2 => {
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             Tensor::codes(

@@ -1,92 +1,336 @@
-//! Attention one block per (query, head), for decoding over a KV cache;
-//! training's batched attention and its gradients are cuBLAS products
-//! around [`Gen::masked_softmax`] (`program::attention`).
+//! Attention over a KV cache (decoding, and prompts with `segment: None`):
+//! one block per query row and key head, its warps taking the keys in
+//! turn with the lanes across each head's words, so that a key's row is
+//! read once, coalesced, for every query head that shares it; an online
+//! softmax keeps no scores in memory. Where the rows and key heads alone
+//! leave the GPU idle (one sequence's decoding step), the keys are split
+//! over several blocks and [`Gen::attention_combine`] merges their partial
+//! softmaxes. Training's batched attention and its gradients are cuBLAS
+//! products around [`Gen::masked_softmax`] (`program::attention`), or the
+//! flash kernels.
 
 use super::*;
 
+/// A block's partial softmax for each of its query heads, as
+/// [`Gen::attention`] leaves it for [`Gen::attention_combine`] when the keys
+/// are split: the running maxima, the sums of the exponentials, then the
+/// weighted sums of the values (`group · dv` words).
+pub fn partial_words(group: usize, dv: usize) -> usize {
+    group * (dv + 2)
+}
+
 impl<'ctx> Gen<'ctx> {
-    /// `attention(out, q, k, v, scores, seq, kv_len, heads, kv_heads, d,
-    /// dv, scale, causal)`: block `b` is query `b / heads`, head `b % heads`;
-    /// `scores` holds `kv_len` floats per block; `d`, `dv` in words.
-    pub(super) fn attention(&self, name: &str) -> Built<()> {
+    /// `attention(out, q, k, v, partials, seq, kv_len, kv_heads, splits,
+    /// causal, scale)` for heads of `d` (query, key) and `dv` (value) words,
+    /// `group` query heads a key head. Block `b` is split `b % splits` of
+    /// query row `i` and key head `kh` (`b / splits = i · kv_heads + kh`);
+    /// that row's query heads `kh · group ..` are words `(b / splits) ·
+    /// group · d ..` of `q`. With one split it writes the output, else its
+    /// [`partial_words`] at record `b` of `partials`.
+    pub(super) fn attention(&self, name: &str, d: usize, dv: usize, group: usize) -> Built<()> {
         let mut params = vec![Param::Ptr; 5];
-        params.extend([Param::I64; 7]);
+        params.extend([Param::I64; 5]);
         params.push(Param::F32);
         let f = self.declare(name, &params);
-        let scratch = self.shared_scratch(name);
-        let (out, q, k, v, scores) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_ptr(f, 3),
-            self.param_ptr(f, 4),
-        );
-        let (seq, kv_len, heads, kv_heads, d, dv, causal) = (
-            self.param_int(f, 5),
-            self.param_int(f, 6),
-            self.param_int(f, 7),
-            self.param_int(f, 8),
-            self.param_int(f, 9),
-            self.param_int(f, 10),
-            self.param_int(f, 11),
-        );
-        let scale = self.param_float(f, 12);
+        let [out, q, k, v, partials] = [0, 1, 2, 3, 4].map(|i| self.param_ptr(f, i));
+        let [seq, kv_len, kv_heads, splits, causal] = [5, 6, 7, 8, 9].map(|i| self.param_int(f, i));
+        let scale = self.param_float(f, 10);
+        let warps = (ATTENTION_THREADS / 32) as usize;
         let block = self.sreg("ctaid.x")?;
-        let (i, h) = (self.udiv(block, heads)?, self.urem(block, heads)?);
-        let group = self.udiv(heads, kv_heads)?;
-        let kh = self.udiv(h, group)?;
+        let (row_head, split) = (self.udiv(block, splits)?, self.urem(block, splits)?);
+        let i = self.udiv(row_head, kv_heads)?;
+        let kh = self.urem(row_head, kv_heads)?;
         let past = self.builder.build_int_sub(kv_len, seq, "").map_err(err)?;
         let causal_visible = self.add(self.add(past, i)?, self.int(1))?;
-        let is_causal = self
-            .builder
-            .build_int_compare(IntPredicate::NE, causal, self.int(0), "")
-            .map_err(err)?;
-        let visible = self.select_int(is_causal, causal_visible, kv_len)?;
-        let q_base = self.add(self.mul(i, self.mul(heads, d)?)?, self.mul(h, d)?)?;
-        let kw = self.mul(kv_heads, d)?;
-        let vw = self.mul(kv_heads, dv)?;
-        let s_base = self.mul(block, kv_len)?;
+        let visible = self.select_int(self.is_set(causal)?, causal_visible, kv_len)?;
         let tid = self.sreg("tid.x")?;
-        let step = self.sreg("ntid.x")?;
-        // Scores, and their maximum.
-        let acc = self.local(self.float(f32::NEG_INFINITY))?;
-        let dot = self.local(self.float(0.0))?;
-        self.strided_loop(f, tid, visible, step, |j| {
-            let k_base = self.add(self.mul(j, kw)?, self.mul(kh, d)?)?;
-            self.set(dot, self.float(0.0))?;
-            self.strided_loop(f, self.int(0), d, self.int(1), |c| {
-                let a = self.load_f32(q, self.add(q_base, c)?)?;
-                let b = self.load_f32(k, self.add(k_base, c)?)?;
-                self.set(dot, self.fadd(self.get(dot)?, self.fmul(a, b)?)?)
-            })?;
-            let s = self.fmul(self.get(dot)?, scale)?;
-            self.store_f32(scores, self.add(s_base, j)?, s)?;
-            self.set(acc, self.fmax(self.get(acc)?, s)?)
-        })?;
-        let max = self.block_reduce(scratch, self.get(acc)?, true)?;
-        // Exponentials in place, and their sum (the block reduction's
-        // barrier makes them visible to every thread).
-        let total = self.row_sum(f, scratch, visible, false, |j| {
-            let at = self.add(s_base, j)?;
-            let e = self.exp(self.fsub(self.load_f32(scores, at)?, max)?)?;
-            self.store_f32(scores, at, e)?;
-            Ok(e)
-        })?;
-        let o_base = self.add(self.mul(i, self.mul(heads, dv)?)?, self.mul(h, dv)?)?;
-        let sum = self.local(self.float(0.0))?;
-        self.strided_loop(f, tid, dv, step, |c| {
-            self.set(sum, self.float(0.0))?;
-            self.strided_loop(f, self.int(0), visible, self.int(1), |j| {
-                let p = self.load_f32(scores, self.add(s_base, j)?)?;
-                let x = self.load_f32(
-                    v,
-                    self.add(self.add(self.mul(j, vw)?, self.mul(kh, dv)?)?, c)?,
+        let (lane, warp) = (self.urem(tid, self.int(32))?, self.udiv(tid, self.int(32))?);
+        // Lane `lane` holds words `lane + 32 t` of each head: the query's
+        // here, a key's and a value's in the loop.
+        let spans = |width: usize| width.div_ceil(32);
+        let lane_words =
+            |base: IntValue<'ctx>, ptr, width: usize| -> Built<Vec<FloatValue<'ctx>>> {
+                (0..spans(width))
+                    .map(|t| self.lane_word(ptr, base, lane, t, width))
+                    .collect()
+            };
+        let q_words = (0..group)
+            .map(|h| {
+                lane_words(
+                    self.mul(
+                        self.add(
+                            self.mul(row_head, self.int(group as u64))?,
+                            self.int(h as u64),
+                        )?,
+                        self.int(d as u64),
+                    )?,
+                    q,
+                    d,
+                )
+            })
+            .collect::<Built<Vec<_>>>()?;
+        let state = |init: f32, n: usize| -> Built<Vec<PointerValue<'ctx>>> {
+            (0..n).map(|_| self.local(self.float(init))).collect()
+        };
+        let (max, total) = (state(f32::NEG_INFINITY, group)?, state(0.0, group)?);
+        let acc = state(0.0, group * spans(dv))?;
+        let kw = self.mul(kv_heads, self.int(d as u64))?;
+        let vw = self.mul(kv_heads, self.int(dv as u64))?;
+        let first = self.add(self.mul(split, self.int(warps as u64))?, warp)?;
+        let stride = self.mul(splits, self.int(warps as u64))?;
+        self.strided_loop(f, first, visible, stride, |j| {
+            let key = lane_words(
+                self.add(self.mul(j, kw)?, self.mul(kh, self.int(d as u64))?)?,
+                k,
+                d,
+            )?;
+            let value = lane_words(
+                self.add(self.mul(j, vw)?, self.mul(kh, self.int(dv as u64))?)?,
+                v,
+                dv,
+            )?;
+            for h in 0..group {
+                let mut dot = self.float(0.0);
+                for (a, b) in q_words[h].iter().zip(&key) {
+                    dot = self.fadd(dot, self.fmul(*a, *b)?)?;
+                }
+                let s = self.fmul(self.warp_sum(dot)?, scale)?;
+                let old = self.get(max[h])?;
+                let new = self.fmax(old, s)?;
+                let rescale = self.exp(self.fsub(old, new)?)?;
+                let p = self.exp(self.fsub(s, new)?)?;
+                self.set(max[h], new)?;
+                self.set(
+                    total[h],
+                    self.fadd(self.fmul(self.get(total[h])?, rescale)?, p)?,
                 )?;
-                self.set(sum, self.fadd(self.get(sum)?, self.fmul(p, x)?)?)
+                for (t, x) in value.iter().enumerate() {
+                    let slot = acc[h * spans(dv) + t];
+                    let kept = self.fmul(self.get(slot)?, rescale)?;
+                    self.set(slot, self.fadd(kept, self.fmul(p, *x)?)?)?;
+                }
+            }
+            Ok(())
+        })?;
+        // The warps' partial softmaxes through shared memory, merged by
+        // the block's threads across the heads' words.
+        let shared = |len: usize, what: &str| {
+            self.shared_array(self.f32().array_type(len as u32), &format!("{name}_{what}"))
+                .as_pointer_value()
+        };
+        let (warp_max, warp_total) = (shared(warps * group, "max"), shared(warps * group, "total"));
+        let warp_acc = shared(warps * group * dv, "acc");
+        let slot = self.mul(warp, self.int(group as u64))?;
+        for h in 0..group {
+            let at = self.add(slot, self.int(h as u64))?;
+            self.when(
+                f,
+                self.builder
+                    .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
+                    .map_err(err)?,
+                || {
+                    self.store_f32(warp_max, at, self.get(max[h])?)?;
+                    self.store_f32(warp_total, at, self.get(total[h])?)
+                },
+            )?;
+            for t in 0..spans(dv) {
+                let c = self.add(lane, self.int(32 * t as u64))?;
+                let inside = self
+                    .builder
+                    .build_int_compare(IntPredicate::ULT, c, self.int(dv as u64), "")
+                    .map_err(err)?;
+                self.when(f, inside, || {
+                    let word = self.add(self.mul(at, self.int(dv as u64))?, c)?;
+                    self.store_f32(warp_acc, word, self.get(acc[h * spans(dv) + t])?)
+                })?;
+            }
+        }
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        self.call_void(barrier, &[])?;
+        let one_split = self
+            .builder
+            .build_int_compare(IntPredicate::EQ, splits, self.int(1), "")
+            .map_err(err)?;
+        let words = self.int((group * dv) as u64);
+        self.strided_loop(f, tid, words, self.int(ATTENTION_THREADS as u64), |w| {
+            let (h, c) = (
+                self.udiv(w, self.int(dv as u64))?,
+                self.urem(w, self.int(dv as u64))?,
+            );
+            let [m, l, a] = self.merge_softmax(
+                (0..warps).map(|p| self.int((p * group) as u64)).collect(),
+                h,
+                |record, h| {
+                    let at = self.add(record, h)?;
+                    let word = self.add(self.mul(at, self.int(dv as u64))?, c)?;
+                    Ok([
+                        self.load_f32(warp_max, at)?,
+                        self.load_f32(warp_total, at)?,
+                        self.load_f32(warp_acc, word)?,
+                    ])
+                },
+            )?;
+            let then = self.context.append_basic_block(f, "output");
+            let other = self.context.append_basic_block(f, "partial");
+            let after = self.context.append_basic_block(f, "stored");
+            self.builder
+                .build_conditional_branch(one_split, then, other)
+                .map_err(err)?;
+            self.builder.position_at_end(then);
+            let o = self.add(self.mul(row_head, words)?, w)?;
+            self.store_f32(out, o, self.normalised(a, l)?)?;
+            self.builder
+                .build_unconditional_branch(after)
+                .map_err(err)?;
+            self.builder.position_at_end(other);
+            let record = self.mul(block, self.int(partial_words(group, dv) as u64))?;
+            let first_word = self
+                .builder
+                .build_int_compare(IntPredicate::EQ, c, self.int(0), "")
+                .map_err(err)?;
+            self.when(f, first_word, || {
+                self.store_f32(partials, self.add(record, h)?, m)?;
+                self.store_f32(
+                    partials,
+                    self.add(self.add(record, self.int(group as u64))?, h)?,
+                    l,
+                )
             })?;
-            self.store_f32(out, self.add(o_base, c)?, self.fdiv(self.get(sum)?, total)?)
+            self.store_f32(
+                partials,
+                self.add(self.add(record, self.int(2 * group as u64))?, w)?,
+                a,
+            )?;
+            self.builder
+                .build_unconditional_branch(after)
+                .map_err(err)?;
+            self.builder.position_at_end(after);
+            Ok(())
         })?;
         self.ret()
+    }
+
+    /// `attention_combine(out, partials, splits, group, dv)`: block `b`
+    /// merges the `splits` partial softmaxes of records `b · splits ..`
+    /// (each [`partial_words`]) into output words `b · group · dv ..`.
+    pub(super) fn attention_combine(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[Param::Ptr, Param::Ptr, Param::I64, Param::I64, Param::I64],
+        );
+        let (out, partials) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [splits, group, dv] = [2, 3, 4].map(|i| self.param_int(f, i));
+        let block = self.sreg("ctaid.x")?;
+        let words = self.mul(group, dv)?;
+        let record_words = self.add(words, self.mul(group, self.int(2))?)?;
+        let first = self.mul(self.mul(block, splits)?, record_words)?;
+        let tid = self.sreg("tid.x")?;
+        let (max, total, acc) = (
+            self.local(self.float(0.0))?,
+            self.local(self.float(0.0))?,
+            self.local(self.float(0.0))?,
+        );
+        self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |w| {
+            let (h, c) = (self.udiv(w, dv)?, self.urem(w, dv)?);
+            // The largest maximum first, then the sums rescaled to it.
+            self.set(max, self.float(f32::NEG_INFINITY))?;
+            self.strided_loop(f, self.int(0), splits, self.int(1), |s| {
+                let record = self.add(first, self.mul(s, record_words)?)?;
+                self.set(
+                    max,
+                    self.fmax(
+                        self.get(max)?,
+                        self.load_f32(partials, self.add(record, h)?)?,
+                    )?,
+                )
+            })?;
+            let m = self.finite_or_zero(self.get(max)?)?;
+            self.set(total, self.float(0.0))?;
+            self.set(acc, self.float(0.0))?;
+            self.strided_loop(f, self.int(0), splits, self.int(1), |s| {
+                let record = self.add(first, self.mul(s, record_words)?)?;
+                let weight =
+                    self.exp(self.fsub(self.load_f32(partials, self.add(record, h)?)?, m)?)?;
+                let l = self.load_f32(partials, self.add(self.add(record, group)?, h)?)?;
+                let a = self.load_f32(
+                    partials,
+                    self.add(
+                        self.add(record, self.mul(group, self.int(2))?)?,
+                        self.add(self.mul(h, dv)?, c)?,
+                    )?,
+                )?;
+                self.set(total, self.fadd(self.get(total)?, self.fmul(l, weight)?)?)?;
+                self.set(acc, self.fadd(self.get(acc)?, self.fmul(a, weight)?)?)
+            })?;
+            let o = self.add(self.mul(block, words)?, w)?;
+            self.store_f32(out, o, self.normalised(self.get(acc)?, self.get(total)?)?)
+        })?;
+        self.ret()
+    }
+
+    /// Word `lane + 32 t` of the `width` words at `base` of `ptr`, 0 past
+    /// them.
+    fn lane_word(
+        &self,
+        ptr: PointerValue<'ctx>,
+        base: IntValue<'ctx>,
+        lane: IntValue<'ctx>,
+        t: usize,
+        width: usize,
+    ) -> Built<FloatValue<'ctx>> {
+        let c = self.add(lane, self.int(32 * t as u64))?;
+        if 32 * (t + 1) <= width {
+            return self.load_f32(ptr, self.add(base, c)?);
+        }
+        let inside = self
+            .builder
+            .build_int_compare(IntPredicate::ULT, c, self.int(width as u64), "")
+            .map_err(err)?;
+        let safe = self.select_int(inside, c, self.int(0))?;
+        let x = self.load_f32(ptr, self.add(base, safe)?)?;
+        self.select_float(inside, x, self.float(0.0))
+    }
+
+    /// Merges partial softmaxes `(max, total, acc)` read by `read(record,
+    /// head)` for each of `records`: the maximum of the maxima `M`, `Σ
+    /// total·e^(max − M)` and `Σ acc·e^(max − M)`. Where every partial is
+    /// empty (a maximum of −∞) the sums are taken at 0 instead of `M`, so
+    /// that their zeros stay zeros; `M` itself is returned as it is.
+    fn merge_softmax(
+        &self,
+        records: Vec<IntValue<'ctx>>,
+        head: IntValue<'ctx>,
+        read: impl Fn(IntValue<'ctx>, IntValue<'ctx>) -> Built<[FloatValue<'ctx>; 3]>,
+    ) -> Built<[FloatValue<'ctx>; 3]> {
+        let parts = records
+            .into_iter()
+            .map(|r| read(r, head))
+            .collect::<Built<Vec<_>>>()?;
+        let mut m = self.float(f32::NEG_INFINITY);
+        for [max, ..] in &parts {
+            m = self.fmax(m, *max)?;
+        }
+        let at = self.finite_or_zero(m)?;
+        let (mut l, mut a) = (self.float(0.0), self.float(0.0));
+        for [max, total, acc] in &parts {
+            let weight = self.exp(self.fsub(*max, at)?)?;
+            l = self.fadd(l, self.fmul(*total, weight)?)?;
+            a = self.fadd(a, self.fmul(*acc, weight)?)?;
+        }
+        Ok([m, l, a])
+    }
+
+    /// `acc / total`, 0 where no key was seen.
+    fn normalised(
+        &self,
+        acc: FloatValue<'ctx>,
+        total: FloatValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        let seen = self
+            .builder
+            .build_float_compare(FloatPredicate::OGT, total, self.float(0.0), "")
+            .map_err(err)?;
+        self.select_float(seen, self.fdiv(acc, total)?, self.float(0.0))
     }
 
     /// `masked_softmax(out, x, cols, seq, causal)`: each row's softmax over

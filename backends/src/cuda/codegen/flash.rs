@@ -1188,7 +1188,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `x`, or 0 where `x` is `-inf`.
-    fn finite_or_zero(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+    pub(super) fn finite_or_zero(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
         let none = self
             .builder
             .build_float_compare(FloatPredicate::OEQ, x, self.float(f32::NEG_INFINITY), "")

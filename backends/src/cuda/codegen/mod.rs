@@ -38,7 +38,7 @@ pub const SM: &str = "sm_90";
 pub const ROW_THREADS: u32 = 256;
 /// Threads per block of the elementwise kernels.
 pub const MAP_THREADS: u32 = 256;
-/// Threads per block of the attention kernel.
+/// Threads per block of the attention kernels.
 pub const ATTENTION_THREADS: u32 = 128;
 
 /// One elementwise operation of an [`Expr`].
@@ -101,10 +101,14 @@ pub enum Kernel {
     Embed,
     /// Rotary embedding; angles from a per-pair frequency table in f64.
     Rope { layout: RopeLayout, complex: bool },
-    /// Scaled dot-product attention, one block per (query, head); complex
+    /// Scaled dot-product attention over a KV cache ([`attention`]): one
+    /// block per query row, key head and split of the keys, for heads of
+    /// `d` and `dv` words and `group` query heads a key head; complex
     /// operands are real ones of twice the width (`Re(q·conj k)` is the
     /// real dot product of the interleaved parts).
-    Attention,
+    Attention { d: usize, dv: usize, group: usize },
+    /// Merges the partial softmaxes of [`Kernel::Attention`]'s splits.
+    AttentionCombine,
     /// `dst[r·dst_stride + dst_off + c] = src[r·src_stride + src_off + c]`
     /// on 32-bit words: slices and concatenations.
     Copy2d,
@@ -226,7 +230,8 @@ impl Kernel {
                 layout: RopeLayout::HalfSplit,
                 ..
             } => "rope_half_split",
-            Kernel::Attention => "attention",
+            Kernel::Attention { .. } => "attention",
+            Kernel::AttentionCombine => "attention_combine",
             Kernel::Copy2d => "copy2d",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
@@ -334,7 +339,7 @@ enum Val<'ctx> {
 
 type Built<T> = Result<T, String>;
 
-mod attention;
+pub mod attention;
 mod baseline;
 mod elementwise;
 pub mod flash;
@@ -693,7 +698,8 @@ impl<'ctx> Gen<'ctx> {
             Kernel::ActQuant { complex } => self.act_quant(name, *complex),
             Kernel::Embed => self.embed(name),
             Kernel::Rope { layout, complex } => self.rope(name, *layout, *complex),
-            Kernel::Attention => self.attention(name),
+            Kernel::Attention { d, dv, group } => self.attention(name, *d, *dv, *group),
+            Kernel::AttentionCombine => self.attention_combine(name),
             Kernel::Copy2d => self.copy2d(name),
             Kernel::Permute => self.permute(name),
             Kernel::GatherColumns => self.gather_columns(name),

@@ -22,10 +22,11 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use fairyc_ir::{AttentionOperand, DType, Graph, Node, Op, ValueId};
 
+use super::codegen::attention::partial_words;
 use super::codegen::flash::{flash_applies, FlashPass, FLASH_TILE, FLASH_WARPS};
 use super::{
-    blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, Step, MAP_THREADS,
-    ROW_THREADS,
+    blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, Step, ATTENTION_THREADS,
+    MAP_THREADS, ROW_THREADS,
 };
 use crate::BackendError;
 
@@ -79,6 +80,17 @@ impl Segments {
     fn square(&self) -> usize {
         self.seq * self.seq
     }
+}
+
+/// How many blocks share one query row and key head's keys in
+/// [`CudaProgram::cache_attention`]: enough for about two blocks a
+/// multiprocessor, and no more than leaves each warp eight keys.
+fn key_splits(row_heads: usize, kv_len: usize) -> usize {
+    const MULTIPROCESSORS: usize = 132;
+    const KEYS_PER_WARP: usize = 8;
+    let warps = (ATTENTION_THREADS / 32) as usize;
+    let wanted = (2 * MULTIPROCESSORS).div_ceil(row_heads.max(1));
+    wanted.min(kv_len.div_ceil(warps * KEYS_PER_WARP)).max(1)
 }
 
 /// What the gradients of one attention share, kept for the group's other
@@ -153,6 +165,15 @@ enum Kept {
     },
 }
 
+/// Words per head of `node`'s operand `operand` over `heads` heads (fixed
+/// widths only).
+fn head_words(graph: &Graph, node: &Node, operand: usize, heads: usize) -> Option<usize> {
+    let ty = &graph.node(*node.operands.get(operand)?).ty;
+    let cols = ty.shape.dims().get(1)?.clone().fixed()?;
+    let words = cols * if ty.dtype == DType::C64 { 2 } else { 1 };
+    (heads > 0 && words % heads == 0).then_some(words / heads)
+}
+
 /// The flash kernels for an `attention` over segments or an
 /// `attention_grad` node, where its heads suit them: the forward kernel, or
 /// the statistics', dQ's and dK/dV's.
@@ -169,14 +190,8 @@ pub(super) fn flash_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
         } => (heads, kv_heads, true),
         _ => return None,
     };
-    // An operand's words per head.
-    let head_words = |operand: usize, heads: usize| {
-        let ty = &graph.node(*node.operands.get(operand)?).ty;
-        let cols = ty.shape.dims().get(1)?.clone().fixed()?;
-        let words = cols * if ty.dtype == DType::C64 { 2 } else { 1 };
-        (heads > 0 && words % heads == 0).then_some(words / heads)
-    };
-    let (d, dv) = (head_words(0, heads)?, head_words(2, kv_heads)?);
+    let d = head_words(graph, node, 0, heads)?;
+    let dv = head_words(graph, node, 2, kv_heads)?;
     if !heads.is_multiple_of(kv_heads) || !flash_applies(d, dv) {
         return None;
     }
@@ -190,6 +205,32 @@ pub(super) fn flash_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
         ]
     } else {
         vec![kernel(FlashPass::Forward)]
+    })
+}
+
+/// The kernels of an `attention` over a KV cache (no segments): the
+/// attention kernel built for its heads, and the merge of split keys.
+pub(super) fn cache_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
+    let Op::Attention {
+        heads,
+        kv_heads,
+        segment: None,
+        ..
+    } = node.op
+    else {
+        return None;
+    };
+    let d = head_words(graph, node, 0, heads)?;
+    let dv = head_words(graph, node, 2, kv_heads)?;
+    (kv_heads > 0 && heads.is_multiple_of(kv_heads)).then(|| {
+        vec![
+            Kernel::Attention {
+                d,
+                dv,
+                group: heads / kv_heads,
+            },
+            Kernel::AttentionCombine,
+        ]
     })
 }
 
@@ -363,6 +404,70 @@ impl CudaProgram {
             *cache = None;
         }
         done
+    }
+
+    /// `attention(q, k, v)` over a KV cache (`keys` and `values` of
+    /// `kv_len` rows, the last `s.seq` of them the queries' own) into
+    /// `out`, by [`Kernel::Attention`] (`kernels[0]`); its keys split over
+    /// several blocks, merged by [`Kernel::AttentionCombine`]
+    /// (`kernels[1]`), where the rows and key heads alone would leave most
+    /// multiprocessors idle.
+    pub(super) fn cache_attention(
+        &self,
+        kernels: &[usize],
+        (q, keys, values): (&DeviceTensor, &DeviceTensor, &DeviceTensor),
+        s: Segments,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<(), BackendError> {
+        let Kernel::Attention { d, dv, group } = self.kernels[kernels[0]] else {
+            unreachable!("cache attention runs on the attention kernel");
+        };
+        if (d, dv, group) != (s.d, s.dv, s.heads / s.kv_heads) {
+            return Err(BackendError::new(format!(
+                "attention heads of {} and {} words, {} a key head; the kernel was built for {d}, {dv} and {group}",
+                s.d,
+                s.dv,
+                s.heads / s.kv_heads
+            )));
+        }
+        let kv_len = keys.shape[0];
+        let row_heads = s.seq * s.kv_heads;
+        let splits = key_splits(row_heads, kv_len);
+        let partials = match splits {
+            1 => None,
+            _ => Some(self.alloc(row_heads * splits * partial_words(group, dv))?),
+        };
+        let sizes = [s.seq, kv_len, s.kv_heads, splits, usize::from(s.causal)].map(|v| v as i64);
+        let null = 0u64;
+        self.launch(
+            kernels[0],
+            (row_heads * splits) as u32,
+            ATTENTION_THREADS,
+            |b| {
+                b.arg(&*out)
+                    .arg(&*q.words)
+                    .arg(&*keys.words)
+                    .arg(&*values.words);
+                match &partials {
+                    Some(p) => b.arg(p),
+                    None => b.arg(&null),
+                };
+                for v in &sizes {
+                    b.arg(v);
+                }
+                b.arg(&s.scale);
+            },
+        )?;
+        if let Some(partials) = &partials {
+            let sizes = [splits, group, dv].map(|v| v as i64);
+            self.launch(kernels[1], row_heads as u32, ATTENTION_THREADS, |b| {
+                b.arg(&*out).arg(partials);
+                for v in &sizes {
+                    b.arg(v);
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// `attention(q, k, v)` over segments into `out` by the flash forward

@@ -248,6 +248,7 @@ impl CudaProgram {
                 shape: shape.clone(),
                 elem: *elem,
                 words: Arc::new(self.alloc(word_count(shape, *elem))?),
+                room: None,
             });
         }
         self.stream.synchronize().map_err(driver)?;
@@ -293,6 +294,7 @@ impl CudaProgram {
             shape: t.shape.clone(),
             elem: t.elem,
             words: Arc::new(self.alloc(t.word_count())?),
+            room: None,
         };
         self.copy_into(t, &copy)?;
         Ok(copy)
@@ -300,24 +302,7 @@ impl CudaProgram {
 
     /// Copies `from`'s words over `into`'s (the same layout).
     fn copy_into(&self, from: &DeviceTensor, into: &DeviceTensor) -> Result<(), BackendError> {
-        let bytes = 4 * from.word_count();
-        if bytes > 4 * into.words.len() {
-            return Err(BackendError::new(format!(
-                "{bytes} bytes copied into a buffer of {}",
-                4 * into.words.len()
-            )));
-        }
-        if bytes == 0 {
-            // An empty value: no copy (nor a copy node of no bytes).
-            return Ok(());
-        }
-        let (src, _read) = from.words.device_ptr(&self.stream);
-        let (dst, _written) = into.words.device_ptr(&self.stream);
-        // SAFETY: both buffers hold at least `bytes` (checked above); the
-        // copy is ordered on the program's stream with whatever reads or
-        // writes them.
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
-            .map_err(driver)
+        self.copy_words(from, &into.words, 0)
     }
 
     /// Copies the caller's input `t` into the graph's buffer for it.
