@@ -117,6 +117,10 @@ pub struct Tokenizer {
     special: BTreeSet<u32>,
     eog: BTreeSet<u32>,
     chat_template: Option<String>,
+    /// Ids, special tokens included: `tokenizers` counts them by building
+    /// the whole vocabulary map, which every `decode` (and so every
+    /// streamed token) would pay for.
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -260,7 +264,9 @@ impl Tokenizer {
             .filter_map(|t| with_special.token_to_id(t))
             .chain(specials.eos)
             .collect();
+        let vocab_size = with_special.get_vocab_size(true);
         Self {
+            vocab_size,
             with_special,
             plain,
             bos: specials.bos,
@@ -357,7 +363,7 @@ impl Tokenizer {
 
     /// Number of ids, special tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.with_special.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Id of a token given its text (in the vocabulary's own spelling, e.g.
