@@ -146,16 +146,24 @@ fn compile_decoding(
 
 /// `imported` compiled on `backend` to decode `rows` sequences in lockstep
 /// (`fairyc_runtime::Lockstep`: one token of each a step, all at one
-/// position; `fairyc_backends::state::expose_kv_cache_lockstep`).
+/// position; `fairyc_backends::state::expose_kv_cache_lockstep`). With
+/// `draw_at` (a temperature) each step draws the rows' next tokens in the
+/// program itself (`fairyc_backends::state::draw_on_device`) and returns
+/// them instead of the logits.
 pub fn compile_lockstep(
     backend: &dyn Backend,
     imported: &Imported,
     rows: usize,
+    draw_at: Option<f32>,
 ) -> Result<Box<dyn Program>, Error> {
     let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
         .map_err(BackendError::from)?;
-    let graph = fairyc_backends::state::expose_kv_cache_lockstep(&graph, rows)
+    let mut graph = fairyc_backends::state::expose_kv_cache_lockstep(&graph, rows)
         .map_err(BackendError::from)?;
+    if let Some(temperature) = draw_at {
+        graph = fairyc_backends::state::draw_on_device(&graph, temperature)
+            .map_err(BackendError::from)?;
+    }
     Ok(fairyc_backends::compile(
         backend,
         &graph,

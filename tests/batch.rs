@@ -84,7 +84,7 @@ fn check(name: &str, path: &std::path::Path, backend: &dyn Backend) {
 /// more heads) against each alone, token by token, on `backend`.
 fn check_lockstep(name: &str, path: &std::path::Path, backend: &dyn Backend) {
     let label = format!("{name} in lockstep on {}", backend.name());
-    let program = fairyc::compile_lockstep(backend, &import(path).unwrap(), 3).unwrap();
+    let program = fairyc::compile_lockstep(backend, &import(path).unwrap(), 3, None).unwrap();
     let single = Model::from_imported_on(import(path).unwrap(), backend, &|_| {}).unwrap();
     let mut alone: Vec<Session> = (0..3).map(|_| Session::new(single.program())).collect();
     let mut lockstep = Lockstep::new(program.as_ref()).unwrap();
@@ -107,6 +107,21 @@ fn check_lockstep(name: &str, path: &std::path::Path, backend: &dyn Backend) {
         lockstep.step(&[1, 2]).is_err(),
         "{label}: two tokens for three rows"
     );
+    // Drawing in the program: each row's id is the one the host draws from
+    // that row's logits alone with the same uniform number.
+    let drawing = fairyc::compile_lockstep(backend, &import(path).unwrap(), 3, Some(0.8)).unwrap();
+    let mut lockstep = Lockstep::new(drawing.as_ref()).unwrap();
+    let mut alone: Vec<Session> = (0..3).map(|_| Session::new(single.program())).collect();
+    let draws = [0.1, 0.5, 0.9];
+    for t in 0..3 {
+        let tokens: Vec<u32> = PROMPTS.iter().map(|p| p[t]).collect();
+        let got = lockstep.step_drawn(&tokens, &draws).unwrap();
+        for (r, session) in alone.iter_mut().enumerate() {
+            let logits = session.feed_last(&tokens[r..r + 1]).unwrap();
+            let want = fairyc_runtime::sampling::inverse_cdf(rows(&logits), 0.8, draws[r]);
+            assert_eq!(got[r], want, "{label}: step {t}, row {r}: drawn ids");
+        }
+    }
 }
 
 #[test]

@@ -118,6 +118,14 @@ impl CaseBuilder {
         self.input(ty(DType::F32, shape), Tensor::f32(shape.to_vec(), data))
     }
 
+    /// Real values in [0, 1): `sample`'s draws.
+    fn uniform(&mut self, shape: &[usize]) -> ValueId {
+        let data = (0..shape.iter().product())
+            .map(|_| 0.5 * (self.next() + 1.0))
+            .collect();
+        self.input(ty(DType::F32, shape), Tensor::f32(shape.to_vec(), data))
+    }
+
     fn complex(&mut self, shape: &[usize]) -> ValueId {
         let data = (0..shape.iter().product())
             .map(|_| Complex32::new(self.next(), self.next()))
@@ -284,6 +292,14 @@ pub fn op_cases() -> Vec<Case> {
             vec![c.push(op.clone(), &[q, k, v]), c.push(op, &[zq, zk, zv])]
         });
     }
+    // A token drawn from each row (of a vocabulary wider than a block of
+    // threads), at two temperatures and greedily.
+    cases_over(&mut out, "sample", &rows, |c, s| {
+        let (logits, draws) = (c.real(&[s, 1000]), c.uniform(&[s]));
+        [1.0, 0.25, 0.0]
+            .map(|temperature| c.push(Op::Sample { temperature }, &[logits, draws]))
+            .to_vec()
+    });
     cases_over(&mut out, "elementwise", &rows, |c, s| {
         let (x, p, y, row) = (
             c.real(&[s, 7]),

@@ -269,6 +269,41 @@ impl Caches {
     }
 }
 
+/// The input of [`draw_on_device`]'s graph: each row's uniform number in
+/// [0, 1) (`f32[rows]`).
+pub const DRAWS: &str = "draws";
+
+/// Draws each row's next token in the graph (`sample` at `temperature`, by
+/// a new input [`DRAWS`]): the first output, the logits `f32[rows,
+/// vocab]`, becomes the ids `i32[rows]`, so that a decoding step on a GPU
+/// brings back ids instead of its logits.
+pub fn draw_on_device(graph: &Graph, temperature: f32) -> Result<Graph, BuildError> {
+    let refuse = |message: String| BuildError {
+        graph: graph.name.clone(),
+        op: "sample",
+        message,
+    };
+    let Some(&logits) = graph.outputs.first() else {
+        return Err(refuse("the graph returns no logits".into()));
+    };
+    let rows = match graph.ty(logits).shape.dims() {
+        [rows, _vocab] => rows.clone(),
+        _ => {
+            return Err(refuse(format!(
+                "the logits must be [rows, vocab], found {}",
+                graph.ty(logits)
+            )))
+        }
+    };
+    let mut b = GraphBuilder::like(graph);
+    let map = b.inline::<BuildError>(graph, |_, _, _, _| Ok(None))?;
+    let draws = b.input(DRAWS, TensorType::new(DType::F32, Shape(vec![rows])));
+    let ids = b.push(Op::Sample { temperature }, &[map[logits.0], draws])?;
+    let mut outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
+    outputs[0] = ids;
+    Ok(b.finish(&outputs))
+}
+
 /// The input naming the positions whose logits a caller wants
 /// (`i32[rows]`), added by [`select_logit_rows`].
 pub const LOGIT_ROWS: &str = "logit_rows";

@@ -77,6 +77,7 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::RealDequant { ternary: false },
         Kernel::RealDequant { ternary: true },
         Kernel::SoftmaxGrad,
+        Kernel::Sample,
         Kernel::KlDivRows,
         Kernel::KlDivGrad,
         Kernel::EmbedGrad,

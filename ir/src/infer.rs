@@ -452,6 +452,22 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                 Ok(TensorType::new(DType::F32, Shape::default()))
             }
         }
+        Op::Sample { temperature } => {
+            let (logits, draws) = (operands[0], operands[1]);
+            let leading = TensorType::new(DType::I32, draws.shape.clone());
+            expect_targets(logits, &leading)?;
+            if draws.dtype != DType::F32 {
+                return Err(format!(
+                    "draws must be f32 of the logits' leading shape, found {draws}"
+                ));
+            }
+            if !(temperature.is_finite() && *temperature >= 0.0) {
+                return Err(format!(
+                    "the temperature must be 0 or positive, found {temperature}"
+                ));
+            }
+            Ok(leading)
+        }
         Op::Fill { value } => {
             expect_numeric(operands[0], "template")?;
             if !value.is_finite() {

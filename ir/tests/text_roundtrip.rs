@@ -251,6 +251,10 @@ fn every_op_graph() -> fairyc_ir::Graph {
     let kl = b.push(Op::KlDiv, &[yb, yb]).unwrap();
     grads.push(kl);
     grads.push(b.push(Op::KlDivGrad, &[yb, yb, kl]).unwrap());
+    // A token drawn from each row on the device.
+    let draws = b.input("draws", t(DType::F32, &[Dim::sym("seq")]));
+    let sample = Op::Sample { temperature: 0.7 };
+    grads.push(b.push(sample, &[yb, draws]).unwrap());
     let mut outputs = vec![out, yb];
     outputs.extend(grads);
     b.finish(&outputs)

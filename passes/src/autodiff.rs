@@ -989,6 +989,7 @@ fn rule(
         | Op::BroadcastFrom { .. }
         | Op::KlDiv
         | Op::KlDivGrad
+        | Op::Sample { .. }
         | Op::CrossEntropyGrad => {
             return Err(GradError::NoRule {
                 op: node.op.mnemonic(),

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use fairyc_backends::state::state_names;
+use fairyc_backends::state::{state_names, DRAWS};
 use fairyc_backends::{BackendError, Program, Tensor};
 use fairyc_ir::Dim;
 
@@ -66,6 +66,29 @@ impl<'a> Lockstep<'a> {
     /// Feeds `tokens[r]` to row `r`; returns the logits `[rows, vocab]`. On
     /// an error the sequences are lost (their caches went into the run).
     pub fn step(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
+        self.run(tokens, None)
+    }
+
+    /// On a graph that draws its tokens itself
+    /// (`fairyc_backends::state::draw_on_device`): feeds `tokens[r]` to row
+    /// `r` and returns each row's next token, drawn by `draws[r]` (uniform
+    /// in [0, 1)).
+    pub fn step_drawn(&mut self, tokens: &[u32], draws: &[f32]) -> Result<Vec<u32>, BackendError> {
+        if draws.len() != self.rows {
+            return Err(BackendError::new(format!(
+                "a lockstep step draws one token for each of {} rows, got {} draws",
+                self.rows,
+                draws.len()
+            )));
+        }
+        let ids = self.run(tokens, Some(Tensor::f32(vec![self.rows], draws.to_vec())))?;
+        let ids = ids
+            .as_i32()
+            .ok_or_else(|| BackendError::new("a drawing lockstep graph returns i32 ids first"))?;
+        Ok(ids.iter().map(|&id| id as u32).collect())
+    }
+
+    fn run(&mut self, tokens: &[u32], draws: Option<Tensor>) -> Result<Tensor, BackendError> {
         if tokens.len() != self.rows {
             return Err(BackendError::new(format!(
                 "a lockstep step feeds one token to each of {} rows, got {}",
@@ -92,6 +115,9 @@ impl<'a> Lockstep<'a> {
                 Tensor::i32(vec![self.rows], vec![position; self.rows]),
             ),
         ]);
+        if let Some(draws) = draws {
+            inputs.insert(DRAWS.to_string(), draws);
+        }
         let names: Vec<String> = self.state.iter().map(|(n, _)| n.clone()).collect();
         inputs.extend(std::mem::take(&mut self.state));
         let mut outputs = self.program.run(inputs)?;

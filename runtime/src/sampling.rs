@@ -3,6 +3,10 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+/// The first maximum, and the inverse-CDF draw the `sample` op makes on
+/// every backend: one definition for the host and the device.
+pub use fairyc_backends::reference::kernels::sampling::{argmax, inverse_cdf};
+
 /// A token sampler. `temperature == 0` is greedy decoding.
 pub struct Sampler {
     temperature: f32,
@@ -29,10 +33,12 @@ impl Sampler {
         if self.temperature == 0.0 {
             return argmax(logits);
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if self.top_p >= 1.0 {
-            return self.draw(logits, max);
+            // The whole distribution: no top-p set to find, so no sort of
+            // the vocabulary (which took milliseconds a token at 49k).
+            return inverse_cdf(logits, self.temperature, self.uniform());
         }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut probs: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
@@ -61,35 +67,12 @@ impl Sampler {
         probs.last().map(|p| p.0).unwrap_or(0)
     }
 
-    /// A draw from the whole distribution: no top-p set to find, so no
-    /// sort of the vocabulary (which took milliseconds a token at 49k).
-    fn draw(&mut self, logits: &[f32], max: f32) -> u32 {
-        let weights: Vec<f32> = logits
-            .iter()
-            .map(|&l| ((l - max) / self.temperature).exp())
-            .collect();
-        let total: f32 = weights.iter().sum();
-        let mut r = self.rng.random::<f32>() * total;
-        for (id, &w) in weights.iter().enumerate() {
-            r -= w;
-            if r <= 0.0 && w > 0.0 {
-                return id as u32;
-            }
-        }
-        // Rounding left a little of `r`: the last token that can be drawn.
-        weights.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
+    /// A uniform number in [0, 1) from this sampler's stream: what one draw
+    /// at `top_p = 1` consumes, for a `sample` node that draws on the
+    /// device (the same ids from the same numbers, up to rounding).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
     }
-}
-
-/// Index of the largest logit (the first one on ties).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! model before quantization) generates itself, each from a first token
 //! drawn uniformly from the vocabulary and then sampled at temperature 1,
 //! many at once in lockstep (`fairyc_runtime::Lockstep`: one attention a
-//! layer for all of them). They are made once and cached as a token file,
+//! layer for all of them), each step's tokens drawn in the program itself
+//! from the samplers' uniform numbers (on a GPU only ids come back, not a
+//! step's logits). They are made once and cached as a token file,
 //! which later runs read back instead of generating again. The file holds
 //! whole waves (`--teacher-batch` sequences in order; rewritten every 30 s
 //! and when generation stops), so a generation stopped by its time limit,
@@ -22,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use fairyc_frontend::import::Imported;
 use fairyc_runtime::{Lockstep, Sampler};
-use rayon::prelude::*;
 
 use crate::{Backend, Error};
 
@@ -141,7 +142,9 @@ impl Generation<'_> {
         // The same rows in every process (not fewer for a last wave), so
         // that a resumed generation computes as an uninterrupted one.
         let rows = header.count.min(self.slots).max(1);
-        let program = crate::compile_lockstep(backend, &teacher, rows)?;
+        // The program draws each row's token itself at temperature 1 from
+        // the samplers' uniform numbers: only ids come back from a GPU.
+        let program = crate::compile_lockstep(backend, &teacher, rows, Some(1.0))?;
         let vocab = header.vocab;
         let uniform = vec![0.0f32; vocab];
         let out_of_time = || self.deadline.is_some_and(|d| Instant::now() >= d);
@@ -158,23 +161,18 @@ impl Generation<'_> {
                 .map(|s| vec![s.sample(&uniform)])
                 .collect();
             let mut lockstep = Lockstep::new(program.as_ref())?;
-            // Where a batch's time goes: the program's runs (the logits
-            // brought to the host included) against the draws.
+            // Where a batch's time goes: the program's runs (the draws on
+            // the device, the ids brought to the host) against the host's
+            // uniform numbers.
             let (mut running, mut drawing) = (Duration::ZERO, Duration::ZERO);
             for _ in 1..header.length {
                 let last: Vec<u32> = sequences.iter().map(|s| s[s.len() - 1]).collect();
                 let started = Instant::now();
-                let logits = lockstep.step(&last)?;
-                let all = logits.as_f32().expect("a lockstep step returns f32 logits");
-                let ran = Instant::now();
-                // Each row's draw on the CPU's cores.
-                let drawn: Vec<u32> = samplers
-                    .par_iter_mut()
-                    .enumerate()
-                    .map(|(r, s)| s.sample(&all[r * vocab..][..vocab]))
-                    .collect();
-                running += ran - started;
-                drawing += ran.elapsed();
+                let draws: Vec<f32> = samplers.iter_mut().map(Sampler::uniform).collect();
+                let drew = Instant::now();
+                let drawn = lockstep.step_drawn(&last, &draws)?;
+                drawing += drew - started;
+                running += drew.elapsed();
                 for (sequence, t) in sequences.iter_mut().zip(drawn) {
                     sequence.push(t);
                 }

@@ -369,6 +369,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
         },
         Op::Softmax => Kernel::Softmax,
         Op::SoftmaxGrad => Kernel::SoftmaxGrad,
+        Op::Sample { .. } => Kernel::Sample,
         Op::ActQuant { .. } => Kernel::ActQuant {
             complex: out == Elem::Complex,
         },
@@ -1129,6 +1130,15 @@ impl CudaProgram {
                 let q = ((1u32 << (*bits as u32 - 1)) - 1) as f32;
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&cols).arg(&q);
+                })?;
+            }
+            (Step::Kernel(k), Op::Sample { temperature }) => {
+                let cols = x.shape.last().copied().unwrap_or(1);
+                let rows = x.len().checked_div(cols).unwrap_or(0);
+                let cols = cols as i64;
+                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words).arg(&*args[1].words);
+                    b.arg(&cols).arg(temperature);
                 })?;
             }
             (Step::Kernel(k), Op::Softmax | Op::SoftmaxGrad) => {

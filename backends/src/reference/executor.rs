@@ -18,7 +18,7 @@ use super::kernels::attention::{attention, AttentionShape};
 use super::kernels::norm::{rms_norm_complex_into, rms_norm_into};
 use super::kernels::quant_linear::{quant_linear, StageCodes};
 use super::kernels::rope::{rope_complex_into, rope_into};
-use super::kernels::{elementwise, grad, layout, linear::linear};
+use super::kernels::{elementwise, grad, layout, linear::linear, sampling};
 use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
 use crate::tensor::{Data, Recycled, Tensor};
@@ -1016,6 +1016,11 @@ fn eval(
                 x.shape.clone(),
                 grad::cross_entropy_grad(f32s(x, "logits")?, targets, x.cols(), dloss)?,
             )
+        }
+        Op::Sample { temperature } => {
+            let draws = f32s(args[1], "draws")?;
+            let ids = sampling::sample_rows(f32s(x, "logits")?, x.cols(), draws, *temperature);
+            Tensor::i32(args[1].shape.clone(), ids)
         }
         Op::KlDiv => {
             let kl = grad::kl_div(f32s(x, "student")?, f32s(args[1], "teacher")?, x.cols());

@@ -253,6 +253,14 @@ define_ops! {
     /// `student, teacher` and the loss gradient `f32[]`:
     /// `dloss · (softmax(student) − softmax(teacher)) / rows`.
     KlDivGrad => "kl_div_grad" (student, teacher, dloss), Primitive;
+    /// A token drawn from each row of `logits: f32[..., V]` at
+    /// `temperature`, by the row's uniform `draws: f32[...]` in [0, 1):
+    /// with weights `w = exp((logits − max) / temperature)`, the first id
+    /// whose running sum of `w` reaches `draws · Σ w` (inverse-CDF
+    /// sampling; the last id of positive weight where rounding leaves none);
+    /// temperature 0 takes the first maximum. `i32[...]`. Decoding draws on
+    /// the device, so that only ids, not logits, come back.
+    Sample { temperature: f32 } => "sample" (logits, draws), Primitive;
     /// `x` with every element set to `value`; the shape and element type
     /// of its operand. Constants, seeds and zero gradients.
     Fill { value: f32 } => "fill" (like), Primitive;

@@ -1176,7 +1176,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `2^x` (`ex2.approx`).
-    fn ex2(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
+    pub(super) fn ex2(&self, x: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
         let f = self.intrinsic("llvm.nvvm.ex2.approx.f", &[])?;
         Ok(self.call(f, &[x.into()])?.into_float_value())
     }

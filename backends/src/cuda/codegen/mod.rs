@@ -199,6 +199,9 @@ pub enum Kernel {
     Dequant,
     /// `y · (dy − Σ y·dy)` per row; one block a row.
     SoftmaxGrad,
+    /// `sample`: an id drawn from each row of logits by its uniform draw
+    /// at a temperature (greedy at 0); one block a row ([`sampling`]).
+    Sample,
     /// The `U` or `W` part of a real matrix (eq. 3), f32 arithmetic; one
     /// thread an element, through per-slot row and column tables.
     WidelyLinear { part: fairyc_ir::WlPart },
@@ -247,6 +250,7 @@ impl Kernel {
             Kernel::RealDequant { ternary: false } => "binary_dequant",
             Kernel::RealDequant { ternary: true } => "ternary_dequant",
             Kernel::SoftmaxGrad => "softmax_grad",
+            Kernel::Sample => "sample",
             Kernel::WidelyLinear { .. } => "widely_linear",
             Kernel::GatherColumns => "gather_columns",
             Kernel::ToBf16 => "to_bf16",
@@ -348,6 +352,7 @@ mod phase;
 mod quant;
 pub mod quant_i8;
 mod rows;
+mod sampling;
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("LLVM: {e}")
@@ -731,6 +736,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::RealSums => self.real_sums(name),
             Kernel::RealDequant { ternary } => self.real_dequant(name, *ternary),
             Kernel::SoftmaxGrad => self.softmax_grad(name),
+            Kernel::Sample => self.sample(name),
             Kernel::WidelyLinear { part } => self.widely_linear(name, *part),
         }
     }

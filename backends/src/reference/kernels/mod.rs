@@ -9,6 +9,7 @@ pub mod linear;
 pub mod norm;
 pub mod quant_linear;
 pub mod rope;
+pub mod sampling;
 
 use num_complex::Complex32;
 use num_traits::Zero;
