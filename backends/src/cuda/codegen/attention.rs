@@ -170,41 +170,31 @@ impl<'ctx> Gen<'ctx> {
                     ])
                 },
             )?;
-            let then = self.context.append_basic_block(f, "output");
-            let other = self.context.append_basic_block(f, "partial");
-            let after = self.context.append_basic_block(f, "stored");
-            self.builder
-                .build_conditional_branch(one_split, then, other)
-                .map_err(err)?;
-            self.builder.position_at_end(then);
-            let o = self.add(self.mul(row_head, words)?, w)?;
-            self.store_f32(out, o, self.normalised(a, l)?)?;
-            self.builder
-                .build_unconditional_branch(after)
-                .map_err(err)?;
-            self.builder.position_at_end(other);
-            let record = self.mul(block, self.int(partial_words(group, dv) as u64))?;
-            let first_word = self
-                .builder
-                .build_int_compare(IntPredicate::EQ, c, self.int(0), "")
-                .map_err(err)?;
-            self.when(f, first_word, || {
-                self.store_f32(partials, self.add(record, h)?, m)?;
+            let output = || {
+                let o = self.add(self.mul(row_head, words)?, w)?;
+                self.store_f32(out, o, self.normalised(a, l)?)
+            };
+            let partial = || {
+                let record = self.mul(block, self.int(partial_words(group, dv) as u64))?;
+                let first_word = self
+                    .builder
+                    .build_int_compare(IntPredicate::EQ, c, self.int(0), "")
+                    .map_err(err)?;
+                self.when(f, first_word, || {
+                    self.store_f32(partials, self.add(record, h)?, m)?;
+                    self.store_f32(
+                        partials,
+                        self.add(self.add(record, self.int(group as u64))?, h)?,
+                        l,
+                    )
+                })?;
                 self.store_f32(
                     partials,
-                    self.add(self.add(record, self.int(group as u64))?, h)?,
-                    l,
+                    self.add(self.add(record, self.int(2 * group as u64))?, w)?,
+                    a,
                 )
-            })?;
-            self.store_f32(
-                partials,
-                self.add(self.add(record, self.int(2 * group as u64))?, w)?,
-                a,
-            )?;
-            self.builder
-                .build_unconditional_branch(after)
-                .map_err(err)?;
-            self.builder.position_at_end(after);
+            };
+            self.when_else(f, one_split, output, partial)?;
             Ok(())
         })?;
         self.ret()

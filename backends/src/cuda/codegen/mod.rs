@@ -1017,6 +1017,50 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)
     }
 
+    /// A two-way branch: `then` where `condition` holds, `otherwise` where
+    /// it does not.
+    fn when_else(
+        &self,
+        f: FunctionValue<'ctx>,
+        condition: IntValue<'ctx>,
+        then: impl FnOnce() -> Built<()>,
+        otherwise: impl FnOnce() -> Built<()>,
+    ) -> Built<()> {
+        let (yes, no) = (
+            self.context.append_basic_block(f, "then"),
+            self.context.append_basic_block(f, "else"),
+        );
+        let after = self.context.append_basic_block(f, "after");
+        self.builder
+            .build_conditional_branch(condition, yes, no)
+            .map_err(err)?;
+        self.builder.position_at_end(yes);
+        then()?;
+        self.builder
+            .build_unconditional_branch(after)
+            .map_err(err)?;
+        self.builder.position_at_end(no);
+        otherwise()?;
+        self.builder
+            .build_unconditional_branch(after)
+            .map_err(err)?;
+        self.builder.position_at_end(after);
+        Ok(())
+    }
+
+    /// An integer variable's value (`slot` holds a `ty`).
+    fn load_int(
+        &self,
+        ty: inkwell::types::IntType<'ctx>,
+        slot: PointerValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_load(ty, slot, "")
+            .map_err(err)?
+            .into_int_value())
+    }
+
     fn when(
         &self,
         f: FunctionValue<'ctx>,

@@ -317,11 +317,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     fn get_int(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_load(self.i32(), slot, "")
-            .map_err(err)?
-            .into_int_value())
+        self.load_int(self.i32(), slot)
     }
 
     fn int_to_float(&self, slot: PointerValue<'ctx>) -> Built<FloatValue<'ctx>> {

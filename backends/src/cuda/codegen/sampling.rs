@@ -191,11 +191,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     fn get_i64(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_load(self.i64(), slot, "")
-            .map_err(err)?
-            .into_int_value())
+        self.load_int(self.i64(), slot)
     }
 
     fn set_i64(&self, slot: PointerValue<'ctx>, v: IntValue<'ctx>) -> Built<()> {
