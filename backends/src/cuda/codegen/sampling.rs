@@ -45,7 +45,7 @@ impl<'ctx> Gen<'ctx> {
             let lo = self.min_int(self.mul(t, chunk)?, cols)?;
             Ok((lo, self.min_int(self.add(lo, chunk)?, cols)?))
         };
-        let max = self.row_sum(f, scratch, cols, true, |j| logit(j))?;
+        let max = self.row_sum(f, scratch, cols, true, logit)?;
         let greedy = self
             .builder
             .build_float_compare(FloatPredicate::OEQ, temperature, self.float(0.0), "")
