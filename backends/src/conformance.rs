@@ -274,7 +274,8 @@ pub fn op_cases() -> Vec<Case> {
         });
         // A long cache for one or two queries: the GPU splits its keys
         // over blocks and merges their softmaxes.
-        cases_over(&mut out, "attention_long_cache", &[1usize, 2], |c, s| {
+        // (And none: a slot that sits a step out.)
+        cases_over(&mut out, "attention_long_cache", &[0usize, 1, 2], |c, s| {
             let kv = 300 + s;
             let (q, k, v) = (c.real(&[s, 128]), c.real(&[kv, 64]), c.real(&[kv, 64]));
             let (zq, zk, zv) = (

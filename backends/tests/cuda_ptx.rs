@@ -28,7 +28,7 @@ fn every_kernel() -> Vec<Kernel> {
             complex: true,
         },
         // SmolLM2's heads (64 words, 3 query heads a key head), LLaMA-7B's
-        // (128, 1) and iFairy's complex ones of odd width (a partial span
+        // (128, 1) and a width that is not a multiple of 32 (a partial span
         // of lanes).
         Kernel::Attention {
             d: 64,
@@ -47,6 +47,7 @@ fn every_kernel() -> Vec<Kernel> {
         },
         Kernel::AttentionCombine,
         Kernel::Copy2d,
+        Kernel::AppendRows,
         Kernel::Permute,
         Kernel::QuantLinear {
             u_stages: 2,

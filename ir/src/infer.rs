@@ -454,11 +454,15 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         }
         Op::Sample { temperature } => {
             let (logits, draws) = (operands[0], operands[1]);
-            let leading = TensorType::new(DType::I32, draws.shape.clone());
-            expect_targets(logits, &leading)?;
-            if draws.dtype != DType::F32 {
+            let dims = logits.shape.dims();
+            if logits.dtype != DType::F32 || dims.last().is_none_or(|v| *v == Dim::Fixed(0)) {
                 return Err(format!(
-                    "draws must be f32 of the logits' leading shape, found {draws}"
+                    "logits must be f32[..., vocab] over a vocabulary, found {logits}"
+                ));
+            }
+            if draws.dtype != DType::F32 || draws.shape.dims() != &dims[..dims.len() - 1] {
+                return Err(format!(
+                    "draws must be f32 of the logits' leading shape; found {draws} for logits {logits}"
                 ));
             }
             if !(temperature.is_finite() && *temperature >= 0.0) {
@@ -466,7 +470,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
                     "the temperature must be 0 or positive, found {temperature}"
                 ));
             }
-            Ok(leading)
+            Ok(TensorType::new(DType::I32, draws.shape.clone()))
         }
         Op::Fill { value } => {
             expect_numeric(operands[0], "template")?;

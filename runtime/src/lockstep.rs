@@ -21,6 +21,8 @@ pub struct Lockstep<'a> {
     state: Vec<(String, Tensor)>,
     position: usize,
     context: Option<usize>,
+    /// Whether the graph draws its tokens itself (a [`DRAWS`] input).
+    draws: bool,
 }
 
 impl<'a> Lockstep<'a> {
@@ -56,6 +58,7 @@ impl<'a> Lockstep<'a> {
             state,
             position: 0,
             context: graph.context_length(),
+            draws: graph.inputs().any(|(_, n, _)| n == DRAWS),
         })
     }
 
@@ -66,6 +69,11 @@ impl<'a> Lockstep<'a> {
     /// Feeds `tokens[r]` to row `r`; returns the logits `[rows, vocab]`. On
     /// an error the sequences are lost (their caches went into the run).
     pub fn step(&mut self, tokens: &[u32]) -> Result<Tensor, BackendError> {
+        if self.draws {
+            return Err(BackendError::new(
+                "this lockstep graph draws its tokens: step it with step_drawn",
+            ));
+        }
         self.run(tokens, None)
     }
 
@@ -74,6 +82,11 @@ impl<'a> Lockstep<'a> {
     /// `r` and returns each row's next token, drawn by `draws[r]` (uniform
     /// in [0, 1)).
     pub fn step_drawn(&mut self, tokens: &[u32], draws: &[f32]) -> Result<Vec<u32>, BackendError> {
+        if !self.draws {
+            return Err(BackendError::new(
+                "this lockstep graph returns logits: step it with step",
+            ));
+        }
         if draws.len() != self.rows {
             return Err(BackendError::new(format!(
                 "a lockstep step draws one token for each of {} rows, got {} draws",
@@ -85,7 +98,11 @@ impl<'a> Lockstep<'a> {
         let ids = ids
             .as_i32()
             .ok_or_else(|| BackendError::new("a drawing lockstep graph returns i32 ids first"))?;
-        Ok(ids.iter().map(|&id| id as u32).collect())
+        ids.iter()
+            .map(|&id| {
+                u32::try_from(id).map_err(|_| BackendError::new(format!("a drawn id of {id}")))
+            })
+            .collect()
     }
 
     fn run(&mut self, tokens: &[u32], draws: Option<Tensor>) -> Result<Tensor, BackendError> {

@@ -30,6 +30,11 @@ use crate::{Backend, Error};
 const MAGIC: &[u8; 8] = b"FAIRYTOK";
 const VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 * 5 + 8;
+
+/// The teacher samples its sequences at temperature 1 (its own
+/// distribution, as LLM-QAT).
+const TEMPERATURE: f32 = 1.0;
+
 /// How often a generation rewrites its token file between waves (what a
 /// killed process loses at most).
 const WRITE_EVERY: Duration = Duration::from_secs(30);
@@ -142,9 +147,9 @@ impl Generation<'_> {
         // The same rows in every process (not fewer for a last wave), so
         // that a resumed generation computes as an uninterrupted one.
         let rows = header.count.min(self.slots).max(1);
-        // The program draws each row's token itself at temperature 1 from
-        // the samplers' uniform numbers: only ids come back from a GPU.
-        let program = crate::compile_lockstep(backend, &teacher, rows, Some(1.0))?;
+        // The program draws each row's token itself from the samplers'
+        // uniform numbers: only ids come back from a GPU.
+        let program = crate::compile_lockstep(backend, &teacher, rows, Some(TEMPERATURE))?;
         let vocab = header.vocab;
         let uniform = vec![0.0f32; vocab];
         let out_of_time = || self.deadline.is_some_and(|d| Instant::now() >= d);
@@ -154,7 +159,7 @@ impl Generation<'_> {
             // rows past the count are generated and dropped.
             let start = (first + stored) as u64;
             let mut samplers: Vec<Sampler> = (0..rows as u64)
-                .map(|r| Sampler::new(1.0, 1.0, header.seed.wrapping_add(start + r)))
+                .map(|r| Sampler::new(TEMPERATURE, 1.0, header.seed.wrapping_add(start + r)))
                 .collect();
             let mut sequences: Vec<Vec<u32>> = samplers
                 .iter_mut()

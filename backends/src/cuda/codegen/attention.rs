@@ -20,21 +20,33 @@ pub fn partial_words(group: usize, dv: usize) -> usize {
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// `attention(out, q, k, v, partials, seq, kv_len, kv_heads, splits,
-    /// causal, scale)` for heads of `d` (query, key) and `dv` (value) words,
-    /// `group` query heads a key head. Block `b` is split `b % splits` of
-    /// query row `i` and key head `kh` (`b / splits = i · kv_heads + kh`);
-    /// that row's query heads `kh · group ..` are words `(b / splits) ·
-    /// group · d ..` of `q`. With one split it writes the output, else its
-    /// [`partial_words`] at record `b` of `partials`.
+    /// `attention(out, q, k, v, partials, lengths, seq, kv_slot, kv_extra,
+    /// kv_heads, splits, causal, scale)` for heads of `d` (query, key) and
+    /// `dv` (value) words, `group` query heads a key head. The keys number
+    /// `kv_extra`, plus `lengths[kv_slot]` where `kv_slot` is not negative
+    /// (a KV cache whose rows in use the device holds: a captured decoding
+    /// step replays at any position); the last `seq` are the queries' own.
+    /// Block `b` is split `b % splits` of query row `i` and key head `kh`
+    /// (`b / splits = i · kv_heads + kh`); that row's query heads `kh ·
+    /// group ..` are words `(b / splits) · group · d ..` of `q`. With one
+    /// split it writes the output, else its [`partial_words`] at record `b`
+    /// of `partials`.
     pub(super) fn attention(&self, name: &str, d: usize, dv: usize, group: usize) -> Built<()> {
-        let mut params = vec![Param::Ptr; 5];
-        params.extend([Param::I64; 5]);
+        let mut params = vec![Param::Ptr; 6];
+        params.extend([Param::I64; 6]);
         params.push(Param::F32);
         let f = self.declare(name, &params);
-        let [out, q, k, v, partials] = [0, 1, 2, 3, 4].map(|i| self.param_ptr(f, i));
-        let [seq, kv_len, kv_heads, splits, causal] = [5, 6, 7, 8, 9].map(|i| self.param_int(f, i));
-        let scale = self.param_float(f, 10);
+        let [out, q, k, v, partials, lengths] = [0, 1, 2, 3, 4, 5].map(|i| self.param_ptr(f, i));
+        let [seq, kv_slot, kv_extra, kv_heads, splits, causal] =
+            [6, 7, 8, 9, 10, 11].map(|i| self.param_int(f, i));
+        let scale = self.param_float(f, 12);
+        let cached = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, kv_slot, self.int(0), "")
+            .map_err(err)?;
+        let in_use = self.load_i32(lengths, self.select_int(cached, kv_slot, self.int(0))?)?;
+        let in_use = self.select_int(cached, self.widen(in_use)?, self.int(0))?;
+        let kv_len = self.add(kv_extra, in_use)?;
         let warps = (ATTENTION_THREADS / 32) as usize;
         let block = self.sreg("ctaid.x")?;
         let (row_head, split) = (self.udiv(block, splits)?, self.urem(block, splits)?);
@@ -97,8 +109,10 @@ impl<'ctx> Gen<'ctx> {
                 let s = self.fmul(self.warp_sum(dot)?, scale)?;
                 let old = self.get(max[h])?;
                 let new = self.fmax(old, s)?;
-                let rescale = self.exp(self.fsub(old, new)?)?;
-                let p = self.exp(self.fsub(s, new)?)?;
+                // Taken at 0 while every score is −∞, as the merges do.
+                let base = self.finite_or_zero(new)?;
+                let rescale = self.exp(self.fsub(old, base)?)?;
+                let p = self.exp(self.fsub(s, base)?)?;
                 self.set(max[h], new)?;
                 self.set(
                     total[h],
@@ -123,22 +137,13 @@ impl<'ctx> Gen<'ctx> {
         let slot = self.mul(warp, self.int(group as u64))?;
         for h in 0..group {
             let at = self.add(slot, self.int(h as u64))?;
-            self.when(
-                f,
-                self.builder
-                    .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
-                    .map_err(err)?,
-                || {
-                    self.store_f32(warp_max, at, self.get(max[h])?)?;
-                    self.store_f32(warp_total, at, self.get(total[h])?)
-                },
-            )?;
+            self.when(f, self.eq_int(lane, self.int(0))?, || {
+                self.store_f32(warp_max, at, self.get(max[h])?)?;
+                self.store_f32(warp_total, at, self.get(total[h])?)
+            })?;
             for t in 0..spans(dv) {
                 let c = self.add(lane, self.int(32 * t as u64))?;
-                let inside = self
-                    .builder
-                    .build_int_compare(IntPredicate::ULT, c, self.int(dv as u64), "")
-                    .map_err(err)?;
+                let inside = self.ult(c, self.int(dv as u64))?;
                 self.when(f, inside, || {
                     let word = self.add(self.mul(at, self.int(dv as u64))?, c)?;
                     self.store_f32(warp_acc, word, self.get(acc[h * spans(dv) + t])?)
@@ -147,10 +152,7 @@ impl<'ctx> Gen<'ctx> {
         }
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
         self.call_void(barrier, &[])?;
-        let one_split = self
-            .builder
-            .build_int_compare(IntPredicate::EQ, splits, self.int(1), "")
-            .map_err(err)?;
+        let one_split = self.eq_int(splits, self.int(1))?;
         let words = self.int((group * dv) as u64);
         self.strided_loop(f, tid, words, self.int(ATTENTION_THREADS as u64), |w| {
             let (h, c) = (
@@ -176,10 +178,7 @@ impl<'ctx> Gen<'ctx> {
             };
             let partial = || {
                 let record = self.mul(block, self.int(partial_words(group, dv) as u64))?;
-                let first_word = self
-                    .builder
-                    .build_int_compare(IntPredicate::EQ, c, self.int(0), "")
-                    .map_err(err)?;
+                let first_word = self.eq_int(c, self.int(0))?;
                 self.when(f, first_word, || {
                     self.store_f32(partials, self.add(record, h)?, m)?;
                     self.store_f32(
@@ -272,10 +271,7 @@ impl<'ctx> Gen<'ctx> {
         if 32 * (t + 1) <= width {
             return self.load_f32(ptr, self.add(base, c)?);
         }
-        let inside = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, c, self.int(width as u64), "")
-            .map_err(err)?;
+        let inside = self.ult(c, self.int(width as u64))?;
         let safe = self.select_int(inside, c, self.int(0))?;
         let x = self.load_f32(ptr, self.add(base, safe)?)?;
         self.select_float(inside, x, self.float(0.0))
@@ -316,10 +312,7 @@ impl<'ctx> Gen<'ctx> {
         acc: FloatValue<'ctx>,
         total: FloatValue<'ctx>,
     ) -> Built<FloatValue<'ctx>> {
-        let seen = self
-            .builder
-            .build_float_compare(FloatPredicate::OGT, total, self.float(0.0), "")
-            .map_err(err)?;
+        let seen = self.fgt(total, self.float(0.0))?;
         self.select_float(seen, self.fdiv(acc, total)?, self.float(0.0))
     }
 
@@ -351,10 +344,7 @@ impl<'ctx> Gen<'ctx> {
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, cols, self.sreg("ntid.x")?, |j| {
             let p = self.fdiv(self.exp(self.fsub(self.load_f32(x, at(j)?)?, max)?)?, total)?;
-            let seen = self
-                .builder
-                .build_int_compare(IntPredicate::ULT, j, visible, "")
-                .map_err(err)?;
+            let seen = self.ult(j, visible)?;
             let p = self.select_float(seen, p, self.float(0.0))?;
             self.store_f32(out, at(j)?, p)
         })?;

@@ -995,7 +995,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `a < b` (unsigned).
-    fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+    pub(super) fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         self.builder
             .build_int_compare(IntPredicate::ULT, a, b, "")
             .map_err(err)

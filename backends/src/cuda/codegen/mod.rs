@@ -112,6 +112,9 @@ pub enum Kernel {
     /// `dst[r·dst_stride + dst_off + c] = src[r·src_stride + src_off + c]`
     /// on 32-bit words: slices and concatenations.
     Copy2d,
+    /// A KV cache's new rows written after its rows in use, their count
+    /// read on the device (`program::caches`).
+    AppendRows,
     /// A permutation of axes (up to [`GATHER_RANK`]) on 32-bit words.
     Permute,
     /// `out[r, c] = x[r, index[c]]` on 32-bit words, 0 where `index[c] < 0`:
@@ -236,6 +239,7 @@ impl Kernel {
             Kernel::Attention { .. } => "attention",
             Kernel::AttentionCombine => "attention_combine",
             Kernel::Copy2d => "copy2d",
+            Kernel::AppendRows => "append_rows",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
             Kernel::QuantLinearI8 { .. } => "quant_linear_i8",
@@ -706,6 +710,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Attention { d, dv, group } => self.attention(name, *d, *dv, *group),
             Kernel::AttentionCombine => self.attention_combine(name),
             Kernel::Copy2d => self.copy2d(name),
+            Kernel::AppendRows => self.append_rows(name),
             Kernel::Permute => self.permute(name),
             Kernel::GatherColumns => self.gather_columns(name),
             Kernel::ColumnSum => self.column_sum(name),
@@ -1046,6 +1051,48 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)?;
         self.builder.position_at_end(after);
         Ok(())
+    }
+
+    /// An i64 variable starting at `init`.
+    fn local_i64(&self, init: IntValue<'ctx>) -> Built<PointerValue<'ctx>> {
+        let slot = self.entry_slot(self.i64().into())?;
+        self.builder.build_store(slot, init).map_err(err)?;
+        Ok(slot)
+    }
+
+    fn get_i64(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.load_int(self.i64(), slot)
+    }
+
+    fn set_i64(&self, slot: PointerValue<'ctx>, v: IntValue<'ctx>) -> Built<()> {
+        self.builder.build_store(slot, v).map_err(err)?;
+        Ok(())
+    }
+
+    /// `a == b`.
+    fn eq_int(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_int_compare(IntPredicate::EQ, a, b, "")
+            .map_err(err)
+    }
+
+    /// `!a` of a flag.
+    fn not(&self, a: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder.build_not(a, "").map_err(err)
+    }
+
+    /// `a >= b` (ordered).
+    fn fge(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_float_compare(FloatPredicate::OGE, a, b, "")
+            .map_err(err)
+    }
+
+    /// `a > b` (ordered).
+    fn fgt(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_float_compare(FloatPredicate::OGT, a, b, "")
+            .map_err(err)
     }
 
     /// An integer variable's value (`slot` holds a `ty`).

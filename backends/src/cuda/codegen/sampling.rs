@@ -4,7 +4,7 @@
 //!
 //! One block a row. Each thread takes a contiguous chunk of the row; the
 //! block finds the row's maximum, then each thread its chunk's first
-//! maximum (greedy) or its chunk's sum of weights (sampling). The first
+//! maximum and (sampling) its chunk's sum of weights. The first
 //! thread then does what the reference does in one sequential pass, but
 //! over the chunks' sums and then within the one chunk that holds the
 //! draw: the ids agree with the reference but where rounding of the sums'
@@ -42,8 +42,8 @@ impl<'ctx> Gen<'ctx> {
         let tid = self.sreg("tid.x")?;
         let chunk = self.udiv(self.add(cols, self.int(ROW_THREADS as u64 - 1))?, threads)?;
         let chunk_of = |t: IntValue<'ctx>| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
-            let lo = self.min_int(self.mul(t, chunk)?, cols)?;
-            Ok((lo, self.min_int(self.add(lo, chunk)?, cols)?))
+            let lo = self.umin(self.mul(t, chunk)?, cols)?;
+            Ok((lo, self.umin(self.add(lo, chunk)?, cols)?))
         };
         let max = self.row_sum(f, scratch, cols, true, logit)?;
         let greedy = self
@@ -83,11 +83,14 @@ impl<'ctx> Gen<'ctx> {
         self.call_void(barrier, &[])?;
         self.when(f, self.first_thread()?, || {
             let id = self.local_i64(cols)?;
-            // Greedy: the first of the chunks' first maxima.
+            // Greedy: the first of the chunks' first maxima; 0 where no
+            // logit equals the maximum (a row of NaNs), as the reference.
             self.strided_loop(f, self.int(0), threads, self.int(1), |t| {
                 let candidate = self.widen(self.load_i32(firsts, t)?)?;
-                self.set_i64(id, self.min_int(self.get_i64(id)?, candidate)?)
+                self.set_i64(id, self.umin(self.get_i64(id)?, candidate)?)
             })?;
+            let none = self.eq_int(self.get_i64(id)?, cols)?;
+            self.set_i64(id, self.select_int(none, self.int(0), self.get_i64(id)?)?)?;
             self.when(f, self.not(greedy)?, || {
                 self.draw(f, (sums, threads), draws, r, &chunk_of, &weight, id)
             })?;
@@ -116,6 +119,9 @@ impl<'ctx> Gen<'ctx> {
         weight: &dyn Fn(IntValue<'ctx>) -> Built<FloatValue<'ctx>>,
         id: PointerValue<'ctx>,
     ) -> Built<()> {
+        // 0 where no weight is positive (non-finite logits), as the
+        // reference.
+        self.set_i64(id, self.int(0))?;
         let total = self.local(self.float(0.0))?;
         self.strided_loop(f, self.int(0), threads, self.int(1), |t| {
             self.set(total, self.fadd(self.get(total)?, self.load_f32(sums, t)?)?)
@@ -181,51 +187,5 @@ impl<'ctx> Gen<'ctx> {
                 self.set_i64(id, chosen)
             },
         )
-    }
-
-    /// An i64 variable starting at `init`.
-    fn local_i64(&self, init: IntValue<'ctx>) -> Built<PointerValue<'ctx>> {
-        let slot = self.entry_slot(self.i64().into())?;
-        self.builder.build_store(slot, init).map_err(err)?;
-        Ok(slot)
-    }
-
-    fn get_i64(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
-        self.load_int(self.i64(), slot)
-    }
-
-    fn set_i64(&self, slot: PointerValue<'ctx>, v: IntValue<'ctx>) -> Built<()> {
-        self.builder.build_store(slot, v).map_err(err)?;
-        Ok(())
-    }
-
-    fn min_int(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        let less = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, a, b, "")
-            .map_err(err)?;
-        self.select_int(less, a, b)
-    }
-
-    fn eq_int(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        self.builder
-            .build_int_compare(IntPredicate::EQ, a, b, "")
-            .map_err(err)
-    }
-
-    fn not(&self, a: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        self.builder.build_not(a, "").map_err(err)
-    }
-
-    fn fge(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
-        self.builder
-            .build_float_compare(FloatPredicate::OGE, a, b, "")
-            .map_err(err)
-    }
-
-    fn fgt(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> Built<IntValue<'ctx>> {
-        self.builder
-            .build_float_compare(FloatPredicate::OGT, a, b, "")
-            .map_err(err)
     }
 }
