@@ -47,7 +47,6 @@ fn every_kernel() -> Vec<Kernel> {
         },
         Kernel::AttentionCombine,
         Kernel::Copy2d,
-        Kernel::AppendRows,
         Kernel::Permute,
         Kernel::QuantLinear {
             u_stages: 2,
