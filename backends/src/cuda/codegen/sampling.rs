@@ -24,17 +24,13 @@ impl<'ctx> Gen<'ctx> {
         let cols = self.param_int(f, 3);
         let temperature = self.param_float(f, 4);
         let threads = self.int(ROW_THREADS as u64);
-        let shared = |what: &str, ty: inkwell::types::BasicTypeEnum<'ctx>| {
-            let array = match ty {
-                inkwell::types::BasicTypeEnum::IntType(t) => t.array_type(ROW_THREADS),
-                _ => self.f32().array_type(ROW_THREADS),
-            };
+        let shared = |what: &str, array: inkwell::types::ArrayType<'ctx>| {
             self.shared_array(array, &format!("{name}_{what}"))
                 .as_pointer_value()
         };
         let (sums, firsts) = (
-            shared("sums", self.f32().into()),
-            shared("firsts", self.i32().into()),
+            shared("sums", self.f32().array_type(ROW_THREADS)),
+            shared("firsts", self.i32().array_type(ROW_THREADS)),
         );
         let r = self.sreg("ctaid.x")?;
         let base = self.mul(r, cols)?;
