@@ -47,6 +47,7 @@ fn every_kernel() -> Vec<Kernel> {
         },
         Kernel::AttentionCombine,
         Kernel::Copy2d,
+        Kernel::AppendRows,
         Kernel::Permute,
         Kernel::QuantLinear {
             u_stages: 2,

@@ -5,7 +5,7 @@
 //! From the second run with the same input shapes, the run is one launch of
 //! a CUDA graph captured from it ([`replay`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -210,8 +210,16 @@ pub struct CudaProgram {
     gathers: HashMap<usize, (CudaSlice<i32>, usize)>,
     /// How many of the last outputs are state (returned on the device).
     state_outputs: usize,
-    /// The KV caches' concatenations, grown in place (`caches`).
-    growing_caches: HashSet<usize>,
+    /// The KV caches' concatenations, grown in place (`caches`), each with
+    /// its slot in `cache_lengths`.
+    cache_slots: HashMap<usize, usize>,
+    /// The state inputs those concatenations extend, with their slots and
+    /// concatenation nodes.
+    cache_inputs: Vec<caches::CacheInput>,
+    /// Each cache's rows in use at the start of a run, on the device: what
+    /// its attention and its append read, so that a captured decoding step
+    /// replays at any position (at least one word).
+    cache_lengths: CudaSlice<u32>,
     /// The model's context length, where its graph says: the most rows a
     /// growing cache makes room for.
     context_length: Option<usize>,
@@ -428,10 +436,16 @@ fn select_kernels(
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
     let mut steps = Vec::with_capacity(graph.nodes.len());
+    let growing = caches::growing_caches(graph, crate::state::state_names(graph).len());
     for (i, node) in graph.nodes.iter().enumerate() {
         let folded_on_host = plan.resident[i] && fold == Fold::Host;
         if folded_on_host || matches!(node.op, Op::Input { .. } | Op::Weight { .. }) {
             steps.push(None);
+            continue;
+        }
+        if growing.contains(&i) {
+            let append = kernel_index(&mut kernels, Kernel::AppendRows);
+            steps.push(Some(Step::Kernel(vec![append])));
             continue;
         }
         let elems = node
@@ -839,7 +853,10 @@ impl CudaProgram {
             gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
         }
         let state_outputs = crate::state::state_names(&graph).len();
-        let growing_caches = caches::growing_caches(&graph, state_outputs);
+        let (cache_slots, cache_inputs) = caches::cache_slots(&graph, state_outputs);
+        let cache_lengths = stream
+            .alloc_zeros::<u32>(cache_inputs.len().max(1))
+            .map_err(driver)?;
         let context_length = graph.context_length();
         let last_use = fusion::last_uses(&graph, &plan, &steps);
         let attention_groups = attention::attention_groups(&graph);
@@ -860,7 +877,9 @@ impl CudaProgram {
             rope_freqs,
             gathers,
             state_outputs,
-            growing_caches,
+            cache_slots,
+            cache_inputs,
+            cache_lengths,
             context_length,
             pairings,
             resident_bytes: 0,
@@ -1080,8 +1099,8 @@ impl CudaProgram {
                 room: None,
             });
         }
-        if self.growing_caches.contains(&i) {
-            return self.append_rows(args, shape, elem);
+        if let (Some(&slot), Step::Kernel(k)) = (self.cache_slots.get(&i), step) {
+            return self.append_rows(k[0], slot, args, shape, elem);
         }
         let len: usize = shape.iter().product();
         let mut out = self.alloc(len * words_per(elem))?;
@@ -1229,7 +1248,8 @@ impl CudaProgram {
             ) => {
                 let s = Segments::new(x, args[2], (*heads, *kv_heads), None, *scale, *causal)
                     .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
-                self.cache_attention(k, (x, args[1], args[2]), s, &mut out)?;
+                let cache = self.cache_slots.get(&node.operands[1].0).copied();
+                self.cache_attention(k, (x, args[1], args[2]), cache, s, &mut out)?;
             }
             (Step::Kernel(k), Op::Slice { axis, start, end }) => {
                 let inner = x.shape[axis + 1..].iter().product::<usize>() * words_per(elem);
@@ -2119,7 +2139,8 @@ impl Program for CudaProgram {
         self.join_collectives(|_| true)?;
         let bindings = bind_inputs(&self.graph, &inputs)?;
         self.check_ids(&inputs)?;
-        let signature = replay::Signature::of(&inputs);
+        self.write_cache_lengths(&inputs)?;
+        let signature = self.signature(&inputs);
         let mut on_device = HashMap::with_capacity(inputs.len());
         // Dropped before the inputs, on an error too: a caller's buffer
         // whose last holder was this run is freed (on the stream of the

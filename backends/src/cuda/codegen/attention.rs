@@ -20,21 +20,33 @@ pub fn partial_words(group: usize, dv: usize) -> usize {
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// `attention(out, q, k, v, partials, seq, kv_len, kv_heads, splits,
-    /// causal, scale)` for heads of `d` (query, key) and `dv` (value) words,
-    /// `group` query heads a key head. Block `b` is split `b % splits` of
-    /// query row `i` and key head `kh` (`b / splits = i · kv_heads + kh`);
-    /// that row's query heads `kh · group ..` are words `(b / splits) ·
-    /// group · d ..` of `q`. With one split it writes the output, else its
-    /// [`partial_words`] at record `b` of `partials`.
+    /// `attention(out, q, k, v, partials, lengths, seq, kv_slot, kv_extra,
+    /// kv_heads, splits, causal, scale)` for heads of `d` (query, key) and
+    /// `dv` (value) words, `group` query heads a key head. The keys number
+    /// `kv_extra`, plus `lengths[kv_slot]` where `kv_slot` is not negative
+    /// (a KV cache whose rows in use the device holds: a captured decoding
+    /// step replays at any position); the last `seq` are the queries' own.
+    /// Block `b` is split `b % splits` of query row `i` and key head `kh`
+    /// (`b / splits = i · kv_heads + kh`); that row's query heads `kh ·
+    /// group ..` are words `(b / splits) · group · d ..` of `q`. With one
+    /// split it writes the output, else its [`partial_words`] at record `b`
+    /// of `partials`.
     pub(super) fn attention(&self, name: &str, d: usize, dv: usize, group: usize) -> Built<()> {
-        let mut params = vec![Param::Ptr; 5];
-        params.extend([Param::I64; 5]);
+        let mut params = vec![Param::Ptr; 6];
+        params.extend([Param::I64; 6]);
         params.push(Param::F32);
         let f = self.declare(name, &params);
-        let [out, q, k, v, partials] = [0, 1, 2, 3, 4].map(|i| self.param_ptr(f, i));
-        let [seq, kv_len, kv_heads, splits, causal] = [5, 6, 7, 8, 9].map(|i| self.param_int(f, i));
-        let scale = self.param_float(f, 10);
+        let [out, q, k, v, partials, lengths] = [0, 1, 2, 3, 4, 5].map(|i| self.param_ptr(f, i));
+        let [seq, kv_slot, kv_extra, kv_heads, splits, causal] =
+            [6, 7, 8, 9, 10, 11].map(|i| self.param_int(f, i));
+        let scale = self.param_float(f, 12);
+        let cached = self
+            .builder
+            .build_int_compare(IntPredicate::SGE, kv_slot, self.int(0), "")
+            .map_err(err)?;
+        let in_use = self.load_i32(lengths, self.select_int(cached, kv_slot, self.int(0))?)?;
+        let in_use = self.select_int(cached, self.widen(in_use)?, self.int(0))?;
+        let kv_len = self.add(kv_extra, in_use)?;
         let warps = (ATTENTION_THREADS / 32) as usize;
         let block = self.sreg("ctaid.x")?;
         let (row_head, split) = (self.udiv(block, splits)?, self.urem(block, splits)?);

@@ -216,6 +216,26 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `append_rows(dst, src, lengths, slot, row_words, words)`: `src`'s
+    /// `words` words into `dst` after its first `lengths[slot]` rows (of
+    /// `row_words` words): a KV cache extended in place, at an offset read
+    /// on the device, so that a captured decoding step replays at any
+    /// position.
+    pub(super) fn append_rows(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr; 3];
+        params.extend([Param::I64; 3]);
+        let f = self.declare(name, &params);
+        let [dst, src, lengths] = [0, 1, 2].map(|k| self.param_ptr(f, k));
+        let [slot, row_words, words] = [3, 4, 5].map(|k| self.param_int(f, k));
+        let rows = self.widen(self.load_i32(lengths, slot)?)?;
+        let offset = self.mul(rows, row_words)?;
+        self.grid_loop(f, words, |i| {
+            let v = self.load_i32(src, i)?;
+            self.store_i32(dst, self.add(offset, i)?, v)
+        })?;
+        self.ret()
+    }
+
     /// `permute(dst, src, n, dims[8], strides[8])`: output element `i`,
     /// written as digits of the output's dims (outermost first, unused
     /// leading dims 1), reads the source at the digits' strides.

@@ -112,6 +112,9 @@ pub enum Kernel {
     /// `dst[r·dst_stride + dst_off + c] = src[r·src_stride + src_off + c]`
     /// on 32-bit words: slices and concatenations.
     Copy2d,
+    /// A KV cache's new rows written after its rows in use, their count
+    /// read on the device (`program::caches`).
+    AppendRows,
     /// A permutation of axes (up to [`GATHER_RANK`]) on 32-bit words.
     Permute,
     /// `out[r, c] = x[r, index[c]]` on 32-bit words, 0 where `index[c] < 0`:
@@ -236,6 +239,7 @@ impl Kernel {
             Kernel::Attention { .. } => "attention",
             Kernel::AttentionCombine => "attention_combine",
             Kernel::Copy2d => "copy2d",
+            Kernel::AppendRows => "append_rows",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
             Kernel::QuantLinearI8 { .. } => "quant_linear_i8",
@@ -706,6 +710,7 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Attention { d, dv, group } => self.attention(name, *d, *dv, *group),
             Kernel::AttentionCombine => self.attention_combine(name),
             Kernel::Copy2d => self.copy2d(name),
+            Kernel::AppendRows => self.append_rows(name),
             Kernel::Permute => self.permute(name),
             Kernel::GatherColumns => self.gather_columns(name),
             Kernel::ColumnSum => self.column_sum(name),

@@ -84,14 +84,14 @@ impl Segments {
 
 /// How many blocks share one query row and key head's keys in
 /// [`CudaProgram::cache_attention`]: enough for about two blocks a
-/// multiprocessor (of an H100's or H200's 132), and few enough that each
-/// warp gets about eight keys (the count rounded up).
+/// multiprocessor (of an H100's or H200's 132), and no more than leaves
+/// each warp at least eight keys.
 fn key_splits(row_heads: usize, kv_len: usize) -> usize {
     const MULTIPROCESSORS: usize = 132;
     const KEYS_PER_WARP: usize = 8;
     let warps = (ATTENTION_THREADS / 32) as usize;
     let wanted = (2 * MULTIPROCESSORS).div_ceil(row_heads.max(1));
-    wanted.min(kv_len.div_ceil(warps * KEYS_PER_WARP)).max(1)
+    wanted.min(kv_len / (warps * KEYS_PER_WARP)).max(1)
 }
 
 /// What the gradients of one attention share, kept for the group's other
@@ -408,11 +408,15 @@ impl CudaProgram {
     /// `out`, by [`Kernel::Attention`] (`kernels[0]`); its keys split over
     /// several blocks, merged by [`Kernel::AttentionCombine`]
     /// (`kernels[1]`), where the rows and key heads alone would leave most
-    /// multiprocessors idle.
+    /// multiprocessors idle. Where the keys are a growing cache (`cache`:
+    /// its slot), the kernel reads their count from the device
+    /// (`caches`), and the split is planned for the cache's room, so that
+    /// the launch is the same at every position.
     pub(super) fn cache_attention(
         &self,
         kernels: &[usize],
         (q, keys, values): (&DeviceTensor, &DeviceTensor, &DeviceTensor),
+        cache: Option<usize>,
         s: Segments,
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
@@ -438,13 +442,29 @@ impl CudaProgram {
                 s.seq
             )));
         }
+        // The cache's rows in use come from the device, plus the queries'.
+        let (slot, extra, planned) = match cache {
+            Some(slot) => (
+                slot as i64,
+                s.seq,
+                keys.words.len() / (s.kv_heads * d).max(1),
+            ),
+            None => (-1, kv_len, kv_len),
+        };
         let row_heads = s.seq * s.kv_heads;
-        let splits = key_splits(row_heads, kv_len);
+        let splits = key_splits(row_heads, planned);
         let partials = match splits {
             1 => None,
             _ => Some(self.alloc(row_heads * splits * partial_words(group, dv))?),
         };
-        let sizes = [s.seq, kv_len, s.kv_heads, splits, usize::from(s.causal)].map(|v| v as i64);
+        let sizes = [
+            s.seq as i64,
+            slot,
+            extra as i64,
+            s.kv_heads as i64,
+            splits as i64,
+            i64::from(s.causal),
+        ];
         let null = 0u64;
         self.launch(
             kernels[0],
@@ -459,6 +479,7 @@ impl CudaProgram {
                     Some(p) => b.arg(p),
                     None => b.arg(&null),
                 };
+                b.arg(&self.cache_lengths);
                 for v in &sizes {
                     b.arg(v);
                 }

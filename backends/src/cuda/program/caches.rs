@@ -9,15 +9,22 @@
 //! use: only a view that ends there may be extended, so a caller that
 //! kept an older view of the cache and extends it again gets a copy, and
 //! no view ever sees its rows change.
+//!
+//! Each cache has a slot in a small device array that holds its rows in
+//! use at the start of a run (`cache_lengths`, written before each run):
+//! the append and the attention over the cache read the position there
+//! rather than as kernel arguments, so a decoding step captured as a CUDA
+//! graph (`replay`) replays at any position while its buffers stay.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{result, CudaSlice, DevicePtr};
+use cudarc::driver::{result, CudaSlice, DevicePtr, PushKernelArg};
 use fairyc_ir::{DType, Graph, Op};
 
-use super::{driver, word_count, CudaProgram, DeviceTensor, Elem};
+use super::{driver, word_count, CudaProgram, DeviceTensor, Elem, MAP_THREADS};
+use crate::tensor::Tensor;
 use crate::BackendError;
 
 /// The fewest rows a growing cache is allocated with.
@@ -43,19 +50,68 @@ pub(super) fn growing_caches(graph: &Graph, state_outputs: usize) -> HashSet<usi
         .collect()
 }
 
+/// A state input that a growing cache extends.
+pub(super) struct CacheInput {
+    pub name: String,
+    /// Its slot in `cache_lengths`.
+    pub slot: usize,
+    /// The concatenation that extends it.
+    pub node: usize,
+}
+
+/// Each growing cache's slot, by its concatenation node, and the state
+/// inputs they extend, in node order.
+pub(super) fn cache_slots(
+    graph: &Graph,
+    state_outputs: usize,
+) -> (HashMap<usize, usize>, Vec<CacheInput>) {
+    let mut nodes: Vec<usize> = growing_caches(graph, state_outputs).into_iter().collect();
+    nodes.sort_unstable();
+    let inputs = nodes
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(slot, &i)| match &graph.node(graph.nodes[i].operands[0]).op {
+                Op::Input { name } => Some(CacheInput {
+                    name: name.clone(),
+                    slot,
+                    node: i,
+                }),
+                _ => None,
+            },
+        )
+        .collect();
+    let slots = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(slot, i)| (i, slot))
+        .collect();
+    (slots, inputs)
+}
+
 impl CudaProgram {
-    /// `concat(parts[0], parts[1..])` along the first axis, into `shape`:
-    /// in place after `parts[0]` where its buffer has room and nothing was
-    /// appended after it, else into a new buffer with room to grow.
+    /// `concat(parts[0], parts[1])` along the first axis, into `shape`, for
+    /// the cache in `slot`: in place after `parts[0]` (by the
+    /// [`Kernel::AppendRows`] kernel `k`) where its buffer has room and
+    /// nothing was appended after it, else into a new buffer with room to
+    /// grow.
+    ///
+    /// [`Kernel::AppendRows`]: super::codegen::Kernel::AppendRows
     pub(super) fn append_rows(
         &self,
+        k: usize,
+        slot: usize,
         parts: &[&DeviceTensor],
         shape: Vec<usize>,
         elem: Elem,
     ) -> Result<DeviceTensor, BackendError> {
         let total = word_count(&shape, elem);
-        let past = parts[0];
-        if let Some(used) = &past.room {
+        let (past, new) = (
+            parts[0],
+            parts[1..].iter().map(|p| p.word_count()).sum::<usize>(),
+        );
+        let row_words = total.checked_div(shape[0]).unwrap_or(0);
+        if let (Some(used), [_, rows]) = (&past.room, parts) {
             let fits = past.words.len() >= total;
             if fits
                 && used
@@ -67,7 +123,15 @@ impl CudaProgram {
                     )
                     .is_ok()
             {
-                self.copy_after(&parts[1..], &past.words, past.word_count())?;
+                let sizes = [slot, row_words, new].map(|v| v as i64);
+                self.launch(k, Self::grid(new), MAP_THREADS, |b| {
+                    b.arg(&*past.words)
+                        .arg(&*rows.words)
+                        .arg(&self.cache_lengths);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
                 return Ok(DeviceTensor {
                     shape,
                     elem,
@@ -77,7 +141,6 @@ impl CudaProgram {
             }
         }
         let rows = shape.first().copied().unwrap_or(0);
-        let row_words = total.checked_div(rows).unwrap_or(0);
         let context = self.context_length.unwrap_or(usize::MAX).max(rows);
         let capacity = (2 * rows).max(MIN_ROWS).min(context);
         let words = self.alloc(capacity * row_words)?;
@@ -88,6 +151,32 @@ impl CudaProgram {
             words: Arc::new(words),
             room: Some(Arc::new(AtomicUsize::new(total))),
         })
+    }
+
+    /// Writes each cache's rows in use (its state input's) into
+    /// `cache_lengths`, before a run's kernels read them.
+    pub(super) fn write_cache_lengths(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<(), BackendError> {
+        if self.cache_inputs.is_empty() {
+            return Ok(());
+        }
+        let mut lengths = vec![0u32; self.cache_inputs.len()];
+        for CacheInput { name, slot, .. } in &self.cache_inputs {
+            let rows = inputs
+                .get(name)
+                .and_then(|t| t.shape.first())
+                .copied()
+                .unwrap_or(0);
+            lengths[*slot] = u32::try_from(rows)
+                .map_err(|_| BackendError::new(format!("input \"{name}\": {rows} rows")))?;
+        }
+        let (dst, _written) = self.cache_lengths.device_ptr(&self.stream);
+        // SAFETY: the buffer holds a word per slot; the copy is staged from
+        // host memory before this returns, and ordered on the program's
+        // stream before the run's kernels.
+        unsafe { result::memcpy_htod_async(dst, &lengths, self.stream.cu_stream()) }.map_err(driver)
     }
 
     /// Copies `parts`' words one after another into `into` from word `at`.
