@@ -402,6 +402,9 @@ impl CudaProgram {
         super::trim_freed_memory(self.stream.context())?;
         let mut caches = Vec::new();
         let capturing = Capturing::begin(self)?;
+        // The run's own values are freed inside the capture (their memory is
+        // the graph's): only the views of the caller's caches are kept.
+        let mut views = Vec::new();
         let ran = self.nodes(&fixed_inputs, bindings).and_then(|outputs| {
             for (k, value) in outputs.iter().enumerate() {
                 match (&fixed_outputs[k], &grown_outputs[k]) {
@@ -423,15 +426,16 @@ impl CudaProgram {
                             output: k,
                             added_rows: value.shape[0] - t.shape[0],
                         });
+                        views.push(value.clone());
                     }
                     (None, None) => unreachable!("an output is the graph's or a cache"),
                 }
             }
-            Ok(outputs)
+            Ok(())
         });
         let graph = capturing.end();
-        let (outputs, graph) = match (ran, graph) {
-            (Ok(outputs), Ok(Some(graph))) => (outputs, graph),
+        let graph = match (ran, graph) {
+            (Ok(()), Ok(Some(graph))) => graph,
             (ran, graph) => {
                 // The frees a failed capture refused were recorded as the
                 // context's error: not a later call's.
@@ -443,10 +447,10 @@ impl CudaProgram {
         };
         tracing::debug!("the run is captured as a CUDA graph");
         // A grown cache's output stands for the caller's buffer.
+        let mut views = views.into_iter();
         let outputs = fixed_outputs
             .into_iter()
-            .zip(outputs)
-            .map(|(fixed, value)| fixed.unwrap_or(value))
+            .map(|fixed| fixed.or_else(|| views.next()).expect("a view for each grown cache"))
             .collect();
         Ok(Captured {
             signature: signature.clone(),
