@@ -450,7 +450,11 @@ impl CudaProgram {
         let mut views = views.into_iter();
         let outputs = fixed_outputs
             .into_iter()
-            .map(|fixed| fixed.or_else(|| views.next()).expect("a view for each grown cache"))
+            .map(|fixed| {
+                fixed
+                    .or_else(|| views.next())
+                    .expect("a view for each grown cache")
+            })
             .collect();
         Ok(Captured {
             signature: signature.clone(),
