@@ -4,7 +4,12 @@
 //! (two stages on x, two on conj x, per-tensor scales) at SmolLM2's and
 //! LLaMA-7B's layer shapes, beside cuBLAS's bf16 GEMV of the same real
 //! layer and a device-to-device copy, each timed by CUDA events over many
-//! launches (launch gaps included, as decode sees them).
+//! launches (launch gaps included, as decode sees them). Each launch reads
+//! the next of enough copies of the weights to fill twice the L2 cache, so
+//! that the weights come from memory as in a model's decoding step, not
+//! from the cache the previous launch filled. A second table times the
+//! int8 kernel's grid capped at 1, 2 and 4 blocks a multiprocessor and
+//! uncapped (one warp per output row).
 //!
 //! `cargo run --release -p fairyc-backends --example cuda_gemv [ITERATIONS]`
 //! on a machine with a GPU; `--ptx` prints the kernels' PTX instead.
@@ -12,11 +17,12 @@
 use std::sync::Arc;
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use fairyc_backends::cuda::codegen::{ptx, Kernel, QUANT_ROWS_PER_BLOCK};
+use fairyc_backends::cuda::codegen::{ptx, quant_i8, Kernel, QUANT_ROWS_PER_BLOCK};
 use rand::RngExt;
 
 /// Real layer shapes (in, out): SmolLM2-135M's, then LLaMA-7B's.
@@ -40,6 +46,8 @@ fn main() -> Result<()> {
         Kernel::QuantLinearI8 {
             u_stages: 2,
             w_stages: 2,
+            paired_input: false,
+            paired_output: false,
         },
         Kernel::QuantLinear {
             u_stages: 2,
@@ -64,9 +72,13 @@ fn main() -> Result<()> {
     let blas = CudaBlas::new(stream.clone())?;
 
     let copy = copy_bandwidth(&stream, iterations.min(50))?;
+    let multiprocessors =
+        context.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+    let l2 = context.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as usize;
     println!(
-        "device {}; {iterations} launches each; copy {:.0} GB/s (read + write, 1 GiB device to device)",
+        "device {} ({multiprocessors} multiprocessors, {} MB of L2); {iterations} launches each; copy {:.0} GB/s (read + write, 1 GiB device to device)",
         context.name()?,
+        l2 / 1_000_000,
         copy / 1e9
     );
     println!(
@@ -74,61 +86,82 @@ fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = rand::rng();
+    let mut by_grid = Vec::new();
     for (real_in, real_out) in SHAPES {
         let (n, m) = (real_out / 2, real_in / 2);
         let code_words = n * m / 16;
+        // Copies of the weights that together fill twice the L2 cache.
+        let copies = (2 * l2).div_ceil(STAGES * 4 * code_words).clamp(1, 4096);
         let mut codes = Vec::new();
         let mut scales = Vec::new();
         for _ in 0..STAGES {
             let words: Vec<u32> = (0..code_words).map(|_| rng.random()).collect();
-            codes.push(stream.clone_htod(&words)?);
+            let repeated: Vec<u32> = (0..copies).flat_map(|_| words.iter().copied()).collect();
+            codes.push(stream.clone_htod(&repeated)?);
             scales.push(
                 stream
                     .clone_htod(&[rng.random_range(0.5f32..1.5), rng.random_range(0.5f32..1.5)])?,
             );
         }
+        let copy_of = |s: usize, i: usize| {
+            let c = i % copies;
+            codes[s].slice(c * code_words..(c + 1) * code_words)
+        };
         let x: Vec<f32> = (0..2 * m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x = stream.clone_htod(&x)?;
         let mut out_i8 = stream.alloc_zeros::<f32>(2 * n)?;
         let mut out_f32 = stream.alloc_zeros::<f32>(2 * n)?;
         let sizes = [1i64, n as i64, m as i64];
-        let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
         let config = |grid: u32, block: u32, shared: usize| LaunchConfig {
             grid_dim: (grid, 1, 1),
             block_dim: (block, 1, 1),
             shared_mem_bytes: shared as u32,
         };
         let block = 32 * QUANT_ROWS_PER_BLOCK;
-        let int8 = time(&stream, iterations, || {
-            let mut b = stream.launch_builder(&functions[0]);
-            b.arg(&mut out_i8).arg(&x);
-            for s in 0..STAGES {
-                b.arg(&codes[s]).arg(&scales[s]);
-            }
-            let per_tensor = 1i64;
-            b.arg(&sizes[0])
-                .arg(&sizes[1])
-                .arg(&sizes[2])
-                .arg(&per_tensor);
-            // SAFETY: as `quant_linear_i8`'s signature, sizes bound every
-            // access; the row's int8 words fill the shared memory.
-            unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
-            Ok(())
-        })?;
-        let f32_kernel = time(&stream, iterations, || {
+        let mut int8_on = |grid: u32| {
+            time(&stream, iterations, |i| {
+                let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
+                let mut b = stream.launch_builder(&functions[0]);
+                b.arg(&mut out_i8).arg(&x);
+                for s in 0..STAGES {
+                    b.arg(&views[s]).arg(&scales[s]);
+                }
+                let per_tensor = 1i64;
+                b.arg(&sizes[0])
+                    .arg(&sizes[1])
+                    .arg(&sizes[2])
+                    .arg(&per_tensor);
+                // SAFETY: as `quant_linear_i8`'s signature, sizes bound
+                // every access; the row's int8 words fill the shared memory.
+                unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
+                Ok(())
+            })
+        };
+        let int8 = int8_on(quant_i8::grid(n, multiprocessors))?;
+        let uncapped = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize);
+        let grids = [1, 2, 4]
+            .map(|b| uncapped.min(b * multiprocessors))
+            .to_vec();
+        let swept = grids
+            .iter()
+            .chain([&uncapped])
+            .map(|&g| int8_on(g as u32))
+            .collect::<Result<Vec<_>>>()?;
+        let f32_kernel = time(&stream, iterations, |i| {
+            let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
             let mut b = stream.launch_builder(&functions[1]);
             b.arg(&mut out_f32).arg(&x);
             for s in 0..STAGES {
-                b.arg(&codes[s]).arg(&scales[s]);
+                b.arg(&views[s]).arg(&scales[s]);
             }
             let rest = [1i64, m as i64, 1];
             b.arg(&sizes[0]).arg(&sizes[1]).arg(&sizes[2]);
             b.arg(&rest[0]).arg(&rest[1]).arg(&rest[2]);
             // SAFETY: as `quant_linear`'s signature, sizes bound every access.
-            unsafe { b.launch(config(grid, block, 0)) }?;
+            unsafe { b.launch(config(uncapped as u32, block, 0)) }?;
             Ok(())
         })?;
-        let bf16 = bf16_gemv(&stream, &blas, real_in, real_out, iterations)?;
+        let bf16 = bf16_gemv(&stream, &blas, (real_in, real_out), l2, iterations)?;
         let (got, want) = (stream.clone_dtoh(&out_i8)?, stream.clone_dtoh(&out_f32)?);
         let rms = relative_rms(&got, &want);
         let code_bytes = (STAGES * n * m / 4) as f64;
@@ -146,24 +179,36 @@ fn main() -> Result<()> {
             bf16_bytes / bf16 / 1e9,
             percent(bf16_bytes, bf16),
         );
+        let cells: Vec<String> = swept
+            .iter()
+            .map(|t| format!("{:.1} ({:.0}%)", t * 1e6, percent(code_bytes, *t)))
+            .collect();
+        by_grid.push(format!("| {real_in}->{real_out} | {} |", cells.join(" | ")));
+    }
+    println!();
+    println!("int8 kernel by grid: us (% of copy)");
+    println!("| real in->out | 1 block a multiprocessor | 2 | 4 | one warp a row |");
+    println!("|---|---|---|---|---|");
+    for line in by_grid {
+        println!("{line}");
     }
     Ok(())
 }
 
-/// Seconds per call of `launch`, from CUDA events around `iterations`
-/// calls after a warm-up.
+/// Seconds per call of `launch` (given the call's number), from CUDA
+/// events around `iterations` calls after a warm-up.
 fn time(
     stream: &Arc<CudaStream>,
     iterations: usize,
-    mut launch: impl FnMut() -> Result<()>,
+    mut launch: impl FnMut(usize) -> Result<()>,
 ) -> Result<f64> {
-    for _ in 0..10 {
-        launch()?;
+    for i in 0..10 {
+        launch(i)?;
     }
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let start = stream.record_event(flags)?;
-    for _ in 0..iterations {
-        launch()?;
+    for i in 0..iterations {
+        launch(i)?;
     }
     let end = stream.record_event(flags)?;
     end.synchronize()?;
@@ -176,22 +221,25 @@ fn copy_bandwidth(stream: &Arc<CudaStream>, iterations: usize) -> Result<f64> {
     let words = 1usize << 28;
     let from = stream.alloc_zeros::<u32>(words)?;
     let mut to = stream.alloc_zeros::<u32>(words)?;
-    let seconds = time(stream, iterations, || {
+    let seconds = time(stream, iterations, |_| {
         stream.memcpy_dtod(&from, &mut to)?;
         Ok(())
     })?;
     Ok(2.0 * 4.0 * words as f64 / seconds)
 }
 
-/// Seconds per cuBLAS bf16 GEMV `y = A x` of a real `[out, in]` matrix.
+/// Seconds per cuBLAS bf16 GEMV `y = A x` of a real `[out, in]` matrix,
+/// each call on the next of enough copies of `A` to fill twice the L2.
 fn bf16_gemv(
     stream: &Arc<CudaStream>,
     blas: &CudaBlas,
-    real_in: usize,
-    real_out: usize,
+    (real_in, real_out): (usize, usize),
+    l2: usize,
     iterations: usize,
 ) -> Result<f64> {
-    let a: CudaSlice<half::bf16> = stream.alloc_zeros(real_in * real_out)?;
+    let size = real_in * real_out;
+    let copies = (2 * l2).div_ceil(2 * size).clamp(1, 4096);
+    let a: CudaSlice<half::bf16> = stream.alloc_zeros(copies * size)?;
     let x: CudaSlice<half::bf16> = stream.alloc_zeros(real_in)?;
     let mut y: CudaSlice<half::bf16> = stream.alloc_zeros(real_out)?;
     let config = GemmConfig {
@@ -207,7 +255,9 @@ fn bf16_gemv(
         beta: half::bf16::ZERO,
         ldc: real_out as i32,
     };
-    time(stream, iterations, || {
+    time(stream, iterations, |i| {
+        let c = i % copies;
+        let a = a.slice(c * size..(c + 1) * size);
         // SAFETY: the sizes match the buffers allocated above.
         unsafe { blas.gemm(config, &a, &x, &mut y) }?;
         Ok(())

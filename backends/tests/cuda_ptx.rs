@@ -60,6 +60,14 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::QuantLinearI8 {
             u_stages: 2,
             w_stages: 2,
+            paired_input: false,
+            paired_output: false,
+        },
+        Kernel::QuantLinearI8 {
+            u_stages: 1,
+            w_stages: 1,
+            paired_input: true,
+            paired_output: true,
         },
         Kernel::GatherColumns,
         Kernel::ColumnSum,

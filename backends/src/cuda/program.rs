@@ -24,7 +24,7 @@ use fairyc_ir::{
 use num_complex::Complex32;
 
 use super::codegen::{
-    self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
+    self, quant_i8, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS,
     QUANT_ROWS_PER_BLOCK, ROW_THREADS,
 };
 use super::{int8_applies, Communicator, Cuda, GpuActivations, GpuAttention, GpuMatmul};
@@ -137,6 +137,18 @@ enum Step {
     /// `all_reduce` or `broadcast_from` over the data-parallel group's GPUs,
     /// through NCCL.
     Collective,
+    /// The int8 `quant_linear` of node `node` with the `pack` of its input
+    /// and the `unpack` of its output folded in where they are `Some`
+    /// ([`fusion::fold_pairings`]): it reads `operands` (the pack's source
+    /// in place of its input) and, with an unpack, is that node's step and
+    /// writes its value.
+    PairedQuantLinear {
+        kernel: usize,
+        operands: Vec<ValueId>,
+        node: usize,
+        pack: Option<usize>,
+        unpack: Option<usize>,
+    },
 }
 
 /// A quantizer's sums passes: one, or one per residual stage, each into
@@ -208,6 +220,10 @@ pub struct CudaProgram {
     /// Per `pack` / `unpack` node: the source word of each output word of
     /// a row (−1: zero), and the words of a source row.
     gathers: HashMap<usize, (CudaSlice<i32>, usize)>,
+    /// Per [`Step::PairedQuantLinear`] (by the node it stands at): the
+    /// folded pack's table of each complex input part's word in the real
+    /// row, and the unpack's of each output part's, with the rows' words.
+    paired: HashMap<usize, PairedTables>,
     /// How many of the last outputs are state (returned on the device).
     state_outputs: usize,
     /// The KV caches' concatenations, grown in place (`caches`), each with
@@ -238,6 +254,9 @@ pub struct CudaProgram {
     /// `cublasGemmEx`), and the fast compute type of their f32 operands.
     lt: products::Products,
     fast: Option<cudarc::cublaslt::sys::cublasComputeType_t>,
+    /// The GPU's multiprocessors: the int8 `quant_linear`'s grid is a few
+    /// blocks for each.
+    multiprocessors: usize,
     profile: Option<OpProfile>,
     /// Within a run: the collectives NCCL's stream has not been joined
     /// after yet.
@@ -481,6 +500,8 @@ fn select_kernels(
                             vec![Kernel::QuantLinearI8 {
                                 u_stages: *u_stages,
                                 w_stages: *w_stages,
+                                paired_input: false,
+                                paired_output: false,
                             }]
                         })
                     }
@@ -511,6 +532,7 @@ fn select_kernels(
     if fuse {
         fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
+        fusion::fold_pairings(graph, plan, &mut kernels, &mut steps);
     }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
     Ok((kernels, steps))
@@ -852,6 +874,7 @@ impl CudaProgram {
             };
             gathers.insert(i, (stream.clone_htod(&index).map_err(driver)?, in_words));
         }
+        let paired = paired_tables(&graph, &steps, &stream)?;
         let state_outputs = crate::state::state_names(&graph).len();
         let (cache_slots, cache_inputs) = caches::cache_slots(&graph, state_outputs);
         let cache_lengths = stream
@@ -864,6 +887,12 @@ impl CudaProgram {
             attention::flash_forward_groups(&graph, &steps, &kernels, &attention_groups);
         let profile = OpProfile::from_env();
         let replay = replay::Replay::new(profile.is_some(), options.communicator.is_some());
+        let multiprocessors = stream
+            .context()
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(driver)? as usize;
         let mut program = CudaProgram {
             graph,
             plan,
@@ -876,6 +905,7 @@ impl CudaProgram {
             constants,
             rope_freqs,
             gathers,
+            paired,
             state_outputs,
             cache_slots,
             cache_inputs,
@@ -898,6 +928,7 @@ impl CudaProgram {
             round_products,
             lt,
             fast: products::fast_compute(options.matmul),
+            multiprocessors,
             compute: match options.matmul {
                 GpuMatmul::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 GpuMatmul::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -1472,56 +1503,14 @@ impl CudaProgram {
                 })?;
             }
             (Step::Kernel(k), Op::QuantLinear { granularity, .. }) => {
-                let codes = args[1];
-                let (n, m) = (codes.shape[0], codes.shape[1]);
-                let rows = x.len().checked_div(m).unwrap_or(0);
-                let [groups_per_row, group_len, per_tensor] = scale_groups(*granularity, m);
-                let sizes = [
-                    rows as i64,
-                    n as i64,
-                    m as i64,
-                    groups_per_row,
-                    group_len,
-                    per_tensor,
-                ];
-                if rows == 0 || n == 0 {
-                    return Ok(DeviceTensor {
-                        shape,
-                        elem,
-                        words: Arc::new(out),
-                        room: None,
-                    });
-                }
-                let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
-                if matches!(self.kernels[k[0]], Kernel::QuantLinearI8 { .. }) {
-                    // The input row's int8 words live in shared memory.
-                    let shared = (m / 2 * 4) as u32;
-                    self.launch_with_shared(k[0], grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
-                        b.arg(&out).arg(&*x.words);
-                        for a in &args[1..] {
-                            b.arg(&*a.words);
-                        }
-                        b.arg(&sizes[0])
-                            .arg(&sizes[1])
-                            .arg(&sizes[2])
-                            .arg(&sizes[5]);
-                    })?;
-                    return Ok(DeviceTensor {
-                        shape,
-                        elem,
-                        words: Arc::new(out),
-                        room: None,
-                    });
-                }
-                self.launch(k[0], grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
-                    b.arg(&out).arg(&*x.words);
-                    for a in &args[1..] {
-                        b.arg(&*a.words);
-                    }
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                })?;
+                self.quant_linear(k[0], args, *granularity, &out, None)?
+            }
+            (Step::PairedQuantLinear { kernel, node, .. }, _) => {
+                let Op::QuantLinear { granularity, .. } = self.graph.nodes[*node].op else {
+                    unreachable!("a paired step is a quant_linear's")
+                };
+                let tables = self.paired.get(&i);
+                self.quant_linear(*kernel, args, granularity, &out, tables)?
             }
             (
                 Step::PhaseStages {
@@ -1623,6 +1612,14 @@ impl CudaProgram {
                             let dims = x[..x.len() - 1].iter().chain(&w[1..]).copied();
                             Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
                         }
+                        // The input's rows by the codes' rows: complex,
+                        // or real (twice as many words) where unpaired.
+                        Step::PairedQuantLinear { unpack, .. } => {
+                            let (x, codes) = (&args[0].shape, &args[1].shape);
+                            let n = codes[0] * if unpack.is_some() { 2 } else { 1 };
+                            let dims = x[..x.len() - 1].iter().copied().chain([n]);
+                            Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
+                        }
                         _ => concrete_type(op, &args, bindings),
                     }
                     .map_err(error)?;
@@ -1636,6 +1633,11 @@ impl CudaProgram {
                             &mut *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()),
                         );
                         let took = started.elapsed().saturating_sub(rounding);
+                        // A paired product is timed as the product.
+                        let op = match step {
+                            Step::PairedQuantLinear { node, .. } => &self.graph.nodes[*node].op,
+                            _ => op,
+                        };
                         profile.record(profile::label(op, &value.shape), took);
                     }
                     value
@@ -1782,6 +1784,74 @@ impl CudaProgram {
 
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major) as the column-major
     /// product `yᵀ = w · xᵀ` with `w` transposed.
+    /// `quant_linear` of `args` (the input, then each stage's codes and
+    /// scales) into `out` by `kernel`, the f32 or the int8 one, the latter
+    /// with its input or output paired through `paired`'s tables.
+    fn quant_linear(
+        &self,
+        kernel: usize,
+        args: &[&DeviceTensor],
+        granularity: Granularity,
+        out: &CudaSlice<u32>,
+        paired: Option<&PairedTables>,
+    ) -> Result<(), BackendError> {
+        let (x, codes) = (args[0], args[1]);
+        let (n, m) = (codes.shape[0], codes.shape[1]);
+        let input = paired.and_then(|p| p.input.as_ref());
+        let output = paired.and_then(|p| p.output.as_ref());
+        let row_len = input.map_or(m, |(_, words)| *words);
+        let rows = x.len().checked_div(row_len).unwrap_or(0);
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let [groups_per_row, group_len, per_tensor] = scale_groups(granularity, m);
+        if !matches!(self.kernels[kernel], Kernel::QuantLinearI8 { .. }) {
+            let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
+            let sizes = [
+                rows as i64,
+                n as i64,
+                m as i64,
+                groups_per_row,
+                group_len,
+                per_tensor,
+            ];
+            return self.launch(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
+                b.arg(out).arg(&*x.words);
+                for a in &args[1..] {
+                    b.arg(&*a.words);
+                }
+                for v in &sizes {
+                    b.arg(v);
+                }
+            });
+        }
+        let grid = quant_i8::grid(n, self.multiprocessors);
+        // The input row's int8 words live in shared memory.
+        let shared = (m / 2 * 4) as u32;
+        // rows, n, m, per_tensor, then each paired row's words.
+        let sizes: Vec<i64> = [rows as i64, n as i64, m as i64, per_tensor]
+            .into_iter()
+            .chain(
+                [input, output]
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, w)| *w as i64),
+            )
+            .collect();
+        self.launch_with_shared(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
+            b.arg(out).arg(&*x.words);
+            for a in &args[1..] {
+                b.arg(&*a.words);
+            }
+            for (table, _) in [input, output].into_iter().flatten() {
+                b.arg(table);
+            }
+            for v in &sizes {
+                b.arg(v);
+            }
+        })
+    }
+
     fn linear(
         &self,
         x: &DeviceTensor,
@@ -1988,6 +2058,60 @@ impl CudaProgram {
 /// an odd width). For `unpack` of complex rows to `cols` channels: the word
 /// (2·slot + imaginary) of each channel. Returns the index and the words of
 /// an input row.
+/// A paired `quant_linear`'s tables (device words, and the real row's
+/// length): where each complex input part lies in the real input row, and
+/// where each output part goes in the real output row.
+struct PairedTables {
+    input: Option<(CudaSlice<i32>, usize)>,
+    output: Option<(CudaSlice<i32>, usize)>,
+}
+
+/// The tables of every [`Step::PairedQuantLinear`]: an input's is its
+/// pack's gather table; an output's is the pairing's table over the
+/// output's real row (where each part of each complex slot lies), which
+/// inverts the unpack's gather.
+fn paired_tables(
+    graph: &Graph,
+    steps: &[Option<Step>],
+    stream: &Arc<CudaStream>,
+) -> Result<HashMap<usize, PairedTables>, BackendError> {
+    let mut paired = HashMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        let Some(Step::PairedQuantLinear { pack, unpack, .. }) = step else {
+            continue;
+        };
+        let table = |v: usize, real_cols: usize| -> Result<(CudaSlice<i32>, usize), BackendError> {
+            let (Op::Pack { block } | Op::Unpack { block }) = graph.nodes[v].op else {
+                unreachable!("folded pairings are packs and unpacks")
+            };
+            let pack = Op::Pack { block };
+            let (index, words) = pairing_index(&pack, Pairing::from_block(block), real_cols)
+                .map_err(|e| BackendError::new(format!("%{v}: {e}")))?;
+            Ok((stream.clone_htod(&index).map_err(driver)?, words))
+        };
+        // Fixed last dimensions: the fold checked them.
+        let last = |v: ValueId| {
+            graph
+                .node(v)
+                .ty
+                .shape
+                .dims()
+                .last()
+                .and_then(|d| d.clone().fixed())
+        };
+        let input = match pack {
+            Some(p) => Some(table(*p, last(graph.nodes[*p].operands[0]).unwrap_or(0))?),
+            None => None,
+        };
+        let output = match unpack {
+            Some(u) => Some(table(*u, last(ValueId(*u)).unwrap_or(0))?),
+            None => None,
+        };
+        paired.insert(i, PairedTables { input, output });
+    }
+    Ok(paired)
+}
+
 fn pairing_index(op: &Op, pairing: Pairing, cols: usize) -> Result<(Vec<i32>, usize), String> {
     match op {
         Op::Pack { .. } => {

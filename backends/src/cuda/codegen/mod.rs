@@ -176,8 +176,18 @@ pub enum Kernel {
     /// quantized with one step into shared memory, codes turned into
     /// signed bytes by byte permutes and multiplied by `dp4a`, one warp per
     /// output row (per-tensor or per-channel scales; inputs a multiple of
-    /// [`quant_i8::RUN`], at most [`quant_i8::MAX_INPUTS`]).
-    QuantLinearI8 { u_stages: usize, w_stages: usize },
+    /// [`quant_i8::RUN`], at most [`quant_i8::MAX_INPUTS`]). With
+    /// `paired_input` it reads the real row that a `pack` would have paired
+    /// (through the pack's table of source words), with `paired_output` it
+    /// writes the real row an `unpack` of its output would give (through
+    /// the inverse of the unpack's table): the widely-linear form's pairing
+    /// folded into the product, not a launch of its own.
+    QuantLinearI8 {
+        u_stages: usize,
+        w_stages: usize,
+        paired_input: bool,
+        paired_output: bool,
+    },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
     /// per row and group of the row).
@@ -242,7 +252,26 @@ impl Kernel {
             Kernel::AppendRows => "append_rows",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
-            Kernel::QuantLinearI8 { .. } => "quant_linear_i8",
+            Kernel::QuantLinearI8 {
+                paired_input: false,
+                paired_output: false,
+                ..
+            } => "quant_linear_i8",
+            Kernel::QuantLinearI8 {
+                paired_input: true,
+                paired_output: false,
+                ..
+            } => "quant_linear_i8_paired_input",
+            Kernel::QuantLinearI8 {
+                paired_input: false,
+                paired_output: true,
+                ..
+            } => "quant_linear_i8_paired_output",
+            Kernel::QuantLinearI8 {
+                paired_input: true,
+                paired_output: true,
+                ..
+            } => "quant_linear_i8_paired",
             Kernel::Dequant => "dequant",
             Kernel::PhaseSums { ifairy: false } => "phase_sums",
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
@@ -730,9 +759,16 @@ impl<'ctx> Gen<'ctx> {
             Kernel::QuantLinear { u_stages, w_stages } => {
                 self.quant_linear(name, *u_stages, *w_stages)
             }
-            Kernel::QuantLinearI8 { u_stages, w_stages } => {
-                self.quant_linear_i8(name, *u_stages, *w_stages)
-            }
+            Kernel::QuantLinearI8 {
+                u_stages,
+                w_stages,
+                paired_input,
+                paired_output,
+            } => self.quant_linear_i8(
+                name,
+                (*u_stages, *w_stages),
+                (*paired_input, *paired_output),
+            ),
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),

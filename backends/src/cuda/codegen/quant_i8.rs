@@ -12,16 +12,38 @@
 //! run of 16 inputs are stored in that order (in shared memory, quantized
 //! by the block before the products: [`Gen::quant_linear_i8`]):
 //! inputs 0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15, real parts in four
-//! words, then the imaginary parts in four more.
+//! words, then the imaginary parts in four more; word `k` of every run
+//! together, run after run ([`Gen::quantize_row`]).
 
 use super::*;
 
 /// Complex inputs per run of one code word (16 codes of 2 bits).
 pub const RUN: usize = 16;
 
+/// Runs a lane takes per step of its loop (their loads in flight at once).
+const RUNS_PER_STEP: u64 = 4;
+
+/// Elements of the input row each thread loads per step of the row's
+/// maximum.
+const MAX_LOADS: u64 = 8;
+
 /// The most complex inputs a row may have: its int8 words fill at most the
 /// 48 KiB of shared memory a launch gets without opting in.
 pub const MAX_INPUTS: usize = 24 * 1024;
+
+/// Blocks of the int8 kernel per multiprocessor at most: each block
+/// quantizes the input row again, so more blocks than run at once would
+/// only repeat that work.
+pub const BLOCKS_PER_MULTIPROCESSOR: usize = 2;
+
+/// The int8 kernel's grid for `n` output rows on a GPU of
+/// `multiprocessors`: a warp per row up to the cap, beyond it each warp
+/// takes several rows.
+pub fn grid(n: usize, multiprocessors: usize) -> u32 {
+    n.div_ceil(QUANT_ROWS_PER_BLOCK as usize)
+        .min(multiprocessors * BLOCKS_PER_MULTIPROCESSOR)
+        .max(1) as u32
+}
 
 /// The signed bytes `prmt` picks for codes 0..3 (+1, +i, −1, −i): real
 /// parts (1, 0, −1, 0), imaginary parts (0, 1, 0, −1).
@@ -33,50 +55,53 @@ impl<'ctx> Gen<'ctx> {
     /// per_tensor)`: [`Gen::quant_linear`] with each row of `x` quantized
     /// to int8 first, `m` a multiple of 16 (at most [`MAX_INPUTS`]),
     /// per-tensor or per-channel scales (`(s_re, s_im)` at 0, or at
-    /// `2·row`). A block of [`QUANT_ROWS_PER_BLOCK`] warps, one per output
-    /// row, first quantizes the input row into shared memory (`m / 2`
-    /// words, dynamic: the launch gives their bytes), then each lane takes
-    /// runs of 16 inputs, one code word per stage.
+    /// `2·row`). A block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes
+    /// the input row into shared memory (`m / 2` words, dynamic: the launch
+    /// gives their bytes); then each warp takes output rows in turn, a grid
+    /// of warps apart (the launch caps the grid at a few blocks a
+    /// multiprocessor, so that few blocks quantize the same row), each lane
+    /// [`RUNS_PER_STEP`] runs of 16 inputs, 32 runs apart, a step: one code
+    /// word per run and stage, all loaded before any is used.
+    ///
+    /// Paired (`paired_input`, `paired_output`), a table and a row length
+    /// follow for each: `(in_table, out_table)` after the stages' pointers,
+    /// `(in_words, out_words)` after `per_tensor`. Part `p` of complex input
+    /// `j` is then `x[r·in_words + in_table[2j + p]]`, and part `p` of
+    /// output `o` goes to `out[r·out_words + out_table[2o + p]]`.
     pub(super) fn quant_linear_i8(
         &self,
         name: &str,
-        u_stages: usize,
-        w_stages: usize,
+        (u_stages, w_stages): (usize, usize),
+        (paired_input, paired_output): (bool, bool),
     ) -> Built<()> {
         let stages = u_stages + w_stages;
-        let mut params = vec![Param::Ptr; 2 + 2 * stages];
-        params.extend([Param::I64; 4]);
+        let tables = usize::from(paired_input) + usize::from(paired_output);
+        let mut params = vec![Param::Ptr; 2 + 2 * stages + tables];
+        params.extend(vec![Param::I64; 4 + tables]);
         let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
         let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
         let base = 2 + 2 * stages as u32;
-        let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, base + k));
+        let ints = base + tables as u32;
+        let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, ints + k));
+        // Each paired side: its table and its real row's length.
+        let mut paired = (0..tables as u32)
+            .map(|t| (self.param_ptr(f, base + t), self.param_int(f, ints + 4 + t)));
+        let input = if paired_input { paired.next() } else { None };
+        let output = if paired_output { paired.next() } else { None };
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
-        let row = self.add(
+        let first_row = self.add(
             self.mul(self.sreg("ctaid.x")?, self.int(QUANT_ROWS_PER_BLOCK as u64))?,
             self.udiv(tid, self.int(32))?,
         )?;
-        let inside = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, row, n, "")
-            .map_err(err)?;
-        // Rows past `n` read no codes or scales (their warps still help
-        // quantize and meet the barriers).
-        let own_row = self.select_int(inside, row, self.int(0))?;
+        let grid_warps = self.mul(
+            self.sreg("nctaid.x")?,
+            self.int(QUANT_ROWS_PER_BLOCK as u64),
+        )?;
         let runs = self.udiv(m, self.int(RUN as u64))?;
         let tensor = self.is_set(per_tensor)?;
-        let scale_at = self.select_int(tensor, self.int(0), self.mul(own_row, self.int(2))?)?;
-        let stage_scales = (0..stages)
-            .map(|s| {
-                let scales = self.param_ptr(f, 3 + 2 * s as u32);
-                Ok((
-                    self.load_f32(scales, scale_at)?,
-                    self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
-                ))
-            })
-            .collect::<Built<Vec<_>>>()?;
         // Per stage: Σ re(c)·xr, Σ im(c)·xi, Σ im(c)·xr, Σ re(c)·xi.
         let sums: Vec<[PointerValue<'ctx>; 4]> = (0..stages)
             .map(|_| {
@@ -90,23 +115,57 @@ impl<'ctx> Gen<'ctx> {
             .collect::<Built<_>>()?;
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
         self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
-            let step = self.quantize_row(f, scratch, xq, x, r, m)?;
+            let step = self.quantize_row(f, (scratch, xq), (x, input), r, m)?;
             self.call_void(barrier, &[])?;
-            self.when(f, inside, || {
+            self.strided_loop(f, first_row, n, grid_warps, |row| {
+                let scale_at = self.select_int(tensor, self.int(0), self.mul(row, self.int(2))?)?;
+                let stage_scales = (0..stages)
+                    .map(|s| {
+                        let scales = self.param_ptr(f, 3 + 2 * s as u32);
+                        Ok((
+                            self.load_f32(scales, scale_at)?,
+                            self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
+                        ))
+                    })
+                    .collect::<Built<Vec<_>>>()?;
                 for sum in sums.iter().flatten() {
                     self.builder
                         .build_store(*sum, self.i32().const_zero())
                         .map_err(err)?;
                 }
-                self.strided_loop(f, lane, runs, self.int(32), |run| {
-                    let at = self.mul(run, self.int(8))?;
-                    let words: Vec<IntValue<'ctx>> = (0..8)
-                        .map(|k| self.load_i32(xq, self.add(at, self.int(k))?))
-                        .collect::<Built<_>>()?;
-                    for (s, sum) in sums.iter().enumerate() {
-                        let codes = self.param_ptr(f, 2 + 2 * s as u32);
-                        let word = self.load_i32(codes, self.add(self.mul(row, runs)?, run)?)?;
-                        self.accumulate_run(word, &words, sum)?;
+                let row_words = self.mul(row, runs)?;
+                let stride = self.int(32 * RUNS_PER_STEP);
+                self.strided_loop(f, lane, runs, stride, |run| {
+                    // Every load of the step first, then the products.
+                    let mut loaded = Vec::new();
+                    for j in 0..RUNS_PER_STEP {
+                        let this = self.add(run, self.int(32 * j))?;
+                        let inside = self
+                            .builder
+                            .build_int_compare(IntPredicate::ULT, this, runs, "")
+                            .map_err(err)?;
+                        // A run past the row reads run 0 and adds nothing:
+                        // its activations count as zeros.
+                        let at = self.select_int(inside, this, self.int(0))?;
+                        let words = (0..8)
+                            .map(|k| {
+                                let w =
+                                    self.load_i32(xq, self.add(self.mul(self.int(k), runs)?, at)?)?;
+                                self.select_int(inside, w, self.i32().const_zero())
+                            })
+                            .collect::<Built<Vec<_>>>()?;
+                        let codes = (0..stages)
+                            .map(|s| {
+                                let codes = self.param_ptr(f, 2 + 2 * s as u32);
+                                self.load_i32(codes, self.add(row_words, at)?)
+                            })
+                            .collect::<Built<Vec<_>>>()?;
+                        loaded.push((words, codes));
+                    }
+                    for (words, codes) in &loaded {
+                        for (word, sum) in codes.iter().zip(&sums) {
+                            self.accumulate_run(*word, words, sum)?;
+                        }
                     }
                     Ok(())
                 })?;
@@ -118,9 +177,18 @@ impl<'ctx> Gen<'ctx> {
                     .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
                     .map_err(err)?;
                 self.when(f, first, || {
-                    let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
-                    self.store_f32(out, at, re)?;
-                    self.store_f32(out, self.add(at, self.int(1))?, im)
+                    let Some((table, words)) = output else {
+                        let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
+                        self.store_f32(out, at, re)?;
+                        return self.store_f32(out, self.add(at, self.int(1))?, im);
+                    };
+                    let row_base = self.mul(r, words)?;
+                    for (part, v) in [re, im].into_iter().enumerate() {
+                        let slot = self.add(self.mul(row, self.int(2))?, self.int(part as u64))?;
+                        let at = self.widen(self.load_i32(table, slot)?)?;
+                        self.store_f32(out, self.add(row_base, at)?, v)?;
+                    }
+                    Ok(())
                 })
             })?;
             // The next row's quantization overwrites the shared words.
@@ -129,25 +197,36 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared) in
-    /// the order of the module docs, the block together; returns the
-    /// row's step, `max |part| / 127` (an all-zero row: zeros).
+    /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared), the
+    /// block together: word `k` of run `run` (the order of the module docs)
+    /// at `k·runs + run`, so that the lanes of a warp, on consecutive runs,
+    /// read consecutive words (no bank conflicts). Returns the row's step,
+    /// `max |part| / 127` (an all-zero row: zeros).
+    ///
+    /// With a paired input `(table, in_words)`, the row is real, of
+    /// `in_words` words, and the table gives each part's word in it (the
+    /// pairing is a bijection: its maximum is the whole row's).
     fn quantize_row(
         &self,
         f: FunctionValue<'ctx>,
-        scratch: PointerValue<'ctx>,
-        xq: PointerValue<'ctx>,
-        x: PointerValue<'ctx>,
+        (scratch, xq): (PointerValue<'ctx>, PointerValue<'ctx>),
+        (x, paired): (
+            PointerValue<'ctx>,
+            Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+        ),
         r: IntValue<'ctx>,
         m: IntValue<'ctx>,
     ) -> Built<FloatValue<'ctx>> {
         let parts = self.mul(m, self.int(2))?;
-        let base = self.mul(r, parts)?;
-        let largest = self.row_sum(f, scratch, parts, true, |i| {
-            self.fabs(self.load_f32(x, self.add(base, i)?)?)
-        })?;
+        let row_words = match paired {
+            Some((_, words)) => words,
+            None => parts,
+        };
+        let base = self.mul(r, row_words)?;
+        let largest = self.row_max_abs(f, scratch, x, base, row_words)?;
         let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
         let words = self.udiv(m, self.int(2))?;
+        let runs = self.udiv(m, self.int(RUN as u64))?;
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |w| {
             let run = self.udiv(w, self.int(8))?;
@@ -165,7 +244,12 @@ impl<'ctx> Gen<'ctx> {
             let mut word = self.i32().const_zero();
             for b in 0..4u64 {
                 let j = self.add(first, self.int(2 * b))?;
-                let at = self.add(base, self.add(self.mul(j, self.int(2))?, part)?)?;
+                let slot = self.add(self.mul(j, self.int(2))?, part)?;
+                let slot = match paired {
+                    Some((table, _)) => self.widen(self.load_i32(table, slot)?)?,
+                    None => slot,
+                };
+                let at = self.add(base, slot)?;
                 let level = self.round_even(self.fmul(self.load_f32(x, at)?, inverse)?)?;
                 let level = self.fmin(self.fmax(level, self.float(-127.0))?, self.float(127.0))?;
                 let level = self
@@ -182,9 +266,46 @@ impl<'ctx> Gen<'ctx> {
                     .map_err(err)?;
                 word = self.builder.build_or(word, byte, "").map_err(err)?;
             }
-            self.store_i32(xq, w, word)
+            self.store_i32(xq, self.add(self.mul(k, runs)?, run)?, word)
         })?;
         self.fdiv(largest, self.float(127.0))
+    }
+
+    /// The block's `max |x[base + i]|` over `i < len` (`len > 0`): each
+    /// thread loads [`MAX_LOADS`] elements a step, all before it compares
+    /// them, so that the loads' latencies overlap.
+    fn row_max_abs(
+        &self,
+        f: FunctionValue<'ctx>,
+        scratch: PointerValue<'ctx>,
+        x: PointerValue<'ctx>,
+        base: IntValue<'ctx>,
+        len: IntValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        let acc = self.local(self.float(0.0))?;
+        let tid = self.sreg("tid.x")?;
+        let threads = self.sreg("ntid.x")?;
+        let step = self.mul(threads, self.int(MAX_LOADS))?;
+        self.strided_loop(f, tid, len, step, |i| {
+            let values = (0..MAX_LOADS)
+                .map(|k| {
+                    let at = self.add(i, self.mul(threads, self.int(k))?)?;
+                    let inside = self
+                        .builder
+                        .build_int_compare(IntPredicate::ULT, at, len, "")
+                        .map_err(err)?;
+                    // Outside the row: element 0 of it, which is counted anyway.
+                    let at = self.select_int(inside, at, self.int(0))?;
+                    self.fabs(self.load_f32(x, self.add(base, at)?)?)
+                })
+                .collect::<Built<Vec<_>>>()?;
+            let mut largest = self.get(acc)?;
+            for v in values {
+                largest = self.fmax(largest, v)?;
+            }
+            self.set(acc, largest)
+        })?;
+        self.block_reduce(scratch, self.get(acc)?, true)
     }
 
     /// Adds one code word's 16 products per stage into `sum`: its four

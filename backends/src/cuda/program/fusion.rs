@@ -14,6 +14,13 @@
 //! pass's `dx = dy · w` reads `transpose(w)`) reads `w` and has cuBLAS
 //! transpose it in the product; the transpose is then not computed.
 //!
+//! The widely-linear form pairs a real row into complex numbers (`pack`)
+//! before each quantized layer and unpairs its output (`unpack`) after:
+//! the int8 `quant_linear` reads the real row through the pack's table and
+//! writes the real output through the unpack's, so neither is launched
+//! ([`fold_pairings`]); on a decoding step they were a third of W2's
+//! launches.
+//!
 //! And Fairy2i's PhaseQuant with residual stages (eq. 13: `q₁ = Q(w)`,
 //! `q₂ = Q(w − q₁)`, ..., summed), which the quantize pass writes as
 //! `quantize`, `sub` and `add` nodes, runs as one step of `T + 1` passes
@@ -326,7 +333,9 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
             Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
                 ks.iter().for_each(|&k| used[k] = true)
             }
-            Step::Fused { kernel, .. } => used[*kernel] = true,
+            Step::Fused { kernel, .. } | Step::PairedQuantLinear { kernel, .. } => {
+                used[*kernel] = true
+            }
             _ => {}
         }
     }
@@ -348,7 +357,9 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
             Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
                 ks.iter_mut().for_each(|k| *k = index[*k])
             }
-            Step::Fused { kernel, .. } => *kernel = index[*kernel],
+            Step::Fused { kernel, .. } | Step::PairedQuantLinear { kernel, .. } => {
+                *kernel = index[*kernel]
+            }
             _ => {}
         }
     }
@@ -393,6 +404,101 @@ pub(super) fn fold_transposed_weights(
     keep_launched(kernels, steps);
 }
 
+/// Folds into each int8 `quant_linear` the `pack` its input comes from and
+/// the `unpack` that is its one reader ([`Step::PairedQuantLinear`]),
+/// where the pairing is a bijection (an even row of the paired length). A
+/// pack no other step reads is dropped; the product then stands at the
+/// unpack's node, and its own node computes nothing.
+pub(super) fn fold_pairings(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let all_readers = readers(graph, plan, steps);
+    let mut unfolded_readers: Vec<usize> = all_readers.iter().map(Vec::len).collect();
+    // A pairing node `v`, launched, over a real row of twice `complex` words.
+    let foldable = |v: usize, real: &fairyc_ir::TensorType, complex: usize| {
+        !plan.resident[v]
+            && matches!(steps[v], Some(Step::Kernel(_)))
+            && real.shape.dims().last().and_then(|d| d.clone().fixed()) == Some(2 * complex)
+    };
+    let is_output = |v: usize| graph.outputs.iter().any(|o| o.0 == v);
+    let mut folds = Vec::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let Some(Step::Kernel(k)) = &steps[i] else {
+            continue;
+        };
+        let Kernel::QuantLinearI8 {
+            u_stages, w_stages, ..
+        } = kernels[k[0]]
+        else {
+            continue;
+        };
+        let codes = &graph.node(node.operands[1]).ty.shape;
+        let (Some(n), Some(m)) = (
+            codes.dims().first().and_then(|d| d.clone().fixed()),
+            codes.dims().get(1).and_then(|d| d.clone().fixed()),
+        ) else {
+            continue;
+        };
+        let x = graph.node(node.operands[0]);
+        let pack = (matches!(x.op, Op::Pack { .. })
+            && foldable(node.operands[0].0, &graph.node(x.operands[0]).ty, m))
+        .then_some(node.operands[0].0);
+        let unpack = match all_readers[i][..] {
+            [u] if matches!(graph.nodes[u].op, Op::Unpack { .. })
+                && !is_output(i)
+                && foldable(u, &graph.nodes[u].ty, n) =>
+            {
+                Some(u)
+            }
+            _ => None,
+        };
+        if pack.is_some() || unpack.is_some() {
+            folds.push((i, (u_stages, w_stages), pack, unpack));
+        }
+    }
+    let mut dropped = Vec::new();
+    for (i, (u_stages, w_stages), pack, unpack) in folds {
+        let kernel = kernel_index(
+            kernels,
+            Kernel::QuantLinearI8 {
+                u_stages,
+                w_stages,
+                paired_input: pack.is_some(),
+                paired_output: unpack.is_some(),
+            },
+        );
+        let mut operands = graph.nodes[i].operands.clone();
+        if let Some(p) = pack {
+            operands[0] = graph.nodes[p].operands[0];
+            unfolded_readers[p] -= 1;
+            dropped.push(p);
+        }
+        let step = Step::PairedQuantLinear {
+            kernel,
+            operands,
+            node: i,
+            pack,
+            unpack,
+        };
+        match unpack {
+            Some(u) => {
+                steps[u] = Some(step);
+                steps[i] = None;
+            }
+            None => steps[i] = Some(step),
+        }
+    }
+    for p in dropped {
+        if unfolded_readers[p] == 0 && !is_output(p) {
+            steps[p] = None;
+        }
+    }
+    keep_launched(kernels, steps);
+}
+
 /// The steps that read each value, in order (steps of resident values, run
 /// at load, aside).
 fn readers(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<Vec<usize>> {
@@ -413,7 +519,8 @@ pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -
         Some(
             Step::Fused { operands, .. }
             | Step::GemmTransposedWeight { operands }
-            | Step::PhaseStages { operands, .. },
+            | Step::PhaseStages { operands, .. }
+            | Step::PairedQuantLinear { operands, .. },
         ) => operands,
         _ => &graph.nodes[i].operands,
     }
@@ -680,5 +787,78 @@ mod tests {
         let steps = steps(&b.finish(&[out]));
         assert!(matches!(&steps[half.0], Some(Step::Kernel(_))));
         assert!(matches!(&steps[out.0], Some(Step::Kernel(_))));
+    }
+
+    /// The widely-linear form around an int8 `quant_linear`: the `pack`
+    /// of a normed row that two products read, and the `unpack` of each
+    /// product's output, fold into the products; an output that another
+    /// node reads too keeps its own step and its unpack.
+    #[test]
+    fn pack_and_unpack_fold_into_int8_products() {
+        use fairyc_ir::Granularity;
+
+        use super::super::Kernel;
+
+        let mut b = GraphBuilder::new("paired");
+        let x = b.input("x", ty(&[3, 32]));
+        let packed = b.push(Op::Pack { block: 0 }, &[x]).unwrap();
+        let quant_linear = Op::QuantLinear {
+            u_stages: 1,
+            w_stages: 1,
+            granularity: Granularity::Tensor,
+        };
+        let product = |b: &mut GraphBuilder, name: &str| {
+            let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
+            let mut operands = vec![packed];
+            for stage in ["u", "w"] {
+                operands.push(b.input(format!("{name}.{stage}.codes"), codes.clone()));
+                operands.push(b.input(format!("{name}.{stage}.scales"), ty(&[2])));
+            }
+            b.push(quant_linear.clone(), &operands).unwrap()
+        };
+        let (q, k) = (product(&mut b, "q"), product(&mut b, "k"));
+        let q_real = b.push(Op::Unpack { block: 0 }, &[q]).unwrap();
+        let k_real = b.push(Op::Unpack { block: 0 }, &[k]).unwrap();
+        let k_twice = b.push(Op::Scale { factor: 2.0 }, &[k]).unwrap();
+        let graph = b.finish(&[q_real, k_real, k_twice]);
+        let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+        assert!(steps[packed.0].is_none(), "the pack is folded away");
+        assert!(steps[q.0].is_none(), "q is computed at its unpack");
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            node,
+            pack,
+            unpack,
+        }) = &steps[q_real.0]
+        else {
+            panic!("q's unpack is not the paired product");
+        };
+        assert_eq!(
+            (*node, *pack, *unpack),
+            (q.0, Some(packed.0), Some(q_real.0))
+        );
+        assert_eq!(operands[0], x);
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                paired_input: true,
+                paired_output: true,
+                ..
+            }
+        ));
+        let Some(Step::PairedQuantLinear { kernel, unpack, .. }) = &steps[k.0] else {
+            panic!("k is not paired on its input");
+        };
+        assert_eq!(*unpack, None);
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                paired_input: true,
+                paired_output: false,
+                ..
+            }
+        ));
+        assert!(matches!(&steps[k_real.0], Some(Step::Kernel(_))));
     }
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Packs, into .devd/ (git ignores it; one device call), what a GPU check of
+# decoding needs: fairyc and synth_gguf (scripts/gpu-decode.sh, with
+# WORK=.dev), the cuda_gemv example (the GEMV table), and the cuda and
+# model test executables (scripts/gpu-check.sh .devd runs them, after
+# unpacking all of it into .dev/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked
+cargo build --release --locked -p fairyc-frontend --example synth_gguf
+cargo build --release --locked -p fairyc-backends --example cuda_gemv
+executables=$(cargo test --release --locked --workspace --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+pick() { echo "$executables" | grep "/$1-[0-9a-f]*$" | head -1; }
+rm -rf .devd && mkdir -p .devd
+pack() { strip -o ".devd/$1" "$2" && xz -6 -T0 ".devd/$1"; }
+pack fairyc target/release/fairyc
+pack synth_gguf target/release/examples/synth_gguf
+pack cuda_gemv target/release/examples/cuda_gemv
+pack cuda-test "$(pick cuda)"
+pack models-test "$(pick conformance_models)"
+du -cb .devd
