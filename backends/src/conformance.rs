@@ -799,6 +799,69 @@ pub fn bf16_attention_cases() -> Vec<Case> {
     out
 }
 
+/// Cases whose one output is `unpack(quant_linear(pack(x)))` of a real `x`:
+/// the widely-linear form around a quantized layer, for each pairing
+/// (halves, adjacent, halves of heads of 8), on several input rows, and
+/// with more output rows than a GPU's int8 kernel has warps at its capped
+/// grid, so that each warp takes several. Backends that fold the pairing
+/// into the product (cuda's int8 kernel) are compared with
+/// [`relative_rms_difference`]: their int8 activations move each output
+/// by about 0.4% RMS (docs/BENCHMARKS.md), which the suite's bounds for a
+/// `quant_linear` output do not cover once the output is unpacked.
+pub fn paired_quant_linear_cases() -> Vec<Case> {
+    let mut out = Vec::new();
+    for block in [0usize, 2, 8] {
+        cases_over(
+            &mut out,
+            &format!("paired quant_linear, block {block}"),
+            &[(3usize, 2400usize, 32usize), (1, 5, 16)],
+            |c, (rows, n, m)| {
+                let x = c.real(&[rows, 2 * m]);
+                let packed = c.push(Op::Pack { block }, &[x]);
+                let mut operands = vec![packed];
+                for _ in 0..2 {
+                    let codes = c.codes(n, m);
+                    operands.extend([codes, c.positive(&[2])]);
+                }
+                let op = Op::QuantLinear {
+                    u_stages: 1,
+                    w_stages: 1,
+                    granularity: Granularity::Tensor,
+                };
+                let product = c.push(op, &operands);
+                vec![c.push(Op::Unpack { block }, &[product])]
+            },
+        );
+    }
+    out
+}
+
+/// The RMS of `backend`'s outputs' differences from the reference
+/// backend's on `case`, relative to the RMS of the reference's (all real
+/// outputs together).
+pub fn relative_rms_difference(backend: &dyn Backend, case: &Case) -> Result<f32, String> {
+    let run = |b: &dyn Backend| {
+        compile(b, &case.graph, &case.store, &|_| {})
+            .and_then(|p| p.run(case.inputs.clone()))
+            .map_err(|e| e.to_string())
+    };
+    let (want, got) = (run(&Reference::default())?, run(backend)?);
+    let (mut difference, mut size) = (0.0f64, 0.0f64);
+    for (w, g) in want.iter().zip(&got) {
+        let (Some(w), Some(g)) = (w.as_f32(), g.as_f32()) else {
+            return Err("outputs must be f32".into());
+        };
+        if w.len() != g.len() {
+            return Err(format!("{} values, not {}", g.len(), w.len()));
+        }
+        for (a, b) in w.iter().zip(g) {
+            difference += f64::from(a - b).powi(2);
+            size += f64::from(*a).powi(2);
+        }
+    }
+    Ok((difference / size.max(f64::MIN_POSITIVE)).sqrt() as f32)
+}
+
 /// Dense products on bf16 values: `linear`, `linear` by a transposed
 /// weight (the backward pass's form) and `linear_weight_grad`, at odd and
 /// even sizes: the cases of backends that round products' operands to

@@ -82,6 +82,28 @@ fn bf16_attention_on_the_gpu() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The widely-linear pairing folded into the int8 product (the kernel
+/// reads the real row through the pack's table and writes the real output
+/// through the unpack's): each pairing, against the reference. A wrong
+/// word would move its output by its whole size; int8 activations move
+/// them by about 0.4% RMS.
+#[test]
+fn paired_int8_products_on_the_gpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for case in conformance::paired_quant_linear_cases() {
+        let difference = conformance::relative_rms_difference(&Cuda::default(), &case);
+        eprintln!("{}: relative RMS difference {difference:?}", case.name);
+        match difference {
+            Ok(d) if d < 0.02 => {}
+            other => failures.push(format!("{}: {other:?}", case.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
 /// Dense products in bf16, on bf16 values: each operand rounded to bf16
 /// (by the backend's kernel, for cuBLAS's bf16 inputs), f32 sums.
 #[test]

@@ -79,9 +79,11 @@ pub enum GpuMatmul {
 }
 
 /// Whether the int8 kernel runs a layer of `m` complex inputs with these
-/// scales: whole code words a row, and one scale pair per tensor or row.
+/// scales: whole code words a row (their int8 words within a launch's
+/// shared memory), and one scale pair per tensor or row.
 pub fn int8_applies(granularity: Granularity, m: usize) -> bool {
     m.is_multiple_of(codegen::quant_i8::RUN)
+        && m <= codegen::quant_i8::MAX_INPUTS
         && matches!(granularity, Granularity::Tensor | Granularity::Channel)
 }
 

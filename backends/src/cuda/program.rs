@@ -1509,8 +1509,11 @@ impl CudaProgram {
                 let Op::QuantLinear { granularity, .. } = self.graph.nodes[*node].op else {
                     unreachable!("a paired step is a quant_linear's")
                 };
-                let tables = self.paired.get(&i);
-                self.quant_linear(*kernel, args, granularity, &out, tables)?
+                let tables = self
+                    .paired
+                    .get(&i)
+                    .expect("each paired step has its tables");
+                self.quant_linear(*kernel, args, granularity, &out, Some(tables))?
             }
             (
                 Step::PhaseStages {
@@ -1612,8 +1615,9 @@ impl CudaProgram {
                             let dims = x[..x.len() - 1].iter().chain(&w[1..]).copied();
                             Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
                         }
-                        // The input's rows by the codes' rows: complex,
-                        // or real (twice as many words) where unpaired.
+                        // The input's rows by the codes' rows: complex, or
+                        // real (twice as many words) where the unpack is
+                        // folded in.
                         Step::PairedQuantLinear { unpack, .. } => {
                             let (x, codes) = (&args[0].shape, &args[1].shape);
                             let n = codes[0] * if unpack.is_some() { 2 } else { 1 };
@@ -1782,8 +1786,6 @@ impl CudaProgram {
         })
     }
 
-    /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major) as the column-major
-    /// product `yᵀ = w · xᵀ` with `w` transposed.
     /// `quant_linear` of `args` (the input, then each stage's codes and
     /// scales) into `out` by `kernel`, the f32 or the int8 one, the latter
     /// with its input or output paired through `paired`'s tables.
@@ -1852,6 +1854,8 @@ impl CudaProgram {
         })
     }
 
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (row-major) as the column-major
+    /// product `yᵀ = w · xᵀ` with `w` transposed.
     fn linear(
         &self,
         x: &DeviceTensor,
@@ -2053,11 +2057,6 @@ impl CudaProgram {
     }
 }
 
-/// For `pack` of real rows of `cols` channels: the channel of each word of
-/// the complex output row (re, im per slot; −1 for the padding channel of
-/// an odd width). For `unpack` of complex rows to `cols` channels: the word
-/// (2·slot + imaginary) of each channel. Returns the index and the words of
-/// an input row.
 /// A paired `quant_linear`'s tables (device words, and the real row's
 /// length): where each complex input part lies in the real input row, and
 /// where each output part goes in the real output row.
@@ -2098,13 +2097,14 @@ fn paired_tables(
                 .dims()
                 .last()
                 .and_then(|d| d.clone().fixed())
+                .expect("the fold checked a fixed row")
         };
         let input = match pack {
-            Some(p) => Some(table(*p, last(graph.nodes[*p].operands[0]).unwrap_or(0))?),
+            Some(p) => Some(table(*p, last(graph.nodes[*p].operands[0]))?),
             None => None,
         };
         let output = match unpack {
-            Some(u) => Some(table(*u, last(ValueId(*u)).unwrap_or(0))?),
+            Some(u) => Some(table(*u, last(ValueId(*u)))?),
             None => None,
         };
         paired.insert(i, PairedTables { input, output });
@@ -2112,6 +2112,11 @@ fn paired_tables(
     Ok(paired)
 }
 
+/// For `pack` of real rows of `cols` channels: the channel of each word of
+/// the complex output row (re, im per slot; −1 for the padding channel of
+/// an odd width). For `unpack` of complex rows to `cols` channels: the word
+/// (2·slot + imaginary) of each channel. Returns the index and the words of
+/// an input row.
 fn pairing_index(op: &Op, pairing: Pairing, cols: usize) -> Result<(Vec<i32>, usize), String> {
     match op {
         Op::Pack { .. } => {

@@ -229,8 +229,10 @@ impl<'ctx> Gen<'ctx> {
         let runs = self.udiv(m, self.int(RUN as u64))?;
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |w| {
-            let run = self.udiv(w, self.int(8))?;
-            let k = self.urem(w, self.int(8))?;
+            // Word `w` is word `k` of run `run` (consecutive threads store
+            // consecutive words).
+            let k = self.udiv(w, runs)?;
+            let run = self.urem(w, runs)?;
             let part = self.udiv(k, self.int(4))?;
             let sub = self.urem(k, self.int(4))?;
             // The word's first input in its run: 0, 8, 1, 9 for words 0..3
@@ -266,7 +268,7 @@ impl<'ctx> Gen<'ctx> {
                     .map_err(err)?;
                 word = self.builder.build_or(word, byte, "").map_err(err)?;
             }
-            self.store_i32(xq, self.add(self.mul(k, runs)?, run)?, word)
+            self.store_i32(xq, w, word)
         })?;
         self.fdiv(largest, self.float(127.0))
     }

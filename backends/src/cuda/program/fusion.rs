@@ -407,8 +407,8 @@ pub(super) fn fold_transposed_weights(
 /// Folds into each int8 `quant_linear` the `pack` its input comes from and
 /// the `unpack` that is its one reader ([`Step::PairedQuantLinear`]),
 /// where the pairing is a bijection (an even row of the paired length). A
-/// pack no other step reads is dropped; the product then stands at the
-/// unpack's node, and its own node computes nothing.
+/// pack no other step reads is dropped. With its unpack folded, the product
+/// stands at the unpack's node and its own node computes nothing.
 pub(super) fn fold_pairings(
     graph: &Graph,
     plan: &MemoryPlan,
