@@ -814,7 +814,7 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
         cases_over(
             &mut out,
             &format!("paired quant_linear, block {block}"),
-            &[(3usize, 2400usize, 32usize), (1, 5, 16)],
+            &[(3usize, 2400usize, 32usize), (1, 8, 16)],
             |c, (rows, n, m)| {
                 let x = c.real(&[rows, 2 * m]);
                 let packed = c.push(Op::Pack { block }, &[x]);

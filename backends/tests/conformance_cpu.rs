@@ -15,3 +15,22 @@ mod llvm_14_bit_activations {
         activations: fairyc_backends::Activations::Bits14
     });
 }
+
+/// The widely-linear form around a quantized layer (the cases the GPU's
+/// paired kernel is checked on) on the LLVM backend with 14-bit
+/// activations: the cases are well formed, and a CPU backend computes them
+/// as the reference does.
+#[test]
+fn paired_quant_linear_cases_on_llvm() {
+    let llvm = fairyc_backends::Llvm {
+        activations: fairyc_backends::Activations::Bits14,
+    };
+    for case in fairyc_backends::conformance::paired_quant_linear_cases() {
+        let difference = fairyc_backends::conformance::relative_rms_difference(&llvm, &case);
+        assert!(
+            matches!(difference, Ok(d) if d < 1e-3),
+            "{}: {difference:?}",
+            case.name
+        );
+    }
+}
