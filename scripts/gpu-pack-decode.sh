@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Packs, into .devd/ (git ignores it; one device call), what a GPU check of
 # decoding needs: fairyc and synth_gguf (scripts/gpu-decode.sh, with
-# WORK=.dev), the cuda_gemv example (the GEMV table), and the cuda and
-# model test executables (scripts/gpu-check.sh .devd runs them, after
-# unpacking all of it into .dev/).
+# WORK=.dev; scripts/gpu-decode-table.sh), the cuda_gemv example (the GEMV
+# table), the cuda and model test executables (scripts/gpu-check.sh .devd
+# runs them, after unpacking all of it into .dev/) and the corpus (the
+# prompt of scripts/gpu-decode-table.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked
@@ -18,4 +19,5 @@ pack synth_gguf target/release/examples/synth_gguf
 pack cuda_gemv target/release/examples/cuda_gemv
 pack cuda-test "$(pick cuda)"
 pack models-test "$(pick conformance_models)"
+cp ../shared/corpus/public.txt .devd/corpus.txt
 du -cb .devd
