@@ -1164,13 +1164,21 @@ impl CudaProgram {
                         _operand: x.words.clone(),
                     });
             }
-            (Step::Kernel(k), Op::RmsNorm { eps }) => {
+            // A block a row: the row, a second operand (the gain; the
+            // draws) and one f32 (eps; the temperature).
+            (
+                Step::Kernel(k),
+                Op::RmsNorm { eps: scalar }
+                | Op::Sample {
+                    temperature: scalar,
+                },
+            ) => {
                 let cols = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(cols).unwrap_or(0);
                 let cols = cols as i64;
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&*args[1].words);
-                    b.arg(&cols).arg(eps);
+                    b.arg(&cols).arg(scalar);
                 })?;
             }
             (Step::Kernel(k), Op::ActQuant { bits }) => {
@@ -1180,15 +1188,6 @@ impl CudaProgram {
                 let q = ((1u32 << (*bits as u32 - 1)) - 1) as f32;
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out).arg(&*x.words).arg(&cols).arg(&q);
-                })?;
-            }
-            (Step::Kernel(k), Op::Sample { temperature }) => {
-                let cols = x.shape.last().copied().unwrap_or(1);
-                let rows = x.len().checked_div(cols).unwrap_or(0);
-                let cols = cols as i64;
-                self.launch(k[0], rows as u32, ROW_THREADS, |b| {
-                    b.arg(&out).arg(&*x.words).arg(&*args[1].words);
-                    b.arg(&cols).arg(temperature);
                 })?;
             }
             (Step::Kernel(k), Op::Softmax | Op::SoftmaxGrad) => {
