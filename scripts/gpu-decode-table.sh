@@ -18,7 +18,7 @@ done
 BLOCKS=${BLOCKS:-4}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # 106 words of the corpus: 513 tokens with the synthetic tokenizer.
-prompt=$(tr -s ' \n' ' ' < .devd/corpus.txt | cut -d' ' -f1-106)
+prompt=$(tr -s ' \n' ' ' < "${CORPUS:-.devd/corpus.txt}" | cut -d' ' -f1-106)
 smol=.dev/smol49k.gguf
 [ -e "$smol" ] || .dev/synth_gguf "$smol" 576 1536 30 9 64 3 f32 vocab=49152 > /dev/null
 llama=.dev/llama7b-$BLOCKS.gguf
