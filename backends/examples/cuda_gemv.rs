@@ -48,6 +48,7 @@ fn main() -> Result<()> {
             w_stages: 2,
             paired_input: false,
             paired_output: false,
+            normed: false,
         },
         Kernel::QuantLinear {
             u_stages: 2,

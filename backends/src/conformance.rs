@@ -799,9 +799,10 @@ pub fn bf16_attention_cases() -> Vec<Case> {
     out
 }
 
-/// Cases whose one output is `unpack(quant_linear(pack(x)))` of a real `x`:
-/// the widely-linear form around a quantized layer, for each pairing
-/// (halves, adjacent, halves of heads of 8), on several input rows, and
+/// Cases whose one output is `unpack(quant_linear(pack(x)))` of a real `x`
+/// (or of `rms_norm(x)`, which the cuda backend folds in too): the
+/// widely-linear form around a quantized layer, for each pairing (halves,
+/// adjacent, halves of heads of 8), on several input rows, and
 /// with more output rows than a GPU's int8 kernel has warps at its capped
 /// grid, so that each warp takes several. Backends that fold the pairing
 /// into the product (cuda's int8 kernel) are compared with
@@ -810,13 +811,24 @@ pub fn bf16_attention_cases() -> Vec<Case> {
 /// `quant_linear` output do not cover once the output is unpacked.
 pub fn paired_quant_linear_cases() -> Vec<Case> {
     let mut out = Vec::new();
-    for block in [0usize, 2, 8] {
+    for (block, normed) in [
+        (0usize, false),
+        (2, false),
+        (8, false),
+        (0, true),
+        (8, true),
+    ] {
+        let norm = if normed { ", normed" } else { "" };
         cases_over(
             &mut out,
-            &format!("paired quant_linear, block {block}"),
+            &format!("paired quant_linear, block {block}{norm}"),
             &[(3usize, 2400usize, 32usize), (1, 8, 16)],
             |c, (rows, n, m)| {
-                let x = c.real(&[rows, 2 * m]);
+                let mut x = c.real(&[rows, 2 * m]);
+                if normed {
+                    let gain = c.positive(&[2 * m]);
+                    x = c.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]);
+                }
                 let packed = c.push(Op::Pack { block }, &[x]);
                 let mut operands = vec![packed];
                 for _ in 0..2 {

@@ -141,13 +141,16 @@ enum Step {
     /// and the `unpack` of its output folded in where they are `Some`
     /// ([`fusion::fold_pairings`]): it reads `operands` (the pack's source
     /// in place of its input) and, with an unpack, is that node's step and
-    /// writes its value.
+    /// writes its value. With `norm` (an `rms_norm` node, folded by
+    /// [`fusion::fold_norms`]) the source is the norm's input, and the norm's
+    /// gain is the last operand.
     PairedQuantLinear {
         kernel: usize,
         operands: Vec<ValueId>,
         node: usize,
         pack: Option<usize>,
         unpack: Option<usize>,
+        norm: Option<usize>,
     },
 }
 
@@ -502,6 +505,7 @@ fn select_kernels(
                                 w_stages: *w_stages,
                                 paired_input: false,
                                 paired_output: false,
+                                normed: false,
                             }]
                         })
                     }
@@ -533,6 +537,7 @@ fn select_kernels(
         fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
         fusion::fold_pairings(graph, plan, &mut kernels, &mut steps);
+        fusion::fold_norms(graph, plan, &mut kernels, &mut steps);
     }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
     Ok((kernels, steps))
@@ -1502,9 +1507,14 @@ impl CudaProgram {
                 })?;
             }
             (Step::Kernel(k), Op::QuantLinear { granularity, .. }) => {
-                self.quant_linear(k[0], args, *granularity, &out, None)?
+                self.quant_linear(k[0], args, *granularity, &out, None, None)?
             }
-            (Step::PairedQuantLinear { kernel, node, .. }, _) => {
+            (
+                Step::PairedQuantLinear {
+                    kernel, node, norm, ..
+                },
+                _,
+            ) => {
                 let Op::QuantLinear { granularity, .. } = self.graph.nodes[*node].op else {
                     unreachable!("a paired step is a quant_linear's")
                 };
@@ -1512,7 +1522,14 @@ impl CudaProgram {
                     .paired
                     .get(&i)
                     .expect("each paired step has its tables");
-                self.quant_linear(*kernel, args, granularity, &out, Some(tables))?
+                let (args, norm) = match norm.map(|n| &self.graph.nodes[n].op) {
+                    Some(&Op::RmsNorm { eps }) => {
+                        let (gain, args) = args.split_last().expect("the gain is an operand");
+                        (args, Some((*gain, eps)))
+                    }
+                    _ => (args, None),
+                };
+                self.quant_linear(*kernel, args, granularity, &out, Some(tables), norm)?
             }
             (
                 Step::PhaseStages {

@@ -181,12 +181,15 @@ pub enum Kernel {
     /// (through the pack's table of source words), with `paired_output` it
     /// writes the real row an `unpack` of its output would give (through
     /// the inverse of the unpack's table): the widely-linear form's pairing
-    /// folded into the product, not a launch of its own.
+    /// folded into the product, not a launch of its own. `normed` (with
+    /// `paired_input`) reads the row before its RMS norm, and normalises it
+    /// as it quantizes it: the norm folded in too.
     QuantLinearI8 {
         u_stages: usize,
         w_stages: usize,
         paired_input: bool,
         paired_output: bool,
+        normed: bool,
     },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
@@ -252,6 +255,12 @@ impl Kernel {
             Kernel::AppendRows => "append_rows",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
+            Kernel::QuantLinearI8 {
+                normed: true,
+                paired_output: true,
+                ..
+            } => "quant_linear_i8_normed",
+            Kernel::QuantLinearI8 { normed: true, .. } => "quant_linear_i8_normed_input",
             Kernel::QuantLinearI8 {
                 paired_input: false,
                 paired_output: false,
@@ -764,10 +773,12 @@ impl<'ctx> Gen<'ctx> {
                 w_stages,
                 paired_input,
                 paired_output,
+                normed,
             } => self.quant_linear_i8(
                 name,
                 (*u_stages, *w_stages),
                 (*paired_input, *paired_output),
+                *normed,
             ),
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),

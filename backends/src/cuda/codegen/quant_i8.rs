@@ -68,28 +68,47 @@ impl<'ctx> Gen<'ctx> {
     /// `(in_words, out_words)` after `per_tensor`. Part `p` of complex input
     /// `j` is then `x[r·in_words + in_table[2j + p]]`, and part `p` of
     /// output `o` goes to `out[r·out_words + out_table[2o + p]]`.
+    ///
+    /// `normed` (paired input only): `x` is the row before an RMS norm, whose
+    /// gain follows the tables and whose `eps` (f32) is the last parameter;
+    /// the row's norm is summed beside its maximum, and each part is scaled
+    /// by its channel's gain as it is quantized. The norm's own scale is a
+    /// factor of the whole row, so it only scales the step.
     pub(super) fn quant_linear_i8(
         &self,
         name: &str,
         (u_stages, w_stages): (usize, usize),
         (paired_input, paired_output): (bool, bool),
+        normed: bool,
     ) -> Built<()> {
+        if normed && !paired_input {
+            return Err("a normed int8 product reads a paired input".into());
+        }
         let stages = u_stages + w_stages;
         let tables = usize::from(paired_input) + usize::from(paired_output);
-        let mut params = vec![Param::Ptr; 2 + 2 * stages + tables];
+        let mut params = vec![Param::Ptr; 2 + 2 * stages + tables + usize::from(normed)];
         params.extend(vec![Param::I64; 4 + tables]);
+        if normed {
+            params.push(Param::F32);
+        }
         let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
         let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
         let base = 2 + 2 * stages as u32;
-        let ints = base + tables as u32;
+        let ints = base + tables as u32 + u32::from(normed);
         let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, ints + k));
         // Each paired side: its table and its real row's length.
         let mut paired = (0..tables as u32)
             .map(|t| (self.param_ptr(f, base + t), self.param_int(f, ints + 4 + t)));
         let input = if paired_input { paired.next() } else { None };
         let output = if paired_output { paired.next() } else { None };
+        let norm = normed.then(|| {
+            (
+                self.param_ptr(f, base + tables as u32),
+                self.param_float(f, ints + 4 + tables as u32),
+            )
+        });
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
         let first_row = self.add(
@@ -115,7 +134,7 @@ impl<'ctx> Gen<'ctx> {
             .collect::<Built<_>>()?;
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
         self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
-            let step = self.quantize_row(f, (scratch, xq), (x, input), r, m)?;
+            let step = self.quantize_row(f, (scratch, xq), (x, input, norm), r, m)?;
             self.call_void(barrier, &[])?;
             self.strided_loop(f, first_row, n, grid_warps, |row| {
                 let scale_at = self.select_int(tensor, self.int(0), self.mul(row, self.int(2))?)?;
@@ -206,13 +225,18 @@ impl<'ctx> Gen<'ctx> {
     /// With a paired input `(table, in_words)`, the row is real, of
     /// `in_words` words, and the table gives each part's word in it (the
     /// pairing is a bijection: its maximum is the whole row's).
+    ///
+    /// With a norm `(gain, eps)`, each word of the real row is scaled by its
+    /// gain first, and the step by the row's `1/sqrt(mean(x²) + eps)`.
+    #[allow(clippy::type_complexity)]
     fn quantize_row(
         &self,
         f: FunctionValue<'ctx>,
         (scratch, xq): (PointerValue<'ctx>, PointerValue<'ctx>),
-        (x, paired): (
+        (x, paired, norm): (
             PointerValue<'ctx>,
             Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+            Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
         ),
         r: IntValue<'ctx>,
         m: IntValue<'ctx>,
@@ -223,7 +247,8 @@ impl<'ctx> Gen<'ctx> {
             None => parts,
         };
         let base = self.mul(r, row_words)?;
-        let largest = self.row_max_abs(f, scratch, x, base, row_words)?;
+        let gain = norm.map(|(g, _)| g);
+        let (largest, squares) = self.row_statistics(f, scratch, (x, gain), base, row_words)?;
         let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
         let words = self.udiv(m, self.int(2))?;
         let runs = self.udiv(m, self.int(RUN as u64))?;
@@ -251,8 +276,11 @@ impl<'ctx> Gen<'ctx> {
                     Some((table, _)) => self.widen(self.load_i32(table, slot)?)?,
                     None => slot,
                 };
-                let at = self.add(base, slot)?;
-                let level = self.round_even(self.fmul(self.load_f32(x, at)?, inverse)?)?;
+                let mut v = self.load_f32(x, self.add(base, slot)?)?;
+                if let Some(gain) = gain {
+                    v = self.fmul(v, self.load_f32(gain, slot)?)?;
+                }
+                let level = self.round_even(self.fmul(v, inverse)?)?;
                 let level = self.fmin(self.fmax(level, self.float(-127.0))?, self.float(127.0))?;
                 let level = self
                     .builder
@@ -270,44 +298,74 @@ impl<'ctx> Gen<'ctx> {
             }
             self.store_i32(xq, w, word)
         })?;
-        self.fdiv(largest, self.float(127.0))
+        let step = self.fdiv(largest, self.float(127.0))?;
+        match (norm, squares) {
+            (Some((_, eps)), Some(squares)) => {
+                let words = self
+                    .builder
+                    .build_unsigned_int_to_float(row_words, self.f32(), "")
+                    .map_err(err)?;
+                let mean = self.fadd(self.fdiv(squares, words)?, eps)?;
+                self.fdiv(step, self.sqrt(mean)?)
+            }
+            _ => Ok(step),
+        }
     }
 
-    /// The block's `max |x[base + i]|` over `i < len` (`len > 0`): each
-    /// thread loads [`MAX_LOADS`] elements a step, all before it compares
-    /// them, so that the loads' latencies overlap.
-    fn row_max_abs(
+    /// The block's `max |x[base + i]·gain[i]|` over `i < len` (`len > 0`;
+    /// a gain of 1 where there is none) and, with a gain, `Σ x[base + i]²`:
+    /// each thread loads [`MAX_LOADS`] elements a step, all before it
+    /// compares them, so that the loads' latencies overlap.
+    fn row_statistics(
         &self,
         f: FunctionValue<'ctx>,
         scratch: PointerValue<'ctx>,
-        x: PointerValue<'ctx>,
+        (x, gain): (PointerValue<'ctx>, Option<PointerValue<'ctx>>),
         base: IntValue<'ctx>,
         len: IntValue<'ctx>,
-    ) -> Built<FloatValue<'ctx>> {
-        let acc = self.local(self.float(0.0))?;
+    ) -> Built<(FloatValue<'ctx>, Option<FloatValue<'ctx>>)> {
+        let largest = self.local(self.float(0.0))?;
+        let squares = self.local(self.float(0.0))?;
         let tid = self.sreg("tid.x")?;
         let threads = self.sreg("ntid.x")?;
         let step = self.mul(threads, self.int(MAX_LOADS))?;
         self.strided_loop(f, tid, len, step, |i| {
-            let values = (0..MAX_LOADS)
+            let loaded = (0..MAX_LOADS)
                 .map(|k| {
                     let at = self.add(i, self.mul(threads, self.int(k))?)?;
                     let inside = self
                         .builder
                         .build_int_compare(IntPredicate::ULT, at, len, "")
                         .map_err(err)?;
-                    // Outside the row: element 0 of it, which is counted anyway.
+                    // Outside the row: element 0 of it, which the maximum
+                    // counts anyway (and the sum of squares leaves out).
                     let at = self.select_int(inside, at, self.int(0))?;
-                    self.fabs(self.load_f32(x, self.add(base, at)?)?)
+                    let v = self.load_f32(x, self.add(base, at)?)?;
+                    let scaled = match gain {
+                        Some(g) => self.fmul(v, self.load_f32(g, at)?)?,
+                        None => v,
+                    };
+                    Ok((inside, v, scaled))
                 })
                 .collect::<Built<Vec<_>>>()?;
-            let mut largest = self.get(acc)?;
-            for v in values {
-                largest = self.fmax(largest, v)?;
+            let mut most = self.get(largest)?;
+            let mut sum = self.get(squares)?;
+            for (inside, v, scaled) in loaded {
+                most = self.fmax(most, self.fabs(scaled)?)?;
+                if gain.is_some() {
+                    let square = self.select_float(inside, self.fmul(v, v)?, self.float(0.0))?;
+                    sum = self.fadd(sum, square)?;
+                }
             }
-            self.set(acc, largest)
+            self.set(largest, most)?;
+            self.set(squares, sum)
         })?;
-        self.block_reduce(scratch, self.get(acc)?, true)
+        let most = self.block_reduce(scratch, self.get(largest)?, true)?;
+        let sum = match gain {
+            Some(_) => Some(self.block_reduce(scratch, self.get(squares)?, false)?),
+            None => None,
+        };
+        Ok((most, sum))
     }
 
     /// Adds one code word's 16 products per stage into `sum`: its four

@@ -468,6 +468,7 @@ pub(super) fn fold_pairings(
                 w_stages,
                 paired_input: pack.is_some(),
                 paired_output: unpack.is_some(),
+                normed: false,
             },
         );
         let mut operands = graph.nodes[i].operands.clone();
@@ -482,6 +483,7 @@ pub(super) fn fold_pairings(
             node: i,
             pack,
             unpack,
+            norm: None,
         };
         match unpack {
             Some(u) => {
@@ -495,6 +497,86 @@ pub(super) fn fold_pairings(
         if unfolded_readers[p] == 0 && !is_output(p) {
             steps[p] = None;
         }
+    }
+    keep_launched(kernels, steps);
+}
+
+/// Folds into paired int8 products the real `rms_norm` their packs read,
+/// where every step that reads the norm's output is such a product (its
+/// packs all folded, it is no graph output): the kernel reads the row before
+/// the norm and normalises it as it quantizes it, so the norm is not
+/// launched (q, k and v read one norm; gate and up another).
+pub(super) fn fold_norms(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let all_readers = readers(graph, plan, steps);
+    let is_paired_product = |i: usize, source: ValueId| {
+        matches!(&steps[i], Some(Step::PairedQuantLinear { operands, pack: Some(_), norm: None, .. })
+            if operands[0] == source)
+    };
+    let foldable = |v: ValueId| {
+        let node = graph.node(v);
+        matches!(node.op, Op::RmsNorm { .. })
+            && !plan.resident[v.0]
+            && !graph.outputs.contains(&v)
+            && matches!(&steps[v.0], Some(Step::Kernel(k))
+                if kernels[k[0]] == Kernel::RmsNorm { complex: false })
+            && !all_readers[v.0].is_empty()
+            && all_readers[v.0].iter().all(|&r| is_paired_product(r, v))
+    };
+    let folds: Vec<(usize, ValueId)> = (0..steps.len())
+        .filter_map(|i| match &steps[i] {
+            Some(Step::PairedQuantLinear {
+                operands,
+                pack: Some(_),
+                norm: None,
+                ..
+            }) if foldable(operands[0]) => Some((i, operands[0])),
+            _ => None,
+        })
+        .collect();
+    for &(i, norm) in &folds {
+        let Some(Step::PairedQuantLinear { kernel, .. }) = &steps[i] else {
+            unreachable!("chosen above")
+        };
+        let Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_output,
+            ..
+        } = kernels[*kernel]
+        else {
+            unreachable!("paired products are int8 products")
+        };
+        let normed = kernel_index(
+            kernels,
+            Kernel::QuantLinearI8 {
+                u_stages,
+                w_stages,
+                paired_input: true,
+                paired_output,
+                normed: true,
+            },
+        );
+        let (input, gain) = (graph.node(norm).operands[0], graph.node(norm).operands[1]);
+        if let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            norm: folded,
+            ..
+        }) = &mut steps[i]
+        {
+            *kernel = normed;
+            operands[0] = input;
+            operands.push(gain);
+            *folded = Some(norm.0);
+        }
+    }
+    for (_, norm) in folds {
+        steps[norm.0] = None;
     }
     keep_launched(kernels, steps);
 }
@@ -830,6 +912,7 @@ mod tests {
             node,
             pack,
             unpack,
+            ..
         }) = &steps[q_real.0]
         else {
             panic!("q's unpack is not the paired product");
@@ -860,5 +943,71 @@ mod tests {
             }
         ));
         assert!(matches!(&steps[k_real.0], Some(Step::Kernel(_))));
+    }
+
+    /// The RMS norm that the paired products' pack reads folds into them
+    /// (the kernel reads the row before it, and its gain), unless another
+    /// step reads the normed row too.
+    #[test]
+    fn an_rms_norm_folds_into_the_products_that_read_it() {
+        use fairyc_ir::Granularity;
+
+        use super::super::Kernel;
+
+        let graph = |also_read: bool| {
+            let mut b = GraphBuilder::new("normed");
+            let x = b.input("x", ty(&[3, 32]));
+            let gain = b.input("gain", ty(&[32]));
+            let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]).unwrap();
+            let packed = b.push(Op::Pack { block: 0 }, &[normed]).unwrap();
+            let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
+            let mut operands = vec![packed];
+            for stage in ["u", "w"] {
+                operands.push(b.input(format!("{stage}.codes"), codes.clone()));
+                operands.push(b.input(format!("{stage}.scales"), ty(&[2])));
+            }
+            let op = Op::QuantLinear {
+                u_stages: 1,
+                w_stages: 1,
+                granularity: Granularity::Tensor,
+            };
+            let product = b.push(op, &operands).unwrap();
+            let real = b.push(Op::Unpack { block: 0 }, &[product]).unwrap();
+            let mut outputs = vec![real];
+            if also_read {
+                outputs.push(b.push(Op::Scale { factor: 2.0 }, &[normed]).unwrap());
+            }
+            let graph = b.finish(&outputs);
+            let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+            (kernels, steps, [x, gain, normed, real])
+        };
+        let (kernels, steps, [x, gain, normed, real]) = graph(false);
+        assert!(steps[normed.0].is_none(), "the norm is folded away");
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            norm,
+            ..
+        }) = &steps[real.0]
+        else {
+            panic!("the unpack is not the paired product");
+        };
+        assert_eq!(*norm, Some(normed.0));
+        assert_eq!((operands[0], operands.last()), (x, Some(&gain)));
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                normed: true,
+                paired_input: true,
+                paired_output: true,
+                ..
+            }
+        ));
+        let (_, steps, [_, _, normed, real]) = graph(true);
+        assert!(matches!(&steps[normed.0], Some(Step::Kernel(_))));
+        assert!(matches!(
+            &steps[real.0],
+            Some(Step::PairedQuantLinear { norm: None, .. })
+        ));
     }
 }

@@ -17,7 +17,8 @@ use crate::BackendError;
 impl CudaProgram {
     /// `quant_linear` of `args` (the input, then each stage's codes and
     /// scales) into `out` by `kernel`, the f32 or the int8 one, the latter
-    /// with its input or output paired through `paired`'s tables.
+    /// with its input or output paired through `paired`'s tables, and its
+    /// input normed first with `norm`'s gain and eps.
     pub(super) fn quant_linear(
         &self,
         kernel: usize,
@@ -25,6 +26,7 @@ impl CudaProgram {
         granularity: Granularity,
         out: &CudaSlice<u32>,
         paired: Option<&PairedTables>,
+        norm: Option<(&DeviceTensor, f32)>,
     ) -> Result<(), BackendError> {
         let (x, codes) = (args[0], args[1]);
         let (n, m) = (codes.shape[0], codes.shape[1]);
@@ -77,8 +79,14 @@ impl CudaProgram {
             for (table, _) in [input, output].into_iter().flatten() {
                 b.arg(table);
             }
+            if let Some((gain, _)) = &norm {
+                b.arg(&*gain.words);
+            }
             for v in &sizes {
                 b.arg(v);
+            }
+            if let Some((_, eps)) = &norm {
+                b.arg(eps);
             }
         })
     }
