@@ -800,9 +800,10 @@ pub fn bf16_attention_cases() -> Vec<Case> {
 }
 
 /// Cases whose one output is `unpack(quant_linear(pack(x)))` of a real `x`
-/// (or of `rms_norm(x)`, which the cuda backend folds in too): the
-/// widely-linear form around a quantized layer, for each pairing (halves,
-/// adjacent, halves of heads of 8), on several input rows, and
+/// (or of `rms_norm(x)`, which the cuda backend folds in too; one case
+/// leaves the product's complex output unpaired): the widely-linear form
+/// around a quantized layer, for each pairing (halves, adjacent, halves of
+/// heads of 8), on several input rows, and
 /// with more output rows than a GPU's int8 kernel has warps at its capped
 /// grid, so that each warp takes several. Backends that fold the pairing
 /// into the product (cuda's int8 kernel) are compared with
@@ -811,17 +812,20 @@ pub fn bf16_attention_cases() -> Vec<Case> {
 /// `quant_linear` output do not cover once the output is unpacked.
 pub fn paired_quant_linear_cases() -> Vec<Case> {
     let mut out = Vec::new();
-    for (block, normed) in [
-        (0usize, false),
-        (2, false),
-        (8, false),
-        (0, true),
-        (8, true),
-    ] {
+    let pairings = [
+        (0usize, false, true),
+        (2, false, true),
+        (8, false, true),
+        (0, true, true),
+        (8, true, true),
+        (0, true, false),
+    ];
+    for (block, normed, unpacked) in pairings {
         let norm = if normed { ", normed" } else { "" };
+        let output = if unpacked { "" } else { ", complex output" };
         cases_over(
             &mut out,
-            &format!("paired quant_linear, block {block}{norm}"),
+            &format!("paired quant_linear, block {block}{norm}{output}"),
             &[(3usize, 2400usize, 32usize), (1, 8, 16)],
             |c, (rows, n, m)| {
                 let mut x = c.real(&[rows, 2 * m]);
@@ -841,6 +845,9 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
                     granularity: Granularity::Tensor,
                 };
                 let product = c.push(op, &operands);
+                if !unpacked {
+                    return vec![product];
+                }
                 vec![c.push(Op::Unpack { block }, &[product])]
             },
         );
@@ -849,8 +856,8 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
 }
 
 /// The RMS of `backend`'s outputs' differences from the reference
-/// backend's on `case`, relative to the RMS of the reference's (all real
-/// outputs together).
+/// backend's on `case`, relative to the RMS of the reference's (all
+/// outputs together, real or complex).
 pub fn relative_rms_difference(backend: &dyn Backend, case: &Case) -> Result<f32, String> {
     let run = |b: &dyn Backend| {
         compile(b, &case.graph, &case.store, &|_| {})
@@ -860,13 +867,20 @@ pub fn relative_rms_difference(backend: &dyn Backend, case: &Case) -> Result<f32
     let (want, got) = (run(&Reference::default())?, run(backend)?);
     let (mut difference, mut size) = (0.0f64, 0.0f64);
     for (w, g) in want.iter().zip(&got) {
-        let (Some(w), Some(g)) = (w.as_f32(), g.as_f32()) else {
-            return Err("outputs must be f32".into());
+        // Complex values as their real and imaginary parts.
+        let parts = |t: &Tensor| -> Option<Vec<f32>> {
+            t.as_f32().map(<[f32]>::to_vec).or_else(|| {
+                t.as_c64()
+                    .map(|z| z.iter().flat_map(|z| [z.re, z.im]).collect())
+            })
+        };
+        let (Some(w), Some(g)) = (parts(w), parts(g)) else {
+            return Err("outputs must be f32 or c64".into());
         };
         if w.len() != g.len() {
             return Err(format!("{} values, not {}", g.len(), w.len()));
         }
-        for (a, b) in w.iter().zip(g) {
+        for (a, b) in w.iter().zip(&g) {
             difference += f64::from(a - b).powi(2);
             size += f64::from(*a).powi(2);
         }

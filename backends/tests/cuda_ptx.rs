@@ -78,6 +78,13 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: true,
             normed: true,
         },
+        Kernel::QuantLinearI8 {
+            u_stages: 1,
+            w_stages: 1,
+            paired_input: true,
+            paired_output: false,
+            normed: true,
+        },
         Kernel::GatherColumns,
         Kernel::ColumnSum,
         Kernel::CrossEntropyRows,
