@@ -38,5 +38,7 @@ for spec in "smollm2:$smol:none w1 w2 w3" "llama7b-$BLOCKS-blocks:$llama:w2"; do
       grep -a "prompt tokens" | sed 's/^/prompt: /'
   done
 done
+# PEERS=0 leaves the PyTorch peers out (a call that ran them already).
+[ "${PEERS:-1}" = 0 ] && exit 0
 python3 scripts/gpu-peer.py --shape smollm2 --layers 30 --vocab 49152 --steps 256 --no-gemv
 python3 scripts/gpu-peer.py --shape llama7b --layers "$BLOCKS" --vocab 32000 --steps 256 --no-gemv

@@ -533,10 +533,16 @@ fn select_kernels(
         };
         steps.push(Some(step));
     }
-    if fuse {
+    if fuse.phase_stages {
         fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
+    }
+    if fuse.elementwise {
         fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
+    }
+    if fuse.pairings {
         fusion::fold_pairings(graph, plan, &mut kernels, &mut steps);
+    }
+    if fuse.norms {
         fusion::fold_norms(graph, plan, &mut kernels, &mut steps);
     }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
@@ -558,13 +564,57 @@ fn kernel_index(kernels: &mut Vec<Kernel>, kernel: Kernel) -> usize {
 /// What a program's kernels are chosen with, beside the graph.
 #[derive(Clone, Copy)]
 struct Choices {
-    /// Chains of elementwise nodes as one kernel each (`fusion`).
-    fuse: bool,
+    /// Which of the `fusion` passes run.
+    fuse: Fusions,
     /// Training's attention by the flash kernels where they apply.
     flash: bool,
     /// Whether `all_reduce` adds over a group of GPUs (else the GPU is a
     /// rank alone, and its operand the sum).
     collective: bool,
+}
+
+/// The `fusion` passes a program runs: all, unless `FAIRYC_NO_FUSION` is set:
+/// to the passes to leave out (`norms,pairings`), or to anything else (`1`)
+/// for none, to measure what each gives.
+#[derive(Clone, Copy)]
+struct Fusions {
+    /// PhaseQuant's stages as a few passes ([`fusion::fuse_phase_stages`]).
+    phase_stages: bool,
+    /// Chains of elementwise nodes as one kernel each.
+    elementwise: bool,
+    /// The widely-linear pack and unpack inside the int8 products.
+    pairings: bool,
+    /// RMS norms inside the paired int8 products that read them.
+    norms: bool,
+}
+
+impl Fusions {
+    const ALL: Fusions = Fusions {
+        phase_stages: true,
+        elementwise: true,
+        pairings: true,
+        norms: true,
+    };
+
+    fn from_env() -> Fusions {
+        let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
+            return Fusions::ALL;
+        };
+        const NAMES: [&str; 4] = ["phase_stages", "elementwise", "pairings", "norms"];
+        let off = off.to_string_lossy().into_owned();
+        let named: Vec<&str> = off.split(',').map(str::trim).collect();
+        let some = named.iter().all(|n| NAMES.contains(n));
+        if !some {
+            tracing::info!("FAIRYC_NO_FUSION={off}: every fusion pass is off");
+        }
+        let on = |name: &str| some && !named.contains(&name);
+        Fusions {
+            phase_stages: on("phase_stages"),
+            elementwise: on("elementwise"),
+            pairings: on("pairings"),
+            norms: on("norms"),
+        }
+    }
 }
 
 /// Where a program evaluates its weight expressions (the nodes that depend
@@ -602,7 +652,7 @@ fn default_selection(
     let plan = MemoryPlan::new(graph, 1);
     let fold = Fold::of(graph, &plan);
     let choices = Choices {
-        fuse: true,
+        fuse: Fusions::ALL,
         flash: false,
         collective: false,
     };
@@ -749,11 +799,8 @@ impl CudaProgram {
         let stream = context.new_stream().map_err(driver)?;
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
-        // FAIRYC_NO_FUSION: one kernel per elementwise node, to measure
-        // fusion.
-        let fuse = std::env::var_os("FAIRYC_NO_FUSION").is_none();
         let choices = Choices {
-            fuse,
+            fuse: Fusions::from_env(),
             flash: options.attention == GpuAttention::Flash,
             collective: options.communicator.is_some(),
         };
