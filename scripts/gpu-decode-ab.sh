@@ -2,7 +2,7 @@
 # Variants of fairyc decoding one W2 artifact, alternated in one call on one
 # GPU (A/B for docs/BENCHMARKS.md). Each argument is a variant: a fairyc
 # executable (or an .xz of one), optionally after environment settings:
-#   bash scripts/gpu-decode-ab.sh .dev/fairyc "FAIRYC_NO_PDL=1 .dev/fairyc" .devf/fairyc-251ff23.xz
+#   bash scripts/gpu-decode-ab.sh .dev/fairyc "FAIRYC_NO_FUSION=norms .dev/fairyc" .devf/fairyc-old.xz
 # The artifact is the synthetic SmolLM2-shaped model compiled to QUANT (w2)
 # by the first variant's fairyc; each variant decodes N (256) greedy tokens
 # ROUNDS (2) times with CUDA-graph replay and, unless GRAPHS=on, without
