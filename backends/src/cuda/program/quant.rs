@@ -30,8 +30,8 @@ impl CudaProgram {
     ) -> Result<(), BackendError> {
         let (x, codes) = (args[0], args[1]);
         let (n, m) = (codes.shape[0], codes.shape[1]);
-        let input = paired.and_then(|p| p.input.as_ref());
-        let output = paired.and_then(|p| p.output.as_ref());
+        let input = paired.and_then(|p| p.input.as_deref());
+        let output = paired.and_then(|p| p.output.as_deref());
         let row_len = input.map_or(m, |(_, words)| *words);
         let rows = x.len().checked_div(row_len).unwrap_or(0);
         if rows == 0 || n == 0 {
@@ -94,11 +94,15 @@ impl CudaProgram {
 
 /// A paired `quant_linear`'s tables (device words, and the real row's
 /// length): where each complex input part lies in the real input row, and
-/// where each output part goes in the real output row.
+/// where each output part goes in the real output row. Steps whose pairing
+/// and row length agree (every block's q, k and v) share one table.
 pub(super) struct PairedTables {
-    input: Option<(CudaSlice<i32>, usize)>,
-    output: Option<(CudaSlice<i32>, usize)>,
+    input: Option<Arc<PairingTable>>,
+    output: Option<Arc<PairingTable>>,
 }
+
+/// A pairing's table on the device, and the real row's words.
+type PairingTable = (CudaSlice<i32>, usize);
 
 /// The tables of every [`Step::PairedQuantLinear`]: an input's is its
 /// pack's gather table; an output's is the pairing's table over the
@@ -110,18 +114,25 @@ pub(super) fn paired_tables(
     stream: &Arc<CudaStream>,
 ) -> Result<HashMap<usize, PairedTables>, BackendError> {
     let mut paired = HashMap::new();
+    // By pairing block and real row length: the table, made once.
+    let mut made: HashMap<(usize, usize), Arc<PairingTable>> = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
         let Some(Step::PairedQuantLinear { pack, unpack, .. }) = step else {
             continue;
         };
-        let table = |v: usize, real_cols: usize| -> Result<(CudaSlice<i32>, usize), BackendError> {
+        let mut table = |v: usize, real_cols: usize| -> Result<Arc<PairingTable>, BackendError> {
             let (Op::Pack { block } | Op::Unpack { block }) = graph.nodes[v].op else {
                 unreachable!("folded pairings are packs and unpacks")
             };
+            if let Some(t) = made.get(&(block, real_cols)) {
+                return Ok(t.clone());
+            }
             let pack = Op::Pack { block };
             let (index, words) = pairing_index(&pack, Pairing::from_block(block), real_cols)
                 .map_err(|e| BackendError::new(format!("%{v}: {e}")))?;
-            Ok((stream.clone_htod(&index).map_err(driver)?, words))
+            let t = Arc::new((stream.clone_htod(&index).map_err(driver)?, words));
+            made.insert((block, real_cols), t.clone());
+            Ok(t)
         };
         // Fixed last dimensions: the fold checked them.
         let last = |v: ValueId| {
