@@ -435,11 +435,8 @@ pub(super) fn fold_pairings(
         else {
             continue;
         };
-        let codes = &graph.node(node.operands[1]).ty.shape;
-        let (Some(n), Some(m)) = (
-            codes.dims().first().and_then(|d| d.clone().fixed()),
-            codes.dims().get(1).and_then(|d| d.clone().fixed()),
-        ) else {
+        // The codes' `[n, m]`: complex outputs and inputs.
+        let Some(&[n, m]) = graph.node(node.operands[1]).ty.shape.concrete().as_deref() else {
             continue;
         };
         let x = graph.node(node.operands[0]);
