@@ -49,6 +49,7 @@ fn main() -> Result<()> {
             paired_input: false,
             paired_output: false,
             normed: false,
+            products: 1,
         },
         Kernel::QuantLinear {
             u_stages: 2,
@@ -123,14 +124,16 @@ fn main() -> Result<()> {
             time(&stream, iterations, |i| {
                 let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
                 let mut b = stream.launch_builder(&functions[0]);
-                b.arg(&mut out_i8).arg(&x);
+                // x, then the one product's output, codes and scales; rows
+                // and m, then its n and per_tensor.
+                b.arg(&x).arg(&mut out_i8);
                 for s in 0..STAGES {
                     b.arg(&views[s]).arg(&scales[s]);
                 }
                 let per_tensor = 1i64;
                 b.arg(&sizes[0])
-                    .arg(&sizes[1])
                     .arg(&sizes[2])
+                    .arg(&sizes[1])
                     .arg(&per_tensor);
                 // SAFETY: as `quant_linear_i8`'s signature, sizes bound
                 // every access; the row's int8 words fill the shared memory.

@@ -805,7 +805,7 @@ pub fn bf16_attention_cases() -> Vec<Case> {
 /// around a quantized layer, for each pairing (halves, adjacent, halves of
 /// heads of 8), on several input rows, and
 /// with more output rows than a GPU's int8 kernel has warps at its capped
-/// grid, so that each warp takes several. Backends that fold the pairing
+/// grid, so that each warp takes several; and three products of one row. Backends that fold the pairing
 /// into the product (cuda's int8 kernel) are compared with
 /// [`relative_rms_difference`]: their int8 activations move each output
 /// by about 0.4% RMS (docs/BENCHMARKS.md), which the suite's bounds for a
@@ -849,6 +849,48 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
                     return vec![product];
                 }
                 vec![c.push(Op::Unpack { block }, &[product])]
+            },
+        );
+    }
+    // Products of one row (q, k and v; gate and up), which the cuda backend
+    // computes in one launch: widths that end mid-warp, per-tensor and
+    // per-channel scales side by side.
+    for normed in [false, true] {
+        let norm = if normed { ", normed" } else { "" };
+        cases_over(
+            &mut out,
+            &format!("sibling paired quant_linears{norm}"),
+            &[(3usize, [2400usize, 40, 8], 32usize), (1, [8, 24, 16], 16)],
+            |c, (rows, widths, m)| {
+                let mut x = c.real(&[rows, 2 * m]);
+                if normed {
+                    let gain = c.positive(&[2 * m]);
+                    x = c.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]);
+                }
+                let packed = c.push(Op::Pack { block: 8 }, &[x]);
+                widths
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &n)| {
+                        let (granularity, scales) = if k % 2 == 0 {
+                            (Granularity::Tensor, vec![2])
+                        } else {
+                            (Granularity::Channel, vec![n, 2])
+                        };
+                        let mut operands = vec![packed];
+                        for _ in 0..2 {
+                            let codes = c.codes(n, m);
+                            operands.extend([codes, c.positive(&scales)]);
+                        }
+                        let op = Op::QuantLinear {
+                            u_stages: 1,
+                            w_stages: 1,
+                            granularity,
+                        };
+                        let product = c.push(op, &operands);
+                        c.push(Op::Unpack { block: 8 }, &[product])
+                    })
+                    .collect()
             },
         );
     }

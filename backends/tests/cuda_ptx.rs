@@ -63,6 +63,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_input: false,
             paired_output: false,
             normed: false,
+            products: 1,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -70,6 +71,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_input: true,
             paired_output: true,
             normed: false,
+            products: 1,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -77,6 +79,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_input: true,
             paired_output: true,
             normed: true,
+            products: 1,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -84,6 +87,15 @@ fn every_kernel() -> Vec<Kernel> {
             paired_input: true,
             paired_output: false,
             normed: true,
+            products: 1,
+        },
+        Kernel::QuantLinearI8 {
+            u_stages: 2,
+            w_stages: 2,
+            paired_input: true,
+            paired_output: true,
+            normed: true,
+            products: 3,
         },
         Kernel::GatherColumns,
         Kernel::ColumnSum,

@@ -151,7 +151,24 @@ enum Step {
         pack: Option<usize>,
         unpack: Option<usize>,
         norm: Option<usize>,
+        /// Products of the same row launched with this one
+        /// ([`fusion::group_siblings`]): their weights follow this one's in
+        /// `operands` (before a norm's gain), and their values are kept for
+        /// their own steps ([`Step::Ahead`]).
+        siblings: Vec<Sibling>,
     },
+    /// A value an earlier [`Step::PairedQuantLinear`] computed with its own.
+    Ahead,
+}
+
+/// A paired product computed in an earlier product's launch: its
+/// `quant_linear` node, the node its value stands at (its folded unpack's,
+/// or its own), and that unpack.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Sibling {
+    pub node: usize,
+    pub at: usize,
+    pub unpack: Option<usize>,
 }
 
 /// A quantizer's sums passes: one, or one per residual stage, each into
@@ -506,6 +523,7 @@ fn select_kernels(
                                 paired_input: false,
                                 paired_output: false,
                                 normed: false,
+                                products: 1,
                             }]
                         })
                     }
@@ -544,6 +562,9 @@ fn select_kernels(
     }
     if fuse.norms {
         fusion::fold_norms(graph, plan, &mut kernels, &mut steps);
+    }
+    if fuse.siblings {
+        fusion::group_siblings(graph, plan, &mut kernels, &mut steps);
     }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
     Ok((kernels, steps))
@@ -586,6 +607,8 @@ struct Fusions {
     pairings: bool,
     /// RMS norms inside the paired int8 products that read them.
     norms: bool,
+    /// The paired int8 products of one row as one launch.
+    siblings: bool,
 }
 
 impl Fusions {
@@ -594,13 +617,20 @@ impl Fusions {
         elementwise: true,
         pairings: true,
         norms: true,
+        siblings: true,
     };
 
     fn from_env() -> Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 4] = ["phase_stages", "elementwise", "pairings", "norms"];
+        const NAMES: [&str; 5] = [
+            "phase_stages",
+            "elementwise",
+            "pairings",
+            "norms",
+            "siblings",
+        ];
         let off = off.to_string_lossy().into_owned();
         let named: Vec<&str> = off.split(',').map(str::trim).collect();
         let some = named.iter().all(|n| NAMES.contains(n));
@@ -613,6 +643,7 @@ impl Fusions {
             elementwise: on("elementwise"),
             pairings: on("pairings"),
             norms: on("norms"),
+            siblings: on("siblings"),
         }
     }
 }
@@ -1554,29 +1585,13 @@ impl CudaProgram {
                 })?;
             }
             (Step::Kernel(k), Op::QuantLinear { granularity, .. }) => {
-                self.quant_linear(k[0], args, *granularity, &out, None, None)?
-            }
-            (
-                Step::PairedQuantLinear {
-                    kernel, node, norm, ..
-                },
-                _,
-            ) => {
-                let Op::QuantLinear { granularity, .. } = self.graph.nodes[*node].op else {
-                    unreachable!("a paired step is a quant_linear's")
+                let layer = quant::QuantLayer {
+                    weights: &args[1..],
+                    granularity: *granularity,
+                    out: &out,
+                    output: None,
                 };
-                let tables = self
-                    .paired
-                    .get(&i)
-                    .expect("each paired step has its tables");
-                let (args, norm) = match norm.map(|n| &self.graph.nodes[n].op) {
-                    Some(&Op::RmsNorm { eps }) => {
-                        let (gain, args) = args.split_last().expect("the gain is an operand");
-                        (args, Some((*gain, eps)))
-                    }
-                    _ => (args, None),
-                };
-                self.quant_linear(*kernel, args, granularity, &out, Some(tables), norm)?
+                self.quant_linear(k[0], x, &[layer], None, None)?
             }
             (
                 Step::PhaseStages {
@@ -1635,82 +1650,65 @@ impl CudaProgram {
     ) -> Result<Vec<DeviceTensor>, BackendError> {
         let started = std::time::Instant::now();
         let mut values: Vec<Option<DeviceTensor>> = vec![None; self.graph.nodes.len()];
+        // Inputs and weights (evaluated at load) first: a grouped product
+        // reads its siblings' weights before the run reaches their nodes.
+        for (i, node) in self.graph.nodes.iter().enumerate() {
+            values[i] = match &node.op {
+                Op::Input { name } => Some(inputs[name].clone()),
+                _ if self.plan.resident[i] => self.constants.get(&i).cloned(),
+                _ => None,
+            };
+        }
         // Dropped before `values` (on an error too): no value is freed
         // while a collective may still write or read it.
         let _joined = JoinOnDrop(self);
         for (i, node) in self.graph.nodes.iter().enumerate() {
-            let value = match (&node.op, &self.steps[i]) {
-                (Op::Input { name }, _) => inputs[name].clone(),
-                // Weights and their expressions were evaluated at load.
-                _ if self.plan.resident[i] => match self.constants.get(&i) {
-                    Some(t) => t.clone(),
-                    None => continue,
-                },
-                (_, None) => continue,
-                (op, Some(step)) => {
-                    self.join_collectives(|v| self.reads(i).iter().any(|r| r.0 == v))?;
-                    let args: Vec<&DeviceTensor> = self
-                        .reads(i)
-                        .iter()
-                        .map(|v| values[v.0].as_ref().expect("operands are computed first"))
-                        .collect();
-                    let error =
-                        |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
-                    let ty = match step {
-                        // Its own operands were fused away: the shape of a
-                        // value it reads of its static shape, else its
-                        // static shape bound.
-                        Step::Fused { operands, .. } => operands
-                            .iter()
-                            .zip(&args)
-                            .find(|(v, _)| self.graph.node(**v).ty.shape == node.ty.shape)
-                            .map(|(_, a)| Ok(a.shape.clone()))
-                            .unwrap_or_else(|| bind_shape(&node.ty.shape, bindings))
-                            .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
-                        // The quantized weight has its source's shape.
-                        Step::PhaseStages { .. } => Ok(TensorType::new(
-                            node.ty.dtype,
-                            Shape::new(args[0].shape.clone()),
-                        )),
-                        // `x[.., k]` by `w[k, n]`: `[.., n]`.
-                        Step::GemmTransposedWeight { .. } => {
-                            let (x, w) = (&args[0].shape, &args[1].shape);
-                            let dims = x[..x.len() - 1].iter().chain(&w[1..]).copied();
-                            Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
-                        }
-                        // The input's rows by the codes' rows: complex, or
-                        // real (twice as many words) where the unpack is
-                        // folded in.
-                        Step::PairedQuantLinear { unpack, .. } => {
-                            let (x, codes) = (&args[0].shape, &args[1].shape);
-                            let n = codes[0] * if unpack.is_some() { 2 } else { 1 };
-                            let dims = x[..x.len() - 1].iter().copied().chain([n]);
-                            Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
-                        }
-                        _ => concrete_type(op, &args, bindings),
-                    }
-                    .map_err(error)?;
-                    let started = self.profile.as_ref().map(|_| std::time::Instant::now());
-                    let value = self.eval(i, step, &args, &ty)?;
-                    if let (Some(profile), Some(started)) = (&self.profile, started) {
-                        // A node's time is its kernels' to the end, less
-                        // its operands' rounding (a line of its own).
-                        self.wait_for_profile(profile)?;
-                        let rounding = std::mem::take(
-                            &mut *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()),
-                        );
-                        let took = started.elapsed().saturating_sub(rounding);
-                        // A paired product is timed as the product.
-                        let op = match step {
-                            Step::PairedQuantLinear { node, .. } => &self.graph.nodes[*node].op,
-                            _ => op,
-                        };
-                        profile.record(profile::label(op, &value.shape), took);
-                    }
-                    value
+            let Some(step) = &self.steps[i] else {
+                continue;
+            };
+            if matches!(node.op, Op::Input { .. })
+                || self.plan.resident[i]
+                || matches!(step, Step::Ahead)
+            {
+                continue;
+            }
+            let op = &node.op;
+            self.join_collectives(|v| self.reads(i).iter().any(|r| r.0 == v))?;
+            let args: Vec<&DeviceTensor> = self
+                .reads(i)
+                .iter()
+                .map(|v| values[v.0].as_ref().expect("operands are computed first"))
+                .collect();
+            let error = |e: String| BackendError::new(format!("%{i} = {}: {e}", op.mnemonic()));
+            let started = self.profile.as_ref().map(|_| std::time::Instant::now());
+            let (value, ahead) = match step {
+                Step::PairedQuantLinear { .. } => self.paired_products(i, step, &args)?,
+                _ => {
+                    let ty = self.step_type(i, step, &args, bindings).map_err(error)?;
+                    (self.eval(i, step, &args, &ty)?, Vec::new())
                 }
             };
+            if let (Some(profile), Some(started)) = (&self.profile, started) {
+                // A node's time is its kernels' to the end, less its
+                // operands' rounding (a line of its own).
+                self.wait_for_profile(profile)?;
+                let rounding = std::mem::take(
+                    &mut *self.rounding_time.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                let took = started.elapsed().saturating_sub(rounding);
+                // A paired product is timed as the product.
+                let op = match step {
+                    Step::PairedQuantLinear { node, .. } => &self.graph.nodes[*node].op,
+                    _ => op,
+                };
+                profile.record(profile::label(op, &value.shape), took);
+            }
             values[i] = Some(value);
+            if let Step::PairedQuantLinear { siblings, .. } = step {
+                for (sibling, value) in siblings.iter().zip(ahead) {
+                    values[sibling.at] = Some(value);
+                }
+            }
             for v in self.reads(i) {
                 if self.last_use[v.0] == i {
                     values[v.0] = None;
@@ -1732,6 +1730,123 @@ impl CudaProgram {
             .iter()
             .map(|v| values[v.0].clone().expect("outputs are kept"))
             .collect())
+    }
+
+    /// The type of node `i`'s value as its step computes it from `args`.
+    fn step_type(
+        &self,
+        i: usize,
+        step: &Step,
+        args: &[&DeviceTensor],
+        bindings: &HashMap<String, usize>,
+    ) -> Result<TensorType, String> {
+        let node = &self.graph.nodes[i];
+        match step {
+            // Its own operands were fused away: the shape of a value it reads
+            // of its static shape, else its static shape bound.
+            Step::Fused { operands, .. } => operands
+                .iter()
+                .zip(args)
+                .find(|(v, _)| self.graph.node(**v).ty.shape == node.ty.shape)
+                .map(|(_, a)| Ok(a.shape.clone()))
+                .unwrap_or_else(|| bind_shape(&node.ty.shape, bindings))
+                .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
+            // The quantized weight has its source's shape.
+            Step::PhaseStages { .. } => Ok(TensorType::new(
+                node.ty.dtype,
+                Shape::new(args[0].shape.clone()),
+            )),
+            // `x[.., k]` by `w[k, n]`: `[.., n]`.
+            Step::GemmTransposedWeight { .. } => {
+                let (x, w) = (&args[0].shape, &args[1].shape);
+                let dims = x[..x.len() - 1].iter().chain(&w[1..]).copied();
+                Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
+            }
+            _ => concrete_type(&node.op, args, bindings),
+        }
+    }
+
+    /// A [`Step::PairedQuantLinear`] at node `i` on `args`: its value, and
+    /// each sibling's, from one launch. Each product's rows are the input's
+    /// by the codes' rows: complex, or real (twice as many words) where the
+    /// unpack is folded in.
+    fn paired_products(
+        &self,
+        i: usize,
+        step: &Step,
+        args: &[&DeviceTensor],
+    ) -> Result<(DeviceTensor, Vec<DeviceTensor>), BackendError> {
+        let Step::PairedQuantLinear {
+            kernel,
+            node,
+            unpack,
+            norm,
+            siblings,
+            ..
+        } = step
+        else {
+            unreachable!("called for paired steps")
+        };
+        let product_of = |n: usize| match self.graph.nodes[n].op {
+            Op::QuantLinear {
+                u_stages,
+                w_stages,
+                granularity,
+            } => (u_stages + w_stages, granularity),
+            _ => unreachable!("a paired step is a quant_linear's"),
+        };
+        let tables = self
+            .paired
+            .get(&i)
+            .expect("each paired step has its tables");
+        let (args, norm) = match norm.map(|n| &self.graph.nodes[n].op) {
+            Some(&Op::RmsNorm { eps }) => {
+                let (gain, args) = args.split_last().expect("the gain is an operand");
+                (args, Some((*gain, eps)))
+            }
+            _ => (args, None),
+        };
+        let (x, weights) = args.split_first().expect("the input is an operand");
+        let (stages, _) = product_of(*node);
+        // Each product's node, and the node its value stands at.
+        let products: Vec<(usize, usize)> = std::iter::once((*node, i))
+            .chain(siblings.iter().map(|s| (s.node, s.at)))
+            .collect();
+        let mut values = Vec::with_capacity(products.len());
+        for (weights, &(_, at)) in weights.chunks(2 * stages).zip(&products) {
+            let n = weights[0].shape[0] * if unpack.is_some() { 2 } else { 1 };
+            let rows = &x.shape[..x.shape.len() - 1];
+            let shape: Vec<usize> = rows.iter().copied().chain([n]).collect();
+            let elem = elem_of(self.graph.nodes[at].ty.dtype).map_err(BackendError::new)?;
+            let words = self.alloc(shape.iter().product::<usize>() * words_per(elem))?;
+            values.push((shape, elem, words));
+        }
+        let layers: Vec<quant::QuantLayer> = weights
+            .chunks(2 * stages)
+            .zip(&products)
+            .zip(&values)
+            .enumerate()
+            .map(
+                |(l, ((weights, &(node, _)), (_, _, out)))| quant::QuantLayer {
+                    weights,
+                    granularity: product_of(node).1,
+                    out,
+                    output: tables.outputs.get(l).map(|t| &**t),
+                },
+            )
+            .collect();
+        let input = tables.input.as_deref();
+        self.quant_linear(*kernel, x, &layers, input, norm)?;
+        let mut values = values.into_iter().map(|(shape, elem, words)| DeviceTensor {
+            shape,
+            elem,
+            words: Arc::new(words),
+            room: None,
+        });
+        let own = values
+            .next()
+            .expect("a paired step computes its own product");
+        Ok((own, values.collect()))
     }
 
     /// The run's result from its outputs on the device: the state outputs

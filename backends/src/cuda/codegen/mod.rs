@@ -183,13 +183,16 @@ pub enum Kernel {
     /// the inverse of the unpack's table): the widely-linear form's pairing
     /// folded into the product, not a launch of its own. `normed` (with
     /// `paired_input`) reads the row before its RMS norm, and normalises it
-    /// as it quantizes it: the norm folded in too.
+    /// as it quantizes it: the norm folded in too. `products` (at most
+    /// [`quant_i8::MAX_PRODUCTS`]) products of the one input row in one
+    /// launch, the row quantized once (q, k and v; gate and up).
     QuantLinearI8 {
         u_stages: usize,
         w_stages: usize,
         paired_input: bool,
         paired_output: bool,
         normed: bool,
+        products: usize,
     },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
@@ -559,6 +562,9 @@ impl<'ctx> Gen<'ctx> {
     fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         self.builder.build_int_add(a, b, "").map_err(err)
     }
+    fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder.build_int_sub(a, b, "").map_err(err)
+    }
     fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         self.builder.build_int_mul(a, b, "").map_err(err)
     }
@@ -774,11 +780,13 @@ impl<'ctx> Gen<'ctx> {
                 paired_input,
                 paired_output,
                 normed,
+                products,
             } => self.quant_linear_i8(
                 name,
                 (*u_stages, *w_stages),
                 (*paired_input, *paired_output),
                 *normed,
+                *products,
             ),
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
@@ -1055,13 +1063,25 @@ impl<'ctx> Gen<'ctx> {
             .into_int_value())
     }
 
+    fn select_ptr(
+        &self,
+        c: IntValue<'ctx>,
+        a: PointerValue<'ctx>,
+        b: PointerValue<'ctx>,
+    ) -> Built<PointerValue<'ctx>> {
+        Ok(self
+            .builder
+            .build_select(c, a, b, "")
+            .map_err(err)?
+            .into_pointer_value())
+    }
+
     fn i64_to_f32(&self, v: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {
         self.builder
             .build_unsigned_int_to_float(v, self.f32(), "")
             .map_err(err)
     }
 
-    /// A branch: `body` runs where `condition` holds.
     /// Whether an i64 flag parameter (such as `per_tensor`) is non-zero.
     fn is_set(&self, flag: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         self.builder

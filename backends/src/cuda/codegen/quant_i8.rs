@@ -50,65 +50,122 @@ pub fn grid(n: usize, multiprocessors: usize) -> u32 {
 const REAL_BYTES: u64 = 0x00FF_0001;
 const IMAGINARY_BYTES: u64 = 0xFF00_0100;
 
+/// The most products one launch of the int8 kernel computes from one
+/// input row (q, k and v read one row; gate and up another).
+pub const MAX_PRODUCTS: usize = 4;
+
+/// One product's parameters in the int8 kernel: where its outputs go, its
+/// stages' codes and scales, its outputs `n`, whether its scales are
+/// per-tensor, and with a paired output its table and real row length.
+#[derive(Clone)]
+struct Layer<'ctx> {
+    out: PointerValue<'ctx>,
+    codes: Vec<PointerValue<'ctx>>,
+    scales: Vec<PointerValue<'ctx>>,
+    n: IntValue<'ctx>,
+    per_tensor: IntValue<'ctx>,
+    output: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+}
+
 impl<'ctx> Gen<'ctx> {
-    /// `quant_linear_i8(out, x, (codes, scales) per stage..., rows, n, m,
-    /// per_tensor)`: [`Gen::quant_linear`] with each row of `x` quantized
-    /// to int8 first, `m` a multiple of 16 (at most [`MAX_INPUTS`]),
-    /// per-tensor or per-channel scales (`(s_re, s_im)` at 0, or at
-    /// `2·row`). A block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes
-    /// the input row into shared memory (`m / 2` words, dynamic: the launch
-    /// gives their bytes); then each warp takes output rows in turn, a grid
-    /// of warps apart (the launch caps the grid at a few blocks a
-    /// multiprocessor, so that few blocks quantize the same row), each lane
-    /// [`RUNS_PER_STEP`] runs of 16 inputs, 32 runs apart, a step: one code
-    /// word per run and stage, all loaded before any is used.
+    /// `quant_linear_i8`: [`Gen::quant_linear`] with each row of `x`
+    /// quantized to int8 first, `m` a multiple of 16 (at most
+    /// [`MAX_INPUTS`]), per-tensor or per-channel scales (`(s_re, s_im)` at
+    /// 0, or at `2·row`), for `products` products of the same input row at
+    /// once (their output rows one after another: the warp of a row picks
+    /// its product's pointers by selects). Parameters: `x`, `[in_table]`,
+    /// `[gain]`, then per product `out`, `(codes, scales)` per stage,
+    /// `[out_table]`; `rows`, `m`, `[in_words]`, then per product `n`,
+    /// `per_tensor`, `[out_words]`; `[eps]`.
     ///
-    /// Paired (`paired_input`, `paired_output`), a table and a row length
-    /// follow for each: `(in_table, out_table)` after the stages' pointers,
-    /// `(in_words, out_words)` after `per_tensor`. Part `p` of complex input
-    /// `j` is then `x[r·in_words + in_table[2j + p]]`, and part `p` of
-    /// output `o` goes to `out[r·out_words + out_table[2o + p]]`.
+    /// A block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes the input
+    /// row into shared memory (`m / 2` words, dynamic: the launch gives their
+    /// bytes); then each warp takes output rows in turn, a grid of warps
+    /// apart (the launch caps the grid at a few blocks a multiprocessor, so
+    /// that few blocks quantize the same row), each lane [`RUNS_PER_STEP`]
+    /// runs of 16 inputs, 32 runs apart, a step: one code word per run and
+    /// stage, all loaded before any is used.
     ///
-    /// `normed` (paired input only): `x` is the row before an RMS norm, whose
-    /// gain follows the tables and whose `eps` (f32) is the last parameter;
-    /// the row's norm is summed beside its maximum, and each part is scaled
-    /// by its channel's gain as it is quantized. The norm's own scale is a
-    /// factor of the whole row, so it only scales the step.
+    /// Paired (`paired_input`, `paired_output`), part `p` of complex input
+    /// `j` is `x[r·in_words + in_table[2j + p]]`, and part `p` of output `o`
+    /// goes to `out[r·out_words + out_table[2o + p]]`.
+    ///
+    /// `normed` (paired input only): `x` is the row before an RMS norm with
+    /// `gain` and `eps`; the row's norm is summed beside its maximum, and
+    /// each part is scaled by its channel's gain as it is quantized. The
+    /// norm's own scale is a factor of the whole row, so it only scales the
+    /// step.
     pub(super) fn quant_linear_i8(
         &self,
         name: &str,
         (u_stages, w_stages): (usize, usize),
         (paired_input, paired_output): (bool, bool),
         normed: bool,
+        products: usize,
     ) -> Built<()> {
         if normed && !paired_input {
             return Err("a normed int8 product reads a paired input".into());
         }
+        if !(1..=MAX_PRODUCTS).contains(&products) {
+            return Err(format!(
+                "an int8 launch computes 1 to {MAX_PRODUCTS} products"
+            ));
+        }
         let stages = u_stages + w_stages;
-        let tables = usize::from(paired_input) + usize::from(paired_output);
-        let mut params = vec![Param::Ptr; 2 + 2 * stages + tables + usize::from(normed)];
-        params.extend(vec![Param::I64; 4 + tables]);
+        let layer_ptrs = 1 + 2 * stages + usize::from(paired_output);
+        let ptrs = 1 + usize::from(paired_input) + usize::from(normed) + products * layer_ptrs;
+        let layer_ints = 2 + usize::from(paired_output);
+        let shared_ints = 2 + usize::from(paired_input);
+        let ints = shared_ints + products * layer_ints;
+        let mut params = vec![Param::Ptr; ptrs];
+        params.extend(vec![Param::I64; ints]);
         if normed {
             params.push(Param::F32);
         }
         let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
-        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let base = 2 + 2 * stages as u32;
-        let ints = base + tables as u32 + u32::from(normed);
-        let [rows, n, m, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, ints + k));
-        // Each paired side: its table and its real row's length.
-        let mut paired = (0..tables as u32)
-            .map(|t| (self.param_ptr(f, base + t), self.param_int(f, ints + 4 + t)));
-        let input = if paired_input { paired.next() } else { None };
-        let output = if paired_output { paired.next() } else { None };
+        let x = self.param_ptr(f, 0);
+        let first_int = ptrs as u32;
+        let (rows, m) = (
+            self.param_int(f, first_int),
+            self.param_int(f, first_int + 1),
+        );
+        let input = paired_input.then(|| (self.param_ptr(f, 1), self.param_int(f, first_int + 2)));
         let norm = normed.then(|| {
             (
-                self.param_ptr(f, base + tables as u32),
-                self.param_float(f, ints + 4 + tables as u32),
+                self.param_ptr(f, 1 + u32::from(paired_input)),
+                self.param_float(f, (ptrs + ints) as u32),
             )
         });
+        let layers: Vec<Layer> = (0..products)
+            .map(|l| {
+                let ptr =
+                    (1 + usize::from(paired_input) + usize::from(normed) + l * layer_ptrs) as u32;
+                let int = first_int + (shared_ints + l * layer_ints) as u32;
+                Layer {
+                    out: self.param_ptr(f, ptr),
+                    codes: (0..stages as u32)
+                        .map(|s| self.param_ptr(f, ptr + 1 + 2 * s))
+                        .collect(),
+                    scales: (0..stages as u32)
+                        .map(|s| self.param_ptr(f, ptr + 2 + 2 * s))
+                        .collect(),
+                    n: self.param_int(f, int),
+                    per_tensor: self.param_int(f, int + 1),
+                    output: paired_output.then(|| {
+                        (
+                            self.param_ptr(f, ptr + 1 + 2 * stages as u32),
+                            self.param_int(f, int + 2),
+                        )
+                    }),
+                }
+            })
+            .collect();
+        let mut n = layers[0].n;
+        for layer in &layers[1..] {
+            n = self.add(n, layer.n)?;
+        }
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
         let first_row = self.add(
@@ -120,7 +177,6 @@ impl<'ctx> Gen<'ctx> {
             self.int(QUANT_ROWS_PER_BLOCK as u64),
         )?;
         let runs = self.udiv(m, self.int(RUN as u64))?;
-        let tensor = self.is_set(per_tensor)?;
         // Per stage: Σ re(c)·xr, Σ im(c)·xi, Σ im(c)·xr, Σ re(c)·xi.
         let sums: Vec<[PointerValue<'ctx>; 4]> = (0..stages)
             .map(|_| {
@@ -137,10 +193,13 @@ impl<'ctx> Gen<'ctx> {
             let step = self.quantize_row(f, (scratch, xq), (x, input, norm), r, m)?;
             self.call_void(barrier, &[])?;
             self.strided_loop(f, first_row, n, grid_warps, |row| {
+                let (layer, row) = self.layer_of_row(&layers, row)?;
+                let tensor = self.is_set(layer.per_tensor)?;
                 let scale_at = self.select_int(tensor, self.int(0), self.mul(row, self.int(2))?)?;
-                let stage_scales = (0..stages)
-                    .map(|s| {
-                        let scales = self.param_ptr(f, 3 + 2 * s as u32);
+                let stage_scales = layer
+                    .scales
+                    .iter()
+                    .map(|&scales| {
                         Ok((
                             self.load_f32(scales, scale_at)?,
                             self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
@@ -173,11 +232,10 @@ impl<'ctx> Gen<'ctx> {
                                 self.select_int(inside, w, self.i32().const_zero())
                             })
                             .collect::<Built<Vec<_>>>()?;
-                        let codes = (0..stages)
-                            .map(|s| {
-                                let codes = self.param_ptr(f, 2 + 2 * s as u32);
-                                self.load_i32(codes, self.add(row_words, at)?)
-                            })
+                        let codes = layer
+                            .codes
+                            .iter()
+                            .map(|&codes| self.load_i32(codes, self.add(row_words, at)?))
                             .collect::<Built<Vec<_>>>()?;
                         loaded.push((words, codes));
                     }
@@ -196,16 +254,16 @@ impl<'ctx> Gen<'ctx> {
                     .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
                     .map_err(err)?;
                 self.when(f, first, || {
-                    let Some((table, words)) = output else {
-                        let at = self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?;
-                        self.store_f32(out, at, re)?;
-                        return self.store_f32(out, self.add(at, self.int(1))?, im);
+                    let Some((table, words)) = layer.output else {
+                        let at = self.mul(self.add(self.mul(r, layer.n)?, row)?, self.int(2))?;
+                        self.store_f32(layer.out, at, re)?;
+                        return self.store_f32(layer.out, self.add(at, self.int(1))?, im);
                     };
                     let row_base = self.mul(r, words)?;
                     for (part, v) in [re, im].into_iter().enumerate() {
                         let slot = self.add(self.mul(row, self.int(2))?, self.int(part as u64))?;
                         let at = self.widen(self.load_i32(table, slot)?)?;
-                        self.store_f32(out, self.add(row_base, at)?, v)?;
+                        self.store_f32(layer.out, self.add(row_base, at)?, v)?;
                     }
                     Ok(())
                 })
@@ -214,6 +272,45 @@ impl<'ctx> Gen<'ctx> {
             self.call_void(barrier, &[])
         })?;
         self.ret()
+    }
+
+    /// The product that output row `row` of a launch belongs to (the
+    /// products' rows follow one another), and the row within it: the
+    /// product's parameters chosen by selects, which cost a few
+    /// instructions a row where a branch would split the warp's code.
+    fn layer_of_row(
+        &self,
+        layers: &[Layer<'ctx>],
+        row: IntValue<'ctx>,
+    ) -> Built<(Layer<'ctx>, IntValue<'ctx>)> {
+        let mut picked = layers[0].clone();
+        let mut local = row;
+        let mut start = layers[0].n;
+        for layer in &layers[1..] {
+            let past = self
+                .builder
+                .build_int_compare(IntPredicate::UGE, row, start, "")
+                .map_err(err)?;
+            local = self.select_int(past, self.sub(row, start)?, local)?;
+            let ptr = |a: PointerValue<'ctx>, b: PointerValue<'ctx>| self.select_ptr(past, a, b);
+            picked.out = ptr(layer.out, picked.out)?;
+            for (mine, theirs) in picked.codes.iter_mut().zip(&layer.codes) {
+                *mine = ptr(*theirs, *mine)?;
+            }
+            for (mine, theirs) in picked.scales.iter_mut().zip(&layer.scales) {
+                *mine = ptr(*theirs, *mine)?;
+            }
+            picked.n = self.select_int(past, layer.n, picked.n)?;
+            picked.per_tensor = self.select_int(past, layer.per_tensor, picked.per_tensor)?;
+            if let (Some(mine), Some(theirs)) = (&mut picked.output, layer.output) {
+                *mine = (
+                    ptr(theirs.0, mine.0)?,
+                    self.select_int(past, theirs.1, mine.1)?,
+                );
+            }
+            start = self.add(start, layer.n)?;
+        }
+        Ok((picked, local))
     }
 
     /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared), the

@@ -19,7 +19,8 @@
 //! the int8 `quant_linear` reads the real row through the pack's table and
 //! writes the real output through the unpack's, so neither is launched
 //! ([`fold_pairings`]); on a decoding step they were a third of W2's
-//! launches.
+//! launches. The products that then read one row (q, k and v; gate and up)
+//! are one launch ([`group_siblings`]).
 //!
 //! And Fairy2i's PhaseQuant with residual stages (eq. 13: `q₁ = Q(w)`,
 //! `q₂ = Q(w − q₁)`, ..., summed), which the quantize pass writes as
@@ -30,8 +31,8 @@
 
 use fairyc_ir::{Arithmetic, Granularity, Graph, Op, Scheme, ValueId};
 
-use super::{kernel_index, Kernel, Step};
-use crate::cuda::codegen::{Elem, Expr};
+use super::{kernel_index, Kernel, Sibling, Step};
+use crate::cuda::codegen::{quant_i8, Elem, Expr};
 use crate::plan::MemoryPlan;
 
 /// Operands a fused kernel may read (each is a pointer and a length).
@@ -466,6 +467,7 @@ pub(super) fn fold_pairings(
                 paired_input: pack.is_some(),
                 paired_output: unpack.is_some(),
                 normed: false,
+                products: 1,
             },
         );
         let mut operands = graph.nodes[i].operands.clone();
@@ -481,6 +483,7 @@ pub(super) fn fold_pairings(
             pack,
             unpack,
             norm: None,
+            siblings: Vec::new(),
         };
         match unpack {
             Some(u) => {
@@ -556,6 +559,7 @@ pub(super) fn fold_norms(
                 paired_input: true,
                 paired_output,
                 normed: true,
+                products: 1,
             },
         );
         let (input, gain) = (graph.node(norm).operands[0], graph.node(norm).operands[1]);
@@ -576,6 +580,126 @@ pub(super) fn fold_norms(
         steps[norm.0] = None;
     }
     keep_launched(kernels, steps);
+}
+
+/// Makes the paired int8 products that read one row one launch (the
+/// siblings of a [`Step::PairedQuantLinear`]): q, k and v read one normed
+/// row, gate and up another. The launch quantizes the row once, and its
+/// warps take every product's outputs, so three short launches in a chain
+/// become one three times as wide. The group stands at its earliest step;
+/// the others become [`Step::Ahead`]. A product joins where its kernel, its
+/// source, its pack's pairing, its norm and its inputs' length are the
+/// first's, and where its weights are ready at the first's step (inputs,
+/// weights evaluated at load, or values computed before it).
+pub(super) fn group_siblings(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    // What must agree for two products to share a launch.
+    let key = |step: &Option<Step>| match step {
+        Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            node,
+            pack,
+            norm,
+            siblings,
+            ..
+        }) if siblings.is_empty() => {
+            let inputs = graph.node(graph.nodes[*node].operands[1]).ty.shape.dims()[1].clone();
+            let pairing = pack.map(|p| graph.nodes[p].op.clone());
+            Some((*kernel, operands[0], pairing, *norm, inputs))
+        }
+        _ => None,
+    };
+    for first in 0..steps.len() {
+        if plan.resident[first] {
+            continue;
+        }
+        let Some(wanted) = key(&steps[first]) else {
+            continue;
+        };
+        let ready = |v: &ValueId| {
+            v.0 < first || plan.resident[v.0] || matches!(graph.node(*v).op, Op::Input { .. })
+        };
+        let joining: Vec<usize> = (first + 1..steps.len())
+            .filter(|&j| !plan.resident[j] && key(&steps[j]).as_ref() == Some(&wanted))
+            .filter(|&j| product_weights(&steps[j]).iter().all(ready))
+            .take(quant_i8::MAX_PRODUCTS - 1)
+            .collect();
+        if joining.is_empty() {
+            continue;
+        }
+        let mut joined = Vec::new();
+        for &j in &joining {
+            let weights = product_weights(&steps[j]).to_vec();
+            let Some(Step::PairedQuantLinear { node, unpack, .. }) = steps[j].replace(Step::Ahead)
+            else {
+                unreachable!("chosen above")
+            };
+            joined.push((
+                Sibling {
+                    node,
+                    at: j,
+                    unpack,
+                },
+                weights,
+            ));
+        }
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            norm,
+            siblings,
+            ..
+        }) = &mut steps[first]
+        else {
+            unreachable!("chosen above")
+        };
+        // The siblings' weights go after the first's, before a gain.
+        let gain = norm.map(|_| operands.pop().expect("a normed product reads its gain"));
+        for (sibling, weights) in joined {
+            operands.extend(weights);
+            siblings.push(sibling);
+        }
+        operands.extend(gain);
+        let Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_input,
+            paired_output,
+            normed,
+            ..
+        } = kernels[*kernel]
+        else {
+            unreachable!("paired products are int8 products")
+        };
+        *kernel = kernel_index(
+            kernels,
+            Kernel::QuantLinearI8 {
+                u_stages,
+                w_stages,
+                paired_input,
+                paired_output,
+                normed,
+                products: siblings.len() + 1,
+            },
+        );
+    }
+    keep_launched(kernels, steps);
+}
+
+/// A paired product's weights: its operands after the input, less a norm's
+/// gain.
+fn product_weights(step: &Option<Step>) -> &[ValueId] {
+    match step {
+        Some(Step::PairedQuantLinear { operands, norm, .. }) => {
+            &operands[1..operands.len() - usize::from(norm.is_some())]
+        }
+        _ => &[],
+    }
 }
 
 /// The steps that read each value, in order (steps of resident values, run
@@ -601,6 +725,8 @@ pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -
             | Step::PhaseStages { operands, .. }
             | Step::PairedQuantLinear { operands, .. },
         ) => operands,
+        // Its value was computed by an earlier step.
+        Some(Step::Ahead) => &[],
         _ => &graph.nodes[i].operands,
     }
 }
@@ -1005,6 +1131,92 @@ mod tests {
         assert!(matches!(
             &steps[real.0],
             Some(Step::PairedQuantLinear { norm: None, .. })
+        ));
+    }
+
+    /// The paired products of one normed row are one launch, at the first
+    /// one's step, with the others' weights after its own; a product whose
+    /// weights are computed after that step stays a launch of its own.
+    #[test]
+    fn products_of_one_row_are_one_launch() {
+        use fairyc_ir::Granularity;
+
+        use super::super::{Kernel, Sibling};
+
+        let mut b = GraphBuilder::new("siblings");
+        let x = b.input("x", ty(&[3, 32]));
+        let gain = b.input("gain", ty(&[32]));
+        let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]).unwrap();
+        let packed = b.push(Op::Pack { block: 0 }, &[normed]).unwrap();
+        let op = Op::QuantLinear {
+            u_stages: 1,
+            w_stages: 1,
+            granularity: Granularity::Tensor,
+        };
+        let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
+        let weights = |b: &mut GraphBuilder, name: &str| {
+            ["u", "w"]
+                .into_iter()
+                .flat_map(|stage| {
+                    [
+                        b.input(format!("{name}.{stage}.codes"), codes.clone()),
+                        b.input(format!("{name}.{stage}.scales"), ty(&[2])),
+                    ]
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut outputs = Vec::new();
+        let mut all_weights = Vec::new();
+        for name in ["q", "k", "v"] {
+            let w = weights(&mut b, name);
+            let product = b.push(op.clone(), &[&[packed], &w[..]].concat()).unwrap();
+            outputs.push((
+                product,
+                b.push(Op::Unpack { block: 0 }, &[product]).unwrap(),
+            ));
+            all_weights.push(w);
+        }
+        // Scales computed after q's step: not ready there.
+        let mut late = weights(&mut b, "late");
+        late[1] = b.push(Op::Scale { factor: 2.0 }, &[late[1]]).unwrap();
+        let late_product = b.push(op, &[&[packed], &late[..]].concat()).unwrap();
+        let late_real = b.push(Op::Unpack { block: 0 }, &[late_product]).unwrap();
+        let graph = b.finish(&[outputs[0].1, outputs[1].1, outputs[2].1, late_real]);
+        let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            siblings,
+            ..
+        }) = &steps[outputs[0].1 .0]
+        else {
+            panic!("q's unpack is not the paired product");
+        };
+        let expected: Vec<Sibling> = outputs[1..]
+            .iter()
+            .map(|&(product, real)| Sibling {
+                node: product.0,
+                at: real.0,
+                unpack: Some(real.0),
+            })
+            .collect();
+        assert_eq!(siblings, &expected);
+        let expected_operands = [vec![x], all_weights.concat(), vec![gain]].concat();
+        assert_eq!(operands, &expected_operands);
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                products: 3,
+                normed: true,
+                ..
+            }
+        ));
+        for (_, real) in &outputs[1..] {
+            assert!(matches!(steps[real.0], Some(Step::Ahead)));
+        }
+        assert!(matches!(
+            &steps[late_real.0],
+            Some(Step::PairedQuantLinear { siblings, .. }) if siblings.is_empty()
         ));
     }
 }

@@ -14,31 +14,42 @@ use super::codegen::{quant_i8, Kernel, QUANT_ROWS_PER_BLOCK};
 use super::{driver, pairing_index, scale_groups, CudaProgram, DeviceTensor, Step};
 use crate::BackendError;
 
+/// One product of a `quant_linear` launch: its weights (codes and scales
+/// per stage), their scale granularity, where its outputs go, and with a
+/// folded unpack the pairing its outputs are written through.
+pub(super) struct QuantLayer<'a> {
+    pub weights: &'a [&'a DeviceTensor],
+    pub granularity: Granularity,
+    pub out: &'a CudaSlice<u32>,
+    pub output: Option<&'a PairingTable>,
+}
+
 impl CudaProgram {
-    /// `quant_linear` of `args` (the input, then each stage's codes and
-    /// scales) into `out` by `kernel`, the f32 or the int8 one, the latter
-    /// with its input or output paired through `paired`'s tables, and its
-    /// input normed first with `norm`'s gain and eps.
+    /// `quant_linear` of `x` by each of `layers` (several only for the int8
+    /// kernel: the products of one input row, quantized once), by `kernel`,
+    /// the f32 or the int8 one, the latter reading its input through
+    /// `input`'s pairing table, normed first with `norm`'s gain and eps.
     pub(super) fn quant_linear(
         &self,
         kernel: usize,
-        args: &[&DeviceTensor],
-        granularity: Granularity,
-        out: &CudaSlice<u32>,
-        paired: Option<&PairedTables>,
+        x: &DeviceTensor,
+        layers: &[QuantLayer],
+        input: Option<&PairingTable>,
         norm: Option<(&DeviceTensor, f32)>,
     ) -> Result<(), BackendError> {
-        let (x, codes) = (args[0], args[1]);
-        let (n, m) = (codes.shape[0], codes.shape[1]);
-        let input = paired.and_then(|p| p.input.as_deref());
-        let output = paired.and_then(|p| p.output.as_deref());
+        let m = layers[0].weights[0].shape[1];
+        let outputs: usize = layers.iter().map(|l| l.weights[0].shape[0]).sum();
         let row_len = input.map_or(m, |(_, words)| *words);
         let rows = x.len().checked_div(row_len).unwrap_or(0);
-        if rows == 0 || n == 0 {
+        if rows == 0 || outputs == 0 {
             return Ok(());
         }
-        let [groups_per_row, group_len, per_tensor] = scale_groups(granularity, m);
         if !matches!(self.kernels[kernel], Kernel::QuantLinearI8 { .. }) {
+            let [layer] = layers else {
+                unreachable!("the f32 kernel computes one product a launch")
+            };
+            let n = layer.weights[0].shape[0];
+            let [groups_per_row, group_len, per_tensor] = scale_groups(layer.granularity, m);
             let grid = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize) as u32;
             let sizes = [
                 rows as i64,
@@ -49,38 +60,43 @@ impl CudaProgram {
                 per_tensor,
             ];
             return self.launch(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, |b| {
-                b.arg(out).arg(&*x.words);
-                for a in &args[1..] {
-                    b.arg(&*a.words);
+                b.arg(layer.out).arg(&*x.words);
+                for w in layer.weights {
+                    b.arg(&*w.words);
                 }
                 for v in &sizes {
                     b.arg(v);
                 }
             });
         }
-        let grid = quant_i8::grid(n, self.multiprocessors);
+        let grid = quant_i8::grid(outputs, self.multiprocessors);
         // The input row's int8 words live in shared memory.
         let shared = (m / 2 * 4) as u32;
-        // rows, n, m, per_tensor, then each paired row's words.
-        let sizes: Vec<i64> = [rows as i64, n as i64, m as i64, per_tensor]
-            .into_iter()
-            .chain(
-                [input, output]
-                    .into_iter()
-                    .flatten()
-                    .map(|(_, w)| *w as i64),
-            )
-            .collect();
+        // rows, m, [in_words], then per product n, per_tensor, [out_words]
+        // (the kernel's order: `quant_linear_i8`).
+        let mut sizes = vec![rows as i64, m as i64];
+        sizes.extend(input.map(|(_, words)| *words as i64));
+        for layer in layers {
+            let [_, _, per_tensor] = scale_groups(layer.granularity, m);
+            sizes.extend([layer.weights[0].shape[0] as i64, per_tensor]);
+            sizes.extend(layer.output.map(|(_, words)| *words as i64));
+        }
         self.launch_with_shared(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
-            b.arg(out).arg(&*x.words);
-            for a in &args[1..] {
-                b.arg(&*a.words);
-            }
-            for (table, _) in [input, output].into_iter().flatten() {
+            b.arg(&*x.words);
+            if let Some((table, _)) = input {
                 b.arg(table);
             }
             if let Some((gain, _)) = &norm {
                 b.arg(&*gain.words);
+            }
+            for layer in layers {
+                b.arg(layer.out);
+                for w in layer.weights {
+                    b.arg(&*w.words);
+                }
+                if let Some((table, _)) = layer.output {
+                    b.arg(table);
+                }
             }
             for v in &sizes {
                 b.arg(v);
@@ -97,12 +113,13 @@ impl CudaProgram {
 /// where each output part goes in the real output row. Steps whose pairing
 /// and row length agree (every block's q, k and v) share one table.
 pub(super) struct PairedTables {
-    input: Option<Arc<PairingTable>>,
-    output: Option<Arc<PairingTable>>,
+    pub input: Option<Arc<PairingTable>>,
+    /// The product's, then each sibling's ([`Step::PairedQuantLinear`]).
+    pub outputs: Vec<Arc<PairingTable>>,
 }
 
 /// A pairing's table on the device, and the real row's words.
-type PairingTable = (CudaSlice<i32>, usize);
+pub(super) type PairingTable = (CudaSlice<i32>, usize);
 
 /// The tables of every [`Step::PairedQuantLinear`]: an input's is its
 /// pack's gather table; an output's is the pairing's table over the
@@ -117,7 +134,13 @@ pub(super) fn paired_tables(
     // By pairing block and real row length: the table, made once.
     let mut made: HashMap<(usize, usize), Arc<PairingTable>> = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
-        let Some(Step::PairedQuantLinear { pack, unpack, .. }) = step else {
+        let Some(Step::PairedQuantLinear {
+            pack,
+            unpack,
+            siblings,
+            ..
+        }) = step
+        else {
             continue;
         };
         let mut table = |v: usize, real_cols: usize| -> Result<Arc<PairingTable>, BackendError> {
@@ -149,11 +172,12 @@ pub(super) fn paired_tables(
             Some(p) => Some(table(*p, last(graph.nodes[*p].operands[0]))?),
             None => None,
         };
-        let output = match unpack {
-            Some(u) => Some(table(*u, last(ValueId(*u)))?),
-            None => None,
-        };
-        paired.insert(i, PairedTables { input, output });
+        let outputs = std::iter::once(*unpack)
+            .chain(siblings.iter().map(|s| s.unpack))
+            .flatten()
+            .map(|u| table(u, last(ValueId(u))))
+            .collect::<Result<_, _>>()?;
+        paired.insert(i, PairedTables { input, outputs });
     }
     Ok(paired)
 }
