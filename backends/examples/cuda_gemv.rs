@@ -50,6 +50,7 @@ fn main() -> Result<()> {
             paired_output: false,
             normed: false,
             products: 1,
+            residual: false,
         },
         Kernel::QuantLinear {
             u_stages: 2,

@@ -894,6 +894,29 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
             },
         );
     }
+    // The residual add the cuda backend folds into the product before it.
+    cases_over(
+        &mut out,
+        "paired quant_linear, residual add",
+        &[(3usize, 32usize), (1, 16)],
+        |c, (rows, m)| {
+            let x = c.real(&[rows, 2 * m]);
+            let packed = c.push(Op::Pack { block: 0 }, &[x]);
+            let mut operands = vec![packed];
+            for _ in 0..2 {
+                let codes = c.codes(m, m);
+                operands.extend([codes, c.positive(&[2])]);
+            }
+            let op = Op::QuantLinear {
+                u_stages: 1,
+                w_stages: 1,
+                granularity: Granularity::Tensor,
+            };
+            let product = c.push(op, &operands);
+            let real = c.push(Op::Unpack { block: 0 }, &[product]);
+            vec![c.push(Op::Add, &[x, real])]
+        },
+    );
     out
 }
 

@@ -64,6 +64,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: false,
             normed: false,
             products: 1,
+            residual: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -72,6 +73,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: true,
             normed: false,
             products: 1,
+            residual: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -80,6 +82,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: true,
             normed: true,
             products: 1,
+            residual: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -88,6 +91,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: false,
             normed: true,
             products: 1,
+            residual: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -96,6 +100,16 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: true,
             normed: true,
             products: 3,
+            residual: false,
+        },
+        Kernel::QuantLinearI8 {
+            u_stages: 1,
+            w_stages: 1,
+            paired_input: true,
+            paired_output: true,
+            normed: false,
+            products: 1,
+            residual: true,
         },
         Kernel::GatherColumns,
         Kernel::ColumnSum,

@@ -156,6 +156,10 @@ enum Step {
         /// `operands` (before a norm's gain), and their values are kept for
         /// their own steps ([`Step::Ahead`]).
         siblings: Vec<Sibling>,
+        /// The `add` of a residual row to the unpacked output, folded in as
+        /// an epilogue ([`fusion::fold_residuals`]): the step stands at its
+        /// node, and the residual is the last operand.
+        residual: Option<usize>,
     },
     /// A value an earlier [`Step::PairedQuantLinear`] computed with its own.
     Ahead,
@@ -524,6 +528,7 @@ fn select_kernels(
                                 paired_output: false,
                                 normed: false,
                                 products: 1,
+                                residual: false,
                             }]
                         })
                     }
@@ -562,6 +567,9 @@ fn select_kernels(
     }
     if fuse.norms {
         fusion::fold_norms(graph, plan, &mut kernels, &mut steps);
+    }
+    if fuse.residuals {
+        fusion::fold_residuals(graph, plan, &mut kernels, &mut steps);
     }
     if fuse.siblings {
         fusion::group_siblings(graph, plan, &mut kernels, &mut steps);
@@ -609,6 +617,8 @@ struct Fusions {
     norms: bool,
     /// The paired int8 products of one row as one launch.
     siblings: bool,
+    /// Residual adds as the paired int8 products' epilogues.
+    residuals: bool,
 }
 
 impl Fusions {
@@ -618,18 +628,20 @@ impl Fusions {
         pairings: true,
         norms: true,
         siblings: true,
+        residuals: true,
     };
 
     fn from_env() -> Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 5] = [
+        const NAMES: [&str; 6] = [
             "phase_stages",
             "elementwise",
             "pairings",
             "norms",
             "siblings",
+            "residuals",
         ];
         let off = off.to_string_lossy().into_owned();
         let named: Vec<&str> = off.split(',').map(str::trim).collect();
@@ -644,6 +656,7 @@ impl Fusions {
             pairings: on("pairings"),
             norms: on("norms"),
             siblings: on("siblings"),
+            residuals: on("residuals"),
         }
     }
 }
@@ -1585,13 +1598,19 @@ impl CudaProgram {
                 })?;
             }
             (Step::Kernel(k), Op::QuantLinear { granularity, .. }) => {
+                let input = quant::QuantInput {
+                    x,
+                    table: None,
+                    norm: None,
+                };
                 let layer = quant::QuantLayer {
                     weights: &args[1..],
                     granularity: *granularity,
                     out: &out,
                     output: None,
+                    residual: None,
                 };
-                self.quant_linear(k[0], x, &[layer], None, None)?
+                self.quant_linear(k[0], input, &[layer])?
             }
             (
                 Step::PhaseStages {
@@ -1782,6 +1801,7 @@ impl CudaProgram {
             unpack,
             norm,
             siblings,
+            residual,
             ..
         } = step
         else {
@@ -1799,12 +1819,17 @@ impl CudaProgram {
             .paired
             .get(&i)
             .expect("each paired step has its tables");
-        let (args, norm) = match norm.map(|n| &self.graph.nodes[n].op) {
-            Some(&Op::RmsNorm { eps }) => {
-                let (gain, args) = args.split_last().expect("the gain is an operand");
-                (args, Some((*gain, eps)))
-            }
-            _ => (args, None),
+        // The operands after the weights: [gain], [residual].
+        let mut args = args;
+        let mut extra = || {
+            let (last, rest) = args.split_last().expect("the extras are operands");
+            args = rest;
+            *last
+        };
+        let residual_row = residual.map(|_| extra());
+        let norm = match norm.map(|n| &self.graph.nodes[n].op) {
+            Some(&Op::RmsNorm { eps }) => Some((extra(), eps)),
+            _ => None,
         };
         let (x, weights) = args.split_first().expect("the input is an operand");
         let (stages, _) = product_of(*node);
@@ -1832,11 +1857,16 @@ impl CudaProgram {
                     granularity: product_of(node).1,
                     out,
                     output: tables.outputs.get(l).map(|t| &**t),
+                    residual: residual_row,
                 },
             )
             .collect();
-        let input = tables.input.as_deref();
-        self.quant_linear(*kernel, x, &layers, input, norm)?;
+        let input = quant::QuantInput {
+            x,
+            table: tables.input.as_deref(),
+            norm,
+        };
+        self.quant_linear(*kernel, input, &layers)?;
         let mut values = values.into_iter().map(|(shape, elem, words)| DeviceTensor {
             shape,
             elem,

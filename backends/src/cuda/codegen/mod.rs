@@ -185,7 +185,9 @@ pub enum Kernel {
     /// `paired_input`) reads the row before its RMS norm, and normalises it
     /// as it quantizes it: the norm folded in too. `products` (at most
     /// [`quant_i8::MAX_PRODUCTS`]) products of the one input row in one
-    /// launch, the row quantized once (q, k and v; gate and up).
+    /// launch, the row quantized once (q, k and v; gate and up). With a
+    /// paired output, `residual` folds in the output's one reader where it
+    /// adds a residual row (after o and down).
     QuantLinearI8 {
         u_stages: usize,
         w_stages: usize,
@@ -193,6 +195,7 @@ pub enum Kernel {
         paired_output: bool,
         normed: bool,
         products: usize,
+        residual: bool,
     },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
@@ -781,12 +784,16 @@ impl<'ctx> Gen<'ctx> {
                 paired_output,
                 normed,
                 products,
+                residual,
             } => self.quant_linear_i8(
                 name,
-                (*u_stages, *w_stages),
-                (*paired_input, *paired_output),
-                *normed,
-                *products,
+                quant_i8::Int8Kernel {
+                    stages: (*u_stages, *w_stages),
+                    paired: (*paired_input, *paired_output),
+                    normed: *normed,
+                    products: *products,
+                    residual: *residual,
+                },
             ),
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),

@@ -54,9 +54,21 @@ const IMAGINARY_BYTES: u64 = 0xFF00_0100;
 /// input row (q, k and v read one row; gate and up another).
 pub const MAX_PRODUCTS: usize = 4;
 
+/// What an int8 product kernel is built for: [`Kernel::QuantLinearI8`]'s
+/// fields.
+#[derive(Clone, Copy)]
+pub(super) struct Int8Kernel {
+    pub stages: (usize, usize),
+    pub paired: (bool, bool),
+    pub normed: bool,
+    pub products: usize,
+    pub residual: bool,
+}
+
 /// One product's parameters in the int8 kernel: where its outputs go, its
 /// stages' codes and scales, its outputs `n`, whether its scales are
-/// per-tensor, and with a paired output its table and real row length.
+/// per-tensor, with a paired output its table and real row length, and the
+/// residual row its epilogue adds.
 #[derive(Clone)]
 struct Layer<'ctx> {
     out: PointerValue<'ctx>,
@@ -65,6 +77,7 @@ struct Layer<'ctx> {
     n: IntValue<'ctx>,
     per_tensor: IntValue<'ctx>,
     output: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+    residual: Option<PointerValue<'ctx>>,
 }
 
 impl<'ctx> Gen<'ctx> {
@@ -75,8 +88,8 @@ impl<'ctx> Gen<'ctx> {
     /// once (their output rows one after another: the warp of a row picks
     /// its product's pointers by selects). Parameters: `x`, `[in_table]`,
     /// `[gain]`, then per product `out`, `(codes, scales)` per stage,
-    /// `[out_table]`; `rows`, `m`, `[in_words]`, then per product `n`,
-    /// `per_tensor`, `[out_words]`; `[eps]`.
+    /// `[out_table]`, `[residual]`; `rows`, `m`, `[in_words]`, then per
+    /// product `n`, `per_tensor`, `[out_words]`; `[eps]`.
     ///
     /// A block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes the input
     /// row into shared memory (`m / 2` words, dynamic: the launch gives their
@@ -95,16 +108,22 @@ impl<'ctx> Gen<'ctx> {
     /// each part is scaled by its channel's gain as it is quantized. The
     /// norm's own scale is a factor of the whole row, so it only scales the
     /// step.
-    pub(super) fn quant_linear_i8(
-        &self,
-        name: &str,
-        (u_stages, w_stages): (usize, usize),
-        (paired_input, paired_output): (bool, bool),
-        normed: bool,
-        products: usize,
-    ) -> Built<()> {
+    ///
+    /// `residual` (paired output only) is an epilogue, the folded reader of
+    /// a product's real output: a residual row added to it.
+    pub(super) fn quant_linear_i8(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
+        let Int8Kernel {
+            stages: (u_stages, w_stages),
+            paired: (paired_input, paired_output),
+            normed,
+            products,
+            residual,
+        } = kernel;
         if normed && !paired_input {
             return Err("a normed int8 product reads a paired input".into());
+        }
+        if residual && !paired_output {
+            return Err("an int8 product's residual epilogue writes a paired output".into());
         }
         if !(1..=MAX_PRODUCTS).contains(&products) {
             return Err(format!(
@@ -112,8 +131,9 @@ impl<'ctx> Gen<'ctx> {
             ));
         }
         let stages = u_stages + w_stages;
-        let layer_ptrs = 1 + 2 * stages + usize::from(paired_output);
-        let ptrs = 1 + usize::from(paired_input) + usize::from(normed) + products * layer_ptrs;
+        let layer_ptrs = 1 + 2 * stages + usize::from(paired_output) + usize::from(residual);
+        let shared_ptrs = 1 + usize::from(paired_input) + usize::from(normed);
+        let ptrs = shared_ptrs + products * layer_ptrs;
         let layer_ints = 2 + usize::from(paired_output);
         let shared_ints = 2 + usize::from(paired_input);
         let ints = shared_ints + products * layer_ints;
@@ -140,9 +160,9 @@ impl<'ctx> Gen<'ctx> {
         });
         let layers: Vec<Layer> = (0..products)
             .map(|l| {
-                let ptr =
-                    (1 + usize::from(paired_input) + usize::from(normed) + l * layer_ptrs) as u32;
+                let ptr = (shared_ptrs + l * layer_ptrs) as u32;
                 let int = first_int + (shared_ints + l * layer_ints) as u32;
+                let after_table = ptr + 1 + 2 * stages as u32 + u32::from(paired_output);
                 Layer {
                     out: self.param_ptr(f, ptr),
                     codes: (0..stages as u32)
@@ -159,6 +179,7 @@ impl<'ctx> Gen<'ctx> {
                             self.param_int(f, int + 2),
                         )
                     }),
+                    residual: residual.then(|| self.param_ptr(f, after_table)),
                 }
             })
             .collect();
@@ -262,8 +283,12 @@ impl<'ctx> Gen<'ctx> {
                     let row_base = self.mul(r, words)?;
                     for (part, v) in [re, im].into_iter().enumerate() {
                         let slot = self.add(self.mul(row, self.int(2))?, self.int(part as u64))?;
-                        let at = self.widen(self.load_i32(table, slot)?)?;
-                        self.store_f32(layer.out, self.add(row_base, at)?, v)?;
+                        let at = self.add(row_base, self.widen(self.load_i32(table, slot)?)?)?;
+                        let v = match layer.residual {
+                            Some(residual) => self.fadd(v, self.load_f32(residual, at)?)?,
+                            None => v,
+                        };
+                        self.store_f32(layer.out, at, v)?;
                     }
                     Ok(())
                 })
@@ -307,6 +332,9 @@ impl<'ctx> Gen<'ctx> {
                     ptr(theirs.0, mine.0)?,
                     self.select_int(past, theirs.1, mine.1)?,
                 );
+            }
+            if let (Some(mine), Some(theirs)) = (&mut picked.residual, layer.residual) {
+                *mine = ptr(theirs, *mine)?;
             }
             start = self.add(start, layer.n)?;
         }

@@ -468,6 +468,7 @@ pub(super) fn fold_pairings(
                 paired_output: unpack.is_some(),
                 normed: false,
                 products: 1,
+                residual: false,
             },
         );
         let mut operands = graph.nodes[i].operands.clone();
@@ -484,6 +485,7 @@ pub(super) fn fold_pairings(
             unpack,
             norm: None,
             siblings: Vec::new(),
+            residual: None,
         };
         match unpack {
             Some(u) => {
@@ -560,6 +562,7 @@ pub(super) fn fold_norms(
                 paired_output,
                 normed: true,
                 products: 1,
+                residual: false,
             },
         );
         let (input, gain) = (graph.node(norm).operands[0], graph.node(norm).operands[1]);
@@ -582,6 +585,110 @@ pub(super) fn fold_norms(
     keep_launched(kernels, steps);
 }
 
+/// Folds into each paired int8 product with a folded unpack that unpack's
+/// one reader where it adds a residual row of the same type (the residual
+/// stream after o and down): the product adds the row as it writes its
+/// outputs, stands at the add's node and writes its value.
+pub(super) fn fold_residuals(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let all_readers = readers(graph, plan, steps);
+    let is_output = |v: usize| graph.outputs.iter().any(|o| o.0 == v);
+    let mut folds = Vec::new();
+    for (at, step) in steps.iter().enumerate() {
+        let Some(Step::PairedQuantLinear {
+            unpack: Some(_),
+            residual: None,
+            ..
+        }) = step
+        else {
+            continue;
+        };
+        let [add] = all_readers[at][..] else {
+            continue;
+        };
+        let node = &graph.nodes[add];
+        let plain_add = matches!(&steps[add], Some(Step::Kernel(k))
+            if matches!(kernels[k[0]], Kernel::Map { .. }));
+        if is_output(at) || plan.resident[add] || node.op != Op::Add || !plain_add {
+            continue;
+        }
+        let residual = match node.operands[..] {
+            [a, b] if a.0 == at && b.0 != at => b,
+            [a, b] if b.0 == at && a.0 != at => a,
+            _ => continue,
+        };
+        let ty = &graph.nodes[at].ty;
+        if graph.node(residual).ty == *ty && node.ty == *ty {
+            folds.push((at, add, residual));
+        }
+    }
+    for (at, add, row) in folds {
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            mut operands,
+            node,
+            pack,
+            unpack,
+            norm,
+            siblings,
+            ..
+        }) = steps[at].take()
+        else {
+            unreachable!("chosen above")
+        };
+        operands.push(row);
+        steps[add] = Some(Step::PairedQuantLinear {
+            kernel: respecified(kernels, kernel, None, true),
+            operands,
+            node,
+            pack,
+            unpack,
+            norm,
+            siblings,
+            residual: Some(add),
+        });
+    }
+    keep_launched(kernels, steps);
+}
+
+/// `kernel`, an int8 product's, with `products` products (where given) and
+/// its residual epilogue on where `residual` is set.
+fn respecified(
+    kernels: &mut Vec<Kernel>,
+    kernel: usize,
+    products: Option<usize>,
+    residual: bool,
+) -> usize {
+    let Kernel::QuantLinearI8 {
+        u_stages,
+        w_stages,
+        paired_input,
+        paired_output,
+        normed,
+        products: own,
+        residual: own_residual,
+    } = kernels[kernel]
+    else {
+        unreachable!("paired products are int8 products")
+    };
+    kernel_index(
+        kernels,
+        Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_input,
+            paired_output,
+            normed,
+            products: products.unwrap_or(own),
+            residual: own_residual || residual,
+        },
+    )
+}
+
 /// Makes the paired int8 products that read one row one launch (the
 /// siblings of a [`Step::PairedQuantLinear`]): q, k and v read one normed
 /// row, gate and up another. The launch quantizes the row once, and its
@@ -590,7 +697,8 @@ pub(super) fn fold_norms(
 /// the others become [`Step::Ahead`]. A product joins where its kernel, its
 /// source, its pack's pairing, its norm and its inputs' length are the
 /// first's, and where its weights are ready at the first's step (inputs,
-/// weights evaluated at load, or values computed before it).
+/// weights evaluated at load, or values computed before it). Products with
+/// a residual epilogue stay alone.
 pub(super) fn group_siblings(
     graph: &Graph,
     plan: &MemoryPlan,
@@ -606,6 +714,7 @@ pub(super) fn group_siblings(
             pack,
             norm,
             siblings,
+            residual: None,
             ..
         }) if siblings.is_empty() => {
             let inputs = graph.node(graph.nodes[*node].operands[1]).ty.shape.dims()[1].clone();
@@ -665,38 +774,23 @@ pub(super) fn group_siblings(
             siblings.push(sibling);
         }
         operands.extend(gain);
-        let Kernel::QuantLinearI8 {
-            u_stages,
-            w_stages,
-            paired_input,
-            paired_output,
-            normed,
-            ..
-        } = kernels[*kernel]
-        else {
-            unreachable!("paired products are int8 products")
-        };
-        *kernel = kernel_index(
-            kernels,
-            Kernel::QuantLinearI8 {
-                u_stages,
-                w_stages,
-                paired_input,
-                paired_output,
-                normed,
-                products: siblings.len() + 1,
-            },
-        );
+        *kernel = respecified(kernels, *kernel, Some(siblings.len() + 1), false);
     }
     keep_launched(kernels, steps);
 }
 
 /// A paired product's weights: its operands after the input, less a norm's
-/// gain.
+/// gain and a residual row.
 fn product_weights(step: &Option<Step>) -> &[ValueId] {
     match step {
-        Some(Step::PairedQuantLinear { operands, norm, .. }) => {
-            &operands[1..operands.len() - usize::from(norm.is_some())]
+        Some(Step::PairedQuantLinear {
+            operands,
+            norm,
+            residual,
+            ..
+        }) => {
+            let extras = usize::from(norm.is_some()) + usize::from(residual.is_some());
+            &operands[1..operands.len() - extras]
         }
         _ => &[],
     }
@@ -1207,6 +1301,7 @@ mod tests {
             kernels[*kernel],
             Kernel::QuantLinearI8 {
                 products: 3,
+                residual: false,
                 normed: true,
                 ..
             }
@@ -1217,6 +1312,64 @@ mod tests {
         assert!(matches!(
             &steps[late_real.0],
             Some(Step::PairedQuantLinear { siblings, .. }) if siblings.is_empty()
+        ));
+    }
+
+    /// The add of a residual row folds into the product before it; a
+    /// product so folded does not join another's launch.
+    #[test]
+    fn a_residual_add_folds_into_the_product() {
+        use fairyc_ir::Granularity;
+
+        use super::super::Kernel;
+
+        let mut b = GraphBuilder::new("residual");
+        let x = b.input("x", ty(&[3, 32]));
+        let packed = b.push(Op::Pack { block: 0 }, &[x]).unwrap();
+        let op = Op::QuantLinear {
+            u_stages: 1,
+            w_stages: 1,
+            granularity: Granularity::Tensor,
+        };
+        let product = |b: &mut GraphBuilder, name: &str| {
+            let codes = TensorType::new(DType::Code2, Shape::new([16, 16]));
+            let mut operands = vec![packed];
+            for stage in ["u", "w"] {
+                operands.push(b.input(format!("{name}.{stage}.codes"), codes.clone()));
+                operands.push(b.input(format!("{name}.{stage}.scales"), ty(&[2])));
+            }
+            let product = b.push(op.clone(), &operands).unwrap();
+            b.push(Op::Unpack { block: 0 }, &[product]).unwrap()
+        };
+        let o = product(&mut b, "o");
+        let sum = b.push(Op::Add, &[x, o]).unwrap();
+        let other = product(&mut b, "other");
+        let graph = b.finish(&[sum, other]);
+        let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+        assert!(steps[o.0].is_none(), "the product moves to the add");
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            residual,
+            siblings,
+            ..
+        }) = &steps[sum.0]
+        else {
+            panic!("the residual add is not the paired product");
+        };
+        assert_eq!((*residual, operands.last()), (Some(sum.0), Some(&x)));
+        assert!(siblings.is_empty());
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                residual: true,
+                products: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &steps[other.0],
+            Some(Step::PairedQuantLinear { residual: None, siblings, .. }) if siblings.is_empty()
         ));
     }
 }

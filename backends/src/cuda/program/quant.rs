@@ -15,36 +15,44 @@ use super::{driver, pairing_index, scale_groups, CudaProgram, DeviceTensor, Step
 use crate::BackendError;
 
 /// One product of a `quant_linear` launch: its weights (codes and scales
-/// per stage), their scale granularity, where its outputs go, and with a
-/// folded unpack the pairing its outputs are written through.
+/// per stage), their scale granularity, where its outputs go, with a folded
+/// unpack the pairing its outputs are written through, and the residual row
+/// its epilogue adds.
 pub(super) struct QuantLayer<'a> {
     pub weights: &'a [&'a DeviceTensor],
     pub granularity: Granularity,
     pub out: &'a CudaSlice<u32>,
     pub output: Option<&'a PairingTable>,
+    pub residual: Option<&'a DeviceTensor>,
+}
+
+/// The input of a `quant_linear` launch: the row (real where `table`
+/// pairs it), and the norm folded in (gain, eps).
+pub(super) struct QuantInput<'a> {
+    pub x: &'a DeviceTensor,
+    pub table: Option<&'a PairingTable>,
+    pub norm: Option<(&'a DeviceTensor, f32)>,
 }
 
 impl CudaProgram {
-    /// `quant_linear` of `x` by each of `layers` (several only for the int8
-    /// kernel: the products of one input row, quantized once), by `kernel`,
-    /// the f32 or the int8 one, the latter reading its input through
-    /// `input`'s pairing table, normed first with `norm`'s gain and eps.
+    /// `quant_linear` of `input` by each of `layers` (several only for the
+    /// int8 kernel: the products of one input row, quantized once), by
+    /// `kernel`, the f32 or the int8 one.
     pub(super) fn quant_linear(
         &self,
         kernel: usize,
-        x: &DeviceTensor,
+        input: QuantInput,
         layers: &[QuantLayer],
-        input: Option<&PairingTable>,
-        norm: Option<(&DeviceTensor, f32)>,
     ) -> Result<(), BackendError> {
+        let x = input.x;
         let m = layers[0].weights[0].shape[1];
         let outputs: usize = layers.iter().map(|l| l.weights[0].shape[0]).sum();
-        let row_len = input.map_or(m, |(_, words)| *words);
+        let row_len = input.table.map_or(m, |(_, words)| *words);
         let rows = x.len().checked_div(row_len).unwrap_or(0);
         if rows == 0 || outputs == 0 {
             return Ok(());
         }
-        if !matches!(self.kernels[kernel], Kernel::QuantLinearI8 { .. }) {
+        let Kernel::QuantLinearI8 { residual, .. } = self.kernels[kernel] else {
             let [layer] = layers else {
                 unreachable!("the f32 kernel computes one product a launch")
             };
@@ -68,6 +76,11 @@ impl CudaProgram {
                     b.arg(v);
                 }
             });
+        };
+        if residual && layers.iter().any(|l| l.residual.is_none()) {
+            return Err(BackendError::new(
+                "a residual int8 product needs each product's residual",
+            ));
         }
         let grid = quant_i8::grid(outputs, self.multiprocessors);
         // The input row's int8 words live in shared memory.
@@ -75,7 +88,7 @@ impl CudaProgram {
         // rows, m, [in_words], then per product n, per_tensor, [out_words]
         // (the kernel's order: `quant_linear_i8`).
         let mut sizes = vec![rows as i64, m as i64];
-        sizes.extend(input.map(|(_, words)| *words as i64));
+        sizes.extend(input.table.map(|(_, words)| *words as i64));
         for layer in layers {
             let [_, _, per_tensor] = scale_groups(layer.granularity, m);
             sizes.extend([layer.weights[0].shape[0] as i64, per_tensor]);
@@ -83,10 +96,10 @@ impl CudaProgram {
         }
         self.launch_with_shared(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
             b.arg(&*x.words);
-            if let Some((table, _)) = input {
+            if let Some((table, _)) = input.table {
                 b.arg(table);
             }
-            if let Some((gain, _)) = &norm {
+            if let Some((gain, _)) = &input.norm {
                 b.arg(&*gain.words);
             }
             for layer in layers {
@@ -97,11 +110,14 @@ impl CudaProgram {
                 if let Some((table, _)) = layer.output {
                     b.arg(table);
                 }
+                if let Some(residual) = layer.residual.filter(|_| residual) {
+                    b.arg(&*residual.words);
+                }
             }
             for v in &sizes {
                 b.arg(v);
             }
-            if let Some((_, eps)) = &norm {
+            if let Some((_, eps)) = &input.norm {
                 b.arg(eps);
             }
         })
