@@ -51,6 +51,7 @@ fn main() -> Result<()> {
             normed: false,
             products: 1,
             residual: false,
+            prologue: None,
         },
         Kernel::QuantLinear {
             u_stages: 2,

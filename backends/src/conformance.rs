@@ -917,6 +917,31 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
             vec![c.push(Op::Add, &[x, real])]
         },
     );
+    // The elementwise input the cuda backend folds into the product
+    // (SiLU(gate)·up before down).
+    cases_over(
+        &mut out,
+        "paired quant_linear, elementwise input",
+        &[(3usize, 32usize), (1, 16)],
+        |c, (rows, m)| {
+            let (gate, up) = (c.real(&[rows, 2 * m]), c.real(&[rows, 2 * m]));
+            let activated = c.push(Op::Silu, &[gate]);
+            let gated = c.push(Op::Mul, &[activated, up]);
+            let packed = c.push(Op::Pack { block: 0 }, &[gated]);
+            let mut operands = vec![packed];
+            for _ in 0..2 {
+                let codes = c.codes(8, m);
+                operands.extend([codes, c.positive(&[2])]);
+            }
+            let op = Op::QuantLinear {
+                u_stages: 1,
+                w_stages: 1,
+                granularity: Granularity::Tensor,
+            };
+            let product = c.push(op, &operands);
+            vec![c.push(Op::Unpack { block: 0 }, &[product])]
+        },
+    );
     out
 }
 

@@ -65,6 +65,7 @@ fn every_kernel() -> Vec<Kernel> {
             normed: false,
             products: 1,
             residual: false,
+            prologue: None,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -74,6 +75,7 @@ fn every_kernel() -> Vec<Kernel> {
             normed: false,
             products: 1,
             residual: false,
+            prologue: None,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -83,6 +85,7 @@ fn every_kernel() -> Vec<Kernel> {
             normed: true,
             products: 1,
             residual: false,
+            prologue: None,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -92,6 +95,7 @@ fn every_kernel() -> Vec<Kernel> {
             normed: true,
             products: 1,
             residual: false,
+            prologue: None,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -101,6 +105,7 @@ fn every_kernel() -> Vec<Kernel> {
             normed: true,
             products: 3,
             residual: false,
+            prologue: None,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -110,6 +115,23 @@ fn every_kernel() -> Vec<Kernel> {
             normed: false,
             products: 1,
             residual: true,
+            prologue: None,
+        },
+        Kernel::QuantLinearI8 {
+            u_stages: 2,
+            w_stages: 2,
+            paired_input: true,
+            paired_output: true,
+            normed: false,
+            products: 1,
+            residual: true,
+            prologue: Some(Expr::Apply(
+                MapOp::Mul,
+                vec![
+                    Expr::Apply(MapOp::Silu, vec![Expr::Operand(0)]),
+                    Expr::Operand(1),
+                ],
+            )),
         },
         Kernel::GatherColumns,
         Kernel::ColumnSum,

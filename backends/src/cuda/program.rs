@@ -160,6 +160,10 @@ enum Step {
         /// an epilogue ([`fusion::fold_residuals`]): the step stands at its
         /// node, and the residual is the last operand.
         residual: Option<usize>,
+        /// The elementwise node whose value is the input, folded in as a
+        /// prologue ([`fusion::fold_prologues`]), and its operands' count:
+        /// they stand in for the input at the head of `operands`.
+        prologue: Option<(usize, usize)>,
     },
     /// A value an earlier [`Step::PairedQuantLinear`] computed with its own.
     Ahead,
@@ -529,6 +533,7 @@ fn select_kernels(
                                 normed: false,
                                 products: 1,
                                 residual: false,
+                                prologue: None,
                             }]
                         })
                     }
@@ -567,6 +572,9 @@ fn select_kernels(
     }
     if fuse.norms {
         fusion::fold_norms(graph, plan, &mut kernels, &mut steps);
+    }
+    if fuse.prologues {
+        fusion::fold_prologues(graph, plan, &mut kernels, &mut steps);
     }
     if fuse.residuals {
         fusion::fold_residuals(graph, plan, &mut kernels, &mut steps);
@@ -619,6 +627,8 @@ struct Fusions {
     siblings: bool,
     /// Residual adds as the paired int8 products' epilogues.
     residuals: bool,
+    /// Elementwise inputs as the paired int8 products' prologues.
+    prologues: bool,
 }
 
 impl Fusions {
@@ -629,19 +639,21 @@ impl Fusions {
         norms: true,
         siblings: true,
         residuals: true,
+        prologues: true,
     };
 
     fn from_env() -> Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 6] = [
+        const NAMES: [&str; 7] = [
             "phase_stages",
             "elementwise",
             "pairings",
             "norms",
             "siblings",
             "residuals",
+            "prologues",
         ];
         let off = off.to_string_lossy().into_owned();
         let named: Vec<&str> = off.split(',').map(str::trim).collect();
@@ -657,6 +669,7 @@ impl Fusions {
             norms: on("norms"),
             siblings: on("siblings"),
             residuals: on("residuals"),
+            prologues: on("prologues"),
         }
     }
 }
@@ -1599,7 +1612,7 @@ impl CudaProgram {
             }
             (Step::Kernel(k), Op::QuantLinear { granularity, .. }) => {
                 let input = quant::QuantInput {
-                    x,
+                    inputs: &args[..1],
                     table: None,
                     norm: None,
                 };
@@ -1802,6 +1815,7 @@ impl CudaProgram {
             norm,
             siblings,
             residual,
+            prologue,
             ..
         } = step
         else {
@@ -1831,7 +1845,7 @@ impl CudaProgram {
             Some(&Op::RmsNorm { eps }) => Some((extra(), eps)),
             _ => None,
         };
-        let (x, weights) = args.split_first().expect("the input is an operand");
+        let (inputs, weights) = args.split_at(prologue.map_or(1, |(_, operands)| operands));
         let (stages, _) = product_of(*node);
         // Each product's node, and the node its value stands at.
         let products: Vec<(usize, usize)> = std::iter::once((*node, i))
@@ -1840,7 +1854,7 @@ impl CudaProgram {
         let mut values = Vec::with_capacity(products.len());
         for (weights, &(_, at)) in weights.chunks(2 * stages).zip(&products) {
             let n = weights[0].shape[0] * if unpack.is_some() { 2 } else { 1 };
-            let rows = &x.shape[..x.shape.len() - 1];
+            let rows = &inputs[0].shape[..inputs[0].shape.len() - 1];
             let shape: Vec<usize> = rows.iter().copied().chain([n]).collect();
             let elem = elem_of(self.graph.nodes[at].ty.dtype).map_err(BackendError::new)?;
             let words = self.alloc(shape.iter().product::<usize>() * words_per(elem))?;
@@ -1862,7 +1876,7 @@ impl CudaProgram {
             )
             .collect();
         let input = quant::QuantInput {
-            x,
+            inputs,
             table: tables.input.as_deref(),
             norm,
         };

@@ -187,7 +187,10 @@ pub enum Kernel {
     /// [`quant_i8::MAX_PRODUCTS`]) products of the one input row in one
     /// launch, the row quantized once (q, k and v; gate and up). With a
     /// paired output, `residual` folds in the output's one reader where it
-    /// adds a residual row (after o and down).
+    /// adds a residual row (after o and down). With a paired input,
+    /// `prologue` folds in the input's producer where it is elementwise
+    /// (SiLU(gate)·up before down): the row is that expression over its
+    /// operands, computed as it is quantized.
     QuantLinearI8 {
         u_stages: usize,
         w_stages: usize,
@@ -196,6 +199,7 @@ pub enum Kernel {
         normed: bool,
         products: usize,
         residual: bool,
+        prologue: Option<Expr>,
     },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
@@ -785,6 +789,7 @@ impl<'ctx> Gen<'ctx> {
                 normed,
                 products,
                 residual,
+                prologue,
             } => self.quant_linear_i8(
                 name,
                 quant_i8::Int8Kernel {
@@ -793,6 +798,7 @@ impl<'ctx> Gen<'ctx> {
                     normed: *normed,
                     products: *products,
                     residual: *residual,
+                    prologue: prologue.as_ref(),
                 },
             ),
             Kernel::Dequant => self.dequant(name),

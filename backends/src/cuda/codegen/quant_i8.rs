@@ -57,12 +57,29 @@ pub const MAX_PRODUCTS: usize = 4;
 /// What an int8 product kernel is built for: [`Kernel::QuantLinearI8`]'s
 /// fields.
 #[derive(Clone, Copy)]
-pub(super) struct Int8Kernel {
+pub(super) struct Int8Kernel<'a> {
     pub stages: (usize, usize),
     pub paired: (bool, bool),
     pub normed: bool,
     pub products: usize,
     pub residual: bool,
+    pub prologue: Option<&'a Expr>,
+}
+
+/// The rows an int8 product quantizes: one operand's, or an elementwise
+/// expression's over several operands of the same shape (the prologue).
+struct RowInput<'a, 'ctx> {
+    operands: Vec<PointerValue<'ctx>>,
+    expr: Option<&'a Expr>,
+}
+
+/// How many operands an elementwise expression reads (its highest operand
+/// index, plus one).
+pub fn operand_count(expr: &Expr) -> usize {
+    match expr {
+        Expr::Operand(k) => k + 1,
+        Expr::Apply(_, args) => args.iter().map(operand_count).max().unwrap_or(0),
+    }
 }
 
 /// One product's parameters in the int8 kernel: where its outputs go, its
@@ -111,6 +128,11 @@ impl<'ctx> Gen<'ctx> {
     ///
     /// `residual` (paired output only) is an epilogue, the folded reader of
     /// a product's real output: a residual row added to it.
+    ///
+    /// With a `prologue` (paired input, not normed), the row is that
+    /// elementwise expression over the first `operand_count` parameters,
+    /// rows of one shape: the producer of the product's input folded in
+    /// (SiLU(gate)·up before down).
     pub(super) fn quant_linear_i8(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
         let Int8Kernel {
             stages: (u_stages, w_stages),
@@ -118,10 +140,15 @@ impl<'ctx> Gen<'ctx> {
             normed,
             products,
             residual,
+            prologue,
         } = kernel;
         if normed && !paired_input {
             return Err("a normed int8 product reads a paired input".into());
         }
+        if prologue.is_some() && (normed || !paired_input) {
+            return Err("an int8 product's prologue reads a paired input, not normed".into());
+        }
+        let inputs = prologue.map_or(1, operand_count);
         if residual && !paired_output {
             return Err("an int8 product's residual epilogue writes a paired output".into());
         }
@@ -132,7 +159,7 @@ impl<'ctx> Gen<'ctx> {
         }
         let stages = u_stages + w_stages;
         let layer_ptrs = 1 + 2 * stages + usize::from(paired_output) + usize::from(residual);
-        let shared_ptrs = 1 + usize::from(paired_input) + usize::from(normed);
+        let shared_ptrs = inputs + usize::from(paired_input) + usize::from(normed);
         let ptrs = shared_ptrs + products * layer_ptrs;
         let layer_ints = 2 + usize::from(paired_output);
         let shared_ints = 2 + usize::from(paired_input);
@@ -145,16 +172,24 @@ impl<'ctx> Gen<'ctx> {
         let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
-        let x = self.param_ptr(f, 0);
+        let x = RowInput {
+            operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
+            expr: prologue,
+        };
         let first_int = ptrs as u32;
         let (rows, m) = (
             self.param_int(f, first_int),
             self.param_int(f, first_int + 1),
         );
-        let input = paired_input.then(|| (self.param_ptr(f, 1), self.param_int(f, first_int + 2)));
+        let input = paired_input.then(|| {
+            (
+                self.param_ptr(f, inputs as u32),
+                self.param_int(f, first_int + 2),
+            )
+        });
         let norm = normed.then(|| {
             (
-                self.param_ptr(f, 1 + u32::from(paired_input)),
+                self.param_ptr(f, inputs as u32 + u32::from(paired_input)),
                 self.param_float(f, (ptrs + ints) as u32),
             )
         });
@@ -211,7 +246,7 @@ impl<'ctx> Gen<'ctx> {
             .collect::<Built<_>>()?;
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
         self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
-            let step = self.quantize_row(f, (scratch, xq), (x, input, norm), r, m)?;
+            let step = self.quantize_row(f, (scratch, xq), (&x, input, norm), r, m)?;
             self.call_void(barrier, &[])?;
             self.strided_loop(f, first_row, n, grid_warps, |row| {
                 let (layer, row) = self.layer_of_row(&layers, row)?;
@@ -359,7 +394,7 @@ impl<'ctx> Gen<'ctx> {
         f: FunctionValue<'ctx>,
         (scratch, xq): (PointerValue<'ctx>, PointerValue<'ctx>),
         (x, paired, norm): (
-            PointerValue<'ctx>,
+            &RowInput<'_, 'ctx>,
             Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
             Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
         ),
@@ -401,7 +436,7 @@ impl<'ctx> Gen<'ctx> {
                     Some((table, _)) => self.widen(self.load_i32(table, slot)?)?,
                     None => slot,
                 };
-                let mut v = self.load_f32(x, self.add(base, slot)?)?;
+                let mut v = self.row_input(x, self.add(base, slot)?)?;
                 if let Some(gain) = gain {
                     v = self.fmul(v, self.load_f32(gain, slot)?)?;
                 }
@@ -437,6 +472,23 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
+    /// Element `at` of the rows `x` reads: its operand's, or its
+    /// expression's over its operands' elements `at`.
+    fn row_input(&self, x: &RowInput<'_, 'ctx>, at: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {
+        let Some(expr) = x.expr else {
+            return self.load_f32(x.operands[0], at);
+        };
+        let values = x
+            .operands
+            .iter()
+            .map(|&p| Ok(Val::Real(self.load_f32(p, at)?)))
+            .collect::<Built<Vec<_>>>()?;
+        match self.eval(expr, &values, Elem::Real)? {
+            Val::Real(v) => Ok(v),
+            _ => Err("an int8 product's prologue gives real values".into()),
+        }
+    }
+
     /// The block's `max |x[base + i]·gain[i]|` over `i < len` (`len > 0`;
     /// a gain of 1 where there is none) and, with a gain, `Σ x[base + i]²`:
     /// each thread loads [`MAX_LOADS`] elements a step, all before it
@@ -445,7 +497,7 @@ impl<'ctx> Gen<'ctx> {
         &self,
         f: FunctionValue<'ctx>,
         scratch: PointerValue<'ctx>,
-        (x, gain): (PointerValue<'ctx>, Option<PointerValue<'ctx>>),
+        (x, gain): (&RowInput<'_, 'ctx>, Option<PointerValue<'ctx>>),
         base: IntValue<'ctx>,
         len: IntValue<'ctx>,
     ) -> Built<(FloatValue<'ctx>, Option<FloatValue<'ctx>>)> {
@@ -465,7 +517,7 @@ impl<'ctx> Gen<'ctx> {
                     // Outside the row: element 0 of it, which the maximum
                     // counts anyway (and the sum of squares leaves out).
                     let at = self.select_int(inside, at, self.int(0))?;
-                    let v = self.load_f32(x, self.add(base, at)?)?;
+                    let v = self.row_input(x, self.add(base, at)?)?;
                     let scaled = match gain {
                         Some(g) => self.fmul(v, self.load_f32(g, at)?)?,
                         None => v,

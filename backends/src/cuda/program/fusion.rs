@@ -35,6 +35,9 @@ use super::{kernel_index, Kernel, Sibling, Step};
 use crate::cuda::codegen::{quant_i8, Elem, Expr};
 use crate::plan::MemoryPlan;
 
+/// Operands an int8 product's prologue may read.
+const MAX_PROLOGUE_OPERANDS: usize = 4;
+
 /// Operands a fused kernel may read (each is a pointer and a length).
 const MAX_OPERANDS: usize = 12;
 /// Nodes a fused expression may hold (its code is straight-line).
@@ -469,6 +472,7 @@ pub(super) fn fold_pairings(
                 normed: false,
                 products: 1,
                 residual: false,
+                prologue: None,
             },
         );
         let mut operands = graph.nodes[i].operands.clone();
@@ -486,6 +490,7 @@ pub(super) fn fold_pairings(
             norm: None,
             siblings: Vec::new(),
             residual: None,
+            prologue: None,
         };
         match unpack {
             Some(u) => {
@@ -563,6 +568,7 @@ pub(super) fn fold_norms(
                 normed: true,
                 products: 1,
                 residual: false,
+                prologue: None,
             },
         );
         let (input, gain) = (graph.node(norm).operands[0], graph.node(norm).operands[1]);
@@ -581,6 +587,91 @@ pub(super) fn fold_norms(
     }
     for (_, norm) in folds {
         steps[norm.0] = None;
+    }
+    keep_launched(kernels, steps);
+}
+
+/// Folds into paired int8 products the elementwise step whose value their
+/// packs read (SiLU(gate)·up before down), where every step that reads it
+/// is such a product (its pack folded, no norm), its operands are real rows
+/// of its own type (no broadcast, at most [`MAX_PROLOGUE_OPERANDS`]), and it
+/// is no graph output: the kernel computes the expression over the
+/// operands as it quantizes the row, and the value is never written.
+pub(super) fn fold_prologues(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let all_readers = readers(graph, plan, steps);
+    let unfolded_product_of = |i: usize, source: ValueId| {
+        matches!(&steps[i], Some(Step::PairedQuantLinear {
+            operands, pack: Some(_), norm: None, prologue: None, ..
+        }) if operands[0] == source)
+    };
+    // The expression and operands of an elementwise value that only such
+    // products read.
+    let elementwise = |v: ValueId| -> Option<(Expr, Vec<ValueId>)> {
+        let node = graph.node(v);
+        let readers = &all_readers[v.0];
+        if plan.resident[v.0]
+            || graph.outputs.contains(&v)
+            || readers.is_empty()
+            || !readers.iter().all(|&r| unfolded_product_of(r, v))
+        {
+            return None;
+        }
+        let (kernel, leaves) = match &steps[v.0] {
+            Some(Step::Fused { kernel, operands }) => (*kernel, operands.clone()),
+            Some(Step::Kernel(k)) if k.len() == 1 => (k[0], node.operands.clone()),
+            _ => return None,
+        };
+        let Kernel::Map {
+            expr,
+            operands: elems,
+            out: Elem::Real,
+        } = &kernels[kernel]
+        else {
+            return None;
+        };
+        let rows = leaves.iter().all(|l| graph.node(*l).ty == node.ty)
+            && elems.iter().all(|e| *e == Elem::Real)
+            && leaves.len() <= MAX_PROLOGUE_OPERANDS;
+        rows.then(|| (expr.clone(), leaves))
+    };
+    let folds: Vec<(usize, ValueId, Expr, Vec<ValueId>)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| match step {
+            Some(Step::PairedQuantLinear {
+                operands,
+                pack: Some(_),
+                norm: None,
+                prologue: None,
+                ..
+            }) => {
+                let (expr, leaves) = elementwise(operands[0])?;
+                Some((i, operands[0], expr, leaves))
+            }
+            _ => None,
+        })
+        .collect();
+    for (i, source, expr, leaves) in &folds {
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            prologue,
+            ..
+        }) = &mut steps[*i]
+        else {
+            unreachable!("chosen above")
+        };
+        *kernel = respecified(kernels, *kernel, |_, _, p| *p = Some(expr.clone()));
+        operands.splice(0..1, leaves.iter().copied());
+        *prologue = Some((source.0, leaves.len()));
+    }
+    for (_, source, _, _) in folds {
+        steps[source.0] = None;
     }
     keep_launched(kernels, steps);
 }
@@ -635,6 +726,7 @@ pub(super) fn fold_residuals(
             unpack,
             norm,
             siblings,
+            prologue,
             ..
         }) = steps[at].take()
         else {
@@ -642,7 +734,7 @@ pub(super) fn fold_residuals(
         };
         operands.push(row);
         steps[add] = Some(Step::PairedQuantLinear {
-            kernel: respecified(kernels, kernel, None, true),
+            kernel: respecified(kernels, kernel, |_, residual, _| *residual = true),
             operands,
             node,
             pack,
@@ -650,43 +742,31 @@ pub(super) fn fold_residuals(
             norm,
             siblings,
             residual: Some(add),
+            prologue,
         });
     }
     keep_launched(kernels, steps);
 }
 
-/// `kernel`, an int8 product's, with `products` products (where given) and
-/// its residual epilogue on where `residual` is set.
+/// `kernel`, an int8 product's, as `change` respecifies it: its index
+/// among `kernels`.
 fn respecified(
     kernels: &mut Vec<Kernel>,
     kernel: usize,
-    products: Option<usize>,
-    residual: bool,
+    change: impl FnOnce(&mut usize, &mut bool, &mut Option<Expr>),
 ) -> usize {
+    let mut changed = kernels[kernel].clone();
     let Kernel::QuantLinearI8 {
-        u_stages,
-        w_stages,
-        paired_input,
-        paired_output,
-        normed,
-        products: own,
-        residual: own_residual,
-    } = kernels[kernel]
+        products,
+        residual,
+        prologue,
+        ..
+    } = &mut changed
     else {
         unreachable!("paired products are int8 products")
     };
-    kernel_index(
-        kernels,
-        Kernel::QuantLinearI8 {
-            u_stages,
-            w_stages,
-            paired_input,
-            paired_output,
-            normed,
-            products: products.unwrap_or(own),
-            residual: own_residual || residual,
-        },
-    )
+    change(products, residual, prologue);
+    kernel_index(kernels, changed)
 }
 
 /// Makes the paired int8 products that read one row one launch (the
@@ -715,11 +795,12 @@ pub(super) fn group_siblings(
             norm,
             siblings,
             residual: None,
+            prologue,
             ..
         }) if siblings.is_empty() => {
             let inputs = graph.node(graph.nodes[*node].operands[1]).ty.shape.dims()[1].clone();
             let pairing = pack.map(|p| graph.nodes[p].op.clone());
-            Some((*kernel, operands[0], pairing, *norm, inputs))
+            Some((*kernel, operands[0], pairing, *norm, *prologue, inputs))
         }
         _ => None,
     };
@@ -774,7 +855,8 @@ pub(super) fn group_siblings(
             siblings.push(sibling);
         }
         operands.extend(gain);
-        *kernel = respecified(kernels, *kernel, Some(siblings.len() + 1), false);
+        let products = siblings.len() + 1;
+        *kernel = respecified(kernels, *kernel, |n, _, _| *n = products);
     }
     keep_launched(kernels, steps);
 }
@@ -787,10 +869,12 @@ fn product_weights(step: &Option<Step>) -> &[ValueId] {
             operands,
             norm,
             residual,
+            prologue,
             ..
         }) => {
+            let inputs = prologue.map_or(1, |(_, operands)| operands);
             let extras = usize::from(norm.is_some()) + usize::from(residual.is_some());
-            &operands[1..operands.len() - extras]
+            &operands[inputs..operands.len() - extras]
         }
         _ => &[],
     }
@@ -1302,6 +1386,7 @@ mod tests {
             Kernel::QuantLinearI8 {
                 products: 3,
                 residual: false,
+                prologue: None,
                 normed: true,
                 ..
             }
@@ -1363,6 +1448,7 @@ mod tests {
             kernels[*kernel],
             Kernel::QuantLinearI8 {
                 residual: true,
+                prologue: None,
                 products: 1,
                 ..
             }
@@ -1370,6 +1456,73 @@ mod tests {
         assert!(matches!(
             &steps[other.0],
             Some(Step::PairedQuantLinear { residual: None, siblings, .. }) if siblings.is_empty()
+        ));
+    }
+
+    /// The elementwise SiLU(gate)·up that the product's pack reads folds
+    /// into the product (the kernel computes it as it quantizes the row);
+    /// one that another step reads too stays a kernel.
+    #[test]
+    fn an_elementwise_input_folds_into_the_product() {
+        use fairyc_ir::Granularity;
+
+        use super::super::Kernel;
+
+        let graph = |also_read: bool| {
+            let mut b = GraphBuilder::new("prologue");
+            let (gate, up) = (b.input("gate", ty(&[3, 32])), b.input("up", ty(&[3, 32])));
+            let activated = b.push(Op::Silu, &[gate]).unwrap();
+            let gated = b.push(Op::Mul, &[activated, up]).unwrap();
+            let packed = b.push(Op::Pack { block: 0 }, &[gated]).unwrap();
+            let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
+            let mut operands = vec![packed];
+            for stage in ["u", "w"] {
+                operands.push(b.input(format!("{stage}.codes"), codes.clone()));
+                operands.push(b.input(format!("{stage}.scales"), ty(&[2])));
+            }
+            let op = Op::QuantLinear {
+                u_stages: 1,
+                w_stages: 1,
+                granularity: Granularity::Tensor,
+            };
+            let product = b.push(op, &operands).unwrap();
+            let mut outputs = vec![b.push(Op::Unpack { block: 0 }, &[product]).unwrap()];
+            if also_read {
+                outputs.push(b.push(Op::Scale { factor: 2.0 }, &[gated]).unwrap());
+            }
+            let graph = b.finish(&outputs);
+            let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+            (kernels, steps, [gate, up, gated, outputs[0]])
+        };
+        let (kernels, steps, [gate, up, gated, real]) = graph(false);
+        assert!(
+            steps[gated.0].is_none(),
+            "the elementwise step is folded away"
+        );
+        let Some(Step::PairedQuantLinear {
+            kernel,
+            operands,
+            prologue,
+            ..
+        }) = &steps[real.0]
+        else {
+            panic!("the unpack is not the paired product");
+        };
+        assert_eq!(*prologue, Some((gated.0, 2)));
+        assert_eq!(operands[..2], [gate, up]);
+        assert_eq!(operands.len(), 6);
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                prologue: Some(_),
+                ..
+            }
+        ));
+        let (_, steps, [_, _, gated, real]) = graph(true);
+        assert!(steps[gated.0].is_some());
+        assert!(matches!(
+            &steps[real.0],
+            Some(Step::PairedQuantLinear { prologue: None, .. })
         ));
     }
 }

@@ -26,10 +26,11 @@ pub(super) struct QuantLayer<'a> {
     pub residual: Option<&'a DeviceTensor>,
 }
 
-/// The input of a `quant_linear` launch: the row (real where `table`
-/// pairs it), and the norm folded in (gain, eps).
+/// The input of a `quant_linear` launch: the rows (real where `table`
+/// pairs them; several where a prologue computes the rows from them), and
+/// the norm folded in (gain, eps).
 pub(super) struct QuantInput<'a> {
-    pub x: &'a DeviceTensor,
+    pub inputs: &'a [&'a DeviceTensor],
     pub table: Option<&'a PairingTable>,
     pub norm: Option<(&'a DeviceTensor, f32)>,
 }
@@ -44,7 +45,7 @@ impl CudaProgram {
         input: QuantInput,
         layers: &[QuantLayer],
     ) -> Result<(), BackendError> {
-        let x = input.x;
+        let x = input.inputs[0];
         let m = layers[0].weights[0].shape[1];
         let outputs: usize = layers.iter().map(|l| l.weights[0].shape[0]).sum();
         let row_len = input.table.map_or(m, |(_, words)| *words);
@@ -95,7 +96,9 @@ impl CudaProgram {
             sizes.extend(layer.output.map(|(_, words)| *words as i64));
         }
         self.launch_with_shared(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
-            b.arg(&*x.words);
+            for x in input.inputs {
+                b.arg(&*x.words);
+            }
             if let Some((table, _)) = input.table {
                 b.arg(table);
             }
