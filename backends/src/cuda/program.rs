@@ -1840,6 +1840,8 @@ impl CudaProgram {
             args = rest;
             *last
         };
+        // Products with a residual launch alone (`fusion::group_siblings`).
+        debug_assert!(residual.is_none() || siblings.is_empty());
         let residual_row = residual.map(|_| extra());
         let norm = match norm.map(|n| &self.graph.nodes[n].op) {
             Some(&Op::RmsNorm { eps }) => Some((extra(), eps)),

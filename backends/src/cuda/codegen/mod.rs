@@ -1188,6 +1188,7 @@ impl<'ctx> Gen<'ctx> {
             .into_int_value())
     }
 
+    /// A branch: `body` runs where `condition` holds.
     fn when(
         &self,
         f: FunctionValue<'ctx>,

@@ -75,7 +75,7 @@ struct RowInput<'a, 'ctx> {
 
 /// How many operands an elementwise expression reads (its highest operand
 /// index, plus one).
-pub fn operand_count(expr: &Expr) -> usize {
+pub(crate) fn operand_count(expr: &Expr) -> usize {
     match expr {
         Expr::Operand(k) => k + 1,
         Expr::Apply(_, args) => args.iter().map(operand_count).max().unwrap_or(0),
@@ -103,7 +103,8 @@ impl<'ctx> Gen<'ctx> {
     /// [`MAX_INPUTS`]), per-tensor or per-channel scales (`(s_re, s_im)` at
     /// 0, or at `2·row`), for `products` products of the same input row at
     /// once (their output rows one after another: the warp of a row picks
-    /// its product's pointers by selects). Parameters: `x`, `[in_table]`,
+    /// its product's pointers by selects). Parameters: `x` (or a prologue's
+    /// operands, below), `[in_table]`,
     /// `[gain]`, then per product `out`, `(codes, scales)` per stage,
     /// `[out_table]`, `[residual]`; `rows`, `m`, `[in_words]`, then per
     /// product `n`, `per_tensor`, `[out_words]`; `[eps]`.

@@ -634,8 +634,11 @@ pub(super) fn fold_prologues(
         else {
             return None;
         };
+        // The kernel reads as many operands as the expression names.
         let rows = leaves.iter().all(|l| graph.node(*l).ty == node.ty)
             && elems.iter().all(|e| *e == Elem::Real)
+            && elems.len() == leaves.len()
+            && quant_i8::operand_count(expr) == leaves.len()
             && leaves.len() <= MAX_PROLOGUE_OPERANDS;
         rows.then(|| (expr.clone(), leaves))
     };
@@ -713,7 +716,9 @@ pub(super) fn fold_residuals(
             _ => continue,
         };
         let ty = &graph.nodes[at].ty;
-        if graph.node(residual).ty == *ty && node.ty == *ty {
+        // An add of two products' outputs takes in one of them.
+        let taken = folds.iter().any(|&(_, claimed, _)| claimed == add);
+        if graph.node(residual).ty == *ty && node.ty == *ty && !taken {
             folds.push((at, add, residual));
         }
     }
@@ -811,8 +816,13 @@ pub(super) fn group_siblings(
         let Some(wanted) = key(&steps[first]) else {
             continue;
         };
+        // Computed by a step before the first's (a step that moved later
+        // leaves its node without one), a weight evaluated at load, or an
+        // input.
         let ready = |v: &ValueId| {
-            v.0 < first || plan.resident[v.0] || matches!(graph.node(*v).op, Op::Input { .. })
+            (v.0 < first && steps[v.0].is_some())
+                || plan.resident[v.0]
+                || matches!(graph.node(*v).op, Op::Input { .. })
         };
         let joining: Vec<usize> = (first + 1..steps.len())
             .filter(|&j| !plan.resident[j] && key(&steps[j]).as_ref() == Some(&wanted))

@@ -53,7 +53,13 @@ impl CudaProgram {
         if rows == 0 || outputs == 0 {
             return Ok(());
         }
-        let Kernel::QuantLinearI8 { residual, .. } = self.kernels[kernel] else {
+        let Kernel::QuantLinearI8 {
+            residual,
+            products,
+            ref prologue,
+            ..
+        } = self.kernels[kernel]
+        else {
             let [layer] = layers else {
                 unreachable!("the f32 kernel computes one product a launch")
             };
@@ -78,10 +84,17 @@ impl CudaProgram {
                 }
             });
         };
-        if residual && layers.iter().any(|l| l.residual.is_none()) {
-            return Err(BackendError::new(
-                "a residual int8 product needs each product's residual",
-            ));
+        // What the launch passes must be what the kernel was built for.
+        let inputs = prologue.as_ref().map_or(1, quant_i8::operand_count);
+        if layers.len() != products
+            || input.inputs.len() != inputs
+            || layers.iter().any(|l| l.residual.is_some() != residual)
+        {
+            return Err(BackendError::new(format!(
+                "an int8 launch of {} products on {} inputs, for a kernel of {products} on {inputs}",
+                layers.len(),
+                input.inputs.len()
+            )));
         }
         let grid = quant_i8::grid(outputs, self.multiprocessors);
         // The input row's int8 words live in shared memory.
@@ -113,8 +126,8 @@ impl CudaProgram {
                 if let Some((table, _)) = layer.output {
                     b.arg(table);
                 }
-                if let Some(residual) = layer.residual.filter(|_| residual) {
-                    b.arg(&*residual.words);
+                if let Some(row) = layer.residual {
+                    b.arg(&*row.words);
                 }
             }
             for v in &sizes {
