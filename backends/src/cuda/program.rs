@@ -6,6 +6,7 @@
 //! a CUDA graph captured from it ([`replay`]).
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -224,10 +225,16 @@ impl Drop for JoinOnDrop<'_> {
 
 impl Drop for CudaProgram {
     fn drop(&mut self) {
-        // Destroying cuBLAS's handle synchronizes the device: not during
-        // another program's capture.
+        // Destroying the cuBLAS handles synchronizes the device, which would
+        // invalidate another program's capture on another thread: they go
+        // here, under the shared hold (the fields go after it is let go).
         let _shared = replay::device_work();
         let _ = self.join_collectives(|_| true);
+        // SAFETY: each is dropped once, here, and not used after.
+        unsafe {
+            ManuallyDrop::drop(&mut self.blas);
+            ManuallyDrop::drop(&mut self.lt);
+        }
     }
 }
 
@@ -235,7 +242,8 @@ pub struct CudaProgram {
     graph: Graph,
     plan: MemoryPlan,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    /// Dropped by `Drop`, under the device's shared hold (as `lt`).
+    blas: ManuallyDrop<CudaBlas>,
     /// The generated kernels, and their loaded functions by the same index.
     kernels: Vec<Kernel>,
     functions: Vec<CudaFunction>,
@@ -280,7 +288,7 @@ pub struct CudaProgram {
     round_products: bool,
     /// Real products through cuBLASLt (complex ones through
     /// `cublasGemmEx`), and the fast compute type of their f32 operands.
-    lt: products::Products,
+    lt: ManuallyDrop<products::Products>,
     fast: Option<cudarc::cublaslt::sys::cublasComputeType_t>,
     /// The GPU's multiprocessors: the int8 `quant_linear`'s grid is a few
     /// blocks for each.
@@ -1006,7 +1014,7 @@ impl CudaProgram {
             graph,
             plan,
             stream,
-            blas,
+            blas: ManuallyDrop::new(blas),
             kernels,
             functions,
             steps,
@@ -1035,7 +1043,7 @@ impl CudaProgram {
             replay: replay.map(Mutex::new),
             to_bf16,
             round_products,
-            lt,
+            lt: ManuallyDrop::new(lt),
             fast: products::fast_compute(options.matmul),
             multiprocessors,
             compute: match options.matmul {
