@@ -943,7 +943,7 @@ pub(super) fn last_uses(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]
 
 #[cfg(test)]
 mod tests {
-    use fairyc_ir::{DType, GraphBuilder, Op, Shape, TensorType};
+    use fairyc_ir::{DType, GraphBuilder, Op, Shape, TensorType, ValueId};
 
     use super::super::{default_selection, Step};
     use super::MAX_OPERANDS;
@@ -955,6 +955,32 @@ mod tests {
 
     fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
         default_selection(graph, GpuActivations::F32).unwrap().1
+    }
+
+    /// The weights of a `quant_linear` with one U and one W stage of
+    /// `[n, m]` codes: each stage's codes and per-tensor scales, inputs
+    /// named after `name`.
+    fn stage_weights(b: &mut GraphBuilder, name: &str, [n, m]: [usize; 2]) -> Vec<ValueId> {
+        let codes = TensorType::new(DType::Code2, Shape::new([n, m]));
+        ["u", "w"]
+            .into_iter()
+            .flat_map(|stage| {
+                [
+                    b.input(format!("{name}.{stage}.codes"), codes.clone()),
+                    b.input(format!("{name}.{stage}.scales"), ty(&[2])),
+                ]
+            })
+            .collect()
+    }
+
+    /// That `quant_linear` of the complex `x`, by `weights`.
+    fn quant_linear(b: &mut GraphBuilder, x: ValueId, weights: &[ValueId]) -> ValueId {
+        let op = Op::QuantLinear {
+            u_stages: 1,
+            w_stages: 1,
+            granularity: fairyc_ir::Granularity::Tensor,
+        };
+        b.push(op, &[&[x], weights].concat()).unwrap()
     }
 
     /// `c = 0.5·(x·s + y)`: one kernel reading x, s and y; with a product
@@ -1188,26 +1214,14 @@ mod tests {
     /// node reads too keeps its own step and its unpack.
     #[test]
     fn pack_and_unpack_fold_into_int8_products() {
-        use fairyc_ir::Granularity;
-
         use super::super::Kernel;
 
         let mut b = GraphBuilder::new("paired");
         let x = b.input("x", ty(&[3, 32]));
         let packed = b.push(Op::Pack { block: 0 }, &[x]).unwrap();
-        let quant_linear = Op::QuantLinear {
-            u_stages: 1,
-            w_stages: 1,
-            granularity: Granularity::Tensor,
-        };
         let product = |b: &mut GraphBuilder, name: &str| {
-            let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
-            let mut operands = vec![packed];
-            for stage in ["u", "w"] {
-                operands.push(b.input(format!("{name}.{stage}.codes"), codes.clone()));
-                operands.push(b.input(format!("{name}.{stage}.scales"), ty(&[2])));
-            }
-            b.push(quant_linear.clone(), &operands).unwrap()
+            let weights = stage_weights(b, name, [8, 16]);
+            quant_linear(b, packed, &weights)
         };
         let (q, k) = (product(&mut b, "q"), product(&mut b, "k"));
         let q_real = b.push(Op::Unpack { block: 0 }, &[q]).unwrap();
@@ -1261,8 +1275,6 @@ mod tests {
     /// step reads the normed row too.
     #[test]
     fn an_rms_norm_folds_into_the_products_that_read_it() {
-        use fairyc_ir::Granularity;
-
         use super::super::Kernel;
 
         let graph = |also_read: bool| {
@@ -1271,18 +1283,8 @@ mod tests {
             let gain = b.input("gain", ty(&[32]));
             let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]).unwrap();
             let packed = b.push(Op::Pack { block: 0 }, &[normed]).unwrap();
-            let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
-            let mut operands = vec![packed];
-            for stage in ["u", "w"] {
-                operands.push(b.input(format!("{stage}.codes"), codes.clone()));
-                operands.push(b.input(format!("{stage}.scales"), ty(&[2])));
-            }
-            let op = Op::QuantLinear {
-                u_stages: 1,
-                w_stages: 1,
-                granularity: Granularity::Tensor,
-            };
-            let product = b.push(op, &operands).unwrap();
+            let weights = stage_weights(&mut b, "w", [8, 16]);
+            let product = quant_linear(&mut b, packed, &weights);
             let real = b.push(Op::Unpack { block: 0 }, &[product]).unwrap();
             let mut outputs = vec![real];
             if also_read {
@@ -1327,8 +1329,6 @@ mod tests {
     /// weights are computed after that step stays a launch of its own.
     #[test]
     fn products_of_one_row_are_one_launch() {
-        use fairyc_ir::Granularity;
-
         use super::super::{Kernel, Sibling};
 
         let mut b = GraphBuilder::new("siblings");
@@ -1336,28 +1336,11 @@ mod tests {
         let gain = b.input("gain", ty(&[32]));
         let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]).unwrap();
         let packed = b.push(Op::Pack { block: 0 }, &[normed]).unwrap();
-        let op = Op::QuantLinear {
-            u_stages: 1,
-            w_stages: 1,
-            granularity: Granularity::Tensor,
-        };
-        let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
-        let weights = |b: &mut GraphBuilder, name: &str| {
-            ["u", "w"]
-                .into_iter()
-                .flat_map(|stage| {
-                    [
-                        b.input(format!("{name}.{stage}.codes"), codes.clone()),
-                        b.input(format!("{name}.{stage}.scales"), ty(&[2])),
-                    ]
-                })
-                .collect::<Vec<_>>()
-        };
         let mut outputs = Vec::new();
         let mut all_weights = Vec::new();
         for name in ["q", "k", "v"] {
-            let w = weights(&mut b, name);
-            let product = b.push(op.clone(), &[&[packed], &w[..]].concat()).unwrap();
+            let w = stage_weights(&mut b, name, [8, 16]);
+            let product = quant_linear(&mut b, packed, &w);
             outputs.push((
                 product,
                 b.push(Op::Unpack { block: 0 }, &[product]).unwrap(),
@@ -1365,9 +1348,9 @@ mod tests {
             all_weights.push(w);
         }
         // Scales computed after q's step: not ready there.
-        let mut late = weights(&mut b, "late");
+        let mut late = stage_weights(&mut b, "late", [8, 16]);
         late[1] = b.push(Op::Scale { factor: 2.0 }, &[late[1]]).unwrap();
-        let late_product = b.push(op, &[&[packed], &late[..]].concat()).unwrap();
+        let late_product = quant_linear(&mut b, packed, &late);
         let late_real = b.push(Op::Unpack { block: 0 }, &[late_product]).unwrap();
         let graph = b.finish(&[outputs[0].1, outputs[1].1, outputs[2].1, late_real]);
         let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
@@ -1414,26 +1397,14 @@ mod tests {
     /// product so folded does not join another's launch.
     #[test]
     fn a_residual_add_folds_into_the_product() {
-        use fairyc_ir::Granularity;
-
         use super::super::Kernel;
 
         let mut b = GraphBuilder::new("residual");
         let x = b.input("x", ty(&[3, 32]));
         let packed = b.push(Op::Pack { block: 0 }, &[x]).unwrap();
-        let op = Op::QuantLinear {
-            u_stages: 1,
-            w_stages: 1,
-            granularity: Granularity::Tensor,
-        };
         let product = |b: &mut GraphBuilder, name: &str| {
-            let codes = TensorType::new(DType::Code2, Shape::new([16, 16]));
-            let mut operands = vec![packed];
-            for stage in ["u", "w"] {
-                operands.push(b.input(format!("{name}.{stage}.codes"), codes.clone()));
-                operands.push(b.input(format!("{name}.{stage}.scales"), ty(&[2])));
-            }
-            let product = b.push(op.clone(), &operands).unwrap();
+            let weights = stage_weights(b, name, [16, 16]);
+            let product = quant_linear(b, packed, &weights);
             b.push(Op::Unpack { block: 0 }, &[product]).unwrap()
         };
         let o = product(&mut b, "o");
@@ -1474,8 +1445,6 @@ mod tests {
     /// one that another step reads too stays a kernel.
     #[test]
     fn an_elementwise_input_folds_into_the_product() {
-        use fairyc_ir::Granularity;
-
         use super::super::Kernel;
 
         let graph = |also_read: bool| {
@@ -1484,18 +1453,8 @@ mod tests {
             let activated = b.push(Op::Silu, &[gate]).unwrap();
             let gated = b.push(Op::Mul, &[activated, up]).unwrap();
             let packed = b.push(Op::Pack { block: 0 }, &[gated]).unwrap();
-            let codes = TensorType::new(DType::Code2, Shape::new([8, 16]));
-            let mut operands = vec![packed];
-            for stage in ["u", "w"] {
-                operands.push(b.input(format!("{stage}.codes"), codes.clone()));
-                operands.push(b.input(format!("{stage}.scales"), ty(&[2])));
-            }
-            let op = Op::QuantLinear {
-                u_stages: 1,
-                w_stages: 1,
-                granularity: Granularity::Tensor,
-            };
-            let product = b.push(op, &operands).unwrap();
+            let weights = stage_weights(&mut b, "down", [8, 16]);
+            let product = quant_linear(&mut b, packed, &weights);
             let mut outputs = vec![b.push(Op::Unpack { block: 0 }, &[product]).unwrap()];
             if also_read {
                 outputs.push(b.push(Op::Scale { factor: 2.0 }, &[gated]).unwrap());
