@@ -44,8 +44,8 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::SGE, kv_slot, self.int(0), "")
             .map_err(err)?;
-        let in_use = self.load_i32(lengths, self.select_int(cached, kv_slot, self.int(0))?)?;
-        let in_use = self.select_int(cached, self.widen(in_use)?, self.int(0))?;
+        let in_use = self.load_i32(lengths, self.select(cached, kv_slot, self.int(0))?)?;
+        let in_use = self.select(cached, self.widen(in_use)?, self.int(0))?;
         let kv_len = self.add(kv_extra, in_use)?;
         let warps = (ATTENTION_THREADS / 32) as usize;
         let block = self.sreg("ctaid.x")?;
@@ -54,7 +54,7 @@ impl<'ctx> Gen<'ctx> {
         let kh = self.urem(row_head, kv_heads)?;
         let past = self.builder.build_int_sub(kv_len, seq, "").map_err(err)?;
         let causal_visible = self.add(self.add(past, i)?, self.int(1))?;
-        let visible = self.select_int(self.is_set(causal)?, causal_visible, kv_len)?;
+        let visible = self.select(self.is_set(causal)?, causal_visible, kv_len)?;
         let tid = self.sreg("tid.x")?;
         let (lane, warp) = (self.urem(tid, self.int(32))?, self.udiv(tid, self.int(32))?);
         // Lane `lane` holds words `lane + 32 t` of each head: the query's
@@ -272,9 +272,9 @@ impl<'ctx> Gen<'ctx> {
             return self.load_f32(ptr, self.add(base, c)?);
         }
         let inside = self.ult(c, self.int(width as u64))?;
-        let safe = self.select_int(inside, c, self.int(0))?;
+        let safe = self.select(inside, c, self.int(0))?;
         let x = self.load_f32(ptr, self.add(base, safe)?)?;
-        self.select_float(inside, x, self.float(0.0))
+        self.select(inside, x, self.float(0.0))
     }
 
     /// Merges partial softmaxes `(max, total, acc)` read by `read(record,
@@ -313,7 +313,7 @@ impl<'ctx> Gen<'ctx> {
         total: FloatValue<'ctx>,
     ) -> Built<FloatValue<'ctx>> {
         let seen = self.fgt(total, self.float(0.0))?;
-        self.select_float(seen, self.fdiv(acc, total)?, self.float(0.0))
+        self.select(seen, self.fdiv(acc, total)?, self.float(0.0))
     }
 
     /// `masked_softmax(out, x, cols, seq, causal)`: each row's softmax over
@@ -336,7 +336,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::NE, causal, self.int(0), "")
             .map_err(err)?;
-        let visible = self.select_int(is_causal, self.add(query, self.int(1))?, cols)?;
+        let visible = self.select(is_causal, self.add(query, self.int(1))?, cols)?;
         let max = self.row_sum(f, scratch, visible, true, |j| self.load_f32(x, at(j)?))?;
         let total = self.row_sum(f, scratch, visible, false, |j| {
             self.exp(self.fsub(self.load_f32(x, at(j)?)?, max)?)
@@ -345,7 +345,7 @@ impl<'ctx> Gen<'ctx> {
         self.strided_loop(f, tid, cols, self.sreg("ntid.x")?, |j| {
             let p = self.fdiv(self.exp(self.fsub(self.load_f32(x, at(j)?)?, max)?)?, total)?;
             let seen = self.ult(j, visible)?;
-            let p = self.select_float(seen, p, self.float(0.0))?;
+            let p = self.select(seen, p, self.float(0.0))?;
             self.store_f32(out, at(j)?, p)
         })?;
         self.ret()

@@ -22,9 +22,8 @@ impl<'ctx> Gen<'ctx> {
             let x = self.load_f32(w, entry)?;
             let finite = self.is_finite(x)?;
             let zero = self.float(0.0);
-            let counted = |v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                self.select_float(finite, v, zero)
-            };
+            let counted =
+                |v: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> { self.select(finite, v, zero) };
             let [total, count] = [partial[0], partial[1]];
             self.set(total, self.fadd(self.get(total)?, counted(self.fabs(x)?)?)?)?;
             self.set(

@@ -19,7 +19,7 @@ impl<'ctx> Gen<'ctx> {
                     .build_int_compare(IntPredicate::EQ, len, n, "")
                     .map_err(err)?;
                 let wrapped = self.urem(i, len)?;
-                let at = self.select_int(same, i, wrapped)?;
+                let at = self.select(same, i, wrapped)?;
                 let ptr = self.param_ptr(f, 1 + j as u32);
                 values.push(match elem {
                     Elem::Real => Val::Real(self.load_f32(ptr, at)?),
@@ -61,8 +61,8 @@ impl<'ctx> Gen<'ctx> {
                 .build_int_compare(IntPredicate::SLT, hi_at, n, "")
                 .map_err(err)?;
             let lo = self.load_f32(x, lo_at)?;
-            let hi = self.load_f32(x, self.select_int(inside, hi_at, lo_at)?)?;
-            let hi = self.select_float(inside, hi, self.float(0.0))?;
+            let hi = self.load_f32(x, self.select(inside, hi_at, lo_at)?)?;
+            let hi = self.select(inside, hi, self.float(0.0))?;
             self.store_i32(out, p, self.pack(lo, hi)?)
         })?;
         self.ret()
@@ -148,7 +148,7 @@ impl<'ctx> Gen<'ctx> {
                     .build_float_compare(FloatPredicate::OGT, norm, self.float(*max_norm), "")
                     .map_err(err)?;
                 let factor = self.fdiv(self.float(*max_norm), norm)?;
-                Val::Real(self.select_float(over, factor, self.float(1.0))?)
+                Val::Real(self.select(over, factor, self.float(1.0))?)
             }
             (MapOp::CReluSquared, [Val::Complex(re, im)]) => {
                 let third = self.third_quadrant(*re, *im)?;
@@ -179,6 +179,6 @@ impl<'ctx> Gen<'ctx> {
 
     /// 0 where `cond`, else `v`.
     fn zero_where(&self, cond: IntValue<'ctx>, v: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
-        self.select_float(cond, self.float(0.0), v)
+        self.select(cond, self.float(0.0), v)
     }
 }

@@ -491,7 +491,7 @@ impl<'ctx> Gen<'ctx> {
         let mut delta = [self.float(0.0); 2];
         for half in 0..2 {
             let (r, ok) = self.row_index(at, r0, half)?;
-            let i = self.select_int(ok, self.add(row, r)?, self.int(0))?;
+            let i = self.select(ok, self.add(row, r)?, self.int(0))?;
             lse[half] = self.load_f32(stats, i)?;
             delta[half] = self.load_f32(stats, self.add(deltas, i)?)?;
         }
@@ -543,7 +543,7 @@ impl<'ctx> Gen<'ctx> {
         let statistics = self.shared_statistics(at)?;
         // Causal: only queries from the block's first key on see its keys,
         // and from the warp's first key on its own.
-        let start = self.select_int(at.not_causal, self.int(0), at.first_row)?;
+        let start = self.select(at.not_causal, self.int(0), at.first_row)?;
         let reach_own = |i0| {
             let reaches = self.ult(r0, self.add(i0, self.int(at.step))?)?;
             self.builder
@@ -583,8 +583,7 @@ impl<'ctx> Gen<'ctx> {
                             let ok = self.builder.build_and(visible, seen, "").map_err(err)?;
                             let ok = self.builder.build_and(ok, keys[half].1, "").map_err(err)?;
                             let x = self.fsub(self.fmul(c[2 * half + j], at.scale2)?, lse)?;
-                            e[2 * half + j] =
-                                self.select_float(ok, self.ex2(x)?, self.float(0.0))?;
+                            e[2 * half + j] = self.select(ok, self.ex2(x)?, self.float(0.0))?;
                             dl[2 * half + j] = dj;
                         }
                     }
@@ -634,14 +633,14 @@ impl<'ctx> Gen<'ctx> {
     /// causal mask, all of the segment without.
     fn keys_seen(&self, at: &Launch<'ctx>, r0: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         let last = self.add(r0, self.int(16))?;
-        let causal_end = self.select_int(
+        let causal_end = self.select(
             self.builder
                 .build_int_compare(IntPredicate::ULT, last, at.seq, "")
                 .map_err(err)?,
             last,
             at.seq,
         )?;
-        self.select_int(at.not_causal, at.seq, causal_end)
+        self.select(at.not_causal, at.seq, causal_end)
     }
 
     /// How many keys the block's queries see (its last warp's).
@@ -703,7 +702,7 @@ impl<'ctx> Gen<'ctx> {
                     .builder
                     .build_and(inside, self.visible(at, key, rows[i / 2].0)?, "")
                     .map_err(err)?;
-                e[i] = self.select_float(ok, f(i, c[i])?, self.float(outside))?;
+                e[i] = self.select(ok, f(i, c[i])?, self.float(outside))?;
             }
             out.push(e);
         }
@@ -916,11 +915,11 @@ impl<'ctx> Gen<'ctx> {
                 self.when(at.f, inside, || {
                     let i = self.add(n0, at.tid)?;
                     let seen = self.ult(i, at.seq)?;
-                    let at_stat = self.select_int(seen, self.add(s.row, i)?, self.int(0))?;
+                    let at_stat = self.select(seen, self.add(s.row, i)?, self.int(0))?;
                     let zero = self.float(0.0);
-                    let lse = self.select_float(seen, self.load_f32(s.stats, at_stat)?, zero)?;
+                    let lse = self.select(seen, self.load_f32(s.stats, at_stat)?, zero)?;
                     let d = self.load_f32(s.stats, self.add(s.deltas, at_stat)?)?;
-                    let d = self.select_float(seen, d, zero)?;
+                    let d = self.select(seen, d, zero)?;
                     self.store_f32(s.shared, at.tid, lse)?;
                     self.store_f32(s.shared, self.add(at.tid, self.int(at.step))?, d)
                 })?;
@@ -1031,7 +1030,7 @@ impl<'ctx> Gen<'ctx> {
     /// Row `r`'s first word in `m` (0 where out of range).
     fn row_of(&self, m: Head<'ctx>, (r, ok): Row<'ctx>) -> Built<Row<'ctx>> {
         let start = self.add(m.base, self.mul(r, m.stride)?)?;
-        Ok((self.select_int(ok, start, self.int(0))?, ok))
+        Ok((self.select(ok, start, self.int(0))?, ok))
     }
 
     /// Two neighbouring words of a row as f32 (0 out of range).
@@ -1057,7 +1056,7 @@ impl<'ctx> Gen<'ctx> {
                 .build_extract_element(pair, self.i32().const_int(j as u64, false), "")
                 .map_err(err)?
                 .into_float_value();
-            *o = self.select_float(ok, x, self.float(0.0))?;
+            *o = self.select(ok, x, self.float(0.0))?;
         }
         Ok(out)
     }
@@ -1079,7 +1078,7 @@ impl<'ctx> Gen<'ctx> {
             .expect("a load")
             .set_alignment(4)
             .map_err(err)?;
-        self.select_int(ok, word.into_int_value(), self.i32().const_zero())
+        self.select(ok, word.into_int_value(), self.i32().const_zero())
     }
 
     /// Two f32 rounded to bf16 in one word, `lo` in the low half.
@@ -1193,6 +1192,6 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_float_compare(FloatPredicate::OEQ, x, self.float(f32::NEG_INFINITY), "")
             .map_err(err)?;
-        self.select_float(none, self.float(0.0), x)
+        self.select(none, self.float(0.0), x)
     }
 }

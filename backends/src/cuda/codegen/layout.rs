@@ -35,7 +35,7 @@ impl<'ctx> Gen<'ctx> {
             let (id, known) = self.token(ids, t, vocab)?;
             let at = self.add(self.mul(id, width)?, c)?;
             let v = self.load_i32(table, at)?;
-            let v = self.select_int(known, v, self.i32().const_zero())?;
+            let v = self.select(known, v, self.i32().const_zero())?;
             self.store_i32(out, i, v)
         })?;
         self.ret()
@@ -295,9 +295,9 @@ impl<'ctx> Gen<'ctx> {
                 .build_int_compare(IntPredicate::SLT, from, self.i32().const_zero(), "")
                 .map_err(err)?;
             let from = self.widen(from)?;
-            let safe = self.select_int(missing, self.int(0), from)?;
+            let safe = self.select(missing, self.int(0), from)?;
             let v = self.load_i32(x, self.add(self.mul(r, in_cols)?, safe)?)?;
-            let v = self.select_int(missing, self.i32().const_zero(), v)?;
+            let v = self.select(missing, self.i32().const_zero(), v)?;
             self.store_i32(out, i, v)
         })?;
         self.ret()
@@ -354,7 +354,7 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_and(is(row_im, neg_row)?, is(col_im, neg_col)?, "")
                 .map_err(err)?;
-            let v = self.select_float(negative, self.fneg(v)?, v)?;
+            let v = self.select(negative, self.fneg(v)?, v)?;
             self.store_f32(out, i, v)
         })?;
         self.ret()
@@ -394,13 +394,12 @@ impl<'ctx> Gen<'ctx> {
                         "",
                     )
                     .map_err(err)?;
-                let safe =
-                    |v, bound| -> Built<IntValue<'ctx>> { self.select_int(inside, v, bound) };
+                let safe = |v, bound| -> Built<IntValue<'ctx>> { self.select(inside, v, bound) };
                 let word = self.add(
                     self.mul(safe(i, self.int(0))?, cols)?,
                     safe(j, self.int(0))?,
                 )?;
-                self.select_float(inside, self.load_f32(r, word)?, self.float(0.0))
+                self.select(inside, self.load_f32(r, word)?, self.float(0.0))
             };
             let (r11, r12, r21, r22) = (at(ra, rb)?, at(ra, ib)?, at(ia, rb)?, at(ia, ib)?);
             let half = |a: FloatValue<'ctx>, b: FloatValue<'ctx>| {

@@ -23,8 +23,8 @@ use inkwell::targets::{
 };
 use inkwell::types::{BasicMetadataTypeEnum, BasicType};
 use inkwell::values::{
-    BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
-    ValueKind,
+    BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue,
+    PointerValue, ValueKind,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate, OptimizationLevel};
 
@@ -918,7 +918,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, lane, warps, "")
             .map_err(err)?;
-        let safe_lane = self.select_int(in_range, lane, self.int(0))?;
+        let safe_lane = self.select(in_range, lane, self.int(0))?;
         let slot = unsafe {
             self.builder
                 .build_in_bounds_gep(self.f32(), scratch, &[safe_lane], "")
@@ -934,7 +934,7 @@ impl<'ctx> Gen<'ctx> {
         } else {
             self.float(0.0)
         };
-        let partial = self.select_float(in_range, partial, identity)?;
+        let partial = self.select(in_range, partial, identity)?;
         let total = warp(partial)?;
         // The scratch is reused by the next reduction.
         self.call_void(barrier, &[])?;
@@ -1010,7 +1010,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, id, vocab, "")
             .map_err(err)?;
-        let safe = self.select_int(known, id, self.int(0))?;
+        let safe = self.select(known, id, self.int(0))?;
         Ok((safe, known))
     }
 }
@@ -1050,43 +1050,13 @@ impl<'ctx> Gen<'ctx> {
         Ok(())
     }
 
-    fn select_float(
-        &self,
-        c: IntValue<'ctx>,
-        a: FloatValue<'ctx>,
-        b: FloatValue<'ctx>,
-    ) -> Built<FloatValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_select(c, a, b, "")
-            .map_err(err)?
-            .into_float_value())
-    }
-
-    fn select_int(
-        &self,
-        c: IntValue<'ctx>,
-        a: IntValue<'ctx>,
-        b: IntValue<'ctx>,
-    ) -> Built<IntValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_select(c, a, b, "")
-            .map_err(err)?
-            .into_int_value())
-    }
-
-    fn select_ptr(
-        &self,
-        c: IntValue<'ctx>,
-        a: PointerValue<'ctx>,
-        b: PointerValue<'ctx>,
-    ) -> Built<PointerValue<'ctx>> {
-        Ok(self
-            .builder
-            .build_select(c, a, b, "")
-            .map_err(err)?
-            .into_pointer_value())
+    /// `c ? a : b`, for values of one type (ints, floats, pointers).
+    fn select<V>(&self, c: IntValue<'ctx>, a: V, b: V) -> Built<V>
+    where
+        V: BasicValue<'ctx> + TryFrom<BasicValueEnum<'ctx>>,
+    {
+        let picked = self.builder.build_select(c, a, b, "").map_err(err)?;
+        V::try_from(picked).map_err(|_| "a select of one type gives that type".into())
     }
 
     fn i64_to_f32(&self, v: IntValue<'ctx>) -> Built<FloatValue<'ctx>> {

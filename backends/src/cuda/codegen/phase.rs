@@ -50,9 +50,8 @@ impl<'ctx> Gen<'ctx> {
                     .build_and(on_axis, self.is_finite(part)?, "")
                     .map_err(err)?
             };
-            let select = |a: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                self.select_float(counted, a, zero)
-            };
+            let select =
+                |a: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> { self.select(counted, a, zero) };
             let k = 2 * usize::from(axis);
             self.set(
                 partial[k],
@@ -169,11 +168,11 @@ impl<'ctx> Gen<'ctx> {
             None => first,
         };
         let scale = self.mean_scale(sums, first, ifairy)?;
-        let signed = self.select_float(negative, self.fneg(scale)?, scale)?;
+        let signed = self.select(negative, self.fneg(scale)?, scale)?;
         let zero = self.float(0.0);
         Ok((
-            self.select_float(imaginary, zero, signed)?,
-            self.select_float(imaginary, signed, zero)?,
+            self.select(imaginary, zero, signed)?,
+            self.select(imaginary, signed, zero)?,
         ))
     }
 
@@ -222,7 +221,7 @@ impl<'ctx> Gen<'ctx> {
         let end = self.umin(self.add(start, group_len)?, m)?;
         let group_of_block = || -> Built<IntValue<'ctx>> {
             let tensor = self.is_set(per_tensor)?;
-            self.select_int(tensor, self.int(0), block)
+            self.select(tensor, self.int(0), block)
         };
         // A staged kernel's entries need their group inside the loop.
         let early_group = stage.map(|_| group_of_block()).transpose()?;
@@ -437,7 +436,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, a, b, "")
             .map_err(err)?;
-        self.select_int(less, a, b)
+        self.select(less, a, b)
     }
 }
 

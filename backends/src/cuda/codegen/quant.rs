@@ -59,8 +59,8 @@ impl<'ctx> Gen<'ctx> {
                     // conj(x) for the W stages.
                     let xi = if s >= u_stages { self.fneg(xi)? } else { xi };
                     // The product with x is ±s_re·(xr, xi) or ±s_im·(−xi, xr).
-                    let a = self.select_float(imaginary, self.fneg(xi)?, xr)?;
-                    let b = self.select_float(imaginary, xr, xi)?;
+                    let a = self.select(imaginary, self.fneg(xi)?, xr)?;
+                    let b = self.select(imaginary, xr, xi)?;
                     self.set(acc_re, self.fadd(self.get(acc_re)?, self.fmul(scale, a)?)?)?;
                     self.set(acc_im, self.fadd(self.get(acc_im)?, self.fmul(scale, b)?)?)?;
                 }
@@ -122,7 +122,7 @@ impl<'ctx> Gen<'ctx> {
         tensor: IntValue<'ctx>,
     ) -> Built<IntValue<'ctx>> {
         let group = self.add(self.mul(row, groups_per_row)?, self.udiv(j, group_len)?)?;
-        self.select_int(tensor, self.int(0), group)
+        self.select(tensor, self.int(0), group)
     }
 
     /// The signed scale of the code at bit `shift` of byte `byte_at` of
@@ -165,8 +165,8 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::UGE, code, byte_ty.const_int(2, false), "")
             .map_err(err)?;
-        let scale = self.select_float(imaginary, s_im, s_re)?;
-        let scale = self.select_float(negative, self.fneg(scale)?, scale)?;
+        let scale = self.select(imaginary, s_im, s_re)?;
+        let scale = self.select(negative, self.fneg(scale)?, scale)?;
         Ok((scale, imaginary))
     }
 
@@ -194,7 +194,7 @@ impl<'ctx> Gen<'ctx> {
             let zero = self.float(0.0);
             let pick = |on: bool| -> Built<FloatValue<'ctx>> {
                 let (a, b) = if on { (scale, zero) } else { (zero, scale) };
-                self.select_float(imaginary, a, b)
+                self.select(imaginary, a, b)
             };
             let at = self.mul(k, self.int(2))?;
             self.store_f32(out, at, pick(false)?)?;

@@ -252,7 +252,7 @@ impl<'ctx> Gen<'ctx> {
             self.strided_loop(f, first_row, n, grid_warps, |row| {
                 let (layer, row) = self.layer_of_row(&layers, row)?;
                 let tensor = self.is_set(layer.per_tensor)?;
-                let scale_at = self.select_int(tensor, self.int(0), self.mul(row, self.int(2))?)?;
+                let scale_at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
                 let stage_scales = layer
                     .scales
                     .iter()
@@ -281,12 +281,12 @@ impl<'ctx> Gen<'ctx> {
                             .map_err(err)?;
                         // A run past the row reads run 0 and adds nothing:
                         // its activations count as zeros.
-                        let at = self.select_int(inside, this, self.int(0))?;
+                        let at = self.select(inside, this, self.int(0))?;
                         let words = (0..8)
                             .map(|k| {
                                 let w =
                                     self.load_i32(xq, self.add(self.mul(self.int(k), runs)?, at)?)?;
-                                self.select_int(inside, w, self.i32().const_zero())
+                                self.select(inside, w, self.i32().const_zero())
                             })
                             .collect::<Built<Vec<_>>>()?;
                         let codes = layer
@@ -352,8 +352,8 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::UGE, row, start, "")
                 .map_err(err)?;
-            local = self.select_int(past, self.sub(row, start)?, local)?;
-            let ptr = |a: PointerValue<'ctx>, b: PointerValue<'ctx>| self.select_ptr(past, a, b);
+            local = self.select(past, self.sub(row, start)?, local)?;
+            let ptr = |a: PointerValue<'ctx>, b: PointerValue<'ctx>| self.select(past, a, b);
             picked.out = ptr(layer.out, picked.out)?;
             for (mine, theirs) in picked.codes.iter_mut().zip(&layer.codes) {
                 *mine = ptr(*theirs, *mine)?;
@@ -361,13 +361,10 @@ impl<'ctx> Gen<'ctx> {
             for (mine, theirs) in picked.scales.iter_mut().zip(&layer.scales) {
                 *mine = ptr(*theirs, *mine)?;
             }
-            picked.n = self.select_int(past, layer.n, picked.n)?;
-            picked.per_tensor = self.select_int(past, layer.per_tensor, picked.per_tensor)?;
+            picked.n = self.select(past, layer.n, picked.n)?;
+            picked.per_tensor = self.select(past, layer.per_tensor, picked.per_tensor)?;
             if let (Some(mine), Some(theirs)) = (&mut picked.output, layer.output) {
-                *mine = (
-                    ptr(theirs.0, mine.0)?,
-                    self.select_int(past, theirs.1, mine.1)?,
-                );
+                *mine = (ptr(theirs.0, mine.0)?, self.select(past, theirs.1, mine.1)?);
             }
             if let (Some(mine), Some(theirs)) = (&mut picked.residual, layer.residual) {
                 *mine = ptr(theirs, *mine)?;
@@ -517,7 +514,7 @@ impl<'ctx> Gen<'ctx> {
                         .map_err(err)?;
                     // Outside the row: element 0 of it, which the maximum
                     // counts anyway (and the sum of squares leaves out).
-                    let at = self.select_int(inside, at, self.int(0))?;
+                    let at = self.select(inside, at, self.int(0))?;
                     let v = self.row_input(x, self.add(base, at)?)?;
                     let scaled = match gain {
                         Some(g) => self.fmul(v, self.load_f32(g, at)?)?,
@@ -531,7 +528,7 @@ impl<'ctx> Gen<'ctx> {
             for (inside, v, scaled) in loaded {
                 most = self.fmax(most, self.fabs(scaled)?)?;
                 if gain.is_some() {
-                    let square = self.select_float(inside, self.fmul(v, v)?, self.float(0.0))?;
+                    let square = self.select(inside, self.fmul(v, v)?, self.float(0.0))?;
                     sum = self.fadd(sum, square)?;
                 }
             }

@@ -92,7 +92,7 @@ impl<'ctx> Gen<'ctx> {
                         "",
                     )
                     .map_err(err)?;
-                self.select_float(odd, alphas[1], alphas[0])?
+                self.select(odd, alphas[1], alphas[0])?
             } else {
                 alphas[0]
             };
@@ -165,7 +165,7 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_compare(IntPredicate::ULT, run, left, "")
             .map_err(err)?;
-        let count = self.select_int(whole, run, left)?;
+        let count = self.select(whole, run, left)?;
         let total = self.row_sum(f, scratch, count, false, |j| {
             self.load_f32(x, self.add(start, j)?)
         })?;
@@ -206,11 +206,11 @@ impl<'ctx> Gen<'ctx> {
         let at = |i| self.add(base, i);
         let lse = self.log_sum_exp(f, scratch, logits, base, vocab)?;
         let (t, scored) = self.target(targets, r)?;
-        let safe = self.select_int(scored, t, self.int(0))?;
+        let safe = self.select(scored, t, self.int(0))?;
         let loss = self.fsub(lse, self.load_f32(logits, at(safe)?)?)?;
         let zero = self.float(0.0);
-        let loss = self.select_float(scored, loss, zero)?;
-        let flag = self.select_float(scored, self.float(1.0), zero)?;
+        let loss = self.select(scored, loss, zero)?;
+        let flag = self.select(scored, self.float(1.0), zero)?;
         self.store_row_loss(f, out, r, loss, flag)?;
         self.ret()
     }
@@ -275,7 +275,7 @@ impl<'ctx> Gen<'ctx> {
             .build_float_compare(FloatPredicate::OGT, count, self.float(0.0), "")
             .map_err(err)?;
         let mean = self.fdiv(total, count)?;
-        let mean = self.select_float(any, mean, self.float(0.0))?;
+        let mean = self.select(any, mean, self.float(0.0))?;
         self.store_f32(out, self.int(0), mean)?;
         self.ret()
     }
@@ -379,7 +379,7 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
                 .map_err(err)?;
-            self.select_float(scored, self.float(1.0), self.float(0.0))
+            self.select(scored, self.float(1.0), self.float(0.0))
         })?;
         let scale = self.fdiv(
             self.load_f32(dloss, self.int(0))?,
@@ -402,9 +402,9 @@ impl<'ctx> Gen<'ctx> {
                 .builder
                 .build_int_compare(IntPredicate::EQ, i, t, "")
                 .map_err(err)?;
-            let p = self.select_float(hit, self.fsub(p, self.float(1.0))?, p)?;
+            let p = self.select(hit, self.fsub(p, self.float(1.0))?, p)?;
             let d = self.fmul(p, scale)?;
-            let d = self.select_float(scored, d, self.float(0.0))?;
+            let d = self.select(scored, d, self.float(0.0))?;
             self.store_f32(out, at(i)?, d)
         })?;
         self.ret()

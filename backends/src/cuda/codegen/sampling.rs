@@ -64,7 +64,7 @@ impl<'ctx> Gen<'ctx> {
                 .map_err(err)?;
             let unseen = self.eq_int(self.get_i64(first)?, cols)?;
             let take = self.builder.build_and(is_max, unseen, "").map_err(err)?;
-            self.set_i64(first, self.select_int(take, j, self.get_i64(first)?)?)?;
+            self.set_i64(first, self.select(take, j, self.get_i64(first)?)?)?;
             self.when(f, self.not(greedy)?, || {
                 self.set(sum, self.fadd(self.get(sum)?, weight(j)?)?)
             })
@@ -86,7 +86,7 @@ impl<'ctx> Gen<'ctx> {
                 self.set_i64(id, self.umin(self.get_i64(id)?, candidate)?)
             })?;
             let none = self.eq_int(self.get_i64(id)?, cols)?;
-            self.set_i64(id, self.select_int(none, self.int(0), self.get_i64(id)?)?)?;
+            self.set_i64(id, self.select(none, self.int(0), self.get_i64(id)?)?)?;
             self.when(f, self.not(greedy)?, || {
                 self.draw(f, (sums, threads), draws, r, &chunk_of, &weight, id)
             })?;
@@ -145,7 +145,7 @@ impl<'ctx> Gen<'ctx> {
                     self.set(before, self.get(running)?)
                 },
             )?;
-            self.set_i64(last, self.select_int(positive, t, self.get_i64(last)?)?)?;
+            self.set_i64(last, self.select(positive, t, self.get_i64(last)?)?)?;
             self.set(running, reached)
         })?;
         let missed = self.eq_int(self.get_i64(found)?, none)?;
@@ -170,16 +170,16 @@ impl<'ctx> Gen<'ctx> {
                         .map_err(err)?;
                     let unpicked = self.eq_int(self.get_i64(picked)?, self.int(u64::MAX))?;
                     let take = self.builder.build_and(hit, unpicked, "").map_err(err)?;
-                    self.set_i64(picked, self.select_int(take, j, self.get_i64(picked)?)?)?;
+                    self.set_i64(picked, self.select(take, j, self.get_i64(picked)?)?)?;
                     self.set_i64(
                         positive_id,
-                        self.select_int(positive, j, self.get_i64(positive_id)?)?,
+                        self.select(positive, j, self.get_i64(positive_id)?)?,
                     )?;
                     self.set(cumulative, reached)
                 })?;
                 let unpicked = self.eq_int(self.get_i64(picked)?, self.int(u64::MAX))?;
                 let chosen =
-                    self.select_int(unpicked, self.get_i64(positive_id)?, self.get_i64(picked)?)?;
+                    self.select(unpicked, self.get_i64(positive_id)?, self.get_i64(picked)?)?;
                 self.set_i64(id, chosen)
             },
         )
