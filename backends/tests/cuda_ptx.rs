@@ -5,7 +5,9 @@
 #[path = "common/ptxas.rs"]
 mod ptxas;
 
-use fairyc_backends::cuda::codegen::{ptx, Elem, Expr, FlashPass, Kernel, MapOp};
+use fairyc_backends::cuda::codegen::{
+    ptx, quant_i8, Elem, Expr, FlashPass, Kernel, MapOp, QUANT_ROWS_PER_BLOCK,
+};
 use fairyc_ir::{RopeLayout, UnaryFn, WlPart};
 
 fn every_kernel() -> Vec<Kernel> {
@@ -281,7 +283,8 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
 /// What the driver will do with the PTX on the GPU, done here: ptxas
 /// assembles every kernel for sm_90 with no registers spilled to local
 /// memory (the flash gradients spilled up to 56 bytes when they read their
-/// operands from global memory a word at a time, before their shared tiles).
+/// operands from global memory a word at a time, before their shared tiles),
+/// and the int8 products within the registers their grid assumes.
 #[test]
 fn every_kernel_assembles_for_sm_90_without_spills() {
     let kernels = every_kernel();
@@ -304,6 +307,13 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
         if r.stack_bytes > 0 {
             over.push(format!("{symbol}: {} bytes", r.stack_bytes));
         }
+        // The int8 products' grid counts on this many blocks running on a
+        // multiprocessor at once (65,536 registers each).
+        let threads =
+            (quant_i8::BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32) as u32;
+        if matches!(kernel, Kernel::QuantLinearI8 { .. }) && r.registers * threads > 65_536 {
+            over.push(format!("{symbol}: {} registers", r.registers));
+        }
     }
-    assert!(over.is_empty(), "spills: {over:?}");
+    assert!(over.is_empty(), "spills or too many registers: {over:?}");
 }

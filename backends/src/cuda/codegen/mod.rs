@@ -1016,6 +1016,29 @@ impl<'ctx> Gen<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
+    /// Asks for the line of the i32 `ptr[index]` in L1 (`prefetch`: a
+    /// hint, no value, no fault), so that a later load finds it there.
+    fn prefetch_i32(&self, ptr: PointerValue<'ctx>, index: IntValue<'ctx>) -> Built<()> {
+        let p = self.gep(self.i32(), ptr, index)?;
+        let fn_type = self
+            .context
+            .void_type()
+            .fn_type(&[self.global_ptr().into()], false);
+        let asm = self.context.create_inline_asm(
+            fn_type,
+            "prefetch.global.L1 [$0];".into(),
+            "l".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        self.builder
+            .build_indirect_call(fn_type, asm, &[p.into()], "")
+            .map_err(err)?;
+        Ok(())
+    }
+
     /// `ptr[index] += v` for f32 or f64 in global memory, as one
     /// `red.global.add` (inkwell's atomicrmw builder takes integers only).
     fn atomic_add(

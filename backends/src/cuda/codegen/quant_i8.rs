@@ -12,8 +12,14 @@
 //! run of 16 inputs are stored in that order (in shared memory, quantized
 //! by the block before the products: [`Gen::quant_linear_i8`]):
 //! inputs 0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15, real parts in four
-//! words, then the imaginary parts in four more; word `k` of every run
-//! together, run after run ([`Gen::quantize_row`]).
+//! words, then the imaginary parts in four more: a run's eight words
+//! together, run after run, so that a lane reads them in two 128-bit loads
+//! ([`Gen::quantize_row`]).
+//!
+//! Each warp's loads of code words go out one task (an output row's step)
+//! ahead of its products, the first before the block quantizes the row:
+//! a product at decode is a chain of dependent reads, and this takes the
+//! codes' latency out of it.
 
 use super::*;
 
@@ -23,13 +29,22 @@ pub const RUN: usize = 16;
 /// Runs a lane takes per step of its loop (their loads in flight at once).
 const RUNS_PER_STEP: u64 = 4;
 
-/// Elements of the input row each thread loads per step of the row's
-/// maximum.
-const MAX_LOADS: u64 = 8;
-
 /// The most complex inputs a row may have: its int8 words fill at most the
 /// 48 KiB of shared memory a launch gets without opting in.
 pub const MAX_INPUTS: usize = 24 * 1024;
+
+/// How many elements of the input row each thread loads at once (their
+/// latencies overlapping): for the row's statistics, and as the words of
+/// the quantized row it writes. Fewer where each element is more loads (a
+/// gain, a prologue's operands): the warp's next code words are held in
+/// registers meanwhile.
+fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
+    match (normed, prologue) {
+        (_, true) => (4, 1),
+        (true, false) => (4, 2),
+        (false, false) => (8, 4),
+    }
+}
 
 /// Blocks of the int8 kernel per multiprocessor at most: each block
 /// quantizes the input row again, so more blocks than run at once would
@@ -95,6 +110,14 @@ struct Layer<'ctx> {
     per_tensor: IntValue<'ctx>,
     output: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
     residual: Option<PointerValue<'ctx>>,
+}
+
+/// Where a warp keeps the loads of its next task (see
+/// [`Gen::quant_linear_i8`]): code words by run and stage, and the row's
+/// scales by stage.
+struct TaskSlots<'ctx> {
+    codes: Vec<Vec<PointerValue<'ctx>>>,
+    scales: Vec<(PointerValue<'ctx>, PointerValue<'ctx>)>,
 }
 
 impl<'ctx> Gen<'ctx> {
@@ -246,93 +269,173 @@ impl<'ctx> Gen<'ctx> {
             })
             .collect::<Built<_>>()?;
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        // A warp's work is a sequence of tasks: the steps of its output rows
+        // (each [`RUNS_PER_STEP`] runs a lane), rows a grid of warps apart.
+        // The loads of a task go out one task ahead, into these slots: the
+        // memory's latency then overlaps the step before (for the first
+        // task, the block's quantization of the input row).
+        let steps = self.udiv(
+            self.add(runs, self.int(32 * RUNS_PER_STEP - 1))?,
+            self.int(32 * RUNS_PER_STEP),
+        )?;
+        let ahead = TaskSlots {
+            codes: (0..RUNS_PER_STEP)
+                .map(|_| (0..stages).map(|_| self.local_int()).collect())
+                .collect::<Built<_>>()?,
+            scales: (0..stages)
+                .map(|_| Ok((self.local(self.float(0.0))?, self.local(self.float(0.0))?)))
+                .collect::<Built<_>>()?,
+        };
+        let row_slot = self.local_i64(first_row)?;
+        let step_slot = self.local_i64(self.int(0))?;
+        let has_rows = self.ult(first_row, n)?;
+        let warp_rows = self.select(
+            has_rows,
+            self.add(
+                self.udiv(self.sub(self.sub(n, first_row)?, self.int(1))?, grid_warps)?,
+                self.int(1),
+            )?,
+            self.int(0),
+        )?;
+        let tasks = self.mul(warp_rows, steps)?;
         self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
+            self.set_i64(row_slot, first_row)?;
+            self.set_i64(step_slot, self.int(0))?;
+            self.when(f, has_rows, || {
+                self.load_task(&layers, (first_row, self.int(0)), (lane, runs), &ahead)
+            })?;
             let step = self.quantize_row(f, (scratch, xq), (&x, input, norm), r, m)?;
             self.call_void(barrier, &[])?;
-            self.strided_loop(f, first_row, n, grid_warps, |row| {
-                let (layer, row) = self.layer_of_row(&layers, row)?;
-                let tensor = self.is_set(layer.per_tensor)?;
-                let scale_at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
-                let stage_scales = layer
+            self.strided_loop(f, self.int(0), tasks, self.int(1), |_| {
+                let (row, at_step) = (self.get_i64(row_slot)?, self.get_i64(step_slot)?);
+                let codes = ahead
+                    .codes
+                    .iter()
+                    .map(|run| run.iter().map(|&slot| self.get_int(slot)).collect())
+                    .collect::<Built<Vec<Vec<_>>>>()?;
+                let stage_scales = ahead
                     .scales
                     .iter()
-                    .map(|&scales| {
-                        Ok((
-                            self.load_f32(scales, scale_at)?,
-                            self.load_f32(scales, self.add(scale_at, self.int(1))?)?,
-                        ))
-                    })
+                    .map(|&(re, im)| Ok((self.get(re)?, self.get(im)?)))
                     .collect::<Built<Vec<_>>>()?;
+                // The next task: this row's next step, or the warp's next
+                // row; past the warp's last, this task again (its loads
+                // are then cache hits, and unused).
+                let last_step = self.eq_int(self.add(at_step, self.int(1))?, steps)?;
+                let next_row = self.select(last_step, self.add(row, grid_warps)?, row)?;
+                let next_step =
+                    self.select(last_step, self.int(0), self.add(at_step, self.int(1))?)?;
+                self.set_i64(row_slot, next_row)?;
+                self.set_i64(step_slot, next_step)?;
+                let more = self.ult(next_row, n)?;
+                let next = (
+                    self.select(more, next_row, row)?,
+                    self.select(more, next_step, at_step)?,
+                );
+                self.load_task(&layers, next, (lane, runs), &ahead)?;
+                // Where the row's outputs go, and their residuals: read
+                // now, so that their latency overlaps the products.
+                let (layer, local_row) = self.layer_of_row(&layers, row)?;
+                let output = self.output_places(&layer, (r, local_row))?;
+                let first_step = self.eq_int(at_step, self.int(0))?;
                 for sum in sums.iter().flatten() {
-                    self.builder
-                        .build_store(*sum, self.i32().const_zero())
-                        .map_err(err)?;
+                    let kept =
+                        self.select(first_step, self.i32().const_zero(), self.get_int(*sum)?)?;
+                    self.builder.build_store(*sum, kept).map_err(err)?;
                 }
-                let row_words = self.mul(row, runs)?;
-                let stride = self.int(32 * RUNS_PER_STEP);
-                self.strided_loop(f, lane, runs, stride, |run| {
-                    // Every load of the step first, then the products.
-                    let mut loaded = Vec::new();
-                    for j in 0..RUNS_PER_STEP {
-                        let this = self.add(run, self.int(32 * j))?;
-                        let inside = self
-                            .builder
-                            .build_int_compare(IntPredicate::ULT, this, runs, "")
-                            .map_err(err)?;
-                        // A run past the row reads run 0 and adds nothing:
-                        // its activations count as zeros.
-                        let at = self.select(inside, this, self.int(0))?;
-                        let words = (0..8)
-                            .map(|k| {
-                                let w =
-                                    self.load_i32(xq, self.add(self.mul(self.int(k), runs)?, at)?)?;
-                                self.select(inside, w, self.i32().const_zero())
-                            })
-                            .collect::<Built<Vec<_>>>()?;
-                        let codes = layer
-                            .codes
-                            .iter()
-                            .map(|&codes| self.load_i32(codes, self.add(row_words, at)?))
-                            .collect::<Built<Vec<_>>>()?;
-                        loaded.push((words, codes));
+                let first_run = self.add(self.mul(at_step, self.int(32 * RUNS_PER_STEP))?, lane)?;
+                for (j, run_codes) in codes.iter().enumerate() {
+                    let this = self.add(first_run, self.int(32 * j as u64))?;
+                    // A run past the row read run 0's codes and adds
+                    // nothing: its activations count as zeros.
+                    let inside = self.ult(this, runs)?;
+                    let at = self.select(inside, this, self.int(0))?;
+                    let words = self
+                        .run_words(xq, at)?
+                        .into_iter()
+                        .map(|w| self.select(inside, w, self.i32().const_zero()))
+                        .collect::<Built<Vec<_>>>()?;
+                    for (word, sum) in run_codes.iter().zip(&sums) {
+                        self.accumulate_run(*word, &words, sum)?;
                     }
-                    for (words, codes) in &loaded {
-                        for (word, sum) in codes.iter().zip(&sums) {
-                            self.accumulate_run(*word, words, sum)?;
+                }
+                self.when(f, last_step, || {
+                    let (re, im) = self.combine_stages(&sums, &stage_scales, u_stages)?;
+                    let re = self.warp_sum(self.fmul(re, step)?)?;
+                    let im = self.warp_sum(self.fmul(im, step)?)?;
+                    let first = self.eq_int(lane, self.int(0))?;
+                    self.when(f, first, || {
+                        for ((at, residual), v) in output.iter().zip([re, im]) {
+                            let v = match residual {
+                                Some(residual) => self.fadd(v, *residual)?,
+                                None => v,
+                            };
+                            self.store_f32(layer.out, *at, v)?;
                         }
-                    }
-                    Ok(())
-                })?;
-                let (re, im) = self.combine_stages(&sums, &stage_scales, u_stages)?;
-                let re = self.warp_sum(self.fmul(re, step)?)?;
-                let im = self.warp_sum(self.fmul(im, step)?)?;
-                let first = self
-                    .builder
-                    .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
-                    .map_err(err)?;
-                self.when(f, first, || {
-                    let Some((table, words)) = layer.output else {
-                        let at = self.mul(self.add(self.mul(r, layer.n)?, row)?, self.int(2))?;
-                        self.store_f32(layer.out, at, re)?;
-                        return self.store_f32(layer.out, self.add(at, self.int(1))?, im);
-                    };
-                    let row_base = self.mul(r, words)?;
-                    for (part, v) in [re, im].into_iter().enumerate() {
-                        let slot = self.add(self.mul(row, self.int(2))?, self.int(part as u64))?;
-                        let at = self.add(row_base, self.widen(self.load_i32(table, slot)?)?)?;
-                        let v = match layer.residual {
-                            Some(residual) => self.fadd(v, self.load_f32(residual, at)?)?,
-                            None => v,
-                        };
-                        self.store_f32(layer.out, at, v)?;
-                    }
-                    Ok(())
+                        Ok(())
+                    })
                 })
             })?;
             // The next row's quantization overwrites the shared words.
             self.call_void(barrier, &[])
         })?;
         self.ret()
+    }
+
+    /// Loads task `(row, step)` of a warp into `slots`: each lane's code
+    /// words of its [`RUNS_PER_STEP`] runs of the step (a run past the row
+    /// reads run 0), and the row's scales (per-tensor: the first pair).
+    fn load_task(
+        &self,
+        layers: &[Layer<'ctx>],
+        (row, step): (IntValue<'ctx>, IntValue<'ctx>),
+        (lane, runs): (IntValue<'ctx>, IntValue<'ctx>),
+        slots: &TaskSlots<'ctx>,
+    ) -> Built<()> {
+        let (layer, row) = self.layer_of_row(layers, row)?;
+        let row_words = self.mul(row, runs)?;
+        let first_run = self.add(self.mul(step, self.int(32 * RUNS_PER_STEP))?, lane)?;
+        for (j, run_slots) in slots.codes.iter().enumerate() {
+            let this = self.add(first_run, self.int(32 * j as u64))?;
+            let at = self.select(self.ult(this, runs)?, this, self.int(0))?;
+            for (&codes, &slot) in layer.codes.iter().zip(run_slots) {
+                let word = self.load_i32(codes, self.add(row_words, at)?)?;
+                self.builder.build_store(slot, word).map_err(err)?;
+            }
+        }
+        let tensor = self.is_set(layer.per_tensor)?;
+        let scale_at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
+        for (&scales, &(re, im)) in layer.scales.iter().zip(&slots.scales) {
+            self.set(re, self.load_f32(scales, scale_at)?)?;
+            self.set(im, self.load_f32(scales, self.add(scale_at, self.int(1))?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Where the real and imaginary parts of output `row` of input row `r`
+    /// go (`2·(r·n + row)` and the next word, or paired: through the
+    /// layer's table), and the residual each adds.
+    #[allow(clippy::type_complexity)]
+    fn output_places(
+        &self,
+        layer: &Layer<'ctx>,
+        (r, row): (IntValue<'ctx>, IntValue<'ctx>),
+    ) -> Built<[(IntValue<'ctx>, Option<FloatValue<'ctx>>); 2]> {
+        let Some((table, words)) = layer.output else {
+            let at = self.mul(self.add(self.mul(r, layer.n)?, row)?, self.int(2))?;
+            return Ok([(at, None), (self.add(at, self.int(1))?, None)]);
+        };
+        let row_base = self.mul(r, words)?;
+        let place = |part: u64| -> Built<(IntValue<'ctx>, Option<FloatValue<'ctx>>)> {
+            let slot = self.add(self.mul(row, self.int(2))?, self.int(part))?;
+            let at = self.add(row_base, self.widen(self.load_i32(table, slot)?)?)?;
+            let residual = layer
+                .residual
+                .map(|residual| self.load_f32(residual, at))
+                .transpose()?;
+            Ok((at, residual))
+        };
+        Ok([place(0)?, place(1)?])
     }
 
     /// The product that output row `row` of a launch belongs to (the
@@ -374,10 +477,35 @@ impl<'ctx> Gen<'ctx> {
         Ok((picked, local))
     }
 
+    /// The eight int8 words of run `run` of the quantized row (shared): two
+    /// 128-bit loads, real parts then imaginary.
+    fn run_words(&self, xq: PointerValue<'ctx>, run: IntValue<'ctx>) -> Built<Vec<IntValue<'ctx>>> {
+        let quad = self.i32().vec_type(4);
+        let mut words = Vec::with_capacity(8);
+        for half in 0..2 {
+            let at = self.add(self.mul(run, self.int(8))?, self.int(4 * half))?;
+            let p = self.gep(self.i32(), xq, at)?;
+            let load = self.builder.build_load(quad, p, "").map_err(err)?;
+            load.as_instruction_value()
+                .expect("a load")
+                .set_alignment(16)
+                .map_err(err)?;
+            let v = load.into_vector_value();
+            for k in 0..4 {
+                let word = self
+                    .builder
+                    .build_extract_element(v, self.i32().const_int(k, false), "")
+                    .map_err(err)?;
+                words.push(word.into_int_value());
+            }
+        }
+        Ok(words)
+    }
+
     /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared), the
     /// block together: word `k` of run `run` (the order of the module docs)
-    /// at `k·runs + run`, so that the lanes of a warp, on consecutive runs,
-    /// read consecutive words (no bank conflicts). Returns the row's step,
+    /// at `8·run + k`, so that a lane reads a run's words in two 128-bit
+    /// loads ([`Gen::run_words`]). Returns the row's step,
     /// `max |part| / 127` (an all-zero row: zeros).
     ///
     /// With a paired input `(table, in_words)`, the row is real, of
@@ -406,55 +534,54 @@ impl<'ctx> Gen<'ctx> {
         };
         let base = self.mul(r, row_words)?;
         let gain = norm.map(|(g, _)| g);
+        if let Some((table, _)) = paired {
+            // The table's lines into L1 while the row's statistics are
+            // summed: the quantization reads its entries before the inputs.
+            let lines = self.udiv(self.add(m, self.int(15))?, self.int(16))?;
+            let tid = self.sreg("tid.x")?;
+            self.strided_loop(f, tid, lines, self.sreg("ntid.x")?, |line| {
+                self.prefetch_i32(table, self.mul(line, self.int(32))?)
+            })?;
+        }
         let (largest, squares) = self.row_statistics(f, scratch, (x, gain), base, row_words)?;
         let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
         let words = self.udiv(m, self.int(2))?;
-        let runs = self.udiv(m, self.int(RUN as u64))?;
         let tid = self.sreg("tid.x")?;
-        self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |w| {
-            // Word `w` is word `k` of run `run` (consecutive threads store
-            // consecutive words).
-            let k = self.udiv(w, runs)?;
-            let run = self.urem(w, runs)?;
-            let part = self.udiv(k, self.int(4))?;
-            let sub = self.urem(k, self.int(4))?;
-            // The word's first input in its run: 0, 8, 1, 9 for words 0..3
-            // of each part (8·(sub mod 2) + sub / 2), the next three of the
-            // same parity after it.
-            let first = self.add(
-                self.mul(self.urem(sub, self.int(2))?, self.int(8))?,
-                self.udiv(sub, self.int(2))?,
-            )?;
-            let first = self.add(self.mul(run, self.int(RUN as u64))?, first)?;
-            let mut word = self.i32().const_zero();
-            for b in 0..4u64 {
-                let j = self.add(first, self.int(2 * b))?;
-                let slot = self.add(self.mul(j, self.int(2))?, part)?;
-                let slot = match paired {
-                    Some((table, _)) => self.widen(self.load_i32(table, slot)?)?,
-                    None => slot,
-                };
-                let mut v = self.row_input(x, self.add(base, slot)?)?;
-                if let Some(gain) = gain {
-                    v = self.fmul(v, self.load_f32(gain, slot)?)?;
-                }
-                let level = self.round_even(self.fmul(v, inverse)?)?;
-                let level = self.fmin(self.fmax(level, self.float(-127.0))?, self.float(127.0))?;
-                let level = self
-                    .builder
-                    .build_float_to_signed_int(level, self.i32(), "")
-                    .map_err(err)?;
-                let byte = self
-                    .builder
-                    .build_and(level, self.i32().const_int(0xFF, false), "")
-                    .map_err(err)?;
-                let byte = self
-                    .builder
-                    .build_left_shift(byte, self.i32().const_int(8 * b, false), "")
-                    .map_err(err)?;
-                word = self.builder.build_or(word, byte, "").map_err(err)?;
+        let threads = self.sreg("ntid.x")?;
+        let (_, per_thread) = loads_per_thread(norm.is_some(), x.expr.is_some());
+        let stride = self.mul(threads, self.int(per_thread))?;
+        self.strided_loop(f, tid, words, stride, |w0| {
+            // [`loads_per_thread`] words a thread a step, in phases: every
+            // word's table entries, then every input, then the levels; so
+            // that each phase's loads are in flight together.
+            let placed = (0..per_thread)
+                .map(|j| {
+                    let w = self.add(w0, self.mul(threads, self.int(j))?)?;
+                    let inside = self.ult(w, words)?;
+                    let slots = self.word_slots(self.select(inside, w, self.int(0))?, paired)?;
+                    Ok((inside, w, slots))
+                })
+                .collect::<Built<Vec<_>>>()?;
+            let inputs = placed
+                .iter()
+                .map(|(_, _, slots)| {
+                    slots
+                        .iter()
+                        .map(|&slot| {
+                            let v = self.row_input(x, self.add(base, slot)?)?;
+                            match gain {
+                                Some(gain) => self.fmul(v, self.load_f32(gain, slot)?),
+                                None => Ok(v),
+                            }
+                        })
+                        .collect::<Built<Vec<_>>>()
+                })
+                .collect::<Built<Vec<_>>>()?;
+            for ((inside, w, _), values) in placed.into_iter().zip(inputs) {
+                let word = self.int8_word(&values, inverse)?;
+                self.when(f, inside, || self.store_i32(xq, w, word))?;
             }
-            self.store_i32(xq, w, word)
+            Ok(())
         })?;
         let step = self.fdiv(largest, self.float(127.0))?;
         match (norm, squares) {
@@ -468,6 +595,66 @@ impl<'ctx> Gen<'ctx> {
             }
             _ => Ok(step),
         }
+    }
+
+    /// Where word `w` of the quantized row (word `k = w mod 8` of run
+    /// `w / 8`) takes its four inputs:
+    /// their slots in the row (through the pairing table, if any).
+    fn word_slots(
+        &self,
+        w: IntValue<'ctx>,
+        paired: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+    ) -> Built<Vec<IntValue<'ctx>>> {
+        let k = self.urem(w, self.int(8))?;
+        let run = self.udiv(w, self.int(8))?;
+        let part = self.udiv(k, self.int(4))?;
+        let sub = self.urem(k, self.int(4))?;
+        // The word's first input in its run: 0, 8, 1, 9 for words 0..3 of
+        // each part (8·(sub mod 2) + sub / 2), the next three of the same
+        // parity after it.
+        let first = self.add(
+            self.mul(self.urem(sub, self.int(2))?, self.int(8))?,
+            self.udiv(sub, self.int(2))?,
+        )?;
+        let first = self.add(self.mul(run, self.int(RUN as u64))?, first)?;
+        (0..4u64)
+            .map(|b| {
+                let j = self.add(first, self.int(2 * b))?;
+                let slot = self.add(self.mul(j, self.int(2))?, part)?;
+                match paired {
+                    Some((table, _)) => self.widen(self.load_i32(table, slot)?),
+                    None => Ok(slot),
+                }
+            })
+            .collect()
+    }
+
+    /// Four values as the signed bytes of an int8 word, each rounded to
+    /// its level of `1 / inverse` (clamped to ±127), the first lowest.
+    fn int8_word(
+        &self,
+        values: &[FloatValue<'ctx>],
+        inverse: FloatValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let mut word = self.i32().const_zero();
+        for (b, &v) in values.iter().enumerate() {
+            let level = self.round_even(self.fmul(v, inverse)?)?;
+            let level = self.fmin(self.fmax(level, self.float(-127.0))?, self.float(127.0))?;
+            let level = self
+                .builder
+                .build_float_to_signed_int(level, self.i32(), "")
+                .map_err(err)?;
+            let byte = self
+                .builder
+                .build_and(level, self.i32().const_int(0xFF, false), "")
+                .map_err(err)?;
+            let byte = self
+                .builder
+                .build_left_shift(byte, self.i32().const_int(8 * b as u64, false), "")
+                .map_err(err)?;
+            word = self.builder.build_or(word, byte, "").map_err(err)?;
+        }
+        Ok(word)
     }
 
     /// Element `at` of the rows `x` reads: its operand's, or its
@@ -489,7 +676,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// The block's `max |x[base + i]·gain[i]|` over `i < len` (`len > 0`;
     /// a gain of 1 where there is none) and, with a gain, `Σ x[base + i]²`:
-    /// each thread loads [`MAX_LOADS`] elements a step, all before it
+    /// each thread loads [`loads_per_thread`] elements a step, all before it
     /// compares them, so that the loads' latencies overlap.
     fn row_statistics(
         &self,
@@ -503,9 +690,10 @@ impl<'ctx> Gen<'ctx> {
         let squares = self.local(self.float(0.0))?;
         let tid = self.sreg("tid.x")?;
         let threads = self.sreg("ntid.x")?;
-        let step = self.mul(threads, self.int(MAX_LOADS))?;
+        let (per_thread, _) = loads_per_thread(gain.is_some(), x.expr.is_some());
+        let step = self.mul(threads, self.int(per_thread))?;
         self.strided_loop(f, tid, len, step, |i| {
-            let loaded = (0..MAX_LOADS)
+            let loaded = (0..per_thread)
                 .map(|k| {
                     let at = self.add(i, self.mul(threads, self.int(k))?)?;
                     let inside = self
