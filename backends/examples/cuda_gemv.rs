@@ -143,7 +143,7 @@ fn main() -> Result<()> {
                 Ok(())
             })
         };
-        let int8 = int8_on(quant_i8::grid(n, multiprocessors))?;
+        let int8 = int8_on(quant_i8::grid(n, 1, multiprocessors).0)?;
         let uncapped = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize);
         let grids = [1, 2, 4]
             .map(|b| uncapped.min(b * multiprocessors))

@@ -1120,25 +1120,26 @@ impl CudaProgram {
         block: u32,
         args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
     ) -> Result<(), BackendError> {
-        self.launch_with_shared(k, grid, block, 0, args)
+        self.launch_with_shared(k, (grid, 1), block, 0, args)
     }
 
-    /// [`CudaProgram::launch`] with `shared` bytes of dynamic shared memory.
+    /// [`CudaProgram::launch`] with `shared` bytes of dynamic shared memory,
+    /// on a grid of `across` by `down` blocks.
     fn launch_with_shared<'a>(
         &'a self,
         k: usize,
-        grid: u32,
+        (across, down): (u32, u32),
         block: u32,
         shared: u32,
         args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
     ) -> Result<(), BackendError> {
-        if grid == 0 {
+        if across == 0 || down == 0 {
             return Ok(());
         }
         let mut builder = self.stream.launch_builder(&self.functions[k]);
         args(&mut builder);
         let config = LaunchConfig {
-            grid_dim: (grid, 1, 1),
+            grid_dim: (across, down, 1),
             block_dim: (block, 1, 1),
             shared_mem_bytes: shared,
         };

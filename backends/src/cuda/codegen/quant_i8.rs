@@ -51,13 +51,16 @@ fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
 /// only repeat that work.
 pub const BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 
-/// The int8 kernel's grid for `n` output rows on a GPU of
-/// `multiprocessors`: a warp per row up to the cap, beyond it each warp
-/// takes several rows.
-pub fn grid(n: usize, multiprocessors: usize) -> u32 {
-    n.div_ceil(QUANT_ROWS_PER_BLOCK as usize)
-        .min(multiprocessors * BLOCKS_PER_MULTIPROCESSOR)
-        .max(1) as u32
+/// The int8 kernel's grid for `n` output rows of `rows` input rows on a
+/// GPU of `multiprocessors`: across, a warp per output row up to the cap
+/// (beyond it each warp takes several); down, the input rows split over
+/// as many blocks as the cap leaves room for (a prompt's rows on a narrow
+/// layer would otherwise leave most multiprocessors idle).
+pub fn grid(n: usize, rows: usize, multiprocessors: usize) -> (u32, u32) {
+    let cap = multiprocessors * BLOCKS_PER_MULTIPROCESSOR;
+    let across = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize).clamp(1, cap);
+    let down = (cap / across).clamp(1, rows.max(1));
+    (across as u32, down as u32)
 }
 
 /// The signed bytes `prmt` picks for codes 0..3 (+1, +i, −1, −i): real
@@ -132,7 +135,8 @@ impl<'ctx> Gen<'ctx> {
     /// `[out_table]`, `[residual]`; `rows`, `m`, `[in_words]`, then per
     /// product `n`, `per_tensor`, `[out_words]`; `[eps]`.
     ///
-    /// A block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes the input
+    /// The grid's rows of blocks take the input rows in turn ([`grid`]). A
+    /// block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes its input
     /// row into shared memory (`m / 2` words, dynamic: the launch gives their
     /// bytes); then each warp takes output rows in turn, a grid of warps
     /// apart (the launch caps the grid at a few blocks a multiprocessor, so
@@ -298,7 +302,8 @@ impl<'ctx> Gen<'ctx> {
             self.int(0),
         )?;
         let tasks = self.mul(warp_rows, steps)?;
-        self.strided_loop(f, self.int(0), rows, self.int(1), |r| {
+        let (first_input, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
+        self.strided_loop(f, first_input, rows, blocks_down, |r| {
             self.set_i64(row_slot, first_row)?;
             self.set_i64(step_slot, self.int(0))?;
             self.when(f, has_rows, || {
@@ -868,5 +873,22 @@ impl<'ctx> Gen<'ctx> {
         self.builder
             .build_signed_int_to_float(self.get_int(slot)?, self.f32(), "")
             .map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn a_prompt_on_a_narrow_layer_splits_its_rows_down_the_grid() {
+        // Decode: one input row, a block per eight output rows.
+        assert_eq!(grid(288, 1, 132), (36, 1));
+        // A 513-row prompt on the same layer: the room the cap leaves.
+        assert_eq!(grid(288, 513, 132), (36, 7));
+        // Fewer rows than that room: a row of blocks each.
+        assert_eq!(grid(288, 3, 132), (36, 3));
+        // A wide layer fills the cap across: one row of blocks.
+        assert_eq!(grid(5504, 513, 132), (264, 1));
     }
 }

@@ -96,7 +96,7 @@ impl CudaProgram {
                 input.inputs.len()
             )));
         }
-        let grid = quant_i8::grid(outputs, self.multiprocessors);
+        let grid = quant_i8::grid(outputs, rows, self.multiprocessors);
         // The input row's int8 words live in shared memory.
         let shared = (m / 2 * 4) as u32;
         // rows, m, [in_words], then per product n, per_tensor, [out_words]
