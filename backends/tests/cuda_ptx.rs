@@ -294,6 +294,10 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
     };
     assert_eq!(report.len(), kernels.len(), "a report per kernel");
     let mut over = Vec::new();
+    // The int8 products' grid counts on this many threads running on a
+    // multiprocessor (65,536 registers) at once.
+    let int8_threads_per_multiprocessor =
+        (quant_i8::BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32) as u32;
     for (i, kernel) in kernels.iter().enumerate() {
         let symbol = kernel.symbol(i);
         let r = report
@@ -307,11 +311,9 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
         if r.stack_bytes > 0 {
             over.push(format!("{symbol}: {} bytes", r.stack_bytes));
         }
-        // The int8 products' grid counts on this many blocks running on a
-        // multiprocessor at once (65,536 registers each).
-        let threads =
-            (quant_i8::BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32) as u32;
-        if matches!(kernel, Kernel::QuantLinearI8 { .. }) && r.registers * threads > 65_536 {
+        if matches!(kernel, Kernel::QuantLinearI8 { .. })
+            && r.registers * int8_threads_per_multiprocessor > 65_536
+        {
             over.push(format!("{symbol}: {} registers", r.registers));
         }
     }

@@ -14,7 +14,8 @@
 //! inputs 0 2 4 6 | 8 10 12 14 | 1 3 5 7 | 9 11 13 15, real parts in four
 //! words, then the imaginary parts in four more: a run's eight words
 //! together, run after run, so that a lane reads them in two 128-bit loads
-//! ([`Gen::quantize_row`]).
+//! ([`Gen::quantize_row`]; the lanes of a quarter-warp, 32 bytes apart, then
+//! meet each bank twice).
 //!
 //! Each warp's loads of code words go out one task (an output row's step)
 //! ahead of its products, the first before the block quantizes the row:
@@ -34,8 +35,8 @@ const RUNS_PER_STEP: u64 = 4;
 pub const MAX_INPUTS: usize = 24 * 1024;
 
 /// How many elements of the input row each thread loads at once (their
-/// latencies overlapping): for the row's statistics, and as the words of
-/// the quantized row it writes. Fewer where each element is more loads (a
+/// latencies overlapping): `(for the row's statistics, words of the
+/// quantized row it writes)`. Fewer where each element is more loads (a
 /// gain, a prologue's operands): the warp's next code words are held in
 /// registers meanwhile.
 fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
@@ -58,7 +59,7 @@ pub const BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 /// layer would otherwise leave most multiprocessors idle).
 pub fn grid(n: usize, rows: usize, multiprocessors: usize) -> (u32, u32) {
     let cap = multiprocessors * BLOCKS_PER_MULTIPROCESSOR;
-    let across = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize).clamp(1, cap);
+    let across = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize).min(cap).max(1);
     let down = (cap / across).clamp(1, rows.max(1));
     (across as u32, down as u32)
 }
@@ -142,7 +143,7 @@ impl<'ctx> Gen<'ctx> {
     /// apart (the launch caps the grid at a few blocks a multiprocessor, so
     /// that few blocks quantize the same row), each lane [`RUNS_PER_STEP`]
     /// runs of 16 inputs, 32 runs apart, a step: one code word per run and
-    /// stage, all loaded before any is used.
+    /// stage, loaded a step ahead (the module docs).
     ///
     /// Paired (`paired_input`, `paired_output`), part `p` of complex input
     /// `j` is `x[r·in_words + in_table[2j + p]]`, and part `p` of output `o`
@@ -302,14 +303,14 @@ impl<'ctx> Gen<'ctx> {
             self.int(0),
         )?;
         let tasks = self.mul(warp_rows, steps)?;
-        let (first_input, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
-        self.strided_loop(f, first_input, rows, blocks_down, |r| {
+        let (first_input_row, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
+        self.strided_loop(f, first_input_row, rows, blocks_down, |r| {
             self.set_i64(row_slot, first_row)?;
             self.set_i64(step_slot, self.int(0))?;
             self.when(f, has_rows, || {
                 self.load_task(&layers, (first_row, self.int(0)), (lane, runs), &ahead)
             })?;
-            let step = self.quantize_row(f, (scratch, xq), (&x, input, norm), r, m)?;
+            let x_step = self.quantize_row(f, (scratch, xq), (&x, input, norm), r, m)?;
             self.call_void(barrier, &[])?;
             self.strided_loop(f, self.int(0), tasks, self.int(1), |_| {
                 let (row, at_step) = (self.get_i64(row_slot)?, self.get_i64(step_slot)?);
@@ -366,8 +367,8 @@ impl<'ctx> Gen<'ctx> {
                 }
                 self.when(f, last_step, || {
                     let (re, im) = self.combine_stages(&sums, &stage_scales, u_stages)?;
-                    let re = self.warp_sum(self.fmul(re, step)?)?;
-                    let im = self.warp_sum(self.fmul(im, step)?)?;
+                    let re = self.warp_sum(self.fmul(re, x_step)?)?;
+                    let im = self.warp_sum(self.fmul(im, x_step)?)?;
                     let first = self.eq_int(lane, self.int(0))?;
                     self.when(f, first, || {
                         for ((at, residual), v) in output.iter().zip([re, im]) {
