@@ -552,22 +552,11 @@ impl<'ctx> Gen<'ctx> {
         let (largest, squares) = self.row_statistics(f, scratch, (x, gain), base, row_words)?;
         let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
         let words = self.udiv(m, self.int(2))?;
-        let tid = self.sreg("tid.x")?;
-        let threads = self.sreg("ntid.x")?;
         let (_, per_thread) = loads_per_thread(norm.is_some(), x.expr.is_some());
-        let stride = self.mul(threads, self.int(per_thread))?;
-        self.strided_loop(f, tid, words, stride, |w0| {
-            // [`loads_per_thread`] words a thread a step, in phases: every
-            // word's table entries, then every input, then the levels; so
-            // that each phase's loads are in flight together.
-            let placed = (0..per_thread)
-                .map(|j| {
-                    let w = self.add(w0, self.mul(threads, self.int(j))?)?;
-                    let inside = self.ult(w, words)?;
-                    let slots = self.word_slots(self.select(inside, w, self.int(0))?, paired)?;
-                    Ok((inside, w, slots))
-                })
-                .collect::<Built<Vec<_>>>()?;
+        // In phases: every word's table entries, then every input, then the
+        // levels; so that each phase's loads are in flight together.
+        let place = |inside, safe, w| Ok((inside, w, self.word_slots(safe, paired)?));
+        self.block_loop_by(f, words, per_thread, place, |placed| {
             let inputs = placed
                 .iter()
                 .map(|(_, _, slots)| {
@@ -680,6 +669,34 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
+    /// A loop of the block over `0..len`, [`loads_per_thread`] indices a
+    /// thread a step (`i + threads·k`, so that their loads are in flight
+    /// together): `each` starts the work of an index, given `(inside,
+    /// clamped, index)` (the clamped one 0 past `len`, an index every
+    /// caller may read), and `body` finishes the step's.
+    fn block_loop_by<T>(
+        &self,
+        f: FunctionValue<'ctx>,
+        len: IntValue<'ctx>,
+        per_thread: u64,
+        each: impl Fn(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) -> Built<T>,
+        body: impl FnOnce(Vec<T>) -> Built<()>,
+    ) -> Built<()> {
+        let tid = self.sreg("tid.x")?;
+        let threads = self.sreg("ntid.x")?;
+        let stride = self.mul(threads, self.int(per_thread))?;
+        self.strided_loop(f, tid, len, stride, |i| {
+            let started = (0..per_thread)
+                .map(|k| {
+                    let at = self.add(i, self.mul(threads, self.int(k))?)?;
+                    let inside = self.ult(at, len)?;
+                    each(inside, self.select(inside, at, self.int(0))?, at)
+                })
+                .collect::<Built<Vec<_>>>()?;
+            body(started)
+        })
+    }
+
     /// The block's `max |x[base + i]·gain[i]|` over `i < len` (`len > 0`;
     /// a gain of 1 where there is none) and, with a gain, `Σ x[base + i]²`:
     /// each thread loads [`loads_per_thread`] elements a step, all before it
@@ -694,29 +711,18 @@ impl<'ctx> Gen<'ctx> {
     ) -> Built<(FloatValue<'ctx>, Option<FloatValue<'ctx>>)> {
         let largest = self.local(self.float(0.0))?;
         let squares = self.local(self.float(0.0))?;
-        let tid = self.sreg("tid.x")?;
-        let threads = self.sreg("ntid.x")?;
         let (per_thread, _) = loads_per_thread(gain.is_some(), x.expr.is_some());
-        let step = self.mul(threads, self.int(per_thread))?;
-        self.strided_loop(f, tid, len, step, |i| {
-            let loaded = (0..per_thread)
-                .map(|k| {
-                    let at = self.add(i, self.mul(threads, self.int(k))?)?;
-                    let inside = self
-                        .builder
-                        .build_int_compare(IntPredicate::ULT, at, len, "")
-                        .map_err(err)?;
-                    // Outside the row: element 0 of it, which the maximum
-                    // counts anyway (and the sum of squares leaves out).
-                    let at = self.select(inside, at, self.int(0))?;
-                    let v = self.row_input(x, self.add(base, at)?)?;
-                    let scaled = match gain {
-                        Some(g) => self.fmul(v, self.load_f32(g, at)?)?,
-                        None => v,
-                    };
-                    Ok((inside, v, scaled))
-                })
-                .collect::<Built<Vec<_>>>()?;
+        // Outside the row: element 0 of it, which the maximum counts
+        // anyway (and the sum of squares leaves out).
+        let load = |inside, at, _| {
+            let v = self.row_input(x, self.add(base, at)?)?;
+            let scaled = match gain {
+                Some(g) => self.fmul(v, self.load_f32(g, at)?)?,
+                None => v,
+            };
+            Ok((inside, v, scaled))
+        };
+        self.block_loop_by(f, len, per_thread, load, |loaded| {
             let mut most = self.get(largest)?;
             let mut sum = self.get(squares)?;
             for (inside, v, scaled) in loaded {
