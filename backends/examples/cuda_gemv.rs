@@ -1,6 +1,8 @@
 //! Kernel-level timings of the GPU's quantized GEMV (issue 18, table a), in
-//! one run: the int8 kernel (each block quantizes the input row into shared
-//! memory, codes turned into bytes by `prmt`, products by `dp4a`) and the f32 kernel on W2 codes
+//! one run: the int8 kernels (each block quantizes the input row into shared
+//! memory, codes turned into bytes by `prmt`; products by `dp4a`, design
+//! (a), or by tensor-core `mma` on codes re-packed into fragment order,
+//! design (b)) and the f32 kernel on W2 codes
 //! (two stages on x, two on conj x, per-tensor scales) at SmolLM2's and
 //! LLaMA-7B's layer shapes, beside cuBLAS's bf16 GEMV of the same real
 //! layer and a device-to-device copy, each timed by CUDA events over many
@@ -22,7 +24,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
-use fairyc_backends::cuda::codegen::{ptx, quant_i8, Kernel, QUANT_ROWS_PER_BLOCK};
+use fairyc_backends::cuda::codegen::{ptx, quant_i8, quant_mma, Kernel, QUANT_ROWS_PER_BLOCK};
 use rand::RngExt;
 
 /// Real layer shapes (in, out): SmolLM2-135M's, then LLaMA-7B's.
@@ -57,6 +59,10 @@ fn main() -> Result<()> {
             u_stages: 2,
             w_stages: 2,
         },
+        Kernel::QuantLinearMma {
+            u_stages: 2,
+            w_stages: 2,
+        },
     ];
     let text = ptx(&kernels)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,9 +92,9 @@ fn main() -> Result<()> {
         copy / 1e9
     );
     println!(
-        "| real in->out | W2 code bytes | int8 us | int8 GB/s | int8 % of copy | f32 us | f32 % of copy | bf16 cuBLAS us | bf16 GB/s | bf16 % of copy | int8 vs f32 (relative RMS) |"
+        "| real in->out | W2 code bytes | int8 us | int8 GB/s | int8 % of copy | mma us | mma % of copy | f32 us | f32 % of copy | bf16 cuBLAS us | bf16 GB/s | bf16 % of copy | int8 vs f32 (relative RMS) | mma vs int8 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = rand::rng();
     let mut by_grid = Vec::new();
     for (real_in, real_out) in SHAPES {
@@ -97,11 +103,16 @@ fn main() -> Result<()> {
         // Copies of the weights that together fill twice the L2 cache.
         let copies = (2 * l2).div_ceil(STAGES * 4 * code_words).clamp(1, 4096);
         let mut codes = Vec::new();
+        let mut tiled = Vec::new();
+        let tile_words = quant_mma::tile_words(n, m);
         let mut scales = Vec::new();
         for _ in 0..STAGES {
             let words: Vec<u32> = (0..code_words).map(|_| rng.random()).collect();
             let repeated: Vec<u32> = (0..copies).flat_map(|_| words.iter().copied()).collect();
             codes.push(stream.clone_htod(&repeated)?);
+            let tiles = quant_mma::tile_codes(&words, n, m);
+            let repeated: Vec<u32> = (0..copies).flat_map(|_| tiles.iter().copied()).collect();
+            tiled.push(stream.clone_htod(&repeated)?);
             scales.push(
                 stream
                     .clone_htod(&[rng.random_range(0.5f32..1.5), rng.random_range(0.5f32..1.5)])?,
@@ -111,10 +122,15 @@ fn main() -> Result<()> {
             let c = i % copies;
             codes[s].slice(c * code_words..(c + 1) * code_words)
         };
+        let tiled_copy_of = |s: usize, i: usize| {
+            let c = i % copies;
+            tiled[s].slice(c * tile_words..(c + 1) * tile_words)
+        };
         let x: Vec<f32> = (0..2 * m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x = stream.clone_htod(&x)?;
         let mut out_i8 = stream.alloc_zeros::<f32>(2 * n)?;
         let mut out_f32 = stream.alloc_zeros::<f32>(2 * n)?;
+        let mut out_mma = stream.alloc_zeros::<f32>(2 * n)?;
         let sizes = [1i64, n as i64, m as i64];
         let config = |grid: u32, block: u32, shared: usize| LaunchConfig {
             grid_dim: (grid, 1, 1),
@@ -144,6 +160,29 @@ fn main() -> Result<()> {
             })
         };
         let int8 = int8_on(quant_i8::grid(n, 1, multiprocessors).0)?;
+        let mma = time(&stream, iterations, |i| {
+            let views: Vec<_> = (0..STAGES).map(|s| tiled_copy_of(s, i)).collect();
+            let mut b = stream.launch_builder(&functions[2]);
+            b.arg(&x).arg(&mut out_mma);
+            for s in 0..STAGES {
+                b.arg(&views[s]).arg(&scales[s]);
+            }
+            let per_tensor = 1i64;
+            b.arg(&sizes[0])
+                .arg(&sizes[2])
+                .arg(&sizes[1])
+                .arg(&per_tensor);
+            // SAFETY: as `quant_linear_mma`'s signature, sizes bound every
+            // access; the row's int8 words fill the shared memory.
+            unsafe {
+                b.launch(config(
+                    quant_mma::grid(n, 1, multiprocessors).0,
+                    block,
+                    m / 2 * 4,
+                ))
+            }?;
+            Ok(())
+        })?;
         let uncapped = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize);
         let grids = [1, 2, 4]
             .map(|b| uncapped.min(b * multiprocessors))
@@ -170,15 +209,18 @@ fn main() -> Result<()> {
         let bf16 = bf16_gemv(&stream, &blas, (real_in, real_out), l2, iterations)?;
         let (got, want) = (stream.clone_dtoh(&out_i8)?, stream.clone_dtoh(&out_f32)?);
         let rms = relative_rms(&got, &want);
+        let mma_rms = relative_rms(&stream.clone_dtoh(&out_mma)?, &got);
         let code_bytes = (STAGES * n * m / 4) as f64;
         let bf16_bytes = (real_in * real_out * 2) as f64;
         let percent = |bytes: f64, seconds: f64| 100.0 * bytes / seconds / copy;
         println!(
-            "| {real_in}->{real_out} | {:.2} MB | {:.1} | {:.0} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0} | {:.0}% | {rms:.4} |",
+            "| {real_in}->{real_out} | {:.2} MB | {:.1} | {:.0} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0} | {:.0}% | {rms:.4} | {mma_rms:.1e} |",
             code_bytes / 1e6,
             int8 * 1e6,
             code_bytes / int8 / 1e9,
             percent(code_bytes, int8),
+            mma * 1e6,
+            percent(code_bytes, mma),
             f32_kernel * 1e6,
             percent(code_bytes, f32_kernel),
             bf16 * 1e6,

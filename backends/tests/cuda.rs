@@ -184,3 +184,110 @@ fn collectives_through_nccl() {
     }
     eprintln!("all_reduce and broadcast through NCCL over {ranks} GPU(s): every rank has the sum and the root's");
 }
+
+/// Design (b), tensor-core products on re-packed codes, against design
+/// (a), `dp4a`, on the same codes and rows: both quantize each row to int8
+/// the same way and sum integers exactly, so they differ only in the order
+/// their float scalings add up. Layers of a tile and a half (rows past the
+/// layer's), tiles whose last task is partial or whose warps take
+/// several tasks, several input rows, per-tensor and per-channel scales.
+#[test]
+fn tensor_core_int8_products_match_the_dp4a_kernel() {
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    use fairyc_backends::cuda::codegen::{ptx, quant_i8, quant_mma, Kernel, QUANT_ROWS_PER_BLOCK};
+    use rand::{RngExt, SeedableRng};
+
+    if !gpu_or_skip() {
+        return;
+    }
+    let (u_stages, w_stages) = (2, 1);
+    let stages = u_stages + w_stages;
+    let kernels = [
+        Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_input: false,
+            paired_output: false,
+            normed: false,
+            products: 1,
+            residual: false,
+            prologue: None,
+        },
+        Kernel::QuantLinearMma { u_stages, w_stages },
+    ];
+    let context = CudaContext::new(0).expect("a context");
+    let stream = context.default_stream();
+    let module = context
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx(&kernels).expect("PTX")))
+        .expect("the module");
+    let functions: Vec<_> = kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| module.load_function(&k.symbol(i)).expect("the kernel"))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    let mut failures = Vec::new();
+    for (n, m, rows, per_tensor) in [(24, 96, 3, 1i64), (40, 1184, 2, 0), (96, 288, 1, 1)] {
+        let mut codes = Vec::new();
+        let mut tiled = Vec::new();
+        let mut scales = Vec::new();
+        for _ in 0..stages {
+            let words: Vec<u32> = (0..n * m / 16).map(|_| rng.random()).collect();
+            tiled.push(
+                stream
+                    .clone_htod(&quant_mma::tile_codes(&words, n, m))
+                    .unwrap(),
+            );
+            codes.push(stream.clone_htod(&words).unwrap());
+            let s: Vec<f32> = (0..2 * n).map(|_| rng.random_range(0.5f32..1.5)).collect();
+            scales.push(stream.clone_htod(&s).unwrap());
+        }
+        let x: Vec<f32> = (0..rows * 2 * m)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let x = stream.clone_htod(&x).unwrap();
+        let mut outs = Vec::new();
+        for (k, function) in functions.iter().enumerate() {
+            let mut out = stream.alloc_zeros::<f32>(rows * 2 * n).unwrap();
+            let stage_codes = if k == 0 { &codes } else { &tiled };
+            let (across, down) = if k == 0 {
+                quant_i8::grid(n, rows, 4)
+            } else {
+                // One multiprocessor's cap: blocks take several tiles.
+                quant_mma::grid(n, rows, 1)
+            };
+            let sizes = [rows as i64, m as i64, n as i64, per_tensor];
+            let mut b = stream.launch_builder(function);
+            b.arg(&x).arg(&mut out);
+            for s in 0..stages {
+                b.arg(&stage_codes[s]).arg(&scales[s]);
+            }
+            for v in &sizes {
+                b.arg(v);
+            }
+            let config = LaunchConfig {
+                grid_dim: (across, down, 1),
+                block_dim: (32 * QUANT_ROWS_PER_BLOCK, 1, 1),
+                shared_mem_bytes: (m / 2 * 4) as u32,
+            };
+            // SAFETY: as the kernels' signatures; sizes bound every access,
+            // and the row's int8 words fill the shared memory.
+            unsafe { b.launch(config) }.expect("a launch");
+            outs.push(stream.clone_dtoh(&out).unwrap());
+        }
+        let (dp4a, mma) = (&outs[0], &outs[1]);
+        let scale = dp4a.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let difference = dp4a
+            .iter()
+            .zip(mma)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f32>()
+            .sqrt()
+            / scale;
+        eprintln!("{n} outputs, {m} inputs, {rows} rows, per-tensor {per_tensor}: relative RMS difference {difference:.2e}");
+        if !(scale > 0.0 && difference < 1e-5) {
+            failures.push(format!("{n}x{m}: {difference}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -6,7 +6,7 @@
 mod ptxas;
 
 use fairyc_backends::cuda::codegen::{
-    ptx, quant_i8, Elem, Expr, FlashPass, Kernel, MapOp, QUANT_ROWS_PER_BLOCK,
+    ptx, quant_i8, quant_mma, Elem, Expr, FlashPass, Kernel, MapOp, QUANT_ROWS_PER_BLOCK,
 };
 use fairyc_ir::{RopeLayout, UnaryFn, WlPart};
 
@@ -68,6 +68,10 @@ fn every_kernel() -> Vec<Kernel> {
             products: 1,
             residual: false,
             prologue: None,
+        },
+        Kernel::QuantLinearMma {
+            u_stages: 2,
+            w_stages: 2,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -263,6 +267,17 @@ fn every_kernel_compiles_to_ptx_for_sm_90() {
         int8.contains("dp4a.s32.s32") && int8.contains("prmt.b32"),
         "{int8}"
     );
+    // Design (b): the same permuted bytes into s8 tensor-core products.
+    let mma = text
+        .split(".entry ")
+        .find(|k| k.starts_with("quant_linear_mma"))
+        .expect("the tensor-core kernel");
+    assert!(
+        mma.contains("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32")
+            && mma.contains("prmt.b32")
+            && !mma.contains("dp4a"),
+        "{mma}"
+    );
     // The flash kernels' products are bf16 tensor-core products on
     // fragments `ldmatrix` takes from the shared tiles, which stay in
     // registers (no local memory); `flash_delta` is a row sum and takes none.
@@ -311,9 +326,15 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
         if r.stack_bytes > 0 {
             over.push(format!("{symbol}: {} bytes", r.stack_bytes));
         }
-        if matches!(kernel, Kernel::QuantLinearI8 { .. })
-            && r.registers * int8_threads_per_multiprocessor > 65_536
-        {
+        let threads = match kernel {
+            Kernel::QuantLinearI8 { .. } => int8_threads_per_multiprocessor,
+            Kernel::QuantLinearMma { .. } => {
+                (quant_mma::MMA_BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32)
+                    as u32
+            }
+            _ => 0,
+        };
+        if r.registers * threads > 65_536 {
             over.push(format!("{symbol}: {} registers", r.registers));
         }
     }

@@ -201,6 +201,10 @@ pub enum Kernel {
         residual: bool,
         prologue: Option<Expr>,
     },
+    /// [`Kernel::QuantLinearI8`]'s plain product through tensor cores: the
+    /// codes' signed bytes multiplied by `mma.sync.m16n8k32` (design (b),
+    /// [`quant_mma`]), on codes re-packed by [`quant_mma::tile_codes`].
+    QuantLinearMma { u_stages: usize, w_stages: usize },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
     /// per row and group of the row).
@@ -291,6 +295,7 @@ impl Kernel {
                 paired_output: true,
                 ..
             } => "quant_linear_i8_paired",
+            Kernel::QuantLinearMma { .. } => "quant_linear_mma",
             Kernel::Dequant => "dequant",
             Kernel::PhaseSums { ifairy: false } => "phase_sums",
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
@@ -403,6 +408,7 @@ mod layout;
 mod phase;
 mod quant;
 pub mod quant_i8;
+pub mod quant_mma;
 mod rows;
 mod sampling;
 
@@ -801,6 +807,9 @@ impl<'ctx> Gen<'ctx> {
                     prologue: prologue.as_ref(),
                 },
             ),
+            Kernel::QuantLinearMma { u_stages, w_stages } => {
+                self.quant_linear_mma(name, (*u_stages, *w_stages))
+            }
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),

@@ -66,8 +66,8 @@ pub fn grid(n: usize, rows: usize, multiprocessors: usize) -> (u32, u32) {
 
 /// The signed bytes `prmt` picks for codes 0..3 (+1, +i, −1, −i): real
 /// parts (1, 0, −1, 0), imaginary parts (0, 1, 0, −1).
-const REAL_BYTES: u64 = 0x00FF_0001;
-const IMAGINARY_BYTES: u64 = 0xFF00_0100;
+pub(super) const REAL_BYTES: u64 = 0x00FF_0001;
+pub(super) const IMAGINARY_BYTES: u64 = 0xFF00_0100;
 
 /// The most products one launch of the int8 kernel computes from one
 /// input row (q, k and v read one row; gate and up another).
@@ -87,9 +87,21 @@ pub(super) struct Int8Kernel<'a> {
 
 /// The rows an int8 product quantizes: one operand's, or an elementwise
 /// expression's over several operands of the same shape (the prologue).
-struct RowInput<'a, 'ctx> {
-    operands: Vec<PointerValue<'ctx>>,
-    expr: Option<&'a Expr>,
+pub(super) struct RowInput<'a, 'ctx> {
+    pub operands: Vec<PointerValue<'ctx>>,
+    pub expr: Option<&'a Expr>,
+}
+
+/// Where the quantized row's words hold which inputs (in shared memory).
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum RowLayout {
+    /// Run by run, in the order the code words' `prmt` selectors take
+    /// their codes (the module docs): this kernel's.
+    Runs,
+    /// Chunk by chunk of 32 inputs, real parts (eight words, four
+    /// consecutive inputs each) then imaginary: `mma`'s B fragments
+    /// ([`super::quant_mma`]).
+    Chunks,
 }
 
 /// How many operands an elementwise expression reads (its highest operand
@@ -310,7 +322,8 @@ impl<'ctx> Gen<'ctx> {
             self.when(f, has_rows, || {
                 self.load_task(&layers, (first_row, self.int(0)), (lane, runs), &ahead)
             })?;
-            let x_step = self.quantize_row(f, (scratch, xq), (&x, input, norm), r, m)?;
+            let x_step =
+                self.quantize_row(f, (scratch, xq), (&x, input, norm), (r, m), RowLayout::Runs)?;
             self.call_void(barrier, &[])?;
             self.strided_loop(f, self.int(0), tasks, self.int(1), |_| {
                 let (row, at_step) = (self.get_i64(row_slot)?, self.get_i64(step_slot)?);
@@ -521,7 +534,7 @@ impl<'ctx> Gen<'ctx> {
     /// With a norm `(gain, eps)`, each word of the real row is scaled by its
     /// gain first, and the step by the row's `1/sqrt(mean(x²) + eps)`.
     #[allow(clippy::type_complexity)]
-    fn quantize_row(
+    pub(super) fn quantize_row(
         &self,
         f: FunctionValue<'ctx>,
         (scratch, xq): (PointerValue<'ctx>, PointerValue<'ctx>),
@@ -530,8 +543,8 @@ impl<'ctx> Gen<'ctx> {
             Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
             Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
         ),
-        r: IntValue<'ctx>,
-        m: IntValue<'ctx>,
+        (r, m): (IntValue<'ctx>, IntValue<'ctx>),
+        layout: RowLayout,
     ) -> Built<FloatValue<'ctx>> {
         let parts = self.mul(m, self.int(2))?;
         let row_words = match paired {
@@ -555,7 +568,7 @@ impl<'ctx> Gen<'ctx> {
         let (_, per_thread) = loads_per_thread(norm.is_some(), x.expr.is_some());
         // In phases: every word's table entries, then every input, then the
         // levels; so that each phase's loads are in flight together.
-        let place = |inside, safe, w| Ok((inside, w, self.word_slots(safe, paired)?));
+        let place = |inside, safe, w| Ok((inside, w, self.word_slots(safe, paired, layout)?));
         self.block_loop_by(f, words, per_thread, place, |placed| {
             let inputs = placed
                 .iter()
@@ -599,7 +612,27 @@ impl<'ctx> Gen<'ctx> {
         &self,
         w: IntValue<'ctx>,
         paired: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+        layout: RowLayout,
     ) -> Built<Vec<IntValue<'ctx>>> {
+        let slot_of = |j: IntValue<'ctx>, part: IntValue<'ctx>| {
+            let slot = self.add(self.mul(j, self.int(2))?, part)?;
+            match paired {
+                Some((table, _)) => self.widen(self.load_i32(table, slot)?),
+                None => Ok(slot),
+            }
+        };
+        if layout == RowLayout::Chunks {
+            // Word `w`: chunk `w / 16`, part `(w mod 16) / 8`, inputs
+            // `4·(w mod 8)` to three after it within the chunk.
+            let part = self.udiv(self.urem(w, self.int(16))?, self.int(8))?;
+            let first = self.add(
+                self.mul(self.udiv(w, self.int(16))?, self.int(32))?,
+                self.mul(self.urem(w, self.int(8))?, self.int(4))?,
+            )?;
+            return (0..4u64)
+                .map(|b| slot_of(self.add(first, self.int(b))?, part))
+                .collect();
+        }
         let k = self.urem(w, self.int(8))?;
         let run = self.udiv(w, self.int(8))?;
         let part = self.udiv(k, self.int(4))?;
@@ -613,14 +646,7 @@ impl<'ctx> Gen<'ctx> {
         )?;
         let first = self.add(self.mul(run, self.int(RUN as u64))?, first)?;
         (0..4u64)
-            .map(|b| {
-                let j = self.add(first, self.int(2 * b))?;
-                let slot = self.add(self.mul(j, self.int(2))?, part)?;
-                match paired {
-                    Some((table, _)) => self.widen(self.load_i32(table, slot)?),
-                    None => Ok(slot),
-                }
-            })
+            .map(|b| slot_of(self.add(first, self.int(2 * b))?, part))
             .collect()
     }
 
@@ -782,7 +808,7 @@ impl<'ctx> Gen<'ctx> {
     /// The lane's output from its integer sums: `re += s_re·Σre·xr ∓
     /// s_im·Σim·xi`, `im += ±s_re·Σre·xi + s_im·Σim·xr` (upper signs for the
     /// U stages on x, lower for the W stages on conj x).
-    fn combine_stages(
+    pub(super) fn combine_stages(
         &self,
         sums: &[[PointerValue<'ctx>; 4]],
         scales: &[(FloatValue<'ctx>, FloatValue<'ctx>)],
@@ -810,7 +836,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// The kernel's dynamic shared memory as 32-bit words (`extern
     /// .shared`; its size is the launch's).
-    fn dynamic_shared_words(&self) -> PointerValue<'ctx> {
+    pub(super) fn dynamic_shared_words(&self) -> PointerValue<'ctx> {
         const NAME: &str = "fairyc_dynamic_shared";
         let global = self.module.get_global(NAME).unwrap_or_else(|| {
             let g = self.module.add_global(
@@ -827,7 +853,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// The four `prmt` selectors of a word of 16 codes: codes 0 2 4 6, 8 10
     /// 12 14, 1 3 5 7, 9 11 13 15, one to a nibble of the low 16 bits.
-    fn code_selectors(&self, word: IntValue<'ctx>) -> Built<[IntValue<'ctx>; 4]> {
+    pub(super) fn code_selectors(&self, word: IntValue<'ctx>) -> Built<[IntValue<'ctx>; 4]> {
         let mask = self.i32().const_int(0x3333_3333, false);
         let even = self.builder.build_and(word, mask, "").map_err(err)?;
         let odd = self
@@ -872,7 +898,7 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
-    fn get_int(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
+    pub(super) fn get_int(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {
         self.load_int(self.i32(), slot)
     }
 

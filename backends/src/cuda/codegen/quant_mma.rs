@@ -1,0 +1,488 @@
+//! Fairy2i's `quant_linear` on int8 activations through tensor cores
+//! (design (b) of ../shared/research/gpu-anchors.md): the codes become
+//! signed bytes by the same `prmt` byte permutes as [`super::quant_i8`],
+//! but the products are `mma.sync.m16n8k32` on them instead of `dp4a`: one
+//! instruction for 512 of a warp's byte products, where `dp4a` takes 128.
+//! Per 16 codes a lane spends four selector instructions and eight
+//! permutes, against sixteen `dp4a` more in design (a).
+//!
+//! A warp's A operand is a tile of 16 output rows by a chunk of 32 inputs,
+//! B the quantized row: column 0 its real parts, column 1 its imaginary
+//! parts (the other six are zeros). The real-part bytes of the codes give
+//! `Σ re(c)·xr` and `Σ re(c)·xi`, the imaginary-part bytes `Σ im(c)·xr`
+//! and `Σ im(c)·xi`: each stage's four integer sums, scaled once per
+//! output as in design (a).
+//!
+//! The codes are re-packed once ([`tile_codes`]) into the order the A
+//! fragments read them: each lane's word holds its 16 codes of a chunk
+//! (rows `g` and `g + 8` of the tile, inputs `4t..4t+4` and `16 + 4t..`,
+//! lane `4g + t`), and a lane's words of four chunks follow one another,
+//! so that one 128-bit load brings them.
+
+use super::quant_i8::{RowInput, RowLayout, IMAGINARY_BYTES, REAL_BYTES};
+use super::*;
+
+/// Output rows of a tile: the rows of an `mma.m16n8k32` A operand.
+pub const TILE_ROWS: usize = 16;
+/// Complex inputs of a chunk: the `k` of one `mma.m16n8k32`.
+pub const CHUNK: usize = 32;
+/// Chunks of a task: the words of one 128-bit load a lane.
+const CHUNKS_PER_TASK: usize = 4;
+/// Warps of a block: they split a tile's chunks between them.
+const WARPS: u64 = 8;
+/// Blocks of the kernel per multiprocessor at most: each block quantizes
+/// the input row again.
+pub const MMA_BLOCKS_PER_MULTIPROCESSOR: usize = 2;
+
+/// The kernel's grid for `n` output rows of `rows` input rows: across, a
+/// block a tile up to the cap (beyond it each block takes several tiles);
+/// down, the input rows over what the cap leaves.
+pub fn grid(n: usize, rows: usize, multiprocessors: usize) -> (u32, u32) {
+    let cap = multiprocessors * MMA_BLOCKS_PER_MULTIPROCESSOR;
+    let across = n.div_ceil(TILE_ROWS).min(cap).max(1);
+    let down = (cap / across).clamp(1, rows.max(1));
+    (across as u32, down as u32)
+}
+
+/// Words of one stage's re-packed codes for `n` outputs of `m` inputs.
+pub fn tile_words(n: usize, m: usize) -> usize {
+    n.div_ceil(TILE_ROWS) * m.div_ceil(CHUNK * CHUNKS_PER_TASK) * 32 * CHUNKS_PER_TASK
+}
+
+/// Re-packs one stage's code words (row after row, 16 codes of consecutive
+/// inputs a word, code `j` at bits `2j..2j+2`) for `n` outputs of `m`
+/// inputs into the order the kernel's lanes read them: tile by tile (16
+/// rows), task by task (4 chunks of 32 inputs), lane by lane, a word a
+/// chunk. Rows and inputs past the layer's are code 0; the kernel's
+/// activations there are zeros.
+pub fn tile_codes(words: &[u32], n: usize, m: usize) -> Vec<u32> {
+    let row_words = m / 16;
+    let code = |row: usize, k: usize| -> u32 {
+        if row < n && k < m {
+            (words[row * row_words + k / 16] >> (2 * (k % 16))) & 3
+        } else {
+            0
+        }
+    };
+    let tasks = m.div_ceil(CHUNK * CHUNKS_PER_TASK);
+    let mut out = Vec::with_capacity(tile_words(n, m));
+    for tile in 0..n.div_ceil(TILE_ROWS) {
+        for task in 0..tasks {
+            for lane in 0..32 {
+                let (g, t) = (lane / 4, lane % 4);
+                for c in 0..CHUNKS_PER_TASK {
+                    let chunk = task * CHUNKS_PER_TASK + c;
+                    out.push((0..16).fold(0, |word, slot| {
+                        let (row, k) = slot_place(slot, g, t);
+                        word | code(TILE_ROWS * tile + row, CHUNK * chunk + k) << (2 * slot)
+                    }));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The row within the tile and the input within the chunk of code slot
+/// `slot` of lane `4g + t`'s word. The selectors take the even slots'
+/// codes to A's registers 0 and 2 (row `g`), the odd slots' to 1 and 3
+/// (row `g + 8`); slots 0..8 to inputs `4t..4t+4`, 8..16 to `16 + 4t..`.
+fn slot_place(slot: usize, g: usize, t: usize) -> (usize, usize) {
+    let row = g + 8 * (slot % 2);
+    let k = 16 * (slot / 8) + 4 * t + (slot % 8) / 2;
+    (row, k)
+}
+
+impl<'ctx> Gen<'ctx> {
+    /// `quant_linear_mma`: [`Gen::quant_linear_i8`]'s plain product (one,
+    /// unpaired) on codes re-packed by [`tile_codes`], `m` a multiple of
+    /// [`CHUNK`] (at most [`quant_i8::MAX_INPUTS`]). Parameters: `x`,
+    /// `out`, `(codes, scales)` per stage; `rows`, `m`, `n`, `per_tensor`.
+    ///
+    /// The grid's rows of blocks take the input rows in turn ([`grid`]).
+    /// A block quantizes its input row into shared memory (chunk by chunk:
+    /// B's fragments), then takes tiles a grid apart; its eight warps split
+    /// each tile's tasks (a warp a task, eight tasks apart), each lane's
+    /// code words loaded a task ahead. At a tile's end each warp scales its
+    /// sums, and the block adds the warps' partial outputs in shared
+    /// memory.
+    pub(super) fn quant_linear_mma(
+        &self,
+        name: &str,
+        (u_stages, w_stages): (usize, usize),
+    ) -> Built<()> {
+        let stages = u_stages + w_stages;
+        let mut params = vec![Param::Ptr; 2 + 2 * stages];
+        params.extend([Param::I64; 4]);
+        let f = self.declare(name, &params);
+        let scratch = self.shared_scratch(name);
+        let xq = self.dynamic_shared_words();
+        // Two buffers of the warps' partial outputs (real and imaginary of
+        // 16 rows), alternate tiles: one barrier a tile suffices.
+        let partials = self
+            .shared_array(
+                self.f32()
+                    .array_type(2 * WARPS as u32 * TILE_ROWS as u32 * 2),
+                &format!("{name}_partials"),
+            )
+            .as_pointer_value();
+        let x = RowInput {
+            operands: vec![self.param_ptr(f, 0)],
+            expr: None,
+        };
+        let out = self.param_ptr(f, 1);
+        let codes: Vec<PointerValue> = (0..stages as u32)
+            .map(|s| self.param_ptr(f, 2 + 2 * s))
+            .collect();
+        let scales: Vec<PointerValue> = (0..stages as u32)
+            .map(|s| self.param_ptr(f, 3 + 2 * s))
+            .collect();
+        let first_int = 2 + 2 * stages as u32;
+        let [rows, m, n, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, first_int + k));
+        let tid = self.sreg("tid.x")?;
+        let lane = self.urem(tid, self.int(32))?;
+        let warp = self.udiv(tid, self.int(32))?;
+        let (g, t) = (self.udiv(lane, self.int(4))?, self.urem(lane, self.int(4))?);
+        let tiles = self.udiv(
+            self.add(n, self.int(TILE_ROWS as u64 - 1))?,
+            self.int(TILE_ROWS as u64),
+        )?;
+        let chunks = self.udiv(m, self.int(CHUNK as u64))?;
+        let per_task = CHUNKS_PER_TASK as u64;
+        let tasks = self.udiv(
+            self.add(chunks, self.int(per_task - 1))?,
+            self.int(per_task),
+        )?;
+        // Each warp takes the same number of tasks of every tile (those
+        // past the tile's add zeros), so that all reach its barrier.
+        let warp_tasks = self.udiv(self.add(tasks, self.int(WARPS - 1))?, self.int(WARPS))?;
+        let block = self.sreg("ctaid.x")?;
+        let blocks = self.sreg("nctaid.x")?;
+        let block_tiles = self.select(
+            self.ult(block, tiles)?,
+            self.udiv(
+                self.add(self.sub(tiles, block)?, self.sub(blocks, self.int(1))?)?,
+                blocks,
+            )?,
+            self.int(0),
+        )?;
+        let steps = self.mul(block_tiles, warp_tasks)?;
+        let ahead: Vec<PointerValue> = (0..stages)
+            .map(|_| self.entry_slot(self.i32().vec_type(4).into()))
+            .collect::<Built<_>>()?;
+        // Per stage, the C fragments of the real-part and imaginary-part
+        // bytes' products.
+        let sums: Vec<[[PointerValue; 4]; 2]> = (0..stages)
+            .map(|_| {
+                let frag = || -> Built<[PointerValue; 4]> {
+                    Ok([
+                        self.local_int()?,
+                        self.local_int()?,
+                        self.local_int()?,
+                        self.local_int()?,
+                    ])
+                };
+                Ok([frag()?, frag()?])
+            })
+            .collect::<Built<_>>()?;
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        // Step `s` of the block: tile `block + blocks·(s / warp_tasks)`,
+        // this warp's task `warp + 8·(s mod warp_tasks)` of it.
+        let task_of = |s: IntValue<'ctx>| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+            let tile = self.add(block, self.mul(blocks, self.udiv(s, warp_tasks)?)?)?;
+            let task = self.add(warp, self.mul(self.int(WARPS), self.urem(s, warp_tasks)?)?)?;
+            Ok((tile, task))
+        };
+        let load_step = |s: IntValue<'ctx>| -> Built<()> {
+            let (tile, task) = task_of(s)?;
+            // A task past the tile's reads task 0's words, unused.
+            let task = self.select(self.ult(task, tasks)?, task, self.int(0))?;
+            let at = self.mul(
+                self.add(
+                    self.mul(self.add(self.mul(tile, tasks)?, task)?, self.int(32))?,
+                    lane,
+                )?,
+                self.int(per_task),
+            )?;
+            for (&stage_codes, &slot) in codes.iter().zip(&ahead) {
+                let p = self.gep(self.i32(), stage_codes, at)?;
+                let load = self
+                    .builder
+                    .build_load(self.i32().vec_type(4), p, "")
+                    .map_err(err)?;
+                load.as_instruction_value()
+                    .expect("a load")
+                    .set_alignment(16)
+                    .map_err(err)?;
+                self.builder.build_store(slot, load).map_err(err)?;
+            }
+            Ok(())
+        };
+        let (first_input_row, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
+        self.strided_loop(f, first_input_row, rows, blocks_down, |r| {
+            self.when(f, self.ult(self.int(0), steps)?, || load_step(self.int(0)))?;
+            let x_step = self.quantize_row(
+                f,
+                (scratch, xq),
+                (&x, None, None),
+                (r, m),
+                RowLayout::Chunks,
+            )?;
+            self.call_void(barrier, &[])?;
+            self.strided_loop(f, self.int(0), steps, self.int(1), |s| {
+                let words = ahead
+                    .iter()
+                    .map(|&slot| {
+                        Ok(self
+                            .builder
+                            .build_load(self.i32().vec_type(4), slot, "")
+                            .map_err(err)?
+                            .into_vector_value())
+                    })
+                    .collect::<Built<Vec<_>>>()?;
+                let next = self.add(s, self.int(1))?;
+                load_step(self.select(self.ult(next, steps)?, next, s)?)?;
+                let (tile, task) = task_of(s)?;
+                let within = self.urem(s, warp_tasks)?;
+                let first = self.eq_int(within, self.int(0))?;
+                for slot in sums.iter().flatten().flatten() {
+                    let kept = self.select(first, self.i32().const_zero(), self.get_int(*slot)?)?;
+                    self.builder.build_store(*slot, kept).map_err(err)?;
+                }
+                for c in 0..per_task {
+                    let chunk = self.add(self.mul(task, self.int(per_task))?, self.int(c))?;
+                    let b = self.b_fragment(xq, (chunk, chunks), (g, t))?;
+                    for (stage_words, stage_sums) in words.iter().zip(&sums) {
+                        let word = self
+                            .builder
+                            .build_extract_element(*stage_words, self.i32().const_int(c, false), "")
+                            .map_err(err)?
+                            .into_int_value();
+                        self.accumulate_chunk(word, b, stage_sums)?;
+                    }
+                }
+                let last = self.eq_int(self.add(within, self.int(1))?, warp_tasks)?;
+                self.when(f, last, || {
+                    let buffer = self.urem(self.udiv(s, warp_tasks)?, self.int(2))?;
+                    let row_base = self.mul(tile, self.int(TILE_ROWS as u64))?;
+                    self.tile_partials(
+                        f,
+                        (partials, buffer, warp),
+                        (&sums, &scales, u_stages),
+                        (row_base, n, per_tensor),
+                        (g, t),
+                        x_step,
+                    )?;
+                    self.call_void(barrier, &[])?;
+                    // Threads 0..32 add the warps' partials: row `tid / 2`,
+                    // part `tid mod 2`.
+                    self.when(f, self.ult(tid, self.int(2 * TILE_ROWS as u64))?, || {
+                        let mut total = self.float(0.0);
+                        for w in 0..WARPS {
+                            let at = self.add(
+                                self.mul(
+                                    self.add(self.mul(buffer, self.int(WARPS))?, self.int(w))?,
+                                    self.int(2 * TILE_ROWS as u64),
+                                )?,
+                                tid,
+                            )?;
+                            total = self.fadd(total, self.load_f32(partials, at)?)?;
+                        }
+                        let row = self.add(row_base, self.udiv(tid, self.int(2))?)?;
+                        self.when(f, self.ult(row, n)?, || {
+                            let at = self.add(
+                                self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?,
+                                self.urem(tid, self.int(2))?,
+                            )?;
+                            self.store_f32(out, at, total)
+                        })
+                    })
+                })
+            })?;
+            // The next row's quantization overwrites the shared words.
+            self.call_void(barrier, &[])
+        })?;
+        self.ret()
+    }
+
+    /// Lane `4g + t`'s B fragment of chunk `chunk` of the quantized row:
+    /// column `g` is the real parts (`g = 0`) or the imaginary parts
+    /// (`g = 1`), inputs `4t..4t+4` and `16 + 4t..`; zeros in the other
+    /// columns and past the row's chunks.
+    fn b_fragment(
+        &self,
+        xq: PointerValue<'ctx>,
+        (chunk, chunks): (IntValue<'ctx>, IntValue<'ctx>),
+        (g, t): (IntValue<'ctx>, IntValue<'ctx>),
+    ) -> Built<[IntValue<'ctx>; 2]> {
+        let used = self
+            .builder
+            .build_and(self.ult(chunk, chunks)?, self.ult(g, self.int(2))?, "")
+            .map_err(err)?;
+        let chunk = self.select(used, chunk, self.int(0))?;
+        let part = self.urem(g, self.int(2))?;
+        let base = self.add(
+            self.add(self.mul(chunk, self.int(16))?, self.mul(part, self.int(8))?)?,
+            t,
+        )?;
+        let word = |at| -> Built<IntValue<'ctx>> {
+            let v = self.load_i32(xq, at)?;
+            self.select(used, v, self.i32().const_zero())
+        };
+        Ok([word(base)?, word(self.add(base, self.int(4))?)?])
+    }
+
+    /// Adds one code word's products into a stage's two C fragments: the
+    /// A fragments of the codes' real-part and imaginary-part bytes, each
+    /// by B.
+    fn accumulate_chunk(
+        &self,
+        word: IntValue<'ctx>,
+        b: [IntValue<'ctx>; 2],
+        sums: &[[PointerValue<'ctx>; 4]; 2],
+    ) -> Built<()> {
+        let prmt = self.intrinsic("llvm.nvvm.prmt", &[])?;
+        let mma = self.intrinsic("llvm.nvvm.mma.m16n8k32.row.col.s8", &[])?;
+        // The selectors in A's register order (see [`slot_place`]): even
+        // slots 0..8, odd 0..8, even 8..16, odd 8..16.
+        let [even, even_high, odd, odd_high] = self.code_selectors(word)?;
+        for (table, frag) in [REAL_BYTES, IMAGINARY_BYTES].into_iter().zip(sums) {
+            let mut args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(10);
+            for selector in [even, odd, even_high, odd_high] {
+                let a = self.call(
+                    prmt,
+                    &[
+                        self.i32().const_int(table, false).into(),
+                        self.i32().const_zero().into(),
+                        selector.into(),
+                    ],
+                )?;
+                args.push(a.into());
+            }
+            args.extend(b.map(BasicMetadataValueEnum::from));
+            for slot in frag {
+                args.push(self.get_int(*slot)?.into());
+            }
+            let d = self.call(mma, &args)?.into_struct_value();
+            for (k, slot) in frag.iter().enumerate() {
+                let v = self
+                    .builder
+                    .build_extract_value(d, k as u32, "")
+                    .map_err(err)?;
+                self.builder.build_store(*slot, v).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a warp's partial outputs of a tile into `partials` (buffer
+    /// `buffer`): lanes `t = 0` hold column 0 and 1 of rows `g` and `g + 8`,
+    /// scaled by their stages' scales and the row's step.
+    #[allow(clippy::type_complexity)]
+    fn tile_partials(
+        &self,
+        f: FunctionValue<'ctx>,
+        (partials, buffer, warp): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        (sums, scales, u_stages): (
+            &[[[PointerValue<'ctx>; 4]; 2]],
+            &[PointerValue<'ctx>],
+            usize,
+        ),
+        (row_base, n, per_tensor): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        (g, t): (IntValue<'ctx>, IntValue<'ctx>),
+        x_step: FloatValue<'ctx>,
+    ) -> Built<()> {
+        let tensor = self.is_set(per_tensor)?;
+        self.when(f, self.eq_int(t, self.int(0))?, || {
+            for half in 0..2u64 {
+                let local = self.add(g, self.int(8 * half))?;
+                let row = self.add(row_base, local)?;
+                // Rows past the layer's: row 0's scales, never written.
+                let row = self.select(self.ult(row, n)?, row, self.int(0))?;
+                let at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
+                let stage_scales = scales
+                    .iter()
+                    .map(|&p| {
+                        Ok((
+                            self.load_f32(p, at)?,
+                            self.load_f32(p, self.add(at, self.int(1))?)?,
+                        ))
+                    })
+                    .collect::<Built<Vec<_>>>()?;
+                // combine_stages' order: Σre·xr, Σim·xi, Σim·xr, Σre·xi.
+                let k = 2 * half as usize;
+                let row_sums: Vec<[PointerValue; 4]> = sums
+                    .iter()
+                    .map(|[re, im]| [re[k], im[k + 1], im[k], re[k + 1]])
+                    .collect();
+                let (re, im) = self.combine_stages(&row_sums, &stage_scales, u_stages)?;
+                let at = self.mul(
+                    self.add(
+                        self.mul(
+                            self.add(self.mul(buffer, self.int(WARPS))?, warp)?,
+                            self.int(TILE_ROWS as u64),
+                        )?,
+                        local,
+                    )?,
+                    self.int(2),
+                )?;
+                self.store_f32(partials, at, self.fmul(re, x_step)?)?;
+                self.store_f32(partials, self.add(at, self.int(1))?, self.fmul(im, x_step)?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{grid, slot_place, tile_codes, tile_words, CHUNK, TILE_ROWS};
+
+    #[test]
+    fn each_lane_word_holds_the_codes_its_a_fragments_read() {
+        let (n, m) = (40, 160);
+        // Code (row, k) = (row + 3k) mod 4, in the layer's own order.
+        let words: Vec<u32> = (0..n)
+            .flat_map(|row| {
+                (0..m / 16).map(move |w| {
+                    (0..16).fold(0u32, |word, j| {
+                        word | (((row + 3 * (16 * w + j)) % 4) as u32) << (2 * j)
+                    })
+                })
+            })
+            .collect();
+        let tiled = tile_codes(&words, n, m);
+        assert_eq!(tiled.len(), tile_words(n, m));
+        let tasks = m.div_ceil(4 * CHUNK);
+        for (at, word) in tiled.iter().enumerate() {
+            let (c, lane) = (at % 4, at / 4 % 32);
+            let (task, tile) = (at / 128 % tasks, at / 128 / tasks);
+            for slot in 0..16 {
+                let (row, k) = slot_place(slot, lane / 4, lane % 4);
+                let (row, k) = (TILE_ROWS * tile + row, CHUNK * (4 * task + c) + k);
+                let want = if row < n && k < m {
+                    (row + 3 * k) % 4
+                } else {
+                    0
+                };
+                assert_eq!(
+                    (word >> (2 * slot)) & 3,
+                    want as u32,
+                    "tile {tile} lane {lane} slot {slot}"
+                );
+            }
+        }
+        // Every (row, input) of the layer is in some word once.
+        let places: std::collections::HashSet<_> = (0..32)
+            .flat_map(|lane| (0..16).map(move |s| slot_place(s, lane / 4, lane % 4)))
+            .collect();
+        assert_eq!(places.len(), TILE_ROWS * CHUNK);
+    }
+
+    #[test]
+    fn a_wide_layer_takes_every_multiprocessor_and_a_narrow_one_a_block_a_tile() {
+        assert_eq!(grid(16000, 1, 132), (264, 1));
+        assert_eq!(grid(2048, 1, 132), (128, 1));
+        assert_eq!(grid(2048, 513, 132), (128, 2));
+    }
+}
