@@ -54,14 +54,22 @@ fn main() -> Result<()> {
             products: 1,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinear {
             u_stages: 2,
             w_stages: 2,
         },
-        Kernel::QuantLinearMma {
+        Kernel::QuantLinearI8 {
             u_stages: 2,
             w_stages: 2,
+            paired_input: false,
+            paired_output: false,
+            normed: false,
+            products: 1,
+            residual: false,
+            prologue: None,
+            tensor_cores: true,
         },
     ];
     let text = ptx(&kernels)?;

@@ -212,8 +212,19 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
             products: 1,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
-        Kernel::QuantLinearMma { u_stages, w_stages },
+        Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_input: false,
+            paired_output: false,
+            normed: false,
+            products: 1,
+            residual: false,
+            prologue: None,
+            tensor_cores: true,
+        },
     ];
     let context = CudaContext::new(0).expect("a context");
     let stream = context.default_stream();

@@ -68,10 +68,18 @@ fn every_kernel() -> Vec<Kernel> {
             products: 1,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
-        Kernel::QuantLinearMma {
+        Kernel::QuantLinearI8 {
             u_stages: 2,
             w_stages: 2,
+            paired_input: false,
+            paired_output: false,
+            normed: false,
+            products: 1,
+            residual: false,
+            prologue: None,
+            tensor_cores: true,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -82,6 +90,7 @@ fn every_kernel() -> Vec<Kernel> {
             products: 1,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -92,6 +101,7 @@ fn every_kernel() -> Vec<Kernel> {
             products: 1,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -102,6 +112,7 @@ fn every_kernel() -> Vec<Kernel> {
             products: 1,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -112,6 +123,7 @@ fn every_kernel() -> Vec<Kernel> {
             products: 3,
             residual: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 1,
@@ -122,6 +134,7 @@ fn every_kernel() -> Vec<Kernel> {
             products: 1,
             residual: true,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8 {
             u_stages: 2,
@@ -138,6 +151,36 @@ fn every_kernel() -> Vec<Kernel> {
                     Expr::Operand(1),
                 ],
             )),
+            tensor_cores: false,
+        },
+        // Design (b) with the folds the decoding step uses.
+        Kernel::QuantLinearI8 {
+            u_stages: 2,
+            w_stages: 2,
+            paired_input: true,
+            paired_output: true,
+            normed: true,
+            products: 3,
+            residual: false,
+            prologue: None,
+            tensor_cores: true,
+        },
+        Kernel::QuantLinearI8 {
+            u_stages: 2,
+            w_stages: 2,
+            paired_input: true,
+            paired_output: true,
+            normed: false,
+            products: 1,
+            residual: true,
+            prologue: Some(Expr::Apply(
+                MapOp::Mul,
+                vec![
+                    Expr::Apply(MapOp::Silu, vec![Expr::Operand(0)]),
+                    Expr::Operand(1),
+                ],
+            )),
+            tensor_cores: true,
         },
         Kernel::GatherColumns,
         Kernel::ColumnSum,
@@ -327,11 +370,13 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
             over.push(format!("{symbol}: {} bytes", r.stack_bytes));
         }
         let threads = match kernel {
-            Kernel::QuantLinearI8 { .. } => int8_threads_per_multiprocessor,
-            Kernel::QuantLinearMma { .. } => {
+            Kernel::QuantLinearI8 {
+                tensor_cores: true, ..
+            } => {
                 (quant_mma::MMA_BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32)
                     as u32
             }
+            Kernel::QuantLinearI8 { .. } => int8_threads_per_multiprocessor,
             _ => 0,
         };
         if r.registers * threads > 65_536 {

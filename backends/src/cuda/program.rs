@@ -542,6 +542,7 @@ fn select_kernels(
                                 products: 1,
                                 residual: false,
                                 prologue: None,
+                                tensor_cores: false,
                             }]
                         })
                     }

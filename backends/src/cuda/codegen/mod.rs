@@ -190,7 +190,9 @@ pub enum Kernel {
     /// adds a residual row (after o and down). With a paired input,
     /// `prologue` folds in the input's producer where it is elementwise
     /// (SiLU(gate)·up before down): the row is that expression over its
-    /// operands, computed as it is quantized.
+    /// operands, computed as it is quantized. With `tensor_cores` the
+    /// products are tensor-core `mma` on codes re-packed at load (design
+    /// (b), [`quant_mma`]), else `dp4a` (design (a), [`quant_i8`]).
     QuantLinearI8 {
         u_stages: usize,
         w_stages: usize,
@@ -200,11 +202,8 @@ pub enum Kernel {
         products: usize,
         residual: bool,
         prologue: Option<Expr>,
+        tensor_cores: bool,
     },
-    /// [`Kernel::QuantLinearI8`]'s plain product through tensor cores: the
-    /// codes' signed bytes multiplied by `mma.sync.m16n8k32` (design (b),
-    /// [`quant_mma`]), on codes re-packed by [`quant_mma::tile_codes`].
-    QuantLinearMma { u_stages: usize, w_stages: usize },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
     /// per row and group of the row).
@@ -270,6 +269,9 @@ impl Kernel {
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
             Kernel::QuantLinearI8 {
+                tensor_cores: true, ..
+            } => "quant_linear_mma",
+            Kernel::QuantLinearI8 {
                 normed: true,
                 paired_output: true,
                 ..
@@ -295,7 +297,6 @@ impl Kernel {
                 paired_output: true,
                 ..
             } => "quant_linear_i8_paired",
-            Kernel::QuantLinearMma { .. } => "quant_linear_mma",
             Kernel::Dequant => "dequant",
             Kernel::PhaseSums { ifairy: false } => "phase_sums",
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
@@ -796,19 +797,21 @@ impl<'ctx> Gen<'ctx> {
                 products,
                 residual,
                 prologue,
-            } => self.quant_linear_i8(
-                name,
-                quant_i8::Int8Kernel {
+                tensor_cores,
+            } => {
+                let kernel = quant_i8::Int8Kernel {
                     stages: (*u_stages, *w_stages),
                     paired: (*paired_input, *paired_output),
                     normed: *normed,
                     products: *products,
                     residual: *residual,
                     prologue: prologue.as_ref(),
-                },
-            ),
-            Kernel::QuantLinearMma { u_stages, w_stages } => {
-                self.quant_linear_mma(name, (*u_stages, *w_stages))
+                };
+                if *tensor_cores {
+                    self.quant_linear_mma(name, kernel)
+                } else {
+                    self.quant_linear_i8(name, kernel)
+                }
             }
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),

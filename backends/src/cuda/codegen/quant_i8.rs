@@ -118,14 +118,28 @@ pub(crate) fn operand_count(expr: &Expr) -> usize {
 /// per-tensor, with a paired output its table and real row length, and the
 /// residual row its epilogue adds.
 #[derive(Clone)]
-struct Layer<'ctx> {
-    out: PointerValue<'ctx>,
-    codes: Vec<PointerValue<'ctx>>,
-    scales: Vec<PointerValue<'ctx>>,
-    n: IntValue<'ctx>,
-    per_tensor: IntValue<'ctx>,
-    output: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
-    residual: Option<PointerValue<'ctx>>,
+pub(super) struct Layer<'ctx> {
+    pub out: PointerValue<'ctx>,
+    pub codes: Vec<PointerValue<'ctx>>,
+    pub scales: Vec<PointerValue<'ctx>>,
+    pub n: IntValue<'ctx>,
+    pub per_tensor: IntValue<'ctx>,
+    pub output: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+    pub residual: Option<PointerValue<'ctx>>,
+}
+
+/// An int8 product kernel's parameters ([`Gen::int8_signature`]): the
+/// function, its input rows, `rows` and `m`, the pairing table of a paired
+/// input and its row's words, a folded norm's gain and eps, and each
+/// product's parameters.
+pub(super) struct Int8Signature<'a, 'ctx> {
+    pub f: FunctionValue<'ctx>,
+    pub x: RowInput<'a, 'ctx>,
+    pub rows: IntValue<'ctx>,
+    pub m: IntValue<'ctx>,
+    pub input: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+    pub norm: Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
+    pub layers: Vec<Layer<'ctx>>,
 }
 
 /// Where a warp keeps the loads of its next task (see
@@ -137,44 +151,14 @@ struct TaskSlots<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// `quant_linear_i8`: [`Gen::quant_linear`] with each row of `x`
-    /// quantized to int8 first, `m` a multiple of 16 (at most
-    /// [`MAX_INPUTS`]), per-tensor or per-channel scales (`(s_re, s_im)` at
-    /// 0, or at `2·row`), for `products` products of the same input row at
-    /// once (their output rows one after another: the warp of a row picks
-    /// its product's pointers by selects). Parameters: `x` (or a prologue's
-    /// operands, below), `[in_table]`,
-    /// `[gain]`, then per product `out`, `(codes, scales)` per stage,
-    /// `[out_table]`, `[residual]`; `rows`, `m`, `[in_words]`, then per
-    /// product `n`, `per_tensor`, `[out_words]`; `[eps]`.
-    ///
-    /// The grid's rows of blocks take the input rows in turn ([`grid`]). A
-    /// block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes its input
-    /// row into shared memory (`m / 2` words, dynamic: the launch gives their
-    /// bytes); then each warp takes output rows in turn, a grid of warps
-    /// apart (the launch caps the grid at a few blocks a multiprocessor, so
-    /// that few blocks quantize the same row), each lane [`RUNS_PER_STEP`]
-    /// runs of 16 inputs, 32 runs apart, a step: one code word per run and
-    /// stage, loaded a step ahead (the module docs).
-    ///
-    /// Paired (`paired_input`, `paired_output`), part `p` of complex input
-    /// `j` is `x[r·in_words + in_table[2j + p]]`, and part `p` of output `o`
-    /// goes to `out[r·out_words + out_table[2o + p]]`.
-    ///
-    /// `normed` (paired input only): `x` is the row before an RMS norm with
-    /// `gain` and `eps`; the row's norm is summed beside its maximum, and
-    /// each part is scaled by its channel's gain as it is quantized. The
-    /// norm's own scale is a factor of the whole row, so it only scales the
-    /// step.
-    ///
-    /// `residual` (paired output only) is an epilogue, the folded reader of
-    /// a product's real output: a residual row added to it.
-    ///
-    /// With a `prologue` (paired input, not normed), the row is that
-    /// elementwise expression over the first `operand_count` parameters,
-    /// rows of one shape: the producer of the product's input folded in
-    /// (SiLU(gate)·up before down).
-    pub(super) fn quant_linear_i8(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
+    /// Declares an int8 product kernel for `kernel` (the parameters of
+    /// [`Gen::quant_linear_i8`], shared by [`Gen::quant_linear_mma`]) and
+    /// names its parameters.
+    pub(super) fn int8_signature<'a>(
+        &self,
+        name: &str,
+        kernel: Int8Kernel<'a>,
+    ) -> Built<Int8Signature<'a, 'ctx>> {
         let Int8Kernel {
             stages: (u_stages, w_stages),
             paired: (paired_input, paired_output),
@@ -211,8 +195,6 @@ impl<'ctx> Gen<'ctx> {
             params.push(Param::F32);
         }
         let f = self.declare(name, &params);
-        let scratch = self.shared_scratch(name);
-        let xq = self.dynamic_shared_words();
         let x = RowInput {
             operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
             expr: prologue,
@@ -259,6 +241,68 @@ impl<'ctx> Gen<'ctx> {
                 }
             })
             .collect();
+        Ok(Int8Signature {
+            f,
+            x,
+            rows,
+            m,
+            input,
+            norm,
+            layers,
+        })
+    }
+
+    /// `quant_linear_i8`: [`Gen::quant_linear`] with each row of `x`
+    /// quantized to int8 first, `m` a multiple of 16 (at most
+    /// [`MAX_INPUTS`]), per-tensor or per-channel scales (`(s_re, s_im)` at
+    /// 0, or at `2·row`), for `products` products of the same input row at
+    /// once (their output rows one after another: the warp of a row picks
+    /// its product's pointers by selects). Parameters: `x` (or a prologue's
+    /// operands, below), `[in_table]`,
+    /// `[gain]`, then per product `out`, `(codes, scales)` per stage,
+    /// `[out_table]`, `[residual]`; `rows`, `m`, `[in_words]`, then per
+    /// product `n`, `per_tensor`, `[out_words]`; `[eps]`.
+    ///
+    /// The grid's rows of blocks take the input rows in turn ([`grid`]). A
+    /// block of [`QUANT_ROWS_PER_BLOCK`] warps first quantizes its input
+    /// row into shared memory (`m / 2` words, dynamic: the launch gives their
+    /// bytes); then each warp takes output rows in turn, a grid of warps
+    /// apart (the launch caps the grid at a few blocks a multiprocessor, so
+    /// that few blocks quantize the same row), each lane [`RUNS_PER_STEP`]
+    /// runs of 16 inputs, 32 runs apart, a step: one code word per run and
+    /// stage, loaded a step ahead (the module docs).
+    ///
+    /// Paired (`paired_input`, `paired_output`), part `p` of complex input
+    /// `j` is `x[r·in_words + in_table[2j + p]]`, and part `p` of output `o`
+    /// goes to `out[r·out_words + out_table[2o + p]]`.
+    ///
+    /// `normed` (paired input only): `x` is the row before an RMS norm with
+    /// `gain` and `eps`; the row's norm is summed beside its maximum, and
+    /// each part is scaled by its channel's gain as it is quantized. The
+    /// norm's own scale is a factor of the whole row, so it only scales the
+    /// step.
+    ///
+    /// `residual` (paired output only) is an epilogue, the folded reader of
+    /// a product's real output: a residual row added to it.
+    ///
+    /// With a `prologue` (paired input, not normed), the row is that
+    /// elementwise expression over the first `operand_count` parameters,
+    /// rows of one shape: the producer of the product's input folded in
+    /// (SiLU(gate)·up before down).
+    pub(super) fn quant_linear_i8(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
+        let Int8Signature {
+            f,
+            x,
+            rows,
+            m,
+            input,
+            norm,
+            layers,
+        } = self.int8_signature(name, kernel)?;
+        let (u_stages, w_stages) = kernel.stages;
+        let stages = u_stages + w_stages;
+        let scratch = self.shared_scratch(name);
+        let xq = self.dynamic_shared_words();
         let mut n = layers[0].n;
         for layer in &layers[1..] {
             n = self.add(n, layer.n)?;
@@ -435,7 +479,7 @@ impl<'ctx> Gen<'ctx> {
     /// go (`2·(r·n + row)` and the next word, or paired: through the
     /// layer's table), and the residual each adds.
     #[allow(clippy::type_complexity)]
-    fn output_places(
+    pub(super) fn output_places(
         &self,
         layer: &Layer<'ctx>,
         (r, row): (IntValue<'ctx>, IntValue<'ctx>),
@@ -461,7 +505,7 @@ impl<'ctx> Gen<'ctx> {
     /// products' rows follow one another), and the row within it: the
     /// product's parameters chosen by selects, which cost a few
     /// instructions a row where a branch would split the warp's code.
-    fn layer_of_row(
+    pub(super) fn layer_of_row(
         &self,
         layers: &[Layer<'ctx>],
         row: IntValue<'ctx>,

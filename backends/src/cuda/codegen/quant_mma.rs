@@ -19,7 +19,7 @@
 //! lane `4g + t`), and a lane's words of four chunks follow one another,
 //! so that one 128-bit load brings them.
 
-use super::quant_i8::{RowInput, RowLayout, IMAGINARY_BYTES, REAL_BYTES};
+use super::quant_i8::{Int8Kernel, Int8Signature, Layer, RowLayout, IMAGINARY_BYTES, REAL_BYTES};
 use super::*;
 
 /// Output rows of a tile: the rows of an `mma.m16n8k32` A operand.
@@ -94,10 +94,11 @@ fn slot_place(slot: usize, g: usize, t: usize) -> (usize, usize) {
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// `quant_linear_mma`: [`Gen::quant_linear_i8`]'s plain product (one,
-    /// unpaired) on codes re-packed by [`tile_codes`], `m` a multiple of
-    /// [`CHUNK`] (at most [`quant_i8::MAX_INPUTS`]). Parameters: `x`,
-    /// `out`, `(codes, scales)` per stage; `rows`, `m`, `n`, `per_tensor`.
+    /// `quant_linear_mma`: [`Gen::quant_linear_i8`] (the same parameters
+    /// and folds) on codes re-packed by [`tile_codes`], `m` a multiple of
+    /// [`CHUNK`] (at most [`quant_i8::MAX_INPUTS`]), and with several
+    /// products each one's rows a multiple of [`TILE_ROWS`] (a tile is one
+    /// product's).
     ///
     /// The grid's rows of blocks take the input rows in turn ([`grid`]).
     /// A block quantizes its input row into shared memory (chunk by chunk:
@@ -105,16 +106,20 @@ impl<'ctx> Gen<'ctx> {
     /// each tile's tasks (a warp a task, eight tasks apart), each lane's
     /// code words loaded a task ahead. At a tile's end each warp scales its
     /// sums, and the block adds the warps' partial outputs in shared
-    /// memory.
-    pub(super) fn quant_linear_mma(
-        &self,
-        name: &str,
-        (u_stages, w_stages): (usize, usize),
-    ) -> Built<()> {
+    /// memory and writes them (through the output's table, with the
+    /// residual, where those are folded in).
+    pub(super) fn quant_linear_mma(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
+        let Int8Signature {
+            f,
+            x,
+            rows,
+            m,
+            input,
+            norm,
+            layers,
+        } = self.int8_signature(name, kernel)?;
+        let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
-        let mut params = vec![Param::Ptr; 2 + 2 * stages];
-        params.extend([Param::I64; 4]);
-        let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
         // Two buffers of the warps' partial outputs (real and imaginary of
@@ -126,27 +131,16 @@ impl<'ctx> Gen<'ctx> {
                 &format!("{name}_partials"),
             )
             .as_pointer_value();
-        let x = RowInput {
-            operands: vec![self.param_ptr(f, 0)],
-            expr: None,
-        };
-        let out = self.param_ptr(f, 1);
-        let codes: Vec<PointerValue> = (0..stages as u32)
-            .map(|s| self.param_ptr(f, 2 + 2 * s))
-            .collect();
-        let scales: Vec<PointerValue> = (0..stages as u32)
-            .map(|s| self.param_ptr(f, 3 + 2 * s))
-            .collect();
-        let first_int = 2 + 2 * stages as u32;
-        let [rows, m, n, per_tensor] = [0, 1, 2, 3].map(|k| self.param_int(f, first_int + k));
+        let mut n = layers[0].n;
+        for layer in &layers[1..] {
+            n = self.add(n, layer.n)?;
+        }
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
         let warp = self.udiv(tid, self.int(32))?;
         let (g, t) = (self.udiv(lane, self.int(4))?, self.urem(lane, self.int(4))?);
-        let tiles = self.udiv(
-            self.add(n, self.int(TILE_ROWS as u64 - 1))?,
-            self.int(TILE_ROWS as u64),
-        )?;
+        let tile_rows = self.int(TILE_ROWS as u64);
+        let tiles = self.udiv(self.add(n, self.int(TILE_ROWS as u64 - 1))?, tile_rows)?;
         let chunks = self.udiv(m, self.int(CHUNK as u64))?;
         let per_task = CHUNKS_PER_TASK as u64;
         let tasks = self.udiv(
@@ -195,8 +189,10 @@ impl<'ctx> Gen<'ctx> {
         };
         let load_step = |s: IntValue<'ctx>| -> Built<()> {
             let (tile, task) = task_of(s)?;
+            let (layer, first_row) = self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
             // A task past the tile's reads task 0's words, unused.
             let task = self.select(self.ult(task, tasks)?, task, self.int(0))?;
+            let tile = self.udiv(first_row, tile_rows)?;
             let at = self.mul(
                 self.add(
                     self.mul(self.add(self.mul(tile, tasks)?, task)?, self.int(32))?,
@@ -204,7 +200,7 @@ impl<'ctx> Gen<'ctx> {
                 )?,
                 self.int(per_task),
             )?;
-            for (&stage_codes, &slot) in codes.iter().zip(&ahead) {
+            for (&stage_codes, &slot) in layer.codes.iter().zip(&ahead) {
                 let p = self.gep(self.i32(), stage_codes, at)?;
                 let load = self
                     .builder
@@ -224,7 +220,7 @@ impl<'ctx> Gen<'ctx> {
             let x_step = self.quantize_row(
                 f,
                 (scratch, xq),
-                (&x, None, None),
+                (&x, input, norm),
                 (r, m),
                 RowLayout::Chunks,
             )?;
@@ -264,13 +260,13 @@ impl<'ctx> Gen<'ctx> {
                 let last = self.eq_int(self.add(within, self.int(1))?, warp_tasks)?;
                 self.when(f, last, || {
                     let buffer = self.urem(self.udiv(s, warp_tasks)?, self.int(2))?;
-                    let row_base = self.mul(tile, self.int(TILE_ROWS as u64))?;
+                    let (layer, first_row) =
+                        self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
                     self.tile_partials(
                         f,
                         (partials, buffer, warp),
-                        (&sums, &scales, u_stages),
-                        (row_base, n, per_tensor),
-                        (g, t),
+                        (&sums, &layer, u_stages),
+                        (first_row, (g, t)),
                         x_step,
                     )?;
                     self.call_void(barrier, &[])?;
@@ -288,13 +284,19 @@ impl<'ctx> Gen<'ctx> {
                             )?;
                             total = self.fadd(total, self.load_f32(partials, at)?)?;
                         }
-                        let row = self.add(row_base, self.udiv(tid, self.int(2))?)?;
-                        self.when(f, self.ult(row, n)?, || {
-                            let at = self.add(
-                                self.mul(self.add(self.mul(r, n)?, row)?, self.int(2))?,
-                                self.urem(tid, self.int(2))?,
-                            )?;
-                            self.store_f32(out, at, total)
+                        let row = self.add(first_row, self.udiv(tid, self.int(2))?)?;
+                        let imaginary = self.is_set(self.urem(tid, self.int(2))?)?;
+                        self.when(f, self.ult(row, layer.n)?, || {
+                            let [(re_at, re_residual), (im_at, im_residual)] =
+                                self.output_places(&layer, (r, row))?;
+                            let at = self.select(imaginary, im_at, re_at)?;
+                            let total = match (re_residual, im_residual) {
+                                (Some(re), Some(im)) => {
+                                    self.fadd(total, self.select(imaginary, im, re)?)?
+                                }
+                                _ => total,
+                            };
+                            self.store_f32(layer.out, at, total)
                         })
                     })
                 })
@@ -376,31 +378,28 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Writes a warp's partial outputs of a tile into `partials` (buffer
-    /// `buffer`): lanes `t = 0` hold column 0 and 1 of rows `g` and `g + 8`,
-    /// scaled by their stages' scales and the row's step.
+    /// `buffer`): lanes `t = 0` hold columns 0 and 1 of rows `g` and
+    /// `g + 8` (of `layer`, from `first_row`), scaled by their stages'
+    /// scales and the row's step.
     #[allow(clippy::type_complexity)]
     fn tile_partials(
         &self,
         f: FunctionValue<'ctx>,
         (partials, buffer, warp): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-        (sums, scales, u_stages): (
-            &[[[PointerValue<'ctx>; 4]; 2]],
-            &[PointerValue<'ctx>],
-            usize,
-        ),
-        (row_base, n, per_tensor): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-        (g, t): (IntValue<'ctx>, IntValue<'ctx>),
+        (sums, layer, u_stages): (&[[[PointerValue<'ctx>; 4]; 2]], &Layer<'ctx>, usize),
+        (first_row, (g, t)): (IntValue<'ctx>, (IntValue<'ctx>, IntValue<'ctx>)),
         x_step: FloatValue<'ctx>,
     ) -> Built<()> {
-        let tensor = self.is_set(per_tensor)?;
+        let tensor = self.is_set(layer.per_tensor)?;
         self.when(f, self.eq_int(t, self.int(0))?, || {
             for half in 0..2u64 {
                 let local = self.add(g, self.int(8 * half))?;
-                let row = self.add(row_base, local)?;
+                let row = self.add(first_row, local)?;
                 // Rows past the layer's: row 0's scales, never written.
-                let row = self.select(self.ult(row, n)?, row, self.int(0))?;
+                let row = self.select(self.ult(row, layer.n)?, row, self.int(0))?;
                 let at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
-                let stage_scales = scales
+                let stage_scales = layer
+                    .scales
                     .iter()
                     .map(|&p| {
                         Ok((

@@ -473,6 +473,7 @@ pub(super) fn fold_pairings(
                 products: 1,
                 residual: false,
                 prologue: None,
+                tensor_cores: false,
             },
         );
         let mut operands = graph.nodes[i].operands.clone();
@@ -569,6 +570,7 @@ pub(super) fn fold_norms(
                 products: 1,
                 residual: false,
                 prologue: None,
+                tensor_cores: false,
             },
         );
         let (input, gain) = (graph.node(norm).operands[0], graph.node(norm).operands[1]);
