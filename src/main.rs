@@ -13,7 +13,7 @@ use fairyc::train::{
 };
 use fairyc::{
     import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, GpuActivations,
-    GpuAttention, GpuMatmul, Imported, Llvm, Model, Reference,
+    GpuAttention, GpuMatmul, Imported, Int8Products, Llvm, Model, Reference,
 };
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
@@ -402,6 +402,17 @@ struct BackendArgs {
     /// one step, products by dp4a: fastest) or f32 (exact).
     #[arg(long, value_enum, default_value_t = GpuActivationsArg::Int8)]
     gpu_activations: GpuActivationsArg,
+    /// How the cuda backend's int8 layers multiply: dp4a (a warp an output
+    /// row) or tensor-cores (mma on tiles of 16 rows, the codes re-packed
+    /// at load; where the codes are the model's weights).
+    #[arg(long, value_enum, default_value_t = Int8ProductsArg::Dp4a)]
+    int8_products: Int8ProductsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Int8ProductsArg {
+    Dp4a,
+    TensorCores,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -454,6 +465,10 @@ impl BackendArgs {
                 activations: match self.gpu_activations {
                     GpuActivationsArg::Int8 => GpuActivations::Int8,
                     GpuActivationsArg::F32 => GpuActivations::F32,
+                },
+                int8_products: match self.int8_products {
+                    Int8ProductsArg::Dp4a => Int8Products::Dp4a,
+                    Int8ProductsArg::TensorCores => Int8Products::TensorCores,
                 },
                 ..Cuda::default()
             }),

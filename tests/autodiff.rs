@@ -1498,11 +1498,9 @@ fn tiny_w2_training_step_ptx() {
         "every weight is a master the step reads as an input"
     );
     let prepared = fairyc_backends::prepare(&fairyc_backends::Cuda::default(), &step).unwrap();
-    let ptx = fairyc_backends::cuda::program::graph_ptx(
-        &prepared,
-        fairyc_backends::cuda::GpuActivations::Int8,
-    )
-    .unwrap();
+    let ptx =
+        fairyc_backends::cuda::program::graph_ptx(&prepared, &fairyc_backends::Cuda::default())
+            .unwrap();
     common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_training_step");
     insta::assert_snapshot!("tiny_w2_training_step_ptx", ptx);
 }

@@ -6,7 +6,9 @@
 mod common;
 
 use common::{compile_artifact, tiny_models, TempDir};
-use fairyc::{Activations, Backend, Cranelift, Cuda, GpuActivations, Llvm, Model, Reference};
+use fairyc::{
+    Activations, Backend, Cranelift, Cuda, GpuActivations, Int8Products, Llvm, Model, Reference,
+};
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::import::import;
 use fairyc_frontend::synth::{write_gguf, write_ifairy_hf, IfairySynthConfig, SynthConfig};
@@ -172,6 +174,11 @@ fn models_match_the_reference_on_the_gpu() {
             let got = logits_on(&path, &exact);
             assert_close(&format!("{name} on cuda, f32 activations"), &got, &want);
             check_within(name, &path, &want, &Cuda::default(), 0.1);
+            let tensor_cores = Cuda {
+                int8_products: Int8Products::TensorCores,
+                ..Cuda::default()
+            };
+            check_within(name, &path, &want, &tensor_cores, 0.1);
             got.len()
         });
         match checked {
@@ -194,9 +201,31 @@ fn tiny_w2_model_ptx() {
     compile_artifact(&llama, "w2", &out);
     let model = Model::load(&out).unwrap();
     let graph = fairyc_backends::prepare(&Cuda::default(), model.graph()).unwrap();
-    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, GpuActivations::Int8).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, &Cuda::default()).unwrap();
     common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_model");
     insta::assert_snapshot!("tiny_w2_model_ptx", ptx);
+}
+
+/// The tiny W2 model with its int8 products on tensor cores: the products
+/// whose shapes suit that kernel (down: 32 complex inputs, whole chunks)
+/// take it, the others keep `dp4a`, and ptxas assembles both.
+#[test]
+fn tiny_w2_model_on_tensor_cores_ptx() {
+    let dir = TempDir::new("ptx-mma");
+    let llama = dir.path("llama.gguf");
+    write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
+    let out = dir.path("w2.fairy");
+    compile_artifact(&llama, "w2", &out);
+    let model = Model::load(&out).unwrap();
+    let options = Cuda {
+        int8_products: Int8Products::TensorCores,
+        ..Cuda::default()
+    };
+    let graph = fairyc_backends::prepare(&options, model.graph()).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, &options).unwrap();
+    assert!(ptx.contains(".entry quant_linear_mma"), "{ptx}");
+    assert!(ptx.contains(".entry quant_linear_i8"), "{ptx}");
+    common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_model_on_tensor_cores");
 }
 
 /// The PTX of the tiny iFairy model in its native form (complex
@@ -211,7 +240,7 @@ fn tiny_ifairy_native_model_ptx() {
     compile_artifact(&ifairy, "native", &out);
     let model = Model::load(&out).unwrap();
     let graph = fairyc_backends::prepare(&Cuda::default(), model.graph()).unwrap();
-    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, GpuActivations::Int8).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, &Cuda::default()).unwrap();
     assert!(ptx.contains(".entry act_quant_complex"), "{ptx}");
     common::ptxas::assemble_for_sm_90(&ptx, "tiny_ifairy_native_model");
     insta::assert_snapshot!("tiny_ifairy_native_model_ptx", ptx);

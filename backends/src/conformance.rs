@@ -854,13 +854,18 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
     }
     // Products of one row (q, k and v; gate and up), which the cuda backend
     // computes in one launch: widths that end mid-warp, per-tensor and
-    // per-channel scales side by side.
+    // per-channel scales side by side; and widths of whole 16-row tiles,
+    // which its tensor-core kernel takes.
     for normed in [false, true] {
         let norm = if normed { ", normed" } else { "" };
         cases_over(
             &mut out,
             &format!("sibling paired quant_linears{norm}"),
-            &[(3usize, [2400usize, 40, 8], 32usize), (1, [8, 24, 16], 16)],
+            &[
+                (3usize, [2400usize, 40, 8], 32usize),
+                (1, [8, 24, 16], 16),
+                (2, [64, 48, 16], 64),
+            ],
             |c, (rows, widths, m)| {
                 let mut x = c.real(&[rows, 2 * m]);
                 if normed {

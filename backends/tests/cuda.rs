@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use fairyc_backends::conformance;
-use fairyc_backends::cuda::{Communicator, Cuda, GpuAttention, GpuMatmul};
+use fairyc_backends::cuda::{Communicator, Cuda, GpuAttention, GpuMatmul, Int8Products};
 use fairyc_backends::Tensor;
 use fairyc_ir::{DType, GraphBuilder, MemoryStore, Op, Shape, TensorType};
 
@@ -84,21 +84,41 @@ fn bf16_attention_on_the_gpu() {
 
 /// The widely-linear pairing folded into the int8 product (the kernel
 /// reads the real row through the pack's table and writes the real output
-/// through the unpack's): each pairing, against the reference. A wrong
-/// word would move its output by its whole size; int8 activations move
-/// them by about 0.4% RMS.
+/// through the unpack's): each pairing, against the reference, with
+/// `dp4a` and on tensor cores (where the shapes suit them: the PTX shows
+/// which cases take that kernel). A wrong word would move its output by
+/// its whole size; int8 activations move them by about 0.4% RMS.
 #[test]
 fn paired_int8_products_on_the_gpu() {
     if !gpu_or_skip() {
         return;
     }
     let mut failures = Vec::new();
-    for case in conformance::paired_quant_linear_cases() {
-        let difference = conformance::relative_rms_difference(&Cuda::default(), &case);
-        eprintln!("{}: relative RMS difference {difference:?}", case.name);
-        match difference {
-            Ok(d) if d < 0.02 => {}
-            other => failures.push(format!("{}: {other:?}", case.name)),
+    for products in [Int8Products::Dp4a, Int8Products::TensorCores] {
+        let cuda = Cuda {
+            int8_products: products,
+            ..Cuda::default()
+        };
+        let mut on_tensor_cores = 0;
+        for case in conformance::paired_quant_linear_cases() {
+            let prepared = fairyc_backends::prepare(&cuda, &case.graph).expect("prepared");
+            let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared, &cuda).expect("PTX");
+            let mma = ptx.contains(".entry quant_linear_mma");
+            on_tensor_cores += usize::from(mma);
+            let difference = conformance::relative_rms_difference(&cuda, &case);
+            eprintln!(
+                "{products:?}{}: {}: relative RMS difference {difference:?}",
+                if mma { " (tensor cores)" } else { "" },
+                case.name
+            );
+            match difference {
+                Ok(d) if d < 0.02 => {}
+                other => failures.push(format!("{products:?} {}: {other:?}", case.name)),
+            }
+        }
+        eprintln!("{products:?}: {on_tensor_cores} cases on tensor cores");
+        if products == Int8Products::TensorCores && on_tensor_cores == 0 {
+            failures.push("no case took the tensor-core kernel".into());
         }
     }
     assert!(failures.is_empty(), "{failures:?}");

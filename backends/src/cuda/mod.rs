@@ -22,6 +22,7 @@ use crate::{Backend, BackendError, Program, Tolerance};
 #[derive(Clone, Debug, Default)]
 pub struct Cuda {
     pub activations: GpuActivations,
+    pub int8_products: Int8Products,
     pub matmul: GpuMatmul,
     pub attention: GpuAttention,
     /// The CUDA device's ordinal.
@@ -43,6 +44,22 @@ pub enum GpuActivations {
     Int8,
     /// f32 as they are, each code's product in f32: exact, slower.
     F32,
+}
+
+/// How the int8 products ([`GpuActivations::Int8`]) multiply a model's
+/// codes by the quantized row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Int8Products {
+    /// `dp4a` integer dot products on the codes' permuted bytes, a warp an
+    /// output row ([`codegen::quant_i8`], design (a)).
+    #[default]
+    Dp4a,
+    /// Tensor-core `mma` on the same bytes, a warp a tile of 16 output
+    /// rows ([`codegen::quant_mma`], design (b)), where the codes are
+    /// constants of the program (re-packed into fragment order once, at
+    /// load) and the shapes suit it ([`codegen::quant_mma::applies`]);
+    /// `dp4a` elsewhere.
+    TensorCores,
 }
 
 /// How training's attention (over segments) and its gradients run.

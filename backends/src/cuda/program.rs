@@ -27,7 +27,9 @@ use num_complex::Complex32;
 use super::codegen::{
     self, Elem, Expr, Kernel, MapOp, ATTENTION_THREADS, GATHER_RANK, MAP_THREADS, ROW_THREADS,
 };
-use super::{int8_applies, Communicator, Cuda, GpuActivations, GpuAttention, GpuMatmul};
+use super::{
+    int8_applies, Communicator, Cuda, GpuActivations, GpuAttention, GpuMatmul, Int8Products,
+};
 use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
 
@@ -487,6 +489,7 @@ fn select_kernels(
         fuse,
         flash,
         collective,
+        tensor_cores,
     } = choices;
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
@@ -592,6 +595,9 @@ fn select_kernels(
         fusion::group_siblings(graph, plan, &mut kernels, &mut steps);
     }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
+    if tensor_cores {
+        fusion::use_tensor_cores(graph, plan, &mut kernels, &mut steps);
+    }
     Ok((kernels, steps))
 }
 
@@ -617,6 +623,9 @@ struct Choices {
     /// Whether `all_reduce` adds over a group of GPUs (else the GPU is a
     /// rank alone, and its operand the sum).
     collective: bool,
+    /// The paired int8 products on tensor cores where they can be
+    /// ([`Int8Products::TensorCores`]).
+    tensor_cores: bool,
 }
 
 /// The `fusion` passes a program runs: all, unless `FAIRYC_NO_FUSION` is set:
@@ -709,11 +718,12 @@ impl Fold {
     }
 }
 
-/// The kernels and steps a program of a prepared graph takes by default
-/// (fused, attention by products, a GPU alone).
+/// The kernels and steps a program of a prepared graph takes with
+/// `options`' activations and int8 products (fused, attention by products,
+/// a GPU alone).
 fn default_selection(
     graph: &Graph,
-    activations: GpuActivations,
+    options: &Cuda,
 ) -> Result<(Vec<Kernel>, Vec<Option<Step>>), BackendError> {
     let plan = MemoryPlan::new(graph, 1);
     let fold = Fold::of(graph, &plan);
@@ -721,14 +731,15 @@ fn default_selection(
         fuse: Fusions::ALL,
         flash: false,
         collective: false,
+        tensor_cores: options.int8_products == Int8Products::TensorCores,
     };
-    select_kernels(graph, &plan, activations, fold, choices)
+    select_kernels(graph, &plan, options.activations, fold, choices)
 }
 
 /// The PTX module the CUDA backend generates for a prepared graph (what
-/// [`CudaProgram::new`] loads); needs no GPU.
-pub fn graph_ptx(graph: &Graph, activations: GpuActivations) -> Result<String, BackendError> {
-    let (kernels, _) = default_selection(graph, activations)?;
+/// [`CudaProgram::new`] loads with `options`); needs no GPU.
+pub fn graph_ptx(graph: &Graph, options: &Cuda) -> Result<String, BackendError> {
+    let (kernels, _) = default_selection(graph, options)?;
     codegen::ptx(&kernels).map_err(BackendError::new)
 }
 
@@ -869,6 +880,7 @@ impl CudaProgram {
             fuse: Fusions::from_env(),
             flash: options.attention == GpuAttention::Flash,
             collective: options.communicator.is_some(),
+            tensor_cores: options.int8_products == Int8Products::TensorCores,
         };
         let (mut kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
         // bf16 products take their operands rounded to bf16 by a kernel of
@@ -1056,6 +1068,7 @@ impl CudaProgram {
         if fold == Fold::Device {
             program.fold_constants()?;
         }
+        program.tile_tensor_core_codes()?;
         program.resident_bytes = program.constants.values().map(|d| d.word_count() * 4).sum();
         Ok(program)
     }

@@ -44,6 +44,15 @@ pub fn grid(n: usize, rows: usize, multiprocessors: usize) -> (u32, u32) {
     (across as u32, down as u32)
 }
 
+/// Whether products of `n` outputs each (several: one launch) of `m`
+/// inputs suit the kernel: `m` whole chunks within the shared memory, and
+/// with several products each one's rows whole tiles.
+pub fn applies(n: &[usize], m: usize) -> bool {
+    m.is_multiple_of(CHUNK)
+        && m <= quant_i8::MAX_INPUTS
+        && (n.len() == 1 || n.iter().all(|rows| rows.is_multiple_of(TILE_ROWS)))
+}
+
 /// Words of one stage's re-packed codes for `n` outputs of `m` inputs.
 pub fn tile_words(n: usize, m: usize) -> usize {
     n.div_ceil(TILE_ROWS) * m.div_ceil(CHUNK * CHUNKS_PER_TASK) * 32 * CHUNKS_PER_TASK
@@ -56,6 +65,7 @@ pub fn tile_words(n: usize, m: usize) -> usize {
 /// chunk. Rows and inputs past the layer's are code 0; the kernel's
 /// activations there are zeros.
 pub fn tile_codes(words: &[u32], n: usize, m: usize) -> Vec<u32> {
+    use rayon::prelude::*;
     let row_words = m / 16;
     let code = |row: usize, k: usize| -> u32 {
         if row < n && k < m {
@@ -65,21 +75,21 @@ pub fn tile_codes(words: &[u32], n: usize, m: usize) -> Vec<u32> {
         }
     };
     let tasks = m.div_ceil(CHUNK * CHUNKS_PER_TASK);
-    let mut out = Vec::with_capacity(tile_words(n, m));
-    for tile in 0..n.div_ceil(TILE_ROWS) {
-        for task in 0..tasks {
-            for lane in 0..32 {
-                let (g, t) = (lane / 4, lane % 4);
-                for c in 0..CHUNKS_PER_TASK {
-                    let chunk = task * CHUNKS_PER_TASK + c;
-                    out.push((0..16).fold(0, |word, slot| {
-                        let (row, k) = slot_place(slot, g, t);
-                        word | code(TILE_ROWS * tile + row, CHUNK * chunk + k) << (2 * slot)
-                    }));
-                }
+    let tile_len = tasks * 32 * CHUNKS_PER_TASK;
+    let mut out = vec![0; tile_words(n, m)];
+    // A 7B model's codes are 400M words: its tiles on every core.
+    out.par_chunks_mut(tile_len.max(1))
+        .enumerate()
+        .for_each(|(tile, words)| {
+            for (at, word) in words.iter_mut().enumerate() {
+                let (c, lane, task) = (at % CHUNKS_PER_TASK, at / CHUNKS_PER_TASK % 32, at / 128);
+                let chunk = task * CHUNKS_PER_TASK + c;
+                *word = (0..16).fold(0, |word, slot| {
+                    let (row, k) = slot_place(slot, lane / 4, lane % 4);
+                    word | code(TILE_ROWS * tile + row, CHUNK * chunk + k) << (2 * slot)
+                });
             }
-        }
-    }
+        });
     out
 }
 

@@ -32,7 +32,7 @@
 use fairyc_ir::{Arithmetic, Granularity, Graph, Op, Scheme, ValueId};
 
 use super::{kernel_index, Kernel, Sibling, Step};
-use crate::cuda::codegen::{quant_i8, Elem, Expr};
+use crate::cuda::codegen::{quant_i8, quant_mma, Elem, Expr};
 use crate::plan::MemoryPlan;
 
 /// Operands an int8 product's prologue may read.
@@ -873,6 +873,96 @@ pub(super) fn group_siblings(
     keep_launched(kernels, steps);
 }
 
+/// Moves the paired int8 products onto tensor cores
+/// ([`crate::cuda::Int8Products::TensorCores`]) where their codes are
+/// weights the program holds (evaluated at load) and only that product
+/// reads, so that they can be re-packed into fragment order once at load
+/// ([`tensor_core_codes`]), and where the shapes suit the kernel
+/// ([`quant_mma::applies`]).
+pub(super) fn use_tensor_cores(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let all_readers = readers(graph, plan, steps);
+    let suits = |i: usize, step: &Option<Step>| -> Option<usize> {
+        let Some(Step::PairedQuantLinear { kernel, .. }) = step else {
+            return None;
+        };
+        let codes: Vec<ValueId> = product_weights(step).iter().step_by(2).copied().collect();
+        let shapes = codes
+            .iter()
+            .map(|c| match graph.node(*c).ty.shape.concrete().as_deref() {
+                Some(&[n, m]) => Some([n, m]),
+                _ => None,
+            })
+            .collect::<Option<Vec<[usize; 2]>>>()?;
+        // Each product's rows (its stages' codes are alike).
+        let Kernel::QuantLinearI8 {
+            u_stages, w_stages, ..
+        } = kernels[*kernel]
+        else {
+            return None;
+        };
+        let products: Vec<usize> = shapes
+            .iter()
+            .step_by(u_stages + w_stages)
+            .map(|[n, _]| *n)
+            .collect();
+        let held = codes
+            .iter()
+            .all(|c| plan.resident[c.0] && all_readers[c.0] == [i]);
+        (held && quant_mma::applies(&products, shapes[0][1])).then_some(*kernel)
+    };
+    let chosen: Vec<(usize, usize)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, step)| Some((i, suits(i, step)?)))
+        .collect();
+    for (i, kernel) in chosen {
+        let mut changed = kernels[kernel].clone();
+        if let Kernel::QuantLinearI8 { tensor_cores, .. } = &mut changed {
+            *tensor_cores = true;
+        }
+        let index = kernel_index(kernels, changed);
+        if let Some(Step::PairedQuantLinear { kernel, .. }) = &mut steps[i] {
+            *kernel = index;
+        }
+    }
+    keep_launched(kernels, steps);
+}
+
+/// The codes the tensor-core products read, to re-pack at load: each
+/// value's `[n, m]`.
+pub(super) fn tensor_core_codes(
+    graph: &Graph,
+    kernels: &[Kernel],
+    steps: &[Option<Step>],
+) -> Vec<(ValueId, [usize; 2])> {
+    let mut codes = Vec::new();
+    for step in steps {
+        let Some(Step::PairedQuantLinear { kernel, .. }) = step else {
+            continue;
+        };
+        if !matches!(
+            kernels[*kernel],
+            Kernel::QuantLinearI8 {
+                tensor_cores: true,
+                ..
+            }
+        ) {
+            continue;
+        }
+        for c in product_weights(step).iter().step_by(2) {
+            if let Some(&[n, m]) = graph.node(*c).ty.shape.concrete().as_deref() {
+                codes.push((*c, [n, m]));
+            }
+        }
+    }
+    codes
+}
+
 /// A paired product's weights: its operands after the input, less a norm's
 /// gain and a residual row.
 fn product_weights(step: &Option<Step>) -> &[ValueId] {
@@ -951,12 +1041,22 @@ mod tests {
     use super::MAX_OPERANDS;
     use crate::cuda::GpuActivations;
 
+    /// The backend's options with `activations`, the rest by default.
+    fn on(activations: GpuActivations) -> crate::cuda::Cuda {
+        crate::cuda::Cuda {
+            activations,
+            ..Default::default()
+        }
+    }
+
     fn ty(dims: &[usize]) -> TensorType {
         TensorType::new(DType::F32, Shape::new(dims.iter().copied()))
     }
 
     fn steps(graph: &fairyc_ir::Graph) -> Vec<Option<Step>> {
-        default_selection(graph, GpuActivations::F32).unwrap().1
+        default_selection(graph, &on(GpuActivations::F32))
+            .unwrap()
+            .1
     }
 
     /// The weights of a `quant_linear` with one U and one W stage of
@@ -1069,7 +1169,7 @@ mod tests {
                 );
             }
             let graph = b.finish(&outputs);
-            let (kernels, steps) = default_selection(&graph, GpuActivations::F32).unwrap();
+            let (kernels, steps) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
             (kernels, steps, w, sum, inner)
         };
         for stages in [2, 3] {
@@ -1230,7 +1330,7 @@ mod tests {
         let k_real = b.push(Op::Unpack { block: 0 }, &[k]).unwrap();
         let k_twice = b.push(Op::Scale { factor: 2.0 }, &[k]).unwrap();
         let graph = b.finish(&[q_real, k_real, k_twice]);
-        let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+        let (kernels, steps) = default_selection(&graph, &on(GpuActivations::Int8)).unwrap();
         assert!(steps[packed.0].is_none(), "the pack is folded away");
         assert!(steps[q.0].is_none(), "q is computed at its unpack");
         let Some(Step::PairedQuantLinear {
@@ -1293,7 +1393,7 @@ mod tests {
                 outputs.push(b.push(Op::Scale { factor: 2.0 }, &[normed]).unwrap());
             }
             let graph = b.finish(&outputs);
-            let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+            let (kernels, steps) = default_selection(&graph, &on(GpuActivations::Int8)).unwrap();
             (kernels, steps, [x, gain, normed, real])
         };
         let (kernels, steps, [x, gain, normed, real]) = graph(false);
@@ -1329,6 +1429,64 @@ mod tests {
     /// The paired products of one normed row are one launch, at the first
     /// one's step, with the others' weights after its own; a product whose
     /// weights are computed after that step stays a launch of its own.
+    /// A paired product moves to tensor cores where its codes are weights
+    /// (held at load, re-packed there) and its shapes suit the kernel;
+    /// codes the step reads as inputs, and inputs not whole chunks, keep
+    /// `dp4a`.
+    #[test]
+    fn held_codes_of_whole_chunks_take_tensor_cores() {
+        use super::super::Kernel;
+        use crate::cuda::{Cuda, Int8Products};
+
+        let options = Cuda {
+            int8_products: Int8Products::TensorCores,
+            ..Cuda::default()
+        };
+        let mut b = GraphBuilder::new("tensor cores");
+        let mut outputs = Vec::new();
+        // Codes as weights, 32 and 16 complex inputs; codes as inputs.
+        for (name, m, held) in [("held", 32, true), ("narrow", 16, true), ("fed", 32, false)] {
+            let x = b.input(format!("{name}.x"), ty(&[3, 2 * m]));
+            let packed = b.push(Op::Pack { block: 0 }, &[x]).unwrap();
+            let mut weights = stage_weights(&mut b, name, [24, m]);
+            if held {
+                let codes = TensorType::new(DType::Code2, Shape::new([24, m]));
+                weights[0] = b.weight(format!("{name}.u.codes"), codes.clone());
+                weights[2] = b.weight(format!("{name}.w.codes"), codes);
+            }
+            let product = quant_linear(&mut b, packed, &weights);
+            outputs.push(b.push(Op::Unpack { block: 0 }, &[product]).unwrap());
+        }
+        let graph = b.finish(&outputs);
+        let (kernels, steps) = default_selection(&graph, &options).unwrap();
+        let on_tensor_cores: Vec<bool> = outputs
+            .iter()
+            .map(|v| match &steps[v.0] {
+                Some(Step::PairedQuantLinear { kernel, .. }) => matches!(
+                    kernels[*kernel],
+                    Kernel::QuantLinearI8 {
+                        tensor_cores: true,
+                        ..
+                    }
+                ),
+                _ => panic!("%{} is not a paired product", v.0),
+            })
+            .collect();
+        assert_eq!(on_tensor_cores, [true, false, false]);
+        let codes = super::tensor_core_codes(&graph, &kernels, &steps);
+        assert_eq!(codes.len(), 2, "the held product's two stages");
+        assert!(codes.iter().all(|(_, shape)| *shape == [24, 32]));
+        // By default, none.
+        let (kernels, _) = default_selection(&graph, &on(GpuActivations::Int8)).unwrap();
+        assert!(!kernels.iter().any(|k| matches!(
+            k,
+            Kernel::QuantLinearI8 {
+                tensor_cores: true,
+                ..
+            }
+        )));
+    }
+
     #[test]
     fn products_of_one_row_are_one_launch() {
         use super::super::{Kernel, Sibling};
@@ -1355,7 +1513,7 @@ mod tests {
         let late_product = quant_linear(&mut b, packed, &late);
         let late_real = b.push(Op::Unpack { block: 0 }, &[late_product]).unwrap();
         let graph = b.finish(&[outputs[0].1, outputs[1].1, outputs[2].1, late_real]);
-        let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+        let (kernels, steps) = default_selection(&graph, &on(GpuActivations::Int8)).unwrap();
         let Some(Step::PairedQuantLinear {
             kernel,
             operands,
@@ -1413,7 +1571,7 @@ mod tests {
         let sum = b.push(Op::Add, &[x, o]).unwrap();
         let other = product(&mut b, "other");
         let graph = b.finish(&[sum, other]);
-        let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+        let (kernels, steps) = default_selection(&graph, &on(GpuActivations::Int8)).unwrap();
         assert!(steps[o.0].is_none(), "the product moves to the add");
         let Some(Step::PairedQuantLinear {
             kernel,
@@ -1462,7 +1620,7 @@ mod tests {
                 outputs.push(b.push(Op::Scale { factor: 2.0 }, &[gated]).unwrap());
             }
             let graph = b.finish(&outputs);
-            let (kernels, steps) = default_selection(&graph, GpuActivations::Int8).unwrap();
+            let (kernels, steps) = default_selection(&graph, &on(GpuActivations::Int8)).unwrap();
             (kernels, steps, [gate, up, gated, outputs[0]])
         };
         let (kernels, steps, [gate, up, gated, real]) = graph(false);

@@ -10,8 +10,8 @@ use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
 use fairyc_ir::quant::Pairing;
 use fairyc_ir::{Granularity, Graph, Op, ValueId};
 
-use super::codegen::{quant_i8, Kernel, QUANT_ROWS_PER_BLOCK};
-use super::{driver, pairing_index, scale_groups, CudaProgram, DeviceTensor, Step};
+use super::codegen::{quant_i8, quant_mma, Kernel, QUANT_ROWS_PER_BLOCK};
+use super::{driver, fusion, pairing_index, scale_groups, CudaProgram, DeviceTensor, Step};
 use crate::BackendError;
 
 /// One product of a `quant_linear` launch: its weights (codes and scales
@@ -57,6 +57,7 @@ impl CudaProgram {
             residual,
             products,
             ref prologue,
+            tensor_cores,
             ..
         } = self.kernels[kernel]
         else {
@@ -96,7 +97,11 @@ impl CudaProgram {
                 input.inputs.len()
             )));
         }
-        let grid = quant_i8::grid(outputs, rows, self.multiprocessors);
+        let grid = if tensor_cores {
+            quant_mma::grid(outputs, rows, self.multiprocessors)
+        } else {
+            quant_i8::grid(outputs, rows, self.multiprocessors)
+        };
         // The input row's int8 words live in shared memory.
         let shared = (m / 2 * 4) as u32;
         // rows, m, [in_words], then per product n, per_tensor, [out_words]
@@ -137,6 +142,30 @@ impl CudaProgram {
                 b.arg(eps);
             }
         })
+    }
+}
+
+impl CudaProgram {
+    /// Re-packs the codes that tensor-core products read into the order
+    /// their fragments take them ([`quant_mma::tile_codes`]), in place:
+    /// those products alone read them ([`fusion::use_tensor_cores`]).
+    pub(super) fn tile_tensor_core_codes(&mut self) -> Result<(), BackendError> {
+        for (v, [n, m]) in fusion::tensor_core_codes(&self.graph, &self.kernels, &self.steps) {
+            let codes = self.constants.get(&v.0).ok_or_else(|| {
+                BackendError::new(format!("%{}: tensor-core codes not held at load", v.0))
+            })?;
+            let words = self.stream.clone_dtoh(&*codes.words).map_err(driver)?;
+            let tiled = self
+                .stream
+                .clone_htod(&quant_mma::tile_codes(&words, n, m))
+                .map_err(driver)?;
+            let tiled = DeviceTensor {
+                words: Arc::new(tiled),
+                ..codes.clone()
+            };
+            self.constants.insert(v.0, tiled);
+        }
+        Ok(())
     }
 }
 
