@@ -184,7 +184,7 @@ fn main() -> Result<()> {
             // access; the row's int8 words fill the shared memory.
             unsafe {
                 b.launch(config(
-                    quant_mma::grid(n, 1, multiprocessors).0,
+                    quant_mma::grid(n, 1, m, multiprocessors).0,
                     block,
                     m / 2 * 4,
                 ))

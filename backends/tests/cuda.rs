@@ -210,7 +210,8 @@ fn collectives_through_nccl() {
 /// the same way and sum integers exactly, so they differ only in the order
 /// their float scalings add up. Layers of a tile and a half (rows past the
 /// layer's), tiles whose last task is partial or whose warps take
-/// several tasks, several input rows, per-tensor and per-channel scales.
+/// several tasks, input rows in one group of four and in two (the last
+/// partial), per-tensor and per-channel scales.
 #[test]
 fn tensor_core_int8_products_match_the_dp4a_kernel() {
     use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
@@ -258,7 +259,12 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
         .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(18);
     let mut failures = Vec::new();
-    for (n, m, rows, per_tensor) in [(24, 96, 3, 1i64), (40, 1184, 2, 0), (96, 288, 1, 1)] {
+    for (n, m, rows, per_tensor) in [
+        (24, 96, 3, 1i64),
+        (40, 1184, 2, 0),
+        (96, 288, 1, 1),
+        (48, 64, 6, 0),
+    ] {
         let mut codes = Vec::new();
         let mut tiled = Vec::new();
         let mut scales = Vec::new();
@@ -285,7 +291,7 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
                 quant_i8::grid(n, rows, 4)
             } else {
                 // One multiprocessor's cap: blocks take several tiles.
-                quant_mma::grid(n, rows, 1)
+                quant_mma::grid(n, rows, m, 1)
             };
             let sizes = [rows as i64, m as i64, n as i64, per_tensor];
             let mut b = stream.launch_builder(function);
@@ -299,7 +305,11 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
             let config = LaunchConfig {
                 grid_dim: (across, down, 1),
                 block_dim: (32 * QUANT_ROWS_PER_BLOCK, 1, 1),
-                shared_mem_bytes: (m / 2 * 4) as u32,
+                shared_mem_bytes: if k == 0 {
+                    (m / 2 * 4) as u32
+                } else {
+                    quant_mma::shared_bytes(rows, m)
+                },
             };
             // SAFETY: as the kernels' signatures; sizes bound every access,
             // and the row's int8 words fill the shared memory.

@@ -96,7 +96,7 @@ pub(super) struct RowInput<'a, 'ctx> {
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum RowLayout {
     /// Run by run, in the order the code words' `prmt` selectors take
-    /// their codes (the module docs): this kernel's.
+    /// their codes (the module docs): `quant_linear_i8`'s.
     Runs,
     /// Chunk by chunk of 32 inputs, real parts (eight words, four
     /// consecutive inputs each) then imaginary: `mma`'s B fragments
@@ -566,9 +566,11 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared), the
-    /// block together: word `k` of run `run` (the order of the module docs)
-    /// at `8·run + k`, so that a lane reads a run's words in two 128-bit
-    /// loads ([`Gen::run_words`]). Returns the row's step,
+    /// block together, in `layout`: by runs, word `k` of run `run` (the
+    /// order of the module docs) at `8·run + k`, so that a lane reads a
+    /// run's words in two 128-bit loads ([`Gen::run_words`]); by chunks,
+    /// as the tensor-core kernel's B fragments read them
+    /// ([`super::quant_mma`]). Returns the row's step,
     /// `max |part| / 127` (an all-zero row: zeros).
     ///
     /// With a paired input `(table, in_words)`, the row is real, of
@@ -649,9 +651,10 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
-    /// Where word `w` of the quantized row (word `k = w mod 8` of run
-    /// `w / 8`) takes its four inputs:
-    /// their slots in the row (through the pairing table, if any).
+    /// Where word `w` of the quantized row in `layout` (by runs, word
+    /// `k = w mod 8` of run `w / 8`; by chunks, [`RowLayout::Chunks`])
+    /// takes its four inputs: their slots in the row (through the pairing
+    /// table, if any).
     fn word_slots(
         &self,
         w: IntValue<'ctx>,

@@ -1,14 +1,14 @@
 //! Fairy2i's `quant_linear` on int8 activations through tensor cores
 //! (design (b) of ../shared/research/gpu-anchors.md): the codes become
 //! signed bytes by the same `prmt` byte permutes as [`super::quant_i8`],
-//! but the products are `mma.sync.m16n8k32` on them instead of `dp4a`: one
-//! instruction for 512 of a warp's byte products, where `dp4a` takes 128.
-//! Per 16 codes a lane spends four selector instructions and eight
-//! permutes, against sixteen `dp4a` more in design (a).
+//! but the products are `mma.sync.m16n8k32` on them instead of `dp4a`. Per
+//! 16 codes a lane spends five selector instructions, eight permutes and
+//! two `mma`s (for up to four input rows at once); design (a) spends the
+//! same selectors and permutes and sixteen `dp4a` for each input row.
 //!
 //! A warp's A operand is a tile of 16 output rows by a chunk of 32 inputs,
-//! B the quantized row: column 0 its real parts, column 1 its imaginary
-//! parts (the other six are zeros). The real-part bytes of the codes give
+//! B up to four quantized input rows: columns `2j` and `2j + 1` row `j`'s
+//! real and imaginary parts (zeros past the rows a block takes at once). The real-part bytes of the codes give
 //! `Σ re(c)·xr` and `Σ re(c)·xi`, the imaginary-part bytes `Σ im(c)·xr`
 //! and `Σ im(c)·xi`: each stage's four integer sums, scaled once per
 //! output as in design (a).
@@ -28,28 +28,54 @@ pub const TILE_ROWS: usize = 16;
 pub const CHUNK: usize = 32;
 /// Chunks of a task: the words of one 128-bit load a lane.
 const CHUNKS_PER_TASK: usize = 4;
-/// Warps of a block: they split a tile's chunks between them.
-const WARPS: u64 = 8;
+/// Warps of a block (the int8 kernels' launch): they split a tile's
+/// chunks between them.
+const WARPS: u64 = QUANT_ROWS_PER_BLOCK as u64;
+/// Columns of B: four input rows' real and imaginary parts.
+const COLUMNS: u32 = 8;
 /// Blocks of the kernel per multiprocessor at most: each block quantizes
 /// the input row again.
 pub const MMA_BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 
-/// The kernel's grid for `n` output rows of `rows` input rows: across, a
-/// block a tile up to the cap (beyond it each block takes several tiles);
-/// down, the input rows over what the cap leaves.
-pub fn grid(n: usize, rows: usize, multiprocessors: usize) -> (u32, u32) {
+/// Bytes of shared memory for the quantized rows: the 48 KiB a launch
+/// gets without opting in, less the warps' partial outputs (two buffers)
+/// and the block reductions' scratch.
+const ROW_BYTES: usize =
+    48 * 1024 - 4 * (2 * WARPS as usize * TILE_ROWS * COLUMNS as usize + ROW_THREADS as usize / 32);
+
+/// Input rows a block takes at once: B's eight columns are four rows'
+/// real and imaginary parts, and their int8 words (two bytes an input)
+/// must fit [`ROW_BYTES`], so rows of `m` inputs go
+/// `min(4, ROW_BYTES / 2m)` at a time. A prompt's rows then share the
+/// decoding of each code word.
+pub fn rows_at_once(m: usize) -> usize {
+    (ROW_BYTES / (2 * m).max(1)).clamp(1, 4)
+}
+
+/// The kernel's grid for `n` output rows of `rows` input rows of `m`
+/// inputs: across, a block a tile up to the cap (beyond it each block
+/// takes several tiles); down, the groups of input rows
+/// ([`rows_at_once`]) over what the cap leaves.
+pub fn grid(n: usize, rows: usize, m: usize, multiprocessors: usize) -> (u32, u32) {
     let cap = multiprocessors * MMA_BLOCKS_PER_MULTIPROCESSOR;
     let across = n.div_ceil(TILE_ROWS).min(cap).max(1);
-    let down = (cap / across).clamp(1, rows.max(1));
+    let groups = rows.div_ceil(rows_at_once(m));
+    let down = (cap / across).clamp(1, groups.max(1));
     (across as u32, down as u32)
 }
 
+/// Bytes of dynamic shared memory a launch for `rows` input rows of `m`
+/// inputs needs: the int8 words of the rows a block takes at once.
+pub fn shared_bytes(rows: usize, m: usize) -> u32 {
+    (rows.clamp(1, rows_at_once(m)) * m / 2 * 4) as u32
+}
+
 /// Whether products of `n` outputs each (several: one launch) of `m`
-/// inputs suit the kernel: `m` whole chunks within the shared memory, and
+/// inputs suit the kernel: `m` whole chunks, a row within [`ROW_BYTES`], and
 /// with several products each one's rows whole tiles.
 pub fn applies(n: &[usize], m: usize) -> bool {
     m.is_multiple_of(CHUNK)
-        && m <= quant_i8::MAX_INPUTS
+        && 2 * m <= ROW_BYTES
         && (n.len() == 1 || n.iter().all(|rows| rows.is_multiple_of(TILE_ROWS)))
 }
 
@@ -133,11 +159,12 @@ impl<'ctx> Gen<'ctx> {
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
         // Two buffers of the warps' partial outputs (real and imaginary of
-        // 16 rows), alternate tiles: one barrier a tile suffices.
+        // 16 rows of each input row at once), alternate tiles: one barrier
+        // a tile suffices.
         let partials = self
             .shared_array(
                 self.f32()
-                    .array_type(2 * WARPS as u32 * TILE_ROWS as u32 * 2),
+                    .array_type(2 * WARPS as u32 * TILE_ROWS as u32 * COLUMNS),
                 &format!("{name}_partials"),
             )
             .as_pointer_value();
@@ -200,7 +227,7 @@ impl<'ctx> Gen<'ctx> {
         let load_step = |s: IntValue<'ctx>| -> Built<()> {
             let (tile, task) = task_of(s)?;
             let (layer, first_row) = self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
-            // A task past the tile's reads task 0's words, unused.
+            // A task past the row's tasks reads task 0's words, unused.
             let task = self.select(self.ult(task, tasks)?, task, self.int(0))?;
             let tile = self.udiv(first_row, tile_rows)?;
             let at = self.mul(
@@ -224,16 +251,44 @@ impl<'ctx> Gen<'ctx> {
             }
             Ok(())
         };
-        let (first_input_row, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
-        self.strided_loop(f, first_input_row, rows, blocks_down, |r| {
+        // The rows of a group: `min(4, ROW_BYTES / 2m)` ([`rows_at_once`]),
+        // their quantized words one row after another.
+        let at_once = self.udiv(self.int(ROW_BYTES as u64), self.mul(m, self.int(2))?)?;
+        let at_once = self.select(self.ult(at_once, self.int(4))?, at_once, self.int(4))?;
+        let row_words = self.udiv(m, self.int(2))?;
+        let x_steps: Vec<PointerValue> = (0..4)
+            .map(|_| self.local(self.float(0.0)))
+            .collect::<Built<_>>()?;
+        let (first_group, groups_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
+        let (first_row, stride) = (
+            self.mul(first_group, at_once)?,
+            self.mul(groups_down, at_once)?,
+        );
+        self.strided_loop(f, first_row, rows, stride, |r| {
             self.when(f, self.ult(self.int(0), steps)?, || load_step(self.int(0)))?;
-            let x_step = self.quantize_row(
-                f,
-                (scratch, xq),
-                (&x, input, norm),
-                (r, m),
-                RowLayout::Chunks,
-            )?;
+            let left = self.sub(rows, r)?;
+            let group = self.select(self.ult(left, at_once)?, left, at_once)?;
+            for (j, &slot) in x_steps.iter().enumerate() {
+                let j = self.int(j as u64);
+                self.set(slot, self.float(0.0))?;
+                self.when(f, self.ult(j, group)?, || {
+                    let words = self.gep(self.i32(), xq, self.mul(j, row_words)?)?;
+                    let step = self.quantize_row(
+                        f,
+                        (scratch, words),
+                        (&x, input, norm),
+                        (self.add(r, j)?, m),
+                        RowLayout::Chunks,
+                    )?;
+                    self.set(slot, step)
+                })?;
+            }
+            // Lane `4g + t` scales row `t`'s sums.
+            let mut x_step = self.get(x_steps[0])?;
+            for (j, &slot) in x_steps.iter().enumerate().skip(1) {
+                let mine = self.eq_int(t, self.int(j as u64))?;
+                x_step = self.select(mine, self.get(slot)?, x_step)?;
+            }
             self.call_void(barrier, &[])?;
             self.strided_loop(f, self.int(0), steps, self.int(1), |s| {
                 let words = ahead
@@ -255,50 +310,66 @@ impl<'ctx> Gen<'ctx> {
                     let kept = self.select(first, self.i32().const_zero(), self.get_int(*slot)?)?;
                     self.builder.build_store(*slot, kept).map_err(err)?;
                 }
-                for c in 0..per_task {
-                    let chunk = self.add(self.mul(task, self.int(per_task))?, self.int(c))?;
-                    let b = self.b_fragment(xq, (chunk, chunks), (g, t))?;
-                    for (stage_words, stage_sums) in words.iter().zip(&sums) {
-                        let word = self
-                            .builder
-                            .build_extract_element(*stage_words, self.i32().const_int(c, false), "")
-                            .map_err(err)?
-                            .into_int_value();
-                        self.accumulate_chunk(word, b, stage_sums)?;
+                // A task past the row's (a narrow row leaves warps idle)
+                // adds nothing: skipped, the warp's branch.
+                self.when(f, self.ult(task, tasks)?, || {
+                    for c in 0..per_task {
+                        let chunk = self.add(self.mul(task, self.int(per_task))?, self.int(c))?;
+                        let b = self.b_fragment(xq, (chunk, chunks), (row_words, group), (g, t))?;
+                        for (stage_words, stage_sums) in words.iter().zip(&sums) {
+                            let word = self
+                                .builder
+                                .build_extract_element(
+                                    *stage_words,
+                                    self.i32().const_int(c, false),
+                                    "",
+                                )
+                                .map_err(err)?
+                                .into_int_value();
+                            self.accumulate_chunk(word, b, stage_sums)?;
+                        }
                     }
-                }
+                    Ok(())
+                })?;
                 let last = self.eq_int(self.add(within, self.int(1))?, warp_tasks)?;
                 self.when(f, last, || {
                     let buffer = self.urem(self.udiv(s, warp_tasks)?, self.int(2))?;
                     let (layer, first_row) =
                         self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
                     self.tile_partials(
-                        f,
                         (partials, buffer, warp),
                         (&sums, &layer, u_stages),
                         (first_row, (g, t)),
                         x_step,
                     )?;
                     self.call_void(barrier, &[])?;
-                    // Threads 0..32 add the warps' partials: row `tid / 2`,
-                    // part `tid mod 2`.
-                    self.when(f, self.ult(tid, self.int(2 * TILE_ROWS as u64))?, || {
+                    // Threads 0..128 add the warps' partials: output row
+                    // `tid / 8` of input row `(tid / 2) mod 4`, part
+                    // `tid mod 2`.
+                    let columns = self.int(u64::from(COLUMNS));
+                    let tile_values = self.int(TILE_ROWS as u64 * u64::from(COLUMNS));
+                    self.when(f, self.ult(tid, tile_values)?, || {
                         let mut total = self.float(0.0);
                         for w in 0..WARPS {
                             let at = self.add(
                                 self.mul(
                                     self.add(self.mul(buffer, self.int(WARPS))?, self.int(w))?,
-                                    self.int(2 * TILE_ROWS as u64),
+                                    tile_values,
                                 )?,
                                 tid,
                             )?;
                             total = self.fadd(total, self.load_f32(partials, at)?)?;
                         }
-                        let row = self.add(first_row, self.udiv(tid, self.int(2))?)?;
+                        let row = self.add(first_row, self.udiv(tid, columns)?)?;
+                        let j = self.udiv(self.urem(tid, columns)?, self.int(2))?;
                         let imaginary = self.is_set(self.urem(tid, self.int(2))?)?;
-                        self.when(f, self.ult(row, layer.n)?, || {
+                        let written = self
+                            .builder
+                            .build_and(self.ult(row, layer.n)?, self.ult(j, group)?, "")
+                            .map_err(err)?;
+                        self.when(f, written, || {
                             let [(re_at, re_residual), (im_at, im_residual)] =
-                                self.output_places(&layer, (r, row))?;
+                                self.output_places(&layer, (self.add(r, j)?, row))?;
                             let at = self.select(imaginary, im_at, re_at)?;
                             let total = match (re_residual, im_residual) {
                                 (Some(re), Some(im)) => {
@@ -311,30 +382,42 @@ impl<'ctx> Gen<'ctx> {
                     })
                 })
             })?;
-            // The next row's quantization overwrites the shared words.
+            // The next rows' quantization overwrites the shared words.
             self.call_void(barrier, &[])
         })?;
         self.ret()
     }
 
-    /// Lane `4g + t`'s B fragment of chunk `chunk` of the quantized row:
-    /// column `g` is the real parts (`g = 0`) or the imaginary parts
-    /// (`g = 1`), inputs `4t..4t+4` and `16 + 4t..`; zeros in the other
-    /// columns and past the row's chunks.
+    /// Lane `4g + t`'s B fragment of chunk `chunk` of the group's
+    /// quantized rows (`row_words` words each, `group` of them): column `g`
+    /// is row `g / 2`'s real parts (`g` even) or imaginary parts (`g` odd),
+    /// inputs `4t..4t+4` and `16 + 4t..`; zeros past the group's rows and
+    /// the row's chunks.
     fn b_fragment(
         &self,
         xq: PointerValue<'ctx>,
         (chunk, chunks): (IntValue<'ctx>, IntValue<'ctx>),
+        (row_words, group): (IntValue<'ctx>, IntValue<'ctx>),
         (g, t): (IntValue<'ctx>, IntValue<'ctx>),
     ) -> Built<[IntValue<'ctx>; 2]> {
+        let row = self.udiv(g, self.int(2))?;
+        let (row_used, chunk_used) = (self.ult(row, group)?, self.ult(chunk, chunks)?);
         let used = self
             .builder
-            .build_and(self.ult(chunk, chunks)?, self.ult(g, self.int(2))?, "")
+            .build_and(chunk_used, row_used, "")
             .map_err(err)?;
-        let chunk = self.select(used, chunk, self.int(0))?;
+        // A row past the group reads row 0's word (a broadcast with the
+        // lanes that use it), a chunk past the row chunk 0's.
+        let (row, chunk) = (
+            self.select(row_used, row, self.int(0))?,
+            self.select(chunk_used, chunk, self.int(0))?,
+        );
         let part = self.urem(g, self.int(2))?;
         let base = self.add(
-            self.add(self.mul(chunk, self.int(16))?, self.mul(part, self.int(8))?)?,
+            self.add(
+                self.mul(row, row_words)?,
+                self.add(self.mul(chunk, self.int(16))?, self.mul(part, self.int(8))?)?,
+            )?,
             t,
         )?;
         let word = |at| -> Built<IntValue<'ctx>> {
@@ -388,44 +471,44 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Writes a warp's partial outputs of a tile into `partials` (buffer
-    /// `buffer`): lanes `t = 0` hold columns 0 and 1 of rows `g` and
-    /// `g + 8` (of `layer`, from `first_row`), scaled by their stages'
-    /// scales and the row's step.
+    /// `buffer`): lane `4g + t` holds columns `2t` and `2t + 1` (input row
+    /// `t`'s real and imaginary sums) of rows `g` and `g + 8` (of `layer`,
+    /// from `first_row`), scaled by their stages' scales and row `t`'s
+    /// step.
     #[allow(clippy::type_complexity)]
     fn tile_partials(
         &self,
-        f: FunctionValue<'ctx>,
         (partials, buffer, warp): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
         (sums, layer, u_stages): (&[[[PointerValue<'ctx>; 4]; 2]], &Layer<'ctx>, usize),
         (first_row, (g, t)): (IntValue<'ctx>, (IntValue<'ctx>, IntValue<'ctx>)),
         x_step: FloatValue<'ctx>,
     ) -> Built<()> {
         let tensor = self.is_set(layer.per_tensor)?;
-        self.when(f, self.eq_int(t, self.int(0))?, || {
-            for half in 0..2u64 {
-                let local = self.add(g, self.int(8 * half))?;
-                let row = self.add(first_row, local)?;
-                // Rows past the layer's: row 0's scales, never written.
-                let row = self.select(self.ult(row, layer.n)?, row, self.int(0))?;
-                let at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
-                let stage_scales = layer
-                    .scales
-                    .iter()
-                    .map(|&p| {
-                        Ok((
-                            self.load_f32(p, at)?,
-                            self.load_f32(p, self.add(at, self.int(1))?)?,
-                        ))
-                    })
-                    .collect::<Built<Vec<_>>>()?;
-                // combine_stages' order: Σre·xr, Σim·xi, Σim·xr, Σre·xi.
-                let k = 2 * half as usize;
-                let row_sums: Vec<[PointerValue; 4]> = sums
-                    .iter()
-                    .map(|[re, im]| [re[k], im[k + 1], im[k], re[k + 1]])
-                    .collect();
-                let (re, im) = self.combine_stages(&row_sums, &stage_scales, u_stages)?;
-                let at = self.mul(
+        for half in 0..2u64 {
+            let local = self.add(g, self.int(8 * half))?;
+            let row = self.add(first_row, local)?;
+            // Rows past the layer's: row 0's scales, never written.
+            let row = self.select(self.ult(row, layer.n)?, row, self.int(0))?;
+            let at = self.select(tensor, self.int(0), self.mul(row, self.int(2))?)?;
+            let stage_scales = layer
+                .scales
+                .iter()
+                .map(|&p| {
+                    Ok((
+                        self.load_f32(p, at)?,
+                        self.load_f32(p, self.add(at, self.int(1))?)?,
+                    ))
+                })
+                .collect::<Built<Vec<_>>>()?;
+            // combine_stages' order: Σre·xr, Σim·xi, Σim·xr, Σre·xi.
+            let k = 2 * half as usize;
+            let row_sums: Vec<[PointerValue; 4]> = sums
+                .iter()
+                .map(|[re, im]| [re[k], im[k + 1], im[k], re[k + 1]])
+                .collect();
+            let (re, im) = self.combine_stages(&row_sums, &stage_scales, u_stages)?;
+            let at = self.add(
+                self.mul(
                     self.add(
                         self.mul(
                             self.add(self.mul(buffer, self.int(WARPS))?, warp)?,
@@ -433,19 +516,22 @@ impl<'ctx> Gen<'ctx> {
                         )?,
                         local,
                     )?,
-                    self.int(2),
-                )?;
-                self.store_f32(partials, at, self.fmul(re, x_step)?)?;
-                self.store_f32(partials, self.add(at, self.int(1))?, self.fmul(im, x_step)?)?;
-            }
-            Ok(())
-        })
+                    self.int(u64::from(COLUMNS)),
+                )?,
+                self.mul(t, self.int(2))?,
+            )?;
+            self.store_f32(partials, at, self.fmul(re, x_step)?)?;
+            self.store_f32(partials, self.add(at, self.int(1))?, self.fmul(im, x_step)?)?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{grid, slot_place, tile_codes, tile_words, CHUNK, TILE_ROWS};
+    use super::{
+        grid, rows_at_once, shared_bytes, slot_place, tile_codes, tile_words, CHUNK, TILE_ROWS,
+    };
 
     #[test]
     fn each_lane_word_holds_the_codes_its_a_fragments_read() {
@@ -489,9 +575,16 @@ mod tests {
     }
 
     #[test]
-    fn a_wide_layer_takes_every_multiprocessor_and_a_narrow_one_a_block_a_tile() {
-        assert_eq!(grid(16000, 1, 132), (264, 1));
-        assert_eq!(grid(2048, 1, 132), (128, 1));
-        assert_eq!(grid(2048, 513, 132), (128, 2));
+    fn a_wide_layer_takes_every_multiprocessor_and_a_prompt_goes_four_rows_at_once() {
+        assert_eq!(grid(16000, 1, 2048, 132), (264, 1));
+        assert_eq!(grid(2048, 1, 2048, 132), (128, 1));
+        // A prompt: four rows a block at once, 129 groups, two rows of
+        // blocks down the room the cap leaves.
+        assert_eq!(grid(2048, 513, 2048, 132), (128, 2));
+        // As many rows at once as fit beside the partial outputs: four of
+        // 2,048 inputs, three of 5,504; and the launch's bytes for them.
+        assert_eq!((rows_at_once(2048), rows_at_once(5504)), (4, 3));
+        assert_eq!(shared_bytes(1, 2048), 4096);
+        assert_eq!(shared_bytes(513, 5504), 33_024);
     }
 }

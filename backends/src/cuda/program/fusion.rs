@@ -910,9 +910,10 @@ pub(super) fn use_tensor_cores(
             .step_by(u_stages + w_stages)
             .map(|[n, _]| *n)
             .collect();
+        // Re-packed in place: no other step, nor the caller, reads them.
         let held = codes
             .iter()
-            .all(|c| plan.resident[c.0] && all_readers[c.0] == [i]);
+            .all(|c| plan.resident[c.0] && all_readers[c.0] == [i] && !graph.outputs.contains(c));
         (held && quant_mma::applies(&products, shapes[0][1])).then_some(*kernel)
     };
     let chosen: Vec<(usize, usize)> = steps
@@ -1426,9 +1427,6 @@ mod tests {
         ));
     }
 
-    /// The paired products of one normed row are one launch, at the first
-    /// one's step, with the others' weights after its own; a product whose
-    /// weights are computed after that step stays a launch of its own.
     /// A paired product moves to tensor cores where its codes are weights
     /// (held at load, re-packed there) and its shapes suit the kernel;
     /// codes the step reads as inputs, and inputs not whole chunks, keep
@@ -1487,6 +1485,9 @@ mod tests {
         )));
     }
 
+    /// The paired products of one normed row are one launch, at the first
+    /// one's step, with the others' weights after its own; a product whose
+    /// weights are computed after that step stays a launch of its own.
     #[test]
     fn products_of_one_row_are_one_launch() {
         use super::super::{Kernel, Sibling};

@@ -97,13 +97,19 @@ impl CudaProgram {
                 input.inputs.len()
             )));
         }
-        let grid = if tensor_cores {
-            quant_mma::grid(outputs, rows, self.multiprocessors)
+        // The input rows' int8 words live in shared memory: one row, or
+        // with tensor cores the rows a block takes at once.
+        let (grid, shared) = if tensor_cores {
+            (
+                quant_mma::grid(outputs, rows, m, self.multiprocessors),
+                quant_mma::shared_bytes(rows, m),
+            )
         } else {
-            quant_i8::grid(outputs, rows, self.multiprocessors)
+            (
+                quant_i8::grid(outputs, rows, self.multiprocessors),
+                (m / 2 * 4) as u32,
+            )
         };
-        // The input row's int8 words live in shared memory.
-        let shared = (m / 2 * 4) as u32;
         // rows, m, [in_words], then per product n, per_tensor, [out_words]
         // (the kernel's order: `quant_linear_i8`).
         let mut sizes = vec![rows as i64, m as i64];
