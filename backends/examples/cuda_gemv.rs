@@ -130,10 +130,6 @@ fn main() -> Result<()> {
             let c = i % copies;
             codes[s].slice(c * code_words..(c + 1) * code_words)
         };
-        let tiled_copy_of = |s: usize, i: usize| {
-            let c = i % copies;
-            tiled[s].slice(c * tile_words..(c + 1) * tile_words)
-        };
         let x: Vec<f32> = (0..2 * m).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x = stream.clone_htod(&x)?;
         let mut out_i8 = stream.alloc_zeros::<f32>(2 * n)?;
@@ -146,13 +142,23 @@ fn main() -> Result<()> {
             shared_mem_bytes: shared as u32,
         };
         let block = 32 * QUANT_ROWS_PER_BLOCK;
-        let mut int8_on = |grid: u32| {
+        // An int8 kernel (design (a) or (b): the same parameters) on the
+        // next copy of each stage's codes (`words` a copy), into `out`.
+        let time_int8 = |function: &CudaFunction,
+                         codes: &[CudaSlice<u32>],
+                         words: usize,
+                         out: &mut CudaSlice<f32>,
+                         grid: u32| {
             time(&stream, iterations, |i| {
-                let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
-                let mut b = stream.launch_builder(&functions[0]);
+                let c = i % copies;
+                let views: Vec<_> = codes
+                    .iter()
+                    .map(|stage| stage.slice(c * words..(c + 1) * words))
+                    .collect();
+                let mut b = stream.launch_builder(function);
                 // x, then the one product's output, codes and scales; rows
                 // and m, then its n and per_tensor.
-                b.arg(&x).arg(&mut out_i8);
+                b.arg(&x).arg(&mut *out);
                 for s in 0..STAGES {
                     b.arg(&views[s]).arg(&scales[s]);
                 }
@@ -161,36 +167,26 @@ fn main() -> Result<()> {
                     .arg(&sizes[2])
                     .arg(&sizes[1])
                     .arg(&per_tensor);
-                // SAFETY: as `quant_linear_i8`'s signature, sizes bound
-                // every access; the row's int8 words fill the shared memory.
+                // SAFETY: as the int8 kernels' signature, sizes bound every
+                // access; the row's int8 words fill the shared memory.
                 unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
                 Ok(())
             })
         };
-        let int8 = int8_on(quant_i8::grid(n, 1, multiprocessors).0)?;
-        let mma = time(&stream, iterations, |i| {
-            let views: Vec<_> = (0..STAGES).map(|s| tiled_copy_of(s, i)).collect();
-            let mut b = stream.launch_builder(&functions[2]);
-            b.arg(&x).arg(&mut out_mma);
-            for s in 0..STAGES {
-                b.arg(&views[s]).arg(&scales[s]);
-            }
-            let per_tensor = 1i64;
-            b.arg(&sizes[0])
-                .arg(&sizes[2])
-                .arg(&sizes[1])
-                .arg(&per_tensor);
-            // SAFETY: as `quant_linear_mma`'s signature, sizes bound every
-            // access; the row's int8 words fill the shared memory.
-            unsafe {
-                b.launch(config(
-                    quant_mma::grid(n, 1, m, multiprocessors).0,
-                    block,
-                    m / 2 * 4,
-                ))
-            }?;
-            Ok(())
-        })?;
+        let int8 = time_int8(
+            &functions[0],
+            &codes,
+            code_words,
+            &mut out_i8,
+            quant_i8::grid(n, 1, multiprocessors).0,
+        )?;
+        let mma = time_int8(
+            &functions[2],
+            &tiled,
+            tile_words,
+            &mut out_mma,
+            quant_mma::grid(n, 1, m, multiprocessors).0,
+        )?;
         let uncapped = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize);
         let grids = [1, 2, 4]
             .map(|b| uncapped.min(b * multiprocessors))
@@ -198,7 +194,7 @@ fn main() -> Result<()> {
         let swept = grids
             .iter()
             .chain([&uncapped])
-            .map(|&g| int8_on(g as u32))
+            .map(|&g| time_int8(&functions[0], &codes, code_words, &mut out_i8, g as u32))
             .collect::<Result<Vec<_>>>()?;
         let f32_kernel = time(&stream, iterations, |i| {
             let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();

@@ -130,8 +130,8 @@ pub(super) struct Layer<'ctx> {
 
 /// An int8 product kernel's parameters ([`Gen::int8_signature`]): the
 /// function, its input rows, `rows` and `m`, the pairing table of a paired
-/// input and its row's words, a folded norm's gain and eps, and each
-/// product's parameters.
+/// input and its row's words, a folded norm's gain and eps, each
+/// product's parameters, and their output rows together.
 pub(super) struct Int8Signature<'a, 'ctx> {
     pub f: FunctionValue<'ctx>,
     pub x: RowInput<'a, 'ctx>,
@@ -140,6 +140,8 @@ pub(super) struct Int8Signature<'a, 'ctx> {
     pub input: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
     pub norm: Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
     pub layers: Vec<Layer<'ctx>>,
+    /// The products' output rows together.
+    pub n: IntValue<'ctx>,
 }
 
 /// Where a warp keeps the loads of its next task (see
@@ -241,6 +243,11 @@ impl<'ctx> Gen<'ctx> {
                 }
             })
             .collect();
+        // The products' rows follow one another.
+        let mut n = layers[0].n;
+        for layer in &layers[1..] {
+            n = self.add(n, layer.n)?;
+        }
         Ok(Int8Signature {
             f,
             x,
@@ -249,6 +256,7 @@ impl<'ctx> Gen<'ctx> {
             input,
             norm,
             layers,
+            n,
         })
     }
 
@@ -298,15 +306,12 @@ impl<'ctx> Gen<'ctx> {
             input,
             norm,
             layers,
+            n,
         } = self.int8_signature(name, kernel)?;
         let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
-        let mut n = layers[0].n;
-        for layer in &layers[1..] {
-            n = self.add(n, layer.n)?;
-        }
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
         let first_row = self.add(

@@ -153,6 +153,7 @@ impl<'ctx> Gen<'ctx> {
             input,
             norm,
             layers,
+            n,
         } = self.int8_signature(name, kernel)?;
         let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
@@ -168,10 +169,6 @@ impl<'ctx> Gen<'ctx> {
                 &format!("{name}_partials"),
             )
             .as_pointer_value();
-        let mut n = layers[0].n;
-        for layer in &layers[1..] {
-            n = self.add(n, layer.n)?;
-        }
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
         let warp = self.udiv(tid, self.int(32))?;
