@@ -403,10 +403,13 @@ struct BackendArgs {
     #[arg(long, value_enum, default_value_t = GpuActivationsArg::Int8)]
     gpu_activations: GpuActivationsArg,
     /// How the cuda backend's int8 layers multiply: dp4a (a warp an output
-    /// row) or tensor-cores (mma on tiles of 16 rows, the codes re-packed
-    /// at load; where the codes are the model's weights).
-    #[arg(long, value_enum, default_value_t = Int8ProductsArg::Dp4a)]
-    int8_products: Int8ProductsArg,
+    /// row) or tensor-cores (mma on tiles of 16 rows and up to four input
+    /// rows at once, the codes re-packed at load). Default: tensor-cores for
+    /// `ppl`, whose windows are many rows (2.5x the prompt rate of dp4a on
+    /// SmolLM2's shape), dp4a elsewhere (as fast or faster a decoding step:
+    /// docs/BENCHMARKS.md).
+    #[arg(long, value_enum)]
+    int8_products: Option<Int8ProductsArg>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -443,6 +446,14 @@ enum ActivationBits {
 }
 
 impl BackendArgs {
+    /// These, with `products` where `--int8-products` was not given.
+    fn products_by_default(self, products: Int8ProductsArg) -> BackendArgs {
+        BackendArgs {
+            int8_products: self.int8_products.or(Some(products)),
+            ..self
+        }
+    }
+
     /// The backend chosen, by `--device` where given.
     fn chosen(self) -> BackendArg {
         match self.device {
@@ -467,8 +478,8 @@ impl BackendArgs {
                     GpuActivationsArg::F32 => GpuActivations::F32,
                 },
                 int8_products: match self.int8_products {
-                    Int8ProductsArg::Dp4a => Int8Products::Dp4a,
-                    Int8ProductsArg::TensorCores => Int8Products::TensorCores,
+                    Some(Int8ProductsArg::TensorCores) => Int8Products::TensorCores,
+                    Some(Int8ProductsArg::Dp4a) | None => Int8Products::Dp4a,
                 },
                 ..Cuda::default()
             }),
@@ -720,6 +731,7 @@ fn run(command: Command) -> Result<()> {
         } => {
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("cannot read {}", text.display()))?;
+            let backend = backend.products_by_default(Int8ProductsArg::TensorCores);
             let model = load_with_progress(&model, &quant, true, backend, 1)?;
             let ids = model.tokenizer().encode(&body, false)?;
             let bar = ProgressBar::new(0).with_style(bar_style("windows"));
