@@ -3,8 +3,9 @@
 # into folders git ignores, stripped and xz-compressed (the GPU machine has
 # xz, not zstd), each under the 64 MiB one device call may carry, so each
 # is one call:
-#   .dev-a/  fairyc, the cuda and model test executables and the
-#            cuda_gemv example (kernel timings),
+#   .dev-a/  fairyc, the cuda and model test executables, the
+#            cuda_gemv example (kernel timings), synth_gguf and the corpus
+#            (scripts/gpu-tensor-cores.sh too),
 #   .dev-b/  fairyc, the autodiff, training-API and batch test executables
 #            (both for scripts/gpu-check.sh, which runs what it finds);
 #   .devr/   fairyc, the synth_gguf example, the W1 SmolLM2 artifact and the
@@ -41,6 +42,8 @@ cp .dev-a/fairyc.xz .dev-b/
 cp ../shared/corpus/public.txt .dev-b/corpus.txt
 cp .dev-a/fairyc.xz .devr/
 pack .devr synth_gguf target/release/examples/synth_gguf
+cp .devr/synth_gguf.xz .dev-a/
+cp ../shared/corpus/public.txt .dev-a/corpus.txt
 xz -6 -T0 -c models/smollm2-w1.fairy > .devr/w1.fairy.xz
 cp ../shared/corpus/public.txt .devr/corpus.txt
 cp .dev-a/fairyc.xz .devr/synth_gguf.xz ../shared/corpus/public.txt .devt/
