@@ -1068,8 +1068,13 @@ impl CudaProgram {
         if fold == Fold::Device {
             program.fold_constants()?;
         }
-        program.tile_tensor_core_codes()?;
-        program.resident_bytes = program.constants.values().map(|d| d.word_count() * 4).sum();
+        let padding = program.tile_tensor_core_codes()?;
+        program.resident_bytes = 4 * padding
+            + program
+                .constants
+                .values()
+                .map(|d| d.word_count() * 4)
+                .sum::<usize>();
         Ok(program)
     }
 

@@ -152,10 +152,12 @@ impl CudaProgram {
 }
 
 impl CudaProgram {
-    /// Re-packs the codes that tensor-core products read into the order
-    /// their fragments take them ([`quant_mma::tile_codes`]), in place:
+    /// Replaces the codes that tensor-core products read by the same codes
+    /// in the order their fragments take them ([`quant_mma::tile_codes`]):
     /// those products alone read them ([`fusion::use_tensor_cores`]).
-    pub(super) fn tile_tensor_core_codes(&mut self) -> Result<(), BackendError> {
+    /// Returns the words the tiles' padding adds.
+    pub(super) fn tile_tensor_core_codes(&mut self) -> Result<usize, BackendError> {
+        let mut padding = 0;
         for (v, [n, m]) in fusion::tensor_core_codes(&self.graph, &self.kernels, &self.steps) {
             let codes = self.constants.get(&v.0).ok_or_else(|| {
                 BackendError::new(format!("%{}: tensor-core codes not held at load", v.0))
@@ -165,13 +167,14 @@ impl CudaProgram {
                 .stream
                 .clone_htod(&quant_mma::tile_codes(&words, n, m))
                 .map_err(driver)?;
+            padding += tiled.len() - codes.word_count();
             let tiled = DeviceTensor {
                 words: Arc::new(tiled),
                 ..codes.clone()
             };
             self.constants.insert(v.0, tiled);
         }
-        Ok(())
+        Ok(padding)
     }
 }
 
