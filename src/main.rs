@@ -405,8 +405,8 @@ struct BackendArgs {
     /// How the cuda backend's int8 layers multiply: dp4a (a warp an output
     /// row) or tensor-cores (mma on tiles of 16 rows and up to four input
     /// rows at once, the codes re-packed at load). Default: tensor-cores for
-    /// `ppl`, whose windows are many rows (2.5x the prompt rate of dp4a on
-    /// SmolLM2's shape), dp4a elsewhere (as fast or faster a decoding step:
+    /// `ppl`, whose windows are many rows (1.8-2.5x the prompt rate of
+    /// dp4a), dp4a elsewhere (as fast or faster a decoding step:
     /// docs/BENCHMARKS.md).
     #[arg(long, value_enum)]
     int8_products: Option<Int8ProductsArg>,

@@ -210,8 +210,9 @@ fn collectives_through_nccl() {
 /// the same way and sum integers exactly, so they differ only in the order
 /// their float scalings add up. Layers of a tile and a half (rows past the
 /// layer's), tiles whose last task is partial or whose warps take
-/// several tasks, input rows in one group of four and in two (the last
-/// partial), per-tensor and per-channel scales.
+/// several tasks, input rows in one group of four, in two (the last
+/// partial), and three at once over two rows of blocks; per-tensor and
+/// per-channel scales.
 #[test]
 fn tensor_core_int8_products_match_the_dp4a_kernel() {
     use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
@@ -259,12 +260,16 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
         .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(18);
     let mut failures = Vec::new();
-    for (n, m, rows, per_tensor) in [
-        (24, 96, 3, 1i64),
-        (40, 1184, 2, 0),
-        (96, 288, 1, 1),
-        (48, 64, 6, 0),
-    ] {
+    // (n, m, rows, per_tensor, multiprocessors of the tensor-core grid)
+    let cases = [
+        (24, 96, 3, 1i64, 1),
+        (40, 1184, 2, 0, 1),
+        (96, 288, 1, 1, 1),
+        (48, 64, 6, 0, 1),
+        // Three rows at once (5,504 inputs), two rows of blocks down.
+        (32, 5504, 4, 0, 8),
+    ];
+    for (n, m, rows, per_tensor, multiprocessors) in cases {
         let mut codes = Vec::new();
         let mut tiled = Vec::new();
         let mut scales = Vec::new();
@@ -290,8 +295,8 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
             let (across, down) = if k == 0 {
                 quant_i8::grid(n, rows, 4)
             } else {
-                // One multiprocessor's cap: blocks take several tiles.
-                quant_mma::grid(n, rows, m, 1)
+                // A small cap: blocks take several tiles.
+                quant_mma::grid(n, rows, m, multiprocessors)
             };
             let sizes = [rows as i64, m as i64, n as i64, per_tensor];
             let mut b = stream.launch_builder(function);

@@ -54,11 +54,12 @@ pub enum Int8Products {
     /// output row ([`codegen::quant_i8`], design (a)).
     #[default]
     Dp4a,
-    /// Tensor-core `mma` on the same bytes, a warp a tile of 16 output
-    /// rows ([`codegen::quant_mma`], design (b)), where the codes are
-    /// constants of the program (re-packed into fragment order once, at
-    /// load) and the shapes suit it ([`codegen::quant_mma::applies`]);
-    /// `dp4a` elsewhere.
+    /// Tensor-core `mma` on the same bytes, a block's warps sharing a tile
+    /// of 16 output rows, up to four input rows at once
+    /// ([`codegen::quant_mma`], design (b)), for the paired products whose
+    /// codes are weights of the program that they alone read (re-packed
+    /// into fragment order once, at load) and whose shapes suit it
+    /// ([`codegen::quant_mma::applies`]); `dp4a` elsewhere.
     TensorCores,
 }
 

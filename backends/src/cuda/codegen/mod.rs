@@ -236,6 +236,9 @@ pub enum Kernel {
     WidelyLinear { part: fairyc_ir::WlPart },
 }
 
+/// Words of a block reduction's shared scratch: one a warp.
+const SCRATCH_WORDS: u32 = ROW_THREADS / 32;
+
 /// Output rows of [`Kernel::QuantLinear`] per block (one warp each).
 pub const QUANT_ROWS_PER_BLOCK: u32 = 8;
 
@@ -829,7 +832,7 @@ impl<'ctx> Gen<'ctx> {
     /// Block-wide reductions: shared scratch of one float per warp (blocks
     /// of at most [`ROW_THREADS`] threads).
     fn shared_scratch(&self, name: &str) -> PointerValue<'ctx> {
-        let ty = self.f32().array_type(ROW_THREADS / 32);
+        let ty = self.f32().array_type(SCRATCH_WORDS);
         self.shared_array(ty, &format!("{name}_scratch"))
             .as_pointer_value()
     }

@@ -30,9 +30,10 @@ pub const RUN: usize = 16;
 /// Runs a lane takes per step of its loop (their loads in flight at once).
 const RUNS_PER_STEP: u64 = 4;
 
-/// The most complex inputs a row may have: its int8 words fill at most the
-/// 48 KiB of shared memory a launch gets without opting in.
-pub const MAX_INPUTS: usize = 24 * 1024;
+/// The most complex inputs a row may have: its int8 words (two bytes an
+/// input) and the block reductions' scratch fill at most the 48 KiB of
+/// shared memory a launch gets without opting in.
+pub const MAX_INPUTS: usize = (48 * 1024 - 4 * SCRATCH_WORDS as usize) / 2 / RUN * RUN;
 
 /// How many elements of the input row each thread loads at once (their
 /// latencies overlapping): `(for the row's statistics, words of the

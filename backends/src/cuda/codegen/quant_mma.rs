@@ -8,10 +8,10 @@
 //!
 //! A warp's A operand is a tile of 16 output rows by a chunk of 32 inputs,
 //! B up to four quantized input rows: columns `2j` and `2j + 1` row `j`'s
-//! real and imaginary parts (zeros past the rows a block takes at once). The real-part bytes of the codes give
-//! `Σ re(c)·xr` and `Σ re(c)·xi`, the imaginary-part bytes `Σ im(c)·xr`
-//! and `Σ im(c)·xi`: each stage's four integer sums, scaled once per
-//! output as in design (a).
+//! real and imaginary parts (zeros past the group's rows). The real-part
+//! bytes of the codes give `Σ re(c)·xr` and `Σ re(c)·xi`, the
+//! imaginary-part bytes `Σ im(c)·xr` and `Σ im(c)·xi`: each stage's four
+//! integer sums, scaled once per output as in design (a).
 //!
 //! The codes are re-packed once ([`tile_codes`]) into the order the A
 //! fragments read them: each lane's word holds its 16 codes of a chunk
@@ -33,6 +33,8 @@ const CHUNKS_PER_TASK: usize = 4;
 const WARPS: u64 = QUANT_ROWS_PER_BLOCK as u64;
 /// Columns of B: four input rows' real and imaginary parts.
 const COLUMNS: u32 = 8;
+/// Input rows a block takes at once at most: B's columns hold two of each.
+const MAX_ROWS_AT_ONCE: usize = COLUMNS as usize / 2;
 /// Blocks of the kernel per multiprocessor at most: each block quantizes
 /// the input row again.
 pub const MMA_BLOCKS_PER_MULTIPROCESSOR: usize = 2;
@@ -41,7 +43,7 @@ pub const MMA_BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 /// gets without opting in, less the warps' partial outputs (two buffers)
 /// and the block reductions' scratch.
 const ROW_BYTES: usize =
-    48 * 1024 - 4 * (2 * WARPS as usize * TILE_ROWS * COLUMNS as usize + ROW_THREADS as usize / 32);
+    48 * 1024 - 4 * (2 * WARPS as usize * TILE_ROWS * COLUMNS as usize + SCRATCH_WORDS as usize);
 
 /// Input rows a block takes at once: B's eight columns are four rows'
 /// real and imaginary parts, and their int8 words (two bytes an input)
@@ -49,7 +51,7 @@ const ROW_BYTES: usize =
 /// `min(4, ROW_BYTES / 2m)` at a time. A prompt's rows then share the
 /// decoding of each code word.
 pub fn rows_at_once(m: usize) -> usize {
-    (ROW_BYTES / (2 * m).max(1)).clamp(1, 4)
+    (ROW_BYTES / (2 * m).max(1)).clamp(1, MAX_ROWS_AT_ONCE)
 }
 
 /// The kernel's grid for `n` output rows of `rows` input rows of `m`
@@ -74,7 +76,9 @@ pub fn shared_bytes(rows: usize, m: usize) -> u32 {
 /// inputs suit the kernel: `m` whole chunks, a row within [`ROW_BYTES`], and
 /// with several products each one's rows whole tiles.
 pub fn applies(n: &[usize], m: usize) -> bool {
-    m.is_multiple_of(CHUNK)
+    m > 0
+        && !n.is_empty()
+        && m.is_multiple_of(CHUNK)
         && 2 * m <= ROW_BYTES
         && (n.len() == 1 || n.iter().all(|rows| rows.is_multiple_of(TILE_ROWS)))
 }
@@ -92,6 +96,11 @@ pub fn tile_words(n: usize, m: usize) -> usize {
 /// activations there are zeros.
 pub fn tile_codes(words: &[u32], n: usize, m: usize) -> Vec<u32> {
     use rayon::prelude::*;
+    assert!(
+        m.is_multiple_of(16) && words.len() >= n * m / 16,
+        "{n} x {m} codes in {} words",
+        words.len()
+    );
     let row_words = m / 16;
     let code = |row: usize, k: usize| -> u32 {
         if row < n && k < m {
@@ -131,14 +140,15 @@ fn slot_place(slot: usize, g: usize, t: usize) -> (usize, usize) {
 
 impl<'ctx> Gen<'ctx> {
     /// `quant_linear_mma`: [`Gen::quant_linear_i8`] (the same parameters
-    /// and folds) on codes re-packed by [`tile_codes`], `m` a multiple of
-    /// [`CHUNK`] (at most [`quant_i8::MAX_INPUTS`]), and with several
-    /// products each one's rows a multiple of [`TILE_ROWS`] (a tile is one
-    /// product's).
+    /// and folds) on codes re-packed by [`tile_codes`], where [`applies`]:
+    /// `m` a multiple of [`CHUNK`] with a row's words within [`ROW_BYTES`],
+    /// and with several products each one's rows a multiple of
+    /// [`TILE_ROWS`] (a tile is one product's).
     ///
-    /// The grid's rows of blocks take the input rows in turn ([`grid`]).
-    /// A block quantizes its input row into shared memory (chunk by chunk:
-    /// B's fragments), then takes tiles a grid apart; its eight warps split
+    /// The grid's rows of blocks take the groups of input rows in turn
+    /// ([`grid`], [`rows_at_once`]). A block quantizes a group's rows into
+    /// shared memory (chunk by chunk: B's fragments), then takes tiles a
+    /// grid apart; its eight warps split
     /// each tile's tasks (a warp a task, eight tasks apart), each lane's
     /// code words loaded a task ahead. At a tile's end each warp scales its
     /// sums, and the block adds the warps' partial outputs in shared
@@ -251,17 +261,19 @@ impl<'ctx> Gen<'ctx> {
         // The rows of a group: `min(4, ROW_BYTES / 2m)` ([`rows_at_once`]),
         // their quantized words one row after another.
         let at_once = self.udiv(self.int(ROW_BYTES as u64), self.mul(m, self.int(2))?)?;
-        let at_once = self.select(self.ult(at_once, self.int(4))?, at_once, self.int(4))?;
+        let most = self.int(MAX_ROWS_AT_ONCE as u64);
+        let at_once = self.select(self.ult(at_once, most)?, at_once, most)?;
+        let at_once = self.select(self.ult(at_once, self.int(1))?, self.int(1), at_once)?;
         let row_words = self.udiv(m, self.int(2))?;
-        let x_steps: Vec<PointerValue> = (0..4)
+        let x_steps: Vec<PointerValue> = (0..MAX_ROWS_AT_ONCE)
             .map(|_| self.local(self.float(0.0)))
             .collect::<Built<_>>()?;
         let (first_group, groups_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
-        let (first_row, stride) = (
+        let (first_input, stride) = (
             self.mul(first_group, at_once)?,
             self.mul(groups_down, at_once)?,
         );
-        self.strided_loop(f, first_row, rows, stride, |r| {
+        self.strided_loop(f, first_input, rows, stride, |r| {
             self.when(f, self.ult(self.int(0), steps)?, || load_step(self.int(0)))?;
             let left = self.sub(rows, r)?;
             let group = self.select(self.ult(left, at_once)?, left, at_once)?;

@@ -890,14 +890,7 @@ pub(super) fn use_tensor_cores(
         let Some(Step::PairedQuantLinear { kernel, .. }) = step else {
             return None;
         };
-        let codes: Vec<ValueId> = product_weights(step).iter().step_by(2).copied().collect();
-        let shapes = codes
-            .iter()
-            .map(|c| match graph.node(*c).ty.shape.concrete().as_deref() {
-                Some(&[n, m]) => Some([n, m]),
-                _ => None,
-            })
-            .collect::<Option<Vec<[usize; 2]>>>()?;
+        let codes = product_codes(graph, step)?;
         // Each product's rows (its stages' codes are alike).
         let Kernel::QuantLinearI8 {
             u_stages, w_stages, ..
@@ -905,16 +898,18 @@ pub(super) fn use_tensor_cores(
         else {
             return None;
         };
-        let products: Vec<usize> = shapes
+        let stages = u_stages + w_stages;
+        let &(_, [_, m]) = codes.first()?;
+        let products: Vec<usize> = codes
             .iter()
-            .step_by(u_stages + w_stages)
-            .map(|[n, _]| *n)
+            .step_by(stages.max(1))
+            .map(|(_, [n, _])| *n)
             .collect();
         // Re-packed in place: no other step, nor the caller, reads them.
-        let held = codes
-            .iter()
-            .all(|c| plan.resident[c.0] && all_readers[c.0] == [i] && !graph.outputs.contains(c));
-        (held && quant_mma::applies(&products, shapes[0][1])).then_some(*kernel)
+        let held = codes.iter().all(|(c, _)| {
+            plan.resident[c.0] && all_readers[c.0] == [i] && !graph.outputs.contains(c)
+        });
+        (stages > 0 && held && quant_mma::applies(&products, m)).then_some(*kernel)
     };
     let chosen: Vec<(usize, usize)> = steps
         .iter()
@@ -935,33 +930,44 @@ pub(super) fn use_tensor_cores(
 }
 
 /// The codes the tensor-core products read, to re-pack at load: each
-/// value's `[n, m]`.
+/// value's `[n, m]` ([`product_codes`]); an error names a product whose
+/// codes are not (which [`use_tensor_cores`] does not choose).
 pub(super) fn tensor_core_codes(
     graph: &Graph,
     kernels: &[Kernel],
     steps: &[Option<Step>],
-) -> Vec<(ValueId, [usize; 2])> {
+) -> Result<Vec<(ValueId, [usize; 2])>, String> {
     let mut codes = Vec::new();
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
         let Some(Step::PairedQuantLinear { kernel, .. }) = step else {
             continue;
         };
-        if !matches!(
+        if matches!(
             kernels[*kernel],
             Kernel::QuantLinearI8 {
                 tensor_cores: true,
                 ..
             }
         ) {
-            continue;
-        }
-        for c in product_weights(step).iter().step_by(2) {
-            if let Some(&[n, m]) = graph.node(*c).ty.shape.concrete().as_deref() {
-                codes.push((*c, [n, m]));
-            }
+            let product = product_codes(graph, step)
+                .ok_or_else(|| format!("%{i}: tensor-core codes of no concrete [n, m]"))?;
+            codes.extend(product);
         }
     }
-    codes
+    Ok(codes)
+}
+
+/// A paired product's codes (every stage's, product after product) and
+/// their `[n, m]`, where every one's shape is concrete and 2-D.
+fn product_codes(graph: &Graph, step: &Option<Step>) -> Option<Vec<(ValueId, [usize; 2])>> {
+    product_weights(step)
+        .iter()
+        .step_by(2)
+        .map(|c| match graph.node(*c).ty.shape.concrete().as_deref() {
+            Some(&[n, m]) => Some((*c, [n, m])),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A paired product's weights: its operands after the input, less a norm's
@@ -1471,7 +1477,7 @@ mod tests {
             })
             .collect();
         assert_eq!(on_tensor_cores, [true, false, false]);
-        let codes = super::tensor_core_codes(&graph, &kernels, &steps);
+        let codes = super::tensor_core_codes(&graph, &kernels, &steps).unwrap();
         assert_eq!(codes.len(), 2, "the held product's two stages");
         assert!(codes.iter().all(|(_, shape)| *shape == [24, 32]));
         // By default, none.

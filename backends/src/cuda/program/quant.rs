@@ -158,7 +158,9 @@ impl CudaProgram {
     /// Returns the words the tiles' padding adds.
     pub(super) fn tile_tensor_core_codes(&mut self) -> Result<usize, BackendError> {
         let mut padding = 0;
-        for (v, [n, m]) in fusion::tensor_core_codes(&self.graph, &self.kernels, &self.steps) {
+        let codes = fusion::tensor_core_codes(&self.graph, &self.kernels, &self.steps)
+            .map_err(BackendError::new)?;
+        for (v, [n, m]) in codes {
             let codes = self.constants.get(&v.0).ok_or_else(|| {
                 BackendError::new(format!("%{}: tensor-core codes not held at load", v.0))
             })?;
