@@ -148,9 +148,9 @@ impl<'ctx> Gen<'ctx> {
     /// The grid's rows of blocks take the groups of input rows in turn
     /// ([`grid`], [`rows_at_once`]). A block quantizes a group's rows into
     /// shared memory (chunk by chunk: B's fragments), then takes tiles a
-    /// grid apart; its eight warps split
-    /// each tile's tasks (a warp a task, eight tasks apart), each lane's
-    /// code words loaded a task ahead. At a tile's end each warp scales its
+    /// grid apart; its eight warps split each tile's tasks (a warp a task,
+    /// eight tasks apart), each lane's code words loaded a task ahead.
+    /// At a tile's end each warp scales its
     /// sums, and the block adds the warps' partial outputs in shared
     /// memory and writes them (through the output's table, with the
     /// residual, where those are folded in).
