@@ -45,32 +45,12 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Result<()> {
     let kernels = [
-        Kernel::QuantLinearI8 {
-            u_stages: 2,
-            w_stages: 2,
-            paired_input: false,
-            paired_output: false,
-            normed: false,
-            products: 1,
-            residual: false,
-            prologue: None,
-            tensor_cores: false,
-        },
+        Kernel::plain_int8(2, 2, false),
         Kernel::QuantLinear {
             u_stages: 2,
             w_stages: 2,
         },
-        Kernel::QuantLinearI8 {
-            u_stages: 2,
-            w_stages: 2,
-            paired_input: false,
-            paired_output: false,
-            normed: false,
-            products: 1,
-            residual: false,
-            prologue: None,
-            tensor_cores: true,
-        },
+        Kernel::plain_int8(2, 2, true),
     ];
     let text = ptx(&kernels)?;
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -225,28 +225,8 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
     let (u_stages, w_stages) = (2, 1);
     let stages = u_stages + w_stages;
     let kernels = [
-        Kernel::QuantLinearI8 {
-            u_stages,
-            w_stages,
-            paired_input: false,
-            paired_output: false,
-            normed: false,
-            products: 1,
-            residual: false,
-            prologue: None,
-            tensor_cores: false,
-        },
-        Kernel::QuantLinearI8 {
-            u_stages,
-            w_stages,
-            paired_input: false,
-            paired_output: false,
-            normed: false,
-            products: 1,
-            residual: false,
-            prologue: None,
-            tensor_cores: true,
-        },
+        Kernel::plain_int8(u_stages, w_stages, false),
+        Kernel::plain_int8(u_stages, w_stages, true),
     ];
     let context = CudaContext::new(0).expect("a context");
     let stream = context.default_stream();

@@ -535,19 +535,8 @@ fn select_kernels(
                     } if activations == GpuActivations::Int8 => {
                         let codes = &graph.node(node.operands[1]).ty.shape;
                         let m = codes.dims().get(1).and_then(|d| d.clone().fixed());
-                        m.filter(|&m| int8_applies(*granularity, m)).map(|_| {
-                            vec![Kernel::QuantLinearI8 {
-                                u_stages: *u_stages,
-                                w_stages: *w_stages,
-                                paired_input: false,
-                                paired_output: false,
-                                normed: false,
-                                products: 1,
-                                residual: false,
-                                prologue: None,
-                                tensor_cores: false,
-                            }]
-                        })
+                        m.filter(|&m| int8_applies(*granularity, m))
+                            .map(|_| vec![Kernel::plain_int8(*u_stages, *w_stages, false)])
                     }
                     _ => None,
                 };

@@ -246,6 +246,22 @@ pub const QUANT_ROWS_PER_BLOCK: u32 = 8;
 pub const GATHER_RANK: usize = 8;
 
 impl Kernel {
+    /// The int8 product with no fold: one product of an unpaired complex
+    /// row, by `dp4a` or on tensor cores.
+    pub fn plain_int8(u_stages: usize, w_stages: usize, tensor_cores: bool) -> Kernel {
+        Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_input: false,
+            paired_output: false,
+            normed: false,
+            products: 1,
+            residual: false,
+            prologue: None,
+            tensor_cores,
+        }
+    }
+
     /// The kernel's symbol: distinct kernels have distinct names.
     pub fn symbol(&self, index: usize) -> String {
         let base = match self {
