@@ -25,7 +25,7 @@ use std::path::Path;
 
 pub use fairyc_backends::{
     Activations, Backend, BackendError, Cranelift, Cuda, GpuActivations, GpuAttention, GpuMatmul,
-    Int8Products, Llvm, Program, Reference, Tensor,
+    Int8Products, Llvm, Program, Reference, RowQuantization, Tensor,
 };
 pub use fairyc_frontend::import::{import, Imported};
 pub use fairyc_frontend::tokenizer::{ChatMessage, Tokenizer};

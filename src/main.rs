@@ -13,7 +13,7 @@ use fairyc::train::{
 };
 use fairyc::{
     import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, GpuActivations,
-    GpuAttention, GpuMatmul, Imported, Int8Products, Llvm, Model, Reference,
+    GpuAttention, GpuMatmul, Imported, Int8Products, Llvm, Model, Reference, RowQuantization,
 };
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::{Arithmetic, Granularity};
@@ -410,12 +410,25 @@ struct BackendArgs {
     /// docs/BENCHMARKS.md).
     #[arg(long, value_enum)]
     int8_products: Option<Int8ProductsArg>,
+    /// Where the cuda backend's dp4a layers quantize their input rows to
+    /// int8: by-width (once, by a kernel of their own, for prompts and for
+    /// a decoding step's rows of 1,024 complex inputs or more; by each
+    /// block of the product otherwise), once, or in-each-block.
+    #[arg(long, value_enum, default_value_t = RowQuantizationArg::ByWidth)]
+    row_quantization: RowQuantizationArg,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Int8ProductsArg {
     Dp4a,
     TensorCores,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RowQuantizationArg {
+    ByWidth,
+    Once,
+    InEachBlock,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -480,6 +493,11 @@ impl BackendArgs {
                 int8_products: match self.int8_products {
                     Some(Int8ProductsArg::TensorCores) => Int8Products::TensorCores,
                     Some(Int8ProductsArg::Dp4a) | None => Int8Products::Dp4a,
+                },
+                row_quantization: match self.row_quantization {
+                    RowQuantizationArg::ByWidth => RowQuantization::ByWidth,
+                    RowQuantizationArg::Once => RowQuantization::Once,
+                    RowQuantizationArg::InEachBlock => RowQuantization::InEachBlock,
                 },
                 ..Cuda::default()
             }),

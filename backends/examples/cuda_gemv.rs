@@ -2,7 +2,8 @@
 //! one run: the int8 kernels (each block quantizes the input row into shared
 //! memory, codes turned into bytes by `prmt`; products by `dp4a`, design
 //! (a), or by tensor-core `mma` on codes re-packed into fragment order,
-//! design (b)) and the f32 kernel on W2 codes
+//! design (b); and `dp4a` on a row quantized once by a kernel before it,
+//! the two launches timed together) and the f32 kernel on W2 codes
 //! (two stages on x, two on conj x, per-tensor scales) at SmolLM2's and
 //! LLaMA-7B's layer shapes, beside cuBLAS's bf16 GEMV of the same real
 //! layer and a device-to-device copy, each timed by CUDA events over many
@@ -51,6 +52,18 @@ fn main() -> Result<()> {
             w_stages: 2,
         },
         Kernel::plain_int8(2, 2, true),
+        Kernel::QuantizeRowsI8 {
+            paired_input: false,
+            normed: false,
+            prologue: None,
+        },
+        Kernel::QuantLinearI8Rows {
+            u_stages: 2,
+            w_stages: 2,
+            paired_output: false,
+            products: 1,
+            residual: false,
+        },
     ];
     let text = ptx(&kernels)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -80,9 +93,9 @@ fn main() -> Result<()> {
         copy / 1e9
     );
     println!(
-        "| real in->out | W2 code bytes | int8 us | int8 GB/s | int8 % of copy | mma us | mma % of copy | f32 us | f32 % of copy | bf16 cuBLAS us | bf16 GB/s | bf16 % of copy | int8 vs f32 (relative RMS) | mma vs int8 |"
+        "| real in->out | W2 code bytes | int8 us | int8 GB/s | int8 % of copy | mma us | mma % of copy | row quantized once: us | once % of copy | f32 us | f32 % of copy | bf16 cuBLAS us | bf16 GB/s | bf16 % of copy | int8 vs f32 (relative RMS) | mma vs int8 | once vs int8 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = rand::rng();
     let mut by_grid = Vec::new();
     for (real_in, real_out) in SHAPES {
@@ -115,6 +128,9 @@ fn main() -> Result<()> {
         let mut out_i8 = stream.alloc_zeros::<f32>(2 * n)?;
         let mut out_f32 = stream.alloc_zeros::<f32>(2 * n)?;
         let mut out_mma = stream.alloc_zeros::<f32>(2 * n)?;
+        let mut out_once = stream.alloc_zeros::<f32>(2 * n)?;
+        let mut row_words = stream.alloc_zeros::<u32>(m / 2)?;
+        let mut row_step = stream.alloc_zeros::<f32>(1)?;
         let sizes = [1i64, n as i64, m as i64];
         let config = |grid: u32, block: u32, shared: usize| LaunchConfig {
             grid_dim: (grid, 1, 1),
@@ -167,6 +183,30 @@ fn main() -> Result<()> {
             &mut out_mma,
             quant_mma::grid(n, 1, m, multiprocessors).0,
         )?;
+        // The row quantized by a kernel of its own, then the product on it.
+        let once = time(&stream, iterations, |i| {
+            let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
+            let mut b = stream.launch_builder(&functions[3]);
+            b.arg(&x).arg(&mut row_words).arg(&mut row_step);
+            b.arg(&sizes[0]).arg(&sizes[2]);
+            // SAFETY: as `quantize_rows_i8`'s signature: one row of m inputs.
+            unsafe { b.launch(config(1, quant_i8::QUANTIZE_THREADS, 0)) }?;
+            let mut b = stream.launch_builder(&functions[4]);
+            b.arg(&row_words).arg(&row_step).arg(&mut out_once);
+            for s in 0..STAGES {
+                b.arg(&views[s]).arg(&scales[s]);
+            }
+            let per_tensor = 1i64;
+            b.arg(&sizes[0])
+                .arg(&sizes[2])
+                .arg(&sizes[1])
+                .arg(&per_tensor);
+            let grid = quant_i8::grid(n, 1, multiprocessors).0;
+            // SAFETY: as the int8 kernel's signature with the quantized
+            // row's words and step first.
+            unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
+            Ok(())
+        })?;
         let uncapped = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize);
         let grids = [1, 2, 4]
             .map(|b| uncapped.min(b * multiprocessors))
@@ -194,17 +234,20 @@ fn main() -> Result<()> {
         let (got, want) = (stream.clone_dtoh(&out_i8)?, stream.clone_dtoh(&out_f32)?);
         let rms = relative_rms(&got, &want);
         let mma_rms = relative_rms(&stream.clone_dtoh(&out_mma)?, &got);
+        let once_rms = relative_rms(&stream.clone_dtoh(&out_once)?, &got);
         let code_bytes = (STAGES * n * m / 4) as f64;
         let bf16_bytes = (real_in * real_out * 2) as f64;
         let percent = |bytes: f64, seconds: f64| 100.0 * bytes / seconds / copy;
         println!(
-            "| {real_in}->{real_out} | {:.2} MB | {:.1} | {:.0} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0} | {:.0}% | {rms:.4} | {mma_rms:.1e} |",
+            "| {real_in}->{real_out} | {:.2} MB | {:.1} | {:.0} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0}% | {:.1} | {:.0} | {:.0}% | {rms:.4} | {mma_rms:.1e} | {once_rms:.1e} |",
             code_bytes / 1e6,
             int8 * 1e6,
             code_bytes / int8 / 1e9,
             percent(code_bytes, int8),
             mma * 1e6,
             percent(code_bytes, mma),
+            once * 1e6,
+            percent(code_bytes, once),
             f32_kernel * 1e6,
             percent(code_bytes, f32_kernel),
             bf16 * 1e6,

@@ -29,7 +29,7 @@ use num_complex::Complex32;
 
 pub use collective::Rank;
 pub use cpu::{Activations, Cranelift, Llvm};
-pub use cuda::{Cuda, GpuActivations, GpuAttention, GpuMatmul, Int8Products};
+pub use cuda::{Cuda, GpuActivations, GpuAttention, GpuMatmul, Int8Products, RowQuantization};
 pub use plan::MemoryPlan;
 pub use reference::Reference;
 pub use tensor::{Data, DeviceData, Tensor};

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 
 use fairyc_backends::conformance;
-use fairyc_backends::cuda::{Communicator, Cuda, GpuAttention, GpuMatmul, Int8Products};
+use fairyc_backends::cuda::{
+    Communicator, Cuda, GpuAttention, GpuMatmul, Int8Products, RowQuantization,
+};
 use fairyc_backends::Tensor;
 use fairyc_ir::{DType, GraphBuilder, MemoryStore, Op, Shape, TensorType};
 
@@ -94,31 +96,45 @@ fn paired_int8_products_on_the_gpu() {
         return;
     }
     let mut failures = Vec::new();
-    for products in [Int8Products::Dp4a, Int8Products::TensorCores] {
+    let ways = [
+        (Int8Products::Dp4a, RowQuantization::InEachBlock),
+        (Int8Products::Dp4a, RowQuantization::Once),
+        (Int8Products::TensorCores, RowQuantization::default()),
+    ];
+    for (products, rows) in ways {
         let cuda = Cuda {
             int8_products: products,
+            row_quantization: rows,
             ..Cuda::default()
         };
-        let mut on_tensor_cores = 0;
+        let (mut on_tensor_cores, mut quantized_once) = (0, 0);
         for case in conformance::paired_quant_linear_cases() {
             let prepared = fairyc_backends::prepare(&cuda, &case.graph).expect("prepared");
             let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared, &cuda).expect("PTX");
             let mma = ptx.contains(".entry quant_linear_mma");
             on_tensor_cores += usize::from(mma);
+            let once = ptx.contains(".entry quant_linear_i8_rows");
+            quantized_once += usize::from(once);
             let difference = conformance::relative_rms_difference(&cuda, &case);
             eprintln!(
-                "{products:?}{}: {}: relative RMS difference {difference:?}",
+                "{products:?}, {rows:?}{}{}: {}: relative RMS difference {difference:?}",
                 if mma { " (tensor cores)" } else { "" },
+                if once { " (rows quantized once)" } else { "" },
                 case.name
             );
             match difference {
                 Ok(d) if d < 0.02 => {}
-                other => failures.push(format!("{products:?} {}: {other:?}", case.name)),
+                other => failures.push(format!("{products:?} {rows:?} {}: {other:?}", case.name)),
             }
         }
-        eprintln!("{products:?}: {on_tensor_cores} cases on tensor cores");
+        eprintln!(
+            "{products:?}, {rows:?}: {on_tensor_cores} cases on tensor cores, {quantized_once} with their rows quantized once"
+        );
         if products == Int8Products::TensorCores && on_tensor_cores == 0 {
             failures.push("no case took the tensor-core kernel".into());
+        }
+        if rows == RowQuantization::Once && quantized_once == 0 {
+            failures.push("no case quantized its rows once".into());
         }
     }
     assert!(failures.is_empty(), "{failures:?}");

@@ -162,6 +162,55 @@ fn every_kernel() -> Vec<Kernel> {
             )),
             tensor_cores: true,
         },
+        // The decoding step's rows quantized once, then its products on
+        // them: q-k-v's (normed), o's, gate-up's and down's (SiLU(gate)·up).
+        Kernel::QuantizeRowsI8 {
+            paired_input: true,
+            normed: true,
+            prologue: None,
+        },
+        Kernel::QuantizeRowsI8 {
+            paired_input: true,
+            normed: false,
+            prologue: None,
+        },
+        Kernel::QuantizeRowsI8 {
+            paired_input: false,
+            normed: false,
+            prologue: None,
+        },
+        Kernel::QuantizeRowsI8 {
+            paired_input: true,
+            normed: false,
+            prologue: Some(Expr::Apply(
+                MapOp::Mul,
+                vec![
+                    Expr::Apply(MapOp::Silu, vec![Expr::Operand(0)]),
+                    Expr::Operand(1),
+                ],
+            )),
+        },
+        Kernel::QuantLinearI8Rows {
+            u_stages: 2,
+            w_stages: 2,
+            paired_output: true,
+            products: 3,
+            residual: false,
+        },
+        Kernel::QuantLinearI8Rows {
+            u_stages: 2,
+            w_stages: 2,
+            paired_output: true,
+            products: 1,
+            residual: true,
+        },
+        Kernel::QuantLinearI8Rows {
+            u_stages: 1,
+            w_stages: 0,
+            paired_output: false,
+            products: 1,
+            residual: false,
+        },
         Kernel::GatherColumns,
         Kernel::ColumnSum,
         Kernel::CrossEntropyRows,
@@ -356,7 +405,11 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
                 (quant_mma::MMA_BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32)
                     as u32
             }
-            Kernel::QuantLinearI8 { .. } => int8_threads_per_multiprocessor,
+            Kernel::QuantLinearI8 { .. } | Kernel::QuantLinearI8Rows { .. } => {
+                int8_threads_per_multiprocessor
+            }
+            // A block of its threads runs at all.
+            Kernel::QuantizeRowsI8 { .. } => quant_i8::QUANTIZE_THREADS,
             _ => 0,
         };
         if r.registers * threads > 65_536 {

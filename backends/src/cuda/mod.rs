@@ -23,6 +23,7 @@ use crate::{Backend, BackendError, Program, Tolerance};
 pub struct Cuda {
     pub activations: GpuActivations,
     pub int8_products: Int8Products,
+    pub row_quantization: RowQuantization,
     pub matmul: GpuMatmul,
     pub attention: GpuAttention,
     /// The CUDA device's ordinal.
@@ -61,6 +62,23 @@ pub enum Int8Products {
     /// into fragment order once, at load) and whose shapes suit it
     /// ([`codegen::quant_mma::applies`]); `dp4a` elsewhere.
     TensorCores,
+}
+
+/// Where the `dp4a` products ([`Int8Products::Dp4a`]) quantize their
+/// input rows to int8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RowQuantization {
+    /// Once, by a kernel of their own before the product, for a prompt's
+    /// rows and for a single row of at least
+    /// [`program::QUANTIZE_ONCE_INPUTS`] inputs; by each of the product's
+    /// blocks otherwise.
+    #[default]
+    ByWidth,
+    /// Once, by a kernel of their own, at every width and row count.
+    Once,
+    /// By each of the product's blocks: one launch, each row quantized by
+    /// every block that takes it.
+    InEachBlock,
 }
 
 /// How training's attention (over segments) and its gradients run.

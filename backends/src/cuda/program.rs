@@ -29,6 +29,7 @@ use super::codegen::{
 };
 use super::{
     int8_applies, Communicator, Cuda, GpuActivations, GpuAttention, GpuMatmul, Int8Products,
+    RowQuantization,
 };
 use crate::plan::MemoryPlan;
 use crate::profile::{self, OpProfile};
@@ -39,6 +40,8 @@ mod fusion;
 mod products;
 mod quant;
 pub mod replay;
+
+pub use fusion::QUANTIZE_ONCE_INPUTS;
 
 use crate::reference::{bind_inputs, bind_shape, load_resident, load_weights};
 use crate::tensor::{Data, DeviceData, Tensor};
@@ -167,9 +170,25 @@ enum Step {
         /// prologue ([`fusion::fold_prologues`]), and its operands' count:
         /// they stand in for the input at the head of `operands`.
         prologue: Option<(usize, usize)>,
+        /// The other way to run it, with its input rows quantized once
+        /// ([`fusion::quantize_rows_once`]).
+        quantized: Option<QuantizedRows>,
     },
     /// A value an earlier [`Step::PairedQuantLinear`] computed with its own.
     Ahead,
+}
+
+/// A paired int8 product run in two launches
+/// ([`fusion::quantize_rows_once`]): its input rows quantized by a kernel
+/// of their own ([`Kernel::QuantizeRowsI8`]), then the products on them
+/// ([`Kernel::QuantLinearI8Rows`]), rather than by each block of the
+/// product. Prompts take this way; one row (a decoding step) only where
+/// `one_row` says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct QuantizedRows {
+    pub quantize: usize,
+    pub product: usize,
+    pub one_row: bool,
 }
 
 /// A paired product computed in an earlier product's launch: its
@@ -490,6 +509,7 @@ fn select_kernels(
         flash,
         collective,
         tensor_cores,
+        row_quantization,
     } = choices;
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
@@ -587,6 +607,10 @@ fn select_kernels(
     if tensor_cores {
         fusion::use_tensor_cores(graph, plan, &mut kernels, &mut steps);
     }
+    if fuse.quantize_once && row_quantization != RowQuantization::InEachBlock {
+        let every_width = row_quantization == RowQuantization::Once;
+        fusion::quantize_rows_once(graph, &mut kernels, &mut steps, every_width);
+    }
     Ok((kernels, steps))
 }
 
@@ -615,6 +639,8 @@ struct Choices {
     /// The paired int8 products on tensor cores where they can be
     /// ([`Int8Products::TensorCores`]).
     tensor_cores: bool,
+    /// Where the `dp4a` products quantize their input rows.
+    row_quantization: RowQuantization,
 }
 
 /// The `fusion` passes a program runs: all, unless `FAIRYC_NO_FUSION` is set:
@@ -636,6 +662,9 @@ struct Fusions {
     residuals: bool,
     /// Elementwise inputs as the paired int8 products' prologues.
     prologues: bool,
+    /// The paired int8 products' input rows quantized once, by a kernel of
+    /// their own ([`fusion::quantize_rows_once`]).
+    quantize_once: bool,
 }
 
 impl Fusions {
@@ -647,13 +676,14 @@ impl Fusions {
         siblings: true,
         residuals: true,
         prologues: true,
+        quantize_once: true,
     };
 
     fn from_env() -> Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 7] = [
+        const NAMES: [&str; 8] = [
             "phase_stages",
             "elementwise",
             "pairings",
@@ -661,6 +691,7 @@ impl Fusions {
             "siblings",
             "residuals",
             "prologues",
+            "quantize_once",
         ];
         let off = off.to_string_lossy().into_owned();
         let named: Vec<&str> = off.split(',').map(str::trim).collect();
@@ -677,6 +708,7 @@ impl Fusions {
             siblings: on("siblings"),
             residuals: on("residuals"),
             prologues: on("prologues"),
+            quantize_once: on("quantize_once"),
         }
     }
 }
@@ -721,6 +753,7 @@ fn default_selection(
         flash: false,
         collective: false,
         tensor_cores: options.int8_products == Int8Products::TensorCores,
+        row_quantization: options.row_quantization,
     };
     select_kernels(graph, &plan, options.activations, fold, choices)
 }
@@ -870,6 +903,7 @@ impl CudaProgram {
             flash: options.attention == GpuAttention::Flash,
             collective: options.communicator.is_some(),
             tensor_cores: options.int8_products == Int8Products::TensorCores,
+            row_quantization: options.row_quantization,
         };
         let (mut kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
         // bf16 products take their operands rounded to bf16 by a kernel of
@@ -1640,7 +1674,7 @@ impl CudaProgram {
                     output: None,
                     residual: None,
                 };
-                self.quant_linear(k[0], input, &[layer])?
+                self.quant_linear(k[0], None, input, &[layer])?
             }
             (
                 Step::PhaseStages {
@@ -1833,6 +1867,7 @@ impl CudaProgram {
             siblings,
             residual,
             prologue,
+            quantized,
             ..
         } = step
         else {
@@ -1899,7 +1934,7 @@ impl CudaProgram {
             table: tables.input.as_deref(),
             norm,
         };
-        self.quant_linear(*kernel, input, &layers)?;
+        self.quant_linear(*kernel, quantized.as_ref(), input, &layers)?;
         let mut values = values.into_iter().map(|(shape, elem, words)| DeviceTensor {
             shape,
             elem,

@@ -204,6 +204,27 @@ pub enum Kernel {
         prologue: Option<Expr>,
         tensor_cores: bool,
     },
+    /// The int8 rows a [`Kernel::QuantLinearI8Rows`] reads, quantized once
+    /// for all its blocks (instead of by each block): each input row (its
+    /// pairing, norm and prologue folded in as in
+    /// [`Kernel::QuantLinearI8`]) as int8 words in the order the `dp4a`
+    /// kernel reads them, and its step; one block a row
+    /// ([`quant_i8::QUANTIZE_THREADS`] threads).
+    QuantizeRowsI8 {
+        paired_input: bool,
+        normed: bool,
+        prologue: Option<Expr>,
+    },
+    /// [`Kernel::QuantLinearI8`] by `dp4a` on rows a
+    /// [`Kernel::QuantizeRowsI8`] quantized: each block copies a row's
+    /// words into shared memory rather than quantizing it.
+    QuantLinearI8Rows {
+        u_stages: usize,
+        w_stages: usize,
+        paired_output: bool,
+        products: usize,
+        residual: bool,
+    },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
     /// per row and group of the row).
@@ -316,6 +337,8 @@ impl Kernel {
                 paired_output: true,
                 ..
             } => "quant_linear_i8_paired",
+            Kernel::QuantizeRowsI8 { .. } => "quantize_rows_i8",
+            Kernel::QuantLinearI8Rows { .. } => "quant_linear_i8_rows",
             Kernel::Dequant => "dequant",
             Kernel::PhaseSums { ifairy: false } => "phase_sums",
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
@@ -825,12 +848,36 @@ impl<'ctx> Gen<'ctx> {
                     products: *products,
                     residual: *residual,
                     prologue: prologue.as_ref(),
+                    quantized: false,
                 };
                 if *tensor_cores {
                     self.quant_linear_mma(name, kernel)
                 } else {
                     self.quant_linear_i8(name, kernel)
                 }
+            }
+            Kernel::QuantizeRowsI8 {
+                paired_input,
+                normed,
+                prologue,
+            } => self.quantize_rows_i8(name, *paired_input, *normed, prologue.as_ref()),
+            Kernel::QuantLinearI8Rows {
+                u_stages,
+                w_stages,
+                paired_output,
+                products,
+                residual,
+            } => {
+                let kernel = quant_i8::Int8Kernel {
+                    stages: (*u_stages, *w_stages),
+                    paired: (false, *paired_output),
+                    normed: false,
+                    products: *products,
+                    residual: *residual,
+                    prologue: None,
+                    quantized: true,
+                };
+                self.quant_linear_i8(name, kernel)
             }
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
@@ -1068,6 +1115,32 @@ impl<'ctx> Gen<'ctx> {
             .build_indirect_call(fn_type, asm, &[p.into()], "")
             .map_err(err)?;
         Ok(())
+    }
+
+    /// `v`, as a value LLVM cannot see through and that depends on
+    /// `within` (an empty `mov`): what is computed from it stays in the
+    /// loop over `within` rather than being hoisted out and held in
+    /// registers across it.
+    fn loop_variant(&self, v: IntValue<'ctx>, within: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        let i64 = self.i64();
+        let fn_type = i64.fn_type(&[i64.into(), i64.into()], false);
+        let asm = self.context.create_inline_asm(
+            fn_type,
+            "mov.b64 $0, $1;".into(),
+            "=l,l,l".into(),
+            false,
+            false,
+            None,
+            false,
+        );
+        let call = self
+            .builder
+            .build_indirect_call(fn_type, asm, &[v.into(), within.into()], "")
+            .map_err(err)?;
+        match call.try_as_basic_value() {
+            ValueKind::Basic(v) => Ok(v.into_int_value()),
+            ValueKind::Instruction(_) => Err("an empty mov returned no value".into()),
+        }
     }
 
     /// `ptr[index] += v` for f32 or f64 in global memory, as one

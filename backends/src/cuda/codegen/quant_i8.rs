@@ -35,12 +35,16 @@ const RUNS_PER_STEP: u64 = 4;
 /// shared memory a launch gets without opting in.
 pub const MAX_INPUTS: usize = (48 * 1024 - 4 * SCRATCH_WORDS as usize) / 2 / RUN * RUN;
 
-/// How many elements of the input row each thread loads at once (their
-/// latencies overlapping): `(for the row's statistics, words of the
-/// quantized row it writes)`. Fewer where each element is more loads (a
-/// gain, a prologue's operands): the warp's next code words are held in
-/// registers meanwhile.
-fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
+/// Threads of [`Gen::quantize_rows_i8`]'s blocks: one block quantizes a
+/// row alone, so more threads keep more of its loads in flight.
+pub const QUANTIZE_THREADS: u32 = 512;
+
+/// How many elements of the input row each thread of a product's block
+/// loads at once (their latencies overlapping): `(for the row's
+/// statistics, words of the quantized row it writes)`. Fewer where each
+/// element is more loads (a gain, a prologue's operands): the warp's next
+/// code words are held in registers meanwhile.
+pub(super) fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
     match (normed, prologue) {
         (_, true) => (4, 1),
         (true, false) => (4, 2),
@@ -84,6 +88,10 @@ pub(super) struct Int8Kernel<'a> {
     pub products: usize,
     pub residual: bool,
     pub prologue: Option<&'a Expr>,
+    /// Its input rows quantized by a kernel before
+    /// ([`Gen::quantize_rows_i8`]): no pairing, norm or prologue of its
+    /// own.
+    pub quantized: bool,
 }
 
 /// The rows an int8 product quantizes: one operand's, or an elementwise
@@ -129,17 +137,32 @@ pub(super) struct Layer<'ctx> {
     pub residual: Option<PointerValue<'ctx>>,
 }
 
+/// Where an int8 product's blocks take their int8 input rows from.
+pub(super) enum Int8Rows<'a, 'ctx> {
+    /// Each block quantizes them ([`Gen::quantize_row`]): the rows, the
+    /// pairing table of a paired input and its row's words, a folded
+    /// norm's gain and eps.
+    Quantize {
+        x: RowInput<'a, 'ctx>,
+        input: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
+        norm: Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
+    },
+    /// A kernel before quantized them ([`Gen::quantize_rows_i8`]): `m / 2`
+    /// words a row, and a step a row.
+    Quantized {
+        words: PointerValue<'ctx>,
+        steps: PointerValue<'ctx>,
+    },
+}
+
 /// An int8 product kernel's parameters ([`Gen::int8_signature`]): the
-/// function, its input rows, `rows` and `m`, the pairing table of a paired
-/// input and its row's words, a folded norm's gain and eps, each
+/// function, where its int8 rows come from, `rows` and `m`, each
 /// product's parameters, and their output rows together.
 pub(super) struct Int8Signature<'a, 'ctx> {
     pub f: FunctionValue<'ctx>,
-    pub x: RowInput<'a, 'ctx>,
+    pub source: Int8Rows<'a, 'ctx>,
     pub rows: IntValue<'ctx>,
     pub m: IntValue<'ctx>,
-    pub input: Option<(PointerValue<'ctx>, IntValue<'ctx>)>,
-    pub norm: Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
     pub layers: Vec<Layer<'ctx>>,
     /// The products' output rows together.
     pub n: IntValue<'ctx>,
@@ -169,14 +192,23 @@ impl<'ctx> Gen<'ctx> {
             products,
             residual,
             prologue,
+            quantized,
         } = kernel;
+        if quantized && (paired_input || normed || prologue.is_some()) {
+            return Err("an int8 product of quantized rows reads them as they are".into());
+        }
         if normed && !paired_input {
             return Err("a normed int8 product reads a paired input".into());
         }
         if prologue.is_some() && (normed || !paired_input) {
             return Err("an int8 product's prologue reads a paired input, not normed".into());
         }
-        let inputs = prologue.map_or(1, operand_count);
+        // Quantized rows: their words and steps.
+        let inputs = if quantized {
+            2
+        } else {
+            prologue.map_or(1, operand_count)
+        };
         if residual && !paired_output {
             return Err("an int8 product's residual epilogue writes a paired output".into());
         }
@@ -198,27 +230,36 @@ impl<'ctx> Gen<'ctx> {
             params.push(Param::F32);
         }
         let f = self.declare(name, &params);
-        let x = RowInput {
-            operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
-            expr: prologue,
-        };
         let first_int = ptrs as u32;
         let (rows, m) = (
             self.param_int(f, first_int),
             self.param_int(f, first_int + 1),
         );
-        let input = paired_input.then(|| {
-            (
-                self.param_ptr(f, inputs as u32),
-                self.param_int(f, first_int + 2),
-            )
-        });
-        let norm = normed.then(|| {
-            (
-                self.param_ptr(f, inputs as u32 + u32::from(paired_input)),
-                self.param_float(f, (ptrs + ints) as u32),
-            )
-        });
+        let source = if quantized {
+            Int8Rows::Quantized {
+                words: self.param_ptr(f, 0),
+                steps: self.param_ptr(f, 1),
+            }
+        } else {
+            Int8Rows::Quantize {
+                x: RowInput {
+                    operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
+                    expr: prologue,
+                },
+                input: paired_input.then(|| {
+                    (
+                        self.param_ptr(f, inputs as u32),
+                        self.param_int(f, first_int + 2),
+                    )
+                }),
+                norm: normed.then(|| {
+                    (
+                        self.param_ptr(f, inputs as u32 + u32::from(paired_input)),
+                        self.param_float(f, (ptrs + ints) as u32),
+                    )
+                }),
+            }
+        };
         let layers: Vec<Layer> = (0..products)
             .map(|l| {
                 let ptr = (shared_ptrs + l * layer_ptrs) as u32;
@@ -251,11 +292,9 @@ impl<'ctx> Gen<'ctx> {
         }
         Ok(Int8Signature {
             f,
-            x,
+            source,
             rows,
             m,
-            input,
-            norm,
             layers,
             n,
         })
@@ -298,14 +337,16 @@ impl<'ctx> Gen<'ctx> {
     /// elementwise expression over the first `operand_count` parameters,
     /// rows of one shape: the producer of the product's input folded in
     /// (SiLU(gate)·up before down).
+    ///
+    /// `quantized`: the parameters start with the rows' int8 words and
+    /// steps ([`Gen::quantize_rows_i8`]) instead of the rows, and each
+    /// block copies its row's words into shared memory.
     pub(super) fn quant_linear_i8(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
         let Int8Signature {
             f,
-            x,
+            source,
             rows,
             m,
-            input,
-            norm,
             layers,
             n,
         } = self.int8_signature(name, kernel)?;
@@ -367,13 +408,30 @@ impl<'ctx> Gen<'ctx> {
         let tasks = self.mul(warp_rows, steps)?;
         let (first_input_row, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
         self.strided_loop(f, first_input_row, rows, blocks_down, |r| {
+            // Quantized rows leave the loop over rows so little else that
+            // LLVM would hoist the first task's twenty addresses out of
+            // it, held in registers throughout.
+            let first_row = if kernel.quantized {
+                self.loop_variant(first_row, r)?
+            } else {
+                first_row
+            };
             self.set_i64(row_slot, first_row)?;
             self.set_i64(step_slot, self.int(0))?;
             self.when(f, has_rows, || {
                 self.load_task(&layers, (first_row, self.int(0)), (lane, runs), &ahead)
             })?;
-            let x_step =
-                self.quantize_row(f, (scratch, xq), (&x, input, norm), (r, m), RowLayout::Runs)?;
+            let x_step = match &source {
+                Int8Rows::Quantize { x, input, norm } => {
+                    let loads = loads_per_thread(norm.is_some(), x.expr.is_some());
+                    let input = (x, *input, *norm);
+                    self.quantize_row(f, (scratch, xq), input, (r, m), RowLayout::Runs, loads)?
+                }
+                Int8Rows::Quantized { words, steps } => {
+                    self.copy_row(f, (*words, xq), (r, m))?;
+                    self.load_f32(*steps, r)?
+                }
+            };
             self.call_void(barrier, &[])?;
             self.strided_loop(f, self.int(0), tasks, self.int(1), |_| {
                 let (row, at_step) = (self.get_i64(row_slot)?, self.get_i64(step_slot)?);
@@ -449,6 +507,123 @@ impl<'ctx> Gen<'ctx> {
             self.call_void(barrier, &[])
         })?;
         self.ret()
+    }
+
+    /// `quantize_rows_i8`: the input rows of an int8 product quantized
+    /// once, for all the blocks of the [`Gen::quant_linear_i8`] that reads
+    /// them (each would otherwise quantize every row it takes). Parameters:
+    /// `x` (or a prologue's operands), `[in_table]`, `[gain]`, `words`,
+    /// `steps`; `rows`, `m`, `[in_words]`; `[eps]`, as the product's
+    /// (`paired_input`, `normed` and `prologue` mean what they mean
+    /// there). Block `b` of [`QUANTIZE_THREADS`] threads takes rows `b`,
+    /// `b + blocks`, ...: row `r`'s `m / 2` words go to `words[r·m/2..]` in
+    /// the order the product reads them, its step to `steps[r]`.
+    pub(super) fn quantize_rows_i8(
+        &self,
+        name: &str,
+        paired_input: bool,
+        normed: bool,
+        prologue: Option<&Expr>,
+    ) -> Built<()> {
+        if normed && !paired_input {
+            return Err("a normed int8 row is a paired input".into());
+        }
+        if prologue.is_some() && (normed || !paired_input) {
+            return Err("an int8 row's prologue reads a paired input, not normed".into());
+        }
+        let inputs = prologue.map_or(1, operand_count);
+        let shared_ptrs = inputs + usize::from(paired_input) + usize::from(normed);
+        let ptrs = shared_ptrs + 2;
+        let ints = 2 + usize::from(paired_input);
+        let mut params = vec![Param::Ptr; ptrs];
+        params.extend(vec![Param::I64; ints]);
+        if normed {
+            params.push(Param::F32);
+        }
+        let f = self.declare(name, &params);
+        let x = RowInput {
+            operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
+            expr: prologue,
+        };
+        let first_int = ptrs as u32;
+        let (rows, m) = (
+            self.param_int(f, first_int),
+            self.param_int(f, first_int + 1),
+        );
+        let input = paired_input.then(|| {
+            (
+                self.param_ptr(f, inputs as u32),
+                self.param_int(f, first_int + 2),
+            )
+        });
+        let norm = normed.then(|| {
+            (
+                self.param_ptr(f, inputs as u32 + u32::from(paired_input)),
+                self.param_float(f, (ptrs + ints) as u32),
+            )
+        });
+        let (words, steps) = (
+            self.param_ptr(f, shared_ptrs as u32),
+            self.param_ptr(f, shared_ptrs as u32 + 1),
+        );
+        let scratch = self
+            .shared_array(
+                self.f32().array_type(QUANTIZE_THREADS / 32),
+                &format!("{name}_scratch"),
+            )
+            .as_pointer_value();
+        let row_words = self.udiv(m, self.int(2))?;
+        let first = self.eq_int(self.sreg("tid.x")?, self.int(0))?;
+        // A block alone on its row, with registers to spare: more loads in
+        // flight than a product's block keeps beside its code words.
+        let loads = (8, 4);
+        let (block, blocks) = (self.sreg("ctaid.x")?, self.sreg("nctaid.x")?);
+        self.strided_loop(f, block, rows, blocks, |r| {
+            let row = self.gep(self.i32(), words, self.mul(r, row_words)?)?;
+            let input = (&x, input, norm);
+            let step =
+                self.quantize_row(f, (scratch, row), input, (r, m), RowLayout::Runs, loads)?;
+            self.when(f, first, || self.store_f32(steps, r, step))
+        })?;
+        self.ret()
+    }
+
+    /// Copies row `r`'s `m / 2` int8 words, quantized before, from `words`
+    /// (global) into `xq` (shared), the block together, four words a load.
+    fn copy_row(
+        &self,
+        f: FunctionValue<'ctx>,
+        (words, xq): (PointerValue<'ctx>, PointerValue<'ctx>),
+        (r, m): (IntValue<'ctx>, IntValue<'ctx>),
+    ) -> Built<()> {
+        let quad = self.i32().vec_type(4);
+        let quads = self.udiv(m, self.int(8))?;
+        let base = self.mul(r, quads)?;
+        let aligned = |inst: Option<inkwell::values::InstructionValue<'ctx>>| -> Built<()> {
+            inst.expect("a memory access")
+                .set_alignment(16)
+                .map_err(err)
+        };
+        let load = |inside, safe: IntValue<'ctx>, at| -> Built<_> {
+            let p = self.gep(
+                self.i32(),
+                words,
+                self.mul(self.add(base, safe)?, self.int(4))?,
+            )?;
+            let v = self.builder.build_load(quad, p, "").map_err(err)?;
+            aligned(v.as_instruction_value())?;
+            Ok((inside, at, v))
+        };
+        self.block_loop_by(f, quads, 2, load, |loaded| {
+            for (inside, at, v) in loaded {
+                self.when(f, inside, || {
+                    let p = self.gep(self.i32(), xq, self.mul(at, self.int(4))?)?;
+                    let store = self.builder.build_store(p, v).map_err(err)?;
+                    aligned(Some(store))
+                })?;
+            }
+            Ok(())
+        })
     }
 
     /// Loads task `(row, step)` of a warp into `slots`: each lane's code
@@ -585,6 +760,9 @@ impl<'ctx> Gen<'ctx> {
     ///
     /// With a norm `(gain, eps)`, each word of the real row is scaled by its
     /// gain first, and the step by the row's `1/sqrt(mean(x²) + eps)`.
+    ///
+    /// Each thread loads `loads.0` elements at once for the statistics and
+    /// quantizes `loads.1` words at once.
     #[allow(clippy::type_complexity)]
     pub(super) fn quantize_row(
         &self,
@@ -597,6 +775,7 @@ impl<'ctx> Gen<'ctx> {
         ),
         (r, m): (IntValue<'ctx>, IntValue<'ctx>),
         layout: RowLayout,
+        loads: (u64, u64),
     ) -> Built<FloatValue<'ctx>> {
         let parts = self.mul(m, self.int(2))?;
         let row_words = match paired {
@@ -614,10 +793,11 @@ impl<'ctx> Gen<'ctx> {
                 self.prefetch_i32(table, self.mul(line, self.int(32))?)
             })?;
         }
-        let (largest, squares) = self.row_statistics(f, scratch, (x, gain), base, row_words)?;
+        let (largest, squares) =
+            self.row_statistics(f, scratch, (x, gain), (base, row_words), loads.0)?;
         let inverse = self.fdiv(self.float(127.0), self.fmax(largest, self.float(1e-30))?)?;
         let words = self.udiv(m, self.int(2))?;
-        let (_, per_thread) = loads_per_thread(norm.is_some(), x.expr.is_some());
+        let per_thread = loads.1;
         // In phases: every word's table entries, then every input, then the
         // levels; so that each phase's loads are in flight together.
         let place = |inside, safe, w| Ok((inside, w, self.word_slots(safe, paired, layout)?));
@@ -778,19 +958,18 @@ impl<'ctx> Gen<'ctx> {
 
     /// The block's `max |x[base + i]·gain[i]|` over `i < len` (`len > 0`;
     /// a gain of 1 where there is none) and, with a gain, `Σ x[base + i]²`:
-    /// each thread loads [`loads_per_thread`] elements a step, all before it
+    /// each thread loads `per_thread` elements a step, all before it
     /// compares them, so that the loads' latencies overlap.
     fn row_statistics(
         &self,
         f: FunctionValue<'ctx>,
         scratch: PointerValue<'ctx>,
         (x, gain): (&RowInput<'_, 'ctx>, Option<PointerValue<'ctx>>),
-        base: IntValue<'ctx>,
-        len: IntValue<'ctx>,
+        (base, len): (IntValue<'ctx>, IntValue<'ctx>),
+        per_thread: u64,
     ) -> Built<(FloatValue<'ctx>, Option<FloatValue<'ctx>>)> {
         let largest = self.local(self.float(0.0))?;
         let squares = self.local(self.float(0.0))?;
-        let (per_thread, _) = loads_per_thread(gain.is_some(), x.expr.is_some());
         // Outside the row: element 0 of it, which the maximum counts
         // anyway (and the sum of squares leaves out).
         let load = |inside, at, _| {

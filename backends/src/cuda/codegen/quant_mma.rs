@@ -19,7 +19,10 @@
 //! lane `4g + t`), and a lane's words of four chunks follow one another,
 //! so that one 128-bit load brings them.
 
-use super::quant_i8::{Int8Kernel, Int8Signature, Layer, RowLayout, IMAGINARY_BYTES, REAL_BYTES};
+use super::quant_i8::{
+    loads_per_thread, Int8Kernel, Int8Rows, Int8Signature, Layer, RowLayout, IMAGINARY_BYTES,
+    REAL_BYTES,
+};
 use super::*;
 
 /// Output rows of a tile: the rows of an `mma.m16n8k32` A operand.
@@ -157,14 +160,15 @@ impl<'ctx> Gen<'ctx> {
     pub(super) fn quant_linear_mma(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
         let Int8Signature {
             f,
-            x,
+            source,
             rows,
             m,
-            input,
-            norm,
             layers,
             n,
         } = self.int8_signature(name, kernel)?;
+        let Int8Rows::Quantize { x, input, norm } = source else {
+            return Err("the tensor-core kernel quantizes its own rows".into());
+        };
         let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
         let scratch = self.shared_scratch(name);
@@ -288,6 +292,7 @@ impl<'ctx> Gen<'ctx> {
                         (&x, input, norm),
                         (self.add(r, j)?, m),
                         RowLayout::Chunks,
+                        loads_per_thread(norm.is_some(), x.expr.is_some()),
                     )?;
                     self.set(slot, step)
                 })?;

@@ -31,7 +31,7 @@
 
 use fairyc_ir::{Arithmetic, Granularity, Graph, Op, Scheme, ValueId};
 
-use super::{kernel_index, Kernel, Sibling, Step};
+use super::{kernel_index, Kernel, QuantizedRows, Sibling, Step};
 use crate::cuda::codegen::{quant_i8, quant_mma, Elem, Expr};
 use crate::plan::MemoryPlan;
 
@@ -337,8 +337,15 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
             Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
                 ks.iter().for_each(|&k| used[k] = true)
             }
-            Step::Fused { kernel, .. } | Step::PairedQuantLinear { kernel, .. } => {
-                used[*kernel] = true
+            Step::Fused { kernel, .. } => used[*kernel] = true,
+            Step::PairedQuantLinear {
+                kernel, quantized, ..
+            } => {
+                used[*kernel] = true;
+                if let Some(q) = quantized {
+                    used[q.quantize] = true;
+                    used[q.product] = true;
+                }
             }
             _ => {}
         }
@@ -361,8 +368,15 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
             Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
                 ks.iter_mut().for_each(|k| *k = index[*k])
             }
-            Step::Fused { kernel, .. } | Step::PairedQuantLinear { kernel, .. } => {
-                *kernel = index[*kernel]
+            Step::Fused { kernel, .. } => *kernel = index[*kernel],
+            Step::PairedQuantLinear {
+                kernel, quantized, ..
+            } => {
+                *kernel = index[*kernel];
+                if let Some(q) = quantized {
+                    q.quantize = index[q.quantize];
+                    q.product = index[q.product];
+                }
             }
             _ => {}
         }
@@ -492,6 +506,7 @@ pub(super) fn fold_pairings(
             siblings: Vec::new(),
             residual: None,
             prologue: None,
+            quantized: None,
         };
         match unpack {
             Some(u) => {
@@ -750,6 +765,7 @@ pub(super) fn fold_residuals(
             siblings,
             residual: Some(add),
             prologue,
+            quantized: None,
         });
     }
     keep_launched(kernels, steps);
@@ -927,6 +943,71 @@ pub(super) fn use_tensor_cores(
         }
     }
     keep_launched(kernels, steps);
+}
+
+/// Complex inputs from which a single row (a decoding step's) is
+/// quantized once by a kernel of its own ([`quantize_rows_once`]) rather
+/// than by every block of its product. At LLaMA-7B's widths a product has
+/// hundreds of blocks, each of which would read the whole row (and
+/// evaluate a prologue over it) again; at SmolLM2's it has a few dozen,
+/// and a launch more would cost more than it saves.
+pub const QUANTIZE_ONCE_INPUTS: usize = 1024;
+
+/// Gives each paired `dp4a` product a second way to run
+/// ([`QuantizedRows`]): its input rows quantized once by a kernel of their
+/// own, then the products on those int8 rows. A prompt's rows take it
+/// (every block across a layer would otherwise quantize each of them); a
+/// single row takes it from [`QUANTIZE_ONCE_INPUTS`] inputs, or always
+/// with `every_width`.
+pub(super) fn quantize_rows_once(
+    graph: &Graph,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+    every_width: bool,
+) {
+    for step in steps.iter_mut() {
+        let Some(m) = product_codes(graph, step).and_then(|c| c.first().map(|(_, [_, m])| *m))
+        else {
+            continue;
+        };
+        let Some(Step::PairedQuantLinear {
+            kernel, quantized, ..
+        }) = step
+        else {
+            continue;
+        };
+        let Kernel::QuantLinearI8 {
+            u_stages,
+            w_stages,
+            paired_input,
+            paired_output,
+            normed,
+            products,
+            residual,
+            ref prologue,
+            tensor_cores: false,
+        } = kernels[*kernel]
+        else {
+            continue;
+        };
+        let quantize = Kernel::QuantizeRowsI8 {
+            paired_input,
+            normed,
+            prologue: prologue.clone(),
+        };
+        let product = Kernel::QuantLinearI8Rows {
+            u_stages,
+            w_stages,
+            paired_output,
+            products,
+            residual,
+        };
+        *quantized = Some(QuantizedRows {
+            quantize: kernel_index(kernels, quantize),
+            product: kernel_index(kernels, product),
+            one_row: every_width || m >= QUANTIZE_ONCE_INPUTS,
+        });
+    }
 }
 
 /// The codes the tensor-core products read, to re-pack at load: each
@@ -1489,6 +1570,70 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    /// Each paired `dp4a` product gets a way to run on rows quantized once,
+    /// with the folds its own kernel has (here the norm) moved into the
+    /// quantizer: prompts take it at every width, a single row only from
+    /// `QUANTIZE_ONCE_INPUTS` inputs (or always, with
+    /// `RowQuantization::Once`); `RowQuantization::InEachBlock` gives none.
+    #[test]
+    fn rows_are_quantized_once_where_it_pays() {
+        use super::super::Kernel;
+        use crate::cuda::RowQuantization;
+
+        let narrow = 32;
+        let wide = super::QUANTIZE_ONCE_INPUTS;
+        let mut b = GraphBuilder::new("rows_once");
+        let mut outputs = Vec::new();
+        for m in [narrow, wide] {
+            let x = b.input(format!("x{m}"), ty(&[3, 2 * m]));
+            let gain = b.input(format!("gain{m}"), ty(&[2 * m]));
+            let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[x, gain]).unwrap();
+            let packed = b.push(Op::Pack { block: 0 }, &[normed]).unwrap();
+            let weights = stage_weights(&mut b, &format!("p{m}"), [8, m]);
+            let product = quant_linear(&mut b, packed, &weights);
+            outputs.push(b.push(Op::Unpack { block: 0 }, &[product]).unwrap());
+        }
+        let graph = b.finish(&outputs);
+        let quantized = |rows: RowQuantization| {
+            let options = crate::cuda::Cuda {
+                row_quantization: rows,
+                ..on(GpuActivations::Int8)
+            };
+            let (kernels, steps) = default_selection(&graph, &options).unwrap();
+            outputs
+                .iter()
+                .map(|v| match &steps[v.0] {
+                    Some(Step::PairedQuantLinear { quantized, .. }) => quantized.map(|q| {
+                        assert_eq!(
+                            kernels[q.quantize],
+                            Kernel::QuantizeRowsI8 {
+                                paired_input: true,
+                                normed: true,
+                                prologue: None,
+                            }
+                        );
+                        assert!(matches!(
+                            kernels[q.product],
+                            Kernel::QuantLinearI8Rows {
+                                paired_output: true,
+                                products: 1,
+                                ..
+                            }
+                        ));
+                        q.one_row
+                    }),
+                    _ => panic!("%{} is not a paired product", v.0),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            quantized(RowQuantization::ByWidth),
+            [Some(false), Some(true)]
+        );
+        assert_eq!(quantized(RowQuantization::Once), [Some(true), Some(true)]);
+        assert_eq!(quantized(RowQuantization::InEachBlock), [None, None]);
     }
 
     /// The paired products of one normed row are one launch, at the first

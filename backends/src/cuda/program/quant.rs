@@ -6,12 +6,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, LaunchArgs, PushKernelArg};
 use fairyc_ir::quant::Pairing;
 use fairyc_ir::{Granularity, Graph, Op, ValueId};
 
-use super::codegen::{quant_i8, quant_mma, Kernel, QUANT_ROWS_PER_BLOCK};
-use super::{driver, fusion, pairing_index, scale_groups, CudaProgram, DeviceTensor, Step};
+use super::codegen::quant_i8::{self, QUANTIZE_THREADS};
+use super::codegen::{quant_mma, Kernel, QUANT_ROWS_PER_BLOCK};
+use super::{
+    driver, fusion, pairing_index, scale_groups, CudaProgram, DeviceTensor, QuantizedRows, Step,
+};
 use crate::BackendError;
 
 /// One product of a `quant_linear` launch: its weights (codes and scales
@@ -38,10 +41,12 @@ pub(super) struct QuantInput<'a> {
 impl CudaProgram {
     /// `quant_linear` of `input` by each of `layers` (several only for the
     /// int8 kernel: the products of one input row, quantized once), by
-    /// `kernel`, the f32 or the int8 one.
+    /// `kernel`, the f32 or the int8 one; or in two launches, the rows
+    /// quantized first, where `quantized` is given and takes these rows.
     pub(super) fn quant_linear(
         &self,
         kernel: usize,
+        quantized: Option<&QuantizedRows>,
         input: QuantInput,
         layers: &[QuantLayer],
     ) -> Result<(), BackendError> {
@@ -97,6 +102,32 @@ impl CudaProgram {
                 input.inputs.len()
             )));
         }
+        // Per product: n, per_tensor, [out_words] (the kernels' order:
+        // `quant_linear_i8`).
+        let mut layer_sizes = Vec::new();
+        for layer in layers {
+            let [_, _, per_tensor] = scale_groups(layer.granularity, m);
+            layer_sizes.extend([layer.weights[0].shape[0] as i64, per_tensor]);
+            layer_sizes.extend(layer.output.map(|(_, words)| *words as i64));
+        }
+        if let Some(q) = quantized.filter(|q| rows > 1 || q.one_row) {
+            let words = self.alloc(rows * m / 2)?;
+            let steps = self.alloc(rows)?;
+            self.quantize_rows(q.quantize, &input, (rows, m), (&words, &steps))?;
+            let sizes: Vec<i64> = [rows as i64, m as i64]
+                .into_iter()
+                .chain(layer_sizes)
+                .collect();
+            let grid = quant_i8::grid(outputs, rows, self.multiprocessors);
+            let block = 32 * QUANT_ROWS_PER_BLOCK;
+            return self.launch_with_shared(q.product, grid, block, (m / 2 * 4) as u32, |b| {
+                b.arg(&words).arg(&steps);
+                layer_args(b, layers);
+                for v in &sizes {
+                    b.arg(v);
+                }
+            });
+        }
         // The input rows' int8 words live in shared memory: one row, or
         // with tensor cores the rows a block takes at once.
         let (grid, shared) = if tensor_cores {
@@ -110,37 +141,13 @@ impl CudaProgram {
                 (m / 2 * 4) as u32,
             )
         };
-        // rows, m, [in_words], then per product n, per_tensor, [out_words]
-        // (the kernel's order: `quant_linear_i8`).
+        // rows, m, [in_words], then the products' sizes.
         let mut sizes = vec![rows as i64, m as i64];
         sizes.extend(input.table.map(|(_, words)| *words as i64));
-        for layer in layers {
-            let [_, _, per_tensor] = scale_groups(layer.granularity, m);
-            sizes.extend([layer.weights[0].shape[0] as i64, per_tensor]);
-            sizes.extend(layer.output.map(|(_, words)| *words as i64));
-        }
+        sizes.extend(layer_sizes);
         self.launch_with_shared(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
-            for x in input.inputs {
-                b.arg(&*x.words);
-            }
-            if let Some((table, _)) = input.table {
-                b.arg(table);
-            }
-            if let Some((gain, _)) = &input.norm {
-                b.arg(&*gain.words);
-            }
-            for layer in layers {
-                b.arg(layer.out);
-                for w in layer.weights {
-                    b.arg(&*w.words);
-                }
-                if let Some((table, _)) = layer.output {
-                    b.arg(table);
-                }
-                if let Some(row) = layer.residual {
-                    b.arg(&*row.words);
-                }
-            }
+            input_args(b, &input);
+            layer_args(b, layers);
             for v in &sizes {
                 b.arg(v);
             }
@@ -148,6 +155,63 @@ impl CudaProgram {
                 b.arg(eps);
             }
         })
+    }
+
+    /// Quantizes `rows` rows of `m` complex inputs of `input` (its pairing,
+    /// norm and prologue) by [`Kernel::QuantizeRowsI8`] `kernel`, one block
+    /// a row: their int8 words into `words`, their steps into `steps`.
+    fn quantize_rows(
+        &self,
+        kernel: usize,
+        input: &QuantInput,
+        (rows, m): (usize, usize),
+        (words, steps): (&CudaSlice<u32>, &CudaSlice<u32>),
+    ) -> Result<(), BackendError> {
+        // x, [in_table], [gain], words, steps; rows, m, [in_words]; [eps].
+        let mut sizes = vec![rows as i64, m as i64];
+        sizes.extend(input.table.map(|(_, words)| *words as i64));
+        let blocks = rows.min(u16::MAX as usize) as u32;
+        self.launch_with_shared(kernel, (blocks, 1), QUANTIZE_THREADS, 0, |b| {
+            input_args(b, input);
+            b.arg(words).arg(steps);
+            for v in &sizes {
+                b.arg(v);
+            }
+            if let Some((_, eps)) = &input.norm {
+                b.arg(eps);
+            }
+        })
+    }
+}
+
+/// An int8 launch's pointers of each product: its output, its stages'
+/// codes and scales, its output's pairing table, its residual row.
+fn layer_args<'a>(b: &mut LaunchArgs<'a>, layers: &'a [QuantLayer]) {
+    for layer in layers {
+        b.arg(layer.out);
+        for w in layer.weights {
+            b.arg(&*w.words);
+        }
+        if let Some((table, _)) = layer.output {
+            b.arg(table);
+        }
+        if let Some(row) = layer.residual {
+            b.arg(&*row.words);
+        }
+    }
+}
+
+/// An int8 launch's input pointers: the rows (or a prologue's operands),
+/// the pairing table, the norm's gain.
+fn input_args<'a>(b: &mut LaunchArgs<'a>, input: &QuantInput<'a>) {
+    for x in input.inputs {
+        b.arg(&*x.words);
+    }
+    if let Some((table, _)) = input.table {
+        b.arg(table);
+    }
+    if let Some((gain, _)) = &input.norm {
+        b.arg(&*gain.words);
     }
 }
 
