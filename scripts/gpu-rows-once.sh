@@ -25,7 +25,7 @@ timeout 150 .dev/cuda-test paired_int8 tensor_core --nocapture > "$OUT/cuda-test
 echo "rc $?"
 grep -E "relative RMS difference|cases on tensor|test result|panicked|FAILED" "$OUT/cuda-test.txt"
 echo "== GEMV (table a)"
-timeout 100 .dev/cuda_gemv 100 > "$OUT/gemv.txt" 2>&1
+timeout 150 .dev/cuda_gemv 100 > "$OUT/gemv.txt" 2>&1
 grep -v "^|---" "$OUT/gemv.txt"
 echo "== decoding and prompts (tables b and c)"
 .dev/synth_gguf .dev/smol.gguf 576 1536 30 9 64 3 f32 vocab=49152 > /dev/null
