@@ -3,8 +3,7 @@
 //! memory, codes turned into bytes by `prmt`; products by `dp4a`, design
 //! (a), or by tensor-core `mma` on codes re-packed into fragment order,
 //! design (b); and `dp4a` on a row quantized once by a kernel before it,
-//! the two launches timed together, with each warp's next tasks prefetched
-//! into L2: a third table sweeps how many) and the f32 kernel on W2 codes
+//! the two launches timed together) and the f32 kernel on W2 codes
 //! (two stages on x, two on conj x, per-tensor scales) at SmolLM2's and
 //! LLaMA-7B's layer shapes, beside cuBLAS's bf16 GEMV of the same real
 //! layer and a device-to-device copy, each timed by CUDA events over many
@@ -99,7 +98,6 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = rand::rng();
     let mut by_grid = Vec::new();
-    let mut by_lookahead_lines = Vec::new();
     for (real_in, real_out) in SHAPES {
         let (n, m) = (real_out / 2, real_in / 2);
         let code_words = n * m / 16;
@@ -185,39 +183,30 @@ fn main() -> Result<()> {
             &mut out_mma,
             quant_mma::grid(n, 1, m, multiprocessors).0,
         )?;
-        // The row quantized by a kernel of its own, then the product on it,
-        // each warp prefetching `l2_ahead` tasks into L2.
-        let mut once_with = |l2_ahead: i64, out: &mut CudaSlice<f32>| {
-            time(&stream, iterations, |i| {
-                let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
-                let mut b = stream.launch_builder(&functions[3]);
-                b.arg(&x).arg(&mut row_words).arg(&mut row_step);
-                b.arg(&sizes[0]).arg(&sizes[2]);
-                // SAFETY: as `quantize_rows_i8`'s signature: one row of m inputs.
-                unsafe { b.launch(config(1, quant_i8::QUANTIZE_THREADS, 0)) }?;
-                let mut b = stream.launch_builder(&functions[4]);
-                b.arg(&row_words).arg(&row_step).arg(&mut *out);
-                for s in 0..STAGES {
-                    b.arg(&views[s]).arg(&scales[s]);
-                }
-                let per_tensor = 1i64;
-                b.arg(&sizes[0])
-                    .arg(&sizes[2])
-                    .arg(&sizes[1])
-                    .arg(&per_tensor)
-                    .arg(&l2_ahead);
-                let grid = quant_i8::grid(n, 1, multiprocessors).0;
-                // SAFETY: as the int8 kernel's signature with the quantized
-                // row's words and step first.
-                unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
-                Ok(())
-            })
-        };
-        let once = once_with(quant_i8::L2_TASKS_AHEAD as i64, &mut out_once)?;
-        let by_lookahead = [0, 1, 2, 4]
-            .into_iter()
-            .map(|ahead| once_with(ahead, &mut out_f32))
-            .collect::<Result<Vec<_>>>()?;
+        // The row quantized by a kernel of its own, then the product on it.
+        let once = time(&stream, iterations, |i| {
+            let views: Vec<_> = (0..STAGES).map(|s| copy_of(s, i)).collect();
+            let mut b = stream.launch_builder(&functions[3]);
+            b.arg(&x).arg(&mut row_words).arg(&mut row_step);
+            b.arg(&sizes[0]).arg(&sizes[2]);
+            // SAFETY: as `quantize_rows_i8`'s signature: one row of m inputs.
+            unsafe { b.launch(config(1, quant_i8::QUANTIZE_THREADS, 0)) }?;
+            let mut b = stream.launch_builder(&functions[4]);
+            b.arg(&row_words).arg(&row_step).arg(&mut out_once);
+            for s in 0..STAGES {
+                b.arg(&views[s]).arg(&scales[s]);
+            }
+            let per_tensor = 1i64;
+            b.arg(&sizes[0])
+                .arg(&sizes[2])
+                .arg(&sizes[1])
+                .arg(&per_tensor);
+            let grid = quant_i8::grid(n, 1, multiprocessors).0;
+            // SAFETY: as the int8 kernel's signature with the quantized
+            // row's words and step first.
+            unsafe { b.launch(config(grid, block, m / 2 * 4)) }?;
+            Ok(())
+        })?;
         let uncapped = n.div_ceil(QUANT_ROWS_PER_BLOCK as usize);
         let grids = [1, 2, 4]
             .map(|b| uncapped.min(b * multiprocessors))
@@ -270,24 +259,12 @@ fn main() -> Result<()> {
             .map(|t| format!("{:.1} ({:.0}%)", t * 1e6, percent(code_bytes, *t)))
             .collect();
         by_grid.push(format!("| {real_in}->{real_out} | {} |", cells.join(" | ")));
-        let cells: Vec<String> = by_lookahead
-            .iter()
-            .map(|t| format!("{:.1} ({:.0}%)", t * 1e6, percent(code_bytes, *t)))
-            .collect();
-        by_lookahead_lines.push(format!("| {real_in}->{real_out} | {} |", cells.join(" | ")));
     }
     println!();
     println!("int8 kernel by grid: us (% of copy)");
     println!("| real in->out | 1 block a multiprocessor | 2 | 4 | one warp a row |");
     println!("|---|---|---|---|---|");
     for line in by_grid {
-        println!("{line}");
-    }
-    println!();
-    println!("row quantized once, by the tasks each warp prefetches into L2: us (% of copy)");
-    println!("| real in->out | none | 1 | 2 | 4 |");
-    println!("|---|---|---|---|---|");
-    for line in by_lookahead_lines {
         println!("{line}");
     }
     Ok(())

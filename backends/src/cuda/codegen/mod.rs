@@ -1094,27 +1094,17 @@ impl<'ctx> Gen<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// Asks for the line of the i32 `ptr[index]` in L1, or in L2 only
-    /// (`prefetch`: a hint, no value, no register, no fault), so that a
-    /// later load finds it there.
-    fn prefetch_i32(
-        &self,
-        ptr: PointerValue<'ctx>,
-        index: IntValue<'ctx>,
-        into: Cache,
-    ) -> Built<()> {
+    /// Asks for the line of the i32 `ptr[index]` in L1 (`prefetch`: a
+    /// hint, no value, no fault), so that a later load finds it there.
+    fn prefetch_i32(&self, ptr: PointerValue<'ctx>, index: IntValue<'ctx>) -> Built<()> {
         let p = self.gep(self.i32(), ptr, index)?;
         let fn_type = self
             .context
             .void_type()
             .fn_type(&[self.global_ptr().into()], false);
-        let instruction = match into {
-            Cache::L1 => "prefetch.global.L1 [$0];",
-            Cache::L2 => "prefetch.global.L2 [$0];",
-        };
         let asm = self.context.create_inline_asm(
             fn_type,
-            instruction.into(),
+            "prefetch.global.L1 [$0];".into(),
             "l".into(),
             true,
             false,
@@ -1322,11 +1312,4 @@ enum Param {
     Ptr,
     I64,
     F32,
-}
-
-/// The cache a prefetch fills.
-#[derive(Clone, Copy)]
-enum Cache {
-    L1,
-    L2,
 }

@@ -30,12 +30,6 @@ pub const RUN: usize = 16;
 /// Runs a lane takes per step of its loop (their loads in flight at once).
 const RUNS_PER_STEP: u64 = 4;
 
-/// Tasks of a warp whose code words the products of quantized rows
-/// prefetch into L2 beyond the one they load into registers ahead: more of
-/// the stream in flight than the registers hold, so that memory's latency
-/// is paid fewer times.
-pub const L2_TASKS_AHEAD: u64 = 2;
-
 /// The most complex inputs a row may have: its int8 words (two bytes an
 /// input) and the block reductions' scratch fill at most the 48 KiB of
 /// shared memory a launch gets without opting in.
@@ -154,12 +148,10 @@ pub(super) enum Int8Rows<'a, 'ctx> {
         norm: Option<(PointerValue<'ctx>, FloatValue<'ctx>)>,
     },
     /// A kernel before quantized them ([`Gen::quantize_rows_i8`]): `m / 2`
-    /// words a row, and a step a row. Each warp prefetches the code words
-    /// of its next `l2_ahead` tasks after the one in registers into L2.
+    /// words a row, and a step a row.
     Quantized {
         words: PointerValue<'ctx>,
         steps: PointerValue<'ctx>,
-        l2_ahead: IntValue<'ctx>,
     },
 }
 
@@ -174,15 +166,6 @@ pub(super) struct Int8Signature<'a, 'ctx> {
     pub layers: Vec<Layer<'ctx>>,
     /// The products' output rows together.
     pub n: IntValue<'ctx>,
-}
-
-/// A warp's sequence of tasks: task `k` is step `k mod steps` of output
-/// row `first_row + (k / steps)·grid_warps`, for `k < tasks`.
-struct WarpTasks<'ctx> {
-    first_row: IntValue<'ctx>,
-    grid_warps: IntValue<'ctx>,
-    steps: IntValue<'ctx>,
-    tasks: IntValue<'ctx>,
 }
 
 /// Where a warp keeps the loads of its next task (see
@@ -240,8 +223,7 @@ impl<'ctx> Gen<'ctx> {
         let ptrs = shared_ptrs + products * layer_ptrs;
         let layer_ints = 2 + usize::from(paired_output);
         let shared_ints = 2 + usize::from(paired_input);
-        // Quantized rows: how many tasks ahead each warp prefetches into L2.
-        let ints = shared_ints + products * layer_ints + usize::from(quantized);
+        let ints = shared_ints + products * layer_ints;
         let mut params = vec![Param::Ptr; ptrs];
         params.extend(vec![Param::I64; ints]);
         if normed {
@@ -257,7 +239,6 @@ impl<'ctx> Gen<'ctx> {
             Int8Rows::Quantized {
                 words: self.param_ptr(f, 0),
                 steps: self.param_ptr(f, 1),
-                l2_ahead: self.param_int(f, first_int + ints as u32 - 1),
             }
         } else {
             Int8Rows::Quantize {
@@ -359,9 +340,7 @@ impl<'ctx> Gen<'ctx> {
     ///
     /// `quantized`: the parameters start with the rows' int8 words and
     /// steps ([`Gen::quantize_rows_i8`]) instead of the rows, and each
-    /// block copies its row's words into shared memory; a last integer
-    /// says how many tasks ahead each warp prefetches its code words into
-    /// L2 (beyond the one it loads into registers).
+    /// block copies its row's words into shared memory.
     pub(super) fn quant_linear_i8(&self, name: &str, kernel: Int8Kernel) -> Built<()> {
         let Int8Signature {
             f,
@@ -427,29 +406,6 @@ impl<'ctx> Gen<'ctx> {
             self.int(0),
         )?;
         let tasks = self.mul(warp_rows, steps)?;
-        let warp_tasks = WarpTasks {
-            first_row,
-            grid_warps,
-            steps,
-            tasks,
-        };
-        // Products of rows quantized before (the wide ones): the first
-        // tasks after the one loaded into registers, into L2 while the
-        // block copies the row. (Where each block quantizes the row, the
-        // registers that takes leave no room for the prefetches.)
-        let l2_ahead = match &source {
-            Int8Rows::Quantized { l2_ahead, .. } => Some(*l2_ahead),
-            Int8Rows::Quantize { .. } => None,
-        };
-        if let Some(ahead) = l2_ahead {
-            self.strided_loop(
-                f,
-                self.int(1),
-                self.add(ahead, self.int(1))?,
-                self.int(1),
-                |t| self.prefetch_task(f, &layers, &warp_tasks, t, (lane, runs)),
-            )?;
-        }
         let (first_input_row, blocks_down) = (self.sreg("ctaid.y")?, self.sreg("nctaid.y")?);
         self.strided_loop(f, first_input_row, rows, blocks_down, |r| {
             // Quantized rows leave the loop over rows so little else that
@@ -471,20 +427,13 @@ impl<'ctx> Gen<'ctx> {
                     let input = (x, *input, *norm);
                     self.quantize_row(f, (scratch, xq), input, (r, m), RowLayout::Runs, loads)?
                 }
-                Int8Rows::Quantized { words, steps, .. } => {
+                Int8Rows::Quantized { words, steps } => {
                     self.copy_row(f, (*words, xq), (r, m))?;
                     self.load_f32(*steps, r)?
                 }
             };
             self.call_void(barrier, &[])?;
-            self.strided_loop(f, self.int(0), tasks, self.int(1), |task| {
-                if let Some(ahead) = l2_ahead {
-                    let later = self.add(self.add(task, self.int(1))?, ahead)?;
-                    let wanted = self.ult(self.int(0), ahead)?;
-                    self.when(f, wanted, || {
-                        self.prefetch_task(f, &layers, &warp_tasks, later, (lane, runs))
-                    })?;
-                }
+            self.strided_loop(f, self.int(0), tasks, self.int(1), |_| {
                 let (row, at_step) = (self.get_i64(row_slot)?, self.get_i64(step_slot)?);
                 let codes = ahead
                     .codes
@@ -677,44 +626,6 @@ impl<'ctx> Gen<'ctx> {
         })
     }
 
-    /// Prefetches into L2 the code words of a warp's task `task` (if it
-    /// has that many): each stage's words of the task are one span of up
-    /// to 128 (512 bytes, four lines), a line a lane.
-    fn prefetch_task(
-        &self,
-        f: FunctionValue<'ctx>,
-        layers: &[Layer<'ctx>],
-        warp: &WarpTasks<'ctx>,
-        task: IntValue<'ctx>,
-        (lane, runs): (IntValue<'ctx>, IntValue<'ctx>),
-    ) -> Built<()> {
-        let stages = layers[0].codes.len();
-        let row = self.add(
-            warp.first_row,
-            self.mul(self.udiv(task, warp.steps)?, warp.grid_warps)?,
-        )?;
-        let step = self.urem(task, warp.steps)?;
-        let (layer, row) = self.layer_of_row(layers, row)?;
-        let (stage, line) = (self.udiv(lane, self.int(4))?, self.urem(lane, self.int(4))?);
-        let first = self.add(
-            self.mul(step, self.int(32 * RUNS_PER_STEP))?,
-            self.mul(line, self.int(32))?,
-        )?;
-        let mut codes = layer.codes[0];
-        for (s, &stage_codes) in layer.codes.iter().enumerate().skip(1) {
-            codes = self.select(self.eq_int(stage, self.int(s as u64))?, stage_codes, codes)?;
-        }
-        let and = |a, b| self.builder.build_and(a, b, "").map_err(err);
-        let wanted = and(
-            and(self.ult(task, warp.tasks)?, self.ult(first, runs)?)?,
-            self.ult(stage, self.int(stages as u64))?,
-        )?;
-        self.when(f, wanted, || {
-            let at = self.add(self.mul(row, runs)?, first)?;
-            self.prefetch_i32(codes, at, Cache::L2)
-        })
-    }
-
     /// Loads task `(row, step)` of a warp into `slots`: each lane's code
     /// words of its [`RUNS_PER_STEP`] runs of the step (a run past the row
     /// reads run 0), and the row's scales (per-tensor: the first pair).
@@ -879,7 +790,7 @@ impl<'ctx> Gen<'ctx> {
             let lines = self.udiv(self.add(m, self.int(15))?, self.int(16))?;
             let tid = self.sreg("tid.x")?;
             self.strided_loop(f, tid, lines, self.sreg("ntid.x")?, |line| {
-                self.prefetch_i32(table, self.mul(line, self.int(32))?, Cache::L1)
+                self.prefetch_i32(table, self.mul(line, self.int(32))?)
             })?;
         }
         let (largest, squares) =

@@ -114,11 +114,9 @@ impl CudaProgram {
             let words = self.alloc(rows * m / 2)?;
             let steps = self.alloc(rows)?;
             self.quantize_rows(q.quantize, &input, (rows, m), (&words, &steps))?;
-            // rows, m, the products' sizes, the tasks prefetched into L2.
             let sizes: Vec<i64> = [rows as i64, m as i64]
                 .into_iter()
                 .chain(layer_sizes)
-                .chain([quant_i8::L2_TASKS_AHEAD as i64])
                 .collect();
             let grid = quant_i8::grid(outputs, rows, self.multiprocessors);
             let block = 32 * QUANT_ROWS_PER_BLOCK;
