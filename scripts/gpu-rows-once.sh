@@ -4,7 +4,8 @@
 # from the folder scripts/gpu-pack.sh fills (FOLDER, .dev-a by default): the
 # paired cases against the reference both ways and on tensor cores, and the
 # kernel test of the two designs; the GEMV (cuda_gemv, table a, its "row
-# quantized once" column); decoding and a 513-token prompt of the synthetic
+# quantized once" column); decoding and a 513-token prompt (dp4a and tensor
+# cores) of the synthetic
 # SmolLM2-shaped model and of 4 LLaMA-7B blocks at W2 with
 # --row-quantization by-width (the default), in-each-block and once, two
 # rounds alternated; and the tiny models. With BASELINE (a fairyc.xz in
@@ -47,7 +48,7 @@ for round in 1 2; do for m in l4 smol; do
 done; done
 prompt=$(tr -s ' \n' ' ' < "$FOLDER/corpus.txt" | cut -d' ' -f1-106)
 for m in l4 smol; do for q in "--row-quantization by-width" "--row-quantization in-each-block" \
-  "--int8-products tensor-cores"; do
+  "--int8-products tensor-cores" "--int8-products tensor-cores --row-quantization in-each-block"; do
   echo "prompt $m $q: $(.dev/fairyc run ".dev/$m.fairy" --backend cuda $q -n 1 -p "$prompt" \
     2>&1 >/dev/null | grep -a 'prompt tokens')"
 done; done

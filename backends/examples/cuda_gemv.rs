@@ -56,6 +56,7 @@ fn main() -> Result<()> {
             paired_input: false,
             normed: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8Rows {
             u_stages: 2,
@@ -63,6 +64,7 @@ fn main() -> Result<()> {
             paired_output: false,
             products: 1,
             residual: false,
+            tensor_cores: false,
         },
     ];
     let text = ptx(&kernels)?;

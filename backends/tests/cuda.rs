@@ -99,6 +99,7 @@ fn paired_int8_products_on_the_gpu() {
     let ways = [
         (Int8Products::Dp4a, RowQuantization::InEachBlock),
         (Int8Products::Dp4a, RowQuantization::Once),
+        (Int8Products::TensorCores, RowQuantization::InEachBlock),
         (Int8Products::TensorCores, RowQuantization::default()),
     ];
     for (products, rows) in ways {
@@ -113,7 +114,8 @@ fn paired_int8_products_on_the_gpu() {
             let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared, &cuda).expect("PTX");
             let mma = ptx.contains(".entry quant_linear_mma");
             on_tensor_cores += usize::from(mma);
-            let once = ptx.contains(".entry quant_linear_i8_rows");
+            let once = ptx.contains(".entry quant_linear_i8_rows")
+                || ptx.contains(".entry quant_linear_mma_rows");
             quantized_once += usize::from(once);
             let difference = conformance::relative_rms_difference(&cuda, &case);
             eprintln!(

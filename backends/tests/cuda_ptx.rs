@@ -168,16 +168,19 @@ fn every_kernel() -> Vec<Kernel> {
             paired_input: true,
             normed: true,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantizeRowsI8 {
             paired_input: true,
             normed: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantizeRowsI8 {
             paired_input: false,
             normed: false,
             prologue: None,
+            tensor_cores: false,
         },
         Kernel::QuantizeRowsI8 {
             paired_input: true,
@@ -189,6 +192,7 @@ fn every_kernel() -> Vec<Kernel> {
                     Expr::Operand(1),
                 ],
             )),
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8Rows {
             u_stages: 2,
@@ -196,6 +200,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: true,
             products: 3,
             residual: false,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8Rows {
             u_stages: 2,
@@ -203,6 +208,7 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: true,
             products: 1,
             residual: true,
+            tensor_cores: false,
         },
         Kernel::QuantLinearI8Rows {
             u_stages: 1,
@@ -210,6 +216,22 @@ fn every_kernel() -> Vec<Kernel> {
             paired_output: false,
             products: 1,
             residual: false,
+            tensor_cores: false,
+        },
+        // Design (b) on rows quantized once, in its fragments' order.
+        Kernel::QuantizeRowsI8 {
+            paired_input: true,
+            normed: true,
+            prologue: None,
+            tensor_cores: true,
+        },
+        Kernel::QuantLinearI8Rows {
+            u_stages: 2,
+            w_stages: 2,
+            paired_output: true,
+            products: 3,
+            residual: false,
+            tensor_cores: true,
         },
         Kernel::GatherColumns,
         Kernel::ColumnSum,
@@ -400,6 +422,9 @@ fn every_kernel_assembles_for_sm_90_without_spills() {
         }
         let threads = match kernel {
             Kernel::QuantLinearI8 {
+                tensor_cores: true, ..
+            }
+            | Kernel::QuantLinearI8Rows {
                 tensor_cores: true, ..
             } => {
                 (quant_mma::MMA_BLOCKS_PER_MULTIPROCESSOR * QUANT_ROWS_PER_BLOCK as usize * 32)

@@ -209,21 +209,24 @@ pub enum Kernel {
     /// pairing, norm and prologue folded in as in
     /// [`Kernel::QuantLinearI8`]) as int8 words in the order the `dp4a`
     /// kernel reads them, and its step; one block a row
-    /// ([`quant_i8::QUANTIZE_THREADS`] threads).
+    /// ([`quant_i8::QUANTIZE_THREADS`] threads); with `tensor_cores`, in
+    /// the order the tensor-core kernel reads them.
     QuantizeRowsI8 {
         paired_input: bool,
         normed: bool,
         prologue: Option<Expr>,
+        tensor_cores: bool,
     },
-    /// [`Kernel::QuantLinearI8`] by `dp4a` on rows a
-    /// [`Kernel::QuantizeRowsI8`] quantized: each block copies a row's
-    /// words into shared memory rather than quantizing it.
+    /// [`Kernel::QuantLinearI8`] on rows a [`Kernel::QuantizeRowsI8`]
+    /// quantized: each block copies a row's words into shared memory
+    /// rather than quantizing it.
     QuantLinearI8Rows {
         u_stages: usize,
         w_stages: usize,
         paired_output: bool,
         products: usize,
         residual: bool,
+        tensor_cores: bool,
     },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (one block
@@ -338,6 +341,9 @@ impl Kernel {
                 ..
             } => "quant_linear_i8_paired",
             Kernel::QuantizeRowsI8 { .. } => "quantize_rows_i8",
+            Kernel::QuantLinearI8Rows {
+                tensor_cores: true, ..
+            } => "quant_linear_mma_rows",
             Kernel::QuantLinearI8Rows { .. } => "quant_linear_i8_rows",
             Kernel::Dequant => "dequant",
             Kernel::PhaseSums { ifairy: false } => "phase_sums",
@@ -860,13 +866,23 @@ impl<'ctx> Gen<'ctx> {
                 paired_input,
                 normed,
                 prologue,
-            } => self.quantize_rows_i8(name, *paired_input, *normed, prologue.as_ref()),
+                tensor_cores,
+            } => {
+                let layout = if *tensor_cores {
+                    quant_i8::RowLayout::Chunks
+                } else {
+                    quant_i8::RowLayout::Runs
+                };
+                let input = (*paired_input, *normed);
+                self.quantize_rows_i8(name, input, prologue.as_ref(), layout)
+            }
             Kernel::QuantLinearI8Rows {
                 u_stages,
                 w_stages,
                 paired_output,
                 products,
                 residual,
+                tensor_cores,
             } => {
                 let kernel = quant_i8::Int8Kernel {
                     stages: (*u_stages, *w_stages),
@@ -877,7 +893,11 @@ impl<'ctx> Gen<'ctx> {
                     prologue: None,
                     quantized: true,
                 };
-                self.quant_linear_i8(name, kernel)
+                if *tensor_cores {
+                    self.quant_linear_mma(name, kernel)
+                } else {
+                    self.quant_linear_i8(name, kernel)
+                }
             }
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),

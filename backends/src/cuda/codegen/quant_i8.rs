@@ -517,13 +517,13 @@ impl<'ctx> Gen<'ctx> {
     /// (`paired_input`, `normed` and `prologue` mean what they mean
     /// there). Block `b` of [`QUANTIZE_THREADS`] threads takes rows `b`,
     /// `b + blocks`, ...: row `r`'s `m / 2` words go to `words[r·m/2..]` in
-    /// the order the product reads them, its step to `steps[r]`.
+    /// `layout`, the order the product reads them, its step to `steps[r]`.
     pub(super) fn quantize_rows_i8(
         &self,
         name: &str,
-        paired_input: bool,
-        normed: bool,
+        (paired_input, normed): (bool, bool),
         prologue: Option<&Expr>,
+        layout: RowLayout,
     ) -> Built<()> {
         if normed && !paired_input {
             return Err("a normed int8 row is a paired input".into());
@@ -581,8 +581,7 @@ impl<'ctx> Gen<'ctx> {
         self.strided_loop(f, block, rows, blocks, |r| {
             let row = self.gep(self.i32(), words, self.mul(r, row_words)?)?;
             let input = (&x, input, norm);
-            let step =
-                self.quantize_row(f, (scratch, row), input, (r, m), RowLayout::Runs, loads)?;
+            let step = self.quantize_row(f, (scratch, row), input, (r, m), layout, loads)?;
             self.when(f, first, || self.store_f32(steps, r, step))
         })?;
         self.ret()
@@ -590,7 +589,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// Copies row `r`'s `m / 2` int8 words, quantized before, from `words`
     /// (global) into `xq` (shared), the block together, four words a load.
-    fn copy_row(
+    pub(super) fn copy_row(
         &self,
         f: FunctionValue<'ctx>,
         (words, xq): (PointerValue<'ctx>, PointerValue<'ctx>),

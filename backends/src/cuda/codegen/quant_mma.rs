@@ -166,9 +166,6 @@ impl<'ctx> Gen<'ctx> {
             layers,
             n,
         } = self.int8_signature(name, kernel)?;
-        let Int8Rows::Quantize { x, input, norm } = source else {
-            return Err("the tensor-core kernel quantizes its own rows".into());
-        };
         let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
         let scratch = self.shared_scratch(name);
@@ -286,14 +283,21 @@ impl<'ctx> Gen<'ctx> {
                 self.set(slot, self.float(0.0))?;
                 self.when(f, self.ult(j, group)?, || {
                     let words = self.gep(self.i32(), xq, self.mul(j, row_words)?)?;
-                    let step = self.quantize_row(
-                        f,
-                        (scratch, words),
-                        (&x, input, norm),
-                        (self.add(r, j)?, m),
-                        RowLayout::Chunks,
-                        loads_per_thread(norm.is_some(), x.expr.is_some()),
-                    )?;
+                    let row = self.add(r, j)?;
+                    let step = match &source {
+                        Int8Rows::Quantize { x, input, norm } => self.quantize_row(
+                            f,
+                            (scratch, words),
+                            (x, *input, *norm),
+                            (row, m),
+                            RowLayout::Chunks,
+                            loads_per_thread(norm.is_some(), x.expr.is_some()),
+                        )?,
+                        Int8Rows::Quantized { words: rows, steps } => {
+                            self.copy_row(f, (*rows, words), (row, m))?;
+                            self.load_f32(*steps, row)?
+                        }
+                    };
                     self.set(slot, step)
                 })?;
             }

@@ -953,9 +953,9 @@ pub(super) fn use_tensor_cores(
 /// and a launch more would cost more than it saves.
 pub const QUANTIZE_ONCE_INPUTS: usize = 1024;
 
-/// Gives each paired `dp4a` product a second way to run
-/// ([`QuantizedRows`]): its input rows quantized once by a kernel of their
-/// own, then the products on those int8 rows. A prompt's rows take it
+/// Gives each paired int8 product (`dp4a` or tensor-core) a second way to
+/// run ([`QuantizedRows`]): its input rows quantized once by a kernel of
+/// their own, then the products on those int8 rows. A prompt's rows take it
 /// (every block across a layer would otherwise quantize each of them); a
 /// single row takes it from [`QUANTIZE_ONCE_INPUTS`] inputs, or always
 /// with `every_width`.
@@ -985,7 +985,7 @@ pub(super) fn quantize_rows_once(
             products,
             residual,
             ref prologue,
-            tensor_cores: false,
+            tensor_cores,
         } = kernels[*kernel]
         else {
             continue;
@@ -994,6 +994,7 @@ pub(super) fn quantize_rows_once(
             paired_input,
             normed,
             prologue: prologue.clone(),
+            tensor_cores,
         };
         let product = Kernel::QuantLinearI8Rows {
             u_stages,
@@ -1001,6 +1002,7 @@ pub(super) fn quantize_rows_once(
             paired_output,
             products,
             residual,
+            tensor_cores,
         };
         *quantized = Some(QuantizedRows {
             quantize: kernel_index(kernels, quantize),
@@ -1612,6 +1614,7 @@ mod tests {
                                 paired_input: true,
                                 normed: true,
                                 prologue: None,
+                                tensor_cores: false,
                             }
                         );
                         assert!(matches!(
@@ -1619,6 +1622,7 @@ mod tests {
                             Kernel::QuantLinearI8Rows {
                                 paired_output: true,
                                 products: 1,
+                                tensor_cores: false,
                                 ..
                             }
                         ));

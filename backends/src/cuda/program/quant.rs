@@ -110,24 +110,6 @@ impl CudaProgram {
             layer_sizes.extend([layer.weights[0].shape[0] as i64, per_tensor]);
             layer_sizes.extend(layer.output.map(|(_, words)| *words as i64));
         }
-        if let Some(q) = quantized.filter(|q| rows > 1 || q.one_row) {
-            let words = self.alloc(rows * m / 2)?;
-            let steps = self.alloc(rows)?;
-            self.quantize_rows(q.quantize, &input, (rows, m), (&words, &steps))?;
-            let sizes: Vec<i64> = [rows as i64, m as i64]
-                .into_iter()
-                .chain(layer_sizes)
-                .collect();
-            let grid = quant_i8::grid(outputs, rows, self.multiprocessors);
-            let block = 32 * QUANT_ROWS_PER_BLOCK;
-            return self.launch_with_shared(q.product, grid, block, (m / 2 * 4) as u32, |b| {
-                b.arg(&words).arg(&steps);
-                layer_args(b, layers);
-                for v in &sizes {
-                    b.arg(v);
-                }
-            });
-        }
         // The input rows' int8 words live in shared memory: one row, or
         // with tensor cores the rows a block takes at once.
         let (grid, shared) = if tensor_cores {
@@ -141,11 +123,28 @@ impl CudaProgram {
                 (m / 2 * 4) as u32,
             )
         };
+        let block = 32 * QUANT_ROWS_PER_BLOCK;
+        if let Some(q) = quantized.filter(|q| rows > 1 || q.one_row) {
+            let words = self.alloc(rows * m / 2)?;
+            let steps = self.alloc(rows)?;
+            self.quantize_rows(q.quantize, &input, (rows, m), (&words, &steps))?;
+            let sizes: Vec<i64> = [rows as i64, m as i64]
+                .into_iter()
+                .chain(layer_sizes)
+                .collect();
+            return self.launch_with_shared(q.product, grid, block, shared, |b| {
+                b.arg(&words).arg(&steps);
+                layer_args(b, layers);
+                for v in &sizes {
+                    b.arg(v);
+                }
+            });
+        }
         // rows, m, [in_words], then the products' sizes.
         let mut sizes = vec![rows as i64, m as i64];
         sizes.extend(input.table.map(|(_, words)| *words as i64));
         sizes.extend(layer_sizes);
-        self.launch_with_shared(kernel, grid, 32 * QUANT_ROWS_PER_BLOCK, shared, |b| {
+        self.launch_with_shared(kernel, grid, block, shared, |b| {
             input_args(b, &input);
             layer_args(b, layers);
             for v in &sizes {
