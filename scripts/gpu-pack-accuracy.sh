@@ -4,8 +4,10 @@
 # GGUF travels xz-compressed in two parts; the machine keeps the first while
 # it stays warm between the calls):
 #   .devq1/  fairyc, synth_gguf (synthetic models for probes beside the
-#            runs), the corpus, the model's checksum and its first part;
-#   .devq2/  the model's second part and the cuda conformance tests;
+#            runs), the model's checksum and its first part;
+#   .devq2/  the model's second part, the corpus and the cuda conformance
+#            tests (the corpus there: beside .devq1 and the tree it would
+#            pass 64 MiB);
 #   .devq3/  with TEACHER_CACHE=FILE, a teacher's token file that an earlier
 #            machine generated (gpu-accuracy.sh returns them in runs.tar.xz),
 #            xz-compressed, in a call of its own (beside .devq2 and the tree
@@ -25,7 +27,7 @@ pack() { strip -o "$1/$2" "$3" && xz -6 -T0 "$1/$2"; }
 pack .devq1 fairyc target/release/fairyc
 pack .devq1 synth_gguf target/release/examples/synth_gguf
 pack .devq2 cuda-test "$cuda"
-cp ../shared/corpus/public.txt .devq1/corpus.txt
+cp ../shared/corpus/public.txt .devq2/corpus.txt
 sha256sum < "$MODEL" | cut -d' ' -f1 > .devq1/smol.gguf.sha256
 xz -9 -T0 -c "$MODEL" > .devq1/smol.gguf.xz.whole
 head -c "$FIRST" .devq1/smol.gguf.xz.whole > .devq1/smol.gguf.xz.part0
