@@ -410,10 +410,10 @@ struct BackendArgs {
     /// docs/BENCHMARKS.md).
     #[arg(long, value_enum)]
     int8_products: Option<Int8ProductsArg>,
-    /// Where the cuda backend's dp4a layers quantize their input rows to
-    /// int8: by-width (once, by a kernel of their own, for prompts and for
-    /// a decoding step's rows of 1,024 complex inputs or more; by each
-    /// block of the product otherwise), once, or in-each-block.
+    /// Where the cuda backend's int8 layers quantize their input rows:
+    /// by-width (once, by a kernel of their own, for prompts of 16 rows or
+    /// more and for rows of 1,024 complex inputs or more; by each block of
+    /// the product otherwise), once, or in-each-block.
     #[arg(long, value_enum, default_value_t = RowQuantizationArg::ByWidth)]
     row_quantization: RowQuantizationArg,
 }

@@ -826,7 +826,8 @@ pub fn paired_quant_linear_cases() -> Vec<Case> {
         cases_over(
             &mut out,
             &format!("paired quant_linear, block {block}{norm}{output}"),
-            &[(3usize, 2400usize, 32usize), (1, 8, 16)],
+            // Five rows: on tensor cores, a group of four and a group of one.
+            &[(3usize, 2400usize, 32usize), (1, 8, 16), (5, 24, 32)],
             |c, (rows, n, m)| {
                 let mut x = c.real(&[rows, 2 * m]);
                 if normed {

@@ -88,8 +88,9 @@ fn bf16_attention_on_the_gpu() {
 /// reads the real row through the pack's table and writes the real output
 /// through the unpack's): each pairing, against the reference, with
 /// `dp4a` and on tensor cores (where the shapes suit them: the PTX shows
-/// which cases take that kernel). A wrong word would move its output by
-/// its whole size; int8 activations move them by about 0.4% RMS.
+/// which cases take that kernel), each with its rows quantized by every
+/// block and by a kernel of their own. A wrong word would move its output
+/// by its whole size; int8 activations move them by about 0.4% RMS.
 #[test]
 fn paired_int8_products_on_the_gpu() {
     if !gpu_or_skip() {
@@ -100,6 +101,7 @@ fn paired_int8_products_on_the_gpu() {
         (Int8Products::Dp4a, RowQuantization::InEachBlock),
         (Int8Products::Dp4a, RowQuantization::Once),
         (Int8Products::TensorCores, RowQuantization::InEachBlock),
+        (Int8Products::TensorCores, RowQuantization::Once),
         (Int8Products::TensorCores, RowQuantization::default()),
     ];
     for (products, rows) in ways {
@@ -112,6 +114,9 @@ fn paired_int8_products_on_the_gpu() {
         for case in conformance::paired_quant_linear_cases() {
             let prepared = fairyc_backends::prepare(&cuda, &case.graph).expect("prepared");
             let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared, &cuda).expect("PTX");
+            // What the program compiled: which kernel a case launches depends
+            // on its rows too (`RowQuantization::Once` takes the quantized
+            // rows always).
             let mma = ptx.contains(".entry quant_linear_mma");
             on_tensor_cores += usize::from(mma);
             let once = ptx.contains(".entry quant_linear_i8_rows")
@@ -130,7 +135,7 @@ fn paired_int8_products_on_the_gpu() {
             }
         }
         eprintln!(
-            "{products:?}, {rows:?}: {on_tensor_cores} cases on tensor cores, {quantized_once} with their rows quantized once"
+            "{products:?}, {rows:?}: {on_tensor_cores} cases compiled for tensor cores, {quantized_once} with a way to quantize their rows once"
         );
         if products == Int8Products::TensorCores && on_tensor_cores == 0 {
             failures.push("no case took the tensor-core kernel".into());

@@ -64,17 +64,18 @@ pub enum Int8Products {
     TensorCores,
 }
 
-/// Where the `dp4a` products ([`Int8Products::Dp4a`]) quantize their
+/// Where the paired int8 products (`dp4a` or tensor cores) quantize their
 /// input rows to int8.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RowQuantization {
     /// Once, by a kernel of their own before the product, for a prompt's
-    /// rows and for a single row of at least
-    /// [`program::QUANTIZE_ONCE_INPUTS`] inputs; by each of the product's
-    /// blocks otherwise.
+    /// rows (at least [`program::QUANTIZE_ONCE_ROWS`]) and for fewer rows
+    /// of at least [`program::QUANTIZE_ONCE_INPUTS`] inputs; by each of
+    /// the product's blocks otherwise.
     #[default]
     ByWidth,
-    /// Once, by a kernel of their own, at every width and row count.
+    /// Once, by a kernel of their own, for every paired int8 product at
+    /// every width and row count.
     Once,
     /// By each of the product's blocks: one launch, each row quantized by
     /// every block that takes it.

@@ -41,7 +41,7 @@ mod products;
 mod quant;
 pub mod replay;
 
-pub use fusion::QUANTIZE_ONCE_INPUTS;
+pub use fusion::{QUANTIZE_ONCE_INPUTS, QUANTIZE_ONCE_ROWS};
 
 use crate::reference::{bind_inputs, bind_shape, load_resident, load_weights};
 use crate::tensor::{Data, DeviceData, Tensor};
@@ -182,8 +182,9 @@ enum Step {
 /// ([`fusion::quantize_rows_once`]): its input rows quantized by a kernel
 /// of their own ([`Kernel::QuantizeRowsI8`]), then the products on them
 /// ([`Kernel::QuantLinearI8Rows`]), rather than by each block of the
-/// product. Prompts take this way; one row (a decoding step) only where
-/// `one_row` says.
+/// product. A prompt's rows take this way (at least
+/// [`fusion::QUANTIZE_ONCE_ROWS`]); fewer rows (a decoding step, a batch
+/// of them) only where `one_row` says.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct QuantizedRows {
     pub quantize: usize,
@@ -607,6 +608,8 @@ fn select_kernels(
     if tensor_cores {
         fusion::use_tensor_cores(graph, plan, &mut kernels, &mut steps);
     }
+    // After `use_tensor_cores`: the quantized rows' product takes its
+    // design (and so the codes' layout) from the step's kernel.
     if fuse.quantize_once && row_quantization != RowQuantization::InEachBlock {
         let every_width = row_quantization == RowQuantization::Once;
         fusion::quantize_rows_once(graph, &mut kernels, &mut steps, every_width);
@@ -639,7 +642,7 @@ struct Choices {
     /// The paired int8 products on tensor cores where they can be
     /// ([`Int8Products::TensorCores`]).
     tensor_cores: bool,
-    /// Where the `dp4a` products quantize their input rows.
+    /// Where the paired int8 products quantize their input rows.
     row_quantization: RowQuantization,
 }
 

@@ -1138,28 +1138,43 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// `v`, as a value LLVM cannot see through and that depends on
-    /// `within` (an empty `mov`): what is computed from it stays in the
-    /// loop over `within` rather than being hoisted out and held in
-    /// registers across it.
+    /// `within` (a 64-bit register copy, `mov.b64`, given `within` as an
+    /// operand it does not read): what is computed from it stays in the loop
+    /// over `within` rather than being hoisted out and held in registers
+    /// across it.
     fn loop_variant(&self, v: IntValue<'ctx>, within: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        let i64 = self.i64();
-        let fn_type = i64.fn_type(&[i64.into(), i64.into()], false);
+        self.asm_int("mov.b64 $0, $1;", "=l,l,l", &[v, within])
+    }
+
+    /// The integer result of inline PTX `text` on `args` (`constraints`
+    /// LLVM's: the result's first), of the first argument's type; no side
+    /// effects, so LLVM may move or merge it like any pure value.
+    fn asm_int(
+        &self,
+        text: &str,
+        constraints: &str,
+        args: &[IntValue<'ctx>],
+    ) -> Built<IntValue<'ctx>> {
+        let ty = args[0].get_type();
+        let params: Vec<BasicMetadataTypeEnum> = args.iter().map(|a| a.get_type().into()).collect();
+        let fn_type = ty.fn_type(&params, false);
         let asm = self.context.create_inline_asm(
             fn_type,
-            "mov.b64 $0, $1;".into(),
-            "=l,l,l".into(),
+            text.into(),
+            constraints.into(),
             false,
             false,
             None,
             false,
         );
+        let values: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
         let call = self
             .builder
-            .build_indirect_call(fn_type, asm, &[v.into(), within.into()], "")
+            .build_indirect_call(fn_type, asm, &values, "")
             .map_err(err)?;
         match call.try_as_basic_value() {
             ValueKind::Basic(v) => Ok(v.into_int_value()),
-            ValueKind::Instruction(_) => Err("an empty mov returned no value".into()),
+            ValueKind::Instruction(_) => Err(format!("`{text}` returned no value")),
         }
     }
 

@@ -54,7 +54,8 @@ pub(super) fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
 
 /// Blocks of the int8 kernel per multiprocessor at most: each block
 /// quantizes the input row again, so more blocks than run at once would
-/// only repeat that work.
+/// only repeat that work. (The products of rows quantized before keep the
+/// cap: only copying a row, they were not measured with another.)
 pub const BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 
 /// The int8 kernel's grid for `n` output rows of `rows` input rows on a
@@ -101,7 +102,8 @@ pub(super) struct RowInput<'a, 'ctx> {
     pub expr: Option<&'a Expr>,
 }
 
-/// Where the quantized row's words hold which inputs (in shared memory).
+/// Where the quantized row's words hold which inputs (in shared memory,
+/// and in global memory where a kernel of their own quantizes the rows).
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum RowLayout {
     /// Run by run, in the order the code words' `prmt` selectors take
@@ -111,6 +113,21 @@ pub(super) enum RowLayout {
     /// consecutive inputs each) then imaginary: `mma`'s B fragments
     /// ([`super::quant_mma`]).
     Chunks,
+}
+
+/// The pointers an int8 kernel that quantizes its rows takes for them: the
+/// rows (or a prologue's operands), the pairing table, the norm's gain
+/// ([`Gen::row_input_params`]); an error where the folds do not go
+/// together.
+fn row_input_pointers(paired_input: bool, normed: bool, prologue: Option<&Expr>) -> Built<usize> {
+    if normed && !paired_input {
+        return Err("a normed int8 row is a paired input".into());
+    }
+    if prologue.is_some() && (normed || !paired_input) {
+        return Err("an int8 row's prologue reads a paired input, not normed".into());
+    }
+    let inputs = prologue.map_or(1, operand_count);
+    Ok(inputs + usize::from(paired_input) + usize::from(normed))
 }
 
 /// How many operands an elementwise expression reads (its highest operand
@@ -150,8 +167,8 @@ pub(super) enum Int8Rows<'a, 'ctx> {
     /// A kernel before quantized them ([`Gen::quantize_rows_i8`]): `m / 2`
     /// words a row, and a step a row.
     Quantized {
-        words: PointerValue<'ctx>,
-        steps: PointerValue<'ctx>,
+        int8_rows: PointerValue<'ctx>,
+        row_steps: PointerValue<'ctx>,
     },
 }
 
@@ -177,6 +194,32 @@ struct TaskSlots<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
+    /// The parameters of rows an int8 kernel quantizes: the rows (or a
+    /// prologue's operands) from pointer 0, then the pairing table and the
+    /// norm's gain where there are; the table's row words after `rows` and
+    /// `m` at `ints_at`, the norm's eps at `eps_at`
+    /// ([`row_input_pointers`] counts the pointers).
+    fn row_input_params<'a>(
+        &self,
+        f: FunctionValue<'ctx>,
+        (paired_input, normed, prologue): (bool, bool, Option<&'a Expr>),
+        (ints_at, eps_at): (u32, u32),
+    ) -> Int8Rows<'a, 'ctx> {
+        let inputs = prologue.map_or(1, operand_count) as u32;
+        Int8Rows::Quantize {
+            x: RowInput {
+                operands: (0..inputs).map(|k| self.param_ptr(f, k)).collect(),
+                expr: prologue,
+            },
+            input: paired_input
+                .then(|| (self.param_ptr(f, inputs), self.param_int(f, ints_at + 2))),
+            norm: normed.then(|| {
+                let gain = self.param_ptr(f, inputs + u32::from(paired_input));
+                (gain, self.param_float(f, eps_at))
+            }),
+        }
+    }
+
     /// Declares an int8 product kernel for `kernel` (the parameters of
     /// [`Gen::quant_linear_i8`], shared by [`Gen::quant_linear_mma`]) and
     /// names its parameters.
@@ -197,17 +240,11 @@ impl<'ctx> Gen<'ctx> {
         if quantized && (paired_input || normed || prologue.is_some()) {
             return Err("an int8 product of quantized rows reads them as they are".into());
         }
-        if normed && !paired_input {
-            return Err("a normed int8 product reads a paired input".into());
-        }
-        if prologue.is_some() && (normed || !paired_input) {
-            return Err("an int8 product's prologue reads a paired input, not normed".into());
-        }
         // Quantized rows: their words and steps.
-        let inputs = if quantized {
+        let shared_ptrs = if quantized {
             2
         } else {
-            prologue.map_or(1, operand_count)
+            row_input_pointers(paired_input, normed, prologue)?
         };
         if residual && !paired_output {
             return Err("an int8 product's residual epilogue writes a paired output".into());
@@ -219,7 +256,6 @@ impl<'ctx> Gen<'ctx> {
         }
         let stages = u_stages + w_stages;
         let layer_ptrs = 1 + 2 * stages + usize::from(paired_output) + usize::from(residual);
-        let shared_ptrs = inputs + usize::from(paired_input) + usize::from(normed);
         let ptrs = shared_ptrs + products * layer_ptrs;
         let layer_ints = 2 + usize::from(paired_output);
         let shared_ints = 2 + usize::from(paired_input);
@@ -237,28 +273,12 @@ impl<'ctx> Gen<'ctx> {
         );
         let source = if quantized {
             Int8Rows::Quantized {
-                words: self.param_ptr(f, 0),
-                steps: self.param_ptr(f, 1),
+                int8_rows: self.param_ptr(f, 0),
+                row_steps: self.param_ptr(f, 1),
             }
         } else {
-            Int8Rows::Quantize {
-                x: RowInput {
-                    operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
-                    expr: prologue,
-                },
-                input: paired_input.then(|| {
-                    (
-                        self.param_ptr(f, inputs as u32),
-                        self.param_int(f, first_int + 2),
-                    )
-                }),
-                norm: normed.then(|| {
-                    (
-                        self.param_ptr(f, inputs as u32 + u32::from(paired_input)),
-                        self.param_float(f, (ptrs + ints) as u32),
-                    )
-                }),
-            }
+            let input = (paired_input, normed, prologue);
+            self.row_input_params(f, input, (first_int, (ptrs + ints) as u32))
         };
         let layers: Vec<Layer> = (0..products)
             .map(|l| {
@@ -427,9 +447,12 @@ impl<'ctx> Gen<'ctx> {
                     let input = (x, *input, *norm);
                     self.quantize_row(f, (scratch, xq), input, (r, m), RowLayout::Runs, loads)?
                 }
-                Int8Rows::Quantized { words, steps } => {
-                    self.copy_row(f, (*words, xq), (r, m))?;
-                    self.load_f32(*steps, r)?
+                Int8Rows::Quantized {
+                    int8_rows,
+                    row_steps,
+                } => {
+                    self.copy_row(f, (*int8_rows, xq), (r, m))?;
+                    self.load_f32(*row_steps, r)?
                 }
             };
             self.call_void(barrier, &[])?;
@@ -525,14 +548,7 @@ impl<'ctx> Gen<'ctx> {
         prologue: Option<&Expr>,
         layout: RowLayout,
     ) -> Built<()> {
-        if normed && !paired_input {
-            return Err("a normed int8 row is a paired input".into());
-        }
-        if prologue.is_some() && (normed || !paired_input) {
-            return Err("an int8 row's prologue reads a paired input, not normed".into());
-        }
-        let inputs = prologue.map_or(1, operand_count);
-        let shared_ptrs = inputs + usize::from(paired_input) + usize::from(normed);
+        let shared_ptrs = row_input_pointers(paired_input, normed, prologue)?;
         let ptrs = shared_ptrs + 2;
         let ints = 2 + usize::from(paired_input);
         let mut params = vec![Param::Ptr; ptrs];
@@ -541,27 +557,17 @@ impl<'ctx> Gen<'ctx> {
             params.push(Param::F32);
         }
         let f = self.declare(name, &params);
-        let x = RowInput {
-            operands: (0..inputs as u32).map(|k| self.param_ptr(f, k)).collect(),
-            expr: prologue,
-        };
         let first_int = ptrs as u32;
         let (rows, m) = (
             self.param_int(f, first_int),
             self.param_int(f, first_int + 1),
         );
-        let input = paired_input.then(|| {
-            (
-                self.param_ptr(f, inputs as u32),
-                self.param_int(f, first_int + 2),
-            )
-        });
-        let norm = normed.then(|| {
-            (
-                self.param_ptr(f, inputs as u32 + u32::from(paired_input)),
-                self.param_float(f, (ptrs + ints) as u32),
-            )
-        });
+        let input = (paired_input, normed, prologue);
+        let Int8Rows::Quantize { x, input, norm } =
+            self.row_input_params(f, input, (first_int, (ptrs + ints) as u32))
+        else {
+            unreachable!("the rows before quantization")
+        };
         let (words, steps) = (
             self.param_ptr(f, shared_ptrs as u32),
             self.param_ptr(f, shared_ptrs as u32 + 1),
@@ -745,7 +751,8 @@ impl<'ctx> Gen<'ctx> {
         Ok(words)
     }
 
-    /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared), the
+    /// Quantizes complex row `r` of `x[rows, m]` into `xq` (shared memory,
+    /// or global where a kernel of their own quantizes the rows), the
     /// block together, in `layout`: by runs, word `k` of run `run` (the
     /// order of the module docs) at `8·run + k`, so that a lane reads a
     /// run's words in two 128-bit loads ([`Gen::run_words`]); by chunks,
@@ -927,7 +934,7 @@ impl<'ctx> Gen<'ctx> {
         }
     }
 
-    /// A loop of the block over `0..len`, [`loads_per_thread`] indices a
+    /// A loop of the block over `0..len`, `per_thread` indices a
     /// thread a step (`i + threads·k`, so that their loads are in flight
     /// together): `each` starts the work of an index, given `(inside,
     /// clamped, index)` (the clamped one 0 past `len`, an index every
@@ -1108,25 +1115,7 @@ impl<'ctx> Gen<'ctx> {
         b: IntValue<'ctx>,
         acc: IntValue<'ctx>,
     ) -> Built<IntValue<'ctx>> {
-        let i32 = self.i32();
-        let ty = i32.fn_type(&[i32.into(), i32.into(), i32.into()], false);
-        let asm = self.context.create_inline_asm(
-            ty,
-            "dp4a.s32.s32 $0, $1, $2, $3;".into(),
-            "=r,r,r,r".into(),
-            false,
-            false,
-            None,
-            false,
-        );
-        let call = self
-            .builder
-            .build_indirect_call(ty, asm, &[a.into(), b.into(), acc.into()], "")
-            .map_err(err)?;
-        match call.try_as_basic_value() {
-            ValueKind::Basic(v) => Ok(v.into_int_value()),
-            ValueKind::Instruction(_) => Err("dp4a returned no value".into()),
-        }
+        self.asm_int("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", &[a, b, acc])
     }
 
     pub(super) fn get_int(&self, slot: PointerValue<'ctx>) -> Built<IntValue<'ctx>> {

@@ -39,7 +39,7 @@ const COLUMNS: u32 = 8;
 /// Input rows a block takes at once at most: B's columns hold two of each.
 const MAX_ROWS_AT_ONCE: usize = COLUMNS as usize / 2;
 /// Blocks of the kernel per multiprocessor at most: each block quantizes
-/// the input row again.
+/// the input row again (or, on rows quantized before, copies them).
 pub const MMA_BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 
 /// Bytes of shared memory for the quantized rows: the 48 KiB a launch
@@ -293,9 +293,12 @@ impl<'ctx> Gen<'ctx> {
                             RowLayout::Chunks,
                             loads_per_thread(norm.is_some(), x.expr.is_some()),
                         )?,
-                        Int8Rows::Quantized { words: rows, steps } => {
-                            self.copy_row(f, (*rows, words), (row, m))?;
-                            self.load_f32(*steps, row)?
+                        Int8Rows::Quantized {
+                            int8_rows,
+                            row_steps,
+                        } => {
+                            self.copy_row(f, (*int8_rows, words), (row, m))?;
+                            self.load_f32(*row_steps, row)?
                         }
                     };
                     self.set(slot, step)

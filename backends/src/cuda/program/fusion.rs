@@ -953,12 +953,18 @@ pub(super) fn use_tensor_cores(
 /// and a launch more would cost more than it saves.
 pub const QUANTIZE_ONCE_INPUTS: usize = 1024;
 
+/// Input rows from which a launch quantizes them once at every width: a
+/// prompt's. Fewer (a `serve` batch's decoding step) keep one launch at
+/// narrow widths, as a single row does. Not tuned: 513 rows were measured,
+/// and 1.
+pub const QUANTIZE_ONCE_ROWS: usize = 16;
+
 /// Gives each paired int8 product (`dp4a` or tensor-core) a second way to
 /// run ([`QuantizedRows`]): its input rows quantized once by a kernel of
 /// their own, then the products on those int8 rows. A prompt's rows take it
-/// (every block across a layer would otherwise quantize each of them); a
-/// single row takes it from [`QUANTIZE_ONCE_INPUTS`] inputs, or always
-/// with `every_width`.
+/// (every block across a layer would otherwise quantize each of them, from
+/// [`QUANTIZE_ONCE_ROWS`]); fewer rows take it from [`QUANTIZE_ONCE_INPUTS`]
+/// inputs, or always with `every_width`.
 pub(super) fn quantize_rows_once(
     graph: &Graph,
     kernels: &mut Vec<Kernel>,

@@ -124,7 +124,13 @@ impl CudaProgram {
             )
         };
         let block = 32 * QUANT_ROWS_PER_BLOCK;
-        if let Some(q) = quantized.filter(|q| rows > 1 || q.one_row) {
+        let once = |q: &&QuantizedRows| rows >= fusion::QUANTIZE_ONCE_ROWS || q.one_row;
+        if let Some(q) = quantized.filter(once) {
+            debug_assert!(matches!(
+                self.kernels[q.product],
+                Kernel::QuantLinearI8Rows { tensor_cores: rows_on_tensor_cores, .. }
+                    if rows_on_tensor_cores == tensor_cores
+            ));
             let words = self.alloc(rows * m / 2)?;
             let steps = self.alloc(rows)?;
             self.quantize_rows(q.quantize, &input, (rows, m), (&words, &steps))?;
@@ -140,9 +146,8 @@ impl CudaProgram {
                 }
             });
         }
-        // rows, m, [in_words], then the products' sizes.
-        let mut sizes = vec![rows as i64, m as i64];
-        sizes.extend(input.table.map(|(_, words)| *words as i64));
+        // rows, m, [in_words], then the products' sizes; [eps].
+        let mut sizes = row_sizes(&input, rows, m);
         sizes.extend(layer_sizes);
         self.launch_with_shared(kernel, grid, block, shared, |b| {
             input_args(b, &input);
@@ -150,15 +155,14 @@ impl CudaProgram {
             for v in &sizes {
                 b.arg(v);
             }
-            if let Some((_, eps)) = &input.norm {
-                b.arg(eps);
-            }
+            eps_arg(b, &input);
         })
     }
 
     /// Quantizes `rows` rows of `m` complex inputs of `input` (its pairing,
-    /// norm and prologue) by [`Kernel::QuantizeRowsI8`] `kernel`, one block
-    /// a row: their int8 words into `words`, their steps into `steps`.
+    /// norm and prologue) by [`Kernel::QuantizeRowsI8`] `kernel`, a block a
+    /// row (each block takes the rows a grid apart past 65,535): their int8
+    /// words into `words`, their steps into `steps`.
     fn quantize_rows(
         &self,
         kernel: usize,
@@ -167,8 +171,7 @@ impl CudaProgram {
         (words, steps): (&CudaSlice<u32>, &CudaSlice<u32>),
     ) -> Result<(), BackendError> {
         // x, [in_table], [gain], words, steps; rows, m, [in_words]; [eps].
-        let mut sizes = vec![rows as i64, m as i64];
-        sizes.extend(input.table.map(|(_, words)| *words as i64));
+        let sizes = row_sizes(input, rows, m);
         let blocks = rows.min(u16::MAX as usize) as u32;
         self.launch_with_shared(kernel, (blocks, 1), QUANTIZE_THREADS, 0, |b| {
             input_args(b, input);
@@ -176,9 +179,7 @@ impl CudaProgram {
             for v in &sizes {
                 b.arg(v);
             }
-            if let Some((_, eps)) = &input.norm {
-                b.arg(eps);
-            }
+            eps_arg(b, input);
         })
     }
 }
@@ -197,6 +198,22 @@ fn layer_args<'a>(b: &mut LaunchArgs<'a>, layers: &'a [QuantLayer]) {
         if let Some(row) = layer.residual {
             b.arg(&*row.words);
         }
+    }
+}
+
+/// The sizes of the rows an int8 launch quantizes: `rows`, `m`, and the
+/// real row's words where a table pairs it.
+fn row_sizes(input: &QuantInput, rows: usize, m: usize) -> Vec<i64> {
+    let mut sizes = vec![rows as i64, m as i64];
+    sizes.extend(input.table.map(|(_, words)| *words as i64));
+    sizes
+}
+
+/// A folded norm's eps, the last parameter of an int8 launch that
+/// quantizes its rows.
+fn eps_arg<'a>(b: &mut LaunchArgs<'a>, input: &'a QuantInput<'a>) {
+    if let Some((_, eps)) = &input.norm {
+        b.arg(eps);
     }
 }
 
