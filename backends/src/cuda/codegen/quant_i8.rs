@@ -194,6 +194,29 @@ struct TaskSlots<'ctx> {
 }
 
 impl<'ctx> Gen<'ctx> {
+    /// Declares an int8 kernel of `ptrs` pointers, then `ints` integers
+    /// (the first two `rows` and `m`, returned with the function), then a
+    /// norm's eps where `normed`.
+    fn declare_int8(
+        &self,
+        name: &str,
+        (ptrs, ints): (usize, usize),
+        normed: bool,
+    ) -> (FunctionValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) {
+        let mut params = vec![Param::Ptr; ptrs];
+        params.extend(vec![Param::I64; ints]);
+        if normed {
+            params.push(Param::F32);
+        }
+        let f = self.declare(name, &params);
+        let first_int = ptrs as u32;
+        (
+            f,
+            self.param_int(f, first_int),
+            self.param_int(f, first_int + 1),
+        )
+    }
+
     /// The parameters of rows an int8 kernel quantizes: the rows (or a
     /// prologue's operands) from pointer 0, then the pairing table and the
     /// norm's gain where there are; the table's row words after `rows` and
@@ -260,17 +283,8 @@ impl<'ctx> Gen<'ctx> {
         let layer_ints = 2 + usize::from(paired_output);
         let shared_ints = 2 + usize::from(paired_input);
         let ints = shared_ints + products * layer_ints;
-        let mut params = vec![Param::Ptr; ptrs];
-        params.extend(vec![Param::I64; ints]);
-        if normed {
-            params.push(Param::F32);
-        }
-        let f = self.declare(name, &params);
+        let (f, rows, m) = self.declare_int8(name, (ptrs, ints), normed);
         let first_int = ptrs as u32;
-        let (rows, m) = (
-            self.param_int(f, first_int),
-            self.param_int(f, first_int + 1),
-        );
         let source = if quantized {
             Int8Rows::Quantized {
                 int8_rows: self.param_ptr(f, 0),
@@ -551,17 +565,8 @@ impl<'ctx> Gen<'ctx> {
         let shared_ptrs = row_input_pointers(paired_input, normed, prologue)?;
         let ptrs = shared_ptrs + 2;
         let ints = 2 + usize::from(paired_input);
-        let mut params = vec![Param::Ptr; ptrs];
-        params.extend(vec![Param::I64; ints]);
-        if normed {
-            params.push(Param::F32);
-        }
-        let f = self.declare(name, &params);
+        let (f, rows, m) = self.declare_int8(name, (ptrs, ints), normed);
         let first_int = ptrs as u32;
-        let (rows, m) = (
-            self.param_int(f, first_int),
-            self.param_int(f, first_int + 1),
-        );
         let input = (paired_input, normed, prologue);
         let Int8Rows::Quantize { x, input, norm } =
             self.row_input_params(f, input, (first_int, (ptrs + ints) as u32))
