@@ -44,7 +44,7 @@ pub const QUANTIZE_THREADS: u32 = 512;
 /// statistics, words of the quantized row it writes)`. Fewer where each
 /// element is more loads (a gain, a prologue's operands): the warp's next
 /// code words are held in registers meanwhile.
-pub(super) fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
+fn loads_per_thread(normed: bool, prologue: bool) -> (u64, u64) {
     match (normed, prologue) {
         (_, true) => (4, 1),
         (true, false) => (4, 2),
@@ -455,20 +455,8 @@ impl<'ctx> Gen<'ctx> {
             self.when(f, has_rows, || {
                 self.load_task(&layers, (first_row, self.int(0)), (lane, runs), &ahead)
             })?;
-            let x_step = match &source {
-                Int8Rows::Quantize { x, input, norm } => {
-                    let loads = loads_per_thread(norm.is_some(), x.expr.is_some());
-                    let input = (x, *input, *norm);
-                    self.quantize_row(f, (scratch, xq), input, (r, m), RowLayout::Runs, loads)?
-                }
-                Int8Rows::Quantized {
-                    int8_rows,
-                    row_steps,
-                } => {
-                    self.copy_row(f, (*int8_rows, xq), (r, m))?;
-                    self.load_f32(*row_steps, r)?
-                }
-            };
+            let x_step =
+                self.row_into_shared(f, &source, (scratch, xq), (r, m), RowLayout::Runs)?;
             self.call_void(barrier, &[])?;
             self.strided_loop(f, self.int(0), tasks, self.int(1), |_| {
                 let (row, at_step) = (self.get_i64(row_slot)?, self.get_i64(step_slot)?);
@@ -598,9 +586,36 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// Row `r` of a product's int8 rows into `xq` (shared) in `layout`,
+    /// the block together: quantized there, or copied where a kernel before
+    /// quantized it. Returns the row's step.
+    pub(super) fn row_into_shared(
+        &self,
+        f: FunctionValue<'ctx>,
+        source: &Int8Rows<'_, 'ctx>,
+        (scratch, xq): (PointerValue<'ctx>, PointerValue<'ctx>),
+        (r, m): (IntValue<'ctx>, IntValue<'ctx>),
+        layout: RowLayout,
+    ) -> Built<FloatValue<'ctx>> {
+        match source {
+            Int8Rows::Quantize { x, input, norm } => {
+                let loads = loads_per_thread(norm.is_some(), x.expr.is_some());
+                let input = (x, *input, *norm);
+                self.quantize_row(f, (scratch, xq), input, (r, m), layout, loads)
+            }
+            Int8Rows::Quantized {
+                int8_rows,
+                row_steps,
+            } => {
+                self.copy_row(f, (*int8_rows, xq), (r, m))?;
+                self.load_f32(*row_steps, r)
+            }
+        }
+    }
+
     /// Copies row `r`'s `m / 2` int8 words, quantized before, from `words`
     /// (global) into `xq` (shared), the block together, four words a load.
-    pub(super) fn copy_row(
+    fn copy_row(
         &self,
         f: FunctionValue<'ctx>,
         (words, xq): (PointerValue<'ctx>, PointerValue<'ctx>),

@@ -19,10 +19,7 @@
 //! lane `4g + t`), and a lane's words of four chunks follow one another,
 //! so that one 128-bit load brings them.
 
-use super::quant_i8::{
-    loads_per_thread, Int8Kernel, Int8Rows, Int8Signature, Layer, RowLayout, IMAGINARY_BYTES,
-    REAL_BYTES,
-};
+use super::quant_i8::{Int8Kernel, Int8Signature, Layer, RowLayout, IMAGINARY_BYTES, REAL_BYTES};
 use super::*;
 
 /// Output rows of a tile: the rows of an `mma.m16n8k32` A operand.
@@ -284,23 +281,8 @@ impl<'ctx> Gen<'ctx> {
                 self.when(f, self.ult(j, group)?, || {
                     let words = self.gep(self.i32(), xq, self.mul(j, row_words)?)?;
                     let row = self.add(r, j)?;
-                    let step = match &source {
-                        Int8Rows::Quantize { x, input, norm } => self.quantize_row(
-                            f,
-                            (scratch, words),
-                            (x, *input, *norm),
-                            (row, m),
-                            RowLayout::Chunks,
-                            loads_per_thread(norm.is_some(), x.expr.is_some()),
-                        )?,
-                        Int8Rows::Quantized {
-                            int8_rows,
-                            row_steps,
-                        } => {
-                            self.copy_row(f, (*int8_rows, words), (row, m))?;
-                            self.load_f32(*row_steps, row)?
-                        }
-                    };
+                    let at = (scratch, words);
+                    let step = self.row_into_shared(f, &source, at, (row, m), RowLayout::Chunks)?;
                     self.set(slot, step)
                 })?;
             }
