@@ -30,7 +30,7 @@ pub use fairyc_backends::{
 pub use fairyc_frontend::import::{import, Imported};
 pub use fairyc_frontend::tokenizer::{ChatMessage, Tokenizer};
 use fairyc_ir::Graph;
-pub use fairyc_runtime::{Sampler, Session, StopReason};
+pub use fairyc_runtime::{Sampler, Session, StopReason, WindowLoss};
 
 /// Anything that can go wrong in the API.
 #[derive(Debug, thiserror::Error)]
@@ -329,55 +329,112 @@ impl Model {
         })
     }
 
-    /// Perplexity of `ids` over non-overlapping windows of `ctx` tokens with
-    /// no BOS: token 0 of each window is context only, tokens 1..ctx-1 are
-    /// scored. A trailing partial window is left out. `on_window` is called
-    /// after each window with (done, total).
-    pub fn perplexity(
+    /// This model's graph and weights compiled on `backend` to score text
+    /// in windows of `ctx` tokens, `windows_per_run` of them a run
+    /// ([`Scorer`]).
+    pub fn scorer(
         &self,
-        ids: &[u32],
+        backend: &dyn Backend,
         ctx: usize,
-        max_windows: Option<usize>,
-        on_window: &mut dyn FnMut(usize, usize, &Perplexity),
-    ) -> Result<Perplexity, Error> {
+        windows_per_run: usize,
+    ) -> Result<Scorer, Error> {
+        Scorer::compile(
+            backend,
+            &self.graph,
+            self.weights.as_ref(),
+            self.tokenizer.clone(),
+            (ctx, windows_per_run),
+            &|_| {},
+        )
+    }
+}
+
+/// A model compiled to score text: perplexity over windows of `ctx`
+/// tokens, each run's loss computed where the program runs (only a number
+/// comes back, not the logits).
+pub struct Scorer {
+    windows: WindowLoss,
+    tokenizer: Tokenizer,
+}
+
+impl Scorer {
+    /// Binds an imported model to `backend` to score windows of `ctx`
+    /// tokens, `windows_per_run` of them a run (as segments: one keeps a
+    /// backend's own attention kernel); `on_weight` sees each weight as it
+    /// is decoded.
+    pub fn from_imported(
+        imported: Imported,
+        backend: &dyn Backend,
+        ctx: usize,
+        windows_per_run: usize,
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Scorer, Error> {
+        let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
+            .map_err(BackendError::from)?;
+        Scorer::compile(
+            backend,
+            &graph,
+            imported.weights.as_ref(),
+            imported.tokenizer,
+            (ctx, windows_per_run),
+            on_weight,
+        )
+    }
+
+    fn compile(
+        backend: &dyn Backend,
+        graph: &Graph,
+        weights: &dyn fairyc_ir::WeightStore,
+        tokenizer: Tokenizer,
+        (ctx, windows_per_run): (usize, usize),
+        on_weight: &(dyn Fn(&str) + Sync),
+    ) -> Result<Scorer, Error> {
         if ctx < 2 {
             return Err(Error::Usage(format!("--ctx must be at least 2, got {ctx}")));
         }
-        let mut windows = ids.len() / ctx;
-        if let Some(m) = max_windows {
-            windows = windows.min(m);
-        }
-        if windows == 0 {
+        let windows =
+            WindowLoss::compile(backend, graph, weights, ctx - 1, windows_per_run, on_weight)?;
+        Ok(Scorer { windows, tokenizer })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The compiled program (its profile, its resident weight bytes).
+    pub fn program(&self) -> &dyn Program {
+        self.windows.program()
+    }
+
+    /// Perplexity of `ids` over non-overlapping windows of `ctx` tokens with
+    /// no BOS: token 0 of each window is context only, tokens 1..ctx-1 are
+    /// scored. A trailing partial window is left out. `on_window` is called
+    /// after each run with (windows done, windows in all, the result so
+    /// far).
+    pub fn perplexity(
+        &self,
+        ids: &[u32],
+        max_windows: Option<usize>,
+        on_window: &mut dyn FnMut(usize, usize, &Perplexity),
+    ) -> Result<Perplexity, Error> {
+        let ctx = self.windows.rows() + 1;
+        let mut windows: Vec<&[u32]> = ids.chunks_exact(ctx).collect();
+        windows.truncate(max_windows.unwrap_or(usize::MAX));
+        if windows.is_empty() {
             return Err(Error::Usage(format!(
                 "the text has {} tokens, fewer than one window of {ctx}",
                 ids.len()
             )));
         }
-        let mut total = 0.0f64;
-        let mut result = Perplexity {
-            windows: 0,
-            scored_tokens: 0,
-            nll: 0.0,
+        let so_far = |done: usize, total: f64| Perplexity {
+            windows: done,
+            scored_tokens: done * (ctx - 1),
+            nll: total / (done * (ctx - 1)) as f64,
         };
-        for w in 0..windows {
-            let window = &ids[w * ctx..(w + 1) * ctx];
-            let logits = self.logits(window)?;
-            let vocab = logits.cols();
-            let rows = logits.as_f32().expect("language-model logits are f32");
-            for (i, &target) in window.iter().enumerate().skip(1) {
-                if target as usize >= vocab {
-                    return Err(Error::Usage(format!(
-                        "token id {target} is outside the model's vocabulary of {vocab}"
-                    )));
-                }
-                total -= log_softmax_at(&rows[(i - 1) * vocab..i * vocab], target as usize);
-            }
-            result.windows = w + 1;
-            result.scored_tokens += ctx - 1;
-            result.nll = total / result.scored_tokens as f64;
-            on_window(w + 1, windows, &result);
-        }
-        Ok(result)
+        let total = self.windows.total(&windows, &mut |done, total| {
+            on_window(done, windows.len(), &so_far(done, total))
+        })?;
+        Ok(so_far(windows.len(), total))
     }
 }
 
@@ -386,11 +443,4 @@ fn nonempty(ids: Vec<u32>) -> Result<Vec<u32>, Error> {
         return Err(Error::Usage("the prompt encodes to no tokens".into()));
     }
     Ok(ids)
-}
-
-/// `log softmax(row)[target]`, in f64.
-fn log_softmax_at(row: &[f32], target: usize) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
-    row[target] as f64 - max - sum.ln()
 }

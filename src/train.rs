@@ -26,8 +26,7 @@ use fairyc_backends::state::STATE_META;
 use fairyc_backends::Tensor;
 use fairyc_backends::{Backend, Cuda, GpuAttention, GpuMatmul, Program, Rank, Reference};
 use fairyc_ir::{
-    DType, Graph, GraphBuilder, MemoryStore, Node, Op, Shape, TensorType, ValueId, WeightError,
-    WeightStore,
+    Graph, GraphBuilder, MemoryStore, Op, TensorType, ValueId, WeightError, WeightStore,
 };
 use fairyc_passes::autodiff::{
     adamw_step, gradients, optimizer_owners, step_state, AdamW, GradOptions, Replicas, RANK_SHARE,
@@ -37,6 +36,7 @@ use fairyc_passes::egraph::Limits;
 use fairyc_passes::real_products::{fold_split_gradients, real_products};
 use fairyc_passes::rebuild::eliminate_dead_code;
 use fairyc_passes::simplify::{simplify, SimplifyOptions};
+use fairyc_runtime::score::{segmented, window_inputs, with_cross_entropy, WindowLoss};
 use safetensors::tensor::TensorView;
 
 use crate::Error;
@@ -350,8 +350,7 @@ pub struct Trainer {
     /// Whether `state` is ahead of `store` (steps ran since the last
     /// [`Trainer::sync`]).
     stale: bool,
-    /// The forward graph with its cross-entropy, windows as segments, for
-    /// held-out evaluation.
+    /// The forward graph, for held-out evaluation.
     eval_graph: Graph,
     params: Vec<(String, TensorType)>,
     store: TrainStore,
@@ -363,42 +362,9 @@ pub struct Trainer {
     rows: usize,
 }
 
-/// Every attention of `graph` made to see only its own window's `rows`
-/// rows, so that one run takes a batch of windows stacked.
-fn segmented(graph: &Graph, rows: usize) -> Graph {
-    let mut g = graph.clone();
-    for node in &mut g.nodes {
-        if let Op::Attention { segment, .. } = &mut node.op {
-            *segment = Some(rows.max(1));
-        }
-    }
-    g
-}
-
-fn push(g: &mut Graph, op: Op, operands: Vec<ValueId>, ty: TensorType) -> ValueId {
-    g.nodes.push(Node { op, operands, ty });
-    ValueId(g.nodes.len() - 1)
-}
-
-/// Adds `targets: i32[seq]` and the mean cross-entropy of the logits (the
-/// graph's first output) as its only output.
+/// `graph` with its mean cross-entropy as the only output.
 fn with_loss(graph: &Graph) -> Result<(Graph, ValueId), Error> {
-    let mut g = graph.clone();
-    let logits = g.outputs[0];
-    let rows = g.ty(logits).shape.dims()[..1].to_vec();
-    let targets = push(
-        &mut g,
-        Op::Input {
-            name: "targets".into(),
-        },
-        vec![],
-        TensorType::new(DType::I32, Shape(rows)),
-    );
-    let scalar = TensorType::new(DType::F32, Shape(vec![]));
-    let loss = push(&mut g, Op::CrossEntropy, vec![logits, targets], scalar);
-    g.outputs = vec![loss];
-    fairyc_ir::verify(&g).map_err(|e| Error::Usage(e.to_string()))?;
-    Ok((g, loss))
+    with_cross_entropy(graph).map_err(|e| Error::Usage(e.to_string()))
 }
 
 /// The student `graph` and the `teacher` graph side by side over the same
@@ -485,7 +451,6 @@ impl Trainer {
             .map(|(_, n, t)| (n.to_string(), t.clone()))
             .collect();
         let rows = options.rows.max(1);
-        let (eval_graph, _) = with_loss(&segmented(graph, rows))?;
         let (training, loss) = match &options.objective {
             Objective::NextToken => with_loss(&segmented(graph, rows))?,
             Objective::Distill(teacher) => {
@@ -543,7 +508,7 @@ impl Trainer {
             resident: Vec::new(),
             state: None,
             stale: false,
-            eval_graph,
+            eval_graph: graph.clone(),
             params,
             store,
             adam: options.adam,
@@ -583,7 +548,7 @@ impl Trainer {
                 self.rows
             )));
         }
-        Ok(stacked_inputs(windows, self.rows))
+        Ok(window_inputs(windows, self.rows))
     }
 
     /// AdamW's scalars for step `t` (the step graph's gradient is already
@@ -840,32 +805,17 @@ impl Trainer {
     /// Mean loss over `windows` (each `rows + 1` tokens) with the current
     /// weights.
     pub fn eval_loss(&mut self, windows: &[&[u32]]) -> Result<f64, Error> {
-        if let Some(w) = windows.iter().find(|w| w.len() != self.rows + 1) {
-            return Err(Error::Usage(format!(
-                "a held-out window of {} tokens, where the trainer's windows have {}",
-                w.len(),
-                self.rows + 1
-            )));
-        }
         self.sync()?;
-        let exec = fairyc_backends::compile(
+        let scorer = WindowLoss::compile(
             self.device.exact_backend().as_ref(),
             &self.eval_graph,
             &self.store,
+            self.rows,
+            EVAL_WINDOWS,
             &|_| {},
         )?;
-        // Windows run EVAL_WINDOWS at a time, as segments of one run; each
-        // run's loss is the mean over its windows (all of one length).
-        let mut total = 0.0;
-        for chunk in windows.chunks(EVAL_WINDOWS) {
-            let out = exec.run(stacked_inputs(chunk, self.rows))?;
-            let mean = out[0]
-                .as_f32()
-                .and_then(|l| l.first().copied())
-                .unwrap_or(f32::NAN);
-            total += f64::from(mean) * chunk.len() as f64;
-        }
-        Ok(total / windows.len().max(1) as f64)
+        let total = scorer.total(windows, &mut |_, _| {})?;
+        Ok(total / (windows.len() * self.rows).max(1) as f64)
     }
 
     /// Writes the master weights, the moments and the step, atomically.
@@ -927,25 +877,6 @@ impl Trainer {
         self.step = step;
         Ok(())
     }
-}
-
-/// The graph inputs of windows of `rows + 1` tokens each, stacked: the
-/// tokens (all but a window's last), their positions within the window, and
-/// the targets (all but its first).
-fn stacked_inputs(windows: &[&[u32]], rows: usize) -> HashMap<String, Tensor> {
-    let n = windows.len() * rows;
-    let column = |f: &dyn Fn(&[u32]) -> Vec<i32>| -> Tensor {
-        Tensor::i32(vec![n], windows.iter().flat_map(|w| f(w)).collect())
-    };
-    let ids = |part: &[u32]| part.iter().map(|&t| t as i32).collect();
-    HashMap::from([
-        ("tokens".to_string(), column(&|w| ids(&w[..rows]))),
-        (
-            "positions".to_string(),
-            column(&|_| (0..rows as i32).collect()),
-        ),
-        ("targets".to_string(), column(&|w| ids(&w[1..=rows]))),
-    ])
 }
 
 /// Rank `rank`'s step of `steps`: the one step all ranks share, or its own.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{rewrite_artifact, rewrite_gguf, TempDir};
-use fairyc::Model;
+use fairyc::{Model, Reference};
 use fairyc_frontend::gguf::{GgmlType, MetaValue};
 use fairyc_frontend::synth::{write_gguf, write_hf, HfDtype, SynthConfig};
 
@@ -153,17 +153,36 @@ fn ppl_prints_the_models_perplexity() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no perplexity in {out:?}"));
 
+    // The program scores each window itself; score the logits here.
     let m = Model::load(&model).unwrap();
     let ids = m
         .tokenizer()
         .encode(&std::fs::read_to_string(&text).unwrap(), false)
         .unwrap();
-    let want = m.perplexity(&ids, 16, None, &mut |_, _, _| {}).unwrap();
+    let mut nll = Vec::new();
+    for window in ids.chunks_exact(16) {
+        let logits = m.logits(window).unwrap();
+        let vocab = logits.cols();
+        let rows = logits.as_f32().unwrap();
+        for (row, &target) in rows.chunks(vocab).zip(&window[1..]) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+            nll.push(max + sum.ln() - row[target as usize] as f64);
+        }
+    }
+    let want = (nll.iter().sum::<f64>() / nll.len() as f64).exp();
+    assert!((value - want).abs() < 1e-3, "{value} vs {want}");
+    // Several windows a run, as segments, score the same.
+    let batched = m
+        .scorer(&Reference::default(), 16, 3)
+        .unwrap()
+        .perplexity(&ids, None, &mut |_, _, _| {})
+        .unwrap();
     assert!(
-        (value - want.value()).abs() < 1e-3,
-        "{value} vs {}",
-        want.value()
+        (batched.value() - want).abs() < 1e-3,
+        "{batched:?} vs {want}"
     );
+    assert_eq!(batched.scored_tokens, nll.len());
     // A random model is far from perfect but better than nothing at all.
     assert!(value > 1.0 && value.is_finite(), "{value}");
     assert!(
