@@ -5,9 +5,11 @@
 # fairyc.xz whose ppl copied the logits back and scored them on the host):
 # the synthetic SmolLM2-shaped model and 4 LLaMA-7B blocks at W2, scored by
 # both builds and by this one at several --batch sizes, two rounds; then
-# decoding (256 tokens) and a 513-token prompt with dp4a and tensor-core
-# products; then the GPU training test, whose held-out evaluation scores
-# the same way. What each printed goes to OUT.
+# decoding (256 tokens: the baseline, and this build with dp4a and with
+# tensor-core products) and a 513-token prompt (dp4a and tensor cores);
+# then, where the folder has them, the cuda test executable (the
+# conformance suite on the GPU) and the training test, whose held-out
+# evaluation scores the same way. What each printed goes to OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FOLDER=${FOLDER:-.devs} OUT=${OUT:-.dev}
@@ -37,15 +39,26 @@ for m in smol l4; do echo "$m: $(ppl .dev/fairyc $m)"; done
 echo "== decoding, dp4a and tensor cores"
 decode() { .dev/fairyc run ".dev/$1.fairy" --backend cuda "${@:2}" -n 256 -p 'The capital of France is' 2>&1 >/dev/null |
   grep -a -o 'decode steps in [^)]*)'; }
-for round in 1 2; do for m in l4 smol; do for p in dp4a tensor-cores; do
-  echo "round $round $m $p: $(decode $m --int8-products $p)"
-done; done; done
+decode_with() { "$1" run ".dev/$2.fairy" --backend cuda -n 256 -p 'The capital of France is' 2>&1 >/dev/null |
+  grep -a -o 'decode steps in [^)]*)'; }
+for round in 1 2 3; do for m in l4 smol; do
+  if [ -n "${BASELINE:-}" ]; then
+    echo "round $round $m $BASELINE: $(decode_with ".dev/$(basename "$BASELINE" .xz)" $m)"
+  fi
+  for p in dp4a tensor-cores; do echo "round $round $m $p: $(decode $m --int8-products $p)"; done
+done; done
 echo "== a 513-token prompt"
 prompt=$(tr -s ' \n' ' ' < "$FOLDER/corpus.txt" | cut -d' ' -f1-106)
 for m in l4 smol; do for p in dp4a tensor-cores; do
   echo "prompt $m $p: $(.dev/fairyc run ".dev/$m.fairy" --backend cuda --int8-products $p -n 1 -p "$prompt" \
     2>&1 >/dev/null | grep -a 'prompt tokens')"
 done; done
+if [ -x .dev/cuda-test ]; then
+  echo "== the cuda tests (the conformance suite on the GPU)"
+  timeout 200 .dev/cuda-test --nocapture > "$OUT/cuda-test.txt" 2>&1
+  echo "rc $?"
+  grep -E "cases run|captured|mismatch|test result|panicked|FAILED" "$OUT/cuda-test.txt" | head -20
+fi
 if [ -x .dev/train-test ]; then
   echo "== training on the GPU"
   timeout 200 .dev/train-test training_on_the_gpu --nocapture > "$OUT/train.txt" 2>&1

@@ -47,7 +47,6 @@ fn every_kernel() -> Vec<Kernel> {
             dv: 40,
             group: 2,
         },
-        Kernel::AttentionCombine,
         Kernel::Copy2d,
         Kernel::AppendRows,
         Kernel::Permute,

@@ -294,6 +294,11 @@ pub struct CudaProgram {
     /// its attention and its append read, so that a captured decoding step
     /// replays at any position (at least one word).
     cache_lengths: CudaSlice<u32>,
+    /// A count for each query row and key head whose keys an attention
+    /// launch splits: its blocks arrive there, and the last merges their
+    /// partial softmaxes and sets it back to 0 (`attention::SPLIT_TARGET`
+    /// words).
+    split_arrivals: CudaSlice<u32>,
     /// The model's context length, where its graph says: the most rows a
     /// growing cache makes room for.
     context_length: Option<usize>,
@@ -1036,6 +1041,9 @@ impl CudaProgram {
         let cache_lengths = stream
             .alloc_zeros::<u32>(cache_inputs.len().max(1))
             .map_err(driver)?;
+        let split_arrivals = stream
+            .alloc_zeros::<u32>(attention::SPLIT_TARGET)
+            .map_err(driver)?;
         let context_length = graph.context_length();
         let last_use = fusion::last_uses(&graph, &plan, &steps);
         let attention_groups = attention::attention_groups(&graph);
@@ -1066,6 +1074,7 @@ impl CudaProgram {
             cache_slots,
             cache_inputs,
             cache_lengths,
+            split_arrivals,
             context_length,
             pairings,
             resident_bytes: 0,

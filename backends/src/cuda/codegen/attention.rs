@@ -4,24 +4,25 @@
 //! read once, coalesced, for every query head that shares it; an online
 //! softmax keeps no scores in memory. Where the rows and key heads alone
 //! leave the GPU idle (one sequence's decoding step), the keys are split
-//! over several blocks and [`Gen::attention_combine`] merges their partial
-//! softmaxes. Training's batched attention and its gradients are cuBLAS
+//! over several blocks, and the last of them to finish merges their partial
+//! softmaxes (no second launch). Training's batched attention and its gradients are cuBLAS
 //! products around [`Gen::masked_softmax`] (`program::attention`), or the
 //! flash kernels.
 
 use super::*;
 
 /// A block's partial softmax for each of its query heads, as
-/// [`Gen::attention`] leaves it for [`Gen::attention_combine`] when the keys
-/// are split: the running maxima, the sums of the exponentials, then the
-/// weighted sums of the values (`group · dv` words).
+/// [`Gen::attention`] leaves it when the keys are split, for the last block
+/// of its query row and key head to merge: the running maxima, the sums of
+/// the exponentials, then the weighted sums of the values (`group · dv`
+/// words).
 pub fn partial_words(group: usize, dv: usize) -> usize {
     group * (dv + 2)
 }
 
 impl<'ctx> Gen<'ctx> {
-    /// `attention(out, q, k, v, partials, lengths, seq, kv_slot, kv_extra,
-    /// kv_heads, splits, causal, scale)` for heads of `d` (query, key) and
+    /// `attention(out, q, k, v, partials, lengths, arrivals, seq, kv_slot,
+    /// kv_extra, kv_heads, splits, causal, scale)` for heads of `d` (query, key) and
     /// `dv` (value) words, `group` query heads a key head. The keys number
     /// `kv_extra`, plus `lengths[kv_slot]` where `kv_slot` is not negative
     /// (a KV cache whose rows in use the device holds: a captured decoding
@@ -30,16 +31,19 @@ impl<'ctx> Gen<'ctx> {
     /// (`b / splits = i · kv_heads + kh`); that row's query heads `kh ·
     /// group ..` are words `(b / splits) · group · d ..` of `q`. With one
     /// split it writes the output, else its [`partial_words`] at record `b`
-    /// of `partials`.
+    /// of `partials`, and counts itself in `arrivals[b / splits]` (a word
+    /// that is 0 between launches): the block that arrives last merges the
+    /// records into the output and sets the word back to 0.
     pub(super) fn attention(&self, name: &str, d: usize, dv: usize, group: usize) -> Built<()> {
-        let mut params = vec![Param::Ptr; 6];
+        let mut params = vec![Param::Ptr; 7];
         params.extend([Param::I64; 6]);
         params.push(Param::F32);
         let f = self.declare(name, &params);
-        let [out, q, k, v, partials, lengths] = [0, 1, 2, 3, 4, 5].map(|i| self.param_ptr(f, i));
+        let [out, q, k, v, partials, lengths, arrivals] =
+            [0, 1, 2, 3, 4, 5, 6].map(|i| self.param_ptr(f, i));
         let [seq, kv_slot, kv_extra, kv_heads, splits, causal] =
-            [6, 7, 8, 9, 10, 11].map(|i| self.param_int(f, i));
-        let scale = self.param_float(f, 12);
+            [7, 8, 9, 10, 11, 12].map(|i| self.param_int(f, i));
+        let scale = self.param_float(f, 13);
         let cached = self
             .builder
             .build_int_compare(IntPredicate::SGE, kv_slot, self.int(0), "")
@@ -196,65 +200,145 @@ impl<'ctx> Gen<'ctx> {
             self.when_else(f, one_split, output, partial)?;
             Ok(())
         })?;
+        let split = self.not(one_split)?;
+        self.when(f, split, || {
+            // Every thread's records out before the block is counted
+            // (`__threadfence`, then the arrival), and the last block's
+            // reads after its arrival.
+            self.fence_gpu()?;
+            self.call_void(barrier, &[])?;
+            let last = shared(1, "last");
+            let zero = self.int(0);
+            self.when(f, self.eq_int(tid, zero)?, || {
+                let before = self.atomic_inc_u32(arrivals, row_head)?;
+                let is_last = self.eq_int(before, self.sub(splits, self.int(1))?)?;
+                self.store_f32(
+                    last,
+                    zero,
+                    self.select(is_last, self.float(1.0), self.float(0.0))?,
+                )
+            })?;
+            self.call_void(barrier, &[])?;
+            let is_last = self.fgt(self.load_f32(last, zero)?, self.float(0.0))?;
+            self.when(f, is_last, || {
+                self.fence_gpu()?;
+                let group = self.int(group as u64);
+                self.merge_splits(
+                    f,
+                    (out, partials),
+                    row_head,
+                    splits,
+                    (group, self.int(dv as u64)),
+                )?;
+                self.when(f, self.eq_int(tid, zero)?, || {
+                    self.store_i32(arrivals, row_head, self.i32().const_zero())
+                })
+            })
+        })?;
         self.ret()
     }
 
-    /// `attention_combine(out, partials, splits, group, dv)`: block `b`
-    /// merges the `splits` partial softmaxes of records `b · splits ..`
-    /// (each [`partial_words`]) into output words `b · group · dv ..`.
-    pub(super) fn attention_combine(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[Param::Ptr, Param::Ptr, Param::I64, Param::I64, Param::I64],
-        );
-        let (out, partials) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [splits, group, dv] = [2, 3, 4].map(|i| self.param_int(f, i));
-        let block = self.sreg("ctaid.x")?;
+    /// Merges the `splits` partial softmaxes of records `row_head · splits
+    /// ..` (each [`partial_words`]) into output words `row_head · group ·
+    /// dv ..`, the block's threads across the words. The records are other
+    /// blocks', so they are read past L1.
+    fn merge_splits(
+        &self,
+        f: FunctionValue<'ctx>,
+        (out, partials): (PointerValue<'ctx>, PointerValue<'ctx>),
+        row_head: IntValue<'ctx>,
+        splits: IntValue<'ctx>,
+        (group, dv): (IntValue<'ctx>, IntValue<'ctx>),
+    ) -> Built<()> {
         let words = self.mul(group, dv)?;
         let record_words = self.add(words, self.mul(group, self.int(2))?)?;
-        let first = self.mul(self.mul(block, splits)?, record_words)?;
+        let first = self.mul(self.mul(row_head, splits)?, record_words)?;
         let tid = self.sreg("tid.x")?;
         let (max, total, acc) = (
             self.local(self.float(0.0))?,
             self.local(self.float(0.0))?,
             self.local(self.float(0.0))?,
         );
+        let load = |at| self.load_f32_volatile(partials, at);
         self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |w| {
             let (h, c) = (self.udiv(w, dv)?, self.urem(w, dv)?);
             // The largest maximum first, then the sums rescaled to it.
             self.set(max, self.float(f32::NEG_INFINITY))?;
             self.strided_loop(f, self.int(0), splits, self.int(1), |s| {
                 let record = self.add(first, self.mul(s, record_words)?)?;
-                self.set(
-                    max,
-                    self.fmax(
-                        self.get(max)?,
-                        self.load_f32(partials, self.add(record, h)?)?,
-                    )?,
-                )
+                self.set(max, self.fmax(self.get(max)?, load(self.add(record, h)?)?)?)
             })?;
             let m = self.finite_or_zero(self.get(max)?)?;
             self.set(total, self.float(0.0))?;
             self.set(acc, self.float(0.0))?;
             self.strided_loop(f, self.int(0), splits, self.int(1), |s| {
                 let record = self.add(first, self.mul(s, record_words)?)?;
-                let weight =
-                    self.exp(self.fsub(self.load_f32(partials, self.add(record, h)?)?, m)?)?;
-                let l = self.load_f32(partials, self.add(self.add(record, group)?, h)?)?;
-                let a = self.load_f32(
-                    partials,
-                    self.add(
-                        self.add(record, self.mul(group, self.int(2))?)?,
-                        self.add(self.mul(h, dv)?, c)?,
-                    )?,
-                )?;
+                let weight = self.exp(self.fsub(load(self.add(record, h)?)?, m)?)?;
+                let l = load(self.add(self.add(record, group)?, h)?)?;
+                let a = load(self.add(
+                    self.add(record, self.mul(group, self.int(2))?)?,
+                    self.add(self.mul(h, dv)?, c)?,
+                )?)?;
                 self.set(total, self.fadd(self.get(total)?, self.fmul(l, weight)?)?)?;
                 self.set(acc, self.fadd(self.get(acc)?, self.fmul(a, weight)?)?)
             })?;
-            let o = self.add(self.mul(block, words)?, w)?;
+            let o = self.add(self.mul(row_head, words)?, w)?;
             self.store_f32(out, o, self.normalised(self.get(acc)?, self.get(total)?)?)
-        })?;
-        self.ret()
+        })
+    }
+
+    /// `fence.acq_rel.gpu`: this thread's writes before it are seen by any
+    /// thread that sees its writes after it (`__threadfence`).
+    fn fence_gpu(&self) -> Built<()> {
+        let fn_type = self.context.void_type().fn_type(&[], false);
+        let asm = self.context.create_inline_asm(
+            fn_type,
+            "fence.acq_rel.gpu;".into(),
+            "~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        self.builder
+            .build_indirect_call(fn_type, asm, &[], "")
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Adds 1 to the 32-bit word `ptr[index]` atomically; its value before.
+    fn atomic_inc_u32(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let p = self.gep(self.i32(), ptr, index)?;
+        let before = self
+            .builder
+            .build_atomicrmw(
+                inkwell::AtomicRMWBinOp::Add,
+                p,
+                self.i32().const_int(1, false),
+                inkwell::AtomicOrdering::Monotonic,
+            )
+            .map_err(err)?;
+        self.widen(before)
+    }
+
+    /// `ptr[index]`, read from memory past L1 (a volatile load): another
+    /// block wrote it during this launch.
+    fn load_f32_volatile(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        let p = self.gep(self.f32(), ptr, index)?;
+        let v = self.builder.build_load(self.f32(), p, "").map_err(err)?;
+        v.as_instruction_value()
+            .ok_or("a load is an instruction")?
+            .set_volatile(true)
+            .map_err(err)?;
+        Ok(v.into_float_value())
     }
 
     /// Word `lane + 32 t` of the `width` words at `base` of `ptr`, 0 past

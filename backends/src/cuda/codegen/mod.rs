@@ -107,8 +107,6 @@ pub enum Kernel {
     /// operands are real ones of twice the width (`Re(q·conj k)` is the
     /// real dot product of the interleaved parts).
     Attention { d: usize, dv: usize, group: usize },
-    /// Merges the partial softmaxes of [`Kernel::Attention`]'s splits.
-    AttentionCombine,
     /// `dst[r·dst_stride + dst_off + c] = src[r·src_stride + src_off + c]`
     /// on 32-bit words: slices and concatenations.
     Copy2d,
@@ -306,7 +304,6 @@ impl Kernel {
                 ..
             } => "rope_half_split",
             Kernel::Attention { .. } => "attention",
-            Kernel::AttentionCombine => "attention_combine",
             Kernel::Copy2d => "copy2d",
             Kernel::AppendRows => "append_rows",
             Kernel::Permute => "permute",
@@ -814,7 +811,6 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Embed => self.embed(name),
             Kernel::Rope { layout, complex } => self.rope(name, *layout, *complex),
             Kernel::Attention { d, dv, group } => self.attention(name, *d, *dv, *group),
-            Kernel::AttentionCombine => self.attention_combine(name),
             Kernel::Copy2d => self.copy2d(name),
             Kernel::AppendRows => self.append_rows(name),
             Kernel::Permute => self.permute(name),

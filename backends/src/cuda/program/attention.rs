@@ -82,15 +82,19 @@ impl Segments {
     }
 }
 
+/// The blocks [`CudaProgram::cache_attention`] aims to launch: about two a
+/// multiprocessor (of an H100's or H200's 132). Only fewer query rows ×
+/// key heads than this are split, so it is also how many arrival counts a
+/// program keeps for them.
+pub(super) const SPLIT_TARGET: usize = 2 * 132;
+
 /// How many blocks share one query row and key head's keys in
-/// [`CudaProgram::cache_attention`]: enough for about two blocks a
-/// multiprocessor (of an H100's or H200's 132), and no more than leaves
-/// each warp at least eight keys.
+/// [`CudaProgram::cache_attention`]: enough for about [`SPLIT_TARGET`]
+/// blocks, and no more than leaves each warp at least eight keys.
 fn key_splits(row_heads: usize, kv_len: usize) -> usize {
-    const MULTIPROCESSORS: usize = 132;
     const KEYS_PER_WARP: usize = 8;
     let warps = (ATTENTION_THREADS / 32) as usize;
-    let wanted = (2 * MULTIPROCESSORS).div_ceil(row_heads.max(1));
+    let wanted = SPLIT_TARGET.div_ceil(row_heads.max(1));
     wanted.min(kv_len / (warps * KEYS_PER_WARP)).max(1)
 }
 
@@ -228,7 +232,7 @@ pub(super) fn cache_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
     // The warps' partial softmaxes live in static shared memory.
     let shared_bytes = 4 * (ATTENTION_THREADS as usize / 32) * partial_words(group, dv);
     (heads.is_multiple_of(kv_heads) && shared_bytes <= 48 * 1024)
-        .then(|| vec![Kernel::Attention { d, dv, group }, Kernel::AttentionCombine])
+        .then(|| vec![Kernel::Attention { d, dv, group }])
 }
 
 /// The gradients of each attention, grouped: for each `attention_grad`
@@ -406,9 +410,9 @@ impl CudaProgram {
     /// `attention(q, k, v)` over a KV cache (`keys` and `values` of
     /// `kv_len` rows, the last `s.seq` of them the queries' own) into
     /// `out`, by [`Kernel::Attention`] (`kernels[0]`); its keys split over
-    /// several blocks, merged by [`Kernel::AttentionCombine`]
-    /// (`kernels[1]`), where the rows and key heads alone would leave most
-    /// multiprocessors idle. Where the keys are a growing cache (`cache`:
+    /// several blocks, the last of which merges their partial softmaxes,
+    /// where the rows and key heads alone would leave most multiprocessors
+    /// idle. Where the keys are a growing cache (`cache`:
     /// its slot), the kernel reads their count from the device
     /// (`caches`), and the split is planned for the cache's room, so that
     /// the launch is the same at every position.
@@ -453,6 +457,10 @@ impl CudaProgram {
         };
         let row_heads = s.seq * s.kv_heads;
         let splits = key_splits(row_heads, planned);
+        debug_assert!(
+            splits == 1 || row_heads < SPLIT_TARGET,
+            "one arrival count a split row"
+        );
         let partials = match splits {
             1 => None,
             _ => Some(self.alloc(row_heads * splits * partial_words(group, dv))?),
@@ -479,22 +487,13 @@ impl CudaProgram {
                     Some(p) => b.arg(p),
                     None => b.arg(&null),
                 };
-                b.arg(&self.cache_lengths);
+                b.arg(&self.cache_lengths).arg(&self.split_arrivals);
                 for v in &sizes {
                     b.arg(v);
                 }
                 b.arg(&s.scale);
             },
         )?;
-        if let Some(partials) = &partials {
-            let sizes = [splits, group, dv].map(|v| v as i64);
-            self.launch(kernels[1], row_heads as u32, ATTENTION_THREADS, |b| {
-                b.arg(&*out).arg(partials);
-                for v in &sizes {
-                    b.arg(v);
-                }
-            })?;
-        }
         Ok(())
     }
 
