@@ -29,26 +29,32 @@ fn every_kernel() -> Vec<Kernel> {
             layout: RopeLayout::HalfSplit,
             complex: true,
         },
-        // SmolLM2's heads (64 words, 3 query heads a key head), LLaMA-7B's
-        // (128, 1) and a width that is not a multiple of 32 (a partial span
-        // of lanes).
+        // SmolLM2's heads (64 words, 3 query heads a key head, queries
+        // rotated as they load), LLaMA-7B's (128, 1) and a width that is
+        // not a multiple of 32 (a partial span of lanes).
         Kernel::Attention {
             d: 64,
             dv: 64,
             group: 3,
+            rope: Some(RopeLayout::HalfSplit),
         },
         Kernel::Attention {
             d: 128,
             dv: 128,
             group: 1,
+            rope: None,
         },
         Kernel::Attention {
             d: 40,
             dv: 40,
             group: 2,
+            rope: Some(RopeLayout::Interleaved),
         },
         Kernel::Copy2d,
-        Kernel::AppendRows,
+        Kernel::AppendRows { rope: None },
+        Kernel::AppendRows {
+            rope: Some(RopeLayout::HalfSplit),
+        },
         Kernel::Permute,
         Kernel::QuantLinear {
             u_stages: 2,

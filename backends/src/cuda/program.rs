@@ -5,7 +5,7 @@
 //! From the second run with the same input shapes, the run is one launch of
 //! a CUDA graph captured from it ([`replay`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -176,6 +176,26 @@ enum Step {
     },
     /// A value an earlier [`Step::PairedQuantLinear`] computed with its own.
     Ahead,
+    /// An attention over a KV cache, or a cache's append, that reads the
+    /// input of the `rope` before it (its queries, its new keys) and
+    /// rotates it itself ([`fusion::fold_ropes`]): `operands` are the
+    /// node's own with the rope's input in the rope's place, then the
+    /// rope's positions.
+    Roped {
+        kernel: usize,
+        operands: Vec<ValueId>,
+        rope: usize,
+    },
+}
+
+/// A folded `rope`'s part in the kernel that rotates in its place
+/// ([`Step::Roped`]): the positions, their count, the angles' frequencies
+/// and the heads' width.
+pub(super) struct RopeArgs<'a> {
+    positions: &'a DeviceTensor,
+    seq: i64,
+    freqs: &'a CudaSlice<f64>,
+    head_dim: i64,
 }
 
 /// A paired int8 product run in two launches
@@ -528,7 +548,7 @@ fn select_kernels(
             continue;
         }
         if growing.contains(&i) {
-            let append = kernel_index(&mut kernels, Kernel::AppendRows);
+            let append = kernel_index(&mut kernels, Kernel::AppendRows { rope: None });
             steps.push(Some(Step::Kernel(vec![append])));
             continue;
         }
@@ -609,6 +629,9 @@ fn select_kernels(
     if fuse.siblings {
         fusion::group_siblings(graph, plan, &mut kernels, &mut steps);
     }
+    if fuse.ropes {
+        fusion::fold_ropes(graph, plan, &mut kernels, &mut steps);
+    }
     fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
     if tensor_cores {
         fusion::use_tensor_cores(graph, plan, &mut kernels, &mut steps);
@@ -666,6 +689,8 @@ struct Fusions {
     norms: bool,
     /// The paired int8 products of one row as one launch.
     siblings: bool,
+    /// RoPE inside the attention over a KV cache and the cache's append.
+    ropes: bool,
     /// Residual adds as the paired int8 products' epilogues.
     residuals: bool,
     /// Elementwise inputs as the paired int8 products' prologues.
@@ -682,6 +707,7 @@ impl Fusions {
         pairings: true,
         norms: true,
         siblings: true,
+        ropes: true,
         residuals: true,
         prologues: true,
         quantize_once: true,
@@ -691,12 +717,13 @@ impl Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 8] = [
+        const NAMES: [&str; 9] = [
             "phase_stages",
             "elementwise",
             "pairings",
             "norms",
             "siblings",
+            "ropes",
             "residuals",
             "prologues",
             "quantize_once",
@@ -714,6 +741,7 @@ impl Fusions {
             pairings: on("pairings"),
             norms: on("norms"),
             siblings: on("siblings"),
+            ropes: on("ropes"),
             residuals: on("residuals"),
             prologues: on("prologues"),
             quantize_once: on("quantize_once"),
@@ -941,8 +969,16 @@ impl CudaProgram {
         }
         drop(host_constants);
         let mut rope_freqs = HashMap::new();
+        let folded: HashSet<usize> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Some(Step::Roped { rope, .. }) => Some(*rope),
+                _ => None,
+            })
+            .collect();
         for (i, node) in graph.nodes.iter().enumerate() {
-            if let (Some(Some(_)), Op::Rope { base, head_dim, .. }) = (steps.get(i), &node.op) {
+            let computed = matches!(steps.get(i), Some(Some(_))) || folded.contains(&i);
+            if let (true, Op::Rope { base, head_dim, .. }) = (computed, &node.op) {
                 let freqs: Vec<f64> = (0..(head_dim / 2).max(1))
                     .map(|j| (*base as f64).powf(-2.0 * j as f64 / *head_dim as f64))
                     .collect();
@@ -1302,8 +1338,16 @@ impl CudaProgram {
                 room: None,
             });
         }
-        if let (Some(&slot), Step::Kernel(k)) = (self.cache_slots.get(&i), step) {
-            return self.append_rows(k[0], slot, args, shape, elem);
+        match (self.cache_slots.get(&i), step) {
+            (Some(&slot), Step::Kernel(k)) => {
+                return self.append_rows(k[0], slot, args, (shape, elem), None)
+            }
+            (Some(&slot), Step::Roped { kernel, rope, .. }) => {
+                let (parts, positions) = args.split_at(2);
+                let rope = self.rope_args(*rope, positions[0]);
+                return self.append_rows(*kernel, slot, parts, (shape, elem), Some(rope));
+            }
+            _ => {}
         }
         let len: usize = shape.iter().product();
         let mut out = self.alloc(len * words_per(elem))?;
@@ -1451,7 +1495,24 @@ impl CudaProgram {
                 let s = Segments::new(x, args[2], (*heads, *kv_heads), None, *scale, *causal)
                     .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
                 let cache = self.cache_slots.get(&node.operands[1].0).copied();
-                self.cache_attention(k, (x, args[1], args[2]), cache, s, &mut out)?;
+                self.cache_attention(k[0], (x, args[1], args[2]), (cache, None), s, &mut out)?;
+            }
+            (
+                Step::Roped { kernel, rope, .. },
+                Op::Attention {
+                    heads,
+                    kv_heads,
+                    scale,
+                    causal,
+                    segment: None,
+                },
+            ) => {
+                let s = Segments::new(x, args[2], (*heads, *kv_heads), None, *scale, *causal)
+                    .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
+                let cache = self.cache_slots.get(&node.operands[1].0).copied();
+                let rope = self.rope_args(*rope, args[3]);
+                let operands = (x, args[1], args[2]);
+                self.cache_attention(*kernel, operands, (cache, Some(rope)), s, &mut out)?;
             }
             (Step::Kernel(k), Op::Slice { axis, start, end }) => {
                 let inner = x.shape[axis + 1..].iter().product::<usize>() * words_per(elem);
@@ -1846,6 +1907,8 @@ impl CudaProgram {
                 .map(|(_, a)| Ok(a.shape.clone()))
                 .unwrap_or_else(|| bind_shape(&node.ty.shape, bindings))
                 .map(|dims| TensorType::new(node.ty.dtype, Shape::new(dims))),
+            // Its rope's input has the rope's type; the positions follow.
+            Step::Roped { .. } => concrete_type(&node.op, &args[..args.len() - 1], bindings),
             // The quantized weight has its source's shape.
             Step::PhaseStages { .. } => Ok(TensorType::new(
                 node.ty.dtype,
@@ -1986,6 +2049,20 @@ impl CudaProgram {
     }
 
     /// The values node `i`'s step reads.
+    /// The `rope` node's part in the step that rotates in its place, with
+    /// its positions' value.
+    fn rope_args<'a>(&'a self, rope: usize, positions: &'a DeviceTensor) -> RopeArgs<'a> {
+        let Op::Rope { head_dim, .. } = self.graph.nodes[rope].op else {
+            unreachable!("a roped step's rope is a rope node");
+        };
+        RopeArgs {
+            positions,
+            seq: positions.len().max(1) as i64,
+            freqs: &self.rope_freqs[&rope],
+            head_dim: head_dim as i64,
+        }
+    }
+
     fn reads(&self, i: usize) -> &[ValueId] {
         fusion::reads(&self.graph, &self.steps, i)
     }

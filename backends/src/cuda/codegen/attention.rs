@@ -33,11 +33,22 @@ impl<'ctx> Gen<'ctx> {
     /// split it writes the output, else its [`partial_words`] at record `b`
     /// of `partials`, and counts itself in `arrivals[b / splits]` (a word
     /// that is 0 between launches): the block that arrives last merges the
-    /// records into the output and sets the word back to 0.
-    pub(super) fn attention(&self, name: &str, d: usize, dv: usize, group: usize) -> Built<()> {
+    /// records into the output and sets the word back to 0. With `rope`,
+    /// `q` is read before its rotary embedding and rotated as it loads, by
+    /// the parameters `positions, freqs, npos` after `scale` (as the `rope`
+    /// kernel's, heads of `d` words).
+    pub(super) fn attention(
+        &self,
+        name: &str,
+        (d, dv, group): (usize, usize, usize),
+        rope: Option<RopeLayout>,
+    ) -> Built<()> {
         let mut params = vec![Param::Ptr; 7];
         params.extend([Param::I64; 6]);
         params.push(Param::F32);
+        if rope.is_some() {
+            params.extend([Param::Ptr, Param::Ptr, Param::I64]);
+        }
         let f = self.declare(name, &params);
         let [out, q, k, v, partials, lengths, arrivals] =
             [0, 1, 2, 3, 4, 5, 6].map(|i| self.param_ptr(f, i));
@@ -72,17 +83,15 @@ impl<'ctx> Gen<'ctx> {
             };
         let q_words = (0..group)
             .map(|h| {
-                lane_words(
-                    self.mul(
-                        self.add(
-                            self.mul(row_head, self.int(group as u64))?,
-                            self.int(h as u64),
-                        )?,
-                        self.int(d as u64),
-                    )?,
-                    q,
-                    d,
-                )
+                let head = self.add(
+                    self.mul(row_head, self.int(group as u64))?,
+                    self.int(h as u64),
+                )?;
+                let base = self.mul(head, self.int(d as u64))?;
+                match rope {
+                    None => lane_words(base, q, d),
+                    Some(layout) => self.roped_lane_words(f, (q, base), (lane, d, layout), i),
+                }
             })
             .collect::<Built<Vec<_>>>()?;
         let state = |init: f32, n: usize| -> Built<Vec<PointerValue<'ctx>>> {
@@ -285,6 +294,32 @@ impl<'ctx> Gen<'ctx> {
             let o = self.add(self.mul(row_head, words)?, w)?;
             self.store_f32(out, o, self.normalised(self.get(acc)?, self.get(total)?)?)
         })
+    }
+
+    /// [`Gen::lane_word`]s of query row `row`'s head at `base` of `q` (`d`
+    /// words) after their rotary embedding, by the kernel's last three
+    /// parameters (`positions, freqs, npos`).
+    fn roped_lane_words(
+        &self,
+        f: FunctionValue<'ctx>,
+        (q, base): (PointerValue<'ctx>, IntValue<'ctx>),
+        (lane, d, layout): (IntValue<'ctx>, usize, RopeLayout),
+        row: IntValue<'ctx>,
+    ) -> Built<Vec<FloatValue<'ctx>>> {
+        let last = f.count_params() - 1;
+        let (positions, freqs) = (self.param_ptr(f, last - 2), self.param_ptr(f, last - 1));
+        let npos = self.param_int(f, last);
+        (0..d.div_ceil(32))
+            .map(|t| {
+                let c = self.add(lane, self.int(32 * t as u64))?;
+                let inside = self.ult(c, self.int(d as u64))?;
+                let e = self.select(inside, c, self.int(0))?;
+                let x = self.roped_word(q, (base, e), (self.int(d as u64), layout), |j| {
+                    self.rope_turn((positions, npos), freqs, row, j)
+                })?;
+                self.select(inside, x, self.float(0.0))
+            })
+            .collect()
     }
 
     /// `fence.acq_rel.gpu`: this thread's writes before it are seen by any

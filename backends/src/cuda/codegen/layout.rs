@@ -116,9 +116,6 @@ impl<'ctx> Gen<'ctx> {
             self.param_int(f, 6),
             self.param_int(f, 7),
         );
-        let sin = self.intrinsic("llvm.nvvm.sin.approx.f", &[])?;
-        let cos = self.intrinsic("llvm.nvvm.cos.approx.f", &[])?;
-        let round = self.intrinsic("llvm.rint", &[self.f64().into()])?;
         self.grid_loop(f, pairs, |p| {
             let half = self.udiv(head_dim, self.int(2))?;
             // Pairs per row: width/2 for real rows, width for complex ones.
@@ -131,41 +128,7 @@ impl<'ctx> Gen<'ctx> {
             let q = self.urem(p, per_row)?;
             let head = self.udiv(q, half)?;
             let j = self.urem(q, half)?;
-            let pos = self.load_i32(positions, self.urem(row, seq)?)?;
-            let pos = self
-                .builder
-                .build_signed_int_to_float(pos, self.f64(), "")
-                .map_err(err)?;
-            let fp = self.gep(self.f64(), freqs, j)?;
-            let freq = self
-                .builder
-                .build_load(self.f64(), fp, "")
-                .map_err(err)?
-                .into_float_value();
-            // The angle in f64, reduced to [-π, π] before the f32 sin/cos.
-            let theta = self.builder.build_float_mul(pos, freq, "").map_err(err)?;
-            let two_pi = self.f64().const_float(std::f64::consts::TAU);
-            let turns = self
-                .builder
-                .build_float_div(theta, two_pi, "")
-                .map_err(err)?;
-            let turns = self.call(round, &[turns.into()])?.into_float_value();
-            let reduced = self
-                .builder
-                .build_float_sub(
-                    theta,
-                    self.builder
-                        .build_float_mul(turns, two_pi, "")
-                        .map_err(err)?,
-                    "",
-                )
-                .map_err(err)?;
-            let r = self
-                .builder
-                .build_float_trunc(reduced, self.f32(), "")
-                .map_err(err)?;
-            let c = self.call(cos, &[r.into()])?.into_float_value();
-            let s = self.call(sin, &[r.into()])?.into_float_value();
+            let (c, s) = self.rope_turn((positions, seq), freqs, row, j)?;
             let row_base = self.mul(
                 row,
                 if complex {
@@ -197,6 +160,94 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// The cosine and sine of row `row`'s rotary angle for pair `j`: its
+    /// position `positions[row mod seq]` times `freqs[j]` (f64), reduced to
+    /// [-π, π] in f64 before the f32 approximations.
+    pub(super) fn rope_turn(
+        &self,
+        (positions, seq): (PointerValue<'ctx>, IntValue<'ctx>),
+        freqs: PointerValue<'ctx>,
+        row: IntValue<'ctx>,
+        j: IntValue<'ctx>,
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let sin = self.intrinsic("llvm.nvvm.sin.approx.f", &[])?;
+        let cos = self.intrinsic("llvm.nvvm.cos.approx.f", &[])?;
+        let round = self.intrinsic("llvm.rint", &[self.f64().into()])?;
+        let pos = self.load_i32(positions, self.urem(row, seq)?)?;
+        let pos = self
+            .builder
+            .build_signed_int_to_float(pos, self.f64(), "")
+            .map_err(err)?;
+        let fp = self.gep(self.f64(), freqs, j)?;
+        let freq = self
+            .builder
+            .build_load(self.f64(), fp, "")
+            .map_err(err)?
+            .into_float_value();
+        let theta = self.builder.build_float_mul(pos, freq, "").map_err(err)?;
+        let two_pi = self.f64().const_float(std::f64::consts::TAU);
+        let turns = self
+            .builder
+            .build_float_div(theta, two_pi, "")
+            .map_err(err)?;
+        let turns = self.call(round, &[turns.into()])?.into_float_value();
+        let reduced = self
+            .builder
+            .build_float_sub(
+                theta,
+                self.builder
+                    .build_float_mul(turns, two_pi, "")
+                    .map_err(err)?,
+                "",
+            )
+            .map_err(err)?;
+        let r = self
+            .builder
+            .build_float_trunc(reduced, self.f32(), "")
+            .map_err(err)?;
+        let c = self.call(cos, &[r.into()])?.into_float_value();
+        let s = self.call(sin, &[r.into()])?.into_float_value();
+        Ok((c, s))
+    }
+
+    /// Word `e` of the real row at `row_base` of `x` after its rotary
+    /// embedding (heads of `head_dim` words paired by `layout`), as the
+    /// `rope` kernel computes it: `x0·c − x1·s` for a pair's first word,
+    /// `x0·s + x1·c` for its second.
+    pub(super) fn roped_word(
+        &self,
+        x: PointerValue<'ctx>,
+        (row_base, e): (IntValue<'ctx>, IntValue<'ctx>),
+        (head_dim, layout): (IntValue<'ctx>, RopeLayout),
+        turn: impl FnOnce(IntValue<'ctx>) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+    ) -> Built<FloatValue<'ctx>> {
+        let within = self.urem(e, head_dim)?;
+        let head_base = self.add(row_base, self.sub(e, within)?)?;
+        let (j, second, offset) = match layout {
+            RopeLayout::Interleaved => {
+                let j = self.udiv(within, self.int(2))?;
+                let second = self.eq_int(self.urem(within, self.int(2))?, self.int(1))?;
+                (j, second, self.mul(j, self.int(2))?)
+            }
+            RopeLayout::HalfSplit => {
+                let half = self.udiv(head_dim, self.int(2))?;
+                let second = self.not(self.ult(within, half)?)?;
+                let j = self.select(second, self.sub(within, half)?, within)?;
+                (j, second, j)
+            }
+        };
+        let step = match layout {
+            RopeLayout::Interleaved => self.int(1),
+            RopeLayout::HalfSplit => self.udiv(head_dim, self.int(2))?,
+        };
+        let a = self.add(head_base, offset)?;
+        let (x0, x1) = (self.load_f32(x, a)?, self.load_f32(x, self.add(a, step)?)?);
+        let (c, s) = turn(j)?;
+        let first_word = self.fsub(self.fmul(x0, c)?, self.fmul(x1, s)?)?;
+        let second_word = self.fadd(self.fmul(x0, s)?, self.fmul(x1, c)?)?;
+        self.select(second, second_word, first_word)
+    }
+
     /// `copy2d(dst, src, rows, cols, dst_stride, dst_off, src_stride, src_off)`.
     pub(super) fn copy2d(&self, name: &str) -> Built<()> {
         let mut params = vec![Param::Ptr; 2];
@@ -220,18 +271,36 @@ impl<'ctx> Gen<'ctx> {
     /// `words` words into `dst` after its first `lengths[slot]` rows (of
     /// `row_words` words): a KV cache extended in place, at an offset read
     /// on the device, so that a captured decoding step replays at any
-    /// position.
-    pub(super) fn append_rows(&self, name: &str) -> Built<()> {
+    /// position. With `rope` the words are f32 keys, rotated as they are
+    /// written, by the parameters `positions, freqs, seq, head_dim` after
+    /// those (as the `rope` kernel's).
+    pub(super) fn append_rows(&self, name: &str, rope: Option<RopeLayout>) -> Built<()> {
         let mut params = vec![Param::Ptr; 3];
         params.extend([Param::I64; 3]);
+        if rope.is_some() {
+            params.extend([Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        }
         let f = self.declare(name, &params);
         let [dst, src, lengths] = [0, 1, 2].map(|k| self.param_ptr(f, k));
         let [slot, row_words, words] = [3, 4, 5].map(|k| self.param_int(f, k));
         let rows = self.widen(self.load_i32(lengths, slot)?)?;
         let offset = self.mul(rows, row_words)?;
-        self.grid_loop(f, words, |i| {
-            let v = self.load_i32(src, i)?;
-            self.store_i32(dst, self.add(offset, i)?, v)
+        self.grid_loop(f, words, |i| match rope {
+            None => {
+                let v = self.load_i32(src, i)?;
+                self.store_i32(dst, self.add(offset, i)?, v)
+            }
+            Some(layout) => {
+                let (positions, freqs) = (self.param_ptr(f, 6), self.param_ptr(f, 7));
+                let (seq, head_dim) = (self.param_int(f, 8), self.param_int(f, 9));
+                let row = self.udiv(i, row_words)?;
+                let e = self.urem(i, row_words)?;
+                let base = self.mul(row, row_words)?;
+                let v = self.roped_word(src, (base, e), (head_dim, layout), |j| {
+                    self.rope_turn((positions, seq), freqs, row, j)
+                })?;
+                self.store_f32(dst, self.add(offset, i)?, v)
+            }
         })?;
         self.ret()
     }

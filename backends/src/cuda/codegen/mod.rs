@@ -106,13 +106,24 @@ pub enum Kernel {
     /// `d` and `dv` words and `group` query heads a key head; complex
     /// operands are real ones of twice the width (`Re(q·conj k)` is the
     /// real dot product of the interleaved parts).
-    Attention { d: usize, dv: usize, group: usize },
+    ///
+    /// With `rope`, the queries are read before their rotary embedding
+    /// (real, heads of `d` words, by this layout) and rotated as they load
+    /// (`program::fusion::fold_ropes`).
+    Attention {
+        d: usize,
+        dv: usize,
+        group: usize,
+        rope: Option<RopeLayout>,
+    },
     /// `dst[r·dst_stride + dst_off + c] = src[r·src_stride + src_off + c]`
     /// on 32-bit words: slices and concatenations.
     Copy2d,
     /// A KV cache's new rows written after its rows in use, their count
     /// read on the device (`program::caches`).
-    AppendRows,
+    /// With `rope`, the new rows are keys read before their rotary
+    /// embedding (real, by this layout), rotated as they are written.
+    AppendRows { rope: Option<RopeLayout> },
     /// A permutation of axes (up to [`GATHER_RANK`]) on 32-bit words.
     Permute,
     /// `out[r, c] = x[r, index[c]]` on 32-bit words, 0 where `index[c] < 0`:
@@ -303,9 +314,11 @@ impl Kernel {
                 layout: RopeLayout::HalfSplit,
                 ..
             } => "rope_half_split",
-            Kernel::Attention { .. } => "attention",
+            Kernel::Attention { rope: None, .. } => "attention",
+            Kernel::Attention { rope: Some(_), .. } => "attention_roped",
             Kernel::Copy2d => "copy2d",
-            Kernel::AppendRows => "append_rows",
+            Kernel::AppendRows { rope: None } => "append_rows",
+            Kernel::AppendRows { rope: Some(_) } => "append_rows_roped",
             Kernel::Permute => "permute",
             Kernel::QuantLinear { .. } => "quant_linear",
             Kernel::QuantLinearI8 {
@@ -810,9 +823,11 @@ impl<'ctx> Gen<'ctx> {
             Kernel::ActQuant { complex } => self.act_quant(name, *complex),
             Kernel::Embed => self.embed(name),
             Kernel::Rope { layout, complex } => self.rope(name, *layout, *complex),
-            Kernel::Attention { d, dv, group } => self.attention(name, *d, *dv, *group),
+            Kernel::Attention { d, dv, group, rope } => {
+                self.attention(name, (*d, *dv, *group), *rope)
+            }
             Kernel::Copy2d => self.copy2d(name),
-            Kernel::AppendRows => self.append_rows(name),
+            Kernel::AppendRows { rope } => self.append_rows(name, *rope),
             Kernel::Permute => self.permute(name),
             Kernel::GatherColumns => self.gather_columns(name),
             Kernel::ColumnSum => self.column_sum(name),

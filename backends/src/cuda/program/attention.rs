@@ -25,8 +25,8 @@ use fairyc_ir::{AttentionOperand, DType, Graph, Node, Op, ValueId};
 use super::codegen::attention::partial_words;
 use super::codegen::flash::{flash_applies, FlashPass, FLASH_TILE, FLASH_WARPS};
 use super::{
-    blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, Step, ATTENTION_THREADS,
-    MAP_THREADS, ROW_THREADS,
+    blas_result, driver, words_per, CudaProgram, DeviceTensor, Kernel, RopeArgs, Step,
+    ATTENTION_THREADS, MAP_THREADS, ROW_THREADS,
 };
 use crate::BackendError;
 
@@ -231,8 +231,14 @@ pub(super) fn cache_kernels(graph: &Graph, node: &Node) -> Option<Vec<Kernel>> {
     let group = heads.checked_div(kv_heads)?;
     // The warps' partial softmaxes live in static shared memory.
     let shared_bytes = 4 * (ATTENTION_THREADS as usize / 32) * partial_words(group, dv);
-    (heads.is_multiple_of(kv_heads) && shared_bytes <= 48 * 1024)
-        .then(|| vec![Kernel::Attention { d, dv, group }])
+    (heads.is_multiple_of(kv_heads) && shared_bytes <= 48 * 1024).then(|| {
+        vec![Kernel::Attention {
+            d,
+            dv,
+            group,
+            rope: None,
+        }]
+    })
 }
 
 /// The gradients of each attention, grouped: for each `attention_grad`
@@ -409,7 +415,8 @@ impl CudaProgram {
 
     /// `attention(q, k, v)` over a KV cache (`keys` and `values` of
     /// `kv_len` rows, the last `s.seq` of them the queries' own) into
-    /// `out`, by [`Kernel::Attention`] (`kernels[0]`); its keys split over
+    /// `out`, by the [`Kernel::Attention`] `kernel` (with `rope`, the
+    /// queries before their rotary embedding, rotated as they load); its keys split over
     /// several blocks, the last of which merges their partial softmaxes,
     /// where the rows and key heads alone would leave most multiprocessors
     /// idle. Where the keys are a growing cache (`cache`:
@@ -418,13 +425,13 @@ impl CudaProgram {
     /// the launch is the same at every position.
     pub(super) fn cache_attention(
         &self,
-        kernels: &[usize],
+        kernel: usize,
         (q, keys, values): (&DeviceTensor, &DeviceTensor, &DeviceTensor),
-        cache: Option<usize>,
+        (cache, rope): (Option<usize>, Option<RopeArgs>),
         s: Segments,
         out: &mut CudaSlice<u32>,
     ) -> Result<(), BackendError> {
-        let Kernel::Attention { d, dv, group } = self.kernels[kernels[0]] else {
+        let Kernel::Attention { d, dv, group, .. } = self.kernels[kernel] else {
             unreachable!("cache attention runs on the attention kernel");
         };
         if (d, dv, group) != (s.d, s.dv, s.heads / s.kv_heads) {
@@ -475,7 +482,7 @@ impl CudaProgram {
         ];
         let null = 0u64;
         self.launch(
-            kernels[0],
+            kernel,
             (row_heads * splits) as u32,
             ATTENTION_THREADS,
             |b| {
@@ -492,6 +499,9 @@ impl CudaProgram {
                     b.arg(v);
                 }
                 b.arg(&s.scale);
+                if let Some(r) = &rope {
+                    b.arg(&*r.positions.words).arg(r.freqs).arg(&r.seq);
+                }
             },
         )?;
         Ok(())

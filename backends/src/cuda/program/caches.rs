@@ -23,7 +23,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, CudaSlice, DevicePtr, PushKernelArg};
 use fairyc_ir::{DType, Graph, Op};
 
-use super::{driver, word_count, CudaProgram, DeviceTensor, Elem, MAP_THREADS};
+use super::{driver, word_count, CudaProgram, DeviceTensor, Elem, RopeArgs, MAP_THREADS};
 use crate::tensor::Tensor;
 use crate::BackendError;
 
@@ -94,7 +94,9 @@ impl CudaProgram {
     /// the cache in `slot`: in place after `parts[0]` (by the
     /// [`Kernel::AppendRows`] kernel `k`) where its buffer has room and
     /// nothing was appended after it, else into a new buffer with room to
-    /// grow.
+    /// grow. With `rope` the new rows are keys before their rotary
+    /// embedding, rotated by the kernel as it writes them (then it writes
+    /// them into a new buffer too, after a copy of the past).
     ///
     /// [`Kernel::AppendRows`]: super::codegen::Kernel::AppendRows
     pub(super) fn append_rows(
@@ -102,8 +104,8 @@ impl CudaProgram {
         k: usize,
         slot: usize,
         parts: &[&DeviceTensor],
-        shape: Vec<usize>,
-        elem: Elem,
+        (shape, elem): (Vec<usize>, Elem),
+        rope: Option<RopeArgs>,
     ) -> Result<DeviceTensor, BackendError> {
         let total = word_count(&shape, elem);
         let (past, new) = (
@@ -111,6 +113,19 @@ impl CudaProgram {
             parts[1..].iter().map(|p| p.word_count()).sum::<usize>(),
         );
         let row_words = total.checked_div(shape[0]).unwrap_or(0);
+        let append = |into: &CudaSlice<u32>, rows: &DeviceTensor| {
+            let sizes = [slot, row_words, new].map(|v| v as i64);
+            self.launch(k, Self::grid(new), MAP_THREADS, |b| {
+                b.arg(into).arg(&*rows.words).arg(&self.cache_lengths);
+                for v in &sizes {
+                    b.arg(v);
+                }
+                if let Some(r) = &rope {
+                    b.arg(&*r.positions.words).arg(r.freqs);
+                    b.arg(&r.seq).arg(&r.head_dim);
+                }
+            })
+        };
         if let (Some(used), [_, rows]) = (&past.room, parts) {
             let fits = past.words.len() >= total;
             if fits
@@ -123,15 +138,7 @@ impl CudaProgram {
                     )
                     .is_ok()
             {
-                let sizes = [slot, row_words, new].map(|v| v as i64);
-                self.launch(k, Self::grid(new), MAP_THREADS, |b| {
-                    b.arg(&*past.words)
-                        .arg(&*rows.words)
-                        .arg(&self.cache_lengths);
-                    for v in &sizes {
-                        b.arg(v);
-                    }
-                })?;
+                append(&past.words, rows)?;
                 return Ok(DeviceTensor {
                     shape,
                     elem,
@@ -144,7 +151,15 @@ impl CudaProgram {
         let context = self.context_length.unwrap_or(usize::MAX).max(rows);
         let capacity = (2 * rows).max(MIN_ROWS).min(context);
         let words = self.alloc(capacity * row_words)?;
-        self.copy_after(parts, &words, 0)?;
+        match (&rope, parts) {
+            // The past's rows in use are `cache_lengths[slot]`, where the
+            // kernel writes after them.
+            (Some(_), [past, rows]) => {
+                self.copy_words(past, &words, 0)?;
+                append(&words, rows)?;
+            }
+            _ => self.copy_after(parts, &words, 0)?,
+        }
         Ok(DeviceTensor {
             shape,
             elem,

@@ -29,7 +29,7 @@
 //! entry's residual rebuilt from the earlier stages' totals, then one for
 //! the codes' sum. The residuals and partial sums are never materialised.
 
-use fairyc_ir::{Arithmetic, Granularity, Graph, Op, Scheme, ValueId};
+use fairyc_ir::{Arithmetic, DType, Granularity, Graph, Op, Scheme, ValueId};
 
 use super::{kernel_index, Kernel, QuantizedRows, Sibling, Step};
 use crate::cuda::codegen::{quant_i8, quant_mma, Elem, Expr};
@@ -337,7 +337,7 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
             Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
                 ks.iter().for_each(|&k| used[k] = true)
             }
-            Step::Fused { kernel, .. } => used[*kernel] = true,
+            Step::Fused { kernel, .. } | Step::Roped { kernel, .. } => used[*kernel] = true,
             Step::PairedQuantLinear {
                 kernel, quantized, ..
             } => {
@@ -368,7 +368,7 @@ fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
             Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
                 ks.iter_mut().for_each(|k| *k = index[*k])
             }
-            Step::Fused { kernel, .. } => *kernel = index[*kernel],
+            Step::Fused { kernel, .. } | Step::Roped { kernel, .. } => *kernel = index[*kernel],
             Step::PairedQuantLinear {
                 kernel, quantized, ..
             } => {
@@ -889,6 +889,86 @@ pub(super) fn group_siblings(
     keep_launched(kernels, steps);
 }
 
+/// Folds each real `rope` that only an attention over a KV cache reads
+/// (its queries) or only a cache's append reads (its new keys) into that
+/// reader ([`Step::Roped`]): the reader's kernel reads the rope's input and
+/// positions and rotates them as it loads them, by the rope kernel's own
+/// arithmetic. A decoding step has two such ropes a layer, each a launch.
+pub(super) fn fold_ropes(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let all_readers = readers(graph, plan, steps);
+    let is_output = |v: usize| graph.outputs.iter().any(|o| o.0 == v);
+    let mut folds = Vec::new();
+    for (r, node) in graph.nodes.iter().enumerate() {
+        let Op::Rope {
+            layout, head_dim, ..
+        } = node.op
+        else {
+            continue;
+        };
+        let real = node.ty.dtype == DType::F32;
+        if !real || !matches!(steps[r], Some(Step::Kernel(_))) || is_output(r) {
+            continue;
+        }
+        let [reader] = all_readers[r][..] else {
+            continue;
+        };
+        let Some(Step::Kernel(ks)) = &steps[reader] else {
+            continue;
+        };
+        let operands = &graph.nodes[reader].operands;
+        let only_at = |k: usize| {
+            operands
+                .iter()
+                .enumerate()
+                .all(|(i, v)| (v.0 == r) == (i == k))
+        };
+        let roped = match (&kernels[ks[0]], &graph.nodes[reader].op) {
+            (
+                &Kernel::Attention {
+                    d,
+                    dv,
+                    group,
+                    rope: None,
+                },
+                Op::Attention { segment: None, .. },
+            ) if only_at(0) && d == head_dim => Kernel::Attention {
+                d,
+                dv,
+                group,
+                rope: Some(layout),
+            },
+            (Kernel::AppendRows { rope: None }, Op::Concat { .. })
+                if operands.len() == 2 && only_at(1) =>
+            {
+                Kernel::AppendRows { rope: Some(layout) }
+            }
+            _ => continue,
+        };
+        folds.push((r, reader, roped));
+    }
+    for (r, reader, roped) in folds {
+        let rope = &graph.nodes[r];
+        let operands = graph.nodes[reader]
+            .operands
+            .iter()
+            .map(|v| if v.0 == r { rope.operands[0] } else { *v })
+            .chain([rope.operands[1]])
+            .collect();
+        steps[reader] = Some(Step::Roped {
+            kernel: kernel_index(kernels, roped),
+            operands,
+            rope: r,
+        });
+        steps[r] = None;
+    }
+    keep_launched(kernels, steps);
+}
+
 /// Moves the paired int8 products onto tensor cores
 /// ([`crate::cuda::Int8Products::TensorCores`]) where their codes are
 /// weights the program holds (evaluated at load) and only that product
@@ -1099,7 +1179,8 @@ pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -
             Step::Fused { operands, .. }
             | Step::GemmTransposedWeight { operands }
             | Step::PhaseStages { operands, .. }
-            | Step::PairedQuantLinear { operands, .. },
+            | Step::PairedQuantLinear { operands, .. }
+            | Step::Roped { operands, .. },
         ) => operands,
         // Its value was computed by an earlier step.
         Some(Step::Ahead) => &[],
@@ -1644,6 +1725,108 @@ mod tests {
         );
         assert_eq!(quantized(RowQuantization::Once), [Some(true), Some(true)]);
         assert_eq!(quantized(RowQuantization::InEachBlock), [None, None]);
+    }
+
+    /// A decoding step's RoPEs run inside their readers: the queries' in
+    /// the attention over the cache, the keys' in the cache's append; the
+    /// values' append stays plain, and a rope with a second reader (here an
+    /// output) is left alone.
+    #[test]
+    fn ropes_fold_into_the_cache_attention_and_the_keys_append() {
+        use super::super::Kernel;
+        use fairyc_ir::{Dim, RopeLayout};
+
+        let rows = |width: usize| {
+            TensorType::new(DType::F32, Shape(vec![Dim::sym("seq"), Dim::Fixed(width)]))
+        };
+        let mut b = GraphBuilder::new("roped");
+        let (q, k, v) = (
+            b.input("q", rows(16)),
+            b.input("k", rows(8)),
+            b.input("v", rows(8)),
+        );
+        let positions = b.input(
+            "positions",
+            TensorType::new(DType::I32, Shape(vec![Dim::sym("seq")])),
+        );
+        let rope = Op::Rope {
+            base: 10000.0,
+            layout: RopeLayout::HalfSplit,
+            head_dim: 4,
+        };
+        let roped_q = b.push(rope.clone(), &[q, positions]).unwrap();
+        let roped_k = b.push(rope.clone(), &[k, positions]).unwrap();
+        let attention = Op::Attention {
+            heads: 4,
+            kv_heads: 2,
+            scale: 0.5,
+            causal: true,
+            segment: None,
+        };
+        let out = b.push(attention.clone(), &[roped_q, roped_k, v]).unwrap();
+        let graph = crate::state::expose_kv_cache(&b.finish(&[out])).unwrap();
+        let (kernels, steps) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
+        let node = |op: &dyn Fn(&Op) -> bool| {
+            (0..graph.nodes.len())
+                .filter(|&i| op(&graph.nodes[i].op))
+                .collect::<Vec<_>>()
+        };
+        for r in node(&|op| matches!(op, Op::Rope { .. })) {
+            assert!(steps[r].is_none(), "%{r}, a rope, still runs");
+        }
+        let [attend] = node(&|op| matches!(op, Op::Attention { .. }))[..] else {
+            panic!("one attention");
+        };
+        let Some(Step::Roped {
+            kernel, operands, ..
+        }) = &steps[attend]
+        else {
+            panic!(
+                "the attention reads the queries unrotated: {:?}",
+                steps[attend].is_some()
+            );
+        };
+        assert!(matches!(
+            kernels[*kernel],
+            Kernel::Attention {
+                d: 4,
+                rope: Some(RopeLayout::HalfSplit),
+                ..
+            }
+        ));
+        assert_eq!((operands[0], operands[3]), (q, positions));
+        let appends = node(&|op| matches!(op, Op::Concat { .. }));
+        let kinds: Vec<_> = appends
+            .iter()
+            .map(|&c| match &steps[c] {
+                Some(Step::Roped {
+                    kernel, operands, ..
+                }) => {
+                    assert_eq!(operands[1..], [k, positions]);
+                    kernels[*kernel].clone()
+                }
+                Some(Step::Kernel(ks)) => kernels[ks[0]].clone(),
+                _ => panic!("%{c} has no kernel"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                Kernel::AppendRows {
+                    rope: Some(RopeLayout::HalfSplit)
+                },
+                Kernel::AppendRows { rope: None }
+            ]
+        );
+
+        // The queries' rope also an output: it runs as itself.
+        let mut kept = graph.clone();
+        let query_rope = graph.node(graph.nodes[attend].operands[0]);
+        assert!(matches!(query_rope.op, Op::Rope { .. }));
+        kept.outputs.push(graph.nodes[attend].operands[0]);
+        let (_, steps) = default_selection(&kept, &on(GpuActivations::F32)).unwrap();
+        assert!(matches!(steps[attend], Some(Step::Kernel(_))));
+        assert!(steps[graph.nodes[attend].operands[0].0].is_some());
     }
 
     /// The paired products of one normed row are one launch, at the first
