@@ -1483,7 +1483,7 @@ impl CudaProgram {
                 }
             }
             (
-                Step::Kernel(k),
+                Step::Kernel(_) | Step::Roped { .. },
                 Op::Attention {
                     heads,
                     kv_heads,
@@ -1495,24 +1495,16 @@ impl CudaProgram {
                 let s = Segments::new(x, args[2], (*heads, *kv_heads), None, *scale, *causal)
                     .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
                 let cache = self.cache_slots.get(&node.operands[1].0).copied();
-                self.cache_attention(k[0], (x, args[1], args[2]), (cache, None), s, &mut out)?;
-            }
-            (
-                Step::Roped { kernel, rope, .. },
-                Op::Attention {
-                    heads,
-                    kv_heads,
-                    scale,
-                    causal,
-                    segment: None,
-                },
-            ) => {
-                let s = Segments::new(x, args[2], (*heads, *kv_heads), None, *scale, *causal)
-                    .map_err(|e| BackendError::new(format!("%{i} = attention: {e}")))?;
-                let cache = self.cache_slots.get(&node.operands[1].0).copied();
-                let rope = self.rope_args(*rope, args[3]);
+                // Folded, the queries come before their rope (`fold_ropes`).
+                let (kernel, rope) = match step {
+                    Step::Roped { kernel, rope, .. } => {
+                        (*kernel, Some(self.rope_args(*rope, args[3])))
+                    }
+                    Step::Kernel(k) => (k[0], None),
+                    _ => unreachable!("matched above"),
+                };
                 let operands = (x, args[1], args[2]);
-                self.cache_attention(*kernel, operands, (cache, Some(rope)), s, &mut out)?;
+                self.cache_attention(kernel, operands, (cache, rope), s, &mut out)?;
             }
             (Step::Kernel(k), Op::Slice { axis, start, end }) => {
                 let inner = x.shape[axis + 1..].iter().product::<usize>() * words_per(elem);
