@@ -408,14 +408,13 @@ struct BackendArgs {
     /// one step, products by dp4a: fastest) or f32 (exact).
     #[arg(long, value_enum, default_value_t = GpuActivationsArg::Int8)]
     gpu_activations: GpuActivationsArg,
-    /// How the cuda backend's int8 layers multiply: dp4a (a warp an output
-    /// row) or tensor-cores (mma on tiles of 16 rows and up to four input
-    /// rows at once, the codes re-packed at load). Default: tensor-cores for
-    /// `ppl`, whose windows are many rows (1.8-2.5x the prompt rate of
-    /// dp4a), dp4a elsewhere (as fast or faster a decoding step:
-    /// docs/BENCHMARKS.md).
-    #[arg(long, value_enum)]
-    int8_products: Option<Int8ProductsArg>,
+    /// How the cuda backend's int8 layers multiply: tensor-cores (mma on
+    /// tiles of 16 rows and up to four input rows at once, the codes
+    /// re-packed at load: prompts 3-5x as fast) or dp4a (a warp an output
+    /// row: a decoding step at LLaMA-7B's widths about 3% faster, at
+    /// SmolLM2's 3% slower; docs/BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = Int8ProductsArg::TensorCores)]
+    int8_products: Int8ProductsArg,
     /// Where the cuda backend's int8 layers quantize their input rows:
     /// by-width (once, by a kernel of their own, for prompts of 16 rows or
     /// more and for rows of 1,024 complex inputs or more; by each block of
@@ -465,14 +464,6 @@ enum ActivationBits {
 }
 
 impl BackendArgs {
-    /// These, with `products` where `--int8-products` was not given.
-    fn products_by_default(self, products: Int8ProductsArg) -> BackendArgs {
-        BackendArgs {
-            int8_products: self.int8_products.or(Some(products)),
-            ..self
-        }
-    }
-
     /// The backend chosen, by `--device` where given.
     fn chosen(self) -> BackendArg {
         match self.device {
@@ -497,8 +488,8 @@ impl BackendArgs {
                     GpuActivationsArg::F32 => GpuActivations::F32,
                 },
                 int8_products: match self.int8_products {
-                    Some(Int8ProductsArg::TensorCores) => Int8Products::TensorCores,
-                    Some(Int8ProductsArg::Dp4a) | None => Int8Products::Dp4a,
+                    Int8ProductsArg::TensorCores => Int8Products::TensorCores,
+                    Int8ProductsArg::Dp4a => Int8Products::Dp4a,
                 },
                 row_quantization: match self.row_quantization {
                     RowQuantizationArg::ByWidth => RowQuantization::ByWidth,
@@ -756,7 +747,6 @@ fn run(command: Command) -> Result<()> {
         } => {
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("cannot read {}", text.display()))?;
-            let backend = backend.products_by_default(Int8ProductsArg::TensorCores);
             let batch = batch.unwrap_or(match backend.chosen() {
                 BackendArg::Cuda => PPL_GPU_BATCH,
                 _ => ctx,

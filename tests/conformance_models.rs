@@ -174,11 +174,11 @@ fn models_match_the_reference_on_the_gpu() {
             let got = logits_on(&path, &exact);
             assert_close(&format!("{name} on cuda, f32 activations"), &got, &want);
             check_within(name, &path, &want, &Cuda::default(), 0.1);
-            let tensor_cores = Cuda {
-                int8_products: Int8Products::TensorCores,
+            let dp4a = Cuda {
+                int8_products: Int8Products::Dp4a,
                 ..Cuda::default()
             };
-            check_within(name, &path, &want, &tensor_cores, 0.1);
+            check_within(name, &path, &want, &dp4a, 0.1);
             got.len()
         });
         match checked {
@@ -206,26 +206,30 @@ fn tiny_w2_model_ptx() {
     insta::assert_snapshot!("tiny_w2_model_ptx", ptx);
 }
 
-/// The tiny W2 model with its int8 products on tensor cores: the products
-/// whose shapes suit that kernel (down: 32 complex inputs, whole chunks)
-/// take it, the others keep `dp4a`, and ptxas assembles both.
+/// The tiny W2 model with every int8 product on `dp4a`
+/// (`Int8Products::Dp4a`); by default the products whose shapes suit the
+/// tensor-core kernel (down: 32 complex inputs, whole chunks) take it, and
+/// ptxas assembles both.
 #[test]
-fn tiny_w2_model_on_tensor_cores_ptx() {
-    let dir = TempDir::new("ptx-mma");
+fn tiny_w2_model_on_dp4a_ptx() {
+    let dir = TempDir::new("ptx-dp4a");
     let llama = dir.path("llama.gguf");
     write_gguf(&llama, &SynthConfig::tiny(), GgmlType::F32).unwrap();
     let out = dir.path("w2.fairy");
     compile_artifact(&llama, "w2", &out);
     let model = Model::load(&out).unwrap();
+    let by_default = fairyc_backends::prepare(&Cuda::default(), model.graph()).unwrap();
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&by_default, &Cuda::default()).unwrap();
+    assert!(ptx.contains(".entry quant_linear_mma"), "{ptx}");
+    assert!(ptx.contains(".entry quant_linear_i8"), "{ptx}");
     let options = Cuda {
-        int8_products: Int8Products::TensorCores,
+        int8_products: Int8Products::Dp4a,
         ..Cuda::default()
     };
     let graph = fairyc_backends::prepare(&options, model.graph()).unwrap();
     let ptx = fairyc_backends::cuda::program::graph_ptx(&graph, &options).unwrap();
-    assert!(ptx.contains(".entry quant_linear_mma"), "{ptx}");
-    assert!(ptx.contains(".entry quant_linear_i8"), "{ptx}");
-    common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_model_on_tensor_cores");
+    assert!(!ptx.contains(".entry quant_linear_mma"), "{ptx}");
+    common::ptxas::assemble_for_sm_90(&ptx, "tiny_w2_model_on_dp4a");
 }
 
 /// The PTX of the tiny iFairy model in its native form (complex

@@ -53,14 +53,16 @@ pub enum GpuActivations {
 pub enum Int8Products {
     /// `dp4a` integer dot products on the codes' permuted bytes, a warp an
     /// output row ([`codegen::quant_i8`], design (a)).
-    #[default]
     Dp4a,
     /// Tensor-core `mma` on the same bytes, a block's warps sharing a tile
     /// of 16 output rows, up to four input rows at once
     /// ([`codegen::quant_mma`], design (b)), for the paired products whose
     /// codes are weights of the program that they alone read (re-packed
     /// into fragment order once, at load) and whose shapes suit it
-    /// ([`codegen::quant_mma::applies`]); `dp4a` elsewhere.
+    /// ([`codegen::quant_mma::applies`]); `dp4a` elsewhere. The default:
+    /// prompts run 3-5 times as fast as on `dp4a`, and a decoding step
+    /// within a few percent of it either way (docs/BENCHMARKS.md).
+    #[default]
     TensorCores,
 }
 

@@ -1218,10 +1218,12 @@ mod tests {
     use super::MAX_OPERANDS;
     use crate::cuda::GpuActivations;
 
-    /// The backend's options with `activations`, the rest by default.
+    /// The backend's options with `activations` and `dp4a` products (the
+    /// tests that want tensor cores say so), the rest by default.
     fn on(activations: GpuActivations) -> crate::cuda::Cuda {
         crate::cuda::Cuda {
             activations,
+            int8_products: crate::cuda::Int8Products::Dp4a,
             ..Default::default()
         }
     }
