@@ -39,17 +39,18 @@ for m in smol l4; do echo "$m: $(ppl .dev/fairyc $m)"; done
 echo "== decoding, dp4a and tensor cores"
 decode() { .dev/fairyc run ".dev/$1.fairy" --backend cuda "${@:2}" -n 256 -p 'The capital of France is' 2>&1 >/dev/null |
   grep -a -o 'decode steps in [^)]*)'; }
-decode_with() { "$1" run ".dev/$2.fairy" --backend cuda -n 256 -p 'The capital of France is' 2>&1 >/dev/null |
+decode_with() { "$1" run ".dev/$2.fairy" --backend cuda --int8-products dp4a -n 256 -p 'The capital of France is' 2>&1 >/dev/null |
   grep -a -o 'decode steps in [^)]*)'; }
 for round in 1 2; do for m in l4 smol; do
   if [ -n "${BASELINE:-}" ]; then
     echo "round $round $m $BASELINE: $(decode_with ".dev/$(basename "$BASELINE" .xz)" $m)"
   fi
   for p in dp4a tensor-cores; do echo "round $round $m $p: $(decode $m --int8-products $p)"; done
-  echo "round $round $m dp4a, ropes unfolded: $(FAIRYC_NO_FUSION=ropes decode $m)"
+  echo "round $round $m dp4a, ropes unfolded: $(FAIRYC_NO_FUSION=ropes decode $m --int8-products dp4a)"
 done; done
-echo "== greedy text (md5 of 64 tokens): this build, its ropes unfolded${BASELINE:+, the baseline}"
-text() { "$1" run ".dev/$2.fairy" --backend cuda -n 64 -p 'The capital of France is' 2>/dev/null | md5sum | cut -c1-12; }
+echo "== greedy text on dp4a (md5 of 64 tokens): this build, its ropes unfolded${BASELINE:+, the baseline}"
+text() { "$1" run ".dev/$2.fairy" --backend cuda --int8-products dp4a -n 64 -p 'The capital of France is' \
+  2>/dev/null | md5sum | cut -c1-12; }
 for m in l4 smol; do
   line="$m: $(text .dev/fairyc $m) $(FAIRYC_NO_FUSION=ropes text .dev/fairyc $m)"
   [ -n "${BASELINE:-}" ] && line="$line $(text ".dev/$(basename "$BASELINE" .xz)" $m)"

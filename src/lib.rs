@@ -127,6 +127,15 @@ pub struct Model {
     weights: std::sync::Arc<dyn fairyc_ir::WeightStore>,
 }
 
+/// The graph a backend runs of an imported model: its quantized layers as
+/// `quant_linear` on packed codes.
+fn deployable(imported: &Imported) -> Result<Graph, Error> {
+    Ok(
+        fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
+            .map_err(BackendError::from)?,
+    )
+}
+
 /// `graph` compiled for decoding `slots` sequences at once: their KV caches
 /// as state, and the logits of only the rows asked for.
 fn compile_decoding(
@@ -156,8 +165,7 @@ pub fn compile_lockstep(
     rows: usize,
     draw_at: Option<f32>,
 ) -> Result<Box<dyn Program>, Error> {
-    let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
-        .map_err(BackendError::from)?;
+    let graph = deployable(imported)?;
     let mut graph = fairyc_backends::state::expose_kv_cache_lockstep(&graph, rows)
         .map_err(BackendError::from)?;
     if let Some(temperature) = draw_at {
@@ -207,8 +215,7 @@ impl Model {
         slots: usize,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Model, Error> {
-        let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
-            .map_err(BackendError::from)?;
+        let graph = deployable(&imported)?;
         let program =
             compile_decoding(backend, &graph, slots, imported.weights.as_ref(), on_weight)?;
         Ok(Model {
@@ -369,8 +376,7 @@ impl Scorer {
         windows_per_run: usize,
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<Scorer, Error> {
-        let graph = fairyc_passes::legalize::pack_quantized_linears(&imported.graph)
-            .map_err(BackendError::from)?;
+        let graph = deployable(&imported)?;
         Scorer::compile(
             backend,
             &graph,
@@ -408,14 +414,14 @@ impl Scorer {
 
     /// Perplexity of `ids` over non-overlapping windows of `ctx` tokens with
     /// no BOS: token 0 of each window is context only, tokens 1..ctx-1 are
-    /// scored. A trailing partial window is left out. `on_window` is called
+    /// scored. A trailing partial window is left out. `on_run` is called
     /// after each run with (windows done, windows in all, the result so
     /// far).
     pub fn perplexity(
         &self,
         ids: &[u32],
         max_windows: Option<usize>,
-        on_window: &mut dyn FnMut(usize, usize, &Perplexity),
+        on_run: &mut dyn FnMut(usize, usize, &Perplexity),
     ) -> Result<Perplexity, Error> {
         let ctx = self.windows.rows() + 1;
         let mut windows: Vec<&[u32]> = ids.chunks_exact(ctx).collect();
@@ -432,7 +438,7 @@ impl Scorer {
             nll: total / (done * (ctx - 1)) as f64,
         };
         let total = self.windows.total(&windows, &mut |done, total| {
-            on_window(done, windows.len(), &so_far(done, total))
+            on_run(done, windows.len(), &so_far(done, total))
         })?;
         Ok(so_far(windows.len(), total))
     }

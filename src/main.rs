@@ -372,9 +372,10 @@ enum Command {
         /// Score only the first N windows.
         #[arg(long)]
         max_windows: Option<usize>,
-        /// Tokens a run scores at most: windows stacked as segments of one
-        /// run. Default: 2048 on the GPU; one window on the CPU backends,
-        /// whose attention kernel takes one sequence.
+        /// Windows of --ctx stacked as segments of one run, up to this many
+        /// tokens (at least one window). Default: 2048 on the GPU; one
+        /// window on the CPU backends, whose own attention kernel takes one
+        /// sequence (segments run on the reference's, slowly).
         #[arg(long, value_parser = at_least_one)]
         batch: Option<usize>,
         #[command(flatten)]
@@ -405,7 +406,8 @@ struct BackendArgs {
     #[arg(long, value_enum, default_value_t = ActivationBits::Seven)]
     activation_bits: ActivationBits,
     /// What the cuda backend's quantized layers take: int8 (each row with
-    /// one step, products by dp4a: fastest) or f32 (exact).
+    /// one step, products on tensor cores or by dp4a: fastest) or f32
+    /// (exact).
     #[arg(long, value_enum, default_value_t = GpuActivationsArg::Int8)]
     gpu_activations: GpuActivationsArg,
     /// How the cuda backend's int8 layers multiply: tensor-cores (mma on
@@ -753,8 +755,7 @@ fn run(command: Command) -> Result<()> {
             });
             let windows_per_run = (batch / ctx.max(1)).max(1);
             let (imported, _) = load_compiled(&model, &quant, true)?;
-            let bar = ProgressBar::new(imported.graph.weights().count() as u64)
-                .with_style(bar_style("weights decoded"));
+            let bar = weights_bar(&imported);
             let scorer = fairyc::Scorer::from_imported(
                 imported,
                 backend.backend().as_ref(),
@@ -835,12 +836,17 @@ fn load_with_progress(
     slots: usize,
 ) -> Result<Model> {
     let (imported, _) = load_compiled(path, quant, report)?;
-    let bar = ProgressBar::new(imported.graph.weights().count() as u64)
-        .with_style(bar_style("weights decoded"));
+    let bar = weights_bar(&imported);
     let model =
         Model::from_imported_slots(imported, backend.backend().as_ref(), slots, &|_| bar.inc(1))?;
     bar.finish_and_clear();
     Ok(model)
+}
+
+/// A progress bar over the model's weights as they are decoded.
+fn weights_bar(imported: &Imported) -> ProgressBar {
+    ProgressBar::new(imported.graph.weights().count() as u64)
+        .with_style(bar_style("weights decoded"))
 }
 
 /// `fairyc train`'s options.

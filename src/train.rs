@@ -805,6 +805,13 @@ impl Trainer {
     /// Mean loss over `windows` (each `rows + 1` tokens) with the current
     /// weights.
     pub fn eval_loss(&mut self, windows: &[&[u32]]) -> Result<f64, Error> {
+        if let Some(w) = windows.iter().find(|w| w.len() != self.rows + 1) {
+            return Err(Error::Usage(format!(
+                "a held-out window of {} tokens, where the trainer's windows have {}",
+                w.len(),
+                self.rows + 1
+            )));
+        }
         self.sync()?;
         let scorer = WindowLoss::compile(
             self.device.exact_backend().as_ref(),

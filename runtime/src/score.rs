@@ -111,11 +111,11 @@ impl WindowLoss {
         on_weight: &(dyn Fn(&str) + Sync),
     ) -> Result<WindowLoss, BackendError> {
         let (rows, windows_per_run) = (rows.max(1), windows_per_run.max(1));
-        let graph = match windows_per_run {
-            1 => with_cross_entropy(graph)?.0,
-            _ => with_cross_entropy(&segmented(graph, rows))?.0,
+        let (graph, loss) = match windows_per_run {
+            1 => with_cross_entropy(graph)?,
+            _ => with_cross_entropy(&segmented(graph, rows))?,
         };
-        let logits = graph.node(graph.outputs[0]).operands[0];
+        let logits = graph.node(loss).operands[0];
         let vocab = graph.ty(logits).shape.dims()[1]
             .clone()
             .fixed()

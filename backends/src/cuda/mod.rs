@@ -39,8 +39,8 @@ pub struct Cuda {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuActivations {
     /// Each input row as int8 with one step for the row (its largest real
-    /// or imaginary part over 127), multiplied by `dp4a`
-    /// ([`codegen::quant_i8`]) where [`int8_applies`]; f32 elsewhere.
+    /// or imaginary part over 127), multiplied on tensor cores or by
+    /// `dp4a` ([`Int8Products`]) where [`int8_applies`]; f32 elsewhere.
     #[default]
     Int8,
     /// f32 as they are, each code's product in f32: exact, slower.

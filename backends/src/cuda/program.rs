@@ -2040,7 +2040,6 @@ impl CudaProgram {
             .collect()
     }
 
-    /// The values node `i`'s step reads.
     /// The `rope` node's part in the step that rotates in its place, with
     /// its positions' value.
     fn rope_args<'a>(&'a self, rope: usize, positions: &'a DeviceTensor) -> RopeArgs<'a> {
@@ -2055,6 +2054,7 @@ impl CudaProgram {
         }
     }
 
+    /// The values node `i`'s step reads.
     fn reads(&self, i: usize) -> &[ValueId] {
         fusion::reads(&self.graph, &self.steps, i)
     }

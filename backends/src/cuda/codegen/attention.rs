@@ -4,10 +4,10 @@
 //! read once, coalesced, for every query head that shares it; an online
 //! softmax keeps no scores in memory. Where the rows and key heads alone
 //! leave the GPU idle (one sequence's decoding step), the keys are split
-//! over several blocks, and the last of them to finish merges their partial
-//! softmaxes (no second launch). Training's batched attention and its gradients are cuBLAS
-//! products around [`Gen::masked_softmax`] (`program::attention`), or the
-//! flash kernels.
+//! over several blocks, and the last of them to finish merges their
+//! partial softmaxes (no second launch). Training's batched attention and
+//! its gradients are cuBLAS products around [`Gen::masked_softmax`]
+//! (`program::attention`), or the flash kernels.
 
 use super::*;
 
@@ -211,26 +211,30 @@ impl<'ctx> Gen<'ctx> {
         })?;
         let split = self.not(one_split)?;
         self.when(f, split, || {
-            // Every thread's records out before the block is counted
-            // (`__threadfence`, then the arrival), and the last block's
-            // reads after its arrival.
-            self.fence_gpu()?;
+            // The block's records are out (the barrier) before its first
+            // thread counts it, between two fences: the first releases the
+            // records with the arrival, the second acquires the other
+            // blocks' records for the last block (`__threadfence` on both
+            // sides of the `atomicAdd`).
             self.call_void(barrier, &[])?;
-            let last = shared(1, "last");
+            let last = self
+                .shared_array(self.i32().array_type(1), &format!("{name}_last"))
+                .as_pointer_value();
             let zero = self.int(0);
             self.when(f, self.eq_int(tid, zero)?, || {
-                let before = self.atomic_inc_u32(arrivals, row_head)?;
+                self.fence_gpu()?;
+                let before = self.fetch_add_one_u32(arrivals, row_head)?;
+                self.fence_gpu()?;
                 let is_last = self.eq_int(before, self.sub(splits, self.int(1))?)?;
-                self.store_f32(
-                    last,
-                    zero,
-                    self.select(is_last, self.float(1.0), self.float(0.0))?,
-                )
+                let flag = self
+                    .builder
+                    .build_int_z_extend(is_last, self.i32(), "")
+                    .map_err(err)?;
+                self.store_i32(last, zero, flag)
             })?;
             self.call_void(barrier, &[])?;
-            let is_last = self.fgt(self.load_f32(last, zero)?, self.float(0.0))?;
+            let is_last = self.eq_int(self.widen(self.load_i32(last, zero)?)?, self.int(1))?;
             self.when(f, is_last, || {
-                self.fence_gpu()?;
                 let group = self.int(group as u64);
                 self.merge_splits(
                     f,
@@ -315,7 +319,7 @@ impl<'ctx> Gen<'ctx> {
                 let inside = self.ult(c, self.int(d as u64))?;
                 let e = self.select(inside, c, self.int(0))?;
                 let x = self.roped_word(q, (base, e), (self.int(d as u64), layout), |j| {
-                    self.rope_turn((positions, npos), freqs, row, j)
+                    self.rope_cos_sin((positions, npos), freqs, row, j)
                 })?;
                 self.select(inside, x, self.float(0.0))
             })
@@ -342,7 +346,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// Adds 1 to the 32-bit word `ptr[index]` atomically; its value before.
-    fn atomic_inc_u32(
+    fn fetch_add_one_u32(
         &self,
         ptr: PointerValue<'ctx>,
         index: IntValue<'ctx>,

@@ -128,7 +128,7 @@ impl<'ctx> Gen<'ctx> {
             let q = self.urem(p, per_row)?;
             let head = self.udiv(q, half)?;
             let j = self.urem(q, half)?;
-            let (c, s) = self.rope_turn((positions, seq), freqs, row, j)?;
+            let (c, s) = self.rope_cos_sin((positions, seq), freqs, row, j)?;
             let row_base = self.mul(
                 row,
                 if complex {
@@ -163,7 +163,7 @@ impl<'ctx> Gen<'ctx> {
     /// The cosine and sine of row `row`'s rotary angle for pair `j`: its
     /// position `positions[row mod seq]` times `freqs[j]` (f64), reduced to
     /// [-π, π] in f64 before the f32 approximations.
-    pub(super) fn rope_turn(
+    pub(super) fn rope_cos_sin(
         &self,
         (positions, seq): (PointerValue<'ctx>, IntValue<'ctx>),
         freqs: PointerValue<'ctx>,
@@ -297,7 +297,7 @@ impl<'ctx> Gen<'ctx> {
                 let e = self.urem(i, row_words)?;
                 let base = self.mul(row, row_words)?;
                 let v = self.roped_word(src, (base, e), (head_dim, layout), |j| {
-                    self.rope_turn((positions, seq), freqs, row, j)
+                    self.rope_cos_sin((positions, seq), freqs, row, j)
                 })?;
                 self.store_f32(dst, self.add(offset, i)?, v)
             }

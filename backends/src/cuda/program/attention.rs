@@ -416,11 +416,11 @@ impl CudaProgram {
     /// `attention(q, k, v)` over a KV cache (`keys` and `values` of
     /// `kv_len` rows, the last `s.seq` of them the queries' own) into
     /// `out`, by the [`Kernel::Attention`] `kernel` (with `rope`, the
-    /// queries before their rotary embedding, rotated as they load); its keys split over
-    /// several blocks, the last of which merges their partial softmaxes,
-    /// where the rows and key heads alone would leave most multiprocessors
-    /// idle. Where the keys are a growing cache (`cache`:
-    /// its slot), the kernel reads their count from the device
+    /// queries before their rotary embedding, rotated as they load). Where
+    /// the rows and key heads alone would leave most multiprocessors idle,
+    /// the keys are split over several blocks, the last of which merges
+    /// their partial softmaxes. Where the keys are a growing cache
+    /// (`cache`: its slot), the kernel reads their count from the device
     /// (`caches`), and the split is planned for the cache's room, so that
     /// the launch is the same at every position.
     pub(super) fn cache_attention(

@@ -152,13 +152,19 @@ impl CudaProgram {
         let capacity = (2 * rows).max(MIN_ROWS).min(context);
         let words = self.alloc(capacity * row_words)?;
         match (&rope, parts) {
+            (None, _) => self.copy_after(parts, &words, 0)?,
             // The past's rows in use are `cache_lengths[slot]`, where the
             // kernel writes after them.
             (Some(_), [past, rows]) => {
                 self.copy_words(past, &words, 0)?;
                 append(&words, rows)?;
             }
-            _ => self.copy_after(parts, &words, 0)?,
+            (Some(_), _) => {
+                return Err(BackendError::new(format!(
+                    "a cache's roped append of {} parts; it takes the past and the new keys",
+                    parts.len()
+                )))
+            }
         }
         Ok(DeviceTensor {
             shape,
