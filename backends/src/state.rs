@@ -278,23 +278,7 @@ pub const DRAWS: &str = "draws";
 /// vocab]`, becomes the ids `i32[rows]`, so that a decoding step on a GPU
 /// brings back ids instead of its logits.
 pub fn draw_on_device(graph: &Graph, temperature: f32) -> Result<Graph, BuildError> {
-    let refuse = |message: String| BuildError {
-        graph: graph.name.clone(),
-        op: "sample",
-        message,
-    };
-    let Some(&logits) = graph.outputs.first() else {
-        return Err(refuse("the graph returns no logits".into()));
-    };
-    let rows = match graph.ty(logits).shape.dims() {
-        [rows, _vocab] => rows.clone(),
-        _ => {
-            return Err(refuse(format!(
-                "the logits must be [rows, vocab], found {}",
-                graph.ty(logits)
-            )))
-        }
-    };
+    let (logits, rows) = logit_rows(graph, "sample")?;
     let mut b = GraphBuilder::like(graph);
     let map = b.inline::<BuildError>(graph, |_, _, _, _| Ok(None))?;
     let draws = b.input(DRAWS, TensorType::new(DType::F32, Shape(vec![rows])));
@@ -302,6 +286,27 @@ pub fn draw_on_device(graph: &Graph, temperature: f32) -> Result<Graph, BuildErr
     let mut outputs: Vec<ValueId> = graph.outputs.iter().map(|v| map[v.0]).collect();
     outputs[0] = ids;
     Ok(b.finish(&outputs))
+}
+
+/// A language-model graph's logits (its first output, `[rows, vocab]`)
+/// and their rows, for an `op` to be added on them; an error names `op`.
+pub fn logit_rows(graph: &Graph, op: &'static str) -> Result<(ValueId, Dim), BuildError> {
+    let refuse = |message: String| BuildError {
+        graph: graph.name.clone(),
+        op,
+        message,
+    };
+    let &logits = graph
+        .outputs
+        .first()
+        .ok_or_else(|| refuse("the graph returns no logits".into()))?;
+    match graph.ty(logits).shape.dims() {
+        [rows, _vocab] => Ok((logits, rows.clone())),
+        _ => Err(refuse(format!(
+            "the logits must be [rows, vocab], found {}",
+            graph.ty(logits)
+        ))),
+    }
 }
 
 /// The input naming the positions whose logits a caller wants

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use fairyc_backends::state::logit_rows;
 use fairyc_backends::{Backend, BackendError, Program, Tensor};
 use fairyc_ir::{BuildError, DType, Graph, Node, Op, Shape, TensorType, ValueId, WeightStore};
 
@@ -30,24 +31,7 @@ pub fn segmented(graph: &Graph, rows: usize) -> Graph {
 /// (the graph's first output) against them as the graph's only output,
 /// which is returned beside the graph.
 pub fn with_cross_entropy(graph: &Graph) -> Result<(Graph, ValueId), BuildError> {
-    let refuse = |message: String| BuildError {
-        graph: graph.name.clone(),
-        op: "cross_entropy",
-        message,
-    };
-    let &logits = graph
-        .outputs
-        .first()
-        .ok_or_else(|| refuse("the graph returns no logits".into()))?;
-    let rows = match graph.ty(logits).shape.dims() {
-        [rows, _vocab] => rows.clone(),
-        _ => {
-            return Err(refuse(format!(
-                "the logits must be [rows, vocab], found {}",
-                graph.ty(logits)
-            )))
-        }
-    };
+    let (logits, rows) = logit_rows(graph, "cross_entropy")?;
     let mut g = graph.clone();
     let mut push = |op: Op, operands: Vec<ValueId>, ty: TensorType| {
         g.nodes.push(Node { op, operands, ty });
@@ -63,7 +47,11 @@ pub fn with_cross_entropy(graph: &Graph) -> Result<(Graph, ValueId), BuildError>
     let scalar = TensorType::new(DType::F32, Shape(vec![]));
     let loss = push(Op::CrossEntropy, vec![logits, targets], scalar);
     g.outputs = vec![loss];
-    fairyc_ir::verify(&g).map_err(|e| refuse(e.to_string()))?;
+    fairyc_ir::verify(&g).map_err(|e| BuildError {
+        graph: graph.name.clone(),
+        op: "cross_entropy",
+        message: e.to_string(),
+    })?;
     Ok((g, loss))
 }
 
