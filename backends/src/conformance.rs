@@ -197,6 +197,34 @@ fn cases_over<S: std::fmt::Debug + Copy>(
     }
 }
 
+/// Fairy2i's `stages` residual stages of PhaseQuant on `z` as the quantize
+/// pass writes them (eq. 13), which a backend may run as one fused step:
+/// their sum.
+fn phase_stages(
+    c: &mut CaseBuilder,
+    z: ValueId,
+    granularity: Granularity,
+    stages: usize,
+) -> ValueId {
+    let phase = Op::Quantize {
+        scheme: Scheme::Phase,
+        granularity,
+        arithmetic: Arithmetic::F32,
+    };
+    let (mut residual, mut sum) = (z, None);
+    for t in 0..stages {
+        let q = c.push(phase.clone(), &[residual]);
+        sum = Some(match sum {
+            None => q,
+            Some(s) => c.push(Op::Add, &[s, q]),
+        });
+        if t + 1 < stages {
+            residual = c.push(Op::Sub, &[residual, q]);
+        }
+    }
+    sum.expect("at least one stage")
+}
+
 /// Every case of the suite.
 pub fn op_cases() -> Vec<Case> {
     let mut out = Vec::new();
@@ -477,26 +505,48 @@ pub fn op_cases() -> Vec<Case> {
                 (300, 40, 3),
             ],
             |c, (n, m, stages)| {
-                // Fairy2i's residual stages as the quantize pass writes them
-                // (eq. 13), which a backend may run as one fused step.
                 let z = c.complex(&[n, m]);
-                let phase = Op::Quantize {
-                    scheme: Scheme::Phase,
-                    granularity,
-                    arithmetic: Arithmetic::F32,
-                };
-                let (mut residual, mut sum) = (z, None);
-                for t in 0..stages {
-                    let q = c.push(phase.clone(), &[residual]);
-                    sum = Some(match sum {
-                        None => q,
-                        Some(s) => c.push(Op::Add, &[s, q]),
-                    });
-                    if t + 1 < stages {
-                        residual = c.push(Op::Sub, &[residual, q]);
-                    }
+                vec![phase_stages(c, z, granularity, stages)]
+            },
+        );
+        cases_over(
+            &mut out,
+            &format!("quantized master's real form {granularity:?}"),
+            // (rows, columns, stages, pairing block): odd sizes pad, and
+            // 300 x 80 spans many blocks of the sums passes.
+            &[
+                (6usize, 10usize, 1usize, 0usize),
+                (5, 7, 2, 0),
+                (8, 12, 2, 2),
+                (300, 80, 2, 0),
+                (64, 48, 3, 0),
+            ],
+            |c, (rows, cols, stages, block)| {
+                // What `real_products` leaves a training step, which a
+                // backend may run as one fused step.
+                let r = c.real(&[rows, cols]);
+                let mut adjoints = [WlPart::U, WlPart::W].map(|part| {
+                    let split = Op::WidelyLinear {
+                        part,
+                        row_block: block,
+                        col_block: block,
+                        arithmetic: Arithmetic::F32,
+                    };
+                    let z = c.push(split, &[r]);
+                    let quantized = phase_stages(c, z, granularity, stages);
+                    let adjoint = Op::WidelyLinearGrad {
+                        part,
+                        row_block: block,
+                        col_block: block,
+                    };
+                    c.push(adjoint, &[r, quantized])
+                });
+                if stages == 3 {
+                    // The sum in the other order.
+                    adjoints.reverse();
                 }
-                vec![sum.expect("at least one stage")]
+                let sum = c.push(Op::Add, &adjoints);
+                vec![c.push(Op::Scale { factor: 2.0 }, &[sum])]
             },
         );
         cases_over(

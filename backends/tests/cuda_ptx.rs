@@ -248,9 +248,34 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::PhaseDequant { ifairy: false },
         Kernel::PhaseSums { ifairy: true },
         Kernel::PhaseDequant { ifairy: true },
-        Kernel::PhaseStageSums { stage: 0 },
-        Kernel::PhaseStageSums { stage: 2 },
-        Kernel::PhaseStagesDequant { stages: 3 },
+        Kernel::PhaseStageSums {
+            stage: 0,
+            split: false,
+        },
+        Kernel::PhaseStageSums {
+            stage: 2,
+            split: false,
+        },
+        Kernel::PhaseStagesDequant {
+            stages: 3,
+            split: false,
+        },
+        Kernel::PhaseStageSums {
+            stage: 0,
+            split: true,
+        },
+        Kernel::PhaseStageSums {
+            stage: 2,
+            split: true,
+        },
+        Kernel::PhaseStagesDequant {
+            stages: 1,
+            split: true,
+        },
+        Kernel::PhaseStagesDequant {
+            stages: 3,
+            split: true,
+        },
         Kernel::RealSums,
         Kernel::RealDequant { ternary: false },
         Kernel::RealDequant { ternary: true },

@@ -134,11 +134,14 @@ enum Step {
     /// Fairy2i's PhaseQuant with residual stages as one step
     /// ([`fusion::fuse_phase_stages`]): each stage's sums pass over the
     /// residual, then the codes' sum, all from `operands[0]`, the weight
-    /// before quantization.
+    /// before quantization. With `split` (its pairings' `(row_block,
+    /// col_block)`), `operands[0]` is a real master and the step its
+    /// quantized real form ([`fusion::fuse_split_quantizers`]).
     PhaseStages {
         kernels: Vec<usize>,
         operands: Vec<ValueId>,
         granularity: Granularity,
+        split: Option<(usize, usize)>,
     },
     /// `all_reduce` or `broadcast_from` over the data-parallel group's GPUs,
     /// through NCCL.
@@ -238,6 +241,31 @@ struct InFlight {
     value: usize,
     done: CudaEvent,
     _operand: Arc<CudaSlice<u32>>,
+}
+
+/// The most blocks a quantizer's sums pass with one per-tensor group
+/// takes: each adds its rows' sums into the group's f64 totals by atomics
+/// on the same four words, which serialize; a block a row would be 768 of
+/// them for a half of SmolLM2's MLP, each with a few hundred entries.
+const PER_TENSOR_SUMS_BLOCKS: usize = 128;
+
+/// A real matrix's slot tables: each complex row's (column's) real and
+/// imaginary row (column).
+type SlotTables = (CudaSlice<i32>, CudaSlice<i32>);
+
+/// A split quantizer pass's last arguments: the slot tables, then the real
+/// matrix's rows and columns and the f64 words of a half's totals.
+fn split_args<'a>(
+    b: &mut cudarc::driver::LaunchArgs<'a>,
+    split: Option<&'a SlotTables>,
+    sizes: &'a [i64; 3],
+) {
+    if let Some((row_slots, col_slots)) = split {
+        b.arg(row_slots).arg(col_slots);
+        for v in sizes {
+            b.arg(v);
+        }
+    }
 }
 
 /// A value's words, and the same rounded to bf16 (two a word).
@@ -608,6 +636,9 @@ fn select_kernels(
         };
         steps.push(Some(step));
     }
+    if fuse.split_quantizers {
+        fusion::fuse_split_quantizers(graph, plan, &mut kernels, &mut steps);
+    }
     if fuse.phase_stages {
         fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
     }
@@ -679,6 +710,9 @@ struct Choices {
 /// for none, to measure what each gives.
 #[derive(Clone, Copy)]
 struct Fusions {
+    /// A quantized master's split, stages and real form as a few passes
+    /// ([`fusion::fuse_split_quantizers`]).
+    split_quantizers: bool,
     /// PhaseQuant's stages as a few passes ([`fusion::fuse_phase_stages`]).
     phase_stages: bool,
     /// Chains of elementwise nodes as one kernel each.
@@ -702,6 +736,7 @@ struct Fusions {
 
 impl Fusions {
     const ALL: Fusions = Fusions {
+        split_quantizers: true,
         phase_stages: true,
         elementwise: true,
         pairings: true,
@@ -717,7 +752,8 @@ impl Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 9] = [
+        const NAMES: [&str; 10] = [
+            "split_quantizers",
             "phase_stages",
             "elementwise",
             "pairings",
@@ -736,6 +772,7 @@ impl Fusions {
         }
         let on = |name: &str| some && !named.contains(&name);
         Fusions {
+            split_quantizers: on("split_quantizers"),
             phase_stages: on("phase_stages"),
             elementwise: on("elementwise"),
             pairings: on("pairings"),
@@ -987,7 +1024,39 @@ impl CudaProgram {
         }
         let mut gathers = HashMap::new();
         let mut pairings = HashMap::new();
+        // Each slot's real and imaginary row (column) of a real matrix of
+        // `len` rows (columns), paired by `block`.
+        let slots = |i: usize, block: usize, len: usize| -> Result<Vec<i32>, BackendError> {
+            Ok(Pairing::from_block(block)
+                .table(2 * len.div_ceil(2))
+                .map_err(|e| BackendError::new(format!("%{i}: {e}")))?
+                .into_iter()
+                .flat_map(|(re, im)| [re as i32, im as i32])
+                .collect())
+        };
         for (i, node) in graph.nodes.iter().enumerate() {
+            if let Some(Step::PhaseStages {
+                operands,
+                split: Some((row_block, col_block)),
+                ..
+            }) = &steps[i]
+            {
+                let Some(r) = graph.node(operands[0]).ty.shape.concrete() else {
+                    return Err(BackendError::new(format!(
+                        "%{i}: a quantized master needs a fixed shape on the GPU"
+                    )));
+                };
+                let rows = slots(i, *row_block, r[0])?;
+                let cols = slots(i, *col_block, r[1])?;
+                pairings.insert(
+                    i,
+                    (
+                        stream.clone_htod(&rows).map_err(driver)?,
+                        stream.clone_htod(&cols).map_err(driver)?,
+                    ),
+                );
+                continue;
+            }
             if !matches!(steps[i], Some(Step::Kernel(_))) {
                 continue;
             }
@@ -1034,17 +1103,8 @@ impl CudaProgram {
                         "%{i} = widely_linear: the GPU needs fixed shapes"
                     )));
                 };
-                // Each slot's real and imaginary row (column) of the matrix.
-                let table = |block: usize, len: usize| -> Result<Vec<i32>, BackendError> {
-                    Ok(Pairing::from_block(block)
-                        .table(2 * len.div_ceil(2))
-                        .map_err(|e| BackendError::new(format!("%{i}: {e}")))?
-                        .into_iter()
-                        .flat_map(|(re, im)| [re as i32, im as i32])
-                        .collect())
-                };
-                let rows = table(*row_block, r[0])?;
-                let cols = table(*col_block, r[1])?;
+                let rows = slots(i, *row_block, r[0])?;
+                let cols = slots(i, *col_block, r[1])?;
                 pairings.insert(
                     i,
                     (
@@ -1265,7 +1325,10 @@ impl CudaProgram {
 
     /// A quantizer's passes over `x[n, m]`: its sums passes add group sums
     /// into f64 totals (one block per row and group), then `last` writes
-    /// `out` from them (one thread an entry).
+    /// `out` from them (one thread an entry). With `split` (the real `x`'s
+    /// slot tables) they go over both halves of `x`'s widely-linear split
+    /// (the second down the grid), and `out` is its quantized real form (a
+    /// split [`Step::PhaseStages`]).
     fn quantizer_passes(
         &self,
         passes: QuantizerPasses,
@@ -1273,6 +1336,7 @@ impl CudaProgram {
         x: &DeviceTensor,
         granularity: Granularity,
         out: &CudaSlice<u32>,
+        split: Option<&SlotTables>,
     ) -> Result<(), BackendError> {
         let one;
         let sums_passes = match passes {
@@ -1282,29 +1346,45 @@ impl CudaProgram {
             }
             QuantizerPasses::Staged(ks) => ks,
         };
-        let (n, m) = (x.shape[0], x.shape[1]);
+        let (rows, cols) = (x.shape[0], x.shape[1]);
+        // A split's halves are `[n, m]` complex.
+        let (n, m) = match split {
+            Some(_) => (rows.div_ceil(2), cols.div_ceil(2)),
+            None => (rows, cols),
+        };
         let [groups_per_row, group_len, per_tensor] = scale_groups(granularity, m);
         let groups = if per_tensor != 0 {
             1
         } else {
             n * groups_per_row as usize
         };
+        let halves = if split.is_some() { 2 } else { 1 };
         // f64 totals: two words each, up to four a group and pass (PhaseQuant's
-        // axis sums and counts; the real baselines use two).
-        let mut sums = self.alloc(8 * groups * sums_passes.len())?;
+        // axis sums and counts; the real baselines use two), for each half.
+        let half_words = 4 * groups * sums_passes.len();
+        let mut sums = self.alloc(2 * half_words * halves)?;
         self.stream.memset_zeros(&mut sums).map_err(driver)?;
         let mut sizes = vec![n as i64, m as i64, groups_per_row, group_len, per_tensor];
         if let QuantizerPasses::Staged(_) = passes {
             // The f64 totals between one stage's and the next's.
             sizes.push(4 * groups as i64);
         }
-        let blocks = (n * groups_per_row as usize) as u32;
+        let split_sizes = [rows, cols, half_words].map(|v| v as i64);
+        // One block a (row, group of the row); per tensor, at most
+        // `PER_TENSOR_SUMS_BLOCKS`, each over rows a grid apart.
+        let units = n * groups_per_row as usize;
+        let blocks = if per_tensor != 0 {
+            units.min(PER_TENSOR_SUMS_BLOCKS)
+        } else {
+            units
+        } as u32;
         for &pass in sums_passes {
-            self.launch(pass, blocks, ROW_THREADS, |b| {
+            self.launch_with_shared(pass, (blocks, halves as u32), ROW_THREADS, 0, |b| {
                 b.arg(&sums).arg(&*x.words);
                 for v in &sizes {
                     b.arg(v);
                 }
+                split_args(b, split, &split_sizes);
             })?;
         }
         self.launch(last, Self::grid(n * m), MAP_THREADS, |b| {
@@ -1312,6 +1392,7 @@ impl CudaProgram {
             for v in &sizes {
                 b.arg(v);
             }
+            split_args(b, split, &split_sizes);
         })
     }
 
@@ -1745,17 +1826,19 @@ impl CudaProgram {
                 Step::PhaseStages {
                     kernels: k,
                     granularity,
+                    split,
                     ..
                 },
                 _,
             ) => {
                 let (sums_passes, last) = k.split_at(k.len() - 1);
                 let passes = QuantizerPasses::Staged(sums_passes);
-                self.quantizer_passes(passes, last[0], x, *granularity, &out)?;
+                let split = split.map(|_| &self.pairings[&i]);
+                self.quantizer_passes(passes, last[0], x, *granularity, &out, split)?;
             }
             (Step::Kernel(k), Op::Quantize { granularity, .. }) => {
                 let passes = QuantizerPasses::One(k[0]);
-                self.quantizer_passes(passes, k[1], x, *granularity, &out)?;
+                self.quantizer_passes(passes, k[1], x, *granularity, &out, None)?;
             }
             (Step::Kernel(k), Op::Dequant { granularity }) => {
                 let (n, m) = (x.shape[0], x.shape[1]);

@@ -440,52 +440,105 @@ impl<'ctx> Gen<'ctx> {
         let f = self.declare(name, &params);
         let [out, r, row_slots, col_slots] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
         let [rows, cols, n, m] = [4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let split = SplitSource {
+            r,
+            row_slots,
+            col_slots,
+            rows,
+            cols,
+        };
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (p, q) = (self.udiv(k, m)?, self.urem(k, m)?);
-            let slot = |table, s: IntValue<'ctx>, part: u64| {
-                self.widen(
-                    self.load_i32(table, self.add(self.mul(s, self.int(2))?, self.int(part))?)?,
-                )
-            };
-            let (ra, ia) = (slot(row_slots, p, 0)?, slot(row_slots, p, 1)?);
-            let (rb, ib) = (slot(col_slots, q, 0)?, slot(col_slots, q, 1)?);
-            // r[i, j], zero for a padded row or column.
-            let at = |i: IntValue<'ctx>, j: IntValue<'ctx>| -> Built<FloatValue<'ctx>> {
-                let inside = self
-                    .builder
-                    .build_and(
-                        self.builder
-                            .build_int_compare(IntPredicate::ULT, i, rows, "")
-                            .map_err(err)?,
-                        self.builder
-                            .build_int_compare(IntPredicate::ULT, j, cols, "")
-                            .map_err(err)?,
-                        "",
-                    )
-                    .map_err(err)?;
-                let safe = |v, bound| -> Built<IntValue<'ctx>> { self.select(inside, v, bound) };
-                let word = self.add(
-                    self.mul(safe(i, self.int(0))?, cols)?,
-                    safe(j, self.int(0))?,
-                )?;
-                self.select(inside, self.load_f32(r, word)?, self.float(0.0))
-            };
-            let (r11, r12, r21, r22) = (at(ra, rb)?, at(ra, ib)?, at(ia, rb)?, at(ia, ib)?);
-            let half = |a: FloatValue<'ctx>, b: FloatValue<'ctx>| {
-                self.fadd(
-                    self.fmul(self.float(0.5), a)?,
-                    self.fmul(self.float(0.5), b)?,
-                )
-            };
-            // U = ½(r11 + r22) + ½(r21 − r12)i; W = ½(r11 − r22) + ½(r12 + r21)i.
-            let (re, im) = match part {
-                fairyc_ir::WlPart::U => (half(r11, r22)?, half(r21, self.fneg(r12)?)?),
-                fairyc_ir::WlPart::W => (half(r11, self.fneg(r22)?)?, half(r12, r21)?),
-            };
+            let (_, blocks) = self.split_blocks(&split, p, q)?;
+            let (re, im) = self.split_part(part, blocks)?;
             let at = self.mul(k, self.int(2))?;
             self.store_f32(out, at, re)?;
             self.store_f32(out, self.add(at, self.int(1))?, im)
         })?;
         self.ret()
     }
+
+    /// The real rows and columns `[ra, ia, rb, ib]` behind complex slot
+    /// `(p, q)` of `split` (`a` the row slot's real and imaginary rows, `b`
+    /// the column slot's), and the four entries `[r11, r12, r21, r22]` of
+    /// the real matrix there (`r[ra, rb]`, `r[ra, ib]`, `r[ia, rb]`,
+    /// `r[ia, ib]`), zero where a row or column is padding.
+    pub(super) fn split_blocks(
+        &self,
+        split: &SplitSource<'ctx>,
+        p: IntValue<'ctx>,
+        q: IntValue<'ctx>,
+    ) -> Built<([IntValue<'ctx>; 4], [FloatValue<'ctx>; 4])> {
+        let slot = |table, s: IntValue<'ctx>, part: u64| {
+            self.widen(self.load_i32(table, self.add(self.mul(s, self.int(2))?, self.int(part))?)?)
+        };
+        let (ra, ia) = (slot(split.row_slots, p, 0)?, slot(split.row_slots, p, 1)?);
+        let (rb, ib) = (slot(split.col_slots, q, 0)?, slot(split.col_slots, q, 1)?);
+        let at = |i: IntValue<'ctx>, j: IntValue<'ctx>| -> Built<FloatValue<'ctx>> {
+            let inside = self.split_inside(split, i, j)?;
+            let safe = |v, bound| -> Built<IntValue<'ctx>> { self.select(inside, v, bound) };
+            let word = self.add(
+                self.mul(safe(i, self.int(0))?, split.cols)?,
+                safe(j, self.int(0))?,
+            )?;
+            self.select(inside, self.load_f32(split.r, word)?, self.float(0.0))
+        };
+        Ok((
+            [ra, ia, rb, ib],
+            [at(ra, rb)?, at(ra, ib)?, at(ia, rb)?, at(ia, ib)?],
+        ))
+    }
+
+    /// Whether real row `i` and column `j` lie inside `split`'s matrix (not
+    /// padding).
+    pub(super) fn split_inside(
+        &self,
+        split: &SplitSource<'ctx>,
+        i: IntValue<'ctx>,
+        j: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_and(
+                self.builder
+                    .build_int_compare(IntPredicate::ULT, i, split.rows, "")
+                    .map_err(err)?,
+                self.builder
+                    .build_int_compare(IntPredicate::ULT, j, split.cols, "")
+                    .map_err(err)?,
+                "",
+            )
+            .map_err(err)
+    }
+
+    /// The `U` or `W` entry (eq. 3) of the real entries `[r11, r12, r21,
+    /// r22]` of [`Gen::split_blocks`], in f32, halving first:
+    /// `U = ½(r11 + r22) + ½(r21 − r12)i`, `W = ½(r11 − r22) + ½(r12 + r21)i`.
+    pub(super) fn split_part(
+        &self,
+        part: fairyc_ir::WlPart,
+        [r11, r12, r21, r22]: [FloatValue<'ctx>; 4],
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let half = |a: FloatValue<'ctx>, b: FloatValue<'ctx>| {
+            self.fadd(
+                self.fmul(self.float(0.5), a)?,
+                self.fmul(self.float(0.5), b)?,
+            )
+        };
+        Ok(match part {
+            fairyc_ir::WlPart::U => (half(r11, r22)?, half(r21, self.fneg(r12)?)?),
+            fairyc_ir::WlPart::W => (half(r11, self.fneg(r22)?)?, half(r12, r21)?),
+        })
+    }
+}
+
+/// A real matrix `r[rows, cols]` read as the complex slots of its
+/// widely-linear split (eq. 3): each slot's real and imaginary row (column)
+/// in `row_slots` (`col_slots`), past the matrix for padding.
+#[derive(Clone, Copy)]
+pub(super) struct SplitSource<'ctx> {
+    pub r: PointerValue<'ctx>,
+    pub row_slots: PointerValue<'ctx>,
+    pub col_slots: PointerValue<'ctx>,
+    pub rows: IntValue<'ctx>,
+    pub cols: IntValue<'ctx>,
 }

@@ -246,10 +246,15 @@ pub enum Kernel {
     /// Fairy2i's PhaseQuant with residual stages fused: stage `stage`'s
     /// sums over the residual the earlier stages leave, each entry's
     /// residual rebuilt from their totals (one block per row and group).
-    PhaseStageSums { stage: usize },
+    /// With `split`, of both halves of a real matrix's widely-linear split
+    /// (`ctaid.y` the half), computed as they are read.
+    PhaseStageSums { stage: usize, split: bool },
     /// The last pass of the fused stages: each entry's `stages` codes times
     /// their scales, summed.
-    PhaseStagesDequant { stages: usize },
+    /// With `split`, of both halves of a real matrix's widely-linear split,
+    /// written as the real form `2·(wlg_u(U_q) + wlg_w(W_q))`: the split,
+    /// its quantizers and their adjoints in one step (one thread a slot).
+    PhaseStagesDequant { stages: usize, split: bool },
     /// The real baselines' first pass: each group's sum of |w| and count
     /// over finite entries, added into f64 totals (one block per row and
     /// group of the row).
@@ -360,8 +365,10 @@ impl Kernel {
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
             Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
             Kernel::PhaseDequant { ifairy: true } => "phase_dequant_ifairy",
-            Kernel::PhaseStageSums { .. } => "phase_stage_sums",
-            Kernel::PhaseStagesDequant { .. } => "phase_stages_dequant",
+            Kernel::PhaseStageSums { split: false, .. } => "phase_stage_sums",
+            Kernel::PhaseStageSums { split: true, .. } => "split_phase_stage_sums",
+            Kernel::PhaseStagesDequant { split: false, .. } => "phase_stages_dequant",
+            Kernel::PhaseStagesDequant { split: true, .. } => "split_phase_stages_dequant",
             Kernel::RealSums => "real_sums",
             Kernel::RealDequant { ternary: false } => "binary_dequant",
             Kernel::RealDequant { ternary: true } => "ternary_dequant",
@@ -913,8 +920,15 @@ impl<'ctx> Gen<'ctx> {
             Kernel::Dequant => self.dequant(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
-            Kernel::PhaseStageSums { stage } => self.phase_stage_sums(name, *stage),
-            Kernel::PhaseStagesDequant { stages } => self.phase_stages_dequant(name, *stages),
+            Kernel::PhaseStageSums { stage, split } => self.phase_stage_sums(name, *stage, *split),
+            Kernel::PhaseStagesDequant {
+                stages,
+                split: false,
+            } => self.phase_stages_dequant(name, *stages),
+            Kernel::PhaseStagesDequant {
+                stages,
+                split: true,
+            } => self.split_phase_stages_dequant(name, *stages),
             Kernel::RealSums => self.real_sums(name),
             Kernel::RealDequant { ternary } => self.real_dequant(name, *ternary),
             Kernel::SoftmaxGrad => self.softmax_grad(name),

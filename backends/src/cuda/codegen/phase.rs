@@ -9,6 +9,7 @@
 use fairyc_ir::Arithmetic;
 use inkwell::values::BasicValue;
 
+use super::layout::SplitSource;
 use super::*;
 
 impl<'ctx> Gen<'ctx> {
@@ -71,11 +72,15 @@ impl<'ctx> Gen<'ctx> {
     /// (each entry's residual rebuilt from the earlier stages' totals),
     /// into stage `stage`'s totals. Stage `s`'s totals are at
     /// `sums[s·stride..]` (f64, `stride = 4·groups`, zeroed before).
-    pub(super) fn phase_stage_sums(&self, name: &str, stage: usize) -> Built<()> {
-        self.staged_group_sums(name, 4, Some(stage), |at, partial| {
-            let entry = self.mul(at.entry, self.int(2))?;
-            let re = self.load_f32(at.w, entry)?;
-            let im = self.load_f32(at.w, self.add(entry, self.int(1))?)?;
+    ///
+    /// With `split`, `w` is a real matrix and the kernel takes five more
+    /// parameters, `(row_slots, col_slots, rows, cols, half_words)`: it
+    /// quantizes the `U` (`ctaid.y = 0`) and `W` (`ctaid.y = 1`) parts of
+    /// its widely-linear split `[n, m]` (as [`Gen::widely_linear`] computes
+    /// them), each half's totals `half_words` f64 after the one before.
+    pub(super) fn phase_stage_sums(&self, name: &str, stage: usize, split: bool) -> Built<()> {
+        self.staged_group_sums(name, 4, Some(stage), split, |at, partial| {
+            let (re, im) = self.group_entry(at)?;
             let stride = at.stride.expect("a staged kernel has a stride");
             let group = at.group.expect("a staged kernel knows its group");
             let mut residual = (re, im);
@@ -109,26 +114,127 @@ impl<'ctx> Gen<'ctx> {
             let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
             let group = self.scale_group(row, j, (groups_per_row, group_len), tensor)?;
             let at = self.mul(k, self.int(2))?;
-            let mut residual = (
+            let entry = (
                 self.load_f32(w, at)?,
                 self.load_f32(w, self.add(at, self.int(1))?)?,
             );
-            let mut sum: Option<(FloatValue<'ctx>, FloatValue<'ctx>)> = None;
-            for s in 0..stages {
-                let q = self.stage_value(sums, stride, s, group, residual)?;
-                sum = Some(match sum {
-                    None => q,
-                    Some(a) => (self.fadd(a.0, q.0)?, self.fadd(a.1, q.1)?),
-                });
-                if s + 1 < stages {
-                    residual = (self.fsub(residual.0, q.0)?, self.fsub(residual.1, q.1)?);
-                }
-            }
-            let (re, im) = sum.expect("at least one stage");
+            let (re, im) = self.stages_value(sums, stride, stages, group, entry)?;
             self.store_f32(out, at, re)?;
             self.store_f32(out, self.add(at, self.int(1))?, im)
         })?;
         self.ret()
+    }
+
+    /// `split_phase_stages_dequant(out, r, sums, n, m, groups_per_row,
+    /// group_len, per_tensor, stride, row_slots, col_slots, rows, cols,
+    /// half_words)`: the real form `2·(wlg_u(U_q) + wlg_w(W_q))` of the
+    /// quantized halves of the real `r[rows, cols]`'s widely-linear split
+    /// `[n, m]` (eq. 3), from both halves' totals
+    /// ([`Gen::phase_stage_sums`] with `split`): each slot's `U` and `W`
+    /// entries quantized as [`Gen::phase_stages_dequant`] does, then its
+    /// four real entries as `widely_linear_grad`, their `add` and the
+    /// `scale` by 2 compute them, in f32; one thread a slot.
+    pub(super) fn split_phase_stages_dequant(&self, name: &str, stages: usize) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 6]);
+        params.extend([Param::Ptr, Param::Ptr]);
+        params.extend([Param::I64; 3]);
+        let f = self.declare(name, &params);
+        let [out, r, sums, row_slots, col_slots] = [0, 1, 2, 9, 10].map(|k| self.param_ptr(f, k));
+        let [n, m, groups_per_row, group_len, per_tensor, stride, rows, cols, half_words] =
+            [3, 4, 5, 6, 7, 8, 11, 12, 13].map(|k| self.param_int(f, k));
+        let split = SplitSource {
+            r,
+            row_slots,
+            col_slots,
+            rows,
+            cols,
+        };
+        let tensor = self.is_set(per_tensor)?;
+        let w_sums = self.gep(self.f64(), sums, half_words)?;
+        self.grid_loop(f, self.mul(n, m)?, |k| {
+            let (p, q) = (self.udiv(k, m)?, self.urem(k, m)?);
+            let group = self.scale_group(p, q, (groups_per_row, group_len), tensor)?;
+            let ([ra, ia, rb, ib], blocks) = self.split_blocks(&split, p, q)?;
+            let quantized = |part, totals| -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+                let entry = self.split_part(part, blocks)?;
+                self.stages_value(totals, stride, stages, group, entry)
+            };
+            let (u_re, u_im) = quantized(fairyc_ir::WlPart::U, sums)?;
+            let (w_re, w_im) = quantized(fairyc_ir::WlPart::W, w_sums)?;
+            // Each half's ±½ of a part (the adjoint of the split), their
+            // sum, twice: the unfused nodes' f32 operations.
+            let entry = |u: FloatValue<'ctx>, u_neg: bool, w: FloatValue<'ctx>, w_neg: bool| {
+                let half = |v: FloatValue<'ctx>, neg: bool| -> Built<FloatValue<'ctx>> {
+                    let v = self.fmul(v, self.float(0.5))?;
+                    if neg {
+                        self.fneg(v)
+                    } else {
+                        Ok(v)
+                    }
+                };
+                self.fmul(
+                    self.fadd(half(u, u_neg)?, half(w, w_neg)?)?,
+                    self.float(2.0),
+                )
+            };
+            let values = [
+                (ra, rb, entry(u_re, false, w_re, false)?),
+                (ra, ib, entry(u_im, true, w_im, false)?),
+                (ia, rb, entry(u_im, false, w_im, false)?),
+                (ia, ib, entry(u_re, false, w_re, true)?),
+            ];
+            for (i, j, v) in values {
+                self.when(f, self.split_inside(&split, i, j)?, || {
+                    self.store_f32(out, self.add(self.mul(i, cols)?, j)?, v)
+                })?;
+            }
+            Ok(())
+        })?;
+        self.ret()
+    }
+
+    /// Fairy2i's PhaseQuant with `stages` residual stages of `entry` in
+    /// group `group` from their totals (stage `s`'s at `sums[s·stride..]`):
+    /// the stages' codes times their scales, summed stage by stage
+    /// (`(q₁ + q₂) + q₃`), the residuals in f32 as the unfused `sub`s
+    /// compute them.
+    fn stages_value(
+        &self,
+        sums: PointerValue<'ctx>,
+        stride: IntValue<'ctx>,
+        stages: usize,
+        group: IntValue<'ctx>,
+        entry: (FloatValue<'ctx>, FloatValue<'ctx>),
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let mut residual = entry;
+        let mut sum: Option<(FloatValue<'ctx>, FloatValue<'ctx>)> = None;
+        for s in 0..stages {
+            let q = self.stage_value(sums, stride, s, group, residual)?;
+            sum = Some(match sum {
+                None => q,
+                Some(a) => (self.fadd(a.0, q.0)?, self.fadd(a.1, q.1)?),
+            });
+            if s + 1 < stages {
+                residual = (self.fsub(residual.0, q.0)?, self.fsub(residual.1, q.1)?);
+            }
+        }
+        Ok(sum.expect("at least one stage"))
+    }
+
+    /// The complex entry a group-sums kernel's step is at: loaded from `w`,
+    /// or computed from the real matrix of a split kernel.
+    fn group_entry(&self, at: &GroupEntry<'ctx>) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let Some((split, is_w)) = &at.split else {
+            let entry = self.mul(at.entry, self.int(2))?;
+            let re = self.load_f32(at.w, entry)?;
+            let im = self.load_f32(at.w, self.add(entry, self.int(1))?)?;
+            return Ok((re, im));
+        };
+        let (_, blocks) = self.split_blocks(split, at.row, at.col)?;
+        let u = self.split_part(fairyc_ir::WlPart::U, blocks)?;
+        let w = self.split_part(fairyc_ir::WlPart::W, blocks)?;
+        Ok((self.select(*is_w, w.0, u.0)?, self.select(*is_w, w.1, u.1)?))
     }
 
     /// Stage `stage`'s PhaseQuant of `(re, im)` in group `group`: its code
@@ -189,7 +295,7 @@ impl<'ctx> Gen<'ctx> {
         count: usize,
         each: impl Fn(PointerValue<'ctx>, IntValue<'ctx>, &[PointerValue<'ctx>]) -> Built<()>,
     ) -> Built<()> {
-        self.staged_group_sums(name, count, None, |at, partials| {
+        self.staged_group_sums(name, count, None, false, |at, partials| {
             each(at.w, at.entry, partials)
         })
     }
@@ -203,6 +309,7 @@ impl<'ctx> Gen<'ctx> {
         name: &str,
         count: usize,
         stage: Option<usize>,
+        split: bool,
         each: impl Fn(&GroupEntry<'ctx>, &[PointerValue<'ctx>]) -> Built<()>,
     ) -> Built<()> {
         let mut params = vec![Param::Ptr, Param::Ptr];
@@ -210,15 +317,35 @@ impl<'ctx> Gen<'ctx> {
         if stage.is_some() {
             params.push(Param::I64);
         }
+        if split {
+            params.extend([Param::Ptr, Param::Ptr, Param::I64, Param::I64, Param::I64]);
+        }
         let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [m, groups_per_row, group_len, per_tensor] = [3, 4, 5, 6].map(|k| self.param_int(f, k));
+        // A split kernel's half (`U` or `W`) and that half's totals.
+        let (split, sums) = if split {
+            let is_w = self
+                .builder
+                .build_int_compare(IntPredicate::NE, self.sreg("ctaid.y")?, self.int(0), "")
+                .map_err(err)?;
+            let source = SplitSource {
+                r: w,
+                row_slots: self.param_ptr(f, 8),
+                col_slots: self.param_ptr(f, 9),
+                rows: self.param_int(f, 10),
+                cols: self.param_int(f, 11),
+            };
+            let half_words = self.param_int(f, 12);
+            let offset = self.select(is_w, half_words, self.int(0))?;
+            (Some((source, is_w)), self.gep(self.f64(), sums, offset)?)
+        } else {
+            (None, sums)
+        };
+        let [n, m, groups_per_row, group_len, per_tensor] =
+            [2, 3, 4, 5, 6].map(|k| self.param_int(f, k));
         let stride = stage.map(|_| self.param_int(f, 7));
         let block = self.sreg("ctaid.x")?;
-        let row = self.udiv(block, groups_per_row)?;
-        let start = self.mul(self.urem(block, groups_per_row)?, group_len)?;
-        let end = self.umin(self.add(start, group_len)?, m)?;
         let group_of_block = || -> Built<IntValue<'ctx>> {
             let tensor = self.is_set(per_tensor)?;
             self.select(tensor, self.int(0), block)
@@ -228,16 +355,29 @@ impl<'ctx> Gen<'ctx> {
         let partials = (0..count)
             .map(|_| self.local(self.float(0.0)))
             .collect::<Built<Vec<_>>>()?;
-        let from = self.add(start, self.sreg("tid.x")?)?;
-        self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
-            let at = GroupEntry {
-                w,
-                entry: self.add(self.mul(row, m)?, j)?,
-                group: early_group,
-                sums,
-                stride,
-            };
-            each(&at, &partials)
+        // Each (row, group of the row) from the block's own on, a grid
+        // apart: one a block, except per tensor, where the host launches
+        // fewer blocks than rows (one group: fewer atomics on its totals).
+        let units = self.mul(n, groups_per_row)?;
+        let blocks = self.sreg("nctaid.x")?;
+        self.strided_loop(f, block, units, blocks, |unit| {
+            let row = self.udiv(unit, groups_per_row)?;
+            let start = self.mul(self.urem(unit, groups_per_row)?, group_len)?;
+            let end = self.umin(self.add(start, group_len)?, m)?;
+            let from = self.add(start, self.sreg("tid.x")?)?;
+            self.strided_loop(f, from, end, self.sreg("ntid.x")?, |j| {
+                let at = GroupEntry {
+                    w,
+                    entry: self.add(self.mul(row, m)?, j)?,
+                    row,
+                    col: j,
+                    split,
+                    group: early_group,
+                    sums,
+                    stride,
+                };
+                each(&at, &partials)
+            })
         })?;
         let totals = partials
             .iter()
@@ -445,6 +585,11 @@ struct GroupEntry<'ctx> {
     w: PointerValue<'ctx>,
     /// The entry's row-major index.
     entry: IntValue<'ctx>,
+    row: IntValue<'ctx>,
+    col: IntValue<'ctx>,
+    /// In a split kernel: the real matrix `w` is, and whether the block
+    /// quantizes its `W` half.
+    split: Option<(SplitSource<'ctx>, IntValue<'ctx>)>,
     /// The entry's group, in a staged kernel.
     group: Option<IntValue<'ctx>>,
     sums: PointerValue<'ctx>,

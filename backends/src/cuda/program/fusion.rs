@@ -29,7 +29,7 @@
 //! entry's residual rebuilt from the earlier stages' totals, then one for
 //! the codes' sum. The residuals and partial sums are never materialised.
 
-use fairyc_ir::{Arithmetic, DType, Granularity, Graph, Op, Scheme, ValueId};
+use fairyc_ir::{Arithmetic, DType, Granularity, Graph, Op, Scheme, ValueId, WlPart};
 
 use super::{kernel_index, Kernel, QuantizedRows, Sibling, Step};
 use crate::cuda::codegen::{quant_i8, quant_mma, Elem, Expr};
@@ -228,7 +228,11 @@ pub(super) fn fuse_phase_stages(
     let readers = readers(graph, plan, steps);
     let mut fused_any = false;
     for i in 0..graph.nodes.len() {
-        let Some(chain) = residual_stages(graph, ValueId(i)) else {
+        // A sum with no step was fused into a split quantizer.
+        if steps[i].is_none() {
+            continue;
+        }
+        let Some(chain) = residual_stages(graph, ValueId(i)).filter(|c| c.stages > 1) else {
             continue;
         };
         let inner = |v: &ValueId| chain.inner.contains(v) || *v == ValueId(i);
@@ -240,25 +244,161 @@ pub(super) fn fuse_phase_stages(
         if plan.resident[i] || !private {
             continue;
         }
-        let wanted = (0..chain.stages)
-            .map(|stage| Kernel::PhaseStageSums { stage })
-            .chain([Kernel::PhaseStagesDequant {
-                stages: chain.stages,
-            }]);
-        let indices = wanted.map(|kernel| kernel_index(kernels, kernel)).collect();
         for v in &chain.inner {
             steps[v.0] = None;
         }
         steps[i] = Some(Step::PhaseStages {
-            kernels: indices,
+            kernels: stage_kernels(kernels, chain.stages, false),
             operands: vec![chain.source],
             granularity: chain.granularity,
+            split: None,
         });
         fused_any = true;
     }
     if fused_any {
         keep_launched(kernels, steps);
     }
+}
+
+/// The kernels of a [`Step::PhaseStages`] of `stages` stages: each stage's
+/// sums, then the dequantization.
+fn stage_kernels(kernels: &mut Vec<Kernel>, stages: usize, split: bool) -> Vec<usize> {
+    (0..stages)
+        .map(|stage| Kernel::PhaseStageSums { stage, split })
+        .chain([Kernel::PhaseStagesDequant { stages, split }])
+        .map(|kernel| kernel_index(kernels, kernel))
+        .collect()
+}
+
+/// Fuses each quantized layer's whole weight quantizer, as
+/// `passes::real_products` leaves it for training, into one split
+/// [`Step::PhaseStages`] on its last node:
+/// `scale{2}(add(widely_linear_grad_u(R, Q_u), widely_linear_grad_w(R, Q_w)))`
+/// where `Q_u` and `Q_w` are PhaseQuant's stages of `widely_linear_u(R)` and
+/// `widely_linear_w(R)`. Its sums passes compute both halves from the
+/// master `R` as they read it, and its last pass writes the real form: the
+/// halves, their stages and their adjoints never reach memory, and a W2
+/// master takes four launches instead of thirteen.
+pub(super) fn fuse_split_quantizers(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let readers = readers(graph, plan, steps);
+    let mut fused_any = false;
+    for i in 0..graph.nodes.len() {
+        let Some(found) = split_quantizer(graph, ValueId(i)) else {
+            continue;
+        };
+        let inner = |v: &ValueId| found.inner.contains(v) || *v == ValueId(i);
+        let private = found.inner.iter().all(|v| {
+            !plan.resident[v.0]
+                && !graph.outputs.contains(v)
+                && readers[v.0].iter().all(|&r| inner(&ValueId(r)))
+        });
+        if plan.resident[i] || !private {
+            continue;
+        }
+        for v in &found.inner {
+            steps[v.0] = None;
+        }
+        steps[i] = Some(Step::PhaseStages {
+            kernels: stage_kernels(kernels, found.stages, true),
+            operands: vec![found.master],
+            granularity: found.granularity,
+            split: Some(found.blocks),
+        });
+        fused_any = true;
+    }
+    if fused_any {
+        keep_launched(kernels, steps);
+    }
+}
+
+/// A quantized master's whole quantizer (see [`fuse_split_quantizers`]).
+struct SplitQuantizer {
+    master: ValueId,
+    stages: usize,
+    granularity: Granularity,
+    /// The pairings' `(row_block, col_block)`.
+    blocks: (usize, usize),
+    /// Its nodes other than the last.
+    inner: Vec<ValueId>,
+}
+
+/// The quantizer whose real form is `v`, if it is one.
+fn split_quantizer(graph: &Graph, v: ValueId) -> Option<SplitQuantizer> {
+    let node = graph.node(v);
+    let (Op::Scale { factor }, [sum]) = (&node.op, node.operands.as_slice()) else {
+        return None;
+    };
+    let (Op::Add, [a, b]) = (&graph.node(*sum).op, graph.node(*sum).operands.as_slice()) else {
+        return None;
+    };
+    if *factor != 2.0 {
+        return None;
+    }
+    let adjoint = |x: ValueId| match (&graph.node(x).op, graph.node(x).operands.as_slice()) {
+        (
+            Op::WidelyLinearGrad {
+                part,
+                row_block,
+                col_block,
+            },
+            [shape, d],
+        ) => Some((x, *part, (*row_block, *col_block), *shape, *d)),
+        _ => None,
+    };
+    let (first, second) = (adjoint(*a)?, adjoint(*b)?);
+    let (u, w) = match (first.1, second.1) {
+        (WlPart::U, WlPart::W) => (first, second),
+        (WlPart::W, WlPart::U) => (second, first),
+        _ => return None,
+    };
+    let blocks = u.2;
+    // Each adjoint's operand: the stages of its own half of one master.
+    let half =
+        |(adjoint, part, _, shape, d): (ValueId, WlPart, (usize, usize), ValueId, ValueId)| {
+            let chain = residual_stages(graph, d)?;
+            let source = graph.node(chain.source);
+            let master = match (&source.op, source.operands.as_slice()) {
+                (
+                    Op::WidelyLinear {
+                        part: p,
+                        row_block,
+                        col_block,
+                        arithmetic: Arithmetic::F32,
+                    },
+                    [r],
+                ) if *p == part && (*row_block, *col_block) == blocks => *r,
+                _ => return None,
+            };
+            // The result takes the adjoint's shape operand's type.
+            if graph.node(shape).ty != graph.node(master).ty {
+                return None;
+            }
+            let mut inner = chain.inner;
+            inner.extend([d, chain.source, adjoint]);
+            Some((master, chain.stages, chain.granularity, inner))
+        };
+    let (master, stages, granularity, mut inner) = half(u)?;
+    let (w_master, w_stages, w_granularity, w_inner) = half(w)?;
+    let same = (master, stages, granularity) == (w_master, w_stages, w_granularity)
+        && w.2 == blocks
+        && node.ty == graph.node(master).ty;
+    if !same {
+        return None;
+    }
+    inner.extend(w_inner);
+    inner.push(*sum);
+    Some(SplitQuantizer {
+        master,
+        stages,
+        granularity,
+        blocks,
+        inner,
+    })
 }
 
 /// A chain of PhaseQuant's residual stages ending at a sum.
@@ -275,7 +415,8 @@ struct ResidualStages {
 /// The chain whose sum is `sum`: `sum = add(add(q₁, q₂), q₃)...` with
 /// `q₁ = quantize(w)` and `q_{t+1} = quantize(sub(r_t, q_t))` (`r₁ = w`),
 /// every `quantize` Fairy2i's PhaseQuant in f32 with one granularity, on a
-/// 2-D complex `w`: what the quantize pass writes for two stages or more.
+/// 2-D complex `w`: what the quantize pass writes (for one stage, `sum` is
+/// `q₁`).
 fn residual_stages(graph: &Graph, sum: ValueId) -> Option<ResidualStages> {
     let node = |v: ValueId| graph.node(v);
     // The partial sums, from the outermost down the left operands.
@@ -296,8 +437,16 @@ fn residual_stages(graph: &Graph, sum: ValueId) -> Option<ResidualStages> {
     };
     let source = node(first).operands[0];
     let ty = &node(source).ty;
-    if sums.is_empty() || ty.dtype != fairyc_ir::DType::C64 || ty.shape.dims().len() != 2 {
+    if ty.dtype != fairyc_ir::DType::C64 || ty.shape.dims().len() != 2 {
         return None;
+    }
+    if sums.is_empty() {
+        return Some(ResidualStages {
+            source,
+            stages: 1,
+            granularity,
+            inner: Vec::new(),
+        });
     }
     sums.reverse();
     let mut inner = vec![first];
@@ -1357,6 +1506,7 @@ mod tests {
                 kernels: ks,
                 operands,
                 granularity,
+                split: None,
             }) = &steps[sum.0]
             else {
                 panic!("{stages} stages: not fused");
@@ -1365,8 +1515,14 @@ mod tests {
             assert_eq!(*granularity, Granularity::Channel);
             let launched: Vec<&Kernel> = ks.iter().map(|&k| &kernels[k]).collect();
             let want: Vec<Kernel> = (0..stages)
-                .map(|stage| Kernel::PhaseStageSums { stage })
-                .chain([Kernel::PhaseStagesDequant { stages }])
+                .map(|stage| Kernel::PhaseStageSums {
+                    stage,
+                    split: false,
+                })
+                .chain([Kernel::PhaseStagesDequant {
+                    stages,
+                    split: false,
+                }])
                 .collect();
             assert_eq!(launched, want.iter().collect::<Vec<_>>());
             // Each stage's quantize and residual, and the partial sums.
@@ -1388,6 +1544,100 @@ mod tests {
             Some(Step::Fused { .. } | Step::Kernel(_))
         ));
         assert!(inner.iter().all(|v| steps[v.0].is_some()));
+    }
+
+    /// A quantized layer's weight as `real_products` leaves it for
+    /// training (the split, each half's PhaseQuant stages, their adjoints,
+    /// their sum doubled) runs as one split step on the master: one sums
+    /// pass a stage for both halves, then the real form. A half another
+    /// node reads keeps it unfused.
+    #[test]
+    fn a_masters_split_quantizer_runs_as_one_step() {
+        use fairyc_ir::{Arithmetic, Granularity, Scheme, WlPart};
+
+        use super::super::Kernel;
+
+        let graph = |stages: usize, read_a_half: bool| {
+            let mut b = GraphBuilder::new("master");
+            let r = b.input("r", ty(&[6, 10]));
+            let x = b.input("x", ty(&[3, 10]));
+            let mut halves = Vec::new();
+            let adjoints = [WlPart::U, WlPart::W].map(|part| {
+                let split = Op::WidelyLinear {
+                    part,
+                    row_block: 2,
+                    col_block: 0,
+                    arithmetic: Arithmetic::F32,
+                };
+                let z = b.push(split, &[r]).unwrap();
+                halves.push(z);
+                let quantize = Op::Quantize {
+                    scheme: Scheme::Phase,
+                    granularity: Granularity::Group(4),
+                    arithmetic: Arithmetic::F32,
+                };
+                let (mut residual, mut sum) = (z, None);
+                for t in 0..stages {
+                    let q = b.push(quantize.clone(), &[residual]).unwrap();
+                    sum = Some(match sum {
+                        None => q,
+                        Some(s) => b.push(Op::Add, &[s, q]).unwrap(),
+                    });
+                    if t + 1 < stages {
+                        residual = b.push(Op::Sub, &[residual, q]).unwrap();
+                    }
+                }
+                let adjoint = Op::WidelyLinearGrad {
+                    part,
+                    row_block: 2,
+                    col_block: 0,
+                };
+                b.push(adjoint, &[r, sum.unwrap()]).unwrap()
+            });
+            let sum = b.push(Op::Add, &adjoints).unwrap();
+            let real = b.push(Op::Scale { factor: 2.0 }, &[sum]).unwrap();
+            let mut outputs = vec![b.push(Op::Linear, &[x, real]).unwrap()];
+            if read_a_half {
+                outputs.push(b.push(Op::Conj, &[halves[1]]).unwrap());
+            }
+            let graph = b.finish(&outputs);
+            let (kernels, steps) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
+            (kernels, steps, r, real)
+        };
+        for stages in [1, 2, 3] {
+            let (kernels, steps, r, real) = graph(stages, false);
+            let Some(Step::PhaseStages {
+                kernels: ks,
+                operands,
+                granularity: Granularity::Group(4),
+                split: Some((2, 0)),
+            }) = &steps[real.0]
+            else {
+                panic!("{stages} stages: not fused");
+            };
+            assert_eq!(*operands, [r]);
+            let launched: Vec<&Kernel> = ks.iter().map(|&k| &kernels[k]).collect();
+            let want: Vec<Kernel> = (0..stages)
+                .map(|stage| Kernel::PhaseStageSums { stage, split: true })
+                .chain([Kernel::PhaseStagesDequant {
+                    stages,
+                    split: true,
+                }])
+                .collect();
+            assert_eq!(launched, want.iter().collect::<Vec<_>>());
+            // Only the master's quantizer and the product are left.
+            let left = steps.iter().flatten().count();
+            assert_eq!(left, 2, "{stages} stages");
+            assert!(!kernels.iter().any(|k| matches!(
+                k,
+                Kernel::WidelyLinear { .. } | Kernel::WidelyLinearGrad { .. }
+            )));
+        }
+        let (_, steps, _, real) = graph(2, true);
+        assert!(!matches!(
+            &steps[real.0],
+            Some(Step::PhaseStages { split: Some(_), .. })
+        ));
     }
 
     /// `dy · transpose(w)` reads `w` and has cuBLAS transpose it; the
