@@ -244,6 +244,7 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::ScoredMean,
         Kernel::CrossEntropyGrad,
         Kernel::Dequant,
+        Kernel::SumSquares,
         Kernel::PhaseSums { ifairy: false },
         Kernel::PhaseDequant { ifairy: false },
         Kernel::PhaseSums { ifairy: true },
