@@ -1029,14 +1029,18 @@ impl CudaProgram {
         let mut gathers = HashMap::new();
         let mut pairings = HashMap::new();
         // Each slot's real and imaginary row (column) of a real matrix of
-        // `len` rows (columns), paired by `block`.
-        let slots = |i: usize, block: usize, len: usize| -> Result<Vec<i32>, BackendError> {
-            Ok(Pairing::from_block(block)
-                .table(2 * len.div_ceil(2))
-                .map_err(|e| BackendError::new(format!("%{i}: {e}")))?
-                .into_iter()
-                .flat_map(|(re, im)| [re as i32, im as i32])
-                .collect())
+        // shape `r`, paired by `(row_block, col_block)`.
+        let slot_tables = |i: usize, (row_block, col_block), r: &[usize]| {
+            let table = |block: usize, len: usize| -> Result<CudaSlice<i32>, BackendError> {
+                let slots: Vec<i32> = Pairing::from_block(block)
+                    .table(2 * len.div_ceil(2))
+                    .map_err(|e| BackendError::new(format!("%{i}: {e}")))?
+                    .into_iter()
+                    .flat_map(|(re, im)| [re as i32, im as i32])
+                    .collect();
+                stream.clone_htod(&slots).map_err(driver)
+            };
+            Ok::<_, BackendError>((table(row_block, r[0])?, table(col_block, r[1])?))
         };
         for (i, node) in graph.nodes.iter().enumerate() {
             if let Some(Step::PhaseStages {
@@ -1050,15 +1054,7 @@ impl CudaProgram {
                         "%{i}: a quantized master needs a fixed shape on the GPU"
                     )));
                 };
-                let rows = slots(i, *row_block, r[0])?;
-                let cols = slots(i, *col_block, r[1])?;
-                pairings.insert(
-                    i,
-                    (
-                        stream.clone_htod(&rows).map_err(driver)?,
-                        stream.clone_htod(&cols).map_err(driver)?,
-                    ),
-                );
+                pairings.insert(i, slot_tables(i, (*row_block, *col_block), &r)?);
                 continue;
             }
             if !matches!(steps[i], Some(Step::Kernel(_))) {
@@ -1107,15 +1103,7 @@ impl CudaProgram {
                         "%{i} = widely_linear: the GPU needs fixed shapes"
                     )));
                 };
-                let rows = slots(i, *row_block, r[0])?;
-                let cols = slots(i, *col_block, r[1])?;
-                pairings.insert(
-                    i,
-                    (
-                        stream.clone_htod(&rows).map_err(driver)?,
-                        stream.clone_htod(&cols).map_err(driver)?,
-                    ),
-                );
+                pairings.insert(i, slot_tables(i, (*row_block, *col_block), &r)?);
                 continue;
             }
             let (index, in_words) = match &node.op {

@@ -235,29 +235,42 @@ pub(super) fn fuse_phase_stages(
         let Some(chain) = residual_stages(graph, ValueId(i)).filter(|c| c.stages > 1) else {
             continue;
         };
-        let inner = |v: &ValueId| chain.inner.contains(v) || *v == ValueId(i);
-        let private = chain.inner.iter().all(|v| {
-            !plan.resident[v.0]
-                && !graph.outputs.contains(v)
-                && readers[v.0].iter().all(|&r| inner(&ValueId(r)))
-        });
-        if plan.resident[i] || !private {
-            continue;
-        }
-        for v in &chain.inner {
-            steps[v.0] = None;
-        }
-        steps[i] = Some(Step::PhaseStages {
+        let step = || Step::PhaseStages {
             kernels: stage_kernels(kernels, chain.stages, false),
             operands: vec![chain.source],
             granularity: chain.granularity,
             split: None,
-        });
-        fused_any = true;
+        };
+        fused_any |= fuse_private(graph, plan, &readers, steps, (i, &chain.inner), step);
     }
     if fused_any {
         keep_launched(kernels, steps);
     }
+}
+
+/// Gives node `last` the fused `step` and its `inner` nodes none, where
+/// `last` and the inner nodes are computed each run (not resident) and
+/// only `last` is read from outside: whether it did.
+fn fuse_private(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    readers: &[Vec<usize>],
+    steps: &mut [Option<Step>],
+    (last, inner): (usize, &[ValueId]),
+    step: impl FnOnce() -> Step,
+) -> bool {
+    let within = |r: usize| r == last || inner.contains(&ValueId(r));
+    let private = inner.iter().all(|v| {
+        !plan.resident[v.0] && !graph.outputs.contains(v) && readers[v.0].iter().all(|&r| within(r))
+    });
+    if plan.resident[last] || !private {
+        return false;
+    }
+    for v in inner {
+        steps[v.0] = None;
+    }
+    steps[last] = Some(step());
+    true
 }
 
 /// The kernels of a [`Step::PhaseStages`] of `stages` stages: each stage's
@@ -291,25 +304,13 @@ pub(super) fn fuse_split_quantizers(
         let Some(found) = split_quantizer(graph, ValueId(i)) else {
             continue;
         };
-        let inner = |v: &ValueId| found.inner.contains(v) || *v == ValueId(i);
-        let private = found.inner.iter().all(|v| {
-            !plan.resident[v.0]
-                && !graph.outputs.contains(v)
-                && readers[v.0].iter().all(|&r| inner(&ValueId(r)))
-        });
-        if plan.resident[i] || !private {
-            continue;
-        }
-        for v in &found.inner {
-            steps[v.0] = None;
-        }
-        steps[i] = Some(Step::PhaseStages {
+        let step = || Step::PhaseStages {
             kernels: stage_kernels(kernels, found.stages, true),
             operands: vec![found.master],
             granularity: found.granularity,
             split: Some(found.blocks),
-        });
-        fused_any = true;
+        };
+        fused_any |= fuse_private(graph, plan, &readers, steps, (i, &found.inner), step);
     }
     if fused_any {
         keep_launched(kernels, steps);
