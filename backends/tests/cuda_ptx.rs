@@ -244,7 +244,6 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::ScoredMean,
         Kernel::CrossEntropyGrad,
         Kernel::Dequant,
-        Kernel::SumSquares,
         Kernel::PhaseSums { ifairy: false },
         Kernel::PhaseDequant { ifairy: false },
         Kernel::PhaseSums { ifairy: true },
