@@ -249,8 +249,7 @@ struct InFlight {
 /// them for a half of SmolLM2's MLP, each with a few hundred entries.
 const PER_TENSOR_SUMS_BLOCKS: usize = 128;
 
-/// A real matrix's slot tables: each complex row's (column's) real and
-/// imaginary row (column).
+/// A real matrix's pairing tables, for its rows and its columns.
 type SlotTables = (CudaSlice<i32>, CudaSlice<i32>);
 
 /// A split quantizer pass's last arguments: the slot tables, then the real
@@ -350,9 +349,11 @@ pub struct CudaProgram {
     /// The model's context length, where its graph says: the most rows a
     /// growing cache makes room for.
     context_length: Option<usize>,
-    /// Per `widely_linear_grad` node: the pairing of each row and column of
-    /// the real matrix (2·slot + imaginary).
-    pairings: HashMap<usize, (CudaSlice<i32>, CudaSlice<i32>)>,
+    /// A real matrix's pairing tables, by node: for a `widely_linear_grad`,
+    /// each row's and column's `2·slot + imaginary`; for a `widely_linear`
+    /// and a split [`Step::PhaseStages`], each slot's real and imaginary
+    /// row (column).
+    pairings: HashMap<usize, SlotTables>,
     resident_bytes: usize,
     /// cuBLAS's compute type for dense products.
     compute: blas_sys::cublasComputeType_t,
@@ -1312,7 +1313,8 @@ impl CudaProgram {
     }
 
     /// A quantizer's passes over `x[n, m]`: its sums passes add group sums
-    /// into f64 totals (one block per row and group), then `last` writes
+    /// into f64 totals (a block per row and group of the row, or per
+    /// tensor fewer, each over rows a grid apart), then `last` writes
     /// `out` from them (one thread an entry). With `split` (the real `x`'s
     /// slot tables) they go over both halves of `x`'s widely-linear split
     /// (the second down the grid), and `out` is its quantized real form (a

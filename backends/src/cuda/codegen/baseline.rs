@@ -14,7 +14,7 @@ use super::*;
 
 impl<'ctx> Gen<'ctx> {
     /// `real_sums(sums, w, n, m, groups_per_row, group_len, per_tensor)`:
-    /// one block per (row, group of the row) of real `w[n, m]`; adds
+    /// over each (row, group of the row) of real `w[n, m]`; adds
     /// `(Σ|w|, count)` over the group's finite entries into
     /// `sums[2·group..]` (f64, zeroed before).
     pub(super) fn real_sums(&self, name: &str) -> Built<()> {

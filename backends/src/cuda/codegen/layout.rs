@@ -449,8 +449,8 @@ impl<'ctx> Gen<'ctx> {
         };
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (p, q) = (self.udiv(k, m)?, self.urem(k, m)?);
-            let (_, blocks) = self.split_blocks(&split, p, q)?;
-            let (re, im) = self.split_part(part, blocks)?;
+            let (_, entries) = self.split_entries(&split, p, q)?;
+            let (re, im) = self.split_part(part, entries)?;
             let at = self.mul(k, self.int(2))?;
             self.store_f32(out, at, re)?;
             self.store_f32(out, self.add(at, self.int(1))?, im)
@@ -463,7 +463,7 @@ impl<'ctx> Gen<'ctx> {
     /// the column slot's), and the four entries `[r11, r12, r21, r22]` of
     /// the real matrix there (`r[ra, rb]`, `r[ra, ib]`, `r[ia, rb]`,
     /// `r[ia, ib]`), zero where a row or column is padding.
-    pub(super) fn split_blocks(
+    pub(super) fn split_entries(
         &self,
         split: &SplitSource<'ctx>,
         p: IntValue<'ctx>,
@@ -511,7 +511,7 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// The `U` or `W` entry (eq. 3) of the real entries `[r11, r12, r21,
-    /// r22]` of [`Gen::split_blocks`], in f32, halving first:
+    /// r22]` of [`Gen::split_entries`], in f32, halving first:
     /// `U = ½(r11 + r22) + ½(r21 − r12)i`, `W = ½(r11 − r22) + ½(r12 + r21)i`.
     pub(super) fn split_part(
         &self,

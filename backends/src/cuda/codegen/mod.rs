@@ -238,26 +238,27 @@ pub enum Kernel {
         tensor_cores: bool,
     },
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
-    /// each group's axis sums and counts, added into f64 totals (one block
-    /// per row and group of the row).
+    /// each group's axis sums and counts, added into f64 totals (a block
+    /// per row and group of the row; per tensor, fewer).
     PhaseSums { ifairy: bool },
     /// PhaseQuant's second pass: each entry's code times its group's scale.
     PhaseDequant { ifairy: bool },
     /// Fairy2i's PhaseQuant with residual stages fused: stage `stage`'s
     /// sums over the residual the earlier stages leave, each entry's
-    /// residual rebuilt from their totals (one block per row and group).
+    /// residual rebuilt from their totals (as [`Kernel::PhaseSums`]).
     /// With `split`, of both halves of a real matrix's widely-linear split
     /// (`ctaid.y` the half), computed as they are read.
     PhaseStageSums { stage: usize, split: bool },
     /// The last pass of the fused stages: each entry's `stages` codes times
     /// their scales, summed.
     /// With `split`, of both halves of a real matrix's widely-linear split,
-    /// written as the real form `2·(wlg_u(U_q) + wlg_w(W_q))`: the split,
+    /// written as the real form `2·(widely_linear_grad_u(U_q) +
+    /// widely_linear_grad_w(W_q))`: the split,
     /// its quantizers and their adjoints in one step (one thread a slot).
     PhaseStagesDequant { stages: usize, split: bool },
     /// The real baselines' first pass: each group's sum of |w| and count
-    /// over finite entries, added into f64 totals (one block per row and
-    /// group of the row).
+    /// over finite entries, added into f64 totals (as
+    /// [`Kernel::PhaseSums`]).
     RealSums,
     /// The real baselines' second pass: each entry's binary or ternary code
     /// times its group's mean.

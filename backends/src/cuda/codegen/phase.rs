@@ -1,6 +1,6 @@
 //! PhaseQuant on the GPU (`quantize` with scheme `phase` in f32: eq.
 //! 10-12, or iFairy's `phase_ifairy`), in two passes over the weights:
-//! each group's axis sums (the block's partial sums added into f64 totals
+//! each group's axis sums (the blocks' partial sums added into f64 totals
 //! by atomics), then every entry's code times its group's scale. The codes
 //! follow `fairyc_ir::quant::Code::nearest` (or `quant::ifairy::
 //! nearest_ifairy`) exactly, ties and NaN included, and the scales their
@@ -14,7 +14,7 @@ use super::*;
 
 impl<'ctx> Gen<'ctx> {
     /// `phase_sums(sums, w, n, m, groups_per_row, group_len, per_tensor)`:
-    /// one block per (row, group of the row) of complex `w[n, m]`; adds
+    /// over each (row, group of the row) of complex `w[n, m]`; adds
     /// `(Σ|re| over entries coded ±1, their count, Σ|im| over entries coded
     /// ±i, their count)` into `sums[4·group..]` (f64, zeroed before); finite
     /// parts only, but every part for iFairy (as its reference).
@@ -127,7 +127,8 @@ impl<'ctx> Gen<'ctx> {
 
     /// `split_phase_stages_dequant(out, r, sums, n, m, groups_per_row,
     /// group_len, per_tensor, stride, row_slots, col_slots, rows, cols,
-    /// half_words)`: the real form `2·(wlg_u(U_q) + wlg_w(W_q))` of the
+    /// half_words)`: the real form `2·(widely_linear_grad_u(U_q) +
+    /// widely_linear_grad_w(W_q))` of the
     /// quantized halves of the real `r[rows, cols]`'s widely-linear split
     /// `[n, m]` (eq. 3), from both halves' totals
     /// ([`Gen::phase_stage_sums`] with `split`): each slot's `U` and `W`
@@ -155,17 +156,17 @@ impl<'ctx> Gen<'ctx> {
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (p, q) = (self.udiv(k, m)?, self.urem(k, m)?);
             let group = self.scale_group(p, q, (groups_per_row, group_len), tensor)?;
-            let ([ra, ia, rb, ib], blocks) = self.split_blocks(&split, p, q)?;
+            let ([ra, ia, rb, ib], entries) = self.split_entries(&split, p, q)?;
             let quantized = |part, totals| -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
-                let entry = self.split_part(part, blocks)?;
+                let entry = self.split_part(part, entries)?;
                 self.stages_value(totals, stride, stages, group, entry)
             };
             let (u_re, u_im) = quantized(fairyc_ir::WlPart::U, sums)?;
             let (w_re, w_im) = quantized(fairyc_ir::WlPart::W, w_sums)?;
             // Each half's ±½ of a part (the adjoint of the split), their
             // sum, twice: the unfused nodes' f32 operations.
-            let entry = |u: FloatValue<'ctx>, u_neg: bool, w: FloatValue<'ctx>, w_neg: bool| {
-                let half = |v: FloatValue<'ctx>, neg: bool| -> Built<FloatValue<'ctx>> {
+            let real = |u: FloatValue<'ctx>, u_neg: bool, w: FloatValue<'ctx>, w_neg: bool| {
+                let halved = |v: FloatValue<'ctx>, neg: bool| -> Built<FloatValue<'ctx>> {
                     let v = self.fmul(v, self.float(0.5))?;
                     if neg {
                         self.fneg(v)
@@ -174,15 +175,15 @@ impl<'ctx> Gen<'ctx> {
                     }
                 };
                 self.fmul(
-                    self.fadd(half(u, u_neg)?, half(w, w_neg)?)?,
+                    self.fadd(halved(u, u_neg)?, halved(w, w_neg)?)?,
                     self.float(2.0),
                 )
             };
             let values = [
-                (ra, rb, entry(u_re, false, w_re, false)?),
-                (ra, ib, entry(u_im, true, w_im, false)?),
-                (ia, rb, entry(u_im, false, w_im, false)?),
-                (ia, ib, entry(u_re, false, w_re, true)?),
+                (ra, rb, real(u_re, false, w_re, false)?),
+                (ra, ib, real(u_im, true, w_im, false)?),
+                (ia, rb, real(u_im, false, w_im, false)?),
+                (ia, ib, real(u_re, false, w_re, true)?),
             ];
             for (i, j, v) in values {
                 self.when(f, self.split_inside(&split, i, j)?, || {
@@ -231,9 +232,9 @@ impl<'ctx> Gen<'ctx> {
             let im = self.load_f32(at.w, self.add(entry, self.int(1))?)?;
             return Ok((re, im));
         };
-        let (_, blocks) = self.split_blocks(split, at.row, at.col)?;
-        let u = self.split_part(fairyc_ir::WlPart::U, blocks)?;
-        let w = self.split_part(fairyc_ir::WlPart::W, blocks)?;
+        let (_, entries) = self.split_entries(split, at.row, at.col)?;
+        let u = self.split_part(fairyc_ir::WlPart::U, entries)?;
+        let w = self.split_part(fairyc_ir::WlPart::W, entries)?;
         Ok((self.select(*is_w, w.0, u.0)?, self.select(*is_w, w.1, u.1)?))
     }
 
@@ -283,12 +284,14 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// A group-sums kernel `name(sums, w, n, m, groups_per_row, group_len,
-    /// per_tensor)`, one block per (row, group of the row) of `w[n, m]`:
-    /// each thread adds its entries of the group into `count` f32 partial
-    /// sums (`each(w, entry, partials)`, `entry` the row-major index), and
-    /// the block's sums go into the f64 totals of its group,
-    /// `sums[count·group + i]` for the `i`-th, where the group is the
-    /// block, or 0 per tensor.
+    /// per_tensor)` over the (row, group of the row) units of `w[n, m]`,
+    /// each block from its own unit on, a grid apart: each thread adds its
+    /// entries into `count` f32 partial sums (`each(w, entry, partials)`,
+    /// `entry` the row-major index), and the block's sums go into the f64
+    /// totals of its group, `sums[count·group + i]` for the `i`-th, where
+    /// the group is the block, or 0 per tensor. So the host launches a
+    /// block a unit, except per tensor, where fewer blocks may share the
+    /// one group.
     pub(super) fn group_sums(
         &self,
         name: &str,
@@ -301,9 +304,10 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// [`Gen::group_sums`], or with `stage`, of one stage of several: the
-    /// kernel takes a last parameter `stride` and adds into
+    /// kernel takes a parameter `stride` after the others and adds into
     /// `sums[stage·stride + count·group + i]`, and each entry's step sees
-    /// its group, the totals and the stride.
+    /// its group, the totals and the stride. With `split` (staged kernels
+    /// only) five more follow, as [`Gen::phase_stage_sums`] says.
     fn staged_group_sums(
         &self,
         name: &str,
@@ -324,7 +328,7 @@ impl<'ctx> Gen<'ctx> {
         let scratch = self.shared_scratch(name);
         let (sums, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
         // A split kernel's half (`U` or `W`) and that half's totals.
-        let (split, sums) = if split {
+        let (source, sums) = if split {
             let is_w = self
                 .builder
                 .build_int_compare(IntPredicate::NE, self.sreg("ctaid.y")?, self.int(0), "")
@@ -371,7 +375,7 @@ impl<'ctx> Gen<'ctx> {
                     entry: self.add(self.mul(row, m)?, j)?,
                     row,
                     col: j,
-                    split,
+                    split: source,
                     group: early_group,
                     sums,
                     stride,
@@ -585,6 +589,7 @@ struct GroupEntry<'ctx> {
     w: PointerValue<'ctx>,
     /// The entry's row-major index.
     entry: IntValue<'ctx>,
+    /// Its row and column.
     row: IntValue<'ctx>,
     col: IntValue<'ctx>,
     /// In a split kernel: the real matrix `w` is, and whether the block

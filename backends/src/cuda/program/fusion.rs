@@ -28,6 +28,9 @@
 //! over `w` ([`fuse_phase_stages`]): one per stage for its sums, each
 //! entry's residual rebuilt from the earlier stages' totals, then one for
 //! the codes' sum. The residuals and partial sums are never materialised.
+//! A training step's quantized weights go further ([`fuse_split_quantizers`]):
+//! each master's widely-linear split, both halves' stages, their adjoints
+//! and the real form they sum to are one such step on the master itself.
 
 use fairyc_ir::{Arithmetic, DType, Granularity, Graph, Op, Scheme, ValueId, WlPart};
 
@@ -228,7 +231,8 @@ pub(super) fn fuse_phase_stages(
     let readers = readers(graph, plan, steps);
     let mut fused_any = false;
     for i in 0..graph.nodes.len() {
-        // A sum with no step was fused into a split quantizer.
+        // No step: not computed here (an input, a value folded on the host)
+        // or fused already, into a split quantizer.
         if steps[i].is_none() {
             continue;
         }
@@ -291,7 +295,7 @@ fn stage_kernels(kernels: &mut Vec<Kernel>, stages: usize, split: bool) -> Vec<u
 /// `widely_linear_w(R)`. Its sums passes compute both halves from the
 /// master `R` as they read it, and its last pass writes the real form: the
 /// halves, their stages and their adjoints never reach memory, and a W2
-/// master takes four launches instead of thirteen.
+/// master takes three kernels and a zeroing instead of eleven and two.
 pub(super) fn fuse_split_quantizers(
     graph: &Graph,
     plan: &MemoryPlan,
@@ -340,7 +344,7 @@ fn split_quantizer(graph: &Graph, v: ValueId) -> Option<SplitQuantizer> {
     if *factor != 2.0 {
         return None;
     }
-    let adjoint = |x: ValueId| match (&graph.node(x).op, graph.node(x).operands.as_slice()) {
+    let adjoint_of = |x: ValueId| match (&graph.node(x).op, graph.node(x).operands.as_slice()) {
         (
             Op::WidelyLinearGrad {
                 part,
@@ -351,7 +355,7 @@ fn split_quantizer(graph: &Graph, v: ValueId) -> Option<SplitQuantizer> {
         ) => Some((x, *part, (*row_block, *col_block), *shape, *d)),
         _ => None,
     };
-    let (first, second) = (adjoint(*a)?, adjoint(*b)?);
+    let (first, second) = (adjoint_of(*a)?, adjoint_of(*b)?);
     let (u, w) = match (first.1, second.1) {
         (WlPart::U, WlPart::W) => (first, second),
         (WlPart::W, WlPart::U) => (second, first),
@@ -1551,14 +1555,14 @@ mod tests {
     /// training (the split, each half's PhaseQuant stages, their adjoints,
     /// their sum doubled) runs as one split step on the master: one sums
     /// pass a stage for both halves, then the real form. A half another
-    /// node reads keeps it unfused.
+    /// node reads, or a sum scaled by other than 2, keeps it unfused.
     #[test]
     fn a_masters_split_quantizer_runs_as_one_step() {
         use fairyc_ir::{Arithmetic, Granularity, Scheme, WlPart};
 
         use super::super::Kernel;
 
-        let graph = |stages: usize, read_a_half: bool| {
+        let graph = |stages: usize, read_a_half: bool, factor: f32| {
             let mut b = GraphBuilder::new("master");
             let r = b.input("r", ty(&[6, 10]));
             let x = b.input("x", ty(&[3, 10]));
@@ -1596,7 +1600,7 @@ mod tests {
                 b.push(adjoint, &[r, sum.unwrap()]).unwrap()
             });
             let sum = b.push(Op::Add, &adjoints).unwrap();
-            let real = b.push(Op::Scale { factor: 2.0 }, &[sum]).unwrap();
+            let real = b.push(Op::Scale { factor }, &[sum]).unwrap();
             let mut outputs = vec![b.push(Op::Linear, &[x, real]).unwrap()];
             if read_a_half {
                 outputs.push(b.push(Op::Conj, &[halves[1]]).unwrap());
@@ -1606,7 +1610,7 @@ mod tests {
             (kernels, steps, r, real)
         };
         for stages in [1, 2, 3] {
-            let (kernels, steps, r, real) = graph(stages, false);
+            let (kernels, steps, r, real) = graph(stages, false, 2.0);
             let Some(Step::PhaseStages {
                 kernels: ks,
                 operands,
@@ -1634,11 +1638,13 @@ mod tests {
                 Kernel::WidelyLinear { .. } | Kernel::WidelyLinearGrad { .. }
             )));
         }
-        let (_, steps, _, real) = graph(2, true);
-        assert!(!matches!(
-            &steps[real.0],
-            Some(Step::PhaseStages { split: Some(_), .. })
-        ));
+        for (read_a_half, factor) in [(true, 2.0), (false, 3.0)] {
+            let (_, steps, _, real) = graph(2, read_a_half, factor);
+            assert!(!matches!(
+                &steps[real.0],
+                Some(Step::PhaseStages { split: Some(_), .. })
+            ));
+        }
     }
 
     /// `dy · transpose(w)` reads `w` and has cuBLAS transpose it; the
