@@ -595,7 +595,6 @@ pub(super) fn fold_pairings(
             && matches!(steps[v], Some(Step::Kernel(_)))
             && real.shape.dims().last().and_then(|d| d.clone().fixed()) == Some(2 * complex)
     };
-    let is_output = |v: usize| graph.outputs.iter().any(|o| o.0 == v);
     let mut folds = Vec::new();
     for (i, node) in graph.nodes.iter().enumerate() {
         let Some(Step::Kernel(k)) = &steps[i] else {
@@ -615,10 +614,10 @@ pub(super) fn fold_pairings(
         let pack = (matches!(x.op, Op::Pack { .. })
             && foldable(node.operands[0].0, &graph.node(x.operands[0]).ty, m))
         .then_some(node.operands[0].0);
-        let unpack = match all_readers[i][..] {
-            [u] if matches!(graph.nodes[u].op, Op::Unpack { .. })
-                && !is_output(i)
-                && foldable(u, &graph.nodes[u].ty, n) =>
+        let unpack = match sole_reader(graph, &all_readers, i) {
+            Some(u)
+                if matches!(graph.nodes[u].op, Op::Unpack { .. })
+                    && foldable(u, &graph.nodes[u].ty, n) =>
             {
                 Some(u)
             }
@@ -671,7 +670,7 @@ pub(super) fn fold_pairings(
         }
     }
     for p in dropped {
-        if unfolded_readers[p] == 0 && !is_output(p) {
+        if unfolded_readers[p] == 0 && !graph.outputs.contains(&ValueId(p)) {
             steps[p] = None;
         }
     }
@@ -861,7 +860,6 @@ pub(super) fn fold_residuals(
     steps: &mut [Option<Step>],
 ) {
     let all_readers = readers(graph, plan, steps);
-    let is_output = |v: usize| graph.outputs.iter().any(|o| o.0 == v);
     let mut folds = Vec::new();
     for (at, step) in steps.iter().enumerate() {
         let Some(Step::PairedQuantLinear {
@@ -872,13 +870,13 @@ pub(super) fn fold_residuals(
         else {
             continue;
         };
-        let [add] = all_readers[at][..] else {
+        let Some(add) = sole_reader(graph, &all_readers, at) else {
             continue;
         };
         let node = &graph.nodes[add];
         let plain_add = matches!(&steps[add], Some(Step::Kernel(k))
             if matches!(kernels[k[0]], Kernel::Map { .. }));
-        if is_output(at) || plan.resident[add] || node.op != Op::Add || !plain_add {
+        if plan.resident[add] || node.op != Op::Add || !plain_add {
             continue;
         }
         let residual = match node.operands[..] {
@@ -1055,7 +1053,6 @@ pub(super) fn fold_ropes(
     steps: &mut [Option<Step>],
 ) {
     let all_readers = readers(graph, plan, steps);
-    let is_output = |v: usize| graph.outputs.iter().any(|o| o.0 == v);
     let mut folds = Vec::new();
     for (r, node) in graph.nodes.iter().enumerate() {
         let Op::Rope {
@@ -1065,10 +1062,10 @@ pub(super) fn fold_ropes(
             continue;
         };
         let real = node.ty.dtype == DType::F32;
-        if !real || !matches!(steps[r], Some(Step::Kernel(_))) || is_output(r) {
+        if !real || !matches!(steps[r], Some(Step::Kernel(_))) {
             continue;
         }
-        let [reader] = all_readers[r][..] else {
+        let Some(reader) = sole_reader(graph, &all_readers, r) else {
             continue;
         };
         let Some(Step::Kernel(ks)) = &steps[reader] else {
@@ -1324,6 +1321,15 @@ fn readers(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<Vec<
         }
     }
     readers
+}
+
+/// The one step that reads node `v`'s value, where the graph does not
+/// output it too: a value a fold may take into its reader.
+fn sole_reader(graph: &Graph, readers: &[Vec<usize>], v: usize) -> Option<usize> {
+    match readers[v][..] {
+        [reader] if !graph.outputs.contains(&ValueId(v)) => Some(reader),
+        _ => None,
+    }
 }
 
 /// The values node `i`'s step reads.
