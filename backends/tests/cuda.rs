@@ -168,6 +168,91 @@ fn bf16_products_on_the_gpu() {
     assert!(report.cases > 0 && problems.is_empty(), "{problems:?}");
 }
 
+/// A value only bf16 products read is rounded by the kernel that computes
+/// it (`fusion::round_in_producers`); the same value computed twice, once
+/// also an output (so kept in f32 and rounded by `to_bf16` for its
+/// products), gives the same products bit for bit: SiLU(gate)·up into a
+/// product, and the logits' gradient into the next.
+#[test]
+fn values_rounded_where_computed_match_the_rounding_kernel() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let (rows, width, vocab, out) = (64, 96, 40, 24);
+    let ty = |dims: &[usize]| TensorType::new(DType::F32, Shape::new(dims.iter().copied()));
+    let mut b = GraphBuilder::new("rounded_where_computed");
+    let gate = b.input("gate", ty(&[rows, width]));
+    let up = b.input("up", ty(&[rows, width]));
+    let w = b.input("w", ty(&[vocab, width]));
+    let v = b.input("v", ty(&[out, vocab]));
+    let targets = b.input("targets", TensorType::new(DType::I32, Shape::new([rows])));
+    let dloss = b.input("dloss", ty(&[]));
+    let mut products = Vec::new();
+    let mut kept = Vec::new();
+    for also_output in [true, false] {
+        let silu = b.push(Op::Silu, &[gate]).unwrap();
+        let h = b.push(Op::Mul, &[silu, up]).unwrap();
+        let logits = b.push(Op::Linear, &[h, w]).unwrap();
+        let dlogits = b
+            .push(Op::CrossEntropyGrad, &[logits, targets, dloss])
+            .unwrap();
+        let dx = b.push(Op::Linear, &[dlogits, v]).unwrap();
+        products.push([logits, dx]);
+        if also_output {
+            kept.extend([h, dlogits]);
+        }
+    }
+    let outputs: Vec<_> = products.iter().flatten().chain(&kept).copied().collect();
+    let graph = b.finish(&outputs);
+    let cuda = Cuda {
+        matmul: GpuMatmul::Bf16,
+        ..Cuda::default()
+    };
+    let prepared = fairyc_backends::prepare(&cuda, &graph).expect("prepared");
+    let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared, &cuda).expect("PTX");
+    assert!(
+        ptx.contains(".entry cross_entropy_grad_bf16")
+            && ptx.contains(".entry cross_entropy_grad_")
+    );
+    let program =
+        fairyc_backends::compile(&cuda, &graph, &MemoryStore::default(), &|_| {}).unwrap();
+    let wave = |[n, m]: [usize; 2], k: f32| {
+        Tensor::f32(
+            vec![n, m],
+            (0..n * m).map(|i| (i as f32 * k).sin()).collect(),
+        )
+    };
+    let mut inputs = HashMap::from([
+        ("gate".to_string(), wave([rows, width], 0.37)),
+        ("up".to_string(), wave([rows, width], 0.11)),
+        ("w".to_string(), wave([vocab, width], 0.23)),
+        ("v".to_string(), wave([out, vocab], 0.71)),
+        ("dloss".to_string(), Tensor::f32(vec![], vec![1.0])),
+    ]);
+    let ids = (0..rows).map(|r| {
+        if r % 7 == 3 {
+            -1
+        } else {
+            (r * 13 % vocab) as i32
+        }
+    });
+    inputs.insert("targets".into(), Tensor::i32(vec![rows], ids.collect()));
+    let got = program.run(inputs).unwrap();
+    let flat = |t: &Tensor| t.as_f32().unwrap().to_vec();
+    for (k, what) in [
+        "the product of SiLU(gate)·up",
+        "the product of the logits' gradient",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (f32_kept, rounded) = (flat(&got[k]), flat(&got[2 + k]));
+        assert!(f32_kept.iter().any(|x| *x != 0.0), "{what}: all zero");
+        assert_eq!(f32_kept, rounded, "{what}");
+    }
+    eprintln!("bf16 operands rounded where computed: both products equal to the rounding kernel's, bit for bit");
+}
+
 /// `all_reduce` and `broadcast_from` through NCCL over every GPU the
 /// machine has, one program per GPU run side by side: each gets the sum of
 /// all their tensors, and the last rank's. With one GPU (a group of one) it

@@ -242,7 +242,8 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::ColumnSum,
         Kernel::CrossEntropyRows,
         Kernel::ScoredMean,
-        Kernel::CrossEntropyGrad,
+        Kernel::CrossEntropyGrad { bf16: false },
+        Kernel::CrossEntropyGrad { bf16: true },
         Kernel::Dequant,
         Kernel::PhaseSums { ifairy: false },
         Kernel::PhaseDequant { ifairy: false },
@@ -259,6 +260,7 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::PhaseStagesDequant {
             stages: 3,
             split: false,
+            bf16: false,
         },
         Kernel::PhaseStageSums {
             stage: 0,
@@ -271,10 +273,17 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::PhaseStagesDequant {
             stages: 1,
             split: true,
+            bf16: false,
         },
         Kernel::PhaseStagesDequant {
             stages: 3,
             split: true,
+            bf16: false,
+        },
+        Kernel::PhaseStagesDequant {
+            stages: 2,
+            split: true,
+            bf16: true,
         },
         Kernel::RealSums,
         Kernel::RealDequant { ternary: false },
@@ -282,7 +291,8 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::SoftmaxGrad,
         Kernel::Sample,
         Kernel::KlDivRows,
-        Kernel::KlDivGrad,
+        Kernel::KlDivGrad { bf16: false },
+        Kernel::KlDivGrad { bf16: true },
         Kernel::EmbedGrad,
         Kernel::WidelyLinear { part: WlPart::U },
         Kernel::WidelyLinear { part: WlPart::W },
@@ -337,6 +347,15 @@ fn every_kernel() -> Vec<Kernel> {
         ),
         operands: vec![Elem::Real; 3],
         out: Elem::Real,
+    });
+    // SiLU(gate)·up rounded to bf16 for the product that reads it.
+    kernels.push(Kernel::Map {
+        expr: Expr::Apply(
+            MapOp::Mul,
+            vec![Expr::Apply(MapOp::Silu, vec![x()]), Expr::Operand(1)],
+        ),
+        operands: vec![Elem::Real; 2],
+        out: Elem::Bf16,
     });
     kernels.push(Kernel::Map {
         expr: Expr::Apply(MapOp::CReluSquaredGrad, vec![x(), Expr::Operand(1)]),

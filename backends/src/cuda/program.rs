@@ -52,6 +52,7 @@ use attention::Segments;
 fn word_count(shape: &[usize], elem: Elem) -> usize {
     match elem {
         Elem::Code2 => code_bytes(shape).div_ceil(4),
+        Elem::Bf16 => shape.iter().product::<usize>().div_ceil(2),
         elem => shape.iter().product::<usize>() * words_per(elem),
     }
 }
@@ -81,6 +82,8 @@ impl DeviceTensor {
             Elem::Complex => DType::C64,
             Elem::Int => DType::I32,
             Elem::Code2 => DType::Code2,
+            // An f32 value, kept rounded for the products that read it.
+            Elem::Bf16 => DType::F32,
         }
     }
 }
@@ -431,9 +434,9 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
             Kernel::ColumnSum,
             Kernel::ScoredMean,
         ],
-        Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad],
+        Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad { bf16: false }],
         Op::KlDiv => vec![Kernel::KlDivRows, Kernel::ColumnSum, Kernel::ScoredMean],
-        Op::KlDivGrad => vec![Kernel::KlDivGrad],
+        Op::KlDivGrad => vec![Kernel::KlDivGrad { bf16: false }],
         Op::Quantize {
             scheme: Scheme::Phase,
             arithmetic: Arithmetic::F32,
@@ -565,6 +568,7 @@ fn select_kernels(
         collective,
         tensor_cores,
         row_quantization,
+        round_products,
     } = choices;
     // One kernel per distinct specialisation.
     let mut kernels: Vec<Kernel> = Vec::new();
@@ -674,6 +678,10 @@ fn select_kernels(
         let every_width = row_quantization == RowQuantization::Once;
         fusion::quantize_rows_once(graph, &mut kernels, &mut steps, every_width);
     }
+    // Last: the products' operands are final.
+    if fuse.roundings && round_products {
+        fusion::round_in_producers(graph, plan, &mut kernels, &mut steps);
+    }
     Ok((kernels, steps))
 }
 
@@ -704,6 +712,8 @@ struct Choices {
     tensor_cores: bool,
     /// Where the paired int8 products quantize their input rows.
     row_quantization: RowQuantization,
+    /// Real products on operands rounded to bf16.
+    round_products: bool,
 }
 
 /// The `fusion` passes a program runs: all, unless `FAIRYC_NO_FUSION` is set:
@@ -714,6 +724,9 @@ struct Fusions {
     /// A quantized master's split, stages and real form as a few passes
     /// ([`fusion::fuse_split_quantizers`]).
     split_quantizers: bool,
+    /// bf16 products' operands rounded by the kernels that compute them
+    /// ([`fusion::round_in_producers`]).
+    roundings: bool,
     /// PhaseQuant's stages as a few passes ([`fusion::fuse_phase_stages`]).
     phase_stages: bool,
     /// Chains of elementwise nodes as one kernel each.
@@ -738,6 +751,7 @@ struct Fusions {
 impl Fusions {
     const ALL: Fusions = Fusions {
         split_quantizers: true,
+        roundings: true,
         phase_stages: true,
         elementwise: true,
         pairings: true,
@@ -753,8 +767,9 @@ impl Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 10] = [
+        const NAMES: [&str; 11] = [
             "split_quantizers",
+            "roundings",
             "phase_stages",
             "elementwise",
             "pairings",
@@ -774,6 +789,7 @@ impl Fusions {
         let on = |name: &str| some && !named.contains(&name);
         Fusions {
             split_quantizers: on("split_quantizers"),
+            roundings: on("roundings"),
             phase_stages: on("phase_stages"),
             elementwise: on("elementwise"),
             pairings: on("pairings"),
@@ -828,8 +844,16 @@ fn default_selection(
         collective: false,
         tensor_cores: options.int8_products == Int8Products::TensorCores,
         row_quantization: options.row_quantization,
+        round_products: rounds_products(options),
     };
     select_kernels(graph, &plan, options.activations, fold, choices)
+}
+
+/// Whether bf16 products take their operands rounded to bf16 by kernels of
+/// ours, so that cuBLAS runs its bf16 kernels; with FAIRYC_BF16_IN_CUBLAS
+/// set, cuBLAS rounds the f32 operands itself, to measure the two.
+fn rounds_products(options: &Cuda) -> bool {
+    options.matmul == GpuMatmul::Bf16 && std::env::var_os("FAIRYC_BF16_IN_CUBLAS").is_none()
 }
 
 /// The PTX module the CUDA backend generates for a prepared graph (what
@@ -972,20 +996,16 @@ impl CudaProgram {
         let stream = context.new_stream().map_err(driver)?;
         let blas = CudaBlas::new(stream.clone()).map_err(driver)?;
 
+        let round_products = rounds_products(&options);
         let choices = Choices {
             fuse: Fusions::from_env(),
             flash: options.attention == GpuAttention::Flash,
             collective: options.communicator.is_some(),
             tensor_cores: options.int8_products == Int8Products::TensorCores,
             row_quantization: options.row_quantization,
+            round_products,
         };
         let (mut kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
-        // bf16 products take their operands rounded to bf16 by a kernel of
-        // ours, so that cuBLAS runs its bf16 kernels; with
-        // FAIRYC_BF16_IN_CUBLAS set, cuBLAS rounds the f32 operands itself,
-        // to measure the two.
-        let round_products = options.matmul == GpuMatmul::Bf16
-            && std::env::var_os("FAIRYC_BF16_IN_CUBLAS").is_none();
         let flash = kernels.iter().any(|k| matches!(k, Kernel::Flash { .. }));
         let to_bf16 = (round_products || flash).then(|| {
             kernels.push(Kernel::ToBf16);
@@ -1421,7 +1441,14 @@ impl CudaProgram {
             _ => {}
         }
         let len: usize = shape.iter().product();
-        let mut out = self.alloc(len * words_per(elem))?;
+        // A value only bf16 products read, rounded by the kernel that
+        // computes it (`fusion::round_in_producers`).
+        let elem = if self.writes_bf16(step) {
+            Elem::Bf16
+        } else {
+            elem
+        };
+        let mut out = self.alloc(word_count(&shape, elem))?;
         let x = args[0];
         // A flash forward pass's statistics for its gradients' group, filed
         // with the output below.
@@ -2284,14 +2311,21 @@ impl CudaProgram {
             return Ok(());
         }
         let rounded = match (self.to_bf16.filter(|_| self.round_products), elem) {
-            (Some(kernel), Elem::Real) => Some((self.bf16(kernel, a)?, self.bf16(kernel, b)?)),
+            (Some(kernel), Elem::Real | Elem::Bf16) => {
+                Some((self.bf16(kernel, a)?, self.bf16(kernel, b)?))
+            }
             _ => None,
         };
         let (a, b) = match &rounded {
             Some((a, b)) => (&**a, &**b),
+            None if a.elem == Elem::Bf16 || b.elem == Elem::Bf16 => {
+                return Err(BackendError::new(
+                    "an operand rounded to bf16 for an f32 product",
+                ))
+            }
             None => (&*a.words, &*b.words),
         };
-        if elem == Elem::Real {
+        if elem != Elem::Complex {
             let t = blas_sys::cublasOperation_t::CUBLAS_OP_T;
             let product = products::Product {
                 transa: transa == t,
@@ -2349,6 +2383,16 @@ impl CudaProgram {
         blas_result(status)
     }
 
+    /// Whether `step` writes its value rounded to bf16 ([`Elem::Bf16`]).
+    fn writes_bf16(&self, step: &Step) -> bool {
+        let last = match step {
+            Step::Kernel(k) | Step::PhaseStages { kernels: k, .. } => k.last(),
+            Step::Fused { kernel, .. } => Some(kernel),
+            _ => None,
+        };
+        last.is_some_and(|&k| self.kernels[k].writes_bf16())
+    }
+
     /// Waits for the stream's work where the profile times it (not with
     /// `FAIRYC_PROFILE=host`, which times the host's part alone).
     fn wait_for_profile(&self, profile: &OpProfile) -> Result<(), BackendError> {
@@ -2362,6 +2406,9 @@ impl CudaProgram {
     /// once a run for each value (kept while the value lives: attention's
     /// operands from its forward pass to its gradients).
     fn bf16(&self, kernel: usize, x: &DeviceTensor) -> Result<Arc<CudaSlice<u32>>, BackendError> {
+        if x.elem == Elem::Bf16 {
+            return Ok(x.words.clone());
+        }
         let mut rounded = self.rounded.lock().unwrap_or_else(|e| e.into_inner());
         rounded.retain(|(source, _)| Arc::strong_count(source) > 1);
         if let Some((_, done)) = rounded.iter().find(|(s, _)| Arc::ptr_eq(s, &x.words)) {
@@ -2527,6 +2574,16 @@ fn download(stream: &Arc<CudaStream>, t: &DeviceTensor) -> Result<Tensor, Backen
             }),
         ),
         Elem::Int => Tensor::i32(shape, bytemuck::allocation::cast_vec(words)),
+        // Two bf16 a word, the first in the low half: each the high half of
+        // its f32.
+        Elem::Bf16 => Tensor::f32(
+            shape,
+            words
+                .iter()
+                .flat_map(|w| [f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000)])
+                .take(t.len())
+                .collect(),
+        ),
         Elem::Code2 => {
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             Tensor::codes(

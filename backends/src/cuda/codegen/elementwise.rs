@@ -3,7 +3,8 @@
 use super::*;
 
 impl<'ctx> Gen<'ctx> {
-    /// `map(out, operands..., n, lens...)`: `n` output elements.
+    /// `map(out, operands..., n, lens...)`: `n` output elements (real ones
+    /// rounded to bf16 where `out` is [`Elem::Bf16`]).
     pub(super) fn map(&self, name: &str, expr: &Expr, operands: &[Elem], out: Elem) -> Built<()> {
         let k = operands.len() as u32;
         let mut params = vec![Param::Ptr; 1 + k as usize];
@@ -29,13 +30,16 @@ impl<'ctx> Gen<'ctx> {
                         Val::Complex(self.load_f32(ptr, at2)?, self.load_f32(ptr, at2i)?)
                     }
                     Elem::Int => Val::Int(self.load_i32(ptr, at)?),
-                    Elem::Code2 => return Err("elementwise kernels take no codes".into()),
+                    Elem::Code2 | Elem::Bf16 => {
+                        return Err(format!("elementwise kernels take no {elem:?} operands"))
+                    }
                 });
             }
-            let result = self.eval(expr, &values, out)?;
+            let bf16 = out == Elem::Bf16;
+            let result = self.eval(expr, &values, if bf16 { Elem::Real } else { out })?;
             let dst = self.param_ptr(f, 0);
             match result {
-                Val::Real(v) => self.store_f32(dst, i, v),
+                Val::Real(v) => self.store_real(dst, i, v, bf16),
                 Val::Complex(re, im) => {
                     let at2 = self.mul(i, self.int(2))?;
                     self.store_f32(dst, at2, re)?;

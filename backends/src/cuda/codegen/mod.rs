@@ -70,13 +70,16 @@ pub enum Expr {
 }
 
 /// Element types of the data kernels read and write: f32, complex (an
-/// interleaved pair of f32), i32, and 2-bit codes packed four to a byte.
+/// interleaved pair of f32), i32, 2-bit codes packed four to a byte, and
+/// real values rounded to bf16, two a word (written only for bf16
+/// products, which read nothing else of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Elem {
     Real,
     Complex,
     Int,
     Code2,
+    Bf16,
 }
 
 /// One kernel to generate.
@@ -145,12 +148,14 @@ pub enum Kernel {
     /// `out = sums[0] / sums[1]` (0 when nothing was scored).
     ScoredMean,
     /// `dloss · (softmax(row) − onehot(target)) / scored`; one block a row.
-    CrossEntropyGrad,
+    /// With `bf16`, written rounded to bf16 ([`Elem::Bf16`]).
+    CrossEntropyGrad { bf16: bool },
     /// Per row of student and teacher logits: `(KL(teacher ‖ student), 1)`
     /// (summed and averaged as [`Kernel::CrossEntropyRows`]'); one block a row.
     KlDivRows,
     /// `dloss · (softmax(student) − softmax(teacher)) / rows`; one block a row.
-    KlDivGrad,
+    /// With `bf16`, written rounded to bf16 ([`Elem::Bf16`]).
+    KlDivGrad { bf16: bool },
     /// The gradient of RMSNorm with respect to its input (`gain: false`;
     /// one block a row) or the per-row terms `dy·x·r` of the gain's
     /// gradient (`gain: true`, summed by [`Kernel::ColumnSum`]).
@@ -254,8 +259,13 @@ pub enum Kernel {
     /// With `split`, of both halves of a real matrix's widely-linear split,
     /// written as the real form `2·(widely_linear_grad_u(U_q) +
     /// widely_linear_grad_w(W_q))`: the split,
-    /// its quantizers and their adjoints in one step (one thread a slot).
-    PhaseStagesDequant { stages: usize, split: bool },
+    /// its quantizers and their adjoints in one step (one thread a slot),
+    /// rounded to bf16 with `bf16` ([`Elem::Bf16`]).
+    PhaseStagesDequant {
+        stages: usize,
+        split: bool,
+        bf16: bool,
+    },
     /// The real baselines' first pass: each group's sum of |w| and count
     /// over finite entries, added into f64 totals (as
     /// [`Kernel::PhaseSums`]).
@@ -299,6 +309,20 @@ impl Kernel {
             prologue: None,
             tensor_cores,
         }
+    }
+
+    /// Whether the kernel writes its real output rounded to bf16
+    /// ([`Elem::Bf16`]).
+    pub fn writes_bf16(&self) -> bool {
+        matches!(
+            self,
+            Kernel::Map {
+                out: Elem::Bf16,
+                ..
+            } | Kernel::CrossEntropyGrad { bf16: true }
+                | Kernel::KlDivGrad { bf16: true }
+                | Kernel::PhaseStagesDequant { bf16: true, .. }
+        )
     }
 
     /// The kernel's symbol: distinct kernels have distinct names.
@@ -369,7 +393,16 @@ impl Kernel {
             Kernel::PhaseStageSums { split: false, .. } => "phase_stage_sums",
             Kernel::PhaseStageSums { split: true, .. } => "split_phase_stage_sums",
             Kernel::PhaseStagesDequant { split: false, .. } => "phase_stages_dequant",
-            Kernel::PhaseStagesDequant { split: true, .. } => "split_phase_stages_dequant",
+            Kernel::PhaseStagesDequant {
+                split: true,
+                bf16: false,
+                ..
+            } => "split_phase_stages_dequant",
+            Kernel::PhaseStagesDequant {
+                split: true,
+                bf16: true,
+                ..
+            } => "split_phase_stages_dequant_bf16",
             Kernel::RealSums => "real_sums",
             Kernel::RealDequant { ternary: false } => "binary_dequant",
             Kernel::RealDequant { ternary: true } => "ternary_dequant",
@@ -382,9 +415,11 @@ impl Kernel {
             Kernel::RunSums => "run_sums",
             Kernel::CrossEntropyRows => "cross_entropy_rows",
             Kernel::ScoredMean => "scored_mean",
-            Kernel::CrossEntropyGrad => "cross_entropy_grad",
+            Kernel::CrossEntropyGrad { bf16: false } => "cross_entropy_grad",
+            Kernel::CrossEntropyGrad { bf16: true } => "cross_entropy_grad_bf16",
             Kernel::KlDivRows => "kl_div_rows",
-            Kernel::KlDivGrad => "kl_div_grad",
+            Kernel::KlDivGrad { bf16: false } => "kl_div_grad",
+            Kernel::KlDivGrad { bf16: true } => "kl_div_grad_bf16",
             Kernel::RmsNormGrad { gain: false, .. } => "rms_norm_grad_input",
             Kernel::RmsNormGrad { gain: true, .. } => "rms_norm_grad_gain",
             Kernel::EmbedGrad => "embed_grad",
@@ -612,6 +647,26 @@ impl<'ctx> Gen<'ctx> {
     ) -> Built<()> {
         let p = self.gep(self.f32(), ptr, index)?;
         self.builder.build_store(p, v).map_err(err)?;
+        Ok(())
+    }
+    /// `ptr[index] = v` as an f32 or, with `bf16`, rounded to a bf16 (to
+    /// nearest, ties to even) in an array of them ([`Elem::Bf16`]).
+    fn store_real(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+        v: FloatValue<'ctx>,
+        bf16: bool,
+    ) -> Built<()> {
+        if !bf16 {
+            return self.store_f32(ptr, index, v);
+        }
+        let half = self
+            .builder
+            .build_float_trunc(v, self.context.bf16_type(), "")
+            .map_err(err)?;
+        let p = self.gep(self.context.bf16_type(), ptr, index)?;
+        self.builder.build_store(p, half).map_err(err)?;
         Ok(())
     }
     fn load_i32(&self, ptr: PointerValue<'ctx>, index: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
@@ -843,9 +898,9 @@ impl<'ctx> Gen<'ctx> {
             Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
             Kernel::ScoredMean => self.scored_mean(name),
             Kernel::ToBf16 => self.to_bf16(name),
-            Kernel::CrossEntropyGrad => self.cross_entropy_grad(name),
+            Kernel::CrossEntropyGrad { bf16 } => self.cross_entropy_grad(name, *bf16),
             Kernel::KlDivRows => self.kl_div_rows(name),
-            Kernel::KlDivGrad => self.kl_div_grad(name),
+            Kernel::KlDivGrad { bf16 } => self.kl_div_grad(name, *bf16),
             Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),
             Kernel::EmbedGrad => self.embed_grad(name),
             Kernel::MaskedSoftmax => self.masked_softmax(name),
@@ -925,11 +980,13 @@ impl<'ctx> Gen<'ctx> {
             Kernel::PhaseStagesDequant {
                 stages,
                 split: false,
+                ..
             } => self.phase_stages_dequant(name, *stages),
             Kernel::PhaseStagesDequant {
                 stages,
                 split: true,
-            } => self.split_phase_stages_dequant(name, *stages),
+                bf16,
+            } => self.split_phase_stages_dequant(name, *stages, *bf16),
             Kernel::RealSums => self.real_sums(name),
             Kernel::RealDequant { ternary } => self.real_dequant(name, *ternary),
             Kernel::SoftmaxGrad => self.softmax_grad(name),

@@ -134,8 +134,14 @@ impl<'ctx> Gen<'ctx> {
     /// ([`Gen::phase_stage_sums`] with `split`): each slot's `U` and `W`
     /// entries quantized as [`Gen::phase_stages_dequant`] does, then its
     /// four real entries as `widely_linear_grad`, their `add` and the
-    /// `scale` by 2 compute them, in f32; one thread a slot.
-    pub(super) fn split_phase_stages_dequant(&self, name: &str, stages: usize) -> Built<()> {
+    /// `scale` by 2 compute them, in f32; one thread a slot. With `bf16`,
+    /// the real form is written rounded to bf16 ([`Elem::Bf16`]).
+    pub(super) fn split_phase_stages_dequant(
+        &self,
+        name: &str,
+        stages: usize,
+        bf16: bool,
+    ) -> Built<()> {
         let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
         params.extend([Param::I64; 6]);
         params.extend([Param::Ptr, Param::Ptr]);
@@ -187,7 +193,7 @@ impl<'ctx> Gen<'ctx> {
             ];
             for (i, j, v) in values {
                 self.when(f, self.split_inside(&split, i, j)?, || {
-                    self.store_f32(out, self.add(self.mul(i, cols)?, j)?, v)
+                    self.store_real(out, self.add(self.mul(i, cols)?, j)?, v, bf16)
                 })?;
             }
             Ok(())

@@ -290,14 +290,50 @@ impl<'ctx> Gen<'ctx> {
         base: IntValue<'ctx>,
         cols: IntValue<'ctx>,
     ) -> Built<FloatValue<'ctx>> {
-        let at = |i| self.add(base, i);
-        let max = self.row_sum(f, scratch, cols, true, |i| self.load_f32(x, at(i)?))?;
-        let total = self.row_sum(f, scratch, cols, false, |i| {
-            self.exp(self.fsub(self.load_f32(x, at(i)?)?, max)?)
-        })?;
+        let (max, total) = self.max_and_exp_sum(f, scratch, x, base, cols)?;
         let log2 = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
         let lg = self.call(log2, &[total.into()])?.into_float_value();
         self.fadd(max, self.fmul(lg, self.float(std::f32::consts::LN_2))?)
+    }
+
+    /// Row `base..base + cols` of `x`'s maximum and `Σ exp(x − max)`, in
+    /// one pass over the row (a vocabulary's logits are read from memory
+    /// once, not once for each): each thread keeps its own running maximum
+    /// and its sum relative to it, rescaled as the maximum grows (one
+    /// exponential an element, `exp(−|x − m|)`), and the block's sums are
+    /// rescaled to the block's maximum before they are added.
+    fn max_and_exp_sum(
+        &self,
+        f: FunctionValue<'ctx>,
+        scratch: PointerValue<'ctx>,
+        x: PointerValue<'ctx>,
+        base: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+    ) -> Built<(FloatValue<'ctx>, FloatValue<'ctx>)> {
+        let below = |a, b| {
+            self.builder
+                .build_float_compare(FloatPredicate::OLT, a, b, "")
+                .map_err(err)
+        };
+        let neg_inf = self.float(f32::NEG_INFINITY);
+        let (max, sum) = (self.local(neg_inf)?, self.local(self.float(0.0))?);
+        let tid = self.sreg("tid.x")?;
+        self.strided_loop(f, tid, cols, self.sreg("ntid.x")?, |i| {
+            let v = self.load_f32(x, self.add(base, i)?)?;
+            let (m, s) = (self.get(max)?, self.get(sum)?);
+            let e = self.exp(self.fneg(self.fabs(self.fsub(v, m)?)?)?)?;
+            // −∞ adds nothing (and −∞ − −∞ would be NaN).
+            let e = self.select(below(neg_inf, v)?, e, self.float(0.0))?;
+            let grows = below(m, v)?;
+            let rescaled = self.fadd(self.fmul(s, e)?, self.float(1.0))?;
+            self.set(sum, self.select(grows, rescaled, self.fadd(s, e)?)?)?;
+            self.set(max, self.select(grows, v, m)?)
+        })?;
+        let (m, s) = (self.get(max)?, self.get(sum)?);
+        let row_max = self.block_reduce(scratch, m, true)?;
+        let s = self.fmul(s, self.exp(self.fsub(m, row_max)?)?)?;
+        let s = self.select(below(neg_inf, m)?, s, self.float(0.0))?;
+        Ok((row_max, self.block_reduce(scratch, s, false)?))
     }
 
     /// `kl_div_rows(out, student, teacher, vocab)`: `out[2r..2r+2] = (Σ_j
@@ -325,8 +361,9 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// `kl_div_grad(out, student, teacher, dloss, rows, vocab)`.
-    pub(super) fn kl_div_grad(&self, name: &str) -> Built<()> {
+    /// `kl_div_grad(out, student, teacher, dloss, rows, vocab)`, written
+    /// rounded to bf16 with `bf16`.
+    pub(super) fn kl_div_grad(&self, name: &str, bf16: bool) -> Built<()> {
         let LossGrad {
             f,
             scratch,
@@ -354,13 +391,14 @@ impl<'ctx> Gen<'ctx> {
         self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {
             let p_s = self.exp(self.fsub(self.load_f32(student, at(i)?)?, lse_s)?)?;
             let p_t = self.exp(self.fsub(self.load_f32(teacher, at(i)?)?, lse_t)?)?;
-            self.store_f32(out, at(i)?, self.fmul(self.fsub(p_s, p_t)?, scale)?)
+            self.store_real(out, at(i)?, self.fmul(self.fsub(p_s, p_t)?, scale)?, bf16)
         })?;
         self.ret()
     }
 
-    /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`.
-    pub(super) fn cross_entropy_grad(&self, name: &str) -> Built<()> {
+    /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`,
+    /// written rounded to bf16 with `bf16`.
+    pub(super) fn cross_entropy_grad(&self, name: &str, bf16: bool) -> Built<()> {
         let LossGrad {
             f,
             scratch,
@@ -387,10 +425,7 @@ impl<'ctx> Gen<'ctx> {
         )?;
         let base = self.mul(r, vocab)?;
         let at = |i| self.add(base, i);
-        let max = self.row_sum(f, scratch, vocab, true, |i| self.load_f32(logits, at(i)?))?;
-        let total = self.row_sum(f, scratch, vocab, false, |i| {
-            self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)
-        })?;
+        let (max, total) = self.max_and_exp_sum(f, scratch, logits, base, vocab)?;
         let (t, scored) = self.target(targets, r)?;
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {
@@ -405,7 +440,7 @@ impl<'ctx> Gen<'ctx> {
             let p = self.select(hit, self.fsub(p, self.float(1.0))?, p)?;
             let d = self.fmul(p, scale)?;
             let d = self.select(scored, d, self.float(0.0))?;
-            self.store_f32(out, at(i)?, d)
+            self.store_real(out, at(i)?, d, bf16)
         })?;
         self.ret()
     }

@@ -282,7 +282,11 @@ fn fuse_private(
 fn stage_kernels(kernels: &mut Vec<Kernel>, stages: usize, split: bool) -> Vec<usize> {
     (0..stages)
         .map(|stage| Kernel::PhaseStageSums { stage, split })
-        .chain([Kernel::PhaseStagesDequant { stages, split }])
+        .chain([Kernel::PhaseStagesDequant {
+            stages,
+            split,
+            bf16: false,
+        }])
         .map(|kernel| kernel_index(kernels, kernel))
         .collect()
 }
@@ -1309,6 +1313,69 @@ fn product_weights(step: &Option<Step>) -> &[ValueId] {
     }
 }
 
+/// Rounds each value that only bf16 products read in the kernel that
+/// computes it ([`Elem::Bf16`]): an elementwise kernel, a loss's gradient,
+/// a quantized master's real form. The products then read it as it is,
+/// where a `to_bf16` launch would read the f32 value again and write it
+/// rounded: half the bytes written, and one launch and one pass over the
+/// value less (a training step's MLP inputs and their gradients, the
+/// logits' gradient, every quantized weight). Run last, on the steps'
+/// final readers, and only where the products round their operands.
+pub(super) fn round_in_producers(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    let readers = readers(graph, plan, steps);
+    for (i, readers) in readers.iter().enumerate() {
+        let products_alone = !readers.is_empty()
+            && !plan.resident[i]
+            && !graph.outputs.contains(&ValueId(i))
+            && readers.iter().all(|&r| {
+                matches!(
+                    steps[r],
+                    Some(Step::Gemm | Step::WeightGrad | Step::GemmTransposedWeight { .. })
+                )
+            });
+        if !products_alone {
+            continue;
+        }
+        // The kernel that writes the value.
+        let writer = match &mut steps[i] {
+            Some(Step::Kernel(ks)) if ks.len() == 1 => &mut ks[0],
+            Some(Step::PhaseStages { kernels: ks, .. }) => ks.last_mut().expect("a last pass"),
+            Some(Step::Fused { kernel, .. }) => kernel,
+            _ => continue,
+        };
+        let rounded = match &kernels[*writer] {
+            Kernel::Map {
+                expr,
+                operands,
+                out: Elem::Real,
+            } => Kernel::Map {
+                expr: expr.clone(),
+                operands: operands.clone(),
+                out: Elem::Bf16,
+            },
+            Kernel::CrossEntropyGrad { bf16: false } => Kernel::CrossEntropyGrad { bf16: true },
+            Kernel::KlDivGrad { bf16: false } => Kernel::KlDivGrad { bf16: true },
+            &Kernel::PhaseStagesDequant {
+                stages,
+                split: true,
+                bf16: false,
+            } => Kernel::PhaseStagesDequant {
+                stages,
+                split: true,
+                bf16: true,
+            },
+            _ => continue,
+        };
+        *writer = kernel_index(kernels, rounded);
+    }
+    keep_launched(kernels, steps);
+}
+
 /// The steps that read each value, in order (steps of resident values, run
 /// at load, aside).
 fn readers(graph: &Graph, plan: &MemoryPlan, steps: &[Option<Step>]) -> Vec<Vec<usize>> {
@@ -1533,6 +1600,7 @@ mod tests {
                 .chain([Kernel::PhaseStagesDequant {
                     stages,
                     split: false,
+                    bf16: false,
                 }])
                 .collect();
             assert_eq!(launched, want.iter().collect::<Vec<_>>());
@@ -1568,7 +1636,7 @@ mod tests {
 
         use super::super::Kernel;
 
-        let graph = |stages: usize, read_a_half: bool, factor: f32| {
+        let build = |stages: usize, read_a_half: bool, factor: f32| {
             let mut b = GraphBuilder::new("master");
             let r = b.input("r", ty(&[6, 10]));
             let x = b.input("x", ty(&[3, 10]));
@@ -1611,7 +1679,10 @@ mod tests {
             if read_a_half {
                 outputs.push(b.push(Op::Conj, &[halves[1]]).unwrap());
             }
-            let graph = b.finish(&outputs);
+            (b.finish(&outputs), r, real)
+        };
+        let graph = |stages: usize, read_a_half: bool, factor: f32| {
+            let (graph, r, real) = build(stages, read_a_half, factor);
             let (kernels, steps) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
             (kernels, steps, r, real)
         };
@@ -1633,6 +1704,7 @@ mod tests {
                 .chain([Kernel::PhaseStagesDequant {
                     stages,
                     split: true,
+                    bf16: false,
                 }])
                 .collect();
             assert_eq!(launched, want.iter().collect::<Vec<_>>());
@@ -1644,6 +1716,28 @@ mod tests {
                 Kernel::WidelyLinear { .. } | Kernel::WidelyLinearGrad { .. }
             )));
         }
+        // With bf16 products, the product's operand is written rounded.
+        let (kernels, steps, _, real) = graph(2, false, 2.0);
+        let bf16 = crate::cuda::Cuda {
+            matmul: crate::cuda::GpuMatmul::Bf16,
+            ..on(GpuActivations::F32)
+        };
+        let Some(Step::PhaseStages { kernels: ks, .. }) = &steps[real.0] else {
+            panic!("not fused");
+        };
+        assert!(!kernels[ks[2]].writes_bf16());
+        let (kernels, steps) = default_selection(&build(2, false, 2.0).0, &bf16).unwrap();
+        let Some(Step::PhaseStages { kernels: ks, .. }) = &steps[real.0] else {
+            panic!("not fused with bf16 products");
+        };
+        assert_eq!(
+            kernels[ks[2]],
+            Kernel::PhaseStagesDequant {
+                stages: 2,
+                split: true,
+                bf16: true
+            }
+        );
         for (read_a_half, factor) in [(true, 2.0), (false, 3.0)] {
             let (_, steps, _, real) = graph(2, read_a_half, factor);
             assert!(!matches!(
@@ -1651,6 +1745,67 @@ mod tests {
                 Some(Step::PhaseStages { split: Some(_), .. })
             ));
         }
+    }
+
+    /// With bf16 products, a value only products read is written rounded
+    /// by the kernel that computes it (an elementwise chain, the logits'
+    /// gradient, a master's quantized real form); one that is an output too,
+    /// or that an elementwise node reads, stays f32 (and `to_bf16` rounds
+    /// it for its products). With f32 products nothing is rounded.
+    #[test]
+    fn values_only_bf16_products_read_are_rounded_where_computed() {
+        use super::super::Kernel;
+        use crate::cuda::GpuMatmul;
+
+        let bf16 = crate::cuda::Cuda {
+            matmul: GpuMatmul::Bf16,
+            ..on(GpuActivations::F32)
+        };
+        let graph = |also: Option<&str>| {
+            let mut b = GraphBuilder::new("mlp");
+            let gate = b.input("gate", ty(&[4, 8]));
+            let up = b.input("up", ty(&[4, 8]));
+            let w = b.input("w", ty(&[3, 8]));
+            let silu = b.push(Op::Silu, &[gate]).unwrap();
+            let h = b.push(Op::Mul, &[silu, up]).unwrap();
+            let y = b.push(Op::Linear, &[h, w]).unwrap();
+            let targets = b.input("targets", TensorType::new(DType::I32, Shape::new([4])));
+            let dloss = b.input("dloss", ty(&[]));
+            let dy = b.push(Op::CrossEntropyGrad, &[y, targets, dloss]).unwrap();
+            let dw = b.push(Op::LinearWeightGrad, &[dy, h]).unwrap();
+            let mut outputs = vec![y, dw];
+            match also {
+                Some("output") => outputs.push(h),
+                Some("elementwise") => outputs.push(b.push(Op::Add, &[h, up]).unwrap()),
+                _ => {}
+            }
+            (b.finish(&outputs), [h, dy])
+        };
+        let writes_bf16 = |graph: &fairyc_ir::Graph, options: &crate::cuda::Cuda, v: ValueId| {
+            let (kernels, steps) = default_selection(graph, options).unwrap();
+            match &steps[v.0] {
+                Some(Step::Fused { kernel: k, .. }) => kernels[*k].writes_bf16(),
+                Some(Step::Kernel(ks)) => kernels[ks[0]].writes_bf16(),
+                other => panic!("{v:?}: {}", other.is_some()),
+            }
+        };
+        let (g, [h, dy]) = graph(None);
+        assert!(writes_bf16(&g, &bf16, h), "SiLU(gate)·up");
+        assert!(writes_bf16(&g, &bf16, dy), "the logits' gradient");
+        assert!(
+            !writes_bf16(&g, &on(GpuActivations::F32), h),
+            "f32 products"
+        );
+        for also in ["output", "elementwise"] {
+            let (g, [h, dy]) = graph(Some(also));
+            assert!(!writes_bf16(&g, &bf16, h), "{also}");
+            assert!(writes_bf16(&g, &bf16, dy), "{also}");
+        }
+        let (kernels, _) = default_selection(&graph(None).0, &bf16).unwrap();
+        assert!(
+            !kernels.contains(&Kernel::CrossEntropyGrad { bf16: false }),
+            "the f32 kernel is not kept"
+        );
     }
 
     /// `dy · transpose(w)` reads `w` and has cuBLAS transpose it; the
