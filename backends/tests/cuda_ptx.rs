@@ -245,6 +245,7 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::CrossEntropyGrad { bf16: false },
         Kernel::CrossEntropyGrad { bf16: true },
         Kernel::Dequant,
+        Kernel::SumSquares,
         Kernel::PhaseSums { ifairy: false },
         Kernel::PhaseDequant { ifairy: false },
         Kernel::PhaseSums { ifairy: true },

@@ -349,6 +349,9 @@ pub struct CudaProgram {
     /// partial softmaxes and sets it back to 0 (`attention::SPLIT_TARGET`
     /// words).
     split_arrivals: CudaSlice<u32>,
+    /// A word for each `sum_squares` step (by node), which its blocks count
+    /// their arrivals in; 0 between launches.
+    sum_arrivals: (HashMap<usize, usize>, CudaSlice<u32>),
     /// The model's context length, where its graph says: the most rows a
     /// growing cache makes room for.
     context_length: Option<usize>,
@@ -435,6 +438,7 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
             Kernel::ScoredMean,
         ],
         Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad { bf16: false }],
+        Op::SumSquares => vec![Kernel::SumSquares],
         Op::KlDiv => vec![Kernel::KlDivRows, Kernel::ColumnSum, Kernel::ScoredMean],
         Op::KlDivGrad => vec![Kernel::KlDivGrad { bf16: false }],
         Op::Quantize {
@@ -1149,6 +1153,17 @@ impl CudaProgram {
         let split_arrivals = stream
             .alloc_zeros::<u32>(attention::SPLIT_TARGET)
             .map_err(driver)?;
+        let sum_slots: HashMap<usize, usize> = (0..graph.nodes.len())
+            .filter(|&i| {
+                matches!(steps[i], Some(Step::Kernel(_)))
+                    && matches!(graph.nodes[i].op, Op::SumSquares)
+            })
+            .enumerate()
+            .map(|(slot, i)| (i, slot))
+            .collect();
+        let sum_arrivals = stream
+            .alloc_zeros::<u32>(sum_slots.len().max(1))
+            .map_err(driver)?;
         let context_length = graph.context_length();
         let last_use = fusion::last_uses(&graph, &plan, &steps);
         let attention_groups = attention::attention_groups(&graph);
@@ -1180,6 +1195,7 @@ impl CudaProgram {
             cache_inputs,
             cache_lengths,
             split_arrivals,
+            sum_arrivals: (sum_slots, sum_arrivals),
             context_length,
             pairings,
             resident_bytes: 0,
@@ -1691,6 +1707,25 @@ impl CudaProgram {
                 })?;
             }
             (Step::WeightGrad, Op::LinearWeightGrad) => self.weight_grad(x, args[1], &mut out)?,
+            (Step::Kernel(k), Op::SumSquares) => {
+                let n = x.word_count();
+                if n == 0 {
+                    self.stream.memset_zeros(&mut out).map_err(driver)?;
+                } else {
+                    // Up to `SUM_RUNS` blocks, each with a few words a thread.
+                    let run = n.div_ceil(SUM_RUNS).max(4 * ROW_THREADS as usize);
+                    let runs = n.div_ceil(run);
+                    let partials = self.alloc(runs)?;
+                    let (slots, arrivals) = &self.sum_arrivals;
+                    let slot = slots[&i];
+                    let arrival = arrivals.slice(slot..slot + 1);
+                    let sizes = [n as i64, run as i64];
+                    self.launch(k[0], runs as u32, ROW_THREADS, |b| {
+                        b.arg(&out).arg(&partials).arg(&arrival).arg(&*x.words);
+                        b.arg(&sizes[0]).arg(&sizes[1]);
+                    })?;
+                }
+            }
             (Step::Kernel(k), Op::ReduceTo { .. }) => {
                 let cols = len * words_per(elem);
                 let rows = x.word_count().checked_div(cols).unwrap_or(0);

@@ -211,30 +211,8 @@ impl<'ctx> Gen<'ctx> {
         })?;
         let split = self.not(one_split)?;
         self.when(f, split, || {
-            // The block's records are out (the barrier) before its first
-            // thread counts it, between two fences: the first releases the
-            // records with the arrival, the second acquires the other
-            // blocks' records for the last block (`__threadfence` on both
-            // sides of the `atomicAdd`).
-            self.call_void(barrier, &[])?;
-            let last = self
-                .shared_array(self.i32().array_type(1), &format!("{name}_last"))
-                .as_pointer_value();
-            let zero = self.int(0);
-            self.when(f, self.eq_int(tid, zero)?, || {
-                self.fence_gpu()?;
-                let before = self.fetch_add_one_u32(arrivals, row_head)?;
-                self.fence_gpu()?;
-                let is_last = self.eq_int(before, self.sub(splits, self.int(1))?)?;
-                let flag = self
-                    .builder
-                    .build_int_z_extend(is_last, self.i32(), "")
-                    .map_err(err)?;
-                self.store_i32(last, zero, flag)
-            })?;
-            self.call_void(barrier, &[])?;
-            let is_last = self.eq_int(self.widen(self.load_i32(last, zero)?)?, self.int(1))?;
-            self.when(f, is_last, || {
+            // The last of the row's blocks to write its record merges them.
+            self.when_last_block(f, name, (arrivals, row_head), splits, || {
                 let group = self.int(group as u64);
                 self.merge_splits(
                     f,
@@ -242,10 +220,7 @@ impl<'ctx> Gen<'ctx> {
                     row_head,
                     splits,
                     (group, self.int(dv as u64)),
-                )?;
-                self.when(f, self.eq_int(tid, zero)?, || {
-                    self.store_i32(arrivals, row_head, self.i32().const_zero())
-                })
+                )
             })
         })?;
         self.ret()
@@ -324,60 +299,6 @@ impl<'ctx> Gen<'ctx> {
                 self.select(inside, x, self.float(0.0))
             })
             .collect()
-    }
-
-    /// `fence.acq_rel.gpu`: this thread's writes before it are seen by any
-    /// thread that sees its writes after it (`__threadfence`).
-    fn fence_gpu(&self) -> Built<()> {
-        let fn_type = self.context.void_type().fn_type(&[], false);
-        let asm = self.context.create_inline_asm(
-            fn_type,
-            "fence.acq_rel.gpu;".into(),
-            "~{memory}".into(),
-            true,
-            false,
-            None,
-            false,
-        );
-        self.builder
-            .build_indirect_call(fn_type, asm, &[], "")
-            .map_err(err)?;
-        Ok(())
-    }
-
-    /// Adds 1 to the 32-bit word `ptr[index]` atomically; its value before.
-    fn fetch_add_one_u32(
-        &self,
-        ptr: PointerValue<'ctx>,
-        index: IntValue<'ctx>,
-    ) -> Built<IntValue<'ctx>> {
-        let p = self.gep(self.i32(), ptr, index)?;
-        let before = self
-            .builder
-            .build_atomicrmw(
-                inkwell::AtomicRMWBinOp::Add,
-                p,
-                self.i32().const_int(1, false),
-                inkwell::AtomicOrdering::Monotonic,
-            )
-            .map_err(err)?;
-        self.widen(before)
-    }
-
-    /// `ptr[index]`, read from memory past L1 (a volatile load): another
-    /// block wrote it during this launch.
-    fn load_f32_volatile(
-        &self,
-        ptr: PointerValue<'ctx>,
-        index: IntValue<'ctx>,
-    ) -> Built<FloatValue<'ctx>> {
-        let p = self.gep(self.f32(), ptr, index)?;
-        let v = self.builder.build_load(self.f32(), p, "").map_err(err)?;
-        v.as_instruction_value()
-            .ok_or("a load is an instruction")?
-            .set_volatile(true)
-            .map_err(err)?;
-        Ok(v.into_float_value())
     }
 
     /// Word `lane + 32 t` of the `width` words at `base` of `ptr`, 0 past

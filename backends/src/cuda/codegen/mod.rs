@@ -242,6 +242,9 @@ pub enum Kernel {
         residual: bool,
         tensor_cores: bool,
     },
+    /// `sum_squares` of a real tensor: runs of squares summed by many
+    /// blocks, their sums by the last block to finish ([`rows`]).
+    SumSquares,
     /// PhaseQuant's first pass (Fairy2i's, or iFairy's ties and floor):
     /// each group's axis sums and counts, added into f64 totals (a block
     /// per row and group of the row; per tensor, fewer).
@@ -386,6 +389,7 @@ impl Kernel {
             } => "quant_linear_mma_rows",
             Kernel::QuantLinearI8Rows { .. } => "quant_linear_i8_rows",
             Kernel::Dequant => "dequant",
+            Kernel::SumSquares => "sum_squares",
             Kernel::PhaseSums { ifairy: false } => "phase_sums",
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
             Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
@@ -974,6 +978,7 @@ impl<'ctx> Gen<'ctx> {
                 }
             }
             Kernel::Dequant => self.dequant(name),
+            Kernel::SumSquares => self.sum_squares(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
             Kernel::PhaseStageSums { stage, split } => self.phase_stage_sums(name, *stage, *split),
@@ -1401,6 +1406,104 @@ impl<'ctx> Gen<'ctx> {
             .build_load(ty, slot, "")
             .map_err(err)?
             .into_int_value())
+    }
+
+    /// `body`, run by the block that arrives last of the `blocks` counted
+    /// in the 32-bit word `arrivals[index]` (0 between launches; that
+    /// block sets it back to 0): it sees what every block wrote before
+    /// arriving. The block's writes are out (a barrier) before its first
+    /// thread counts it, between two fences: the first releases them with
+    /// the arrival, the second acquires the other blocks' for the last
+    /// block (`__threadfence` on both sides of the `atomicAdd`). Every
+    /// thread of the block must reach it (its barriers).
+    fn when_last_block(
+        &self,
+        f: FunctionValue<'ctx>,
+        name: &str,
+        (arrivals, index): (PointerValue<'ctx>, IntValue<'ctx>),
+        blocks: IntValue<'ctx>,
+        body: impl FnOnce() -> Built<()>,
+    ) -> Built<()> {
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        self.call_void(barrier, &[])?;
+        let last = self
+            .shared_array(self.i32().array_type(1), &format!("{name}_last"))
+            .as_pointer_value();
+        let zero = self.int(0);
+        let first = self.eq_int(self.sreg("tid.x")?, zero)?;
+        self.when(f, first, || {
+            self.fence_gpu()?;
+            let before = self.fetch_add_one_u32(arrivals, index)?;
+            self.fence_gpu()?;
+            let is_last = self.eq_int(before, self.sub(blocks, self.int(1))?)?;
+            let flag = self
+                .builder
+                .build_int_z_extend(is_last, self.i32(), "")
+                .map_err(err)?;
+            self.store_i32(last, zero, flag)
+        })?;
+        self.call_void(barrier, &[])?;
+        let is_last = self.eq_int(self.widen(self.load_i32(last, zero)?)?, self.int(1))?;
+        self.when(f, is_last, || {
+            body()?;
+            self.when(f, first, || {
+                self.store_i32(arrivals, index, self.i32().const_zero())
+            })
+        })
+    }
+
+    /// `fence.acq_rel.gpu`: this thread's writes before it are seen by any
+    /// thread that sees its writes after it (`__threadfence`).
+    fn fence_gpu(&self) -> Built<()> {
+        let fn_type = self.context.void_type().fn_type(&[], false);
+        let asm = self.context.create_inline_asm(
+            fn_type,
+            "fence.acq_rel.gpu;".into(),
+            "~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        self.builder
+            .build_indirect_call(fn_type, asm, &[], "")
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Adds 1 to the 32-bit word `ptr[index]` atomically; its value before.
+    fn fetch_add_one_u32(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let p = self.gep(self.i32(), ptr, index)?;
+        let before = self
+            .builder
+            .build_atomicrmw(
+                inkwell::AtomicRMWBinOp::Add,
+                p,
+                self.i32().const_int(1, false),
+                inkwell::AtomicOrdering::Monotonic,
+            )
+            .map_err(err)?;
+        self.widen(before)
+    }
+
+    /// `ptr[index]`, read from memory past L1 (a volatile load): another
+    /// block wrote it during this launch.
+    fn load_f32_volatile(
+        &self,
+        ptr: PointerValue<'ctx>,
+        index: IntValue<'ctx>,
+    ) -> Built<FloatValue<'ctx>> {
+        let p = self.gep(self.f32(), ptr, index)?;
+        let v = self.builder.build_load(self.f32(), p, "").map_err(err)?;
+        v.as_instruction_value()
+            .ok_or("a load is an instruction")?
+            .set_volatile(true)
+            .map_err(err)?;
+        Ok(v.into_float_value())
     }
 
     /// A branch: `body` runs where `condition` holds.

@@ -173,6 +173,50 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `sum_squares(out, partials, arrivals, x, n, run)`: `out[0] = Σ x²`
+    /// over the `n` words of `x`. Each block adds the squares of `run`
+    /// consecutive words (the last run may be shorter) into
+    /// `partials[block]`; the last block to arrive (counted in
+    /// `arrivals[0]`) adds the partials up in order, so every run gives the
+    /// same sum. One launch where a square, a sum of runs and a sum of
+    /// those took three (a gradient's squared norm, per parameter).
+    pub(super) fn sum_squares(&self, name: &str) -> Built<()> {
+        let f = self.declare(
+            name,
+            &[
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::Ptr,
+                Param::I64,
+                Param::I64,
+            ],
+        );
+        let scratch = self.shared_scratch(name);
+        let [out, partials, arrivals, x] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
+        let (n, run) = (self.param_int(f, 4), self.param_int(f, 5));
+        let b = self.sreg("ctaid.x")?;
+        let start = self.mul(b, run)?;
+        let count = self.umin(run, self.sub(n, start)?)?;
+        let total = self.row_sum(f, scratch, count, false, |j| {
+            let v = self.load_f32(x, self.add(start, j)?)?;
+            self.fmul(v, v)
+        })?;
+        self.when(f, self.first_thread()?, || {
+            self.store_f32(partials, b, total)
+        })?;
+        let blocks = self.sreg("nctaid.x")?;
+        self.when_last_block(f, name, (arrivals, self.int(0)), blocks, || {
+            let sum = self.row_sum(f, scratch, blocks, false, |k| {
+                self.load_f32_volatile(partials, k)
+            })?;
+            self.when(f, self.first_thread()?, || {
+                self.store_f32(out, self.int(0), sum)
+            })
+        })?;
+        self.ret()
+    }
+
     /// `column_sum(out, x, rows, cols)`.
     pub(super) fn column_sum(&self, name: &str) -> Built<()> {
         let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
