@@ -172,7 +172,8 @@ fn bf16_products_on_the_gpu() {
 /// it (`fusion::round_in_producers`); the same value computed twice, once
 /// also an output (so kept in f32 and rounded by `to_bf16` for its
 /// products), gives the same products bit for bit: SiLU(gate)·up into a
-/// product, and the logits' gradient into the next.
+/// product, the logits' gradient into the next, a normed row into a third
+/// and a rotated one (a query's gradient) into a fourth.
 #[test]
 fn values_rounded_where_computed_match_the_rounding_kernel() {
     if !gpu_or_skip() {
@@ -187,6 +188,8 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
     let v = b.input("v", ty(&[out, vocab]));
     let targets = b.input("targets", TensorType::new(DType::I32, Shape::new([rows])));
     let dloss = b.input("dloss", ty(&[]));
+    let gain = b.input("gain", ty(&[width]));
+    let positions = b.input("positions", TensorType::new(DType::I32, Shape::new([rows])));
     let mut products = Vec::new();
     let mut kept = Vec::new();
     for also_output in [true, false] {
@@ -197,9 +200,18 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
             .push(Op::CrossEntropyGrad, &[logits, targets, dloss])
             .unwrap();
         let dx = b.push(Op::Linear, &[dlogits, v]).unwrap();
-        products.push([logits, dx]);
+        let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[gate, gain]).unwrap();
+        let scores = b.push(Op::Linear, &[normed, w]).unwrap();
+        let rope = Op::Rope {
+            base: 10000.0,
+            layout: fairyc_ir::RopeLayout::HalfSplit,
+            head_dim: 32,
+        };
+        let rotated = b.push(rope, &[up, positions]).unwrap();
+        let turned = b.push(Op::Linear, &[rotated, w]).unwrap();
+        products.push([logits, dx, scores, turned]);
         if also_output {
-            kept.extend([h, dlogits]);
+            kept.extend([h, dlogits, normed, rotated]);
         }
     }
     let outputs: Vec<_> = products.iter().flatten().chain(&kept).copied().collect();
@@ -210,10 +222,17 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
     };
     let prepared = fairyc_backends::prepare(&cuda, &graph).expect("prepared");
     let ptx = fairyc_backends::cuda::program::graph_ptx(&prepared, &cuda).expect("PTX");
-    assert!(
-        ptx.contains(".entry cross_entropy_grad_bf16")
-            && ptx.contains(".entry cross_entropy_grad_")
-    );
+    // A kernel's entry is its name and its index.
+    let has_entry = |name: &str| {
+        ptx.match_indices(&format!(".entry {name}_"))
+            .any(|(at, m)| ptx[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    for kernel in ["cross_entropy_grad", "rms_norm", "rope_half_split"] {
+        assert!(
+            has_entry(kernel) && has_entry(&format!("{kernel}_bf16")),
+            "{kernel}: not both ways"
+        );
+    }
     let program =
         fairyc_backends::compile(&cuda, &graph, &MemoryStore::default(), &|_| {}).unwrap();
     let wave = |[n, m]: [usize; 2], k: f32| {
@@ -228,6 +247,10 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
         ("w".to_string(), wave([vocab, width], 0.23)),
         ("v".to_string(), wave([out, vocab], 0.71)),
         ("dloss".to_string(), Tensor::f32(vec![], vec![1.0])),
+        (
+            "gain".to_string(),
+            Tensor::f32(vec![width], vec![0.75; width]),
+        ),
     ]);
     let ids = (0..rows).map(|r| {
         if r % 7 == 3 {
@@ -237,16 +260,20 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
         }
     });
     inputs.insert("targets".into(), Tensor::i32(vec![rows], ids.collect()));
+    let at = (0..rows as i32).map(|p| 3 * p + 1).collect();
+    inputs.insert("positions".into(), Tensor::i32(vec![rows], at));
     let got = program.run(inputs).unwrap();
     let flat = |t: &Tensor| t.as_f32().unwrap().to_vec();
     for (k, what) in [
         "the product of SiLU(gate)·up",
         "the product of the logits' gradient",
+        "the product of a normed row",
+        "the product of a rotated row",
     ]
     .iter()
     .enumerate()
     {
-        let (f32_kept, rounded) = (flat(&got[k]), flat(&got[2 + k]));
+        let (f32_kept, rounded) = (flat(&got[k]), flat(&got[4 + k]));
         assert!(f32_kept.iter().any(|x| *x != 0.0), "{what}: all zero");
         assert_eq!(f32_kept, rounded, "{what}");
     }

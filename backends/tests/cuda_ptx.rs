@@ -13,21 +13,39 @@ use fairyc_ir::{RopeLayout, UnaryFn, WlPart};
 fn every_kernel() -> Vec<Kernel> {
     let x = || Expr::Operand(0);
     let mut kernels = vec![
-        Kernel::RmsNorm { complex: false },
-        Kernel::RmsNorm { complex: true },
+        Kernel::RmsNorm {
+            complex: false,
+            bf16: false,
+        },
+        Kernel::RmsNorm {
+            complex: false,
+            bf16: true,
+        },
+        Kernel::RmsNorm {
+            complex: true,
+            bf16: false,
+        },
         Kernel::Softmax,
         Kernel::Embed,
         Kernel::Rope {
             layout: RopeLayout::Interleaved,
             complex: false,
+            bf16: false,
         },
         Kernel::Rope {
             layout: RopeLayout::HalfSplit,
             complex: false,
+            bf16: false,
+        },
+        Kernel::Rope {
+            layout: RopeLayout::HalfSplit,
+            complex: false,
+            bf16: true,
         },
         Kernel::Rope {
             layout: RopeLayout::HalfSplit,
             complex: true,
+            bf16: false,
         },
         // SmolLM2's heads (64 words, 3 query heads a key head, queries
         // rotated as they load), LLaMA-7B's (128, 1) and a width that is

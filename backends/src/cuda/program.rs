@@ -512,6 +512,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
         Op::Crelu2Grad => map(MapOp::CReluSquaredGrad, 2),
         Op::RmsNorm { .. } => Kernel::RmsNorm {
             complex: out == Elem::Complex,
+            bf16: false,
         },
         Op::Softmax => Kernel::Softmax,
         Op::SoftmaxGrad => Kernel::SoftmaxGrad,
@@ -523,6 +524,7 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
         Op::Rope { layout, .. } => Kernel::Rope {
             layout: *layout,
             complex: out == Elem::Complex,
+            bf16: false,
         },
         Op::Slice { .. } | Op::Concat { .. } | Op::Pad { .. } => Kernel::Copy2d,
         Op::Transpose { .. } => Kernel::Permute,

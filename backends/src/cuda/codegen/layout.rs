@@ -89,8 +89,15 @@ impl<'ctx> Gen<'ctx> {
 
     /// `rope(out, x, positions, freqs, pairs, width, seq, head_dim)`:
     /// `pairs` rotations; `width` and `head_dim` in elements (complex:
-    /// complex elements, each its own pair).
-    pub(super) fn rope(&self, name: &str, layout: RopeLayout, complex: bool) -> Built<()> {
+    /// complex elements, each its own pair); written rounded to bf16 with
+    /// `bf16`.
+    pub(super) fn rope(
+        &self,
+        name: &str,
+        layout: RopeLayout,
+        complex: bool,
+        bf16: bool,
+    ) -> Built<()> {
         let f = self.declare(
             name,
             &[
@@ -154,8 +161,14 @@ impl<'ctx> Gen<'ctx> {
                 }
             };
             let (x0, x1) = (self.load_f32(x, a)?, self.load_f32(x, b)?);
-            self.store_f32(out, a, self.fsub(self.fmul(x0, c)?, self.fmul(x1, s)?)?)?;
-            self.store_f32(out, b, self.fadd(self.fmul(x0, s)?, self.fmul(x1, c)?)?)
+            let y0 = self.fsub(self.fmul(x0, c)?, self.fmul(x1, s)?)?;
+            self.store_real(out, a, y0, bf16)?;
+            self.store_real(
+                out,
+                b,
+                self.fadd(self.fmul(x0, s)?, self.fmul(x1, c)?)?,
+                bf16,
+            )
         })?;
         self.ret()
     }

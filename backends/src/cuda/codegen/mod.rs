@@ -94,7 +94,8 @@ pub enum Kernel {
     },
     /// RMSNorm of each row (one block a row); complex rows scale real parts
     /// by the first half of the gain and imaginary parts by the second.
-    RmsNorm { complex: bool },
+    /// With `bf16` (real rows), written rounded to bf16 ([`Elem::Bf16`]).
+    RmsNorm { complex: bool, bf16: bool },
     /// Softmax of each row (one block a row).
     Softmax,
     /// iFairy's activation quantizer on each row (one block a row); the
@@ -103,7 +104,13 @@ pub enum Kernel {
     /// `out[t, :] = table[ids[t], :]` (rows of `width` words).
     Embed,
     /// Rotary embedding; angles from a per-pair frequency table in f64.
-    Rope { layout: RopeLayout, complex: bool },
+    /// With `bf16` (real rows), written rounded to bf16 ([`Elem::Bf16`]):
+    /// the gradient of a rotated query or key, which products read.
+    Rope {
+        layout: RopeLayout,
+        complex: bool,
+        bf16: bool,
+    },
     /// Scaled dot-product attention over a KV cache ([`attention`]): one
     /// block per query row, key head and split of the keys, for heads of
     /// `d` and `dv` words and `group` query heads a key head; complex
@@ -322,7 +329,9 @@ impl Kernel {
             Kernel::Map {
                 out: Elem::Bf16,
                 ..
-            } | Kernel::CrossEntropyGrad { bf16: true }
+            } | Kernel::RmsNorm { bf16: true, .. }
+                | Kernel::Rope { bf16: true, .. }
+                | Kernel::CrossEntropyGrad { bf16: true }
                 | Kernel::KlDivGrad { bf16: true }
                 | Kernel::PhaseStagesDequant { bf16: true, .. }
         )
@@ -332,8 +341,15 @@ impl Kernel {
     pub fn symbol(&self, index: usize) -> String {
         let base = match self {
             Kernel::Map { .. } => "map",
-            Kernel::RmsNorm { complex: false } => "rms_norm",
-            Kernel::RmsNorm { complex: true } => "rms_norm_complex",
+            Kernel::RmsNorm {
+                complex: false,
+                bf16: false,
+            } => "rms_norm",
+            Kernel::RmsNorm {
+                complex: false,
+                bf16: true,
+            } => "rms_norm_bf16",
+            Kernel::RmsNorm { complex: true, .. } => "rms_norm_complex",
             Kernel::Softmax => "softmax",
             Kernel::ActQuant { complex: false } => "act_quant",
             Kernel::ActQuant { complex: true } => "act_quant_complex",
@@ -341,12 +357,24 @@ impl Kernel {
             Kernel::Rope { complex: true, .. } => "rope_complex",
             Kernel::Rope {
                 layout: RopeLayout::Interleaved,
+                bf16: false,
                 ..
             } => "rope_interleaved",
             Kernel::Rope {
+                layout: RopeLayout::Interleaved,
+                bf16: true,
+                ..
+            } => "rope_interleaved_bf16",
+            Kernel::Rope {
                 layout: RopeLayout::HalfSplit,
+                bf16: false,
                 ..
             } => "rope_half_split",
+            Kernel::Rope {
+                layout: RopeLayout::HalfSplit,
+                bf16: true,
+                ..
+            } => "rope_half_split_bf16",
             Kernel::Attention { rope: None, .. } => "attention",
             Kernel::Attention { rope: Some(_), .. } => "attention_roped",
             Kernel::Copy2d => "copy2d",
@@ -885,11 +913,15 @@ impl<'ctx> Gen<'ctx> {
                 operands,
                 out,
             } => self.map(name, expr, operands, *out),
-            Kernel::RmsNorm { complex } => self.rms_norm(name, *complex),
+            Kernel::RmsNorm { complex, bf16 } => self.rms_norm(name, *complex, *bf16),
             Kernel::Softmax => self.softmax(name),
             Kernel::ActQuant { complex } => self.act_quant(name, *complex),
             Kernel::Embed => self.embed(name),
-            Kernel::Rope { layout, complex } => self.rope(name, *layout, *complex),
+            Kernel::Rope {
+                layout,
+                complex,
+                bf16,
+            } => self.rope(name, *layout, *complex, *bf16),
             Kernel::Attention { d, dv, group, rope } => {
                 self.attention(name, (*d, *dv, *group), *rope)
             }

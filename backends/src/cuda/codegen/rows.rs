@@ -5,8 +5,9 @@ use super::*;
 
 impl<'ctx> Gen<'ctx> {
     /// `rms_norm(out, x, gain, cols, eps)`: one block per row of `cols`
-    /// elements (complex elements for the complex form).
-    pub(super) fn rms_norm(&self, name: &str, complex: bool) -> Built<()> {
+    /// elements (complex elements for the complex form), written rounded to
+    /// bf16 with `bf16`.
+    pub(super) fn rms_norm(&self, name: &str, complex: bool, bf16: bool) -> Built<()> {
         let f = self.declare(
             name,
             &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64, Param::F32],
@@ -48,7 +49,7 @@ impl<'ctx> Gen<'ctx> {
             };
             let v = self.load_f32(x, self.add(base, i)?)?;
             let y = self.fmul(self.fmul(v, inv)?, self.load_f32(gain, g)?)?;
-            self.store_f32(out, self.add(base, i)?, y)
+            self.store_real(out, self.add(base, i)?, y, bf16)
         })?;
         self.ret()
     }

@@ -703,7 +703,7 @@ pub(super) fn fold_norms(
             && !plan.resident[v.0]
             && !graph.outputs.contains(&v)
             && matches!(&steps[v.0], Some(Step::Kernel(k))
-                if kernels[k[0]] == Kernel::RmsNorm { complex: false })
+                if kernels[k[0]] == Kernel::RmsNorm { complex: false, bf16: false })
             && !all_readers[v.0].is_empty()
             && all_readers[v.0].iter().all(|&r| is_paired_product(r, v))
     };
@@ -1314,12 +1314,13 @@ fn product_weights(step: &Option<Step>) -> &[ValueId] {
 }
 
 /// Rounds each value that only bf16 products read in the kernel that
-/// computes it ([`Elem::Bf16`]): an elementwise kernel, a loss's gradient,
-/// a quantized master's real form. The products then read it as it is,
+/// computes it ([`Elem::Bf16`]): an elementwise kernel, a norm, a rotary
+/// embedding, a loss's gradient, a quantized master's real form. The products then read it as it is,
 /// where a `to_bf16` launch would read the f32 value again and write it
 /// rounded: half the bytes written, and one launch and one pass over the
-/// value less (a training step's MLP inputs and their gradients, the
-/// logits' gradient, every quantized weight). Run last, on the steps'
+/// value less (a training step's normed rows, MLP inputs and their
+/// gradients, the queries' and keys' gradients, the logits' gradient, every
+/// quantized weight). Run last, on the steps'
 /// final readers, and only where the products round their operands.
 pub(super) fn round_in_producers(
     graph: &Graph,
@@ -1357,6 +1358,22 @@ pub(super) fn round_in_producers(
                 expr: expr.clone(),
                 operands: operands.clone(),
                 out: Elem::Bf16,
+            },
+            Kernel::RmsNorm {
+                complex: false,
+                bf16: false,
+            } => Kernel::RmsNorm {
+                complex: false,
+                bf16: true,
+            },
+            &Kernel::Rope {
+                layout,
+                complex: false,
+                bf16: false,
+            } => Kernel::Rope {
+                layout,
+                complex: false,
+                bf16: true,
             },
             Kernel::CrossEntropyGrad { bf16: false } => Kernel::CrossEntropyGrad { bf16: true },
             Kernel::KlDivGrad { bf16: false } => Kernel::KlDivGrad { bf16: true },
@@ -1748,8 +1765,8 @@ mod tests {
     }
 
     /// With bf16 products, a value only products read is written rounded
-    /// by the kernel that computes it (an elementwise chain, the logits'
-    /// gradient, a master's quantized real form); one that is an output too,
+    /// by the kernel that computes it (an elementwise chain, a norm, a
+    /// rotation, the logits' gradient, a master's quantized real form); one that is an output too,
     /// or that an elementwise node reads, stays f32 (and `to_bf16` rounds
     /// it for its products). With f32 products nothing is rounded.
     #[test]
@@ -1773,13 +1790,24 @@ mod tests {
             let dloss = b.input("dloss", ty(&[]));
             let dy = b.push(Op::CrossEntropyGrad, &[y, targets, dloss]).unwrap();
             let dw = b.push(Op::LinearWeightGrad, &[dy, h]).unwrap();
-            let mut outputs = vec![y, dw];
+            let gain = b.input("gain", ty(&[8]));
+            let normed = b.push(Op::RmsNorm { eps: 1e-5 }, &[gate, gain]).unwrap();
+            let scores = b.push(Op::Linear, &[normed, w]).unwrap();
+            let positions = b.input("positions", TensorType::new(DType::I32, Shape::new([4])));
+            let rope = Op::Rope {
+                base: 10000.0,
+                layout: fairyc_ir::RopeLayout::HalfSplit,
+                head_dim: 4,
+            };
+            let rotated = b.push(rope, &[up, positions]).unwrap();
+            let turned = b.push(Op::Linear, &[rotated, w]).unwrap();
+            let mut outputs = vec![y, dw, scores, turned];
             match also {
                 Some("output") => outputs.push(h),
                 Some("elementwise") => outputs.push(b.push(Op::Add, &[h, up]).unwrap()),
                 _ => {}
             }
-            (b.finish(&outputs), [h, dy])
+            (b.finish(&outputs), [h, dy, normed, rotated])
         };
         let writes_bf16 = |graph: &fairyc_ir::Graph, options: &crate::cuda::Cuda, v: ValueId| {
             let (kernels, steps) = default_selection(graph, options).unwrap();
@@ -1789,15 +1817,17 @@ mod tests {
                 other => panic!("{v:?}: {}", other.is_some()),
             }
         };
-        let (g, [h, dy]) = graph(None);
+        let (g, [h, dy, normed, rotated]) = graph(None);
         assert!(writes_bf16(&g, &bf16, h), "SiLU(gate)·up");
+        assert!(writes_bf16(&g, &bf16, normed), "a normed row");
+        assert!(writes_bf16(&g, &bf16, rotated), "a rotated row");
         assert!(writes_bf16(&g, &bf16, dy), "the logits' gradient");
         assert!(
             !writes_bf16(&g, &on(GpuActivations::F32), h),
             "f32 products"
         );
         for also in ["output", "elementwise"] {
-            let (g, [h, dy]) = graph(Some(also));
+            let (g, [h, dy, ..]) = graph(Some(also));
             assert!(!writes_bf16(&g, &bf16, h), "{also}");
             assert!(writes_bf16(&g, &bf16, dy), "{also}");
         }
