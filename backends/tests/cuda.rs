@@ -173,7 +173,10 @@ fn bf16_products_on_the_gpu() {
 /// also an output (so kept in f32 and rounded by `to_bf16` for its
 /// products), gives the same products bit for bit: SiLU(gate)·up into a
 /// product, the logits' gradient into the next, a normed row into a third
-/// and a rotated one (a query's gradient) into a fourth.
+/// and a rotated one (a query's gradient) into a fourth. The first way's
+/// logits' gradient also reads its loss's softmax statistics
+/// (`fusion::keep_loss_statistics`), the second's computes them: the same
+/// values.
 #[test]
 fn values_rounded_where_computed_match_the_rounding_kernel() {
     if !gpu_or_skip() {
@@ -211,7 +214,8 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
         let turned = b.push(Op::Linear, &[rotated, w]).unwrap();
         products.push([logits, dx, scores, turned]);
         if also_output {
-            kept.extend([h, dlogits, normed, rotated]);
+            let loss = b.push(Op::CrossEntropy, &[logits, targets]).unwrap();
+            kept.extend([h, dlogits, normed, rotated, loss]);
         }
     }
     let outputs: Vec<_> = products.iter().flatten().chain(&kept).copied().collect();
@@ -227,10 +231,14 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
         ptx.match_indices(&format!(".entry {name}_"))
             .any(|(at, m)| ptx[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
     };
-    for kernel in ["cross_entropy_grad", "rms_norm", "rope_half_split"] {
+    for (kernel, other) in [
+        ("cross_entropy_grad_kept", "cross_entropy_grad_bf16"),
+        ("rms_norm", "rms_norm_bf16"),
+        ("rope_half_split", "rope_half_split_bf16"),
+    ] {
         assert!(
-            has_entry(kernel) && has_entry(&format!("{kernel}_bf16")),
-            "{kernel}: not both ways"
+            has_entry(kernel) && has_entry(other),
+            "{kernel}, {other}: not both"
         );
     }
     let program =

@@ -252,6 +252,11 @@ struct InFlight {
 /// them for a half of SmolLM2's MLP, each with a few hundred entries.
 const PER_TENSOR_SUMS_BLOCKS: usize = 128;
 
+/// What a cross-entropy keeps for its gradient: each row's maximum and
+/// exponentials' sum, and the loss's sums (the scored rows' count the
+/// second).
+type KeptLoss = (CudaSlice<u32>, CudaSlice<u32>);
+
 /// A real matrix's pairing tables, for its rows and its columns.
 type SlotTables = (CudaSlice<i32>, CudaSlice<i32>);
 
@@ -401,6 +406,12 @@ pub struct CudaProgram {
     /// Within a run: what each such forward pass kept for its gradients'
     /// group (`attention::KeptForward`).
     kept_forward: Mutex<HashMap<usize, attention::KeptForward>>,
+    /// Per cross-entropy gradient on its loss's statistics, that loss's
+    /// node ([`fusion::keep_loss_statistics`]).
+    loss_statistics: HashMap<usize, usize>,
+    /// Within a run: what each such loss kept for its gradient, by its
+    /// node.
+    kept_losses: Mutex<HashMap<usize, KeptLoss>>,
     /// Per `attention_grad` node: its group of siblings and their count
     /// (`attention::attention_groups`).
     attention_groups: HashMap<usize, (usize, usize)>,
@@ -433,11 +444,14 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
     Some(match op {
         Op::ReduceTo { .. } => vec![Kernel::ColumnSum, Kernel::RunSums],
         Op::CrossEntropy => vec![
-            Kernel::CrossEntropyRows,
+            Kernel::CrossEntropyRows { keep: false },
             Kernel::ColumnSum,
             Kernel::ScoredMean,
         ],
-        Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad { bf16: false }],
+        Op::CrossEntropyGrad => vec![Kernel::CrossEntropyGrad {
+            bf16: false,
+            kept: false,
+        }],
         Op::SumSquares => vec![Kernel::SumSquares],
         Op::KlDiv => vec![Kernel::KlDivRows, Kernel::ColumnSum, Kernel::ScoredMean],
         Op::KlDivGrad => vec![Kernel::KlDivGrad { bf16: false }],
@@ -684,6 +698,9 @@ fn select_kernels(
         let every_width = row_quantization == RowQuantization::Once;
         fusion::quantize_rows_once(graph, &mut kernels, &mut steps, every_width);
     }
+    if fuse.loss_statistics {
+        fusion::keep_loss_statistics(graph, plan, &mut kernels, &mut steps);
+    }
     // Last: the products' operands are final.
     if fuse.roundings && round_products {
         fusion::round_in_producers(graph, plan, &mut kernels, &mut steps);
@@ -733,6 +750,9 @@ struct Fusions {
     /// bf16 products' operands rounded by the kernels that compute them
     /// ([`fusion::round_in_producers`]).
     roundings: bool,
+    /// A cross-entropy's gradient on its loss's softmax statistics
+    /// ([`fusion::keep_loss_statistics`]).
+    loss_statistics: bool,
     /// PhaseQuant's stages as a few passes ([`fusion::fuse_phase_stages`]).
     phase_stages: bool,
     /// Chains of elementwise nodes as one kernel each.
@@ -758,6 +778,7 @@ impl Fusions {
     const ALL: Fusions = Fusions {
         split_quantizers: true,
         roundings: true,
+        loss_statistics: true,
         phase_stages: true,
         elementwise: true,
         pairings: true,
@@ -773,9 +794,10 @@ impl Fusions {
         let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
             return Fusions::ALL;
         };
-        const NAMES: [&str; 11] = [
+        const NAMES: [&str; 12] = [
             "split_quantizers",
             "roundings",
+            "loss_statistics",
             "phase_stages",
             "elementwise",
             "pairings",
@@ -796,6 +818,7 @@ impl Fusions {
         Fusions {
             split_quantizers: on("split_quantizers"),
             roundings: on("roundings"),
+            loss_statistics: on("loss_statistics"),
             phase_stages: on("phase_stages"),
             elementwise: on("elementwise"),
             pairings: on("pairings"),
@@ -1012,6 +1035,16 @@ impl CudaProgram {
             round_products,
         };
         let (mut kernels, steps) = select_kernels(&graph, &plan, activations, fold, choices)?;
+        let loss_statistics = (0..graph.nodes.len())
+            .filter_map(|g| match &steps[g] {
+                Some(Step::Kernel(k))
+                    if matches!(kernels[k[0]], Kernel::CrossEntropyGrad { kept: true, .. }) =>
+                {
+                    Some((g, fusion::loss_of_gradient(&graph, g)?))
+                }
+                _ => None,
+            })
+            .collect();
         let flash = kernels.iter().any(|k| matches!(k, Kernel::Flash { .. }));
         let to_bf16 = (round_products || flash).then(|| {
             kernels.push(Kernel::ToBf16);
@@ -1205,6 +1238,8 @@ impl CudaProgram {
             attention_cache: Mutex::new(None),
             flash_forward_groups,
             kept_forward: Mutex::new(HashMap::new()),
+            loss_statistics,
+            kept_losses: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(Vec::new()),
             rounded: Mutex::new(Vec::new()),
             rounding_time: Mutex::new(std::time::Duration::ZERO),
@@ -1753,29 +1788,57 @@ impl CudaProgram {
                 let vocab = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(vocab).unwrap_or(0);
                 let partial = self.alloc(2 * rows)?;
+                let keep = self.kernels[k[0]] == Kernel::CrossEntropyRows { keep: true };
+                let statistics = keep.then(|| self.alloc(2 * rows)).transpose()?;
                 let vocab = vocab as i64;
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&partial)
                         .arg(&*x.words)
                         .arg(&*args[1].words)
                         .arg(&vocab);
+                    if let Some(statistics) = &statistics {
+                        b.arg(statistics);
+                    }
                 })?;
                 let mut sums = self.alloc(2)?;
                 self.column_sum(k[1], &mut sums, &partial, rows, 2)?;
                 self.launch(k[2], 1, 1, |b| {
                     b.arg(&out).arg(&sums);
                 })?;
+                if let Some(statistics) = statistics {
+                    self.kept_losses
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(i, (statistics, sums));
+                }
             }
             (Step::Kernel(k), Op::CrossEntropyGrad | Op::KlDivGrad) => {
                 let vocab = x.shape.last().copied().unwrap_or(1);
                 let rows = x.len().checked_div(vocab).unwrap_or(0);
                 let sizes = [rows as i64, vocab as i64];
+                let kept = match self.loss_statistics.get(&i) {
+                    Some(loss) => Some(
+                        self.kept_losses
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(loss)
+                            .ok_or_else(|| {
+                                BackendError::new(format!(
+                                    "%{i}: the statistics of its loss %{loss} were not kept"
+                                ))
+                            })?,
+                    ),
+                    None => None,
+                };
                 self.launch(k[0], rows as u32, ROW_THREADS, |b| {
                     b.arg(&out)
                         .arg(&*x.words)
                         .arg(&*args[1].words)
                         .arg(&*args[2].words);
                     b.arg(&sizes[0]).arg(&sizes[1]);
+                    if let Some((statistics, sums)) = &kept {
+                        b.arg(statistics).arg(sums);
+                    }
                 })?;
             }
             (Step::Kernel(k), Op::RmsNormGrad { eps, which }) => {
@@ -2006,7 +2069,7 @@ impl CudaProgram {
             enqueued_ms = started.elapsed().as_secs_f64() * 1e3,
             "cuda nodes"
         );
-        self.forget_attention();
+        self.forget_kept();
         self.forget_rounded();
         self.join_collectives(|_| true)?;
         Ok(self
@@ -2233,13 +2296,19 @@ impl CudaProgram {
             .clear();
     }
 
-    /// Frees what the last attention gradient kept for its siblings.
-    fn forget_attention(&self) {
+    /// Frees what nodes kept for later ones: the last attention gradient's
+    /// for its siblings, flash forward passes' and losses' for their
+    /// gradients.
+    fn forget_kept(&self) {
         *self
             .attention_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
         self.kept_forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.kept_losses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
@@ -2664,7 +2733,7 @@ impl Program for CudaProgram {
         let started = std::time::Instant::now();
         self.launches.store(0, Ordering::Relaxed);
         // Nothing an earlier run (one that failed midway) left is reused.
-        self.forget_attention();
+        self.forget_kept();
         self.forget_rounded();
         self.join_collectives(|_| true)?;
         let bindings = bind_inputs(&self.graph, &inputs)?;

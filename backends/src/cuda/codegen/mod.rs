@@ -150,13 +150,18 @@ pub enum Kernel {
     /// pass of `reduce_to` a scalar of many words.
     RunSums,
     /// Per row of logits: `(logsumexp − logit[target], 1)` where the
-    /// target is `>= 0`, else `(0, 0)`; one block a row.
-    CrossEntropyRows,
+    /// target is `>= 0`, else `(0, 0)`; one block a row. With `keep`, also
+    /// each row's maximum and `Σ exp(logit − max)`, for the gradient of the
+    /// same loss ([`Kernel::CrossEntropyGrad`] with `kept`).
+    CrossEntropyRows { keep: bool },
     /// `out = sums[0] / sums[1]` (0 when nothing was scored).
     ScoredMean,
     /// `dloss · (softmax(row) − onehot(target)) / scored`; one block a row.
-    /// With `bf16`, written rounded to bf16 ([`Elem::Bf16`]).
-    CrossEntropyGrad { bf16: bool },
+    /// With `bf16`, written rounded to bf16 ([`Elem::Bf16`]). With `kept`,
+    /// each row's softmax statistics and the scored rows' count are read
+    /// from the loss's kernels (`CrossEntropyRows { keep: true }`, and its
+    /// sums) rather than computed again: one pass over the logits, not two.
+    CrossEntropyGrad { bf16: bool, kept: bool },
     /// Per row of student and teacher logits: `(KL(teacher ‖ student), 1)`
     /// (summed and averaged as [`Kernel::CrossEntropyRows`]'); one block a row.
     KlDivRows,
@@ -331,7 +336,7 @@ impl Kernel {
                 ..
             } | Kernel::RmsNorm { bf16: true, .. }
                 | Kernel::Rope { bf16: true, .. }
-                | Kernel::CrossEntropyGrad { bf16: true }
+                | Kernel::CrossEntropyGrad { bf16: true, .. }
                 | Kernel::KlDivGrad { bf16: true }
                 | Kernel::PhaseStagesDequant { bf16: true, .. }
         )
@@ -445,10 +450,25 @@ impl Kernel {
             Kernel::ToBf16 => "to_bf16",
             Kernel::ColumnSum => "column_sum",
             Kernel::RunSums => "run_sums",
-            Kernel::CrossEntropyRows => "cross_entropy_rows",
+            Kernel::CrossEntropyRows { keep: false } => "cross_entropy_rows",
+            Kernel::CrossEntropyRows { keep: true } => "cross_entropy_rows_keep",
             Kernel::ScoredMean => "scored_mean",
-            Kernel::CrossEntropyGrad { bf16: false } => "cross_entropy_grad",
-            Kernel::CrossEntropyGrad { bf16: true } => "cross_entropy_grad_bf16",
+            Kernel::CrossEntropyGrad {
+                bf16: false,
+                kept: false,
+            } => "cross_entropy_grad",
+            Kernel::CrossEntropyGrad {
+                bf16: true,
+                kept: false,
+            } => "cross_entropy_grad_bf16",
+            Kernel::CrossEntropyGrad {
+                bf16: false,
+                kept: true,
+            } => "cross_entropy_grad_kept",
+            Kernel::CrossEntropyGrad {
+                bf16: true,
+                kept: true,
+            } => "cross_entropy_grad_kept_bf16",
             Kernel::KlDivRows => "kl_div_rows",
             Kernel::KlDivGrad { bf16: false } => "kl_div_grad",
             Kernel::KlDivGrad { bf16: true } => "kl_div_grad_bf16",
@@ -931,10 +951,10 @@ impl<'ctx> Gen<'ctx> {
             Kernel::GatherColumns => self.gather_columns(name),
             Kernel::ColumnSum => self.column_sum(name),
             Kernel::RunSums => self.run_sums(name),
-            Kernel::CrossEntropyRows => self.cross_entropy_rows(name),
+            Kernel::CrossEntropyRows { keep } => self.cross_entropy_rows(name, *keep),
             Kernel::ScoredMean => self.scored_mean(name),
             Kernel::ToBf16 => self.to_bf16(name),
-            Kernel::CrossEntropyGrad { bf16 } => self.cross_entropy_grad(name, *bf16),
+            Kernel::CrossEntropyGrad { bf16, kept } => self.cross_entropy_grad(name, *bf16, *kept),
             Kernel::KlDivRows => self.kl_div_rows(name),
             Kernel::KlDivGrad { bf16 } => self.kl_div_grad(name, *bf16),
             Kernel::RmsNormGrad { complex, gain } => self.rms_norm_grad(name, *complex, *gain),

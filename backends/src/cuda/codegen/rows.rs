@@ -236,9 +236,15 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// `cross_entropy_rows(out, logits, targets, vocab)`: `out[2r..2r+2]`.
-    pub(super) fn cross_entropy_rows(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+    /// `cross_entropy_rows(out, logits, targets, vocab[, statistics])`:
+    /// `out[2r..2r+2]`; with `keep`, the row's maximum and `Σ exp(logit −
+    /// max)` in `statistics[2r..2r+2]` too.
+    pub(super) fn cross_entropy_rows(&self, name: &str, keep: bool) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr, Param::I64];
+        if keep {
+            params.push(Param::Ptr);
+        }
+        let f = self.declare(name, &params);
         let scratch = self.shared_scratch(name);
         let (out, logits, targets, vocab) = (
             self.param_ptr(f, 0),
@@ -249,7 +255,12 @@ impl<'ctx> Gen<'ctx> {
         let r = self.sreg("ctaid.x")?;
         let base = self.mul(r, vocab)?;
         let at = |i| self.add(base, i);
-        let lse = self.log_sum_exp(f, scratch, logits, base, vocab)?;
+        let (max, total) = self.max_and_exp_sum(f, scratch, logits, base, vocab)?;
+        if keep {
+            let statistics = self.param_ptr(f, 4);
+            self.store_row_loss(f, statistics, r, max, total)?;
+        }
+        let lse = self.log_of(max, total)?;
         let (t, scored) = self.target(targets, r)?;
         let safe = self.select(scored, t, self.int(0))?;
         let loss = self.fsub(lse, self.load_f32(logits, at(safe)?)?)?;
@@ -267,7 +278,8 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)
     }
 
-    /// `out[2r..2r+2] = (loss, flag)`, by the block's first thread.
+    /// `out[2r..2r+2] = (loss, flag)` (or another pair), by the block's
+    /// first thread.
     fn store_row_loss(
         &self,
         f: FunctionValue<'ctx>,
@@ -284,19 +296,18 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// The parameters of a loss gradient kernel `name(out, logits, other,
-    /// dloss, rows, vocab)` and its shared scratch.
-    fn loss_grad_kernel(&self, name: &str) -> LossGrad<'ctx> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-            ],
-        );
+    /// dloss, rows, vocab)`, then `more` pointers, and its shared scratch.
+    fn loss_grad_kernel(&self, name: &str, more: usize) -> LossGrad<'ctx> {
+        let mut params = vec![
+            Param::Ptr,
+            Param::Ptr,
+            Param::Ptr,
+            Param::Ptr,
+            Param::I64,
+            Param::I64,
+        ];
+        params.extend(std::iter::repeat_n(Param::Ptr, more));
+        let f = self.declare(name, &params);
         LossGrad {
             f,
             scratch: self.shared_scratch(name),
@@ -336,6 +347,12 @@ impl<'ctx> Gen<'ctx> {
         cols: IntValue<'ctx>,
     ) -> Built<FloatValue<'ctx>> {
         let (max, total) = self.max_and_exp_sum(f, scratch, x, base, cols)?;
+        self.log_of(max, total)
+    }
+
+    /// `max + ln total`: the log-sum-exp from [`Gen::max_and_exp_sum`]'s
+    /// two values.
+    fn log_of(&self, max: FloatValue<'ctx>, total: FloatValue<'ctx>) -> Built<FloatValue<'ctx>> {
         let log2 = self.intrinsic("llvm.nvvm.lg2.approx.f", &[])?;
         let lg = self.call(log2, &[total.into()])?.into_float_value();
         self.fadd(max, self.fmul(lg, self.float(std::f32::consts::LN_2))?)
@@ -418,7 +435,7 @@ impl<'ctx> Gen<'ctx> {
             dloss,
             rows,
             vocab,
-        } = self.loss_grad_kernel(name);
+        } = self.loss_grad_kernel(name, 0);
         let r = self.sreg("ctaid.x")?;
         let rows_f = self
             .builder
@@ -441,9 +458,11 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
-    /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab)`,
-    /// written rounded to bf16 with `bf16`.
-    pub(super) fn cross_entropy_grad(&self, name: &str, bf16: bool) -> Built<()> {
+    /// `cross_entropy_grad(out, logits, targets, dloss, rows, vocab[,
+    /// statistics, sums])`, written rounded to bf16 with `bf16`. With
+    /// `kept`, the row's maximum and exponentials' sum are the loss kernel's
+    /// `statistics[2r..2r+2]` and the scored rows' count its `sums[1]`.
+    pub(super) fn cross_entropy_grad(&self, name: &str, bf16: bool, kept: bool) -> Built<()> {
         let LossGrad {
             f,
             scratch,
@@ -453,24 +472,35 @@ impl<'ctx> Gen<'ctx> {
             dloss,
             rows,
             vocab,
-        } = self.loss_grad_kernel(name);
+        } = self.loss_grad_kernel(name, if kept { 2 } else { 0 });
         let r = self.sreg("ctaid.x")?;
-        // Every block counts the scored rows (the targets are few).
-        let count = self.row_sum(f, scratch, rows, false, |k| {
-            let t = self.load_i32(targets, k)?;
-            let scored = self
-                .builder
-                .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
-                .map_err(err)?;
-            self.select(scored, self.float(1.0), self.float(0.0))
-        })?;
+        let base = self.mul(r, vocab)?;
+        let at = |i| self.add(base, i);
+        let (count, max, total) = if kept {
+            let (statistics, sums) = (self.param_ptr(f, 6), self.param_ptr(f, 7));
+            let at = self.mul(r, self.int(2))?;
+            (
+                self.load_f32(sums, self.int(1))?,
+                self.load_f32(statistics, at)?,
+                self.load_f32(statistics, self.add(at, self.int(1))?)?,
+            )
+        } else {
+            // Every block counts the scored rows (the targets are few).
+            let count = self.row_sum(f, scratch, rows, false, |k| {
+                let t = self.load_i32(targets, k)?;
+                let scored = self
+                    .builder
+                    .build_int_compare(IntPredicate::SGE, t, self.i32().const_zero(), "")
+                    .map_err(err)?;
+                self.select(scored, self.float(1.0), self.float(0.0))
+            })?;
+            let (max, total) = self.max_and_exp_sum(f, scratch, logits, base, vocab)?;
+            (count, max, total)
+        };
         let scale = self.fdiv(
             self.load_f32(dloss, self.int(0))?,
             self.fmax(count, self.float(1.0))?,
         )?;
-        let base = self.mul(r, vocab)?;
-        let at = |i| self.add(base, i);
-        let (max, total) = self.max_and_exp_sum(f, scratch, logits, base, vocab)?;
         let (t, scored) = self.target(targets, r)?;
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, vocab, self.sreg("ntid.x")?, |i| {

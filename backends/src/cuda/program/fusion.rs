@@ -1313,6 +1313,56 @@ fn product_weights(step: &Option<Step>) -> &[ValueId] {
     }
 }
 
+/// Gives each cross-entropy gradient the softmax statistics of its loss:
+/// where the graph computes a `cross_entropy` and, later, its gradient on
+/// the same logits and targets (a training step), the loss's kernel keeps
+/// each row's maximum and exponentials' sum and the gradient's reads them
+/// and the loss's scored count, so the logits (a vocabulary a row) are read
+/// twice in all rather than three times.
+pub(super) fn keep_loss_statistics(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &mut Vec<Kernel>,
+    steps: &mut [Option<Step>],
+) {
+    for g in 0..graph.nodes.len() {
+        let Some(f) = loss_of_gradient(graph, g) else {
+            continue;
+        };
+        let keepable = !plan.resident[f]
+            && !plan.resident[g]
+            && matches!(&steps[f], Some(Step::Kernel(ks))
+                if kernels[ks[0]] == Kernel::CrossEntropyRows { keep: false });
+        let Some(Step::Kernel(grad)) = &mut steps[g] else {
+            continue;
+        };
+        let Kernel::CrossEntropyGrad { bf16, kept: false } = kernels[grad[0]] else {
+            continue;
+        };
+        if !keepable {
+            continue;
+        }
+        grad[0] = kernel_index(kernels, Kernel::CrossEntropyGrad { bf16, kept: true });
+        if let Some(Step::Kernel(rows)) = &mut steps[f] {
+            rows[0] = kernel_index(kernels, Kernel::CrossEntropyRows { keep: true });
+        }
+    }
+    keep_launched(kernels, steps);
+}
+
+/// The `cross_entropy` node before node `g`, a `cross_entropy_grad`, on the
+/// same logits and targets: the loss whose gradient `g` is.
+pub(super) fn loss_of_gradient(graph: &Graph, g: usize) -> Option<usize> {
+    let node = &graph.nodes[g];
+    if node.op != Op::CrossEntropyGrad {
+        return None;
+    }
+    (0..g).find(|&f| {
+        let loss = &graph.nodes[f];
+        loss.op == Op::CrossEntropy && loss.operands[..] == node.operands[..2]
+    })
+}
+
 /// Rounds each value that only bf16 products read in the kernel that
 /// computes it ([`Elem::Bf16`]): an elementwise kernel, a norm, a rotary
 /// embedding, a loss's gradient, a quantized master's real form. The products then read it as it is,
@@ -1375,7 +1425,9 @@ pub(super) fn round_in_producers(
                 complex: false,
                 bf16: true,
             },
-            Kernel::CrossEntropyGrad { bf16: false } => Kernel::CrossEntropyGrad { bf16: true },
+            &Kernel::CrossEntropyGrad { bf16: false, kept } => {
+                Kernel::CrossEntropyGrad { bf16: true, kept }
+            }
             Kernel::KlDivGrad { bf16: false } => Kernel::KlDivGrad { bf16: true },
             &Kernel::PhaseStagesDequant {
                 stages,
@@ -1764,6 +1816,47 @@ mod tests {
         }
     }
 
+    /// A cross-entropy's gradient on the same logits and targets as a loss
+    /// before it reads that loss's kept statistics; one on other targets
+    /// computes its own.
+    #[test]
+    fn a_losss_gradient_reads_the_losss_statistics() {
+        use super::super::Kernel;
+
+        let mut b = GraphBuilder::new("loss");
+        let logits = b.input("logits", ty(&[4, 10]));
+        let ids = || TensorType::new(DType::I32, Shape::new([4]));
+        let (targets, others) = (b.input("targets", ids()), b.input("others", ids()));
+        let dloss = b.input("dloss", ty(&[]));
+        let loss = b.push(Op::CrossEntropy, &[logits, targets]).unwrap();
+        let grad =
+            |b: &mut GraphBuilder, t| b.push(Op::CrossEntropyGrad, &[logits, t, dloss]).unwrap();
+        let (own, other) = (grad(&mut b, targets), grad(&mut b, others));
+        let graph = b.finish(&[loss, own, other]);
+        let (kernels, steps) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
+        let kernel = |v: ValueId| match &steps[v.0] {
+            Some(Step::Kernel(ks)) => kernels[ks[0]].clone(),
+            _ => panic!("{v:?}: not a kernel step"),
+        };
+        assert_eq!(kernel(loss), Kernel::CrossEntropyRows { keep: true });
+        assert_eq!(
+            kernel(own),
+            Kernel::CrossEntropyGrad {
+                bf16: false,
+                kept: true
+            }
+        );
+        assert_eq!(
+            kernel(other),
+            Kernel::CrossEntropyGrad {
+                bf16: false,
+                kept: false
+            }
+        );
+        assert_eq!(super::loss_of_gradient(&graph, own.0), Some(loss.0));
+        assert_eq!(super::loss_of_gradient(&graph, other.0), None);
+    }
+
     /// With bf16 products, a value only products read is written rounded
     /// by the kernel that computes it (an elementwise chain, a norm, a
     /// rotation, the logits' gradient, a master's quantized real form); one that is an output too,
@@ -1833,7 +1926,10 @@ mod tests {
         }
         let (kernels, _) = default_selection(&graph(None).0, &bf16).unwrap();
         assert!(
-            !kernels.contains(&Kernel::CrossEntropyGrad { bf16: false }),
+            !kernels.contains(&Kernel::CrossEntropyGrad {
+                bf16: false,
+                kept: false
+            }),
             "the f32 kernel is not kept"
         );
     }

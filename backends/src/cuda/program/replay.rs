@@ -543,7 +543,7 @@ impl<'a> Capturing<'a> {
     }
 
     fn finish(&self) -> Result<Option<CudaGraph>, cudarc::driver::DriverError> {
-        self.program.forget_attention();
+        self.program.forget_kept();
         self.program.forget_rounded();
         self.program
             .stream
