@@ -57,7 +57,8 @@ fn word_count(shape: &[usize], elem: Elem) -> usize {
     }
 }
 
-/// A tensor on the device: 32-bit words (f32, i32, or complex as two f32).
+/// A tensor on the device: 32-bit words (f32, i32, complex as two f32, or
+/// two bf16 where only products read it).
 #[derive(Clone)]
 struct DeviceTensor {
     shape: Vec<usize>,
@@ -1477,7 +1478,7 @@ impl CudaProgram {
         if let Step::Alias = step {
             return Ok(DeviceTensor {
                 shape,
-                elem,
+                elem: args[0].elem,
                 words: args[0].words.clone(),
                 room: None,
             });
@@ -2431,7 +2432,7 @@ impl CudaProgram {
             }
             None => (&*a.words, &*b.words),
         };
-        if elem != Elem::Complex {
+        if matches!(elem, Elem::Real | Elem::Bf16) {
             let t = blas_sys::cublasOperation_t::CUBLAS_OP_T;
             let product = products::Product {
                 transa: transa == t,

@@ -98,6 +98,9 @@ impl<'ctx> Gen<'ctx> {
         complex: bool,
         bf16: bool,
     ) -> Built<()> {
+        if complex && bf16 {
+            return Err("complex rows are not written rounded to bf16".into());
+        }
         let f = self.declare(
             name,
             &[

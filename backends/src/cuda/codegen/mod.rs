@@ -71,8 +71,8 @@ pub enum Expr {
 
 /// Element types of the data kernels read and write: f32, complex (an
 /// interleaved pair of f32), i32, 2-bit codes packed four to a byte, and
-/// real values rounded to bf16, two a word (written only for bf16
-/// products, which read nothing else of them).
+/// real values rounded to bf16, two a word (written by a value's kernel
+/// where only bf16 products read it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Elem {
     Real,
@@ -1037,8 +1037,13 @@ impl<'ctx> Gen<'ctx> {
             Kernel::PhaseStagesDequant {
                 stages,
                 split: false,
-                ..
+                bf16: false,
             } => self.phase_stages_dequant(name, *stages),
+            Kernel::PhaseStagesDequant {
+                split: false,
+                bf16: true,
+                ..
+            } => Err("complex stages are not written rounded to bf16".into()),
             Kernel::PhaseStagesDequant {
                 stages,
                 split: true,

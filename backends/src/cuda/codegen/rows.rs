@@ -8,6 +8,9 @@ impl<'ctx> Gen<'ctx> {
     /// elements (complex elements for the complex form), written rounded to
     /// bf16 with `bf16`.
     pub(super) fn rms_norm(&self, name: &str, complex: bool, bf16: bool) -> Built<()> {
+        if complex && bf16 {
+            return Err("complex rows are not written rounded to bf16".into());
+        }
         let f = self.declare(
             name,
             &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64, Param::F32],
@@ -384,8 +387,13 @@ impl<'ctx> Gen<'ctx> {
             let v = self.load_f32(x, self.add(base, i)?)?;
             let (m, s) = (self.get(max)?, self.get(sum)?);
             let e = self.exp(self.fneg(self.fabs(self.fsub(v, m)?)?)?)?;
-            // −∞ adds nothing (and −∞ − −∞ would be NaN).
-            let e = self.select(below(neg_inf, v)?, e, self.float(0.0))?;
+            // −∞ adds nothing (and −∞ − −∞ would be NaN); a NaN makes the
+            // sum NaN, as it should.
+            let at_neg_inf = self
+                .builder
+                .build_float_compare(FloatPredicate::OEQ, v, neg_inf, "")
+                .map_err(err)?;
+            let e = self.select(at_neg_inf, self.float(0.0), e)?;
             let grows = below(m, v)?;
             let rescaled = self.fadd(self.fmul(s, e)?, self.float(1.0))?;
             self.set(sum, self.select(grows, rescaled, self.fadd(s, e)?)?)?;

@@ -1365,13 +1365,13 @@ pub(super) fn loss_of_gradient(graph: &Graph, g: usize) -> Option<usize> {
 
 /// Rounds each value that only bf16 products read in the kernel that
 /// computes it ([`Elem::Bf16`]): an elementwise kernel, a norm, a rotary
-/// embedding, a loss's gradient, a quantized master's real form. The products then read it as it is,
-/// where a `to_bf16` launch would read the f32 value again and write it
-/// rounded: half the bytes written, and one launch and one pass over the
-/// value less (a training step's normed rows, MLP inputs and their
-/// gradients, the queries' and keys' gradients, the logits' gradient, every
-/// quantized weight). Run last, on the steps'
-/// final readers, and only where the products round their operands.
+/// embedding, a loss's gradient, a quantized master's real form. The
+/// products then read it as it is, where a `to_bf16` launch would read the
+/// f32 value again and write it rounded: half the bytes written, and one
+/// launch and one pass over the value less (a training step's normed rows,
+/// MLP inputs and their gradients, the queries' and keys' gradients, the
+/// logits' gradient, every quantized weight). Run last, on the steps' final
+/// readers, and only where the products round their operands.
 pub(super) fn round_in_producers(
     graph: &Graph,
     plan: &MemoryPlan,
