@@ -11,17 +11,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .dev
 quant=${QUANT:-w2} N=${N:-256} rounds=${ROUNDS:-2}
-variants=()
-for variant in "$@"; do
-  read -r -a words <<< "$variant"
-  binary=${words[-1]}
-  if [[ $binary == *.xz ]]; then
-    out=.dev/$(basename "$binary" .xz)
-    xz -d -c "$binary" > "$out" && chmod +x "$out"
-    words[-1]=$out
-  fi
-  variants+=("${words[*]}")
-done
+# shellcheck source=scripts/ab-variants.sh
+. scripts/ab-variants.sh
+unpack_variants "$@"
 read -r -a first <<< "${variants[0]}"
 synthetic=.dev/smol49k.gguf
 [ -e "$synthetic" ] || .dev/synth_gguf "$synthetic" 576 1536 30 9 64 3 f32 vocab=49152 > /dev/null
