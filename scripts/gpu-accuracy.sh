@@ -13,7 +13,8 @@
 # Each RUN trains for LIMIT seconds (--time-limit) or up to step STOP
 # (default STEPS), whichever comes first, on the schedule of a STEPS-step run
 # (warm-up, then a cosine decay to MIN_LR times LR over the last DECAY
-# percent: 0.1 and 30 by default), so that a run stopped
+# percent: 0.1 and 30 by default; SCALES sets --scales, tensor by default,
+# the paper's), so that a run stopped
 # at step STOP has had the same learning rates as a longer one up to there;
 # it resumes where an earlier call stopped. It evaluates the held-out text
 # every EVAL_EVERY steps and checkpoints every CKPT_EVERY (100 each; a long
@@ -68,12 +69,14 @@ tail -n "$HELDOUT_LINES" "$W/corpus.txt" > "$W/heldout.txt"
 SEQ=${SEQ:-512} BATCH=${BATCH:-16} STEPS=${STEPS:-1000} LIMIT=${LIMIT:-120} LR=${LR:-1e-4}
 TEACHER=${TEACHER:-512} TEACHER_BATCH=${TEACHER_BATCH:-64} DEVICE=${DEVICE:-cuda}
 EVAL_EVERY=${EVAL_EVERY:-100} CKPT_EVERY=${CKPT_EVERY:-100} DECAY=${DECAY:-30} MIN_LR=${MIN_LR:-0.1}
+SCALES=${SCALES:-tensor}
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for run in "$@"; do
   quant=${run%%-*} objective=${run#*-}
   # A run resumes only a checkpoint of its own settings.
   tag=$run-seq$SEQ-batch$BATCH-steps$STEPS-lr$LR
   [ "$DECAY-$MIN_LR" != 30-0.1 ] && tag+=-decay$DECAY-min$MIN_LR
+  [ "$SCALES" != tensor ] && tag+=-scales$SCALES
   flags=(--device "$DEVICE" --seq "$SEQ" --grad-accum "$BATCH" --eval-data "$W/heldout.txt"
     --eval-windows 1000 -o "$W/$tag.fairy")
   teacher=(--distill --teacher-sequences "$TEACHER" --teacher-batch "$TEACHER_BATCH"
@@ -83,7 +86,7 @@ for run in "$@"; do
   case $run in
     fp) flags+=(--quant none --steps 0 --data "$W/train.txt") ;;
     *)
-      flags+=(--quant "$quant" --steps "${STOP:-$STEPS}" --time-limit "$LIMIT" --lr "$LR" --warmup 20
+      flags+=(--quant "$quant" --scales "$SCALES" --steps "${STOP:-$STEPS}" --time-limit "$LIMIT" --lr "$LR" --warmup 20
         --decay-start $((STEPS * (100 - DECAY) / 100)) --decay-steps $((STEPS * DECAY / 100))
         --min-lr-ratio "$MIN_LR" --eval-every "$EVAL_EVERY"
         --checkpoint "$W/$tag.ckpt" --checkpoint-every "$CKPT_EVERY" --resume
