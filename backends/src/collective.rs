@@ -4,10 +4,12 @@
 //! NCCL.)
 //!
 //! Every rank deposits its tensor, named by what it asks for (the
-//! collective, its root, the tensor's length); the last to arrive checks
-//! that every rank asked for the same, then combines the deposits (adds
-//! them in rank order, or takes the root's), so every rank gets the same
-//! result, bit for bit, whatever the order of arrival. A rank that fails
+//! collective, its root, the kind of data and its length); the last to
+//! arrive checks that every rank asked for the same, then combines the
+//! deposits (adds them in rank order, or takes the root's), so every rank
+//! gets the same result, bit for bit, whatever the order of arrival. Sums
+//! are of f32; a broadcast also sends bytes (packed `code2` codes, as
+//! [`Rank::broadcast_bytes_from`]). A rank that fails
 //! aborts the group: the others, waiting or arriving later, get an error
 //! naming it instead of waiting forever.
 
@@ -31,16 +33,36 @@ struct Group {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ask {
     AllReduce { len: usize },
-    BroadcastFrom { root: usize, len: usize },
+    BroadcastFrom { root: usize, data: Kind, len: usize },
+}
+
+/// The kind of data a collective exchanges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    F32,
+    Bytes,
+}
+
+/// What a rank deposits, and what a collective gives back.
+#[derive(Clone, Debug, PartialEq)]
+enum Payload {
+    F32(Vec<f32>),
+    Bytes(Vec<u8>),
+}
+
+impl Default for Payload {
+    fn default() -> Payload {
+        Payload::F32(Vec::new())
+    }
 }
 
 #[derive(Debug, Default)]
 struct Exchange {
-    deposits: Vec<Option<(Ask, Vec<f32>)>>,
+    deposits: Vec<Option<(Ask, Payload)>>,
     arrived: usize,
     /// Completed collectives; a waiting rank waits for this to move on.
     round: u64,
-    result: Arc<Vec<f32>>,
+    result: Arc<Payload>,
     failed: Option<String>,
 }
 
@@ -84,31 +106,57 @@ impl Rank {
     /// has called this with a tensor of the same length.
     pub fn all_reduce(&self, data: &mut [f32]) -> Result<(), String> {
         let ask = Ask::AllReduce { len: data.len() };
-        let sum = self.exchange(ask, data.to_vec())?;
-        data.copy_from_slice(&sum);
+        match &*self.exchange(ask, Payload::F32(data.to_vec()))? {
+            Payload::F32(sum) => data.copy_from_slice(sum),
+            Payload::Bytes(_) => unreachable!("a sum is of f32"),
+        }
         Ok(())
     }
 
     /// Replaces `data` with rank `root`'s, once every rank has called this
-    /// with the same root and a tensor of the same length.
+    /// with the same root and an f32 tensor of the same length.
     pub fn broadcast_from(&self, root: usize, data: &mut [f32]) -> Result<(), String> {
         let ask = Ask::BroadcastFrom {
             root,
+            data: Kind::F32,
             len: data.len(),
         };
-        let deposit = if self.index == root {
+        let deposit = Payload::F32(if self.index == root {
             data.to_vec()
         } else {
             Vec::new()
+        });
+        match &*self.exchange(ask, deposit)? {
+            Payload::F32(sent) => data.copy_from_slice(sent),
+            Payload::Bytes(_) => unreachable!("the ranks asked for f32"),
+        }
+        Ok(())
+    }
+
+    /// [`Rank::broadcast_from`] of bytes (packed codes): replaces `data`
+    /// with rank `root`'s, once every rank has called this with the same
+    /// root and as many bytes.
+    pub fn broadcast_bytes_from(&self, root: usize, data: &mut [u8]) -> Result<(), String> {
+        let ask = Ask::BroadcastFrom {
+            root,
+            data: Kind::Bytes,
+            len: data.len(),
         };
-        let sent = self.exchange(ask, deposit)?;
-        data.copy_from_slice(&sent);
+        let deposit = Payload::Bytes(if self.index == root {
+            data.to_vec()
+        } else {
+            Vec::new()
+        });
+        match &*self.exchange(ask, deposit)? {
+            Payload::Bytes(sent) => data.copy_from_slice(sent),
+            Payload::F32(_) => unreachable!("the ranks asked for bytes"),
+        }
         Ok(())
     }
 
     /// One collective: each rank deposits, the last to arrive checks that
     /// all asked for the same and makes what every rank gets back.
-    fn exchange(&self, ask: Ask, deposit: Vec<f32>) -> Result<Arc<Vec<f32>>, String> {
+    fn exchange(&self, ask: Ask, deposit: Payload) -> Result<Arc<Payload>, String> {
         let mut exchange = self.lock();
         if let Some(why) = &exchange.failed {
             return Err(why.clone());
@@ -117,7 +165,7 @@ impl Rank {
         exchange.deposits[self.index] = Some((ask, deposit));
         exchange.arrived += 1;
         if exchange.arrived == self.group.ranks {
-            let deposits: Vec<(Ask, Vec<f32>)> = exchange
+            let deposits: Vec<(Ask, Payload)> = exchange
                 .deposits
                 .iter_mut()
                 .flat_map(Option::take)
@@ -149,7 +197,7 @@ impl Rank {
 
     /// The result of the ranks' deposits (in rank order), if they all asked
     /// for the same.
-    fn combine(&self, mut deposits: Vec<(Ask, Vec<f32>)>) -> Result<Vec<f32>, String> {
+    fn combine(&self, mut deposits: Vec<(Ask, Payload)>) -> Result<Payload, String> {
         let ask = deposits[0].0;
         if let Some((rank, (other, _))) = deposits.iter().enumerate().find(|(_, d)| d.0 != ask) {
             return Err(format!(
@@ -160,9 +208,11 @@ impl Rank {
             Ask::AllReduce { len } => {
                 let mut sum = vec![0.0f32; len];
                 for (_, d) in &deposits {
-                    sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
+                    if let Payload::F32(d) = d {
+                        sum.iter_mut().zip(d).for_each(|(s, x)| *s += x);
+                    }
                 }
-                sum
+                Payload::F32(sum)
             }
             Ask::BroadcastFrom { root, .. } => match deposits.get_mut(root) {
                 Some((_, sent)) => std::mem::take(sent),
@@ -237,6 +287,32 @@ mod tests {
     }
 
     #[test]
+    fn every_rank_gets_the_roots_bytes() {
+        let got = on_every_rank(3, |rank| {
+            let mut rounds = Vec::new();
+            for root in [1, 2, 0] {
+                // Packed codes: every byte pattern a rank could hold.
+                let mut x: Vec<u8> = (0..=255u8)
+                    .map(|b| b ^ (rank.index() as u8 * 0x55))
+                    .collect();
+                rank.broadcast_bytes_from(root, &mut x).unwrap();
+                rounds.push(x);
+                // Interleaved with f32 collectives of the same length.
+                let mut y = vec![rank.index() as f32; 256];
+                rank.broadcast_from(root, &mut y).unwrap();
+                assert!(y.iter().all(|&v| v == root as f32));
+            }
+            rounds
+        });
+        for rounds in got {
+            for (root, x) in [1u8, 2, 0].into_iter().zip(rounds) {
+                let want: Vec<u8> = (0..=255u8).map(|b| b ^ (root * 0x55)).collect();
+                assert_eq!(x, want);
+            }
+        }
+    }
+
+    #[test]
     fn a_failed_rank_releases_the_others() {
         let results = on_every_rank(3, |rank| {
             if rank.index() == 1 {
@@ -261,7 +337,15 @@ mod tests {
             0 => rank.all_reduce(&mut [0.0]),
             _ => rank.broadcast_from(0, &mut [0.0]),
         });
-        for results in [lengths, roots, kinds] {
+        // The same root and length, but f32 on one rank and bytes on the other.
+        let data = on_every_rank(2, |rank| match rank.index() {
+            0 => rank.broadcast_from(0, &mut [0.0]),
+            _ => rank.broadcast_bytes_from(0, &mut [0]),
+        });
+        let bytes = on_every_rank(2, |rank| {
+            rank.broadcast_bytes_from(0, &mut vec![0; rank.index() + 1])
+        });
+        for results in [lengths, roots, kinds, data, bytes] {
             let first = results[0].clone().unwrap_err();
             assert!(
                 first.starts_with("the data-parallel ranks disagree: rank 0 asked for"),

@@ -142,6 +142,31 @@ impl CaseBuilder {
         self.input(ty(DType::I32, shape), Tensor::i32(shape.to_vec(), data))
     }
 
+    /// A complex `[n, m]` weight for PhaseQuant: random entries, and among
+    /// them the ties of its code choice (equal magnitudes of both parts,
+    /// in every quadrant), zeros and pure real or imaginary entries; or
+    /// all zeros.
+    fn phase_weight(&mut self, n: usize, m: usize, all_zero: bool) -> ValueId {
+        let data = (0..n * m)
+            .map(|i| {
+                let (a, b) = (self.next(), self.next());
+                // Exact in bf16, so that both arithmetics see the tie.
+                let t = Arithmetic::Bf16Exact.round(a);
+                match (all_zero, i % 11) {
+                    (true, _) => Complex32::new(0.0, 0.0),
+                    (_, 0) => Complex32::new(t, t),
+                    (_, 1) => Complex32::new(t, -t),
+                    (_, 2) => Complex32::new(0.0, 0.0),
+                    (_, 3) => Complex32::new(-0.0, t),
+                    (_, 4) => Complex32::new(t, 0.0),
+                    (_, 5) => Complex32::new(-t, t),
+                    _ => Complex32::new(a, b),
+                }
+            })
+            .collect();
+        self.input(ty(DType::C64, &[n, m]), Tensor::c64(vec![n, m], data))
+    }
+
     /// Random packed codes `code2[n, m]` as a stored weight.
     fn codes(&mut self, n: usize, m: usize) -> ValueId {
         let name = format!("codes{}", self.store.codes.len());
@@ -494,6 +519,51 @@ pub fn op_cases() -> Vec<Case> {
                     vec![c.push(grad, &[z, dz])]
                 },
             );
+            // The two halves of the quantizer a sharded master's owner
+            // sends (codes, scales), and what the others rebuild from them:
+            // `dequant` of them is `quantize`, bit for bit, which the last
+            // output (their difference, all zeros) checks on the backend
+            // itself. Inputs with ties, zeros and an all-zero matrix; the
+            // codes also pass through a broadcast (of a rank alone).
+            let shapes = [
+                (5usize, 9usize, false),
+                (1, 1, false),
+                (300, 40, false),
+                (6, 10, false),
+                (3, 7, true),
+            ];
+            for (what, halves) in [("phase_codes", 0), ("phase_scales", 1), ("phase halves", 2)] {
+                cases_over(
+                    &mut out,
+                    &format!("{what} {arithmetic_name} {granularity:?}"),
+                    &shapes,
+                    |c, (n, m, all_zero)| {
+                        let w = c.phase_weight(n, m, all_zero);
+                        let codes = c.push(Op::PhaseCodes { arithmetic }, &[w]);
+                        let scales = Op::PhaseScales {
+                            granularity,
+                            arithmetic,
+                        };
+                        let scales = c.push(scales, &[w]);
+                        match halves {
+                            0 => vec![codes],
+                            1 => vec![scales],
+                            _ => {
+                                let sent = c.push(Op::BroadcastFrom { root: 0 }, &[codes]);
+                                let rebuilt = c.push(Op::Dequant { granularity }, &[sent, scales]);
+                                let phase = Op::Quantize {
+                                    scheme: Scheme::Phase,
+                                    granularity,
+                                    arithmetic,
+                                };
+                                let quantized = c.push(phase, &[w]);
+                                let difference = c.push(Op::Sub, &[rebuilt, quantized]);
+                                vec![sent, rebuilt, quantized, difference]
+                            }
+                        }
+                    },
+                );
+            }
         }
         cases_over(
             &mut out,
@@ -663,6 +733,32 @@ pub fn op_cases() -> Vec<Case> {
             ]
         },
     );
+    cases_over(&mut out, "zeros", &rows, |c, s| {
+        let x = c.real(&[s, 5]);
+        let z = c.complex(&[2, s]);
+        let zeros = |c: &mut CaseBuilder, dtype, shape: &[usize]| c.b.zeros(ty(dtype, shape));
+        let (zx, zz) = (zeros(c, DType::F32, &[s, 5]), zeros(c, DType::C64, &[2, s]));
+        let codes = zeros(c, DType::Code2, &[3, s + 2]);
+        let scales = c.positive(&[3, 2]);
+        vec![
+            zx,
+            zz,
+            codes,
+            zeros(c, DType::I32, &[s]),
+            // Zeros that inputs meet, codes that are dequantized and
+            // broadcast (by a rank alone).
+            c.push(Op::Add, &[x, zx]),
+            c.push(Op::Mul, &[z, zz]),
+            c.push(
+                Op::Dequant {
+                    granularity: Granularity::Channel,
+                },
+                &[codes, scales],
+            ),
+            c.push(Op::BroadcastFrom { root: 0 }, &[codes]),
+            c.push(Op::BroadcastFrom { root: 0 }, &[zz]),
+        ]
+    });
     cases_over(&mut out, "reductions", &rows, |c, s| {
         let x = c.real(&[2, s, 5]);
         let z = c.complex(&[s, 3]);
@@ -1106,6 +1202,16 @@ fn compare(got: &Tensor, want: &Tensor, rel: f32, bounds: Option<&[f32]>) -> Res
             .enumerate()
             .find(|(_, (a, b))| a != b)
             .map(|(i, (a, b))| format!("element {i}: {a} vs {b}")),
+        // Packed codes (rows padded to whole bytes), byte for byte.
+        (Data::Codes(a), Data::Codes(b)) if a.len() != b.len() => {
+            Some(format!("{} bytes of codes, want {}", a.len(), b.len()))
+        }
+        (Data::Codes(a), Data::Codes(b)) => a
+            .iter()
+            .zip(b.iter())
+            .enumerate()
+            .find(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| format!("code byte {i}: {a:#04x} vs {b:#04x}")),
         _ => Some(format!(
             "element type {}, want {}",
             got.dtype_name(),

@@ -180,6 +180,8 @@ pub fn prepare(backend: &dyn Backend, graph: &Graph) -> Result<Graph, BackendErr
         constant[i] = match node.op {
             Op::Weight { .. } => true,
             Op::Input { .. } => false,
+            // What another rank sends is not known at load.
+            ref op if op.is_collective() => false,
             _ => node.operands.iter().all(|v| constant[v.0]),
         };
         if !constant[i] && node.op.kind() != OpKind::Leaf && !backend.supports(&node.op) {

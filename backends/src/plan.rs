@@ -37,6 +37,8 @@ impl MemoryPlan {
             resident[i] = match node.op {
                 Op::Weight { .. } => true,
                 Op::Input { .. } => false,
+                // What another rank sends is not known at load.
+                ref op if op.is_collective() => false,
                 _ => node.operands.iter().all(|v| resident[v.0]),
             };
         }

@@ -90,6 +90,7 @@ fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
         let id = match &node.op {
             Op::Input { name } => b.input(name.clone(), node.ty.clone()),
             Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            Op::Zeros => b.zeros(node.ty.clone()),
             op @ Op::Attention { .. } if slots == 1 => {
                 let [q, k, v] = [operands[0], operands[1], operands[2]];
                 let (k, v) = caches.extend(&mut b, &format!("kv.{layer}"), PAST, k, v)?;
@@ -361,6 +362,7 @@ pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
         let id = match &node.op {
             Op::Input { name } => b.input(name.clone(), node.ty.clone()),
             Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            Op::Zeros => b.zeros(node.ty.clone()),
             op => {
                 if i == norm.0 {
                     let rows = b.input(

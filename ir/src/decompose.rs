@@ -133,6 +133,7 @@ pub fn lower_composites(graph: &Graph, native: impl Fn(&Op) -> bool) -> Result<G
         let id = match &node.op {
             Op::Input { name } => b.input(name.clone(), node.ty.clone()),
             Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            Op::Zeros => b.zeros(node.ty.clone()),
             op if op.kind() == OpKind::Composite && !native(op) => {
                 decompose(&mut b, op, &operands).expect("composites decompose")?
             }

@@ -137,6 +137,11 @@ impl GraphBuilder {
         self.leaf(Op::Weight { name: name.into() }, ty)
     }
 
+    /// A `zeros` node of the declared type `ty` (computed, not bound).
+    pub fn zeros(&mut self, ty: TensorType) -> ValueId {
+        self.leaf(Op::Zeros, ty)
+    }
+
     fn leaf(&mut self, op: Op, ty: TensorType) -> ValueId {
         self.graph.nodes.push(Node {
             op,
@@ -186,8 +191,9 @@ impl GraphBuilder {
     /// Copies `graph`'s nodes into this graph in order and returns each
     /// one's new value. `substitute` sees each node (its id in `graph`, the
     /// node, and the new values of the nodes before it) and may stand a
-    /// value of its own for it; otherwise a leaf is copied by name and any
-    /// other node applied to its operands' new values. Composing graphs (a
+    /// value of its own for it; otherwise a leaf is copied by name, a
+    /// `zeros` with its declared type, and any other node applied to its
+    /// operands' new values. Composing graphs (a
     /// student and its teacher, a gradient graph and its optimizer) and
     /// rewriting one node by node are both this.
     pub fn inline<E: From<BuildError>>(
@@ -207,6 +213,7 @@ impl GraphBuilder {
                 None => match &node.op {
                     Op::Input { name } => self.input(name.clone(), node.ty.clone()),
                     Op::Weight { name } => self.weight(name.clone(), node.ty.clone()),
+                    Op::Zeros => self.zeros(node.ty.clone()),
                     op => {
                         let operands: Vec<ValueId> =
                             node.operands.iter().map(|v| map[v.0]).collect();

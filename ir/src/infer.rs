@@ -7,7 +7,7 @@ use crate::op::{AttentionOperand, Granularity, NormOperand, Op, Scheme, UnaryFn}
 use crate::types::{DType, Dim, Shape, TensorType};
 
 /// Infers the result type of a non-leaf op. Leaf ops (`input`, `weight`)
-/// carry a declared type and are not inferred.
+/// and `zeros` carry a declared type and are not inferred.
 pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, String> {
     if !op.arity().accepts(operands.len()) {
         return Err(format!(
@@ -18,7 +18,7 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
         ));
     }
     match op {
-        Op::Input { .. } | Op::Weight { .. } => {
+        Op::Input { .. } | Op::Weight { .. } | Op::Zeros => {
             Err(format!("`{}` has a declared type", op.mnemonic()))
         }
         Op::Embed => {
@@ -344,6 +344,19 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             check_granularity(*granularity)?;
             Ok(w.clone())
         }
+        Op::PhaseCodes { .. } => {
+            let w = operands[0];
+            expect_complex(w)?;
+            matrix(w)?;
+            Ok(TensorType::new(DType::Code2, w.shape.clone()))
+        }
+        Op::PhaseScales { granularity, .. } => {
+            let w = operands[0];
+            expect_complex(w)?;
+            let (n, m) = matrix(w)?;
+            check_granularity(*granularity)?;
+            Ok(TensorType::new(DType::F32, scale_shape(*granularity, n, m)))
+        }
         Op::CReluSquared => {
             expect_complex(operands[0])?;
             Ok(operands[0].clone())
@@ -514,10 +527,19 @@ pub fn infer_type(op: &Op, operands: &[&TensorType]) -> Result<TensorType, Strin
             expect_real(operands[0], "input")?;
             Ok(TensorType::new(DType::F32, Shape(vec![])))
         }
-        Op::AllReduce | Op::BroadcastFrom { .. } => {
+        Op::AllReduce => {
             let x = operands[0];
             if !x.dtype.is_real_float() {
                 return Err(format!("input must be a real float tensor, found {x}"));
+            }
+            Ok(x.clone())
+        }
+        Op::BroadcastFrom { .. } => {
+            let x = operands[0];
+            if !(x.dtype.is_real_float() || matches!(x.dtype, DType::C64 | DType::Code2)) {
+                return Err(format!(
+                    "input must be a real float, c64 or code2 tensor, found {x}"
+                ));
             }
             Ok(x.clone())
         }

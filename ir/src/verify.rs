@@ -50,7 +50,8 @@ impl fmt::Display for VerifyError {
 }
 
 /// Checks operand order (SSA), arity, every node's type against the type
-/// rules, unique input and weight names, and the outputs.
+/// rules (the declared types of `input`, `weight` and `zeros` stand),
+/// unique input and weight names, and the outputs.
 pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
     let mut diags = Vec::new();
     let mut inputs = HashSet::new();
@@ -84,6 +85,15 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             Op::Weight { name } => {
                 if !weights.insert(name.as_str()) {
                     report(format!("weight \"{name}\" is referenced twice"));
+                }
+            }
+            // Its declared type stands (any type is the type of zeros).
+            Op::Zeros => {
+                if !node.operands.is_empty() {
+                    report(format!(
+                        "`zeros` takes no operands, found {}",
+                        node.operands.len()
+                    ));
                 }
             }
             op => {

@@ -247,6 +247,21 @@ fn every_op_graph() -> fairyc_ir::Graph {
     // Data-parallel ranks adding a gradient.
     grads.push(b.push(Op::AllReduce, &[dy]).unwrap());
     grads.push(b.push(Op::BroadcastFrom { root: 1 }, &[dy]).unwrap());
+    // Sharded masters: the owner's codes and scales of a stage, and the
+    // placeholder another rank receives them into.
+    let stage_codes = Op::PhaseCodes {
+        arithmetic: Arithmetic::Bf16Exact,
+    };
+    let stage_codes = b.push(stage_codes, &[u]).unwrap();
+    let stage_scales = Op::PhaseScales {
+        granularity: Granularity::Group(3),
+        arithmetic: Arithmetic::F32,
+    };
+    let stage_scales = b.push(stage_scales, &[u]).unwrap();
+    let received = b.zeros(t(DType::Code2, &[4.into(), 8.into()]));
+    let received = b.push(Op::BroadcastFrom { root: 1 }, &[received]).unwrap();
+    grads.extend([stage_codes, stage_scales, received]);
+    grads.push(b.zeros(t(DType::C64, &[Dim::sym("seq"), 3.into()])));
     // Distillation to a teacher's logits.
     let kl = b.push(Op::KlDiv, &[yb, yb]).unwrap();
     grads.push(kl);
@@ -365,6 +380,61 @@ fn verifier_names_the_offending_value() {
     );
     assert_eq!(e.diagnostics[1].value, Some(fairyc_ir::ValueId(4)));
     assert!(e.diagnostics[1].message.contains("in-features"), "{e}");
+}
+
+#[test]
+fn zeros_and_the_phase_quantizer_halves_parse_and_verify() {
+    let text = "graph @g {\n  %0 = input \"w\" : c64[4, 6]\n  %1 = phase_codes %0 {arithmetic = bf16} : code2[4, 6]\n  %2 = phase_scales %0 {granularity = group, group_size = 4, arithmetic = f32} : f32[4, 2, 2]\n  %3 = dequant %1, %2 {granularity = group, group_size = 4} : c64[4, 6]\n  %4 = zeros : code2[16, 16]\n  %5 = broadcast_from %4 {root = 1} : code2[16, 16]\n  %6 = zeros : i32[seq]\n  return %3, %5, %6\n}\n";
+    let g = parse(text, "g.fir").unwrap();
+    verify(&g).unwrap();
+    assert_eq!(g.node(fairyc_ir::ValueId(4)).op, Op::Zeros);
+    assert_eq!(print(&g), text);
+}
+
+#[test]
+fn the_verifier_checks_the_phase_quantizer_halves_and_zeros() {
+    let check = |body: &str, value: usize, want: &str| {
+        let text = format!("graph @g {{\n{body}  return %{value}\n}}\n");
+        let g = parse(&text, "g.fir").unwrap();
+        let e = verify(&g).unwrap_err();
+        assert_eq!(e.diagnostics.len(), 1, "{e}");
+        assert_eq!(
+            e.diagnostics[0].value,
+            Some(fairyc_ir::ValueId(value)),
+            "{e}"
+        );
+        assert!(e.diagnostics[0].message.contains(want), "{e}");
+    };
+    // Codes of a real tensor.
+    check(
+        "  %0 = input \"w\" : f32[4, 6]\n  %1 = phase_codes %0 {arithmetic = f32} : code2[4, 6]\n",
+        1,
+        "must be a c64 tensor",
+    );
+    // Scales declared in the wrong element type.
+    check(
+        "  %0 = input \"w\" : c64[4, 6]\n  %1 = phase_scales %0 {granularity = channel, arithmetic = f32} : c64[4, 2]\n",
+        1,
+        "declared type c64[4, 2] but the op gives f32[4, 2]",
+    );
+    // Codes declared in the wrong element type.
+    check(
+        "  %0 = input \"w\" : c64[4, 6]\n  %1 = phase_codes %0 {arithmetic = f32} : f32[4, 6]\n",
+        1,
+        "but the op gives code2[4, 6]",
+    );
+    // `zeros` takes no operands.
+    check(
+        "  %0 = input \"w\" : c64[4, 6]\n  %1 = zeros %0 : c64[4, 6]\n",
+        1,
+        "`zeros` takes no operands",
+    );
+    // `zeros` has no rule to infer its type from.
+    let err = fairyc_ir::infer::infer_type(&Op::Zeros, &[]).unwrap_err();
+    assert!(err.contains("declared type"), "{err}");
+    // A builder cannot push it: it has a declared type.
+    let mut b = GraphBuilder::new("g");
+    assert!(b.push(Op::Zeros, &[]).is_err());
 }
 
 #[test]

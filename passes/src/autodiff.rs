@@ -654,6 +654,7 @@ fn backward(
         match &node.op {
             Op::Input { name } => b.input(name.clone(), node.ty.clone()),
             Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+            Op::Zeros => b.zeros(node.ty.clone()),
             op => b.push(op.clone(), &node.operands)?,
         };
     }
@@ -975,6 +976,9 @@ fn rule(
         | Op::Input { .. }
         | Op::Weight { .. }
         | Op::Dequant { .. }
+        | Op::Zeros
+        | Op::PhaseCodes { .. }
+        | Op::PhaseScales { .. }
         | Op::LinearWeightGrad
         | Op::EmbedGrad { .. }
         | Op::SiluGrad

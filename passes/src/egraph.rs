@@ -25,7 +25,7 @@ use fairyc_ir::{Graph, GraphBuilder, Op, TensorType, ValueId};
 #[derive(Clone, Debug)]
 pub struct Node {
     pub op: Op,
-    /// The declared type of `input` and `weight` leaves.
+    /// The declared type of `input` and `weight` leaves and of `zeros`.
     pub leaf_type: Option<TensorType>,
     pub children: Vec<Id>,
     /// The op with its attributes and leaf type, as text: what makes two
@@ -162,7 +162,7 @@ pub fn from_graph(graph: &Graph, egraph: &mut IrEGraph) -> Vec<Id> {
     for node in &graph.nodes {
         let children = node.operands.iter().map(|v| ids[v.0]).collect();
         let leaf_type = match node.op {
-            Op::Input { .. } | Op::Weight { .. } => Some(node.ty.clone()),
+            Op::Input { .. } | Op::Weight { .. } | Op::Zeros => Some(node.ty.clone()),
             _ => None,
         };
         ids.push(egraph.add(Node::with_type(node.op.clone(), leaf_type, children)));
@@ -223,6 +223,7 @@ where
             let value = match &node.op {
                 Op::Input { name } => b.input(name.clone(), node.leaf_type.clone()?),
                 Op::Weight { name } => b.weight(name.clone(), node.leaf_type.clone()?),
+                Op::Zeros => b.zeros(node.leaf_type.clone()?),
                 op => {
                     let operands: Vec<ValueId> = node
                         .children

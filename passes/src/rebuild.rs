@@ -34,6 +34,7 @@ pub fn rebuild(
             None => match &node.op {
                 Op::Input { name } => b.input(name.clone(), node.ty.clone()),
                 Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
+                Op::Zeros => b.zeros(node.ty.clone()),
                 op => b.push(op.clone(), &operands)?,
             },
         };

@@ -8,8 +8,8 @@ use smallvec::SmallVec;
 
 use fairyc_ir::quant::{self, Pairing};
 use fairyc_ir::{
-    verify, verify_weights, Arithmetic, AttentionOperand, DType, Dim, Graph, NormOperand, Op,
-    Scheme, Shape, UnaryFn, WeightStore, WlPart,
+    verify, verify_weights, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph,
+    NormOperand, Op, Scheme, Shape, SharedBytes, TensorType, UnaryFn, WeightStore, WlPart,
 };
 use num_complex::Complex32;
 use rayon::prelude::*;
@@ -328,7 +328,7 @@ impl Executor {
                             .iter()
                             .map(|v| values[v.0].as_deref().expect("operands are computed first"))
                             .collect();
-                        eval(op, &args, &bindings, &mut out).map_err(error)?
+                        eval(op, &node.ty, &args, &bindings, &mut out).map_err(error)?
                     };
                     match reused.as_mut().and_then(Arc::get_mut) {
                         Some(slot) => {
@@ -536,6 +536,8 @@ fn fold_constants(
         constant[i] = match node.op {
             Op::Weight { .. } => true,
             Op::Input { .. } => false,
+            // What another rank sends is not known at load.
+            ref op if op.is_collective() => false,
             _ => node.operands.iter().all(|v| constant[v.0]),
         };
         if !constant[i] {
@@ -556,8 +558,14 @@ fn fold_constants(
             .iter()
             .map(|v| values[&v.0].as_ref())
             .collect();
-        let out = eval(&node.op, &args, &HashMap::new(), &mut Recycled::default())
-            .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
+        let out = eval(
+            &node.op,
+            &node.ty,
+            &args,
+            &HashMap::new(),
+            &mut Recycled::default(),
+        )
+        .map_err(|e| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic())))?;
         values.insert(i, Arc::new(out));
         for v in &node.operands {
             if last_uses[v.0] <= i && !kept[v.0] {
@@ -648,6 +656,30 @@ fn c64s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [Complex32], String> {
         .ok_or_else(|| format!("{what} must be c64, got {}", t.dtype_name()))
 }
 
+/// Zeros of `ty` (all bits zero; packed codes of `+1`, as
+/// [`Data::Codes`] lays them out, rows padded to whole bytes).
+fn zeros(
+    ty: &TensorType,
+    bindings: &HashMap<String, usize>,
+    out: &mut Recycled,
+) -> Result<Tensor, String> {
+    let dims = bind_shape(&ty.shape, bindings)?;
+    let len: usize = dims.iter().product();
+    Ok(match ty.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => out.f32_tensor(&dims, |d| d.fill(0.0)),
+        DType::C64 => out.c64_tensor(&dims, |d| d.fill(Complex32::new(0.0, 0.0))),
+        DType::I32 => Tensor::i32(dims, vec![0; len]),
+        DType::Code2 => {
+            let (rows, cols) = match dims.split_last() {
+                Some((cols, rows)) => (rows.iter().product::<usize>(), *cols),
+                None => (1, 1),
+            };
+            let bytes = rows * cols.div_ceil(4);
+            Tensor::codes(dims, SharedBytes::new(vec![0u8; bytes]))
+        }
+    })
+}
+
 /// Applies a data-movement kernel, generic over the element type, to
 /// whichever element type `x` holds.
 macro_rules! for_each_dtype {
@@ -666,16 +698,22 @@ macro_rules! for_each_dtype {
     };
 }
 
-/// Runs one op on concrete tensors.
+/// Runs one op on concrete tensors; `ty` is the node's type (which
+/// `zeros`, having no operands, takes its own from).
 fn eval(
     op: &Op,
+    ty: &TensorType,
     args: &[&Tensor],
     bindings: &HashMap<String, usize>,
     out: &mut Recycled,
 ) -> Result<Tensor, String> {
+    if let Op::Zeros = op {
+        return zeros(ty, bindings, out);
+    }
     let x = args[0];
     Ok(match op {
         Op::Input { .. } | Op::Weight { .. } => unreachable!("leaves are bound, not evaluated"),
+        Op::Zeros => unreachable!("zeros are made above"),
         Op::Embed => {
             let ids = x.as_i32().ok_or("token ids must be i32")?;
             let table = args[1];
@@ -988,6 +1026,26 @@ fn eval(
                 }
             }
         }
+        Op::PhaseCodes { arithmetic } => {
+            let (n, m) = (x.shape[0], x.shape[1]);
+            let w = c64s(x, "weight")?;
+            // Any granularity: the codes do not depend on it.
+            let q = quant::phase_quant_with(w, n, m, Granularity::Tensor, *arithmetic)
+                .map_err(|e| e.to_string())?;
+            let packed = quant::pack_code_rows(&q.codes, n, m).map_err(|e| e.to_string())?;
+            Tensor::codes(x.shape.clone(), SharedBytes::new(packed))
+        }
+        Op::PhaseScales {
+            granularity,
+            arithmetic,
+        } => {
+            let (n, m) = (x.shape[0], x.shape[1]);
+            let w = c64s(x, "weight")?;
+            let q = quant::phase_quant_with(w, n, m, *granularity, *arithmetic)
+                .map_err(|e| e.to_string())?;
+            let shape = fairyc_ir::infer::scale_shape(*granularity, n, m);
+            Tensor::f32(shape.concrete().expect("fixed sizes"), q.scales)
+        }
         Op::Dequant { granularity } => {
             let (n, m) = (x.shape[0], x.shape[1]);
             let Data::Codes(packed) = &x.data else {
@@ -1088,6 +1146,7 @@ fn eval(
             ))
         }
         // A rank alone (ranks in a group run `Reference::rank`'s kernel).
+        Op::BroadcastFrom { .. } if x.as_f32().is_none() => x.clone(),
         Op::AllReduce | Op::BroadcastFrom { .. } => {
             let data = f32s(x, "input")?;
             let mut sum = out.f32s(data.len());

@@ -5,7 +5,8 @@
 pub mod executor;
 pub mod kernels;
 
-use fairyc_ir::{Graph, Op, OpKind, WeightStore};
+use fairyc_ir::{Graph, Op, OpKind, SharedBytes, WeightStore};
+use num_complex::Complex32;
 
 pub use executor::{
     bind_inputs, bind_shape, evaluate_constants, load_resident, load_weights, Executor, Kernels,
@@ -13,7 +14,7 @@ pub use executor::{
 };
 
 use crate::collective::Rank;
-use crate::tensor::{Recycled, Tensor};
+use crate::tensor::{Data, Recycled, Tensor};
 use crate::{Backend, BackendError, Program};
 
 /// The reference backend. By default it runs composites natively with
@@ -46,8 +47,8 @@ impl Reference {
     }
 }
 
-/// The kernels of a rank in a group: `all_reduce` and `broadcast_from` over the
-/// group's ranks. (A program without a group runs the reference's own: a
+/// The kernels of a rank in a group: `all_reduce` (of f32) and
+/// `broadcast_from` (of f32, c64 or packed codes) over the group's ranks. (A program without a group runs the reference's own: a
 /// rank alone is its own sum and root.)
 struct RankKernels<'a>(&'a Rank);
 
@@ -55,13 +56,16 @@ struct Collective {
     rank: Rank,
     /// `None`: all_reduce; else broadcast_from this root.
     root: Option<usize>,
+    /// The operand where it is a constant (the `zeros` a rank receives
+    /// into), taken at load: the executor keeps no copy for this kernel.
+    known: Option<Tensor>,
 }
 
 impl Kernels for RankKernels<'_> {
     fn prepare(
         &self,
         op: &Op,
-        _constants: &[Option<&Tensor>],
+        constants: &[Option<&Tensor>],
     ) -> Result<Option<Box<dyn NodeKernel>>, String> {
         let root = match op {
             Op::AllReduce => None,
@@ -71,14 +75,40 @@ impl Kernels for RankKernels<'_> {
         Ok(Some(Box::new(Collective {
             rank: self.0.clone(),
             root,
+            known: constants.first().copied().flatten().cloned(),
         })))
     }
 }
 
 impl NodeKernel for Collective {
     fn run(&self, args: &[Option<&Tensor>], out: &mut Recycled) -> Result<Tensor, String> {
-        let x = args[0].ok_or("a collective reads a value known only when it runs")?;
-        let data = x.as_f32().ok_or("collectives exchange f32 tensors")?;
+        let x = args[0]
+            .or(self.known.as_ref())
+            .ok_or("a collective's operand is missing")?;
+        // A broadcast of complex values or packed codes sends their bits.
+        match (&x.data, self.root) {
+            (Data::C64(data), Some(root)) => {
+                let mut parts: Vec<f32> = data.iter().flat_map(|z| [z.re, z.im]).collect();
+                self.rank.broadcast_from(root, &mut parts)?;
+                return Ok(out.c64_tensor(&x.shape, |d| {
+                    for (z, p) in d.iter_mut().zip(parts.chunks_exact(2)) {
+                        *z = Complex32::new(p[0], p[1]);
+                    }
+                }));
+            }
+            (Data::Codes(packed), Some(root)) => {
+                let mut bytes = packed.to_vec();
+                self.rank.broadcast_bytes_from(root, &mut bytes)?;
+                return Ok(Tensor::codes(x.shape.clone(), SharedBytes::new(bytes)));
+            }
+            _ => {}
+        }
+        let data = x.as_f32().ok_or_else(|| {
+            format!(
+                "a sum over the ranks is of f32, not {} (a broadcast sends f32, c64 or code2)",
+                x.dtype_name()
+            )
+        })?;
         let mut result = out.f32s(data.len());
         result.copy_from_slice(data);
         match self.root {
@@ -89,7 +119,7 @@ impl NodeKernel for Collective {
     }
 
     fn bytes(&self) -> usize {
-        0
+        self.known.as_ref().map_or(0, Tensor::bytes)
     }
 }
 

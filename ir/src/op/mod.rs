@@ -25,7 +25,8 @@ use crate::types::Shape;
 /// What a backend owes an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {
-    /// Graph inputs and weight references: bound, not computed.
+    /// Graph inputs and weight references: bound, not computed. (Not
+    /// every op without operands: `zeros` is computed.)
     Leaf,
     /// The core IR: every backend implements these.
     Primitive,
@@ -223,6 +224,25 @@ define_ops! {
     /// Complex weights from packed {+1, -1, +i, -i} codes `code2[n, m]` and
     /// their axis scales (`f32[2]`, `[n, 2]` or `[n, ceil(m/G), 2]`).
     Dequant { granularity: Granularity } => "dequant" (codes, scales), Primitive;
+    /// Zeros of the declared type (no operands; any element type: f32,
+    /// c64, i32, code2, whose all-zero bits are the code `+1`). As with an
+    /// `input`, the type stands as written, but nothing binds it: every
+    /// backend computes it. The placeholder into which a rank that does not
+    /// hold a tensor receives it (`broadcast_from`).
+    Zeros => "zeros" (), Primitive;
+    /// The PhaseQuant codes `code2[n, m]` of a complex `w: c64[n, m]`, each
+    /// entry's code chosen as `quantize {scheme = phase, arithmetic}`
+    /// chooses it. With `phase_scales`, the two halves of that quantizer:
+    /// `dequant {granularity} (phase_codes (w), phase_scales (w))` equals
+    /// `quantize {scheme = phase, granularity, arithmetic} (w)` bit for bit,
+    /// so that the rank that owns a master can quantize it and send the
+    /// others its 2-bit codes and scales (sharded masters).
+    PhaseCodes { arithmetic: Arithmetic } => "phase_codes" (w), Primitive;
+    /// The axis scales of `quantize {scheme = phase, granularity,
+    /// arithmetic}` of a complex `w: c64[n, m]`, in the layout `dequant`
+    /// takes (`f32[2]`, `[n, 2]` or `[n, ceil(m/G), 2]`); see `phase_codes`.
+    PhaseScales { granularity: Granularity, arithmetic: Arithmetic }
+        => "phase_scales" (w), Primitive;
     /// The Fairy2i linear layer on packed codes:
     /// `Σ_t dequant(u_t) · x + Σ_t dequant(w_t) · conj(x)` for complex
     /// `x[..., m]`, with the operands the codes and scales of the `u_stages`
@@ -331,6 +351,16 @@ define_ops! {
     /// the forward quantizer in its `arithmetic`.
     QuantizeGrad { scheme: Scheme, granularity: Granularity, arithmetic: Arithmetic }
         => "quantize_grad" (w, dq), Primitive;
+}
+
+impl Op {
+    /// Whether the op exchanges values with the other data-parallel ranks
+    /// (`all_reduce`, `broadcast_from`): its value is never a constant of
+    /// the weights, even where its operand is (a rank receives into
+    /// `zeros`), so it runs with the program, not at load.
+    pub fn is_collective(&self) -> bool {
+        matches!(self, Op::AllReduce | Op::BroadcastFrom { .. })
+    }
 }
 
 /// How RoPE pairs the channels of one head.
