@@ -292,9 +292,11 @@ fn values_rounded_where_computed_match_the_rounding_kernel() {
 
 /// `all_reduce` and `broadcast_from` through NCCL over every GPU the
 /// machine has, one program per GPU run side by side: each gets the sum of
-/// all their tensors, and the last rank's. With one GPU (a group of one) it
-/// checks the plumbing the data-parallel trainer uses: NCCL loaded at run
-/// time, the f32 view of the buffers, the program's stream.
+/// all their tensors, and the last rank's (f32, c64, and packed codes: a
+/// sharded master's PhaseQuant codes, every word of them). With one GPU (a
+/// group of one) it checks the plumbing the data-parallel trainer uses:
+/// NCCL loaded at run time, the f32 view of the buffers, their lengths in
+/// words, the program's stream.
 #[test]
 fn collectives_through_nccl() {
     if !gpu_or_skip() {
@@ -308,8 +310,25 @@ fn collectives_through_nccl() {
     let sum = b.push(Op::AllReduce, &[x]).unwrap();
     let root = ranks - 1;
     let sent = b.push(Op::BroadcastFrom { root }, &[x]).unwrap();
-    let graph = b.finish(&[sum, sent]);
+    // 7 codes a row: rows of two bytes, the last word half padding.
+    let z = b.input("z", TensorType::new(DType::C64, Shape::new([3, 7])));
+    let codes = b
+        .push(
+            Op::PhaseCodes {
+                arithmetic: fairyc_ir::Arithmetic::F32,
+            },
+            &[z],
+        )
+        .unwrap();
+    let sent_z = b.push(Op::BroadcastFrom { root }, &[z]).unwrap();
+    let sent_codes = b.push(Op::BroadcastFrom { root }, &[codes]).unwrap();
+    let graph = b.finish(&[sum, sent, sent_z, sent_codes]);
     let value = |rank: usize, i: usize| (i * (rank + 1)) as f32 - 3.0;
+    let complex = |rank: usize| -> Vec<num_complex::Complex32> {
+        (0..21)
+            .map(|i| num_complex::Complex32::new(value(rank, i), value(rank, 20 - i) * 0.5))
+            .collect()
+    };
     // Every program built before any runs: a rank that failed to build
     // would leave the others waiting in NCCL.
     let programs: Vec<_> = group
@@ -324,16 +343,18 @@ fn collectives_through_nccl() {
             fairyc_backends::compile(&cuda, &graph, &MemoryStore::default(), &|_| {}).unwrap()
         })
         .collect();
-    let outputs: Vec<[Vec<f32>; 2]> = std::thread::scope(|scope| {
+    let outputs: Vec<[Tensor; 4]> = std::thread::scope(|scope| {
         let handles: Vec<_> = programs
             .iter()
             .enumerate()
             .map(|(rank, program)| {
                 scope.spawn(move || {
                     let x = Tensor::f32(vec![5, 7], (0..35).map(|i| value(rank, i)).collect());
-                    let out = program.run(HashMap::from([("x".to_string(), x)])).unwrap();
-                    let out: [Tensor; 2] = out.try_into().expect("two outputs");
-                    out.map(|t| t.as_f32().unwrap().to_vec())
+                    let z = Tensor::c64(vec![3, 7], complex(rank));
+                    let inputs = HashMap::from([("x".to_string(), x), ("z".to_string(), z)]);
+                    let out = program.run(inputs).unwrap();
+                    let out: [Tensor; 4] = out.try_into().expect("four outputs");
+                    out
                 })
             })
             .collect();
@@ -343,9 +364,35 @@ fn collectives_through_nccl() {
         .map(|i| (0..ranks).map(|rank| value(rank, i)).sum())
         .collect();
     let sent: Vec<f32> = (0..35).map(|i| value(root, i)).collect();
-    for (rank, [got_sum, got_sent]) in outputs.iter().enumerate() {
-        assert_eq!(got_sum, &sum, "all_reduce on rank {rank} of {ranks}");
-        assert_eq!(got_sent, &sent, "broadcast on rank {rank} of {ranks}");
+    let root_z = complex(root);
+    let root_codes = {
+        let q =
+            fairyc_ir::quant::phase_quant(&root_z, 3, 7, fairyc_ir::Granularity::Tensor).unwrap();
+        fairyc_ir::quant::pack_code_rows(&q.codes, 3, 7).unwrap()
+    };
+    for (rank, [got_sum, got_sent, got_z, got_codes]) in outputs.iter().enumerate() {
+        assert_eq!(
+            got_sum.as_f32().unwrap(),
+            &sum,
+            "all_reduce on rank {rank} of {ranks}"
+        );
+        assert_eq!(
+            got_sent.as_f32().unwrap(),
+            &sent,
+            "broadcast on rank {rank} of {ranks}"
+        );
+        assert_eq!(
+            got_z.as_c64().unwrap(),
+            &root_z,
+            "c64 broadcast on rank {rank}"
+        );
+        let fairyc_backends::Data::Codes(got_codes) = &got_codes.data else {
+            panic!(
+                "rank {rank}: the broadcast codes are {}",
+                got_codes.dtype_name()
+            )
+        };
+        assert_eq!(**got_codes, *root_codes, "code2 broadcast on rank {rank}");
     }
     eprintln!("all_reduce and broadcast through NCCL over {ranks} GPU(s): every rank has the sum and the root's");
 }
@@ -461,4 +508,89 @@ fn tensor_core_int8_products_match_the_dp4a_kernel() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// The halves of PhaseQuant a sharded master's owner sends, on the GPU:
+/// `dequant(phase_codes(w), phase_scales(w))` is the GPU's own
+/// `quantize(w)`, bit for bit, for every granularity (groups that do not
+/// tile the row included), on weights with ties and zeros and on an
+/// all-zero matrix; and the codes are the reference's, byte for byte.
+#[test]
+fn phase_halves_rebuild_quantize_on_the_gpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    use fairyc_ir::{Arithmetic, Granularity, Scheme};
+    use num_complex::Complex32;
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.as_c64()
+            .unwrap()
+            .iter()
+            .flat_map(|z| [z.re.to_bits(), z.im.to_bits()])
+            .collect()
+    };
+    for granularity in [
+        Granularity::Tensor,
+        Granularity::Channel,
+        Granularity::Group(4),
+        Granularity::Group(64),
+    ] {
+        for (n, m, zero) in [
+            (5usize, 10usize, false),
+            (1, 1, false),
+            (300, 41, false),
+            (3, 7, true),
+        ] {
+            let w: Vec<Complex32> = (0..n * m)
+                .map(|i| {
+                    let a = ((i * 7919) % 257) as f32 / 128.0 - 1.0;
+                    let b = ((i * 104729) % 263) as f32 / 131.0 - 1.0;
+                    match (zero, i % 9) {
+                        (true, _) | (_, 0) => Complex32::new(0.0, 0.0),
+                        (_, 1) => Complex32::new(a, a),
+                        (_, 2) => Complex32::new(-a, a),
+                        (_, 3) => Complex32::new(a, 0.0),
+                        _ => Complex32::new(a, b),
+                    }
+                })
+                .collect();
+            let mut b = GraphBuilder::new("phase_halves");
+            let x = b.input("w", TensorType::new(DType::C64, Shape::new([n, m])));
+            let arithmetic = Arithmetic::F32;
+            let codes = b.push(Op::PhaseCodes { arithmetic }, &[x]).unwrap();
+            let scales = Op::PhaseScales {
+                granularity,
+                arithmetic,
+            };
+            let scales = b.push(scales, &[x]).unwrap();
+            let rebuilt = b
+                .push(Op::Dequant { granularity }, &[codes, scales])
+                .unwrap();
+            let phase = Op::Quantize {
+                scheme: Scheme::Phase,
+                granularity,
+                arithmetic,
+            };
+            let quantized = b.push(phase, &[x]).unwrap();
+            let graph = b.finish(&[codes, rebuilt, quantized]);
+            let program = fairyc_backends::compile(
+                &Cuda::default(),
+                &graph,
+                &MemoryStore::default(),
+                &|_| {},
+            )
+            .unwrap();
+            let inputs = HashMap::from([("w".to_string(), Tensor::c64(vec![n, m], w.clone()))]);
+            let out = program.run(inputs).unwrap();
+            let what = format!("{granularity:?} [{n}, {m}]");
+            assert_eq!(bits(&out[1]), bits(&out[2]), "{what}");
+            let q = fairyc_ir::quant::phase_quant(&w, n, m, granularity).unwrap();
+            let want = fairyc_ir::quant::pack_code_rows(&q.codes, n, m).unwrap();
+            let fairyc_backends::Data::Codes(got) = &out[0].data else {
+                panic!("{what}: codes are {}", out[0].dtype_name())
+            };
+            assert_eq!(**got, *want, "{what}");
+        }
+    }
+    eprintln!("dequant of phase_codes and phase_scales is quantize on the GPU, bit for bit");
 }

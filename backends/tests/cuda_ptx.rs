@@ -279,6 +279,8 @@ fn every_kernel() -> Vec<Kernel> {
         Kernel::PhaseDequant { ifairy: false },
         Kernel::PhaseSums { ifairy: true },
         Kernel::PhaseDequant { ifairy: true },
+        Kernel::PhaseCodes,
+        Kernel::PhaseScales,
         Kernel::PhaseStageSums {
             stage: 0,
             split: false,

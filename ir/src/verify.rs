@@ -88,11 +88,17 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 }
             }
             // Its declared type stands (any type is the type of zeros).
+            // A constant, made once where a program is built.
             Op::Zeros => {
                 if !node.operands.is_empty() {
                     report(format!(
                         "`zeros` takes no operands, found {}",
                         node.operands.len()
+                    ));
+                } else if node.ty.shape.concrete().is_none() {
+                    report(format!(
+                        "`zeros` must have a fixed shape, found {}",
+                        node.ty
                     ));
                 }
             }

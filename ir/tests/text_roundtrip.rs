@@ -261,7 +261,7 @@ fn every_op_graph() -> fairyc_ir::Graph {
     let received = b.zeros(t(DType::Code2, &[4.into(), 8.into()]));
     let received = b.push(Op::BroadcastFrom { root: 1 }, &[received]).unwrap();
     grads.extend([stage_codes, stage_scales, received]);
-    grads.push(b.zeros(t(DType::C64, &[Dim::sym("seq"), 3.into()])));
+    grads.push(b.zeros(t(DType::C64, &[5.into(), 3.into()])));
     // Distillation to a teacher's logits.
     let kl = b.push(Op::KlDiv, &[yb, yb]).unwrap();
     grads.push(kl);
@@ -384,7 +384,7 @@ fn verifier_names_the_offending_value() {
 
 #[test]
 fn zeros_and_the_phase_quantizer_halves_parse_and_verify() {
-    let text = "graph @g {\n  %0 = input \"w\" : c64[4, 6]\n  %1 = phase_codes %0 {arithmetic = bf16} : code2[4, 6]\n  %2 = phase_scales %0 {granularity = group, group_size = 4, arithmetic = f32} : f32[4, 2, 2]\n  %3 = dequant %1, %2 {granularity = group, group_size = 4} : c64[4, 6]\n  %4 = zeros : code2[16, 16]\n  %5 = broadcast_from %4 {root = 1} : code2[16, 16]\n  %6 = zeros : i32[seq]\n  return %3, %5, %6\n}\n";
+    let text = "graph @g {\n  %0 = input \"w\" : c64[4, 6]\n  %1 = phase_codes %0 {arithmetic = bf16} : code2[4, 6]\n  %2 = phase_scales %0 {granularity = group, group_size = 4, arithmetic = f32} : f32[4, 2, 2]\n  %3 = dequant %1, %2 {granularity = group, group_size = 4} : c64[4, 6]\n  %4 = zeros : code2[16, 16]\n  %5 = broadcast_from %4 {root = 1} : code2[16, 16]\n  %6 = zeros : i32[7]\n  return %3, %5, %6\n}\n";
     let g = parse(text, "g.fir").unwrap();
     verify(&g).unwrap();
     assert_eq!(g.node(fairyc_ir::ValueId(4)).op, Op::Zeros);
@@ -428,6 +428,12 @@ fn the_verifier_checks_the_phase_quantizer_halves_and_zeros() {
         "  %0 = input \"w\" : c64[4, 6]\n  %1 = zeros %0 : c64[4, 6]\n",
         1,
         "`zeros` takes no operands",
+    );
+    // Nor a shape that only a run binds (it is a constant).
+    check(
+        "  %0 = zeros : f32[seq, 2]\n",
+        0,
+        "`zeros` must have a fixed shape",
     );
     // `zeros` has no rule to infer its type from.
     let err = fairyc_ir::infer::infer_type(&Op::Zeros, &[]).unwrap_err();

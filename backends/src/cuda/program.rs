@@ -135,6 +135,8 @@ enum Step {
     GemmTransposedWeight { operands: Vec<ValueId> },
     /// A new shape over the same words.
     Alias,
+    /// `zeros`: a buffer zeroed on the stream, no kernel.
+    Zeros,
     /// Fairy2i's PhaseQuant with residual stages as one step
     /// ([`fusion::fuse_phase_stages`]): each stage's sums pass over the
     /// residual, then the codes' sum, all from `operands[0]`, the weight
@@ -471,6 +473,15 @@ fn kernels_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Vec<Kernel>> {
             Kernel::PhaseSums { ifairy: true },
             Kernel::PhaseDequant { ifairy: true },
         ],
+        // The halves of `quantize {scheme = phase}` in f32, by its kernels'
+        // code choice and scales.
+        Op::PhaseCodes {
+            arithmetic: Arithmetic::F32,
+        } => vec![Kernel::PhaseCodes],
+        Op::PhaseScales {
+            arithmetic: Arithmetic::F32,
+            ..
+        } => vec![Kernel::PhaseSums { ifairy: false }, Kernel::PhaseScales],
         Op::Quantize {
             scheme: scheme @ (Scheme::Binary | Scheme::Ternary),
             ..
@@ -569,6 +580,7 @@ pub fn runs(op: &Op) -> bool {
             | Op::LinearWeightGrad
             | Op::AllReduce
             | Op::BroadcastFrom { .. }
+            | Op::Zeros
             // Over a KV cache: kernels built for its heads' widths.
             | Op::Attention { segment: None, .. }
     ) || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
@@ -618,6 +630,7 @@ fn select_kernels(
             Op::Linear => Step::Gemm,
             Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
+            Op::Zeros => Step::Zeros,
             Op::AllReduce | Op::BroadcastFrom { .. } if collective => Step::Collective,
             Op::BroadcastFrom { root } if *root != 0 => {
                 return Err(BackendError::new(format!(
@@ -1308,7 +1321,11 @@ impl CudaProgram {
                 .collect();
             let error =
                 |e: String| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic()));
-            let ty = concrete_type(&node.op, &args, &no_bindings).map_err(error)?;
+            let ty = match node.op {
+                // Of a fixed shape, as declared.
+                Op::Zeros => node.ty.clone(),
+                _ => concrete_type(&node.op, &args, &no_bindings).map_err(error)?,
+            };
             let value = self.eval(i, step, &args, &ty)?;
             self.constants.insert(i, value);
             for v in &node.operands {
@@ -1503,6 +1520,16 @@ impl CudaProgram {
             elem
         };
         let mut out = self.alloc(word_count(&shape, elem))?;
+        if let Step::Zeros = step {
+            // All bits zero (codes `+1`), in the words it allocates.
+            self.stream.memset_zeros(&mut out).map_err(driver)?;
+            return Ok(DeviceTensor {
+                shape,
+                elem,
+                words: Arc::new(out),
+                room: None,
+            });
+        }
         let x = args[0];
         // A flash forward pass's statistics for its gradients' group, filed
         // with the output below.
@@ -1518,8 +1545,14 @@ impl CudaProgram {
                     .as_ref()
                     .expect("collective steps are chosen with a communicator");
                 let done = match op {
+                    // Its words, whatever they hold: two a complex
+                    // element, four packed codes a byte.
                     Op::BroadcastFrom { root } => {
-                        communicator.broadcast(&self.stream, *root, &x.words, &mut out, len)?
+                        let words = match x.elem {
+                            Elem::Complex | Elem::Code2 => x.word_count(),
+                            _ => len,
+                        };
+                        communicator.broadcast(&self.stream, *root, &x.words, &mut out, words)?
                     }
                     _ => communicator.all_reduce(&self.stream, &x.words, &mut out, len)?,
                 };
@@ -1954,9 +1987,20 @@ impl CudaProgram {
                 let split = split.map(|_| &self.pairings[&i]);
                 self.quantizer_passes(passes, last[0], x, *granularity, &out, split)?;
             }
-            (Step::Kernel(k), Op::Quantize { granularity, .. }) => {
+            (Step::Kernel(k), Op::Quantize { granularity, .. })
+            | (Step::Kernel(k), Op::PhaseScales { granularity, .. }) => {
                 let passes = QuantizerPasses::One(k[0]);
                 self.quantizer_passes(passes, k[1], x, *granularity, &out, None)?;
+            }
+            (Step::Kernel(k), Op::PhaseCodes { .. }) => {
+                let words = word_count(&shape, Elem::Code2);
+                let sizes = [x.shape[0], x.shape[1], words].map(|v| v as i64);
+                self.launch(k[0], Self::grid(words), MAP_THREADS, |b| {
+                    b.arg(&out).arg(&*x.words);
+                    for v in &sizes {
+                        b.arg(v);
+                    }
+                })?;
             }
             (Step::Kernel(k), Op::Dequant { granularity }) => {
                 let (n, m) = (x.shape[0], x.shape[1]);
@@ -2113,6 +2157,8 @@ impl CudaProgram {
                 let dims = x[..x.len() - 1].iter().chain(&w[1..]).copied();
                 Ok(TensorType::new(node.ty.dtype, Shape::new(dims)))
             }
+            // Of a fixed shape, as declared.
+            Step::Zeros => Ok(node.ty.clone()),
             _ => concrete_type(&node.op, args, bindings),
         }
     }

@@ -225,10 +225,11 @@ define_ops! {
     /// their axis scales (`f32[2]`, `[n, 2]` or `[n, ceil(m/G), 2]`).
     Dequant { granularity: Granularity } => "dequant" (codes, scales), Primitive;
     /// Zeros of the declared type (no operands; any element type: f32,
-    /// c64, i32, code2, whose all-zero bits are the code `+1`). As with an
-    /// `input`, the type stands as written, but nothing binds it: every
-    /// backend computes it. The placeholder into which a rank that does not
-    /// hold a tensor receives it (`broadcast_from`).
+    /// c64, i32, code2, whose all-zero bits are the code `+1`; a fixed
+    /// shape). As with an `input`, the type stands as written, but nothing
+    /// binds it: every backend computes it (a constant). The placeholder
+    /// into which a rank that does not hold a tensor receives it
+    /// (`broadcast_from`).
     Zeros => "zeros" (), Primitive;
     /// The PhaseQuant codes `code2[n, m]` of a complex `w: c64[n, m]`, each
     /// entry's code chosen as `quantize {scheme = phase, arithmetic}`

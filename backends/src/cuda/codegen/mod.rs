@@ -263,6 +263,14 @@ pub enum Kernel {
     PhaseSums { ifairy: bool },
     /// PhaseQuant's second pass: each entry's code times its group's scale.
     PhaseDequant { ifairy: bool },
+    /// `phase_codes`: Fairy2i's PhaseQuant code of each entry (as
+    /// [`Kernel::PhaseDequant`] chooses it), packed as `dequant` reads
+    /// them; one thread a word of codes.
+    PhaseCodes,
+    /// `phase_scales`' last pass: each group's `(s_re, s_im)` from the
+    /// totals of [`Kernel::PhaseSums`], as [`Kernel::PhaseDequant`] takes
+    /// them; one thread a group.
+    PhaseScales,
     /// Fairy2i's PhaseQuant with residual stages fused: stage `stage`'s
     /// sums over the residual the earlier stages leave, each entry's
     /// residual rebuilt from their totals (as [`Kernel::PhaseSums`]).
@@ -427,6 +435,8 @@ impl Kernel {
             Kernel::PhaseSums { ifairy: true } => "phase_sums_ifairy",
             Kernel::PhaseDequant { ifairy: false } => "phase_dequant",
             Kernel::PhaseDequant { ifairy: true } => "phase_dequant_ifairy",
+            Kernel::PhaseCodes => "phase_codes",
+            Kernel::PhaseScales => "phase_scales",
             Kernel::PhaseStageSums { split: false, .. } => "phase_stage_sums",
             Kernel::PhaseStageSums { split: true, .. } => "split_phase_stage_sums",
             Kernel::PhaseStagesDequant { split: false, .. } => "phase_stages_dequant",
@@ -1033,6 +1043,8 @@ impl<'ctx> Gen<'ctx> {
             Kernel::SumSquares => self.sum_squares(name),
             Kernel::PhaseSums { ifairy } => self.phase_sums(name, *ifairy),
             Kernel::PhaseDequant { ifairy } => self.phase_dequant(name, *ifairy),
+            Kernel::PhaseCodes => self.phase_codes(name),
+            Kernel::PhaseScales => self.phase_scales(name),
             Kernel::PhaseStageSums { stage, split } => self.phase_stage_sums(name, *stage, *split),
             Kernel::PhaseStagesDequant {
                 stages,

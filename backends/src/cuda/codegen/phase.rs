@@ -461,6 +461,90 @@ impl<'ctx> Gen<'ctx> {
         self.ret()
     }
 
+    /// `phase_codes(out, w, n, m, words)`: the code of each entry of
+    /// complex `w[n, m]` as [`Gen::phase_dequant`] chooses it (Fairy2i's
+    /// `Code::nearest`), packed as `dequant` reads them: four a byte (the
+    /// `k`-th of a byte in bits `2k..2k+1`, bit 0 the axis, bit 1 the sign),
+    /// each row `ceil(m/4)` bytes, its padding `+1` (zero bits), the bytes
+    /// little-endian in `words` 32-bit words; one thread a word.
+    pub(super) fn phase_codes(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 3]);
+        let f = self.declare(name, &params);
+        let (out, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let [n, m, words] = [2, 3, 4].map(|k| self.param_int(f, k));
+        let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
+        let bytes = self.mul(n, stride)?;
+        let ult = |a, b| {
+            self.builder
+                .build_int_compare(IntPredicate::ULT, a, b, "")
+                .map_err(err)
+        };
+        self.grid_loop(f, words, |k| {
+            let mut word = self.int(0);
+            for t in 0..4u64 {
+                let byte = self.add(self.mul(k, self.int(4))?, self.int(t))?;
+                let (row, col) = (self.udiv(byte, stride)?, self.urem(byte, stride)?);
+                for c in 0..4u64 {
+                    let j = self.add(self.mul(col, self.int(4))?, self.int(c))?;
+                    let inside = self
+                        .builder
+                        .build_and(ult(byte, bytes)?, ult(j, m)?, "")
+                        .map_err(err)?;
+                    // Past the end (padding, the last word's tail): entry 0
+                    // is read (a word implies one) and its code dropped.
+                    let entry =
+                        self.select(inside, self.add(self.mul(row, m)?, j)?, self.int(0))?;
+                    let at = self.mul(entry, self.int(2))?;
+                    let re = self.load_f32(w, at)?;
+                    let im = self.load_f32(w, self.add(at, self.int(1))?)?;
+                    let (imaginary, negative) = self.nearest_code(re, im, false)?;
+                    let widen = |b: IntValue<'ctx>| -> Built<IntValue<'ctx>> {
+                        self.builder
+                            .build_int_z_extend(b, self.i64(), "")
+                            .map_err(err)
+                    };
+                    let code =
+                        self.add(widen(imaginary)?, self.mul(widen(negative)?, self.int(2))?)?;
+                    let code = self.select(inside, code, self.int(0))?;
+                    let shifted = self.mul(code, self.int(1 << (8 * t + 2 * c)))?;
+                    word = self.builder.build_or(word, shifted, "").map_err(err)?;
+                }
+            }
+            let word = self
+                .builder
+                .build_int_truncate(word, self.i32(), "")
+                .map_err(err)?;
+            self.store_i32(out, k, word)
+        })?;
+        self.ret()
+    }
+
+    /// `phase_scales(out, w, sums, n, m, groups_per_row, group_len,
+    /// per_tensor)`: each group's `(s_re, s_im)` from [`Gen::phase_sums`]'s
+    /// totals, the scales [`Gen::phase_dequant`] multiplies its codes by
+    /// (so `dequant` of `phase_codes` and these is `quantize`, bit for
+    /// bit), in `dequant`'s layout (`out[2·group..]`); one thread a group.
+    /// `w` is not read: the parameters are the quantizer's last pass's.
+    pub(super) fn phase_scales(&self, name: &str) -> Built<()> {
+        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
+        params.extend([Param::I64; 5]);
+        let f = self.declare(name, &params);
+        let (out, sums) = (self.param_ptr(f, 0), self.param_ptr(f, 2));
+        let [n, groups_per_row, per_tensor] = [3, 5, 7].map(|k| self.param_int(f, k));
+        let tensor = self.is_set(per_tensor)?;
+        let groups = self.select(tensor, self.int(1), self.mul(n, groups_per_row)?)?;
+        self.grid_loop(f, groups, |g| {
+            let first = self.mul(g, self.int(4))?;
+            let s_re = self.mean_scale(sums, first, false)?;
+            let s_im = self.mean_scale(sums, self.add(first, self.int(2))?, false)?;
+            let at = self.mul(g, self.int(2))?;
+            self.store_f32(out, at, s_re)?;
+            self.store_f32(out, self.add(at, self.int(1))?, s_im)
+        })?;
+        self.ret()
+    }
+
     /// `Code::nearest(re, im)` (or iFairy's `nearest_ifairy`) as
     /// (imaginary axis, negative).
     fn nearest_code(
