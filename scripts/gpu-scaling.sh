@@ -4,7 +4,8 @@
 # synthetic model of SmolLM2-135M's shape with its 49152-token vocabulary,
 # batches of BATCH windows of SEQ tokens, on 1 GPU and on 2, 4, 8 (as many
 # as the machine has), the same global batch each time, on more than one
-# GPU with the optimizer replicated and sharded (--shard-optimizer). Prints
+# GPU with the optimizer replicated, sharded (--shard-optimizer) and with
+# the masters sharded too (--shard-masters). Prints
 # each run's tokens/s over the steps after its second (the first builds
 # the programs) and its scaling efficiency against one GPU, and the
 # largest relative difference of each run's step losses from one GPU's
@@ -26,9 +27,9 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 runs=()
 for gpus in ${GPUS:-1 2 4 8}; do
   [ "$gpus" -le "$have" ] || continue
-  for shard in "" --shard-optimizer; do
+  for shard in "" --shard-optimizer --shard-masters; do
     [ -n "$shard" ] && [ "$gpus" -eq 1 ] && continue
-    run=$gpus${shard:+s}
+    case $shard in --shard-optimizer) run=${gpus}s ;; --shard-masters) run=${gpus}m ;; *) run=$gpus ;; esac
     runs+=("$run")
     echo "== fairyc train --device cuda --gpus $gpus $shard, $STEPS steps of $BATCH x $SEQ tokens"
     .dev/fairyc -v train .dev/smol49k.gguf --quant w2 --data .devt/corpus.txt --steps "$STEPS" \
@@ -65,11 +66,12 @@ base, one = (rate("1"), losses("1")) if "1" in runs else (None, [])
 print("| GPUs | optimizer | tokens/s | efficiency | largest step-loss difference from 1 GPU |")
 print("|---|---|---|---|---|")
 for run in runs:
-    gpus, sharded = int(run.rstrip("s")), run.endswith("s")
+    gpus = int(run.rstrip("sm"))
+    sharded = {"s": "sharded", "m": "sharded, masters too"}.get(run[-1], "replicated")
     r, l = rate(run), losses(run)
     eff = f"{r / (gpus * base):.2f}" if r and base else "-"
     diff = max((abs(a - b) / max(abs(a), 1.0) for a, b in zip(one, l)), default=None)
     diff = f"{diff:.1e} over {min(len(one), len(l))} steps" if diff is not None and run != "1" else "-"
     rate_text = f"{r:,.0f}" if r else "(no rate)"
-    print(f"| {gpus} | {'sharded' if sharded else 'replicated'} | {rate_text} | {eff} | {diff} |")
+    print(f"| {gpus} | {sharded} | {rate_text} | {eff} | {diff} |")
 PY

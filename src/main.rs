@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fairyc::compile::Precision;
 use fairyc::train::{
-    read_records, train, Event, ModelSource, ScheduleKind, TrainConfig, TrainDevice,
+    read_records, train, Event, ModelSource, ScheduleKind, Sharding, TrainConfig, TrainDevice,
 };
 use fairyc::{
     import, report, Activations, Backend, Cranelift, Cuda, GenerateOptions, GpuActivations,
@@ -1007,6 +1007,12 @@ struct TrainArgs {
     /// for about 1.5 times the traffic.
     #[arg(long)]
     shard_optimizer: bool,
+    /// With --gpus N > 1: each parameter's master, too, on one GPU alone
+    /// (ZeRO stage 3 by tensors), which sends the others what their steps
+    /// read of it before each forward pass, a quantized weight as its 2-bit
+    /// codes and scales: the masters' and moments' memory divided by about N.
+    #[arg(long, conflicts_with = "shard_optimizer")]
+    shard_masters: bool,
     /// Checkpoint file (written atomically every --checkpoint-every steps
     /// and at the end; an existing one is resumed with --resume).
     #[arg(long)]
@@ -1128,7 +1134,13 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
                 .gpus
                 .unwrap_or_else(|| fairyc::Cuda::device_count().min(args.grad_accum).max(1)),
         },
-        shard_optimizer: args.shard_optimizer,
+        sharding: if args.shard_masters {
+            Sharding::Masters
+        } else if args.shard_optimizer {
+            Sharding::Optimizer
+        } else {
+            Sharding::None
+        },
         checkpoint: args.checkpoint.clone(),
         checkpoint_every: args.checkpoint_every,
         resume: args.resume,
@@ -1164,8 +1176,13 @@ fn train_command(args: &TrainArgs) -> Result<()> {
             args.grad_accum
         );
     }
-    if args.shard_optimizer && matches!(args.device, DeviceArg::Cpu) {
-        bail!("--shard-optimizer needs --device cuda (and --gpus of more than one)");
+    for (flag, set) in [
+        ("--shard-optimizer", args.shard_optimizer),
+        ("--shard-masters", args.shard_masters),
+    ] {
+        if set && matches!(args.device, DeviceArg::Cpu) {
+            bail!("{flag} needs --device cuda (and --gpus of more than one)");
+        }
     }
     if matches!(args.gpu_attention, Some(GpuAttentionArg::Flash))
         && !matches!(args.gpu_matmul, GpuMatmulArg::Bf16)

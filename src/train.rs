@@ -222,11 +222,27 @@ pub struct TrainOptions {
     /// CPU the replicas are threads sharing its cores (what tests the path
     /// without GPUs).
     pub ranks: usize,
-    /// With several ranks: ZeRO stage 1 by tensors. Each parameter's AdamW
-    /// moments live on one rank ([`optimizer_owners`]), which alone
-    /// updates it and broadcasts the new value: the moments' memory is
-    /// divided among the ranks.
-    pub shard_optimizer: bool,
+    /// With several ranks: what each rank holds of the optimizer's state.
+    pub sharding: Sharding,
+}
+
+/// What the data-parallel ranks divide among themselves, by tensors: each
+/// parameter has one owner ([`optimizer_owners`]: the largest first, each
+/// to the rank owning the fewest elements so far).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharding {
+    /// Every rank holds every master and moment and makes the same update.
+    #[default]
+    None,
+    /// ZeRO stage 1: a parameter's AdamW moments live on its owner, which
+    /// alone updates it and broadcasts the new value: the moments' memory
+    /// is divided among the ranks.
+    Optimizer,
+    /// ZeRO stage 3: the master lives on its owner too, which sends the
+    /// others what their steps read of it before each forward pass, a
+    /// quantized weight as its 2-bit codes and scales: the masters' and
+    /// the moments' memory is divided among the ranks.
+    Masters,
 }
 
 /// Where the training step runs: the masters, the moments and AdamW stay
@@ -342,8 +358,8 @@ pub struct Trainer {
     /// Each rank's step compiled (at the first step), and how to abort the
     /// group when one fails.
     resident: Vec<(Box<dyn Program>, Abort)>,
-    /// Each rank's state, where its program keeps it (their masters are
-    /// equal); `None` before the first step, after a load and after a
+    /// Each rank's state, where its program keeps it (the masters it holds
+    /// are equal to the other holders'); `None` before the first step, after a load and after a
     /// failed data-parallel step (then the store is current and the next
     /// step starts from it).
     state: Option<Vec<Vec<Tensor>>>,
@@ -468,23 +484,28 @@ impl Trainer {
             grad_graph
         };
         let ranks = options.ranks.max(1);
-        if options.shard_optimizer && ranks == 1 {
+        if options.sharding != Sharding::None && ranks == 1 {
             return Err(Error::Usage(
-                "a sharded optimizer needs more than one data-parallel rank".into(),
+                "a sharded optimizer or sharded masters need more than one data-parallel rank"
+                    .into(),
             ));
         }
-        let replicas: Vec<Replicas> = match (ranks, options.shard_optimizer) {
+        let owners = optimizer_owners(&params, ranks);
+        let replicas: Vec<Replicas> = match (ranks, options.sharding) {
             (1, _) => vec![Replicas::One],
-            (_, false) => vec![Replicas::DataParallel],
-            (_, true) => {
-                let owners = optimizer_owners(&params, ranks);
-                (0..ranks)
-                    .map(|rank| Replicas::ShardedOptimizer {
-                        rank,
-                        owners: owners.clone(),
-                    })
-                    .collect()
-            }
+            (_, Sharding::None) => vec![Replicas::DataParallel],
+            (_, Sharding::Optimizer) => (0..ranks)
+                .map(|rank| Replicas::ShardedOptimizer {
+                    rank,
+                    owners: owners.clone(),
+                })
+                .collect(),
+            (_, Sharding::Masters) => (0..ranks)
+                .map(|rank| Replicas::ShardedMasters {
+                    rank,
+                    owners: owners.clone(),
+                })
+                .collect(),
         };
         let steps = replicas
             .iter()

@@ -1577,8 +1577,9 @@ fn training_step(g: &Graph, loss: ValueId, replicas: &Replicas) -> Graph {
 
 /// Every rank of a data-parallel step makes the same collectives in the
 /// same order (NCCL pairs them by order: ranks that disagree wait for
-/// each other forever): with the optimizer replicated or sharded, the
-/// sequence of (op, root, length) of each rank's graph is rank 0's.
+/// each other forever): with the optimizer replicated or sharded, or the
+/// masters sharded, the sequence of (op, root, length) of each rank's
+/// graph is rank 0's.
 #[test]
 fn every_rank_makes_the_same_collectives_in_the_same_order() {
     let (g, loss) = linear_chain(&[[2048, 1024], [1024, 2048], [1024, 1024], [8, 1024]]);
@@ -1595,19 +1596,99 @@ fn every_rank_makes_the_same_collectives_in_the_same_order() {
     };
     let ranks = 3;
     let owners = optimizer_owners(&typed, ranks);
-    let sharded: Vec<Vec<String>> = (0..ranks)
-        .map(|rank| {
-            let replicas = Replicas::ShardedOptimizer {
-                rank,
-                owners: owners.clone(),
-            };
-            collectives(&training_step(&g, loss, &replicas))
-        })
-        .collect();
-    assert!(sharded[0].iter().any(|c| c.starts_with("BroadcastFrom")));
-    for (rank, sequence) in sharded.iter().enumerate() {
-        assert_eq!(sequence, &sharded[0], "rank {rank} against rank 0");
+    let sharded_optimizer = |rank| Replicas::ShardedOptimizer {
+        rank,
+        owners: owners.clone(),
+    };
+    let sharded_masters = |rank| Replicas::ShardedMasters {
+        rank,
+        owners: owners.clone(),
+    };
+    for replicas in [
+        &sharded_optimizer as &dyn Fn(usize) -> Replicas,
+        &sharded_masters,
+    ] {
+        let sharded: Vec<Vec<String>> = (0..ranks)
+            .map(|rank| collectives(&training_step(&g, loss, &replicas(rank))))
+            .collect();
+        assert!(sharded[0].iter().any(|c| c.starts_with("BroadcastFrom")));
+        for (rank, sequence) in sharded.iter().enumerate() {
+            assert_eq!(sequence, &sharded[0], "rank {rank} against rank 0");
+        }
     }
     let replicated = collectives(&training_step(&g, loss, &Replicas::DataParallel));
     assert!(replicated.iter().all(|c| c.starts_with("AllReduce")));
+}
+
+/// Sharded masters (ZeRO stage 3 by tensors) on the tiny W2 model over
+/// three ranks: every rank makes the same broadcasts in the same order; a
+/// rank reads no master it does not own (its step has no input for one);
+/// and a quantized master reaches the others as its PhaseQuant stages'
+/// codes and scales (four `code2` broadcasts a layer: two halves, two
+/// stages), never whole, while the unquantized ones (the embedding, the
+/// norms' gains) go whole.
+#[test]
+fn sharded_masters_send_quantized_weights_as_codes_and_scales() {
+    let dir = TempDir::new("shard-masters");
+    let (mut g, _) = tiny_compiled(&dir, Some(Method::Fairy2i { stages: 2 }));
+    let loss = with_loss(&mut g);
+    let typed: Vec<(String, TensorType)> = g
+        .weights()
+        .map(|(_, n, t)| (n.to_string(), t.clone()))
+        .collect();
+    // The masters split and quantized: those a `widely_linear` reads.
+    let quantized: Vec<&str> = g
+        .weights()
+        .filter(|(id, _, _)| {
+            g.nodes
+                .iter()
+                .any(|n| matches!(n.op, Op::WidelyLinear { .. }) && n.operands[0] == *id)
+        })
+        .map(|(_, n, _)| n)
+        .collect();
+    assert_eq!(quantized.len(), 14, "two blocks of seven layers");
+    let ranks = 3;
+    let owners = optimizer_owners(&typed, ranks);
+    let broadcasts = |step: &Graph| -> Vec<String> {
+        step.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BroadcastFrom { .. }))
+            .map(|n| format!("{:?} {}", n.op, n.ty))
+            .collect()
+    };
+    let steps: Vec<Graph> = (0..ranks)
+        .map(|rank| {
+            let replicas = Replicas::ShardedMasters {
+                rank,
+                owners: owners.clone(),
+            };
+            training_step(&g, loss, &replicas)
+        })
+        .collect();
+    let sent = broadcasts(&steps[0]);
+    for (rank, step) in steps.iter().enumerate() {
+        assert_eq!(broadcasts(step), sent, "rank {rank} against rank 0");
+        let inputs: Vec<&str> = step.inputs().map(|(_, n, _)| n).collect();
+        for ((name, _), &owner) in typed.iter().zip(&owners) {
+            assert_eq!(
+                inputs.contains(&name.as_str()),
+                owner == rank,
+                "rank {rank}, master {name} (owner {owner})"
+            );
+        }
+    }
+    let codes = sent.iter().filter(|s| s.contains("code2")).count();
+    assert_eq!(codes, 4 * quantized.len(), "{sent:#?}");
+    for (name, ty) in &typed {
+        let whole = sent.iter().any(|s| s.ends_with(&format!(" {ty}")));
+        let unquantized = !quantized.contains(&name.as_str());
+        // Types may coincide (two unquantized gains of one width): check
+        // the quantized ones are never sent whole.
+        assert!(unquantized || !whole, "{name}: {ty} sent whole");
+        assert!(!unquantized || whole, "{name}: {ty} not sent");
+    }
+    // Nothing else goes whole: no split half, no conjugate.
+    let whole = sent.iter().filter(|s| !s.contains("code2")).count();
+    let scales = 4 * quantized.len();
+    assert_eq!(whole, scales + typed.len() - quantized.len(), "{sent:#?}");
 }

@@ -452,6 +452,16 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["--shard-optimizer needs --device cuda"],
         ),
         (
+            "sharded masters on the CPU",
+            train_with(&["--shard-masters"]),
+            vec!["--shard-masters needs --device cuda"],
+        ),
+        (
+            "both shardings",
+            train_with(&["--device", "cuda", "--shard-optimizer", "--shard-masters"]),
+            vec!["--shard-masters", "cannot be used with", "--shard-optimizer"],
+        ),
+        (
             "--device beside --backend",
             [
                 "run",

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::TempDir;
 use fairyc::train::{
-    train, Event, ModelSource, Objective, TrainConfig, TrainDevice, TrainOptions, Trainer,
+    train, Event, ModelSource, Objective, Sharding, TrainConfig, TrainDevice, TrainOptions, Trainer,
 };
 use fairyc::Model;
 use fairyc_frontend::gguf::GgmlType;
@@ -346,15 +346,17 @@ fn a_time_limit_stops_a_run_that_resumes_where_it_stopped() {
 
 /// Data-parallel ranks: the same W2 run with each step's 4 windows dealt
 /// out to 1, 2 and 3 ranks (here on the CPU's cores; on cuda one GPU each),
-/// with every rank holding the optimizer's state or each parameter's on one
-/// rank (`shard_optimizer`), gives the same losses step by step, within f32
-/// summation-order noise, and a run checkpointed on 2 ranks with a sharded
-/// optimizer resumes on 1 with the straight run's losses.
+/// with every rank holding the optimizer's state, each parameter's on one
+/// rank (`Sharding::Optimizer`), or its master too (`Sharding::Masters`:
+/// the others rebuild its quantized weights from the codes and scales its
+/// owner sends), gives the same losses step by step, within f32
+/// summation-order noise, and a run checkpointed on 2 ranks with sharded
+/// masters resumes on 1 with the straight run's losses.
 #[test]
 fn data_parallel_ranks_give_the_losses_of_one() {
     let dir = TempDir::new("ranks");
     let (model, data) = setup(&dir, "tiny.gguf");
-    let config = |ranks, steps, shard_optimizer| TrainConfig {
+    let config = |ranks, steps, sharding| TrainConfig {
         quant: Some(CompileOptions::default()),
         data: vec![data.clone()],
         steps,
@@ -363,24 +365,26 @@ fn data_parallel_ranks_give_the_losses_of_one() {
         lr: 1e-2,
         warmup: 2,
         ranks,
-        shard_optimizer,
+        sharding,
         ..TrainConfig::default()
     };
     let run = |config: &TrainConfig| {
         train(ModelSource::Path(model.clone()), config, &mut |_| {}).unwrap()
     };
-    let one = run(&config(1, 8, false));
-    for (ranks, shard) in [(2, false), (3, false), (2, true), (3, true)] {
-        let many = run(&config(ranks, 8, shard));
-        assert_eq!(many.records.len(), one.records.len());
-        for (a, b) in one.records.iter().zip(&many.records) {
-            assert!(
-                (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
-                "step {}: loss {} on 1 rank, {} on {ranks} (optimizer sharded: {shard})",
-                a.step,
-                a.loss,
-                b.loss
-            );
+    let one = run(&config(1, 8, Sharding::None));
+    for ranks in [2, 3] {
+        for shard in [Sharding::None, Sharding::Optimizer, Sharding::Masters] {
+            let many = run(&config(ranks, 8, shard));
+            assert_eq!(many.records.len(), one.records.len());
+            for (a, b) in one.records.iter().zip(&many.records) {
+                assert!(
+                    (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1.0),
+                    "step {}: loss {} on 1 rank, {} on {ranks} ({shard:?} sharded)",
+                    a.step,
+                    a.loss,
+                    b.loss
+                );
+            }
         }
     }
     // Checkpointed on 2 ranks at step 4, resumed on 1 up to step 8.
@@ -389,7 +393,15 @@ fn data_parallel_ranks_give_the_losses_of_one() {
         checkpoint: Some(checkpoint.clone()),
         checkpoint_every: 4,
         resume,
-        ..config(ranks, steps, ranks > 1)
+        ..config(
+            ranks,
+            steps,
+            if ranks > 1 {
+                Sharding::Masters
+            } else {
+                Sharding::None
+            },
+        )
     };
     run(&with_checkpoint(2, 4, false));
     let resumed = run(&with_checkpoint(1, 8, true));
@@ -494,7 +506,7 @@ fn a_failed_data_parallel_step_names_its_rank_and_the_next_one_runs() {
         rows: 8,
         device: TrainDevice::Cpu,
         ranks: 2,
-        shard_optimizer: true,
+        sharding: Sharding::Optimizer,
     };
     let trainer = || Trainer::new(&imported.graph, imported.weights.clone(), &options).unwrap();
     let good: Vec<Vec<u32>> = vec![(1..10).collect(), (5..14).collect()];

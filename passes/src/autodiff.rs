@@ -190,7 +190,8 @@ pub fn adamw_update(params: &[(String, TensorType)], adam: &AdamW) -> Result<Gra
 /// [`adamw_update`] as `replicas` runs it: with a sharded optimizer, only
 /// the parameters this rank owns have moments here and are updated; every
 /// new parameter is its owner's, broadcast (the outputs' moments are the
-/// owned parameters', in order).
+/// owned parameters', in order). With sharded masters the parameters it
+/// does not own are not here at all.
 fn adamw_update_on(
     params: &[(String, TensorType)],
     adam: &AdamW,
@@ -224,6 +225,10 @@ fn adamw_update_on(
     }
     let (mut new_p, mut new_m, mut new_v) = (Vec::new(), Vec::new(), Vec::new());
     for (i, ((name, ty), g)) in params.iter().zip(grads).enumerate() {
+        if !replicas.holds_master(i) {
+            // Its owner alone holds and updates it.
+            continue;
+        }
         let p = b.input(format!("param.{name}"), ty.clone());
         let owner = replicas.owner(i);
         if !replicas.updates(i) {
@@ -244,9 +249,12 @@ fn adamw_update_on(
         let v2 = decay(&mut b, v, adam.beta2, g2)?;
         let update = Op::AdamUpdate { eps: adam.eps };
         let updated = b.push(update, &[p, m2, v2, lr, c1, c2, weight_decay])?;
-        new_p.push(match owner {
-            Some(root) => b.push(Op::BroadcastFrom { root }, &[updated])?,
-            None => updated,
+        new_p.push(match replicas {
+            // The others take its new value from here.
+            Replicas::ShardedOptimizer { rank, .. } => {
+                b.push(Op::BroadcastFrom { root: *rank }, &[updated])?
+            }
+            _ => updated,
         });
         new_m.push(m2);
         new_v.push(v2);
@@ -279,6 +287,10 @@ fn adamw_update_on(
 /// `Replicas::ShardedOptimizer` does the same, but each parameter is
 /// updated by its owner alone, which broadcasts it, and the graph's
 /// moments (inputs and outputs) are the owned parameters' alone.
+/// `Replicas::ShardedMasters` keeps the masters there too: the step reads
+/// the others' quantized weights from their owners' broadcasts
+/// ([`crate::shard::shard_masters`]), and its state is the owned masters
+/// and their moments.
 pub fn adamw_step(
     grads: &Graph,
     params: &[(String, TensorType)],
@@ -293,6 +305,15 @@ pub fn adamw_step(
         )));
     }
     replicas.check(params.len())?;
+    let sharded;
+    let grads = match replicas {
+        Replicas::ShardedMasters { rank, owners } => {
+            let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+            sharded = crate::shard::shard_masters(grads, &names, *rank, owners)?;
+            &sharded
+        }
+        _ => grads,
+    };
     let update = adamw_update_on(params, adam, replicas)?;
     let mut b = GraphBuilder::new(format!("{}_step", grads.name));
     for (k, v) in &grads.meta {
@@ -540,13 +561,24 @@ pub enum Replicas {
         rank: usize,
         owners: Vec<usize>,
     },
+    /// ZeRO stage 3 by tensors: parameter `i`'s master and moments live on
+    /// rank `owners[i]` alone, which updates it; before the forward pass it
+    /// broadcasts what the others' steps read of it, a quantized weight as
+    /// its 2-bit codes and scales ([`crate::shard`]). This graph is rank
+    /// `rank`'s.
+    ShardedMasters {
+        rank: usize,
+        owners: Vec<usize>,
+    },
 }
 
 impl Replicas {
     /// The rank that updates parameter `i`, where the optimizer is sharded.
     fn owner(&self, i: usize) -> Option<usize> {
         match self {
-            Replicas::ShardedOptimizer { owners, .. } => Some(owners[i]),
+            Replicas::ShardedOptimizer { owners, .. } | Replicas::ShardedMasters { owners, .. } => {
+                Some(owners[i])
+            }
             _ => None,
         }
     }
@@ -555,7 +587,16 @@ impl Replicas {
     /// moments).
     fn updates(&self, i: usize) -> bool {
         match self {
-            Replicas::ShardedOptimizer { rank, owners } => owners[i] == *rank,
+            Replicas::ShardedOptimizer { rank, owners }
+            | Replicas::ShardedMasters { rank, owners } => owners[i] == *rank,
+            _ => true,
+        }
+    }
+
+    /// Whether this graph's rank holds parameter `i`'s master.
+    fn holds_master(&self, i: usize) -> bool {
+        match self {
+            Replicas::ShardedMasters { rank, owners } => owners[i] == *rank,
             _ => true,
         }
     }
@@ -564,7 +605,9 @@ impl Replicas {
     /// `params` parameters.
     fn check(&self, params: usize) -> Result<(), GradError> {
         match self {
-            Replicas::ShardedOptimizer { owners, .. } if owners.len() != params => {
+            Replicas::ShardedOptimizer { owners, .. } | Replicas::ShardedMasters { owners, .. }
+                if owners.len() != params =>
+            {
                 Err(GradError::Step(format!(
                     "a sharded optimizer names the owners of {} parameters, not {params}",
                     owners.len()
@@ -601,12 +644,17 @@ pub fn optimizer_owners(params: &[(String, TensorType)], ranks: usize) -> Vec<us
 
 /// [`adamw_step`]'s state inputs (name and type), in the order of its last
 /// outputs: the masters, then the first moments, then the second (with a
-/// sharded optimizer, of the parameters this rank owns).
+/// sharded optimizer, of the parameters this rank owns; with sharded
+/// masters, the masters too).
 pub fn step_state(
     params: &[(String, TensorType)],
     replicas: &Replicas,
 ) -> Vec<(String, TensorType)> {
-    let masters = params.iter().map(|(n, ty)| (n.clone(), ty.clone()));
+    let masters = params
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| replicas.holds_master(*i))
+        .map(|(_, (n, ty))| (n.clone(), ty.clone()));
     let owned: Vec<&(String, TensorType)> = params
         .iter()
         .enumerate()

@@ -9,6 +9,8 @@
 //!   complex RoPE and attention) and Gauss's product, on the e-graph;
 //! - [`legalize`]: quantized layers of a deployed graph as `quant_linear`
 //!   on packed codes;
+//! - [`shard`]: a data-parallel step's masters held one rank each, their
+//!   quantized weights sent as codes and scales;
 //! - [`cost`]: the cost model extraction minimises;
 //! - [`pipeline`]: the passes in order, verified after each.
 
@@ -21,4 +23,5 @@ pub mod pipeline;
 pub mod quantize;
 pub mod real_products;
 pub mod rebuild;
+pub mod shard;
 pub mod simplify;

@@ -15,7 +15,7 @@ use fairyc_passes::autodiff::{AdamW, GradOptions, Ste};
 use fairyc_passes::pipeline::CompileOptions;
 
 use super::teacher_data::{teacher_tokens, TeacherData};
-use super::{Objective, Schedule, TrainDevice, TrainOptions, Trainer};
+use super::{Objective, Schedule, Sharding, TrainDevice, TrainOptions, Trainer};
 use crate::{import, Error, Imported};
 
 /// The model to train.
@@ -128,8 +128,8 @@ pub struct TrainConfig {
     pub ranks: usize,
     /// With several ranks, each parameter's moments on one rank alone,
     /// which updates it and broadcasts it (`--shard-optimizer`: ZeRO stage
-    /// 1 by tensors).
-    pub shard_optimizer: bool,
+    /// 1 by tensors), or its master too (`--shard-masters`).
+    pub sharding: Sharding,
     /// Checkpoint file: masters, moments and step, written atomically every
     /// `checkpoint_every` steps and at the end.
     pub checkpoint: Option<PathBuf>,
@@ -176,7 +176,7 @@ impl Default for TrainConfig {
             gauss: false,
             device: TrainDevice::Cpu,
             ranks: 1,
-            shard_optimizer: false,
+            sharding: Sharding::None,
             checkpoint: None,
             checkpoint_every: 50,
             resume: false,
@@ -545,7 +545,7 @@ pub fn train(
         rows: config.seq,
         device: config.device,
         ranks: config.ranks,
-        shard_optimizer: config.shard_optimizer,
+        sharding: config.sharding,
     };
     let mut trainer = Trainer::new(&compiled.graph, compiled.weights.clone(), &options)?;
     on_event(Event::Prepared {
