@@ -109,7 +109,7 @@ pub fn shard_masters(
                 | Op::Transpose { .. }
                 | Op::Reshape { .. }
                 | Op::Unary {
-                    func: UnaryFn::Neg, ..
+                    func: UnaryFn::Neg | UnaryFn::RoundBf16,
                 } => rebuilt(&node.operands[0]),
                 Op::WidelyLinearGrad { .. } => rebuilt(&node.operands[1]),
                 _ => false,
