@@ -180,8 +180,9 @@ pub fn prepare(backend: &dyn Backend, graph: &Graph) -> Result<Graph, BackendErr
         constant[i] = match node.op {
             Op::Weight { .. } => true,
             Op::Input { .. } => false,
-            // What another rank sends is not known at load.
-            ref op if op.is_collective() => false,
+            // What another rank sends is not known at load; zeros are
+            // cheaper to write each run than to hold.
+            ref op if op.runs_each_time() => false,
             _ => node.operands.iter().all(|v| constant[v.0]),
         };
         if !constant[i] && node.op.kind() != OpKind::Leaf && !backend.supports(&node.op) {

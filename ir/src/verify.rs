@@ -88,7 +88,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 }
             }
             // Its declared type stands (any type is the type of zeros).
-            // A constant, made once where a program is built.
+            // Made by each run, of a size known where the program is built.
             Op::Zeros => {
                 if !node.operands.is_empty() {
                     report(format!(

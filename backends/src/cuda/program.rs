@@ -1321,11 +1321,7 @@ impl CudaProgram {
                 .collect();
             let error =
                 |e: String| BackendError::new(format!("%{i} = {}: {e}", node.op.mnemonic()));
-            let ty = match node.op {
-                // Of a fixed shape, as declared.
-                Op::Zeros => node.ty.clone(),
-                _ => concrete_type(&node.op, &args, &no_bindings).map_err(error)?,
-            };
+            let ty = concrete_type(&node.op, &args, &no_bindings).map_err(error)?;
             let value = self.eval(i, step, &args, &ty)?;
             self.constants.insert(i, value);
             for v in &node.operands {

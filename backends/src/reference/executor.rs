@@ -536,8 +536,9 @@ fn fold_constants(
         constant[i] = match node.op {
             Op::Weight { .. } => true,
             Op::Input { .. } => false,
-            // What another rank sends is not known at load.
-            ref op if op.is_collective() => false,
+            // What another rank sends is not known at load; zeros are
+            // cheaper to write each run than to hold.
+            ref op if op.runs_each_time() => false,
             _ => node.operands.iter().all(|v| constant[v.0]),
         };
         if !constant[i] {

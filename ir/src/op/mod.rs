@@ -227,9 +227,9 @@ define_ops! {
     /// Zeros of the declared type (no operands; any element type: f32,
     /// c64, i32, code2, whose all-zero bits are the code `+1`; a fixed
     /// shape). As with an `input`, the type stands as written, but nothing
-    /// binds it: every backend computes it (a constant). The placeholder
-    /// into which a rank that does not hold a tensor receives it
-    /// (`broadcast_from`).
+    /// binds it: every backend computes it, in each run (not held as a
+    /// constant: [`Op::runs_each_time`]). The placeholder into which a rank
+    /// that does not hold a tensor receives it (`broadcast_from`).
     Zeros => "zeros" (), Primitive;
     /// The PhaseQuant codes `code2[n, m]` of a complex `w: c64[n, m]`, each
     /// entry's code chosen as `quantize {scheme = phase, arithmetic}`
@@ -361,6 +361,15 @@ impl Op {
     /// `zeros`), so it runs with the program, not at load.
     pub fn is_collective(&self) -> bool {
         matches!(self, Op::AllReduce | Op::BroadcastFrom { .. })
+    }
+
+    /// Whether a node of this op is computed by each run even where its
+    /// operands are constants of the weights: a collective (see
+    /// [`Op::is_collective`]), and `zeros`, which costs a memset a run but
+    /// would otherwise be held for the program's life (a rank's placeholder
+    /// for a master it does not hold, as large as the master).
+    pub fn runs_each_time(&self) -> bool {
+        self.is_collective() || matches!(self, Op::Zeros)
     }
 }
 
