@@ -1139,7 +1139,7 @@ fn train_config(args: &TrainArgs) -> TrainConfig {
         } else if args.shard_optimizer {
             Sharding::Optimizer
         } else {
-            Sharding::None
+            Sharding::Replicated
         },
         checkpoint: args.checkpoint.clone(),
         checkpoint_every: args.checkpoint_every,

@@ -29,7 +29,7 @@ use fairyc_ir::{
     Graph, GraphBuilder, MemoryStore, Op, TensorType, ValueId, WeightError, WeightStore,
 };
 use fairyc_passes::autodiff::{
-    adamw_step, gradients, optimizer_owners, step_state, AdamW, GradOptions, Replicas, RANK_SHARE,
+    adamw_step, gradients, parameter_owners, step_state, AdamW, GradOptions, Replicas, RANK_SHARE,
 };
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
@@ -227,13 +227,13 @@ pub struct TrainOptions {
 }
 
 /// What the data-parallel ranks divide among themselves, by tensors: each
-/// parameter has one owner ([`optimizer_owners`]: the largest first, each
+/// parameter has one owner ([`parameter_owners`]: the largest first, each
 /// to the rank owning the fewest elements so far).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Sharding {
     /// Every rank holds every master and moment and makes the same update.
     #[default]
-    None,
+    Replicated,
     /// ZeRO stage 1: a parameter's AdamW moments live on its owner, which
     /// alone updates it and broadcasts the new value: the moments' memory
     /// is divided among the ranks.
@@ -484,16 +484,16 @@ impl Trainer {
             grad_graph
         };
         let ranks = options.ranks.max(1);
-        if options.sharding != Sharding::None && ranks == 1 {
+        if options.sharding != Sharding::Replicated && ranks == 1 {
             return Err(Error::Usage(
                 "a sharded optimizer or sharded masters need more than one data-parallel rank"
                     .into(),
             ));
         }
-        let owners = optimizer_owners(&params, ranks);
+        let owners = parameter_owners(&params, ranks);
         let replicas: Vec<Replicas> = match (ranks, options.sharding) {
             (1, _) => vec![Replicas::One],
-            (_, Sharding::None) => vec![Replicas::DataParallel],
+            (_, Sharding::Replicated) => vec![Replicas::DataParallel],
             (_, Sharding::Optimizer) => (0..ranks)
                 .map(|rank| Replicas::ShardedOptimizer {
                     rank,
@@ -796,8 +796,8 @@ impl Trainer {
         if !self.stale {
             return Ok(());
         }
-        // Each tensor from the first rank that holds it: the masters and
-        // unsharded moments from rank 0, sharded moments from their owners.
+        // Each tensor from the first rank that holds it: the replicated
+        // masters and moments from rank 0, sharded ones from their owners.
         let mut fetched = std::collections::HashSet::new();
         for (rank, ((program, _), state)) in self.resident.iter().zip(states).enumerate() {
             for ((name, ty), t) in rank_step(&self.steps, rank).state.iter().zip(state) {

@@ -31,7 +31,7 @@ use fairyc_ir::{
     Node, Op, RopeLayout, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart,
 };
 use fairyc_passes::autodiff::{
-    adamw_step, adamw_update, gradients, optimizer_owners, sgd_step, step_state, AdamW,
+    adamw_step, adamw_update, gradients, parameter_owners, sgd_step, step_state, AdamW,
     GradOptions, Replicas, Ste,
 };
 use fairyc_passes::pipeline::CompileOptions;
@@ -1330,7 +1330,7 @@ fn sharded_optimizer_state_is_divided_among_the_ranks() {
         .enumerate()
         .map(|(i, &n)| (format!("w{i}"), ty(n)))
         .collect();
-    let owners = optimizer_owners(&params, 3);
+    let owners = parameter_owners(&params, 3);
     // Largest first, each to the least loaded rank (the lowest on a tie):
     // 900 | 500 + 200 + 100 | 400 + 300.
     assert_eq!(owners, [0, 1, 2, 2, 1, 1]);
@@ -1595,7 +1595,7 @@ fn every_rank_makes_the_same_collectives_in_the_same_order() {
             .collect()
     };
     let ranks = 3;
-    let owners = optimizer_owners(&typed, ranks);
+    let owners = parameter_owners(&typed, ranks);
     let sharded_optimizer = |rank| Replicas::ShardedOptimizer {
         rank,
         owners: owners.clone(),
@@ -1648,7 +1648,7 @@ fn sharded_masters_send_quantized_weights_as_codes_and_scales() {
         .collect();
     assert_eq!(quantized.len(), 14, "two blocks of seven layers");
     let ranks = 3;
-    let owners = optimizer_owners(&typed, ranks);
+    let owners = parameter_owners(&typed, ranks);
     let broadcasts = |step: &Graph| -> Vec<String> {
         step.nodes
             .iter()

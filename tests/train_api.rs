@@ -371,9 +371,9 @@ fn data_parallel_ranks_give_the_losses_of_one() {
     let run = |config: &TrainConfig| {
         train(ModelSource::Path(model.clone()), config, &mut |_| {}).unwrap()
     };
-    let one = run(&config(1, 8, Sharding::None));
+    let one = run(&config(1, 8, Sharding::Replicated));
     for ranks in [2, 3] {
-        for shard in [Sharding::None, Sharding::Optimizer, Sharding::Masters] {
+        for shard in [Sharding::Replicated, Sharding::Optimizer, Sharding::Masters] {
             let many = run(&config(ranks, 8, shard));
             assert_eq!(many.records.len(), one.records.len());
             for (a, b) in one.records.iter().zip(&many.records) {
@@ -399,7 +399,7 @@ fn data_parallel_ranks_give_the_losses_of_one() {
             if ranks > 1 {
                 Sharding::Masters
             } else {
-                Sharding::None
+                Sharding::Replicated
             },
         )
     };

@@ -63,7 +63,7 @@ use std::collections::{HashMap, HashSet};
 
 use fairyc_ir::{
     verify, Arithmetic, AttentionOperand, BuildError, DType, Dim, Graph, GraphBuilder, NormOperand,
-    Op, Scheme, TensorType, UnaryFn, ValueId, VerifyError,
+    Op, OpKind, Scheme, TensorType, UnaryFn, ValueId, VerifyError,
 };
 
 use crate::rebuild::eliminate_dead_code;
@@ -488,9 +488,10 @@ pub fn hoist_collectives(graph: &Graph) -> Result<Graph, GradError> {
                 && !users[i].is_empty()
                 && users[i].iter().all(|&u| early[u]));
     }
-    // The leaves (inputs such as the ranks' shares) first: they are free.
+    // The bound leaves (inputs such as the ranks' shares) first: they are
+    // free. (Not `zeros`, which allocates: it stays by its reader.)
     let mut order: Vec<usize> = (0..n)
-        .filter(|&i| graph.nodes[i].operands.is_empty())
+        .filter(|&i| graph.nodes[i].op.kind() == OpKind::Leaf)
         .collect();
     let mut placed = vec![false; n];
     for &i in &order {
@@ -609,7 +610,7 @@ impl Replicas {
                 if owners.len() != params =>
             {
                 Err(GradError::Step(format!(
-                    "a sharded optimizer names the owners of {} parameters, not {params}",
+                    "sharded ranks name the owners of {} parameters, not {params}",
                     owners.len()
                 )))
             }
@@ -619,10 +620,11 @@ impl Replicas {
 }
 
 /// Each parameter's owner among `ranks` ranks, for
-/// [`Replicas::ShardedOptimizer`]: the largest first, each to the rank
-/// that owns the fewest elements so far (the lowest on a tie), so that
-/// the ranks' shares of the moments are near equal.
-pub fn optimizer_owners(params: &[(String, TensorType)], ranks: usize) -> Vec<usize> {
+/// [`Replicas::ShardedOptimizer`] and [`Replicas::ShardedMasters`]: the
+/// largest first, each to the rank that owns the fewest elements so far
+/// (the lowest on a tie), so that the ranks' shares of the moments (and
+/// masters) are near equal.
+pub fn parameter_owners(params: &[(String, TensorType)], ranks: usize) -> Vec<usize> {
     let size = |ty: &TensorType| {
         ty.shape
             .concrete()

@@ -116,12 +116,13 @@ pub fn shard_masters(
             };
     }
 
-    let mut sharding = Sharding {
+    let mut sharding = RankGraph {
         graph,
         rank,
         b: GraphBuilder::like(graph),
         map: vec![None; n],
         rebuilt: HashMap::new(),
+        placeholders: HashMap::new(),
     };
     // The prologue: each master's frontier, rebuilt from its owner's
     // broadcasts (the owner first computes what it sends).
@@ -154,8 +155,8 @@ pub fn shard_masters(
     Ok(sharded)
 }
 
-/// The sharded graph under construction.
-struct Sharding<'a> {
+/// A rank's sharded graph under construction.
+struct RankGraph<'a> {
     graph: &'a Graph,
     rank: usize,
     b: GraphBuilder,
@@ -163,9 +164,12 @@ struct Sharding<'a> {
     map: Vec<Option<ValueId>>,
     /// Each rebuilt frontier value (and the values rebuilt on the way).
     rebuilt: HashMap<usize, ValueId>,
+    /// The zeros standing for each master this rank does not hold where
+    /// only its type is read.
+    placeholders: HashMap<usize, ValueId>,
 }
 
-impl Sharding<'_> {
+impl RankGraph<'_> {
     /// The value node `v` has in the sharded graph: rebuilt where it is on
     /// a frontier, else copied.
     fn value(&self, v: usize) -> Result<ValueId, GradError> {
@@ -194,7 +198,7 @@ impl Sharding<'_> {
                 for (k, v) in node.operands.iter().enumerate() {
                     let type_only = k == 0 && matches!(op, Op::WidelyLinearGrad { .. });
                     operands.push(match self.value(v.0) {
-                        Err(_) if type_only => self.b.zeros(self.graph.ty(*v).clone()),
+                        Err(_) if type_only => self.placeholder(v.0),
                         read => read?,
                     });
                 }
@@ -203,6 +207,16 @@ impl Sharding<'_> {
         };
         self.map[i] = Some(value);
         Ok(())
+    }
+
+    /// Zeros of node `v`'s type, one for all the reads of its type alone
+    /// (made where first read, so that it lives only as long as those).
+    fn placeholder(&mut self, v: usize) -> ValueId {
+        let ty = self.graph.ty(ValueId(v)).clone();
+        *self
+            .placeholders
+            .entry(v)
+            .or_insert_with(|| self.b.zeros(ty))
     }
 
     /// Node `v`, derived from a master that rank `root` holds, as every
@@ -254,10 +268,10 @@ impl Sharding<'_> {
                     self.b.push(Op::Dequant { granularity }, &[codes, scales])?
                 }
                 Op::WidelyLinearGrad { .. } => {
-                    let r = node.operands[0];
-                    let r = match self.map[r.0] {
+                    let r = node.operands[0].0;
+                    let r = match self.map[r] {
                         Some(r) if owner => r,
-                        _ => self.b.zeros(graph.ty(r).clone()),
+                        _ => self.placeholder(r),
                     };
                     let d = self.rebuild(node.operands[1].0, root, rebuildable)?;
                     self.b.push(node.op.clone(), &[r, d])?

@@ -176,7 +176,7 @@ impl Default for TrainConfig {
             gauss: false,
             device: TrainDevice::Cpu,
             ranks: 1,
-            sharding: Sharding::None,
+            sharding: Sharding::Replicated,
             checkpoint: None,
             checkpoint_every: 50,
             resume: false,

@@ -56,8 +56,8 @@ struct Collective {
     rank: Rank,
     /// `None`: all_reduce; else broadcast_from this root.
     root: Option<usize>,
-    /// The operand where it is a constant (the `zeros` a rank receives
-    /// into), taken at load: the executor keeps no copy for this kernel.
+    /// The operand where it is a constant of the weights (a weight sent as
+    /// it is), taken at load: the executor keeps no copy for this kernel.
     known: Option<Tensor>,
 }
 
