@@ -459,7 +459,11 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
         (
             "both shardings",
             train_with(&["--device", "cuda", "--shard-optimizer", "--shard-masters"]),
-            vec!["--shard-masters", "cannot be used with", "--shard-optimizer"],
+            vec![
+                "--shard-masters",
+                "cannot be used with",
+                "--shard-optimizer",
+            ],
         ),
         (
             "--device beside --backend",

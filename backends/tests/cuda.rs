@@ -12,6 +12,9 @@ use fairyc_backends::cuda::{
 use fairyc_backends::Tensor;
 use fairyc_ir::{DType, GraphBuilder, MemoryStore, Op, Shape, TensorType};
 
+#[path = "common/halves.rs"]
+mod halves;
+
 fn gpu_or_skip() -> bool {
     if Cuda::available() {
         return true;
@@ -520,7 +523,7 @@ fn phase_halves_rebuild_quantize_on_the_gpu() {
     if !gpu_or_skip() {
         return;
     }
-    use fairyc_ir::{Arithmetic, Granularity, Scheme};
+    use fairyc_ir::{Arithmetic, Granularity};
     use num_complex::Complex32;
     let bits = |t: &Tensor| -> Vec<u32> {
         t.as_c64()
@@ -554,25 +557,7 @@ fn phase_halves_rebuild_quantize_on_the_gpu() {
                     }
                 })
                 .collect();
-            let mut b = GraphBuilder::new("phase_halves");
-            let x = b.input("w", TensorType::new(DType::C64, Shape::new([n, m])));
-            let arithmetic = Arithmetic::F32;
-            let codes = b.push(Op::PhaseCodes { arithmetic }, &[x]).unwrap();
-            let scales = Op::PhaseScales {
-                granularity,
-                arithmetic,
-            };
-            let scales = b.push(scales, &[x]).unwrap();
-            let rebuilt = b
-                .push(Op::Dequant { granularity }, &[codes, scales])
-                .unwrap();
-            let phase = Op::Quantize {
-                scheme: Scheme::Phase,
-                granularity,
-                arithmetic,
-            };
-            let quantized = b.push(phase, &[x]).unwrap();
-            let graph = b.finish(&[codes, rebuilt, quantized]);
+            let graph = halves::halves_graph(n, m, granularity, Arithmetic::F32);
             let program = fairyc_backends::compile(
                 &Cuda::default(),
                 &graph,
@@ -583,7 +568,7 @@ fn phase_halves_rebuild_quantize_on_the_gpu() {
             let inputs = HashMap::from([("w".to_string(), Tensor::c64(vec![n, m], w.clone()))]);
             let out = program.run(inputs).unwrap();
             let what = format!("{granularity:?} [{n}, {m}]");
-            assert_eq!(bits(&out[1]), bits(&out[2]), "{what}");
+            assert_eq!(bits(&out[2]), bits(&out[3]), "{what}");
             let q = fairyc_ir::quant::phase_quant(&w, n, m, granularity).unwrap();
             let want = fairyc_ir::quant::pack_code_rows(&q.codes, n, m).unwrap();
             let fairyc_backends::Data::Codes(got) = &out[0].data else {

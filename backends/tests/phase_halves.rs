@@ -8,11 +8,15 @@ use std::collections::HashMap;
 use fairyc_backends::{compile, Data, Rank, Reference, Tensor};
 use fairyc_ir::quant::{pack_code_rows, phase_quant_with};
 use fairyc_ir::{
-    Arithmetic, DType, Granularity, Graph, GraphBuilder, MemoryStore, Op, Scheme, Shape,
-    TensorType, ValueId,
+    Arithmetic, DType, Granularity, Graph, GraphBuilder, MemoryStore, Op, Shape, TensorType,
+    ValueId,
 };
 use num_complex::Complex32;
 use rand::{rngs::StdRng, RngExt, SeedableRng};
+
+#[path = "common/halves.rs"]
+mod halves;
+use halves::halves_graph;
 
 fn ty(dtype: DType, shape: &[usize]) -> TensorType {
     TensorType::new(dtype, Shape::new(shape.iter().copied()))
@@ -65,28 +69,6 @@ fn run(graph: &Graph, w: Vec<Complex32>, n: usize, m: usize) -> Vec<Tensor> {
     .unwrap();
     let inputs = HashMap::from([("w".to_string(), Tensor::c64(vec![n, m], w))]);
     program.run(inputs).unwrap()
-}
-
-/// `[codes, scales, dequant(codes, scales), quantize(w)]` of an input `w`.
-fn halves_graph(n: usize, m: usize, granularity: Granularity, arithmetic: Arithmetic) -> Graph {
-    let mut b = GraphBuilder::new("halves");
-    let w = b.input("w", ty(DType::C64, &[n, m]));
-    let codes = b.push(Op::PhaseCodes { arithmetic }, &[w]).unwrap();
-    let scales = Op::PhaseScales {
-        granularity,
-        arithmetic,
-    };
-    let scales = b.push(scales, &[w]).unwrap();
-    let rebuilt = b
-        .push(Op::Dequant { granularity }, &[codes, scales])
-        .unwrap();
-    let phase = Op::Quantize {
-        scheme: Scheme::Phase,
-        granularity,
-        arithmetic,
-    };
-    let quantized = b.push(phase, &[w]).unwrap();
-    b.finish(&[codes, scales, rebuilt, quantized])
 }
 
 #[test]
