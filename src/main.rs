@@ -1176,6 +1176,13 @@ fn train_command(args: &TrainArgs) -> Result<()> {
             args.grad_accum
         );
     }
+    if matches!(args.device, DeviceArg::Cuda)
+        && matches!(args.quant.arithmetic, ArithmeticArg::Bf16)
+    {
+        bail!(
+            "--arithmetic bf16 (the authors' rounding) has no GPU quantizer: train with it on --device cpu, or in f32 (the default) on cuda"
+        );
+    }
     for (flag, set) in [
         ("--shard-optimizer", args.shard_optimizer),
         ("--shard-masters", args.shard_masters),

@@ -452,6 +452,11 @@ fn broken_inputs_fail_with_a_message_and_no_panic() {
             vec!["--shard-optimizer needs --device cuda"],
         ),
         (
+            "the authors' bf16 rounding on the GPU",
+            train_with(&["--device", "cuda", "--quant", "w2", "--arithmetic", "bf16"]),
+            vec!["--arithmetic bf16", "--device cpu"],
+        ),
+        (
             "sharded masters on the CPU",
             train_with(&["--shard-masters"]),
             vec!["--shard-masters needs --device cuda"],
