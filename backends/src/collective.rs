@@ -43,6 +43,39 @@ enum Kind {
     Bytes,
 }
 
+/// The element types a broadcast exchanges, each its [`Kind`].
+trait Element: Copy {
+    const KIND: Kind;
+    fn payload(data: Vec<Self>) -> Payload;
+    fn of(payload: &Payload) -> Option<&[Self]>;
+}
+
+impl Element for f32 {
+    const KIND: Kind = Kind::F32;
+    fn payload(data: Vec<f32>) -> Payload {
+        Payload::F32(data)
+    }
+    fn of(payload: &Payload) -> Option<&[f32]> {
+        match payload {
+            Payload::F32(data) => Some(data),
+            Payload::Bytes(_) => None,
+        }
+    }
+}
+
+impl Element for u8 {
+    const KIND: Kind = Kind::Bytes;
+    fn payload(data: Vec<u8>) -> Payload {
+        Payload::Bytes(data)
+    }
+    fn of(payload: &Payload) -> Option<&[u8]> {
+        match payload {
+            Payload::Bytes(data) => Some(data),
+            Payload::F32(_) => None,
+        }
+    }
+}
+
 /// What a rank deposits, and what a collective gives back.
 #[derive(Clone, Debug, PartialEq)]
 enum Payload {
@@ -116,41 +149,30 @@ impl Rank {
     /// Replaces `data` with rank `root`'s, once every rank has called this
     /// with the same root and an f32 tensor of the same length.
     pub fn broadcast_from(&self, root: usize, data: &mut [f32]) -> Result<(), String> {
-        let ask = Ask::BroadcastFrom {
-            root,
-            data: Kind::F32,
-            len: data.len(),
-        };
-        let deposit = Payload::F32(if self.index == root {
-            data.to_vec()
-        } else {
-            Vec::new()
-        });
-        match &*self.exchange(ask, deposit)? {
-            Payload::F32(sent) => data.copy_from_slice(sent),
-            Payload::Bytes(_) => unreachable!("the ranks asked for f32"),
-        }
-        Ok(())
+        self.broadcast(root, data)
     }
 
     /// [`Rank::broadcast_from`] of bytes (packed codes): replaces `data`
     /// with rank `root`'s, once every rank has called this with the same
     /// root and as many bytes.
     pub fn broadcast_bytes_from(&self, root: usize, data: &mut [u8]) -> Result<(), String> {
+        self.broadcast(root, data)
+    }
+
+    /// Either broadcast: only the root deposits its data.
+    fn broadcast<T: Element>(&self, root: usize, data: &mut [T]) -> Result<(), String> {
         let ask = Ask::BroadcastFrom {
             root,
-            data: Kind::Bytes,
+            data: T::KIND,
             len: data.len(),
         };
-        let deposit = Payload::Bytes(if self.index == root {
+        let deposit = T::payload(if self.index == root {
             data.to_vec()
         } else {
             Vec::new()
         });
-        match &*self.exchange(ask, deposit)? {
-            Payload::Bytes(sent) => data.copy_from_slice(sent),
-            Payload::F32(_) => unreachable!("the ranks asked for bytes"),
-        }
+        let sent = self.exchange(ask, deposit)?;
+        data.copy_from_slice(T::of(&sent).expect("the ranks asked for one kind of data"));
         Ok(())
     }
 
