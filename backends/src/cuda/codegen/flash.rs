@@ -364,6 +364,7 @@ impl<'ctx> Gen<'ctx> {
                 at,
                 &s,
                 rows,
+                r0,
                 j0,
                 |_, x| self.fmul(x, at.scale2),
                 f32::NEG_INFINITY,
@@ -502,6 +503,7 @@ impl<'ctx> Gen<'ctx> {
                 at,
                 &s,
                 rows,
+                r0,
                 j0,
                 |i, x| self.ex2(self.fsub(self.fmul(x, at.scale2)?, lse[i / 2])?),
                 0.0,
@@ -563,33 +565,62 @@ impl<'ctx> Gen<'ctx> {
             self.walk(at, &tiles, Some(step_statistics), rows, reach_own, |i0| {
                 // Sᵀ: the tile's keys against a step's queries.
                 let s = self.scores(at, &kf, qt)?;
-                let mut p = Vec::new();
+                // Each element's query's log-sum-exp and D (the step's
+                // copies in shared memory).
+                let mut lse = Vec::new();
                 let mut delta = Vec::new();
-                for (nt, c) in s.iter().enumerate() {
-                    let mut e = [self.float(0.0); 4];
+                for nt in 0..s.len() {
+                    let mut l = [self.float(0.0); 4];
                     let mut dl = [self.float(0.0); 4];
                     for j in 0..2 {
-                        let query = self.column(at, i0, nt, j as u64)?;
-                        let seen = self
-                            .builder
-                            .build_int_compare(IntPredicate::ULT, query, at.seq, "")
-                            .map_err(err)?;
                         let local = self.column(at, self.int(0), nt, j as u64)?;
-                        let lse = self.load_f32(statistics, local)?;
-                        let dj = self.load_f32(statistics, self.add(local, self.int(at.step))?)?;
+                        let at_d = self.add(local, self.int(at.step))?;
+                        let (lj, dj) = (
+                            self.load_f32(statistics, local)?,
+                            self.load_f32(statistics, at_d)?,
+                        );
                         for half in 0..2 {
-                            let key = keys[half].0;
-                            let visible = self.visible(at, key, query)?;
-                            let ok = self.builder.build_and(visible, seen, "").map_err(err)?;
-                            let ok = self.builder.build_and(ok, keys[half].1, "").map_err(err)?;
-                            let x = self.fsub(self.fmul(c[2 * half + j], at.scale2)?, lse)?;
-                            e[2 * half + j] = self.select(ok, self.ex2(x)?, self.float(0.0))?;
+                            l[2 * half + j] = lj;
                             dl[2 * half + j] = dj;
                         }
                     }
-                    p.push(e);
+                    lse.push(l);
                     delta.push(dl);
                 }
+                let exponent = |c: &CFrag<'ctx>, l: &CFrag<'ctx>, i: usize| {
+                    self.ex2(self.fsub(self.fmul(c[i], at.scale2)?, l[i])?)
+                };
+                let whole = || -> Built<Vec<CFrag<'ctx>>> {
+                    s.iter()
+                        .zip(&lse)
+                        .map(|(c, l)| {
+                            let e = [0, 1, 2, 3].map(|i| exponent(c, l, i));
+                            let [a, b, c, d] = e;
+                            Ok([a?, b?, c?, d?])
+                        })
+                        .collect()
+                };
+                let masked = || -> Built<Vec<CFrag<'ctx>>> {
+                    let mut p = Vec::new();
+                    for (nt, (c, l)) in s.iter().zip(&lse).enumerate() {
+                        let mut e = [self.float(0.0); 4];
+                        for j in 0..2 {
+                            let query = self.column(at, i0, nt, j as u64)?;
+                            let seen = self.ult(query, at.seq)?;
+                            for (half, &(key, key_inside)) in keys.iter().enumerate() {
+                                let visible = self.visible(at, key, query)?;
+                                let ok = self.builder.build_and(visible, seen, "").map_err(err)?;
+                                let ok = self.builder.build_and(ok, key_inside, "").map_err(err)?;
+                                let i = 2 * half + j;
+                                e[i] = self.select(ok, exponent(c, l, i)?, self.float(0.0))?;
+                            }
+                        }
+                        p.push(e);
+                    }
+                    Ok(p)
+                };
+                let all_see = self.queries_all_see(at, r0, i0)?;
+                let p = self.unless_all_visible(at, s.len(), all_see, whole, masked)?;
                 let mut acc = self.load_c(&dv_slots)?;
                 self.accumulate(at, &mut acc, &p, gt)?;
                 self.store_c(&dv_slots, &acc)?;
@@ -677,36 +708,116 @@ impl<'ctx> Gen<'ctx> {
             .map_err(err)
     }
 
-    /// The scores' fragments (rows: the tile's; columns: a step's keys from `j0`)
-    /// through `f` (given each element's place in its fragment) where the
-    /// key is in the segment and visible to the row, `outside` elsewhere.
+    /// Whether every row of the warp's tile at `r0` sees every key of the
+    /// step from `j0`: the keys are inside the segment and, with a causal
+    /// mask, none comes after the tile's first row. All but a warp's last
+    /// step or two are so, and they skip the mask's per-element compares
+    /// and selects (a third of the forward pass's instructions).
+    fn keys_all_visible(
+        &self,
+        at: &Launch<'ctx>,
+        r0: IntValue<'ctx>,
+        j0: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let last_key = self.add(j0, self.int(at.step - 1))?;
+        let inside = self.ult(last_key, at.seq)?;
+        let seen = self.visible(at, last_key, r0)?;
+        self.builder.build_and(inside, seen, "").map_err(err)
+    }
+
+    /// Whether every query of the step from `i0` sees every key of the
+    /// warp's tile at `r0` (the gradients of K and V): the queries and the
+    /// keys are inside the segment and, with a causal mask, the tile's last
+    /// key comes no later than the step's first query.
+    fn queries_all_see(
+        &self,
+        at: &Launch<'ctx>,
+        r0: IntValue<'ctx>,
+        i0: IntValue<'ctx>,
+    ) -> Built<IntValue<'ctx>> {
+        let last_query = self.add(i0, self.int(at.step - 1))?;
+        let last_key = self.add(r0, self.int(FLASH_TILE as u64 - 1))?;
+        let inside = self
+            .builder
+            .build_and(
+                self.ult(last_query, at.seq)?,
+                self.ult(last_key, at.seq)?,
+                "",
+            )
+            .map_err(err)?;
+        let seen = self.visible(at, last_key, i0)?;
+        self.builder.build_and(inside, seen, "").map_err(err)
+    }
+
+    /// `n` fragments computed by `whole` where `all_visible` holds (the
+    /// same for the whole warp), else by `masked`.
+    fn unless_all_visible(
+        &self,
+        at: &Launch<'ctx>,
+        n: usize,
+        all_visible: IntValue<'ctx>,
+        whole: impl FnOnce() -> Built<Vec<CFrag<'ctx>>>,
+        masked: impl FnOnce() -> Built<Vec<CFrag<'ctx>>>,
+    ) -> Built<Vec<CFrag<'ctx>>> {
+        // Entry-block slots, which LLVM promotes to registers (phis).
+        let slots = self.c_slots(n)?;
+        self.when_else(
+            at.f,
+            all_visible,
+            || self.store_c(&slots, &whole()?),
+            || self.store_c(&slots, &masked()?),
+        )?;
+        self.load_c(&slots)
+    }
+
+    /// The scores' fragments (rows: the tile's, from `r0`; columns: a
+    /// step's keys from `j0`) through `f` (given each element's place in
+    /// its fragment) where the key is in the segment and visible to the
+    /// row, `outside` elsewhere.
+    #[allow(clippy::too_many_arguments)]
     fn masked(
         &self,
         at: &Launch<'ctx>,
         s: &[CFrag<'ctx>],
         rows: [Row<'ctx>; 2],
+        r0: IntValue<'ctx>,
         j0: IntValue<'ctx>,
         f: impl Fn(usize, FloatValue<'ctx>) -> Built<FloatValue<'ctx>>,
         outside: f32,
     ) -> Built<Vec<CFrag<'ctx>>> {
-        let mut out = Vec::new();
-        for (nt, c) in s.iter().enumerate() {
-            let mut e = [self.float(0.0); 4];
-            for i in 0..4 {
-                let key = self.column(at, j0, nt, i as u64 % 2)?;
-                let inside = self
-                    .builder
-                    .build_int_compare(IntPredicate::ULT, key, at.seq, "")
-                    .map_err(err)?;
-                let ok = self
-                    .builder
-                    .build_and(inside, self.visible(at, key, rows[i / 2].0)?, "")
-                    .map_err(err)?;
-                e[i] = self.select(ok, f(i, c[i])?, self.float(outside))?;
+        let whole = || -> Built<Vec<CFrag<'ctx>>> {
+            s.iter()
+                .map(|c| {
+                    let mut e = [self.float(0.0); 4];
+                    for i in 0..4 {
+                        e[i] = f(i, c[i])?;
+                    }
+                    Ok(e)
+                })
+                .collect()
+        };
+        let masked = || -> Built<Vec<CFrag<'ctx>>> {
+            let mut out = Vec::new();
+            for (nt, c) in s.iter().enumerate() {
+                let mut e = [self.float(0.0); 4];
+                for i in 0..4 {
+                    let key = self.column(at, j0, nt, i as u64 % 2)?;
+                    let inside = self
+                        .builder
+                        .build_int_compare(IntPredicate::ULT, key, at.seq, "")
+                        .map_err(err)?;
+                    let ok = self
+                        .builder
+                        .build_and(inside, self.visible(at, key, rows[i / 2].0)?, "")
+                        .map_err(err)?;
+                    e[i] = self.select(ok, f(i, c[i])?, self.float(outside))?;
+                }
+                out.push(e);
             }
-            out.push(e);
-        }
-        Ok(out)
+            Ok(out)
+        };
+        let all_visible = self.keys_all_visible(at, r0, j0)?;
+        self.unless_all_visible(at, s.len(), all_visible, whole, masked)
     }
 
     /// `dS = P ⊙ (dP − D)` elementwise (`delta(i)`: element `i`'s row's D).
