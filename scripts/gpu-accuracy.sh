@@ -13,8 +13,10 @@
 # Each RUN trains for LIMIT seconds (--time-limit) or up to step STOP
 # (default STEPS), whichever comes first, on the schedule of a STEPS-step run
 # (warm-up, then a cosine decay to MIN_LR times LR over the last DECAY
-# percent: 0.1 and 30 by default; SCALES sets --scales, tensor by default,
-# the paper's), so that a run stopped
+# percent: 0.1 and 30 by default; DECAY_START and DECAY_STEPS set the decay
+# in steps instead, as the ten-minute runs' warm-up-stable-decay schedule:
+# STEPS=5675 DECAY_START=4675 DECAY_STEPS=1000; SCALES sets --scales, tensor
+# by default, the paper's), so that a run stopped
 # at step STOP has had the same learning rates as a longer one up to there;
 # it resumes where an earlier call stopped. It evaluates the held-out text
 # every EVAL_EVERY steps and checkpoints every CKPT_EVERY (100 each; a long
@@ -70,12 +72,16 @@ SEQ=${SEQ:-512} BATCH=${BATCH:-16} STEPS=${STEPS:-1000} LIMIT=${LIMIT:-120} LR=$
 TEACHER=${TEACHER:-512} TEACHER_BATCH=${TEACHER_BATCH:-64} DEVICE=${DEVICE:-cuda}
 EVAL_EVERY=${EVAL_EVERY:-100} CKPT_EVERY=${CKPT_EVERY:-100} DECAY=${DECAY:-30} MIN_LR=${MIN_LR:-0.1}
 SCALES=${SCALES:-tensor}
+DECAY_START=${DECAY_START:-} DECAY_STEPS=${DECAY_STEPS:-}
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for run in "$@"; do
   quant=${run%%-*} objective=${run#*-}
   # A run resumes only a checkpoint of its own settings.
   tag=$run-seq$SEQ-batch$BATCH-steps$STEPS-lr$LR
   [ "$DECAY-$MIN_LR" != 30-0.1 ] && tag+=-decay$DECAY-min$MIN_LR
+  [ -n "$DECAY_START$DECAY_STEPS" ] && tag+=-wsd$DECAY_START+$DECAY_STEPS
+  decay_start=${DECAY_START:-$((STEPS * (100 - DECAY) / 100))}
+  decay_steps=${DECAY_STEPS:-$((STEPS * DECAY / 100))}
   [ "$SCALES" != tensor ] && tag+=-scales$SCALES
   flags=(--device "$DEVICE" --seq "$SEQ" --grad-accum "$BATCH" --eval-data "$W/heldout.txt"
     --eval-windows 1000 -o "$W/$tag.fairy")
@@ -87,7 +93,7 @@ for run in "$@"; do
     fp) flags+=(--quant none --steps 0 --data "$W/train.txt") ;;
     *)
       flags+=(--quant "$quant" --scales "$SCALES" --steps "${STOP:-$STEPS}" --time-limit "$LIMIT" --lr "$LR" --warmup 20
-        --decay-start $((STEPS * (100 - DECAY) / 100)) --decay-steps $((STEPS * DECAY / 100))
+        --decay-start "$decay_start" --decay-steps "$decay_steps"
         --min-lr-ratio "$MIN_LR" --eval-every "$EVAL_EVERY"
         --checkpoint "$W/$tag.ckpt" --checkpoint-every "$CKPT_EVERY" --resume
         --loss-csv "$W/$tag.csv" --loss-png "$W/$tag.png")
