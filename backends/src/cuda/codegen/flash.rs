@@ -712,7 +712,7 @@ impl<'ctx> Gen<'ctx> {
     /// step from `j0`: the keys are inside the segment and, with a causal
     /// mask, none comes after the tile's first row. All but a warp's last
     /// step or two are so, and they skip the mask's per-element compares
-    /// and selects (a third of the forward pass's instructions).
+    /// and selects (about six instructions a score).
     fn keys_all_visible(
         &self,
         at: &Launch<'ctx>,
