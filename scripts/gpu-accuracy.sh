@@ -11,14 +11,14 @@
 #   bash scripts/gpu-accuracy.sh RUN...
 #
 # Each RUN trains for LIMIT seconds (--time-limit) or up to step STOP
-# (default STEPS), whichever comes first, on the schedule of a STEPS-step run
-# (warm-up, then a cosine decay to MIN_LR times LR over the last DECAY
-# percent: 0.1 and 30 by default; DECAY_START and DECAY_STEPS set the decay
-# in steps instead, as the ten-minute runs' warm-up-stable-decay schedule:
-# STEPS=5675 DECAY_START=4675 DECAY_STEPS=1000; SCALES sets --scales, tensor
-# by default, the paper's), so that a run stopped
-# at step STOP has had the same learning rates as a longer one up to there;
-# it resumes where an earlier call stopped. It evaluates the held-out text
+# (default STEPS), whichever comes first, on the schedule of a STEPS-step run:
+# warm-up, then a cosine decay to MIN_LR times LR over the last DECAY percent
+# (0.1 and 30 by default). DECAY_START and DECAY_STEPS set the decay in steps
+# instead, as the ten-minute runs' warm-up-stable-decay schedule does
+# (STEPS=5675 DECAY_START=4675 DECAY_STEPS=1000). So a run stopped at step
+# STOP has had the same learning rates as a longer one up to there; it
+# resumes where an earlier call stopped. SCALES sets --scales (tensor by
+# default, the paper's). It evaluates the held-out text
 # every EVAL_EVERY steps and checkpoints every CKPT_EVERY (100 each; a long
 # run saves time with fewer, as each checkpoint writes the masters and
 # moments). Its log, loss CSV and curve go to $OUT/runs.tar.xz. RUN is

@@ -594,9 +594,11 @@ impl<'ctx> Gen<'ctx> {
                     s.iter()
                         .zip(&lse)
                         .map(|(c, l)| {
-                            let e = [0, 1, 2, 3].map(|i| exponent(c, l, i));
-                            let [a, b, c, d] = e;
-                            Ok([a?, b?, c?, d?])
+                            let mut e = [self.float(0.0); 4];
+                            for (i, e) in e.iter_mut().enumerate() {
+                                *e = exponent(c, l, i)?;
+                            }
+                            Ok(e)
                         })
                         .collect()
                 };
