@@ -63,8 +63,8 @@ pub fn shard_masters(
         };
     }
     // The derived values read by other nodes (or returned): each master's
-    // frontier, in node order. `widely_linear_grad` reads its first
-    // operand's type alone, so that read does not count.
+    // frontier, in node order. A read of an operand's type alone
+    // (`Op::reads_only_type_of`) does not count.
     let mut frontier: Vec<Vec<usize>> = vec![Vec::new(); params.len()];
     let mut on_frontier = vec![false; n];
     let mut mark = |v: usize, on_frontier: &mut Vec<bool>| {
@@ -77,7 +77,7 @@ pub fn shard_masters(
     };
     for (i, node) in graph.nodes.iter().enumerate() {
         for (k, v) in node.operands.iter().enumerate() {
-            let type_only = k == 0 && matches!(node.op, Op::WidelyLinearGrad { .. });
+            let type_only = node.op.reads_only_type_of(k);
             if derived[v.0].is_some() && derived[v.0] != derived[i] && !type_only {
                 mark(v.0, &mut on_frontier);
             }
@@ -95,7 +95,12 @@ pub fn shard_masters(
     // such (sums of stages, their conjugates, the rebuilt real weight).
     let mut rebuildable = vec![false; n];
     for (i, node) in graph.nodes.iter().enumerate() {
-        let rebuilt = |v: &ValueId| rebuildable[v.0];
+        // Every operand whose values the node reads is rebuilt.
+        let values_rebuilt = node
+            .operands
+            .iter()
+            .enumerate()
+            .all(|(k, v)| node.op.reads_only_type_of(k) || rebuildable[v.0]);
         rebuildable[i] = derived[i].is_some()
             && match &node.op {
                 Op::Weight { .. } => true,
@@ -103,15 +108,16 @@ pub fn shard_masters(
                     scheme: Scheme::Phase,
                     ..
                 } => graph.node(node.operands[0]).ty.shape.rank() == 2,
-                Op::Add | Op::Sub => node.operands.iter().all(rebuilt),
-                Op::Scale { .. }
+                Op::Add
+                | Op::Sub
+                | Op::Scale { .. }
                 | Op::Conj
                 | Op::Transpose { .. }
                 | Op::Reshape { .. }
                 | Op::Unary {
                     func: UnaryFn::Neg | UnaryFn::RoundBf16,
-                } => rebuilt(&node.operands[0]),
-                Op::WidelyLinearGrad { .. } => rebuilt(&node.operands[1]),
+                }
+                | Op::WidelyLinearGrad { .. } => values_rebuilt,
                 _ => false,
             };
     }
@@ -185,9 +191,9 @@ impl RankGraph<'_> {
             })
     }
 
-    /// Copies node `i`. A `widely_linear_grad` whose first operand (read
-    /// for its type) is a master this rank does not hold reads zeros of
-    /// that type instead.
+    /// Copies node `i`. An operand read for its type alone
+    /// (`Op::reads_only_type_of`) that this rank does not hold (derived from
+    /// another rank's master) is zeros of that type instead.
     fn copy(&mut self, i: usize, node: &Node) -> Result<(), GradError> {
         let value = match &node.op {
             Op::Input { name } => self.b.input(name.clone(), node.ty.clone()),
@@ -196,7 +202,7 @@ impl RankGraph<'_> {
             op => {
                 let mut operands = Vec::with_capacity(node.operands.len());
                 for (k, v) in node.operands.iter().enumerate() {
-                    let type_only = k == 0 && matches!(op, Op::WidelyLinearGrad { .. });
+                    let type_only = op.reads_only_type_of(k);
                     operands.push(match self.value(v.0) {
                         Err(_) if type_only => self.placeholder(v.0),
                         read => read?,
@@ -267,19 +273,18 @@ impl RankGraph<'_> {
                     let scales = sent(self, Some(scales_op), scales_ty)?;
                     self.b.push(Op::Dequant { granularity }, &[codes, scales])?
                 }
-                Op::WidelyLinearGrad { .. } => {
-                    let r = node.operands[0].0;
-                    let r = match self.map[r] {
-                        Some(r) if owner => r,
-                        _ => self.placeholder(r),
-                    };
-                    let d = self.rebuild(node.operands[1].0, root, rebuildable)?;
-                    self.b.push(node.op.clone(), &[r, d])?
-                }
                 op => {
                     let mut operands = Vec::with_capacity(node.operands.len());
-                    for u in &node.operands {
-                        operands.push(self.rebuild(u.0, root, rebuildable)?);
+                    for (k, u) in node.operands.iter().enumerate() {
+                        operands.push(match self.map[u.0] {
+                            // Read for its type alone: the owner's own, or
+                            // zeros where it is not held.
+                            _ if !op.reads_only_type_of(k) => {
+                                self.rebuild(u.0, root, rebuildable)?
+                            }
+                            Some(held) if owner => held,
+                            _ => self.placeholder(u.0),
+                        });
                     }
                     self.b.push(op.clone(), &operands)?
                 }

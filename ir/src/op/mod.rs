@@ -371,6 +371,13 @@ impl Op {
     pub fn runs_each_time(&self) -> bool {
         self.is_collective() || matches!(self, Op::Zeros)
     }
+
+    /// Whether the op reads operand `k` for its type alone, never its
+    /// values: `widely_linear_grad`'s `r`, which gives the real weight's
+    /// shape. A pass may give such an operand any value of its type.
+    pub fn reads_only_type_of(&self, k: usize) -> bool {
+        k == 0 && matches!(self, Op::WidelyLinearGrad { .. })
+    }
 }
 
 /// How RoPE pairs the channels of one head.
