@@ -175,16 +175,8 @@ pub fn prepare(backend: &dyn Backend, graph: &Graph) -> Result<Graph, BackendErr
     };
     // Weight expressions (nodes of weights alone) are evaluated once at
     // load on the host, by the reference kernels, whatever the backend.
-    let mut constant = vec![false; lowered.nodes.len()];
+    let constant = lowered.weight_constants();
     for (i, node) in lowered.nodes.iter().enumerate() {
-        constant[i] = match node.op {
-            Op::Weight { .. } => true,
-            Op::Input { .. } => false,
-            // What another rank sends is not known at load; zeros are
-            // cheaper to write each run than to hold.
-            ref op if op.runs_each_time() => false,
-            _ => node.operands.iter().all(|v| constant[v.0]),
-        };
         if !constant[i] && node.op.kind() != OpKind::Leaf && !backend.supports(&node.op) {
             return Err(BackendError::Unsupported {
                 backend: backend.name(),

@@ -32,17 +32,7 @@ impl MemoryPlan {
     /// (every symbolic dimension bound to `seq`).
     pub fn new(graph: &Graph, seq: usize) -> MemoryPlan {
         let n = graph.nodes.len();
-        let mut resident = vec![false; n];
-        for (i, node) in graph.nodes.iter().enumerate() {
-            resident[i] = match node.op {
-                Op::Weight { .. } => true,
-                Op::Input { .. } => false,
-                // What another rank sends is not known at load; zeros are
-                // cheaper to write each run than to hold.
-                ref op if op.runs_each_time() => false,
-                _ => node.operands.iter().all(|v| resident[v.0]),
-            };
-        }
+        let resident = graph.weight_constants();
         let last_use = graph.last_uses();
         let bindings = HashMap::new();
         // Free slots in the order they were freed; a value takes the one

@@ -88,9 +88,7 @@ fn expose(graph: &Graph, slots: usize) -> Result<Graph, BuildError> {
     for node in &graph.nodes {
         let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
         let id = match &node.op {
-            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-            Op::Zeros => b.zeros(node.ty.clone()),
+            op if op.has_declared_type() => b.copy(node, &operands)?,
             op @ Op::Attention { .. } if slots == 1 => {
                 let [q, k, v] = [operands[0], operands[1], operands[2]];
                 let (k, v) = caches.extend(&mut b, &format!("kv.{layer}"), PAST, k, v)?;
@@ -360,9 +358,7 @@ pub fn select_logit_rows(graph: &Graph) -> Result<Graph, BuildError> {
     for (i, node) in graph.nodes.iter().enumerate() {
         let mut operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
         let id = match &node.op {
-            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-            Op::Zeros => b.zeros(node.ty.clone()),
+            op if op.has_declared_type() => b.copy(node, &operands)?,
             op => {
                 if i == norm.0 {
                     let rows = b.input(

@@ -131,13 +131,10 @@ pub fn lower_composites(graph: &Graph, native: impl Fn(&Op) -> bool) -> Result<G
     for node in &graph.nodes {
         let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
         let id = match &node.op {
-            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-            Op::Zeros => b.zeros(node.ty.clone()),
             op if op.kind() == OpKind::Composite && !native(op) => {
                 decompose(&mut b, op, &operands).expect("composites decompose")?
             }
-            op => b.push(op.clone(), &operands)?,
+            _ => b.copy(node, &operands)?,
         };
         map.push(id);
     }

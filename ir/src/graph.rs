@@ -95,6 +95,24 @@ impl Graph {
         }
         last
     }
+
+    /// For each value, whether it is a constant of the weights: a weight,
+    /// or a node of such constants alone, which a backend may compute once
+    /// at load. Inputs are not, and neither is an op that runs each time
+    /// ([`Op::runs_each_time`]: what another rank sends is not known at
+    /// load; zeros are cheaper to write each run than to hold).
+    pub fn weight_constants(&self) -> Vec<bool> {
+        let mut constant = vec![false; self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            constant[i] = match node.op {
+                Op::Weight { .. } => true,
+                Op::Input { .. } => false,
+                ref op if op.runs_each_time() => false,
+                _ => node.operands.iter().all(|v| constant[v.0]),
+            };
+        }
+        constant
+    }
 }
 
 /// An error found while building a graph.
@@ -140,6 +158,17 @@ impl GraphBuilder {
     /// A `zeros` node of the declared type `ty` (computed, not bound).
     pub fn zeros(&mut self, ty: TensorType) -> ValueId {
         self.leaf(Op::Zeros, ty)
+    }
+
+    /// A copy of `node` (of another graph) on `operands`, the new values of
+    /// its operands: a node of a declared type ([`Op::has_declared_type`])
+    /// with that type, any other applied to `operands`.
+    pub fn copy(&mut self, node: &Node, operands: &[ValueId]) -> Result<ValueId, BuildError> {
+        if node.op.has_declared_type() {
+            Ok(self.leaf(node.op.clone(), node.ty.clone()))
+        } else {
+            self.push(node.op.clone(), operands)
+        }
     }
 
     fn leaf(&mut self, op: Op, ty: TensorType) -> ValueId {
@@ -191,9 +220,8 @@ impl GraphBuilder {
     /// Copies `graph`'s nodes into this graph in order and returns each
     /// one's new value. `substitute` sees each node (its id in `graph`, the
     /// node, and the new values of the nodes before it) and may stand a
-    /// value of its own for it; otherwise a leaf is copied by name, a
-    /// `zeros` with its declared type, and any other node applied to its
-    /// operands' new values. Composing graphs (a
+    /// value of its own for it; otherwise the node is copied
+    /// ([`GraphBuilder::copy`]). Composing graphs (a
     /// student and its teacher, a gradient graph and its optimizer) and
     /// rewriting one node by node are both this.
     pub fn inline<E: From<BuildError>>(
@@ -210,16 +238,10 @@ impl GraphBuilder {
         for (i, node) in graph.nodes.iter().enumerate() {
             let value = match substitute(self, ValueId(i), node, &map)? {
                 Some(v) => v,
-                None => match &node.op {
-                    Op::Input { name } => self.input(name.clone(), node.ty.clone()),
-                    Op::Weight { name } => self.weight(name.clone(), node.ty.clone()),
-                    Op::Zeros => self.zeros(node.ty.clone()),
-                    op => {
-                        let operands: Vec<ValueId> =
-                            node.operands.iter().map(|v| map[v.0]).collect();
-                        self.push(op.clone(), &operands)?
-                    }
-                },
+                None => {
+                    let operands: Vec<ValueId> = node.operands.iter().map(|v| map[v.0]).collect();
+                    self.copy(node, &operands)?
+                }
             };
             map.push(value);
         }

@@ -249,12 +249,10 @@ fn adamw_update_on(
         let v2 = decay(&mut b, v, adam.beta2, g2)?;
         let update = Op::AdamUpdate { eps: adam.eps };
         let updated = b.push(update, &[p, m2, v2, lr, c1, c2, weight_decay])?;
-        new_p.push(match replicas {
+        new_p.push(match owner {
             // The others take its new value from here.
-            Replicas::ShardedOptimizer { rank, .. } => {
-                b.push(Op::BroadcastFrom { root: *rank }, &[updated])?
-            }
-            _ => updated,
+            Some(root) => b.push(Op::BroadcastFrom { root }, &[updated])?,
+            None => updated,
         });
         new_m.push(m2);
         new_v.push(v2);
@@ -574,12 +572,12 @@ pub enum Replicas {
 }
 
 impl Replicas {
-    /// The rank that updates parameter `i`, where the optimizer is sharded.
+    /// The rank that updates parameter `i` and broadcasts its new value,
+    /// where the optimizer alone is sharded. (With sharded masters nothing
+    /// is sent after the update: the next step's broadcasts carry it.)
     fn owner(&self, i: usize) -> Option<usize> {
         match self {
-            Replicas::ShardedOptimizer { owners, .. } | Replicas::ShardedMasters { owners, .. } => {
-                Some(owners[i])
-            }
+            Replicas::ShardedOptimizer { owners, .. } => Some(owners[i]),
             _ => None,
         }
     }
@@ -701,12 +699,7 @@ fn backward(
     // The forward graph, node for node (same ids).
     let mut b = GraphBuilder::like(graph);
     for node in &graph.nodes {
-        match &node.op {
-            Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-            Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-            Op::Zeros => b.zeros(node.ty.clone()),
-            op => b.push(op.clone(), &node.operands)?,
-        };
+        b.copy(node, &node.operands)?;
     }
     // Active values: float values on a path from a parameter to the loss.
     let mut from_wrt = vec![false; n];

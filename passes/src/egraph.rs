@@ -162,7 +162,7 @@ pub fn from_graph(graph: &Graph, egraph: &mut IrEGraph) -> Vec<Id> {
     for node in &graph.nodes {
         let children = node.operands.iter().map(|v| ids[v.0]).collect();
         let leaf_type = match node.op {
-            Op::Input { .. } | Op::Weight { .. } | Op::Zeros => Some(node.ty.clone()),
+            ref op if op.has_declared_type() => Some(node.ty.clone()),
             _ => None,
         };
         ids.push(egraph.add(Node::with_type(node.op.clone(), leaf_type, children)));

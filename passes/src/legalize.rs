@@ -127,12 +127,7 @@ pub fn pack_quantized_linears(graph: &Graph) -> Result<Graph, BuildError> {
         };
         let value = match out {
             Some(v) => v,
-            None => match &node.op {
-                Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-                Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-                Op::Zeros => b.zeros(node.ty.clone()),
-                op => b.push(op.clone(), operands)?,
-            },
+            None => b.copy(node, operands)?,
         };
         built[id.0] = Some(value);
         Ok(Some(value))

@@ -1,7 +1,7 @@
 //! Rebuilding graphs node by node: the base of the directed passes
 //! (quantization) and of dead-code elimination.
 
-use fairyc_ir::{BuildError, Graph, GraphBuilder, Node, Op, ValueId};
+use fairyc_ir::{BuildError, Graph, GraphBuilder, Node, ValueId};
 
 /// Rebuilds `graph` in order. For each node, `hook` sees the builder, the
 /// node's id in `graph`, the node, and its operands in the new graph; it
@@ -31,12 +31,7 @@ pub fn rebuild(
             .collect();
         let value = match hook(&mut b, ValueId(i), node, &operands)? {
             Some(v) => v,
-            None => match &node.op {
-                Op::Input { name } => b.input(name.clone(), node.ty.clone()),
-                Op::Weight { name } => b.weight(name.clone(), node.ty.clone()),
-                Op::Zeros => b.zeros(node.ty.clone()),
-                op => b.push(op.clone(), &operands)?,
-            },
+            None => b.copy(node, &operands)?,
         };
         map[i] = Some(value);
     }

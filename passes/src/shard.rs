@@ -195,22 +195,14 @@ impl RankGraph<'_> {
     /// (`Op::reads_only_type_of`) that this rank does not hold (derived from
     /// another rank's master) is zeros of that type instead.
     fn copy(&mut self, i: usize, node: &Node) -> Result<(), GradError> {
-        let value = match &node.op {
-            Op::Input { name } => self.b.input(name.clone(), node.ty.clone()),
-            Op::Weight { name } => self.b.weight(name.clone(), node.ty.clone()),
-            Op::Zeros => self.b.zeros(node.ty.clone()),
-            op => {
-                let mut operands = Vec::with_capacity(node.operands.len());
-                for (k, v) in node.operands.iter().enumerate() {
-                    let type_only = op.reads_only_type_of(k);
-                    operands.push(match self.value(v.0) {
-                        Err(_) if type_only => self.placeholder(v.0),
-                        read => read?,
-                    });
-                }
-                self.b.push(op.clone(), &operands)?
-            }
-        };
+        let mut operands = Vec::with_capacity(node.operands.len());
+        for (k, v) in node.operands.iter().enumerate() {
+            operands.push(match self.value(v.0) {
+                Err(_) if node.op.reads_only_type_of(k) => self.placeholder(v.0),
+                read => read?,
+            });
+        }
+        let value = self.b.copy(node, &operands)?;
         self.map[i] = Some(value);
         Ok(())
     }

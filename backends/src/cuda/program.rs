@@ -575,15 +575,11 @@ fn kernel_for(op: &Op, operands: &[Elem], out: Elem) -> Option<Kernel> {
 pub fn runs(op: &Op) -> bool {
     matches!(
         op,
-        Op::Linear
-            | Op::Reshape { .. }
-            | Op::LinearWeightGrad
-            | Op::AllReduce
-            | Op::BroadcastFrom { .. }
-            | Op::Zeros
+        Op::Linear | Op::Reshape { .. } | Op::LinearWeightGrad | Op::Zeros
             // Over a KV cache: kernels built for its heads' widths.
             | Op::Attention { segment: None, .. }
-    ) || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
+    ) || op.is_collective()
+        || kernels_for(op, &[Elem::Real, Elem::Real], Elem::Real).is_some()
 }
 
 /// The kernel (one per distinct specialisation) or other step of each node
@@ -631,14 +627,14 @@ fn select_kernels(
             Op::LinearWeightGrad => Step::WeightGrad,
             Op::Reshape { .. } => Step::Alias,
             Op::Zeros => Step::Zeros,
-            Op::AllReduce | Op::BroadcastFrom { .. } if collective => Step::Collective,
+            op if op.is_collective() && collective => Step::Collective,
             Op::BroadcastFrom { root } if *root != 0 => {
                 return Err(BackendError::new(format!(
                     "%{i}: a broadcast from rank {root} on a GPU that is a rank alone"
                 )))
             }
             // A rank alone: its own sum and root.
-            Op::AllReduce | Op::BroadcastFrom { .. } => Step::Alias,
+            op if op.is_collective() => Step::Alias,
             op => {
                 let int8 = match op {
                     Op::QuantLinear {
@@ -1543,13 +1539,13 @@ impl CudaProgram {
                 let done = match op {
                     // Its words, whatever they hold: two a complex
                     // element, four packed codes a byte.
-                    Op::BroadcastFrom { root } => {
-                        let words = match x.elem {
-                            Elem::Complex | Elem::Code2 => x.word_count(),
-                            _ => len,
-                        };
-                        communicator.broadcast(&self.stream, *root, &x.words, &mut out, words)?
-                    }
+                    Op::BroadcastFrom { root } => communicator.broadcast(
+                        &self.stream,
+                        *root,
+                        &x.words,
+                        &mut out,
+                        x.word_count(),
+                    )?,
                     _ => communicator.all_reduce(&self.stream, &x.words, &mut out, len)?,
                 };
                 self.in_flight

@@ -531,16 +531,8 @@ fn fold_constants(
     last_uses: &[usize],
     mut kept: Vec<bool>,
 ) -> Result<Folded, BackendError> {
-    let mut constant = vec![false; graph.nodes.len()];
+    let constant = graph.weight_constants();
     for (i, node) in graph.nodes.iter().enumerate() {
-        constant[i] = match node.op {
-            Op::Weight { .. } => true,
-            Op::Input { .. } => false,
-            // What another rank sends is not known at load; zeros are
-            // cheaper to write each run than to hold.
-            ref op if op.runs_each_time() => false,
-            _ => node.operands.iter().all(|v| constant[v.0]),
-        };
         if !constant[i] {
             for v in &node.operands {
                 kept[v.0] |= constant[v.0];

@@ -6,7 +6,6 @@ pub mod executor;
 pub mod kernels;
 
 use fairyc_ir::{Graph, Op, OpKind, SharedBytes, WeightStore};
-use num_complex::Complex32;
 
 pub use executor::{
     bind_inputs, bind_shape, evaluate_constants, load_resident, load_weights, Executor, Kernels,
@@ -88,13 +87,10 @@ impl NodeKernel for Collective {
         // A broadcast of complex values or packed codes sends their bits.
         match (&x.data, self.root) {
             (Data::C64(data), Some(root)) => {
-                let mut parts: Vec<f32> = data.iter().flat_map(|z| [z.re, z.im]).collect();
-                self.rank.broadcast_from(root, &mut parts)?;
-                return Ok(out.c64_tensor(&x.shape, |d| {
-                    for (z, p) in d.iter_mut().zip(parts.chunks_exact(2)) {
-                        *z = Complex32::new(p[0], p[1]);
-                    }
-                }));
+                let mut sent = data.to_vec();
+                self.rank
+                    .broadcast_from(root, bytemuck::cast_slice_mut(&mut sent))?;
+                return Ok(Tensor::c64(x.shape.clone(), sent));
             }
             (Data::Codes(packed), Some(root)) => {
                 let mut bytes = packed.to_vec();

@@ -372,6 +372,12 @@ impl Op {
         self.is_collective() || matches!(self, Op::Zeros)
     }
 
+    /// Whether a node of this op has the type it was declared with, not
+    /// one inferred from operands (it has none): inputs, weights, `zeros`.
+    pub fn has_declared_type(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Weight { .. } | Op::Zeros)
+    }
+
     /// Whether the op reads operand `k` for its type alone, never its
     /// values: `widely_linear_grad`'s `r`, which gives the real weight's
     /// shape. A pass may give such an operand any value of its type.

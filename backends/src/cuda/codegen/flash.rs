@@ -804,10 +804,7 @@ impl<'ctx> Gen<'ctx> {
                 let mut e = [self.float(0.0); 4];
                 for i in 0..4 {
                     let key = self.column(at, j0, nt, i as u64 % 2)?;
-                    let inside = self
-                        .builder
-                        .build_int_compare(IntPredicate::ULT, key, at.seq, "")
-                        .map_err(err)?;
+                    let inside = self.ult(key, at.seq)?;
                     let ok = self
                         .builder
                         .build_and(inside, self.visible(at, key, rows[i / 2].0)?, "")

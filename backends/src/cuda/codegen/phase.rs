@@ -475,11 +475,6 @@ impl<'ctx> Gen<'ctx> {
         let [n, m, words] = [2, 3, 4].map(|k| self.param_int(f, k));
         let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
         let bytes = self.mul(n, stride)?;
-        let ult = |a, b| {
-            self.builder
-                .build_int_compare(IntPredicate::ULT, a, b, "")
-                .map_err(err)
-        };
         self.grid_loop(f, words, |k| {
             let mut word = self.int(0);
             for t in 0..4u64 {
@@ -489,7 +484,7 @@ impl<'ctx> Gen<'ctx> {
                     let j = self.add(self.mul(col, self.int(4))?, self.int(c))?;
                     let inside = self
                         .builder
-                        .build_and(ult(byte, bytes)?, ult(j, m)?, "")
+                        .build_and(self.ult(byte, bytes)?, self.ult(j, m)?, "")
                         .map_err(err)?;
                     // Past the end (padding, the last word's tail): entry 0
                     // is read (a word implies one) and its code dropped.
