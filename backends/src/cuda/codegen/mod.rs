@@ -609,6 +609,24 @@ impl<'ctx> Gen<'ctx> {
 
     /// Declares a kernel with parameters of the given kinds and positions
     /// the builder at its entry.
+    /// Tells ptxas how `f` is launched: blocks of `threads` threads, and
+    /// `blocks` of them a multiprocessor at least, so that it keeps the
+    /// registers within what that many blocks leave (`.maxntid`,
+    /// `.minnctapersm`).
+    fn launch_bounds(&self, f: FunctionValue<'ctx>, threads: u32, blocks: u32) -> Built<()> {
+        for (key, value) in [("maxntidx", threads), ("minctasm", blocks)] {
+            let note = self.context.metadata_node(&[
+                f.as_global_value().as_pointer_value().into(),
+                self.context.metadata_string(key).into(),
+                self.i32().const_int(u64::from(value), false).into(),
+            ]);
+            self.module
+                .add_global_metadata("nvvm.annotations", &note)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
     fn declare(&self, name: &str, params: &[Param]) -> FunctionValue<'ctx> {
         let types: Vec<BasicMetadataTypeEnum> = params
             .iter()

@@ -165,6 +165,7 @@ impl<'ctx> Gen<'ctx> {
         } = self.int8_signature(name, kernel)?;
         let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
+        self.launch_bounds(f, 32 * WARPS as u32, MMA_BLOCKS_PER_MULTIPROCESSOR as u32)?;
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
         // Two buffers of the warps' partial outputs (real and imaginary of
@@ -221,16 +222,39 @@ impl<'ctx> Gen<'ctx> {
                 Ok([frag()?, frag()?])
             })
             .collect::<Built<_>>()?;
-        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
-        // Step `s` of the block: tile `block + blocks·(s / warp_tasks)`,
-        // this warp's task `warp + 8·(s mod warp_tasks)` of it.
-        let task_of = |s: IntValue<'ctx>| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
-            let tile = self.add(block, self.mul(blocks, self.udiv(s, warp_tasks)?)?)?;
-            let task = self.add(warp, self.mul(self.int(WARPS), self.urem(s, warp_tasks)?)?)?;
-            Ok((tile, task))
+        let (zero, one) = (self.i32().const_zero(), self.i32().const_int(1, false));
+        let zero_sums = || -> Built<()> {
+            for slot in sums.iter().flatten().flatten() {
+                self.builder.build_store(*slot, zero).map_err(err)?;
+            }
+            Ok(())
         };
-        let load_step = |s: IntValue<'ctx>| -> Built<()> {
-            let (tile, task) = task_of(s)?;
+        let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
+        // Step `s` of the block is its tile `k = s / warp_tasks`, the
+        // launch's tile `block + blocks·k`, and this warp's task
+        // `warp + 8·j` of it, `j = s mod warp_tasks`. The loop counts `(k,
+        // j)` along, in 32 bits, rather than dividing: a division by a
+        // value the launch gives costs tens of instructions a step.
+        let task_of =
+            |(k, j): (IntValue<'ctx>, IntValue<'ctx>)| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+                let tile = self.add(block, self.mul(blocks, self.widen(k)?)?)?;
+                let task = self.add(warp, self.mul(self.int(WARPS), self.widen(j)?)?)?;
+                Ok((tile, task))
+            };
+        let warp_tasks_32 = self
+            .builder
+            .build_int_truncate(warp_tasks, self.i32(), "")
+            .map_err(err)?;
+        let step_after =
+            |(k, j): (IntValue<'ctx>, IntValue<'ctx>)| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+                let tile_done = self.eq_int(self.add(j, one)?, warp_tasks_32)?;
+                Ok((
+                    self.select(tile_done, self.add(k, one)?, k)?,
+                    self.select(tile_done, zero, self.add(j, one)?)?,
+                ))
+            };
+        let load_step = |at: (IntValue<'ctx>, IntValue<'ctx>)| -> Built<()> {
+            let (tile, task) = task_of(at)?;
             let (layer, first_row) = self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
             // A task past the row's tasks reads task 0's words, unused.
             let task = self.select(self.ult(task, tasks)?, task, self.int(0))?;
@@ -272,7 +296,12 @@ impl<'ctx> Gen<'ctx> {
             self.mul(groups_down, at_once)?,
         );
         self.strided_loop(f, first_input, rows, stride, |r| {
-            self.when(f, self.ult(self.int(0), steps)?, || load_step(self.int(0)))?;
+            let first_step = (zero, zero);
+            self.when(f, self.ult(self.int(0), steps)?, || load_step(first_step))?;
+            let (tile_slot, task_slot) = (self.local_int()?, self.local_int()?);
+            // Each tile's sums start from zero: set here and at each tile's
+            // end, rather than chosen at every step.
+            zero_sums()?;
             let left = self.sub(rows, r)?;
             let group = self.select(self.ult(left, at_once)?, left, at_once)?;
             for (j, &slot) in x_steps.iter().enumerate() {
@@ -304,15 +333,21 @@ impl<'ctx> Gen<'ctx> {
                             .into_vector_value())
                     })
                     .collect::<Built<Vec<_>>>()?;
-                let next = self.add(s, self.int(1))?;
-                load_step(self.select(self.ult(next, steps)?, next, s)?)?;
-                let (tile, task) = task_of(s)?;
-                let within = self.urem(s, warp_tasks)?;
-                let first = self.eq_int(within, self.int(0))?;
-                for slot in sums.iter().flatten().flatten() {
-                    let kept = self.select(first, self.i32().const_zero(), self.get_int(*slot)?)?;
-                    self.builder.build_store(*slot, kept).map_err(err)?;
-                }
+                let here = (self.get_int(tile_slot)?, self.get_int(task_slot)?);
+                let (next_tile, next_task) = step_after(here)?;
+                self.builder
+                    .build_store(tile_slot, next_tile)
+                    .map_err(err)?;
+                self.builder
+                    .build_store(task_slot, next_task)
+                    .map_err(err)?;
+                let more = self.ult(self.add(s, self.int(1))?, steps)?;
+                load_step((
+                    self.select(more, next_tile, here.0)?,
+                    self.select(more, next_task, here.1)?,
+                ))?;
+                let (tile, task) = task_of(here)?;
+                let within = self.widen(here.1)?;
                 // A task past the row's (a narrow row leaves warps idle)
                 // adds nothing: skipped, the warp's branch.
                 self.when(f, self.ult(task, tasks)?, || {
@@ -336,7 +371,7 @@ impl<'ctx> Gen<'ctx> {
                 })?;
                 let last = self.eq_int(self.add(within, self.int(1))?, warp_tasks)?;
                 self.when(f, last, || {
-                    let buffer = self.urem(self.udiv(s, warp_tasks)?, self.int(2))?;
+                    let buffer = self.urem(self.widen(here.0)?, self.int(2))?;
                     let (layer, first_row) =
                         self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
                     self.tile_partials(
@@ -345,6 +380,7 @@ impl<'ctx> Gen<'ctx> {
                         (first_row, (g, t)),
                         x_step,
                     )?;
+                    zero_sums()?;
                     self.call_void(barrier, &[])?;
                     // Threads 0..128 add the warps' partials: output row
                     // `tid / 8` of input row `(tid / 2) mod 4`, part
