@@ -607,12 +607,10 @@ impl<'ctx> Gen<'ctx> {
         self.context.ptr_type(AddressSpace::from(GLOBAL))
     }
 
-    /// Declares a kernel with parameters of the given kinds and positions
-    /// the builder at its entry.
-    /// Tells ptxas how `f` is launched: blocks of `threads` threads, and
-    /// `blocks` of them a multiprocessor at least, so that it keeps the
-    /// registers within what that many blocks leave (`.maxntid`,
-    /// `.minnctapersm`).
+    /// Tells ptxas how `f` is launched: at most `threads` threads a block
+    /// (a launch with more fails), and `blocks` blocks a multiprocessor at
+    /// least, so that it keeps the registers within what that many blocks
+    /// leave (`.maxntid`, `.minnctapersm`).
     fn launch_bounds(&self, f: FunctionValue<'ctx>, threads: u32, blocks: u32) -> Built<()> {
         for (key, value) in [("maxntidx", threads), ("minctasm", blocks)] {
             let note = self.context.metadata_node(&[
@@ -627,6 +625,8 @@ impl<'ctx> Gen<'ctx> {
         Ok(())
     }
 
+    /// Declares a kernel with parameters of the given kinds and positions
+    /// the builder at its entry.
     fn declare(&self, name: &str, params: &[Param]) -> FunctionValue<'ctx> {
         let types: Vec<BasicMetadataTypeEnum> = params
             .iter()

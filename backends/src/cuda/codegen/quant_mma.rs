@@ -35,8 +35,10 @@ const WARPS: u64 = QUANT_ROWS_PER_BLOCK as u64;
 const COLUMNS: u32 = 8;
 /// Input rows a block takes at once at most: B's columns hold two of each.
 const MAX_ROWS_AT_ONCE: usize = COLUMNS as usize / 2;
-/// Blocks of the kernel per multiprocessor at most: each block quantizes
-/// the input row again (or, on rows quantized before, copies them).
+/// Blocks of the kernel per multiprocessor: at most, in the grid (each
+/// block quantizes the input row again, or, on rows quantized before,
+/// copies them); at least, in the launch bounds ptxas is given, which holds
+/// its registers to what two blocks leave (128 a thread).
 pub const MMA_BLOCKS_PER_MULTIPROCESSOR: usize = 2;
 
 /// Bytes of shared memory for the quantized rows: the 48 KiB a launch
@@ -165,7 +167,11 @@ impl<'ctx> Gen<'ctx> {
         } = self.int8_signature(name, kernel)?;
         let (u_stages, w_stages) = kernel.stages;
         let stages = u_stages + w_stages;
-        self.launch_bounds(f, 32 * WARPS as u32, MMA_BLOCKS_PER_MULTIPROCESSOR as u32)?;
+        self.launch_bounds(
+            f,
+            32 * QUANT_ROWS_PER_BLOCK,
+            MMA_BLOCKS_PER_MULTIPROCESSOR as u32,
+        )?;
         let scratch = self.shared_scratch(name);
         let xq = self.dynamic_shared_words();
         // Two buffers of the warps' partial outputs (real and imaginary of
@@ -230,8 +236,8 @@ impl<'ctx> Gen<'ctx> {
             Ok(())
         };
         let barrier = self.intrinsic("llvm.nvvm.barrier0", &[])?;
-        // Step `s` of the block is its tile `k = s / warp_tasks`, the
-        // launch's tile `block + blocks·k`, and this warp's task
+        // Step `s` of the block is its `k`-th tile, `k = s / warp_tasks`
+        // (the launch's tile `block + blocks·k`), and this warp's task
         // `warp + 8·j` of it, `j = s mod warp_tasks`. The loop counts `(k,
         // j)` along, in 32 bits, rather than dividing: a division by a
         // value the launch gives costs tens of instructions a step.
@@ -245,14 +251,16 @@ impl<'ctx> Gen<'ctx> {
             .builder
             .build_int_truncate(warp_tasks, self.i32(), "")
             .map_err(err)?;
-        let step_after =
-            |(k, j): (IntValue<'ctx>, IntValue<'ctx>)| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
-                let tile_done = self.eq_int(self.add(j, one)?, warp_tasks_32)?;
-                Ok((
-                    self.select(tile_done, self.add(k, one)?, k)?,
-                    self.select(tile_done, zero, self.add(j, one)?)?,
-                ))
-            };
+        // The step after `(k, j)`, and whether `(k, j)` ends its tile.
+        #[allow(clippy::type_complexity)]
+        let step_after = |(k, j): (IntValue<'ctx>, IntValue<'ctx>)| -> Built<((IntValue<'ctx>, IntValue<'ctx>), IntValue<'ctx>)> {
+            let tile_done = self.eq_int(self.add(j, one)?, warp_tasks_32)?;
+            let next = (
+                self.select(tile_done, self.add(k, one)?, k)?,
+                self.select(tile_done, zero, self.add(j, one)?)?,
+            );
+            Ok((next, tile_done))
+        };
         let load_step = |at: (IntValue<'ctx>, IntValue<'ctx>)| -> Built<()> {
             let (tile, task) = task_of(at)?;
             let (layer, first_row) = self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
@@ -298,9 +306,13 @@ impl<'ctx> Gen<'ctx> {
         self.strided_loop(f, first_input, rows, stride, |r| {
             let first_step = (zero, zero);
             self.when(f, self.ult(self.int(0), steps)?, || load_step(first_step))?;
-            let (tile_slot, task_slot) = (self.local_int()?, self.local_int()?);
-            // Each tile's sums start from zero: set here and at each tile's
-            // end, rather than chosen at every step.
+            // Each group of rows counts its steps from `(0, 0)`, and each
+            // tile's sums start from zero: set here and at each tile's end,
+            // rather than chosen at every step.
+            let (k_slot, j_slot) = (self.local_int()?, self.local_int()?);
+            for slot in [k_slot, j_slot] {
+                self.builder.build_store(slot, zero).map_err(err)?;
+            }
             zero_sums()?;
             let left = self.sub(rows, r)?;
             let group = self.select(self.ult(left, at_once)?, left, at_once)?;
@@ -333,21 +345,16 @@ impl<'ctx> Gen<'ctx> {
                             .into_vector_value())
                     })
                     .collect::<Built<Vec<_>>>()?;
-                let here = (self.get_int(tile_slot)?, self.get_int(task_slot)?);
-                let (next_tile, next_task) = step_after(here)?;
-                self.builder
-                    .build_store(tile_slot, next_tile)
-                    .map_err(err)?;
-                self.builder
-                    .build_store(task_slot, next_task)
-                    .map_err(err)?;
+                let here = (self.get_int(k_slot)?, self.get_int(j_slot)?);
+                let ((next_k, next_j), last) = step_after(here)?;
+                self.builder.build_store(k_slot, next_k).map_err(err)?;
+                self.builder.build_store(j_slot, next_j).map_err(err)?;
                 let more = self.ult(self.add(s, self.int(1))?, steps)?;
                 load_step((
-                    self.select(more, next_tile, here.0)?,
-                    self.select(more, next_task, here.1)?,
+                    self.select(more, next_k, here.0)?,
+                    self.select(more, next_j, here.1)?,
                 ))?;
                 let (tile, task) = task_of(here)?;
-                let within = self.widen(here.1)?;
                 // A task past the row's (a narrow row leaves warps idle)
                 // adds nothing: skipped, the warp's branch.
                 self.when(f, self.ult(task, tasks)?, || {
@@ -369,7 +376,6 @@ impl<'ctx> Gen<'ctx> {
                     }
                     Ok(())
                 })?;
-                let last = self.eq_int(self.add(within, self.int(1))?, warp_tasks)?;
                 self.when(f, last, || {
                     let buffer = self.urem(self.widen(here.0)?, self.int(2))?;
                     let (layer, first_row) =
