@@ -31,6 +31,9 @@ const CHUNKS_PER_TASK: usize = 4;
 /// Warps of a block (the int8 kernels' launch): they split a tile's
 /// chunks between them.
 const WARPS: u64 = QUANT_ROWS_PER_BLOCK as u64;
+/// A step of a block's loop as `(k, j)`: its `k`-th tile, and the warp's
+/// `j`-th task of that tile (see [`Gen::quant_linear_mma`]).
+type StepAt<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
 /// Columns of B: four input rows' real and imaginary parts.
 const COLUMNS: u32 = 8;
 /// Input rows a block takes at once at most: B's columns hold two of each.
@@ -241,19 +244,17 @@ impl<'ctx> Gen<'ctx> {
         // `warp + 8·j` of it, `j = s mod warp_tasks`. The loop counts `(k,
         // j)` along, in 32 bits, rather than dividing: a division by a
         // value the launch gives costs tens of instructions a step.
-        let task_of =
-            |(k, j): (IntValue<'ctx>, IntValue<'ctx>)| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
-                let tile = self.add(block, self.mul(blocks, self.widen(k)?)?)?;
-                let task = self.add(warp, self.mul(self.int(WARPS), self.widen(j)?)?)?;
-                Ok((tile, task))
-            };
+        let task_of = |(k, j): StepAt<'ctx>| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
+            let tile = self.add(block, self.mul(blocks, self.widen(k)?)?)?;
+            let task = self.add(warp, self.mul(self.int(WARPS), self.widen(j)?)?)?;
+            Ok((tile, task))
+        };
         let warp_tasks_32 = self
             .builder
             .build_int_truncate(warp_tasks, self.i32(), "")
             .map_err(err)?;
         // The step after `(k, j)`, and whether `(k, j)` ends its tile.
-        #[allow(clippy::type_complexity)]
-        let step_after = |(k, j): (IntValue<'ctx>, IntValue<'ctx>)| -> Built<((IntValue<'ctx>, IntValue<'ctx>), IntValue<'ctx>)> {
+        let step_after = |(k, j): StepAt<'ctx>| -> Built<(StepAt<'ctx>, IntValue<'ctx>)> {
             let tile_done = self.eq_int(self.add(j, one)?, warp_tasks_32)?;
             let next = (
                 self.select(tile_done, self.add(k, one)?, k)?,
@@ -261,7 +262,7 @@ impl<'ctx> Gen<'ctx> {
             );
             Ok((next, tile_done))
         };
-        let load_step = |at: (IntValue<'ctx>, IntValue<'ctx>)| -> Built<()> {
+        let load_step = |at: StepAt<'ctx>| -> Built<()> {
             let (tile, task) = task_of(at)?;
             let (layer, first_row) = self.layer_of_row(&layers, self.mul(tile, tile_rows)?)?;
             // A task past the row's tasks reads task 0's words, unused.
