@@ -365,13 +365,8 @@ impl<'ctx> Gen<'ctx> {
     /// Row `r` is query `r mod seq` of its segment, which sees columns up to
     /// its own with `causal`, all of them without.
     pub(super) fn masked_softmax(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[Param::Ptr, Param::Ptr, Param::I64, Param::I64, Param::I64],
-        );
+        let (f, [out, x], [cols, seq, causal]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [cols, seq, causal] = [2, 3, 4].map(|i| self.param_int(f, i));
         let row = self.sreg("ctaid.x")?;
         let base = self.mul(row, cols)?;
         let at = |i| self.add(base, i);

@@ -38,16 +38,8 @@ impl<'ctx> Gen<'ctx> {
     /// code times its group's mean |w| from [`Gen::real_sums`]'s totals (in
     /// f64, as f32; 0 without finite entries); one thread an entry.
     pub(super) fn real_dequant(&self, name: &str, ternary: bool) -> Built<()> {
-        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
-        params.extend([Param::I64; 5]);
-        let f = self.declare(name, &params);
-        let (out, w, sums) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let [n, m, groups_per_row, group_len, per_tensor] =
-            [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let (f, [out, w, sums], [n, m, groups_per_row, group_len, per_tensor]) =
+            self.declare_kernel(name);
         let tensor = self.is_set(per_tensor)?;
         let b = &self.builder;
         let select = |c, x: FloatValue<'ctx>, y: FloatValue<'ctx>| -> Built<FloatValue<'ctx>> {

@@ -15,10 +15,7 @@ impl<'ctx> Gen<'ctx> {
             let mut values = Vec::new();
             for (j, elem) in operands.iter().enumerate() {
                 let len = self.param_int(f, 2 + k + j as u32);
-                let same = self
-                    .builder
-                    .build_int_compare(IntPredicate::EQ, len, n, "")
-                    .map_err(err)?;
+                let same = self.eq_int(len, n)?;
                 let wrapped = self.urem(i, len)?;
                 let at = self.select(same, i, wrapped)?;
                 let ptr = self.param_ptr(f, 1 + j as u32);
@@ -54,9 +51,7 @@ impl<'ctx> Gen<'ctx> {
     /// `to_bf16(out, x, pairs, n)`: [`Kernel::ToBf16`] over the `n` words
     /// of `x`.
     pub(super) fn to_bf16(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
-        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let (pairs, n) = (self.param_int(f, 2), self.param_int(f, 3));
+        let (f, [out, x], [pairs, n]) = self.declare_kernel(name);
         self.grid_loop(f, pairs, |p| {
             let lo_at = self.mul(p, self.int(2))?;
             let hi_at = self.add(lo_at, self.int(1))?;

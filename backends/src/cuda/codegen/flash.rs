@@ -165,22 +165,16 @@ impl<'ctx> Gen<'ctx> {
     /// GradKv writes `dK` to `out0` and `dV` to `out1`. A block takes 64
     /// rows of one segment and (query or key) head, warp `w` its rows `16w..16w+16`.
     pub(super) fn flash(&self, name: &str, pass: FlashPass, d: usize, dv: usize) -> Built<()> {
-        let mut params = vec![Param::Ptr; 7];
-        params.extend([Param::I64; 5]);
-        params.push(Param::F32);
-        let f = self.declare(name, &params);
-        let [out0, out1, q, k, v, dout, stats] =
-            [0, 1, 2, 3, 4, 5, 6].map(|i| self.param_ptr(f, i));
-        let [segments, seq, heads, kv_heads, causal] =
-            [7, 8, 9, 10, 11].map(|i| self.param_int(f, i));
-        let scale = self.param_float(f, 12);
+        let (
+            f,
+            [out0, out1, q, k, v, dout, stats],
+            [segments, seq, heads, kv_heads, causal],
+            scale,
+        ) = self.declare_kernel_f32(name);
         let tid = self.sreg("tid.x")?;
         let lane = self.urem(tid, self.int(32))?;
         let warp = self.udiv(tid, self.int(32))?;
-        let not_causal = self
-            .builder
-            .build_int_compare(IntPredicate::EQ, causal, self.int(0), "")
-            .map_err(err)?;
+        let not_causal = self.eq_int(causal, self.int(0))?;
         let tile_heads = if pass == FlashPass::GradKv {
             kv_heads
         } else {
@@ -203,10 +197,7 @@ impl<'ctx> Gen<'ctx> {
             matrix_row: self.urem(lane, self.int(8))?,
             matrix: self.udiv(lane, self.int(8))?,
             first_row,
-            active: self
-                .builder
-                .build_int_compare(IntPredicate::ULT, r0, seq, "")
-                .map_err(err)?,
+            active: self.ult(r0, seq)?,
             g: self.udiv(lane, self.int(4))?,
             t: self.urem(lane, self.int(4))?,
             not_causal,
@@ -316,11 +307,7 @@ impl<'ctx> Gen<'ctx> {
     /// start at `i·dv`), into `stats[deltas + (segment·heads + head)·seq +
     /// r]` where `row = segment·seq + r` ([`FlashPass::Stats`]' layout).
     pub(super) fn flash_delta(&self, name: &str) -> Built<()> {
-        let mut params = vec![Param::Ptr; 3];
-        params.extend([Param::I64; 5]);
-        let f = self.declare(name, &params);
-        let [stats, o, dout] = [0, 1, 2].map(|i| self.param_ptr(f, i));
-        let [n, heads, seq, dv, deltas] = [3, 4, 5, 6, 7].map(|i| self.param_int(f, i));
+        let (f, [stats, o, dout], [n, heads, seq, dv, deltas]) = self.declare_kernel(name);
         self.grid_loop(f, n, |i| {
             let sum = self.local(self.float(0.0))?;
             let first = self.mul(i, dv)?;
@@ -426,10 +413,7 @@ impl<'ctx> Gen<'ctx> {
         };
         let writes = |half: usize| -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
             let (r, ok) = self.row_index(at, r0, half)?;
-            let first_lane = self
-                .builder
-                .build_int_compare(IntPredicate::EQ, at.t, self.int(0), "")
-                .map_err(err)?;
+            let first_lane = self.eq_int(at.t, self.int(0))?;
             Ok((r, self.builder.build_and(ok, first_lane, "").map_err(err)?))
         };
         match ending {
@@ -655,10 +639,7 @@ impl<'ctx> Gen<'ctx> {
     /// Row `r0 + g + 8·half` and whether it is below `seq`.
     fn row_index(&self, at: &Launch<'ctx>, r0: IntValue<'ctx>, half: usize) -> Built<Row<'ctx>> {
         let r = self.add(self.add(r0, at.g)?, self.int(8 * half as u64))?;
-        let ok = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, r, at.seq, "")
-            .map_err(err)?;
+        let ok = self.ult(r, at.seq)?;
         Ok((r, ok))
     }
 
@@ -666,13 +647,7 @@ impl<'ctx> Gen<'ctx> {
     /// causal mask, all of the segment without.
     fn keys_seen(&self, at: &Launch<'ctx>, r0: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
         let last = self.add(r0, self.int(16))?;
-        let causal_end = self.select(
-            self.builder
-                .build_int_compare(IntPredicate::ULT, last, at.seq, "")
-                .map_err(err)?,
-            last,
-            at.seq,
-        )?;
+        let causal_end = self.select(self.ult(last, at.seq)?, last, at.seq)?;
         self.select(at.not_causal, at.seq, causal_end)
     }
 
@@ -1101,13 +1076,6 @@ impl<'ctx> Gen<'ctx> {
             }
         }
         Ok(())
-    }
-
-    /// `a < b` (unsigned).
-    pub(super) fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        self.builder
-            .build_int_compare(IntPredicate::ULT, a, b, "")
-            .map_err(err)
     }
 
     /// Writes C fragments (one per 8 columns) to the tile's rows of `m`,

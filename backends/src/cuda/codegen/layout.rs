@@ -8,27 +8,7 @@ impl<'ctx> Gen<'ctx> {
     /// of `width`; an id outside `0..vocab` gives a zero row (the host
     /// checks the ids it is given, so this only guards memory).
     pub(super) fn embed(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let (out, ids, table) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let (n, width, vocab) = (
-            self.param_int(f, 3),
-            self.param_int(f, 4),
-            self.param_int(f, 5),
-        );
+        let (f, [out, ids, table], [n, width, vocab]) = self.declare_kernel(name);
         self.grid_loop(f, n, |i| {
             let t = self.udiv(i, width)?;
             let c = self.urem(i, width)?;
@@ -44,27 +24,7 @@ impl<'ctx> Gen<'ctx> {
     /// `embed_grad(out, ids, dy, n, width, vocab)`: `n` words of `dy`,
     /// rows of `width` words; ids outside `0..vocab` add nothing.
     pub(super) fn embed_grad(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let (out, ids, dy) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let (n, width, vocab) = (
-            self.param_int(f, 3),
-            self.param_int(f, 4),
-            self.param_int(f, 5),
-        );
+        let (f, [out, ids, dy], [n, width, vocab]) = self.declare_kernel(name);
         self.grid_loop(f, n, |i| {
             let t = self.udiv(i, width)?;
             let c = self.urem(i, width)?;
@@ -101,31 +61,8 @@ impl<'ctx> Gen<'ctx> {
         if complex && bf16 {
             return Err("complex rows are not written rounded to bf16".into());
         }
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let (out, x, positions, freqs) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_ptr(f, 3),
-        );
-        let (pairs, width, seq, head_dim) = (
-            self.param_int(f, 4),
-            self.param_int(f, 5),
-            self.param_int(f, 6),
-            self.param_int(f, 7),
-        );
+        let (f, [out, x, positions, freqs], [pairs, width, seq, head_dim]) =
+            self.declare_kernel(name);
         self.grid_loop(f, pairs, |p| {
             let half = self.udiv(head_dim, self.int(2))?;
             // Pairs per row: width/2 for real rows, width for complex ones.
@@ -266,12 +203,8 @@ impl<'ctx> Gen<'ctx> {
 
     /// `copy2d(dst, src, rows, cols, dst_stride, dst_off, src_stride, src_off)`.
     pub(super) fn copy2d(&self, name: &str) -> Built<()> {
-        let mut params = vec![Param::Ptr; 2];
-        params.extend([Param::I64; 6]);
-        let f = self.declare(name, &params);
-        let (dst, src) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [rows, cols, dst_stride, dst_off, src_stride, src_off] =
-            [2, 3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let (f, [dst, src], [rows, cols, dst_stride, dst_off, src_stride, src_off]) =
+            self.declare_kernel(name);
         let n = self.mul(rows, cols)?;
         self.grid_loop(f, n, |i| {
             let (r, c) = (self.udiv(i, cols)?, self.urem(i, cols)?);
@@ -351,27 +284,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// `gather_columns(out, x, index, rows, out_cols, in_cols)`.
     pub(super) fn gather_columns(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let (out, x, index) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let (rows, out_cols, in_cols) = (
-            self.param_int(f, 3),
-            self.param_int(f, 4),
-            self.param_int(f, 5),
-        );
+        let (f, [out, x, index], [rows, out_cols, in_cols]) = self.declare_kernel(name);
         self.grid_loop(f, self.mul(rows, out_cols)?, |i| {
             let (r, c) = (self.udiv(i, out_cols)?, self.urem(i, out_cols)?);
             let from = self.load_i32(index, c)?;
@@ -392,20 +305,7 @@ impl<'ctx> Gen<'ctx> {
     /// `row_index[r] = 2a + (r is an imaginary channel of slot a)`, likewise
     /// for columns; `d` is `[n, m]` complex.
     pub(super) fn widely_linear_grad(&self, name: &str, part: fairyc_ir::WlPart) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let [out, d, row_index, col_index] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
-        let [rows, cols, m] = [4, 5, 6].map(|k| self.param_int(f, k));
+        let (f, [out, d, row_index, col_index], [rows, cols, m]) = self.declare_kernel(name);
         self.grid_loop(f, self.mul(rows, cols)?, |i| {
             let (r, c) = (self.udiv(i, cols)?, self.urem(i, cols)?);
             let ra = self.widen(self.load_i32(row_index, r)?)?;
@@ -430,11 +330,7 @@ impl<'ctx> Gen<'ctx> {
                 fairyc_ir::WlPart::U => (0, 1),
                 fairyc_ir::WlPart::W => (1, 1),
             };
-            let is = |x: IntValue<'ctx>, want: u64| {
-                self.builder
-                    .build_int_compare(IntPredicate::EQ, x, self.int(want), "")
-                    .map_err(err)
-            };
+            let is = |x: IntValue<'ctx>, want: u64| self.eq_int(x, self.int(want));
             let negative = self
                 .builder
                 .build_and(is(row_im, neg_row)?, is(col_im, neg_col)?, "")
@@ -451,11 +347,7 @@ impl<'ctx> Gen<'ctx> {
     /// `row_slots` and `col_slots` (`[2n]`, `[2m]`; past the matrix:
     /// padding, zero); f32 arithmetic, halving first.
     pub(super) fn widely_linear(&self, name: &str, part: fairyc_ir::WlPart) -> Built<()> {
-        let mut params = vec![Param::Ptr; 4];
-        params.extend([Param::I64; 4]);
-        let f = self.declare(name, &params);
-        let [out, r, row_slots, col_slots] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
-        let [rows, cols, n, m] = [4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let (f, [out, r, row_slots, col_slots], [rows, cols, n, m]) = self.declare_kernel(name);
         let split = SplitSource {
             r,
             row_slots,
@@ -514,15 +406,7 @@ impl<'ctx> Gen<'ctx> {
         j: IntValue<'ctx>,
     ) -> Built<IntValue<'ctx>> {
         self.builder
-            .build_and(
-                self.builder
-                    .build_int_compare(IntPredicate::ULT, i, split.rows, "")
-                    .map_err(err)?,
-                self.builder
-                    .build_int_compare(IntPredicate::ULT, j, split.cols, "")
-                    .map_err(err)?,
-                "",
-            )
+            .build_and(self.ult(i, split.rows)?, self.ult(j, split.cols)?, "")
             .map_err(err)
     }
 

@@ -645,6 +645,51 @@ impl<'ctx> Gen<'ctx> {
         f
     }
 
+    /// Declares a kernel of `P` pointers then `I` integers, the most common
+    /// signature, and returns it with them.
+    #[allow(clippy::type_complexity)]
+    fn declare_kernel<const P: usize, const I: usize>(
+        &self,
+        name: &str,
+    ) -> (
+        FunctionValue<'ctx>,
+        [PointerValue<'ctx>; P],
+        [IntValue<'ctx>; I],
+    ) {
+        let mut params = vec![Param::Ptr; P];
+        params.extend([Param::I64; I]);
+        let f = self.declare(name, &params);
+        (
+            f,
+            std::array::from_fn(|k| self.param_ptr(f, k as u32)),
+            std::array::from_fn(|k| self.param_int(f, (P + k) as u32)),
+        )
+    }
+
+    /// [`Gen::declare_kernel`] with an f32 last (a norm's eps, a
+    /// quantizer's level).
+    #[allow(clippy::type_complexity)]
+    fn declare_kernel_f32<const P: usize, const I: usize>(
+        &self,
+        name: &str,
+    ) -> (
+        FunctionValue<'ctx>,
+        [PointerValue<'ctx>; P],
+        [IntValue<'ctx>; I],
+        FloatValue<'ctx>,
+    ) {
+        let mut params = vec![Param::Ptr; P];
+        params.extend([Param::I64; I]);
+        params.push(Param::F32);
+        let f = self.declare(name, &params);
+        (
+            f,
+            std::array::from_fn(|k| self.param_ptr(f, k as u32)),
+            std::array::from_fn(|k| self.param_int(f, (P + k) as u32)),
+            self.param_float(f, (P + I) as u32),
+        )
+    }
+
     /// The declaration of an intrinsic that must exist in this LLVM.
     fn intrinsic(
         &self,
@@ -868,10 +913,7 @@ impl<'ctx> Gen<'ctx> {
         let i = self.builder.build_phi(self.i64(), "i").map_err(err)?;
         i.add_incoming(&[(&start, before)]);
         let iv = i.as_basic_value().into_int_value();
-        let more = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, iv, end, "")
-            .map_err(err)?;
+        let more = self.ult(iv, end)?;
         self.builder
             .build_conditional_branch(more, inside, exit)
             .map_err(err)?;
@@ -1165,10 +1207,7 @@ impl<'ctx> Gen<'ctx> {
             .expect("in a function");
         let write = self.context.append_basic_block(f, "write");
         let after = self.context.append_basic_block(f, "written");
-        let first = self
-            .builder
-            .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
-            .map_err(err)?;
+        let first = self.eq_int(lane, self.int(0))?;
         self.builder
             .build_conditional_branch(first, write, after)
             .map_err(err)?;
@@ -1187,10 +1226,7 @@ impl<'ctx> Gen<'ctx> {
         // Every warp reads the per-warp partials (lanes past the warp count
         // take the identity) and reduces them the same way.
         let warps = self.udiv(self.sreg("ntid.x")?, self.int(32))?;
-        let in_range = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, lane, warps, "")
-            .map_err(err)?;
+        let in_range = self.ult(lane, warps)?;
         let safe_lane = self.select(in_range, lane, self.int(0))?;
         let slot = unsafe {
             self.builder
@@ -1279,10 +1315,7 @@ impl<'ctx> Gen<'ctx> {
     ) -> Built<(IntValue<'ctx>, IntValue<'ctx>)> {
         let id = self.widen(self.load_i32(ids, t)?)?;
         // Unsigned: a negative id compares as huge.
-        let known = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, id, vocab, "")
-            .map_err(err)?;
+        let known = self.ult(id, vocab)?;
         let safe = self.select(known, id, self.int(0))?;
         Ok((safe, known))
     }
@@ -1461,6 +1494,18 @@ impl<'ctx> Gen<'ctx> {
         self.builder
             .build_int_compare(IntPredicate::EQ, a, b, "")
             .map_err(err)
+    }
+
+    /// `a < b`, unsigned.
+    fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.builder
+            .build_int_compare(IntPredicate::ULT, a, b, "")
+            .map_err(err)
+    }
+
+    /// The smaller of `a` and `b`, unsigned.
+    fn umin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
+        self.select(self.ult(a, b)?, a, b)
     }
 
     /// `!a` of a flag.

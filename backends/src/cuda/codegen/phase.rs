@@ -99,16 +99,8 @@ impl<'ctx> Gen<'ctx> {
     /// summed stage by stage (`(q₁ + q₂) + q₃`), the residuals and sums in
     /// f32 as the unfused `sub` and `add` compute them; one thread an entry.
     pub(super) fn phase_stages_dequant(&self, name: &str, stages: usize) -> Built<()> {
-        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
-        params.extend([Param::I64; 6]);
-        let f = self.declare(name, &params);
-        let (out, w, sums) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let [n, m, groups_per_row, group_len, per_tensor, stride] =
-            [3, 4, 5, 6, 7, 8].map(|k| self.param_int(f, k));
+        let (f, [out, w, sums], [n, m, groups_per_row, group_len, per_tensor, stride]) =
+            self.declare_kernel(name);
         let tensor = self.is_set(per_tensor)?;
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
@@ -427,26 +419,8 @@ impl<'ctx> Gen<'ctx> {
     /// at least the scheme's floor): `±s_re` or `±i·s_im`; one thread an
     /// entry.
     pub(super) fn phase_dequant(&self, name: &str, ifairy: bool) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-                Param::I64,
-            ],
-        );
-        let (out, w, sums) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let [n, m, groups_per_row, group_len, per_tensor] =
-            [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let (f, [out, w, sums], [n, m, groups_per_row, group_len, per_tensor]) =
+            self.declare_kernel(name);
         let tensor = self.is_set(per_tensor)?;
         self.grid_loop(f, self.mul(n, m)?, |k| {
             let (row, j) = (self.udiv(k, m)?, self.urem(k, m)?);
@@ -468,11 +442,7 @@ impl<'ctx> Gen<'ctx> {
     /// each row `ceil(m/4)` bytes, its padding `+1` (zero bits), the bytes
     /// little-endian in `words` 32-bit words; one thread a word.
     pub(super) fn phase_codes(&self, name: &str) -> Built<()> {
-        let mut params = vec![Param::Ptr, Param::Ptr];
-        params.extend([Param::I64; 3]);
-        let f = self.declare(name, &params);
-        let (out, w) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let [n, m, words] = [2, 3, 4].map(|k| self.param_int(f, k));
+        let (f, [out, w], [n, m, words]) = self.declare_kernel(name);
         let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
         let bytes = self.mul(n, stride)?;
         self.grid_loop(f, words, |k| {
@@ -522,11 +492,7 @@ impl<'ctx> Gen<'ctx> {
     /// bit), in `dequant`'s layout (`out[2·group..]`); one thread a group.
     /// `w` is not read: the parameters are the quantizer's last pass's.
     pub(super) fn phase_scales(&self, name: &str) -> Built<()> {
-        let mut params = vec![Param::Ptr, Param::Ptr, Param::Ptr];
-        params.extend([Param::I64; 5]);
-        let f = self.declare(name, &params);
-        let (out, sums) = (self.param_ptr(f, 0), self.param_ptr(f, 2));
-        let [n, groups_per_row, per_tensor] = [3, 5, 7].map(|k| self.param_int(f, k));
+        let (f, [out, _, sums], [n, _, groups_per_row, _, per_tensor]) = self.declare_kernel(name);
         let tensor = self.is_set(per_tensor)?;
         let groups = self.select(tensor, self.int(1), self.mul(n, groups_per_row)?)?;
         self.grid_loop(f, groups, |g| {
@@ -658,14 +624,6 @@ impl<'ctx> Gen<'ctx> {
                 "",
             )
             .map_err(err)
-    }
-
-    pub(super) fn umin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Built<IntValue<'ctx>> {
-        let less = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, a, b, "")
-            .map_err(err)?;
-        self.select(less, a, b)
     }
 }
 

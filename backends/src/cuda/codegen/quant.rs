@@ -28,10 +28,7 @@ impl<'ctx> Gen<'ctx> {
         // Whole warps leave together: no barrier follows.
         let work = self.context.append_basic_block(f, "work");
         let done = self.context.append_basic_block(f, "done");
-        let inside = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, row, n, "")
-            .map_err(err)?;
+        let inside = self.ult(row, n)?;
         self.builder
             .build_conditional_branch(inside, work, done)
             .map_err(err)?;
@@ -70,10 +67,7 @@ impl<'ctx> Gen<'ctx> {
             let im = self.warp_sum(self.get(acc_im)?)?;
             let first = self.context.append_basic_block(f, "first_lane");
             let next = self.context.append_basic_block(f, "next_row");
-            let is_first = self
-                .builder
-                .build_int_compare(IntPredicate::EQ, lane, self.int(0), "")
-                .map_err(err)?;
+            let is_first = self.eq_int(lane, self.int(0))?;
             self.builder
                 .build_conditional_branch(is_first, first, next)
                 .map_err(err)?;
@@ -174,16 +168,8 @@ impl<'ctx> Gen<'ctx> {
     /// per_tensor)`: `out[n, m]` complex, each code times its group's
     /// scale (the layouts of [`Gen::quant_linear`]); one thread an element.
     pub(super) fn dequant(&self, name: &str) -> Built<()> {
-        let mut params = vec![Param::Ptr; 3];
-        params.extend([Param::I64; 5]);
-        let f = self.declare(name, &params);
-        let (out, codes, scales) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-        );
-        let [n, m, groups_per_row, group_len, per_tensor] =
-            [3, 4, 5, 6, 7].map(|k| self.param_int(f, k));
+        let (f, [out, codes, scales], [n, m, groups_per_row, group_len, per_tensor]) =
+            self.declare_kernel(name);
         let stride = self.udiv(self.add(m, self.int(3))?, self.int(4))?;
         let tensor = self.is_set(per_tensor)?;
         self.grid_loop(f, self.mul(n, m)?, |k| {

@@ -293,7 +293,7 @@ impl<'ctx> Gen<'ctx> {
         // their quantized words one row after another.
         let at_once = self.udiv(self.int(ROW_BYTES as u64), self.mul(m, self.int(2))?)?;
         let most = self.int(MAX_ROWS_AT_ONCE as u64);
-        let at_once = self.select(self.ult(at_once, most)?, at_once, most)?;
+        let at_once = self.umin(at_once, most)?;
         let at_once = self.select(self.ult(at_once, self.int(1))?, self.int(1), at_once)?;
         let row_words = self.udiv(m, self.int(2))?;
         let x_steps: Vec<PointerValue> = (0..MAX_ROWS_AT_ONCE)
@@ -316,7 +316,7 @@ impl<'ctx> Gen<'ctx> {
             }
             zero_sums()?;
             let left = self.sub(rows, r)?;
-            let group = self.select(self.ult(left, at_once)?, left, at_once)?;
+            let group = self.umin(left, at_once)?;
             for (j, &slot) in x_steps.iter().enumerate() {
                 let j = self.int(j as u64);
                 self.set(slot, self.float(0.0))?;

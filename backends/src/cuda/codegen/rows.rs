@@ -11,18 +11,8 @@ impl<'ctx> Gen<'ctx> {
         if complex && bf16 {
             return Err("complex rows are not written rounded to bf16".into());
         }
-        let f = self.declare(
-            name,
-            &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64, Param::F32],
-        );
+        let (f, [out, x, gain], [cols], eps) = self.declare_kernel_f32(name);
         let scratch = self.shared_scratch(name);
-        let (out, x, gain, cols, eps) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_int(f, 3),
-            self.param_float(f, 4),
-        );
         let row = self.sreg("ctaid.x")?;
         let words = if complex {
             self.mul(cols, self.int(2))?
@@ -63,14 +53,8 @@ impl<'ctx> Gen<'ctx> {
     /// that its largest magnitude is `q`, rounded to an integer (ties to
     /// even), clamped to `[-q-1, q]` and scaled back.
     pub(super) fn act_quant(&self, name: &str, complex: bool) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::F32]);
+        let (f, [out, x], [cols], q) = self.declare_kernel_f32(name);
         let scratch = self.shared_scratch(name);
-        let (out, x, cols, q) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_int(f, 2),
-            self.param_float(f, 3),
-        );
         let parts = if complex { 2 } else { 1 };
         let words = self.mul(cols, self.int(parts))?;
         let base = self.mul(self.sreg("ctaid.x")?, words)?;
@@ -110,13 +94,8 @@ impl<'ctx> Gen<'ctx> {
 
     /// `softmax(out, x, cols)`: one block per row.
     pub(super) fn softmax(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64]);
+        let (f, [out, x], [cols]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let (out, x, cols) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_int(f, 2),
-        );
         let base = self.mul(self.sreg("ctaid.x")?, cols)?;
         let at = |i| self.add(base, i);
         let max = self.row_sum(f, scratch, cols, true, |i| self.load_f32(x, at(i)?))?;
@@ -133,14 +112,8 @@ impl<'ctx> Gen<'ctx> {
 
     /// `softmax_grad(out, y, dy, cols)`: `y · (dy − Σ y·dy)` per row.
     pub(super) fn softmax_grad(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let (f, [out, y, dy], [cols]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let (out, y, dy, cols) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_int(f, 3),
-        );
         let base = self.mul(self.sreg("ctaid.x")?, cols)?;
         let at = |i| self.add(base, i);
         let dot = self.row_sum(f, scratch, cols, false, |i| {
@@ -158,18 +131,11 @@ impl<'ctx> Gen<'ctx> {
     /// `run` consecutive words of the `n` in `x` (the last run may be
     /// shorter); one block a run, its loads coalesced.
     pub(super) fn run_sums(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        let (f, [out, x], [n, run]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let (out, x) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
-        let (n, run) = (self.param_int(f, 2), self.param_int(f, 3));
         let b = self.sreg("ctaid.x")?;
         let start = self.mul(b, run)?;
-        let left = self.builder.build_int_sub(n, start, "").map_err(err)?;
-        let whole = self
-            .builder
-            .build_int_compare(IntPredicate::ULT, run, left, "")
-            .map_err(err)?;
-        let count = self.select(whole, run, left)?;
+        let count = self.umin(run, self.sub(n, start)?)?;
         let total = self.row_sum(f, scratch, count, false, |j| {
             self.load_f32(x, self.add(start, j)?)
         })?;
@@ -185,20 +151,8 @@ impl<'ctx> Gen<'ctx> {
     /// same sum. One launch where a square, a sum of runs and a sum of
     /// those took three (a gradient's squared norm, per parameter).
     pub(super) fn sum_squares(&self, name: &str) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::I64,
-            ],
-        );
+        let (f, [out, partials, arrivals, x], [n, run]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let [out, partials, arrivals, x] = [0, 1, 2, 3].map(|k| self.param_ptr(f, k));
-        let (n, run) = (self.param_int(f, 4), self.param_int(f, 5));
         let b = self.sreg("ctaid.x")?;
         let start = self.mul(b, run)?;
         let count = self.umin(run, self.sub(n, start)?)?;
@@ -223,14 +177,8 @@ impl<'ctx> Gen<'ctx> {
 
     /// `column_sum(out, x, rows, cols)`.
     pub(super) fn column_sum(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::I64, Param::I64]);
+        let (f, [out, x], [rows, cols]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let (out, x, rows, cols) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_int(f, 2),
-            self.param_int(f, 3),
-        );
         let c = self.sreg("ctaid.x")?;
         let total = self.row_sum(f, scratch, rows, false, |r| {
             self.load_f32(x, self.add(self.mul(r, cols)?, c)?)
@@ -276,9 +224,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// Whether this is the block's first thread.
     pub(super) fn first_thread(&self) -> Built<IntValue<'ctx>> {
-        self.builder
-            .build_int_compare(IntPredicate::EQ, self.sreg("tid.x")?, self.int(0), "")
-            .map_err(err)
+        self.eq_int(self.sreg("tid.x")?, self.int(0))
     }
 
     /// `out[2r..2r+2] = (loss, flag)` (or another pair), by the block's
@@ -325,8 +271,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// `scored_mean(out, sums)`: one thread.
     pub(super) fn scored_mean(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr]);
-        let (out, sums) = (self.param_ptr(f, 0), self.param_ptr(f, 1));
+        let (_, [out, sums], []) = self.declare_kernel(name);
         let total = self.load_f32(sums, self.int(0))?;
         let count = self.load_f32(sums, self.int(1))?;
         let any = self
@@ -409,14 +354,8 @@ impl<'ctx> Gen<'ctx> {
     /// `kl_div_rows(out, student, teacher, vocab)`: `out[2r..2r+2] = (Σ_j
     /// p_t (log p_t − log p_s), 1)`.
     pub(super) fn kl_div_rows(&self, name: &str) -> Built<()> {
-        let f = self.declare(name, &[Param::Ptr, Param::Ptr, Param::Ptr, Param::I64]);
+        let (f, [out, student, teacher], [vocab]) = self.declare_kernel(name);
         let scratch = self.shared_scratch(name);
-        let (out, student, teacher, vocab) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_int(f, 3),
-        );
         let r = self.sreg("ctaid.x")?;
         let base = self.mul(r, vocab)?;
         let at = |i| self.add(base, i);
@@ -516,10 +455,7 @@ impl<'ctx> Gen<'ctx> {
                 self.exp(self.fsub(self.load_f32(logits, at(i)?)?, max)?)?,
                 total,
             )?;
-            let hit = self
-                .builder
-                .build_int_compare(IntPredicate::EQ, i, t, "")
-                .map_err(err)?;
+            let hit = self.eq_int(i, t)?;
             let p = self.select(hit, self.fsub(p, self.float(1.0))?, p)?;
             let d = self.fmul(p, scale)?;
             let d = self.select(scored, d, self.float(0.0))?;
@@ -533,25 +469,8 @@ impl<'ctx> Gen<'ctx> {
     /// parts). Input: `dx = r g dy − x r³ Σ(g dy x) / cols`; gain: the
     /// terms `dy x r` at the gain's index, `[rows, gain.len()]`.
     pub(super) fn rms_norm_grad(&self, name: &str, complex: bool, gain_part: bool) -> Built<()> {
-        let f = self.declare(
-            name,
-            &[
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::Ptr,
-                Param::I64,
-                Param::F32,
-            ],
-        );
+        let (f, [out, x, gain, dy], [cols], eps) = self.declare_kernel_f32(name);
         let scratch = self.shared_scratch(name);
-        let (out, x, gain, dy) = (
-            self.param_ptr(f, 0),
-            self.param_ptr(f, 1),
-            self.param_ptr(f, 2),
-            self.param_ptr(f, 3),
-        );
-        let (cols, eps) = (self.param_int(f, 4), self.param_float(f, 5));
         let row = self.sreg("ctaid.x")?;
         let words = if complex {
             self.mul(cols, self.int(2))?
