@@ -1460,7 +1460,12 @@ impl CudaProgram {
                 split_args(b, split, &split_sizes);
             })?;
         }
-        self.launch(last, Self::grid(n * m), MAP_THREADS, |b| {
+        // The scales alone are a thread a group; the rest a thread an entry.
+        let items = match self.kernels[last] {
+            Kernel::PhaseScales => groups,
+            _ => n * m,
+        };
+        self.launch(last, Self::grid(items), MAP_THREADS, |b| {
             b.arg(out).arg(&*x.words).arg(&sums);
             for v in &sizes {
                 b.arg(v);
