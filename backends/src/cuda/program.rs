@@ -671,52 +671,67 @@ fn select_kernels(
         };
         steps.push(Some(step));
     }
-    if fuse.split_quantizers {
-        fusion::fuse_split_quantizers(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.phase_stages {
-        fusion::fuse_phase_stages(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.elementwise {
-        fusion::fuse_elementwise(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.pairings {
-        fusion::fold_pairings(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.norms {
-        fusion::fold_norms(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.prologues {
-        fusion::fold_prologues(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.residuals {
-        fusion::fold_residuals(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.siblings {
-        fusion::group_siblings(graph, plan, &mut kernels, &mut steps);
-    }
-    if fuse.ropes {
-        fusion::fold_ropes(graph, plan, &mut kernels, &mut steps);
-    }
-    fusion::fold_transposed_weights(graph, plan, &mut kernels, &mut steps);
-    if tensor_cores {
-        fusion::use_tensor_cores(graph, plan, &mut kernels, &mut steps);
-    }
-    // After `use_tensor_cores`: the quantized rows' product takes its
-    // design (and so the codes' layout) from the step's kernel.
-    if fuse.quantize_once && row_quantization != RowQuantization::InEachBlock {
-        let every_width = row_quantization == RowQuantization::Once;
-        fusion::quantize_rows_once(graph, &mut kernels, &mut steps, every_width);
-    }
-    if fuse.loss_statistics {
-        fusion::keep_loss_statistics(graph, plan, &mut kernels, &mut steps);
-    }
-    // Last: the products' operands are final.
-    if fuse.roundings && round_products {
-        fusion::round_in_producers(graph, plan, &mut kernels, &mut steps);
+    let every_width = row_quantization == RowQuantization::Once;
+    let quantize_once = move |graph: &Graph, _: &MemoryPlan, kernels: &mut _, steps: &mut _| {
+        fusion::quantize_rows_once(graph, kernels, steps, every_width)
+    };
+    // The fusion passes in the order they run, each where it is on.
+    let passes: [(&str, bool, &FusionPass); 14] = [
+        (
+            "split_quantizers",
+            fuse.split_quantizers,
+            &fusion::fuse_split_quantizers,
+        ),
+        (
+            "phase_stages",
+            fuse.phase_stages,
+            &fusion::fuse_phase_stages,
+        ),
+        ("elementwise", fuse.elementwise, &fusion::fuse_elementwise),
+        ("pairings", fuse.pairings, &fusion::fold_pairings),
+        ("norms", fuse.norms, &fusion::fold_norms),
+        ("prologues", fuse.prologues, &fusion::fold_prologues),
+        ("residuals", fuse.residuals, &fusion::fold_residuals),
+        ("siblings", fuse.siblings, &fusion::group_siblings),
+        ("ropes", fuse.ropes, &fusion::fold_ropes),
+        ("transposed_weights", true, &fusion::fold_transposed_weights),
+        ("tensor_cores", tensor_cores, &fusion::use_tensor_cores),
+        // After `tensor_cores`: the quantized rows' product takes its
+        // design (and so the codes' layout) from the step's kernel.
+        (
+            "quantize_once",
+            fuse.quantize_once && row_quantization != RowQuantization::InEachBlock,
+            &quantize_once,
+        ),
+        (
+            "loss_statistics",
+            fuse.loss_statistics,
+            &fusion::keep_loss_statistics,
+        ),
+        // Last: the products' operands are final.
+        (
+            "roundings",
+            fuse.roundings && round_products,
+            &fusion::round_in_producers,
+        ),
+    ];
+    let check = |after: &str, kernels: &[Kernel], steps: &[Option<Step>]| {
+        fusion::check_plan(graph, plan, kernels, steps)
+            .map_err(|e| BackendError::new(format!("@{}, {after}: {e}", graph.name)))
+    };
+    check("the kernels chosen", &kernels, &steps)?;
+    for (name, on, pass) in passes {
+        if on {
+            pass(graph, plan, &mut kernels, &mut steps);
+            check(&format!("after the fusion pass `{name}`"), &kernels, &steps)?;
+        }
     }
     Ok((kernels, steps))
 }
+
+/// A fusion pass: rewrites the steps of a graph's nodes and the kernels
+/// they launch ([`fusion`]).
+type FusionPass = dyn Fn(&Graph, &MemoryPlan, &mut Vec<Kernel>, &mut [Option<Step>]);
 
 /// `kernel`'s index in `kernels`, added if it is not there yet: one kernel
 /// per distinct specialisation.

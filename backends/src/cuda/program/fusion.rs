@@ -1484,6 +1484,61 @@ pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -
     }
 }
 
+/// Checks what every fusion pass must leave true, as the program will run
+/// the steps (node by node, a grouped product's siblings with it): each
+/// launched kernel exists, and each value a step reads is there when it
+/// runs (an input, a value evaluated at load, or the value of a step that
+/// ran before), as is each graph output at the end. A pass that breaks this
+/// would otherwise make the run panic or read a buffer never written.
+pub(super) fn check_plan(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    kernels: &[Kernel],
+    steps: &[Option<Step>],
+) -> Result<(), String> {
+    let launched = |step: &Step| -> Vec<usize> {
+        match step {
+            Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => ks.clone(),
+            Step::Fused { kernel, .. } | Step::Roped { kernel, .. } => vec![*kernel],
+            Step::PairedQuantLinear {
+                kernel, quantized, ..
+            } => [*kernel]
+                .into_iter()
+                .chain(quantized.iter().flat_map(|q| [q.quantize, q.product]))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut computed: Vec<bool> = (0..graph.nodes.len())
+        .map(|v| plan.resident[v] || matches!(graph.nodes[v].op, Op::Input { .. }))
+        .collect();
+    for (i, step) in steps.iter().enumerate() {
+        let Some(step) = step else { continue };
+        if computed[i] || matches!(step, Step::Ahead) {
+            continue;
+        }
+        let name = || format!("%{i} = {}", graph.nodes[i].op.mnemonic());
+        if let Some(k) = launched(step).into_iter().find(|&k| k >= kernels.len()) {
+            return Err(format!("{}: kernel {k} of {}", name(), kernels.len()));
+        }
+        if let Some(v) = reads(graph, steps, i).iter().find(|v| !computed[v.0]) {
+            return Err(format!(
+                "{} reads %{}, which no step computed before it",
+                name(),
+                v.0
+            ));
+        }
+        computed[i] = true;
+        if let Step::PairedQuantLinear { siblings, .. } = step {
+            siblings.iter().for_each(|s| computed[s.at] = true);
+        }
+    }
+    match graph.outputs.iter().find(|v| !computed[v.0]) {
+        Some(v) => Err(format!("the output %{} is computed by no step", v.0)),
+        None => Ok(()),
+    }
+}
+
 /// The node after which each value is dead, over the operands each step
 /// reads (fused steps read other values than their nodes' operands);
 /// `usize::MAX` for outputs, the value's own node for a value no step reads.
@@ -1558,6 +1613,43 @@ mod tests {
             granularity: fairyc_ir::Granularity::Tensor,
         };
         b.push(op, &[&[x], weights].concat()).unwrap()
+    }
+
+    /// The plan check after each pass: it holds for what the passes make
+    /// (every test here goes through it), and names the node where a step
+    /// reads a value no step computed, launches a kernel that is not
+    /// there, or leaves an output uncomputed.
+    #[test]
+    fn the_plan_check_finds_a_value_read_before_it_is_computed() {
+        use super::super::Kernel;
+        use super::check_plan;
+        use crate::plan::MemoryPlan;
+
+        let mut b = GraphBuilder::new("plan");
+        let x = b.input("x", ty(&[4, 8]));
+        let w = b.input("w", ty(&[8, 8]));
+        let scaled = b.push(Op::Scale { factor: 0.5 }, &[x]).unwrap();
+        let y = b.push(Op::Linear, &[scaled, w]).unwrap();
+        let graph = b.finish(&[y]);
+        let plan = MemoryPlan::new(&graph, 1);
+        let (kernels, chosen) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
+        assert_eq!(check_plan(&graph, &plan, &kernels, &chosen), Ok(()));
+
+        let mut unread = steps(&graph);
+        unread[scaled.0] = None;
+        let error = check_plan(&graph, &plan, &kernels, &unread).unwrap_err();
+        assert!(error.contains(&format!("%{} = linear reads %{}", y.0, scaled.0)), "{error}");
+
+        let mut missing = steps(&graph);
+        missing[scaled.0] = Some(Step::Kernel(vec![kernels.len()]));
+        let error = check_plan(&graph, &plan, &kernels, &missing).unwrap_err();
+        assert!(error.contains("kernel 1 of 1"), "{error}");
+
+        let mut no_output = steps(&graph);
+        no_output[y.0] = None;
+        let error = check_plan(&graph, &plan, &kernels, &no_output).unwrap_err();
+        assert!(error.contains(&format!("the output %{}", y.0)), "{error}");
+        assert!(matches!(kernels[..], [Kernel::Map { .. }]));
     }
 
     /// `c = 0.5·(x·s + y)`: one kernel reading x, s and y; with a product
