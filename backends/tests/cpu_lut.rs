@@ -5,8 +5,9 @@
 //! both generators, at every tile width the host runs, compute the same
 //! integer sums in the same order, so their outputs are identical.
 
+use fairyc_backends::cpu::activations::Blocks;
 use fairyc_backends::cpu::llvm::host_rows;
-use fairyc_backends::cpu::lut::{Blocks, LutLayer};
+use fairyc_backends::cpu::lut::LutLayer;
 use fairyc_backends::cpu::mad::{self, MadWeights};
 use fairyc_backends::cpu::CodeGen;
 use fairyc_backends::reference::kernels::quant_linear::{quant_linear, StageCodes};

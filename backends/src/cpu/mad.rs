@@ -23,7 +23,7 @@ use num_complex::Complex32;
 use fairyc_ir::quant::Code;
 use fairyc_ir::Granularity;
 
-use super::lut::{round_near, Activations, Blocks};
+use super::activations::{round_near, Activations, Blocks};
 
 /// Activation rows from which a call multiplies instead of looking up
 /// (measured: `cargo run --release -p fairyc-backends --example lut_gemv`,

@@ -7,6 +7,7 @@
 //! Their activations are quantized to integers per block, so their
 //! `quant_linear` is not exact: [`Backend::tolerance`] gives the bound.
 
+pub mod activations;
 pub mod attention;
 pub mod cranelift;
 pub mod kernel;
@@ -82,8 +83,9 @@ use num_complex::Complex32;
 use crate::reference::{Executor, Kernels, NodeKernel};
 use crate::tensor::{Data, Recycled, Tensor};
 use crate::{Backend, BackendError, Program, Tolerance};
-pub use lut::Activations;
-use lut::{Blocks, Factors, LutLayer};
+pub use activations::Activations;
+use activations::Blocks;
+use lut::{Factors, LutLayer};
 
 /// The CPU backend with Cranelift-generated kernels (`--backend cranelift`).
 #[derive(Clone, Copy, Debug, Default)]

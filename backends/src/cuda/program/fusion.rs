@@ -1638,7 +1638,10 @@ mod tests {
         let mut unread = steps(&graph);
         unread[scaled.0] = None;
         let error = check_plan(&graph, &plan, &kernels, &unread).unwrap_err();
-        assert!(error.contains(&format!("%{} = linear reads %{}", y.0, scaled.0)), "{error}");
+        assert!(
+            error.contains(&format!("%{} = linear reads %{}", y.0, scaled.0)),
+            "{error}"
+        );
 
         let mut missing = steps(&graph);
         missing[scaled.0] = Some(Step::Kernel(vec![kernels.len()]));
