@@ -656,14 +656,7 @@ impl<'ctx> Gen<'ctx> {
         [PointerValue<'ctx>; P],
         [IntValue<'ctx>; I],
     ) {
-        let mut params = vec![Param::Ptr; P];
-        params.extend([Param::I64; I]);
-        let f = self.declare(name, &params);
-        (
-            f,
-            std::array::from_fn(|k| self.param_ptr(f, k as u32)),
-            std::array::from_fn(|k| self.param_int(f, (P + k) as u32)),
-        )
+        self.declare_then(name, None)
     }
 
     /// [`Gen::declare_kernel`] with an f32 last (a norm's eps, a
@@ -678,15 +671,29 @@ impl<'ctx> Gen<'ctx> {
         [IntValue<'ctx>; I],
         FloatValue<'ctx>,
     ) {
+        let (f, ptrs, ints) = self.declare_then(name, Some(Param::F32));
+        (f, ptrs, ints, self.param_float(f, (P + I) as u32))
+    }
+
+    /// A kernel of `P` pointers, `I` integers and `last`, with the first two.
+    #[allow(clippy::type_complexity)]
+    fn declare_then<const P: usize, const I: usize>(
+        &self,
+        name: &str,
+        last: Option<Param>,
+    ) -> (
+        FunctionValue<'ctx>,
+        [PointerValue<'ctx>; P],
+        [IntValue<'ctx>; I],
+    ) {
         let mut params = vec![Param::Ptr; P];
         params.extend([Param::I64; I]);
-        params.push(Param::F32);
+        params.extend(last);
         let f = self.declare(name, &params);
         (
             f,
             std::array::from_fn(|k| self.param_ptr(f, k as u32)),
             std::array::from_fn(|k| self.param_int(f, (P + k) as u32)),
-            self.param_float(f, (P + I) as u32),
         )
     }
 
