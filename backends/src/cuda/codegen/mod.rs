@@ -647,15 +647,7 @@ impl<'ctx> Gen<'ctx> {
 
     /// Declares a kernel of `P` pointers then `I` integers, the most common
     /// signature, and returns it with them.
-    #[allow(clippy::type_complexity)]
-    fn declare_kernel<const P: usize, const I: usize>(
-        &self,
-        name: &str,
-    ) -> (
-        FunctionValue<'ctx>,
-        [PointerValue<'ctx>; P],
-        [IntValue<'ctx>; I],
-    ) {
+    fn declare_kernel<const P: usize, const I: usize>(&self, name: &str) -> Declared<'ctx, P, I> {
         self.declare_then(name, None)
     }
 
@@ -676,16 +668,11 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// A kernel of `P` pointers, `I` integers and `last`, with the first two.
-    #[allow(clippy::type_complexity)]
     fn declare_then<const P: usize, const I: usize>(
         &self,
         name: &str,
         last: Option<Param>,
-    ) -> (
-        FunctionValue<'ctx>,
-        [PointerValue<'ctx>; P],
-        [IntValue<'ctx>; I],
-    ) {
+    ) -> Declared<'ctx, P, I> {
         let mut params = vec![Param::Ptr; P];
         params.extend([Param::I64; I]);
         params.extend(last);
@@ -1666,6 +1653,14 @@ impl<'ctx> Gen<'ctx> {
         Ok(())
     }
 }
+
+/// A kernel declared by [`Gen::declare_kernel`]: the function, its
+/// pointers and its integers.
+type Declared<'ctx, const P: usize, const I: usize> = (
+    FunctionValue<'ctx>,
+    [PointerValue<'ctx>; P],
+    [IntValue<'ctx>; I],
+);
 
 #[derive(Clone, Copy)]
 enum Param {
