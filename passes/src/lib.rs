@@ -1,7 +1,7 @@
 //! fairyc's passes: the Fairy2i method as rewrites of the IR.
 //!
 //! - [`autodiff`]: reverse-mode gradients of a scalar loss, as IR nodes;
-//! - [`egraph`]: the IR as an `egg` language, the round trip, rule plumbing;
+//! - [`egraph`]: the IR as an `egg` language, saturation, rule plumbing;
 //! - [`lower`]: widely-linear lowering (section 3.1), on the e-graph;
 //! - [`quantize`]: PhaseQuant with residual stages (3.2-3.3) and the real
 //!   baselines, as a directed rewrite;
@@ -12,11 +12,13 @@
 //! - [`shard`]: a data-parallel step's masters held one rank each, their
 //!   quantized weights sent as codes and scales;
 //! - [`cost`]: the cost model extraction minimises;
+//! - [`extract`]: the cheapest program of a saturated e-graph, as a graph;
 //! - [`pipeline`]: the passes in order, verified after each.
 
 pub mod autodiff;
 pub mod cost;
 pub mod egraph;
+pub mod extract;
 pub mod legalize;
 pub mod lower;
 pub mod pipeline;
