@@ -2,7 +2,7 @@
 //! distillation to its full-precision self, and training from scratch, on
 //! any backend that runs the training ops (the reference on the CPU, cuda
 //! on a GPU). A step is one graph
-//! (`fairyc_passes::autodiff::adamw_step`): the forward pass over the
+//! (`fairyc_passes::optimizer::adamw_step`): the forward pass over the
 //! step's windows stacked (attention segmented by window), the loss, the
 //! backward pass and AdamW (clipping by the global norm, decoupled weight
 //! decay), with the master weights and the moments as the graph's state,
@@ -28,11 +28,12 @@ use fairyc_backends::{Backend, Cuda, GpuAttention, GpuMatmul, Program, Rank, Ref
 use fairyc_ir::{
     Graph, GraphBuilder, MemoryStore, Op, TensorType, ValueId, WeightError, WeightStore,
 };
-use fairyc_passes::autodiff::{
-    adamw_step, gradients, parameter_owners, step_state, AdamW, GradOptions, Replicas, RANK_SHARE,
-};
+use fairyc_passes::autodiff::{gradients, GradOptions};
 use fairyc_passes::cost::CostModel;
 use fairyc_passes::egraph::Limits;
+use fairyc_passes::optimizer::{
+    adamw_step, parameter_owners, step_state, AdamW, Replicas, RANK_SHARE,
+};
 use fairyc_passes::real_products::{fold_split_gradients, real_products};
 use fairyc_passes::rebuild::eliminate_dead_code;
 use fairyc_passes::simplify::{simplify, SimplifyOptions};

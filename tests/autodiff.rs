@@ -30,9 +30,9 @@ use fairyc_ir::{
     text, Arithmetic, AttentionOperand, DType, Dim, Granularity, Graph, GraphBuilder, MemoryStore,
     Node, Op, RopeLayout, Scheme, Shape, TensorType, ValueId, WeightStore, WlPart,
 };
-use fairyc_passes::autodiff::{
-    adamw_step, adamw_update, gradients, parameter_owners, sgd_step, step_state, AdamW,
-    GradOptions, Replicas, Ste,
+use fairyc_passes::autodiff::{gradients, GradOptions, Ste};
+use fairyc_passes::optimizer::{
+    adamw_step, adamw_update, parameter_owners, sgd_step, step_state, AdamW, Replicas,
 };
 use fairyc_passes::pipeline::CompileOptions;
 use fairyc_passes::quantize::Method;

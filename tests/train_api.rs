@@ -14,7 +14,8 @@ use fairyc::train::{
 use fairyc::Model;
 use fairyc_frontend::gguf::GgmlType;
 use fairyc_frontend::synth::{write_gguf, SynthConfig};
-use fairyc_passes::autodiff::{AdamW, GradOptions};
+use fairyc_passes::autodiff::GradOptions;
+use fairyc_passes::optimizer::AdamW;
 use fairyc_passes::pipeline::CompileOptions;
 
 /// A tiny model and text to train it on.

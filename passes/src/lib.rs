@@ -21,6 +21,7 @@ pub mod egraph;
 pub mod extract;
 pub mod legalize;
 pub mod lower;
+pub mod optimizer;
 pub mod pipeline;
 pub mod quantize;
 pub mod real_products;

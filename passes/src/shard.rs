@@ -10,7 +10,7 @@
 //!
 //! The pass works on a gradient graph ([`crate::autodiff::gradients`]),
 //! forward and backward passes together, before
-//! [`crate::autodiff::adamw_step`] turns the masters into the step's state.
+//! [`crate::optimizer::adamw_step`] turns the masters into the step's state.
 //! A node is *derived* from a master when all its operands are (the split,
 //! the quantizer stages, their residuals and sums, the rebuilt real
 //! weight); the derived values that other nodes read are its *frontier*,

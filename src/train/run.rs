@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use fairyc_ir::atomic::write_atomically;
 use fairyc_ir::Graph;
-use fairyc_passes::autodiff::{AdamW, GradOptions, Ste};
+use fairyc_passes::autodiff::{GradOptions, Ste};
+use fairyc_passes::optimizer::AdamW;
 use fairyc_passes::pipeline::CompileOptions;
 
 use super::teacher_data::{teacher_tokens, TeacherData};
