@@ -1,6 +1,8 @@
 //! fairyc's passes: the Fairy2i method as rewrites of the IR.
 //!
 //! - [`autodiff`]: reverse-mode gradients of a scalar loss, as IR nodes;
+//! - [`optimizer`]: training steps on them (SGD, AdamW), on one GPU or as
+//!   one rank of several;
 //! - [`egraph`]: the IR as an `egg` language, saturation, rule plumbing;
 //! - [`lower`]: widely-linear lowering (section 3.1), on the e-graph;
 //! - [`quantize`]: PhaseQuant with residual stages (3.2-3.3) and the real
