@@ -11,8 +11,11 @@
 //!   complex RoPE and attention) and Gauss's product, on the e-graph;
 //! - [`legalize`]: quantized layers of a deployed graph as `quant_linear`
 //!   on packed codes;
+//! - [`real_products`]: a training graph's widely-linear products back as
+//!   one real product each;
 //! - [`shard`]: a data-parallel step's masters held one rank each, their
 //!   quantized weights sent as codes and scales;
+//! - [`rebuild`]: rebuilding graphs node by node, dead-code elimination;
 //! - [`cost`]: the cost model extraction minimises;
 //! - [`extract`]: the cheapest program of a saturated e-graph, as a graph;
 //! - [`pipeline`]: the passes in order, verified after each.

@@ -5,9 +5,9 @@
 //! parallel.
 //!
 //! Columns are grouped as the scales are (one group per row for tensor and
-//! channel scales); each group is split into blocks of at most 64 inputs,
-//! padded to a multiple of four (one code byte). Padding inputs are zero,
-//! so the padding codes add nothing.
+//! channel scales); each group is split into blocks of at most 64 inputs
+//! ([`super::activations::Blocks`]), padded to a multiple of four (one code
+//! byte). Padding inputs are zero, so the padding codes add nothing.
 
 use fairyc_ir::Granularity;
 use num_complex::Complex32;

@@ -1,10 +1,13 @@
 //! The CPU backends: `quant_linear` runs a table-look-up kernel generated
 //! for the host ([`kernel`] describes it; [`cranelift`] emits it with
 //! 128-bit vectors, [`llvm`] with the widest the host has: 256-bit AVX2,
-//! 512-bit AVX-512; [`lut`] lays out its data); every other op runs the
-//! reference executor's kernels, except attention ([`attention`]).
+//! 512-bit AVX-512; [`lut`] lays out its data); prompts' rows run
+//! integer multiply-adds instead where the host has AVX-512 VNNI
+//! ([`mad`]); every other op runs the reference executor's kernels, except
+//! attention ([`attention`]).
 //!
-//! Their activations are quantized to integers per block, so their
+//! Their activations are quantized to integers per block
+//! ([`activations`]), so their
 //! `quant_linear` is not exact: [`Backend::tolerance`] gives the bound.
 
 pub mod activations;

@@ -197,6 +197,24 @@ enum Step {
     },
 }
 
+impl Step {
+    /// The generated kernels the step launches (indices into the
+    /// program's kernels), both ways of a product that has two.
+    fn kernels(&self) -> Vec<usize> {
+        match self {
+            Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => ks.clone(),
+            Step::Fused { kernel, .. } | Step::Roped { kernel, .. } => vec![*kernel],
+            Step::PairedQuantLinear {
+                kernel, quantized, ..
+            } => [*kernel]
+                .into_iter()
+                .chain(quantized.iter().flat_map(|q| [q.quantize, q.product]))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A folded `rope`'s part in the kernel that rotates in its place
 /// ([`Step::Roped`]): the positions, their count, the angles' frequencies
 /// and the heads' width.
@@ -1413,7 +1431,7 @@ impl CudaProgram {
     /// A quantizer's passes over `x[n, m]`: its sums passes add group sums
     /// into f64 totals (a block per row and group of the row, or per
     /// tensor fewer, each over rows a grid apart), then `last` writes
-    /// `out` from them (one thread an entry). With `split` (the real `x`'s
+    /// `out` from them (one thread an entry; for `phase_scales`, a group). With `split` (the real `x`'s
     /// slot tables) they go over both halves of `x`'s widely-linear split
     /// (the second down the grid), and `out` is its quantized real form (a
     /// split [`Step::PhaseStages`]).

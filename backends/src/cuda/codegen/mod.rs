@@ -652,17 +652,11 @@ impl<'ctx> Gen<'ctx> {
     }
 
     /// [`Gen::declare_kernel`] with an f32 last (a norm's eps, a
-    /// quantizer's level).
-    #[allow(clippy::type_complexity)]
+    /// quantizer's level), returned after the integers.
     fn declare_kernel_f32<const P: usize, const I: usize>(
         &self,
         name: &str,
-    ) -> (
-        FunctionValue<'ctx>,
-        [PointerValue<'ctx>; P],
-        [IntValue<'ctx>; I],
-        FloatValue<'ctx>,
-    ) {
+    ) -> DeclaredF32<'ctx, P, I> {
         let (f, ptrs, ints) = self.declare_then(name, Some(Param::F32));
         (f, ptrs, ints, self.param_float(f, (P + I) as u32))
     }
@@ -1660,6 +1654,15 @@ type Declared<'ctx, const P: usize, const I: usize> = (
     FunctionValue<'ctx>,
     [PointerValue<'ctx>; P],
     [IntValue<'ctx>; I],
+);
+
+/// A kernel declared by [`Gen::declare_kernel_f32`]: [`Declared`] and the
+/// f32.
+type DeclaredF32<'ctx, const P: usize, const I: usize> = (
+    FunctionValue<'ctx>,
+    [PointerValue<'ctx>; P],
+    [IntValue<'ctx>; I],
+    FloatValue<'ctx>,
 );
 
 #[derive(Clone, Copy)]

@@ -71,15 +71,7 @@ impl<'ctx> Gen<'ctx> {
         let tid = self.sreg("tid.x")?;
         self.strided_loop(f, tid, words, self.sreg("ntid.x")?, |i| {
             let alpha = if complex {
-                let odd = self
-                    .builder
-                    .build_int_compare(
-                        IntPredicate::EQ,
-                        self.urem(i, self.int(2))?,
-                        self.int(1),
-                        "",
-                    )
-                    .map_err(err)?;
+                let odd = self.eq_int(self.urem(i, self.int(2))?, self.int(1))?;
                 self.select(odd, alphas[1], alphas[0])?
             } else {
                 alphas[0]

@@ -17,12 +17,8 @@ impl<'ctx> Gen<'ctx> {
     /// row `r` of `logits` (`cols` words) and `draws[r]`; launched with
     /// [`ROW_THREADS`] threads a block.
     pub(super) fn sample(&self, name: &str) -> Built<()> {
-        let params = [Param::Ptr, Param::Ptr, Param::Ptr, Param::I64, Param::F32];
-        let f = self.declare(name, &params);
+        let (f, [out, logits, draws], [cols], temperature) = self.declare_kernel_f32(name);
         let scratch = self.shared_scratch(name);
-        let [out, logits, draws] = [0, 1, 2].map(|i| self.param_ptr(f, i));
-        let cols = self.param_int(f, 3);
-        let temperature = self.param_float(f, 4);
         let threads = self.int(ROW_THREADS as u64);
         let shared = |what: &str, array: inkwell::types::ArrayType<'ctx>| {
             self.shared_array(array, &format!("{name}_{what}"))

@@ -491,22 +491,7 @@ fn residual_stages(graph: &Graph, sum: ValueId) -> Option<ResidualStages> {
 fn keep_launched(kernels: &mut Vec<Kernel>, steps: &mut [Option<Step>]) {
     let mut used = vec![false; kernels.len()];
     for step in steps.iter().flatten() {
-        match step {
-            Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => {
-                ks.iter().for_each(|&k| used[k] = true)
-            }
-            Step::Fused { kernel, .. } | Step::Roped { kernel, .. } => used[*kernel] = true,
-            Step::PairedQuantLinear {
-                kernel, quantized, ..
-            } => {
-                used[*kernel] = true;
-                if let Some(q) = quantized {
-                    used[q.quantize] = true;
-                    used[q.product] = true;
-                }
-            }
-            _ => {}
-        }
+        step.kernels().into_iter().for_each(|k| used[k] = true);
     }
     let mut index = vec![usize::MAX; kernels.len()];
     let mut kept = 0;
@@ -1485,41 +1470,32 @@ pub(super) fn reads<'a>(graph: &'a Graph, steps: &'a [Option<Step>], i: usize) -
 }
 
 /// Checks what every fusion pass must leave true, as the program will run
-/// the steps (node by node, a grouped product's siblings with it): each
-/// launched kernel exists, and each value a step reads is there when it
-/// runs (an input, a value evaluated at load, or the value of a step that
-/// ran before), as is each graph output at the end. A pass that breaks this
-/// would otherwise make the run panic or read a buffer never written.
+/// the steps (values evaluated at load first, then node by node, a grouped
+/// product's siblings with it): each step's kernels exist, and each value a
+/// step reads is there when it runs (an input, a value evaluated at load,
+/// or the value of a step that ran before), as is each graph output at the
+/// end. A pass that breaks this would otherwise make the run panic or read
+/// a buffer never written.
 pub(super) fn check_plan(
     graph: &Graph,
     plan: &MemoryPlan,
     kernels: &[Kernel],
     steps: &[Option<Step>],
 ) -> Result<(), String> {
-    let launched = |step: &Step| -> Vec<usize> {
-        match step {
-            Step::Kernel(ks) | Step::PhaseStages { kernels: ks, .. } => ks.clone(),
-            Step::Fused { kernel, .. } | Step::Roped { kernel, .. } => vec![*kernel],
-            Step::PairedQuantLinear {
-                kernel, quantized, ..
-            } => [*kernel]
-                .into_iter()
-                .chain(quantized.iter().flat_map(|q| [q.quantize, q.product]))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
+    let input = |v: usize| matches!(graph.nodes[v].op, Op::Input { .. });
     let mut computed: Vec<bool> = (0..graph.nodes.len())
-        .map(|v| plan.resident[v] || matches!(graph.nodes[v].op, Op::Input { .. }))
+        .map(|v| plan.resident[v] || input(v))
         .collect();
     for (i, step) in steps.iter().enumerate() {
         let Some(step) = step else { continue };
-        if computed[i] || matches!(step, Step::Ahead) {
-            continue;
-        }
         let name = || format!("%{i} = {}", graph.nodes[i].op.mnemonic());
-        if let Some(k) = launched(step).into_iter().find(|&k| k >= kernels.len()) {
+        if let Some(k) = step.kernels().into_iter().find(|&k| k >= kernels.len()) {
             return Err(format!("{}: kernel {k} of {}", name(), kernels.len()));
+        }
+        // What the run skips: inputs, values evaluated at load (which read
+        // only such values), and values a sibling's step computed.
+        if input(i) || plan.resident[i] || matches!(step, Step::Ahead) {
+            continue;
         }
         if let Some(v) = reads(graph, steps, i).iter().find(|v| !computed[v.0]) {
             return Err(format!(
@@ -1617,8 +1593,8 @@ mod tests {
 
     /// The plan check after each pass: it holds for what the passes make
     /// (every test here goes through it), and names the node where a step
-    /// reads a value no step computed, launches a kernel that is not
-    /// there, or leaves an output uncomputed.
+    /// reads a value no step computed or one computed after it, launches a
+    /// kernel that is not there, or leaves an output uncomputed.
     #[test]
     fn the_plan_check_finds_a_value_read_before_it_is_computed() {
         use super::super::Kernel;
@@ -1634,12 +1610,26 @@ mod tests {
         let plan = MemoryPlan::new(&graph, 1);
         let (kernels, chosen) = default_selection(&graph, &on(GpuActivations::F32)).unwrap();
         assert_eq!(check_plan(&graph, &plan, &kernels, &chosen), Ok(()));
+        // The scale's kernel; the product is cuBLAS's.
+        assert!(matches!(kernels[..], [Kernel::Map { .. }]));
 
         let mut unread = steps(&graph);
         unread[scaled.0] = None;
         let error = check_plan(&graph, &plan, &kernels, &unread).unwrap_err();
         assert!(
             error.contains(&format!("%{} = linear reads %{}", y.0, scaled.0)),
+            "{error}"
+        );
+
+        // A step that reads a value computed after it.
+        let mut early = steps(&graph);
+        early[scaled.0] = Some(Step::Fused {
+            kernel: 0,
+            operands: vec![y],
+        });
+        let error = check_plan(&graph, &plan, &kernels, &early).unwrap_err();
+        assert!(
+            error.contains(&format!("%{} = scale reads %{}", scaled.0, y.0)),
             "{error}"
         );
 
@@ -1652,7 +1642,6 @@ mod tests {
         no_output[y.0] = None;
         let error = check_plan(&graph, &plan, &kernels, &no_output).unwrap_err();
         assert!(error.contains(&format!("the output %{}", y.0)), "{error}");
-        assert!(matches!(kernels[..], [Kernel::Map { .. }]));
     }
 
     /// `c = 0.5·(x·s + y)`: one kernel reading x, s and y; with a product
