@@ -785,7 +785,8 @@ struct Choices {
 
 /// The `fusion` passes a program runs: all, unless `FAIRYC_NO_FUSION` is set:
 /// to the passes to leave out (`norms,pairings`), or to anything else (`1`)
-/// for none, to measure what each gives.
+/// for none, to measure what each gives. Set but empty, it leaves out none,
+/// as a shell's `FAIRYC_NO_FUSION=$passes` with no passes means.
 #[derive(Clone, Copy)]
 struct Fusions {
     /// A quantized master's split, stages and real form as a few passes
@@ -835,7 +836,13 @@ impl Fusions {
     };
 
     fn from_env() -> Fusions {
-        let Some(off) = std::env::var_os("FAIRYC_NO_FUSION") else {
+        let off = std::env::var_os("FAIRYC_NO_FUSION");
+        Fusions::leaving_out(off.map(|v| v.to_string_lossy().into_owned()).as_deref())
+    }
+
+    /// The passes `FAIRYC_NO_FUSION`'s value `off` leaves on.
+    fn leaving_out(off: Option<&str>) -> Fusions {
+        let Some(off) = off else {
             return Fusions::ALL;
         };
         const NAMES: [&str; 12] = [
@@ -852,7 +859,9 @@ impl Fusions {
             "prologues",
             "quantize_once",
         ];
-        let off = off.to_string_lossy().into_owned();
+        if off.trim().is_empty() {
+            return Fusions::ALL;
+        }
         let named: Vec<&str> = off.split(',').map(str::trim).collect();
         let some = named.iter().all(|n| NAMES.contains(n));
         if !some {
@@ -2338,4 +2347,24 @@ fn scale_groups(granularity: Granularity, m: usize) -> [i64; 3] {
         group_len as i64,
         i64::from(granularity == Granularity::Tensor),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fusions;
+
+    /// `FAIRYC_NO_FUSION`: unset or empty, every pass runs; a list of
+    /// names, all but those; anything else, none.
+    #[test]
+    fn fusion_switches_leave_out_what_they_name() {
+        for off in [None, Some(""), Some(" ")] {
+            let all = Fusions::leaving_out(off);
+            assert!(all.norms && all.pairings && all.quantize_once, "{off:?}");
+        }
+        let some = Fusions::leaving_out(Some("norms, pairings"));
+        assert!(!some.norms && !some.pairings);
+        assert!(some.siblings && some.elementwise && some.roundings);
+        let none = Fusions::leaving_out(Some("1"));
+        assert!(!none.norms && !none.elementwise && !none.quantize_once);
+    }
 }
